@@ -1,0 +1,36 @@
+# Two commands: `make demo` and `make test`. Both install into .venv first when needed.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.reverie-installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export PYTHONUNBUFFERED := 1
+
+PROMPT ?= an astronaut lounging in a desert, expressive oil painting
+DEMO_MODEL ?= tiny-random
+
+.PHONY: install demo test clean
+
+install: $(STAMP)
+
+# torch and torchvision first, pinned together (open_clip needs torchvision, which fits no
+# other torch here); everything else is then resolved against them.
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install -q -r requirements.txt -r requirements-dev.txt
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+demo: $(STAMP)
+	@echo "reverie demo: model '$(DEMO_MODEL)' (tiny-random has random weights: its pictures are noise," \
+	      "it proves the pipeline end to end until the trained built-in model ships)"
+	$(BIN)/reverie generate "$(PROMPT)" --model $(DEMO_MODEL) -n 4 --steps 20 --seed 1 --outdir outputs/demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

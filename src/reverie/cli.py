@@ -1,0 +1,247 @@
+"""The `reverie` command: a thin front door that builds requests and shows progress."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from .errors import ReverieError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="reverie: an open-source AI art studio.")
+err = Console(stderr=True)
+out = Console()
+
+# Options every generating command shares; the original txt2img.py spellings are aliases.
+Model = Annotated[Optional[str], typer.Option("--model", "-m", "--ckpt", help="Built-in name, diffusers folder, .safetensors/.ckpt file, or hub id.")]
+Negative = Annotated[str, typer.Option("--negative", "--negative-prompt", help="What the picture should not show.")]
+Samples = Annotated[int, typer.Option("--n-samples", "-n", "--n_samples", help="Pictures per batch.")]
+Iters = Annotated[int, typer.Option("--n-iter", "--n_iter", help="Batches to make.")]
+Width = Annotated[Optional[int], typer.Option("--width", "-W", "--W", help="Width in pixels (multiple of 8).")]
+Height = Annotated[Optional[int], typer.Option("--height", "-H", "--H", help="Height in pixels (multiple of 8).")]
+Steps = Annotated[int, typer.Option("--steps", "--ddim_steps", "--ddim-steps", help="Denoising steps.")]
+Cfg = Annotated[float, typer.Option("--cfg-scale", "--scale", "--cfg", help="Classifier-free guidance scale.")]
+SamplerOpt = Annotated[str, typer.Option("--sampler", "-s", help="Sampler name (see `reverie samplers`).")]
+Plms = Annotated[bool, typer.Option("--plms", help="Use the PLMS sampler (alias of --sampler plms).")]
+Seed = Annotated[Optional[int], typer.Option("--seed", help="First seed; picture i gets seed+i. Random when left out.")]
+Outdir = Annotated[Optional[Path], typer.Option("--outdir", "-o", help="Folder for the pictures.")]
+Dtype = Annotated[str, typer.Option("--dtype", help="auto, fp32, bf16 or fp16.")]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
+Slicing = Annotated[bool, typer.Option("--attention-slicing", help="Compute attention in slices (less memory, slower).")]
+Tiling = Annotated[Optional[bool], typer.Option("--vae-tiling/--no-vae-tiling", help="Decode in tiles (large sizes); automatic when left out.")]
+Strength = Annotated[Optional[float], typer.Option("--strength", help="How much to change the image: 0 keeps it, 1 replaces it.")]
+MaskBlur = Annotated[int, typer.Option("--mask-blur", help="Pixels over which the repainted area fades into the kept one.")]
+
+
+def _common(**kw) -> dict:
+    """Request fields from the shared options."""
+    fields = dict(
+        model=kw["model"], negative_prompt=kw["negative"], n_samples=kw["n_samples"], n_iter=kw["n_iter"],
+        width=kw["width"], height=kw["height"], steps=kw["steps"], cfg_scale=kw["cfg_scale"],
+        sampler="plms" if kw.get("plms") else kw["sampler"], seed=kw["seed"], dtype=kw["dtype"],
+        device=kw["device"], attention_slicing=kw["attention_slicing"], vae_tiling=kw["vae_tiling"],
+    )
+    return fields
+
+
+def _run(fields: dict, outdir: Path) -> None:
+    """Build the request, run it with a progress bar, report where the pictures went."""
+    from .request import make_request
+    from .studio import Studio
+
+    request = make_request(**fields)
+    total = request.n_samples * request.n_iter
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=False) as bar:
+        images = bar.add_task("pictures", total=total)
+        steps = bar.add_task("loading model", total=None)
+
+        def on_progress(event):
+            if event.stage == "denoise":
+                bar.update(steps, description=f"batch {event.batch + 1}/{event.batches} steps", completed=event.step, total=event.total)
+            elif event.stage == "image":
+                bar.update(images, completed=event.step)
+            elif event.stage in ("load", "encode", "decode"):
+                bar.update(steps, description=event.stage + "…" if not event.message else event.message)
+
+        result = Studio().generate(request, outdir=outdir, progress=on_progress)
+    for image in result.images:
+        out.print(f"{image.path}  seed {image.seed}")
+    if result.grid_path:
+        out.print(f"grid: {result.grid_path}")
+    if result.interrupted:
+        err.print(f"[yellow]stopped: kept the {len(result.images)} finished picture(s)[/yellow]")
+        raise typer.Exit(130)
+
+
+@app.command()
+def generate(
+    prompt: Annotated[Optional[str], typer.Argument(help="What to make.")] = None,
+    prompt_opt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="The prompt (instead of the argument).")] = None,
+    from_image: Annotated[Optional[Path], typer.Option("--from", help="Re-make the picture whose PNG carries these settings.")] = None,
+    model: Model = None, negative: Negative = "", n_samples: Samples = 4, n_iter: Iters = 1, width: Width = None,
+    height: Height = None, steps: Steps = 25, cfg_scale: Cfg = 7.5, sampler: SamplerOpt = "dpmpp_2m_karras",
+    plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto",
+    attention_slicing: Slicing = False, vae_tiling: Tiling = None,
+):
+    """Text to image."""
+    if from_image is not None:
+        from .outputs.metadata import request_fields_from_image
+
+        fields = request_fields_from_image(from_image)
+        fields.update({"device": device} if device != "auto" else {})
+        if model:
+            fields["model"] = model
+        _run(fields, outdir or Path("outputs/txt2img"))
+        return
+    text = prompt if prompt is not None else prompt_opt
+    if text is None:
+        raise typer.BadParameter("give a prompt, or --from IMAGE to re-make a picture", param_hint="PROMPT")
+    fields = _common(**locals()) | {"mode": "txt2img", "prompt": text}
+    _run(fields, outdir or Path("outputs/txt2img"))
+
+
+@app.command()
+def img2img(
+    prompt: Annotated[str, typer.Argument(help="What the new picture should show.")],
+    init_image: Annotated[Path, typer.Option("--init-image", "-i", "--init-img", help="The picture to start from.")],
+    strength: Strength = None,
+    model: Model = None, negative: Negative = "", n_samples: Samples = 4, n_iter: Iters = 1, width: Width = None,
+    height: Height = None, steps: Steps = 25, cfg_scale: Cfg = 7.5, sampler: SamplerOpt = "dpmpp_2m_karras",
+    plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto",
+    attention_slicing: Slicing = False, vae_tiling: Tiling = None,
+):
+    """Image to image: redraw a picture after a prompt (strength 0..1)."""
+    fields = _common(**locals()) | {"mode": "img2img", "prompt": prompt, "init_image": str(init_image), "strength": strength}
+    _run(fields, outdir or Path("outputs/img2img"))
+
+
+@app.command()
+def variations(
+    image: Annotated[Path, typer.Argument(help="The picture to vary.")],
+    prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="Prompt; defaults to the picture's own, if it has one.")] = None,
+    strength: Strength = None,
+    model: Model = None, negative: Negative = "", n_samples: Samples = 4, n_iter: Iters = 1, width: Width = None,
+    height: Height = None, steps: Steps = 25, cfg_scale: Cfg = 7.5, sampler: SamplerOpt = "dpmpp_2m_karras",
+    plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto",
+    attention_slicing: Slicing = False, vae_tiling: Tiling = None,
+):
+    """Variations of a picture: new seeds around the same picture."""
+    fields = _common(**locals()) | {"mode": "variations", "prompt": prompt or "", "init_image": str(image), "strength": strength}
+    _run(fields, outdir or Path("outputs/variations"))
+
+
+@app.command()
+def inpaint(
+    prompt: Annotated[str, typer.Argument(help="What goes in the masked area.")],
+    image: Annotated[Path, typer.Option("--image", "-i", help="The picture to edit.")],
+    mask: Annotated[Path, typer.Option("--mask", help="White where to repaint, black where to keep.")],
+    strength: Strength = None, mask_blur: MaskBlur = 4,
+    model: Model = None, negative: Negative = "", n_samples: Samples = 4, n_iter: Iters = 1, width: Width = None,
+    height: Height = None, steps: Steps = 25, cfg_scale: Cfg = 7.5, sampler: SamplerOpt = "dpmpp_2m_karras",
+    plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto",
+    attention_slicing: Slicing = False, vae_tiling: Tiling = None,
+):
+    """Repaint only the masked part of a picture."""
+    fields = _common(**locals()) | {"mode": "inpaint", "prompt": prompt, "init_image": str(image), "mask_image": str(mask),
+                                    "strength": strength, "mask_blur": mask_blur}
+    _run(fields, outdir or Path("outputs/inpaint"))
+
+
+@app.command()
+def outpaint(
+    prompt: Annotated[str, typer.Argument(help="What the new area should show.")],
+    image: Annotated[Path, typer.Option("--image", "-i", help="The picture to extend.")],
+    left: Annotated[int, typer.Option("--left", help="Pixels to add on the left.")] = 0,
+    right: Annotated[int, typer.Option("--right", help="Pixels to add on the right.")] = 0,
+    up: Annotated[int, typer.Option("--up", help="Pixels to add at the top.")] = 0,
+    down: Annotated[int, typer.Option("--down", help="Pixels to add at the bottom.")] = 0,
+    mask_blur: MaskBlur = 8,
+    model: Model = None, negative: Negative = "", n_samples: Samples = 4, n_iter: Iters = 1,
+    steps: Steps = 25, cfg_scale: Cfg = 7.5, sampler: SamplerOpt = "dpmpp_2m_karras",
+    plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto",
+    attention_slicing: Slicing = False, vae_tiling: Tiling = None,
+):
+    """Extend the canvas and fill the new area to match."""
+    fields = _common(width=None, height=None, **locals()) | {
+        "mode": "outpaint", "prompt": prompt, "init_image": str(image), "mask_blur": mask_blur,
+        "outpaint_left": left, "outpaint_right": right, "outpaint_up": up, "outpaint_down": down,
+    }
+    _run(fields, outdir or Path("outputs/outpaint"))
+
+
+@app.command()
+def samplers():
+    """List the samplers."""
+    from .samplers import DEFAULT_SAMPLER, SAMPLERS
+
+    for s in SAMPLERS:
+        mark = "  (default)" if s.name == DEFAULT_SAMPLER else ""
+        kind = "stochastic" if s.stochastic else "deterministic"
+        out.print(f"{s.name:<22} {s.label:<22} {kind}{mark}")
+
+
+@app.command()
+def models():
+    """List the models reverie can load here."""
+    from .models.registry import list_models, models_dir
+
+    for entry in list_models():
+        out.print(f"{entry.name:<28} {entry.kind:<12} {entry.location}  {entry.note}")
+    out.print(f"(models folder: {models_dir()}; set REVERIE_MODELS to change it)")
+
+
+@app.command()
+def info(image: Annotated[Path, typer.Argument(help="A PNG made by reverie or A1111.")],
+         as_json: Annotated[bool, typer.Option("--json", help="Print only the reverie JSON.")] = False):
+    """Print the settings a picture carries."""
+    from .outputs.metadata import read_png_info
+
+    data = read_png_info(image)
+    if not data["parameters"] and not data["reverie"]:
+        raise ReverieErrorExit(f"{image} carries no generation settings")
+    if as_json:
+        out.print_json(json.dumps(data["reverie"]))
+        return
+    if data["parameters"]:
+        out.print(data["parameters"], markup=False, highlight=False, soft_wrap=True)
+    if data["reverie"]:
+        out.print("\nreverie:", markup=False)
+        out.print_json(json.dumps(data["reverie"]))
+
+
+class ReverieErrorExit(ReverieError):
+    pass
+
+
+def main() -> None:
+    """Entry point: user mistakes become one clear line and exit code 2, not a traceback."""
+    try:
+        app(standalone_mode=False)
+    except ReverieError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}", markup=True, highlight=False)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("[yellow]stopped[/yellow]")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(130)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""Choosing where and in what precision to run, and refusing sizes that cannot fit."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .errors import BadRequest, OutOfMemory
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """`auto` takes CUDA, then Apple's MPS, then the CPU; a named device must exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BadRequest("device", "CUDA was asked for but no CUDA GPU is visible; use --device cpu or auto")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise BadRequest("device", "MPS was asked for but is not available; use --device cpu or auto")
+    return device
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    """`auto` is fp16 on CUDA/MPS and fp32 on the CPU (fp16 is slow and lossy there)."""
+    if name == "auto":
+        return torch.float16 if device.type in ("cuda", "mps") else torch.float32
+    dtype = DTYPES[name]
+    if dtype == torch.float16 and device.type == "cpu":
+        raise BadRequest("dtype", "fp16 is not supported on the CPU; use fp32 or bf16")
+    return dtype
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes that a new allocation on `device` can still get."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    limit = os.environ.get("REVERIE_MEMORY_LIMIT")  # lets tests and shared hosts set a ceiling
+    if limit:
+        return int(float(limit))
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 * 2**30
+
+
+def estimate_peak_bytes(
+    *,
+    width: int,
+    height: int,
+    batch: int,
+    latent_channels: int,
+    vae_scale: int,
+    dtype: torch.dtype,
+    vae_tiling: bool,
+    largest_vae_channels: int = 128,
+) -> int:
+    """A deliberately generous estimate of the activation memory one batch needs.
+
+    The UNet's activations grow with the latent area; the VAE decoder's with the picture area
+    times its widest full-resolution layer. Decoding is done one image at a time, and a tiled
+    decode only ever holds one 512x512 tile.
+    """
+    bytes_per = torch.finfo(dtype).bits // 8
+    latent_area = (width // vae_scale) * (height // vae_scale)
+    # Per latent pixel: conv/attention activations of an SD-sized UNet, for the CFG pair.
+    unet = 2 * batch * latent_area * 320 * 12 * bytes_per
+    pixels = min(width * height, 512 * 512) if vae_tiling else width * height
+    vae = pixels * largest_vae_channels * 6 * bytes_per
+    return unet + vae
+
+
+def check_fits(estimate: int, weights: int, device: torch.device) -> None:
+    """Refuse, before any work, a request whose estimated peak memory exceeds what is free."""
+    free = available_memory(device)
+    need = estimate + weights
+    if need > free:
+        raise OutOfMemory(
+            f"this request needs about {need / 2**30:.1f} GiB on {device.type} but only "
+            f"{free / 2**30:.1f} GiB is free; make the picture smaller (width/height), use fewer "
+            f"samples per batch (n_samples), or turn on VAE tiling (--vae-tiling)"
+        )

@@ -1,0 +1,116 @@
+"""Input pictures for the image modes: loading, sizing, masks and outpaint canvases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter, ImageOps
+
+from ...errors import ImageInputError
+
+MAX_INPUT_PIXELS = 4096 * 4096
+
+
+def load_image(ref, field: str) -> Image.Image:
+    """Open a path or take a PIL image; the message names `field` when it cannot be read."""
+    if isinstance(ref, Image.Image):
+        return ref
+    path = Path(ref)
+    if not path.is_file():
+        raise ImageInputError(f"{field}: no file at {path}")
+    try:
+        with Image.open(path) as img:
+            if img.width * img.height > MAX_INPUT_PIXELS:
+                raise ImageInputError(f"{field}: {path} is {img.width}x{img.height}; the limit is 4096x4096 pixels")
+            img.load()
+            return ImageOps.exif_transpose(img)
+    except (OSError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ImageInputError(f"{field}: {path} is not a readable image ({exc})") from None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Flatten transparency onto white, as an artist expects a transparent sticker to look."""
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, "white")
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def pad_to_multiple(image: Image.Image, multiple: int = 8) -> Image.Image:
+    """Extend the right and bottom edges (edge pixels repeated) to a multiple of `multiple`."""
+    width = -(-image.width // multiple) * multiple
+    height = -(-image.height // multiple) * multiple
+    if (width, height) == image.size:
+        return image
+    array = np.asarray(image)
+    pad = [(0, height - image.height), (0, width - image.width)] + [(0, 0)] * (array.ndim - 2)
+    return Image.fromarray(np.pad(array, pad, mode="edge"))
+
+
+def load_mask(ref, size: tuple[int, int]) -> Image.Image:
+    """A binary L-mode mask (255 = repaint) at `size`; a mask of another shape is refused."""
+    mask = load_image(ref, "mask_image")
+    if mask.mode in ("RGBA", "LA") and mask.getextrema()[-1][0] < 255:
+        # A painted layer: opaque strokes mark what to repaint.
+        mask = mask.getchannel("A")
+    mask = mask.convert("L")
+    if mask.size != size:
+        ratio_in, ratio_out = mask.width / mask.height, size[0] / size[1]
+        if abs(ratio_in - ratio_out) > 0.01 * ratio_out:
+            raise ImageInputError(
+                f"mask_image: the mask is {mask.width}x{mask.height} but the image is {size[0]}x{size[1]}; "
+                "give a mask with the same shape as the image"
+            )
+        mask = mask.resize(size, Image.NEAREST)
+    return mask.point(lambda v: 255 if v >= 128 else 0)
+
+
+def feathered_alpha(mask: Image.Image, blur: int) -> np.ndarray:
+    """Blend weights in [0, 1]: 0 wherever the mask keeps the original, softening inward only.
+
+    Blurring the mask both ways would let the new content bleed over pixels the user chose to
+    keep; here every kept pixel stays exactly as it was.
+    """
+    binary = np.asarray(mask, dtype=np.float32) / 255.0
+    if blur <= 0:
+        return binary
+    soft = np.asarray(mask.filter(ImageFilter.GaussianBlur(blur)), dtype=np.float32) / 255.0
+    # The blurred mask is about 0.5 on the boundary and 1 deep inside: stretch [0.5, 1] to [0, 1].
+    return np.where(binary > 0, np.clip(2 * soft - 1, 0, 1), 0.0).astype(np.float32)
+
+
+def composite(original: Image.Image, generated: Image.Image, alpha: np.ndarray) -> Image.Image:
+    """original where alpha is 0, generated where it is 1, blended between."""
+    a = alpha[..., None]
+    mixed = np.asarray(original, dtype=np.float32) * (1 - a) + np.asarray(generated, dtype=np.float32) * a
+    return Image.fromarray(np.clip(mixed + 0.5, 0, 255).astype(np.uint8))
+
+
+def outpaint_canvas(
+    image: Image.Image, left: int, right: int, up: int, down: int
+) -> tuple[Image.Image, Image.Image, tuple[int, int]]:
+    """The extended canvas, its mask (255 on the new area) and where the original sits on it.
+
+    New area starts as the nearest edge pixels, blurred, which gives img2img-style samplers a
+    plausible colour to start from. The canvas is rounded up to a multiple of 8 on the sides
+    that grow (or the right/bottom when none do on that axis).
+    """
+    width, height = image.width + left + right, image.height + up + down
+    extra_w, extra_h = (-width) % 8, (-height) % 8
+    if right or not left:
+        right += extra_w
+    else:
+        left += extra_w
+    if down or not up:
+        down += extra_h
+    else:
+        up += extra_h
+    array = np.asarray(image)
+    padded = np.pad(array, [(up, down), (left, right), (0, 0)], mode="edge")
+    canvas = Image.fromarray(padded).filter(ImageFilter.GaussianBlur(8))
+    canvas.paste(image, (left, up))
+    mask = Image.new("L", canvas.size, 255)
+    mask.paste(0, (left, up, left + image.width, up + image.height))
+    return canvas, mask, (left, up)

@@ -1,0 +1,42 @@
+"""The loaded parts of a latent diffusion model, whatever file they came from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class ModelComponents:
+    """Everything a diffusion method needs from a model.
+
+    `unet` is any denoiser with the diffusers UNet2DConditionModel call signature and a
+    `config` carrying `in_channels` and `sample_size`; the engine does not care which
+    architecture it is. `text_encoder`/`tokenizer` are the transformers pair that turns
+    prompts into cross-attention states. `scheduler_config` is the model's own noise
+    schedule (beta schedule, prediction type, ...) from which every sampler is built.
+    """
+
+    name: str
+    unet: Any
+    vae: Any
+    text_encoder: Any
+    tokenizer: Any
+    scheduler_config: dict
+    source: str = ""
+    family: str = "sd1"  # sd1, sd2, mini, tiny ...
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def is_inpainting_model(self) -> bool:
+        """True for UNets trained with image+mask channels (9 input channels)."""
+        return int(self.unet.config.in_channels) == 9
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def native_size(self) -> int:
+        """The picture size, in pixels, the model was trained at."""
+        return int(self.unet.config.sample_size) * self.vae_scale_factor

@@ -1,0 +1,118 @@
+"""Turning what the user typed after --model into loaded components.
+
+A reference is, in this order: a built-in name; a path to a diffusers folder or a single-file
+checkpoint; the name of one of those inside the models folder; or a hub id, which works only
+when online.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import ModelNotFound
+from .components import ModelComponents
+from .diffusers_folder import is_diffusers_folder, load_diffusers_folder
+from .tiny import TINY_NAME, build_tiny
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+BUILTINS = {
+    TINY_NAME: "random weights, SD-shaped; for tests and the demo (pictures are noise)",
+    TINY_NAME + "-inpainting": "random weights, 9-channel inpainting UNet; for tests",
+}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+@dataclass
+class ModelEntry:
+    name: str
+    kind: str  # builtin, diffusers, single-file
+    location: str
+    note: str = ""
+
+
+def models_dir() -> Path:
+    """Where `reverie models` looks, and where --model NAME is found ($REVERIE_MODELS or ./models)."""
+    return Path(os.environ.get("REVERIE_MODELS", "models"))
+
+
+def list_models() -> list[ModelEntry]:
+    entries = [ModelEntry(name, "builtin", "built in", note) for name, note in BUILTINS.items()]
+    folder = models_dir()
+    if folder.is_dir():
+        for child in sorted(folder.iterdir()):
+            if child.is_dir() and is_diffusers_folder(child):
+                entries.append(ModelEntry(child.name, "diffusers", str(child)))
+            elif child.is_file() and child.suffix.lower() in CHECKPOINT_SUFFIXES:
+                entries.append(ModelEntry(child.stem, "single-file", str(child)))
+    return entries
+
+
+def load_model(reference: str, dtype: torch.dtype = torch.float32) -> ModelComponents:
+    """Load the model `reference` names (see the module docstring for the forms)."""
+    if reference in BUILTINS:
+        components = build_tiny(inpainting=reference.endswith("-inpainting"))
+        return _cast(components, dtype)
+    path = _find_path(reference)
+    if path is not None:
+        if path.is_dir():
+            if not is_diffusers_folder(path):
+                raise ModelNotFound(f"{path} is a folder but has no model_index.json; it is not a diffusers model folder")
+            return load_diffusers_folder(path, dtype)
+        if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
+            raise ModelNotFound(f"{path} is not a model file; expected one of {', '.join(CHECKPOINT_SUFFIXES)}")
+        from .single_file import load_single_file
+
+        return load_single_file(path, dtype=dtype)
+    if _HUB_ID.match(reference) and not reference.startswith((".", "/")):
+        return _load_from_hub(reference, dtype)
+    known = ", ".join(entry.name for entry in list_models())
+    raise ModelNotFound(f"no model named {reference!r}: not a file, not a folder, not in {models_dir()}/ (known: {known})")
+
+
+def _find_path(reference: str) -> Path | None:
+    direct = Path(reference).expanduser()
+    if direct.exists():
+        return direct
+    folder = models_dir()
+    for candidate in [folder / reference] + [folder / (reference + s) for s in CHECKPOINT_SUFFIXES]:
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """False at once when HF_HUB_OFFLINE is set, else whether the hub answers a TCP connect."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _load_from_hub(repo_id: str, dtype: torch.dtype) -> ModelComponents:
+    if not hub_reachable():
+        raise ModelNotFound(
+            f"{repo_id!r} looks like a Hugging Face hub id, but reverie is offline (no connection or "
+            f"HF_HUB_OFFLINE=1). On a machine with network run `huggingface-cli download {repo_id} "
+            f"--local-dir models/{repo_id.split('/')[-1]}`, copy that folder here, and pass "
+            f"--model models/{repo_id.split('/')[-1]}"
+        )
+    from huggingface_hub import snapshot_download
+
+    folder = snapshot_download(repo_id, allow_patterns=["*.json", "*.txt", "*.safetensors", "tokenizer/*"])
+    return load_diffusers_folder(folder, dtype)
+
+
+def _cast(components: ModelComponents, dtype: torch.dtype) -> ModelComponents:
+    for module in (components.unet, components.vae, components.text_encoder):
+        if module.dtype != dtype:
+            module.to(dtype=dtype)
+    return components

@@ -1,0 +1,135 @@
+"""Settings carried inside every PNG.
+
+Two text chunks: `parameters`, in the form AUTOMATIC1111 writes and every image site reads,
+and `reverie`, a JSON object with the full request, enough to re-make the picture exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from PIL import Image, PngImagePlugin
+
+from ..errors import ImageInputError
+from ..samplers import get_sampler
+
+REVERIE_KEY = "reverie"
+PARAMETERS_KEY = "parameters"
+FORMAT_VERSION = 1
+
+
+def a1111_parameters(settings: dict, seed: int) -> str:
+    """The A1111 `parameters` text for one image."""
+    lines = [settings.get("prompt", "")]
+    if settings.get("negative_prompt"):
+        lines.append(f"Negative prompt: {settings['negative_prompt']}")
+    fields = {
+        "Steps": settings["steps"],
+        "Sampler": get_sampler(settings["sampler"]).label,
+        "CFG scale": _number(settings["cfg_scale"]),
+        "Seed": seed,
+        "Size": f"{settings['width']}x{settings['height']}",
+        "Model": settings.get("model_name") or settings.get("model") or "",
+    }
+    if settings.get("mode") in ("img2img", "variations", "inpaint", "outpaint"):
+        fields["Denoising strength"] = _number(settings.get("strength"))
+    if settings.get("mode") in ("inpaint", "outpaint"):
+        fields["Mask blur"] = settings.get("mask_blur", 0)
+    lines.append(", ".join(f"{key}: {value}" for key, value in fields.items()))
+    return "\n".join(lines)
+
+
+def _number(value) -> str:
+    return f"{float(value):g}" if value is not None else ""
+
+
+def reverie_metadata(settings: dict, seed: int, index: int) -> dict:
+    """The JSON written into the `reverie` chunk: the resolved request plus this image's seed."""
+    return {"format": FORMAT_VERSION, "seed": seed, "index": index, "settings": settings}
+
+
+def save_png(image: Image.Image, path: Path, parameters: str, metadata: dict) -> Path:
+    """Write `image` with both chunks; the file appears complete or not at all."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text(PARAMETERS_KEY, parameters)
+    info.add_text(REVERIE_KEY, json.dumps(metadata, sort_keys=True))
+    path = Path(path)
+    partial = path.with_name(path.name + ".part")
+    image.save(partial, format="PNG", pnginfo=info)
+    partial.replace(path)
+    return path
+
+
+def read_png_info(path: str | Path) -> dict:
+    """Return {"parameters": str|None, "reverie": dict|None} from an image file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageInputError(f"no image at {path}")
+    try:
+        with Image.open(path) as img:
+            text = dict(getattr(img, "text", {}) or img.info)
+    except (OSError, SyntaxError) as exc:
+        raise ImageInputError(f"{path} is not a readable image ({exc})") from None
+    data = None
+    if REVERIE_KEY in text:
+        try:
+            data = json.loads(text[REVERIE_KEY])
+        except json.JSONDecodeError:
+            raise ImageInputError(f"{path}: its reverie metadata is not valid JSON") from None
+    return {"parameters": text.get(PARAMETERS_KEY), "reverie": data}
+
+
+_FIELD = re.compile(r'\s*([\w][\w \-/]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+
+
+def parse_a1111_parameters(text: str) -> dict:
+    """Turn an A1111 `parameters` text into request fields (prompt, negative, steps, ...).
+
+    Images made by other tools can so be re-made here. Unknown keys are ignored.
+    """
+    lines = text.strip().split("\n")
+    last = lines[-1] if lines and re.search(r"\bSteps:\s*\d", lines[-1]) else ""
+    body = lines[:-1] if last else lines
+    prompt_lines, negative_lines, target = [], [], None
+    for line in body:
+        if line.startswith("Negative prompt:"):
+            target = negative_lines
+            line = line.removeprefix("Negative prompt:").strip()
+        (target if target is not None else prompt_lines).append(line)
+    fields: dict = {"prompt": "\n".join(prompt_lines).strip(), "negative_prompt": "\n".join(negative_lines).strip()}
+    pairs = {key.strip(): value.strip().strip('"') for key, value in _FIELD.findall(last)}
+    if "Steps" in pairs:
+        fields["steps"] = int(pairs["Steps"])
+    if "Sampler" in pairs:
+        fields["sampler"] = get_sampler(pairs["Sampler"]).name
+    if "CFG scale" in pairs:
+        fields["cfg_scale"] = float(pairs["CFG scale"])
+    if "Seed" in pairs:
+        fields["seed"] = int(pairs["Seed"])
+    if "Size" in pairs and "x" in pairs["Size"]:
+        width, height = pairs["Size"].split("x")
+        fields["width"], fields["height"] = int(width), int(height)
+    if "Denoising strength" in pairs:
+        fields["strength"] = float(pairs["Denoising strength"])
+    if "Model" in pairs and pairs["Model"]:
+        fields["model"] = pairs["Model"]
+    return fields
+
+
+def request_fields_from_image(path: str | Path) -> dict:
+    """Request fields that re-make the picture at `path`: one image, with its own seed."""
+    info = read_png_info(path)
+    if info["reverie"]:
+        data = info["reverie"]
+        fields = dict(data["settings"])
+        fields.pop("model_name", None)
+        fields["seed"] = data["seed"]
+    elif info["parameters"]:
+        fields = parse_a1111_parameters(info["parameters"])
+    else:
+        raise ImageInputError(f"{path} carries no generation settings (no 'parameters' or 'reverie' text chunk)")
+    fields["n_samples"] = 1
+    fields["n_iter"] = 1
+    return fields

@@ -1,0 +1,144 @@
+"""The one request every front door builds, and the result every method returns.
+
+Validation happens here, once, with messages that name the field to change; methods can
+trust what they receive.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any, Literal
+
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import BadRequest
+from .samplers import DEFAULT_SAMPLER, get_sampler
+
+Mode = Literal["txt2img", "img2img", "variations", "inpaint", "outpaint"]
+MAX_SIDE = 4096
+MAX_SEED = 2**32 - 1
+
+# Strength when the user gives none: img2img keeps the composition, variations wander a little less.
+DEFAULT_STRENGTH = {"img2img": 0.75, "variations": 0.6, "inpaint": 1.0, "outpaint": 1.0}
+
+
+class GenerationRequest(BaseModel):
+    """What to make. Sizes are in pixels; `seed` None means "pick one at random"."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", validate_assignment=False)
+
+    mode: Mode = "txt2img"
+    prompt: str = ""
+    negative_prompt: str = ""
+    model: str | None = None
+    width: int | None = Field(None, ge=64, le=MAX_SIDE)
+    height: int | None = Field(None, ge=64, le=MAX_SIDE)
+    steps: int = Field(25, ge=1, le=500)
+    cfg_scale: float = Field(7.5, ge=0.0, le=50.0)
+    sampler: str = DEFAULT_SAMPLER
+    seed: int | None = Field(None, ge=-1, le=MAX_SEED)
+    n_samples: int = Field(4, ge=1, le=64)
+    n_iter: int = Field(1, ge=1, le=1000)
+    strength: float | None = Field(None, ge=0.0, le=1.0)
+    init_image: Any = None  # a path or a PIL image
+    mask_image: Any = None  # white = repaint, black = keep
+    mask_blur: int = Field(4, ge=0, le=64)
+    outpaint_left: int = Field(0, ge=0, le=MAX_SIDE)
+    outpaint_right: int = Field(0, ge=0, le=MAX_SIDE)
+    outpaint_up: int = Field(0, ge=0, le=MAX_SIDE)
+    outpaint_down: int = Field(0, ge=0, le=MAX_SIDE)
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    device: str = "auto"
+    attention_slicing: bool | None = None  # None: decided from the size and free memory
+    vae_tiling: bool | None = None
+
+    @field_validator("width", "height")
+    @classmethod
+    def _multiple_of_8(cls, value: int | None, info):
+        if value is not None and value % 8:
+            lower, upper = value - value % 8, value - value % 8 + 8
+            raise ValueError(f"must be a multiple of 8 (try {lower} or {upper})")
+        return value
+
+    @field_validator("sampler")
+    @classmethod
+    def _known_sampler(cls, value: str):
+        return get_sampler(value).name
+
+    @field_validator("init_image", "mask_image")
+    @classmethod
+    def _image_ref(cls, value):
+        if value is None or isinstance(value, Image.Image):
+            return value
+        if isinstance(value, (str, Path)):
+            return str(value)
+        raise ValueError("must be a file path or a PIL image")
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, value: str):
+        base = value.split(":")[0]
+        if base not in ("auto", "cpu", "cuda", "mps"):
+            raise ValueError(f"unknown device {value!r}; use auto, cpu, cuda, cuda:N or mps")
+        return value
+
+    @model_validator(mode="after")
+    def _mode_inputs(self):
+        needs_image = self.mode != "txt2img"
+        if needs_image and self.init_image is None:
+            raise ValueError(f"mode {self.mode} needs an init image (init_image)")
+        if self.mode == "inpaint" and self.mask_image is None:
+            raise ValueError("mode inpaint needs a mask image (mask_image): white where to repaint")
+        if self.mode == "outpaint" and not any(self.outpaint_extents):
+            raise ValueError("mode outpaint needs at least one of outpaint_left/right/up/down > 0")
+        if self.sampler == "lcm" and self.steps > 50:
+            raise ValueError("the lcm sampler takes at most 50 steps (steps)")
+        return self
+
+    @property
+    def outpaint_extents(self) -> tuple[int, int, int, int]:
+        return (self.outpaint_left, self.outpaint_right, self.outpaint_up, self.outpaint_down)
+
+    @property
+    def effective_strength(self) -> float:
+        if self.strength is not None:
+            return self.strength
+        return DEFAULT_STRENGTH.get(self.mode, 1.0)
+
+    def with_seed(self) -> "GenerationRequest":
+        """A copy whose seed is fixed: the given one, or a random one when none (or -1) was given."""
+        if self.seed is not None and self.seed >= 0:
+            return self
+        return self.model_copy(update={"seed": random.randint(0, MAX_SEED - 64 * 1000)})
+
+    def image_seeds(self) -> list[int]:
+        """One seed per image: seed, seed+1, ... over every batch, as the original scripts did."""
+        base = self.seed if self.seed is not None and self.seed >= 0 else 0
+        return [(base + i) % (MAX_SEED + 1) for i in range(self.n_samples * self.n_iter)]
+
+    def settings(self) -> dict:
+        """The request as plain JSON-able data (images as paths or a placeholder)."""
+        data = self.model_dump(exclude={"init_image", "mask_image"})
+        for key in ("init_image", "mask_image"):
+            value = getattr(self, key)
+            data[key] = value if (value is None or isinstance(value, str)) else "<image>"
+        return data
+
+
+def make_request(**fields) -> GenerationRequest:
+    """Build a request, turning pydantic's errors into one BadRequest that names the field."""
+    try:
+        return GenerationRequest(**fields)
+    except ValidationError as exc:
+        raise bad_request_from(exc) from None
+
+
+def bad_request_from(exc: ValidationError) -> BadRequest:
+    first = exc.errors()[0]
+    field = ".".join(str(part) for part in first["loc"]) or "request"
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown field"
+    return BadRequest(field, message)

@@ -1,0 +1,33 @@
+"""What a generation gives back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from .request import GenerationRequest
+
+
+@dataclass
+class GeneratedImage:
+    image: Image.Image
+    seed: int
+    index: int  # position in the whole request (0 .. n_samples*n_iter-1)
+    metadata: dict  # the reverie JSON written into the PNG
+    parameters: str  # the A1111-style text written into the PNG
+    path: Path | None = None  # where it was saved, when it was
+
+
+@dataclass
+class Result:
+    request: GenerationRequest  # resolved: fixed seed, size, model name
+    images: list[GeneratedImage] = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+    interrupted: bool = False  # stopped early; `images` holds what was finished
+    grid_path: Path | None = None
+
+    @property
+    def seeds(self) -> list[int]:
+        return [img.seed for img in self.images]

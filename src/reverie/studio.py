@@ -1,0 +1,149 @@
+"""The Python API: `Studio().generate(request)` — the one path every front door takes."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .device import check_fits, estimate_peak_bytes, pick_device, pick_dtype
+from .errors import ModelNotFound
+from .methods.diffusion.run import run_batches
+from .models.components import ModelComponents
+from .models.registry import load_model
+from .outputs.files import save_grid, save_image
+from .outputs.metadata import a1111_parameters, read_png_info, reverie_metadata
+from .progress import Interrupted, ProgressCallback, ProgressEvent, StopCheck, no_progress, should_never_stop
+from .request import GenerationRequest, make_request
+from .result import GeneratedImage, Result
+
+DEFAULT_MODEL = "mini"
+
+
+def default_model() -> str:
+    return os.environ.get("REVERIE_DEFAULT_MODEL", DEFAULT_MODEL)
+
+
+class Studio:
+    """Loads models (kept in a small cache) and runs requests on them.
+
+    `max_models` bounds how many loaded models stay in memory; the least recently used
+    one is dropped first.
+    """
+
+    def __init__(self, device: str = "auto", max_models: int = 2):
+        self.device_name = device
+        self.max_models = max_models
+        self._models: OrderedDict[tuple, ModelComponents] = OrderedDict()
+
+    # -- models -------------------------------------------------------------------------
+    def model(self, reference: str, device: torch.device, dtype: torch.dtype) -> ModelComponents:
+        """The loaded model for `reference`, from the cache when it is there."""
+        key = (reference, str(device), str(dtype))
+        if key in self._models:
+            self._models.move_to_end(key)
+            return self._models[key]
+        components = load_model(reference, dtype=dtype)
+        for module in (components.unet, components.vae, components.text_encoder):
+            module.to(device)
+        self._models[key] = components
+        while len(self._models) > self.max_models:
+            self._models.popitem(last=False)
+        return components
+
+    # -- generation ---------------------------------------------------------------------
+    def generate(
+        self,
+        request: GenerationRequest | dict,
+        *,
+        outdir: str | Path | None = None,
+        progress: ProgressCallback = no_progress,
+        should_stop: StopCheck = should_never_stop,
+    ) -> Result:
+        """Make the pictures `request` asks for.
+
+        With `outdir`, each picture is written (PNG with its settings) as soon as its batch is
+        done, plus a grid when there are several. Ctrl-C or `should_stop()` ends the run early:
+        the result then holds every picture finished so far and `interrupted` is True.
+        """
+        if isinstance(request, dict):
+            request = make_request(**request)
+        request = self._resolve(request)
+        device = pick_device(request.device if request.device != "auto" else self.device_name)
+        dtype = pick_dtype(request.dtype, device)
+        started = time.perf_counter()
+        progress(ProgressEvent("load", message=f"loading {request.model}"))
+        components = self.model(request.model, device, dtype)
+        loaded = time.perf_counter()
+        request = self._fit_memory(request, components, device, dtype)
+        result = Result(request=request)
+        outdir = Path(outdir) if outdir else None
+        settings = request.settings() | {"model_name": components.name, "reverie_version": __version__}
+        try:
+            for batch in run_batches(request, components, device, dtype, progress, should_stop):
+                for picture, seed in batch:
+                    index = len(result.images)
+                    metadata = reverie_metadata(settings, seed, index) | {"image_size": list(picture.size)}
+                    parameters = a1111_parameters(settings | _actual_size(picture), seed)
+                    image = GeneratedImage(picture, seed, index, metadata, parameters)
+                    if outdir:
+                        image.path = save_image(picture, outdir, seed, request.prompt, parameters, metadata)
+                    result.images.append(image)
+                    progress(ProgressEvent("image", index + 1, request.n_samples * request.n_iter, payload=image))
+        except (Interrupted, KeyboardInterrupt):
+            result.interrupted = True
+        if outdir and len(result.images) > 1:
+            first = result.images[0]
+            result.grid_path = save_grid([img.image for img in result.images], outdir, request.prompt, first.parameters, first.metadata)
+        result.timings = {"load_s": loaded - started, "generate_s": time.perf_counter() - loaded}
+        return result
+
+    def _resolve(self, request: GenerationRequest) -> GenerationRequest:
+        """Fix the seed and the model, and for variations borrow the source picture's prompt."""
+        request = request.with_seed()
+        updates = {}
+        if not request.model:
+            updates["model"] = default_model()
+        if request.mode == "variations" and not request.prompt and isinstance(request.init_image, str):
+            try:
+                source = read_png_info(request.init_image)["reverie"]
+            except Exception:  # an unreadable picture is reported when the run loads it
+                source = None
+            if source:
+                updates["prompt"] = source["settings"].get("prompt", "")
+                updates["negative_prompt"] = source["settings"].get("negative_prompt", "")
+        return request.model_copy(update=updates) if updates else request
+
+    def _fit_memory(self, request, components, device, dtype) -> GenerationRequest:
+        """Turn on slicing/tiling where the size needs it; refuse what cannot fit at all."""
+        width = request.width or components.native_size
+        height = request.height or components.native_size
+        tiling = request.vae_tiling
+        def estimate(tiled: bool) -> int:
+            return estimate_peak_bytes(
+                width=width, height=height, batch=request.n_samples,
+                latent_channels=components.vae.config.latent_channels, vae_scale=components.vae_scale_factor,
+                dtype=dtype, vae_tiling=tiled,
+            )
+        if tiling is None:
+            # Tile the decode only when it would not fit whole: tiling leaves faint seams.
+            from .device import available_memory
+            tiling = estimate(False) > available_memory(device) * 0.8
+        check_fits(estimate(tiling), 0, device)
+        vae = components.vae
+        vae.enable_slicing()  # decode one picture at a time: same pixels, a fraction of the memory
+        vae.enable_tiling() if tiling else vae.disable_tiling()
+        slicing = bool(request.attention_slicing)
+        components.extras["attention_slicing"] = slicing
+        updates = {"vae_tiling": tiling, "attention_slicing": slicing}
+        if request.mode == "txt2img":
+            updates.update(width=width, height=height)
+        return request.model_copy(update=updates)
+
+
+def _actual_size(picture) -> dict:
+    return {"width": picture.width, "height": picture.height}

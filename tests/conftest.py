@@ -1,0 +1,37 @@
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+@pytest.fixture(scope="session")
+def studio():
+    from reverie.studio import Studio
+
+    return Studio(device="cpu", max_models=3)
+
+
+@pytest.fixture(autouse=True)
+def _cache_dir(tmp_path_factory, monkeypatch):
+    # Tokenizer files are generated once per session into a throwaway cache, not ~/.cache.
+    monkeypatch.setenv("REVERIE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.setenv("REVERIE_MODELS", str(tmp_path_factory.getbasetemp() / "no-models"))
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+@pytest.fixture
+def photo(tmp_path) -> str:
+    """A real photograph (scikit-image's astronaut is not installed; a drawn scene will do)."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:72, 0:88]
+    array = np.stack([x * 2.5, y * 3.0, (x + y) * 1.2], axis=-1) + rng.normal(0, 8, (72, 88, 3))
+    path = tmp_path / "photo.png"
+    Image.fromarray(np.clip(array, 0, 255).astype(np.uint8)).save(path)
+    return str(path)

@@ -1,0 +1,222 @@
+"""The diffusion engine end to end, on the tiny random model: seeds, samplers and modes."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import pixels
+from reverie.errors import BadRequest, ImageInputError, ModelNotFound, OutOfMemory, PromptSyntaxError
+from reverie.request import make_request
+from reverie.samplers import SAMPLERS
+
+FAST = dict(model="tiny-random", steps=3, cfg_scale=5.0, width=64, height=64)
+
+
+def generate(studio, **fields):
+    return studio.generate(make_request(**(FAST | fields)))
+
+
+def test_same_seed_same_pixels_and_different_seeds_differ(studio):
+    first = generate(studio, prompt="a red apple", seed=1234, n_samples=2)
+    again = generate(studio, prompt="a red apple", seed=1234, n_samples=2)
+    assert first.seeds == [1234, 1235]
+    for a, b in zip(first.images, again.images):
+        assert np.array_equal(pixels(a.image), pixels(b.image))
+    # the two pictures of one batch had different seeds, so they differ
+    assert not np.array_equal(pixels(first.images[0].image), pixels(first.images[1].image))
+
+
+@pytest.mark.parametrize("sampler", ["euler", "euler_a", "dpmpp_sde_karras"])
+def test_batch_size_does_not_change_a_seeds_picture(studio, sampler):
+    alone = generate(studio, prompt="a house", seed=50, n_samples=1, sampler=sampler)
+    in_batch = generate(studio, prompt="a house", seed=48, n_samples=3, sampler=sampler)
+    assert in_batch.seeds[2] == 50
+    # Batched matrix products may round differently in the last bit; allow one level of 255.
+    diff = np.abs(pixels(alone.images[0].image) - pixels(in_batch.images[2].image))
+    assert diff.max() <= 1
+    other = np.abs(pixels(alone.images[0].image) - pixels(in_batch.images[0].image))
+    assert other.mean() > 1  # and it is not just that every seed looks the same
+
+
+def test_n_iter_continues_the_seeds(studio):
+    result = generate(studio, prompt="a boat", seed=10, n_samples=2, n_iter=2)
+    assert result.seeds == [10, 11, 12, 13]
+    assert [img.index for img in result.images] == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("sampler", [s.name for s in SAMPLERS])
+def test_every_sampler_runs_and_is_reproducible(studio, sampler):
+    a = generate(studio, prompt="a cat", seed=3, n_samples=1, sampler=sampler, steps=4)
+    b = generate(studio, prompt="a cat", seed=3, n_samples=1, sampler=sampler, steps=4)
+    image = pixels(a.images[0].image)
+    assert image.shape == (64, 64, 3)
+    assert np.array_equal(image, pixels(b.images[0].image))
+    assert image.std() > 0  # not a blank picture
+
+
+def test_cfg_and_negative_prompt_change_the_picture(studio):
+    plain = generate(studio, prompt="a dog", seed=9, n_samples=1)
+    negative = generate(studio, prompt="a dog", negative_prompt="grass, trees", seed=9, n_samples=1)
+    assert not np.array_equal(pixels(plain.images[0].image), pixels(negative.images[0].image))
+
+
+def test_size_is_respected_and_non_square(studio):
+    result = generate(studio, prompt="wide", seed=1, n_samples=1, width=96, height=64)
+    assert result.images[0].image.size == (96, 64)
+
+
+def test_img2img_strength_zero_returns_the_input(studio, photo):
+    result = generate(studio, mode="img2img", prompt="oil painting", init_image=photo, strength=0.0,
+                      n_samples=2, width=None, height=None)
+    source = pixels(Image.open(photo))
+    for image in result.images:
+        assert np.array_equal(pixels(image.image), source)
+
+
+def test_img2img_keeps_size_and_changes_more_with_strength(studio, photo):
+    source = pixels(Image.open(photo))
+    weak = generate(studio, mode="img2img", prompt="x", init_image=photo, strength=0.2, seed=4, n_samples=1, steps=10,
+                    width=None, height=None)
+    strong = generate(studio, mode="img2img", prompt="x", init_image=photo, strength=0.9, seed=4, n_samples=1, steps=10,
+                      width=None, height=None)
+    assert weak.images[0].image.size == (88, 72)  # 88x72: not padded, not resized
+    assert np.abs(pixels(weak.images[0].image) - source).mean() < np.abs(pixels(strong.images[0].image) - source).mean()
+
+
+def test_variations_use_new_seeds_and_the_source_prompt(studio, tmp_path):
+    made = studio.generate(make_request(**FAST, prompt="a lighthouse", seed=77, n_samples=1), outdir=tmp_path)
+    source = made.images[0].path
+    varied = studio.generate(make_request(**FAST | {"width": None, "height": None}, mode="variations",
+                                          init_image=str(source), seed=500, n_samples=2))
+    assert varied.request.prompt == "a lighthouse"
+    assert varied.seeds == [500, 501]
+    a, b = (pixels(img.image) for img in varied.images)
+    assert not np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("model", ["tiny-random", "tiny-random-inpainting"])
+def test_inpaint_changes_only_the_masked_area(studio, photo, tmp_path, model):
+    mask = np.zeros((72, 88), dtype=np.uint8)
+    mask[16:48, 24:64] = 255
+    mask_path = tmp_path / "mask.png"
+    Image.fromarray(mask).save(mask_path)
+    result = generate(studio, model=model, mode="inpaint", prompt="a hole", init_image=photo, mask_image=str(mask_path),
+                      seed=5, n_samples=2, width=None, height=None)
+    source = pixels(Image.open(photo))
+    for image in result.images:
+        out = pixels(image.image)
+        assert out.shape == source.shape
+        keep = mask == 0
+        assert np.array_equal(out[keep], source[keep])
+        assert np.abs(out[~keep] - source[~keep]).mean() > 5  # the masked area really was repainted
+
+
+def test_outpaint_keeps_the_original_and_fills_the_new_area(studio, photo):
+    result = generate(studio, mode="outpaint", prompt="more sky", init_image=photo, outpaint_left=16, outpaint_up=8,
+                      outpaint_right=5, seed=6, n_samples=1, width=None, height=None)
+    out = pixels(result.images[0].image)
+    source = pixels(Image.open(photo))
+    # 88+16+5 = 109 -> rounded up to 112 on the right; 72+8 = 80
+    assert out.shape == (80, 112, 3)
+    assert np.array_equal(out[8 : 8 + 72, 16 : 16 + 88], source)
+    assert out[:, :16].std() > 0
+
+
+def test_stop_keeps_finished_batches(studio):
+    events = []
+
+    def stop_after_first_picture():
+        return any(e.stage == "image" for e in events)
+
+    result = studio.generate(make_request(**FAST, prompt="x", seed=1, n_samples=1, n_iter=3),
+                             progress=events.append, should_stop=stop_after_first_picture)
+    assert result.interrupted
+    assert len(result.images) == 1 and result.seeds == [1]
+
+
+def test_ctrl_c_keeps_finished_pictures_on_disk(studio, tmp_path):
+    seen = []
+
+    def interrupt_in_second_batch(event):
+        seen.append(event)
+        if event.stage == "denoise" and event.batch == 1:
+            raise KeyboardInterrupt
+
+    result = studio.generate(make_request(**FAST, prompt="x", seed=1, n_samples=2, n_iter=3), outdir=tmp_path,
+                             progress=interrupt_in_second_batch)
+    assert result.interrupted and result.seeds == [1, 2]
+    assert sorted(p.name.split("-")[1] for p in tmp_path.glob("*.png")) == ["1", "2"]
+
+
+def test_progress_reports_every_step(studio):
+    events = []
+    studio.generate(make_request(**FAST | {"steps": 5}, prompt="x", seed=1, n_samples=1, sampler="euler"),
+                    progress=events.append)
+    steps = [e.step for e in events if e.stage == "denoise"]
+    assert steps == [1, 2, 3, 4, 5]
+
+
+# -- a user's mistakes ---------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "fields, field",
+    [
+        ({"width": 100}, "width"),
+        ({"height": 30}, "height"),
+        ({"steps": 0}, "steps"),
+        ({"cfg_scale": -1}, "cfg_scale"),
+        ({"sampler": "warp_drive"}, "sampler"),
+        ({"mode": "img2img"}, "init_image"),
+        ({"mode": "inpaint", "init_image": "x.png"}, "mask_image"),
+        ({"mode": "outpaint", "init_image": "x.png"}, "outpaint"),
+        ({"strength": 1.5}, "strength"),
+        ({"colour": "red"}, "colour"),
+        ({"dtype": "fp8"}, "dtype"),
+        ({"sampler": "lcm", "steps": 80}, "lcm"),
+    ],
+)
+def test_bad_requests_name_the_field(fields, field):
+    with pytest.raises(BadRequest) as info:
+        make_request(prompt="x", **fields)
+    assert field in str(info.value)
+
+
+def test_prompt_syntax_error_names_the_position(studio):
+    with pytest.raises(PromptSyntaxError) as info:
+        generate(studio, prompt="a (red apple", seed=1, n_samples=1)
+    assert info.value.position == 2
+
+
+def test_missing_init_image_is_a_clear_error(studio, tmp_path):
+    with pytest.raises(ImageInputError, match="init_image: no file"):
+        generate(studio, mode="img2img", prompt="x", init_image=str(tmp_path / "nope.png"), n_samples=1)
+
+
+def test_not_an_image_is_a_clear_error(studio, tmp_path):
+    bogus = tmp_path / "notes.png"
+    bogus.write_text("not a picture")
+    with pytest.raises(ImageInputError, match="not a readable image"):
+        generate(studio, mode="img2img", prompt="x", init_image=str(bogus), n_samples=1)
+
+
+def test_mask_of_another_shape_is_refused(studio, photo, tmp_path):
+    Image.new("L", (50, 50), 255).save(tmp_path / "m.png")
+    with pytest.raises(ImageInputError, match="same shape"):
+        generate(studio, mode="inpaint", prompt="x", init_image=photo, mask_image=str(tmp_path / "m.png"), n_samples=1,
+                 width=None, height=None)
+
+
+def test_unknown_model_and_offline_hub_id_fail_at_once(studio):
+    with pytest.raises(ModelNotFound, match="no model named"):
+        generate(studio, model="./no/such/model", prompt="x")
+    with pytest.raises(ModelNotFound, match="offline"):
+        generate(studio, model="someone/some-model", prompt="x")
+
+
+def test_a_size_that_cannot_fit_is_refused_before_work(studio, monkeypatch):
+    monkeypatch.setenv("REVERIE_MEMORY_LIMIT", str(64 * 2**20))
+    events = []
+    with pytest.raises(OutOfMemory, match="width/height"):
+        studio.generate(make_request(**FAST | {"width": 2048, "height": 2048}, prompt="x", n_samples=4),
+                        progress=events.append)
+    assert not [e for e in events if e.stage == "denoise"]
