@@ -232,16 +232,11 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("[yellow]stopped[/yellow]")
         sys.exit(130)
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(130)
-        raise
-
+    except typer.Abort:
+        sys.exit(130)
+    except typer.TyperException as exc:  # usage errors (bad flag, bad number): click's own message
+        exc.show()
+        sys.exit(getattr(exc, "exit_code", 2))
 
 if __name__ == "__main__":
     main()

@@ -123,8 +123,10 @@ def request_fields_from_image(path: str | Path) -> dict:
     info = read_png_info(path)
     if info["reverie"]:
         data = info["reverie"]
-        fields = dict(data["settings"])
-        fields.pop("model_name", None)
+        from ..request import GenerationRequest
+
+        known = GenerationRequest.model_fields
+        fields = {key: value for key, value in data["settings"].items() if key in known}
         fields["seed"] = data["seed"]
     elif info["parameters"]:
         fields = parse_a1111_parameters(info["parameters"])

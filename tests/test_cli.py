@@ -1,0 +1,146 @@
+"""The `reverie` command as a user types it: files, metadata, --from, errors and exit codes."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import pixels
+from reverie import cli
+from reverie.outputs.metadata import parse_a1111_parameters, read_png_info
+
+
+def run_cli(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["reverie", *args])
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as exc:
+        code = exc.code or 0
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+TINY = ["--model", "tiny-random", "--steps", "3", "-W", "64", "-H", "64"]
+
+
+def test_generate_writes_pictures_grid_and_metadata(monkeypatch, capsys, tmp_path):
+    code, out, err = run_cli(monkeypatch, capsys, "generate", "a (red:1.2) apple", *TINY, "-n", "2", "--seed", "42",
+                             "--negative", "blurry", "--sampler", "euler_a", "--outdir", str(tmp_path))
+    assert code == 0, err
+    files = sorted(tmp_path.glob("*.png"))
+    assert [f.name.split("-")[1] for f in files] == ["42", "43"]
+    assert len(list((tmp_path / "grids").glob("*.png"))) == 1
+    info = read_png_info(files[1])
+    params = info["parameters"]
+    assert params.splitlines()[0] == "a (red:1.2) apple"
+    assert "Negative prompt: blurry" in params
+    assert "Steps: 3, Sampler: Euler a, CFG scale: 7.5, Seed: 43, Size: 64x64, Model: tiny-random" in params
+    assert info["reverie"]["seed"] == 43 and info["reverie"]["settings"]["negative_prompt"] == "blurry"
+
+
+def test_metadata_round_trips_through_the_a1111_text(tmp_path):
+    text = ("a castle, (golden hour:1.2)\nat dusk\nNegative prompt: fog, people\n"
+            'Steps: 30, Sampler: DPM++ 2M Karras, CFG scale: 6.5, Seed: 123, Size: 512x768, Model hash: abc, Model: sd15')
+    fields = parse_a1111_parameters(text)
+    assert fields == {"prompt": "a castle, (golden hour:1.2)\nat dusk", "negative_prompt": "fog, people", "steps": 30,
+                      "sampler": "dpmpp_2m_karras", "cfg_scale": 6.5, "seed": 123, "width": 512, "height": 768,
+                      "model": "sd15"}
+
+
+def test_from_remakes_the_same_picture(monkeypatch, capsys, tmp_path):
+    first = tmp_path / "first"
+    code, _, err = run_cli(monkeypatch, capsys, "generate", "a small boat", *TINY, "-n", "2", "--seed", "9", "--outdir", str(first))
+    assert code == 0, err
+    source = sorted(first.glob("*.png"))[1]  # the second picture, seed 10
+    again = tmp_path / "again"
+    code, _, err = run_cli(monkeypatch, capsys, "generate", "--from", str(source), "--outdir", str(again))
+    assert code == 0, err
+    remade = list(again.glob("*.png"))
+    assert len(remade) == 1 and "-10-" in remade[0].name
+    assert np.array_equal(pixels(Image.open(source)), pixels(Image.open(remade[0])))
+
+
+def test_from_an_a1111_picture(monkeypatch, capsys, tmp_path):
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a fox\nSteps: 3, Sampler: Euler, CFG scale: 5, Seed: 8, Size: 64x64, Model: tiny-random")
+    Image.new("RGB", (64, 64)).save(tmp_path / "a1111.png", pnginfo=info)
+    code, _, err = run_cli(monkeypatch, capsys, "generate", "--from", str(tmp_path / "a1111.png"), "--outdir", str(tmp_path / "o"))
+    assert code == 0, err
+    made = read_png_info(next((tmp_path / "o").glob("*.png")))["reverie"]
+    assert made["seed"] == 8 and made["settings"]["sampler"] == "euler" and made["settings"]["prompt"] == "a fox"
+
+
+def test_original_txt2img_flags_work(monkeypatch, capsys, tmp_path):
+    code, _, err = run_cli(monkeypatch, capsys, "generate", "--prompt", "a tree", "--plms", "--ddim_steps", "3",
+                           "--n_samples", "1", "--scale", "5", "--H", "64", "--W", "72", "--seed", "1",
+                           "--ckpt", "tiny-random", "--outdir", str(tmp_path))
+    assert code == 0, err
+    made = read_png_info(next(tmp_path.glob("*.png")))
+    assert "Sampler: PLMS" in made["parameters"] and "Size: 72x64" in made["parameters"]
+
+
+def test_info_prints_the_settings(monkeypatch, capsys, tmp_path):
+    run_cli(monkeypatch, capsys, "generate", "a kite", *TINY, "-n", "1", "--seed", "5", "--outdir", str(tmp_path))
+    picture = next(tmp_path.glob("*.png"))
+    code, out, _ = run_cli(monkeypatch, capsys, "info", str(picture))
+    assert code == 0 and "a kite" in out and "Seed: 5" in out
+    code, out, _ = run_cli(monkeypatch, capsys, "info", str(picture), "--json")
+    assert json.loads(out)["seed"] == 5
+
+
+def test_image_modes_from_the_command_line(monkeypatch, capsys, tmp_path, photo):
+    mask = tmp_path / "mask.png"
+    Image.new("L", (88, 72), 0).save(mask)
+    Image.open(mask).paste(255, (10, 10, 40, 40))
+    m = Image.new("L", (88, 72), 0)
+    m.paste(255, (10, 10, 40, 40))
+    m.save(mask)
+    common = ["--model", "tiny-random", "--steps", "3", "-n", "1", "--seed", "3"]
+    for args in (["img2img", "paint it", "-i", photo, "--strength", "0.5"],
+                 ["variations", photo, "--strength", "0.4"],
+                 ["inpaint", "a door", "--image", photo, "--mask", str(mask)],
+                 ["outpaint", "more", "--image", photo, "--right", "16"]):
+        outdir = tmp_path / args[0]
+        code, _, err = run_cli(monkeypatch, capsys, *args, *common, "--outdir", str(outdir))
+        assert code == 0, (args, err)
+        made = Image.open(next(outdir.glob("*.png")))
+        assert made.size == ((104, 72) if args[0] == "outpaint" else (88, 72))
+
+
+def test_samplers_and_models_are_listed(monkeypatch, capsys):
+    code, out, _ = run_cli(monkeypatch, capsys, "samplers")
+    for name in ("plms", "ddim", "euler", "euler_a", "heun", "lms", "dpmpp_2m", "dpmpp_2m_karras", "dpmpp_sde_karras",
+                 "unipc", "lcm"):
+        assert f"\n{name} " in "\n" + out
+    code, out, _ = run_cli(monkeypatch, capsys, "models")
+    assert code == 0 and "tiny-random" in out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["generate", "x", "--model", "tiny-random", "-W", "100"], "width: must be a multiple of 8"),
+        (["generate", "x", "--model", "tiny-random", "--sampler", "nope"], "unknown sampler"),
+        (["generate", "a (b", "--model", "tiny-random", "--steps", "1", "-W", "64", "-H", "64", "-n", "1"], "position 2"),
+        (["generate", "x", "--model", "/no/such/model.safetensors"], "no model named"),
+        (["generate", "x", "--model", "org/model"], "offline"),
+        (["img2img", "x", "-i", "/no/such.png", "--model", "tiny-random"], "no file at /no/such.png"),
+        (["info", "/no/such.png"], "no image at"),
+        (["generate", "--from", "/no/such.png"], "no image at"),
+    ],
+)
+def test_mistakes_exit_2_with_one_clear_line(monkeypatch, capsys, args, message):
+    code, out, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 2
+    assert message in " ".join(err.split())
+    assert "Traceback" not in err
+
+
+def test_usage_errors_exit_2(monkeypatch, capsys):
+    code, _, err = run_cli(monkeypatch, capsys, "generate", "x", "--steps", "many")
+    assert code == 2 and "steps" in err
