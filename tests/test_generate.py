@@ -220,3 +220,20 @@ def test_a_size_that_cannot_fit_is_refused_before_work(studio, monkeypatch):
         studio.generate(make_request(**FAST | {"width": 2048, "height": 2048}, prompt="x", n_samples=4),
                         progress=events.append)
     assert not [e for e in events if e.stage == "denoise"]
+
+
+def test_bf16_runs_and_stays_close_to_fp32(studio):
+    full = generate(studio, prompt="a fish", seed=2, n_samples=1, sampler="euler")
+    half = generate(studio, prompt="a fish", seed=2, n_samples=1, sampler="euler", dtype="bf16")
+    diff = np.abs(pixels(full.images[0].image) - pixels(half.images[0].image))
+    assert diff.mean() < 12  # same picture, bf16 rounding only
+
+
+def test_attention_slicing_and_vae_tiling_keep_the_picture(studio):
+    plain = generate(studio, prompt="a tower", seed=4, n_samples=1, width=160, height=160, sampler="euler")
+    lean = generate(studio, prompt="a tower", seed=4, n_samples=1, width=160, height=160, sampler="euler",
+                    attention_slicing=True, vae_tiling=True)
+    assert lean.request.vae_tiling and lean.request.attention_slicing
+    assert lean.images[0].image.size == (160, 160)
+    diff = np.abs(pixels(plain.images[0].image) - pixels(lean.images[0].image))
+    assert diff.mean() < 20  # tiles are blended; the picture is the same picture
