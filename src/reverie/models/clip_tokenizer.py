@@ -52,9 +52,7 @@ def _byte_symbols() -> list[str]:
     shifted to code points from 256 upward so that every symbol is visible text.
     """
     direct = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     )
     shifted = [b for b in range(256) if b not in direct]
     symbols = [chr(b) for b in direct] + [chr(256 + i) for i in range(len(shifted))]
@@ -68,8 +66,7 @@ def _read_merges() -> list[str]:
         raw = (importlib.resources.files(package) / name).read_bytes()
     except (ModuleNotFoundError, FileNotFoundError) as e:  # pragma: no cover - install problem
         raise RuntimeError(
-            "the CLIP tokenizer table is missing: install open_clip_torch, which ships "
-            f"{package}/{name}"
+            f"the CLIP tokenizer table is missing: install open_clip_torch, which ships {package}/{name}"
         ) from e
     lines = gzip.decompress(raw).decode("utf-8").split("\n")
     # Line 0 is a version header; the vocabulary only uses the first NUM_MERGES rules.
