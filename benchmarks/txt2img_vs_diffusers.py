@@ -30,10 +30,13 @@ def sd15_components(dtype: torch.dtype):
     root = resources.files("reverie.models") / "configs" / "sd1"
     read = lambda part: json.loads((root / part / "config.json").read_text())  # noqa: E731
     torch.manual_seed(0)
-    unet = UNet2DConditionModel.from_config(read("unet")).to(dtype).eval()
-    vae = AutoencoderKL.from_config(read("vae")).to(dtype).eval()
+    unet = UNet2DConditionModel.from_config(read("unet")).eval()
+    vae = AutoencoderKL.from_config(read("vae")).eval()
     text_config = {k: v for k, v in read("text_encoder").items() if not k.startswith("_")}
-    text_encoder = CLIPTextModel(CLIPTextConfig(**text_config)).to(dtype).eval()
+    text_encoder = CLIPTextModel(CLIPTextConfig(**text_config)).eval()
+    if dtype != torch.float32:
+        for module in (unet, vae, text_encoder):
+            module.to(dtype)
     schedule = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
     return ModelComponents("sd15-random", unet, vae, text_encoder, clip_tokenizer(), schedule, family="sd1")
 

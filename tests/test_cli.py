@@ -144,3 +144,11 @@ def test_mistakes_exit_2_with_one_clear_line(monkeypatch, capsys, args, message)
 def test_usage_errors_exit_2(monkeypatch, capsys):
     code, _, err = run_cli(monkeypatch, capsys, "generate", "x", "--steps", "many")
     assert code == 2 and "steps" in err
+
+
+def test_second_run_adds_files_instead_of_overwriting(monkeypatch, capsys, tmp_path):
+    for _ in range(2):
+        code, _, err = run_cli(monkeypatch, capsys, "generate", "a bee", *TINY, "-n", "2", "--seed", "1", "--outdir", str(tmp_path))
+        assert code == 0, err
+    assert len(list(tmp_path.glob("*.png"))) == 4
+    assert len(list((tmp_path / "grids").glob("*.png"))) == 2

@@ -15,8 +15,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .errors import ReverieError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="reverie: an open-source AI art studio.")
-err = Console(stderr=True)
-out = Console()
+err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 # Options every generating command shares; the original txt2img.py spellings are aliases.
 Model = Annotated[Optional[str], typer.Option("--model", "-m", "--ckpt", help="Built-in name, diffusers folder, .safetensors/.ckpt file, or hub id.")]
@@ -210,7 +210,7 @@ def info(image: Annotated[Path, typer.Argument(help="A PNG made by reverie or A1
         out.print_json(json.dumps(data["reverie"]))
         return
     if data["parameters"]:
-        out.print(data["parameters"], markup=False, highlight=False, soft_wrap=True)
+        out.print(data["parameters"], markup=False, highlight=False)
     if data["reverie"]:
         out.print("\nreverie:", markup=False)
         out.print_json(json.dumps(data["reverie"]))

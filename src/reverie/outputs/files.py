@@ -35,5 +35,5 @@ def save_grid(images: list[Image.Image], outdir: Path, prompt: str, parameters: 
     outdir.mkdir(parents=True, exist_ok=True)
     grids = outdir / "grids"
     grids.mkdir(exist_ok=True)
-    path = grids / f"grid-{next_number(grids):05d}-{slug(prompt)}.png"
+    path = grids / f"{next_number(grids):05d}-grid-{slug(prompt)}.png"
     return save_png(make_grid(images), path, parameters, metadata)
