@@ -20,6 +20,9 @@ def is_diffusers_folder(path: Path) -> bool:
 def load_diffusers_folder(path: str | Path, dtype: torch.dtype = torch.float32) -> ModelComponents:
     """Load every part of a local diffusers pipeline folder, never reaching for the network."""
     from diffusers import DiffusionPipeline
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.disable_progress_bar()  # reverie shows its own progress
 
     path = Path(path)
     if not path.is_dir():
@@ -31,7 +34,7 @@ def load_diffusers_folder(path: str | Path, dtype: torch.dtype = torch.float32) 
     try:
         pipe = DiffusionPipeline.from_pretrained(
             path,
-            torch_dtype=dtype,
+            dtype=dtype,
             local_files_only=True,
             safety_checker=None,
             requires_safety_checker=False,
