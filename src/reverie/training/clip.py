@@ -1,0 +1,64 @@
+"""Training the built-in CLIP's image side against frozen MiniLM sentence embeddings.
+
+Contrastive (InfoNCE, both directions) on the dataset's pictures and caption lines; only the
+image encoder and the temperature learn. Text vectors are computed once for every caption.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..models.mini_clip import ImageEncoder
+from ..models.minilm import sentence_embeddings
+from .autoencoder import to_unit_range
+from .loop import TrainConfig, Trainer
+
+
+def caption_table(captions: list[list[str]], tokenizer, text_encoder) -> tuple[torch.Tensor, list[list[int]]]:
+    """Unique caption vectors, and for each picture the rows of its caption lines."""
+    unique = sorted({line for lines in captions for line in lines})
+    row = {text: i for i, text in enumerate(unique)}
+    vectors = sentence_embeddings(unique, tokenizer, text_encoder)
+    return vectors, [[row[line] for line in lines] for lines in captions]
+
+
+def augment(batch: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+    """Small shifts and mirror images: the same thing, drawn a little differently."""
+    n, _, h, w = batch.shape
+    flip = torch.rand(n, generator=rng) < 0.5
+    batch = torch.where(flip[:, None, None, None], batch.flip(-1), batch)
+    pad = h // 8
+    padded = F.pad(batch, (pad, pad, pad, pad), mode="replicate")
+    dx, dy = torch.randint(0, 2 * pad + 1, (2,), generator=rng).tolist()
+    return padded[..., dy : dy + h, dx : dx + w]
+
+
+def clip_loss(encoder: ImageEncoder, images: torch.Tensor, texts: torch.Tensor) -> dict:
+    image_vectors = encoder(images)
+    logits = encoder.logit_scale.exp().clamp(max=100) * image_vectors @ texts.T
+    target = torch.arange(len(images))
+    loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+    accuracy = (logits.argmax(1) == target).float().mean()
+    return {"loss": loss, "accuracy": accuracy.detach()}
+
+
+def train_clip(images: torch.Tensor, captions: list[list[str]], tokenizer, text_encoder, out: str | Path,
+               config: TrainConfig, quiet: bool = False) -> ImageEncoder:
+    torch.manual_seed(config.seed)
+    encoder = ImageEncoder()
+    vectors, rows = caption_table(captions, tokenizer, text_encoder)
+    trainer = Trainer(encoder, out, config, "clip")
+
+    def step(step_index: int, rng: torch.Generator) -> dict:
+        index = torch.randint(0, len(images), (config.batch_size,), generator=rng).tolist()
+        picks = torch.randint(0, 1 << 30, (len(index),), generator=rng).tolist()
+        text_rows = torch.tensor([rows[i][p % len(rows[i])] for i, p in zip(index, picks)])
+        batch = augment(to_unit_range(images[index]), rng)
+        return clip_loss(encoder, batch, vectors[text_rows])
+
+    trainer.run(step, None, quiet=quiet)
+    encoder.load_state_dict(trainer.ema_model_state())
+    return encoder.eval()

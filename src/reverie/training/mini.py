@@ -1,0 +1,93 @@
+"""The recipe for reverie-mini: autoencoder, then denoiser on its latents, then packaging.
+
+Each stage reads the dataset folder (`reverie data build`), writes a run folder that resumes
+when started again, and ends with a diffusers-layout export of the EMA weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+
+from ..models.components import ModelComponents
+from ..models.mini import MINI_DIR, save_mini
+from ..models.minilm import WINDOW, load_minilm
+from ..outputs.grid import make_grid
+from .autoencoder import encode_all, latent_scaling_factor, train_autoencoder
+from .data.folder import ImageCaptionFolder
+from .denoiser import SCHEDULE, CaptionStates, train_denoiser
+from .loop import TrainConfig
+
+SAMPLE_PROMPTS = (
+    "red apple, Noto emoji",
+    "a cat face, Twemoji",
+    "rocket, flat Fluent emoji",
+    "house line icon",
+    "blue car, Noto emoji",
+    "smiling face with sunglasses, Twemoji",
+    "green tree, flat Fluent emoji",
+    "umbrella line icon",
+)
+
+
+def read_dataset(data: str | Path, size: int, split: str = "train") -> ImageCaptionFolder:
+    return ImageCaptionFolder(data, size=size, split=split)
+
+
+def run_autoencoder(data: str | Path, out: str | Path, config: TrainConfig, size: int = 64, quiet: bool = False) -> Path:
+    """Train (or resume) the autoencoder; export it with its latent scaling factor to out/vae."""
+    train = read_dataset(data, size, "train")
+    test = read_dataset(data, size, "test")
+    vae = train_autoencoder(train.images, out, config, held_out=test.images, quiet=quiet)
+    vae.register_to_config(scaling_factor=latent_scaling_factor(vae, train.images[:2048]))
+    export = Path(out) / "vae"
+    vae.save_pretrained(export, safe_serialization=True)
+    return export
+
+
+def run_denoiser(data: str | Path, vae_dir: str | Path, out: str | Path, config: TrainConfig, quiet: bool = False) -> Path:
+    """Train (or resume) the UNet on the autoencoder's latents; export it to out/unet."""
+    vae = AutoencoderKL.from_pretrained(vae_dir, local_files_only=True).eval()
+    size = int(vae.config.sample_size)
+    train = read_dataset(data, size, "train")
+    latents = encode_all(vae, train.images)
+    tokenizer, text_encoder = load_minilm()
+    states = CaptionStates(tokenizer, text_encoder, WINDOW)
+
+    def sample(unet: UNet2DConditionModel, step: int, folder: Path) -> None:
+        sample_grid(unet, vae, tokenizer, text_encoder, folder / f"unet-{step:06d}.png")
+
+    unet = train_denoiser(latents, train.captions, states, out, config, sample_fn=sample, quiet=quiet)
+    export = Path(out) / "unet"
+    unet.save_pretrained(export, safe_serialization=True)
+    return export
+
+
+def components_from(unet, vae, tokenizer, text_encoder) -> ModelComponents:
+    return ModelComponents("mini-training", unet, vae, text_encoder, tokenizer, dict(SCHEDULE), family="mini")
+
+
+@torch.no_grad()
+def sample_grid(unet, vae, tokenizer, text_encoder, path: Path, prompts=SAMPLE_PROMPTS, steps: int = 20) -> Path:
+    """One picture per prompt, through the same engine users run."""
+    from ..request import make_request
+    from ..studio import Studio
+
+    studio = Studio(device="cpu")
+    studio.add_model("mini-training", components_from(unet, vae, tokenizer, text_encoder))
+    pictures = []
+    for i, prompt in enumerate(prompts):
+        request = make_request(prompt=prompt, model="mini-training", steps=steps, cfg_scale=4.0, seed=i,
+                               n_samples=1, sampler="dpmpp_2m", device="cpu")
+        pictures.append(studio.generate(request).images[0].image)
+    make_grid(pictures, columns=len(prompts)).save(path)
+    return path
+
+
+def package(vae_dir: str | Path, unet_dir: str | Path, dest: str | Path = MINI_DIR) -> Path:
+    """Copy the trained parts into the shipped folder as fp16, with the noise schedule."""
+    vae = AutoencoderKL.from_pretrained(vae_dir, local_files_only=True)
+    unet = UNet2DConditionModel.from_pretrained(unet_dir, local_files_only=True)
+    return save_mini(unet, vae, dict(SCHEDULE), Path(dest))
