@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.reverie-installed
+NPM_DATA := data/npm
+NPM_STAMP := $(NPM_DATA)/node_modules/.reverie-installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
@@ -10,9 +12,9 @@ export PYTHONUNBUFFERED := 1
 PROMPT ?= an astronaut lounging in a desert, expressive oil painting
 DEMO_MODEL ?= tiny-random
 
-.PHONY: install demo test clean
+.PHONY: install demo test clean data
 
-install: $(STAMP)
+install: $(STAMP) $(NPM_STAMP)
 
 # torch and torchvision first, pinned together (open_clip needs torchvision, which fits no
 # other torch here); everything else is then resolved against them.
@@ -23,12 +25,20 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# The openly licensed art the built-in models learn from (npm packages, pinned by the lock file).
+$(NPM_STAMP): $(NPM_DATA)/package.json $(NPM_DATA)/package-lock.json
+	npm ci --prefix $(NPM_DATA) --no-audit --no-fund --silent
+	touch $(NPM_STAMP)
+
+data: $(STAMP) $(NPM_STAMP)
+	$(BIN)/reverie data build --npm $(NPM_DATA)/node_modules --out data/build/mini-64 --size 64
+
 demo: $(STAMP)
 	@echo "reverie demo: model '$(DEMO_MODEL)' (tiny-random has random weights: its pictures are noise," \
 	      "it proves the pipeline end to end until the trained built-in model ships)"
 	$(BIN)/reverie generate "$(PROMPT)" --model $(DEMO_MODEL) -n 4 --steps 20 --seed 1 --outdir outputs/demo
 
-test: $(STAMP)
+test: $(STAMP) $(NPM_STAMP)
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -216,6 +216,49 @@ def info(image: Annotated[Path, typer.Argument(help="A PNG made by reverie or A1
         out.print_json(json.dumps(data["reverie"]))
 
 
+data_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Training data for reverie's built-in models.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("build")
+def data_build(
+    npm: Annotated[Path, typer.Option("--npm", help="The installed art packages (`npm ci --prefix data/npm`).")] = Path("data/npm/node_modules"),
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Folder to write; data/build/mini-SIZE when left out.")] = None,
+    size: Annotated[int, typer.Option("--size", help="Picture size in pixels.")] = 64,
+    include_flags: Annotated[bool, typer.Option("--include-flags", help="Also take flag emoji (hard to learn; left out by default).")] = False,
+):
+    """Build the training dataset (PNG + captions, split by concept) from the pinned emoji and icon art."""
+    from rich.table import Table
+
+    from .training.data.build import build_dataset
+
+    target = out_dir or Path(f"data/build/mini-{size}")
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=False) as bar:
+        task = bar.add_task("pictures", total=None)
+        manifest = build_dataset(npm, target, size=size, include_flags=include_flags,
+                                 progress=lambda done, total: bar.update(task, completed=done, total=total))
+    table = Table(title=f"{target} ({manifest['size']} px)")
+    for name, justify in (("source", "left"), ("style", "left"), ("licence", "left"), ("train", "right"), ("test", "right")):
+        table.add_column(name, justify=justify)
+    for i, (name, s) in enumerate(manifest["sources"].items(), 1):
+        table.add_row(name, s["style"], s["license"], str(s["train"]), str(s["test"]), end_section=i == len(manifest["sources"]))
+    splits, concepts = manifest["splits"], manifest["concepts"]
+    table.add_row("pictures", "", "", str(splits["train"]), str(splits["test"]))
+    table.add_row("concepts", "", "", str(concepts["train"]), str(concepts["test"]))
+    out.print(table)
+    out.print(f"manifest: {target / 'manifest.json'}  attribution: {target / 'ATTRIBUTION.md'}")
+
+
+def _add_train_app() -> None:
+    from .cli_train import train_app
+
+    app.add_typer(train_app, name="train")
+
+
+_add_train_app()
+
+
 class ReverieErrorExit(ReverieError):
     pass
 

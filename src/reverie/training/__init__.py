@@ -1,0 +1,1 @@
+"""Training reverie's built-in models: the dataset, the networks, the loop."""
