@@ -36,6 +36,7 @@ Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N o
 Slicing = Annotated[bool, typer.Option("--attention-slicing", help="Compute attention in slices (less memory, slower).")]
 Tiling = Annotated[Optional[bool], typer.Option("--vae-tiling/--no-vae-tiling", help="Decode in tiles (large sizes); automatic when left out.")]
 Strength = Annotated[Optional[float], typer.Option("--strength", help="How much to change the image: 0 keeps it, 1 replaces it.")]
+Upscale = Annotated[Optional[int], typer.Option("--upscale", help="Enlarge the results 1, 2 or 4 times with the built-in upscaler (the model's default when left out).")]
 MaskBlur = Annotated[int, typer.Option("--mask-blur", help="Pixels over which the repainted area fades into the kept one.")]
 
 
@@ -46,6 +47,7 @@ def _common(**kw) -> dict:
         width=kw["width"], height=kw["height"], steps=kw["steps"], cfg_scale=kw["cfg_scale"],
         sampler="plms" if kw.get("plms") else kw["sampler"], seed=kw["seed"], dtype=kw["dtype"],
         device=kw["device"], attention_slicing=kw["attention_slicing"], vae_tiling=kw["vae_tiling"],
+        upscale=kw.get("upscale"),
     )
     return fields
 
@@ -88,7 +90,7 @@ def generate(
     model: Model = None, negative: Negative = "", n_samples: Samples = 4, n_iter: Iters = 1, width: Width = None,
     height: Height = None, steps: Steps = 25, cfg_scale: Cfg = 7.5, sampler: SamplerOpt = "dpmpp_2m_karras",
     plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto",
-    attention_slicing: Slicing = False, vae_tiling: Tiling = None,
+    attention_slicing: Slicing = False, vae_tiling: Tiling = None, upscale: Upscale = None,
 ):
     """Text to image."""
     if from_image is not None:
@@ -115,7 +117,7 @@ def img2img(
     model: Model = None, negative: Negative = "", n_samples: Samples = 4, n_iter: Iters = 1, width: Width = None,
     height: Height = None, steps: Steps = 25, cfg_scale: Cfg = 7.5, sampler: SamplerOpt = "dpmpp_2m_karras",
     plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto",
-    attention_slicing: Slicing = False, vae_tiling: Tiling = None,
+    attention_slicing: Slicing = False, vae_tiling: Tiling = None, upscale: Upscale = None,
 ):
     """Image to image: redraw a picture after a prompt (strength 0..1)."""
     fields = _common(**locals()) | {"mode": "img2img", "prompt": prompt, "init_image": str(init_image), "strength": strength}
@@ -130,7 +132,7 @@ def variations(
     model: Model = None, negative: Negative = "", n_samples: Samples = 4, n_iter: Iters = 1, width: Width = None,
     height: Height = None, steps: Steps = 25, cfg_scale: Cfg = 7.5, sampler: SamplerOpt = "dpmpp_2m_karras",
     plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto",
-    attention_slicing: Slicing = False, vae_tiling: Tiling = None,
+    attention_slicing: Slicing = False, vae_tiling: Tiling = None, upscale: Upscale = None,
 ):
     """Variations of a picture: new seeds around the same picture."""
     fields = _common(**locals()) | {"mode": "variations", "prompt": prompt or "", "init_image": str(image), "strength": strength}
@@ -146,7 +148,7 @@ def inpaint(
     model: Model = None, negative: Negative = "", n_samples: Samples = 4, n_iter: Iters = 1, width: Width = None,
     height: Height = None, steps: Steps = 25, cfg_scale: Cfg = 7.5, sampler: SamplerOpt = "dpmpp_2m_karras",
     plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto",
-    attention_slicing: Slicing = False, vae_tiling: Tiling = None,
+    attention_slicing: Slicing = False, vae_tiling: Tiling = None, upscale: Upscale = None,
 ):
     """Repaint only the masked part of a picture."""
     fields = _common(**locals()) | {"mode": "inpaint", "prompt": prompt, "init_image": str(image), "mask_image": str(mask),
@@ -166,7 +168,7 @@ def outpaint(
     model: Model = None, negative: Negative = "", n_samples: Samples = 4, n_iter: Iters = 1,
     steps: Steps = 25, cfg_scale: Cfg = 7.5, sampler: SamplerOpt = "dpmpp_2m_karras",
     plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto",
-    attention_slicing: Slicing = False, vae_tiling: Tiling = None,
+    attention_slicing: Slicing = False, vae_tiling: Tiling = None, upscale: Upscale = None,
 ):
     """Extend the canvas and fill the new area to match."""
     fields = _common(width=None, height=None, **locals()) | {
@@ -174,6 +176,17 @@ def outpaint(
         "outpaint_left": left, "outpaint_right": right, "outpaint_up": up, "outpaint_down": down,
     }
     _run(fields, outdir or Path("outputs/outpaint"))
+
+
+@app.command("upscale")
+def upscale_cmd(
+    image: Annotated[Path, typer.Argument(help="The picture to enlarge.")],
+    factor: Annotated[int, typer.Option("--factor", "-f", help="2 or 4.")] = 4,
+    outdir: Outdir = None,
+):
+    """Enlarge a picture with the built-in 4x upscaler (trained on flat-coloured art)."""
+    _run({"mode": "upscale", "init_image": str(image), "upscale": factor, "n_samples": 1, "prompt": ""},
+         outdir or Path("outputs/upscale"))
 
 
 @app.command()
@@ -226,6 +239,7 @@ def data_build(
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Folder to write; data/build/mini-SIZE when left out.")] = None,
     size: Annotated[int, typer.Option("--size", help="Picture size in pixels.")] = 64,
     include_flags: Annotated[bool, typer.Option("--include-flags", help="Also take flag emoji (hard to learn; left out by default).")] = False,
+    sources: Annotated[str, typer.Option("--sources", help="Comma-separated sources: noto, twemoji, fluent, tabler.")] = "noto,twemoji,fluent,tabler",
 ):
     """Build the training dataset (PNG + captions, split by concept) from the pinned emoji and icon art."""
     from rich.table import Table
@@ -237,6 +251,7 @@ def data_build(
     with Progress(*columns, console=err, transient=False) as bar:
         task = bar.add_task("pictures", total=None)
         manifest = build_dataset(npm, target, size=size, include_flags=include_flags,
+                                 sources=tuple(name.strip() for name in sources.split(",") if name.strip()),
                                  progress=lambda done, total: bar.update(task, completed=done, total=total))
     table = Table(title=f"{target} ({manifest['size']} px)")
     for name, justify in (("source", "left"), ("style", "left"), ("licence", "left"), ("train", "right"), ("test", "right")):

@@ -73,3 +73,28 @@ def package_cmd(vae: Annotated[Path, typer.Option("--vae")] = Path("runs/autoenc
 
     folder = package(vae, unet_dir, dest or MINI_DIR)
     out.print(f"reverie-mini written to {folder}")
+
+
+@train_app.command()
+def clip(data: Data = Path("data/build/mini-64"), out_dir: Out = Path("runs/clip"), steps: Steps = 3000,
+         batch_size: Batch = 256, lr: Lr = 1e-3, bf16: Bf16 = False, save_every: SaveEvery = 250,
+         sample_every: SampleEvery = 1000):
+    """Train the small CLIP's image encoder against frozen MiniLM sentence vectors."""
+    from .training.mini import run_clip
+
+    _check_data(data)
+    export = run_clip(data, out_dir, _config(steps, batch_size, lr, bf16, save_every, sample_every))
+    out.print(f"image encoder saved to {export}")
+
+
+@train_app.command()
+def upscaler(data: Data = Path("data/build/hires-256"), out_dir: Out = Path("runs/upscaler"), steps: Steps = 2000,
+             batch_size: Batch = 16, lr: Lr = 5e-4, bf16: Bf16 = False, save_every: SaveEvery = 250,
+             sample_every: SampleEvery = 500,
+             size: Annotated[int, typer.Option("--size", help="High-resolution picture size.")] = 256):
+    """Train the 4x upscaler on vector art rendered large (reverie data build --sources fluent,tabler --size 256)."""
+    from .training.mini import run_upscaler
+
+    _check_data(data)
+    export = run_upscaler(data, out_dir, _config(steps, batch_size, lr, bf16, save_every, sample_every), size=size)
+    out.print(f"upscaler saved to {export}")

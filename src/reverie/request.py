@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import BadRequest
 from .samplers import DEFAULT_SAMPLER, get_sampler
 
-Mode = Literal["txt2img", "img2img", "variations", "inpaint", "outpaint"]
+Mode = Literal["txt2img", "img2img", "variations", "inpaint", "outpaint", "upscale"]
 MAX_SIDE = 4096
 MAX_SEED = 2**32 - 1
 
@@ -49,6 +49,7 @@ class GenerationRequest(BaseModel):
     outpaint_right: int = Field(0, ge=0, le=MAX_SIDE)
     outpaint_up: int = Field(0, ge=0, le=MAX_SIDE)
     outpaint_down: int = Field(0, ge=0, le=MAX_SIDE)
+    upscale: Literal[1, 2, 4] | None = None  # None: the model's own default (4 for reverie-mini)
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     device: str = "auto"
     attention_slicing: bool | None = None  # None: decided from the size and free memory

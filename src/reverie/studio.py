@@ -13,6 +13,8 @@ from . import __version__
 from .device import check_fits, estimate_peak_bytes, pick_device, pick_dtype
 from .errors import ModelNotFound
 from .methods.diffusion.run import run_batches
+from .methods.upscale import upscale_pictures
+from .models.upscaler import load_upscaler
 from .models.components import ModelComponents
 from .models.registry import load_model
 from .outputs.files import save_grid, save_image
@@ -39,6 +41,7 @@ class Studio:
         self.device_name = device
         self.max_models = max_models
         self._models: OrderedDict[tuple, ModelComponents] = OrderedDict()
+        self._upscaler = None
 
     # -- models -------------------------------------------------------------------------
     def add_model(self, name: str, components: ModelComponents, device: str = "cpu") -> None:
@@ -81,16 +84,24 @@ class Studio:
         device = pick_device(request.device if request.device != "auto" else self.device_name)
         dtype = pick_dtype(request.dtype, device)
         started = time.perf_counter()
-        progress(ProgressEvent("load", message=f"loading {request.model}"))
-        components = self.model(request.model, device, dtype)
+        if request.mode == "upscale":
+            batches, model_name = _picture_as_batch(request), "reverie-upscaler"
+            request = request.model_copy(update={"upscale": request.upscale or 4})
+        else:
+            progress(ProgressEvent("load", message=f"loading {request.model}"))
+            components = self.model(request.model, device, dtype)
+            request = self._fit_memory(request, components, device, dtype)
+            if request.upscale is None:
+                request = request.model_copy(update={"upscale": components.extras.get("default_upscale", 1)})
+            batches, model_name = run_batches(request, components, device, dtype, progress, should_stop), components.name
         loaded = time.perf_counter()
-        request = self._fit_memory(request, components, device, dtype)
         result = Result(request=request)
         outdir = Path(outdir) if outdir else None
-        settings = request.settings() | {"model_name": components.name, "reverie_version": __version__}
+        settings = request.settings() | {"model_name": model_name, "reverie_version": __version__}
         try:
-            for batch in run_batches(request, components, device, dtype, progress, should_stop):
-                for picture, seed in batch:
+            for batch in batches:
+                pictures = self._upscaled([picture for picture, _ in batch], request.upscale, progress)
+                for picture, (_, seed) in zip(pictures, batch):
                     index = len(result.images)
                     metadata = reverie_metadata(settings, seed, index) | {"image_size": list(picture.size)}
                     parameters = a1111_parameters(settings | _actual_size(picture), seed)
@@ -106,6 +117,14 @@ class Studio:
             result.grid_path = save_grid([img.image for img in result.images], outdir, request.prompt, first.parameters, first.metadata)
         result.timings = {"load_s": loaded - started, "generate_s": time.perf_counter() - loaded}
         return result
+
+    def _upscaled(self, pictures, factor: int, progress: ProgressCallback):
+        if factor == 1:
+            return pictures
+        progress(ProgressEvent("upscale", message=f"upscaling x{factor}"))
+        if self._upscaler is None:
+            self._upscaler = load_upscaler()
+        return upscale_pictures(pictures, factor, self._upscaler)
 
     def _resolve(self, request: GenerationRequest) -> GenerationRequest:
         """Fix the seed and the model, and for variations borrow the source picture's prompt."""
@@ -148,6 +167,13 @@ class Studio:
         if request.mode == "txt2img":
             updates.update(width=width, height=height)
         return request.model_copy(update=updates)
+
+
+def _picture_as_batch(request: GenerationRequest):
+    """The upscale mode's input, as one batch of one picture (seed 0: nothing is random)."""
+    from .methods.diffusion.images import load_image, to_rgb
+
+    yield [(to_rgb(load_image(request.init_image, "init_image")), 0)]
 
 
 def _actual_size(picture) -> dict:

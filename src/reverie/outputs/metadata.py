@@ -37,6 +37,9 @@ def a1111_parameters(settings: dict, seed: int) -> str:
         fields["Denoising strength"] = _number(settings.get("strength"))
     if settings.get("mode") in ("inpaint", "outpaint"):
         fields["Mask blur"] = settings.get("mask_blur", 0)
+    if (settings.get("upscale") or 1) > 1:
+        fields["Hires upscale"] = settings["upscale"]
+        fields["Hires upscaler"] = "reverie 4x"
     lines.append(", ".join(f"{key}: {value}" for key, value in fields.items()))
     return "\n".join(lines)
 

@@ -91,3 +91,24 @@ def package(vae_dir: str | Path, unet_dir: str | Path, dest: str | Path = MINI_D
     vae = AutoencoderKL.from_pretrained(vae_dir, local_files_only=True)
     unet = UNet2DConditionModel.from_pretrained(unet_dir, local_files_only=True)
     return save_mini(unet, vae, dict(SCHEDULE), Path(dest))
+
+
+def run_clip(data: str | Path, out: str | Path, config: TrainConfig, quiet: bool = False) -> Path:
+    """Train (or resume) the small CLIP's image encoder; export it to out/image_encoder."""
+    from ..models.mini_clip import IMAGE_SIZE, save_clip
+    from .clip import train_clip
+
+    train = read_dataset(data, IMAGE_SIZE, "train")
+    tokenizer, text_encoder = load_minilm()
+    encoder = train_clip(train.images, train.captions, tokenizer, text_encoder, out, config, quiet=quiet)
+    return save_clip(encoder, Path(out) / "export", half=False)
+
+
+def run_upscaler(data: str | Path, out: str | Path, config: TrainConfig, size: int = 256, quiet: bool = False) -> Path:
+    """Train (or resume) the 4x upscaler on high-resolution renders; export to out/export."""
+    from ..models.upscaler import save_upscaler
+    from .upscaler import train_upscaler
+
+    train = read_dataset(data, size, "train")
+    model = train_upscaler(train.images, out, config, quiet=quiet)
+    return save_upscaler(model, Path(out) / "export", half=False)
