@@ -9,8 +9,8 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-PROMPT ?= an astronaut lounging in a desert, expressive oil painting
-DEMO_MODEL ?= tiny-random
+PROMPT ?= red apple, Noto emoji
+DEMO_MODEL ?= mini
 
 .PHONY: install demo test clean data
 
@@ -34,9 +34,8 @@ data: $(STAMP) $(NPM_STAMP)
 	$(BIN)/reverie data build --npm $(NPM_DATA)/node_modules --out data/build/mini-64 --size 64
 
 demo: $(STAMP)
-	@echo "reverie demo: model '$(DEMO_MODEL)' (tiny-random has random weights: its pictures are noise," \
-	      "it proves the pipeline end to end until the trained built-in model ships)"
-	$(BIN)/reverie generate "$(PROMPT)" --model $(DEMO_MODEL) -n 4 --steps 20 --seed 1 --outdir outputs/demo
+	@echo "reverie demo: four pictures from the built-in model '$(DEMO_MODEL)' (emoji and icons), into outputs/demo"
+	$(BIN)/reverie generate "$(PROMPT)" --model $(DEMO_MODEL) -n 4 --steps 20 --cfg-scale 4 --seed 1 --outdir outputs/demo
 
 test: $(STAMP) $(NPM_STAMP)
 	$(BIN)/python -m pytest -q

@@ -229,7 +229,7 @@ def test_cli_data_build_reports_counts_and_errors(monkeypatch, capsys, tmp_path)
     code, _, err = run_cli(monkeypatch, capsys, "data", "build", "--npm", str(tmp_path / "missing"), "--out", str(tmp_path / "o"))
     assert code == 2 and "npm ci --prefix data/npm" in err
 
-    def fake_build(npm, out, size, include_flags, progress):
+    def fake_build(npm, out, size, include_flags, progress, sources=()):
         progress(0, 2)
         progress(2, 2)
         return {"size": size, "splits": {"train": 1, "test": 1}, "concepts": {"train": 1, "test": 1},

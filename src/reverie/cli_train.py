@@ -66,13 +66,17 @@ def unet(data: Data = Path("data/build/mini-64"), vae: Annotated[Path, typer.Opt
 @train_app.command("package")
 def package_cmd(vae: Annotated[Path, typer.Option("--vae")] = Path("runs/autoencoder/vae"),
                 unet_dir: Annotated[Path, typer.Option("--unet")] = Path("runs/unet/unet"),
-                dest: Annotated[Path, typer.Option("--dest", help="Where the built-in model lives.")] = None):
-    """Write the trained parts as the built-in model (fp16 safetensors, diffusers layout)."""
+                dest: Annotated[Path, typer.Option("--dest", help="Where the built-in model lives.")] = None,
+                clip_dir: Annotated[Path, typer.Option("--clip", help="The trained CLIP image encoder (RUN/export).")] = Path("runs/clip/export"),
+                upscaler_dir: Annotated[Path, typer.Option("--upscaler", help="The trained upscaler (RUN/export).")] = Path("runs/upscaler/export")):
+    """Write the trained parts as the built-in models (fp16 safetensors; the denoiser in diffusers layout)."""
     from .models.mini import MINI_DIR
-    from .training.mini import package
+    from .training.mini import package, package_extras
 
     folder = package(vae, unet_dir, dest or MINI_DIR)
     out.print(f"reverie-mini written to {folder}")
+    for written in package_extras(clip_dir, upscaler_dir):
+        out.print(f"written: {written}")
 
 
 @train_app.command()

@@ -52,7 +52,7 @@ class Upscaler(nn.Module):
 
 @torch.no_grad()
 def upscale_image(model: Upscaler, image: Image.Image) -> Image.Image:
-    x = torch.from_numpy(np.asarray(image.convert("RGB"))).permute(2, 0, 1)[None].float() / 127.5 - 1
+    x = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)[None].float() / 127.5 - 1
     y = model(x).clamp(-1, 1)
     array = ((y[0] + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
     return Image.fromarray(array)

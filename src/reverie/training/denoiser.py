@@ -25,7 +25,7 @@ SCHEDULE = {
     "beta_schedule": "scaled_linear",
     "prediction_type": "v_prediction",
     "timestep_spacing": "trailing",
-    "steps_offset": 0,
+    "steps_offset": 1,  # unused with trailing spacing; 1 keeps older schedulers from warning
     "clip_sample": False,
 }
 CAPTION_DROPOUT = 0.1
@@ -57,6 +57,11 @@ class CaptionStates:
 
     @torch.no_grad()
     def __call__(self, captions: list[str]) -> torch.Tensor:
+        # The text encoder runs in fp32 as it does at generation time, whatever the UNet's autocast.
+        with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+            return self._states(captions)
+
+    def _states(self, captions: list[str]) -> torch.Tensor:
         missing = sorted({c for c in captions if c not in self.cache})
         for start in range(0, len(missing), 256):
             texts = missing[start : start + 256]

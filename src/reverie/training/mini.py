@@ -112,3 +112,21 @@ def run_upscaler(data: str | Path, out: str | Path, config: TrainConfig, size: i
     train = read_dataset(data, size, "train")
     model = train_upscaler(train.images, out, config, quiet=quiet)
     return save_upscaler(model, Path(out) / "export", half=False)
+
+
+def package_extras(clip_dir: str | Path, upscaler_dir: str | Path) -> list[Path]:
+    """Copy the trained CLIP image encoder and upscaler into the shipped folders as fp16."""
+    from ..models.mini_clip import CLIP_DIR, ImageEncoder, save_clip
+    from ..models.upscaler import UPSCALER_DIR, Upscaler, save_upscaler
+    from safetensors.torch import load_file
+
+    written = []
+    for source, build, save, dest, name in (
+        (Path(clip_dir), ImageEncoder, save_clip, CLIP_DIR, "image_encoder.safetensors"),
+        (Path(upscaler_dir), Upscaler, save_upscaler, UPSCALER_DIR, "upscaler.safetensors"),
+    ):
+        if (source / name).is_file():
+            model = build()
+            model.load_state_dict(load_file(source / name))
+            written.append(save(model, dest, half=True) / name)
+    return written
