@@ -114,7 +114,7 @@ def main() -> None:
     for i, text in enumerate(texts):
         request = make_request(prompt=text, model="mini", steps=args.steps, cfg_scale=args.cfg, sampler=args.sampler,
                                seed=1000 + 4 * i, n_samples=4, upscale=1)
-        generated += [torch.from_numpy(np.asarray(img.image)).permute(2, 0, 1) for img in studio.generate(request).images]
+        generated += [torch.from_numpy(np.array(img.image)).permute(2, 0, 1) for img in studio.generate(request).images]
     seconds = time.perf_counter() - started
     gen_features = clip.encode_images(to_unit_range(torch.stack(generated)))
     text_features = clip.encode_texts(texts)
@@ -152,8 +152,8 @@ def main() -> None:
     fidelity = {"kid_generated_vs_real_test": kid(gen_features, test_features),
                 "kid_real_train_vs_real_test": kid(train_features, test_features),
                 "clip_distance_matched": matched, "clip_distance_shuffled_captions": shuffled}
-    print(f"KID (CLIP features) generated vs real held-out: {fidelity['kid_generated_vs_real_test']:.4f}  "
-          f"(real train vs real held-out: {fidelity['kid_real_train_vs_real_test']:.4f})")
+    print(f"KID (CLIP features) generated vs real held-out: {fidelity['kid_generated_vs_real_test']:.2e}  "
+          f"(real train vs real held-out: {fidelity['kid_real_train_vs_real_test']:.2e})")
     print(f"CLIP distance to the real picture of the same prompt: {matched:.3f}  (shuffled captions: {shuffled:.3f})")
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "fidelity": fidelity, "prompts": prompts}, indent=2))
