@@ -13,13 +13,13 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 
-from ..errors import BadCheckpoint, ModelNotFound
 from .minilm import HIDDEN, load_minilm, sentence_embeddings
+from .weights import load_weights, save_weights
 
 CLIP_DIR = Path(__file__).resolve().parent.parent / "builtin" / "mini-clip"
 IMAGE_SIZE = 64
+WEIGHTS = "image_encoder.safetensors"
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -69,21 +69,11 @@ class MiniClip:
 
 
 def save_clip(encoder: ImageEncoder, folder: Path = CLIP_DIR, half: bool = True) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    dtype = torch.float16 if half else torch.float32
-    save_file({k: v.to(dtype).contiguous() for k, v in encoder.state_dict().items()}, folder / "image_encoder.safetensors")
+    save_weights(encoder, folder / WEIGHTS, half)
     return folder
 
 
 def load_clip(folder: Path = CLIP_DIR) -> MiniClip:
-    weights = folder / "image_encoder.safetensors"
-    if not weights.is_file():
-        raise ModelNotFound(f"the built-in CLIP is not installed: {weights} is missing")
-    encoder = ImageEncoder()
-    try:
-        state = load_file(weights)
-        encoder.load_state_dict({k: v.float() for k, v in state.items()})
-    except Exception as exc:  # safetensors raises several types for a damaged file
-        raise BadCheckpoint(f"{weights} is damaged ({str(exc).splitlines()[0]}); reinstall reverie") from None
+    encoder = load_weights(ImageEncoder(), folder / WEIGHTS, "the built-in CLIP")
     tokenizer, text_encoder = load_minilm()
     return MiniClip(encoder, tokenizer, text_encoder)

@@ -13,11 +13,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
-from safetensors.torch import load_file, save_file
 
-from ..errors import BadCheckpoint, ModelNotFound
+from .weights import load_weights, save_weights
 
 UPSCALER_DIR = Path(__file__).resolve().parent.parent / "builtin" / "upscaler"
+WEIGHTS = "upscaler.safetensors"
 
 
 class _Residual(nn.Module):
@@ -59,19 +59,9 @@ def upscale_image(model: Upscaler, image: Image.Image) -> Image.Image:
 
 
 def save_upscaler(model: Upscaler, folder: Path = UPSCALER_DIR, half: bool = True) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    dtype = torch.float16 if half else torch.float32
-    save_file({k: v.to(dtype).contiguous() for k, v in model.state_dict().items()}, folder / "upscaler.safetensors")
+    save_weights(model, folder / WEIGHTS, half)
     return folder
 
 
 def load_upscaler(folder: Path = UPSCALER_DIR) -> Upscaler:
-    weights = folder / "upscaler.safetensors"
-    if not weights.is_file():
-        raise ModelNotFound(f"the built-in upscaler is not installed: {weights} is missing")
-    model = Upscaler()
-    try:
-        model.load_state_dict({k: v.float() for k, v in load_file(weights).items()})
-    except Exception as exc:  # safetensors raises several types for a damaged file
-        raise BadCheckpoint(f"{weights} is damaged ({str(exc).splitlines()[0]}); reinstall reverie") from None
-    return model.eval()
+    return load_weights(Upscaler(), folder / WEIGHTS, "the built-in upscaler")

@@ -116,17 +116,16 @@ def run_upscaler(data: str | Path, out: str | Path, config: TrainConfig, size: i
 
 def package_extras(clip_dir: str | Path, upscaler_dir: str | Path) -> list[Path]:
     """Copy the trained CLIP image encoder and upscaler into the shipped folders as fp16."""
-    from ..models.mini_clip import CLIP_DIR, ImageEncoder, save_clip
-    from ..models.upscaler import UPSCALER_DIR, Upscaler, save_upscaler
-    from safetensors.torch import load_file
+    from ..models.mini_clip import CLIP_DIR, WEIGHTS as CLIP_WEIGHTS, ImageEncoder
+    from ..models.upscaler import UPSCALER_DIR, WEIGHTS as UPSCALER_WEIGHTS, Upscaler
+    from ..models.weights import load_weights, save_weights
 
     written = []
-    for source, build, save, dest, name in (
-        (Path(clip_dir), ImageEncoder, save_clip, CLIP_DIR, "image_encoder.safetensors"),
-        (Path(upscaler_dir), Upscaler, save_upscaler, UPSCALER_DIR, "upscaler.safetensors"),
+    for source, build, dest, name in (
+        (Path(clip_dir), ImageEncoder, CLIP_DIR, CLIP_WEIGHTS),
+        (Path(upscaler_dir), Upscaler, UPSCALER_DIR, UPSCALER_WEIGHTS),
     ):
         if (source / name).is_file():
-            model = build()
-            model.load_state_dict(load_file(source / name))
-            written.append(save(model, dest, half=True) / name)
+            model = load_weights(build(), source / name, str(source))
+            written.append(save_weights(model, dest / name, half=True))
     return written
