@@ -274,6 +274,15 @@ def _add_train_app() -> None:
 _add_train_app()
 
 
+def _add_dream_command() -> None:
+    from .cli_dream import dream
+
+    app.command("dream")(dream)
+
+
+_add_dream_command()
+
+
 class ReverieErrorExit(ReverieError):
     pass
 

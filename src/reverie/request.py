@@ -143,3 +143,80 @@ def bad_request_from(exc: ValidationError) -> BadRequest:
     if first["type"] == "extra_forbidden":
         message = "unknown field"
     return BadRequest(field, message)
+
+
+DREAM_OPTIMIZERS = ("adam", "adamw", "adamax", "nadam", "radam", "rmsprop", "adagrad", "sgd")
+
+
+class DreamRequest(BaseModel):
+    """A CLIP-steered dream: what to steer toward, with which generator and guides, for how long.
+
+    `prompt` uses the VQGAN+CLIP syntax (`text:weight:stop | ...`); `generator` is `mini` (the
+    built-in autoencoder's latents), `pixels`, a VQGAN checkpoint, a BigGAN folder, or any model
+    reverie can load (its autoencoder is used); `guides` are `mini` and/or CLIP files.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+
+    prompt: str
+    image_prompts: list[str] = Field(default_factory=list)  # "path[:weight[:stop]]"
+    init_image: Any = None
+    generator: str = "mini"
+    guides: list[str] = Field(default_factory=lambda: ["mini"])
+    width: int = Field(256, ge=16, le=MAX_SIDE)
+    height: int = Field(256, ge=16, le=MAX_SIDE)
+    iterations: int = Field(300, ge=1, le=1_000_000)
+    save_every: int = Field(50, ge=1)
+    patience: int | None = Field(None, ge=1)  # stop after this many iterations without improvement
+    optimizer: str = "adam"
+    lr: float | None = Field(None, gt=0.0, le=10.0)  # None: the generator's own default
+    cutouts: int = Field(32, ge=1, le=512)
+    cut_power: float = Field(1.0, gt=0.0, le=10.0)
+    augment: bool = True
+    noise: float = Field(0.1, ge=0.0, le=1.0)
+    truncation: float = Field(1.0, gt=0.0, le=1.0)  # BigGAN only
+    zoom: float | None = Field(None, ge=1.0, le=2.0)  # zoom-in video: scale per zoom step
+    zoom_every: int = Field(10, ge=1)
+    seed: int | None = Field(None, ge=-1, le=MAX_SEED)
+    device: str = "auto"
+
+    @field_validator("optimizer")
+    @classmethod
+    def _known_optimizer(cls, value: str):
+        if value.lower() not in DREAM_OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {value!r}; use one of {', '.join(DREAM_OPTIMIZERS)}")
+        return value.lower()
+
+    @field_validator("init_image")
+    @classmethod
+    def _image_ref(cls, value):
+        return GenerationRequest._image_ref(value)
+
+    @field_validator("guides")
+    @classmethod
+    def _some_guide(cls, value: list[str]):
+        if not value:
+            raise ValueError("give at least one guide (mini, or a CLIP file)")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, value: str):
+        return GenerationRequest._device_name(value)
+
+    def with_seed(self) -> "DreamRequest":
+        if self.seed is not None and self.seed >= 0:
+            return self
+        return self.model_copy(update={"seed": random.randint(0, MAX_SEED)})
+
+    def settings(self) -> dict:
+        data = self.model_dump(exclude={"init_image"})
+        data["init_image"] = self.init_image if (self.init_image is None or isinstance(self.init_image, str)) else "<image>"
+        return data
+
+
+def make_dream_request(**fields) -> DreamRequest:
+    try:
+        return DreamRequest(**fields)
+    except ValidationError as exc:
+        raise bad_request_from(exc) from None

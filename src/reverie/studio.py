@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import TYPE_CHECKING
 from collections import OrderedDict
 from pathlib import Path
 
@@ -20,10 +21,14 @@ from .models.registry import load_model
 from .outputs.files import save_grid, save_image
 from .outputs.metadata import a1111_parameters, read_png_info, reverie_metadata
 from .progress import Interrupted, ProgressCallback, ProgressEvent, StopCheck, no_progress, should_never_stop
-from .request import GenerationRequest, make_request
+from .request import DreamRequest, GenerationRequest, make_dream_request, make_request
 from .result import GeneratedImage, Result
 
+if TYPE_CHECKING:
+    from .methods.dreaming.run import DreamReport
+
 DEFAULT_MODEL = "mini"
+DREAM_CONTINUE_ITERATIONS = 100  # when a continued dream is not told how long to go on
 
 
 def default_model() -> str:
@@ -118,6 +123,50 @@ class Studio:
         result.timings = {"load_s": loaded - started, "generate_s": time.perf_counter() - loaded}
         return result
 
+    # -- dreaming -------------------------------------------------------------------------
+    def dream(
+        self,
+        request: DreamRequest | dict,
+        *,
+        run_dir: str | Path | None = None,
+        continue_from: str | Path | None = None,
+        video: str | Path | None = None,
+        progress: ProgressCallback = no_progress,
+        should_stop: StopCheck = should_never_stop,
+    ) -> DreamReport:
+        """Dream toward `request`'s prompts, or continue the dream saved in `continue_from`.
+
+        A new dream gets its own folder under `run_dir` (default outputs/dreams/NNNNN-prompt);
+        a continued one goes on in its folder. For a continued dream, `request` holds only
+        what changes (a dict: prompt, iterations, lr, ...). The last picture and the state are
+        saved however the run ends; with `video`, the snapshots become an MP4 or GIF.
+        """
+        from .methods.dreaming.run import Dream
+        from .outputs.video import check_video_path, write_video
+
+        if video is not None:
+            check_video_path(video)
+        progress(ProgressEvent("load", message="loading the generator and guides"))
+        if continue_from is not None:
+            changes = request if isinstance(request, dict) else request.model_dump(exclude_unset=True)
+            iterations = changes.pop("iterations", None) or DREAM_CONTINUE_ITERATIONS
+            device = pick_device(changes.pop("device", None) or self.device_name)
+            dream, folder = Dream.resume(continue_from, device, **changes), Path(continue_from)
+        else:
+            if isinstance(request, dict):
+                request = make_dream_request(**request)
+            device = pick_device(request.device if request.device != "auto" else self.device_name)
+            dream = Dream(request, device)
+            iterations = dream.request.iterations
+            folder = _new_run_dir(Path(run_dir or "outputs/dreams"), dream.request.prompt)
+        report = dream.run(iterations, folder, progress, should_stop)
+        if video is not None:
+            frames = sorted((folder / "steps").glob("*.png"))
+            if not frames or frames[-1].stem != f"{report.step:06d}":
+                frames.append(report.picture)
+            report.video = write_video(frames, folder / video if not Path(video).is_absolute() else video)
+        return report
+
     def _upscaled(self, pictures, factor: int, progress: ProgressCallback):
         if factor == 1:
             return pictures
@@ -167,6 +216,16 @@ class Studio:
         if request.mode == "txt2img":
             updates.update(width=width, height=height)
         return request.model_copy(update=updates)
+
+
+def _new_run_dir(parent: Path, prompt: str) -> Path:
+    from .outputs.files import slug
+
+    parent.mkdir(parents=True, exist_ok=True)
+    numbers = [int(p.name[:5]) for p in parent.iterdir() if p.is_dir() and p.name[:5].isdigit()]
+    folder = parent / f"{max(numbers, default=-1) + 1:05d}-{slug(prompt.split('|')[0])}"
+    folder.mkdir()
+    return folder
 
 
 def _picture_as_batch(request: GenerationRequest):

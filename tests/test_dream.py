@@ -1,0 +1,174 @@
+"""Dreaming with the built-in models for real, and with random public-format generators/guides."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from checkpoint_layouts import IMAGENET_F16, openai_clip_model, write_biggan, write_openai_clip, write_taming_vqgan
+from conftest import pixels
+from reverie.errors import BadRequest, ModelNotFound, PromptSyntaxError
+from reverie.methods.dreaming import Dream, start_dream
+from reverie.methods.dreaming.prompts import DreamPrompt, parse_dream_prompt, parse_image_prompt
+from test_cli import run_cli
+
+SMALL = dict(width=64, height=64, cutouts=8, save_every=1000)
+TEXTS = ["red apple", "blue car"]
+
+
+# -- prompt syntax ------------------------------------------------------------------------------
+def test_notebook_prompt_syntax():
+    assert parse_dream_prompt("a cozy cabin in a snowy forest | oil painting:0.5 | blurry:-0.5") == [
+        DreamPrompt("a cozy cabin in a snowy forest", 1.0), DreamPrompt("oil painting", 0.5), DreamPrompt("blurry", -0.5),
+    ]
+    assert parse_dream_prompt("sunset:2:0.8") == [DreamPrompt("sunset", 2.0, 0.8)]
+    # A colon that is not followed by a number is part of the text.
+    assert parse_dream_prompt("photo: a red barn") == [DreamPrompt("photo: a red barn", 1.0, -math.inf)]
+    assert parse_image_prompt("faces/me.png:0.3") == (parse_image_prompt("faces/me.png")[0], 0.3, -math.inf)
+
+
+def test_repeated_words_weigh_more():
+    prompts = parse_dream_prompt("football football galaxy guitar")
+    assert [(p.text, p.weight) for p in prompts] == [("football", 2.0), ("galaxy", 1.0), ("guitar", 1.0)]
+    assert parse_dream_prompt("red apple") == [DreamPrompt("red apple")]
+
+
+@pytest.mark.parametrize("source, message", [
+    ("cat | | dog", "empty prompt"), (":0.5", "no text"), ("blurry:-1", "positive weight"), ("", "positive weight"),
+])
+def test_bad_dream_prompts_name_the_problem(source, message):
+    with pytest.raises(PromptSyntaxError, match=message):
+        parse_dream_prompt(source)
+
+
+# -- the built-in generator and guide, for real -------------------------------------------------
+def test_dream_moves_toward_the_prompt_and_away_from_negatives(tmp_path):
+    plain = start_dream(dict(prompt="red apple", seed=0, **SMALL))
+    before = plain.scores(TEXTS)
+    plain.run(30, tmp_path / "plain")
+    after = plain.scores(TEXTS)
+    assert after[0] > before[0] + 0.1  # the prompt's score rose
+    assert after[0] > after[1] + 0.1  # and ends above an unrelated prompt's
+
+    pushed = start_dream(dict(prompt="red apple | blue car:-1", seed=0, **SMALL))
+    pushed.run(30, tmp_path / "pushed")
+    # The negative weight drove "blue car" down, below where the plain dream left it and below the start.
+    assert pushed.scores(TEXTS)[1] < min(after[1], before[1]) - 0.1
+    assert (tmp_path / "plain" / "dream.png").is_file()
+
+
+def test_continue_gives_the_same_pixels_as_an_uninterrupted_run(tmp_path):
+    whole = start_dream(dict(prompt="green frog | yellow:0.5", seed=5, **SMALL))
+    whole.run(12, tmp_path / "whole")
+    half = start_dream(dict(prompt="green frog | yellow:0.5", seed=5, **SMALL))
+    report = half.run(6, tmp_path / "half")
+    assert report.step == 6
+    resumed = Dream.resume(tmp_path / "half")
+    assert resumed.step == 6
+    resumed.run(6, tmp_path / "half")
+    assert np.array_equal(pixels(Image.open(tmp_path / "whole" / "dream.png")), pixels(Image.open(tmp_path / "half" / "dream.png")))
+
+
+def test_continue_with_new_prompts_but_not_a_new_size(tmp_path):
+    dream = start_dream(dict(prompt="red apple", seed=1, **SMALL))
+    dream.run(3, tmp_path)
+    again = Dream.resume(tmp_path, prompt="blue car", lr=0.05)
+    assert again.targets[0].label == "blue car" and again.step == 3
+    assert again.optimizer.param_groups[0]["lr"] == 0.05
+    with pytest.raises(BadRequest, match="width: a continued dream keeps its width"):
+        Dream.resume(tmp_path, width=128)
+    with pytest.raises(ModelNotFound, match="not a dream run folder"):
+        Dream.resume(tmp_path / "steps")
+
+
+def test_patience_stops_a_dream_that_no_longer_improves(tmp_path):
+    report = start_dream(dict(prompt="red apple", seed=0, lr=1e-9, patience=4, **SMALL)).run(50, tmp_path)
+    assert report.stopped == "patience" and report.step < 30
+    assert (tmp_path / "dream.png").is_file()
+
+
+def test_should_stop_keeps_the_last_picture_and_state(tmp_path):
+    calls = iter([False, False, True])
+    report = start_dream(dict(prompt="red apple", seed=0, **SMALL)).run(50, tmp_path, should_stop=lambda: next(calls))
+    assert report.stopped == "interrupted" and report.step == 2
+    assert Dream.resume(tmp_path).step == 2
+
+
+def test_pixel_generator_starts_from_a_picture(tmp_path, photo):
+    dream = start_dream(dict(prompt="red apple", generator="pixels", init_image=photo, seed=0, **SMALL))
+    start = np.asarray(Image.open(photo).convert("RGB").resize((64, 64), Image.LANCZOS), dtype=np.int16)
+    assert np.abs(pixels(dream.picture()) - start).max() <= 3
+    dream.run(3, tmp_path)
+
+
+def test_image_prompts_pull_toward_a_picture(tmp_path, photo):
+    dream = start_dream(dict(prompt="a picture", image_prompts=[f"{photo}:2"], seed=0, **SMALL))
+    assert dream.targets[-1].weight == 2.0
+    dream.run(2, tmp_path)
+
+
+# -- public generator and guide formats, random weights ----------------------------------------
+def test_vqgan_generator_dreams_and_starts_from_a_picture(tmp_path, photo):
+    small = dict(IMAGENET_F16, ch=32, ch_mult=[1, 2, 2], z_channels=8, resolution=32, attn_resolutions=[8])
+    checkpoint = write_taming_vqgan(tmp_path / "vqgan", small, n_embed=16, embed_dim=4)
+    dream = start_dream(dict(prompt="red apple", generator=f"vqgan:{checkpoint}", seed=0, **SMALL))
+    assert dream.kind == "vqgan" and dream.generator.latents.shape == (1, 4, 16, 16)
+    report = dream.run(2, tmp_path / "run")
+    assert Image.open(report.picture).size == (64, 64)
+    # The latents stay inside the codebook's range, as VQGAN+CLIP keeps them.
+    latents, low, high = dream.generator.latents, dream.generator.low, dream.generator.high
+    assert bool(((latents >= low) & (latents <= high)).all())
+    # A .ckpt with its taming YAML beside it is recognised without the prefix.
+    assert start_dream(dict(prompt="x", generator=str(checkpoint), init_image=photo, **SMALL)).kind == "vqgan"
+
+
+def test_biggan_generator_dreams_but_cannot_start_from_a_picture(tmp_path, photo):
+    folder = write_biggan(tmp_path / "biggan", output_dim=128, channel_width=16)
+    dream = start_dream(dict(prompt="a dog", generator=str(folder), seed=0, **SMALL))
+    classes = dream.generator.classes.detach().clone()
+    dream.run(2, tmp_path / "run")
+    assert not torch.equal(classes, dream.generator.classes)  # the class vector is optimized
+    with pytest.raises(BadRequest, match="init_image: the biggan generator cannot start from a picture"):
+        start_dream(dict(prompt="a dog", generator=f"biggan:{folder}", init_image=photo, **SMALL))
+
+
+def test_openai_clip_file_guides_alone_and_in_an_ensemble(tmp_path):
+    clip_file = write_openai_clip(tmp_path / "ViT-tiny.pt", openai_clip_model())
+    dream = start_dream(dict(prompt="red apple", guides=["mini", str(clip_file)], seed=0, **SMALL))
+    assert [g.image_size for g in dream.guides] == [64, 32]
+    dream.run(2, tmp_path / "run")
+    alone = start_dream(dict(prompt="red apple", generator="pixels", guides=[str(clip_file)], seed=0, **SMALL))
+    alone.run(2, tmp_path / "alone")
+
+
+# -- the command --------------------------------------------------------------------------------
+def test_dream_command_writes_snapshots_video_and_continues(monkeypatch, capsys, tmp_path):
+    args = ["dream", "red apple | blue:-0.5", "-W", "64", "-H", "64", "-n", "4", "--save-every", "2", "--cutn", "4",
+            "--seed", "1", "-o", str(tmp_path), "--video", "dream.gif"]
+    code, out, _ = run_cli(monkeypatch, capsys, *args)
+    assert code == 0, out
+    run_dir = next(tmp_path.iterdir())
+    assert sorted(p.name for p in (run_dir / "steps").iterdir()) == ["000002.png", "000004.png"]
+    assert Image.open(run_dir / "dream.gif").n_frames == 2
+    assert f"reverie dream --continue {run_dir}" in " ".join(out.split())
+    code, out, _ = run_cli(monkeypatch, capsys, "dream", "--continue", str(run_dir), "-n", "2")
+    assert code == 0 and "step 6" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["dream", "blurry:-1"], "positive weight"),
+    (["dream", "x", "--video", "out.avi"], "video: out.avi"),
+    (["dream", "x", "--optimizer", "lbfgs"], "optimizer: unknown optimizer"),
+    (["dream", "x", "--generator", "/no/such/vqgan.ckpt"], "unknown generator"),
+    (["dream", "x", "--clip", "/no/such/clip.pt"], "no CLIP at /no/such/clip.pt"),
+    (["dream", "--continue", "/no/such/run"], "not a dream run folder"),
+    (["dream"], "prompt: give a prompt"),
+])
+def test_dream_mistakes_exit_2(monkeypatch, capsys, tmp_path, args, message):
+    code, _, err = run_cli(monkeypatch, capsys, *args, *(["-o", str(tmp_path)] if args[1:2] != ["--continue"] else []))
+    assert code == 2, err
+    assert message in " ".join(err.split())
