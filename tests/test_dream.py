@@ -172,3 +172,13 @@ def test_dream_mistakes_exit_2(monkeypatch, capsys, tmp_path, args, message):
     code, _, err = run_cli(monkeypatch, capsys, *args, *(["-o", str(tmp_path)] if args[1:2] != ["--continue"] else []))
     assert code == 2, err
     assert message in " ".join(err.split())
+
+
+def test_zoom_mode_enlarges_the_centre_between_iterations(tmp_path):
+    dream = start_dream(dict(prompt="red apple", generator="pixels", lr=1e-9, zoom=2.0, zoom_every=1, seed=0, **SMALL))
+    dream.run(1, tmp_path)
+    before = dream.picture()
+    dream.run(1, tmp_path)  # zooms, then takes a (vanishing) step
+    expected = before.crop((16, 16, 48, 48)).resize((64, 64), Image.BICUBIC)
+    assert np.abs(pixels(dream.picture()) - pixels(expected)).mean() < 4
+    assert np.abs(pixels(dream.picture()) - pixels(before)).mean() > 4 * np.abs(pixels(dream.picture()) - pixels(expected)).mean()

@@ -283,6 +283,16 @@ def _add_dream_command() -> None:
 _add_dream_command()
 
 
+def _add_studio_commands() -> None:
+    from .cli_serve import serve, users_app
+
+    app.command("serve")(serve)
+    app.add_typer(users_app, name="users")
+
+
+_add_studio_commands()
+
+
 class ReverieErrorExit(ReverieError):
     pass
 

@@ -54,6 +54,14 @@ class Studio:
         dtype = components.unet.dtype
         self._models[(name, str(torch.device(device)), str(dtype))] = components
 
+    def loaded_model(self, reference: str | None) -> ModelComponents | None:
+        """The most recently used loaded model for `reference` (None if it is not loaded)."""
+        reference = reference or default_model()
+        for key in reversed(self._models):
+            if key[0] == reference:
+                return self._models[key]
+        return None
+
     def model(self, reference: str, device: torch.device, dtype: torch.dtype) -> ModelComponents:
         """The loaded model for `reference`, from the cache when it is there."""
         key = (reference, str(device), str(dtype))
@@ -130,13 +138,15 @@ class Studio:
         *,
         run_dir: str | Path | None = None,
         continue_from: str | Path | None = None,
+        folder: str | Path | None = None,
         video: str | Path | None = None,
         progress: ProgressCallback = no_progress,
         should_stop: StopCheck = should_never_stop,
     ) -> DreamReport:
         """Dream toward `request`'s prompts, or continue the dream saved in `continue_from`.
 
-        A new dream gets its own folder under `run_dir` (default outputs/dreams/NNNNN-prompt);
+        A new dream gets its own folder under `run_dir` (default outputs/dreams/NNNNN-prompt),
+        or exactly `folder` when given;
         a continued one goes on in its folder. For a continued dream, `request` holds only
         what changes (a dict: prompt, iterations, lr, ...). The last picture and the state are
         saved however the run ends; with `video`, the snapshots become an MP4 or GIF.
@@ -158,7 +168,11 @@ class Studio:
             device = pick_device(request.device if request.device != "auto" else self.device_name)
             dream = Dream(request, device)
             iterations = dream.request.iterations
-            folder = _new_run_dir(Path(run_dir or "outputs/dreams"), dream.request.prompt)
+            if folder is not None:
+                folder = Path(folder)
+                folder.mkdir(parents=True, exist_ok=True)
+            else:
+                folder = _new_run_dir(Path(run_dir or "outputs/dreams"), dream.request.prompt)
         report = dream.run(iterations, folder, progress, should_stop)
         if video is not None:
             frames = sorted((folder / "steps").glob("*.png"))

@@ -121,7 +121,8 @@ def _one_batch(request, components, prepared, seeds, cond, uncond, device, dtype
     stopped = {"flag": False}
 
     def on_step(pipe, step, timestep, tensors):
-        progress(ProgressEvent("denoise", step + 1, pipe.num_timesteps, batch, request.n_iter))
+        # The current latents ride along for live previews (see preview.py); listeners must not change them.
+        progress(ProgressEvent("denoise", step + 1, pipe.num_timesteps, batch, request.n_iter, payload=tensors.get("latents")))
         if should_stop():
             stopped["flag"] = True
             pipe._interrupt = True  # diffusers then skips the remaining steps

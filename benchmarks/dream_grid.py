@@ -1,0 +1,54 @@
+"""A grid of offline dreams (built-in autoencoder + built-in CLIP) as they progress.
+
+Each row is one prompt; columns are the picture at the given iterations, with the CLIP score of
+the prompt printed beside it. Writes docs/dream-grid.png.
+
+    .venv/bin/python benchmarks/dream_grid.py --size 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+PROMPTS = ["red apple", "green frog face", "yellow star", "blue car | red:-0.5", "pink flower:1 | leaves:0.5"]
+CHECKPOINTS = [0, 25, 50, 100, 200]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="docs/dream-grid.png")
+    args = parser.parse_args()
+
+    from PIL import Image, ImageDraw
+
+    from reverie.methods.dreaming import start_dream
+    from reverie.methods.dreaming.prompts import parse_dream_prompt
+
+    size, label_width = args.size, 190
+    grid = Image.new("RGB", (label_width + size * len(CHECKPOINTS), size * len(PROMPTS) + 20), "white")
+    draw = ImageDraw.Draw(grid)
+    for column, step in enumerate(CHECKPOINTS):
+        draw.text((label_width + column * size + 4, 4), f"iteration {step}", fill="black")
+    work = Path(tempfile.mkdtemp(prefix="dream-grid-"))
+    for row, prompt in enumerate(PROMPTS):
+        dream = start_dream(dict(prompt=prompt, width=size, height=size, seed=args.seed, save_every=10**6))
+        main_text = parse_dream_prompt(prompt)[0].text
+        y = 20 + row * size
+        draw.text((4, y + 4), prompt, fill="black")
+        for column, step in enumerate(CHECKPOINTS):
+            if step > dream.step:
+                dream.run(step - dream.step, work / str(row))
+            grid.paste(dream.picture(), (label_width + column * size, y))
+            score = dream.scores([main_text])[0]
+            draw.text((label_width + column * size + 4, y + size - 14), f"{score:.2f}", fill="black")
+        print(f"{prompt}: score {score:.3f} after {dream.step} iterations", flush=True)
+    grid.save(args.out)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""`reverie serve` (the studio: page + APIs) and `reverie users ...` (accounts, keys, credits)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+out = Console(soft_wrap=True)
+users_app = typer.Typer(help="Studio accounts for --multi-user: add users, make API keys, grant credits.",
+                        no_args_is_help=True)
+
+DataDir = Annotated[Path, typer.Option("--data", help="The studio's folder (gallery database, pictures).")]
+DEFAULT_DATA = Path("outputs/studio")
+
+
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0 for the whole network).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 7860,
+    data: DataDir = DEFAULT_DATA,
+    multi_user: Annotated[bool, typer.Option("--multi-user", help="Accounts, logins, API keys and credits.")] = False,
+    monthly_credits: Annotated[int, typer.Option("--monthly-credits", help="Free credits per user per month.")] = 50,
+    queue: Annotated[int, typer.Option("--queue", help="Jobs that may wait at once; past this, 429.")] = 32,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Default model (a name from `reverie models`).")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+):
+    """Start the studio: the web page and the native, A1111 and OpenAI-compatible APIs."""
+    import uvicorn
+
+    from .server.app import create_app
+    from .server.config import ServerConfig
+
+    config = ServerConfig(data_dir=data, multi_user=multi_user, monthly_credits=monthly_credits, queue_capacity=queue,
+                          default_model=model, device=device)
+    app = create_app(config)
+    if multi_user and not app.state.studio.gallery.users():
+        out.print("[yellow]no users yet: add one with `reverie users add NAME --admin`[/yellow]")
+    out.print(f"reverie studio on http://{host}:{port}/  (API docs: http://{host}:{port}/docs)")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def _gallery(data: Path):
+    from .gallery.store import Gallery
+
+    return Gallery(data)
+
+
+@users_app.command("add")
+def add_user(name: str, data: DataDir = DEFAULT_DATA,
+             admin: Annotated[bool, typer.Option("--admin", help="May manage users.")] = False,
+             password: Annotated[Optional[str], typer.Option("--password", help="For the page; asked for when left out.")] = None):
+    """Add a user (with a password for the page)."""
+    if password is None:
+        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    user = _gallery(data).add_user(name, password, admin)
+    out.print(f"added {user.name}{' (admin)' if admin else ''}")
+
+
+@users_app.command("key")
+def new_key(name: str, data: DataDir = DEFAULT_DATA):
+    """Make an API key for a user's programs (shown once; only its hash is kept)."""
+    gallery = _gallery(data)
+    out.print(gallery.new_api_key(gallery.user(name).id))
+
+
+@users_app.command("grant")
+def grant(name: str, credits: int, data: DataDir = DEFAULT_DATA,
+          purchase: Annotated[bool, typer.Option("--purchase", help="Record as a purchase rather than a grant.")] = False,
+          note: Annotated[str, typer.Option("--note")] = ""):
+    """Add credits to a user's ledger."""
+    from .errors import ReverieError
+
+    if credits <= 0:
+        raise ReverieError("credits: grant a positive number of credits")
+    gallery = _gallery(data)
+    user = gallery.user(name)
+    gallery.grant(user.id, credits, "purchase" if purchase else "grant", note)
+    out.print(f"{name}: +{credits}, balance {gallery.balance(user.id)}")
+
+
+@users_app.command("list")
+def list_users(data: DataDir = DEFAULT_DATA):
+    """Users and their balances."""
+    gallery = _gallery(data)
+    for user in gallery.users():
+        out.print(f"{user.name:<24} {'admin' if user.is_admin else '':<6} {gallery.balance(user.id):>6} credits")

@@ -1,0 +1,306 @@
+"""The gallery: who made what, with which settings, and what it cost.
+
+Images live as PNG files under `<folder>/images/`, rows in SQLite. A picture's file is written
+before its row, and its row removed before its file, so the gallery never lists a missing file.
+Every method opens its own short transaction (BEGIN IMMEDIATE on SQLite), which makes the
+check-then-write steps (capacity, credit) exact under concurrent requests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from ..errors import ReverieError
+from .db import open_database
+from .models import ApiKey, Image, Job, LedgerEntry, Session, User, utcnow
+
+LOCAL_USER = "local"
+MAX_ATTEMPTS = 2  # a job that was running when the process died is re-run once, then failed
+ACTIVE = ("queued", "running")
+
+
+class QueueFull(ReverieError):
+    def __init__(self, capacity: int, retry_after: int):
+        self.retry_after = retry_after
+        super().__init__(f"the queue is full ({capacity} jobs waiting); try again in {retry_after} s")
+
+
+class NoCredit(ReverieError):
+    pass
+
+
+class NotFound(ReverieError):
+    pass
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def hash_password(password: str) -> str:
+    salt = secrets.token_bytes(16)
+    key = hashlib.scrypt(password.encode(), salt=salt, n=2**14, r=8, p=1)
+    return f"scrypt$16384$8$1${salt.hex()}${key.hex()}"
+
+
+def check_password(password: str, stored: str) -> bool:
+    try:
+        _, n, r, p, salt, key = stored.split("$")
+    except ValueError:
+        return False
+    candidate = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p))
+    return hmac.compare_digest(candidate.hex(), key)
+
+
+def period_of(moment: datetime) -> str:
+    return moment.strftime("%Y-%m")
+
+
+class Gallery:
+    """The studio's shared state: users, keys, sessions, jobs, images, credits."""
+
+    def __init__(self, folder: str | Path, database: str | None = None):
+        self.folder = Path(folder)
+        self.images_dir = self.folder / "images"
+        self.uploads_dir = self.folder / "uploads"
+        for path in (self.images_dir, self.uploads_dir):
+            path.mkdir(parents=True, exist_ok=True)
+        self.engine, self.session = open_database(database or self.folder / "gallery.sqlite")
+
+    # -- users, keys, sessions -------------------------------------------------------------
+    def add_user(self, name: str, password: str = "", admin: bool = False) -> User:
+        if not name or len(name) > 64 or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            raise ReverieError("a user name is 1-64 letters, digits, '-', '_' or '.'")
+        with self.session.begin() as db:
+            if db.scalar(select(User).where(User.name == name)):
+                raise ReverieError(f"there is already a user named {name!r}")
+            user = User(name=name, password_hash=hash_password(password) if password else "", is_admin=admin)
+            db.add(user)
+            db.flush()
+            return user
+
+    def user(self, name: str) -> User:
+        with self.session() as db:
+            user = db.scalar(select(User).where(User.name == name))
+        if user is None:
+            raise NotFound(f"no user named {name!r}")
+        return user
+
+    def users(self) -> list[User]:
+        with self.session() as db:
+            return list(db.scalars(select(User).order_by(User.id)))
+
+    def local_user(self) -> User:
+        """The one user of single-user mode (made on first use)."""
+        try:
+            return self.user(LOCAL_USER)
+        except NotFound:
+            try:
+                return self.add_user(LOCAL_USER)
+            except ReverieError:  # made by a concurrent first request
+                return self.user(LOCAL_USER)
+
+    def login(self, name: str, password: str) -> str | None:
+        """A new session token when the password is right, else None."""
+        with self.session() as db:
+            user = db.scalar(select(User).where(User.name == name))
+        if user is None or not user.password_hash or not check_password(password, user.password_hash):
+            return None
+        token = secrets.token_urlsafe(32)
+        with self.session.begin() as db:
+            db.add(Session(user_id=user.id, token_hash=_digest(token)))
+        return token
+
+    def logout(self, token: str) -> None:
+        with self.session.begin() as db:
+            for row in db.scalars(select(Session).where(Session.token_hash == _digest(token))):
+                db.delete(row)
+
+    def user_for_session(self, token: str) -> User | None:
+        with self.session() as db:
+            return db.scalar(select(User).join(Session, Session.user_id == User.id).where(Session.token_hash == _digest(token)))
+
+    def new_api_key(self, user_id: int) -> str:
+        """A new key for programs; only its hash is stored, so this is the one time it is seen."""
+        key = "rv-" + secrets.token_urlsafe(32)
+        with self.session.begin() as db:
+            db.add(ApiKey(user_id=user_id, prefix=key[:10], key_hash=_digest(key)))
+        return key
+
+    def user_for_key(self, key: str) -> User | None:
+        with self.session() as db:
+            return db.scalar(select(User).join(ApiKey, ApiKey.user_id == User.id).where(ApiKey.key_hash == _digest(key)))
+
+    # -- credits ---------------------------------------------------------------------------
+    def balance(self, user_id: int) -> int:
+        with self.session() as db:
+            return int(db.scalar(select(func.coalesce(func.sum(LedgerEntry.amount), 0)).where(LedgerEntry.user_id == user_id)))
+
+    def ledger(self, user_id: int) -> list[LedgerEntry]:
+        with self.session() as db:
+            return list(db.scalars(select(LedgerEntry).where(LedgerEntry.user_id == user_id).order_by(LedgerEntry.id)))
+
+    def grant(self, user_id: int, amount: int, reason: str = "grant", note: str = "") -> None:
+        if reason not in ("grant", "purchase"):
+            raise ReverieError("credits are added as a grant or a purchase")
+        with self.session.begin() as db:
+            db.add(LedgerEntry(user_id=user_id, amount=amount, reason=reason, note=note))
+
+    def _monthly_grant(self, db, user_id: int, monthly: int) -> None:
+        period = period_of(utcnow())
+        exists = db.scalar(select(LedgerEntry.id).where(
+            LedgerEntry.user_id == user_id, LedgerEntry.reason == "monthly", LedgerEntry.period == period))
+        if monthly > 0 and exists is None:
+            db.add(LedgerEntry(user_id=user_id, amount=monthly, reason="monthly", period=period, note="free monthly grant"))
+            db.flush()
+
+    # -- jobs ------------------------------------------------------------------------------
+    def add_job(self, user_id: int, kind: str, request: dict, capacity: int, cost: int = 0, monthly: int = 0) -> Job:
+        """Queue a job, charging `cost` credits (after this month's free grant) in the same transaction.
+
+        Raises QueueFull past `capacity` waiting jobs and NoCredit when the balance is short;
+        either way nothing is written.
+        """
+        with self.session.begin() as db:
+            waiting = db.scalar(select(func.count()).select_from(Job).where(Job.status.in_(ACTIVE)))
+            if waiting >= capacity:
+                raise QueueFull(capacity, retry_after=max(1, 5 * (waiting - capacity + 1)))
+            job = Job(id=uuid.uuid4().hex, user_id=user_id, kind=kind, status="queued",
+                      request_json=json.dumps(request), charged=cost, attempts=0, error="")
+            if cost:
+                self._monthly_grant(db, user_id, monthly)
+                balance = db.scalar(select(func.coalesce(func.sum(LedgerEntry.amount), 0)).where(LedgerEntry.user_id == user_id))
+                if balance < cost:
+                    raise NoCredit(
+                        f"not enough credit: this request costs {cost} and the balance is {balance}; "
+                        "ask an admin for credits or wait for next month's free grant"
+                    )
+                db.add(LedgerEntry(user_id=user_id, amount=-cost, reason="charge", job_id=job.id, note=kind))
+            db.add(job)
+            db.flush()
+            return job
+
+    def claim_next(self) -> Job | None:
+        """Mark the oldest queued job running and return it (None when the queue is empty)."""
+        with self.session.begin() as db:
+            job = db.scalar(select(Job).where(Job.status == "queued").order_by(Job.created, Job.id).limit(1))
+            if job is None:
+                return None
+            job.status, job.started, job.attempts = "running", utcnow(), job.attempts + 1
+            db.flush()
+            return job
+
+    def finish_job(self, job_id: str, status: str, error: str = "") -> None:
+        """done | failed | cancelled; failed and cancelled jobs get their credit back."""
+        with self.session.begin() as db:
+            job = db.get(Job, job_id)
+            if job is None or job.status not in ACTIVE:
+                return
+            job.status, job.error, job.finished = status, error, utcnow()
+            if status != "done" and job.charged:
+                db.add(LedgerEntry(user_id=job.user_id, amount=job.charged, reason="refund", job_id=job.id, note=status))
+
+    def recover(self) -> list[str]:
+        """After a restart: jobs left running are queued again (or failed after MAX_ATTEMPTS)."""
+        requeued, failed = [], []
+        with self.session() as db:
+            running = list(db.scalars(select(Job).where(Job.status == "running")))
+        for job in running:
+            if job.attempts >= MAX_ATTEMPTS:
+                self.finish_job(job.id, "failed", "the server stopped while this job ran, twice")
+                failed.append(job.id)
+            else:
+                with self.session.begin() as db:
+                    row = db.get(Job, job.id)
+                    row.status = "queued"
+                requeued.append(job.id)
+        return requeued
+
+    def job(self, job_id: str, user_id: int | None = None) -> Job:
+        with self.session() as db:
+            job = db.get(Job, job_id)
+        if job is None or (user_id is not None and job.user_id != user_id):
+            raise NotFound(f"no job {job_id}")
+        return job
+
+    def jobs(self, user_id: int, limit: int = 50) -> list[Job]:
+        with self.session() as db:
+            return list(db.scalars(select(Job).where(Job.user_id == user_id).order_by(Job.created.desc()).limit(limit)))
+
+    def queue_position(self, job: Job) -> int:
+        """How many jobs run before this one (0 when it is running or finished)."""
+        if job.status != "queued":
+            return 0
+        with self.session() as db:
+            return int(db.scalar(select(func.count()).select_from(Job).where(
+                Job.status.in_(ACTIVE), (Job.created < job.created) | ((Job.created == job.created) & (Job.id < job.id)))))
+
+    def waiting(self) -> int:
+        with self.session() as db:
+            return int(db.scalar(select(func.count()).select_from(Job).where(Job.status.in_(ACTIVE))))
+
+    # -- images ----------------------------------------------------------------------------
+    def add_image(self, job: Job, source: Path, prompt: str, seed: int, settings: dict) -> Image:
+        """Move a finished picture into the gallery and record it."""
+        from PIL import Image as PILImage
+
+        image_id = uuid.uuid4().hex
+        relative = Path(str(job.user_id)) / f"{image_id}.png"
+        target = self.images_dir / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + ".part")
+        partial.write_bytes(Path(source).read_bytes())
+        partial.replace(target)
+        with PILImage.open(target) as picture:
+            width, height = picture.size
+        row = Image(id=image_id, job_id=job.id, user_id=job.user_id, file=str(relative), prompt=prompt, seed=seed,
+                    width=width, height=height, settings_json=json.dumps(settings))
+        with self.session.begin() as db:
+            db.add(row)
+        return row
+
+    def images(self, user_id: int, query: str = "", limit: int = 60, offset: int = 0, job_id: str | None = None) -> list[Image]:
+        statement = select(Image).where(Image.user_id == user_id)
+        if query:
+            for word in query.split():
+                escaped = word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+                statement = statement.where(Image.prompt.ilike(f"%{escaped}%", escape="\\"))
+        if job_id:
+            statement = statement.where(Image.job_id == job_id)
+        statement = statement.order_by(Image.created.desc(), Image.id).limit(limit).offset(offset)
+        with self.session() as db:
+            return list(db.scalars(statement))
+
+    def image(self, image_id: str, user_id: int | None = None) -> Image:
+        with self.session() as db:
+            image = db.get(Image, image_id)
+        if image is None or (user_id is not None and image.user_id != user_id):
+            raise NotFound(f"no image {image_id}")
+        return image
+
+    def image_path(self, image: Image) -> Path:
+        return self.images_dir / image.file
+
+    def delete_image(self, image_id: str, user_id: int) -> None:
+        image = self.image(image_id, user_id)
+        with self.session.begin() as db:
+            db.delete(db.get(Image, image_id))
+        self.image_path(image).unlink(missing_ok=True)
+
+    def save_upload(self, data: bytes, suffix: str = ".png") -> Path:
+        """Store an uploaded picture under a name of the server's choosing."""
+        path = self.uploads_dir / f"{uuid.uuid4().hex}{suffix}"
+        path.write_bytes(data)
+        return path
+
+
+__all__ = ["Gallery", "QueueFull", "NoCredit", "NotFound", "IntegrityError"]

@@ -1,0 +1,49 @@
+"""Cheap live previews of latents while a picture is still being denoised.
+
+Decoding with the VAE at every step would cost as much as the picture itself on a CPU. Instead
+each model gets a linear map from its latent channels to RGB, fitted once by encoding a few
+plain-colour swatches through its own autoencoder; a preview is then one small matrix product.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import torch
+from PIL import Image
+
+_FITTED: dict[int, torch.Tensor] = {}
+SWATCH = 64
+
+
+@torch.no_grad()
+def fit_latent_to_rgb(vae) -> torch.Tensor:
+    """[C+1, 3]: latent channels (plus a bias) -> RGB in [0, 1], least squares over colour swatches."""
+    key = id(vae)
+    if key not in _FITTED:
+        levels = (0.0, 0.5, 1.0)
+        colours = torch.tensor(list(itertools.product(levels, levels, levels)), dtype=torch.float32)
+        swatches = colours.view(-1, 3, 1, 1).expand(-1, 3, SWATCH, SWATCH)
+        parameter = next(vae.parameters())
+        encoded = vae.encode((swatches * 2 - 1).to(parameter.device, parameter.dtype))
+        latents = encoded.latent_dist.mean if hasattr(encoded, "latent_dist") else encoded.latents
+        scaling = float(getattr(vae.config, "scaling_factor", 1.0) or 1.0)
+        features = latents.float().mean(dim=(2, 3)).cpu() * scaling  # the pipeline's latents are scaled
+        design = torch.cat([features, torch.ones(len(features), 1)], dim=1)
+        _FITTED[key] = torch.linalg.lstsq(design, colours).solution
+    return _FITTED[key]
+
+
+def preview_image(latents: torch.Tensor, vae, size: int | None = None) -> Image.Image:
+    """A picture of the batch's latents side by side, each upscaled to about `size` pixels."""
+    weights = fit_latent_to_rgb(vae)
+    latents = latents.detach().float().cpu()
+    rgb = torch.einsum("bchw,cd->bhwd", latents, weights[:-1]) + weights[-1]
+    array = (rgb.clamp(0, 1).numpy() * 255).astype(np.uint8)
+    strip = np.concatenate(list(array), axis=1)
+    picture = Image.fromarray(strip)
+    if size:
+        factor = max(1, size // array.shape[1])
+        picture = picture.resize((picture.width * factor, picture.height * factor), Image.NEAREST)
+    return picture

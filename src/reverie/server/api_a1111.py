@@ -1,0 +1,185 @@
+"""AUTOMATIC1111-compatible endpoints, /sdapi/v1: the fields A1111 clients send and read.
+
+txt2img and img2img wait for their job (queued like any other) and answer with base64 PNGs,
+`parameters` (the request as understood) and `info` (a JSON string with seeds and infotexts).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import BadRequest
+from ..gallery.models import User
+from ..outputs.metadata import read_png_info
+from .state import StudioState, current_user, get_state, store_image_bytes, decode_base64_image
+from .submit import submit_generation
+
+router = APIRouter(prefix="/sdapi/v1", tags=["a1111"])
+
+
+class A1111Common(BaseModel):
+    # A1111 clients send many fields reverie has no use for (restore_faces, tiling, ...): accepted, ignored.
+    model_config = ConfigDict(extra="allow")
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    styles: list[str] = Field(default_factory=list)
+    seed: int = -1
+    sampler_name: str | None = None
+    sampler_index: str | None = None  # older clients put the sampler here
+    batch_size: int = Field(1, ge=1)
+    n_iter: int = Field(1, ge=1)
+    steps: int = 20
+    cfg_scale: float = 7.0
+    width: int = 512
+    height: int = 512
+    override_settings: dict = Field(default_factory=dict)
+    send_images: bool = True
+
+
+class Txt2ImgBody(A1111Common):
+    pass
+
+
+class Img2ImgBody(A1111Common):
+    init_images: list[str] = Field(default_factory=list)
+    denoising_strength: float = 0.75
+    mask: str | None = None
+    mask_blur: int = 4
+    inpainting_mask_invert: int = 0
+
+
+def _fields(body: A1111Common, state: StudioState, user: User) -> dict:
+    model = body.override_settings.get("sd_model_checkpoint") or state.options.get(user.id, {}).get("sd_model_checkpoint")
+    return {
+        "prompt": body.prompt, "negative_prompt": body.negative_prompt, "seed": body.seed,
+        "sampler": body.sampler_name or body.sampler_index, "n_samples": body.batch_size, "n_iter": body.n_iter,
+        "steps": body.steps, "cfg_scale": body.cfg_scale, "width": body.width, "height": body.height,
+        "model": model, "upscale": 1,
+    }
+
+
+def _submit(state: StudioState, user: User, fields: dict, styles: list[str]):
+    style = styles[0] if styles else None
+    if len(styles) > 1:
+        raise BadRequest("styles", "reverie applies one style per request")
+    job = submit_generation(state, user, fields, style)
+    job = state.runner.wait_until_finished(job.id, state.config.sync_timeout_s)
+    if job.status == "failed":
+        raise BadRequest("request", job.error or "the generation failed")
+    return job
+
+
+def _response(state: StudioState, job, body: A1111Common) -> dict:
+    images = state.gallery.images(job.user_id, job_id=job.id, limit=100)
+    images.sort(key=lambda image: json.loads(image.settings_json).get("index", 0))
+    paths = [state.gallery.image_path(image) for image in images]
+    infotexts = [read_png_info(path).get("parameters") or "" for path in paths]
+    request = json.loads(job.request_json)
+    info = {
+        "prompt": request["prompt"], "all_prompts": [request["prompt"]] * len(images),
+        "negative_prompt": request["negative_prompt"], "all_negative_prompts": [request["negative_prompt"]] * len(images),
+        "seed": images[0].seed if images else request.get("seed"), "all_seeds": [image.seed for image in images],
+        "subseed": -1, "all_subseeds": [-1] * len(images), "subseed_strength": 0,
+        "width": images[0].width if images else request["width"], "height": images[0].height if images else request["height"],
+        "sampler_name": request["sampler"], "cfg_scale": request["cfg_scale"], "steps": request["steps"],
+        "batch_size": request["n_samples"], "sd_model_name": request.get("model"), "job_timestamp": job.created.strftime("%Y%m%d%H%M%S"),
+        "infotexts": infotexts, "styles": body.styles, "reverie_job": job.id,
+    }
+    encoded = [base64.b64encode(path.read_bytes()).decode() for path in paths] if body.send_images else []
+    return {"images": encoded, "parameters": body.model_dump(), "info": json.dumps(info)}
+
+
+@router.post("/txt2img")
+def txt2img(body: Txt2ImgBody, state: StudioState = Depends(get_state), user: User = Depends(current_user)):
+    job = _submit(state, user, _fields(body, state, user) | {"mode": "txt2img"}, body.styles)
+    return _response(state, job, body)
+
+
+@router.post("/img2img")
+def img2img(body: Img2ImgBody, state: StudioState = Depends(get_state), user: User = Depends(current_user)):
+    if not body.init_images:
+        raise BadRequest("init_images", "give one base64 picture to start from")
+    init = store_image_bytes(state, decode_base64_image(body.init_images[0], "init_images"), "init_images", "RGB")
+    fields = _fields(body, state, user) | {"mode": "img2img", "init_image": str(init), "strength": body.denoising_strength}
+    if body.mask:
+        from PIL import Image, ImageOps
+
+        mask = store_image_bytes(state, decode_base64_image(body.mask, "mask"), "mask", "L")
+        if body.inpainting_mask_invert:
+            ImageOps.invert(Image.open(mask).convert("L")).save(mask)
+        fields |= {"mode": "inpaint", "mask_image": str(mask), "mask_blur": body.mask_blur}
+    job = _submit(state, user, fields, body.styles)
+    return _response(state, job, body)
+
+
+@router.get("/progress")
+def progress(skip_current_image: bool = False, state: StudioState = Depends(get_state), user: User = Depends(current_user)):
+    running = [job for job in state.gallery.jobs(user.id, 20) if job.status in ("queued", "running")]
+    current = next((job for job in running if job.status == "running"), None)
+    live = state.runner.live.get(current.id) if current else None
+    fraction = live.fraction if live else 0.0
+    elapsed = time.monotonic() - live.started if live else 0.0
+    eta = elapsed / fraction - elapsed if fraction > 0 else 0.0
+    image = None
+    if live and live.preview and not skip_current_image:
+        image = base64.b64encode(live.preview).decode()
+    return {
+        "progress": fraction, "eta_relative": eta,
+        "state": {"skipped": False, "interrupted": False, "job": current.id if current else "", "job_count": len(running),
+                  "job_timestamp": current.created.strftime("%Y%m%d%H%M%S") if current else "0", "job_no": 0,
+                  "sampling_step": live.step if live else 0, "sampling_steps": live.total if live else 0},
+        "current_image": image, "textinfo": live.message if live else None,
+    }
+
+
+@router.post("/interrupt")
+def interrupt(state: StudioState = Depends(get_state), user: User = Depends(current_user)):
+    for job in state.gallery.jobs(user.id, 20):
+        if job.status == "running":
+            state.runner.cancel(job.id)
+    return {}
+
+
+@router.get("/sd-models")
+def sd_models():
+    from ..models.registry import list_models
+
+    return [{"title": e.name, "model_name": e.name, "hash": None, "sha256": None, "filename": e.name, "config": None}
+            for e in list_models()]
+
+
+@router.get("/samplers")
+def samplers():
+    from ..samplers import SAMPLERS
+
+    return [{"name": s.label, "aliases": [s.name, *s.aliases], "options": {}} for s in SAMPLERS]
+
+
+@router.get("/prompt-styles")
+def prompt_styles():
+    from ..prompts.styles import load_styles
+
+    return [{"name": s.name, "prompt": s.prompt.replace("{prompt}", "{prompt}"), "negative_prompt": s.negative} for s in load_styles()]
+
+
+@router.get("/options")
+def get_options(state: StudioState = Depends(get_state), user: User = Depends(current_user)):
+    from ..studio import default_model
+
+    chosen = state.options.get(user.id, {}).get("sd_model_checkpoint") or state.config.default_model or default_model()
+    return {"sd_model_checkpoint": chosen, "samples_format": "png", "CLIP_stop_at_last_layers": 1}
+
+
+@router.post("/options")
+def set_options(body: dict, state: StudioState = Depends(get_state), user: User = Depends(current_user)):
+    from .state import check_model
+
+    if "sd_model_checkpoint" in body:
+        state.options.setdefault(user.id, {})["sd_model_checkpoint"] = check_model(state, body["sd_model_checkpoint"])
+    return None

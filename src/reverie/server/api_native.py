@@ -1,0 +1,188 @@
+"""The native API, /api/v1: jobs (submit, follow, cancel), the gallery, models, samplers, styles, login."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Literal
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..gallery.models import User
+from .state import SESSION_COOKIE, StudioState, Unauthorized, current_user, get_state, resolve_image
+from .submit import image_view, job_view, submit_dream, submit_generation
+
+router = APIRouter(prefix="/api/v1", tags=["native"])
+
+
+class GenerateBody(BaseModel):
+    """A generation job. Images are `image:ID` (from your gallery) or base64 data."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["txt2img", "img2img", "variations", "inpaint", "outpaint", "upscale"] = "txt2img"
+    prompt: str = Field("", max_length=4000)
+    negative_prompt: str = Field("", max_length=4000)
+    style: str | None = None
+    model: str | None = None
+    width: int | None = None
+    height: int | None = None
+    steps: int | None = None
+    cfg_scale: float | None = None
+    sampler: str | None = None
+    seed: int | None = None
+    n_samples: int | None = None
+    strength: float | None = None
+    init_image: str | None = None
+    mask_image: str | None = None
+    mask_blur: int | None = None
+    outpaint_left: int | None = None
+    outpaint_right: int | None = None
+    outpaint_up: int | None = None
+    outpaint_down: int | None = None
+    upscale: Literal[1, 2, 4] | None = None
+
+
+class DreamBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(..., max_length=4000)
+    generator: str | None = None
+    width: int | None = None
+    height: int | None = None
+    iterations: int | None = None
+    save_every: int | None = None
+    patience: int | None = None
+    lr: float | None = None
+    cutouts: int | None = None
+    seed: int | None = None
+    init_image: str | None = None
+
+
+class LoginBody(BaseModel):
+    username: str = Field(..., max_length=64)
+    password: str = Field(..., max_length=1024)
+
+
+@router.post("/jobs", status_code=202, summary="Queue a generation (txt2img, img2img, variations, inpaint, outpaint, upscale)")
+def create_job(body: GenerateBody, state: StudioState = Depends(get_state), user: User = Depends(current_user)):
+    fields = body.model_dump(exclude={"style"})
+    for name in ("init_image", "mask_image"):
+        fields[name] = resolve_image(state, user, fields[name], name)
+    return job_view(state, submit_generation(state, user, fields, body.style))
+
+
+@router.post("/dreams", status_code=202, summary="Queue a dream (CLIP-steered, built-in generator and guide)")
+def create_dream(body: DreamBody, state: StudioState = Depends(get_state), user: User = Depends(current_user)):
+    fields = body.model_dump()
+    fields["init_image"] = resolve_image(state, user, fields["init_image"], "init_image")
+    fields["save_every"] = fields["save_every"] or 10
+    return job_view(state, submit_dream(state, user, fields))
+
+
+@router.get("/jobs", summary="Your recent jobs")
+def list_jobs(limit: int = Query(50, ge=1, le=500), state: StudioState = Depends(get_state), user: User = Depends(current_user)):
+    return [job_view(state, job) for job in state.gallery.jobs(user.id, limit)]
+
+
+@router.get("/jobs/{job_id}", summary="A job: status, progress, pictures")
+def get_job(job_id: str, state: StudioState = Depends(get_state), user: User = Depends(current_user)):
+    return job_view(state, state.gallery.job(job_id, user.id))
+
+
+@router.delete("/jobs/{job_id}", summary="Cancel a queued or running job (finished pictures stay)")
+def cancel_job(job_id: str, state: StudioState = Depends(get_state), user: User = Depends(current_user)):
+    state.gallery.job(job_id, user.id)
+    state.runner.cancel(job_id)
+    return job_view(state, state.gallery.job(job_id, user.id))
+
+
+@router.get("/jobs/{job_id}/preview.png", summary="The live preview of a running job")
+def job_preview(job_id: str, state: StudioState = Depends(get_state), user: User = Depends(current_user)):
+    state.gallery.job(job_id, user.id)
+    live = state.runner.live.get(job_id)
+    if live is None or live.preview is None:
+        return Response(status_code=204)
+    return Response(live.preview, media_type="image/png", headers={"Cache-Control": "no-store"})
+
+
+@router.get("/jobs/{job_id}/events", summary="Server-sent events: the job's progress until it ends")
+async def job_events(job_id: str, request: Request, state: StudioState = Depends(get_state), user: User = Depends(current_user)):
+    state.gallery.job(job_id, user.id)
+
+    async def stream():
+        version = -1
+        while True:
+            view = job_view(state, state.gallery.job(job_id))
+            yield f"event: progress\ndata: {json.dumps(view)}\n\n"
+            if view["status"] not in ("queued", "running") or await request.is_disconnected():
+                return
+            live = await asyncio.to_thread(state.runner.wait_for_change, job_id, version, 1.0)
+            version = live.version if live else version
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+
+
+@router.get("/gallery", summary="Your pictures, newest first; q searches the prompts")
+def gallery(q: str = Query("", max_length=200), limit: int = Query(60, ge=1, le=500), offset: int = Query(0, ge=0),
+            state: StudioState = Depends(get_state), user: User = Depends(current_user)):
+    return [image_view(state, image) for image in state.gallery.images(user.id, q, limit, offset)]
+
+
+@router.get("/images/{image_id}", summary="One picture with its full settings")
+def get_image(image_id: str, state: StudioState = Depends(get_state), user: User = Depends(current_user)):
+    return image_view(state, state.gallery.image(image_id, user.id))
+
+
+@router.delete("/images/{image_id}", status_code=204, summary="Delete a picture: its row and its file")
+def delete_image(image_id: str, state: StudioState = Depends(get_state), user: User = Depends(current_user)):
+    state.gallery.delete_image(image_id, user.id)
+    return Response(status_code=204)
+
+
+@router.get("/models", summary="Models this studio can use")
+def models():
+    from ..models.registry import list_models
+
+    return [{"name": e.name, "kind": e.kind, "note": e.note} for e in list_models()]
+
+
+@router.get("/samplers", summary="Sampler names (and their A1111 labels)")
+def samplers():
+    from ..samplers import SAMPLERS
+
+    return [{"name": s.name, "label": s.label, "aliases": list(s.aliases)} for s in SAMPLERS]
+
+
+@router.get("/styles", summary="Style presets")
+def styles():
+    from ..prompts.styles import load_styles
+
+    return [{"name": s.name, "prompt": s.prompt, "negative": s.negative} for s in load_styles()]
+
+
+@router.get("/me", summary="Who you are, and your credit balance (multi-user mode)")
+def me(state: StudioState = Depends(get_state), user: User = Depends(current_user)):
+    return {"name": user.name, "admin": user.is_admin, "multi_user": state.config.multi_user,
+            "credits": state.gallery.balance(user.id) if state.config.multi_user else None,
+            "monthly_credits": state.config.monthly_credits if state.config.multi_user else None}
+
+
+@router.post("/login", summary="Log in to the page (sets a session cookie)")
+def login(body: LoginBody, response: Response, state: StudioState = Depends(get_state)):
+    token = state.gallery.login(body.username, body.password)
+    if token is None:
+        raise Unauthorized("wrong user name or password")
+    response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="strict")
+    return {"name": body.username}
+
+
+@router.post("/logout", summary="End the page's session")
+def logout(request: Request, response: Response, state: StudioState = Depends(get_state)):
+    token = request.cookies.get(SESSION_COOKIE)
+    if token:
+        state.gallery.logout(token)
+    response.delete_cookie(SESSION_COOKIE)
+    return {"ok": True}

@@ -1,0 +1,131 @@
+"""The studio server: the page, the native API, and the A1111 and OpenAI-compatible APIs.
+
+`create_app(config)` builds the FastAPI application; `reverie serve` runs it with uvicorn.
+Every error a caller can cause comes back as JSON, 4xx, naming the field:
+`{"error": {"message", "type", "param", "code"}, "detail": message}` (the OpenAI shape, which
+the native and A1111 routes share).
+"""
+
+from __future__ import annotations
+
+import hmac
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from .. import __version__
+from ..errors import BadCheckpoint, BadRequest, ImageInputError, ModelNotFound, PromptSyntaxError, ReverieError
+from ..gallery.store import Gallery, NoCredit, NotFound, QueueFull
+from .config import ServerConfig
+from .jobs import JobRunner
+from .state import StudioState, Unauthorized, load_secret
+
+STATIC = Path(__file__).resolve().parent / "static"
+
+
+def _error(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error",
+           headers: dict | None = None) -> JSONResponse:
+    body = {"error": {"message": message, "type": kind, "param": param, "code": status}, "detail": message}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_request, exc: RequestValidationError):
+        first = exc.errors()[0]
+        location = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path", "form")]
+        field = ".".join(location) or "body"
+        message = first.get("msg", "invalid").removeprefix("Value error, ")
+        if first.get("type") == "json_invalid":
+            field, message = "body", "is not valid JSON"
+        return _error(422, f"{field}: {message}", field)
+
+    @app.exception_handler(BadRequest)
+    async def _bad_request(_request, exc: BadRequest):
+        return _error(422, str(exc), exc.field)
+
+    @app.exception_handler(QueueFull)
+    async def _queue_full(_request, exc: QueueFull):
+        return _error(429, str(exc), None, "rate_limit_error", {"Retry-After": str(exc.retry_after)})
+
+    @app.exception_handler(NoCredit)
+    async def _no_credit(_request, exc: NoCredit):
+        return _error(402, str(exc), None, "insufficient_credit")
+
+    @app.exception_handler(NotFound)
+    async def _not_found(_request, exc: NotFound):
+        return _error(404, str(exc), None, "not_found")
+
+    @app.exception_handler(Unauthorized)
+    async def _unauthorized(_request, exc: Unauthorized):
+        return _error(401, str(exc), None, "authentication_error", {"WWW-Authenticate": 'Bearer realm="reverie"'})
+
+    @app.exception_handler(HTTPException)
+    async def _http(_request, exc: HTTPException):
+        detail = exc.detail
+        if isinstance(detail, dict):
+            return _error(exc.status_code, f"{detail.get('field')}: {detail.get('message')}", detail.get("field"))
+        return _error(exc.status_code, str(detail), None)
+
+    @app.exception_handler(ReverieError)
+    async def _reverie(_request, exc: ReverieError):
+        status = 404 if isinstance(exc, ModelNotFound) else 422
+        field = "prompt" if isinstance(exc, PromptSyntaxError) else "image" if isinstance(exc, ImageInputError) else \
+            "model" if isinstance(exc, (ModelNotFound, BadCheckpoint)) else None
+        return _error(status, str(exc), field)
+
+
+def create_app(config: ServerConfig | None = None, studio=None) -> FastAPI:
+    """The studio as an ASGI app; the job runner starts and stops with it."""
+    from ..studio import Studio
+    from . import api_a1111, api_native, api_openai
+
+    config = config or ServerConfig()
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    gallery = Gallery(config.data_dir)
+    studio = studio or Studio(device=config.device)
+    state = StudioState(config, gallery, JobRunner(gallery, studio), load_secret(config.data_dir), studio, {})
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        if config.start_worker:
+            state.runner.start()
+        yield
+        state.runner.stop()
+
+    app = FastAPI(title="reverie studio", version=__version__, lifespan=lifespan,
+                  description="The reverie studio's APIs: native (/api/v1), A1111-compatible (/sdapi/v1), "
+                              "OpenAI-compatible (/v1/images).")
+    app.state.studio = state
+    _install_error_handlers(app)
+    app.include_router(api_native.router)
+    app.include_router(api_a1111.router)
+    app.include_router(api_openai.router)
+
+    @app.get("/files/{image_id}.png", include_in_schema=False)
+    def image_file(image_id: str, sig: str = ""):
+        if not hmac.compare_digest(sig, state.sign(image_id)):
+            return _error(403, "this picture link is not valid", "sig", "permission_error")
+        image = gallery.image(image_id)
+        return FileResponse(gallery.image_path(image), media_type="image/png",
+                            headers={"Cache-Control": "private, max-age=86400"})
+
+    @app.get("/", include_in_schema=False)
+    def page():
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon():
+        svg = '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><circle cx="8" cy="8" r="7" fill="#ff7a59"/></svg>'
+        return Response(svg, media_type="image/svg+xml")
+
+    @app.get("/healthz", include_in_schema=False)
+    def health():
+        return Response("ok")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app

@@ -1,0 +1,149 @@
+"""What every route shares: the config, the gallery, the job runner, who is asking, image inputs.
+
+Routes take `Caller` (the user, found from a session cookie, an API key or HTTP Basic) and hand
+images in by id or as uploaded bytes; user-given paths never reach the file system.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import io
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import Depends, HTTPException, Request
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import BadRequest
+from ..gallery.models import User
+from ..gallery.store import Gallery, NotFound
+from .config import ServerConfig
+from .jobs import JobRunner
+
+SESSION_COOKIE = "reverie_session"
+
+
+class Unauthorized(Exception):
+    def __init__(self, message: str = "log in, or send an API key as 'Authorization: Bearer KEY'"):
+        super().__init__(message)
+
+
+@dataclass
+class StudioState:
+    config: ServerConfig
+    gallery: Gallery
+    runner: JobRunner
+    secret: bytes
+    studio: object
+    options: dict  # per-user A1111 options (sd_model_checkpoint): {user_id: {...}}
+
+    def sign(self, image_id: str) -> str:
+        return hmac.new(self.secret, image_id.encode(), hashlib.sha256).hexdigest()[:32]
+
+    def file_url(self, image_id: str) -> str:
+        return f"/files/{image_id}.png?sig={self.sign(image_id)}"
+
+
+def load_secret(folder: Path) -> bytes:
+    path = folder / "secret.key"
+    if not path.exists():
+        path.write_bytes(secrets.token_bytes(32))
+        path.chmod(0o600)
+    return path.read_bytes()
+
+
+def get_state(request: Request) -> StudioState:
+    return request.app.state.studio
+
+
+def _basic_credentials(header: str) -> tuple[str, str] | None:
+    try:
+        decoded = base64.b64decode(header.split(" ", 1)[1]).decode()
+    except (binascii.Error, UnicodeDecodeError, IndexError):
+        return None
+    name, sep, password = decoded.partition(":")
+    return (name, password) if sep else None
+
+
+def current_user(request: Request, state: StudioState = Depends(get_state)) -> User:
+    """The user behind this request; single-user mode has one user and needs no login."""
+    gallery = state.gallery
+    if not state.config.multi_user:
+        return gallery.local_user()
+    header = request.headers.get("authorization", "")
+    user = None
+    if header.lower().startswith("bearer "):
+        user = gallery.user_for_key(header[7:].strip())
+    elif header.lower().startswith("basic "):
+        credentials = _basic_credentials(header)
+        if credentials:
+            token = gallery.login(*credentials)
+            user = gallery.user_for_session(token) if token else None
+            if token:
+                gallery.logout(token)
+    elif request.cookies.get(SESSION_COOKIE):
+        user = gallery.user_for_session(request.cookies[SESSION_COOKIE])
+    if user is None:
+        raise Unauthorized()
+    return user
+
+
+# -- image inputs ---------------------------------------------------------------------------------
+def decode_base64_image(value: str, field: str) -> bytes:
+    """Bytes of a base64 image, with or without a `data:image/...;base64,` prefix."""
+    if value.startswith("data:"):
+        value = value.partition(",")[2]
+    try:
+        return base64.b64decode(value, validate=False)
+    except (binascii.Error, ValueError):
+        raise BadRequest(field, "is not valid base64 image data") from None
+
+
+def store_image_bytes(state: StudioState, data: bytes, field: str, mode: str | None = None) -> Path:
+    """Check that `data` is a picture within limits and store it as a PNG upload; returns its path."""
+    config = state.config
+    if len(data) > config.max_upload_bytes:
+        raise HTTPException(413, detail={"field": field, "message": f"is larger than {config.max_upload_bytes // 2**20} MiB"})
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            probe.verify()
+        picture = Image.open(io.BytesIO(data))
+        picture.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        raise BadRequest(field, "is not a readable image (PNG, JPEG or WebP)") from None
+    if picture.width * picture.height > config.max_upload_pixels:
+        raise BadRequest(field, f"is {picture.width}x{picture.height}; the largest accepted is {config.max_upload_pixels} pixels")
+    if mode:
+        picture = picture.convert(mode)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return state.gallery.save_upload(buffer.getvalue())
+
+
+def resolve_image(state: StudioState, user: User, value: str | None, field: str) -> str | None:
+    """`image:ID` (a picture in the caller's gallery) or base64 data -> a server-side path."""
+    if not value:
+        return None
+    if value.startswith("image:"):
+        try:
+            image = state.gallery.image(value[len("image:"):], user.id)
+        except NotFound:
+            raise BadRequest(field, f"no picture {value[len('image:'):]} in your gallery") from None
+        return str(state.gallery.image_path(image))
+    return str(store_image_bytes(state, decode_base64_image(value, field), field))
+
+
+def check_model(state: StudioState, model: str | None) -> str | None:
+    """Only models the server lists may be named: a model name is never taken as a path."""
+    from ..models.registry import list_models
+
+    if model in (None, ""):
+        return state.config.default_model
+    names = [entry.name for entry in list_models()]
+    if model not in names:
+        raise BadRequest("model", f"unknown model {model!r}; this studio has: {', '.join(names)}")
+    return model

@@ -1,0 +1,341 @@
+// reverie studio page: plain JavaScript over the native API (/api/v1). No build step.
+"use strict";
+
+const $ = (selector) => document.querySelector(selector);
+const api = async (path, options = {}) => {
+  const response = await fetch(path, { credentials: "same-origin", ...options,
+    headers: { "Content-Type": "application/json", ...(options.headers || {}) } });
+  if (response.status === 401) { showLogin(); throw new Error("please log in"); }
+  if (response.status === 204) return null;
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error((body.error && body.error.message) || response.statusText);
+  return body;
+};
+
+function toast(message) {
+  const box = $("#toast");
+  box.textContent = message;
+  box.classList.add("show");
+  clearTimeout(toast.timer);
+  toast.timer = setTimeout(() => box.classList.remove("show"), 4000);
+}
+
+// ---------------------------------------------------------------- views
+function showView(name) {
+  document.querySelectorAll(".view").forEach((view) => { view.hidden = view.id !== `view-${name}`; });
+  document.querySelectorAll(".tab").forEach((tab) => {
+    if (tab.dataset.view === name) tab.setAttribute("aria-current", "page"); else tab.removeAttribute("aria-current");
+  });
+  if (name === "gallery") loadGallery();
+}
+document.querySelectorAll(".tab").forEach((tab) => tab.addEventListener("click", () => showView(tab.dataset.view)));
+
+// ---------------------------------------------------------------- account and login
+async function loadAccount() {
+  const me = await api("/api/v1/me");
+  $("#account").textContent = me.multi_user ? `${me.name} · ${me.credits} credits` : "";
+  if (me.multi_user) {
+    const out = document.createElement("button");
+    out.type = "button"; out.className = "secondary"; out.textContent = "Log out"; out.style.marginLeft = ".5rem";
+    out.addEventListener("click", async () => { await api("/api/v1/logout", { method: "POST" }); location.reload(); });
+    $("#account").append(out);
+  }
+}
+function showLogin() { const dialog = $("#login"); if (!dialog.open) dialog.showModal(); $("#login-name").focus(); }
+$("#login-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  try {
+    await api("/api/v1/login", { method: "POST", body: JSON.stringify({ username: $("#login-name").value, password: $("#login-password").value }) });
+    $("#login").close();
+    init();
+  } catch (error) { $("#login-error").textContent = error.message; }
+});
+
+// ---------------------------------------------------------------- choices from the server
+async function fillChoices() {
+  const [styles, samplers, models] = await Promise.all([api("/api/v1/styles"), api("/api/v1/samplers"), api("/api/v1/models")]);
+  $("#style").replaceChildren(...styles.map((s) => new Option(s.name, s.name === "None" ? "" : s.name)));
+  $("#sampler").replaceChildren(...samplers.map((s) => new Option(s.label, s.name)));
+  $("#sampler").value = "dpmpp_2m_karras";
+  $("#model").replaceChildren(new Option("default", ""), ...models.map((m) => new Option(m.name, m.name)));
+}
+
+// ---------------------------------------------------------------- jobs
+let currentJob = null;
+function requestFromForm() {
+  const fields = { prompt: $("#prompt").value.trim(), negative_prompt: $("#negative_prompt").value };
+  const style = $("#style").value; if (style) fields.style = style;
+  for (const name of ["width", "height", "steps", "seed"]) { const v = $(`#${name}`).value; if (v !== "") fields[name] = parseInt(v, 10); }
+  const cfg = $("#cfg_scale").value; if (cfg !== "") fields.cfg_scale = parseFloat(cfg);
+  fields.sampler = $("#sampler").value;
+  if ($("#model").value) fields.model = $("#model").value;
+  fields.n_samples = 4;
+  return fields;
+}
+
+async function submitJob(body, label) {
+  try {
+    const job = await api("/api/v1/jobs", { method: "POST", body: JSON.stringify(body) });
+    follow(job, label);
+    loadAccount().catch(() => {});
+  } catch (error) { toast(error.message); }
+}
+
+function follow(job, label, target = { box: "#job", bar: "#bar", status: "#job-status", preview: "#preview", results: "#results" }) {
+  currentJob = job.id;
+  showView(target.results === "#results" ? "create" : "dream");
+  const box = $(target.box);
+  box.hidden = false;
+  $(target.bar).style.width = "0";
+  $(target.status).textContent = `${label}: queued`;
+  $(target.preview).hidden = true;
+  const source = new EventSource(`/api/v1/jobs/${job.id}/events`);
+  let lastPreview = null;
+  source.addEventListener("progress", (event) => {
+    const view = JSON.parse(event.data);
+    const p = view.progress;
+    $(target.bar).style.width = `${Math.round(100 * p.fraction)}%`;
+    const where = view.status === "queued" ? `queued (${view.position} ahead)` :
+      view.status === "running" ? `${p.stage}${p.total ? ` ${p.step}/${p.total}` : ""}${p.images_total ? ` · ${p.images_done}/${p.images_total} pictures` : ""}${p.message ? ` · ${p.message}` : ""}` : view.status;
+    $(target.status).textContent = `${label}: ${where}${view.error ? ` — ${view.error}` : ""}`;
+    if (p.preview_version !== null && p.preview_version !== lastPreview && view.status === "running") {
+      lastPreview = p.preview_version;
+      const img = $(target.preview);
+      img.src = `/api/v1/jobs/${view.id}/preview.png?v=${p.preview_version}`;
+      img.hidden = false;
+    }
+    if (view.images.length) showResults(view.images, target.results);
+    if (!["queued", "running"].includes(view.status)) {
+      source.close();
+      if (currentJob === view.id) currentJob = null;
+      box.hidden = view.status === "done";
+      $(target.preview).hidden = true;
+      if (view.status === "failed") toast(view.error || "the job failed");
+    }
+  });
+  source.onerror = () => { source.close(); };
+}
+
+$("#cancel").addEventListener("click", async () => { if (currentJob) await api(`/api/v1/jobs/${currentJob}`, { method: "DELETE" }); });
+$("#dream-stop").addEventListener("click", async () => { if (currentJob) await api(`/api/v1/jobs/${currentJob}`, { method: "DELETE" }); });
+
+$("#create-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const fields = requestFromForm();
+  if (!fields.prompt) { toast("type what the picture should show"); return; }
+  submitJob(fields, "Generating");
+});
+$("#prompt").addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey) { event.preventDefault(); $("#create-form").requestSubmit(); }
+});
+
+// ---------------------------------------------------------------- pictures
+function card(image) {
+  const item = document.createElement("article");
+  item.className = "card";
+  item.dataset.imageId = image.id;
+  const img = document.createElement("img");
+  img.src = image.url; img.alt = image.prompt || "a picture"; img.loading = "lazy"; img.tabIndex = 0;
+  img.addEventListener("click", () => openDetails(image));
+  img.addEventListener("keydown", (e) => { if (e.key === "Enter") openDetails(image); });
+  const meta = document.createElement("div");
+  meta.className = "meta"; meta.textContent = `${image.prompt} · seed ${image.seed}`;
+  item.append(img, actions(image), meta);
+  return item;
+}
+
+function actions(image) {
+  const bar = document.createElement("div");
+  bar.className = "actions";
+  const add = (text, handler, title) => {
+    const b = document.createElement("button");
+    b.type = "button"; b.className = "secondary"; b.textContent = text; b.title = title || text;
+    b.addEventListener("click", handler); bar.append(b); return b;
+  };
+  const settings = image.settings || {};
+  add("Variations", () => submitJob({ mode: "variations", init_image: `image:${image.id}`, prompt: image.prompt, n_samples: 4, model: settings.model || undefined }, "Variations"));
+  add("Upscale", () => submitJob({ mode: "upscale", init_image: `image:${image.id}`, n_samples: 1, upscale: 2 }, "Upscaling"));
+  add("Inpaint", () => openInpaint(image));
+  add("Outpaint", () => openOutpaint(image));
+  const download = document.createElement("a");
+  download.href = image.url; download.download = `reverie-${image.seed}.png`; download.textContent = "Download"; download.className = "button";
+  bar.append(download);
+  add("Copy settings", async () => {
+    const text = JSON.stringify(settings, null, 2);
+    try { await navigator.clipboard.writeText(text); toast("settings copied"); } catch { toast("copy failed: the browser refused clipboard access"); }
+  });
+  add("Re-run", () => {
+    const body = { prompt: settings.prompt ?? image.prompt, negative_prompt: settings.negative_prompt || "", steps: settings.steps,
+      cfg_scale: settings.cfg_scale, sampler: settings.sampler, seed: image.seed, n_samples: 1, model: settings.model || undefined,
+      width: settings.width || undefined, height: settings.height || undefined, upscale: settings.upscale || undefined };
+    submitJob(body, "Re-running");
+  }, "Make this picture again with its own settings and seed");
+  return bar;
+}
+
+function showResults(images, where) { $(where).replaceChildren(...images.map(card)); }
+
+function openDetails(image) {
+  const dialog = $("#details");
+  $("#details-image").src = image.url; $("#details-image").alt = image.prompt;
+  const list = $("#details-settings");
+  list.replaceChildren();
+  const settings = { prompt: image.prompt, seed: image.seed, size: `${image.width}x${image.height}`, ...(image.settings || {}) };
+  for (const [key, value] of Object.entries(settings)) {
+    if (value === null || value === "" || typeof value === "object") continue;
+    const dt = document.createElement("dt"); dt.textContent = key;
+    const dd = document.createElement("dd"); dd.textContent = value;
+    list.append(dt, dd);
+  }
+  const bar = actions(image);
+  const del = document.createElement("button");
+  del.type = "button"; del.textContent = "Delete"; del.className = "danger";
+  del.addEventListener("click", async () => {
+    if (!confirm("Delete this picture for good?")) return;
+    await api(`/api/v1/images/${image.id}`, { method: "DELETE" });
+    dialog.close();
+    document.querySelectorAll(`[data-image-id="${image.id}"]`).forEach((n) => n.remove());
+    toast("deleted");
+  });
+  bar.append(del);
+  $("#details-actions").replaceChildren(...bar.childNodes);
+  dialog.showModal();
+}
+document.querySelectorAll("[data-close]").forEach((b) => b.addEventListener("click", () => b.closest("dialog").close()));
+
+// ---------------------------------------------------------------- gallery
+async function loadGallery() {
+  const q = encodeURIComponent($("#search").value.trim());
+  const images = await api(`/api/v1/gallery?q=${q}&limit=120`);
+  const box = $("#gallery");
+  if (!images.length) { box.textContent = q ? "Nothing matches that search." : "Nothing made yet."; return; }
+  showResults(images, "#gallery");
+}
+$("#search-form").addEventListener("submit", (event) => { event.preventDefault(); loadGallery(); });
+
+// ---------------------------------------------------------------- inpaint: paint a mask with a brush
+let inpaintImage = null;
+function openInpaint(image) {
+  inpaintImage = image;
+  document.querySelectorAll("dialog[open]").forEach((d) => d.close());
+  const canvas = $("#inpaint-canvas");
+  const picture = new Image();
+  picture.onload = () => {
+    canvas.width = picture.naturalWidth; canvas.height = picture.naturalHeight;
+    canvas.mask = document.createElement("canvas");
+    canvas.mask.width = canvas.width; canvas.mask.height = canvas.height;
+    canvas.picture = picture;
+    redrawInpaint();
+  };
+  picture.src = image.url;
+  $("#inpaint-prompt").value = image.prompt;
+  $("#inpaint").showModal();
+}
+function redrawInpaint() {
+  const canvas = $("#inpaint-canvas"); const ctx = canvas.getContext("2d");
+  ctx.drawImage(canvas.picture, 0, 0);
+  ctx.globalAlpha = 0.55; ctx.drawImage(tinted(canvas.mask), 0, 0); ctx.globalAlpha = 1;
+}
+function tinted(mask) {
+  const t = document.createElement("canvas"); t.width = mask.width; t.height = mask.height;
+  const c = t.getContext("2d"); c.drawImage(mask, 0, 0); c.globalCompositeOperation = "source-in"; c.fillStyle = "#ff3b3b"; c.fillRect(0, 0, t.width, t.height);
+  return t;
+}
+(function brush() {
+  const canvas = $("#inpaint-canvas");
+  let drawing = false;
+  const point = (event) => {
+    const box = canvas.getBoundingClientRect();
+    return [(event.clientX - box.left) * canvas.width / box.width, (event.clientY - box.top) * canvas.height / box.height];
+  };
+  const paint = (event) => {
+    if (!drawing || !canvas.mask) return;
+    const [x, y] = point(event);
+    const radius = parseInt($("#brush").value, 10) * canvas.width / 512;
+    const m = canvas.mask.getContext("2d");
+    m.fillStyle = "#fff"; m.beginPath(); m.arc(x, y, Math.max(1, radius), 0, Math.PI * 2); m.fill();
+    redrawInpaint();
+  };
+  canvas.addEventListener("pointerdown", (e) => { drawing = true; canvas.setPointerCapture(e.pointerId); paint(e); });
+  canvas.addEventListener("pointermove", paint);
+  canvas.addEventListener("pointerup", () => { drawing = false; });
+  $("#inpaint-clear").addEventListener("click", () => { canvas.mask.getContext("2d").clearRect(0, 0, canvas.width, canvas.height); redrawInpaint(); });
+})();
+$("#inpaint-go").addEventListener("click", () => {
+  const canvas = $("#inpaint-canvas");
+  const mask = document.createElement("canvas"); mask.width = canvas.width; mask.height = canvas.height;
+  const m = mask.getContext("2d"); m.fillStyle = "#000"; m.fillRect(0, 0, mask.width, mask.height); m.drawImage(canvas.mask, 0, 0);
+  const settings = inpaintImage.settings || {};
+  $("#inpaint").close();
+  submitJob({ mode: "inpaint", prompt: $("#inpaint-prompt").value, init_image: `image:${inpaintImage.id}`,
+    mask_image: mask.toDataURL("image/png"), n_samples: 4, model: settings.model || undefined, upscale: 1 }, "Inpainting");
+});
+
+// ---------------------------------------------------------------- outpaint: drag the canvas edges out
+let outpaintImage = null;
+const outpaintFields = { left: "#out-left", right: "#out-right", up: "#out-up", down: "#out-down" };
+function openOutpaint(image) {
+  outpaintImage = image;
+  document.querySelectorAll("dialog[open]").forEach((d) => d.close());
+  for (const selector of Object.values(outpaintFields)) $(selector).value = 0;
+  $("#outpaint-image").src = image.url;
+  $("#outpaint-prompt").value = image.prompt;
+  $("#outpaint").showModal();
+  layoutOutpaint();
+}
+function outpaintScale() { return Math.min(1, 360 / Math.max(outpaintImage.width, outpaintImage.height)) * 1; }
+function layoutOutpaint() {
+  const s = outpaintScale();
+  const v = Object.fromEntries(Object.entries(outpaintFields).map(([k, sel]) => [k, Math.max(0, parseInt($(sel).value || "0", 10))]));
+  const frame = $("#outpaint-frame");
+  frame.style.width = `${(outpaintImage.width + v.left + v.right) * s}px`;
+  frame.style.height = `${(outpaintImage.height + v.up + v.down) * s}px`;
+  const img = $("#outpaint-image");
+  img.style.left = `${v.left * s}px`; img.style.top = `${v.up * s}px`;
+  img.style.width = `${outpaintImage.width * s}px`; img.style.height = `${outpaintImage.height * s}px`;
+}
+Object.values(outpaintFields).forEach((sel) => $(sel).addEventListener("input", layoutOutpaint));
+document.querySelectorAll(".handle").forEach((handle) => {
+  handle.addEventListener("pointerdown", (event) => {
+    event.preventDefault();
+    handle.setPointerCapture(event.pointerId);
+    const side = handle.dataset.side; const field = $(outpaintFields[side]);
+    const start = { x: event.clientX, y: event.clientY, value: parseInt(field.value || "0", 10) };
+    const move = (e) => {
+      const delta = side === "left" ? start.x - e.clientX : side === "right" ? e.clientX - start.x : side === "up" ? start.y - e.clientY : e.clientY - start.y;
+      field.value = Math.max(0, Math.round((start.value + delta / outpaintScale()) / 8) * 8);
+      layoutOutpaint();
+    };
+    const up = () => { handle.removeEventListener("pointermove", move); handle.removeEventListener("pointerup", up); };
+    handle.addEventListener("pointermove", move); handle.addEventListener("pointerup", up);
+  });
+});
+$("#outpaint-go").addEventListener("click", () => {
+  const body = { mode: "outpaint", prompt: $("#outpaint-prompt").value, init_image: `image:${outpaintImage.id}`, n_samples: 4, upscale: 1,
+    model: (outpaintImage.settings || {}).model || undefined };
+  for (const [side, sel] of Object.entries(outpaintFields)) body[`outpaint_${side}`] = parseInt($(sel).value || "0", 10);
+  if (!Object.keys(outpaintFields).some((side) => body[`outpaint_${side}`] > 0)) { toast("drag an edge out first"); return; }
+  $("#outpaint").close();
+  submitJob(body, "Outpainting");
+});
+
+// ---------------------------------------------------------------- dreaming
+$("#dream-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const size = parseInt($("#dream-size").value, 10);
+  const body = { prompt: $("#dream-prompt").value, generator: $("#dream-generator").value,
+    iterations: parseInt($("#dream-iterations").value, 10), width: size, height: size, save_every: 10 };
+  try {
+    const job = await api("/api/v1/dreams", { method: "POST", body: JSON.stringify(body) });
+    follow(job, "Dreaming", { box: "#dream-job", bar: "#dream-bar", status: "#dream-status", preview: "#dream-preview", results: "#dream-results" });
+  } catch (error) { toast(error.message); }
+});
+
+// ---------------------------------------------------------------- start
+async function init() {
+  try {
+    await loadAccount();
+    await fillChoices();
+  } catch (error) { if (error.message !== "please log in") toast(error.message); }
+}
+init();
