@@ -12,7 +12,10 @@ export PYTHONUNBUFFERED := 1
 PROMPT ?= red apple, Noto emoji
 DEMO_MODEL ?= mini
 
-.PHONY: install demo test clean data
+.PHONY: install demo test clean data browser
+
+# Debian's chromium for the studio's browser tests (Playwright drives it; no browser download).
+BROWSER := /usr/bin/chromium
 
 install: $(STAMP) $(NPM_STAMP)
 
@@ -37,7 +40,13 @@ demo: $(STAMP)
 	@echo "reverie demo: four pictures from the built-in model '$(DEMO_MODEL)' (emoji and icons), into outputs/demo"
 	$(BIN)/reverie generate "$(PROMPT)" --model $(DEMO_MODEL) -n 4 --steps 20 --cfg-scale 4 --seed 1 --outdir outputs/demo
 
-test: $(STAMP) $(NPM_STAMP)
+$(BROWSER):
+	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; \
+	else echo "chromium is missing: run 'sudo apt-get install chromium' (browser tests are skipped without it)"; fi
+
+browser: $(BROWSER)
+
+test: $(STAMP) $(NPM_STAMP) browser
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -167,7 +167,7 @@ class JobRunner:
             if event.stage == "load":
                 self._notify(job.id, stage="loading", message=event.message)
             elif event.stage == "denoise":
-                changes = {"stage": "denoising", "step": event.step, "total": event.total}
+                changes = {"stage": "denoising", "step": event.step, "total": event.total, "message": ""}
                 if event.payload is not None and (event.step % PREVIEW_EVERY == 0 or event.step == event.total):
                     vae = components.get("vae")
                     if vae is not None:
@@ -203,9 +203,7 @@ class JobRunner:
                     changes["preview"] = png_bytes(event.payload)
                 self._notify(job.id, **changes)
 
-        run_dir.mkdir(parents=True, exist_ok=True)
-        report = self.studio.dream(request, run_dir=run_dir.parent, progress=on_progress, should_stop=should_stop,
-                                   folder=run_dir)
+        report = self.studio.dream(request, folder=run_dir, progress=on_progress, should_stop=should_stop)
         from ..outputs.metadata import read_png_info
 
         metadata = read_png_info(report.picture).get("reverie") or {}

@@ -1,0 +1,212 @@
+"""The studio page in a real headless Chromium (Debian's), driven by Playwright.
+
+A user types a prompt and gets four pictures, opens variations, paints a mask and inpaints,
+drags an edge out to outpaint, finds a picture in the gallery and deletes it; on a phone-sized
+screen, with the keyboard alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+if not os.path.exists(CHROMIUM):
+    if os.environ.get("CI"):
+        raise RuntimeError("Debian's chromium is missing: `make test` installs it (apt-get install chromium)")
+    pytest.skip("no chromium here (make test installs it)", allow_module_level=True)
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    import uvicorn
+
+    from reverie.server.app import create_app
+    from reverie.server.config import ServerConfig
+
+    data = tmp_path_factory.mktemp("studio")
+    app = create_app(ServerConfig(data_dir=data, default_model="tiny-random", device="cpu"))
+    port = _free_port()
+    instance = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=instance.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not instance.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", app, data
+    instance.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as p:
+        instance = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield instance
+        instance.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(server[0] + "/")
+    page.wait_for_function("document.querySelector('#sampler').options.length > 0")
+    yield page
+    context.close()
+    assert errors == [], errors
+
+
+def generate(page, prompt: str) -> list[str]:
+    if not page.evaluate("document.querySelector('#advanced').open"):
+        page.click("#advanced summary")  # the advanced panel starts collapsed
+    page.fill("#steps", "2")
+    page.fill("#prompt", prompt)
+    page.press("#prompt", "Enter")
+    return wait_for_new_cards(page, set())
+
+
+def card_ids(page) -> set[str]:
+    return set(page.eval_on_selector_all("#results .card", "cards => cards.map(c => c.dataset.imageId)"))
+
+
+def wait_for_new_cards(page, old: set[str], count: int = 4) -> list[str]:
+    page.wait_for_function(
+        "([old, count]) => { const ids = [...document.querySelectorAll('#results .card')].map(c => c.dataset.imageId);"
+        " return ids.length === count && ids.every(id => !old.includes(id)); }",
+        arg=[sorted(old), count], timeout=120_000)
+    page.wait_for_function("[...document.querySelectorAll('#results .card img')].every(i => i.complete && i.naturalWidth > 0)")
+    return sorted(card_ids(page))
+
+
+def last_job(server) -> dict:
+    _, app, _ = server
+    gallery = app.state.studio.gallery
+    job = gallery.jobs(gallery.local_user().id, 1)[0]
+    return json.loads(job.request_json)
+
+
+def test_prompt_gives_four_pictures_then_variations(page, server):
+    first = generate(page, "a lighthouse at dusk")
+    assert len(first) == 4
+    page.locator("#results .card").first.get_by_role("button", name="Variations").click()
+    second = wait_for_new_cards(page, set(first))
+    assert len(second) == 4 and not set(second) & set(first)
+    assert last_job(server)["mode"] == "variations"
+
+
+def test_paint_a_mask_and_inpaint(page, server):
+    generate(page, "a house with a door")
+    page.locator("#results .card").first.get_by_role("button", name="Inpaint").click()
+    canvas = page.locator("#inpaint-canvas")
+    page.wait_for_function("document.querySelector('#inpaint-canvas').width > 0")
+    box = canvas.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.5)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.7, box["y"] + box["height"] * 0.5, steps=8)
+    page.mouse.up()
+    page.fill("#inpaint-prompt", "a red door")
+    before = card_ids(page)
+    page.click("#inpaint-go")
+    wait_for_new_cards(page, before)
+    request = last_job(server)
+    assert request["mode"] == "inpaint" and request["prompt"] == "a red door"
+    mask = np.asarray(Image.open(request["mask_image"]).convert("L"))
+    # The stroke went across the middle, left to right; the top rows stay unpainted.
+    assert mask[mask.shape[0] // 2, mask.shape[1] // 2] == 255 and mask[: mask.shape[0] // 5].max() == 0
+
+
+def test_drag_an_edge_out_to_outpaint(page, server):
+    generate(page, "a beach")
+    page.locator("#results .card").first.get_by_role("button", name="Outpaint").click()
+    handle = page.locator('.handle[data-side="right"]')
+    box = handle.bounding_box()
+    page.mouse.move(box["x"] + 4, box["y"] + 10)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 120, box["y"] + 10, steps=6)
+    page.mouse.up()
+    extension = int(page.input_value("#out-right"))
+    assert extension > 0 and extension % 8 == 0
+    before = card_ids(page)
+    page.click("#outpaint-go")
+    wait_for_new_cards(page, before)
+    request = last_job(server)
+    assert request["mode"] == "outpaint" and request["outpaint_right"] == extension
+    width = page.eval_on_selector("#results .card img", "img => img.naturalWidth")
+    assert width >= 64 + extension
+
+
+def test_find_in_the_gallery_and_delete(page, server):
+    generate(page, "a purple zeppelin")
+    page.click("button.tab[data-view=gallery]")
+    page.fill("#search", "zeppelin")
+    page.press("#search", "Enter")
+    page.wait_for_function("document.querySelectorAll('#gallery .card').length === 4")
+    target = page.locator("#gallery .card").first
+    image_id = target.get_attribute("data-image-id")
+    _, app, data = server
+    file = app.state.studio.gallery.image_path(app.state.studio.gallery.image(image_id))
+    assert file.exists()
+    target.locator("img").click()
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator("#details").get_by_role("button", name="Delete").click()
+    page.wait_for_function("document.querySelectorAll('#gallery .card').length === 3")
+    assert not file.exists()
+    page.fill("#search", "zeppelin")
+    page.press("#search", "Enter")
+    page.wait_for_function("document.querySelectorAll('#gallery .card').length === 3")
+
+
+def test_phone_screen_and_keyboard_alone(browser, server):
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    page = context.new_page()
+    page.goto(server[0] + "/")
+    page.wait_for_function("document.querySelector('#sampler').options.length > 0")
+    # Keyboard only: tab to the prompt box, type, press Enter.
+    for _ in range(10):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.id") == "prompt":
+            break
+    assert page.evaluate("document.activeElement.id") == "prompt"
+    page.evaluate("document.querySelector('#steps').value = 2")
+    page.keyboard.type("a small robot")
+    page.keyboard.press("Enter")
+    wait_for_new_cards(page, set())
+    # Nothing sticks out sideways on a phone.
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    cards = page.locator("#results .card")
+    assert cards.first.bounding_box()["width"] < 200  # two columns
+    context.close()
+
+
+def test_dream_view_shows_the_dream_as_it_goes(page, server):
+    page.click("button.tab[data-view=dream]")
+    page.fill("#dream-prompt", "red apple | blue:-0.5")
+    page.fill("#dream-iterations", "30")
+    page.fill("#dream-size", "64")
+    page.press("#dream-prompt", "Enter")
+    page.wait_for_function("document.querySelector('#dream-status').textContent.includes('dreaming')", timeout=60_000)
+    page.wait_for_function("document.querySelectorAll('#dream-results .card img').length === 1", timeout=120_000)
+    request = last_job(server)
+    assert request["prompt"] == "red apple | blue:-0.5" and request["iterations"] == 30
