@@ -152,3 +152,34 @@ def test_second_run_adds_files_instead_of_overwriting(monkeypatch, capsys, tmp_p
         assert code == 0, err
     assert len(list(tmp_path.glob("*.png"))) == 4
     assert len(list((tmp_path / "grids").glob("*.png"))) == 2
+
+
+def test_style_presets_from_the_command_line(monkeypatch, capsys, tmp_path):
+    code, out, _ = run_cli(monkeypatch, capsys, "styles")
+    assert code == 0 and "Noto emoji" in out and "{prompt}, line icon" in out
+    code, out, _ = run_cli(monkeypatch, capsys, "generate", "a cat", *TINY, "-n", "1", "--style", "Line icon", "--outdir", str(tmp_path))
+    assert code == 0
+    picture = next(tmp_path.glob("*.png"))
+    assert read_png_info(picture)["reverie"]["settings"]["prompt"] == "a cat, line icon"
+    code, _, err = run_cli(monkeypatch, capsys, "generate", "a cat", *TINY, "--style", "Baroque")
+    assert code == 2 and "unknown style" in err
+
+
+def test_studio_users_from_the_command_line(monkeypatch, capsys, tmp_path):
+    data = str(tmp_path / "studio")
+    assert run_cli(monkeypatch, capsys, "users", "add", "ann", "--password", "pw", "--admin", "--data", data)[0] == 0
+    code, key, _ = run_cli(monkeypatch, capsys, "users", "key", "ann", "--data", data)
+    assert code == 0 and key.strip().startswith("rv-")
+    code, out, _ = run_cli(monkeypatch, capsys, "users", "grant", "ann", "5", "--data", data)
+    assert code == 0 and "balance 5" in out
+    code, out, _ = run_cli(monkeypatch, capsys, "users", "list", "--data", data)
+    assert "ann" in out and "5 credits" in out
+    code, _, err = run_cli(monkeypatch, capsys, "users", "add", "ann", "--password", "pw", "--data", data)
+    assert code == 2 and "already a user named 'ann'" in err
+    code, _, err = run_cli(monkeypatch, capsys, "users", "key", "nobody", "--data", data)
+    assert code == 2 and "no user named 'nobody'" in err
+
+    from reverie.gallery.store import Gallery
+
+    gallery = Gallery(data)
+    assert gallery.user_for_key(key.strip()).name == "ann"

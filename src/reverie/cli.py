@@ -91,6 +91,7 @@ def generate(
     height: Height = None, steps: Steps = 25, cfg_scale: Cfg = 7.5, sampler: SamplerOpt = "dpmpp_2m_karras",
     plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto",
     attention_slicing: Slicing = False, vae_tiling: Tiling = None, upscale: Upscale = None,
+    style: Annotated[Optional[str], typer.Option("--style", help="A style preset (see `reverie styles`).")] = None,
 ):
     """Text to image."""
     if from_image is not None:
@@ -106,6 +107,10 @@ def generate(
     if text is None:
         raise typer.BadParameter("give a prompt, or --from IMAGE to re-make a picture", param_hint="PROMPT")
     fields = _common(**locals()) | {"mode": "txt2img", "prompt": text}
+    if style:
+        from .prompts.styles import apply_style
+
+        fields["prompt"], fields["negative_prompt"] = apply_style(style, text, negative)
     _run(fields, outdir or Path("outputs/txt2img"))
 
 
@@ -198,6 +203,15 @@ def samplers():
         mark = "  (default)" if s.name == DEFAULT_SAMPLER else ""
         kind = "stochastic" if s.stochastic else "deterministic"
         out.print(f"{s.name:<22} {s.label:<22} {kind}{mark}")
+
+
+@app.command()
+def styles():
+    """List the style presets (`generate --style NAME`, the studio's style menu)."""
+    from .prompts.styles import load_styles
+
+    for style in load_styles():
+        out.print(f"{style.name:<16} {style.prompt}" + (f"   (negative: {style.negative})" if style.negative else ""))
 
 
 @app.command()
