@@ -61,3 +61,14 @@ def test_denoiser_loss_falls_when_fitting_one_batch():
         opt.step()
         losses.append(loss.item())
     assert sum(losses[-4:]) < 0.7 * sum(losses[:4])
+
+
+def test_train_commands_take_warmup_and_ema_decay(monkeypatch, capsys, tmp_path):
+    from reverie.cli_train import _config
+    from test_cli import run_cli
+
+    config = _config(10, 4, 1e-3, False, 5, 5, warmup=7, ema_decay=0.99)
+    assert (config.warmup, config.ema_decay) == (7, 0.99)
+    (tmp_path / "data").mkdir()
+    code, _, err = run_cli(monkeypatch, capsys, "train", "unet", "--data", str(tmp_path / "data"), "--ema-decay", "1.5")
+    assert code == 2 and "--ema-decay" in err

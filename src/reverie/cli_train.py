@@ -23,12 +23,18 @@ Lr = Annotated[float, typer.Option("--lr", help="Peak learning rate.")]
 Bf16 = Annotated[bool, typer.Option("--bf16", help="bf16 autocast (faster on CPUs with avx512_bf16 and on GPUs).")]
 SaveEvery = Annotated[int, typer.Option("--save-every", help="Steps between checkpoints.")]
 SampleEvery = Annotated[int, typer.Option("--sample-every", help="Steps between sample grids.")]
+Warmup = Annotated[int, typer.Option("--warmup", help="Steps of linear learning-rate warm-up.")]
+EmaDecay = Annotated[float, typer.Option("--ema-decay", help="Decay of the EMA weights that are exported.")]
 
 
-def _config(steps, batch_size, lr, bf16, save_every, sample_every):
+def _config(steps, batch_size, lr, bf16, save_every, sample_every, warmup, ema_decay):
+    from .errors import ReverieError
     from .training.loop import TrainConfig
 
-    return TrainConfig(steps=steps, batch_size=batch_size, lr=lr, bf16=bf16, save_every=save_every, sample_every=sample_every)
+    if not 0.0 <= ema_decay < 1.0:
+        raise ReverieError("--ema-decay: must be at least 0 and below 1 (e.g. 0.999)")
+    return TrainConfig(steps=steps, batch_size=batch_size, lr=lr, bf16=bf16, save_every=save_every,
+                       sample_every=sample_every, warmup=warmup, ema_decay=ema_decay)
 
 
 def _check_data(data: Path) -> None:
@@ -41,25 +47,25 @@ def _check_data(data: Path) -> None:
 @train_app.command()
 def autoencoder(data: Data = Path("data/build/mini-64"), out_dir: Out = Path("runs/autoencoder"), steps: Steps = 6000,
                 batch_size: Batch = 32, lr: Lr = 4e-4, bf16: Bf16 = False, save_every: SaveEvery = 250,
-                sample_every: SampleEvery = 500,
+                sample_every: SampleEvery = 500, warmup: Warmup = 200, ema_decay: EmaDecay = 0.999,
                 size: Annotated[int, typer.Option("--size", help="Picture size in pixels.")] = 64):
     """Train the autoencoder (pictures <-> latents)."""
     from .training.mini import run_autoencoder
 
     _check_data(data)
-    export = run_autoencoder(data, out_dir, _config(steps, batch_size, lr, bf16, save_every, sample_every), size=size)
+    export = run_autoencoder(data, out_dir, _config(steps, batch_size, lr, bf16, save_every, sample_every, warmup, ema_decay), size=size)
     out.print(f"autoencoder saved to {export}")
 
 
 @train_app.command()
 def unet(data: Data = Path("data/build/mini-64"), vae: Annotated[Path, typer.Option("--vae", help="The trained autoencoder (RUN/vae).")] = Path("runs/autoencoder/vae"),
          out_dir: Out = Path("runs/unet"), steps: Steps = 20000, batch_size: Batch = 64, lr: Lr = 3e-4, bf16: Bf16 = False,
-         save_every: SaveEvery = 250, sample_every: SampleEvery = 1000):
+         save_every: SaveEvery = 250, sample_every: SampleEvery = 1000, warmup: Warmup = 200, ema_decay: EmaDecay = 0.999):
     """Train the text-conditioned denoiser on the autoencoder's latents."""
     from .training.mini import run_denoiser
 
     _check_data(data)
-    export = run_denoiser(data, vae, out_dir, _config(steps, batch_size, lr, bf16, save_every, sample_every))
+    export = run_denoiser(data, vae, out_dir, _config(steps, batch_size, lr, bf16, save_every, sample_every, warmup, ema_decay))
     out.print(f"unet saved to {export}")
 
 
@@ -82,23 +88,23 @@ def package_cmd(vae: Annotated[Path, typer.Option("--vae")] = Path("runs/autoenc
 @train_app.command()
 def clip(data: Data = Path("data/build/mini-64"), out_dir: Out = Path("runs/clip"), steps: Steps = 3000,
          batch_size: Batch = 256, lr: Lr = 1e-3, bf16: Bf16 = False, save_every: SaveEvery = 250,
-         sample_every: SampleEvery = 1000):
+         sample_every: SampleEvery = 1000, warmup: Warmup = 200, ema_decay: EmaDecay = 0.999):
     """Train the small CLIP's image encoder against frozen MiniLM sentence vectors."""
     from .training.mini import run_clip
 
     _check_data(data)
-    export = run_clip(data, out_dir, _config(steps, batch_size, lr, bf16, save_every, sample_every))
+    export = run_clip(data, out_dir, _config(steps, batch_size, lr, bf16, save_every, sample_every, warmup, ema_decay))
     out.print(f"image encoder saved to {export}")
 
 
 @train_app.command()
 def upscaler(data: Data = Path("data/build/hires-256"), out_dir: Out = Path("runs/upscaler"), steps: Steps = 2000,
              batch_size: Batch = 16, lr: Lr = 5e-4, bf16: Bf16 = False, save_every: SaveEvery = 250,
-             sample_every: SampleEvery = 500,
+             sample_every: SampleEvery = 500, warmup: Warmup = 200, ema_decay: EmaDecay = 0.999,
              size: Annotated[int, typer.Option("--size", help="High-resolution picture size.")] = 256):
     """Train the 4x upscaler on vector art rendered large (reverie data build --sources fluent,tabler --size 256)."""
     from .training.mini import run_upscaler
 
     _check_data(data)
-    export = run_upscaler(data, out_dir, _config(steps, batch_size, lr, bf16, save_every, sample_every), size=size)
+    export = run_upscaler(data, out_dir, _config(steps, batch_size, lr, bf16, save_every, sample_every, warmup, ema_decay), size=size)
     out.print(f"upscaler saved to {export}")
