@@ -167,6 +167,7 @@ def test_dream_command_writes_snapshots_video_and_continues(monkeypatch, capsys,
     (["dream", "x", "--clip", "/no/such/clip.pt"], "no CLIP at /no/such/clip.pt"),
     (["dream", "--continue", "/no/such/run"], "not a dream run folder"),
     (["dream"], "prompt: give a prompt"),
+    (["dream", "x", "-W", "66", "-H", "64"], "width: this autoencoder needs sizes that are multiples of 4"),
 ])
 def test_dream_mistakes_exit_2(monkeypatch, capsys, tmp_path, args, message):
     code, _, err = run_cli(monkeypatch, capsys, *args, *(["-o", str(tmp_path)] if args[1:2] != ["--continue"] else []))

@@ -60,8 +60,12 @@ class PixelGenerator(Generator):
         self.spectrum.copy_(torch.view_as_real(spectrum))
 
 
-def _downscale_factor(vae) -> int:
-    return 2 ** (len(vae.config.block_out_channels) - 1)
+def _latent_grid(network, height: int, width: int, what: str) -> tuple[int, int]:
+    """(rows, cols) of the latent grid for a picture of height x width; refuses sizes it cannot make."""
+    factor = 2 ** (len(network.config.block_out_channels) - 1)
+    if height % factor or width % factor:
+        raise BadRequest("width", f"{what} needs sizes that are multiples of {factor}")
+    return height // factor, width // factor
 
 
 class LatentGenerator(Generator):
@@ -71,14 +75,11 @@ class LatentGenerator(Generator):
 
     def __init__(self, vae, height: int, width: int, generator: torch.Generator):
         super().__init__()
-        factor = _downscale_factor(vae)
-        if height % factor or width % factor:
-            raise BadRequest("width", f"this autoencoder needs sizes that are multiples of {factor}")
+        rows, cols = _latent_grid(vae, height, width, "this autoencoder")
         object.__setattr__(self, "vae", vae)  # frozen; not part of the dream's parameters
-        channels = vae.config.latent_channels
         # Small random latents decode to a nearly plain picture that CLIP then shapes.
         spread = 0.3 / float(getattr(vae.config, "scaling_factor", 1.0) or 1.0)
-        shape = (1, channels, height // factor, width // factor)
+        shape = (1, vae.config.latent_channels, rows, cols)
         self.latents = torch.nn.Parameter(torch.randn(shape, generator=generator) * spread)
 
     def forward(self) -> torch.Tensor:
@@ -98,14 +99,11 @@ class VQGANGenerator(Generator):
 
     def __init__(self, vqmodel, height: int, width: int, generator: torch.Generator):
         super().__init__()
-        factor = _downscale_factor(vqmodel)
-        if height % factor or width % factor:
-            raise BadRequest("width", f"this VQGAN needs sizes that are multiples of {factor}")
+        rows, cols = _latent_grid(vqmodel, height, width, "this VQGAN")
         object.__setattr__(self, "vq", vqmodel)
         codebook = vqmodel.quantize.embedding.weight.detach().float()
         self.register_buffer("low", codebook.min(0).values.view(1, -1, 1, 1), persistent=False)
         self.register_buffer("high", codebook.max(0).values.view(1, -1, 1, 1), persistent=False)
-        rows, cols = height // factor, width // factor
         # Start from random codebook entries, as VQGAN+CLIP does.
         codes = torch.randint(0, codebook.shape[0], (rows * cols,), generator=generator)
         start = codebook[codes].T.reshape(1, codebook.shape[1], rows, cols)
