@@ -368,3 +368,30 @@ def test_the_migrations_match_the_models(tmp_path):
     with gallery.engine.connect() as connection:
         differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
     assert differences == []
+
+
+def test_a_job_that_fails_halfway_keeps_its_finished_pictures(tmp_path):
+    from reverie.progress import ProgressEvent
+    from reverie.result import GeneratedImage
+
+    class HalfwayStudio:
+        """Makes one picture, then breaks, as a crash in the second batch would."""
+
+        def loaded_model(self, _reference):
+            return None
+
+        def generate(self, request, outdir, progress, should_stop):
+            outdir.mkdir(parents=True, exist_ok=True)
+            path = outdir / "first.png"
+            Image.fromarray(picture()).save(path)
+            image = GeneratedImage(Image.open(path), 11, 0, {"seed": 11}, "")
+            image.path = path
+            progress(ProgressEvent("image", 1, 2, payload=image))
+            raise RuntimeError("the second batch broke")
+
+    config = ServerConfig(data_dir=tmp_path / "studio", default_model="tiny-random", device="cpu")
+    with TestClient(create_app(config, studio=HalfwayStudio())) as client:
+        job = wait_done(client, client.post("/api/v1/jobs", json={"prompt": "x", "n_samples": 2, **FAST}).json()["id"])
+        assert job["status"] == "failed" and "internal error" in job["error"]
+        assert [image["seed"] for image in job["images"]] == [11]
+        assert client.get(job["images"][0]["url"]).status_code == 200
