@@ -12,7 +12,6 @@ import torch
 
 from . import __version__
 from .device import check_fits, estimate_peak_bytes, pick_device, pick_dtype
-from .errors import ModelNotFound
 from .methods.diffusion.run import run_batches
 from .methods.upscale import upscale_pictures
 from .models.upscaler import load_upscaler

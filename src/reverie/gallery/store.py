@@ -17,7 +17,6 @@ from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
 
 from ..errors import ReverieError
 from .db import open_database
@@ -303,4 +302,4 @@ class Gallery:
         return path
 
 
-__all__ = ["Gallery", "QueueFull", "NoCredit", "NotFound", "IntegrityError"]
+__all__ = ["Gallery", "QueueFull", "NoCredit", "NotFound"]
