@@ -10,7 +10,7 @@ from PIL import Image
 
 from conftest import pixels
 from reverie.errors import BadCheckpoint
-from reverie.models.mini import MINI_DIR, load_mini
+from reverie.models.mini import MINI_DIR, load_mini, weight_files
 from reverie.models.mini_clip import CLIP_DIR, load_clip
 from reverie.models.upscaler import UPSCALER_DIR, load_upscaler
 from reverie.request import make_request
@@ -81,7 +81,7 @@ def test_upscaler_enlarges_and_keeps_the_picture(studio, tmp_path):
 def test_a_missing_or_damaged_weight_file_is_reported(tmp_path, damage):
     folder = tmp_path / "mini"
     shutil.copytree(MINI_DIR, folder)
-    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    weights = weight_files(folder / "unet")[0]
     if damage == "missing":
         weights.unlink()
     else:

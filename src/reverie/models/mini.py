@@ -18,11 +18,27 @@ from .minilm import load_minilm
 
 MINI_NAME = "mini"
 MINI_DIR = Path(__file__).resolve().parent.parent / "builtin" / "mini"
-WEIGHTS = ("unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors")
+COMPONENTS = ("unet", "vae")
+WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
+SHARD_INDEX = WEIGHTS_FILE + ".index.json"
+# Larger weights are written in shards of at most this size, so no file in the repository is large.
+MAX_SHARD = "16MB"
 
 
 def mini_installed(folder: Path = MINI_DIR) -> bool:
     return (folder / "model_index.json").is_file()
+
+
+def weight_files(component: Path) -> list[Path]:
+    """The safetensors files one component needs: its shards when it has an index, else the one file."""
+    index = component / SHARD_INDEX
+    if not index.is_file():
+        return [component / WEIGHTS_FILE]
+    try:
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise BadCheckpoint(f"reverie-mini's {index} is damaged; reinstall reverie") from None
+    return [component / shard for shard in shards]
 
 
 def load_mini(dtype: torch.dtype = torch.float32, folder: Path = MINI_DIR) -> ModelComponents:
@@ -31,9 +47,10 @@ def load_mini(dtype: torch.dtype = torch.float32, folder: Path = MINI_DIR) -> Mo
 
     if not mini_installed(folder):
         raise ModelNotFound(f"the built-in model is not installed at {folder}; pass --model PATH to use another model")
-    for relative in WEIGHTS:
-        if not (folder / relative).is_file():
-            raise BadCheckpoint(f"reverie-mini is incomplete: {folder / relative} is missing; reinstall reverie")
+    for component in COMPONENTS:
+        for path in weight_files(folder / component):
+            if not path.is_file():
+                raise BadCheckpoint(f"reverie-mini is incomplete: {path} is missing; reinstall reverie")
     try:
         unet = UNet2DConditionModel.from_pretrained(folder / "unet", dtype=dtype, local_files_only=True)
         vae = AutoencoderKL.from_pretrained(folder / "vae", dtype=dtype, local_files_only=True)
@@ -62,7 +79,9 @@ def save_mini(unet, vae, scheduler_config: dict, folder: Path = MINI_DIR, half: 
     folder.mkdir(parents=True, exist_ok=True)
     dtype = torch.float16 if half else torch.float32
     for name, module in (("unet", unet), ("vae", vae)):
-        module.to(dtype).save_pretrained(folder / name, safe_serialization=True)
+        for stale in (folder / name).glob("diffusion_pytorch_model*.safetensors*"):
+            stale.unlink()  # a previous save, single-file or sharded, must not be read beside this one
+        module.to(dtype).save_pretrained(folder / name, safe_serialization=True, max_shard_size=MAX_SHARD)
         module.to(torch.float32)
     (folder / "scheduler").mkdir(exist_ok=True)
     schedule = {"_class_name": "DDPMScheduler", **scheduler_config}
