@@ -224,12 +224,16 @@ class Gallery:
                 requeued.append(job.id)
         return requeued
 
-    def job(self, job_id: str, user_id: int | None = None) -> Job:
+    def _owned(self, table, key: str, user_id: int | None, what: str):
+        """The row `key` of `table`, if it exists and (when `user_id` is given) belongs to that user."""
         with self.session() as db:
-            job = db.get(Job, job_id)
-        if job is None or (user_id is not None and job.user_id != user_id):
-            raise NotFound(f"no job {job_id}")
-        return job
+            row = db.get(table, key)
+        if row is None or (user_id is not None and row.user_id != user_id):
+            raise NotFound(f"no {what} {key}")
+        return row
+
+    def job(self, job_id: str, user_id: int | None = None) -> Job:
+        return self._owned(Job, job_id, user_id, "job")
 
     def jobs(self, user_id: int, limit: int = 50) -> list[Job]:
         with self.session() as db:
@@ -280,11 +284,12 @@ class Gallery:
             return list(db.scalars(statement))
 
     def image(self, image_id: str, user_id: int | None = None) -> Image:
-        with self.session() as db:
-            image = db.get(Image, image_id)
-        if image is None or (user_id is not None and image.user_id != user_id):
-            raise NotFound(f"no image {image_id}")
-        return image
+        return self._owned(Image, image_id, user_id, "image")
+
+    def job_images(self, job: Job) -> list[Image]:
+        """A job's pictures in the order the request made them (seed, seed+1, ...)."""
+        images = self.images(job.user_id, job_id=job.id, limit=1000)
+        return sorted(images, key=lambda image: json.loads(image.settings_json).get("index", 0))
 
     def image_path(self, image: Image) -> Path:
         return self.images_dir / image.file

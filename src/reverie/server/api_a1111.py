@@ -76,8 +76,7 @@ def _submit(state: StudioState, user: User, fields: dict, styles: list[str]):
 
 
 def _response(state: StudioState, job, body: A1111Common) -> dict:
-    images = state.gallery.images(job.user_id, job_id=job.id, limit=100)
-    images.sort(key=lambda image: json.loads(image.settings_json).get("index", 0))
+    images = state.gallery.job_images(job)
     paths = [state.gallery.image_path(image) for image in images]
     infotexts = [read_png_info(path).get("parameters") or "" for path in paths]
     request = json.loads(job.request_json)

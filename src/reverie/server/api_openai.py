@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import time
 from typing import Literal
 
@@ -58,8 +57,7 @@ def _base_size(state: StudioState, size: str, model: str | None) -> tuple[int, i
 
 
 def _respond(state: StudioState, request: Request, job, response_format: str) -> dict:
-    images = state.gallery.images(job.user_id, job_id=job.id, limit=100)
-    images.sort(key=lambda image: json.loads(image.settings_json).get("index", 0))
+    images = state.gallery.job_images(job)
     data = []
     for image in images:
         if response_format == "b64_json":

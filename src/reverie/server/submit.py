@@ -57,8 +57,7 @@ def submit_dream(state: StudioState, user: User, fields: dict) -> Job:
 def job_view(state: StudioState, job: Job) -> dict:
     """A job as the native API and the page see it."""
     live = state.runner.live.get(job.id)
-    images = state.gallery.images(job.user_id, job_id=job.id, limit=100)
-    images.sort(key=lambda image: json.loads(image.settings_json).get("index", 0))
+    images = state.gallery.job_images(job)
     return {
         "id": job.id,
         "kind": job.kind,
