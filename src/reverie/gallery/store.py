@@ -108,11 +108,18 @@ class Gallery:
             except ReverieError:  # made by a concurrent first request
                 return self.user(LOCAL_USER)
 
-    def login(self, name: str, password: str) -> str | None:
-        """A new session token when the password is right, else None."""
+    def user_for_password(self, name: str, password: str) -> User | None:
+        """The user when `password` is theirs, else None."""
         with self.session() as db:
             user = db.scalar(select(User).where(User.name == name))
         if user is None or not user.password_hash or not check_password(password, user.password_hash):
+            return None
+        return user
+
+    def login(self, name: str, password: str) -> str | None:
+        """A new session token when the password is right, else None."""
+        user = self.user_for_password(name, password)
+        if user is None:
             return None
         token = secrets.token_urlsafe(32)
         with self.session.begin() as db:

@@ -81,10 +81,7 @@ def current_user(request: Request, state: StudioState = Depends(get_state)) -> U
     elif header.lower().startswith("basic "):
         credentials = _basic_credentials(header)
         if credentials:
-            token = gallery.login(*credentials)
-            user = gallery.user_for_session(token) if token else None
-            if token:
-                gallery.logout(token)
+            user = gallery.user_for_password(*credentials)
     elif request.cookies.get(SESSION_COOKIE):
         user = gallery.user_for_session(request.cookies[SESSION_COOKIE])
     if user is None:
