@@ -157,7 +157,7 @@ class Studio:
             check_video_path(video)
         progress(ProgressEvent("load", message="loading the generator and guides"))
         if continue_from is not None:
-            changes = request if isinstance(request, dict) else request.model_dump(exclude_unset=True)
+            changes = dict(request) if isinstance(request, dict) else request.model_dump(exclude_unset=True)
             iterations = changes.pop("iterations", None) or DREAM_CONTINUE_ITERATIONS
             device = pick_device(changes.pop("device", None) or self.device_name)
             dream, folder = Dream.resume(continue_from, device, **changes), Path(continue_from)
@@ -167,17 +167,15 @@ class Studio:
             device = pick_device(request.device if request.device != "auto" else self.device_name)
             dream = Dream(request, device)
             iterations = dream.request.iterations
-            if folder is not None:
-                folder = Path(folder)
-                folder.mkdir(parents=True, exist_ok=True)
-            else:
+            if folder is None:
                 folder = _new_run_dir(Path(run_dir or "outputs/dreams"), dream.request.prompt)
+            folder = Path(folder)  # Dream.run makes it when it does not exist yet
         report = dream.run(iterations, folder, progress, should_stop)
         if video is not None:
             frames = sorted((folder / "steps").glob("*.png"))
             if not frames or frames[-1].stem != f"{report.step:06d}":
                 frames.append(report.picture)
-            report.video = write_video(frames, folder / video if not Path(video).is_absolute() else video)
+            report.video = write_video(frames, folder / video)  # an absolute `video` path wins over `folder`
         return report
 
     def _upscaled(self, pictures, factor: int, progress: ProgressCallback):
