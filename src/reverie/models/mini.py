@@ -23,6 +23,8 @@ WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
 SHARD_INDEX = WEIGHTS_FILE + ".index.json"
 # Larger weights are written in shards of at most this size, so no file in the repository is large.
 MAX_SHARD = "16MB"
+# It draws 64 px pictures and shows them 256 px through the built-in upscaler.
+DEFAULT_UPSCALE = 4
 
 
 def mini_installed(folder: Path = MINI_DIR) -> bool:
@@ -69,7 +71,7 @@ def load_mini(dtype: torch.dtype = torch.float32, folder: Path = MINI_DIR) -> Mo
         scheduler_config=scheduler_config,
         source=str(folder),
         family="mini",
-        extras={"default_upscale": 4},  # 64 px pictures, shown 256 px through the built-in upscaler
+        extras={"default_upscale": DEFAULT_UPSCALE},
     )
 
 

@@ -18,7 +18,7 @@ import torch
 from ..errors import ModelNotFound
 from .components import ModelComponents
 from .diffusers_folder import is_diffusers_folder, load_diffusers_folder
-from .mini import MINI_NAME, load_mini, mini_installed
+from .mini import DEFAULT_UPSCALE as MINI_UPSCALE, MINI_NAME, load_mini, mini_installed
 from .tiny import TINY_NAME, build_tiny
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
@@ -54,6 +54,11 @@ def list_models() -> list[ModelEntry]:
             elif child.is_file() and child.suffix.lower() in CHECKPOINT_SUFFIXES:
                 entries.append(ModelEntry(child.stem, "single-file", str(child)))
     return entries
+
+
+def default_upscale(reference: str) -> int:
+    """The upscale factor a model's pictures get when the request names none, without loading it."""
+    return MINI_UPSCALE if reference == MINI_NAME else 1
 
 
 def load_model(reference: str, dtype: torch.dtype = torch.float32) -> ModelComponents:

@@ -164,7 +164,7 @@ def samplers():
 def prompt_styles():
     from ..prompts.styles import load_styles
 
-    return [{"name": s.name, "prompt": s.prompt.replace("{prompt}", "{prompt}"), "negative_prompt": s.negative} for s in load_styles()]
+    return [{"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative} for s in load_styles()]
 
 
 @router.get("/options")

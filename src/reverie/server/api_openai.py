@@ -36,7 +36,7 @@ class GenerationsBody(BaseModel):
     model: str | None = None
 
 
-def _model_name(state: StudioState, model: str | None) -> str | None:
+def _model_name(model: str | None) -> str | None:
     # "dall-e-2" and the like mean "the studio's default model".
     return None if model is None or model.startswith(("dall-e", "gpt-image")) else model
 
@@ -46,11 +46,11 @@ def _base_size(state: StudioState, size: str, model: str | None) -> tuple[int, i
     if size not in SIZES:
         raise BadRequest("size", f"must be one of {', '.join(SIZES)}")
     side = int(size.split("x")[0])
-    from .state import check_model
+    from ..models.registry import default_upscale
     from ..studio import default_model
+    from .state import check_model
 
-    name = check_model(state, model) or default_model()
-    upscale = 4 if name == "mini" else 1
+    upscale = default_upscale(check_model(state, model) or default_model())
     while upscale > 1 and (side // upscale) % 8:
         upscale //= 2
     return side // upscale, side // upscale, upscale
@@ -79,14 +79,14 @@ def _run(state: StudioState, user: User, fields: dict):
 @router.post("/generations")
 def generations(body: GenerationsBody, request: Request, state: StudioState = Depends(get_state),
                 user: User = Depends(current_user)):
-    model = _model_name(state, body.model)
+    model = _model_name(body.model)
     width, height, upscale = _base_size(state, body.size, model)
     job = _run(state, user, {"mode": "txt2img", "prompt": body.prompt, "n_samples": body.n, "width": width,
                              "height": height, "upscale": upscale, "model": model})
     return _respond(state, request, job, body.response_format)
 
 
-async def _read(upload: UploadFile, field: str, limit: int) -> bytes:
+async def _read(upload: UploadFile, limit: int) -> bytes:
     return await upload.read(limit + 1)  # one byte over the limit is enough to refuse it
 
 
@@ -108,10 +108,10 @@ async def edits(request: Request, image: UploadFile = File(...), prompt: str = F
                 response_format: Literal["url", "b64_json"] = Form("url"), model: str | None = Form(None),
                 state: StudioState = Depends(get_state), user: User = Depends(current_user)):
     limit = state.config.max_upload_bytes
-    image_bytes = await _read(image, "image", limit)
+    image_bytes = await _read(image, limit)
     init = store_image_bytes(state, image_bytes, "image", "RGB")
-    mask_path = _mask_from_alpha(state, await _read(mask, "mask", limit) if mask else image_bytes, "mask" if mask else "image")
-    model = _model_name(state, model)
+    mask_path = _mask_from_alpha(state, await _read(mask, limit) if mask else image_bytes, "mask" if mask else "image")
+    model = _model_name(model)
     width, height, upscale = _base_size(state, size, model)
     init_picture, mask_picture = Image.open(init), Image.open(mask_path)
     if mask_picture.size != init_picture.size:
@@ -128,8 +128,8 @@ async def variations(request: Request, image: UploadFile = File(...), n: int = F
                      size: str = Form("256x256"), response_format: Literal["url", "b64_json"] = Form("url"),
                      model: str | None = Form(None), state: StudioState = Depends(get_state),
                      user: User = Depends(current_user)):
-    init = store_image_bytes(state, await _read(image, "image", state.config.max_upload_bytes), "image", "RGB")
-    model = _model_name(state, model)
+    init = store_image_bytes(state, await _read(image, state.config.max_upload_bytes), "image", "RGB")
+    model = _model_name(model)
     width, height, upscale = _base_size(state, size, model)
     picture = Image.open(init).resize((width, height), Image.LANCZOS)
     picture.save(init)
