@@ -98,3 +98,16 @@ def test_damaged_clip_and_upscaler_are_reported(tmp_path, loader, folder, name):
     (copy / name).write_bytes((copy / name).read_bytes()[:3000])
     with pytest.raises(BadCheckpoint, match="damaged"):
         loader(copy)
+
+
+def test_live_previews_show_the_colours_of_the_latents():
+    from reverie.methods.diffusion.preview import preview_image
+
+    vae = load_mini().vae
+    red = torch.zeros(1, 3, 64, 64)
+    red[:, 0] = 1.0  # pure red, in [-1, 1]: (1, -1, -1)
+    red = red * 2 - 1
+    with torch.no_grad():
+        latents = vae.encode(red).latent_dist.mean * vae.config.scaling_factor
+    r, g, b = np.asarray(preview_image(latents, vae), dtype=float).reshape(-1, 3).mean(0)
+    assert r > g + 60 and r > b + 60

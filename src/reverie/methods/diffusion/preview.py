@@ -8,20 +8,21 @@ plain-colour swatches through its own autoencoder; a preview is then one small m
 from __future__ import annotations
 
 import itertools
+import weakref
 
 import numpy as np
 import torch
 from PIL import Image
 
-_FITTED: dict[int, torch.Tensor] = {}
+# Per autoencoder, forgotten with it (an id() key could be reused by a later model).
+_FITTED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 SWATCH = 64
 
 
 @torch.no_grad()
 def fit_latent_to_rgb(vae) -> torch.Tensor:
     """[C+1, 3]: latent channels (plus a bias) -> RGB in [0, 1], least squares over colour swatches."""
-    key = id(vae)
-    if key not in _FITTED:
+    if vae not in _FITTED:
         levels = (0.0, 0.5, 1.0)
         colours = torch.tensor(list(itertools.product(levels, levels, levels)), dtype=torch.float32)
         swatches = colours.view(-1, 3, 1, 1).expand(-1, 3, SWATCH, SWATCH)
@@ -31,8 +32,8 @@ def fit_latent_to_rgb(vae) -> torch.Tensor:
         scaling = float(getattr(vae.config, "scaling_factor", 1.0) or 1.0)
         features = latents.float().mean(dim=(2, 3)).cpu() * scaling  # the pipeline's latents are scaled
         design = torch.cat([features, torch.ones(len(features), 1)], dim=1)
-        _FITTED[key] = torch.linalg.lstsq(design, colours).solution
-    return _FITTED[key]
+        _FITTED[vae] = torch.linalg.lstsq(design, colours).solution
+    return _FITTED[vae]
 
 
 def preview_image(latents: torch.Tensor, vae, size: int | None = None) -> Image.Image:
