@@ -380,7 +380,7 @@ def test_a_job_that_fails_halfway_keeps_its_finished_pictures(tmp_path):
         def loaded_model(self, _reference):
             return None
 
-        def generate(self, request, outdir, progress, should_stop):
+        def generate(self, request, outdir, grid, progress, should_stop):
             outdir.mkdir(parents=True, exist_ok=True)
             path = outdir / "first.png"
             Image.fromarray(picture()).save(path)

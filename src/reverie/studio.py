@@ -81,13 +81,14 @@ class Studio:
         request: GenerationRequest | dict,
         *,
         outdir: str | Path | None = None,
+        grid: bool = True,
         progress: ProgressCallback = no_progress,
         should_stop: StopCheck = should_never_stop,
     ) -> Result:
         """Make the pictures `request` asks for.
 
         With `outdir`, each picture is written (PNG with its settings) as soon as its batch is
-        done, plus a grid when there are several. Ctrl-C or `should_stop()` ends the run early:
+        done, plus a grid when there are several (unless `grid` is False). Ctrl-C or `should_stop()` ends the run early:
         the result then holds every picture finished so far and `interrupted` is True.
         """
         if isinstance(request, dict):
@@ -124,7 +125,7 @@ class Studio:
                     progress(ProgressEvent("image", index + 1, request.n_samples * request.n_iter, payload=image))
         except (Interrupted, KeyboardInterrupt):
             result.interrupted = True
-        if outdir and len(result.images) > 1:
+        if outdir and grid and len(result.images) > 1:
             first = result.images[0]
             result.grid_path = save_grid([img.image for img in result.images], outdir, request.prompt, first.parameters, first.metadata)
         result.timings = {"load_s": loaded - started, "generate_s": time.perf_counter() - loaded}

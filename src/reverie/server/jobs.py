@@ -11,11 +11,11 @@ from __future__ import annotations
 import io
 import json
 import logging
+import shutil
 import threading
 import time
 import traceback
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ..errors import ReverieError
 from ..gallery.store import Gallery
@@ -186,9 +186,9 @@ class JobRunner:
                     components["vae"] = model.vae
             on_progress(event)
 
-        result = self.studio.generate(request, outdir=outdir, progress=remember_model, should_stop=should_stop)
-        for leftover in Path(outdir).glob("**/*.png"):
-            leftover.unlink()  # grids: the gallery keeps the single pictures
+        # The gallery keeps the single pictures (each moved in as it is made), so no grid.
+        result = self.studio.generate(request, outdir=outdir, grid=False, progress=remember_model, should_stop=should_stop)
+        shutil.rmtree(outdir, ignore_errors=True)
         return result.interrupted
 
     def _run_dream(self, job, request: dict, should_stop) -> bool:
