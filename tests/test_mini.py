@@ -40,6 +40,24 @@ def test_red_apple_pictures_score_red_apple_above_blue_car(studio, clip):
     assert scores[:, 0].mean() > scores[:, 1].mean()
 
 
+def foreground_rgb(picture):
+    """Mean colour of the pixels that are not the white page."""
+    array = np.asarray(picture.convert("RGB")).reshape(-1, 3).astype(np.float32)
+    return array[(array < 235).any(axis=1)].mean(axis=0)
+
+
+def test_colour_words_decide_the_colour(studio):
+    """Same seeds, same shape; only the colour word differs, and the pictures follow it."""
+    def colours(prompt):
+        result = studio.generate(make_request(prompt=prompt, seed=5, steps=15, upscale=1, cfg_scale=4))
+        return [foreground_rgb(img.image) for img in result.images]
+
+    for blue, yellow in zip(colours("blue heart, Noto emoji"), colours("yellow heart, Noto emoji")):
+        assert blue[2] - blue[0] > 40  # blue: more blue than red
+        assert yellow[0] - yellow[2] > 80  # yellow: far more red+green than blue
+        assert blue[2] > yellow[2] + 60
+
+
 def test_the_clip_tells_real_pictures_apart(clip):
     from reverie.training.data.folder import read_square
 

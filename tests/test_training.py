@@ -72,3 +72,106 @@ def test_train_commands_take_warmup_and_ema_decay(monkeypatch, capsys, tmp_path)
     (tmp_path / "data").mkdir()
     code, _, err = run_cli(monkeypatch, capsys, "train", "unet", "--data", str(tmp_path / "data"), "--ema-decay", "1.5")
     assert code == 2 and "--ema-decay" in err
+
+
+def test_the_schedule_ends_in_pure_noise_for_every_sampler():
+    """Zero terminal SNR: no sampler's last training step leaks the picture (SD's leaks 7%)."""
+    from diffusers import DDPMScheduler
+
+    from reverie.samplers import SAMPLERS, build_scheduler
+
+    reference = DDPMScheduler.from_config(SCHEDULE).alphas_cumprod
+    sd = DDPMScheduler.from_config({k: v for k, v in SCHEDULE.items() if k != "trained_betas"}).alphas_cumprod
+    assert float(sd[-1].sqrt()) > 0.06  # what the rescale fixes
+    assert float(reference[-1]) < 1e-7
+    assert abs(float(reference[0] - sd[0])) < 1e-6  # the low-noise end is SD's
+    assert bool((reference[1:] < reference[:-1]).all())
+    for sampler in SAMPLERS:
+        scheduler = build_scheduler(sampler.name, SCHEDULE, seeds=[0])
+        assert torch.allclose(scheduler.alphas_cumprod[:-1].double(), reference[:-1].double(), rtol=1e-4), sampler.name
+
+
+def test_denoiser_loss_weighs_the_noisiest_steps_fully():
+    """Pure-noise steps must count: that is where colour and layout are decided from the text."""
+    from diffusers import DDPMScheduler
+
+    class Zero(torch.nn.Module):
+        def forward(self, x, t, encoder_hidden_states):
+            return type("Out", (), {"sample": torch.zeros_like(x)})()
+
+    scheduler = DDPMScheduler.from_config(SCHEDULE)
+    latents = torch.randn(64, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    # At the last step v = -x0 (nearly), so a model predicting zeros scores the v-MSE at weight 1.
+    last = torch.full((64,), SCHEDULE["num_train_timesteps"] - 1)
+    rng = torch.Generator().manual_seed(1)
+    loss = float(denoiser_loss(Zero(), scheduler, latents, torch.zeros(64, 2, 4), rng, timesteps=last)["loss"])
+    assert abs(loss - float(latents.pow(2).mean())) < 0.05
+
+
+def test_decoder_finetune_keeps_the_latent_space(tmp_path):
+    from reverie.training.autoencoder import finetune_decoder
+
+    data = pictures(n=8, size=16)
+    torch.manual_seed(0)
+    vae = build_autoencoder(16, channels=(32, 32))
+    encoder_before = {k: v.clone() for k, v in vae.state_dict().items() if k.startswith(("encoder.", "quant_conv."))}
+    decoder_before = {k: v.clone() for k, v in vae.state_dict().items() if k.startswith(("decoder.", "post_quant_conv."))}
+    x = to_unit_range(data)
+    with torch.no_grad():
+        latents_before = vae.encode(x).latent_dist.mean
+        l1_before = float((vae.decode(latents_before).sample - x).abs().mean())
+    tuned = finetune_decoder(vae, data, tmp_path / "decoder", small_config(30), quiet=True)
+    state = tuned.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in encoder_before.items())
+    assert any(not torch.equal(state[k], v) for k, v in decoder_before.items())
+    with torch.no_grad():
+        assert torch.equal(tuned.encode(x).latent_dist.mean, latents_before)
+        assert float((tuned.decode(latents_before).sample - x).abs().mean()) < l1_before
+    assert (tmp_path / "decoder" / "checkpoint" / "state.json").is_file()
+
+
+def test_a_unet_run_can_start_from_given_weights(tmp_path):
+    from reverie.training.denoiser import train_denoiser
+
+    class States:
+        text_encoder = type("Encoder", (), {"config": type("Config", (), {"hidden_size": 16})()})()
+
+        def __call__(self, captions):
+            return torch.ones(len(captions), 3, 16)
+
+    torch.manual_seed(1)  # not the run's seed, so a fresh start differs from these weights
+    start = build_unet(8, cross_attention_dim=16, channels=(32, 64))
+    start.save_pretrained(tmp_path / "start")
+    latents = torch.randn(4, 4, 8, 8)
+    config = TrainConfig(steps=2, batch_size=2, lr=1e-9, warmup=1, save_every=10, sample_every=10, ema_decay=0.5)
+    tuned = train_denoiser(latents, [["a"]] * 4, States(), tmp_path / "run", config, quiet=True, init=tmp_path / "start")
+    fresh = train_denoiser(latents, [["a"]] * 4, States(), tmp_path / "fresh", config, quiet=True)
+    a, b, c = start.state_dict(), tuned.state_dict(), fresh.state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)  # lr 1e-9: still the given weights
+    assert not all(torch.allclose(a[k], c[k], atol=1e-5) for k in a)
+
+
+def test_unet_init_must_be_a_unet_folder(monkeypatch, capsys, tmp_path):
+    from test_cli import run_cli
+
+    (tmp_path / "data").mkdir()
+    code, _, err = run_cli(monkeypatch, capsys, "train", "unet", "--data", str(tmp_path / "data"), "--init", str(tmp_path / "nowhere"))
+    assert code == 2 and "--init" in err
+
+
+def test_colour_classes_tell_hues_apart_and_balancing_favours_rare_ones():
+    from reverie.training.autoencoder import balancing_weights, colour_classes
+
+    def swatch(rgb):
+        picture = torch.full((3, 16, 16), 255, dtype=torch.uint8)
+        picture[:, 4:12, 4:12] = torch.tensor(rgb, dtype=torch.uint8)[:, None, None]
+        return picture
+
+    red, green, blue, purple = swatch((220, 40, 40)), swatch((60, 180, 60)), swatch((40, 90, 220)), swatch((150, 60, 190))
+    black, page = swatch((20, 20, 20)), torch.full((3, 16, 16), 255, dtype=torch.uint8)
+    classes = colour_classes(torch.stack([red, green, blue, purple, black, page])).tolist()
+    assert len(set(classes)) == 6
+    assert classes[4] == 12 and classes[5] == 14  # dark, and a blank page counts as light
+    many = colour_classes(torch.stack([red] * 9 + [green]))
+    weights = balancing_weights(many, power=1.0)
+    assert abs(float(weights[-1] / weights.sum()) - 0.5) < 1e-6  # one green picture drawn as often as nine red

@@ -58,14 +58,34 @@ def autoencoder(data: Data = Path("data/build/mini-64"), out_dir: Out = Path("ru
 
 
 @train_app.command()
+def decoder(data: Data = Path("data/build/mini-64"), vae: Annotated[Path, typer.Option("--vae", help="The trained autoencoder to improve (RUN/vae).")] = Path("runs/autoencoder/vae"),
+            out_dir: Out = Path("runs/decoder"), steps: Steps = 1500, batch_size: Batch = 32, lr: Lr = 4e-4, bf16: Bf16 = False,
+            save_every: SaveEvery = 250, sample_every: SampleEvery = 500, warmup: Warmup = 50, ema_decay: EmaDecay = 0.995):
+    """Fine-tune only the autoencoder's decoder (colour-balanced); its latents, and the denoiser, stay valid."""
+    from .errors import ReverieError
+    from .training.mini import run_decoder
+
+    _check_data(data)
+    if not (vae / "config.json").is_file():
+        raise ReverieError(f"--vae: {vae} is not an autoencoder folder (it has no config.json); train one with `reverie train autoencoder`")
+    export = run_decoder(data, vae, out_dir, _config(steps, batch_size, lr, bf16, save_every, sample_every, warmup, ema_decay))
+    out.print(f"autoencoder with the new decoder saved to {export}")
+
+
+@train_app.command()
 def unet(data: Data = Path("data/build/mini-64"), vae: Annotated[Path, typer.Option("--vae", help="The trained autoencoder (RUN/vae).")] = Path("runs/autoencoder/vae"),
          out_dir: Out = Path("runs/unet"), steps: Steps = 20000, batch_size: Batch = 64, lr: Lr = 3e-4, bf16: Bf16 = False,
-         save_every: SaveEvery = 250, sample_every: SampleEvery = 1000, warmup: Warmup = 200, ema_decay: EmaDecay = 0.999):
+         save_every: SaveEvery = 250, sample_every: SampleEvery = 1000, warmup: Warmup = 200, ema_decay: EmaDecay = 0.999,
+         init: Annotated[Path, typer.Option("--init", help="Start from this diffusers UNet folder (fine-tune) instead of random weights.")] = None):
     """Train the text-conditioned denoiser on the autoencoder's latents."""
+    from .errors import ReverieError
     from .training.mini import run_denoiser
 
     _check_data(data)
-    export = run_denoiser(data, vae, out_dir, _config(steps, batch_size, lr, bf16, save_every, sample_every, warmup, ema_decay))
+    if init is not None and not (init / "config.json").is_file():
+        raise ReverieError(f"--init: {init} is not a diffusers UNet folder (it has no config.json)")
+    export = run_denoiser(data, vae, out_dir, _config(steps, batch_size, lr, bf16, save_every, sample_every, warmup, ema_decay),
+                          init=init)
     out.print(f"unet saved to {export}")
 
 

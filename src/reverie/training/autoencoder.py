@@ -52,14 +52,19 @@ def _gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x[..., 1:, :] - x[..., :-1, :], x[..., :, 1:] - x[..., :, :-1]
 
 
+def reconstruction_loss(recon: torch.Tensor, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L1 on pixels + EDGE_WEIGHT x L1 on image gradients, the pixel L1 alone)."""
+    l1 = F.l1_loss(recon, batch)
+    edges = sum(F.l1_loss(a, b) for a, b in zip(_gradients(recon), _gradients(batch)))
+    return l1 + EDGE_WEIGHT * edges, l1
+
+
 def autoencoder_loss(vae: AutoencoderKL, batch: torch.Tensor, rng: torch.Generator) -> dict:
     posterior = vae.encode(batch).latent_dist
     z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=rng)
-    recon = vae.decode(z).sample.float()
-    l1 = F.l1_loss(recon, batch)
-    edges = sum(F.l1_loss(a, b) for a, b in zip(_gradients(recon), _gradients(batch)))
+    loss, l1 = reconstruction_loss(vae.decode(z).sample.float(), batch)
     kl = posterior.kl().mean()  # summed over a picture's latent, averaged over the batch, as in SD
-    return {"loss": l1 + EDGE_WEIGHT * edges + KL_WEIGHT * kl, "l1": l1.detach(), "kl": kl.detach()}
+    return {"loss": loss + KL_WEIGHT * kl, "l1": l1.detach(), "kl": kl.detach()}
 
 
 def train_autoencoder(images: torch.Tensor, out: str | Path, config: TrainConfig, held_out: torch.Tensor | None = None,
@@ -82,6 +87,99 @@ def train_autoencoder(images: torch.Tensor, out: str | Path, config: TrainConfig
         folder.mkdir(parents=True, exist_ok=True)
         recon = vae.decode(vae.encode(show).latent_dist.mean).sample
         make_grid(to_pil(show) + to_pil(recon), columns=len(show)).save(folder / f"autoencoder-{step_index:06d}.png")
+
+    trainer.run(step, sample, quiet=quiet)
+    vae.load_state_dict(trainer.ema_model_state())
+    return vae.eval()
+
+
+def freeze_encoder(vae: AutoencoderKL) -> AutoencoderKL:
+    """Fix the encoder side, so the latent space (and any denoiser trained on it) stays as it is."""
+    for part in (vae.encoder, vae.quant_conv):
+        if part is not None:
+            part.requires_grad_(False)
+    return vae
+
+
+@torch.no_grad()
+def posteriors(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) of the encoder's posterior for uint8 pictures [N,3,S,S], unscaled."""
+    means, stds = [], []
+    for i in range(0, len(images), batch_size):
+        posterior = vae.encode(to_unit_range(images[i : i + batch_size])).latent_dist
+        means.append(posterior.mean)
+        stds.append(posterior.std)
+    return torch.cat(means), torch.cat(stds)
+
+
+def decoder_loss(vae: AutoencoderKL, mean: torch.Tensor, std: torch.Tensor, batch: torch.Tensor, rng: torch.Generator,
+                 latent_noise: float = 1.0) -> dict:
+    """The reconstruction loss with the encoder's posteriors given (the encoder is fixed).
+
+    The latents are drawn with `latent_noise` times the posterior's spread: 1 as in training the
+    whole autoencoder, 0 to decode the posterior means themselves, which is what the denoiser learned.
+    """
+    z = mean + latent_noise * std * torch.randn(mean.shape, generator=rng)
+    loss, l1 = reconstruction_loss(vae.decode(z).sample.float(), batch)
+    return {"loss": loss, "l1": l1.detach()}
+
+
+def colour_classes(images: torch.Tensor, white: int = 235) -> torch.Tensor:
+    """A class per uint8 picture [N,3,S,S] from its foreground's mean colour: 12 hues, or dark/grey/light.
+
+    Foreground is every pixel not near the white page. Pictures with no foreground count as light.
+    """
+    x = images.float() / 255
+    foreground = (images < white).any(dim=1, keepdim=True).float()
+    area = foreground.sum(dim=(2, 3)).clamp(min=1)
+    rgb = (x * foreground).sum(dim=(2, 3)) / area
+    rgb = torch.where(foreground.sum(dim=(2, 3)) > 0, rgb, torch.ones_like(rgb))
+    high, low = rgb.max(dim=1).values, rgb.min(dim=1).values
+    saturation = (high - low) / high.clamp(min=1e-6)
+    r, g, b = rgb.unbind(1)
+    hue = torch.atan2(3**0.5 * (g - b), 2 * r - g - b) % (2 * torch.pi)
+    hue_class = (hue / (2 * torch.pi) * 12).long().clamp(max=11)
+    grey_class = 12 + (high > 0.35).long() + (high > 0.75).long()
+    return torch.where((saturation > 0.25) & (high > 0.15), hue_class, grey_class)
+
+
+def balancing_weights(classes: torch.Tensor, power: float = 0.75) -> torch.Tensor:
+    """Sampling weights that favour rare classes: each picture 1 / (its class's count) ** power."""
+    counts = torch.bincount(classes).float()
+    return counts[classes] ** -power
+
+
+def finetune_decoder(vae: AutoencoderKL, images: torch.Tensor, out: str | Path, config: TrainConfig,
+                     held_out: torch.Tensor | None = None, quiet: bool = False, latent_noise: float = 0.25,
+                     balance_colours: bool = True) -> AutoencoderKL:
+    """Train only the decoder of a trained autoencoder further.
+
+    The encoder is frozen, so every latent keeps its meaning and a denoiser trained on this
+    autoencoder needs no retraining: only how latents are drawn as pixels improves (colours
+    and edges that a short first run left approximate). Pictures and their mirror images are
+    encoded once up front; each step then costs a decoder pass alone.
+
+    With `balance_colours`, pictures are drawn more often the rarer their main colour is
+    (`colour_classes`): emoji are mostly yellow, orange and brown, and a decoder trained on
+    them evenly learns to paint green and purple brown and grey.
+    """
+    torch.manual_seed(config.seed)
+    freeze_encoder(vae)
+    both = torch.cat([images, images.flip(-1)])
+    mean, std = posteriors(vae.eval(), both)
+    weights = balancing_weights(colour_classes(both)) if balance_colours else torch.ones(len(both))
+    trainer = Trainer(vae, out, config, "decoder")
+    show = to_unit_range((held_out if held_out is not None else images)[:8])
+
+    def step(step_index: int, rng: torch.Generator) -> dict:
+        index = torch.multinomial(weights, config.batch_size, replacement=True, generator=rng)
+        return decoder_loss(vae, mean[index], std[index], to_unit_range(both[index]), rng, latent_noise)
+
+    @torch.no_grad()
+    def sample(step_index: int, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        recon = vae.decode(vae.encode(show).latent_dist.mean).sample
+        make_grid(to_pil(show) + to_pil(recon), columns=len(show)).save(folder / f"decoder-{step_index:06d}.png")
 
     trainer.run(step, sample, quiet=quiet)
     vae.load_state_dict(trainer.ema_model_state())

@@ -47,8 +47,30 @@ def run_autoencoder(data: str | Path, out: str | Path, config: TrainConfig, size
     return export
 
 
-def run_denoiser(data: str | Path, vae_dir: str | Path, out: str | Path, config: TrainConfig, quiet: bool = False) -> Path:
-    """Train (or resume) the UNet on the autoencoder's latents; export it to out/unet."""
+def run_decoder(data: str | Path, vae_dir: str | Path, out: str | Path, config: TrainConfig, quiet: bool = False) -> Path:
+    """Fine-tune (or resume) the decoder of a trained autoencoder; export the whole autoencoder to out/vae.
+
+    The encoder and the latent scaling factor stay as they are, so the denoiser trained on
+    `vae_dir`'s latents works unchanged with the export.
+    """
+    from .autoencoder import finetune_decoder
+
+    vae = AutoencoderKL.from_pretrained(vae_dir, local_files_only=True, dtype=torch.float32)
+    size = int(vae.config.sample_size)
+    train = read_dataset(data, size, "train")
+    test = read_dataset(data, size, "test")
+    vae = finetune_decoder(vae, train.images, out, config, held_out=test.images, quiet=quiet)
+    export = Path(out) / "vae"
+    vae.save_pretrained(export, safe_serialization=True)
+    return export
+
+
+def run_denoiser(data: str | Path, vae_dir: str | Path, out: str | Path, config: TrainConfig, quiet: bool = False,
+                 init: str | Path | None = None) -> Path:
+    """Train (or resume) the UNet on the autoencoder's latents; export it to out/unet.
+
+    `init` (a diffusers UNet folder) fine-tunes from those weights instead of starting fresh.
+    """
     vae = AutoencoderKL.from_pretrained(vae_dir, local_files_only=True).eval()
     size = int(vae.config.sample_size)
     train = read_dataset(data, size, "train")
@@ -59,7 +81,7 @@ def run_denoiser(data: str | Path, vae_dir: str | Path, out: str | Path, config:
     def sample(unet: UNet2DConditionModel, step: int, folder: Path) -> None:
         sample_grid(unet, vae, tokenizer, text_encoder, folder / f"unet-{step:06d}.png")
 
-    unet = train_denoiser(latents, train.captions, states, out, config, sample_fn=sample, quiet=quiet)
+    unet = train_denoiser(latents, train.captions, states, out, config, sample_fn=sample, quiet=quiet, init=init)
     export = Path(out) / "unet"
     unet.save_pretrained(export, safe_serialization=True)
     return export
