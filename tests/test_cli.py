@@ -60,7 +60,10 @@ def test_from_remakes_the_same_picture(monkeypatch, capsys, tmp_path):
     assert code == 0, err
     remade = list(again.glob("*.png"))
     assert len(remade) == 1 and "-10-" in remade[0].name
-    assert np.array_equal(pixels(Image.open(source)), pixels(Image.open(remade[0])))
+    # The source was made in a batch of two, the remake alone: same noise and settings, but on
+    # some CPUs the kernels round a batch of one differently, so a pixel may move by one level.
+    difference = np.abs(pixels(Image.open(source)) - pixels(Image.open(remade[0])))
+    assert difference.max() <= 1 and (difference > 0).mean() < 0.001
 
 
 def test_from_an_a1111_picture(monkeypatch, capsys, tmp_path):

@@ -82,11 +82,17 @@ def train_autoencoder(images: torch.Tensor, out: str | Path, config: TrainConfig
         batch = torch.where(flip[:, None, None, None], batch.flip(-1), batch)
         return autoencoder_loss(vae, batch, rng)
 
+    return _run(trainer, vae, step, show, quiet)
+
+
+def _run(trainer: Trainer, vae: AutoencoderKL, step, show: torch.Tensor, quiet: bool) -> AutoencoderKL:
+    """Run the trainer with sample grids (held-out pictures over their reconstructions); return the EMA model."""
+
     @torch.no_grad()
     def sample(step_index: int, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         recon = vae.decode(vae.encode(show).latent_dist.mean).sample
-        make_grid(to_pil(show) + to_pil(recon), columns=len(show)).save(folder / f"autoencoder-{step_index:06d}.png")
+        make_grid(to_pil(show) + to_pil(recon), columns=len(show)).save(folder / f"{trainer.name}-{step_index:06d}.png")
 
     trainer.run(step, sample, quiet=quiet)
     vae.load_state_dict(trainer.ema_model_state())
@@ -175,15 +181,7 @@ def finetune_decoder(vae: AutoencoderKL, images: torch.Tensor, out: str | Path, 
         index = torch.multinomial(weights, config.batch_size, replacement=True, generator=rng)
         return decoder_loss(vae, mean[index], std[index], to_unit_range(both[index]), rng, latent_noise)
 
-    @torch.no_grad()
-    def sample(step_index: int, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        recon = vae.decode(vae.encode(show).latent_dist.mean).sample
-        make_grid(to_pil(show) + to_pil(recon), columns=len(show)).save(folder / f"decoder-{step_index:06d}.png")
-
-    trainer.run(step, sample, quiet=quiet)
-    vae.load_state_dict(trainer.ema_model_state())
-    return vae.eval()
+    return _run(trainer, vae, step, show, quiet)
 
 
 @torch.no_grad()
