@@ -1,8 +1,8 @@
 """Training the built-in text-conditioned denoiser on autoencoder latents.
 
 The UNet predicts v (velocity) under SD's scaled-linear noise schedule, rescaled so that its
-last step is pure noise (zero terminal SNR, Lin et al. 2023, "Common Diffusion Noise Schedules
-and Sample Steps are Flawed"). With SD's own schedule the last training step still holds 7% of
+last step is (nearly) pure noise (zero terminal SNR, Lin et al. 2023, "Common Diffusion Noise
+Schedules and Sample Steps are Flawed"). With SD's own schedule the last training step still holds 7% of
 the picture; on a 16x16 latent the model learned to read the picture's overall colour from that
 leak and so ignored colour words, and at sampling time, starting from true noise, it took its
 colours from the seed. The rescaled betas ship in the scheduler config (`trained_betas`), so
@@ -28,7 +28,7 @@ from .loop import TrainConfig, Trainer
 
 TRAIN_STEPS = 1000
 # Pure noise would be sqrt(alpha_bar) = 0, an infinite sigma. 1/64 (sigma 64, SNR 2.4e-4, a
-# leak 4x smaller than SD's 0.068 and far below what a 16x16 latent's mean can be read from)
+# leak 4x smaller than SD's 0.068, well under the 1/16 noise of a 16x16 latent's mean)
 # keeps Karras-spaced samplers sane: with diffusers' own 2**-12 (sigma 4096) their steps
 # crowd at t=999 and DPM++ 2M Karras overruns its sigma table.
 TERMINAL_SIGNAL = 1.0 / 64
