@@ -53,37 +53,34 @@ def main_colour(picture: Image.Image) -> np.ndarray | None:
     return np.median(foreground, axis=0) if len(foreground) >= 16 else None
 
 
-def palette_from_data(data: Path) -> dict[str, np.ndarray]:
-    """Each colour's CIELAB value: the mean main colour of the real pictures named '{colour} {shape}'."""
-    found: dict[str, list[np.ndarray]] = {c: [] for c in COLOURS}
+def real_colours(data: Path) -> list[tuple[str, np.ndarray]]:
+    """(named colour, measured main colour) for every real '{colour} {shape}' picture, in any split and style."""
+    found = []
     for caption in sorted(data.glob("*/*/*.txt")):
-        first = caption.read_text().splitlines()[0].rsplit(", ", 1)[0]
-        words = first.split()
-        if len(words) == 2 and words[0] in found and words[1] in SHAPES:
+        words = caption.read_text().splitlines()[0].rsplit(", ", 1)[0].split()
+        if len(words) == 2 and words[0] in COLOURS and words[1] in SHAPES:
             colour = main_colour(Image.open(caption.with_suffix(".png")))
             if colour is not None:
-                found[words[0]].append(colour)
-    missing = [c for c, values in found.items() if not values]
+                found.append((words[0], colour))
+    return found
+
+
+def palette_from(real: list[tuple[str, np.ndarray]], data: Path) -> dict[str, np.ndarray]:
+    """Each colour's CIELAB value: the mean main colour of the real pictures named with it."""
+    missing = [c for c in COLOURS if not any(name == c for name, _ in real)]
     if missing:
         raise SystemExit(f"no real pictures of {', '.join(missing)} shapes under {data}; run `make data` first")
-    return {c: np.mean(values, axis=0) for c, values in found.items()}
+    return {c: np.mean([colour for name, colour in real if name == c], axis=0) for c in COLOURS}
 
 
-def classify(picture: Image.Image, palette: dict[str, np.ndarray]) -> str:
-    colour = main_colour(picture)
+def nearest(colour: np.ndarray | None, palette: dict[str, np.ndarray]) -> str:
     if colour is None:
         return "none"
     return min(palette, key=lambda name: float(np.linalg.norm(palette[name] - colour)))
 
 
-def real_pictures(data: Path) -> list[tuple[str, Image.Image]]:
-    """(colour, picture) for every real '{colour} {shape}' picture, in any split and style."""
-    out = []
-    for caption in sorted(data.glob("*/*/*.txt")):
-        words = caption.read_text().splitlines()[0].rsplit(", ", 1)[0].split()
-        if len(words) == 2 and words[0] in COLOURS and words[1] in SHAPES:
-            out.append((words[0], Image.open(caption.with_suffix(".png")).convert("RGB")))
-    return out
+def classify(picture: Image.Image, palette: dict[str, np.ndarray]) -> str:
+    return nearest(main_colour(picture), palette)
 
 
 def prompts() -> list[dict]:
@@ -110,7 +107,8 @@ def main() -> None:
     from reverie.request import make_request
     from reverie.studio import Studio
 
-    palette = palette_from_data(args.data)
+    real_measured = real_colours(args.data)
+    palette = palette_from(real_measured, args.data)
     studio = Studio(device="cpu")
     folder = args.model_dir or MINI_DIR
     studio.add_model("under-test", load_mini(folder=folder))
@@ -124,7 +122,7 @@ def main() -> None:
             grid.append(pictures[0])
         results.append(prompt | {"drawn": [classify(p, palette) for p in pictures]})
     seconds = time.perf_counter() - started
-    real = [(colour, classify(picture, palette)) for colour, picture in real_pictures(args.data)]
+    real = [(name, nearest(colour, palette)) for name, colour in real_measured]
 
     print(f"{folder}: {len(results)} prompts x {args.n} pictures, {args.steps} steps {args.sampler} CFG {args.cfg} "
           f"({seconds:.0f} s)")

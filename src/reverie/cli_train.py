@@ -44,6 +44,14 @@ def _check_data(data: Path) -> None:
         raise ReverieError(f"--data: no dataset folder at {data}; build one with `reverie data build --out {data}`")
 
 
+def _check_component(option: str, folder: Path, what: str, hint: str = "") -> None:
+    """A diffusers model part (UNet, autoencoder) is a folder with a config.json."""
+    from .errors import ReverieError
+
+    if not (folder / "config.json").is_file():
+        raise ReverieError(f"{option}: {folder} is not {what} (it has no config.json){hint}")
+
+
 @train_app.command()
 def autoencoder(data: Data = Path("data/build/mini-64"), out_dir: Out = Path("runs/autoencoder"), steps: Steps = 6000,
                 batch_size: Batch = 32, lr: Lr = 4e-4, bf16: Bf16 = False, save_every: SaveEvery = 250,
@@ -62,12 +70,10 @@ def decoder(data: Data = Path("data/build/mini-64"), vae: Annotated[Path, typer.
             out_dir: Out = Path("runs/decoder"), steps: Steps = 1500, batch_size: Batch = 32, lr: Lr = 4e-4, bf16: Bf16 = False,
             save_every: SaveEvery = 250, sample_every: SampleEvery = 500, warmup: Warmup = 50, ema_decay: EmaDecay = 0.995):
     """Fine-tune only the autoencoder's decoder (colour-balanced); its latents, and the denoiser, stay valid."""
-    from .errors import ReverieError
     from .training.mini import run_decoder
 
     _check_data(data)
-    if not (vae / "config.json").is_file():
-        raise ReverieError(f"--vae: {vae} is not an autoencoder folder (it has no config.json); train one with `reverie train autoencoder`")
+    _check_component("--vae", vae, "an autoencoder folder", "; train one with `reverie train autoencoder`")
     export = run_decoder(data, vae, out_dir, _config(steps, batch_size, lr, bf16, save_every, sample_every, warmup, ema_decay))
     out.print(f"autoencoder with the new decoder saved to {export}")
 
@@ -78,12 +84,11 @@ def unet(data: Data = Path("data/build/mini-64"), vae: Annotated[Path, typer.Opt
          save_every: SaveEvery = 250, sample_every: SampleEvery = 1000, warmup: Warmup = 200, ema_decay: EmaDecay = 0.999,
          init: Annotated[Path, typer.Option("--init", help="Start from this diffusers UNet folder (fine-tune) instead of random weights.")] = None):
     """Train the text-conditioned denoiser on the autoencoder's latents."""
-    from .errors import ReverieError
     from .training.mini import run_denoiser
 
     _check_data(data)
-    if init is not None and not (init / "config.json").is_file():
-        raise ReverieError(f"--init: {init} is not a diffusers UNet folder (it has no config.json)")
+    if init is not None:
+        _check_component("--init", init, "a diffusers UNet folder")
     export = run_denoiser(data, vae, out_dir, _config(steps, batch_size, lr, bf16, save_every, sample_every, warmup, ema_decay),
                           init=init)
     out.print(f"unet saved to {export}")

@@ -137,9 +137,9 @@ def colour_classes(images: torch.Tensor, white: int = 235) -> torch.Tensor:
     """
     x = images.float() / 255
     foreground = (images < white).any(dim=1, keepdim=True).float()
-    area = foreground.sum(dim=(2, 3)).clamp(min=1)
-    rgb = (x * foreground).sum(dim=(2, 3)) / area
-    rgb = torch.where(foreground.sum(dim=(2, 3)) > 0, rgb, torch.ones_like(rgb))
+    area = foreground.sum(dim=(2, 3))
+    rgb = (x * foreground).sum(dim=(2, 3)) / area.clamp(min=1)
+    rgb = torch.where(area > 0, rgb, torch.ones_like(rgb))
     high, low = rgb.max(dim=1).values, rgb.min(dim=1).values
     saturation = (high - low) / high.clamp(min=1e-6)
     r, g, b = rgb.unbind(1)
@@ -195,5 +195,4 @@ def latent_scaling_factor(vae: AutoencoderKL, images: torch.Tensor, batch_size: 
 def encode_all(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 256, scale: float | None = None) -> torch.Tensor:
     """Posterior means of every picture, multiplied by the scaling factor."""
     scale = vae.config.scaling_factor if scale is None else scale
-    chunks = [vae.encode(to_unit_range(images[i : i + batch_size])).latent_dist.mean for i in range(0, len(images), batch_size)]
-    return torch.cat(chunks) * scale
+    return posteriors(vae, images, batch_size)[0] * scale
