@@ -70,7 +70,7 @@ def test_train_commands_take_warmup_and_ema_decay(monkeypatch, capsys, tmp_path)
     config = _config(10, 4, 1e-3, False, 5, 5, warmup=7, ema_decay=0.99)
     assert (config.warmup, config.ema_decay) == (7, 0.99)
     (tmp_path / "data").mkdir()
-    code, _, err = run_cli(monkeypatch, capsys, "train", "unet", "--data", str(tmp_path / "data"), "--ema-decay", "1.5")
+    code, _, err = run_cli(monkeypatch, capsys, "train", "autoencoder", "--data", str(tmp_path / "data"), "--ema-decay", "1.5")
     assert code == 2 and "--ema-decay" in err
 
 
@@ -150,12 +150,52 @@ def test_a_unet_run_can_start_from_given_weights(tmp_path):
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)  # lr 1e-9: still the given weights
 
 
-def test_unet_init_must_be_a_unet_folder(monkeypatch, capsys, tmp_path):
+def test_train_folders_must_be_model_folders(monkeypatch, capsys, tmp_path):
     from test_cli import run_cli
 
-    (tmp_path / "data").mkdir()
-    code, _, err = run_cli(monkeypatch, capsys, "train", "unet", "--data", str(tmp_path / "data"), "--init", str(tmp_path / "nowhere"))
+    data, vae = tmp_path / "data", tmp_path / "vae"
+    data.mkdir()
+    vae.mkdir()
+    code, _, err = run_cli(monkeypatch, capsys, "train", "unet", "--data", str(data), "--vae", str(tmp_path / "nowhere"))
+    assert code == 2 and "--vae" in err and "config.json" in err
+    (vae / "config.json").write_text("{}")
+    code, _, err = run_cli(monkeypatch, capsys, "train", "unet", "--data", str(data), "--vae", str(vae), "--init", str(tmp_path / "nowhere"))
     assert code == 2 and "--init" in err
+    code, _, err = run_cli(monkeypatch, capsys, "train", "autoencoder", "--data", str(data), "--init", str(tmp_path / "nowhere"))
+    assert code == 2 and "--init" in err and "autoencoder" in err
+
+
+def test_an_autoencoder_run_can_start_from_given_weights_and_balance_colours(tmp_path):
+    torch.manual_seed(1)  # not the run's seed
+    start = build_autoencoder(16, channels=(32, 32))
+    start.save_pretrained(tmp_path / "start")
+    data = pictures(n=8, size=16)
+    config = TrainConfig(steps=2, batch_size=2, lr=1e-9, warmup=1, save_every=10, sample_every=10, ema_decay=0.5)
+    tuned = train_autoencoder(data, tmp_path / "run", config, quiet=True, init=tmp_path / "start", balance_colours=True)
+    assert tuple(tuned.config.block_out_channels) == (32, 32)  # the given model, not the default build
+    a, b = start.state_dict(), tuned.state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)  # lr 1e-9: still the given weights
+
+
+def test_denoiser_draws_latents_by_the_weights_given(tmp_path):
+    from reverie.training.denoiser import train_denoiser
+
+    seen = []
+
+    class States:
+        text_encoder = type("Encoder", (), {"config": type("Config", (), {"hidden_size": 16})()})()
+
+        def __call__(self, captions):
+            seen.extend(captions)
+            return torch.ones(len(captions), 3, 16)
+
+    latents = torch.randn(4, 4, 8, 8)
+    captions = [["never"], ["never"], ["always"], ["never"]]
+    weights = torch.tensor([0.0, 0.0, 1.0, 0.0])
+    config = TrainConfig(steps=3, batch_size=4, lr=1e-4, warmup=1, save_every=10, sample_every=10)
+    torch.manual_seed(0)
+    train_denoiser(latents, captions, States(), tmp_path / "run", config, quiet=True, weights=weights)
+    assert seen and set(seen) <= {"always", ""}  # "" where the caption was dropped for CFG
 
 
 def test_colour_classes_tell_hues_apart_and_balancing_favours_rare_ones():

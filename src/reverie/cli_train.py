@@ -56,12 +56,17 @@ def _check_component(option: str, folder: Path, what: str, hint: str = "") -> No
 def autoencoder(data: Data = Path("data/build/mini-64"), out_dir: Out = Path("runs/autoencoder"), steps: Steps = 6000,
                 batch_size: Batch = 32, lr: Lr = 4e-4, bf16: Bf16 = False, save_every: SaveEvery = 250,
                 sample_every: SampleEvery = 500, warmup: Warmup = 200, ema_decay: EmaDecay = 0.999,
-                size: Annotated[int, typer.Option("--size", help="Picture size in pixels.")] = 64):
+                size: Annotated[int, typer.Option("--size", help="Picture size in pixels.")] = 64,
+                init: Annotated[Path, typer.Option("--init", help="Start from this autoencoder folder (fine-tune) instead of random weights; retrain the denoiser on it after.")] = None,
+                balance_colours: Annotated[bool, typer.Option("--balance-colours", help="Draw pictures more often the rarer their main colour is.")] = False):
     """Train the autoencoder (pictures <-> latents)."""
     from .training.mini import run_autoencoder
 
     _check_data(data)
-    export = run_autoencoder(data, out_dir, _config(steps, batch_size, lr, bf16, save_every, sample_every, warmup, ema_decay), size=size)
+    if init is not None:
+        _check_component("--init", init, "an autoencoder folder")
+    export = run_autoencoder(data, out_dir, _config(steps, batch_size, lr, bf16, save_every, sample_every, warmup, ema_decay), size=size,
+                             init=init, balance_colours=balance_colours)
     out.print(f"autoencoder saved to {export}")
 
 
@@ -82,15 +87,17 @@ def decoder(data: Data = Path("data/build/mini-64"), vae: Annotated[Path, typer.
 def unet(data: Data = Path("data/build/mini-64"), vae: Annotated[Path, typer.Option("--vae", help="The trained autoencoder (RUN/vae).")] = Path("runs/autoencoder/vae"),
          out_dir: Out = Path("runs/unet"), steps: Steps = 20000, batch_size: Batch = 64, lr: Lr = 3e-4, bf16: Bf16 = False,
          save_every: SaveEvery = 250, sample_every: SampleEvery = 1000, warmup: Warmup = 200, ema_decay: EmaDecay = 0.999,
-         init: Annotated[Path, typer.Option("--init", help="Start from this diffusers UNet folder (fine-tune) instead of random weights.")] = None):
+         init: Annotated[Path, typer.Option("--init", help="Start from this diffusers UNet folder (fine-tune) instead of random weights.")] = None,
+         balance_colours: Annotated[bool, typer.Option("--balance-colours", help="Draw pictures of rare main colours more often (gently).")] = False):
     """Train the text-conditioned denoiser on the autoencoder's latents."""
     from .training.mini import run_denoiser
 
     _check_data(data)
+    _check_component("--vae", vae, "an autoencoder folder", "; train one with `reverie train autoencoder`")
     if init is not None:
         _check_component("--init", init, "a diffusers UNet folder")
     export = run_denoiser(data, vae, out_dir, _config(steps, batch_size, lr, bf16, save_every, sample_every, warmup, ema_decay),
-                          init=init)
+                          init=init, balance_colours=balance_colours)
     out.print(f"unet saved to {export}")
 
 

@@ -68,15 +68,28 @@ def autoencoder_loss(vae: AutoencoderKL, batch: torch.Tensor, rng: torch.Generat
 
 
 def train_autoencoder(images: torch.Tensor, out: str | Path, config: TrainConfig, held_out: torch.Tensor | None = None,
-                      quiet: bool = False) -> AutoencoderKL:
-    """Train on uint8 pictures [N,3,S,S]; samples compare held-out pictures with their reconstructions."""
+                      quiet: bool = False, init: str | Path | None = None, balance_colours: bool = False) -> AutoencoderKL:
+    """Train on uint8 pictures [N,3,S,S]; samples compare held-out pictures with their reconstructions.
+
+    `init`, a diffusers autoencoder folder, starts from those weights instead of random ones (a
+    fine-tune; the latent space moves, so a denoiser trained on the old one needs fine-tuning
+    too). `balance_colours` draws pictures more often the rarer their main colour is, as
+    `finetune_decoder` does. A run folder with a checkpoint resumes from it either way.
+    """
     torch.manual_seed(config.seed)
-    vae = build_autoencoder(images.shape[-1])
+    if init is not None:
+        vae = AutoencoderKL.from_pretrained(init, local_files_only=True, dtype=torch.float32)
+    else:
+        vae = build_autoencoder(images.shape[-1])
+    weights = balancing_weights(colour_classes(images)) if balance_colours else None
     trainer = Trainer(vae, out, config, "autoencoder")
     show = to_unit_range((held_out if held_out is not None else images)[:8])
 
     def step(step_index: int, rng: torch.Generator) -> dict:
-        index = torch.randint(0, len(images), (config.batch_size,), generator=rng)
+        if weights is None:
+            index = torch.randint(0, len(images), (config.batch_size,), generator=rng)
+        else:
+            index = torch.multinomial(weights, config.batch_size, replacement=True, generator=rng)
         batch = to_unit_range(images[index])
         flip = torch.rand(config.batch_size, generator=rng) < 0.5  # mirror half: more shapes for free
         batch = torch.where(flip[:, None, None, None], batch.flip(-1), batch)

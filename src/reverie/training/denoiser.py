@@ -129,11 +129,13 @@ def train_denoiser(
     sample_fn: Callable[[UNet2DConditionModel, int, Path], None] | None = None,
     quiet: bool = False,
     init: str | Path | None = None,
+    weights: torch.Tensor | None = None,
 ) -> UNet2DConditionModel:
     """Train on scaled latents [N,4,h,w], each with its list of caption lines.
 
     `init`, a diffusers UNet folder, starts from those weights instead of random ones (a
     fine-tune); a run folder with a checkpoint resumes from the checkpoint either way.
+    `weights` (one per latent) draws some latents more often than others; by default all alike.
     """
     torch.manual_seed(config.seed)
     if init is not None:
@@ -144,7 +146,10 @@ def train_denoiser(
     trainer = Trainer(unet, out, config, "unet")
 
     def step(step_index: int, rng: torch.Generator) -> dict:
-        index = torch.randint(0, len(latents), (config.batch_size,), generator=rng)
+        if weights is None:
+            index = torch.randint(0, len(latents), (config.batch_size,), generator=rng)
+        else:
+            index = torch.multinomial(weights, config.batch_size, replacement=True, generator=rng)
         picks = torch.randint(0, 1 << 30, (config.batch_size,), generator=rng).tolist()
         drop = (torch.rand(config.batch_size, generator=rng) < CAPTION_DROPOUT).tolist()
         texts = ["" if d else captions[i][p % len(captions[i])] for i, p, d in zip(index.tolist(), picks, drop)]

@@ -15,7 +15,7 @@ from ..models.components import ModelComponents
 from ..models.mini import MINI_DIR, save_mini
 from ..models.minilm import WINDOW, load_minilm
 from ..outputs.grid import make_grid
-from .autoencoder import encode_all, latent_scaling_factor, train_autoencoder
+from .autoencoder import balancing_weights, colour_classes, encode_all, latent_scaling_factor, train_autoencoder
 from .data.folder import ImageCaptionFolder
 from .denoiser import SCHEDULE, CaptionStates, train_denoiser
 from .loop import TrainConfig
@@ -31,16 +31,25 @@ SAMPLE_PROMPTS = (
     "umbrella line icon",
 )
 
+DENOISER_BALANCE = 0.5  # the power of colour balancing in the denoiser's sampling (the autoencoder's is 0.75)
+
 
 def read_dataset(data: str | Path, size: int, split: str = "train") -> ImageCaptionFolder:
     return ImageCaptionFolder(data, size=size, split=split)
 
 
-def run_autoencoder(data: str | Path, out: str | Path, config: TrainConfig, size: int = 64, quiet: bool = False) -> Path:
-    """Train (or resume) the autoencoder; export it with its latent scaling factor to out/vae."""
+def run_autoencoder(data: str | Path, out: str | Path, config: TrainConfig, size: int = 64, quiet: bool = False,
+                    init: str | Path | None = None, balance_colours: bool = False) -> Path:
+    """Train (or resume) the autoencoder; export it with its latent scaling factor to out/vae.
+
+    `init` (an autoencoder folder) fine-tunes from those weights; its picture size wins over `size`.
+    """
+    if init is not None:
+        size = int(AutoencoderKL.load_config(init, local_files_only=True)["sample_size"])
     train = read_dataset(data, size, "train")
     test = read_dataset(data, size, "test")
-    vae = train_autoencoder(train.images, out, config, held_out=test.images, quiet=quiet)
+    vae = train_autoencoder(train.images, out, config, held_out=test.images, quiet=quiet, init=init,
+                            balance_colours=balance_colours)
     vae.register_to_config(scaling_factor=latent_scaling_factor(vae, train.images[:2048]))
     export = Path(out) / "vae"
     vae.save_pretrained(export, safe_serialization=True)
@@ -66,10 +75,12 @@ def run_decoder(data: str | Path, vae_dir: str | Path, out: str | Path, config: 
 
 
 def run_denoiser(data: str | Path, vae_dir: str | Path, out: str | Path, config: TrainConfig, quiet: bool = False,
-                 init: str | Path | None = None) -> Path:
+                 init: str | Path | None = None, balance_colours: bool = False) -> Path:
     """Train (or resume) the UNet on the autoencoder's latents; export it to out/unet.
 
     `init` (a diffusers UNet folder) fine-tunes from those weights instead of starting fresh.
+    `balance_colours` draws pictures of rare main colours more often, more gently than the
+    autoencoder does (power DENOISER_BALANCE), so the denoiser's sense of what is common survives.
     """
     vae = AutoencoderKL.from_pretrained(vae_dir, local_files_only=True).eval()
     size = int(vae.config.sample_size)
@@ -81,7 +92,9 @@ def run_denoiser(data: str | Path, vae_dir: str | Path, out: str | Path, config:
     def sample(unet: UNet2DConditionModel, step: int, folder: Path) -> None:
         sample_grid(unet, vae, tokenizer, text_encoder, folder / f"unet-{step:06d}.png")
 
-    unet = train_denoiser(latents, train.captions, states, out, config, sample_fn=sample, quiet=quiet, init=init)
+    weights = balancing_weights(colour_classes(train.images), DENOISER_BALANCE) if balance_colours else None
+    unet = train_denoiser(latents, train.captions, states, out, config, sample_fn=sample, quiet=quiet, init=init,
+                          weights=weights)
     export = Path(out) / "unet"
     unet.save_pretrained(export, safe_serialization=True)
     return export
