@@ -7,6 +7,7 @@ all 100 prompts. Prints top-1/top-5 per group, against chance and against real p
 the same concepts scored the same way (the ceiling), then fidelity on CLIP features.
 
     .venv/bin/python benchmarks/eval_mini.py --data data/build/mini-64
+    .venv/bin/python benchmarks/eval_mini.py --model-dir runs/mini-v03 --clip-dir runs/clip/export
 """
 
 from __future__ import annotations
@@ -97,9 +98,12 @@ def main() -> None:
     parser.add_argument("--cfg", type=float, default=4.0)
     parser.add_argument("--sampler", default="dpmpp_2m")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--model-dir", type=Path, help="a reverie-mini folder to judge (default: the built-in model)")
+    parser.add_argument("--clip-dir", type=Path, help="the judge: a mini-clip folder (default: the built-in CLIP)")
     args = parser.parse_args()
 
-    from reverie.models.mini_clip import load_clip
+    from reverie.models.mini import load_mini
+    from reverie.models.mini_clip import CLIP_DIR, load_clip
     from reverie.request import make_request
     from reverie.studio import Studio
     from reverie.training.autoencoder import to_unit_range
@@ -107,12 +111,16 @@ def main() -> None:
     entries, real = catalogue(args.data)
     prompts = test_prompts(entries)
     texts = [p["text"] for p in prompts]
-    clip = load_clip()
+    clip = load_clip(args.clip_dir or CLIP_DIR)
     studio = Studio(device="cpu")
+    model = "mini"
+    if args.model_dir:
+        model = "under-test"
+        studio.add_model(model, load_mini(folder=args.model_dir))
     started = time.perf_counter()
     generated = []
     for i, text in enumerate(texts):
-        request = make_request(prompt=text, model="mini", steps=args.steps, cfg_scale=args.cfg, sampler=args.sampler,
+        request = make_request(prompt=text, model=model, steps=args.steps, cfg_scale=args.cfg, sampler=args.sampler,
                                seed=1000 + 4 * i, n_samples=4, upscale=1)
         generated += [torch.from_numpy(np.array(img.image)).permute(2, 0, 1) for img in studio.generate(request).images]
     seconds = time.perf_counter() - started

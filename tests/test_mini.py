@@ -52,10 +52,13 @@ def test_colour_words_decide_the_colour(studio):
         result = studio.generate(make_request(prompt=prompt, seed=5, steps=15, upscale=1, cfg_scale=4))
         return [foreground_rgb(img.image) for img in result.images]
 
-    for blue, yellow in zip(colours("blue heart, Noto emoji"), colours("yellow heart, Noto emoji")):
+    drawn = zip(*(colours(f"{c} heart, Noto emoji") for c in ("blue", "yellow", "green", "purple")))
+    for blue, yellow, green, purple in drawn:
         assert blue[2] - blue[0] > 40  # blue: more blue than red
         assert yellow[0] - yellow[2] > 80  # yellow: far more red+green than blue
         assert blue[2] > yellow[2] + 60
+        assert green[1] - max(green[0], green[2]) > 30  # green: more green than red or blue
+        assert min(purple[0], purple[2]) - purple[1] > 30  # purple: red and blue over green
 
 
 def test_the_clip_tells_real_pictures_apart(clip):
