@@ -28,12 +28,11 @@ CLASS_NAMES = HUES + ("dark", "grey", "light")
 
 @torch.no_grad()
 def reconstruct(vae, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    from reverie.training.autoencoder import to_unit_range
+    """Decoded posterior means of uint8 pictures [N,3,S,S], in [-1, 1]."""
+    from reverie.training.autoencoder import posteriors
 
-    out = []
-    for i in range(0, len(images), batch_size):
-        out.append(vae.decode(vae.encode(to_unit_range(images[i : i + batch_size])).latent_dist.mean).sample)
-    return torch.cat(out).clamp(-1, 1)
+    means = posteriors(vae, images, batch_size)[0]
+    return torch.cat([vae.decode(means[i : i + batch_size]).sample for i in range(0, len(means), batch_size)]).clamp(-1, 1)
 
 
 def colour_distances(images: torch.Tensor, recon: torch.Tensor) -> np.ndarray:

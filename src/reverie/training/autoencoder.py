@@ -16,7 +16,7 @@ from diffusers import AutoencoderKL
 from PIL import Image
 
 from ..outputs.grid import make_grid
-from .loop import TrainConfig, Trainer
+from .loop import TrainConfig, Trainer, draw_batch
 
 KL_WEIGHT = 1e-6
 EDGE_WEIGHT = 0.5
@@ -86,10 +86,7 @@ def train_autoencoder(images: torch.Tensor, out: str | Path, config: TrainConfig
     show = to_unit_range((held_out if held_out is not None else images)[:8])
 
     def step(step_index: int, rng: torch.Generator) -> dict:
-        if weights is None:
-            index = torch.randint(0, len(images), (config.batch_size,), generator=rng)
-        else:
-            index = torch.multinomial(weights, config.batch_size, replacement=True, generator=rng)
+        index = draw_batch(len(images), config.batch_size, rng, weights)
         batch = to_unit_range(images[index])
         flip = torch.rand(config.batch_size, generator=rng) < 0.5  # mirror half: more shapes for free
         batch = torch.where(flip[:, None, None, None], batch.flip(-1), batch)
@@ -191,7 +188,7 @@ def finetune_decoder(vae: AutoencoderKL, images: torch.Tensor, out: str | Path, 
     show = to_unit_range((held_out if held_out is not None else images)[:8])
 
     def step(step_index: int, rng: torch.Generator) -> dict:
-        index = torch.multinomial(weights, config.batch_size, replacement=True, generator=rng)
+        index = draw_batch(len(both), config.batch_size, rng, weights)
         return decoder_loss(vae, mean[index], std[index], to_unit_range(both[index]), rng, latent_noise)
 
     return _run(trainer, vae, step, show, quiet)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from ..models.mini_clip import ImageEncoder
 from ..models.minilm import sentence_embeddings
 from .autoencoder import to_unit_range
-from .loop import TrainConfig, Trainer
+from .loop import TrainConfig, Trainer, draw_batch
 
 
 def caption_table(captions: list[list[str]], tokenizer, text_encoder) -> tuple[torch.Tensor, list[list[int]]]:
@@ -53,7 +53,7 @@ def train_clip(images: torch.Tensor, captions: list[list[str]], tokenizer, text_
     trainer = Trainer(encoder, out, config, "clip")
 
     def step(step_index: int, rng: torch.Generator) -> dict:
-        index = torch.randint(0, len(images), (config.batch_size,), generator=rng).tolist()
+        index = draw_batch(len(images), config.batch_size, rng).tolist()
         picks = torch.randint(0, 1 << 30, (len(index),), generator=rng).tolist()
         text_rows = torch.tensor([rows[i][p % len(rows[i])] for i, p in zip(index, picks)])
         batch = augment(to_unit_range(images[index]), rng)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.training_utils import compute_snr
 
-from .loop import TrainConfig, Trainer
+from .loop import TrainConfig, Trainer, draw_batch
 
 TRAIN_STEPS = 1000
 # Pure noise would be sqrt(alpha_bar) = 0, an infinite sigma. 1/64 (sigma 64, SNR 2.4e-4, a
@@ -146,10 +146,7 @@ def train_denoiser(
     trainer = Trainer(unet, out, config, "unet")
 
     def step(step_index: int, rng: torch.Generator) -> dict:
-        if weights is None:
-            index = torch.randint(0, len(latents), (config.batch_size,), generator=rng)
-        else:
-            index = torch.multinomial(weights, config.batch_size, replacement=True, generator=rng)
+        index = draw_batch(len(latents), config.batch_size, rng, weights)
         picks = torch.randint(0, 1 << 30, (config.batch_size,), generator=rng).tolist()
         drop = (torch.rand(config.batch_size, generator=rng) < CAPTION_DROPOUT).tolist()
         texts = ["" if d else captions[i][p % len(captions[i])] for i, p, d in zip(index.tolist(), picks, drop)]

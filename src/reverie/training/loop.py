@@ -41,6 +41,13 @@ StepFn = Callable[[int, torch.Generator], dict]  # (step, rng) -> {"loss": tenso
 SampleFn = Callable[[int, Path], None]
 
 
+def draw_batch(count: int, batch_size: int, rng: torch.Generator, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Indices of one batch out of `count` examples: uniform, or by `weights` (one each), with replacement."""
+    if weights is None:
+        return torch.randint(0, count, (batch_size,), generator=rng)
+    return torch.multinomial(weights, batch_size, replacement=True, generator=rng)
+
+
 def _lr_at(step: int, config: TrainConfig) -> float:
     """Linear warm-up, then cosine decay to a tenth."""
     if step < config.warmup:

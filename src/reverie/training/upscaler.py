@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from ..models.upscaler import Upscaler
 from ..outputs.grid import make_grid
 from .autoencoder import _gradients, to_pil, to_unit_range
-from .loop import TrainConfig, Trainer
+from .loop import TrainConfig, Trainer, draw_batch
 
 PATCH = 128  # high-resolution crop side; the input crop is PATCH / 4
 
@@ -41,7 +41,7 @@ def train_upscaler(images: torch.Tensor, out: str | Path, config: TrainConfig, q
     show = to_unit_range(images[:4])
 
     def step(step_index: int, rng: torch.Generator) -> dict:
-        index = torch.randint(0, len(images), (config.batch_size,), generator=rng)
+        index = draw_batch(len(images), config.batch_size, rng)
         y, x = torch.randint(0, side - PATCH + 1, (2,), generator=rng).tolist()
         crops = to_unit_range(images[index, :, y : y + PATCH, x : x + PATCH])
         return upscaler_loss(model, crops)
