@@ -186,3 +186,15 @@ def test_studio_users_from_the_command_line(monkeypatch, capsys, tmp_path):
 
     gallery = Gallery(data)
     assert gallery.user_for_key(key.strip()).name == "ann"
+
+
+def test_best_of_keeps_the_best_candidates_and_prints_their_scores(monkeypatch, capsys, tmp_path):
+    code, out, err = run_cli(monkeypatch, capsys, "generate", "a red apple", *TINY, "-n", "2", "--best-of", "2",
+                             "--seed", "5", "--outdir", str(tmp_path))
+    assert code == 0, err
+    files = sorted(tmp_path.glob("*.png"))
+    assert len(files) == 2
+    scores = [float(line.rsplit("score ", 1)[1]) for line in out.splitlines() if "seed" in line]
+    assert len(scores) == 2 and scores[0] >= scores[1]
+    assert all(5 <= read_png_info(f)["reverie"]["seed"] <= 8 for f in files)
+    assert all(read_png_info(f)["reverie"]["settings"]["rerank"] == 2 for f in files)

@@ -71,6 +71,16 @@ def test_native_job_gives_four_pictures_in_the_gallery(client, tmp_path):
                        np.asarray(Image.open(io.BytesIO(client.get(done["images"][1]["url"]).content))))
 
 
+def test_a_best_of_job_keeps_the_best_scored_candidates(client):
+    job = client.post("/api/v1/jobs", json={"prompt": "a red apple", "n_samples": 2, "rerank": 3, "seed": 20, **FAST})
+    done = wait_done(client, job.json()["id"])
+    assert done["status"] == "done" and len(done["images"]) == 2
+    scores = [image["score"] for image in done["images"]]
+    assert all(isinstance(s, float) for s in scores) and scores == sorted(scores, reverse=True)
+    assert all(20 <= image["seed"] < 26 for image in done["images"])  # two of the six candidates
+    assert done["progress"]["fraction"] == 1.0
+
+
 def test_delete_really_deletes(client, tmp_path):
     done = wait_done(client, client.post("/api/v1/jobs", json={"prompt": "a boat", "n_samples": 1, **FAST}).json()["id"])
     image = done["images"][0]
@@ -139,6 +149,9 @@ def test_styles_are_applied(client):
     ({"prompt": "x", "mode": "img2img", "init_image": "image:0123"}, 422, "init_image"),
     ({"prompt": "x", "style": "Baroque"}, 422, "style"),
     ({"prompt": "x", "n_samples": 40}, 422, "n_samples"),
+    ({"prompt": "x", "rerank": 17}, 422, "rerank"),
+    ({"prompt": "x", "n_samples": 8, "rerank": 8}, 422, "rerank"),
+    ({"prompt": "x", "scorer": "/etc/passwd"}, 422, "scorer"),  # the studio scores with the built-in CLIP only
     ({"prompt": "a (b"}, None, None),  # prompt syntax errors surface when the job runs
 ])
 def test_bad_input_is_a_4xx_naming_the_field(client, body, status, field):

@@ -214,3 +214,36 @@ def test_colour_classes_tell_hues_apart_and_balancing_favours_rare_ones():
     many = colour_classes(torch.stack([red] * 9 + [green]))
     weights = balancing_weights(many, power=1.0)
     assert abs(float(weights[-1] / weights.sum()) - 0.5) < 1e-6  # one green picture drawn as often as nine red
+
+
+def test_robust_clip_views_are_noisy_zoomed_parts_of_each_picture():
+    from reverie.training.clip import ROBUST_NOISE, robust_augment
+
+    g = torch.Generator().manual_seed(0)
+    picture = torch.zeros(3, 64, 64)
+    picture[0, :32], picture[0, 32:], picture[2] = 0.8, -0.8, 0.5  # light top, dark bottom
+    views = robust_augment(picture.repeat(16, 1, 1, 1), g)
+    assert views.shape == (16, 3, 64, 64)
+    # every copy of the same picture is seen differently (its own crop, flip and noise) ...
+    assert all((views[i] - views[j]).abs().mean() > 1e-3 for i in range(16) for j in range(i))
+    # ... yet each view still looks like its picture, not like the picture upside down
+    own = [(view - picture).abs().mean() for view in views]
+    other = [(view - picture.flip(-2)).abs().mean() for view in views]
+    assert sum(own) < 0.5 * sum(other)
+    # and the noise is bounded: a flat picture stays within a few ROBUST_NOISE of itself
+    flat = robust_augment(torch.zeros(64, 3, 16, 16), g)
+    assert 0.05 < flat.std() < ROBUST_NOISE
+
+
+def test_a_robust_clip_run_trains_and_exports(tmp_path):
+    from reverie.models.minilm import load_minilm
+    from reverie.training.clip import train_clip
+
+    tokenizer, text_encoder = load_minilm()
+    images = pictures(n=6, size=64)
+    captions = [[f"thing {i}", f"object {i}"] for i in range(6)]
+    encoder = train_clip(images, captions, tokenizer, text_encoder, tmp_path / "clip",
+                         small_config(3), quiet=True, robust=True)
+    vectors = encoder(to_unit_range(images))
+    assert vectors.shape == (6, 384) and torch.allclose(vectors.norm(dim=-1), torch.ones(6), atol=1e-4)
+    assert (tmp_path / "clip" / "checkpoint" / "model.safetensors").exists()

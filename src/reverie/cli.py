@@ -37,6 +37,9 @@ Slicing = Annotated[bool, typer.Option("--attention-slicing", help="Compute atte
 Tiling = Annotated[Optional[bool], typer.Option("--vae-tiling/--no-vae-tiling", help="Decode in tiles (large sizes); automatic when left out.")]
 Strength = Annotated[Optional[float], typer.Option("--strength", help="How much to change the image: 0 keeps it, 1 replaces it.")]
 Upscale = Annotated[Optional[int], typer.Option("--upscale", help="Enlarge the results 1, 2 or 4 times with the built-in upscaler (the model's default when left out).")]
+Rerank = Annotated[int, typer.Option("--rerank", "--best-of", help="Make this many candidates for each picture kept and keep the ones the CLIP scores best against the prompt.")]
+ScoreOpt = Annotated[bool, typer.Option("--score", help="Score every picture against the prompt with the CLIP (written into the PNG).")]
+ScorerOpt = Annotated[str, typer.Option("--scorer", help="The CLIP that scores: mini (built in; emoji and icons) or a CLIP file, as `reverie dream --clip`.")]
 MaskBlur = Annotated[int, typer.Option("--mask-blur", help="Pixels over which the repainted area fades into the kept one.")]
 
 
@@ -47,7 +50,7 @@ def _common(**kw) -> dict:
         width=kw["width"], height=kw["height"], steps=kw["steps"], cfg_scale=kw["cfg_scale"],
         sampler="plms" if kw.get("plms") else kw["sampler"], seed=kw["seed"], dtype=kw["dtype"],
         device=kw["device"], attention_slicing=kw["attention_slicing"], vae_tiling=kw["vae_tiling"],
-        upscale=kw.get("upscale"),
+        upscale=kw.get("upscale"), rerank=kw.get("rerank", 1), score=kw.get("score", False), scorer=kw.get("scorer", "mini"),
     )
     return fields
 
@@ -67,6 +70,8 @@ def _run(fields: dict, outdir: Path) -> None:
         def on_progress(event):
             if event.stage == "denoise":
                 bar.update(steps, description=f"batch {event.batch + 1}/{event.batches} steps", completed=event.step, total=event.total)
+            elif event.stage == "rerank":
+                bar.update(steps, description=event.message)
             elif event.stage == "image":
                 bar.update(images, completed=event.step)
             elif event.stage in ("load", "encode", "decode"):
@@ -74,7 +79,8 @@ def _run(fields: dict, outdir: Path) -> None:
 
         result = Studio().generate(request, outdir=outdir, progress=on_progress)
     for image in result.images:
-        out.print(f"{image.path}  seed {image.seed}")
+        score = f"  score {image.score:.3f}" if image.score is not None else ""
+        out.print(f"{image.path}  seed {image.seed}{score}")
     if result.grid_path:
         out.print(f"grid: {result.grid_path}")
     if result.interrupted:
@@ -91,6 +97,7 @@ def generate(
     height: Height = None, steps: Steps = 25, cfg_scale: Cfg = 7.5, sampler: SamplerOpt = "dpmpp_2m_karras",
     plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto",
     attention_slicing: Slicing = False, vae_tiling: Tiling = None, upscale: Upscale = None,
+    rerank: Rerank = 1, score: ScoreOpt = False, scorer: ScorerOpt = "mini",
     style: Annotated[Optional[str], typer.Option("--style", help="A style preset (see `reverie styles`).")] = None,
 ):
     """Text to image."""
@@ -123,6 +130,7 @@ def img2img(
     height: Height = None, steps: Steps = 25, cfg_scale: Cfg = 7.5, sampler: SamplerOpt = "dpmpp_2m_karras",
     plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto",
     attention_slicing: Slicing = False, vae_tiling: Tiling = None, upscale: Upscale = None,
+    rerank: Rerank = 1, score: ScoreOpt = False, scorer: ScorerOpt = "mini",
 ):
     """Image to image: redraw a picture after a prompt (strength 0..1)."""
     fields = _common(**locals()) | {"mode": "img2img", "prompt": prompt, "init_image": str(init_image), "strength": strength}
@@ -138,6 +146,7 @@ def variations(
     height: Height = None, steps: Steps = 25, cfg_scale: Cfg = 7.5, sampler: SamplerOpt = "dpmpp_2m_karras",
     plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto",
     attention_slicing: Slicing = False, vae_tiling: Tiling = None, upscale: Upscale = None,
+    rerank: Rerank = 1, score: ScoreOpt = False, scorer: ScorerOpt = "mini",
 ):
     """Variations of a picture: new seeds around the same picture."""
     fields = _common(**locals()) | {"mode": "variations", "prompt": prompt or "", "init_image": str(image), "strength": strength}
@@ -154,6 +163,7 @@ def inpaint(
     height: Height = None, steps: Steps = 25, cfg_scale: Cfg = 7.5, sampler: SamplerOpt = "dpmpp_2m_karras",
     plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto",
     attention_slicing: Slicing = False, vae_tiling: Tiling = None, upscale: Upscale = None,
+    rerank: Rerank = 1, score: ScoreOpt = False, scorer: ScorerOpt = "mini",
 ):
     """Repaint only the masked part of a picture."""
     fields = _common(**locals()) | {"mode": "inpaint", "prompt": prompt, "init_image": str(image), "mask_image": str(mask),
@@ -174,6 +184,7 @@ def outpaint(
     steps: Steps = 25, cfg_scale: Cfg = 7.5, sampler: SamplerOpt = "dpmpp_2m_karras",
     plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto",
     attention_slicing: Slicing = False, vae_tiling: Tiling = None, upscale: Upscale = None,
+    rerank: Rerank = 1, score: ScoreOpt = False, scorer: ScorerOpt = "mini",
 ):
     """Extend the canvas and fill the new area to match."""
     fields = _common(width=None, height=None, **locals()) | {

@@ -120,12 +120,13 @@ def package_cmd(vae: Annotated[Path, typer.Option("--vae")] = Path("runs/autoenc
 @train_app.command()
 def clip(data: Data = Path("data/build/mini-64"), out_dir: Out = Path("runs/clip"), steps: Steps = 3000,
          batch_size: Batch = 256, lr: Lr = 1e-3, bf16: Bf16 = False, save_every: SaveEvery = 250,
-         sample_every: SampleEvery = 1000, warmup: Warmup = 200, ema_decay: EmaDecay = 0.999):
+         sample_every: SampleEvery = 1000, warmup: Warmup = 200, ema_decay: EmaDecay = 0.999,
+         robust: Annotated[bool, typer.Option("--robust", help="Train on noisy, zoomed random views, as dreaming's cutouts see pictures (smoother guidance).")] = False):
     """Train the small CLIP's image encoder against frozen MiniLM sentence vectors."""
     from .training.mini import run_clip
 
     _check_data(data)
-    export = run_clip(data, out_dir, _config(steps, batch_size, lr, bf16, save_every, sample_every, warmup, ema_decay))
+    export = run_clip(data, out_dir, _config(steps, batch_size, lr, bf16, save_every, sample_every, warmup, ema_decay), robust=robust)
     out.print(f"image encoder saved to {export}")
 
 

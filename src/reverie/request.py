@@ -50,6 +50,9 @@ class GenerationRequest(BaseModel):
     outpaint_up: int = Field(0, ge=0, le=MAX_SIDE)
     outpaint_down: int = Field(0, ge=0, le=MAX_SIDE)
     upscale: Literal[1, 2, 4] | None = None  # None: the model's own default (4 for reverie-mini)
+    rerank: int = Field(1, ge=1, le=16)  # make this many candidates per picture kept; keep the best-scored
+    score: bool = False  # record each picture's CLIP score against the prompt (always, when reranking)
+    scorer: str = "mini"  # the CLIP that scores: mini (built in) or a CLIP file, as dreaming's guides
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     device: str = "auto"
     attention_slicing: bool | None = None  # None: decided from the size and free memory
@@ -94,6 +97,8 @@ class GenerationRequest(BaseModel):
             raise ValueError("mode inpaint needs a mask image (mask_image): white where to repaint")
         if self.mode == "outpaint" and not any(self.outpaint_extents):
             raise ValueError("mode outpaint needs at least one of outpaint_left/right/up/down > 0")
+        if self.rerank > 1 and self.mode == "upscale":
+            raise ValueError("rerank: upscaling makes one picture, there is nothing to choose from; use 1")
         if self.sampler == "lcm" and self.steps > 50:
             raise ValueError("the lcm sampler takes at most 50 steps (steps)")
         return self

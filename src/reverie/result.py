@@ -18,6 +18,7 @@ class GeneratedImage:
     metadata: dict  # the reverie JSON written into the PNG
     parameters: str  # the A1111-style text written into the PNG
     path: Path | None = None  # where it was saved, when it was
+    score: float | None = None  # the CLIP's cosine to the prompt, when scored (rerank, score)
 
 
 @dataclass

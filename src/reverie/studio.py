@@ -25,6 +25,7 @@ from .result import GeneratedImage, Result
 
 if TYPE_CHECKING:
     from .methods.dreaming.run import DreamReport
+    from .methods.rerank import Scorer
 
 DEFAULT_MODEL = "mini"
 DREAM_CONTINUE_ITERATIONS = 100  # when a continued dream is not told how long to go on
@@ -46,6 +47,7 @@ class Studio:
         self.max_models = max_models
         self._models: OrderedDict[tuple, ModelComponents] = OrderedDict()
         self._upscaler = None
+        self._scorers: dict[str, "Scorer"] = {}
 
     # -- models -------------------------------------------------------------------------
     def add_model(self, name: str, components: ModelComponents, device: str = "cpu") -> None:
@@ -106,19 +108,27 @@ class Studio:
             request = self._fit_memory(request, components, device, dtype)
             if request.upscale is None:
                 request = request.model_copy(update={"upscale": components.extras.get("default_upscale", 1)})
-            batches, model_name = run_batches(request, components, device, dtype, progress, should_stop), components.name
+            candidates = request.model_copy(update={"n_iter": request.n_iter * request.rerank})
+            batches, model_name = run_batches(candidates, components, device, dtype, progress, should_stop), components.name
         loaded = time.perf_counter()
         result = Result(request=request)
         outdir = Path(outdir) if outdir else None
         settings = request.settings() | {"model_name": model_name, "reverie_version": __version__}
+        scorer = self.scorer(request.scorer) if request.score or request.rerank > 1 else None
+        if request.rerank > 1:
+            batches, result.interrupted = self._best_of(batches, request, scorer, progress)
+        else:
+            batches = (_with_scores(batch, scorer, request.prompt) for batch in batches)
         try:
             for batch in batches:
-                pictures = self._upscaled([picture for picture, _ in batch], request.upscale, progress)
-                for picture, (_, seed) in zip(pictures, batch):
+                pictures = self._upscaled([picture for picture, _, _ in batch], request.upscale, progress)
+                for picture, (_, seed, score) in zip(pictures, batch):
                     index = len(result.images)
                     metadata = reverie_metadata(settings, seed, index) | {"image_size": list(picture.size)}
+                    if score is not None:
+                        metadata |= {"clip_score": round(score, 4), "scorer": scorer.name}
                     parameters = a1111_parameters(settings | _actual_size(picture), seed)
-                    image = GeneratedImage(picture, seed, index, metadata, parameters)
+                    image = GeneratedImage(picture, seed, index, metadata, parameters, score=score)
                     if outdir:
                         image.path = save_image(picture, outdir, seed, request.prompt, parameters, metadata)
                     result.images.append(image)
@@ -179,6 +189,26 @@ class Studio:
             report.video = write_video(frames, folder / video)  # an absolute `video` path wins over `folder`
         return report
 
+    def scorer(self, reference: str = "mini") -> "Scorer":
+        """The CLIP that scores pictures against prompts (loaded once, then kept)."""
+        from .methods.rerank import Scorer
+
+        if reference not in self._scorers:
+            self._scorers[reference] = Scorer.load(reference)
+        return self._scorers[reference]
+
+    @staticmethod
+    def _best_of(batches, request: GenerationRequest, scorer, progress: ProgressCallback):
+        """All the candidates' batches -> one batch of the best with their scores, best first, and
+        whether the run was cut short."""
+        from .methods.rerank import best_candidates
+
+        keep = request.n_samples * request.n_iter
+        progress(ProgressEvent("rerank", 0, keep * request.rerank,
+                               message=f"making {keep * request.rerank} candidates, keeping the best {keep}"))
+        kept, interrupted = best_candidates(batches, scorer, request.prompt, keep, keep * request.rerank, progress)
+        return [[(candidate.picture, candidate.seed, candidate.score) for candidate in kept]], interrupted
+
     def _upscaled(self, pictures, factor: int, progress: ProgressCallback):
         if factor == 1:
             return pictures
@@ -238,6 +268,12 @@ def _new_run_dir(parent: Path, prompt: str) -> Path:
     folder = parent / f"{max(numbers, default=-1) + 1:05d}-{slug(prompt.split('|')[0])}"
     folder.mkdir()
     return folder
+
+
+def _with_scores(batch, scorer, prompt: str) -> list[tuple]:
+    """[(picture, seed)] -> [(picture, seed, score)]; the score is None when nothing scores."""
+    scores = scorer.scores([picture for picture, _ in batch], prompt) if scorer else [None] * len(batch)
+    return [(picture, seed, score) for (picture, seed), score in zip(batch, scores)]
 
 
 def _picture_as_batch(request: GenerationRequest):

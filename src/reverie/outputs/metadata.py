@@ -137,4 +137,5 @@ def request_fields_from_image(path: str | Path) -> dict:
         raise ImageInputError(f"{path} carries no generation settings (no 'parameters' or 'reverie' text chunk)")
     fields["n_samples"] = 1
     fields["n_iter"] = 1
+    fields["rerank"] = 1  # the picture's own seed makes it again: no candidates to choose from
     return fields

@@ -43,6 +43,8 @@ class GenerateBody(BaseModel):
     outpaint_up: int | None = None
     outpaint_down: int | None = None
     upscale: Literal[1, 2, 4] | None = None
+    rerank: int | None = None
+    score: bool | None = None
 
 
 class DreamBody(BaseModel):

@@ -158,7 +158,8 @@ class JobRunner:
     def _run_generate(self, job, request: dict, should_stop) -> bool:
         from ..methods.diffusion.preview import preview_image
 
-        total = request.get("n_samples", 1) * request.get("n_iter", 1)
+        rerank = request.get("rerank", 1)  # with candidates, the bar counts candidates made
+        total = request.get("n_samples", 1) * request.get("n_iter", 1) * rerank
         self._notify(job.id, images_total=total)
         outdir = self.gallery.folder / "work" / job.id
         components = {}
@@ -173,11 +174,13 @@ class JobRunner:
                     if vae is not None:
                         changes["preview"] = png_bytes(preview_image(event.payload, vae, 256))
                 self._notify(job.id, **changes)
+            elif event.stage == "rerank":
+                self._notify(job.id, stage="choosing", images_done=event.step, message=event.message)
             elif event.stage == "image":
                 image = event.payload
                 self.gallery.add_image(job, image.path, request.get("prompt", ""), image.seed, image.metadata)
                 image.path.unlink(missing_ok=True)
-                self._notify(job.id, images_done=event.step, preview=png_bytes(image.image))
+                self._notify(job.id, images_done=event.step if rerank == 1 else total, preview=png_bytes(image.image))
 
         def remember_model(event: ProgressEvent) -> None:
             if event.stage == "encode" and "vae" not in components:

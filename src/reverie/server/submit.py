@@ -32,6 +32,8 @@ def submit_generation(state: StudioState, user: User, fields: dict, style: str |
     request = make_request(**fields)
     if request.n_samples * request.n_iter > state.config.max_images_per_request:
         raise BadRequest("n_samples", f"at most {state.config.max_images_per_request} pictures per request")
+    if request.n_samples * request.n_iter * request.rerank > state.config.max_images_per_request * 4:
+        raise BadRequest("rerank", f"at most {state.config.max_images_per_request * 4} candidates per request (n_samples x n_iter x rerank)")
     data = request.settings()
     job = state.gallery.add_job(user.id, "generate", data, state.config.queue_capacity, _cost(state), state.config.monthly_credits)
     state.runner.wake()
@@ -92,4 +94,5 @@ def image_view(state: StudioState, image) -> dict:
         "height": image.height,
         "created": image.created.isoformat() + "Z",
         "settings": settings.get("settings", settings),
+        "score": settings.get("clip_score"),  # the built-in CLIP's cosine to the prompt, when scored
     }

@@ -2,6 +2,10 @@
 
 Contrastive (InfoNCE, both directions) on the dataset's pictures and caption lines; only the
 image encoder and the temperature learn. Text vectors are computed once for every caption.
+
+`robust` training shows each picture as dreaming's cutouts show it (a random part of it, zoomed,
+with pixel noise). A model that must name noisy crops cannot be swayed by faint pixel patterns,
+so its gradients point at shapes and colours: dreams guided by it draw things, not textures.
 """
 
 from __future__ import annotations
@@ -36,6 +40,27 @@ def augment(batch: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
     return padded[..., dy : dy + h, dx : dx + w]
 
 
+ROBUST_ZOOM = (0.6, 1.1)  # the side of the view, as a fraction of the picture's (above 1: zoomed out)
+ROBUST_NOISE = 0.3  # the largest pixel-noise standard deviation, in [-1, 1] units
+
+
+def robust_augment(batch: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+    """Per picture: a mirror image, a random square view (zoomed in or out, anywhere) and noise."""
+    n = batch.shape[0]
+    flip = torch.rand(n, generator=rng) < 0.5
+    batch = torch.where(flip[:, None, None, None], batch.flip(-1), batch)
+    low, high = ROBUST_ZOOM
+    side = low + (high - low) * torch.rand(n, generator=rng)
+    centre = (torch.rand(n, 2, generator=rng) * 2 - 1) * (1 - side).abs()[:, None]
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = side
+    theta[:, :, 2] = centre
+    grid = F.affine_grid(theta, list(batch.shape), align_corners=False)
+    views = F.grid_sample(batch, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    sigma = torch.rand(n, 1, 1, 1, generator=rng) * ROBUST_NOISE
+    return views + sigma * torch.randn(views.shape, generator=rng)
+
+
 def clip_loss(encoder: ImageEncoder, images: torch.Tensor, texts: torch.Tensor) -> dict:
     image_vectors = encoder(images)
     logits = encoder.logit_scale.exp().clamp(max=100) * image_vectors @ texts.T
@@ -46,7 +71,7 @@ def clip_loss(encoder: ImageEncoder, images: torch.Tensor, texts: torch.Tensor) 
 
 
 def train_clip(images: torch.Tensor, captions: list[list[str]], tokenizer, text_encoder, out: str | Path,
-               config: TrainConfig, quiet: bool = False) -> ImageEncoder:
+               config: TrainConfig, quiet: bool = False, robust: bool = False) -> ImageEncoder:
     torch.manual_seed(config.seed)
     encoder = ImageEncoder()
     vectors, rows = caption_table(captions, tokenizer, text_encoder)
@@ -56,7 +81,7 @@ def train_clip(images: torch.Tensor, captions: list[list[str]], tokenizer, text_
         index = draw_batch(len(images), config.batch_size, rng).tolist()
         picks = torch.randint(0, 1 << 30, (len(index),), generator=rng).tolist()
         text_rows = torch.tensor([rows[i][p % len(rows[i])] for i, p in zip(index, picks)])
-        batch = augment(to_unit_range(images[index]), rng)
+        batch = (robust_augment if robust else augment)(to_unit_range(images[index]), rng)
         return clip_loss(encoder, batch, vectors[text_rows])
 
     trainer.run(step, None, quiet=quiet)

@@ -128,14 +128,14 @@ def package(vae_dir: str | Path, unet_dir: str | Path, dest: str | Path = MINI_D
     return save_mini(unet, vae, dict(SCHEDULE), Path(dest))
 
 
-def run_clip(data: str | Path, out: str | Path, config: TrainConfig, quiet: bool = False) -> Path:
+def run_clip(data: str | Path, out: str | Path, config: TrainConfig, quiet: bool = False, robust: bool = False) -> Path:
     """Train (or resume) the small CLIP's image encoder; export it to out/image_encoder."""
     from ..models.mini_clip import IMAGE_SIZE, save_clip
     from .clip import train_clip
 
     train = read_dataset(data, IMAGE_SIZE, "train")
     tokenizer, text_encoder = load_minilm()
-    encoder = train_clip(train.images, train.captions, tokenizer, text_encoder, out, config, quiet=quiet)
+    encoder = train_clip(train.images, train.captions, tokenizer, text_encoder, out, config, quiet=quiet, robust=robust)
     return save_clip(encoder, Path(out) / "export", half=False)
 
 

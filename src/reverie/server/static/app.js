@@ -70,6 +70,7 @@ function requestFromForm() {
   fields.sampler = $("#sampler").value;
   if ($("#model").value) fields.model = $("#model").value;
   fields.n_samples = 4;
+  const rerank = parseInt($("#rerank").value, 10); if (rerank > 1) fields.rerank = rerank;
   return fields;
 }
 
@@ -139,7 +140,7 @@ function card(image) {
   img.addEventListener("click", () => openDetails(image));
   img.addEventListener("keydown", (e) => { if (e.key === "Enter") openDetails(image); });
   const meta = document.createElement("div");
-  meta.className = "meta"; meta.textContent = `${image.prompt} · seed ${image.seed}`;
+  meta.className = "meta"; meta.textContent = `${image.prompt} · seed ${image.seed}${image.score != null ? ` · score ${image.score.toFixed(2)}` : ""}`;
   item.append(img, actions(image), meta);
   return item;
 }

@@ -1,0 +1,87 @@
+"""Scoring pictures against their prompt with a CLIP, and keeping the best of many (as DALL-E did).
+
+The scorer is any dreaming guide: `mini` (the built-in small CLIP, always there) or a CLIP
+file. A picture's score is the cosine between its embedding and the prompt's, with the prompt's
+attention syntax (weights, brackets, BREAK) taken out first, since a CLIP reads plain words.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ..progress import Interrupted, ProgressCallback, ProgressEvent
+from ..prompts.syntax import Fragment, parse_prompt
+from .dreaming.guides import Guide, load_guide
+
+
+def plain_prompt(prompt: str) -> str:
+    """The words of a prompt without its attention syntax: "(red:1.3) [apple]" -> "red apple"."""
+    words = "".join(piece.text if isinstance(piece, Fragment) else " " for piece in parse_prompt(prompt))
+    return " ".join(words.split())
+
+
+def _as_pixels(pictures: list[Image.Image], size: int) -> torch.Tensor:
+    """Centre square crops at `size`, float [N, 3, size, size] in [0, 1]."""
+    crops = []
+    for picture in pictures:
+        picture = picture.convert("RGB")
+        side = min(picture.size)
+        left, top = (picture.width - side) // 2, (picture.height - side) // 2
+        square = torch.from_numpy(np.array(picture.crop((left, top, left + side, top + side))))
+        pixels = square.permute(2, 0, 1)[None].float() / 255
+        crops.append(F.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True, align_corners=False))
+    return torch.cat(crops)
+
+
+class Scorer:
+    """How well pictures match a prompt, by one guide: `scores(pictures, prompt)` -> cosines."""
+
+    def __init__(self, guide: Guide):
+        self.guide = guide
+        self.name = guide.name
+
+    @classmethod
+    def load(cls, reference: str) -> "Scorer":
+        return cls(load_guide(reference))
+
+    @torch.no_grad()
+    def scores(self, pictures: list[Image.Image], prompt: str) -> list[float]:
+        if not pictures:
+            return []
+        text = self.guide.embed_texts([plain_prompt(prompt) or prompt])
+        images = self.guide.embed_images(_as_pixels(pictures, self.guide.image_size))
+        return (images.float() @ text.float().T)[:, 0].tolist()
+
+
+@dataclass
+class Candidate:
+    picture: Image.Image
+    seed: int
+    score: float
+
+
+def best_candidates(batches: Iterable[list[tuple[Image.Image, int]]], scorer: Scorer, prompt: str, keep: int,
+                    total: int, progress: ProgressCallback) -> tuple[list[Candidate], bool]:
+    """Score every candidate as its batch finishes; return the `keep` best, best first.
+
+    Stopped early (Ctrl-C, a cancelled job), it keeps the best of the candidates finished so
+    far and says so with the second value.
+    """
+    finished: list[Candidate] = []
+    interrupted = False
+    try:
+        for batch in batches:
+            pictures = [picture for picture, _ in batch]
+            scores = scorer.scores(pictures, prompt)
+            finished += [Candidate(picture, seed, score) for (picture, seed), score in zip(batch, scores)]
+            progress(ProgressEvent("rerank", len(finished), total, message=f"scored {len(finished)}/{total} candidates"))
+    except (Interrupted, KeyboardInterrupt):
+        interrupted = True
+    ranked = sorted(finished, key=lambda candidate: candidate.score, reverse=True)
+    return ranked[:keep], interrupted
