@@ -21,6 +21,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="docs/dream-grid.png")
+    parser.add_argument("--clip", default="mini", help="the guide: mini, or a `reverie train clip` export folder")
     args = parser.parse_args()
 
     from PIL import Image, ImageDraw
@@ -35,7 +36,7 @@ def main() -> None:
         draw.text((label_width + column * size + 4, 4), f"iteration {step}", fill="black")
     work = Path(tempfile.mkdtemp(prefix="dream-grid-"))
     for row, prompt in enumerate(PROMPTS):
-        dream = start_dream(dict(prompt=prompt, width=size, height=size, seed=args.seed, save_every=10**6))
+        dream = start_dream(dict(prompt=prompt, width=size, height=size, seed=args.seed, save_every=10**6, guides=[args.clip]))
         main_text = parse_dream_prompt(prompt)[0].text
         y = 20 + row * size
         draw.text((4, y + 4), prompt, fill="black")

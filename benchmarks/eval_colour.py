@@ -98,6 +98,7 @@ def main() -> None:
     parser.add_argument("--cfg", type=float, default=4.0)
     parser.add_argument("--sampler", default="dpmpp_2m")
     parser.add_argument("--n", type=int, default=4, help="pictures per prompt")
+    parser.add_argument("--rerank", type=int, default=1, help="keep the best n of n x N candidates, chosen by the built-in CLIP")
     parser.add_argument("--grid", type=Path, help="also save the named-shape pictures as a grid here")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
@@ -116,7 +117,8 @@ def main() -> None:
     results, grid = [], []
     for i, prompt in enumerate(prompts()):
         request = make_request(prompt=prompt["text"], model="under-test", steps=args.steps, cfg_scale=args.cfg,
-                               sampler=args.sampler, seed=2000 + args.n * i, n_samples=args.n, upscale=1)
+                               sampler=args.sampler, seed=2000 + args.n * i * args.rerank, n_samples=args.n, upscale=1,
+                               rerank=args.rerank)
         pictures = [image.image for image in studio.generate(request).images]
         if prompt["group"] == "named shapes":
             grid.append(pictures[0])
@@ -124,7 +126,8 @@ def main() -> None:
     seconds = time.perf_counter() - started
     real = [(name, nearest(colour, palette)) for name, colour in real_measured]
 
-    print(f"{folder}: {len(results)} prompts x {args.n} pictures, {args.steps} steps {args.sampler} CFG {args.cfg} "
+    chosen = f" (best of {args.n * args.rerank})" if args.rerank > 1 else ""
+    print(f"{folder}: {len(results)} prompts x {args.n} pictures{chosen}, {args.steps} steps {args.sampler} CFG {args.cfg} "
           f"({seconds:.0f} s)")
     print(f"{'group':<14} {'prompts':>7} {'right colour':>13} {'most drawn':>18}")
     rows = []

@@ -100,6 +100,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--model-dir", type=Path, help="a reverie-mini folder to judge (default: the built-in model)")
     parser.add_argument("--clip-dir", type=Path, help="the judge: a mini-clip folder (default: the built-in CLIP)")
+    parser.add_argument("--rerank", type=int, default=1,
+                        help="keep the best 4 of 4 x N candidates, chosen by the built-in CLIP (judge with another --clip-dir, "
+                             "or the judge grades its own choice)")
     args = parser.parse_args()
 
     from reverie.models.mini import load_mini
@@ -121,7 +124,7 @@ def main() -> None:
     generated = []
     for i, text in enumerate(texts):
         request = make_request(prompt=text, model=model, steps=args.steps, cfg_scale=args.cfg, sampler=args.sampler,
-                               seed=1000 + 4 * i, n_samples=4, upscale=1)
+                               seed=1000 + 4 * i * args.rerank, n_samples=4, upscale=1, rerank=args.rerank)
         generated += [torch.from_numpy(np.array(img.image)).permute(2, 0, 1) for img in studio.generate(request).images]
     seconds = time.perf_counter() - started
     gen_features = clip.encode_images(to_unit_range(torch.stack(generated)))
@@ -134,7 +137,8 @@ def main() -> None:
     real_ranks = ranks(real_features, text_features, with_real)
 
     rows = []
-    print(f"reverie-mini, {len(texts)} test prompts x 4 pictures, {args.steps} steps {args.sampler} CFG {args.cfg} "
+    chosen = f", best of {4 * args.rerank}" if args.rerank > 1 else ""
+    print(f"reverie-mini, {len(texts)} test prompts x 4 pictures{chosen}, {args.steps} steps {args.sampler} CFG {args.cfg} "
           f"({seconds:.0f} s to generate)")
     print(f"{'group':<16} {'prompts':>7} {'top-1':>7} {'top-5':>7} {'real top-1':>11} {'real top-5':>11}")
     for group in ("paraphrase", "tag word", "new style", "unseen concept", "all"):

@@ -38,18 +38,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("docs/mini-grid.png"))
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--model-dir", type=Path, help="a reverie-mini folder (default: the built-in model)")
+    parser.add_argument("--rerank", type=int, default=1, help="each picture the best of N, chosen by the built-in CLIP")
     args = parser.parse_args()
 
+    from reverie.models.mini import load_mini
     from reverie.request import make_request
     from reverie.studio import Studio
 
     studio = Studio(device="cpu")
+    model = "mini"
+    if args.model_dir:
+        model = "under-test"
+        studio.add_model(model, load_mini(folder=args.model_dir))
     cell = 96
     sheet = Image.new("RGB", (8 * cell, 8 * (cell + 14)), "white")
     draw = ImageDraw.Draw(sheet)
     for i, prompt in enumerate(PROMPTS):
-        request = make_request(prompt=prompt, model="mini", seed=0, steps=args.steps, cfg_scale=4.0,
-                               sampler="dpmpp_2m", n_samples=1, upscale=4)
+        request = make_request(prompt=prompt, model=model, seed=0, steps=args.steps, cfg_scale=4.0,
+                               sampler="dpmpp_2m", n_samples=1, upscale=4, rerank=args.rerank)
         picture = studio.generate(request).images[0].image.resize((cell, cell), Image.LANCZOS)
         x, y = (i % 8) * cell, (i // 8) * (cell + 14)
         sheet.paste(picture, (x, y))

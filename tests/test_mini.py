@@ -112,6 +112,7 @@ def test_a_missing_or_damaged_weight_file_is_reported(tmp_path, damage):
 
 
 @pytest.mark.parametrize("loader, folder, name", [(load_clip, CLIP_DIR, "image_encoder.safetensors"),
+                                                  (lambda f: load_clip(f, "dream_guide.safetensors"), CLIP_DIR, "dream_guide.safetensors"),
                                                   (load_upscaler, UPSCALER_DIR, "upscaler.safetensors")])
 def test_damaged_clip_and_upscaler_are_reported(tmp_path, loader, folder, name):
     copy = tmp_path / "copy"

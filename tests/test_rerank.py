@@ -87,3 +87,27 @@ def test_an_unknown_scorer_is_reported_before_any_work(studio, tmp_path):
     with pytest.raises(ReverieError) as error:
         studio.generate(make_request(**MINI, seed=1, n_samples=1, rerank=2, scorer=str(tmp_path / "missing.pt")))
     assert "missing.pt" in str(error.value)
+
+
+def test_a_clip_trained_here_can_score_and_guide(tmp_path):
+    """`reverie train clip` writes RUN/export; --scorer and --clip take that folder."""
+    import torch
+    from PIL import Image
+
+    from reverie.methods.dreaming.guides import MiniClipGuide, load_guide
+    from reverie.methods.rerank import Scorer
+    from reverie.models.mini_clip import ImageEncoder, load_clip, save_clip
+
+    torch.manual_seed(0)
+    folder = tmp_path / "export"
+    save_clip(ImageEncoder(), folder, half=False)
+    guide = load_guide(str(folder))
+    assert isinstance(guide, MiniClipGuide) and guide.name == str(folder)
+    colours = [(255, 0, 0), (0, 0, 255)]
+    pictures = [Image.new("RGB", (64, 64), colour) for colour in colours]
+    scores = Scorer.load(str(folder)).scores(pictures, "(red) apple")
+    pixels = torch.stack([torch.tensor(colour, dtype=torch.float32).view(3, 1, 1).expand(3, 64, 64) / 127.5 - 1
+                          for colour in colours])
+    direct = load_clip(folder).similarity(pixels, ["red apple"])[:, 0]
+    assert scores == pytest.approx(direct.tolist(), abs=1e-5)  # this folder's weights, not the built-in ones
+    assert scores != pytest.approx(Scorer.load("mini").scores(pictures, "red apple"), abs=1e-3)

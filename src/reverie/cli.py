@@ -39,7 +39,7 @@ Strength = Annotated[Optional[float], typer.Option("--strength", help="How much 
 Upscale = Annotated[Optional[int], typer.Option("--upscale", help="Enlarge the results 1, 2 or 4 times with the built-in upscaler (the model's default when left out).")]
 Rerank = Annotated[int, typer.Option("--rerank", "--best-of", help="Make this many candidates for each picture kept and keep the ones the CLIP scores best against the prompt.")]
 ScoreOpt = Annotated[bool, typer.Option("--score", help="Score every picture against the prompt with the CLIP (written into the PNG).")]
-ScorerOpt = Annotated[str, typer.Option("--scorer", help="The CLIP that scores: mini (built in; emoji and icons) or a CLIP file, as `reverie dream --clip`.")]
+ScorerOpt = Annotated[str, typer.Option("--scorer", help="The CLIP that scores: mini (built in; emoji and icons), a `reverie train clip` export folder, or a CLIP file, as `reverie dream --clip`.")]
 MaskBlur = Annotated[int, typer.Option("--mask-blur", help="Pixels over which the repainted area fades into the kept one.")]
 
 

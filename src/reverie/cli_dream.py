@@ -19,7 +19,8 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 GENERATOR_HELP = "mini (built-in autoencoder), pixels, vqgan:CKPT (taming YAML beside it), biggan:FOLDER, or a model's autoencoder."
-CLIP_HELP = "A guide: mini (built-in), an OpenAI CLIP .pt, or ARCH:FILE / a folder for open_clip. Repeat for an ensemble."
+CLIP_HELP = ("A guide: mini (built-in), a `reverie train clip` export folder, an OpenAI CLIP .pt, or ARCH:FILE / a folder "
+             "for open_clip. Repeat for an ensemble.")
 
 
 class _StopOnCtrlC:

@@ -105,7 +105,8 @@ def unet(data: Data = Path("data/build/mini-64"), vae: Annotated[Path, typer.Opt
 def package_cmd(vae: Annotated[Path, typer.Option("--vae")] = Path("runs/autoencoder/vae"),
                 unet_dir: Annotated[Path, typer.Option("--unet")] = Path("runs/unet/unet"),
                 dest: Annotated[Path, typer.Option("--dest", help="Where the built-in model lives.")] = None,
-                clip_dir: Annotated[Path, typer.Option("--clip", help="The trained CLIP image encoder (RUN/export).")] = Path("runs/clip/export"),
+                clip_dir: Annotated[Path, typer.Option("--clip", help="The trained CLIP image encoder, shipped as the judge (RUN/export).")] = Path("runs/clip/export"),
+                guide_dir: Annotated[Path, typer.Option("--dream-guide", help="The CLIP image encoder shipped as the dreaming guide (RUN/export).")] = Path("runs/clip-guide/export"),
                 upscaler_dir: Annotated[Path, typer.Option("--upscaler", help="The trained upscaler (RUN/export).")] = Path("runs/upscaler/export")):
     """Write the trained parts as the built-in models (fp16 safetensors; the denoiser in diffusers layout)."""
     from .models.mini import MINI_DIR
@@ -113,7 +114,7 @@ def package_cmd(vae: Annotated[Path, typer.Option("--vae")] = Path("runs/autoenc
 
     folder = package(vae, unet_dir, dest or MINI_DIR)
     out.print(f"reverie-mini written to {folder}")
-    for written in package_extras(clip_dir, upscaler_dir):
+    for written in package_extras(clip_dir, upscaler_dir, guide_dir):
         out.print(f"written: {written}")
 
 

@@ -1,8 +1,9 @@
 """Scoring pictures against their prompt with a CLIP, and keeping the best of many (as DALL-E did).
 
-The scorer is any dreaming guide: `mini` (the built-in small CLIP, always there) or a CLIP
-file. A picture's score is the cosine between its embedding and the prompt's, with the prompt's
-attention syntax (weights, brackets, BREAK) taken out first, since a CLIP reads plain words.
+The scorer is `mini` (the built-in small CLIP's judge, always there) or anything dreaming
+takes as a guide (a trained CLIP folder, a CLIP file). A picture's score is the cosine between
+its embedding and the prompt's, with the prompt's attention syntax (weights, brackets, BREAK)
+taken out first, since a CLIP reads plain words.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from PIL import Image
 
 from ..progress import Interrupted, ProgressCallback, ProgressEvent
 from ..prompts.syntax import Fragment, parse_prompt
-from .dreaming.guides import Guide, load_guide
+from .dreaming.guides import BUILTIN_GUIDE, Guide, MiniClipGuide, load_guide
 
 
 def plain_prompt(prompt: str) -> str:
@@ -48,6 +49,11 @@ class Scorer:
 
     @classmethod
     def load(cls, reference: str) -> "Scorer":
+        """`mini` is the built-in CLIP's judge (not its dreaming guide); anything else loads as dreaming loads it."""
+        if reference == BUILTIN_GUIDE:
+            from ..models.mini_clip import load_clip
+
+            return cls(MiniClipGuide(load_clip(), name=BUILTIN_GUIDE))
         return cls(load_guide(reference))
 
     @torch.no_grad()

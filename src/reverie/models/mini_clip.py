@@ -2,8 +2,12 @@
 
 The text side is the frozen MiniLM sentence embedding (mean-pooled, normalised), so any
 wording MiniLM understands ("kitty", "automobile") works; only the image side was trained,
-contrastively, on the built-in dataset. reverie uses it to rerank candidates, to guide
-dreaming offline, and to score results.
+contrastively, on the built-in dataset.
+
+Two image encoders ship, one text side. `image_encoder` (trained longer, on noisy zoomed views)
+is the judge: it reranks candidates, scores results and grades the model in benchmarks/.
+`dream_guide` (trained briefly) steers dreaming: dreams it steers come out closest to their
+prompts, where the judge's gradients lead to patches of colour and texture that fool it.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from .weights import load_weights, save_weights
 
 CLIP_DIR = Path(__file__).resolve().parent.parent / "builtin" / "mini-clip"
 IMAGE_SIZE = 64
-WEIGHTS = "image_encoder.safetensors"
+WEIGHTS = "image_encoder.safetensors"  # the judge
+GUIDE_WEIGHTS = "dream_guide.safetensors"  # the dreaming guide
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -73,7 +78,7 @@ def save_clip(encoder: ImageEncoder, folder: Path = CLIP_DIR, half: bool = True)
     return folder
 
 
-def load_clip(folder: Path = CLIP_DIR) -> MiniClip:
-    encoder = load_weights(ImageEncoder(), folder / WEIGHTS, "the built-in CLIP")
+def load_clip(folder: Path = CLIP_DIR, weights: str = WEIGHTS) -> MiniClip:
+    encoder = load_weights(ImageEncoder(), folder / weights, "the built-in CLIP")
     tokenizer, text_encoder = load_minilm()
     return MiniClip(encoder, tokenizer, text_encoder)

@@ -149,18 +149,20 @@ def run_upscaler(data: str | Path, out: str | Path, config: TrainConfig, size: i
     return save_upscaler(model, Path(out) / "export", half=False)
 
 
-def package_extras(clip_dir: str | Path, upscaler_dir: str | Path) -> list[Path]:
-    """Copy the trained CLIP image encoder and upscaler into the shipped folders as fp16."""
-    from ..models.mini_clip import CLIP_DIR, WEIGHTS as CLIP_WEIGHTS, ImageEncoder
+def package_extras(clip_dir: str | Path, upscaler_dir: str | Path, guide_dir: str | Path | None = None) -> list[Path]:
+    """Copy the trained CLIP image encoders (judge, dreaming guide) and upscaler into the shipped
+    folders as fp16; a source folder that does not exist is skipped."""
+    from ..models.mini_clip import CLIP_DIR, GUIDE_WEIGHTS, WEIGHTS as CLIP_WEIGHTS, ImageEncoder
     from ..models.upscaler import UPSCALER_DIR, WEIGHTS as UPSCALER_WEIGHTS, Upscaler
     from ..models.weights import load_weights, save_weights
 
     written = []
-    for source, build, dest, name in (
-        (Path(clip_dir), ImageEncoder, CLIP_DIR, CLIP_WEIGHTS),
-        (Path(upscaler_dir), Upscaler, UPSCALER_DIR, UPSCALER_WEIGHTS),
+    for source, build, dest, name, shipped_as in (
+        (Path(clip_dir), ImageEncoder, CLIP_DIR, CLIP_WEIGHTS, CLIP_WEIGHTS),
+        (Path(guide_dir) if guide_dir else None, ImageEncoder, CLIP_DIR, CLIP_WEIGHTS, GUIDE_WEIGHTS),
+        (Path(upscaler_dir), Upscaler, UPSCALER_DIR, UPSCALER_WEIGHTS, UPSCALER_WEIGHTS),
     ):
-        if (source / name).is_file():
+        if source is not None and (source / name).is_file():
             model = load_weights(build(), source / name, str(source))
-            written.append(save_weights(model, dest / name, half=True))
+            written.append(save_weights(model, dest / shipped_as, half=True))
     return written

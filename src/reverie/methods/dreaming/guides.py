@@ -8,6 +8,8 @@ the losses are averaged.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
@@ -29,14 +31,15 @@ class Guide:
 
 
 class MiniClipGuide(Guide):
-    """The built-in small CLIP: a CNN image side against frozen MiniLM sentence vectors."""
+    """The built-in small CLIP: a CNN image side against frozen MiniLM sentence vectors (by
+    default its dreaming guide; any of its image encoders can be given)."""
 
-    def __init__(self, clip=None):
-        from ...models.mini_clip import IMAGE_SIZE, load_clip
+    def __init__(self, clip=None, name: str = BUILTIN_GUIDE):
+        from ...models.mini_clip import GUIDE_WEIGHTS, IMAGE_SIZE, load_clip
 
-        self.clip = clip or load_clip()
+        self.clip = clip or load_clip(weights=GUIDE_WEIGHTS)
         self.clip.image_encoder.requires_grad_(False)
-        self.name, self.image_size = BUILTIN_GUIDE, IMAGE_SIZE
+        self.name, self.image_size = name, IMAGE_SIZE
 
     @torch.no_grad()
     def embed_texts(self, texts: list[str]) -> torch.Tensor:
@@ -74,9 +77,14 @@ class OpenClipGuide(Guide):
 
 
 def load_guide(reference: str) -> Guide:
-    """`mini` (the built-in small CLIP), a CLIP file, or `ARCH:file` for open_clip checkpoints."""
+    """`mini` (the built-in small CLIP), a folder of one trained by `reverie train clip` (its
+    export/), a CLIP file, or `ARCH:file` for open_clip checkpoints."""
     if reference == BUILTIN_GUIDE:
         return MiniClipGuide()
+    from ...models.mini_clip import WEIGHTS, load_clip
+
+    if (Path(reference) / WEIGHTS).is_file():
+        return MiniClipGuide(load_clip(Path(reference)), name=str(reference))
     from ...models.clip_files import load_clip_file
 
     return OpenClipGuide(load_clip_file(reference))
