@@ -81,6 +81,11 @@ def test_bad_rerank_names_the_field(fields, field):
     assert field in str(error.value)
 
 
+def test_choosing_needs_a_prompt(studio, photo):
+    with pytest.raises(BadRequest, match="rerank.*prompt"):
+        studio.generate(make_request(mode="variations", init_image=photo, prompt="", rerank=2, steps=2))
+
+
 def test_an_unknown_scorer_is_reported_before_any_work(studio, tmp_path):
     from reverie.errors import ReverieError
 

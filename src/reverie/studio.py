@@ -12,6 +12,7 @@ import torch
 
 from . import __version__
 from .device import check_fits, estimate_peak_bytes, pick_device, pick_dtype
+from .errors import BadRequest
 from .methods.diffusion.run import run_batches
 from .methods.upscale import upscale_pictures
 from .models.upscaler import load_upscaler
@@ -96,6 +97,8 @@ class Studio:
         if isinstance(request, dict):
             request = make_request(**request)
         request = self._resolve(request)
+        if (request.rerank > 1 or request.score) and not request.prompt.strip():
+            raise BadRequest("rerank" if request.rerank > 1 else "score", "needs a prompt to score the pictures against")
         device = pick_device(request.device if request.device != "auto" else self.device_name)
         dtype = pick_dtype(request.dtype, device)
         started = time.perf_counter()
