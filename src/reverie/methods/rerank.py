@@ -46,6 +46,7 @@ class Scorer:
     def __init__(self, guide: Guide):
         self.guide = guide
         self.name = guide.name
+        self._prompt: tuple[str, torch.Tensor] | None = None  # the last prompt's embedding: batches share it
 
     @classmethod
     def load(cls, reference: str) -> "Scorer":
@@ -60,7 +61,9 @@ class Scorer:
     def scores(self, pictures: list[Image.Image], prompt: str) -> list[float]:
         if not pictures:
             return []
-        text = self.guide.embed_texts([plain_prompt(prompt) or prompt])
+        if self._prompt is None or self._prompt[0] != prompt:
+            self._prompt = (prompt, self.guide.embed_texts([plain_prompt(prompt) or prompt]))
+        text = self._prompt[1]
         images = self.guide.embed_images(_as_pixels(pictures, self.guide.image_size))
         return (images.float() @ text.float().T)[:, 0].tolist()
 

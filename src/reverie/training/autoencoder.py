@@ -43,6 +43,12 @@ def to_unit_range(images: torch.Tensor) -> torch.Tensor:
     return images.float() / 127.5 - 1.0
 
 
+def random_mirror(batch: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+    """Each picture mirrored left-right with probability 1/2: more shapes for free."""
+    flip = torch.rand(batch.shape[0], generator=rng) < 0.5
+    return torch.where(flip[:, None, None, None], batch.flip(-1), batch)
+
+
 def to_pil(tensor: torch.Tensor) -> list[Image.Image]:
     array = ((tensor.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
     return [Image.fromarray(a) for a in array]
@@ -87,9 +93,7 @@ def train_autoencoder(images: torch.Tensor, out: str | Path, config: TrainConfig
 
     def step(step_index: int, rng: torch.Generator) -> dict:
         index = draw_batch(len(images), config.batch_size, rng, weights)
-        batch = to_unit_range(images[index])
-        flip = torch.rand(config.batch_size, generator=rng) < 0.5  # mirror half: more shapes for free
-        batch = torch.where(flip[:, None, None, None], batch.flip(-1), batch)
+        batch = random_mirror(to_unit_range(images[index]), rng)
         return autoencoder_loss(vae, batch, rng)
 
     return _run(trainer, vae, step, show, quiet)
