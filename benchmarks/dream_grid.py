@@ -4,6 +4,10 @@ Each row is one prompt; columns are the picture at the given iterations, with th
 the prompt printed beside it. Writes docs/dream-grid.png.
 
     .venv/bin/python benchmarks/dream_grid.py --size 128
+    .venv/bin/python benchmarks/dream_grid.py --size 128 --prior none --out /tmp/no-prior.png
+
+By default the dream has reverie-mini's diffusion prior (score distillation) beside the guide,
+as `reverie dream` does; `--prior none` shows CLIP alone.
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="docs/dream-grid.png")
     parser.add_argument("--clip", default="mini", help="the guide: mini, or a `reverie train clip` export folder")
+    parser.add_argument("--prior", default="auto", help="the diffusion prior: auto (mini), none, or a model")
+    parser.add_argument("--prior-weight", type=float, default=1.0)
+    parser.add_argument("--smoothness", type=float, default=0.0)
     args = parser.parse_args()
 
     from PIL import Image, ImageDraw
@@ -36,7 +43,8 @@ def main() -> None:
         draw.text((label_width + column * size + 4, 4), f"iteration {step}", fill="black")
     work = Path(tempfile.mkdtemp(prefix="dream-grid-"))
     for row, prompt in enumerate(PROMPTS):
-        dream = start_dream(dict(prompt=prompt, width=size, height=size, seed=args.seed, save_every=10**6, guides=[args.clip]))
+        dream = start_dream(dict(prompt=prompt, width=size, height=size, seed=args.seed, save_every=10**6, guides=[args.clip],
+                                 prior=args.prior, prior_weight=args.prior_weight, smoothness=args.smoothness))
         main_text = parse_dream_prompt(prompt)[0].text
         y = 20 + row * size
         draw.text((4, y + 4), prompt, fill="black")

@@ -408,3 +408,15 @@ def test_a_job_that_fails_halfway_keeps_its_finished_pictures(tmp_path):
         assert job["status"] == "failed" and "internal error" in job["error"]
         assert [image["seed"] for image in job["images"]] == [11]
         assert client.get(job["images"][0]["url"]).status_code == 200
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"prompt": "x", "prior": "/etc/passwd"}, "prior"),  # the studio's prior is the built-in model or none
+    ({"prompt": "x", "prior_weight": -1}, "prior_weight"),
+    ({"prompt": "x", "smoothness": -1}, "smoothness"),
+    ({"prompt": "x", "generator": "vqgan:/x.ckpt"}, "generator"),
+])
+def test_bad_dream_settings_are_a_4xx_naming_the_field(client, body, field):
+    response = client.post("/api/v1/dreams", json=body)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["param"] == field and field in response.json()["error"]["message"]

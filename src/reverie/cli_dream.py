@@ -21,6 +21,8 @@ err = Console(stderr=True, soft_wrap=True)
 GENERATOR_HELP = "mini (built-in autoencoder), pixels, vqgan:CKPT (taming YAML beside it), biggan:FOLDER, or a model's autoencoder."
 CLIP_HELP = ("A guide: mini (built-in), a `reverie train clip` export folder, an OpenAI CLIP .pt, or ARCH:FILE / a folder "
              "for open_clip. Repeat for an ensemble.")
+PRIOR_HELP = ("A diffusion model whose score pulls the dream toward pictures it would make (score distillation): "
+              "mini, any --model reference, none, or auto (default: mini with the mini generator, else none).")
 
 
 class _StopOnCtrlC:
@@ -54,6 +56,10 @@ def dream(
     init_image: Annotated[Optional[Path], typer.Option("--init-image", "-i", help="Start from this picture.")] = None,
     generator: Annotated[Optional[str], typer.Option("--generator", "-g", help=GENERATOR_HELP)] = None,
     clip: Annotated[Optional[list[str]], typer.Option("--clip", help=CLIP_HELP)] = None,
+    prior: Annotated[Optional[str], typer.Option("--prior", help=PRIOR_HELP)] = None,
+    prior_weight: Annotated[Optional[float], typer.Option("--prior-weight", help="How hard the prior pulls against the guides (default 1).")] = None,
+    prior_guidance: Annotated[Optional[float], typer.Option("--prior-guidance", help="The prior's classifier-free guidance scale (default 7.5).")] = None,
+    smoothness: Annotated[Optional[float], typer.Option("--smoothness", "--tv", help="Total-variation weight: damps speckle and fine grids (default 0).")] = None,
     width: Annotated[Optional[int], typer.Option("--width", "-W")] = None,
     height: Annotated[Optional[int], typer.Option("--height", "-H")] = None,
     iterations: Annotated[Optional[int], typer.Option("--iterations", "-n", help="Iterations to run (default 300; 100 more when continuing).")] = None,
@@ -79,7 +85,8 @@ def dream(
 
     given = {
         "prompt": prompt, "image_prompts": image_prompt or None, "init_image": str(init_image) if init_image else None,
-        "generator": generator, "guides": clip or None, "width": width, "height": height, "iterations": iterations,
+        "generator": generator, "guides": clip or None, "prior": prior, "prior_weight": prior_weight,
+        "prior_guidance": prior_guidance, "smoothness": smoothness, "width": width, "height": height, "iterations": iterations,
         "save_every": save_every, "patience": patience, "optimizer": optimizer, "lr": lr, "cutouts": cutouts,
         "cut_power": cut_power, "augment": augment, "noise": noise, "truncation": truncation, "zoom": zoom,
         "zoom_every": zoom_every, "seed": seed, "device": device,

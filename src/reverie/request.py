@@ -158,7 +158,8 @@ class DreamRequest(BaseModel):
 
     `prompt` uses the VQGAN+CLIP syntax (`text:weight:stop | ...`); `generator` is `mini` (the
     built-in autoencoder's latents), `pixels`, a VQGAN checkpoint, a BigGAN folder, or any model
-    reverie can load (its autoencoder is used); `guides` are `mini` and/or CLIP files.
+    reverie can load (its autoencoder is used); `guides` are `mini` and/or CLIP files; `prior`
+    is a text-to-image model that adds score distillation to the guides' pull.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
@@ -168,6 +169,13 @@ class DreamRequest(BaseModel):
     init_image: Any = None
     generator: str = "mini"
     guides: list[str] = Field(default_factory=lambda: ["mini"])
+    # A diffusion model whose score pulls the dream toward pictures it would make ("mini", any
+    # model reverie loads, "none", or "auto": mini for the mini generator, none otherwise);
+    # prior_weight scales its pull against the guides'.
+    prior: str = "auto"
+    prior_weight: float = Field(1.0, ge=0.0, le=100.0)
+    prior_guidance: float = Field(7.5, ge=0.0, le=50.0)
+    smoothness: float = Field(0.0, ge=0.0, le=1000.0)  # total-variation weight
     width: int = Field(256, ge=16, le=MAX_SIDE)
     height: int = Field(256, ge=16, le=MAX_SIDE)
     iterations: int = Field(300, ge=1, le=1_000_000)

@@ -59,6 +59,9 @@ class DreamBody(BaseModel):
     patience: int | None = None
     lr: float | None = None
     cutouts: int | None = None
+    prior: str | None = None
+    prior_weight: float | None = None
+    smoothness: float | None = None
     seed: int | None = None
     init_image: str | None = None
 

@@ -16,6 +16,7 @@ from .state import StudioState, check_model
 
 SERVER_DREAM_GENERATORS = ("mini", "pixels")
 SERVER_DREAM_GUIDES = ("mini",)
+SERVER_DREAM_PRIORS = ("auto", "mini", "none")
 
 
 def _cost(state: StudioState) -> int:
@@ -46,6 +47,8 @@ def submit_dream(state: StudioState, user: User, fields: dict) -> Job:
         raise BadRequest("generator", f"the studio dreams with {' or '.join(SERVER_DREAM_GENERATORS)}; use `reverie dream` for checkpoint files")
     if any(guide not in SERVER_DREAM_GUIDES for guide in fields.get("guides", ["mini"])):
         raise BadRequest("guides", "the studio dreams with the built-in guide (mini)")
+    if fields.get("prior", "auto") not in SERVER_DREAM_PRIORS:
+        raise BadRequest("prior", f"the studio's dream prior is one of {', '.join(SERVER_DREAM_PRIORS)}; use `reverie dream` for model files")
     fields.setdefault("device", state.config.device)
     request = make_dream_request(**fields)
     if request.iterations > 5000:

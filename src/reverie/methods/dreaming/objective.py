@@ -63,6 +63,14 @@ def dream_loss(pixels: torch.Tensor, guides: list[Guide], targets: list[Target],
     return total / len(guides), score / len(guides)
 
 
+def total_variation(pixels: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference between neighbouring pixels: the smoothness term of the
+    VQGAN+CLIP notebooks, which damps the fine grids and speckles CLIP rewards."""
+    rows = (pixels[..., 1:, :] - pixels[..., :-1, :]).pow(2).mean()
+    cols = (pixels[..., :, 1:] - pixels[..., :, :-1]).pow(2).mean()
+    return rows + cols
+
+
 @torch.no_grad()
 def clean_scores(pixels: torch.Tensor, guides: list[Guide], texts: list[str]) -> list[float]:
     """Cosine of the whole picture (no cutouts, no noise) to each text, averaged over guides."""

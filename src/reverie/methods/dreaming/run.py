@@ -26,7 +26,8 @@ from ...progress import ProgressCallback, ProgressEvent, StopCheck, no_progress,
 from ...request import DreamRequest, make_dream_request
 from .cutouts import CutoutSettings
 from .guides import load_guides
-from .objective import Target, clean_scores, dream_loss, image_target, text_targets
+from .objective import Target, clean_scores, dream_loss, image_target, text_targets, total_variation
+from .prior import NO_PRIOR, DiffusionPrior, prior_for
 from .prompts import parse_dream_prompt, parse_image_prompt
 from .sources import build_generator, load_network
 
@@ -95,6 +96,7 @@ class Dream:
             self.generator.set_image(self._picture(request.init_image, "init_image").to(self.device))
             self.generator.after_step()
         self.targets = self._targets(request)
+        self.prior = self._prior(request)
         self.optimizer = self._optimizer()
         self.step, self.smoothed, self.best, self.since_best = 0, math.nan, math.inf, 0
         self.history: list[dict] = []
@@ -113,6 +115,20 @@ class Dream:
             pixels = self._picture(str(path), "image_prompts").to(self.device)
             targets.append(image_target(self.guides, str(path), pixels, weight, stop))
         return targets
+
+    def _prior(self, request: DreamRequest) -> DiffusionPrior | None:
+        reference = prior_for(request.prior, request.generator)
+        if reference == NO_PRIOR or request.prior_weight == 0:
+            return None
+        from ...models.registry import load_model
+
+        prompts = [p for p in parse_dream_prompt(request.prompt) if p.weight]
+        if not prompts:
+            return None
+        components = load_model(reference)
+        if int(components.unet.config.in_channels) != int(components.vae.config.latent_channels):
+            raise BadRequest("prior", f"{reference} is an inpainting model; give a text-to-image model as the prior")
+        return DiffusionPrior(components, prompts, request.prior_guidance, self.device)
 
     def _optimizer(self) -> torch.optim.Optimizer:
         lr = self.request.lr or self.generator.default_lr
@@ -133,7 +149,12 @@ class Dream:
         if self.request.zoom and self.step and self.step % self.request.zoom_every == 0:
             self._zoom()
         self.optimizer.zero_grad(set_to_none=True)
-        loss, score = dream_loss(self.generator(), self.guides, self.targets, self.cutouts, self.rng)
+        pixels = self.generator()
+        loss, score = dream_loss(pixels, self.guides, self.targets, self.cutouts, self.rng)
+        if self.prior is not None:
+            loss = loss + self.request.prior_weight * self.prior.loss(pixels, self.rng)
+        if self.request.smoothness:
+            loss = loss + self.request.smoothness * total_variation(pixels)
         loss.backward()
         self.optimizer.step()
         self.generator.after_step()

@@ -1,0 +1,117 @@
+"""A diffusion prior for dreams: score distillation from a text-to-image model.
+
+CLIP alone is a poor judge of what a picture looks like: it rewards any texture that lands near
+the words, which is why unguided dreams end as bright patterns. A diffusion model knows what its
+pictures look like. Score distillation (DreamFusion's SDS) asks it, each iteration, how it
+would denoise a noised copy of the dream and pulls the dream toward that answer:
+
+    grad = w(t) * (eps_hat(z_t, t, prompt) - eps)
+
+with `eps_hat` guided toward the dream's prompts as in composable diffusion (each prompt adds
+its weight times its own direction; negative weights push away). The dream is seen at the
+model's own size: the picture is resized and encoded by the model's autoencoder, and the
+gradient flows back through the encoder, so the prior works for every generator (latents,
+pixels, VQGAN, BigGAN), not only for one in the model's latent space.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ...prompts.conditioning import encode_prompt_pair
+
+NO_PRIOR, AUTO_PRIOR = "none", "auto"
+T_LOW, T_HIGH = 0.02, 0.98  # the share of the noise schedule the prior samples from
+CROP_LOW = 0.6  # each iteration the prior sees a random crop of 60-100% of the side
+
+
+def prior_for(reference: str, generator: str) -> str:
+    """The model a dream's `prior` setting names; `auto` is reverie-mini for the built-in generator
+    (its own autoencoder, its own world) and none for the others, whose pictures mini never made."""
+    if reference == AUTO_PRIOR:
+        return "mini" if generator == "mini" else NO_PRIOR
+    return reference
+
+
+def random_crop(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A random square-ish crop of 60-100% of each side: seen at the model's size, it shows the
+    prior finer detail than the whole picture would (and keeps it from ignoring a grid of
+    artefacts too fine to survive the downscale)."""
+    height, width = pixels.shape[-2:]
+    scale = float(torch.empty(1).uniform_(CROP_LOW, 1.0, generator=generator))
+    rows, cols = max(1, round(height * scale)), max(1, round(width * scale))
+    top = int(torch.randint(0, height - rows + 1, (1,), generator=generator))
+    left = int(torch.randint(0, width - cols + 1, (1,), generator=generator))
+    return pixels[:, :, top : top + rows, left : left + cols]
+
+
+@dataclass
+class PriorPrompt:
+    weight: float
+    cond: torch.Tensor  # [1, L, D]
+    uncond: torch.Tensor  # [1, L, D], the empty prompt at the same length
+
+
+class DiffusionPrior:
+    """Score distillation from `components` (a loaded text-to-image model) toward weighted prompts."""
+
+    def __init__(self, components, prompts, guidance: float = 7.5, device: torch.device | str = "cpu"):
+        from diffusers import DDPMScheduler
+
+        self.unet, self.vae = components.unet, components.vae
+        self.device = torch.device(device)
+        for module in (self.unet, self.vae):
+            module.to(self.device).requires_grad_(False).eval()
+        self.dtype = self.unet.dtype
+        self.size = components.native_size
+        self.scaling = float(getattr(self.vae.config, "scaling_factor", 1.0) or 1.0)
+        schedule = DDPMScheduler.from_config(components.scheduler_config)
+        self.alphas = schedule.alphas_cumprod.to(self.device, torch.float32)
+        self.prediction = schedule.config.prediction_type
+        self.guidance = guidance
+        positive = sum(p.weight for p in prompts if p.weight > 0) or 1.0
+        self.prompts = []
+        for prompt in prompts:
+            cond, uncond = encode_prompt_pair(prompt.text, "", components.tokenizer, components.text_encoder)
+            self.prompts.append(PriorPrompt(prompt.weight / positive, cond.to(self.device, self.dtype),
+                                            uncond.to(self.device, self.dtype)))
+
+    def to_latents(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The model's scaled latents of a [1,3,H,W] picture in [0,1], differentiably."""
+        view = F.interpolate(pixels, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
+        posterior = self.vae.encode((view * 2 - 1).to(self.dtype)).latent_dist
+        return posterior.mean.float() * self.scaling
+
+    @torch.no_grad()
+    def _noise_estimate(self, noisy: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The guided noise estimate: eps_uncond + guidance * sum_i w_i (eps_i - eps_uncond)."""
+        alpha = self.alphas[t]
+        combined, uncond_eps = torch.zeros_like(noisy), None
+        for prompt in self.prompts:
+            batch = torch.cat([noisy, noisy]).to(self.dtype)
+            states = torch.cat([prompt.uncond, prompt.cond])
+            out = self.unet(batch, t.expand(2), encoder_hidden_states=states).sample.float()
+            if self.prediction == "v_prediction":
+                # v = sqrt(a) eps - sqrt(1-a) x0 and x_t = sqrt(a) x0 + sqrt(1-a) eps  =>  eps = sqrt(a) v + sqrt(1-a) x_t
+                out = alpha.sqrt() * out + (1 - alpha).sqrt() * torch.cat([noisy, noisy])
+            eps_u, eps_c = out.chunk(2)
+            uncond_eps = eps_u if uncond_eps is None else uncond_eps
+            combined += prompt.weight * (eps_c - eps_u)
+        return uncond_eps + self.guidance * combined
+
+    def loss(self, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """A loss whose gradient w.r.t. the dream's latents is the score-distillation step."""
+        latents = self.to_latents(random_crop(pixels, generator))
+        steps = len(self.alphas)
+        t = torch.randint(int(T_LOW * steps), int(T_HIGH * steps), (1,), generator=generator).to(self.device)
+        noise = torch.randn(latents.shape, generator=generator).to(latents)
+        alpha = self.alphas[t]
+        noisy = alpha.sqrt() * latents.detach() + (1 - alpha).sqrt() * noise
+        eps_hat = self._noise_estimate(noisy, t)
+        step = ((1 - alpha) * (eps_hat - noise)).nan_to_num()
+        # d/dz of 0.5 * ||z - (z - step)||^2 / n is step / n: the SDS gradient, averaged per element.
+        target = (latents - step).detach()
+        return 0.5 * F.mse_loss(latents, target, reduction="sum") / latents[0].numel()
