@@ -37,14 +37,16 @@ def main() -> None:
     vqgan = write_taming_vqgan(work / "vqgan", IMAGENET_F16, 1024, 256)
     biggan = write_biggan(work / "biggan", output_dim=256, channel_width=128)
     vit = None if args.skip_vit else write_openai_clip(work / "ViT-B-32.pt", openai_clip_model(open_clip.get_model_config("ViT-B-32")))
-    generators = [("built-in autoencoder", "mini"), ("pixels (Fourier)", "pixels"),
-                  ("VQGAN f16 1024", f"vqgan:{vqgan}"), ("BigGAN-deep-256", f"biggan:{biggan}")]
+    # (name, generator, prior): the built-in autoencoder dreams with reverie-mini's prior by default.
+    generators = [("built-in autoencoder", "mini", "none"), ("built-in autoencoder", "mini", "mini"),
+                  ("pixels (Fourier)", "pixels", "none"), ("VQGAN f16 1024", f"vqgan:{vqgan}", "none"),
+                  ("BigGAN-deep-256", f"biggan:{biggan}", "none")]
     guides = [("built-in CLIP", ["mini"])] + ([("OpenAI ViT-B/32", [str(vit)])] if vit else [])
 
     rows = []
     for guide_name, guide in guides:
-        for generator_name, generator in generators:
-            dream = start_dream(dict(prompt="a red apple", generator=generator, guides=guide, width=args.size,
+        for generator_name, generator, prior in generators:
+            dream = start_dream(dict(prompt="a red apple", generator=generator, guides=guide, prior=prior, width=args.size,
                                      height=args.size, cutouts=args.cutn, seed=0, save_every=10**6, device=args.device))
             dream.iterate()  # warm-up
             if dream.device.type == "cuda":
@@ -55,15 +57,15 @@ def main() -> None:
             if dream.device.type == "cuda":
                 torch.cuda.synchronize()
             per_iteration = (time.perf_counter() - started) / args.iterations
-            rows.append((generator_name, guide_name, per_iteration))
-            print(f"  {generator_name} + {guide_name}: {1 / per_iteration:.2f} it/s", file=sys.stderr, flush=True)
+            rows.append((generator_name, guide_name, prior, per_iteration))
+            print(f"  {generator_name} + {guide_name} + prior {prior}: {1 / per_iteration:.2f} it/s", file=sys.stderr, flush=True)
 
     print(f"\nDreaming at {args.size}x{args.size}, {args.cutn} cutouts, device {args.device}, "
           f"torch threads {torch.get_num_threads()}\n")
-    print("| generator | guide | s/iteration | iterations/s |")
-    print("|---|---|---:|---:|")
-    for generator_name, guide_name, seconds in rows:
-        print(f"| {generator_name} | {guide_name} | {seconds:.2f} | {1 / seconds:.2f} |")
+    print("| generator | guide | prior | s/iteration | iterations/s |")
+    print("|---|---|---|---:|---:|")
+    for generator_name, guide_name, prior, seconds in rows:
+        print(f"| {generator_name} | {guide_name} | {prior} | {seconds:.2f} | {1 / seconds:.2f} |")
 
 
 if __name__ == "__main__":

@@ -325,7 +325,8 @@ $("#dream-form").addEventListener("submit", async (event) => {
   event.preventDefault();
   const size = parseInt($("#dream-size").value, 10);
   const body = { prompt: $("#dream-prompt").value, generator: $("#dream-generator").value,
-    iterations: parseInt($("#dream-iterations").value, 10), width: size, height: size, save_every: 10 };
+    iterations: parseInt($("#dream-iterations").value, 10), width: size, height: size, save_every: 10,
+    prior: $("#dream-prior").value };
   try {
     const job = await api("/api/v1/dreams", { method: "POST", body: JSON.stringify(body) });
     follow(job, "Dreaming", { box: "#dream-job", bar: "#dream-bar", status: "#dream-status", preview: "#dream-preview", results: "#dream-results" });
