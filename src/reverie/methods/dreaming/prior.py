@@ -37,9 +37,9 @@ def prior_for(reference: str, generator: str) -> str:
 
 
 def random_crop(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """A random square-ish crop of 60-100% of each side: seen at the model's size, it shows the
-    prior finer detail than the whole picture would (and keeps it from ignoring a grid of
-    artefacts too fine to survive the downscale)."""
+    """A random crop, 60-100% of the picture's side, same aspect: seen at the model's size, it
+    shows the prior finer detail than the whole picture would (and keeps it from ignoring a grid
+    of artefacts too fine to survive the downscale)."""
     height, width = pixels.shape[-2:]
     scale = float(torch.empty(1).uniform_(CROP_LOW, 1.0, generator=generator))
     rows, cols = max(1, round(height * scale)), max(1, round(width * scale))

@@ -217,7 +217,8 @@ class Dream:
         parameters = (
             f"{self.request.prompt}\nSteps: {self.step}, Seed: {self.request.seed}, "
             f"Size: {self.request.width}x{self.request.height}, Generator: {self.request.generator}, "
-            f"Guides: {', '.join(self.request.guides)}, Optimizer: {self.request.optimizer}"
+            f"Guides: {', '.join(self.request.guides)}, Optimizer: {self.request.optimizer}, "
+            f"Prior: {prior_for(self.request.prior, self.request.generator)}"
         )
         return parameters, {"format": 1, "seed": self.request.seed, "index": 0, "settings": settings}
 
