@@ -85,22 +85,34 @@ class DiffusionPrior:
         posterior = self.vae.encode((view * 2 - 1).to(self.dtype)).latent_dist
         return posterior.mean.float() * self.scaling
 
+    def _eps(self, noisy: torch.Tensor, t: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+        """The UNet's noise estimate for `noisy` under each of the `states` (a batch of them)."""
+        count = states.shape[0]
+        batch = noisy.expand(count, -1, -1, -1)
+        out = self.unet(batch.to(self.dtype), t.expand(count), encoder_hidden_states=states).sample.float()
+        if self.prediction == "v_prediction":
+            # v = sqrt(a) eps - sqrt(1-a) x0 and x_t = sqrt(a) x0 + sqrt(1-a) eps  =>  eps = sqrt(a) v + sqrt(1-a) x_t
+            alpha = self.alphas[t]
+            out = alpha.sqrt() * out + (1 - alpha).sqrt() * batch
+        return out
+
     @torch.no_grad()
     def _noise_estimate(self, noisy: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The guided noise estimate: eps_uncond + guidance * sum_i w_i (eps_i - eps_uncond)."""
-        alpha = self.alphas[t]
-        combined, uncond_eps = torch.zeros_like(noisy), None
+        """The guided noise estimate: eps_uncond + guidance * sum_i w_i (eps_i - eps_uncond).
+
+        Each prompt's empty prompt is padded to its length, so prompts of one length share one
+        unconditional estimate: the UNet runs once per prompt, plus once per length.
+        """
+        unconditional: dict[int, torch.Tensor] = {}  # eps of the empty prompt, by length
+        combined = torch.zeros_like(noisy)
         for prompt in self.prompts:
-            batch = torch.cat([noisy, noisy]).to(self.dtype)
-            states = torch.cat([prompt.uncond, prompt.cond])
-            out = self.unet(batch, t.expand(2), encoder_hidden_states=states).sample.float()
-            if self.prediction == "v_prediction":
-                # v = sqrt(a) eps - sqrt(1-a) x0 and x_t = sqrt(a) x0 + sqrt(1-a) eps  =>  eps = sqrt(a) v + sqrt(1-a) x_t
-                out = alpha.sqrt() * out + (1 - alpha).sqrt() * torch.cat([noisy, noisy])
-            eps_u, eps_c = out.chunk(2)
-            uncond_eps = eps_u if uncond_eps is None else uncond_eps
-            combined += prompt.weight * (eps_c - eps_u)
-        return uncond_eps + self.guidance * combined
+            length = prompt.uncond.shape[1]
+            if length in unconditional:
+                eps_c = self._eps(noisy, t, prompt.cond)
+            else:
+                unconditional[length], eps_c = self._eps(noisy, t, torch.cat([prompt.uncond, prompt.cond])).chunk(2)
+            combined += prompt.weight * (eps_c - unconditional[length])
+        return unconditional[self.prompts[0].uncond.shape[1]] + self.guidance * combined
 
     def loss(self, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """A loss whose gradient w.r.t. the dream's latents is the score-distillation step."""
