@@ -85,6 +85,27 @@ def test_continue_with_new_prompts_but_not_a_new_size(tmp_path):
         Dream.resume(tmp_path / "steps")
 
 
+def test_builtin_dreams_happen_at_minis_size_and_are_saved_larger(tmp_path):
+    from reverie.outputs.metadata import read_png_info
+    from reverie.request import make_dream_request
+
+    assert [getattr(make_dream_request(prompt="x"), k) for k in ("width", "height", "upscale")] == [64, 64, 4]
+    assert [getattr(make_dream_request(prompt="x", generator="pixels"), k) for k in ("width", "upscale")] == [256, 1]
+    assert make_dream_request(prompt="x", width=256, height=256).upscale == 1  # a large dream is saved as it is
+    with pytest.raises(BadRequest, match="upscale"):
+        make_dream_request(prompt="x", upscale=3)
+    dream = start_dream(dict(prompt="red apple", seed=0, cutouts=8, save_every=2))
+    report = dream.run(2, tmp_path / "shown")
+    saved = Image.open(report.picture)
+    assert saved.size == (256, 256) and dream.picture().size == (64, 64)
+    assert Image.open(report.snapshots[0]).size == (256, 256)
+    # The saved picture is the dream enlarged: brought back down, it is the dream's own pixels.
+    assert np.abs(pixels(saved.resize((64, 64), Image.BOX)) - pixels(dream.picture())).mean() < 8
+    assert "Upscale: 4" in read_png_info(report.picture)["parameters"]
+    plain = start_dream(dict(prompt="red apple", seed=0, cutouts=8, save_every=2, upscale=1)).run(1, tmp_path / "plain")
+    assert Image.open(plain.picture).size == (64, 64)
+
+
 def test_patience_stops_a_dream_that_no_longer_improves(tmp_path):
     report = start_dream(dict(prompt="red apple", seed=0, lr=1e-9, patience=4, **SMALL)).run(50, tmp_path)
     assert report.stopped == "patience" and report.step < 30
@@ -145,7 +166,9 @@ def test_prior_setting_and_its_mistakes(tmp_path):
 
     assert prior_for("auto", "mini") == "mini" and prior_for("auto", "pixels") == "none"
     assert prior_for("tiny-random", "pixels") == "tiny-random"
-    assert start_dream(dict(prompt="red apple", seed=0, **SMALL)).prior is not None  # auto: mini's own prior
+    auto = start_dream(dict(prompt="red apple", seed=0, **SMALL))
+    assert auto.prior is not None  # auto: mini's own prior,
+    assert auto.generator.vae is auto.prior.vae  # loaded once for the generator and the prior
     assert start_dream(dict(prompt="red apple", prior="none", seed=0, **SMALL)).prior is None
     assert start_dream(dict(prompt="red apple", generator="pixels", seed=0, **SMALL)).prior is None
     # Any model reverie loads can be the prior, at its own size: a random SD-shaped one here.

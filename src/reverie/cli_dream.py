@@ -62,6 +62,7 @@ def dream(
     smoothness: Annotated[Optional[float], typer.Option("--smoothness", "--tv", help="Total-variation weight: damps speckle and fine grids (default 0).")] = None,
     width: Annotated[Optional[int], typer.Option("--width", "-W")] = None,
     height: Annotated[Optional[int], typer.Option("--height", "-H")] = None,
+    upscale: Annotated[Optional[int], typer.Option("--upscale", help="Save the pictures 1, 2 or 4 times larger with the built-in upscaler (default: 4 for built-in dreams up to 128 px, else 1).")] = None,
     iterations: Annotated[Optional[int], typer.Option("--iterations", "-n", help="Iterations to run (default 300; 100 more when continuing).")] = None,
     save_every: Annotated[Optional[int], typer.Option("--save-every", help="Iterations between snapshots.")] = None,
     patience: Annotated[Optional[int], typer.Option("--patience", help="Stop after this many iterations without improvement.")] = None,
@@ -86,7 +87,7 @@ def dream(
     given = {
         "prompt": prompt, "image_prompts": image_prompt or None, "init_image": str(init_image) if init_image else None,
         "generator": generator, "guides": clip or None, "prior": prior, "prior_weight": prior_weight,
-        "prior_guidance": prior_guidance, "smoothness": smoothness, "width": width, "height": height, "iterations": iterations,
+        "prior_guidance": prior_guidance, "smoothness": smoothness, "width": width, "height": height, "upscale": upscale, "iterations": iterations,
         "save_every": save_every, "patience": patience, "optimizer": optimizer, "lr": lr, "cutouts": cutouts,
         "cut_power": cut_power, "augment": augment, "noise": noise, "truncation": truncation, "zoom": zoom,
         "zoom_every": zoom_every, "seed": seed, "device": device,

@@ -150,6 +150,7 @@ def bad_request_from(exc: ValidationError) -> BadRequest:
     return BadRequest(field, message)
 
 
+BUILTIN_GENERATOR, BUILTIN_DREAM_SIDE, DREAM_SIDE = "mini", 64, 256
 DREAM_OPTIMIZERS = ("adam", "adamw", "adamax", "nadam", "radam", "rmsprop", "adagrad", "sgd")
 
 
@@ -176,8 +177,12 @@ class DreamRequest(BaseModel):
     prior_weight: float = Field(1.0, ge=0.0, le=100.0)
     prior_guidance: float = Field(7.5, ge=0.0, le=50.0)
     smoothness: float = Field(0.0, ge=0.0, le=1000.0)  # total-variation weight
-    width: int = Field(256, ge=16, le=MAX_SIDE)
-    height: int = Field(256, ge=16, le=MAX_SIDE)
+    # None: the generator's own size (64 for the built-in one, whose world is 64 px; else 256).
+    width: int | None = Field(None, ge=16, le=MAX_SIDE)
+    height: int | None = Field(None, ge=16, le=MAX_SIDE)
+    # Pictures are saved this many times larger, by the built-in upscaler; None: 4 for dreams of
+    # the built-in generator up to 128 px a side (dreamed at mini's size, shown at 256), else 1.
+    upscale: Literal[1, 2, 4] | None = None
     iterations: int = Field(300, ge=1, le=1_000_000)
     save_every: int = Field(50, ge=1)
     patience: int | None = Field(None, ge=1)  # stop after this many iterations without improvement
@@ -216,6 +221,15 @@ class DreamRequest(BaseModel):
     @classmethod
     def _device_name(cls, value: str):
         return GenerationRequest._device_name(value)
+
+    @model_validator(mode="after")
+    def _sizes(self):
+        builtin = self.generator == BUILTIN_GENERATOR
+        side = BUILTIN_DREAM_SIDE if builtin else DREAM_SIDE
+        self.width, self.height = self.width or side, self.height or side
+        if self.upscale is None:
+            self.upscale = 4 if builtin and max(self.width, self.height) <= 128 else 1
+        return self
 
     def with_seed(self) -> "DreamRequest":
         if self.seed is not None and self.seed >= 0:

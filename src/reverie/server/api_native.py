@@ -54,6 +54,7 @@ class DreamBody(BaseModel):
     generator: str | None = None
     width: int | None = None
     height: int | None = None
+    upscale: int | None = None
     iterations: int | None = None
     save_every: int | None = None
     patience: int | None = None

@@ -24,6 +24,7 @@ from ...errors import BadCheckpoint, BadRequest, ModelNotFound
 from ...outputs.metadata import save_png
 from ...progress import ProgressCallback, ProgressEvent, StopCheck, no_progress, should_never_stop
 from ...request import DreamRequest, make_dream_request
+from ..upscale import upscale_pictures
 from .cutouts import CutoutSettings
 from .guides import load_guides
 from .objective import Target, clean_scores, dream_loss, image_target, text_targets, total_variation
@@ -84,7 +85,11 @@ class Dream:
         self.request = request = request.with_seed()
         self.device = torch.device(device)
         self.rng = torch.Generator().manual_seed(request.seed)
-        self.kind, network = load_network(request.generator)
+        prior_model = self._prior_model(request)
+        if prior_model is not None and prior_for(request.prior, request.generator) == request.generator:
+            self.kind, network = "latent", prior_model.vae  # dreaming in the prior's own latents: load it once
+        else:
+            self.kind, network = load_network(request.generator)
         if network is not None:
             network.to(self.device)
         self.generator = build_generator(self.kind, network, request.height, request.width, self.rng,
@@ -96,11 +101,13 @@ class Dream:
             self.generator.set_image(self._picture(request.init_image, "init_image").to(self.device))
             self.generator.after_step()
         self.targets = self._targets(request)
-        self.prior = self._prior(request)
+        self.prior = None if prior_model is None else DiffusionPrior(
+            prior_model, self._prior_prompts(request), request.prior_guidance, self.device)
         self.optimizer = self._optimizer()
         self.step, self.smoothed, self.best, self.since_best = 0, math.nan, math.inf, 0
         self.history: list[dict] = []
         self.cutouts = CutoutSettings(request.cutouts, request.cut_power, request.augment, request.noise)
+        self._upscaler = None
 
     # -- set-up ----------------------------------------------------------------------------
     def _picture(self, reference, field_name: str) -> torch.Tensor:
@@ -116,19 +123,21 @@ class Dream:
             targets.append(image_target(self.guides, str(path), pixels, weight, stop))
         return targets
 
-    def _prior(self, request: DreamRequest) -> DiffusionPrior | None:
+    @staticmethod
+    def _prior_prompts(request: DreamRequest):
+        return [p for p in parse_dream_prompt(request.prompt) if p.weight]
+
+    def _prior_model(self, request: DreamRequest):
+        """The loaded model whose denoiser is the dream's prior, or None for no prior."""
         reference = prior_for(request.prior, request.generator)
-        if reference == NO_PRIOR or request.prior_weight == 0:
+        if reference == NO_PRIOR or request.prior_weight == 0 or not self._prior_prompts(request):
             return None
         from ...models.registry import load_model
 
-        prompts = [p for p in parse_dream_prompt(request.prompt) if p.weight]
-        if not prompts:
-            return None
         components = load_model(reference)
         if int(components.unet.config.in_channels) != int(components.vae.config.latent_channels):
             raise BadRequest("prior", f"{reference} is an inpainting model; give a text-to-image model as the prior")
-        return DiffusionPrior(components, prompts, request.prior_guidance, self.device)
+        return components
 
     def _optimizer(self) -> torch.optim.Optimizer:
         lr = self.request.lr or self.generator.default_lr
@@ -138,6 +147,17 @@ class Dream:
     def picture(self) -> Image.Image:
         with torch.no_grad():
             return to_image(self.generator())
+
+    def shown(self, picture: Image.Image) -> Image.Image:
+        """A picture as the dream saves it: `upscale` times larger, by the built-in upscaler."""
+        if self.request.upscale == 1:
+            return picture
+        if self._upscaler is None:
+            from ...models.upscaler import load_upscaler
+
+            self._upscaler = load_upscaler()
+        with torch.no_grad():
+            return upscale_pictures([picture], self.request.upscale, self._upscaler)[0]
 
     def scores(self, texts: list[str]) -> list[float]:
         """Cosine of the current picture to each text, by the dream's own guides."""
@@ -198,7 +218,7 @@ class Dream:
                 _, score = self.iterate()
                 snapshot = None
                 if self.step % self.request.save_every == 0:
-                    snapshot = self.picture()
+                    snapshot = self.shown(self.picture())
                     snapshots.append(self._save_picture(snapshot, run_dir / SNAPSHOTS / f"{self.step:06d}.png"))
                     self.save(run_dir, stopped="running")
                 progress(ProgressEvent("dream", self.step, target, message=f"score {score:.3f}", payload=snapshot))
@@ -207,7 +227,7 @@ class Dream:
                     break
         except KeyboardInterrupt:
             stopped = "interrupted"
-        picture = self._save_picture(self.picture(), run_dir / PICTURE_FILE)
+        picture = self._save_picture(self.shown(self.picture()), run_dir / PICTURE_FILE)
         self.save(run_dir, stopped=stopped)
         return DreamReport(run_dir, picture, self.step, score, stopped, snapshots)
 
@@ -219,6 +239,7 @@ class Dream:
             f"Size: {self.request.width}x{self.request.height}, Generator: {self.request.generator}, "
             f"Guides: {', '.join(self.request.guides)}, Optimizer: {self.request.optimizer}, "
             f"Prior: {prior_for(self.request.prior, self.request.generator)}"
+            + (f", Upscale: {self.request.upscale}" if self.request.upscale > 1 else "")
         )
         return parameters, {"format": 1, "seed": self.request.seed, "index": 0, "settings": settings}
 

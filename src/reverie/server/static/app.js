@@ -323,7 +323,7 @@ $("#outpaint-go").addEventListener("click", () => {
 // ---------------------------------------------------------------- dreaming
 $("#dream-form").addEventListener("submit", async (event) => {
   event.preventDefault();
-  const size = parseInt($("#dream-size").value, 10);
+  const size = parseInt($("#dream-size").value, 10) || undefined;  // undefined: the generator's own size
   const body = { prompt: $("#dream-prompt").value, generator: $("#dream-generator").value,
     iterations: parseInt($("#dream-iterations").value, 10), width: size, height: size, save_every: 10,
     prior: $("#dream-prior").value };
