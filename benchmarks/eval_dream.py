@@ -29,7 +29,7 @@ def dream_pictures(prior: str, args) -> tuple[list, float]:
     pictures, started = [], time.perf_counter()
     for prompt in PROMPTS:
         dream = start_dream(dict(prompt=prompt, width=args.size, height=args.size, seed=args.seed,
-                                 save_every=10**6, prior=prior))
+                                 save_every=10**6, prior=prior, prior_guidance=args.prior_guidance))
         for _ in range(args.iterations):
             dream.iterate()
         pictures.append(dream.picture())
@@ -53,6 +53,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--iterations", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--prior-guidance", type=float, default=7.5)
     parser.add_argument("--priors", default="none,auto", help="comma-separated prior settings to compare")
     parser.add_argument("--out", default=None, help="also write the pictures as a grid (a row per prior)")
     args = parser.parse_args()

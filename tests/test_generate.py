@@ -60,6 +60,18 @@ def test_cfg_and_negative_prompt_change_the_picture(studio):
     assert not np.array_equal(pixels(plain.images[0].image), pixels(negative.images[0].image))
 
 
+def test_left_out_sampling_settings_come_from_the_model(studio):
+    """reverie-mini samples with the settings its evaluation used; other models with reverie's."""
+    tiny = studio.generate(make_request(model="tiny-random", width=64, height=64, prompt="x", seed=1, n_samples=1))
+    assert (tiny.request.steps, tiny.request.cfg_scale, tiny.request.sampler) == (25, 7.5, "dpmpp_2m_karras")
+    mini = studio.generate(make_request(model="mini", prompt="red apple", seed=1, n_samples=1, upscale=1))
+    assert (mini.request.steps, mini.request.cfg_scale, mini.request.sampler) == (20, 4.0, "dpmpp_2m")
+    assert "Steps: 20, Sampler: DPM++ 2M, CFG scale: 4" in mini.images[0].parameters
+    given = studio.generate(make_request(model="mini", prompt="red apple", seed=1, n_samples=1, upscale=1, steps=3,
+                                         cfg_scale=6, sampler="euler"))
+    assert (given.request.steps, given.request.cfg_scale, given.request.sampler) == (3, 6.0, "euler")
+
+
 def test_size_is_respected_and_non_square(studio):
     result = generate(studio, prompt="wide", seed=1, n_samples=1, width=96, height=64)
     assert result.images[0].image.size == (96, 64)

@@ -25,9 +25,9 @@ Samples = Annotated[int, typer.Option("--n-samples", "-n", "--n_samples", help="
 Iters = Annotated[int, typer.Option("--n-iter", "--n_iter", help="Batches to make.")]
 Width = Annotated[Optional[int], typer.Option("--width", "-W", "--W", help="Width in pixels (multiple of 8).")]
 Height = Annotated[Optional[int], typer.Option("--height", "-H", "--H", help="Height in pixels (multiple of 8).")]
-Steps = Annotated[int, typer.Option("--steps", "--ddim_steps", "--ddim-steps", help="Denoising steps.")]
-Cfg = Annotated[float, typer.Option("--cfg-scale", "--scale", "--cfg", help="Classifier-free guidance scale.")]
-SamplerOpt = Annotated[str, typer.Option("--sampler", "-s", help="Sampler name (see `reverie samplers`).")]
+Steps = Annotated[Optional[int], typer.Option("--steps", "--ddim_steps", "--ddim-steps", help="Denoising steps (the model's default when left out: 20 for reverie-mini, else 25).")]
+Cfg = Annotated[Optional[float], typer.Option("--cfg-scale", "--scale", "--cfg", help="Classifier-free guidance scale (the model's default when left out: 4 for reverie-mini, else 7.5).")]
+SamplerOpt = Annotated[Optional[str], typer.Option("--sampler", "-s", help="Sampler name, see `reverie samplers` (the model's default when left out: dpmpp_2m for reverie-mini, else dpmpp_2m_karras).")]
 Plms = Annotated[bool, typer.Option("--plms", help="Use the PLMS sampler (alias of --sampler plms).")]
 Seed = Annotated[Optional[int], typer.Option("--seed", help="First seed; picture i gets seed+i. Random when left out.")]
 Outdir = Annotated[Optional[Path], typer.Option("--outdir", "-o", help="Folder for the pictures.")]
@@ -94,7 +94,7 @@ def generate(
     prompt_opt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="The prompt (instead of the argument).")] = None,
     from_image: Annotated[Optional[Path], typer.Option("--from", help="Re-make the picture whose PNG carries these settings.")] = None,
     model: Model = None, negative: Negative = "", n_samples: Samples = 4, n_iter: Iters = 1, width: Width = None,
-    height: Height = None, steps: Steps = 25, cfg_scale: Cfg = 7.5, sampler: SamplerOpt = "dpmpp_2m_karras",
+    height: Height = None, steps: Steps = None, cfg_scale: Cfg = None, sampler: SamplerOpt = None,
     plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto",
     attention_slicing: Slicing = False, vae_tiling: Tiling = None, upscale: Upscale = None,
     rerank: Rerank = 1, score: ScoreOpt = False, scorer: ScorerOpt = "mini",
@@ -127,7 +127,7 @@ def img2img(
     init_image: Annotated[Path, typer.Option("--init-image", "-i", "--init-img", help="The picture to start from.")],
     strength: Strength = None,
     model: Model = None, negative: Negative = "", n_samples: Samples = 4, n_iter: Iters = 1, width: Width = None,
-    height: Height = None, steps: Steps = 25, cfg_scale: Cfg = 7.5, sampler: SamplerOpt = "dpmpp_2m_karras",
+    height: Height = None, steps: Steps = None, cfg_scale: Cfg = None, sampler: SamplerOpt = None,
     plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto",
     attention_slicing: Slicing = False, vae_tiling: Tiling = None, upscale: Upscale = None,
     rerank: Rerank = 1, score: ScoreOpt = False, scorer: ScorerOpt = "mini",
@@ -143,7 +143,7 @@ def variations(
     prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="Prompt; defaults to the picture's own, if it has one.")] = None,
     strength: Strength = None,
     model: Model = None, negative: Negative = "", n_samples: Samples = 4, n_iter: Iters = 1, width: Width = None,
-    height: Height = None, steps: Steps = 25, cfg_scale: Cfg = 7.5, sampler: SamplerOpt = "dpmpp_2m_karras",
+    height: Height = None, steps: Steps = None, cfg_scale: Cfg = None, sampler: SamplerOpt = None,
     plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto",
     attention_slicing: Slicing = False, vae_tiling: Tiling = None, upscale: Upscale = None,
     rerank: Rerank = 1, score: ScoreOpt = False, scorer: ScorerOpt = "mini",
@@ -160,7 +160,7 @@ def inpaint(
     mask: Annotated[Path, typer.Option("--mask", help="White where to repaint, black where to keep.")],
     strength: Strength = None, mask_blur: MaskBlur = 4,
     model: Model = None, negative: Negative = "", n_samples: Samples = 4, n_iter: Iters = 1, width: Width = None,
-    height: Height = None, steps: Steps = 25, cfg_scale: Cfg = 7.5, sampler: SamplerOpt = "dpmpp_2m_karras",
+    height: Height = None, steps: Steps = None, cfg_scale: Cfg = None, sampler: SamplerOpt = None,
     plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto",
     attention_slicing: Slicing = False, vae_tiling: Tiling = None, upscale: Upscale = None,
     rerank: Rerank = 1, score: ScoreOpt = False, scorer: ScorerOpt = "mini",
@@ -181,7 +181,7 @@ def outpaint(
     down: Annotated[int, typer.Option("--down", help="Pixels to add at the bottom.")] = 0,
     mask_blur: MaskBlur = 8,
     model: Model = None, negative: Negative = "", n_samples: Samples = 4, n_iter: Iters = 1,
-    steps: Steps = 25, cfg_scale: Cfg = 7.5, sampler: SamplerOpt = "dpmpp_2m_karras",
+    steps: Steps = None, cfg_scale: Cfg = None, sampler: SamplerOpt = None,
     plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto",
     attention_slicing: Slicing = False, vae_tiling: Tiling = None, upscale: Upscale = None,
     rerank: Rerank = 1, score: ScoreOpt = False, scorer: ScorerOpt = "mini",

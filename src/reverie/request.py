@@ -20,6 +20,10 @@ Mode = Literal["txt2img", "img2img", "variations", "inpaint", "outpaint", "upsca
 MAX_SIDE = 4096
 MAX_SEED = 2**32 - 1
 
+# Sampling settings a request leaves out come from the model (reverie-mini has its own, the ones
+# its evaluation used), then from these.
+GENERATION_DEFAULTS = {"steps": 25, "cfg_scale": 7.5, "sampler": DEFAULT_SAMPLER}
+
 # Strength when the user gives none: img2img keeps the composition, variations wander a little less.
 DEFAULT_STRENGTH = {"img2img": 0.75, "variations": 0.6, "inpaint": 1.0, "outpaint": 1.0}
 
@@ -35,9 +39,10 @@ class GenerationRequest(BaseModel):
     model: str | None = None
     width: int | None = Field(None, ge=64, le=MAX_SIDE)
     height: int | None = Field(None, ge=64, le=MAX_SIDE)
-    steps: int = Field(25, ge=1, le=500)
-    cfg_scale: float = Field(7.5, ge=0.0, le=50.0)
-    sampler: str = DEFAULT_SAMPLER
+    # None: the model's own default, else GENERATION_DEFAULTS (see `with_defaults`).
+    steps: int | None = Field(None, ge=1, le=500)
+    cfg_scale: float | None = Field(None, ge=0.0, le=50.0)
+    sampler: str | None = None
     seed: int | None = Field(None, ge=-1, le=MAX_SEED)
     n_samples: int = Field(4, ge=1, le=64)
     n_iter: int = Field(1, ge=1, le=1000)
@@ -68,8 +73,8 @@ class GenerationRequest(BaseModel):
 
     @field_validator("sampler")
     @classmethod
-    def _known_sampler(cls, value: str):
-        return get_sampler(value).name
+    def _known_sampler(cls, value: str | None):
+        return None if value is None else get_sampler(value).name
 
     @field_validator("init_image", "mask_image")
     @classmethod
@@ -99,9 +104,16 @@ class GenerationRequest(BaseModel):
             raise ValueError("mode outpaint needs at least one of outpaint_left/right/up/down > 0")
         if self.rerank > 1 and self.mode == "upscale":
             raise ValueError("rerank: upscaling makes one picture, there is nothing to choose from; use 1")
-        if self.sampler == "lcm" and self.steps > 50:
+        if self.sampler == "lcm" and (self.steps or 0) > 50:
             raise ValueError("the lcm sampler takes at most 50 steps (steps)")
         return self
+
+    def with_defaults(self, model_defaults: dict | None = None) -> "GenerationRequest":
+        """The request with the sampling settings it left out filled in: the model's own
+        defaults first (`model_defaults`), then GENERATION_DEFAULTS."""
+        defaults = GENERATION_DEFAULTS | (model_defaults or {})
+        updates = {name: defaults[name] for name in GENERATION_DEFAULTS if getattr(self, name) is None}
+        return self.model_copy(update=updates) if updates else self
 
     @property
     def outpaint_extents(self) -> tuple[int, int, int, int]:

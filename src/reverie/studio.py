@@ -104,11 +104,12 @@ class Studio:
         started = time.perf_counter()
         if request.mode == "upscale":
             batches, model_name = _picture_as_batch(request), "reverie-upscaler"
-            request = request.model_copy(update={"upscale": request.upscale or 4})
+            request = request.model_copy(update={"upscale": request.upscale or 4}).with_defaults()
         else:
             progress(ProgressEvent("load", message=f"loading {request.model}"))
             components = self.model(request.model, device, dtype)
             request = self._fit_memory(request, components, device, dtype)
+            request = request.with_defaults(components.extras.get("defaults"))
             if request.upscale is None:
                 request = request.model_copy(update={"upscale": components.extras.get("default_upscale", 1)})
             candidates = request.model_copy(update={"n_iter": request.n_iter * request.rerank})

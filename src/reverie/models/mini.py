@@ -25,6 +25,10 @@ SHARD_INDEX = WEIGHTS_FILE + ".index.json"
 MAX_SHARD = "16MB"
 # It draws 64 px pictures and shows them 256 px through the built-in upscaler.
 DEFAULT_UPSCALE = 4
+# The sampling settings its evaluation uses (docs/mini-eval.md), for requests that give none: at
+# reverie's general defaults (25 steps dpmpp_2m_karras, CFG 7.5) v0.6 drew the named colour
+# in 78.1% of pictures and colours on new objects in 62.5%, against 82.3% and 73.8% here.
+SAMPLING_DEFAULTS = {"steps": 20, "cfg_scale": 4.0, "sampler": "dpmpp_2m"}
 
 
 def mini_installed(folder: Path = MINI_DIR) -> bool:
@@ -71,7 +75,7 @@ def load_mini(dtype: torch.dtype = torch.float32, folder: Path = MINI_DIR) -> Mo
         scheduler_config=scheduler_config,
         source=str(folder),
         family="mini",
-        extras={"default_upscale": DEFAULT_UPSCALE},
+        extras={"default_upscale": DEFAULT_UPSCALE, "defaults": dict(SAMPLING_DEFAULTS)},
     )
 
 

@@ -87,6 +87,7 @@ def run_batches(
     should_stop: StopCheck,
 ) -> Iterator[list[tuple[Image.Image, int]]]:
     """Yield [(picture, seed), ...] for each of the request's n_iter batches."""
+    request = request.with_defaults(components.extras.get("defaults"))
     prepared = prepare_input(request, components)
     seeds = request.image_seeds()
     progress(ProgressEvent("encode", message="encoding prompt"))

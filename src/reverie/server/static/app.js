@@ -55,8 +55,7 @@ $("#login-form").addEventListener("submit", async (event) => {
 async function fillChoices() {
   const [styles, samplers, models] = await Promise.all([api("/api/v1/styles"), api("/api/v1/samplers"), api("/api/v1/models")]);
   $("#style").replaceChildren(...styles.map((s) => new Option(s.name, s.name === "None" ? "" : s.name)));
-  $("#sampler").replaceChildren(...samplers.map((s) => new Option(s.label, s.name)));
-  $("#sampler").value = "dpmpp_2m_karras";
+  $("#sampler").replaceChildren(new Option("model default", ""), ...samplers.map((s) => new Option(s.label, s.name)));
   $("#model").replaceChildren(new Option("default", ""), ...models.map((m) => new Option(m.name, m.name)));
 }
 
@@ -67,7 +66,7 @@ function requestFromForm() {
   const style = $("#style").value; if (style) fields.style = style;
   for (const name of ["width", "height", "steps", "seed"]) { const v = $(`#${name}`).value; if (v !== "") fields[name] = parseInt(v, 10); }
   const cfg = $("#cfg_scale").value; if (cfg !== "") fields.cfg_scale = parseFloat(cfg);
-  fields.sampler = $("#sampler").value;
+  if ($("#sampler").value) fields.sampler = $("#sampler").value;
   if ($("#model").value) fields.model = $("#model").value;
   fields.n_samples = 4;
   const rerank = parseInt($("#rerank").value, 10); if (rerank > 1) fields.rerank = rerank;
