@@ -213,6 +213,8 @@ def test_a1111_txt2img_and_img2img(client):
     assert response.status_code == 200, response.text
     result = np.asarray(Image.open(io.BytesIO(base64.b64decode(response.json()["images"][0]))).convert("RGB"), np.int16)
     assert np.array_equal(result[:, :24], picture()[:, :24].astype(np.int16))  # unmasked half kept
+    # No sampler asked for: the info names the one the model's defaults chose, as A1111 does.
+    assert json.loads(response.json()["info"])["sampler_name"] == "dpmpp_2m_karras"
 
 
 def test_a1111_listings_options_and_progress(client):

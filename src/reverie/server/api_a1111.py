@@ -78,15 +78,18 @@ def _submit(state: StudioState, user: User, fields: dict, styles: list[str]):
 def _response(state: StudioState, job, body: A1111Common) -> dict:
     images = state.gallery.job_images(job)
     paths = [state.gallery.image_path(image) for image in images]
-    infotexts = [read_png_info(path).get("parameters") or "" for path in paths]
+    infos = [read_png_info(path) for path in paths]
+    infotexts = [info.get("parameters") or "" for info in infos]
     request = json.loads(job.request_json)
+    # The settings the pictures were made with: what the request left out, the model filled in.
+    used = request | ((infos[0].get("reverie") or {}).get("settings") or {} if infos else {})
     info = {
         "prompt": request["prompt"], "all_prompts": [request["prompt"]] * len(images),
         "negative_prompt": request["negative_prompt"], "all_negative_prompts": [request["negative_prompt"]] * len(images),
         "seed": images[0].seed if images else request.get("seed"), "all_seeds": [image.seed for image in images],
         "subseed": -1, "all_subseeds": [-1] * len(images), "subseed_strength": 0,
         "width": images[0].width if images else request["width"], "height": images[0].height if images else request["height"],
-        "sampler_name": request["sampler"], "cfg_scale": request["cfg_scale"], "steps": request["steps"],
+        "sampler_name": used["sampler"], "cfg_scale": used["cfg_scale"], "steps": used["steps"],
         "batch_size": request["n_samples"], "sd_model_name": request.get("model"), "job_timestamp": job.created.strftime("%Y%m%d%H%M%S"),
         "infotexts": infotexts, "styles": body.styles, "reverie_job": job.id,
     }
