@@ -38,7 +38,7 @@ data: $(STAMP) $(NPM_STAMP)
 
 demo: $(STAMP)
 	@echo "reverie demo: four pictures from the built-in model '$(DEMO_MODEL)' (emoji and icons), into outputs/demo"
-	$(BIN)/reverie generate "$(PROMPT)" --model $(DEMO_MODEL) -n 4 --steps 20 --cfg-scale 4 --seed 1 --outdir outputs/demo
+	$(BIN)/reverie generate "$(PROMPT)" --model $(DEMO_MODEL) -n 4 --seed 1 --outdir outputs/demo
 
 $(BROWSER):
 	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; \
