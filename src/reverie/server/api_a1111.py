@@ -82,7 +82,8 @@ def _response(state: StudioState, job, body: A1111Common) -> dict:
     infotexts = [info.get("parameters") or "" for info in infos]
     request = json.loads(job.request_json)
     # The settings the pictures were made with: what the request left out, the model filled in.
-    used = request | ((infos[0].get("reverie") or {}).get("settings") or {} if infos else {})
+    made_with = ((infos[0].get("reverie") or {}).get("settings") or {}) if infos else {}
+    used = request | made_with
     info = {
         "prompt": request["prompt"], "all_prompts": [request["prompt"]] * len(images),
         "negative_prompt": request["negative_prompt"], "all_negative_prompts": [request["negative_prompt"]] * len(images),

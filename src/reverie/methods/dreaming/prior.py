@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ...prompts.conditioning import encode_prompt_pair
+from ...request import BUILTIN_GENERATOR
 
 NO_PRIOR, AUTO_PRIOR = "none", "auto"
 T_LOW, T_HIGH = 0.02, 0.98  # the share of the noise schedule the prior samples from
@@ -32,7 +33,7 @@ def prior_for(reference: str, generator: str) -> str:
     """The model a dream's `prior` setting names; `auto` is reverie-mini for the built-in generator
     (its own autoencoder, its own world) and none for the others, whose pictures mini never made."""
     if reference == AUTO_PRIOR:
-        return "mini" if generator == "mini" else NO_PRIOR
+        return "mini" if generator == BUILTIN_GENERATOR else NO_PRIOR
     return reference
 
 

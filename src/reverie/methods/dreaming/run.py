@@ -21,6 +21,7 @@ from PIL import Image
 
 from ... import __version__
 from ...errors import BadCheckpoint, BadRequest, ModelNotFound
+from ...models.components import ModelComponents
 from ...outputs.metadata import save_png
 from ...progress import ProgressCallback, ProgressEvent, StopCheck, no_progress, should_never_stop
 from ...request import DreamRequest, make_dream_request
@@ -85,7 +86,9 @@ class Dream:
         self.request = request = request.with_seed()
         self.device = torch.device(device)
         self.rng = torch.Generator().manual_seed(request.seed)
-        prior_model = self._prior_model(request)
+        prompts = parse_dream_prompt(request.prompt)
+        pulling = [p for p in prompts if p.weight]  # what the prior steers toward or away from
+        prior_model = self._prior_model(request, pulling)
         if prior_model is not None and prior_for(request.prior, request.generator) == request.generator:
             self.kind, network = "latent", prior_model.vae  # dreaming in the prior's own latents: load it once
         else:
@@ -100,9 +103,8 @@ class Dream:
                 raise BadRequest("init_image", f"the {self.kind} generator cannot start from a picture")
             self.generator.set_image(self._picture(request.init_image, "init_image").to(self.device))
             self.generator.after_step()
-        self.targets = self._targets(request)
-        self.prior = None if prior_model is None else DiffusionPrior(
-            prior_model, self._prior_prompts(request), request.prior_guidance, self.device)
+        self.targets = self._targets(request, prompts)
+        self.prior = None if prior_model is None else DiffusionPrior(prior_model, pulling, request.prior_guidance, self.device)
         self.optimizer = self._optimizer()
         self.step, self.smoothed, self.best, self.since_best = 0, math.nan, math.inf, 0
         self.history: list[dict] = []
@@ -115,22 +117,18 @@ class Dream:
 
         return from_image(load_image(reference, field_name), self.request.width, self.request.height)
 
-    def _targets(self, request: DreamRequest) -> list[Target]:
-        targets = text_targets(self.guides, parse_dream_prompt(request.prompt))
+    def _targets(self, request: DreamRequest, prompts) -> list[Target]:
+        targets = text_targets(self.guides, prompts)
         for reference in request.image_prompts:
             path, weight, stop = parse_image_prompt(reference)
             pixels = self._picture(str(path), "image_prompts").to(self.device)
             targets.append(image_target(self.guides, str(path), pixels, weight, stop))
         return targets
 
-    @staticmethod
-    def _prior_prompts(request: DreamRequest):
-        return [p for p in parse_dream_prompt(request.prompt) if p.weight]
-
-    def _prior_model(self, request: DreamRequest):
+    def _prior_model(self, request: DreamRequest, pulling) -> ModelComponents | None:
         """The loaded model whose denoiser is the dream's prior, or None for no prior."""
         reference = prior_for(request.prior, request.generator)
-        if reference == NO_PRIOR or request.prior_weight == 0 or not self._prior_prompts(request):
+        if reference == NO_PRIOR or request.prior_weight == 0 or not pulling:
             return None
         from ...models.registry import load_model
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 
 from ...errors import ModelNotFound
+from ...request import BUILTIN_GENERATOR as BUILTIN
 from .generators import BigGANGenerator, Generator, LatentGenerator, PixelGenerator, VQGANGenerator
 
-BUILTIN = "mini"
 PIXELS = "pixels"
 
 
