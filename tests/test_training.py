@@ -163,6 +163,9 @@ def test_train_folders_must_be_model_folders(monkeypatch, capsys, tmp_path):
     assert code == 2 and "--init" in err
     code, _, err = run_cli(monkeypatch, capsys, "train", "autoencoder", "--data", str(data), "--init", str(tmp_path / "nowhere"))
     assert code == 2 and "--init" in err and "autoencoder" in err
+    code, _, err = run_cli(monkeypatch, capsys, "train", "grow", "--data", str(data), "--small", str(data),
+                           "--vae", str(tmp_path / "nowhere"))
+    assert code == 2 and "--vae" in err and "autoencoder" in err
 
 
 def test_an_autoencoder_run_can_start_from_given_weights_and_balance_colours(tmp_path):
@@ -247,3 +250,54 @@ def test_a_robust_clip_run_trains_and_exports(tmp_path):
     vectors = encoder(to_unit_range(images))
     assert vectors.shape == (6, 384) and torch.allclose(vectors.norm(dim=-1), torch.ones(6), atol=1e-4)
     assert (tmp_path / "clip" / "checkpoint" / "model.safetensors").exists()
+
+
+def test_a_grown_autoencoder_keeps_every_old_weight_and_starts_as_the_old_one_larger():
+    import torch.nn.functional as F
+
+    from reverie.training.grow import grow_autoencoder
+
+    torch.manual_seed(0)
+    old = build_autoencoder(16, channels=(32, 32)).eval()
+    grown = grow_autoencoder(old).eval()
+    assert grown.config.sample_size == 32 and len(grown.config.block_out_channels) == 3
+    old_state, new_state = old.state_dict(), grown.state_dict()
+    for key, value in old_state.items():
+        new_key = key.replace(f"encoder.down_blocks.{key.split('.')[2]}.",
+                              f"encoder.down_blocks.{int(key.split('.')[2]) + 1}.") if key.startswith("encoder.down_blocks.") else key
+        assert torch.equal(new_state[new_key], value), key
+    h = torch.randn(2, 32, 8, 8)
+    with torch.no_grad():
+        # The new encoder level averages 2x2 blocks; the new decoder level passes its input on; the
+        # decoder's new upsampling repeats each pixel.
+        assert torch.allclose(grown.encoder.down_blocks[0](h), F.avg_pool2d(h, 2), atol=1e-6)
+        assert torch.allclose(grown.decoder.up_blocks[2].resnets[0](h, None), h, atol=1e-6)
+        upsample = grown.decoder.up_blocks[1].upsamplers[0]
+        assert torch.allclose(upsample(h), F.interpolate(h, scale_factor=2, mode="nearest"), atol=1e-6)
+        # 32 px pictures land where their 16 px halves did, and latents are drawn at 32 px.
+        x = to_unit_range(pictures(n=2, size=32))
+        latent = grown.encode(x).latent_dist.mean
+        assert latent.shape == old.encode(F.avg_pool2d(x, 2)).latent_dist.mean.shape
+        assert grown.decode(latent).sample.shape == (2, 3, 32, 32)
+
+
+def test_growing_trains_the_decoder_toward_the_large_pictures_and_the_encoder_toward_the_old_latents(tmp_path):
+    from reverie.training.autoencoder import posteriors
+    from reverie.training.grow import grow_autoencoder, halve, train_grown
+
+    torch.manual_seed(0)
+    old = build_autoencoder(16, channels=(32, 32)).eval()
+    large = pictures(n=8, size=32)
+    mean, _ = posteriors(old, halve(large))
+    x = to_unit_range(large)
+
+    def errors(model):
+        with torch.no_grad():
+            return (float((model.decode(mean).sample - x).abs().mean()),
+                    float((model.encode(x).latent_dist.mean - mean).square().mean()))
+
+    before = errors(grow_autoencoder(old).eval())
+    grown = train_grown(old, large, tmp_path / "grown", small_config(40, ema_decay=0.5), quiet=True)
+    after = errors(grown)
+    assert after[0] < before[0] and after[1] < before[1]
+    assert (tmp_path / "grown" / "checkpoint" / "state.json").is_file()

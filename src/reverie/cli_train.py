@@ -37,11 +37,11 @@ def _config(steps, batch_size, lr, bf16, save_every, sample_every, warmup, ema_d
                        sample_every=sample_every, warmup=warmup, ema_decay=ema_decay)
 
 
-def _check_data(data: Path) -> None:
+def _check_data(data: Path, option: str = "--data") -> None:
     from .errors import ReverieError
 
     if not data.is_dir():
-        raise ReverieError(f"--data: no dataset folder at {data}; build one with `reverie data build --out {data}`")
+        raise ReverieError(f"{option}: no dataset folder at {data}; build one with `reverie data build --out {data}`")
 
 
 def _check_component(option: str, folder: Path, what: str, hint: str = "") -> None:
@@ -81,6 +81,25 @@ def decoder(data: Data = Path("data/build/mini-64"), vae: Annotated[Path, typer.
     _check_component("--vae", vae, "an autoencoder folder", "; train one with `reverie train autoencoder`")
     export = run_decoder(data, vae, out_dir, _config(steps, batch_size, lr, bf16, save_every, sample_every, warmup, ema_decay))
     out.print(f"autoencoder with the new decoder saved to {export}")
+
+
+@train_app.command()
+def grow(data: Data = Path("data/build/hires-128"),
+         small: Annotated[Path, typer.Option("--small", help="The dataset at the autoencoder's own size, for art the large one lacks.")] = Path("data/build/mini-64"),
+         vae: Annotated[Path, typer.Option("--vae", help="The trained autoencoder to grow (RUN/vae).")] = Path("runs/autoencoder/vae"),
+         out_dir: Out = Path("runs/grown"), steps: Steps = 1500, batch_size: Batch = 32, lr: Lr = 2e-4, bf16: Bf16 = False,
+         save_every: SaveEvery = 250, sample_every: SampleEvery = 250, warmup: Warmup = 50, ema_decay: EmaDecay = 0.995):
+    """Grow the autoencoder to twice its picture size, keeping its latents (and so the denoiser).
+
+    DATA: vector art rendered at twice the size (reverie data build --sources fluent,tabler --size 128).
+    """
+    from .training.mini import run_grown
+
+    _check_data(data)
+    _check_data(small, "--small")
+    _check_component("--vae", vae, "an autoencoder folder", "; train one with `reverie train autoencoder`")
+    export = run_grown(data, small, vae, out_dir, _config(steps, batch_size, lr, bf16, save_every, sample_every, warmup, ema_decay))
+    out.print(f"grown autoencoder saved to {export}")
 
 
 @train_app.command()

@@ -74,6 +74,33 @@ def run_decoder(data: str | Path, vae_dir: str | Path, out: str | Path, config: 
     return export
 
 
+def run_grown(data: str | Path, small: str | Path, vae_dir: str | Path, out: str | Path, config: TrainConfig,
+              quiet: bool = False) -> Path:
+    """Grow a trained autoencoder to twice its size (training/grow.py); export it to out/vae.
+
+    `data` holds art rendered at twice the autoencoder's size; the sources it lacks are taken
+    from `small` (at the autoencoder's size) and enlarged by the built-in upscaler as targets.
+    The latent space and scaling factor stay, so the denoiser needs no retraining.
+    """
+    from ..models.upscaler import load_upscaler
+    from .grow import teacher_pictures, train_grown
+
+    vae = AutoencoderKL.from_pretrained(vae_dir, local_files_only=True, dtype=torch.float32)
+    size = int(vae.config.sample_size)
+    large = read_dataset(data, 2 * size, "train")
+    covered = {path.relative_to(large.root / "train").parts[0] for path in large.paths}
+    raster = read_dataset(small, size, "train")
+    keep = [i for i, path in enumerate(raster.paths) if path.relative_to(raster.root / "train").parts[0] not in covered]
+    pictures = large.images
+    if keep:
+        pictures = torch.cat([pictures, teacher_pictures(raster.images[keep], load_upscaler().float().eval())])
+    test = read_dataset(data, 2 * size, "test")
+    grown = train_grown(vae, pictures, out, config, held_out=test.images, quiet=quiet)
+    export = Path(out) / "vae"
+    grown.save_pretrained(export, safe_serialization=True)
+    return export
+
+
 def run_denoiser(data: str | Path, vae_dir: str | Path, out: str | Path, config: TrainConfig, quiet: bool = False,
                  init: str | Path | None = None, balance_colours: bool = False) -> Path:
     """Train (or resume) the UNet on the autoencoder's latents; export it to out/unet.
