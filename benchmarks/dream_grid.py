@@ -3,12 +3,12 @@
 Each row is one prompt; columns are the picture at the given iterations, with the CLIP score of
 the prompt printed beside it. Writes docs/dream-grid.png.
 
-    .venv/bin/python benchmarks/dream_grid.py               # at mini's 64 px, shown at 256
-    .venv/bin/python benchmarks/dream_grid.py --size 128 --upscale 1 --prior none --out /tmp/no-prior.png
+    .venv/bin/python benchmarks/dream_grid.py               # at mini's 128 px, shown at 256
+    .venv/bin/python benchmarks/dream_grid.py --size 64 --upscale 1 --prior none --out /tmp/no-prior.png
 
 By default the dream has reverie-mini's diffusion prior (score distillation) beside the guide,
 as `reverie dream` does; `--prior none` shows CLIP alone. The pictures are shown as the dream
-saves them (by default dreamed at 64 px and enlarged 4x by the built-in upscaler).
+saves them (by default dreamed at 128 px and enlarged 2x by the built-in upscaler).
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ A distance under about 10 is hard to see; over 20 is another colour.
 
     .venv/bin/python benchmarks/eval_autoencoder.py                       # the built-in autoencoder
     .venv/bin/python benchmarks/eval_autoencoder.py runs/vae-v02/vae runs/ae-v04/vae
+    .venv/bin/python benchmarks/eval_autoencoder.py runs/mini-v07/vae runs/grow-v08/vae   # 64 px, grown 128 px
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ def main() -> None:
     for folder in folders:
         if not (folder / "config.json").is_file():
             raise SystemExit(f"{folder} is not an autoencoder folder (it has no config.json)")
+    # Pictures are read at each autoencoder's own size (64 px art is enlarged with Lanczos for a
+    # 128 px one); the colour classes come from the 64 px originals.
     test = read_dataset(args.data, 64, "test")
     classes = colour_classes(test.images).numpy()
     shown = [c for c in range(len(CLASS_NAMES)) if (classes == c).sum() >= 5]
@@ -74,9 +77,11 @@ def main() -> None:
     print(f"{'(pictures)':<34} {'':>6} {len(classes):>5} " + " ".join(f"{(classes == c).sum():>7}" for c in shown))
     for folder in folders:
         vae = AutoencoderKL.from_pretrained(folder, local_files_only=True, dtype=torch.float32).eval()
-        recon = reconstruct(vae, test.images)
-        l1 = float((recon - to_unit_range(test.images)).abs().mean())
-        distance = colour_distances(test.images, recon)
+        size = int(vae.config.sample_size)
+        images = test.images if size == 64 else read_dataset(args.data, size, "test").images
+        recon = reconstruct(vae, images)
+        l1 = float((recon - to_unit_range(images)).abs().mean())
+        distance = colour_distances(images, recon)
         per_class = [np.nanmean(distance[classes == c]) for c in shown]
         name = str(folder)[-34:]
         print(f"{name:<34} {l1:6.4f} {np.nanmean(distance):5.1f} " + " ".join(f"{d:7.1f}" for d in per_class))

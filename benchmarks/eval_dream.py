@@ -8,8 +8,8 @@ ranks all the prompts of the list; the table gives how often the dream's own pro
 (top-1) or in the first three, and the mean margin of its own prompt's cosine over the mean of
 the others.
 
-    .venv/bin/python benchmarks/eval_dream.py                     # 12 prompts, 64 px, 100 iterations
-    .venv/bin/python benchmarks/eval_dream.py --size 128 --iterations 200 --out /tmp/dreams.png
+    .venv/bin/python benchmarks/eval_dream.py                     # 12 prompts, 128 px, 100 iterations
+    .venv/bin/python benchmarks/eval_dream.py --size 64 --iterations 200 --out /tmp/dreams.png
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def judge(pictures, scorer) -> tuple[float, float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--iterations", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--prior-guidance", type=float, default=7.5)

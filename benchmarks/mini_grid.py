@@ -56,7 +56,7 @@ def main() -> None:
     draw = ImageDraw.Draw(sheet)
     for i, prompt in enumerate(PROMPTS):
         request = make_request(prompt=prompt, model=model, seed=0, steps=args.steps, cfg_scale=4.0,
-                               sampler="dpmpp_2m", n_samples=1, upscale=4, rerank=args.rerank)
+                               sampler="dpmpp_2m", n_samples=1, upscale=None, rerank=args.rerank)
         picture = studio.generate(request).images[0].image.resize((cell, cell), Image.LANCZOS)
         x, y = (i % 8) * cell, (i // 8) * (cell + 14)
         sheet.paste(picture, (x, y))

@@ -11,7 +11,7 @@ from PIL import Image
 
 from checkpoint_layouts import IMAGENET_F16, openai_clip_model, write_biggan, write_openai_clip, write_taming_vqgan
 from conftest import pixels
-from reverie.errors import BadRequest, ModelNotFound, PromptSyntaxError
+from reverie.errors import BadCheckpoint, BadRequest, ModelNotFound, PromptSyntaxError
 from reverie.methods.dreaming import Dream, start_dream
 from reverie.methods.dreaming.prompts import DreamPrompt, parse_dream_prompt, parse_image_prompt
 from test_cli import run_cli
@@ -83,13 +83,22 @@ def test_continue_with_new_prompts_but_not_a_new_size(tmp_path):
         Dream.resume(tmp_path, width=128)
     with pytest.raises(ModelNotFound, match="not a dream run folder"):
         Dream.resume(tmp_path / "steps")
+    # A dream whose generator has changed shape since (an older reverie-mini) is refused by name;
+    # its pictures stay where they are.
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    state["params"]["latents"] = state["params"]["latents"][..., :4, :4]
+    torch.save(state, tmp_path / "state.pt")
+    with pytest.raises(BadCheckpoint, match="latents.*start a new dream"):
+        Dream.resume(tmp_path)
+    assert (tmp_path / "dream.png").is_file()
 
 
 def test_builtin_dreams_happen_at_minis_size_and_are_saved_larger(tmp_path):
     from reverie.outputs.metadata import read_png_info
     from reverie.request import make_dream_request
 
-    assert [getattr(make_dream_request(prompt="x"), k) for k in ("width", "height", "upscale")] == [64, 64, 4]
+    assert [getattr(make_dream_request(prompt="x"), k) for k in ("width", "height", "upscale")] == [128, 128, 2]
+    assert make_dream_request(prompt="x", width=64, height=64).upscale == 4  # still shown at 256
     assert [getattr(make_dream_request(prompt="x", generator="pixels"), k) for k in ("width", "upscale")] == [256, 1]
     assert make_dream_request(prompt="x", width=256, height=256).upscale == 1  # a large dream is saved as it is
     with pytest.raises(BadRequest, match="upscale"):
@@ -97,13 +106,13 @@ def test_builtin_dreams_happen_at_minis_size_and_are_saved_larger(tmp_path):
     dream = start_dream(dict(prompt="red apple", seed=0, cutouts=8, save_every=2))
     report = dream.run(2, tmp_path / "shown")
     saved = Image.open(report.picture)
-    assert saved.size == (256, 256) and dream.picture().size == (64, 64)
+    assert saved.size == (256, 256) and dream.picture().size == (128, 128)
     assert Image.open(report.snapshots[0]).size == (256, 256)
     # The saved picture is the dream enlarged: brought back down, it is the dream's own pixels.
-    assert np.abs(pixels(saved.resize((64, 64), Image.BOX)) - pixels(dream.picture())).mean() < 8
-    assert "Upscale: 4" in read_png_info(report.picture)["parameters"]
+    assert np.abs(pixels(saved.resize((128, 128), Image.BOX)) - pixels(dream.picture())).mean() < 8
+    assert "Upscale: 2" in read_png_info(report.picture)["parameters"]
     plain = start_dream(dict(prompt="red apple", seed=0, cutouts=8, save_every=2, upscale=1)).run(1, tmp_path / "plain")
-    assert Image.open(plain.picture).size == (64, 64)
+    assert Image.open(plain.picture).size == (128, 128)
 
 
 def test_patience_stops_a_dream_that_no_longer_improves(tmp_path):
@@ -240,7 +249,7 @@ def test_dream_command_writes_snapshots_video_and_continues(monkeypatch, capsys,
     (["dream", "x", "--clip", "/no/such/clip.pt"], "no CLIP at /no/such/clip.pt"),
     (["dream", "--continue", "/no/such/run"], "not a dream run folder"),
     (["dream"], "prompt: give a prompt"),
-    (["dream", "x", "-W", "66", "-H", "64"], "width: this autoencoder needs sizes that are multiples of 4"),
+    (["dream", "x", "-W", "66", "-H", "64"], "width: this autoencoder needs sizes that are multiples of 8"),
 ])
 def test_dream_mistakes_exit_2(monkeypatch, capsys, tmp_path, args, message):
     code, _, err = run_cli(monkeypatch, capsys, *args, *(["-o", str(tmp_path)] if args[1:2] != ["--continue"] else []))

@@ -26,9 +26,10 @@ def as_tensor(images):
     return to_unit_range(torch.stack([torch.from_numpy(np.array(i.convert("RGB"))).permute(2, 0, 1) for i in images]))
 
 
-def test_default_model_makes_four_256px_pictures(studio):
+def test_default_model_makes_four_256px_pictures_from_128px_ones(studio):
     result = studio.generate(make_request(prompt="red apple", seed=0, steps=12))
-    assert result.request.model == "mini" and result.request.upscale == 4
+    assert result.request.model == "mini" and result.request.upscale == 2
+    assert (result.request.width, result.request.height) == (128, 128)  # mini's own size
     assert len(result.images) == 4
     assert all(img.image.size == (256, 256) for img in result.images)
 
@@ -79,22 +80,22 @@ def test_img2img_and_inpaint_run_on_mini(studio, tmp_path):
     source.images[0].image.save(path)
     varied = studio.generate(make_request(mode="img2img", prompt="red car, Twemoji", init_image=str(path), strength=0.5,
                                           steps=10, n_samples=1, seed=2, upscale=1))
-    assert varied.images[0].image.size == (64, 64)
-    mask = np.zeros((64, 64), np.uint8)
-    mask[:, 32:] = 255
+    assert varied.images[0].image.size == (128, 128)
+    mask = np.zeros((128, 128), np.uint8)
+    mask[:, 64:] = 255
     Image.fromarray(mask).save(tmp_path / "mask.png")
     painted = studio.generate(make_request(mode="inpaint", prompt="star, Twemoji", init_image=str(path),
                                            mask_image=str(tmp_path / "mask.png"), steps=10, n_samples=1, seed=3, upscale=1))
     out, original = pixels(painted.images[0].image), pixels(Image.open(path))
-    assert np.array_equal(out[:, :32], original[:, :32])
+    assert np.array_equal(out[:, :64], original[:, :64])
 
 
 def test_upscaler_enlarges_and_keeps_the_picture(studio, tmp_path):
     small = studio.generate(make_request(prompt="rocket, flat Fluent emoji", seed=4, steps=10, n_samples=1, upscale=1))
     small.images[0].image.save(tmp_path / "small.png")
     big = studio.generate(make_request(mode="upscale", init_image=str(tmp_path / "small.png"), n_samples=1))
-    assert big.images[0].image.size == (256, 256)
-    back = big.images[0].image.resize((64, 64), Image.LANCZOS)
+    assert big.images[0].image.size == (512, 512)
+    back = big.images[0].image.resize((128, 128), Image.LANCZOS)
     assert np.abs(pixels(back) - pixels(small.images[0].image)).mean() < 12
 
 
@@ -126,7 +127,7 @@ def test_live_previews_show_the_colours_of_the_latents():
     from reverie.methods.diffusion.preview import preview_image
 
     vae = load_mini().vae
-    red = torch.zeros(1, 3, 64, 64)
+    red = torch.zeros(1, 3, 128, 128)
     red[:, 0] = 1.0  # pure red, in [-1, 1]: (1, -1, -1)
     red = red * 2 - 1
     with torch.no_grad():

@@ -237,6 +237,17 @@ def test_openai_generations_b64_and_url(client):
     assert url.startswith("http://testserver/files/") and client.get(url).status_code == 200
 
 
+def test_openai_sizes_are_drawn_at_minis_own_size_and_upscaled(tmp_path):
+    from reverie.server.api_openai import _base_size
+
+    with make_client(tmp_path, default_model="mini") as mini:
+        state = mini.app.state.studio
+        assert [_base_size(state, size, None) for size in ("64x64", "128x128", "256x256", "512x512")] == [
+            (64, 64, 1), (128, 128, 1), (128, 128, 2), (128, 128, 4)]
+        # A model without a native size draws every size itself.
+        assert _base_size(state, "256x256", "tiny-random") == (256, 256, 1)
+
+
 def test_openai_edits_repaint_the_transparent_pixels(client):
     rgba = np.zeros((64, 64, 4), np.uint8)
     rgba[..., :3] = picture()

@@ -209,5 +209,5 @@ def test_dream_view_shows_the_dream_as_it_goes(page, server):
     page.wait_for_function("document.querySelectorAll('#dream-results .card img').length === 1", timeout=120_000)
     request = last_job(server)
     assert request["prompt"] == "red apple | blue:-0.5" and request["iterations"] == 30
-    # Size "auto": the built-in generator dreams at its own 64 px, shown 4x larger.
-    assert (request["width"], request["height"], request["upscale"]) == (64, 64, 4)
+    # Size "auto": the built-in generator dreams at its own 128 px, shown 2x larger.
+    assert (request["width"], request["height"], request["upscale"]) == (128, 128, 2)

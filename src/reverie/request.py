@@ -54,7 +54,7 @@ class GenerationRequest(BaseModel):
     outpaint_right: int = Field(0, ge=0, le=MAX_SIDE)
     outpaint_up: int = Field(0, ge=0, le=MAX_SIDE)
     outpaint_down: int = Field(0, ge=0, le=MAX_SIDE)
-    upscale: Literal[1, 2, 4] | None = None  # None: the model's own default (4 for reverie-mini)
+    upscale: Literal[1, 2, 4] | None = None  # None: the model's own default (2 for reverie-mini: 128 px shown at 256)
     rerank: int = Field(1, ge=1, le=16)  # make this many candidates per picture kept; keep the best-scored
     score: bool = False  # record each picture's CLIP score against the prompt (always, when reranking)
     scorer: str = "mini"  # the CLIP that scores: mini (built in) or a CLIP file, as dreaming's guides
@@ -162,7 +162,8 @@ def bad_request_from(exc: ValidationError) -> BadRequest:
     return BadRequest(field, message)
 
 
-BUILTIN_GENERATOR, BUILTIN_DREAM_SIDE, DREAM_SIDE = "mini", 64, 256
+BUILTIN_GENERATOR, BUILTIN_DREAM_SIDE, DREAM_SIDE = "mini", 128, 256
+SHOWN_SIDE = 256  # built-in dreams are saved at least this large, through the upscaler
 DREAM_OPTIMIZERS = ("adam", "adamw", "adamax", "nadam", "radam", "rmsprop", "adagrad", "sgd")
 
 
@@ -189,11 +190,11 @@ class DreamRequest(BaseModel):
     prior_weight: float = Field(1.0, ge=0.0, le=100.0)
     prior_guidance: float = Field(7.5, ge=0.0, le=50.0)
     smoothness: float = Field(0.0, ge=0.0, le=1000.0)  # total-variation weight
-    # None: the generator's own size (64 for the built-in one, whose world is 64 px; else 256).
+    # None: the generator's own size (128 for the built-in one, reverie-mini's size; else 256).
     width: int | None = Field(None, ge=16, le=MAX_SIDE)
     height: int | None = Field(None, ge=16, le=MAX_SIDE)
-    # Pictures are saved this many times larger, by the built-in upscaler; None: 4 for dreams of
-    # the built-in generator up to 128 px a side (dreamed at mini's size, shown at 256), else 1.
+    # Pictures are saved this many times larger, by the built-in upscaler; None: for the built-in
+    # generator the least factor that shows them at 256 px (2 at mini's 128), else 1.
     upscale: Literal[1, 2, 4] | None = None
     iterations: int = Field(300, ge=1, le=1_000_000)
     save_every: int = Field(50, ge=1)
@@ -240,7 +241,8 @@ class DreamRequest(BaseModel):
         side = BUILTIN_DREAM_SIDE if builtin else DREAM_SIDE
         self.width, self.height = self.width or side, self.height or side
         if self.upscale is None:
-            self.upscale = 4 if builtin and max(self.width, self.height) <= 128 else 1
+            side = max(self.width, self.height)
+            self.upscale = next((f for f in (1, 2, 4) if side * f >= SHOWN_SIDE), 4) if builtin else 1
         return self
 
     def with_seed(self) -> "DreamRequest":

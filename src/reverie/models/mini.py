@@ -23,8 +23,8 @@ WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
 SHARD_INDEX = WEIGHTS_FILE + ".index.json"
 # Larger weights are written in shards of at most this size, so no file in the repository is large.
 MAX_SHARD = "16MB"
-# It draws 64 px pictures and shows them 256 px through the built-in upscaler.
-DEFAULT_UPSCALE = 4
+# It draws 128 px pictures and shows them 256 px through the built-in upscaler.
+NATIVE_SIDE, DEFAULT_UPSCALE = 128, 2
 # The sampling settings its evaluation uses (docs/mini-eval.md), for requests that give none: at
 # reverie's general defaults (25 steps dpmpp_2m_karras, CFG 7.5) v0.6 drew the named colour
 # in 78.1% of pictures and colours on new objects in 62.5%, against 82.3% and 73.8% here.

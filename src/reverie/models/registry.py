@@ -18,7 +18,7 @@ import torch
 from ..errors import ModelNotFound
 from .components import ModelComponents
 from .diffusers_folder import is_diffusers_folder, load_diffusers_folder
-from .mini import DEFAULT_UPSCALE as MINI_UPSCALE, MINI_NAME, load_mini, mini_installed
+from .mini import DEFAULT_UPSCALE as MINI_UPSCALE, MINI_NAME, NATIVE_SIDE as MINI_SIDE, load_mini, mini_installed
 from .tiny import TINY_NAME, build_tiny
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
@@ -59,6 +59,11 @@ def list_models() -> list[ModelEntry]:
 def default_upscale(reference: str) -> int:
     """The upscale factor a model's pictures get when the request names none, without loading it."""
     return MINI_UPSCALE if reference == MINI_NAME else 1
+
+
+def native_side(reference: str) -> int | None:
+    """The picture side a small built-in model draws best, when it has one (no loading)."""
+    return MINI_SIDE if reference == MINI_NAME else None
 
 
 def load_model(reference: str, dtype: torch.dtype = torch.float32) -> ModelComponents:

@@ -46,13 +46,13 @@ def _base_size(state: StudioState, size: str, model: str | None) -> tuple[int, i
     if size not in SIZES:
         raise BadRequest("size", f"must be one of {', '.join(SIZES)}")
     side = int(size.split("x")[0])
-    from ..models.registry import default_upscale
+    from ..models.registry import native_side
     from ..studio import default_model
     from .state import check_model
 
-    upscale = default_upscale(check_model(state, model) or default_model())
-    while upscale > 1 and (side // upscale) % 8:
-        upscale //= 2
+    # A model with a native size (reverie-mini's 128) draws at it and the upscaler makes the rest.
+    native = native_side(check_model(state, model) or default_model())
+    upscale = max((f for f in (1, 2, 4) if native and side // f >= native), default=1)
     return side // upscale, side // upscale, upscale
 
 

@@ -68,7 +68,7 @@ def _identity_kernel(conv: torch.nn.Conv2d, taps: list[tuple[int, int]]) -> None
                 conv.weight[channel, channel, y, x] = 1.0 / len(taps)
 
 
-def _renamed(key: str, levels: int) -> str:
+def _renamed(key: str) -> str:
     """An old weight's name in the grown model: encoder levels shift up by one; decoder levels keep theirs."""
     if key.startswith("encoder.down_blocks."):
         level, rest = key[len("encoder.down_blocks."):].split(".", 1)
@@ -80,7 +80,7 @@ def grow_autoencoder(vae: AutoencoderKL) -> AutoencoderKL:
     """A new autoencoder at twice `vae`'s picture size with `vae`'s latent space (see the module's text)."""
     grown = AutoencoderKL(**grown_config(dict(vae.config)))
     levels = len(vae.config.block_out_channels)
-    state = {_renamed(key, levels): value for key, value in vae.state_dict().items()}
+    state = {_renamed(key): value for key, value in vae.state_dict().items()}
     missing, unexpected = grown.load_state_dict(state, strict=False)
     if unexpected:
         raise ValueError(f"weights with no place in the grown autoencoder: {unexpected[:4]}")

@@ -285,6 +285,14 @@ class Dream:
         return dream
 
     def _load_state(self, state: dict, record: dict) -> None:
+        for name, param in self.generator.trainable().items():
+            saved = state["params"].get(name)
+            if saved is None or saved.shape != param.shape:
+                found = "nothing" if saved is None else "x".join(map(str, saved.shape))
+                raise BadCheckpoint(
+                    f"this dream saved {found} for its generator's {name}, where the {self.kind} generator now has "
+                    f"{'x'.join(map(str, param.shape))} (its model changed since the dream began: reverie-mini's "
+                    f"autoencoder draws 128 px from v0.8); its pictures are kept, start a new dream to go on")
         with torch.no_grad():
             for name, param in self.generator.trainable().items():
                 param.copy_(state["params"][name])
