@@ -62,7 +62,7 @@ def dream(
     smoothness: Annotated[Optional[float], typer.Option("--smoothness", "--tv", help="Total-variation weight: damps speckle and fine grids (default 0).")] = None,
     width: Annotated[Optional[int], typer.Option("--width", "-W")] = None,
     height: Annotated[Optional[int], typer.Option("--height", "-H")] = None,
-    upscale: Annotated[Optional[int], typer.Option("--upscale", help="Save the pictures 1, 2 or 4 times larger with the built-in upscaler (default: 4 for built-in dreams up to 128 px, else 1).")] = None,
+    upscale: Annotated[Optional[int], typer.Option("--upscale", help="Save the pictures 1, 2 or 4 times larger with the built-in upscaler (default: for built-in dreams the least factor that shows them at 256 px, 2 at mini's 128; else 1).")] = None,
     iterations: Annotated[Optional[int], typer.Option("--iterations", "-n", help="Iterations to run (default 300; 100 more when continuing).")] = None,
     save_every: Annotated[Optional[int], typer.Option("--save-every", help="Iterations between snapshots.")] = None,
     patience: Annotated[Optional[int], typer.Option("--patience", help="Stop after this many iterations without improvement.")] = None,
