@@ -170,6 +170,31 @@ def test_the_prior_alone_draws_what_the_model_would_draw():
     assert red[0] - red[2] > blue[0] - blue[2] + 0.15, (red, blue)
 
 
+def test_a_dream_in_the_priors_own_latents_gives_them_to_the_prior_whole():
+    """Read through the encoder, the prior sees only what the encoder keeps; dreaming in its own
+    latent space, it reads the latents themselves, and its pull on them is the SDS step."""
+    from reverie.methods.dreaming.prior import DiffusionPrior
+
+    dream = start_dream(dict(prompt="red heart", seed=0, **SMALL))
+    assert dream._prior_reads_latents
+    assert not start_dream(dict(prompt="red heart", generator="pixels", prior="mini", seed=0, **SMALL))._prior_reads_latents
+    prior: DiffusionPrior = dream.prior
+    latents = dream.generator.latents
+    latents.grad = None
+    prior.loss(dream.generator(), torch.Generator().manual_seed(0), latents).backward()
+    direct = latents.grad.clone()
+    # The same step by hand: the guided noise estimate's gap to the noise, weighted by 1 - alpha_bar.
+    rng = torch.Generator().manual_seed(0)
+    steps = len(prior.alphas)
+    t = torch.randint(int(0.02 * steps), int(0.98 * steps), (1,), generator=rng)
+    noise = torch.randn(latents.shape, generator=rng)
+    alpha = prior.alphas[t]
+    scaled = latents.detach() * prior.scaling
+    eps_hat = prior._noise_estimate(alpha.sqrt() * scaled + (1 - alpha).sqrt() * noise, t)
+    expected = (1 - alpha) * (eps_hat - noise) * prior.scaling / latents[0].numel()
+    assert torch.allclose(direct, expected, atol=1e-6)
+
+
 def test_prior_setting_and_its_mistakes(tmp_path):
     from reverie.methods.dreaming.prior import prior_for
 

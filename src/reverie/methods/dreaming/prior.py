@@ -11,7 +11,9 @@ with `eps_hat` guided toward the dream's prompts as in composable diffusion (eac
 its weight times its own direction; negative weights push away). The dream is seen at the
 model's own size: the picture is resized and encoded by the model's autoencoder, and the
 gradient flows back through the encoder, so the prior works for every generator (latents,
-pixels, VQGAN, BigGAN), not only for one in the model's latent space.
+pixels, VQGAN, BigGAN), not only for one in the model's latent space. A dream made of the
+model's own latents (the built-in generator with mini's prior) gives the prior those latents
+whole instead: the encoder would hide from it what the decoder draws of off-manifold latents.
 """
 
 from __future__ import annotations
@@ -115,9 +117,17 @@ class DiffusionPrior:
             combined += prompt.weight * (eps_c - unconditional[length])
         return unconditional[self.prompts[0].uncond.shape[1]] + self.guidance * combined
 
-    def loss(self, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """A loss whose gradient w.r.t. the dream's latents is the score-distillation step."""
-        latents = self.to_latents(random_crop(pixels, generator))
+    def loss(self, pixels: torch.Tensor, generator: torch.Generator, latents: torch.Tensor | None = None) -> torch.Tensor:
+        """A loss whose gradient w.r.t. the dream's latents is the score-distillation step.
+
+        `latents` (unscaled), when the dream is made of this model's own latents, are read whole
+        and as they are: through the encoder the prior would see only what the encoder keeps, not
+        the speckle that off-manifold latents draw at the decoder's full size.
+        """
+        if latents is None:
+            latents = self.to_latents(random_crop(pixels, generator))
+        else:
+            latents = latents.float() * self.scaling
         steps = len(self.alphas)
         t = torch.randint(int(T_LOW * steps), int(T_HIGH * steps), (1,), generator=generator).to(self.device)
         noise = torch.randn(latents.shape, generator=generator).to(latents)

@@ -105,6 +105,8 @@ class Dream:
             self.generator.after_step()
         self.targets = self._targets(request, prompts)
         self.prior = None if prior_model is None else DiffusionPrior(prior_model, pulling, request.prior_guidance, self.device)
+        # Dreaming in the prior's own latent space, the prior reads the dream's latents themselves.
+        self._prior_reads_latents = self.prior is not None and getattr(self.generator, "vae", None) is self.prior.vae
         self.optimizer = self._optimizer()
         self.step, self.smoothed, self.best, self.since_best = 0, math.nan, math.inf, 0
         self.history: list[dict] = []
@@ -170,7 +172,8 @@ class Dream:
         pixels = self.generator()
         loss, score = dream_loss(pixels, self.guides, self.targets, self.cutouts, self.rng)
         if self.prior is not None:
-            loss = loss + self.request.prior_weight * self.prior.loss(pixels, self.rng)
+            latents = self.generator.latents if self._prior_reads_latents else None
+            loss = loss + self.request.prior_weight * self.prior.loss(pixels, self.rng, latents)
         if self.request.smoothness:
             loss = loss + self.request.smoothness * total_variation(pixels)
         loss.backward()
