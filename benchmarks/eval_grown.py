@@ -32,6 +32,11 @@ def crispness(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(sum(F.l1_loss(x, y) for x, y in zip(_gradients(a), _gradients(b))))
 
 
+def decode(vae, latents: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """Pictures in [-1, 1] from unscaled latents, a batch at a time."""
+    return torch.cat([vae.decode(latents[i : i + batch_size]).sample for i in range(0, len(latents), batch_size)]).clamp(-1, 1)
+
+
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     mse = ((a - b) / 2).square().mean(dim=(1, 2, 3)).clamp(min=1e-10)
     return float((10 * torch.log10(1 / mse)).mean())
@@ -66,11 +71,11 @@ def main() -> None:
     test = read_dataset(args.data, int(grown.config.sample_size), "test")
     truth = to_unit_range(test.images)
     mean, _ = posteriors(old, halve(test.images))
-    small = torch.cat([old.decode(mean[i : i + 128]).sample for i in range(0, len(mean), 128)]).clamp(-1, 1)
+    small = decode(old, mean)
     drawn = {
         "old + bicubic": F.interpolate(small, scale_factor=2, mode="bicubic", align_corners=False).clamp(-1, 1),
         "old + upscaler": F.avg_pool2d(torch.cat([upscaler(small[i : i + 64]) for i in range(0, len(small), 64)]).clamp(-1, 1), 2),
-        "grown": torch.cat([grown.decode(mean[i : i + 64]).sample for i in range(0, len(mean), 64)]).clamp(-1, 1),
+        "grown": decode(grown, mean),
     }
     print(f"{len(truth)} held-out vector pictures at {truth.shape[-1]} px, drawn from the old encoder's 16x16x4 latents")
     print(f"{'drawn by':<16} {'L1':>7} {'edge L1':>8} {'PSNR':>6}")
@@ -78,7 +83,7 @@ def main() -> None:
         print(f"{name:<16} {float((pictures - truth).abs().mean()):>7.4f} {crispness(pictures, truth):>8.4f} {psnr(pictures, truth):>6.2f}")
     latent, _ = posteriors(grown, test.images)
     relative = float((latent - mean).square().mean() / mean.var())
-    round_trip = torch.cat([grown.decode(latent[i : i + 64]).sample for i in range(0, len(latent), 64)]).clamp(-1, 1)
+    round_trip = decode(grown, latent)
     print(f"grown encoder: squared latent error {relative:.4f} of the latents' variance; "
           f"round trip at 128 px L1 {float((round_trip - truth).abs().mean()):.4f}")
     if args.grid:

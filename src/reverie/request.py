@@ -241,8 +241,8 @@ class DreamRequest(BaseModel):
         side = BUILTIN_DREAM_SIDE if builtin else DREAM_SIDE
         self.width, self.height = self.width or side, self.height or side
         if self.upscale is None:
-            side = max(self.width, self.height)
-            self.upscale = next((f for f in (1, 2, 4) if side * f >= SHOWN_SIDE), 4) if builtin else 1
+            longest = max(self.width, self.height)
+            self.upscale = next((f for f in (1, 2, 4) if longest * f >= SHOWN_SIDE), 4) if builtin else 1
         return self
 
     def with_seed(self) -> "DreamRequest":

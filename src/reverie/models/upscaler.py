@@ -10,6 +10,7 @@ project's 2-core AMD EPYC, and the pixels differ from fp32's by less than half a
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,7 @@ class Upscaler(nn.Module):
         return base + self.up(features + self.body(features))
 
 
+@cache
 def _native_bf16() -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 

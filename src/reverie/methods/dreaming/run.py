@@ -288,7 +288,8 @@ class Dream:
         return dream
 
     def _load_state(self, state: dict, record: dict) -> None:
-        for name, param in self.generator.trainable().items():
+        params = self.generator.trainable()
+        for name, param in params.items():
             saved = state["params"].get(name)
             if saved is None or saved.shape != param.shape:
                 found = "nothing" if saved is None else "x".join(map(str, saved.shape))
@@ -297,7 +298,7 @@ class Dream:
                     f"{'x'.join(map(str, param.shape))} (its model changed since the dream began: reverie-mini's "
                     f"autoencoder draws 128 px from v0.8); its pictures are kept, start a new dream to go on")
         with torch.no_grad():
-            for name, param in self.generator.trainable().items():
+            for name, param in params.items():
                 param.copy_(state["params"][name])
         if record["settings"]["optimizer"] == self.request.optimizer:
             self.optimizer.load_state_dict(state["optimizer"])
