@@ -37,9 +37,9 @@ def main() -> None:
 
     from reverie.methods.dreaming import start_dream
     from reverie.methods.dreaming.prompts import parse_dream_prompt
-    from reverie.request import make_dream_request
+    from reverie.studio import make_request
 
-    requests = [make_dream_request(prompt=prompt, width=args.size, height=args.size, upscale=args.upscale, seed=args.seed,
+    requests = [make_request(mode="dream", prompt=prompt, width=args.size, height=args.size, upscale=args.upscale, seed=args.seed,
                                    save_every=10**6, guides=[args.clip], prior=args.prior, prior_weight=args.prior_weight,
                                    smoothness=args.smoothness) for prompt in PROMPTS]
     size, label_width = requests[0].width * requests[0].upscale, 190

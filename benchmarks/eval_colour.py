@@ -105,7 +105,7 @@ def main() -> None:
 
     from reverie.models.mini import MINI_DIR, load_mini
     from reverie.outputs.grid import make_grid
-    from reverie.request import make_request
+    from reverie.studio import make_request
     from reverie.studio import Studio
 
     real_measured = real_colours(args.data)

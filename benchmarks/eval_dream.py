@@ -68,7 +68,7 @@ def main() -> None:
         grids.append(pictures)
 
     print(f"\n{len(PROMPTS)} prompts, {args.size} px, {args.iterations} iterations, judged by the built-in CLIP's judge")
-    print(f"| prior | top-1 | top-3 | margin | s per dream |\n|---|---|---|---|---|")
+    print("| prior | top-1 | top-3 | margin | s per dream |\n|---|---|---|---|---|")
     for prior, top1, top3, margin, seconds in results:
         print(f"| {prior} | {top1:.0%} | {top3:.0%} | {margin:+.3f} | {seconds:.1f} |")
     print(f"chance: top-1 {1 / len(PROMPTS):.0%}, top-3 {3 / len(PROMPTS):.0%}")

@@ -107,7 +107,7 @@ def main() -> None:
 
     from reverie.models.mini import load_mini
     from reverie.models.mini_clip import CLIP_DIR, load_clip
-    from reverie.request import make_request
+    from reverie.studio import make_request
     from reverie.studio import Studio
     from reverie.training.autoencoder import to_unit_range
 

@@ -43,7 +43,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from reverie.models.mini import load_mini
-    from reverie.request import make_request
+    from reverie.studio import make_request
     from reverie.studio import Studio
 
     studio = Studio(device="cpu")

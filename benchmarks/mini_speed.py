@@ -23,7 +23,7 @@ def main() -> None:
 
     import torch
 
-    from reverie.request import make_request
+    from reverie.studio import make_request
     from reverie.studio import Studio
 
     studio = Studio(device="cpu")

@@ -46,7 +46,7 @@ def peak_rss_gib() -> float:
 
 
 def run_reverie(components, args, dtype_name):
-    from reverie.request import make_request
+    from reverie.studio import make_request
     from reverie.studio import Studio
 
     studio = Studio(device="cpu")

@@ -12,7 +12,7 @@ from PIL import Image
 def studio():
     from reverie.studio import Studio
 
-    return Studio(device="cpu", max_models=3)
+    return Studio(device="cpu")
 
 
 @pytest.fixture(autouse=True)

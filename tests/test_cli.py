@@ -198,3 +198,45 @@ def test_best_of_keeps_the_best_candidates_and_prints_their_scores(monkeypatch, 
     assert len(scores) == 2 and scores[0] >= scores[1]
     assert all(5 <= read_png_info(f)["reverie"]["seed"] <= 8 for f in files)
     assert all(read_png_info(f)["reverie"]["settings"]["rerank"] == 2 for f in files)
+
+
+def test_txt2img_takes_the_compvis_flags_and_writes_its_layout(monkeypatch, capsys, tmp_path):
+    out = tmp_path / "txt2img-samples"
+    args = ["txt2img", "--prompt", "a red apple", "--plms", "--ckpt", "tiny-random", "--ddim_steps", "2", "--H", "64",
+            "--W", "64", "--n_samples", "2", "--n_iter", "2", "--n_rows", "4", "--seed", "42", "--outdir", str(out)]
+    code, printed, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 0, err
+    samples = sorted((out / "samples").glob("*.png"))
+    assert [p.name for p in samples] == ["00000.png", "00001.png", "00002.png", "00003.png"]
+    assert (out / "grid-0000.png").is_file() and Image.open(out / "grid-0000.png").size == (4 * 64 + 3 * 2, 64)
+    info = read_png_info(samples[3])["reverie"]
+    assert info["settings"]["sampler"] == "plms" and info["settings"]["steps"] == 2 and info["seed"] == 45
+    # again, with --fixed_code: every batch starts from the same code, so batch 2 repeats batch 1
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--fixed_code", "--skip_grid", "--ddim_eta", "0.0")
+    assert code == 0, err
+    again = sorted((out / "samples").glob("*.png"))[4:]
+    assert [p.name for p in again] == ["00004.png", "00005.png", "00006.png", "00007.png"]
+    assert np.array_equal(np.asarray(Image.open(again[0])), np.asarray(Image.open(again[2])))
+    assert not (out / "grid-0001.png").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--config", "configs/other.yaml"], "config: reverie reads the architecture"),
+    (["--laion400m"], "laion400m"),
+    (["--precision", "half"], "precision"),
+    (["--C", "8"], "C: this model has 4 latent channels"),
+])
+def test_txt2img_refuses_what_it_cannot_do_by_name(monkeypatch, capsys, tmp_path, flags, message):
+    code, _, err = run_cli(monkeypatch, capsys, "txt2img", "--ckpt", "tiny-random", "--ddim_steps", "1", "--H", "64",
+                           "--W", "64", "--n_samples", "1", "--n_iter", "1", "--outdir", str(tmp_path), *flags)
+    assert code == 2 and message in err
+
+
+def test_python_m_reverie_runs_txt2img(tmp_path):
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-m", "reverie", "txt2img", "--prompt", "x", "--ckpt", "tiny-random",
+                           "--ddim_steps", "1", "--H", "64", "--W", "64", "--n_samples", "1", "--n_iter", "1",
+                           "--skip_grid", "--outdir", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "samples" / "00000.png").is_file() and "Enjoy." in done.stdout

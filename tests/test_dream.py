@@ -12,7 +12,8 @@ from PIL import Image
 from checkpoint_layouts import IMAGENET_F16, openai_clip_model, write_biggan, write_openai_clip, write_taming_vqgan
 from conftest import pixels
 from reverie.errors import BadCheckpoint, BadRequest, ModelNotFound, PromptSyntaxError
-from reverie.methods.dreaming import Dream, start_dream
+from reverie.methods.dreaming import start_dream
+from reverie.methods.dreaming.dream import Dream
 from reverie.methods.dreaming.prompts import DreamPrompt, parse_dream_prompt, parse_image_prompt
 from test_cli import run_cli
 
@@ -95,14 +96,14 @@ def test_continue_with_new_prompts_but_not_a_new_size(tmp_path):
 
 def test_builtin_dreams_happen_at_minis_size_and_are_saved_larger(tmp_path):
     from reverie.outputs.metadata import read_png_info
-    from reverie.request import make_dream_request
+    from reverie.studio import make_request
 
-    assert [getattr(make_dream_request(prompt="x"), k) for k in ("width", "height", "upscale")] == [128, 128, 2]
-    assert make_dream_request(prompt="x", width=64, height=64).upscale == 4  # still shown at 256
-    assert [getattr(make_dream_request(prompt="x", generator="pixels"), k) for k in ("width", "upscale")] == [256, 1]
-    assert make_dream_request(prompt="x", width=256, height=256).upscale == 1  # a large dream is saved as it is
+    assert [getattr(make_request(mode="dream", prompt="x"), k) for k in ("width", "height", "upscale")] == [128, 128, 2]
+    assert make_request(mode="dream", prompt="x", width=64, height=64).upscale == 4  # still shown at 256
+    assert [getattr(make_request(mode="dream", prompt="x", generator="pixels"), k) for k in ("width", "upscale")] == [256, 1]
+    assert make_request(mode="dream", prompt="x", width=256, height=256).upscale == 1  # a large dream is saved as it is
     with pytest.raises(BadRequest, match="upscale"):
-        make_dream_request(prompt="x", upscale=3)
+        make_request(mode="dream", prompt="x", upscale=3)
     dream = start_dream(dict(prompt="red apple", seed=0, cutouts=8, save_every=2))
     report = dream.run(2, tmp_path / "shown")
     saved = Image.open(report.picture)

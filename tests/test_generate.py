@@ -6,8 +6,8 @@ from PIL import Image
 
 from conftest import pixels
 from reverie.errors import BadRequest, ImageInputError, ModelNotFound, OutOfMemory, PromptSyntaxError
-from reverie.request import make_request
-from reverie.samplers import SAMPLERS
+from reverie.studio import make_request
+from reverie.samplers import SAMPLERS, get_sampler
 
 FAST = dict(model="tiny-random", steps=3, cfg_scale=5.0, width=64, height=64)
 
@@ -44,6 +44,44 @@ def test_n_iter_continues_the_seeds(studio):
     assert [img.index for img in result.images] == [0, 1, 2, 3]
 
 
+# What each name must run, written out independently of samplers.py: (diffusers class, what sets it apart).
+EXPECTED_SCHEDULERS = {
+    "plms": ("PNDMScheduler", {"skip_prk_steps": True}),
+    "ddim": ("DDIMScheduler", {"set_alpha_to_one": False}),
+    "ddpm": ("DDPMScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {"use_karras_sigmas": False}),
+    "euler_karras": ("EulerDiscreteScheduler", {"use_karras_sigmas": True}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "heun": ("HeunDiscreteScheduler", {"use_karras_sigmas": False}),
+    "lms": ("LMSDiscreteScheduler", {"use_karras_sigmas": False}),
+    "lms_karras": ("LMSDiscreteScheduler", {"use_karras_sigmas": True}),
+    "dpm2": ("KDPM2DiscreteScheduler", {"use_karras_sigmas": False}),
+    "dpm2_a": ("KDPM2AncestralDiscreteScheduler", {}),
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": False}),
+    "dpmpp_2m_karras": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}),
+    "dpmpp_2m_sde_karras": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True}),
+    "dpmpp_sde_karras": ("DPMSolverSDEScheduler", {"use_karras_sigmas": True}),
+    "dpmpp_2s_karras": ("DPMSolverSinglestepScheduler", {"use_karras_sigmas": True}),
+    "deis": ("DEISMultistepScheduler", {}),
+    "unipc": ("UniPCMultistepScheduler", {}),
+    "lcm": ("LCMScheduler", {}),
+}
+
+
+def test_each_sampler_name_runs_its_own_scheduler_on_the_models_schedule():
+    from reverie.samplers import build_scheduler
+
+    assert sorted(EXPECTED_SCHEDULERS) == sorted(s.name for s in SAMPLERS)
+    schedule = {"num_train_timesteps": 1000, "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
+                "prediction_type": "v_prediction"}
+    for name, (cls, options) in EXPECTED_SCHEDULERS.items():
+        scheduler = build_scheduler(name, schedule, [1])
+        assert type(scheduler).__name__ == cls, name
+        for key, value in options.items():
+            assert scheduler.config[key] == value, (name, key)
+        assert scheduler.config.prediction_type == "v_prediction" and scheduler.config.beta_end == 0.012, name
+
+
 @pytest.mark.parametrize("sampler", [s.name for s in SAMPLERS])
 def test_every_sampler_runs_and_is_reproducible(studio, sampler):
     a = generate(studio, prompt="a cat", seed=3, n_samples=1, sampler=sampler, steps=4)
@@ -52,12 +90,18 @@ def test_every_sampler_runs_and_is_reproducible(studio, sampler):
     assert image.shape == (64, 64, 3)
     assert np.array_equal(image, pixels(b.images[0].image))
     assert image.std() > 0  # not a blank picture
+    assert "Sampler: " + get_sampler(sampler).label in a.images[0].parameters
 
 
 def test_cfg_and_negative_prompt_change_the_picture(studio):
-    plain = generate(studio, prompt="a dog", seed=9, n_samples=1)
-    negative = generate(studio, prompt="a dog", negative_prompt="grass, trees", seed=9, n_samples=1)
-    assert not np.array_equal(pixels(plain.images[0].image), pixels(negative.images[0].image))
+    plain = pixels(generate(studio, prompt="a dog", seed=9, n_samples=1).images[0].image)
+    negative = pixels(generate(studio, prompt="a dog", negative_prompt="grass, trees", seed=9, n_samples=1).images[0].image)
+    assert np.abs(plain - negative).mean() > 0.5
+    # CFG: more guidance moves the picture further from the unguided one, step by step
+    by_cfg = {cfg: pixels(generate(studio, prompt="a dog", seed=9, n_samples=1, cfg_scale=cfg).images[0].image)
+              for cfg in (1.0, 3.0, 9.0)}
+    distance = {cfg: np.abs(picture - by_cfg[1.0]).mean() for cfg, picture in by_cfg.items()}
+    assert 0 == distance[1.0] < distance[3.0] < distance[9.0]
 
 
 def test_left_out_sampling_settings_come_from_the_model(studio):

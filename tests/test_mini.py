@@ -13,7 +13,7 @@ from reverie.errors import BadCheckpoint
 from reverie.models.mini import MINI_DIR, load_mini, weight_files
 from reverie.models.mini_clip import CLIP_DIR, load_clip
 from reverie.models.upscaler import UPSCALER_DIR, load_upscaler
-from reverie.request import make_request
+from reverie.studio import make_request
 from reverie.training.autoencoder import to_unit_range
 
 
@@ -93,7 +93,7 @@ def test_img2img_and_inpaint_run_on_mini(studio, tmp_path):
 def test_upscaler_enlarges_and_keeps_the_picture(studio, tmp_path):
     small = studio.generate(make_request(prompt="rocket, flat Fluent emoji", seed=4, steps=10, n_samples=1, upscale=1))
     small.images[0].image.save(tmp_path / "small.png")
-    big = studio.generate(make_request(mode="upscale", init_image=str(tmp_path / "small.png"), n_samples=1))
+    big = studio.generate(make_request(mode="upscale", init_image=str(tmp_path / "small.png")))
     assert big.images[0].image.size == (512, 512)
     back = big.images[0].image.resize((128, 128), Image.LANCZOS)
     assert np.abs(pixels(back) - pixels(small.images[0].image)).mean() < 12
@@ -134,3 +134,51 @@ def test_live_previews_show_the_colours_of_the_latents():
         latents = vae.encode(red).latent_dist.mean * vae.config.scaling_factor
     r, g, b = np.asarray(preview_image(latents, vae), dtype=float).reshape(-1, 3).mean(0)
     assert r > g + 60 and r > b + 60
+
+
+OTHER_PROMPTS = ["blue car", "green tree", "rocket", "yellow star"]
+
+
+def test_every_image_mode_works_on_minis_own_pictures(studio, tmp_path):
+    """generate -> variations -> inpaint -> outpaint -> upscale on the default model and its default
+    256 px pictures: mini works at its own 128 px and brings each result back to the input's size."""
+    from reverie.methods.rerank import Scorer
+
+    judge = Scorer.load("mini")
+
+    def looks_like_an_apple(picture):
+        scores = judge.scores([picture], "red apple")[0], *(judge.scores([picture], p)[0] for p in OTHER_PROMPTS)
+        return scores[0] > max(scores[1:])
+
+    made = studio.generate(make_request(prompt="red apple, Noto emoji", seed=1, n_samples=1), outdir=tmp_path / "a")
+    apple = made.images[0]
+    assert apple.image.size == (256, 256) and looks_like_an_apple(apple.image)
+
+    varied = studio.generate(make_request(mode="variations", init_image=str(apple.path), seed=2, n_samples=2),
+                             outdir=tmp_path / "b")
+    assert varied.request.prompt == "red apple, Noto emoji" and varied.request.upscale == 2  # worked at 128
+    for image in varied.images:
+        assert image.image.size == (256, 256) and looks_like_an_apple(image.image)
+
+    mask = np.zeros((256, 256), np.uint8)
+    mask[160:, 160:] = 255  # repaint the lower-right corner only
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    painted = studio.generate(make_request(mode="inpaint", prompt="red apple, Noto emoji", init_image=str(apple.path),
+                                           mask_image=str(tmp_path / "mask.png"), seed=3, n_samples=1),
+                              outdir=tmp_path / "c")
+    out, source = pixels(painted.images[0].image), pixels(apple.image)
+    assert out.shape == (256, 256, 3)
+    keep = mask == 0
+    assert np.array_equal(out[keep], source[keep])  # every kept pixel exactly as it was
+    assert looks_like_an_apple(painted.images[0].image)
+
+    wider = studio.generate(make_request(mode="outpaint", prompt="red apple, Noto emoji", init_image=str(apple.path),
+                                         outpaint_left=64, seed=4, n_samples=1), outdir=tmp_path / "d")
+    extended = pixels(wider.images[0].image)
+    assert extended.shape == (256, 320, 3)
+    assert np.array_equal(extended[:, 64:], source)  # the original sits unchanged to the right
+
+    big = studio.generate(make_request(mode="upscale", init_image=str(wider.images[0].path), upscale=2),
+                          outdir=tmp_path / "e")
+    assert big.images[0].image.size == (640, 512)
+    assert big.images[0].metadata["settings"]["mode"] == "outpaint"  # it still says how it was made

@@ -8,7 +8,7 @@ from conftest import pixels
 from reverie.errors import BadCheckpoint, ModelNotFound
 from reverie.models.registry import list_models, load_model
 from reverie.models.tiny import build_tiny
-from reverie.request import make_request
+from reverie.studio import make_request
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ import pytest
 
 from reverie.errors import BadRequest
 from reverie.methods.rerank import plain_prompt
-from reverie.outputs.metadata import read_png_info, request_fields_from_image
-from reverie.request import make_request
+from reverie.outputs.metadata import read_png_info
+from reverie.studio import make_request, request_from_picture
 
 MINI = dict(prompt="red apple, Noto emoji", steps=8, cfg_scale=4, upscale=1)
 
@@ -30,9 +30,9 @@ def test_rerank_keeps_the_best_of_all_candidates(studio, tmp_path):
     # the scores go into the PNG, and --from re-makes the kept picture by itself
     info = read_png_info(ranked.images[0].path)["reverie"]
     assert info["clip_score"] == pytest.approx(ranked.images[0].score, abs=1e-4) and info["scorer"] == "mini"
-    fields = request_fields_from_image(ranked.images[0].path)
-    assert fields["rerank"] == 1 and fields["seed"] == ranked.images[0].seed
-    again = studio.generate(make_request(**fields))
+    request = request_from_picture(ranked.images[0].path)
+    assert request.rerank == 1 and request.seed == ranked.images[0].seed
+    again = studio.generate(request)
     assert np.array_equal(np.asarray(again.images[0].image), np.asarray(ranked.images[0].image))
 
 
@@ -89,9 +89,12 @@ def test_choosing_needs_a_prompt(studio, photo):
 def test_an_unknown_scorer_is_reported_before_any_work(studio, tmp_path):
     from reverie.errors import ReverieError
 
+    events = []
     with pytest.raises(ReverieError) as error:
-        studio.generate(make_request(**MINI, seed=1, n_samples=1, rerank=2, scorer=str(tmp_path / "missing.pt")))
+        studio.generate(make_request(**MINI, seed=1, n_samples=1, rerank=2, scorer=str(tmp_path / "missing.pt")),
+                        progress=events.append)
     assert "missing.pt" in str(error.value)
+    assert [event.stage for event in events] == ["load"]  # no prompt encoded, no candidate made
 
 
 def test_a_clip_trained_here_can_score_and_guide(tmp_path):

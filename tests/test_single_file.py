@@ -263,7 +263,6 @@ def test_nine_channel_unet_is_detected_as_inpainting(tmp_path):
 
     components = load_single_file(path, config_dir=config_dir)
 
-    assert components.extras["inpainting"] is True
     assert components.is_inpainting_model and components.unet.config.in_channels == 9
     assert_roundtrip(components, models)
 

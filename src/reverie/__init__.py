@@ -9,8 +9,8 @@ def __getattr__(name):
         from .studio import Studio
 
         return Studio
-    if name in ("GenerationRequest", "make_request"):
-        from . import request
+    if name == "make_request":
+        from .studio import make_request
 
-        return getattr(request, name)
+        return make_request
     raise AttributeError(name)

@@ -10,9 +10,8 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
 from .errors import ReverieError
+from .terminal import progress_bar
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="reverie: an open-source AI art studio.")
 err = Console(stderr=True, soft_wrap=True)
@@ -55,16 +54,13 @@ def _common(**kw) -> dict:
     return fields
 
 
-def _run(fields: dict, outdir: Path) -> None:
+def _run(fields, outdir: Path) -> None:
     """Build the request, run it with a progress bar, report where the pictures went."""
-    from .request import make_request
-    from .studio import Studio
+    from .studio import Studio, make_request
 
-    request = make_request(**fields)
-    total = request.n_samples * request.n_iter
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err, transient=False) as bar:
-        images = bar.add_task("pictures", total=total)
+    request = make_request(fields)
+    with progress_bar(err) as bar:
+        images = bar.add_task("pictures", total=request.picture_count())
         steps = bar.add_task("loading model", total=None)
 
         def on_progress(event):
@@ -74,10 +70,10 @@ def _run(fields: dict, outdir: Path) -> None:
                 bar.update(steps, description=event.message)
             elif event.stage == "image":
                 bar.update(images, completed=event.step)
-            elif event.stage in ("load", "encode", "decode"):
+            elif event.stage in ("load", "encode", "decode", "upscale"):
                 bar.update(steps, description=event.stage + "…" if not event.message else event.message)
 
-        result = Studio().generate(request, outdir=outdir, progress=on_progress)
+        result = Studio().run(request, outdir=outdir, progress=on_progress)
     for image in result.images:
         score = f"  score {image.score:.3f}" if image.score is not None else ""
         out.print(f"{image.path}  seed {image.seed}{score}")
@@ -102,13 +98,10 @@ def generate(
 ):
     """Text to image."""
     if from_image is not None:
-        from .outputs.metadata import request_fields_from_image
+        from .studio import request_from_picture
 
-        fields = request_fields_from_image(from_image)
-        fields.update({"device": device} if device != "auto" else {})
-        if model:
-            fields["model"] = model
-        _run(fields, outdir or Path("outputs/txt2img"))
+        request = request_from_picture(from_image, model=model, device=None if device == "auto" else device)
+        _run(request, outdir or Path(f"outputs/{request.mode}"))
         return
     text = prompt if prompt is not None else prompt_opt
     if text is None:
@@ -200,9 +193,9 @@ def upscale_cmd(
     factor: Annotated[int, typer.Option("--factor", "-f", help="2 or 4.")] = 4,
     outdir: Outdir = None,
 ):
-    """Enlarge a picture with the built-in 4x upscaler (trained on flat-coloured art)."""
-    _run({"mode": "upscale", "init_image": str(image), "upscale": factor, "n_samples": 1, "prompt": ""},
-         outdir or Path("outputs/upscale"))
+    """Enlarge a picture with the built-in 4x upscaler (trained on flat-coloured art); the result
+    keeps the picture's own settings, with the upscale step added."""
+    _run({"mode": "upscale", "init_image": str(image), "upscale": factor}, outdir or Path("outputs/upscale"))
 
 
 @app.command()
@@ -272,8 +265,7 @@ def data_build(
     from .training.data.build import build_dataset
 
     target = out_dir or Path(f"data/build/mini-{size}")
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err, transient=False) as bar:
+    with progress_bar(err) as bar:
         task = bar.add_task("pictures", total=None)
         manifest = build_dataset(npm, target, size=size, include_flags=include_flags,
                                  sources=tuple(name.strip() for name in sources.split(",") if name.strip()),
@@ -301,8 +293,10 @@ _add_train_app()
 
 def _add_dream_command() -> None:
     from .cli_dream import dream
+    from .cli_txt2img import txt2img
 
     app.command("dream")(dream)
+    app.command("txt2img")(txt2img)
 
 
 _add_dream_command()

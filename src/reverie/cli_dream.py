@@ -13,7 +13,9 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import TextColumn
+
+from .terminal import progress_bar
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -96,9 +98,7 @@ def dream(
     if continue_from is None and prompt is None:
         raise BadRequest("prompt", "give a prompt to dream about, or --continue RUN_DIR to go on with a dream")
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[score]}"),
-               TimeElapsedColumn(), TimeRemainingColumn())
-    with _StopOnCtrlC() as stop, Progress(*columns, console=err) as bar:
+    with _StopOnCtrlC() as stop, progress_bar(err, TextColumn("{task.fields[score]}")) as bar:
         task = bar.add_task("loading", total=None, score="")
 
         def on_progress(event):

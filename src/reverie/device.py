@@ -81,10 +81,9 @@ def estimate_peak_bytes(
     return unet + vae
 
 
-def check_fits(estimate: int, weights: int, device: torch.device) -> None:
+def check_fits(need: int, device: torch.device) -> None:
     """Refuse, before any work, a request whose estimated peak memory exceeds what is free."""
     free = available_memory(device)
-    need = estimate + weights
     if need > free:
         raise OutOfMemory(
             f"this request needs about {need / 2**30:.1f} GiB on {device.type} but only "

@@ -1,4 +1,4 @@
-"""What a generation gives back."""
+"""What a method gives back."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from .request import GenerationRequest
+from .request import BaseRequest
 
 
 @dataclass
@@ -23,7 +23,7 @@ class GeneratedImage:
 
 @dataclass
 class Result:
-    request: GenerationRequest  # resolved: fixed seed, size, model name
+    request: BaseRequest  # resolved: fixed seed, size, model name
     images: list[GeneratedImage] = field(default_factory=list)
     timings: dict = field(default_factory=dict)
     interrupted: bool = False  # stopped early; `images` holds what was finished

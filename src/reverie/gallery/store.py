@@ -19,6 +19,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from ..errors import ReverieError
+from ..outputs.files import atomic_write
 from .db import open_database
 from .models import ApiKey, Image, Job, LedgerEntry, Session, User, utcnow
 
@@ -266,10 +267,8 @@ class Gallery:
         image_id = uuid.uuid4().hex
         relative = Path(str(job.user_id)) / f"{image_id}.png"
         target = self.images_dir / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(target.name + ".part")
-        partial.write_bytes(Path(source).read_bytes())
-        partial.replace(target)
+        data = Path(source).read_bytes()
+        atomic_write(target, lambda partial: partial.write_bytes(data))
         with PILImage.open(target) as picture:
             width, height = picture.size
         row = Image(id=image_id, job_id=job.id, user_id=job.user_id, file=str(relative), prompt=prompt, seed=seed,

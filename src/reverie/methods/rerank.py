@@ -11,11 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..models.cache import ModelCache
+from ..pixels import to_tensor
 from ..progress import Interrupted, ProgressCallback, ProgressEvent
 from ..prompts.syntax import Fragment, parse_prompt
 from .dreaming.guides import BUILTIN_GUIDE, Guide, MiniClipGuide, load_guide
@@ -31,11 +32,9 @@ def _as_pixels(pictures: list[Image.Image], size: int) -> torch.Tensor:
     """Centre square crops at `size`, float [N, 3, size, size] in [0, 1]."""
     crops = []
     for picture in pictures:
-        picture = picture.convert("RGB")
         side = min(picture.size)
         left, top = (picture.width - side) // 2, (picture.height - side) // 2
-        square = torch.from_numpy(np.array(picture.crop((left, top, left + side, top + side))))
-        pixels = square.permute(2, 0, 1)[None].float() / 255
+        pixels = to_tensor(picture.crop((left, top, left + side, top + side)))
         crops.append(F.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True, align_corners=False))
     return torch.cat(crops)
 
@@ -66,6 +65,11 @@ class Scorer:
         text = self._prompt[1]
         images = self.guide.embed_images(_as_pixels(pictures, self.guide.image_size))
         return (images.float() @ text.float().T)[:, 0].tolist()
+
+
+def scorer_from(models: ModelCache, reference: str = BUILTIN_GUIDE) -> Scorer:
+    """The scorer `reference` names, loaded once into the shared model cache."""
+    return models.get(("scorer", reference), lambda: Scorer.load(reference))
 
 
 @dataclass

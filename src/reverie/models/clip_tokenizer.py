@@ -22,9 +22,10 @@ import gzip
 import importlib.resources
 import json
 import os
-import tempfile
 from functools import lru_cache
 from pathlib import Path
+
+from ..outputs.files import write_text
 
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
@@ -89,19 +90,6 @@ def build_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
     return vocab, merges
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """Write via a temporary file + rename so a concurrent reader never sees half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; these are shareable public data
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def ensure_tokenizer_files(directory: str | os.PathLike | None = None) -> Path:
     """Write vocab.json and merges.txt into `directory` (default: the cache) unless present.
 
@@ -114,8 +102,8 @@ def ensure_tokenizer_files(directory: str | os.PathLike | None = None) -> Path:
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     vocab, merges = build_vocab_and_merges()
-    _write_atomically(vocab_path, json.dumps(vocab, ensure_ascii=False))
-    _write_atomically(merges_path, "\n".join([_MERGES_HEADER, *merges]) + "\n")
+    write_text(vocab_path, json.dumps(vocab, ensure_ascii=False))
+    write_text(merges_path, "\n".join([_MERGES_HEADER, *merges]) + "\n")
     return folder
 
 
@@ -152,17 +140,3 @@ def clip_tokenizer(pad_token: str = EOS_TOKEN):
     if len(tokenizer) != VOCAB_SIZE:  # pragma: no cover - guards against API drift
         raise RuntimeError(f"CLIPTokenizer was built with {len(tokenizer)} tokens, expected {VOCAB_SIZE}")
     return tokenizer
-
-
-def save_tokenizer_files(directory: str | os.PathLike, pad_token: str = EOS_TOKEN) -> Path:
-    """Save a complete diffusers-style `tokenizer/` folder to `directory`.
-
-    transformers 5.x's `save_pretrained` writes only tokenizer.json and
-    tokenizer_config.json; vocab.json and merges.txt are added so that older readers
-    (transformers 4.x, other tools) can load the folder too.
-    """
-    folder = Path(directory)
-    folder.mkdir(parents=True, exist_ok=True)
-    clip_tokenizer(pad_token).save_pretrained(folder)
-    ensure_tokenizer_files(folder)
-    return folder

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """The sampling settings a model draws best with, for requests that leave them out."""
+
+    steps: int
+    cfg_scale: float
+    sampler: str
 
 
 @dataclass
@@ -15,6 +24,8 @@ class ModelComponents:
     architecture it is. `text_encoder`/`tokenizer` are the transformers pair that turns
     prompts into cross-attention states. `scheduler_config` is the model's own noise
     schedule (beta schedule, prediction type, ...) from which every sampler is built.
+    Components are shared by every request through the model cache: nothing here holds the
+    state of one request.
     """
 
     name: str
@@ -25,7 +36,9 @@ class ModelComponents:
     scheduler_config: dict
     source: str = ""
     family: str = "sd1"  # sd1, sd2, mini, tiny ...
-    extras: dict = field(default_factory=dict)
+    sampling: SamplingDefaults | None = None  # None: the general defaults
+    default_upscale: int = 1  # the built-in upscaler's factor for pictures of requests that name none
+    config_name: str = ""  # for single files: the shipped configuration folder they were read with
 
     @property
     def is_inpainting_model(self) -> bool:
@@ -40,3 +53,7 @@ class ModelComponents:
     def native_size(self) -> int:
         """The picture size, in pixels, the model was trained at."""
         return int(self.unet.config.sample_size) * self.vae_scale_factor
+
+    @property
+    def modules(self) -> tuple:
+        return (self.unet, self.vae, self.text_encoder)

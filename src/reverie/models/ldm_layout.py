@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from reverie.errors import BadRequest
+from reverie.outputs.files import atomic_write
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -370,13 +370,4 @@ def save_single_file(components, path: str | os.PathLike, *, half: bool = False)
     tensors = _prepare_for_safetensors(state, half)
     metadata = {"format": "pt", **modelspec_metadata(components)}
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.name, suffix=".part")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    return atomic_write(target, lambda partial: save_file(tensors, partial, metadata=metadata))

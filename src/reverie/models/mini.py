@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ..errors import BadCheckpoint, ModelNotFound
-from .components import ModelComponents
+from .components import ModelComponents, SamplingDefaults
 from .minilm import load_minilm
 
 MINI_NAME = "mini"
@@ -28,7 +28,7 @@ NATIVE_SIDE, DEFAULT_UPSCALE = 128, 2
 # The sampling settings its evaluation uses (docs/mini-eval.md), for requests that give none: at
 # reverie's general defaults (25 steps dpmpp_2m_karras, CFG 7.5) v0.6 drew the named colour
 # in 78.1% of pictures and colours on new objects in 62.5%, against 82.3% and 73.8% here.
-SAMPLING_DEFAULTS = {"steps": 20, "cfg_scale": 4.0, "sampler": "dpmpp_2m"}
+SAMPLING_DEFAULTS = SamplingDefaults(steps=20, cfg_scale=4.0, sampler="dpmpp_2m")
 
 
 def mini_installed(folder: Path = MINI_DIR) -> bool:
@@ -75,7 +75,8 @@ def load_mini(dtype: torch.dtype = torch.float32, folder: Path = MINI_DIR) -> Mo
         scheduler_config=scheduler_config,
         source=str(folder),
         family="mini",
-        extras={"default_upscale": DEFAULT_UPSCALE, "defaults": dict(SAMPLING_DEFAULTS)},
+        sampling=SAMPLING_DEFAULTS,
+        default_upscale=DEFAULT_UPSCALE,
     )
 
 

@@ -18,7 +18,7 @@ import torch
 from ..errors import ModelNotFound
 from .components import ModelComponents
 from .diffusers_folder import is_diffusers_folder, load_diffusers_folder
-from .mini import DEFAULT_UPSCALE as MINI_UPSCALE, MINI_NAME, NATIVE_SIDE as MINI_SIDE, load_mini, mini_installed
+from .mini import MINI_NAME, NATIVE_SIDE as MINI_SIDE, load_mini, mini_installed
 from .tiny import TINY_NAME, build_tiny
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
@@ -35,6 +35,14 @@ class ModelEntry:
     kind: str  # builtin, diffusers, single-file
     location: str
     note: str = ""
+
+
+DEFAULT_MODEL = MINI_NAME
+
+
+def default_model() -> str:
+    """The model a request that names none gets ($REVERIE_DEFAULT_MODEL, else reverie-mini)."""
+    return os.environ.get("REVERIE_DEFAULT_MODEL", DEFAULT_MODEL)
 
 
 def models_dir() -> Path:
@@ -54,11 +62,6 @@ def list_models() -> list[ModelEntry]:
             elif child.is_file() and child.suffix.lower() in CHECKPOINT_SUFFIXES:
                 entries.append(ModelEntry(child.stem, "single-file", str(child)))
     return entries
-
-
-def default_upscale(reference: str) -> int:
-    """The upscale factor a model's pictures get when the request names none, without loading it."""
-    return MINI_UPSCALE if reference == MINI_NAME else 1
 
 
 def native_side(reference: str) -> int | None:

@@ -500,9 +500,6 @@ def load_single_file(
         unet = _load_unet(state, folder, layout.in_channels, dtype, path.name)
         vae = _load_vae(state, folder, dtype, path.name)
         text_encoder = _load_text_encoder(state, folder, dtype, path.name)
-    extras = {"config": folder.name}
-    if layout.inpainting:
-        extras["inpainting"] = True
     return ModelComponents(
         name=path.stem,
         unet=unet,
@@ -512,5 +509,5 @@ def load_single_file(
         scheduler_config=scheduler_config,
         source=str(path),
         family=layout.family,
-        extras=extras,
+        config_name=folder.name,
     )

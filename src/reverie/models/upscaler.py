@@ -13,12 +13,12 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
+from ..pixels import to_picture, to_tensor
 from .weights import load_weights, save_weights
 
 UPSCALER_DIR = Path(__file__).resolve().parent.parent / "builtin" / "upscaler"
@@ -62,11 +62,10 @@ def _native_bf16() -> bool:
 
 @torch.no_grad()
 def upscale_image(model: Upscaler, image: Image.Image) -> Image.Image:
-    x = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)[None].float() / 127.5 - 1
+    x = to_tensor(image, -1.0, 1.0)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=_native_bf16()):
-        y = model(x.contiguous(memory_format=torch.channels_last)).float().clamp(-1, 1)
-    array = ((y[0] + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
-    return Image.fromarray(array)
+        y = model(x.contiguous(memory_format=torch.channels_last))
+    return to_picture(y, -1.0, 1.0)
 
 
 def save_upscaler(model: Upscaler, folder: Path = UPSCALER_DIR, half: bool = True) -> Path:

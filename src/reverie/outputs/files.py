@@ -1,16 +1,41 @@
-"""Where finished pictures go on disk, and under what names."""
+"""Where finished pictures go on disk, under what names, and the one way files are written."""
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from PIL import Image
 
 from .grid import make_grid
-from .metadata import save_png
 
 _NUMBERED = re.compile(r"^(\d{5})-")
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], object], suffix: str = ".part") -> Path:
+    """Write `path` through `write(partial)` on a temporary file beside it, then rename it over
+    `path`: a reader sees the old file or the whole new one, never half, and a failed write
+    leaves nothing behind. `suffix` ends the temporary name (some writers pick a format by it)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    try:
+        write(Path(partial))
+        os.chmod(partial, 0o644)  # mkstemp makes it private; these files are the user's to share
+        os.replace(partial, path)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    return atomic_write(path, lambda partial: partial.write_text(text, encoding="utf-8"))
 
 
 def slug(text: str, limit: int = 48) -> str:
@@ -19,21 +44,60 @@ def slug(text: str, limit: int = 48) -> str:
     return "-".join(words)[:limit].strip("-") or "untitled"
 
 
-def next_number(outdir: Path) -> int:
-    """The next free running number in `outdir` (files are NNNNN-seed-slug.png)."""
-    numbers = [int(m.group(1)) for p in outdir.glob("*.png") if (m := _NUMBERED.match(p.name))]
+def next_number(outdir: Path, pattern: str = "*.png") -> int:
+    """The next free running number in `outdir` (entries are NNNNN-...)."""
+    numbers = [int(m.group(1)) for p in outdir.glob(pattern) if (m := _NUMBERED.match(p.name))]
     return max(numbers, default=-1) + 1
 
 
-def save_image(image: Image.Image, outdir: Path, seed: int, prompt: str, parameters: str, metadata: dict) -> Path:
-    outdir.mkdir(parents=True, exist_ok=True)
-    path = outdir / f"{next_number(outdir):05d}-{seed}-{slug(prompt)}.png"
-    return save_png(image, path, parameters, metadata)
+def new_run_folder(parent: Path, title: str) -> Path:
+    """A new numbered folder NNNNN-title under `parent` (a dream's run folder)."""
+    parent.mkdir(parents=True, exist_ok=True)
+    folder = parent / f"{next_number(parent, '*'):05d}-{slug(title)}"
+    folder.mkdir()
+    return folder
 
 
-def save_grid(images: list[Image.Image], outdir: Path, prompt: str, parameters: str, metadata: dict) -> Path:
-    outdir.mkdir(parents=True, exist_ok=True)
-    grids = outdir / "grids"
-    grids.mkdir(exist_ok=True)
-    path = grids / f"{next_number(grids):05d}-grid-{slug(prompt)}.png"
-    return save_png(make_grid(images), path, parameters, metadata)
+@dataclass
+class Outputs:
+    """Where a method writes what it makes, as soon as each picture is finished.
+
+    `folder` None writes nothing (the pictures come back in the result only). Pictures are
+    `folder/NNNNN-SEED-prompt.png`, with a grid in `folder/grids/` when there are several and
+    `grid` is True. A method that keeps a folder of its own per run (a dream) makes a numbered
+    one under `folder`, or uses `run_folder` exactly when the caller chose it.
+    """
+
+    folder: Path | None = None
+    grid: bool = True
+    run_folder: Path | None = None
+
+    def __post_init__(self):
+        self.folder = Path(self.folder) if self.folder is not None else None
+        self.run_folder = Path(self.run_folder) if self.run_folder is not None else None
+
+    def picture(self, image: Image.Image, seed: int, prompt: str, parameters: str, metadata: dict) -> Path | None:
+        from .metadata import save_png
+
+        if self.folder is None:
+            return None
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"{next_number(self.folder):05d}-{seed}-{slug(prompt)}.png"
+        return save_png(image, path, parameters, metadata)
+
+    def grid_of(self, images: list[Image.Image], prompt: str, parameters: str, metadata: dict) -> Path | None:
+        from .metadata import save_png
+
+        if self.folder is None or not self.grid or len(images) < 2:
+            return None
+        grids = self.folder / "grids"
+        grids.mkdir(parents=True, exist_ok=True)
+        path = grids / f"{next_number(grids):05d}-grid-{slug(prompt)}.png"
+        return save_png(make_grid(images), path, parameters, metadata)
+
+    def run_folder_for(self, title: str) -> Path:
+        """The folder a run of its own writes into (made when new)."""
+        if self.run_folder is not None:
+            self.run_folder.mkdir(parents=True, exist_ok=True)
+            return self.run_folder
+        return new_run_folder(self.folder or Path("outputs"), title)

@@ -13,39 +13,21 @@ from pathlib import Path
 from PIL import Image, PngImagePlugin
 
 from ..errors import ImageInputError
-from ..samplers import get_sampler
+from .files import atomic_write
 
 REVERIE_KEY = "reverie"
 PARAMETERS_KEY = "parameters"
 FORMAT_VERSION = 1
 
 
-def a1111_parameters(settings: dict, seed: int) -> str:
-    """The A1111 `parameters` text for one image."""
-    lines = [settings.get("prompt", "")]
-    if settings.get("negative_prompt"):
-        lines.append(f"Negative prompt: {settings['negative_prompt']}")
-    fields = {
-        "Steps": settings["steps"],
-        "Sampler": get_sampler(settings["sampler"]).label,
-        "CFG scale": _number(settings["cfg_scale"]),
-        "Seed": seed,
-        "Size": f"{settings['width']}x{settings['height']}",
-        "Model": settings.get("model_name") or settings.get("model") or "",
-    }
-    if settings.get("mode") in ("img2img", "variations", "inpaint", "outpaint"):
-        fields["Denoising strength"] = _number(settings.get("strength"))
-    if settings.get("mode") in ("inpaint", "outpaint"):
-        fields["Mask blur"] = settings.get("mask_blur", 0)
-    if (settings.get("upscale") or 1) > 1:
-        fields["Hires upscale"] = settings["upscale"]
-        fields["Hires upscaler"] = "reverie 4x"
-    lines.append(", ".join(f"{key}: {value}" for key, value in fields.items()))
+def a1111_parameters(prompt: str, negative_prompt: str, fields: dict) -> str:
+    """The A1111 `parameters` text: the prompt, the negative prompt, then `Key: value, ...` in
+    the order given (`fields` holds ready values: "Steps", "Sampler" as A1111 labels it, ...)."""
+    lines = [prompt]
+    if negative_prompt:
+        lines.append(f"Negative prompt: {negative_prompt}")
+    lines.append(", ".join(f"{key}: {value}" for key, value in fields.items() if value is not None))
     return "\n".join(lines)
-
-
-def _number(value) -> str:
-    return f"{float(value):g}" if value is not None else ""
 
 
 def reverie_metadata(settings: dict, seed: int, index: int) -> dict:
@@ -58,11 +40,7 @@ def save_png(image: Image.Image, path: Path, parameters: str, metadata: dict) ->
     info = PngImagePlugin.PngInfo()
     info.add_text(PARAMETERS_KEY, parameters)
     info.add_text(REVERIE_KEY, json.dumps(metadata, sort_keys=True))
-    path = Path(path)
-    partial = path.with_name(path.name + ".part")
-    image.save(partial, format="PNG", pnginfo=info)
-    partial.replace(path)
-    return path
+    return atomic_write(path, lambda partial: image.save(partial, format="PNG", pnginfo=info))
 
 
 def read_png_info(path: str | Path) -> dict:
@@ -106,7 +84,7 @@ def parse_a1111_parameters(text: str) -> dict:
     if "Steps" in pairs:
         fields["steps"] = int(pairs["Steps"])
     if "Sampler" in pairs:
-        fields["sampler"] = get_sampler(pairs["Sampler"]).name
+        fields["sampler"] = pairs["Sampler"]  # A1111's label; the request takes labels and names alike
     if "CFG scale" in pairs:
         fields["cfg_scale"] = float(pairs["CFG scale"])
     if "Seed" in pairs:
@@ -121,21 +99,14 @@ def parse_a1111_parameters(text: str) -> dict:
     return fields
 
 
-def request_fields_from_image(path: str | Path) -> dict:
-    """Request fields that re-make the picture at `path`: one image, with its own seed."""
+def picture_settings(path: str | Path) -> dict:
+    """The settings of the request that made the picture at `path` (reverie's own, or read from
+    A1111's text), with the picture's own seed as `picture_seed`: what `--from` needs."""
     info = read_png_info(path)
     if info["reverie"]:
         data = info["reverie"]
-        from ..request import GenerationRequest
-
-        known = GenerationRequest.model_fields
-        fields = {key: value for key, value in data["settings"].items() if key in known}
-        fields["seed"] = data["seed"]
-    elif info["parameters"]:
+        return dict(data["settings"]) | {"picture_seed": data["seed"]}
+    if info["parameters"]:
         fields = parse_a1111_parameters(info["parameters"])
-    else:
-        raise ImageInputError(f"{path} carries no generation settings (no 'parameters' or 'reverie' text chunk)")
-    fields["n_samples"] = 1
-    fields["n_iter"] = 1
-    fields["rerank"] = 1  # the picture's own seed makes it again: no candidates to choose from
-    return fields
+        return fields | {"picture_seed": fields.get("seed"), "n_samples": 1}
+    raise ImageInputError(f"{path} carries no generation settings (no 'parameters' or 'reverie' text chunk)")

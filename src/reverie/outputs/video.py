@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import BadRequest
+from .files import atomic_write
 
 VIDEO_SUFFIXES = (".mp4", ".gif")
 
@@ -26,15 +27,13 @@ def write_video(frames: list[Path | Image.Image], path: str | Path, fps: float =
         raise BadRequest("video", "there are no pictures to make a video from (save snapshots with --save-every)")
     pictures = [frame if isinstance(frame, Image.Image) else Image.open(frame) for frame in frames]
     pictures = [picture.convert("RGB") for picture in pictures]
-    partial = path.with_name(path.stem + ".part" + path.suffix)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() == ".gif":
         first, *rest = pictures
-        first.save(partial, save_all=True, append_images=rest, duration=round(1000 / fps), loop=0)
+        write = lambda partial: first.save(partial, format="GIF", save_all=True, append_images=rest,  # noqa: E731
+                                           duration=round(1000 / fps), loop=0)
     else:
-        _write_mp4(pictures, partial, fps)
-    partial.replace(path)
-    return path
+        write = lambda partial: _write_mp4(pictures, partial, fps)  # noqa: E731
+    return atomic_write(path, write, suffix=".part" + path.suffix)
 
 
 def _write_mp4(pictures: list[Image.Image], path: Path, fps: float) -> None:

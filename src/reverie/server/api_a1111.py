@@ -17,7 +17,7 @@ from ..errors import BadRequest
 from ..gallery.models import User
 from ..outputs.metadata import read_png_info
 from .state import StudioState, current_user, get_state, store_image_bytes, decode_base64_image
-from .submit import submit_generation
+from .submit import submit_job
 
 router = APIRouter(prefix="/sdapi/v1", tags=["a1111"])
 
@@ -68,7 +68,7 @@ def _submit(state: StudioState, user: User, fields: dict, styles: list[str]):
     style = styles[0] if styles else None
     if len(styles) > 1:
         raise BadRequest("styles", "reverie applies one style per request")
-    job = submit_generation(state, user, fields, style)
+    job = submit_job(state, user, fields, style)
     job = state.runner.wait_until_finished(job.id, state.config.sync_timeout_s)
     if job.status == "failed":
         raise BadRequest("request", job.error or "the generation failed")
@@ -111,12 +111,9 @@ def img2img(body: Img2ImgBody, state: StudioState = Depends(get_state), user: Us
     init = store_image_bytes(state, decode_base64_image(body.init_images[0], "init_images"), "init_images", "RGB")
     fields = _fields(body, state, user) | {"mode": "img2img", "init_image": str(init), "strength": body.denoising_strength}
     if body.mask:
-        from PIL import Image, ImageOps
-
         mask = store_image_bytes(state, decode_base64_image(body.mask, "mask"), "mask", "L")
-        if body.inpainting_mask_invert:
-            ImageOps.invert(Image.open(mask).convert("L")).save(mask)
-        fields |= {"mode": "inpaint", "mask_image": str(mask), "mask_blur": body.mask_blur}
+        fields |= {"mode": "inpaint", "mask_image": str(mask), "mask_blur": body.mask_blur,
+                   "mask_mode": "black" if body.inpainting_mask_invert else "white"}
     job = _submit(state, user, fields, body.styles)
     return _response(state, job, body)
 
@@ -173,7 +170,7 @@ def prompt_styles():
 
 @router.get("/options")
 def get_options(state: StudioState = Depends(get_state), user: User = Depends(current_user)):
-    from ..studio import default_model
+    from ..models.registry import default_model
 
     chosen = state.options.get(user.id, {}).get("sd_model_checkpoint") or state.config.default_model or default_model()
     return {"sd_model_checkpoint": chosen, "samples_format": "png", "CLIP_stop_at_last_layers": 1}

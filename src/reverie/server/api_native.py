@@ -12,19 +12,20 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..gallery.models import User
 from .state import SESSION_COOKIE, StudioState, Unauthorized, current_user, get_state, resolve_image
-from .submit import image_view, job_view, submit_dream, submit_generation
+from .submit import image_view, job_view, submit_job
 
 router = APIRouter(prefix="/api/v1", tags=["native"])
 
 
 class GenerateBody(BaseModel):
-    """A generation job. Images are `image:ID` (from your gallery) or base64 data."""
+    """A job for any mode a method serves (`GET /api/v1/modes`). Images are `image:ID` (from your
+    gallery) or base64 data. Fields a mode does not take are refused by name."""
 
     model_config = ConfigDict(extra="forbid")
 
-    mode: Literal["txt2img", "img2img", "variations", "inpaint", "outpaint", "upscale"] = "txt2img"
-    prompt: str = Field("", max_length=4000)
-    negative_prompt: str = Field("", max_length=4000)
+    mode: str = "txt2img"
+    prompt: str | None = Field(None, max_length=4000)
+    negative_prompt: str | None = Field(None, max_length=4000)
     style: str | None = None
     model: str | None = None
     width: int | None = None
@@ -37,6 +38,7 @@ class GenerateBody(BaseModel):
     strength: float | None = None
     init_image: str | None = None
     mask_image: str | None = None
+    mask_mode: str | None = None
     mask_blur: int | None = None
     outpaint_left: int | None = None
     outpaint_right: int | None = None
@@ -48,6 +50,8 @@ class GenerateBody(BaseModel):
 
 
 class DreamBody(BaseModel):
+    """A dream job: the built-in generator, guide and prior (files are for the `reverie` command)."""
+
     model_config = ConfigDict(extra="forbid")
 
     prompt: str = Field(..., max_length=4000)
@@ -72,20 +76,20 @@ class LoginBody(BaseModel):
     password: str = Field(..., max_length=1024)
 
 
-@router.post("/jobs", status_code=202, summary="Queue a generation (txt2img, img2img, variations, inpaint, outpaint, upscale)")
+@router.post("/jobs", status_code=202, summary="Queue a job for any mode (txt2img, img2img, variations, inpaint, outpaint, upscale, ...)")
 def create_job(body: GenerateBody, state: StudioState = Depends(get_state), user: User = Depends(current_user)):
     fields = body.model_dump(exclude={"style"})
     for name in ("init_image", "mask_image"):
         fields[name] = resolve_image(state, user, fields[name], name)
-    return job_view(state, submit_generation(state, user, fields, body.style))
+    return job_view(state, submit_job(state, user, fields, body.style))
 
 
 @router.post("/dreams", status_code=202, summary="Queue a dream (CLIP-steered, built-in generator and guide)")
 def create_dream(body: DreamBody, state: StudioState = Depends(get_state), user: User = Depends(current_user)):
-    fields = body.model_dump()
+    fields = body.model_dump() | {"mode": "dream"}
     fields["init_image"] = resolve_image(state, user, fields["init_image"], "init_image")
     fields["save_every"] = fields["save_every"] or 10
-    return job_view(state, submit_dream(state, user, fields))
+    return job_view(state, submit_job(state, user, fields))
 
 
 @router.get("/jobs", summary="Your recent jobs")
@@ -153,6 +157,13 @@ def models():
     from ..models.registry import list_models
 
     return [{"name": e.name, "kind": e.kind, "note": e.note} for e in list_models()]
+
+
+@router.get("/modes", summary="The modes a job can ask for, one per way of making pictures")
+def list_modes():
+    from ..studio import modes
+
+    return modes()
 
 
 @router.get("/samplers", summary="Sampler names (and their A1111 labels)")

@@ -1,8 +1,10 @@
 """OpenAI-compatible image endpoints, /v1/images: generations, edits, variations.
 
 `size` is the size of the pictures returned; a model that draws small and upscales (reverie-mini
-draws at a quarter and upscales 4x) is asked for size / its upscale factor. Edits follow
-DALL-E 2: the transparent pixels of the mask (or of the image, without a mask) are repainted.
+draws 128 px) is asked for its own size and the upscaler makes the rest. Edits and variations
+send the picture at `size`, and the method works at the model's size and brings the result back.
+Edits follow DALL-E 2: the transparent pixels of the mask (or of the image, without a mask) are
+repainted.
 `url` responses are signed links that work without an API key.
 """
 
@@ -20,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..errors import BadRequest
 from ..gallery.models import User
 from .state import StudioState, current_user, get_state, store_image_bytes
-from .submit import submit_generation
+from .submit import submit_job
 
 router = APIRouter(prefix="/v1/images", tags=["openai"])
 SIZES = ("64x64", "128x128", "256x256", "512x512", "768x768", "1024x1024")
@@ -41,13 +43,16 @@ def _model_name(model: str | None) -> str | None:
     return None if model is None or model.startswith(("dall-e", "gpt-image")) else model
 
 
-def _base_size(state: StudioState, size: str, model: str | None) -> tuple[int, int, int]:
-    """(width, height, upscale) that make pictures of `size`."""
+def _side(size: str) -> int:
     if size not in SIZES:
         raise BadRequest("size", f"must be one of {', '.join(SIZES)}")
-    side = int(size.split("x")[0])
-    from ..models.registry import native_side
-    from ..studio import default_model
+    return int(size.split("x")[0])
+
+
+def _base_size(state: StudioState, size: str, model: str | None) -> tuple[int, int, int]:
+    """(width, height, upscale) that make pictures of `size`."""
+    side = _side(size)
+    from ..models.registry import default_model, native_side
     from .state import check_model
 
     # A model with a native size (reverie-mini's 128) draws at it and the upscaler makes the rest.
@@ -69,7 +74,7 @@ def _respond(state: StudioState, request: Request, job, response_format: str) ->
 
 
 def _run(state: StudioState, user: User, fields: dict):
-    job = submit_generation(state, user, fields)
+    job = submit_job(state, user, fields)
     job = state.runner.wait_until_finished(job.id, state.config.sync_timeout_s)
     if job.status != "done":
         raise BadRequest("prompt", job.error or f"the request ended {job.status}")
@@ -86,20 +91,16 @@ def generations(body: GenerationsBody, request: Request, state: StudioState = De
     return _respond(state, request, job, body.response_format)
 
 
+def _size_of(data: bytes) -> tuple[int, int] | None:
+    try:
+        with Image.open(io.BytesIO(data)) as picture:
+            return picture.size
+    except (OSError, SyntaxError, ValueError):
+        return None  # store_image_bytes says what is wrong with it
+
+
 async def _read(upload: UploadFile, limit: int) -> bytes:
     return await upload.read(limit + 1)  # one byte over the limit is enough to refuse it
-
-
-def _mask_from_alpha(state: StudioState, data: bytes, field: str):
-    """White where the picture is transparent (to repaint), black where it is opaque."""
-    picture = Image.open(io.BytesIO(data))
-    if "A" not in picture.getbands():
-        raise BadRequest(field, "needs transparent pixels (an alpha channel) where the picture should change")
-    alpha = picture.getchannel("A")
-    mask = alpha.point(lambda a: 255 if a == 0 else 0)
-    buffer = io.BytesIO()
-    mask.save(buffer, format="PNG")
-    return store_image_bytes(state, buffer.getvalue(), field, "L")
 
 
 @router.post("/edits")
@@ -109,17 +110,15 @@ async def edits(request: Request, image: UploadFile = File(...), prompt: str = F
                 state: StudioState = Depends(get_state), user: User = Depends(current_user)):
     limit = state.config.max_upload_bytes
     image_bytes = await _read(image, limit)
-    init = store_image_bytes(state, image_bytes, "image", "RGB")
-    mask_path = _mask_from_alpha(state, await _read(mask, limit) if mask else image_bytes, "mask" if mask else "image")
-    model = _model_name(model)
-    width, height, upscale = _base_size(state, size, model)
-    init_picture, mask_picture = Image.open(init), Image.open(mask_path)
-    if mask_picture.size != init_picture.size:
-        raise BadRequest("mask", f"must be the same size as the image ({init_picture.width}x{init_picture.height})")
-    init_picture.resize((width, height), Image.LANCZOS).save(init)
-    mask_picture.resize((width, height), Image.NEAREST).save(mask_path)
+    side = _side(size)
+    mask_bytes = await _read(mask, limit) if mask else None
+    if mask_bytes is not None and _size_of(mask_bytes) != _size_of(image_bytes):
+        width, height = _size_of(image_bytes)
+        raise BadRequest("mask", f"must be the same size as the image ({width}x{height})")
+    init = store_image_bytes(state, image_bytes, "image", size=(side, side))
+    mask_path = store_image_bytes(state, mask_bytes, "mask", size=(side, side)) if mask_bytes is not None else init
     job = _run(state, user, {"mode": "inpaint", "prompt": prompt, "init_image": str(init), "mask_image": str(mask_path),
-                             "n_samples": n, "model": model, "upscale": upscale})
+                             "mask_mode": "transparent", "n_samples": n, "model": _model_name(model)})
     return _respond(state, request, job, response_format)
 
 
@@ -128,11 +127,8 @@ async def variations(request: Request, image: UploadFile = File(...), n: int = F
                      size: str = Form("256x256"), response_format: Literal["url", "b64_json"] = Form("url"),
                      model: str | None = Form(None), state: StudioState = Depends(get_state),
                      user: User = Depends(current_user)):
-    init = store_image_bytes(state, await _read(image, state.config.max_upload_bytes), "image", "RGB")
-    model = _model_name(model)
-    width, height, upscale = _base_size(state, size, model)
-    picture = Image.open(init).resize((width, height), Image.LANCZOS)
-    picture.save(init)
+    side = _side(size)
+    init = store_image_bytes(state, await _read(image, state.config.max_upload_bytes), "image", "RGB", (side, side))
     job = _run(state, user, {"mode": "variations", "prompt": "", "init_image": str(init), "n_samples": n,
-                             "model": model, "upscale": upscale})
+                             "model": _model_name(model)})
     return _respond(state, request, job, response_format)

@@ -22,7 +22,8 @@ from ..gallery.store import Gallery
 from ..progress import ProgressEvent
 
 log = logging.getLogger("reverie.server")
-PREVIEW_EVERY = 2  # denoising steps between live previews
+# Progress stages that count steps, and what a watcher is told the job is doing.
+STEP_STAGES = {"denoise": "denoising", "dream": "dreaming"}
 
 
 @dataclass
@@ -131,14 +132,12 @@ class JobRunner:
                 self.current = None
 
     def _run(self, job) -> None:
-        request = json.loads(job.request_json)
+        fields = json.loads(job.request_json)
+        fields.setdefault("mode", "dream" if job.kind == "dream" else "txt2img")  # jobs queued before requests had a mode
         self._notify(job.id, stage="running", started=time.monotonic())
         should_stop = lambda: job.id in self._stop_job or self._halt.is_set()  # noqa: E731
         try:
-            if job.kind == "dream":
-                stopped = self._run_dream(job, request, should_stop)
-            else:
-                stopped = self._run_generate(job, request, should_stop)
+            stopped = self._run_method(job, fields, should_stop)
         except ReverieError as exc:
             self.gallery.finish_job(job.id, "failed", str(exc))
             self._notify(job.id, stage="failed", message=str(exc))
@@ -155,61 +154,39 @@ class JobRunner:
         self._stop_job.discard(job.id)
         self._notify(job.id, stage=status)
 
-    def _run_generate(self, job, request: dict, should_stop) -> bool:
-        from ..methods.diffusion.preview import preview_image
+    def _run_method(self, job, fields: dict, should_stop) -> bool:
+        """Run the job's request through the studio, whatever its method; each finished picture
+        is moved into the gallery as it comes. True when it was stopped early."""
+        from ..studio import make_request
 
-        rerank = request.get("rerank", 1)  # with candidates, the bar counts candidates made
-        total = request.get("n_samples", 1) * request.get("n_iter", 1) * rerank
+        total = make_request(fields).candidate_count()
         self._notify(job.id, images_total=total)
-        outdir = self.gallery.folder / "work" / job.id
-        components = {}
+        workdir = self.gallery.folder / "work" / job.id
 
         def on_progress(event: ProgressEvent) -> None:
+            changes = {}
             if event.stage == "load":
-                self._notify(job.id, stage="loading", message=event.message)
-            elif event.stage == "denoise":
-                changes = {"stage": "denoising", "step": event.step, "total": event.total, "message": ""}
-                if event.payload is not None and (event.step % PREVIEW_EVERY == 0 or event.step == event.total):
-                    vae = components.get("vae")
-                    if vae is not None:
-                        changes["preview"] = png_bytes(preview_image(event.payload, vae, 256))
-                self._notify(job.id, **changes)
+                changes = {"stage": "loading", "message": event.message}
+            elif event.stage in STEP_STAGES:
+                changes = {"stage": STEP_STAGES[event.stage], "step": event.step, "total": event.total,
+                           "message": event.message}
             elif event.stage == "rerank":
-                self._notify(job.id, stage="choosing", images_done=event.step, message=event.message)
+                changes = {"stage": "choosing", "images_done": event.step, "message": event.message}
             elif event.stage == "image":
                 image = event.payload
-                self.gallery.add_image(job, image.path, request.get("prompt", ""), image.seed, image.metadata)
-                image.path.unlink(missing_ok=True)
-                self._notify(job.id, images_done=event.step if rerank == 1 else total, preview=png_bytes(image.image))
-
-        def remember_model(event: ProgressEvent) -> None:
-            if event.stage == "encode" and "vae" not in components:
-                model = self.studio.loaded_model(request.get("model"))
-                if model is not None:
-                    components["vae"] = model.vae
-            on_progress(event)
-
-        # The gallery keeps the single pictures (each moved in as it is made), so no grid.
-        result = self.studio.generate(request, outdir=outdir, grid=False, progress=remember_model, should_stop=should_stop)
-        shutil.rmtree(outdir, ignore_errors=True)
-        return result.interrupted
-
-    def _run_dream(self, job, request: dict, should_stop) -> bool:
-        iterations = request.get("iterations", 300)
-        self._notify(job.id, images_total=1, total=iterations)
-        run_dir = self.gallery.folder / "dreams" / job.id
-
-        def on_progress(event: ProgressEvent) -> None:
-            if event.stage == "dream":
-                changes = {"stage": "dreaming", "step": event.step, "total": event.total, "message": event.message}
-                if event.payload is not None:
-                    changes["preview"] = png_bytes(event.payload)
+                self.gallery.add_image(job, image.path, fields.get("prompt", ""), image.seed, image.metadata)
+                live = self.live.get(job.id)
+                done = total if event.step == event.total else max(event.step, live.images_done if live else 0)
+                changes = {"images_done": done, "preview": png_bytes(image.image)}
+            if event.preview is not None:
+                changes["preview"] = png_bytes(event.preview)
+            if changes:
                 self._notify(job.id, **changes)
 
-        report = self.studio.dream(request, folder=run_dir, progress=on_progress, should_stop=should_stop)
-        from ..outputs.metadata import read_png_info
-
-        metadata = read_png_info(report.picture).get("reverie") or {}
-        self.gallery.add_image(job, report.picture, request.get("prompt", ""), metadata.get("seed", 0), metadata)
-        self._notify(job.id, images_done=1)
-        return report.stopped == "interrupted"
+        try:
+            # The gallery keeps the single pictures (each moved in as it is made), so no grid.
+            result = self.studio.run(fields, outdir=workdir, grid=False, run_folder=workdir, progress=on_progress,
+                                     should_stop=should_stop, previews=True)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        return result.interrupted

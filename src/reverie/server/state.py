@@ -100,8 +100,10 @@ def decode_base64_image(value: str, field: str) -> bytes:
         raise BadRequest(field, "is not valid base64 image data") from None
 
 
-def store_image_bytes(state: StudioState, data: bytes, field: str, mode: str | None = None) -> Path:
-    """Check that `data` is a picture within limits and store it as a PNG upload; returns its path."""
+def store_image_bytes(state: StudioState, data: bytes, field: str, mode: str | None = None,
+                      size: tuple[int, int] | None = None) -> Path:
+    """Check that `data` is a picture within limits and store it as a PNG upload (in `mode`, at
+    `size`, when given; transparency is kept otherwise); returns its path."""
     config = state.config
     if len(data) > config.max_upload_bytes:
         raise HTTPException(413, detail={"field": field, "message": f"is larger than {config.max_upload_bytes // 2**20} MiB"})
@@ -116,6 +118,10 @@ def store_image_bytes(state: StudioState, data: bytes, field: str, mode: str | N
         raise BadRequest(field, f"is {picture.width}x{picture.height}; the largest accepted is {config.max_upload_pixels} pixels")
     if mode:
         picture = picture.convert(mode)
+    elif picture.mode not in ("RGB", "RGBA", "L"):
+        picture = picture.convert("RGBA" if "transparency" in picture.info or "A" in picture.getbands() else "RGB")
+    if size and picture.size != size:
+        picture = picture.resize(size, Image.LANCZOS)
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
     return state.gallery.save_upload(buffer.getvalue())

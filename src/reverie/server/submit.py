@@ -11,50 +11,54 @@ import json
 from ..errors import BadRequest
 from ..gallery.models import Job, User
 from ..prompts.styles import apply_style
-from ..request import make_dream_request, make_request
+from ..studio import make_request, request_fields
 from .state import StudioState, check_model
 
-SERVER_DREAM_GENERATORS = ("mini", "pixels")
-SERVER_DREAM_GUIDES = ("mini",)
-SERVER_DREAM_PRIORS = ("auto", "mini", "none")
+# What a studio request may name, where the CLI can name files: the server never takes a path
+# from a client. {field: allowed values}; fields not listed here are checked by the request itself.
+SERVER_CHOICES = {
+    "generator": ("mini", "pixels"),
+    "guides": ("mini",),
+    "prior": ("auto", "mini", "none"),
+    "scorer": ("mini",),
+}
+MAX_ITERATIONS = 5000  # a dream's iterations per studio request
+CANDIDATES_PER_PICTURE = 4  # best-of candidates per picture allowed, on top of max_images_per_request
 
 
 def _cost(state: StudioState) -> int:
     return state.config.cost_per_request if state.config.multi_user else 0
 
 
-def submit_generation(state: StudioState, user: User, fields: dict, style: str | None = None) -> Job:
-    """Validate `fields` as a GenerationRequest (plus a style preset) and queue it."""
+def _check_choices(fields: dict) -> None:
+    for name, allowed in SERVER_CHOICES.items():
+        if name not in fields:
+            continue
+        given = fields[name] if isinstance(fields[name], list) else [fields[name]]
+        if any(value not in allowed for value in given):
+            raise BadRequest(name, f"the studio takes {' or '.join(allowed)}; use the `reverie` command for files")
+
+
+def submit_job(state: StudioState, user: User, fields: dict, style: str | None = None) -> Job:
+    """Validate `fields` as the request of the method their `mode` names (plus a style preset),
+    check the studio's own limits, and queue it, charged."""
     fields = {k: v for k, v in fields.items() if v is not None}
+    _check_choices(fields)
     if style:
         fields["prompt"], fields["negative_prompt"] = apply_style(style, fields.get("prompt", ""), fields.get("negative_prompt", ""))
-    fields["model"] = check_model(state, fields.get("model"))
+    if "model" in request_fields(fields.get("mode")):
+        fields["model"] = check_model(state, fields.get("model"))
     fields.setdefault("device", state.config.device)
-    request = make_request(**fields)
-    if request.n_samples * request.n_iter > state.config.max_images_per_request:
-        raise BadRequest("n_samples", f"at most {state.config.max_images_per_request} pictures per request")
-    if request.n_samples * request.n_iter * request.rerank > state.config.max_images_per_request * 4:
-        raise BadRequest("rerank", f"at most {state.config.max_images_per_request * 4} candidates per request (n_samples x n_iter x rerank)")
-    data = request.settings()
-    job = state.gallery.add_job(user.id, "generate", data, state.config.queue_capacity, _cost(state), state.config.monthly_credits)
-    state.runner.wake()
-    return job
-
-
-def submit_dream(state: StudioState, user: User, fields: dict) -> Job:
-    fields = {k: v for k, v in fields.items() if v is not None}
-    if fields.get("generator", "mini") not in SERVER_DREAM_GENERATORS:
-        raise BadRequest("generator", f"the studio dreams with {' or '.join(SERVER_DREAM_GENERATORS)}; use `reverie dream` for checkpoint files")
-    if any(guide not in SERVER_DREAM_GUIDES for guide in fields.get("guides", ["mini"])):
-        raise BadRequest("guides", "the studio dreams with the built-in guide (mini)")
-    if fields.get("prior", "auto") not in SERVER_DREAM_PRIORS:
-        raise BadRequest("prior", f"the studio's dream prior is one of {', '.join(SERVER_DREAM_PRIORS)}; use `reverie dream` for model files")
-    fields.setdefault("device", state.config.device)
-    request = make_dream_request(**fields)
-    if request.iterations > 5000:
-        raise BadRequest("iterations", "at most 5000 iterations per dream in the studio")
-    data = request.settings()
-    job = state.gallery.add_job(user.id, "dream", data, state.config.queue_capacity, _cost(state), state.config.monthly_credits)
+    request = make_request(fields)
+    limit = state.config.max_images_per_request
+    if request.picture_count() > limit:
+        raise BadRequest("n_samples", f"at most {limit} pictures per request")
+    if request.candidate_count() > limit * CANDIDATES_PER_PICTURE:
+        raise BadRequest("rerank", f"at most {limit * CANDIDATES_PER_PICTURE} candidates per request (n_samples x n_iter x rerank)")
+    if getattr(request, "iterations", 0) > MAX_ITERATIONS:
+        raise BadRequest("iterations", f"at most {MAX_ITERATIONS} iterations per dream in the studio")
+    job = state.gallery.add_job(user.id, request.mode, request.settings(), state.config.queue_capacity, _cost(state),
+                                state.config.monthly_credits)
     state.runner.wake()
     return job
 

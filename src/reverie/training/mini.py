@@ -134,8 +134,7 @@ def components_from(unet, vae, tokenizer, text_encoder) -> ModelComponents:
 @torch.no_grad()
 def sample_grid(unet, vae, tokenizer, text_encoder, path: Path, prompts=SAMPLE_PROMPTS, steps: int = 20) -> Path:
     """One picture per prompt, through the same engine users run."""
-    from ..request import make_request
-    from ..studio import Studio
+    from ..studio import Studio, make_request
 
     studio = Studio(device="cpu")
     studio.add_model("mini-training", components_from(unet, vae, tokenizer, text_encoder))

@@ -49,10 +49,16 @@ def pad_to_multiple(image: Image.Image, multiple: int = 8) -> Image.Image:
     return Image.fromarray(np.pad(array, pad, mode="edge"))
 
 
-def load_mask(ref, size: tuple[int, int]) -> Image.Image:
-    """A binary L-mode mask (255 = repaint) at `size`; a mask of another shape is refused."""
+def load_mask(ref, size: tuple[int, int], mask_mode: str = "white") -> Image.Image:
+    """A binary L-mode mask (255 = repaint) at `size`; a mask of another shape is refused.
+
+    `mask_mode` says what marks the area to repaint: "white" pixels (the default), "black" ones
+    (A1111's inverted masks), or "transparent" ones (DALL-E 2's edits erase what is to change).
+    """
     mask = load_image(ref, "mask_image")
-    if mask.mode in ("RGBA", "LA") and mask.getextrema()[-1][0] < 255:
+    if mask_mode == "transparent":
+        mask = mask_from_alpha(mask.convert("RGBA") if "transparency" in mask.info else mask, "mask_image")
+    elif mask.mode in ("RGBA", "LA") and mask.getextrema()[-1][0] < 255:
         # A painted layer: opaque strokes mark what to repaint.
         mask = mask.getchannel("A")
     mask = mask.convert("L")
@@ -64,6 +70,8 @@ def load_mask(ref, size: tuple[int, int]) -> Image.Image:
                 "give a mask with the same shape as the image"
             )
         mask = mask.resize(size, Image.NEAREST)
+    if mask_mode == "black":
+        mask = invert_mask(mask)
     return mask.point(lambda v: 255 if v >= 128 else 0)
 
 
@@ -114,3 +122,32 @@ def outpaint_canvas(
     mask = Image.new("L", canvas.size, 255)
     mask.paste(0, (left, up, left + image.width, up + image.height))
     return canvas, mask, (left, up)
+
+
+def invert_mask(mask: Image.Image) -> Image.Image:
+    """White <-> black: for clients that mark what to keep rather than what to repaint (A1111's
+    `inpainting_mask_invert`)."""
+    return ImageOps.invert(mask.convert("L"))
+
+
+def mask_from_alpha(picture: Image.Image, field: str) -> Image.Image:
+    """White where `picture` is fully transparent (to repaint), black where it is not: DALL-E 2's
+    edits mark the area to change by erasing it."""
+    if "A" not in picture.getbands() or picture.getchannel("A").getextrema()[0] == 255:
+        raise ImageInputError(f"{field}: needs transparent pixels (an alpha channel) where the picture should change")
+    return picture.getchannel("A").point(lambda a: 255 if a == 0 else 0)
+
+
+def working_factor(size: tuple[int, int], native: int, default_upscale: int) -> int:
+    """How many times smaller than `size` a model that draws small (`default_upscale` > 1) should
+    work on an input picture: the least of 1, 2, 4 that brings its longest side near the model's
+    native size. The result is then enlarged back by the built-in upscaler. Other models work at
+    the input's own size."""
+    if default_upscale <= 1:
+        return 1
+    longest = max(size)
+    return next((factor for factor in (1, 2, 4) if longest / factor <= native * 1.5), 4)
+
+
+def round_to_8(value: float) -> int:
+    return max(64, int(round(value / 8)) * 8)

@@ -1,6 +1,14 @@
-"""diffusers pipelines over one set of loaded components (built once, sharing the modules)."""
+"""diffusers pipelines over one set of loaded components, and the per-request settings they run with.
+
+Components come from the shared model cache, so nothing of one request may stay on them: a
+pipeline is a light wrapper made for each request, and the memory settings (VAE slicing and
+tiling, attention slicing), which diffusers keeps on the modules themselves, are put back as they
+were when the request ends.
+"""
 
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 from diffusers import (
     StableDiffusionImg2ImgPipeline,
@@ -18,28 +26,40 @@ _KINDS = {
 
 
 def pipeline_for(components: ModelComponents, kind: str, scheduler):
-    """The `kind` pipeline for these components, with `scheduler` set for this run.
+    """A `kind` pipeline over these components, with `scheduler`.
 
     Prompts are encoded by reverie (weights, long prompts), so the pipelines only ever see
     ready embeddings; the safety checker is not part of reverie's pipelines.
     """
-    cache = components.extras.setdefault("pipelines", {})
-    if kind not in cache:
-        cache[kind] = _KINDS[kind](
-            vae=components.vae,
-            text_encoder=components.text_encoder,
-            tokenizer=components.tokenizer,
-            unet=components.unet,
-            scheduler=scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-        cache[kind].set_progress_bar_config(disable=True)
-    pipe = cache[kind]
-    pipe.scheduler = scheduler
-    if components.extras.get("attention_slicing"):
-        pipe.enable_attention_slicing()
-    else:
-        pipe.disable_attention_slicing()
+    pipe = _KINDS[kind](
+        vae=components.vae,
+        text_encoder=components.text_encoder,
+        tokenizer=components.tokenizer,
+        unet=components.unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@contextmanager
+def memory_settings(components: ModelComponents, vae_tiling: bool, attention_slicing: bool):
+    """Run with these memory settings, then put the modules back as they were.
+
+    The VAE always decodes one picture at a time (same pixels, a fraction of the memory).
+    """
+    vae, unet = components.vae, components.unet
+    saved = (vae.use_slicing, vae.use_tiling, unet.attn_processors if attention_slicing else None)
+    vae.enable_slicing()
+    vae.enable_tiling() if vae_tiling else vae.disable_tiling()
+    if attention_slicing:
+        unet.set_attention_slice("auto")
+    try:
+        yield
+    finally:
+        vae.use_slicing, vae.use_tiling = saved[0], saved[1]
+        if saved[2] is not None:
+            unet.set_attn_processor(saved[2])

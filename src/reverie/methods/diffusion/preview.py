@@ -10,9 +10,10 @@ from __future__ import annotations
 import itertools
 import weakref
 
-import numpy as np
 import torch
 from PIL import Image
+
+from ...pixels import to_picture
 
 # Per autoencoder, forgotten with it (an id() key could be reused by a later model).
 _FITTED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -40,11 +41,10 @@ def preview_image(latents: torch.Tensor, vae, size: int | None = None) -> Image.
     """A picture of the batch's latents side by side, each upscaled to about `size` pixels."""
     weights = fit_latent_to_rgb(vae)
     latents = latents.detach().float().cpu()
-    rgb = torch.einsum("bchw,cd->bhwd", latents, weights[:-1]) + weights[-1]
-    array = (rgb.clamp(0, 1).numpy() * 255).astype(np.uint8)
-    strip = np.concatenate(list(array), axis=1)
-    picture = Image.fromarray(strip)
+    rgb = torch.einsum("bchw,cd->dhbw", latents, weights[:-1]) + weights[-1].view(3, 1, 1, 1)
+    channels, height, batch, width = rgb.shape
+    picture = to_picture(rgb.reshape(channels, height, batch * width))  # the batch side by side
     if size:
-        factor = max(1, size // array.shape[1])
+        factor = max(1, size // height)
         picture = picture.resize((picture.width * factor, picture.height * factor), Image.NEAREST)
     return picture

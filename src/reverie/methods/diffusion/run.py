@@ -1,163 +1,172 @@
-"""Latent diffusion: txt2img, img2img, variations, inpaint and outpaint on diffusers pipelines.
+"""The diffusion method: txt2img, img2img, variations, inpaint and outpaint, from request to
+written pictures.
 
-`run_batches` yields each finished batch as soon as it exists, so a caller can save it before
-the next one starts; stopping (a flag or Ctrl-C) never loses a finished picture.
+1. Fix the seed and the model; for variations, borrow the source picture's prompt.
+2. Load the model through the shared cache; fill the sampling settings the request left out
+   from the model's own defaults.
+3. Bring the input to the size the model works at; estimate peak memory, tile the decode when it
+   would not fit whole, refuse what cannot fit at all, before any work.
+4. Run the batches; with `rerank` N make N times the pictures and keep the best-scored; bring
+   each picture to its final size (upscaler, kept pixels) and write it as soon as it exists.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Iterator
+import time
 
-import numpy as np
 import torch
-from PIL import Image
 
+from ... import __version__
+from ...device import available_memory, check_fits, estimate_peak_bytes, pick_device, pick_dtype
+from ...errors import BadRequest
+from ...models.cache import ModelCache
 from ...models.components import ModelComponents
-from ...progress import Interrupted, ProgressCallback, ProgressEvent, StopCheck
-from ...prompts.conditioning import encode_prompt_pair
-from ...request import GenerationRequest
-from ...samplers import build_scheduler
-from .images import composite, feathered_alpha, load_image, load_mask, outpaint_canvas, pad_to_multiple, to_rgb
-from .pipelines import pipeline_for
+from ...models.registry import default_model, load_model
+from ...outputs.files import Outputs
+from ...outputs.metadata import a1111_parameters, read_png_info, reverie_metadata
+from ...progress import Interrupted, Progress, ProgressEvent
+from ...result import GeneratedImage, Result
+from ...samplers import get_sampler
+from ..rerank import best_candidates, scorer_from
+from .batches import PreparedInput, finish, prepare_input, run_batches
+from .request import IMAGE_MODES, GenerationRequest
 
 
-@dataclass
-class PreparedInput:
-    """The picture and mask a run starts from, at a size the model accepts."""
+def diffusion_model(models: ModelCache, reference: str, device: torch.device, dtype: torch.dtype) -> ModelComponents:
+    """The loaded model `reference` names, on `device` in `dtype`, from the shared cache."""
 
-    width: int
-    height: int
-    image: Image.Image | None = None  # padded/resized to width x height
-    mask: Image.Image | None = None  # 255 = repaint
-    crop: tuple[int, int] | None = None  # final size to cut the output back to
+    def load() -> ModelComponents:
+        components = load_model(reference, dtype=dtype)
+        for module in components.modules:
+            module.to(device)
+        return components
 
-
-def prepare_input(request: GenerationRequest, components: ModelComponents) -> PreparedInput:
-    """Resolve the working size and load the init image / mask the mode needs."""
-    if request.mode == "txt2img":
-        size = components.native_size
-        return PreparedInput(request.width or size, request.height or size)
-    image = to_rgb(load_image(request.init_image, "init_image"))
-    if request.mode == "outpaint":
-        canvas, mask, _origin = outpaint_canvas(image, *request.outpaint_extents)
-        return PreparedInput(canvas.width, canvas.height, canvas, mask)
-    mask = load_mask(request.mask_image, image.size) if request.mode == "inpaint" else None
-    if request.width or request.height:
-        width = request.width or _round8(image.width * request.height / image.height)
-        height = request.height or _round8(image.height * request.width / image.width)
-        image = image.resize((width, height), Image.LANCZOS)
-        mask = mask.resize((width, height), Image.NEAREST) if mask else None
-        return PreparedInput(width, height, image, mask)
-    # Keep the user's size exactly: pad to a multiple of 8 now, cut the padding off afterwards.
-    crop = image.size
-    image = pad_to_multiple(image)
-    if mask is not None:
-        # The padding is marked "keep" so nothing is painted that will be cut off anyway.
-        padded = Image.new("L", image.size, 0)
-        padded.paste(mask, (0, 0))
-        mask = padded
-    return PreparedInput(image.width, image.height, image, mask, crop if crop != image.size else None)
+    return models.get(("diffusion", reference, str(device), str(dtype)), load)
 
 
-def _round8(value: float) -> int:
-    return max(64, int(round(value / 8)) * 8)
+def run(request: GenerationRequest, models: ModelCache, progress: Progress, outputs: Outputs) -> Result:
+    """Make the pictures `request` asks for, writing each to `outputs` as soon as it is finished.
 
-
-def initial_noise(seeds: list[int], shape: tuple[int, int, int]) -> tuple[torch.Tensor, list[torch.Generator]]:
-    """Starting latents, one CPU generator per image, so a seed gives the same picture on any
-    device and at any batch size; the generators go on to feed the samplers' fresh noise."""
-    generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
-    noise = torch.stack([torch.randn(shape, generator=g, dtype=torch.float32) for g in generators])
-    return noise, generators
-
-
-def denoising_steps(steps: int, strength: float) -> int:
-    """Steps to ask of an img2img pipeline so it runs at least one step (it runs steps*strength)."""
-    return max(steps, math.ceil(1 / strength)) if strength > 0 else steps
-
-
-def run_batches(
-    request: GenerationRequest,
-    components: ModelComponents,
-    device: torch.device,
-    dtype: torch.dtype,
-    progress: ProgressCallback,
-    should_stop: StopCheck,
-) -> Iterator[list[tuple[Image.Image, int]]]:
-    """Yield [(picture, seed), ...] for each of the request's n_iter batches."""
-    request = request.with_defaults(components.extras.get("defaults"))
+    Stopping (`progress.stop_requested()` or Ctrl-C) ends the run early: the result then holds
+    every picture finished so far and `interrupted` is True.
+    """
+    request = _resolve(request)
+    if (request.rerank > 1 or request.score) and not request.prompt.strip():
+        raise BadRequest("rerank" if request.rerank > 1 else "score", "needs a prompt to score the pictures against")
+    device = pick_device(request.device)
+    dtype = pick_dtype(request.dtype, device)
+    started = time.perf_counter()
+    progress(ProgressEvent("load", message=f"loading {request.model}"))
+    components = diffusion_model(models, request.model, device, dtype)
+    request = request.with_defaults(components.sampling)
     prepared = prepare_input(request, components)
-    seeds = request.image_seeds()
-    progress(ProgressEvent("encode", message="encoding prompt"))
-    cond, uncond = encode_prompt_pair(
-        request.prompt, request.negative_prompt, components.tokenizer, components.text_encoder, device=device
-    )
-    cond, uncond = cond.to(device, dtype), uncond.to(device, dtype)
-    strength = request.effective_strength
-    for batch in range(request.n_iter):
-        if should_stop():
-            raise Interrupted()
-        batch_seeds = seeds[batch * request.n_samples : (batch + 1) * request.n_samples]
-        if request.mode in ("img2img", "variations") and strength == 0:
-            # Nothing to denoise: the honest answer is the picture itself, untouched.
-            images = [prepared.image.copy() for _ in batch_seeds]
-        else:
-            images = _one_batch(request, components, prepared, batch_seeds, cond, uncond, device, dtype, batch, progress, should_stop)
-        if prepared.mask is not None:
-            alpha = feathered_alpha(prepared.mask, request.mask_blur)
-            images = [composite(prepared.image, img, alpha) for img in images]
-        if prepared.crop:
-            images = [img.crop((0, 0) + prepared.crop) for img in images]
-        yield list(zip(images, batch_seeds))
+    request = _fit_memory(request, components, prepared, device, dtype)
+    scorer = scorer_from(models, request.scorer) if request.score or request.rerank > 1 else None
+    loaded = time.perf_counter()
+
+    candidates = request.model_copy(update={"n_iter": request.n_iter * request.rerank})
+    batches = run_batches(candidates, components, prepared, device, dtype, progress)
+    if request.keep_only is not None:
+        batches = ([batch[request.keep_only]] for batch in batches)
+    result = Result(request=request)
+    if request.rerank > 1:
+        progress(ProgressEvent("rerank", 0, request.candidate_count(), message=(
+            f"making {request.candidate_count()} candidates, keeping the best {request.picture_count()}")))
+        kept, result.interrupted = best_candidates(batches, scorer, request.prompt, request.picture_count(),
+                                                   request.candidate_count(), progress)
+        batches = [[(candidate.picture, candidate.seed, candidate.score) for candidate in kept]]
+    else:
+        batches = (_with_scores(batch, scorer, request.prompt) for batch in batches)
+    settings = request.settings() | {"model_name": components.name, "reverie_version": __version__,
+                                     "latent_channels": components.vae.config.latent_channels,
+                                     "vae_scale": components.vae_scale_factor}
+    try:
+        for batch in batches:
+            pictures = finish([picture for picture, _, _ in batch], prepared, request, models, progress)
+            for picture, (_, seed, score) in zip(pictures, batch):
+                result.images.append(_write(picture, seed, score, len(result.images), request, settings, scorer, outputs))
+                progress(ProgressEvent("image", len(result.images), request.picture_count(), payload=result.images[-1]))
+    except (Interrupted, KeyboardInterrupt):
+        result.interrupted = True
+    if result.images:
+        first = result.images[0]
+        result.grid_path = outputs.grid_of([image.image for image in result.images], request.prompt, first.parameters, first.metadata)
+    result.timings = {"load_s": loaded - started, "generate_s": time.perf_counter() - loaded}
+    return result
 
 
-def _one_batch(request, components, prepared, seeds, cond, uncond, device, dtype, batch, progress, should_stop):
-    count = len(seeds)
-    scale = components.vae_scale_factor
-    latent_shape = (components.vae.config.latent_channels, prepared.height // scale, prepared.width // scale)
-    noise, generators = initial_noise(seeds, latent_shape)
-    scheduler = build_scheduler(request.sampler, components.scheduler_config, seeds)
-    stopped = {"flag": False}
+def _write(picture, seed: int, score, index: int, request: GenerationRequest, settings: dict, scorer,
+           outputs: Outputs) -> GeneratedImage:
+    metadata = reverie_metadata(settings, seed, index) | {"image_size": list(picture.size)}
+    if score is not None:
+        metadata |= {"clip_score": round(score, 4), "scorer": scorer.name}
+    parameters = a1111_parameters(request.prompt, request.negative_prompt, _parameter_fields(settings, seed, picture.size))
+    image = GeneratedImage(picture, seed, index, metadata, parameters, score=score)
+    image.path = outputs.picture(picture, seed, request.prompt, parameters, metadata)
+    return image
 
-    def on_step(pipe, step, timestep, tensors):
-        # The current latents ride along for live previews (see preview.py); listeners must not change them.
-        progress(ProgressEvent("denoise", step + 1, pipe.num_timesteps, batch, request.n_iter, payload=tensors.get("latents")))
-        if should_stop():
-            stopped["flag"] = True
-            pipe._interrupt = True  # diffusers then skips the remaining steps
-        return tensors
 
-    common = dict(
-        prompt_embeds=cond.expand(count, -1, -1),
-        negative_prompt_embeds=uncond.expand(count, -1, -1),
-        guidance_scale=request.cfg_scale,
-        generator=generators,
-        callback_on_step_end=on_step,
-        output_type="np",
-    )
-    strength = request.effective_strength
+def _parameter_fields(settings: dict, seed: int, size: tuple[int, int]) -> dict:
+    """The `Key: value` fields of A1111's text for one picture."""
+    fields = {
+        "Steps": settings["steps"],
+        "Sampler": get_sampler(settings["sampler"]).label,
+        "CFG scale": f"{float(settings['cfg_scale']):g}",
+        "Seed": seed,
+        "Size": f"{size[0]}x{size[1]}",
+        "Model": settings.get("model_name") or settings.get("model") or "",
+    }
+    if settings["mode"] in IMAGE_MODES:
+        strength = settings.get("strength")
+        fields["Denoising strength"] = f"{float(strength):g}" if strength is not None else ""
+    if settings["mode"] in ("inpaint", "outpaint"):
+        fields["Mask blur"] = settings.get("mask_blur", 0)
+    if (settings.get("upscale") or 1) > 1:
+        fields["Hires upscale"] = settings["upscale"]
+        fields["Hires upscaler"] = "reverie 4x"
+    return fields
+
+
+def _resolve(request: GenerationRequest) -> GenerationRequest:
+    """Fix the seed and the model, and for variations borrow the source picture's prompt."""
+    request = request.with_seed()
+    updates = {}
+    if not request.model:
+        updates["model"] = default_model()
+    if request.mode == "variations" and not request.prompt and isinstance(request.init_image, str):
+        try:
+            source = read_png_info(request.init_image)["reverie"]
+        except Exception:  # an unreadable picture is reported when the run loads it
+            source = None
+        if source:
+            updates["prompt"] = source["settings"].get("prompt", "")
+            updates["negative_prompt"] = source["settings"].get("negative_prompt", "")
+    return request.model_copy(update=updates) if updates else request
+
+
+def _fit_memory(request: GenerationRequest, components: ModelComponents, prepared: PreparedInput,
+                device: torch.device, dtype: torch.dtype) -> GenerationRequest:
+    """Tile the decode where a whole one would not fit; refuse what cannot fit at all. Sized from
+    the picture the model will really work on (the input's, for the image modes)."""
+    def estimate(tiled: bool) -> int:
+        return estimate_peak_bytes(
+            width=prepared.width, height=prepared.height, batch=request.n_samples,
+            latent_channels=components.vae.config.latent_channels, vae_scale=components.vae_scale_factor,
+            dtype=dtype, vae_tiling=tiled,
+        )
+
+    tiling = request.vae_tiling
+    if tiling is None:
+        # Tile the decode only when it would not fit whole: tiling leaves faint seams.
+        tiling = estimate(False) > available_memory(device) * 0.8
+    check_fits(estimate(tiling), device)
+    updates = {"vae_tiling": tiling, "upscale": prepared.factor}
     if request.mode == "txt2img":
-        pipe = pipeline_for(components, "txt2img", scheduler)
-        out = pipe(height=prepared.height, width=prepared.width, num_inference_steps=request.steps,
-                   latents=noise.to(device, dtype), **common)
-    elif request.mode in ("img2img", "variations"):
-        pipe = pipeline_for(components, "img2img", scheduler)
-        out = pipe(image=[prepared.image] * count, strength=strength,
-                   num_inference_steps=denoising_steps(request.steps, strength), **common)
-    else:  # inpaint, outpaint
-        pipe = pipeline_for(components, "inpaint", scheduler)
-        full = strength >= 1.0
-        out = pipe(image=[prepared.image] * count, mask_image=[prepared.mask] * count,
-                   height=prepared.height, width=prepared.width, strength=strength,
-                   num_inference_steps=request.steps if full else denoising_steps(request.steps, strength),
-                   latents=noise.to(device, dtype) if full else None, **common)
-    if stopped["flag"]:
-        raise Interrupted()  # the batch was cut short: its half-made pictures are not results
-    progress(ProgressEvent("decode", batch=batch, batches=request.n_iter))
-    return [_to_pil(array) for array in out.images]
+        updates |= {"width": prepared.width, "height": prepared.height}
+    return request.model_copy(update=updates)
 
 
-def _to_pil(array: np.ndarray) -> Image.Image:
-    return Image.fromarray(np.clip(array * 255 + 0.5, 0, 255).astype(np.uint8))
+def _with_scores(batch, scorer, prompt: str) -> list[tuple]:
+    """[(picture, seed)] -> [(picture, seed, score)]; the score is None when nothing scores."""
+    scores = scorer.scores([picture for picture, _ in batch], prompt) if scorer else [None] * len(batch)
+    return [(picture, seed, score) for (picture, seed), score in zip(batch, scores)]

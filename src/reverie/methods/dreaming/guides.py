@@ -89,6 +89,3 @@ def load_guide(reference: str) -> Guide:
 
     return OpenClipGuide(load_clip_file(reference))
 
-
-def load_guides(references: list[str]) -> list[Guide]:
-    return [load_guide(ref) for ref in (references or [BUILTIN_GUIDE])]

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ...prompts.conditioning import encode_prompt_pair
-from ...request import BUILTIN_GENERATOR
+from .request import BUILTIN_GENERATOR
 
 NO_PRIOR, AUTO_PRIOR = "none", "auto"
 T_LOW, T_HIGH = 0.02, 0.98  # the share of the noise schedule the prior samples from

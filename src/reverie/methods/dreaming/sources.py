@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ...errors import ModelNotFound
-from ...request import BUILTIN_GENERATOR as BUILTIN
+from .request import BUILTIN_GENERATOR as BUILTIN
 from .generators import BigGANGenerator, Generator, LatentGenerator, PixelGenerator, VQGANGenerator
 
 PIXELS = "pixels"

@@ -101,8 +101,9 @@ function follow(job, label, target = { box: "#job", bar: "#bar", status: "#job-s
     if (p.preview_version !== null && p.preview_version !== lastPreview && view.status === "running") {
       lastPreview = p.preview_version;
       const img = $(target.preview);
+      // Shown once a picture has arrived: never a broken-image icon while the first one loads.
+      img.onload = () => { if (currentJob === view.id) img.hidden = false; };
       img.src = `/api/v1/jobs/${view.id}/preview.png?v=${p.preview_version}`;
-      img.hidden = false;
     }
     if (view.images.length) showResults(view.images, target.results);
     if (!["queued", "running"].includes(view.status)) {
@@ -154,7 +155,7 @@ function actions(image) {
   };
   const settings = image.settings || {};
   add("Variations", () => submitJob({ mode: "variations", init_image: `image:${image.id}`, prompt: image.prompt, n_samples: 4, model: settings.model || undefined }, "Variations"));
-  add("Upscale", () => submitJob({ mode: "upscale", init_image: `image:${image.id}`, n_samples: 1, upscale: 2 }, "Upscaling"));
+  add("Upscale", () => submitJob({ mode: "upscale", init_image: `image:${image.id}`, upscale: 2 }, "Upscaling"));
   add("Inpaint", () => openInpaint(image));
   add("Outpaint", () => openOutpaint(image));
   const download = document.createElement("a");
@@ -268,7 +269,7 @@ $("#inpaint-go").addEventListener("click", () => {
   const settings = inpaintImage.settings || {};
   $("#inpaint").close();
   submitJob({ mode: "inpaint", prompt: $("#inpaint-prompt").value, init_image: `image:${inpaintImage.id}`,
-    mask_image: mask.toDataURL("image/png"), n_samples: 4, model: settings.model || undefined, upscale: 1 }, "Inpainting");
+    mask_image: mask.toDataURL("image/png"), n_samples: 4, model: settings.model || undefined }, "Inpainting");
 });
 
 // ---------------------------------------------------------------- outpaint: drag the canvas edges out
@@ -311,7 +312,7 @@ document.querySelectorAll(".handle").forEach((handle) => {
   });
 });
 $("#outpaint-go").addEventListener("click", () => {
-  const body = { mode: "outpaint", prompt: $("#outpaint-prompt").value, init_image: `image:${outpaintImage.id}`, n_samples: 4, upscale: 1,
+  const body = { mode: "outpaint", prompt: $("#outpaint-prompt").value, init_image: `image:${outpaintImage.id}`, n_samples: 4,
     model: (outpaintImage.settings || {}).model || undefined };
   for (const [side, sel] of Object.entries(outpaintFields)) body[`outpaint_${side}`] = parseInt($(sel).value || "0", 10);
   if (!Object.keys(outpaintFields).some((side) => body[`outpaint_${side}`] > 0)) { toast("drag an edge out first"); return; }

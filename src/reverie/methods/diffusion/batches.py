@@ -1,0 +1,192 @@
+"""Latent diffusion batches: txt2img, img2img, variations, inpaint and outpaint on diffusers pipelines.
+
+`prepare_input` brings the input picture and mask to the size the model works at;
+`run_batches` yields each finished batch as soon as it exists, so a caller can save it before
+the next one starts; stopping (a flag or Ctrl-C) never loses a finished picture; `finish` brings
+a batch back to the input's size with the kept pixels exactly as they were.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from PIL import Image
+
+from ...models.cache import ModelCache
+from ...models.components import ModelComponents
+from ...pixels import to_pictures
+from ...progress import Interrupted, Progress, ProgressEvent
+from ...prompts.conditioning import encode_prompt_pair
+from ...samplers import build_scheduler
+from ..upscale.pictures import upscaled
+from .images import (composite, feathered_alpha, load_image, load_mask, outpaint_canvas, pad_to_multiple, round_to_8,
+                     to_rgb, working_factor)
+from .pipelines import memory_settings, pipeline_for
+from .preview import preview_image
+from .request import GenerationRequest
+
+PREVIEW_EVERY = 2  # denoising steps between live previews, when the listener wants them
+PREVIEW_SIDE = 256
+
+
+@dataclass
+class PreparedInput:
+    """The picture and mask a run starts from, at the size the model works at, and what its
+    results are brought back to."""
+
+    width: int
+    height: int
+    image: Image.Image | None = None  # the input at width x height
+    mask: Image.Image | None = None  # 255 = repaint, at width x height
+    factor: int = 1  # results are enlarged this many times by the upscaler ...
+    target: Image.Image | None = None  # ... to this picture's size (image modes), and its kept pixels put back
+    target_mask: Image.Image | None = None
+    crop: tuple[int, int] | None = None  # the size to cut the result back to (padding removed)
+
+
+def prepare_input(request: GenerationRequest, components: ModelComponents) -> PreparedInput:
+    """Resolve the working size and load the init image / mask the mode needs."""
+    if request.mode == "txt2img":
+        size = components.native_size
+        return PreparedInput(request.width or size, request.height or size, factor=request.upscale or components.default_upscale)
+    image = to_rgb(load_image(request.init_image, "init_image"))
+    if request.mode == "outpaint":
+        image, mask, _origin = outpaint_canvas(image, *request.outpaint_extents)
+    else:
+        mask = load_mask(request.mask_image, image.size, request.mask_mode) if request.mode == "inpaint" else None
+    if request.width or request.height:
+        width = request.width or round_to_8(image.width * request.height / image.height)
+        height = request.height or round_to_8(image.height * request.width / image.width)
+        image = image.resize((width, height), Image.LANCZOS)
+        mask = mask.resize((width, height), Image.NEAREST) if mask else None
+        return PreparedInput(width, height, image, mask, target=image, target_mask=mask)
+    factor = request.upscale or working_factor(image.size, components.native_size, components.default_upscale)
+    if factor > 1:
+        width, height = round_to_8(image.width / factor), round_to_8(image.height / factor)
+        small = image.resize((width, height), Image.LANCZOS)
+        small_mask = mask.resize((width, height), Image.NEAREST) if mask else None
+        return PreparedInput(width, height, small, small_mask, factor, image, mask)
+    # Keep the user's size exactly: pad to a multiple of 8 now, cut the padding off afterwards.
+    padded = pad_to_multiple(image)
+    padded_mask = None
+    if mask is not None:
+        # The padding is marked "keep" so nothing is painted that will be cut off anyway.
+        padded_mask = Image.new("L", padded.size, 0)
+        padded_mask.paste(mask, (0, 0))
+    crop = image.size if image.size != padded.size else None
+    return PreparedInput(padded.width, padded.height, padded, padded_mask, 1, padded, padded_mask, crop)
+
+
+def finish(pictures: list[Image.Image], prepared: PreparedInput, request: GenerationRequest, models: ModelCache,
+           progress: Progress) -> list[Image.Image]:
+    """A batch at the input's size: enlarged back when the model worked smaller, the kept pixels
+    of the input put back exactly (the seam feathered inward only), padding cut off."""
+    if prepared.factor > 1:
+        pictures = upscaled(pictures, prepared.factor, models, progress)
+        if prepared.target is not None:
+            size = prepared.target.size
+            pictures = [p if p.size == size else p.resize(size, Image.LANCZOS) for p in pictures]
+    if prepared.target_mask is not None:
+        alpha = feathered_alpha(prepared.target_mask, request.mask_blur)
+        pictures = [composite(prepared.target, picture, alpha) for picture in pictures]
+    if prepared.crop:
+        pictures = [picture.crop((0, 0) + prepared.crop) for picture in pictures]
+    return pictures
+
+
+def initial_noise(seeds: list[int], shape: tuple[int, int, int]) -> tuple[torch.Tensor, list[torch.Generator]]:
+    """Starting latents, one CPU generator per image, so a seed gives the same picture on any
+    device and at any batch size; the generators go on to feed the samplers' fresh noise."""
+    generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+    noise = torch.stack([torch.randn(shape, generator=g, dtype=torch.float32) for g in generators])
+    return noise, generators
+
+
+def denoising_steps(steps: int, strength: float) -> int:
+    """Steps to ask of an img2img pipeline so it runs at least one step (it runs steps*strength)."""
+    return max(steps, math.ceil(1 / strength)) if strength > 0 else steps
+
+
+def run_batches(
+    request: GenerationRequest,
+    components: ModelComponents,
+    prepared: PreparedInput,
+    device: torch.device,
+    dtype: torch.dtype,
+    progress: Progress,
+) -> Iterator[list[tuple[Image.Image, int]]]:
+    """Yield [(picture, seed), ...] at the working size for each of the request's n_iter batches.
+
+    `request` has its sampling settings filled in (`with_defaults`).
+    """
+    seeds = request.image_seeds()
+    progress(ProgressEvent("encode", message="encoding prompt"))
+    cond, uncond = encode_prompt_pair(
+        request.prompt, request.negative_prompt, components.tokenizer, components.text_encoder, device=device
+    )
+    cond, uncond = cond.to(device, dtype), uncond.to(device, dtype)
+    strength = request.effective_strength
+    with memory_settings(components, bool(request.vae_tiling), request.attention_slicing):
+        for batch in range(request.n_iter):
+            if progress.stop_requested():
+                raise Interrupted()
+            batch_seeds = seeds[batch * request.n_samples : (batch + 1) * request.n_samples]
+            if request.mode in ("img2img", "variations") and strength == 0:
+                # Nothing to denoise: the honest answer is the picture itself, untouched.
+                images = [prepared.image.copy() for _ in batch_seeds]
+            else:
+                images = _one_batch(request, components, prepared, batch_seeds, cond, uncond, device, dtype, batch, progress)
+            yield list(zip(images, batch_seeds))
+
+
+def _one_batch(request, components, prepared, seeds, cond, uncond, device, dtype, batch, progress: Progress):
+    count = len(seeds)
+    scale = components.vae_scale_factor
+    latent_shape = (components.vae.config.latent_channels, prepared.height // scale, prepared.width // scale)
+    noise, generators = initial_noise(seeds, latent_shape)
+    scheduler = build_scheduler(request.sampler, components.scheduler_config, seeds)
+    stopped = {"flag": False}
+
+    def on_step(pipe, step, timestep, tensors):
+        done, total = step + 1, pipe.num_timesteps
+        preview = None
+        if progress.previews and (done % PREVIEW_EVERY == 0 or done == total):
+            preview = preview_image(tensors["latents"], components.vae, PREVIEW_SIDE)
+        progress(ProgressEvent("denoise", done, total, batch, request.n_iter, preview=preview))
+        if progress.stop_requested():
+            stopped["flag"] = True
+            pipe._interrupt = True  # diffusers then skips the remaining steps
+        return tensors
+
+    common = dict(
+        prompt_embeds=cond.expand(count, -1, -1),
+        negative_prompt_embeds=uncond.expand(count, -1, -1),
+        guidance_scale=request.cfg_scale,
+        eta=request.eta,
+        generator=generators,
+        callback_on_step_end=on_step,
+        output_type="pt",
+    )
+    strength = request.effective_strength
+    if request.mode == "txt2img":
+        pipe = pipeline_for(components, "txt2img", scheduler)
+        out = pipe(height=prepared.height, width=prepared.width, num_inference_steps=request.steps,
+                   latents=noise.to(device, dtype), **common)
+    elif request.mode in ("img2img", "variations"):
+        pipe = pipeline_for(components, "img2img", scheduler)
+        out = pipe(image=[prepared.image] * count, strength=strength,
+                   num_inference_steps=denoising_steps(request.steps, strength), **common)
+    else:  # inpaint, outpaint
+        pipe = pipeline_for(components, "inpaint", scheduler)
+        full = strength >= 1.0
+        out = pipe(image=[prepared.image] * count, mask_image=[prepared.mask] * count,
+                   height=prepared.height, width=prepared.width, strength=strength,
+                   num_inference_steps=request.steps if full else denoising_steps(request.steps, strength),
+                   latents=noise.to(device, dtype) if full else None, **common)
+    if stopped["flag"]:
+        raise Interrupted()  # the batch was cut short: its half-made pictures are not results
+    progress(ProgressEvent("decode", batch=batch, batches=request.n_iter))
+    return to_pictures(out.images)

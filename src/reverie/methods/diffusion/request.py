@@ -1,0 +1,129 @@
+"""A latent diffusion request: txt2img, img2img, variations, inpaint, outpaint."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from ...models.components import SamplingDefaults
+from ...request import MAX_SEED, MAX_SIDE, BaseRequest
+from ...samplers import DEFAULT_SAMPLER, get_sampler
+
+MODES = ("txt2img", "img2img", "variations", "inpaint", "outpaint")
+IMAGE_MODES = MODES[1:]
+
+# Sampling settings a request leaves out come from the model (reverie-mini has its own, the ones
+# its evaluation used), then from these.
+GENERATION_DEFAULTS = SamplingDefaults(steps=25, cfg_scale=7.5, sampler=DEFAULT_SAMPLER)
+
+# Strength when the user gives none: img2img keeps the composition, variations wander a little less.
+DEFAULT_STRENGTH = {"img2img": 0.75, "variations": 0.6, "inpaint": 1.0, "outpaint": 1.0}
+
+
+class GenerationRequest(BaseRequest):
+    """What to make. Sizes are in pixels; `seed` None means "pick one at random"."""
+
+    IMAGE_FIELDS = ("init_image", "mask_image")
+
+    mode: Literal["txt2img", "img2img", "variations", "inpaint", "outpaint"] = "txt2img"
+    prompt: str = ""
+    negative_prompt: str = ""
+    model: str | None = None
+    # txt2img: the picture's size (None: the model's own). Image modes: the size to work at
+    # (None: the input's, brought to the model's native size when it draws small; see images.py).
+    width: int | None = Field(None, ge=64, le=MAX_SIDE)
+    height: int | None = Field(None, ge=64, le=MAX_SIDE)
+    # None: the model's own default, else GENERATION_DEFAULTS (see `with_defaults`).
+    steps: int | None = Field(None, ge=1, le=500)
+    cfg_scale: float | None = Field(None, ge=0.0, le=50.0)
+    sampler: str | None = None
+    eta: float = Field(0.0, ge=0.0, le=1.0)  # DDIM's eta (fresh noise per step); other samplers ignore it
+    n_samples: int = Field(4, ge=1, le=64)
+    n_iter: int = Field(1, ge=1, le=1000)
+    strength: float | None = Field(None, ge=0.0, le=1.0)
+    init_image: Any = None  # a path or a PIL image
+    mask_image: Any = None  # white = repaint, black = keep
+    mask_mode: Literal["white", "black", "transparent"] = "white"  # what marks the area to repaint
+    mask_blur: int = Field(4, ge=0, le=64)
+    outpaint_left: int = Field(0, ge=0, le=MAX_SIDE)
+    outpaint_right: int = Field(0, ge=0, le=MAX_SIDE)
+    outpaint_up: int = Field(0, ge=0, le=MAX_SIDE)
+    outpaint_down: int = Field(0, ge=0, le=MAX_SIDE)
+    # txt2img: enlarge the pictures this many times with the built-in upscaler (None: the model's
+    # own default, 2 for reverie-mini: 128 px shown at 256). Image modes: work at the input's size
+    # divided by this and enlarge back (None: chosen from the model's native size).
+    upscale: Literal[1, 2, 4] | None = None
+    # Make the (first) batch but keep only its picture number `keep_only`: how `--from` re-makes a
+    # picture of a batch bit for bit (batched matrix products round differently from single ones).
+    keep_only: int | None = Field(None, ge=0)
+    rerank: int = Field(1, ge=1, le=16)  # make this many candidates per picture kept; keep the best-scored
+    score: bool = False  # record each picture's CLIP score against the prompt (always, when reranking)
+    scorer: str = "mini"  # the CLIP that scores: mini (built in) or a CLIP file, as dreaming's guides
+    attention_slicing: bool = False  # compute attention in slices: less memory, slower
+    vae_tiling: bool | None = None  # None: tiled only when a whole decode would not fit in free memory
+
+    @field_validator("width", "height")
+    @classmethod
+    def _multiple_of_8(cls, value: int | None):
+        if value is not None and value % 8:
+            lower, upper = value - value % 8, value - value % 8 + 8
+            raise ValueError(f"must be a multiple of 8 (try {lower} or {upper})")
+        return value
+
+    @field_validator("sampler")
+    @classmethod
+    def _known_sampler(cls, value: str | None):
+        return None if value is None else get_sampler(value).name
+
+    @model_validator(mode="after")
+    def _mode_inputs(self):
+        if self.mode != "txt2img" and self.init_image is None:
+            raise ValueError(f"mode {self.mode} needs an init image (init_image)")
+        if self.mode == "inpaint" and self.mask_image is None:
+            raise ValueError("mode inpaint needs a mask image (mask_image): white where to repaint")
+        if self.mode == "outpaint" and not any(self.outpaint_extents):
+            raise ValueError("mode outpaint needs at least one of outpaint_left/right/up/down > 0")
+        if self.keep_only is not None and (self.keep_only >= self.n_samples or self.n_iter > 1 or self.rerank > 1):
+            raise ValueError("keep_only picks one picture of a single batch: below n_samples, with n_iter and rerank 1")
+        if self.sampler == "lcm" and (self.steps or 0) > 50:
+            raise ValueError("the lcm sampler takes at most 50 steps (steps)")
+        return self
+
+    def with_defaults(self, model_defaults: SamplingDefaults | None = None) -> "GenerationRequest":
+        """The request with the sampling settings it left out filled in: the model's own
+        defaults first (`model_defaults`), then GENERATION_DEFAULTS."""
+        defaults = model_defaults or GENERATION_DEFAULTS
+        updates = {name: getattr(defaults, name) for name in ("steps", "cfg_scale", "sampler") if getattr(self, name) is None}
+        return self.model_copy(update=updates) if updates else self
+
+    @property
+    def outpaint_extents(self) -> tuple[int, int, int, int]:
+        return (self.outpaint_left, self.outpaint_right, self.outpaint_up, self.outpaint_down)
+
+    @property
+    def effective_strength(self) -> float:
+        if self.strength is not None:
+            return self.strength
+        return DEFAULT_STRENGTH.get(self.mode, 1.0)
+
+    def picture_count(self) -> int:
+        return 1 if self.keep_only is not None else self.n_samples * self.n_iter
+
+    def candidate_count(self) -> int:
+        return self.picture_count() * self.rerank
+
+    def batch_of(self, seed: int) -> dict:
+        """The fields that re-make the picture of `seed` (one this request made, a candidate too)
+        exactly: its whole batch, keeping only it."""
+        base = self.seed if self.seed is not None and self.seed >= 0 else 0
+        offset = (seed - base) % (MAX_SEED + 1)
+        if offset >= self.candidate_count() or self.n_samples == 1:
+            return {"seed": seed, "n_samples": 1, "n_iter": 1, "rerank": 1, "keep_only": None}
+        start = (base + offset - offset % self.n_samples) % (MAX_SEED + 1)
+        return {"seed": start, "n_iter": 1, "rerank": 1, "keep_only": offset % self.n_samples}
+
+    def image_seeds(self) -> list[int]:
+        """One seed per image: seed, seed+1, ... over every batch, as the original scripts did."""
+        base = self.seed if self.seed is not None and self.seed >= 0 else 0
+        return [(base + i) % (MAX_SEED + 1) for i in range(self.n_samples * self.n_iter)]

@@ -1,0 +1,73 @@
+"""Every way of making pictures, found by its mode.
+
+A method is a package under `methods/` whose `__init__.py` defines `METHOD = Method(...)`: its
+name, the modes it serves, its request model and its `run(request, models, progress, outputs)`.
+Registering one is one line in `PACKAGES`. The studio, the CLI, the job runner and the native
+API all reach methods through `method_for` and `make_request`; none of them names a method.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from functools import cache
+from typing import Callable
+
+from ..errors import BadRequest
+from ..request import BaseRequest
+
+# One line per method package, in the order `reverie --help` and the docs list them.
+PACKAGES = (
+    "reverie.methods.diffusion",
+    "reverie.methods.upscale",
+    "reverie.methods.dreaming",
+)
+DEFAULT_MODE = "txt2img"
+
+
+@dataclass(frozen=True)
+class Method:
+    """One way of making pictures.
+
+    `run(request, models, progress, outputs) -> Result`: `request` is an instance of `request`
+    (already validated), `models` the shared `ModelCache`, `progress` a `Progress` to report to
+    and to ask whether to stop, `outputs` where finished pictures are written as they come.
+    """
+
+    name: str
+    modes: tuple[str, ...]
+    request: type[BaseRequest]
+    run: Callable
+
+
+@cache
+def methods() -> dict[str, Method]:
+    """{mode: method} over every registered package."""
+    by_mode: dict[str, Method] = {}
+    for package in PACKAGES:
+        method = importlib.import_module(package).METHOD
+        for mode in method.modes:
+            if mode in by_mode:
+                raise RuntimeError(f"mode {mode!r} is served by both {by_mode[mode].name} and {method.name}")
+            by_mode[mode] = method
+    return by_mode
+
+
+def modes() -> list[str]:
+    return list(methods())
+
+
+def method_for(mode: str) -> Method:
+    found = methods().get(mode)
+    if found is None:
+        raise BadRequest("mode", f"unknown mode {mode!r}; use one of {', '.join(modes())}")
+    return found
+
+
+def make_request(fields: dict | BaseRequest | None = None, **more) -> BaseRequest:
+    """A validated request for the method its `mode` names (txt2img when none)."""
+    if isinstance(fields, BaseRequest):
+        return fields.model_copy(update=more) if more else fields
+    fields = dict(fields or {}) | more
+    fields.setdefault("mode", DEFAULT_MODE)
+    return method_for(fields["mode"]).request.build(**fields)

@@ -1,0 +1,12 @@
+"""The terminal's progress bar: the same columns for every long command."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+def progress_bar(console: Console, *extra: ProgressColumn, transient: bool = False) -> Progress:
+    """description, bar, done/total, `extra` columns, elapsed, remaining."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), *extra,
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=transient)
