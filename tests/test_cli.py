@@ -46,8 +46,11 @@ def test_metadata_round_trips_through_the_a1111_text(tmp_path):
             'Steps: 30, Sampler: DPM++ 2M Karras, CFG scale: 6.5, Seed: 123, Size: 512x768, Model hash: abc, Model: sd15')
     fields = parse_a1111_parameters(text)
     assert fields == {"prompt": "a castle, (golden hour:1.2)\nat dusk", "negative_prompt": "fog, people", "steps": 30,
-                      "sampler": "dpmpp_2m_karras", "cfg_scale": 6.5, "seed": 123, "width": 512, "height": 768,
+                      "sampler": "DPM++ 2M Karras", "cfg_scale": 6.5, "seed": 123, "width": 512, "height": 768,
                       "model": "sd15"}
+    from reverie.studio import make_request
+
+    assert make_request(fields).sampler == "dpmpp_2m_karras"  # the request reads A1111's labels
 
 
 def test_from_remakes_the_same_picture(monkeypatch, capsys, tmp_path):

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from reverie import cli
-from reverie.training.data import DatasetError, ImageCaptionFolder, build_dataset, list_entries
+from reverie.training.data import DatasetError, ImageCaptionFolder, build_dataset, list_entries, read_splits
 from reverie.training.data.build import captions_for, in_test_split
 from reverie.training.data.sources import SOURCES, normalize_hexcode
 
@@ -180,6 +180,55 @@ def test_folder_without_captioned_pictures_is_a_clear_error(tmp_path):
         ImageCaptionFolder(tmp_path, 8)
     with pytest.raises(DatasetError, match="split folder 'train'"):
         ImageCaptionFolder(tmp_path, 8, split="train")
+
+
+def captioned(folder: Path, name: str, caption: str | None, colour="red", size=(8, 8)) -> Path:
+    """A picture (and its caption file unless caption is None) at folder/name."""
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, colour).save(path)
+    if caption is not None:
+        path.with_suffix(".txt").write_text(caption + "\n", encoding="utf-8")
+    return path
+
+
+def test_a_plain_folder_is_all_training_pictures_and_a_built_one_is_split(tmp_path):
+    plain = tmp_path / "plain"  # as people keep LoRA / DreamBooth folders: flat or nested, .txt beside each picture
+    captioned(plain, "cat.png", "a cat")
+    captioned(plain, "dogs/dog.JPG", "a dog")
+    captioned(plain, "train/locomotive.webp", "a steam train")  # a subfolder that happens to be called train
+    captioned(plain, "uncaptioned.png", None)
+    captioned(plain, ".ipynb_checkpoints/cat-checkpoint.png", "not a picture of the dataset")
+    (plain / "._cat.png").write_bytes(b"\0\5\26\7")  # macOS metadata beside the picture
+    train, test = read_splits(plain, 8)
+    assert test is None and train.folder == plain
+    assert [p.relative_to(plain).as_posix() for p in train.paths] == ["cat.png", "dogs/dog.JPG", "train/locomotive.webp"]
+    assert train.skipped == 1 and [train.top_folder(i) for i in range(3)] == ["", "dogs", "train"]
+    pictures_only, _ = read_splits(plain, 8, need_captions=False)
+    assert len(pictures_only) == 4 and pictures_only.captions[-1] == []
+
+    built = tmp_path / "built"  # reverie data build's layout
+    captioned(built, "train/noto/apple.png", "apple")
+    captioned(built, "test/noto/pear.png", "pear")
+    (built / "manifest.json").write_text("{}", encoding="utf-8")
+    train, test = read_splits(built, 8)
+    assert [p.name for p in train.paths] == ["apple.png"] and [p.name for p in test.paths] == ["pear.png"]
+    assert train.top_folder(0) == "noto"
+    (built / "test" / "noto" / "pear.png").unlink()  # nothing held out (test_fraction 0): no test split
+    assert read_splits(built, 8).test is None
+
+    by_hand = tmp_path / "by-hand"  # train/ and test/ alone, without a manifest: the same split layout
+    captioned(by_hand, "train/a.png", "a")
+    captioned(by_hand, "test/b.png", "b")
+    assert [len(split) for split in read_splits(by_hand, 8)] == [1, 1]
+
+
+def test_a_folder_without_pictures_says_what_it_expected(tmp_path):
+    (tmp_path / "notes.md").write_text("no pictures here", encoding="utf-8")
+    with pytest.raises(DatasetError, match=r"no pictures in .*: expected png, jpg, jpeg or webp pictures .*\.txt caption"):
+        read_splits(tmp_path, 8)
+    with pytest.raises(DatasetError, match="dataset folder not found"):
+        read_splits(tmp_path / "nowhere", 8)
 
 
 def test_missing_packages_are_a_clear_error(tmp_path):

@@ -403,10 +403,7 @@ def test_a_job_that_fails_halfway_keeps_its_finished_pictures(tmp_path):
     class HalfwayStudio:
         """Makes one picture, then breaks, as a crash in the second batch would."""
 
-        def loaded_model(self, _reference):
-            return None
-
-        def generate(self, request, outdir, grid, progress, should_stop):
+        def run(self, request, *, outdir, progress, **_):
             outdir.mkdir(parents=True, exist_ok=True)
             path = outdir / "first.png"
             Image.fromarray(picture()).save(path)

@@ -1,5 +1,7 @@
 """Training machinery: resumable runs, the losses, and the model parts built for reverie-mini."""
 
+import json
+
 import torch
 from safetensors.torch import load_file
 
@@ -301,3 +303,75 @@ def test_growing_trains_the_decoder_toward_the_large_pictures_and_the_encoder_to
     after = errors(grown)
     assert after[0] < before[0] and after[1] < before[1]
     assert (tmp_path / "grown" / "checkpoint" / "state.json").is_file()
+
+
+def plain_folder(folder, n=6, size=24):
+    """Pictures with same-name .txt captions, some in a subfolder: a folder as people keep one for LoRA training."""
+    from PIL import Image
+
+    colours = ["red", "green", "blue", "yellow", "purple", "orange"]
+    for i in range(n):
+        path = folder / ("more" if i % 2 else "") / f"{colours[i % 6]}-{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (size, size), colours[i % 6]).save(path)
+        path.with_suffix(".txt").write_text(f"a {colours[i % 6]} square\n{colours[i % 6]}\n", encoding="utf-8")
+    return folder
+
+
+def test_a_plain_folder_of_captioned_pictures_trains_the_autoencoder_and_the_unet(monkeypatch, capsys, tmp_path):
+    from test_cli import run_cli
+
+    data = plain_folder(tmp_path / "my pictures")
+    small = ["--steps", "2", "--batch-size", "2", "--save-every", "1", "--sample-every", "100", "--warmup", "1"]
+    code, out, err = run_cli(monkeypatch, capsys, "train", "autoencoder", "--data", str(data), "--size", "16",
+                             "--out", str(tmp_path / "ae"), "--device", "cpu", *small)
+    assert code == 0, err
+    assert (tmp_path / "ae" / "vae" / "config.json").is_file() and "autoencoder saved" in out
+    grids = []
+
+    def sample_grid(unet, vae, tokenizer, text_encoder, path):  # the real one runs 160 UNet passes: minutes here
+        assert unet.device == vae.device == text_encoder.device  # all on the training device
+        grids.append(path.name)
+
+    monkeypatch.setattr("reverie.training.mini.sample_grid", sample_grid)
+    code, out, err = run_cli(monkeypatch, capsys, "train", "unet", "--data", str(data), "--vae", str(tmp_path / "ae" / "vae"),
+                             "--out", str(tmp_path / "unet"), *small)
+    assert code == 0, err
+    assert (tmp_path / "unet" / "unet" / "config.json").is_file() and "unet saved" in out
+    assert grids == ["unet-000002.png"]  # the grid at the last step
+    state = json.loads((tmp_path / "unet" / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 2 and state["config"]["device"] == "auto"
+
+
+def test_a_folder_without_pictures_is_a_clear_error_for_every_trainer(monkeypatch, capsys, tmp_path):
+    from test_cli import run_cli
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "readme.txt").write_text("nothing to see", encoding="utf-8")
+    torch.manual_seed(0)
+    build_autoencoder(16, channels=(32, 32)).save_pretrained(tmp_path / "vae")
+    for command in (["autoencoder"], ["clip"], ["upscaler"], ["unet", "--vae", str(tmp_path / "vae")],
+                    ["decoder", "--vae", str(tmp_path / "vae")], ["grow", "--vae", str(tmp_path / "vae")]):
+        code, _, err = run_cli(monkeypatch, capsys, "train", *command, "--data", str(empty), "--out", str(tmp_path / "run"))
+        assert code == 2, (command, err)
+        assert f"no pictures in {empty}" in " ".join(err.split()) and "png" in err, (command, err)
+    code, _, err = run_cli(monkeypatch, capsys, "train", "unet", "--data", str(tmp_path / "nowhere"))
+    assert code == 2 and "--data: no folder at" in err and ".txt captions" in " ".join(err.split())
+
+
+def test_train_commands_take_a_device_and_refuse_one_that_is_not_here(monkeypatch, capsys, tmp_path):
+    from reverie.cli_train import _config
+    from test_cli import run_cli
+
+    assert _config(10, 4, 1e-3, False, 5, 5, 1, 0.9, device="cpu").device == "cpu"
+    assert _config(10, 4, 1e-3, False, 5, 5, 1, 0.9).device == "auto"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    data = plain_folder(tmp_path / "data", n=2)
+    for command in ("autoencoder", "decoder", "grow", "unet", "clip", "upscaler"):
+        code, _, err = run_cli(monkeypatch, capsys, "train", command, "--data", str(data), "--device", "cuda")
+        assert code == 2 and "--device: CUDA was asked for but no CUDA GPU is visible" in err, (command, err)
+    code, _, err = run_cli(monkeypatch, capsys, "train", "clip", "--data", str(data), "--device", "tpu")
+    assert code == 2 and "unknown device 'tpu'" in err
+    code, _, err = run_cli(monkeypatch, capsys, "train", "clip", "--data", str(data), "--device", "cpu", "--fp16")
+    assert code == 2 and "--fp16: fp16 training needs a CUDA GPU" in err

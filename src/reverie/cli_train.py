@@ -1,7 +1,9 @@
 """`reverie train ...`: training the built-in models from a dataset folder.
 
-Every command resumes when given the same --out folder again, shows a progress bar with loss
-and rate, and writes sample grids under OUT/samples/.
+--data is a folder of pictures with same-name .txt captions (subfolders too), or a dataset
+`reverie data build` made (its train/ split is trained on). Every command resumes when given
+the same --out folder again, trains on --device (a CUDA GPU when there is one), shows a
+progress bar with loss and rate, and writes sample grids under OUT/samples/.
 """
 
 from __future__ import annotations
@@ -15,33 +17,43 @@ from rich.console import Console
 train_app = typer.Typer(help="Train reverie's built-in models (resumable; CPU or GPU).", no_args_is_help=True)
 out = Console(soft_wrap=True)
 
-Data = Annotated[Path, typer.Option("--data", help="Dataset folder: images with same-name .txt captions (reverie data build makes one).")]
+Data = Annotated[Path, typer.Option("--data", help="A folder of pictures (png, jpg, webp; subfolders too) with same-name .txt captions, or a dataset `reverie data build` made (its train/ split).")]
+Pictures = Annotated[Path, typer.Option("--data", help="A folder of pictures (png, jpg, webp; subfolders too; no captions needed), or a dataset `reverie data build` made (train/ to learn, test/ for samples).")]
 Out = Annotated[Path, typer.Option("--out", help="Run folder; training resumes from its checkpoint.")]
 Steps = Annotated[int, typer.Option("--steps", help="Optimizer steps in all (a resumed run continues to this number).")]
 Batch = Annotated[int, typer.Option("--batch-size", help="Pictures per step.")]
 Lr = Annotated[float, typer.Option("--lr", help="Peak learning rate.")]
 Bf16 = Annotated[bool, typer.Option("--bf16", help="bf16 autocast (faster on CPUs with avx512_bf16 and on GPUs).")]
+Fp16 = Annotated[bool, typer.Option("--fp16", help="fp16 autocast with loss scaling (CUDA GPUs).")]
+Device = Annotated[str, typer.Option("--device", help="Where to train: auto (a CUDA GPU when there is one), cpu, cuda, cuda:N or mps.")]
 SaveEvery = Annotated[int, typer.Option("--save-every", help="Steps between checkpoints.")]
 SampleEvery = Annotated[int, typer.Option("--sample-every", help="Steps between sample grids.")]
 Warmup = Annotated[int, typer.Option("--warmup", help="Steps of linear learning-rate warm-up.")]
 EmaDecay = Annotated[float, typer.Option("--ema-decay", help="Decay of the EMA weights that are exported.")]
 
 
-def _config(steps, batch_size, lr, bf16, save_every, sample_every, warmup, ema_decay):
-    from .errors import ReverieError
+def _config(steps, batch_size, lr, bf16, save_every, sample_every, warmup, ema_decay, device="auto", fp16=False):
+    """The run's TrainConfig; the device and precision are checked here, before any data is read."""
+    from .errors import BadRequest, ReverieError
+    from .training.device import Precision, training_device
     from .training.loop import TrainConfig
 
     if not 0.0 <= ema_decay < 1.0:
         raise ReverieError("--ema-decay: must be at least 0 and below 1 (e.g. 0.999)")
+    try:
+        Precision.choose(training_device(device), bf16, fp16)
+    except BadRequest as exc:
+        raise ReverieError(f"--{exc}") from None
     return TrainConfig(steps=steps, batch_size=batch_size, lr=lr, bf16=bf16, save_every=save_every,
-                       sample_every=sample_every, warmup=warmup, ema_decay=ema_decay)
+                       sample_every=sample_every, warmup=warmup, ema_decay=ema_decay, fp16=fp16, device=device)
 
 
 def _check_data(data: Path, option: str = "--data") -> None:
     from .errors import ReverieError
 
     if not data.is_dir():
-        raise ReverieError(f"{option}: no dataset folder at {data}; build one with `reverie data build --out {data}`")
+        raise ReverieError(f"{option}: no folder at {data}; give a folder of pictures with same-name .txt captions "
+                           f"(cat.png + cat.txt), or build a dataset with `reverie data build --out {data}`")
 
 
 def _check_component(option: str, folder: Path, what: str, hint: str = "") -> None:
@@ -52,53 +64,64 @@ def _check_component(option: str, folder: Path, what: str, hint: str = "") -> No
         raise ReverieError(f"{option}: {folder} is not {what} (it has no config.json){hint}")
 
 
+DEFAULT_SMALL = Path("data/build/mini-64")
+
+
 @train_app.command()
-def autoencoder(data: Data = Path("data/build/mini-64"), out_dir: Out = Path("runs/autoencoder"), steps: Steps = 6000,
+def autoencoder(data: Pictures = Path("data/build/mini-64"), out_dir: Out = Path("runs/autoencoder"), steps: Steps = 6000,
                 batch_size: Batch = 32, lr: Lr = 4e-4, bf16: Bf16 = False, save_every: SaveEvery = 250,
                 sample_every: SampleEvery = 500, warmup: Warmup = 200, ema_decay: EmaDecay = 0.999,
                 size: Annotated[int, typer.Option("--size", help="Picture size in pixels.")] = 64,
                 init: Annotated[Path, typer.Option("--init", help="Start from this autoencoder folder (fine-tune) instead of random weights; retrain the denoiser on it after.")] = None,
-                balance_colours: Annotated[bool, typer.Option("--balance-colours", help="Draw pictures more often the rarer their main colour is.")] = False):
+                balance_colours: Annotated[bool, typer.Option("--balance-colours", help="Draw pictures more often the rarer their main colour is.")] = False,
+                device: Device = "auto", fp16: Fp16 = False):
     """Train the autoencoder (pictures <-> latents)."""
     from .training.mini import run_autoencoder
 
+    config = _config(steps, batch_size, lr, bf16, save_every, sample_every, warmup, ema_decay, device, fp16)
     _check_data(data)
     if init is not None:
         _check_component("--init", init, "an autoencoder folder")
-    export = run_autoencoder(data, out_dir, _config(steps, batch_size, lr, bf16, save_every, sample_every, warmup, ema_decay), size=size,
-                             init=init, balance_colours=balance_colours)
+    export = run_autoencoder(data, out_dir, config, size=size, init=init, balance_colours=balance_colours)
     out.print(f"autoencoder saved to {export}")
 
 
 @train_app.command()
-def decoder(data: Data = Path("data/build/mini-64"), vae: Annotated[Path, typer.Option("--vae", help="The trained autoencoder to improve (RUN/vae).")] = Path("runs/autoencoder/vae"),
+def decoder(data: Pictures = Path("data/build/mini-64"), vae: Annotated[Path, typer.Option("--vae", help="The trained autoencoder to improve (RUN/vae).")] = Path("runs/autoencoder/vae"),
             out_dir: Out = Path("runs/decoder"), steps: Steps = 1500, batch_size: Batch = 32, lr: Lr = 4e-4, bf16: Bf16 = False,
-            save_every: SaveEvery = 250, sample_every: SampleEvery = 500, warmup: Warmup = 50, ema_decay: EmaDecay = 0.995):
+            save_every: SaveEvery = 250, sample_every: SampleEvery = 500, warmup: Warmup = 50, ema_decay: EmaDecay = 0.995,
+            device: Device = "auto", fp16: Fp16 = False):
     """Fine-tune only the autoencoder's decoder (colour-balanced); its latents, and the denoiser, stay valid."""
     from .training.mini import run_decoder
 
+    config = _config(steps, batch_size, lr, bf16, save_every, sample_every, warmup, ema_decay, device, fp16)
     _check_data(data)
     _check_component("--vae", vae, "an autoencoder folder", "; train one with `reverie train autoencoder`")
-    export = run_decoder(data, vae, out_dir, _config(steps, batch_size, lr, bf16, save_every, sample_every, warmup, ema_decay))
+    export = run_decoder(data, vae, out_dir, config)
     out.print(f"autoencoder with the new decoder saved to {export}")
 
 
 @train_app.command()
-def grow(data: Data = Path("data/build/hires-128"),
-         small: Annotated[Path, typer.Option("--small", help="The dataset at the autoencoder's own size, for art the large one lacks.")] = Path("data/build/mini-64"),
+def grow(data: Annotated[Path, typer.Option("--data", help="Pictures at twice the autoencoder's size: a folder (no captions needed), or a dataset `reverie data build` made.")] = Path("data/build/hires-128"),
+         small: Annotated[Path, typer.Option("--small", help=f"Pictures at the autoencoder's own size for the art (first subfolders) --data lacks, enlarged by the built-in upscaler as targets. Default: {DEFAULT_SMALL} when it exists, else none.", show_default=False)] = None,
          vae: Annotated[Path, typer.Option("--vae", help="The trained autoencoder to grow (RUN/vae).")] = Path("runs/autoencoder/vae"),
          out_dir: Out = Path("runs/grown"), steps: Steps = 1500, batch_size: Batch = 32, lr: Lr = 2e-4, bf16: Bf16 = False,
-         save_every: SaveEvery = 250, sample_every: SampleEvery = 250, warmup: Warmup = 50, ema_decay: EmaDecay = 0.995):
+         save_every: SaveEvery = 250, sample_every: SampleEvery = 250, warmup: Warmup = 50, ema_decay: EmaDecay = 0.995,
+         device: Device = "auto", fp16: Fp16 = False):
     """Grow the autoencoder to twice its picture size, keeping its latents (and so the denoiser).
 
-    DATA: vector art rendered at twice the size (reverie data build --sources fluent,tabler --size 128).
+    DATA: e.g. vector art rendered at twice the size (reverie data build --sources fluent,tabler --size 128).
     """
     from .training.mini import run_grown
 
+    config = _config(steps, batch_size, lr, bf16, save_every, sample_every, warmup, ema_decay, device, fp16)
     _check_data(data)
-    _check_data(small, "--small")
+    if small is None and DEFAULT_SMALL.is_dir():
+        small = DEFAULT_SMALL
+    if small is not None:
+        _check_data(small, "--small")
     _check_component("--vae", vae, "an autoencoder folder", "; train one with `reverie train autoencoder`")
-    export = run_grown(data, small, vae, out_dir, _config(steps, batch_size, lr, bf16, save_every, sample_every, warmup, ema_decay))
+    export = run_grown(data, small, vae, out_dir, config)
     out.print(f"grown autoencoder saved to {export}")
 
 
@@ -107,16 +130,17 @@ def unet(data: Data = Path("data/build/mini-64"), vae: Annotated[Path, typer.Opt
          out_dir: Out = Path("runs/unet"), steps: Steps = 20000, batch_size: Batch = 64, lr: Lr = 3e-4, bf16: Bf16 = False,
          save_every: SaveEvery = 250, sample_every: SampleEvery = 1000, warmup: Warmup = 200, ema_decay: EmaDecay = 0.999,
          init: Annotated[Path, typer.Option("--init", help="Start from this diffusers UNet folder (fine-tune) instead of random weights.")] = None,
-         balance_colours: Annotated[bool, typer.Option("--balance-colours", help="Draw pictures of rare main colours more often (gently).")] = False):
+         balance_colours: Annotated[bool, typer.Option("--balance-colours", help="Draw pictures of rare main colours more often (gently).")] = False,
+         device: Device = "auto", fp16: Fp16 = False):
     """Train the text-conditioned denoiser on the autoencoder's latents."""
     from .training.mini import run_denoiser
 
+    config = _config(steps, batch_size, lr, bf16, save_every, sample_every, warmup, ema_decay, device, fp16)
     _check_data(data)
     _check_component("--vae", vae, "an autoencoder folder", "; train one with `reverie train autoencoder`")
     if init is not None:
         _check_component("--init", init, "a diffusers UNet folder")
-    export = run_denoiser(data, vae, out_dir, _config(steps, batch_size, lr, bf16, save_every, sample_every, warmup, ema_decay),
-                          init=init, balance_colours=balance_colours)
+    export = run_denoiser(data, vae, out_dir, config, init=init, balance_colours=balance_colours)
     out.print(f"unet saved to {export}")
 
 
@@ -141,23 +165,31 @@ def package_cmd(vae: Annotated[Path, typer.Option("--vae")] = Path("runs/autoenc
 def clip(data: Data = Path("data/build/mini-64"), out_dir: Out = Path("runs/clip"), steps: Steps = 3000,
          batch_size: Batch = 256, lr: Lr = 1e-3, bf16: Bf16 = False, save_every: SaveEvery = 250,
          sample_every: SampleEvery = 1000, warmup: Warmup = 200, ema_decay: EmaDecay = 0.999,
-         robust: Annotated[bool, typer.Option("--robust", help="Train on noisy, zoomed random views, as dreaming's cutouts see pictures (smoother guidance).")] = False):
+         robust: Annotated[bool, typer.Option("--robust", help="Train on noisy, zoomed random views, as dreaming's cutouts see pictures (smoother guidance).")] = False,
+         device: Device = "auto", fp16: Fp16 = False):
     """Train the small CLIP's image encoder against frozen MiniLM sentence vectors."""
     from .training.mini import run_clip
 
+    config = _config(steps, batch_size, lr, bf16, save_every, sample_every, warmup, ema_decay, device, fp16)
     _check_data(data)
-    export = run_clip(data, out_dir, _config(steps, batch_size, lr, bf16, save_every, sample_every, warmup, ema_decay), robust=robust)
+    export = run_clip(data, out_dir, config, robust=robust)
     out.print(f"image encoder saved to {export}")
 
 
 @train_app.command()
-def upscaler(data: Data = Path("data/build/hires-256"), out_dir: Out = Path("runs/upscaler"), steps: Steps = 2000,
+def upscaler(data: Pictures = Path("data/build/hires-256"), out_dir: Out = Path("runs/upscaler"), steps: Steps = 2000,
              batch_size: Batch = 16, lr: Lr = 5e-4, bf16: Bf16 = False, save_every: SaveEvery = 250,
              sample_every: SampleEvery = 500, warmup: Warmup = 200, ema_decay: EmaDecay = 0.999,
-             size: Annotated[int, typer.Option("--size", help="High-resolution picture size.")] = 256):
-    """Train the 4x upscaler on vector art rendered large (reverie data build --sources fluent,tabler --size 256)."""
+             size: Annotated[int, typer.Option("--size", help="High-resolution picture size (at least 128).")] = 256,
+             device: Device = "auto", fp16: Fp16 = False):
+    """Train the 4x upscaler on large pictures, e.g. vector art rendered large (reverie data build --sources fluent,tabler --size 256)."""
+    from .errors import ReverieError
     from .training.mini import run_upscaler
+    from .training.upscaler import PATCH
 
+    config = _config(steps, batch_size, lr, bf16, save_every, sample_every, warmup, ema_decay, device, fp16)
+    if size < PATCH:
+        raise ReverieError(f"--size: the upscaler learns from {PATCH} px crops; use at least {PATCH}")
     _check_data(data)
-    export = run_upscaler(data, out_dir, _config(steps, batch_size, lr, bf16, save_every, sample_every, warmup, ema_decay), size=size)
+    export = run_upscaler(data, out_dir, config, size=size)
     out.print(f"upscaler saved to {export}")

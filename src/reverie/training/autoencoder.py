@@ -16,6 +16,7 @@ from diffusers import AutoencoderKL
 from PIL import Image
 
 from ..outputs.grid import make_grid
+from ..pixels import to_pictures
 from .loop import TrainConfig, Trainer, draw_batch
 
 KL_WEIGHT = 1e-6
@@ -50,8 +51,8 @@ def random_mirror(batch: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
 
 
 def to_pil(tensor: torch.Tensor) -> list[Image.Image]:
-    array = ((tensor.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(a) for a in array]
+    """float [N,3,H,W] in [-1, 1] -> pictures."""
+    return to_pictures(tensor, -1.0, 1.0)
 
 
 def _gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,7 +68,8 @@ def reconstruction_loss(recon: torch.Tensor, batch: torch.Tensor) -> tuple[torch
 
 def autoencoder_loss(vae: AutoencoderKL, batch: torch.Tensor, rng: torch.Generator) -> dict:
     posterior = vae.encode(batch).latent_dist
-    z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=rng)
+    noise = torch.randn(posterior.mean.shape, generator=rng).to(posterior.mean.device)
+    z = posterior.mean + posterior.std * noise
     loss, l1 = reconstruction_loss(vae.decode(z).sample.float(), batch)
     kl = posterior.kl().mean()  # summed over a picture's latent, averaged over the batch, as in SD
     return {"loss": loss + KL_WEIGHT * kl, "l1": l1.detach(), "kl": kl.detach()}
@@ -81,6 +83,7 @@ def train_autoencoder(images: torch.Tensor, out: str | Path, config: TrainConfig
     fine-tune; the latent space moves, so a denoiser trained on the old one needs fine-tuning
     too). `balance_colours` draws pictures more often the rarer their main colour is, as
     `finetune_decoder` does. A run folder with a checkpoint resumes from it either way.
+    Training runs on `config.device`; the model comes back on the CPU.
     """
     torch.manual_seed(config.seed)
     if init is not None:
@@ -89,18 +92,18 @@ def train_autoencoder(images: torch.Tensor, out: str | Path, config: TrainConfig
         vae = build_autoencoder(images.shape[-1])
     weights = balancing_weights(colour_classes(images)) if balance_colours else None
     trainer = Trainer(vae, out, config, "autoencoder")
-    show = to_unit_range((held_out if held_out is not None else images)[:8])
+    show = to_unit_range((held_out if held_out is not None else images)[:8]).to(trainer.device)
 
     def step(step_index: int, rng: torch.Generator) -> dict:
         index = draw_batch(len(images), config.batch_size, rng, weights)
-        batch = random_mirror(to_unit_range(images[index]), rng)
+        batch = random_mirror(to_unit_range(images[index]), rng).to(trainer.device)
         return autoencoder_loss(vae, batch, rng)
 
     return _run(trainer, vae, step, show, quiet)
 
 
 def _run(trainer: Trainer, vae: AutoencoderKL, step, show: torch.Tensor, quiet: bool) -> AutoencoderKL:
-    """Run the trainer with sample grids (held-out pictures over their reconstructions); return the EMA model."""
+    """Run the trainer with sample grids (held-out pictures over their reconstructions); return the EMA model on the CPU."""
 
     @torch.no_grad()
     def sample(step_index: int, folder: Path) -> None:
@@ -110,7 +113,7 @@ def _run(trainer: Trainer, vae: AutoencoderKL, step, show: torch.Tensor, quiet: 
 
     trainer.run(step, sample, quiet=quiet)
     vae.load_state_dict(trainer.ema_model_state())
-    return vae.eval()
+    return vae.cpu().eval()
 
 
 def freeze_encoder(vae: AutoencoderKL) -> AutoencoderKL:
@@ -123,12 +126,15 @@ def freeze_encoder(vae: AutoencoderKL) -> AutoencoderKL:
 
 @torch.no_grad()
 def posteriors(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, std) of the encoder's posterior for uint8 pictures [N,3,S,S], unscaled."""
+    """(mean, std) of the encoder's posterior for uint8 pictures [N,3,S,S], unscaled, on the CPU.
+
+    The pictures are encoded on the autoencoder's device, a batch at a time.
+    """
     means, stds = [], []
     for i in range(0, len(images), batch_size):
-        posterior = vae.encode(to_unit_range(images[i : i + batch_size])).latent_dist
-        means.append(posterior.mean)
-        stds.append(posterior.std)
+        posterior = vae.encode(to_unit_range(images[i : i + batch_size]).to(vae.device)).latent_dist
+        means.append(posterior.mean.cpu())
+        stds.append(posterior.std.cpu())
     return torch.cat(means), torch.cat(stds)
 
 
@@ -139,7 +145,7 @@ def decoder_loss(vae: AutoencoderKL, mean: torch.Tensor, std: torch.Tensor, batc
     The latents are drawn with `latent_noise` times the posterior's spread: 1 as in training the
     whole autoencoder, 0 to decode the posterior means themselves, which is what the denoiser learned.
     """
-    z = mean + latent_noise * std * torch.randn(mean.shape, generator=rng)
+    z = mean + latent_noise * std * torch.randn(mean.shape, generator=rng).to(mean.device)
     loss, l1 = reconstruction_loss(vae.decode(z).sample.float(), batch)
     return {"loss": loss, "l1": l1.detach()}
 
@@ -185,15 +191,17 @@ def finetune_decoder(vae: AutoencoderKL, images: torch.Tensor, out: str | Path, 
     """
     torch.manual_seed(config.seed)
     freeze_encoder(vae)
+    trainer = Trainer(vae, out, config, "decoder")  # on its device now; the frozen encoder is as it was
     both = torch.cat([images, images.flip(-1)])
     mean, std = posteriors(vae.eval(), both)
     weights = balancing_weights(colour_classes(both)) if balance_colours else torch.ones(len(both))
-    trainer = Trainer(vae, out, config, "decoder")
-    show = to_unit_range((held_out if held_out is not None else images)[:8])
+    show = to_unit_range((held_out if held_out is not None else images)[:8]).to(trainer.device)
 
     def step(step_index: int, rng: torch.Generator) -> dict:
         index = draw_batch(len(both), config.batch_size, rng, weights)
-        return decoder_loss(vae, mean[index], std[index], to_unit_range(both[index]), rng, latent_noise)
+        device = trainer.device
+        return decoder_loss(vae, mean[index].to(device), std[index].to(device), to_unit_range(both[index]).to(device),
+                            rng, latent_noise)
 
     return _run(trainer, vae, step, show, quiet)
 

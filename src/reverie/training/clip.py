@@ -63,7 +63,7 @@ def robust_augment(batch: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
 def clip_loss(encoder: ImageEncoder, images: torch.Tensor, texts: torch.Tensor) -> dict:
     image_vectors = encoder(images)
     logits = encoder.logit_scale.exp().clamp(max=100) * image_vectors @ texts.T
-    target = torch.arange(len(images))
+    target = torch.arange(len(images), device=logits.device)
     loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
     accuracy = (logits.argmax(1) == target).float().mean()
     return {"loss": loss, "accuracy": accuracy.detach()}
@@ -71,18 +71,20 @@ def clip_loss(encoder: ImageEncoder, images: torch.Tensor, texts: torch.Tensor) 
 
 def train_clip(images: torch.Tensor, captions: list[list[str]], tokenizer, text_encoder, out: str | Path,
                config: TrainConfig, quiet: bool = False, robust: bool = False) -> ImageEncoder:
+    """Train on uint8 pictures [N,3,S,S] and their caption lines on `config.device`; the encoder comes back on the CPU."""
     torch.manual_seed(config.seed)
     encoder = ImageEncoder()
     vectors, rows = caption_table(captions, tokenizer, text_encoder)
     trainer = Trainer(encoder, out, config, "clip")
+    vectors = vectors.to(trainer.device)
 
     def step(step_index: int, rng: torch.Generator) -> dict:
         index = draw_batch(len(images), config.batch_size, rng).tolist()
         picks = torch.randint(0, 1 << 30, (len(index),), generator=rng).tolist()
         text_rows = torch.tensor([rows[i][p % len(rows[i])] for i, p in zip(index, picks)])
         batch = (robust_augment if robust else augment)(to_unit_range(images[index]), rng)
-        return clip_loss(encoder, batch, vectors[text_rows])
+        return clip_loss(encoder, batch.to(trainer.device), vectors[text_rows.to(trainer.device)])
 
     trainer.run(step, None, quiet=quiet)
     encoder.load_state_dict(trainer.ema_model_state())
-    return encoder.eval()
+    return encoder.cpu().eval()

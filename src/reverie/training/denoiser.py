@@ -96,10 +96,12 @@ class CaptionStates:
 
     def _states(self, captions: list[str]) -> torch.Tensor:
         missing = sorted({c for c in captions if c not in self.cache})
+        device = self.text_encoder.device
         for start in range(0, len(missing), 256):
             texts = missing[start : start + 256]
             batch = self.tokenizer(texts, padding="max_length", max_length=self.window, truncation=True, return_tensors="pt")
-            states = self.text_encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+            states = self.text_encoder(input_ids=batch["input_ids"].to(device),
+                                       attention_mask=batch["attention_mask"].to(device)).last_hidden_state
             for text, state in zip(texts, states):
                 self.cache[text] = state.to(torch.float16)
         return torch.stack([self.cache[c] for c in captions]).float()
@@ -107,10 +109,14 @@ class CaptionStates:
 
 def denoiser_loss(unet, scheduler: DDPMScheduler, latents: torch.Tensor, states: torch.Tensor, rng: torch.Generator,
                   timesteps: torch.Tensor | None = None) -> dict:
-    """Weighted v-MSE at random timesteps (or the `timesteps` given, one per latent)."""
-    noise = torch.randn(latents.shape, generator=rng)
+    """Weighted v-MSE at random timesteps (or the `timesteps` given, one per latent).
+
+    Noise and timesteps are drawn on the CPU from `rng`, then moved to the latents' device.
+    """
+    noise = torch.randn(latents.shape, generator=rng).to(latents.device)
     if timesteps is None:
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=rng)
+    timesteps = timesteps.to(latents.device)
     noisy = scheduler.add_noise(latents, noise, timesteps)
     target = scheduler.get_velocity(latents, noise, timesteps)
     prediction = unet(noisy, timesteps, encoder_hidden_states=states).sample.float()
@@ -136,6 +142,7 @@ def train_denoiser(
     `init`, a diffusers UNet folder, starts from those weights instead of random ones (a
     fine-tune); a run folder with a checkpoint resumes from the checkpoint either way.
     `weights` (one per latent) draws some latents more often than others; by default all alike.
+    Training runs on `config.device`; the model comes back on the CPU.
     """
     torch.manual_seed(config.seed)
     if init is not None:
@@ -150,7 +157,8 @@ def train_denoiser(
         picks = torch.randint(0, 1 << 30, (config.batch_size,), generator=rng).tolist()
         drop = (torch.rand(config.batch_size, generator=rng) < CAPTION_DROPOUT).tolist()
         texts = ["" if d else captions[i][p % len(captions[i])] for i, p, d in zip(index.tolist(), picks, drop)]
-        return denoiser_loss(unet, scheduler, latents[index], caption_states(texts), rng)
+        device = trainer.device
+        return denoiser_loss(unet, scheduler, latents[index].to(device), caption_states(texts).to(device), rng)
 
     def sample(step_index: int, folder: Path) -> None:
         if sample_fn:
@@ -159,4 +167,4 @@ def train_denoiser(
 
     trainer.run(step, sample, quiet=quiet)
     unet.load_state_dict(trainer.ema_model_state())
-    return unet.eval()
+    return unet.cpu().eval()

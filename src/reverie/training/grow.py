@@ -106,10 +106,11 @@ def halve(images: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def teacher_pictures(images: torch.Tensor, upscaler: torch.nn.Module, batch_size: int = 64) -> torch.Tensor:
-    """uint8 pictures at twice the size for art that exists only small: the 4x upscaler's, halved."""
+    """uint8 pictures at twice the size for art that exists only small: the 4x upscaler's (on its device), halved."""
     out = []
+    device = next(upscaler.parameters()).device
     for i in range(0, len(images), batch_size):
-        large = upscaler(to_unit_range(images[i : i + batch_size])).clamp(-1, 1)
+        large = upscaler(to_unit_range(images[i : i + batch_size]).to(device)).clamp(-1, 1).cpu()
         out.append(halve(((large + 1) * 127.5).round().to(torch.uint8)))
     return torch.cat(out)
 
@@ -117,7 +118,7 @@ def teacher_pictures(images: torch.Tensor, upscaler: torch.nn.Module, batch_size
 def grown_loss(grown: AutoencoderKL, large: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, rng: torch.Generator,
                latent_noise: float = 0.25, with_encoder: bool = True) -> dict:
     """Pixels of the decoder at the large size, plus (`with_encoder`) the encoder's distance to the old latent."""
-    z = mean + latent_noise * std * torch.randn(mean.shape, generator=rng)
+    z = mean + latent_noise * std * torch.randn(mean.shape, generator=rng).to(mean.device)
     pixels, l1 = reconstruction_loss(grown.decode(z).sample.float(), large)
     if not with_encoder:
         return {"loss": pixels, "l1": l1.detach()}
@@ -131,16 +132,19 @@ def train_grown(old: AutoencoderKL, large: torch.Tensor, out: str | Path, config
 
     The old encoder's posteriors of the halved pictures (and of their mirror images) are the
     latents, computed once. With `balance_colours`, rare main colours are drawn more often.
+    Training runs on `config.device` (`old` moves there too); the grown model comes back on the CPU.
     """
     torch.manual_seed(config.seed)
     both = torch.cat([large, large.flip(-1)])
     small = halve(both)
-    mean, std = posteriors(old.eval(), small)
-    weights = balancing_weights(colour_classes(small)) if balance_colours else torch.ones(len(both))
     grown = grow_autoencoder(old)
     trainer = Trainer(grown, out, config, "grown")
+    device = trainer.device
+    old.to(device)
+    mean, std = posteriors(old.eval(), small)
+    weights = balancing_weights(colour_classes(small)) if balance_colours else torch.ones(len(both))
     show = (held_out if held_out is not None else large)[:8]
-    show_mean, _ = posteriors(old, halve(show))
+    show_mean = posteriors(old, halve(show))[0].to(device)
 
     @torch.no_grad()
     def sample(step_index: int, folder: Path) -> None:
@@ -152,9 +156,9 @@ def train_grown(old: AutoencoderKL, large: torch.Tensor, out: str | Path, config
 
     def step(step_index: int, rng: torch.Generator) -> dict:
         index = draw_batch(len(both), config.batch_size, rng, weights)
-        return grown_loss(grown, to_unit_range(both[index]), mean[index], std[index], rng,
-                          with_encoder=step_index % ENCODER_EVERY == 0)
+        return grown_loss(grown, to_unit_range(both[index]).to(device), mean[index].to(device), std[index].to(device),
+                          rng, with_encoder=step_index % ENCODER_EVERY == 0)
 
     trainer.run(step, sample, quiet=quiet)
     grown.load_state_dict(trainer.ema_model_state())
-    return grown.eval()
+    return grown.cpu().eval()

@@ -1,7 +1,9 @@
 """The recipe for reverie-mini: autoencoder, then denoiser on its latents, then packaging.
 
-Each stage reads the dataset folder (`reverie data build`), writes a run folder that resumes
-when started again, and ends with a diffusers-layout export of the EMA weights.
+Each stage reads a dataset folder (one `reverie data build` made, whose train/ split it trains
+on and whose test/ split it shows in samples, or any folder of pictures with captions), writes
+a run folder that resumes when started again, and ends with an export of the EMA weights.
+Stages train on `config.device`; their exports do not depend on it.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from ..models.mini import MINI_DIR, save_mini
 from ..models.minilm import WINDOW, load_minilm
 from ..outputs.grid import make_grid
 from .autoencoder import balancing_weights, colour_classes, encode_all, latent_scaling_factor, train_autoencoder
-from .data.folder import ImageCaptionFolder
+from .data.folder import ImageCaptionFolder, read_splits
 from .denoiser import SCHEDULE, CaptionStates, train_denoiser
+from .device import training_device
 from .loop import TrainConfig
 
 SAMPLE_PROMPTS = (
@@ -35,7 +38,12 @@ DENOISER_BALANCE = 0.5  # the power of colour balancing in the denoiser's sampli
 
 
 def read_dataset(data: str | Path, size: int, split: str = "train") -> ImageCaptionFolder:
+    """One split of a built dataset (the benchmarks read test/); training reads folders with `read_splits`."""
     return ImageCaptionFolder(data, size=size, split=split)
+
+
+def _held_out(test: ImageCaptionFolder | None) -> torch.Tensor | None:
+    return test.images if test is not None else None
 
 
 def run_autoencoder(data: str | Path, out: str | Path, config: TrainConfig, size: int = 64, quiet: bool = False,
@@ -43,12 +51,12 @@ def run_autoencoder(data: str | Path, out: str | Path, config: TrainConfig, size
     """Train (or resume) the autoencoder; export it with its latent scaling factor to out/vae.
 
     `init` (an autoencoder folder) fine-tunes from those weights; its picture size wins over `size`.
+    Captions are not needed: the autoencoder learns from pictures alone.
     """
     if init is not None:
         size = int(AutoencoderKL.load_config(init, local_files_only=True)["sample_size"])
-    train = read_dataset(data, size, "train")
-    test = read_dataset(data, size, "test")
-    vae = train_autoencoder(train.images, out, config, held_out=test.images, quiet=quiet, init=init,
+    train, test = read_splits(data, size, need_captions=False)
+    vae = train_autoencoder(train.images, out, config, held_out=_held_out(test), quiet=quiet, init=init,
                             balance_colours=balance_colours)
     vae.register_to_config(scaling_factor=latent_scaling_factor(vae, train.images[:2048]))
     export = Path(out) / "vae"
@@ -66,36 +74,38 @@ def run_decoder(data: str | Path, vae_dir: str | Path, out: str | Path, config: 
 
     vae = AutoencoderKL.from_pretrained(vae_dir, local_files_only=True, dtype=torch.float32)
     size = int(vae.config.sample_size)
-    train = read_dataset(data, size, "train")
-    test = read_dataset(data, size, "test")
-    vae = finetune_decoder(vae, train.images, out, config, held_out=test.images, quiet=quiet)
+    train, test = read_splits(data, size, need_captions=False)
+    vae = finetune_decoder(vae, train.images, out, config, held_out=_held_out(test), quiet=quiet)
     export = Path(out) / "vae"
     vae.save_pretrained(export, safe_serialization=True)
     return export
 
 
-def run_grown(data: str | Path, small: str | Path, vae_dir: str | Path, out: str | Path, config: TrainConfig,
+def run_grown(data: str | Path, small: str | Path | None, vae_dir: str | Path, out: str | Path, config: TrainConfig,
               quiet: bool = False) -> Path:
     """Grow a trained autoencoder to twice its size (training/grow.py); export it to out/vae.
 
-    `data` holds art rendered at twice the autoencoder's size; the sources it lacks are taken
-    from `small` (at the autoencoder's size) and enlarged by the built-in upscaler as targets.
-    The latent space and scaling factor stay, so the denoiser needs no retraining.
+    `data` holds art rendered at twice the autoencoder's size. The sources it lacks (the first
+    subfolders of `small` that `data` has not, as a built dataset's noto/ and twemoji/) are
+    taken from `small` (at the autoencoder's size, or None for none) and enlarged by the
+    built-in upscaler as targets. The latent space and scaling factor stay, so the denoiser
+    needs no retraining. Captions are not needed.
     """
     from ..models.upscaler import load_upscaler
     from .grow import teacher_pictures, train_grown
 
     vae = AutoencoderKL.from_pretrained(vae_dir, local_files_only=True, dtype=torch.float32)
     size = int(vae.config.sample_size)
-    large = read_dataset(data, 2 * size, "train")
-    covered = {path.relative_to(large.root / "train").parts[0] for path in large.paths}
-    raster = read_dataset(small, size, "train")
-    keep = [i for i, path in enumerate(raster.paths) if path.relative_to(raster.root / "train").parts[0] not in covered]
+    large, test = read_splits(data, 2 * size, need_captions=False)
     pictures = large.images
-    if keep:
-        pictures = torch.cat([pictures, teacher_pictures(raster.images[keep], load_upscaler().float().eval())])
-    test = read_dataset(data, 2 * size, "test")
-    grown = train_grown(vae, pictures, out, config, held_out=test.images, quiet=quiet)
+    if small is not None:
+        covered = {large.top_folder(i) for i in range(len(large))}
+        raster = read_splits(small, size, need_captions=False).train
+        keep = [i for i in range(len(raster)) if raster.top_folder(i) not in covered]
+        if keep:
+            upscaler = load_upscaler().float().eval().to(training_device(config.device))
+            pictures = torch.cat([pictures, teacher_pictures(raster.images[keep], upscaler)])
+    grown = train_grown(vae, pictures, out, config, held_out=_held_out(test), quiet=quiet)
     export = Path(out) / "vae"
     grown.save_pretrained(export, safe_serialization=True)
     return export
@@ -109,11 +119,13 @@ def run_denoiser(data: str | Path, vae_dir: str | Path, out: str | Path, config:
     `balance_colours` draws pictures of rare main colours more often, more gently than the
     autoencoder does (power DENOISER_BALANCE), so the denoiser's sense of what is common survives.
     """
-    vae = AutoencoderKL.from_pretrained(vae_dir, local_files_only=True).eval()
+    device = training_device(config.device)  # the autoencoder and text encoder run there too (latents, captions, samples)
+    vae = AutoencoderKL.from_pretrained(vae_dir, local_files_only=True).eval().to(device)
     size = int(vae.config.sample_size)
-    train = read_dataset(data, size, "train")
+    train = read_splits(data, size).train
     latents = encode_all(vae, train.images)
     tokenizer, text_encoder = load_minilm()
+    text_encoder.to(device)
     states = CaptionStates(tokenizer, text_encoder, WINDOW)
 
     def sample(unet: UNet2DConditionModel, step: int, folder: Path) -> None:
@@ -133,15 +145,19 @@ def components_from(unet, vae, tokenizer, text_encoder) -> ModelComponents:
 
 @torch.no_grad()
 def sample_grid(unet, vae, tokenizer, text_encoder, path: Path, prompts=SAMPLE_PROMPTS, steps: int = 20) -> Path:
-    """One picture per prompt, through the same engine users run."""
+    """One picture per prompt, through the same engine users run, on the UNet's device (in fp32).
+
+    The autoencoder and the text encoder must be on that device too.
+    """
     from ..studio import Studio, make_request
 
-    studio = Studio(device="cpu")
-    studio.add_model("mini-training", components_from(unet, vae, tokenizer, text_encoder))
+    device = str(unet.device)
+    studio = Studio(device=device)
+    studio.add_model("mini-training", components_from(unet, vae, tokenizer, text_encoder), device=device)
     pictures = []
     for i, prompt in enumerate(prompts):
         request = make_request(prompt=prompt, model="mini-training", steps=steps, cfg_scale=4.0, seed=i,
-                               n_samples=1, sampler="dpmpp_2m", device="cpu")
+                               n_samples=1, sampler="dpmpp_2m", device=device, dtype="fp32")
         pictures.append(studio.generate(request).images[0].image)
     make_grid(pictures, columns=len(prompts)).save(path)
     return path
@@ -159,18 +175,18 @@ def run_clip(data: str | Path, out: str | Path, config: TrainConfig, quiet: bool
     from ..models.mini_clip import IMAGE_SIZE, save_clip
     from .clip import train_clip
 
-    train = read_dataset(data, IMAGE_SIZE, "train")
+    train = read_splits(data, IMAGE_SIZE).train
     tokenizer, text_encoder = load_minilm()
     encoder = train_clip(train.images, train.captions, tokenizer, text_encoder, out, config, quiet=quiet, robust=robust)
     return save_clip(encoder, Path(out) / "export", half=False)
 
 
 def run_upscaler(data: str | Path, out: str | Path, config: TrainConfig, size: int = 256, quiet: bool = False) -> Path:
-    """Train (or resume) the 4x upscaler on high-resolution renders; export to out/export."""
+    """Train (or resume) the 4x upscaler on high-resolution pictures (no captions needed); export to out/export."""
     from ..models.upscaler import save_upscaler
     from .upscaler import train_upscaler
 
-    train = read_dataset(data, size, "train")
+    train = read_splits(data, size, need_captions=False).train
     model = train_upscaler(train.images, out, config, quiet=quiet)
     return save_upscaler(model, Path(out) / "export", half=False)
 

@@ -33,17 +33,17 @@ def upscaler_loss(model: Upscaler, high: torch.Tensor) -> dict:
 
 
 def train_upscaler(images: torch.Tensor, out: str | Path, config: TrainConfig, quiet: bool = False) -> Upscaler:
-    """Train on uint8 high-resolution pictures [N,3,S,S] (S >= PATCH)."""
+    """Train on uint8 high-resolution pictures [N,3,S,S] (S >= PATCH) on `config.device`; the model comes back on the CPU."""
     torch.manual_seed(config.seed)
     model = Upscaler()
     trainer = Trainer(model, out, config, "upscaler")
     side = images.shape[-1]
-    show = to_unit_range(images[:4])
+    show = to_unit_range(images[:4]).to(trainer.device)
 
     def step(step_index: int, rng: torch.Generator) -> dict:
         index = draw_batch(len(images), config.batch_size, rng)
         y, x = torch.randint(0, side - PATCH + 1, (2,), generator=rng).tolist()
-        crops = to_unit_range(images[index, :, y : y + PATCH, x : x + PATCH])
+        crops = to_unit_range(images[index, :, y : y + PATCH, x : x + PATCH]).to(trainer.device)
         return upscaler_loss(model, crops)
 
     @torch.no_grad()
@@ -56,4 +56,4 @@ def train_upscaler(images: torch.Tensor, out: str | Path, config: TrainConfig, q
 
     trainer.run(step, sample, quiet=quiet)
     model.load_state_dict(trainer.ema_model_state())
-    return model.eval()
+    return model.cpu().eval()

@@ -20,13 +20,12 @@ import shutil
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
+from .folder import MANIFEST, SPLITS
 from .sources import EMOJI_DATASOURCE_NOTE, EMOJIBASE, SOURCES, DatasetError, Entry, get_source, installed_version, list_entries, slugify
 
 __all__ = ["DEFAULT_SOURCES", "DatasetError", "build_dataset", "captions_for", "in_test_split", "file_stem"]
 
 DEFAULT_SOURCES = ("noto", "twemoji", "fluent", "tabler")
-SPLITS = ("train", "test")
-MANIFEST = "manifest.json"
 ATTRIBUTION = "ATTRIBUTION.md"
 FORMAT = "reverie-image-caption-folder/1"
 

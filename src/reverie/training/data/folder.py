@@ -3,16 +3,18 @@
     root/[split/]any/sub/folders/cat.png   (png, jpg, jpeg or webp)
     root/[split/]any/sub/folders/cat.txt   one caption per non-empty line; training picks one
 
-`reverie data build` writes this format, and a user can make one by hand to train on their own
-pictures. Pictures are scaled so the shorter side fits, center-cropped to a square, and any
-transparency is composited onto white.
+`reverie data build` writes this format split in two (train/, test/, with a manifest.json);
+any other folder of captioned pictures, as people keep them for LoRA or DreamBooth training,
+is read whole (`read_splits`). Pictures are scaled so the shorter side fits, center-cropped to
+a square, and any transparency is composited onto white. Hidden files and folders (a leading
+dot: .DS_Store, ._cat.png, .ipynb_checkpoints) are not pictures of the dataset.
 """
 
 from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Optional, Union
+from typing import NamedTuple, Optional, Union
 
 import numpy as np
 import torch
@@ -21,8 +23,30 @@ from PIL import Image, ImageOps
 from .sources import DatasetError, on_white
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+SPLITS = ("train", "test")
+MANIFEST = "manifest.json"
+EXPECTED = "png, jpg, jpeg or webp pictures (in it or its subfolders), each with a same-name .txt caption (cat.png + cat.txt)"
 
 Rng = Union[random.Random, np.random.Generator, torch.Generator, None]
+
+
+def picture_files(folder: Path) -> list[Path]:
+    """Every picture file under `folder`, at any depth, hidden ones left out; sorted by relative path."""
+    pictures = []
+    for path in folder.rglob("*"):
+        relative = path.relative_to(folder)
+        if path.suffix.lower() in IMAGE_SUFFIXES and not any(part.startswith(".") for part in relative.parts) and path.is_file():
+            pictures.append((relative.as_posix(), path))
+    return [path for _, path in sorted(pictures)]
+
+
+def is_split(root: Path) -> bool:
+    """A built dataset (a manifest.json), or a folder whose pictures all lie in train/ and test/."""
+    if (root / MANIFEST).is_file():
+        return True
+    if not (root / "train").is_dir():
+        return False
+    return all(path.relative_to(root).parts[0] in SPLITS for path in picture_files(root))
 
 
 def read_square(path: Path, size: int) -> np.ndarray:
@@ -46,21 +70,27 @@ class ImageCaptionFolder:
     images:   uint8 tensor [N, 3, size, size]
     captions: N lists of caption lines (non-empty lines of each .txt)
     paths:    N picture paths, sorted
+    folder:   the folder they were read from (root, or root/split)
     skipped:  pictures that had no caption file (or an empty one)
+
+    With `need_captions=False` (for trainers that learn from pictures alone) every picture is
+    kept, and one without a caption file has an empty list of lines.
     """
 
-    def __init__(self, root: str | Path, size: int, split: Optional[str] = None):
+    def __init__(self, root: str | Path, size: int, split: Optional[str] = None, need_captions: bool = True):
         if not isinstance(size, int) or size < 1:
             raise DatasetError(f"size must be a positive whole number of pixels, not {size!r}")
         self.root = Path(root)
         self.size = size
         self.split = split
-        folder = self.root / split if split else self.root
+        self.folder = folder = self.root / split if split else self.root
         if not folder.is_dir():
             what = f"split folder {split!r} in {self.root}" if split else "dataset folder"
             raise DatasetError(f"{what} not found: {folder}")
-        pictures = sorted((p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
-                          key=lambda p: p.relative_to(folder).as_posix())
+        pictures = picture_files(folder)
+        if not pictures:
+            expected = EXPECTED if need_captions else "png, jpg, jpeg or webp pictures (in it or its subfolders)"
+            raise DatasetError(f"no pictures in {folder}: expected {expected}")
         self.paths: list[Path] = []
         self.captions: list[list[str]] = []
         self.skipped = 0
@@ -69,7 +99,7 @@ class ImageCaptionFolder:
             lines = []
             if text_path.is_file():
                 lines = [line.strip() for line in text_path.read_text(encoding="utf-8").splitlines() if line.strip()]
-            if not lines:
+            if not lines and need_captions:
                 self.skipped += 1
                 continue
             self.paths.append(path)
@@ -98,5 +128,35 @@ class ImageCaptionFolder:
             return lines[int(torch.randint(n, (1,), generator=rng))]
         return lines[(rng or random).randrange(n)]
 
+    def top_folder(self, i: int) -> str:
+        """The first subfolder picture i lies in ("" for a picture directly in the folder): a built dataset's source."""
+        parts = self.paths[i].relative_to(self.folder).parts
+        return parts[0] if len(parts) > 1 else ""
+
     def __repr__(self) -> str:
         return f"ImageCaptionFolder({str(self.root)!r}, size={self.size}, split={self.split!r}: {len(self)} pictures)"
+
+
+class Splits(NamedTuple):
+    """The pictures to train on, and the held-out ones (None when the folder has none)."""
+
+    train: ImageCaptionFolder
+    test: Optional[ImageCaptionFolder]
+
+
+def read_splits(root: str | Path, size: int, need_captions: bool = True) -> Splits:
+    """A dataset folder's training pictures and, for a built dataset, its held-out test split.
+
+    A built dataset (`reverie data build`: manifest.json, train/, test/), or any folder whose
+    pictures all lie in train/ and test/, gives its train/ as the training pictures and its
+    test/ (when it holds pictures) as the held-out ones. Any other folder of pictures is read
+    whole as training pictures, with nothing held out.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"dataset folder not found: {root}; expected a folder of {EXPECTED}")
+    if not is_split(root):
+        return Splits(ImageCaptionFolder(root, size, need_captions=need_captions), None)
+    train = ImageCaptionFolder(root, size, "train", need_captions)
+    has_test = (root / "test").is_dir() and picture_files(root / "test")
+    return Splits(train, ImageCaptionFolder(root, size, "test", need_captions) if has_test else None)
