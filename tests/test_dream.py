@@ -14,6 +14,7 @@ from conftest import pixels
 from reverie.errors import BadCheckpoint, BadRequest, ModelNotFound, PromptSyntaxError
 from reverie.methods.dreaming import start_dream
 from reverie.methods.dreaming.dream import Dream
+from reverie.progress import Progress
 from reverie.methods.dreaming.prompts import DreamPrompt, parse_dream_prompt, parse_image_prompt
 from test_cli import run_cli
 
@@ -124,7 +125,7 @@ def test_patience_stops_a_dream_that_no_longer_improves(tmp_path):
 
 def test_should_stop_keeps_the_last_picture_and_state(tmp_path):
     calls = iter([False, False, True])
-    report = start_dream(dict(prompt="red apple", seed=0, **SMALL)).run(50, tmp_path, should_stop=lambda: next(calls))
+    report = start_dream(dict(prompt="red apple", seed=0, **SMALL)).run(50, tmp_path, Progress(should_stop=lambda: next(calls)))
     assert report.stopped == "interrupted" and report.step == 2
     assert Dream.resume(tmp_path).step == 2
 
