@@ -14,6 +14,9 @@ import torch
 # The ImageNet f16 models of taming-transformers (vqgan_imagenet_f16_1024 / _16384).
 IMAGENET_F16 = dict(double_z=False, z_channels=256, resolution=256, in_channels=3, out_ch=3, ch=128,
                     ch_mult=[1, 1, 2, 2, 4], num_res_blocks=2, attn_resolutions=[16], dropout=0.0)
+# The same levels, blocks and attention (so the same key names) at a quarter of the width; 32 is
+# the narrowest the converter's 32-group norms allow.
+IMAGENET_F16_NARROW = dict(IMAGENET_F16, ch=32)
 
 
 def _resnet(prefix: str, cin: int, cout: int, out: dict) -> None:
@@ -116,14 +119,20 @@ BIGGAN_LAYERS = {
 }
 
 
-def write_biggan(folder: Path, output_dim: int = 128, channel_width: int = 128, seed: int = 0) -> Path:
-    """A pytorch-pretrained-biggan folder: config.json + pytorch_model.bin (a saved state dict)."""
+def biggan(output_dim: int = 128, channel_width: int = 128):
+    """pytorch-pretrained-biggan's BigGAN-deep (the published models have channel_width 128)."""
     from pytorch_pretrained_biggan import BigGAN, BigGANConfig
 
-    torch.manual_seed(seed)
     config = BigGANConfig(output_dim=output_dim, channel_width=channel_width)
     config.layers = BIGGAN_LAYERS[output_dim]
-    model = BigGAN(config)
+    return BigGAN(config)
+
+
+def write_biggan(folder: Path, output_dim: int = 128, channel_width: int = 128, seed: int = 0) -> Path:
+    """A pytorch-pretrained-biggan folder: config.json + pytorch_model.bin (a saved state dict)."""
+    torch.manual_seed(seed)
+    model = biggan(output_dim, channel_width)
+    config = model.config
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(config.__dict__, indent=2))
     torch.save(model.state_dict(), folder / "pytorch_model.bin")
@@ -135,12 +144,43 @@ SMALL_CLIP = dict(embed_dim=64, vision_cfg=dict(image_size=32, layers=2, width=1
                   text_cfg=dict(context_length=77, vocab_size=49408, width=128, heads=2, layers=2))
 
 
-def openai_clip_model(config: dict | None = None, seed: int = 0):
-    """open_clip's CLIP in OpenAI's layout (QuickGELU): SMALL_CLIP, or e.g. the ViT-B-32 config."""
+# OpenAI's released CLIPs as OpenAI's own code builds them from a state dict: the vision tower's
+# blocks per stage (ResNet) or layers (ViT), width, patch size and picture size; the text side's
+# width and layers; the embedding size. All read 77 tokens from a vocabulary of 49,408.
+OPENAI_CLIPS = {
+    "RN50": ((3, 4, 6, 3), 64, None, 224, 512, 12, 1024),
+    "RN101": ((3, 4, 23, 3), 64, None, 224, 512, 12, 512),
+    "RN50x4": ((4, 6, 10, 6), 80, None, 288, 640, 12, 640),
+    "RN50x16": ((6, 8, 18, 8), 96, None, 384, 768, 12, 768),
+    "RN50x64": ((3, 15, 36, 10), 128, None, 448, 1024, 12, 1024),
+    "ViT-B-32": (12, 768, 32, 224, 512, 12, 512),
+    "ViT-B-16": (12, 768, 16, 224, 512, 12, 512),
+    "ViT-L-14": (24, 1024, 14, 224, 768, 12, 768),
+    "ViT-L-14-336": (24, 1024, 14, 336, 768, 12, 768),
+}
+
+
+def openai_clip_config(name: str) -> dict:
+    """CLIP arguments for one of OPENAI_CLIPS (heads of 64 channels, as OpenAI's are)."""
+    layers, width, patch, size, text_width, text_layers, embed_dim = OPENAI_CLIPS[name]
+    return dict(embed_dim=embed_dim, vision_cfg=dict(layers=layers, width=width, patch_size=patch, image_size=size),
+                text_cfg=dict(context_length=77, vocab_size=49408, width=text_width, heads=text_width // 64,
+                              layers=text_layers))
+
+
+# ViT-B/32's key layout (12 layers on each side, 32 px patches, 224 px pictures) at a twelfth of its widths.
+VIT_B_32_NARROW = dict(embed_dim=64, vision_cfg=dict(image_size=224, layers=12, width=64, patch_size=32),
+                       text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=1, layers=12))
+
+
+def openai_clip_model(config: dict | None = None, seed: int = 0, device: str = "cpu"):
+    """open_clip's CLIP in OpenAI's layout (QuickGELU): SMALL_CLIP, or e.g. openai_clip_config("ViT-B-32").
+    On the meta device it costs nothing and has only shapes: enough to check key names and shapes."""
     from open_clip.model import CLIP
 
     torch.manual_seed(seed)
-    return CLIP(**(config or SMALL_CLIP), quick_gelu=True).eval()
+    with torch.device(device):
+        return CLIP(**(config or SMALL_CLIP), quick_gelu=True).eval()
 
 
 def write_openai_clip(path: Path, model, half: bool = True) -> Path:

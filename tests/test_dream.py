@@ -138,9 +138,26 @@ def test_pixel_generator_starts_from_a_picture(tmp_path, photo):
 
 
 def test_image_prompts_pull_toward_a_picture(tmp_path, photo):
-    dream = start_dream(dict(prompt="a picture", image_prompts=[f"{photo}:2"], seed=0, **SMALL))
-    assert dream.targets[-1].weight == 2.0
-    dream.run(2, tmp_path)
+    """The same dream with and without the picture as a prompt: with it, the guide sees the
+    dream end far nearer the picture."""
+    from reverie.methods.dreaming.objective import image_target
+
+    request = dict(prompt="a picture", generator="pixels", seed=0, **SMALL)
+    pulled = start_dream(dict(request, image_prompts=[f"{photo}:2"]))
+    plain = start_dream(request)
+    picture = pulled.targets[-1]
+    assert picture.weight == 2.0
+
+    def likeness(dream) -> float:  # cosine between the whole dream and the picture, by the guide
+        with torch.no_grad():
+            seen = image_target(dream.guides, "dream", dream.generator(), 1.0, -math.inf).vectors[0]
+        return float(seen @ picture.vectors[0])
+
+    start = likeness(plain)
+    assert likeness(pulled) == pytest.approx(start)  # one seed, one start
+    pulled.run(4, tmp_path / "pulled")
+    plain.run(4, tmp_path / "plain")
+    assert likeness(pulled) > max(likeness(plain), start) + 0.4, (likeness(pulled), likeness(plain), start)
 
 
 # -- the diffusion prior --------------------------------------------------------------------------

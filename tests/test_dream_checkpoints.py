@@ -1,25 +1,30 @@
 """Generator and guide checkpoints in their public formats, built with random weights.
 
 The files follow the original projects' module trees (tests/checkpoint_layouts.py) and are
-saved the way those projects saved them; reverie must load them strictly and safely.
+saved the way those projects saved them; reverie must load them strictly and safely. Tests of a
+layout build it narrow (every key name, a fraction of the widths); only the test that a plain
+state dict's architecture is inferred needs a full-size model.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
 
 from checkpoint_layouts import (
-    IMAGENET_F16, SMALL_CLIP, openai_clip_model, taming_vqgan_shapes, write_biggan, write_openai_clip,
-    write_taming_vqgan,
+    IMAGENET_F16, IMAGENET_F16_NARROW, OPENAI_CLIPS, SMALL_CLIP, VIT_B_32_NARROW, openai_clip_config,
+    openai_clip_model, taming_vqgan_shapes, write_biggan, write_openai_clip, write_taming_vqgan,
 )
 from reverie.errors import BadCheckpoint, BadRequest, ModelNotFound
 from reverie.models.biggan import load_biggan
-from reverie.models.clip_files import load_clip_file
+from reverie.models.clip_architecture import openai_architecture, shapes_of_state_dict
+from reverie.models.clip_files import load_clip_file, split_reference
 from reverie.models.taming_vqgan import load_vqgan
 
 SMALL_VQGAN = dict(IMAGENET_F16, ch=32, ch_mult=[1, 2, 2], z_channels=8, resolution=32, attn_resolutions=[8])
@@ -38,11 +43,14 @@ def test_small_vqgan_round_trips_a_picture_through_its_codebook(tmp_path):
 
 
 def test_imagenet_f16_vqgan_layout_loads_strictly(tmp_path):
-    shapes = taming_vqgan_shapes(IMAGENET_F16, 1024, 256)
-    model = load_vqgan(write_taming_vqgan(tmp_path, IMAGENET_F16, n_embed=1024, embed_dim=256))
+    shapes = taming_vqgan_shapes(IMAGENET_F16_NARROW, 1024, 256)
+    assert shapes.keys() == taming_vqgan_shapes(IMAGENET_F16, 1024, 256).keys()  # the real file's key names
+    model = load_vqgan(write_taming_vqgan(tmp_path, IMAGENET_F16_NARROW, n_embed=1024, embed_dim=256))
     # Every taming weight landed somewhere: same number of values on both sides.
     assert sum(p.numel() for p in model.parameters()) == sum(torch.Size(s).numel() for s in shapes.values())
     assert model.config.num_vq_embeddings == 1024 and model.config.vq_embed_dim == 256
+    # Five levels, attention only in the last (16 px) one, as in the ImageNet f16 models.
+    assert list(model.config.down_block_types) == ["DownEncoderBlock2D"] * 4 + ["AttnDownEncoderBlock2D"]
 
 
 def test_vqgan_with_a_missing_weight_is_refused_by_name(tmp_path):
@@ -73,11 +81,13 @@ def test_biggan_folder_loads_strictly_and_draws(tmp_path):
 
 
 def test_biggan_deep_256_layout_loads_strictly(tmp_path):
-    folder = write_biggan(tmp_path, output_dim=256, channel_width=128)
+    # biggan-deep-256's twelve blocks and attention at a channel width of 16 (the published one: 128).
+    folder = write_biggan(tmp_path, output_dim=256, channel_width=16)
     model = load_biggan(folder)
     saved = torch.load(folder / "pytorch_model.bin", weights_only=True)
     assert set(model.state_dict()) == set(saved)
-    assert model.generator.gen_z.weight_orig.shape == (4 * 4 * 16 * 128, 256)
+    assert "generator.layers.12.conv_3.weight_orig" in saved  # 12 blocks + attention: the 256 px depth
+    assert model.generator.gen_z.weight_orig.shape == (4 * 4 * 16 * 16, 256)  # z and class embedding, 128 each
 
 
 def test_biggan_with_a_wrong_config_or_damaged_file_is_refused(tmp_path):
@@ -105,9 +115,9 @@ def test_openai_clip_archive_is_read_without_running_it(tmp_path):
 
 
 def test_openai_vit_b_32_layout_loads_strictly(tmp_path):
-    import open_clip
-
-    model = openai_clip_model(open_clip.get_model_config("ViT-B-32"))
+    model = openai_clip_model(VIT_B_32_NARROW)
+    full = openai_clip_model(openai_clip_config("ViT-B-32"), device="meta")  # shapes only, no weights
+    assert set(model.state_dict()) == set(full.state_dict())
     loaded = load_clip_file(str(write_openai_clip(tmp_path / "ViT-B-32.pt", model)))
     assert loaded.image_size == 224
     assert set(loaded.model.state_dict()) == set(model.state_dict())
@@ -115,9 +125,59 @@ def test_openai_vit_b_32_layout_loads_strictly(tmp_path):
     assert torch.equal(loaded.model.visual.transformer.resblocks[11].mlp.c_fc.weight, weight.half().float())
 
 
-def test_a_plain_state_dict_needs_its_architecture_named(tmp_path):
-    torch.save(openai_clip_model().state_dict(), tmp_path / "clip.pt")
-    with pytest.raises(BadRequest, match="clip: .*ViT-B-32-quickgelu:"):
+@pytest.mark.parametrize("name", list(OPENAI_CLIPS))
+def test_the_openai_architecture_is_read_from_the_shapes(name):
+    # The model's own state dict (built on the meta device: its keys and shapes, no weights).
+    state = openai_clip_model(openai_clip_config(name), device="meta").state_dict()
+    assert openai_architecture(shapes_of_state_dict(state)) == f"{name}-quickgelu"
+
+
+def test_a_plain_openai_state_dict_is_loaded_as_its_architecture(tmp_path, caplog):
+    """The one full-size model here: only OpenAI's real shapes name an OpenAI architecture."""
+    from open_clip.transformer import QuickGELU
+
+    saved = {k: v.half() for k, v in openai_clip_model(openai_clip_config("ViT-B-32")).state_dict().items()}
+    torch.save(saved, tmp_path / "clip.pt")  # as OpenAI's weights are: fp16, OpenAI's key names
+    caplog.set_level(logging.INFO)
+    root_filters = list(logging.getLogger().filters)
+    loaded = load_clip_file(str(tmp_path / "clip.pt"))
+    assert loaded.name == "ViT-B-32-quickgelu:clip" and loaded.image_size == 224
+    assert isinstance(loaded.model.transformer.resblocks[0].mlp.gelu, QuickGELU)  # OpenAI trained with it
+    weights = loaded.model.state_dict()  # loaded strictly; each weight where the file had it:
+    for key in ("visual.conv1.weight", "visual.transformer.resblocks.11.mlp.c_fc.weight", "visual.proj",
+                "token_embedding.weight", "transformer.resblocks.11.attn.in_proj_weight", "text_projection"):
+        assert torch.equal(weights[key], saved[key].float()), key
+    # open_clip's "initialized randomly" is not said of weights reverie loads; its other lines
+    # still come through, and the silencing ends with the load.
+    assert "initialized randomly" not in caplog.text and "ViT-B-32-quickgelu" in caplog.text
+    assert logging.getLogger().filters == root_filters
+
+
+def test_a_name_before_the_path_is_the_architecture(tmp_path):
+    # A name given is what load_clip_file builds; only without one does it read the shapes
+    # (LAION's ViT-B/32 has OpenAI's shapes but GELU: `ViT-B-32:file`).
+    assert split_reference(f"ViT-B-32:{tmp_path}/clip.pt") == ("ViT-B-32", tmp_path / "clip.pt")
+    assert split_reference(f"{tmp_path}/clip.pt") == (None, tmp_path / "clip.pt")
+    assert split_reference("notes:clip.pt") == (None, Path("notes:clip.pt"))  # not an open_clip name: a path
+
+
+@pytest.mark.parametrize("config, shapes", [
+    (SMALL_CLIP, "ViT with 2 layers of width 128, 8 px patches, 32 px pictures"),
+    (dict(SMALL_CLIP, vision_cfg=dict(image_size=64, layers=(1, 1, 1, 1), width=8)),
+     "ResNet with blocks 1-1-1-1, width 8, 64 px pictures"),
+])
+def test_a_plain_state_dict_of_no_openai_model_needs_its_architecture_named(tmp_path, config, shapes):
+    torch.save(openai_clip_model(config).state_dict(), tmp_path / "clip.pt")
+    with pytest.raises(BadRequest, match="clip: clip.pt has OpenAI CLIP's layout") as error:
+        load_clip_file(str(tmp_path / "clip.pt"))
+    assert shapes in str(error.value) and f"ViT-B-32-quickgelu:{tmp_path / 'clip.pt'}" in str(error.value)
+
+
+def test_a_plain_state_dict_in_another_layout_needs_its_architecture_named(tmp_path):
+    from open_clip.model import CustomTextCLIP
+
+    torch.save(CustomTextCLIP(**SMALL_CLIP).state_dict(), tmp_path / "clip.pt")  # `text.transformer...`
+    with pytest.raises(BadRequest, match=r"clip.pt is a plain weights file not in OpenAI CLIP's layout; .*ViT-B-32:"):
         load_clip_file(str(tmp_path / "clip.pt"))
 
 
@@ -139,7 +199,7 @@ def test_a_torchscript_archive_with_foreign_globals_is_refused(tmp_path):
         load_clip_file(str(evil))
 
 
-def test_open_clip_checkpoint_with_its_config_folder(tmp_path):
+def test_open_clip_checkpoint_with_its_config_folder(tmp_path, caplog):
     from open_clip.model import CustomTextCLIP
     from safetensors.torch import save_file
 
@@ -149,7 +209,9 @@ def test_open_clip_checkpoint_with_its_config_folder(tmp_path):
     folder.mkdir()
     (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": SMALL_CLIP | {"custom_text": True}}))
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "open_clip_model.safetensors")
+    caplog.set_level(logging.INFO)
     loaded = load_clip_file(str(folder))
+    assert "initialized randomly" not in caplog.text  # reverie loaded the weights itself
     images = torch.rand(1, 3, 32, 32)
     assert torch.allclose(loaded.model.encode_image(images), model.encode_image(images), atol=1e-5)
     tokens = loaded.tokenizer(["a red apple"])

@@ -4,20 +4,25 @@ Two formats are read, never by running code from the file:
 - OpenAI's released files (`ViT-B-32.pt`, `RN50.pt`, ...): TorchScript archives, read with
   `torchscript_archive`; open_clip infers the architecture from the weight shapes.
 - open_clip checkpoints (`open_clip_pytorch_model.bin`, `open_clip_model.safetensors`, or a
-  training run's `epoch_N.pt`), and OpenAI weights saved as a plain state dict: the architecture
-  is an open_clip model name given with the path (`ViT-B-32:path`, `ViT-B-32-quickgelu:path`) or
-  read from `open_clip_config.json` beside the file, since the weights alone do not say which
-  activation the model was trained with.
+  training run's `epoch_N.pt`) and plain state dicts: the architecture is an open_clip model name
+  given with the path (`ViT-B-32:path`, `ViT-B-32-quickgelu:path`), or read from
+  `open_clip_config.json` beside the file, or else inferred from the shapes when the file is
+  one of OpenAI's models in OpenAI's layout (`clip_architecture`). Inferred, it is taken as
+  OpenAI's, trained with QuickGELU: the weights alone do not say which activation a model was
+  trained with, so LAION weights of the same shapes need their name (`ViT-B-32:path`).
 """
 
 from __future__ import annotations
 
+import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..errors import BadCheckpoint, BadRequest, ModelNotFound
+from .clip_architecture import openai_architecture, shapes_of_state_dict
 from .single_file import read_state_dict
 from .torchscript_archive import is_torchscript_archive, read_torchscript_tensors
 
@@ -65,10 +70,14 @@ def _strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return state
 
 
+def _without_openai_extras(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in state.items() if not k.endswith(OPENAI_EXTRAS)}
+
+
 def _openai_model(state: dict[str, torch.Tensor], name: str) -> torch.nn.Module:
     from open_clip.model import build_model_from_openai_state_dict
 
-    state = {k: v for k, v in state.items() if not k.endswith(OPENAI_EXTRAS)}
+    state = _without_openai_extras(state)
     try:
         model = build_model_from_openai_state_dict(dict(state), quick_gelu=True, cast_dtype=None).float()
         # open_clip builds it in fp16 first; reload so fp32 files keep their full precision.
@@ -78,10 +87,33 @@ def _openai_model(state: dict[str, torch.Tensor], name: str) -> torch.nn.Module:
         raise BadCheckpoint(f"{name} is not a complete OpenAI CLIP ({str(exc).splitlines()[0]})") from None
 
 
+class _WithoutRandomInitLine(logging.Filter):
+    """Drops open_clip's "No pretrained weights loaded ... Model initialized randomly." line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "initialized randomly" not in record.getMessage()
+
+
+@contextmanager
+def _quiet_random_init():
+    """open_clip says a model it builds without weights is random; reverie loads the weights
+    right after, so the line would be wrong. open_clip logs it through the root logger: a filter
+    on that one message, unlike a raised level, keeps every other line."""
+    quiet = _WithoutRandomInitLine()
+    root = logging.getLogger()
+    root.addFilter(quiet)
+    try:
+        yield
+    finally:
+        root.removeFilter(quiet)
+
+
 def _open_clip_model(model_name: str, state: dict, name: str) -> torch.nn.Module:
     import open_clip
 
-    model = open_clip.create_model(model_name, pretrained=None, load_weights=False)
+    with _quiet_random_init():
+        # No tower weights either (a Hugging Face text tower would be fetched): all come from the file.
+        model = open_clip.create_model(model_name, pretrained=None, load_weights=False, pretrained_text=False)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -108,14 +140,10 @@ def load_clip_file(reference: str) -> ClipFile:
         tokenizer = open_clip.SimpleTokenizer(context_length=model.context_length)
         return ClipFile(path.stem, model.eval().requires_grad_(False), tokenizer,
                         _image_size(model), OPENAI_MEAN, OPENAI_STD)
-    if arch is None:
-        # A plain state dict does not say whether it was trained with GELU or QuickGELU.
-        raise BadRequest(
-            "clip", f"{path.name} is a plain weights file; say which open_clip architecture it is, e.g. "
-            f"ViT-B-32:{path} (LAION) or ViT-B-32-quickgelu:{path} (OpenAI), or put its "
-            f"{OPEN_CLIP_CONFIG} beside it"
-        )
     state = _strip_prefix(read_state_dict(path))
+    if arch is None:
+        arch = _inferred_architecture(state, path)
+        state = _without_openai_extras(state)
     try:
         model = _open_clip_model(arch, state, path.name)
         tokenizer = open_clip.get_tokenizer(arch)
@@ -124,6 +152,20 @@ def load_clip_file(reference: str) -> ClipFile:
     preprocess = getattr(model.visual, "preprocess_cfg", {}) or {}
     return ClipFile(f"{arch}:{path.stem}", model.eval().requires_grad_(False), tokenizer, _image_size(model),
                     tuple(preprocess.get("mean", OPENAI_MEAN)), tuple(preprocess.get("std", OPENAI_STD)))
+
+
+def _inferred_architecture(state: dict[str, torch.Tensor], path: Path) -> str:
+    """The OpenAI model a plain state dict holds (`ViT-B-32-quickgelu`), from its shapes."""
+    shapes = shapes_of_state_dict(state)
+    name_it = (f"say which open_clip architecture it is in front of the path, e.g. ViT-B-32:{path} (LAION) "
+               f"or ViT-B-32-quickgelu:{path} (OpenAI), or put its {OPEN_CLIP_CONFIG} beside it")
+    if shapes is None:
+        raise BadRequest("clip", f"{path.name} is a plain weights file not in OpenAI CLIP's layout; {name_it}")
+    arch = openai_architecture(shapes)
+    if arch is None:
+        raise BadRequest("clip", f"{path.name} has OpenAI CLIP's layout but none of OpenAI's models' shapes "
+                                 f"({shapes.describe()}); {name_it}")
+    return arch
 
 
 def _image_size(model) -> int:
