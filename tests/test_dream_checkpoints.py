@@ -179,6 +179,9 @@ def test_a_plain_state_dict_in_another_layout_needs_its_architecture_named(tmp_p
     torch.save(CustomTextCLIP(**SMALL_CLIP).state_dict(), tmp_path / "clip.pt")  # `text.transformer...`
     with pytest.raises(BadRequest, match=r"clip.pt is a plain weights file not in OpenAI CLIP's layout; .*ViT-B-32:"):
         load_clip_file(str(tmp_path / "clip.pt"))
+    # An OpenAI layout with a part missing is not read as one either.
+    rn50 = openai_clip_model(openai_clip_config("RN50"), device="meta").state_dict()
+    assert shapes_of_state_dict({k: v for k, v in rn50.items() if not k.startswith("visual.layer1.0.")}) is None
 
 
 def test_a_torchscript_archive_with_foreign_globals_is_refused(tmp_path):

@@ -22,7 +22,8 @@ OPENAI_ARCHITECTURES = (
     "ViT-B-32-quickgelu", "ViT-B-16-quickgelu", "ViT-L-14-quickgelu", "ViT-L-14-336-quickgelu",
 )
 # Keys every OpenAI-layout state dict has, whichever vision tower it carries.
-TEXT_KEYS = ("positional_embedding", "token_embedding.weight", "ln_final.weight", "text_projection", "visual.conv1.weight")
+COMMON_KEYS = ("positional_embedding", "token_embedding.weight", "ln_final.weight", "text_projection",
+               "visual.conv1.weight")
 VIT_KEY = "visual.positional_embedding"
 RESNET_KEY = "visual.attnpool.positional_embedding"
 RESNET_STRIDE = 32  # a ResNet's attention pooling sees one token per 32x32 pixels
@@ -63,8 +64,16 @@ def _grid_side(positional_embedding: torch.Tensor) -> int:
 
 def shapes_of_state_dict(state: dict[str, torch.Tensor]) -> ClipShapes | None:
     """The hyperparameters a state dict in OpenAI's layout was built with; None for any other layout."""
-    if not all(key in state for key in TEXT_KEYS):
+    if not all(key in state for key in COMMON_KEYS):
         return None
+    try:
+        return _read_shapes(state)
+    except (KeyError, IndexError):  # a tensor missing or of the wrong rank: not this layout after all
+        return None
+
+
+def _read_shapes(state: dict[str, torch.Tensor]) -> ClipShapes | None:
+    """As OpenAI's own code reads them when it builds a CLIP from a state dict."""
     conv1 = state["visual.conv1.weight"]
     if VIT_KEY in state:
         layers = _count_blocks(state, "visual.transformer.resblocks.")
@@ -80,7 +89,8 @@ def shapes_of_state_dict(state: dict[str, torch.Tensor]) -> ClipShapes | None:
         vision_layers=layers, vision_width=int(width), patch_size=None if patch is None else int(patch),
         image_size=int(image_size), embed_dim=int(state["text_projection"].shape[1]),
         text_width=int(state["ln_final.weight"].shape[0]), text_layers=_count_blocks(state, "transformer.resblocks."),
-        context_length=int(state["positional_embedding"].shape[0]), vocab_size=int(state["token_embedding.weight"].shape[0]),
+        context_length=int(state["positional_embedding"].shape[0]),
+        vocab_size=int(state["token_embedding.weight"].shape[0]),
     )
 
 
