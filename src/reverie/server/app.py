@@ -81,9 +81,13 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 def create_app(config: ServerConfig | None = None, studio=None) -> FastAPI:
     """The studio as an ASGI app; the job runner starts and stops with it."""
-    from ..studio import Studio
+    from ..models.registry import list_models
+    from ..studio import Studio, modes
     from . import api_a1111, api_native, api_openai
 
+    # Import every method (and diffusers behind them) now, in one thread: the first requests come
+    # at once from the page, and diffusers' lazy imports fail when two threads race through them.
+    modes(), list_models()
     config = config or ServerConfig()
     config.data_dir.mkdir(parents=True, exist_ok=True)
     gallery = Gallery(config.data_dir)

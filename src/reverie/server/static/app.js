@@ -81,6 +81,12 @@ async function submitJob(body, label) {
   } catch (error) { toast(error.message); }
 }
 
+// The model and sampling settings a picture was made with: edits of it are made the same way.
+function madeWith(settings) {
+  return { model: settings.model || undefined, steps: settings.steps || undefined,
+    cfg_scale: settings.cfg_scale ?? undefined, sampler: settings.sampler || undefined };
+}
+
 function follow(job, label, target = { box: "#job", bar: "#bar", status: "#job-status", preview: "#preview", results: "#results" }) {
   currentJob = job.id;
   showView(target.results === "#results" ? "create" : "dream");
@@ -154,7 +160,7 @@ function actions(image) {
     b.addEventListener("click", handler); bar.append(b); return b;
   };
   const settings = image.settings || {};
-  add("Variations", () => submitJob({ mode: "variations", init_image: `image:${image.id}`, prompt: image.prompt, n_samples: 4, model: settings.model || undefined }, "Variations"));
+  add("Variations", () => submitJob({ mode: "variations", init_image: `image:${image.id}`, prompt: image.prompt, n_samples: 4, ...madeWith(settings) }, "Variations"));
   add("Upscale", () => submitJob({ mode: "upscale", init_image: `image:${image.id}`, upscale: 2 }, "Upscaling"));
   add("Inpaint", () => openInpaint(image));
   add("Outpaint", () => openOutpaint(image));
@@ -269,7 +275,7 @@ $("#inpaint-go").addEventListener("click", () => {
   const settings = inpaintImage.settings || {};
   $("#inpaint").close();
   submitJob({ mode: "inpaint", prompt: $("#inpaint-prompt").value, init_image: `image:${inpaintImage.id}`,
-    mask_image: mask.toDataURL("image/png"), n_samples: 4, model: settings.model || undefined }, "Inpainting");
+    mask_image: mask.toDataURL("image/png"), n_samples: 4, ...madeWith(settings) }, "Inpainting");
 });
 
 // ---------------------------------------------------------------- outpaint: drag the canvas edges out
@@ -313,7 +319,7 @@ document.querySelectorAll(".handle").forEach((handle) => {
 });
 $("#outpaint-go").addEventListener("click", () => {
   const body = { mode: "outpaint", prompt: $("#outpaint-prompt").value, init_image: `image:${outpaintImage.id}`, n_samples: 4,
-    model: (outpaintImage.settings || {}).model || undefined };
+    ...madeWith(outpaintImage.settings || {}) };
   for (const [side, sel] of Object.entries(outpaintFields)) body[`outpaint_${side}`] = parseInt($(sel).value || "0", 10);
   if (!Object.keys(outpaintFields).some((side) => body[`outpaint_${side}`] > 0)) { toast("drag an edge out first"); return; }
   $("#outpaint").close();
