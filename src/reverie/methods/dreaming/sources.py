@@ -1,6 +1,7 @@
 """Turn a `--generator` reference into a generator over a frozen network.
 
-- `mini` (default): the built-in autoencoder's latent space;
+- `mini` (default): the built-in autoencoder's latent space (the dream takes it from the shared
+  model cache, as generation loads it; here it would load as any model does);
 - `pixels`: raw pixels, Fourier-parameterized;
 - `vqgan:CKPT` or a `.ckpt` with a taming YAML beside it: a VQGAN;
 - `biggan:DIR` or a folder with BigGAN's config.json: BigGAN;
@@ -16,7 +17,6 @@ from pathlib import Path
 import torch
 
 from ...errors import ModelNotFound
-from .request import BUILTIN_GENERATOR as BUILTIN
 from .generators import BigGANGenerator, Generator, LatentGenerator, PixelGenerator, VQGANGenerator
 
 PIXELS = "pixels"
@@ -47,10 +47,6 @@ def load_network(reference: str, dtype: torch.dtype = torch.float32):
     prefix, sep, rest = reference.partition(":")
     if reference == PIXELS:
         return "pixels", None
-    if reference == BUILTIN:
-        from ...models.mini import load_mini
-
-        return "latent", load_mini(dtype).vae
     if sep and prefix == "vqgan":
         return "vqgan", load_vqgan(rest, dtype=dtype)
     if sep and prefix == "biggan":
