@@ -374,8 +374,20 @@ def test_a_purchase_delivered_concurrently_credits_once(studio):
     assert [a.status_code for a in answers] == [200] * 8
     assert sorted(a.json()["duplicate"] for a in answers) == [False] + [True] * 7
     assert [e.amount for e in purchases_of(studio, "bob")] == [115]
-    with studio.app.state.studio.gallery.engine.connect() as db:
-        assert db.execute(text("SELECT count(*) FROM purchases WHERE event_id = 'evt_race'")).scalar() == 1
+    # And straight at the ledger, from threads of their own.
+    state = studio.app.state.studio
+    bob, pack, outcomes = state.gallery.user("bob"), state.credits.pack("115"), []
+    threads = [threading.Thread(target=lambda: outcomes.append(state.credits.purchase("evt_race_2", bob.id, pack, state.now())[1]))
+               for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == [False] + [True] * 7
+    assert [e.amount for e in purchases_of(studio, "bob")] == [115, 115]
+    with state.gallery.engine.connect() as db:
+        counts = db.execute(text("SELECT event_id, count(*) FROM purchases GROUP BY event_id ORDER BY event_id")).all()
+    assert [tuple(row) for row in counts] == [("evt_race", 1), ("evt_race_2", 1)]
 
 
 def test_a_badly_signed_purchase_is_refused_and_credits_nothing(studio):
