@@ -278,7 +278,7 @@ def test_openai_variations_and_errors(client):
 # -- users, keys, credits -----------------------------------------------------------------------
 @pytest.fixture
 def multi(tmp_path):
-    with make_client(tmp_path, multi_user=True, monthly_credits=2) as client:
+    with make_client(tmp_path, multi_user=True, first_month_credits=2, monthly_credits=2) as client:
         gallery = client.app.state.studio.gallery
         ann, bob = gallery.add_user("ann", "ann-pw"), gallery.add_user("bob", "bob-pw")
         keys = {"ann": gallery.new_api_key(ann.id), "bob": gallery.new_api_key(bob.id)}
@@ -325,7 +325,7 @@ def test_credits_monthly_grant_charge_refusal_and_ledger(multi):
 
 
 def test_a_cancelled_job_is_refunded(tmp_path):
-    with make_client(tmp_path, multi_user=True, monthly_credits=1, start_worker=False) as client:
+    with make_client(tmp_path, multi_user=True, first_month_credits=1, monthly_credits=1, start_worker=False) as client:
         gallery = client.app.state.studio.gallery
         user = gallery.add_user("cy", "pw")
         headers = {"Authorization": f"Bearer {gallery.new_api_key(user.id)}"}

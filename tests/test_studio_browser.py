@@ -211,3 +211,54 @@ def test_dream_view_shows_the_dream_as_it_goes(page, server):
     assert request["prompt"] == "red apple | blue:-0.5" and request["iterations"] == 30
     # Size "auto": the built-in generator dreams at its own 128 px, shown 2x larger.
     assert (request["width"], request["height"], request["upscale"]) == (128, 128, 2)
+
+
+@pytest.fixture(scope="module")
+def multi_server(tmp_path_factory):
+    """A multi-user studio with one user, ann, who has never used it."""
+    import uvicorn
+
+    from reverie.server.app import create_app
+    from reverie.server.config import ServerConfig
+
+    app = create_app(ServerConfig(data_dir=tmp_path_factory.mktemp("multi"), multi_user=True,
+                                  default_model="tiny-random", device="cpu"))
+    app.state.studio.gallery.add_user("ann", "ann-pw")
+    port = _free_port()
+    instance = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=instance.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not instance.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    instance.should_exit = True
+    thread.join(10)
+
+
+def test_log_in_see_credits_and_their_history_then_log_out(browser, multi_server):
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(multi_server + "/")
+    page.wait_for_selector("#login[open]")
+    page.fill("#login-name", "ann")
+    page.fill("#login-password", "ann-pw")
+    page.press("#login-password", "Enter")
+    # The first month's free credits show before anything is spent.
+    page.wait_for_function("document.querySelector('#credits-button')?.textContent === '50 credits'")
+    assert "reverie_session" not in page.evaluate("document.cookie")  # HttpOnly
+    generate(page, "a lighthouse")  # the page's own POST passes the cross-site check
+    page.wait_for_function("document.querySelector('#credits-button').textContent === '49 credits'")
+    page.click("#credits-button")
+    page.wait_for_selector("#credits[open]")
+    assert page.text_content("#credits-balance") == "49 credits"
+    assert "115 credits for" in page.text_content("#credits-packs")
+    rows = page.eval_on_selector_all("#credits-history tbody tr", "rows => rows.map(r => [...r.cells].map(c => c.textContent))")
+    assert [row[1] for row in rows] == ["-1", "+50"] and "first month" in rows[1][2]
+    page.locator("#credits").get_by_role("button", name="Close").click()
+    page.get_by_role("button", name="Log out").click()
+    page.wait_for_selector("#login[open]")
+    context.close()
+    assert errors == [], errors

@@ -21,7 +21,16 @@ def serve(
     port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 7860,
     data: DataDir = DEFAULT_DATA,
     multi_user: Annotated[bool, typer.Option("--multi-user", help="Accounts, logins, API keys and credits.")] = False,
-    monthly_credits: Annotated[int, typer.Option("--monthly-credits", help="Free credits per user per month.")] = 50,
+    first_month_credits: Annotated[int, typer.Option("--first-month-credits", help="Free credits in a user's first month.")] = 50,
+    monthly_credits: Annotated[int, typer.Option("--monthly-credits", help="Free credits per user in each month after the first.")] = 15,
+    credit_pack: Annotated[Optional[list[str]], typer.Option(
+        "--credit-pack", help="A pack for sale, CREDITS:PRICE_CENTS:CURRENCY (repeat for more; default 115:1500:usd).")] = None,
+    purchase_secret: Annotated[Optional[str], typer.Option(
+        "--purchase-webhook-secret", envvar="REVERIE_PURCHASE_WEBHOOK_SECRET", show_default=False,
+        help="Secret that signs POST /api/v1/credits/purchases (see SECURITY.md); without it, no purchases.")] = None,
+    session_days: Annotated[float, typer.Option("--session-days", help="A login lasts this many days.")] = 14,
+    trusted_origin: Annotated[Optional[list[str]], typer.Option(
+        "--trusted-origin", help="Another origin whose pages may change things here, e.g. https://studio.example.")] = None,
     queue: Annotated[int, typer.Option("--queue", help="Jobs that may wait at once; past this, 429.")] = 32,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Default model (a name from `reverie models`).")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
@@ -32,13 +41,28 @@ def serve(
     from .server.app import create_app
     from .server.config import ServerConfig
 
-    config = ServerConfig(data_dir=data, multi_user=multi_user, monthly_credits=monthly_credits, queue_capacity=queue,
-                          default_model=model, device=device)
+    config = ServerConfig(data_dir=data, multi_user=multi_user, first_month_credits=first_month_credits,
+                          monthly_credits=monthly_credits, queue_capacity=queue, default_model=model, device=device,
+                          purchase_webhook_secret=purchase_secret, session_lifetime_s=int(session_days * 86400),
+                          trusted_origins=tuple(trusted_origin or ()))
+    if credit_pack:
+        config.credit_packs = tuple(_pack(text) for text in credit_pack)
     app = create_app(config)
     if multi_user and not app.state.studio.gallery.users():
         out.print("[yellow]no users yet: add one with `reverie users add NAME --admin`[/yellow]")
     out.print(f"reverie studio on http://{host}:{port}/  (API docs: http://{host}:{port}/docs)")
     uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def _pack(text: str):
+    from .errors import ReverieError
+    from .gallery.credits import CreditPack
+
+    credits, _, rest = text.partition(":")
+    price, _, currency = rest.partition(":")
+    if not (credits.isdigit() and price.isdigit() and int(credits) > 0):
+        raise ReverieError(f"--credit-pack {text!r}: write CREDITS:PRICE_CENTS:CURRENCY, e.g. 115:1500:usd")
+    return CreditPack(credits, int(credits), int(price), currency or "usd")
 
 
 def _gallery(data: Path):

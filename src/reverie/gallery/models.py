@@ -1,4 +1,5 @@
-"""The gallery's tables: users, their API keys and sessions, jobs, images, and the credit ledger.
+"""The gallery's tables: users, their API keys and sessions, jobs, images, the credit ledger and
+the purchases recorded in it.
 
 Schema changes go through Alembic migrations (gallery/migrations); these classes must match the
 newest migration (a test compares them).
@@ -98,4 +99,20 @@ class LedgerEntry(Base):
     period: Mapped[str] = mapped_column(String(7), nullable=False, default="")  # YYYY-MM for monthly grants
     job_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     note: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    created: Mapped[datetime] = mapped_column(DateTime, nullable=False, default=utcnow)
+
+
+class Purchase(Base):
+    """A credit pack bought: one row per payment provider's event, however often it is delivered."""
+
+    __tablename__ = "purchases"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(128), unique=True, nullable=False)  # the provider's id
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), nullable=False, index=True)
+    pack: Mapped[str] = mapped_column(String(32), nullable=False)
+    credits: Mapped[int] = mapped_column(Integer, nullable=False)
+    price_cents: Mapped[int] = mapped_column(Integer, nullable=False)
+    currency: Mapped[str] = mapped_column(String(8), nullable=False)
+    ledger_id: Mapped[int] = mapped_column(ForeignKey("ledger.id"), nullable=False)  # the credits it added
     created: Mapped[datetime] = mapped_column(DateTime, nullable=False, default=utcnow)

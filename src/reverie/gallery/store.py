@@ -13,13 +13,14 @@ import hmac
 import json
 import secrets
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from ..errors import ReverieError
 from ..outputs.files import atomic_write
+from .credits import GrantSchedule, balance_in, grant_due
 from .db import open_database
 from .models import ApiKey, Image, Job, LedgerEntry, Session, User, utcnow
 
@@ -52,6 +53,11 @@ def hash_password(password: str) -> str:
     return f"scrypt$16384$8$1${salt.hex()}${key.hex()}"
 
 
+# Checked when a name has no password to check, so that an unknown name costs one scrypt like a
+# known one and the answer's timing does not tell which names exist. It matches no password.
+_NO_PASSWORD = f"scrypt$16384$8$1${'00' * 16}${'00' * 64}"
+
+
 def check_password(password: str, stored: str) -> bool:
     try:
         _, n, r, p, salt, key = stored.split("$")
@@ -59,10 +65,6 @@ def check_password(password: str, stored: str) -> bool:
         return False
     candidate = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p))
     return hmac.compare_digest(candidate.hex(), key)
-
-
-def period_of(moment: datetime) -> str:
-    return moment.strftime("%Y-%m")
 
 
 class Gallery:
@@ -110,21 +112,27 @@ class Gallery:
                 return self.user(LOCAL_USER)
 
     def user_for_password(self, name: str, password: str) -> User | None:
-        """The user when `password` is theirs, else None."""
+        """The user when `password` is theirs, else None; one scrypt either way."""
         with self.session() as db:
             user = db.scalar(select(User).where(User.name == name))
-        if user is None or not user.password_hash or not check_password(password, user.password_hash):
+        stored = user.password_hash if user is not None and user.password_hash else _NO_PASSWORD
+        if not check_password(password, stored) or stored is _NO_PASSWORD:
             return None
         return user
 
     def login(self, name: str, password: str) -> str | None:
         """A new session token when the password is right, else None."""
         user = self.user_for_password(name, password)
-        if user is None:
-            return None
+        return None if user is None else self.start_session(user.id)
+
+    def start_session(self, user_id: int, max_age: timedelta | None = None, now: datetime | None = None) -> str:
+        """A new session token for the user; sessions older than `max_age` are deleted on the way."""
         token = secrets.token_urlsafe(32)
+        now = now or utcnow()
         with self.session.begin() as db:
-            db.add(Session(user_id=user.id, token_hash=_digest(token)))
+            if max_age is not None:
+                db.execute(delete(Session).where(Session.created <= now - max_age))
+            db.add(Session(user_id=user_id, token_hash=_digest(token), created=now))
         return token
 
     def logout(self, token: str) -> None:
@@ -132,9 +140,18 @@ class Gallery:
             for row in db.scalars(select(Session).where(Session.token_hash == _digest(token))):
                 db.delete(row)
 
-    def user_for_session(self, token: str) -> User | None:
+    def user_for_session(self, token: str, max_age: timedelta | None = None, now: datetime | None = None) -> User | None:
+        """The session's user while the session is younger than `max_age` (from its login); an
+        expired session is deleted."""
         with self.session() as db:
-            return db.scalar(select(User).join(Session, Session.user_id == User.id).where(Session.token_hash == _digest(token)))
+            row = db.scalar(select(Session).where(Session.token_hash == _digest(token)))
+            if row is None:
+                return None
+            if max_age is None or row.created > (now or utcnow()) - max_age:
+                return db.get(User, row.user_id)
+        with self.session.begin() as db:
+            db.execute(delete(Session).where(Session.id == row.id))
+        return None
 
     def new_api_key(self, user_id: int) -> str:
         """A new key for programs; only its hash is stored, so this is the one time it is seen."""
@@ -162,17 +179,11 @@ class Gallery:
         with self.session.begin() as db:
             db.add(LedgerEntry(user_id=user_id, amount=amount, reason=reason, note=note))
 
-    def _monthly_grant(self, db, user_id: int, monthly: int) -> None:
-        period = period_of(utcnow())
-        exists = db.scalar(select(LedgerEntry.id).where(
-            LedgerEntry.user_id == user_id, LedgerEntry.reason == "monthly", LedgerEntry.period == period))
-        if monthly > 0 and exists is None:
-            db.add(LedgerEntry(user_id=user_id, amount=monthly, reason="monthly", period=period, note="free monthly grant"))
-            db.flush()
-
     # -- jobs ------------------------------------------------------------------------------
-    def add_job(self, user_id: int, kind: str, request: dict, capacity: int, cost: int = 0, monthly: int = 0) -> Job:
-        """Queue a job, charging `cost` credits (after this month's free grant) in the same transaction.
+    def add_job(self, user_id: int, kind: str, request: dict, capacity: int, cost: int = 0,
+                monthly: int | GrantSchedule = 0, now: datetime | None = None) -> Job:
+        """Queue a job, charging `cost` credits (after this month's free grant: `monthly` is the
+        schedule, or one amount for every month) in the same transaction.
 
         Raises QueueFull past `capacity` waiting jobs and NoCredit when the balance is short;
         either way nothing is written.
@@ -184,8 +195,9 @@ class Gallery:
             job = Job(id=uuid.uuid4().hex, user_id=user_id, kind=kind, status="queued",
                       request_json=json.dumps(request), charged=cost, attempts=0, error="")
             if cost:
-                self._monthly_grant(db, user_id, monthly)
-                balance = db.scalar(select(func.coalesce(func.sum(LedgerEntry.amount), 0)).where(LedgerEntry.user_id == user_id))
+                schedule = monthly if isinstance(monthly, GrantSchedule) else GrantSchedule(monthly, monthly)
+                grant_due(db, user_id, schedule, now or utcnow())
+                balance = balance_in(db, user_id)
                 if balance < cost:
                     raise NoCredit(
                         f"not enough credit: this request costs {cost} and the balance is {balance}; "

@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..gallery.models import User
-from .state import SESSION_COOKIE, StudioState, Unauthorized, current_user, get_state, resolve_image
+from .state import SESSION_COOKIE, StudioState, Unauthorized, current_user, get_state, password_user, resolve_image
 from .submit import image_view, job_view, submit_job
 
 router = APIRouter(prefix="/api/v1", tags=["native"])
@@ -180,20 +180,25 @@ def styles():
     return [{"name": s.name, "prompt": s.prompt, "negative": s.negative} for s in load_styles()]
 
 
-@router.get("/me", summary="Who you are, and your credit balance (multi-user mode)")
+@router.get("/me", summary="Who you are, and your credit balance, this month's free credits included (multi-user mode)")
 def me(state: StudioState = Depends(get_state), user: User = Depends(current_user)):
-    return {"name": user.name, "admin": user.is_admin, "multi_user": state.config.multi_user,
-            "credits": state.gallery.balance(user.id) if state.config.multi_user else None,
-            "monthly_credits": state.config.monthly_credits if state.config.multi_user else None}
+    multi = state.config.multi_user
+    return {"name": user.name, "admin": user.is_admin, "multi_user": multi,
+            "credits": state.credits.balance(user.id, state.now()) if multi else None,
+            "monthly_credits": state.config.monthly_credits if multi else None}
 
 
-@router.post("/login", summary="Log in to the page (sets a session cookie)")
-def login(body: LoginBody, response: Response, state: StudioState = Depends(get_state)):
-    token = state.gallery.login(body.username, body.password)
-    if token is None:
+@router.post("/login", summary="Log in to the page (sets a session cookie); wrong passwords are rate-limited")
+def login(body: LoginBody, request: Request, response: Response, state: StudioState = Depends(get_state)):
+    user = password_user(state, request, body.username, body.password)
+    if user is None:
         raise Unauthorized("wrong user name or password")
-    response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="strict")
-    return {"name": body.username}
+    token = state.gallery.start_session(user.id, state.session_max_age(), state.now())
+    # Lax: the cookie goes with a link followed from elsewhere (a GET), never with another
+    # site's POST; cross_site.py refuses those anyway.
+    response.set_cookie(SESSION_COOKIE, token, max_age=state.config.session_lifetime_s, httponly=True,
+                        samesite="lax", secure=request.url.scheme == "https")
+    return {"name": user.name}
 
 
 @router.post("/logout", summary="End the page's session")
@@ -201,5 +206,5 @@ def logout(request: Request, response: Response, state: StudioState = Depends(ge
     token = request.cookies.get(SESSION_COOKIE)
     if token:
         state.gallery.logout(token)
-    response.delete_cookie(SESSION_COOKIE)
+    response.delete_cookie(SESSION_COOKIE, httponly=True, samesite="lax")
     return {"ok": True}

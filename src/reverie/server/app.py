@@ -3,25 +3,29 @@
 `create_app(config)` builds the FastAPI application; `reverie serve` runs it with uvicorn.
 Every error a caller can cause comes back as JSON, 4xx, naming the field:
 `{"error": {"message", "type", "param", "code"}, "detail": message}` (the OpenAI shape, which
-the native and A1111 routes share).
+the native and A1111 routes share). State-changing requests from other sites are refused
+(cross_site.py); picture links are signed and expire (signatures.py).
 """
 
 from __future__ import annotations
 
-import hmac
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
 from ..errors import BadCheckpoint, BadRequest, ImageInputError, ModelNotFound, PromptSyntaxError, ReverieError
+from ..gallery.credits import PurchaseConflict
 from ..gallery.store import Gallery, NoCredit, NotFound, QueueFull
 from .config import ServerConfig
+from .cross_site import CrossSiteRequest, cross_site_guard
 from .jobs import JobRunner
+from .rate_limit import TooManyAttempts
+from .signatures import SIGNATURE_HEADER, BadSignature, link_signature_matches
 from .state import StudioState, Unauthorized, load_secret
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -51,6 +55,22 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(QueueFull)
     async def _queue_full(_request, exc: QueueFull):
         return _error(429, str(exc), None, "rate_limit_error", {"Retry-After": str(exc.retry_after)})
+
+    @app.exception_handler(TooManyAttempts)
+    async def _too_many_attempts(_request, exc: TooManyAttempts):
+        return _error(429, str(exc), None, "rate_limit_error", {"Retry-After": str(exc.retry_after)})
+
+    @app.exception_handler(CrossSiteRequest)
+    async def _cross_site(_request, exc: CrossSiteRequest):
+        return _error(403, str(exc), None, "permission_error")
+
+    @app.exception_handler(PurchaseConflict)
+    async def _purchase_conflict(_request, exc: PurchaseConflict):
+        return _error(409, str(exc), "id", "conflict")
+
+    @app.exception_handler(BadSignature)
+    async def _bad_signature(_request, exc: BadSignature):
+        return _error(403, str(exc), SIGNATURE_HEADER, "permission_error")
 
     @app.exception_handler(NoCredit)
     async def _no_credit(_request, exc: NoCredit):
@@ -83,7 +103,7 @@ def create_app(config: ServerConfig | None = None, studio=None) -> FastAPI:
     """The studio as an ASGI app; the job runner starts and stops with it."""
     from ..models.registry import list_models
     from ..studio import Studio, modes
-    from . import api_a1111, api_native, api_openai
+    from . import api_a1111, api_credits, api_native, api_openai
 
     # Import every method (and diffusers behind them) now, in one thread: the first requests come
     # at once from the page, and diffusers' lazy imports fail when two threads race through them.
@@ -101,22 +121,29 @@ def create_app(config: ServerConfig | None = None, studio=None) -> FastAPI:
         yield
         state.runner.stop()
 
-    app = FastAPI(title="reverie studio", version=__version__, lifespan=lifespan,
+    # Every route refuses state-changing requests from other sites, except the purchase webhook,
+    # which is authenticated by its own signature and never by a cookie.
+    guard = cross_site_guard(frozenset({api_credits.PURCHASES_PATH}))
+    app = FastAPI(title="reverie studio", version=__version__, lifespan=lifespan, dependencies=[Depends(guard)],
                   description="The reverie studio's APIs: native (/api/v1), A1111-compatible (/sdapi/v1), "
                               "OpenAI-compatible (/v1/images).")
     app.state.studio = state
     _install_error_handlers(app)
     app.include_router(api_native.router)
+    app.include_router(api_credits.router)
     app.include_router(api_a1111.router)
     app.include_router(api_openai.router)
 
     @app.get("/files/{image_id}.png", include_in_schema=False)
-    def image_file(image_id: str, sig: str = ""):
-        if not hmac.compare_digest(sig, state.sign(image_id)):
+    def image_file(image_id: str, exp: str = "", sig: str = ""):
+        if not link_signature_matches(state.secret, image_id, exp, sig):
             return _error(403, "this picture link is not valid", "sig", "permission_error")
+        left = int(exp) - int(state.clock())  # a signed exp is the server's own integer
+        if left <= 0:
+            return _error(403, "this picture link has expired; reload the page for a fresh one", "exp", "permission_error")
         image = gallery.image(image_id)
         return FileResponse(gallery.image_path(image), media_type="image/png",
-                            headers={"Cache-Control": "private, max-age=86400"})
+                            headers={"Cache-Control": f"private, max-age={min(left, 86400)}"})
 
     @app.get("/", include_in_schema=False)
     def page():

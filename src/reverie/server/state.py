@@ -1,28 +1,34 @@
 """What every route shares: the config, the gallery, the job runner, who is asking, image inputs.
 
 Routes take `Caller` (the user, found from a session cookie, an API key or HTTP Basic) and hand
-images in by id or as uploaded bytes; user-given paths never reach the file system.
+images in by id or as uploaded bytes; user-given paths never reach the file system. Password
+checks are limited per account and per client address; sessions end `session_lifetime_s` after
+their login; picture links are signed and expire (signatures.py).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
-import hmac
 import io
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from fastapi import Depends, HTTPException, Request
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import BadRequest
+from ..gallery.credits import Credits, GrantSchedule
 from ..gallery.models import User
 from ..gallery.store import Gallery, NotFound
 from .config import ServerConfig
 from .jobs import JobRunner
+from .rate_limit import FailureLimiter
+from .signatures import link_expiry, link_signature
 
 SESSION_COOKIE = "reverie_session"
 
@@ -40,12 +46,32 @@ class StudioState:
     secret: bytes
     studio: object
     options: dict  # per-user A1111 options (sd_model_checkpoint): {user_id: {...}}
+    credits: Credits | None = None  # made from the config when not given
+    limiter: FailureLimiter | None = None  # wrong passwords, per account and per client address
+    clock: Callable[[], float] = time.time  # Unix seconds; tests move it
 
-    def sign(self, image_id: str) -> str:
-        return hmac.new(self.secret, image_id.encode(), hashlib.sha256).hexdigest()[:32]
+    def __post_init__(self):
+        config = self.config
+        if self.credits is None:
+            self.credits = Credits(self.gallery.session, GrantSchedule(config.first_month_credits, config.monthly_credits),
+                                   config.credit_packs)
+        if self.limiter is None:
+            self.limiter = FailureLimiter(config.login_attempts, config.login_window_s, config.login_tracked_keys)
+
+    def now(self) -> datetime:
+        """The clock as the gallery keeps time: naive UTC."""
+        return datetime.fromtimestamp(self.clock(), timezone.utc).replace(tzinfo=None)
+
+    def session_max_age(self) -> timedelta:
+        return timedelta(seconds=self.config.session_lifetime_s)
+
+    def sign(self, image_id: str, expires: int | str) -> str:
+        return link_signature(self.secret, image_id, str(expires))
 
     def file_url(self, image_id: str) -> str:
-        return f"/files/{image_id}.png?sig={self.sign(image_id)}"
+        """A link to the picture that works without a login until it expires."""
+        expires = link_expiry(self.clock(), self.config.file_link_lifetime_s)
+        return f"/files/{image_id}.png?exp={expires}&sig={self.sign(image_id, expires)}"
 
 
 def load_secret(folder: Path) -> bytes:
@@ -69,6 +95,20 @@ def _basic_credentials(header: str) -> tuple[str, str] | None:
     return (name, password) if sep else None
 
 
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def password_user(state: StudioState, request: Request, name: str, password: str) -> User | None:
+    """The user whose password this is, else None. Raises TooManyAttempts, checking nothing,
+    when the account or the client's address has had too many wrong passwords lately."""
+    attempt = state.limiter.attempt(f"account:{name[:64]}", f"address:{client_address(request)}")
+    user = state.gallery.user_for_password(name, password)
+    if user is not None:
+        state.limiter.forgive(attempt)
+    return user
+
+
 def current_user(request: Request, state: StudioState = Depends(get_state)) -> User:
     """The user behind this request; single-user mode has one user and needs no login."""
     gallery = state.gallery
@@ -81,9 +121,11 @@ def current_user(request: Request, state: StudioState = Depends(get_state)) -> U
     elif header.lower().startswith("basic "):
         credentials = _basic_credentials(header)
         if credentials:
-            user = gallery.user_for_password(*credentials)
+            user = password_user(state, request, *credentials)
     elif request.cookies.get(SESSION_COOKIE):
-        user = gallery.user_for_session(request.cookies[SESSION_COOKIE])
+        user = gallery.user_for_session(request.cookies[SESSION_COOKIE], state.session_max_age(), state.now())
+        if user is None:
+            raise Unauthorized("your session has ended; log in again")
     if user is None:
         raise Unauthorized()
     return user

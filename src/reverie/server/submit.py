@@ -58,7 +58,7 @@ def submit_job(state: StudioState, user: User, fields: dict, style: str | None =
     if getattr(request, "iterations", 0) > MAX_ITERATIONS:
         raise BadRequest("iterations", f"at most {MAX_ITERATIONS} iterations per dream in the studio")
     job = state.gallery.add_job(user.id, request.mode, request.settings(), state.config.queue_capacity, _cost(state),
-                                state.config.monthly_credits)
+                                state.credits.schedule, state.now())
     state.runner.wake()
     return job
 

@@ -30,16 +30,49 @@ function showView(name) {
 }
 document.querySelectorAll(".tab").forEach((tab) => tab.addEventListener("click", () => showView(tab.dataset.view)));
 
-// ---------------------------------------------------------------- account and login
+// ---------------------------------------------------------------- account, credits and login
+function smallButton(text, handler, title) {
+  const b = document.createElement("button");
+  b.type = "button"; b.className = "secondary"; b.textContent = text; b.title = title || text;
+  b.addEventListener("click", handler);
+  return b;
+}
 async function loadAccount() {
   const me = await api("/api/v1/me");
-  $("#account").textContent = me.multi_user ? `${me.name} · ${me.credits} credits` : "";
-  if (me.multi_user) {
-    const out = document.createElement("button");
-    out.type = "button"; out.className = "secondary"; out.textContent = "Log out"; out.style.marginLeft = ".5rem";
-    out.addEventListener("click", async () => { await api("/api/v1/logout", { method: "POST" }); location.reload(); });
-    $("#account").append(out);
-  }
+  const box = $("#account");
+  box.replaceChildren();
+  if (!me.multi_user) return;
+  const name = document.createElement("span"); name.textContent = me.name;
+  const credits = smallButton(`${me.credits} credits`, openCredits, "Your credits: balance, free credits, packs and history");
+  credits.id = "credits-button";
+  const out = smallButton("Log out", async () => { await api("/api/v1/logout", { method: "POST" }); location.reload(); });
+  box.append(name, credits, out);
+}
+
+const LEDGER_WHAT = { charge: "request", refund: "refund", purchase: "bought", grant: "granted" };
+function money(cents, currency) {
+  try { return new Intl.NumberFormat(undefined, { style: "currency", currency: currency.toUpperCase() }).format(cents / 100); }
+  catch { return `${(cents / 100).toFixed(2)} ${currency.toUpperCase()}`; }
+}
+async function openCredits() {
+  const info = await api("/api/v1/credits");
+  $("#credits-balance").textContent = `${info.balance} credits`;
+  $("#credits-schedule").textContent = `${info.schedule.first_month} free credits in your first month, ` +
+    `${info.schedule.monthly} each month after; a request costs ${info.cost_per_request}.`;
+  $("#credits-packs").replaceChildren(...info.packs.map((pack) => {
+    const li = document.createElement("li"); li.textContent = `${pack.credits} credits for ${money(pack.price_cents, pack.currency)}`;
+    return li;
+  }));
+  $("#credits-history tbody").replaceChildren(...info.history.map((entry) => {
+    const row = document.createElement("tr");
+    const what = entry.reason === "monthly" ? entry.note : `${LEDGER_WHAT[entry.reason] || entry.reason}${entry.note ? ` · ${entry.note}` : ""}`;
+    for (const [text, kind] of [[new Date(entry.created).toLocaleString(), ""], [`${entry.amount > 0 ? "+" : ""}${entry.amount}`, "amount"], [what, ""]]) {
+      const cell = document.createElement("td"); cell.textContent = text; if (kind) cell.className = kind; row.append(cell);
+    }
+    return row;
+  }));
+  $("#credits-button").textContent = `${info.balance} credits`;
+  const dialog = $("#credits"); if (!dialog.open) dialog.showModal();
 }
 function showLogin() { const dialog = $("#login"); if (!dialog.open) dialog.showModal(); $("#login-name").focus(); }
 $("#login-form").addEventListener("submit", async (event) => {
@@ -137,6 +170,10 @@ $("#prompt").addEventListener("keydown", (event) => {
 });
 
 // ---------------------------------------------------------------- pictures
+// Picture links expire (an hour by default): one about to expire is asked for anew.
+const linkFresh = (url) => Number(new URL(url, location.href).searchParams.get("exp")) * 1000 - Date.now() > 60_000;
+const fresh = async (image) => (linkFresh(image.url) ? image : api(`/api/v1/images/${image.id}`));
+
 function card(image) {
   const item = document.createElement("article");
   item.className = "card";
@@ -166,6 +203,12 @@ function actions(image) {
   add("Outpaint", () => openOutpaint(image));
   const download = document.createElement("a");
   download.href = image.url; download.download = `reverie-${image.seed}.png`; download.textContent = "Download"; download.className = "button";
+  download.addEventListener("click", async (event) => {
+    if (linkFresh(download.href)) return;
+    event.preventDefault();
+    download.href = (await api(`/api/v1/images/${image.id}`)).url;
+    download.click();
+  });
   bar.append(download);
   add("Copy settings", async () => {
     const text = JSON.stringify(settings, null, 2);
@@ -182,7 +225,8 @@ function actions(image) {
 
 function showResults(images, where) { $(where).replaceChildren(...images.map(card)); }
 
-function openDetails(image) {
+async function openDetails(image) {
+  image = await fresh(image);
   const dialog = $("#details");
   $("#details-image").src = image.url; $("#details-image").alt = image.prompt;
   const list = $("#details-settings");
@@ -222,7 +266,8 @@ $("#search-form").addEventListener("submit", (event) => { event.preventDefault()
 
 // ---------------------------------------------------------------- inpaint: paint a mask with a brush
 let inpaintImage = null;
-function openInpaint(image) {
+async function openInpaint(image) {
+  image = await fresh(image);
   inpaintImage = image;
   document.querySelectorAll("dialog[open]").forEach((d) => d.close());
   const canvas = $("#inpaint-canvas");
@@ -281,7 +326,8 @@ $("#inpaint-go").addEventListener("click", () => {
 // ---------------------------------------------------------------- outpaint: drag the canvas edges out
 let outpaintImage = null;
 const outpaintFields = { left: "#out-left", right: "#out-right", up: "#out-up", down: "#out-down" };
-function openOutpaint(image) {
+async function openOutpaint(image) {
+  image = await fresh(image);
   outpaintImage = image;
   document.querySelectorAll("dialog[open]").forEach((d) => d.close());
   for (const selector of Object.values(outpaintFields)) $(selector).value = 0;
