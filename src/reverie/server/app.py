@@ -3,7 +3,9 @@
 `create_app(config)` builds the FastAPI application; `reverie serve` runs it with uvicorn.
 Every error a caller can cause comes back as JSON, 4xx, naming the field:
 `{"error": {"message", "type", "param", "code"}, "detail": message}` (the OpenAI shape, which
-the native and A1111 routes share).
+the native and A1111 routes share). A request that waits for its job gets the same shape with
+503 when the server stops first (the job resumes at the next start) and 504 when it waited
+`sync_timeout_s` (the job goes on).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from .. import __version__
 from ..errors import BadCheckpoint, BadRequest, ImageInputError, ModelNotFound, PromptSyntaxError, ReverieError
 from ..gallery.store import Gallery, NoCredit, NotFound, QueueFull
 from .config import ServerConfig
-from .jobs import JobRunner
+from .jobs import JobRunner, JobTimeout, ServerStopping
 from .state import StudioState, Unauthorized, load_secret
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -63,6 +65,14 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Unauthorized)
     async def _unauthorized(_request, exc: Unauthorized):
         return _error(401, str(exc), None, "authentication_error", {"WWW-Authenticate": 'Bearer realm="reverie"'})
+
+    @app.exception_handler(ServerStopping)
+    async def _stopping(_request, exc: ServerStopping):
+        return _error(503, str(exc), None, "server_stopping", {"Retry-After": "30"})
+
+    @app.exception_handler(JobTimeout)
+    async def _timeout(_request, exc: JobTimeout):
+        return _error(504, str(exc), None, "timeout")
 
     @app.exception_handler(HTTPException)
     async def _http(_request, exc: HTTPException):
