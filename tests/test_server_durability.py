@@ -235,9 +235,42 @@ def test_fifty_clients_waiting_at_once_all_get_their_pictures_charged_once(tmp_p
             assert gallery.balance(user_id) == 0
 
 
+def test_a_request_waiting_past_sync_timeout_gets_504_and_its_job_goes_on(tmp_path):
+    from fastapi.testclient import TestClient
+
+    config = ServerConfig(data_dir=tmp_path / "studio", default_model="tiny-random", device="cpu",
+                          start_worker=False, sync_timeout_s=0.5)  # no worker: the job cannot end
+    with TestClient(create_app(config)) as client:
+        response = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "steps": 1, **TINY})
+        assert response.status_code == 504
+        [job] = client.get("/api/v1/jobs").json()
+        assert job["status"] == "queued" and f"job {job['id']} has not ended" in response.json()["error"]["message"]
+
+
 # -- stops and crashes --------------------------------------------------------------------------
-EIGHT = {"prompt": "eight seeds", "n_samples": 2, "n_iter": 4, "seed": 100, "steps": 3, **TINY}
+# Eight pictures in four batches of two (A1111's fields: the native API makes one batch per job).
+EIGHT = {"prompt": "eight seeds", "batch_size": 2, "n_iter": 4, "seed": 100, "steps": 3, **TINY}
 EIGHT_SEEDS = list(range(100, 108))
+TWO = {"prompt": "two seeds", "n_samples": 2, "seed": 500, "steps": 3, **TINY}
+
+
+def a1111_in_background(server, body: dict) -> tuple[threading.Thread, dict]:
+    """POST /sdapi/v1/txt2img from a thread (it waits for its job); returns the thread and where
+    its answer (or the error that ended it) will be; the job's id once it is queued."""
+    answer: dict = {}
+
+    def call():
+        try:
+            answer["response"] = httpx.post(server.url + "/sdapi/v1/txt2img", json=body, timeout=PATIENCE)
+        except httpx.TransportError as exc:  # the server was killed
+            answer["error"] = exc
+
+    known = {job["id"] for job in server.get("/api/v1/jobs")}
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    new = wait_for(lambda: [job["id"] for job in server.get("/api/v1/jobs") if job["id"] not in known], "the job is queued")
+    answer["job"] = new[0]
+    return thread, answer
 
 
 def assert_whole(data: Path, jobs: dict[str, list[int]]) -> None:
@@ -253,66 +286,64 @@ def assert_whole(data: Path, jobs: dict[str, list[int]]) -> None:
 def test_sigterm_mid_job_puts_it_back_and_the_next_start_finishes_it(tmp_path):
     data = tmp_path / "studio"
     server = ServeProcess(data)
-    job = server.post("/api/v1/jobs", EIGHT)
-    answers = {}
-    waiting = threading.Thread(target=lambda: answers.update(a1111=httpx.post(
-        server.url + "/sdapi/v1/txt2img", json={"prompt": "behind", "steps": 2, "seed": 7, **TINY}, timeout=PATIENCE)))
-    waiting.start()
-    wait_for(lambda: len(server.get("/api/v1/jobs")) == 2, "the A1111 job is queued behind")
-    wait_for(lambda: len(job_status(server, job["id"])["images"]) >= 2, "two pictures made")
+    waiting, answer = a1111_in_background(server, EIGHT)
+    job = answer["job"]
+    wait_for(lambda: len(job_status(server, job)["images"]) >= 2, "two pictures made")
     server.terminate()
     waiting.join(PATIENCE)
 
-    # The client waiting behind it is told, in the error shape, that its job is kept.
-    assert answers["a1111"].status_code == 503
-    error = answers["a1111"].json()["error"]
-    assert "resumes at the next start" in error["message"] and error["code"] == 503
-    assert f"job {job['id']} stopped with the server; it resumes at the next start" in server.output()
-    [(status, attempts)] = database_rows(data, f"SELECT status, attempts FROM jobs WHERE id = '{job['id']}'")
+    # The client waiting for it is told, in the error shape, that its job is kept.
+    assert answer["response"].status_code == 503
+    error = answer["response"].json()["error"]
+    assert f"job {job} is kept and resumes at the next start" in error["message"] and error["code"] == 503
+    assert f"job {job} stopped with the server; it resumes at the next start" in server.output()
+    [(status, attempts)] = database_rows(data, f"SELECT status, attempts FROM jobs WHERE id = '{job}'")
     assert (status, attempts) == ("queued", 0)  # back in the queue; a stop is not a failed attempt
-    made_before = database_rows(data, f"SELECT COUNT(*) FROM images WHERE job_id = '{job['id']}'")[0][0]
+    made_before = database_rows(data, f"SELECT COUNT(*) FROM images WHERE job_id = '{job}'")[0][0]
     assert 2 <= made_before < 8
 
     server = ServeProcess(data)
-    assert finished(server, job["id"])["status"] == "done"
-    [(behind,)] = database_rows(data, f"SELECT id FROM jobs WHERE id != '{job['id']}'")
-    assert f"job {behind} is kept" in error["message"]
-    assert finished(server, behind)["status"] == "done"
+    assert finished(server, job)["status"] == "done"
     server.terminate()
-    assert_whole(data, {job["id"]: EIGHT_SEEDS, behind: [7]})
+    assert_whole(data, {job: EIGHT_SEEDS})
+
+
+# The crash points count pictures over both jobs: two of the first job, then the eight-picture one.
+CRASH_AT = {"mid-job": "after-image-row:5", "while-writing": "after-image-file:5"}
 
 
 @pytest.mark.parametrize("moment", ["queued", "mid-job", "while-writing"])
 def test_kill_9_then_restart_makes_each_seed_exactly_once(tmp_path, moment):
     data = tmp_path / "studio"
-    crash_at = {"mid-job": "after-image-row:3", "while-writing": "after-image-file:3"}.get(moment)
-    server = ServeProcess(data, crash_at=crash_at)
-    first = server.post("/api/v1/jobs", EIGHT)
-    second = server.post("/api/v1/jobs", EIGHT | {"prompt": "two seeds", "n_samples": 1, "n_iter": 2, "seed": 500})
+    server = ServeProcess(data, crash_at=CRASH_AT.get(moment))
+    # Killed while queued: the first job is long enough to be running still when the second is queued.
+    first = server.post("/api/v1/jobs", TWO | {"steps": 100} if moment == "queued" else TWO)["id"]
+    _, answer = a1111_in_background(server, EIGHT)
+    second = answer["job"]
     if moment == "queued":
-        wait_for(lambda: job_status(server, first["id"])["status"] == "running", "the first job runs")
-        assert job_status(server, second["id"])["status"] == "queued"
         server.kill()
+        assert database_rows(data, "SELECT status FROM jobs ORDER BY created") == [("running",), ("queued",)]
     else:
         assert server.ended() == -signal.SIGKILL  # the crash point killed it
-    rows = database_rows(data, f"SELECT COUNT(*) FROM images WHERE job_id = '{first['id']}'")[0][0]
+    rows = database_rows(data, f"SELECT COUNT(*) FROM images WHERE job_id = '{second}'")[0][0]
     if moment == "mid-job":
-        assert rows == 3  # half of the second batch is in: that batch is made again, only its missing picture kept
+        assert rows == 3  # half of its second batch is in: that batch is made again, only its missing picture kept
     if moment == "while-writing":
-        assert rows == 2 and (data / "images" / "1" / f"{first['id']}-2.png").is_file()  # a file without its row
+        assert rows == 2 and (data / "images" / "1" / f"{second}-2.png").is_file()  # a file without its row
         assert serve_check(data).returncode == 1
 
     server = ServeProcess(data)
-    assert finished(server, first["id"])["status"] == "done"
-    assert finished(server, second["id"])["status"] == "done"
+    assert finished(server, first)["status"] == "done"
+    assert finished(server, second)["status"] == "done"
     if moment == "mid-job":
         # The resumed pictures are those of an uninterrupted run, bit for bit.
-        again = finished(server, server.post("/api/v1/jobs", EIGHT)["id"])
-        resumed = job_status(server, first["id"])
+        _, again = a1111_in_background(server, EIGHT)
         pixels = lambda image: np.asarray(Image.open(io.BytesIO(httpx.get(server.url + image["url"]).content)))  # noqa: E731
-        assert all(np.array_equal(pixels(a), pixels(b)) for a, b in zip(resumed["images"], again["images"]))
+        resumed, uninterrupted = finished(server, second)["images"], finished(server, again["job"])["images"]
+        assert len(resumed) == len(uninterrupted) == 8
+        assert all(np.array_equal(pixels(a), pixels(b)) for a, b in zip(resumed, uninterrupted))
     server.terminate()
-    assert_whole(data, {first["id"]: EIGHT_SEEDS, second["id"]: [500, 501]})
+    assert_whole(data, {first: [500, 501], second: EIGHT_SEEDS})
 
 
 # -- a broken database --------------------------------------------------------------------------

@@ -77,9 +77,9 @@ class Gallery:
         self.folder = Path(folder)
         self.images_dir = self.folder / "images"
         self.uploads_dir = self.folder / "uploads"
+        self.engine, self.session = open_database(database or self.folder / DATABASE_FILE)  # a broken one: nothing made
         for path in (self.images_dir, self.uploads_dir):
             path.mkdir(parents=True, exist_ok=True)
-        self.engine, self.session = open_database(database or self.folder / DATABASE_FILE)
 
     # -- users, keys, sessions -------------------------------------------------------------
     def add_user(self, name: str, password: str = "", admin: bool = False) -> User:
