@@ -11,11 +11,12 @@ writes to it (SQLite would take a 0-byte file for an empty database and start af
 from __future__ import annotations
 
 import sqlite3
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from ..errors import ReverieError
 
@@ -84,7 +85,7 @@ class Sessions:
     def __call__(self) -> Session:
         return self._read()
 
-    def begin(self) -> SessionTransaction:
+    def begin(self) -> AbstractContextManager[Session]:
         return self._write.begin()
 
 
