@@ -94,7 +94,7 @@ def test_a_new_method_is_a_package_and_one_line_of_registration(solid_method, tm
         assert "solid" in client.get("/api/v1/modes").json()
         job = client.post("/api/v1/jobs", json={"mode": "solid", "seed": 5}).json()
         assert job["kind"] == "solid"
-        done = app.state.studio.runner.wait_until_finished(job["id"], 60)
+        done = client.portal.call(app.state.studio.runner.finished, job["id"], 60)
         assert done.status == "done"
         [image] = client.get(f"/api/v1/jobs/{job['id']}").json()["images"]
         assert image["seed"] == 5

@@ -319,7 +319,9 @@ class ReverieErrorExit(ReverieError):
 def main() -> None:
     """Entry point: user mistakes become one clear line and exit code 2, not a traceback."""
     try:
-        app(standalone_mode=False)
+        status = app(standalone_mode=False)  # a command's `typer.Exit(code)` comes back as its code
+        if isinstance(status, int) and status:
+            sys.exit(status)
     except ReverieError as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}", markup=True, highlight=False)
         sys.exit(2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -34,9 +35,20 @@ def serve(
     queue: Annotated[int, typer.Option("--queue", help="Jobs that may wait at once; past this, 429.")] = 32,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Default model (a name from `reverie models`).")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    check: Annotated[bool, typer.Option("--check", help="Check the gallery database and its picture files "
+                                                        "against each other, report, and exit (0: all is well).")] = False,
 ):
     """Start the studio: the web page and the native, A1111 and OpenAI-compatible APIs."""
-    import uvicorn
+    from .gallery.db import DATABASE_FILE, check_database_file
+
+    if check:
+        from .gallery.check import check_gallery
+
+        report = check_gallery(data)
+        for line in report.lines():
+            out.print(line, markup=False, highlight=False)
+        raise typer.Exit(0 if report.ok else 1)
+    check_database_file(data / DATABASE_FILE)  # a broken database is refused before the slow imports
 
     from .server.app import create_app
     from .server.config import ServerConfig
@@ -50,8 +62,32 @@ def serve(
     app = create_app(config)
     if multi_user and not app.state.studio.gallery.users():
         out.print("[yellow]no users yet: add one with `reverie users add NAME --admin`[/yellow]")
+    _log_to_stderr()
     out.print(f"reverie studio on http://{host}:{port}/  (API docs: http://{host}:{port}/docs)")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    _run_server(app, host, port)
+
+
+def _log_to_stderr() -> None:
+    """The server's own log lines (jobs stopped, resumed, failed) on stderr."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    logger = logging.getLogger("reverie.server")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
+def _run_server(app, host: str, port: int) -> None:
+    import uvicorn
+
+    class StudioServer(uvicorn.Server):
+        async def shutdown(self, sockets=None):
+            # uvicorn lets open requests finish before the app's own shutdown, and a request that
+            # waits for its job would hold that until the job ends. So the job runner halts first:
+            # the running job goes back to the queue and waiting requests get their 503 now.
+            app.state.studio.runner.halt()
+            await super().shutdown(sockets)
+
+    StudioServer(uvicorn.Config(app, host=host, port=port, log_level="warning")).run()
 
 
 def _pack(text: str):

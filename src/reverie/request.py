@@ -31,6 +31,10 @@ class BaseRequest(BaseModel):
     seed: int | None = Field(None, ge=-1, le=MAX_SEED)
     device: str = "auto"
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # Pictures an earlier run of this request already made (a job resumed after the server
+    # stopped or crashed); the method makes the rest, each as the whole run would have. Not a
+    # setting: left out of `settings()`, so the pictures' metadata and `--from` never see it.
+    made: int = Field(0, ge=0)
 
     @field_validator("*")
     @classmethod
@@ -64,7 +68,7 @@ class BaseRequest(BaseModel):
 
     def settings(self) -> dict:
         """The request as plain JSON-able data (pictures as their paths, or a placeholder)."""
-        data = self.model_dump(exclude=set(self.IMAGE_FIELDS))
+        data = self.model_dump(exclude=set(self.IMAGE_FIELDS) | {"made"})
         for name in self.IMAGE_FIELDS:
             value = getattr(self, name)
             data[name] = value if (value is None or isinstance(value, (str, list))) else "<image>"

@@ -113,6 +113,8 @@ class Studio:
         request = make_request(request)
         if request.device == "auto" and self.device_name != "auto":
             request = request.model_copy(update={"device": self.device_name})
+        if request.made >= request.picture_count():
+            return Result(request=request)  # an earlier run made every picture (`made`)
         outputs = Outputs(outdir, grid, run_folder)
         return method_for(request.mode).run(request, self.models, Progress(progress, should_stop, previews), outputs)
 

@@ -1,18 +1,92 @@
-"""Opening the gallery database: SQLite by default, migrated to the newest schema on open.
+"""Opening the gallery database: SQLite by default, checked, then migrated to the newest schema.
 
-SQLite transactions start with BEGIN IMMEDIATE, so two writers never both read a balance and
-then both spend it: the second waits until the first has committed.
+Writes start with BEGIN IMMEDIATE, so two writers never both read a balance and then both spend
+it: the second waits until the first has committed. Reads start with a plain (deferred) BEGIN:
+in WAL mode they see a snapshot and never wait for, or hold, the write lock.
+
+A database file that exists but is not a whole SQLite database is refused before anything
+writes to it (SQLite would take a 0-byte file for an empty database and start afresh).
 """
 
 from __future__ import annotations
 
+import sqlite3
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
+
+from ..errors import ReverieError
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+DATABASE_FILE = "gallery.sqlite"  # in the gallery's folder
+SQLITE_MAGIC = b"SQLite format 3\x00"
+# Every thread that may read at once gets a connection instead of waiting in the pool: the
+# server's thread pool (anyio's 40 threads), the job runner and the command line. WAL readers do
+# not block each other, and writers queue on SQLite's own lock (busy_timeout), not in the pool.
+POOL_SIZE, POOL_OVERFLOW = 8, 56
+
+
+class BrokenDatabase(ReverieError):
+    """The gallery database file exists but cannot be read as a whole SQLite database."""
+
+    def __init__(self, path: Path, what: str):
+        self.path = path
+        super().__init__(f"the gallery database {path} {what}; restore it from a backup, "
+                         "or move it aside to start with an empty gallery")
+
+
+def check_database_file(path: str | Path) -> None:
+    """Raise BrokenDatabase unless `path` is missing (a fresh start) or a whole SQLite database.
+
+    Only reads: the header's magic and size, then `PRAGMA quick_check` on a read-only
+    connection (immutable when there is no WAL to replay, so not even a -shm file is made)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    size = path.stat().st_size
+    with path.open("rb") as file:
+        header = file.read(100)
+    if size == 0:
+        raise BrokenDatabase(path, "is empty (0 bytes)")
+    if len(header) < 100 or not header.startswith(SQLITE_MAGIC):
+        raise BrokenDatabase(path, "is not an SQLite database")
+    wal = Path(f"{path}-wal")
+    if not wal.exists():
+        page_size = int.from_bytes(header[16:18], "big")
+        page_size = 65536 if page_size == 1 else page_size
+        pages = int.from_bytes(header[28:32], "big")
+        counted = header[24:28] == header[92:96]  # the header's page count is valid
+        if counted and page_size and size < pages * page_size:
+            raise BrokenDatabase(path, f"is truncated ({size} of {pages * page_size} bytes)")
+    uri = f"{path.resolve().as_uri()}?mode=ro" + ("" if wal.exists() else "&immutable=1")
+    try:
+        connection = sqlite3.connect(uri, uri=True)
+        try:
+            problems = [row[0] for row in connection.execute("PRAGMA quick_check")]
+        finally:
+            connection.close()
+    except sqlite3.DatabaseError as exc:
+        raise BrokenDatabase(path, f"is damaged ({exc})") from None
+    if problems != ["ok"]:
+        raise BrokenDatabase(path, f"is damaged ({problems[0]})")
+
+
+class Sessions:
+    """The gallery's sessions: `sessions()` reads (a deferred BEGIN), `sessions.begin()` writes
+    (one BEGIN IMMEDIATE transaction, committed at the end of the `with`)."""
+
+    def __init__(self, engine: Engine):
+        self._read = sessionmaker(engine, expire_on_commit=False)
+        self._write = sessionmaker(engine.execution_options(immediate=True), expire_on_commit=False)
+
+    def __call__(self) -> Session:
+        return self._read()
+
+    def begin(self) -> AbstractContextManager[Session]:
+        return self._write.begin()
 
 
 def _sqlite_pragmas(engine: Engine) -> None:
@@ -27,7 +101,8 @@ def _sqlite_pragmas(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection):
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        immediate = connection.get_execution_options().get("immediate", False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
 def migrate(engine: Engine) -> None:
@@ -37,19 +112,24 @@ def migrate(engine: Engine) -> None:
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as connection:
+    with engine.execution_options(immediate=True).begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
 
 
-def open_database(url_or_path: str | Path) -> tuple[Engine, sessionmaker]:
-    """An engine and session factory for a SQLite file (or any SQLAlchemy URL), migrated."""
+def open_database(url_or_path: str | Path) -> tuple[Engine, Sessions]:
+    """An engine and the sessions for a SQLite file (or any SQLAlchemy URL), checked and migrated.
+
+    Raises BrokenDatabase, before writing anything, when the file is not a whole database."""
     url = str(url_or_path)
+    options = {}
     if "://" not in url:
+        check_database_file(url)
         Path(url).parent.mkdir(parents=True, exist_ok=True)
         url = f"sqlite:///{url}"
-    engine = create_engine(url, connect_args={"check_same_thread": False} if url.startswith("sqlite") else {})
+        options = {"pool_size": POOL_SIZE, "max_overflow": POOL_OVERFLOW}
+    engine = create_engine(url, connect_args={"check_same_thread": False} if url.startswith("sqlite") else {}, **options)
     if url.startswith("sqlite"):
         _sqlite_pragmas(engine)
     migrate(engine)
-    return engine, sessionmaker(engine, expire_on_commit=False)
+    return engine, Sessions(engine)

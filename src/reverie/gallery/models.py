@@ -70,10 +70,14 @@ class Job(Base):
 
 class Image(Base):
     __tablename__ = "images"
+    # A job's pictures are numbered 0, 1, ... in the order its request makes them (seed, seed+1,
+    # ...); a resumed job makes only the missing ones, and the database refuses a second one.
+    __table_args__ = (Index("images_one_per_place", "job_id", "index", unique=True),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), nullable=False, index=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), nullable=False, index=True)
+    index: Mapped[int] = mapped_column(Integer, nullable=False)  # its place in the job's request
     file: Mapped[str] = mapped_column(String(256), nullable=False)  # relative to the gallery folder
     prompt: Mapped[str] = mapped_column(Text, nullable=False, default="")
     seed: Mapped[int] = mapped_column(Integer, nullable=False, default=0)

@@ -2,8 +2,11 @@
 
 Images live as PNG files under `<folder>/images/`, rows in SQLite. A picture's file is written
 before its row, and its row removed before its file, so the gallery never lists a missing file.
-Every method opens its own short transaction (BEGIN IMMEDIATE on SQLite), which makes the
-check-then-write steps (capacity, credit) exact under concurrent requests.
+A job's pictures are named by job and place (`images/<user>/<job>-<index>.png`), so a file a
+crash left without its row is found when the job is recovered, and replaced or removed.
+Every write opens its own short transaction (BEGIN IMMEDIATE on SQLite), which makes the
+check-then-write steps (capacity, credit) exact under concurrent requests; reads never take the
+write lock.
 """
 
 from __future__ import annotations
@@ -19,13 +22,15 @@ from pathlib import Path
 from sqlalchemy import delete, func, select
 
 from ..errors import ReverieError
+from ..faults import crash_point
 from ..outputs.files import atomic_write
 from .credits import GrantSchedule, balance_in, grant_due
-from .db import open_database
+from .db import DATABASE_FILE, open_database
 from .models import ApiKey, Image, Job, LedgerEntry, Session, User, utcnow
 
 LOCAL_USER = "local"
 MAX_ATTEMPTS = 2  # a job that was running when the process died is re-run once, then failed
+FINAL = ("done", "failed", "cancelled")
 ACTIVE = ("queued", "running")
 
 
@@ -74,9 +79,9 @@ class Gallery:
         self.folder = Path(folder)
         self.images_dir = self.folder / "images"
         self.uploads_dir = self.folder / "uploads"
+        self.engine, self.session = open_database(database or self.folder / DATABASE_FILE)  # a broken one: nothing made
         for path in (self.images_dir, self.uploads_dir):
             path.mkdir(parents=True, exist_ok=True)
-        self.engine, self.session = open_database(database or self.folder / "gallery.sqlite")
 
     # -- users, keys, sessions -------------------------------------------------------------
     def add_user(self, name: str, password: str = "", admin: bool = False) -> User:
@@ -228,21 +233,41 @@ class Gallery:
             if status != "done" and job.charged:
                 db.add(LedgerEntry(user_id=job.user_id, amount=job.charged, reason="refund", job_id=job.id, note=status))
 
+    def requeue(self, job_id: str) -> None:
+        """Put a running job back in the queue without counting the attempt (the server stopped
+        it on purpose; MAX_ATTEMPTS counts crashes). Its finished pictures stay."""
+        with self.session.begin() as db:
+            job = db.get(Job, job_id)
+            if job is not None and job.status == "running":
+                job.status, job.started, job.attempts = "queued", None, max(0, job.attempts - 1)
+
     def recover(self) -> list[str]:
-        """After a restart: jobs left running are queued again (or failed after MAX_ATTEMPTS)."""
-        requeued, failed = [], []
+        """After a restart: jobs left running by a crash are queued again (or failed after
+        MAX_ATTEMPTS), and picture files the crash left without a row are removed."""
+        requeued = []
         with self.session() as db:
             running = list(db.scalars(select(Job).where(Job.status == "running")))
         for job in running:
+            self.remove_orphans(job)
             if job.attempts >= MAX_ATTEMPTS:
                 self.finish_job(job.id, "failed", "the server stopped while this job ran, twice")
-                failed.append(job.id)
             else:
                 with self.session.begin() as db:
                     row = db.get(Job, job.id)
                     row.status = "queued"
                 requeued.append(job.id)
         return requeued
+
+    def remove_orphans(self, job: Job) -> list[Path]:
+        """Remove the job's picture files that have no row (and unfinished writes); returns them."""
+        with self.session() as db:
+            kept = set(db.scalars(select(Image.file).where(Image.job_id == job.id)))
+        folder = self.images_dir / str(job.user_id)
+        candidates = [*folder.glob(f"{job.id}-*.png"), *folder.glob(f".{job.id}-*.part")]
+        orphans = [path for path in candidates if path.relative_to(self.images_dir).as_posix() not in kept]
+        for path in orphans:
+            path.unlink(missing_ok=True)
+        return orphans
 
     def _owned(self, table, key: str, user_id: int | None, what: str):
         """The row `key` of `table`, if it exists and (when `user_id` is given) belongs to that user."""
@@ -272,22 +297,42 @@ class Gallery:
             return int(db.scalar(select(func.count()).select_from(Job).where(Job.status.in_(ACTIVE))))
 
     # -- images ----------------------------------------------------------------------------
-    def add_image(self, job: Job, source: Path, prompt: str, seed: int, settings: dict) -> Image:
-        """Move a finished picture into the gallery and record it."""
+    def add_image(self, job: Job, index: int, source: Path, prompt: str, seed: int, settings: dict) -> Image:
+        """Copy a finished picture into the gallery as the job's picture number `index`, and record it.
+
+        The file is written first (atomically, under a name fixed by job and index), then its row;
+        a crash in between leaves a file that `recover` removes or the resumed job replaces."""
         from PIL import Image as PILImage
 
-        image_id = uuid.uuid4().hex
-        relative = Path(str(job.user_id)) / f"{image_id}.png"
+        if self._has_image(job.id, index):  # checked before the file is touched: it is that picture's
+            raise ReverieError(f"job {job.id} already has its picture {index}")
+        relative = Path(str(job.user_id)) / f"{job.id}-{index}.png"
         target = self.images_dir / relative
         data = Path(source).read_bytes()
         atomic_write(target, lambda partial: partial.write_bytes(data))
+        crash_point("after-image-file")
         with PILImage.open(target) as picture:
             width, height = picture.size
-        row = Image(id=image_id, job_id=job.id, user_id=job.user_id, file=str(relative), prompt=prompt, seed=seed,
-                    width=width, height=height, settings_json=json.dumps(settings))
-        with self.session.begin() as db:
-            db.add(row)
+        row = Image(id=uuid.uuid4().hex, job_id=job.id, user_id=job.user_id, index=index, file=relative.as_posix(),
+                    prompt=prompt, seed=seed, width=width, height=height, settings_json=json.dumps(settings))
+        try:
+            with self.session.begin() as db:
+                db.add(row)
+        except BaseException:
+            target.unlink(missing_ok=True)  # no row, no file
+            raise
+        crash_point("after-image-row")
         return row
+
+    def made(self, job_id: str) -> int:
+        """How many of the job's pictures exist: the next picture's index (a deleted one counts)."""
+        with self.session() as db:
+            last = db.scalar(select(func.max(Image.index)).where(Image.job_id == job_id))
+        return 0 if last is None else last + 1
+
+    def _has_image(self, job_id: str, index: int) -> bool:
+        with self.session() as db:
+            return db.scalar(select(Image.id).where(Image.job_id == job_id, Image.index == index)) is not None
 
     def images(self, user_id: int, query: str = "", limit: int = 60, offset: int = 0, job_id: str | None = None) -> list[Image]:
         statement = select(Image).where(Image.user_id == user_id)
@@ -306,8 +351,8 @@ class Gallery:
 
     def job_images(self, job: Job) -> list[Image]:
         """A job's pictures in the order the request made them (seed, seed+1, ...)."""
-        images = self.images(job.user_id, job_id=job.id, limit=1000)
-        return sorted(images, key=lambda image: json.loads(image.settings_json).get("index", 0))
+        with self.session() as db:
+            return list(db.scalars(select(Image).where(Image.job_id == job.id).order_by(Image.index)))
 
     def image_path(self, image: Image) -> Path:
         return self.images_dir / image.file
@@ -325,4 +370,4 @@ class Gallery:
         return path
 
 
-__all__ = ["Gallery", "QueueFull", "NoCredit", "NotFound"]
+__all__ = ["Gallery", "QueueFull", "NoCredit", "NotFound", "FINAL"]

@@ -2,6 +2,8 @@
 
 txt2img and img2img wait for their job (queued like any other) and answer with base64 PNGs,
 `parameters` (the request as understood) and `info` (a JSON string with seeds and infotexts).
+They wait without holding a thread (`JobRunner.finished`); their short blocking steps (checking
+pictures, the database, reading the files) run in the thread pool.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import time
 
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 
 from ..errors import BadRequest
 from ..gallery.models import User
@@ -64,12 +67,12 @@ def _fields(body: A1111Common, state: StudioState, user: User) -> dict:
     }
 
 
-def _submit(state: StudioState, user: User, fields: dict, styles: list[str]):
+async def _submit(state: StudioState, user: User, fields: dict, styles: list[str]):
     style = styles[0] if styles else None
     if len(styles) > 1:
         raise BadRequest("styles", "reverie applies one style per request")
-    job = submit_job(state, user, fields, style)
-    job = state.runner.wait_until_finished(job.id, state.config.sync_timeout_s)
+    job = await run_in_threadpool(submit_job, state, user, fields, style)
+    job = await state.runner.finished(job.id, state.config.sync_timeout_s)
     if job.status == "failed":
         raise BadRequest("request", job.error or "the generation failed")
     return job
@@ -99,23 +102,27 @@ def _response(state: StudioState, job, body: A1111Common) -> dict:
 
 
 @router.post("/txt2img")
-def txt2img(body: Txt2ImgBody, state: StudioState = Depends(get_state), user: User = Depends(current_user)):
-    job = _submit(state, user, _fields(body, state, user) | {"mode": "txt2img"}, body.styles)
-    return _response(state, job, body)
+async def txt2img(body: Txt2ImgBody, state: StudioState = Depends(get_state), user: User = Depends(current_user)):
+    job = await _submit(state, user, _fields(body, state, user) | {"mode": "txt2img"}, body.styles)
+    return await run_in_threadpool(_response, state, job, body)
+
+
+def _picture(state: StudioState, value: str, field: str, mode: str):
+    return store_image_bytes(state, decode_base64_image(value, field), field, mode)
 
 
 @router.post("/img2img")
-def img2img(body: Img2ImgBody, state: StudioState = Depends(get_state), user: User = Depends(current_user)):
+async def img2img(body: Img2ImgBody, state: StudioState = Depends(get_state), user: User = Depends(current_user)):
     if not body.init_images:
         raise BadRequest("init_images", "give one base64 picture to start from")
-    init = store_image_bytes(state, decode_base64_image(body.init_images[0], "init_images"), "init_images", "RGB")
+    init = await run_in_threadpool(_picture, state, body.init_images[0], "init_images", "RGB")
     fields = _fields(body, state, user) | {"mode": "img2img", "init_image": str(init), "strength": body.denoising_strength}
     if body.mask:
-        mask = store_image_bytes(state, decode_base64_image(body.mask, "mask"), "mask", "L")
+        mask = await run_in_threadpool(_picture, state, body.mask, "mask", "L")
         fields |= {"mode": "inpaint", "mask_image": str(mask), "mask_blur": body.mask_blur,
                    "mask_mode": "black" if body.inpainting_mask_invert else "white"}
-    job = _submit(state, user, fields, body.styles)
-    return _response(state, job, body)
+    job = await _submit(state, user, fields, body.styles)
+    return await run_in_threadpool(_response, state, job, body)
 
 
 @router.get("/progress")

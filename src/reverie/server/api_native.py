@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 
 from ..gallery.models import User
+from .jobs import ServerStopping
 from .state import SESSION_COOKIE, StudioState, Unauthorized, current_user, get_state, password_user, resolve_image
 from .submit import image_view, job_view, submit_job
 
@@ -120,16 +121,19 @@ def job_preview(job_id: str, state: StudioState = Depends(get_state), user: User
 
 @router.get("/jobs/{job_id}/events", summary="Server-sent events: the job's progress until it ends")
 async def job_events(job_id: str, request: Request, state: StudioState = Depends(get_state), user: User = Depends(current_user)):
-    state.gallery.job(job_id, user.id)
+    await run_in_threadpool(state.gallery.job, job_id, user.id)
 
     async def stream():
         version = -1
         while True:
-            view = job_view(state, state.gallery.job(job_id))
+            view = await run_in_threadpool(lambda: job_view(state, state.gallery.job(job_id)))
             yield f"event: progress\ndata: {json.dumps(view)}\n\n"
             if view["status"] not in ("queued", "running") or await request.is_disconnected():
                 return
-            live = await asyncio.to_thread(state.runner.wait_for_change, job_id, version, 1.0)
+            try:
+                live = await state.runner.changed(job_id, version, 1.0)
+            except ServerStopping:
+                return  # the job resumes at the next start; the page follows it again then
             version = live.version if live else version
 
     return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})

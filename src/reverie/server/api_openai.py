@@ -6,6 +6,8 @@ send the picture at `size`, and the method works at the model's size and brings 
 Edits follow DALL-E 2: the transparent pixels of the mask (or of the image, without a mask) are
 repainted.
 `url` responses are signed links that work without an API key.
+Every route here waits for its job without holding a thread (`JobRunner.finished`); its short
+blocking steps (checking pictures, the database) run in the thread pool.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Literal
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 
 from ..errors import BadRequest
 from ..gallery.models import User
@@ -73,22 +76,22 @@ def _respond(state: StudioState, request: Request, job, response_format: str) ->
     return {"created": int(time.time()), "data": data}
 
 
-def _run(state: StudioState, user: User, fields: dict):
-    job = submit_job(state, user, fields)
-    job = state.runner.wait_until_finished(job.id, state.config.sync_timeout_s)
+async def _run(state: StudioState, user: User, fields: dict):
+    job = await run_in_threadpool(submit_job, state, user, fields)
+    job = await state.runner.finished(job.id, state.config.sync_timeout_s)
     if job.status != "done":
         raise BadRequest("prompt", job.error or f"the request ended {job.status}")
     return job
 
 
 @router.post("/generations")
-def generations(body: GenerationsBody, request: Request, state: StudioState = Depends(get_state),
-                user: User = Depends(current_user)):
+async def generations(body: GenerationsBody, request: Request, state: StudioState = Depends(get_state),
+                      user: User = Depends(current_user)):
     model = _model_name(body.model)
-    width, height, upscale = _base_size(state, body.size, model)
-    job = _run(state, user, {"mode": "txt2img", "prompt": body.prompt, "n_samples": body.n, "width": width,
-                             "height": height, "upscale": upscale, "model": model})
-    return _respond(state, request, job, body.response_format)
+    width, height, upscale = await run_in_threadpool(_base_size, state, body.size, model)
+    job = await _run(state, user, {"mode": "txt2img", "prompt": body.prompt, "n_samples": body.n, "width": width,
+                                   "height": height, "upscale": upscale, "model": model})
+    return await run_in_threadpool(_respond, state, request, job, body.response_format)
 
 
 def _size_of(data: bytes) -> tuple[int, int] | None:
@@ -115,11 +118,12 @@ async def edits(request: Request, image: UploadFile = File(...), prompt: str = F
     if mask_bytes is not None and _size_of(mask_bytes) != _size_of(image_bytes):
         width, height = _size_of(image_bytes)
         raise BadRequest("mask", f"must be the same size as the image ({width}x{height})")
-    init = store_image_bytes(state, image_bytes, "image", size=(side, side))
-    mask_path = store_image_bytes(state, mask_bytes, "mask", size=(side, side)) if mask_bytes is not None else init
-    job = _run(state, user, {"mode": "inpaint", "prompt": prompt, "init_image": str(init), "mask_image": str(mask_path),
-                             "mask_mode": "transparent", "n_samples": n, "model": _model_name(model)})
-    return _respond(state, request, job, response_format)
+    init = await run_in_threadpool(store_image_bytes, state, image_bytes, "image", size=(side, side))
+    mask_path = await run_in_threadpool(store_image_bytes, state, mask_bytes, "mask", size=(side, side)) \
+        if mask_bytes is not None else init
+    job = await _run(state, user, {"mode": "inpaint", "prompt": prompt, "init_image": str(init), "mask_image": str(mask_path),
+                                   "mask_mode": "transparent", "n_samples": n, "model": _model_name(model)})
+    return await run_in_threadpool(_respond, state, request, job, response_format)
 
 
 @router.post("/variations")
@@ -128,7 +132,8 @@ async def variations(request: Request, image: UploadFile = File(...), n: int = F
                      model: str | None = Form(None), state: StudioState = Depends(get_state),
                      user: User = Depends(current_user)):
     side = _side(size)
-    init = store_image_bytes(state, await _read(image, state.config.max_upload_bytes), "image", "RGB", (side, side))
-    job = _run(state, user, {"mode": "variations", "prompt": "", "init_image": str(init), "n_samples": n,
-                             "model": _model_name(model)})
-    return _respond(state, request, job, response_format)
+    data = await _read(image, state.config.max_upload_bytes)
+    init = await run_in_threadpool(store_image_bytes, state, data, "image", "RGB", (side, side))
+    job = await _run(state, user, {"mode": "variations", "prompt": "", "init_image": str(init), "n_samples": n,
+                                   "model": _model_name(model)})
+    return await run_in_threadpool(_respond, state, request, job, response_format)

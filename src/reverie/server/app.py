@@ -4,7 +4,9 @@
 Every error a caller can cause comes back as JSON, 4xx, naming the field:
 `{"error": {"message", "type", "param", "code"}, "detail": message}` (the OpenAI shape, which
 the native and A1111 routes share). State-changing requests from other sites are refused
-(cross_site.py); picture links are signed and expire (signatures.py).
+(cross_site.py); picture links are signed and expire (signatures.py). A request that waits for
+its job gets the same shape with 503 when the server stops first (the job resumes at the next
+start) and 504 when it waited `sync_timeout_s` (the job goes on).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from ..gallery.credits import PurchaseConflict
 from ..gallery.store import Gallery, NoCredit, NotFound, QueueFull
 from .config import ServerConfig
 from .cross_site import CrossSiteRequest, cross_site_guard
-from .jobs import JobRunner
+from .jobs import JobRunner, JobTimeout, ServerStopping
 from .rate_limit import TooManyAttempts
 from .signatures import SIGNATURE_HEADER, BadSignature, link_signature_matches
 from .state import StudioState, Unauthorized, load_secret
@@ -83,6 +85,14 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Unauthorized)
     async def _unauthorized(_request, exc: Unauthorized):
         return _error(401, str(exc), None, "authentication_error", {"WWW-Authenticate": 'Bearer realm="reverie"'})
+
+    @app.exception_handler(ServerStopping)
+    async def _stopping(_request, exc: ServerStopping):
+        return _error(503, str(exc), None, "server_stopping", {"Retry-After": "30"})
+
+    @app.exception_handler(JobTimeout)
+    async def _timeout(_request, exc: JobTimeout):
+        return _error(504, str(exc), None, "timeout")
 
     @app.exception_handler(HTTPException)
     async def _http(_request, exc: HTTPException):

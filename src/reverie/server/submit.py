@@ -49,7 +49,7 @@ def submit_job(state: StudioState, user: User, fields: dict, style: str | None =
     if "model" in request_fields(fields.get("mode")):
         fields["model"] = check_model(state, fields.get("model"))
     fields.setdefault("device", state.config.device)
-    request = make_request(fields)
+    request = make_request(fields).with_seed()  # fixed now: a job that runs again makes the same pictures
     limit = state.config.max_images_per_request
     if request.picture_count() > limit:
         raise BadRequest("n_samples", f"at most {limit} pictures per request")

@@ -117,8 +117,10 @@ def run_batches(
     device: torch.device,
     dtype: torch.dtype,
     progress: Progress,
+    first: int = 0,
 ) -> Iterator[list[tuple[Image.Image, int]]]:
-    """Yield [(picture, seed), ...] at the working size for each of the request's n_iter batches.
+    """Yield [(picture, seed), ...] at the working size for each of the request's n_iter batches,
+    from batch number `first` on (the earlier ones were made by an earlier run).
 
     `request` has its sampling settings filled in (`with_defaults`).
     """
@@ -130,7 +132,7 @@ def run_batches(
     cond, uncond = cond.to(device, dtype), uncond.to(device, dtype)
     strength = request.effective_strength
     with memory_settings(components, bool(request.vae_tiling), request.attention_slicing):
-        for batch in range(request.n_iter):
+        for batch in range(first, request.n_iter):
             if progress.stop_requested():
                 raise Interrupted()
             batch_seeds = seeds[batch * request.n_samples : (batch + 1) * request.n_samples]

@@ -8,6 +8,8 @@ written pictures.
    would not fit whole, refuse what cannot fit at all, before any work.
 4. Run the batches; with `rerank` N make N times the pictures and keep the best-scored; bring
    each picture to its final size (upscaler, kept pixels) and write it as soon as it exists.
+   A resumed request (`made`) skips the batches an earlier run finished and writes only the
+   pictures it does not have.
 """
 
 from __future__ import annotations
@@ -65,7 +67,11 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
     loaded = time.perf_counter()
 
     candidates = request.model_copy(update={"n_iter": request.n_iter * request.rerank})
-    batches = run_batches(candidates, components, prepared, device, dtype, progress)
+    # Resuming: batches an earlier run finished are skipped; a partly written one is made again
+    # whole (a picture is bit-for-bit the same only with its whole batch). Best-of makes every
+    # candidate again: the choice needs them all.
+    skipped = request.made // request.n_samples if request.rerank == 1 and request.keep_only is None else 0
+    batches = run_batches(candidates, components, prepared, device, dtype, progress, first=skipped)
     if request.keep_only is not None:
         batches = ([batch[request.keep_only]] for batch in batches)
     result = Result(request=request)
@@ -80,12 +86,15 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
     settings = request.settings() | {"model_name": components.name, "reverie_version": __version__,
                                      "latent_channels": components.vae.config.latent_channels,
                                      "vae_scale": components.vae_scale_factor}
+    index = skipped * request.n_samples  # of the next picture in the whole request
     try:
         for batch in batches:
             pictures = finish([picture for picture, _, _ in batch], prepared, request, models, progress)
             for picture, (_, seed, score) in zip(pictures, batch):
-                result.images.append(_write(picture, seed, score, len(result.images), request, settings, scorer, outputs))
-                progress(ProgressEvent("image", len(result.images), request.picture_count(), payload=result.images[-1]))
+                if index >= request.made:
+                    result.images.append(_write(picture, seed, score, index, request, settings, scorer, outputs))
+                    progress(ProgressEvent("image", index + 1, request.picture_count(), payload=result.images[-1]))
+                index += 1
     except (Interrupted, KeyboardInterrupt):
         result.interrupted = True
     if result.images:
