@@ -22,6 +22,7 @@ from ..errors import ReverieError
 from ..outputs.files import atomic_write
 from .db import open_database
 from .models import ApiKey, Image, Job, LedgerEntry, Session, User, utcnow
+from .uploads import STALE_AFTER_S, delete_uploads, sweep_uploads
 
 LOCAL_USER = "local"
 MAX_ATTEMPTS = 2  # a job that was running when the process died is re-run once, then failed
@@ -215,6 +216,8 @@ class Gallery:
             job.status, job.error, job.finished = status, error, utcnow()
             if status != "done" and job.charged:
                 db.add(LedgerEntry(user_id=job.user_id, amount=job.charged, reason="refund", job_id=job.id, note=status))
+            request = job.request_json
+        delete_uploads(self.uploads_dir, request)  # the pictures it was given are no longer needed
 
     def recover(self) -> list[str]:
         """After a restart: jobs left running are queued again (or failed after MAX_ATTEMPTS)."""
@@ -311,6 +314,12 @@ class Gallery:
         path = self.uploads_dir / f"{uuid.uuid4().hex}{suffix}"
         path.write_bytes(data)
         return path
+
+    def sweep_uploads(self, max_age_s: float = STALE_AFTER_S) -> list[Path]:
+        """Delete stale uploads no queued or running job names (see gallery/uploads.py)."""
+        with self.session() as db:
+            active = list(db.scalars(select(Job.request_json).where(Job.status.in_(ACTIVE))))
+        return sweep_uploads(self.uploads_dir, active, max_age_s)
 
 
 __all__ = ["Gallery", "QueueFull", "NoCredit", "NotFound"]

@@ -11,27 +11,31 @@ repainted.
 from __future__ import annotations
 
 import base64
-import io
 import time
 from typing import Literal
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
-from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import BadRequest
 from ..gallery.models import User
-from .state import StudioState, current_user, get_state, store_image_bytes
+from .inputs import MAX_PROMPT_CHARS, StrictJSONRoute, client_names
+from .state import StudioState, check_mask_size, checked_picture, current_user, get_state, save_picture
 from .submit import submit_job
 
-router = APIRouter(prefix="/v1/images", tags=["openai"])
+router = APIRouter(prefix="/v1/images", tags=["openai"], route_class=StrictJSONRoute)
 SIZES = ("64x64", "128x128", "256x256", "512x512", "768x768", "1024x1024")
+# OpenAI's field -> the reverie request fields it becomes. `_fields` builds requests by it, and
+# errors about a request field name the OpenAI field the client sent (CLIENT_NAMES, its inverse).
+FIELDS = {"prompt": ("prompt",), "n": ("n_samples",), "image": ("init_image",), "mask": ("mask_image",),
+          "model": ("model",), "size": ("width", "height", "upscale")}
+CLIENT_NAMES = {ours: theirs for theirs, fields in FIELDS.items() for ours in fields}
 
 
 class GenerationsBody(BaseModel):
     model_config = ConfigDict(extra="allow")  # quality, style, user: accepted
 
-    prompt: str = Field(..., min_length=1, max_length=4000)
+    prompt: str = Field(..., min_length=1, max_length=MAX_PROMPT_CHARS)
     n: int = Field(1, ge=1, le=10)
     size: str = "256x256"
     response_format: Literal["url", "b64_json"] = "url"
@@ -73,6 +77,15 @@ def _respond(state: StudioState, request: Request, job, response_format: str) ->
     return {"created": int(time.time()), "data": data}
 
 
+def _fields(mode: str, **sent) -> dict:
+    """The reverie request for what an OpenAI client sent (`size` as (width, height, upscale)), by FIELDS."""
+    fields = {"mode": mode}
+    for name, value in sent.items():
+        values = value if name == "size" else (value,)
+        fields |= dict(zip(FIELDS[name], values))
+    return fields
+
+
 def _run(state: StudioState, user: User, fields: dict):
     job = submit_job(state, user, fields)
     job = state.runner.wait_until_finished(job.id, state.config.sync_timeout_s)
@@ -85,18 +98,10 @@ def _run(state: StudioState, user: User, fields: dict):
 def generations(body: GenerationsBody, request: Request, state: StudioState = Depends(get_state),
                 user: User = Depends(current_user)):
     model = _model_name(body.model)
-    width, height, upscale = _base_size(state, body.size, model)
-    job = _run(state, user, {"mode": "txt2img", "prompt": body.prompt, "n_samples": body.n, "width": width,
-                             "height": height, "upscale": upscale, "model": model})
+    with client_names(CLIENT_NAMES):
+        size = _base_size(state, body.size, model)
+        job = _run(state, user, _fields("txt2img", prompt=body.prompt, n=body.n, size=size, model=model))
     return _respond(state, request, job, body.response_format)
-
-
-def _size_of(data: bytes) -> tuple[int, int] | None:
-    try:
-        with Image.open(io.BytesIO(data)) as picture:
-            return picture.size
-    except (OSError, SyntaxError, ValueError):
-        return None  # store_image_bytes says what is wrong with it
 
 
 async def _read(upload: UploadFile, limit: int) -> bytes:
@@ -104,21 +109,22 @@ async def _read(upload: UploadFile, limit: int) -> bytes:
 
 
 @router.post("/edits")
-async def edits(request: Request, image: UploadFile = File(...), prompt: str = Form(..., min_length=1, max_length=4000),
+async def edits(request: Request, image: UploadFile = File(...), prompt: str = Form(..., min_length=1, max_length=MAX_PROMPT_CHARS),
                 mask: UploadFile | None = File(None), n: int = Form(1, ge=1, le=10), size: str = Form("256x256"),
                 response_format: Literal["url", "b64_json"] = Form("url"), model: str | None = Form(None),
                 state: StudioState = Depends(get_state), user: User = Depends(current_user)):
     limit = state.config.max_upload_bytes
-    image_bytes = await _read(image, limit)
     side = _side(size)
-    mask_bytes = await _read(mask, limit) if mask else None
-    if mask_bytes is not None and _size_of(mask_bytes) != _size_of(image_bytes):
-        width, height = _size_of(image_bytes)
-        raise BadRequest("mask", f"must be the same size as the image ({width}x{height})")
-    init = store_image_bytes(state, image_bytes, "image", size=(side, side))
-    mask_path = store_image_bytes(state, mask_bytes, "mask", size=(side, side)) if mask_bytes is not None else init
-    job = _run(state, user, {"mode": "inpaint", "prompt": prompt, "init_image": str(init), "mask_image": str(mask_path),
-                             "mask_mode": "transparent", "n_samples": n, "model": _model_name(model)})
+    # Both pictures are checked (from their headers first) before either is stored.
+    picture = checked_picture(state, await _read(image, limit), "image")
+    mask_picture = checked_picture(state, await _read(mask, limit), "mask") if mask else None
+    if mask_picture is not None:
+        check_mask_size(picture.size, mask_picture.size, "image", "mask")
+    init = save_picture(state, picture, size=(side, side))
+    mask_path = save_picture(state, mask_picture, size=(side, side)) if mask_picture is not None else init
+    with client_names(CLIENT_NAMES):
+        job = _run(state, user, _fields("inpaint", prompt=prompt, image=str(init), mask=str(mask_path), n=n,
+                                        model=_model_name(model)) | {"mask_mode": "transparent"})
     return _respond(state, request, job, response_format)
 
 
@@ -128,7 +134,8 @@ async def variations(request: Request, image: UploadFile = File(...), n: int = F
                      model: str | None = Form(None), state: StudioState = Depends(get_state),
                      user: User = Depends(current_user)):
     side = _side(size)
-    init = store_image_bytes(state, await _read(image, state.config.max_upload_bytes), "image", "RGB", (side, side))
-    job = _run(state, user, {"mode": "variations", "prompt": "", "init_image": str(init), "n_samples": n,
-                             "model": _model_name(model)})
+    picture = checked_picture(state, await _read(image, state.config.max_upload_bytes), "image")
+    init = save_picture(state, picture, "RGB", (side, side))
+    with client_names(CLIENT_NAMES):
+        job = _run(state, user, _fields("variations", prompt="", image=str(init), n=n, model=_model_name(model)))
     return _respond(state, request, job, response_format)

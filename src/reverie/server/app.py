@@ -12,10 +12,11 @@ import hmac
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..errors import BadCheckpoint, BadRequest, ImageInputError, ModelNotFound, PromptSyntaxError, ReverieError
@@ -64,12 +65,20 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def _unauthorized(_request, exc: Unauthorized):
         return _error(401, str(exc), None, "authentication_error", {"WWW-Authenticate": 'Bearer realm="reverie"'})
 
-    @app.exception_handler(HTTPException)
-    async def _http(_request, exc: HTTPException):
+    # Starlette's own (an unknown route, a method a route does not take, a broken multipart
+    # form) as well as FastAPI's and ours: all in the documented shape.
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request, exc: StarletteHTTPException):
         detail = exc.detail
         if isinstance(detail, dict):
-            return _error(exc.status_code, f"{detail.get('field')}: {detail.get('message')}", detail.get("field"))
-        return _error(exc.status_code, str(detail), None)
+            return _error(exc.status_code, f"{detail.get('field')}: {detail.get('message')}", detail.get("field"),
+                          headers=exc.headers)
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = f"no such route: {request.method} {request.url.path} (the APIs are under /api/v1, /sdapi/v1 and /v1/images)"
+        elif exc.status_code == 405:
+            detail = f"{request.url.path} does not take {request.method}"
+        kind = "not_found" if exc.status_code == 404 else "invalid_request_error"
+        return _error(exc.status_code, str(detail), None, kind, exc.headers)
 
     @app.exception_handler(ReverieError)
     async def _reverie(_request, exc: ReverieError):
@@ -96,6 +105,7 @@ def create_app(config: ServerConfig | None = None, studio=None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
+        gallery.sweep_uploads()  # what a crash left behind: a day old and no waiting job's
         if config.start_worker:
             state.runner.start()
         yield
