@@ -28,8 +28,15 @@ from .state import StudioState, Unauthorized, load_secret
 STATIC = Path(__file__).resolve().parent / "static"
 
 
+MAX_MESSAGE_CHARS = 1000  # a message quoting a huge input is cut: an error never echoes megabytes back
+
+
 def _error(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error",
            headers: dict | None = None) -> JSONResponse:
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[:MAX_MESSAGE_CHARS] + "..."
+    if param and len(param) > MAX_MESSAGE_CHARS // 5:  # a field name the client made up
+        param = param[: MAX_MESSAGE_CHARS // 5] + "..."
     body = {"error": {"message": message, "type": kind, "param": param, "code": status}, "detail": message}
     return JSONResponse(body, status_code=status, headers=headers)
 

@@ -58,6 +58,8 @@ def check_json_body(body: bytes) -> None:
         parsed = json.loads(body)
     except json.JSONDecodeError:
         return
+    except UnicodeDecodeError:
+        raise BadRequest("body", "is not valid UTF-8 text") from None
     except (ValueError, RecursionError):  # an integer past Python's 4300 digits, or nesting too deep
         raise BadRequest("body", "holds a number too long or nesting too deep to read") from None
     path = first_non_finite(parsed)
