@@ -557,6 +557,9 @@ def test_uploads_are_deleted_when_their_job_ends_and_stale_ones_swept_at_start(t
         assert list(uploads.iterdir()) == []
         waiting = client.post("/api/v1/jobs", json={"mode": "img2img", "prompt": "x", "init_image": png, "steps": 2}).json()
         [kept] = list(uploads.iterdir())
+        other = client.post("/api/v1/jobs", json={"prompt": str(kept), **FAST}).json()
+        client.delete(f"/api/v1/jobs/{other['id']}")
+        assert kept.exists()  # a prompt that names an upload deletes nothing
         stale, fresh = gallery.save_upload(_png()), gallery.save_upload(_png())
         two_days_ago = time.time() - 2 * 86400
         for path in (kept, stale):

@@ -13,26 +13,29 @@ import time
 from pathlib import Path
 
 STALE_AFTER_S = 24 * 3600
+IMAGE_FIELDS = ("init_image", "mask_image")  # the request fields the server fills with uploads
 
 
-def upload_paths(uploads_dir: Path, value) -> set[Path]:
-    """Every path inside `uploads_dir` that `value` (a request: dict, list, str) names."""
-    if isinstance(value, dict):
-        return set().union(*(upload_paths(uploads_dir, item) for item in value.values()))
-    if isinstance(value, (list, tuple)):
-        return set().union(*(upload_paths(uploads_dir, item) for item in value))
-    if isinstance(value, (str, Path)) and str(value):
-        path = Path(value)
-        try:
-            if path.resolve().parent == uploads_dir.resolve():
-                return {path.resolve()}
-        except (OSError, ValueError):
-            pass
-    return set()
+def upload_paths(uploads_dir: Path, request: dict) -> set[Path]:
+    """The paths inside `uploads_dir` that `request`'s picture fields name. Only those fields
+    (which the server fills, never the client) are read: a prompt that happens to hold an
+    upload's path deletes nothing."""
+    found = set()
+    for key in IMAGE_FIELDS:
+        value = request.get(key) if isinstance(request, dict) else None
+        if isinstance(value, str) and value:
+            try:
+                path = Path(value).resolve()
+            except (OSError, ValueError):
+                continue
+            if path.parent == Path(uploads_dir).resolve():
+                found.add(path)
+    return found
 
 
 def delete_uploads(uploads_dir: Path, request) -> None:
-    """Delete the uploads `request` (a dict, or its JSON) names; nothing outside `uploads_dir`."""
+    """Delete the uploads `request` (a dict, or its JSON) names in its picture fields; nothing
+    outside `uploads_dir`."""
     if isinstance(request, str):
         try:
             request = json.loads(request)

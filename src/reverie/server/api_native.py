@@ -79,11 +79,11 @@ class LoginBody(BaseModel):
 
 @router.post("/jobs", status_code=202, summary="Queue a job for any mode (txt2img, img2img, variations, inpaint, outpaint, upscale, ...)")
 def create_job(body: GenerateBody, state: StudioState = Depends(get_state), user: User = Depends(current_user)):
-    fields = body.model_dump(exclude={"style"})
-    with refused_uploads_deleted(state, fields):
+    fields, stored = body.model_dump(exclude={"style"}), {}
+    with refused_uploads_deleted(state, stored):  # the init image, when the mask is refused
         for name in ("init_image", "mask_image"):
-            fields[name] = resolve_image(state, user, fields[name], name)
-    return job_view(state, submit_job(state, user, fields, body.style))
+            stored[name] = resolve_image(state, user, fields[name], name)
+    return job_view(state, submit_job(state, user, fields | stored, body.style))
 
 
 @router.post("/dreams", status_code=202, summary="Queue a dream (CLIP-steered, built-in generator and guide)")
