@@ -1,9 +1,10 @@
 """What the APIs take from a client before any work: bounded bodies, strict JSON, prompt
 lengths, field names.
 
-- `StrictJSONRoute` refuses a body past `max_body_bytes` (413) while reading it, and a JSON body with NaN or Infinity anywhere in it (Python's json reads
-  them, JSON has no such numbers), a number too long to read, or a body that is not JSON, with
-  a 4xx naming the field, before the route runs: nothing is queued or charged.
+- `StrictJSONRoute` refuses a body past `max_body_bytes` (413) while reading it, and a JSON body
+  with NaN or Infinity anywhere in it (Python's json reads them, JSON has no such numbers), a
+  number too long to read, or a body that is not JSON, with a 4xx naming the field, before the
+  route runs: nothing is queued or charged.
 - `MAX_PROMPT_CHARS` is the one prompt limit of every API (prompts and negative prompts).
 - `client_names` makes errors name the field the client sent (A1111's `batch_size`, OpenAI's
   `n`) rather than reverie's request field it became (`n_samples`).
@@ -109,7 +110,8 @@ class StrictJSONRoute(APIRoute):
             if takes_json:
                 body = await request.body()  # kept on the request: FastAPI reads it from there
                 if body and not _is_json(request.headers.get("content-type")):
-                    raise HTTPException(415, detail={"field": "body", "message": "send the fields as JSON, with Content-Type: application/json"})
+                    raise HTTPException(415, detail={"field": "body",
+                                                     "message": "send the fields as JSON, with Content-Type: application/json"})
                 if body:
                     check_json_body(body)
             return await handler(request)

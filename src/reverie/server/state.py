@@ -120,7 +120,8 @@ def checked_picture(state: StudioState, data: bytes, field: str) -> Image.Image:
     try:
         picture = Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS)  # reads the header only
     except Image.DecompressionBombError:  # Pillow's own guard, far above ours: kept as a second net
-        raise BadRequest(field, f"claims a size past Pillow's decompression-bomb limit; the largest accepted is {config.max_upload_pixels} pixels") from None
+        raise BadRequest(field, "claims a size past Pillow's decompression-bomb limit; the largest accepted is "
+                                f"{config.max_upload_pixels} pixels") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise unreadable from None
     width, height = picture.size
