@@ -133,6 +133,19 @@ def write_biggan(folder: Path, output_dim: int = 128, channel_width: int = 128, 
     torch.manual_seed(seed)
     model = biggan(output_dim, channel_width)
     config = model.config
+    # The package leaves the last batch norm's weight and bias uninitialized (torch.Tensor(n)), and
+    # fresh spectral-norm vectors blow up through the layers: set the one as a fresh BatchNorm2d
+    # does and settle the others as training leaves them, so the pictures are finite and the same
+    # in every run (a dream refuses NaN pictures).
+    for module in model.modules():
+        if getattr(module, "conditional", True) is False:
+            torch.nn.init.ones_(module.weight)
+            torch.nn.init.zeros_(module.bias)
+    with torch.no_grad():
+        model.train()
+        for _ in range(10):
+            model(torch.zeros(1, config.z_dim), torch.zeros(1, config.num_classes), 1.0)
+        model.eval()
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(config.__dict__, indent=2))
     torch.save(model.state_dict(), folder / "pytorch_model.bin")

@@ -309,3 +309,64 @@ def test_zoom_mode_enlarges_the_centre_between_iterations(tmp_path):
     expected = before.crop((16, 16, 48, 48)).resize((64, 64), Image.BICUBIC)
     assert np.abs(pixels(dream.picture()) - pixels(expected)).mean() < 4
     assert np.abs(pixels(dream.picture()) - pixels(before)).mean() > 4 * np.abs(pixels(dream.picture()) - pixels(expected)).mean()
+
+
+# -- a dream that goes non-finite -----------------------------------------------------------------
+class NaNAfter:
+    """The built-in guide, until its `after`-th picture embedding: then NaN, as a guide that
+    overflows would give. It reaches the dream through the model cache, as every guide does."""
+
+    def __init__(self, guide, after: int):
+        self.guide, self.after, self.calls = guide, after, 0
+        self.name, self.image_size = guide.name, guide.image_size
+
+    def embed_texts(self, texts):
+        return self.guide.embed_texts(texts)
+
+    def embed_images(self, pixels):
+        self.calls += 1
+        embeddings = self.guide.embed_images(pixels)
+        return embeddings * float("nan") if self.calls > self.after else embeddings
+
+    def to(self, device):
+        return self
+
+
+def _cache_with_guide(guide_of):
+    from reverie.methods.dreaming.guides import load_guide
+    from reverie.models.cache import ModelCache
+
+    models = ModelCache()
+    models.put(("guide", "mini", "cpu"), guide_of(load_guide("mini")))
+    return models
+
+
+def test_a_dream_that_goes_nan_steps_back_and_lowers_its_learning_rate(tmp_path):
+    # BigGAN at an absurd learning rate: its activations overflow and the scores turn NaN at the
+    # third step (the issue's "score nan" and all-black picture).
+    folder = write_biggan(tmp_path / "biggan", output_dim=128, channel_width=16)
+    dream = start_dream(dict(prompt="a dog", generator=str(folder), seed=0, lr=10.0, prior="none", **SMALL))
+    report = dream.run(12, tmp_path / "run")
+    assert report.step == 12 and math.isfinite(report.score)
+    assert dream.recoveries and dream.recoveries[0]["lr"] == pytest.approx(1.0)
+    assert all(math.isfinite(entry["loss"]) for entry in dream.history) and len(dream.history) == 12
+    assert all(torch.isfinite(p).all() for p in dream.generator.trainable().values())
+    assert pixels(Image.open(report.picture)).std() > 1  # a picture, not the black of NaN
+
+
+def test_a_dream_that_stays_nan_stops_with_a_clear_error_and_saves_nothing(tmp_path):
+    from reverie.methods.dreaming.dream import DreamDiverged
+
+    # The guide turns NaN after 5 pictures and stays so: stepping back cannot help.
+    models = _cache_with_guide(lambda guide: NaNAfter(guide, after=5))
+    dream = start_dream(dict(prompt="red apple", seed=0, **SMALL), "cpu", models)
+    with pytest.raises(DreamDiverged, match=r"even after lowering the learning rate to 0\.0002; nothing was saved"):
+        dream.run(20, tmp_path / "run")
+    assert not (tmp_path / "run" / "dream.png").exists()
+    assert [r["lr"] for r in dream.recoveries] == pytest.approx([0.02, 0.002, 0.0002])
+    # A guide that is NaN from the first picture: nothing to step back to.
+    models = _cache_with_guide(lambda guide: NaNAfter(guide, after=0))
+    dream = start_dream(dict(prompt="red apple", seed=0, **SMALL), "cpu", models)
+    with pytest.raises(DreamDiverged, match="not finite from its start"):
+        dream.run(5, tmp_path / "run2")
+    assert not (tmp_path / "run2" / "dream.png").exists()

@@ -255,9 +255,10 @@ def test_not_an_image_is_a_clear_error(studio, tmp_path):
         generate(studio, mode="img2img", prompt="x", init_image=str(bogus), n_samples=1)
 
 
-def test_mask_of_another_shape_is_refused(studio, photo, tmp_path):
-    Image.new("L", (50, 50), 255).save(tmp_path / "m.png")
-    with pytest.raises(ImageInputError, match="same shape"):
+@pytest.mark.parametrize("size", [(50, 50), (44, 36)])  # another shape, or the same shape at half the size
+def test_mask_of_another_size_is_refused(studio, photo, tmp_path, size):
+    Image.new("L", size, 255).save(tmp_path / "m.png")
+    with pytest.raises(ImageInputError, match=f"the mask is {size[0]}x{size[1]} but the image is 88x72; give a mask of the same size"):
         generate(studio, mode="inpaint", prompt="x", init_image=photo, mask_image=str(tmp_path / "m.png"), n_samples=1,
                  width=None, height=None)
 

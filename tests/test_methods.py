@@ -189,6 +189,24 @@ def test_an_image_mode_is_sized_from_its_input_picture_before_any_work(studio, t
     assert [event.stage for event in events] == ["load"]  # no prompt encoded, no step taken
 
 
+def test_every_mode_goes_through_the_memory_check_before_any_work(studio, tmp_path, monkeypatch):
+    monkeypatch.setenv("REVERIE_MEMORY_LIMIT", str(256 * 2**20))
+    large = tmp_path / "large.png"
+    Image.new("RGB", (2048, 1024), "gray").save(large)
+    events = []
+    # upscale: refused naming the largest picture of that shape that fits
+    with pytest.raises(OutOfMemory, match=r"init_image: making this 2048x1024 picture 4 times larger needs about "
+                                          r"[\d.]+ GiB but only 0.2 GiB is free; give at most \d+x\d+ pixels"):
+        studio.run({"mode": "upscale", "init_image": str(large)}, progress=events.append)
+    assert events == []
+    # a dream: its iterations, and the upscale of its saved pictures
+    with pytest.raises(OutOfMemory, match="make the dream smaller"):
+        studio.run({"mode": "dream", "prompt": "x", "width": 1024, "height": 1024, "iterations": 1}, outdir=tmp_path / "d")
+    with pytest.raises(OutOfMemory, match="upscale: making this 256x256 picture 4 times larger"):
+        studio.run({"mode": "dream", "prompt": "x", "generator": "pixels", "width": 256, "height": 256, "upscale": 4,
+                    "iterations": 1, "cutouts": 4}, outdir=tmp_path / "d")
+
+
 # -- upscale keeps the picture's own settings ---------------------------------------------------
 def test_upscale_keeps_the_source_settings_and_adds_the_step(monkeypatch, capsys, tmp_path, studio):
     made = studio.generate(make_request(**FAST, prompt="a green kite", seed=11, n_samples=1), outdir=tmp_path / "made")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import threading
 import time
 
@@ -430,3 +431,162 @@ def test_bad_dream_settings_are_a_4xx_naming_the_field(client, body, field):
     response = client.post("/api/v1/dreams", json=body)
     assert response.status_code == 422, response.text
     assert response.json()["error"]["param"] == field and field in response.json()["error"]["message"]
+
+
+# -- inputs and limits (issue 16) -----------------------------------------------------------------
+def _png(size=(64, 64), mode="RGB", colour=120) -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, size, colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_an_upload_is_refused_from_its_header_before_any_pixel_is_decoded(client):
+    from fuzz_corpus import bomb_png, png_claiming
+
+    # A header claiming 12000x12000 over almost no data: decoded first, it would be "not readable";
+    # refused by its size, the header was read first. The real bomb (140 KB of compressed zeros
+    # that decode to 144 MB) and Pillow's own limit (20000x20000) are refused the same way.
+    for data, said in ((png_claiming(12000, 12000), "is 12000x12000; the largest accepted is 16777216 pixels"),
+                       (bomb_png(12000, 12000), "is 12000x12000"), (png_claiming(20000, 20000), "decompression-bomb")):
+        encoded, png = base64.b64encode(data).decode(), base64.b64encode(_png()).decode()
+        responses = {
+            "init_image": client.post("/api/v1/jobs", json={"prompt": "x", "mode": "img2img", "init_image": encoded}),
+            "mask_image": client.post("/api/v1/jobs", json={"prompt": "x", "mode": "inpaint", "init_image": png, "mask_image": encoded}),
+            "init_images": client.post("/sdapi/v1/img2img", json={"prompt": "x", "init_images": [encoded]}),
+            "mask": client.post("/sdapi/v1/img2img", json={"prompt": "x", "init_images": [png], "mask": encoded}),
+            "image": client.post("/v1/images/edits", files={"image": ("a.png", data, "image/png")}, data={"prompt": "x"}),
+        }
+        responses["mask "] = client.post("/v1/images/edits", data={"prompt": "x"},
+                                         files={"image": ("a.png", _png(mode="RGBA"), "image/png"), "mask": ("m.png", data, "image/png")})
+        for field, response in responses.items():
+            assert response.status_code == 422, (field, response.text)
+            assert response.json()["error"]["param"] == field.strip() and said in response.json()["error"]["message"], response.text
+    assert client.get("/api/v1/jobs").json() == []
+
+
+def test_non_finite_numbers_are_refused_before_anything_is_queued_or_charged(tmp_path):
+    with make_client(tmp_path, multi_user=True, monthly_credits=5) as client:
+        gallery = client.app.state.studio.gallery
+        user = gallery.add_user("nan", "pw")
+        headers = {"Authorization": f"Bearer {gallery.new_api_key(user.id)}", "content-type": "application/json"}
+        for path, body, field in (
+            ("/sdapi/v1/txt2img", '{"prompt": "x", "restore_faces": NaN}', "restore_faces"),
+            ("/sdapi/v1/txt2img", '{"prompt": "x", "override_settings": {"CLIP_stop_at_last_layers": Infinity}}',
+             "override_settings.CLIP_stop_at_last_layers"),
+            ("/sdapi/v1/txt2img", '{"prompt": "x", "cfg_scale": 1e999}', "cfg_scale"),
+            ("/api/v1/jobs", '{"prompt": "x", "steps": -Infinity}', "steps"),
+            ("/v1/images/generations", '{"prompt": "x", "user": [NaN]}', "user.0"),
+        ):
+            response = client.post(path, content=body, headers=headers)
+            assert response.status_code == 422 and response.json()["error"]["param"] == field, response.text
+            assert "must be a finite number" in response.json()["error"]["message"]
+        assert gallery.jobs(user.id) == [] and gallery.ledger(user.id) == []
+
+
+def test_one_prompt_limit_for_every_api(tmp_path):
+    from reverie.server.inputs import MAX_PROMPT_CHARS
+
+    long = "x" * (MAX_PROMPT_CHARS + 1)
+    with make_client(tmp_path, start_worker=False) as client:
+        for path, body, field in (
+            ("/api/v1/jobs", {"prompt": long}, "prompt"), ("/api/v1/jobs", {"prompt": "x", "negative_prompt": long}, "negative_prompt"),
+            ("/api/v1/dreams", {"prompt": long}, "prompt"), ("/sdapi/v1/txt2img", {"prompt": long}, "prompt"),
+            ("/sdapi/v1/txt2img", {"prompt": "x", "negative_prompt": long}, "negative_prompt"),
+            ("/v1/images/generations", {"prompt": long}, "prompt"),
+        ):
+            response = client.post(path, json=body)
+            assert response.status_code == 422 and response.json()["error"]["param"] == field, (path, response.text)
+        edits = client.post("/v1/images/edits", data={"prompt": long}, files={"image": ("a.png", _png(mode="RGBA"), "image/png")})
+        assert edits.status_code == 422 and edits.json()["error"]["param"] == "prompt"
+        assert client.post("/api/v1/jobs", json={"prompt": "x" * MAX_PROMPT_CHARS}).status_code == 202
+
+
+def test_errors_name_the_fields_the_client_sent(client):
+    png = base64.b64encode(_png()).decode()
+    for path, body, field in (
+        ("/sdapi/v1/txt2img", {"prompt": "x", "batch_size": 9}, "batch_size"),  # past the studio's 8 pictures
+        ("/sdapi/v1/txt2img", {"prompt": "x", "batch_size": 65}, "batch_size"),
+        ("/sdapi/v1/txt2img", {"prompt": "x", "sampler_name": "nope"}, "sampler_name"),
+        ("/sdapi/v1/txt2img", {"prompt": "x", "override_settings": {"sd_model_checkpoint": "nope"}}, "sd_model_checkpoint"),
+        ("/sdapi/v1/txt2img", {"prompt": "x", "styles": ["Baroque"]}, "styles"),
+        ("/sdapi/v1/img2img", {"prompt": "x", "init_images": [png], "denoising_strength": 2}, "denoising_strength"),
+        ("/sdapi/v1/img2img", {"prompt": "x", "init_images": [png], "mask": png, "mask_blur": 100}, "mask_blur"),
+        ("/v1/images/generations", {"prompt": "x", "n": 9}, "n"),
+        ("/v1/images/generations", {"prompt": "x", "model": "nope"}, "model"),
+    ):
+        response = client.post(path, json=body)
+        error = response.json()["error"]
+        assert response.status_code == 422 and error["param"] == field and error["message"].startswith(f"{field}: "), response.text
+        assert not re.search(r"\b(n_samples|init_image|mask_image|mask_mode)\b", error["message"]), error
+
+
+def test_a_mask_of_another_size_is_refused_by_every_api(client):
+    png, small = base64.b64encode(_png()).decode(), base64.b64encode(_png((32, 32), "L", 255)).decode()
+    native = client.post("/api/v1/jobs", json={"prompt": "x", "mode": "inpaint", "init_image": png, "mask_image": small})
+    a1111 = client.post("/sdapi/v1/img2img", json={"prompt": "x", "init_images": [png], "mask": small})
+    openai = client.post("/v1/images/edits", data={"prompt": "x", "size": "64x64"},
+                         files={"image": ("a.png", _png(mode="RGBA"), "image/png"), "mask": ("m.png", _png((32, 32), "RGBA"), "image/png")})
+    for response, mask, image in ((native, "mask_image", "init_image"), (a1111, "mask", "init_images"), (openai, "mask", "image")):
+        assert response.status_code == 422 and response.json()["error"]["param"] == mask, response.text
+        assert response.json()["error"]["message"] == (
+            f"{mask}: is 32x32 but {image} is 64x64; give a mask of the same size as the image")
+    assert list((client.app.state.studio.gallery.uploads_dir).iterdir()) == []  # and nothing was kept of them
+
+
+def test_uploads_are_deleted_when_their_job_ends_and_stale_ones_swept_at_start(tmp_path):
+    import os
+
+    png = base64.b64encode(_png()).decode()
+    mask = np.zeros((64, 64), np.uint8)
+    mask[:, 32:] = 255
+    with make_client(tmp_path) as client:
+        uploads = client.app.state.studio.gallery.uploads_dir
+        done = client.post("/api/v1/jobs", json={"mode": "img2img", "prompt": "x", "init_image": png, "n_samples": 1, "steps": 2})
+        assert wait_done(client, done.json()["id"])["status"] == "done"
+        response = client.post("/sdapi/v1/img2img", json={"prompt": "x", "init_images": [png], "mask": png_b64(mask, "L"), "steps": 2,
+                                                          "width": 64, "height": 64})
+        assert response.status_code == 200
+        failed = client.post("/api/v1/jobs", json={"mode": "img2img", "prompt": "a (b", "init_image": png, "n_samples": 1, "steps": 2})
+        assert wait_done(client, failed.json()["id"])["status"] == "failed"
+        assert list(uploads.iterdir()) == []
+    with make_client(tmp_path, start_worker=False) as client:
+        gallery = client.app.state.studio.gallery
+        cancelled = client.post("/api/v1/jobs", json={"mode": "img2img", "prompt": "x", "init_image": png, "steps": 2}).json()
+        assert len(list(uploads.iterdir())) == 1
+        client.delete(f"/api/v1/jobs/{cancelled['id']}")
+        assert list(uploads.iterdir()) == []
+        waiting = client.post("/api/v1/jobs", json={"mode": "img2img", "prompt": "x", "init_image": png, "steps": 2}).json()
+        [kept] = list(uploads.iterdir())
+        other = client.post("/api/v1/jobs", json={"prompt": str(kept), **FAST}).json()
+        client.delete(f"/api/v1/jobs/{other['id']}")
+        assert kept.exists()  # a prompt that names an upload deletes nothing
+        stale, fresh = gallery.save_upload(_png()), gallery.save_upload(_png())
+        two_days_ago = time.time() - 2 * 86400
+        for path in (kept, stale):
+            os.utime(path, (two_days_ago, two_days_ago))
+    with make_client(tmp_path, start_worker=False) as client:  # the server starts again
+        # Old and named by no waiting job: swept. Named by the queued job, or fresh: kept.
+        assert sorted(uploads.iterdir()) == sorted([kept, fresh])
+        assert client.get(f"/api/v1/jobs/{waiting['id']}").json()["status"] == "queued"
+
+
+@pytest.mark.parametrize("method, path, body, headers, status", [
+    ("GET", "/nope", None, {}, 404),
+    ("POST", "/api/v1/nope", b"{}", {"content-type": "application/json"}, 404),
+    ("PUT", "/api/v1/jobs", None, {}, 405),
+    ("POST", "/api/v1/jobs", b"{nope", {"content-type": "application/json"}, 422),
+    ("POST", "/api/v1/jobs", b'{"prompt": "x"}', {"content-type": "text/plain"}, 415),
+    ("POST", "/sdapi/v1/txt2img", b'{"prompt": "x"}', {}, 415),
+    ("POST", "/v1/images/edits", b"broken", {"content-type": "multipart/form-data"}, 400),  # no boundary
+    ("POST", "/api/v1/jobs", b'{"prompt": "' + b"x" * (3 * 2000 + 2**20) + b'"}', {"content-type": "application/json"}, 413),
+])
+def test_routes_methods_and_bodies_answer_in_the_documented_shape(tmp_path, method, path, body, headers, status):
+    with make_client(tmp_path, max_upload_bytes=2000, start_worker=False) as client:
+        response = client.request(method, path, content=body, headers=headers)
+        assert response.status_code == status, response.text
+        error = response.json()["error"]
+        assert error["code"] == status and error["message"] and response.json()["detail"] == error["message"]
+        if status == 413:  # also when the body comes in chunks, with no Content-Length to refuse it by
+            chunks = (b"x" * 65536 for _ in range(40))
+            chunked = client.post(path, content=chunks, headers=headers)
+            assert chunked.status_code == 413 and chunked.json()["error"]["param"] == "body"

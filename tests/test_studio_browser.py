@@ -7,12 +7,15 @@ screen, with the keyboard alone.
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import shutil
 import socket
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -128,11 +131,14 @@ def test_paint_a_mask_and_inpaint(page, server):
     page.mouse.up()
     page.fill("#inpaint-prompt", "a red door")
     before = card_ids(page)
-    page.click("#inpaint-go")
+    with page.expect_request(lambda sent: sent.url.endswith("/api/v1/jobs") and sent.method == "POST") as posted:
+        page.click("#inpaint-go")
     wait_for_new_cards(page, before)
     request = last_job(server)
     assert request["mode"] == "inpaint" and request["prompt"] == "a red door"
-    mask = np.asarray(Image.open(request["mask_image"]).convert("L"))
+    assert not Path(request["mask_image"]).exists()  # the upload went with its finished job
+    painted = json.loads(posted.value.post_data)["mask_image"].partition(",")[2]  # the page's data URL
+    mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(painted))).convert("L"))
     # The stroke went across the middle, left to right; the top rows stay unpainted.
     assert mask[mask.shape[0] // 2, mask.shape[1] // 2] == 255 and mask[: mask.shape[0] // 5].max() == 0
 

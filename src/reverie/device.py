@@ -81,12 +81,16 @@ def estimate_peak_bytes(
     return unet + vae
 
 
-def check_fits(need: int, device: torch.device) -> None:
-    """Refuse, before any work, a request whose estimated peak memory exceeds what is free."""
+GENERATION_ADVICE = ("make the picture smaller (width/height), use fewer samples per batch (n_samples), "
+                     "or turn on VAE tiling (--vae-tiling)")
+
+
+def check_fits(need: int, device: torch.device, advice: str = GENERATION_ADVICE) -> None:
+    """Refuse, before any work, a request whose estimated peak memory exceeds what is free;
+    `advice` says what to change."""
     free = available_memory(device)
     if need > free:
         raise OutOfMemory(
             f"this request needs about {need / 2**30:.1f} GiB on {device.type} but only "
-            f"{free / 2**30:.1f} GiB is free; make the picture smaller (width/height), use fewer "
-            f"samples per batch (n_samples), or turn on VAE tiling (--vae-tiling)"
+            f"{free / 2**30:.1f} GiB is free; {advice}"
         )

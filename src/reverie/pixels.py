@@ -20,12 +20,16 @@ def to_tensor(pictures: Image.Image | list[Image.Image], low: float = 0.0, high:
     return tensor * ((high - low) / 255.0) + low
 
 
+def to_levels(tensor: torch.Tensor, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
+    """float values in [low, high] -> uint8 levels, clamped and rounded to the nearest."""
+    return ((tensor.detach().float().cpu() - low) * (255.0 / (high - low))).clamp(0, 255).round().to(torch.uint8)
+
+
 def to_pictures(tensor: torch.Tensor, low: float = 0.0, high: float = 1.0) -> list[Image.Image]:
     """float [N, 3, H, W] (or [3, H, W]) in [low, high] -> 8-bit RGB pictures."""
-    tensor = tensor.detach().float().cpu()
     if tensor.dim() == 3:
         tensor = tensor[None]
-    levels = ((tensor - low) * (255.0 / (high - low))).clamp(0, 255).round().to(torch.uint8)
+    levels = to_levels(tensor, low, high)
     return [Image.fromarray(array) for array in levels.permute(0, 2, 3, 1).numpy()]
 
 

@@ -27,6 +27,7 @@ from ..outputs.files import atomic_write
 from .credits import GrantSchedule, balance_in, grant_due
 from .db import DATABASE_FILE, open_database
 from .models import ApiKey, Image, Job, LedgerEntry, Session, User, utcnow
+from .uploads import STALE_AFTER_S, delete_uploads, sweep_uploads
 
 LOCAL_USER = "local"
 MAX_ATTEMPTS = 2  # a job that was running when the process died is re-run once, then failed
@@ -232,6 +233,8 @@ class Gallery:
             job.status, job.error, job.finished = status, error, utcnow()
             if status != "done" and job.charged:
                 db.add(LedgerEntry(user_id=job.user_id, amount=job.charged, reason="refund", job_id=job.id, note=status))
+            request = job.request_json
+        delete_uploads(self.uploads_dir, request)  # the pictures it was given are no longer needed
 
     def requeue(self, job_id: str) -> None:
         """Put a running job back in the queue without counting the attempt (the server stopped
@@ -368,6 +371,12 @@ class Gallery:
         path = self.uploads_dir / f"{uuid.uuid4().hex}{suffix}"
         path.write_bytes(data)
         return path
+
+    def sweep_uploads(self, max_age_s: float = STALE_AFTER_S) -> list[Path]:
+        """Delete stale uploads no queued or running job names (see gallery/uploads.py)."""
+        with self.session() as db:
+            active = list(db.scalars(select(Job.request_json).where(Job.status.in_(ACTIVE))))
+        return sweep_uploads(self.uploads_dir, active, max_age_s)
 
 
 __all__ = ["Gallery", "QueueFull", "NoCredit", "NotFound", "FINAL"]

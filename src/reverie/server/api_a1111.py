@@ -19,18 +19,30 @@ from starlette.concurrency import run_in_threadpool
 from ..errors import BadRequest
 from ..gallery.models import User
 from ..outputs.metadata import read_png_info
-from .state import StudioState, current_user, get_state, store_image_bytes, decode_base64_image
+from .inputs import MAX_PROMPT_CHARS, StrictJSONRoute, client_names
+from .state import StudioState, check_mask_size, checked_picture, current_user, decode_base64_image, get_state, save_picture
 from .submit import submit_job
 
-router = APIRouter(prefix="/sdapi/v1", tags=["a1111"])
+router = APIRouter(prefix="/sdapi/v1", tags=["a1111"], route_class=StrictJSONRoute)
+
+# A1111's field -> the reverie request field it becomes. `_fields` builds requests by it, and
+# errors about a request field name the A1111 field the client sent (CLIENT_NAMES, its inverse).
+FIELDS = {
+    "prompt": "prompt", "negative_prompt": "negative_prompt", "seed": "seed", "sampler_name": "sampler",
+    "batch_size": "n_samples", "n_iter": "n_iter", "steps": "steps", "cfg_scale": "cfg_scale", "width": "width",
+    "height": "height", "sd_model_checkpoint": "model", "styles": "style", "init_images": "init_image",
+    "denoising_strength": "strength", "mask": "mask_image", "mask_blur": "mask_blur",
+    "inpainting_mask_invert": "mask_mode",
+}
+CLIENT_NAMES = {ours: theirs for theirs, ours in FIELDS.items()}
 
 
 class A1111Common(BaseModel):
     # A1111 clients send many fields reverie has no use for (restore_faces, tiling, ...): accepted, ignored.
     model_config = ConfigDict(extra="allow")
 
-    prompt: str = ""
-    negative_prompt: str = ""
+    prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
     styles: list[str] = Field(default_factory=list)
     seed: int = -1
     sampler_name: str | None = None
@@ -57,14 +69,13 @@ class Img2ImgBody(A1111Common):
     inpainting_mask_invert: int = 0
 
 
-def _fields(body: A1111Common, state: StudioState, user: User) -> dict:
+def _fields(body: A1111Common, state: StudioState, user: User, **sent) -> dict:
+    """The reverie request for `body` (and the image fields in `sent`), by FIELDS."""
     model = body.override_settings.get("sd_model_checkpoint") or state.options.get(user.id, {}).get("sd_model_checkpoint")
-    return {
-        "prompt": body.prompt, "negative_prompt": body.negative_prompt, "seed": body.seed,
-        "sampler": body.sampler_name or body.sampler_index, "n_samples": body.batch_size, "n_iter": body.n_iter,
-        "steps": body.steps, "cfg_scale": body.cfg_scale, "width": body.width, "height": body.height,
-        "model": model, "upscale": 1,
-    }
+    sent = {name: getattr(body, name) for name in ("prompt", "negative_prompt", "seed", "batch_size", "n_iter", "steps",
+                                                 "cfg_scale", "width", "height")} | {
+        "sampler_name": body.sampler_name or body.sampler_index, "sd_model_checkpoint": model} | sent
+    return {FIELDS[name]: value for name, value in sent.items()} | {"upscale": 1}
 
 
 async def _submit(state: StudioState, user: User, fields: dict, styles: list[str]):
@@ -103,26 +114,37 @@ def _response(state: StudioState, job, body: A1111Common) -> dict:
 
 @router.post("/txt2img")
 async def txt2img(body: Txt2ImgBody, state: StudioState = Depends(get_state), user: User = Depends(current_user)):
-    job = await _submit(state, user, _fields(body, state, user) | {"mode": "txt2img"}, body.styles)
+    with client_names(CLIENT_NAMES):
+        job = await _submit(state, user, _fields(body, state, user) | {"mode": "txt2img"}, body.styles)
     return await run_in_threadpool(_response, state, job, body)
 
 
-def _picture(state: StudioState, value: str, field: str, mode: str):
-    return store_image_bytes(state, decode_base64_image(value, field), field, mode)
+def _picture(state: StudioState, value: str, field: str):
+    return checked_picture(state, decode_base64_image(value, field, state.config.max_upload_bytes), field)
 
 
 @router.post("/img2img")
 async def img2img(body: Img2ImgBody, state: StudioState = Depends(get_state), user: User = Depends(current_user)):
     if not body.init_images:
         raise BadRequest("init_images", "give one base64 picture to start from")
-    init = await run_in_threadpool(_picture, state, body.init_images[0], "init_images", "RGB")
-    fields = _fields(body, state, user) | {"mode": "img2img", "init_image": str(init), "strength": body.denoising_strength}
-    if body.mask:
-        mask = await run_in_threadpool(_picture, state, body.mask, "mask", "L")
-        fields |= {"mode": "inpaint", "mask_image": str(mask), "mask_blur": body.mask_blur,
-                   "mask_mode": "black" if body.inpainting_mask_invert else "white"}
-    job = await _submit(state, user, fields, body.styles)
+    sent = await run_in_threadpool(_stored_pictures, state, body)
+    fields = _fields(body, state, user, **sent) | {"mode": "inpaint" if "mask" in sent else "img2img"}
+    with client_names(CLIENT_NAMES):
+        job = await _submit(state, user, fields, body.styles)
     return await run_in_threadpool(_response, state, job, body)
+
+
+def _stored_pictures(state: StudioState, body: Img2ImgBody) -> dict:
+    """The A1111 image fields of `body`, its pictures checked (both before either is stored) and stored."""
+    init = _picture(state, body.init_images[0], "init_images")
+    mask = _picture(state, body.mask, "mask") if body.mask else None
+    if mask is not None:
+        check_mask_size(init.size, mask.size, "init_images", "mask")
+    sent = {"init_images": str(save_picture(state, init, "RGB")), "denoising_strength": body.denoising_strength}
+    if mask is not None:
+        sent |= {"mask": str(save_picture(state, mask, "L")), "mask_blur": body.mask_blur,
+                 "inpainting_mask_invert": "black" if body.inpainting_mask_invert else "white"}
+    return sent
 
 
 @router.get("/progress")

@@ -11,11 +11,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from ..gallery.models import User
+from .inputs import MAX_PROMPT_CHARS, StrictJSONRoute
 from .jobs import ServerStopping
-from .state import SESSION_COOKIE, StudioState, Unauthorized, current_user, get_state, password_user, resolve_image
+from .state import (SESSION_COOKIE, StudioState, Unauthorized, current_user, get_state, password_user,
+                    refused_uploads_deleted, resolve_image)
 from .submit import image_view, job_view, submit_job
 
-router = APIRouter(prefix="/api/v1", tags=["native"])
+router = APIRouter(prefix="/api/v1", tags=["native"], route_class=StrictJSONRoute)
 
 
 class GenerateBody(BaseModel):
@@ -25,8 +27,8 @@ class GenerateBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     mode: str = "txt2img"
-    prompt: str | None = Field(None, max_length=4000)
-    negative_prompt: str | None = Field(None, max_length=4000)
+    prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
+    negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
     style: str | None = None
     model: str | None = None
     width: int | None = None
@@ -55,7 +57,7 @@ class DreamBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str = Field(..., max_length=4000)
+    prompt: str = Field(..., max_length=MAX_PROMPT_CHARS)
     generator: str | None = None
     width: int | None = None
     height: int | None = None
@@ -79,10 +81,11 @@ class LoginBody(BaseModel):
 
 @router.post("/jobs", status_code=202, summary="Queue a job for any mode (txt2img, img2img, variations, inpaint, outpaint, upscale, ...)")
 def create_job(body: GenerateBody, state: StudioState = Depends(get_state), user: User = Depends(current_user)):
-    fields = body.model_dump(exclude={"style"})
-    for name in ("init_image", "mask_image"):
-        fields[name] = resolve_image(state, user, fields[name], name)
-    return job_view(state, submit_job(state, user, fields, body.style))
+    fields, stored = body.model_dump(exclude={"style"}), {}
+    with refused_uploads_deleted(state, stored):  # the init image, when the mask is refused
+        for name in ("init_image", "mask_image"):
+            stored[name] = resolve_image(state, user, fields[name], name)
+    return job_view(state, submit_job(state, user, fields | stored, body.style))
 
 
 @router.post("/dreams", status_code=202, summary="Queue a dream (CLIP-steered, built-in generator and guide)")

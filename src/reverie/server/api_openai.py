@@ -13,28 +13,32 @@ blocking steps (checking pictures, the database) run in the thread pool.
 from __future__ import annotations
 
 import base64
-import io
 import time
 from typing import Literal
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
-from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import BadRequest
 from ..gallery.models import User
-from .state import StudioState, current_user, get_state, store_image_bytes
+from .inputs import MAX_PROMPT_CHARS, StrictJSONRoute, client_names
+from .state import StudioState, check_mask_size, checked_picture, current_user, get_state, save_picture
 from .submit import submit_job
 
-router = APIRouter(prefix="/v1/images", tags=["openai"])
+router = APIRouter(prefix="/v1/images", tags=["openai"], route_class=StrictJSONRoute)
 SIZES = ("64x64", "128x128", "256x256", "512x512", "768x768", "1024x1024")
+# OpenAI's field -> the reverie request fields it becomes. `_fields` builds requests by it, and
+# errors about a request field name the OpenAI field the client sent (CLIENT_NAMES, its inverse).
+FIELDS = {"prompt": ("prompt",), "n": ("n_samples",), "image": ("init_image",), "mask": ("mask_image",),
+          "model": ("model",), "size": ("width", "height", "upscale")}
+CLIENT_NAMES = {ours: theirs for theirs, fields in FIELDS.items() for ours in fields}
 
 
 class GenerationsBody(BaseModel):
     model_config = ConfigDict(extra="allow")  # quality, style, user: accepted
 
-    prompt: str = Field(..., min_length=1, max_length=4000)
+    prompt: str = Field(..., min_length=1, max_length=MAX_PROMPT_CHARS)
     n: int = Field(1, ge=1, le=10)
     size: str = "256x256"
     response_format: Literal["url", "b64_json"] = "url"
@@ -76,6 +80,15 @@ def _respond(state: StudioState, request: Request, job, response_format: str) ->
     return {"created": int(time.time()), "data": data}
 
 
+def _fields(mode: str, **sent) -> dict:
+    """The reverie request for what an OpenAI client sent (`size` as (width, height, upscale)), by FIELDS."""
+    fields = {"mode": mode}
+    for name, value in sent.items():
+        values = value if name == "size" else (value,)
+        fields |= dict(zip(FIELDS[name], values))
+    return fields
+
+
 async def _run(state: StudioState, user: User, fields: dict):
     job = await run_in_threadpool(submit_job, state, user, fields)
     job = await state.runner.finished(job.id, state.config.sync_timeout_s)
@@ -88,18 +101,10 @@ async def _run(state: StudioState, user: User, fields: dict):
 async def generations(body: GenerationsBody, request: Request, state: StudioState = Depends(get_state),
                       user: User = Depends(current_user)):
     model = _model_name(body.model)
-    width, height, upscale = await run_in_threadpool(_base_size, state, body.size, model)
-    job = await _run(state, user, {"mode": "txt2img", "prompt": body.prompt, "n_samples": body.n, "width": width,
-                                   "height": height, "upscale": upscale, "model": model})
+    with client_names(CLIENT_NAMES):
+        size = await run_in_threadpool(_base_size, state, body.size, model)
+        job = await _run(state, user, _fields("txt2img", prompt=body.prompt, n=body.n, size=size, model=model))
     return await run_in_threadpool(_respond, state, request, job, body.response_format)
-
-
-def _size_of(data: bytes) -> tuple[int, int] | None:
-    try:
-        with Image.open(io.BytesIO(data)) as picture:
-            return picture.size
-    except (OSError, SyntaxError, ValueError):
-        return None  # store_image_bytes says what is wrong with it
 
 
 async def _read(upload: UploadFile, limit: int) -> bytes:
@@ -107,23 +112,30 @@ async def _read(upload: UploadFile, limit: int) -> bytes:
 
 
 @router.post("/edits")
-async def edits(request: Request, image: UploadFile = File(...), prompt: str = Form(..., min_length=1, max_length=4000),
+async def edits(request: Request, image: UploadFile = File(...), prompt: str = Form(..., min_length=1, max_length=MAX_PROMPT_CHARS),
                 mask: UploadFile | None = File(None), n: int = Form(1, ge=1, le=10), size: str = Form("256x256"),
                 response_format: Literal["url", "b64_json"] = Form("url"), model: str | None = Form(None),
                 state: StudioState = Depends(get_state), user: User = Depends(current_user)):
     limit = state.config.max_upload_bytes
-    image_bytes = await _read(image, limit)
     side = _side(size)
+    image_bytes = await _read(image, limit)
     mask_bytes = await _read(mask, limit) if mask else None
-    if mask_bytes is not None and _size_of(mask_bytes) != _size_of(image_bytes):
-        width, height = _size_of(image_bytes)
-        raise BadRequest("mask", f"must be the same size as the image ({width}x{height})")
-    init = await run_in_threadpool(store_image_bytes, state, image_bytes, "image", size=(side, side))
-    mask_path = await run_in_threadpool(store_image_bytes, state, mask_bytes, "mask", size=(side, side)) \
-        if mask_bytes is not None else init
-    job = await _run(state, user, {"mode": "inpaint", "prompt": prompt, "init_image": str(init), "mask_image": str(mask_path),
-                                   "mask_mode": "transparent", "n_samples": n, "model": _model_name(model)})
+    init, mask_path = await run_in_threadpool(_stored_pictures, state, image_bytes, mask_bytes, side)
+    with client_names(CLIENT_NAMES):
+        job = await _run(state, user, _fields("inpaint", prompt=prompt, image=str(init), mask=str(mask_path), n=n,
+                                              model=_model_name(model)) | {"mask_mode": "transparent"})
     return await run_in_threadpool(_respond, state, request, job, response_format)
+
+
+def _stored_pictures(state: StudioState, image_bytes: bytes, mask_bytes: bytes | None, side: int):
+    """(image, mask) paths at `side`; both pictures are checked (from their headers first) before
+    either is stored. Without a mask, the image's own transparency is the mask."""
+    picture = checked_picture(state, image_bytes, "image")
+    mask_picture = checked_picture(state, mask_bytes, "mask") if mask_bytes is not None else None
+    if mask_picture is not None:
+        check_mask_size(picture.size, mask_picture.size, "image", "mask")
+    init = save_picture(state, picture, size=(side, side))
+    return init, save_picture(state, mask_picture, size=(side, side)) if mask_picture is not None else init
 
 
 @router.post("/variations")
@@ -133,7 +145,7 @@ async def variations(request: Request, image: UploadFile = File(...), n: int = F
                      user: User = Depends(current_user)):
     side = _side(size)
     data = await _read(image, state.config.max_upload_bytes)
-    init = await run_in_threadpool(store_image_bytes, state, data, "image", "RGB", (side, side))
-    job = await _run(state, user, {"mode": "variations", "prompt": "", "init_image": str(init), "n_samples": n,
-                                   "model": _model_name(model)})
+    init = await run_in_threadpool(lambda: save_picture(state, checked_picture(state, data, "image"), "RGB", (side, side)))
+    with client_names(CLIENT_NAMES):
+        job = await _run(state, user, _fields("variations", prompt="", image=str(init), n=n, model=_model_name(model)))
     return await run_in_threadpool(_respond, state, request, job, response_format)

@@ -14,10 +14,11 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import Depends, FastAPI, HTTPException
+from fastapi import Depends, FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..errors import BadCheckpoint, BadRequest, ImageInputError, ModelNotFound, PromptSyntaxError, ReverieError
@@ -33,8 +34,15 @@ from .state import StudioState, Unauthorized, load_secret
 STATIC = Path(__file__).resolve().parent / "static"
 
 
+MAX_MESSAGE_CHARS = 1000  # a message quoting a huge input is cut: an error never echoes megabytes back
+
+
 def _error(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error",
            headers: dict | None = None) -> JSONResponse:
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[:MAX_MESSAGE_CHARS] + "..."
+    if param and len(param) > MAX_MESSAGE_CHARS // 5:  # a field name the client made up
+        param = param[: MAX_MESSAGE_CHARS // 5] + "..."
     body = {"error": {"message": message, "type": kind, "param": param, "code": status}, "detail": message}
     return JSONResponse(body, status_code=status, headers=headers)
 
@@ -94,12 +102,20 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def _timeout(_request, exc: JobTimeout):
         return _error(504, str(exc), None, "timeout")
 
-    @app.exception_handler(HTTPException)
-    async def _http(_request, exc: HTTPException):
+    # Starlette's own (an unknown route, a method a route does not take, a broken multipart
+    # form) as well as FastAPI's and ours: all in the documented shape.
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request, exc: StarletteHTTPException):
         detail = exc.detail
         if isinstance(detail, dict):
-            return _error(exc.status_code, f"{detail.get('field')}: {detail.get('message')}", detail.get("field"))
-        return _error(exc.status_code, str(detail), None)
+            return _error(exc.status_code, f"{detail.get('field')}: {detail.get('message')}", detail.get("field"),
+                          headers=exc.headers)
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = f"no such route: {request.method} {request.url.path} (the APIs are under /api/v1, /sdapi/v1 and /v1/images)"
+        elif exc.status_code == 405:
+            detail = f"{request.url.path} does not take {request.method}"
+        kind = "not_found" if exc.status_code == 404 else "invalid_request_error"
+        return _error(exc.status_code, str(detail), None, kind, exc.headers)
 
     @app.exception_handler(ReverieError)
     async def _reverie(_request, exc: ReverieError):
@@ -126,6 +142,7 @@ def create_app(config: ServerConfig | None = None, studio=None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
+        gallery.sweep_uploads()  # what a crash left behind: a day old and no waiting job's
         if config.start_worker:
             state.runner.start()
         yield

@@ -14,9 +14,11 @@ import io
 import secrets
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Iterator
 
 from fastapi import Depends, HTTPException, Request
 from PIL import Image, UnidentifiedImageError
@@ -132,32 +134,54 @@ def current_user(request: Request, state: StudioState = Depends(get_state)) -> U
 
 
 # -- image inputs ---------------------------------------------------------------------------------
-def decode_base64_image(value: str, field: str) -> bytes:
-    """Bytes of a base64 image, with or without a `data:image/...;base64,` prefix."""
+UPLOAD_FORMATS = ("PNG", "JPEG", "WEBP")  # what an upload may be: none of Pillow's other readers see client data
+
+
+def decode_base64_image(value: str, field: str, max_bytes: int | None = None) -> bytes:
+    """Bytes of a base64 image, with or without a `data:image/...;base64,` prefix; data that
+    would decode to more than `max_bytes` is refused before it is decoded."""
+    if not isinstance(value, str):
+        raise BadRequest(field, "must be base64 image data (a string)")
     if value.startswith("data:"):
         value = value.partition(",")[2]
+    if max_bytes is not None and len(value) * 3 // 4 > max_bytes + 3:
+        raise HTTPException(413, detail={"field": field, "message": f"is larger than {max_bytes // 2**20} MiB"})
     try:
         return base64.b64decode(value, validate=False)
     except (binascii.Error, ValueError):
         raise BadRequest(field, "is not valid base64 image data") from None
 
 
-def store_image_bytes(state: StudioState, data: bytes, field: str, mode: str | None = None,
-                      size: tuple[int, int] | None = None) -> Path:
-    """Check that `data` is a picture within limits and store it as a PNG upload (in `mode`, at
-    `size`, when given; transparency is kept otherwise); returns its path."""
+def checked_picture(state: StudioState, data: bytes, field: str) -> Image.Image:
+    """The picture in `data`, decoded only once its header says it is within the limits: a small
+    file claiming a huge size (a decompression bomb) is refused before any pixel is decoded."""
     config = state.config
     if len(data) > config.max_upload_bytes:
         raise HTTPException(413, detail={"field": field, "message": f"is larger than {config.max_upload_bytes // 2**20} MiB"})
+    unreadable = BadRequest(field, "is not a readable image (PNG, JPEG or WebP)")
     try:
-        with Image.open(io.BytesIO(data)) as probe:
+        picture = Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS)  # reads the header only
+    except Image.DecompressionBombError:  # Pillow's own guard, far above ours: kept as a second net
+        raise BadRequest(field, "claims a size past Pillow's decompression-bomb limit; the largest accepted is "
+                                f"{config.max_upload_pixels} pixels") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        raise unreadable from None
+    width, height = picture.size
+    if width * height > config.max_upload_pixels:
+        raise BadRequest(field, f"is {width}x{height}; the largest accepted is {config.max_upload_pixels} pixels")
+    try:
+        with Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS) as probe:
             probe.verify()
-        picture = Image.open(io.BytesIO(data))
         picture.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-        raise BadRequest(field, "is not a readable image (PNG, JPEG or WebP)") from None
-    if picture.width * picture.height > config.max_upload_pixels:
-        raise BadRequest(field, f"is {picture.width}x{picture.height}; the largest accepted is {config.max_upload_pixels} pixels")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        raise unreadable from None
+    return picture
+
+
+def save_picture(state: StudioState, picture: Image.Image, mode: str | None = None,
+                 size: tuple[int, int] | None = None) -> Path:
+    """Store a checked picture as a PNG upload (in `mode`, at `size`, when given; transparency
+    is kept otherwise); returns its path."""
     if mode:
         picture = picture.convert(mode)
     elif picture.mode not in ("RGB", "RGBA", "L"):
@@ -167,6 +191,40 @@ def store_image_bytes(state: StudioState, data: bytes, field: str, mode: str | N
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
     return state.gallery.save_upload(buffer.getvalue())
+
+
+def store_image_bytes(state: StudioState, data: bytes, field: str, mode: str | None = None,
+                      size: tuple[int, int] | None = None) -> Path:
+    """Check that `data` is a picture within limits (`checked_picture`) and store it
+    (`save_picture`); returns its path."""
+    return save_picture(state, checked_picture(state, data, field), mode, size)
+
+
+def check_mask_size(image: tuple[int, int], mask: tuple[int, int], image_field: str, mask_field: str) -> None:
+    """The one rule for masks, in every API: a mask has its image's size (as DALL-E 2 asks);
+    one of another size is refused rather than stretched over the picture."""
+    if tuple(mask) != tuple(image):
+        raise BadRequest(mask_field, f"is {mask[0]}x{mask[1]} but {image_field} is {image[0]}x{image[1]}; "
+                                     "give a mask of the same size as the image")
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """The size of a picture the server stored or made (read from its header)."""
+    with Image.open(path) as picture:
+        return picture.size
+
+
+@contextmanager
+def refused_uploads_deleted(state: StudioState, fields: dict) -> Iterator[None]:
+    """When the block fails, the uploads named in `fields` are deleted (never a gallery
+    picture): a refused request leaves nothing behind."""
+    from ..gallery.uploads import delete_uploads
+
+    try:
+        yield
+    except BaseException:
+        delete_uploads(state.gallery.uploads_dir, fields)
+        raise
 
 
 def resolve_image(state: StudioState, user: User, value: str | None, field: str) -> str | None:
@@ -179,7 +237,7 @@ def resolve_image(state: StudioState, user: User, value: str | None, field: str)
         except NotFound:
             raise BadRequest(field, f"no picture {value[len('image:'):]} in your gallery") from None
         return str(state.gallery.image_path(image))
-    return str(store_image_bytes(state, decode_base64_image(value, field), field))
+    return str(store_image_bytes(state, decode_base64_image(value, field, state.config.max_upload_bytes), field))
 
 
 def check_model(state: StudioState, model: str | None) -> str | None:

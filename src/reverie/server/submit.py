@@ -12,7 +12,8 @@ from ..errors import BadRequest
 from ..gallery.models import Job, User
 from ..prompts.styles import apply_style
 from ..studio import make_request, request_fields
-from .state import StudioState, check_model
+from .inputs import check_prompts
+from .state import StudioState, check_mask_size, check_model, image_size, refused_uploads_deleted
 
 # What a studio request may name, where the CLI can name files: the server never takes a path
 # from a client. {field: allowed values}; fields not listed here are checked by the request itself.
@@ -41,8 +42,14 @@ def _check_choices(fields: dict) -> None:
 
 def submit_job(state: StudioState, user: User, fields: dict, style: str | None = None) -> Job:
     """Validate `fields` as the request of the method their `mode` names (plus a style preset),
-    check the studio's own limits, and queue it, charged."""
+    check the studio's own limits, and queue it, charged. A refused request's uploads are deleted."""
+    with refused_uploads_deleted(state, fields):
+        return _submit(state, user, fields, style)
+
+
+def _submit(state: StudioState, user: User, fields: dict, style: str | None) -> Job:
     fields = {k: v for k, v in fields.items() if v is not None}
+    check_prompts(fields)
     _check_choices(fields)
     if style:
         fields["prompt"], fields["negative_prompt"] = apply_style(style, fields.get("prompt", ""), fields.get("negative_prompt", ""))
@@ -57,6 +64,8 @@ def submit_job(state: StudioState, user: User, fields: dict, style: str | None =
         raise BadRequest("rerank", f"at most {limit * CANDIDATES_PER_PICTURE} candidates per request (n_samples x n_iter x rerank)")
     if getattr(request, "iterations", 0) > MAX_ITERATIONS:
         raise BadRequest("iterations", f"at most {MAX_ITERATIONS} iterations per dream in the studio")
+    if request.mode == "inpaint":
+        check_mask_size(image_size(request.init_image), image_size(request.mask_image), "init_image", "mask_image")
     job = state.gallery.add_job(user.id, request.mode, request.settings(), state.config.queue_capacity, _cost(state),
                                 state.credits.schedule, state.now())
     state.runner.wake()

@@ -9,8 +9,10 @@ A run folder holds everything needed to continue:
 
 from __future__ import annotations
 
+import copy
 import json
 import math
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +20,8 @@ import torch
 from PIL import Image
 
 from ... import __version__
-from ...errors import BadCheckpoint, BadRequest, ModelNotFound
+from ...device import check_fits
+from ...errors import BadCheckpoint, BadRequest, ModelNotFound, ReverieError
 from ...models.cache import ModelCache
 from ...models.components import ModelComponents
 from ...outputs.files import atomic_write, write_text
@@ -27,7 +30,7 @@ from ...pixels import to_picture, to_tensor
 from ...progress import Progress, ProgressEvent
 from ...result import GeneratedImage, Result
 from ..diffusion.run import diffusion_model
-from ..upscale.pictures import upscaled
+from ..upscale.pictures import check_upscale_fits, upscaled
 from .cutouts import CutoutSettings
 from .guides import load_guide
 from .objective import Target, clean_scores, dream_loss, image_target, text_targets, total_variation
@@ -41,6 +44,13 @@ SETTINGS_FILE, STATE_FILE, PICTURE_FILE, SNAPSHOTS = "dream.json", "state.pt", "
 FIXED_ON_CONTINUE = ("generator", "width", "height", "seed", "truncation")
 SMOOTHING = 0.9  # of the loss that --patience watches; single iterations are noisy (random cutouts)
 MIN_IMPROVEMENT = 1e-4
+MAX_RECOVERIES = 3  # times a dream that went non-finite steps back and lowers its learning rate
+LR_CUT = 0.1  # ... by this factor each time
+CHECKPOINT_EVERY, KEPT_STATES = 10, 3  # steps between the finite states kept to step back to; how many
+
+
+class DreamDiverged(ReverieError):
+    """A dream's loss, scores or tensors became NaN or infinite and stepping back did not help."""
 
 
 @dataclass
@@ -77,6 +87,7 @@ class Dream:
             network.to(self.device)
         self.generator = build_generator(self.kind, network, request.height, request.width, self.rng,
                                          request.truncation).to(self.device)
+        self._check_memory(network, prior_model is not None)
         self.guides = [self.models.get(("guide", ref, str(self.device)), lambda ref=ref: load_guide(ref).to(self.device))
                        for ref in request.guides]
         if request.init_image is not None:
@@ -91,6 +102,10 @@ class Dream:
         self.optimizer = self._optimizer()
         self.step, self.smoothed, self.best, self.since_best = 0, math.nan, math.inf, 0
         self.history: list[dict] = []
+        self.recoveries: list[dict] = []  # where the dream went non-finite and stepped back (see `iterate`)
+        self._finite_states: deque[dict] = deque(maxlen=KEPT_STATES)  # what stepping back can return to
+        self._stepped_back_to: dict | None = None
+        self._recoveries_left = MAX_RECOVERIES  # in this run
         self.cutouts = CutoutSettings(request.cutouts, request.cut_power, request.augment, request.noise)
 
     # -- set-up ----------------------------------------------------------------------------
@@ -118,6 +133,15 @@ class Dream:
             raise BadRequest("prior", f"{reference} is an inpainting model; give a text-to-image model as the prior")
         return components
 
+    def _check_memory(self, network, prior: bool) -> None:
+        """Refuse, before any iteration, a dream whose iterations would not fit in free memory
+        (a deliberately generous estimate for the built-in networks), and its saved pictures'
+        upscale too."""
+        request = self.request
+        check_fits(dream_peak_bytes(network, request.width, request.height, request.cutouts, len(request.guides), prior),
+                   self.device, "make the dream smaller (width/height) or use fewer cutouts")
+        check_upscale_fits((request.width, request.height), request.upscale, "upscale")
+
     def _optimizer(self) -> torch.optim.Optimizer:
         lr = self.request.lr or self.generator.default_lr
         optimizer = getattr(torch.optim, OPTIMIZERS[self.request.optimizer])
@@ -126,7 +150,10 @@ class Dream:
     # -- running ---------------------------------------------------------------------------
     def picture(self) -> Image.Image:
         with torch.no_grad():
-            return to_picture(self.generator())
+            pixels = self.generator()
+        if not torch.isfinite(pixels).all():  # a last net: NaN would be saved as black
+            raise DreamDiverged("the dream's picture is not finite (NaN); nothing was saved")
+        return to_picture(pixels)
 
     def shown(self, picture: Image.Image) -> Image.Image:
         """A picture as the dream saves it: `upscale` times larger, by the built-in upscaler."""
@@ -139,7 +166,23 @@ class Dream:
             return clean_scores(self.generator(), self.guides, texts)
 
     def iterate(self) -> tuple[float, float]:
-        """One optimizer step; returns (loss, score)."""
+        """One optimizer step; returns (loss, score).
+
+        A step whose loss or score is not finite, whose gradients are not, or that leaves the
+        generator's tensors non-finite is undone: the dream steps back to its last finite state
+        kept (one every CHECKPOINT_EVERY steps; further back when it fails again before the next)
+        and goes on with a learning rate ten times lower. After MAX_RECOVERIES of those it stops
+        with DreamDiverged; it never goes on from (or saves) a non-finite state.
+        """
+        while True:
+            outcome = self._try_step()
+            if isinstance(outcome, tuple):
+                return outcome
+            self._recover(outcome)
+
+    def _try_step(self) -> tuple[float, float] | str:
+        """(loss, score) of a finite step taken, or what went non-finite (the step not taken,
+        or undone)."""
         if self.request.zoom and self.step and self.step % self.request.zoom_every == 0:
             self._zoom()
         self.optimizer.zero_grad(set_to_none=True)
@@ -150,11 +193,19 @@ class Dream:
             loss = loss + self.request.prior_weight * self.prior.loss(pixels, self.rng, latents)
         if self.request.smoothness:
             loss = loss + self.request.smoothness * total_variation(pixels)
+        value = float(loss.detach())
+        if not (math.isfinite(value) and math.isfinite(score)):
+            return "the loss"
+        if not self._finite_states or self.step - self._finite_states[-1]["step"] >= CHECKPOINT_EVERY:
+            self._finite_states.append(self._checkpoint())  # this state gave a finite loss
         loss.backward()
+        if not all(torch.isfinite(p.grad).all() for p in self.generator.trainable().values() if p.grad is not None):
+            return "the gradients"
         self.optimizer.step()
         self.generator.after_step()
+        if not all(torch.isfinite(p).all() for p in self.generator.trainable().values()):
+            return "the generator's tensors"
         self.step += 1
-        value = float(loss.detach())
         self.smoothed = value if math.isnan(self.smoothed) else SMOOTHING * self.smoothed + (1 - SMOOTHING) * value
         if self.smoothed < self.best - MIN_IMPROVEMENT:
             self.best, self.since_best = self.smoothed, 0
@@ -162,6 +213,40 @@ class Dream:
             self.since_best += 1
         self.history.append({"step": self.step, "loss": round(value, 6), "score": round(score, 6)})
         return value, score
+
+    def _checkpoint(self) -> dict:
+        """What stepping back restores: the tensors, the optimizer, the randomness, the counters."""
+        return {"params": {name: p.detach().clone() for name, p in self.generator.trainable().items()},
+                "optimizer": copy.deepcopy(self.optimizer.state_dict()), "rng": self.rng.get_state(),
+                "step": self.step, "patience": (self.smoothed, self.best, self.since_best), "history": len(self.history)}
+
+    def _recover(self, what: str) -> None:
+        """Step back to a finite state with a ten times lower learning rate, or give up."""
+        lr = self.optimizer.param_groups[0]["lr"]
+        if not self._finite_states:
+            raise DreamDiverged(
+                f"the dream is not finite from its start ({what} is NaN or infinite before any step): the "
+                f"generator or a guide gives NaN for this request; nothing was saved")
+        if self._recoveries_left == 0:
+            raise DreamDiverged(
+                f"the dream went non-finite ({what} became NaN or infinite) at step {self.step + 1}, "
+                f"{MAX_RECOVERIES + 1} times, even after lowering the learning rate to {lr:g}; nothing was saved "
+                f"from it. Start again with a lower learning rate (lr below {lr:g}), or a smaller prior_weight")
+        if self._stepped_back_to is self._finite_states[-1] and len(self._finite_states) > 1:
+            self._finite_states.pop()  # it failed again from there: go further back
+        state = self._stepped_back_to = self._finite_states[-1]
+        with torch.no_grad():
+            for name, param in self.generator.trainable().items():
+                param.copy_(state["params"][name])
+        self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+        self.rng.set_state(state["rng"])
+        self.step = state["step"]
+        self.smoothed, self.best, self.since_best = state["patience"]
+        del self.history[state["history"]:]
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * LR_CUT
+        self.recoveries.append({"step": self.step, "non_finite": what, "lr": lr * LR_CUT})
+        self._recoveries_left -= 1
 
     @torch.no_grad()
     def _zoom(self) -> None:
@@ -235,7 +320,7 @@ class Dream:
         }
         atomic_write(run_dir / STATE_FILE, lambda partial: torch.save(state, partial))
         record = {"settings": self.request.settings(), "step": self.step, "kind": self.kind, "stopped": stopped,
-                  "history": self.history}
+                  "history": self.history, "recoveries": self.recoveries}
         write_text(run_dir / SETTINGS_FILE, json.dumps(record, indent=1))
 
     @classmethod
@@ -285,6 +370,25 @@ class Dream:
         self.step = int(state["step"])
         self.smoothed, self.best, self.since_best = state["patience"]
         self.history = record.get("history", [])
+        self.recoveries = record.get("recoveries", [])
+
+
+CUTOUT_BYTES = 10 * 2**20  # per cutout per guide, with its gradients (the built-in guide takes ~9 MiB)
+PRIOR_BYTES = 128 * 2**20  # the prior's UNet pass at its model's size, with gradients
+TENSORS_PER_PIXEL = 30  # activations an autoencoder's decoder keeps per channel and pixel for the backward pass
+
+
+def dream_peak_bytes(network, width: int, height: int, cutouts: int, guides: int, prior: bool) -> int:
+    """Peak memory of one dream iteration: the generator's picture with its gradients (an
+    autoencoder's decoder keeps its activations at every scale; BigGAN and pixels little per
+    pixel), the guides' cutouts, the prior. Measured on reverie-mini: 0.5 GiB at 256 px and
+    3.6 GiB at 1024 px, where this says 0.6 and 5.7."""
+    channels = getattr(getattr(network, "config", None), "block_out_channels", None)
+    if channels:  # a KL or VQ autoencoder: channels at full size, a quarter of the pixels per level below
+        per_pixel = 4 * TENSORS_PER_PIXEL * sum(c / 4**level for level, c in enumerate(channels))
+    else:
+        per_pixel = 256
+    return int(per_pixel * width * height + CUTOUT_BYTES * cutouts * guides + (PRIOR_BYTES if prior else 0))
 
 
 def start_dream(request: DreamRequest | dict, device: torch.device | str = "cpu", models: ModelCache | None = None) -> Dream:

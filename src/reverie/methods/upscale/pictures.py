@@ -2,20 +2,57 @@
 
 from __future__ import annotations
 
+import torch
 from PIL import Image
 
+from ...device import available_memory
+from ...errors import OutOfMemory
 from ...models.cache import ModelCache
-from ...models.upscaler import load_upscaler, upscale_image
+from ...models.upscaler import load_upscaler, upscale_image, upscale_peak_bytes
 from ...progress import Progress, ProgressEvent
 
 UPSCALER_KEY = ("upscaler",)
 FACTORS = (1, 2, 4)
+UPSCALER_DEVICE = torch.device("cpu")  # the built-in upscaler is small: it runs on the CPU
+
+
+def upscale_memory(size: tuple[int, int], factor: int) -> int:
+    """Bytes the upscaler needs to make a picture of `size` `factor` times larger (0 for 1)."""
+    if factor == 1:
+        return 0
+    width, height = size
+    halved = 3 * 4 * width * height if factor == 2 else 0  # the x4 picture, then its half
+    return upscale_peak_bytes(width, height) + halved
+
+
+def check_upscale_fits(size: tuple[int, int], factor: int, field: str = "init_image") -> None:
+    """Refuse, before any work, an upscale that would not fit in free memory; the message names
+    the largest picture of the same shape that would."""
+    need, free = upscale_memory(size, factor), available_memory(UPSCALER_DEVICE)
+    if need <= free:
+        return
+    width, height = size
+    low, high = 0, width  # the widest picture of this shape that fits, by bisection
+    while low < high:
+        mid = (low + high + 1) // 2
+        if upscale_memory((mid, max(1, mid * height // width)), factor) <= free:
+            low = mid
+        else:
+            high = mid - 1
+    fits = f"at most {low}x{max(1, low * height // width)} pixels" if low >= 16 else "a much smaller picture"
+    raise OutOfMemory(
+        f"{field}: making this {width}x{height} picture {factor} times larger needs about {need / 2**30:.1f} GiB "
+        f"but only {free / 2**30:.1f} GiB is free; give {fits}, or a smaller upscale factor"
+    )
 
 
 def upscaled(pictures: list[Image.Image], factor: int, models: ModelCache, progress: Progress | None = None) -> list[Image.Image]:
-    """Each picture `factor` times larger (1, 2 or 4), by the built-in upscaler from `models`."""
+    """Each picture `factor` times larger (1, 2 or 4), by the built-in upscaler from `models`.
+    Each is checked against free memory first and upscaled in tiles (models/upscaler.py)."""
     if factor == 1:
         return pictures
+    for picture in pictures:
+        check_upscale_fits(picture.size, factor, "picture")
     if progress is not None:
         progress(ProgressEvent("upscale", message=f"upscaling x{factor}"))
     model = models.get(UPSCALER_KEY, load_upscaler)

@@ -16,7 +16,7 @@ from ...outputs.metadata import read_png_info
 from ...progress import Progress, ProgressEvent
 from ...result import GeneratedImage, Result
 from ..diffusion.images import load_image, to_rgb
-from .pictures import upscaled
+from .pictures import check_upscale_fits, upscaled
 from .request import UpscaleRequest
 
 UPSCALER_NAME = "reverie 4x"
@@ -25,6 +25,7 @@ UPSCALER_NAME = "reverie 4x"
 def run(request: UpscaleRequest, models: ModelCache, progress: Progress, outputs: Outputs) -> Result:
     started = time.perf_counter()
     source = to_rgb(load_image(request.init_image, "init_image"))
+    check_upscale_fits(source.size, request.upscale)  # before the upscaler is loaded
     info = read_png_info(request.init_image) if isinstance(request.init_image, str) else {"parameters": None, "reverie": None}
     made = info["reverie"] or {}
     seed = int(made.get("seed", 0))
