@@ -30,7 +30,7 @@ GRANT = 1000
 @pytest.fixture
 def studio(tmp_path):
     config = ServerConfig(data_dir=tmp_path / "studio", default_model="tiny-random", device="cpu", multi_user=True,
-                          monthly_credits=GRANT)
+                          first_month_credits=GRANT, monthly_credits=GRANT)
     with TestClient(create_app(config), raise_server_exceptions=False) as client:
         gallery = client.app.state.studio.gallery
         user = gallery.add_user("fuzz", "pw")
