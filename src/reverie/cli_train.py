@@ -23,7 +23,7 @@ Out = Annotated[Path, typer.Option("--out", help="Run folder; training resumes f
 Steps = Annotated[int, typer.Option("--steps", help="Optimizer steps in all (a resumed run continues to this number).")]
 Batch = Annotated[int, typer.Option("--batch-size", help="Pictures per step.")]
 Lr = Annotated[float, typer.Option("--lr", help="Peak learning rate.")]
-Bf16 = Annotated[bool, typer.Option("--bf16", help="bf16 autocast (faster on CPUs with avx512_bf16 and on GPUs).")]
+Bf16 = Annotated[bool, typer.Option("--bf16", help="bf16 autocast: faster on GPUs and on CPUs with avx512_bf16 or AMX; many times slower on other CPUs (a warning says so).")]
 Fp16 = Annotated[bool, typer.Option("--fp16", help="fp16 autocast with loss scaling (CUDA GPUs).")]
 Device = Annotated[str, typer.Option("--device", help="Where to train: auto (a CUDA GPU when there is one), cpu, cuda, cuda:N or mps.")]
 SaveEvery = Annotated[int, typer.Option("--save-every", help="Steps between checkpoints.")]
@@ -34,6 +34,7 @@ EmaDecay = Annotated[float, typer.Option("--ema-decay", help="Decay of the EMA w
 
 def _config(steps, batch_size, lr, bf16, save_every, sample_every, warmup, ema_decay, device="auto", fp16=False):
     """The run's TrainConfig; the device and precision are checked here, before any data is read."""
+    from .device import cpu_has_native_bf16
     from .errors import BadRequest, ReverieError
     from .training.device import Precision, training_device
     from .training.loop import TrainConfig
@@ -41,9 +42,13 @@ def _config(steps, batch_size, lr, bf16, save_every, sample_every, warmup, ema_d
     if not 0.0 <= ema_decay < 1.0:
         raise ReverieError("--ema-decay: must be at least 0 and below 1 (e.g. 0.999)")
     try:
-        Precision.choose(training_device(device), bf16, fp16)
+        where = training_device(device)
+        Precision.choose(where, bf16, fp16)
     except BadRequest as exc:
         raise ReverieError(f"--{exc}") from None
+    if bf16 and where.type == "cpu" and not cpu_has_native_bf16():
+        out.print("[yellow]warning:[/] this CPU has no native bf16 (avx512_bf16 or AMX): --bf16 is emulated here and "
+                  "runs many times slower than fp32; leave it out")
     return TrainConfig(steps=steps, batch_size=batch_size, lr=lr, bf16=bf16, save_every=save_every,
                        sample_every=sample_every, warmup=warmup, ema_decay=ema_decay, fp16=fp16, device=device)
 
@@ -90,14 +95,18 @@ def autoencoder(data: Pictures = Path("data/build/mini-64"), out_dir: Out = Path
 def decoder(data: Pictures = Path("data/build/mini-64"), vae: Annotated[Path, typer.Option("--vae", help="The trained autoencoder to improve (RUN/vae).")] = Path("runs/autoencoder/vae"),
             out_dir: Out = Path("runs/decoder"), steps: Steps = 1500, batch_size: Batch = 32, lr: Lr = 4e-4, bf16: Bf16 = False,
             save_every: SaveEvery = 250, sample_every: SampleEvery = 500, warmup: Warmup = 50, ema_decay: EmaDecay = 0.995,
-            device: Device = "auto", fp16: Fp16 = False):
+            device: Device = "auto", fp16: Fp16 = False,
+            small: Annotated[Path, typer.Option("--small", help="Pictures at half the autoencoder's size for the art (first subfolders) --data lacks, enlarged by the built-in upscaler as targets (as `grow` does).")] = None,
+            droplet_weight: Annotated[float, typer.Option("--droplet-weight", help="Weight of the penalty on a decoder 'droplet' (one spot of huge activations, drawn as a speck); 0.1 removed reverie-mini's.", min=0.0)] = 0.0):
     """Fine-tune only the autoencoder's decoder (colour-balanced); its latents, and the denoiser, stay valid."""
     from .training.mini import run_decoder
 
     config = _config(steps, batch_size, lr, bf16, save_every, sample_every, warmup, ema_decay, device, fp16)
     _check_data(data)
+    if small is not None:
+        _check_data(small, "--small")
     _check_component("--vae", vae, "an autoencoder folder", "; train one with `reverie train autoencoder`")
-    export = run_decoder(data, vae, out_dir, config)
+    export = run_decoder(data, vae, out_dir, config, small=small, droplet_weight=droplet_weight)
     out.print(f"autoencoder with the new decoder saved to {export}")
 
 

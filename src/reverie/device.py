@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from functools import cache
 
 import torch
 
@@ -25,6 +26,13 @@ def pick_device(name: str = "auto") -> torch.device:
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise BadRequest("device", "MPS was asked for but is not available; use --device cpu or auto")
     return device
+
+
+@cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (avx512_bf16 or AMX); without it bf16 is emulated,
+    many times slower than fp32 (a decoder training step: 30x on a 2-core AMD EPYC)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:

@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
+from ..device import cpu_has_native_bf16
 from ..pixels import to_levels, to_picture, to_tensor
 from .weights import load_weights, save_weights
 
@@ -54,11 +55,6 @@ class Upscaler(nn.Module):
         base = F.interpolate(x, scale_factor=self.scale, mode="bicubic", align_corners=False)
         features = self.head(x)
         return base + self.up(features + self.body(features))
-
-
-@cache
-def _native_bf16() -> bool:
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 # -- tiles: memory bounded by a tile, whatever the picture's size --------------------------------
@@ -114,7 +110,7 @@ def _weights(spans: list[tuple[int, int]], length: int, blend: int, scale: int) 
 
 
 def _forward(model: Upscaler, x: torch.Tensor) -> torch.Tensor:
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=_native_bf16()):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_has_native_bf16()):
         return model(x.contiguous(memory_format=torch.channels_last)).float()
 
 

@@ -8,6 +8,8 @@ more than it gives for flat-coloured art.
 
 from __future__ import annotations
 
+import math
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -139,15 +141,56 @@ def posteriors(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 256) 
 
 
 def decoder_loss(vae: AutoencoderKL, mean: torch.Tensor, std: torch.Tensor, batch: torch.Tensor, rng: torch.Generator,
-                 latent_noise: float = 1.0) -> dict:
+                 latent_noise: float = 1.0, droplet_weight: float = 0.0) -> dict:
     """The reconstruction loss with the encoder's posteriors given (the encoder is fixed).
 
     The latents are drawn with `latent_noise` times the posterior's spread: 1 as in training the
     whole autoencoder, 0 to decode the posterior means themselves, which is what the denoiser learned.
+    With `droplet_weight`, `droplet_penalty` on the decoder's upper levels is added.
     """
     z = mean + latent_noise * std * torch.randn(mean.shape, generator=rng).to(mean.device)
-    loss, l1 = reconstruction_loss(vae.decode(z).sample.float(), batch)
-    return {"loss": loss, "l1": l1.detach()}
+    with upper_levels(vae.decoder) as levels:
+        loss, l1 = reconstruction_loss(vae.decode(z).sample.float(), batch)
+    if not droplet_weight:
+        return {"loss": loss, "l1": l1.detach()}
+    droplet = droplet_penalty(levels)
+    return {"loss": loss + droplet_weight * droplet, "l1": l1.detach(), "droplet": droplet.detach()}
+
+
+# A decoder level's strongest spot may stand this many times above the level's mean activation
+# before `droplet_penalty` counts it; outlines on flat colour reach about 3.
+DROPLET_LIMIT = 4.0
+
+
+@contextmanager
+def upper_levels(decoder: torch.nn.Module, count: int = 3):
+    """Collects the outputs of the decoder's last `count` up blocks (its largest sizes) while in the block."""
+    outputs: list[torch.Tensor] = []
+    hooks = [block.register_forward_hook(lambda module, inputs, output: outputs.append(output))
+             for block in decoder.up_blocks[-count:]]
+    try:
+        yield outputs
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def droplet_ratio(activation: torch.Tensor) -> torch.Tensor:
+    """[N]: each picture's strongest activation (norm over channels) over its mean one, at one decoder level."""
+    norms = activation.float().norm(dim=1).flatten(1)
+    return norms.amax(1) / norms.mean(1).clamp(min=1e-6)
+
+
+def droplet_penalty(levels: list[torch.Tensor]) -> torch.Tensor:
+    """How far (in log) each level's strongest spot stands above DROPLET_LIMIT x its mean, averaged.
+
+    A decoder whose last levels are group-normalised can learn a "droplet": one spot of huge
+    activations that sets the GroupNorm statistics for the whole picture (Karras et al. found
+    the same in StyleGAN, 2020). The layers after it mostly hide it, but not wholly: reverie-mini
+    drew it as a multicoloured speck in the same place in every picture. Fine-tuning with this
+    penalty makes the decoder draw without one (docs/mini-eval.md, "The speck").
+    """
+    return torch.stack([F.relu(droplet_ratio(a).log() - math.log(DROPLET_LIMIT)).mean() for a in levels]).mean()
 
 
 def colour_classes(images: torch.Tensor, white: int = 235) -> torch.Tensor:
@@ -177,7 +220,7 @@ def balancing_weights(classes: torch.Tensor, power: float = 0.75) -> torch.Tenso
 
 def finetune_decoder(vae: AutoencoderKL, images: torch.Tensor, out: str | Path, config: TrainConfig,
                      held_out: torch.Tensor | None = None, quiet: bool = False, latent_noise: float = 0.25,
-                     balance_colours: bool = True) -> AutoencoderKL:
+                     balance_colours: bool = True, droplet_weight: float = 0.0) -> AutoencoderKL:
     """Train only the decoder of a trained autoencoder further.
 
     The encoder is frozen, so every latent keeps its meaning and a denoiser trained on this
@@ -188,6 +231,8 @@ def finetune_decoder(vae: AutoencoderKL, images: torch.Tensor, out: str | Path, 
     With `balance_colours`, pictures are drawn more often the rarer their main colour is
     (`colour_classes`): emoji are mostly yellow, orange and brown, and a decoder trained on
     them evenly learns to paint green and purple brown and grey.
+
+    `droplet_weight` adds `droplet_penalty`: the fine-tune that removed mini's speck.
     """
     torch.manual_seed(config.seed)
     freeze_encoder(vae)
@@ -201,7 +246,7 @@ def finetune_decoder(vae: AutoencoderKL, images: torch.Tensor, out: str | Path, 
         index = draw_batch(len(both), config.batch_size, rng, weights)
         device = trainer.device
         return decoder_loss(vae, mean[index].to(device), std[index].to(device), to_unit_range(both[index]).to(device),
-                            rng, latent_noise)
+                            rng, latent_noise, droplet_weight)
 
     return _run(trainer, vae, step, show, quiet)
 

@@ -64,47 +64,59 @@ def run_autoencoder(data: str | Path, out: str | Path, config: TrainConfig, size
     return export
 
 
-def run_decoder(data: str | Path, vae_dir: str | Path, out: str | Path, config: TrainConfig, quiet: bool = False) -> Path:
+def run_decoder(data: str | Path, vae_dir: str | Path, out: str | Path, config: TrainConfig, quiet: bool = False,
+                small: str | Path | None = None, droplet_weight: float = 0.0) -> Path:
     """Fine-tune (or resume) the decoder of a trained autoencoder; export the whole autoencoder to out/vae.
 
     The encoder and the latent scaling factor stay as they are, so the denoiser trained on
-    `vae_dir`'s latents works unchanged with the export.
+    `vae_dir`'s latents works unchanged with the export. `small` adds art at half the size,
+    enlarged, as `run_grown` does; `droplet_weight` as in `finetune_decoder`.
     """
     from .autoencoder import finetune_decoder
 
     vae = AutoencoderKL.from_pretrained(vae_dir, local_files_only=True, dtype=torch.float32)
-    size = int(vae.config.sample_size)
-    train, test = read_splits(data, size, need_captions=False)
-    vae = finetune_decoder(vae, train.images, out, config, held_out=_held_out(test), quiet=quiet)
+    pictures, test = _pictures_with_enlarged(data, small, int(vae.config.sample_size), config)
+    vae = finetune_decoder(vae, pictures, out, config, held_out=_held_out(test), quiet=quiet, droplet_weight=droplet_weight)
     export = Path(out) / "vae"
     vae.save_pretrained(export, safe_serialization=True)
     return export
+
+
+def _pictures_with_enlarged(data: str | Path, small: str | Path | None, size: int,
+                            config: TrainConfig) -> tuple[torch.Tensor, ImageCaptionFolder | None]:
+    """(`data`'s training pictures at `size`, plus the art only `small` has, enlarged; `data`'s test split).
+
+    The sources `data` lacks (the first subfolders of `small` that `data` has not, as a built
+    dataset's noto/ and twemoji/) are read from `small` at half the size and enlarged by the
+    built-in upscaler as targets; `small` None adds nothing. Captions are not needed.
+    """
+    from ..models.upscaler import load_upscaler
+    from .grow import teacher_pictures
+
+    large, test = read_splits(data, size, need_captions=False)
+    pictures = large.images
+    if small is not None:
+        covered = {large.top_folder(i) for i in range(len(large))}
+        raster = read_splits(small, size // 2, need_captions=False).train
+        keep = [i for i in range(len(raster)) if raster.top_folder(i) not in covered]
+        if keep:
+            upscaler = load_upscaler().float().eval().to(training_device(config.device))
+            pictures = torch.cat([pictures, teacher_pictures(raster.images[keep], upscaler)])
+    return pictures, test
 
 
 def run_grown(data: str | Path, small: str | Path | None, vae_dir: str | Path, out: str | Path, config: TrainConfig,
               quiet: bool = False) -> Path:
     """Grow a trained autoencoder to twice its size (training/grow.py); export it to out/vae.
 
-    `data` holds art rendered at twice the autoencoder's size. The sources it lacks (the first
-    subfolders of `small` that `data` has not, as a built dataset's noto/ and twemoji/) are
-    taken from `small` (at the autoencoder's size, or None for none) and enlarged by the
-    built-in upscaler as targets. The latent space and scaling factor stay, so the denoiser
-    needs no retraining. Captions are not needed.
+    `data` holds art rendered at twice the autoencoder's size, and `small` the art it lacks at
+    the autoencoder's size (`_pictures_with_enlarged`). The latent space and scaling factor
+    stay, so the denoiser needs no retraining. Captions are not needed.
     """
-    from ..models.upscaler import load_upscaler
-    from .grow import teacher_pictures, train_grown
+    from .grow import train_grown
 
     vae = AutoencoderKL.from_pretrained(vae_dir, local_files_only=True, dtype=torch.float32)
-    size = int(vae.config.sample_size)
-    large, test = read_splits(data, 2 * size, need_captions=False)
-    pictures = large.images
-    if small is not None:
-        covered = {large.top_folder(i) for i in range(len(large))}
-        raster = read_splits(small, size, need_captions=False).train
-        keep = [i for i in range(len(raster)) if raster.top_folder(i) not in covered]
-        if keep:
-            upscaler = load_upscaler().float().eval().to(training_device(config.device))
-            pictures = torch.cat([pictures, teacher_pictures(raster.images[keep], upscaler)])
+    pictures, test = _pictures_with_enlarged(data, small, 2 * int(vae.config.sample_size), config)
     grown = train_grown(vae, pictures, out, config, held_out=_held_out(test), quiet=quiet)
     export = Path(out) / "vae"
     grown.save_pretrained(export, safe_serialization=True)
