@@ -202,7 +202,8 @@ def test_requests_waiting_for_jobs_do_not_hold_up_the_others(tmp_path):
 
 def test_fifty_clients_waiting_at_once_all_get_their_pictures_charged_once(tmp_path):
     users, per_user = 5, 10
-    with ThreadServer(tmp_path, multi_user=True, monthly_credits=per_user, queue_capacity=64) as server:
+    with ThreadServer(tmp_path, multi_user=True, first_month_credits=per_user, monthly_credits=per_user,
+                      queue_capacity=64) as server:
         gallery = server.app.state.studio.gallery
         keys = {}
         for number in range(users):
