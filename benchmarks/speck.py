@@ -123,11 +123,8 @@ def main() -> None:
     torch.manual_seed(0)
     latents = generated_latents(args.steps)
     truth = discs(NATIVE_SIDE)
-    print(f"strongest pixel outlier per quarter-side corner (median over {len(PROMPTS)} pictures); "
-          "droplet: strongest / mean activation at the decoder's last level")
-    print(f"{'autoencoder':40s} {'pictures':10s}" + "".join(f"{c:>13s}" for c in CORNERS) + f"{'droplet':>9s}")
-    rows = []
     print(f"the denoiser's latents stand out most at {marker_places(latents)} (row, column of 16x16)")
+    rows, table = [], []
     for folder in args.vae or [MINI_DIR / "vae"]:
         vae = AutoencoderKL.from_pretrained(folder, local_files_only=True).eval()
         made, made_ratio = draw(vae, latents)
@@ -137,8 +134,13 @@ def main() -> None:
         print(f"{str(folder)[-40:]}: its encoder's latents of the discs stand out most at {marker_places(encoded)}")
         for kind, pictures, ratio in (("generated", made, made_ratio), ("discs", trip, trip_ratio)):
             corners = corner_outliers(pictures).median(0).values
-            print(f"{str(folder)[-40:]:40s} {kind:10s}" + "".join(f"{v:13.3f}" for v in corners.tolist()) + f"{ratio.median():8.1f}x")
+            table.append(f"{str(folder)[-40:]:40s} {kind:10s}" + "".join(f"{v:13.3f}" for v in corners.tolist())
+                         + f"{ratio.median():8.1f}x")
         rows.append((str(folder), made))
+    print(f"strongest pixel outlier per quarter-side corner (median over {len(PROMPTS)} pictures); "
+          "droplet: strongest / mean activation at the decoder's last level")
+    print(f"{'autoencoder':40s} {'pictures':10s}" + "".join(f"{c:>13s}" for c in CORNERS) + f"{'droplet':>9s}")
+    print("\n".join(table))
     if args.figure:
         strips = [(name, sheet_row(pictures)) for name, pictures in rows]
         width = max(strip.width for _, strip in strips)
