@@ -173,7 +173,7 @@ class Gallery:
     # -- credits ---------------------------------------------------------------------------
     def balance(self, user_id: int) -> int:
         with self.session() as db:
-            return int(db.scalar(select(func.coalesce(func.sum(LedgerEntry.amount), 0)).where(LedgerEntry.user_id == user_id)))
+            return balance_in(db, user_id)
 
     def ledger(self, user_id: int) -> list[LedgerEntry]:
         with self.session() as db:
