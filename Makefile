@@ -47,7 +47,7 @@ $(BROWSER):
 browser: $(BROWSER)
 
 test: $(STAMP) $(NPM_STAMP) browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

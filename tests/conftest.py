@@ -2,6 +2,9 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two workers on two cores: one thread each (processes they start too).
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 import numpy as np
 import pytest

@@ -130,13 +130,15 @@ def test_img2img_strength_zero_returns_the_input(studio, photo):
 
 
 def test_img2img_keeps_size_and_changes_more_with_strength(studio, photo):
-    source = pixels(Image.open(photo))
-    weak = generate(studio, mode="img2img", prompt="x", init_image=photo, strength=0.2, seed=4, n_samples=1, steps=10,
-                    width=None, height=None)
-    strong = generate(studio, mode="img2img", prompt="x", init_image=photo, strength=0.9, seed=4, n_samples=1, steps=10,
-                      width=None, height=None)
-    assert weak.images[0].image.size == (88, 72)  # 88x72: not padded, not resized
-    assert np.abs(pixels(weak.images[0].image) - source).mean() < np.abs(pixels(strong.images[0].image) - source).mean()
+    def made(strength):
+        return generate(studio, mode="img2img", prompt="x", init_image=photo, strength=strength, seed=4, n_samples=1,
+                        steps=10, width=None, height=None).images[0].image
+
+    # The tiny random autoencoder does not keep pixels, so change is measured from its round trip
+    # of the picture (the least strength), not from the source's own pixels.
+    least, weak, strong = made(0.05), made(0.2), made(0.9)
+    assert weak.size == (88, 72)  # 88x72: not padded, not resized
+    assert np.abs(pixels(weak) - pixels(least)).mean() < np.abs(pixels(strong) - pixels(least)).mean()
 
 
 def test_variations_use_new_seeds_and_the_source_prompt(studio, tmp_path):

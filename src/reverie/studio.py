@@ -56,19 +56,24 @@ def request_fields(mode: str | None = None) -> set[str]:
 def request_from_picture(path: str | Path, **changes) -> BaseRequest:
     """The request that makes the picture at `path` again, exactly: its own settings and seed,
     one picture (reverie's PNGs, or A1111's `parameters` text)."""
+    return make_request(fields_again(picture_settings(path), **changes))
+
+
+def fields_again(settings: dict, **changes) -> dict:
+    """The request fields that make a picture again exactly, from the settings of the request
+    that made it plus its own seed as `picture_seed` (`picture_settings`; the gallery's rows)."""
     from .methods.registry import method_for
 
-    settings = picture_settings(path)
     mode = settings.get("mode", "txt2img")
     known = method_for(mode).request.model_fields
     fields = {key: value for key, value in settings.items() if key in known}
     fields |= {"mode": mode} | {key: value for key, value in changes.items() if value is not None}
     request = make_request(fields)
     if hasattr(request, "batch_of"):  # a picture of a batch is made again by its batch
-        request = make_request(fields | request.batch_of(settings.get("picture_seed") or 0))
-    elif settings.get("picture_seed") is not None:
-        request = make_request(fields | {"seed": settings["picture_seed"]})
-    return request
+        return fields | request.batch_of(settings.get("picture_seed") or 0)
+    if settings.get("picture_seed") is not None:
+        return fields | {"seed": settings["picture_seed"]}
+    return fields
 
 
 class Studio:

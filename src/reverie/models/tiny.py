@@ -39,8 +39,9 @@ def tiny_unet(in_channels: int = 4, cross_attention_dim: int = 32, sample_size: 
         out_channels=4,
         layers_per_block=1,
         block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        # Attention at the lower resolution only: at 64 px that is 256 tokens, not 1024.
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=cross_attention_dim,
         attention_head_dim=8,
         norm_num_groups=32,

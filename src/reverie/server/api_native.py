@@ -15,7 +15,7 @@ from .inputs import MAX_PROMPT_CHARS, StrictJSONRoute
 from .jobs import ServerStopping
 from .state import (SESSION_COOKIE, StudioState, Unauthorized, current_user, get_state, password_user,
                     refused_uploads_deleted, resolve_image)
-from .submit import image_view, job_view, submit_job
+from .submit import image_view, job_view, submit_again, submit_job
 
 router = APIRouter(prefix="/api/v1", tags=["native"], route_class=StrictJSONRoute)
 
@@ -151,6 +151,11 @@ def gallery(q: str = Query("", max_length=200), limit: int = Query(60, ge=1, le=
 @router.get("/images/{image_id}", summary="One picture with its full settings")
 def get_image(image_id: str, state: StudioState = Depends(get_state), user: User = Depends(current_user)):
     return image_view(state, state.gallery.image(image_id, user.id))
+
+
+@router.post("/images/{image_id}/again", status_code=202, summary="Make a picture again, bit for bit: its settings and seed")
+def make_again(image_id: str, state: StudioState = Depends(get_state), user: User = Depends(current_user)):
+    return job_view(state, submit_again(state, user, state.gallery.image(image_id, user.id)))
 
 
 @router.delete("/images/{image_id}", status_code=204, summary="Delete a picture: its row and its file")

@@ -11,7 +11,7 @@ import json
 from ..errors import BadRequest
 from ..gallery.models import Job, User
 from ..prompts.styles import apply_style
-from ..studio import make_request, request_fields
+from ..studio import fields_again, make_request, request_fields
 from .inputs import check_prompts
 from .state import StudioState, check_mask_size, check_model, image_size, refused_uploads_deleted
 
@@ -45,6 +45,16 @@ def submit_job(state: StudioState, user: User, fields: dict, style: str | None =
     check the studio's own limits, and queue it, charged. A refused request's uploads are deleted."""
     with refused_uploads_deleted(state, fields):
         return _submit(state, user, fields, style)
+
+
+def submit_again(state: StudioState, user: User, image) -> Job:
+    """Queue the job that makes a gallery picture again, bit for bit: its own settings and seed
+    (a picture of a batch by its whole batch, keeping only it), charged like any job."""
+    data = json.loads(image.settings_json)
+    settings = dict(data.get("settings", {})) | {"picture_seed": image.seed}
+    if any(settings.get(name) for name in ("init_image", "mask_image")):
+        raise BadRequest("image_id", "only a picture made from a prompt can be made again: its input picture is gone")
+    return submit_job(state, user, fields_again(settings))
 
 
 def _submit(state: StudioState, user: User, fields: dict, style: str | None) -> Job:

@@ -106,9 +106,9 @@ function requestFromForm() {
   return fields;
 }
 
-async function submitJob(body, label) {
+async function submitJob(body, label, path = "/api/v1/jobs") {
   try {
-    const job = await api("/api/v1/jobs", { method: "POST", body: JSON.stringify(body) });
+    const job = await api(path, { method: "POST", body: body === null ? undefined : JSON.stringify(body) });
     follow(job, label);
     loadAccount().catch(() => {});
   } catch (error) { toast(error.message); }
@@ -214,12 +214,8 @@ function actions(image) {
     const text = JSON.stringify(settings, null, 2);
     try { await navigator.clipboard.writeText(text); toast("settings copied"); } catch { toast("copy failed: the browser refused clipboard access"); }
   });
-  add("Re-run", () => {
-    const body = { prompt: settings.prompt ?? image.prompt, negative_prompt: settings.negative_prompt || "", steps: settings.steps,
-      cfg_scale: settings.cfg_scale, sampler: settings.sampler, seed: image.seed, n_samples: 1, model: settings.model || undefined,
-      width: settings.width || undefined, height: settings.height || undefined, upscale: settings.upscale || undefined };
-    submitJob(body, "Re-running");
-  }, "Make this picture again with its own settings and seed");
+  add("Re-run", () => submitJob(null, "Re-running", `/api/v1/images/${image.id}/again`),
+    "Make this picture again with its own settings and seed");
   return bar;
 }
 
