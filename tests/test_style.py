@@ -64,12 +64,13 @@ def distance(judge, a: torch.Tensor, b: Image.Image) -> float:
         return float(gram_distance(grams(judge, a), grams(judge, to_tensor(b))))
 
 
-def edge_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
-    def edges(p):
-        lum = to_ycbcr(p)[:, :1]
-        return torch.cat([(lum[..., 1:, :-1] - lum[..., :-1, :-1]).flatten(), (lum[..., :-1, 1:] - lum[..., :-1, :-1]).flatten()]).abs()
+def layout_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Correlation of the two pictures' luminance averaged over 6x6 blocks: where the disc, the
+    square and the sky are, whatever texture the style laid over them."""
+    def layout(p):
+        return torch.nn.functional.avg_pool2d(to_ycbcr(p)[:, :1], 6).flatten()
 
-    return float(torch.corrcoef(torch.stack([edges(a), edges(b)]))[0, 1])
+    return float(torch.corrcoef(torch.stack([layout(a), layout(b)]))[0, 1])
 
 
 def transfer(styles, weights=None, steps=25, **fields) -> StyleTransfer:
@@ -98,7 +99,7 @@ def test_the_loss_falls_and_the_style_comes_while_the_structure_stays(styled, ju
     # Measured by a network the transfer never saw: closer to the style than the content was...
     assert distance(judge, result, checks(SIDE)) < 0.8 * distance(judge, content, checks(SIDE))
     # ...and the disc and square are still where they were.
-    assert edge_correlation(result, content) > 0.35
+    assert layout_correlation(result, content) > 0.5
     assert (result - content).abs().mean() > 0.05  # it did change
 
 
@@ -191,7 +192,7 @@ def test_a_torchvision_vgg_file_loads_from_pth_and_safetensors(vgg_files):
     for name in ("vgg19-random.pth", "vgg19-random.safetensors"):
         network = load_features(f"vgg19:{folder / name}")
         assert torch.equal(network.body[0].weight, state["features.0.weight"].float())
-        assert torch.equal(network.body[34].bias, state["features.34.bias"].float())
+        assert torch.equal(network.body[28].weight, state["features.28.weight"].float())  # conv5_1, the last one read
         assert network.style_layers == (1, 6, 11, 20, 29) and network.content_layer == 22
         style, content = network.features(torch.rand(1, 3, 32, 32))
         assert [a.shape[1] for a in style] == [64, 128, 256, 512, 512] and content.shape[1] == 512
@@ -308,10 +309,11 @@ def test_a_style_job_through_the_native_api(tmp_path):
     with TestClient(create_app(config)) as client:
         assert "style" in client.get("/api/v1/modes").json()
         body = {"mode": "style", "content_image": b64(scene()), "style_images": [b64(checks())], "size": 32, "steps": 3}
+        # The studio never takes a path: feature files and style networks by listed name only.
         refused = client.post("/api/v1/jobs", json=body | {"features": "vgg19:/etc/passwd"})
-        assert refused.status_code == 400 and "features" in refused.text
+        assert refused.status_code == 422 and refused.json()["error"]["param"] == "features"
         refused = client.post("/api/v1/jobs", json=body | {"network": "../runs/style"})
-        assert refused.status_code == 400 and "network" in refused.text
+        assert refused.status_code == 422 and refused.json()["error"]["param"] == "network"
         job = client.post("/api/v1/jobs", json=body)
         assert job.status_code == 202, job.text
         from test_server_api import wait_done

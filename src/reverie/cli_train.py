@@ -211,7 +211,7 @@ def style_cmd(style: Annotated[Path, typer.Argument(help="The style picture the 
               sample_every: SampleEvery = 100, warmup: Warmup = 20,
               size: Annotated[int, typer.Option("--size", help="Content picture size in pixels while training (the network then takes any size).")] = 128,
               features: Annotated[str, typer.Option("--features", help="The feature network that defines style and content: builtin, random, clip, vgg16:FILE or vgg19:FILE.")] = "builtin",
-              strength: Annotated[float, typer.Option("--strength", "--style-weight", help="How much style weighs against content.")] = 5.0,
+              strength: Annotated[float, typer.Option("--strength", "--style-weight", help="How much style weighs against content.")] = 1.0,
               seed: Annotated[int, typer.Option("--seed")] = 0,
               device: Device = "auto", fp16: Fp16 = False):
     """Train a feed-forward style network for one style (Johnson et al.); apply it with `reverie style --model RUN`."""

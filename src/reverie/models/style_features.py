@@ -27,7 +27,7 @@ STYLE_DIR = Path(__file__).resolve().parent.parent / "builtin" / "style"
 RANDOM_WEIGHTS = "random_features.safetensors"
 RANDOM_SEED = 1717  # the seed the shipped random features were drawn with (`make_random_features`)
 RANDOM_WIDTHS = (32, 64, 128, 256)  # channels per scale; each scale's bank mixes dilations 1, 2 and 4
-BUILTIN = "random"  # what `builtin` means: the winner of benchmarks/style.py
+BUILTIN = "clip"  # what `builtin` means: the winner of benchmarks/style.py (docs/style-transfer.md)
 BUILTIN_NAMES = ("builtin", "random", "clip")  # the feature networks that need no file
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # torchvision's `features` indices: the ReLUs after conv1_1, 2_1, 3_1, 4_1, 5_1 (style) and conv4_2 (content).
@@ -96,7 +96,7 @@ class MultiScaleBank(nn.Module):
     def __init__(self, cin: int, cout: int):
         super().__init__()
         third = cout // 3
-        self.convs = nn.ModuleList(nn.Conv2d(cin, n, 3, padding=d, dilation=d, padding_mode="reflect")
+        self.convs = nn.ModuleList(nn.Conv2d(cin, n, 3, padding=d, dilation=d, padding_mode="replicate")
                                    for n, d in ((cout - 2 * third, 1), (third, 2), (third, 4)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -153,9 +153,11 @@ def load_clip_features(weights: str | None = None) -> FeatureNetwork:
 
 # -- torchvision's VGG from the user's disk --------------------------------------------------------
 def vgg_body(arch: str) -> nn.Sequential:
-    import torchvision
+    """torchvision's `arch(weights=None).features`, built without the classifier (120M parameters
+    that style transfer never uses and that take seconds to initialise)."""
+    from torchvision.models.vgg import cfgs, make_layers
 
-    return getattr(torchvision.models, arch)(weights=None).features
+    return make_layers(cfgs[{"vgg16": "D", "vgg19": "E"}[arch]])
 
 
 def check_vgg_layout(state: dict[str, torch.Tensor], arch: str, body: nn.Sequential, name: str) -> dict[str, torch.Tensor]:

@@ -23,6 +23,13 @@ def to_rgb(ycbcr: torch.Tensor) -> torch.Tensor:
 
 
 def keep_colours(styled: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
-    """`styled`'s luminance with `content`'s chroma (same size), clamped to [0, 1]."""
-    mixed = torch.cat([to_ycbcr(styled)[:, :1], to_ycbcr(content)[:, 1:]], dim=1)
-    return to_rgb(mixed).clamp(0, 1)
+    """`styled`'s luminance pattern with `content`'s chroma (same size), clamped to [0, 1].
+
+    The styled luminance is first given the content's mean and spread (as Gatys et al. match
+    the style's luminance to the content's): a dark style under bright colours would otherwise
+    leave the RGB gamut, and clamping there changes the hues this is meant to keep."""
+    luma, kept = to_ycbcr(styled)[:, :1], to_ycbcr(content)
+    target = kept[:, :1]
+    luma = (luma - luma.mean((2, 3), keepdim=True)) / luma.std((2, 3), keepdim=True).clamp_min(1e-6)
+    luma = luma * target.std((2, 3), keepdim=True) + target.mean((2, 3), keepdim=True)
+    return to_rgb(torch.cat([luma, kept[:, 1:]], dim=1)).clamp(0, 1)

@@ -15,7 +15,7 @@ from ...request import BaseRequest
 
 OPTIMIZERS = ("lbfgs", "adam")
 DEFAULT_LR = {"lbfgs": 1.0, "adam": 0.02}  # pixels in [0, 1]
-DEFAULT_STRENGTH = 5.0  # style against content, each relative to its target (docs/style-transfer.md)
+DEFAULT_STRENGTH = 1.0  # style against content, each relative to its target (docs/style-transfer.md)
 DEFAULT_SMOOTHNESS = 0.02  # total-variation weight: damps speckle
 
 

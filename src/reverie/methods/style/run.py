@@ -19,6 +19,7 @@ from .request import StyleRequest
 from .transfer import StyleTransfer
 
 CONTINUE_STEPS = 100  # when a continued run is not told how long to go on
+NOT_CHANGES = {"mode", "continue_from", "device", "dtype", "made"}  # what a continuation request holds besides its changes
 
 
 def run(request: StyleRequest, models: ModelCache, progress: Progress, outputs: Outputs) -> Result:
@@ -33,7 +34,8 @@ def run(request: StyleRequest, models: ModelCache, progress: Progress, outputs: 
     progress(ProgressEvent("load", message="loading the feature network"))
     if request.continue_from is not None:
         given = request.model_dump(exclude_unset=True)
-        transfer = StyleTransfer.resume(request.continue_from, device, models, **given)
+        changes = {key: value for key, value in given.items() if key not in NOT_CHANGES}
+        transfer = StyleTransfer.resume(request.continue_from, device, models, **changes)
         steps = given.get("steps", CONTINUE_STEPS)
         folder = Path(request.continue_from)
     else:
