@@ -28,7 +28,8 @@ RANDOM_WEIGHTS = "random_features.safetensors"
 RANDOM_SEED = 1717  # the seed the shipped random features were drawn with (`make_random_features`)
 RANDOM_WIDTHS = (32, 64, 128, 256)  # channels per scale; each scale's bank mixes dilations 1, 2 and 4
 BUILTIN = "clip"  # what `builtin` means: the winner of benchmarks/style.py (docs/style-transfer.md)
-BUILTIN_NAMES = ("builtin", "random", "clip")  # the feature networks that need no file
+BUILTIN_NAMES = ("builtin", "random", "clip")
+CLIP_REFLECT = 8  # pixels mirrored around a picture before the small CLIP's zero-padded convolutions  # the feature networks that need no file
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # torchvision's `features` indices: the ReLUs after conv1_1, 2_1, 3_1, 4_1, 5_1 (style) and conv4_2 (content).
 VGG_LAYERS = {
@@ -44,12 +45,15 @@ class FeatureNetwork(nn.Module):
 
     `body` is a sequence of modules; the outputs of the modules at `style_layers` and at
     `content_layer` are what style transfer compares. Pixels in [0, 1] are normalised by
-    `mean`/`std` first.
+    `mean`/`std` first, and mirrored `reflect` pixels out on every side: a network that pads
+    its convolutions with zeros sees the picture's edge as a strong feature, and a transfer then
+    paints a frame along it.
     """
 
     def __init__(self, body: nn.Sequential, style_layers: tuple[int, ...], content_layer: int,
-                 mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), name: str = ""):
+                 mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), name: str = "", reflect: int = 0):
         super().__init__()
+        self.reflect = reflect
         self.body = body[: max(*style_layers, content_layer) + 1]
         self.style_layers, self.content_layer, self.name = tuple(style_layers), content_layer, name
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
@@ -63,6 +67,8 @@ class FeatureNetwork(nn.Module):
     def features(self, pixels: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """pixels [N, 3, H, W] in [0, 1] -> ([activations at each style layer], content activations)."""
         x = (pixels - self.mean) / self.std
+        if self.reflect and min(x.shape[-2:]) > self.reflect:
+            x = F.pad(x, (self.reflect,) * 4, mode="reflect")
         taps = {}
         for index, module in enumerate(self.body):
             x = module(x)
@@ -148,7 +154,7 @@ def load_clip_features(weights: str | None = None) -> FeatureNetwork:
 
     encoder = load_weights(ImageEncoder(), CLIP_DIR / (weights or GUIDE_WEIGHTS), "the built-in CLIP")
     # features = [block, pool] * 4; the block outputs sit at 0, 2, 4, 6
-    return FeatureNetwork(encoder.features, (0, 2, 4, 6), 4, name="clip")
+    return FeatureNetwork(encoder.features, (0, 2, 4, 6), 4, name="clip", reflect=CLIP_REFLECT)
 
 
 # -- torchvision's VGG from the user's disk --------------------------------------------------------
