@@ -3,14 +3,15 @@ random weights, the optimisation's run folder, trained style networks, and every
 
 from __future__ import annotations
 
-import io
 import base64
+import io
 import json
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_cli import run_cli
 
 from reverie.errors import BadCheckpoint, BadRequest
 from reverie.methods.style.colour import to_ycbcr
@@ -21,9 +22,7 @@ from reverie.models.mini_clip import WEIGHTS as JUDGE
 from reverie.models.style_features import gram_distance, grams, load_clip_features, load_features
 from reverie.outputs.metadata import read_png_info
 from reverie.pixels import to_tensor
-from reverie.progress import Progress
 from reverie.studio import Studio
-from test_cli import run_cli
 
 SIDE = 48
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from ..errors import BadCheckpoint, ModelNotFound
 
@@ -47,13 +47,17 @@ class FeatureNetwork(nn.Module):
     `content_layer` are what style transfer compares. Pixels in [0, 1] are normalised by
     `mean`/`std` first, and mirrored `reflect` pixels out on every side: a network that pads
     its convolutions with zeros sees the picture's edge as a strong feature, and a transfer then
-    paints a frame along it.
+    paints a frame along it. With `colour_layer`, the normalised pixels themselves are the first
+    style layer (their Gram holds the mean colour and the colour covariance): a network whose
+    normalisation layers make it blind to contrast and saturation (GroupNorm) would otherwise
+    let a transfer fade to grey.
     """
 
     def __init__(self, body: nn.Sequential, style_layers: tuple[int, ...], content_layer: int,
-                 mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), name: str = "", reflect: int = 0):
+                 mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), name: str = "", reflect: int = 0,
+                 colour_layer: bool = False):
         super().__init__()
-        self.reflect = reflect
+        self.reflect, self.colour_layer = reflect, colour_layer
         self.body = body[: max(*style_layers, content_layer) + 1]
         self.style_layers, self.content_layer, self.name = tuple(style_layers), content_layer, name
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
@@ -70,11 +74,12 @@ class FeatureNetwork(nn.Module):
         if self.reflect and min(x.shape[-2:]) > self.reflect:
             x = F.pad(x, (self.reflect,) * 4, mode="reflect")
         taps = {}
+        colours = [x] if self.colour_layer else []
         for index, module in enumerate(self.body):
             x = module(x)
             if index in self.style_layers or index == self.content_layer:
                 taps[index] = x
-        return [taps[i] for i in self.style_layers], taps[self.content_layer]
+        return colours + [taps[i] for i in self.style_layers], taps[self.content_layer]
 
 
 def gram(activations: torch.Tensor) -> torch.Tensor:
@@ -154,7 +159,7 @@ def load_clip_features(weights: str | None = None) -> FeatureNetwork:
 
     encoder = load_weights(ImageEncoder(), CLIP_DIR / (weights or GUIDE_WEIGHTS), "the built-in CLIP")
     # features = [block, pool] * 4; the block outputs sit at 0, 2, 4, 6
-    return FeatureNetwork(encoder.features, (0, 2, 4, 6), 4, name="clip", reflect=CLIP_REFLECT)
+    return FeatureNetwork(encoder.features, (0, 2, 4, 6), 4, name="clip", reflect=CLIP_REFLECT, colour_layer=True)
 
 
 # -- torchvision's VGG from the user's disk --------------------------------------------------------

@@ -38,7 +38,7 @@ class StyleTargets:
     weights: list[float]
 
     @classmethod
-    def of(cls, network: FeatureNetwork, pictures: list[torch.Tensor], weights: list[float]) -> "StyleTargets":
+    def of(cls, network: FeatureNetwork, pictures: list[torch.Tensor], weights: list[float]) -> StyleTargets:
         """`pictures`: one [1, 3, H, W] tensor in [0, 1] per style (sizes may differ)."""
         total = float(sum(weights))
         with torch.no_grad():

@@ -9,8 +9,8 @@ from typing import Any, Literal
 from PIL import Image
 from pydantic import Field, field_validator, model_validator
 
-from ...models.style_features import parse_features
 from ...errors import BadRequest
+from ...models.style_features import parse_features
 from ...request import BaseRequest
 
 OPTIMIZERS = ("lbfgs", "adam")

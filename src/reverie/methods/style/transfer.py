@@ -218,7 +218,7 @@ class StyleTransfer:
 
     @classmethod
     def resume(cls, run_dir: str | Path, device: torch.device | str = "cpu", models: ModelCache | None = None,
-               **changes) -> "StyleTransfer":
+               **changes) -> StyleTransfer:
         """The run saved in `run_dir`, exactly where it stopped; `changes` may give new steps,
         strength, smoothness, save_every, lr or preserve_colour, not a new size, seed or optimizer."""
         run_dir = Path(run_dir)
