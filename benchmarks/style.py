@@ -66,7 +66,9 @@ def measures():
     torch.manual_seed(12345)
     vgg = FeatureNetwork(vgg_body("vgg16"), VGG_LAYERS["vgg16"]["style"], VGG_LAYERS["vgg16"]["content"],
                          IMAGENET_MEAN, IMAGENET_STD, "vgg16-random")
-    return {"judge": load_clip_features(WEIGHTS), "vgg16r": vgg}
+    judge = load_clip_features(WEIGHTS)
+    judge.colour_layer = False  # the judge measures with its own layers only (the colour layer is the candidate's)
+    return {"judge": judge, "vgg16r": vgg}
 
 
 def candidate(name: str):
