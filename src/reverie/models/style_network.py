@@ -36,6 +36,7 @@ class StyleNetworkConfig:
     features: str = "builtin"
     size: int = 128  # the picture size it was trained at
     strength: float = 1.0
+    smoothness: float = 0.02  # total-variation weight it was trained with
     steps: int = 0
 
 

@@ -67,7 +67,7 @@ def train_style_network(style: Image.Image, images: torch.Tensor, out: str | Pat
             content_target = features.features(content)[1]
         painted = network(content)
         loss, parts = style_transfer_loss(features, painted, content_target, targets, network_config.strength,
-                                          SMOOTHNESS)
+                                          network_config.smoothness)
         return {"loss": loss, **parts}
 
     @torch.no_grad()
@@ -83,8 +83,6 @@ def train_style_network(style: Image.Image, images: torch.Tensor, out: str | Pat
     save_style_network(network, out / "export")
     return network
 
-
-SMOOTHNESS = 0.02  # total variation, as the optimisation's default
 
 
 def _part(network: StyleNetwork):
