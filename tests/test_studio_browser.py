@@ -268,3 +268,22 @@ def test_log_in_see_credits_and_their_history_then_log_out(browser, multi_server
     page.wait_for_selector("#login[open]")
     context.close()
     assert errors == [], errors
+
+
+def test_style_view_restyles_an_uploaded_picture(page, server, tmp_path):
+    y, x = np.mgrid[0:64, 0:64]
+    Image.fromarray(np.stack([x * 4, y * 4, 255 - x * 2], -1).astype(np.uint8)).save(tmp_path / "content.png")
+    Image.fromarray(np.where((((x + y) // 4) % 2 == 0)[..., None], 240, 20).repeat(3, -1).astype(np.uint8)).save(tmp_path / "style.png")
+    page.click("button.tab[data-view=style]")
+    page.set_input_files("#style-content", str(tmp_path / "content.png"))
+    page.wait_for_function("!document.querySelector('#style-content-preview').hidden")
+    page.set_input_files("#style-picture", str(tmp_path / "style.png"))
+    page.select_option("#style-size", "128")
+    page.fill("#style-steps", "3")
+    page.check("#style-preserve")
+    page.click("#style-form button[type=submit]")
+    page.wait_for_function("document.querySelectorAll('#style-results .card img').length === 1", timeout=120_000)
+    request = last_job(server)
+    assert request["mode"] == "style" and request["steps"] == 3 and request["size"] == 128 and request["preserve_colour"]
+    # The page sent pictures, never a server path: the server stored them as uploads.
+    assert len(request["style_images"]) == 1 and "uploads" in request["content_image"]

@@ -222,8 +222,9 @@ def styles():
 def models():
     """List the models reverie can load here."""
     from .models.registry import list_models, models_dir
+    from .models.style_network import list_style_networks
 
-    for entry in list_models():
+    for entry in [*list_models(), *list_style_networks()]:
         out.print(f"{entry.name:<28} {entry.kind:<12} {entry.location}  {entry.note}")
     out.print(f"(models folder: {models_dir()}; set REVERIE_MODELS to change it)")
 
@@ -293,9 +294,11 @@ _add_train_app()
 
 def _add_dream_command() -> None:
     from .cli_dream import dream
+    from .cli_style import style
     from .cli_txt2img import txt2img
 
     app.command("dream")(dream)
+    app.command("style")(style)
     app.command("txt2img")(txt2img)
 
 

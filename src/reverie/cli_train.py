@@ -202,3 +202,49 @@ def upscaler(data: Pictures = Path("data/build/hires-256"), out_dir: Out = Path(
     _check_data(data)
     export = run_upscaler(data, out_dir, config, size=size)
     out.print(f"upscaler saved to {export}")
+
+
+@train_app.command("style")
+def style_cmd(style: Annotated[Path, typer.Argument(help="The style picture the network learns to paint in.")],
+              data: Pictures = Path("data/build/hires-128"), out_dir: Out = Path("runs/style"), steps: Steps = 1000,
+              batch_size: Batch = 4, lr: Lr = 2e-3, bf16: Bf16 = False, save_every: SaveEvery = 100,
+              sample_every: SampleEvery = 100, warmup: Warmup = 20,
+              size: Annotated[int, typer.Option("--size", help="Content picture size in pixels while training (the network then takes any size).")] = 128,
+              features: Annotated[str, typer.Option("--features", help="The feature network that defines style and content: builtin, random, clip, vgg16:FILE or vgg19:FILE.")] = "builtin",
+              strength: Annotated[float, typer.Option("--strength", "--style-weight", help="How much style weighs against content.")] = 1.0,
+              smoothness: Annotated[float, typer.Option("--smoothness", "--tv", help="Total-variation weight: damps the network's fine hatching.")] = 0.02,
+              seed: Annotated[int, typer.Option("--seed")] = 0,
+              device: Device = "auto", fp16: Fp16 = False):
+    """Train a feed-forward style network for one style (Johnson et al.); apply it with `reverie style --model RUN`."""
+    from PIL import Image
+
+    from .errors import BadRequest, ImageInputError, ReverieError
+    from .models.style_features import load_features, parse_features
+    from .models.style_network import StyleNetworkConfig
+    from .training.style import content_pictures, train_style_network
+
+    config = _config(steps, batch_size, lr, bf16, save_every, sample_every, warmup, 0.0, device, fp16)
+    config.seed = seed
+    if smoothness < 0 or strength < 0:
+        raise ReverieError("--strength and --smoothness: give 0 or more")
+    if not 32 <= size <= 1024 or size % 4:
+        raise ReverieError("--size: give a multiple of 4 between 32 and 1024 (e.g. 128)")
+    if not style.is_file():
+        raise ImageInputError(f"STYLE: no picture at {style}")
+    try:
+        parse_features(features)
+    except ValueError as exc:
+        raise BadRequest("--features", str(exc)) from None
+    try:
+        with Image.open(style) as opened:
+            picture = opened.convert("RGB")
+    except (OSError, SyntaxError) as exc:
+        raise ImageInputError(f"STYLE: {style} is not a readable picture ({exc})") from None
+    _check_data(data)
+    network = load_features(features)
+    images, samples = content_pictures(data, size)
+    train_style_network(picture, images, out_dir, config,
+                        StyleNetworkConfig(style=style.name, features=features, size=size, strength=strength,
+                                           smoothness=smoothness),
+                        features=network, samples=samples)
+    out.print(f"style network saved to {out_dir / 'export'}; apply it with: reverie style --model {out_dir} PICTURE")

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 STALE_AFTER_S = 24 * 3600
-IMAGE_FIELDS = ("init_image", "mask_image")  # the request fields the server fills with uploads
+IMAGE_FIELDS = ("init_image", "mask_image", "content_image", "style_images")  # the request fields the server fills with uploads
 
 
 def upload_paths(uploads_dir: Path, request: dict) -> set[Path]:
@@ -23,13 +23,14 @@ def upload_paths(uploads_dir: Path, request: dict) -> set[Path]:
     found = set()
     for key in IMAGE_FIELDS:
         value = request.get(key) if isinstance(request, dict) else None
-        if isinstance(value, str) and value:
-            try:
-                path = Path(value).resolve()
-            except (OSError, ValueError):
-                continue
-            if path.parent == Path(uploads_dir).resolve():
-                found.add(path)
+        for item in value if isinstance(value, list) else [value]:  # style_images is a list
+            if isinstance(item, str) and item:
+                try:
+                    path = Path(item).resolve()
+                except (OSError, ValueError):
+                    continue
+                if path.parent == Path(uploads_dir).resolve():
+                    found.add(path)
     return found
 
 

@@ -21,6 +21,7 @@ PACKAGES = (
     "reverie.methods.diffusion",
     "reverie.methods.upscale",
     "reverie.methods.dreaming",
+    "reverie.methods.style",
 )
 DEFAULT_MODE = "txt2img"
 

@@ -50,6 +50,20 @@ class GenerateBody(BaseModel):
     upscale: Literal[1, 2, 4] | None = None
     rerank: int | None = None
     score: bool | None = None
+    # mode "style": pictures as `image:ID` or base64, like init_image; a style network by the name
+    # /api/v1/models lists (kind "style"); built-in feature networks only.
+    content_image: str | None = None
+    style_images: list[str] | None = Field(None, max_length=4)
+    style_weights: list[float] | None = Field(None, max_length=4)
+    network: str | None = None
+    features: str | None = None
+    size: int | None = None
+    optimizer: str | None = None
+    init: str | None = None
+    strength: float | None = None
+    smoothness: float | None = None
+    preserve_colour: bool | None = None
+    save_every: int | None = None
 
 
 class DreamBody(BaseModel):
@@ -83,8 +97,10 @@ class LoginBody(BaseModel):
 def create_job(body: GenerateBody, state: StudioState = Depends(get_state), user: User = Depends(current_user)):
     fields, stored = body.model_dump(exclude={"style"}), {}
     with refused_uploads_deleted(state, stored):  # the init image, when the mask is refused
-        for name in ("init_image", "mask_image"):
+        for name in ("init_image", "mask_image", "content_image"):
             stored[name] = resolve_image(state, user, fields[name], name)
+        if fields["style_images"] is not None:
+            stored["style_images"] = [resolve_image(state, user, value, "style_images") for value in fields["style_images"]]
     return job_view(state, submit_job(state, user, fields | stored, body.style))
 
 
@@ -168,7 +184,9 @@ def delete_image(image_id: str, state: StudioState = Depends(get_state), user: U
 def models():
     from ..models.registry import list_models
 
-    return [{"name": e.name, "kind": e.kind, "note": e.note} for e in list_models()]
+    from ..models.style_network import list_style_networks
+
+    return [{"name": e.name, "kind": e.kind, "note": e.note} for e in [*list_models(), *list_style_networks()]]
 
 
 @router.get("/modes", summary="The modes a job can ask for, one per way of making pictures")

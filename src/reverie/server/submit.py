@@ -22,6 +22,7 @@ SERVER_CHOICES = {
     "guides": ("mini",),
     "prior": ("auto", "mini", "none"),
     "scorer": ("mini",),
+    "features": ("builtin", "random", "clip"),
 }
 MAX_ITERATIONS = 5000  # a dream's iterations per studio request
 CANDIDATES_PER_PICTURE = 4  # best-of candidates per picture allowed, on top of max_images_per_request
@@ -38,6 +39,15 @@ def _check_choices(fields: dict) -> None:
         given = fields[name] if isinstance(fields[name], list) else [fields[name]]
         if any(value not in allowed for value in given):
             raise BadRequest(name, f"the studio takes {' or '.join(allowed)}; use the `reverie` command for files")
+
+
+def check_style_network(name: str) -> None:
+    """Only style networks the studio lists may be named: a name is never taken as a path."""
+    from ..models.style_network import style_networks
+
+    names = list(style_networks())
+    if name not in names:
+        raise BadRequest("network", f"unknown style network {name!r}; this studio has: {', '.join(names) or 'none'}")
 
 
 def submit_job(state: StudioState, user: User, fields: dict, style: str | None = None) -> Job:
@@ -63,6 +73,10 @@ def _submit(state: StudioState, user: User, fields: dict, style: str | None) -> 
     _check_choices(fields)
     if style:
         fields["prompt"], fields["negative_prompt"] = apply_style(style, fields.get("prompt", ""), fields.get("negative_prompt", ""))
+    if fields.get("network") is not None:
+        check_style_network(fields["network"])
+    if fields.get("continue_from") is not None:
+        raise BadRequest("continue_from", "the studio does not continue run folders; use the `reverie` command")
     if "model" in request_fields(fields.get("mode")):
         fields["model"] = check_model(state, fields.get("model"))
     fields.setdefault("device", state.config.device)
@@ -72,6 +86,8 @@ def _submit(state: StudioState, user: User, fields: dict, style: str | None) -> 
         raise BadRequest("n_samples", f"at most {limit} pictures per request")
     if request.candidate_count() > limit * CANDIDATES_PER_PICTURE:
         raise BadRequest("rerank", f"at most {limit * CANDIDATES_PER_PICTURE} candidates per request (n_samples x n_iter x rerank)")
+    if request.mode == "style" and request.steps > MAX_ITERATIONS:
+        raise BadRequest("steps", f"at most {MAX_ITERATIONS} steps per style transfer in the studio")
     if getattr(request, "iterations", 0) > MAX_ITERATIONS:
         raise BadRequest("iterations", f"at most {MAX_ITERATIONS} iterations per dream in the studio")
     if request.mode == "inpaint":

@@ -89,7 +89,10 @@ async function fillChoices() {
   const [styles, samplers, models] = await Promise.all([api("/api/v1/styles"), api("/api/v1/samplers"), api("/api/v1/models")]);
   $("#style").replaceChildren(...styles.map((s) => new Option(s.name, s.name === "None" ? "" : s.name)));
   $("#sampler").replaceChildren(new Option("model default", ""), ...samplers.map((s) => new Option(s.label, s.name)));
-  $("#model").replaceChildren(new Option("default", ""), ...models.map((m) => new Option(m.name, m.name)));
+  const diffusion = models.filter((m) => m.kind !== "style");
+  $("#model").replaceChildren(new Option("default", ""), ...diffusion.map((m) => new Option(m.name, m.name)));
+  $("#style-choice").replaceChildren(new Option("a style picture…", ""),
+    ...models.filter((m) => m.kind === "style").map((m) => new Option(`${m.name} (trained network)`, m.name)));
 }
 
 // ---------------------------------------------------------------- jobs
@@ -122,7 +125,7 @@ function madeWith(settings) {
 
 function follow(job, label, target = { box: "#job", bar: "#bar", status: "#job-status", preview: "#preview", results: "#results" }) {
   currentJob = job.id;
-  showView(target.results === "#results" ? "create" : "dream");
+  showView(target.view || (target.results === "#results" ? "create" : "dream"));
   const box = $(target.box);
   box.hidden = false;
   $(target.bar).style.width = "0";
@@ -157,6 +160,7 @@ function follow(job, label, target = { box: "#job", bar: "#bar", status: "#job-s
 }
 
 $("#cancel").addEventListener("click", async () => { if (currentJob) await api(`/api/v1/jobs/${currentJob}`, { method: "DELETE" }); });
+$("#style-stop").addEventListener("click", async () => { if (currentJob) await api(`/api/v1/jobs/${currentJob}`, { method: "DELETE" }); });
 $("#dream-stop").addEventListener("click", async () => { if (currentJob) await api(`/api/v1/jobs/${currentJob}`, { method: "DELETE" }); });
 
 $("#create-form").addEventListener("submit", (event) => {
@@ -200,6 +204,7 @@ function actions(image) {
   add("Variations", () => submitJob({ mode: "variations", init_image: `image:${image.id}`, prompt: image.prompt, n_samples: 4, ...madeWith(settings) }, "Variations"));
   add("Upscale", () => submitJob({ mode: "upscale", init_image: `image:${image.id}`, upscale: 2 }, "Upscaling"));
   add("Inpaint", () => openInpaint(image));
+  add("Style", () => useAsStyleContent(image), "Restyle this picture (Style view)");
   add("Outpaint", () => openOutpaint(image));
   const download = document.createElement("a");
   download.href = image.url; download.download = `reverie-${image.seed}.png`; download.textContent = "Download"; download.className = "button";
@@ -378,6 +383,49 @@ $("#dream-form").addEventListener("submit", async (event) => {
   try {
     const job = await api("/api/v1/dreams", { method: "POST", body: JSON.stringify(body) });
     follow(job, "Dreaming", { box: "#dream-job", bar: "#dream-bar", status: "#dream-status", preview: "#dream-preview", results: "#dream-results" });
+  } catch (error) { toast(error.message); }
+});
+
+// ---------------------------------------------------------------- style transfer
+// The content is an upload or a gallery picture (`image:ID`); the style is a trained network by
+// the name the server lists, or an uploaded picture: the page never names a file on the server.
+let styleContent = null;
+const readAsDataURL = (file) => new Promise((resolve, reject) => {
+  const reader = new FileReader(); reader.onload = () => resolve(reader.result); reader.onerror = reject; reader.readAsDataURL(file);
+});
+async function useAsStyleContent(image) {
+  image = await fresh(image);
+  document.querySelectorAll("dialog[open]").forEach((d) => d.close());
+  styleContent = `image:${image.id}`;
+  $("#style-content").value = "";
+  $("#style-content-preview").src = image.url; $("#style-content-preview").hidden = false;
+  showView("style");
+}
+$("#style-content").addEventListener("change", async () => {
+  const file = $("#style-content").files[0];
+  if (!file) return;
+  styleContent = await readAsDataURL(file);
+  $("#style-content-preview").src = styleContent; $("#style-content-preview").hidden = false;
+});
+$("#style-choice").addEventListener("change", () => { $("#style-picture-label").hidden = $("#style-choice").value !== ""; });
+$("#style-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  if (!styleContent) { toast("choose a content picture (or use Style on a gallery picture)"); return; }
+  const body = { mode: "style", content_image: styleContent, size: parseInt($("#style-size").value, 10),
+    preserve_colour: $("#style-preserve").checked };
+  const network = $("#style-choice").value;
+  if (network) body.network = network;
+  else {
+    const file = $("#style-picture").files[0];
+    if (!file) { toast("choose a style picture, or a trained style network"); return; }
+    body.style_images = [await readAsDataURL(file)];
+    body.steps = parseInt($("#style-steps").value, 10);
+    body.save_every = 10;
+    const strength = $("#style-strength").value; if (strength !== "") body.strength = parseFloat(strength);
+  }
+  try {
+    const job = await api("/api/v1/jobs", { method: "POST", body: JSON.stringify(body) });
+    follow(job, "Styling", { view: "style", box: "#style-job", bar: "#style-bar", status: "#style-status", preview: "#style-preview", results: "#style-results" });
   } catch (error) { toast(error.message); }
 });
 

@@ -1,0 +1,27 @@
+"""Content and style pictures at the size the transfer works at."""
+
+from __future__ import annotations
+
+from PIL import Image
+
+from ..diffusion.images import load_image, to_rgb
+
+
+def working_size(size: tuple[int, int], longest: int) -> tuple[int, int]:
+    """(width, height) with the longest side `longest`, the aspect kept (each side at least 16)."""
+    width, height = size
+    scale = longest / max(width, height)
+    return max(16, round(width * scale)), max(16, round(height * scale))
+
+
+def content_picture(reference, longest: int) -> Image.Image:
+    """The content picture as RGB (transparency on white), its longest side `longest`."""
+    picture = to_rgb(load_image(reference, "content_image"))
+    return picture.resize(working_size(picture.size, longest), Image.LANCZOS)
+
+
+def style_picture(reference, longest: int) -> Image.Image:
+    """A style picture as RGB at the content's scale: its longest side `longest` too (the brush
+    strokes keep their size relative to the picture)."""
+    picture = to_rgb(load_image(reference, "style_images"))
+    return picture.resize(working_size(picture.size, longest), Image.LANCZOS)
