@@ -10,6 +10,7 @@ import json
 
 from ..errors import BadRequest
 from ..gallery.models import Job, User
+from ..gallery.uploads import IMAGE_FIELDS
 from ..prompts.styles import apply_style
 from ..studio import fields_again, make_request, request_fields
 from .inputs import check_prompts
@@ -62,7 +63,7 @@ def submit_again(state: StudioState, user: User, image) -> Job:
     (a picture of a batch by its whole batch, keeping only it), charged like any job."""
     data = json.loads(image.settings_json)
     settings = dict(data.get("settings", {})) | {"picture_seed": image.seed}
-    if any(settings.get(name) for name in ("init_image", "mask_image")):
+    if any(settings.get(name) for name in IMAGE_FIELDS):
         raise BadRequest("image_id", "only a picture made from a prompt can be made again: its input picture is gone")
     return submit_job(state, user, fields_again(settings))
 
