@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from test_cli import run_cli
 
-from reverie.errors import BadCheckpoint, BadRequest
+from reverie.errors import BadCheckpoint, BadRequest, OutOfMemory
 from reverie.methods.style.colour import to_ycbcr
 from reverie.methods.style.request import StyleRequest
 from reverie.methods.style.transfer import StyleTransfer
@@ -132,6 +132,18 @@ def test_requests_name_the_field_to_change():
         StyleRequest.build(content_image="a.png", style_images=["b.png"], features="alexnet")
     with pytest.raises(BadRequest, match="size"):
         StyleRequest.build(content_image="a.png", style_images=["b.png"], size=8)
+
+
+def test_a_transfer_too_large_for_memory_is_refused_before_any_step(studio, tmp_path, monkeypatch):
+    monkeypatch.setenv("REVERIE_MEMORY_LIMIT", str(0.4 * 2**30))
+    fields = {"mode": "style", "content_image": scene(), "style_images": [checks()], "steps": 1}
+    for size, optimizer in ((1024, "adam"), (384, "lbfgs")):  # L-BFGS keeps 50 steps of history
+        events = []
+        with pytest.raises(OutOfMemory, match="size"):
+            studio.run(fields | {"size": size, "optimizer": optimizer}, outdir=tmp_path, progress=events.append)
+        assert [event.stage for event in events] == ["load"] and not any(tmp_path.rglob("*.png"))
+    fits = studio.run(fields | {"size": 384, "optimizer": "adam"}, outdir=tmp_path)
+    assert fits.images[0].image.size == (384, 384)
 
 
 # -- run folder: snapshots, stop, continue exactly ------------------------------------------------------

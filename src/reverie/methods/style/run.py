@@ -40,6 +40,7 @@ def run(request: StyleRequest, models: ModelCache, progress: Progress, outputs: 
         folder = Path(request.continue_from)
     else:
         transfer = StyleTransfer(request, device, models)
+        transfer.check_memory()
         steps = request.steps
         name = Path(request.content_image).stem if isinstance(request.content_image, str) else "picture"
         folder = outputs.run_folder_for(f"style {name}")
