@@ -21,6 +21,7 @@ PACKAGES = (
     "reverie.methods.diffusion",
     "reverie.methods.upscale",
     "reverie.methods.dreaming",
+    "reverie.methods.gan",
 )
 DEFAULT_MODE = "txt2img"
 
