@@ -43,8 +43,8 @@ def shapes(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def gan_folder(tmp_path_factory):
-    """A random two-class GAN whose styles are switched on (a trained one starts them at zero),
-    so that seeds and classes change its pictures; saved as a GAN folder, fp16."""
+    """A random two-class GAN with strong styles, so that seeds and classes change its pictures
+    plainly; saved as a GAN folder, fp16."""
     torch.manual_seed(0)
     generator = GANGenerator(16, 16, 16, 2, [16, 16, 8], ["blue", "red"])
     for module in generator.modules():

@@ -207,7 +207,7 @@ def upscaler(data: Pictures = Path("data/build/hires-256"), out_dir: Out = Path(
 @train_app.command()
 def gan(folder: Annotated[Optional[Path], typer.Argument(help="A folder of pictures (png, jpg, webp; subfolders too; no captions needed), or a dataset `reverie data build` made (its train/ split). Default: data/build/mini-64.", show_default=False)] = None,
         data: Annotated[Optional[Path], typer.Option("--data", help="The same as FOLDER.")] = None,
-        out_dir: Out = Path("runs/gan"), steps: Steps = 3000, batch_size: Batch = 16, lr: Lr = 3e-4,
+        out_dir: Out = Path("runs/gan"), steps: Steps = 3000, batch_size: Batch = 8, lr: Annotated[float, typer.Option("--lr", help="The generator's learning rate.")] = 2e-4,
         save_every: SaveEvery = 250, sample_every: SampleEvery = 250, warmup: Warmup = 50, ema_decay: EmaDecay = 0.999,
         size: Annotated[int, typer.Option("--size", help="Picture side in pixels: 16, 32, 64, 128 or 256.")] = 64,
         width: Annotated[int, typer.Option("--width", help="The generator's channels at 4 and 8 px, halved each block above (at least --least).", min=8, max=1024)] = 128,
@@ -215,7 +215,7 @@ def gan(folder: Annotated[Optional[Path], typer.Argument(help="A folder of pictu
         least: Annotated[int, typer.Option("--least", help="No block of either network narrower than this.", min=4, max=512)] = 16,
         z_dim: Annotated[int, typer.Option("--z-dim", help="Length of the noise vector z (and of w).", min=8, max=1024)] = 128,
         r1: Annotated[float, typer.Option("--r1", help="R1 penalty weight (gamma) on real pictures, applied lazily.", min=0.0)] = 0.1,
-        d_lr: Annotated[Optional[float], typer.Option("--d-lr", help="The discriminator's learning rate (default: --lr).")] = None,
+        d_lr: Annotated[float, typer.Option("--d-lr", help="The discriminator's learning rate (twice the generator's, by default: a discriminator that learns slower sat at chance and the generator collapsed).")] = 4e-4,
         conditional: Annotated[Optional[bool], typer.Option("--conditional/--unconditional", help="One class per first subfolder (a built dataset: noto, twemoji, fluent, tabler). Default: conditional when the pictures lie in two or more subfolders.", show_default=False)] = None,
         augment: Annotated[bool, typer.Option("--augment/--no-augment", help="DiffAugment (colour, translation, cutout) on everything the discriminator sees.")] = True,
         fp32_export: Annotated[bool, typer.Option("--fp32-export", help="Export fp32 weights instead of fp16.")] = False,

@@ -62,7 +62,10 @@ class StyledConv(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, 3, padding=1)
         self.style = nn.Linear(w_dim, 2 * cout)
-        nn.init.zeros_(self.style.weight)  # starts as plain instance norm (scale 1, shift 0)
+        # Centred on plain instance norm (scale 1, shift 0), with w's pull on from the start (each
+        # scale varying by about 0.5 from picture to picture): with styles that barely depend on
+        # w, the generator learned one picture per class and ignored z.
+        nn.init.normal_(self.style.weight, std=0.5 / w_dim**0.5)
         nn.init.zeros_(self.style.bias)
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -87,7 +90,10 @@ class GANGenerator(nn.Module):
         self.class_embedding = nn.Embedding(len(classes), z_dim) if classes else None
         layers, width = [], 2 * z_dim if classes else z_dim
         for _ in range(mapping_layers):
-            layers += [nn.Linear(width, w_dim), nn.LeakyReLU(0.2)]
+            layer = nn.Linear(width, w_dim)
+            nn.init.kaiming_normal_(layer.weight, a=0.2)  # w keeps z's scale (PyTorch's default shrinks it 3x a layer)
+            nn.init.zeros_(layer.bias)
+            layers += [layer, nn.LeakyReLU(0.2)]
             width = w_dim
         self.mapping = nn.Sequential(*layers)
         self.w_dim = width
