@@ -216,6 +216,7 @@ def gan(folder: Annotated[Optional[Path], typer.Argument(help="A folder of pictu
         z_dim: Annotated[int, typer.Option("--z-dim", help="Length of the noise vector z (and of w).", min=8, max=1024)] = 128,
         r1: Annotated[float, typer.Option("--r1", help="R1 penalty weight (gamma) on real pictures, applied lazily.", min=0.0)] = 0.1,
         d_lr: Annotated[float, typer.Option("--d-lr", help="The discriminator's learning rate (twice the generator's, by default: a discriminator that learns slower sat at chance and the generator collapsed).")] = 4e-4,
+        d_steps: Annotated[int, typer.Option("--d-steps", help="Discriminator updates per generator update.", min=1, max=10)] = 3,
         conditional: Annotated[Optional[bool], typer.Option("--conditional/--unconditional", help="One class per first subfolder (a built dataset: noto, twemoji, fluent, tabler). Default: conditional when the pictures lie in two or more subfolders.", show_default=False)] = None,
         augment: Annotated[bool, typer.Option("--augment/--no-augment", help="DiffAugment (colour, translation, cutout) on everything the discriminator sees.")] = True,
         fp32_export: Annotated[bool, typer.Option("--fp32-export", help="Export fp32 weights instead of fp16.")] = False,
@@ -237,6 +238,6 @@ def gan(folder: Annotated[Optional[Path], typer.Argument(help="A folder of pictu
     config = _config(steps, batch_size, lr, bf16, save_every, sample_every, warmup, ema_decay, device, fp16)
     _check_data(data)
     settings = GANSettings(size=size, z_dim=z_dim, w_dim=z_dim, g_base=width, d_base=d_width, least=least, r1_gamma=r1,
-                           d_lr=d_lr, augment=augment)
+                           d_lr=d_lr, d_steps=d_steps, augment=augment)
     export = run_gan(data, out_dir, config, settings, conditional=conditional, half=not fp32_export)
     out.print(f"GAN saved to {export}; make pictures with `reverie generate --model gan:{out_dir}`")
