@@ -219,6 +219,21 @@ def test_train_and_generate_from_the_command_line(shapes, gan_folder, monkeypatc
     assert read_png_info(next((tmp_path / "named").glob("*.png")))["reverie"]["class"] == "red"
 
 
+def test_a_gan_in_the_builtin_folder_is_a_builtin_model(gan_folder, monkeypatch, capsys, tmp_path):
+    import reverie.models.gan as gan_module
+
+    (tmp_path / "shapes").symlink_to(gan_folder, target_is_directory=True)
+    monkeypatch.setattr(gan_module, "BUILTIN_DIR", tmp_path)
+    code, out, _ = run_cli(monkeypatch, capsys, "models")
+    assert any(line.split()[:3] == ["shapes", "gan", "built"] for line in out.splitlines())
+    code, _, err = run_cli(monkeypatch, capsys, "generate", "--model", "shapes", "-n", "1", "-o", str(tmp_path / "o"))
+    assert code == 0, err
+    with pytest.raises(Exception, match="shapes is a GAN, not a diffusion model"):
+        from reverie.models.registry import load_model
+
+        load_model("shapes")
+
+
 @pytest.mark.parametrize("case", ["no config", "not a gan", "damaged weights", "wrong shapes"])
 def test_a_wrong_or_damaged_gan_folder_is_refused_naming_the_option(case, gan_folder, monkeypatch, capsys, tmp_path):
     folder = tmp_path / "bad"
