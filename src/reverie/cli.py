@@ -70,7 +70,7 @@ def _run(fields, outdir: Path) -> None:
                 bar.update(steps, description=event.message)
             elif event.stage == "image":
                 bar.update(images, completed=event.step)
-            elif event.stage in ("load", "encode", "decode", "upscale"):
+            elif event.stage in ("load", "encode", "decode", "upscale", "walk"):
                 bar.update(steps, description=event.stage + "…" if not event.message else event.message)
 
         result = Studio().run(request, outdir=outdir, progress=on_progress)
@@ -79,6 +79,8 @@ def _run(fields, outdir: Path) -> None:
         out.print(f"{image.path}  seed {image.seed}{score}")
     if result.grid_path:
         out.print(f"grid: {result.grid_path}")
+    if getattr(result, "video", None):
+        out.print(f"video: {result.video}")
     if result.interrupted:
         err.print(f"[yellow]stopped: kept the {len(result.images)} finished picture(s)[/yellow]")
         raise typer.Exit(130)
@@ -95,8 +97,11 @@ def generate(
     attention_slicing: Slicing = False, vae_tiling: Tiling = None, upscale: Upscale = None,
     rerank: Rerank = 1, score: ScoreOpt = False, scorer: ScorerOpt = "mini",
     style: Annotated[Optional[str], typer.Option("--style", help="A style preset (see `reverie styles`).")] = None,
+    truncation: Annotated[Optional[float], typer.Option("--truncation", help="GAN models: pull toward the mean picture, 0 (the mean) to 1 (full variety; default).")] = None,
+    gan_class: Annotated[Optional[str], typer.Option("--class", help="GAN models: the class to draw (e.g. noto, twemoji, fluent, tabler); the prompt may name it too. Default: chosen by each picture's seed.")] = None,
+    walk: Annotated[int, typer.Option("--walk", help="GAN models: also write a video walking through the pictures' latents, this many frames from one to the next.", min=0, max=240)] = 0,
 ):
-    """Text to image."""
+    """Text to image; with a GAN model (--model gan:RUN) pictures from the GAN, no prompt needed."""
     if from_image is not None:
         from .studio import request_from_picture
 
@@ -104,6 +109,12 @@ def generate(
         _run(request, outdir or Path(f"outputs/{request.mode}"))
         return
     text = prompt if prompt is not None else prompt_opt
+    from .studio import mode_for_model
+
+    if mode_for_model(model) == "gan":
+        fields = _gan_fields(locals(), text)
+        _run(fields, outdir or Path("outputs/gan"))
+        return
     if text is None:
         raise typer.BadParameter("give a prompt, or --from IMAGE to re-make a picture", param_hint="PROMPT")
     fields = _common(**locals()) | {"mode": "txt2img", "prompt": text}
@@ -112,6 +123,27 @@ def generate(
 
         fields["prompt"], fields["negative_prompt"] = apply_style(style, text, negative)
     _run(fields, outdir or Path("outputs/txt2img"))
+
+
+# Diffusion options a GAN has no use for: (option, the value that means "not given").
+GAN_IGNORES = (("--negative", "negative", ""), ("--steps", "steps", None), ("--cfg-scale", "cfg_scale", None),
+               ("--sampler", "sampler", None), ("--plms", "plms", False), ("--width", "width", None),
+               ("--height", "height", None), ("--rerank", "rerank", 1), ("--score", "score", False),
+               ("--style", "style", None), ("--attention-slicing", "attention_slicing", False),
+               ("--vae-tiling", "vae_tiling", None))
+
+
+def _gan_fields(given: dict, text: str | None) -> dict:
+    """The request fields of `generate` with a GAN model; a diffusion-only option is refused by name."""
+    for option, name, unset in GAN_IGNORES:
+        if given[name] != unset:
+            raise ReverieError(f"{option}: a GAN draws its pictures in one pass at its own size, without it; leave {option} out")
+    if text and given["gan_class"] and text != given["gan_class"]:
+        raise ReverieError("--class: a GAN takes no prompt, only a class; give the class once (as the prompt or --class)")
+    fields = {"mode": "gan", "model": given["model"], "n_samples": given["n_samples"] * given["n_iter"],
+              "seed": given["seed"], "device": given["device"], "upscale": given["upscale"],
+              "truncation": given["truncation"], "class_name": given["gan_class"] or text or None, "walk": given["walk"]}
+    return {key: value for key, value in fields.items() if value is not None}
 
 
 @app.command()

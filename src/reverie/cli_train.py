@@ -9,7 +9,7 @@ progress bar with loss and rate, and writes sample grids under OUT/samples/.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -248,3 +248,42 @@ def style_cmd(style: Annotated[Path, typer.Argument(help="The style picture the 
                                            smoothness=smoothness),
                         features=network, samples=samples)
     out.print(f"style network saved to {out_dir / 'export'}; apply it with: reverie style --model {out_dir} PICTURE")
+
+
+@train_app.command()
+def gan(folder: Annotated[Optional[Path], typer.Argument(help="A folder of pictures (png, jpg, webp; subfolders too; no captions needed), or a dataset `reverie data build` made (its train/ split). Default: data/build/mini-64.", show_default=False)] = None,
+        data: Annotated[Optional[Path], typer.Option("--data", help="The same as FOLDER.")] = None,
+        out_dir: Out = Path("runs/gan"), steps: Steps = 3000, batch_size: Batch = 8, lr: Annotated[float, typer.Option("--lr", help="The generator's learning rate.")] = 2e-4,
+        save_every: SaveEvery = 250, sample_every: SampleEvery = 250, warmup: Warmup = 50, ema_decay: EmaDecay = 0.999,
+        size: Annotated[int, typer.Option("--size", help="Picture side in pixels: 16, 32, 64, 128 or 256.")] = 64,
+        width: Annotated[int, typer.Option("--width", help="The generator's channels at 4 and 8 px, halved each block above (at least --least).", min=8, max=1024)] = 128,
+        d_width: Annotated[int, typer.Option("--d-width", help="The discriminator's channels at 4 and 8 px, halved each block above.", min=8, max=1024)] = 128,
+        least: Annotated[int, typer.Option("--least", help="No block of either network narrower than this.", min=4, max=512)] = 16,
+        z_dim: Annotated[int, typer.Option("--z-dim", help="Length of the noise vector z (and of w).", min=8, max=1024)] = 128,
+        r1: Annotated[float, typer.Option("--r1", help="R1 penalty weight (gamma) on real pictures, applied lazily.", min=0.0)] = 0.1,
+        d_lr: Annotated[float, typer.Option("--d-lr", help="The discriminator's learning rate (twice the generator's, by default: a discriminator that learns slower sat at chance and the generator collapsed).")] = 4e-4,
+        d_steps: Annotated[int, typer.Option("--d-steps", help="Discriminator updates per generator update.", min=1, max=10)] = 3,
+        conditional: Annotated[Optional[bool], typer.Option("--conditional/--unconditional", help="One class per first subfolder (a built dataset: noto, twemoji, fluent, tabler). Default: conditional when the pictures lie in two or more subfolders.", show_default=False)] = None,
+        augment: Annotated[bool, typer.Option("--augment/--no-augment", help="DiffAugment (colour, translation, cutout) on everything the discriminator sees.")] = True,
+        fp32_export: Annotated[bool, typer.Option("--fp32-export", help="Export fp32 weights instead of fp16.")] = False,
+        bf16: Bf16 = False, device: Device = "auto", fp16: Fp16 = False):
+    """Train a small class-conditional GAN (StyleGAN-lite generator, R1, DiffAugment, EMA); export to OUT/export."""
+    from .errors import ReverieError
+    from .models.gan import check_size
+    from .training.gan import GANSettings, run_gan
+
+    if folder is not None and data is not None and folder != data:
+        raise ReverieError(f"--data: give the pictures once, as FOLDER or as --data (got {folder} and {data})")
+    data = folder or data or Path("data/build/mini-64")
+    try:
+        check_size(size)
+    except ValueError as exc:
+        raise ReverieError(f"--size: {exc}") from None
+    if batch_size < 2:
+        raise ReverieError("--batch-size: a GAN needs at least 2 pictures per step")
+    config = _config(steps, batch_size, lr, bf16, save_every, sample_every, warmup, ema_decay, device, fp16)
+    _check_data(data)
+    settings = GANSettings(size=size, z_dim=z_dim, w_dim=z_dim, g_base=width, d_base=d_width, least=least, r1_gamma=r1,
+                           d_lr=d_lr, d_steps=d_steps, augment=augment)
+    export = run_gan(data, out_dir, config, settings, conditional=conditional, half=not fp32_export)
+    out.print(f"GAN saved to {export}; make pictures with `reverie generate --model gan:{out_dir}`")

@@ -53,6 +53,14 @@ def request_fields(mode: str | None = None) -> set[str]:
     return set(method_for(mode or DEFAULT_MODE).request.model_fields)
 
 
+def mode_for_model(reference: str | None, default: str = "txt2img") -> str:
+    """The mode that makes pictures with the model a reference names: `gan` for a GAN
+    (`gan:NAME`, a GAN folder or run folder; its config is read, no weights), else `default`."""
+    from .models.gan import is_gan_reference
+
+    return "gan" if is_gan_reference(reference) else default
+
+
 def request_from_picture(path: str | Path, **changes) -> BaseRequest:
     """The request that makes the picture at `path` again, exactly: its own settings and seed,
     one picture (reverie's PNGs, or A1111's `parameters` text)."""

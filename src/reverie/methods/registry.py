@@ -22,6 +22,7 @@ PACKAGES = (
     "reverie.methods.upscale",
     "reverie.methods.dreaming",
     "reverie.methods.style",
+    "reverie.methods.gan",
 )
 DEFAULT_MODE = "txt2img"
 

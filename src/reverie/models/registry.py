@@ -18,6 +18,7 @@ import torch
 from ..errors import ModelNotFound
 from .components import ModelComponents
 from .diffusers_folder import is_diffusers_folder, load_diffusers_folder
+from .gan import builtin_gans, gan_side, is_gan_folder, is_gan_reference
 from .mini import MINI_NAME, NATIVE_SIDE as MINI_SIDE, load_mini, mini_installed
 from .tiny import TINY_NAME, build_tiny
 
@@ -32,7 +33,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 @dataclass
 class ModelEntry:
     name: str
-    kind: str  # builtin, diffusers, single-file
+    kind: str  # builtin, diffusers, single-file, gan
     location: str
     note: str = ""
 
@@ -54,10 +55,14 @@ def list_models() -> list[ModelEntry]:
     entries = [ModelEntry(name, "builtin", "built in", note) for name, note in BUILTINS.items()]
     if mini_installed():
         entries.insert(0, ModelEntry(MINI_NAME, "builtin", "built in", "reverie-mini: emoji and icons, trained by this project"))
+    for name, path in builtin_gans().items():
+        entries.append(ModelEntry(name, "gan", "built in", "a GAN trained by this project (reverie generate --model NAME)"))
     folder = models_dir()
     if folder.is_dir():
         for child in sorted(folder.iterdir()):
-            if child.is_dir() and is_diffusers_folder(child):
+            if child.is_dir() and is_gan_folder(child):
+                entries.append(ModelEntry(child.name, "gan", str(child), "a GAN (`reverie train gan`)"))
+            elif child.is_dir() and is_diffusers_folder(child):
                 entries.append(ModelEntry(child.name, "diffusers", str(child)))
             elif child.is_file() and child.suffix.lower() in CHECKPOINT_SUFFIXES:
                 entries.append(ModelEntry(child.stem, "single-file", str(child)))
@@ -65,14 +70,19 @@ def list_models() -> list[ModelEntry]:
 
 
 def native_side(reference: str) -> int | None:
-    """The picture side a small built-in model draws best, when it has one (no loading)."""
-    return MINI_SIDE if reference == MINI_NAME else None
+    """The picture side a small built-in model or a GAN draws best, when it has one (no loading)."""
+    if reference == MINI_NAME:
+        return MINI_SIDE
+    return gan_side(reference) if is_gan_reference(reference) else None
 
 
 def load_model(reference: str, dtype: torch.dtype = torch.float32) -> ModelComponents:
     """Load the model `reference` names (see the module docstring for the forms)."""
     if reference == MINI_NAME:
         return load_mini(dtype)
+    if is_gan_reference(reference):
+        raise ModelNotFound(f"{reference} is a GAN, not a diffusion model: it draws without a prompt "
+                            f"(reverie generate --model {reference}, mode gan) and dreams (reverie dream -g {reference})")
     if reference in BUILTINS:
         components = build_tiny(inpainting=reference.endswith("-inpainting"))
         return _cast(components, dtype)

@@ -143,3 +143,27 @@ class BigGANGenerator(Generator):
         if picture.shape[-2:] != (self.height, self.width):
             picture = F.interpolate(picture, size=(self.height, self.width), mode="bilinear", align_corners=False)
         return picture
+
+
+class GANGenerator(Generator):
+    """A trained reverie GAN's z and, for a class-conditional one, soft class weights (The Big
+    Sleep's recipe on our own GAN). The picture is drawn at the GAN's size and resized to the dream's."""
+
+    kind, default_lr, can_start_from_image = "gan", 0.05, False
+
+    def __init__(self, gan, height: int, width: int, generator: torch.Generator, truncation: float = 1.0):
+        super().__init__()
+        object.__setattr__(self, "gan", gan)
+        self.height, self.width, self.truncation = height, width, truncation
+        self.noise = torch.nn.Parameter(torch.randn((1, gan.z_dim), generator=generator))
+        if gan.classes:  # logits of a softmax over the classes, starting near uniform
+            self.classes = torch.nn.Parameter(0.1 * torch.randn((1, len(gan.classes)), generator=generator))
+
+    def forward(self) -> torch.Tensor:
+        device = self.gan.w_mean.device
+        weights = torch.softmax(self.classes, dim=1).to(device) if self.gan.classes else None
+        picture = self.gan(self.noise.to(device), weights, self.truncation).float()
+        picture = (picture.clamp(-1, 1) + 1) / 2
+        if picture.shape[-2:] != (self.height, self.width):
+            picture = F.interpolate(picture, size=(self.height, self.width), mode="bilinear", align_corners=False)
+        return picture

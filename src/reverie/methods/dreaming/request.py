@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from ...models.mini import MINI_NAME, NATIVE_SIDE as MINI_SIDE
+from ...models.registry import native_side
 from ...request import MAX_SIDE, BaseRequest
 
 BUILTIN_GENERATOR = MINI_NAME  # reverie-mini's autoencoder latents
@@ -45,11 +46,12 @@ class DreamRequest(BaseRequest):
     prior_weight: float = Field(1.0, ge=0.0, le=100.0)
     prior_guidance: float = Field(7.5, ge=0.0, le=50.0)
     smoothness: float = Field(0.0, ge=0.0, le=1000.0)  # total-variation weight
-    # None: the generator's own size (reverie-mini's for the built-in one; else DREAM_SIDE).
+    # None: the generator's own size (reverie-mini's for the built-in one, a GAN's own; else DREAM_SIDE).
     width: int | None = Field(None, ge=16, le=MAX_SIDE)
     height: int | None = Field(None, ge=16, le=MAX_SIDE)
     # Pictures are saved this many times larger, by the built-in upscaler; None: for the built-in
-    # generator the least factor that shows them at SHOWN_SIDE (2 at mini's 128), else 1.
+    # generator and GANs the least factor that shows them at SHOWN_SIDE (2 at mini's 128, 4 at a
+    # 64 px GAN's), else 1.
     upscale: Literal[1, 2, 4] | None = None
     iterations: int = Field(300, ge=1, le=1_000_000)  # a continued dream: 100 more when not given
     save_every: int = Field(50, ge=1)
@@ -60,7 +62,7 @@ class DreamRequest(BaseRequest):
     cut_power: float = Field(1.0, gt=0.0, le=10.0)
     augment: bool = True
     noise: float = Field(0.1, ge=0.0, le=1.0)
-    truncation: float = Field(1.0, gt=0.0, le=1.0)  # BigGAN only
+    truncation: float = Field(1.0, gt=0.0, le=1.0)  # BigGAN and GANs only
     zoom: float | None = Field(None, ge=1.0, le=2.0)  # zoom-in video: scale per zoom step
     zoom_every: int = Field(10, ge=1)
     video: str | None = None  # also write the snapshots as .mp4 or .gif (in the run folder unless a path)
@@ -86,9 +88,10 @@ class DreamRequest(BaseRequest):
         if not self.prompt.strip():
             raise ValueError("give a prompt to dream about, or continue_from a dream's run folder")
         builtin = self.generator == BUILTIN_GENERATOR
-        side = MINI_SIDE if builtin else DREAM_SIDE
+        own = MINI_SIDE if builtin else native_side(self.generator)  # a GAN's own size, from its config
+        side = own or DREAM_SIDE
         self.width, self.height = self.width or side, self.height or side
         if self.upscale is None:
             longest = max(self.width, self.height)
-            self.upscale = next((f for f in (1, 2, 4) if longest * f >= SHOWN_SIDE), 4) if builtin else 1
+            self.upscale = next((f for f in (1, 2, 4) if longest * f >= SHOWN_SIDE), 4) if own else 1
         return self

@@ -5,6 +5,8 @@
 - `pixels`: raw pixels, Fourier-parameterized;
 - `vqgan:CKPT` or a `.ckpt` with a taming YAML beside it: a VQGAN;
 - `biggan:DIR` or a folder with BigGAN's config.json: BigGAN;
+- `gan:RUN` (a GAN `reverie train gan` made: its run folder, export folder, or name in the
+  models folder) or such a folder: that GAN's z and classes;
 - anything else `--model` accepts (a diffusers folder, an SD single file, a bare
   AutoencoderKL folder): that model's autoencoder.
 """
@@ -16,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from ...errors import ModelNotFound
-from .generators import BigGANGenerator, Generator, LatentGenerator, PixelGenerator, VQGANGenerator
+from ...errors import BadCheckpoint, BadRequest, ModelNotFound
+from .generators import BigGANGenerator, GANGenerator, Generator, LatentGenerator, PixelGenerator, VQGANGenerator
 
 PIXELS = "pixels"
 
@@ -40,8 +42,9 @@ def _is_autoencoder_folder(path: Path) -> bool:
 
 
 def load_network(reference: str, dtype: torch.dtype = torch.float32):
-    """(kind, frozen network) for a generator reference; kind is pixels|latent|vqgan|biggan."""
+    """(kind, frozen network) for a generator reference; kind is pixels|latent|vqgan|biggan|gan."""
     from ...models.biggan import is_biggan_folder, load_biggan
+    from ...models.gan import is_gan_reference, load_gan, resolve_gan
     from ...models.taming_vqgan import load_vqgan
 
     prefix, sep, rest = reference.partition(":")
@@ -51,6 +54,11 @@ def load_network(reference: str, dtype: torch.dtype = torch.float32):
         return "vqgan", load_vqgan(rest, dtype=dtype)
     if sep and prefix == "biggan":
         return "biggan", load_biggan(rest, dtype=dtype)
+    if is_gan_reference(reference):
+        try:
+            return "gan", load_gan(resolve_gan(reference), dtype=dtype)
+        except (ModelNotFound, BadCheckpoint) as exc:
+            raise BadRequest("generator", str(exc)) from None
     path = Path(reference)
     if _is_taming_checkpoint(path):
         return "vqgan", load_vqgan(path, dtype=dtype)
@@ -67,7 +75,7 @@ def load_network(reference: str, dtype: torch.dtype = torch.float32):
         components = load_model(reference, dtype=dtype)
     except ModelNotFound:
         raise ModelNotFound(
-            f"unknown generator {reference!r}: use mini, pixels, vqgan:CHECKPOINT, biggan:FOLDER, "
+            f"unknown generator {reference!r}: use mini, pixels, vqgan:CHECKPOINT, biggan:FOLDER, gan:RUN, "
             "or a model whose autoencoder to dream in"
         ) from None
     return "latent", components.vae
@@ -82,4 +90,6 @@ def build_generator(kind: str, network, height: int, width: int, generator: torc
         return LatentGenerator(network, height, width, generator)
     if kind == "vqgan":
         return VQGANGenerator(network, height, width, generator)
+    if kind == "gan":
+        return GANGenerator(network, height, width, generator, truncation)
     return BigGANGenerator(network, height, width, generator, truncation)
