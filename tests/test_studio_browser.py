@@ -119,6 +119,27 @@ def test_prompt_gives_four_pictures_then_variations(page, server):
     assert last_job(server)["mode"] == "variations"
 
 
+def test_a_gan_in_the_models_folder_draws_from_the_create_view(page, server, tmp_path, monkeypatch):
+    import torch
+
+    from reverie.models.gan import GANGenerator, save_gan
+
+    torch.manual_seed(0)
+    generator = GANGenerator(16, 16, 16, 2, [16, 16, 8], ["blue", "red"])
+    generator.compute_w_mean()
+    save_gan(generator, tmp_path / "models" / "my-gan")
+    monkeypatch.setenv("REVERIE_MODELS", str(tmp_path / "models"))
+    page.reload()
+    page.wait_for_function("[...document.querySelector('#model').options].some(o => o.value === 'my-gan')")
+    page.click("#advanced summary")  # the model menu is in the advanced panel, collapsed at first
+    page.select_option("#model", "my-gan")
+    page.fill("#seed", "5")
+    assert len(generate(page, "red")) == 4
+    request = last_job(server)
+    assert (request["mode"], request["model"], request["class_name"], request["seed"]) == ("gan", "my-gan", "red", 5)
+    page.select_option("#model", "")
+
+
 def test_paint_a_mask_and_inpaint(page, server):
     generate(page, "a house with a door")
     page.locator("#results .card").first.get_by_role("button", name="Inpaint").click()

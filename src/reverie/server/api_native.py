@@ -60,10 +60,12 @@ class GenerateBody(BaseModel):
     size: int | None = None
     optimizer: str | None = None
     init: str | None = None
-    strength: float | None = None
     smoothness: float | None = None
     preserve_colour: bool | None = None
     save_every: int | None = None
+    # mode "gan": a GAN /api/v1/models lists (kind "gan"), one of its classes, truncation
+    class_name: str | None = Field(None, max_length=100)
+    truncation: float | None = None
 
 
 class DreamBody(BaseModel):

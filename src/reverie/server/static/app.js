@@ -89,15 +89,28 @@ async function fillChoices() {
   const [styles, samplers, models] = await Promise.all([api("/api/v1/styles"), api("/api/v1/samplers"), api("/api/v1/models")]);
   $("#style").replaceChildren(...styles.map((s) => new Option(s.name, s.name === "None" ? "" : s.name)));
   $("#sampler").replaceChildren(new Option("model default", ""), ...samplers.map((s) => new Option(s.label, s.name)));
-  const diffusion = models.filter((m) => m.kind !== "style");
-  $("#model").replaceChildren(new Option("default", ""), ...diffusion.map((m) => new Option(m.name, m.name)));
+  const drawing = models.filter((m) => m.kind !== "style");
+  modelKinds = Object.fromEntries(drawing.map((m) => [m.name, m.kind]));
+  $("#model").replaceChildren(new Option("default", ""),
+    ...drawing.map((m) => new Option(m.kind === "gan" ? `${m.name} (GAN: the prompt picks its class)` : m.name, m.name)));
   $("#style-choice").replaceChildren(new Option("a style picture…", ""),
     ...models.filter((m) => m.kind === "style").map((m) => new Option(`${m.name} (trained network)`, m.name)));
 }
 
 // ---------------------------------------------------------------- jobs
 let currentJob = null;
+let modelKinds = {};  // model name -> kind (builtin, diffusers, single-file, gan), from /api/v1/models
+
+// A GAN draws without a prompt: the prompt, when given, names one of its classes.
+function ganRequest(model) {
+  const fields = { mode: "gan", model, n_samples: 4 };
+  const prompt = $("#prompt").value.trim(); if (prompt) fields.class_name = prompt;
+  const seed = $("#seed").value; if (seed !== "") fields.seed = parseInt(seed, 10);
+  return fields;
+}
+
 function requestFromForm() {
+  if (modelKinds[$("#model").value] === "gan") return ganRequest($("#model").value);
   const fields = { prompt: $("#prompt").value.trim(), negative_prompt: $("#negative_prompt").value };
   const style = $("#style").value; if (style) fields.style = style;
   for (const name of ["width", "height", "steps", "seed"]) { const v = $(`#${name}`).value; if (v !== "") fields[name] = parseInt(v, 10); }
@@ -166,7 +179,7 @@ $("#dream-stop").addEventListener("click", async () => { if (currentJob) await a
 $("#create-form").addEventListener("submit", (event) => {
   event.preventDefault();
   const fields = requestFromForm();
-  if (!fields.prompt) { toast("type what the picture should show"); return; }
+  if (fields.mode !== "gan" && !fields.prompt) { toast("type what the picture should show"); return; }
   submitJob(fields, "Generating");
 });
 $("#prompt").addEventListener("keydown", (event) => {
