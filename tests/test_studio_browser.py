@@ -137,6 +137,11 @@ def test_a_gan_in_the_models_folder_draws_from_the_create_view(page, server, tmp
     assert len(generate(page, "red")) == 4
     request = last_job(server)
     assert (request["mode"], request["model"], request["class_name"], request["seed"]) == ("gan", "my-gan", "red", 5)
+    # A GAN has no edit modes: its picture's variations are made by the default diffusion model.
+    before = card_ids(page)
+    page.locator("#results .card").first.get_by_role("button", name="Variations").click()
+    wait_for_new_cards(page, before)
+    assert last_job(server)["mode"] == "variations" and last_job(server)["model"] == "tiny-random"
     page.select_option("#model", "")
 
 

@@ -130,8 +130,10 @@ async function submitJob(body, label, path = "/api/v1/jobs") {
   } catch (error) { toast(error.message); }
 }
 
-// The model and sampling settings a picture was made with: edits of it are made the same way.
+// The model and sampling settings a picture was made with: edits of it are made the same way
+// (a GAN's picture is edited with the default diffusion model: a GAN has no edit modes).
 function madeWith(settings) {
+  if (settings.mode === "gan") return {};
   return { model: settings.model || undefined, steps: settings.steps || undefined,
     cfg_scale: settings.cfg_scale ?? undefined, sampler: settings.sampler || undefined };
 }
