@@ -14,6 +14,7 @@ import torch
 
 from ..errors import BadCheckpoint, ModelNotFound
 from .single_file import read_state_dict
+from .weights import fill_exactly
 
 CONFIG_NAME = "config.json"
 WEIGHT_NAMES = ("pytorch_model.bin", "model.safetensors")
@@ -45,11 +46,7 @@ def load_biggan(folder: str | Path, dtype: torch.dtype = torch.float32):
         model = BigGAN(config)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise BadCheckpoint(f"{folder / CONFIG_NAME} is not a BigGAN config ({exc})") from None
-    try:
-        model.load_state_dict(read_state_dict(weights), strict=True)
-    except RuntimeError as exc:
-        first = str(exc).split("\n\t")[1] if "\n\t" in str(exc) else str(exc)
-        raise BadCheckpoint(f"{weights.name} does not match {CONFIG_NAME}: {first.strip()}") from None
+    fill_exactly(model, read_state_dict(weights), f"{weights.name} does not match {CONFIG_NAME}")
     if dtype != torch.float32:
         model = model.to(dtype)
     return model.eval().requires_grad_(False)

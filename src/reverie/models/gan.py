@@ -31,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import BadCheckpoint, ModelNotFound
+from .weights import fill_exactly
 
 KIND = "gan"
 CLASS_NAME = "ReverieGANGenerator"
@@ -224,11 +225,7 @@ def load_gan(folder: str | Path, dtype: torch.dtype = torch.float32) -> GANGener
         state = load_file(str(weights))
     except Exception as exc:  # safetensors raises several types for a damaged file
         raise BadCheckpoint(f"{weights} is damaged ({str(exc).splitlines()[0]})") from None
-    try:
-        generator.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).split("\n\t")[1] if "\n\t" in str(exc) else str(exc)
-        raise BadCheckpoint(f"{weights.name} does not match {CONFIG_NAME}: {first.strip()}") from None
+    fill_exactly(generator, {k: v.float() for k, v in state.items()}, f"{weights.name} does not match {CONFIG_NAME}")
     if dtype != torch.float32:
         generator = generator.to(dtype)
     return generator.eval().requires_grad_(False)

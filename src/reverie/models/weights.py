@@ -18,6 +18,17 @@ def save_weights(module: torch.nn.Module, path: Path, half: bool = True) -> Path
     return path
 
 
+def fill_exactly(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> torch.nn.Module:
+    """Load `state` into `module` key for key; a mismatch is a BadCheckpoint that says `what`
+    and the first key or shape that differs."""
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).split("\n\t")[1] if "\n\t" in str(exc) else str(exc)
+        raise BadCheckpoint(f"{what}: {first.strip()}") from None
+    return module
+
+
 def load_weights(module: torch.nn.Module, path: Path, what: str) -> torch.nn.Module:
     """Fill `module` from `path` in fp32; a missing or damaged file names `what` and the path."""
     if not path.is_file():
