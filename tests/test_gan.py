@@ -41,17 +41,22 @@ def shapes(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module")
-def gan_folder(tmp_path_factory):
-    """A random two-class GAN with strong styles, so that seeds and classes change its pictures
-    plainly; saved as a GAN folder, fp16."""
-    torch.manual_seed(0)
+def strong_gan(seed: int) -> GANGenerator:
+    """A random 16 px two-class GAN (blue, red) with strong styles, so that seeds and classes
+    change its pictures plainly."""
+    torch.manual_seed(seed)
     generator = GANGenerator(16, 16, 16, 2, [16, 16, 8], ["blue", "red"])
     for module in generator.modules():
         if hasattr(module, "style"):
             torch.nn.init.normal_(module.style.weight, std=0.5)
     generator.compute_w_mean()
-    return save_gan(generator, tmp_path_factory.mktemp("gan") / "export")
+    return generator
+
+
+@pytest.fixture(scope="module")
+def gan_folder(tmp_path_factory):
+    """`strong_gan` saved as a GAN folder, fp16."""
+    return save_gan(strong_gan(0), tmp_path_factory.mktemp("gan") / "export")
 
 
 def config(steps: int, batch_size: int = 4, **more) -> TrainConfig:
@@ -164,12 +169,7 @@ def test_the_class_changes_the_picture_and_a_wrong_class_is_refused(gan_folder):
 
 
 def test_fp16_export_keeps_the_pictures(gan_folder, tmp_path):
-    torch.manual_seed(1)
-    generator = GANGenerator(16, 16, 16, 2, [16, 16, 8], ["blue", "red"])
-    for module in generator.modules():
-        if hasattr(module, "style"):
-            torch.nn.init.normal_(module.style.weight, std=0.5)
-    generator.compute_w_mean()
+    generator = strong_gan(1)
     save_gan(generator, tmp_path / "fp16")
     save_gan(generator, tmp_path / "fp32", half=False)
     z = torch.randn(8, 16, generator=torch.Generator().manual_seed(0))

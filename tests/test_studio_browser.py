@@ -120,14 +120,11 @@ def test_prompt_gives_four_pictures_then_variations(page, server):
 
 
 def test_a_gan_in_the_models_folder_draws_from_the_create_view(page, server, tmp_path, monkeypatch):
-    import torch
+    from test_gan import strong_gan
 
-    from reverie.models.gan import GANGenerator, save_gan
+    from reverie.models.gan import save_gan
 
-    torch.manual_seed(0)
-    generator = GANGenerator(16, 16, 16, 2, [16, 16, 8], ["blue", "red"])
-    generator.compute_w_mean()
-    save_gan(generator, tmp_path / "models" / "my-gan")
+    save_gan(strong_gan(0), tmp_path / "models" / "my-gan")
     monkeypatch.setenv("REVERIE_MODELS", str(tmp_path / "models"))
     page.reload()
     page.wait_for_function("[...document.querySelector('#model').options].some(o => o.value === 'my-gan')")
