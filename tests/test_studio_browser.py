@@ -8,6 +8,7 @@ screen, with the keyboard alone.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -39,15 +40,11 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+@contextlib.contextmanager
+def serving(app):
+    """`app` on uvicorn in a thread of this process, on a free port: its URL, until the block ends."""
     import uvicorn
 
-    from reverie.server.app import create_app
-    from reverie.server.config import ServerConfig
-
-    data = tmp_path_factory.mktemp("studio")
-    app = create_app(ServerConfig(data_dir=data, default_model="tiny-random", device="cpu"))
     port = _free_port()
     instance = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=instance.run, daemon=True)
@@ -55,9 +52,22 @@ def server(tmp_path_factory):
     deadline = time.monotonic() + 30
     while not instance.started and time.monotonic() < deadline:
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", app, data
-    instance.should_exit = True
-    thread.join(10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        instance.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from reverie.server.app import create_app
+    from reverie.server.config import ServerConfig
+
+    data = tmp_path_factory.mktemp("studio")
+    app = create_app(ServerConfig(data_dir=data, default_model="tiny-random", device="cpu"))
+    with serving(app) as url:
+        yield url, app, data
 
 
 @pytest.fixture(scope="module")
@@ -245,24 +255,14 @@ def test_dream_view_shows_the_dream_as_it_goes(page, server):
 @pytest.fixture(scope="module")
 def multi_server(tmp_path_factory):
     """A multi-user studio with one user, ann, who has never used it."""
-    import uvicorn
-
     from reverie.server.app import create_app
     from reverie.server.config import ServerConfig
 
     app = create_app(ServerConfig(data_dir=tmp_path_factory.mktemp("multi"), multi_user=True,
                                   default_model="tiny-random", device="cpu"))
     app.state.studio.gallery.add_user("ann", "ann-pw")
-    port = _free_port()
-    instance = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=instance.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not instance.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    instance.should_exit = True
-    thread.join(10)
+    with serving(app) as url:
+        yield url
 
 
 def test_log_in_see_credits_and_their_history_then_log_out(browser, multi_server):
