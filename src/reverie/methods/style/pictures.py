@@ -14,14 +14,9 @@ def working_size(size: tuple[int, int], longest: int) -> tuple[int, int]:
     return max(16, round(width * scale)), max(16, round(height * scale))
 
 
-def content_picture(reference, longest: int) -> Image.Image:
-    """The content picture as RGB (transparency on white), its longest side `longest`."""
-    picture = to_rgb(load_image(reference, "content_image"))
-    return picture.resize(working_size(picture.size, longest), Image.LANCZOS)
-
-
-def style_picture(reference, longest: int) -> Image.Image:
-    """A style picture as RGB at the content's scale: its longest side `longest` too (the brush
-    strokes keep their size relative to the picture)."""
-    picture = to_rgb(load_image(reference, "style_images"))
+def working_picture(reference, longest: int, field: str = "content_image") -> Image.Image:
+    """A content or style picture (`field` names it in errors) as RGB, transparency on white, its
+    longest side `longest`: style pictures at the content's scale, so brush strokes keep their
+    size relative to the picture."""
+    picture = to_rgb(load_image(reference, field))
     return picture.resize(working_size(picture.size, longest), Image.LANCZOS)

@@ -14,7 +14,7 @@ from ...outputs.metadata import a1111_parameters
 from ...progress import Progress, ProgressEvent
 from ...result import GeneratedImage, Result
 from .fast import apply_style_network, style_network
-from .pictures import content_picture
+from .pictures import working_picture
 from .request import StyleRequest
 from .transfer import StyleTransfer
 
@@ -55,7 +55,7 @@ def _fast(request: StyleRequest, models: ModelCache, progress: Progress, outputs
     started = time.perf_counter()
     progress(ProgressEvent("load", message="loading the style network"))
     network = style_network(models, request.network, device)
-    picture = apply_style_network(network, content_picture(request.content_image, request.size), request.preserve_colour)
+    picture = apply_style_network(network, working_picture(request.content_image, request.size), request.preserve_colour)
     content = Path(request.content_image).name if isinstance(request.content_image, str) else "<image>"
     parameters = a1111_parameters(f"style transfer: {content} by the style network {request.network}", "", {
         "Seed": request.seed, "Size": f"{picture.width}x{picture.height}", "Style network": request.network,

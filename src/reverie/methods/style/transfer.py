@@ -32,7 +32,7 @@ from ...pixels import to_picture, to_tensor
 from ...progress import Progress, ProgressEvent
 from ...result import GeneratedImage, Result
 from .colour import keep_colours
-from .pictures import content_picture, style_picture
+from .pictures import working_picture
 from .request import DEFAULT_LR, StyleRequest
 
 SETTINGS_FILE, STATE_FILE, PICTURE_FILE, SNAPSHOTS = "style.json", "state.pt", "style.png", "steps"
@@ -113,8 +113,8 @@ class StyleTransfer:
         self.models = models if models is not None else ModelCache()
         self.network = network if network is not None else feature_network(self.models, request.features, self.device)
         if pictures is None:
-            pictures = (content_picture(request.content_image, request.size),
-                        [style_picture(s, request.size) for s in request.style_images])
+            pictures = (working_picture(request.content_image, request.size),
+                        [working_picture(s, request.size, "style_images") for s in request.style_images])
         self.content_picture, self.style_pictures = pictures
         self.content = to_tensor(self.content_picture).to(self.device)
         with torch.no_grad():
