@@ -18,9 +18,10 @@ from ..errors import ReverieError
 from ..models.style_features import FeatureNetwork, load_features
 from ..models.style_network import StyleNetwork, StyleNetworkConfig, save_style_network
 from ..models.style_objective import StyleTargets, style_transfer_loss
+from ..outputs.files import atomic_write
 from ..outputs.grid import make_grid
 from ..pixels import to_pictures, to_tensor
-from .loop import TrainConfig, Trainer, draw_batch
+from .loop import Part, TrainConfig, Trainer, draw_batch
 
 STYLE_FILE = "style.png"
 SAMPLES = 4  # pictures in each sample grid (before, after)
@@ -38,7 +39,7 @@ def kept_style(style: Image.Image, out: Path) -> Image.Image:
             raise ReverieError(f"{out} is training another style ({path}); give that picture, or choose another --out")
         return kept
     out.mkdir(parents=True, exist_ok=True)
-    style.save(path)
+    atomic_write(path, lambda partial: style.save(partial, format="PNG"))
     return style
 
 
@@ -84,10 +85,7 @@ def train_style_network(style: Image.Image, images: torch.Tensor, out: str | Pat
     return network
 
 
-
-def _part(network: StyleNetwork):
-    from .loop import Part
-
+def _part(network: StyleNetwork) -> Part:
     return Part(network, ema=False, schedule="constant")
 
 
