@@ -168,7 +168,7 @@ CASES = [
     _json("dream 1 MiB prompt", DREAMS, {"prompt": "x" * MIB}),
     _json("native huge sampler name", NATIVE, {"prompt": "x", **FAST, "sampler": "s" * 100_000}),
     _json("native huge model name", NATIVE, {"prompt": "x", **FAST, "model": "m" * 100_000}),
-    _json("native huge style name", NATIVE, {"prompt": "x", **FAST, "style": "s" * 100_000}),
+    _json("native huge style name", NATIVE, {"prompt": "x", **FAST, "styles": ["s" * 100_000]}),
     _json("native huge mode name", NATIVE, {"prompt": "x", **FAST, "mode": "z" * 100_000}),
     _raw("a body past the limit", NATIVE, b'{"prompt": "' + b"x" * (60 * MIB) + b'"}'),
     # pictures: garbage, bombs, headers claiming huge sizes, formats uploads do not take

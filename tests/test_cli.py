@@ -166,9 +166,12 @@ def test_style_presets_from_the_command_line(monkeypatch, capsys, tmp_path):
     code, out, _ = run_cli(monkeypatch, capsys, "generate", "a cat", *TINY, "-n", "1", "--style", "Line icon", "--outdir", str(tmp_path))
     assert code == 0
     picture = next(tmp_path.glob("*.png"))
-    assert read_png_info(picture)["reverie"]["settings"]["prompt"] == "a cat, line icon"
-    code, _, err = run_cli(monkeypatch, capsys, "generate", "a cat", *TINY, "--style", "Baroque")
-    assert code == 2 and "unknown style" in err
+    data = read_png_info(picture)["reverie"]
+    # The request keeps the user's prompt and the style; the picture records what was encoded.
+    assert data["settings"]["prompt"] == "a cat" and data["settings"]["styles"] == ["Line icon"]
+    assert data["prompt"]["prompt"] == "a cat, line icon" and data["prompt"]["negative_prompt"] == "colour"
+    code, _, err = run_cli(monkeypatch, capsys, "generate", "a cat", *TINY, "--style", "No such look")
+    assert code == 2 and "unknown style 'No such look'" in err
 
 
 def test_studio_users_from_the_command_line(monkeypatch, capsys, tmp_path):

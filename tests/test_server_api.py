@@ -138,8 +138,12 @@ def test_lists_models_samplers_styles_and_the_openapi_schema(client):
 
 
 def test_styles_are_applied(client):
-    job = client.post("/api/v1/jobs", json={"prompt": "a cat", "style": "Line icon", **FAST, "n_samples": 1}).json()
-    assert job["request"]["prompt"] == "a cat, line icon" and job["request"]["negative_prompt"] == "colour"
+    job = client.post("/api/v1/jobs", json={"prompt": "a cat", "styles": ["Line icon"], **FAST, "n_samples": 1}).json()
+    assert job["request"]["prompt"] == "a cat" and job["request"]["styles"] == ["Line icon"]
+    image = wait_done(client, job["id"])["images"][0]
+    assert image["prompt"] == "a cat, line icon"  # the gallery shows what was encoded
+    own = client.get(f"/api/v1/images/{image['id']}").json()["picture_prompt"]
+    assert own["template"] == "a cat" and own["negative_prompt"] == "colour"
 
 
 @pytest.mark.parametrize("body, status, field", [
@@ -150,7 +154,9 @@ def test_styles_are_applied(client):
     ({"prompt": "x", "colour": "red"}, 422, "colour"),
     ({"prompt": "x", "mode": "img2img", "init_image": "bm90IGFuIGltYWdl"}, 422, "init_image"),
     ({"prompt": "x", "mode": "img2img", "init_image": "image:0123"}, 422, "init_image"),
-    ({"prompt": "x", "style": "Baroque"}, 422, "style"),
+    ({"prompt": "x", "styles": ["No such look"]}, 422, "styles"),
+    ({"prompt": "a {red|blue"}, 422, "prompt"),
+    ({"prompt": "a __no_such_wildcard__"}, 422, "prompt"),
     ({"prompt": "x", "n_samples": 40}, 422, "n_samples"),
     ({"prompt": "x", "rerank": 17}, 422, "rerank"),
     ({"prompt": "x", "n_samples": 8, "rerank": 8}, 422, "rerank"),

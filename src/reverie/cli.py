@@ -40,6 +40,11 @@ Rerank = Annotated[int, typer.Option("--rerank", "--best-of", help="Make this ma
 ScoreOpt = Annotated[bool, typer.Option("--score", help="Score every picture against the prompt with the CLIP (written into the PNG).")]
 ScorerOpt = Annotated[str, typer.Option("--scorer", help="The CLIP that scores: mini (built in; emoji and icons), a `reverie train clip` export folder, or a CLIP file, as `reverie dream --clip`.")]
 MaskBlur = Annotated[int, typer.Option("--mask-blur", help="Pixels over which the repainted area fades into the kept one.")]
+StyleOpt = Annotated[Optional[list[str]], typer.Option("--style", help="A style preset (see `reverie styles`); repeat to combine them, applied in order.")]
+Stylize = Annotated[Optional[int], typer.Option("--stylize", min=0, max=1000, help="How strongly the style presets pull, 0..1000 (100: as written; 0 drops their words). Without a preset: higher lowers the CFG scale toward the model's own taste.")]
+Combinatorial = Annotated[bool, typer.Option("--combinatorial", help="One picture per combination of the prompt's {a|b} alternatives and wildcards (instead of a random variant per seed); --n-iter repeats them, --n-samples is the batch size.")]
+MaxCombinations = Annotated[int, typer.Option("--max-combinations", min=1, max=256, help="Combinatorial mode: make at most this many combinations (the first ones).")]
+StrictCombinations = Annotated[bool, typer.Option("--strict-combinations", help="Combinatorial mode: refuse a prompt with more combinations than --max-combinations instead of making the first ones.")]
 
 
 def _common(**kw) -> dict:
@@ -50,6 +55,8 @@ def _common(**kw) -> dict:
         sampler="plms" if kw.get("plms") else kw["sampler"], seed=kw["seed"], dtype=kw["dtype"],
         device=kw["device"], attention_slicing=kw["attention_slicing"], vae_tiling=kw["vae_tiling"],
         upscale=kw.get("upscale"), rerank=kw.get("rerank", 1), score=kw.get("score", False), scorer=kw.get("scorer", "mini"),
+        styles=list(kw.get("style") or []), stylize=kw.get("stylize"), combinatorial=kw.get("combinatorial", False),
+        max_combinations=kw.get("max_combinations", 32), strict_combinations=kw.get("strict_combinations", False),
     )
     return fields
 
@@ -96,7 +103,8 @@ def generate(
     plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto",
     attention_slicing: Slicing = False, vae_tiling: Tiling = None, upscale: Upscale = None,
     rerank: Rerank = 1, score: ScoreOpt = False, scorer: ScorerOpt = "mini",
-    style: Annotated[Optional[str], typer.Option("--style", help="A style preset (see `reverie styles`).")] = None,
+    style: StyleOpt = None, stylize: Stylize = None, combinatorial: Combinatorial = False,
+    max_combinations: MaxCombinations = 32, strict_combinations: StrictCombinations = False,
     truncation: Annotated[Optional[float], typer.Option("--truncation", help="GAN models: pull toward the mean picture, 0 (the mean) to 1 (full variety; default).")] = None,
     gan_class: Annotated[Optional[str], typer.Option("--class", help="GAN models: the class to draw (e.g. noto, twemoji, fluent, tabler); the prompt may name it too. Default: chosen by each picture's seed.")] = None,
     walk: Annotated[int, typer.Option("--walk", help="GAN models: also write a video walking through the pictures' latents, this many frames from one to the next.", min=0, max=240)] = 0,
@@ -118,10 +126,6 @@ def generate(
     if text is None:
         raise typer.BadParameter("give a prompt, or --from IMAGE to re-make a picture", param_hint="PROMPT")
     fields = _common(**locals()) | {"mode": "txt2img", "prompt": text}
-    if style:
-        from .prompts.styles import apply_style
-
-        fields["prompt"], fields["negative_prompt"] = apply_style(style, text, negative)
     _run(fields, outdir or Path("outputs/txt2img"))
 
 
@@ -129,8 +133,8 @@ def generate(
 GAN_IGNORES = (("--negative", "negative", ""), ("--steps", "steps", None), ("--cfg-scale", "cfg_scale", None),
                ("--sampler", "sampler", None), ("--plms", "plms", False), ("--width", "width", None),
                ("--height", "height", None), ("--rerank", "rerank", 1), ("--score", "score", False),
-               ("--style", "style", None), ("--attention-slicing", "attention_slicing", False),
-               ("--vae-tiling", "vae_tiling", None))
+               ("--style", "style", None), ("--stylize", "stylize", None), ("--combinatorial", "combinatorial", False),
+               ("--attention-slicing", "attention_slicing", False), ("--vae-tiling", "vae_tiling", None))
 
 
 def _gan_fields(given: dict, text: str | None) -> dict:
@@ -156,6 +160,8 @@ def img2img(
     plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto",
     attention_slicing: Slicing = False, vae_tiling: Tiling = None, upscale: Upscale = None,
     rerank: Rerank = 1, score: ScoreOpt = False, scorer: ScorerOpt = "mini",
+    style: StyleOpt = None, stylize: Stylize = None, combinatorial: Combinatorial = False,
+    max_combinations: MaxCombinations = 32, strict_combinations: StrictCombinations = False,
 ):
     """Image to image: redraw a picture after a prompt (strength 0..1)."""
     fields = _common(**locals()) | {"mode": "img2img", "prompt": prompt, "init_image": str(init_image), "strength": strength}
@@ -172,6 +178,8 @@ def variations(
     plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto",
     attention_slicing: Slicing = False, vae_tiling: Tiling = None, upscale: Upscale = None,
     rerank: Rerank = 1, score: ScoreOpt = False, scorer: ScorerOpt = "mini",
+    style: StyleOpt = None, stylize: Stylize = None, combinatorial: Combinatorial = False,
+    max_combinations: MaxCombinations = 32, strict_combinations: StrictCombinations = False,
 ):
     """Variations of a picture: new seeds around the same picture."""
     fields = _common(**locals()) | {"mode": "variations", "prompt": prompt or "", "init_image": str(image), "strength": strength}
@@ -189,6 +197,8 @@ def inpaint(
     plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto",
     attention_slicing: Slicing = False, vae_tiling: Tiling = None, upscale: Upscale = None,
     rerank: Rerank = 1, score: ScoreOpt = False, scorer: ScorerOpt = "mini",
+    style: StyleOpt = None, stylize: Stylize = None, combinatorial: Combinatorial = False,
+    max_combinations: MaxCombinations = 32, strict_combinations: StrictCombinations = False,
 ):
     """Repaint only the masked part of a picture."""
     fields = _common(**locals()) | {"mode": "inpaint", "prompt": prompt, "init_image": str(image), "mask_image": str(mask),
@@ -210,6 +220,8 @@ def outpaint(
     plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto",
     attention_slicing: Slicing = False, vae_tiling: Tiling = None, upscale: Upscale = None,
     rerank: Rerank = 1, score: ScoreOpt = False, scorer: ScorerOpt = "mini",
+    style: StyleOpt = None, stylize: Stylize = None, combinatorial: Combinatorial = False,
+    max_combinations: MaxCombinations = 32, strict_combinations: StrictCombinations = False,
 ):
     """Extend the canvas and fill the new area to match."""
     fields = _common(width=None, height=None, **locals()) | {
@@ -243,11 +255,29 @@ def samplers():
 
 @app.command()
 def styles():
-    """List the style presets (`generate --style NAME`, the studio's style menu)."""
+    """List the style presets (`generate --style NAME`, repeatable to combine; the studio's style menu)."""
     from .prompts.styles import load_styles
 
     for style in load_styles():
-        out.print(f"{style.name:<16} {style.prompt}" + (f"   (negative: {style.negative})" if style.negative else ""))
+        extra = f"   (negative: {style.negative})" if style.negative else ""
+        if style.settings:
+            extra += "   (settings: " + ", ".join(f"{key} {value}" for key, value in style.settings.items()) + ")"
+        out.print(f"{style.name:<16} {style.prompt}{extra}", markup=False, highlight=False)
+
+
+@app.command()
+def wildcards():
+    """List the wildcards a prompt can use as __name__, and the folders they come from."""
+    from .prompts.templates import wildcard_folders, wildcard_manager
+
+    manager = wildcard_manager()
+    for name in sorted(manager.get_collection_names()):
+        values = list(manager.get_values(name).string_values)
+        shown = ", ".join(values[:6]) + (", ..." if len(values) > 6 else "")
+        out.print(f"__{name}__  ({len(values)}): {shown}", markup=False, highlight=False)
+    folders = ", ".join(f"{folder}{'' if folder.is_dir() else ' (absent)'}" for folder in wildcard_folders())
+    out.print(f"(wildcard folders, later ones winning: {folders}; set REVERIE_WILDCARDS to add one)", markup=False,
+              highlight=False)
 
 
 @app.command()
@@ -273,6 +303,13 @@ def info(image: Annotated[Path, typer.Argument(help="A PNG made by reverie or A1
     if as_json:
         out.print_json(json.dumps(data["reverie"]))
         return
+    prompt = (data["reverie"] or {}).get("prompt")
+    if prompt:
+        for label, key in (("template", "template"), ("variant", "variant"), ("prompt", "prompt"),
+                           ("negative template", "negative_template"), ("negative prompt", "negative_prompt")):
+            if prompt.get(key):
+                out.print(f"{label + ':':<19}{prompt[key]}", markup=False, highlight=False)
+        out.print("")
     if data["parameters"]:
         out.print(data["parameters"], markup=False, highlight=False)
     if data["reverie"]:

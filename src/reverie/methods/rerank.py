@@ -9,7 +9,7 @@ taken out first, since a CLIP reads plain words.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +45,7 @@ class Scorer:
     def __init__(self, guide: Guide):
         self.guide = guide
         self.name = guide.name
-        self._prompt: tuple[str, torch.Tensor] | None = None  # the last prompt's embedding: batches share it
+        self._texts: dict[str, torch.Tensor] = {}  # prompts' embeddings: batches share them
 
     @classmethod
     def load(cls, reference: str) -> "Scorer":
@@ -57,14 +57,22 @@ class Scorer:
         return cls(load_guide(reference))
 
     @torch.no_grad()
-    def scores(self, pictures: list[Image.Image], prompt: str) -> list[float]:
+    def scores(self, pictures: list[Image.Image], prompt: str | list[str]) -> list[float]:
+        """Each picture's cosine to the plain words of `prompt`, or of its own prompt (a list, one
+        per picture: pictures of a template each have their own)."""
         if not pictures:
             return []
-        if self._prompt is None or self._prompt[0] != prompt:
-            self._prompt = (prompt, self.guide.embed_texts([plain_prompt(prompt) or prompt]))
-        text = self._prompt[1]
+        prompts = [prompt] * len(pictures) if isinstance(prompt, str) else list(prompt)
+        for text in dict.fromkeys(prompts):
+            if text not in self._texts:
+                if len(self._texts) > 256:
+                    self._texts.clear()
+                self._texts[text] = self.guide.embed_texts([plain_prompt(text) or text])[0]
+        unique = list(dict.fromkeys(prompts))
+        texts = torch.stack([self._texts[text] for text in unique])
         images = self.guide.embed_images(_as_pixels(pictures, self.guide.image_size))
-        return (images.float() @ text.float().T)[:, 0].tolist()
+        cosines = images.float() @ texts.float().T.to(images.device)
+        return [cosines[row, unique.index(text)].item() for row, text in enumerate(prompts)]
 
 
 def scorer_from(models: ModelCache, reference: str = BUILTIN_GUIDE) -> Scorer:
@@ -79,9 +87,10 @@ class Candidate:
     score: float
 
 
-def best_candidates(batches: Iterable[list[tuple[Image.Image, int]]], scorer: Scorer, prompt: str, keep: int,
-                    total: int, progress: ProgressCallback) -> tuple[list[Candidate], bool]:
-    """Score every candidate as its batch finishes; return the `keep` best, best first.
+def best_candidates(batches: Iterable[list[tuple[Image.Image, int]]], scorer: Scorer, prompt: str | Callable[[int], str],
+                    keep: int, total: int, progress: ProgressCallback) -> tuple[list[Candidate], bool]:
+    """Score every candidate as its batch finishes, against `prompt` or `prompt(seed)` (its own
+    prompt); return the `keep` best, best first.
 
     Stopped early (Ctrl-C, a cancelled job), it keeps the best of the candidates finished so
     far and says so with the second value.
@@ -91,7 +100,7 @@ def best_candidates(batches: Iterable[list[tuple[Image.Image, int]]], scorer: Sc
     try:
         for batch in batches:
             pictures = [picture for picture, _ in batch]
-            scores = scorer.scores(pictures, prompt)
+            scores = scorer.scores(pictures, [prompt(seed) for _, seed in batch] if callable(prompt) else prompt)
             finished += [Candidate(picture, seed, score) for (picture, seed), score in zip(batch, scores)]
             progress(ProgressEvent("rerank", len(finished), total, message=f"scored {len(finished)}/{total} candidates"))
     except (Interrupted, KeyboardInterrupt):

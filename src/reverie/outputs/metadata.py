@@ -26,8 +26,25 @@ def a1111_parameters(prompt: str, negative_prompt: str, fields: dict) -> str:
     lines = [prompt]
     if negative_prompt:
         lines.append(f"Negative prompt: {negative_prompt}")
-    lines.append(", ".join(f"{key}: {value}" for key, value in fields.items() if value is not None))
+    lines.append(", ".join(f"{key}: {_quoted(value)}" for key, value in fields.items() if value is not None))
     return "\n".join(lines)
+
+
+def _quoted(value) -> str:
+    """A value as A1111 writes it: in JSON quotes when it holds a comma, quote or line break (a
+    prompt template in `Template:`), else as it is."""
+    text = str(value)
+    return json.dumps(text, ensure_ascii=False) if any(mark in text for mark in ',"\n') else text
+
+
+def _unquoted(value: str) -> str:
+    value = value.strip()
+    if len(value) >= 2 and value.startswith('"') and value.endswith('"'):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value.strip('"')
+    return value
 
 
 def reverie_metadata(settings: dict, seed: int, index: int) -> dict:
@@ -80,7 +97,7 @@ def parse_a1111_parameters(text: str) -> dict:
             line = line.removeprefix("Negative prompt:").strip()
         (target if target is not None else prompt_lines).append(line)
     fields: dict = {"prompt": "\n".join(prompt_lines).strip(), "negative_prompt": "\n".join(negative_lines).strip()}
-    pairs = {key.strip(): value.strip().strip('"') for key, value in _FIELD.findall(last)}
+    pairs = {key.strip(): _unquoted(value) for key, value in _FIELD.findall(last)}
     if "Steps" in pairs:
         fields["steps"] = int(pairs["Steps"])
     if "Sampler" in pairs:

@@ -22,6 +22,7 @@ __all__ = [
     "DEFAULT_WINDOW",
     "TokenChunk",
     "encode_prompt",
+    "encode_prompt_batch",
     "encode_prompt_pair",
     "token_count",
     "tokenize_prompt",
@@ -125,6 +126,40 @@ def encode_prompt_pair(
     uncond_chunks += [TokenChunk() for _ in range(n_chunks - len(uncond_chunks))]
     encode_args = (framing, text_encoder, device, dtype, use_attention_mask)
     return _encode_chunks(cond_chunks, *encode_args), _encode_chunks(uncond_chunks, *encode_args)
+
+
+def encode_prompt_batch(
+    pairs: list[tuple[str, str]],
+    tokenizer: Any,
+    text_encoder: Any,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    *,
+    cache: dict | None = None,
+    max_length: int | None = None,
+    use_attention_mask: bool | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encode one (prompt, negative) pair per picture to states ``(cond, uncond)`` of shape
+    ``[len(pairs), n_chunks * L, D]``, every row padded with encoded empty chunks to the longest.
+
+    Equal pairs are encoded once; `cache` (a dict the caller keeps across batches) remembers
+    them by text and chunk count. A batch of one repeated pair gives exactly what
+    `encode_prompt_pair` gives, row for row.
+    """
+    framing = _framing(tokenizer, text_encoder, max_length)
+    chunked = {pair: (_chunk_tokens(pair[0], tokenizer, framing), _chunk_tokens(pair[1], tokenizer, framing))
+               for pair in dict.fromkeys(pairs)}
+    n_chunks = max(max(len(cond), len(uncond)) for cond, uncond in chunked.values())
+    cache = {} if cache is None else cache
+    encode_args = (framing, text_encoder, device, dtype, use_attention_mask)
+    for pair, (cond, uncond) in chunked.items():
+        key = (pair, n_chunks)
+        if key not in cache:
+            cond = cond + [TokenChunk() for _ in range(n_chunks - len(cond))]
+            uncond = uncond + [TokenChunk() for _ in range(n_chunks - len(uncond))]
+            cache[key] = (_encode_chunks(cond, *encode_args), _encode_chunks(uncond, *encode_args))
+    rows = [cache[(pair, n_chunks)] for pair in pairs]
+    return torch.cat([cond for cond, _ in rows]), torch.cat([uncond for _, uncond in rows])
 
 
 def _framing(tokenizer: Any, text_encoder: Any | None, max_length: int | None) -> _Framing:

@@ -1,15 +1,39 @@
-"""Style presets: named prompt templates kept as data (styles.json), applied before generation."""
+"""Style presets: named prompt templates kept as data (styles.json), combinable, weighted by stylize.
+
+A preset is `{"name", "prompt": "... {prompt} ...", "negative", "settings": {cfg_scale, steps,
+sampler}, "preview"}`. Presets apply in order, each around the result of the ones before it
+(`--style A --style B`: B's `{prompt}` receives A's styled prompt); their negatives are joined
+after the request's own. A preset's `settings` fill request fields the request left unset; where
+two presets set the same field the later one wins.
+
+`stylize` (0..1000, None = 100) weights the words a preset adds with A1111's attention syntax,
+which prompts/syntax.py parses: the added words become ``(words:w)`` with
+
+    w = (stylize / 100) ** 0.2        (0 -> the words are dropped, 100 -> 1: left as written,
+                                        250 -> 1.2, 500 -> 1.38, 1000 -> 1.58 at most)
+
+so 100 gives exactly the preset's text and the pull grows slowly, staying in the range of
+weights SD models take well. Without a preset, stylize moves the CFG scale instead (see
+`stylized_cfg`): more stylize, less guidance, so more of the model's own taste.
+"""
 
 from __future__ import annotations
 
+import difflib
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 from ..errors import BadRequest
 
 STYLES_FILE = Path(__file__).with_name("styles.json")
+NEUTRAL_STYLIZE = 100
+STYLIZE_EXPONENT = 0.2
+SETTINGS_FIELDS = ("cfg_scale", "steps", "sampler")
+# The trimmed separators left outside a weighted group: "(an oil painting of:1.2) apple, (gallery lighting:1.2)".
+_EDGES = re.compile(r"^([\s,.;]*)(.*?)([\s,.;]*)$", re.S)
 
 
 @dataclass(frozen=True)
@@ -17,26 +41,96 @@ class Style:
     name: str
     prompt: str  # contains {prompt}
     negative: str = ""
+    settings: dict = field(default_factory=dict)
+    preview: str | None = None
+
+    def apply(self, prompt: str, weight: float = 1.0) -> str:
+        """This preset's template around `prompt`, its own words weighted by `weight`."""
+        before, found, after = self.prompt.partition("{prompt}")
+        if not found:  # a template without {prompt}: the words go after the prompt
+            before, after = "", ", " + self.prompt
+        return weighted_words(before, weight) + prompt + weighted_words(after, weight)
 
 
 @lru_cache(maxsize=1)
 def load_styles() -> tuple[Style, ...]:
     data = json.loads(STYLES_FILE.read_text())
-    return tuple(Style(**entry) for entry in data["styles"])
+    known = set(Style.__dataclass_fields__)
+    return tuple(Style(**{key: value for key, value in entry.items() if key in known}) for entry in data["styles"])
+
+
+def style_names() -> list[str]:
+    return [style.name for style in load_styles()]
 
 
 def get_style(name: str) -> Style:
     for style in load_styles():
-        if style.name.lower() == name.lower():
+        if style.name.lower() == name.strip().lower():
             return style
-    raise BadRequest("style", f"unknown style {name!r}; choose one of: {', '.join(s.name for s in load_styles())}")
+    names = style_names()
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise BadRequest("styles", f"unknown style {name!r}; {hint}`reverie styles` lists all {len(names)}, "
+                               f"e.g. {', '.join(names[1:7])}")
 
 
-def apply_style(name: str | None, prompt: str, negative: str = "") -> tuple[str, str]:
-    """(prompt, negative) with the style's template and negative words added."""
-    if not name:
-        return prompt, negative
-    style = get_style(name)
-    styled = style.prompt.replace("{prompt}", prompt)
-    negatives = ", ".join(part for part in (negative, style.negative) if part)
-    return styled, negatives
+def get_styles(names: list[str]) -> list[Style]:
+    """The presets `names` names, in order ("None" and empty names are no preset)."""
+    return [get_style(name) for name in names if name and name.strip().lower() != "none"]
+
+
+def style_weight(stylize: int | None) -> float:
+    """The attention weight of a preset's words for `stylize` (None: neutral, 1)."""
+    stylize = NEUTRAL_STYLIZE if stylize is None else stylize
+    return round((stylize / NEUTRAL_STYLIZE) ** STYLIZE_EXPONENT, 2)
+
+
+def weighted_words(text: str, weight: float) -> str:
+    """`text` with its words wrapped as ``(words:weight)``, the separators around them kept;
+    weight 1 leaves it exactly as written, weight 0 keeps only a separator."""
+    if weight == 1.0 or not text.strip():
+        return text
+    lead, words, trail = _EDGES.match(text).groups()
+    if weight <= 0 or not words:
+        return ", " if lead.strip() or trail.strip() else (" " if text else "")
+    return f"{lead}({words}:{weight:g}){trail}"
+
+
+def apply_styles(names: list[str], prompt: str, negative: str = "", stylize: int | None = None) -> tuple[str, str]:
+    """(prompt, negative) with the presets applied in order, their words weighted by `stylize`."""
+    styles = get_styles(names)
+    weight = style_weight(stylize)
+    for style in styles:
+        prompt = style.apply(prompt, weight)
+    if weight > 0:
+        negatives = [weighted_words(style.negative, weight) for style in styles if style.negative]
+        negative = ", ".join(part for part in (negative, *negatives) if part)
+    return (_tidy(prompt) if weight <= 0 and styles else prompt), negative
+
+
+def style_settings(names: list[str]) -> dict:
+    """The request fields the presets set (`settings`), the later preset winning."""
+    settings: dict = {}
+    for style in get_styles(names):
+        settings |= {key: value for key, value in style.settings.items() if key in SETTINGS_FIELDS}
+    return settings
+
+
+def stylized_cfg(cfg_scale: float, stylize: int | None, has_styles: bool) -> float:
+    """The CFG scale a request with `stylize` and no preset guides with: stylize pulls toward the
+    model's own taste by lowering the guidance above 1,
+
+        cfg' = 1 + (cfg - 1) / max(w, 0.5),   w = (stylize / 100) ** 0.2
+
+    (stylize 100: unchanged; 1000: (cfg - 1) / 1.58; 0: twice the guidance above 1, the prompt
+    followed as closely as the model can). With a preset, stylize weights its words instead."""
+    if has_styles or stylize is None or stylize == NEUTRAL_STYLIZE or cfg_scale <= 1:
+        return cfg_scale
+    weight = max(style_weight(stylize), 0.5)
+    return round(min(50.0, 1 + (cfg_scale - 1) / weight), 3)
+
+
+def _tidy(prompt: str) -> str:
+    """Separators left by dropped words ("apple, , x", ", apple") cleaned up."""
+    prompt = re.sub(r"(\s*,\s*)+,", ",", prompt)
+    return prompt.strip().strip(",").strip()

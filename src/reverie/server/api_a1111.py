@@ -30,7 +30,7 @@ router = APIRouter(prefix="/sdapi/v1", tags=["a1111"], route_class=StrictJSONRou
 FIELDS = {
     "prompt": "prompt", "negative_prompt": "negative_prompt", "seed": "seed", "sampler_name": "sampler",
     "batch_size": "n_samples", "n_iter": "n_iter", "steps": "steps", "cfg_scale": "cfg_scale", "width": "width",
-    "height": "height", "sd_model_checkpoint": "model", "styles": "style", "init_images": "init_image",
+    "height": "height", "sd_model_checkpoint": "model", "styles": "styles", "init_images": "init_image",
     "denoising_strength": "strength", "mask": "mask_image", "mask_blur": "mask_blur",
     "inpainting_mask_invert": "mask_mode",
 }
@@ -72,17 +72,14 @@ class Img2ImgBody(A1111Common):
 def _fields(body: A1111Common, state: StudioState, user: User, **sent) -> dict:
     """The reverie request for `body` (and the image fields in `sent`), by FIELDS."""
     model = body.override_settings.get("sd_model_checkpoint") or state.options.get(user.id, {}).get("sd_model_checkpoint")
-    sent = {name: getattr(body, name) for name in ("prompt", "negative_prompt", "seed", "batch_size", "n_iter", "steps",
-                                                 "cfg_scale", "width", "height")} | {
+    sent = {name: getattr(body, name) for name in ("prompt", "negative_prompt", "styles", "seed", "batch_size", "n_iter",
+                                                 "steps", "cfg_scale", "width", "height")} | {
         "sampler_name": body.sampler_name or body.sampler_index, "sd_model_checkpoint": model} | sent
     return {FIELDS[name]: value for name, value in sent.items()} | {"upscale": 1}
 
 
-async def _submit(state: StudioState, user: User, fields: dict, styles: list[str]):
-    style = styles[0] if styles else None
-    if len(styles) > 1:
-        raise BadRequest("styles", "reverie applies one style per request")
-    job = await run_in_threadpool(submit_job, state, user, fields, style)
+async def _submit(state: StudioState, user: User, fields: dict):
+    job = await run_in_threadpool(submit_job, state, user, fields)
     job = await state.runner.finished(job.id, state.config.sync_timeout_s)
     if job.status == "failed":
         raise BadRequest("request", job.error or "the generation failed")
@@ -98,9 +95,11 @@ def _response(state: StudioState, job, body: A1111Common) -> dict:
     # The settings the pictures were made with: what the request left out, the model filled in.
     made_with = ((infos[0].get("reverie") or {}).get("settings") or {}) if infos else {}
     used = request | made_with
+    # Each picture's own prompt (its template's variant, styled), as A1111 reports them.
+    prompts = [(info.get("reverie") or {}).get("prompt") or request for info in infos]
     info = {
-        "prompt": request["prompt"], "all_prompts": [request["prompt"]] * len(images),
-        "negative_prompt": request["negative_prompt"], "all_negative_prompts": [request["negative_prompt"]] * len(images),
+        "prompt": request["prompt"], "all_prompts": [prompt["prompt"] for prompt in prompts],
+        "negative_prompt": request["negative_prompt"], "all_negative_prompts": [prompt["negative_prompt"] for prompt in prompts],
         "seed": images[0].seed if images else request.get("seed"), "all_seeds": [image.seed for image in images],
         "subseed": -1, "all_subseeds": [-1] * len(images), "subseed_strength": 0,
         "width": images[0].width if images else request["width"], "height": images[0].height if images else request["height"],
@@ -115,7 +114,7 @@ def _response(state: StudioState, job, body: A1111Common) -> dict:
 @router.post("/txt2img")
 async def txt2img(body: Txt2ImgBody, state: StudioState = Depends(get_state), user: User = Depends(current_user)):
     with client_names(CLIENT_NAMES):
-        job = await _submit(state, user, _fields(body, state, user) | {"mode": "txt2img"}, body.styles)
+        job = await _submit(state, user, _fields(body, state, user) | {"mode": "txt2img"})
     return await run_in_threadpool(_response, state, job, body)
 
 
@@ -130,7 +129,7 @@ async def img2img(body: Img2ImgBody, state: StudioState = Depends(get_state), us
     sent = await run_in_threadpool(_stored_pictures, state, body)
     fields = _fields(body, state, user, **sent) | {"mode": "inpaint" if "mask" in sent else "img2img"}
     with client_names(CLIENT_NAMES):
-        job = await _submit(state, user, fields, body.styles)
+        job = await _submit(state, user, fields)
     return await run_in_threadpool(_response, state, job, body)
 
 

@@ -29,7 +29,11 @@ class GenerateBody(BaseModel):
     mode: str = "txt2img"
     prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
     negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
-    style: str | None = None
+    styles: list[str] | None = Field(None, max_length=8)  # style presets, applied in order
+    stylize: int | None = None
+    combinatorial: bool | None = None  # one picture per combination of the prompt template
+    max_combinations: int | None = None
+    strict_combinations: bool | None = None
     model: str | None = None
     width: int | None = None
     height: int | None = None
@@ -97,13 +101,13 @@ class LoginBody(BaseModel):
 
 @router.post("/jobs", status_code=202, summary="Queue a job for any mode (txt2img, img2img, variations, inpaint, outpaint, upscale, ...)")
 def create_job(body: GenerateBody, state: StudioState = Depends(get_state), user: User = Depends(current_user)):
-    fields, stored = body.model_dump(exclude={"style"}), {}
+    fields, stored = body.model_dump(), {}
     with refused_uploads_deleted(state, stored):  # the init image, when the mask is refused
         for name in ("init_image", "mask_image", "content_image"):
             stored[name] = resolve_image(state, user, fields[name], name)
         if fields["style_images"] is not None:
             stored["style_images"] = [resolve_image(state, user, value, "style_images") for value in fields["style_images"]]
-    return job_view(state, submit_job(state, user, fields | stored, body.style))
+    return job_view(state, submit_job(state, user, fields | stored))
 
 
 @router.post("/dreams", status_code=202, summary="Queue a dream (CLIP-steered, built-in generator and guide)")
@@ -209,7 +213,8 @@ def samplers():
 def styles():
     from ..prompts.styles import load_styles
 
-    return [{"name": s.name, "prompt": s.prompt, "negative": s.negative} for s in load_styles()]
+    return [{"name": s.name, "prompt": s.prompt, "negative": s.negative, "settings": s.settings, "preview": s.preview}
+            for s in load_styles()]
 
 
 @router.get("/me", summary="Who you are, and your credit balance, this month's free credits included (multi-user mode)")

@@ -11,7 +11,6 @@ import json
 from ..errors import BadRequest
 from ..gallery.models import Job, User
 from ..gallery.uploads import IMAGE_FIELDS
-from ..prompts.styles import apply_style
 from ..studio import fields_again, make_request, request_fields
 from .inputs import check_prompts
 from .state import StudioState, check_mask_size, check_model, image_size, refused_uploads_deleted
@@ -51,11 +50,12 @@ def check_style_network(name: str) -> None:
         raise BadRequest("network", f"unknown style network {name!r}; this studio has: {', '.join(names) or 'none'}")
 
 
-def submit_job(state: StudioState, user: User, fields: dict, style: str | None = None) -> Job:
-    """Validate `fields` as the request of the method their `mode` names (plus a style preset),
-    check the studio's own limits, and queue it, charged. A refused request's uploads are deleted."""
+def submit_job(state: StudioState, user: User, fields: dict) -> Job:
+    """Validate `fields` as the request of the method their `mode` names (style presets are the
+    request's `styles`, applied per picture by the method), check the studio's own limits, and
+    queue it, charged. A refused request's uploads are deleted."""
     with refused_uploads_deleted(state, fields):
-        return _submit(state, user, fields, style)
+        return _submit(state, user, fields)
 
 
 def submit_again(state: StudioState, user: User, image) -> Job:
@@ -68,12 +68,10 @@ def submit_again(state: StudioState, user: User, image) -> Job:
     return submit_job(state, user, fields_again(settings))
 
 
-def _submit(state: StudioState, user: User, fields: dict, style: str | None) -> Job:
+def _submit(state: StudioState, user: User, fields: dict) -> Job:
     fields = {k: v for k, v in fields.items() if v is not None}
     check_prompts(fields)
     _check_choices(fields)
-    if style:
-        fields["prompt"], fields["negative_prompt"] = apply_style(style, fields.get("prompt", ""), fields.get("negative_prompt", ""))
     if fields.get("network") is not None:
         check_style_network(fields["network"])
     if fields.get("continue_from") is not None:
@@ -137,5 +135,7 @@ def image_view(state: StudioState, image) -> dict:
         "height": image.height,
         "created": image.created.isoformat() + "Z",
         "settings": settings.get("settings", settings),
+        # the picture's own prompt: its template, the variant drawn, what was encoded
+        "picture_prompt": settings.get("prompt") if isinstance(settings.get("prompt"), dict) else None,
         "score": settings.get("clip_score"),  # the built-in CLIP's cosine to the prompt, when scored
     }

@@ -19,7 +19,8 @@ from ...models.cache import ModelCache
 from ...models.components import ModelComponents
 from ...pixels import to_pictures
 from ...progress import Interrupted, Progress, ProgressEvent
-from ...prompts.conditioning import encode_prompt_pair
+from ...prompts.conditioning import encode_prompt_batch
+from ...prompts.picture import prompt_plan
 from ...samplers import build_scheduler
 from ..upscale.pictures import upscaled
 from .images import (composite, feathered_alpha, load_image, load_mask, outpaint_canvas, pad_to_multiple, round_to_8,
@@ -119,20 +120,24 @@ def run_batches(
     progress: Progress,
     first: int = 0,
 ) -> Iterator[list[tuple[Image.Image, int]]]:
-    """Yield [(picture, seed), ...] at the working size for each of the request's n_iter batches,
-    from batch number `first` on (the earlier ones were made by an earlier run).
+    """Yield [(picture, seed), ...] at the working size for each of the request's batches, from
+    batch number `first` on (the earlier ones were made by an earlier run).
 
-    `request` has its sampling settings filled in (`with_defaults`).
+    `request` has its sampling settings filled in (`with_defaults`). Each picture's prompt is its
+    own (`picture_prompt`: the template's variant for its seed, styled); equal prompts are
+    encoded once.
     """
     seeds = request.image_seeds()
+    plan = prompt_plan(request)
+    if plan.capped:
+        progress(ProgressEvent("encode", message=(
+            f"the prompt has more than {request.max_combinations} combinations: making the first "
+            f"{request.max_combinations} (raise max_combinations to make more)")))
     progress(ProgressEvent("encode", message="encoding prompt"))
-    cond, uncond = encode_prompt_pair(
-        request.prompt, request.negative_prompt, components.tokenizer, components.text_encoder, device=device
-    )
-    cond, uncond = cond.to(device, dtype), uncond.to(device, dtype)
+    encoded: dict = {}
     strength = request.effective_strength
     with memory_settings(components, bool(request.vae_tiling), request.attention_slicing):
-        for batch in range(first, request.n_iter):
+        for batch in range(first, request.batch_count()):
             if progress.stop_requested():
                 raise Interrupted()
             batch_seeds = seeds[batch * request.n_samples : (batch + 1) * request.n_samples]
@@ -140,6 +145,11 @@ def run_batches(
                 # Nothing to denoise: the honest answer is the picture itself, untouched.
                 images = [prepared.image.copy() for _ in batch_seeds]
             else:
+                prompts = [plan(seed) for seed in batch_seeds]
+                cond, uncond = encode_prompt_batch([(p.prompt, p.negative_prompt) for p in prompts],
+                                                   components.tokenizer, components.text_encoder, device=device,
+                                                   cache=encoded)
+                cond, uncond = cond.to(device, dtype), uncond.to(device, dtype)
                 images = _one_batch(request, components, prepared, batch_seeds, cond, uncond, device, dtype, batch, progress)
             yield list(zip(images, batch_seeds))
 
@@ -157,16 +167,16 @@ def _one_batch(request, components, prepared, seeds, cond, uncond, device, dtype
         preview = None
         if progress.previews and (done % PREVIEW_EVERY == 0 or done == total):
             preview = preview_image(tensors["latents"], components.vae, PREVIEW_SIDE)
-        progress(ProgressEvent("denoise", done, total, batch, request.n_iter, preview=preview))
+        progress(ProgressEvent("denoise", done, total, batch, request.batch_count(), preview=preview))
         if progress.stop_requested():
             stopped["flag"] = True
             pipe._interrupt = True  # diffusers then skips the remaining steps
         return tensors
 
     common = dict(
-        prompt_embeds=cond.expand(count, -1, -1),
-        negative_prompt_embeds=uncond.expand(count, -1, -1),
-        guidance_scale=request.cfg_scale,
+        prompt_embeds=cond,
+        negative_prompt_embeds=uncond,
+        guidance_scale=request.guidance_scale(),
         eta=request.eta,
         generator=generators,
         callback_on_step_end=on_step,
@@ -190,5 +200,5 @@ def _one_batch(request, components, prepared, seeds, cond, uncond, device, dtype
                    latents=noise.to(device, dtype) if full else None, **common)
     if stopped["flag"]:
         raise Interrupted()  # the batch was cut short: its half-made pictures are not results
-    progress(ProgressEvent("decode", batch=batch, batches=request.n_iter))
+    progress(ProgressEvent("decode", batch=batch, batches=request.batch_count()))
     return to_pictures(out.images)

@@ -6,7 +6,10 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from ...errors import BadRequest
 from ...models.components import SamplingDefaults
+from ...prompts.picture import combination_count, prompt_plan
+from ...prompts.styles import get_styles, style_settings, stylized_cfg
 from ...request import MAX_SEED, MAX_SIDE, BaseRequest
 from ...samplers import DEFAULT_SAMPLER, get_sampler
 
@@ -29,6 +32,15 @@ class GenerationRequest(BaseRequest):
     mode: Literal["txt2img", "img2img", "variations", "inpaint", "outpaint"] = "txt2img"
     prompt: str = ""
     negative_prompt: str = ""
+    styles: list[str] = []
+    stylize: int | None = Field(None, ge=0, le=1000)
+    # The prompt is a template (prompts/templates.py): random mode draws each picture's variant from
+    # its seed; combinatorial mode makes one picture per combination, at most max_combinations
+    # (more is an error with strict_combinations; else the first ones are made, and a progress
+    # message says so).
+    combinatorial: bool = False
+    max_combinations: int = Field(32, ge=1, le=256)
+    strict_combinations: bool = False
     model: str | None = None
     # txt2img: the picture's size (None: the model's own). Image modes: the size to work at
     # (None: the input's, brought to the model's native size when it draws small; see images.py).
@@ -90,6 +102,42 @@ class GenerationRequest(BaseRequest):
             raise ValueError("the lcm sampler takes at most 50 steps (steps)")
         return self
 
+    @model_validator(mode="after")
+    def _prompt_templates(self):
+        """Templates that cannot expand, unknown styles and too many combinations are refused now,
+        before any work (BadRequest naming the field)."""
+        plan = prompt_plan(self)
+        if self.combinatorial:
+            if self.rerank > 1:
+                raise BadRequest("rerank", "combinatorial mode makes one picture per combination; "
+                                           "best-of (rerank) would choose among different prompts: leave one of them out")
+            if plan.capped and self.strict_combinations:
+                raise BadRequest("max_combinations", f"the prompt has more than {self.max_combinations} combinations; "
+                                                     "raise max_combinations (up to 256) or use fewer alternatives")
+        return self
+
+    def with_style_settings(self) -> "GenerationRequest":
+        """The request with the fields its style presets set (`settings`) filled where it left them unset."""
+        updates = {name: value for name, value in style_settings(self.styles).items() if getattr(self, name) is None}
+        if "sampler" in updates:
+            updates["sampler"] = get_sampler(updates["sampler"]).name
+        return self.model_copy(update=updates) if updates else self
+
+    def with_seed(self) -> "GenerationRequest":
+        """The seed fixed; a random seed for a combinatorial request is a multiple of its
+        combination count, so its pictures show the combinations in order."""
+        if self.seed is not None and self.seed >= 0:
+            return self
+        request = super().with_seed()
+        if self.combinatorial:
+            request = request.model_copy(update={"seed": request.seed - request.seed % combination_count(self)})
+        return request
+
+    def guidance_scale(self) -> float:
+        """The CFG scale the sampler uses: `cfg_scale`, moved by `stylize` when no style preset
+        takes it (prompts/styles.py, `stylized_cfg`)."""
+        return stylized_cfg(float(self.cfg_scale), self.stylize, bool(get_styles(self.styles)))
+
     def with_defaults(self, model_defaults: SamplingDefaults | None = None) -> "GenerationRequest":
         """The request with the sampling settings it left out filled in: the model's own
         defaults first (`model_defaults`), then GENERATION_DEFAULTS."""
@@ -107,8 +155,18 @@ class GenerationRequest(BaseRequest):
             return self.strength
         return DEFAULT_STRENGTH.get(self.mode, 1.0)
 
+    def made_count(self) -> int:
+        """Pictures the request's batches make (before `keep_only`): n_samples x n_iter, or in
+        combinatorial mode its combinations x n_iter, in batches of n_samples (the last may be smaller)."""
+        if self.combinatorial:
+            return combination_count(self) * self.n_iter
+        return self.n_samples * self.n_iter
+
+    def batch_count(self) -> int:
+        return 1 if self.keep_only is not None else -(-self.made_count() // self.n_samples)
+
     def picture_count(self) -> int:
-        return 1 if self.keep_only is not None else self.n_samples * self.n_iter
+        return 1 if self.keep_only is not None else self.made_count()
 
     def candidate_count(self) -> int:
         return self.picture_count() * self.rerank
@@ -118,6 +176,15 @@ class GenerationRequest(BaseRequest):
         exactly: its whole batch, keeping only it."""
         base = self.seed if self.seed is not None and self.seed >= 0 else 0
         offset = (seed - base) % (MAX_SEED + 1)
+        if self.combinatorial:
+            # The picture's combination follows from its seed; its batch (the last one may be
+            # smaller) is made again whole, keeping only it.
+            if offset >= self.made_count():
+                return {"seed": seed, "n_samples": 1, "n_iter": 1, "keep_only": 0}
+            start = offset - offset % self.n_samples
+            size = min(self.n_samples, self.made_count() - start)
+            return {"seed": (base + start) % (MAX_SEED + 1), "n_samples": size, "n_iter": 1,
+                    "keep_only": offset - start}
         if offset >= self.candidate_count() or self.n_samples == 1:
             return {"seed": seed, "n_samples": 1, "n_iter": 1, "rerank": 1, "keep_only": None}
         start = (base + offset - offset % self.n_samples) % (MAX_SEED + 1)
@@ -126,4 +193,4 @@ class GenerationRequest(BaseRequest):
     def image_seeds(self) -> list[int]:
         """One seed per image: seed, seed+1, ... over every batch, as the original scripts did."""
         base = self.seed if self.seed is not None and self.seed >= 0 else 0
-        return [(base + i) % (MAX_SEED + 1) for i in range(self.n_samples * self.n_iter)]
+        return [(base + i) % (MAX_SEED + 1) for i in range(self.made_count())]

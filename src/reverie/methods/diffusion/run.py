@@ -27,6 +27,7 @@ from ...models.registry import default_model, load_model
 from ...outputs.files import Outputs
 from ...outputs.metadata import a1111_parameters, read_png_info, reverie_metadata
 from ...progress import Interrupted, Progress, ProgressEvent
+from ...prompts.picture import PicturePrompt, PromptPlan, prompt_plan
 from ...result import GeneratedImage, Result
 from ...samplers import get_sampler
 from ..rerank import best_candidates, scorer_from
@@ -66,6 +67,7 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
     scorer = scorer_from(models, request.scorer) if request.score or request.rerank > 1 else None
     loaded = time.perf_counter()
 
+    plan = prompt_plan(request)  # each picture's own prompt (template variant, styles)
     candidates = request.model_copy(update={"n_iter": request.n_iter * request.rerank})
     # Resuming: batches an earlier run finished are skipped; a partly written one is made again
     # whole (a picture is bit-for-bit the same only with its whole batch). Best-of makes every
@@ -78,11 +80,11 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
     if request.rerank > 1:
         progress(ProgressEvent("rerank", 0, request.candidate_count(), message=(
             f"making {request.candidate_count()} candidates, keeping the best {request.picture_count()}")))
-        kept, result.interrupted = best_candidates(batches, scorer, request.prompt, request.picture_count(),
-                                                   request.candidate_count(), progress)
+        kept, result.interrupted = best_candidates(batches, scorer, lambda seed: plan(seed).prompt,
+                                                   request.picture_count(), request.candidate_count(), progress)
         batches = [[(candidate.picture, candidate.seed, candidate.score) for candidate in kept]]
     else:
-        batches = (_with_scores(batch, scorer, request.prompt) for batch in batches)
+        batches = (_with_scores(batch, scorer, plan) for batch in batches)
     settings = request.settings() | {"model_name": components.name, "reverie_version": __version__,
                                      "latent_channels": components.vae.config.latent_channels,
                                      "vae_scale": components.vae_scale_factor}
@@ -92,7 +94,7 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
             pictures = finish([picture for picture, _, _ in batch], prepared, request, models, progress)
             for picture, (_, seed, score) in zip(pictures, batch):
                 if index >= request.made:
-                    result.images.append(_write(picture, seed, score, index, request, settings, scorer, outputs))
+                    result.images.append(_write(picture, seed, score, index, request, settings, scorer, outputs, plan(seed)))
                     progress(ProgressEvent("image", index + 1, request.picture_count(), payload=result.images[-1]))
                 index += 1
     except (Interrupted, KeyboardInterrupt):
@@ -105,22 +107,33 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
 
 
 def _write(picture, seed: int, score, index: int, request: GenerationRequest, settings: dict, scorer,
-           outputs: Outputs) -> GeneratedImage:
-    metadata = reverie_metadata(settings, seed, index) | {"image_size": list(picture.size)}
+           outputs: Outputs, prompt: PicturePrompt) -> GeneratedImage:
+    metadata = reverie_metadata(settings, seed, index) | {"image_size": list(picture.size), "prompt": prompt.metadata()}
     if score is not None:
         metadata |= {"clip_score": round(score, 4), "scorer": scorer.name}
-    parameters = a1111_parameters(request.prompt, request.negative_prompt, _parameter_fields(settings, seed, picture.size))
+    fields = _parameter_fields(settings, seed, picture.size, request) | _template_fields(prompt)
+    parameters = a1111_parameters(prompt.prompt, prompt.negative_prompt, fields)
     image = GeneratedImage(picture, seed, index, metadata, parameters, score=score)
-    image.path = outputs.picture(picture, seed, request.prompt, parameters, metadata)
+    image.path = outputs.picture(picture, seed, prompt.variant or prompt.prompt, parameters, metadata)
     return image
 
 
-def _parameter_fields(settings: dict, seed: int, size: tuple[int, int]) -> dict:
-    """The `Key: value` fields of A1111's text for one picture."""
+def _template_fields(prompt: PicturePrompt) -> dict:
+    """sd-dynamic-prompts' fields: the templates, where they differ from what was encoded."""
+    fields = {}
+    if prompt.template != prompt.prompt:
+        fields["Template"] = prompt.template
+    if prompt.negative_template and prompt.negative_template != prompt.negative_prompt:
+        fields["Negative Template"] = prompt.negative_template
+    return fields
+
+
+def _parameter_fields(settings: dict, seed: int, size: tuple[int, int], request: GenerationRequest) -> dict:
+    """The `Key: value` fields of A1111's text for one picture (the CFG scale it guided with)."""
     fields = {
         "Steps": settings["steps"],
         "Sampler": get_sampler(settings["sampler"]).label,
-        "CFG scale": f"{float(settings['cfg_scale']):g}",
+        "CFG scale": f"{request.guidance_scale():g}",
         "Seed": seed,
         "Size": f"{size[0]}x{size[1]}",
         "Model": settings.get("model_name") or settings.get("model") or "",
@@ -138,7 +151,7 @@ def _parameter_fields(settings: dict, seed: int, size: tuple[int, int]) -> dict:
 
 def _resolve(request: GenerationRequest) -> GenerationRequest:
     """Fix the seed and the model, and for variations borrow the source picture's prompt."""
-    request = request.with_seed()
+    request = request.with_seed().with_style_settings()
     updates = {}
     if not request.model:
         updates["model"] = default_model()
@@ -148,8 +161,10 @@ def _resolve(request: GenerationRequest) -> GenerationRequest:
         except Exception:  # an unreadable picture is reported when the run loads it
             source = None
         if source:
-            updates["prompt"] = source["settings"].get("prompt", "")
-            updates["negative_prompt"] = source["settings"].get("negative_prompt", "")
+            # The source picture's own prompt as it was encoded (its template's variant, styled).
+            own = source.get("prompt") or source["settings"]
+            updates["prompt"] = own.get("prompt", "")
+            updates["negative_prompt"] = own.get("negative_prompt", "")
     return request.model_copy(update=updates) if updates else request
 
 
@@ -175,7 +190,8 @@ def _fit_memory(request: GenerationRequest, components: ModelComponents, prepare
     return request.model_copy(update=updates)
 
 
-def _with_scores(batch, scorer, prompt: str) -> list[tuple]:
-    """[(picture, seed)] -> [(picture, seed, score)]; the score is None when nothing scores."""
-    scores = scorer.scores([picture for picture, _ in batch], prompt) if scorer else [None] * len(batch)
+def _with_scores(batch, scorer, plan: PromptPlan) -> list[tuple]:
+    """[(picture, seed)] -> [(picture, seed, score)], each scored against its own prompt; the
+    score is None when nothing scores."""
+    scores = scorer.scores([picture for picture, _ in batch], [plan(seed).prompt for _, seed in batch]) if scorer else [None] * len(batch)
     return [(picture, seed, score) for (picture, seed), score in zip(batch, scores)]

@@ -112,7 +112,7 @@ function ganRequest(model) {
 function requestFromForm() {
   if (modelKinds[$("#model").value] === "gan") return ganRequest($("#model").value);
   const fields = { prompt: $("#prompt").value.trim(), negative_prompt: $("#negative_prompt").value };
-  const style = $("#style").value; if (style) fields.style = style;
+  const style = $("#style").value; if (style) fields.styles = [style];
   for (const name of ["width", "height", "steps", "seed"]) { const v = $(`#${name}`).value; if (v !== "") fields[name] = parseInt(v, 10); }
   const cfg = $("#cfg_scale").value; if (cfg !== "") fields.cfg_scale = parseFloat(cfg);
   if ($("#sampler").value) fields.sampler = $("#sampler").value;
