@@ -299,3 +299,12 @@ def test_from_remakes_a_combinatorial_picture_of_a_partial_batch(studio, tmp_pat
     remade = studio.run(middle).images[0]
     assert remade.metadata["prompt"]["variant"] == "dog face"
     assert np.array_equal(np.asarray(remade.image), np.asarray(result.images[1].image))
+
+
+def test_a1111_text_quotes_a_template_with_commas_and_reads_it_back():
+    from reverie.outputs.metadata import a1111_parameters
+
+    template = 'a {red|blue} cat, "cute", __animals__'
+    text = a1111_parameters("a red cat, \"cute\", owl", "", {"Steps": 3, "Seed": 1, "Template": template})
+    assert text.splitlines()[-1].endswith('Template: "a {red|blue} cat, \\"cute\\", __animals__"')
+    assert parse_a1111_parameters(text)["steps"] == 3 and parse_a1111_parameters(text)["seed"] == 1

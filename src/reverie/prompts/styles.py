@@ -68,9 +68,10 @@ def get_style(name: str) -> Style:
         if style.name.lower() == name.strip().lower():
             return style
     names = style_names()
-    close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+    close = difflib.get_close_matches(name[:100], names, n=3, cutoff=0.5)
     hint = f"did you mean {', '.join(close)}? " if close else ""
-    raise BadRequest("styles", f"unknown style {name!r}; {hint}`reverie styles` lists all {len(names)}, "
+    shown = name if len(name) <= 60 else name[:60] + "..."
+    raise BadRequest("styles", f"unknown style {shown!r}; {hint}`reverie styles` lists all {len(names)}, "
                                f"e.g. {', '.join(names[1:7])}")
 
 

@@ -164,6 +164,7 @@ def _parsed_value(value: str, name: str, field: str) -> Command:
 
 def _missing_message(name: str, template: str) -> str:
     at = template.find(f"__{name}__")
+    name = name if len(name) <= 60 else name[:60] + "..."
     where = f" (at character {at + 1})" if at >= 0 else ""
     folders = ", ".join(str(folder) for folder in wildcard_folders())
     known = wildcard_names()
@@ -178,7 +179,8 @@ def _expanded(expand, template: str, field: str):
     except BadRequest:
         raise
     except (KeyError, RecursionError, ValueError) as exc:  # an undefined ${variable}, a loop
-        raise BadRequest(field, f"the template {template!r} cannot expand: {exc}") from None
+        shown = template if len(template) <= 80 else template[:80] + "..."
+        raise BadRequest(field, f"the template {shown!r} cannot expand: {str(exc)[:200]}") from None
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,9 @@ def _submit(state: StudioState, user: User, fields: dict) -> Job:
     request = make_request(fields).with_seed()  # fixed now: a job that runs again makes the same pictures
     limit = state.config.max_images_per_request
     if request.picture_count() > limit:
+        if getattr(request, "combinatorial", False):
+            raise BadRequest("max_combinations", f"at most {limit} pictures per request: the prompt's "
+                                                 f"combinations x n_iter make {request.picture_count()}")
         raise BadRequest("n_samples", f"at most {limit} pictures per request")
     if request.candidate_count() > limit * CANDIDATES_PER_PICTURE:
         raise BadRequest("rerank", f"at most {limit * CANDIDATES_PER_PICTURE} candidates per request (n_samples x n_iter x rerank)")
