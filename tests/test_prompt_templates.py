@@ -308,3 +308,24 @@ def test_a1111_text_quotes_a_template_with_commas_and_reads_it_back():
     text = a1111_parameters("a red cat, \"cute\", owl", "", {"Steps": 3, "Seed": 1, "Template": template})
     assert text.splitlines()[-1].endswith('Template: "a {red|blue} cat, \\"cute\\", __animals__"')
     assert parse_a1111_parameters(text)["steps"] == 3 and parse_a1111_parameters(text)["seed"] == 1
+
+
+def test_each_picture_is_scored_against_its_own_plain_words():
+    import torch
+    from PIL import Image
+
+    from reverie.methods.rerank import Scorer
+
+    class Guide:  # a picture of a cat looks like [1, 0], of a dog like [0, 1]
+        name, image_size = "toy", 8
+
+        def embed_texts(self, texts):
+            return torch.tensor([[1.0, 0.0] if "cat" in text else [0.0, 1.0] for text in texts])
+
+        def embed_images(self, pixels):
+            return torch.tensor([[1.0, 0.0] if row.mean() > 0.5 else [0.0, 1.0] for row in pixels])
+
+    cat, dog = Image.new("RGB", (8, 8), "white"), Image.new("RGB", (8, 8), "black")
+    scorer = Scorer(Guide())
+    assert scorer.scores([cat, dog], ["(cat:1.3) face", "[dog] face"]) == [1.0, 1.0]
+    assert scorer.scores([cat, dog], "cat face") == [1.0, 0.0]

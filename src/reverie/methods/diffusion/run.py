@@ -193,5 +193,7 @@ def _fit_memory(request: GenerationRequest, components: ModelComponents, prepare
 def _with_scores(batch, scorer, plan: PromptPlan) -> list[tuple]:
     """[(picture, seed)] -> [(picture, seed, score)], each scored against its own prompt; the
     score is None when nothing scores."""
-    scores = scorer.scores([picture for picture, _ in batch], [plan(seed).prompt for _, seed in batch]) if scorer else [None] * len(batch)
+    if scorer is None:
+        return [(picture, seed, None) for picture, seed in batch]
+    scores = scorer.scores([picture for picture, _ in batch], [plan(seed).prompt for _, seed in batch])
     return [(picture, seed, score) for (picture, seed), score in zip(batch, scores)]
