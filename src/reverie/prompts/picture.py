@@ -20,7 +20,8 @@ from functools import lru_cache
 from typing import Any
 
 from .styles import apply_styles, get_styles
-from .templates import capped_combinations, check_template, is_template, random_variant, wildcard_folders
+from .templates import (capped_combinations, check_template, is_template, random_variant, wildcard_folders,
+                        wildcard_manager)
 
 __all__ = ["PicturePrompt", "PromptPlan", "combination_count", "picture_prompt", "prompt_plan"]
 
@@ -50,8 +51,9 @@ class PromptPlan:
         self.template, self.negative_template = prompt, negative_prompt
         self.styles, self.stylize = tuple(styles), stylize
         self.combinatorial = combinatorial
-        check_template(prompt, "prompt")
-        check_template(negative_prompt, "negative_prompt")
+        self._wildcards = wildcard_manager() if is_template(prompt) or is_template(negative_prompt) else None
+        check_template(prompt, "prompt", self._wildcards)
+        check_template(negative_prompt, "negative_prompt", self._wildcards)
         get_styles(list(self.styles))  # an unknown style is refused now, before any work
         self.variants: tuple[str, ...] = ()
         self.capped = False
@@ -76,8 +78,8 @@ class PromptPlan:
             combination = seed % len(self.variants)
             variant = self.variants[combination]
         else:
-            variant = random_variant(self.template, seed, "prompt")
-        negative_variant = random_variant(self.negative_template, seed, "negative_prompt")
+            variant = random_variant(self.template, seed, "prompt", self._wildcards)
+        negative_variant = random_variant(self.negative_template, seed, "negative_prompt", self._wildcards)
         # Prompt expansion (field `expand`, wired by the lead): variant = expand_prompt(variant, seed)
         prompt, negative = apply_styles(list(self.styles), variant, negative_variant, self.stylize)
         return PicturePrompt(self.template, variant, prompt, negative, self.negative_template, negative_variant,
@@ -109,7 +111,10 @@ def prompt_plan(request: Any) -> PromptPlan:
 
 
 def picture_prompt(request: Any, seed: int, index: int | None = None) -> PicturePrompt:
-    """The prompt of the picture with `seed` (number `index` of its request): see the module text."""
+    """The prompt of the picture with `seed` (number `index` of its request): see the module text.
+    The variant depends on the seed alone (in combinatorial mode too: combination seed % C, which
+    is the index's for a request whose seed is a multiple of C), so a picture re-made from its
+    seed, alone or in a batch, gets its own; `index` is taken for callers that know it."""
     return prompt_plan(request)(seed, index)
 
 

@@ -73,21 +73,22 @@ def wildcard_names() -> list[str]:
     return sorted(wildcard_manager().get_collection_names())
 
 
-def check_template(template: str, field: str = "prompt") -> None:
+def check_template(template: str, field: str = "prompt", manager: WildcardManager | None = None) -> None:
     """Raise `BadRequest(field, ...)` when `template` cannot expand: an unclosed `{` or `__`, a
     stray `$`, alternatives with nothing in them, a wildcard no folder holds."""
     if not is_template(template):
         return
-    manager = wildcard_manager()
-    _check_wildcards(_parsed(template, field), manager, field, template, depth=0)
+    _check_wildcards(_parsed(template, field), manager or wildcard_manager(), field, template, depth=0)
 
 
-def random_variant(template: str, seed: int, field: str = "prompt") -> str:
-    """The variant of `template` the seed draws: the same for the same seed, whatever else runs."""
+def random_variant(template: str, seed: int, field: str = "prompt", manager: WildcardManager | None = None) -> str:
+    """The variant of `template` the seed draws: the same for the same seed, whatever else runs.
+    `manager` (default: the folders as they are now) lets a caller read the files once."""
     if not is_template(template):
         return template
-    check_template(template, field)
-    generator = RandomPromptGenerator(wildcard_manager(), seed=seed)
+    manager = manager or wildcard_manager()
+    check_template(template, field, manager)
+    generator = RandomPromptGenerator(manager, seed=seed)
     return _expanded(lambda: generator.generate(template, 1)[0], template, field)
 
 
