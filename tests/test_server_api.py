@@ -601,3 +601,25 @@ def test_routes_methods_and_bodies_answer_in_the_documented_shape(tmp_path, meth
             chunks = (b"x" * 65536 for _ in range(40))
             chunked = client.post(path, content=chunks, headers=headers)
             assert chunked.status_code == 413 and chunked.json()["error"]["param"] == "body"
+
+
+def test_templates_combined_styles_and_combinations_through_the_apis(client):
+    body = {"prompt": "a {cat|dog} face", "negative_prompt": "", "seed": 8, "steps": 2, "width": 64, "height": 64,
+            "batch_size": 2, "styles": ["Line icon", "Pixel art"]}
+    response = client.post("/sdapi/v1/txt2img", json=body)
+    assert response.status_code == 200, response.text
+    info = json.loads(response.json()["info"])
+    assert info["prompt"] == "a {cat|dog} face"  # the template; each picture's own prompt below
+    for prompt in info["all_prompts"]:
+        assert re.fullmatch(r"pixel art of a (cat|dog) face, line icon, 16-bit, limited palette", prompt), prompt
+    assert all("Template: a {cat|dog} face" in text for text in info["infotexts"])
+
+    job = client.post("/api/v1/jobs", json={"prompt": "{red|blue|green} apple", "combinatorial": True, "n_samples": 2,
+                                            **FAST}).json()
+    done = wait_done(client, job["id"])
+    assert sorted(image["prompt"] for image in done["images"]) == ["blue apple", "green apple", "red apple"]
+    again = client.post(f"/api/v1/images/{done['images'][2]['id']}/again").json()
+    remade = wait_done(client, again["id"])["images"]
+    assert [image["prompt"] for image in remade] == [done["images"][2]["prompt"]]
+    too_many = client.post("/api/v1/jobs", json={"prompt": "{a|b|c} {d|e|f}", "combinatorial": True, **FAST})
+    assert too_many.status_code == 422 and too_many.json()["error"]["param"] == "max_combinations"
