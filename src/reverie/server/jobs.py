@@ -63,6 +63,13 @@ def png_bytes(picture) -> bytes:
     return buffer.getvalue()
 
 
+def picture_prompt(metadata: dict, fields: dict) -> str:
+    """The prompt the gallery finds a picture by: its own request's (a grid's cell has its own, a
+    grid's sheet its base's), else the job's."""
+    settings = metadata.get("settings") or {}
+    return settings.get("prompt") or (settings.get("base") or {}).get("prompt") or fields.get("prompt", "")
+
+
 class ServerStopping(Exception):
     """The server stops before the job a request waits for has ended; the job is kept."""
 
@@ -282,7 +289,8 @@ class JobRunner:
                 changes = {"stage": "choosing", "images_done": event.step, "message": event.message}
             elif event.stage == "image":
                 image = event.payload
-                self.gallery.add_image(job, image.index, image.path, fields.get("prompt", ""), image.seed, image.metadata)
+                self.gallery.add_image(job, image.index, image.path, picture_prompt(image.metadata, fields), image.seed,
+                                       image.metadata)
                 live = self.live.get(job.id)
                 done = total if event.step == event.total else max(event.step, live.images_done if live else 0)
                 changes = {"images_done": done, "preview": png_bytes(image.image)}

@@ -29,6 +29,8 @@ class GenerationRequest(BaseRequest):
     mode: Literal["txt2img", "img2img", "variations", "inpaint", "outpaint"] = "txt2img"
     prompt: str = ""
     negative_prompt: str = ""
+    styles: list[str] = []
+    stylize: int | None = Field(None, ge=0, le=1000)
     model: str | None = None
     # txt2img: the picture's size (None: the model's own). Image modes: the size to work at
     # (None: the input's, brought to the model's native size when it draws small; see images.py).
