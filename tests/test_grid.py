@@ -3,6 +3,7 @@ runs make them, labelled sheets, stops, resumes, the CLI and the native API."""
 
 from __future__ import annotations
 
+import io
 import sys
 
 import numpy as np
@@ -216,7 +217,9 @@ def test_native_api_runs_a_grid_into_the_gallery(tmp_path):
         assert [i["id"] for i in client.get("/api/v1/gallery", params={"q": "lighthouse"}).json()]  # found by its prompt
         # The page's "re-run" of a cell makes that cell again, bit for bit.
         again = wait_done(client, client.post(f"/api/v1/images/{cells[3]['id']}/again").json()["id"])
-        picture = lambda image: np.asarray(Image.open(__import__("io").BytesIO(client.get(image["url"]).content)))  # noqa: E731
+        def picture(image):
+            return np.asarray(Image.open(io.BytesIO(client.get(image["url"]).content)))
+
         assert np.array_equal(picture(again["images"][0]), picture(cells[3]))
 
         refused = client.post("/api/v1/jobs", json={"mode": "grid", "base": base, "x": "cfg=1,2,3", "y": "seed=1,2,3"})
@@ -243,3 +246,13 @@ def test_a_grid_costs_one_request_per_cell(tmp_path):
         assert gallery.balance(user.id) == 1
         refused = client.post("/api/v1/jobs", json={"mode": "grid", "base": base, "x": "cfg=1,2"}, headers=headers)
         assert refused.status_code == 402
+
+
+def test_cli_grid_compares_strengths_on_a_picture(monkeypatch, capsys, tmp_path, photo):
+    code, _, err = run_cli(monkeypatch, capsys, "grid", "a sunset", "-i", photo, "--x", "strength=0,0.9",
+                             "--model", "tiny-random", "--steps", "2", "--seed", "4", "--outdir", str(tmp_path / "out"))
+    assert code == 0, err
+    kept, changed = sorted((tmp_path / "out").glob("*.png"))
+    assert read_png_info(kept)["reverie"]["settings"]["mode"] == "img2img"
+    assert np.array_equal(pixels(Image.open(kept)), pixels(Image.open(photo)))  # strength 0 keeps the picture
+    assert np.abs(pixels(Image.open(changed)) - pixels(Image.open(photo))).mean() > 5

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .cli import Cfg, Device, Dtype, Height, Model, Negative, Outdir, SamplerOpt, Seed, Steps, Upscale, Width, err, out
+from .cli import Cfg, Device, Dtype, Height, Model, Negative, Outdir, SamplerOpt, Seed, Steps, Strength, Upscale, Width, err, out
 from .terminal import progress_bar
 
 AXIS_HELP = ("NAME=VALUE,VALUE,...: cfg, steps, sampler, seed, strength, model, style, prompt (search/replace: "
@@ -21,6 +21,8 @@ def grid(
     y: Annotated[Optional[str], typer.Option("--y", "-y", help="The axis down.")] = None,
     z: Annotated[Optional[str], typer.Option("--z", "-z", help="One grid per value of this axis.")] = None,
     n_samples: Annotated[int, typer.Option("--n-samples", "-n", help="Pictures per cell (seed, seed+1, ...).")] = 1,
+    init_image: Annotated[Optional[Path], typer.Option("--init-image", "-i", help="Start every cell from this picture (img2img; compare strengths with --x strength=0.3,0.6).")] = None,
+    strength: Strength = None,
     model: Model = None, negative: Negative = "", width: Width = None, height: Height = None, steps: Steps = None,
     cfg_scale: Cfg = None, sampler: SamplerOpt = None, seed: Seed = None, upscale: Upscale = None,
     style: Annotated[Optional[list[str]], typer.Option("--style", help="A style preset every cell uses (repeat to combine).")] = None,
@@ -28,7 +30,8 @@ def grid(
 ):
     """Compare settings on labelled grids: every combination of the axes' values is a cell, saved
     as its own picture (with its settings: `generate --from` re-makes it); one grid per z value."""
-    base = {"mode": "txt2img", "prompt": prompt, "negative_prompt": negative, "model": model, "width": width,
+    base = {"mode": "img2img" if init_image else "txt2img", "init_image": str(init_image) if init_image else None,
+            "strength": strength, "prompt": prompt, "negative_prompt": negative, "model": model, "width": width,
             "height": height, "steps": steps, "cfg_scale": cfg_scale, "sampler": sampler, "upscale": upscale,
             "n_samples": n_samples, "styles": style or []}
     fields = {"mode": "grid", "base": {key: value for key, value in base.items() if value is not None},

@@ -31,7 +31,8 @@ NAMES = {"cfg": "cfg_scale", "steps": "steps", "sampler": "sampler", "seed": "se
 FIXED = ("mode", "device", "dtype", "made", "keep_only", "init_image", "mask_image", "n_samples", "n_iter")
 # How a value is written on the grid (A1111's words); other fields show as `name: value`.
 LABELS = {"cfg_scale": "CFG scale", "steps": "Steps", "seed": "Seed", "strength": "Denoising strength",
-          "model": "Model", "negative_prompt": "Negative"}
+          "model": "Model", "negative_prompt": "Negative", "sampler": "Sampler", "prompt": "Prompt S/R",
+          "styles": "Styles"}
 NO_STYLE = "None"
 
 _NUMBER = r"[+-]?\d+(?:\.\d*)?"

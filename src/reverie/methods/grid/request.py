@@ -11,7 +11,7 @@ from pydantic import Field, field_validator, model_validator
 from ...errors import BadRequest
 from ...request import BaseRequest
 from ..diffusion.request import MODES, GenerationRequest
-from .axes import MAX_CELLS, Axis, apply, axis_names, expanded, known_field, label, parse_axis
+from .axes import MAX_CELLS, NO_STYLE, Axis, apply, axis_names, expanded, known_field, label, parse_axis
 
 AXES = ("x", "y", "z")
 # Settings the grid holds for every cell (its seed is the cells' seed unless the seed axis varies it).
@@ -187,7 +187,7 @@ def _varies_seed(given: dict[str, Axis]) -> bool:
 def _check_style(which: str, value) -> None:
     from ...prompts.styles import get_style
 
-    if str(value) != "None":
+    if str(value) != NO_STYLE:
         try:
             get_style(str(value))
         except BadRequest as exc:
