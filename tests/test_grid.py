@@ -144,7 +144,7 @@ def test_the_grid_is_columns_by_rows_of_cells_with_label_margins(mini_grid):
 
 # -- sheets per z, stops and resumes (the tiny random model: only the mechanics) -------------------
 def test_one_labelled_grid_per_z_value(studio, tmp_path):
-    result = studio.run({"mode": "grid", "base": TINY, "seed": 1, "x": "cfg=1,9", "z": "steps=2,3"}, outdir=tmp_path)
+    result = studio.grid(TINY, x="cfg=1,9", z="steps=2,3", seed=1, outdir=tmp_path)  # the Python API's shorthand
     assert len(result.images) == 4 and len(result.grids) == 2
     assert [sheet.metadata["grid"]["title"] for sheet in result.grids] == ["Steps: 2", "Steps: 3"]
     assert [image.metadata["settings"]["steps"] for image in result.images] == [2, 2, 3, 3]
