@@ -384,6 +384,15 @@ def _add_studio_commands() -> None:
 _add_studio_commands()
 
 
+def _add_grid_command() -> None:
+    from .cli_grid import grid
+
+    app.command("grid")(grid)
+
+
+_add_grid_command()
+
+
 class ReverieErrorExit(ReverieError):
     pass
 

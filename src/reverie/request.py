@@ -66,6 +66,11 @@ class BaseRequest(BaseModel):
         """How many pictures are made to keep `picture_count()` of them (a bar's total)."""
         return self.picture_count()
 
+    def parts(self) -> list["BaseRequest"]:
+        """The requests a run of this one is made of, each run as if it were alone: itself; a
+        grid's cells. The studio checks its limits, models and cost on these."""
+        return [self]
+
     def settings(self) -> dict:
         """The request as plain JSON-able data (pictures as their paths, or a placeholder)."""
         data = self.model_dump(exclude=set(self.IMAGE_FIELDS) | {"made"})

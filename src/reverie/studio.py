@@ -4,6 +4,7 @@
     studio = Studio()
     result = studio.generate("red apple, Noto emoji", num_inference_steps=20, seed=1)
     result.images[0].image.save("apple.png")
+    grid = studio.grid("red apple, Noto emoji", x="cfg=2,4,7", y="sampler=euler,dpmpp_2m", outdir="outputs/grid")
 
 Every front door (the CLI, the job runner, the HTTP APIs) comes through `Studio.run`, which
 builds the method's request, then runs the method the registry finds for its mode.
@@ -146,6 +147,22 @@ class Studio:
             for name, value in settings.items():
                 fields[ALIASES.get(name, name)] = value
         return self.run(fields, outdir=outdir, grid=grid, progress=progress, should_stop=should_stop)
+
+    def grid(self, base: str | dict | BaseRequest, /, *, x: str | dict | None = None, y: str | dict | None = None,
+             z: str | dict | None = None, seed: int | None = None, outdir: str | Path | None = None,
+             progress: ProgressCallback = no_progress, should_stop: StopCheck = should_never_stop, **settings) -> Result:
+        """Compare settings on labelled grids (A1111's X/Y/Z plot): `grid("a castle", x="cfg=3,5,7",
+        y="sampler=euler,dpmpp_2m", steps=20)`. `base` is a prompt, a diffusion request's fields or
+        a request; `settings` are more base fields. `result.images` are the cells (each as a single
+        run makes it), `result.grids` one labelled grid per z value."""
+        if isinstance(base, BaseRequest):
+            base = base.model_dump(exclude_unset=True)
+        fields = dict(base) if isinstance(base, dict) else {"prompt": base}
+        for name, value in settings.items():
+            fields[ALIASES.get(name, name)] = value
+        request = {"mode": "grid", "base": fields, "x": x, "y": y, "z": z, "seed": seed}
+        return self.run({key: value for key, value in request.items() if value is not None}, outdir=outdir,
+                        progress=progress, should_stop=should_stop)
 
     def dream(self, request: BaseRequest | dict | None = None, *, run_dir: str | Path | None = None,
               continue_from: str | Path | None = None, folder: str | Path | None = None, video: str | Path | None = None,

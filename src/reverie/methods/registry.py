@@ -23,6 +23,7 @@ PACKAGES = (
     "reverie.methods.dreaming",
     "reverie.methods.style",
     "reverie.methods.gan",
+    "reverie.methods.grid",
 )
 DEFAULT_MODE = "txt2img"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -65,12 +65,14 @@ class Outputs:
     `folder` None writes nothing (the pictures come back in the result only). Pictures are
     `folder/NNNNN-SEED-prompt.png`, with a grid in `folder/grids/` when there are several and
     `grid` is True. A method that keeps a folder of its own per run (a dream) makes a numbered
-    one under `folder`, or uses `run_folder` exactly when the caller chose it.
+    one under `folder`, or uses `run_folder` exactly when the caller chose it. `tags` are added
+    to every picture's reverie JSON (a grid's cell records its axis values there).
     """
 
     folder: Path | None = None
     grid: bool = True
     run_folder: Path | None = None
+    tags: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.folder = Path(self.folder) if self.folder is not None else None
@@ -83,17 +85,24 @@ class Outputs:
             return None
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"{next_number(self.folder):05d}-{seed}-{slug(prompt)}.png"
-        return save_png(image, path, parameters, metadata)
+        return save_png(image, path, parameters, metadata | self.tags)
 
     def grid_of(self, images: list[Image.Image], prompt: str, parameters: str, metadata: dict) -> Path | None:
+        """The contact sheet of a request's pictures, when there are several and `grid` is on."""
+        if not self.grid or len(images) < 2:
+            return None
+        return self.sheet(make_grid(images), prompt, parameters, metadata)
+
+    def sheet(self, image: Image.Image, prompt: str, parameters: str, metadata: dict) -> Path | None:
+        """Write a finished sheet (a contact sheet, a grid's labelled picture) into `folder/grids/`."""
         from .metadata import save_png
 
-        if self.folder is None or not self.grid or len(images) < 2:
+        if self.folder is None:
             return None
         grids = self.folder / "grids"
         grids.mkdir(parents=True, exist_ok=True)
         path = grids / f"{next_number(grids):05d}-grid-{slug(prompt)}.png"
-        return save_png(make_grid(images), path, parameters, metadata)
+        return save_png(image, path, parameters, metadata)
 
     def run_folder_for(self, title: str) -> Path:
         """The folder a run of its own writes into (made when new)."""

@@ -70,6 +70,12 @@ class GenerateBody(BaseModel):
     # mode "gan": a GAN /api/v1/models lists (kind "gan"), one of its classes, truncation
     class_name: str | None = Field(None, max_length=100)
     truncation: float | None = None
+    # mode "grid": the fields of the request every cell starts from (txt2img: the studio's grids
+    # start from a prompt) and up to three axes, each "NAME=V1,V2,..." or {"name": ..., "values": [...]}
+    base: dict | None = None
+    x: str | dict | None = None
+    y: str | dict | None = None
+    z: str | dict | None = None
 
 
 class DreamBody(BaseModel):

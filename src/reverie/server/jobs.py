@@ -63,6 +63,17 @@ def png_bytes(picture) -> bytes:
     return buffer.getvalue()
 
 
+def picture_prompt(metadata: dict, fields: dict) -> str:
+    """The prompt the gallery shows and finds a picture by: the one it was made from (its
+    template's variant, styled), else its own request's (a grid's cell has its own, a grid's
+    sheet its base's), else the job's."""
+    own = metadata.get("prompt")
+    if isinstance(own, dict) and own.get("prompt"):
+        return own["prompt"]
+    settings = metadata.get("settings") or {}
+    return settings.get("prompt") or (settings.get("base") or {}).get("prompt") or fields.get("prompt", "")
+
+
 class ServerStopping(Exception):
     """The server stops before the job a request waits for has ended; the job is kept."""
 
@@ -282,9 +293,8 @@ class JobRunner:
                 changes = {"stage": "choosing", "images_done": event.step, "message": event.message}
             elif event.stage == "image":
                 image = event.payload
-                # The gallery shows (and searches) the picture's own prompt: its template's variant, styled.
-                own = (image.metadata.get("prompt") or {}).get("prompt") if isinstance(image.metadata.get("prompt"), dict) else None
-                self.gallery.add_image(job, image.index, image.path, own or fields.get("prompt", ""), image.seed, image.metadata)
+                self.gallery.add_image(job, image.index, image.path, picture_prompt(image.metadata, fields), image.seed,
+                                       image.metadata)
                 live = self.live.get(job.id)
                 done = total if event.step == event.total else max(event.step, live.images_done if live else 0)
                 changes = {"images_done": done, "preview": png_bytes(image.image)}

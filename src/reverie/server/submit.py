@@ -28,8 +28,10 @@ MAX_ITERATIONS = 5000  # a dream's iterations per studio request
 CANDIDATES_PER_PICTURE = 4  # best-of candidates per picture allowed, on top of max_images_per_request
 
 
-def _cost(state: StudioState) -> int:
-    return state.config.cost_per_request if state.config.multi_user else 0
+def _cost(state: StudioState, request) -> int:
+    """A request's charge: one request's cost for each of its parts (a grid: each of its cells,
+    what they would cost asked for one by one)."""
+    return state.config.cost_per_request * len(request.parts()) if state.config.multi_user else 0
 
 
 def _check_choices(fields: dict) -> None:
@@ -78,15 +80,21 @@ def _submit(state: StudioState, user: User, fields: dict) -> Job:
         raise BadRequest("continue_from", "the studio does not continue run folders; use the `reverie` command")
     if "model" in request_fields(fields.get("mode")):
         fields["model"] = check_model(state, fields.get("model"))
+    if isinstance(fields.get("base"), dict):  # a grid: the request its cells start from
+        fields["base"] = dict(fields["base"]) | {"model": check_model(state, fields["base"].get("model"))}
     fields.setdefault("device", state.config.device)
     request = make_request(fields).with_seed()  # fixed now: a job that runs again makes the same pictures
+    parts = request.parts()
+    for part in parts:
+        if part is not request:  # a grid's cell
+            _check_part(state, part)
     limit = state.config.max_images_per_request
-    if request.picture_count() > limit:
+    if sum(part.picture_count() for part in parts) > limit:
         if getattr(request, "combinatorial", False):
             raise BadRequest("max_combinations", f"at most {limit} pictures per request: the prompt's "
                                                  f"combinations x n_iter make {request.picture_count()}")
-        raise BadRequest("n_samples", f"at most {limit} pictures per request")
-    if request.candidate_count() > limit * CANDIDATES_PER_PICTURE:
+        raise BadRequest("n_samples", f"at most {limit} pictures per request" + (" (a grid: cells x pictures per cell)" if len(parts) > 1 else ""))
+    if sum(part.candidate_count() for part in parts) > limit * CANDIDATES_PER_PICTURE:
         raise BadRequest("rerank", f"at most {limit * CANDIDATES_PER_PICTURE} candidates per request (n_samples x n_iter x rerank)")
     if request.mode == "style" and request.steps > MAX_ITERATIONS:
         raise BadRequest("steps", f"at most {MAX_ITERATIONS} steps per style transfer in the studio")
@@ -94,10 +102,22 @@ def _submit(state: StudioState, user: User, fields: dict) -> Job:
         raise BadRequest("iterations", f"at most {MAX_ITERATIONS} iterations per dream in the studio")
     if request.mode == "inpaint":
         check_mask_size(image_size(request.init_image), image_size(request.mask_image), "init_image", "mask_image")
-    job = state.gallery.add_job(user.id, request.mode, request.settings(), state.config.queue_capacity, _cost(state),
+    job = state.gallery.add_job(user.id, request.mode, request.settings(), state.config.queue_capacity, _cost(state, request),
                                 state.credits.schedule, state.now())
     state.runner.wake()
     return job
+
+
+def _check_part(state: StudioState, part) -> None:
+    """A grid's cell is held to what it would be asked for alone: a model the studio lists, its
+    choices, the prompt limit; and it takes no picture (a client never names a path)."""
+    if "model" in type(part).model_fields:
+        check_model(state, part.model)
+    settings = part.settings()
+    check_prompts(settings)
+    _check_choices(settings)
+    if any(getattr(part, name) is not None for name in part.IMAGE_FIELDS):
+        raise BadRequest("base.init_image", "the studio's grids start from a prompt (txt2img); use the `reverie grid` command for pictures")
 
 
 def job_view(state: StudioState, job: Job) -> dict:
@@ -141,4 +161,5 @@ def image_view(state: StudioState, image) -> dict:
         # the picture's own prompt: its template, the variant drawn, what was encoded
         "picture_prompt": settings.get("prompt") if isinstance(settings.get("prompt"), dict) else None,
         "score": settings.get("clip_score"),  # the built-in CLIP's cosine to the prompt, when scored
+        "grid": settings.get("grid"),  # a grid's cell: its axis values; a grid's sheet: its labels
     }
