@@ -18,6 +18,7 @@ from PIL import Image
 
 from reverie.actions import ACTIONS, VARY_STRONG, VARY_SUBTLE, fields_for_action
 from reverie.errors import BadRequest
+from reverie.outputs.metadata import read_png_info
 from reverie.studio import make_request
 
 
@@ -278,3 +279,20 @@ def test_python_api_pan_left_keeps_the_original_on_the_right(studio, tmp_path):
     [panned] = studio.run(request, outdir=tmp_path / "pan").images
     old = np.asarray(source.image.convert("RGB"))
     assert panned.image.size == (384, 256) and np.array_equal(np.asarray(panned.image.convert("RGB"))[:, 128:], old)
+
+
+def test_cli_action_zooms_out_and_names_unknown_actions(monkeypatch, capsys, tmp_path):
+    from test_cli import TINY, run_cli
+
+    code, _, err = run_cli(monkeypatch, capsys, "generate", "a yellow star", *TINY, "-n", "2", "--seed", "4",
+                           "--outdir", str(tmp_path / "src"))
+    assert code == 0, err
+    source = sorted((tmp_path / "src").glob("*.png"))[0]
+    code, out, err = run_cli(monkeypatch, capsys, "action", "zoom_out_2", str(source), "-n", "1", "--outdir", str(tmp_path / "zoom"))
+    assert code == 0, err
+    [zoomed] = sorted((tmp_path / "zoom").glob("*.png"))
+    assert Image.open(zoomed).size == Image.open(source).size
+    made = read_png_info(zoomed)["reverie"]["settings"]
+    assert (made["mode"], made["outpaint_left"], made["prompt"], made["steps"]) == ("outpaint", 32, "a yellow star", 3)
+    code, _, err = run_cli(monkeypatch, capsys, "action", "zoom_in", str(source))
+    assert code == 2 and "zoom_in" in err and "zoom_out_2" in err

@@ -34,7 +34,8 @@ class Action:
     """One button: `mode` is the method that does it; the rest say how far."""
 
     name: str
-    label: str  # the button's text
+    label: str  # the button's text (Midjourney's: U, V, arrows)
+    title: str  # its name in words (the button's accessible name)
     description: str
     mode: str
     strength: float | None = None
@@ -43,20 +44,20 @@ class Action:
 
 
 ACTIONS = {action.name: action for action in (
-    Action("upscale", "U", f"this picture {UPSCALE_FACTOR}x larger (the built-in upscaler)", "upscale"),
-    Action("vary_subtle", "V subtle", f"variations close to this picture (strength {VARY_SUBTLE})", "variations",
+    Action("upscale", "U", "Upscale", f"this picture {UPSCALE_FACTOR}x larger (the built-in upscaler)", "upscale"),
+    Action("vary_subtle", "V subtle", "Vary (subtle)", f"variations close to this picture (strength {VARY_SUBTLE})", "variations",
            strength=VARY_SUBTLE),
-    Action("vary_strong", "V strong", f"variations further from this picture (strength {VARY_STRONG})", "variations",
+    Action("vary_strong", "V strong", "Vary (strong)", f"variations further from this picture (strength {VARY_STRONG})", "variations",
            strength=VARY_STRONG),
-    Action("zoom_out_1.5", "Zoom out 1.5x", "outpaint every side to 1.5x the canvas, shown at this picture's size",
+    Action("reroll", "Reroll", "Reroll", "the same request again with a new seed: as many pictures as it made", "reroll"),
+    Action("zoom_out_1.5", "Zoom 1.5x", "Zoom out 1.5x", "outpaint every side to 1.5x the canvas, shown at this picture's size",
            "outpaint", zoom=1.5),
-    Action("zoom_out_2", "Zoom out 2x", "outpaint every side to 2x the canvas, shown at this picture's size",
+    Action("zoom_out_2", "Zoom 2x", "Zoom out 2x", "outpaint every side to 2x the canvas, shown at this picture's size",
            "outpaint", zoom=2.0),
-    Action("pan_left", "←", "outpaint half the width more on the left (the canvas grows)", "outpaint", pan="left"),
-    Action("pan_right", "→", "outpaint half the width more on the right (the canvas grows)", "outpaint", pan="right"),
-    Action("pan_up", "↑", "outpaint half the height more at the top (the canvas grows)", "outpaint", pan="up"),
-    Action("pan_down", "↓", "outpaint half the height more at the bottom (the canvas grows)", "outpaint", pan="down"),
-    Action("reroll", "Reroll", "the same request again with a new seed: as many pictures as it made", "reroll"),
+    Action("pan_left", "←", "Pan left", "outpaint half the width more on the left (the canvas grows)", "outpaint", pan="left"),
+    Action("pan_right", "→", "Pan right", "outpaint half the width more on the right (the canvas grows)", "outpaint", pan="right"),
+    Action("pan_up", "↑", "Pan up", "outpaint half the height more at the top (the canvas grows)", "outpaint", pan="up"),
+    Action("pan_down", "↓", "Pan down", "outpaint half the height more at the bottom (the canvas grows)", "outpaint", pan="down"),
 )}
 
 

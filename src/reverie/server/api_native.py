@@ -189,7 +189,7 @@ def picture_action(image_id: str, action: str, state: StudioState = Depends(get_
 def list_actions():
     from ..actions import ACTIONS
 
-    return [{"name": a.name, "label": a.label, "description": a.description, "mode": a.mode} for a in ACTIONS.values()]
+    return [{"name": a.name, "label": a.label, "title": a.title, "description": a.description, "mode": a.mode} for a in ACTIONS.values()]
 
 
 @router.delete("/images/{image_id}", status_code=204, summary="Delete a picture: its row and its file")
