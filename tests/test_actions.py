@@ -246,10 +246,11 @@ def test_api_another_users_picture_is_404(tmp_path):
         image = wait_done(client, job.json()["id"], auth["ann"])["images"][0]
         assert client.post(f"/api/v1/images/{image['id']}/actions/upscale", headers=auth["bob"]).status_code == 404
         before = client.get("/api/v1/me", headers=auth["ann"]).json()["credits"]
-        queued = client.post(f"/api/v1/images/{image['id']}/actions/vary_subtle", headers=auth["ann"])
+        queued = client.post(f"/api/v1/images/{image['id']}/actions/zoom_out_1.5", headers=auth["ann"])
         assert queued.status_code == 202
         assert client.get("/api/v1/me", headers=auth["ann"]).json()["credits"] == before - 1  # charged like any job
-        wait_done(client, queued.json()["id"], auth["ann"])
+        zoomed = wait_done(client, queued.json()["id"], auth["ann"])
+        assert zoomed["request"]["outpaint_left"] == 16 and (zoomed["images"][0]["width"], zoomed["images"][0]["height"]) == (64, 64)
 
 
 def test_reroll_of_a_picture_made_from_an_upload_is_refused(tmp_path):
