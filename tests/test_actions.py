@@ -171,6 +171,7 @@ def test_api_upscale_doubles_the_size(mini, apple):
     [big] = done["images"]
     assert (big["width"], big["height"]) == (2 * apple["width"], 2 * apple["height"])
     assert big["settings"]["prompt"] == "red apple, Noto emoji"  # the picture's own settings kept
+    assert big["prompt"] == "red apple, Noto emoji"  # so the gallery finds it by its prompt
     shrunk = Image.fromarray(pixels_of(mini, big).astype(np.uint8)).resize((apple["width"], apple["height"]), Image.LANCZOS)
     assert np.abs(np.asarray(shrunk, np.float32) - pixels_of(mini, apple)).mean() < 6  # the same picture
 

@@ -282,7 +282,9 @@ class JobRunner:
                 changes = {"stage": "choosing", "images_done": event.step, "message": event.message}
             elif event.stage == "image":
                 image = event.payload
-                self.gallery.add_image(job, image.index, image.path, fields.get("prompt", ""), image.seed, image.metadata)
+                # An upscale (U) or a variation without a prompt: the prompt the picture was made with.
+                prompt = fields.get("prompt") or (image.metadata.get("settings") or {}).get("prompt", "")
+                self.gallery.add_image(job, image.index, image.path, prompt, image.seed, image.metadata)
                 live = self.live.get(job.id)
                 done = total if event.step == event.total else max(event.step, live.images_done if live else 0)
                 changes = {"images_done": done, "preview": png_bytes(image.image)}
