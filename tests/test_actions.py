@@ -212,7 +212,6 @@ def test_api_vary_subtle_stays_closer_than_vary_strong(mini):
     assert subtle["request"]["prompt"] == "a castle on a hill, Noto emoji" and len(subtle["images"]) == 2
     near = np.mean([np.abs(pixels_of(mini, image) - old).mean() for image in subtle["images"]])
     far = np.mean([np.abs(pixels_of(mini, image) - old).mean() for image in strong["images"]])
-    print("vary distances", near, far)
     assert near < far, (near, far)
     assert near > 1  # a variation, not a copy
 
