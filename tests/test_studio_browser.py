@@ -1,7 +1,7 @@
 """The studio page in a real headless Chromium (Debian's), driven by Playwright.
 
 A user types a prompt and gets four pictures, opens variations, paints a mask and inpaints,
-drags an edge out to outpaint, finds a picture in the gallery and deletes it; on a phone-sized
+drags an edge out to outpaint, upscales and pans with Midjourney's buttons, finds a picture in the gallery and deletes it; on a phone-sized
 screen, with the keyboard alone.
 """
 
@@ -194,6 +194,25 @@ def test_drag_an_edge_out_to_outpaint(page, server):
     assert request["mode"] == "outpaint" and request["outpaint_right"] == extension
     width = page.eval_on_selector("#results .card img", "img => img.naturalWidth")
     assert width >= 64 + extension
+
+
+def test_midjourney_actions_on_a_picture(page, server):
+    first = generate(page, "a red kite")
+    card = page.locator("#results .card").first
+    width = card.locator("img").evaluate("img => img.naturalWidth")
+    card.get_by_role("button", name="Upscale").click()  # U
+    [big] = wait_for_new_cards(page, set(first), count=1)
+    assert page.eval_on_selector("#results .card img", "img => img.naturalWidth") == 2 * width
+    assert last_job(server)["mode"] == "upscale"
+    # Keyboard alone: Tab to "Pan right" on the upscaled picture, press Enter.
+    pan = page.locator("#results .card").first.get_by_role("button", name="Pan right")
+    pan.focus()
+    page.keyboard.press("Enter")
+    assert len(wait_for_new_cards(page, {big}, count=4)) == 4  # a new grid, as the picture's request made
+    request = last_job(server)
+    assert request["mode"] == "outpaint" and request["outpaint_right"] == width  # half of the doubled width
+    assert request["prompt"] == "a red kite"
+    assert page.eval_on_selector("#results .card img", "img => img.naturalWidth") == 3 * width
 
 
 def test_find_in_the_gallery_and_delete(page, server):

@@ -242,6 +242,22 @@ def upscale_cmd(
     _run({"mode": "upscale", "init_image": str(image), "upscale": factor}, outdir or Path("outputs/upscale"))
 
 
+@app.command("action")
+def action_cmd(
+    action: Annotated[str, typer.Argument(help="upscale, vary_subtle, vary_strong, zoom_out_1.5, zoom_out_2, pan_left, pan_right, pan_up, pan_down or reroll.")],
+    image: Annotated[Path, typer.Argument(help="A picture reverie made: its PNG carries the settings the action starts from.")],
+    n_samples: Annotated[Optional[int], typer.Option("--n-samples", "-n", help="Pictures to make (default: as many as the picture's own request made).")] = None,
+    seed: Seed = None, outdir: Outdir = None, device: Device = "auto",
+):
+    """Midjourney's actions on one picture: U (upscale), V (vary_subtle, vary_strong), zoom out
+    (zoom_out_1.5, zoom_out_2), pan (pan_left ... pan_down), reroll; made with the picture's own
+    prompt, model and settings (docs/prompt-craft.md)."""
+    from .studio import request_for_action
+
+    request = request_for_action(image, action, n_samples=n_samples, seed=seed, device=None if device == "auto" else device)
+    _run(request, outdir or Path(f"outputs/{action}"))
+
+
 @app.command()
 def samplers():
     """List the samplers."""

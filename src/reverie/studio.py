@@ -85,6 +85,22 @@ def fields_again(settings: dict, **changes) -> dict:
     return fields
 
 
+def fields_for_action(settings: dict, action: str, picture: str | Path, size: tuple[int, int] | None = None) -> dict:
+    """The request fields of Midjourney's `action` (upscale, vary_subtle, zoom_out_2, pan_left,
+    reroll, ...: `reverie.actions.ACTIONS`) on the picture at `picture` whose stored settings are
+    `settings`: its own prompt, model and sampling, the picture as the init image, a new seed."""
+    from .actions import fields_for_action as build
+
+    return build(settings, action, picture, size)
+
+
+def request_for_action(path: str | Path, action: str, **changes) -> BaseRequest:
+    """The request of `action` on the picture at `path`, from the settings its PNG carries;
+    `changes` (n_samples, seed, steps, ...) are applied on top."""
+    fields = fields_for_action(picture_settings(path), action, path)
+    return make_request(fields | {key: value for key, value in changes.items() if value is not None})
+
+
 class Studio:
     """Runs requests on models kept in one cache shared by every method.
 

@@ -15,7 +15,7 @@ from .inputs import MAX_PROMPT_CHARS, StrictJSONRoute
 from .jobs import ServerStopping
 from .state import (SESSION_COOKIE, StudioState, Unauthorized, current_user, get_state, password_user,
                     refused_uploads_deleted, resolve_image)
-from .submit import image_view, job_view, submit_again, submit_job
+from .submit import image_view, job_view, submit_action, submit_again, submit_job
 
 router = APIRouter(prefix="/api/v1", tags=["native"], route_class=StrictJSONRoute)
 
@@ -184,6 +184,22 @@ def get_image(image_id: str, state: StudioState = Depends(get_state), user: User
 @router.post("/images/{image_id}/again", status_code=202, summary="Make a picture again, bit for bit: its settings and seed")
 def make_again(image_id: str, state: StudioState = Depends(get_state), user: User = Depends(current_user)):
     return job_view(state, submit_again(state, user, state.gallery.image(image_id, user.id)))
+
+
+@router.post("/images/{image_id}/actions/{action}", status_code=202,
+             summary="Midjourney's actions on a picture: upscale, vary, zoom out, pan, reroll (GET /api/v1/actions)")
+def picture_action(image_id: str, action: str, state: StudioState = Depends(get_state), user: User = Depends(current_user)):
+    from ..actions import action_named
+
+    action_named(action)  # an unknown action is refused before the picture is looked up
+    return job_view(state, submit_action(state, user, state.gallery.image(image_id, user.id), action))
+
+
+@router.get("/actions", summary="The actions on a picture: name, button label, what the request is")
+def list_actions():
+    from ..actions import ACTIONS
+
+    return [{"name": a.name, "label": a.label, "title": a.title, "description": a.description, "mode": a.mode} for a in ACTIONS.values()]
 
 
 @router.delete("/images/{image_id}", status_code=204, summary="Delete a picture: its row and its file")

@@ -7,11 +7,12 @@ the model whitelist, the queue bound and the credit charge are the same for all 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from ..errors import BadRequest
 from ..gallery.models import Job, User
 from ..gallery.uploads import IMAGE_FIELDS
-from ..studio import fields_again, make_request, request_fields
+from ..studio import fields_again, fields_for_action, make_request, request_fields
 from .inputs import check_prompts
 from .state import StudioState, check_mask_size, check_model, image_size, refused_uploads_deleted
 
@@ -68,6 +69,23 @@ def submit_again(state: StudioState, user: User, image) -> Job:
     if any(settings.get(name) for name in IMAGE_FIELDS):
         raise BadRequest("image_id", "only a picture made from a prompt can be made again: its input picture is gone")
     return submit_job(state, user, fields_again(settings))
+
+
+def submit_action(state: StudioState, user: User, image, action: str) -> Job:
+    """Queue Midjourney's `action` (`reverie.actions.ACTIONS`) on a gallery picture: its own
+    settings, the picture's file as the init image, a new seed; charged like any job. A reroll
+    whose input picture is no longer in the user's gallery (an upload, gone with its job) is refused."""
+    settings = json.loads(image.settings_json).get("settings", {})
+    fields = fields_for_action(settings, action, state.gallery.image_path(image), (image.width, image.height))
+    own = (state.gallery.images_dir / str(user.id)).resolve()
+    for name in IMAGE_FIELDS:
+        values = fields.get(name) if isinstance(fields.get(name), list) else [fields.get(name)]
+        for value in filter(None, values):
+            path = Path(value).resolve()
+            if path.parent != own or not path.is_file():
+                raise BadRequest("image_id", f"{action} needs this picture's input picture ({name}), which is gone; "
+                                 "vary, zoom or pan the picture itself")
+    return submit_job(state, user, fields)
 
 
 def _submit(state: StudioState, user: User, fields: dict) -> Job:

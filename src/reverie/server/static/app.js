@@ -203,7 +203,7 @@ function card(image) {
   img.addEventListener("keydown", (e) => { if (e.key === "Enter") openDetails(image); });
   const meta = document.createElement("div");
   meta.className = "meta"; meta.textContent = `${image.prompt} · seed ${image.seed}${image.score != null ? ` · score ${image.score.toFixed(2)}` : ""}`;
-  item.append(img, actions(image), meta);
+  item.append(img, actions(image), actionBar(image), meta);  // actionBar: actions.js (U, V, zoom, pan, reroll)
   return item;
 }
 
@@ -217,7 +217,6 @@ function actions(image) {
   };
   const settings = image.settings || {};
   add("Variations", () => submitJob({ mode: "variations", init_image: `image:${image.id}`, prompt: image.prompt, n_samples: 4, ...madeWith(settings) }, "Variations"));
-  add("Upscale", () => submitJob({ mode: "upscale", init_image: `image:${image.id}`, upscale: 2 }, "Upscaling"));
   add("Inpaint", () => openInpaint(image));
   add("Style", () => useAsStyleContent(image), "Restyle this picture (Style view)");
   add("Outpaint", () => openOutpaint(image));
@@ -265,7 +264,7 @@ async function openDetails(image) {
     toast("deleted");
   });
   bar.append(del);
-  $("#details-actions").replaceChildren(...bar.childNodes);
+  $("#details-actions").replaceChildren(...bar.childNodes, actionBar(image));
   dialog.showModal();
 }
 document.querySelectorAll("[data-close]").forEach((b) => b.addEventListener("click", () => b.closest("dialog").close()));
