@@ -67,6 +67,16 @@ def test_vary_is_variations_at_two_strengths(picture_file):
     assert VARY_SUBTLE < VARY_STRONG
 
 
+def test_a_template_pictures_action_keeps_the_variant_it_drew(picture_file):
+    settings = settings_of(prompt="a {red|blue} apple", negative_prompt="{dark|pale}", combinatorial=True) | {
+        "picture_prompt": {"template": "a {red|blue} apple", "variant": "a blue apple", "prompt": "a blue apple",
+                           "negative_prompt": "pale", "negative_variant": "pale"}}
+    for action in ("vary_subtle", "zoom_out_2", "pan_left"):
+        fields = fields_for_action(settings, action, picture_file())
+        assert (fields["prompt"], fields["negative_prompt"], fields["combinatorial"]) == ("a blue apple", "pale", False)
+    assert fields_for_action(settings, "reroll", picture_file())["prompt"] == "a {red|blue} apple"  # a new draw
+
+
 def test_zoom_out_grows_every_side_and_asks_for_the_pictures_size(picture_file):
     one_half = fields_for_action(settings_of(), "zoom_out_1.5", picture_file(256, 256))
     assert [one_half[f"outpaint_{side}"] for side in ("left", "right", "up", "down")] == [64, 64, 64, 64]

@@ -112,7 +112,11 @@ def _look(settings: dict, mode: str) -> dict:
     from .methods.registry import method_for
 
     known = method_for(mode).request.model_fields
-    return {key: value for key, value in settings.items() if key in known and key not in SHAPE_FIELDS}
+    look = {key: value for key, value in settings.items() if key in known and key not in SHAPE_FIELDS}
+    own = settings.get("picture_prompt")
+    if isinstance(own, dict) and "variant" in own:  # a template's picture: the variant it drew, not a new one
+        look |= {"prompt": own["variant"], "negative_prompt": own.get("negative_variant", ""), "combinatorial": False}
+    return look
 
 
 def _reroll(settings: dict) -> dict:

@@ -118,11 +118,13 @@ def parse_a1111_parameters(text: str) -> dict:
 
 def picture_settings(path: str | Path) -> dict:
     """The settings of the request that made the picture at `path` (reverie's own, or read from
-    A1111's text), with the picture's own seed as `picture_seed`: what `--from` needs."""
+    A1111's text), with the picture's own seed as `picture_seed` and, for reverie's, what its
+    prompt resolved to as `picture_prompt` (template, variant, encoded): what `--from` and the
+    actions need."""
     info = read_png_info(path)
     if info["reverie"]:
         data = info["reverie"]
-        return dict(data["settings"]) | {"picture_seed": data["seed"]}
+        return dict(data["settings"]) | {"picture_seed": data["seed"], "picture_prompt": data.get("prompt")}
     if info["parameters"]:
         fields = parse_a1111_parameters(info["parameters"])
         return fields | {"picture_seed": fields.get("seed"), "n_samples": 1}

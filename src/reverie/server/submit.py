@@ -75,7 +75,8 @@ def submit_action(state: StudioState, user: User, image, action: str) -> Job:
     """Queue Midjourney's `action` (`reverie.actions.ACTIONS`) on a gallery picture: its own
     settings, the picture's file as the init image, a new seed; charged like any job. A reroll
     whose input picture is no longer in the user's gallery (an upload, gone with its job) is refused."""
-    settings = json.loads(image.settings_json).get("settings", {})
+    data = json.loads(image.settings_json)
+    settings = dict(data.get("settings", {})) | {"picture_prompt": data.get("prompt")}
     fields = fields_for_action(settings, action, state.gallery.image_path(image), (image.width, image.height))
     own = (state.gallery.images_dir / str(user.id)).resolve()
     for name in IMAGE_FIELDS:
