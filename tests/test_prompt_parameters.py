@@ -149,6 +149,10 @@ def test_typed_parameters_make_the_pictures_they_say(studio, tmp_path):
     first = result.images[0]
     assert first.parameters.splitlines()[:2] == ["a red apple", "Negative prompt: leaf"]
     assert first.metadata["settings"]["prompt_parameters"] == {"ar": "16:9", "no": ["leaf"], "seed": 5, "repeat": 2}
+    # --from builds the request again from the clean prompt: nothing is applied twice.
+    again = request_from_picture(result.images[1].path)
+    assert (again.prompt, again.negative_prompt, again.seed, again.n_iter) == ("a red apple", "leaf", 6, 1)
+    assert (again.width, again.height, again.aspect_ratio) == (160, 96, "16:9")
     # The same picture as asked for with fields.
     plain = studio.run({"prompt": "a red apple", "negative_prompt": "leaf", "seed": 5, "n_samples": 1, "steps": 3,
                         "upscale": 1, "width": 160, "height": 96})
