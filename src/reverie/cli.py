@@ -105,6 +105,9 @@ def generate(
     rerank: Rerank = 1, score: ScoreOpt = False, scorer: ScorerOpt = "mini",
     style: StyleOpt = None, stylize: Stylize = None, combinatorial: Combinatorial = False,
     max_combinations: MaxCombinations = 32, strict_combinations: StrictCombinations = False,
+    tile: Annotated[bool, typer.Option("--tile", help="Seamless tiles: the picture wraps around (also `--tile` typed after the prompt).")] = False,
+    chaos: Annotated[Optional[int], typer.Option("--chaos", min=0, max=100, help="How different the pictures of a batch are, 0 (variations on one picture) to 100 (each its own; the default).")] = None,
+    aspect: Annotated[Optional[str], typer.Option("--ar", "--aspect", help="Aspect ratio W:H, e.g. 16:9: a size of about the model's native area (width and height, when given, win).")] = None,
     truncation: Annotated[Optional[float], typer.Option("--truncation", help="GAN models: pull toward the mean picture, 0 (the mean) to 1 (full variety; default).")] = None,
     gan_class: Annotated[Optional[str], typer.Option("--class", help="GAN models: the class to draw (e.g. noto, twemoji, fluent, tabler); the prompt may name it too. Default: chosen by each picture's seed.")] = None,
     walk: Annotated[int, typer.Option("--walk", help="GAN models: also write a video walking through the pictures' latents, this many frames from one to the next.", min=0, max=240)] = 0,
@@ -125,7 +128,7 @@ def generate(
         return
     if text is None:
         raise typer.BadParameter("give a prompt, or --from IMAGE to re-make a picture", param_hint="PROMPT")
-    fields = _common(**locals()) | {"mode": "txt2img", "prompt": text}
+    fields = _common(**locals()) | {"mode": "txt2img", "prompt": text, "tile": tile, "chaos": chaos, "aspect_ratio": aspect}
     _run(fields, outdir or Path("outputs/txt2img"))
 
 
@@ -134,7 +137,8 @@ GAN_IGNORES = (("--negative", "negative", ""), ("--steps", "steps", None), ("--c
                ("--sampler", "sampler", None), ("--plms", "plms", False), ("--width", "width", None),
                ("--height", "height", None), ("--rerank", "rerank", 1), ("--score", "score", False),
                ("--style", "style", None), ("--stylize", "stylize", None), ("--combinatorial", "combinatorial", False),
-               ("--attention-slicing", "attention_slicing", False), ("--vae-tiling", "vae_tiling", None))
+               ("--attention-slicing", "attention_slicing", False), ("--vae-tiling", "vae_tiling", None),
+               ("--tile", "tile", False), ("--chaos", "chaos", None), ("--ar", "aspect", None))
 
 
 def _gan_fields(given: dict, text: str | None) -> dict:
@@ -328,6 +332,11 @@ def info(image: Annotated[Path, typer.Argument(help="A PNG made by reverie or A1
         out.print("")
     if data["parameters"]:
         out.print(data["parameters"], markup=False, highlight=False)
+    typed = ((data["reverie"] or {}).get("settings") or {}).get("prompt_parameters")
+    if typed:
+        from .prompts.parameters import format_parameters
+
+        out.print(f"\nparameters typed after the prompt: {format_parameters(typed)}", markup=False, highlight=False)
     if data["reverie"]:
         out.print("\nreverie:", markup=False)
         out.print_json(json.dumps(data["reverie"]))

@@ -55,5 +55,12 @@ class ModelComponents:
         return int(self.unet.config.sample_size) * self.vae_scale_factor
 
     @property
+    def size_multiple(self) -> int:
+        """Picture sides the model draws exactly are multiples of this: the VAE's factor times the
+        UNet's own downsampling (reverie-mini: 8 x 4 = 32), so every level has whole latents."""
+        levels = len(getattr(self.unet.config, "block_out_channels", None) or [0]) - 1
+        return self.vae_scale_factor * 2**levels
+
+    @property
     def modules(self) -> tuple:
         return (self.unet, self.vae, self.text_encoder)

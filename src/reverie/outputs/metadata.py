@@ -111,6 +111,8 @@ def parse_a1111_parameters(text: str) -> dict:
         fields["width"], fields["height"] = int(width), int(height)
     if "Denoising strength" in pairs:
         fields["strength"] = float(pairs["Denoising strength"])
+    if pairs.get("Tiling") == "True":
+        fields["tile"] = True
     if "Model" in pairs and pairs["Model"]:
         fields["model"] = pairs["Model"]
     return fields

@@ -33,12 +33,13 @@ FIELDS = {
     "height": "height", "sd_model_checkpoint": "model", "styles": "styles", "init_images": "init_image",
     "denoising_strength": "strength", "mask": "mask_image", "mask_blur": "mask_blur",
     "inpainting_mask_invert": "mask_mode",
+    "tiling": "tile",
 }
 CLIENT_NAMES = {ours: theirs for theirs, ours in FIELDS.items()}
 
 
 class A1111Common(BaseModel):
-    # A1111 clients send many fields reverie has no use for (restore_faces, tiling, ...): accepted, ignored.
+    # A1111 clients send many fields reverie has no use for (restore_faces, ...): accepted, ignored.
     model_config = ConfigDict(extra="allow")
 
     prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
@@ -55,6 +56,7 @@ class A1111Common(BaseModel):
     height: int = 512
     override_settings: dict = Field(default_factory=dict)
     send_images: bool = True
+    tiling: bool = False  # seamless tiles (reverie's `tile`, as `--tile` after the prompt)
 
 
 class Txt2ImgBody(A1111Common):
@@ -73,7 +75,7 @@ def _fields(body: A1111Common, state: StudioState, user: User, **sent) -> dict:
     """The reverie request for `body` (and the image fields in `sent`), by FIELDS."""
     model = body.override_settings.get("sd_model_checkpoint") or state.options.get(user.id, {}).get("sd_model_checkpoint")
     sent = {name: getattr(body, name) for name in ("prompt", "negative_prompt", "styles", "seed", "batch_size", "n_iter",
-                                                 "steps", "cfg_scale", "width", "height")} | {
+                                                 "steps", "cfg_scale", "width", "height", "tiling")} | {
         "sampler_name": body.sampler_name or body.sampler_index, "sd_model_checkpoint": model} | sent
     return {FIELDS[name]: value for name, value in sent.items()} | {"upscale": 1}
 

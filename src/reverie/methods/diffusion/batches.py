@@ -16,16 +16,20 @@ import torch
 from PIL import Image
 
 from ...models.cache import ModelCache
+from ...errors import BadRequest
 from ...models.components import ModelComponents
 from ...pixels import to_pictures
 from ...progress import Interrupted, Progress, ProgressEvent
 from ...prompts.conditioning import encode_prompt_batch
 from ...prompts.picture import prompt_plan
+from ...prompts.parameters import aspect_ratio
+from ...request import MAX_SEED, MAX_SIDE
 from ...samplers import build_scheduler
+from ..gan.latents import slerp
 from ..upscale.pictures import upscaled
-from .images import (composite, feathered_alpha, load_image, load_mask, outpaint_canvas, pad_to_multiple, round_to_8,
-                     to_rgb, working_factor)
-from .pipelines import memory_settings, pipeline_for
+from .images import (aspect_size, composite, feathered_alpha, load_image, load_mask, outpaint_canvas, pad_to_multiple,
+                     round_to_8, to_rgb, working_factor)
+from .pipelines import circular_padding, memory_settings, pipeline_for
 from .preview import preview_image
 from .request import GenerationRequest
 
@@ -51,8 +55,8 @@ class PreparedInput:
 def prepare_input(request: GenerationRequest, components: ModelComponents) -> PreparedInput:
     """Resolve the working size and load the init image / mask the mode needs."""
     if request.mode == "txt2img":
-        size = components.native_size
-        return PreparedInput(request.width or size, request.height or size, factor=request.upscale or components.default_upscale)
+        width, height = txt2img_size(request, components)
+        return PreparedInput(width, height, factor=request.upscale or components.default_upscale)
     image = to_rgb(load_image(request.init_image, "init_image"))
     if request.mode == "outpaint":
         image, mask, _origin = outpaint_canvas(image, *request.outpaint_extents)
@@ -81,12 +85,33 @@ def prepare_input(request: GenerationRequest, components: ModelComponents) -> Pr
     return PreparedInput(padded.width, padded.height, padded, padded_mask, 1, padded, padded_mask, crop)
 
 
+def txt2img_size(request: GenerationRequest, components: ModelComponents) -> tuple[int, int]:
+    """The size a txt2img request draws at. Width and height when given (both: an aspect ratio
+    beside them is only recorded; that is how a picture made with one is made again). With an
+    aspect ratio and neither side: about the model's native area (native_size squared) in that
+    shape, each side a multiple of `components.size_multiple`; with one side: the other from the
+    ratio, a multiple of 8. Else the model's own size for the sides left out."""
+    native = components.native_size
+    if request.aspect_ratio is None or (request.width and request.height):
+        return request.width or native, request.height or native
+    ratio_width, ratio_height = aspect_ratio(request.aspect_ratio)
+    if not request.width and not request.height:
+        # Sides are also multiples of 8, as every request's are (a toy model's grid may be finer).
+        return aspect_size(ratio_width, ratio_height, native * native, math.lcm(8, components.size_multiple))
+    width = request.width or round_to_8(request.height * ratio_width / ratio_height)
+    height = request.height or round_to_8(request.width * ratio_height / ratio_width)
+    if max(width, height) > MAX_SIDE:
+        raise BadRequest("aspect_ratio", f"{request.aspect_ratio} makes this picture {width}x{height}, past {MAX_SIDE} "
+                                         "pixels a side; give a smaller width or height")
+    return width, height
+
+
 def finish(pictures: list[Image.Image], prepared: PreparedInput, request: GenerationRequest, models: ModelCache,
            progress: Progress) -> list[Image.Image]:
     """A batch at the input's size: enlarged back when the model worked smaller, the kept pixels
     of the input put back exactly (the seam feathered inward only), padding cut off."""
     if prepared.factor > 1:
-        pictures = upscaled(pictures, prepared.factor, models, progress)
+        pictures = upscaled(pictures, prepared.factor, models, progress, wrap=request.tile)
         if prepared.target is not None:
             size = prepared.target.size
             pictures = [p if p.size == size else p.resize(size, Image.LANCZOS) for p in pictures]
@@ -104,6 +129,29 @@ def initial_noise(seeds: list[int], shape: tuple[int, int, int]) -> tuple[torch.
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
     noise = torch.stack([torch.randn(shape, generator=g, dtype=torch.float32) for g in generators])
     return noise, generators
+
+
+# A batch's shared noise comes from its first seed plus this: a stream no picture's own seed draws from.
+CHAOS_STREAM = MAX_SEED + 1
+
+
+def chaos_mix(chaos: int) -> float:
+    """How far each picture's noise goes from the batch's shared noise toward its own (slerp's t):
+    0.2 at chaos 0 (two pictures' noises correlate by about cos(0.1 pi)^2 = 0.9: variations of one
+    picture), 0.4 at 50 (0.66), 1 at 100 (each picture's own noise, as without chaos). Squared,
+    because the pictures part quickly once their noises do."""
+    return 0.2 + 0.8 * (chaos / 100) ** 2
+
+
+def chaos_noise(noise: torch.Tensor, first_seed: int, chaos: int) -> torch.Tensor:
+    """A batch's starting noise [N, C, h, w] with `chaos` (0..100): each picture's own noise
+    slerped toward the noise the batch's first seed draws from its own stream. A function of the
+    batch's seeds alone, so the batch made again (`keep_only`, `--from`) makes it again exactly."""
+    if chaos >= 100:
+        return noise
+    shared = torch.randn(noise.shape[1:], generator=torch.Generator("cpu").manual_seed(first_seed + CHAOS_STREAM))
+    own = noise.flatten(1)
+    return slerp(shared.flatten().expand_as(own), own, chaos_mix(chaos)).view_as(noise)
 
 
 def denoising_steps(steps: int, strength: float) -> int:
@@ -136,7 +184,8 @@ def run_batches(
     progress(ProgressEvent("encode", message="encoding prompt"))
     encoded: dict = {}
     strength = request.effective_strength
-    with memory_settings(components, bool(request.vae_tiling), request.attention_slicing):
+    with memory_settings(components, bool(request.vae_tiling), request.attention_slicing), \
+            circular_padding(components, request.tile):
         for batch in range(first, request.batch_count()):
             if progress.stop_requested():
                 raise Interrupted()
@@ -159,6 +208,8 @@ def _one_batch(request, components, prepared, seeds, cond, uncond, device, dtype
     scale = components.vae_scale_factor
     latent_shape = (components.vae.config.latent_channels, prepared.height // scale, prepared.width // scale)
     noise, generators = initial_noise(seeds, latent_shape)
+    if request.chaos is not None:
+        noise = chaos_noise(noise, seeds[0], request.chaos)
     scheduler = build_scheduler(request.sampler, components.scheduler_config, seeds)
     stopped = {"flag": False}
 

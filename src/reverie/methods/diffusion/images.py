@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 
 import numpy as np
@@ -148,3 +150,13 @@ def working_factor(size: tuple[int, int], native: int, default_upscale: int) -> 
 
 def round_to_8(value: float) -> int:
     return max(64, int(round(value / 8)) * 8)
+
+
+def aspect_size(width_ratio: int, height_ratio: int, area: int, multiple: int) -> tuple[int, int]:
+    """(width, height) of about `area` pixels with the shape width_ratio:height_ratio, each side
+    rounded to the nearest multiple of `multiple` and at least the smallest such multiple of 64 px.
+    reverie-mini (128 px, multiple 32): 16:9 -> 160x96, 2:3 -> 96x160, 1:1 -> 128x128."""
+    exact_width = math.sqrt(area * width_ratio / height_ratio)
+    exact_height = area / exact_width
+    least = math.ceil(64 / multiple) * multiple
+    return tuple(max(least, round(side / multiple) * multiple) for side in (exact_width, exact_height))

@@ -10,6 +10,7 @@ from ...errors import BadRequest
 from ...models.components import SamplingDefaults
 from ...prompts.picture import combination_count, prompt_plan
 from ...prompts.styles import get_styles, style_settings, stylized_cfg
+from ...prompts.parameters import apply_parameters, aspect_ratio
 from ...request import MAX_SEED, MAX_SIDE, BaseRequest
 from ...samplers import DEFAULT_SAMPLER, get_sampler
 
@@ -74,6 +75,24 @@ class GenerationRequest(BaseRequest):
     scorer: str = "mini"  # the CLIP that scores: mini (built in) or a CLIP file, as dreaming's guides
     attention_slicing: bool = False  # compute attention in slices: less memory, slower
     vae_tiling: bool | None = None  # None: tiled only when a whole decode would not fit in free memory
+    # txt2img: "W:H", a size of about the model's native area with that shape (width and height,
+    # when given, win: they are what a picture made this way records; one of them and a ratio
+    # give the other). See batches.txt2img_size.
+    aspect_ratio: str | None = None
+    # How different the pictures of a batch are, 0..100 (None: each from its own seed's noise,
+    # as 100). See batches.chaos_noise.
+    chaos: int | None = Field(None, ge=0, le=100)
+    tile: bool = False  # seamless tiles: circular padding in the UNet, the VAE and the upscaler
+    # The Midjourney parameters typed after the prompt (`--ar 16:9 --no cars`), as read: recorded
+    # for the metadata, never applied again (the prompt they were taken from is kept without them).
+    prompt_parameters: dict = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _typed_parameters(cls, data):
+        """Parameters typed after the prompt become fields (prompts/parameters.py), whichever
+        front door the prompt came through."""
+        return apply_parameters(data) if isinstance(data, dict) else data
 
     @field_validator("width", "height")
     @classmethod
@@ -82,6 +101,14 @@ class GenerationRequest(BaseRequest):
             lower, upper = value - value % 8, value - value % 8 + 8
             raise ValueError(f"must be a multiple of 8 (try {lower} or {upper})")
         return value
+
+    @field_validator("aspect_ratio")
+    @classmethod
+    def _ratio(cls, value: str | None):
+        if value is None:
+            return None
+        width, height = aspect_ratio(value)
+        return f"{width}:{height}"
 
     @field_validator("sampler")
     @classmethod
@@ -98,6 +125,14 @@ class GenerationRequest(BaseRequest):
             raise ValueError("mode outpaint needs at least one of outpaint_left/right/up/down > 0")
         if self.keep_only is not None and (self.keep_only >= self.n_samples or self.n_iter > 1 or self.rerank > 1):
             raise ValueError("keep_only picks one picture of a single batch: below n_samples, with n_iter and rerank 1")
+        # Raised as BadRequest so they name their own field (a model-level ValueError names none).
+        if self.aspect_ratio is not None and self.mode != "txt2img":
+            raise BadRequest("aspect_ratio", f"sets the shape of a new picture (txt2img); mode {self.mode} keeps its "
+                             "input's shape: give width and height to resize it, or outpaint to extend it")
+        if self.chaos is not None and self.mode != "txt2img" and (self.mode in ("img2img", "variations")
+                                                                  or self.effective_strength < 1):
+            raise BadRequest("chaos", f"mixes the starting noise of pictures drawn from noise (txt2img, inpaint and "
+                             f"outpaint at strength 1); for mode {self.mode} the strength sets how far pictures wander")
         if self.sampler == "lcm" and (self.steps or 0) > 50:
             raise ValueError("the lcm sampler takes at most 50 steps (steps)")
         return self

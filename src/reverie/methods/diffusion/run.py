@@ -143,6 +143,8 @@ def _parameter_fields(settings: dict, seed: int, size: tuple[int, int], request:
         fields["Denoising strength"] = f"{float(strength):g}" if strength is not None else ""
     if settings["mode"] in ("inpaint", "outpaint"):
         fields["Mask blur"] = settings.get("mask_blur", 0)
+    if settings.get("tile"):
+        fields["Tiling"] = True  # as A1111 writes its tiling option
     if (settings.get("upscale") or 1) > 1:
         fields["Hires upscale"] = settings["upscale"]
         fields["Hires upscaler"] = "reverie 4x"

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from PIL import Image
 
 from ...device import available_memory
 from ...errors import OutOfMemory
 from ...models.cache import ModelCache
-from ...models.upscaler import load_upscaler, upscale_image, upscale_peak_bytes
+from ...models.upscaler import load_upscaler, reach, upscale_image, upscale_peak_bytes
 from ...progress import Progress, ProgressEvent
 
 UPSCALER_KEY = ("upscaler",)
@@ -46,9 +47,11 @@ def check_upscale_fits(size: tuple[int, int], factor: int, field: str = "init_im
     )
 
 
-def upscaled(pictures: list[Image.Image], factor: int, models: ModelCache, progress: Progress | None = None) -> list[Image.Image]:
+def upscaled(pictures: list[Image.Image], factor: int, models: ModelCache, progress: Progress | None = None,
+             wrap: bool = False) -> list[Image.Image]:
     """Each picture `factor` times larger (1, 2 or 4), by the built-in upscaler from `models`.
-    Each is checked against free memory first and upscaled in tiles (models/upscaler.py)."""
+    Each is checked against free memory first and upscaled in tiles (models/upscaler.py).
+    `wrap`: the pictures are seamless tiles, and the larger ones stay seamless (`_wrapped`)."""
     if factor == 1:
         return pictures
     for picture in pictures:
@@ -56,7 +59,21 @@ def upscaled(pictures: list[Image.Image], factor: int, models: ModelCache, progr
     if progress is not None:
         progress(ProgressEvent("upscale", message=f"upscaling x{factor}"))
     model = models.get(UPSCALER_KEY, load_upscaler)
-    larger = [upscale_image(model, picture) for picture in pictures]
+    # A tile is enlarged with a margin of itself wrapped around it, wider than the network, the
+    # bicubic base and the halving look: its middle, cut out, is what a circular pass would give.
+    margin = reach(model) + 4 if wrap else 0
+    larger = [upscale_image(model, _wrapped(picture, margin)) for picture in pictures]
     if factor == 2:
         larger = [img.resize((img.width // 2, img.height // 2), Image.LANCZOS) for img in larger]
+    if margin:
+        cut = margin * factor
+        larger = [img.crop((cut, cut, img.width - cut, img.height - cut)) for img in larger]
     return larger
+
+
+def _wrapped(picture: Image.Image, margin: int) -> Image.Image:
+    """`picture` with `margin` pixels of its opposite edges around it, as a tile repeats."""
+    if not margin:
+        return picture
+    array = np.asarray(picture.convert("RGB"))
+    return Image.fromarray(np.pad(array, [(margin, margin), (margin, margin), (0, 0)], mode="wrap"))
