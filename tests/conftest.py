@@ -1,4 +1,5 @@
 import os
+import sys
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -27,6 +28,20 @@ def _cache_dir(tmp_path_factory, monkeypatch):
 
 def pixels(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+def run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
+    """`reverie ARGS...` in this process: (exit code, stdout, stderr)."""
+    from reverie import cli
+
+    monkeypatch.setattr(sys, "argv", ["reverie", *args])
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as exc:
+        code = exc.code or 0
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
 
 
 @pytest.fixture

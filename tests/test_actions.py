@@ -293,7 +293,8 @@ def test_python_api_pan_left_keeps_the_original_on_the_right(studio, tmp_path):
 
 
 def test_cli_action_zooms_out_and_names_unknown_actions(monkeypatch, capsys, tmp_path):
-    from test_cli import TINY, run_cli
+    from conftest import run_cli
+    from test_cli import TINY
 
     code, _, err = run_cli(monkeypatch, capsys, "generate", "a yellow star", *TINY, "-n", "2", "--seed", "4",
                            "--outdir", str(tmp_path / "src"))

@@ -7,20 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import pixels
-from reverie import cli
+from conftest import pixels, run_cli
 from reverie.outputs.metadata import parse_a1111_parameters, read_png_info
 
-
-def run_cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["reverie", *args])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exc:
-        code = exc.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 TINY = ["--model", "tiny-random", "--steps", "3", "-W", "64", "-H", "64"]

@@ -3,7 +3,6 @@
 import hashlib
 import json
 import random
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from reverie import cli
+from conftest import run_cli
 from reverie.training.data import DatasetError, ImageCaptionFolder, build_dataset, list_entries, read_splits
 from reverie.training.data.build import captions_for, in_test_split
 from reverie.training.data.sources import SOURCES, normalize_hexcode
@@ -262,16 +261,6 @@ def test_captions_and_split_rules():
     share = sum(in_test_split(f"c{i}", 0.1) for i in range(5000)) / 5000
     assert 0.08 < share < 0.12 and not in_test_split("c1", 0.0)
 
-
-def run_cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["reverie", *args])
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_cli_data_build_reports_counts_and_errors(monkeypatch, capsys, tmp_path):

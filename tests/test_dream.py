@@ -16,7 +16,7 @@ from reverie.methods.dreaming import start_dream
 from reverie.methods.dreaming.dream import Dream
 from reverie.progress import Progress
 from reverie.methods.dreaming.prompts import DreamPrompt, parse_dream_prompt, parse_image_prompt
-from test_cli import run_cli
+from conftest import run_cli
 
 SMALL = dict(width=64, height=64, cutouts=8, save_every=1000)
 TEXTS = ["red apple", "blue car"]

@@ -20,7 +20,7 @@ from reverie.outputs.metadata import read_png_info
 from reverie.studio import Studio, request_from_picture
 from reverie.training.gan import GANSettings, diff_augment, folder_classes, run_gan, train_gan
 from reverie.training.loop import TrainConfig
-from test_cli import run_cli
+from conftest import run_cli
 
 TINY = dict(size=16, z_dim=16, w_dim=16, g_base=16, d_base=16, least=8)
 TINY_FLAGS = ["--size", "16", "--width", "16", "--d-width", "16", "--least", "8", "--z-dim", "16", "--batch-size", "4",

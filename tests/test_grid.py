@@ -4,14 +4,12 @@ runs make them, labelled sheets, stops, resumes, the CLI and the native API."""
 from __future__ import annotations
 
 import io
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import pixels
-from reverie import cli
+from conftest import pixels, run_cli
 from reverie.errors import BadRequest
 from reverie.outputs.metadata import read_png_info
 from reverie.studio import make_request, request_from_picture
@@ -178,17 +176,6 @@ def test_a_resumed_grid_reports_only_what_it_did_not_make(studio, tmp_path):
 
 
 # -- the CLI ---------------------------------------------------------------------------------------
-def run_cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["reverie", *args])
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def test_cli_grid_writes_cells_and_grids(monkeypatch, capsys, tmp_path):
     code, out, err = run_cli(monkeypatch, capsys, "grid", "a castle", "--x", "cfg=3,7", "--y", 'prompt=castle,"temple, old"',
                              "--model", "tiny-random", "--steps", "2", "-W", "64", "-H", "64", "--seed", "4",

@@ -18,7 +18,7 @@ from reverie.models.cache import ModelCache, module_bytes
 from reverie.outputs.metadata import read_png_info
 from reverie.samplers import SAMPLERS
 from reverie.studio import Studio, make_request, modes, request_from_picture
-from test_cli import run_cli
+from conftest import run_cli
 
 FAST = dict(model="tiny-random", steps=3, cfg_scale=5.0, width=64, height=64)
 

@@ -160,7 +160,7 @@ def test_typed_parameters_make_the_pictures_they_say(studio, tmp_path):
 
 
 def test_cli_generate_flags_and_info(monkeypatch, capsys, tmp_path):
-    from test_cli import run_cli
+    from conftest import run_cli
 
     code, out, err = run_cli(monkeypatch, capsys, "generate", "a red apple --no leaf --seed 9", "--ar", "2:3", "--tile",
                              "--chaos", "20", "-n", "2", "--steps", "3", "--upscale", "1", "--outdir", str(tmp_path))

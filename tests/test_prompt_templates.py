@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 
 import numpy as np
 import pytest
 
-from reverie import cli
+from conftest import run_cli
 from reverie.errors import BadRequest
 from reverie.outputs.metadata import parse_a1111_parameters, read_png_info
 from reverie.prompts.picture import picture_prompt
@@ -242,17 +241,6 @@ def test_a_presets_settings_fill_only_what_the_request_left_unset(monkeypatch):
 
 
 # ------------------------------------------------------------------ metadata and --from
-
-
-def run_cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["reverie", *args])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exc:
-        code = exc.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_metadata_records_template_and_resolved_prompt_and_from_remakes_the_picture(monkeypatch, capsys, tmp_path, studio):

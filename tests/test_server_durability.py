@@ -8,7 +8,6 @@ Nothing is timed: the tests wait for events (a job running, a picture made) and 
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import io
 import json

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_cli import run_cli
+from conftest import run_cli
 
 from reverie.errors import BadCheckpoint, BadRequest, OutOfMemory
 from reverie.methods.style.colour import to_ycbcr

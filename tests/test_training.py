@@ -67,7 +67,7 @@ def test_denoiser_loss_falls_when_fitting_one_batch():
 
 def test_train_commands_take_warmup_and_ema_decay(monkeypatch, capsys, tmp_path):
     from reverie.cli_train import _config
-    from test_cli import run_cli
+    from conftest import run_cli
 
     config = _config(10, 4, 1e-3, False, 5, 5, warmup=7, ema_decay=0.99)
     assert (config.warmup, config.ema_decay) == (7, 0.99)
@@ -153,7 +153,7 @@ def test_a_unet_run_can_start_from_given_weights(tmp_path):
 
 
 def test_train_folders_must_be_model_folders(monkeypatch, capsys, tmp_path):
-    from test_cli import run_cli
+    from conftest import run_cli
 
     data, vae = tmp_path / "data", tmp_path / "vae"
     data.mkdir()
@@ -319,7 +319,7 @@ def plain_folder(folder, n=6, size=24):
 
 
 def test_a_plain_folder_of_captioned_pictures_trains_the_autoencoder_and_the_unet(monkeypatch, capsys, tmp_path):
-    from test_cli import run_cli
+    from conftest import run_cli
 
     data = plain_folder(tmp_path / "my pictures")
     small = ["--steps", "2", "--batch-size", "2", "--save-every", "1", "--sample-every", "100", "--warmup", "1"]
@@ -344,7 +344,7 @@ def test_a_plain_folder_of_captioned_pictures_trains_the_autoencoder_and_the_une
 
 
 def test_a_folder_without_pictures_is_a_clear_error_for_every_trainer(monkeypatch, capsys, tmp_path):
-    from test_cli import run_cli
+    from conftest import run_cli
 
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -362,7 +362,7 @@ def test_a_folder_without_pictures_is_a_clear_error_for_every_trainer(monkeypatc
 
 def test_train_commands_take_a_device_and_refuse_one_that_is_not_here(monkeypatch, capsys, tmp_path):
     from reverie.cli_train import _config
-    from test_cli import run_cli
+    from conftest import run_cli
 
     assert _config(10, 4, 1e-3, False, 5, 5, 1, 0.9, device="cpu").device == "cpu"
     assert _config(10, 4, 1e-3, False, 5, 5, 1, 0.9).device == "auto"
@@ -378,7 +378,7 @@ def test_train_commands_take_a_device_and_refuse_one_that_is_not_here(monkeypatc
 
 
 def test_bf16_on_a_cpu_without_it_warns_before_training(monkeypatch, capsys, tmp_path):
-    from test_cli import run_cli
+    from conftest import run_cli
 
     from reverie.device import cpu_has_native_bf16
 
