@@ -8,8 +8,11 @@ CLIP, methods/rerank.py's scorer) scores both against the short prompt. Printed:
 scores, the paired difference with a 95% interval (over prompts, seeds averaged first), the
 win rate, and with --grid a picture grid (short above, expanded below) of the first prompts.
 
-    .venv/bin/python benchmarks/prompt_expansion.py --data data/build/mini-64 --prompts 48 --seeds 3 \\
-        --grid docs/expansion-grid.png
+    .venv/bin/python benchmarks/prompt_expansion.py --offset 100 --prompts 40 --seeds 2 --steps 12 \\
+        --variants expanded,style --grid docs/expansion-grid.png
+
+`--variants` adds ablations (parts of the expansion only, by expansion_parts' kinds); pictures
+of the same words are drawn once. The results are in docs/prompt-craft.md, "Prompt expansion".
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-
 # What each compared prompt keeps of the expansion (by expansion_parts' kinds); "expanded" is expand_prompt.
 VARIANTS = {
     "expanded": None,
@@ -36,12 +38,12 @@ VARIANTS = {
 
 
 def variant_prompt(prompt: str, seed: int, variant: str) -> str:
-    from reverie.prompts.expansion import _joined, expand_prompt, expansion_parts
+    from reverie.prompts.expansion import append_parts, expand_prompt, expansion_parts
 
     kinds = VARIANTS[variant]
     if kinds is None:
         return expand_prompt(prompt, seed)
-    return _joined(prompt, [words for kind, words in expansion_parts(prompt, seed) if kind in kinds])
+    return append_parts(prompt, [words for kind, words in expansion_parts(prompt, seed) if kind in kinds])
 
 
 def held_out_labels(data: Path, count: int, max_words: int = 4, offset: int = 0) -> list[str]:
@@ -121,8 +123,8 @@ def main() -> None:
 
     print(f"prompt expansion: {len(prompts)} held-out prompts x {args.seeds} seeds, reverie-mini {args.steps} steps, "
           f"128 px, judged by the built-in CLIP against the short prompt ({seconds:.0f} s)")
-    print(f"| prompts | words added | mean score | paired difference vs short (95%) | wins |")
-    print(f"|---|---:|---:|---:|---:|")
+    print("| prompts | words added | mean score | paired difference vs short (95%) | wins |")
+    print("|---|---:|---:|---:|---:|")
     short = np.array([r["short"] for r in rows])
     print(f"| short | 0 | {short.mean():.4f} | | |")
     for variant in variants:

@@ -13,9 +13,11 @@ comma, at most `MAX_ADDED_WORDS` words:
 - one or two descriptive modifiers written by the project (detail, lighting, colour,
   composition, background, medium), each group at most once.
 
-The related word and the modifiers carry attention weight ADDED_WEIGHT ("(soft lighting:0.4)"):
-on reverie-mini, words added at full weight pulled the pictures away from what the prompt asked
-for, while the style word helps (benchmarks/prompt_expansion.py; docs/prompt-craft.md).
+The related word and the modifiers carry attention weight ADDED_WEIGHT ("(soft lighting:0.4)"),
+since reverie-mini never learned them. Measured on reverie-mini (benchmarks/prompt_expansion.py,
+docs/prompt-craft.md), the built-in judge still scores expanded prompts' pictures below the
+short prompt's, the style word alone included: on that model expansion gives variety, not a
+better score.
 
 Nothing added contradicts the prompt: no colour word is ever added (so a named colour is never
 changed), a prompt that names a colour gets no colour scheme, background or black-outline style,
@@ -36,9 +38,9 @@ from typing import Iterable
 
 TABLES = Path(__file__).with_name("expansion.json")
 MAX_ADDED_WORDS = 12
-# Attention weight of the related words and the modifiers. Measured on reverie-mini
-# (benchmarks/prompt_expansion.py, docs/prompt-craft.md): the learned style helps, while every
-# other word added at full weight, related or modifier, pulled the picture away from the prompt.
+# Attention weight of the related words and the modifiers, which reverie-mini never learned. At
+# full weight each one pulled its pictures further from the prompt (benchmarks/prompt_expansion.py,
+# docs/prompt-craft.md); at 0.4 they still do, on that model.
 ADDED_WEIGHT = 0.4
 MAX_RELATED = 1  # related words drawn at most (none or one, half the time each, when the prompt has any)
 
@@ -194,10 +196,10 @@ def expansion_parts(prompt: str, seed: int) -> list[tuple[str, str]]:
 
 def expand_prompt(prompt: str, seed: int) -> str:
     """`prompt` followed by up to MAX_ADDED_WORDS words drawn for `seed`; an empty prompt stays as it is."""
-    return _joined(prompt, [words for _, words in expansion_parts(prompt, seed)])
+    return append_parts(prompt, [words for _, words in expansion_parts(prompt, seed)])
 
 
-def _joined(prompt: str, parts: Iterable[str]) -> str:
+def append_parts(prompt: str, parts: Iterable[str]) -> str:
     """The prompt, then the parts after commas, as many whole parts as fit in MAX_ADDED_WORDS words."""
     kept, count = [], 0
     for part in parts:
