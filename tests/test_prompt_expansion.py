@@ -104,10 +104,14 @@ def test_no_colour_is_given_to_the_subject_of_a_prompt_without_one():
 
 
 def test_a_named_style_or_medium_is_not_replaced():
-    for prompt in ("apple, Twemoji", "house line icon", "cat, watercolour", "pixel art castle"):
+    for prompt in ("apple, Twemoji", "house line icon", "cat, watercolour", "pixel art castle", "cat, line art"):
         for seed in range(10):
             kinds = {kind for kind, _ in expansion_parts(prompt, seed)}
             assert "style" not in kinds and "medium" not in kinds, expand_prompt(prompt, seed)
+
+
+def test_a_line_that_is_no_style_still_gets_one():
+    assert any(kind == "style" for kind, _ in expansion_parts("finish line", 0))
 
 
 def test_an_empty_prompt_stays_empty():

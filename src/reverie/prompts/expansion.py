@@ -56,7 +56,7 @@ COLOURS = frozenset({
 })
 # Words that say how the picture is drawn: a prompt with one of them gets no style or medium added.
 STYLE_WORDS = frozenset({
-    "emoji", "emojis", "icon", "icons", "noto", "twemoji", "fluent", "line", "outline", "style", "art", "painting",
+    "emoji", "emojis", "icon", "icons", "noto", "twemoji", "fluent", "outline", "style", "art", "painting",
     "painted", "watercolour", "watercolor", "oil", "sketch", "drawing", "drawn", "pencil", "ink", "photo",
     "photograph", "photographic", "pixel", "pixels", "cartoon", "anime", "illustration", "vector", "3d", "render",
     "clay", "synthwave", "cyberpunk", "steampunk", "ukiyo", "baroque", "pastel", "neon", "sticker", "logo",
@@ -174,7 +174,7 @@ def expansion_parts(prompt: str, seed: int) -> list[tuple[str, str]]:
     words = [_known(w, data["related"]) for w in raw if w not in _STOPWORDS]
     present = set(raw) | set(words)
     coloured = bool(present & COLOURS)
-    styled = bool(present & STYLE_WORDS)
+    styled = bool(present & STYLE_WORDS) or bool(re.search(r"\bline (art|drawing)\b", prompt.lower()))
 
     parts: list[tuple[str, str]] = []
     if not styled:  # first, as in the training captions' "<label>, <style>"
