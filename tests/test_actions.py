@@ -75,6 +75,10 @@ def test_a_template_pictures_action_keeps_the_variant_it_drew(picture_file):
         fields = fields_for_action(settings, action, picture_file())
         assert (fields["prompt"], fields["negative_prompt"], fields["combinatorial"]) == ("a blue apple", "pale", False)
     assert fields_for_action(settings, "reroll", picture_file())["prompt"] == "a {red|blue} apple"  # a new draw
+    settings["picture_prompt"]["expanded"] = "a blue apple, Noto emoji"  # expanded: those words, not new ones
+    settings["expand"] = True
+    fields = fields_for_action(settings, "vary_strong", picture_file())
+    assert (fields["prompt"], fields["expand"]) == ("a blue apple, Noto emoji", False)
 
 
 def test_zoom_out_grows_every_side_and_asks_for_the_pictures_size(picture_file):

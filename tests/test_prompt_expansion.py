@@ -185,3 +185,38 @@ def test_the_tables_are_fitted_from_co_occurrence_and_meaning():
     assert all(isinstance(weight, int) and weight > 0 for tags in data["related"].values() for _, weight in tags)
     assert "red" not in {tag for tags in data["related"].values() for tag, _ in tags}  # colours never offered
     assert data["styles"]["apple"] == [3, 0] and data["styles"]["git"] == [0, 2]
+
+
+# -- the `expand` field, end to end ----------------------------------------------------------------
+def test_expand_encodes_each_pictures_expansion_and_records_it(studio, tmp_path):
+    from conftest import pixels
+    from reverie.outputs.metadata import read_png_info
+
+    fields = {"prompt": "a yellow star", "model": "tiny-random", "steps": 2, "width": 64, "height": 64,
+              "n_samples": 2, "seed": 40, "expand": True}
+    result = studio.run(fields, outdir=tmp_path / "expanded")
+    plain = studio.run(fields | {"expand": False}, outdir=tmp_path / "plain")
+    for image, seed in zip(result.images, (40, 41)):
+        recorded = read_png_info(image.path)["reverie"]["prompt"]
+        assert recorded["variant"] == "a yellow star" and recorded["expanded"] == expand_prompt("a yellow star", seed)
+        assert recorded["prompt"] == recorded["expanded"] != "a yellow star"
+        assert read_png_info(image.path)["parameters"].startswith(recorded["expanded"])
+    assert any((pixels(a.image) != pixels(b.image)).any() for a, b in zip(result.images, plain.images))
+    again = studio.run(fields, outdir=tmp_path / "again")  # the same seed: the same words, the same picture
+    assert all((pixels(a.image) == pixels(b.image)).all() for a, b in zip(result.images, again.images))
+
+
+def test_cli_expand_flag_and_from_remake_the_same_picture(monkeypatch, capsys, tmp_path):
+    from conftest import pixels, run_cli
+    from PIL import Image
+
+    code, _, err = run_cli(monkeypatch, capsys, "generate", "a red apple", "--model", "tiny-random", "--steps", "2",
+                           "-W", "64", "-H", "64", "-n", "1", "--seed", "7", "--expand", "--outdir", str(tmp_path / "a"))
+    assert code == 0, err
+    [made] = sorted((tmp_path / "a").glob("*.png"))
+    code, out, _ = run_cli(monkeypatch, capsys, "info", str(made))
+    assert code == 0 and "expanded:" in out and expand_prompt("a red apple", 7) in out
+    code, _, err = run_cli(monkeypatch, capsys, "generate", "--from", str(made), "--outdir", str(tmp_path / "b"))
+    assert code == 0, err
+    [again] = sorted((tmp_path / "b").glob("*.png"))
+    assert (pixels(Image.open(made)) == pixels(Image.open(again))).all()

@@ -114,8 +114,9 @@ def _look(settings: dict, mode: str) -> dict:
     known = method_for(mode).request.model_fields
     look = {key: value for key, value in settings.items() if key in known and key not in SHAPE_FIELDS}
     own = settings.get("picture_prompt")
-    if isinstance(own, dict) and "variant" in own:  # a template's picture: the variant it drew, not a new one
-        look |= {"prompt": own["variant"], "negative_prompt": own.get("negative_variant", ""), "combinatorial": False}
+    if isinstance(own, dict) and "variant" in own:  # the words it was drawn from (its variant, expanded), not new ones
+        look |= {"prompt": own.get("expanded") or own["variant"], "negative_prompt": own.get("negative_variant", ""),
+                 "combinatorial": False, "expand": False}
     return look
 
 

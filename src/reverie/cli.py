@@ -44,6 +44,7 @@ StyleOpt = Annotated[Optional[list[str]], typer.Option("--style", help="A style 
 Stylize = Annotated[Optional[int], typer.Option("--stylize", min=0, max=1000, help="How strongly the style presets pull, 0..1000 (100: as written; 0 drops their words). Without a preset: higher lowers the CFG scale toward the model's own taste.")]
 Combinatorial = Annotated[bool, typer.Option("--combinatorial", help="One picture per combination of the prompt's {a|b} alternatives and wildcards (instead of a random variant per seed); --n-iter repeats them, --n-samples is the batch size.")]
 MaxCombinations = Annotated[int, typer.Option("--max-combinations", min=1, max=256, help="Combinatorial mode: make at most this many combinations (the first ones).")]
+Expand = Annotated[bool, typer.Option("--expand", help="Enrich each picture's prompt with words drawn from its seed (offline prompt expansion, as Fooocus does); the same seed, the same words.")]
 StrictCombinations = Annotated[bool, typer.Option("--strict-combinations", help="Combinatorial mode: refuse a prompt with more combinations than --max-combinations instead of making the first ones.")]
 
 
@@ -57,6 +58,7 @@ def _common(**kw) -> dict:
         upscale=kw.get("upscale"), rerank=kw.get("rerank", 1), score=kw.get("score", False), scorer=kw.get("scorer", "mini"),
         styles=list(kw.get("style") or []), stylize=kw.get("stylize"), combinatorial=kw.get("combinatorial", False),
         max_combinations=kw.get("max_combinations", 32), strict_combinations=kw.get("strict_combinations", False),
+        expand=kw.get("expand", False),
     )
     return fields
 
@@ -104,7 +106,7 @@ def generate(
     attention_slicing: Slicing = False, vae_tiling: Tiling = None, upscale: Upscale = None,
     rerank: Rerank = 1, score: ScoreOpt = False, scorer: ScorerOpt = "mini",
     style: StyleOpt = None, stylize: Stylize = None, combinatorial: Combinatorial = False,
-    max_combinations: MaxCombinations = 32, strict_combinations: StrictCombinations = False,
+    max_combinations: MaxCombinations = 32, strict_combinations: StrictCombinations = False, expand: Expand = False,
     tile: Annotated[bool, typer.Option("--tile", help="Seamless tiles: the picture wraps around (also `--tile` typed after the prompt).")] = False,
     chaos: Annotated[Optional[int], typer.Option("--chaos", min=0, max=100, help="How different the pictures of a batch are, 0 (variations on one picture) to 100 (each its own; the default).")] = None,
     aspect: Annotated[Optional[str], typer.Option("--ar", "--aspect", help="Aspect ratio W:H, e.g. 16:9: a size of about the model's native area (width and height, when given, win).")] = None,
@@ -137,6 +139,7 @@ GAN_IGNORES = (("--negative", "negative", ""), ("--steps", "steps", None), ("--c
                ("--sampler", "sampler", None), ("--plms", "plms", False), ("--width", "width", None),
                ("--height", "height", None), ("--rerank", "rerank", 1), ("--score", "score", False),
                ("--style", "style", None), ("--stylize", "stylize", None), ("--combinatorial", "combinatorial", False),
+               ("--expand", "expand", False),
                ("--attention-slicing", "attention_slicing", False), ("--vae-tiling", "vae_tiling", None),
                ("--tile", "tile", False), ("--chaos", "chaos", None), ("--ar", "aspect", None))
 
@@ -165,7 +168,7 @@ def img2img(
     attention_slicing: Slicing = False, vae_tiling: Tiling = None, upscale: Upscale = None,
     rerank: Rerank = 1, score: ScoreOpt = False, scorer: ScorerOpt = "mini",
     style: StyleOpt = None, stylize: Stylize = None, combinatorial: Combinatorial = False,
-    max_combinations: MaxCombinations = 32, strict_combinations: StrictCombinations = False,
+    max_combinations: MaxCombinations = 32, strict_combinations: StrictCombinations = False, expand: Expand = False,
 ):
     """Image to image: redraw a picture after a prompt (strength 0..1)."""
     fields = _common(**locals()) | {"mode": "img2img", "prompt": prompt, "init_image": str(init_image), "strength": strength}
@@ -183,7 +186,7 @@ def variations(
     attention_slicing: Slicing = False, vae_tiling: Tiling = None, upscale: Upscale = None,
     rerank: Rerank = 1, score: ScoreOpt = False, scorer: ScorerOpt = "mini",
     style: StyleOpt = None, stylize: Stylize = None, combinatorial: Combinatorial = False,
-    max_combinations: MaxCombinations = 32, strict_combinations: StrictCombinations = False,
+    max_combinations: MaxCombinations = 32, strict_combinations: StrictCombinations = False, expand: Expand = False,
 ):
     """Variations of a picture: new seeds around the same picture."""
     fields = _common(**locals()) | {"mode": "variations", "prompt": prompt or "", "init_image": str(image), "strength": strength}
@@ -202,7 +205,7 @@ def inpaint(
     attention_slicing: Slicing = False, vae_tiling: Tiling = None, upscale: Upscale = None,
     rerank: Rerank = 1, score: ScoreOpt = False, scorer: ScorerOpt = "mini",
     style: StyleOpt = None, stylize: Stylize = None, combinatorial: Combinatorial = False,
-    max_combinations: MaxCombinations = 32, strict_combinations: StrictCombinations = False,
+    max_combinations: MaxCombinations = 32, strict_combinations: StrictCombinations = False, expand: Expand = False,
 ):
     """Repaint only the masked part of a picture."""
     fields = _common(**locals()) | {"mode": "inpaint", "prompt": prompt, "init_image": str(image), "mask_image": str(mask),
@@ -225,7 +228,7 @@ def outpaint(
     attention_slicing: Slicing = False, vae_tiling: Tiling = None, upscale: Upscale = None,
     rerank: Rerank = 1, score: ScoreOpt = False, scorer: ScorerOpt = "mini",
     style: StyleOpt = None, stylize: Stylize = None, combinatorial: Combinatorial = False,
-    max_combinations: MaxCombinations = 32, strict_combinations: StrictCombinations = False,
+    max_combinations: MaxCombinations = 32, strict_combinations: StrictCombinations = False, expand: Expand = False,
 ):
     """Extend the canvas and fill the new area to match."""
     fields = _common(width=None, height=None, **locals()) | {
@@ -325,7 +328,7 @@ def info(image: Annotated[Path, typer.Argument(help="A PNG made by reverie or A1
         return
     prompt = (data["reverie"] or {}).get("prompt")
     if prompt:
-        for label, key in (("template", "template"), ("variant", "variant"), ("prompt", "prompt"),
+        for label, key in (("template", "template"), ("variant", "variant"), ("expanded", "expanded"), ("prompt", "prompt"),
                            ("negative template", "negative_template"), ("negative prompt", "negative_prompt")):
             if prompt.get(key):
                 out.print(f"{label + ':':<19}{prompt[key]}", markup=False, highlight=False)

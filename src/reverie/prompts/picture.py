@@ -7,8 +7,8 @@ A request's `prompt` and `negative_prompt` are templates (prompts/templates.py).
    (at most `max_combinations`), so the C consecutive seeds of a request show every combination
    once, and a picture re-made from its seed gets its own combination back. The negative
    template is always drawn from the seed (random mode).
-2. (prompt expansion goes here once the `expand` field exists: ``variant = expand_prompt(variant,
-   seed)``, the lead wires it in after branch expand is merged.)
+2. with `expand`, the variant enriched by prompt expansion (prompts/expansion.py), drawn from
+   the same seed: `expanded`.
 3. the style presets, in order, weighted by `stylize` (prompts/styles.py).
 """
 
@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Any
 
+from .expansion import expand_prompt
 from .styles import apply_styles, get_styles
 from .templates import (capped_combinations, check_template, is_template, random_variant, wildcard_folders,
                         wildcard_manager)
@@ -37,6 +38,7 @@ class PicturePrompt:
     negative_template: str = ""
     negative_variant: str = ""
     combination: int | None = None  # combinatorial mode: which combination (0-based)
+    expanded: str | None = None  # the variant after prompt expansion (`expand`)
 
     def metadata(self) -> dict:
         """The picture's entry in the PNG's reverie JSON (`prompt`)."""
@@ -47,10 +49,11 @@ class PromptPlan:
     """The per-picture prompts of one request; equal seeds give equal (cached) answers."""
 
     def __init__(self, prompt: str, negative_prompt: str = "", styles: tuple[str, ...] = (),
-                 stylize: int | None = None, combinatorial: bool = False, max_combinations: int = 32):
+                 stylize: int | None = None, combinatorial: bool = False, max_combinations: int = 32,
+                 expand: bool = False):
         self.template, self.negative_template = prompt, negative_prompt
         self.styles, self.stylize = tuple(styles), stylize
-        self.combinatorial = combinatorial
+        self.combinatorial, self.expand = combinatorial, expand
         self._wildcards = wildcard_manager() if is_template(prompt) or is_template(negative_prompt) else None
         check_template(prompt, "prompt", self._wildcards)
         check_template(negative_prompt, "negative_prompt", self._wildcards)
@@ -80,10 +83,10 @@ class PromptPlan:
         else:
             variant = random_variant(self.template, seed, "prompt", self._wildcards)
         negative_variant = random_variant(self.negative_template, seed, "negative_prompt", self._wildcards)
-        # Prompt expansion (field `expand`, wired by the lead): variant = expand_prompt(variant, seed)
-        prompt, negative = apply_styles(list(self.styles), variant, negative_variant, self.stylize)
+        expanded = expand_prompt(variant, seed) if self.expand else None
+        prompt, negative = apply_styles(list(self.styles), expanded or variant, negative_variant, self.stylize)
         return PicturePrompt(self.template, variant, prompt, negative, self.negative_template, negative_variant,
-                             combination)
+                             combination, expanded)
 
 
 def _wildcards_signature() -> tuple:
@@ -98,8 +101,8 @@ def _wildcards_signature() -> tuple:
 
 @lru_cache(maxsize=32)
 def _plan(prompt: str, negative_prompt: str, styles: tuple[str, ...], stylize: int | None, combinatorial: bool,
-          max_combinations: int, wildcards: tuple) -> PromptPlan:
-    return PromptPlan(prompt, negative_prompt, styles, stylize, combinatorial, max_combinations)
+          max_combinations: int, expand: bool, wildcards: tuple) -> PromptPlan:
+    return PromptPlan(prompt, negative_prompt, styles, stylize, combinatorial, max_combinations, expand)
 
 
 def prompt_plan(request: Any) -> PromptPlan:
@@ -107,7 +110,8 @@ def prompt_plan(request: Any) -> PromptPlan:
     templates = is_template(request.prompt) or is_template(getattr(request, "negative_prompt", "") or "")
     return _plan(request.prompt, getattr(request, "negative_prompt", "") or "", tuple(getattr(request, "styles", ()) or ()),
                  getattr(request, "stylize", None), bool(getattr(request, "combinatorial", False)),
-                 int(getattr(request, "max_combinations", 32)), _wildcards_signature() if templates else ())
+                 int(getattr(request, "max_combinations", 32)), bool(getattr(request, "expand", False)),
+                 _wildcards_signature() if templates else ())
 
 
 def picture_prompt(request: Any, seed: int, index: int | None = None) -> PicturePrompt:

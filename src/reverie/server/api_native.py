@@ -34,6 +34,10 @@ class GenerateBody(BaseModel):
     combinatorial: bool | None = None  # one picture per combination of the prompt template
     max_combinations: int | None = None
     strict_combinations: bool | None = None
+    expand: bool | None = None  # prompt expansion, drawn from each picture's seed
+    tile: bool | None = None  # seamless tiles
+    chaos: int | None = None  # how different the pictures are, 0..100
+    aspect_ratio: str | None = None  # "W:H", about the model's native area
     model: str | None = None
     width: int | None = None
     height: int | None = None

@@ -42,6 +42,9 @@ class GenerationRequest(BaseRequest):
     combinatorial: bool = False
     max_combinations: int = Field(32, ge=1, le=256)
     strict_combinations: bool = False
+    # Prompt expansion (prompts/expansion.py): each picture's variant enriched with words drawn
+    # from its own seed, as Fooocus does; the same seed, the same words; recorded in the PNG.
+    expand: bool = False
     model: str | None = None
     # txt2img: the picture's size (None: the model's own). Image modes: the size to work at
     # (None: the input's, brought to the model's native size when it draws small; see images.py).

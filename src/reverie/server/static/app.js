@@ -113,6 +113,7 @@ function requestFromForm() {
   if (modelKinds[$("#model").value] === "gan") return ganRequest($("#model").value);
   const fields = { prompt: $("#prompt").value.trim(), negative_prompt: $("#negative_prompt").value };
   const style = $("#style").value; if (style) fields.styles = [style];
+  if ($("#expand").checked) fields.expand = true;
   for (const name of ["width", "height", "steps", "seed"]) { const v = $(`#${name}`).value; if (v !== "") fields[name] = parseInt(v, 10); }
   const cfg = $("#cfg_scale").value; if (cfg !== "") fields.cfg_scale = parseFloat(cfg);
   if ($("#sampler").value) fields.sampler = $("#sampler").value;
