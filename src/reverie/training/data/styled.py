@@ -5,8 +5,9 @@
     out/train/original/<source>/<stem>.png  the source picture and its own captions, unchanged
     out/train/<filter>/<source>/<stem>.png  the picture in that look, captioned "<label>, <style words>"
 
-Each source picture is kept once as it is (so a model fine-tuned on the result keeps its own
-looks) and rendered in `per_picture` different looks drawn for it; the draw and each filter's
+A share of the source pictures (`original_share`, drawn per picture) is kept as it is (so a
+model fine-tuned on the result keeps its own looks), and every one is rendered in `per_picture`
+different looks drawn for it; the draw and each filter's
 randomness come from the seed and the picture's place, so the same call writes the same folder.
 Only the train/ split is restyled: the source's test/ concepts stay unseen.
 """
@@ -42,11 +43,13 @@ def styled_captions(label: str, look: Filter) -> list[str]:
 
 
 def build_styled(source: str | Path, out: str | Path, per_picture: int = 3, seed: int = 0, size: int = 64,
-                 looks: tuple[Filter, ...] = FILTERS, progress: Optional[Callable[[int, int], None]] = None) -> dict:
+                 original_share: float = 1.0, looks: tuple[Filter, ...] = FILTERS, progress: Optional[Callable[[int, int], None]] = None) -> dict:
     """Write the styled dataset (see the module's text) and return its manifest."""
     source, out = Path(source), Path(out)
     if not 1 <= per_picture <= len(looks):
         raise DatasetError(f"per_picture must be 1 to {len(looks)} (the number of looks), not {per_picture}")
+    if not 0.0 <= original_share <= 1.0:
+        raise DatasetError(f"original_share must be from 0 to 1, not {original_share}")
     if out.resolve() == source.resolve():
         raise DatasetError(f"the styled dataset needs its own folder, not the source {source}")
     train = ImageCaptionFolder(source, size, "train" if (source / "train").is_dir() else None)
@@ -55,12 +58,15 @@ def build_styled(source: str | Path, out: str | Path, per_picture: int = 3, seed
             raise DatasetError(f"{out} exists and is not a styled dataset (no manifest.json); choose another --out")
         shutil.rmtree(out)
     counts = {look.name: 0 for look in looks}
+    originals = 0
     total = len(train)
     for i in range(total):
         relative = train.paths[i].relative_to(train.folder).with_suffix(".png")
         picture = Image.fromarray(train.images[i].permute(1, 2, 0).numpy(), "RGB")
-        _write(out / "train" / "original" / relative, picture, train.captions[i])
         draw = random.Random(f"{seed}:{relative.as_posix()}")
+        if draw.random() < original_share:
+            _write(out / "train" / "original" / relative, picture, train.captions[i])
+            originals += 1
         for look in draw.sample(looks, per_picture):
             styled = look(picture, seed=draw.randrange(1 << 30))
             _write(out / "train" / look.name / relative, styled, styled_captions(label_of(train.captions[i]), look))
@@ -69,7 +75,7 @@ def build_styled(source: str | Path, out: str | Path, per_picture: int = 3, seed
             progress(i + 1, total)
     manifest = {
         "format": FORMAT, "source": str(source), "size": size, "seed": seed, "per_picture": per_picture,
-        "original": total, "styled": counts,
+        "original_share": original_share, "original": originals, "styled": counts,
         "looks": {look.name: {"words": look.words, "extra": look.extra} for look in looks},
     }
     if (source / "ATTRIBUTION.md").is_file():
