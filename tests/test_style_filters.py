@@ -109,3 +109,32 @@ def test_styled_dataset_writes_originals_and_looks_with_their_words(tmp_path):
 def test_label_of_reads_the_bare_label():
     assert label_of(["red apple, Noto emoji", "red apple", "red apple Noto emoji"]) == "red apple"
     assert label_of(["just a caption"]) == "just a caption"
+
+
+def test_a_resumed_denoiser_run_reads_its_latents_from_the_cache(tmp_path, monkeypatch):
+    """Encoding a styled dataset takes minutes on a CPU; the run folder keeps the latents for a resume."""
+    import torch
+
+    from reverie.training import mini
+    from reverie.training.autoencoder import build_autoencoder
+    from reverie.training.data.folder import ImageCaptionFolder
+
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    for i, picture in enumerate(PICTURES):
+        picture.resize((16, 16)).save(folder / f"p{i}.png")
+        (folder / f"p{i}.txt").write_text(f"thing {i}\n")
+    torch.manual_seed(0)
+    vae = build_autoencoder(16, channels=(32, 32)).eval()
+    vae_dir = tmp_path / "vae"
+    vae.save_pretrained(vae_dir)
+    train = ImageCaptionFolder(folder, 16)
+    cache = tmp_path / "run" / mini.LATENT_CACHE
+    first = mini.cached_latents(cache, vae, vae_dir, train)
+    assert cache.is_file()
+    calls = []
+    monkeypatch.setattr(mini, "encode_all", lambda *a, **k: calls.append(1) or torch.zeros(1))
+    assert torch.equal(mini.cached_latents(cache, vae, vae_dir, train), first) and not calls
+    train.images[0] = 255 - train.images[0]  # other pictures: encoded again
+    mini.cached_latents(cache, vae, vae_dir, train)
+    assert calls == [1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -81,3 +82,22 @@ def test_every_preset_changes_the_picture(studio):
             continue
         difference = np.abs(picture(style.name) - plain).mean()
         assert difference > 2.0, (style.name, difference)
+
+
+def test_the_studio_lists_presets_with_preview_links_it_serves(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from reverie.server.app import create_app
+    from reverie.server.config import ServerConfig
+
+    config = ServerConfig(data_dir=tmp_path / "studio", default_model="tiny-random", device="cpu", start_worker=False)
+    with TestClient(create_app(config)) as client:
+        listed = client.get("/api/v1/styles").json()
+        assert len(listed) == len(load_styles())
+        pixel = next(s for s in listed if s["name"] == "Pixel art")
+        assert pixel["preview"] == "/style-previews/pixel-art.webp" and pixel["settings"] == {}
+        answer = client.get(pixel["preview"])
+        assert answer.status_code == 200 and answer.content[:4] == b"RIFF" and answer.content[8:12] == b"WEBP"
+        assert client.get("/style-previews/../styles.json").status_code == 404
+    page = (Path(__file__).parents[1] / "src/reverie/server/static/index.html").read_text()
+    assert "/static/styles.js" in page
