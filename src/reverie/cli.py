@@ -380,6 +380,26 @@ def data_build(
     out.print(f"manifest: {target / 'manifest.json'}  attribution: {target / 'ATTRIBUTION.md'}")
 
 
+@data_app.command("styled")
+def data_styled(
+    source: Annotated[Path, typer.Option("--from", help="The dataset to restyle (its train/ split): one `reverie data build` made.")] = Path("data/build/mini-64"),
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder to write (replaced when it is an earlier styled dataset).")] = Path("data/build/styled-64"),
+    per_picture: Annotated[int, typer.Option("--per-picture", help="Looks each picture is rendered in, beside the original.")] = 3,
+    seed: Annotated[int, typer.Option("--seed", help="Chooses the looks per picture and the filters' textures.")] = 0,
+    size: Annotated[int, typer.Option("--size", help="Picture size in pixels.")] = 64,
+    original_share: Annotated[float, typer.Option("--original-share", help="Share of the pictures also kept as they are (0 to 1), so the model keeps its own looks.")] = 1.0,
+):
+    """Restyle a dataset through the project's style filters (pixel art, ink sketch, watercolour, ...), captioned with their words."""
+    from .training.data.styled import build_styled
+
+    with progress_bar(err) as bar:
+        task = bar.add_task("pictures", total=None)
+        manifest = build_styled(source, out_dir, per_picture=per_picture, seed=seed, size=size, original_share=original_share,
+                                progress=lambda done, total: bar.update(task, completed=done, total=total))
+    out.print(f"{out_dir}: {manifest['original']} originals, {sum(manifest['styled'].values())} styled "
+              f"({', '.join(f'{name} {n}' for name, n in manifest['styled'].items())})")
+
+
 def _add_train_app() -> None:
     from .cli_train import train_app
 

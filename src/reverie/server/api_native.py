@@ -235,11 +235,15 @@ def samplers():
     return [{"name": s.name, "label": s.label, "aliases": list(s.aliases)} for s in SAMPLERS]
 
 
-@router.get("/styles", summary="Style presets")
+@router.get("/styles", summary="Style presets, each with the URL of its preview picture (made by reverie-mini)")
 def styles():
-    from ..prompts.styles import load_styles
+    from ..prompts.styles import PREVIEWS_DIR, load_styles
+    from .app import STYLE_PREVIEWS_URL
 
-    return [{"name": s.name, "prompt": s.prompt, "negative": s.negative, "settings": s.settings, "preview": s.preview}
+    def preview(name: str | None) -> str | None:
+        return f"{STYLE_PREVIEWS_URL}/{name}" if name and (PREVIEWS_DIR / name).is_file() else None
+
+    return [{"name": s.name, "prompt": s.prompt, "negative": s.negative, "settings": s.settings, "preview": preview(s.preview)}
             for s in load_styles()]
 
 

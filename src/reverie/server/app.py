@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..errors import BadCheckpoint, BadRequest, ImageInputError, ModelNotFound, PromptSyntaxError, ReverieError
 from ..gallery.credits import PurchaseConflict
+from ..prompts.styles import PREVIEWS_DIR
 from ..gallery.store import Gallery, NoCredit, NotFound, QueueFull
 from .config import ServerConfig
 from .cross_site import CrossSiteRequest, cross_site_guard
@@ -32,6 +33,7 @@ from .signatures import SIGNATURE_HEADER, BadSignature, link_signature_matches
 from .state import StudioState, Unauthorized, load_secret
 
 STATIC = Path(__file__).resolve().parent / "static"
+STYLE_PREVIEWS_URL = "/style-previews"  # the style presets' preview pictures (package data, prompts/previews/)
 
 
 MAX_MESSAGE_CHARS = 1000  # a message quoting a huge input is cut: an error never echoes megabytes back
@@ -186,4 +188,5 @@ def create_app(config: ServerConfig | None = None, studio=None) -> FastAPI:
         return Response("ok")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.mount(STYLE_PREVIEWS_URL, StaticFiles(directory=PREVIEWS_DIR, check_dir=False), name="style-previews")
     return app

@@ -16,6 +16,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from ..models.components import ModelComponents
 from ..models.mini import MINI_DIR, save_mini
 from ..models.minilm import WINDOW, load_minilm
+from ..outputs.files import atomic_write
 from ..outputs.grid import make_grid
 from .autoencoder import balancing_weights, colour_classes, encode_all, latent_scaling_factor, train_autoencoder
 from .data.folder import ImageCaptionFolder, read_splits
@@ -135,7 +136,7 @@ def run_denoiser(data: str | Path, vae_dir: str | Path, out: str | Path, config:
     vae = AutoencoderKL.from_pretrained(vae_dir, local_files_only=True).eval().to(device)
     size = int(vae.config.sample_size)
     train = read_splits(data, size).train
-    latents = encode_all(vae, train.images)
+    latents = cached_latents(Path(out) / LATENT_CACHE, vae, vae_dir, train)
     tokenizer, text_encoder = load_minilm()
     text_encoder.to(device)
     states = CaptionStates(tokenizer, text_encoder, WINDOW)
@@ -149,6 +150,28 @@ def run_denoiser(data: str | Path, vae_dir: str | Path, out: str | Path, config:
     export = Path(out) / "unet"
     unet.save_pretrained(export, safe_serialization=True)
     return export
+
+
+LATENT_CACHE = "latents.pt"
+
+
+def cached_latents(cache: Path, vae: AutoencoderKL, vae_dir: str | Path, pictures: ImageCaptionFolder) -> torch.Tensor:
+    """The scaled latents of `pictures`, read from `cache` when it holds those of the same pictures and
+    autoencoder (a resumed run on a CPU skips minutes of encoding), else encoded and written there."""
+    import hashlib
+
+    weights = sorted(Path(vae_dir).glob("*.safetensors"))
+    key = hashlib.sha1("\n".join([str(Path(vae_dir).resolve()), *(f"{w.name}:{w.stat().st_size}:{w.stat().st_mtime_ns}" for w in weights),
+                                  *(str(p) for p in pictures.paths)]).encode("utf-8")).hexdigest()
+    key += hashlib.sha1(pictures.images.numpy().tobytes()).hexdigest()
+    if cache.is_file():
+        stored = torch.load(cache, map_location="cpu", weights_only=True)
+        if stored.get("key") == key:
+            return stored["latents"]
+    latents = encode_all(vae, pictures.images)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(cache, lambda partial: torch.save({"key": key, "latents": latents}, partial))
+    return latents
 
 
 def components_from(unet, vae, tokenizer, text_encoder) -> ModelComponents:

@@ -88,6 +88,7 @@ $("#login-form").addEventListener("submit", async (event) => {
 async function fillChoices() {
   const [styles, samplers, models] = await Promise.all([api("/api/v1/styles"), api("/api/v1/samplers"), api("/api/v1/models")]);
   $("#style").replaceChildren(...styles.map((s) => new Option(s.name, s.name === "None" ? "" : s.name)));
+  window.styleThumbnails?.(styles);  // the picture picker (styles.js)
   $("#sampler").replaceChildren(new Option("model default", ""), ...samplers.map((s) => new Option(s.label, s.name)));
   const drawing = models.filter((m) => m.kind !== "style");
   modelKinds = Object.fromEntries(drawing.map((m) => [m.name, m.kind]));
