@@ -126,7 +126,7 @@ CASES = [
         ("generator", "/etc/passwd"), ("generator", "biggan:/tmp"), ("prior", "../../x"), ("save_every", -5)]],
     *[_json(f"a1111 {field}={value!r}", TXT2IMG, {"prompt": "x", **FAST, field: value}) for field, value in [
         ("batch_size", 0), ("batch_size", 10**9), ("n_iter", 10**9), ("width", -64), ("steps", 10**9), ("cfg_scale", "x"),
-        ("seed", 2**70), ("styles", "not a list"), ("styles", ["a", "b"]), ("styles", ["Baroque"]), ("sampler_name", "nope"),
+        ("seed", 2**70), ("styles", "not a list"), ("styles", ["a", "b"]), ("styles", ["No such look"]), ("sampler_name", "nope"),
         ("override_settings", []), ("override_settings", {"sd_model_checkpoint": "/etc/passwd"}),
         ("override_settings", {"sd_model_checkpoint": "../../gallery.sqlite"}), ("override_settings", {"sd_model_checkpoint": 5})]],
     _json("a1111 img2img body is empty", IMG2IMG, {}),

@@ -10,7 +10,7 @@ from conftest import run_cli
 from reverie.errors import BadRequest
 from reverie.outputs.metadata import parse_a1111_parameters, read_png_info
 from reverie.prompts.picture import picture_prompt
-from reverie.prompts.styles import Style, apply_styles, load_styles, style_weight
+from reverie.prompts.styles import Style, apply_styles, get_style, load_styles, style_weight
 from reverie.prompts.syntax import BREAK, Fragment, parse_prompt
 from reverie.prompts.templates import SHIPPED_WILDCARDS, combinations, random_variant
 from reverie.studio import make_request, request_from_picture
@@ -196,10 +196,13 @@ def test_every_style_preset_loads_and_applies():
 
 def test_styles_combine_in_order_and_join_negatives():
     prompt, negative = apply_styles(["Line icon", "Pixel art"], "cat", "blurry cat")
-    assert prompt == "pixel art of cat, line icon, 16-bit, limited palette"
-    assert negative == "blurry cat, colour, blurry, smooth gradients"
+    assert prompt == "cat, line icon, pixel art, 8-bit, retro game sprite, limited palette, crisp pixels"
+    assert negative == "blurry cat, colour, blurry, smooth gradients, photo"
     reversed_prompt, _ = apply_styles(["Pixel art", "Line icon"], "cat")
-    assert reversed_prompt == "pixel art of cat, 16-bit, limited palette, line icon"
+    assert reversed_prompt == "cat, pixel art, 8-bit, retro game sprite, limited palette, crisp pixels, line icon"
+    # each preset wraps the result of the ones before: words before {prompt} go around it
+    painted = Style("Painted", "a painting of {prompt}, framed")
+    assert painted.apply(get_style("Line icon").apply("cat")) == "a painting of cat, line icon, framed"
 
 
 def test_unknown_style_is_a_bad_request_naming_it():
@@ -210,13 +213,15 @@ def test_unknown_style_is_a_bad_request_naming_it():
 
 def test_stylize_weights_the_style_words():
     neutral, _ = apply_styles(["Oil painting"], "apple", stylize=100)
-    assert neutral == apply_styles(["Oil painting"], "apple")[0] == "an oil painting of apple, visible brush strokes, gallery lighting"
+    words = "oil painting, brush strokes, dark background, visible impasto, gallery lighting"
+    assert neutral == apply_styles(["Oil painting"], "apple")[0] == f"apple, {words}"
     dropped, dropped_negative = apply_styles(["Oil painting"], "apple", "dark", stylize=0)
     assert dropped == "apple" and dropped_negative == "dark"
     strong, _ = apply_styles(["Oil painting"], "apple", stylize=1000)
     weights = {piece.text.strip(" ,"): piece.weight for piece in parse_prompt(strong) if isinstance(piece, Fragment)}
-    assert weights["apple"] == 1.0 and weights["an oil painting of"] == pytest.approx(1.58)
-    assert weights["visible brush strokes, gallery lighting"] == pytest.approx(1.58)
+    assert weights["apple"] == 1.0 and weights[words] == pytest.approx(1.58)
+    around = Style("Around", "an oil painting of {prompt}, gallery lighting").apply("apple", style_weight(1000))
+    assert around == "(an oil painting of:1.58) apple, (gallery lighting:1.58)"
     assert style_weight(50) < style_weight(100) == 1.0 < style_weight(250) < style_weight(1000) <= 1.6
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reverie.prompts.styles import PREVIEWS_DIR, StyleFileError, apply_style, load_styles, parse_styles
+from reverie.prompts.styles import PREVIEWS_DIR, StyleFileError, apply_styles, load_styles, parse_styles
 from reverie.studio import make_request
 from reverie.training.data.style_filters import FILTERS
 
@@ -39,8 +39,8 @@ def test_every_learned_look_is_reachable_by_some_preset():
         assert any(t.startswith("{prompt}, " + look.words) for t in templates), look.words
 
 
-def test_apply_style_fills_the_template_and_adds_negatives():
-    prompt, negative = apply_style("Pixel art", "a red apple", "text")
+def test_a_preset_fills_the_template_and_adds_negatives():
+    prompt, negative = apply_styles(["Pixel art"], "a red apple", "text")
     assert prompt.startswith("a red apple, pixel art")
     assert negative.startswith("text, ")
 
@@ -72,7 +72,7 @@ def test_the_shipped_file_parses_as_written():
 def test_every_preset_changes_the_picture(studio):
     """On the built-in model at tiny settings: the styled picture differs from the plain one (one seed)."""
     def picture(style_name):
-        prompt, negative = apply_style(style_name, "a cat face")
+        prompt, negative = apply_styles([style_name], "a cat face")
         result = studio.generate(make_request(prompt=prompt, negative_prompt=negative, seed=11, steps=3, n_samples=1, upscale=1))
         return np.asarray(result.images[0].image.convert("RGB"), dtype=np.float32)
 
