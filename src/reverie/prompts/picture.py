@@ -70,7 +70,7 @@ class PromptPlan:
         """How many different prompts the template gives in combinatorial mode (1 otherwise)."""
         return len(self.variants) if self.combinatorial else 1
 
-    def __call__(self, seed: int, index: int | None = None) -> PicturePrompt:
+    def __call__(self, seed: int) -> PicturePrompt:
         if seed not in self._cache:
             self._cache[seed] = self._resolve(seed)
         return self._cache[seed]
@@ -114,12 +114,11 @@ def prompt_plan(request: Any) -> PromptPlan:
                  _wildcards_signature() if templates else ())
 
 
-def picture_prompt(request: Any, seed: int, index: int | None = None) -> PicturePrompt:
-    """The prompt of the picture with `seed` (number `index` of its request): see the module text.
-    The variant depends on the seed alone (in combinatorial mode too: combination seed % C, which
-    is the index's for a request whose seed is a multiple of C), so a picture re-made from its
-    seed, alone or in a batch, gets its own; `index` is taken for callers that know it."""
-    return prompt_plan(request)(seed, index)
+def picture_prompt(request: Any, seed: int) -> PicturePrompt:
+    """The prompt of the picture with `seed`: see the module text. The variant depends on the seed
+    alone (in combinatorial mode too: combination seed % C), so a picture re-made from its seed,
+    alone or in a batch, gets its own."""
+    return prompt_plan(request)(seed)
 
 
 def combination_count(request: Any) -> int:
