@@ -118,14 +118,8 @@ def encode_prompt_pair(
     Classifier-free guidance batches both, so the one with fewer chunks is padded with
     encoded empty chunks (what an empty prompt encodes to) until the lengths match.
     """
-    framing = _framing(tokenizer, text_encoder, max_length)
-    cond_chunks = _chunk_tokens(prompt, tokenizer, framing)
-    uncond_chunks = _chunk_tokens(negative, tokenizer, framing)
-    n_chunks = max(len(cond_chunks), len(uncond_chunks))
-    cond_chunks += [TokenChunk() for _ in range(n_chunks - len(cond_chunks))]
-    uncond_chunks += [TokenChunk() for _ in range(n_chunks - len(uncond_chunks))]
-    encode_args = (framing, text_encoder, device, dtype, use_attention_mask)
-    return _encode_chunks(cond_chunks, *encode_args), _encode_chunks(uncond_chunks, *encode_args)
+    return encode_prompt_batch([(prompt, negative)], tokenizer, text_encoder, device, dtype,
+                               max_length=max_length, use_attention_mask=use_attention_mask)
 
 
 def encode_prompt_batch(
@@ -143,8 +137,7 @@ def encode_prompt_batch(
     ``[len(pairs), n_chunks * L, D]``, every row padded with encoded empty chunks to the longest.
 
     Equal pairs are encoded once; `cache` (a dict the caller keeps across batches) remembers
-    them by text and chunk count. A batch of one repeated pair gives exactly what
-    `encode_prompt_pair` gives, row for row.
+    them by text and chunk count. A batch of one pair is `encode_prompt_pair`.
     """
     framing = _framing(tokenizer, text_encoder, max_length)
     chunked = {pair: (_chunk_tokens(pair[0], tokenizer, framing), _chunk_tokens(pair[1], tokenizer, framing))
