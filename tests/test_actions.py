@@ -9,12 +9,13 @@ adds beside them, a subtle variation stays closer than a strong one.
 from __future__ import annotations
 
 import io
-import time
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+
+from test_server_api import wait_done as wait_job
 
 from reverie.actions import ACTIONS, VARY_STRONG, VARY_SUBTLE, fields_for_action
 from reverie.errors import BadRequest
@@ -146,14 +147,9 @@ def mini(tmp_path_factory):
 
 
 def wait_done(client, job_id, headers=None, timeout=300):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/api/v1/jobs/{job_id}", headers=headers).json()
-        if job["status"] not in ("queued", "running"):
-            assert job["status"] == "done", job
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} did not finish")
+    job = wait_job(client, job_id, headers, timeout)
+    assert job["status"] == "done", job
+    return job
 
 
 def pixels_of(client, image) -> np.ndarray:
