@@ -109,10 +109,7 @@ def pan_extents(width: int, height: int, side: str) -> dict:
 def _look(settings: dict, mode: str) -> dict:
     """What makes the picture look as it does (prompt, model, sampling, styles, and whatever
     fields the request model has), without the fields that say what shape of request made it."""
-    from .methods.registry import method_for
-
-    known = method_for(mode).request.model_fields
-    look = {key: value for key, value in settings.items() if key in known and key not in SHAPE_FIELDS}
+    look = _request_fields(settings, mode, SHAPE_FIELDS)
     own = settings.get("picture_prompt")
     if isinstance(own, dict) and "variant" in own:  # the words it was drawn from (its variant, expanded), not new ones
         look |= {"prompt": own.get("expanded") or own["variant"], "negative_prompt": own.get("negative_variant", ""),
@@ -123,12 +120,16 @@ def _look(settings: dict, mode: str) -> dict:
 def _reroll(settings: dict) -> dict:
     """The request that made the picture, with a new seed: as many pictures as it made (a picture
     re-made alone by `--from` rerolls its whole batch)."""
+    mode = settings.get("mode", "txt2img")
+    return _request_fields(settings, mode, {"seed", "keep_only", "made"}) | {"mode": mode}
+
+
+def _request_fields(settings: dict, mode: str, leave_out: set[str]) -> dict:
+    """The stored settings that mode's request takes, less `leave_out`."""
     from .methods.registry import method_for
 
-    mode = settings.get("mode", "txt2img")
     known = method_for(mode).request.model_fields
-    fields = {key: value for key, value in settings.items() if key in known and key not in ("seed", "keep_only", "made")}
-    return fields | {"mode": mode}
+    return {key: value for key, value in settings.items() if key in known and key not in leave_out}
 
 
 def _size_of(picture: str | Path) -> tuple[int, int]:
