@@ -417,6 +417,9 @@ def _add_dream_command() -> None:
     app.command("dream")(dream)
     app.command("style")(style)
     app.command("txt2img")(txt2img)
+    from .cli_video import video_app
+
+    app.add_typer(video_app, name="video")
 
 
 _add_dream_command()

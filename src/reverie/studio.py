@@ -194,3 +194,22 @@ class Studio:
             fields["video"] = str(video)
         return self.run(fields, outdir=run_dir or "outputs/dreams", run_folder=folder, progress=progress,
                         should_stop=should_stop)
+
+    def video(self, motion: str | None = None, prompts: str | list[str] | None = None, /, *,
+              outdir: str | Path | None = None, folder: str | Path | None = None,
+              continue_from: str | Path | None = None, progress: ProgressCallback = no_progress,
+              should_stop: StopCheck = should_never_stop, **settings):
+        """Make a video: `video("walk", ["a red apple", "a green frog"], frames=48)`,
+        `video("animate", "0: a forest | 60: a city", zoom="0:(1.02)")`, `video("dream", ...)`;
+        or go on with a stopped one (`continue_from`, a video's run folder; `settings` then hold
+        only what changes). A new video gets its own folder under `outdir` (default
+        outputs/videos/NNNNN-...), or exactly `folder`. `result.videos` are the files."""
+        fields = {"mode": "video", **settings}
+        if motion is not None:
+            fields["motion"] = motion
+        if prompts is not None:
+            fields["prompts"] = [prompts] if isinstance(prompts, str) else list(prompts)
+        if continue_from is not None:
+            fields["continue_from"] = str(continue_from)
+        return self.run(fields, outdir=outdir or "outputs/videos", run_folder=folder, progress=progress,
+                        should_stop=should_stop)

@@ -24,6 +24,7 @@ PACKAGES = (
     "reverie.methods.style",
     "reverie.methods.gan",
     "reverie.methods.grid",
+    "reverie.methods.video",
 )
 DEFAULT_MODE = "txt2img"
 

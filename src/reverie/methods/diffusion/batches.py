@@ -199,17 +199,27 @@ def run_batches(
                                                    components.tokenizer, components.text_encoder, device=device,
                                                    cache=encoded)
                 cond, uncond = cond.to(device, dtype), uncond.to(device, dtype)
-                images = _one_batch(request, components, prepared, batch_seeds, cond, uncond, device, dtype, batch, progress)
+                images = denoise_batch(request, components, prepared, batch_seeds, cond, uncond, device, dtype, batch, progress)
             yield list(zip(images, batch_seeds))
 
 
-def _one_batch(request, components, prepared, seeds, cond, uncond, device, dtype, batch, progress: Progress):
-    count = len(seeds)
+def latent_shape(components: ModelComponents, width: int, height: int) -> tuple[int, int, int]:
     scale = components.vae_scale_factor
-    latent_shape = (components.vae.config.latent_channels, prepared.height // scale, prepared.width // scale)
-    noise, generators = initial_noise(seeds, latent_shape)
-    if request.chaos is not None:
-        noise = chaos_noise(noise, seeds[0], request.chaos)
+    return components.vae.config.latent_channels, height // scale, width // scale
+
+
+def denoise_batch(request: GenerationRequest, components: ModelComponents, prepared: PreparedInput, seeds: list[int],
+                  cond: torch.Tensor, uncond: torch.Tensor, device, dtype, batch: int, progress: Progress,
+                  noise: torch.Tensor | None = None) -> list[Image.Image]:
+    """One batch of pictures at the working size, one per seed, from encoded prompts.
+
+    Each seed's CPU generator draws its starting latents and then feeds the sampler's fresh
+    noise. `noise` [N, C, h, w], when given, replaces the starting latents the seeds would draw
+    (a video's walk slerps it between seeds); the generators still feed the sampler."""
+    count = len(seeds)
+    drawn, generators = initial_noise(seeds, latent_shape(components, prepared.width, prepared.height))
+    if noise is None:
+        noise = chaos_noise(drawn, seeds[0], request.chaos) if request.chaos is not None else drawn
     scheduler = build_scheduler(request.sampler, components.scheduler_config, seeds)
     stopped = {"flag": False}
 

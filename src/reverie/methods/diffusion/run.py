@@ -53,7 +53,7 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
     Stopping (`progress.stop_requested()` or Ctrl-C) ends the run early: the result then holds
     every picture finished so far and `interrupted` is True.
     """
-    request = _resolve(request)
+    request = resolve(request)
     if (request.rerank > 1 or request.score) and not request.prompt.strip():
         raise BadRequest("rerank" if request.rerank > 1 else "score", "needs a prompt to score the pictures against")
     device = pick_device(request.device)
@@ -63,7 +63,7 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
     components = diffusion_model(models, request.model, device, dtype)
     request = request.with_defaults(components.sampling)
     prepared = prepare_input(request, components)
-    request = _fit_memory(request, components, prepared, device, dtype)
+    request = fit_memory(request, components, prepared, device, dtype)
     scorer = scorer_from(models, request.scorer) if request.score or request.rerank > 1 else None
     loaded = time.perf_counter()
 
@@ -151,7 +151,7 @@ def _parameter_fields(settings: dict, seed: int, size: tuple[int, int], request:
     return fields
 
 
-def _resolve(request: GenerationRequest) -> GenerationRequest:
+def resolve(request: GenerationRequest) -> GenerationRequest:
     """Fix the seed and the model, and for variations borrow the source picture's prompt."""
     request = request.with_seed().with_style_settings()
     updates = {}
@@ -170,7 +170,7 @@ def _resolve(request: GenerationRequest) -> GenerationRequest:
     return request.model_copy(update=updates) if updates else request
 
 
-def _fit_memory(request: GenerationRequest, components: ModelComponents, prepared: PreparedInput,
+def fit_memory(request: GenerationRequest, components: ModelComponents, prepared: PreparedInput,
                 device: torch.device, dtype: torch.dtype) -> GenerationRequest:
     """Tile the decode where a whole one would not fit; refuse what cannot fit at all. Sized from
     the picture the model will really work on (the input's, for the image modes)."""

@@ -1,0 +1,147 @@
+"""A diffusion model set up for a video's frames: settings resolved once, prompts encoded once,
+each frame painted from given conditioning and noise (walk) or from a given picture (animate).
+
+A frame is made exactly as the diffusion method makes a picture alone (`denoise_batch` with one
+seed, the same size, sampler and memory settings), so a walk's stops are the pictures their
+prompt and seed make on their own.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from PIL import Image
+
+from ...device import pick_device, pick_dtype
+from ...models.cache import ModelCache
+from ...models.components import ModelComponents
+from ...progress import Progress, ProgressEvent
+from ...prompts.conditioning import encode_prompt_batch
+from ..diffusion.batches import PreparedInput, denoise_batch, denoising_steps, finish, initial_noise, latent_shape, prepare_input
+from ..diffusion.pipelines import memory_settings
+from ..diffusion.request import GenerationRequest
+from ..diffusion.run import diffusion_model, fit_memory, resolve
+from ..gan.latents import slerp
+from .request import VideoRequest
+
+
+def mix(a: torch.Tensor, b: torch.Tensor, t: float, spherical: bool = False) -> torch.Tensor:
+    """a at t=0 and b at t=1, exactly; linear (conditioning) or spherical (noise) between."""
+    if t <= 0.0:
+        return a
+    if t >= 1.0:
+        return b
+    if not spherical:
+        return torch.lerp(a, b, t)
+    return slerp(a.flatten()[None], b.flatten()[None], t).view_as(a)
+
+
+@dataclass
+class Painter:
+    request: GenerationRequest  # the frames' settings, resolved: model, steps, sampler, CFG, size
+    components: ModelComponents
+    prepared: PreparedInput  # the working size, and the factor frames are shown enlarged by
+    device: torch.device
+    dtype: torch.dtype
+    encoded: dict = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, video: VideoRequest, prompt: str, models: ModelCache, progress: Progress) -> "Painter":
+        """The model of `video`, loaded through the shared cache, with its frames' settings as a
+        txt2img request of `prompt` would have them."""
+        request = resolve(GenerationRequest.build(**video.frame_fields(prompt, video.seed)))
+        device = pick_device(request.device)
+        dtype = pick_dtype(request.dtype, device)
+        progress(ProgressEvent("load", message=f"loading {request.model}"))
+        components = diffusion_model(models, request.model, device, dtype)
+        request = request.with_defaults(components.sampling)
+        prepared = prepare_input(request, components)
+        request = fit_memory(request, components, prepared, device, dtype)
+        return cls(request, components, prepared, device, dtype)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.prepared.width, self.prepared.height
+
+    @property
+    def factor(self) -> int:
+        return self.prepared.factor
+
+    def settings(self) -> dict:
+        """What the frames were made with, for the video's record."""
+        r = self.request
+        return {"model": r.model, "model_name": self.components.name, "steps": r.steps, "sampler": r.sampler,
+                "cfg_scale": r.cfg_scale, "working_size": list(self.size), "upscale": self.factor}
+
+    def encode(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cond, uncond) [1, L, D] of `prompt` with the video's negative prompt, each encoded once."""
+        cond, uncond = encode_prompt_batch([(prompt, self.request.negative_prompt)], self.components.tokenizer,
+                                           self.components.text_encoder, device=self.device, cache=self.encoded)
+        return cond.to(self.device, self.dtype), uncond.to(self.device, self.dtype)
+
+    def conditioning(self, before: str, after: str, weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two prompts' conditioning blended, `weight` of the second (prompts as long as each other:
+        each is padded to whole chunks)."""
+        a = self.encode(before)
+        if weight <= 0:
+            return a
+        b = self.encode(after)
+        if a[0].shape != b[0].shape:  # one prompt has more 75-token chunks: pad the other with empty ones
+            a, b = self._same_length(before, after)
+        return mix(a[0], b[0], weight), mix(a[1], b[1], weight)
+
+    def _same_length(self, before: str, after: str):
+        pairs = [(before, self.request.negative_prompt), (after, self.request.negative_prompt)]
+        cond, uncond = encode_prompt_batch(pairs, self.components.tokenizer, self.components.text_encoder,
+                                           device=self.device)
+        cond, uncond = cond.to(self.device, self.dtype), uncond.to(self.device, self.dtype)
+        return (cond[:1], uncond[:1]), (cond[1:], uncond[1:])
+
+    def noise(self, seed: int) -> torch.Tensor:
+        """The starting latents [1, C, h, w] a txt2img picture of `seed` draws."""
+        noise, _ = initial_noise([seed], latent_shape(self.components, *self.size))
+        return noise
+
+    def txt2img(self, cond, uncond, seed: int, progress: Progress, noise: torch.Tensor | None = None) -> Image.Image:
+        """A frame from noise (`seed`'s own, or `noise`), at the working size; `seed`'s generator
+        feeds the sampler's fresh noise."""
+        with memory_settings(self.components, bool(self.request.vae_tiling), self.request.attention_slicing):
+            [picture] = denoise_batch(self.request, self.components, self.prepared, [seed], cond, uncond,
+                                      self.device, self.dtype, 0, progress, noise=noise)
+        return picture
+
+    def img2img(self, picture: Image.Image, cond, uncond, seed: int, strength: float, cfg: float | None,
+                progress: Progress) -> Image.Image:
+        """`picture` painted again at `strength` (0 returns it untouched), at the working size."""
+        if strength <= 0:
+            return picture.copy()
+        request = self.request.model_copy(update={"mode": "img2img", "strength": strength,
+                                                  "cfg_scale": self.request.cfg_scale if cfg is None else cfg})
+        prepared = PreparedInput(*self.size, image=picture.convert("RGB"))
+        with memory_settings(self.components, bool(self.request.vae_tiling), self.request.attention_slicing):
+            [made] = denoise_batch(request, self.components, prepared, [seed], cond, uncond,
+                                   self.device, self.dtype, 0, progress)
+        return made
+
+    def shown(self, pictures: list[Image.Image], models: ModelCache, progress: Progress) -> list[Image.Image]:
+        """Frames as the video shows them: enlarged by the factor a picture of this model is."""
+        return finish(pictures, self.prepared, self.request, models, progress)
+
+    def steps_for(self, strength: float) -> int:
+        """UNet steps an img2img frame at `strength` runs (0: none)."""
+        return 0 if strength <= 0 else int(denoising_steps(self.request.steps, strength) * strength)
+
+    @torch.no_grad()
+    def seconds_per_step(self) -> float:
+        """One guided UNet step at the working size, timed: what a frame's time is estimated from."""
+        channels, height, width = latent_shape(self.components, *self.size)
+        cond, uncond = self.encode("")
+        latents = torch.zeros(2, channels, height, width, device=self.device, dtype=self.dtype)
+        states = torch.cat([uncond, cond])
+        timestep = torch.tensor(500, device=self.device)
+        self.components.unet(latents, timestep, encoder_hidden_states=states)  # warm-up
+        started = time.perf_counter()
+        self.components.unet(latents, timestep, encoder_hidden_states=states)
+        return time.perf_counter() - started

@@ -1,0 +1,243 @@
+"""The video method: frames made one by one into a run folder, then written as videos.
+
+1. A new video gets a run folder (`outputs`), a continued one reads its own (`continue_from`)
+   and goes on from the frames it has.
+2. The frame maker: a walk or an animation on a diffusion model (`Painter`), or a dream.
+3. Before the first frame: memory (one frame's peak, the upscaler's, the GIF/WebP frames held)
+   is checked and refused when it cannot fit; the time is estimated from a timed UNet step
+   times the steps the frames take, and reported.
+4. Each frame is written as it is finished (a stop keeps it); then the videos: frames enlarged
+   as the model shows its pictures, in-between frames added, the settings embedded.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from ... import __version__
+from ...device import check_fits, estimate_peak_bytes, pick_device
+from ...models.cache import ModelCache
+from ...outputs.files import Outputs
+from ...outputs.metadata import a1111_parameters
+from ...outputs.video import VideoWriter
+from ...progress import Interrupted, Progress, ProgressEvent
+from ...result import GeneratedImage, Result
+from ..upscale.pictures import check_upscale_fits, upscaled
+from .folder import VideoFolder
+from .painter import Painter
+from .request import VideoRequest
+from .schedules import parse_timeline
+
+
+@dataclass
+class VideoResult(Result):
+    run_dir: Path | None = None
+    videos: list[Path] = field(default_factory=list)
+    frames: int = 0  # frames made so far (all of them unless interrupted)
+    estimate: dict = field(default_factory=dict)
+
+
+def run(request: VideoRequest, models: ModelCache, progress: Progress, outputs: Outputs) -> VideoResult:
+    if request.continue_from is not None:
+        folder = VideoFolder.open(request.continue_from)
+        request = folder.continued(request)
+    else:
+        request = request.with_seed()
+        folder = VideoFolder.create(outputs.run_folder_for(_title(request)), request)
+    started = time.perf_counter()
+    maker = _frame_maker(request, models, progress, folder)
+    estimate = _estimate(request, maker)
+    folder.save(settings=request.settings(), estimate=estimate, status="running", made_with=maker.settings())
+    progress(ProgressEvent("estimate", message=estimate["message"]))
+
+    result = VideoResult(request=request, run_dir=folder.path, estimate=estimate)
+    start = maker.resume_point(folder.frames_done)
+    progress(ProgressEvent("frame", start, request.frames, message=f"frame {start + 1} of {request.frames}"))
+    try:
+        for index, picture, record in maker.frames(start, progress):
+            folder.write_frame(index, picture, record, _parameters(request, record))
+            preview = picture if progress.previews else None
+            progress(ProgressEvent("frame", index + 1, request.frames, message=f"frame {index + 1} of {request.frames}",
+                                   preview=preview))
+            maker.after_frame(index)
+            if progress.stop_requested() and index + 1 < request.frames:
+                raise Interrupted()
+    except (Interrupted, KeyboardInterrupt):
+        result.interrupted = True
+    result.frames = folder.frames_done
+    if result.frames:
+        result.videos = _write_videos(request, folder, maker, models, progress)
+        poster = maker.shown([folder.read_frame(0)])[0]  # the first frame as the video shows it
+        result.images = [GeneratedImage(poster, request.seed, 0, _metadata(request, folder), _parameters(request, {}),
+                                        path=result.videos[0])]
+        progress(ProgressEvent("image", 1, 1, payload=result.images[0]))
+    complete = not result.interrupted and folder.frames_done == request.frames
+    folder.save(status="done" if complete else "stopped", videos=[p.name for p in result.videos])
+    if complete and not request.keep_frames:
+        folder.drop_frames()
+    result.timings["generate_s"] = time.perf_counter() - started
+    return result
+
+
+# -- the frame makers ----------------------------------------------------------------------
+class _Maker:
+    """What the method asks of a walk, an animation or a dream video."""
+
+    def __init__(self, frames, shown, settings: dict, unet_steps: int | None, seconds_per_step: float | None,
+                 resume_point=lambda done: done, after_frame=lambda index: None, vae=None, peak_bytes: int = 0,
+                 shown_size: tuple[int, int] = (0, 0)):
+        self.frames, self.shown, self._settings = frames, shown, settings
+        self.unet_steps, self.seconds_per_step = unet_steps, seconds_per_step
+        self.resume_point, self.after_frame, self.vae = resume_point, after_frame, vae
+        self.peak_bytes, self.shown_size = peak_bytes, shown_size
+
+    def settings(self) -> dict:
+        return self._settings
+
+
+def _frame_maker(request: VideoRequest, models: ModelCache, progress: Progress, folder: VideoFolder) -> _Maker:
+    if request.motion == "dream":
+        return _dream_maker(request, models, progress, folder)
+    first_prompt = request.walk_stops()[0][0] if request.motion == "walk" else parse_timeline(request.prompts)[0][1]
+    painter = Painter.load(request, first_prompt, models, progress)
+    if request.motion == "walk":
+        from .walk import Walk
+
+        maker = Walk(request, painter)
+        resume_point = lambda done: done  # noqa: E731  every frame stands alone
+    else:
+        from .animate import Animation
+
+        maker = Animation(request, painter, folder.read_frame)
+        resume_point = maker.resume_point
+    width, height = painter.size
+    components = painter.components
+    peak = estimate_peak_bytes(width=width, height=height, batch=1, latent_channels=components.vae.config.latent_channels,
+                               vae_scale=components.vae_scale_factor, dtype=painter.dtype,
+                               vae_tiling=bool(painter.request.vae_tiling))
+    check_upscale_fits((width, height), painter.factor, painter.device)
+    return _Maker(maker.frames, lambda pictures: painter.shown(pictures, models, progress), painter.settings(),
+                  maker.unet_steps(), painter.seconds_per_step(), resume_point, vae=components.vae, peak_bytes=peak,
+                  shown_size=(width * painter.factor, height * painter.factor))
+
+
+def _dream_maker(request: VideoRequest, models: ModelCache, progress: Progress, folder: VideoFolder) -> _Maker:
+    from .dreamed import DreamVideo
+
+    device = pick_device(request.device)
+    video = DreamVideo(request, device, models, folder.dream_dir)
+    factor = video.upscale
+    width, height = video.size
+    check_upscale_fits((width, height), factor, device)
+    return _Maker(video.frames, lambda pictures: upscaled(pictures, factor, models, progress), video.settings(),
+                  None, None, video.resume_point, video.after_frame, vae=video.vae,
+                  shown_size=(width * factor, height * factor))
+
+
+# -- before the first frame ----------------------------------------------------------------
+def _estimate(request: VideoRequest, maker: _Maker) -> dict:
+    """Memory checked (refused before any work when it cannot fit) and time estimated."""
+    width, height = maker.shown_size
+    held = sum(fmt != "mp4" for fmt in request.formats) * request.output_frames() * width * height * 3
+    device = pick_device(request.device)
+    check_fits(maker.peak_bytes + held, device, "make fewer or smaller frames (frames, width/height, interpolate), "
+                                                "or write mp4 only (formats): GIF and WebP hold every frame in memory")
+    estimate = {"frames": request.frames, "made_frames": request.made_frames(), "output_frames": request.output_frames(),
+                "peak_gib": round((maker.peak_bytes + held) / 2**30, 2)}
+    parts = [f"{request.frames} frames"]
+    if maker.unet_steps is not None:
+        seconds = maker.unet_steps * maker.seconds_per_step
+        estimate |= {"unet_steps": maker.unet_steps, "seconds_per_step": round(maker.seconds_per_step, 4),
+                     "seconds": round(seconds, 1)}
+        parts.append(f"{maker.unet_steps} UNet steps at {maker.seconds_per_step:.2f} s: about {_duration(seconds)}")
+    else:
+        iterations = request.first_iterations + (request.frames - 1) * request.iterations_per_frame
+        estimate["iterations"] = iterations
+        parts.append(f"{iterations} dream iterations")
+    parts.append(f"at most {estimate['peak_gib']:.1f} GiB")
+    estimate["message"] = ", ".join(parts)
+    return estimate
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{math.ceil(seconds)} s"
+    if seconds < 5400:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+# -- writing the videos --------------------------------------------------------------------
+def _write_videos(request: VideoRequest, folder: VideoFolder, maker: _Maker, models: ModelCache,
+                  progress: Progress) -> list[Path]:
+    """Every format asked for, from the frames made so far: enlarged as shown, in-between frames added."""
+    paths = [folder.path / f"video.{fmt}" for fmt in request.formats]
+    metadata = _metadata(request, folder)
+    total = (folder.frames_done - 1) * (request.interpolate + 1) + 1
+    with ExitStack() as stack:
+        writers = [stack.enter_context(VideoWriter(path, request.fps, metadata)) for path in paths]
+        written, previous = 0, None
+        for index in range(folder.frames_done):
+            frame = folder.read_frame(index)
+            between = _inbetweens(previous, frame, request, maker) if previous is not None else []
+            for picture in maker.shown(between + [frame]):
+                for writer in writers:
+                    writer.add(picture)
+                written += 1
+            progress(ProgressEvent("video", written, total, message="writing the video"))
+            previous = frame
+    return paths
+
+
+def _inbetweens(a: Image.Image, b: Image.Image, request: VideoRequest, maker: _Maker) -> list[Image.Image]:
+    """`request.interpolate` frames between a and b: cross-faded pixels, or slerped latents decoded."""
+    from .motion import blend
+
+    count = request.interpolate
+    weights = [(k + 1) / (count + 1) for k in range(count)]
+    if not count:
+        return []
+    if request.interpolation == "blend" or maker.vae is None:
+        return [blend(a, b, w) for w in weights]
+    return _latent_inbetweens(a, b, weights, maker.vae)
+
+
+@torch.no_grad()
+def _latent_inbetweens(a: Image.Image, b: Image.Image, weights: list[float], vae) -> list[Image.Image]:
+    from ...pixels import to_pictures, to_tensor
+    from ..gan.latents import slerp
+
+    param = next(vae.parameters())
+    pixels = torch.stack([to_tensor(a), to_tensor(b)]).to(param.device, param.dtype) * 2 - 1
+    latents = vae.encode(pixels).latent_dist.mean.float()
+    flat = latents.flatten(1)
+    mixed = torch.stack([slerp(flat[:1], flat[1:], w)[0] for w in weights]).view(len(weights), *latents.shape[1:])
+    decoded = vae.decode(mixed.to(param.dtype)).sample.float()
+    return to_pictures((decoded / 2 + 0.5).clamp(0, 1))
+
+
+# -- what the files record -----------------------------------------------------------------
+def _title(request: VideoRequest) -> str:
+    prompts = request.prompts[0] if request.prompts else "video"
+    return f"{request.motion}-{prompts.split('|')[0].split(':', 1)[-1] if request.motion != 'walk' else prompts}"
+
+
+def _metadata(request: VideoRequest, folder: VideoFolder) -> dict:
+    record = folder.record
+    return {"format": 1, "reverie_version": __version__, "seed": request.seed, "index": 0,
+            "settings": request.settings(), "made_with": record.get("made_with", {}),
+            "frames": folder.frames_done, "fps": request.fps, "video": True}
+
+
+def _parameters(request: VideoRequest, record: dict) -> str:
+    prompt = record.get("prompt") or (request.prompts[0] if request.prompts else "")
+    return a1111_parameters(prompt, request.negative_prompt, {
+        "Seed": record.get("seed", request.seed), "Video": request.motion, "Frame": record.get("index"),
+        "Frames": request.frames, "FPS": f"{request.fps:g}"})

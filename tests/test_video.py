@@ -1,0 +1,176 @@
+"""The video method: walks, animations, stop and continue, the files it writes, its refusals."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import pixels, run_cli
+from reverie.errors import BadRequest, OutOfMemory
+from reverie.outputs.video import video_info
+
+TINY = {"model": "tiny-random", "steps": 2, "width": 64, "height": 64, "upscale": 1}
+MINI = {"model": "mini", "steps": 8, "upscale": 1}
+
+
+def frames_of(run_dir) -> list[Image.Image]:
+    return [Image.open(path).convert("RGB") for path in sorted((run_dir / "frames").glob("*.png"))]
+
+
+def frame_difference(a: Image.Image, b: Image.Image) -> float:
+    return float(np.abs(pixels(a) - pixels(b)).mean())
+
+
+@pytest.fixture(scope="module")
+def mini_walk(tmp_path_factory):
+    """A seed-travel and prompt walk on reverie-mini, with its stops made alone."""
+    from reverie.studio import Studio
+
+    studio = Studio(device="cpu")
+    folder = tmp_path_factory.mktemp("walk")
+    result = studio.video("walk", ["a red apple", "a green frog"], seeds=[1, 7], frames=9, keep_frames=True,
+                          outdir=folder, **MINI)
+    alone = [studio.generate({"prompt": prompt, "seed": seed, "n_samples": 1, **MINI}).images[0].image
+             for prompt, seed in (("a red apple", 1), ("a green frog", 7))]
+    return result, frames_of(result.run_dir), alone
+
+
+def test_a_walks_first_and_last_frames_are_the_pictures_its_stops_make_alone(mini_walk):
+    result, frames, (first, last) = mini_walk
+    assert len(frames) == 9 and not result.interrupted
+    assert np.array_equal(pixels(frames[0]), pixels(first))
+    assert np.array_equal(pixels(frames[-1]), pixels(last))
+
+
+def test_a_walk_moves_in_small_steps_where_independent_pictures_jump(mini_walk):
+    _, frames, (first, last) = mini_walk
+    jumps = [frame_difference(a, b) for a, b in zip(frames, frames[1:])]
+    independent = frame_difference(first, last)
+    assert max(jumps) < 0.6 * independent, (jumps, independent)
+    # ... and it does go somewhere: the frames between are neither stop.
+    assert frame_difference(frames[4], first) > 0.2 * independent
+    assert frame_difference(frames[4], last) > 0.2 * independent
+
+
+def test_a_video_records_each_frame_and_the_settings_beside_and_inside_the_mp4(mini_walk):
+    result, _, _ = mini_walk
+    record = json.loads((result.run_dir / "video.json").read_text())
+    assert record["status"] == "done" and record["frames_done"] == 9
+    assert [frame["t"] for frame in record["frames"]] == [i / 8 for i in range(9)]
+    assert record["frames"][0]["seed"] == 1 and record["frames"][-1]["seed"] == 7
+    info = video_info(result.videos[0])
+    assert (info.frames, info.fps) == (9, 12)
+    assert info.metadata["settings"]["prompts"] == ["a red apple", "a green frog"]
+
+
+def test_the_video_files_have_the_frames_and_fps_asked_for(studio, tmp_path):
+    result = studio.video("walk", ["a castle", "a boat"], seed=3, frames=4, fps=8, interpolate=2,
+                          formats=["mp4", "gif", "webp"], outdir=tmp_path, **TINY)
+    assert [path.suffix for path in result.videos] == [".mp4", ".gif", ".webp"]
+    for path in result.videos:
+        info = video_info(path)
+        assert (info.frames, info.fps, info.width, info.height) == (4 + 3 * 2, 8, 64, 64), path
+    assert not (result.run_dir / "frames").exists()  # not kept unless asked
+
+
+def test_an_animation_with_zoom_1_and_strength_0_repeats_its_frame(studio, tmp_path):
+    result = studio.video("animate", "0: a lighthouse", seed=5, frames=4, strength="0:(0)", zoom="0:(1.0)",
+                          keep_frames=True, outdir=tmp_path, **TINY)
+    first, *rest = frames_of(result.run_dir)
+    assert len(rest) == 3 and all(np.array_equal(pixels(first), pixels(frame)) for frame in rest)
+
+
+def test_an_animation_zooms_in(studio, tmp_path):
+    """Strength 0 shows the camera alone: zoom 1.25 per frame enlarges the centre of the frame before."""
+    result = studio.video("animate", "0: a lighthouse", seed=5, frames=2, strength="0:(0)", zoom="0:(1.25)",
+                          keep_frames=True, outdir=tmp_path, **TINY)
+    first, second = frames_of(result.run_dir)
+    centre = first.resize((64, 64), Image.BICUBIC, box=(6.4, 6.4, 57.6, 57.6))  # 64 / 1.25 px shown whole
+    assert frame_difference(second, centre) < frame_difference(second, first)
+
+
+@pytest.mark.parametrize("settings", [
+    {"motion": "animate", "prompts": ["0: a forest | 3: a city"], "zoom": "0:(1.05)", "angle": "0:(2)",
+     "strength": "0:(0.6)", "cadence": 2, "frames": 7},
+    {"motion": "walk", "prompts": ["a forest", "a city"], "frames": 5},
+])
+def test_a_stopped_video_continues_to_the_frames_it_would_have_made(studio, tmp_path, settings):
+    whole = studio.video(**settings, seed=11, keep_frames=True, outdir=tmp_path / "whole", **TINY)
+    made = []
+
+    def stop_after_three(event):
+        if event.stage == "frame" and event.step:
+            made.append(event.step)
+
+    stopped = studio.video(**settings, seed=11, keep_frames=True, outdir=tmp_path / "stopped", progress=stop_after_three,
+                           should_stop=lambda: len(made) >= 3, **TINY)
+    assert stopped.interrupted and stopped.frames == 3
+    assert json.loads((stopped.run_dir / "video.json").read_text())["status"] == "stopped"
+    assert video_info(stopped.videos[0]).frames == 3  # the frames made so far, as a video
+    continued = studio.video(continue_from=stopped.run_dir)
+    assert not continued.interrupted and continued.frames == settings["frames"]
+    assert [pixels(f).tolist() for f in frames_of(continued.run_dir)] == [pixels(f).tolist() for f in frames_of(whole.run_dir)]
+
+
+def test_an_animation_goes_on_longer_when_continued_with_more_frames(studio, tmp_path):
+    settings = {"zoom": "0:(1.1)", "strength": "0:(0.5)", "seed": 2, "keep_frames": True, **TINY}
+    longer = studio.video("animate", "0: a tower", frames=5, outdir=tmp_path / "a", **settings)
+    short = studio.video("animate", "0: a tower", frames=3, outdir=tmp_path / "b", **settings)
+    extended = studio.video(continue_from=short.run_dir, frames=5)
+    assert extended.frames == 5
+    assert [pixels(f).tolist() for f in frames_of(extended.run_dir)] == [pixels(f).tolist() for f in frames_of(longer.run_dir)]
+
+
+def test_latent_inbetweens_are_decoded_between_the_frames(studio, tmp_path):
+    result = studio.video("walk", ["a castle", "a boat"], seed=3, frames=2, interpolate=1, interpolation="latent",
+                          outdir=tmp_path, **TINY)
+    assert video_info(result.videos[0]).frames == 3
+
+
+@pytest.mark.parametrize("fields, field, words", [
+    ({"motion": "walk", "prompts": ["only one"]}, "prompts", "two or more"),
+    ({"motion": "walk", "prompts": ["a", "b", "c"], "seeds": [1, 2]}, "seeds", "one seed per prompt"),
+    ({"motion": "animate", "prompts": ["0: a"], "zoom": "0:(1.02"}, "zoom", "character"),
+    ({"motion": "animate", "prompts": ["0: a"], "angle": "0:(sin(t)+tt)"}, "angle", "tt"),
+    ({"motion": "animate", "prompts": []}, "prompts", "give a prompt"),
+    ({"motion": "dream", "prompts": ["0: a"], "dream": {"cutouts": 0}}, "dream.cutouts", ""),
+    ({"motion": "dream", "prompts": ["0: a"], "dream": {"seed": 3}}, "dream.seed", "set by the video"),
+])
+def test_a_wrong_video_request_is_refused_naming_the_field(fields, field, words):
+    from reverie.studio import make_request
+
+    with pytest.raises(BadRequest) as caught:
+        make_request({"mode": "video", **fields})
+    assert caught.value.field == field and words in str(caught.value)
+
+
+def test_a_video_that_cannot_fit_is_refused_before_its_first_frame(studio, tmp_path, monkeypatch):
+    import reverie.device as device
+
+    monkeypatch.setattr(device, "available_memory", lambda _device: 64 * 2**20)
+    with pytest.raises(OutOfMemory, match="frames"):
+        studio.video("walk", ["a castle", "a boat"], seed=3, frames=4, formats=["gif"], outdir=tmp_path, **TINY)
+    [run_dir] = tmp_path.iterdir()
+    assert not (run_dir / "frames").exists()
+
+
+def test_the_estimate_is_reported_before_work(studio, tmp_path):
+    events = []
+    studio.video("walk", ["a castle", "a boat"], seed=3, frames=3, outdir=tmp_path, progress=events.append, **TINY)
+    stages = [event.stage for event in events]
+    assert stages.index("estimate") < stages.index("frame")
+    estimate = next(event for event in events if event.stage == "estimate")
+    assert "3 frames" in estimate.message and "6 UNet steps" in estimate.message and "GiB" in estimate.message
+
+
+def test_cli_video_walk_writes_a_video_and_a_wrong_schedule_exits_2(monkeypatch, capsys, tmp_path):
+    code, out, err = run_cli(monkeypatch, capsys, "video", "walk", "a castle", "a boat", "--frames", "3", "--model",
+                             "tiny-random", "--steps", "2", "-W", "64", "-H", "64", "--seed", "4", "-o", str(tmp_path))
+    assert code == 0, err
+    assert "video:" in out and list(tmp_path.glob("*/video.mp4"))
+    code, _, err = run_cli(monkeypatch, capsys, "video", "animate", "0: a castle", "--zoom", "0:(1.02), x:(1)",
+                           "--model", "tiny-random", "-o", str(tmp_path))
+    assert code == 2 and "zoom" in err and "character" in err
