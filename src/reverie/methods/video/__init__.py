@@ -1,0 +1,1 @@
+"""Videos: walks, keyframed animation and dream videos."""
