@@ -67,7 +67,7 @@ def test_a_video_records_each_frame_and_the_settings_beside_and_inside_the_mp4(m
 
 
 def test_the_video_files_have_the_frames_and_fps_asked_for(studio, tmp_path):
-    result = studio.video("walk", ["a castle", "a boat"], seed=3, frames=4, fps=8, interpolate=2,
+    result = studio.video("walk", ["a castle", "a boat"], seeds=[3, 9], frames=4, fps=8, interpolate=2,
                           formats=["mp4", "gif", "webp"], outdir=tmp_path, **TINY)
     assert [path.suffix for path in result.videos] == [".mp4", ".gif", ".webp"]
     for path in result.videos:
@@ -150,9 +150,11 @@ def test_a_wrong_video_request_is_refused_naming_the_field(fields, field, words)
 def test_a_video_that_cannot_fit_is_refused_before_its_first_frame(studio, tmp_path, monkeypatch):
     import reverie.device as device
 
-    monkeypatch.setattr(device, "available_memory", lambda _device: 64 * 2**20)
-    with pytest.raises(OutOfMemory, match="frames"):
-        studio.video("walk", ["a castle", "a boat"], seed=3, frames=4, formats=["gif"], outdir=tmp_path, **TINY)
+    # One frame fits; a GIF and a WebP of 2000 frames, each with two in-between frames, hold 150 MB.
+    monkeypatch.setattr(device, "available_memory", lambda _device: 100 * 2**20)
+    with pytest.raises(OutOfMemory, match="GIF and WebP hold every frame"):
+        studio.video("walk", ["a castle", "a boat"], seed=3, frames=2000, interpolate=2, formats=["gif", "webp"],
+                     outdir=tmp_path, **TINY)
     [run_dir] = tmp_path.iterdir()
     assert not (run_dir / "frames").exists()
 

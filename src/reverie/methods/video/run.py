@@ -234,7 +234,7 @@ def _latent_inbetweens(a: Image.Image, b: Image.Image, weights: list[float], vae
     from ..gan.latents import slerp
 
     param = next(vae.parameters())
-    pixels = torch.stack([to_tensor(a), to_tensor(b)]).to(param.device, param.dtype) * 2 - 1
+    pixels = torch.cat([to_tensor(a), to_tensor(b)]).to(param.device, param.dtype) * 2 - 1
     latents = vae.encode(pixels).latent_dist.mean.float()
     flat = latents.flatten(1)
     mixed = torch.stack([slerp(flat[:1], flat[1:], w)[0] for w in weights]).view(len(weights), *latents.shape[1:])
