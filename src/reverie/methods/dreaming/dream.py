@@ -15,6 +15,7 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from PIL import Image
@@ -95,7 +96,12 @@ class Dream:
                 raise BadRequest("init_image", f"the {self.kind} generator cannot start from a picture")
             self.generator.set_image(self._picture(request.init_image, "init_image").to(self.device))
             self.generator.after_step()
-        self.targets = self._targets(request, prompts)
+        if request.zoom and not self.generator.can_start_from_image:
+            raise BadRequest("zoom", f"the {self.kind} generator cannot start from a zoomed picture; leave zoom out "
+                                     "or dream with mini, pixels, a VQGAN or an autoencoder")
+        self._text_vectors: dict[tuple[str, ...], list[list[torch.Tensor]]] = {}  # see `_text_targets`
+        self._image_targets = self._image_prompt_targets(request)
+        self.targets = self._text_targets(prompts) + self._image_targets
         self.prior = None if prior_model is None else DiffusionPrior(prior_model, pulling, request.prior_guidance, self.device)
         # Dreaming in the prior's own latent space, the prior reads the dream's latents themselves.
         self._prior_reads_latents = self.prior is not None and getattr(self.generator, "vae", None) is self.prior.vae
@@ -115,8 +121,17 @@ class Dream:
         picture = load_image(reference, field_name).convert("RGB")
         return to_tensor(picture.resize((self.request.width, self.request.height), Image.LANCZOS))
 
-    def _targets(self, request: DreamRequest, prompts) -> list[Target]:
-        targets = text_targets(self.guides, prompts)
+    def _text_targets(self, prompts) -> list[Target]:
+        """Targets of parsed text prompts. The guides' embeddings are kept by the list of texts,
+        which is always encoded as one batch: a dream video that goes back to a prompt, or that
+        continues from its saved state, gets exactly the vectors it had."""
+        texts = tuple(p.text for p in prompts)
+        if texts not in self._text_vectors:
+            self._text_vectors[texts] = [t.vectors for t in text_targets(self.guides, prompts)]
+        return [Target(p.text, p.weight, p.stop, vectors) for p, vectors in zip(prompts, self._text_vectors[texts])]
+
+    def _image_prompt_targets(self, request: DreamRequest) -> list[Target]:
+        targets = []
         for reference in request.image_prompts:
             path, weight, stop = parse_image_prompt(reference)
             pixels = self._picture(str(path), "image_prompts").to(self.device)
@@ -146,6 +161,50 @@ class Dream:
         lr = self.request.lr or self.generator.default_lr
         optimizer = getattr(torch.optim, OPTIMIZERS[self.request.optimizer])
         return optimizer(list(self.generator.trainable().values()), lr=lr)
+
+    # -- changing course: a new prompt, a moved picture ------------------------------------
+    def retarget(self, prompt: str) -> None:
+        """Steer toward a new VQGAN+CLIP prompt (`text:weight:stop | ...`) from the next iteration:
+        new text targets (the image prompts stay), the prior pulled toward the new prompts too,
+        and `request.prompt` the one in force, as `save` records it. The same prompt again
+        changes nothing; a malformed one raises PromptSyntaxError and changes nothing either."""
+        if prompt == self.request.prompt:
+            return
+        prompts = parse_dream_prompt(prompt)
+        self.targets = self._text_targets(prompts) + self._image_targets
+        if self.prior is not None:
+            self.prior.set_prompts([p for p in prompts if p.weight])
+        self.request = self.request.model_copy(update={"prompt": prompt})
+
+    @torch.no_grad()
+    def warp(self, transform: Callable[[Image.Image], Image.Image]) -> None:
+        """Move the picture and dream on from the moved one: `transform(picture) -> picture` of
+        the same size (a zoom, a turn, a pan), and the generator restarts from what it returns.
+
+        The optimizer starts afresh (its moments and step count are dropped; its learning rate,
+        lowered by a recovery or not, is kept), as the VQGAN+CLIP zoom notebooks recreate theirs
+        after each zoom: the generator's tensors are re-encoded from the moved picture, so the
+        moments gathered for the old ones describe another point. The states kept to step back
+        to are dropped too: stepping back past a move would undo it. `save`/`resume` continue
+        bit for bit across warps, since the fresh optimizer's state is what is saved.
+        A generator that cannot start from a picture (BigGAN, a GAN) is refused.
+        """
+        if not self.generator.can_start_from_image:
+            raise BadRequest("motion", f"the {self.kind} generator cannot start from a moved picture; dream a moving "
+                                       "video with mini, pixels, a VQGAN or an autoencoder as the generator, "
+                                       "or leave zoom, angle and translation at rest")
+        picture = self.picture()
+        moved = transform(picture)
+        if moved.size != picture.size:
+            raise ValueError(f"a warp must keep the picture's size {picture.size}, not make it {moved.size}")
+        self.generator.set_image(to_tensor(moved).to(self.device))
+        self.generator.after_step()
+        lr = [group["lr"] for group in self.optimizer.param_groups]
+        self.optimizer = self._optimizer()
+        for group, rate in zip(self.optimizer.param_groups, lr):
+            group["lr"] = rate
+        self._finite_states.clear()
+        self._stepped_back_to = None
 
     # -- running ---------------------------------------------------------------------------
     def picture(self) -> Image.Image:
@@ -197,7 +256,7 @@ class Dream:
         if not (math.isfinite(value) and math.isfinite(score)):
             return "the loss"
         if not self._finite_states or self.step - self._finite_states[-1]["step"] >= CHECKPOINT_EVERY:
-            self._finite_states.append(self._checkpoint())  # this state gave a finite loss
+            self._finite_states.append(self.checkpoint())  # this state gave a finite loss
         loss.backward()
         if not all(torch.isfinite(p.grad).all() for p in self.generator.trainable().values() if p.grad is not None):
             return "the gradients"
@@ -214,11 +273,32 @@ class Dream:
         self.history.append({"step": self.step, "loss": round(value, 6), "score": round(score, 6)})
         return value, score
 
-    def _checkpoint(self) -> dict:
-        """What stepping back restores: the tensors, the optimizer, the randomness, the counters."""
+    def checkpoint(self) -> dict:
+        """What stepping back restores: the tensors, the optimizer, the randomness, the counters,
+        the prompt in force."""
         return {"params": {name: p.detach().clone() for name, p in self.generator.trainable().items()},
                 "optimizer": copy.deepcopy(self.optimizer.state_dict()), "rng": self.rng.get_state(),
-                "step": self.step, "patience": (self.smoothed, self.best, self.since_best), "history": len(self.history)}
+                "step": self.step, "patience": (self.smoothed, self.best, self.since_best), "history": len(self.history),
+                "prompt": self.request.prompt}
+
+    def _restore(self, state: dict) -> None:
+        with torch.no_grad():
+            for name, param in self.generator.trainable().items():
+                param.copy_(state["params"][name])
+        self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+        self.rng.set_state(state["rng"])
+        self.step = state["step"]
+        self.smoothed, self.best, self.since_best = state["patience"]
+        del self.history[state["history"]:]
+        self.retarget(state["prompt"])
+
+    def rewind(self, state: dict) -> None:
+        """Go back to a `checkpoint()` of this dream, taken before a step, warp or retarget that
+        is to be undone (a dream video's frame that was stopped half made). The states kept to
+        step back to after it are dropped."""
+        self._restore(state)
+        self._finite_states.clear()
+        self._stepped_back_to = None
 
     def _recover(self, what: str) -> None:
         """Step back to a finite state with a ten times lower learning rate, or give up."""
@@ -235,29 +315,16 @@ class Dream:
         if self._stepped_back_to is self._finite_states[-1] and len(self._finite_states) > 1:
             self._finite_states.pop()  # it failed again from there: go further back
         state = self._stepped_back_to = self._finite_states[-1]
-        with torch.no_grad():
-            for name, param in self.generator.trainable().items():
-                param.copy_(state["params"][name])
-        self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
-        self.rng.set_state(state["rng"])
-        self.step = state["step"]
-        self.smoothed, self.best, self.since_best = state["patience"]
-        del self.history[state["history"]:]
+        self._restore(state)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * LR_CUT
         self.recoveries.append({"step": self.step, "non_finite": what, "lr": lr * LR_CUT})
         self._recoveries_left -= 1
 
-    @torch.no_grad()
     def _zoom(self) -> None:
         """Zoom-in mode: enlarge the centre of the picture and dream on from there."""
-        pixels = self.generator()
-        height, width = pixels.shape[-2:]
-        crop_h, crop_w = round(height / self.request.zoom), round(width / self.request.zoom)
-        top, left = (height - crop_h) // 2, (width - crop_w) // 2
-        centre = pixels[:, :, top : top + crop_h, left : left + crop_w]
-        self.generator.set_image(torch.nn.functional.interpolate(centre, size=(height, width), mode="bicubic").clamp(0, 1))
-        self.generator.after_step()
+        zoom = self.request.zoom
+        self.warp(lambda picture: centre_zoom(picture, zoom))
 
     def run(self, iterations: int, run_dir: str | Path, progress: Progress | None = None) -> DreamReport:
         """Advance up to `iterations` steps, saving snapshots and the state in `run_dir`.
@@ -371,6 +438,14 @@ class Dream:
         self.smoothed, self.best, self.since_best = state["patience"]
         self.history = record.get("history", [])
         self.recoveries = record.get("recoveries", [])
+
+
+def centre_zoom(picture: Image.Image, zoom: float) -> Image.Image:
+    """The centre 1/zoom of `picture`, enlarged (bicubic) back to its size: one step of a zoom-in."""
+    width, height = picture.size
+    crop_w, crop_h = round(width / zoom), round(height / zoom)
+    left, top = (width - crop_w) // 2, (height - crop_h) // 2
+    return picture.crop((left, top, left + crop_w, top + crop_h)).resize((width, height), Image.BICUBIC)
 
 
 CUTOUT_BYTES = 10 * 2**20  # per cutout per guide, with its gradients (the built-in guide takes ~9 MiB)

@@ -75,12 +75,20 @@ class DiffusionPrior:
         self.alphas = schedule.alphas_cumprod.to(self.device, torch.float32)
         self.prediction = schedule.config.prediction_type
         self.guidance = guidance
+        self.tokenizer, self.text_encoder = components.tokenizer, components.text_encoder
+        self._encoded: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # text -> (cond, uncond)
+        self.set_prompts(prompts)
+
+    def set_prompts(self, prompts) -> None:
+        """Pull toward (or away from) these weighted prompts from now on; weights are relative to
+        the positive ones' sum. Each text is encoded once (a dream video goes back to its prompts)."""
         positive = sum(p.weight for p in prompts if p.weight > 0) or 1.0
         self.prompts = []
         for prompt in prompts:
-            cond, uncond = encode_prompt_pair(prompt.text, "", components.tokenizer, components.text_encoder)
-            self.prompts.append(PriorPrompt(prompt.weight / positive, cond.to(self.device, self.dtype),
-                                            uncond.to(self.device, self.dtype)))
+            if prompt.text not in self._encoded:
+                cond, uncond = encode_prompt_pair(prompt.text, "", self.tokenizer, self.text_encoder)
+                self._encoded[prompt.text] = cond.to(self.device, self.dtype), uncond.to(self.device, self.dtype)
+            self.prompts.append(PriorPrompt(prompt.weight / positive, *self._encoded[prompt.text]))
 
     def to_latents(self, pixels: torch.Tensor) -> torch.Tensor:
         """The model's scaled latents of a [1,3,H,W] picture in [0,1], differentiably."""

@@ -75,6 +75,16 @@ def parse_dream_prompt(source: str) -> list[DreamPrompt]:
     return prompts
 
 
+def format_dream_prompt(prompts: list[DreamPrompt]) -> str:
+    """Prompts back in the `text:weight[:stop] | ...` syntax, so that `parse_dream_prompt` reads
+    them as they are (a text never ends in `:number` without a stop after it; see `_split_weight`)."""
+    parts = []
+    for prompt in prompts:
+        stop = "" if prompt.stop == -math.inf else f":{prompt.stop:.6g}"
+        parts.append(f"{prompt.text}:{prompt.weight:.6g}{stop}")
+    return " | ".join(parts)
+
+
 def parse_image_prompt(reference: str) -> tuple[Path, float, float]:
     """`path[:weight[:stop]]` -> (path, weight, stop)."""
     text, weight, stop = _split_weight(reference, reference, 0)
