@@ -28,6 +28,8 @@ def test_a_video_job_lands_in_the_gallery_as_a_video_with_its_poster(tmp_path):
         [item] = done["images"]
         assert item["video"] is True and item["content_type"] == "video/mp4" and (item["width"], item["height"]) == (64, 64)
         assert item["settings"]["mode"] == "video" and item["settings"]["frames"] == 3
+        assert item["prompt"] == "a forest at dawn | a city at night"  # found by its prompts
+        assert [i["id"] for i in client.get("/api/v1/gallery", params={"q": "city"}).json()] == [item["id"]]
         folder = tmp_path / "studio" / "images"
         stored = sorted(p.relative_to(folder).as_posix().split("/", 1)[1] for p in folder.rglob("*") if p.is_file())
         assert stored == [f"{done['id']}-0.mp4", f"{done['id']}-0.png"]

@@ -68,12 +68,13 @@ def png_bytes(picture) -> bytes:
 def picture_prompt(metadata: dict, fields: dict) -> str:
     """The prompt the gallery shows and finds a picture by: the one it was made from (its
     template's variant, styled), else its own request's (a grid's cell has its own, a grid's
-    sheet its base's), else the job's."""
+    sheet its base's, a video its prompts), else the job's."""
     own = metadata.get("prompt")
     if isinstance(own, dict) and own.get("prompt"):
         return own["prompt"]
     settings = metadata.get("settings") or {}
-    return settings.get("prompt") or (settings.get("base") or {}).get("prompt") or fields.get("prompt", "")
+    return (settings.get("prompt") or (settings.get("base") or {}).get("prompt") or " | ".join(settings.get("prompts") or [])
+            or fields.get("prompt", ""))
 
 
 class ServerStopping(Exception):
