@@ -56,6 +56,15 @@ def add_noise(picture: Image.Image, amount: float, seed: int) -> Image.Image:
     return Image.fromarray(np.round(np.clip(pixels, 0.0, 1.0) * 255.0).astype(np.uint8))
 
 
+def camera_moves(request: VideoRequest, size: tuple[int, int], factor: int) -> list:
+    """Each frame's camera move (the move from the frame before), for frames made at `size` and
+    shown `factor` times larger (translations are in the video's pixels)."""
+    values = {name: parse_schedule(getattr(request, name), name).values(request.frames)
+              for name in ("zoom", "angle", "translation_x", "translation_y")}
+    return [camera_matrix(size, values["zoom"][i], values["angle"][i], values["translation_x"][i] / factor,
+                          values["translation_y"][i] / factor) for i in range(request.frames)]
+
+
 class Animation:
     """An animation's frames, made in order from `start`; `read_frame(i)` gives an earlier frame."""
 
@@ -68,10 +77,7 @@ class Animation:
                   for name in ("zoom", "angle", "translation_x", "translation_y", "strength", "noise")}
         values["cfg"] = parse_schedule(request.cfg, "cfg").values(frames) if request.cfg else [None] * frames
         self.values = values
-        factor = painter.factor  # translations are in the video's pixels; frames are made smaller by this
-        self.moves = [camera_matrix(painter.size, values["zoom"][i], values["angle"][i],
-                                    values["translation_x"][i] / factor, values["translation_y"][i] / factor)
-                      for i in range(frames)]
+        self.moves = camera_moves(request, painter.size, painter.factor)
 
     def record(self, index: int) -> dict:
         before, after, weight = prompt_at(self.timeline, index, self.request.prompt_blend)

@@ -174,16 +174,22 @@ class VideoRequest(BaseRequest):
         fields = {name: getattr(self, name) for name in DIFFUSION_FIELDS if getattr(self, name) is not None}
         return fields | {"mode": "txt2img", "prompt": prompt, "seed": seed, "n_samples": 1}
 
+    def dream_settings(self) -> dict:
+        """What a dream video's DreamVideo is built from: the dream's own fields, the seed, the lengths."""
+        return dict(self.dream) | {"seed": self.seed, "first_iterations": self.first_iterations,
+                                   "iterations_per_frame": self.iterations_per_frame}
+
     def dream_request(self, frame: int):
         """The dream a dream video runs, with the timeline's prompt at `frame`."""
         from ..dreaming.request import DreamRequest
         from .schedules import prompt_at
 
-        reserved = {"mode", "prompt", "seed", "iterations", "continue_from", "video", "zoom", "zoom_every"}
-        taken = reserved.intersection(self.dream)
+        from .dreamed import VIDEO_OWNED
+
+        taken = (VIDEO_OWNED | {"seed"}).intersection(self.dream)
         if taken:
-            raise BadRequest(f"dream.{sorted(taken)[0]}", "is set by the video (prompts, seed, iterations_per_frame, "
-                                                         "zoom); leave it out of dream")
+            raise BadRequest(f"dream.{sorted(taken)[0]}", "is set by the video (prompts, seed, frames, "
+                                                         "iterations_per_frame, zoom); leave it out of dream")
         prompt = prompt_at(parse_timeline(self.prompts, "prompts"), frame, False)[0]
         fields = dict(self.dream) | {"prompt": prompt, "seed": self.seed, "iterations": self.first_iterations}
         try:

@@ -129,16 +129,35 @@ def _frame_maker(request: VideoRequest, models: ModelCache, progress: Progress, 
 
 
 def _dream_maker(request: VideoRequest, models: ModelCache, progress: Progress, folder: VideoFolder) -> _Maker:
+    """A dream video: the Dream's own state (in the run folder's dream/) says which frame is next."""
+    from .animate import camera_moves
     from .dreamed import DreamVideo
+    from .motion import is_identity, warp
 
     device = pick_device(request.device)
-    video = DreamVideo(request, device, models, folder.dream_dir)
-    factor = video.upscale
-    width, height = video.size
-    check_upscale_fits((width, height), factor, device)
-    return _Maker(video.frames, lambda pictures: upscaled(pictures, factor, models, progress), video.settings(),
-                  None, None, video.resume_point, video.after_frame, vae=video.vae,
-                  shown_size=(width * factor, height * factor))
+    dream_request = request.dream_request(0)
+    size, factor = (dream_request.width, dream_request.height), dream_request.upscale
+    moves = camera_moves(request, size, factor)
+
+    def move(index: int):
+        if is_identity(moves[index]):
+            return None
+        return lambda picture: warp(picture, moves[index], request.border)
+
+    progress(ProgressEvent("load", message="loading the generator and guides"))
+    video = DreamVideo(request.dream_settings(), parse_timeline(request.prompts), move, folder.dream_dir, device, models,
+                       blend=request.prompt_blend)
+    check_upscale_fits(size, factor, device)
+
+    def frames(start: int, progress: Progress):
+        for index in range(start, request.frames):
+            picture = video.frame(index, progress)
+            yield index, picture, {"index": index, "prompt": video.prompt_for(index), "seed": request.seed}
+
+    return _Maker(frames, lambda pictures: upscaled(pictures, factor, models, progress),
+                  {"generator": dream_request.generator, "working_size": list(size), "upscale": factor},
+                  None, None, resume_point=lambda done: video.next_frame, after_frame=lambda index: video.save(),
+                  shown_size=(size[0] * factor, size[1] * factor))
 
 
 # -- before the first frame ----------------------------------------------------------------

@@ -1,0 +1,86 @@
+"""Videos on reverie-mini: how fast each motion makes frames on this CPU, and how smooth it is.
+
+Smoothness is a number: the mean absolute difference between consecutive frames (levels of 255,
+at the size the frames were made) and its largest jump, for the video and for the same frames
+made independently (each frame's own prompt and seed as a txt2img picture: what a video without
+interpolation or feedback would show). A contact sheet of each video (every other frame, as
+shown) goes to --sheets.
+
+    PYTHONPATH=src OMP_NUM_THREADS=2 .venv/bin/python benchmarks/video.py --sheets docs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from reverie.outputs.grid import make_grid
+from reverie.outputs.video import read_frames
+from reverie.studio import Studio
+
+SEED = 4
+VIDEOS = {
+    "walk": dict(motion="walk", prompts=["a red apple", "a green frog", "a yellow star"], seeds=[4, 11, 23]),
+    "animate": dict(motion="animate", prompts=["0: a house with a tree | 10: a castle on a hill"], zoom="0:(1.04)",
+                    angle="0:(1.5)", strength="0:(0.45)", noise="0:(0.02)"),
+    "animate, cadence 3": dict(motion="animate", prompts=["0: a house with a tree | 10: a castle on a hill"],
+                               zoom="0:(1.04)", angle="0:(1.5)", strength="0:(0.55)", cadence=3),
+    "dream": dict(motion="dream", prompts=["0: a red apple | 10: a green frog"], zoom="0:(1.03)", angle="0:(1)",
+                  iterations_per_frame=8, first_iterations=60, dream={"cutouts": 16}),
+}
+
+
+def differences(frames: list[Image.Image]) -> list[float]:
+    arrays = [np.asarray(frame.convert("RGB"), dtype=np.float64) for frame in frames]
+    return [float(np.abs(a - b).mean()) for a, b in zip(arrays, arrays[1:])]
+
+
+def independent_frames(studio: Studio, records: list[dict], steps: int) -> list[Image.Image]:
+    """Each frame's own prompt made alone as a txt2img picture, each from a seed of its own."""
+    return [studio.generate({"prompt": record["prompt"], "seed": SEED + 1000 + i, "n_samples": 1, "steps": steps,
+                             "upscale": 1}).images[0].image for i, record in enumerate(records)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--only", default=",".join(VIDEOS), help="comma-separated names of VIDEOS")
+    parser.add_argument("--sheets", type=Path, default=None, help="folder for a contact sheet per video")
+    args = parser.parse_args()
+    studio = Studio(device="cpu")
+    studio.generate({"prompt": "warm-up", "n_samples": 1, "steps": 2, "upscale": 1})
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for name in args.only.split(","):
+            settings = dict(VIDEOS[name])
+            extra = {} if settings["motion"] == "dream" else {"steps": args.steps, "upscale": 2}
+            started = time.perf_counter()
+            result = studio.video(**settings, frames=args.frames, seed=SEED, keep_frames=True,
+                                  outdir=Path(scratch) / name.replace(" ", ""), **extra)
+            seconds = time.perf_counter() - started
+            frames = [Image.open(p).convert("RGB") for p in sorted((result.run_dir / "frames").glob("*.png"))]
+            video = differences(frames)
+            records = json.loads((result.run_dir / "video.json").read_text())["frames"]
+            alone = differences(independent_frames(studio, records, args.steps)) if settings["motion"] != "dream" else []
+            rows.append((name, len(frames), seconds, video, alone))
+            if args.sheets:
+                shown = read_frames(result.videos[0])[::2]  # as the video shows them
+                sheet = make_grid(shown, columns=min(len(shown), 8))
+                sheet.save(args.sheets / f"video-{name.replace(', ', '-').replace(' ', '-')}.png")
+    print(f"{args.frames} frames each, reverie-mini, {args.steps} steps (diffusion), 128 px frames")
+    print("| video | frames/s | frame-to-frame mean | largest jump | independent frames: mean | largest jump |")
+    print("|---|---|---|---|---|---|")
+    for name, count, seconds, video, alone in rows:
+        independent = f"{np.mean(alone):.1f} | {max(alone):.1f}" if alone else "– | –"
+        print(f"| {name} | {count / seconds:.2f} | {np.mean(video):.1f} | {max(video):.1f} | {independent} |")
+
+
+if __name__ == "__main__":
+    main()
