@@ -80,7 +80,7 @@ def dream(
     seed: Annotated[Optional[int], typer.Option("--seed")] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")] = None,
     outdir: Annotated[Optional[Path], typer.Option("--outdir", "-o", help="Where new dreams get their folders.")] = None,
-    video: Annotated[Optional[Path], typer.Option("--video", help="Also write the snapshots as a video (.mp4 or .gif; in the run folder unless a path).")] = None,
+    video: Annotated[Optional[Path], typer.Option("--video", help="Also write the snapshots as a video (.mp4, .gif or .webp; in the run folder unless a path).")] = None,
 ):
     """Dream: CLIP steers a generator toward the prompt (VQGAN+CLIP, The Big Sleep)."""
     from .errors import BadRequest

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from PIL import Image
 
@@ -16,22 +17,32 @@ from .grid import make_grid
 _NUMBERED = re.compile(r"^(\d{5})-")
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], object], suffix: str = ".part") -> Path:
-    """Write `path` through `write(partial)` on a temporary file beside it, then rename it over
-    `path`: a reader sees the old file or the whole new one, never half, and a failed write
-    leaves nothing behind. `suffix` ends the temporary name (some writers pick a format by it)."""
+@contextmanager
+def partial_file(path: str | Path, suffix: str = ".part") -> Iterator[Path]:
+    """A temporary file beside `path` to write into; when the block ends cleanly it is renamed
+    over `path`, so a reader sees the old file or the whole new one, never half, and when the
+    block fails it is removed. `suffix` ends the temporary name (some writers pick a format by
+    it). For a writer that works in steps (a video streamed frame by frame)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(fd)
     try:
-        write(Path(partial))
+        yield Path(partial)
         os.chmod(partial, 0o644)  # mkstemp makes it private; these files are the user's to share
         os.replace(partial, path)
     except BaseException:
         Path(partial).unlink(missing_ok=True)
         raise
-    return path
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], object], suffix: str = ".part") -> Path:
+    """Write `path` through `write(partial)` on a temporary file beside it, then rename it over
+    `path`: a reader sees the old file or the whole new one, never half, and a failed write
+    leaves nothing behind. `suffix` ends the temporary name (some writers pick a format by it)."""
+    with partial_file(path, suffix) as partial:
+        write(partial)
+    return Path(path)
 
 
 def write_text(path: str | Path, text: str) -> Path:

@@ -1,52 +1,269 @@
-"""Videos from a run's pictures: MP4 (H.264, through the ffmpeg that imageio-ffmpeg ships) or GIF."""
+"""Videos from a run's pictures, and reading them back.
+
+MP4 (H.264 in yuv420p, through the ffmpeg that imageio-ffmpeg ships; frames are streamed to it),
+GIF and animated WebP (through Pillow, which keeps the frames until the end). Each can carry a
+JSON object of settings: an MP4 as its `comment` tag, a GIF as its comment, a WebP in its XMP
+packet (as `reverie:settings`). The file appears whole or not at all (`files.partial_file`).
+"""
 
 from __future__ import annotations
 
+import json
+import math
+import re
+import subprocess
+import xml.etree.ElementTree as ElementTree
+from dataclasses import dataclass
 from pathlib import Path
+from xml.sax.saxutils import quoteattr
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageSequence
 
 from ..errors import BadRequest
-from .files import atomic_write
+from .files import partial_file
 
-VIDEO_SUFFIXES = (".mp4", ".gif")
+VIDEO_FORMATS = ("mp4", "gif", "webp")
+VIDEO_SUFFIXES = tuple(f".{name}" for name in VIDEO_FORMATS)
+
+# GIF delays are whole centiseconds, and browsers show a delay under 2 cs as 10 cs.
+GIF_TICK_MS, GIF_SHORTEST_MS = 10, 20
+WEBP_QUALITY = 90
+XMP_NAMESPACE = "urn:reverie:video:1"
 
 
 def check_video_path(path: str | Path) -> Path:
+    """`path` when its suffix names a format reverie writes; BadRequest("video") otherwise."""
     path = Path(path)
     if path.suffix.lower() not in VIDEO_SUFFIXES:
-        raise BadRequest("video", f"{path.name}: a video is written as .mp4 or .gif")
+        raise BadRequest("video", f"{path.name}: a video is written as .mp4, .gif or .webp")
     return path
 
 
-def write_video(frames: list[Path | Image.Image], path: str | Path, fps: float = 12.0) -> Path:
-    """Write `frames` (files or pictures, all one size) as a video; the file appears complete or not at all."""
+class VideoWriter:
+    """A video written a frame at a time: `with VideoWriter(path, fps, metadata) as video:
+    video.add(picture)`. The format follows the suffix of `path`.
+
+    Every frame has the first one's size. H.264 in yuv420p needs even sides, so an MP4 of an odd
+    size gets its last column/row repeated once (it reads back one pixel larger). A GIF keeps a
+    frame identical to the one before as a longer delay (Pillow merges them), and plays at most
+    50 frames a second. When the block ends cleanly the file appears whole; when it raises
+    (or no frame was added), nothing is left behind.
+    """
+
+    def __init__(self, path: str | Path, fps: float, metadata: dict | None = None):
+        self.path = check_video_path(path)
+        self.format = self.path.suffix.lower()[1:]
+        if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
+            raise BadRequest("fps", f"frames per second must be a positive number, not {fps!r}")
+        self.fps = float(fps)
+        self.metadata = metadata
+        self.comment = None if metadata is None else json.dumps(metadata, sort_keys=True, ensure_ascii=False)
+        self.frames = 0
+        self._size: tuple[int, int] | None = None
+        self._kept: list[Image.Image] = []  # GIF and WebP frames, written at the end
+        self._ffmpeg = None  # the MP4 writer, started by the first frame
+        self._block = None
+        self._partial: Path | None = None
+
+    def __enter__(self) -> VideoWriter:
+        self._block = partial_file(self.path, suffix=".part" + self.path.suffix)
+        self._partial = self._block.__enter__()
+        return self
+
+    def add(self, picture: Image.Image) -> None:
+        """Append one frame (any mode; written as RGB)."""
+        if self._partial is None:
+            raise RuntimeError("add frames inside `with VideoWriter(...) as video:`")
+        picture = picture.convert("RGB")
+        if self._size is None:
+            self._size = picture.size
+        elif picture.size != self._size:
+            raise BadRequest("video", f"frame {self.frames + 1} is {picture.width}x{picture.height} but the first is "
+                                      f"{self._size[0]}x{self._size[1]}; a video's frames all have one size")
+        if self.format == "mp4":
+            self._send(picture)
+        else:
+            self._kept.append(picture)
+        self.frames += 1
+
+    def __exit__(self, kind, error, trace) -> bool:
+        block, self._block = self._block, None
+        try:
+            if kind is not None:
+                self._stop_ffmpeg()  # what ffmpeg wrote goes with the partial file
+            elif self.frames == 0:
+                raise BadRequest("video", "there are no pictures to make a video from")
+            else:
+                self._finish()
+        except BaseException as failure:
+            block.__exit__(type(failure), failure, failure.__traceback__)  # removes the partial file
+            raise
+        finally:
+            self._partial = None
+        block.__exit__(kind, error, trace)  # renames it into place, or removes it and lets `error` go on
+        return False
+
+    # -- the formats ----------------------------------------------------------------------------
+    def _send(self, picture: Image.Image) -> None:
+        import imageio_ffmpeg
+
+        levels = np.asarray(picture)
+        height, width = levels.shape[:2]
+        levels = np.pad(levels, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
+        if self._ffmpeg is None:
+            extra = ["-movflags", "+faststart"] + (["-metadata", f"comment={self.comment}"] if self.comment else [])
+            self._ffmpeg = imageio_ffmpeg.write_frames(
+                str(self._partial), (levels.shape[1], levels.shape[0]), fps=self.fps, codec="libx264",
+                pix_fmt_out="yuv420p", macro_block_size=1, quality=8, ffmpeg_log_level="error", output_params=extra)
+            self._ffmpeg.send(None)
+        self._ffmpeg.send(np.ascontiguousarray(levels))
+
+    def _stop_ffmpeg(self) -> None:
+        if self._ffmpeg is not None:
+            ffmpeg, self._ffmpeg = self._ffmpeg, None
+            ffmpeg.close()
+
+    def _finish(self) -> None:
+        if self.format == "mp4":
+            self._stop_ffmpeg()
+            return
+        first, *rest = self._kept
+        options = dict(save_all=True, append_images=rest, loop=0)
+        if self.format == "gif":
+            durations = _durations(self.frames, self.fps, GIF_TICK_MS, GIF_SHORTEST_MS)
+            if self.comment:
+                options["comment"] = self.comment.encode("utf-8")
+            first.save(self._partial, format="GIF", duration=durations, **options)
+        else:
+            durations = _durations(self.frames, self.fps, 1, 1)
+            if self.comment:
+                options["xmp"] = _xmp_packet(self.comment)
+            first.save(self._partial, format="WEBP", duration=durations, quality=WEBP_QUALITY, **options)
+        self._kept = []
+
+
+def _durations(frames: int, fps: float, tick: int, shortest: int) -> list[int]:
+    """Each frame's delay in ms, whole `tick`s, rounded so that the running time stays on
+    frames / fps (12 fps as a GIF: 80, 90, 80, 80, 90, 80 ms, ...), never under `shortest`."""
+    ends = [round(n * 1000 / fps / tick) * tick for n in range(frames + 1)]
+    return [max(shortest, end - start) for start, end in zip(ends, ends[1:])]
+
+
+def _xmp_packet(comment: str) -> bytes:
+    return ('<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>'
+            '<x:xmpmeta xmlns:x="adobe:ns:meta/">'
+            '<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+            f'<rdf:Description rdf:about="" xmlns:reverie="{XMP_NAMESPACE}" reverie:settings={quoteattr(comment)}/>'
+            '</rdf:RDF></x:xmpmeta><?xpacket end="w"?>').encode("utf-8")
+
+
+def _xmp_comment(packet: bytes | str) -> str | None:
+    try:
+        root = ElementTree.fromstring(packet)
+    except ElementTree.ParseError:
+        return None
+    for element in root.iter():
+        if (value := element.get(f"{{{XMP_NAMESPACE}}}settings")) is not None:
+            return value
+    return None
+
+
+def write_video(frames: list[Path | Image.Image], path: str | Path, fps: float = 12.0,
+                metadata: dict | None = None) -> Path:
+    """Write `frames` (files or pictures, all one size) as a video with `metadata` embedded;
+    the file appears complete or not at all."""
     path = check_video_path(path)
     if not frames:
-        raise BadRequest("video", "there are no pictures to make a video from (save snapshots with --save-every)")
-    pictures = [frame if isinstance(frame, Image.Image) else Image.open(frame) for frame in frames]
-    pictures = [picture.convert("RGB") for picture in pictures]
-    if path.suffix.lower() == ".gif":
-        first, *rest = pictures
-        write = lambda partial: first.save(partial, format="GIF", save_all=True, append_images=rest,  # noqa: E731
-                                           duration=round(1000 / fps), loop=0)
-    else:
-        write = lambda partial: _write_mp4(pictures, partial, fps)  # noqa: E731
-    return atomic_write(path, write, suffix=".part" + path.suffix)
+        raise BadRequest("video", "there are no pictures to make a video from")
+    with VideoWriter(path, fps, metadata) as video:
+        for frame in frames:
+            if isinstance(frame, Image.Image):
+                video.add(frame)
+            else:
+                with Image.open(frame) as picture:
+                    video.add(picture)
+    return path
 
 
-def _write_mp4(pictures: list[Image.Image], path: Path, fps: float) -> None:
+# -- reading back -------------------------------------------------------------------------------
+@dataclass
+class VideoInfo:
+    """What a video file holds: its frame count, frame rate, size and embedded settings (None
+    when it carries none, or a comment that is not a JSON object)."""
+
+    frames: int
+    fps: float
+    width: int
+    height: int
+    metadata: dict | None
+
+
+def video_info(path: str | Path) -> VideoInfo:
+    """The facts of a video reverie can write. An MP4's frames are counted by decoding it
+    (exact); a GIF's or WebP's frame rate is its frame count over its running time."""
+    path = _existing_video(path)
+    if path.suffix.lower() == ".mp4":
+        import imageio_ffmpeg
+
+        frames, _ = imageio_ffmpeg.count_frames_and_secs(str(path))
+        reader = imageio_ffmpeg.read_frames(str(path))
+        meta = next(reader)
+        reader.close()
+        width, height = meta["size"]
+        return VideoInfo(frames, float(meta["fps"]), width, height, _settings(_mp4_comment(path)))
+    with Image.open(path) as video:
+        width, height = video.size
+        frames = video.n_frames
+        running_ms = 0
+        for frame in ImageSequence.Iterator(video):
+            frame.load()  # a WebP frame's duration is known once it is decoded
+            running_ms += frame.info.get("duration", 0)
+        video.seek(0)
+        comment = video.info.get("comment") if path.suffix.lower() == ".gif" else _xmp_comment(video.info.get("xmp", b""))
+    fps = frames * 1000 / running_ms if running_ms else 0.0
+    return VideoInfo(frames, fps, width, height, _settings(comment))
+
+
+def read_frames(path: str | Path) -> list[Image.Image]:
+    """Every frame of a video, as RGB pictures (for tests and contact sheets: all in memory)."""
+    path = _existing_video(path)
+    if path.suffix.lower() == ".mp4":
+        import imageio_ffmpeg
+
+        reader = imageio_ffmpeg.read_frames(str(path))
+        width, height = next(reader)["size"]
+        return [Image.frombytes("RGB", (width, height), frame) for frame in reader]
+    with Image.open(path) as video:
+        return [frame.convert("RGB") for frame in ImageSequence.Iterator(video)]
+
+
+def _existing_video(path: str | Path) -> Path:
+    path = check_video_path(path)
+    if not path.is_file():
+        raise BadRequest("video", f"there is no video at {path}")
+    return path
+
+
+def _mp4_comment(path: Path) -> str | None:
+    """The `comment` tag, from ffmpeg's ffmetadata listing (where = ; # \\ and line breaks in a
+    value are escaped with a backslash)."""
     import imageio_ffmpeg
 
-    width, height = pictures[0].size
-    # H.264 in yuv420p needs even sides; pad by one pixel rather than rescale.
-    even = (width + width % 2, height + height % 2)
-    writer = imageio_ffmpeg.write_frames(str(path), even, fps=fps, codec="libx264", pix_fmt_out="yuv420p",
-                                         macro_block_size=1, quality=8, ffmpeg_log_level="error")
-    writer.send(None)
-    for picture in pictures:
-        canvas = Image.new("RGB", even)
-        canvas.paste(picture, (0, 0))
-        writer.send(np.ascontiguousarray(np.asarray(canvas)))
-    writer.close()
+    listing = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-f", "ffmetadata", "-"],
+                             capture_output=True, check=True).stdout.decode("utf-8", errors="replace")
+    for line in re.findall(r"(?:[^\\\n]|\\.)+", listing, flags=re.DOTALL):  # lines, escaped breaks kept
+        key, _, value = line.partition("=")
+        if key == "comment":
+            return re.sub(r"\\(.)", r"\1", value, flags=re.DOTALL)
+    return None
+
+
+def _settings(comment: str | bytes | None) -> dict | None:
+    if isinstance(comment, bytes):
+        comment = comment.decode("utf-8", errors="replace")
+    try:
+        settings = json.loads(comment) if comment else None
+    except json.JSONDecodeError:
+        return None
+    return settings if isinstance(settings, dict) else None

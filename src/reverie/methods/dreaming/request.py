@@ -65,7 +65,7 @@ class DreamRequest(BaseRequest):
     truncation: float = Field(1.0, gt=0.0, le=1.0)  # BigGAN and GANs only
     zoom: float | None = Field(None, ge=1.0, le=2.0)  # zoom-in video: scale per zoom step
     zoom_every: int = Field(10, ge=1)
-    video: str | None = None  # also write the snapshots as .mp4 or .gif (in the run folder unless a path)
+    video: str | None = None  # also write the snapshots as .mp4, .gif or .webp (in the run folder unless a path)
 
     @field_validator("optimizer")
     @classmethod

@@ -22,7 +22,7 @@ def run(request: DreamRequest, models: ModelCache, progress: Progress, outputs: 
 
     A new dream gets its own folder from `outputs` (NNNNN-prompt, or exactly `outputs.run_folder`);
     a continued one goes on in its folder. The last picture and the state are saved however the
-    run ends; with `video`, the snapshots also become an MP4 or GIF.
+    run ends; with `video`, the snapshots also become an MP4, GIF or WebP.
     """
     if request.video is not None:
         check_video_path(request.video)

@@ -270,10 +270,13 @@ def parse_timeline(value: str | list[str] | dict, name: str = "prompts") -> list
     """Keyed prompts -> [(frame, prompt), ...] sorted by frame, the first at frame 0.
 
     ``"0: a forest | 60: a city"``: a ``|`` splits only where a key ``N:`` follows, so a weighted
-    ``a:1 | b:0.5`` stays one prompt. A list holds one entry per item; a dict maps frames to prompts
+    ``a:1 | b:0.5`` stays one prompt. A list holds one entry per item (a list of one is read as
+    the string it holds); a dict maps frames to prompts
     (Deforum's JSON). An entry without a key is frame 0. The first prompt holds from the start.
     """
     quoted = ""
+    if isinstance(value, (list, tuple)) and len(value) == 1 and isinstance(value[0], str):
+        value = value[0]  # one argument holds the whole timeline: "0: a forest | 60: a city"
     if isinstance(value, str):
         cuts = [0] + [m.end() for m in re.finditer(r"\|(?=\s*\d{1,9}\s*:)", value)] + [len(value) + 1]
         pieces = [value[a:b - 1] for a, b in zip(cuts, cuts[1:])]
