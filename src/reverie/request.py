@@ -71,6 +71,11 @@ class BaseRequest(BaseModel):
         grid's cells. The studio checks its limits, models and cost on these."""
         return [self]
 
+    def charge_units(self) -> int:
+        """How many requests' worth the studio charges for this one: one per part (a grid: each
+        of its cells, what they would cost asked for one by one); a video charges by its frames."""
+        return len(self.parts())
+
     def settings(self) -> dict:
         """The request as plain JSON-able data (pictures as their paths, or a placeholder)."""
         data = self.model_dump(exclude=set(self.IMAGE_FIELDS) | {"made"})

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .db import DATABASE_FILE, BrokenDatabase, check_database_file
+from .items import files_of
 
 SHOWN = 10  # paths listed per kind of problem; the rest are counted
 
@@ -44,7 +45,7 @@ class GalleryCheck:
 
 def check_gallery(folder: str | Path) -> GalleryCheck:
     """Check the database in `folder` (header, quick_check, foreign keys) and its pictures: every
-    row has its file under images/, every file there has its row."""
+    row has its files under images/ (a video's poster too), every file there has its row."""
     folder = Path(folder)
     path = folder / DATABASE_FILE
     report = GalleryCheck(path)
@@ -68,7 +69,8 @@ def check_gallery(folder: str | Path) -> GalleryCheck:
         return report
     images = folder / "images"
     on_disk = {p.relative_to(images).as_posix() for p in images.rglob("*") if p.is_file()} if images.is_dir() else set()
+    owned = {name for file in files for name in files_of(file)}
     report.rows, report.files = len(files), len(on_disk)
-    report.missing = sorted(f"images/{name}" for name in set(files) - on_disk)
-    report.orphans = sorted(f"images/{name}" for name in on_disk - set(files))
+    report.missing = sorted(f"images/{name}" for name in owned - on_disk)
+    report.orphans = sorted(f"images/{name}" for name in on_disk - owned)
     return report

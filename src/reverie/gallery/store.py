@@ -3,7 +3,9 @@
 Images live as PNG files under `<folder>/images/`, rows in SQLite. A picture's file is written
 before its row, and its row removed before its file, so the gallery never lists a missing file.
 A job's pictures are named by job and place (`images/<user>/<job>-<index>.png`), so a file a
-crash left without its row is found when the job is recovered, and replaced or removed.
+crash left without its row is found when the job is recovered, and replaced or removed. A video
+is an item too: its file keeps its suffix (`<job>-<index>.mp4`) and its poster lies beside it as
+`<job>-<index>.png` (gallery/items.py).
 Every write opens its own short transaction (BEGIN IMMEDIATE on SQLite), which makes the
 check-then-write steps (capacity, credit) exact under concurrent requests; reads never take the
 write lock.
@@ -26,6 +28,7 @@ from ..faults import crash_point
 from ..outputs.files import atomic_write
 from .credits import GrantSchedule, balance_in, grant_due
 from .db import DATABASE_FILE, open_database
+from .items import files_of, is_video, poster_of
 from .models import ApiKey, Image, Job, LedgerEntry, Session, User, utcnow
 from .uploads import STALE_AFTER_S, delete_uploads, sweep_uploads
 
@@ -264,9 +267,9 @@ class Gallery:
     def remove_orphans(self, job: Job) -> list[Path]:
         """Remove the job's picture files that have no row (and unfinished writes); returns them."""
         with self.session() as db:
-            kept = set(db.scalars(select(Image.file).where(Image.job_id == job.id)))
+            kept = {name for file in db.scalars(select(Image.file).where(Image.job_id == job.id)) for name in files_of(file)}
         folder = self.images_dir / str(job.user_id)
-        candidates = [*folder.glob(f"{job.id}-*.png"), *folder.glob(f".{job.id}-*.part")]
+        candidates = [*folder.glob(f"{job.id}-*"), *folder.glob(f".{job.id}-*.part")]
         orphans = [path for path in candidates if path.relative_to(self.images_dir).as_posix() not in kept]
         for path in orphans:
             path.unlink(missing_ok=True)
@@ -300,21 +303,33 @@ class Gallery:
             return int(db.scalar(select(func.count()).select_from(Job).where(Job.status.in_(ACTIVE))))
 
     # -- images ----------------------------------------------------------------------------
-    def add_image(self, job: Job, index: int, source: Path, prompt: str, seed: int, settings: dict) -> Image:
-        """Copy a finished picture into the gallery as the job's picture number `index`, and record it.
+    def add_image(self, job: Job, index: int, source: Path, prompt: str, seed: int, settings: dict,
+                  poster=None) -> Image:
+        """Copy a finished picture (or video, with its `poster` picture) into the gallery as the
+        job's item number `index`, and record it.
 
-        The file is written first (atomically, under a name fixed by job and index), then its row;
-        a crash in between leaves a file that `recover` removes or the resumed job replaces."""
+        The files are written first (atomically, under names fixed by job and index: a video's
+        poster, then the video), then its row; a crash in between leaves files that `recover`
+        removes or the resumed job replaces."""
         from PIL import Image as PILImage
 
         if self._has_image(job.id, index):  # checked before the file is touched: it is that picture's
             raise ReverieError(f"job {job.id} already has its picture {index}")
-        relative = Path(str(job.user_id)) / f"{job.id}-{index}.png"
+        source = Path(source)
+        relative = Path(str(job.user_id)) / f"{job.id}-{index}{source.suffix.lower()}"
+        if not is_video(relative.as_posix()):
+            relative = relative.with_suffix(".png")
+        elif poster is None:
+            raise ReverieError(f"{source.name}: a video goes into the gallery with its poster picture")
+        else:
+            settings = dict(settings) | {"video": True}
+            atomic_write(self.images_dir / poster_of(relative.as_posix()),
+                         lambda partial: poster.convert("RGB").save(partial, format="PNG"))
         target = self.images_dir / relative
-        data = Path(source).read_bytes()
+        data = source.read_bytes()
         atomic_write(target, lambda partial: partial.write_bytes(data))
         crash_point("after-image-file")
-        with PILImage.open(target) as picture:
+        with PILImage.open(self.images_dir / poster_of(relative.as_posix())) as picture:  # the header only
             width, height = picture.size
         row = Image(id=uuid.uuid4().hex, job_id=job.id, user_id=job.user_id, index=index, file=relative.as_posix(),
                     prompt=prompt, seed=seed, width=width, height=height, settings_json=json.dumps(settings))
@@ -322,7 +337,8 @@ class Gallery:
             with self.session.begin() as db:
                 db.add(row)
         except BaseException:
-            target.unlink(missing_ok=True)  # no row, no file
+            for name in files_of(row.file):  # no row, no file
+                (self.images_dir / name).unlink(missing_ok=True)
             raise
         crash_point("after-image-row")
         return row
@@ -358,13 +374,19 @@ class Gallery:
             return list(db.scalars(select(Image).where(Image.job_id == job.id).order_by(Image.index)))
 
     def image_path(self, image: Image) -> Path:
+        """The item's own file: a picture, or a video."""
         return self.images_dir / image.file
+
+    def picture_path(self, image: Image) -> Path:
+        """The item as a picture: itself, or a video's poster (what an `image:ID` input reads)."""
+        return self.images_dir / poster_of(image.file)
 
     def delete_image(self, image_id: str, user_id: int) -> None:
         image = self.image(image_id, user_id)
         with self.session.begin() as db:
             db.delete(db.get(Image, image_id))
-        self.image_path(image).unlink(missing_ok=True)
+        for name in files_of(image.file):
+            (self.images_dir / name).unlink(missing_ok=True)
 
     def save_upload(self, data: bytes, suffix: str = ".png") -> Path:
         """Store an uploaded picture under a name of the server's choosing."""

@@ -46,7 +46,7 @@ class GenerateBody(BaseModel):
     sampler: str | None = None
     seed: int | None = None
     n_samples: int | None = None
-    strength: float | None = None
+    strength: float | str | None = None  # a video's (animate) is a keyframe schedule, "0:(0.5)"
     init_image: str | None = None
     mask_image: str | None = None
     mask_mode: str | None = None
@@ -80,6 +80,33 @@ class GenerateBody(BaseModel):
     x: str | dict | None = None
     y: str | dict | None = None
     z: str | dict | None = None
+    # mode "video" (see VideoRequest): motion walk | animate | dream; `prompts` the walk's stops or
+    # a timeline ("0: a forest | 48: a city"); camera moves and strength as keyframe schedules;
+    # `dream` a dream video's own dream settings (built-in generator, guides and prior only).
+    motion: str | None = None
+    prompts: list[str] | None = Field(None, max_length=64)
+    frames: int | None = None
+    fps: float | None = None
+    formats: list[str] | None = Field(None, max_length=3)
+    interpolate: int | None = None
+    interpolation: str | None = None
+    keep_frames: bool | None = None
+    seeds: list[int] | None = Field(None, max_length=64)
+    loop: bool | None = None
+    zoom: str | float | None = None
+    angle: str | float | None = None
+    translation_x: str | float | None = None
+    translation_y: str | float | None = None
+    border: str | None = None
+    cfg: str | float | None = None
+    noise: str | float | None = None
+    seed_behavior: str | None = None
+    colour_coherence: str | None = None
+    cadence: int | None = None
+    prompt_blend: bool | None = None
+    iterations_per_frame: int | None = None
+    first_iterations: int | None = None
+    dream: dict | None = None
 
 
 class DreamBody(BaseModel):

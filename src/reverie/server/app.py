@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..errors import BadCheckpoint, BadRequest, ImageInputError, ModelNotFound, PromptSyntaxError, ReverieError
 from ..gallery.credits import PurchaseConflict
+from ..gallery.items import VIDEO_TYPES, is_video
 from ..prompts.styles import PREVIEWS_DIR
 from ..gallery.store import Gallery, NoCredit, NotFound, QueueFull
 from .config import ServerConfig
@@ -163,16 +164,24 @@ def create_app(config: ServerConfig | None = None, studio=None) -> FastAPI:
     app.include_router(api_a1111.router)
     app.include_router(api_openai.router)
 
-    @app.get("/files/{image_id}.png", include_in_schema=False)
-    def image_file(image_id: str, exp: str = "", sig: str = ""):
+    @app.get("/files/{image_id}.{suffix}", include_in_schema=False)
+    def image_file(image_id: str, suffix: str, exp: str = "", sig: str = ""):
+        """A gallery item's file by its signed link: `.png` the picture (a video's poster), a
+        video's own suffix its video."""
         if not link_signature_matches(state.secret, image_id, exp, sig):
             return _error(403, "this picture link is not valid", "sig", "permission_error")
         left = int(exp) - int(state.clock())  # a signed exp is the server's own integer
         if left <= 0:
             return _error(403, "this picture link has expired; reload the page for a fresh one", "exp", "permission_error")
         image = gallery.image(image_id)
-        return FileResponse(gallery.image_path(image), media_type="image/png",
-                            headers={"Cache-Control": f"private, max-age={min(left, 86400)}"})
+        own = Path(image.file).suffix.lower()
+        if suffix == "png":
+            path, media_type = gallery.picture_path(image), "image/png"
+        elif is_video(image.file) and f".{suffix}" == own:
+            path, media_type = gallery.image_path(image), VIDEO_TYPES[own]
+        else:
+            return _error(404, f"item {image_id} has no .{suffix[:8]} file", None, "not_found")
+        return FileResponse(path, media_type=media_type, headers={"Cache-Control": f"private, max-age={min(left, 86400)}"})
 
     @app.get("/", include_in_schema=False)
     def page():

@@ -23,6 +23,7 @@ class ServerConfig:
     max_upload_bytes: int = 16 * 1024 * 1024
     max_upload_pixels: int = 4096 * 4096
     max_images_per_request: int = 8
+    max_video_frames: int = 120  # frames in a video the studio makes, in-between frames included
     default_model: str | None = None  # None: reverie's default (mini)
     device: str = "auto"
     start_worker: bool = True

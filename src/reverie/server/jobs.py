@@ -4,8 +4,8 @@ Jobs are rows in the gallery database, so a restart loses nothing: queued jobs w
 server stops (SIGTERM, Ctrl-C) goes back to the queue as it was; a job that was running when the
 process died is queued again (once) by `Gallery.recover`. A job that runs again makes only the
 pictures it does not have yet (`made`). Live progress (step, total, a preview picture) is kept
-in memory for the pages and APIs that follow a job; finished pictures go into the gallery one by
-one, as they are made.
+in memory for the pages and APIs that follow a job (a video's steps are its frames); finished
+pictures go into the gallery one by one, as they are made, a video with its poster.
 
 Requests that wait (for a job's end, or its next change) wait on asyncio futures that the worker
 thread resolves: a waiting request holds no thread and runs no query.
@@ -32,7 +32,9 @@ from ..progress import ProgressEvent
 
 log = logging.getLogger("reverie.server")
 # Progress stages that count steps, and what a watcher is told the job is doing.
-STEP_STAGES = {"denoise": "denoising", "dream": "dreaming"}
+STEP_STAGES = {"denoise": "denoising", "dream": "dreaming", "frame": "making frames"}
+# A video counts its frames: the steps of the frame being made only say so in the message.
+FRAME_STAGE = "frame"
 
 
 @dataclass
@@ -66,12 +68,13 @@ def png_bytes(picture) -> bytes:
 def picture_prompt(metadata: dict, fields: dict) -> str:
     """The prompt the gallery shows and finds a picture by: the one it was made from (its
     template's variant, styled), else its own request's (a grid's cell has its own, a grid's
-    sheet its base's), else the job's."""
+    sheet its base's, a video its prompts), else the job's."""
     own = metadata.get("prompt")
     if isinstance(own, dict) and own.get("prompt"):
         return own["prompt"]
     settings = metadata.get("settings") or {}
-    return settings.get("prompt") or (settings.get("base") or {}).get("prompt") or fields.get("prompt", "")
+    return (settings.get("prompt") or (settings.get("base") or {}).get("prompt") or " | ".join(settings.get("prompts") or [])
+            or fields.get("prompt", ""))
 
 
 class ServerStopping(Exception):
@@ -282,10 +285,22 @@ class JobRunner:
         self._notify(job.id, images_total=total)
         workdir = self.gallery.folder / "work" / job.id
 
+        framing = False  # a video's frames are its steps once the first "frame" event came
+
         def on_progress(event: ProgressEvent) -> None:
+            nonlocal framing
             changes = {}
+            framing = framing or event.stage == FRAME_STAGE
             if event.stage == "load":
                 changes = {"stage": "loading", "message": event.message}
+            elif event.stage == "estimate":
+                changes = {"message": event.message}
+            elif event.stage == "video":
+                changes = {"stage": "writing the video", "message": f"{event.step}/{event.total} frames written"}
+            elif framing and event.stage in STEP_STAGES and event.stage != FRAME_STAGE:
+                live = self.live.get(job.id)
+                frame = f"frame {min(live.step + 1, live.total)} of {live.total}: " if live and live.total else ""
+                changes = {"message": f"{frame}{STEP_STAGES[event.stage]} {event.step}/{event.total}"}
             elif event.stage in STEP_STAGES:
                 changes = {"stage": STEP_STAGES[event.stage], "step": event.step, "total": event.total,
                            "message": event.message}
@@ -294,7 +309,7 @@ class JobRunner:
             elif event.stage == "image":
                 image = event.payload
                 self.gallery.add_image(job, image.index, image.path, picture_prompt(image.metadata, fields), image.seed,
-                                       image.metadata)
+                                       image.metadata, poster=image.image)
                 live = self.live.get(job.id)
                 done = total if event.step == event.total else max(event.step, live.images_done if live else 0)
                 changes = {"images_done": done, "preview": png_bytes(image.image)}

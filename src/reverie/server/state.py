@@ -70,10 +70,11 @@ class StudioState:
     def sign(self, image_id: str, expires: int | str) -> str:
         return link_signature(self.secret, image_id, str(expires))
 
-    def file_url(self, image_id: str) -> str:
-        """A link to the picture that works without a login until it expires."""
+    def file_url(self, image_id: str, suffix: str = ".png") -> str:
+        """A link to the picture (or a video's file, by its `suffix`; `.png` is its poster) that
+        works without a login until it expires."""
         expires = link_expiry(self.clock(), self.config.file_link_lifetime_s)
-        return f"/files/{image_id}.png?exp={expires}&sig={self.sign(image_id, expires)}"
+        return f"/files/{image_id}{suffix}?exp={expires}&sig={self.sign(image_id, expires)}"
 
 
 def load_secret(folder: Path) -> bytes:
@@ -236,7 +237,7 @@ def resolve_image(state: StudioState, user: User, value: str | None, field: str)
             image = state.gallery.image(value[len("image:"):], user.id)
         except NotFound:
             raise BadRequest(field, f"no picture {value[len('image:'):]} in your gallery") from None
-        return str(state.gallery.image_path(image))
+        return str(state.gallery.picture_path(image))  # a video: its poster
     return str(store_image_bytes(state, decode_base64_image(value, field, state.config.max_upload_bytes), field))
 
 

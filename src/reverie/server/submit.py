@@ -10,10 +10,11 @@ import json
 from pathlib import Path
 
 from ..errors import BadRequest
+from ..gallery.items import VIDEO_TYPES, is_video
 from ..gallery.models import Job, User
 from ..gallery.uploads import IMAGE_FIELDS
 from ..studio import fields_again, fields_for_action, make_request, request_fields
-from .inputs import check_prompts
+from .inputs import MAX_PROMPT_CHARS, check_prompts
 from .state import StudioState, check_mask_size, check_model, image_size, refused_uploads_deleted
 
 # What a studio request may name, where the CLI can name files: the server never takes a path
@@ -26,22 +27,49 @@ SERVER_CHOICES = {
     "features": ("builtin", "random", "clip"),
 }
 MAX_ITERATIONS = 5000  # a dream's iterations per studio request
+# A dream video's own dream settings (`dream`) that the studio never takes from a client: pictures
+# by path and where the dream runs. The rest are held to SERVER_CHOICES like top-level fields.
+DREAM_FIELDS_REFUSED = ("init_image", "image_prompts", "device", "dtype")
 CANDIDATES_PER_PICTURE = 4  # best-of candidates per picture allowed, on top of max_images_per_request
 
 
 def _cost(state: StudioState, request) -> int:
-    """A request's charge: one request's cost for each of its parts (a grid: each of its cells,
-    what they would cost asked for one by one)."""
-    return state.config.cost_per_request * len(request.parts()) if state.config.multi_user else 0
+    """A request's charge: one request's cost for each unit the request counts (`charge_units`:
+    a grid's cells, what they would cost asked for one by one; a video's frames, eight a request)."""
+    return state.config.cost_per_request * request.charge_units() if state.config.multi_user else 0
 
 
-def _check_choices(fields: dict) -> None:
+def _check_choices(fields: dict, prefix: str = "") -> None:
     for name, allowed in SERVER_CHOICES.items():
         if name not in fields:
             continue
         given = fields[name] if isinstance(fields[name], list) else [fields[name]]
         if any(value not in allowed for value in given):
-            raise BadRequest(name, f"the studio takes {' or '.join(allowed)}; use the `reverie` command for files")
+            raise BadRequest(prefix + name, f"the studio takes {' or '.join(allowed)}; use the `reverie` command for files")
+
+
+def _check_video_fields(fields: dict) -> None:
+    """A video's prompts are held to the prompt limit, and its dream to what a dream job may
+    name; checked before the request is built, which reads the dream's settings."""
+    dream = fields.get("dream")
+    if isinstance(dream, dict):
+        _check_choices(dream, "dream.")
+        for name in DREAM_FIELDS_REFUSED:
+            if dream.get(name) is not None:
+                raise BadRequest(f"dream.{name}", "the studio's dream videos do not take this; "
+                                                  "use the `reverie video` command")
+    for prompt in fields.get("prompts") or []:
+        if isinstance(prompt, str) and len(prompt) > MAX_PROMPT_CHARS:
+            raise BadRequest("prompts", f"has a prompt {len(prompt)} characters long; the limit is {MAX_PROMPT_CHARS}")
+
+
+def _check_video_length(state: StudioState, request) -> None:
+    """At most `max_video_frames` frames in the written video, in-between frames included."""
+    limit = state.config.max_video_frames
+    if request.output_frames() > limit:
+        extra = f" ({request.frames} frames and {request.interpolate} in-between each)" if request.interpolate else ""
+        raise BadRequest("frames", f"at most {limit} frames per video in the studio; this one has "
+                                   f"{request.output_frames()}{extra}")
 
 
 def check_style_network(name: str) -> None:
@@ -75,6 +103,9 @@ def submit_action(state: StudioState, user: User, image, action: str) -> Job:
     """Queue Midjourney's `action` (`reverie.actions.ACTIONS`) on a gallery picture: its own
     settings, the picture's file as the init image, a new seed; charged like any job. A reroll
     whose input picture is no longer in the user's gallery (an upload, gone with its job) is refused."""
+    if is_video(image.file):
+        raise BadRequest("image_id", f"{action} works on pictures and this is a video; Re-run makes the video "
+                                     "again, and its poster can start a new picture (image:ID as init_image)")
     data = json.loads(image.settings_json)
     settings = dict(data.get("settings", {})) | {"picture_prompt": data.get("prompt")}
     fields = fields_for_action(settings, action, state.gallery.image_path(image), (image.width, image.height))
@@ -93,6 +124,8 @@ def _submit(state: StudioState, user: User, fields: dict) -> Job:
     fields = {k: v for k, v in fields.items() if v is not None}
     check_prompts(fields)
     _check_choices(fields)
+    if fields.get("mode") == "video":
+        _check_video_fields(fields)
     if fields.get("network") is not None:
         check_style_network(fields["network"])
     if fields.get("continue_from") is not None:
@@ -115,6 +148,8 @@ def _submit(state: StudioState, user: User, fields: dict) -> Job:
         raise BadRequest("n_samples", f"at most {limit} pictures per request" + (" (a grid: cells x pictures per cell)" if len(parts) > 1 else ""))
     if sum(part.candidate_count() for part in parts) > limit * CANDIDATES_PER_PICTURE:
         raise BadRequest("rerank", f"at most {limit * CANDIDATES_PER_PICTURE} candidates per request (n_samples x n_iter x rerank)")
+    if request.mode == "video":
+        _check_video_length(state, request)
     if request.mode == "style" and request.steps > MAX_ITERATIONS:
         raise BadRequest("steps", f"at most {MAX_ITERATIONS} steps per style transfer in the studio")
     if getattr(request, "iterations", 0) > MAX_ITERATIONS:
@@ -166,11 +201,18 @@ def job_view(state: StudioState, job: Job) -> dict:
 
 
 def image_view(state: StudioState, image) -> dict:
+    """A gallery item as the native API and the page see it. A video's `url` is the video
+    (`content_type` says which kind) and `poster_url` its first frame; a picture's are both the picture."""
     settings = json.loads(image.settings_json)
+    suffix = Path(image.file).suffix.lower()
+    video = is_video(image.file)
     return {
         "id": image.id,
         "job_id": image.job_id,
-        "url": state.file_url(image.id),
+        "url": state.file_url(image.id, suffix),
+        "poster_url": state.file_url(image.id),
+        "video": video,
+        "content_type": VIDEO_TYPES[suffix] if video else "image/png",
         "prompt": image.prompt,
         "seed": image.seed,
         "width": image.width,

@@ -200,12 +200,24 @@ function card(image) {
   item.className = "card";
   item.dataset.imageId = image.id;
   const img = document.createElement("img");
-  img.src = image.url; img.alt = image.prompt || "a picture"; img.loading = "lazy"; img.tabIndex = 0;
+  // A video's card shows its poster with a play badge, and opens the video.
+  img.src = image.poster_url || image.url; img.alt = image.prompt || (image.video ? "a video" : "a picture");
+  img.loading = "lazy"; img.tabIndex = 0;
   img.addEventListener("click", () => openDetails(image));
   img.addEventListener("keydown", (e) => { if (e.key === "Enter") openDetails(image); });
   const meta = document.createElement("div");
   meta.className = "meta"; meta.textContent = `${image.prompt} · seed ${image.seed}${image.score != null ? ` · score ${image.score.toFixed(2)}` : ""}`;
-  item.append(img, actions(image), actionBar(image), meta);  // actionBar: actions.js (U, V, zoom, pan, reroll)
+  let shown = img;
+  if (image.video) {
+    item.classList.add("video");
+    shown = document.createElement("div"); shown.className = "poster";
+    const badge = document.createElement("span"); badge.className = "play"; badge.setAttribute("aria-hidden", "true"); badge.textContent = "▶";
+    shown.append(img, badge);
+    meta.textContent = `${image.prompt} · ${image.settings.frames} frames · seed ${image.seed}`;
+    item.append(shown, actions(image), meta);  // Midjourney's actions redraw pictures, not videos
+    return item;
+  }
+  item.append(shown, actions(image), actionBar(image), meta);  // actionBar: actions.js (U, V, zoom, pan, reroll)
   return item;
 }
 
@@ -218,12 +230,15 @@ function actions(image) {
     b.addEventListener("click", handler); bar.append(b); return b;
   };
   const settings = image.settings || {};
-  add("Variations", () => submitJob({ mode: "variations", init_image: `image:${image.id}`, prompt: image.prompt, n_samples: 4, ...madeWith(settings) }, "Variations"));
-  add("Inpaint", () => openInpaint(image));
-  add("Style", () => useAsStyleContent(image), "Restyle this picture (Style view)");
-  add("Outpaint", () => openOutpaint(image));
+  if (!image.video) {  // edits redraw a picture; a video is made again (Re-run) or downloaded
+    add("Variations", () => submitJob({ mode: "variations", init_image: `image:${image.id}`, prompt: image.prompt, n_samples: 4, ...madeWith(settings) }, "Variations"));
+    add("Inpaint", () => openInpaint(image));
+    add("Style", () => useAsStyleContent(image), "Restyle this picture (Style view)");
+    add("Outpaint", () => openOutpaint(image));
+  }
   const download = document.createElement("a");
-  download.href = image.url; download.download = `reverie-${image.seed}.png`; download.textContent = "Download"; download.className = "button";
+  const suffix = image.video ? new URL(image.url, location.href).pathname.split(".").pop() : "png";
+  download.href = image.url; download.download = `reverie-${image.seed}.${suffix}`; download.textContent = "Download"; download.className = "button";
   download.addEventListener("click", async (event) => {
     if (linkFresh(download.href)) return;
     event.preventDefault();
@@ -236,7 +251,7 @@ function actions(image) {
     try { await navigator.clipboard.writeText(text); toast("settings copied"); } catch { toast("copy failed: the browser refused clipboard access"); }
   });
   add("Re-run", () => submitJob(null, "Re-running", `/api/v1/images/${image.id}/again`),
-    "Make this picture again with its own settings and seed");
+    `Make this ${image.video ? "video" : "picture"} again with its own settings and seed`);
   return bar;
 }
 
@@ -245,7 +260,9 @@ function showResults(images, where) { $(where).replaceChildren(...images.map(car
 async function openDetails(image) {
   image = await fresh(image);
   const dialog = $("#details");
-  $("#details-image").src = image.url; $("#details-image").alt = image.prompt;
+  $("#details-image").hidden = image.video; $("#details-video").hidden = !image.video;
+  if (image.video) $("#details-video").replaceChildren(videoPlayer(image));  // video.js
+  else { $("#details-image").src = image.url; $("#details-image").alt = image.prompt; }
   const list = $("#details-settings");
   list.replaceChildren();
   const settings = { prompt: image.prompt, seed: image.seed, size: `${image.width}x${image.height}`, ...(image.settings || {}) };
@@ -259,17 +276,18 @@ async function openDetails(image) {
   const del = document.createElement("button");
   del.type = "button"; del.textContent = "Delete"; del.className = "danger";
   del.addEventListener("click", async () => {
-    if (!confirm("Delete this picture for good?")) return;
+    if (!confirm(`Delete this ${image.video ? "video" : "picture"} for good?`)) return;
     await api(`/api/v1/images/${image.id}`, { method: "DELETE" });
     dialog.close();
     document.querySelectorAll(`[data-image-id="${image.id}"]`).forEach((n) => n.remove());
     toast("deleted");
   });
   bar.append(del);
-  $("#details-actions").replaceChildren(...bar.childNodes, actionBar(image));
+  $("#details-actions").replaceChildren(...bar.childNodes, ...(image.video ? [] : [actionBar(image)]));
   dialog.showModal();
 }
 document.querySelectorAll("[data-close]").forEach((b) => b.addEventListener("click", () => b.closest("dialog").close()));
+$("#details").addEventListener("close", () => $("#details-video").replaceChildren());  // a closed video stops
 
 // ---------------------------------------------------------------- gallery
 async function loadGallery() {

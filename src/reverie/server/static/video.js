@@ -1,0 +1,104 @@
+// The Video view: walks between prompts, Deforum-style animations and dream videos (mode
+// "video"). The form is one request; its progress (frames done, the latest frame) is followed like
+// any job (app.js `follow`), and the finished video plays here. Gallery cards of videos show the
+// poster with a play badge (app.js `card`) and open the video (`videoPlayer`).
+// Loaded after app.js: uses its $, api, toast, follow and currentJob.
+"use strict";
+
+const VIDEO_PROMPT_HINTS = {
+  walk: ["one stop per line", "a forest at dawn\na city at night"],
+  animate: ["a timeline: frame: prompt, separated by |", "0: a forest | 48: a city"],
+  dream: ["a timeline: frame: prompt, separated by |", "0: a cozy cabin | 48: a lighthouse"],
+};
+
+// The player for a video item: <video> for MP4, <img> for GIF and WebP (browsers animate them).
+function videoPlayer(image) {
+  if (image.content_type !== "video/mp4") {
+    const img = document.createElement("img");
+    img.src = image.url; img.alt = image.prompt || "a video";
+    return img;
+  }
+  const video = document.createElement("video");
+  Object.assign(video, { controls: true, loop: true, autoplay: true, muted: true, playsInline: true });
+  video.poster = image.poster_url; video.src = image.url;
+  video.setAttribute("aria-label", image.prompt || "a video");
+  return video;
+}
+
+function showMotionFields() {
+  const motion = $("#video-motion").value;
+  document.querySelectorAll("#video-form [data-motion]").forEach((box) => {
+    box.hidden = !box.dataset.motion.split(" ").includes(motion);
+  });
+  const [hint, example] = VIDEO_PROMPT_HINTS[motion];
+  $("#video-prompts-hint").textContent = `(${hint})`;
+  $("#video-prompts").placeholder = example;
+}
+
+// The form as a video request: only the fields of the chosen motion.
+function videoRequest() {
+  const motion = $("#video-motion").value;
+  const text = $("#video-prompts").value.trim();
+  const number = (selector, parse = parseInt) => { const v = $(selector).value; return v === "" ? undefined : parse(v, 10); };
+  const fields = { mode: "video", motion, formats: [$("#video-format").value], frames: number("#video-frames"),
+    fps: number("#video-fps", parseFloat), width: number("#video-width"), height: number("#video-height"),
+    steps: number("#video-steps"), interpolate: number("#video-interpolate") || undefined };
+  // A walk's stops are lines; a timeline stays one text (its own `|` splits it at frame keys).
+  fields.prompts = motion === "walk" ? text.split("\n").map((line) => line.trim()).filter(Boolean) : [text];
+  if (motion === "walk") {
+    const seeds = $("#video-seeds").value.split(/[\s,]+/).filter(Boolean).map((s) => parseInt(s, 10));
+    if (seeds.some(Number.isNaN)) throw new Error("seeds are whole numbers, separated by commas");
+    if (seeds.length) fields.seeds = seeds;
+    if ($("#video-loop").checked) fields.loop = true;
+  } else {
+    for (const name of ["zoom", "angle", "translation_x", "translation_y"]) fields[name] = $(`#video-${name}`).value.trim() || undefined;
+  }
+  if (motion === "animate") {
+    fields.strength = $("#video-strength").value.trim() || undefined;
+    fields.cadence = number("#video-cadence");
+    fields.colour_coherence = $("#video-colour").value;
+  }
+  if (motion === "dream") fields.iterations_per_frame = number("#video-iterations");
+  return fields;
+}
+
+// The finished video, once its job is done.
+function watchVideo(jobId) {
+  const box = $("#video-result");
+  box.hidden = true;
+  const source = new EventSource(`/api/v1/jobs/${jobId}/events`);
+  source.addEventListener("progress", (event) => {
+    const view = JSON.parse(event.data);
+    if (["queued", "running"].includes(view.status)) return;
+    source.close();
+    const videos = view.images.filter((image) => image.video);
+    if (!videos.length) return;
+    box.replaceChildren(videoPlayer(videos[0]));
+    box.hidden = false;
+  });
+  source.onerror = () => source.close();
+}
+
+function initVideo() {
+  $("#video-motion").addEventListener("change", showMotionFields);
+  showMotionFields();
+  $("#video-stop").addEventListener("click", async () => { if (currentJob) await api(`/api/v1/jobs/${currentJob}`, { method: "DELETE" }); });
+  $("#video-prompts").addEventListener("keydown", (event) => {  // Enter adds a stop; Ctrl+Enter makes the video
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) { event.preventDefault(); $("#video-form").requestSubmit(); }
+  });
+  $("#video-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    let fields;
+    try { fields = videoRequest(); } catch (error) { toast(error.message); return; }
+    if (!fields.prompts.length || !fields.prompts[0]) { toast("type what the video should show"); return; }
+    try {
+      const job = await api("/api/v1/jobs", { method: "POST", body: JSON.stringify(fields) });
+      follow(job, "Video", { view: "video", box: "#video-job", bar: "#video-bar", status: "#video-status",
+        preview: "#video-preview", results: "#video-results" });
+      watchVideo(job.id);
+      loadAccount().catch(() => {});
+    } catch (error) { toast(error.message); }
+  });
+}
+
+initVideo();

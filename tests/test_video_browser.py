@@ -1,0 +1,43 @@
+"""The studio page's Video view in a real headless Chromium (the fixtures of test_studio_browser):
+a small walk is made from the form and plays; its gallery card shows the poster and opens the video."""
+
+from __future__ import annotations
+
+from test_studio_browser import browser, last_job, page, server  # noqa: F401  (fixtures)
+
+PLAYING = "v => v.readyState >= 2 && v.duration > 0"
+
+
+def make_walk(page, format_: str) -> None:
+    page.click(".tab[data-view=video]")
+    page.select_option("#video-motion", "walk")
+    page.fill("#video-prompts", "a forest at dawn\na city at night")
+    page.fill("#video-frames", "3")
+    page.select_option("#video-format", format_)
+    page.click("#video-advanced summary")
+    page.fill("#video-steps", "2")
+    page.fill("#video-width", "64")
+    page.fill("#video-height", "64")
+    page.click("#video-go")
+
+
+def test_the_video_view_makes_a_walk_that_plays(page, server):  # noqa: F811
+    make_walk(page, "mp4")
+    page.wait_for_selector("#video-result video", timeout=120_000)
+    page.wait_for_function(f"({PLAYING})(document.querySelector('#video-result video'))", timeout=30_000)
+    request = last_job(server)
+    assert request["mode"] == "video" and request["motion"] == "walk" and request["frames"] == 3
+    assert request["prompts"] == ["a forest at dawn", "a city at night"] and request["formats"] == ["mp4"]
+    # The gallery's card shows the poster with a play badge and opens the video.
+    page.click(".tab[data-view=gallery]")
+    page.wait_for_selector("#gallery .card.video .play")
+    page.click("#gallery .card.video img")
+    page.wait_for_function(f"({PLAYING})(document.querySelector('#details-video video'))", timeout=30_000)
+    assert page.eval_on_selector("#details-actions", "bar => bar.querySelectorAll('[data-action]').length") == 0
+
+
+def test_a_gif_video_is_shown_as_a_picture(page, server):  # noqa: F811
+    make_walk(page, "gif")
+    page.wait_for_function("(() => { const img = document.querySelector('#video-result img');"
+                           " return img && img.complete && img.naturalWidth === 64; })()", timeout=120_000)
+    assert last_job(server)["formats"] == ["gif"]
