@@ -29,7 +29,7 @@ VIDEOS = {
     "walk": dict(motion="walk", prompts=["a red apple", "a green frog", "a yellow star"], seeds=[4, 11, 23]),
     "animate": dict(motion="animate", prompts=["0: a house with a tree | 10: a castle on a hill"], zoom="0:(1.04)",
                     angle="0:(1.5)", strength="0:(0.45)", noise="0:(0.02)"),
-    "animate, cadence 3": dict(motion="animate", prompts=["0: a house with a tree | 10: a castle on a hill"],
+    "animate cadence 3": dict(motion="animate", prompts=["0: a house with a tree | 10: a castle on a hill"],
                                zoom="0:(1.04)", angle="0:(1.5)", strength="0:(0.55)", cadence=3),
     "dream": dict(motion="dream", prompts=["0: a red apple | 10: a green frog"], zoom="0:(1.03)", angle="0:(1)",
                   iterations_per_frame=8, first_iterations=60, dream={"cutouts": 16}),
@@ -73,7 +73,7 @@ def main() -> None:
             if args.sheets:
                 shown = read_frames(result.videos[0])[::2]  # as the video shows them
                 sheet = make_grid(shown, columns=min(len(shown), 8))
-                sheet.save(args.sheets / f"video-{name.replace(', ', '-').replace(' ', '-')}.png")
+                sheet.save(args.sheets / f"video-{name.replace(' ', '-')}.png")
     print(f"{args.frames} frames each, reverie-mini, {args.steps} steps (diffusion), 128 px frames")
     print("| video | frames/s | frame-to-frame mean | largest jump | independent frames: mean | largest jump |")
     print("|---|---|---|---|---|---|")

@@ -176,3 +176,24 @@ def test_cli_video_walk_writes_a_video_and_a_wrong_schedule_exits_2(monkeypatch,
     code, _, err = run_cli(monkeypatch, capsys, "video", "animate", "0: a castle", "--zoom", "0:(1.02), x:(1)",
                            "--model", "tiny-random", "-o", str(tmp_path))
     assert code == 2 and "zoom" in err and "character" in err
+
+
+DREAM = {"motion": "dream", "prompts": ["0: red apple | 2: blue car"], "zoom": "0:(1.1)", "angle": "0:(5)",
+         "first_iterations": 4, "iterations_per_frame": 2, "frames": 4,
+         "dream": {"width": 64, "height": 64, "cutouts": 4, "prior": "none", "upscale": 1}}
+
+
+def test_a_dream_video_moves_and_follows_its_timeline_and_continues_exactly(studio, tmp_path):
+    whole = studio.video(**DREAM, seed=8, keep_frames=True, outdir=tmp_path / "whole")
+    record = json.loads((whole.run_dir / "video.json").read_text())
+    assert [frame["prompt"] for frame in record["frames"]][0].startswith("red apple")
+    assert "blue car" in record["frames"][-1]["prompt"]
+    assert video_info(whole.videos[0]).frames == 4
+    made = []
+    stopped = studio.video(**DREAM, seed=8, keep_frames=True, outdir=tmp_path / "stopped",
+                           progress=lambda e: made.append(e.step) if e.stage == "frame" and e.step else None,
+                           should_stop=lambda: len(made) >= 2)
+    assert stopped.interrupted and stopped.frames == 2
+    continued = studio.video(continue_from=stopped.run_dir)
+    assert continued.frames == 4
+    assert [pixels(f).tolist() for f in frames_of(continued.run_dir)] == [pixels(f).tolist() for f in frames_of(whole.run_dir)]

@@ -26,7 +26,9 @@ SERVER_CHOICES = {
     "scorer": ("mini",),
     "features": ("builtin", "random", "clip"),
 }
-MAX_ITERATIONS = 5000  # a dream's iterations per studio request
+MAX_ITERATIONS = 5000  # a dream's iterations per studio request (a dream video's, all its frames')
+MAX_VIDEO_STEPS = 6000  # a video's denoising steps per studio request (made frames x steps)
+UNKNOWN_STEPS = 25  # steps a request that leaves them out is counted at (the general default; mini's is 20)
 # A dream video's own dream settings (`dream`) that the studio never takes from a client: pictures
 # by path and where the dream runs. The rest are held to SERVER_CHOICES like top-level fields.
 DREAM_FIELDS_REFUSED = ("init_image", "image_prompts", "device", "dtype")
@@ -64,12 +66,23 @@ def _check_video_fields(fields: dict) -> None:
 
 
 def _check_video_length(state: StudioState, request) -> None:
-    """At most `max_video_frames` frames in the written video, in-between frames included."""
+    """At most `max_video_frames` frames in the written video, in-between frames included, and
+    at most a dream's iterations (a dream video) or MAX_VIDEO_STEPS denoising steps in all: one
+    job never holds the queue for hours."""
     limit = state.config.max_video_frames
     if request.output_frames() > limit:
         extra = f" ({request.frames} frames and {request.interpolate} in-between each)" if request.interpolate else ""
         raise BadRequest("frames", f"at most {limit} frames per video in the studio; this one has "
                                    f"{request.output_frames()}{extra}")
+    if request.motion == "dream":
+        iterations = request.first_iterations + (request.frames - 1) * request.iterations_per_frame
+        if iterations > MAX_ITERATIONS:
+            raise BadRequest("iterations_per_frame", f"at most {MAX_ITERATIONS} dream iterations per video in the "
+                                                     f"studio; this one has {iterations} (first_iterations + frames x "
+                                                     "iterations_per_frame)")
+    elif request.made_frames() * (request.steps or UNKNOWN_STEPS) > MAX_VIDEO_STEPS:
+        raise BadRequest("steps", f"at most {MAX_VIDEO_STEPS} denoising steps per video in the studio (frames x "
+                                  f"steps); make fewer frames or fewer steps")
 
 
 def check_style_network(name: str) -> None:
