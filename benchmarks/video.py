@@ -28,7 +28,7 @@ SEED = 4
 VIDEOS = {
     "walk": dict(motion="walk", prompts=["a red apple", "a green frog", "a yellow star"], seeds=[4, 11, 23]),
     "animate": dict(motion="animate", prompts=["0: a house with a tree | 10: a castle on a hill"], zoom="0:(1.04)",
-                    angle="0:(1.5)", strength="0:(0.45)", noise="0:(0.02)"),
+                    angle="0:(1.5)"),
     "animate cadence 3": dict(motion="animate", prompts=["0: a house with a tree | 10: a castle on a hill"],
                                zoom="0:(1.04)", angle="0:(1.5)", strength="0:(0.55)", cadence=3),
     "dream": dict(motion="dream", prompts=["0: a red apple | 10: a green frog"], zoom="0:(1.03)", angle="0:(1)",

@@ -197,3 +197,23 @@ def test_a_dream_video_moves_and_follows_its_timeline_and_continues_exactly(stud
     continued = studio.video(continue_from=stopped.run_dir)
     assert continued.frames == 4
     assert [pixels(f).tolist() for f in frames_of(continued.run_dir)] == [pixels(f).tolist() for f in frames_of(whole.run_dir)]
+
+
+def test_a_gan_walk_goes_from_seed_to_seed_through_the_gans_own_pictures(studio, tmp_path):
+    import torch
+
+    from reverie.models.gan import GANGenerator, save_gan
+
+    torch.manual_seed(0)
+    generator = GANGenerator(16, 16, 16, 2, [16, 16, 8], ["blue", "red"])
+    generator.compute_w_mean()
+    folder = save_gan(generator, tmp_path / "gan")
+    walk = studio.video("walk", None, model=f"gan:{folder}", seeds=[3, 8], frames=5, keep_frames=True, outdir=tmp_path)
+    frames = frames_of(walk.run_dir)
+    alone = studio.run({"mode": "gan", "model": f"gan:{folder}", "seed": 3, "n_samples": 6}).images
+    assert np.array_equal(pixels(frames[0]), pixels(alone[0].image))  # seed 3
+    assert np.array_equal(pixels(frames[-1]), pixels(alone[5].image))  # seed 8
+    with pytest.raises(BadRequest, match="no class 'green'"):
+        studio.video("walk", ["blue", "green"], model=f"gan:{folder}", frames=3, outdir=tmp_path)
+    with pytest.raises(BadRequest, match="motion"):
+        studio.video("animate", "0: blue", model=f"gan:{folder}", frames=3, outdir=tmp_path)

@@ -51,7 +51,7 @@ def _camera(zoom, angle, translation_x, translation_y, border) -> dict:
 
 @video_app.command("walk")
 def walk(
-    prompts: Annotated[list[str], typer.Argument(help="The stops, in order: two or more prompts, or one with --seeds.")],
+    prompts: Annotated[Optional[list[str]], typer.Argument(help="The stops, in order: two or more prompts, or one with --seeds (a GAN's: class names, or none).")] = None,
     seeds: Annotated[Optional[str], typer.Option("--seeds", help="Seed travel: the starting noise of each stop, 1,7,42 (one per prompt, or several for one prompt).")] = None,
     loop: Annotated[bool, typer.Option("--loop", help="Walk back to the first stop (a seamless loop).")] = False,
     frames: Frames = 24, fps: Fps = 12.0, formats: Formats = "mp4", interpolate: Interpolate = 0,
@@ -68,7 +68,7 @@ def walk(
         seed_list = [int(s) for s in seeds.split(",")] if seeds else None
     except ValueError:
         raise BadRequest("seeds", f"{seeds!r}: give whole numbers separated by commas, e.g. 1,7,42") from None
-    fields = {"motion": "walk", "prompts": prompts, "seeds": seed_list, "loop": loop,
+    fields = {"motion": "walk", "prompts": prompts or [], "seeds": seed_list, "loop": loop,
               **_outputs(frames, fps, formats, interpolate, interpolation, keep_frames, seed, device, dtype),
               **_diffusion(model, negative, width, height, steps, cfg_scale, sampler, upscale)}
     run_video(fields, outdir)
@@ -79,7 +79,7 @@ def animate(
     prompts: Prompts,
     zoom: Zoom = "0:(1.0)", angle: Angle = "0:(0)", translation_x: TranslationX = "0:(0)",
     translation_y: TranslationY = "0:(0)", border: Border = "reflect",
-    strength: Annotated[str, typer.Option("--strength", help='How much of each moved frame is painted again: "0:(0.5)"; 0 keeps it.')] = "0:(0.5)",
+    strength: Annotated[str, typer.Option("--strength", help='Denoising strength of each moved frame, "0:(0.35)"; 0 keeps it (Deforum writes 1 minus this: its 0.65 is 0.35 here).')] = "0:(0.35)",
     cfg_schedule: Annotated[Optional[str], typer.Option("--cfg-schedule", help='A CFG scale schedule, "0:(4), 60:(7)" (default: --cfg-scale throughout).')] = None,
     noise: Annotated[str, typer.Option("--noise", help='Noise added to each moved frame (pixel units, 0..1): "0:(0.02)".')] = "0:(0.02)",
     seed_behavior: Annotated[str, typer.Option("--seed-behavior", help="Frame i's seed: iter (seed+i), fixed, or random (drawn from seed and i).")] = "iter",
@@ -148,11 +148,11 @@ def continue_video(
 
 def run_video(fields: dict, outdir: Path | None) -> None:
     """Run a video request with a bar of frames and one of the current frame's steps."""
-    from .studio import Studio
+    from .studio import Studio, make_request
 
-    fields = {key: value for key, value in fields.items() if value is not None} | {"mode": "video"}
+    request = make_request({key: value for key, value in fields.items() if value is not None} | {"mode": "video"})
     with _StopOnCtrlC() as stop, progress_bar(err) as bar:
-        frames = bar.add_task("frames", total=fields.get("frames"))
+        frames = bar.add_task("frames", total=None if request.continue_from else request.frames)
         steps = bar.add_task("loading", total=None)
 
         def on_progress(event):
@@ -167,7 +167,7 @@ def run_video(fields: dict, outdir: Path | None) -> None:
             elif event.message:
                 bar.update(steps, description=event.message)
 
-        result = Studio().run(fields, outdir=outdir or Path("outputs/videos"), progress=on_progress, should_stop=stop)
+        result = Studio().run(request, outdir=outdir or Path("outputs/videos"), progress=on_progress, should_stop=stop)
     for video in result.videos:
         out.print(f"video: {video}", markup=False, highlight=False)
     out.print(f"{result.frames} frames in {result.run_dir}", markup=False, highlight=False)

@@ -46,7 +46,7 @@ class GenerateBody(BaseModel):
     sampler: str | None = None
     seed: int | None = None
     n_samples: int | None = None
-    strength: float | str | None = None  # a video's (animate) is a keyframe schedule, "0:(0.5)"
+    strength: float | str | None = None  # a video's (animate) is a keyframe schedule, "0:(0.35)"
     init_image: str | None = None
     mask_image: str | None = None
     mask_mode: str | None = None

@@ -76,7 +76,7 @@ class VideoRequest(BaseRequest):
     border: Literal["reflect", "replicate", "wrap"] = "reflect"
 
     # animate
-    strength: str = "0:(0.5)"  # how much of each warped frame is painted again (0: kept as it is)
+    strength: str = "0:(0.35)"  # denoising strength of each moved frame (0: kept as it is; Deforum 0.65 = 0.35 here)
     cfg: str | None = None  # a CFG scale schedule; None: cfg_scale (or the model's default) throughout
     noise: str = "0:(0.02)"  # Gaussian noise added to the warped frame, in pixel units (0..1)
     seed_behavior: Literal["iter", "fixed", "random"] = "iter"  # frame i's seed: seed+i, seed, or drawn from (seed, i)
@@ -117,7 +117,7 @@ class VideoRequest(BaseRequest):
     def _consistent(self):
         if self.continue_from is not None:
             return self  # checked against the run folder's own settings when it is continued
-        if not any(prompt.strip() for prompt in self.prompts):
+        if not any(prompt.strip() for prompt in self.prompts) and not self.walks_a_gan():
             raise BadRequest("prompts", "give a prompt (a walk: two or more stops, or one with several seeds)")
         for name in SCHEDULES:
             text = getattr(self, name)
@@ -145,6 +145,12 @@ class VideoRequest(BaseRequest):
             raise BadRequest("init_image", "a walk starts from noise; use motion animate to start from a picture")
 
     # -- what the method reads --------------------------------------------------------------
+    def walks_a_gan(self) -> bool:
+        """A walk through a trained GAN's latents (`model` names a GAN): its prompts are class names."""
+        from ...models.gan import is_gan_reference
+
+        return self.motion == "walk" and is_gan_reference(self.model)
+
     def stop_count(self) -> int:
         """A walk's stops: one per prompt or seed."""
         return max(len(self.prompts), len(self.seeds or []))
@@ -152,7 +158,7 @@ class VideoRequest(BaseRequest):
     def walk_stops(self) -> list[tuple[str, int]]:
         """(prompt, seed) of each stop of a walk: a single prompt or seed held at every stop."""
         count = self.stop_count()
-        prompts = self.prompts if len(self.prompts) > 1 else self.prompts * count
+        prompts = self.prompts if len(self.prompts) > 1 else (self.prompts or [""]) * count
         seeds = self.seeds if self.seeds and len(self.seeds) > 1 else [(self.seeds or [self.seed])[0]] * count
         return list(zip(prompts, seeds))
 

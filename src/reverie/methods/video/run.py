@@ -23,6 +23,7 @@ from PIL import Image
 
 from ... import __version__
 from ...device import check_fits, estimate_peak_bytes, pick_device
+from ...errors import BadRequest
 from ...models.cache import ModelCache
 from ...outputs.files import Outputs
 from ...outputs.metadata import a1111_parameters
@@ -105,6 +106,13 @@ class _Maker:
 def _frame_maker(request: VideoRequest, models: ModelCache, progress: Progress, folder: VideoFolder) -> _Maker:
     if request.motion == "dream":
         return _dream_maker(request, models, progress, folder)
+    if request.walks_a_gan():
+        return _gan_maker(request, models, progress)
+    from ...models.gan import is_gan_reference
+
+    if is_gan_reference(request.model):
+        raise BadRequest("motion", "a GAN draws from its latents and cannot paint a frame from the one before; walk "
+                                   "through its seeds (motion walk) or dream with it (motion dream, dream.generator)")
     first_prompt = request.walk_stops()[0][0] if request.motion == "walk" else parse_timeline(request.prompts)[0][1]
     painter = Painter.load(request, first_prompt, models, progress)
     if request.motion == "walk":
@@ -126,6 +134,21 @@ def _frame_maker(request: VideoRequest, models: ModelCache, progress: Progress, 
     return _Maker(maker.frames, lambda pictures: painter.shown(pictures, models, progress), painter.settings(),
                   maker.unet_steps(), painter.seconds_per_step(), resume_point, vae=components.vae, peak_bytes=peak,
                   shown_size=(width * painter.factor, height * painter.factor))
+
+
+def _gan_maker(request: VideoRequest, models: ModelCache, progress: Progress) -> _Maker:
+    """A walk through a trained GAN's latents, shown `upscale` times larger (default 1)."""
+    from .walk import GANWalk
+
+    device = pick_device(request.device)
+    progress(ProgressEvent("load", message=f"loading {request.model}"))
+    walk = GANWalk(request, models, device)
+    factor = request.upscale or 1
+    width, height = walk.size
+    check_upscale_fits((width, height), factor, device)
+    return _Maker(walk.frames, lambda pictures: upscaled(pictures, factor, models, progress),
+                  {"model": request.model, "working_size": [width, height], "upscale": factor}, None, None,
+                  shown_size=(width * factor, height * factor))
 
 
 def _dream_maker(request: VideoRequest, models: ModelCache, progress: Progress, folder: VideoFolder) -> _Maker:
@@ -176,7 +199,7 @@ def _estimate(request: VideoRequest, maker: _Maker) -> dict:
         estimate |= {"unet_steps": maker.unet_steps, "seconds_per_step": round(maker.seconds_per_step, 4),
                      "seconds": round(seconds, 1)}
         parts.append(f"{maker.unet_steps} UNet steps at {maker.seconds_per_step:.2f} s: about {_duration(seconds)}")
-    else:
+    elif request.motion == "dream":
         iterations = request.first_iterations + (request.frames - 1) * request.iterations_per_frame
         estimate["iterations"] = iterations
         parts.append(f"{iterations} dream iterations")
@@ -244,8 +267,12 @@ def _latent_inbetweens(a: Image.Image, b: Image.Image, weights: list[float], vae
 
 # -- what the files record -----------------------------------------------------------------
 def _title(request: VideoRequest) -> str:
-    prompts = request.prompts[0] if request.prompts else "video"
-    return f"{request.motion}-{prompts.split('|')[0].split(':', 1)[-1] if request.motion != 'walk' else prompts}"
+    """The run folder's name: the motion and the first prompt's words (a timeline's first key left out)."""
+    if request.motion == "walk":
+        first = request.walk_stops()[0][0] or Path(str(request.model)).name
+    else:
+        first = parse_timeline(request.prompts)[0][1].split("|")[0]
+    return f"{request.motion} {first}"
 
 
 def _metadata(request: VideoRequest, folder: VideoFolder) -> dict:

@@ -15,9 +15,15 @@ from __future__ import annotations
 
 from typing import Iterator
 
+import torch
 from PIL import Image
 
+from ...errors import BadRequest
+from ...models.cache import ModelCache
+from ...pixels import to_picture
 from ...progress import Progress
+from ..gan.latents import seed_latent
+from ..gan.run import draw, gan_network
 from .painter import Painter, mix
 from .request import VideoRequest
 
@@ -71,3 +77,42 @@ class Walk:
         if seed not in self._noise:
             self._noise[seed] = self.painter.noise(seed)
         return self._noise[seed]
+
+
+class GANWalk(Walk):
+    """A walk through a trained GAN: its stops' z slerped, their classes blended. A stop's prompt
+    names its class (a conditional GAN); without one, the class follows from the seed as
+    `reverie generate --model gan:...` draws it, so a stop's frame is that command's picture of
+    its seed."""
+
+    def __init__(self, request: VideoRequest, models: ModelCache, device: torch.device):
+        self.request = request
+        self.network = gan_network(models, request.model, device)
+        self.stops = request.walk_stops()
+        self.positions = walk_positions(request.frames, len(self.stops), request.loop)
+        self.classes = [self._class_of(prompt, seed) for prompt, seed in self.stops]
+
+    def _class_of(self, prompt: str, seed: int) -> torch.Tensor | None:
+        classes = self.network.classes
+        if not classes:
+            if prompt.strip():
+                raise BadRequest("prompts", "this GAN has no classes (it was trained unconditional); leave the prompts "
+                                            "out and walk between seeds")
+            return None
+        if prompt.strip() and prompt.strip() not in classes:
+            raise BadRequest("prompts", f"this GAN has no class {prompt.strip()!r}; use one of {', '.join(classes)}")
+        index = classes.index(prompt.strip()) if prompt.strip() else seed % len(classes)
+        return torch.nn.functional.one_hot(torch.tensor(index), len(classes)).float()
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.network.size, self.network.size
+
+    def frame(self, index: int, progress: Progress) -> Image.Image:
+        stop, t = self.positions[index]
+        following = (stop + 1) % len(self.stops)
+        z = mix(seed_latent(self.stops[stop][1], self.network.z_dim), seed_latent(self.stops[following][1],
+                                                                                  self.network.z_dim), t, spherical=True)
+        a, b = self.classes[stop], self.classes[following]
+        labels = None if a is None else mix(a, b, t)[None]
+        return to_picture(draw(self.network, z, labels, 1.0), -1.0, 1.0)
