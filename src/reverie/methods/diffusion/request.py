@@ -223,6 +223,9 @@ class GenerationRequest(BaseRequest):
             size = min(self.n_samples, self.made_count() - start)
             return {"seed": (base + start) % (MAX_SEED + 1), "n_samples": size, "n_iter": 1,
                     "keep_only": offset - start}
+        if self.keep_only is not None and offset == self.keep_only:
+            # Made again from its batch (`--from`): that batch again, keeping it.
+            return {"seed": base, "n_samples": self.n_samples, "n_iter": 1, "rerank": 1, "keep_only": self.keep_only}
         if offset >= self.candidate_count() or self.n_samples == 1:
             return {"seed": seed, "n_samples": 1, "n_iter": 1, "rerank": 1, "keep_only": None}
         start = (base + offset - offset % self.n_samples) % (MAX_SEED + 1)
