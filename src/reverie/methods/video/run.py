@@ -17,6 +17,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterator
 
 import torch
 from PIL import Image
@@ -55,7 +56,7 @@ def run(request: VideoRequest, models: ModelCache, progress: Progress, outputs: 
     started = time.perf_counter()
     maker = _frame_maker(request, models, progress, folder)
     estimate = _estimate(request, maker)
-    folder.save(settings=request.settings(), estimate=estimate, status="running", made_with=maker.settings())
+    folder.save(settings=request.settings(), estimate=estimate, status="running", made_with=maker.settings)
     progress(ProgressEvent("estimate", message=estimate["message"]))
 
     result = VideoResult(request=request, run_dir=folder.path, estimate=estimate)
@@ -88,22 +89,23 @@ def run(request: VideoRequest, models: ModelCache, progress: Progress, outputs: 
 
 
 # -- the frame makers ----------------------------------------------------------------------
-class _Maker:
-    """What the method asks of a walk, an animation or a dream video."""
+@dataclass
+class FrameMaker:
+    """What the method asks of a walk, an animation, a GAN walk or a dream video."""
 
-    def __init__(self, frames, shown, settings: dict, unet_steps: int | None, seconds_per_step: float | None,
-                 resume_point=lambda done: done, after_frame=lambda index: None, vae=None, peak_bytes: int = 0,
-                 shown_size: tuple[int, int] = (0, 0)):
-        self.frames, self.shown, self._settings = frames, shown, settings
-        self.unet_steps, self.seconds_per_step = unet_steps, seconds_per_step
-        self.resume_point, self.after_frame, self.vae = resume_point, after_frame, vae
-        self.peak_bytes, self.shown_size = peak_bytes, shown_size
+    frames: Callable[[int, Progress], Iterator[tuple[int, Image.Image, dict]]]  # (index, frame, record) from a frame on
+    shown: Callable[[list[Image.Image]], list[Image.Image]]  # frames as the video shows them (enlarged)
+    settings: dict  # what the frames are made with, for the record
+    shown_size: tuple[int, int]
+    resume_point: Callable[[int], int] = lambda done: done  # the first frame to make when `done` exist
+    after_frame: Callable[[int], None] = lambda index: None  # after a frame is written (a dream saves)
+    unet_steps: int | None = None  # the denoising steps of every frame, for the time estimate
+    seconds_per_step: float | None = None
+    vae: object = None  # the autoencoder latent in-between frames go through (None: blends)
+    peak_bytes: int = 0  # one frame's peak memory
 
-    def settings(self) -> dict:
-        return self._settings
 
-
-def _frame_maker(request: VideoRequest, models: ModelCache, progress: Progress, folder: VideoFolder) -> _Maker:
+def _frame_maker(request: VideoRequest, models: ModelCache, progress: Progress, folder: VideoFolder) -> FrameMaker:
     if request.motion == "dream":
         return _dream_maker(request, models, progress, folder)
     if request.walks_a_gan():
@@ -131,12 +133,12 @@ def _frame_maker(request: VideoRequest, models: ModelCache, progress: Progress, 
                                vae_scale=components.vae_scale_factor, dtype=painter.dtype,
                                vae_tiling=bool(painter.request.vae_tiling))
     check_upscale_fits((width, height), painter.factor, painter.device)
-    return _Maker(maker.frames, lambda pictures: painter.shown(pictures, models, progress), painter.settings(),
-                  maker.unet_steps(), painter.seconds_per_step(), resume_point, vae=components.vae, peak_bytes=peak,
-                  shown_size=(width * painter.factor, height * painter.factor))
+    return FrameMaker(maker.frames, lambda pictures: painter.shown(pictures, models, progress), painter.settings(),
+                      (width * painter.factor, height * painter.factor), resume_point, unet_steps=maker.unet_steps(),
+                      seconds_per_step=painter.seconds_per_step(), vae=components.vae, peak_bytes=peak)
 
 
-def _gan_maker(request: VideoRequest, models: ModelCache, progress: Progress) -> _Maker:
+def _gan_maker(request: VideoRequest, models: ModelCache, progress: Progress) -> FrameMaker:
     """A walk through a trained GAN's latents, shown `upscale` times larger (default 1)."""
     from .walk import GANWalk
 
@@ -146,12 +148,12 @@ def _gan_maker(request: VideoRequest, models: ModelCache, progress: Progress) ->
     factor = request.upscale or 1
     width, height = walk.size
     check_upscale_fits((width, height), factor, device)
-    return _Maker(walk.frames, lambda pictures: upscaled(pictures, factor, models, progress),
-                  {"model": request.model, "working_size": [width, height], "upscale": factor}, None, None,
-                  shown_size=(width * factor, height * factor))
+    return FrameMaker(walk.frames, lambda pictures: upscaled(pictures, factor, models, progress),
+                      {"model": request.model, "working_size": [width, height], "upscale": factor},
+                      (width * factor, height * factor))
 
 
-def _dream_maker(request: VideoRequest, models: ModelCache, progress: Progress, folder: VideoFolder) -> _Maker:
+def _dream_maker(request: VideoRequest, models: ModelCache, progress: Progress, folder: VideoFolder) -> FrameMaker:
     """A dream video: the Dream's own state (in the run folder's dream/) says which frame is next."""
     from .animate import camera_moves
     from .dreamed import DreamVideo
@@ -177,14 +179,14 @@ def _dream_maker(request: VideoRequest, models: ModelCache, progress: Progress, 
             picture = video.frame(index, progress)
             yield index, picture, {"index": index, "prompt": video.prompt_for(index), "seed": request.seed}
 
-    return _Maker(frames, lambda pictures: upscaled(pictures, factor, models, progress),
-                  {"generator": dream_request.generator, "working_size": list(size), "upscale": factor},
-                  None, None, resume_point=lambda done: video.next_frame, after_frame=lambda index: video.save(),
-                  shown_size=(size[0] * factor, size[1] * factor))
+    return FrameMaker(frames, lambda pictures: upscaled(pictures, factor, models, progress),
+                      {"generator": dream_request.generator, "working_size": list(size), "upscale": factor},
+                      (size[0] * factor, size[1] * factor), resume_point=lambda done: video.next_frame,
+                      after_frame=lambda index: video.save())
 
 
 # -- before the first frame ----------------------------------------------------------------
-def _estimate(request: VideoRequest, maker: _Maker) -> dict:
+def _estimate(request: VideoRequest, maker: FrameMaker) -> dict:
     """Memory checked (refused before any work when it cannot fit) and time estimated."""
     width, height = maker.shown_size
     held = sum(fmt != "mp4" for fmt in request.formats) * request.output_frames() * width * height * 3
@@ -217,7 +219,7 @@ def _duration(seconds: float) -> str:
 
 
 # -- writing the videos --------------------------------------------------------------------
-def _write_videos(request: VideoRequest, folder: VideoFolder, maker: _Maker, models: ModelCache,
+def _write_videos(request: VideoRequest, folder: VideoFolder, maker: FrameMaker, models: ModelCache,
                   progress: Progress) -> list[Path]:
     """Every format asked for, from the frames made so far: enlarged as shown, in-between frames added."""
     paths = [folder.path / f"video.{fmt}" for fmt in request.formats]
@@ -238,7 +240,7 @@ def _write_videos(request: VideoRequest, folder: VideoFolder, maker: _Maker, mod
     return paths
 
 
-def _inbetweens(a: Image.Image, b: Image.Image, request: VideoRequest, maker: _Maker) -> list[Image.Image]:
+def _inbetweens(a: Image.Image, b: Image.Image, request: VideoRequest, maker: FrameMaker) -> list[Image.Image]:
     """`request.interpolate` frames between a and b: cross-faded pixels, or slerped latents decoded."""
     from .motion import blend
 
