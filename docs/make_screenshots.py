@@ -1,4 +1,5 @@
-"""Screenshots of the studio for the README: docs/studio.png (desktop) and docs/studio-phone.png.
+"""Screenshots of the studio for the README: docs/studio.png (desktop), docs/studio-phone.png and
+docs/studio-video.png (the Video view playing a walk).
 
 Starts a studio on a free port with the built-in model, makes four pictures through the page in
 Debian's headless chromium, and captures the page.
@@ -46,6 +47,20 @@ def main() -> None:
                                    "document.querySelector('#job').hidden", timeout=120_000)
             page.screenshot(path=f"docs/{name}.png")
             print(f"wrote docs/{name}.png")
+        page = browser.new_page(viewport={"width": 1200, "height": 1000})
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.click("button.tab[data-view=video]")
+        page.fill("#video-prompts", "a red apple\na green frog")
+        page.fill("#video-frames", "12")
+        page.fill("#video-seeds", "1,7")
+        page.click("#video-go")
+        page.wait_for_function("(() => { const v = document.querySelector('#video-result video'); "
+                               "return v && v.readyState >= 2; })()", timeout=300_000)
+        page.evaluate("new Promise((done) => { const v = document.querySelector('#video-result video'); v.pause(); "
+                      "v.addEventListener('seeked', done, { once: true }); v.currentTime = v.duration / 2; })")
+        page.wait_for_timeout(300)
+        page.screenshot(path="docs/studio-video.png")
+        print("wrote docs/studio-video.png")
         browser.close()
     server.should_exit = True
 
