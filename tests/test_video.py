@@ -217,3 +217,11 @@ def test_a_gan_walk_goes_from_seed_to_seed_through_the_gans_own_pictures(studio,
         studio.video("walk", ["blue", "green"], model=f"gan:{folder}", frames=3, outdir=tmp_path)
     with pytest.raises(BadRequest, match="motion"):
         studio.video("animate", "0: blue", model=f"gan:{folder}", frames=3, outdir=tmp_path)
+
+
+def test_reverie_info_reads_a_videos_settings(monkeypatch, capsys, studio, tmp_path):
+    result = studio.video("walk", ["a castle", "a boat"], seeds=[3, 9], frames=3, fps=6, formats=["mp4", "webp"],
+                          outdir=tmp_path, **TINY)
+    for video in result.videos:
+        code, out, _ = run_cli(monkeypatch, capsys, "info", str(video))
+        assert code == 0 and "3 frames at 6 fps, 64x64" in out and '"a castle"' in out

@@ -315,11 +315,20 @@ def models():
 
 
 @app.command()
-def info(image: Annotated[Path, typer.Argument(help="A PNG made by reverie or A1111.")],
+def info(image: Annotated[Path, typer.Argument(help="A PNG made by reverie or A1111, or a video made by reverie.")],
          as_json: Annotated[bool, typer.Option("--json", help="Print only the reverie JSON.")] = False):
-    """Print the settings a picture carries."""
+    """Print the settings a picture (or a video) carries."""
     from .outputs.metadata import read_png_info
+    from .outputs.video import VIDEO_SUFFIXES, video_info
 
+    if image.suffix.lower() in VIDEO_SUFFIXES and image.is_file():
+        video = video_info(image)
+        if not video.metadata:
+            raise ReverieErrorExit(f"{image} carries no generation settings")
+        if not as_json:
+            out.print(f"{video.frames} frames at {video.fps:g} fps, {video.width}x{video.height}", markup=False)
+        out.print_json(json.dumps(video.metadata))
+        return
     data = read_png_info(image)
     if not data["parameters"] and not data["reverie"]:
         raise ReverieErrorExit(f"{image} carries no generation settings")
