@@ -27,6 +27,7 @@ import pytest
 from PIL import Image
 
 import reverie
+from reverie.outputs.video import video_info
 from reverie.server.app import create_app
 from reverie.server.config import ServerConfig
 
@@ -459,3 +460,23 @@ def test_a_gallery_from_before_picture_places_keeps_every_picture(tmp_path):
     images = gallery.job_images(job)
     assert [image.id for image in images] == ["i0", "i3", "i1", "i4", "i2"]
     assert [image.index for image in images] == [0, 1, 2, 3, 4] and gallery.made("j") == 5
+
+
+def test_a_video_job_stopped_with_the_server_goes_on_from_its_frames(tmp_path):
+    data = tmp_path / "studio"
+    server = ServeProcess(data)
+    job = server.post("/api/v1/jobs", {"mode": "video", "motion": "walk", "prompts": ["a castle", "a boat"],
+                                       "seeds": [1, 2], "frames": 80, "steps": 2, "width": 64, "height": 64,
+                                       "upscale": 1})["id"]
+    wait_for(lambda: job_status(server, job)["progress"]["step"] >= 3, "three frames made")
+    server.terminate()
+    record = json.loads((data / "work" / job / "video.json").read_text())
+    assert 3 <= record["frames_done"] < 80 and record["status"] == "stopped"
+
+    server = ServeProcess(data)
+    assert finished(server, job)["status"] == "done"
+    [image] = job_status(server, job)["images"]
+    [video] = (data / "images").glob(f"*/{job}-0.mp4")
+    assert image["video"] and video_info(video).frames == 80
+    server.terminate()
+    assert not (data / "work" / job).exists()

@@ -225,3 +225,25 @@ def test_reverie_info_reads_a_videos_settings(monkeypatch, capsys, studio, tmp_p
     for video in result.videos:
         code, out, _ = run_cli(monkeypatch, capsys, "info", str(video))
         assert code == 0 and "3 frames at 6 fps, 64x64" in out and '"a castle"' in out
+
+
+def test_a_video_run_again_in_its_own_folder_goes_on_from_its_frames(studio, tmp_path):
+    """What the studio's job runner relies on: a job stopped with the server runs again in the same
+    folder and makes only the frames it does not have."""
+    fields = {"mode": "video", "motion": "animate", "prompts": ["0: a forest"], "zoom": "0:(1.05)", "frames": 5,
+              "seed": 6, "keep_frames": True, **TINY}
+    whole = studio.run(fields, run_folder=tmp_path / "whole")
+    made = []
+    studio.run(fields, run_folder=tmp_path / "job", progress=lambda e: made.append(e.step) if e.stage == "frame" else None,
+               should_stop=lambda: len(made) >= 3)
+    steps = []
+    again = studio.run(fields, run_folder=tmp_path / "job", progress=lambda e: steps.append(e.step) if e.stage == "frame" else None)
+    assert steps[0] == 2 and again.frames == 5  # it began at frame 2 (0-based): 0 and 1 were there
+    assert [pixels(f).tolist() for f in frames_of(again.run_dir)] == [pixels(f).tolist() for f in frames_of(whole.run_dir)]
+    events = []
+    once_more = studio.run(fields | {"keep_frames": False}, run_folder=tmp_path / "done", progress=events.append)
+    again = studio.run(fields | {"keep_frames": False}, run_folder=tmp_path / "done", progress=events.append)
+    assert not (once_more.run_dir / "frames").exists() and again.videos == once_more.videos  # finished: reported
+    assert [event.stage for event in events].count("frame") == 6 and [e.stage for e in events][-1] == "image"
+    other = studio.run(fields | {"seed": 7}, run_folder=tmp_path / "job")  # another video: made anew there
+    assert json.loads((other.run_dir / "video.json").read_text())["settings"]["seed"] == 7

@@ -8,6 +8,7 @@ packet (as `reverie:settings`). The file appears whole or not at all (`files.par
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -225,17 +226,19 @@ def video_info(path: str | Path) -> VideoInfo:
     return VideoInfo(frames, fps, width, height, _settings(comment))
 
 
-def read_frames(path: str | Path) -> list[Image.Image]:
-    """Every frame of a video, as RGB pictures (for tests and contact sheets: all in memory)."""
+def read_frames(path: str | Path, limit: int | None = None) -> list[Image.Image]:
+    """The frames of a video (the first `limit`, or all), as RGB pictures, in memory."""
     path = _existing_video(path)
     if path.suffix.lower() == ".mp4":
         import imageio_ffmpeg
 
         reader = imageio_ffmpeg.read_frames(str(path))
         width, height = next(reader)["size"]
-        return [Image.frombytes("RGB", (width, height), frame) for frame in reader]
+        frames = [Image.frombytes("RGB", (width, height), frame) for frame in itertools.islice(reader, limit)]
+        reader.close()
+        return frames
     with Image.open(path) as video:
-        return [frame.convert("RGB") for frame in ImageSequence.Iterator(video)]
+        return [frame.convert("RGB") for frame in itertools.islice(ImageSequence.Iterator(video), limit)]
 
 
 def _existing_video(path: str | Path) -> Path:

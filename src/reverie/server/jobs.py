@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import ReverieError
-from ..gallery.store import FINAL, Gallery
+from ..gallery.store import FINAL, Gallery, NotFound
 from ..progress import ProgressEvent
 
 log = logging.getLogger("reverie.server")
@@ -127,9 +127,21 @@ class JobRunner:
         requeued = self.gallery.recover()
         if requeued:
             log.info("re-queued %d job(s) that were running when the server stopped", len(requeued))
-        shutil.rmtree(self.gallery.folder / "work", ignore_errors=True)  # left by a crash; nothing runs yet
+        self._sweep_work()
         self._thread = threading.Thread(target=self._loop, name="reverie-jobs", daemon=True)
         self._thread.start()
+
+    def _sweep_work(self) -> None:
+        """Remove the work folders of jobs that will not run again (nothing runs yet); a queued
+        job's stays: a video goes on from the frames in it."""
+        work = self.gallery.folder / "work"
+        for folder in work.iterdir() if work.is_dir() else []:
+            try:
+                queued = self.gallery.job(folder.name).status == "queued"
+            except NotFound:
+                queued = False
+            if not queued:
+                shutil.rmtree(folder, ignore_errors=True)
 
     def halt(self) -> None:
         """Begin stopping, without waiting: the running job stops at its next step and goes back
@@ -306,6 +318,9 @@ class JobRunner:
                            "message": event.message}
             elif event.stage == "rerank":
                 changes = {"stage": "choosing", "images_done": event.step, "message": event.message}
+            elif event.stage == "image" and event.payload.metadata.get("video") and self._halt.is_set() \
+                    and job.id not in self._stop_job:
+                pass  # a video cut short by the server stopping: the job resumes and makes it whole
             elif event.stage == "image":
                 image = event.payload
                 self.gallery.add_image(job, image.index, image.path, picture_prompt(image.metadata, fields), image.seed,
@@ -323,5 +338,6 @@ class JobRunner:
             result = self.studio.run(fields, outdir=workdir, grid=False, run_folder=workdir, progress=on_progress,
                                      should_stop=should_stop, previews=True)
         finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+            if not (self._halt.is_set() and job.id not in self._stop_job):
+                shutil.rmtree(workdir, ignore_errors=True)  # a job stopped with the server keeps it for its next run
         return result.interrupted

@@ -32,6 +32,9 @@ class VideoFolder:
 
     @classmethod
     def create(cls, path: Path, request: VideoRequest) -> "VideoFolder":
+        """A new video in `path`; what another video left there (its frames, its dream) is removed."""
+        for leftover in (FRAMES, DREAM):
+            shutil.rmtree(path / leftover, ignore_errors=True)
         folder = cls(path, {"format": 1, "reverie_version": __version__, "settings": request.settings(),
                             "frames_done": 0, "status": "running", "frames": []})
         folder.save()
@@ -48,6 +51,17 @@ class VideoFolder:
         except (ValueError, KeyError, TypeError) as exc:
             raise BadCheckpoint(f"{path / RECORD} is damaged ({exc}); its frames are kept in {path / FRAMES}") from None
         return cls(path, record)
+
+    @classmethod
+    def holding(cls, path: Path | None, request: VideoRequest) -> "VideoFolder | None":
+        """The video folder at `path` when it holds `request`'s video (the same settings), else None."""
+        if path is None or not (path / RECORD).is_file():
+            return None
+        try:
+            folder = cls.open(path)
+        except (ModelNotFound, BadCheckpoint):
+            return None
+        return folder if folder.record["settings"] == request.settings() else None
 
     def continued(self, request: VideoRequest) -> VideoRequest:
         """The folder's own request, with what a continuation may change: more frames (an
@@ -92,6 +106,12 @@ class VideoFolder:
         self.record |= {"frames": frames, "frames_done": index + 1}
         self.save()
         return path
+
+    def finished_videos(self) -> list[Path]:
+        """The videos of a video finished in this folder (all its frames made and written), else []."""
+        videos = [self.path / name for name in self.record.get("videos", [])]
+        done = self.record["status"] == "done" and self.frames_done == self.record["settings"]["frames"]
+        return videos if done and videos and all(video.is_file() for video in videos) else []
 
     def save(self, **changes) -> None:
         self.record |= changes

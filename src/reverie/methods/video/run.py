@@ -28,7 +28,7 @@ from ...errors import BadRequest
 from ...models.cache import ModelCache
 from ...outputs.files import Outputs
 from ...outputs.metadata import a1111_parameters
-from ...outputs.video import VideoWriter
+from ...outputs.video import VideoWriter, read_frames
 from ...progress import Interrupted, Progress, ProgressEvent
 from ...result import GeneratedImage, Result
 from ..upscale.pictures import check_upscale_fits, upscaled
@@ -52,7 +52,13 @@ def run(request: VideoRequest, models: ModelCache, progress: Progress, outputs: 
         request = folder.continued(request)
     else:
         request = request.with_seed()
-        folder = VideoFolder.create(outputs.run_folder_for(_title(request)), request)
+        # A folder given exactly (the studio's job folder) that holds this very video goes on from
+        # its frames: a job stopped with the server resumes where it was.
+        folder = VideoFolder.holding(outputs.run_folder, request) or \
+            VideoFolder.create(outputs.run_folder_for(_title(request)), request)
+        finished = folder.finished_videos()
+        if finished:
+            return _finished(request, folder, finished, progress)  # a job that ran again: its video was made
     started = time.perf_counter()
     maker = _frame_maker(request, models, progress, folder)
     estimate = _estimate(request, maker)
@@ -86,6 +92,14 @@ def run(request: VideoRequest, models: ModelCache, progress: Progress, outputs: 
         folder.drop_frames()
     result.timings["generate_s"] = time.perf_counter() - started
     return result
+
+
+def _finished(request: VideoRequest, folder: VideoFolder, videos: list[Path], progress: Progress) -> VideoResult:
+    """The videos a run in this folder finished before (its frames may be gone), reported again."""
+    [poster] = read_frames(videos[0], limit=1)
+    image = GeneratedImage(poster, request.seed, 0, _metadata(request, folder), _parameters(request, {}), path=videos[0])
+    progress(ProgressEvent("image", 1, 1, payload=image))
+    return VideoResult(request=request, images=[image], run_dir=folder.path, videos=videos, frames=folder.frames_done)
 
 
 # -- the frame makers ----------------------------------------------------------------------
