@@ -176,6 +176,22 @@ function follow(job, label, target = { box: "#job", bar: "#bar", status: "#job-s
   source.onerror = () => { source.close(); };
 }
 
+// When a job ends, `render` the images of it that `pick` keeps and show `box` (kept hidden when none).
+function showWhenDone(jobId, box, pick, render) {
+  box.hidden = true;
+  const source = new EventSource(`/api/v1/jobs/${jobId}/events`);
+  source.addEventListener("progress", (event) => {
+    const view = JSON.parse(event.data);
+    if (["queued", "running"].includes(view.status)) return;
+    source.close();
+    const chosen = view.images.filter(pick);
+    if (!chosen.length) return;
+    render(chosen);
+    box.hidden = false;
+  });
+  source.onerror = () => source.close();
+}
+
 $("#cancel").addEventListener("click", async () => { if (currentJob) await api(`/api/v1/jobs/${currentJob}`, { method: "DELETE" }); });
 $("#style-stop").addEventListener("click", async () => { if (currentJob) await api(`/api/v1/jobs/${currentJob}`, { method: "DELETE" }); });
 $("#dream-stop").addEventListener("click", async () => { if (currentJob) await api(`/api/v1/jobs/${currentJob}`, { method: "DELETE" }); });

@@ -32,19 +32,8 @@ function gridRequest() {
 
 // The labelled grid, once the job is done: the picture whose settings are the grid's own.
 function watchGrid(jobId) {
-  const box = $("#grid-result");
-  box.hidden = true;
-  const source = new EventSource(`/api/v1/jobs/${jobId}/events`);
-  source.addEventListener("progress", (event) => {
-    const view = JSON.parse(event.data);
-    if (["queued", "running"].includes(view.status)) return;
-    source.close();
-    const sheets = view.images.filter((image) => image.settings && image.settings.mode === "grid");
-    if (!sheets.length) return;
-    $("#grid-sheets").replaceChildren(...sheets.map(card));
-    box.hidden = false;
-  });
-  source.onerror = () => source.close();
+  showWhenDone(jobId, $("#grid-result"), (image) => image.settings && image.settings.mode === "grid",
+    (sheets) => $("#grid-sheets").replaceChildren(...sheets.map(card)));
 }
 
 function initGrid() {

@@ -64,19 +64,8 @@ function videoRequest() {
 
 // The finished video, once its job is done.
 function watchVideo(jobId) {
-  const box = $("#video-result");
-  box.hidden = true;
-  const source = new EventSource(`/api/v1/jobs/${jobId}/events`);
-  source.addEventListener("progress", (event) => {
-    const view = JSON.parse(event.data);
-    if (["queued", "running"].includes(view.status)) return;
-    source.close();
-    const videos = view.images.filter((image) => image.video);
-    if (!videos.length) return;
-    box.replaceChildren(videoPlayer(videos[0]));
-    box.hidden = false;
-  });
-  source.onerror = () => source.close();
+  showWhenDone(jobId, $("#video-result"), (image) => image.video,
+    (videos) => $("#video-result").replaceChildren(videoPlayer(videos[0])));
 }
 
 function initVideo() {
