@@ -136,7 +136,8 @@ class Painter:
     @torch.no_grad()
     def seconds_per_step(self) -> float:
         """One guided UNet step at the working size, timed: what a frame's time is estimated from."""
-        channels, height, width = latent_shape(self.components, *self.size)
+        _, height, width = latent_shape(self.components, *self.size)
+        channels = self.components.unet.config.in_channels  # 9 for an inpainting model
         cond, uncond = self.encode("")
         latents = torch.zeros(2, channels, height, width, device=self.device, dtype=self.dtype)
         states = torch.cat([uncond, cond])
