@@ -307,9 +307,11 @@ def wildcards():
 def models():
     """List the models reverie can load here."""
     from .models.registry import list_models, models_dir
+    from .models.embeddings import list_embedding_entries
+    from .models.lora import list_lora_entries
     from .models.style_network import list_style_networks
 
-    for entry in [*list_models(), *list_style_networks()]:
+    for entry in [*list_models(), *list_style_networks(), *list_lora_entries(), *list_embedding_entries()]:
         out.print(f"{entry.name:<28} {entry.kind:<12} {entry.location}  {entry.note}")
     out.print(f"(models folder: {models_dir()}; set REVERIE_MODELS to change it)")
 

@@ -214,7 +214,8 @@ def _describe_unknown(state: dict[str, torch.Tensor]) -> str:
     if any_key(lambda k: k.startswith("conditioner.embedders.")):
         return "an SDXL-style checkpoint (conditioner.embedders.*), which is not SD 1.x/2.x"
     if any_key(lambda k: k.startswith(("lora_unet_", "lora_te")) or ".lora_down." in k or ".lora_A." in k):
-        return "a LoRA (lora_* keys), not a full model"
+        return ("a LoRA (lora_* keys), not a full model; put it in models/Lora/ and use it in the prompt "
+                "as <lora:NAME:1> (NAME: its file name without .safetensors)")
     if any_key(lambda k: "double_blocks." in k or "joint_blocks." in k):
         return "a transformer (Flux/SD3-style) checkpoint, not a Stable Diffusion 1.x/2.x UNet"
     if any_key(lambda k: k.startswith("down_blocks.")):

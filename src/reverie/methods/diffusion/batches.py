@@ -18,6 +18,7 @@ from PIL import Image
 from ...models.cache import ModelCache
 from ...errors import BadRequest
 from ...models.components import ModelComponents
+from ...models.lora import apply_loras
 from ...pixels import to_pictures
 from ...progress import Interrupted, Progress, ProgressEvent
 from ...prompts.conditioning import encode_prompt_batch
@@ -27,6 +28,7 @@ from ...request import MAX_SEED, MAX_SIDE
 from ...samplers import build_scheduler
 from ..gan.latents import slerp
 from ..upscale.pictures import upscaled
+from .networks import batch_prompts
 from .images import (aspect_size, composite, feathered_alpha, load_image, load_mask, outpaint_canvas, pad_to_multiple,
                      round_to_8, to_rgb, working_factor)
 from .pipelines import circular_padding, memory_settings, pipeline_for
@@ -194,12 +196,13 @@ def run_batches(
                 # Nothing to denoise: the honest answer is the picture itself, untouched.
                 images = [prepared.image.copy() for _ in batch_seeds]
             else:
-                prompts = [plan(seed) for seed in batch_seeds]
-                cond, uncond = encode_prompt_batch([(p.prompt, p.negative_prompt) for p in prompts],
-                                                   components.tokenizer, components.text_encoder, device=device,
-                                                   cache=encoded)
-                cond, uncond = cond.to(device, dtype), uncond.to(device, dtype)
-                images = denoise_batch(request, components, prepared, batch_seeds, cond, uncond, device, dtype, batch, progress)
+                # LoRA tags out, embedding names in as their tokens; the LoRAs on only for this batch.
+                pairs, uses = batch_prompts(components, [plan(seed) for seed in batch_seeds])
+                with apply_loras(components, uses):
+                    cond, uncond = encode_prompt_batch(pairs, components.tokenizer, components.text_encoder,
+                                                       device=device, cache=encoded.setdefault(tuple(uses), {}))
+                    cond, uncond = cond.to(device, dtype), uncond.to(device, dtype)
+                    images = denoise_batch(request, components, prepared, batch_seeds, cond, uncond, device, dtype, batch, progress)
             yield list(zip(images, batch_seeds))
 
 

@@ -31,6 +31,7 @@ from ...prompts.picture import PicturePrompt, PromptPlan, prompt_plan
 from ...result import GeneratedImage, Result
 from ...samplers import get_sampler
 from ..rerank import best_candidates, scorer_from
+from .networks import network_fields
 from .batches import PreparedInput, finish, prepare_input, run_batches
 from .request import IMAGE_MODES, GenerationRequest
 
@@ -108,10 +109,12 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
 
 def _write(picture, seed: int, score, index: int, request: GenerationRequest, settings: dict, scorer,
            outputs: Outputs, prompt: PicturePrompt) -> GeneratedImage:
+    networks, network_metadata = network_fields(prompt)
     metadata = reverie_metadata(settings, seed, index) | {"image_size": list(picture.size), "prompt": prompt.metadata()}
+    metadata |= network_metadata
     if score is not None:
         metadata |= {"clip_score": round(score, 4), "scorer": scorer.name}
-    fields = _parameter_fields(settings, seed, picture.size, request) | _template_fields(prompt)
+    fields = _parameter_fields(settings, seed, picture.size, request) | networks | _template_fields(prompt)
     parameters = a1111_parameters(prompt.prompt, prompt.negative_prompt, fields)
     image = GeneratedImage(picture, seed, index, metadata, parameters, score=score)
     image.path = outputs.picture(picture, seed, prompt.variant or prompt.prompt, parameters, metadata)
