@@ -338,3 +338,17 @@ def test_memory_estimate_counts_sdxl_and_its_float32_vae():
     sdxl = estimate_peak_bytes(**common, unet_scale=2.0, vae_dtype=torch.float32)
     assert sdxl > sd
     assert estimate_peak_bytes(**common, vae_dtype=torch.float32) - sd == 1024 * 1024 * 128 * 6 * 2
+
+
+def test_a_vae_upcast_for_one_decode_is_put_back_even_when_it_fails():
+    """diffusers moves SDXL's VAE to float32 for each decode (it overflows in float16); the cached
+    VAE must come back in its own dtype, also when the decode fails midway."""
+    from reverie.methods.diffusion.pipelines import vae_dtype_kept
+
+    components = tiny_sdxl()
+    components.vae.to(torch.bfloat16)
+    with pytest.raises(RuntimeError):
+        with vae_dtype_kept(components):
+            components.vae.to(torch.float32)  # as diffusers' upcast does
+            raise RuntimeError("stopped mid-decode")
+    assert components.vae.dtype == torch.bfloat16
