@@ -143,7 +143,7 @@ def _load_from_hub(repo_id: str, dtype: torch.dtype) -> ModelComponents:
 
 
 def _cast(components: ModelComponents, dtype: torch.dtype) -> ModelComponents:
-    for module in (components.unet, components.vae, components.text_encoder):
+    for module in components.modules:
         if module.dtype != dtype:
             module.to(dtype=dtype)
     return components

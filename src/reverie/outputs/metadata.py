@@ -115,6 +115,10 @@ def parse_a1111_parameters(text: str) -> dict:
         fields["tile"] = True
     if "Model" in pairs and pairs["Model"]:
         fields["model"] = pairs["Model"]
+    if pairs.get("Refiner"):
+        fields["refiner"] = re.sub(r"\s*\[[0-9a-fA-F]+\]$", "", pairs["Refiner"])  # A1111 adds " [hash]"
+        if "Refiner switch at" in pairs:
+            fields["refiner_switch"] = float(pairs["Refiner switch at"])
     return fields
 
 

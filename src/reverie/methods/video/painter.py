@@ -61,6 +61,11 @@ class Painter:
         dtype = pick_dtype(request.dtype, device)
         progress(ProgressEvent("load", message=f"loading {request.model}"))
         components = diffusion_model(models, request.model, device, dtype)
+        if components.is_sdxl:
+            from ...errors import BadRequest
+
+            raise BadRequest("model", f"{request.model} is an SDXL model; videos are made with SD 1.x/2.x models "
+                                      "and reverie-mini for now: pick one of those")
         request = request.with_defaults(components.sampling)
         prepared = prepare_input(request, components)
         request = fit_memory(request, components, prepared, device, dtype)
