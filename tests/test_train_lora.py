@@ -160,3 +160,13 @@ def test_a_mini_lora_has_no_text_encoder_part(concept, tmp_path):
         LoraSettings(trigger="sks", prior_preservation=True).check()
     with pytest.raises(BadRequest, match="trigger"):
         LoraSettings(trigger=" ").check()
+
+
+def test_the_cli_refuses_a_small_folder_by_name_and_count(concept, tmp_path, monkeypatch, capsys):
+    from conftest import run_cli
+
+    for picture in list(concept.glob("*.png"))[:3]:
+        picture.unlink()
+    code, _, err = run_cli(monkeypatch, capsys, "train", "lora", str(concept), "--model", "tiny-random",
+                           "--out", str(tmp_path / "run"), "--device", "cpu")
+    assert code != 0 and str(concept) in " ".join(err.split()) and "7 picture(s)" in err
