@@ -153,8 +153,11 @@ def test_an_embedding_trains_only_its_rows_and_loads_back(concept, tmp_path, fmt
         assert data["name"] == "my-thing" and data["step"] == 3 and "sd_checkpoint_name" in data
 
 
-def test_a_mini_lora_has_no_text_encoder_part(concept, tmp_path):
-    from reverie.training.lora import LoraSettings
+def test_settings_a_user_gets_wrong_say_what_to_change(concept, tmp_path):
+    from reverie.training.lora import LoraSettings, train_lora
+
+    with pytest.raises(BadRequest, match="not CLIP: its LoRAs are UNet-only"):  # reverie-mini's text encoder is MiniLM
+        train_lora(concept, "mini", tmp_path / "mini", config(1), LoraSettings(trigger="sks", text_encoder=True), quiet=True)
 
     with pytest.raises(BadRequest, match="class_prompt"):
         LoraSettings(trigger="sks", prior_preservation=True).check()

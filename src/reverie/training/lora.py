@@ -97,15 +97,20 @@ def add_adapters(components, settings: LoraSettings, seed: int) -> dict[str, tor
         torch.manual_seed(seed)  # the adapters' starting weights; a resumed run loads its own over them
         components.unet.add_adapter(LoraConfig(target_modules=UNET_TARGETS, **config))
         if settings.text_encoder:
+            check_text_encoders(components)
             for name, encoder in text_encoders(components).items():
-                if not is_clip(encoder):
-                    raise BadRequest("text_encoder", f"{components.name}'s text encoder is "
-                                                     f"{encoder.config.model_type}, not CLIP: its LoRAs are UNet-only "
-                                                     f"(leave out --text-encoder)")
                 # PEFT's own injection: transformers' add_adapter asks for a newer PEFT than the pinned one.
                 inject_adapter_in_model(LoraConfig(target_modules=CLIP_TARGETS, **config), encoder)
                 adapted[name] = encoder
     return adapted
+
+
+def check_text_encoders(components) -> None:
+    """Text-encoder LoRAs are CLIP's (kohya's lora_te_ keys); reverie-mini's MiniLM has none."""
+    for encoder in text_encoders(components).values():
+        if not is_clip(encoder):
+            raise BadRequest("text_encoder", f"{components.name}'s text encoder is {encoder.config.model_type}, not "
+                                             f"CLIP: its LoRAs are UNet-only (leave out --text-encoder)")
 
 
 def class_pictures(components, out: Path, prompt: str, count: int, size: int, device: torch.device) -> Concept:
@@ -141,6 +146,8 @@ def train_lora(folder: str | Path, model: str, out: str | Path, config: TrainCon
     out = Path(out)
     started = time.time()
     components = load_base(model)
+    if settings.text_encoder:
+        check_text_encoders(components)
     resolution = settings.resolution or components.native_size
     concept = read_concept(folder, settings.trigger, resolution, components.size_multiple, settings.buckets,
                            settings.class_prompt)
