@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 
 train_app = typer.Typer(help="Train reverie's built-in models (resumable; CPU or GPU).", no_args_is_help=True)
-out = Console(soft_wrap=True)
+out = Console(soft_wrap=True, emoji=False)
 
 Data = Annotated[Path, typer.Option("--data", help="A folder of pictures (png, jpg, webp; subfolders too) with same-name .txt captions, or a dataset `reverie data build` made (its train/ split).")]
 Pictures = Annotated[Path, typer.Option("--data", help="A folder of pictures (png, jpg, webp; subfolders too; no captions needed), or a dataset `reverie data build` made (train/ to learn, test/ for samples).")]
@@ -334,7 +334,8 @@ def lora_cmd(folder: Folder, model: BaseModel = "mini",
                             class_images=class_images, prior_weight=prior_weight, name=name or "", half=not fp32_export)
     trained = train_lora(folder, model, run, config, settings)
     stem = trained.file.stem
-    out.print(f"LoRA saved to {trained.file}; copy it into models/Lora/ and write <lora:{stem}:1> {trigger} in a prompt")
+    out.print(f"LoRA saved to {trained.file}; copy it into models/Lora/ and write <lora:{stem}:1> {trigger} in a prompt",
+              markup=False, highlight=False)
 
 
 @train_app.command("embedding")
@@ -360,4 +361,5 @@ def embedding_cmd(folder: Folder, model: BaseModel = "mini",
     settings = EmbeddingSettings(token=token, init_word=init_word, vectors=vectors, resolution=resolution, buckets=buckets,
                                  name=name or "", fmt=fmt)
     trained = train_embedding(folder, model, run, config, settings)
-    out.print(f"embedding saved to {trained.file}; copy it into models/embeddings/ and write {trained.file.stem} in a prompt")
+    out.print(f"embedding saved to {trained.file}; copy it into models/embeddings/ and write {trained.file.stem} in a prompt",
+              markup=False, highlight=False)
