@@ -241,17 +241,23 @@ def _load(components: ModelComponents, info: LoraInfo) -> None:
     name = adapter_name(info)
     if name in _adapters(components.unet) or any(name in _adapters(te) for _, te in _text_encoders(components)):
         return
+    from diffusers.utils import logging as diffusers_logging
+
     pipe = _loader(components)
+    verbosity = diffusers_logging.get_verbosity()
     try:
         with warnings.catch_warnings():
-            # PEFT warns whenever a second adapter joins a model: that is the point here.
+            # PEFT warns whenever a second adapter joins a model: that is the point here. diffusers
+            # warns that a UNet-only LoRA has nothing for the text encoder: that is what it is.
             warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+            diffusers_logging.set_verbosity_error()
             pipe.load_lora_weights(read_lora(info.path), adapter_name=name)
     except (ValueError, RuntimeError, KeyError) as exc:
         _delete(components, name)  # a half-injected adapter must not stay on the cached model
         raise BadCheckpoint(f"{info.path.name} ({info.format} LoRA for {info.base}) could not be applied to "
                             f"{components.name}: {str(exc).splitlines()[0][:300]}") from None
     finally:
+        diffusers_logging.set_verbosity(verbosity)
         _disable(components)
 
 
