@@ -116,7 +116,9 @@ def test_the_studio_lists_loras_and_embeddings_and_takes_only_their_names(tmp_pa
         assert len(client.get("/api/v1/jobs").json()) == before  # nothing was queued
 
 
-def test_a_lora_trained_on_my_pictures_is_mine_alone(tmp_path, models):
+def test_a_lora_trained_on_my_pictures_is_mine_alone(tmp_path, models, monkeypatch):
+    from reverie.server import submit
+
     with make_client(tmp_path, multi_user=True, first_month_credits=20, monthly_credits=0) as client:
         gallery = client.app.state.studio.gallery
         ann, bob = gallery.add_user("ann", "pw"), gallery.add_user("bob", "pw")
@@ -128,7 +130,7 @@ def test_a_lora_trained_on_my_pictures_is_mine_alone(tmp_path, models):
         assert "at least 10" in refused(client.post("/api/v1/jobs", json=train | {"pictures": pictures_b64(9)},
                                                     headers=as_ann), "pictures")
         refused(client.post("/api/v1/jobs", json=train | {"steps": 5000}, headers=as_ann), "steps")
-        refused(client.post("/api/v1/jobs", json=train | {"sample_every": 1}, headers=as_ann), "sample_every")
+        refused(client.post("/api/v1/jobs", json=train | {"steps": 40}, headers=as_ann), "sample_every")  # 20 grids
         refused(client.post("/api/v1/jobs", json=train | {"name": "paper-cut"}, headers=as_ann), "name")
         refused(client.post("/api/v1/jobs", json=train | {"name": "../evil"}, headers=as_ann), "name")
         refused(client.post("/api/v1/jobs", json=train | {"pictures": ["/etc/passwd"] * 10}, headers=as_ann), "pictures")
@@ -154,6 +156,15 @@ def test_a_lora_trained_on_my_pictures_is_mine_alone(tmp_path, models):
         use = TXT2IMG | {"prompt": "zkx <lora:my-disc:0.9> on a table"}
         message = refused(client.post("/api/v1/jobs", json=use, headers=as_bob), "prompt")
         assert "my-disc" in message and "paper-cut" in message  # bob is told his own list
+        # a tag put together by a template's alternatives is checked as each picture's prompt
+        refused(client.post("/api/v1/jobs", json=use | {"prompt": "{<lora|<lora}:my-disc:1> zkx"}, headers=as_bob), "prompt")
+        # and were the check skipped, bob's job would still not find ann's LoRA: jobs run with their own user's folder
+        checked = submit.check_lora_tags
+        monkeypatch.setattr(submit, "check_lora_tags", lambda *args: None)
+        sneaked = wait_done(client, client.post("/api/v1/jobs", json=use, headers=as_bob).json()["id"], headers=as_bob)
+        assert sneaked["status"] == "failed" and "no LoRA named 'my-disc'" in sneaked["error"]
+        assert "known LoRAs: paper-cut)" in sneaked["error"]  # his list, not ann's
+        monkeypatch.setattr(submit, "check_lora_tags", checked)
         made = client.post("/api/v1/jobs", json=use, headers=as_ann)
         assert made.status_code == 202, made.text
         used = wait_done(client, made.json()["id"], headers=as_ann)

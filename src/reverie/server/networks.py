@@ -100,12 +100,22 @@ def list_shared_embeddings() -> list[dict]:
 
 
 def _texts(part) -> list[tuple[str, str]]:
+    """(field, text) of each prompt of a request that may hold a tag: as typed, and for a
+    template each picture's resolved prompt too (a tag may be put together by its alternatives)."""
+    from ..prompts.picture import picture_prompt
+    from ..prompts.templates import is_template
+
     found = []
     for field in PROMPT_FIELDS:
         value = getattr(part, field, None)
         for text in value if isinstance(value, list) else [value]:
             if isinstance(text, str) and "<" in text:
                 found.append((field, text))
+    prompt, negative = getattr(part, "prompt", None), getattr(part, "negative_prompt", None) or ""
+    if isinstance(prompt, str) and hasattr(part, "image_seeds") and (is_template(prompt) or is_template(negative)):
+        for seed in part.image_seeds():
+            resolved = picture_prompt(part, seed)
+            found += [("prompt", resolved.prompt), ("negative_prompt", resolved.negative_prompt)]
     return found
 
 
