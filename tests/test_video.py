@@ -247,3 +247,22 @@ def test_a_video_run_again_in_its_own_folder_goes_on_from_its_frames(studio, tmp
     assert [event.stage for event in events].count("frame") == 6 and [e.stage for e in events][-1] == "image"
     other = studio.run(fields | {"seed": 7}, run_folder=tmp_path / "job")  # another video: made anew there
     assert json.loads((other.run_dir / "video.json").read_text())["settings"]["seed"] == 7
+
+
+def test_a_video_applies_the_loras_its_prompts_name(studio, tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    from test_lora import kohya_lora
+
+    root = tmp_path / "models"
+    (root / "Lora").mkdir(parents=True)
+    monkeypatch.setenv("REVERIE_MODELS", str(root))
+    save_file(kohya_lora(1), str(root / "Lora" / "inkA.safetensors"))
+    settings = dict(seed=4, frames=2, keep_frames=True, **TINY)
+    plain = studio.video("walk", ["a castle", "a boat"], outdir=tmp_path / "plain", **settings)
+    zero = studio.video("walk", ["a castle <lora:inkA:0>", "a boat <lora:inkA:0>"], outdir=tmp_path / "zero", **settings)
+    inked = studio.video("walk", ["a castle <lora:inkA:1>", "a boat <lora:inkA:1>"], outdir=tmp_path / "ink", **settings)
+    assert [pixels(f).tolist() for f in frames_of(zero.run_dir)] == [pixels(f).tolist() for f in frames_of(plain.run_dir)]
+    assert frame_difference(frames_of(inked.run_dir)[0], frames_of(plain.run_dir)[0]) > 1
+    with pytest.raises(BadRequest, match="same LoRAs"):
+        studio.video("walk", ["a castle <lora:inkA:1>", "a boat"], outdir=tmp_path / "mixed", **settings)

@@ -45,6 +45,8 @@ Stylize = Annotated[Optional[int], typer.Option("--stylize", min=0, max=1000, he
 Combinatorial = Annotated[bool, typer.Option("--combinatorial", help="One picture per combination of the prompt's {a|b} alternatives and wildcards (instead of a random variant per seed); --n-iter repeats them, --n-samples is the batch size.")]
 MaxCombinations = Annotated[int, typer.Option("--max-combinations", min=1, max=256, help="Combinatorial mode: make at most this many combinations (the first ones).")]
 Expand = Annotated[bool, typer.Option("--expand", help="Enrich each picture's prompt with words drawn from its seed (offline prompt expansion, as Fooocus does); the same seed, the same words.")]
+RefinerOpt = Annotated[Optional[str], typer.Option("--refiner", help="SDXL: a refiner model (name or path) that does the last part of the steps.")]
+RefinerSwitch = Annotated[float, typer.Option("--refiner-switch", min=0.01, max=0.99, help="SDXL with --refiner: the fraction of the steps the base model does (A1111's 'switch at').")]
 StrictCombinations = Annotated[bool, typer.Option("--strict-combinations", help="Combinatorial mode: refuse a prompt with more combinations than --max-combinations instead of making the first ones.")]
 
 
@@ -60,6 +62,8 @@ def _common(**kw) -> dict:
         max_combinations=kw.get("max_combinations", 32), strict_combinations=kw.get("strict_combinations", False),
         expand=kw.get("expand", False),
     )
+    if kw.get("refiner"):
+        fields |= {"refiner": kw["refiner"], "refiner_switch": kw.get("refiner_switch", 0.8)}
     return fields
 
 
@@ -107,6 +111,7 @@ def generate(
     rerank: Rerank = 1, score: ScoreOpt = False, scorer: ScorerOpt = "mini",
     style: StyleOpt = None, stylize: Stylize = None, combinatorial: Combinatorial = False,
     max_combinations: MaxCombinations = 32, strict_combinations: StrictCombinations = False, expand: Expand = False,
+    refiner: RefinerOpt = None, refiner_switch: RefinerSwitch = 0.8,
     tile: Annotated[bool, typer.Option("--tile", help="Seamless tiles: the picture wraps around (also `--tile` typed after the prompt).")] = False,
     chaos: Annotated[Optional[int], typer.Option("--chaos", min=0, max=100, help="How different the pictures of a batch are, 0 (variations on one picture) to 100 (each its own; the default).")] = None,
     aspect: Annotated[Optional[str], typer.Option("--ar", "--aspect", help="Aspect ratio W:H, e.g. 16:9: a size of about the model's native area (width and height, when given, win).")] = None,
@@ -141,7 +146,8 @@ GAN_IGNORES = (("--negative", "negative", ""), ("--steps", "steps", None), ("--c
                ("--style", "style", None), ("--stylize", "stylize", None), ("--combinatorial", "combinatorial", False),
                ("--expand", "expand", False),
                ("--attention-slicing", "attention_slicing", False), ("--vae-tiling", "vae_tiling", None),
-               ("--tile", "tile", False), ("--chaos", "chaos", None), ("--ar", "aspect", None))
+               ("--tile", "tile", False), ("--chaos", "chaos", None), ("--ar", "aspect", None),
+               ("--refiner", "refiner", None))
 
 
 def _gan_fields(given: dict, text: str | None) -> dict:
@@ -169,6 +175,7 @@ def img2img(
     rerank: Rerank = 1, score: ScoreOpt = False, scorer: ScorerOpt = "mini",
     style: StyleOpt = None, stylize: Stylize = None, combinatorial: Combinatorial = False,
     max_combinations: MaxCombinations = 32, strict_combinations: StrictCombinations = False, expand: Expand = False,
+    refiner: RefinerOpt = None, refiner_switch: RefinerSwitch = 0.8,
 ):
     """Image to image: redraw a picture after a prompt (strength 0..1)."""
     fields = _common(**locals()) | {"mode": "img2img", "prompt": prompt, "init_image": str(init_image), "strength": strength}
@@ -187,6 +194,7 @@ def variations(
     rerank: Rerank = 1, score: ScoreOpt = False, scorer: ScorerOpt = "mini",
     style: StyleOpt = None, stylize: Stylize = None, combinatorial: Combinatorial = False,
     max_combinations: MaxCombinations = 32, strict_combinations: StrictCombinations = False, expand: Expand = False,
+    refiner: RefinerOpt = None, refiner_switch: RefinerSwitch = 0.8,
 ):
     """Variations of a picture: new seeds around the same picture."""
     fields = _common(**locals()) | {"mode": "variations", "prompt": prompt or "", "init_image": str(image), "strength": strength}
@@ -206,6 +214,7 @@ def inpaint(
     rerank: Rerank = 1, score: ScoreOpt = False, scorer: ScorerOpt = "mini",
     style: StyleOpt = None, stylize: Stylize = None, combinatorial: Combinatorial = False,
     max_combinations: MaxCombinations = 32, strict_combinations: StrictCombinations = False, expand: Expand = False,
+    refiner: RefinerOpt = None, refiner_switch: RefinerSwitch = 0.8,
 ):
     """Repaint only the masked part of a picture."""
     fields = _common(**locals()) | {"mode": "inpaint", "prompt": prompt, "init_image": str(image), "mask_image": str(mask),
@@ -229,6 +238,7 @@ def outpaint(
     rerank: Rerank = 1, score: ScoreOpt = False, scorer: ScorerOpt = "mini",
     style: StyleOpt = None, stylize: Stylize = None, combinatorial: Combinatorial = False,
     max_combinations: MaxCombinations = 32, strict_combinations: StrictCombinations = False, expand: Expand = False,
+    refiner: RefinerOpt = None, refiner_switch: RefinerSwitch = 0.8,
 ):
     """Extend the canvas and fill the new area to match."""
     fields = _common(width=None, height=None, **locals()) | {
@@ -307,9 +317,11 @@ def wildcards():
 def models():
     """List the models reverie can load here."""
     from .models.registry import list_models, models_dir
+    from .models.embeddings import list_embedding_entries
+    from .models.lora import list_lora_entries
     from .models.style_network import list_style_networks
 
-    for entry in [*list_models(), *list_style_networks()]:
+    for entry in [*list_models(), *list_style_networks(), *list_lora_entries(), *list_embedding_entries()]:
         out.print(f"{entry.name:<28} {entry.kind:<12} {entry.location}  {entry.note}")
     out.print(f"(models folder: {models_dir()}; set REVERIE_MODELS to change it)")
 

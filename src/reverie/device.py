@@ -73,19 +73,23 @@ def estimate_peak_bytes(
     dtype: torch.dtype,
     vae_tiling: bool,
     largest_vae_channels: int = 128,
+    unet_scale: float = 1.0,
+    vae_dtype: torch.dtype | None = None,
 ) -> int:
     """A deliberately generous estimate of the activation memory one batch needs.
 
     The UNet's activations grow with the latent area; the VAE decoder's with the picture area
     times its widest full-resolution layer. Decoding is done one image at a time, and a tiled
-    decode only ever holds one 512x512 tile.
+    decode only ever holds one 512x512 tile. `unet_scale` scales the UNet's part for models
+    heavier than SD's (SDXL); `vae_dtype` is the VAE's own dtype when it differs (SDXL's runs
+    in float32 under float16).
     """
     bytes_per = torch.finfo(dtype).bits // 8
     latent_area = (width // vae_scale) * (height // vae_scale)
     # Per latent pixel: conv/attention activations of an SD-sized UNet, for the CFG pair.
-    unet = 2 * batch * latent_area * 320 * 12 * bytes_per
+    unet = int(2 * batch * latent_area * 320 * 12 * bytes_per * unet_scale)
     pixels = min(width * height, 512 * 512) if vae_tiling else width * height
-    vae = pixels * largest_vae_channels * 6 * bytes_per
+    vae = pixels * largest_vae_channels * 6 * (torch.finfo(vae_dtype or dtype).bits // 8)
     return unet + vae
 
 

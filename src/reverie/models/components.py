@@ -22,7 +22,9 @@ class ModelComponents:
     `unet` is any denoiser with the diffusers UNet2DConditionModel call signature and a
     `config` carrying `in_channels` and `sample_size`; the engine does not care which
     architecture it is. `text_encoder`/`tokenizer` are the transformers pair that turns
-    prompts into cross-attention states. `scheduler_config` is the model's own noise
+    prompts into cross-attention states; SDXL adds a second pair (`text_encoder_2`, a
+    CLIPTextModelWithProjection, and `tokenizer_2`), and its refiner has only that second pair
+    (`text_encoder`/`tokenizer` None). `scheduler_config` is the model's own noise
     schedule (beta schedule, prediction type, ...) from which every sampler is built.
     Components are shared by every request through the model cache: nothing here holds the
     state of one request.
@@ -39,6 +41,14 @@ class ModelComponents:
     sampling: SamplingDefaults | None = None  # None: the general defaults
     default_upscale: int = 1  # the built-in upscaler's factor for pictures of requests that name none
     config_name: str = ""  # for single files: the shipped configuration folder they were read with
+    # SDXL (family "sdxl", "sdxl-refiner"): OpenCLIP bigG with its projection, and its tokenizer.
+    text_encoder_2: Any = None
+    tokenizer_2: Any = None
+
+    @property
+    def is_sdxl(self) -> bool:
+        """True for SDXL base and refiner models (two-encoder conditioning, size/crop time ids)."""
+        return self.family.startswith("sdxl")
 
     @property
     def is_inpainting_model(self) -> bool:
@@ -63,4 +73,4 @@ class ModelComponents:
 
     @property
     def modules(self) -> tuple:
-        return (self.unet, self.vae, self.text_encoder)
+        return tuple(m for m in (self.unet, self.vae, self.text_encoder, self.text_encoder_2) if m is not None)

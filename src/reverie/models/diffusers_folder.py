@@ -36,14 +36,20 @@ def load_diffusers_folder(path: str | Path, dtype: torch.dtype = torch.float32) 
             path,
             dtype=dtype,
             local_files_only=True,
-            safety_checker=None,
-            requires_safety_checker=False,
             use_safetensors=None,
+            # SD pipelines have a safety checker to leave out; SDXL's have none to name.
+            **({} if index.get("_class_name", "").startswith("StableDiffusionXL")
+               else {"safety_checker": None, "requires_safety_checker": False}),
         )
     except (OSError, ValueError, EnvironmentError, RuntimeError, KeyError) as exc:
         raise BadCheckpoint(f"could not load the model folder {path}: {_first_line(exc)}") from None
-    for name in ("unet", "vae", "text_encoder"):
-        getattr(pipe, name).eval().requires_grad_(False)
+    # SDXL's pipelines add a second text encoder (the refiner has only that one).
+    text_encoder_2, tokenizer_2 = getattr(pipe, "text_encoder_2", None), getattr(pipe, "tokenizer_2", None)
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder, text_encoder_2):
+        if module is not None:
+            module.eval().requires_grad_(False)
+    if pipe.text_encoder is None and text_encoder_2 is None:
+        raise BadCheckpoint(f"{path}/model_index.json names no text encoder: reverie needs one to read prompts")
     family = index.get("_reverie_family") or _guess_family(pipe)
     return ModelComponents(
         name=path.name,
@@ -54,6 +60,8 @@ def load_diffusers_folder(path: str | Path, dtype: torch.dtype = torch.float32) 
         scheduler_config=dict(pipe.scheduler.config),
         source=str(path),
         family=family,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
     )
 
 
@@ -65,6 +73,8 @@ def _read_index(path: Path) -> dict:
 
 
 def _guess_family(pipe) -> str:
+    if getattr(pipe.unet.config, "addition_embed_type", None) == "text_time":
+        return "sdxl" if pipe.text_encoder is not None else "sdxl-refiner"
     dim = int(pipe.unet.config.cross_attention_dim)
     return {768: "sd1", 1024: "sd2"}.get(dim, "custom")
 

@@ -52,6 +52,9 @@ def models_dir() -> Path:
 
 
 def list_models() -> list[ModelEntry]:
+    """The models a request may name (LoRAs and embeddings are listed apart: `lora.list_lora_entries`)."""
+    from .lora import is_lora_file
+
     entries = [ModelEntry(name, "builtin", "built in", note) for name, note in BUILTINS.items()]
     if mini_installed():
         entries.insert(0, ModelEntry(MINI_NAME, "builtin", "built in", "reverie-mini: emoji and icons, trained by this project"))
@@ -64,7 +67,7 @@ def list_models() -> list[ModelEntry]:
                 entries.append(ModelEntry(child.name, "gan", str(child), "a GAN (`reverie train gan`)"))
             elif child.is_dir() and is_diffusers_folder(child):
                 entries.append(ModelEntry(child.name, "diffusers", str(child)))
-            elif child.is_file() and child.suffix.lower() in CHECKPOINT_SUFFIXES:
+            elif child.is_file() and child.suffix.lower() in CHECKPOINT_SUFFIXES and not is_lora_file(child):
                 entries.append(ModelEntry(child.stem, "single-file", str(child)))
     return entries
 
@@ -140,7 +143,7 @@ def _load_from_hub(repo_id: str, dtype: torch.dtype) -> ModelComponents:
 
 
 def _cast(components: ModelComponents, dtype: torch.dtype) -> ModelComponents:
-    for module in (components.unet, components.vae, components.text_encoder):
+    for module in components.modules:
         if module.dtype != dtype:
             module.to(dtype=dtype)
     return components

@@ -13,7 +13,8 @@ Which family, which config:
 
 * SD 1.x  — Hugging Face CLIP text encoder keys (`cond_stage_model.transformer.text_model.*`);
 * SD 2.x  — OpenCLIP text encoder keys (`cond_stage_model.model.*`);
-* inpainting — either family with 9 UNet input channels (latents + mask + masked image).
+* inpainting — either family with 9 UNet input channels (latents + mask + masked image);
+* SDXL base and refiner — `conditioner.embedders.*` keys, loaded by models/sdxl.py.
 
 SD 2.x comes as a 768 px v-prediction model (2.0/2.1, the flagship releases and the
 base of most fine-tunes) and a 512 px epsilon model ("base"); the weights have the same
@@ -212,9 +213,11 @@ def _describe_unknown(state: dict[str, torch.Tensor]) -> str:
         return any(test(k) for k in keys)
 
     if any_key(lambda k: k.startswith("conditioner.embedders.")):
-        return "an SDXL-style checkpoint (conditioner.embedders.*), which is not SD 1.x/2.x"
+        return ("an SGM-style checkpoint (conditioner.embedders.*) whose text encoders are neither SDXL base's "
+                "(CLIP ViT-L + OpenCLIP bigG) nor its refiner's (bigG alone)")
     if any_key(lambda k: k.startswith(("lora_unet_", "lora_te")) or ".lora_down." in k or ".lora_A." in k):
-        return "a LoRA (lora_* keys), not a full model"
+        return ("a LoRA (lora_* keys), not a full model; put it in models/Lora/ and use it in the prompt "
+                "as <lora:NAME:1> (NAME: its file name without .safetensors)")
     if any_key(lambda k: "double_blocks." in k or "joint_blocks." in k):
         return "a transformer (Flux/SD3-style) checkpoint, not a Stable Diffusion 1.x/2.x UNet"
     if any_key(lambda k: k.startswith("down_blocks.")):
@@ -244,7 +247,7 @@ def detect_layout(state: dict[str, torch.Tensor], name: str = "checkpoint") -> C
     else:
         family = None
     if conv_in is None or family is None:
-        raise BadCheckpoint(f"{name} is not a Stable Diffusion 1.x/2.x checkpoint: found {_describe_unknown(state)}")
+        raise BadCheckpoint(f"{name} is not a Stable Diffusion 1.x/2.x or SDXL checkpoint: found {_describe_unknown(state)}")
     if _VAE_PROBE not in state:
         raise BadCheckpoint(f"{name} has a {family} UNet and text encoder but no VAE (first_stage_model.*)")
 
@@ -480,16 +483,23 @@ def load_single_file(
     prediction_type: str | None = None,
     config_dir: str | Path | None = None,
 ) -> ModelComponents:
-    """Load an SD 1.x/2.x single-file checkpoint (.safetensors or .ckpt) into ModelComponents.
+    """Load an SD 1.x/2.x or SDXL single-file checkpoint (.safetensors or .ckpt) into ModelComponents.
 
     `prediction_type` ("epsilon", "v_prediction") overrides the detected noise
     parameterization. `config_dir` replaces the shipped diffusers config folder (it
-    needs scheduler/, unet/, vae/ and text_encoder/ configs of the same layout).
+    needs scheduler/, unet/, vae/ and text_encoder/ configs of the same layout; SDXL also
+    text_encoder_2/).
     Raises ModelNotFound for a missing path and BadCheckpoint for a damaged, unsafe or
     unrecognized file; never fetches anything and never runs code from the file.
     """
     path = Path(path)
     state = read_state_dict(path)
+    from reverie.models.sdxl import load_sdxl_single_file, sdxl_family
+
+    family = sdxl_family(state)
+    if family is not None:
+        return load_sdxl_single_file(path, state, family, dtype=dtype, prediction_type=prediction_type,
+                                     config_dir=config_dir)
     layout = detect_layout(state, path.name)
     prediction = resolve_prediction_type(layout, state, path, prediction_type, has_config_dir=config_dir is not None)
     folder = Path(config_dir) if config_dir is not None else shipped_config_dir(layout, prediction)

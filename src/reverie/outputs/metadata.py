@@ -31,10 +31,10 @@ def a1111_parameters(prompt: str, negative_prompt: str, fields: dict) -> str:
 
 
 def _quoted(value) -> str:
-    """A value as A1111 writes it: in JSON quotes when it holds a comma, quote or line break (a
-    prompt template in `Template:`), else as it is."""
+    """A value as A1111 writes it: in JSON quotes when it holds a comma, colon, quote or line break
+    (a prompt template in `Template:`, `Lora hashes: "name: hash, ..."`), else as it is."""
     text = str(value)
-    return json.dumps(text, ensure_ascii=False) if any(mark in text for mark in ',"\n') else text
+    return json.dumps(text, ensure_ascii=False) if any(mark in text for mark in ',:"\n') else text
 
 
 def _unquoted(value: str) -> str:
@@ -115,6 +115,10 @@ def parse_a1111_parameters(text: str) -> dict:
         fields["tile"] = True
     if "Model" in pairs and pairs["Model"]:
         fields["model"] = pairs["Model"]
+    if pairs.get("Refiner"):
+        fields["refiner"] = re.sub(r"\s*\[[0-9a-fA-F]+\]$", "", pairs["Refiner"])  # A1111 adds " [hash]"
+        if "Refiner switch at" in pairs:
+            fields["refiner_switch"] = float(pairs["Refiner switch at"])
     return fields
 
 

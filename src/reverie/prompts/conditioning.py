@@ -24,6 +24,8 @@ __all__ = [
     "encode_prompt",
     "encode_prompt_batch",
     "encode_prompt_pair",
+    "encode_sdxl_prompt_batch",
+    "SDXLConditioning",
     "token_count",
     "tokenize_prompt",
 ]
@@ -240,6 +242,7 @@ def _encode_chunks(
     device: torch.device | str | None,
     dtype: torch.dtype | None,
     use_attention_mask: bool | None,
+    penultimate: bool = False,
 ) -> torch.Tensor:
     # The encoder runs where it lives (it may be offloaded); the result goes to `device`.
     encoder_device = getattr(text_encoder, "device", torch.device("cpu"))
@@ -251,12 +254,22 @@ def _encode_chunks(
     # later use the states inside autograd (e.g. gradient-based guidance).
     with torch.no_grad():
         # Chunks are rows of one batch: each is still encoded on its own, only faster.
-        hidden = text_encoder(input_ids.to(encoder_device), **kwargs)[0]
+        if penultimate:
+            output = text_encoder(input_ids.to(encoder_device), output_hidden_states=True, **kwargs)
+            hidden = output.hidden_states[-2]
+        else:
+            hidden = text_encoder(input_ids.to(encoder_device), **kwargs)[0]
         hidden = _apply_weights(hidden.float(), weights.to(hidden.device))
     # [n_chunks, L, D] -> [1, n_chunks * L, D]: the chunks side by side along the sequence.
     states = hidden.reshape(1, -1, hidden.shape[-1])
     target_dtype = dtype if dtype is not None else getattr(text_encoder, "dtype", torch.float32)
-    return states.to(device=device if device is not None else hidden.device, dtype=target_dtype)
+    states = states.to(device=device if device is not None else hidden.device, dtype=target_dtype)
+    if penultimate:
+        # SDXL's pooled text: the projected end-of-text state of the first chunk (as A1111 takes it).
+        pooled = getattr(output, "text_embeds", None)
+        pooled = output.pooler_output if pooled is None else pooled
+        return states, pooled[:1].to(device=states.device, dtype=target_dtype)
+    return states
 
 
 def _wants_attention_mask(text_encoder: Any, framing: _Framing) -> bool:
@@ -307,3 +320,68 @@ def _apply_weights(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     usable = (original_mean * weighted_mean) > 0
     scale = torch.where(usable, original_mean / torch.where(usable, weighted_mean, 1.0), 1.0)
     return weighted * scale
+
+
+# ----------------------------------------------------------------------------- SDXL
+
+
+@dataclass
+class SDXLConditioning:
+    """What an SDXL UNet is conditioned on, for a batch: per-token states ``[B, n_chunks * L, D]``
+    (D = 768 + 1280 for the base, 1280 for the refiner) and the pooled text ``[B, P]``, for the
+    prompts (`cond`, `pooled`) and their negatives (`uncond`, `negative_pooled`)."""
+
+    cond: torch.Tensor
+    uncond: torch.Tensor
+    pooled: torch.Tensor
+    negative_pooled: torch.Tensor
+
+    def to(self, device, dtype) -> "SDXLConditioning":
+        return SDXLConditioning(*(t.to(device, dtype) for t in (self.cond, self.uncond, self.pooled, self.negative_pooled)))
+
+
+def encode_sdxl_prompt_batch(
+    pairs: list[tuple[str, str]],
+    encoders: list[tuple[Any, Any]],
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    *,
+    cache: dict | None = None,
+    zero_empty_negative: bool = False,
+) -> SDXLConditioning:
+    """SDXL conditioning for one (prompt, negative) pair per picture, as A1111 builds it.
+
+    `encoders` is [(tokenizer, text_encoder), ...]: CLIP-L then OpenCLIP bigG for the base, bigG
+    alone for the refiner; the last must be a CLIPTextModelWithProjection. Each encoder chunks
+    and weights the prompt as `encode_prompt_batch` does (the same chunks: the tokenizers share
+    one vocabulary) and gives its penultimate layer's states; they are concatenated along the
+    feature axis. The pooled text is the last encoder's projection of the first chunk's
+    end-of-text state, unweighted. `zero_empty_negative` (SDXL base's
+    `force_zeros_for_empty_prompt`) makes an empty negative prompt all zeros, as diffusers does.
+    """
+    framings = [_framing(tokenizer, encoder, None) for tokenizer, encoder in encoders]
+    chunked = {}
+    for pair in dict.fromkeys(pairs):
+        per_encoder = [(_chunk_tokens(pair[0], tok, fr), _chunk_tokens(pair[1], tok, fr))
+                       for (tok, _), fr in zip(encoders, framings)]
+        chunked[pair] = per_encoder
+    n_chunks = max(max(len(c), len(u)) for per in chunked.values() for c, u in per)
+    cache = {} if cache is None else cache
+    for pair, per_encoder in chunked.items():
+        key = ("sdxl", pair, n_chunks, zero_empty_negative)
+        if key in cache:
+            continue
+        sides = {}
+        for side, text in ((0, pair[0]), (1, pair[1])):
+            states, pooled = [], None
+            for (_, encoder), framing, chunks in zip(encoders, framings, per_encoder):
+                chunks = chunks[side] + [TokenChunk() for _ in range(n_chunks - len(chunks[side]))]
+                encoded, pooled = _encode_chunks(chunks, framing, encoder, device, dtype, False, penultimate=True)
+                states.append(encoded)
+            states = torch.cat(states, dim=-1)
+            if side == 1 and zero_empty_negative and not text.strip():
+                states, pooled = torch.zeros_like(states), torch.zeros_like(pooled)
+            sides[side] = (states, pooled)
+        cache[key] = sides
+    rows = [cache[("sdxl", pair, n_chunks, zero_empty_negative)] for pair in pairs]
+    return SDXLConditioning(*(torch.cat([row[side][part] for row in rows]) for side, part in ((0, 0), (1, 0), (0, 1), (1, 1))))

@@ -184,6 +184,40 @@ def sd_models():
             for e in list_models()]
 
 
+@router.get("/loras")
+def loras():
+    """A1111's LoRA list (its built-in Lora extension's route): the names `<lora:NAME:W>` takes.
+    Files are named, never their place on the server."""
+    from ..models.lora import list_loras, lora_info
+
+    rows = []
+    for name, path in list_loras().items():
+        try:
+            info = lora_info(path)
+            metadata = {"base": info.base, "format": info.format, "hash": info.hash}
+        except Exception:  # an unreadable file is listed (the user sees it) but says so
+            metadata = {"error": "unreadable"}
+        rows.append({"name": name, "alias": name, "path": path.name, "metadata": metadata})
+    return rows
+
+
+@router.get("/embeddings")
+def embeddings():
+    """A1111's embedding list: `loaded` by name with their width and vector count."""
+    from ..models.embeddings import list_embeddings, read_embedding
+
+    loaded, skipped = {}, {}
+    for name, path in list_embeddings().items():
+        try:
+            embedding = read_embedding(path)
+        except Exception:
+            skipped[name] = {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None, "shape": None, "vectors": None}
+            continue
+        loaded[name] = {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None,
+                        "shape": embedding.width, "vectors": int(embedding.first.shape[0])}
+    return {"loaded": loaded, "skipped": skipped}
+
+
 @router.get("/samplers")
 def samplers():
     from ..samplers import SAMPLERS

@@ -18,18 +18,20 @@ from PIL import Image
 from ...models.cache import ModelCache
 from ...errors import BadRequest
 from ...models.components import ModelComponents
+from ...models.lora import apply_loras
 from ...pixels import to_pictures
 from ...progress import Interrupted, Progress, ProgressEvent
-from ...prompts.conditioning import encode_prompt_batch
+from ...prompts.conditioning import SDXLConditioning, encode_prompt_batch, encode_sdxl_prompt_batch
 from ...prompts.picture import prompt_plan
 from ...prompts.parameters import aspect_ratio
 from ...request import MAX_SEED, MAX_SIDE
 from ...samplers import build_scheduler
 from ..gan.latents import slerp
 from ..upscale.pictures import upscaled
+from .networks import batch_prompts
 from .images import (aspect_size, composite, feathered_alpha, load_image, load_mask, outpaint_canvas, pad_to_multiple,
                      round_to_8, to_rgb, working_factor)
-from .pipelines import circular_padding, memory_settings, pipeline_for
+from .pipelines import circular_padding, memory_settings, pipeline_for, vae_dtype_kept
 from .preview import preview_image
 from .request import GenerationRequest
 
@@ -167,9 +169,11 @@ def run_batches(
     dtype: torch.dtype,
     progress: Progress,
     first: int = 0,
+    refiner: ModelComponents | None = None,
 ) -> Iterator[list[tuple[Image.Image, int]]]:
     """Yield [(picture, seed), ...] at the working size for each of the request's batches, from
-    batch number `first` on (the earlier ones were made by an earlier run).
+    batch number `first` on (the earlier ones were made by an earlier run). `refiner` (SDXL)
+    does the last part of each picture's steps (`refine`).
 
     `request` has its sampling settings filled in (`with_defaults`). Each picture's prompt is its
     own (`picture_prompt`: the template's variant for its seed, styled); equal prompts are
@@ -185,7 +189,7 @@ def run_batches(
     encoded: dict = {}
     strength = request.effective_strength
     with memory_settings(components, bool(request.vae_tiling), request.attention_slicing), \
-            circular_padding(components, request.tile):
+            circular_padding(components, request.tile), vae_dtype_kept(components):
         for batch in range(first, request.batch_count()):
             if progress.stop_requested():
                 raise Interrupted()
@@ -194,12 +198,19 @@ def run_batches(
                 # Nothing to denoise: the honest answer is the picture itself, untouched.
                 images = [prepared.image.copy() for _ in batch_seeds]
             else:
-                prompts = [plan(seed) for seed in batch_seeds]
-                cond, uncond = encode_prompt_batch([(p.prompt, p.negative_prompt) for p in prompts],
-                                                   components.tokenizer, components.text_encoder, device=device,
-                                                   cache=encoded)
-                cond, uncond = cond.to(device, dtype), uncond.to(device, dtype)
-                images = denoise_batch(request, components, prepared, batch_seeds, cond, uncond, device, dtype, batch, progress)
+                # LoRA tags out, embedding names in as their tokens; the LoRAs on only for this batch.
+                pairs, uses = batch_prompts(components, [plan(seed) for seed in batch_seeds])
+                cache = encoded.setdefault(tuple(uses), {})
+                with apply_loras(components, uses):
+                    if components.is_sdxl:
+                        images = denoise_sdxl_batch(request, components, prepared, batch_seeds, pairs, cache, device,
+                                                    dtype, batch, progress, refiner)
+                    else:
+                        cond, uncond = encode_prompt_batch(pairs, components.tokenizer, components.text_encoder,
+                                                           device=device, cache=cache)
+                        cond, uncond = cond.to(device, dtype), uncond.to(device, dtype)
+                        images = denoise_batch(request, components, prepared, batch_seeds, cond, uncond, device, dtype,
+                                               batch, progress)
             yield list(zip(images, batch_seeds))
 
 
@@ -210,12 +221,16 @@ def latent_shape(components: ModelComponents, width: int, height: int) -> tuple[
 
 def denoise_batch(request: GenerationRequest, components: ModelComponents, prepared: PreparedInput, seeds: list[int],
                   cond: torch.Tensor, uncond: torch.Tensor, device, dtype, batch: int, progress: Progress,
-                  noise: torch.Tensor | None = None) -> list[Image.Image]:
+                  noise: torch.Tensor | None = None, sdxl: dict | None = None,
+                  refine_with: tuple | None = None) -> list[Image.Image]:
     """One batch of pictures at the working size, one per seed, from encoded prompts.
 
     Each seed's CPU generator draws its starting latents and then feeds the sampler's fresh
     noise. `noise` [N, C, h, w], when given, replaces the starting latents the seeds would draw
-    (a video's walk slerps it between seeds); the generators still feed the sampler."""
+    (a video's walk slerps it between seeds); the generators still feed the sampler.
+    `sdxl` holds an SDXL model's further pipeline arguments (pooled text, size/crop time ids);
+    `refine_with` = (refiner, its conditioning, prepared): the base stops at the switch and the
+    refiner finishes."""
     count = len(seeds)
     drawn, generators = initial_noise(seeds, latent_shape(components, prepared.width, prepared.height))
     if noise is None:
@@ -244,6 +259,10 @@ def denoise_batch(request: GenerationRequest, components: ModelComponents, prepa
         output_type="pt",
     )
     strength = request.effective_strength
+    if sdxl is not None:
+        common |= sdxl
+        if refine_with is not None:
+            common |= {"denoising_end": switch_point(request), "output_type": "latent"}
     if request.mode == "txt2img":
         pipe = pipeline_for(components, "txt2img", scheduler)
         out = pipe(height=prepared.height, width=prepared.width, num_inference_steps=request.steps,
@@ -261,5 +280,73 @@ def denoise_batch(request: GenerationRequest, components: ModelComponents, prepa
                    latents=noise.to(device, dtype) if full else None, **common)
     if stopped["flag"]:
         raise Interrupted()  # the batch was cut short: its half-made pictures are not results
+    if refine_with is not None:
+        out = refine(request, *refine_with, out.images, seeds, generators, on_step)
+        if stopped["flag"]:
+            raise Interrupted()
     progress(ProgressEvent("decode", batch=batch, batches=request.batch_count()))
     return to_pictures(out.images)
+
+
+# ----------------------------------------------------------------------------- SDXL
+
+
+def sdxl_conditioning(components: ModelComponents, pairs: list[tuple[str, str]], device, dtype,
+                      cache: dict) -> SDXLConditioning:
+    """A batch's SDXL conditioning from the model's own encoders (the refiner has only bigG).
+    Empty negative prompts are zeros for the base, as its published pipeline config asks
+    (`force_zeros_for_empty_prompt`); the refiner encodes them."""
+    encoders = [(components.tokenizer, components.text_encoder), (components.tokenizer_2, components.text_encoder_2)]
+    encoders = [pair for pair in encoders if pair[1] is not None]
+    encoded = encode_sdxl_prompt_batch(pairs, encoders, device=device, cache=cache,
+                                       zero_empty_negative=components.family == "sdxl")
+    return encoded.to(device, dtype)
+
+
+def sdxl_arguments(conditioning: SDXLConditioning, prepared: PreparedInput) -> dict:
+    """An SDXL pipeline's pooled text and size/crop conditioning. The time ids say: a picture of
+    this very size (original = target = the working size), not cropped (top-left 0, 0), which is
+    what SDXL draws best at."""
+    size = (prepared.height, prepared.width)
+    return dict(pooled_prompt_embeds=conditioning.pooled, negative_pooled_prompt_embeds=conditioning.negative_pooled,
+                original_size=size, target_size=size, crops_coords_top_left=(0, 0))
+
+
+def switch_point(request: GenerationRequest) -> float:
+    """Where the refiner takes over, as diffusers' `denoising_end`/`denoising_start` (a fraction of
+    the whole noise schedule). `refiner_switch` is a fraction of the steps that are run (A1111's
+    meaning), which for an image mode start at `strength`: the switch moves with it."""
+    return 1.0 - request.effective_strength * (1.0 - request.refiner_switch)
+
+
+def denoise_sdxl_batch(request: GenerationRequest, components: ModelComponents, prepared: PreparedInput,
+                       seeds: list[int], pairs: list[tuple[str, str]], cache: dict, device, dtype, batch: int,
+                       progress: Progress, refiner: ModelComponents | None) -> list[Image.Image]:
+    """One batch of an SDXL model, optionally finished by a refiner (each with its own encoders)."""
+    conditioning = sdxl_conditioning(components, pairs, device, dtype, cache)
+    refine_with = None
+    if refiner is not None:
+        refined = sdxl_conditioning(refiner, pairs, device, dtype, cache.setdefault("refiner", {}))
+        refine_with = (refiner, refined, prepared)
+    return denoise_batch(request, components, prepared, seeds, conditioning.cond, conditioning.uncond, device, dtype,
+                         batch, progress, sdxl=sdxl_arguments(conditioning, prepared), refine_with=refine_with)
+
+
+def refine(request: GenerationRequest, refiner: ModelComponents, conditioning: SDXLConditioning,
+           prepared: PreparedInput, latents: torch.Tensor, seeds: list[int], generators, on_step):
+    """The refiner's stage: the base's half-denoised latents, denoised from the switch to the end.
+
+    Every mode refines through the img2img pipeline (the latents are the picture): inpaint and
+    outpaint get their kept pixels put back exactly afterwards anyway (`finish`). The same
+    per-picture generators go on feeding the sampler's fresh noise.
+    """
+    scheduler = build_scheduler(request.sampler, refiner.scheduler_config, seeds)
+    pipe = pipeline_for(refiner, "img2img", scheduler)
+    strength = request.effective_strength
+    steps = request.steps if request.mode == "txt2img" or strength >= 1 else denoising_steps(request.steps, strength)
+    with vae_dtype_kept(refiner):
+        return pipe(image=latents.to(refiner.unet.dtype), num_inference_steps=steps, strength=max(strength, 1e-3),
+                    denoising_start=switch_point(request), prompt_embeds=conditioning.cond,
+                    negative_prompt_embeds=conditioning.uncond, guidance_scale=request.guidance_scale(),
+                    eta=request.eta, generator=generators, callback_on_step_end=on_step, output_type="pt",
+                    **sdxl_arguments(conditioning, prepared))

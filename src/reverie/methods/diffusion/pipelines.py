@@ -8,6 +8,7 @@ were when the request ends.
 
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 
 import torch
@@ -33,6 +34,8 @@ def pipeline_for(components: ModelComponents, kind: str, scheduler):
     Prompts are encoded by reverie (weights, long prompts), so the pipelines only ever see
     ready embeddings; the safety checker is not part of reverie's pipelines.
     """
+    if components.is_sdxl:
+        return sdxl_pipeline_for(components, kind, scheduler)
     pipe = _KINDS[kind](
         vae=components.vae,
         text_encoder=components.text_encoder,
@@ -85,3 +88,58 @@ def circular_padding(components: ModelComponents, tile: bool):
     finally:
         for conv, mode in zip(convs, saved):
             conv.padding_mode = mode
+
+
+# ----------------------------------------------------------------------------- SDXL
+
+_SDXL_KINDS = {"txt2img": "StableDiffusionXLPipeline", "img2img": "StableDiffusionXLImg2ImgPipeline",
+               "inpaint": "StableDiffusionXLInpaintPipeline"}
+
+
+def sdxl_pipeline_for(components: ModelComponents, kind: str, scheduler):
+    """A `kind` SDXL pipeline (base or refiner) over these components, with `scheduler`.
+
+    The refiner's time ids carry an aesthetic score in place of the target size
+    (`requires_aesthetics_score`); no invisible watermark is added (reverie writes its own
+    provenance). Empty negative prompts are zeroed by reverie's encoder, not here.
+    """
+    import diffusers
+
+    refiner = components.family == "sdxl-refiner"
+    if refiner and kind == "txt2img":
+        kind = "img2img"  # never asked: the refiner only continues a picture (batches.refine)
+    options = {"requires_aesthetics_score": refiner} if kind != "txt2img" else {}
+    pipe = getattr(diffusers, _SDXL_KINDS[kind])(
+        vae=components.vae,
+        text_encoder=components.text_encoder,
+        text_encoder_2=components.text_encoder_2,
+        tokenizer=components.tokenizer,
+        tokenizer_2=components.tokenizer_2,
+        unet=components.unet,
+        scheduler=scheduler,
+        force_zeros_for_empty_prompt=False,
+        add_watermarker=False,
+        **options,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@contextmanager
+def vae_dtype_kept(components: ModelComponents):
+    """Put the VAE back in its own dtype afterwards, also when a request fails midway.
+
+    SDXL's VAE overflows in float16, so diffusers' SDXL pipelines move it to float32 for each
+    encode and decode (`force_upcast` in its config) and back after; the cached VAE must not be
+    left in float32 by a decode that was interrupted.
+    """
+    vae = components.vae
+    dtype = vae.dtype
+    try:
+        with warnings.catch_warnings():
+            # diffusers calls its own deprecated `upcast_vae` for this; the user can do nothing about it.
+            warnings.filterwarnings("ignore", message=".*upcast_vae.*")
+            yield
+    finally:
+        if vae.dtype != dtype:
+            vae.to(dtype=dtype)

@@ -86,6 +86,11 @@ class GenerationRequest(BaseRequest):
     # as 100). See batches.chaos_noise.
     chaos: int | None = Field(None, ge=0, le=100)
     tile: bool = False  # seamless tiles: circular padding in the UNet, the VAE and the upscaler
+    # SDXL: a refiner model (a name or path, as `model`) that takes over the denoising for the last
+    # part of the steps; `refiner_switch` is the fraction of the steps the base model does (A1111's
+    # "switch at"). See batches.refine.
+    refiner: str | None = None
+    refiner_switch: float = Field(0.8, gt=0.0, lt=1.0)
     # The Midjourney parameters typed after the prompt (`--ar 16:9 --no cars`), as read: recorded
     # for the metadata, never applied again (the prompt they were taken from is kept without them).
     prompt_parameters: dict = {}

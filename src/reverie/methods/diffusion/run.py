@@ -31,6 +31,7 @@ from ...prompts.picture import PicturePrompt, PromptPlan, prompt_plan
 from ...result import GeneratedImage, Result
 from ...samplers import get_sampler
 from ..rerank import best_candidates, scorer_from
+from .networks import network_fields
 from .batches import PreparedInput, finish, prepare_input, run_batches
 from .request import IMAGE_MODES, GenerationRequest
 
@@ -63,6 +64,7 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
     components = diffusion_model(models, request.model, device, dtype)
     request = request.with_defaults(components.sampling)
     prepared = prepare_input(request, components)
+    refiner = refiner_model(models, request, components, device, dtype)
     request = fit_memory(request, components, prepared, device, dtype)
     scorer = scorer_from(models, request.scorer) if request.score or request.rerank > 1 else None
     loaded = time.perf_counter()
@@ -73,7 +75,7 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
     # whole (a picture is bit-for-bit the same only with its whole batch). Best-of makes every
     # candidate again: the choice needs them all.
     skipped = request.made // request.n_samples if request.rerank == 1 and request.keep_only is None else 0
-    batches = run_batches(candidates, components, prepared, device, dtype, progress, first=skipped)
+    batches = run_batches(candidates, components, prepared, device, dtype, progress, first=skipped, refiner=refiner)
     if request.keep_only is not None:
         batches = ([batch[request.keep_only]] for batch in batches)
     result = Result(request=request)
@@ -108,10 +110,12 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
 
 def _write(picture, seed: int, score, index: int, request: GenerationRequest, settings: dict, scorer,
            outputs: Outputs, prompt: PicturePrompt) -> GeneratedImage:
+    networks, network_metadata = network_fields(prompt)
     metadata = reverie_metadata(settings, seed, index) | {"image_size": list(picture.size), "prompt": prompt.metadata()}
+    metadata |= network_metadata
     if score is not None:
         metadata |= {"clip_score": round(score, 4), "scorer": scorer.name}
-    fields = _parameter_fields(settings, seed, picture.size, request) | _template_fields(prompt)
+    fields = _parameter_fields(settings, seed, picture.size, request) | networks | _template_fields(prompt)
     parameters = a1111_parameters(prompt.prompt, prompt.negative_prompt, fields)
     image = GeneratedImage(picture, seed, index, metadata, parameters, score=score)
     image.path = outputs.picture(picture, seed, prompt.variant or prompt.prompt, parameters, metadata)
@@ -145,6 +149,9 @@ def _parameter_fields(settings: dict, seed: int, size: tuple[int, int], request:
         fields["Mask blur"] = settings.get("mask_blur", 0)
     if settings.get("tile"):
         fields["Tiling"] = True  # as A1111 writes its tiling option
+    if settings.get("refiner"):
+        fields["Refiner"] = settings["refiner"]  # as A1111 records its refiner
+        fields["Refiner switch at"] = f"{settings['refiner_switch']:g}"
     if (settings.get("upscale") or 1) > 1:
         fields["Hires upscale"] = settings["upscale"]
         fields["Hires upscaler"] = "reverie 4x"
@@ -178,7 +185,7 @@ def fit_memory(request: GenerationRequest, components: ModelComponents, prepared
         return estimate_peak_bytes(
             width=prepared.width, height=prepared.height, batch=request.n_samples,
             latent_channels=components.vae.config.latent_channels, vae_scale=components.vae_scale_factor,
-            dtype=dtype, vae_tiling=tiled,
+            dtype=dtype, vae_tiling=tiled, **sdxl_memory(components, dtype),
         )
 
     tiling = request.vae_tiling
@@ -190,6 +197,37 @@ def fit_memory(request: GenerationRequest, components: ModelComponents, prepared
     if request.mode == "txt2img":
         updates |= {"width": prepared.width, "height": prepared.height}
     return request.model_copy(update=updates)
+
+
+def refiner_model(models: ModelCache, request: GenerationRequest, components: ModelComponents,
+                  device: torch.device, dtype: torch.dtype) -> ModelComponents | None:
+    """The refiner the request names, loaded through the cache; None when it names none. Only an
+    SDXL model continues an SDXL base's picture."""
+    if not request.refiner:
+        return None
+    if not components.is_sdxl:
+        raise BadRequest("refiner", f"a refiner finishes an SDXL model's pictures; {request.model} is "
+                                    f"{components.family}: leave the refiner out or use an SDXL model")
+    refiner = diffusion_model(models, request.refiner, device, dtype)
+    if not refiner.is_sdxl:
+        raise BadRequest("refiner", f"{request.refiner} is a {refiner.family} model, not an SDXL refiner "
+                                    "(or SDXL base); name an SDXL model")
+    return refiner
+
+
+def sdxl_memory(components: ModelComponents, dtype: torch.dtype) -> dict:
+    """The memory estimate's corrections for SDXL: its UNet carries more (and deeper) activations
+    per latent pixel than SD's, and its VAE runs in float32 even when the rest is float16
+    (diffusers upcasts it: it overflows in float16)."""
+    if not components.is_sdxl:
+        return {}
+    upcast = dtype == torch.float16 and getattr(components.vae.config, "force_upcast", False)
+    return {"unet_scale": SDXL_UNET_SCALE, "vae_dtype": torch.float32 if upcast else dtype}
+
+
+# SDXL's UNet holds about twice SD's activations per latent pixel (wider middle levels, up to
+# ten transformer layers a block); a deliberately generous factor, as the rest of the estimate.
+SDXL_UNET_SCALE = 2.0
 
 
 def _with_scores(batch, scorer, plan: PromptPlan) -> list[tuple]:

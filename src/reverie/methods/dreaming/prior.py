@@ -64,6 +64,11 @@ class DiffusionPrior:
     def __init__(self, components, prompts, guidance: float = 7.5, device: torch.device | str = "cpu"):
         from diffusers import DDPMScheduler
 
+        if getattr(components, "is_sdxl", False):
+            from ...errors import BadRequest
+
+            raise BadRequest("prior", f"{components.name} is an SDXL model; a dream's prior is an SD 1.x/2.x model "
+                                      "or reverie-mini for now")
         self.unet, self.vae = components.unet, components.vae
         self.device = torch.device(device)
         for module in (self.unet, self.vae):

@@ -15,10 +15,14 @@ import torch
 from PIL import Image
 
 from ...device import pick_device, pick_dtype
+from ...errors import BadRequest
 from ...models.cache import ModelCache
 from ...models.components import ModelComponents
+from ...models.embeddings import use_embeddings
+from ...models.lora import apply_loras
 from ...progress import Progress, ProgressEvent
 from ...prompts.conditioning import encode_prompt_batch
+from ...prompts.extra_networks import LoraUse, extract_pair
 from ..diffusion.batches import PreparedInput, denoise_batch, denoising_steps, finish, initial_noise, latent_shape, prepare_input
 from ..diffusion.pipelines import memory_settings
 from ..diffusion.request import GenerationRequest
@@ -45,6 +49,7 @@ class Painter:
     prepared: PreparedInput  # the working size, and the factor frames are shown enlarged by
     device: torch.device
     dtype: torch.dtype
+    loras: list[LoraUse] = field(default_factory=list)  # every frame's (each prompt names the same ones)
     encoded: dict = field(default_factory=dict)
 
     @classmethod
@@ -56,10 +61,16 @@ class Painter:
         dtype = pick_dtype(request.dtype, device)
         progress(ProgressEvent("load", message=f"loading {request.model}"))
         components = diffusion_model(models, request.model, device, dtype)
+        if components.is_sdxl:
+            from ...errors import BadRequest
+
+            raise BadRequest("model", f"{request.model} is an SDXL model; videos are made with SD 1.x/2.x models "
+                                      "and reverie-mini for now: pick one of those")
         request = request.with_defaults(components.sampling)
         prepared = prepare_input(request, components)
         request = fit_memory(request, components, prepared, device, dtype)
-        return cls(request, components, prepared, device, dtype)
+        _, _, loras = extract_pair(prompt, request.negative_prompt)
+        return cls(request, components, prepared, device, dtype, loras)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -75,10 +86,22 @@ class Painter:
         return {"model": r.model, "model_name": self.components.name, "steps": r.steps, "sampler": r.sampler,
                 "cfg_scale": r.cfg_scale, "working_size": list(self.size), "upscale": self.factor}
 
+    def _pair(self, prompt: str) -> tuple[str, str]:
+        """`prompt` and the negative prompt as encoded: LoRA tags out (every prompt of a video names
+        the same LoRAs: one UNet makes all its frames), embedding names in as their tokens."""
+        prompt, negative, loras = extract_pair(prompt, self.request.negative_prompt)
+        if loras != self.loras:
+            raise BadRequest("prompts", "every prompt of a video names the same LoRAs with the same weights (one "
+                                        f"model makes all its frames); {' '.join(u.tag() for u in loras) or 'none'} "
+                                        f"differs from {' '.join(u.tag() for u in self.loras) or 'none'}")
+        (prompt, negative), _ = use_embeddings(self.components, [prompt, negative])
+        return prompt, negative
+
     def encode(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(cond, uncond) [1, L, D] of `prompt` with the video's negative prompt, each encoded once."""
-        cond, uncond = encode_prompt_batch([(prompt, self.request.negative_prompt)], self.components.tokenizer,
-                                           self.components.text_encoder, device=self.device, cache=self.encoded)
+        with apply_loras(self.components, self.loras):
+            cond, uncond = encode_prompt_batch([self._pair(prompt)], self.components.tokenizer,
+                                               self.components.text_encoder, device=self.device, cache=self.encoded)
         return cond.to(self.device, self.dtype), uncond.to(self.device, self.dtype)
 
     def conditioning(self, before: str, after: str, weight: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,9 +116,9 @@ class Painter:
         return mix(a[0], b[0], weight), mix(a[1], b[1], weight)
 
     def _same_length(self, before: str, after: str):
-        pairs = [(before, self.request.negative_prompt), (after, self.request.negative_prompt)]
-        cond, uncond = encode_prompt_batch(pairs, self.components.tokenizer, self.components.text_encoder,
-                                           device=self.device)
+        with apply_loras(self.components, self.loras):
+            cond, uncond = encode_prompt_batch([self._pair(before), self._pair(after)], self.components.tokenizer,
+                                               self.components.text_encoder, device=self.device)
         cond, uncond = cond.to(self.device, self.dtype), uncond.to(self.device, self.dtype)
         return (cond[:1], uncond[:1]), (cond[1:], uncond[1:])
 
@@ -107,7 +130,8 @@ class Painter:
     def txt2img(self, cond, uncond, seed: int, progress: Progress, noise: torch.Tensor | None = None) -> Image.Image:
         """A frame from noise (`seed`'s own, or `noise`), at the working size; `seed`'s generator
         feeds the sampler's fresh noise."""
-        with memory_settings(self.components, bool(self.request.vae_tiling), self.request.attention_slicing):
+        with memory_settings(self.components, bool(self.request.vae_tiling), self.request.attention_slicing), \
+                apply_loras(self.components, self.loras):
             [picture] = denoise_batch(self.request, self.components, self.prepared, [seed], cond, uncond,
                                       self.device, self.dtype, 0, progress, noise=noise)
         return picture
@@ -120,7 +144,8 @@ class Painter:
         request = self.request.model_copy(update={"mode": "img2img", "strength": strength,
                                                   "cfg_scale": self.request.cfg_scale if cfg is None else cfg})
         prepared = PreparedInput(*self.size, image=picture.convert("RGB"))
-        with memory_settings(self.components, bool(self.request.vae_tiling), self.request.attention_slicing):
+        with memory_settings(self.components, bool(self.request.vae_tiling), self.request.attention_slicing), \
+                apply_loras(self.components, self.loras):
             [made] = denoise_batch(request, self.components, prepared, [seed], cond, uncond,
                                    self.device, self.dtype, 0, progress)
         return made
@@ -138,7 +163,9 @@ class Painter:
         """One guided UNet step at the working size, timed: what a frame's time is estimated from."""
         _, height, width = latent_shape(self.components, *self.size)
         channels = self.components.unet.config.in_channels  # 9 for an inpainting model
-        cond, uncond = self.encode("")
+        cond, uncond = encode_prompt_batch([("", "")], self.components.tokenizer, self.components.text_encoder,
+                                           device=self.device)
+        cond, uncond = cond.to(self.device, self.dtype), uncond.to(self.device, self.dtype)
         latents = torch.zeros(2, channels, height, width, device=self.device, dtype=self.dtype)
         states = torch.cat([uncond, cond])
         timestep = torch.tensor(500, device=self.device)

@@ -1,0 +1,52 @@
+"""LoRAs and embeddings in a batch's prompts: taken out of (LoRA tags) or rewritten in (embedding
+names) the text before it is encoded, and recorded in each picture's metadata as A1111 does.
+
+The prompts are each picture's resolved prompt (template variant, styles), so a tag may come
+from a wildcard. One batch runs one UNet: its pictures must ask for the same LoRAs.
+"""
+
+from __future__ import annotations
+
+from ...errors import BadRequest
+from ...models.components import ModelComponents
+from ...models.embeddings import embedding_names_in, list_embeddings, read_embedding, use_embeddings
+from ...models.lora import find_lora, lora_info
+from ...prompts.extra_networks import LoraUse, extract_pair
+from ...prompts.picture import PicturePrompt
+
+
+def batch_prompts(components: ModelComponents, prompts: list[PicturePrompt]) -> tuple[list[tuple[str, str]], list[LoraUse]]:
+    """The (prompt, negative) pairs to encode for a batch, and the LoRAs the batch applies."""
+    pairs, uses = [], None
+    for picture in prompts:
+        prompt, negative, own = extract_pair(picture.prompt, picture.negative_prompt)
+        if uses is not None and own != uses:
+            raise BadRequest("prompt", "the pictures of one batch ask for different LoRAs "
+                                       f"({_tags(uses)} and {_tags(own)}); make them in batches of one (n_samples 1)")
+        uses = own
+        (prompt, negative), _ = use_embeddings(components, [prompt, negative])
+        pairs.append((prompt, negative))
+    return pairs, uses or []
+
+
+def _tags(uses: list[LoraUse]) -> str:
+    return " ".join(use.tag() for use in uses) or "none"
+
+
+def network_fields(prompt: PicturePrompt) -> tuple[dict, dict]:
+    """A1111's `Lora hashes` and `TI hashes` fields for a picture, and the same in reverie's JSON
+    (each LoRA's weights and hash, each embedding's hash); empty when it used none."""
+    _, _, uses = extract_pair(prompt.prompt, prompt.negative_prompt)
+    fields, metadata = {}, {}
+    if uses:
+        infos = [lora_info(find_lora(use.name)) for use in uses]
+        fields["Lora hashes"] = ", ".join(f"{use.name}: {info.hash}" for use, info in zip(uses, infos))
+        metadata["loras"] = [{"name": use.name, "unet": use.unet, "text": use.text, "hash": info.hash, "base": info.base}
+                             for use, info in zip(uses, infos)]
+    known = list_embeddings()
+    names = embedding_names_in(prompt.prompt + "\n" + prompt.negative_prompt, known) if known else []
+    if names:
+        embeddings = [read_embedding(known[name]) for name in names]
+        fields["TI hashes"] = ", ".join(f"{e.name}: {e.hash}" for e in embeddings)
+        metadata["embeddings"] = [{"name": e.name, "hash": e.hash} for e in embeddings]
+    return fields, metadata

@@ -1,0 +1,354 @@
+"""SDXL base and refiner: single files in the original (SGM) layout, diffusers folders, every mode.
+
+The models are random-weight SDXL at toy width with SDXL's real architecture: two text encoders
+(a CLIP ViT-L-shaped CLIPTextModel and a bigG-shaped CLIPTextModelWithProjection, of different
+widths as the real ones are), the "text_time" added embedding (pooled text + size/crop time ids),
+linear transformer projections, a first level without attention, and two transformer layers in
+the deepest blocks. Pictures are 64 px, two steps.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from conftest import pixels, run_cli
+from reverie.errors import BadCheckpoint, BadRequest
+from reverie.models.clip_tokenizer import VOCAB_SIZE, clip_tokenizer
+from reverie.models.components import ModelComponents
+from reverie.models.sdxl import CONFIGS_DIR, OPEN_CLIP_PAD_TOKEN
+from reverie.models.sdxl_layout import save_sdxl_single_file, to_sgm_state_dict
+from reverie.models.single_file import load_single_file
+from reverie.outputs.metadata import parse_a1111_parameters, read_png_info
+from reverie.prompts.conditioning import encode_sdxl_prompt_batch
+from reverie.studio import make_request
+
+L_WIDTH, G_WIDTH, TIME_DIM = 32, 64, 8
+FAST = dict(steps=2, cfg_scale=5.0, width=64, height=64, n_samples=1, sampler="euler")
+
+
+def _clip(hidden: int, act: str, projection: bool):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                            num_attention_heads=4, vocab_size=VOCAB_SIZE, hidden_act=act, projection_dim=hidden,
+                            bos_token_id=0, eos_token_id=2, pad_token_id=1)
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
+
+
+def tiny_sdxl(refiner: bool = False, seed: int = 0) -> ModelComponents:
+    """SDXL base (or refiner: bigG alone, aesthetic-score time ids) at toy width, random weights."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    text_width = G_WIDTH if refiner else L_WIDTH + G_WIDTH
+    time_ids = 5 if refiner else 6
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=(32, 64, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 1, 2), attention_head_dim=(2, 4, 8), use_linear_projection=True,
+        cross_attention_dim=text_width, addition_embed_type="text_time", addition_time_embed_dim=TIME_DIM,
+        projection_class_embeddings_input_dim=G_WIDTH + time_ids * TIME_DIM,
+    )
+    vae = AutoencoderKL(block_out_channels=(32, 32, 64, 64), down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, sample_size=64,
+                        scaling_factor=0.13025, force_upcast=True)
+    text_encoder = None if refiner else _clip(L_WIDTH, "quick_gelu", projection=False)
+    text_encoder_2 = _clip(G_WIDTH, "gelu", projection=True)
+    modules = [m for m in (unet, vae, text_encoder, text_encoder_2) if m is not None]
+    with torch.no_grad():
+        for model in modules:
+            for p in model.parameters():
+                p.normal_(0.0, 0.05)
+    for model in modules:
+        model.eval().requires_grad_(False)
+    scheduler = dict(__import__("json").loads((CONFIGS_DIR / "sdxl" / "scheduler" / "scheduler_config.json").read_text()))
+    return ModelComponents(
+        name="tiny-sdxl-refiner" if refiner else "tiny-sdxl", unet=unet, vae=vae, text_encoder=text_encoder,
+        tokenizer=None if refiner else clip_tokenizer(), text_encoder_2=text_encoder_2,
+        tokenizer_2=clip_tokenizer(pad_token=OPEN_CLIP_PAD_TOKEN), scheduler_config=scheduler,
+        family="sdxl-refiner" if refiner else "sdxl",
+    )
+
+
+def save_folder(components: ModelComponents, folder):
+    """The components as a diffusers folder, as the published SDXL repositories lay it out."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+
+    scheduler = EulerDiscreteScheduler.from_config(components.scheduler_config)
+    parts = dict(vae=components.vae, text_encoder=components.text_encoder, text_encoder_2=components.text_encoder_2,
+                 tokenizer=components.tokenizer, tokenizer_2=components.tokenizer_2, unet=components.unet,
+                 scheduler=scheduler)
+    if components.family == "sdxl-refiner":
+        pipe = StableDiffusionXLImg2ImgPipeline(**parts, requires_aesthetics_score=True, force_zeros_for_empty_prompt=False)
+    else:
+        pipe = StableDiffusionXLPipeline(**parts)
+    pipe.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def sdxl_files(tmp_path_factory):
+    """models/ with tiny-sdxl (folder), tiny-sdxl.safetensors (single file, as its own name) and a refiner."""
+    root = tmp_path_factory.mktemp("sdxl")
+    models = root / "models"
+    models.mkdir()
+    base, refiner = tiny_sdxl(), tiny_sdxl(refiner=True, seed=1)
+    save_folder(base, models / "tiny-sdxl")
+    save_folder(refiner, models / "tiny-sdxl-refiner")
+    save_sdxl_single_file(base, models / "tiny-sdxl-file.safetensors")
+    save_sdxl_single_file(refiner, root / "tiny-sdxl-refiner-file.safetensors")
+    return dict(root=root, models=models, base=base, refiner=refiner)
+
+
+@pytest.fixture
+def sdxl_models(sdxl_files, monkeypatch):
+    """REVERIE_MODELS at the SDXL models, and the toy-width configs in place of the shipped ones
+    (a single file carries no config: the real configs would not fit toy weights)."""
+    import reverie.models.sdxl as sdxl
+
+    monkeypatch.setenv("REVERIE_MODELS", str(sdxl_files["models"]))
+    monkeypatch.setattr(sdxl, "shipped_sdxl_config_dir",
+                        lambda family: sdxl_files["models"] / ("tiny-sdxl" if family == "sdxl" else "tiny-sdxl-refiner"))
+    return sdxl_files
+
+
+def same_weights(expected, actual):
+    a, b = expected.state_dict(), actual.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+# ----------------------------------------------------------------------------- configs and layout
+
+
+def test_shipped_configs_are_the_published_sdxl_architectures():
+    """Parameter counts of SDXL 1.0 base (UNet 2,567,463,684; bigG with projection 694,659,840)."""
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    def count(model):
+        return sum(p.numel() for p in model.parameters())
+
+    base, refiner = CONFIGS_DIR / "sdxl", CONFIGS_DIR / "sdxl-refiner"
+    with init_empty_weights():
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(base / "unet"))
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(base / "vae"))
+        clip_l = CLIPTextModel(CLIPTextConfig.from_pretrained(base / "text_encoder"))
+        clip_g = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(base / "text_encoder_2"))
+        refiner_unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(refiner / "unet"))
+    assert (count(unet), count(vae), count(clip_l), count(clip_g)) == (2_567_463_684, 83_653_863, 123_060_480, 694_659_840)
+    assert unet.config.cross_attention_dim == 768 + 1280 and unet.config.addition_embed_type == "text_time"
+    assert refiner_unet.config.cross_attention_dim == 1280
+    assert refiner_unet.config.projection_class_embeddings_input_dim == 1280 + 5 * 256  # aesthetic score, no target size
+    assert vae.config.force_upcast and vae.config.scaling_factor == 0.13025
+    assert not (refiner / "text_encoder").exists()
+
+
+def test_single_file_has_the_original_key_layout_and_loads_back_exactly(sdxl_files):
+    base = sdxl_files["base"]
+    path = sdxl_files["models"] / "tiny-sdxl-file.safetensors"
+    state = load_file(str(path))
+    # Names as in sd_xl_base_1.0.safetensors.
+    for key in ("model.diffusion_model.label_emb.0.0.weight", "model.diffusion_model.label_emb.0.2.bias",
+                "model.diffusion_model.input_blocks.0.0.weight",
+                "model.diffusion_model.input_blocks.7.1.transformer_blocks.1.attn2.to_k.weight",
+                "model.diffusion_model.middle_block.1.transformer_blocks.1.ff.net.0.proj.weight",
+                "model.diffusion_model.output_blocks.2.2.conv.weight",
+                "model.diffusion_model.out.2.weight",
+                "first_stage_model.decoder.up.3.block.0.conv1.weight",
+                "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight",
+                "conditioner.embedders.0.transformer.text_model.encoder.layers.1.self_attn.q_proj.weight",
+                "conditioner.embedders.1.model.transformer.resblocks.1.attn.in_proj_weight",
+                "conditioner.embedders.1.model.text_projection", "conditioner.embedders.1.model.positional_embedding",
+                "conditioner.embedders.1.model.ln_final.weight", "conditioner.embedders.1.model.logit_scale"):
+        assert key in state, key
+    assert not any(k.startswith(("cond_stage_model.", "text_encoder")) for k in state)
+    # bigG's projection is stored [width, projection], the transpose of the Linear weight.
+    assert torch.equal(state["conditioner.embedders.1.model.text_projection"],
+                       base.text_encoder_2.text_projection.weight.T)
+
+    # diffusers' converters read it back to the very same weights ...
+    loaded = load_single_file(path, config_dir=sdxl_files["models"] / "tiny-sdxl")
+    assert loaded.family == "sdxl" and loaded.is_sdxl
+    for original, read in ((base.unet, loaded.unet), (base.vae, loaded.vae), (base.text_encoder, loaded.text_encoder),
+                           (base.text_encoder_2, loaded.text_encoder_2)):
+        same_weights(original, read)
+    # ... and our map writes the loaded model back to the very same file contents.
+    again = to_sgm_state_dict(loaded.unet, loaded.vae, loaded.text_encoder, loaded.text_encoder_2)
+    assert again.keys() == state.keys()
+    for key, value in state.items():
+        assert torch.equal(again[key].contiguous(), value), key
+    assert loaded.tokenizer.pad_token == "<|endoftext|>" and loaded.tokenizer_2.pad_token == "!"
+
+
+def test_refiner_single_file_has_bigg_alone(sdxl_files):
+    path = sdxl_files["root"] / "tiny-sdxl-refiner-file.safetensors"
+    state = load_file(str(path))
+    assert "conditioner.embedders.0.model.text_projection" in state
+    assert not any(k.startswith("conditioner.embedders.1.") for k in state)
+    loaded = load_single_file(path, config_dir=sdxl_files["models"] / "tiny-sdxl-refiner")
+    assert loaded.family == "sdxl-refiner" and loaded.text_encoder is None
+    same_weights(sdxl_files["refiner"].text_encoder_2, loaded.text_encoder_2)
+    same_weights(sdxl_files["refiner"].unet, loaded.unet)
+
+
+def test_neither_sd_nor_sdxl_is_refused_clearly(tmp_path):
+    # An SGM-style file whose embedders are neither SDXL base's nor its refiner's (e.g. SVD/SD3-like).
+    tensors = {"conditioner.embedders.0.open_clip.model.visual.proj": torch.zeros(4, 4),
+               "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(320, 8, 3, 3)}
+    path = tmp_path / "other.safetensors"
+    save_file(tensors, str(path))
+    with pytest.raises(BadCheckpoint, match="not a Stable Diffusion 1.x/2.x or SDXL checkpoint.*neither SDXL"):
+        load_single_file(path)
+
+
+def test_sdxl_text_encoders_over_a_foreign_unet_are_refused(sdxl_files, tmp_path):
+    state = load_file(str(sdxl_files["models"] / "tiny-sdxl-file.safetensors"))
+    state = {k: v for k, v in state.items() if not k.startswith("model.diffusion_model.label_emb.")}
+    path = tmp_path / "mixed.safetensors"
+    save_file(state, str(path))
+    with pytest.raises(BadCheckpoint, match="size/crop embedding"):
+        load_single_file(path, config_dir=sdxl_files["models"] / "tiny-sdxl")
+
+
+# ----------------------------------------------------------------------------- conditioning
+
+
+def test_weighting_changes_both_encoders_states_and_long_prompts_are_chunked(sdxl_files):
+    base = sdxl_files["base"]
+    encoders = [(base.tokenizer, base.text_encoder), (base.tokenizer_2, base.text_encoder_2)]
+    plain = encode_sdxl_prompt_batch([("a cat on a mat", "")], encoders, zero_empty_negative=True)
+    weighted = encode_sdxl_prompt_batch([("a (cat:1.5) on a mat", "")], encoders, zero_empty_negative=True)
+    assert plain.cond.shape == (1, 77, L_WIDTH + G_WIDTH) and plain.pooled.shape == (1, G_WIDTH)
+    for part in (slice(0, L_WIDTH), slice(L_WIDTH, None)):  # CLIP-L's states, then bigG's
+        assert not torch.allclose(plain.cond[..., part], weighted.cond[..., part])
+    # The pooled text is the unweighted projection, as A1111 takes it; an empty negative is zeros (SDXL base).
+    assert torch.allclose(plain.pooled, weighted.pooled)
+    assert not plain.uncond.any() and not plain.negative_pooled.any()
+    # Penultimate layer, first chunk's EOS, as diffusers' own SDXL encode_prompt computes them.
+    ids_l = base.tokenizer("a cat on a mat", padding="max_length", max_length=77, return_tensors="pt").input_ids
+    ids_g = base.tokenizer_2("a cat on a mat", padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        out_l = base.text_encoder(ids_l, output_hidden_states=True)
+        out_g = base.text_encoder_2(ids_g, output_hidden_states=True)
+    expected = torch.cat([out_l.hidden_states[-2], out_g.hidden_states[-2]], dim=-1)
+    assert torch.allclose(plain.cond, expected, atol=1e-5)
+    assert torch.allclose(plain.pooled, out_g.text_embeds, atol=1e-5)
+    long = encode_sdxl_prompt_batch([(", ".join(["a red cat"] * 20), "blurry")], encoders)
+    assert long.cond.shape[1] == 2 * 77 and long.uncond.shape == long.cond.shape
+
+
+# ----------------------------------------------------------------------------- every mode, studio and CLI
+
+
+def test_the_models_folder_lists_sdxl_and_the_studio_uses_it_by_name(sdxl_models, studio):
+    from reverie.models.registry import list_models
+
+    names = {entry.name: entry.kind for entry in list_models()}
+    assert names["tiny-sdxl"] == "diffusers" and names["tiny-sdxl-file"] == "single-file"
+    first = studio.generate(make_request(model="tiny-sdxl", prompt="a lighthouse", seed=7, **FAST))
+    again = studio.generate(make_request(model="tiny-sdxl", prompt="a lighthouse", seed=7, **FAST))
+    other = studio.generate(make_request(model="tiny-sdxl", prompt="a lighthouse", seed=8, **FAST))
+    assert first.images[0].image.size == (64, 64)
+    assert np.array_equal(pixels(first.images[0].image), pixels(again.images[0].image))
+    assert not np.array_equal(pixels(first.images[0].image), pixels(other.images[0].image))
+    # The single file of the same weights makes the same picture.
+    from_file = studio.generate(make_request(model="tiny-sdxl-file", prompt="a lighthouse", seed=7, **FAST))
+    assert np.abs(pixels(from_file.images[0].image) - pixels(first.images[0].image)).max() <= 1
+
+
+def test_every_image_mode_runs(sdxl_models, studio, photo, tmp_path):
+    mask = np.zeros((72, 88), dtype=np.uint8)
+    mask[16:48, 24:64] = 255
+    mask_path = tmp_path / "mask.png"
+    Image.fromarray(mask).save(mask_path)
+    source = pixels(Image.open(photo))
+    size = dict(FAST, width=None, height=None)
+    for fields in ({"mode": "img2img", "init_image": photo, "strength": 0.6},
+                   {"mode": "variations", "init_image": photo},
+                   {"mode": "inpaint", "init_image": photo, "mask_image": str(mask_path)},
+                   {"mode": "outpaint", "init_image": photo, "outpaint_right": 16}):
+        result = studio.generate(make_request(model="tiny-sdxl-file", prompt="a harbour", seed=3, **size, **fields))
+        out = pixels(result.images[0].image)
+        if fields["mode"] == "outpaint":
+            assert out.shape == (72, 104, 3) and np.array_equal(out[:, :88], source)
+        else:
+            assert out.shape == source.shape
+            if fields["mode"] == "inpaint":
+                assert np.array_equal(out[mask == 0], source[mask == 0])
+            else:
+                assert not np.array_equal(out, source)
+
+
+def test_cli_generates_with_an_sdxl_single_file(sdxl_models, monkeypatch, capsys, tmp_path):
+    code, out, err = run_cli(monkeypatch, capsys, "generate", "a fox", "--model", "tiny-sdxl-file", "--steps", "2",
+                             "--width", "64", "--height", "64", "--n-samples", "1", "--seed", "5", "--device", "cpu",
+                             "--outdir", str(tmp_path))
+    assert code == 0, err
+    written = sorted(tmp_path.glob("*.png"))
+    assert written and "Model: tiny-sdxl-file" in read_png_info(written[0])["parameters"]
+
+
+def test_refiner_stage_runs_and_is_recorded(sdxl_models, studio, monkeypatch, capsys, tmp_path):
+    plain = studio.generate(make_request(model="tiny-sdxl", prompt="a boat", seed=11, **FAST))
+    refined = studio.generate(make_request(model="tiny-sdxl", prompt="a boat", seed=11, refiner="tiny-sdxl-refiner",
+                                           refiner_switch=0.5, **(FAST | {"steps": 4})))
+    again = studio.generate(make_request(model="tiny-sdxl", prompt="a boat", seed=11, refiner="tiny-sdxl-refiner",
+                                         refiner_switch=0.5, **(FAST | {"steps": 4})))
+    assert np.array_equal(pixels(refined.images[0].image), pixels(again.images[0].image))
+    assert not np.array_equal(pixels(plain.images[0].image), pixels(refined.images[0].image))
+    parameters = refined.images[0].parameters
+    assert "Refiner: tiny-sdxl-refiner, Refiner switch at: 0.5" in parameters
+    assert parse_a1111_parameters(parameters)["refiner"] == "tiny-sdxl-refiner"
+    hashed = parameters.replace("Refiner: tiny-sdxl-refiner,", "Refiner: tiny-sdxl-refiner [0123abcd],")
+    assert parse_a1111_parameters(hashed)["refiner"] == "tiny-sdxl-refiner"  # A1111 adds the file's hash
+    # The CLI's flags, in an image mode too.
+    code, out, err = run_cli(monkeypatch, capsys, "generate", "a boat", "--model", "tiny-sdxl", "--refiner",
+                             "tiny-sdxl-refiner", "--refiner-switch", "0.6", "--steps", "3", "--width", "64",
+                             "--height", "64", "--n-samples", "1", "--seed", "5", "--device", "cpu",
+                             "--outdir", str(tmp_path / "cli"))
+    assert code == 0, err
+    written = sorted((tmp_path / "cli").glob("*.png"))
+    assert "Refiner switch at: 0.6" in read_png_info(written[0])["parameters"]
+    img2img = studio.generate(make_request(model="tiny-sdxl", mode="img2img", init_image=str(written[0]), prompt="a boat",
+                                           seed=2, strength=0.5, refiner="tiny-sdxl-refiner", **FAST))
+    assert img2img.images[0].image.size == (64, 64)
+
+
+def test_refiner_needs_sdxl_on_both_sides(sdxl_models, studio):
+    with pytest.raises(BadRequest, match="refiner"):
+        studio.generate(make_request(model="tiny-random", prompt="x", seed=1, refiner="tiny-sdxl-refiner", **FAST))
+    with pytest.raises(BadRequest, match="refiner"):
+        studio.generate(make_request(model="tiny-sdxl", prompt="x", seed=1, refiner="tiny-random", **FAST))
+
+
+def test_memory_estimate_counts_sdxl_and_its_float32_vae():
+    from reverie.device import estimate_peak_bytes
+
+    common = dict(width=1024, height=1024, batch=1, latent_channels=4, vae_scale=8, dtype=torch.float16, vae_tiling=False)
+    sd = estimate_peak_bytes(**common)
+    sdxl = estimate_peak_bytes(**common, unet_scale=2.0, vae_dtype=torch.float32)
+    assert sdxl > sd
+    assert estimate_peak_bytes(**common, vae_dtype=torch.float32) - sd == 1024 * 1024 * 128 * 6 * 2
+
+
+def test_a_vae_upcast_for_one_decode_is_put_back_even_when_it_fails():
+    """diffusers moves SDXL's VAE to float32 for each decode (it overflows in float16); the cached
+    VAE must come back in its own dtype, also when the decode fails midway."""
+    from reverie.methods.diffusion.pipelines import vae_dtype_kept
+
+    components = tiny_sdxl()
+    components.vae.to(torch.bfloat16)
+    with pytest.raises(RuntimeError):
+        with vae_dtype_kept(components):
+            components.vae.to(torch.float32)  # as diffusers' upcast does
+            raise RuntimeError("stopped mid-decode")
+    assert components.vae.dtype == torch.bfloat16
