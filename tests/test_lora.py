@@ -3,6 +3,9 @@ tiny-random model's own module names (the real key layouts), applied through dif
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -136,6 +139,10 @@ def test_models_listing_and_registry(models, monkeypatch, capsys):
     code, out, _ = run_cli(monkeypatch, capsys, "models")
     assert code == 0
     assert "inkA" in out and " lora " in out and "directly" in out
+    # A LoRA named like an emoji shortcode is printed as its tag, not as the emoji.
+    save_file(kohya_lora(9), str(Path(os.environ["REVERIE_MODELS"]) / "Lora" / "rainbow.safetensors"))
+    code, out, _ = run_cli(monkeypatch, capsys, "models")
+    assert "<lora:rainbow:" in out and "\U0001f308" not in out
 
 
 # ----------------------------------------------------------------------------- applying

@@ -352,3 +352,41 @@ def test_a_vae_upcast_for_one_decode_is_put_back_even_when_it_fails():
             components.vae.to(torch.float32)  # as diffusers' upcast does
             raise RuntimeError("stopped mid-decode")
     assert components.vae.dtype == torch.bfloat16
+
+
+def sdxl_kohya_lora(components: ModelComponents, seed: int, rank: int = 4) -> dict:
+    """An SDXL LoRA as kohya writes one: `lora_unet_<module path>`, `lora_te1_` (CLIP-L) and
+    `lora_te2_` (bigG) text-encoder layers, each with its alpha."""
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    parts = (("lora_unet_", components.unet, ("to_q", "to_k", "to_v", "to_out.0")),
+             ("lora_te1_text_model_", components.text_encoder, ("q_proj", "k_proj", "v_proj", "out_proj")),
+             ("lora_te2_text_model_", components.text_encoder_2, ("q_proj", "k_proj", "v_proj", "out_proj")))
+    for prefix, module, targets in parts:
+        for name, m in module.named_modules():
+            if isinstance(m, torch.nn.Linear) and name.endswith(targets):
+                key = prefix + name.removeprefix("text_model.").replace(".", "_")
+                state[key + ".lora_down.weight"] = torch.randn(rank, m.in_features, generator=g) * 0.3
+                state[key + ".lora_up.weight"] = torch.randn(m.out_features, rank, generator=g) * 0.3
+                state[key + ".alpha"] = torch.tensor(float(rank) / 2)
+    return state
+
+
+def test_an_sdxl_lora_applies_to_the_unet_and_both_text_encoders(sdxl_models, studio):
+    from safetensors.torch import save_file
+
+    from reverie.models.lora import find_lora, lora_info
+
+    (sdxl_models["models"] / "Lora").mkdir(exist_ok=True)
+    save_file(sdxl_kohya_lora(sdxl_models["base"], 5), str(sdxl_models["models"] / "Lora" / "xlink.safetensors"))
+    assert lora_info(find_lora("xlink")).base == "sdxl"
+    base = studio.generate(make_request(model="tiny-sdxl", prompt="a lighthouse", seed=7, **FAST)).images[0].image
+    zero = studio.generate(make_request(model="tiny-sdxl", prompt="a lighthouse <lora:xlink:0>", seed=7, **FAST))
+    text_only = studio.generate(make_request(model="tiny-sdxl", prompt="a lighthouse <lora:xlink:0:1>", seed=7, **FAST))
+    full = studio.generate(make_request(model="tiny-sdxl", prompt="a lighthouse <lora:xlink:1>", seed=7, **FAST))
+    assert np.array_equal(pixels(zero.images[0].image), pixels(base))
+    assert not np.array_equal(pixels(text_only.images[0].image), pixels(base))  # the text encoders took it
+    assert not np.array_equal(pixels(full.images[0].image), pixels(text_only.images[0].image))
+    assert "Lora hashes" in full.images[0].parameters
+    again = studio.generate(make_request(model="tiny-sdxl", prompt="a lighthouse", seed=7, **FAST)).images[0].image
+    assert np.array_equal(pixels(again), pixels(base))  # the cached model is the base again

@@ -14,8 +14,8 @@ from .errors import ReverieError
 from .terminal import progress_bar
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="reverie: an open-source AI art studio.")
-err = Console(stderr=True, soft_wrap=True)
-out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True, emoji=False)
+out = Console(soft_wrap=True, emoji=False)
 
 # Options every generating command shares; the original txt2img.py spellings are aliases.
 Model = Annotated[Optional[str], typer.Option("--model", "-m", "--ckpt", help="Built-in name, diffusers folder, .safetensors/.ckpt file, or hub id.")]

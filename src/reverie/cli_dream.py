@@ -17,8 +17,8 @@ from rich.progress import TextColumn
 
 from .terminal import progress_bar
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True, emoji=False)
+err = Console(stderr=True, soft_wrap=True, emoji=False)
 
 GENERATOR_HELP = "mini (built-in autoencoder), pixels, vqgan:CKPT (taming YAML beside it), biggan:FOLDER, or a model's autoencoder."
 CLIP_HELP = ("A guide: mini (built-in), a `reverie train clip` export folder, an OpenAI CLIP .pt, or ARCH:FILE / a folder "

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-out = Console(soft_wrap=True)
+out = Console(soft_wrap=True, emoji=False)
 users_app = typer.Typer(help="Studio accounts for --multi-user: add users, make API keys, grant credits.",
                         no_args_is_help=True)
 

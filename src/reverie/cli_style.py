@@ -24,8 +24,8 @@ from .cli_dream import _StopOnCtrlC
 from .errors import BadRequest
 from .terminal import progress_bar
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True, emoji=False)
+err = Console(stderr=True, soft_wrap=True, emoji=False)
 
 FEATURES_HELP = ("The network whose features define content and style: builtin (default), random, clip, or "
                  "vgg16:FILE / vgg19:FILE (torchvision's VGG weights from your disk, .pth or .safetensors).")

@@ -1,4 +1,5 @@
-"""`reverie train ...`: training the built-in models from a dataset folder.
+"""`reverie train ...`: training the built-in models from a dataset folder, and LoRAs and embeddings
+of any model from a folder of your pictures (`reverie train lora|embedding FOLDER --model BASE`).
 
 --data is a folder of pictures with same-name .txt captions (subfolders too), or a dataset
 `reverie data build` made (its train/ split is trained on). Every command resumes when given
@@ -15,7 +16,7 @@ import typer
 from rich.console import Console
 
 train_app = typer.Typer(help="Train reverie's built-in models (resumable; CPU or GPU).", no_args_is_help=True)
-out = Console(soft_wrap=True)
+out = Console(soft_wrap=True, emoji=False)
 
 Data = Annotated[Path, typer.Option("--data", help="A folder of pictures (png, jpg, webp; subfolders too) with same-name .txt captions, or a dataset `reverie data build` made (its train/ split).")]
 Pictures = Annotated[Path, typer.Option("--data", help="A folder of pictures (png, jpg, webp; subfolders too; no captions needed), or a dataset `reverie data build` made (train/ to learn, test/ for samples).")]
@@ -287,3 +288,78 @@ def gan(folder: Annotated[Optional[Path], typer.Argument(help="A folder of pictu
                            d_lr=d_lr, d_steps=d_steps, augment=augment)
     export = run_gan(data, out_dir, config, settings, conditional=conditional, half=not fp32_export)
     out.print(f"GAN saved to {export}; make pictures with `reverie generate --model gan:{out_dir}`")
+
+
+Folder = Annotated[Path, typer.Argument(help="A folder of 10 or more pictures of the concept (png, jpg, webp; subfolders too), each with an optional same-name .txt caption.")]
+BaseModel = Annotated[str, typer.Option("--model", help="The base model to teach: mini, a diffusers folder, an SD 1.x/2.x single file, or a name in the models folder.")]
+Resolution = Annotated[Optional[int], typer.Option("--resolution", help="Training pictures of about this side squared in pixels (default: the model's native size: 128 for mini, 512 for SD 1.x).", show_default=False)]
+Buckets = Annotated[bool, typer.Option("--buckets/--no-buckets", help="Group pictures by aspect ratio (each batch one shape) instead of cropping all to squares.")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed of the batches, noise and the adapters' start.")]
+
+
+def _run_folder(out_dir: Optional[Path], kind: str, name: str) -> Path:
+    import re
+
+    return out_dir or Path("runs") / f"{kind}-{re.sub(r'[^A-Za-z0-9_-]+', '', name) or kind}"
+
+
+@train_app.command("lora")
+def lora_cmd(folder: Folder, model: BaseModel = "mini",
+             trigger: Annotated[str, typer.Option("--trigger", help="The word that calls up the concept in prompts; put in front of every caption.")] = "sks",
+             rank: Annotated[int, typer.Option("--rank", help="The adapters' rank (ss_network_dim).", min=1, max=256)] = 8,
+             alpha: Annotated[float, typer.Option("--alpha", help="LoRA alpha: the update is scaled alpha/rank (ss_network_alpha).")] = 8.0,
+             lr: Lr = 1e-4, steps: Steps = 200, batch_size: Batch = 2, resolution: Resolution = None, buckets: Buckets = True,
+             text_encoder: Annotated[bool, typer.Option("--text-encoder", help="Adapters on the text encoder too (CLIP encoders: SD 1.x/2.x; reverie-mini's MiniLM LoRAs are UNet-only).")] = False,
+             prior_preservation: Annotated[bool, typer.Option("--prior-preservation", help="Keep the class as the base model draws it: its pictures (made once into the run folder) trained alongside.")] = False,
+             class_prompt: Annotated[Optional[str], typer.Option("--class-prompt", help="What the concept is, e.g. \"a photo of a cat\": captions pictures that have none (TRIGGER CLASS) and draws the class pictures.")] = None,
+             class_images: Annotated[int, typer.Option("--class-images", help="Class pictures for prior preservation.", min=1)] = 50,
+             prior_weight: Annotated[float, typer.Option("--prior-weight", help="Weight of the class pictures' loss.", min=0.0)] = 1.0,
+             name: Annotated[Optional[str], typer.Option("--name", help="The file's name, used in prompts as <lora:NAME:1> (default: the run folder's name).", show_default=False)] = None,
+             out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run folder (default runs/lora-TRIGGER); training resumes from its checkpoint.", show_default=False)] = None,
+             save_every: SaveEvery = 50, sample_every: Annotated[int, typer.Option("--sample-every", help="Steps between sample grids (fixed seeds; 0: none).", min=0)] = 100,
+             warmup: Warmup = 10, seed: Seed = 0,
+             fp32_export: Annotated[bool, typer.Option("--fp32-export", help="Write fp32 tensors instead of fp16.")] = False,
+             bf16: Bf16 = False, device: Device = "auto", fp16: Fp16 = False):
+    """Teach a model a concept from your pictures as a LoRA (DreamBooth-style); writes a kohya .safetensors."""
+    from .errors import ReverieError
+    from .training.lora import LoraSettings, train_lora
+
+    config = _config(steps, batch_size, lr, bf16, save_every, sample_every, warmup, 0.0, device, fp16)
+    config.seed = seed
+    if not folder.is_dir():
+        raise ReverieError(f"FOLDER: no folder at {folder}; give a folder of 10 or more pictures of the concept")
+    run = _run_folder(out_dir, "lora", trigger)
+    settings = LoraSettings(trigger=trigger, rank=rank, alpha=alpha, resolution=resolution, buckets=buckets,
+                            text_encoder=text_encoder, prior_preservation=prior_preservation, class_prompt=class_prompt,
+                            class_images=class_images, prior_weight=prior_weight, name=name or "", half=not fp32_export)
+    trained = train_lora(folder, model, run, config, settings)
+    stem = trained.file.stem
+    out.print(f"LoRA saved to {trained.file}; copy it into models/Lora/ and write <lora:{stem}:1> {trigger} in a prompt",
+              markup=False, highlight=False)
+
+
+@train_app.command("embedding")
+def embedding_cmd(folder: Folder, model: BaseModel = "mini",
+                  token: Annotated[str, typer.Option("--token", help="The new word, e.g. \"<my-cat>\".")] = "<my-concept>",
+                  init_word: Annotated[str, typer.Option("--init-word", help="A word near the concept to start from, e.g. cat.")] = "*",
+                  vectors: Annotated[int, typer.Option("--vectors", help="Vectors (tokens) per use of the word.", min=1, max=75)] = 1,
+                  lr: Lr = 5e-3, steps: Steps = 200, batch_size: Batch = 2, resolution: Resolution = None, buckets: Buckets = True,
+                  fmt: Annotated[str, typer.Option("--format", help="safetensors (emb_params) or pt (A1111's string_to_param dict).")] = "safetensors",
+                  name: Annotated[Optional[str], typer.Option("--name", help="The file's name, the word in prompts (default: the token without <>).", show_default=False)] = None,
+                  out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run folder (default runs/embedding-TOKEN); training resumes from its checkpoint.", show_default=False)] = None,
+                  save_every: SaveEvery = 50, sample_every: Annotated[int, typer.Option("--sample-every", help="Steps between sample grids (fixed seeds; 0: none).", min=0)] = 100,
+                  warmup: Warmup = 10, seed: Seed = 0, bf16: Bf16 = False, device: Device = "auto", fp16: Fp16 = False):
+    """Teach a model a new word for a concept from your pictures (textual inversion); writes A1111's embedding format."""
+    from .errors import ReverieError
+    from .training.embedding import EmbeddingSettings, train_embedding
+
+    config = _config(steps, batch_size, lr, bf16, save_every, sample_every, warmup, 0.0, device, fp16)
+    config.seed = seed
+    if not folder.is_dir():
+        raise ReverieError(f"FOLDER: no folder at {folder}; give a folder of 10 or more pictures of the concept")
+    run = _run_folder(out_dir, "embedding", token)
+    settings = EmbeddingSettings(token=token, init_word=init_word, vectors=vectors, resolution=resolution, buckets=buckets,
+                                 name=name or "", fmt=fmt)
+    trained = train_embedding(folder, model, run, config, settings)
+    out.print(f"embedding saved to {trained.file}; copy it into models/embeddings/ and write {trained.file.stem} in a prompt",
+              markup=False, highlight=False)

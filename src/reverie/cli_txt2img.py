@@ -18,8 +18,8 @@ from rich.console import Console
 from .errors import BadRequest
 from .terminal import progress_bar
 
-err = Console(stderr=True, soft_wrap=True)
-out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True, emoji=False)
+out = Console(soft_wrap=True, emoji=False)
 ORIGINAL_CONFIG = "v1-inference.yaml"
 
 
