@@ -12,8 +12,8 @@ from pydantic import Field, field_validator, model_validator
 
 from ...errors import BadRequest
 from ...request import BaseRequest
+from ...training.data.concept import MIN_PICTURES
 
-MIN_PICTURES = 10  # as training/data/concept.py asks of a concept's folder
 STEPS_PER_CHARGE = 50  # the studio charges one request per this many training steps
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # a file stem that <lora:NAME:W> can spell
 

@@ -74,7 +74,7 @@ def run(request: TrainLoraRequest, models: ModelCache, progress: Progress, outpu
     except Interrupted:
         result.interrupted = True
         return result
-    saved = _save(trained, trained_lora_folder() / trained.name)
+    saved = _save(trained.file, trained_lora_folder() / trained.file.name)
     result.images.append(_final_grid(request, model, samples / f"lora-{steps:06d}.png", saved, outputs))
     progress(ProgressEvent("image", 1, 1, payload=result.images[-1]))
     result.timings["train_s"] = time.perf_counter() - started
