@@ -152,6 +152,8 @@ def test_a_lora_trained_on_my_pictures_is_mine_alone(tmp_path, models, monkeypat
         mine = {lora["name"]: lora for lora in client.get("/api/v1/loras", headers=as_ann).json()}
         assert set(mine) == {"my-disc", "paper-cut"} and mine["my-disc"]["own"] and mine["my-disc"]["trigger"] == "zkx"
         assert [lora["name"] for lora in client.get("/api/v1/loras", headers=as_bob).json()] == ["paper-cut"]
+        assert {row["name"] for row in client.get("/sdapi/v1/loras", headers=as_ann).json()} == {"my-disc", "paper-cut"}
+        assert [row["name"] for row in client.get("/sdapi/v1/loras", headers=as_bob).json()] == ["paper-cut"]
 
         use = TXT2IMG | {"prompt": "zkx <lora:my-disc:0.9> on a table"}
         message = refused(client.post("/api/v1/jobs", json=use, headers=as_bob), "prompt")

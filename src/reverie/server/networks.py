@@ -30,7 +30,8 @@ def user_lora_folder(state: StudioState, user: User) -> Path:
     return state.gallery.lora_folder(user.id)
 
 
-def _lora_files(state: StudioState, user: User) -> dict[str, Path]:
+def lora_files(state: StudioState, user: User) -> dict[str, Path]:
+    """{name: file} of the LoRAs `user` may use (their own first)."""
     from ..models.lora import list_loras
 
     with own_loras(user_lora_folder(state, user)):
@@ -39,7 +40,7 @@ def _lora_files(state: StudioState, user: User) -> dict[str, Path]:
 
 def lora_names(state: StudioState, user: User) -> list[str]:
     """The names of the LoRAs `user` may use: their own and the shared ones."""
-    return sorted(_lora_files(state, user))
+    return sorted(lora_files(state, user))
 
 
 def shared_lora_names() -> list[str]:
@@ -73,7 +74,7 @@ def list_user_loras(state: StudioState, user: User) -> list[dict]:
 
     own = user_lora_folder(state, user).resolve()
     listed = []
-    for name, path in sorted(_lora_files(state, user).items()):
+    for name, path in sorted(lora_files(state, user).items()):
         try:
             info = lora_info(path)
         except (BadCheckpoint, ModelNotFound, OSError):
