@@ -178,7 +178,7 @@ def _submit(state: StudioState, user: User, fields: dict) -> Job:
     if getattr(request, "iterations", 0) > MAX_ITERATIONS:
         raise BadRequest("iterations", f"at most {MAX_ITERATIONS} iterations per dream in the studio")
     if request.mode == "train_lora":
-        _check_training(state, user, request)
+        _check_training(state, request)
     check_lora_tags(state, user, request)
     if request.mode == "inpaint":
         check_mask_size(image_size(request.init_image), image_size(request.mask_image), "init_image", "mask_image")
@@ -188,7 +188,7 @@ def _submit(state: StudioState, user: User, fields: dict) -> Job:
     return job
 
 
-def _check_training(state: StudioState, user: User, request) -> None:
+def _check_training(state: StudioState, request) -> None:
     """A LoRA training job is held to the studio's limits, on a diffusion model it lists; its
     name is not a shared LoRA's (the user's own of that name is trained again)."""
     from ..models.registry import list_models
