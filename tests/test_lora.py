@@ -235,10 +235,11 @@ def test_metadata_has_lora_hashes_and_from_reapplies(models, tmp_path, monkeypat
     assert np.array_equal(pixels(made.image), pixels(__import__("PIL.Image").Image.open(again)))
 
 
-def test_a1111_api_lists_loras(models):
-    from reverie.server.api_a1111 import loras
+def test_a1111_api_lists_loras(models, tmp_path):
+    from test_server_api import make_client
 
-    rows = {row["name"]: row for row in loras()}
+    with make_client(tmp_path) as client:  # the caller's list: the shared LoRAs and their own
+        rows = {row["name"]: row for row in client.get("/sdapi/v1/loras").json()}
     assert rows["inkA"]["path"] == "inkA.safetensors"  # a name, never the server's folders
     assert rows["forSD2"]["metadata"]["base"] == "sd2"
 

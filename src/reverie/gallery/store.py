@@ -373,6 +373,10 @@ class Gallery:
         with self.session() as db:
             return list(db.scalars(select(Image).where(Image.job_id == job.id).order_by(Image.index)))
 
+    def lora_folder(self, user_id) -> Path:
+        """Where the user's own LoRAs (trained in the studio) are kept: `loras/<user_id>/`."""
+        return self.folder / "loras" / str(user_id)
+
     def image_path(self, image: Image) -> Path:
         """The item's own file: a picture, or a video."""
         return self.images_dir / image.file

@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 STALE_AFTER_S = 24 * 3600
-IMAGE_FIELDS = ("init_image", "mask_image", "content_image", "style_images")  # the request fields the server fills with uploads
+# the request fields the server fills with uploads (a LoRA's training `pictures` too)
+IMAGE_FIELDS = ("init_image", "mask_image", "content_image", "style_images", "pictures")
 
 
 def upload_paths(uploads_dir: Path, request: dict) -> set[Path]:
@@ -23,7 +24,7 @@ def upload_paths(uploads_dir: Path, request: dict) -> set[Path]:
     found = set()
     for key in IMAGE_FIELDS:
         value = request.get(key) if isinstance(request, dict) else None
-        for item in value if isinstance(value, list) else [value]:  # style_images is a list
+        for item in value if isinstance(value, list) else [value]:  # style_images and pictures are lists
             if isinstance(item, str) and item:
                 try:
                     path = Path(item).resolve()

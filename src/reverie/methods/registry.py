@@ -25,6 +25,7 @@ PACKAGES = (
     "reverie.methods.gan",
     "reverie.methods.grid",
     "reverie.methods.video",
+    "reverie.methods.training_lora",
 )
 DEFAULT_MODE = "txt2img"
 

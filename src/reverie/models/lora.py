@@ -1,8 +1,9 @@
 """LoRA files: finding them by name, what they are for, and applying them to a cached model.
 
 Files live in the models folder: `models/Lora/` and `models/lora/` (A1111's layout), or directly in
-`models/` (recognised by their keys). A LoRA is named by its file's stem, never by a path, so a
-studio client can only use the LoRAs `reverie models` lists.
+`models/` (recognised by their keys); in a studio job, first in its user's own folder of LoRAs
+trained there (models/own_loras.py). A LoRA is named by its file's stem, never by a path, so a
+studio client can only use the LoRAs the studio lists for them (`GET /api/v1/loras`).
 
 Formats, all loaded by diffusers' own LoRA loader onto PEFT adapters (no converter of ours):
 kohya/A1111 (`lora_unet_*`, `lora_te_*` with `alpha`; SDXL's `lora_te1_`/`lora_te2_`), LyCORIS LoCon
@@ -58,10 +59,14 @@ class LoraInfo:
 
 
 def lora_folders() -> list[Path]:
+    """Where LoRAs are found, in order: the user's own folder in a studio job (models/own_loras.py),
+    models/Lora/, models/lora/, models/LyCORIS/, then models/ itself."""
+    from .own_loras import own_lora_folder
     from .registry import models_dir
 
     root = models_dir()
-    return [root / name for name in LORA_FOLDERS] + [root]
+    own = own_lora_folder()
+    return ([own] if own is not None else []) + [root / name for name in LORA_FOLDERS] + [root]
 
 
 def list_loras() -> dict[str, Path]:

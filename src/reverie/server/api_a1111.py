@@ -185,13 +185,15 @@ def sd_models():
 
 
 @router.get("/loras")
-def loras():
-    """A1111's LoRA list (its built-in Lora extension's route): the names `<lora:NAME:W>` takes.
-    Files are named, never their place on the server."""
-    from ..models.lora import list_loras, lora_info
+def loras(state: StudioState = Depends(get_state), user: User = Depends(current_user)):
+    """A1111's LoRA list (its built-in Lora extension's route): the names `<lora:NAME:W>` takes,
+    the caller's own and the shared ones (server/networks.py). Files are named, never their place
+    on the server."""
+    from ..models.lora import lora_info
+    from .networks import lora_files
 
     rows = []
-    for name, path in list_loras().items():
+    for name, path in lora_files(state, user).items():
         try:
             info = lora_info(path)
             metadata = {"base": info.base, "format": info.format, "hash": info.hash}

@@ -1,4 +1,9 @@
-"""The native API, /api/v1: jobs (submit, follow, cancel), the gallery, models, samplers, styles, login."""
+"""The native API, /api/v1: jobs (submit, follow, cancel), the gallery, models, samplers, styles,
+LoRAs and embeddings, login.
+
+LoRAs and embeddings have routes of their own (`GET /api/v1/loras`, `GET /api/v1/embeddings`)
+rather than kinds in `/api/v1/models`: the LoRA list is per user (their own trained ones and the
+shared ones, server/networks.py), while the models are the same for everyone."""
 
 from __future__ import annotations
 
@@ -107,6 +112,14 @@ class GenerateBody(BaseModel):
     iterations_per_frame: int | None = None
     first_iterations: int | None = None
     dream: dict | None = None
+    # mode "train_lora": 10 to 50 pictures of the concept (`image:ID` or base64), the base model
+    # (`model`, from /api/v1/models), the trigger word, the LoRA's name (default: from the
+    # trigger), `steps`, the rank and how often a grid of samples is made (server/submit.py caps).
+    pictures: list[str] | None = Field(None, max_length=50)
+    trigger: str | None = Field(None, max_length=64)
+    name: str | None = Field(None, max_length=64)
+    rank: int | None = None
+    sample_every: int | None = None
 
 
 class DreamBody(BaseModel):
@@ -142,8 +155,11 @@ def create_job(body: GenerateBody, state: StudioState = Depends(get_state), user
     with refused_uploads_deleted(state, stored):  # the init image, when the mask is refused
         for name in ("init_image", "mask_image", "content_image"):
             stored[name] = resolve_image(state, user, fields[name], name)
-        if fields["style_images"] is not None:
-            stored["style_images"] = [resolve_image(state, user, value, "style_images") for value in fields["style_images"]]
+        for name in ("style_images", "pictures"):
+            if fields[name] is not None:
+                stored[name] = []  # filled as they are stored: a refusal halfway deletes those stored
+                for value in fields[name]:
+                    stored[name].append(resolve_image(state, user, value, name))
     return job_view(state, submit_job(state, user, fields | stored))
 
 
@@ -245,7 +261,23 @@ def models():
 
     from ..models.style_network import list_style_networks
 
-    return [{"name": e.name, "kind": e.kind, "note": e.note} for e in [*list_models(), *list_style_networks()]]
+    # LoRAs and embeddings have their own lists (/api/v1/loras, /api/v1/embeddings): they go in prompts
+    return [{"name": e.name, "kind": e.kind, "note": e.note} for e in [*list_models(), *list_style_networks()]
+            if e.kind not in ("lora", "embedding")]
+
+
+@router.get("/loras", summary="The LoRAs you may use: your own (trained here) and the studio's; write <lora:NAME:W>")
+def loras(state: StudioState = Depends(get_state), user: User = Depends(current_user)):
+    from .networks import list_user_loras
+
+    return list_user_loras(state, user)
+
+
+@router.get("/embeddings", summary="The studio's embeddings (textual inversions); write the name in a prompt")
+def embeddings(_user: User = Depends(current_user)):
+    from .networks import list_shared_embeddings
+
+    return list_shared_embeddings()
 
 
 @router.get("/modes", summary="The modes a job can ask for, one per way of making pictures")

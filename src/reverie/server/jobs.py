@@ -28,11 +28,12 @@ from starlette.concurrency import run_in_threadpool
 
 from ..errors import ReverieError
 from ..gallery.store import FINAL, Gallery, NotFound
+from ..models.own_loras import own_loras
 from ..progress import ProgressEvent
 
 log = logging.getLogger("reverie.server")
 # Progress stages that count steps, and what a watcher is told the job is doing.
-STEP_STAGES = {"denoise": "denoising", "dream": "dreaming", "frame": "making frames"}
+STEP_STAGES = {"denoise": "denoising", "dream": "dreaming", "frame": "making frames", "train": "training"}
 # A video counts its frames: the steps of the frame being made only say so in the message.
 FRAME_STAGE = "frame"
 
@@ -334,9 +335,11 @@ class JobRunner:
                 self._notify(job.id, **changes)
 
         try:
-            # The gallery keeps the single pictures (each moved in as it is made), so no grid.
-            result = self.studio.run(fields, outdir=workdir, grid=False, run_folder=workdir, progress=on_progress,
-                                     should_stop=should_stop, previews=True)
+            # The gallery keeps the single pictures (each moved in as it is made), so no grid. The
+            # job sees its own user's LoRAs (and trains into their folder), nobody else's.
+            with own_loras(self.gallery.lora_folder(job.user_id)):
+                result = self.studio.run(fields, outdir=workdir, grid=False, run_folder=workdir, progress=on_progress,
+                                         should_stop=should_stop, previews=True)
         finally:
             if not (self._halt.is_set() and job.id not in self._stop_job):
                 shutil.rmtree(workdir, ignore_errors=True)  # a job stopped with the server keeps it for its next run

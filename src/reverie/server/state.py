@@ -247,7 +247,8 @@ def check_model(state: StudioState, model: str | None) -> str | None:
 
     if model in (None, ""):
         return state.config.default_model
-    names = [entry.name for entry in list_models()]
+    # LoRAs and embeddings are listed beside the models but go in the prompt, never in `model`
+    names = [entry.name for entry in list_models() if entry.kind not in ("lora", "embedding")]
     if model not in names:
         raise BadRequest("model", f"unknown model {model!r}; this studio has: {', '.join(names)}")
     return model

@@ -15,6 +15,7 @@ from ..gallery.models import Job, User
 from ..gallery.uploads import IMAGE_FIELDS
 from ..studio import fields_again, fields_for_action, make_request, request_fields
 from .inputs import MAX_PROMPT_CHARS, check_prompts
+from .networks import check_lora_tags, shared_lora_names
 from .state import StudioState, check_mask_size, check_model, image_size, refused_uploads_deleted
 
 # What a studio request may name, where the CLI can name files: the server never takes a path
@@ -33,6 +34,12 @@ UNKNOWN_STEPS = 25  # steps a request that leaves them out is counted at (the ge
 # by path and where the dream runs. The rest are held to SERVER_CHOICES like top-level fields.
 DREAM_FIELDS_REFUSED = ("init_image", "image_prompts", "device", "dtype")
 CANDIDATES_PER_PICTURE = 4  # best-of candidates per picture allowed, on top of max_images_per_request
+# Training a LoRA in the studio (mode train_lora): at most this many pictures, steps, rank and
+# grids of samples per job; the base is a diffusion model the studio lists.
+MAX_TRAIN_PICTURES = 50
+MAX_TRAIN_STEPS = 2000
+MAX_TRAIN_RANK = 64
+MAX_SAMPLE_GRIDS = 10
 
 
 def _cost(state: StudioState, request) -> int:
@@ -120,6 +127,9 @@ def submit_action(state: StudioState, user: User, image, action: str) -> Job:
         raise BadRequest("image_id", f"{action} works on pictures and this is a video; Re-run makes the video "
                                      "again, and its poster can start a new picture (image:ID as init_image)")
     data = json.loads(image.settings_json)
+    if data.get("settings", {}).get("mode") == "train_lora":
+        raise BadRequest("image_id", f"{action} works on pictures made from a prompt; this is a LoRA's samples: use "
+                                     "the LoRA in a prompt instead")
     settings = dict(data.get("settings", {})) | {"picture_prompt": data.get("prompt")}
     fields = fields_for_action(settings, action, state.gallery.image_path(image), (image.width, image.height))
     own = (state.gallery.images_dir / str(user.id)).resolve()
@@ -167,12 +177,39 @@ def _submit(state: StudioState, user: User, fields: dict) -> Job:
         raise BadRequest("steps", f"at most {MAX_ITERATIONS} steps per style transfer in the studio")
     if getattr(request, "iterations", 0) > MAX_ITERATIONS:
         raise BadRequest("iterations", f"at most {MAX_ITERATIONS} iterations per dream in the studio")
+    if request.mode == "train_lora":
+        _check_training(state, request)
+    check_lora_tags(state, user, request)
     if request.mode == "inpaint":
         check_mask_size(image_size(request.init_image), image_size(request.mask_image), "init_image", "mask_image")
     job = state.gallery.add_job(user.id, request.mode, request.settings(), state.config.queue_capacity, _cost(state, request),
                                 state.credits.schedule, state.now())
     state.runner.wake()
     return job
+
+
+def _check_training(state: StudioState, request) -> None:
+    """A LoRA training job is held to the studio's limits, on a diffusion model it lists; its
+    name is not a shared LoRA's (the user's own of that name is trained again)."""
+    from ..models.registry import list_models
+
+    if len(request.pictures) > MAX_TRAIN_PICTURES:
+        raise BadRequest("pictures", f"at most {MAX_TRAIN_PICTURES} pictures per LoRA in the studio; this has "
+                                     f"{len(request.pictures)}")
+    if request.steps > MAX_TRAIN_STEPS:
+        raise BadRequest("steps", f"at most {MAX_TRAIN_STEPS} training steps per LoRA in the studio")
+    if request.rank > MAX_TRAIN_RANK:
+        raise BadRequest("rank", f"at most rank {MAX_TRAIN_RANK} in the studio (4 to 32 are usual)")
+    least = -(-request.steps // MAX_SAMPLE_GRIDS)
+    if request.sample_every < least:
+        raise BadRequest("sample_every", f"at most {MAX_SAMPLE_GRIDS} grids of samples per run: sample every "
+                                         f"{least} steps or more for {request.steps} steps")
+    kinds = {entry.name: entry.kind for entry in list_models()}
+    model = request.model or state.config.default_model
+    if model is not None and kinds.get(model) not in ("builtin", "diffusers", "single-file"):
+        raise BadRequest("model", f"{model} is a {kinds.get(model)}; a LoRA is trained on a diffusion model")
+    if request.name in shared_lora_names():
+        raise BadRequest("name", f"the studio already has a LoRA named {request.name!r}; give yours another name")
 
 
 def _check_part(state: StudioState, part) -> None:

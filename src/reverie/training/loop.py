@@ -34,6 +34,7 @@ from rich.progress import TextColumn
 from safetensors.torch import load_file, save_file
 
 from ..errors import ReverieError
+from ..progress import Interrupted
 from ..terminal import progress_bar
 from .device import Precision, training_device
 
@@ -269,14 +270,16 @@ class Trainer:
         """
         self.parts[part].learn(loss)
 
-    def run(self, step_fn: StepFn, sample_fn: SampleFn | None = None, quiet: bool = False) -> None:
+    def run(self, step_fn: StepFn, sample_fn: SampleFn | None = None, quiet: bool = False,
+            on_step: Callable[[int], None] | None = None) -> None:
         """Train from the current step to `config.steps`.
 
         Each step runs `step_fn(step, rng)` under the run's autocast, with `rng` a CPU generator
         seeded by the run's seed and the step (so a resumed run draws what an uninterrupted one
         would); it returns metrics to log. The run saves every `save_every` steps and at the
-        end, calls `sample_fn(step, out/samples)` every `sample_every` steps and at the end, and
-        saves before it lets Ctrl-C through.
+        end, calls `sample_fn(step, out/samples)` every `sample_every` steps and at the end, then
+        `on_step(step)` (a job's progress; it raises `Interrupted` to stop the run), and saves
+        before it lets Ctrl-C or `Interrupted` through.
         """
         config = self.config
         log = (self.out / "log.jsonl").open("a")
@@ -317,7 +320,9 @@ class Trainer:
                         for learner in self.parts.values():
                             learner.module.eval()
                         sample_fn(self.step, self.out / "samples")
-            except KeyboardInterrupt:
+                    if on_step is not None:
+                        on_step(self.step)
+            except (KeyboardInterrupt, Interrupted):
                 self.save()  # stopping keeps every finished step
                 raise
         log.close()

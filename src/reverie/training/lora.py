@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from peft import LoraConfig, inject_adapter_in_model
@@ -140,8 +141,9 @@ class TrainedLora:
 
 
 def train_lora(folder: str | Path, model: str, out: str | Path, config: TrainConfig, settings: LoraSettings,
-               quiet: bool = False) -> TrainedLora:
-    """Train (or resume) a LoRA of `model` on the pictures in `folder`; write RUN/NAME.safetensors (kohya)."""
+               quiet: bool = False, on_step: Callable[[int], None] | None = None) -> TrainedLora:
+    """Train (or resume) a LoRA of `model` on the pictures in `folder`; write RUN/NAME.safetensors (kohya).
+    `on_step(step)` follows each step, its samples written (a studio job's progress; see `Trainer.run`)."""
     settings.check()
     out = Path(out)
     started = time.time()
@@ -195,7 +197,7 @@ def train_lora(folder: str | Path, model: str, out: str | Path, config: TrainCon
     def sample(step_index: int, samples: Path) -> None:
         sampler.grid(prompts, samples / f"lora-{step_index:06d}.png")
 
-    trainer.run(step, sample if config.sample_every > 0 else None, quiet=quiet)
+    trainer.run(step, sample if config.sample_every > 0 else None, quiet=quiet, on_step=on_step)
 
     name = settings.name or out.name
     tensors = kohya_state_dict(components.unet, {k: v for k, v in adapted.items() if k != "unet"}, settings.alpha,
