@@ -24,8 +24,7 @@ import torch
 from PIL import Image, ImageOps
 
 from ...errors import BadRequest
-from .folder import picture_files
-from .sources import on_white
+from .folder import open_picture, picture_files
 
 MIN_PICTURES = 10
 MAX_ASPECT = 4.0  # no bucket narrower than 1:4 or wider than 4:1
@@ -56,11 +55,7 @@ def nearest_bucket(size: tuple[int, int], buckets: list[tuple[int, int]]) -> tup
 def read_picture(path: Path, size: tuple[int, int]) -> torch.Tensor:
     """One picture as uint8 [3, height, width]: EXIF rotation, white under transparency, cover and center crop."""
     try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            if im.mode == "P" and "transparency" in im.info:
-                im = im.convert("RGBA")
-            picture = on_white(im if im.mode in ("RGB", "RGBA", "LA") else im.convert("RGBA"))
+        picture = open_picture(path)
     except (OSError, ValueError) as exc:
         raise BadRequest("folder", f"cannot read {path}: {exc}") from None
     if picture.size != size:

@@ -49,14 +49,20 @@ def is_split(root: Path) -> bool:
     return all(path.relative_to(root).parts[0] in SPLITS for path in picture_files(root))
 
 
+def open_picture(path: Path) -> Image.Image:
+    """A picture file as RGB: EXIF rotation applied, white under transparency. An unreadable
+    file raises OSError or ValueError (each caller says so in its own terms)."""
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im)
+        if im.mode == "P" and "transparency" in im.info:
+            im = im.convert("RGBA")
+        return on_white(im if im.mode in ("RGB", "RGBA", "LA") else im.convert("RGBA"))
+
+
 def read_square(path: Path, size: int) -> np.ndarray:
     """One picture as uint8 [size, size, 3]: EXIF rotation applied, white under transparency, center crop."""
     try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            if im.mode == "P" and "transparency" in im.info:
-                im = im.convert("RGBA")
-            picture = on_white(im if im.mode in ("RGB", "RGBA", "LA") else im.convert("RGBA"))
+        picture = open_picture(path)
     except (OSError, ValueError) as exc:
         raise DatasetError(f"cannot read {path}: {exc}") from None
     if picture.size != (size, size):
