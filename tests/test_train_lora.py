@@ -173,3 +173,143 @@ def test_the_cli_refuses_a_small_folder_by_name_and_count(concept, tmp_path, mon
     code, _, err = run_cli(monkeypatch, capsys, "train", "lora", str(concept), "--model", "tiny-random",
                            "--out", str(tmp_path / "run"), "--device", "cpu")
     assert code != 0 and str(concept) in " ".join(err.split()) and "7 picture(s)" in err
+
+
+# ----------------------------------------------------------------------------- SDXL
+
+from test_sdxl import FAST, sdxl_files, sdxl_models, tiny_sdxl  # noqa: E402,F401  (fixtures and the toy model)
+
+
+def sdxl_lora(concept, out, steps, **settings):
+    from reverie.training.lora import LoraSettings, train_lora
+
+    fields = {"trigger": "sks", "rank": 4, "alpha": 2.0, "half": False, **settings}
+    return train_lora(concept, "tiny-sdxl", out, config(steps), LoraSettings(**fields), quiet=True)
+
+
+def test_an_sdxl_lora_is_conditioned_as_generation_is(sdxl_models):
+    """The UNet gets both encoders' penultimate states, bigG's pooled text and the bucket's size."""
+    from reverie.prompts.conditioning import encode_sdxl_prompt_batch
+    from reverie.training.personal import Captions, load_base
+
+    components = load_base("tiny-sdxl")
+    latents = torch.zeros(2, 4, 4, 8)  # a 64x32 bucket
+    kwargs = Captions(components)(["sks, a red thing", "sks"], latents)
+    encoders = [(components.tokenizer, components.text_encoder), (components.tokenizer_2, components.text_encoder_2)]
+    expected = encode_sdxl_prompt_batch([("sks, a red thing", ""), ("sks", "")], encoders)
+    assert torch.equal(kwargs["encoder_hidden_states"], expected.cond)
+    assert torch.equal(kwargs["added_cond_kwargs"]["text_embeds"], expected.pooled)
+    assert kwargs["added_cond_kwargs"]["time_ids"].tolist() == [[32, 64, 0, 0, 32, 64]] * 2
+
+
+def test_an_sdxl_lora_trains_resumes_and_is_kohyas(sdxl_models, concept, tmp_path):
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from peft.tuners.lora import LoraLayer
+
+    straight = sdxl_lora(concept, tmp_path / "straight", 4, text_encoder=True, name="xl-thing")
+    sdxl_lora(concept, tmp_path / "resumed", 2, text_encoder=True, name="xl-thing")
+    resumed = sdxl_lora(concept, tmp_path / "resumed", 4, text_encoder=True, name="xl-thing")
+    a, b = load_file(straight.file), load_file(resumed.file)
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+    # kohya's sdxl_train_network names: the UNet in the original (SGM) layout, lora_te1_ / lora_te2_.
+    assert "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.lora_down.weight" in a
+    assert "lora_unet_middle_block_1_transformer_blocks_1_attn2_to_k.lora_up.weight" in a
+    assert "lora_unet_output_blocks_0_1_transformer_blocks_0_attn2_to_out_0.alpha" in a
+    assert "lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight" in a
+    assert "lora_te2_text_model_encoder_layers_1_self_attn_out_proj.lora_up.weight" in a
+    assert all(k.startswith(("lora_unet_input_blocks_", "lora_unet_middle_block_", "lora_unet_output_blocks_",
+                             "lora_te1_", "lora_te2_")) for k in a)
+    assert all(float(v) == 2.0 for k, v in a.items() if k.endswith(".alpha"))
+    with safe_open(straight.file, "pt") as f:
+        meta = f.metadata()
+    assert meta["ss_base_model_version"] == "sdxl_base_v1-0"
+    assert meta["modelspec.architecture"] == "stable-diffusion-xl-v1-base/lora"
+    assert meta["ss_network_train_unet_only"] == "False" and meta["modelspec.resolution"] == "64x64"
+
+    # diffusers' own kohya loader on a fresh base gives the trained model's merged weights.
+    for network in straight.networks.values():
+        for module in network.modules():
+            if isinstance(module, LoraLayer):
+                module.merge()
+    base = tiny_sdxl()
+    pipe = StableDiffusionXLPipeline(vae=base.vae, text_encoder=base.text_encoder, text_encoder_2=base.text_encoder_2,
+                                     tokenizer=base.tokenizer, tokenizer_2=base.tokenizer_2, unet=base.unet,
+                                     scheduler=EulerDiscreteScheduler.from_config(base.scheduler_config))
+    pipe.load_lora_weights(str(straight.file))
+    pipe.fuse_lora()
+    fresh = tiny_sdxl()
+    for name in ("unet", "text_encoder", "text_encoder_2"):
+        trained = {k: v for k, v in straight.networks[name].state_dict().items() if "lora_" not in k}
+        loaded = {k: v for k, v in getattr(pipe, name).state_dict().items() if "lora_" not in k}
+        assert set(trained) == set(loaded), name
+        assert all(torch.allclose(trained[k], loaded[k], atol=1e-5) for k in trained), name
+        changed = [k for k in trained if "base_layer" in k]
+        original = getattr(fresh, name).state_dict()
+        assert changed and any(not torch.equal(trained[k], original[k.replace("base_layer.", "")]) for k in changed), name
+
+
+def test_a_trained_sdxl_lora_is_used_by_name(sdxl_models, concept, tmp_path, studio):
+    import shutil
+
+    from conftest import pixels
+    from reverie.models.lora import find_lora, lora_info
+    from reverie.studio import make_request
+
+    run = sdxl_lora(concept, tmp_path / "run", 2, name="xl-trained")
+    (sdxl_models["models"] / "Lora").mkdir(exist_ok=True)
+    shutil.copy(run.file, sdxl_models["models"] / "Lora" / "xl-trained.safetensors")
+    assert lora_info(find_lora("xl-trained")).format == "kohya"
+
+    def picture(prompt):
+        return pixels(studio.generate(make_request(model="tiny-sdxl", prompt=prompt, seed=3, **FAST)).images[0].image)
+
+    base = picture("sks, a lighthouse")
+    assert np.array_equal(picture("sks, a lighthouse <lora:xl-trained:0>"), base)
+    assert not np.array_equal(picture("sks, a lighthouse <lora:xl-trained:1>"), base)
+    assert np.array_equal(picture("sks, a lighthouse"), base)
+
+
+def test_an_sdxl_embedding_trains_its_rows_in_both_encoders_and_is_used_by_name(sdxl_models, concept, tmp_path,
+                                                                                 studio):
+    import shutil
+
+    from reverie.models.embeddings import read_embedding, use_embeddings
+    from reverie.prompts.conditioning import encode_sdxl_prompt_batch
+    from reverie.studio import make_request
+    from reverie.training.embedding import EmbeddingSettings, train_embedding
+
+    with pytest.raises(BadRequest, match="safetensors"):
+        train_embedding(concept, "tiny-sdxl", tmp_path / "pt", config(1),
+                        EmbeddingSettings(token="<xl-thing>", fmt="pt"), quiet=True)
+    settings = EmbeddingSettings(token="<xl-thing>", init_word="cat", vectors=2)
+    run = train_embedding(concept, "tiny-sdxl", tmp_path / "run", config(3, lr=5e-2), settings, quiet=True)
+    fresh = tiny_sdxl()
+    for name in ("unet", "text_encoder", "text_encoder_2"):
+        original = getattr(fresh, name).state_dict()
+        assert all(torch.equal(v, original[k]) for k, v in getattr(run.components, name).state_dict().items()), name
+    tensors = load_file(run.file)
+    assert set(tensors) == {"clip_l", "clip_g"}
+    assert tensors["clip_l"].shape == (2, 32) and tensors["clip_g"].shape == (2, 64)
+    for key, encoder in (("clip_l", fresh.text_encoder), ("clip_g", fresh.text_encoder_2)):
+        start = encoder.get_input_embeddings().weight[fresh.tokenizer("cat", add_special_tokens=False)["input_ids"][0]]
+        assert not torch.equal(tensors[key][0], start), key
+    embedding = read_embedding(run.file)
+    assert embedding.base == "sdxl"
+
+    (sdxl_models["models"] / "embeddings").mkdir(exist_ok=True)
+    shutil.copy(run.file, sdxl_models["models"] / "embeddings" / "xl-thing.safetensors")
+
+    used = studio.generate(make_request(model="tiny-sdxl", prompt="a picture of xl-thing", seed=3, **FAST)).images[0]
+    assert "TI hashes" in used.parameters and "xl-thing" in used.parameters
+    # The name becomes the new tokens, whose input rows are the file's vectors in both encoders
+    # (the toy model's pictures barely heed any text at 64 px, so the states are compared).
+    model = tiny_sdxl()
+    (text,), _ = use_embeddings(model, ["a picture of xl-thing"])
+    encoders = [(model.tokenizer, model.text_encoder), (model.tokenizer_2, model.text_encoder_2)]
+    for (tokenizer, encoder), key in zip(encoders, ("clip_l", "clip_g")):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"][-2:]
+        assert torch.equal(encoder.get_input_embeddings().weight[ids], tensors[key]), key
+    with_word = encode_sdxl_prompt_batch([(text, "")], encoders)
+    without = encode_sdxl_prompt_batch([("a picture of", "")], encoders)
+    assert not torch.equal(with_word.cond, without.cond) and not torch.equal(with_word.pooled, without.pooled)

@@ -54,6 +54,12 @@ def sdxl_unet_to_ldm(unet) -> dict[str, torch.Tensor]:
     return _apply(mapping, unet.state_dict(), UNET_PREFIX, "UNet")
 
 
+def sgm_unet_keys(unet, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` (keys under `unet`'s diffusers module paths, e.g. a LoRA's) renamed to the SGM
+    layout (`down_blocks.1.attentions.0.` -> `input_blocks.4.1.`), no prefix added."""
+    return _apply(_unet_map(unet), state, "", "UNet LoRA")
+
+
 def sdxl_clip_to_ldm(text_encoder) -> dict[str, torch.Tensor]:
     """CLIP ViT-L (SDXL's first encoder) in Hugging Face names under `conditioner.embedders.0.transformer.`."""
     out = {SDXL_CLIP_PREFIX + k: v for k, v in _text_model_state(text_encoder).items()}

@@ -25,6 +25,7 @@ __all__ = [
     "encode_prompt_batch",
     "encode_prompt_pair",
     "encode_sdxl_prompt_batch",
+    "encode_sdxl_texts",
     "SDXLConditioning",
     "token_count",
     "tokenize_prompt",
@@ -243,6 +244,7 @@ def _encode_chunks(
     dtype: torch.dtype | None,
     use_attention_mask: bool | None,
     penultimate: bool = False,
+    grad: bool = False,
 ) -> torch.Tensor:
     # The encoder runs where it lives (it may be offloaded); the result goes to `device`.
     encoder_device = getattr(text_encoder, "device", torch.device("cpu"))
@@ -251,8 +253,9 @@ def _encode_chunks(
         use_attention_mask = _wants_attention_mask(text_encoder, framing)
     kwargs = {"attention_mask": attention_mask.to(encoder_device)} if use_attention_mask else {}
     # no_grad rather than inference_mode: inference tensors would break callers that
-    # later use the states inside autograd (e.g. gradient-based guidance).
-    with torch.no_grad():
+    # later use the states inside autograd (e.g. gradient-based guidance). `grad`: training
+    # (a text-encoder LoRA, an embedding) needs the graph through the encoder.
+    with torch.set_grad_enabled(grad):
         # Chunks are rows of one batch: each is still encoded on its own, only faster.
         if penultimate:
             output = text_encoder(input_ids.to(encoder_device), output_hidden_states=True, **kwargs)
@@ -373,15 +376,41 @@ def encode_sdxl_prompt_batch(
             continue
         sides = {}
         for side, text in ((0, pair[0]), (1, pair[1])):
-            states, pooled = [], None
-            for (_, encoder), framing, chunks in zip(encoders, framings, per_encoder):
-                chunks = chunks[side] + [TokenChunk() for _ in range(n_chunks - len(chunks[side]))]
-                encoded, pooled = _encode_chunks(chunks, framing, encoder, device, dtype, False, penultimate=True)
-                states.append(encoded)
-            states = torch.cat(states, dim=-1)
+            states, pooled = _encode_sdxl_side([chunks[side] for chunks in per_encoder], n_chunks, encoders,
+                                               framings, device, dtype)
             if side == 1 and zero_empty_negative and not text.strip():
                 states, pooled = torch.zeros_like(states), torch.zeros_like(pooled)
             sides[side] = (states, pooled)
         cache[key] = sides
     rows = [cache[("sdxl", pair, n_chunks, zero_empty_negative)] for pair in pairs]
     return SDXLConditioning(*(torch.cat([row[side][part] for row in rows]) for side, part in ((0, 0), (1, 0), (0, 1), (1, 1))))
+
+
+def encode_sdxl_texts(
+    texts: list[str],
+    encoders: list[tuple[Any, Any]],
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    *,
+    grad: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDXL states ``[len(texts), n_chunks * L, D]`` and pooled text ``[len(texts), P]`` for texts
+    alone (no negatives), encoded exactly as `encode_sdxl_prompt_batch` encodes a prompt; with
+    `grad`, through the encoders' autograd graph (training: text-encoder LoRAs, embeddings)."""
+    framings = [_framing(tokenizer, encoder, None) for tokenizer, encoder in encoders]
+    per_text = [[_chunk_tokens(text, tok, fr) for (tok, _), fr in zip(encoders, framings)] for text in texts]
+    n_chunks = max(len(chunks) for per_encoder in per_text for chunks in per_encoder)
+    rows = [_encode_sdxl_side(per_encoder, n_chunks, encoders, framings, device, dtype, grad) for per_encoder in per_text]
+    return torch.cat([states for states, _ in rows]), torch.cat([pooled for _, pooled in rows])
+
+
+def _encode_sdxl_side(per_encoder: list[list[TokenChunk]], n_chunks: int, encoders: list[tuple[Any, Any]],
+                      framings: list[_Framing], device, dtype, grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """One text's SDXL conditioning: each encoder's penultimate states side by side, and the last
+    encoder's pooled text; every encoder's chunks padded with empty ones to `n_chunks`."""
+    states, pooled = [], None
+    for (_, encoder), framing, chunks in zip(encoders, framings, per_encoder):
+        chunks = chunks + [TokenChunk() for _ in range(n_chunks - len(chunks))]
+        encoded, pooled = _encode_chunks(chunks, framing, encoder, device, dtype, False, penultimate=True, grad=grad)
+        states.append(encoded)
+    return torch.cat(states, dim=-1), pooled

@@ -11,6 +11,10 @@ The export is A1111's embedding format: RUN/NAME.safetensors holding `emb_params
 or with `fmt="pt"` the dict A1111 itself saves ({"string_to_token", "string_to_param": {"*":
 tensor}, "name", "step", "sd_checkpoint", "sd_checkpoint_name"}), readable with
 torch.load(weights_only=True).
+
+On SDXL the word is learned in both encoders, one set of N vectors each (CLIP-L's and bigG's
+input tables), and the file is the SDXL embedding A1111 and ComfyUI read: .safetensors with
+`clip_l` [N, 768] and `clip_g` [N, 1280] (A1111 has no .pt form for SDXL).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from ..errors import BadRequest
 from ..outputs.files import atomic_write
 from .data.concept import read_concept
 from .loop import Part, TrainConfig, Trainer
-from .personal import Latents, Sampler, diffusion_loss, encode_texts, load_base, noise_scheduler
+from .personal import Captions, Latents, Sampler, diffusion_loss, load_base, noise_scheduler, text_encoders
 
 FORMATS = ("safetensors", "pt")
 
@@ -75,11 +79,16 @@ class NewTokens(torch.nn.Module):
 
 
 class Vectors(torch.nn.Module):
-    """What the run trains and checkpoints: the new rows alone."""
+    """What the run trains and checkpoints: the new rows alone (`vectors`; SDXL: `clip_l`, `clip_g`)."""
 
-    def __init__(self, tokens: NewTokens):
+    def __init__(self, tokens: dict[str, NewTokens]):
         super().__init__()
-        self.vectors = tokens.vectors
+        for key, table in tokens.items():
+            setattr(self, key, table.vectors)
+
+
+# The file's key for each encoder's vectors: A1111's `emb_params`, or SDXL's pair.
+FILE_KEYS = {"text_encoder": "clip_l", "text_encoder_2": "clip_g"}
 
 
 def token_words(token: str, count: int) -> list[str]:
@@ -98,8 +107,9 @@ def init_vectors(tokenizer, table: torch.nn.Embedding, word: str, count: int) ->
 @dataclass
 class TrainedEmbedding:
     file: Path
-    vectors: torch.Tensor  # [N, width]
+    vectors: torch.Tensor  # [N, width]: the (first) encoder's
     components: object
+    vectors_by_key: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)  # as in the file
 
 
 def train_embedding(folder: str | Path, model: str, out: str | Path, config: TrainConfig, settings: EmbeddingSettings,
@@ -108,6 +118,8 @@ def train_embedding(folder: str | Path, model: str, out: str | Path, config: Tra
     settings.check()
     out = Path(out)
     components = load_base(model)
+    if components.is_sdxl and settings.fmt != "safetensors":
+        raise BadRequest("format", "SDXL embeddings are .safetensors files (clip_l and clip_g); leave out --format pt")
     words = token_words(settings.token, settings.vectors)
     phrase = " ".join(words)
     resolution = settings.resolution or components.native_size
@@ -117,49 +129,60 @@ def train_embedding(folder: str | Path, model: str, out: str | Path, config: Tra
     latents = Latents(concept, components.vae, training_device(config.device))
     components.vae.to("cpu")
 
-    # A copy of the tokenizer with the new words: the model's own one is shared with the cache.
-    tokenizer = copy.deepcopy(components.tokenizer)
-    known = [w for w in words if w in tokenizer.get_vocab()]
-    if known:
-        raise BadRequest("token", f"{known[0]!r} is already a word of {model}'s vocabulary; choose a new one, e.g. \"<{settings.token.strip('<>')}-x>\"")
-    encoder = components.text_encoder
-    table = encoder.get_input_embeddings()
-    first = len(tokenizer)
-    tokenizer.add_tokens(words)
-    tokens = NewTokens(table, first, init_vectors(tokenizer, table, settings.init_word, settings.vectors))
-    encoder.set_input_embeddings(tokens)
+    # Copies of the tokenizers with the new words: the model's own are shared with the cache.
+    encoders = text_encoders(components)
+    tokenizers = {name: copy.deepcopy(getattr(components, name.replace("text_encoder", "tokenizer"))) for name in encoders}
+    for tokenizer in tokenizers.values():
+        known = [w for w in words if w in tokenizer.get_vocab()]
+        if known:
+            raise BadRequest("token", f"{known[0]!r} is already a word of {model}'s vocabulary; choose a new one, e.g. \"<{settings.token.strip('<>')}-x>\"")
+    tables = {name: encoder.get_input_embeddings() for name, encoder in encoders.items()}
+    tokens = {}
+    for name, tokenizer in tokenizers.items():
+        first = len(tokenizer)
+        tokenizer.add_tokens(words)
+        tokens[name] = NewTokens(tables[name], first, init_vectors(tokenizer, tables[name], settings.init_word, settings.vectors))
+        encoders[name].set_input_embeddings(tokens[name])
+    keys = {name: FILE_KEYS[name] if components.is_sdxl else "vectors" for name in encoders}
     try:
-        trainer = Trainer({"embedding": Part(Vectors(tokens), schedule="constant", ema=False, weight_decay=0.0)}, out, config, "embedding")
+        part = Part(Vectors({keys[name]: table for name, table in tokens.items()}), schedule="constant", ema=False,
+                    weight_decay=0.0)
+        trainer = Trainer({"embedding": part}, out, config, "embedding")
         for module in components.modules:
             module.to(trainer.device)
         scheduler = noise_scheduler(components)
+        conditioning = Captions(components, tokenizers, trained=True)
 
         def step(step_index: int, rng: torch.Generator) -> dict:
             batch, captions = latents.draw(config.batch_size, rng)
-            return {"loss": diffusion_loss(components.unet, scheduler, batch, encode_texts(captions, tokenizer, encoder), rng)}
+            return {"loss": diffusion_loss(components.unet, scheduler, batch, conditioning(captions, batch), rng)}
 
-        sampler = Sampler(dataclasses.replace(components, tokenizer=tokenizer), trainer.device, resolution)
+        renamed = {name.replace("text_encoder", "tokenizer"): tokenizer for name, tokenizer in tokenizers.items()}
+        sampler = Sampler(dataclasses.replace(components, **renamed), trainer.device, resolution)
         prompts = list(dict.fromkeys([concept.buckets[0].captions[0][0], f"a picture of {phrase}"]))
 
         def sample(step_index: int, samples: Path) -> None:
             sampler.grid(prompts, samples / f"embedding-{step_index:06d}.png")
 
         trainer.run(step, sample if config.sample_every > 0 else None, quiet=quiet)
-        vectors = tokens.vectors.detach().cpu().float().clone()
+        vectors = {keys[name]: table.vectors.detach().cpu().float().clone() for name, table in tokens.items()}
     finally:
-        encoder.set_input_embeddings(table)  # the encoder as it was
+        for name, encoder in encoders.items():
+            encoder.set_input_embeddings(tables[name])  # the encoders as they were
     name = settings.name or settings.token.strip("<>") or out.name
     file = write_embedding(out / f"{name}.{settings.fmt}", vectors, name, config.steps, model)
-    return TrainedEmbedding(file, vectors, components)
+    return TrainedEmbedding(file, next(iter(vectors.values())), components, vectors)
 
 
-def write_embedding(path: Path, vectors: torch.Tensor, name: str, step: int, model: str) -> Path:
-    """A1111's embedding file: .safetensors with `emb_params`, or .pt with A1111's own dict."""
+def write_embedding(path: Path, vectors: dict[str, torch.Tensor], name: str, step: int, model: str) -> Path:
+    """A1111's embedding file: .safetensors with `emb_params` ({"vectors": ...}) or SDXL's `clip_l`
+    and `clip_g`, or .pt with A1111's own dict (one encoder's)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    vectors = vectors.contiguous()
+    tensors = {("emb_params" if key == "vectors" else key): v.contiguous() for key, v in vectors.items()}
     if path.suffix == ".safetensors":
         metadata = {"name": name, "step": str(step), "sd_checkpoint_name": model}
-        return atomic_write(path, lambda partial: save_file({"emb_params": vectors}, partial, metadata), suffix=".safetensors")
+        return atomic_write(path, lambda partial: save_file(tensors, partial, metadata), suffix=".safetensors")
+    vectors = tensors["emb_params"]
     data = {
         "string_to_token": {"*": 265},  # A1111 writes the id of "*" in CLIP's vocabulary here
         "string_to_param": {"*": vectors},

@@ -12,7 +12,8 @@ them back); each step then adds the loss on a batch of them, weighted `prior_wei
 adapters learn the concept without forgetting what the class looks like.
 
 The end of a run writes RUN/NAME.safetensors in kohya's format (training/lora_file.py).
-reverie-mini's text encoder is MiniLM, not CLIP: its LoRAs are UNet-only.
+reverie-mini's text encoder is MiniLM, not CLIP: its LoRAs are UNet-only. On SDXL the UNet sees
+what generation gives it (personal.Captions), and `--text-encoder` adapts both encoders.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from ..errors import BadRequest
 from .data.concept import Bucket, Concept, read_concept
 from .loop import Part, TrainConfig, Trainer
 from .lora_file import LoraMetadata, kohya_state_dict, write_lora
-from .personal import Latents, Sampler, diffusion_loss, encode_texts, is_clip, load_base, noise_scheduler, text_encoders
+from .personal import Captions, Latents, Sampler, diffusion_loss, is_clip, load_base, noise_scheduler, text_encoders
 
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 CLIP_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
@@ -168,25 +169,15 @@ def train_lora(folder: str | Path, model: str, out: str | Path, config: TrainCon
     for module in components.modules:
         module.to(trainer.device)
     scheduler = noise_scheduler(components)
-    tokenizer, encoder = components.tokenizer, components.text_encoder
-    cache: dict[str, torch.Tensor] = {}
-
-    def states(texts: list[str]) -> torch.Tensor:
-        if settings.text_encoder:  # the encoder learns: encode with gradients every time
-            return encode_texts(texts, tokenizer, encoder)
-        missing = [t for t in dict.fromkeys(texts) if t not in cache]
-        if missing:
-            with torch.no_grad():
-                cache.update(zip(missing, encode_texts(missing, tokenizer, encoder)))
-        return torch.stack([cache[t] for t in texts])
+    conditioning = Captions(components, trained=settings.text_encoder)  # the encoders learn: gradients every time
 
     def step(step_index: int, rng: torch.Generator) -> dict:
         batch, captions = latents.draw(config.batch_size, rng)
-        loss = diffusion_loss(components.unet, scheduler, batch, states(captions), rng)
+        loss = diffusion_loss(components.unet, scheduler, batch, conditioning(captions, batch), rng)
         metrics = {"instance_loss": loss.detach()}
         if prior_latents is not None:
             prior_batch, prior_captions = prior_latents.draw(config.batch_size, rng)
-            prior_loss = diffusion_loss(components.unet, scheduler, prior_batch, states(prior_captions), rng)
+            prior_loss = diffusion_loss(components.unet, scheduler, prior_batch, conditioning(prior_captions, prior_batch), rng)
             loss = loss + settings.prior_weight * prior_loss
             metrics["prior_loss"] = prior_loss.detach()
         return {"loss": loss, **metrics}
@@ -201,7 +192,7 @@ def train_lora(folder: str | Path, model: str, out: str | Path, config: TrainCon
 
     name = settings.name or out.name
     tensors = kohya_state_dict(components.unet, {k: v for k, v in adapted.items() if k != "unet"}, settings.alpha,
-                               torch.float16 if settings.half else torch.float32)
+                               torch.float16 if settings.half else torch.float32, sgm_unet=components.is_sdxl)
     metadata = LoraMetadata(
         family=components.family, rank=settings.rank, alpha=settings.alpha,
         prediction_type=components.scheduler_config.get("prediction_type", "epsilon"), title=name, base_model=model,

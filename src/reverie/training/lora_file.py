@@ -6,7 +6,13 @@ Keys (kohya sd-scripts' names, which use diffusers' module paths with `.` turned
     lora_unet_..._to_q.lora_up.weight                                                      [out, rank]
     lora_unet_..._to_q.alpha                                                               scalar
     lora_te_text_model_encoder_layers_0_self_attn_q_proj.*     (a CLIP text encoder's LoRA, SD 1/2)
-    lora_te1_... / lora_te2_...                                 (SDXL's two encoders)
+    lora_te1_... / lora_te2_...                                 (SDXL's two encoders: CLIP-L, bigG)
+
+SDXL LoRAs name UNet modules as kohya's sdxl_train_network writes them: its SDXL UNet
+(library/sdxl_original_unet.py) is Stability's, so the names are the original (SGM) layout's,
+`lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q`, `lora_unet_middle_block_1_...`,
+`lora_unet_output_blocks_0_1_...` (models/sdxl_layout.py's map). A1111 and ComfyUI map these to
+their own modules directly, and diffusers' kohya loader maps them back to its blocks.
 
 A module's update is up @ down * alpha / rank. The names come from PEFT's state dict
 (`get_peft_model_state_dict`) through diffusers' `convert_state_dict_to_kohya`; two things it
@@ -111,10 +117,16 @@ def _number(value: float) -> str:
 
 
 def kohya_state_dict(unet, text_encoders: dict[str, torch.nn.Module], alpha: float,
-                     dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
+                     dtype: torch.dtype = torch.float16, sgm_unet: bool = False) -> dict[str, torch.Tensor]:
     """The kohya tensors of the LoRA adapters on `unet` and on `text_encoders` ({"text_encoder": ..,
-    "text_encoder_2": ..}, those that have adapters), every alpha set to `alpha`."""
-    peft = {f"unet.{k}": v for k, v in get_peft_model_state_dict(unet).items()}
+    "text_encoder_2": ..}, those that have adapters), every alpha set to `alpha`. `sgm_unet`: name
+    the UNet's modules in the original SGM layout, as kohya does for SDXL."""
+    unet_state = get_peft_model_state_dict(unet)
+    if sgm_unet:
+        from ..models.sdxl_layout import sgm_unet_keys
+
+        unet_state = sgm_unet_keys(unet, unet_state)
+    peft = {f"unet.{k}": v for k, v in unet_state.items()}
     for prefix, encoder in text_encoders.items():
         # kohya's names say text_model_encoder_layers_...: transformers 5's CLIP text models
         # dropped the `text_model` level that transformers 4 (and the checkpoints) have.

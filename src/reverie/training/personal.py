@@ -1,13 +1,17 @@
 """What LoRA and embedding runs share: the base model, the concept's latents, the loss, samples.
 
 A run teaches a frozen base model (any `--model` reference: reverie-mini, tiny-random, SD 1.x/2.x
-folders and single files) a concept from a few pictures. The pictures are encoded to latents
+and SDXL base folders and single files) a concept from a few pictures. The pictures are encoded to latents
 once, bucket by bucket; each step draws a bucket (by its share of the pictures), a batch from
 it, one caption line per picture, noise and timesteps, all from the step's CPU generator, and
 scores the base model's own objective (epsilon or v, from its scheduler config).
 
 Text encoders are handled one by one (`text_encoders`: {"text_encoder": ..., "text_encoder_2":
-...}), so SDXL's pair fits the same code once its conditioning lands; SDXL is refused until then.
+...}). `Captions` turns a batch's captions into the denoiser's conditioning: for SD 1/2 and mini
+the encoder's last states over one window; for SDXL what generation feeds its UNet
+(prompts/conditioning.py's own encoding: both encoders' penultimate states side by side, bigG's
+pooled text) and the size/crop time ids (the bucket's size as original and target size, crop
+(0, 0)).
 """
 
 from __future__ import annotations
@@ -34,9 +38,9 @@ def load_base(reference: str) -> ModelComponents:
     from ..models.registry import load_model
 
     components = load_model(reference, torch.float32)
-    if components.family == "sdxl" or getattr(components, "text_encoder_2", None) is not None:
-        raise BadRequest("model", f"{reference} is an SDXL model: training LoRAs and embeddings on SDXL is not "
-                                  f"supported yet; use an SD 1.x/2.x model or reverie-mini")
+    if components.is_sdxl and components.text_encoder is None:
+        raise BadRequest("model", f"{reference} is an SDXL refiner: train on the SDXL base model (a refiner's "
+                                  f"LoRAs and embeddings are not what A1111 or ComfyUI load)")
     if components.is_inpainting_model:
         raise BadRequest("model", f"{reference} is an inpainting model (9 input channels); train on its plain base model")
     for module in components.modules:
@@ -64,6 +68,63 @@ def encode_texts(texts: list[str], tokenizer, text_encoder) -> torch.Tensor:
     device = text_encoder.device
     kwargs = {} if is_clip(text_encoder) else {"attention_mask": batch["attention_mask"].to(device)}
     return text_encoder(batch["input_ids"].to(device), **kwargs)[0].float()
+
+
+def sdxl_time_ids(height: int, width: int, count: int, device) -> torch.Tensor:
+    """SDXL's size/crop conditioning for `count` pictures of this size, as generation gives it
+    (diffusers' order: original size (h, w), crop top-left (0, 0), target size (h, w))."""
+    return torch.tensor([[height, width, 0, 0, height, width]] * count, dtype=torch.float32, device=device)
+
+
+class Captions:
+    """Captions -> the denoiser's conditioning keywords (`encoder_hidden_states`, and for SDXL
+    `added_cond_kwargs`), encoded as generation encodes a prompt.
+
+    `tokenizers` replaces the model's own ({"text_encoder": ..., "text_encoder_2": ...}: an
+    embedding run's copies with the new words). With `trained` (something in the encoders learns)
+    every batch is encoded with gradients; otherwise each caption is encoded once and kept.
+    """
+
+    def __init__(self, components: ModelComponents, tokenizers: dict | None = None, trained: bool = False):
+        tokenizers = tokenizers or {}
+        self.components, self.trained = components, trained
+        self.encoders = [(tokenizers.get(name, getattr(components, name.replace("text_encoder", "tokenizer"))), encoder)
+                         for name, encoder in text_encoders(components).items()]
+        self.cache: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+
+    def _encode(self, texts: list[str], grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if not self.components.is_sdxl:
+            (tokenizer, encoder), = self.encoders
+            with torch.set_grad_enabled(grad):
+                return encode_texts(texts, tokenizer, encoder), None
+        from ..prompts.conditioning import encode_sdxl_texts
+
+        device = self.encoders[0][1].device
+        return encode_sdxl_texts(texts, self.encoders, device, torch.float32, grad=grad)
+
+    def states(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-token states [B, L, D] and (SDXL) the pooled text [B, P]."""
+        if self.trained:
+            return self._encode(texts, grad=True)
+        missing = [t for t in dict.fromkeys(texts) if t not in self.cache]
+        for text in missing:  # one at a time: a long caption's chunk count must not pad the others
+            states, pooled = self._encode([text], grad=False)
+            self.cache[text] = (states[0], None if pooled is None else pooled[0])
+        rows = [self.cache[t] for t in texts]
+        lengths = {states.shape[0] for states, _ in rows}
+        if len(lengths) > 1:  # captions of different chunk counts in one batch: encode them together
+            return self._encode(texts, grad=False)
+        pooled = None if rows[0][1] is None else torch.stack([p for _, p in rows])
+        return torch.stack([states for states, _ in rows]), pooled
+
+    def __call__(self, texts: list[str], latents: torch.Tensor) -> dict:
+        """The UNet's keyword arguments for `texts` captioning `latents` [B, C, h, w]."""
+        states, pooled = self.states(texts)
+        if pooled is None:
+            return {"encoder_hidden_states": states}
+        factor = self.components.vae_scale_factor
+        time_ids = sdxl_time_ids(latents.shape[-2] * factor, latents.shape[-1] * factor, len(texts), states.device)
+        return {"encoder_hidden_states": states, "added_cond_kwargs": {"text_embeds": pooled, "time_ids": time_ids}}
 
 
 @torch.no_grad()
@@ -98,16 +159,17 @@ def noise_scheduler(components: ModelComponents) -> DDPMScheduler:
     return DDPMScheduler.from_config(components.scheduler_config)
 
 
-def diffusion_loss(unet, scheduler: DDPMScheduler, latents: torch.Tensor, states: torch.Tensor,
+def diffusion_loss(unet, scheduler: DDPMScheduler, latents: torch.Tensor, conditioning: dict,
                    rng: torch.Generator) -> torch.Tensor:
-    """The model's own objective (epsilon or v MSE) at random timesteps; noise drawn on the CPU."""
+    """The model's own objective (epsilon or v MSE) at random timesteps; noise drawn on the CPU.
+    `conditioning` is the UNet's keyword arguments for the batch (`Captions`)."""
     noise = torch.randn(latents.shape, generator=rng)
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=rng)
-    device = states.device
+    device = conditioning["encoder_hidden_states"].device
     latents, noise, timesteps = latents.to(device), noise.to(device), timesteps.to(device)
     noisy = scheduler.add_noise(latents, noise, timesteps)
     target = scheduler.get_velocity(latents, noise, timesteps) if scheduler.config.prediction_type == "v_prediction" else noise
-    prediction = unet(noisy, timesteps, encoder_hidden_states=states).sample.float()
+    prediction = unet(noisy, timesteps, **conditioning).sample.float()
     return F.mse_loss(prediction, target.float())
 
 
