@@ -52,7 +52,7 @@ def test_train_on_my_pictures_then_find_the_lora_in_the_picker(models, page, ser
     page.click("nav [data-view='train']")
     page.set_input_files("#train-pictures", [str(path) for path in sorted(folder.iterdir())])
     assert page.inner_text("#train-count") == "10 pictures"
-    page.wait_for_function("document.querySelector('#train-model').options.length > 0")
+    page.wait_for_function("document.querySelector('#train-model').options.length > 0", timeout=120_000)
     page.select_option("#train-model", "tiny-random")
     page.fill("#train-trigger", "zkx")
     page.fill("#train-name", "my-disc")
@@ -66,5 +66,5 @@ def test_train_on_my_pictures_then_find_the_lora_in_the_picker(models, page, ser
 
     page.click("nav [data-view='create']")
     page.click("#lora-picker summary")
-    page.wait_for_selector("#lora-list button[data-lora='my-disc']")
+    page.wait_for_selector("#lora-list button[data-lora='my-disc']", timeout=60_000)
     assert "yours" in page.inner_text("#lora-list .network:has([data-lora='my-disc'])")
