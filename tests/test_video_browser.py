@@ -41,3 +41,26 @@ def test_a_gif_video_is_shown_as_a_picture(page, server):  # noqa: F811
     page.wait_for_function("(() => { const img = document.querySelector('#video-result img');"
                            " return img && img.complete && img.naturalWidth === 64; })()", timeout=120_000)
     assert last_job(server)["formats"] == ["gif"]
+
+
+def test_an_animation_from_the_form_sends_its_camera_and_deforum_settings(page, server):  # noqa: F811
+    page.click(".tab[data-view=video]")
+    page.select_option("#video-motion", "animate")
+    page.fill("#video-prompts", "0: a forest | 2: a city")
+    page.fill("#video-frames", "3")
+    page.fill("#video-zoom", "0:(1.05)")
+    page.fill("#video-noise", "0:(0.01)")
+    page.fill("#video-cfg", "0:(4), 2:(6)")
+    page.select_option("#video-seed-behavior", "fixed")
+    page.select_option("#video-border", "wrap")
+    page.check("#video-prompt-cut")
+    page.click("#video-advanced summary")
+    page.fill("#video-steps", "2")
+    page.fill("#video-width", "64")
+    page.fill("#video-height", "64")
+    page.click("#video-go")
+    page.wait_for_selector("#video-result video", timeout=120_000)
+    request = last_job(server)
+    assert request["motion"] == "animate" and request["prompts"] == ["0: a forest | 2: a city"]
+    assert (request["zoom"], request["noise"], request["cfg"]) == ("0:(1.05)", "0:(0.01)", "0:(4), 2:(6)")
+    assert (request["seed_behavior"], request["border"], request["prompt_blend"]) == ("fixed", "wrap", False)

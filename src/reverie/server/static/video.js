@@ -57,6 +57,11 @@ function videoRequest() {
     fields.strength = $("#video-strength").value.trim() || undefined;
     fields.cadence = number("#video-cadence");
     fields.colour_coherence = $("#video-colour").value;
+    fields.noise = $("#video-noise").value.trim() || undefined;
+    fields.cfg = $("#video-cfg").value.trim() || undefined;
+    fields.seed_behavior = $("#video-seed-behavior").value;
+    fields.border = $("#video-border").value;
+    if ($("#video-prompt-cut").checked) fields.prompt_blend = false;
   }
   if (motion === "dream") fields.iterations_per_frame = number("#video-iterations");
   return fields;
