@@ -123,6 +123,12 @@ class PostgresServer:
             connection.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
 
+    def drop_database(self, url: str) -> None:
+        """Drop a database made by new_database, closing the connections still open to it."""
+        name = url.rsplit("/", 1)[1]
+        with self.connect() as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
 
 def _as_server_user(command: list[str]) -> list[str]:
     if os.geteuid() != 0:
@@ -283,8 +289,20 @@ def postgres_session_server():
 
 @pytest.fixture
 def postgres_url(postgres_session_server) -> str:
-    """A fresh, empty database of its own for this test: postgresql+psycopg://reverie@127.0.0.1:PORT/NAME."""
-    return postgres_session_server.new_database()
+    """A fresh, empty database of its own for this test: postgresql+psycopg://reverie@127.0.0.1:PORT/NAME
+    (dropped after the test, with the connections the test left open)."""
+    url = postgres_session_server.new_database()
+    yield url
+    postgres_session_server.drop_database(url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def gallery_database(request) -> str | None:
+    """The gallery's database, once each way: None (the gallery folder's SQLite file, the default)
+    and a fresh PostgreSQL database's URL (skipped when PostgreSQL is not installed)."""
+    if request.param == "sqlite":
+        return None
+    return request.getfixturevalue("postgres_url")
 
 
 @pytest.fixture(scope="session")
@@ -300,6 +318,6 @@ def redis_url(redis_session_server) -> str:
     return redis_session_server.new_database()
 
 
-__all__ = ["PostgresServer", "RedisServer", "free_port", "postgres_bin", "postgres_missing", "postgres_server",
+__all__ = ["PostgresServer", "RedisServer", "free_port", "gallery_database", "postgres_bin", "postgres_missing", "postgres_server",
            "postgres_session_server", "postgres_url", "redis_bin", "redis_missing", "redis_server",
            "redis_session_server", "redis_url"]
