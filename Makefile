@@ -12,7 +12,7 @@ export PYTHONUNBUFFERED := 1
 PROMPT ?= red apple, Noto emoji
 DEMO_MODEL ?= mini
 
-.PHONY: install demo test clean data browser
+.PHONY: install demo test clean data browser servers
 
 # Debian's chromium for the studio's browser tests (Playwright drives it; no browser download).
 BROWSER := /usr/bin/chromium
@@ -46,7 +46,17 @@ $(BROWSER):
 
 browser: $(BROWSER)
 
-test: $(STAMP) $(NPM_STAMP) browser
+# Debian's PostgreSQL and Redis for the tests that run the gallery on PostgreSQL and jobs on
+# Redis (each test starts its own server in a temp folder; they are skipped without these).
+PG_CTL := $(firstword $(wildcard /usr/lib/postgresql/*/bin/pg_ctl))
+SERVERS_MISSING := $(if $(PG_CTL),,postgresql) $(if $(wildcard /usr/bin/redis-server),,redis-server)
+
+servers:
+	@if [ -z "$(strip $(SERVERS_MISSING))" ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SERVERS_MISSING); \
+	else echo "$(strip $(SERVERS_MISSING)) missing: run 'sudo apt-get install $(strip $(SERVERS_MISSING))' (their tests are skipped without them)"; fi
+
+test: $(STAMP) $(NPM_STAMP) browser servers
 	$(BIN)/python -m pytest -q -n 2 --dist worksteal
 
 clean:

@@ -11,6 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+# Real PostgreSQL and redis-server instances for the tests that ask for them (skipped when absent).
+from servers import gallery_database, postgres_session_server, postgres_url, redis_session_server, redis_url  # noqa: F401
+
 
 @pytest.fixture(scope="session")
 def studio():

@@ -286,8 +286,8 @@ def test_openai_variations_and_errors(client):
 
 # -- users, keys, credits -----------------------------------------------------------------------
 @pytest.fixture
-def multi(tmp_path):
-    with make_client(tmp_path, multi_user=True, first_month_credits=2, monthly_credits=2) as client:
+def multi(tmp_path, gallery_database):
+    with make_client(tmp_path, multi_user=True, first_month_credits=2, monthly_credits=2, database=gallery_database) as client:
         gallery = client.app.state.studio.gallery
         ann, bob = gallery.add_user("ann", "ann-pw"), gallery.add_user("bob", "bob-pw")
         keys = {"ann": gallery.new_api_key(ann.id), "bob": gallery.new_api_key(bob.id)}
@@ -333,8 +333,9 @@ def test_credits_monthly_grant_charge_refusal_and_ledger(multi):
     assert [e.reason for e in gallery.ledger(ann.id)] == ["monthly", "charge", "charge", "purchase"]
 
 
-def test_a_cancelled_job_is_refunded(tmp_path):
-    with make_client(tmp_path, multi_user=True, first_month_credits=1, monthly_credits=1, start_worker=False) as client:
+def test_a_cancelled_job_is_refunded(tmp_path, gallery_database):
+    with make_client(tmp_path, multi_user=True, first_month_credits=1, monthly_credits=1, start_worker=False,
+                     database=gallery_database) as client:
         gallery = client.app.state.studio.gallery
         user = gallery.add_user("cy", "pw")
         headers = {"Authorization": f"Bearer {gallery.new_api_key(user.id)}"}
@@ -344,10 +345,10 @@ def test_a_cancelled_job_is_refunded(tmp_path):
         assert gallery.balance(user.id) == 1
 
 
-def test_balance_is_exact_under_concurrent_requests(tmp_path):
+def test_balance_is_exact_under_concurrent_requests(tmp_path, gallery_database):
     from reverie.gallery.store import Gallery, NoCredit
 
-    gallery = Gallery(tmp_path / "g")
+    gallery = Gallery(tmp_path / "g", database=gallery_database)
     user = gallery.add_user("dee", "pw")
     outcomes = []
 
@@ -368,11 +369,11 @@ def test_balance_is_exact_under_concurrent_requests(tmp_path):
     assert [e.reason for e in gallery.ledger(user.id)].count("monthly") == 1
 
 
-def test_the_ledger_is_append_only(tmp_path):
+def test_the_ledger_is_append_only(tmp_path, gallery_database):
     import sqlalchemy.exc
     from reverie.gallery.store import Gallery
 
-    gallery = Gallery(tmp_path / "g")
+    gallery = Gallery(tmp_path / "g", database=gallery_database)
     user = gallery.add_user("eve", "pw")
     gallery.grant(user.id, 5)
     for statement in ("UPDATE ledger SET amount = 500", "DELETE FROM ledger"):
@@ -392,14 +393,14 @@ def test_passwords_and_keys_are_stored_hashed(tmp_path):
     assert b"correct horse" not in dump and key.encode() not in dump
 
 
-def test_the_migrations_match_the_models(tmp_path):
+def test_the_migrations_match_the_models(tmp_path, gallery_database):
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
     from reverie.gallery.models import Base
     from reverie.gallery.store import Gallery
 
-    gallery = Gallery(tmp_path / "g")
+    gallery = Gallery(tmp_path / "g", database=gallery_database)
     with gallery.engine.connect() as connection:
         differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
     assert differences == []

@@ -41,9 +41,11 @@ class Clock:
 
 
 @pytest.fixture
-def studio(tmp_path):
-    """A multi-user studio with no worker (jobs stay queued), users ann and bob, and bob's key."""
-    with make_client(tmp_path, multi_user=True, start_worker=False, purchase_webhook_secret=SECRET) as client:
+def studio(tmp_path, gallery_database):
+    """A multi-user studio with no worker (jobs stay queued), users ann and bob, and bob's key; its
+    gallery on SQLite, then on PostgreSQL."""
+    with make_client(tmp_path, multi_user=True, start_worker=False, purchase_webhook_secret=SECRET,
+                     database=gallery_database) as client:
         gallery = client.app.state.studio.gallery
         gallery.add_user("ann", "ann-pw")
         bob = gallery.add_user("bob", "bob-pw")

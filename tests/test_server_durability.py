@@ -416,13 +416,13 @@ def test_serve_check_finds_an_orphan_file_and_a_missing_one(tmp_path):
 
 
 # -- the database ----------------------------------------------------------------------------------
-def test_reads_never_wait_for_the_write_lock(tmp_path):
+def test_reads_never_wait_for_the_write_lock(tmp_path, gallery_database):
     from reverie.gallery.models import LedgerEntry
     from reverie.gallery.store import Gallery
 
-    gallery = Gallery(tmp_path / "g")
+    gallery = Gallery(tmp_path / "g", database=gallery_database)
     user = gallery.add_user("ann", "pw")
-    with gallery.session.begin() as db:  # a writer holds SQLite's write lock (BEGIN IMMEDIATE) ...
+    with gallery.session.begin() as db:  # a writer holds the write lock (BEGIN IMMEDIATE; an advisory lock) ...
         db.add(LedgerEntry(user_id=user.id, amount=5, reason="grant"))
         db.flush()
         # ... and readers on other connections go on, seeing what was committed before it

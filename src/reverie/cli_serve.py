@@ -15,12 +15,17 @@ users_app = typer.Typer(help="Studio accounts for --multi-user: add users, make 
 
 DataDir = Annotated[Path, typer.Option("--data", help="The studio's folder (gallery database, pictures).")]
 DEFAULT_DATA = Path("outputs/studio")
+Database = Annotated[Optional[str], typer.Option(
+    "--database", envvar="REVERIE_DATABASE", show_default=False,
+    help="The gallery's database on a server, e.g. postgresql://user:password@host:5432/reverie "
+         "(pictures stay under --data); default: gallery.sqlite in --data.")]
 
 
 def serve(
     host: Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0 for the whole network).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 7860,
     data: DataDir = DEFAULT_DATA,
+    database: Database = None,
     multi_user: Annotated[bool, typer.Option("--multi-user", help="Accounts, logins, API keys and credits.")] = False,
     first_month_credits: Annotated[int, typer.Option("--first-month-credits", help="Free credits in a user's first month.")] = 50,
     monthly_credits: Annotated[int, typer.Option("--monthly-credits", help="Free credits per user in each month after the first.")] = 15,
@@ -44,16 +49,22 @@ def serve(
     if check:
         from .gallery.check import check_gallery
 
+        if database:
+            from .errors import ReverieError
+
+            raise ReverieError("--check reads the gallery's SQLite file; with --database, check the server's "
+                               "database with its own tools (PostgreSQL: pg_amcheck)")
         report = check_gallery(data)
         for line in report.lines():
             out.print(line, markup=False, highlight=False)
         raise typer.Exit(0 if report.ok else 1)
-    check_database_file(data / DATABASE_FILE)  # a broken database is refused before the slow imports
+    if not database:
+        check_database_file(data / DATABASE_FILE)  # a broken database is refused before the slow imports
 
     from .server.app import create_app
     from .server.config import ServerConfig
 
-    config = ServerConfig(data_dir=data, multi_user=multi_user, first_month_credits=first_month_credits,
+    config = ServerConfig(data_dir=data, database=database, multi_user=multi_user, first_month_credits=first_month_credits,
                           monthly_credits=monthly_credits, queue_capacity=queue, default_model=model, device=device,
                           purchase_webhook_secret=purchase_secret, session_lifetime_s=int(session_days * 86400),
                           trusted_origins=tuple(trusted_origin or ()))
@@ -101,32 +112,32 @@ def _pack(text: str):
     return CreditPack(credits, int(credits), int(price), currency or "usd")
 
 
-def _gallery(data: Path):
+def _gallery(data: Path, database: str | None = None):
     from .gallery.store import Gallery
 
-    return Gallery(data)
+    return Gallery(data, database=database)
 
 
 @users_app.command("add")
-def add_user(name: str, data: DataDir = DEFAULT_DATA,
+def add_user(name: str, data: DataDir = DEFAULT_DATA, database: Database = None,
              admin: Annotated[bool, typer.Option("--admin", help="May manage users.")] = False,
              password: Annotated[Optional[str], typer.Option("--password", help="For the page; asked for when left out.")] = None):
     """Add a user (with a password for the page)."""
     if password is None:
         password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
-    user = _gallery(data).add_user(name, password, admin)
+    user = _gallery(data, database).add_user(name, password, admin)
     out.print(f"added {user.name}{' (admin)' if admin else ''}")
 
 
 @users_app.command("key")
-def new_key(name: str, data: DataDir = DEFAULT_DATA):
+def new_key(name: str, data: DataDir = DEFAULT_DATA, database: Database = None):
     """Make an API key for a user's programs (shown once; only its hash is kept)."""
-    gallery = _gallery(data)
+    gallery = _gallery(data, database)
     out.print(gallery.new_api_key(gallery.user(name).id))
 
 
 @users_app.command("grant")
-def grant(name: str, credits: int, data: DataDir = DEFAULT_DATA,
+def grant(name: str, credits: int, data: DataDir = DEFAULT_DATA, database: Database = None,
           purchase: Annotated[bool, typer.Option("--purchase", help="Record as a purchase rather than a grant.")] = False,
           note: Annotated[str, typer.Option("--note")] = ""):
     """Add credits to a user's ledger."""
@@ -134,15 +145,15 @@ def grant(name: str, credits: int, data: DataDir = DEFAULT_DATA,
 
     if credits <= 0:
         raise ReverieError("credits: grant a positive number of credits")
-    gallery = _gallery(data)
+    gallery = _gallery(data, database)
     user = gallery.user(name)
     gallery.grant(user.id, credits, "purchase" if purchase else "grant", note)
     out.print(f"{name}: +{credits}, balance {gallery.balance(user.id)}")
 
 
 @users_app.command("list")
-def list_users(data: DataDir = DEFAULT_DATA):
+def list_users(data: DataDir = DEFAULT_DATA, database: Database = None):
     """Users and their balances."""
-    gallery = _gallery(data)
+    gallery = _gallery(data, database)
     for user in gallery.users():
         out.print(f"{user.name:<24} {'admin' if user.is_admin else '':<6} {gallery.balance(user.id):>6} credits")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import Boolean, DateTime, ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -80,7 +80,8 @@ class Image(Base):
     index: Mapped[int] = mapped_column(Integer, nullable=False)  # its place in the job's request
     file: Mapped[str] = mapped_column(String(256), nullable=False)  # relative to the gallery folder
     prompt: Mapped[str] = mapped_column(Text, nullable=False, default="")
-    seed: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    # seeds reach 2**32 - 1: 64-bit (SQLite's INTEGER is; PostgreSQL's is 32-bit, so BIGINT there)
+    seed: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), nullable=False, default=0)
     width: Mapped[int] = mapped_column(Integer, nullable=False)
     height: Mapped[int] = mapped_column(Integer, nullable=False)
     settings_json: Mapped[str] = mapped_column(Text, nullable=False)
@@ -94,7 +95,7 @@ class LedgerEntry(Base):
     # At most one monthly grant per user and month (the migration also adds triggers that refuse
     # any UPDATE or DELETE on this table).
     __table_args__ = (Index("ledger_one_monthly_grant", "user_id", "period", unique=True,
-                            sqlite_where=text("reason = 'monthly'")),)
+                            sqlite_where=text("reason = 'monthly'"), postgresql_where=text("reason = 'monthly'")),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), nullable=False, index=True)

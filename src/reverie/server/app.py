@@ -139,7 +139,7 @@ def create_app(config: ServerConfig | None = None, studio=None) -> FastAPI:
     modes(), list_models()
     config = config or ServerConfig()
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    gallery = Gallery(config.data_dir)
+    gallery = Gallery(config.data_dir, database=config.database)
     studio = studio or Studio(device=config.device)
     state = StudioState(config, gallery, JobRunner(gallery, studio), load_secret(config.data_dir), studio, {})
 

@@ -11,6 +11,7 @@ from ..gallery.credits import DALLE2_PACKS, CreditPack
 @dataclass
 class ServerConfig:
     data_dir: Path = Path("outputs/studio")  # gallery.sqlite, images/, uploads/, dreams/
+    database: str | None = None  # a database server's URL (postgresql://...); None: data_dir/gallery.sqlite
     multi_user: bool = False
     queue_capacity: int = 32  # queued + running jobs; past this, 429 with Retry-After
     # Credits (multi-user mode), DALL-E 2's schedule: free credits in a user's first month of use

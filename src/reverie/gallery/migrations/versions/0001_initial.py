@@ -77,13 +77,24 @@ def upgrade() -> None:
         sa.Column("created", sa.DateTime, nullable=False),
     )
     # The ledger is append-only: the database itself refuses to change or remove an entry.
-    op.execute("CREATE TRIGGER ledger_no_update BEFORE UPDATE ON ledger BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END")
-    op.execute("CREATE TRIGGER ledger_no_delete BEFORE DELETE ON ledger BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END")
+    if op.get_bind().dialect.name == "postgresql":
+        # PL/pgSQL; SQLSTATE 23000 (integrity_constraint_violation), as SQLite's RAISE(ABORT) is.
+        op.execute("CREATE FUNCTION ledger_append_only() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                   "RAISE EXCEPTION 'the ledger is append-only' USING ERRCODE = 'integrity_constraint_violation'; "
+                   "END $$")
+        op.execute("CREATE TRIGGER ledger_no_update BEFORE UPDATE ON ledger FOR EACH ROW EXECUTE FUNCTION ledger_append_only()")
+        op.execute("CREATE TRIGGER ledger_no_delete BEFORE DELETE ON ledger FOR EACH ROW EXECUTE FUNCTION ledger_append_only()")
+        op.execute("CREATE TRIGGER ledger_no_truncate BEFORE TRUNCATE ON ledger FOR EACH STATEMENT EXECUTE FUNCTION ledger_append_only()")
+    else:
+        op.execute("CREATE TRIGGER ledger_no_update BEFORE UPDATE ON ledger BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END")
+        op.execute("CREATE TRIGGER ledger_no_delete BEFORE DELETE ON ledger BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END")
     # At most one monthly grant per user and month, however many requests race for it.
     op.create_index("ledger_one_monthly_grant", "ledger", ["user_id", "period"], unique=True,
-                    sqlite_where=sa.text("reason = 'monthly'"))
+                    sqlite_where=sa.text("reason = 'monthly'"), postgresql_where=sa.text("reason = 'monthly'"))
 
 
 def downgrade() -> None:
     for table in ("ledger", "images", "jobs", "sessions", "api_keys", "users"):
         op.drop_table(table)
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("DROP FUNCTION ledger_append_only()")

@@ -21,10 +21,14 @@ depends_on = None
 
 def upgrade() -> None:
     op.add_column("images", sa.Column("index", sa.Integer, nullable=False, server_default="0"))
+    if op.get_bind().dialect.name == "postgresql":
+        index_in_settings = "(settings_json::json ->> 'index')::integer"
+    else:
+        index_in_settings = "json_extract(settings_json, '$.index')"
     op.execute(
         'UPDATE images SET "index" = (SELECT numbered.n FROM ('
         "  SELECT id, ROW_NUMBER() OVER (PARTITION BY job_id ORDER BY"
-        "    COALESCE(json_extract(settings_json, '$.index'), 0), created, id) - 1 AS n FROM images"
+        f"    COALESCE({index_in_settings}, 0), created, id) - 1 AS n FROM images"
         ") AS numbered WHERE numbered.id = images.id)"
     )
     op.create_index("images_one_per_place", "images", ["job_id", "index"], unique=True)
