@@ -624,3 +624,17 @@ def test_templates_combined_styles_and_combinations_through_the_apis(client):
     assert [image["prompt"] for image in remade] == [done["images"][2]["prompt"]]
     too_many = client.post("/api/v1/jobs", json={"prompt": "{a|b|c} {d|e|f}", "combinatorial": True, **FAST})
     assert too_many.status_code == 422 and too_many.json()["error"]["param"] == "max_combinations"
+
+
+def test_metrics_count_jobs_by_status_and_pictures_for_prometheus(client):
+    def value(text: str, line: str) -> float:
+        return float(next(row.split()[-1] for row in text.splitlines() if row.startswith(line + " ")))
+
+    before = client.get("/metrics")
+    assert before.status_code == 200 and before.headers["content-type"].startswith("text/plain")
+    assert "# TYPE reverie_jobs gauge" in before.text and value(before.text, 'reverie_jobs{status="done"}') == 0
+    wait_done(client, client.post("/api/v1/jobs", json={"prompt": "a kite", "n_samples": 2, "seed": 1, **FAST}).json()["id"])
+    after = client.get("/metrics").text
+    assert value(after, 'reverie_jobs{status="done"}') == 1 and value(after, 'reverie_jobs{status="queued"}') == 0
+    assert value(after, "reverie_pictures_made") == 2 and value(after, "reverie_pictures_per_minute") == 2 / 5
+    assert "a kite" not in after  # aggregates only

@@ -302,6 +302,20 @@ class Gallery:
         with self.session() as db:
             return int(db.scalar(select(func.count()).select_from(Job).where(Job.status.in_(ACTIVE))))
 
+    def job_counts(self) -> dict[str, int]:
+        """How many jobs are in each status (queued, running, done, failed, cancelled)."""
+        with self.session() as db:
+            counted = dict(db.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+        return {status: int(counted.get(status, 0)) for status in ACTIVE + FINAL}
+
+    def pictures_made(self, since: datetime | None = None) -> int:
+        """Gallery items made in all, or since `since`."""
+        statement = select(func.count()).select_from(Image)
+        if since is not None:
+            statement = statement.where(Image.created >= since)
+        with self.session() as db:
+            return int(db.scalar(statement))
+
     # -- images ----------------------------------------------------------------------------
     def add_image(self, job: Job, index: int, source: Path, prompt: str, seed: int, settings: dict,
                   poster=None) -> Image:

@@ -132,7 +132,7 @@ def create_app(config: ServerConfig | None = None, studio=None) -> FastAPI:
     """The studio as an ASGI app; the job runner starts and stops with it."""
     from ..models.registry import list_models
     from ..studio import Studio, modes
-    from . import api_a1111, api_credits, api_native, api_openai
+    from . import api_a1111, api_credits, api_native, api_openai, metrics
 
     # Import every method (and diffusers behind them) now, in one thread: the first requests come
     # at once from the page, and diffusers' lazy imports fail when two threads race through them.
@@ -163,6 +163,7 @@ def create_app(config: ServerConfig | None = None, studio=None) -> FastAPI:
     app.include_router(api_credits.router)
     app.include_router(api_a1111.router)
     app.include_router(api_openai.router)
+    app.include_router(metrics.router)
 
     @app.get("/files/{image_id}.{suffix}", include_in_schema=False)
     def image_file(image_id: str, suffix: str, exp: str = "", sig: str = ""):
