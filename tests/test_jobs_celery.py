@@ -29,7 +29,7 @@ from servers import free_port, redis_server
 SRC = Path(reverie.__file__).resolve().parents[1]
 PATIENCE = 600
 TINY = {"width": 64, "height": 64}
-EIGHT = {"prompt": "eight seeds", "n_samples": 2, "n_iter": 4, "seed": 100, "steps": 3, **TINY}
+EIGHT = {"prompt": "eight seeds", "batch_size": 2, "n_iter": 4, "seed": 100, "steps": 3, **TINY}
 EIGHT_SEEDS = list(range(100, 108))
 # Short broker and lease times, so a killed worker's job comes back within seconds.
 ENGINE_ENV = {"REVERIE_VISIBILITY_TIMEOUT": "4", "REVERIE_LEASE_S": "3"}
@@ -178,13 +178,16 @@ def test_jobs_from_every_api_finish_on_two_workers_behind_two_front_ends(data, b
 def test_a_worker_killed_mid_job_gives_it_back_and_another_makes_each_seed_once(data, broker):
     doomed = Worker(data, broker, "doomed", crash_at="after-image-row:3")  # SIGKILLs itself after 3 pictures
     front = FrontEnd(data, broker)
-    job = front.post("/api/v1/jobs", EIGHT)["id"]
+    waiting, answer = in_background(lambda: front.post("/sdapi/v1/txt2img", EIGHT, 200))  # batches of two
+    job = wait_for(lambda: front.get("/api/v1/jobs"), "the job is queued")[0]["id"]
     assert doomed.process.wait(PATIENCE) == -signal.SIGKILL
     assert rows(data, f"SELECT status, attempts FROM jobs WHERE id = '{job}'") == [("running", 1)]
     assert rows(data, f"SELECT COUNT(*) FROM images WHERE job_id = '{job}'") == [(3,)]
 
     Worker(data, broker, "rescuer")
     assert front.finished(job)["status"] == "done"
+    waiting.join(PATIENCE)
+    assert json.loads(answer["value"]["info"])["all_seeds"] == EIGHT_SEEDS  # its client waited through it all
     seeds = rows(data, f"SELECT seed FROM images WHERE job_id = '{job}' ORDER BY \"index\"")
     assert [seed for (seed,) in seeds] == EIGHT_SEEDS  # each seed once, in order
     assert rows(data, f"SELECT attempts FROM jobs WHERE id = '{job}'") == [(2,)]
