@@ -447,9 +447,10 @@ _add_dream_command()
 
 
 def _add_studio_commands() -> None:
-    from .cli_serve import serve, users_app
+    from .cli_serve import serve, users_app, worker
 
     app.command("serve")(serve)
+    app.command("worker")(worker)
     app.add_typer(users_app, name="users")
 
 

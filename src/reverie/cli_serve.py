@@ -40,6 +40,9 @@ def serve(
     queue: Annotated[int, typer.Option("--queue", help="Jobs that may wait at once; past this, 429.")] = 32,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Default model (a name from `reverie models`).")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    broker: Annotated[Optional[str], typer.Option(
+        "--broker", envvar="REVERIE_BROKER", show_default=False,
+        help="redis://HOST:PORT/N: hand jobs to Celery workers (`reverie worker`) instead of running them here.")] = None,
     check: Annotated[bool, typer.Option("--check", help="Check the gallery database and its picture files "
                                                         "against each other, report, and exit (0: all is well).")] = False,
 ):
@@ -67,7 +70,7 @@ def serve(
     config = ServerConfig(data_dir=data, database=database, multi_user=multi_user, first_month_credits=first_month_credits,
                           monthly_credits=monthly_credits, queue_capacity=queue, default_model=model, device=device,
                           purchase_webhook_secret=purchase_secret, session_lifetime_s=int(session_days * 86400),
-                          trusted_origins=tuple(trusted_origin or ()))
+                          trusted_origins=tuple(trusted_origin or ()), broker=broker)
     if credit_pack:
         config.credit_packs = tuple(_pack(text) for text in credit_pack)
     app = create_app(config)
@@ -76,6 +79,24 @@ def serve(
     _log_to_stderr()
     out.print(f"reverie studio on http://{host}:{port}/  (API docs: http://{host}:{port}/docs)")
     _run_server(app, host, port)
+
+
+def worker(
+    broker: Annotated[str, typer.Option("--broker", envvar="REVERIE_BROKER",
+                                        help="The Redis URL the front ends were started with (redis://HOST:PORT/N).")],
+    data: DataDir = DEFAULT_DATA,
+    database: Annotated[Optional[str], typer.Option(
+        "--database", envvar="REVERIE_DATABASE", show_default=False,
+        help="The gallery database's URL, the front ends' (default: the SQLite file in --data).")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps: start one worker per device.")] = "auto",
+    models: Annotated[Optional[str], typer.Option(
+        "--models", help="Serve only these models (a,b), on queues of their own; default: every job.")] = None,
+):
+    """Run the studio's jobs for front ends started with `reverie serve --broker` (a Celery worker)."""
+    from .jobs.celery_engine import start_worker
+
+    _log_to_stderr()
+    start_worker(broker, data, database, device, [name.strip() for name in models.split(",") if name.strip()] if models else None)
 
 
 def _log_to_stderr() -> None:

@@ -227,6 +227,17 @@ class Gallery:
             db.flush()
             return job
 
+    def claim(self, job_id: str) -> Job | None:
+        """Mark the job `job_id` running and count the attempt: a queued one, or one left running
+        by a worker that died (the caller makes sure nothing runs it now). None when it has ended."""
+        with self.session.begin() as db:
+            job = db.get(Job, job_id)
+            if job is None or job.status not in ACTIVE:
+                return None
+            job.status, job.started, job.attempts = "running", utcnow(), job.attempts + 1
+            db.flush()
+            return job
+
     def finish_job(self, job_id: str, status: str, error: str = "") -> None:
         """done | failed | cancelled; failed and cancelled jobs get their credit back."""
         with self.session.begin() as db:

@@ -2,7 +2,7 @@
 
 txt2img and img2img wait for their job (queued like any other) and answer with base64 PNGs,
 `parameters` (the request as understood) and `info` (a JSON string with seeds and infotexts).
-They wait without holding a thread (`JobRunner.finished`); their short blocking steps (checking
+They wait without holding a thread (`JobQueue.finished`, jobs/); their short blocking steps (checking
 pictures, the database, reading the files) run in the thread pool.
 """
 

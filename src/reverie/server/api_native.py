@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..gallery.models import User
 from .inputs import MAX_PROMPT_CHARS, StrictJSONRoute
-from .jobs import ServerStopping
+from ..jobs.live import ServerStopping
 from .state import (SESSION_COOKIE, StudioState, Unauthorized, current_user, get_state, password_user,
                     refused_uploads_deleted, resolve_image)
 from .submit import image_view, job_view, submit_action, submit_again, submit_job

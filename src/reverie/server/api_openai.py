@@ -6,7 +6,7 @@ send the picture at `size`, and the method works at the model's size and brings 
 Edits follow DALL-E 2: the transparent pixels of the mask (or of the image, without a mask) are
 repainted.
 `url` responses are signed links that work without an API key.
-Every route here waits for its job without holding a thread (`JobRunner.finished`); its short
+Every route here waits for its job without holding a thread (`JobQueue.finished`, jobs/); its short
 blocking steps (checking pictures, the database) run in the thread pool.
 """
 

@@ -28,7 +28,7 @@ from ..prompts.styles import PREVIEWS_DIR
 from ..gallery.store import Gallery, NoCredit, NotFound, QueueFull
 from .config import ServerConfig
 from .cross_site import CrossSiteRequest, cross_site_guard
-from .jobs import JobRunner, JobTimeout, ServerStopping
+from ..jobs.live import JobTimeout, ServerStopping
 from .rate_limit import TooManyAttempts
 from .signatures import SIGNATURE_HEADER, BadSignature, link_signature_matches
 from .state import StudioState, Unauthorized, load_secret
@@ -128,6 +128,17 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error(status, str(exc), field)
 
 
+def _job_queue(config: ServerConfig, gallery: Gallery, studio):
+    """The embedded worker thread, or Celery's workers when the config names a broker."""
+    if config.broker:
+        from ..jobs.celery_engine import CeleryQueue
+
+        return CeleryQueue(gallery, config.broker)
+    from ..jobs.embedded import EmbeddedQueue
+
+    return EmbeddedQueue(gallery, studio)
+
+
 def create_app(config: ServerConfig | None = None, studio=None) -> FastAPI:
     """The studio as an ASGI app; the job runner starts and stops with it."""
     from ..models.registry import list_models
@@ -141,12 +152,12 @@ def create_app(config: ServerConfig | None = None, studio=None) -> FastAPI:
     config.data_dir.mkdir(parents=True, exist_ok=True)
     gallery = Gallery(config.data_dir, database=config.database)
     studio = studio or Studio(device=config.device)
-    state = StudioState(config, gallery, JobRunner(gallery, studio), load_secret(config.data_dir), studio, {})
+    state = StudioState(config, gallery, _job_queue(config, gallery, studio), load_secret(config.data_dir), studio, {})
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         gallery.sweep_uploads()  # what a crash left behind: a day old and no waiting job's
-        if config.start_worker:
+        if config.start_worker or config.broker:  # a front end on a broker runs no worker, only listens
             state.runner.start()
         yield
         state.runner.stop()

@@ -28,6 +28,9 @@ class ServerConfig:
     default_model: str | None = None  # None: reverie's default (mini)
     device: str = "auto"
     start_worker: bool = True
+    # redis://...: jobs go to Celery workers (`reverie worker`), progress comes over Redis; None: the
+    # embedded worker thread (jobs/).
+    broker: str | None = None
     sync_timeout_s: float = 600.0  # how long the A1111/OpenAI endpoints wait for their job
     # Accounts (multi-user mode): sessions end this long after their login; wrong passwords are
     # limited per account and per client address (the next attempt in the window gets 429).

@@ -28,7 +28,7 @@ from ..gallery.credits import Credits, GrantSchedule
 from ..gallery.models import User
 from ..gallery.store import Gallery, NotFound
 from .config import ServerConfig
-from .jobs import JobRunner
+from ..jobs.queue import JobQueue
 from .rate_limit import FailureLimiter
 from .signatures import link_expiry, link_signature
 
@@ -44,7 +44,7 @@ class Unauthorized(Exception):
 class StudioState:
     config: ServerConfig
     gallery: Gallery
-    runner: JobRunner
+    runner: JobQueue  # the embedded worker, or Celery's (jobs/)
     secret: bytes
     studio: object
     options: dict  # per-user A1111 options (sd_model_checkpoint): {user_id: {...}}

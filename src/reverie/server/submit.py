@@ -184,7 +184,7 @@ def _submit(state: StudioState, user: User, fields: dict) -> Job:
         check_mask_size(image_size(request.init_image), image_size(request.mask_image), "init_image", "mask_image")
     job = state.gallery.add_job(user.id, request.mode, request.settings(), state.config.queue_capacity, _cost(state, request),
                                 state.credits.schedule, state.now())
-    state.runner.wake()
+    state.runner.submitted(job)
     return job
 
 

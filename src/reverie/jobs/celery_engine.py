@@ -1,0 +1,329 @@
+"""The distributed engine: Celery with Redis as broker and result backend, and Redis pub/sub for
+live progress.
+
+- A front end (`reverie serve --broker redis://...`) queues the job in the gallery's database
+  (credit and capacity checked there, as ever), then sends the Celery task `reverie.run_job` with
+  the job's id; it runs no worker thread.
+- A worker (`reverie worker --broker redis://...`, one process per device, Celery's solo pool)
+  runs the task: it claims the job in the database and runs it through `run.run_job`, exactly as
+  the embedded worker does, writing pictures into the shared gallery folder and rows into the
+  shared database.
+- Every change of a job's live state is published on the channel `reverie:job:<id>` (and kept,
+  with the newest preview, under `reverie:live:<id>` for a front end that starts listening late);
+  every front end listens to all of them for its /events, /preview.png and A1111 progress.
+
+Durability: tasks are acknowledged late (`acks_late`, `reject_on_worker_lost`, prefetch 1), so a
+worker that dies mid-job leaves its message unacknowledged and the broker hands it out again
+(after `visibility_timeout`). A lease in Redis (`reverie:lease:<id>`, renewed while the job runs)
+keeps two workers from running one job at once; the gallery's `made` count and its one picture
+per place make the job that runs again make each seed exactly once.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import asdict
+
+from ..errors import ReverieError
+from ..gallery.store import FINAL, MAX_ATTEMPTS, NotFound
+from .live import Live, LiveBoard
+from .run import REQUEUED, run_job
+
+log = logging.getLogger("reverie.server")
+
+TASK = "reverie.run_job"
+DEFAULT_QUEUE = "reverie"
+CHANNELS = "reverie:job:"  # + job id: its live changes, as JSON
+SNAPSHOTS = "reverie:live:"  # + job id: its whole live state, as JSON
+CANCELS = "reverie:cancel:"  # + job id: set when a user cancels a running job
+LEASES = "reverie:lease:"  # + job id: held by the worker running it
+MODEL_QUEUES = "reverie:model-queues"  # the models some worker serves on a queue of their own
+KEEP_S = 24 * 3600  # snapshots and cancel marks expire after a day
+# How long an unacknowledged task waits before the broker gives it to another worker, and how long
+# a worker's lease on a job lasts unless renewed (a third of it apart). Settable for tests.
+VISIBILITY_TIMEOUT_S = float(os.environ.get("REVERIE_VISIBILITY_TIMEOUT", 300))
+LEASE_S = float(os.environ.get("REVERIE_LEASE_S", 30))
+
+
+class BrokerError(ReverieError):
+    """The broker URL is not a Redis URL, or Redis does not answer there."""
+
+
+def check_broker_url(url: str) -> str:
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise BrokerError(f"--broker {url!r}: give a Redis URL, e.g. redis://localhost:6379/0 (Celery's broker here is Redis)")
+    return url
+
+
+def connect_redis(url: str):
+    """A Redis client for `url`, checked with a PING; BrokerError names what to start or fix."""
+    import redis
+
+    client = redis.Redis.from_url(check_broker_url(url))
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise BrokerError(f"the broker at {url} does not answer ({exc}); start redis-server there or fix --broker") from None
+    return client
+
+
+def model_queue(model: str) -> str:
+    return f"{DEFAULT_QUEUE}.model.{model}"
+
+
+def make_celery(broker: str):
+    """The Celery app: Redis as broker and result backend, late acknowledgement, one task at a time."""
+    from celery import Celery
+
+    app = Celery("reverie", broker=check_broker_url(broker), backend=broker)
+    transport = {"visibility_timeout": VISIBILITY_TIMEOUT_S}
+    app.conf.update(
+        task_acks_late=True,  # acknowledged when the job has ended, not when it starts
+        task_reject_on_worker_lost=True,  # a worker process that dies gives its task back
+        worker_prefetch_multiplier=1,  # a worker holds only the job it runs
+        task_default_queue=DEFAULT_QUEUE,
+        task_serializer="json", result_serializer="json", accept_content=["json"],
+        broker_transport_options=transport, result_backend_transport_options=transport,
+        result_expires=KEEP_S, broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+    )
+
+    @app.task(name=TASK, bind=True, max_retries=None)
+    def run_job_task(task, job_id: str) -> str:
+        if _WORKER is None:
+            raise RuntimeError("reverie.run_job runs in `reverie worker` processes only")
+        return _WORKER.run(task, job_id)
+
+    return app
+
+
+# -- live state on the wire ------------------------------------------------------------------
+def encode_changes(changes: dict) -> dict:
+    """Live changes as JSON: the preview in base64, the start as seconds ago (clocks differ)."""
+    wire = dict(changes)
+    if wire.get("preview") is not None:
+        wire["preview"] = base64.b64encode(wire["preview"]).decode()
+    if "started" in wire:
+        wire["started_ago"] = time.monotonic() - wire.pop("started")
+    wire.pop("version", None)  # each process counts its own changes
+    return wire
+
+
+def decode_changes(wire: dict) -> dict:
+    changes = {key: value for key, value in wire.items() if key in Live.__dataclass_fields__ and key != "version"}
+    if changes.get("preview") is not None:
+        changes["preview"] = base64.b64decode(changes["preview"])
+    if "started_ago" in wire:
+        changes["started"] = time.monotonic() - float(wire["started_ago"])
+    return changes
+
+
+class RemoteLive(dict):
+    """Job id -> Live, as this front end heard it; a job it has not heard of is looked up in Redis
+    (its snapshot), so a front end that started late still shows a running job's progress."""
+
+    def __init__(self, redis):
+        super().__init__()
+        self._redis = redis
+
+    def get(self, job_id, default=None):
+        live = super().get(job_id)
+        if live is None:
+            try:
+                raw = self._redis.get(SNAPSHOTS + job_id)
+            except Exception:  # Redis away: no progress to show, the job's row still tells its status
+                raw = None
+            if raw is None:
+                return default
+            live = self.setdefault(job_id, Live(**decode_changes(json.loads(raw))))
+        return live
+
+
+# -- the front end's side ----------------------------------------------------------------------
+class CeleryQueue:
+    """The job queue of a front end: jobs go to Celery workers, their progress comes over Redis."""
+
+    def __init__(self, gallery, broker: str, recheck_s: float = 2.0):
+        self.gallery, self.broker = gallery, broker
+        self.redis = connect_redis(broker)
+        self.app = make_celery(broker)
+        self.board = LiveBoard(gallery, RemoteLive(self.redis), recheck_s=recheck_s)
+        self.live = self.board.live
+        self._listener: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._listener = threading.Thread(target=self._listen, name="reverie-progress", daemon=True)
+        self._listener.start()
+
+    def halt(self) -> None:
+        self.board.halt()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop listening; the jobs go on on their workers."""
+        self.halt()
+        if self._listener:
+            self._listener.join(timeout)
+
+    def submitted(self, job) -> None:
+        model = json.loads(job.request_json).get("model")
+        queue = model_queue(model) if model and self.redis.sismember(MODEL_QUEUES, model) else DEFAULT_QUEUE
+        self.app.send_task(TASK, args=[job.id], task_id=job.id, queue=queue)
+
+    def wake(self) -> None:
+        """Nothing to wake here: the workers take jobs from the broker."""
+
+    def cancel(self, job_id: str) -> None:
+        job = self.gallery.job(job_id)
+        if job.status == "queued":
+            self.gallery.finish_job(job_id, "cancelled")  # its task finds it ended and does nothing
+            publish(self.redis, job_id, True, {"stage": "cancelled", "message": ""})
+        elif job.status == "running":
+            self.redis.set(CANCELS + job_id, 1, ex=KEEP_S)
+
+    async def finished(self, job_id: str, timeout: float):
+        return await self.board.finished(job_id, timeout)
+
+    async def changed(self, job_id: str, version: int, timeout: float) -> Live | None:
+        return await self.board.changed(job_id, version, timeout)
+
+    def _listen(self) -> None:
+        """Hear every job's changes until the server halts; reconnect when Redis goes away."""
+        import redis
+
+        while not self.board.halted.is_set():
+            try:
+                pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+                pubsub.psubscribe(CHANNELS + "*")
+                while not self.board.halted.is_set():
+                    message = pubsub.get_message(timeout=0.5)
+                    if message and message["type"] == "pmessage":
+                        self._heard(message["channel"].decode()[len(CHANNELS):], json.loads(message["data"]))
+                pubsub.close()
+            except redis.RedisError as exc:
+                log.warning("progress from the broker interrupted (%s); listening again", exc)
+                time.sleep(1.0)
+
+    def _heard(self, job_id: str, message: dict) -> None:
+        self.board.notify(job_id, bool(message.get("ended")), **decode_changes(message.get("changes", {})))
+
+
+def publish(redis, job_id: str, ended: bool, changes: dict, live: Live | None = None) -> None:
+    """Tell every front end of a job's change; keep its whole state (`live`) for late ones."""
+    pipe = redis.pipeline(transaction=False)
+    if live is not None:
+        pipe.set(SNAPSHOTS + job_id, json.dumps(encode_changes(asdict(live))), ex=KEEP_S)
+    pipe.publish(CHANNELS + job_id, json.dumps({"ended": ended, "changes": encode_changes(changes)}))
+    pipe.execute()
+
+
+# -- the worker's side ---------------------------------------------------------------------------
+_WORKER: "JobWorker | None" = None  # the worker of this process (`reverie worker`), run by the task
+
+
+class JobWorker:
+    """Runs `reverie.run_job` tasks in a worker process: claims the job, runs it, reports it."""
+
+    def __init__(self, gallery, studio, redis, name: str, lease_s: float = LEASE_S):
+        self.gallery, self.studio, self.redis, self.name = gallery, studio, redis, name
+        self.lease_s = lease_s
+        self.halt = threading.Event()  # set when the worker is asked to stop (SIGTERM, Ctrl-C)
+
+    def run(self, task, job_id: str) -> str:
+        lease = self.redis.lock(LEASES + job_id, timeout=self.lease_s, thread_local=False)
+        if not lease.acquire(blocking=False):
+            # Another worker runs it now (a message handed out twice): look again once its lease could lapse.
+            raise task.retry(countdown=self.lease_s)
+        lost = threading.Event()
+        renewing = threading.Thread(target=self._renew, args=(lease, lost), daemon=True)
+        renewing.start()
+        try:
+            job = self._claim(job_id)
+            if job is None:
+                return "ended"
+            status = self._run(job, lost)
+        finally:
+            lost.set()  # also stops the renewing
+            renewing.join()
+            try:
+                lease.release()
+            except Exception:  # lapsed: nothing to give back
+                pass
+        if status == REQUEUED:
+            raise task.retry(countdown=1)  # sent again before this one is acknowledged
+        return status
+
+    def _renew(self, lease, lost: threading.Event) -> None:
+        while not lost.wait(self.lease_s / 3):
+            try:
+                lease.reacquire()
+            except Exception as exc:  # lost (Redis restarted, or this process stalled past its lease)
+                log.error("lost the lease on a job (%s); it goes back to the queue", exc)
+                lost.set()
+
+    def _claim(self, job_id: str):
+        """The job marked running by this worker, or None when it has ended (or is unknown). A job
+        left running holds no lease, so its worker is gone: it is taken over, counting the attempt."""
+        try:
+            job = self.gallery.job(job_id)
+        except NotFound:
+            log.warning("job %s is not in the gallery; its task is dropped (is --database the front ends'?)", job_id)
+            return None
+        if job.status in FINAL:
+            return None
+        if job.status == "running":
+            self.gallery.remove_orphans(job)  # files its worker wrote without their rows
+            if job.attempts >= MAX_ATTEMPTS:
+                message = "the worker stopped while this job ran, twice"
+                self.gallery.finish_job(job_id, "failed", message)
+                publish(self.redis, job_id, True, {"stage": "failed", "message": message})
+                return None
+            log.info("job %s: its worker stopped while it ran; %s takes it over", job_id, self.name)
+        return self.gallery.claim(job_id)
+
+    def _run(self, job, lost: threading.Event) -> str:
+        live = Live()
+
+        def report(ended: bool = False, **changes) -> None:
+            for key, value in changes.items():
+                setattr(live, key, value)
+            publish(self.redis, job.id, ended, changes, live)
+
+        cancel_key, checked = CANCELS + job.id, [0.0, False]
+
+        def cancelled() -> bool:
+            if time.monotonic() - checked[0] > 0.5:  # one look at Redis per half second at most
+                checked[:] = [time.monotonic(), bool(self.redis.exists(cancel_key))]
+            return checked[1]
+
+        halting = lambda: self.halt.is_set() or lost.is_set()  # noqa: E731
+        return run_job(self.gallery, self.studio, job, report, cancelled, halting)
+
+
+def start_worker(broker: str, data, database: str | None = None, device: str = "auto",
+                 models: list[str] | None = None, loglevel: str = "INFO") -> None:
+    """Run a Celery worker in this process (until it is stopped): the solo pool, one job at a time,
+    on the default queue, or on the queues of `models` when given."""
+    global _WORKER
+    from celery.signals import worker_shutting_down
+
+    from ..gallery.store import Gallery
+    from ..studio import Studio, modes
+
+    redis = connect_redis(broker)
+    modes()  # every method imported now, in one thread
+    gallery = Gallery(data, database)
+    name = f"reverie-{device}-{os.getpid()}@{socket.gethostname()}"
+    _WORKER = JobWorker(gallery, Studio(device=device), redis, name)
+    worker_shutting_down.connect(lambda **_: _WORKER.halt.set(), weak=False)
+    queues = [model_queue(model) for model in models] if models else [DEFAULT_QUEUE]
+    if models:
+        redis.sadd(MODEL_QUEUES, *models)
+    app = make_celery(broker)
+    app.worker_main(["worker", "--pool", "solo", "--concurrency", "1", "--queues", ",".join(queues),
+                     "--hostname", name, "--loglevel", loglevel, "--without-gossip", "--without-mingle"])
