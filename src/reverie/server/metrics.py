@@ -44,8 +44,9 @@ def _collect(state: StudioState) -> str:
          [({}, gallery.pictures_made())]),
         ("reverie_pictures_per_minute", "gauge", "Pictures made over the last five minutes, per minute.",
          [({}, recent / (RECENT.total_seconds() / 60))]),
-        ("reverie_worker_busy", "gauge", "1 while this process's worker runs a job.",
-         [({}, 1.0 if state.runner.current else 0.0)]),
+        ("reverie_worker_busy", "gauge", "1 while this process's own worker runs a job (the embedded engine; "
+                                         "a front end on Celery has none: see reverie_jobs running).",
+         [({}, 1.0 if getattr(state.runner, "current", None) else 0.0)]),
     ])
 
 
