@@ -231,8 +231,9 @@ class RedisServer:
 
 
 @contextmanager
-def redis_server():
-    """Start redis-server (no persistence) in a new temp folder on a free port; shut it down after."""
+def redis_server(port: int | None = None):
+    """Start redis-server (no persistence) in a new temp folder on a free port (or on `port`: to
+    start one again where a stopped one was); shut it down after."""
     reason = redis_missing()
     if reason:
         pytest.skip(reason)
@@ -240,13 +241,13 @@ def redis_server():
     log = folder / "redis.log"
     server = None
     try:
-        for attempt in range(5):
-            port = free_port()
-            process = subprocess.Popen([str(redis_bin()), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
+        for attempt in range(1 if port else 5):
+            chosen = port or free_port()
+            process = subprocess.Popen([str(redis_bin()), "--port", str(chosen), "--bind", "127.0.0.1", "--dir", str(folder),
                                         "--save", "", "--appendonly", "no", "--logfile", str(log),
                                         "--daemonize", "no", "--protected-mode", "no"],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            candidate = RedisServer(folder, port, process)
+            candidate = RedisServer(folder, chosen, process)
 
             def answers() -> bool:
                 try:
@@ -264,7 +265,7 @@ def redis_server():
             server = candidate
             break
         if server is None:
-            raise RuntimeError("redis-server found no free port in 5 tries")
+            raise RuntimeError("redis-server found no free port in 5 tries" if not port else f"port {port} is taken")
         yield server
     finally:
         if server is not None:

@@ -1,5 +1,6 @@
-"""The distributed engine with real servers: redis-server (tests/servers.py), two `reverie worker`
-processes and two `reverie serve --broker` front ends on one gallery (SQLite in a shared folder).
+"""The distributed engine with real servers: redis-server and PostgreSQL (tests/servers.py), two
+`reverie worker` processes and two `reverie serve --broker --database` front ends on one gallery:
+the issue's deployment (Celery + Redis + PostgreSQL; one case also on SQLite in a shared folder).
 
 Jobs from the native, A1111 and OpenAI APIs finish; a worker killed (SIGKILL, at a crash point)
 mid-job gives its job back and another finishes it with each seed exactly once; a job running on
@@ -17,19 +18,21 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
 import reverie
+from reverie.gallery.db import database_url
 from reverie.gallery.store import Gallery
-from servers import free_port, redis_server
+from servers import free_port
 
 SRC = Path(reverie.__file__).resolve().parents[1]
 PATIENCE = 600
 TINY = {"width": 64, "height": 64}
-EIGHT = {"prompt": "eight seeds", "batch_size": 2, "n_iter": 4, "seed": 100, "steps": 3, **TINY}
+EIGHT = {"prompt": "eight seeds", "batch_size": 2, "n_iter": 4, "seed": 100, "steps": 2, **TINY}
 EIGHT_SEEDS = list(range(100, 108))
 # Short broker and lease times, so a killed worker's job comes back within seconds.
 ENGINE_ENV = {"REVERIE_VISIBILITY_TIMEOUT": "4", "REVERIE_LEASE_S": "3"}
@@ -45,22 +48,62 @@ def wait_for(check, what: str, patience: float = PATIENCE):
     raise AssertionError(f"never happened: {what}")
 
 
-@pytest.fixture(scope="module")
-def redis():
-    with redis_server() as server:
-        yield server
+@pytest.fixture
+def broker(redis_url) -> str:
+    """A flushed database index of its own on the session's redis-server."""
+    return redis_url
+
+
+@dataclass
+class Shared:
+    """What the processes of one deployment share: the gallery folder (pictures) and its database
+    (`database`: a PostgreSQL URL, or None for the SQLite file in the folder), and the broker."""
+
+    data: Path
+    database: str | None
+    broker: str
+
+    def flags(self) -> list[str]:
+        return ["--data", str(self.data), "--broker", self.broker, *(["--database", self.database] if self.database else [])]
+
+    def rows(self, query: str) -> list[tuple]:
+        if self.database is None:
+            connection = sqlite3.connect(f"{(self.data / 'gallery.sqlite').as_uri()}?mode=ro", uri=True)
+            try:
+                return connection.execute(query).fetchall()
+            finally:
+                connection.close()
+        from sqlalchemy import create_engine, text
+        from sqlalchemy.pool import NullPool
+
+        engine = create_engine(database_url(self.database), poolclass=NullPool)
+        try:
+            with engine.connect() as connection:
+                return [tuple(row) for row in connection.execute(text(query))]
+        finally:
+            engine.dispose()
+
+    def gallery(self) -> Gallery:
+        return Gallery(self.data, database=self.database)
+
+
+def make_shared(tmp_path: Path, database: str | None, broker: str) -> Shared:
+    shared = Shared(tmp_path / "studio", database, broker)
+    shared.gallery().engine.dispose()  # made and migrated once, before the processes share it
+    return shared
 
 
 @pytest.fixture
-def broker(redis) -> str:
-    return redis.new_database()
+def shared(tmp_path, postgres_url, broker) -> Shared:
+    """The issue's deployment: the gallery's rows in PostgreSQL, its pictures in a shared folder."""
+    return make_shared(tmp_path, postgres_url, broker)
 
 
-@pytest.fixture
-def data(tmp_path) -> Path:
-    folder = tmp_path / "studio"
-    Gallery(folder).engine.dispose()  # made and migrated once, before the processes share it
-    return folder
+@pytest.fixture(params=["postgresql", "sqlite"])
+def either(request, tmp_path, broker) -> Shared:
+    """The deployment on PostgreSQL, and on the SQLite file of a shared folder."""
+    database = request.getfixturevalue("postgres_url") if request.param == "postgresql" else None
+    return make_shared(tmp_path, database, broker)
 
 
 PROCESSES: list = []
@@ -95,24 +138,28 @@ class Process:
         if self.process.poll() is not None:
             raise AssertionError(f"{what} ended ({self.process.returncode}):\n{self.output()[-4000:]}")
 
+    def kill(self) -> int:
+        self.process.kill()
+        return self.process.wait(PATIENCE)
+
 
 class Worker(Process):
     """`reverie worker` on the shared gallery, ready once Celery says so."""
 
-    def __init__(self, data: Path, broker: str, name: str, crash_at: str | None = None):
-        super().__init__(data.parent / f"worker-{name}.log",
-                         ["worker", "--broker", broker, "--data", str(data), "--device", "cpu"], crash_at)
+    def __init__(self, shared: Shared, name: str, crash_at: str | None = None):
+        super().__init__(shared.data.parent / f"worker-{name}.log", ["worker", *shared.flags(), "--device", "cpu"], crash_at)
         wait_for(lambda: self.alive(f"worker {name}") or " ready." in self.output(), f"worker {name} ready")
 
 
 class FrontEnd(Process):
-    """`reverie serve --broker` on the shared gallery, on a free port."""
+    """`reverie serve --broker` on the shared gallery, on a free port; `flags` added (--multi-user)."""
 
-    def __init__(self, data: Path, broker: str):
+    def __init__(self, shared: Shared, *flags: str):
         self.url = f"http://127.0.0.1:{free_port()}"
-        super().__init__(data.parent / f"serve-{self.url.rsplit(':', 1)[1]}.log",
-                         ["serve", "--data", str(data), "--port", self.url.rsplit(":", 1)[1], "--model", "tiny-random",
-                          "--device", "cpu", "--broker", broker])
+        self.headers: dict = {}
+        super().__init__(shared.data.parent / f"serve-{self.url.rsplit(':', 1)[1]}.log",
+                         ["serve", *shared.flags(), "--port", self.url.rsplit(":", 1)[1], "--model", "tiny-random",
+                          "--device", "cpu", *flags])
         wait_for(self._answers, "reverie serve --broker answered /healthz")
 
     def _answers(self) -> bool:
@@ -123,10 +170,10 @@ class FrontEnd(Process):
             return False
 
     def get(self, path: str):
-        return httpx.get(self.url + path, timeout=60).json()
+        return httpx.get(self.url + path, headers=self.headers, timeout=60).json()
 
     def post(self, path: str, body: dict, status: int = 202):
-        response = httpx.post(self.url + path, json=body, timeout=PATIENCE)
+        response = httpx.post(self.url + path, json=body, headers=self.headers, timeout=PATIENCE)
         assert response.status_code == status, response.text
         return response.json()
 
@@ -138,14 +185,6 @@ class FrontEnd(Process):
         return wait_for(ended, f"job {job_id} ended")
 
 
-def rows(data: Path, query: str) -> list:
-    connection = sqlite3.connect(f"{(data / 'gallery.sqlite').as_uri()}?mode=ro", uri=True)
-    try:
-        return connection.execute(query).fetchall()
-    finally:
-        connection.close()
-
-
 def in_background(call) -> tuple[threading.Thread, dict]:
     answer: dict = {}
     thread = threading.Thread(target=lambda: answer.setdefault("value", call()), daemon=True)
@@ -153,13 +192,21 @@ def in_background(call) -> tuple[threading.Thread, dict]:
     return thread, answer
 
 
-def test_jobs_from_every_api_finish_on_two_workers_behind_two_front_ends(data, broker):
-    workers = [Worker(data, broker, "a"), Worker(data, broker, "b")]
-    first, second = FrontEnd(data, broker), FrontEnd(data, broker)
+def files_match_rows(shared: Shared) -> None:
+    """Every picture file has its row and every row its file (`serve --check`, for any database)."""
+    on_disk = {path.relative_to(shared.data / "images").as_posix()
+               for path in (shared.data / "images").rglob("*") if path.is_file()}
+    listed = {file for (file,) in shared.rows("SELECT file FROM images")}
+    assert on_disk == listed, (sorted(on_disk - listed), sorted(listed - on_disk))
 
-    native = first.post("/api/v1/jobs", {"prompt": "native", "n_samples": 2, "seed": 500, "steps": 3, **TINY})["id"]
+
+def test_jobs_from_every_api_finish_on_two_workers_behind_two_front_ends(shared):
+    workers = [Worker(shared, "a"), Worker(shared, "b")]
+    first, second = FrontEnd(shared), FrontEnd(shared)
+
+    native = first.post("/api/v1/jobs", {"prompt": "native", "n_samples": 2, "seed": 500, "steps": 2, **TINY})["id"]
     a1111, a1111_answer = in_background(lambda: second.post(
-        "/sdapi/v1/txt2img", {"prompt": "a1111", "batch_size": 2, "seed": 7, "steps": 3, **TINY}, 200))
+        "/sdapi/v1/txt2img", {"prompt": "a1111", "batch_size": 2, "seed": 7, "steps": 2, **TINY}, 200))
     openai, openai_answer = in_background(lambda: first.post(
         "/v1/images/generations", {"prompt": "openai", "n": 1, "size": "64x64", "response_format": "b64_json"}, 200))
 
@@ -169,36 +216,36 @@ def test_jobs_from_every_api_finish_on_two_workers_behind_two_front_ends(data, b
     assert len(a1111_answer["value"]["images"]) == 2
     assert json.loads(a1111_answer["value"]["info"])["all_seeds"] == [7, 8]
     assert len(openai_answer["value"]["data"]) == 1 and openai_answer["value"]["data"][0]["b64_json"]
-    assert rows(data, "SELECT status, COUNT(*) FROM jobs GROUP BY status") == [("done", 3)]
-    assert rows(data, "SELECT COUNT(*) FROM images") == [(5,)]
+    assert shared.rows("SELECT status, COUNT(*) FROM jobs GROUP BY status") == [("done", 3)]
+    assert shared.rows("SELECT COUNT(*) FROM images") == [(5,)]
+    files_match_rows(shared)
     for worker in workers:
         worker.alive("a worker")
 
 
-def test_a_worker_killed_mid_job_gives_it_back_and_another_makes_each_seed_once(data, broker):
-    doomed = Worker(data, broker, "doomed", crash_at="after-image-row:3")  # SIGKILLs itself after 3 pictures
-    front = FrontEnd(data, broker)
+def test_a_worker_killed_mid_job_gives_it_back_and_another_makes_each_seed_once(either):
+    shared = either
+    doomed = Worker(shared, "doomed", crash_at="after-image-row:3")  # SIGKILLs itself after 3 pictures
+    front = FrontEnd(shared)
     waiting, answer = in_background(lambda: front.post("/sdapi/v1/txt2img", EIGHT, 200))  # batches of two
     job = wait_for(lambda: front.get("/api/v1/jobs"), "the job is queued")[0]["id"]
     assert doomed.process.wait(PATIENCE) == -signal.SIGKILL
-    assert rows(data, f"SELECT status, attempts FROM jobs WHERE id = '{job}'") == [("running", 1)]
-    assert rows(data, f"SELECT COUNT(*) FROM images WHERE job_id = '{job}'") == [(3,)]
+    assert shared.rows(f"SELECT status, attempts FROM jobs WHERE id = '{job}'") == [("running", 1)]
+    assert shared.rows(f"SELECT COUNT(*) FROM images WHERE job_id = '{job}'") == [(3,)]
 
-    Worker(data, broker, "rescuer")
+    Worker(shared, "rescuer")
     assert front.finished(job)["status"] == "done"
     waiting.join(PATIENCE)
     assert json.loads(answer["value"]["info"])["all_seeds"] == EIGHT_SEEDS  # its client waited through it all
-    seeds = rows(data, f"SELECT seed FROM images WHERE job_id = '{job}' ORDER BY \"index\"")
+    seeds = shared.rows(f"SELECT seed FROM images WHERE job_id = '{job}' ORDER BY \"index\"")
     assert [seed for (seed,) in seeds] == EIGHT_SEEDS  # each seed once, in order
-    assert rows(data, f"SELECT attempts FROM jobs WHERE id = '{job}'") == [(2,)]
-    check = subprocess.run([sys.executable, "-m", "reverie", "serve", "--check", "--data", str(data)],
-                           capture_output=True, text=True, env=os.environ | {"PYTHONPATH": str(SRC)}, timeout=PATIENCE)
-    assert check.returncode == 0 and "all is well" in check.stdout, check.stdout + check.stderr
+    assert shared.rows(f"SELECT attempts FROM jobs WHERE id = '{job}'") == [(2,)]
+    files_match_rows(shared)  # the killed worker's unfinished files were removed or replaced
 
 
-def test_progress_of_a_job_streams_through_the_other_front_end(data, broker):
-    Worker(data, broker, "a")
-    sender, watcher = FrontEnd(data, broker), FrontEnd(data, broker)
+def test_progress_of_a_job_streams_through_the_other_front_end(shared):
+    Worker(shared, "a")
+    sender, watcher = FrontEnd(shared), FrontEnd(shared)
     job = sender.post("/api/v1/jobs", {"prompt": "a long one", "n_samples": 1, "seed": 3, "steps": 400, **TINY})["id"]
 
     seen = []

@@ -6,6 +6,6 @@ needs neither Celery nor Redis.
 
 from .embedded import EmbeddedQueue
 from .live import JobTimeout, Live, LiveBoard, ServerStopping
-from .queue import JobQueue
+from .queue import EngineUnavailable, JobQueue
 
-__all__ = ["EmbeddedQueue", "JobQueue", "JobTimeout", "Live", "LiveBoard", "ServerStopping"]
+__all__ = ["EmbeddedQueue", "EngineUnavailable", "JobQueue", "JobTimeout", "Live", "LiveBoard", "ServerStopping"]

@@ -30,9 +30,12 @@ import threading
 import time
 from dataclasses import asdict
 
+from kombu.utils.url import maybe_sanitize_url
+
 from ..errors import ReverieError
 from ..gallery.store import FINAL, MAX_ATTEMPTS, NotFound
 from .live import Live, LiveBoard
+from .queue import EngineUnavailable
 from .run import REQUEUED, run_job
 
 log = logging.getLogger("reverie.server")
@@ -171,9 +174,23 @@ class CeleryQueue:
             self._listener.join(timeout)
 
     def submitted(self, job) -> None:
+        """Send the job's task. When the broker does not take it, the job is ended as failed (its
+        credit refunded) and EngineUnavailable raised: the client is told 503 and sends it again.
+        Ending it, rather than leaving it queued, means no job waits for a message that was never
+        sent; should the message have gone out after all, its worker finds the job ended and drops it."""
+        import redis
+        from kombu.exceptions import OperationalError
+
         model = json.loads(job.request_json).get("model")
-        queue = model_queue(model) if model and self.redis.sismember(MODEL_QUEUES, model) else DEFAULT_QUEUE
-        self.app.send_task(TASK, args=[job.id], task_id=job.id, queue=queue)
+        try:
+            queue = model_queue(model) if model and self.redis.sismember(MODEL_QUEUES, model) else DEFAULT_QUEUE
+            self.app.send_task(TASK, args=[job.id], task_id=job.id, queue=queue)
+        except (redis.RedisError, OperationalError, OSError) as exc:
+            log.error("job %s was not sent: the broker did not answer (%s); it is failed and refunded", job.id, exc)
+            self.gallery.finish_job(job.id, "failed", "not sent: the job broker did not answer; send the request again")
+            raise EngineUnavailable(f"the job broker ({maybe_sanitize_url(self.broker)}) does not answer, so the job "
+                                    "was not queued and nothing was charged; try again shortly (if it lasts, "
+                                    "start redis-server or fix the front end's --broker)") from None
 
     def wake(self) -> None:
         """Nothing to wake here: the workers take jobs from the broker."""

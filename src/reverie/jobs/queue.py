@@ -13,7 +13,14 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from ..errors import ReverieError
 from .live import Live
+
+
+class EngineUnavailable(ReverieError):
+    """The job engine did not take a job just queued (its broker does not answer). The job is
+    ended as failed, its credit refunded, before this is raised: the server answers 503 and the
+    client sends the request again later."""
 
 
 class JobQueue(Protocol):
@@ -29,7 +36,8 @@ class JobQueue(Protocol):
         """Halt and wait (up to `timeout` s) for what this process runs to be put back."""
 
     def submitted(self, job) -> None:
-        """A job was just queued in the gallery (its credit charged): have it run."""
+        """A job was just queued in the gallery (its credit charged): have it run. Raises
+        EngineUnavailable, the job failed and refunded, when the engine cannot take it."""
 
     def cancel(self, job_id: str) -> None:
         """Cancel a queued job now, or ask the worker running it to stop (its pictures stay)."""

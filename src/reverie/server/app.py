@@ -6,7 +6,8 @@ Every error a caller can cause comes back as JSON, 4xx, naming the field:
 the native and A1111 routes share). State-changing requests from other sites are refused
 (cross_site.py); picture links are signed and expire (signatures.py). A request that waits for
 its job gets the same shape with 503 when the server stops first (the job resumes at the next
-start) and 504 when it waited `sync_timeout_s` (the job goes on).
+start) and 504 when it waited `sync_timeout_s` (the job goes on). A job the engine could not take
+(`--broker` down) is answered 503 too, its credit refunded: nothing runs, the client sends it again.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from ..gallery.store import Gallery, NoCredit, NotFound, QueueFull
 from .config import ServerConfig
 from .cross_site import CrossSiteRequest, cross_site_guard
 from ..jobs.live import JobTimeout, ServerStopping
+from ..jobs.queue import EngineUnavailable
 from .rate_limit import TooManyAttempts
 from .signatures import SIGNATURE_HEADER, BadSignature, link_signature_matches
 from .state import StudioState, Unauthorized, load_secret
@@ -100,6 +102,10 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServerStopping)
     async def _stopping(_request, exc: ServerStopping):
         return _error(503, str(exc), None, "server_stopping", {"Retry-After": "30"})
+
+    @app.exception_handler(EngineUnavailable)
+    async def _engine_unavailable(_request, exc: EngineUnavailable):
+        return _error(503, str(exc), None, "service_unavailable", {"Retry-After": "30"})
 
     @app.exception_handler(JobTimeout)
     async def _timeout(_request, exc: JobTimeout):
