@@ -17,6 +17,9 @@ worker that dies mid-job leaves its message unacknowledged and the broker hands 
 (after `visibility_timeout`). A lease in Redis (`reverie:lease:<id>`, renewed while the job runs)
 keeps two workers from running one job at once; the gallery's `made` count and its one picture
 per place make the job that runs again make each seed exactly once.
+
+Metrics: each worker keeps its heartbeat and counts in Redis (heartbeat.py); a front end's
+`/metrics` reads them (`CeleryQueue.workers`).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from kombu.utils.url import maybe_sanitize_url
 
 from ..errors import ReverieError
 from ..gallery.store import FINAL, MAX_ATTEMPTS, NotFound
+from .heartbeat import Heartbeat, alive_workers, worker_name
 from .live import Live, LiveBoard
 from .queue import EngineUnavailable
 from .run import REQUEUED, run_job
@@ -195,6 +199,10 @@ class CeleryQueue:
     def wake(self) -> None:
         """Nothing to wake here: the workers take jobs from the broker."""
 
+    def workers(self):
+        """The workers alive now, with their counts (heartbeat.WorkerStats), for /metrics."""
+        return alive_workers(self.redis)
+
     def cancel(self, job_id: str) -> None:
         job = self.gallery.job(job_id)
         if job.status == "queued":
@@ -246,9 +254,10 @@ _WORKER: "JobWorker | None" = None  # the worker of this process (`reverie worke
 class JobWorker:
     """Runs `reverie.run_job` tasks in a worker process: claims the job, runs it, reports it."""
 
-    def __init__(self, gallery, studio, redis, name: str, lease_s: float = LEASE_S):
+    def __init__(self, gallery, studio, redis, name: str, lease_s: float = LEASE_S, heartbeat: Heartbeat | None = None):
         self.gallery, self.studio, self.redis, self.name = gallery, studio, redis, name
         self.lease_s = lease_s
+        self.heartbeat = heartbeat  # this worker's counts for the metrics, when it keeps them
         self.halt = threading.Event()  # set when the worker is asked to stop (SIGTERM, Ctrl-C)
 
     def run(self, task, job_id: str) -> str:
@@ -319,7 +328,17 @@ class JobWorker:
             return checked[1]
 
         halting = lambda: self.halt.is_set() or lost.is_set()  # noqa: E731
-        return run_job(self.gallery, self.studio, job, report, cancelled, halting)
+        if self.heartbeat is None:
+            return run_job(self.gallery, self.studio, job, report, cancelled, halting)
+        made_before = self.gallery.made(job.id)
+        self.heartbeat.busy(True)
+        status = REQUEUED
+        try:
+            status = run_job(self.gallery, self.studio, job, report, cancelled, halting)
+        finally:
+            self.heartbeat.busy(False)
+            self.heartbeat.ended(status, self.gallery.made(job.id) - made_before)
+        return status
 
 
 def start_worker(broker: str, data, database: str | None = None, device: str = "auto",
@@ -336,11 +355,16 @@ def start_worker(broker: str, data, database: str | None = None, device: str = "
     modes()  # every method imported now, in one thread
     gallery = Gallery(data, database)
     name = f"reverie-{device}-{os.getpid()}@{socket.gethostname()}"
-    _WORKER = JobWorker(gallery, Studio(device=device), redis, name)
+    heartbeat = Heartbeat(redis, worker_name(), device)
+    _WORKER = JobWorker(gallery, Studio(device=device), redis, name, heartbeat=heartbeat)
     worker_shutting_down.connect(lambda **_: _WORKER.halt.set(), weak=False)
     queues = [model_queue(model) for model in models] if models else [DEFAULT_QUEUE]
     if models:
         redis.sadd(MODEL_QUEUES, *models)
     app = make_celery(broker)
-    app.worker_main(["worker", "--pool", "solo", "--concurrency", "1", "--queues", ",".join(queues),
-                     "--hostname", name, "--loglevel", loglevel, "--without-gossip", "--without-mingle"])
+    heartbeat.start()
+    try:
+        app.worker_main(["worker", "--pool", "solo", "--concurrency", "1", "--queues", ",".join(queues),
+                         "--hostname", name, "--loglevel", loglevel, "--without-gossip", "--without-mingle"])
+    finally:
+        heartbeat.stop()
