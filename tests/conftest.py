@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 # Real PostgreSQL and redis-server instances for the tests that ask for them (skipped when absent).
-from servers import gallery_database, postgres_session_server, postgres_url, redis_session_server, redis_url  # noqa: F401
+from servers import (_no_process_outlives_its_test, gallery_database, postgres_session_server,  # noqa: F401
+                     postgres_url, redis_session_server, redis_url)
 
 
 @pytest.fixture(scope="session")

@@ -281,6 +281,19 @@ def redis_server(port: int | None = None):
 
 
 # -- fixtures (conftest.py imports them) -----------------------------------------------------------
+STARTED: list[subprocess.Popen] = []  # processes a test started (`reverie serve`, workers): killed when it ends
+
+
+@pytest.fixture(autouse=True)
+def _no_process_outlives_its_test():
+    yield
+    while STARTED:
+        process = STARTED.pop()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 @pytest.fixture(scope="session")
 def postgres_session_server():
     """One PostgreSQL server for the test session (per xdist worker)."""

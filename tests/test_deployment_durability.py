@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from servers import redis_server
-from test_jobs_celery import (PATIENCE, SRC, TINY, FrontEnd, Shared, Worker, _no_process_outlives_its_test,  # noqa: F401
+from test_jobs_celery import (PATIENCE, SRC, TINY, FrontEnd, Shared, Worker,  # noqa: F401
                               broker, files_match_rows, make_shared, shared, wait_for)
 
 # Charged front ends: one credit a request, no free monthly credits (a user has what was granted).

@@ -16,7 +16,7 @@ import pytest
 
 import reverie
 from reverie.errors import ReverieError
-from test_server_durability import PATIENCE, TINY, ServeProcess, _no_server_outlives_its_test, finished  # noqa: F401
+from test_server_durability import PATIENCE, TINY, ServeProcess, finished  # noqa: F401
 
 SRC = Path(reverie.__file__).resolve().parents[1]
 

@@ -27,7 +27,7 @@ import pytest
 import reverie
 from reverie.gallery.db import database_url
 from reverie.gallery.store import Gallery
-from servers import free_port
+from servers import STARTED, free_port
 
 SRC = Path(reverie.__file__).resolve().parents[1]
 PATIENCE = 600
@@ -106,19 +106,6 @@ def either(request, tmp_path, broker) -> Shared:
     return make_shared(tmp_path, database, broker)
 
 
-PROCESSES: list = []
-
-
-@pytest.fixture(autouse=True)
-def _no_process_outlives_its_test():
-    yield
-    while PROCESSES:
-        process = PROCESSES.pop()
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-
-
 class Process:
     def __init__(self, log: Path, command: list[str], crash_at: str | None = None):
         env = os.environ | {"PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"} | ENGINE_ENV
@@ -129,7 +116,7 @@ class Process:
         with log.open("wb") as out:
             self.process = subprocess.Popen([sys.executable, "-m", "reverie", *command], stdout=out,
                                             stderr=subprocess.STDOUT, env=env)
-        PROCESSES.append(self.process)
+        STARTED.append(self.process)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")

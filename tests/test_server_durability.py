@@ -28,6 +28,7 @@ from PIL import Image
 
 import reverie
 from reverie.outputs.video import video_info
+from servers import STARTED
 from reverie.server.app import create_app
 from reverie.server.config import ServerConfig
 
@@ -86,19 +87,6 @@ class ThreadServer:
         self.thread.join(PATIENCE)
 
 
-SERVE_PROCESSES: list = []  # every `reverie serve` a test started, killed when the test ends
-
-
-@pytest.fixture(autouse=True)
-def _no_server_outlives_its_test():
-    yield
-    while SERVE_PROCESSES:
-        process = SERVE_PROCESSES.pop()
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-
-
 class ServeProcess:
     """`reverie serve` in a process of its own, on a free port, with the tiny random model."""
 
@@ -116,7 +104,7 @@ class ServeProcess:
                 [sys.executable, "-m", "reverie", "serve", "--data", str(data), "--port", str(self.port),
                  "--model", "tiny-random", "--device", "cpu", *flags],
                 stdout=log, stderr=subprocess.STDOUT, env=env)
-        SERVE_PROCESSES.append(self.process)
+        STARTED.append(self.process)
         wait_for(self._answers, "reverie serve answered /healthz")
 
     def _answers(self) -> bool:
