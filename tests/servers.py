@@ -86,6 +86,17 @@ def redis_missing() -> str:
     return ""
 
 
+def wait_for(check, what: str, patience: float = 600.0):
+    """Poll `check()` until it returns something true and return that; fail naming `what` if it never does."""
+    deadline = time.monotonic() + patience
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"never happened: {what}")
+
+
 def _wait(check, what: str, process: subprocess.Popen | None = None, log: Path | None = None) -> None:
     deadline = time.monotonic() + PATIENCE
     while time.monotonic() < deadline:

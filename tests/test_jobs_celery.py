@@ -17,7 +17,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import pytest
 import reverie
 from reverie.gallery.db import database_url
 from reverie.gallery.store import Gallery
-from servers import STARTED, free_port
+from servers import STARTED, free_port, wait_for
 
 SRC = Path(reverie.__file__).resolve().parents[1]
 PATIENCE = 600
@@ -38,14 +37,6 @@ EIGHT_SEEDS = list(range(100, 108))
 ENGINE_ENV = {"REVERIE_VISIBILITY_TIMEOUT": "4", "REVERIE_LEASE_S": "3"}
 
 
-def wait_for(check, what: str, patience: float = PATIENCE):
-    deadline = time.monotonic() + patience
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"never happened: {what}")
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from PIL import Image
 
 import reverie
 from reverie.outputs.video import video_info
-from servers import STARTED
+from servers import STARTED, wait_for
 from reverie.server.app import create_app
 from reverie.server.config import ServerConfig
 
@@ -43,15 +43,6 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def wait_for(check, what: str, patience: float = PATIENCE):
-    """Poll `check()` until it returns something true; fail naming `what` if it never does."""
-    deadline = time.monotonic() + patience
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"never happened: {what}")
 
 
 def png(colour=(200, 30, 30), size=64, alpha_from: int | None = None) -> bytes:
