@@ -303,6 +303,15 @@ def _run_folder(out_dir: Optional[Path], kind: str, name: str) -> Path:
     return out_dir or Path("runs") / f"{kind}-{re.sub(r'[^A-Za-z0-9_-]+', '', name) or kind}"
 
 
+def _concept_run(folder: Path, out_dir: Path | None, kind: str, word: str) -> Path:
+    """The run folder of a LoRA or an embedding taught from the pictures in `folder` (which must exist)."""
+    from .errors import ReverieError
+
+    if not folder.is_dir():
+        raise ReverieError(f"FOLDER: no folder at {folder}; give a folder of 10 or more pictures of the concept")
+    return _run_folder(out_dir, kind, word)
+
+
 @train_app.command("lora")
 def lora_cmd(folder: Folder, model: BaseModel = "mini",
              trigger: Annotated[str, typer.Option("--trigger", help="The word that calls up the concept in prompts; put in front of every caption.")] = "sks",
@@ -321,14 +330,11 @@ def lora_cmd(folder: Folder, model: BaseModel = "mini",
              fp32_export: Annotated[bool, typer.Option("--fp32-export", help="Write fp32 tensors instead of fp16.")] = False,
              bf16: Bf16 = False, device: Device = "auto", fp16: Fp16 = False):
     """Teach a model a concept from your pictures as a LoRA (DreamBooth-style); writes a kohya .safetensors."""
-    from .errors import ReverieError
     from .training.lora import LoraSettings, train_lora
 
     config = _config(steps, batch_size, lr, bf16, save_every, sample_every, warmup, 0.0, device, fp16)
     config.seed = seed
-    if not folder.is_dir():
-        raise ReverieError(f"FOLDER: no folder at {folder}; give a folder of 10 or more pictures of the concept")
-    run = _run_folder(out_dir, "lora", trigger)
+    run = _concept_run(folder, out_dir, "lora", trigger)
     settings = LoraSettings(trigger=trigger, rank=rank, alpha=alpha, resolution=resolution, buckets=buckets,
                             text_encoder=text_encoder, prior_preservation=prior_preservation, class_prompt=class_prompt,
                             class_images=class_images, prior_weight=prior_weight, name=name or "", half=not fp32_export)
@@ -350,14 +356,11 @@ def embedding_cmd(folder: Folder, model: BaseModel = "mini",
                   save_every: SaveEvery = 50, sample_every: Annotated[int, typer.Option("--sample-every", help="Steps between sample grids (fixed seeds; 0: none).", min=0)] = 100,
                   warmup: Warmup = 10, seed: Seed = 0, bf16: Bf16 = False, device: Device = "auto", fp16: Fp16 = False):
     """Teach a model a new word for a concept from your pictures (textual inversion); writes A1111's embedding format."""
-    from .errors import ReverieError
     from .training.embedding import EmbeddingSettings, train_embedding
 
     config = _config(steps, batch_size, lr, bf16, save_every, sample_every, warmup, 0.0, device, fp16)
     config.seed = seed
-    if not folder.is_dir():
-        raise ReverieError(f"FOLDER: no folder at {folder}; give a folder of 10 or more pictures of the concept")
-    run = _run_folder(out_dir, "embedding", token)
+    run = _concept_run(folder, out_dir, "embedding", token)
     settings = EmbeddingSettings(token=token, init_word=init_word, vectors=vectors, resolution=resolution, buckets=buckets,
                                  name=name or "", fmt=fmt)
     trained = train_embedding(folder, model, run, config, settings)
