@@ -25,41 +25,40 @@ function loraTag(lora, weight) {
   return `<lora:${lora.name}:${Number(w.toFixed(2))}>`;
 }
 
-function loraRow(lora) {
+// A picker row: a button named `name` (data-KIND=name) that writes `text()` into the prompt,
+// any `extras` (a weight box), and a hint.
+function networkRow(kind, name, title, hint, text, ...extras) {
   const row = document.createElement("li");
   row.className = "network";
   const use = document.createElement("button");
-  use.type = "button"; use.className = "secondary use"; use.textContent = lora.name;
-  use.dataset.lora = lora.name;
-  use.title = `Write ${lora.tag} into the prompt${lora.trigger ? ` (trigger: ${lora.trigger})` : ""}`;
-  const weight = document.createElement("input");
-  Object.assign(weight, { type: "number", min: "-2", max: "2", step: "0.05", value: String(lora.weight) });
-  weight.className = "weight"; weight.setAttribute("aria-label", `Weight of ${lora.name}`);
+  use.type = "button"; use.className = "secondary use"; use.textContent = name;
+  use.dataset[kind] = name;
+  use.title = title;
+  use.addEventListener("click", () => insertIntoPrompt(text()));
   const about = document.createElement("span");
   about.className = "hint";
-  about.textContent = `${lora.own ? "yours · " : ""}for ${lora.base}${lora.trigger ? ` · trigger “${lora.trigger}”` : ""}`;
-  use.addEventListener("click", () => {
-    const prompt = $("#prompt").value;
-    const trigger = lora.trigger && !prompt.toLowerCase().includes(lora.trigger.toLowerCase()) ? `${lora.trigger} ` : "";
-    insertIntoPrompt(trigger + loraTag(lora, parseFloat(weight.value)));
-  });
-  row.append(use, weight, about);
+  about.textContent = hint;
+  row.append(use, ...extras, about);
   return row;
 }
 
+function loraRow(lora) {
+  const weight = document.createElement("input");
+  Object.assign(weight, { type: "number", min: "-2", max: "2", step: "0.05", value: String(lora.weight) });
+  weight.className = "weight"; weight.setAttribute("aria-label", `Weight of ${lora.name}`);
+  const text = () => {
+    const prompt = $("#prompt").value;
+    const trigger = lora.trigger && !prompt.toLowerCase().includes(lora.trigger.toLowerCase()) ? `${lora.trigger} ` : "";
+    return trigger + loraTag(lora, parseFloat(weight.value));
+  };
+  return networkRow("lora", lora.name, `Write ${lora.tag} into the prompt${lora.trigger ? ` (trigger: ${lora.trigger})` : ""}`,
+    `${lora.own ? "yours · " : ""}for ${lora.base}${lora.trigger ? ` · trigger “${lora.trigger}”` : ""}`, text, weight);
+}
+
 function embeddingRow(embedding) {
-  const row = document.createElement("li");
-  row.className = "network";
-  const use = document.createElement("button");
-  use.type = "button"; use.className = "secondary use"; use.textContent = embedding.name;
-  use.dataset.embedding = embedding.name;
-  use.title = `Write ${embedding.name} into the prompt`;
-  const about = document.createElement("span");
-  about.className = "hint";
-  about.textContent = `embedding for ${embedding.base} · ${embedding.vectors} vector${embedding.vectors === 1 ? "" : "s"}`;
-  use.addEventListener("click", () => insertIntoPrompt(embedding.name));
-  row.append(use, about);
-  return row;
+  return networkRow("embedding", embedding.name, `Write ${embedding.name} into the prompt`,
+    `embedding for ${embedding.base} · ${embedding.vectors} vector${embedding.vectors === 1 ? "" : "s"}`,
+    () => embedding.name);
 }
 
 async function loadLoras() {
