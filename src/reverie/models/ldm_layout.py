@@ -359,15 +359,21 @@ def save_single_file(components, path: str | os.PathLike, *, half: bool = False)
     and for v-prediction as ComfyUI's `v_pred` marker key. The file is written to a
     temporary name and renamed, so a failed export never leaves a truncated checkpoint.
     """
+    state = to_ldm_state_dict(components.unet, components.vae, components.text_encoder, components.family)
+    return write_single_file(path, state, components, modelspec_metadata(components), half)
+
+
+def write_single_file(path: str | os.PathLike, state: dict[str, torch.Tensor], components, modelspec: dict[str, str],
+                      half: bool) -> Path:
+    """Write a checkpoint's `state` as one .safetensors file, whole or not at all, with its
+    ModelSpec metadata and, for a v-prediction model, ComfyUI's `v_pred` marker key."""
     from safetensors.torch import save_file
 
     target = Path(path)
     if target.suffix != ".safetensors":
         raise BadRequest("path", f"export writes .safetensors files; got {target.name!r}")
-    state = to_ldm_state_dict(components.unet, components.vae, components.text_encoder, components.family)
     if (components.scheduler_config or {}).get("prediction_type") == "v_prediction":
-        state[V_PRED_MARKER] = torch.tensor([])
+        state = state | {V_PRED_MARKER: torch.tensor([])}
     tensors = _prepare_for_safetensors(state, half)
-    metadata = {"format": "pt", **modelspec_metadata(components)}
-
+    metadata = {"format": "pt", **modelspec}
     return atomic_write(target, lambda partial: save_file(tensors, partial, metadata=metadata))

@@ -27,19 +27,16 @@ from pathlib import Path
 
 import torch
 
-from reverie.errors import BadRequest
 from reverie.models.ldm_layout import (
     _CLIP_LOGIT_SCALE,
     UNET_PREFIX,
-    V_PRED_MARKER,
     _apply,
     _open_clip_layer,
-    _prepare_for_safetensors,
     _text_model_state,
     _unet_map,
     vae_to_ldm,
+    write_single_file,
 )
-from reverie.outputs.files import atomic_write
 
 SDXL_CLIP_PREFIX = "conditioner.embedders.0.transformer.text_model."
 SDXL_OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."
@@ -123,14 +120,5 @@ def sdxl_modelspec_metadata(components) -> dict[str, str]:
 
 def save_sdxl_single_file(components, path: str | os.PathLike, *, half: bool = False) -> Path:
     """Export SDXL `components` (family "sdxl" or "sdxl-refiner") as one SGM-layout .safetensors file."""
-    from safetensors.torch import save_file
-
-    target = Path(path)
-    if target.suffix != ".safetensors":
-        raise BadRequest("path", f"export writes .safetensors files; got {target.name!r}")
     state = to_sgm_state_dict(components.unet, components.vae, components.text_encoder, components.text_encoder_2)
-    if (components.scheduler_config or {}).get("prediction_type") == "v_prediction":
-        state[V_PRED_MARKER] = torch.tensor([])
-    tensors = _prepare_for_safetensors(state, half)
-    metadata = {"format": "pt", **sdxl_modelspec_metadata(components)}
-    return atomic_write(target, lambda partial: save_file(tensors, partial, metadata=metadata))
+    return write_single_file(path, state, components, sdxl_modelspec_metadata(components), half)
