@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
-import pytest
 from PIL import Image
 
-from test_lora_studio import write_embedding, write_kohya_lora
+# `models` is set before the page (and its picker) loads: the server reads the folder on each request.
+from test_lora_studio import models  # noqa: F401  (fixture)
 from test_studio_browser import browser, last_job, page, server  # noqa: F401  (fixtures)
-
-
-@pytest.fixture
-def models(tmp_path, monkeypatch):
-    # Read by the server on each request: set before the page (and its picker) loads.
-    folder = tmp_path / "models"
-    write_kohya_lora(folder / "Lora" / "paper-cut.safetensors")
-    write_embedding(folder / "embeddings" / "grainy.safetensors")
-    monkeypatch.setenv("REVERIE_MODELS", str(folder))
-    return folder
 
 
 def test_the_picker_writes_lora_tags_and_embeddings_at_the_cursor(models, page, server):  # noqa: F811
