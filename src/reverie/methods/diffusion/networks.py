@@ -17,16 +17,16 @@ from ...prompts.picture import PicturePrompt
 
 def batch_prompts(components: ModelComponents, prompts: list[PicturePrompt]) -> tuple[list[tuple[str, str]], list[LoraUse]]:
     """The (prompt, negative) pairs to encode for a batch, and the LoRAs the batch applies."""
-    pairs, uses = [], None
+    texts, uses = [], None
     for picture in prompts:
         prompt, negative, own = extract_pair(picture.prompt, picture.negative_prompt)
         if uses is not None and own != uses:
             raise BadRequest("prompt", "the pictures of one batch ask for different LoRAs "
                                        f"({_tags(uses)} and {_tags(own)}); make them in batches of one (n_samples 1)")
         uses = own
-        (prompt, negative), _ = use_embeddings(components, [prompt, negative])
-        pairs.append((prompt, negative))
-    return pairs, uses or []
+        texts += [prompt, negative]
+    texts, _ = use_embeddings(components, texts)  # the embeddings folder read once for the batch
+    return list(zip(texts[0::2], texts[1::2])), uses or []
 
 
 def _tags(uses: list[LoraUse]) -> str:
