@@ -1,15 +1,18 @@
 """Throughput of the studio's deployments: pictures per minute with 1, 4 and 16 concurrent clients,
 and latency to the first preview, against
 
-  embedded   `reverie serve` alone (SQLite, its one worker thread)
-  1 worker   deploy/local-cluster.sh: redis-server, PostgreSQL, one `reverie worker`, one front end
-  2 workers  the same with two workers
+  embedded            `reverie serve` alone (SQLite, its one worker thread), dynamic batching on
+  embedded unbatched  the same with --batch-limit 1 (one job at a time)
+  1 worker            deploy/local-cluster.sh: redis-server, PostgreSQL, one `reverie worker` with
+                      dynamic batching (--batch-limit 8), one front end
+  1 worker unbatched  the same with --batch-limit 1
+  2 workers           two workers, batching
 
 Each client submits a one-picture job (native API), follows its server-sent events until it ends,
 and submits the next, for `--seconds`; pictures per minute = pictures made / time to the last end.
 First preview: from submitting to the first event carrying a preview (it includes the wait in the
 queue, which is the point with 16 clients). Every reverie process runs with OMP_NUM_THREADS=1.
-Nothing here batches jobs together (dynamic batching is not built yet).
+The last lines give batched / one-at-a-time, per client count, for each engine measured both ways.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/throughput.py --steps 8 --seconds 20
 """
@@ -50,12 +53,13 @@ def environment() -> dict:
 class Embedded:
     """`reverie serve` with its own worker thread, in a temp folder."""
 
-    def __init__(self, model: str):
+    def __init__(self, model: str, batch_limit: int):
         self.folder = Path(tempfile.mkdtemp(prefix="reverie-bench-"))
         self.url = f"http://127.0.0.1:{free_port()}"
         self.log = (self.folder / "serve.log").open("wb")
         self.process = subprocess.Popen([sys.executable, "-m", "reverie", "serve", "--data", str(self.folder / "data"),
-                                         "--port", self.url.rsplit(":", 1)[1], "--model", model, "--device", "cpu"],
+                                         "--port", self.url.rsplit(":", 1)[1], "--model", model, "--device", "cpu",
+                                         "--batch-limit", str(batch_limit)],
                                         stdout=self.log, stderr=subprocess.STDOUT, env=environment())
         wait_healthy(self.url)
 
@@ -68,14 +72,15 @@ class Embedded:
 class Cluster:
     """deploy/local-cluster.sh with `workers` workers and one front end, in a temp folder."""
 
-    def __init__(self, model: str, workers: int):
+    def __init__(self, model: str, workers: int, batch_limit: int):
         self.folder = Path(tempfile.mkdtemp(prefix="reverie-bench-"))
         self.folder.chmod(0o755)  # PostgreSQL runs as its own user under root
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         started = subprocess.run(["bash", str(SCRIPT), "start", "--dir", str(self.folder), "--workers", str(workers),
                                   "--front-ends", "1", "--device", "cpu", "--model", model, "--port", str(port),
-                                  "--redis-port", str(free_port()), "--postgres-port", str(free_port())],
+                                  "--redis-port", str(free_port()), "--postgres-port", str(free_port()),
+                                  "--batch-limit", str(batch_limit)],
                                  capture_output=True, text=True, env=environment(), timeout=300)
         if started.returncode != 0:
             self.close()
@@ -156,25 +161,34 @@ def main() -> None:
     parser.add_argument("--sampler", default="dpmpp_2m")
     parser.add_argument("--seconds", type=float, default=20, help="how long the clients submit jobs, per row")
     parser.add_argument("--clients", default="1,4,16")
-    parser.add_argument("--setups", default="embedded,1 worker,2 workers")
+    parser.add_argument("--setups", default="embedded,embedded unbatched,1 worker,1 worker unbatched,2 workers")
     args = parser.parse_args()
     body = {"prompt": "red apple, Noto emoji", "model": args.model, "steps": args.steps, "sampler": args.sampler,
             "n_samples": 1, "upscale": 1}  # upscale 1: reverie-mini's native 128 px
-    setups = {"embedded": lambda: Embedded(args.model), "1 worker": lambda: Cluster(args.model, 1),
-              "2 workers": lambda: Cluster(args.model, 2)}
+    setups = {"embedded": lambda: Embedded(args.model, 8), "embedded unbatched": lambda: Embedded(args.model, 1),
+              "1 worker": lambda: Cluster(args.model, 1, 8), "1 worker unbatched": lambda: Cluster(args.model, 1, 1),
+              "2 workers": lambda: Cluster(args.model, 2, 8)}
     print(f"{args.model}, 128x128, {args.steps} steps {args.sampler}, one picture a job, OMP_NUM_THREADS=1 per process, "
           f"{os.cpu_count()} CPUs, {args.seconds:g} s of submitting per row")
-    print(f"{'deployment':<11} {'clients':>7} {'pictures':>8} {'pictures/min':>12} {'first preview s':>15} {'job s':>7}")
+    print(f"{'deployment':<19} {'clients':>7} {'pictures':>8} {'pictures/min':>12} {'first preview s':>15} {'job s':>7}")
+    rates: dict = {}
     for name in [setup.strip() for setup in args.setups.split(",")]:
         deployment = setups[name]()
         try:
             measure(deployment.url, 2, 1, body)  # models loaded (each worker's) before anything is timed
             for clients in [int(count) for count in args.clients.split(",")]:
                 row = measure(deployment.url, clients, args.seconds, body)
-                print(f"{name:<11} {clients:>7} {row['pictures']:>8} {row['per_minute']:>12.1f} "
+                rates[name, clients] = row["per_minute"]
+                print(f"{name:<19} {clients:>7} {row['pictures']:>8} {row['per_minute']:>12.1f} "
                       f"{row['first_preview']:>15.2f} {row['job']:>7.2f}", flush=True)
         finally:
             deployment.close()
+    for engine in ("embedded", "1 worker"):
+        ratios = [f"{clients} clients {rates[engine, clients] / rates[engine + ' unbatched', clients]:.2f}x"
+                  for clients in [int(count) for count in args.clients.split(",")]
+                  if (engine, clients) in rates and (engine + " unbatched", clients) in rates]
+        if ratios:
+            print(f"batched / one at a time, {engine}: " + ", ".join(ratios))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@
 #   --no-postgres      the gallery's SQLite file in data/ instead (one machine only)
 #   --device DEV       the workers' device (default auto); with cuda, worker i gets cuda:i
 #   --model NAME       the front ends' default model (default: reverie's own default)
+#   --batch-limit N    pictures per pass the workers' compatible jobs share (default 8; 1: no batching)
 #   --dry-run          print the commands, start nothing
 #
 # Environment: REVERIE, the command that runs reverie (default `reverie`, else `python3 -m reverie`);
@@ -26,7 +27,7 @@
 # As root, PostgreSQL runs as the `postgres` user (initdb refuses root).
 set -euo pipefail
 
-usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; }
 
 ACTION=${1:-}
 case "$ACTION" in
@@ -36,7 +37,7 @@ case "$ACTION" in
 esac
 
 DIR=./reverie-cluster WORKERS=2 FRONT_ENDS=1 PORT=7860 REDIS_PORT=6379 PG_PORT=5432
-POSTGRES=1 DEVICE=auto MODEL="" DRY=0
+POSTGRES=1 DEVICE=auto MODEL="" BATCH_LIMIT=8 DRY=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --dir) DIR=$2; shift 2 ;;
@@ -48,6 +49,7 @@ while [ $# -gt 0 ]; do
     --no-postgres) POSTGRES=0; shift ;;
     --device) DEVICE=$2; shift 2 ;;
     --model) MODEL=$2; shift 2 ;;
+    --batch-limit) BATCH_LIMIT=$2; shift 2 ;;
     --dry-run) DRY=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "local-cluster.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
@@ -117,7 +119,7 @@ start() {
     [ "$DEVICE" = cuda ] && device="cuda:$i"
     # shellcheck disable=SC2086
     background "worker-$i" env OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" $REVERIE worker --broker "$BROKER" \
-      --data "$DIR/data" ${DATABASE:+--database "$DATABASE"} --device "$device"
+      --data "$DIR/data" ${DATABASE:+--database "$DATABASE"} --device "$device" --batch-limit "$BATCH_LIMIT"
   done
   for i in $(seq 0 $((FRONT_ENDS - 1))); do
     # shellcheck disable=SC2086

@@ -14,6 +14,10 @@ users_app = typer.Typer(help="Studio accounts for --multi-user: add users, make 
                         no_args_is_help=True)
 
 DataDir = Annotated[Path, typer.Option("--data", help="The studio's folder (gallery database, pictures).")]
+BatchLimit = Annotated[int, typer.Option(
+    "--batch-limit", min=1, max=64,
+    help="Queued jobs with the same model, size and sampling settings share passes of up to this many pictures "
+         "(dynamic batching); 1: one job at a time.")]
 DEFAULT_DATA = Path("outputs/studio")
 Database = Annotated[Optional[str], typer.Option(
     "--database", envvar="REVERIE_DATABASE", show_default=False,
@@ -45,6 +49,7 @@ def serve(
         help="redis://HOST:PORT/N: hand jobs to Celery workers (`reverie worker`) instead of running them here.")] = None,
     check: Annotated[bool, typer.Option("--check", help="Check the gallery database and its picture files "
                                                         "against each other, report, and exit (0: all is well).")] = False,
+    batch_limit: BatchLimit = 8,
 ):
     """Start the studio: the web page and the native, A1111 and OpenAI-compatible APIs."""
     from .gallery.db import DATABASE_FILE, check_database_file
@@ -70,7 +75,7 @@ def serve(
     config = ServerConfig(data_dir=data, database=database, multi_user=multi_user, first_month_credits=first_month_credits,
                           monthly_credits=monthly_credits, queue_capacity=queue, default_model=model, device=device,
                           purchase_webhook_secret=purchase_secret, session_lifetime_s=int(session_days * 86400),
-                          trusted_origins=tuple(trusted_origin or ()), broker=broker)
+                          trusted_origins=tuple(trusted_origin or ()), broker=broker, batch_limit=batch_limit)
     if credit_pack:
         config.credit_packs = tuple(_pack(text) for text in credit_pack)
     app = create_app(config)
@@ -91,12 +96,14 @@ def worker(
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps: start one worker per device.")] = "auto",
     models: Annotated[Optional[str], typer.Option(
         "--models", help="Serve only these models (a,b), on queues of their own; default: every job.")] = None,
+    batch_limit: BatchLimit = 8,
 ):
     """Run the studio's jobs for front ends started with `reverie serve --broker` (a Celery worker)."""
     from .jobs.celery_engine import start_worker
 
     _log_to_stderr()
-    start_worker(broker, data, database, device, [name.strip() for name in models.split(",") if name.strip()] if models else None)
+    start_worker(broker, data, database, device, [name.strip() for name in models.split(",") if name.strip()] if models else None,
+                 batch_limit=batch_limit)
 
 
 def _log_to_stderr() -> None:

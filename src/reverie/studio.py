@@ -140,13 +140,44 @@ class Studio:
         """
         from .methods.registry import method_for
 
-        request = make_request(request)
-        if request.device == "auto" and self.device_name != "auto":
-            request = request.model_copy(update={"device": self.device_name})
+        request = self._on_device(make_request(request))
         if request.made >= request.picture_count():
             return Result(request=request)  # an earlier run made every picture (`made`)
         outputs = Outputs(outdir, grid, run_folder)
         return method_for(request.mode).run(request, self.models, Progress(progress, should_stop, previews), outputs)
+
+    def batch_key(self, request: BaseRequest | dict):
+        """Requests with equal keys (not None) can run together in `run_shared`: the same model,
+        size and sampling settings; None when this one runs alone (or its method never shares)."""
+        from .methods.registry import method_for
+
+        request = self._on_device(make_request(request))
+        method = method_for(request.mode)
+        key = method.batch_key(request) if method.batch_key else None
+        return None if key is None else (request.mode, key)
+
+    def run_shared(self, runs: list[dict], limit: int = 8) -> list[Result | Exception]:
+        """Run requests with one `batch_key` together, sharing forward passes of at most `limit`
+        pictures (dynamic batching: several people's requests, one UNet pass); each request's
+        pictures are the ones it makes alone, bit for bit. `runs`: one dict per request, with
+        `request` and `run`'s keyword arguments (outdir, grid, run_folder, progress, should_stop,
+        previews). Returns each request's Result, or the error that ended it alone."""
+        from .methods.registry import Share, method_for
+
+        shares = []
+        for each in runs:
+            request = self._on_device(make_request(each["request"]))
+            shares.append(Share(request, Progress(each.get("progress", no_progress), each.get("should_stop", should_never_stop),
+                                                  each.get("previews", False)),
+                                Outputs(each.get("outdir"), each.get("grid", True), each.get("run_folder"))))
+        method = method_for(shares[0].request.mode)
+        method.run_shared(shares, self.models, limit)
+        return [share.error if share.error is not None else share.result for share in shares]
+
+    def _on_device(self, request: BaseRequest) -> BaseRequest:
+        if request.device == "auto" and self.device_name != "auto":
+            return request.model_copy(update={"device": self.device_name})
+        return request
 
     def generate(self, prompt: str | dict | BaseRequest | None = None, /, *, outdir: str | Path | None = None,
                  grid: bool = True, progress: ProgressCallback = no_progress,

@@ -21,7 +21,7 @@ import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 
 from ..errors import ReverieError
 from ..faults import crash_point
@@ -237,6 +237,20 @@ class Gallery:
             job.status, job.started, job.attempts = "running", utcnow(), job.attempts + 1
             db.flush()
             return job
+
+    def claim_queued(self, job_id: str) -> Job | None:
+        """Mark the job running if it is still queued (one UPDATE: of two workers asking, one
+        gets it); None when it is not queued any more."""
+        with self.session.begin() as db:
+            taken = db.execute(update(Job).where(Job.id == job_id, Job.status == "queued")
+                               .values(status="running", started=utcnow(), attempts=Job.attempts + 1))
+            return db.get(Job, job_id) if taken.rowcount == 1 else None
+
+    def queued_after(self, job, count: int) -> list[Job]:
+        """Up to `count` queued jobs, oldest first, other than `job` (candidates to share its passes)."""
+        with self.session() as db:
+            return list(db.scalars(select(Job).where(Job.status == "queued", Job.id != job.id)
+                                   .order_by(Job.created, Job.id).limit(count)))
 
     def finish_job(self, job_id: str, status: str, error: str = "") -> None:
         """done | failed | cancelled; failed and cancelled jobs get their credit back."""

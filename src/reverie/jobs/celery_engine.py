@@ -37,10 +37,11 @@ from kombu.utils.url import maybe_sanitize_url
 
 from ..errors import ReverieError
 from ..gallery.store import FINAL, MAX_ATTEMPTS, NotFound
+from .batching import DEFAULT_LIMIT, companions
 from .heartbeat import Heartbeat, alive_workers, worker_name
 from .live import Live, LiveBoard
 from .queue import EngineUnavailable
-from .run import REQUEUED, run_job
+from .run import REQUEUED, run_job, run_jobs
 
 log = logging.getLogger("reverie.server")
 
@@ -252,44 +253,74 @@ _WORKER: "JobWorker | None" = None  # the worker of this process (`reverie worke
 
 
 class JobWorker:
-    """Runs `reverie.run_job` tasks in a worker process: claims the job, runs it, reports it."""
+    """Runs `reverie.run_job` tasks in a worker process: claims the job (and the queued jobs that
+    can share its passes, batching.py), runs them, reports them."""
 
-    def __init__(self, gallery, studio, redis, name: str, lease_s: float = LEASE_S, heartbeat: Heartbeat | None = None):
+    def __init__(self, gallery, studio, redis, name: str, lease_s: float = LEASE_S, heartbeat: Heartbeat | None = None,
+                 batch_limit: int = DEFAULT_LIMIT):
         self.gallery, self.studio, self.redis, self.name = gallery, studio, redis, name
         self.lease_s = lease_s
         self.heartbeat = heartbeat  # this worker's counts for the metrics, when it keeps them
+        self.batch_limit = batch_limit
         self.halt = threading.Event()  # set when the worker is asked to stop (SIGTERM, Ctrl-C)
 
     def run(self, task, job_id: str) -> str:
-        lease = self.redis.lock(LEASES + job_id, timeout=self.lease_s, thread_local=False)
-        if not lease.acquire(blocking=False):
-            # Another worker runs it now (a message handed out twice): look again once its lease could lapse.
+        leases: dict = {}
+        if self._lease(job_id, leases) is None:
+            # Another worker runs it now (a message handed out twice, or a companion of its
+            # jobs): look again once its lease could lapse.
             raise task.retry(countdown=self.lease_s)
         lost = threading.Event()
-        renewing = threading.Thread(target=self._renew, args=(lease, lost), daemon=True)
+        renewing = threading.Thread(target=self._renew, args=(leases, lost), daemon=True)
         renewing.start()
         try:
             job = self._claim(job_id)
             if job is None:
                 return "ended"
-            status = self._run(job, lost)
+            together, _ = companions(self.gallery, self.studio, job, self.batch_limit,
+                                     lambda other: self._take(other, leases))
+            status = self._run([job, *together], lost)[0]
         finally:
             lost.set()  # also stops the renewing
             renewing.join()
-            try:
-                lease.release()
-            except Exception:  # lapsed: nothing to give back
-                pass
+            for lease in list(leases.values()):
+                try:
+                    lease.release()
+                except Exception:  # lapsed: nothing to give back
+                    pass
         if status == REQUEUED:
             raise task.retry(countdown=1)  # sent again before this one is acknowledged
         return status
 
-    def _renew(self, lease, lost: threading.Event) -> None:
+    def _lease(self, job_id: str, leases: dict):
+        """The job's lease, held by this worker (kept in `leases`), or None when another holds it."""
+        lease = self.redis.lock(LEASES + job_id, timeout=self.lease_s, thread_local=False)
+        if not lease.acquire(blocking=False):
+            return None
+        leases[job_id] = lease
+        return lease
+
+    def _take(self, job_id: str, leases: dict):
+        """A queued job taken to share the passes of the job this worker runs: its lease first (as
+        its own message's worker would), then the claim; None when someone else has it."""
+        lease = self._lease(job_id, leases)
+        if lease is None:
+            return None
+        job = self.gallery.claim_queued(job_id)
+        if job is None:
+            leases.pop(job_id)
+            lease.release()
+        else:
+            log.info("job %s shares the passes of the job %s runs", job_id, self.name)
+        return job
+
+    def _renew(self, leases: dict, lost: threading.Event) -> None:
         while not lost.wait(self.lease_s / 3):
             try:
-                lease.reacquire()
+                for lease in list(leases.values()):  # companions join while it renews
+                    lease.reacquire()
             except Exception as exc:  # lost (Redis restarted, or this process stalled past its lease)
-                log.error("lost the lease on a job (%s); it goes back to the queue", exc)
+                log.error("lost the lease on a job (%s); its jobs go back to the queue", exc)
                 lost.set()
 
     def _claim(self, job_id: str):
@@ -312,37 +343,50 @@ class JobWorker:
             log.info("job %s: its worker stopped while it ran; %s takes it over", job_id, self.name)
         return self.gallery.claim(job_id)
 
-    def _run(self, job, lost: threading.Event) -> str:
+    def _run(self, jobs: list, lost: threading.Event) -> list[str]:
+        """Run the jobs (one, or several sharing passes); each job's status."""
+        reports = [self._reporter(job.id) for job in jobs]
+        cancelled = [self._cancel_check(job.id) for job in jobs]
+        halting = lambda: self.halt.is_set() or lost.is_set()  # noqa: E731
+        made_before = [self.gallery.made(job.id) for job in jobs] if self.heartbeat else []
+        statuses = [REQUEUED] * len(jobs)
+        if self.heartbeat:
+            self.heartbeat.busy(True)
+        try:
+            if len(jobs) == 1:
+                statuses = [run_job(self.gallery, self.studio, jobs[0], reports[0], cancelled[0], halting)]
+            else:
+                statuses = run_jobs(self.gallery, self.studio, jobs, reports, cancelled, halting, self.batch_limit)
+        finally:
+            if self.heartbeat:
+                self.heartbeat.busy(False)
+                for job, status, before in zip(jobs, statuses, made_before):
+                    self.heartbeat.ended(status, self.gallery.made(job.id) - before)
+        return statuses
+
+    def _reporter(self, job_id: str):
         live = Live()
 
         def report(ended: bool = False, **changes) -> None:
             for key, value in changes.items():
                 setattr(live, key, value)
-            publish(self.redis, job.id, ended, changes, live)
+            publish(self.redis, job_id, ended, changes, live)
 
-        cancel_key, checked = CANCELS + job.id, [0.0, False]
+        return report
+
+    def _cancel_check(self, job_id: str):
+        cancel_key, checked = CANCELS + job_id, [0.0, False]
 
         def cancelled() -> bool:
             if time.monotonic() - checked[0] > 0.5:  # one look at Redis per half second at most
                 checked[:] = [time.monotonic(), bool(self.redis.exists(cancel_key))]
             return checked[1]
 
-        halting = lambda: self.halt.is_set() or lost.is_set()  # noqa: E731
-        if self.heartbeat is None:
-            return run_job(self.gallery, self.studio, job, report, cancelled, halting)
-        made_before = self.gallery.made(job.id)
-        self.heartbeat.busy(True)
-        status = REQUEUED
-        try:
-            status = run_job(self.gallery, self.studio, job, report, cancelled, halting)
-        finally:
-            self.heartbeat.busy(False)
-            self.heartbeat.ended(status, self.gallery.made(job.id) - made_before)
-        return status
+        return cancelled
 
 
 def start_worker(broker: str, data, database: str | None = None, device: str = "auto",
-                 models: list[str] | None = None, loglevel: str = "INFO") -> None:
+                 models: list[str] | None = None, loglevel: str = "INFO", batch_limit: int = DEFAULT_LIMIT) -> None:
     """Run a Celery worker in this process (until it is stopped): the solo pool, one job at a time,
     on the default queue, or on the queues of `models` when given."""
     global _WORKER
@@ -356,7 +400,7 @@ def start_worker(broker: str, data, database: str | None = None, device: str = "
     gallery = Gallery(data, database)
     name = f"reverie-{device}-{os.getpid()}@{socket.gethostname()}"
     heartbeat = Heartbeat(redis, worker_name(), device)
-    _WORKER = JobWorker(gallery, Studio(device=device), redis, name, heartbeat=heartbeat)
+    _WORKER = JobWorker(gallery, Studio(device=device), redis, name, heartbeat=heartbeat, batch_limit=batch_limit)
     worker_shutting_down.connect(lambda **_: _WORKER.halt.set(), weak=False)
     queues = [model_queue(model) for model in models] if models else [DEFAULT_QUEUE]
     if models:

@@ -4,6 +4,7 @@ Jobs are rows in the gallery database, so a restart loses nothing: queued jobs w
 server stops (SIGTERM, Ctrl-C) goes back to the queue as it was; a job that was running when the
 process died is queued again (once) by `Gallery.recover`. Live progress (step, total, a preview
 picture) is kept in this process's memory (`LiveBoard`) for the pages and APIs that follow a job.
+The worker takes a job with the queued jobs that can share its passes (batching.py).
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import shutil
 import threading
 
 from ..gallery.store import Gallery, NotFound
+from .batching import DEFAULT_LIMIT, companions
 from .live import Live, LiveBoard
-from .run import run_job
+from .run import run_job, run_jobs
 
 log = logging.getLogger("reverie.server")
 
@@ -22,16 +24,17 @@ log = logging.getLogger("reverie.server")
 class EmbeddedQueue:
     """The job queue on the gallery's database, worked by one thread of this process."""
 
-    def __init__(self, gallery: Gallery, studio, poll_seconds: float = 0.2):
+    def __init__(self, gallery: Gallery, studio, poll_seconds: float = 0.2, batch_limit: int = DEFAULT_LIMIT):
         self.gallery, self.studio = gallery, studio
         self.poll_seconds = poll_seconds
+        self.batch_limit = batch_limit  # pictures per pass shared by compatible jobs (batching.py)
         self.board = LiveBoard(gallery)
         self.live: dict[str, Live] = self.board.live
         self._stop_job: set[str] = set()
         self._wake = threading.Event()
         self._halt = self.board.halted
         self._thread: threading.Thread | None = None
-        self.current: str | None = None
+        self.current: list[str] = []  # the jobs running now
 
     # -- life cycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -97,17 +100,26 @@ class EmbeddedQueue:
                 self._wake.wait(self.poll_seconds)
                 self._wake.clear()
                 continue
-            self.current = job.id
+            together, _ = companions(self.gallery, self.studio, job, self.batch_limit, self.gallery.claim_queued)
+            jobs = [job, *together]
+            self.current = [each.id for each in jobs]
             try:
-                self._run(job)
+                self._run(jobs)
             finally:
-                self.current = None
+                self.current = []
 
-    def _run(self, job) -> None:
-        report = lambda ended=False, **changes: self.board.notify(job.id, ended, **changes)  # noqa: E731
-        status = run_job(self.gallery, self.studio, job, report, cancelled=lambda: job.id in self._stop_job,
-                         halting=self._halt.is_set)
-        if status in ("done", "cancelled"):
-            self._stop_job.discard(job.id)
+    def _run(self, jobs: list) -> None:
+        reports = [self._reporter(job.id) for job in jobs]
+        cancelled = [lambda job_id=job.id: job_id in self._stop_job for job in jobs]
+        if len(jobs) == 1:
+            statuses = [run_job(self.gallery, self.studio, jobs[0], reports[0], cancelled[0], halting=self._halt.is_set)]
+        else:
+            statuses = run_jobs(self.gallery, self.studio, jobs, reports, cancelled, self._halt.is_set, self.batch_limit)
+        for job, status in zip(jobs, statuses):
+            if status in ("done", "cancelled"):
+                self._stop_job.discard(job.id)
+
+    def _reporter(self, job_id: str):
+        return lambda ended=False, **changes: self.board.notify(job_id, ended, **changes)
 
 

@@ -70,25 +70,84 @@ def run_job(gallery, studio, job, report: Report, cancelled: Callable[[], bool],
     `cancelled()`: the user stopped it; `halting()`: its worker is stopping, and then the job goes
     back to the queue uncounted. Returns "done", "failed", "cancelled" or REQUEUED."""
     track = Tracker(report)
+    fields = job_fields(gallery, job)
+    track(stage="running", started=time.monotonic(), images_done=fields.get("made", 0))
+    should_stop = lambda: cancelled() or halting()  # noqa: E731
+    try:
+        stopped = halting() or _run_method(gallery, studio, job, fields, track, should_stop, cancelled, halting)
+    except Exception as exc:
+        return _failed(gallery, job, track, exc)
+    return _ended(gallery, job, track, stopped, cancelled, halting)
+
+
+def run_jobs(gallery, studio, jobs: list, reports: list[Report], cancelled: list[Callable[[], bool]],
+             halting: Callable[[], bool], limit: int) -> list[str]:
+    """Run claimed jobs with one batch key (`shared_key`) together: their pictures share forward
+    passes of at most `limit` (dynamic batching), each job getting exactly its own seeds'
+    pictures, its own progress and its own end. Returns each job's status, as `run_job`'s."""
+    tracks = [Tracker(report) for report in reports]
+    runs = []
+    for job, track, stop in zip(jobs, tracks, cancelled):
+        fields = job_fields(gallery, job)
+        track(stage="running", started=time.monotonic(), images_done=0)
+        on_progress = _progress_handler(gallery, job, fields, track, stop, halting)
+        runs.append({"request": fields, "grid": False, "outdir": _workdir(gallery, job), "progress": on_progress,
+                     "should_stop": lambda stop=stop: stop() or halting(), "previews": True})
+    try:
+        with own_loras(gallery.lora_folder(jobs[0].user_id)):  # one folder: it is in the key
+            results = studio.run_shared(runs, limit)
+    except Exception as exc:  # the shared run itself failed: every job fails with it
+        return [_failed(gallery, job, track, exc) for job, track in zip(jobs, tracks)]
+    finally:
+        for job in jobs:
+            shutil.rmtree(_workdir(gallery, job), ignore_errors=True)
+    statuses = []
+    for job, track, stop, result in zip(jobs, tracks, cancelled, results):
+        if isinstance(result, Exception):
+            statuses.append(_failed(gallery, job, track, result))
+        else:
+            statuses.append(_ended(gallery, job, track, halting() or result.interrupted, stop, halting))
+    return statuses
+
+
+def shared_key(gallery, studio, job):
+    """The key of the jobs `run_jobs` can run with this one (None: it runs alone): its request's
+    batch key, and its user's own LoRA folder when it has LoRAs in it (a tag names a file there)."""
+    fields = job_fields(gallery, job)
+    try:
+        key = studio.batch_key(fields)
+    except ReverieError:
+        return None  # a bad request fails when it runs, alone
+    if key is None:
+        return None
+    folder = gallery.lora_folder(job.user_id)
+    return key, str(folder) if folder.is_dir() and any(folder.iterdir()) else None
+
+
+def job_fields(gallery, job) -> dict:
+    """The job's request fields, with the pictures an earlier run made (`made`) when it resumes."""
     fields = json.loads(job.request_json)
     fields.setdefault("mode", "dream" if job.kind == "dream" else "txt2img")  # jobs queued before requests had a mode
     made = gallery.made(job.id)
     if made:
         fields["made"] = made  # an earlier run made these: the method makes the rest
         log.info("job %s resumes with %d picture(s) already made", job.id, made)
-    track(stage="running", started=time.monotonic(), images_done=made)
-    should_stop = lambda: cancelled() or halting()  # noqa: E731
-    try:
-        stopped = halting() or _run_method(gallery, studio, job, fields, track, should_stop, cancelled, halting)
-    except ReverieError as exc:
+    return fields
+
+
+def _failed(gallery, job, track: Tracker, exc: Exception) -> str:
+    if isinstance(exc, ReverieError):
         gallery.finish_job(job.id, "failed", str(exc))
         track(ended=True, stage="failed", message=str(exc))
         return "failed"
-    except Exception as exc:  # a bug: keep the worker alive, keep the trace in the log
-        log.error("job %s failed:\n%s", job.id, traceback.format_exc())
-        gallery.finish_job(job.id, "failed", f"internal error: {exc}")
-        track(ended=True, stage="failed", message="internal error")
-        return "failed"
+    # A bug: keep the worker alive, keep the trace in the log.
+    log.error("job %s failed:\n%s", job.id, "".join(traceback.format_exception(exc)))
+    gallery.finish_job(job.id, "failed", f"internal error: {exc}")
+    track(ended=True, stage="failed", message="internal error")
+    return "failed"
+
+
+def _ended(gallery, job, track: Tracker, stopped: bool, cancelled, halting) -> str:
     if stopped and halting() and not cancelled():
         # The worker is stopping, not the user: the job goes back to the queue, uncounted.
         gallery.requeue(job.id)
@@ -101,16 +160,18 @@ def run_job(gallery, studio, job, report: Report, cancelled: Callable[[], bool],
     return status
 
 
-def _run_method(gallery, studio, job, fields: dict, track: Tracker, should_stop, cancelled, halting) -> bool:
-    """Run the job's request through the studio, whatever its method; each finished picture
-    is moved into the gallery as it comes. True when it was stopped early."""
+def _workdir(gallery, job):
+    return gallery.folder / "work" / job.id
+
+
+def _progress_handler(gallery, job, fields: dict, track: Tracker, cancelled, halting) -> Callable[[ProgressEvent], None]:
+    """What the job's method reports, as the job's live state; each finished picture moved
+    into the gallery as it comes."""
     from ..studio import make_request
 
     total = make_request(fields).candidate_count()
     track(images_total=total)
-    workdir = gallery.folder / "work" / job.id
     live = track.live
-
     framing = False  # a video's frames are its steps once the first "frame" event came
 
     def on_progress(event: ProgressEvent) -> None:
@@ -144,6 +205,14 @@ def _run_method(gallery, studio, job, fields: dict, track: Tracker, should_stop,
         if changes:
             track(**changes)
 
+    return on_progress
+
+
+def _run_method(gallery, studio, job, fields: dict, track: Tracker, should_stop, cancelled, halting) -> bool:
+    """Run the job's request through the studio, whatever its method; each finished picture
+    is moved into the gallery as it comes. True when it was stopped early."""
+    on_progress = _progress_handler(gallery, job, fields, track, cancelled, halting)
+    workdir = _workdir(gallery, job)
     try:
         # The gallery keeps the single pictures (each moved in as it is made), so no grid. The
         # job sees its own user's LoRAs (and trains into their folder), nobody else's.

@@ -43,6 +43,25 @@ class Method:
     modes: tuple[str, ...]
     request: type[BaseRequest]
     run: Callable
+    # Dynamic batching, for a method that can share forward passes between requests:
+    # `batch_key(request)` is equal (and not None) for requests that can run together, and
+    # `run_shared(shares, models, limit)` runs a list of `Share`s, passes of at most `limit`
+    # pictures, each request's pictures exactly as it makes them alone.
+    batch_key: Callable | None = None
+    run_shared: Callable | None = None
+
+
+@dataclass
+class Share:
+    """One request's part in a shared run: its progress, where its pictures go, and, once run,
+    its result, or the error that ended it alone (the others go on)."""
+
+    request: BaseRequest
+    progress: object  # progress.Progress
+    outputs: object  # outputs.files.Outputs
+    result: object = None  # result.Result
+    error: Exception | None = None
+    stopped: bool = False  # it asked to stop; the result holds what was finished before
 
 
 @cache

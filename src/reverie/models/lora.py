@@ -32,6 +32,7 @@ from typing import Iterator
 import torch
 
 from ..errors import BadCheckpoint, BadRequest, ModelNotFound
+from .batch_invariance import steady_rows
 from .components import ModelComponents
 
 LORA_FOLDERS = ("Lora", "lora", "LyCORIS")
@@ -264,6 +265,7 @@ def _load(components: ModelComponents, info: LoraInfo) -> None:
     finally:
         diffusers_logging.set_verbosity(verbosity)
         _disable(components)
+    steady_rows(components.unet)  # the adapter's own layers, as the base's (batch_invariance.py)
 
 
 def _delete(components: ModelComponents, name: str) -> None:

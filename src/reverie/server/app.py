@@ -142,7 +142,7 @@ def _job_queue(config: ServerConfig, gallery: Gallery, studio):
         return CeleryQueue(gallery, config.broker)
     from ..jobs.embedded import EmbeddedQueue
 
-    return EmbeddedQueue(gallery, studio)
+    return EmbeddedQueue(gallery, studio, batch_limit=config.batch_limit)
 
 
 def create_app(config: ServerConfig | None = None, studio=None) -> FastAPI:

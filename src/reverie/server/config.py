@@ -31,6 +31,9 @@ class ServerConfig:
     # redis://...: jobs go to Celery workers (`reverie worker`), progress comes over Redis; None: the
     # embedded worker thread (jobs/).
     broker: str | None = None
+    # Dynamic batching in the embedded worker: queued jobs with the same model, size and sampling
+    # settings share passes of at most this many pictures (jobs/batching.py); 1: one job at a time.
+    batch_limit: int = 8
     sync_timeout_s: float = 600.0  # how long the A1111/OpenAI endpoints wait for their job
     # Accounts (multi-user mode): sessions end this long after their login; wrong passwords are
     # limited per account and per client address (the next attempt in the window gets 429).

@@ -10,4 +10,17 @@ def _run(request, models, progress, outputs):
     return run(request, models, progress, outputs)
 
 
-METHOD = Method(name="diffusion", modes=MODES, request=GenerationRequest, run=_run)
+def _batch_key(request):
+    from .shared import batch_key
+
+    return batch_key(request)
+
+
+def _run_shared(shares, models, limit):
+    from .shared import run_shared
+
+    return run_shared(shares, models, limit)
+
+
+METHOD = Method(name="diffusion", modes=MODES, request=GenerationRequest, run=_run, batch_key=_batch_key,
+                run_shared=_run_shared)

@@ -21,6 +21,7 @@ import torch
 from ... import __version__
 from ...device import available_memory, check_fits, estimate_peak_bytes, pick_device, pick_dtype
 from ...errors import BadRequest
+from ...models.batch_invariance import steady_rows
 from ...models.cache import ModelCache
 from ...models.components import ModelComponents
 from ...models.registry import default_model, load_model
@@ -37,12 +38,14 @@ from .request import IMAGE_MODES, GenerationRequest
 
 
 def diffusion_model(models: ModelCache, reference: str, device: torch.device, dtype: torch.dtype) -> ModelComponents:
-    """The loaded model `reference` names, on `device` in `dtype`, from the shared cache."""
+    """The loaded model `reference` names, on `device` in `dtype`, from the shared cache; its UNet's
+    pictures do not depend on their batch-mates (`steady_rows`)."""
 
     def load() -> ModelComponents:
         components = load_model(reference, dtype=dtype)
         for module in components.modules:
             module.to(device)
+        steady_rows(components.unet)
         return components
 
     return models.get(("diffusion", reference, str(device), str(dtype)), load)
@@ -86,17 +89,15 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
                                                    request.picture_count(), request.candidate_count(), progress)
         batches = [[(candidate.picture, candidate.seed, candidate.score) for candidate in kept]]
     else:
-        batches = (_with_scores(batch, scorer, plan) for batch in batches)
-    settings = request.settings() | {"model_name": components.name, "reverie_version": __version__,
-                                     "latent_channels": components.vae.config.latent_channels,
-                                     "vae_scale": components.vae_scale_factor}
+        batches = (with_scores(batch, scorer, plan) for batch in batches)
+    settings = picture_settings(request, components)
     index = skipped * request.n_samples  # of the next picture in the whole request
     try:
         for batch in batches:
             pictures = finish([picture for picture, _, _ in batch], prepared, request, models, progress)
             for picture, (_, seed, score) in zip(pictures, batch):
                 if index >= request.made:
-                    result.images.append(_write(picture, seed, score, index, request, settings, scorer, outputs, plan(seed)))
+                    result.images.append(write_picture(picture, seed, score, index, request, settings, scorer, outputs, plan(seed)))
                     progress(ProgressEvent("image", index + 1, request.picture_count(), payload=result.images[-1]))
                 index += 1
     except (Interrupted, KeyboardInterrupt):
@@ -108,7 +109,14 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
     return result
 
 
-def _write(picture, seed: int, score, index: int, request: GenerationRequest, settings: dict, scorer,
+def picture_settings(request: GenerationRequest, components: ModelComponents) -> dict:
+    """The settings every picture of `request` records (its metadata's `settings`)."""
+    return request.settings() | {"model_name": components.name, "reverie_version": __version__,
+                                 "latent_channels": components.vae.config.latent_channels,
+                                 "vae_scale": components.vae_scale_factor}
+
+
+def write_picture(picture, seed: int, score, index: int, request: GenerationRequest, settings: dict, scorer,
            outputs: Outputs, prompt: PicturePrompt) -> GeneratedImage:
     networks, network_metadata = network_fields(prompt)
     metadata = reverie_metadata(settings, seed, index) | {"image_size": list(picture.size), "prompt": prompt.metadata()}
@@ -230,7 +238,7 @@ def sdxl_memory(components: ModelComponents, dtype: torch.dtype) -> dict:
 SDXL_UNET_SCALE = 2.0
 
 
-def _with_scores(batch, scorer, plan: PromptPlan) -> list[tuple]:
+def with_scores(batch, scorer, plan: PromptPlan) -> list[tuple]:
     """[(picture, seed)] -> [(picture, seed, score)], each scored against its own prompt; the
     score is None when nothing scores."""
     if scorer is None:
