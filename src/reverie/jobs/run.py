@@ -113,6 +113,8 @@ def run_jobs(gallery, studio, jobs: list, reports: list[Report], cancelled: list
 def shared_key(gallery, studio, job):
     """The key of the jobs `run_jobs` can run with this one (None: it runs alone): its request's
     batch key, and its user's own LoRA folder when it has LoRAs in it (a tag names a file there)."""
+    if not hasattr(studio, "batch_key"):  # a studio that never shares passes
+        return None
     fields = job_fields(gallery, job)
     try:
         key = studio.batch_key(fields)

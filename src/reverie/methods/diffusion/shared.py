@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from ...device import pick_device, pick_dtype
-from ...errors import ReverieError
+from ...errors import OutOfMemory, ReverieError
 from ...models.lora import apply_loras
 from ...progress import Interrupted, Progress, ProgressEvent
 from ...prompts.conditioning import encode_prompt_batch
@@ -92,25 +92,36 @@ def run_shared(shares: list[Share], models, limit: int) -> None:
         return
     requests = [request.with_defaults(components.sampling) for request in requests]
     prepared = prepare_input(requests[0], components)
+    # Each request's memory settings as alone (its decode tiled or not: that changes pixels);
+    # passes too big for the memory left go back to one batch each.
+    fitted = []
+    for share, request in zip(shares, requests):
+        try:
+            fitted.append(fit_memory(request, components, prepared, device, dtype))
+        except ReverieError as exc:  # too big even alone: that one fails, as alone
+            share.error = exc
+            fitted.append(None)
+    shares = [share for share, request in zip(shares, fitted) if request is not None]
+    requests = [request for request in fitted if request is not None]
+    if not requests:
+        return
     widest = max(min(limit, request.made_count()) for request in requests)
-    fitted = fit_memory(requests[0].model_copy(update={"n_samples": max(widest, requests[0].n_samples)}), components,
-                        prepared, device, dtype)
-    fitted_fields = {"vae_tiling": fitted.vae_tiling, "upscale": fitted.upscale, "width": fitted.width,
-                     "height": fitted.height}
-    requests = [request.model_copy(update=fitted_fields) for request in requests]
+    try:
+        fit_memory(requests[0].model_copy(update={"n_samples": widest}), components, prepared, device, dtype)
+    except OutOfMemory:
+        limit = 0
     jobs = [_Job(share, request, prompt_plan(request), picture_settings(request, components),
                  scorer_from(models, request.scorer) if request.score else None) for share, request in zip(shares, requests)]
     for job in jobs:
         job.share.request, job.share.result = job.request, Result(request=job.request)
     loaded = time.perf_counter()
-    with memory_settings(components, bool(fitted.vae_tiling), first.attention_slicing), \
-            circular_padding(components, first.tile), vae_dtype_kept(components):
+    with circular_padding(components, first.tile), vae_dtype_kept(components):
         for pieces in rounds(requests, limit):
             pieces = [piece for piece in pieces if _active(jobs[piece.share].share)]
             for piece in pieces:
                 _encode(piece, jobs[piece.share], components, device, dtype)
             pieces = [piece for piece in pieces if jobs[piece.share].share.error is None]
-            for group in _passes(pieces):
+            for group in _passes(pieces, jobs):
                 made = _run_pass(group, jobs, components, prepared, device, dtype)
                 for piece, pictures in zip(group, made or []):
                     _write_piece(piece, pictures, jobs[piece.share], prepared, models)
@@ -182,11 +193,13 @@ def _encode(piece: Piece, job: _Job, components, device, dtype) -> None:
     piece.uses, piece.shape = tuple(uses), tuple(cond.shape[1:])
 
 
-def _passes(pieces: list[Piece]) -> list[list[Piece]]:
-    """The round's pieces grouped into passes: one LoRA set and one prompt length per pass."""
+def _passes(pieces: list[Piece], jobs: list[_Job]) -> list[list[Piece]]:
+    """The round's pieces grouped into passes: one LoRA set, one prompt length and one decode
+    (tiled or whole) per pass."""
     groups: dict = {}
     for piece in pieces:
-        groups.setdefault((piece.uses, piece.shape), []).append(piece)
+        key = (piece.uses, piece.shape, jobs[piece.share].request.vae_tiling)
+        groups.setdefault(key, []).append(piece)
     return list(groups.values())
 
 
@@ -225,10 +238,12 @@ def _run_pass(group: list[Piece], jobs: list[_Job], components, prepared, device
     cond = torch.cat([piece.conditioning[0] for piece in group])
     uncond = torch.cat([piece.conditioning[1] for piece in group])
     progress = _PassProgress(group, jobs)
+    request = jobs[group[0].share].request
     try:
-        with apply_loras(components, list(group[0].uses)):
-            pictures = denoise_batch(jobs[group[0].share].request, components, prepared, seeds, cond, uncond,
-                                     device, dtype, group[0].batch, progress)
+        with memory_settings(components, bool(request.vae_tiling), request.attention_slicing), \
+                apply_loras(components, list(group[0].uses)):
+            pictures = denoise_batch(request, components, prepared, seeds, cond, uncond, device, dtype,
+                                     group[0].batch, progress)
     except Interrupted:
         for share in progress.shares:
             share.stopped = True
