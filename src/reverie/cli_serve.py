@@ -9,6 +9,8 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
+from .cli_config import ConfigFile
+
 out = Console(soft_wrap=True, emoji=False)
 users_app = typer.Typer(help="Studio accounts for --multi-user: add users, make API keys, grant credits.",
                         no_args_is_help=True)
@@ -45,6 +47,7 @@ def serve(
         help="redis://HOST:PORT/N: hand jobs to Celery workers (`reverie worker`) instead of running them here.")] = None,
     check: Annotated[bool, typer.Option("--check", help="Check the gallery database and its picture files "
                                                         "against each other, report, and exit (0: all is well).")] = False,
+    config: ConfigFile = None,
 ):
     """Start the studio: the web page and the native, A1111 and OpenAI-compatible APIs."""
     from .gallery.db import DATABASE_FILE, check_database_file
@@ -91,6 +94,7 @@ def worker(
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps: start one worker per device.")] = "auto",
     models: Annotated[Optional[str], typer.Option(
         "--models", help="Serve only these models (a,b), on queues of their own; default: every job.")] = None,
+    config: ConfigFile = None,
 ):
     """Run the studio's jobs for front ends started with `reverie serve --broker` (a Celery worker)."""
     from .jobs.celery_engine import start_worker
