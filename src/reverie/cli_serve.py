@@ -45,8 +45,9 @@ def serve(
     broker: Annotated[Optional[str], typer.Option(
         "--broker", envvar="REVERIE_BROKER", show_default=False,
         help="redis://HOST:PORT/N: hand jobs to Celery workers (`reverie worker`) instead of running them here.")] = None,
-    check: Annotated[bool, typer.Option("--check", help="Check the gallery database and its picture files "
-                                                        "against each other, report, and exit (0: all is well).")] = False,
+    check: Annotated[bool, typer.Option("--check", help="Check the gallery database (--data's SQLite file, or "
+                                                        "--database) and its picture files against each other, "
+                                                        "report, and exit (0: all is well, 1: problems).")] = False,
     config: ConfigFile = None,
 ):
     """Start the studio: the web page and the native, A1111 and OpenAI-compatible APIs."""
@@ -55,12 +56,7 @@ def serve(
     if check:
         from .gallery.check import check_gallery
 
-        if database:
-            from .errors import ReverieError
-
-            raise ReverieError("--check reads the gallery's SQLite file; with --database, check the server's "
-                               "database with its own tools (PostgreSQL: pg_amcheck)")
-        report = check_gallery(data)
+        report = check_gallery(data, database)
         for line in report.lines():
             out.print(line, markup=False, highlight=False)
         raise typer.Exit(0 if report.ok else 1)
