@@ -16,7 +16,8 @@ Durability: tasks are acknowledged late (`acks_late`, `reject_on_worker_lost`, p
 worker that dies mid-job leaves its message unacknowledged and the broker hands it out again
 (after `visibility_timeout`). A lease in Redis (`reverie:lease:<id>`, renewed while the job runs)
 keeps two workers from running one job at once; the gallery's `made` count and its one picture
-per place make the job that runs again make each seed exactly once.
+per place make the job that runs again make each seed exactly once. A message Redis lost (a restart
+without its data) is sent again by a front end's sweep (resend.py: the `reverie:sent` set).
 
 Metrics: each worker keeps its heartbeat and counts in Redis (heartbeat.py); a front end's
 `/metrics` reads them (`CeleryQueue.workers`).
