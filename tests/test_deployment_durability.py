@@ -7,7 +7,8 @@ PostgreSQL, `reverie serve --broker --database` front ends and `reverie worker` 
 - A front end killed (SIGKILL) while a job it accepted runs loses nothing: the worker finishes it,
   the other front end shows it done with each seed once, and its client follows it there.
 - A job the broker cannot take (redis-server stopped) is answered 503 in the documented error
-  shape and refunded; once the broker is back, the same front end takes jobs again.
+  shape and refunded; once the broker is back, the same front end takes jobs again, and sends
+  again the job whose message the stopped broker lost.
 """
 
 from __future__ import annotations
@@ -124,7 +125,8 @@ def test_a_front_end_killed_while_its_job_runs_loses_nothing(shared):
     files_match_rows(shared)
 
 
-def test_a_job_the_broker_cannot_take_is_answered_503_and_refunded(tmp_path, postgres_url):
+def test_a_job_the_broker_cannot_take_is_answered_503_and_refunded(tmp_path, postgres_url, monkeypatch):
+    monkeypatch.setenv("REVERIE_RESEND_S", "1")  # the front end looks for lost messages every second
     with redis_server() as broker:
         shared = make_shared(tmp_path, postgres_url, broker.url(0))
         front = FrontEnd(shared, *PAYING)
@@ -153,5 +155,8 @@ def test_a_job_the_broker_cannot_take_is_answered_503_and_refunded(tmp_path, pos
             return answer.status_code == 202
 
         wait_for(sent, "the front end takes jobs again once its broker is back", patience=60)
-        assert again.command("LLEN", "reverie") == b":1"
+        # The new job's message, and the one `taken` had, lost with the broker and sent again by the
+        # front end's sweep (jobs/resend.py): both jobs are in the queue, each once.
+        wait_for(lambda: again.command("LLEN", "reverie") == b":2", "the lost job was sent again", patience=60)
+        assert f"job {taken} had no message in the broker" in front.output()
         assert front.get("/api/v1/credits")["balance"] == 0

@@ -9,6 +9,8 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
+from .cli_config import ConfigFile
+
 out = Console(soft_wrap=True, emoji=False)
 users_app = typer.Typer(help="Studio accounts for --multi-user: add users, make API keys, grant credits.",
                         no_args_is_help=True)
@@ -47,8 +49,10 @@ def serve(
     broker: Annotated[Optional[str], typer.Option(
         "--broker", envvar="REVERIE_BROKER", show_default=False,
         help="redis://HOST:PORT/N: hand jobs to Celery workers (`reverie worker`) instead of running them here.")] = None,
-    check: Annotated[bool, typer.Option("--check", help="Check the gallery database and its picture files "
-                                                        "against each other, report, and exit (0: all is well).")] = False,
+    check: Annotated[bool, typer.Option("--check", help="Check the gallery database (--data's SQLite file, or "
+                                                        "--database) and its picture files against each other, "
+                                                        "report, and exit (0: all is well, 1: problems).")] = False,
+    config: ConfigFile = None,
     batch_limit: BatchLimit = 8,
 ):
     """Start the studio: the web page and the native, A1111 and OpenAI-compatible APIs."""
@@ -57,12 +61,7 @@ def serve(
     if check:
         from .gallery.check import check_gallery
 
-        if database:
-            from .errors import ReverieError
-
-            raise ReverieError("--check reads the gallery's SQLite file; with --database, check the server's "
-                               "database with its own tools (PostgreSQL: pg_amcheck)")
-        report = check_gallery(data)
+        report = check_gallery(data, database)
         for line in report.lines():
             out.print(line, markup=False, highlight=False)
         raise typer.Exit(0 if report.ok else 1)
@@ -97,6 +96,7 @@ def worker(
     models: Annotated[Optional[str], typer.Option(
         "--models", help="Serve only these models (a,b), on queues of their own; default: every job.")] = None,
     batch_limit: BatchLimit = 8,
+    config: ConfigFile = None,
 ):
     """Run the studio's jobs for front ends started with `reverie serve --broker` (a Celery worker)."""
     from .jobs.celery_engine import start_worker

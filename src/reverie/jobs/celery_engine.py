@@ -16,7 +16,8 @@ Durability: tasks are acknowledged late (`acks_late`, `reject_on_worker_lost`, p
 worker that dies mid-job leaves its message unacknowledged and the broker hands it out again
 (after `visibility_timeout`). A lease in Redis (`reverie:lease:<id>`, renewed while the job runs)
 keeps two workers from running one job at once; the gallery's `made` count and its one picture
-per place make the job that runs again make each seed exactly once.
+per place make the job that runs again make each seed exactly once. A message Redis lost (a restart
+without its data) is sent again by a front end's sweep (resend.py: the `reverie:sent` set).
 
 Metrics: each worker keeps its heartbeat and counts in Redis (heartbeat.py); a front end's
 `/metrics` reads them (`CeleryQueue.workers`).
@@ -41,6 +42,7 @@ from .batching import DEFAULT_LIMIT, companions
 from .heartbeat import Heartbeat, alive_workers, worker_name
 from .live import Live, LiveBoard
 from .queue import EngineUnavailable
+from .resend import Resender, forget_sent, mark_sent
 from .run import REQUEUED, run_job, run_jobs
 
 log = logging.getLogger("reverie.server")
@@ -164,10 +166,12 @@ class CeleryQueue:
         self.board = LiveBoard(gallery, RemoteLive(self.redis), recheck_s=recheck_s)
         self.live = self.board.live
         self._listener: threading.Thread | None = None
+        self.resender = Resender(gallery, self.redis, self._resend)  # sends again the jobs lost with Redis
 
     def start(self) -> None:
         self._listener = threading.Thread(target=self._listen, name="reverie-progress", daemon=True)
         self._listener.start()
+        self.resender.start()
 
     def halt(self) -> None:
         self.board.halt()
@@ -175,6 +179,7 @@ class CeleryQueue:
     def stop(self, timeout: float = 30.0) -> None:
         """Stop listening; the jobs go on on their workers."""
         self.halt()
+        self.resender.stop()
         if self._listener:
             self._listener.join(timeout)
 
@@ -186,16 +191,25 @@ class CeleryQueue:
         import redis
         from kombu.exceptions import OperationalError
 
-        model = json.loads(job.request_json).get("model")
         try:
-            queue = model_queue(model) if model and self.redis.sismember(MODEL_QUEUES, model) else DEFAULT_QUEUE
-            self.app.send_task(TASK, args=[job.id], task_id=job.id, queue=queue)
+            mark_sent(self.redis, job.id)  # before sending: a sweep never sends again a job whose message is in Redis
+            self._send(job)
         except (redis.RedisError, OperationalError, OSError) as exc:
+            forget_sent(self.redis, job.id)
             log.error("job %s was not sent: the broker did not answer (%s); it is failed and refunded", job.id, exc)
             self.gallery.finish_job(job.id, "failed", "not sent: the job broker did not answer; send the request again")
             raise EngineUnavailable(f"the job broker ({maybe_sanitize_url(self.broker)}) does not answer, so the job "
                                     "was not queued and nothing was charged; try again shortly (if it lasts, "
                                     "start redis-server or fix the front end's --broker)") from None
+
+    def _send(self, job) -> None:
+        """Send the job's task, to its model's queue when some worker serves that model alone."""
+        model = json.loads(job.request_json).get("model")
+        queue = model_queue(model) if model and self.redis.sismember(MODEL_QUEUES, model) else DEFAULT_QUEUE
+        self.app.send_task(TASK, args=[job.id], task_id=job.id, queue=queue)
+
+    def _resend(self, job_id: str) -> None:
+        self._send(self.gallery.job(job_id))
 
     def wake(self) -> None:
         """Nothing to wake here: the workers take jobs from the broker."""
@@ -236,6 +250,8 @@ class CeleryQueue:
                 time.sleep(1.0)
 
     def _heard(self, job_id: str, message: dict) -> None:
+        if message.get("ended"):
+            forget_sent(self.redis, job_id)  # its task is done with: nothing to send again
         self.board.notify(job_id, bool(message.get("ended")), **decode_changes(message.get("changes", {})))
 
 
