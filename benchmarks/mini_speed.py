@@ -1,51 +1,131 @@
-"""Speed of reverie-mini on this machine: four pictures from a prompt, end to end.
+"""Speed of reverie-mini on this machine (issue 22): four pictures from a prompt, warm and cold.
 
-Cold start (import + load) is reported apart from warm runs (the same process, models loaded).
+warm  `Studio.run` of 4 pictures (the defaults: 20 steps dpmpp_2m, CFG 4, drawn at 128 px and
+      shown at 256 px by the built-in upscaler; and at 128 px with `upscale=1`) in one process,
+      the models already loaded by a first request; median and best of --repeats.
+cold  the whole command from the shell, `python -m reverie generate "red apple" -n 4`, in a
+      fresh interpreter (imports, model loading, the pictures, the files), and the import of the
+      command alone and `reverie --help` for reference.
 
-    .venv/bin/python benchmarks/mini_speed.py --repeats 5
+With `--before SRC` (a `src/` folder of an earlier reverie, e.g. from `git worktree add
+/tmp/before <commit>`) every figure is also measured for that code, alternating run by run
+with this one, so a busy machine slows both alike; the ratio is what to read.
+
+    .venv/bin/python benchmarks/mini_speed.py --repeats 3
+    .venv/bin/python benchmarks/mini_speed.py --repeats 3 --before /tmp/before/src
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
-started = time.perf_counter()
+HERE = Path(__file__).resolve().parent.parent / "src"
+PROMPT = "red apple, Noto emoji"
+COLD_COMMAND = ["-m", "reverie", "generate", "red apple", "-n", "4", "--seed", "1"]
+
+
+def warm_worker(repeats: int, sizes: str) -> None:
+    """In a fresh process: the warm timings of this process's reverie, as JSON on the last line."""
+    from reverie.studio import Studio, make_request
+
+    studio = Studio(device="cpu")
+    outdir = tempfile.mkdtemp(prefix="mini-speed-")
+    rows = {}
+    # the model's default (shown at 256 px), then its own size
+    for upscale in [{"256": None, "128": 1}[size] for size in sizes.split(",")]:
+        times = []
+        for i in range(repeats + 1):  # the first loads the models
+            request = make_request(prompt=PROMPT, seed=i, n_samples=4, upscale=upscale)
+            started = time.perf_counter()
+            result = studio.run(request, outdir=outdir)
+            times.append(time.perf_counter() - started)
+        width, height = result.images[0].image.size
+        rows[f"{width}x{height}"] = times[1:]
+    import torch
+
+    print(json.dumps({"rows": rows, "torch": torch.__version__, "threads": torch.get_num_threads()}))
+
+
+def in_python(src: Path, args: list[str], cwd: str | None = None) -> tuple[float, str]:
+    """Run `python ARGS` with `src` first on the path; (wall seconds, stdout)."""
+    env = os.environ | {"PYTHONPATH": str(src), "HF_HUB_OFFLINE": "1"}
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, *args], env=env, cwd=cwd, capture_output=True, text=True)
+    elapsed = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} failed:\n{done.stderr[-2000:]}")
+    return elapsed, done.stdout
+
+
+def machine() -> str:
+    model = platform.processor() or "unknown CPU"
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        model = next(line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name"))
+    except (OSError, StopIteration):
+        pass
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    return f"{model}, {os.cpu_count()} cores, load average {load} (at start), Python {platform.python_version()}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--sampler", default="dpmpp_2m")
+    parser.add_argument("--repeats", type=int, default=3, help="warm runs after the first, and cold runs, per code")
+    parser.add_argument("--rounds", type=int, default=2, help="warm: processes per code, alternating")
+    parser.add_argument("--before", type=Path, help="the src/ folder of the code to compare with")
+    parser.add_argument("--sizes", default="256,128", help="warm: 256 (the default, x2 upscaled) and/or 128 (upscale 1)")
+    parser.add_argument("--skip-warm", action="store_true")
+    parser.add_argument("--skip-cold", action="store_true")
+    parser.add_argument("--warm-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.warm_worker:
+        warm_worker(args.repeats, args.sizes)
+        return
 
-    import torch
-
-    from reverie.studio import make_request
-    from reverie.studio import Studio
-
-    studio = Studio(device="cpu")
-    imported = time.perf_counter()
-    rows = []
-    for upscale in (None, 1):  # the model's default (shown at 256 px), then its own size
-        times = []
-        for i in range(args.repeats + 1):
-            request = make_request(prompt="red apple, Noto emoji", seed=i, steps=args.steps, sampler=args.sampler,
-                                   cfg_scale=4.0, n_samples=4, upscale=upscale)
-            t = time.perf_counter()
-            result = studio.generate(request)
-            times.append(time.perf_counter() - t)
-        first, warm = times[0], times[1:]
-        size = result.images[0].image.size
-        rows.append((f"{size[0]}x{size[1]}", first, statistics.median(warm), min(warm)))
-    print(f"reverie-mini, 4 pictures, {args.steps} steps {args.sampler}, CFG 4, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
-    print(f"cold start: import {imported - started:.1f} s; first request (loads the models) below")
-    print(f"{'size':<10} {'first s':>8} {'warm median s':>14} {'warm best s':>12}")
-    for size, first, median, best in rows:
-        print(f"{size:<10} {first:8.2f} {median:14.2f} {best:12.2f}")
+    sources = {"after": HERE} | ({"before": args.before.resolve()} if args.before else {})
+    print(f"machine: {machine()}")
+    warm: dict[str, dict[str, list[float]]] = {name: {} for name in sources}
+    info = {}
+    if not args.skip_warm:
+        for _ in range(args.rounds):  # a process per code and round, alternating: a busy moment slows both
+            for name, src in sources.items():
+                _, out = in_python(src, [__file__, "--warm-worker", "--repeats", str(args.repeats), "--sizes", args.sizes])
+                info = json.loads(out.strip().splitlines()[-1])
+                for size, times in info["rows"].items():
+                    warm[name].setdefault(size, []).extend(times)
+        print(f"\nwarm: Studio.run, 4 pictures, reverie-mini defaults (20 steps dpmpp_2m, CFG 4), "
+              f"torch {info['torch']}, {info['threads']} threads, {args.rounds} processes x {args.repeats} runs after a first that loads")
+        print(f"| code | size | median s | best s |\n|---|---|---:|---:|")
+        for size in warm["after"]:
+            for name in sources:
+                times = warm[name][size]
+                print(f"| {name} | {size} | {statistics.median(times):.2f} | {min(times):.2f} |")
+    if not args.skip_cold:
+        cold = {name: {"import reverie.cli": [], "reverie --help": [], "generate": []} for name in sources}
+        with tempfile.TemporaryDirectory(prefix="mini-cold-") as folder:
+            for _ in range(args.repeats):
+                for name, src in sources.items():  # alternating: a busy moment slows both
+                    cold[name]["import reverie.cli"].append(in_python(src, ["-c", "import reverie.cli"])[0])
+                    cold[name]["reverie --help"].append(in_python(src, ["-m", "reverie", "--help"])[0])
+                    outdir = tempfile.mkdtemp(dir=folder)
+                    cold[name]["generate"].append(in_python(src, [*COLD_COMMAND, "-o", outdir], cwd=folder)[0])
+        print(f"\ncold: `python {' '.join(COLD_COMMAND[:3])} \"red apple\" -n 4 --seed 1` in a fresh interpreter, "
+              f"{args.repeats} runs each, alternating")
+        print("| code | what | median s | best s |\n|---|---|---:|---:|")
+        for what in cold["after"]:
+            for name in sources:
+                times = cold[name][what]
+                print(f"| {name} | {what} | {statistics.median(times):.2f} | {min(times):.2f} |")
+    print("\ntargets (issue 22): warm 256x256 at most 1.0 s; cold generate at most 4 s")
 
 
 if __name__ == "__main__":

@@ -235,3 +235,47 @@ def test_python_m_reverie_runs_txt2img(tmp_path):
                            "--skip_grid", "--outdir", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "samples" / "00000.png").is_file() and "Enjoy." in done.stdout
+
+
+# -- a cold start pays only for what the command needs (issue 22) ---------------------------------
+HEAVY = ("torch", "diffusers", "transformers")
+
+
+def _fresh_python(code: str, timeout: int = 120) -> str:
+    """What `code` prints in a fresh interpreter that imports this same reverie."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    import reverie
+
+    source = str(Path(reverie.__file__).resolve().parents[1])
+    env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _imported_after(code: str) -> set[str]:
+    """The top-level packages a fresh interpreter has imported after running `code`."""
+    printed = _fresh_python(code + "\nimport sys\nprint('\\nimported:', *sorted({m.split('.')[0] for m in sys.modules}))")
+    return set(printed.rsplit("imported:", 1)[1].split())
+
+
+def test_the_command_and_its_help_do_not_import_torch_or_diffusers():
+    assert not _imported_after("import reverie.cli") & set(HEAVY)
+    helped = _imported_after(
+        "import sys\nfrom reverie import cli\nsys.argv = ['reverie', '--help']\n"
+        "try:\n    cli.main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n")
+    assert not helped & set(HEAVY)
+    assert not _imported_after("import sys\nfrom reverie import cli\nsys.argv = ['reverie', 'generate', '--help']\n"
+                               "try:\n    cli.main()\nexcept SystemExit:\n    pass\n") & set(HEAVY)
+
+
+def test_a_txt2img_request_imports_only_the_diffusion_method():
+    loaded = set(_fresh_python("import sys\nfrom reverie.studio import make_request\nmake_request(prompt='red apple')\n"
+                               "print(' '.join(sorted(m for m in sys.modules if m.startswith('reverie.methods.'))))",
+                               timeout=300).split())
+    assert "reverie.methods.diffusion" in loaded
+    for other in ("style", "video", "grid", "training_lora"):
+        assert f"reverie.methods.{other}" not in loaded

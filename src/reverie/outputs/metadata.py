@@ -52,12 +52,19 @@ def reverie_metadata(settings: dict, seed: int, index: int) -> dict:
     return {"format": FORMAT_VERSION, "seed": seed, "index": index, "settings": settings}
 
 
+# zlib level of the pictures written. PNG is lossless at every level: 1 writes the same pixels
+# about 3x faster than PIL's default 6 (a request's four 256 px pictures and their grid: 50 ms
+# instead of 170 ms of CPU on the 2-core machine), in files about a quarter larger (issue 22).
+PNG_COMPRESS_LEVEL = 1
+
+
 def save_png(image: Image.Image, path: Path, parameters: str, metadata: dict) -> Path:
     """Write `image` with both chunks; the file appears complete or not at all."""
     info = PngImagePlugin.PngInfo()
     info.add_text(PARAMETERS_KEY, parameters)
     info.add_text(REVERIE_KEY, json.dumps(metadata, sort_keys=True))
-    return atomic_write(path, lambda partial: image.save(partial, format="PNG", pnginfo=info))
+    return atomic_write(path, lambda partial: image.save(partial, format="PNG", pnginfo=info,
+                                                         compress_level=PNG_COMPRESS_LEVEL))
 
 
 def read_png_info(path: str | Path) -> dict:
