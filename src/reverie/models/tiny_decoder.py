@@ -89,12 +89,16 @@ def a1111_decoder_keys(weights: dict) -> dict:
     return renamed
 
 
-def check_decoder_fits(decoder: AutoencoderTiny, latent_channels: int, model: str) -> None:
-    """A tiny decoder must read the model's latents: the same number of channels."""
-    channels = decoder.config.latent_channels
-    if channels != latent_channels:
-        raise BadRequest("decoder", f"the tiny decoder reads {channels}-channel latents; {model} makes "
-                                    f"{latent_channels}-channel ones: use --decoder vae for it")
+def check_decoder_fits(decoder: AutoencoderTiny, latent_channels: int, scale: int, model: str) -> None:
+    """A tiny decoder must read the model's latents: as many channels, enlarged as many times
+    as its VAE enlarges them (8 for every SD model)."""
+    config = decoder.config
+    channels = config.latent_channels
+    enlarges = config.upsampling_scaling_factor ** (len(config.decoder_block_out_channels) - 1)
+    if (channels, enlarges) != (latent_channels, scale):
+        raise BadRequest("decoder", f"the tiny decoder turns {channels}-channel latents into pictures {enlarges} times "
+                                    f"larger; {model} makes {latent_channels}-channel latents {scale} times smaller "
+                                    "than its pictures: use --decoder vae for it")
 
 
 @torch.no_grad()

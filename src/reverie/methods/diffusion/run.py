@@ -242,7 +242,7 @@ def tiny_decoder(models: ModelCache, request: GenerationRequest, components: Mod
         return load_tiny_decoder(path, dtype).to(device)
 
     decoder = models.get(("tiny-decoder", str(path.resolve()), str(device), str(dtype)), load)
-    check_decoder_fits(decoder, components.vae.config.latent_channels, request.model)
+    check_decoder_fits(decoder, components.vae.config.latent_channels, components.vae_scale_factor, request.model)
     return decoder
 
 
