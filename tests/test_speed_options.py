@@ -233,3 +233,11 @@ def test_a_tiny_decoder_that_does_not_fit_the_model_is_refused(studio, models_fo
 def test_tiles_keep_the_vae():
     with pytest.raises(BadRequest, match="decoder"):
         make_request(**(FAST | {"decoder": "tiny", "tile": True}))
+
+
+def test_the_studio_takes_no_decoder_path():
+    from reverie.server.submit import _check_choices
+
+    _check_choices({"decoder": "tiny"})
+    with pytest.raises(BadRequest, match="decoder"):
+        _check_choices({"decoder": "/home/someone/taesd"})
