@@ -7,10 +7,10 @@ evaluations in between run only the shallow branch: `conv_in` (whose output is t
 layer's skip connection), the last layer itself and `conv_out`, with the kept deep features in
 place of everything in between. Per skipped evaluation that is a small fraction of the UNet.
 
-The schedule counts UNet evaluations, not timesteps: second-order samplers (Heun, DPM2, DPM++
-SDE) evaluate twice per step at repeated timesteps, and a schedule keyed on the timestep's
-position in the list would find the same position twice and stop refreshing. (The DeepCache
-package, 0.1.1, does exactly that, which is why reverie has its own.)
+The schedule counts UNet evaluations, not timesteps: second-order samplers evaluate twice per
+step, and Heun's scheduler lists each timestep twice, so a schedule keyed on the timestep's
+position in that list finds the first of the two every time and, at interval 2, never refreshes.
+(The DeepCache package, 0.1.1, does exactly that, which is why reverie has its own.)
 
 It changes pixels (the skipped evaluations are approximations), so it is an option, recorded in
 each picture's settings. With interval 1 every evaluation is whole and the pictures are the
