@@ -215,6 +215,20 @@ def test_tiny_decoder_previews(studio, models_folder):
     assert previews and previews[-1].size == (128, 64)  # two 64 px pictures side by side
 
 
+def test_the_models_folders_tiny_decoder_makes_the_previews_of_vae_pictures(studio, models_folder, monkeypatch):
+    previews = []
+    request = make_request(**(FAST | SD | {"n_samples": 1}))
+    made = studio.run(request, previews=True,
+                      progress=lambda event: previews.append(event.preview) if getattr(event, "preview", None) else None)
+    assert previews and previews[-1].size == (64, 64)  # decoded, not the linear map's enlarged latents
+    monkeypatch.setenv("REVERIE_MODELS", str(models_folder / "nothing"))
+    previews.clear()
+    alone = studio.run(request, previews=True,
+                       progress=lambda event: previews.append(event.preview) if getattr(event, "preview", None) else None)
+    assert previews and previews[-1].size != (64, 64)
+    assert np.array_equal(pixels(made.images[0].image), pixels(alone.images[0].image))  # the VAE's pixels
+
+
 def test_missing_tiny_decoder_names_the_folder(studio, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("REVERIE_MODELS", str(tmp_path / "empty"))
     with pytest.raises(ModelNotFound, match="taesd/"):

@@ -173,11 +173,12 @@ def run_batches(
     first: int = 0,
     refiner: ModelComponents | None = None,
     decoder=None,
+    previewer=None,
 ) -> Iterator[list[tuple[Image.Image, int]]]:
     """Yield [(picture, seed), ...] at the working size for each of the request's batches, from
     batch number `first` on (the earlier ones were made by an earlier run). `refiner` (SDXL)
     does the last part of each picture's steps (`refine`); `decoder` (a tiny decoder, or None
-    for the model's VAE) makes the pixels.
+    for the model's VAE) makes the pixels; `previewer` (a tiny decoder) the live previews.
 
     `request` has its sampling settings filled in (`with_defaults`). Each picture's prompt is its
     own (`picture_prompt`: the template's variant for its seed, styled); equal prompts are
@@ -208,13 +209,13 @@ def run_batches(
                 with apply_loras(components, uses):
                     if components.is_sdxl:
                         images = denoise_sdxl_batch(request, components, prepared, batch_seeds, pairs, cache, device,
-                                                    dtype, batch, progress, refiner, decoder)
+                                                    dtype, batch, progress, refiner, decoder, previewer)
                     else:
                         cond, uncond = encode_prompt_batch(pairs, components.tokenizer, components.text_encoder,
                                                            device=device, cache=cache)
                         cond, uncond = cond.to(device, dtype), uncond.to(device, dtype)
                         images = denoise_batch(request, components, prepared, batch_seeds, cond, uncond, device, dtype,
-                                               batch, progress, decoder=decoder)
+                                               batch, progress, decoder=decoder, previewer=previewer)
             yield list(zip(images, batch_seeds))
 
 
@@ -226,7 +227,7 @@ def latent_shape(components: ModelComponents, width: int, height: int) -> tuple[
 def denoise_batch(request: GenerationRequest, components: ModelComponents, prepared: PreparedInput, seeds: list[int],
                   cond: torch.Tensor, uncond: torch.Tensor, device, dtype, batch: int, progress: Progress,
                   noise: torch.Tensor | None = None, sdxl: dict | None = None,
-                  refine_with: tuple | None = None, decoder=None) -> list[Image.Image]:
+                  refine_with: tuple | None = None, decoder=None, previewer=None) -> list[Image.Image]:
     """One batch of pictures at the working size, one per seed, from encoded prompts.
 
     Each seed's CPU generator draws its starting latents and then feeds the sampler's fresh
@@ -235,7 +236,8 @@ def denoise_batch(request: GenerationRequest, components: ModelComponents, prepa
     `sdxl` holds an SDXL model's further pipeline arguments (pooled text, size/crop time ids);
     `refine_with` = (refiner, its conditioning, prepared): the base stops at the switch and the
     refiner finishes. `decoder`: a tiny decoder to make the pixels (and previews) with, in place
-    of the model's VAE. With `request.step_cache` the UNet reuses its deep features between
+    of the model's VAE; `previewer`: a tiny decoder for the previews (default: `decoder`; without
+    either, the linear latent->RGB map). With `request.step_cache` the UNet reuses its deep features between
     evaluations (models/step_cache.py)."""
     count = len(seeds)
     drawn, generators = initial_noise(seeds, latent_shape(components, prepared.width, prepared.height))
@@ -243,12 +245,13 @@ def denoise_batch(request: GenerationRequest, components: ModelComponents, prepa
         noise = chaos_noise(drawn, seeds[0], request.chaos) if request.chaos is not None else drawn
     scheduler = build_scheduler(request.sampler, components.scheduler_config, seeds)
     stopped = {"flag": False}
+    previewer = decoder if previewer is None else previewer
 
     def on_step(pipe, step, timestep, tensors):
         done, total = step + 1, pipe.num_timesteps
         preview = None
         if progress.previews and (done % PREVIEW_EVERY == 0 or done == total):
-            preview = preview_image(tensors["latents"], components.vae, PREVIEW_SIDE, decoder=decoder)
+            preview = preview_image(tensors["latents"], components.vae, PREVIEW_SIDE, decoder=previewer)
         progress(ProgressEvent("denoise", done, total, batch, request.batch_count(), preview=preview))
         if progress.stop_requested():
             stopped["flag"] = True
@@ -335,7 +338,8 @@ def switch_point(request: GenerationRequest) -> float:
 
 def denoise_sdxl_batch(request: GenerationRequest, components: ModelComponents, prepared: PreparedInput,
                        seeds: list[int], pairs: list[tuple[str, str]], cache: dict, device, dtype, batch: int,
-                       progress: Progress, refiner: ModelComponents | None, decoder=None) -> list[Image.Image]:
+                       progress: Progress, refiner: ModelComponents | None, decoder=None,
+                       previewer=None) -> list[Image.Image]:
     """One batch of an SDXL model, optionally finished by a refiner (each with its own encoders)."""
     conditioning = sdxl_conditioning(components, pairs, device, dtype, cache)
     refine_with = None
@@ -344,7 +348,7 @@ def denoise_sdxl_batch(request: GenerationRequest, components: ModelComponents, 
         refine_with = (refiner, refined, prepared)
     return denoise_batch(request, components, prepared, seeds, conditioning.cond, conditioning.uncond, device, dtype,
                          batch, progress, sdxl=sdxl_arguments(conditioning, prepared), refine_with=refine_with,
-                         decoder=decoder)
+                         decoder=decoder, previewer=previewer)
 
 
 def refine(request: GenerationRequest, refiner: ModelComponents, conditioning: SDXLConditioning,

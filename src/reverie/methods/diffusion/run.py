@@ -20,7 +20,7 @@ import torch
 
 from ... import __version__
 from ...device import available_memory, check_fits, estimate_peak_bytes, pick_device, pick_dtype
-from ...errors import BadRequest
+from ...errors import BadCheckpoint, BadRequest, ModelNotFound
 from ...models.batch_invariance import steady_rows
 from ...models.cache import ModelCache
 from ...models.components import ModelComponents
@@ -70,6 +70,7 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
     prepared = prepare_input(request, components)
     refiner = refiner_model(models, request, components, device, dtype)
     decoder = tiny_decoder(models, request, components, device, dtype)
+    previewer = decoder or (preview_decoder(models, components, device, dtype) if progress.previews else None)
     request = fit_memory(request, components, prepared, device, dtype)
     scorer = scorer_from(models, request.scorer) if request.score or request.rerank > 1 else None
     loaded = time.perf_counter()
@@ -81,7 +82,7 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
     # candidate again: the choice needs them all.
     skipped = request.made // request.n_samples if request.rerank == 1 and request.keep_only is None else 0
     batches = run_batches(candidates, components, prepared, device, dtype, progress, first=skipped, refiner=refiner,
-                          decoder=decoder)
+                          decoder=decoder, previewer=previewer)
     if request.keep_only is not None:
         batches = ([batch[request.keep_only]] for batch in batches)
     result = Result(request=request)
@@ -243,6 +244,20 @@ def tiny_decoder(models: ModelCache, request: GenerationRequest, components: Mod
 
     decoder = models.get(("tiny-decoder", str(path.resolve()), str(device), str(dtype)), load)
     check_decoder_fits(decoder, components.vae.config.latent_channels, components.vae_scale_factor, request.model)
+    return decoder
+
+
+def preview_decoder(models: ModelCache, components: ModelComponents, device: torch.device, dtype: torch.dtype):
+    """The models folder's tiny decoder for this model's live previews, when there is one that
+    fits (previews only: the pictures stay the VAE's); None otherwise, also when its files are
+    broken (a preview is not worth failing a request the VAE can make)."""
+    try:
+        path = find_tiny_decoder("tiny", components.family)
+        decoder = models.get(("tiny-decoder", str(path.resolve()), str(device), str(dtype)),
+                             lambda: load_tiny_decoder(path, dtype).to(device))
+        check_decoder_fits(decoder, components.vae.config.latent_channels, components.vae_scale_factor, components.name)
+    except (ModelNotFound, BadCheckpoint, BadRequest):
+        return None
     return decoder
 
 
