@@ -46,6 +46,8 @@ Combinatorial = Annotated[bool, typer.Option("--combinatorial", help="One pictur
 MaxCombinations = Annotated[int, typer.Option("--max-combinations", min=1, max=256, help="Combinatorial mode: make at most this many combinations (the first ones).")]
 Expand = Annotated[bool, typer.Option("--expand", help="Enrich each picture's prompt with words drawn from its seed (offline prompt expansion, as Fooocus does); the same seed, the same words.")]
 RefinerOpt = Annotated[Optional[str], typer.Option("--refiner", help="SDXL: a refiner model (name or path) that does the last part of the steps.")]
+StepCacheOpt = Annotated[Optional[int], typer.Option("--step-cache", min=1, max=10, help="Step caching: the UNet's deep features computed every N evaluations and reused in between (2 or 3: faster, pixels change a little; docs/speed.md).")]
+DecoderOpt = Annotated[str, typer.Option("--decoder", help="What makes the pixels: vae (the model's own) or tiny (TAESD from the models folder's taesd/ or taesdxl/: much faster, a little softer), or a path to one.")]
 RefinerSwitch = Annotated[float, typer.Option("--refiner-switch", min=0.01, max=0.99, help="SDXL with --refiner: the fraction of the steps the base model does (A1111's 'switch at').")]
 StrictCombinations = Annotated[bool, typer.Option("--strict-combinations", help="Combinatorial mode: refuse a prompt with more combinations than --max-combinations instead of making the first ones.")]
 
@@ -62,6 +64,10 @@ def _common(**kw) -> dict:
         max_combinations=kw.get("max_combinations", 32), strict_combinations=kw.get("strict_combinations", False),
         expand=kw.get("expand", False),
     )
+    if kw.get("step_cache"):
+        fields["step_cache"] = kw["step_cache"]
+    if kw.get("decoder", "vae") != "vae":
+        fields["decoder"] = kw["decoder"]
     if kw.get("refiner"):
         fields |= {"refiner": kw["refiner"], "refiner_switch": kw.get("refiner_switch", 0.8)}
     return fields
@@ -108,6 +114,7 @@ def generate(
     height: Height = None, steps: Steps = None, cfg_scale: Cfg = None, sampler: SamplerOpt = None,
     plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto",
     attention_slicing: Slicing = False, vae_tiling: Tiling = None, upscale: Upscale = None,
+    step_cache: StepCacheOpt = None, decoder: DecoderOpt = "vae",
     rerank: Rerank = 1, score: ScoreOpt = False, scorer: ScorerOpt = "mini",
     style: StyleOpt = None, stylize: Stylize = None, combinatorial: Combinatorial = False,
     max_combinations: MaxCombinations = 32, strict_combinations: StrictCombinations = False, expand: Expand = False,
@@ -147,7 +154,7 @@ GAN_IGNORES = (("--negative", "negative", ""), ("--steps", "steps", None), ("--c
                ("--expand", "expand", False),
                ("--attention-slicing", "attention_slicing", False), ("--vae-tiling", "vae_tiling", None),
                ("--tile", "tile", False), ("--chaos", "chaos", None), ("--ar", "aspect", None),
-               ("--refiner", "refiner", None))
+               ("--refiner", "refiner", None), ("--step-cache", "step_cache", None), ("--decoder", "decoder", "vae"))
 
 
 def _gan_fields(given: dict, text: str | None) -> dict:
@@ -172,6 +179,7 @@ def img2img(
     height: Height = None, steps: Steps = None, cfg_scale: Cfg = None, sampler: SamplerOpt = None,
     plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto",
     attention_slicing: Slicing = False, vae_tiling: Tiling = None, upscale: Upscale = None,
+    step_cache: StepCacheOpt = None, decoder: DecoderOpt = "vae",
     rerank: Rerank = 1, score: ScoreOpt = False, scorer: ScorerOpt = "mini",
     style: StyleOpt = None, stylize: Stylize = None, combinatorial: Combinatorial = False,
     max_combinations: MaxCombinations = 32, strict_combinations: StrictCombinations = False, expand: Expand = False,
@@ -191,6 +199,7 @@ def variations(
     height: Height = None, steps: Steps = None, cfg_scale: Cfg = None, sampler: SamplerOpt = None,
     plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto",
     attention_slicing: Slicing = False, vae_tiling: Tiling = None, upscale: Upscale = None,
+    step_cache: StepCacheOpt = None, decoder: DecoderOpt = "vae",
     rerank: Rerank = 1, score: ScoreOpt = False, scorer: ScorerOpt = "mini",
     style: StyleOpt = None, stylize: Stylize = None, combinatorial: Combinatorial = False,
     max_combinations: MaxCombinations = 32, strict_combinations: StrictCombinations = False, expand: Expand = False,
@@ -211,6 +220,7 @@ def inpaint(
     height: Height = None, steps: Steps = None, cfg_scale: Cfg = None, sampler: SamplerOpt = None,
     plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto",
     attention_slicing: Slicing = False, vae_tiling: Tiling = None, upscale: Upscale = None,
+    step_cache: StepCacheOpt = None, decoder: DecoderOpt = "vae",
     rerank: Rerank = 1, score: ScoreOpt = False, scorer: ScorerOpt = "mini",
     style: StyleOpt = None, stylize: Stylize = None, combinatorial: Combinatorial = False,
     max_combinations: MaxCombinations = 32, strict_combinations: StrictCombinations = False, expand: Expand = False,
@@ -235,6 +245,7 @@ def outpaint(
     steps: Steps = None, cfg_scale: Cfg = None, sampler: SamplerOpt = None,
     plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto",
     attention_slicing: Slicing = False, vae_tiling: Tiling = None, upscale: Upscale = None,
+    step_cache: StepCacheOpt = None, decoder: DecoderOpt = "vae",
     rerank: Rerank = 1, score: ScoreOpt = False, scorer: ScorerOpt = "mini",
     style: StyleOpt = None, stylize: Stylize = None, combinatorial: Combinatorial = False,
     max_combinations: MaxCombinations = 32, strict_combinations: StrictCombinations = False, expand: Expand = False,

@@ -120,6 +120,10 @@ def parse_a1111_parameters(text: str) -> dict:
         fields["strength"] = float(pairs["Denoising strength"])
     if pairs.get("Tiling") == "True":
         fields["tile"] = True
+    if pairs.get("Step cache", "").isdigit():
+        fields["step_cache"] = int(pairs["Step cache"])
+    if pairs.get("Decoder"):
+        fields["decoder"] = pairs["Decoder"]
     if "Model" in pairs and pairs["Model"]:
         fields["model"] = pairs["Model"]
     if pairs.get("Refiner"):

@@ -26,6 +26,7 @@ SERVER_CHOICES = {
     "prior": ("auto", "mini", "none"),
     "scorer": ("mini",),
     "features": ("builtin", "random", "clip"),
+    "decoder": ("vae", "tiny"),  # tiny: the models folder's taesd/ or taesdxl/, never a client's path
 }
 MAX_ITERATIONS = 5000  # a dream's iterations per studio request (a dream video's, all its frames')
 MAX_VIDEO_STEPS = 6000  # a video's denoising steps per studio request (made frames x steps)

@@ -19,6 +19,8 @@ from ...models.cache import ModelCache
 from ...errors import BadRequest
 from ...models.components import ModelComponents
 from ...models.lora import apply_loras
+from ...models.step_cache import step_cache
+from ...models.tiny_decoder import tiny_decode
 from ...pixels import to_pictures
 from ...progress import Interrupted, Progress, ProgressEvent
 from ...prompts.conditioning import SDXLConditioning, encode_prompt_batch, encode_sdxl_prompt_batch
@@ -170,10 +172,13 @@ def run_batches(
     progress: Progress,
     first: int = 0,
     refiner: ModelComponents | None = None,
+    decoder=None,
+    previewer=None,
 ) -> Iterator[list[tuple[Image.Image, int]]]:
     """Yield [(picture, seed), ...] at the working size for each of the request's batches, from
     batch number `first` on (the earlier ones were made by an earlier run). `refiner` (SDXL)
-    does the last part of each picture's steps (`refine`).
+    does the last part of each picture's steps (`refine`); `decoder` (a tiny decoder, or None
+    for the model's VAE) makes the pixels; `previewer` (a tiny decoder) the live previews.
 
     `request` has its sampling settings filled in (`with_defaults`). Each picture's prompt is its
     own (`picture_prompt`: the template's variant for its seed, styled); equal prompts are
@@ -204,13 +209,13 @@ def run_batches(
                 with apply_loras(components, uses):
                     if components.is_sdxl:
                         images = denoise_sdxl_batch(request, components, prepared, batch_seeds, pairs, cache, device,
-                                                    dtype, batch, progress, refiner)
+                                                    dtype, batch, progress, refiner, decoder, previewer)
                     else:
                         cond, uncond = encode_prompt_batch(pairs, components.tokenizer, components.text_encoder,
                                                            device=device, cache=cache)
                         cond, uncond = cond.to(device, dtype), uncond.to(device, dtype)
                         images = denoise_batch(request, components, prepared, batch_seeds, cond, uncond, device, dtype,
-                                               batch, progress)
+                                               batch, progress, decoder=decoder, previewer=previewer)
             yield list(zip(images, batch_seeds))
 
 
@@ -222,7 +227,7 @@ def latent_shape(components: ModelComponents, width: int, height: int) -> tuple[
 def denoise_batch(request: GenerationRequest, components: ModelComponents, prepared: PreparedInput, seeds: list[int],
                   cond: torch.Tensor, uncond: torch.Tensor, device, dtype, batch: int, progress: Progress,
                   noise: torch.Tensor | None = None, sdxl: dict | None = None,
-                  refine_with: tuple | None = None) -> list[Image.Image]:
+                  refine_with: tuple | None = None, decoder=None, previewer=None) -> list[Image.Image]:
     """One batch of pictures at the working size, one per seed, from encoded prompts.
 
     Each seed's CPU generator draws its starting latents and then feeds the sampler's fresh
@@ -230,19 +235,23 @@ def denoise_batch(request: GenerationRequest, components: ModelComponents, prepa
     (a video's walk slerps it between seeds); the generators still feed the sampler.
     `sdxl` holds an SDXL model's further pipeline arguments (pooled text, size/crop time ids);
     `refine_with` = (refiner, its conditioning, prepared): the base stops at the switch and the
-    refiner finishes."""
+    refiner finishes. `decoder`: a tiny decoder to make the pixels (and previews) with, in place
+    of the model's VAE; `previewer`: a tiny decoder for the previews (default: `decoder`; without
+    either, the linear latent->RGB map). With `request.step_cache` the UNet reuses its deep features between
+    evaluations (models/step_cache.py)."""
     count = len(seeds)
     drawn, generators = initial_noise(seeds, latent_shape(components, prepared.width, prepared.height))
     if noise is None:
         noise = chaos_noise(drawn, seeds[0], request.chaos) if request.chaos is not None else drawn
     scheduler = build_scheduler(request.sampler, components.scheduler_config, seeds)
     stopped = {"flag": False}
+    previewer = decoder if previewer is None else previewer
 
     def on_step(pipe, step, timestep, tensors):
         done, total = step + 1, pipe.num_timesteps
         preview = None
         if progress.previews and (done % PREVIEW_EVERY == 0 or done == total):
-            preview = preview_image(tensors["latents"], components.vae, PREVIEW_SIDE)
+            preview = preview_image(tensors["latents"], components.vae, PREVIEW_SIDE, decoder=previewer)
         progress(ProgressEvent("denoise", done, total, batch, request.batch_count(), preview=preview))
         if progress.stop_requested():
             stopped["flag"] = True
@@ -256,13 +265,28 @@ def denoise_batch(request: GenerationRequest, components: ModelComponents, prepa
         eta=request.eta,
         generator=generators,
         callback_on_step_end=on_step,
-        output_type="pt",
+        output_type="pt" if decoder is None else "latent",
     )
-    strength = request.effective_strength
     if sdxl is not None:
         common |= sdxl
         if refine_with is not None:
             common |= {"denoising_end": switch_point(request), "output_type": "latent"}
+    with step_cache(components.unet, request.step_cache):
+        out = _denoise(request, components, prepared, count, noise, scheduler, device, dtype, common)
+    if stopped["flag"]:
+        raise Interrupted()  # the batch was cut short: its half-made pictures are not results
+    if refine_with is not None:
+        out = refine(request, *refine_with, out.images, seeds, generators, on_step, decoder)
+        if stopped["flag"]:
+            raise Interrupted()
+    progress(ProgressEvent("decode", batch=batch, batches=request.batch_count()))
+    return to_pictures(out.images if decoder is None else tiny_decode(decoder, out.images))
+
+
+def _denoise(request: GenerationRequest, components: ModelComponents, prepared: PreparedInput, count: int,
+             noise: torch.Tensor, scheduler, device, dtype, common: dict):
+    """The mode's pipeline run over a batch (denoise_batch's arguments)."""
+    strength = request.effective_strength
     if request.mode == "txt2img":
         pipe = pipeline_for(components, "txt2img", scheduler)
         out = pipe(height=prepared.height, width=prepared.width, num_inference_steps=request.steps,
@@ -278,14 +302,7 @@ def denoise_batch(request: GenerationRequest, components: ModelComponents, prepa
                    height=prepared.height, width=prepared.width, strength=strength,
                    num_inference_steps=request.steps if full else denoising_steps(request.steps, strength),
                    latents=noise.to(device, dtype) if full else None, **common)
-    if stopped["flag"]:
-        raise Interrupted()  # the batch was cut short: its half-made pictures are not results
-    if refine_with is not None:
-        out = refine(request, *refine_with, out.images, seeds, generators, on_step)
-        if stopped["flag"]:
-            raise Interrupted()
-    progress(ProgressEvent("decode", batch=batch, batches=request.batch_count()))
-    return to_pictures(out.images)
+    return out
 
 
 # ----------------------------------------------------------------------------- SDXL
@@ -321,7 +338,8 @@ def switch_point(request: GenerationRequest) -> float:
 
 def denoise_sdxl_batch(request: GenerationRequest, components: ModelComponents, prepared: PreparedInput,
                        seeds: list[int], pairs: list[tuple[str, str]], cache: dict, device, dtype, batch: int,
-                       progress: Progress, refiner: ModelComponents | None) -> list[Image.Image]:
+                       progress: Progress, refiner: ModelComponents | None, decoder=None,
+                       previewer=None) -> list[Image.Image]:
     """One batch of an SDXL model, optionally finished by a refiner (each with its own encoders)."""
     conditioning = sdxl_conditioning(components, pairs, device, dtype, cache)
     refine_with = None
@@ -329,11 +347,12 @@ def denoise_sdxl_batch(request: GenerationRequest, components: ModelComponents, 
         refined = sdxl_conditioning(refiner, pairs, device, dtype, cache.setdefault("refiner", {}))
         refine_with = (refiner, refined, prepared)
     return denoise_batch(request, components, prepared, seeds, conditioning.cond, conditioning.uncond, device, dtype,
-                         batch, progress, sdxl=sdxl_arguments(conditioning, prepared), refine_with=refine_with)
+                         batch, progress, sdxl=sdxl_arguments(conditioning, prepared), refine_with=refine_with,
+                         decoder=decoder, previewer=previewer)
 
 
 def refine(request: GenerationRequest, refiner: ModelComponents, conditioning: SDXLConditioning,
-           prepared: PreparedInput, latents: torch.Tensor, seeds: list[int], generators, on_step):
+           prepared: PreparedInput, latents: torch.Tensor, seeds: list[int], generators, on_step, decoder=None):
     """The refiner's stage: the base's half-denoised latents, denoised from the switch to the end.
 
     Every mode refines through the img2img pipeline (the latents are the picture): inpaint and
@@ -344,9 +363,9 @@ def refine(request: GenerationRequest, refiner: ModelComponents, conditioning: S
     pipe = pipeline_for(refiner, "img2img", scheduler)
     strength = request.effective_strength
     steps = request.steps if request.mode == "txt2img" or strength >= 1 else denoising_steps(request.steps, strength)
-    with vae_dtype_kept(refiner):
+    with vae_dtype_kept(refiner), step_cache(refiner.unet, request.step_cache):
         return pipe(image=latents.to(refiner.unet.dtype), num_inference_steps=steps, strength=max(strength, 1e-3),
                     denoising_start=switch_point(request), prompt_embeds=conditioning.cond,
                     negative_prompt_embeds=conditioning.uncond, guidance_scale=request.guidance_scale(),
-                    eta=request.eta, generator=generators, callback_on_step_end=on_step, output_type="pt",
-                    **sdxl_arguments(conditioning, prepared))
+                    eta=request.eta, generator=generators, callback_on_step_end=on_step,
+                    output_type="pt" if decoder is None else "latent", **sdxl_arguments(conditioning, prepared))

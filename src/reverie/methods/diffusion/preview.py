@@ -3,6 +3,8 @@
 Decoding with the VAE at every step would cost as much as the picture itself on a CPU. Instead
 each model gets a linear map from its latent channels to RGB, fitted once by encoding a few
 plain-colour swatches through its own autoencoder; a preview is then one small matrix product.
+A request decoding with a tiny decoder (TAESD) previews with it: a real decode, at a few
+percent of the VAE's cost.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import weakref
 import torch
 from PIL import Image
 
+from ...models.tiny_decoder import tiny_decode
 from ...pixels import to_picture
 
 # Per autoencoder, forgotten with it (an id() key could be reused by a later model).
@@ -37,8 +40,11 @@ def fit_latent_to_rgb(vae) -> torch.Tensor:
     return _FITTED[vae]
 
 
-def preview_image(latents: torch.Tensor, vae, size: int | None = None) -> Image.Image:
-    """A picture of the batch's latents side by side, each upscaled to about `size` pixels."""
+def preview_image(latents: torch.Tensor, vae, size: int | None = None, decoder=None) -> Image.Image:
+    """A picture of the batch's latents side by side, each upscaled to about `size` pixels
+    (decoded by `decoder`, a tiny decoder, when given: then each is brought to about `size`)."""
+    if decoder is not None:
+        return _decoded_preview(latents, decoder, size)
     weights = fit_latent_to_rgb(vae)
     latents = latents.detach().float().cpu()
     rgb = torch.einsum("bchw,cd->dhbw", latents, weights[:-1]) + weights[-1].view(3, 1, 1, 1)
@@ -47,4 +53,14 @@ def preview_image(latents: torch.Tensor, vae, size: int | None = None) -> Image.
     if size:
         factor = max(1, size // height)
         picture = picture.resize((picture.width * factor, picture.height * factor), Image.NEAREST)
+    return picture
+
+
+def _decoded_preview(latents: torch.Tensor, decoder, size: int | None) -> Image.Image:
+    rgb = tiny_decode(decoder, latents.detach()).cpu()  # [N, 3, H, W]
+    batch, channels, height, width = rgb.shape
+    picture = to_picture(rgb.permute(1, 2, 0, 3).reshape(channels, height, batch * width))
+    if size and height > size:
+        factor = size / height
+        picture = picture.resize((max(1, round(picture.width * factor)), size), Image.BILINEAR)
     return picture

@@ -94,6 +94,14 @@ class GenerationRequest(BaseRequest):
     # The Midjourney parameters typed after the prompt (`--ar 16:9 --no cars`), as read: recorded
     # for the metadata, never applied again (the prompt they were taken from is kept without them).
     prompt_parameters: dict = {}
+    # Step caching (models/step_cache.py): the UNet's deep features computed whole every this many
+    # evaluations and reused in between. Faster; changes pixels a little (1: whole every time, the
+    # same pixels as None, off).
+    step_cache: int | None = Field(None, ge=1, le=10)
+    # What turns latents into pixels: the model's own VAE, or a tiny decoder (TAESD, much faster,
+    # a little softer): "tiny" finds it in the models folder (taesd/, taesdxl/), or a path to one.
+    # See models/tiny_decoder.py.
+    decoder: str = "vae"
 
     @model_validator(mode="before")
     @classmethod
@@ -141,6 +149,9 @@ class GenerationRequest(BaseRequest):
                                                                   or self.effective_strength < 1):
             raise BadRequest("chaos", f"mixes the starting noise of pictures drawn from noise (txt2img, inpaint and "
                              f"outpaint at strength 1); for mode {self.mode} the strength sets how far pictures wander")
+        if self.tile and self.decoder != "vae":
+            raise BadRequest("decoder", "seamless tiles (tile) are decoded by the model's own VAE, padded circularly; "
+                                        "leave the decoder out (vae) or tile out")
         if self.sampler == "lcm" and (self.steps or 0) > 50:
             raise ValueError("the lcm sampler takes at most 50 steps (steps)")
         return self

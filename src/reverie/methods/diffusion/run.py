@@ -20,11 +20,12 @@ import torch
 
 from ... import __version__
 from ...device import available_memory, check_fits, estimate_peak_bytes, pick_device, pick_dtype
-from ...errors import BadRequest
+from ...errors import BadCheckpoint, BadRequest, ModelNotFound
 from ...models.batch_invariance import steady_rows
 from ...models.cache import ModelCache
 from ...models.components import ModelComponents
 from ...models.registry import default_model, load_model
+from ...models.tiny_decoder import check_decoder_fits, find_tiny_decoder, load_tiny_decoder
 from ...outputs.files import Outputs
 from ...outputs.metadata import a1111_parameters, read_png_info, reverie_metadata
 from ...progress import Interrupted, Progress, ProgressEvent
@@ -68,6 +69,8 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
     request = request.with_defaults(components.sampling)
     prepared = prepare_input(request, components)
     refiner = refiner_model(models, request, components, device, dtype)
+    decoder = tiny_decoder(models, request, components, device, dtype)
+    previewer = decoder or (preview_decoder(models, components, device, dtype) if progress.previews else None)
     request = fit_memory(request, components, prepared, device, dtype)
     scorer = scorer_from(models, request.scorer) if request.score or request.rerank > 1 else None
     loaded = time.perf_counter()
@@ -78,7 +81,8 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
     # whole (a picture is bit-for-bit the same only with its whole batch). Best-of makes every
     # candidate again: the choice needs them all.
     skipped = request.made // request.n_samples if request.rerank == 1 and request.keep_only is None else 0
-    batches = run_batches(candidates, components, prepared, device, dtype, progress, first=skipped, refiner=refiner)
+    batches = run_batches(candidates, components, prepared, device, dtype, progress, first=skipped, refiner=refiner,
+                          decoder=decoder, previewer=previewer)
     if request.keep_only is not None:
         batches = ([batch[request.keep_only]] for batch in batches)
     result = Result(request=request)
@@ -160,6 +164,10 @@ def _parameter_fields(settings: dict, seed: int, size: tuple[int, int], request:
     if settings.get("refiner"):
         fields["Refiner"] = settings["refiner"]  # as A1111 records its refiner
         fields["Refiner switch at"] = f"{settings['refiner_switch']:g}"
+    if settings.get("step_cache"):
+        fields["Step cache"] = settings["step_cache"]
+    if settings.get("decoder", "vae") != "vae":
+        fields["Decoder"] = settings["decoder"]
     if (settings.get("upscale") or 1) > 1:
         fields["Hires upscale"] = settings["upscale"]
         fields["Hires upscaler"] = "reverie 4x"
@@ -221,6 +229,36 @@ def refiner_model(models: ModelCache, request: GenerationRequest, components: Mo
         raise BadRequest("refiner", f"{request.refiner} is a {refiner.family} model, not an SDXL refiner "
                                     "(or SDXL base); name an SDXL model")
     return refiner
+
+
+def tiny_decoder(models: ModelCache, request: GenerationRequest, components: ModelComponents,
+                 device: torch.device, dtype: torch.dtype):
+    """The tiny decoder the request names (models/tiny_decoder.py), loaded through the cache, on
+    `device` in `dtype`; None for the model's own VAE."""
+    if request.decoder == "vae":
+        return None
+    path = find_tiny_decoder(request.decoder, components.family)
+
+    def load():
+        return load_tiny_decoder(path, dtype).to(device)
+
+    decoder = models.get(("tiny-decoder", str(path.resolve()), str(device), str(dtype)), load)
+    check_decoder_fits(decoder, components.vae.config.latent_channels, components.vae_scale_factor, request.model)
+    return decoder
+
+
+def preview_decoder(models: ModelCache, components: ModelComponents, device: torch.device, dtype: torch.dtype):
+    """The models folder's tiny decoder for this model's live previews, when there is one that
+    fits (previews only: the pictures stay the VAE's); None otherwise, also when its files are
+    broken (a preview is not worth failing a request the VAE can make)."""
+    try:
+        path = find_tiny_decoder("tiny", components.family)
+        decoder = models.get(("tiny-decoder", str(path.resolve()), str(device), str(dtype)),
+                             lambda: load_tiny_decoder(path, dtype).to(device))
+        check_decoder_fits(decoder, components.vae.config.latent_channels, components.vae_scale_factor, components.name)
+    except (ModelNotFound, BadCheckpoint, BadRequest):
+        return None
+    return decoder
 
 
 def sdxl_memory(components: ModelComponents, dtype: torch.dtype) -> dict:

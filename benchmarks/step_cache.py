@@ -1,0 +1,141 @@
+"""Speed options that change pixels: step caching and the tiny decoder (issue 22).
+
+1. Step caching (`--step-cache N`, models/step_cache.py) on reverie-mini and on a random-weight
+   SD1.5-architecture model (reverie's shipped configs/sd1) at 256 px: seconds per request
+   (text encoding, sampling and decoding; the best of `--repeats`, after a warm-up), the speed-up
+   over no caching and the PSNR of each picture against the one made without it (min / mean).
+   On random weights the PSNR says how far the latents move, not how a picture looks; on mini it
+   is the quality cost the tests hold a floor on.
+2. Decoding a 512 px picture (64x64 latents) with a random-weight SD VAE and with TAESD's
+   architecture (diffusers' AutoencoderTiny): the best of `--repeats` seconds each.
+
+    OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 PYTHONPATH=src .venv/bin/python benchmarks/step_cache.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from importlib import resources
+
+import numpy as np
+import torch
+
+
+def sd15_components():
+    """SD1.5's architecture with random weights (as benchmarks/txt2img_vs_diffusers.py builds it)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from reverie.models.batch_invariance import steady_rows
+    from reverie.models.clip_tokenizer import clip_tokenizer
+    from reverie.models.components import ModelComponents
+
+    root = resources.files("reverie.models") / "configs" / "sd1"
+    read = lambda part: json.loads((root / part / "config.json").read_text())  # noqa: E731
+    torch.manual_seed(0)
+    unet = steady_rows(UNet2DConditionModel.from_config(read("unet")).eval())
+    vae = AutoencoderKL.from_config(read("vae")).eval()
+    text_config = {k: v for k, v in read("text_encoder").items() if not k.startswith("_")}
+    text_encoder = CLIPTextModel(CLIPTextConfig(**text_config)).eval()
+    schedule = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
+    return ModelComponents("sd15-random", unet, vae, text_encoder, clip_tokenizer(), schedule, family="sd1")
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean())
+    return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
+
+
+def timed(studio, request, repeats: int):
+    """(best seconds, pictures as arrays) of `repeats` runs."""
+    best, pictures = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = studio.generate(request)
+        best = min(best, time.perf_counter() - start)
+        pictures = [np.asarray(image.image) for image in result.images]
+    return best, pictures
+
+
+def step_cache_rows(studio, model: str, args) -> list[str]:
+    from reverie.studio import make_request
+
+    base = dict(model=model, prompt=args.prompt, width=args.size, height=args.size, steps=args.steps,
+                sampler=args.sampler, cfg_scale=args.cfg, seed=args.seed, n_samples=args.n, upscale=1, device="cpu",
+                dtype="fp32")
+    rows, reference, off_seconds = [], None, None
+    studio.generate(make_request(**base | {"steps": 2}))  # warm-up: load, first-call costs
+    for interval in (None, *args.intervals):
+        seconds, pictures = timed(studio, make_request(**base, step_cache=interval), args.repeats)
+        if interval is None:
+            reference, off_seconds = pictures, seconds
+        scores = [psnr(a, b) for a, b in zip(reference, pictures)]
+        quality = "-" if interval is None else f"{min(scores):.1f} / {np.mean(scores):.1f}"
+        rows.append(f"| {model} | {interval or 'off'} | {seconds:.2f} | {off_seconds / seconds:.2f}x | {quality} |")
+        print(rows[-1], flush=True)
+    return rows
+
+
+def decode_rows(args) -> list[str]:
+    from diffusers import AutoencoderKL, AutoencoderTiny
+
+    from reverie.models.tiny_decoder import tiny_decode
+
+    root = resources.files("reverie.models") / "configs" / "sd1"
+    torch.manual_seed(0)
+    vae = AutoencoderKL.from_config(json.loads((root / "vae" / "config.json").read_text())).eval()
+    tiny = AutoencoderTiny().eval()
+    latents = torch.randn(1, 4, args.decode_size // 8, args.decode_size // 8)
+
+    def best(decode) -> float:
+        times = []
+        with torch.no_grad():
+            for _ in range(args.repeats + 1):
+                start = time.perf_counter()
+                decode()
+                times.append(time.perf_counter() - start)
+        return min(times[1:])
+
+    vae_s = best(lambda: vae.decode(latents / vae.config.scaling_factor))
+    tiny_s = best(lambda: tiny_decode(tiny, latents))
+    return [f"| SD VAE (AutoencoderKL) | {vae_s:.2f} | 1.00x |",
+            f"| TAESD (AutoencoderTiny) | {tiny_s:.3f} | {vae_s / tiny_s:.0f}x |"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=["mini", "sd15-random"])
+    parser.add_argument("--intervals", nargs="+", type=int, default=[2, 3, 5])
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--sampler", default="dpmpp_2m_karras")
+    parser.add_argument("--cfg", type=float, default=4.0)
+    parser.add_argument("--n", type=int, default=1, help="pictures per request")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--prompt", default="red apple, Noto emoji")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--decode-size", type=int, default=512)
+    parser.add_argument("--skip-decode", action="store_true", help="leave out the decoder table")
+    args = parser.parse_args()
+
+    from reverie.studio import Studio
+
+    studio = Studio(device="cpu")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.size} px, {args.steps} steps, "
+          f"{args.sampler}, CFG {args.cfg:g}, {args.n} pictures a request, best of {args.repeats}")
+    print("\n| model | step cache | s | speed-up | PSNR dB min / mean |\n|---|---|---:|---:|---|")
+    for model in args.models:
+        if model == "sd15-random":
+            studio.models.put(("diffusion", model, "cpu", str(torch.float32)), sd15_components())
+        step_cache_rows(studio, model, args)
+    if args.skip_decode:
+        return
+    print(f"\nDecoding one {args.decode_size} px picture\n\n| decoder | s | speed-up |\n|---|---:|---:|")
+    for row in decode_rows(args):
+        print(row)
+
+
+if __name__ == "__main__":
+    main()
