@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from test_jobs_celery import SRC
-from test_server_durability import png
+from test_server_durability import png, small_gallery
 
 NEWEST = "0004_seed_64_bit"
 
@@ -23,23 +23,6 @@ def serve_check(data: Path, database: str) -> subprocess.CompletedProcess:
     env = {key: value for key, value in os.environ.items() if not key.startswith("REVERIE_")} | {"PYTHONPATH": str(SRC)}
     return subprocess.run([sys.executable, "-m", "reverie", "serve", "--check", "--data", str(data), "--database", database],
                           capture_output=True, text=True, env=env, timeout=120)
-
-
-def small_gallery(folder: Path, database: str):
-    from reverie.gallery.store import Gallery
-
-    gallery = Gallery(folder, database)
-    try:
-        user = gallery.add_user("ann", "pw")
-        job = gallery.add_job(user.id, "txt2img", {"prompt": "x"}, capacity=10)
-        for index in range(2):
-            source = folder / f"made-{index}.png"
-            source.write_bytes(png((index * 100, 0, 0)))
-            gallery.add_image(job, index, source, "x", 10 + index, {"index": index})
-            source.unlink()
-        return job
-    finally:
-        gallery.engine.dispose()
 
 
 def sql(database: str, statement: str) -> None:

@@ -341,20 +341,24 @@ def test_kill_9_then_restart_makes_each_seed_exactly_once(tmp_path, moment):
 
 
 # -- a broken database --------------------------------------------------------------------------
-def small_gallery(folder: Path):
+def small_gallery(folder: Path, database: str | None = None, credits: int = 5):
+    """A gallery with one user (`credits` granted) and one job of two pictures, closed again."""
     from reverie.gallery.store import Gallery
 
-    gallery = Gallery(folder)
-    user = gallery.add_user("ann", "pw")
-    gallery.grant(user.id, 5)
-    job = gallery.add_job(user.id, "txt2img", {"prompt": "x"}, capacity=10)
-    for index in range(2):
-        source = folder / f"made-{index}.png"
-        source.write_bytes(png((index * 100, 0, 0)))
-        gallery.add_image(job, index, source, "x", 10 + index, {"index": index})
-        source.unlink()
-    gallery.engine.dispose()  # the last connection closes: the WAL is folded into the file
-    return job
+    gallery = Gallery(folder, database)
+    try:
+        user = gallery.add_user("ann", "pw")
+        if credits:
+            gallery.grant(user.id, credits)
+        job = gallery.add_job(user.id, "txt2img", {"prompt": "x"}, capacity=10)
+        for index in range(2):
+            source = folder / f"made-{index}.png"
+            source.write_bytes(png((index * 100, 0, 0)))
+            gallery.add_image(job, index, source, "x", 10 + index, {"index": index})
+            source.unlink()
+        return job
+    finally:
+        gallery.engine.dispose()  # the last connection closes: on SQLite the WAL is folded into the file
 
 
 @pytest.mark.parametrize("damage", ["empty", "truncated", "garbage"])
