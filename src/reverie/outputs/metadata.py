@@ -113,6 +113,8 @@ def parse_a1111_parameters(text: str) -> dict:
         fields["strength"] = float(pairs["Denoising strength"])
     if pairs.get("Tiling") == "True":
         fields["tile"] = True
+    if pairs.get("Runtime") in ("torch", "openvino"):
+        fields["runtime"] = pairs["Runtime"]
     if "Model" in pairs and pairs["Model"]:
         fields["model"] = pairs["Model"]
     if pairs.get("Refiner"):

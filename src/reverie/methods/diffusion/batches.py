@@ -170,10 +170,12 @@ def run_batches(
     progress: Progress,
     first: int = 0,
     refiner: ModelComponents | None = None,
+    unet=None,
 ) -> Iterator[list[tuple[Image.Image, int]]]:
     """Yield [(picture, seed), ...] at the working size for each of the request's batches, from
     batch number `first` on (the earlier ones were made by an earlier run). `refiner` (SDXL)
-    does the last part of each picture's steps (`refine`).
+    does the last part of each picture's steps (`refine`); `unet` runs in place of the model's own
+    UNet (the OpenVINO runtime's).
 
     `request` has its sampling settings filled in (`with_defaults`). Each picture's prompt is its
     own (`picture_prompt`: the template's variant for its seed, styled); equal prompts are
@@ -200,6 +202,9 @@ def run_batches(
             else:
                 # LoRA tags out, embedding names in as their tokens; the LoRAs on only for this batch.
                 pairs, uses = batch_prompts(components, [plan(seed) for seed in batch_seeds])
+                if uses and unet is not None:
+                    raise BadRequest("runtime", "LoRAs change the UNet's weights as it runs, and the openvino "
+                                                "runtime cannot; use --runtime torch")
                 cache = encoded.setdefault(tuple(uses), {})
                 with apply_loras(components, uses):
                     if components.is_sdxl:
@@ -210,7 +215,7 @@ def run_batches(
                                                            device=device, cache=cache)
                         cond, uncond = cond.to(device, dtype), uncond.to(device, dtype)
                         images = denoise_batch(request, components, prepared, batch_seeds, cond, uncond, device, dtype,
-                                               batch, progress)
+                                               batch, progress, unet=unet)
             yield list(zip(images, batch_seeds))
 
 
@@ -222,7 +227,7 @@ def latent_shape(components: ModelComponents, width: int, height: int) -> tuple[
 def denoise_batch(request: GenerationRequest, components: ModelComponents, prepared: PreparedInput, seeds: list[int],
                   cond: torch.Tensor, uncond: torch.Tensor, device, dtype, batch: int, progress: Progress,
                   noise: torch.Tensor | None = None, sdxl: dict | None = None,
-                  refine_with: tuple | None = None) -> list[Image.Image]:
+                  refine_with: tuple | None = None, unet=None) -> list[Image.Image]:
     """One batch of pictures at the working size, one per seed, from encoded prompts.
 
     Each seed's CPU generator draws its starting latents and then feeds the sampler's fresh
@@ -230,7 +235,7 @@ def denoise_batch(request: GenerationRequest, components: ModelComponents, prepa
     (a video's walk slerps it between seeds); the generators still feed the sampler.
     `sdxl` holds an SDXL model's further pipeline arguments (pooled text, size/crop time ids);
     `refine_with` = (refiner, its conditioning, prepared): the base stops at the switch and the
-    refiner finishes."""
+    refiner finishes. `unet`, when given, runs in place of the model's own UNet."""
     count = len(seeds)
     drawn, generators = initial_noise(seeds, latent_shape(components, prepared.width, prepared.height))
     if noise is None:
@@ -264,15 +269,15 @@ def denoise_batch(request: GenerationRequest, components: ModelComponents, prepa
         if refine_with is not None:
             common |= {"denoising_end": switch_point(request), "output_type": "latent"}
     if request.mode == "txt2img":
-        pipe = pipeline_for(components, "txt2img", scheduler)
+        pipe = pipeline_for(components, "txt2img", scheduler, unet)
         out = pipe(height=prepared.height, width=prepared.width, num_inference_steps=request.steps,
                    latents=noise.to(device, dtype), **common)
     elif request.mode in ("img2img", "variations"):
-        pipe = pipeline_for(components, "img2img", scheduler)
+        pipe = pipeline_for(components, "img2img", scheduler, unet)
         out = pipe(image=[prepared.image] * count, strength=strength,
                    num_inference_steps=denoising_steps(request.steps, strength), **common)
     else:  # inpaint, outpaint
-        pipe = pipeline_for(components, "inpaint", scheduler)
+        pipe = pipeline_for(components, "inpaint", scheduler, unet)
         full = strength >= 1.0
         out = pipe(image=[prepared.image] * count, mask_image=[prepared.mask] * count,
                    height=prepared.height, width=prepared.width, strength=strength,

@@ -110,7 +110,7 @@ def run_shared(shares: list[Share], models, limit: int) -> None:
         fit_memory(requests[0].model_copy(update={"n_samples": widest}), components, prepared, device, dtype)
     except OutOfMemory:
         limit = 0
-    jobs = [_Job(share, request, prompt_plan(request), picture_settings(request, components),
+    jobs = [_Job(share, request, prompt_plan(request), picture_settings(request, components, dtype),
                  scorer_from(models, request.scorer) if request.score else None) for share, request in zip(shares, requests)]
     for job in jobs:
         job.share.request, job.share.result = job.request, Result(request=job.request)
