@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 RUNTIMES = ("auto", "torch", "openvino")
 EXPORT_FORMAT = 1  # bump when the exported graph changes (inputs, wrapper)
+AUTO_MIN_PARAMETERS = 100_000_000  # `auto` exports UNets this big (SD 1.x: 860M; reverie-mini: far less)
 COMPILED_SHAPES = 2  # input shapes kept compiled at once (each holds its own copy of the weights)
 IR_NAME = "unet.xml"
 DONE_NAME = "done.json"
@@ -54,7 +55,7 @@ def openvino_available() -> bool:
 
 
 def why_not_openvino(device: torch.device, dtype: torch.dtype, *, sdxl: bool = False, tile: bool = False,
-                     loras: bool = False) -> str | None:
+                     loras: bool = False, odd_latents: bool = False) -> str | None:
     """Why OpenVINO cannot run this request's UNet, or None when it can."""
     if not openvino_available():
         return "the openvino package is not installed (pip install -r requirements-speed.txt)"
@@ -68,18 +69,24 @@ def why_not_openvino(device: torch.device, dtype: torch.dtype, *, sdxl: bool = F
         return "seamless tiles change the UNet's padding as it runs; only torch can"
     if loras:
         return "LoRAs change the UNet's weights as it runs; only torch can"
+    if odd_latents:
+        # The export traces diffusers' "upsample to the skip connection's size" branch as not taken.
+        return "the picture's sides are not multiples of the UNet's own downsampling (64 px for SD)"
     return None
 
 
-def resolve_runtime(name: str, device: torch.device, dtype: torch.dtype, **request) -> str:
+def resolve_runtime(name: str, device: torch.device, dtype: torch.dtype, *, parameters: int = AUTO_MIN_PARAMETERS,
+                    **request) -> str:
     """`torch` or `openvino` for a request asking for `name` (auto, torch, openvino); asking for
-    openvino where it cannot run is a BadRequest that says why."""
+    openvino where it cannot run is a BadRequest that says why. `auto` takes OpenVINO only for
+    UNets of at least AUTO_MIN_PARAMETERS `parameters` (SD-sized ones), where its speed pays for
+    the export; toy and built-in models stay on torch."""
     if name == "torch":
         return "torch"
     reason = why_not_openvino(device, dtype, **request)
     if name == "openvino" and reason:
         raise BadRequest("runtime", f"openvino cannot run this request: {reason}; use --runtime torch or auto")
-    return "torch" if reason else "openvino"
+    return "torch" if reason or (name == "auto" and parameters < AUTO_MIN_PARAMETERS) else "openvino"
 
 
 # ----------------------------------------------------------------------------- the cache
@@ -104,7 +111,8 @@ def weights_fingerprint(unet, source: str = "") -> str:
     import openvino
 
     parts: dict = {"format": EXPORT_FORMAT, "openvino": openvino.__version__, "torch": torch.__version__,
-                   "diffusers": diffusers.__version__, "config": json.loads(json.dumps(dict(unet.config), default=str))}
+                   "diffusers": diffusers.__version__, "config": {key: value for key, value in json.loads(json.dumps(dict(unet.config), default=str)).items()
+                               if not key.startswith("_")}}  # diffusers' `_use_default_values` comes in any order
     path = Path(source) if source else None
     if path is not None and path.is_file():
         parts["file"] = _file_stamp(path)

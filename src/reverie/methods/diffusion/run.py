@@ -58,11 +58,18 @@ def asks_for_loras(request: GenerationRequest) -> bool:
     return "<lora:" in text or "<lyco:" in text
 
 
-def request_runtime(request: GenerationRequest, components: ModelComponents, device: torch.device,
-                    dtype: torch.dtype) -> str:
+def request_runtime(request: GenerationRequest, components: ModelComponents, prepared: PreparedInput,
+                    device: torch.device, dtype: torch.dtype) -> str:
     """The runtime (torch or openvino) that runs the request's UNet (models/openvino_runtime.py)."""
+    levels = len(getattr(components.unet.config, "block_out_channels", None) or [0]) - 1
+    odd = any((side // components.vae_scale_factor) % 2**levels for side in (prepared.width, prepared.height))
     return resolve_runtime(request.runtime, device, dtype, sdxl=components.is_sdxl, tile=request.tile,
-                           loras=asks_for_loras(request))
+                           loras=asks_for_loras(request), odd_latents=odd, parameters=unet_parameters(components.unet))
+
+
+def unet_parameters(unet) -> int:
+    """How many parameters the UNet has (0 for one that is not a torch module)."""
+    return sum(p.numel() for p in unet.parameters()) if isinstance(unet, torch.nn.Module) else 0
 
 
 def runtime_unet(models: ModelCache, request: GenerationRequest, components: ModelComponents, device: torch.device):
@@ -89,9 +96,9 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
     progress(ProgressEvent("load", message=f"loading {request.model}"))
     components = diffusion_model(models, request.model, device, dtype)
     request = request.with_defaults(components.sampling)
-    request = request.model_copy(update={"runtime": request_runtime(request, components, device, dtype)})
-    unet = runtime_unet(models, request, components, device)
     prepared = prepare_input(request, components)
+    request = request.model_copy(update={"runtime": request_runtime(request, components, prepared, device, dtype)})
+    unet = runtime_unet(models, request, components, device)
     refiner = refiner_model(models, request, components, device, dtype)
     request = fit_memory(request, components, prepared, device, dtype)
     scorer = scorer_from(models, request.scorer) if request.score or request.rerank > 1 else None

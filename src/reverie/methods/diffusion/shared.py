@@ -43,7 +43,8 @@ from .batches import denoise_batch, finish, prepare_input
 from .pipelines import circular_padding, memory_settings, vae_dtype_kept
 from .networks import batch_prompts
 from .request import GenerationRequest
-from .run import diffusion_model, fit_memory, picture_settings, resolve, run, with_scores, write_picture
+from .run import (diffusion_model, fit_memory, picture_settings, request_runtime, resolve, run, runtime_unet,
+                  with_scores, write_picture)
 
 # Fields that may differ between requests sharing a pass: what each picture is of, and how many.
 PER_REQUEST = {"prompt", "negative_prompt", "seed", "n_samples", "n_iter", "combinatorial", "max_combinations",
@@ -105,6 +106,11 @@ def run_shared(shares: list[Share], models, limit: int) -> None:
     requests = [request for request in fitted if request is not None]
     if not requests:
         return
+    # Each request's runtime as alone (a LoRA's prompt runs on torch; the others on OpenVINO
+    # where auto picks it): passes never mix them, since LoRAs have passes of their own.
+    requests = [request.model_copy(update={"runtime": request_runtime(request, components, prepared, device, dtype)})
+                for request in requests]
+    runtime_unets = {request.runtime: runtime_unet(models, request, components, device) for request in requests}
     widest = max(min(limit, request.made_count()) for request in requests)
     try:
         fit_memory(requests[0].model_copy(update={"n_samples": widest}), components, prepared, device, dtype)
@@ -122,7 +128,7 @@ def run_shared(shares: list[Share], models, limit: int) -> None:
                 _encode(piece, jobs[piece.share], components, device, dtype)
             pieces = [piece for piece in pieces if jobs[piece.share].share.error is None]
             for group in _passes(pieces, jobs):
-                made = _run_pass(group, jobs, components, prepared, device, dtype)
+                made = _run_pass(group, jobs, components, prepared, device, dtype, runtime_unets)
                 for piece, pictures in zip(group, made or []):
                     _write_piece(piece, pictures, jobs[piece.share], prepared, models)
     for job in jobs:
@@ -229,7 +235,7 @@ class _PassProgress(Progress):
         return not any(_active(share) for share in self.shares)
 
 
-def _run_pass(group: list[Piece], jobs: list[_Job], components, prepared, device, dtype) -> list | None:
+def _run_pass(group: list[Piece], jobs: list[_Job], components, prepared, device, dtype, unets: dict) -> list | None:
     """Denoise the group's pieces in one pass: each piece's pictures, or None when every
     request in it stopped (a cut-short pass makes no results)."""
     import torch
@@ -243,7 +249,7 @@ def _run_pass(group: list[Piece], jobs: list[_Job], components, prepared, device
         with memory_settings(components, bool(request.vae_tiling), request.attention_slicing), \
                 apply_loras(components, list(group[0].uses)):
             pictures = denoise_batch(request, components, prepared, seeds, cond, uncond, device, dtype,
-                                     group[0].batch, progress)
+                                     group[0].batch, progress, unet=unets.get(request.runtime))
     except Interrupted:
         for share in progress.shares:
             share.stopped = True
