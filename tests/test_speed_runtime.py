@@ -141,3 +141,10 @@ def test_openvino_pictures_do_not_depend_on_their_batch_mates(tmp_path):
     for offset, picture in enumerate(together):
         alone = studio.run(_request("openvino", seed=5 + offset), outdir=tmp_path / f"alone{offset}").images[0]
         assert np.array_equal(np.asarray(alone.image), np.asarray(picture.image)), offset
+
+
+def test_a1111_runtime_field_is_read_back():
+    from reverie.outputs.metadata import parse_a1111_parameters
+
+    assert parse_a1111_parameters("a cat\nSteps: 4, Seed: 1, Runtime: openvino")["runtime"] == "openvino"
+    assert "runtime" not in parse_a1111_parameters("a cat\nSteps: 4, Seed: 1, Runtime: tensorrt")

@@ -31,6 +31,7 @@ import shutil
 import tempfile
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from types import SimpleNamespace
@@ -152,7 +153,9 @@ def export_unet(unet, folder: Path) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=folder.name + ".partial-", dir=folder.parent))
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # The tracer's notes on diffusers' shape checks: the graph keeps the shapes dynamic.
+            warnings.simplefilter("ignore")
             model = ov.convert_model(_Traceable(unet).eval(), example_input=example, input=[
                 (ov.PartialShape([-1, channels, -1, -1]), ov.Type.f32),
                 (ov.PartialShape([]), ov.Type.f32),
