@@ -32,6 +32,7 @@ Seed = Annotated[Optional[int], typer.Option("--seed", help="First seed; picture
 Outdir = Annotated[Optional[Path], typer.Option("--outdir", "-o", help="Folder for the pictures.")]
 Dtype = Annotated[str, typer.Option("--dtype", help="auto, fp32, bf16 or fp16.")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
+RuntimeOpt = Annotated[str, typer.Option("--runtime", help="What runs the UNet: auto (OpenVINO for SD-sized models on the CPU when installed, else torch), torch or openvino.")]
 Slicing = Annotated[bool, typer.Option("--attention-slicing", help="Compute attention in slices (less memory, slower).")]
 Tiling = Annotated[Optional[bool], typer.Option("--vae-tiling/--no-vae-tiling", help="Decode in tiles (large sizes); automatic when left out.")]
 Strength = Annotated[Optional[float], typer.Option("--strength", help="How much to change the image: 0 keeps it, 1 replaces it.")]
@@ -58,7 +59,7 @@ def _common(**kw) -> dict:
         model=kw["model"], negative_prompt=kw["negative"], n_samples=kw["n_samples"], n_iter=kw["n_iter"],
         width=kw["width"], height=kw["height"], steps=kw["steps"], cfg_scale=kw["cfg_scale"],
         sampler="plms" if kw.get("plms") else kw["sampler"], seed=kw["seed"], dtype=kw["dtype"],
-        device=kw["device"], attention_slicing=kw["attention_slicing"], vae_tiling=kw["vae_tiling"],
+        device=kw["device"], runtime=kw.get("runtime", "auto"), attention_slicing=kw["attention_slicing"], vae_tiling=kw["vae_tiling"],
         upscale=kw.get("upscale"), rerank=kw.get("rerank", 1), score=kw.get("score", False), scorer=kw.get("scorer", "mini"),
         styles=list(kw.get("style") or []), stylize=kw.get("stylize"), combinatorial=kw.get("combinatorial", False),
         max_combinations=kw.get("max_combinations", 32), strict_combinations=kw.get("strict_combinations", False),
@@ -112,7 +113,7 @@ def generate(
     from_image: Annotated[Optional[Path], typer.Option("--from", help="Re-make the picture whose PNG carries these settings.")] = None,
     model: Model = None, negative: Negative = "", n_samples: Samples = 4, n_iter: Iters = 1, width: Width = None,
     height: Height = None, steps: Steps = None, cfg_scale: Cfg = None, sampler: SamplerOpt = None,
-    plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto",
+    plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto", runtime: RuntimeOpt = "auto",
     attention_slicing: Slicing = False, vae_tiling: Tiling = None, upscale: Upscale = None,
     step_cache: StepCacheOpt = None, decoder: DecoderOpt = "vae",
     rerank: Rerank = 1, score: ScoreOpt = False, scorer: ScorerOpt = "mini",
@@ -130,7 +131,8 @@ def generate(
     if from_image is not None:
         from .studio import request_from_picture
 
-        request = request_from_picture(from_image, model=model, device=None if device == "auto" else device)
+        request = request_from_picture(from_image, model=model, device=None if device == "auto" else device,
+                                       runtime=None if runtime == "auto" else runtime)
         _run(request, outdir or Path(f"outputs/{request.mode}"))
         return
     text = prompt if prompt is not None else prompt_opt
@@ -154,7 +156,8 @@ GAN_IGNORES = (("--negative", "negative", ""), ("--steps", "steps", None), ("--c
                ("--expand", "expand", False),
                ("--attention-slicing", "attention_slicing", False), ("--vae-tiling", "vae_tiling", None),
                ("--tile", "tile", False), ("--chaos", "chaos", None), ("--ar", "aspect", None),
-               ("--refiner", "refiner", None), ("--step-cache", "step_cache", None), ("--decoder", "decoder", "vae"))
+               ("--refiner", "refiner", None), ("--step-cache", "step_cache", None), ("--decoder", "decoder", "vae"),
+               ("--runtime", "runtime", "auto"))
 
 
 def _gan_fields(given: dict, text: str | None) -> dict:
@@ -177,7 +180,7 @@ def img2img(
     strength: Strength = None,
     model: Model = None, negative: Negative = "", n_samples: Samples = 4, n_iter: Iters = 1, width: Width = None,
     height: Height = None, steps: Steps = None, cfg_scale: Cfg = None, sampler: SamplerOpt = None,
-    plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto",
+    plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto", runtime: RuntimeOpt = "auto",
     attention_slicing: Slicing = False, vae_tiling: Tiling = None, upscale: Upscale = None,
     step_cache: StepCacheOpt = None, decoder: DecoderOpt = "vae",
     rerank: Rerank = 1, score: ScoreOpt = False, scorer: ScorerOpt = "mini",
@@ -197,7 +200,7 @@ def variations(
     strength: Strength = None,
     model: Model = None, negative: Negative = "", n_samples: Samples = 4, n_iter: Iters = 1, width: Width = None,
     height: Height = None, steps: Steps = None, cfg_scale: Cfg = None, sampler: SamplerOpt = None,
-    plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto",
+    plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto", runtime: RuntimeOpt = "auto",
     attention_slicing: Slicing = False, vae_tiling: Tiling = None, upscale: Upscale = None,
     step_cache: StepCacheOpt = None, decoder: DecoderOpt = "vae",
     rerank: Rerank = 1, score: ScoreOpt = False, scorer: ScorerOpt = "mini",
@@ -218,7 +221,7 @@ def inpaint(
     strength: Strength = None, mask_blur: MaskBlur = 4,
     model: Model = None, negative: Negative = "", n_samples: Samples = 4, n_iter: Iters = 1, width: Width = None,
     height: Height = None, steps: Steps = None, cfg_scale: Cfg = None, sampler: SamplerOpt = None,
-    plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto",
+    plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto", runtime: RuntimeOpt = "auto",
     attention_slicing: Slicing = False, vae_tiling: Tiling = None, upscale: Upscale = None,
     step_cache: StepCacheOpt = None, decoder: DecoderOpt = "vae",
     rerank: Rerank = 1, score: ScoreOpt = False, scorer: ScorerOpt = "mini",
@@ -243,7 +246,7 @@ def outpaint(
     mask_blur: MaskBlur = 8,
     model: Model = None, negative: Negative = "", n_samples: Samples = 4, n_iter: Iters = 1,
     steps: Steps = None, cfg_scale: Cfg = None, sampler: SamplerOpt = None,
-    plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto",
+    plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto", runtime: RuntimeOpt = "auto",
     attention_slicing: Slicing = False, vae_tiling: Tiling = None, upscale: Upscale = None,
     step_cache: StepCacheOpt = None, decoder: DecoderOpt = "vae",
     rerank: Rerank = 1, score: ScoreOpt = False, scorer: ScorerOpt = "mini",

@@ -28,17 +28,52 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs that compute bf16 natively
+
+
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The CPU's feature flags, from /proc/cpuinfo's first `flags` line (or from `cpuinfo`, the
+    text of one); empty where there is none (macOS, Windows)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return set(value.split())
+    return set()
+
+
+def native_bf16(flags: set[str]) -> bool:
+    """Whether a CPU with these flags computes bf16 natively (AVX512-BF16 or AMX-BF16)."""
+    return any(flag in flags for flag in NATIVE_BF16_FLAGS)
+
+
 @cache
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 natively (avx512_bf16 or AMX); without it bf16 is emulated,
-    many times slower than fp32 (a decoder training step: 30x on a 2-core AMD EPYC)."""
+    many times slower than fp32 (a decoder training step: 30x on a 2-core AMD EPYC; an SD 1.5
+    UNet step at 256 px: see benchmarks/README.md). Read from /proc/cpuinfo's flags; where
+    there is no /proc/cpuinfo, from what oneDNN says."""
+    flags = cpu_flags()
+    if flags:
+        return native_bf16(flags)
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    """`auto` is fp16 on CUDA/MPS and fp32 on the CPU (fp16 is slow and lossy there)."""
+def pick_dtype(name: str, device: torch.device, *, native_cpu_bf16: bool | None = None) -> torch.dtype:
+    """`auto` is fp16 on CUDA/MPS; on the CPU bf16 where the CPU computes it natively
+    (avx512_bf16 or amx_bf16 in its flags: about twice fp32's speed, a picture close to fp32's)
+    and fp32 elsewhere (emulated bf16 is several times slower than fp32; fp16 is slow and lossy
+    there). `native_cpu_bf16` overrides what the CPU's flags say (tests)."""
     if name == "auto":
-        return torch.float16 if device.type in ("cuda", "mps") else torch.float32
+        if device.type in ("cuda", "mps"):
+            return torch.float16
+        native = cpu_has_native_bf16() if native_cpu_bf16 is None else native_cpu_bf16
+        return torch.bfloat16 if native else torch.float32
     dtype = DTYPES[name]
     if dtype == torch.float16 and device.type == "cpu":
         raise BadRequest("dtype", "fp16 is not supported on the CPU; use fp32 or bf16")

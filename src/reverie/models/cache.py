@@ -81,7 +81,8 @@ class ModelCache:
         """Keep `value` under `key`, then drop the least recently used entries until the rest fit
         (the newest entry stays even when it alone is over the bound)."""
         with self._lock:
-            self._entries[key] = (value, module_bytes(value))
+            # A runtime's stand-in (the OpenVINO UNet) holds weights torch does not see: `weight_bytes`.
+            self._entries[key] = (value, module_bytes(value) + int(getattr(value, "weight_bytes", 0) or 0))
             self._entries.move_to_end(key)
             while len(self._entries) > 1 and self.bytes > self.max_bytes:
                 self._entries.popitem(last=False)

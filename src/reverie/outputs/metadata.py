@@ -124,6 +124,8 @@ def parse_a1111_parameters(text: str) -> dict:
         fields["step_cache"] = int(pairs["Step cache"])
     if pairs.get("Decoder"):
         fields["decoder"] = pairs["Decoder"]
+    if pairs.get("Runtime") in ("torch", "openvino"):
+        fields["runtime"] = pairs["Runtime"]
     if "Model" in pairs and pairs["Model"]:
         fields["model"] = pairs["Model"]
     if pairs.get("Refiner"):

@@ -174,11 +174,13 @@ def run_batches(
     refiner: ModelComponents | None = None,
     decoder=None,
     previewer=None,
+    unet=None,
 ) -> Iterator[list[tuple[Image.Image, int]]]:
     """Yield [(picture, seed), ...] at the working size for each of the request's batches, from
     batch number `first` on (the earlier ones were made by an earlier run). `refiner` (SDXL)
     does the last part of each picture's steps (`refine`); `decoder` (a tiny decoder, or None
-    for the model's VAE) makes the pixels; `previewer` (a tiny decoder) the live previews.
+    for the model's VAE) makes the pixels; `previewer` (a tiny decoder) the live previews; `unet`
+    runs in place of the model's own UNet (the OpenVINO runtime's).
 
     `request` has its sampling settings filled in (`with_defaults`). Each picture's prompt is its
     own (`picture_prompt`: the template's variant for its seed, styled); equal prompts are
@@ -205,6 +207,9 @@ def run_batches(
             else:
                 # LoRA tags out, embedding names in as their tokens; the LoRAs on only for this batch.
                 pairs, uses = batch_prompts(components, [plan(seed) for seed in batch_seeds])
+                if uses and unet is not None:
+                    raise BadRequest("runtime", "LoRAs change the UNet's weights as it runs, and the openvino "
+                                                "runtime cannot; use --runtime torch")
                 cache = encoded.setdefault(tuple(uses), {})
                 with apply_loras(components, uses):
                     if components.is_sdxl:
@@ -215,7 +220,7 @@ def run_batches(
                                                            device=device, cache=cache)
                         cond, uncond = cond.to(device, dtype), uncond.to(device, dtype)
                         images = denoise_batch(request, components, prepared, batch_seeds, cond, uncond, device, dtype,
-                                               batch, progress, decoder=decoder, previewer=previewer)
+                                               batch, progress, decoder=decoder, previewer=previewer, unet=unet)
             yield list(zip(images, batch_seeds))
 
 
@@ -227,7 +232,7 @@ def latent_shape(components: ModelComponents, width: int, height: int) -> tuple[
 def denoise_batch(request: GenerationRequest, components: ModelComponents, prepared: PreparedInput, seeds: list[int],
                   cond: torch.Tensor, uncond: torch.Tensor, device, dtype, batch: int, progress: Progress,
                   noise: torch.Tensor | None = None, sdxl: dict | None = None,
-                  refine_with: tuple | None = None, decoder=None, previewer=None) -> list[Image.Image]:
+                  refine_with: tuple | None = None, decoder=None, previewer=None, unet=None) -> list[Image.Image]:
     """One batch of pictures at the working size, one per seed, from encoded prompts.
 
     Each seed's CPU generator draws its starting latents and then feeds the sampler's fresh
@@ -238,7 +243,8 @@ def denoise_batch(request: GenerationRequest, components: ModelComponents, prepa
     refiner finishes. `decoder`: a tiny decoder to make the pixels (and previews) with, in place
     of the model's VAE; `previewer`: a tiny decoder for the previews (default: `decoder`; without
     either, the linear latent->RGB map). With `request.step_cache` the UNet reuses its deep features between
-    evaluations (models/step_cache.py)."""
+    evaluations (models/step_cache.py). `unet`, when given, runs in place of the
+    model's own UNet (the OpenVINO runtime's)."""
     count = len(seeds)
     drawn, generators = initial_noise(seeds, latent_shape(components, prepared.width, prepared.height))
     if noise is None:
@@ -272,7 +278,7 @@ def denoise_batch(request: GenerationRequest, components: ModelComponents, prepa
         if refine_with is not None:
             common |= {"denoising_end": switch_point(request), "output_type": "latent"}
     with step_cache(components.unet, request.step_cache):
-        out = _denoise(request, components, prepared, count, noise, scheduler, device, dtype, common)
+        out = _denoise(request, components, prepared, count, noise, scheduler, device, dtype, common, unet)
     if stopped["flag"]:
         raise Interrupted()  # the batch was cut short: its half-made pictures are not results
     if refine_with is not None:
@@ -284,19 +290,19 @@ def denoise_batch(request: GenerationRequest, components: ModelComponents, prepa
 
 
 def _denoise(request: GenerationRequest, components: ModelComponents, prepared: PreparedInput, count: int,
-             noise: torch.Tensor, scheduler, device, dtype, common: dict):
+             noise: torch.Tensor, scheduler, device, dtype, common: dict, unet=None):
     """The mode's pipeline run over a batch (denoise_batch's arguments)."""
     strength = request.effective_strength
     if request.mode == "txt2img":
-        pipe = pipeline_for(components, "txt2img", scheduler)
+        pipe = pipeline_for(components, "txt2img", scheduler, unet)
         out = pipe(height=prepared.height, width=prepared.width, num_inference_steps=request.steps,
                    latents=noise.to(device, dtype), **common)
     elif request.mode in ("img2img", "variations"):
-        pipe = pipeline_for(components, "img2img", scheduler)
+        pipe = pipeline_for(components, "img2img", scheduler, unet)
         out = pipe(image=[prepared.image] * count, strength=strength,
                    num_inference_steps=denoising_steps(request.steps, strength), **common)
     else:  # inpaint, outpaint
-        pipe = pipeline_for(components, "inpaint", scheduler)
+        pipe = pipeline_for(components, "inpaint", scheduler, unet)
         full = strength >= 1.0
         out = pipe(image=[prepared.image] * count, mask_image=[prepared.mask] * count,
                    height=prepared.height, width=prepared.width, strength=strength,

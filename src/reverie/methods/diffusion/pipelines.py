@@ -28,8 +28,9 @@ _KINDS = {
 }
 
 
-def pipeline_for(components: ModelComponents, kind: str, scheduler):
-    """A `kind` pipeline over these components, with `scheduler`.
+def pipeline_for(components: ModelComponents, kind: str, scheduler, unet=None):
+    """A `kind` pipeline over these components, with `scheduler`; `unet`, when given, runs in
+    place of the components' own (the OpenVINO runtime's stand-in, models/openvino_runtime.py).
 
     Prompts are encoded by reverie (weights, long prompts), so the pipelines only ever see
     ready embeddings; the safety checker is not part of reverie's pipelines.
@@ -40,7 +41,7 @@ def pipeline_for(components: ModelComponents, kind: str, scheduler):
         vae=components.vae,
         text_encoder=components.text_encoder,
         tokenizer=components.tokenizer,
-        unet=components.unet,
+        unet=unet if unet is not None else components.unet,
         scheduler=scheduler,
         safety_checker=None,
         feature_extractor=None,

@@ -77,6 +77,10 @@ class GenerationRequest(BaseRequest):
     score: bool = False  # record each picture's CLIP score against the prompt (always, when reranking)
     scorer: str = "mini"  # the CLIP that scores: mini (built in) or a CLIP file, as dreaming's guides
     attention_slicing: bool = False  # compute attention in slices: less memory, slower
+    # What runs the UNet: torch, openvino (the CPU, fp32; models/openvino_runtime.py), or auto
+    # (openvino where it is installed and can run the request, else torch). A picture records the
+    # runtime that made it, so `--from` makes it again with the same one.
+    runtime: Literal["auto", "torch", "openvino"] = "auto"
     vae_tiling: bool | None = None  # None: tiled only when a whole decode would not fit in free memory
     # txt2img: "W:H", a size of about the model's native area with that shape (width and height,
     # when given, win: they are what a picture made this way records; one of them and a ratio

@@ -24,6 +24,7 @@ from ...errors import BadCheckpoint, BadRequest, ModelNotFound
 from ...models.batch_invariance import steady_rows
 from ...models.cache import ModelCache
 from ...models.components import ModelComponents
+from ...models.openvino_runtime import OpenVINOUNet, resolve_runtime
 from ...models.registry import default_model, load_model
 from ...models.tiny_decoder import check_decoder_fits, find_tiny_decoder, load_tiny_decoder
 from ...outputs.files import Outputs
@@ -52,6 +53,36 @@ def diffusion_model(models: ModelCache, reference: str, device: torch.device, dt
     return models.get(("diffusion", reference, str(device), str(dtype)), load)
 
 
+def asks_for_loras(request: GenerationRequest) -> bool:
+    """Whether the request's prompts name a LoRA (A1111's `<lora:...>` / `<lyco:...>` tags)."""
+    text = (request.prompt + "\n" + request.negative_prompt).lower()
+    return "<lora:" in text or "<lyco:" in text
+
+
+def request_runtime(request: GenerationRequest, components: ModelComponents, prepared: PreparedInput,
+                    device: torch.device, dtype: torch.dtype) -> str:
+    """The runtime (torch or openvino) that runs the request's UNet (models/openvino_runtime.py)."""
+    levels = len(getattr(components.unet.config, "block_out_channels", None) or [0]) - 1
+    odd = any((side // components.vae_scale_factor) % 2**levels for side in (prepared.width, prepared.height))
+    return resolve_runtime(request.runtime, device, dtype, sdxl=components.is_sdxl, tile=request.tile,
+                           loras=asks_for_loras(request), odd_latents=odd, step_cache=bool(request.step_cache),
+                           parameters=unet_parameters(components.unet), free_bytes=available_memory(device))
+
+
+def unet_parameters(unet) -> int:
+    """How many parameters the UNet has (0 for one that is not a torch module)."""
+    return sum(p.numel() for p in unet.parameters()) if isinstance(unet, torch.nn.Module) else 0
+
+
+def runtime_unet(models: ModelCache, request: GenerationRequest, components: ModelComponents, device: torch.device):
+    """The UNet stand-in the request's runtime runs (None: the components' own torch UNet). The
+    OpenVINO export is kept in the shared cache beside the model, and on disk."""
+    if request.runtime != "openvino":
+        return None
+    return models.get(("openvino-unet", request.model, str(device)),
+                      lambda: OpenVINOUNet.load(components.unet, components.source))
+
+
 def run(request: GenerationRequest, models: ModelCache, progress: Progress, outputs: Outputs) -> Result:
     """Make the pictures `request` asks for, writing each to `outputs` as soon as it is finished.
 
@@ -68,6 +99,8 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
     components = diffusion_model(models, request.model, device, dtype)
     request = request.with_defaults(components.sampling)
     prepared = prepare_input(request, components)
+    request = request.model_copy(update={"runtime": request_runtime(request, components, prepared, device, dtype)})
+    unet = runtime_unet(models, request, components, device)
     refiner = refiner_model(models, request, components, device, dtype)
     decoder = tiny_decoder(models, request, components, device, dtype)
     previewer = decoder or (preview_decoder(models, components, device, dtype) if progress.previews else None)
@@ -82,7 +115,7 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
     # candidate again: the choice needs them all.
     skipped = request.made // request.n_samples if request.rerank == 1 and request.keep_only is None else 0
     batches = run_batches(candidates, components, prepared, device, dtype, progress, first=skipped, refiner=refiner,
-                          decoder=decoder, previewer=previewer)
+                          decoder=decoder, previewer=previewer, unet=unet)
     if request.keep_only is not None:
         batches = ([batch[request.keep_only]] for batch in batches)
     result = Result(request=request)
@@ -94,7 +127,7 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
         batches = [[(candidate.picture, candidate.seed, candidate.score) for candidate in kept]]
     else:
         batches = (with_scores(batch, scorer, plan) for batch in batches)
-    settings = picture_settings(request, components)
+    settings = picture_settings(request, components, dtype)
     index = skipped * request.n_samples  # of the next picture in the whole request
     try:
         for batch in batches:
@@ -113,11 +146,16 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
     return result
 
 
-def picture_settings(request: GenerationRequest, components: ModelComponents) -> dict:
-    """The settings every picture of `request` records (its metadata's `settings`)."""
-    return request.settings() | {"model_name": components.name, "reverie_version": __version__,
-                                 "latent_channels": components.vae.config.latent_channels,
-                                 "vae_scale": components.vae_scale_factor}
+def picture_settings(request: GenerationRequest, components: ModelComponents, dtype: torch.dtype | None = None) -> dict:
+    """The settings every picture of `request` records (its metadata's `settings`): the request's
+    own (its runtime as resolved: what ran), and what ran that a request does not fix (`ran_dtype`,
+    the precision `dtype` auto picked)."""
+    settings = request.settings() | {"model_name": components.name, "reverie_version": __version__,
+                                     "latent_channels": components.vae.config.latent_channels,
+                                     "vae_scale": components.vae_scale_factor}
+    if dtype is not None:
+        settings["ran_dtype"] = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
+    return settings
 
 
 def write_picture(picture, seed: int, score, index: int, request: GenerationRequest, settings: dict, scorer,
@@ -168,6 +206,8 @@ def _parameter_fields(settings: dict, seed: int, size: tuple[int, int], request:
         fields["Step cache"] = settings["step_cache"]
     if settings.get("decoder", "vae") != "vae":
         fields["Decoder"] = settings["decoder"]
+    if settings.get("runtime") == "openvino":
+        fields["Runtime"] = "openvino"  # what ran the UNet, when not torch
     if (settings.get("upscale") or 1) > 1:
         fields["Hires upscale"] = settings["upscale"]
         fields["Hires upscaler"] = "reverie 4x"

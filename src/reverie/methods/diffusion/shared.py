@@ -43,7 +43,8 @@ from .batches import denoise_batch, finish, prepare_input
 from .pipelines import circular_padding, memory_settings, vae_dtype_kept
 from .networks import batch_prompts
 from .request import GenerationRequest
-from .run import diffusion_model, fit_memory, picture_settings, resolve, run, tiny_decoder, with_scores, write_picture
+from .run import (diffusion_model, fit_memory, picture_settings, request_runtime, resolve, run, runtime_unet,
+                  tiny_decoder, with_scores, write_picture)
 
 # Fields that may differ between requests sharing a pass: what each picture is of, and how many.
 PER_REQUEST = {"prompt", "negative_prompt", "seed", "n_samples", "n_iter", "combinatorial", "max_combinations",
@@ -106,12 +107,17 @@ def run_shared(shares: list[Share], models, limit: int) -> None:
     if not requests:
         return
     decoder = tiny_decoder(models, requests[0], components, device, dtype)
+    # Each request's runtime as alone (a LoRA's prompt runs on torch; the others on OpenVINO
+    # where auto picks it): passes never mix them, since LoRAs have passes of their own.
+    requests = [request.model_copy(update={"runtime": request_runtime(request, components, prepared, device, dtype)})
+                for request in requests]
+    runtime_unets = {request.runtime: runtime_unet(models, request, components, device) for request in requests}
     widest = max(min(limit, request.made_count()) for request in requests)
     try:
         fit_memory(requests[0].model_copy(update={"n_samples": widest}), components, prepared, device, dtype)
     except OutOfMemory:
         limit = 0
-    jobs = [_Job(share, request, prompt_plan(request), picture_settings(request, components),
+    jobs = [_Job(share, request, prompt_plan(request), picture_settings(request, components, dtype),
                  scorer_from(models, request.scorer) if request.score else None) for share, request in zip(shares, requests)]
     for job in jobs:
         job.share.request, job.share.result = job.request, Result(request=job.request)
@@ -123,7 +129,7 @@ def run_shared(shares: list[Share], models, limit: int) -> None:
                 _encode(piece, jobs[piece.share], components, device, dtype)
             pieces = [piece for piece in pieces if jobs[piece.share].share.error is None]
             for group in _passes(pieces, jobs):
-                made = _run_pass(group, jobs, components, prepared, device, dtype, decoder)
+                made = _run_pass(group, jobs, components, prepared, device, dtype, runtime_unets, decoder)
                 for piece, pictures in zip(group, made or []):
                     _write_piece(piece, pictures, jobs[piece.share], prepared, models)
     for job in jobs:
@@ -195,11 +201,12 @@ def _encode(piece: Piece, job: _Job, components, device, dtype) -> None:
 
 
 def _passes(pieces: list[Piece], jobs: list[_Job]) -> list[list[Piece]]:
-    """The round's pieces grouped into passes: one LoRA set, one prompt length and one decode
-    (tiled or whole) per pass."""
+    """The round's pieces grouped into passes: one LoRA set, one prompt length, one decode (tiled
+    or whole) and one runtime per pass."""
     groups: dict = {}
     for piece in pieces:
-        key = (piece.uses, piece.shape, jobs[piece.share].request.vae_tiling)
+        request = jobs[piece.share].request
+        key = (piece.uses, piece.shape, request.vae_tiling, request.runtime)
         groups.setdefault(key, []).append(piece)
     return list(groups.values())
 
@@ -230,7 +237,8 @@ class _PassProgress(Progress):
         return not any(_active(share) for share in self.shares)
 
 
-def _run_pass(group: list[Piece], jobs: list[_Job], components, prepared, device, dtype, decoder=None) -> list | None:
+def _run_pass(group: list[Piece], jobs: list[_Job], components, prepared, device, dtype, unets: dict,
+              decoder=None) -> list | None:
     """Denoise the group's pieces in one pass: each piece's pictures, or None when every
     request in it stopped (a cut-short pass makes no results)."""
     import torch
@@ -244,7 +252,7 @@ def _run_pass(group: list[Piece], jobs: list[_Job], components, prepared, device
         with memory_settings(components, bool(request.vae_tiling), request.attention_slicing), \
                 apply_loras(components, list(group[0].uses)):
             pictures = denoise_batch(request, components, prepared, seeds, cond, uncond, device, dtype,
-                                     group[0].batch, progress, decoder=decoder)
+                                     group[0].batch, progress, unet=unets.get(request.runtime), decoder=decoder)
     except Interrupted:
         for share in progress.shares:
             share.stopped = True

@@ -1,0 +1,286 @@
+"""Running a Stable Diffusion UNet on OpenVINO's CPU runtime instead of torch (issue 22).
+
+`runtime` is a request field: `torch`, `openvino`, or `auto` (OpenVINO when the `openvino`
+package is importable, the device is the CPU, the dtype fp32, and the request asks for nothing
+that changes the UNet's weights or layers as it runs: LoRAs, seamless tiles; else torch).
+
+The UNet is exported once per model to OpenVINO's IR (`ov.convert_model` on the torch UNet,
+with dynamic batch, latent size and prompt length), saved under the cache folder
+(`$REVERIE_CACHE/openvino/<key>/`, default ~/.cache/reverie), keyed by where the weights came
+from (the checkpoint file's or folder's size and modification time, else a hash of the
+weights) and the versions that made it; the IR keeps fp32 weights (no fp16 compression: the
+pictures stay those of the fp32 torch UNet, up to OpenVINO's own kernels' rounding). Each input
+shape is then compiled on its own (static shapes run faster than dynamic ones); the two most
+recently used shapes stay compiled. An entry that cannot be read (a crash midway through an
+export, a damaged file) is exported again, never used.
+
+`OpenVINOUNet` is called as diffusers calls a UNet2DConditionModel (`sample, timestep,
+encoder_hidden_states, ..., return_dict`) and answers with an object with `.sample` (or a
+tuple), so diffusers' pipelines run it unchanged; attributes it does not have (its `config`,
+...) are the torch UNet's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+import warnings
+from collections import OrderedDict
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from ..errors import BadRequest
+
+log = logging.getLogger(__name__)
+
+RUNTIMES = ("auto", "torch", "openvino")
+EXPORT_FORMAT = 1  # bump when the exported graph changes (inputs, wrapper)
+AUTO_MIN_PARAMETERS = 100_000_000  # `auto` exports UNets this big (SD 1.x: 860M; reverie-mini: far less)
+# `auto` takes OpenVINO only with this many times the fp32 UNet's bytes free (`free_bytes`): the
+# torch UNet, its compiled copy and the mapped export are all in memory at once (measured peak
+# 11.8-12.6 GiB for SD 1.5, against 5.3-6.0 for torch alone).
+AUTO_MEMORY_FACTOR = 3
+COMPILED_SHAPES = 2  # input shapes kept compiled at once (each holds its own copy of the weights)
+IR_NAME = "unet.xml"
+DONE_NAME = "done.json"
+
+
+def openvino_available() -> bool:
+    """Whether the `openvino` package can be imported (it is optional: requirements-speed.txt)."""
+    return importlib.util.find_spec("openvino") is not None
+
+
+def why_not_openvino(device: torch.device, dtype: torch.dtype, *, sdxl: bool = False, tile: bool = False,
+                     loras: bool = False, odd_latents: bool = False, step_cache: bool = False) -> str | None:
+    """Why OpenVINO cannot run this request's UNet, or None when it can."""
+    if not openvino_available():
+        return "the openvino package is not installed (pip install -r requirements-speed.txt)"
+    if device.type != "cpu":
+        return f"OpenVINO runs on the CPU here, and this request runs on {device.type}"
+    if dtype != torch.float32:
+        return "OpenVINO runs the UNet in fp32 only (use dtype fp32 or auto)"
+    if sdxl:
+        return "SDXL's UNet (pooled text and size conditioning) is not exported to OpenVINO yet"
+    if tile:
+        return "seamless tiles change the UNet's padding as it runs; only torch can"
+    if loras:
+        return "LoRAs change the UNet's weights as it runs; only torch can"
+    if step_cache:
+        return "step caching runs parts of the torch UNet between steps (models/step_cache.py); only torch can"
+    if odd_latents:
+        # The export traces diffusers' "upsample to the skip connection's size" branch as not taken.
+        return "the picture's sides are not multiples of the UNet's own downsampling (64 px for SD)"
+    return None
+
+
+def resolve_runtime(name: str, device: torch.device, dtype: torch.dtype, *, parameters: int = AUTO_MIN_PARAMETERS,
+                    free_bytes: int | None = None, **request) -> str:
+    """`torch` or `openvino` for a request asking for `name` (auto, torch, openvino); asking for
+    openvino where it cannot run is a BadRequest that says why. `auto` takes OpenVINO only for
+    UNets of at least AUTO_MIN_PARAMETERS `parameters` (SD-sized ones), where its speed pays for
+    the export; toy and built-in models stay on torch."""
+    if name == "torch":
+        return "torch"
+    reason = why_not_openvino(device, dtype, **request)
+    if name == "openvino" and reason:
+        raise BadRequest("runtime", f"openvino cannot run this request: {reason}; use --runtime torch or auto")
+    if name == "auto" and not reason and parameters >= AUTO_MIN_PARAMETERS and free_bytes is not None \
+            and free_bytes < parameters * 4 * AUTO_MEMORY_FACTOR:
+        return "torch"  # the export and the compiled copy beside the torch UNet would not fit
+    return "torch" if reason or (name == "auto" and parameters < AUTO_MIN_PARAMETERS) else "openvino"
+
+
+# ----------------------------------------------------------------------------- the cache
+
+
+def openvino_cache_dir() -> Path:
+    from .clip_tokenizer import cache_dir
+
+    return cache_dir() / "openvino"
+
+
+def _file_stamp(path: Path) -> list:
+    stat = path.stat()
+    return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+
+
+def weights_fingerprint(unet, source: str = "") -> str:
+    """What identifies the UNet's weights: the source file's (or folder's weight files') path,
+    size and modification time when it came from disk, else a hash of its tensors; with the
+    UNet's config and the versions that make the export."""
+    import diffusers
+    import openvino
+
+    parts: dict = {"format": EXPORT_FORMAT, "openvino": openvino.__version__, "torch": torch.__version__,
+                   "diffusers": diffusers.__version__, "config": {key: value for key, value in json.loads(json.dumps(dict(unet.config), default=str)).items()
+                               if not key.startswith("_")}}  # diffusers' `_use_default_values` comes in any order
+    path = Path(source) if source else None
+    if path is not None and path.is_file():
+        parts["file"] = _file_stamp(path)
+    elif path is not None and path.is_dir() and any((path / "unet").glob("*")):
+        parts["files"] = [_file_stamp(f) for f in sorted((path / "unet").iterdir()) if f.is_file()]
+    else:
+        digest = hashlib.blake2b(digest_size=16)
+        for name, tensor in unet.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().to(torch.float32).contiguous().numpy().tobytes())
+        parts["weights"] = digest.hexdigest()
+    text = json.dumps(parts, sort_keys=True)
+    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+
+
+class _Traceable(torch.nn.Module):
+    """The UNet as a plain function of three tensors, for the exporter."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, sample, timestep, encoder_hidden_states):
+        return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+
+
+def export_unet(unet, folder: Path) -> None:
+    """Write the UNet as OpenVINO IR (fp32 weights) into `folder`, atomically: a folder appears
+    complete, with its `done.json`, or not at all."""
+    import openvino as ov
+
+    config = unet.config
+    channels, states = int(config.in_channels), int(config.cross_attention_dim)
+    side = int(config.sample_size) if int(config.sample_size) <= 64 else 64
+    example = (torch.randn(2, channels, side, side), torch.tensor(999.0), torch.randn(2, 77, states))
+    started = time.perf_counter()
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=folder.name + ".partial-", dir=folder.parent))
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            # The tracer's notes on diffusers' shape checks: the graph keeps the shapes dynamic.
+            warnings.simplefilter("ignore")
+            model = ov.convert_model(_Traceable(unet).eval(), example_input=example, input=[
+                (ov.PartialShape([-1, channels, -1, -1]), ov.Type.f32),
+                (ov.PartialShape([]), ov.Type.f32),
+                (ov.PartialShape([-1, -1, states]), ov.Type.f32),
+            ])
+        ov.save_model(model, str(partial / IR_NAME), compress_to_fp16=False)
+        del model
+        bin_path = (partial / IR_NAME).with_suffix(".bin")
+        (partial / DONE_NAME).write_text(json.dumps({"bin_bytes": bin_path.stat().st_size,
+                                                     "export_s": round(time.perf_counter() - started, 1)}))
+        if folder.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+        os.replace(partial, folder)
+    finally:
+        if partial.exists():
+            shutil.rmtree(partial, ignore_errors=True)
+    log.info("exported the UNet to OpenVINO in %.1f s: %s", time.perf_counter() - started, folder)
+
+
+def _entry_ok(folder: Path) -> bool:
+    """Whether a cache entry is complete: its marker, and a weights file of the size it recorded."""
+    try:
+        done = json.loads((folder / DONE_NAME).read_text())
+        return (folder / IR_NAME).is_file() and (folder / IR_NAME).with_suffix(".bin").stat().st_size == done["bin_bytes"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+# ----------------------------------------------------------------------------- the UNet
+
+
+class OpenVINOUNet:
+    """A UNet2DConditionModel's stand-in that runs its OpenVINO export (see the module docstring).
+
+    `exports` counts the exports this object made (0 when the cache had it), `compiles` the
+    shapes it compiled."""
+
+    def __init__(self, unet, folder: Path):
+        self._torch_config = unet.config
+        self.config = unet.config
+        self.dtype = torch.float32
+        self.device = torch.device("cpu")
+        self.folder = folder
+        self.exports = 0
+        self.compiles = 0
+        self._compiled: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, unet, source: str = "", cache: Path | None = None) -> "OpenVINOUNet":
+        """The UNet's export from the cache, made first when missing or unreadable."""
+        folder = (cache or openvino_cache_dir()) / weights_fingerprint(unet, source)
+        wrapper = cls(unet, folder)
+        if not _entry_ok(folder):
+            export_unet(unet, folder)
+            wrapper.exports += 1
+        try:
+            wrapper._read()
+        except Exception as exc:  # a damaged entry with a good marker: export again, once
+            log.warning("the OpenVINO export in %s could not be read (%s); exporting it again", folder, exc)
+            export_unet(unet, folder)
+            wrapper.exports += 1
+            wrapper._read()
+        return wrapper
+
+    def _read(self):
+        import openvino as ov
+
+        self._core = ov.Core()
+        model = self._core.read_model(str(self.folder / IR_NAME))
+        self._inputs = [port.get_any_name() for port in model.inputs]
+        del model
+
+    def _compiled_for(self, shapes: tuple):
+        import openvino as ov
+
+        with self._lock:
+            if shapes in self._compiled:
+                self._compiled.move_to_end(shapes)
+                return self._compiled[shapes]
+            while len(self._compiled) >= COMPILED_SHAPES:
+                self._compiled.popitem(last=False)
+            model = self._core.read_model(str(self.folder / IR_NAME))
+            model.reshape({port.get_any_name(): ov.PartialShape(list(shape)) for port, shape in zip(model.inputs, shapes)})
+            # fp32 inference whatever the CPU offers (bf16 would change the pictures), one stream:
+            # one request at a time, all cores on it.
+            compiled = self._core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
+                                                               "PERFORMANCE_HINT": "LATENCY"})
+            del model
+            request = compiled.create_infer_request()
+            self._compiled[shapes] = (compiled, request)
+            self.compiles += 1
+            return compiled, request
+
+    def __call__(self, sample, timestep, encoder_hidden_states, timestep_cond=None, cross_attention_kwargs=None,
+                 added_cond_kwargs=None, return_dict: bool = True, **extra):
+        if timestep_cond is not None or added_cond_kwargs or any(v is not None for v in extra.values()):
+            raise NotImplementedError("the OpenVINO UNet takes a sample, a timestep and text states only")
+        t = torch.as_tensor(timestep, dtype=torch.float32).reshape(-1)
+        if t.numel() > 1 and not torch.equal(t, t[:1].expand_as(t)):
+            raise NotImplementedError("the OpenVINO UNet takes one timestep for the whole batch")
+        inputs = (sample.detach().to(torch.float32).contiguous().numpy(), t[0].reshape(()).numpy(),
+                  encoder_hidden_states.detach().to(torch.float32).contiguous().numpy())
+        _, request = self._compiled_for(tuple(tuple(x.shape) for x in inputs))
+        request.infer(dict(zip(range(3), inputs)))
+        out = torch.from_numpy(request.get_output_tensor(0).data.copy()).to(sample.dtype)
+        return SimpleNamespace(sample=out) if return_dict else (out,)
+
+    def forward(self, *args, **kwargs):
+        return self(*args, **kwargs)
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes the compiled shapes hold (about the fp32 weights each), for the model cache."""
+        try:
+            size = (self.folder / IR_NAME).with_suffix(".bin").stat().st_size
+        except OSError:
+            size = 0
+        return size * max(1, len(self._compiled))

@@ -1,0 +1,150 @@
+"""Issue 22's levers, without timing anything: `dtype auto` by the CPU's flags, and the OpenVINO
+runtime (models/openvino_runtime.py) on the tiny random SD-layout model: pictures close to
+torch's, recorded in the metadata, made again by `--from`, the export cached and reused, a
+damaged cache entry exported again, pictures independent of their batch-mates."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from reverie.device import cpu_flags, native_bf16, pick_dtype
+from reverie.errors import BadRequest
+from reverie.models import openvino_runtime
+from reverie.models.openvino_runtime import OpenVINOUNet, resolve_runtime
+
+AMD_ZEN3 = """processor\t: 0
+vendor_id\t: AuthenticAMD
+model name\t: AMD EPYC
+flags\t\t: fpu vme sse sse2 avx fma f16c avx2 bmi2 sha_ni
+"""
+SAPPHIRE_RAPIDS = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+COOPER_LAKE = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n"
+GRAVITON = "processor\t: 0\nFeatures\t: fp asimd bf16 sve\n"
+
+
+def test_dtype_auto_follows_the_cpus_flags():
+    cpu = torch.device("cpu")
+    assert not native_bf16(cpu_flags(AMD_ZEN3))
+    assert native_bf16(cpu_flags(SAPPHIRE_RAPIDS)) and native_bf16(cpu_flags(COOPER_LAKE))
+    assert not native_bf16(cpu_flags(GRAVITON))  # ARM's bf16 is not what the rule names
+    assert cpu_flags("no flags here") == set()
+    assert pick_dtype("auto", cpu, native_cpu_bf16=False) == torch.float32
+    assert pick_dtype("auto", cpu, native_cpu_bf16=True) == torch.bfloat16
+    assert pick_dtype("fp32", cpu, native_cpu_bf16=True) == torch.float32  # asked for: given
+    assert pick_dtype("auto", torch.device("cuda")) == torch.float16
+
+
+def test_runtime_resolution_says_why_not(monkeypatch):
+    cpu, fp32 = torch.device("cpu"), torch.float32
+    assert resolve_runtime("torch", cpu, fp32) == "torch"
+    monkeypatch.setattr(openvino_runtime, "openvino_available", lambda: False)
+    assert resolve_runtime("auto", cpu, fp32, parameters=10**9) == "torch"
+    with pytest.raises(BadRequest, match="not installed"):
+        resolve_runtime("openvino", cpu, fp32)
+    monkeypatch.setattr(openvino_runtime, "openvino_available", lambda: True)
+    assert resolve_runtime("auto", cpu, fp32, parameters=10**9) == "openvino"
+    assert resolve_runtime("auto", cpu, fp32, parameters=10**6) == "torch"  # a toy model: not worth an export
+    assert resolve_runtime("auto", cpu, fp32, parameters=10**9, loras=True) == "torch"
+    with pytest.raises(BadRequest, match="tiles"):
+        resolve_runtime("openvino", cpu, fp32, tile=True)
+    with pytest.raises(BadRequest, match="fp32"):
+        resolve_runtime("openvino", cpu, torch.bfloat16)
+    with pytest.raises(BadRequest, match="cuda"):
+        resolve_runtime("openvino", torch.device("cuda"), fp32)
+
+
+# ----------------------------------------------------------------------------- with openvino
+
+def _openvino():
+    return pytest.importorskip("openvino", reason="the openvino package is not installed "
+                                                  "(pip install -r requirements-speed.txt): the OpenVINO runtime is optional")
+
+
+def _psnr(a, b) -> float:
+    mse = float(((np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)) ** 2).mean())
+    return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
+
+
+def _request(runtime: str, n_samples: int = 1, seed: int = 5, **more):
+    from reverie.studio import make_request
+
+    return make_request(dict(prompt="a red circle", model="tiny-random", width=64, height=64, steps=4, seed=seed,
+                             n_samples=n_samples, runtime=runtime, device="cpu", upscale=1) | more)
+
+
+def test_openvino_pictures_match_torch_and_are_made_again_from_the_png(tmp_path):
+    _openvino()
+    from reverie.studio import Studio, request_from_picture
+
+    studio = Studio(device="cpu")
+    torch_made = studio.run(_request("torch"), outdir=tmp_path / "torch").images[0]
+    made = studio.run(_request("openvino"), outdir=tmp_path / "ov").images[0]
+    assert _psnr(torch_made.image, made.image) > 40
+    assert made.metadata["settings"]["runtime"] == "openvino"
+    assert made.metadata["settings"]["ran_dtype"] == "fp32"
+    assert "Runtime: openvino" in made.parameters
+    assert torch_made.metadata["settings"]["runtime"] == "torch"
+    assert "Runtime" not in torch_made.parameters
+
+    again = request_from_picture(made.path)
+    assert again.runtime == "openvino"
+    remade = studio.run(again, outdir=tmp_path / "again").images[0]
+    assert np.array_equal(np.asarray(remade.image), np.asarray(made.image))
+
+
+def test_auto_leaves_toy_models_on_torch(tmp_path):
+    _openvino()
+    from reverie.studio import Studio
+
+    made = Studio(device="cpu").run(_request("auto"), outdir=tmp_path).images[0]
+    assert made.metadata["settings"]["runtime"] == "torch"
+
+
+def test_the_export_is_reused_and_a_damaged_one_made_again(tmp_path):
+    _openvino()
+    from reverie.models.tiny import build_tiny
+
+    unet = build_tiny().unet
+    sample, states = torch.randn(2, 4, 8, 8), torch.randn(2, 77, 32)
+    first = OpenVINOUNet.load(unet, cache=tmp_path)
+    assert first.exports == 1
+    expected = first(sample, torch.tensor(500), states).sample
+    with torch.no_grad():
+        reference = unet(sample, torch.tensor(500), states).sample
+    assert torch.allclose(expected, reference, atol=1e-4)
+
+    second = OpenVINOUNet.load(unet, cache=tmp_path)
+    assert second.exports == 0 and second.folder == first.folder
+    assert torch.equal(second(sample, torch.tensor(500), states).sample, expected)
+
+    weights = first.folder / "unet.bin"
+    weights.write_bytes(weights.read_bytes()[:1000])  # cut short: the size no longer matches
+    third = OpenVINOUNet.load(unet, cache=tmp_path)
+    assert third.exports == 1
+    assert torch.equal(third(sample, torch.tensor(500), states).sample, expected)
+
+    (first.folder / "unet.xml").write_text("<not a model")  # damaged, with its marker intact
+    fourth = OpenVINOUNet.load(unet, cache=tmp_path)
+    assert fourth.exports == 1
+    assert torch.equal(fourth(sample, torch.tensor(500), states).sample, expected)
+
+
+def test_openvino_pictures_do_not_depend_on_their_batch_mates(tmp_path):
+    """The dynamic-batching promise (models/batch_invariance.py) under the OpenVINO runtime."""
+    _openvino()
+    from reverie.studio import Studio
+
+    studio = Studio(device="cpu")
+    together = studio.run(_request("openvino", n_samples=3), outdir=tmp_path / "batch").images
+    for offset, picture in enumerate(together):
+        alone = studio.run(_request("openvino", seed=5 + offset), outdir=tmp_path / f"alone{offset}").images[0]
+        assert np.array_equal(np.asarray(alone.image), np.asarray(picture.image)), offset
+
+
+def test_a1111_runtime_field_is_read_back():
+    from reverie.outputs.metadata import parse_a1111_parameters
+
+    assert parse_a1111_parameters("a cat\nSteps: 4, Seed: 1, Runtime: openvino")["runtime"] == "openvino"
+    assert "runtime" not in parse_a1111_parameters("a cat\nSteps: 4, Seed: 1, Runtime: tensorrt")
