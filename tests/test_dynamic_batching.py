@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from reverie.models.batch_invariance import steady_rows
+from reverie.models.batch_invariance import STEADY_PICTURES, steady_rows
 from reverie.models.registry import load_model
 from reverie.progress import ProgressEvent
 from test_server_api import make_client, wait_done
@@ -25,8 +25,20 @@ def pixels_of(result) -> list[np.ndarray]:
     return [np.asarray(image.image) for image in result.images]
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("model", ["mini", "tiny-random"])
-def test_a_unet_row_is_the_same_whatever_batch_it_shares_and_wherever_it_sits(model):
+def test_a_unet_row_is_the_same_whatever_batch_it_shares_and_wherever_it_sits(model, threads):
+    """Batches of up to STEADY_PICTURES pictures (a shared pass's most), with one thread (as the
+    deployment's workers run) and two."""
+    kept = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _check_steady(model)
+    finally:
+        torch.set_num_threads(kept)
+
+
+def _check_steady(model):
     components = load_model(model, dtype=torch.float32)
     unet = steady_rows(components.unet)
     generator = torch.Generator().manual_seed(0)
@@ -40,7 +52,9 @@ def test_a_unet_row_is_the_same_whatever_batch_it_shares_and_wherever_it_sits(mo
     rng = random.Random(0)
     with torch.no_grad():
         for _ in range(6):
-            mine, before, after = rng.randint(1, 3), rng.randint(0, 4), rng.randint(0, 3)
+            mine = rng.randint(1, 3)
+            before = rng.randint(0, STEADY_PICTURES - mine)
+            after = rng.randint(0, STEADY_PICTURES - mine - before)
             latents = noise(mine)
             alone = unet(torch.cat([latents, latents]), 400,
                          encoder_hidden_states=text.repeat_interleave(mine, 0)).sample

@@ -13,8 +13,9 @@ batch. Rows that are all equal (one timestep for a whole batch, the usual case) 
 once. The cost is nil: these products are a few rows of a few hundred features.
 
 Measured on this project's CPU for reverie-mini and SD-layout UNets (tests/test_dynamic_batching.py):
-with this, a picture's latents are bit-for-bit the same whatever batch it shares and wherever
-it sits in it, given the VAE decodes one picture at a time (pipelines.memory_settings does).
+with this, a picture's latents are bit-for-bit the same whatever batch of at most
+`STEADY_PICTURES` pictures it shares and wherever it sits in it, given the VAE decodes one
+picture at a time (pipelines.memory_settings does).
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ import torch
 import torch.nn.functional as F
 
 BLOCK_ROWS = 4  # rows of the product each row is computed in: a whole block for every BLAS seen
+# The most pictures a shared pass may hold (CFG doubles them to 14 UNet rows). Measured on this
+# project's CPU: with one thread, batches of 16 rows and more take other kernels, and a picture
+# in them rounds differently from the same picture in a smaller batch; with two threads every
+# batch up to 32 rows tested was steady. tests/test_dynamic_batching.py checks both.
+STEADY_PICTURES = 7
 
 
 def _steady_forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:

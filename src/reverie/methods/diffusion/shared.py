@@ -32,6 +32,7 @@ from PIL import Image
 
 from ...device import pick_device, pick_dtype
 from ...errors import OutOfMemory, ReverieError
+from ...models.batch_invariance import STEADY_PICTURES
 from ...models.lora import apply_loras
 from ...progress import Interrupted, Progress, ProgressEvent
 from ...prompts.conditioning import encode_prompt_batch
@@ -112,6 +113,7 @@ def run_shared(shares: list[Share], models, limit: int) -> None:
     requests = [request.model_copy(update={"runtime": request_runtime(request, components, prepared, device, dtype)})
                 for request in requests]
     runtime_unets = {request.runtime: runtime_unet(models, request, components, device) for request in requests}
+    limit = min(limit, STEADY_PICTURES)  # larger passes would round a picture otherwise (batch_invariance.py)
     widest = max(min(limit, request.made_count()) for request in requests)
     try:
         fit_memory(requests[0].model_copy(update={"n_samples": widest}), components, prepared, device, dtype)
