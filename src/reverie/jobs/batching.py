@@ -1,5 +1,5 @@
 """Dynamic batching: a worker that takes a job also takes the queued jobs that can share its
-forward passes (the same model, size, sampler, steps and settings: `run.shared_key`), up to a
+forward passes (the same model, size, sampler, steps and settings: `run.sharing`), up to a
 limit of pictures per pass, and runs them together (`run.run_jobs`); concurrent users then
 share the UNet's passes, and each job still gets exactly its own seeds' pictures.
 
@@ -17,36 +17,26 @@ DEFAULT_LIMIT = 8  # pictures per shared pass (`--batch-limit`); 1 turns batchin
 LOOK_AHEAD = 64  # queued jobs looked at for companions
 
 
-def picture_count(gallery, job) -> int:
-    """How many pictures a pass of `job` holds: one batch of it."""
-    from ..studio import make_request
-    from .run import job_fields
-
-    request = make_request(job_fields(gallery, job))
-    return min(request.n_samples, request.picture_count())
-
-
 def companions(gallery, studio, job, limit: int, take: Callable) -> tuple[list, object]:
     """Queued jobs that can share `job`'s passes, oldest first, taken with `take(job_id)` (which
     returns the claimed job, or None when another worker got it first), while their batches fit
     in `limit` pictures beside `job`'s. Returns (them, the key), ([], None) when `job` runs alone."""
-    from .run import shared_key
+    from .run import sharing
 
-    if limit <= 1:
+    mine = sharing(gallery, studio, job) if limit > 1 else None
+    if mine is None:
         return [], None
-    key = shared_key(gallery, studio, job)
-    if key is None:
-        return [], None
-    room = limit - picture_count(gallery, job)
+    key, size = mine
+    room = limit - size
     taken = []
     for candidate in gallery.queued_after(job, LOOK_AHEAD):
         if room <= 0:
             break
-        size = picture_count(gallery, candidate)
-        if size > room or shared_key(gallery, studio, candidate) != key:
+        theirs = sharing(gallery, studio, candidate)
+        if theirs is None or theirs[0] != key or theirs[1] > room:
             continue
         claimed = take(candidate.id)
         if claimed is not None:
             taken.append(claimed)
-            room -= size
+            room -= theirs[1]
     return taken, key

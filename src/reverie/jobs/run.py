@@ -82,7 +82,7 @@ def run_job(gallery, studio, job, report: Report, cancelled: Callable[[], bool],
 
 def run_jobs(gallery, studio, jobs: list, reports: list[Report], cancelled: list[Callable[[], bool]],
              halting: Callable[[], bool], limit: int) -> list[str]:
-    """Run claimed jobs with one batch key (`shared_key`) together: their pictures share forward
+    """Run claimed jobs with one batch key (`sharing`) together: their pictures share forward
     passes of at most `limit` (dynamic batching), each job getting exactly its own seeds'
     pictures, its own progress and its own end. Returns each job's status, as `run_job`'s."""
     tracks = [Tracker(report) for report in reports]
@@ -110,20 +110,24 @@ def run_jobs(gallery, studio, jobs: list, reports: list[Report], cancelled: list
     return statuses
 
 
-def shared_key(gallery, studio, job):
-    """The key of the jobs `run_jobs` can run with this one (None: it runs alone): its request's
-    batch key, and its user's own LoRA folder when it has LoRAs in it (a tag names a file there)."""
+def sharing(gallery, studio, job) -> tuple[object, int] | None:
+    """How this job can share passes with others in `run_jobs`: (its key, the pictures one batch
+    of it holds), or None when it runs alone. The key is its request's batch key, and its user's
+    own LoRA folder when it has LoRAs in it (a tag names a file there)."""
+    from ..studio import make_request
+
     if not hasattr(studio, "batch_key"):  # a studio that never shares passes
         return None
-    fields = job_fields(gallery, job)
     try:
-        key = studio.batch_key(fields)
+        request = make_request(job_fields(gallery, job))
+        key = studio.batch_key(request)
     except ReverieError:
         return None  # a bad request fails when it runs, alone
     if key is None:
         return None
     folder = gallery.lora_folder(job.user_id)
-    return key, str(folder) if folder.is_dir() and any(folder.iterdir()) else None
+    own = str(folder) if folder.is_dir() and any(folder.iterdir()) else None
+    return (key, own), min(request.n_samples, request.picture_count())
 
 
 def job_fields(gallery, job) -> dict:

@@ -35,6 +35,11 @@ class LoraUse:
         return f"<lora:{self.name}:{self.unet:g}:{self.text:g}>"
 
 
+def names_a_lora(text: str) -> bool:
+    """Whether `text` holds a `<lora:...>` (or `<lyco:...>`) tag."""
+    return _TAG_START.search(text) is not None
+
+
 def extract_loras(prompt: str, field: str = "prompt") -> tuple[str, list[LoraUse]]:
     """`prompt` without its `<lora:...>` tags, and the uses in order. A malformed tag or the same
     name twice is a BadRequest naming `field` and the character where the tag starts."""

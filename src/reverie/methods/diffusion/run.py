@@ -30,6 +30,7 @@ from ...models.tiny_decoder import check_decoder_fits, find_tiny_decoder, load_t
 from ...outputs.files import Outputs
 from ...outputs.metadata import a1111_parameters, read_png_info, reverie_metadata
 from ...progress import Interrupted, Progress, ProgressEvent
+from ...prompts.extra_networks import names_a_lora
 from ...prompts.picture import PicturePrompt, PromptPlan, prompt_plan
 from ...result import GeneratedImage, Result
 from ...samplers import get_sampler
@@ -55,8 +56,7 @@ def diffusion_model(models: ModelCache, reference: str, device: torch.device, dt
 
 def asks_for_loras(request: GenerationRequest) -> bool:
     """Whether the request's prompts name a LoRA (A1111's `<lora:...>` / `<lyco:...>` tags)."""
-    text = (request.prompt + "\n" + request.negative_prompt).lower()
-    return "<lora:" in text or "<lyco:" in text
+    return names_a_lora(request.prompt + "\n" + request.negative_prompt)
 
 
 def request_runtime(request: GenerationRequest, components: ModelComponents, prepared: PreparedInput,
@@ -277,14 +277,7 @@ def tiny_decoder(models: ModelCache, request: GenerationRequest, components: Mod
     `device` in `dtype`; None for the model's own VAE."""
     if request.decoder == "vae":
         return None
-    path = find_tiny_decoder(request.decoder, components.family)
-
-    def load():
-        return load_tiny_decoder(path, dtype).to(device)
-
-    decoder = models.get(("tiny-decoder", str(path.resolve()), str(device), str(dtype)), load)
-    check_decoder_fits(decoder, components.vae.config.latent_channels, components.vae_scale_factor, request.model)
-    return decoder
+    return _fitting_tiny_decoder(models, request.decoder, components, device, dtype, request.model)
 
 
 def preview_decoder(models: ModelCache, components: ModelComponents, device: torch.device, dtype: torch.dtype):
@@ -292,12 +285,18 @@ def preview_decoder(models: ModelCache, components: ModelComponents, device: tor
     fits (previews only: the pictures stay the VAE's); None otherwise, also when its files are
     broken (a preview is not worth failing a request the VAE can make)."""
     try:
-        path = find_tiny_decoder("tiny", components.family)
-        decoder = models.get(("tiny-decoder", str(path.resolve()), str(device), str(dtype)),
-                             lambda: load_tiny_decoder(path, dtype).to(device))
-        check_decoder_fits(decoder, components.vae.config.latent_channels, components.vae_scale_factor, components.name)
+        return _fitting_tiny_decoder(models, "tiny", components, device, dtype, components.name)
     except (ModelNotFound, BadCheckpoint, BadRequest):
         return None
+
+
+def _fitting_tiny_decoder(models: ModelCache, name: str, components: ModelComponents, device: torch.device,
+                          dtype: torch.dtype, model_name: str):
+    """The tiny decoder `name` finds for the model's family, from the cache, checked to fit it."""
+    path = find_tiny_decoder(name, components.family)
+    decoder = models.get(("tiny-decoder", str(path.resolve()), str(device), str(dtype)),
+                         lambda: load_tiny_decoder(path, dtype).to(device))
+    check_decoder_fits(decoder, components.vae.config.latent_channels, components.vae_scale_factor, model_name)
     return decoder
 
 
