@@ -1,9 +1,10 @@
 """Stable Diffusion 1.5 on the CPU: stock diffusers fp32 against reverie with each speed lever.
 
 The model is SD 1.5's architecture with random weights, built from the configs reverie ships
-(torch seed 0: every variant gets the same weights; speed does not depend on what they are).
-Every variant runs in its own process, so its peak resident memory (the child's ru_maxrss)
-is its own; the variants are run in turn, `--repeats` rounds, and the median is kept.
+(torch seed 0; speed does not depend on what the weights are) and written once as a diffusers
+folder with fp32 weights (`--folder`). Every variant loads it from there in its own process, so
+its peak resident memory (the child's ru_maxrss) is its own, loading included; the variants are
+run in turn, `--repeats` rounds, and the median is kept.
 
 Columns: s/step is the median time between two denoising steps (the UNet on the CFG pair and
 the sampler; the first step, which carries compiling, is left out); total s the whole call
@@ -15,6 +16,7 @@ PSNR is against stock diffusers' fp32 picture (inf: identical).
     PYTHONPATH=src .venv/bin/python benchmarks/sd_speed.py --size 512 --steps 4 --variants diffusers,openvino
 
 Variants: diffusers (stock StableDiffusionPipeline, fp32), torch (reverie, fp32, torch),
+fp16_weights and bf16_weights (reverie, fp32 compute from weights resting in 16 bits: `--weights`),
 channels_last (reverie, UNet and VAE in channels-last memory format), bf16 (reverie, bf16
 weights and compute), compile (reverie, torch.compile'd UNet), openvino (reverie, the UNet on
 OpenVINO: models/openvino_runtime.py; its export is cached under $REVERIE_CACHE).
@@ -35,32 +37,38 @@ from pathlib import Path
 
 import numpy as np
 
-VARIANTS = ("diffusers", "torch", "channels_last", "bf16", "compile", "openvino")
+VARIANTS = ("diffusers", "torch", "fp16_weights", "bf16_weights", "channels_last", "bf16", "compile", "openvino")
 PROMPT = "an astronaut lounging in a desert, expressive oil painting"
 
 
-def sd15_components(stamp: Path):
-    """SD 1.5's architecture, random weights from torch seed 0. `stamp` stands for the weights'
-    file (the OpenVINO export is keyed by a source file's size and time)."""
+def sd15_folder(folder: Path) -> Path:
+    """SD 1.5's architecture with random weights from torch seed 0, written once as a diffusers
+    folder with fp32 weights (as the public fp32 files are): every variant loads it from disk,
+    so each loads as it would load a user's model (reverie's fp16 weights straight from it)."""
+    if (folder / "model_index.json").is_file():
+        return folder
     import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers.schedulers import PNDMScheduler
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from reverie.models.clip_tokenizer import clip_tokenizer
-    from reverie.models.components import ModelComponents
 
     root = resources.files("reverie.models") / "configs" / "sd1"
     read = lambda part: json.loads((root / part / "config.json").read_text())  # noqa: E731
     torch.manual_seed(0)
-    unet = UNet2DConditionModel.from_config(read("unet")).eval().requires_grad_(False)
-    vae = AutoencoderKL.from_config(read("vae")).eval().requires_grad_(False)
+    unet = UNet2DConditionModel.from_config(read("unet")).eval()
+    vae = AutoencoderKL.from_config(read("vae")).eval()
     text_config = {k: v for k, v in read("text_encoder").items() if not k.startswith("_")}
-    text_encoder = CLIPTextModel(CLIPTextConfig(**text_config)).eval().requires_grad_(False)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**text_config)).eval()
     schedule = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
-    if not stamp.exists():
-        stamp.write_text("SD 1.5 architecture, random weights, torch seed 0\n")
-    return ModelComponents("sd15-random", unet, vae, text_encoder, clip_tokenizer(), schedule, family="sd1",
-                           source=str(stamp))
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=clip_tokenizer(), unet=unet,
+                                   scheduler=PNDMScheduler.from_config(schedule), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    partial = folder.with_name(folder.name + ".partial")
+    pipe.save_pretrained(partial)
+    partial.rename(folder)
+    return folder
 
 
 def child(args) -> dict:
@@ -68,7 +76,7 @@ def child(args) -> dict:
     import torch
 
     variant = args.child
-    components = sd15_components(Path(args.stamp))
+    folder = Path(args.folder)
     steps_at: list[float] = []
     info: dict = {}
     if variant == "diffusers":
@@ -76,10 +84,9 @@ def child(args) -> dict:
 
         from reverie.samplers import build_scheduler
 
-        pipe = StableDiffusionPipeline(
-            vae=components.vae, text_encoder=components.text_encoder, tokenizer=components.tokenizer,
-            unet=components.unet, scheduler=build_scheduler(args.sampler, components.scheduler_config),
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        pipe = StableDiffusionPipeline.from_pretrained(folder, torch_dtype=torch.float32, safety_checker=None,
+                                                       requires_safety_checker=False)
+        pipe.scheduler = build_scheduler(args.sampler, dict(pipe.scheduler.config))
         pipe.set_progress_bar_config(disable=True)
 
         def on_step(pipe, step, timestep, tensors):
@@ -95,25 +102,26 @@ def child(args) -> dict:
     else:
         from reverie.studio import Studio, make_request
 
+        from reverie.methods.diffusion.run import diffusion_model
+
         dtype, runtime = ("bf16" if variant == "bf16" else "fp32"), ("openvino" if variant == "openvino" else "torch")
-        if variant == "bf16":
-            for module in components.modules:
-                module.to(torch.bfloat16)
-        if variant == "channels_last":
-            components.unet.to(memory_format=torch.channels_last)
-            components.vae.to(memory_format=torch.channels_last)
-        if variant == "compile":
-            components.unet.compile()
+        weights = {"fp16_weights": "fp16", "bf16_weights": "bf16"}.get(variant, "auto")
         studio = Studio(device="cpu")
-        studio.add_model("sd15-random", components)
+        if variant in ("channels_last", "compile"):  # the cached model, changed in place before the request
+            components = diffusion_model(studio.models, str(folder), torch.device("cpu"), torch.float32)
+            if variant == "channels_last":
+                components.unet.to(memory_format=torch.channels_last)
+                components.vae.to(memory_format=torch.channels_last)
+            else:
+                components.unet.compile()
 
         def on_progress(event):
             if event.stage == "denoise":
                 steps_at.append(time.perf_counter())
 
-        request = make_request(prompt=PROMPT, model="sd15-random", width=args.size, height=args.size,
+        request = make_request(prompt=PROMPT, model=str(folder), width=args.size, height=args.size,
                                steps=args.steps, cfg_scale=args.cfg, sampler=args.sampler, seed=args.seed,
-                               n_samples=1, dtype=dtype, device="cpu", runtime=runtime, upscale=1)
+                               n_samples=1, dtype=dtype, device="cpu", runtime=runtime, weights=weights, upscale=1)
         start = time.perf_counter()
         result = studio.run(request, outdir=tempfile.mkdtemp(prefix="sd-speed-"), grid=False, progress=on_progress)
         total = time.perf_counter() - start
@@ -135,7 +143,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def run_child(variant: str, args, picture: Path) -> dict:
-    command = [sys.executable, __file__, "--child", variant, "--picture", str(picture), "--stamp", args.stamp,
+    command = [sys.executable, __file__, "--child", variant, "--picture", str(picture), "--folder", args.folder,
                "--size", str(args.size), "--steps", str(args.steps), "--cfg", str(args.cfg),
                "--sampler", args.sampler, "--seed", str(args.seed)]
     started = time.perf_counter()
@@ -156,7 +164,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--variants", default="diffusers,torch,channels_last,bf16,openvino")
-    parser.add_argument("--stamp", default=str(Path(tempfile.gettempdir()) / "reverie-sd15-random-seed0.stamp"))
+    parser.add_argument("--folder", default=str(Path(tempfile.gettempdir()) / "reverie-sd15-random-seed0"),
+                        help="where the random-weight SD 1.5 folder is written once and read by every variant")
     parser.add_argument("--child", choices=VARIANTS)
     parser.add_argument("--picture")
     args = parser.parse_args()
@@ -164,6 +173,7 @@ def main() -> None:
         print(json.dumps(child(args)))
         return
 
+    sd15_folder(Path(args.folder))
     variants = args.variants.split(",")
     assert "diffusers" in variants, "the stock pipeline is the reference: keep `diffusers` in --variants"
     folder = Path(tempfile.mkdtemp(prefix="sd-speed-"))

@@ -33,6 +33,7 @@ Outdir = Annotated[Optional[Path], typer.Option("--outdir", "-o", help="Folder f
 Dtype = Annotated[str, typer.Option("--dtype", help="auto, fp32, bf16 or fp16.")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 RuntimeOpt = Annotated[str, typer.Option("--runtime", help="What runs the UNet: auto (OpenVINO for SD-sized models on the CPU when installed, else torch), torch or openvino.")]
+WeightsOpt = Annotated[str, typer.Option("--weights", help="The precision the model's weights rest in: auto (as computed) or fp16/bf16 (half an fp32 model's memory, each layer computed in --dtype; pixels change a little; docs/speed.md).")]
 Slicing = Annotated[bool, typer.Option("--attention-slicing", help="Compute attention in slices (less memory, slower).")]
 Tiling = Annotated[Optional[bool], typer.Option("--vae-tiling/--no-vae-tiling", help="Decode in tiles (large sizes); automatic when left out.")]
 Strength = Annotated[Optional[float], typer.Option("--strength", help="How much to change the image: 0 keeps it, 1 replaces it.")]
@@ -59,7 +60,7 @@ def _common(**kw) -> dict:
         model=kw["model"], negative_prompt=kw["negative"], n_samples=kw["n_samples"], n_iter=kw["n_iter"],
         width=kw["width"], height=kw["height"], steps=kw["steps"], cfg_scale=kw["cfg_scale"],
         sampler="plms" if kw.get("plms") else kw["sampler"], seed=kw["seed"], dtype=kw["dtype"],
-        device=kw["device"], runtime=kw.get("runtime", "auto"), attention_slicing=kw["attention_slicing"], vae_tiling=kw["vae_tiling"],
+        device=kw["device"], runtime=kw.get("runtime", "auto"), weights=kw.get("weights", "auto"), attention_slicing=kw["attention_slicing"], vae_tiling=kw["vae_tiling"],
         upscale=kw.get("upscale"), rerank=kw.get("rerank", 1), score=kw.get("score", False), scorer=kw.get("scorer", "mini"),
         styles=list(kw.get("style") or []), stylize=kw.get("stylize"), combinatorial=kw.get("combinatorial", False),
         max_combinations=kw.get("max_combinations", 32), strict_combinations=kw.get("strict_combinations", False),
@@ -113,7 +114,7 @@ def generate(
     from_image: Annotated[Optional[Path], typer.Option("--from", help="Re-make the picture whose PNG carries these settings.")] = None,
     model: Model = None, negative: Negative = "", n_samples: Samples = 4, n_iter: Iters = 1, width: Width = None,
     height: Height = None, steps: Steps = None, cfg_scale: Cfg = None, sampler: SamplerOpt = None,
-    plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto", runtime: RuntimeOpt = "auto",
+    plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto", runtime: RuntimeOpt = "auto", weights: WeightsOpt = "auto",
     attention_slicing: Slicing = False, vae_tiling: Tiling = None, upscale: Upscale = None,
     step_cache: StepCacheOpt = None, decoder: DecoderOpt = "vae",
     rerank: Rerank = 1, score: ScoreOpt = False, scorer: ScorerOpt = "mini",
@@ -157,7 +158,7 @@ GAN_IGNORES = (("--negative", "negative", ""), ("--steps", "steps", None), ("--c
                ("--attention-slicing", "attention_slicing", False), ("--vae-tiling", "vae_tiling", None),
                ("--tile", "tile", False), ("--chaos", "chaos", None), ("--ar", "aspect", None),
                ("--refiner", "refiner", None), ("--step-cache", "step_cache", None), ("--decoder", "decoder", "vae"),
-               ("--runtime", "runtime", "auto"))
+               ("--runtime", "runtime", "auto"), ("--weights", "weights", "auto"))
 
 
 def _gan_fields(given: dict, text: str | None) -> dict:
@@ -180,7 +181,7 @@ def img2img(
     strength: Strength = None,
     model: Model = None, negative: Negative = "", n_samples: Samples = 4, n_iter: Iters = 1, width: Width = None,
     height: Height = None, steps: Steps = None, cfg_scale: Cfg = None, sampler: SamplerOpt = None,
-    plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto", runtime: RuntimeOpt = "auto",
+    plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto", runtime: RuntimeOpt = "auto", weights: WeightsOpt = "auto",
     attention_slicing: Slicing = False, vae_tiling: Tiling = None, upscale: Upscale = None,
     step_cache: StepCacheOpt = None, decoder: DecoderOpt = "vae",
     rerank: Rerank = 1, score: ScoreOpt = False, scorer: ScorerOpt = "mini",
@@ -200,7 +201,7 @@ def variations(
     strength: Strength = None,
     model: Model = None, negative: Negative = "", n_samples: Samples = 4, n_iter: Iters = 1, width: Width = None,
     height: Height = None, steps: Steps = None, cfg_scale: Cfg = None, sampler: SamplerOpt = None,
-    plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto", runtime: RuntimeOpt = "auto",
+    plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto", runtime: RuntimeOpt = "auto", weights: WeightsOpt = "auto",
     attention_slicing: Slicing = False, vae_tiling: Tiling = None, upscale: Upscale = None,
     step_cache: StepCacheOpt = None, decoder: DecoderOpt = "vae",
     rerank: Rerank = 1, score: ScoreOpt = False, scorer: ScorerOpt = "mini",
@@ -221,7 +222,7 @@ def inpaint(
     strength: Strength = None, mask_blur: MaskBlur = 4,
     model: Model = None, negative: Negative = "", n_samples: Samples = 4, n_iter: Iters = 1, width: Width = None,
     height: Height = None, steps: Steps = None, cfg_scale: Cfg = None, sampler: SamplerOpt = None,
-    plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto", runtime: RuntimeOpt = "auto",
+    plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto", runtime: RuntimeOpt = "auto", weights: WeightsOpt = "auto",
     attention_slicing: Slicing = False, vae_tiling: Tiling = None, upscale: Upscale = None,
     step_cache: StepCacheOpt = None, decoder: DecoderOpt = "vae",
     rerank: Rerank = 1, score: ScoreOpt = False, scorer: ScorerOpt = "mini",
@@ -246,7 +247,7 @@ def outpaint(
     mask_blur: MaskBlur = 8,
     model: Model = None, negative: Negative = "", n_samples: Samples = 4, n_iter: Iters = 1,
     steps: Steps = None, cfg_scale: Cfg = None, sampler: SamplerOpt = None,
-    plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto", runtime: RuntimeOpt = "auto",
+    plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto", runtime: RuntimeOpt = "auto", weights: WeightsOpt = "auto",
     attention_slicing: Slicing = False, vae_tiling: Tiling = None, upscale: Upscale = None,
     step_cache: StepCacheOpt = None, decoder: DecoderOpt = "vae",
     rerank: Rerank = 1, score: ScoreOpt = False, scorer: ScorerOpt = "mini",

@@ -60,7 +60,8 @@ def openvino_available() -> bool:
 
 
 def why_not_openvino(device: torch.device, dtype: torch.dtype, *, sdxl: bool = False, tile: bool = False,
-                     loras: bool = False, odd_latents: bool = False, step_cache: bool = False) -> str | None:
+                     loras: bool = False, odd_latents: bool = False, step_cache: bool = False,
+                     cast_weights: bool = False) -> str | None:
     """Why OpenVINO cannot run this request's UNet, or None when it can."""
     if not openvino_available():
         return "the openvino package is not installed (pip install -r requirements-speed.txt)"
@@ -74,6 +75,8 @@ def why_not_openvino(device: torch.device, dtype: torch.dtype, *, sdxl: bool = F
         return "seamless tiles change the UNet's padding as it runs; only torch can"
     if loras:
         return "LoRAs change the UNet's weights as it runs; only torch can"
+    if cast_weights:
+        return "the export holds fp32 weights, and this request keeps them in 16 bits (--weights); only torch can"
     if step_cache:
         return "step caching runs parts of the torch UNet between steps (models/step_cache.py); only torch can"
     if odd_latents:

@@ -81,6 +81,10 @@ class GenerationRequest(BaseRequest):
     # (openvino where it is installed and can run the request, else torch). A picture records the
     # runtime that made it, so `--from` makes it again with the same one.
     runtime: Literal["auto", "torch", "openvino"] = "auto"
+    # The precision the model's weights rest in between uses (models/weight_storage.py): auto, the
+    # compute dtype's; fp16 or bf16 halve an fp32 model's memory, each layer computed in `dtype`
+    # (the pictures change a little: PSNR in benchmarks/README.md).
+    weights: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     vae_tiling: bool | None = None  # None: tiled only when a whole decode would not fit in free memory
     # txt2img: "W:H", a size of about the model's native area with that shape (width and height,
     # when given, win: they are what a picture made this way records; one of them and a ratio

@@ -26,6 +26,7 @@ from ...models.cache import ModelCache
 from ...models.components import ModelComponents
 from ...models.openvino_runtime import OpenVINOUNet, resolve_runtime
 from ...models.registry import default_model, load_model
+from ...models.weight_storage import storage_dtype, store_weights
 from ...models.tiny_decoder import check_decoder_fits, find_tiny_decoder, load_tiny_decoder
 from ...outputs.files import Outputs
 from ...outputs.metadata import a1111_parameters, read_png_info, reverie_metadata
@@ -40,18 +41,24 @@ from .batches import PreparedInput, finish, prepare_input, run_batches
 from .request import IMAGE_MODES, GenerationRequest
 
 
-def diffusion_model(models: ModelCache, reference: str, device: torch.device, dtype: torch.dtype) -> ModelComponents:
-    """The loaded model `reference` names, on `device` in `dtype`, from the shared cache; its UNet's
-    pictures do not depend on their batch-mates (`steady_rows`)."""
+def diffusion_model(models: ModelCache, reference: str, device: torch.device, dtype: torch.dtype,
+                    weights: str = "auto") -> ModelComponents:
+    """The loaded model `reference` names, on `device`, computing in `dtype` with its weights
+    resting in `weights` (models/weight_storage.py), from the shared cache; its UNet's pictures do
+    not depend on their batch-mates (`steady_rows`)."""
+    storage = storage_dtype(weights, dtype)
 
     def load() -> ModelComponents:
-        components = load_model(reference, dtype=dtype)
+        components = load_model(reference, dtype=storage)  # straight into the resting dtype: no fp32 copy
         for module in components.modules:
             module.to(device)
         steady_rows(components.unet)
+        for module in components.modules:
+            store_weights(module, storage, dtype)
         return components
 
-    return models.get(("diffusion", reference, str(device), str(dtype)), load)
+    key = ("diffusion", reference, str(device), str(dtype)) + ((str(storage),) if storage != dtype else ())
+    return models.get(key, load)
 
 
 def asks_for_loras(request: GenerationRequest) -> bool:
@@ -66,6 +73,7 @@ def request_runtime(request: GenerationRequest, components: ModelComponents, pre
     odd = any((side // components.vae_scale_factor) % 2**levels for side in (prepared.width, prepared.height))
     return resolve_runtime(request.runtime, device, dtype, sdxl=components.is_sdxl, tile=request.tile,
                            loras=asks_for_loras(request), odd_latents=odd, step_cache=bool(request.step_cache),
+                           cast_weights=storage_dtype(request.weights, dtype) != dtype,
                            parameters=unet_parameters(components.unet), free_bytes=available_memory(device))
 
 
@@ -96,7 +104,7 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
     dtype = pick_dtype(request.dtype, device)
     started = time.perf_counter()
     progress(ProgressEvent("load", message=f"loading {request.model}"))
-    components = diffusion_model(models, request.model, device, dtype)
+    components = diffusion_model(models, request.model, device, dtype, request.weights)
     request = request.with_defaults(components.sampling)
     prepared = prepare_input(request, components)
     request = request.model_copy(update={"runtime": request_runtime(request, components, prepared, device, dtype)})
@@ -208,6 +216,8 @@ def _parameter_fields(settings: dict, seed: int, size: tuple[int, int], request:
         fields["Decoder"] = settings["decoder"]
     if settings.get("runtime") == "openvino":
         fields["Runtime"] = "openvino"  # what ran the UNet, when not torch
+    if settings.get("weights", "auto") != "auto":
+        fields["Weights"] = settings["weights"]  # the precision the weights rested in
     if (settings.get("upscale") or 1) > 1:
         fields["Hires upscale"] = settings["upscale"]
         fields["Hires upscaler"] = "reverie 4x"
@@ -264,7 +274,7 @@ def refiner_model(models: ModelCache, request: GenerationRequest, components: Mo
     if not components.is_sdxl:
         raise BadRequest("refiner", f"a refiner finishes an SDXL model's pictures; {request.model} is "
                                     f"{components.family}: leave the refiner out or use an SDXL model")
-    refiner = diffusion_model(models, request.refiner, device, dtype)
+    refiner = diffusion_model(models, request.refiner, device, dtype, request.weights)
     if not refiner.is_sdxl:
         raise BadRequest("refiner", f"{request.refiner} is a {refiner.family} model, not an SDXL refiner "
                                     "(or SDXL base); name an SDXL model")

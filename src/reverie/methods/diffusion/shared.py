@@ -87,7 +87,7 @@ def run_shared(shares: list[Share], models, limit: int) -> None:
     started = time.perf_counter()
     for share in shares:
         share.progress(ProgressEvent("load", message=f"loading {first.model}"))
-    components = diffusion_model(models, first.model, device, dtype)
+    components = diffusion_model(models, first.model, device, dtype, first.weights)
     if components.is_sdxl:  # SDXL's extra conditioning is not shared yet: each runs alone
         for share, request in zip(shares, requests):
             _alone(share, request, models)

@@ -60,7 +60,7 @@ class Painter:
         device = pick_device(request.device)
         dtype = pick_dtype(request.dtype, device)
         progress(ProgressEvent("load", message=f"loading {request.model}"))
-        components = diffusion_model(models, request.model, device, dtype)
+        components = diffusion_model(models, request.model, device, dtype, request.weights)
         if components.is_sdxl:
             from ...errors import BadRequest
 

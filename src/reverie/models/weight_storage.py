@@ -1,0 +1,67 @@
+"""Weights kept in 16 bits and computed in the request's precision: `--weights fp16` (issue 22).
+
+A Stable Diffusion 1.5 model is 4.0 GiB of fp32 weights (UNet 3.2, text encoder 0.46, VAE 0.31):
+more than the whole budget of a small machine, before a single activation. A CPU without native
+bf16 or fp16 arithmetic must still compute in fp32 to be fast, but nothing says the weights have
+to rest in fp32 between uses. With `weights` fp16 (or bf16) the model is loaded straight into
+16 bits (no fp32 copy on the way) and every Conv, Linear and Embedding layer of the UNet, the VAE
+and the text encoders is cast to the compute dtype for its own forward only, and back after:
+diffusers' layerwise casting hooks (`diffusers.hooks.apply_layerwise_casting`). Normalisation
+layers and embeddings, a small share of the weights, stay in the compute dtype all the time.
+
+What it costs: one cast of each layer's weights per call (about 5% of a 512 px SD step on
+this CPU: benchmarks/README.md), and the weights' rounding to 16 bits: the pictures change by
+a little (PSNR against the fp32 picture in the same table), so it is an option, recorded in the
+picture's metadata, never the default. Many published SD checkpoints are fp16 files to begin
+with: for them `--weights fp16` keeps every bit the file has.
+
+A model with cast weights must not be run from two threads at once (each forward casts the
+layer's own parameters in place); reverie's workers run one pass at a time on a model.
+"""
+
+from __future__ import annotations
+
+import torch
+
+WEIGHTS = ("auto", "fp32", "fp16", "bf16")
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# Layers that stay in the compute dtype: the norms, and the embeddings (a small share of the
+# weights; a transformers text encoder reports the dtype of its first parameter, the token
+# embedding, as its own, and diffusers' pipelines cast the prompt's states to that dtype).
+_KEPT = (torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.BatchNorm2d, torch.nn.Embedding)
+
+
+def storage_dtype(weights: str, compute: torch.dtype) -> torch.dtype:
+    """The dtype the weights rest in: `auto` and the compute dtype's own name mean no casting."""
+    return compute if weights == "auto" else _DTYPES[weights]
+
+
+def store_weights(module: torch.nn.Module, storage: torch.dtype, compute: torch.dtype) -> torch.nn.Module:
+    """Keep `module`'s Conv/Linear/Embedding weights in `storage` and compute each in `compute`
+    (in place; the module should already be in `storage`, loaded so). Nothing to do when the
+    two are the same."""
+    if storage == compute:
+        return module.to(dtype=compute)
+    from diffusers.hooks import apply_layerwise_casting
+
+    apply_layerwise_casting(module, storage_dtype=storage, compute_dtype=compute, skip_modules_pattern=None,
+                            skip_modules_classes=_KEPT)
+    for layer in module.modules():
+        hooked = getattr(layer, "_diffusers_hook", None) is not None
+        if not hooked:  # norms, and parameters held by a parent module itself (a class token ...)
+            for tensor in [*layer.parameters(recurse=False), *layer.buffers(recurse=False)]:
+                if tensor.is_floating_point() and tensor.dtype != compute:
+                    tensor.data = tensor.data.to(compute)
+    if getattr(module, "dtype", compute) != compute:
+        raise RuntimeError(f"{type(module).__name__} reports {module.dtype} after its weights were cast; "
+                           f"the pipelines would cast their inputs to it")
+    return module
+
+
+def stored_dtype(module: torch.nn.Module) -> torch.dtype | None:
+    """The dtype of the first cast layer's weights, or None when the module's weights are not cast."""
+    for layer in module.modules():
+        if getattr(layer, "_diffusers_hook", None) is not None:
+            for parameter in layer.parameters(recurse=False):
+                return parameter.dtype
+    return None
