@@ -39,16 +39,38 @@ def unet_flops(side: int) -> int:
     return counter.get_total_flops()
 
 
-def matmul_rate(dtype: torch.dtype, n: int = 2048, seconds: float = 3.0) -> float:
-    """The best operations per second of an n x n x n product in `dtype` over `seconds`."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    torch.mm(a, b)
-    best, until = 0.0, time.perf_counter() + seconds
-    while time.perf_counter() < until:
+def _best_rate(run, flops: float, seconds: float) -> float:
+    """The best `flops`/s of `run()` over at least `seconds` (and at least two timed calls)."""
+    run()
+    best, until, calls = 0.0, time.perf_counter() + seconds, 0
+    while time.perf_counter() < until or calls < 2:
         start = time.perf_counter()
-        torch.mm(a, b)
-        best = max(best, 2 * n**3 / (time.perf_counter() - start))
+        run()
+        best, calls = max(best, flops / (time.perf_counter() - start)), calls + 1
     return best
+
+
+def matmul_rate(dtype: torch.dtype, n: int = 2048, seconds: float = 3.0) -> float:
+    """torch's best operations per second of an n x n x n product in `dtype`."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    return _best_rate(lambda: torch.mm(a, b), 2 * n**3, seconds)
+
+
+def openvino_matmul_rate(n: int = 2048, seconds: float = 3.0) -> float | None:
+    """OpenVINO's CPU plugin's best fp32 rate on the same product (its own JIT kernels), or None
+    without the package: what a compiled runtime gets out of this CPU."""
+    try:
+        import numpy as np
+        import openvino as ov
+        import openvino.opset13 as ops
+    except ImportError:
+        return None
+    left = ops.parameter([n, n], ov.Type.f32)
+    right = ops.constant(np.random.default_rng(0).standard_normal((n, n), dtype=np.float32))
+    compiled = ov.Core().compile_model(ov.Model([ops.matmul(left, right, False, False)], [left]), "CPU",
+                                       {"INFERENCE_PRECISION_HINT": "f32"})
+    request, data = compiled.create_infer_request(), np.ones((n, n), dtype=np.float32)
+    return _best_rate(lambda: request.infer({0: data}), 2 * n**3, seconds)
 
 
 def stock_step(side: int, repeats: int) -> float:
@@ -75,10 +97,12 @@ def main() -> None:
     parser.add_argument("--no-stock", action="store_true", help="count and measure the rate only")
     args = parser.parse_args()
 
-    fp32 = matmul_rate(torch.float32)
-    bf16 = matmul_rate(torch.bfloat16, seconds=1.0)
+    rates = {"torch fp32": matmul_rate(torch.float32), "torch bf16": matmul_rate(torch.bfloat16, seconds=1.0),
+             "openvino fp32": openvino_matmul_rate()}
+    fp32 = max(rate for name, rate in rates.items() if rate and "fp32" in name)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; best 2048^3 product: "
-          f"fp32 {fp32 / 1e9:.0f} GFLOP/s, bf16 {bf16 / 1e9:.0f} GFLOP/s\n")
+          + ", ".join(f"{name} {rate / 1e9:.1f} GFLOP/s" for name, rate in rates.items() if rate)
+          + f"; the floor uses the best fp32 rate ({fp32 / 1e9:.0f})\n")
     print("| size | UNet TFLOP (CFG pair) | fp32 floor s | stock diffusers s | most a same-picture fp32 lever can gain |")
     print("|---:|---:|---:|---:|---:|")
     for side in (int(s) for s in args.sizes.split(",")):

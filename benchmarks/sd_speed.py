@@ -14,6 +14,12 @@ PSNR is against stock diffusers' fp32 picture (inf: identical).
 
     PYTHONPATH=src .venv/bin/python benchmarks/sd_speed.py --size 256 --steps 4
     PYTHONPATH=src .venv/bin/python benchmarks/sd_speed.py --size 512 --steps 4 --variants diffusers,openvino
+    PYTHONPATH=src .venv/bin/python benchmarks/sd_speed.py --device cuda --size 512 --steps 20 \
+        --variants diffusers,torch,compile --batches 1,4,8      # a GPU: fp16 on both sides
+
+On a GPU (`--device cuda`) stock diffusers and reverie both run in fp16 (diffusers' default
+attention is SDPA on both sides), the peak is torch's largest GPU allocation, and the PSNR is
+against stock diffusers' fp16 picture of the same batch.
 
 Variants: diffusers (stock StableDiffusionPipeline, fp32), torch (reverie, fp32, torch),
 fp16_weights and bf16_weights (reverie, fp32 compute from weights resting in 16 bits: `--weights`),
@@ -41,10 +47,10 @@ VARIANTS = ("diffusers", "torch", "fp16_weights", "bf16_weights", "channels_last
 PROMPT = "an astronaut lounging in a desert, expressive oil painting"
 
 
-def sd15_folder(folder: Path) -> Path:
+def sd15_folder(folder: Path, file_dtype: str = "fp32") -> Path:
     """SD 1.5's architecture with random weights from torch seed 0, written once as a diffusers
-    folder with fp32 weights (as the public fp32 files are): every variant loads it from disk,
-    so each loads as it would load a user's model (reverie's fp16 weights straight from it)."""
+    folder with `file_dtype` weights (the public SD 1.5 files come in fp32 and fp16): every
+    variant loads it from disk, as it would load a user's model."""
     if (folder / "model_index.json").is_file():
         return folder
     import torch
@@ -65,6 +71,8 @@ def sd15_folder(folder: Path) -> Path:
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=clip_tokenizer(), unet=unet,
                                    scheduler=PNDMScheduler.from_config(schedule), safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
+    if file_dtype == "fp16":
+        pipe.to(torch.float16)
     partial = folder.with_name(folder.name + ".partial")
     pipe.save_pretrained(partial)
     partial.rename(folder)
@@ -77,6 +85,14 @@ def child(args) -> dict:
 
     variant = args.child
     folder = Path(args.folder)
+    cuda = args.device.startswith("cuda")
+    compute = torch.float16 if cuda else torch.float32  # stock diffusers as people run it on each device
+
+    def now() -> float:  # step times mean something on a GPU only once its queue is done
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
     steps_at: list[float] = []
     info: dict = {}
     if variant == "diffusers":
@@ -84,19 +100,19 @@ def child(args) -> dict:
 
         from reverie.samplers import build_scheduler
 
-        pipe = StableDiffusionPipeline.from_pretrained(folder, torch_dtype=torch.float32, safety_checker=None,
-                                                       requires_safety_checker=False)
+        pipe = StableDiffusionPipeline.from_pretrained(folder, torch_dtype=compute, safety_checker=None,
+                                                       requires_safety_checker=False).to(args.device)
         pipe.scheduler = build_scheduler(args.sampler, dict(pipe.scheduler.config))
         pipe.set_progress_bar_config(disable=True)
 
         def on_step(pipe, step, timestep, tensors):
-            steps_at.append(time.perf_counter())
+            steps_at.append(now())
             return tensors
 
         start = time.perf_counter()
         with torch.no_grad():
             image = pipe(PROMPT, height=args.size, width=args.size, num_inference_steps=args.steps,
-                         guidance_scale=args.cfg, generator=torch.Generator("cpu").manual_seed(args.seed),
+                         guidance_scale=args.cfg, num_images_per_prompt=args.batch, generator=torch.Generator("cpu").manual_seed(args.seed),
                          callback_on_step_end=on_step, output_type="pil").images[0]
         total = time.perf_counter() - start
     else:
@@ -104,11 +120,12 @@ def child(args) -> dict:
 
         from reverie.methods.diffusion.run import diffusion_model
 
-        dtype, runtime = ("bf16" if variant == "bf16" else "fp32"), ("openvino" if variant == "openvino" else "torch")
+        dtype = "bf16" if variant == "bf16" else ("auto" if cuda else "fp32")  # auto: fp16 on a GPU
+        runtime = "openvino" if variant == "openvino" else "torch"
         weights = {"fp16_weights": "fp16", "bf16_weights": "bf16"}.get(variant, "auto")
-        studio = Studio(device="cpu")
+        studio = Studio(device=args.device)
         if variant in ("channels_last", "compile"):  # the cached model, changed in place before the request
-            components = diffusion_model(studio.models, str(folder), torch.device("cpu"), torch.float32)
+            components = diffusion_model(studio.models, str(folder), torch.device(args.device), compute)
             if variant == "channels_last":
                 components.unet.to(memory_format=torch.channels_last)
                 components.vae.to(memory_format=torch.channels_last)
@@ -117,11 +134,12 @@ def child(args) -> dict:
 
         def on_progress(event):
             if event.stage == "denoise":
-                steps_at.append(time.perf_counter())
+                steps_at.append(now())
 
         request = make_request(prompt=PROMPT, model=str(folder), width=args.size, height=args.size,
                                steps=args.steps, cfg_scale=args.cfg, sampler=args.sampler, seed=args.seed,
-                               n_samples=1, dtype=dtype, device="cpu", runtime=runtime, weights=weights, upscale=1)
+                               n_samples=args.batch, dtype=dtype, device=args.device, runtime=runtime, weights=weights,
+                               upscale=1)
         start = time.perf_counter()
         result = studio.run(request, outdir=tempfile.mkdtemp(prefix="sd-speed-"), grid=False, progress=on_progress)
         total = time.perf_counter() - start
@@ -132,9 +150,17 @@ def child(args) -> dict:
             info["exports"] = unet.exports
     np.save(args.picture, np.asarray(image))
     gaps = np.diff(steps_at) if len(steps_at) > 1 else np.array([total / args.steps])
-    return info | {"variant": variant, "total_s": total, "s_per_step": float(np.median(gaps)),
+    if cuda:
+        info["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    info["rss_after_gib"] = _rss_now() / 2**30  # what stays resident once loaded and run (no load peak)
+    return info | {"variant": variant, "batch": args.batch, "total_s": total, "s_per_step": float(np.median(gaps)),
                    "first_step_s": steps_at[0] - start if steps_at else None,
                    "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+def _rss_now() -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -145,7 +171,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 def run_child(variant: str, args, picture: Path) -> dict:
     command = [sys.executable, __file__, "--child", variant, "--picture", str(picture), "--folder", args.folder,
                "--size", str(args.size), "--steps", str(args.steps), "--cfg", str(args.cfg),
-               "--sampler", args.sampler, "--seed", str(args.seed)]
+               "--sampler", args.sampler, "--seed", str(args.seed), "--device", args.device, "--batch", str(args.batch)]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
@@ -162,10 +188,14 @@ def main() -> None:
     parser.add_argument("--cfg", type=float, default=7.5)
     parser.add_argument("--sampler", default="euler")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda (stock diffusers and reverie in fp16 there)")
+    parser.add_argument("--batches", default="1", help="pictures per call, a run of each: e.g. 1,4,8 on a GPU")
+    parser.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)  # a child's
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--variants", default="diffusers,torch,channels_last,bf16,openvino")
-    parser.add_argument("--folder", default=str(Path(tempfile.gettempdir()) / "reverie-sd15-random-seed0"),
-                        help="where the random-weight SD 1.5 folder is written once and read by every variant")
+    parser.add_argument("--folder", help="where the random-weight SD 1.5 folder is written once and read by every "
+                        "variant (default: reverie-sd15-random-seed0-<file dtype> in the temp folder)")
+    parser.add_argument("--file-dtype", choices=("fp32", "fp16"), default="fp32", help="the folder's weights' dtype")
     parser.add_argument("--child", choices=VARIANTS)
     parser.add_argument("--picture")
     args = parser.parse_args()
@@ -173,37 +203,47 @@ def main() -> None:
         print(json.dumps(child(args)))
         return
 
-    sd15_folder(Path(args.folder))
+    args.folder = args.folder or str(Path(tempfile.gettempdir()) / f"reverie-sd15-random-seed0-{args.file_dtype}")
+    sd15_folder(Path(args.folder), args.file_dtype)
     variants = args.variants.split(",")
     assert "diffusers" in variants, "the stock pipeline is the reference: keep `diffusers` in --variants"
     folder = Path(tempfile.mkdtemp(prefix="sd-speed-"))
-    runs: dict[str, list[dict]] = {v: [] for v in variants}
     if "openvino" in variants:  # the one-time export, when the cache does not have it yet
         first = run_child("openvino", args, folder / "export.npy")
         if first.get("exports"):
             print(f"openvino: exported the UNet ({first['process_s']:.0f} s for that process, "
                   f"peak {first['peak_rss_gib']:.2f} GiB); cached for the runs below", flush=True)
-    for round_ in range(args.repeats):
-        for variant in variants:
-            result = run_child(variant, args, folder / f"{variant}-{round_}.npy")
-            print(json.dumps(result), flush=True)
-            runs[variant].append(result)
-    reference = np.load(folder / "diffusers-0.npy")
-    stock = float(np.median([r["total_s"] for r in runs["diffusers"]]))
+    tables = []
+    for batch in (int(b) for b in args.batches.split(",")):
+        args.batch = batch
+        runs: dict[str, list[dict]] = {v: [] for v in variants}
+        for round_ in range(args.repeats):
+            for variant in variants:
+                result = run_child(variant, args, folder / f"{variant}-{batch}-{round_}.npy")
+                print(json.dumps(result), flush=True)
+                runs[variant].append(result)
+        tables.append((batch, runs))
     import torch
 
-    print(f"\nSD 1.5 architecture (random weights), {args.size}x{args.size}, {args.steps} steps, {args.sampler}, "
-          f"CFG {args.cfg}, torch {torch.__version__}, {torch.get_num_threads()} threads, {args.repeats} round(s), medians")
-    print("| variant | size | steps | s/step | total s | ratio vs stock | peak RSS GiB | PSNR vs stock fp32 |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for variant in variants:
-        rows = runs[variant]
-        total = float(np.median([r["total_s"] for r in rows]))
-        per_step = float(np.median([r["s_per_step"] for r in rows]))
-        peak = max(r["peak_rss_gib"] for r in rows)
-        quality = psnr(reference, np.load(folder / f"{variant}-0.npy"))
-        print(f"| {variant} | {args.size} | {args.steps} | {per_step:.2f} | {total:.1f} | {stock / total:.2f}x | "
-              f"{peak:.2f} | {quality:.1f} |")
+    gpu = args.device.startswith("cuda")
+    machine = torch.cuda.get_device_name(0) if gpu else f"CPU, {torch.get_num_threads()} threads"
+    print(f"\nSD 1.5 architecture (random weights, {args.file_dtype} files), {args.size}x{args.size}, {args.steps} steps, {args.sampler}, "
+          f"CFG {args.cfg}, {machine}, torch {torch.__version__}, {args.repeats} round(s), medians")
+    print(f"| variant | batch | size | steps | s/step | total s | ratio vs stock | peak {'GPU' if gpu else 'RSS'} GiB "
+          f"| RSS after GiB | PSNR vs stock {'fp16' if gpu else 'fp32'} |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for batch, runs in tables:
+        reference = np.load(folder / f"diffusers-{batch}-0.npy")
+        stock = float(np.median([r["total_s"] for r in runs["diffusers"]]))
+        for variant in variants:
+            rows = runs[variant]
+            total = float(np.median([r["total_s"] for r in rows]))
+            per_step = float(np.median([r["s_per_step"] for r in rows]))
+            peak = max(r["peak_gpu_gib" if gpu else "peak_rss_gib"] for r in rows)
+            quality = psnr(reference, np.load(folder / f"{variant}-{batch}-0.npy"))
+            after = max(r["rss_after_gib"] for r in rows)
+            print(f"| {variant} | {batch} | {args.size} | {args.steps} | {per_step:.2f} | {total:.1f} | "
+                  f"{stock / total:.2f}x | {peak:.2f} | {after:.2f} | {quality:.1f} |")
 
 
 if __name__ == "__main__":
