@@ -88,8 +88,10 @@ def taming_vqgan_shapes(dd: dict, n_embed: int, embed_dim: int) -> dict[str, tup
 
 
 def write_taming_vqgan(folder: Path, dd: dict, n_embed: int, embed_dim: int, seed: int = 0,
-                       name: str = "last") -> Path:
-    """A Lightning-style .ckpt (with a discriminator beside the model, as trained) and its YAML."""
+                       name: str = "last", perceptual_loss: bool = True) -> Path:
+    """A Lightning-style .ckpt (with a discriminator beside the model, as trained) and its YAML.
+    perceptual_loss=False names taming's DummyLoss in the YAML: taming itself builds the LPIPS loss
+    when it loads a model, which downloads VGG weights (VQGAN+CLIP scripts delete it right after)."""
     import yaml
 
     generator = torch.Generator().manual_seed(seed)
@@ -106,6 +108,8 @@ def write_taming_vqgan(folder: Path, dd: dict, n_embed: int, embed_dim: int, see
                         "params": {"embed_dim": embed_dim, "n_embed": n_embed, "ddconfig": dd,
                                    "lossconfig": {"target": "taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator",
                                                   "params": {"disc_conditional": False, "disc_in_channels": 3}}}}}
+    if not perceptual_loss:
+        config["model"]["params"]["lossconfig"] = {"target": "taming.modules.losses.vqperceptual.DummyLoss"}
     checkpoint.with_suffix(".yaml").write_text(yaml.safe_dump(config))
     return checkpoint
 
@@ -200,7 +204,15 @@ def write_openai_clip(path: Path, model, half: bool = True) -> Path:
     """A TorchScript archive of the model in fp16, as OpenAI's released .pt files are."""
     size = model.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else size
-    traced = torch.jit.trace_module(model, {"encode_image": torch.zeros(1, 3, size, size)}, check_trace=False)
+    # OpenAI's CLIP keeps its text attention mask as a plain attribute, so its archives (and OpenAI's
+    # strict loader) have no `attn_mask` key; open_clip's is a non-persistent buffer, which tracing
+    # would save: leave it out while tracing.
+    mask = model._buffers.pop("attn_mask", None)
+    try:
+        traced = torch.jit.trace_module(model, {"encode_image": torch.zeros(1, 3, size, size)}, check_trace=False)
+    finally:
+        if mask is not None:
+            model._buffers["attn_mask"] = mask
     if half:
         traced = traced.half()
     path.parent.mkdir(parents=True, exist_ok=True)
