@@ -9,10 +9,10 @@ and the text encoders is cast to the compute dtype for its own forward only, and
 diffusers' layerwise casting hooks (`diffusers.hooks.apply_layerwise_casting`). Normalisation
 layers and embeddings, a small share of the weights, stay in the compute dtype all the time.
 
-What it costs: one cast of each layer's weights per call (about 5% of a 512 px SD step on
-this CPU: benchmarks/README.md), and the weights' rounding to 16 bits: the pictures change by
-a little (PSNR against the fp32 picture in the same table), so it is an option, recorded in the
-picture's metadata, never the default. Many published SD checkpoints are fp16 files to begin
+What it costs: casting each layer's weights on each call (about 5 GB of memory traffic an SD
+1.5 step; within the noise of the 512 px runs in benchmarks/README.md), and the weights'
+rounding to 16 bits: the pictures change a little (PSNR 63 dB against the fp32 picture there),
+so it is an option, recorded in the picture's metadata, never the default. Many published SD checkpoints are fp16 files to begin
 with: for them `--weights fp16` keeps every bit the file has.
 
 A model with cast weights must not be run from two threads at once (each forward casts the
