@@ -250,3 +250,10 @@ def test_single_file_refusal_says_how_to_use_a_lora(models):
 
     with pytest.raises(BadCheckpoint, match=r"use it in the prompt as <lora:NAME:1>"):
         load_model(str(models / "directly.safetensors"))
+
+
+def test_a_lora_with_weights_kept_in_16_bits_is_refused_naming_the_option(models):
+    from reverie.errors import BadRequest
+
+    with pytest.raises(BadRequest, match="--weights"):
+        picture(Studio(device="cpu"), "a red apple <lora:inkA:1>", weights="fp16")

@@ -21,6 +21,7 @@ from ...models.components import ModelComponents
 from ...models.lora import apply_loras
 from ...models.step_cache import step_cache
 from ...models.tiny_decoder import tiny_decode
+from ...models.weight_storage import storage_dtype
 from ...pixels import to_pictures
 from ...progress import Interrupted, Progress, ProgressEvent
 from ...prompts.conditioning import SDXLConditioning, encode_prompt_batch, encode_sdxl_prompt_batch
@@ -210,6 +211,9 @@ def run_batches(
                 if uses and unet is not None:
                     raise BadRequest("runtime", "LoRAs change the UNet's weights as it runs, and the openvino "
                                                 "runtime cannot; use --runtime torch")
+                if uses and storage_dtype(request.weights, dtype) != dtype:
+                    raise BadRequest("weights", "LoRAs are not applied to weights kept in 16 bits yet; "
+                                                "leave --weights out (auto) to use them")
                 cache = encoded.setdefault(tuple(uses), {})
                 with apply_loras(components, uses):
                     if components.is_sdxl:
