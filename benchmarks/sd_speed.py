@@ -38,7 +38,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -54,22 +53,14 @@ def sd15_folder(folder: Path, file_dtype: str = "fp32") -> Path:
     if (folder / "model_index.json").is_file():
         return folder
     import torch
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import StableDiffusionPipeline
     from diffusers.schedulers import PNDMScheduler
-    from transformers import CLIPTextConfig, CLIPTextModel
 
-    from reverie.models.clip_tokenizer import clip_tokenizer
+    from sd15_random import sd15_components
 
-    root = resources.files("reverie.models") / "configs" / "sd1"
-    read = lambda part: json.loads((root / part / "config.json").read_text())  # noqa: E731
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel.from_config(read("unet")).eval()
-    vae = AutoencoderKL.from_config(read("vae")).eval()
-    text_config = {k: v for k, v in read("text_encoder").items() if not k.startswith("_")}
-    text_encoder = CLIPTextModel(CLIPTextConfig(**text_config)).eval()
-    schedule = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=clip_tokenizer(), unet=unet,
-                                   scheduler=PNDMScheduler.from_config(schedule), safety_checker=None,
+    c = sd15_components()
+    pipe = StableDiffusionPipeline(vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=c.unet,
+                                   scheduler=PNDMScheduler.from_config(c.scheduler_config), safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
     if file_dtype == "fp16":
         pipe.to(torch.float16)
