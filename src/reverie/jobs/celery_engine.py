@@ -42,7 +42,7 @@ from .batching import DEFAULT_LIMIT, companions
 from .heartbeat import Heartbeat, alive_workers, worker_name
 from .live import Live, LiveBoard
 from .queue import EngineUnavailable
-from .resend import Resender, forget_sent, mark_sent
+from .resend import LEASES, Resender, forget_sent, mark_sent
 from .run import REQUEUED, run_job, run_jobs
 
 log = logging.getLogger("reverie.server")
@@ -52,7 +52,6 @@ DEFAULT_QUEUE = "reverie"
 CHANNELS = "reverie:job:"  # + job id: its live changes, as JSON
 SNAPSHOTS = "reverie:live:"  # + job id: its whole live state, as JSON
 CANCELS = "reverie:cancel:"  # + job id: set when a user cancels a running job
-LEASES = "reverie:lease:"  # + job id: held by the worker running it
 MODEL_QUEUES = "reverie:model-queues"  # the models some worker serves on a queue of their own
 KEEP_S = 24 * 3600  # snapshots and cancel marks expire after a day
 # How long an unacknowledged task waits before the broker gives it to another worker, and how long

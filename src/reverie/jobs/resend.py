@@ -29,7 +29,7 @@ log = logging.getLogger("reverie.server")
 
 SENT = "reverie:sent"  # the ids of the jobs whose task is in the broker (sent, not ended)
 LOCK = "reverie:resend-lock"  # held by the front end sweeping now
-LEASES = "reverie:lease:"  # + job id: held by the worker running it (celery_engine.LEASES)
+LEASES = "reverie:lease:"  # + job id: held by the worker running it (celery_engine takes it from here)
 RESEND_S = float(os.environ.get("REVERIE_RESEND_S", 10))  # how often a sweep runs; settable for tests
 
 
