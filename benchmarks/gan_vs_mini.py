@@ -160,7 +160,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from reverie.models.gan import load_gan, resolve_gan
+    from reverie.models.gan import load_gan
+    from reverie.models.gan_folders import resolve_gan
     from reverie.models.mini_clip import load_clip
     from reverie.studio import Studio
     from reverie.training.data.folder import read_splits

@@ -155,7 +155,7 @@ def main() -> None:
 
 
 def _grid_features(wanted: str) -> str:
-    from reverie.models.style_features import BUILTIN
+    from reverie.models.style_feature_names import BUILTIN
 
     return BUILTIN if wanted == "builtin" else wanted
 

@@ -15,7 +15,8 @@ from conftest import pixels
 from reverie.errors import BadRequest
 from reverie.methods.dreaming import start_dream
 from reverie.methods.dreaming.dream import Dream
-from reverie.models.gan import GANGenerator, is_gan_reference, load_gan, save_gan
+from reverie.models.gan import GANGenerator, load_gan, save_gan
+from reverie.models.gan_folders import is_gan_reference
 from reverie.outputs.metadata import read_png_info
 from reverie.studio import Studio, request_from_picture
 from reverie.training.gan import GANSettings, diff_augment, folder_classes, run_gan, train_gan
@@ -220,7 +221,7 @@ def test_train_and_generate_from_the_command_line(shapes, gan_folder, monkeypatc
 
 
 def test_a_gan_in_the_builtin_folder_is_a_builtin_model(gan_folder, monkeypatch, capsys, tmp_path):
-    import reverie.models.gan as gan_module
+    import reverie.models.gan_folders as gan_module
 
     (tmp_path / "shapes").symlink_to(gan_folder, target_is_directory=True)
     monkeypatch.setattr(gan_module, "BUILTIN_DIR", tmp_path)

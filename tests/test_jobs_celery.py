@@ -120,6 +120,10 @@ class Process:
         self.process.kill()
         return self.process.wait(PATIENCE)
 
+    def loaded_torch(self) -> bool:
+        """Whether the process has torch's library mapped (it imported torch)."""
+        return "libtorch" in Path(f"/proc/{self.process.pid}/maps").read_text()
+
 
 class Worker(Process):
     """`reverie worker` on the shared gallery, ready once Celery says so."""
@@ -199,6 +203,10 @@ def test_jobs_from_every_api_finish_on_two_workers_behind_two_front_ends(shared)
     files_match_rows(shared)
     for worker in workers:
         worker.alive("a worker")
+    # A front end queues, validates and answers without torch: it starts in a second or two and
+    # stays a small process; the workers import it.
+    assert not first.loaded_torch() and not second.loaded_torch()
+    assert all(worker.loaded_torch() for worker in workers)
 
 
 def test_a_worker_killed_mid_job_gives_it_back_and_another_makes_each_seed_once(either):

@@ -220,7 +220,8 @@ def style_cmd(style: Annotated[Path, typer.Argument(help="The style picture the 
     from PIL import Image
 
     from .errors import BadRequest, ImageInputError, ReverieError
-    from .models.style_features import load_features, parse_features
+    from .models.style_feature_names import parse_features
+    from .models.style_features import load_features
     from .models.style_network import StyleNetworkConfig
     from .training.style import content_pictures, train_style_network
 

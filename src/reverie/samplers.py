@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import diffusers
-
 from .errors import BadRequest
 
 
@@ -90,6 +88,8 @@ def build_scheduler(name: str, model_scheduler_config: dict, seeds: list[int] | 
     `seeds` (one per image) seed the Brownian tree of the DPM++ SDE sampler, whose noise
     would otherwise come from fresh entropy and break reproducibility.
     """
+    import diffusers  # here, not at the top: naming and checking a sampler needs no torch
+
     sampler = get_sampler(name)
     cls = getattr(diffusers, sampler.scheduler)
     config = {k: model_scheduler_config[k] for k in _SCHEDULE_KEYS if k in model_scheduler_config}

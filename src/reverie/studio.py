@@ -57,7 +57,7 @@ def request_fields(mode: str | None = None) -> set[str]:
 def mode_for_model(reference: str | None, default: str = "txt2img") -> str:
     """The mode that makes pictures with the model a reference names: `gan` for a GAN
     (`gan:NAME`, a GAN folder or run folder; its config is read, no weights), else `default`."""
-    from .models.gan import is_gan_reference
+    from .models.gan_folders import is_gan_reference
 
     return "gan" if is_gan_reference(reference) else default
 

@@ -408,10 +408,11 @@ def start_worker(broker: str, data, database: str | None = None, device: str = "
     from celery.signals import worker_shutting_down
 
     from ..gallery.store import Gallery
-    from ..studio import Studio, modes
+    from ..methods.registry import import_runs
+    from ..studio import Studio
 
     redis = connect_redis(broker)
-    modes()  # every method imported now, in one thread
+    import_runs()  # every method, torch and diffusers imported now, in one thread
     gallery = Gallery(data, database)
     name = f"reverie-{device}-{os.getpid()}@{socket.gethostname()}"
     heartbeat = Heartbeat(redis, worker_name(), device)

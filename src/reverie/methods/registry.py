@@ -81,6 +81,15 @@ def modes() -> list[str]:
     return list(methods())
 
 
+def import_runs() -> None:
+    """Import every method's `run` module, and torch and diffusers behind them, now, in this
+    thread. Registering a method imports only its request (no torch: a front end that queues
+    jobs for other machines never needs it); a process about to run jobs from several threads
+    calls this first, since diffusers' lazy imports fail when two threads race through them."""
+    for package in PACKAGES:
+        importlib.import_module(package + ".run")
+
+
 @cache
 def _method_of(package: str) -> Method:
     return importlib.import_module(package).METHOD

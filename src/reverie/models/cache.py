@@ -3,7 +3,8 @@ guides, generators and priors. Bounded by memory; the least recently used entry 
 
 Entries are keyed by a tuple that says what was loaded and how (kind, reference, device, dtype);
 the same key always gives the same object, so a dream whose generator and prior are both
-reverie-mini loads it once. Entries are shared: per-request state never goes on them.
+reverie-mini loads it once. Entries are shared: per-request state never goes on them. torch is
+imported when the first entry comes, so a front end that only queues jobs never imports it.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ import threading
 from collections import OrderedDict
 from dataclasses import fields, is_dataclass
 from typing import Callable, Hashable, TypeVar
-
-import torch
 
 T = TypeVar("T")
 DEFAULT_SHARE = 0.5  # of the memory available when the cache is made, unless REVERIE_MODEL_CACHE_GB says
@@ -34,6 +33,8 @@ def module_bytes(value) -> int:
 
 
 def _modules(value, depth: int):
+    import torch
+
     if isinstance(value, torch.nn.Module):
         yield value
         return
@@ -53,6 +54,8 @@ def default_budget() -> int:
     gigabytes = os.environ.get("REVERIE_MODEL_CACHE_GB")
     if gigabytes:
         return int(float(gigabytes) * 2**30)
+    import torch
+
     from ..device import available_memory
 
     return int(available_memory(torch.device("cpu")) * DEFAULT_SHARE)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from ..errors import BadCheckpoint, ModelNotFound
 from .components import ModelComponents
 
@@ -17,12 +15,14 @@ def is_diffusers_folder(path: Path) -> bool:
     return (path / "model_index.json").is_file()
 
 
-def load_diffusers_folder(path: str | Path, dtype: torch.dtype = torch.float32) -> ModelComponents:
-    """Load every part of a local diffusers pipeline folder, never reaching for the network."""
+def load_diffusers_folder(path: str | Path, dtype: torch.dtype | None = None) -> ModelComponents:
+    """Load every part of a local diffusers pipeline folder (fp32 unless `dtype`), never reaching for the network."""
+    import torch
     from diffusers import DiffusionPipeline
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.disable_progress_bar()  # reverie shows its own progress
+    dtype = dtype or torch.float32
 
     path = Path(path)
     if not path.is_dir():

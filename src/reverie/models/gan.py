@@ -1,4 +1,5 @@
-"""reverie's own GAN generator: the network, its folder format, and how a reference finds it.
+"""reverie's own GAN generator: the network, and its folder format (how a reference finds
+one is `models/gan_folders.py`, which needs no torch).
 
 A StyleGAN-lite generator: z (Gaussian) -> a small mapping MLP -> w; a learned 4x4 start is
 doubled in size block by block (nearest-neighbour upsampling, two 3x3 convolutions), each
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import torch
@@ -31,15 +31,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import BadCheckpoint, ModelNotFound
+from .gan_folders import CLASS_NAME, CONFIG_NAME, KIND, WEIGHTS_NAME, gan_folder, read_config
 from .weights import fill_exactly
 
-KIND = "gan"
-CLASS_NAME = "ReverieGANGenerator"
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "generator.safetensors"
-EXPORT_DIR = "export"  # inside a training run folder
-PREFIX = "gan:"
-BUILTIN_DIR = Path(__file__).resolve().parent.parent / "builtin"
 START = 4  # side of the learned start block
 CONFIG_KEYS = ("size", "z_dim", "w_dim", "mapping_layers", "widths", "classes")
 
@@ -166,25 +160,6 @@ class GANGenerator(nn.Module):
             self.w_mean[row] = self.map(z, labels).mean(dim=0)
 
 
-# -- folders ------------------------------------------------------------------------------
-def read_config(folder: Path) -> dict | None:
-    """The folder's GAN config, or None when it is not a GAN folder (no tensors read)."""
-    path = Path(folder) / CONFIG_NAME
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if isinstance(data, dict) and (data.get("kind") == KIND or data.get("_class_name") == CLASS_NAME):
-        return data
-    return None
-
-
-def is_gan_folder(path: str | Path) -> bool:
-    return read_config(Path(path)) is not None
-
-
 def save_gan(generator: GANGenerator, folder: str | Path, half: bool = True, extra: dict | None = None) -> Path:
     """Write the generator as a GAN folder (fp16 weights unless `half` is False); `extra` goes into config.json."""
     from safetensors.torch import save_file
@@ -229,72 +204,3 @@ def load_gan(folder: str | Path, dtype: torch.dtype = torch.float32) -> GANGener
     if dtype != torch.float32:
         generator = generator.to(dtype)
     return generator.eval().requires_grad_(False)
-
-
-def gan_folder(path: Path) -> Path:
-    """A run folder stands for its export/; any other path is itself."""
-    if not is_gan_folder(path) and is_gan_folder(path / EXPORT_DIR):
-        return path / EXPORT_DIR
-    return path
-
-
-def _models_dir() -> Path:
-    return Path(os.environ.get("REVERIE_MODELS", "models"))
-
-
-def builtin_gans() -> dict[str, Path]:
-    """{name: folder} of the GANs shipped in reverie/builtin (folders whose config says kind gan)."""
-    if not BUILTIN_DIR.is_dir():
-        return {}
-    return {child.name: child for child in sorted(BUILTIN_DIR.iterdir()) if child.is_dir() and is_gan_folder(child)}
-
-
-def is_gan_reference(reference: str | None) -> bool:
-    """Whether a --model/--generator reference names a GAN: `gan:...`, or a GAN folder (no tensors read)."""
-    if not reference:
-        return False
-    if reference.startswith(PREFIX) or reference in builtin_gans():
-        return True
-    path = Path(reference).expanduser()
-    if path.is_dir():
-        return is_gan_folder(gan_folder(path))
-    candidate = _models_dir() / reference
-    return candidate.is_dir() and is_gan_folder(gan_folder(candidate))
-
-
-def resolve_gan(reference: str) -> Path:
-    """The GAN folder a reference names: `gan:NAME` (a built-in GAN or a folder in the models
-    folder), `gan:PATH` or PATH (a GAN folder, or a training run folder holding export/)."""
-    name = reference.removeprefix(PREFIX)
-    if not name:
-        raise ModelNotFound("gan: give the GAN after the colon: gan:NAME (models folder) or gan:FOLDER")
-    if name in builtin_gans():
-        return builtin_gans()[name]
-    listed = _models_dir() / name
-    if "/" not in name and listed.is_dir() and is_gan_folder(gan_folder(listed)):
-        return gan_folder(listed)
-    for candidate in (Path(name).expanduser(), listed):
-        if candidate.is_dir():
-            folder = gan_folder(candidate)
-            if not is_gan_folder(folder):
-                raise ModelNotFound(f"{candidate} is not a GAN folder: expected {CONFIG_NAME} with \"kind\": \"gan\" "
-                                    f"and {WEIGHTS_NAME}, or a `reverie train gan` run folder with {EXPORT_DIR}/")
-            return folder
-    known = ", ".join([*builtin_gans(), *(p.name for p in list_gan_folders())]) or "none"
-    raise ModelNotFound(f"no GAN named {name!r}: not a folder, not in {_models_dir()}/ (GANs there: {known})")
-
-
-def list_gan_folders() -> list[Path]:
-    """The GAN folders directly inside the models folder."""
-    folder = _models_dir()
-    if not folder.is_dir():
-        return []
-    return [child for child in sorted(folder.iterdir()) if child.is_dir() and is_gan_folder(child)]
-
-
-def gan_side(reference: str) -> int | None:
-    """The picture side of the GAN a reference names, from its config alone; None when it names none."""
-    try:
-        return int(read_config(resolve_gan(reference))["size"])
-    except (ModelNotFound, TypeError, KeyError, ValueError):
-        return None

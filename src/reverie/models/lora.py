@@ -29,10 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import torch
-
 from ..errors import BadCheckpoint, BadRequest, ModelNotFound
-from .batch_invariance import steady_rows
 from .components import ModelComponents
 
 LORA_FOLDERS = ("Lora", "lora", "LyCORIS")
@@ -265,6 +262,8 @@ def _load(components: ModelComponents, info: LoraInfo) -> None:
     finally:
         diffusers_logging.set_verbosity(verbosity)
         _disable(components)
+    from .batch_invariance import steady_rows
+
     steady_rows(components.unet)  # the adapter's own layers, as the base's (batch_invariance.py)
 
 

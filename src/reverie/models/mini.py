@@ -10,11 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from ..errors import BadCheckpoint, ModelNotFound
 from .components import ModelComponents, SamplingDefaults
-from .minilm import load_minilm
 
 MINI_NAME = "mini"
 MINI_DIR = Path(__file__).resolve().parent.parent / "builtin" / "mini"
@@ -47,9 +44,14 @@ def weight_files(component: Path) -> list[Path]:
     return [component / shard for shard in shards]
 
 
-def load_mini(dtype: torch.dtype = torch.float32, folder: Path = MINI_DIR) -> ModelComponents:
-    """Load reverie-mini; a missing or damaged weight file is reported by name."""
+def load_mini(dtype: torch.dtype | None = None, folder: Path = MINI_DIR) -> ModelComponents:
+    """Load reverie-mini (fp32 unless `dtype`); a missing or damaged weight file is reported by name."""
+    import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from .minilm import load_minilm
+
+    dtype = dtype or torch.float32
 
     if not mini_installed(folder):
         raise ModelNotFound(f"the built-in model is not installed at {folder}; pass --model PATH to use another model")
@@ -82,6 +84,8 @@ def load_mini(dtype: torch.dtype = torch.float32, folder: Path = MINI_DIR) -> Mo
 
 def save_mini(unet, vae, scheduler_config: dict, folder: Path = MINI_DIR, half: bool = True) -> Path:
     """Write the diffusers-layout folder (fp16 weights by default) that `load_mini` reads."""
+    import torch
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     dtype = torch.float16 if half else torch.float32

@@ -2,7 +2,8 @@
 
 A reference is, in this order: a built-in name; a path to a diffusers folder or a single-file
 checkpoint; the name of one of those inside the models folder; or a hub id, which works only
-when online.
+when online. Naming, finding and listing models reads files only; torch is imported when a
+model is loaded.
 """
 
 from __future__ import annotations
@@ -13,12 +14,10 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from ..errors import ModelNotFound
 from .components import ModelComponents
 from .diffusers_folder import is_diffusers_folder, load_diffusers_folder
-from .gan import builtin_gans, gan_side, is_gan_folder, is_gan_reference
+from .gan_folders import builtin_gans, gan_side, is_gan_folder, is_gan_reference
 from .mini import MINI_NAME, NATIVE_SIDE as MINI_SIDE, load_mini, mini_installed
 from .tiny import TINY_NAME, build_tiny
 
@@ -79,8 +78,11 @@ def native_side(reference: str) -> int | None:
     return gan_side(reference) if is_gan_reference(reference) else None
 
 
-def load_model(reference: str, dtype: torch.dtype = torch.float32) -> ModelComponents:
-    """Load the model `reference` names (see the module docstring for the forms)."""
+def load_model(reference: str, dtype: torch.dtype | None = None) -> ModelComponents:
+    """Load the model `reference` names (see the module docstring for the forms), fp32 unless `dtype`."""
+    import torch
+
+    dtype = dtype or torch.float32
     if reference == MINI_NAME:
         return load_mini(dtype)
     if is_gan_reference(reference):

@@ -22,22 +22,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import BadCheckpoint, ModelNotFound
+from .style_feature_names import VGG_LAYERS, parse_features
 
 STYLE_DIR = Path(__file__).resolve().parent.parent / "builtin" / "style"
 RANDOM_WEIGHTS = "random_features.safetensors"
 RANDOM_SEED = 1717  # the seed the shipped random features were drawn with (`make_random_features`)
 RANDOM_WIDTHS = (32, 64, 128, 256)  # channels per scale; each scale's bank mixes dilations 1, 2 and 4
-BUILTIN = "clip"  # what `builtin` means: the winner of benchmarks/style.py (docs/style-transfer.md)
-BUILTIN_NAMES = ("builtin", "random", "clip")
-CLIP_REFLECT = 8  # pixels mirrored around a picture before the small CLIP's zero-padded convolutions  # the feature networks that need no file
+CLIP_REFLECT = 8  # pixels mirrored around a picture before the small CLIP's zero-padded convolutions
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-# torchvision's `features` indices: the ReLUs after conv1_1, 2_1, 3_1, 4_1, 5_1 (style) and conv4_2 (content).
-VGG_LAYERS = {
-    "vgg16": {"style": (1, 6, 11, 18, 25), "content": 20, "convs": (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)},
-    "vgg19": {"style": (1, 6, 11, 20, 29), "content": 22,
-              "convs": (0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34)},
-}
-FEATURES_HELP = "builtin, random, clip, vgg16:FILE or vgg19:FILE (torchvision's VGG weights, .pth or .safetensors)"
 
 
 class FeatureNetwork(nn.Module):
@@ -212,18 +204,6 @@ def load_vgg_features(arch: str, path: str | Path) -> FeatureNetwork:
     body.load_state_dict(check_vgg_layout(state, arch, body, f"--features {arch}:{path}"))
     layers = VGG_LAYERS[arch]
     return FeatureNetwork(body, layers["style"], layers["content"], IMAGENET_MEAN, IMAGENET_STD, f"{arch}:{path.name}")
-
-
-def parse_features(reference: str) -> tuple[str, str | None]:
-    """`builtin` -> (the built-in's name, None); `vgg19:FILE` -> ("vgg19", FILE); else ValueError."""
-    if reference == "builtin":
-        return BUILTIN, None
-    if reference in BUILTIN_NAMES:
-        return reference, None
-    arch, sep, path = reference.partition(":")
-    if sep and arch in VGG_LAYERS and path:
-        return arch, path
-    raise ValueError(f"unknown feature network {reference!r}; use {FEATURES_HELP}")
 
 
 def load_features(reference: str) -> FeatureNetwork:

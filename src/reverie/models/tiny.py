@@ -3,14 +3,11 @@
 It is NOT a picture model: its pictures are coloured noise. It exists so the whole pipeline
 (tokenizer, text encoder, UNet, VAE, every sampler and mode) can run end to end on any machine
 in a second, for tests and for `make demo` until a trained built-in model is installed.
-The weights come from a fixed seed, so every machine builds the same model.
+The weights come from a fixed seed, so every machine builds the same model. torch, diffusers and
+transformers are imported when it is built, not when its name is looked up.
 """
 
 from __future__ import annotations
-
-import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
 
 from .clip_tokenizer import clip_tokenizer
 from .components import ModelComponents
@@ -33,6 +30,8 @@ SD_SCHEDULE = {
 
 
 def tiny_unet(in_channels: int = 4, cross_attention_dim: int = 32, sample_size: int = 32) -> UNet2DConditionModel:
+    from diffusers import UNet2DConditionModel
+
     return UNet2DConditionModel(
         sample_size=sample_size,
         in_channels=in_channels,
@@ -49,6 +48,8 @@ def tiny_unet(in_channels: int = 4, cross_attention_dim: int = 32, sample_size: 
 
 
 def tiny_vae() -> AutoencoderKL:
+    from diffusers import AutoencoderKL
+
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
@@ -62,6 +63,8 @@ def tiny_vae() -> AutoencoderKL:
 
 
 def tiny_text_encoder(hidden_size: int = 32) -> CLIPTextModel:
+    from transformers import CLIPTextConfig, CLIPTextModel
+
     config = CLIPTextConfig(
         vocab_size=49408,
         hidden_size=hidden_size,
@@ -78,6 +81,8 @@ def tiny_text_encoder(hidden_size: int = 32) -> CLIPTextModel:
 
 def build_tiny(inpainting: bool = False, seed: int = 0) -> ModelComponents:
     """The tiny random model; `inpainting=True` gives the 9-channel inpainting variant."""
+    import torch
+
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         unet = tiny_unet(in_channels=9 if inpainting else 4)

@@ -147,17 +147,18 @@ def _job_queue(config: ServerConfig, gallery: Gallery, studio):
 
 def create_app(config: ServerConfig | None = None, studio=None) -> FastAPI:
     """The studio as an ASGI app; the job runner starts and stops with it."""
+    from ..methods.registry import import_runs
     from ..models.registry import list_models
     from ..studio import Studio, modes
     from . import api_a1111, api_credits, api_native, api_openai, metrics
 
-    # Import every method (and diffusers behind them) now, in one thread: the first requests come
-    # at once from the page, and diffusers' lazy imports fail when two threads race through them.
-    modes(), list_models()
     config = config or ServerConfig()
+    modes(), list_models()  # every method's request, and the models folder, checked once at the start
+    if not config.broker:  # this process runs the jobs: torch, diffusers and every method now, in one thread
+        import_runs()
+        studio = studio or Studio(device=config.device)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     gallery = Gallery(config.data_dir, database=config.database)
-    studio = studio or Studio(device=config.device)
     state = StudioState(config, gallery, _job_queue(config, gallery, studio), load_secret(config.data_dir), studio, {})
 
     @asynccontextmanager

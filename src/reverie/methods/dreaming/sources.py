@@ -44,7 +44,8 @@ def _is_autoencoder_folder(path: Path) -> bool:
 def load_network(reference: str, dtype: torch.dtype = torch.float32):
     """(kind, frozen network) for a generator reference; kind is pixels|latent|vqgan|biggan|gan."""
     from ...models.biggan import is_biggan_folder, load_biggan
-    from ...models.gan import is_gan_reference, load_gan, resolve_gan
+    from ...models.gan import load_gan
+    from ...models.gan_folders import is_gan_reference, resolve_gan
     from ...models.taming_vqgan import load_vqgan
 
     prefix, sep, rest = reference.partition(":")

@@ -13,7 +13,8 @@ from ... import __version__
 from ...device import pick_device
 from ...errors import BadCheckpoint, BadRequest, ModelNotFound
 from ...models.cache import ModelCache
-from ...models.gan import GANGenerator, load_gan, resolve_gan
+from ...models.gan import GANGenerator, load_gan
+from ...models.gan_folders import resolve_gan
 from ...outputs.files import Outputs, next_number
 from ...outputs.metadata import a1111_parameters, reverie_metadata
 from ...outputs.video import write_video

@@ -10,7 +10,7 @@ from PIL import Image
 from pydantic import Field, field_validator, model_validator
 
 from ...errors import BadRequest
-from ...models.style_features import parse_features
+from ...models.style_feature_names import parse_features
 from ...request import BaseRequest
 
 OPTIMIZERS = ("lbfgs", "adam")

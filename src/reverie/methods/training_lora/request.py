@@ -12,7 +12,6 @@ from pydantic import Field, field_validator, model_validator
 
 from ...errors import BadRequest
 from ...request import BaseRequest
-from ...training.data.concept import MIN_PICTURES
 
 STEPS_PER_CHARGE = 50  # the studio charges one request per this many training steps
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # a file stem that <lora:NAME:W> can spell
@@ -67,6 +66,8 @@ class TrainLoraRequest(BaseRequest):
 
     @model_validator(mode="after")
     def _enough(self):
+        from ...training.data.concept import MIN_PICTURES  # here: training.data imports torch
+
         if len(self.pictures) < MIN_PICTURES:
             raise BadRequest("pictures", f"{len(self.pictures)} picture(s); a LoRA learns a concept from at least "
                                          f"{MIN_PICTURES} pictures of it")

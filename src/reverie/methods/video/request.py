@@ -147,7 +147,7 @@ class VideoRequest(BaseRequest):
     # -- what the method reads --------------------------------------------------------------
     def walks_a_gan(self) -> bool:
         """A walk through a trained GAN's latents (`model` names a GAN): its prompts are class names."""
-        from ...models.gan import is_gan_reference
+        from ...models.gan_folders import is_gan_reference
 
         return self.motion == "walk" and is_gan_reference(self.model)
 

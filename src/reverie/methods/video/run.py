@@ -124,7 +124,7 @@ def _frame_maker(request: VideoRequest, models: ModelCache, progress: Progress, 
         return _dream_maker(request, models, progress, folder)
     if request.walks_a_gan():
         return _gan_maker(request, models, progress)
-    from ...models.gan import is_gan_reference
+    from ...models.gan_folders import is_gan_reference
 
     if is_gan_reference(request.model):
         raise BadRequest("motion", "a GAN draws from its latents and cannot paint a frame from the one before; walk "
