@@ -15,7 +15,8 @@ from reverie.models.weight_storage import store_weights, stored_dtype
 from reverie.outputs.metadata import parse_a1111_parameters, read_png_info
 from reverie.studio import make_request, request_from_picture
 
-FAST = dict(model="tiny-random", steps=4, cfg_scale=5.0, width=64, height=64, prompt="a red apple", seed=7, n_samples=2)
+FAST = dict(model="tiny-random", steps=4, cfg_scale=5.0, width=64, height=64, prompt="a red apple", seed=7, n_samples=2,
+            dtype="fp32")  # weights kept in 16 bits for an fp32 computation, on any CPU
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

@@ -4,10 +4,11 @@ A Stable Diffusion 1.5 model is 4.0 GiB of fp32 weights (UNet 3.2, text encoder 
 more than the whole budget of a small machine, before a single activation. A CPU without native
 bf16 or fp16 arithmetic must still compute in fp32 to be fast, but nothing says the weights have
 to rest in fp32 between uses. With `weights` fp16 (or bf16) the model is loaded straight into
-16 bits (no fp32 copy on the way) and every Conv, Linear and Embedding layer of the UNet, the VAE
-and the text encoders is cast to the compute dtype for its own forward only, and back after:
-diffusers' layerwise casting hooks (`diffusers.hooks.apply_layerwise_casting`). Normalisation
-layers and embeddings, a small share of the weights, stay in the compute dtype all the time.
+16 bits (no fp32 copy on the way) and every Conv and Linear layer of the UNet, the VAE and the
+text encoders computes with a compute-dtype copy of its weights made for its own forward only;
+the 16-bit tensors are put back after, never cast again (a hook of diffusers' layerwise-casting
+kind). Normalisation layers and embeddings, a small share of the weights, stay in the compute
+dtype all the time.
 
 What it costs: casting each layer's weights on each call (about 5 GB of memory traffic an SD
 1.5 step; within the noise of the 512 px runs in benchmarks/README.md), and the weights'
@@ -21,14 +22,19 @@ layer's own parameters in place); reverie's workers run one pass at a time on a 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 WEIGHTS = ("auto", "fp32", "fp16", "bf16")
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-# Layers that stay in the compute dtype: the norms, and the embeddings (a small share of the
-# weights; a transformers text encoder reports the dtype of its first parameter, the token
+# The layers whose weights rest in 16 bits (diffusers' layerwise casting takes the same kinds).
+# Every other layer stays in the compute dtype: the norms, and the embeddings (a small share of
+# the weights; a transformers text encoder reports the dtype of its first parameter, the token
 # embedding, as its own, and diffusers' pipelines cast the prompt's states to that dtype).
-_KEPT = (torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.BatchNorm2d, torch.nn.Embedding)
+_CAST = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.ConvTranspose1d,
+         torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)
+_HOOK_NAME = "layerwise_casting"  # diffusers' name: its models then report the compute dtype
 
 
 def storage_dtype(weights: str, compute: torch.dtype) -> torch.dtype:
@@ -42,10 +48,12 @@ def store_weights(module: torch.nn.Module, storage: torch.dtype, compute: torch.
     two are the same."""
     if storage == compute:
         return module.to(dtype=compute)
-    from diffusers.hooks import apply_layerwise_casting
+    from diffusers.hooks import HookRegistry
 
-    apply_layerwise_casting(module, storage_dtype=storage, compute_dtype=compute, skip_modules_pattern=None,
-                            skip_modules_classes=_KEPT)
+    hook = _keep_storage_hook()
+    for layer in module.modules():
+        if isinstance(layer, _CAST):
+            HookRegistry.check_if_exists_or_initialize(layer).register_hook(hook(storage, compute, False), _HOOK_NAME)
     for layer in module.modules():
         hooked = getattr(layer, "_diffusers_hook", None) is not None
         if not hooked:  # norms, and parameters held by a parent module itself (a class token ...)
@@ -56,6 +64,36 @@ def store_weights(module: torch.nn.Module, storage: torch.dtype, compute: torch.
         raise RuntimeError(f"{type(module).__name__} reports {module.dtype} after its weights were cast; "
                            f"the pipelines would cast their inputs to it")
     return module
+
+
+@functools.cache
+def _keep_storage_hook():
+    """diffusers' layerwise casting hook, changed to put the stored tensors back after each call
+    instead of casting the layer to the storage dtype again. diffusers' own makes a new 16-bit
+    copy of every weight on every call: memory traffic, and a second copy of the whole model
+    for as long as the loaded tensors (a safetensors file's mapped pages) are still referenced.
+    Registered under diffusers' name, so diffusers' models report the compute dtype as theirs."""
+    from diffusers.hooks.layerwise_casting import LayerwiseCastingHook
+
+    class KeepStorageHook(LayerwiseCastingHook):
+        stored = ()
+
+        def pre_forward(self, module, *args, **kwargs):
+            self.post_forward(module, None)  # a forward that raised left its copies in place
+            self.stored = [(tensor, tensor.data) for tensor in [*module.parameters(recurse=False),
+                                                                *module.buffers(recurse=False)]
+                           if tensor.dtype == self.storage_dtype]
+            for tensor, data in self.stored:
+                tensor.data = data.to(self.compute_dtype)
+            return args, kwargs
+
+        def post_forward(self, module, output):
+            for tensor, data in self.stored:
+                tensor.data = data
+            self.stored = ()
+            return output
+
+    return KeepStorageHook
 
 
 def stored_dtype(module: torch.nn.Module) -> torch.dtype | None:
