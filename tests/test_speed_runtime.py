@@ -71,7 +71,8 @@ def _request(runtime: str, n_samples: int = 1, seed: int = 5, **more):
     from reverie.studio import make_request
 
     return make_request(dict(prompt="a red circle", model="tiny-random", width=64, height=64, steps=4, seed=seed,
-                             n_samples=n_samples, runtime=runtime, device="cpu", upscale=1) | more)
+                             n_samples=n_samples, runtime=runtime, device="cpu", upscale=1,
+                             dtype="fp32") | more)  # OpenVINO runs fp32 here; auto is bf16 on a bf16 CPU
 
 
 def test_openvino_pictures_match_torch_and_are_made_again_from_the_png(tmp_path):

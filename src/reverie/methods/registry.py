@@ -9,6 +9,7 @@ API all reach methods through `method_for` and `make_request`; none of them name
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from dataclasses import dataclass
 from functools import cache
 from typing import Callable
@@ -85,9 +86,11 @@ def import_runs() -> None:
     """Import every method's `run` module, and torch and diffusers behind them, now, in this
     thread. Registering a method imports only its request (no torch: a front end that queues
     jobs for other machines never needs it); a process about to run jobs from several threads
-    calls this first, since diffusers' lazy imports fail when two threads race through them."""
+    calls this first, since diffusers' lazy imports fail when two threads race through them.
+    A package small enough to keep its run in `__init__.py` has nothing more to import."""
     for package in PACKAGES:
-        importlib.import_module(package + ".run")
+        if importlib.util.find_spec(package + ".run") is not None:
+            importlib.import_module(package + ".run")
 
 
 @cache
