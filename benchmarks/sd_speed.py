@@ -6,11 +6,13 @@ folder with fp32 weights (`--folder`). Every variant loads it from there in its 
 its peak resident memory (the child's ru_maxrss) is its own, loading included; the variants are
 run in turn, `--repeats` rounds, and the median is kept.
 
+Each child makes a one-step picture first (its time is `first call s`: for reverie, which loads
+a model on its first request, loading included; for openvino also compiling the input shape),
+then the timed picture, warm, as a server or a person's second picture runs it, on both sides.
 Columns: s/step is the median time between two denoising steps (the UNet on the CFG pair and
-the sampler; the first step, which carries compiling, is left out); total s the whole call
-(prompt encoding, all steps, the VAE decode; for openvino also compiling its input shape, not
-the one-time export, reported apart); ratio is stock diffusers' total over the variant's;
-PSNR is against stock diffusers' fp32 picture (inf: identical).
+the sampler); total s the whole warm call (prompt encoding, all steps, the VAE decode); ratio is
+stock diffusers' total over the variant's; PSNR is against stock diffusers' fp32 picture (inf:
+identical). The one-time OpenVINO export is reported apart.
 
     PYTHONPATH=src .venv/bin/python benchmarks/sd_speed.py --size 256 --steps 4
     PYTHONPATH=src .venv/bin/python benchmarks/sd_speed.py --size 512 --steps 4 --variants diffusers,openvino
@@ -21,11 +23,13 @@ On a GPU (`--device cuda`) stock diffusers and reverie both run in fp16 (diffuse
 attention is SDPA on both sides), the peak is torch's largest GPU allocation, and the PSNR is
 against stock diffusers' fp16 picture of the same batch.
 
-Variants: diffusers (stock StableDiffusionPipeline, fp32), torch (reverie, fp32, torch),
+Variants: diffusers (stock StableDiffusionPipeline, fp32), auto (reverie's defaults: dtype and
+runtime auto, what a user gets), torch (reverie, fp32, torch),
 fp16_weights and bf16_weights (reverie, fp32 compute from weights resting in 16 bits: `--weights`),
 channels_last (reverie, UNet and VAE in channels-last memory format), bf16 (reverie, bf16
 weights and compute), compile (reverie, torch.compile'd UNet), openvino (reverie, the UNet on
-OpenVINO: models/openvino_runtime.py; its export is cached under $REVERIE_CACHE).
+OpenVINO in fp32: models/openvino_runtime.py; its export is cached under $REVERIE_CACHE),
+openvino_bf16 (the same in bf16: bf16 weights and compute).
 """
 
 from __future__ import annotations
@@ -42,7 +46,8 @@ from pathlib import Path
 
 import numpy as np
 
-VARIANTS = ("diffusers", "torch", "fp16_weights", "bf16_weights", "channels_last", "bf16", "compile", "openvino")
+VARIANTS = ("diffusers", "auto", "torch", "fp16_weights", "bf16_weights", "channels_last", "bf16", "compile", "openvino",
+            "openvino_bf16")
 PROMPT = "an astronaut lounging in a desert, expressive oil painting"
 
 
@@ -100,19 +105,19 @@ def child(args) -> dict:
             steps_at.append(now())
             return tensors
 
-        start = time.perf_counter()
-        with torch.no_grad():
-            image = pipe(PROMPT, height=args.size, width=args.size, num_inference_steps=args.steps,
-                         guidance_scale=args.cfg, num_images_per_prompt=args.batch, generator=torch.Generator("cpu").manual_seed(args.seed),
-                         callback_on_step_end=on_step, output_type="pil").images[0]
-        total = time.perf_counter() - start
+        def call(steps: int):
+            with torch.no_grad():
+                return pipe(PROMPT, height=args.size, width=args.size, num_inference_steps=steps,
+                            guidance_scale=args.cfg, num_images_per_prompt=args.batch,
+                            generator=torch.Generator("cpu").manual_seed(args.seed),
+                            callback_on_step_end=on_step, output_type="pil").images[0]
     else:
         from reverie.studio import Studio, make_request
 
         from reverie.methods.diffusion.run import diffusion_model
 
-        dtype = "bf16" if variant == "bf16" else ("auto" if cuda else "fp32")  # auto: fp16 on a GPU
-        runtime = "openvino" if variant == "openvino" else "torch"
+        dtype = "bf16" if variant in ("bf16", "openvino_bf16") else ("auto" if cuda or variant == "auto" else "fp32")
+        runtime = "openvino" if variant.startswith("openvino") else ("auto" if variant == "auto" else "torch")
         weights = {"fp16_weights": "fp16", "bf16_weights": "bf16"}.get(variant, "auto")
         studio = Studio(device=args.device)
         if variant in ("channels_last", "compile"):  # the cached model, changed in place before the request
@@ -131,11 +136,23 @@ def child(args) -> dict:
                                steps=args.steps, cfg_scale=args.cfg, sampler=args.sampler, seed=args.seed,
                                n_samples=args.batch, dtype=dtype, device=args.device, runtime=runtime, weights=weights,
                                upscale=1)
-        start = time.perf_counter()
-        result = studio.run(request, outdir=tempfile.mkdtemp(prefix="sd-speed-"), grid=False, progress=on_progress)
-        total = time.perf_counter() - start
-        image = result.images[0].image
-        info["runtime"] = result.images[0].metadata["settings"]["runtime"]
+        def call(steps: int):
+            made = studio.run(request.model_copy(update={"steps": steps}), outdir=tempfile.mkdtemp(prefix="sd-speed-"),
+                              grid=False, progress=on_progress).images[0]
+            info["runtime"], info["dtype"] = made.metadata["settings"]["runtime"], made.metadata["settings"]["ran_dtype"]
+            return made.image
+
+    # A one-step call first (timed as `first_call_s`: loading the model included for reverie,
+    # which loads on the first request, and compiling the input shape for openvino), then the
+    # timed call, warm: both sides as a server or a second picture runs them.
+    start = time.perf_counter()
+    call(1)
+    info["first_call_s"] = time.perf_counter() - start
+    steps_at.clear()
+    start = time.perf_counter()
+    image = call(args.steps)
+    total = time.perf_counter() - start
+    if variant != "diffusers":
         unet = studio.models.find(lambda key: key[0] == "openvino-unet")
         if unet is not None:
             info["exports"] = unet.exports
@@ -183,7 +200,7 @@ def main() -> None:
     parser.add_argument("--batches", default="1", help="pictures per call, a run of each: e.g. 1,4,8 on a GPU")
     parser.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)  # a child's
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--variants", default="diffusers,torch,channels_last,bf16,openvino")
+    parser.add_argument("--variants", default="diffusers,auto,torch,bf16,openvino,openvino_bf16")
     parser.add_argument("--folder", help="where the random-weight SD 1.5 folder is written once and read by every "
                         "variant (default: reverie-sd15-random-seed0-<file dtype> in the temp folder)")
     parser.add_argument("--file-dtype", choices=("fp32", "fp16"), default="fp32", help="the folder's weights' dtype")
@@ -199,10 +216,11 @@ def main() -> None:
     variants = args.variants.split(",")
     assert "diffusers" in variants, "the stock pipeline is the reference: keep `diffusers` in --variants"
     folder = Path(tempfile.mkdtemp(prefix="sd-speed-"))
-    if "openvino" in variants:  # the one-time export, when the cache does not have it yet
-        first = run_child("openvino", args, folder / "export.npy")
+    for variant in (v for v in variants if v.startswith("openvino") or v == "auto"):
+        one_step = argparse.Namespace(**(vars(args) | {"steps": 1}))
+        first = run_child(variant, one_step, folder / "export.npy")  # the one-time export, when not cached yet
         if first.get("exports"):
-            print(f"openvino: exported the UNet ({first['process_s']:.0f} s for that process, "
+            print(f"{variant}: exported the UNet ({first['process_s']:.0f} s for that process, "
                   f"peak {first['peak_rss_gib']:.2f} GiB); cached for the runs below", flush=True)
     tables = []
     for batch in (int(b) for b in args.batches.split(",")):
@@ -221,8 +239,8 @@ def main() -> None:
     print(f"\nSD 1.5 architecture (random weights, {args.file_dtype} files), {args.size}x{args.size}, {args.steps} steps, {args.sampler}, "
           f"CFG {args.cfg}, {machine}, torch {torch.__version__}, {args.repeats} round(s), medians")
     print(f"| variant | batch | size | steps | s/step | total s | ratio vs stock | peak {'GPU' if gpu else 'RSS'} GiB "
-          f"| RSS after GiB | PSNR vs stock {'fp16' if gpu else 'fp32'} |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          f"| RSS after GiB | PSNR vs stock {'fp16' if gpu else 'fp32'} | first call s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for batch, runs in tables:
         reference = np.load(folder / f"diffusers-{batch}-0.npy")
         stock = float(np.median([r["total_s"] for r in runs["diffusers"]]))
@@ -233,8 +251,10 @@ def main() -> None:
             peak = max(r["peak_gpu_gib" if gpu else "peak_rss_gib"] for r in rows)
             quality = psnr(reference, np.load(folder / f"{variant}-{batch}-0.npy"))
             after = max(r["rss_after_gib"] for r in rows)
-            print(f"| {variant} | {batch} | {args.size} | {args.steps} | {per_step:.2f} | {total:.1f} | "
-                  f"{stock / total:.2f}x | {peak:.2f} | {after:.2f} | {quality:.1f} |")
+            first = float(np.median([r["first_call_s"] for r in rows]))
+            label = f"{variant} ({rows[0]['runtime']}, {rows[0]['dtype']})" if "runtime" in rows[0] else variant
+            print(f"| {label} | {batch} | {args.size} | {args.steps} | {per_step:.2f} | {total:.1f} | "
+                  f"{stock / total:.2f}x | {peak:.2f} | {after:.2f} | {quality:.1f} | {first:.1f} |")
 
 
 if __name__ == "__main__":

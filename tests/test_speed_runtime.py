@@ -49,8 +49,12 @@ def test_runtime_resolution_says_why_not(monkeypatch):
     assert resolve_runtime("auto", cpu, fp32, parameters=10**9, loras=True) == "torch"
     with pytest.raises(BadRequest, match="tiles"):
         resolve_runtime("openvino", cpu, fp32, tile=True)
-    with pytest.raises(BadRequest, match="fp32"):
-        resolve_runtime("openvino", cpu, torch.bfloat16)
+    assert resolve_runtime("auto", cpu, torch.bfloat16, parameters=10**9) == "openvino"
+    with pytest.raises(BadRequest, match="fp32 or bf16"):
+        resolve_runtime("openvino", cpu, torch.float16)
+    # auto wants three times the UNet's own bytes free: half as many for bf16 weights
+    assert resolve_runtime("auto", cpu, fp32, parameters=10**9, free_bytes=8 * 10**9) == "torch"
+    assert resolve_runtime("auto", cpu, torch.bfloat16, parameters=10**9, free_bytes=8 * 10**9) == "openvino"
     with pytest.raises(BadRequest, match="cuda"):
         resolve_runtime("openvino", torch.device("cuda"), fp32)
 
@@ -95,6 +99,26 @@ def test_openvino_pictures_match_torch_and_are_made_again_from_the_png(tmp_path)
     assert np.array_equal(np.asarray(remade.image), np.asarray(made.image))
 
 
+def test_a_bf16_request_runs_a_bf16_export_close_to_torchs_bf16_picture(tmp_path):
+    """bf16 on OpenVINO: its own export (the bf16 weights, not the fp32 one's), computed in bf16,
+    the picture close to torch's bf16 picture and recorded as bf16."""
+    _openvino()
+    from reverie.studio import Studio
+
+    studio = Studio(device="cpu")
+    fp32 = studio.run(_request("openvino"), outdir=tmp_path / "fp32").images[0]
+    torch_bf16 = studio.run(_request("torch", dtype="bf16"), outdir=tmp_path / "torch").images[0]
+    made = studio.run(_request("openvino", dtype="bf16"), outdir=tmp_path / "bf16").images[0]
+    assert made.metadata["settings"]["ran_dtype"] == "bf16"
+    assert made.metadata["settings"]["runtime"] == "openvino"
+    unets = {dtype: studio.models.find(lambda key, d=dtype: key[0] == "openvino-unet" and key[-1] == d)
+             for dtype in ("torch.float32", "torch.bfloat16")}
+    assert unets["torch.bfloat16"].precision == "bf16" and unets["torch.float32"].precision == "f32"
+    assert unets["torch.bfloat16"].folder != unets["torch.float32"].folder  # two exports, one per dtype
+    assert _psnr(torch_bf16.image, made.image) > 30
+    assert not np.array_equal(np.asarray(made.image), np.asarray(fp32.image))  # bf16 did run
+
+
 def test_auto_leaves_toy_models_on_torch(tmp_path):
     _openvino()
     from reverie.studio import Studio
@@ -132,15 +156,18 @@ def test_the_export_is_reused_and_a_damaged_one_made_again(tmp_path):
     assert torch.equal(fourth(sample, torch.tensor(500), states).sample, expected)
 
 
-def test_openvino_pictures_do_not_depend_on_their_batch_mates(tmp_path):
-    """The dynamic-batching promise (models/batch_invariance.py) under the OpenVINO runtime."""
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_openvino_pictures_do_not_depend_on_their_batch_mates(tmp_path, dtype):
+    """The dynamic-batching promise (models/batch_invariance.py) under the OpenVINO runtime, in
+    both of its precisions."""
     _openvino()
     from reverie.studio import Studio
 
     studio = Studio(device="cpu")
-    together = studio.run(_request("openvino", n_samples=3), outdir=tmp_path / "batch").images
+    together = studio.run(_request("openvino", n_samples=3, dtype=dtype), outdir=tmp_path / "batch").images
     for offset, picture in enumerate(together):
-        alone = studio.run(_request("openvino", seed=5 + offset), outdir=tmp_path / f"alone{offset}").images[0]
+        alone = studio.run(_request("openvino", seed=5 + offset, dtype=dtype),
+                           outdir=tmp_path / f"alone{offset}").images[0]
         assert np.array_equal(np.asarray(alone.image), np.asarray(picture.image)), offset
 
 

@@ -1,17 +1,20 @@
 """Running a Stable Diffusion UNet on OpenVINO's CPU runtime instead of torch (issue 22).
 
 `runtime` is a request field: `torch`, `openvino`, or `auto` (OpenVINO when the `openvino`
-package is importable, the device is the CPU, the dtype fp32, and the request asks for nothing
-that changes the UNet's weights or layers as it runs: LoRAs, seamless tiles; else torch).
+package is importable, the device is the CPU, the dtype fp32 or bf16, and the request asks for
+nothing that changes the UNet's weights or layers as it runs: LoRAs, seamless tiles; else torch).
 
 The UNet is exported once per model to OpenVINO's IR (`ov.convert_model` on the torch UNet,
 with dynamic batch, latent size and prompt length), saved under the cache folder
 (`$REVERIE_CACHE/openvino/<key>/`, default ~/.cache/reverie), keyed by where the weights came
 from (the checkpoint file's or folder's size and modification time, else a hash of the
-weights) and the versions that made it; the IR keeps fp32 weights (no fp16 compression: the
-pictures stay those of the fp32 torch UNet, up to OpenVINO's own kernels' rounding). Each input
-shape is then compiled on its own (static shapes run faster than dynamic ones); the two most
-recently used shapes stay compiled. An entry that cannot be read (a crash midway through an
+weights), the UNet's dtype and the versions that made it. The IR keeps the torch UNet's own
+weights, in its dtype (no fp16 compression): an fp32 UNet's export computes in f32, its
+pictures those of the fp32 torch UNet up to OpenVINO's kernels' rounding; a bf16 UNet's (`dtype
+bf16`, `auto` on a CPU with native bf16) computes in bf16 (`INFERENCE_PRECISION_HINT`), as the
+torch UNet would, with OpenVINO's own bf16 kernels (its attention about twice torch's speed on
+avx512_bf16). Each input shape is then compiled on its own (static shapes run faster than
+dynamic ones); the two most recently used shapes stay compiled. An entry that cannot be read (a crash midway through an
 export, a damaged file) is exported again, never used.
 
 `OpenVINOUNet` is called as diffusers calls a UNet2DConditionModel (`sample, timestep,
@@ -43,11 +46,11 @@ from ..errors import BadRequest
 log = logging.getLogger(__name__)
 
 RUNTIMES = ("auto", "torch", "openvino")
-EXPORT_FORMAT = 1  # bump when the exported graph changes (inputs, wrapper)
+EXPORT_FORMAT = 2  # bump when the exported graph changes (inputs, wrapper)
 AUTO_MIN_PARAMETERS = 100_000_000  # `auto` exports UNets this big (SD 1.x: 860M; reverie-mini: far less)
-# `auto` takes OpenVINO only with this many times the fp32 UNet's bytes free (`free_bytes`): the
+# `auto` takes OpenVINO only with this many times the UNet's bytes free (`free_bytes`): the
 # torch UNet, its compiled copy and the mapped export are all in memory at once (measured peak
-# 11.8-12.6 GiB for SD 1.5, against 5.3-6.0 for torch alone).
+# 11.8-12.6 GiB for SD 1.5 in fp32, against 5.3-6.0 for torch alone).
 AUTO_MEMORY_FACTOR = 3
 COMPILED_SHAPES = 2  # input shapes kept compiled at once (each holds its own copy of the weights)
 IR_NAME = "unet.xml"
@@ -67,8 +70,8 @@ def why_not_openvino(device: torch.device, dtype: torch.dtype, *, sdxl: bool = F
         return "the openvino package is not installed (pip install -r requirements-speed.txt)"
     if device.type != "cpu":
         return f"OpenVINO runs on the CPU here, and this request runs on {device.type}"
-    if dtype != torch.float32:
-        return "OpenVINO runs the UNet in fp32 only (use dtype fp32 or auto)"
+    if dtype not in (torch.float32, torch.bfloat16):
+        return "OpenVINO runs the UNet in fp32 or bf16 only (use dtype fp32, bf16 or auto)"
     if sdxl:
         return "SDXL's UNet (pooled text and size conditioning) is not exported to OpenVINO yet"
     if tile:
@@ -97,7 +100,7 @@ def resolve_runtime(name: str, device: torch.device, dtype: torch.dtype, *, para
     if name == "openvino" and reason:
         raise BadRequest("runtime", f"openvino cannot run this request: {reason}; use --runtime torch or auto")
     if name == "auto" and not reason and parameters >= AUTO_MIN_PARAMETERS and free_bytes is not None \
-            and free_bytes < parameters * 4 * AUTO_MEMORY_FACTOR:
+            and free_bytes < parameters * dtype.itemsize * AUTO_MEMORY_FACTOR:
         return "torch"  # the export and the compiled copy beside the torch UNet would not fit
     return "torch" if reason or (name == "auto" and parameters < AUTO_MIN_PARAMETERS) else "openvino"
 
@@ -119,12 +122,12 @@ def _file_stamp(path: Path) -> list:
 def weights_fingerprint(unet, source: str = "") -> str:
     """What identifies the UNet's weights: the source file's (or folder's weight files') path,
     size and modification time when it came from disk, else a hash of its tensors; with the
-    UNet's config and the versions that make the export."""
+    UNet's config and dtype and the versions that make the export."""
     import diffusers
     import openvino
 
     parts: dict = {"format": EXPORT_FORMAT, "openvino": openvino.__version__, "torch": torch.__version__,
-                   "diffusers": diffusers.__version__, "config": {key: value for key, value in json.loads(json.dumps(dict(unet.config), default=str)).items()
+                   "diffusers": diffusers.__version__, "dtype": str(unet.dtype), "config": {key: value for key, value in json.loads(json.dumps(dict(unet.config), default=str)).items()
                                if not key.startswith("_")}}  # diffusers' `_use_default_values` comes in any order
     path = Path(source) if source else None
     if path is not None and path.is_file():
@@ -142,19 +145,23 @@ def weights_fingerprint(unet, source: str = "") -> str:
 
 
 class _Traceable(torch.nn.Module):
-    """The UNet as a plain function of three tensors, for the exporter."""
+    """The UNet as a plain function of three fp32 tensors, for the exporter: it computes in the
+    UNet's own dtype and answers in fp32 (the export's inputs and output are f32 whatever the
+    weights' dtype)."""
 
     def __init__(self, unet):
         super().__init__()
         self.unet = unet
 
     def forward(self, sample, timestep, encoder_hidden_states):
-        return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+        dtype = self.unet.dtype
+        return self.unet(sample.to(dtype), timestep, encoder_hidden_states=encoder_hidden_states.to(dtype),
+                         return_dict=False)[0].float()
 
 
 def export_unet(unet, folder: Path) -> None:
-    """Write the UNet as OpenVINO IR (fp32 weights) into `folder`, atomically: a folder appears
-    complete, with its `done.json`, or not at all."""
+    """Write the UNet as OpenVINO IR (its weights in its own dtype) into `folder`, atomically: a
+    folder appears complete, with its `done.json`, or not at all."""
     import openvino as ov
 
     config = unet.config
@@ -208,7 +215,10 @@ class OpenVINOUNet:
     def __init__(self, unet, folder: Path):
         self._torch_config = unet.config
         self.config = unet.config
-        self.dtype = torch.float32
+        self.dtype = unet.dtype
+        # bf16 weights compute in bf16, as the torch UNet would; fp32 ones in f32 whatever the CPU
+        # offers (OpenVINO would otherwise pick bf16 on a CPU that has it, and change the pictures).
+        self.precision = "bf16" if unet.dtype == torch.bfloat16 else "f32"
         self.device = torch.device("cpu")
         self.folder = folder
         self.exports = 0
@@ -252,9 +262,8 @@ class OpenVINOUNet:
                 self._compiled.popitem(last=False)
             model = self._core.read_model(str(self.folder / IR_NAME))
             model.reshape({port.get_any_name(): ov.PartialShape(list(shape)) for port, shape in zip(model.inputs, shapes)})
-            # fp32 inference whatever the CPU offers (bf16 would change the pictures), one stream:
-            # one request at a time, all cores on it.
-            compiled = self._core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
+            # The UNet's own precision (see __init__), one stream: one request at a time, all cores on it.
+            compiled = self._core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": self.precision,
                                                                "PERFORMANCE_HINT": "LATENCY"})
             del model
             request = compiled.create_infer_request()
@@ -281,7 +290,7 @@ class OpenVINOUNet:
 
     @property
     def weight_bytes(self) -> int:
-        """Bytes the compiled shapes hold (about the fp32 weights each), for the model cache."""
+        """Bytes the compiled shapes hold (about the exported weights each), for the model cache."""
         try:
             size = (self.folder / IR_NAME).with_suffix(".bin").stat().st_size
         except OSError:

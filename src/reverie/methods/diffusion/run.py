@@ -87,7 +87,7 @@ def runtime_unet(models: ModelCache, request: GenerationRequest, components: Mod
     OpenVINO export is kept in the shared cache beside the model, and on disk."""
     if request.runtime != "openvino":
         return None
-    return models.get(("openvino-unet", request.model, str(device)),
+    return models.get(("openvino-unet", request.model, str(device), str(components.unet.dtype)),
                       lambda: OpenVINOUNet.load(components.unet, components.source))
 
 
