@@ -316,6 +316,54 @@ def test_malicious_pickle_is_refused_and_never_run(tmp_path, writer):
     assert not marker.exists()
 
 
+def test_reading_into_16_bits_gives_safetensors_own_tensors_cast_and_the_same_model(tmp_path):
+    """The tensor-by-tensor reader (no memory map) against safetensors' own loader: every tensor
+    the same, narrowed to bf16 (integers and the empty marker as they are, nothing widened),
+    and the model loaded in bf16 the same to the last bit as before."""
+    from reverie.models.single_file import read_state_dict
+
+    path, config_dir, _ = export_tiny(tmp_path, "sd1")
+    state = load_file(str(path)) | {"v_pred": torch.tensor([]), "counts": torch.arange(5)}
+    half = {key: value.half() if key.endswith("proj_out.weight") else value for key, value in state.items()}
+    save_file(half, str(tmp_path / "mixed.safetensors"), metadata={"format": "pt"})
+    streamed = read_state_dict(tmp_path / "mixed.safetensors", torch.bfloat16)
+    assert streamed.keys() == half.keys()
+    for key, value in half.items():
+        expected = value.to(torch.bfloat16) if value.is_floating_point() else value
+        assert streamed[key].dtype == expected.dtype and torch.equal(streamed[key], expected), key
+    widened = read_state_dict(tmp_path / "mixed.safetensors", torch.float32)
+    assert all(widened[key].dtype == value.dtype for key, value in half.items())  # never widened at read
+
+    loaded = load_single_file(path, config_dir=config_dir, dtype=torch.bfloat16)
+    for name, tensor in loaded.unet.state_dict().items():
+        assert tensor.dtype == torch.bfloat16, name
+    reference = load_single_file(path, config_dir=config_dir)  # fp32, read by safetensors' own loader
+    for module, expected in ((loaded.unet, reference.unet), (loaded.vae, reference.vae),
+                             (loaded.text_encoder, reference.text_encoder)):
+        mine = module.state_dict()
+        for name, tensor in expected.state_dict().items():
+            want = tensor.to(torch.bfloat16) if tensor.is_floating_point() else tensor
+            assert torch.equal(mine[name], want), name
+
+
+def test_a_safetensors_header_that_lies_is_a_bad_checkpoint_in_16_bits(tmp_path):
+    path, _, _ = export_tiny(tmp_path, "sd1")
+    data = bytearray(path.read_bytes())
+    header_len = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + header_len])
+    name = next(key for key in header if key != "__metadata__")
+    header[name]["data_offsets"][1] += 4  # one more element than its shape holds
+    text = json.dumps(header).encode()
+    lying = tmp_path / "lying.safetensors"
+    lying.write_bytes(len(text).to_bytes(8, "little") + text + bytes(data[8 + header_len:]))
+    with pytest.raises(BadCheckpoint, match="lying.safetensors is damaged.*does not fit"):
+        load_single_file(lying, dtype=torch.bfloat16)
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(bytes(data[: len(data) // 2]))
+    with pytest.raises(BadCheckpoint, match="damaged"):
+        load_single_file(truncated, dtype=torch.bfloat16)
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
