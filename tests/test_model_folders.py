@@ -53,3 +53,54 @@ def test_a_folder_with_damaged_weights_is_refused(tiny_folder, tmp_path):
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(BadCheckpoint, match="could not load"):
         load_model(str(broken))
+
+
+def test_a_16_bit_load_reads_each_part_straight_into_its_dtype_with_diffusers_own_weights(tiny_folder, tmp_path):
+    """bf16 from an fp32 folder: every part built and filled tensor by tensor (no memory map of
+    its file), the same tensors to the last bit as diffusers' own loader gives, and a part it
+    cannot fill plainly (weights only as .bin) left to diffusers' loader."""
+    import shutil
+
+    import torch
+    from diffusers import DiffusionPipeline
+    from safetensors.torch import load_file
+
+    from reverie.models.diffusers_folder import _streamed_part, load_diffusers_folder
+
+    index = {"unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+             "text_encoder": ["transformers", "CLIPTextModel"]}
+    for part, kind in index.items():
+        assert _streamed_part(tiny_folder, part, kind, torch.bfloat16) is not None, part
+    ours = load_diffusers_folder(tiny_folder, dtype=torch.bfloat16)
+    theirs = DiffusionPipeline.from_pretrained(tiny_folder, dtype=torch.bfloat16, local_files_only=True,
+                                               safety_checker=None, requires_safety_checker=False)
+    for part in index:
+        mine, reference = getattr(ours, part).state_dict(), getattr(theirs, part).state_dict()
+        assert mine.keys() == reference.keys(), part
+        for name, tensor in reference.items():
+            assert mine[name].dtype == tensor.dtype and torch.equal(mine[name], tensor), f"{part}.{name}"
+
+    bin_only = tmp_path / "bin-only"
+    shutil.copytree(tiny_folder, bin_only)
+    weights = bin_only / "unet" / "diffusion_pytorch_model.safetensors"
+    torch.save(load_file(str(weights)), weights.with_suffix(".bin"))
+    weights.unlink()
+    assert _streamed_part(bin_only, "unet", index["unet"], torch.bfloat16) is None
+    unet = load_diffusers_folder(bin_only, dtype=torch.bfloat16).unet  # diffusers' loader, the same weights
+    assert all(torch.equal(unet.state_dict()[k], v) for k, v in ours.unet.state_dict().items())
+
+
+def test_a_damaged_part_read_in_16_bits_names_the_folder_and_the_file(tiny_folder, tmp_path):
+    import shutil
+
+    import torch
+
+    from reverie.models.diffusers_folder import load_diffusers_folder
+
+    broken = tmp_path / "broken16"
+    shutil.copytree(tiny_folder, broken)
+    weights = broken / "vae" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:5000])
+    with pytest.raises(BadCheckpoint, match=r"could not load the model folder .*broken16: vae/diffusion_pytorch_model"
+                                            r"\.safetensors is damaged"):
+        load_diffusers_folder(broken, dtype=torch.bfloat16)

@@ -31,9 +31,14 @@ def load_diffusers_folder(path: str | Path, dtype: torch.dtype | None = None) ->
     missing = [part for part in REQUIRED_PARTS if part not in index]
     if missing:
         raise BadCheckpoint(f"{path}/model_index.json lacks {', '.join(missing)}: not a Stable Diffusion-style pipeline")
+    # A 16-bit request reads each model's weights tensor by tensor (models/safetensors_stream.py)
+    # where it can; diffusers loads the rest, and every part when that cannot be done.
+    streamed = {part: model for part in MODEL_PARTS if part in index
+                if (model := _streamed_part(path, part, index[part], dtype)) is not None} if dtype.itemsize < 4 else {}
     try:
         pipe = DiffusionPipeline.from_pretrained(
             path,
+            **streamed,
             dtype=dtype,
             local_files_only=True,
             use_safetensors=None,
@@ -63,6 +68,55 @@ def load_diffusers_folder(path: str | Path, dtype: torch.dtype | None = None) ->
         text_encoder_2=text_encoder_2,
         tokenizer_2=tokenizer_2,
     )
+
+
+MODEL_PARTS = ("unet", "vae", "text_encoder", "text_encoder_2")
+WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "model.safetensors")
+
+
+def _streamed_part(path: Path, part: str, library_and_class, dtype: torch.dtype):
+    """The pipeline part `part` built from its config on the meta device and filled with its
+    weights read straight into `dtype` (read_narrowed): no full-precision copy of its file is
+    ever resident. None where that plain path does not fit, and diffusers' own loader is to load
+    it: no single .safetensors file (sharded, .bin, variants), a class that keeps modules in
+    fp32, or weights whose names or shapes are not the model's (older layouts that diffusers
+    converts as it loads)."""
+    import importlib
+
+    import torch
+    from accelerate import init_empty_weights
+
+    from .safetensors_stream import read_narrowed
+
+    files = [path / part / name for name in WEIGHT_FILES if (path / part / name).is_file()]
+    if len(files) != 1 or not isinstance(library_and_class, list) or len(library_and_class) != 2 \
+            or library_and_class[0] not in ("diffusers", "transformers"):
+        return None
+    library, class_name = library_and_class
+    cls = getattr(importlib.import_module(library), class_name, None)
+    if cls is None or getattr(cls, "_keep_in_fp32_modules", None):
+        return None
+    try:
+        if library == "diffusers":
+            config = cls.load_config(path / part)
+            with init_empty_weights():
+                model = cls.from_config(config)
+        else:
+            config = cls.config_class.from_pretrained(path / part)
+            with init_empty_weights():
+                model = cls(config)
+        state = read_narrowed(files[0], dtype)
+    except BadCheckpoint as exc:
+        raise BadCheckpoint(f"could not load the model folder {path}: {part}/{exc}") from None
+    except (ValueError, OSError, TypeError):
+        return None  # a config diffusers reads its own way: its loader says what is wrong
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError:
+        return None  # names or shapes diffusers' loader converts as it loads
+    if any(tensor.is_meta for tensor in model.state_dict().values()):
+        return None
+    return model.to(dtype).eval()
 
 
 def _read_index(path: Path) -> dict:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import pickle
 import re
 import warnings
@@ -46,6 +45,7 @@ import torch
 from reverie.errors import BadCheckpoint, BadRequest, ModelNotFound
 from reverie.models.clip_tokenizer import EOS_TOKEN, clip_tokenizer
 from reverie.models.components import ModelComponents
+from reverie.models.safetensors_stream import narrowed, read_narrowed
 from reverie.models.ldm_layout import (
     CLIP_PREFIX,
     MODELSPEC_PREDICTION,
@@ -104,64 +104,6 @@ def _looks_like_safetensors(path: Path) -> bool:
         return False
     header_len = int.from_bytes(head[:8], "little")
     return head[8:9] == b"{" and 8 + header_len <= path.stat().st_size
-
-
-# safetensors' dtype names (the header's "dtype"), for reading a file tensor by tensor.
-_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-                       "U8": torch.uint8, "BOOL": torch.bool}
-
-
-def _narrowed(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """`tensor` in `dtype` when that is a floating-point type no wider than its own; else as it is
-    (widening is left to the model's loader, one tensor at a time)."""
-    if tensor.is_floating_point() and dtype.itemsize <= tensor.element_size():
-        return tensor.to(dtype)
-    return tensor
-
-
-def _stream_safetensors(path: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """A .safetensors file's tensors, each read on its own with plain reads (no memory map) and
-    its floating-point values narrowed to `dtype` at once (`_narrowed`): the file's full-precision weights are
-    never all resident at the same time (a 4 GB fp32 SD 1.5 file read into bf16 holds 2 GB and
-    one tensor). safetensors' own loaders map the whole file, whose pages then count as the
-    process's memory until the last tensor is dropped; the format itself (an 8-byte header
-    length, a JSON header of names, dtypes, shapes and byte offsets, then the data) is simple
-    enough to read here, checking every offset against the file."""
-    try:
-        size = path.stat().st_size
-        with path.open("rb") as f:
-            header_len = int.from_bytes(f.read(8), "little")
-            if not 2 <= header_len <= size - 8:
-                raise ValueError("its header length does not fit the file")
-            header = json.loads(f.read(header_len))
-            header.pop("__metadata__", None)
-            data_start = 8 + header_len
-            # One scratch buffer, the largest tensor's size, takes every tensor's bytes in turn: a
-            # buffer a tensor would free after its cast leaves holes the allocator keeps.
-            scratch = bytearray(max((int(e["data_offsets"][1]) - int(e["data_offsets"][0]) for e in header.values()),
-                                    default=0))
-            state: dict[str, torch.Tensor] = {}
-            for name, entry in header.items():
-                kind = _SAFETENSORS_DTYPES[entry["dtype"]]
-                begin, end = (int(offset) for offset in entry["data_offsets"])
-                shape = [int(side) for side in entry["shape"]]
-                count = math.prod(shape)
-                if not 0 <= begin <= end or end - begin != count * kind.itemsize or data_start + end > size:
-                    raise ValueError(f"the data of {name} does not fit the file")
-                if count == 0:
-                    state[name] = torch.empty(shape, dtype=kind)
-                    continue
-                f.seek(data_start + begin)
-                if f.readinto(memoryview(scratch)[: end - begin]) != end - begin:
-                    raise ValueError(f"the file ends inside {name}")
-                read = torch.frombuffer(scratch, dtype=kind, count=count).reshape(shape)
-                narrowed = _narrowed(read, dtype)
-                state[name] = narrowed if narrowed.dtype != kind else read.clone()  # off the scratch buffer
-            return state
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError) as e:
-        reason = f"unknown dtype {e}" if isinstance(e, KeyError) else _first_sentence(e)
-        raise BadCheckpoint(f"{path.name} is damaged or not a safetensors file ({reason})") from None
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -246,7 +188,7 @@ def read_state_dict(path: str | Path, dtype: torch.dtype | None = None) -> dict[
     `.ckpt/.pt/.pth/.bin` only with `torch.load(weights_only=True)`. A file whose pickle
     holds anything but tensors and plain containers is refused with BadCheckpoint. With
     `dtype`, wider floating-point tensors come narrowed to it; for a 16-bit `dtype` a .safetensors
-    file is read tensor by tensor, narrowing each as it comes (`_stream_safetensors`): a 16-bit
+    file is read tensor by tensor, narrowing each as it comes (models/safetensors_stream.py): a 16-bit
     model from an fp32 file without the fp32 file in memory (SD 1.5 in bf16: peak 3.3 GiB
     instead of 6.8, benchmarks/load_memory.py).
     """
@@ -258,7 +200,7 @@ def read_state_dict(path: str | Path, dtype: torch.dtype | None = None) -> dict[
     suffix = path.suffix.lower()
     if suffix == SAFETENSORS_SUFFIX or _looks_like_safetensors(path):
         # fp32 stays mapped: its tensors are the file's pages, read as they are first used.
-        loaded = _stream_safetensors(path, dtype) if dtype is not None and dtype.itemsize < 4 else _read_safetensors(path)
+        loaded = read_narrowed(path, dtype) if dtype is not None and dtype.itemsize < 4 else _read_safetensors(path)
     elif suffix in TORCH_SUFFIXES:
         loaded = _read_torch(path)
     else:
@@ -266,7 +208,7 @@ def read_state_dict(path: str | Path, dtype: torch.dtype | None = None) -> dict[
     state = _tensors_only(loaded, path)
     if dtype is None:
         return state
-    return {key: _narrowed(tensor, dtype) for key, tensor in state.items()}
+    return {key: narrowed(tensor, dtype) for key, tensor in state.items()}
 
 
 # ----------------------------------------------------------------------------- detection
