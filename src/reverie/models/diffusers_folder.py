@@ -33,8 +33,11 @@ def load_diffusers_folder(path: str | Path, dtype: torch.dtype | None = None) ->
         raise BadCheckpoint(f"{path}/model_index.json lacks {', '.join(missing)}: not a Stable Diffusion-style pipeline")
     # A 16-bit request reads each model's weights tensor by tensor (models/safetensors_stream.py)
     # where it can; diffusers loads the rest, and every part when that cannot be done.
-    streamed = {part: model for part in MODEL_PARTS if part in index
-                if (model := _streamed_part(path, part, index[part], dtype)) is not None} if dtype.itemsize < 4 else {}
+    streamed = {}
+    for part in MODEL_PARTS if dtype.itemsize < 4 else ():
+        model = _streamed_part(path, part, index[part], dtype) if part in index else None
+        if model is not None:
+            streamed[part] = model
     try:
         pipe = DiffusionPipeline.from_pretrained(
             path,

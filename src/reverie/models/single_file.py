@@ -45,7 +45,6 @@ import torch
 from reverie.errors import BadCheckpoint, BadRequest, ModelNotFound
 from reverie.models.clip_tokenizer import EOS_TOKEN, clip_tokenizer
 from reverie.models.components import ModelComponents
-from reverie.models.safetensors_stream import narrowed, read_narrowed
 from reverie.models.ldm_layout import (
     CLIP_PREFIX,
     MODELSPEC_PREDICTION,
@@ -54,6 +53,7 @@ from reverie.models.ldm_layout import (
     V_PRED_MARKER,
     VAE_PREFIX,
 )
+from reverie.models.safetensors_stream import narrowed, read_narrowed
 
 log = logging.getLogger(__name__)
 
@@ -187,10 +187,10 @@ def read_state_dict(path: str | Path, dtype: torch.dtype | None = None) -> dict[
     `.safetensors` (recognized by content, whatever the name) is read with safetensors;
     `.ckpt/.pt/.pth/.bin` only with `torch.load(weights_only=True)`. A file whose pickle
     holds anything but tensors and plain containers is refused with BadCheckpoint. With
-    `dtype`, wider floating-point tensors come narrowed to it; for a 16-bit `dtype` a .safetensors
-    file is read tensor by tensor, narrowing each as it comes (models/safetensors_stream.py): a 16-bit
-    model from an fp32 file without the fp32 file in memory (SD 1.5 in bf16: peak 3.3 GiB
-    instead of 6.8, benchmarks/load_memory.py).
+    `dtype`, wider floating-point tensors come narrowed to it; for a 16-bit `dtype` a
+    .safetensors file is read tensor by tensor, narrowing each as it comes
+    (models/safetensors_stream.py): a 16-bit model from an fp32 file without the fp32 file in
+    memory (SD 1.5 in bf16: peak 3.3 GiB instead of 6.8, benchmarks/load_memory.py).
     """
     path = Path(path)
     if not path.exists():
