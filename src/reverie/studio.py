@@ -47,6 +47,22 @@ def modes() -> list[str]:
     return registered()
 
 
+def load_methods() -> None:
+    """Import every method's running code (and torch and diffusers behind it) now, in this thread:
+    a process about to run jobs calls this first (methods.registry.import_runs); a front end
+    that only queues jobs for other machines never does."""
+    from .methods.registry import import_runs
+
+    import_runs()
+
+
+def list_models() -> list:
+    """The models a request may name (built-ins, GANs, the models folder), read from files only."""
+    from .models.registry import list_models as listed
+
+    return listed()
+
+
 def request_fields(mode: str | None = None) -> set[str]:
     """The fields the request of `mode` takes (txt2img when None); an unknown mode is a BadRequest."""
     from .methods.registry import DEFAULT_MODE, method_for

@@ -408,11 +408,10 @@ def start_worker(broker: str, data, database: str | None = None, device: str = "
     from celery.signals import worker_shutting_down
 
     from ..gallery.store import Gallery
-    from ..methods.registry import import_runs
-    from ..studio import Studio
+    from ..studio import Studio, load_methods
 
     redis = connect_redis(broker)
-    import_runs()  # every method, torch and diffusers imported now, in one thread
+    load_methods()  # every method, torch and diffusers imported now, in one thread
     gallery = Gallery(data, database)
     name = f"reverie-{device}-{os.getpid()}@{socket.gethostname()}"
     heartbeat = Heartbeat(redis, worker_name(), device)

@@ -147,15 +147,13 @@ def _job_queue(config: ServerConfig, gallery: Gallery, studio):
 
 def create_app(config: ServerConfig | None = None, studio=None) -> FastAPI:
     """The studio as an ASGI app; the job runner starts and stops with it."""
-    from ..methods.registry import import_runs
-    from ..models.registry import list_models
-    from ..studio import Studio, modes
+    from ..studio import Studio, list_models, load_methods, modes
     from . import api_a1111, api_credits, api_native, api_openai, metrics
 
     config = config or ServerConfig()
     modes(), list_models()  # every method's request, and the models folder, checked once at the start
     if not config.broker:  # this process runs the jobs: torch, diffusers and every method now, in one thread
-        import_runs()
+        load_methods()
         studio = studio or Studio(device=config.device)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     gallery = Gallery(config.data_dir, database=config.database)
