@@ -86,7 +86,6 @@ def _streamed_part(path: Path, part: str, library_and_class, dtype: torch.dtype)
     converts as it loads)."""
     import importlib
 
-    import torch
     from accelerate import init_empty_weights
 
     from .safetensors_stream import read_narrowed
@@ -114,11 +113,9 @@ def _streamed_part(path: Path, part: str, library_and_class, dtype: torch.dtype)
     except (ValueError, OSError, TypeError):
         return None  # a config diffusers reads its own way: its loader says what is wrong
     try:
-        model.load_state_dict(state, strict=True, assign=True)
+        model.load_state_dict(state, strict=True, assign=True)  # strict: every weight filled, none left on meta
     except RuntimeError:
         return None  # names or shapes diffusers' loader converts as it loads
-    if any(tensor.is_meta for tensor in model.state_dict().values()):
-        return None
     return model.to(dtype).eval()
 
 

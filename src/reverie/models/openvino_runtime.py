@@ -14,8 +14,8 @@ pictures those of the fp32 torch UNet up to OpenVINO's kernels' rounding; a bf16
 bf16`, `auto` on a CPU with native bf16) computes in bf16 (`INFERENCE_PRECISION_HINT`), as the
 torch UNet would, with OpenVINO's own bf16 kernels (its attention about twice torch's speed on
 avx512_bf16). Each input shape is then compiled on its own (static shapes run faster than
-dynamic ones); the two most recently used shapes stay compiled. An entry that cannot be read (a crash midway through an
-export, a damaged file) is exported again, never used.
+dynamic ones); the two most recently used shapes stay compiled. An entry that cannot be read
+(a crash midway through an export, a damaged file) is exported again, never used.
 
 `OpenVINOUNet` is called as diffusers calls a UNet2DConditionModel (`sample, timestep,
 encoder_hidden_states, ..., return_dict`) and answers with an object with `.sample` (or a
@@ -127,8 +127,9 @@ def weights_fingerprint(unet, source: str = "") -> str:
     import openvino
 
     parts: dict = {"format": EXPORT_FORMAT, "openvino": openvino.__version__, "torch": torch.__version__,
-                   "diffusers": diffusers.__version__, "dtype": str(unet.dtype), "config": {key: value for key, value in json.loads(json.dumps(dict(unet.config), default=str)).items()
-                               if not key.startswith("_")}}  # diffusers' `_use_default_values` comes in any order
+                   "diffusers": diffusers.__version__, "dtype": str(unet.dtype),
+                   "config": {key: value for key, value in json.loads(json.dumps(dict(unet.config), default=str)).items()
+                              if not key.startswith("_")}}  # diffusers' `_use_default_values` comes in any order
     path = Path(source) if source else None
     if path is not None and path.is_file():
         parts["file"] = _file_stamp(path)
@@ -216,9 +217,6 @@ class OpenVINOUNet:
         self._torch_config = unet.config
         self.config = unet.config
         self.dtype = unet.dtype
-        # bf16 weights compute in bf16, as the torch UNet would; fp32 ones in f32 whatever the CPU
-        # offers (OpenVINO would otherwise pick bf16 on a CPU that has it, and change the pictures).
-        self.precision = "bf16" if unet.dtype == torch.bfloat16 else "f32"
         self.device = torch.device("cpu")
         self.folder = folder
         self.exports = 0
@@ -262,7 +260,7 @@ class OpenVINOUNet:
                 self._compiled.popitem(last=False)
             model = self._core.read_model(str(self.folder / IR_NAME))
             model.reshape({port.get_any_name(): ov.PartialShape(list(shape)) for port, shape in zip(model.inputs, shapes)})
-            # The UNet's own precision (see __init__), one stream: one request at a time, all cores on it.
+            # The UNet's own precision (`precision`), one stream: one request at a time, all cores on it.
             compiled = self._core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": self.precision,
                                                                "PERFORMANCE_HINT": "LATENCY"})
             del model
@@ -287,6 +285,13 @@ class OpenVINOUNet:
 
     def forward(self, *args, **kwargs):
         return self(*args, **kwargs)
+
+    @property
+    def precision(self) -> str:
+        """OpenVINO's inference precision: bf16 weights compute in bf16, as the torch UNet would;
+        fp32 ones in f32 whatever the CPU offers (OpenVINO would otherwise pick bf16 on a CPU
+        that has it, and change the pictures)."""
+        return "bf16" if self.dtype == torch.bfloat16 else "f32"
 
     @property
     def weight_bytes(self) -> int:

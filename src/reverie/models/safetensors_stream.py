@@ -59,7 +59,7 @@ def read_narrowed(path: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
                 if not 0 <= begin <= end or end - begin != count * kind.itemsize or data_start + end > size:
                     raise ValueError(f"the data of {name} does not fit the file")
                 if count == 0:
-                    state[name] = torch.empty(shape, dtype=kind)
+                    state[name] = narrowed(torch.empty(shape, dtype=kind), dtype)
                     continue
                 f.seek(data_start + begin)
                 if f.readinto(memoryview(scratch)[: end - begin]) != end - begin:

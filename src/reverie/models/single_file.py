@@ -198,17 +198,17 @@ def read_state_dict(path: str | Path, dtype: torch.dtype | None = None) -> dict[
     if not path.is_file():
         raise ModelNotFound(f"{path} is not a file; a single-file checkpoint is one .safetensors or .ckpt file")
     suffix = path.suffix.lower()
-    if suffix == SAFETENSORS_SUFFIX or _looks_like_safetensors(path):
-        # fp32 stays mapped: its tensors are the file's pages, read as they are first used.
-        loaded = read_narrowed(path, dtype) if dtype is not None and dtype.itemsize < 4 else _read_safetensors(path)
+    is_safetensors = suffix == SAFETENSORS_SUFFIX or _looks_like_safetensors(path)
+    if is_safetensors and dtype is not None and dtype.itemsize < 4:
+        return _tensors_only(read_narrowed(path, dtype), path)  # narrowed as read
+    if is_safetensors:  # fp32 stays mapped: its tensors are the file's pages, read as first used
+        loaded = _read_safetensors(path)
     elif suffix in TORCH_SUFFIXES:
         loaded = _read_torch(path)
     else:
         raise BadCheckpoint(f"{path.name}: unsupported file type {suffix or '(none)'}; expected .safetensors or .ckpt")
     state = _tensors_only(loaded, path)
-    if dtype is None:
-        return state
-    return {key: narrowed(tensor, dtype) for key, tensor in state.items()}
+    return state if dtype is None else {key: narrowed(tensor, dtype) for key, tensor in state.items()}
 
 
 # ----------------------------------------------------------------------------- detection
