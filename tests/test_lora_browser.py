@@ -50,6 +50,8 @@ def test_train_on_my_pictures_then_find_the_lora_in_the_picker(models, page, ser
     assert "<lora:my-disc:0.8>" in page.inner_text("#train-done")
     request = last_job(server)
     assert request["mode"] == "train_lora" and len(request["pictures"]) == 10 and request["sample_every"] == 1
+    # The results come through the job's own event stream, which may arrive just after the "done" box's.
+    page.wait_for_function("document.querySelectorAll('#train-results .card').length > 0", timeout=30_000)
     assert page.eval_on_selector_all("#train-results .card", "cards => cards.length") == 1  # the last samples
 
     page.click("nav [data-view='create']")
