@@ -13,6 +13,7 @@ with this one, so a busy machine slows both alike; the ratio is what to read.
 
     .venv/bin/python benchmarks/mini_speed.py --repeats 3
     .venv/bin/python benchmarks/mini_speed.py --repeats 3 --before /tmp/before/src
+    .venv/bin/python benchmarks/mini_speed.py --repeats 3 --runtime openvino   # the UNet on OpenVINO
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ PROMPT = "red apple, Noto emoji"
 COLD_COMMAND = ["-m", "reverie", "generate", "red apple", "-n", "4", "--seed", "1"]
 
 
-def warm_worker(repeats: int, sizes: str) -> None:
+def warm_worker(repeats: int, sizes: str, runtime: str) -> None:
     """In a fresh process: the warm timings of this process's reverie, as JSON on the last line."""
     from reverie.studio import Studio, make_request
 
@@ -44,7 +45,7 @@ def warm_worker(repeats: int, sizes: str) -> None:
     for upscale in [{"256": None, "128": 1}[size] for size in sizes.split(",")]:
         times = []
         for i in range(repeats + 1):  # the first loads the models
-            request = make_request(prompt=PROMPT, seed=i, n_samples=4, upscale=upscale)
+            request = make_request(prompt=PROMPT, seed=i, n_samples=4, upscale=upscale, runtime=runtime)
             started = time.perf_counter()
             result = studio.run(request, outdir=outdir)
             times.append(time.perf_counter() - started)
@@ -83,12 +84,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="warm: processes per code, alternating")
     parser.add_argument("--before", type=Path, help="the src/ folder of the code to compare with")
     parser.add_argument("--sizes", default="256,128", help="warm: 256 (the default, x2 upscaled) and/or 128 (upscale 1)")
+    parser.add_argument("--runtime", default="auto", help="the UNet's runtime (auto: torch for reverie-mini; openvino)")
     parser.add_argument("--skip-warm", action="store_true")
     parser.add_argument("--skip-cold", action="store_true")
     parser.add_argument("--warm-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.warm_worker:
-        warm_worker(args.repeats, args.sizes)
+        warm_worker(args.repeats, args.sizes, args.runtime)
         return
 
     sources = {"after": HERE} | ({"before": args.before.resolve()} if args.before else {})
@@ -98,12 +100,13 @@ def main() -> None:
     if not args.skip_warm:
         for _ in range(args.rounds):  # a process per code and round, alternating: a busy moment slows both
             for name, src in sources.items():
-                _, out = in_python(src, [__file__, "--warm-worker", "--repeats", str(args.repeats), "--sizes", args.sizes])
+                _, out = in_python(src, [__file__, "--warm-worker", "--repeats", str(args.repeats), "--sizes", args.sizes,
+                                               "--runtime", args.runtime])
                 info = json.loads(out.strip().splitlines()[-1])
                 for size, times in info["rows"].items():
                     warm[name].setdefault(size, []).extend(times)
         print(f"\nwarm: Studio.run, 4 pictures, reverie-mini defaults (20 steps dpmpp_2m, CFG 4), "
-              f"torch {info['torch']}, {info['threads']} threads, {args.rounds} processes x {args.repeats} runs after a first that loads")
+              f"runtime {args.runtime}, torch {info['torch']}, {info['threads']} threads, {args.rounds} processes x {args.repeats} runs after a first that loads")
         print(f"| code | size | median s | best s |\n|---|---|---:|---:|")
         for size in warm["after"]:
             for name in sources:
@@ -117,8 +120,10 @@ def main() -> None:
                     cold[name]["import reverie.cli"].append(in_python(src, ["-c", "import reverie.cli"])[0])
                     cold[name]["reverie --help"].append(in_python(src, ["-m", "reverie", "--help"])[0])
                     outdir = tempfile.mkdtemp(dir=folder)
-                    cold[name]["generate"].append(in_python(src, [*COLD_COMMAND, "-o", outdir], cwd=folder)[0])
-        print(f"\ncold: `python {' '.join(COLD_COMMAND[:3])} \"red apple\" -n 4 --seed 1` in a fresh interpreter, "
+                    command = [*COLD_COMMAND, "-o", outdir, "--runtime", args.runtime]
+                    cold[name]["generate"].append(in_python(src, command, cwd=folder)[0])
+        print(f"\ncold: `python {' '.join(COLD_COMMAND[:3])} \"red apple\" -n 4 --seed 1 --runtime {args.runtime}` "
+              "in a fresh interpreter, "
               f"{args.repeats} runs each, alternating")
         print("| code | what | median s | best s |\n|---|---|---:|---:|")
         for what in cold["after"]:

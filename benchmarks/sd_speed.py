@@ -27,7 +27,7 @@ Variants: diffusers (stock StableDiffusionPipeline, fp32), auto (reverie's defau
 runtime auto, what a user gets), torch (reverie, fp32, torch),
 fp16_weights and bf16_weights (reverie, fp32 compute from weights resting in 16 bits: `--weights`),
 channels_last (reverie, UNet and VAE in channels-last memory format), bf16 (reverie, bf16
-weights and compute), compile (reverie, torch.compile'd UNet), openvino (reverie, the UNet on
+weights and compute), compile (reverie, torch.compile'd UNet; compile_bf16 the same in bf16), openvino (reverie, the UNet on
 OpenVINO in fp32: models/openvino_runtime.py; its export is cached under $REVERIE_CACHE),
 openvino_bf16 (the same in bf16: bf16 weights and compute).
 """
@@ -46,8 +46,8 @@ from pathlib import Path
 
 import numpy as np
 
-VARIANTS = ("diffusers", "auto", "torch", "fp16_weights", "bf16_weights", "channels_last", "bf16", "compile", "openvino",
-            "openvino_bf16")
+VARIANTS = ("diffusers", "auto", "torch", "fp16_weights", "bf16_weights", "channels_last", "bf16", "compile",
+            "compile_bf16", "openvino", "openvino_bf16")
 PROMPT = "an astronaut lounging in a desert, expressive oil painting"
 
 
@@ -116,12 +116,13 @@ def child(args) -> dict:
 
         from reverie.methods.diffusion.run import diffusion_model
 
-        dtype = "bf16" if variant in ("bf16", "openvino_bf16") else ("auto" if cuda or variant == "auto" else "fp32")
+        dtype = "bf16" if variant in ("bf16", "compile_bf16", "openvino_bf16") else ("auto" if cuda or variant == "auto" else "fp32")
         runtime = "openvino" if variant.startswith("openvino") else ("auto" if variant == "auto" else "torch")
         weights = {"fp16_weights": "fp16", "bf16_weights": "bf16"}.get(variant, "auto")
         studio = Studio(device=args.device)
-        if variant in ("channels_last", "compile"):  # the cached model, changed in place before the request
-            components = diffusion_model(studio.models, str(folder), torch.device(args.device), compute)
+        if variant in ("channels_last", "compile", "compile_bf16"):  # the cached model, changed in place first
+            dtype_now = torch.bfloat16 if dtype == "bf16" else compute
+            components = diffusion_model(studio.models, str(folder), torch.device(args.device), dtype_now)
             if variant == "channels_last":
                 components.unet.to(memory_format=torch.channels_last)
                 components.vae.to(memory_format=torch.channels_last)
