@@ -156,6 +156,35 @@ def test_the_export_is_reused_and_a_damaged_one_made_again(tmp_path):
     assert torch.equal(fourth(sample, torch.tensor(500), states).sample, expected)
 
 
+def test_a_new_export_of_a_changed_file_replaces_the_old_one(tmp_path):
+    """A model file changed on disk is exported again, and its older export (the UNet's weights
+    again, on disk) is removed; the other dtype's export and other models' stay."""
+    _openvino()
+    import os
+
+    from reverie.models.tiny import build_tiny
+
+    unet = build_tiny().unet
+    checkpoint = tmp_path / "model.safetensors"  # what the UNet came from, as far as the cache knows
+    checkpoint.write_bytes(b"weights")
+    cache = tmp_path / "cache"
+    first = OpenVINOUNet.load(unet, str(checkpoint), cache=cache)
+    other_dtype = OpenVINOUNet.load(build_tiny().unet.to(torch.bfloat16), str(checkpoint), cache=cache)
+    no_file = OpenVINOUNet.load(unet, cache=cache)  # named by its weights' hash: never replaced
+    assert len({first.folder, other_dtype.folder, no_file.folder}) == 3
+
+    os.utime(checkpoint, ns=(10**18, 10**18))  # the file changed
+    second = OpenVINOUNet.load(unet, str(checkpoint), cache=cache)
+    assert second.exports == 1 and second.folder != first.folder
+    assert not first.folder.exists()
+    assert other_dtype.folder.exists() and no_file.folder.exists()
+    sample, states = torch.randn(1, 4, 8, 8), torch.randn(1, 77, 32)
+    with torch.no_grad():
+        reference = unet(sample, torch.tensor(500), states).sample
+    assert torch.allclose(second(sample, torch.tensor(500), states).sample, reference, atol=1e-4)
+    assert OpenVINOUNet.load(unet, str(checkpoint), cache=cache).exports == 0  # and it is reused
+
+
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_openvino_pictures_do_not_depend_on_their_batch_mates(tmp_path, dtype):
     """The dynamic-batching promise (models/batch_invariance.py) under the OpenVINO runtime, in

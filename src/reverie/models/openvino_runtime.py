@@ -15,7 +15,11 @@ bf16`, `auto` on a CPU with native bf16) computes in bf16 (`INFERENCE_PRECISION_
 torch UNet would, with OpenVINO's own bf16 kernels (its attention about twice torch's speed on
 avx512_bf16). Each input shape is then compiled on its own (static shapes run faster than
 dynamic ones); the two most recently used shapes stay compiled. An entry that cannot be read
-(a crash midway through an export, a damaged file) is exported again, never used.
+(a crash midway through an export, a damaged file) is exported again, never used. A new export
+of a model file or folder replaces the entries made earlier for the same path and dtype (the
+file changed since, or reverie, torch or OpenVINO did): each is the size of the UNet's weights,
+and nothing would read it again. (Two installs of reverie with other versions, sharing one cache
+folder, would therefore export in turn; give each its own `$REVERIE_CACHE`.)
 
 `OpenVINOUNet` is called as diffusers calls a UNet2DConditionModel (`sample, timestep,
 encoder_hidden_states, ..., return_dict`) and answers with an object with `.sample` (or a
@@ -130,10 +134,10 @@ def weights_fingerprint(unet, source: str = "") -> str:
                    "diffusers": diffusers.__version__, "dtype": str(unet.dtype),
                    "config": {key: value for key, value in json.loads(json.dumps(dict(unet.config), default=str)).items()
                               if not key.startswith("_")}}  # diffusers' `_use_default_values` comes in any order
-    path = Path(source) if source else None
+    path = _source_path(source)
     if path is not None and path.is_file():
         parts["file"] = _file_stamp(path)
-    elif path is not None and path.is_dir() and any((path / "unet").glob("*")):
+    elif path is not None:
         parts["files"] = [_file_stamp(f) for f in sorted((path / "unet").iterdir()) if f.is_file()]
     else:
         digest = hashlib.blake2b(digest_size=16)
@@ -143,6 +147,39 @@ def weights_fingerprint(unet, source: str = "") -> str:
         parts["weights"] = digest.hexdigest()
     text = json.dumps(parts, sort_keys=True)
     return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+
+
+def _source_path(source: str) -> Path | None:
+    """The checkpoint file or diffusers folder (with a `unet/`) the UNet was loaded from, if any."""
+    path = Path(source) if source else None
+    if path is not None and (path.is_file() or (path.is_dir() and any((path / "unet").glob("*")))):
+        return path.resolve()
+    return None
+
+
+def drop_replaced(folder: Path) -> list[Path]:
+    """Remove the cache entries beside `folder` made for the same source path and dtype as it
+    (older exports of that model: see the module docstring); the folders removed."""
+    try:
+        made = json.loads((folder / DONE_NAME).read_text())
+    except (OSError, ValueError):
+        return []
+    if not made.get("source"):
+        return []  # weights that came from no file: their entry is named by their hash alone
+    removed = []
+    for entry in folder.parent.iterdir():
+        if entry == folder or not entry.is_dir():
+            continue
+        try:
+            other = json.loads((entry / DONE_NAME).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(other, dict) and (other.get("source"), other.get("dtype")) == (made["source"], made.get("dtype")):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    if removed:
+        log.info("removed %d older OpenVINO export(s) of %s", len(removed), made["source"])
+    return removed
 
 
 class _Traceable(torch.nn.Module):
@@ -160,9 +197,9 @@ class _Traceable(torch.nn.Module):
                          return_dict=False)[0].float()
 
 
-def export_unet(unet, folder: Path) -> None:
+def export_unet(unet, folder: Path, source: str = "") -> None:
     """Write the UNet as OpenVINO IR (its weights in its own dtype) into `folder`, atomically: a
-    folder appears complete, with its `done.json`, or not at all."""
+    folder appears complete, with its `done.json` (what it was made from), or not at all."""
     import openvino as ov
 
     config = unet.config
@@ -184,8 +221,10 @@ def export_unet(unet, folder: Path) -> None:
         ov.save_model(model, str(partial / IR_NAME), compress_to_fp16=False)
         del model
         bin_path = (partial / IR_NAME).with_suffix(".bin")
+        path = _source_path(source)
         (partial / DONE_NAME).write_text(json.dumps({"bin_bytes": bin_path.stat().st_size,
-                                                     "export_s": round(time.perf_counter() - started, 1)}))
+                                                     "export_s": round(time.perf_counter() - started, 1),
+                                                     "source": str(path) if path else None, "dtype": str(unet.dtype)}))
         if folder.exists():
             shutil.rmtree(folder, ignore_errors=True)
         os.replace(partial, folder)
@@ -230,15 +269,17 @@ class OpenVINOUNet:
         folder = (cache or openvino_cache_dir()) / weights_fingerprint(unet, source)
         wrapper = cls(unet, folder)
         if not _entry_ok(folder):
-            export_unet(unet, folder)
+            export_unet(unet, folder, source)
             wrapper.exports += 1
         try:
             wrapper._read()
         except Exception as exc:  # a damaged entry with a good marker: export again, once
             log.warning("the OpenVINO export in %s could not be read (%s); exporting it again", folder, exc)
-            export_unet(unet, folder)
+            export_unet(unet, folder, source)
             wrapper.exports += 1
             wrapper._read()
+        if wrapper.exports:
+            drop_replaced(folder)
         return wrapper
 
     def _read(self):
