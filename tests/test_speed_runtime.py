@@ -13,6 +13,8 @@ from reverie.device import cpu_flags, native_bf16, pick_dtype
 from reverie.errors import BadRequest
 from reverie.models import openvino_runtime
 from reverie.models.openvino_runtime import OpenVINOUNet, resolve_runtime
+from test_lora_studio import models  # noqa: F401  (fixture: a models folder with a LoRA for the tiny model)
+from test_model_folders import tiny_folder  # noqa: F401  (fixture)
 
 AMD_ZEN3 = """processor\t: 0
 vendor_id\t: AuthenticAMD
@@ -183,6 +185,87 @@ def test_a_new_export_of_a_changed_file_replaces_the_old_one(tmp_path):
         reference = unet(sample, torch.tensor(500), states).sample
     assert torch.allclose(second(sample, torch.tensor(500), states).sample, reference, atol=1e-4)
     assert OpenVINOUNet.load(unet, str(checkpoint), cache=cache).exports == 0  # and it is reused
+
+
+def test_the_torch_unet_leaves_memory_while_its_export_serves_and_comes_back_for_torch(tmp_path, tiny_folder):
+    """Memory (issue 22): OpenVINO holds its own copy of the UNet, so the torch one of a model
+    read from disk is let go while the export serves, and read again, the same, for a request
+    only torch can run; a model built in code (nothing to read again) keeps its UNet."""
+    _openvino()
+    from reverie.methods.diffusion.run import unet_parked
+    from reverie.studio import Studio
+
+    studio = Studio(device="cpu")
+    model = str(tiny_folder)
+    first = studio.run(_request("openvino", model=model), outdir=tmp_path / "ov").images[0]
+    components = studio.models.find(lambda key: key[:2] == ("diffusion", model))
+    assert unet_parked(components.unet)
+    assert first.metadata["settings"]["runtime"] == "openvino"
+
+    on_torch = studio.run(_request("torch", model=model), outdir=tmp_path / "torch").images[0]
+    assert not unet_parked(components.unet)
+    fresh = Studio(device="cpu").run(_request("torch", model=model), outdir=tmp_path / "fresh").images[0]
+    assert np.array_equal(np.asarray(on_torch.image), np.asarray(fresh.image))  # the same UNet, read again
+
+    again = studio.run(_request("openvino", model=model), outdir=tmp_path / "again").images[0]
+    assert unet_parked(components.unet)
+    assert np.array_equal(np.asarray(again.image), np.asarray(first.image))
+
+    studio.run(_request("openvino"), outdir=tmp_path / "built")  # tiny-random: built in code
+    built = studio.models.find(lambda key: key[:2] == ("diffusion", "tiny-random"))
+    assert not unet_parked(built.unet)
+
+
+def test_a_model_added_in_memory_keeps_its_torch_unet(tmp_path, tiny_folder):
+    """Components handed to `Studio.add_model` (a model being trained) may differ from the file
+    they came from: an OpenVINO request on them never lets their UNet go, since reading the file
+    again would lose what is only in memory."""
+    _openvino()
+    from reverie.methods.diffusion.run import unet_parked
+    from reverie.models.registry import load_model
+    from reverie.studio import Studio
+
+    studio = Studio(device="cpu")
+    from_file = studio.run(_request("openvino", model=str(tiny_folder)), outdir=tmp_path / "file").images[0]
+    components = load_model(str(tiny_folder))
+    with torch.no_grad():
+        components.unet.conv_out.weight.neg_()  # trained: no longer the file's
+    studio.add_model("being-trained", components)
+    on_openvino = studio.run(_request("openvino", model="being-trained"), outdir=tmp_path / "ov").images[0]
+    assert not unet_parked(components.unet)
+    on_torch = studio.run(_request("torch", model="being-trained"), outdir=tmp_path / "torch").images[0]
+    assert _psnr(on_torch.image, on_openvino.image) > 40  # both from the weights in memory,
+    assert _psnr(from_file.image, on_openvino.image) < 30  # not from the file's export
+
+
+def test_a_shared_pass_with_a_lora_request_has_its_torch_unet_back(tmp_path, tiny_folder, models, monkeypatch):
+    """Dynamic batching mixes runtimes (a LoRA's prompt on torch, the others on OpenVINO under
+    auto): the torch UNet let go by an OpenVINO request is read again for the shared run, and
+    every picture is the one its request makes alone."""
+    _openvino()
+    from reverie.methods.diffusion.run import unet_parked
+    from reverie.studio import Studio
+
+    monkeypatch.setattr(openvino_runtime, "AUTO_MIN_PARAMETERS", 0)  # auto takes OpenVINO for the tiny model
+    studio = Studio(device="cpu")
+    plain = dict(prompt="a red circle", model=str(tiny_folder), width=64, height=64, steps=3, seed=5, n_samples=1,
+                 dtype="fp32", upscale=1, device="cpu")
+    lora = plain | {"prompt": "a red circle <lora:paper-cut:0.8>", "seed": 9}
+    assert studio.batch_key(plain) == studio.batch_key(lora)
+    alone = {name: studio.run(request, outdir=tmp_path / name, grid=False).images[0]
+             for name, request in (("plain", plain), ("lora", lora))}
+    assert [alone[name].metadata["settings"]["runtime"] for name in ("plain", "lora")] == ["openvino", "torch"]
+
+    studio.run(plain, outdir=tmp_path / "again", grid=False)
+    components = studio.models.find(lambda key: key[:2] == ("diffusion", str(tiny_folder)))
+    assert unet_parked(components.unet)
+    shared = studio.run_shared([{"request": plain, "outdir": tmp_path / "s1", "grid": False},
+                                {"request": lora, "outdir": tmp_path / "s2", "grid": False}], limit=4)
+    assert not unet_parked(components.unet)  # the LoRA's pass needed it
+    for result, name in zip(shared, ("plain", "lora")):
+        made = result.images[0]
+        assert made.metadata["settings"]["runtime"] == alone[name].metadata["settings"]["runtime"]
+        assert np.array_equal(np.asarray(made.image), np.asarray(alone[name].image)), name
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import os
 from functools import cache
 
@@ -78,6 +80,16 @@ def pick_dtype(name: str, device: torch.device, *, native_cpu_bf16: bool | None 
     if dtype == torch.float16 and device.type == "cpu":
         raise BadRequest("dtype", "fp16 is not supported on the CPU; use fp32 or bf16")
     return dtype
+
+
+def release_freed_memory() -> None:
+    """Hand what Python and torch have freed back to the system now (glibc's `malloc_trim`), so
+    that a large model let go shows as free memory at once; nothing where the C library has none."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def available_memory(device: torch.device) -> int:

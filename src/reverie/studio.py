@@ -129,11 +129,16 @@ class Studio:
         self.models = ModelCache(cache_bytes)
 
     def add_model(self, name: str, components: ModelComponents, device: str = "cpu") -> None:
-        """Make in-memory components available as `model=name` (training samples, benchmarks)."""
+        """Make in-memory components available as `model=name` (training samples, benchmarks).
+        Their weights may no longer be the file's they came from (a model being trained), so
+        they are known by no file: OpenVINO would name an export of them by the weights
+        themselves, and never lets their torch UNet go (methods/diffusion/run.py)."""
+        import dataclasses
+
         import torch
 
         key = ("diffusion", name, str(torch.device(device)), str(components.unet.dtype))
-        self.models.put(key, components)
+        self.models.put(key, dataclasses.replace(components, source=""))
 
     def run(
         self,

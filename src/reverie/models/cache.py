@@ -90,6 +90,10 @@ class ModelCache:
             while len(self._entries) > 1 and self.bytes > self.max_bytes:
                 self._entries.popitem(last=False)
 
+    def locked(self):
+        """The cache's own lock, for changing an entry in place (`with models.locked(): ...`)."""
+        return self._lock
+
     def find(self, match: Callable[[Hashable], bool]):
         """The most recently used entry whose key satisfies `match`, or None."""
         with self._lock:

@@ -157,6 +157,12 @@ def _source_path(source: str) -> Path | None:
     return None
 
 
+def reloadable(source: str) -> bool:
+    """Whether the UNet's weights can be read again from where they came from (a checkpoint file
+    or a diffusers folder), so that its torch copy may leave memory while its export serves."""
+    return _source_path(source) is not None
+
+
 def drop_replaced(folder: Path) -> list[Path]:
     """Remove the cache entries beside `folder` made for the same source path and dtype as it
     (older exports of that model: see the module docstring); the folders removed."""
@@ -262,6 +268,11 @@ class OpenVINOUNet:
         self.compiles = 0
         self._compiled: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
+
+    @staticmethod
+    def exported(unet, source: str = "", cache: Path | None = None) -> bool:
+        """Whether the UNet's export is in the cache already (`load` would not need its weights)."""
+        return _entry_ok((cache or openvino_cache_dir()) / weights_fingerprint(unet, source))
 
     @classmethod
     def load(cls, unet, source: str = "", cache: Path | None = None) -> "OpenVINOUNet":

@@ -191,8 +191,9 @@ class Sampler:
             module.to(self.device)
         self.studio.add_model(STUDIO_NAME, self.components, device=self.device)
         for seed in seeds:
+            # On torch: the weights change between grids, so an OpenVINO export would be out of date at once.
             request = make_request(prompt=prompt, model=STUDIO_NAME, seed=seed, n_samples=1, width=self.size,
-                                   height=self.size, device=self.device, dtype="fp32")
+                                   height=self.size, device=self.device, dtype="fp32", runtime="torch")
             yield self.studio.generate(request).images[0].image
 
     def grid(self, prompts: list[str], path: Path) -> Path:

@@ -14,17 +14,18 @@ written pictures.
 
 from __future__ import annotations
 
+import logging
 import time
 
 import torch
 
 from ... import __version__
-from ...device import available_memory, check_fits, estimate_peak_bytes, pick_device, pick_dtype
+from ...device import available_memory, check_fits, estimate_peak_bytes, pick_device, pick_dtype, release_freed_memory
 from ...errors import BadCheckpoint, BadRequest, ModelNotFound
 from ...models.batch_invariance import steady_rows
 from ...models.cache import ModelCache
 from ...models.components import ModelComponents
-from ...models.openvino_runtime import OpenVINOUNet, resolve_runtime
+from ...models.openvino_runtime import OpenVINOUNet, reloadable, resolve_runtime
 from ...models.registry import default_model, load_model
 from ...models.weight_storage import storage_dtype, store_weights
 from ...models.tiny_decoder import check_decoder_fits, find_tiny_decoder, load_tiny_decoder
@@ -40,12 +41,16 @@ from .networks import network_fields
 from .batches import PreparedInput, finish, prepare_input, run_batches
 from .request import IMAGE_MODES, GenerationRequest
 
+log = logging.getLogger(__name__)
+
 
 def diffusion_model(models: ModelCache, reference: str, device: torch.device, dtype: torch.dtype,
-                    weights: str = "auto") -> ModelComponents:
+                    weights: str = "auto", torch_unet: bool = True) -> ModelComponents:
     """The loaded model `reference` names, on `device`, computing in `dtype` with its weights
     resting in `weights` (models/weight_storage.py), from the shared cache; its UNet's pictures do
-    not depend on their batch-mates (`steady_rows`)."""
+    not depend on their batch-mates (`steady_rows`). Its torch UNet may have left memory while
+    its OpenVINO export serves (`park_torch_unet`): it is read again first, unless `torch_unet`
+    is False (a caller that only reads its config)."""
     storage = storage_dtype(weights, dtype)
 
     def load() -> ModelComponents:
@@ -57,8 +62,44 @@ def diffusion_model(models: ModelCache, reference: str, device: torch.device, dt
             store_weights(module, storage, dtype)
         return components
 
-    key = ("diffusion", reference, str(device), str(dtype)) + ((str(storage),) if storage != dtype else ())
-    return models.get(key, load)
+    key = model_key(reference, device, dtype, storage)
+    components = models.get(key, load)
+    if torch_unet and unet_parked(components.unet):
+        with models.locked():  # one reader, whichever thread asks first
+            if unet_parked(components.unet):
+                log.info("reading %s's torch UNet again (its OpenVINO export served without it)", reference)
+                components.unet = load().unet  # the fresh text encoder and VAE are dropped at once
+                models.put(key, components)  # counted again at its full size
+    return components
+
+
+def model_key(reference: str, device: torch.device, dtype: torch.dtype, storage: torch.dtype) -> tuple:
+    """The shared cache's key for a loaded diffusion model."""
+    return ("diffusion", reference, str(device), str(dtype)) + ((str(storage),) if storage != dtype else ())
+
+
+def unet_parked(unet) -> bool:
+    """Whether the torch UNet's weights have left memory (`park_torch_unet`)."""
+    first = next(unet.parameters(), None) if isinstance(unet, torch.nn.Module) else None
+    return first is not None and first.is_meta
+
+
+def park_torch_unet(models: ModelCache, request: GenerationRequest, components: ModelComponents,
+                    device: torch.device, dtype: torch.dtype) -> None:
+    """Let the torch UNet's weights leave memory while its OpenVINO export serves: OpenVINO holds
+    its own copy, and the torch one (1.6 GiB for SD 1.5 in bf16) waits unused. Only for a model
+    read from a file or folder, whose UNet `diffusion_model` can read again when a request needs
+    it (LoRAs, tiles, step caching, `--runtime torch`). Called once no part of the job runs on
+    torch; jobs run one at a time in a process (the job queue's one thread), so no other is
+    using it."""
+    if unet_parked(components.unet) or not reloadable(components.source):
+        return
+    with models.locked():
+        components.unet.to("meta")
+        key = model_key(request.model, device, dtype, storage_dtype(request.weights, dtype))
+        if key in models:
+            models.put(key, components)  # counted again, without the UNet
+    release_freed_memory()
 
 
 def asks_for_loras(request: GenerationRequest) -> bool:
@@ -82,13 +123,20 @@ def unet_parameters(unet) -> int:
     return sum(p.numel() for p in unet.parameters()) if isinstance(unet, torch.nn.Module) else 0
 
 
-def runtime_unet(models: ModelCache, request: GenerationRequest, components: ModelComponents, device: torch.device):
+def runtime_unet(models: ModelCache, request: GenerationRequest, components: ModelComponents, device: torch.device,
+                 dtype: torch.dtype):
     """The UNet stand-in the request's runtime runs (None: the components' own torch UNet). The
     OpenVINO export is kept in the shared cache beside the model, and on disk."""
     if request.runtime != "openvino":
         return None
-    return models.get(("openvino-unet", request.model, str(device), str(components.unet.dtype)),
-                      lambda: OpenVINOUNet.load(components.unet, components.source))
+
+    def load() -> OpenVINOUNet:
+        unet = components.unet
+        if unet_parked(unet) and not OpenVINOUNet.exported(unet, components.source):  # the export was removed
+            unet = diffusion_model(models, request.model, device, dtype, request.weights).unet
+        return OpenVINOUNet.load(unet, components.source)
+
+    return models.get(("openvino-unet", request.model, str(device), str(components.unet.dtype)), load)
 
 
 def run(request: GenerationRequest, models: ModelCache, progress: Progress, outputs: Outputs) -> Result:
@@ -104,11 +152,15 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
     dtype = pick_dtype(request.dtype, device)
     started = time.perf_counter()
     progress(ProgressEvent("load", message=f"loading {request.model}"))
-    components = diffusion_model(models, request.model, device, dtype, request.weights)
+    components = diffusion_model(models, request.model, device, dtype, request.weights, torch_unet=False)
     request = request.with_defaults(components.sampling)
     prepared = prepare_input(request, components)
     request = request.model_copy(update={"runtime": request_runtime(request, components, prepared, device, dtype)})
-    unet = runtime_unet(models, request, components, device)
+    if request.runtime == "torch":  # its weights read again if an OpenVINO request let them go
+        components = diffusion_model(models, request.model, device, dtype, request.weights)
+    unet = runtime_unet(models, request, components, device, dtype)
+    if unet is not None:
+        park_torch_unet(models, request, components, device, dtype)
     refiner = refiner_model(models, request, components, device, dtype)
     decoder = tiny_decoder(models, request, components, device, dtype)
     previewer = decoder or (preview_decoder(models, components, device, dtype) if progress.previews else None)
