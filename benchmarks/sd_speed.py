@@ -29,7 +29,11 @@ fp16_weights and bf16_weights (reverie, fp32 compute from weights resting in 16 
 channels_last (reverie, UNet and VAE in channels-last memory format), bf16 (reverie, bf16
 weights and compute), compile (reverie, torch.compile'd UNet; compile_bf16 the same in bf16), openvino (reverie, the UNet on
 OpenVINO in fp32: models/openvino_runtime.py; its export is cached under $REVERIE_CACHE),
-openvino_bf16 (the same in bf16: bf16 weights and compute).
+openvino_bf16 (the same in bf16: bf16 weights and compute), lcm_lora (reverie's defaults with a
+random-weight LoRA shaped as LCM-LoRA for SD 1.5 is, rank 64 on the attention, feed-forward and
+ResNet layers (kohya keys, written once beside the folder), run as LCM-LoRA is: the lcm sampler,
+4 steps, CFG 1, so one UNet evaluation a step: another picture, its PSNR not comparable; the
+LoRA keeps it on torch).
 """
 
 from __future__ import annotations
@@ -47,7 +51,9 @@ from pathlib import Path
 import numpy as np
 
 VARIANTS = ("diffusers", "auto", "torch", "fp16_weights", "bf16_weights", "channels_last", "bf16", "compile",
-            "compile_bf16", "openvino", "openvino_bf16")
+            "compile_bf16", "openvino", "openvino_bf16", "lcm_lora")
+LCM = {"steps": 4, "cfg": 1.0, "sampler": "lcm"}  # how LCM-LoRA is run: few steps, no classifier-free guidance
+LCM_RANK = 64  # latent-consistency/lcm-lora-sdv1-5's rank
 PROMPT = "an astronaut lounging in a desert, expressive oil painting"
 
 
@@ -73,6 +79,41 @@ def sd15_folder(folder: Path, file_dtype: str = "fp32") -> Path:
     pipe.save_pretrained(partial)
     partial.rename(folder)
     return folder
+
+
+def lcm_lora_models(folder: Path) -> Path:
+    """A models folder beside `folder` holding `Lora/lcm-lora-random.safetensors`: random weights
+    (small: the picture stays the base model's, near enough) on the layers LCM-LoRA for SD 1.5
+    adapts, with its rank, in kohya's key layout; written once."""
+    models = folder.with_name(folder.name + "-lcm-lora")
+    path = models / "Lora" / "lcm-lora-random.safetensors"
+    if path.is_file():
+        return models
+    import torch
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
+    adapted = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1",
+               "conv2", "conv_shortcut", "time_emb_proj")
+    generator, tensors = torch.Generator().manual_seed(0), {}
+    for name, module in unet.named_modules():
+        if not name.startswith(("down_blocks", "mid_block", "up_blocks")) or not name.endswith(adapted):
+            continue
+        key = "lora_unet_" + name.replace(".", "_")
+        if isinstance(module, torch.nn.Linear):
+            down, up = (LCM_RANK, module.in_features), (module.out_features, LCM_RANK)
+        elif isinstance(module, torch.nn.Conv2d):
+            down, up = (LCM_RANK, module.in_channels, *module.kernel_size), (module.out_channels, LCM_RANK, 1, 1)
+        else:
+            continue
+        tensors[f"{key}.lora_down.weight"] = (torch.randn(down, generator=generator) * 0.01).half()
+        tensors[f"{key}.lora_up.weight"] = (torch.randn(up, generator=generator) * 0.01).half()
+        tensors[f"{key}.alpha"] = torch.tensor(float(LCM_RANK)).half()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path))
+    return models
 
 
 def child(args) -> dict:
@@ -112,12 +153,19 @@ def child(args) -> dict:
                             generator=torch.Generator("cpu").manual_seed(args.seed),
                             callback_on_step_end=on_step, output_type="pil").images[0]
     else:
+        prompt = PROMPT
+        if variant == "lcm_lora":
+            os.environ["REVERIE_MODELS"] = str(lcm_lora_models(folder))
+            prompt = f"{PROMPT} <lora:lcm-lora-random:1>"
+            args.steps, args.cfg, args.sampler = LCM["steps"], LCM["cfg"], LCM["sampler"]
+            info["steps"] = args.steps
         from reverie.studio import Studio, make_request
 
         from reverie.methods.diffusion.run import diffusion_model
 
-        dtype = "bf16" if variant in ("bf16", "compile_bf16", "openvino_bf16") else ("auto" if cuda or variant == "auto" else "fp32")
-        runtime = "openvino" if variant.startswith("openvino") else ("auto" if variant == "auto" else "torch")
+        defaults = variant in ("auto", "lcm_lora")  # what a user gets without options
+        dtype = "bf16" if variant in ("bf16", "compile_bf16", "openvino_bf16") else ("auto" if cuda or defaults else "fp32")
+        runtime = "openvino" if variant.startswith("openvino") else ("auto" if defaults else "torch")
         weights = {"fp16_weights": "fp16", "bf16_weights": "bf16"}.get(variant, "auto")
         studio = Studio(device=args.device)
         if variant in ("channels_last", "compile", "compile_bf16"):  # the cached model, changed in place first
@@ -133,7 +181,7 @@ def child(args) -> dict:
             if event.stage == "denoise":
                 steps_at.append(now())
 
-        request = make_request(prompt=PROMPT, model=str(folder), width=args.size, height=args.size,
+        request = make_request(prompt=prompt, model=str(folder), width=args.size, height=args.size,
                                steps=args.steps, cfg_scale=args.cfg, sampler=args.sampler, seed=args.seed,
                                n_samples=args.batch, dtype=dtype, device=args.device, runtime=runtime, weights=weights,
                                upscale=1)
@@ -215,6 +263,8 @@ def main() -> None:
     args.folder = args.folder or str(Path(tempfile.gettempdir()) / f"reverie-sd15-random-seed0-{args.file_dtype}")
     sd15_folder(Path(args.folder), args.file_dtype)
     variants = args.variants.split(",")
+    if "lcm_lora" in variants:
+        lcm_lora_models(Path(args.folder))
     assert "diffusers" in variants, "the stock pipeline is the reference: keep `diffusers` in --variants"
     folder = Path(tempfile.mkdtemp(prefix="sd-speed-"))
     for variant in (v for v in variants if v.startswith("openvino") or v == "auto"):
@@ -251,11 +301,13 @@ def main() -> None:
             per_step = float(np.median([r["s_per_step"] for r in rows]))
             peak = max(r["peak_gpu_gib" if gpu else "peak_rss_gib"] for r in rows)
             quality = psnr(reference, np.load(folder / f"{variant}-{batch}-0.npy"))
+            steps = rows[0].get("steps", args.steps)
             after = max(r["rss_after_gib"] for r in rows)
             first = float(np.median([r["first_call_s"] for r in rows]))
             label = f"{variant} ({rows[0]['runtime']}, {rows[0]['dtype']})" if "runtime" in rows[0] else variant
-            print(f"| {label} | {batch} | {args.size} | {args.steps} | {per_step:.2f} | {total:.1f} | "
-                  f"{stock / total:.2f}x | {peak:.2f} | {after:.2f} | {quality:.1f} | {first:.1f} |")
+            shown = "-" if steps != args.steps else f"{quality:.1f}"  # fewer steps: another picture
+            print(f"| {label} | {batch} | {args.size} | {steps} | {per_step:.2f} | {total:.1f} | "
+                  f"{stock / total:.2f}x | {peak:.2f} | {after:.2f} | {shown} | {first:.1f} |")
 
 
 if __name__ == "__main__":
