@@ -160,7 +160,8 @@ def test_the_export_is_reused_and_a_damaged_one_made_again(tmp_path):
 
 def test_a_new_export_of_a_changed_file_replaces_the_old_one(tmp_path):
     """A model file changed on disk is exported again, and its older export (the UNet's weights
-    again, on disk) is removed; the other dtype's export and other models' stay."""
+    again, on disk) is removed, with partial exports a killed process left long ago; the other
+    dtype's export, other models' and a partial export under way stay."""
     _openvino()
     import os
 
@@ -175,11 +176,17 @@ def test_a_new_export_of_a_changed_file_replaces_the_old_one(tmp_path):
     no_file = OpenVINOUNet.load(unet, cache=cache)  # named by its weights' hash: never replaced
     assert len({first.folder, other_dtype.folder, no_file.folder}) == 3
 
+    abandoned, recent = cache / f"{first.folder.name}.partial-killed", cache / f"{first.folder.name}.partial-running"
+    for partial in (abandoned, recent):
+        partial.mkdir()
+        (partial / "unet.bin").write_bytes(b"half an export")
+    os.utime(abandoned, (0, 0))  # left by a process killed long ago; `recent` may be another's export under way
     os.utime(checkpoint, ns=(10**18, 10**18))  # the file changed
     second = OpenVINOUNet.load(unet, str(checkpoint), cache=cache)
     assert second.exports == 1 and second.folder != first.folder
     assert not first.folder.exists()
     assert other_dtype.folder.exists() and no_file.folder.exists()
+    assert not abandoned.exists() and recent.exists()
     sample, states = torch.randn(1, 4, 8, 8), torch.randn(1, 77, 32)
     with torch.no_grad():
         reference = unet(sample, torch.tensor(500), states).sample

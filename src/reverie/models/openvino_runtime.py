@@ -18,8 +18,9 @@ dynamic ones); the two most recently used shapes stay compiled. An entry that ca
 (a crash midway through an export, a damaged file) is exported again, never used. A new export
 of a model file or folder replaces the entries made earlier for the same path and dtype (the
 file changed since, or reverie, torch or OpenVINO did): each is the size of the UNet's weights,
-and nothing would read it again. (Two installs of reverie with other versions, sharing one cache
-folder, would therefore export in turn; give each its own `$REVERIE_CACHE`.)
+and nothing would read it again; so do partial exports abandoned hours ago by a process that
+died. (Two installs of reverie with other versions, sharing one cache folder, would therefore
+export in turn; give each its own `$REVERIE_CACHE`.)
 
 `OpenVINOUNet` is called as diffusers calls a UNet2DConditionModel (`sample, timestep,
 encoder_hidden_states, ..., return_dict`) and answers with an object with `.sample` (or a
@@ -57,6 +58,7 @@ AUTO_MIN_PARAMETERS = 100_000_000  # `auto` exports UNets this big (SD 1.x: 860M
 # 11.8-12.6 GiB for SD 1.5 in fp32, against 5.3-6.0 for torch alone).
 AUTO_MEMORY_FACTOR = 3
 COMPILED_SHAPES = 2  # input shapes kept compiled at once (each holds its own copy of the weights)
+ABANDONED_AFTER_S = 6 * 3600  # a partial export this old was left by a process that died (an export takes minutes)
 IR_NAME = "unet.xml"
 DONE_NAME = "done.json"
 
@@ -165,16 +167,25 @@ def reloadable(source: str) -> bool:
 
 def drop_replaced(folder: Path) -> list[Path]:
     """Remove the cache entries beside `folder` made for the same source path and dtype as it
-    (older exports of that model: see the module docstring); the folders removed."""
+    (older exports of that model: see the module docstring), and partial exports abandoned by a
+    process that died midway (killed for memory: an export's peak is several times the UNet's
+    size); the folders removed."""
+    removed = []
+    for entry in folder.parent.glob("*.partial-*"):
+        try:
+            if time.time() - entry.stat().st_mtime > ABANDONED_AFTER_S:
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry)
+        except OSError:
+            continue
     try:
         made = json.loads((folder / DONE_NAME).read_text())
     except (OSError, ValueError):
-        return []
+        return removed
     if not made.get("source"):
-        return []  # weights that came from no file: their entry is named by their hash alone
-    removed = []
+        return removed  # weights that came from no file: their entry is named by their hash alone
     for entry in folder.parent.iterdir():
-        if entry == folder or not entry.is_dir():
+        if entry == folder or not entry.is_dir() or entry in removed:
             continue
         try:
             other = json.loads((entry / DONE_NAME).read_text())
