@@ -53,9 +53,10 @@ log = logging.getLogger(__name__)
 RUNTIMES = ("auto", "torch", "openvino")
 EXPORT_FORMAT = 2  # bump when the exported graph changes (inputs, wrapper)
 AUTO_MIN_PARAMETERS = 100_000_000  # `auto` exports UNets this big (SD 1.x: 860M; reverie-mini: far less)
-# `auto` takes OpenVINO only with this many times the UNet's bytes free (`free_bytes`): the
-# torch UNet, its compiled copy and the mapped export are all in memory at once (measured peak
-# 11.8-12.6 GiB for SD 1.5 in fp32, against 5.3-6.0 for torch alone).
+# `auto` takes OpenVINO only with this many times the UNet's bytes free (`free_bytes`): on the
+# first request the torch UNet and its export are in memory at once (measured peak 11.8-12.6
+# GiB for SD 1.5 in fp32, against 5.3-6.0 for torch alone; 7.3 GiB for the bf16 export). Later
+# the torch UNet leaves memory while the export serves (methods/diffusion/run.py).
 AUTO_MEMORY_FACTOR = 3
 COMPILED_SHAPES = 2  # input shapes kept compiled at once (each holds its own copy of the weights)
 ABANDONED_AFTER_S = 6 * 3600  # a partial export this old was left by a process that died (an export takes minutes)
