@@ -16,6 +16,7 @@ identical). The one-time OpenVINO export is reported apart.
 
     PYTHONPATH=src .venv/bin/python benchmarks/sd_speed.py --size 256 --steps 4
     PYTHONPATH=src .venv/bin/python benchmarks/sd_speed.py --size 512 --steps 4 --variants diffusers,openvino
+    PYTHONPATH=src .venv/bin/python benchmarks/sd_speed.py --size 512 --steps 20 --variants diffusers,lcm_lora,auto
     PYTHONPATH=src .venv/bin/python benchmarks/sd_speed.py --device cuda --size 512 --steps 20 \
         --variants diffusers,torch,compile --batches 1,4,8      # a GPU: fp16 on both sides
 
