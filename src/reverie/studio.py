@@ -137,8 +137,10 @@ class Studio:
 
         import torch
 
-        key = ("diffusion", name, str(torch.device(device)), str(components.unet.dtype))
-        self.models.put(key, dataclasses.replace(components, source=""))
+        from .methods.diffusion.run import model_key
+
+        dtype = components.unet.dtype  # computing in the dtype its weights rest in
+        self.models.put(model_key(name, torch.device(device), dtype, dtype), dataclasses.replace(components, source=""))
 
     def run(
         self,
