@@ -132,7 +132,8 @@ def test_one_cache_holds_every_network_a_mini_dream_and_generation_use(tmp_path)
     studio.run({"mode": "dream", "prompt": "red apple", "iterations": 1, "cutouts": 4, "save_every": 1000, "seed": 1},
                outdir=tmp_path)
     kinds = sorted(key[0] for key in studio.models._entries)
-    # reverie-mini once (generation, the dream's generator and its prior), the upscaler, the dream's guide
+    # reverie-mini once (generation, the dream's generator and its prior), the dream's guide, and
+    # the x2 upscaler (the 128 px picture shown at 256 px)
     assert kinds == ["diffusion", "guide", "upscaler"]
     assert studio.models.loads == 3
 
@@ -217,6 +218,6 @@ def test_upscale_keeps_the_source_settings_and_adds_the_step(monkeypatch, capsys
     assert path.name == "00000-11-a-green-kite.png"
     info = read_png_info(path)
     assert info["reverie"]["seed"] == 11 and info["reverie"]["settings"]["prompt"] == "a green kite"
-    assert info["reverie"]["upscaled"] == [{"factor": 2, "upscaler": "reverie 4x", "from_size": [64, 64]}]
+    assert info["reverie"]["upscaled"] == [{"factor": 2, "upscaler": "reverie 2x", "from_size": [64, 64]}]
     assert info["parameters"].startswith("a green kite\n") and "Postprocess upscale by: 2" in info["parameters"]
     assert Image.open(path).size == (128, 128)

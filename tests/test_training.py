@@ -389,3 +389,25 @@ def test_bf16_on_a_cpu_without_it_warns_before_training(monkeypatch, capsys, tmp
                              "--vae", str(tmp_path / "nowhere"))
     assert code == 2 and "is not an autoencoder folder" in err
     assert ("no native bf16" in out) == (not cpu_has_native_bf16()), out
+
+
+def test_the_x2_upscaler_trains_from_the_built_in_x4_one(monkeypatch, capsys, tmp_path):
+    """`reverie train upscaler --scale 2` starts from the x4 network's layers (its head, body and
+    first doubling; its last convolution) and exports weights the x2 loader reads."""
+    from conftest import run_cli
+
+    from reverie.models.upscaler import load_upscaler
+
+    data = plain_folder(tmp_path / "data", n=2, size=128)
+    code, out, err = run_cli(monkeypatch, capsys, "train", "upscaler", "--scale", "2", "--data", str(data), "--size", "128",
+                             "--out", str(tmp_path / "x2"), "--steps", "2", "--batch-size", "2", "--lr", "1e-5",
+                             "--warmup", "1", "--save-every", "1", "--sample-every", "100")
+    assert code == 0, err
+    x2, x4 = load_upscaler(tmp_path / "x2" / "export", scale=2), load_upscaler()
+    assert x2.scale == 2 and len(x2.up) == 4 and len(x4.up) == 7
+    for mine, theirs in ((x2.head, x4.head), (x2.body[3].body[0], x4.body[3].body[0]), (x2.up[0], x4.up[0]),
+                         (x2.up[3], x4.up[6])):
+        difference = (mine.weight - theirs.weight).abs().max().item()
+        assert 0 < difference < 1e-3  # two small steps away from the x4's weights: trained, from them
+    code, _, err = run_cli(monkeypatch, capsys, "train", "upscaler", "--scale", "3", "--data", str(data))
+    assert code == 2 and "--scale" in err and "2 or 4" in err

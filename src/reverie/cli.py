@@ -269,8 +269,8 @@ def upscale_cmd(
     factor: Annotated[int, typer.Option("--factor", "-f", help="2 or 4.")] = 4,
     outdir: Outdir = None,
 ):
-    """Enlarge a picture with the built-in 4x upscaler (trained on flat-coloured art); the result
-    keeps the picture's own settings, with the upscale step added."""
+    """Enlarge a picture with the built-in upscaler of that factor, x4 or x2 (trained on
+    flat-coloured art); the result keeps the picture's own settings, with the upscale step added."""
     _run({"mode": "upscale", "init_image": str(image), "upscale": factor}, outdir or Path("outputs/upscale"))
 
 

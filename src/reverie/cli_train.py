@@ -160,14 +160,15 @@ def package_cmd(vae: Annotated[Path, typer.Option("--vae")] = Path("runs/autoenc
                 dest: Annotated[Path, typer.Option("--dest", help="Where the built-in model lives.")] = None,
                 clip_dir: Annotated[Path, typer.Option("--clip", help="The trained CLIP image encoder, shipped as the judge (RUN/export).")] = Path("runs/clip/export"),
                 guide_dir: Annotated[Path, typer.Option("--dream-guide", help="The CLIP image encoder shipped as the dreaming guide (RUN/export).")] = Path("runs/clip-guide/export"),
-                upscaler_dir: Annotated[Path, typer.Option("--upscaler", help="The trained upscaler (RUN/export).")] = Path("runs/upscaler/export")):
+                upscaler_dir: Annotated[Path, typer.Option("--upscaler", help="The trained x4 upscaler (RUN/export).")] = Path("runs/upscaler/export"),
+                upscaler_x2_dir: Annotated[Path, typer.Option("--upscaler-x2", help="The trained x2 upscaler (RUN/export).")] = Path("runs/upscaler-x2/export")):
     """Write the trained parts as the built-in models (fp16 safetensors; the denoiser in diffusers layout)."""
     from .models.mini import MINI_DIR
     from .training.mini import package, package_extras
 
     folder = package(vae, unet_dir, dest or MINI_DIR)
     out.print(f"reverie-mini written to {folder}")
-    for written in package_extras(clip_dir, upscaler_dir, guide_dir):
+    for written in package_extras(clip_dir, upscaler_dir, guide_dir, upscaler_x2_dir):
         out.print(f"written: {written}")
 
 
@@ -187,21 +188,26 @@ def clip(data: Data = Path("data/build/mini-64"), out_dir: Out = Path("runs/clip
 
 
 @train_app.command()
-def upscaler(data: Pictures = Path("data/build/hires-256"), out_dir: Out = Path("runs/upscaler"), steps: Steps = 2000,
+def upscaler(data: Pictures = Path("data/build/hires-256"), out_dir: Annotated[Path, typer.Option("--out", help="Run folder; training resumes from its checkpoint. Default: runs/upscaler, or runs/upscaler-x2 for --scale 2.", show_default=False)] = None, steps: Steps = 2000,
              batch_size: Batch = 16, lr: Lr = 5e-4, bf16: Bf16 = False, save_every: SaveEvery = 250,
              sample_every: SampleEvery = 500, warmup: Warmup = 200, ema_decay: EmaDecay = 0.999,
              size: Annotated[int, typer.Option("--size", help="High-resolution picture size (at least 128).")] = 256,
+             scale: Annotated[int, typer.Option("--scale", help="4, or 2: the x2 network, which starts from the built-in x4's weights.")] = 4,
              device: Device = "auto", fp16: Fp16 = False):
-    """Train the 4x upscaler on large pictures, e.g. vector art rendered large (reverie data build --sources fluent,tabler --size 256)."""
+    """Train the x4 (or x2) upscaler on large pictures, e.g. vector art rendered large (reverie data build --sources fluent,tabler --size 256)."""
     from .errors import ReverieError
     from .training.mini import run_upscaler
+    from .models.upscaler import SCALES
     from .training.upscaler import PATCH
 
     config = _config(steps, batch_size, lr, bf16, save_every, sample_every, warmup, ema_decay, device, fp16)
     if size < PATCH:
         raise ReverieError(f"--size: the upscaler learns from {PATCH} px crops; use at least {PATCH}")
+    if scale not in SCALES:
+        raise ReverieError(f"--scale: the upscaler doubles a picture's side once or twice; give 2 or 4, not {scale}")
     _check_data(data)
-    export = run_upscaler(data, out_dir, config, size=size)
+    export = run_upscaler(data, out_dir or Path("runs/upscaler" if scale == 4 else "runs/upscaler-x2"), config,
+                          size=size, scale=scale)
     out.print(f"upscaler saved to {export}")
 
 

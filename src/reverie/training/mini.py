@@ -216,21 +216,25 @@ def run_clip(data: str | Path, out: str | Path, config: TrainConfig, quiet: bool
     return save_clip(encoder, Path(out) / "export", half=False)
 
 
-def run_upscaler(data: str | Path, out: str | Path, config: TrainConfig, size: int = 256, quiet: bool = False) -> Path:
-    """Train (or resume) the 4x upscaler on high-resolution pictures (no captions needed); export to out/export."""
-    from ..models.upscaler import save_upscaler
-    from .upscaler import train_upscaler
+def run_upscaler(data: str | Path, out: str | Path, config: TrainConfig, size: int = 256, quiet: bool = False,
+                 scale: int = 4) -> Path:
+    """Train (or resume) the x`scale` upscaler on high-resolution pictures (no captions needed);
+    export to out/export. The x2 one starts from the built-in x4's weights (`x2_from_x4`)."""
+    from ..models.upscaler import load_upscaler, save_upscaler
+    from .upscaler import train_upscaler, x2_from_x4
 
     train = read_splits(data, size, need_captions=False).train
-    model = train_upscaler(train.images, out, config, quiet=quiet)
+    start = x2_from_x4(load_upscaler().float()) if scale == 2 else None
+    model = train_upscaler(train.images, out, config, quiet=quiet, scale=scale, start=start)
     return save_upscaler(model, Path(out) / "export", half=False)
 
 
-def package_extras(clip_dir: str | Path, upscaler_dir: str | Path, guide_dir: str | Path | None = None) -> list[Path]:
-    """Copy the trained CLIP image encoders (judge, dreaming guide) and upscaler into the shipped
-    folders as fp16; a source folder that does not exist is skipped."""
+def package_extras(clip_dir: str | Path, upscaler_dir: str | Path, guide_dir: str | Path | None = None,
+                   upscaler_x2_dir: str | Path | None = None) -> list[Path]:
+    """Copy the trained CLIP image encoders (judge, dreaming guide) and upscalers (x4, x2) into
+    the shipped folders as fp16; a source folder that does not exist is skipped."""
     from ..models.mini_clip import CLIP_DIR, GUIDE_WEIGHTS, WEIGHTS as CLIP_WEIGHTS, ImageEncoder
-    from ..models.upscaler import UPSCALER_DIR, WEIGHTS as UPSCALER_WEIGHTS, Upscaler
+    from ..models.upscaler import UPSCALER_DIR, WEIGHTS as UPSCALER_WEIGHTS, WEIGHTS_X2, Upscaler
     from ..models.weights import load_weights, save_weights
 
     written = []
@@ -238,6 +242,8 @@ def package_extras(clip_dir: str | Path, upscaler_dir: str | Path, guide_dir: st
         (Path(clip_dir), ImageEncoder, CLIP_DIR, CLIP_WEIGHTS, CLIP_WEIGHTS),
         (Path(guide_dir) if guide_dir else None, ImageEncoder, CLIP_DIR, CLIP_WEIGHTS, GUIDE_WEIGHTS),
         (Path(upscaler_dir), Upscaler, UPSCALER_DIR, UPSCALER_WEIGHTS, UPSCALER_WEIGHTS),
+        (Path(upscaler_x2_dir) if upscaler_x2_dir else None, lambda: Upscaler(scale=2), UPSCALER_DIR, WEIGHTS_X2,
+         WEIGHTS_X2),
     ):
         if source is not None and (source / name).is_file():
             model = load_weights(build(), source / name, str(source))

@@ -37,6 +37,7 @@ from ...prompts.picture import PicturePrompt, PromptPlan, prompt_plan
 from ...result import GeneratedImage, Result
 from ...samplers import get_sampler
 from ..rerank import best_candidates, scorer_from
+from ..upscale.pictures import upscaler_name
 from .networks import network_fields
 from .batches import PreparedInput, finish, prepare_input, run_batches
 from .request import IMAGE_MODES, GenerationRequest
@@ -272,7 +273,7 @@ def _parameter_fields(settings: dict, seed: int, size: tuple[int, int], request:
         fields["Weights"] = settings["weights"]  # the precision the weights rested in
     if (settings.get("upscale") or 1) > 1:
         fields["Hires upscale"] = settings["upscale"]
-        fields["Hires upscaler"] = "reverie 4x"
+        fields["Hires upscaler"] = upscaler_name(settings["upscale"])
     return fields
 
 

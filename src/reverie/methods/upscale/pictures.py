@@ -1,4 +1,4 @@
-"""Making pictures larger with the built-in 4x upscaler (x2 is x4, then halved)."""
+"""Making pictures larger with the built-in upscalers: x2 and x4 each have a network of their own."""
 
 from __future__ import annotations
 
@@ -12,18 +12,20 @@ from ...models.cache import ModelCache
 from ...models.upscaler import load_upscaler, reach, upscale_image, upscale_peak_bytes
 from ...progress import Progress, ProgressEvent
 
-UPSCALER_KEY = ("upscaler",)
 FACTORS = (1, 2, 4)
 UPSCALER_DEVICE = torch.device("cpu")  # the built-in upscaler is small: it runs on the CPU
+
+
+def upscaler_name(factor: int) -> str:
+    """The upscaler of `factor` as a picture's metadata names it (A1111's fields)."""
+    return f"reverie {factor}x"
 
 
 def upscale_memory(size: tuple[int, int], factor: int) -> int:
     """Bytes the upscaler needs to make a picture of `size` `factor` times larger (0 for 1)."""
     if factor == 1:
         return 0
-    width, height = size
-    halved = 3 * 4 * width * height if factor == 2 else 0  # the x4 picture, then its half
-    return upscale_peak_bytes(width, height) + halved
+    return upscale_peak_bytes(*size)  # measured for x4: the x2 network needs less
 
 
 def check_upscale_fits(size: tuple[int, int], factor: int, field: str = "init_image") -> None:
@@ -58,13 +60,11 @@ def upscaled(pictures: list[Image.Image], factor: int, models: ModelCache, progr
         check_upscale_fits(picture.size, factor, "picture")
     if progress is not None:
         progress(ProgressEvent("upscale", message=f"upscaling x{factor}"))
-    model = models.get(UPSCALER_KEY, load_upscaler)
-    # A tile is enlarged with a margin of itself wrapped around it, wider than the network, the
-    # bicubic base and the halving look: its middle, cut out, is what a circular pass would give.
+    model = models.get(("upscaler", factor), lambda: load_upscaler(scale=factor))
+    # A tile is enlarged with a margin of itself wrapped around it, wider than the network and
+    # the bicubic base look: its middle, cut out, is what a circular pass would give.
     margin = reach(model) + 4 if wrap else 0
     larger = [upscale_image(model, _wrapped(picture, margin)) for picture in pictures]
-    if factor == 2:
-        larger = [img.resize((img.width // 2, img.height // 2), Image.LANCZOS) for img in larger]
     if margin:
         cut = margin * factor
         larger = [img.crop((cut, cut, img.width - cut, img.height - cut)) for img in larger]

@@ -16,11 +16,8 @@ from ...outputs.metadata import read_png_info
 from ...progress import Progress, ProgressEvent
 from ...result import GeneratedImage, Result
 from ..diffusion.images import load_image, to_rgb
-from .pictures import check_upscale_fits, upscaled
+from .pictures import check_upscale_fits, upscaled, upscaler_name
 from .request import UpscaleRequest
-
-UPSCALER_NAME = "reverie 4x"
-
 
 def run(request: UpscaleRequest, models: ModelCache, progress: Progress, outputs: Outputs) -> Result:
     started = time.perf_counter()
@@ -32,12 +29,12 @@ def run(request: UpscaleRequest, models: ModelCache, progress: Progress, outputs
     settings = dict(made.get("settings") or {})
     prompt = settings.get("prompt", "")
     [picture] = upscaled([source], request.upscale, models, progress)
-    step = {"factor": request.upscale, "upscaler": UPSCALER_NAME, "from_size": list(source.size)}
+    step = {"factor": request.upscale, "upscaler": upscaler_name(request.upscale), "from_size": list(source.size)}
     metadata = {"format": made.get("format", 1), "seed": seed, "index": made.get("index", 0),
                 "settings": settings | {"reverie_version": __version__},
                 "upscaled": [*made.get("upscaled", []), step], "image_size": list(picture.size)}
     parameters = (info["parameters"] or "").rstrip()
-    extra = f"Postprocess upscale by: {request.upscale}, Postprocess upscaler: {UPSCALER_NAME}"
+    extra = f"Postprocess upscale by: {request.upscale}, Postprocess upscaler: {upscaler_name(request.upscale)}"
     parameters = f"{parameters}, {extra}" if parameters else extra
     image = GeneratedImage(picture, seed, 0, metadata, parameters)
     image.path = outputs.picture(picture, seed, prompt, parameters, metadata)
