@@ -196,8 +196,8 @@ def upscaler(data: Pictures = Path("data/build/hires-256"), out_dir: Annotated[P
              device: Device = "auto", fp16: Fp16 = False):
     """Train the x4 (or x2) upscaler on large pictures, e.g. vector art rendered large (reverie data build --sources fluent,tabler --size 256)."""
     from .errors import ReverieError
-    from .training.mini import run_upscaler
     from .models.upscaler import SCALES
+    from .training.mini import run_upscaler
     from .training.upscaler import PATCH
 
     config = _config(steps, batch_size, lr, bf16, save_every, sample_every, warmup, ema_decay, device, fp16)

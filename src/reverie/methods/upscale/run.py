@@ -19,6 +19,7 @@ from ..diffusion.images import load_image, to_rgb
 from .pictures import check_upscale_fits, upscaled, upscaler_name
 from .request import UpscaleRequest
 
+
 def run(request: UpscaleRequest, models: ModelCache, progress: Progress, outputs: Outputs) -> Result:
     started = time.perf_counter()
     source = to_rgb(load_image(request.init_image, "init_image"))
