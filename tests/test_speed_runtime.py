@@ -295,3 +295,27 @@ def test_a1111_runtime_field_is_read_back():
 
     assert parse_a1111_parameters("a cat\nSteps: 4, Seed: 1, Runtime: openvino")["runtime"] == "openvino"
     assert "runtime" not in parse_a1111_parameters("a cat\nSteps: 4, Seed: 1, Runtime: tensorrt")
+
+
+def test_a_walk_runs_where_its_stops_run_alone(tmp_path, tiny_folder, monkeypatch):
+    """A video's frames take the UNet a picture of theirs would (issue 22): with `auto` on
+    OpenVINO, a walk's first and last frames are the pictures its stops make alone there, and
+    the video's record says which runtime made them."""
+    _openvino()
+    import json
+
+    from PIL import Image
+
+    from reverie.studio import Studio
+
+    monkeypatch.setattr(openvino_runtime, "AUTO_MIN_PARAMETERS", 0)  # auto takes OpenVINO for the tiny model
+    studio = Studio(device="cpu")
+    settings = dict(model=str(tiny_folder), steps=3, width=64, height=64, upscale=1, dtype="fp32")
+    result = studio.video("walk", ["a red circle", "a blue square"], seeds=[1, 7], frames=3, keep_frames=True,
+                          outdir=tmp_path / "walk", **settings)
+    frames = [np.asarray(Image.open(path).convert("RGB")) for path in sorted((result.run_dir / "frames").glob("*.png"))]
+    alone = [studio.generate({"prompt": prompt, "seed": seed, "n_samples": 1, **settings}).images[0]
+             for prompt, seed in (("a red circle", 1), ("a blue square", 7))]
+    assert [picture.metadata["settings"]["runtime"] for picture in alone] == ["openvino", "openvino"]
+    assert np.array_equal(frames[0], np.asarray(alone[0].image)) and np.array_equal(frames[-1], np.asarray(alone[1].image))
+    assert json.loads((result.run_dir / "video.json").read_text())["made_with"]["runtime"] == "openvino"

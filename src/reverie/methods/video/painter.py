@@ -26,7 +26,7 @@ from ...prompts.extra_networks import LoraUse, extract_pair
 from ..diffusion.batches import PreparedInput, denoise_batch, denoising_steps, finish, initial_noise, latent_shape, prepare_input
 from ..diffusion.pipelines import memory_settings
 from ..diffusion.request import GenerationRequest
-from ..diffusion.run import diffusion_model, fit_memory, resolve
+from ..diffusion.run import diffusion_model, fit_memory, park_torch_unet, request_runtime, resolve, runtime_unet
 from ..gan.latents import slerp
 from .request import VideoRequest
 
@@ -51,6 +51,7 @@ class Painter:
     dtype: torch.dtype
     loras: list[LoraUse] = field(default_factory=list)  # every frame's (each prompt names the same ones)
     encoded: dict = field(default_factory=dict)
+    unet: object = None  # the runtime's stand-in for the UNet (OpenVINO's), or None: the torch UNet
 
     @classmethod
     def load(cls, video: VideoRequest, prompt: str, models: ModelCache, progress: Progress) -> "Painter":
@@ -60,7 +61,7 @@ class Painter:
         device = pick_device(request.device)
         dtype = pick_dtype(request.dtype, device)
         progress(ProgressEvent("load", message=f"loading {request.model}"))
-        components = diffusion_model(models, request.model, device, dtype, request.weights)
+        components = diffusion_model(models, request.model, device, dtype, request.weights, torch_unet=False)
         if components.is_sdxl:
             from ...errors import BadRequest
 
@@ -68,9 +69,17 @@ class Painter:
                                       "and reverie-mini for now: pick one of those")
         request = request.with_defaults(components.sampling)
         prepared = prepare_input(request, components)
+        # The frames' UNet runs where a picture of theirs would (`runtime auto`: OpenVINO for SD-sized
+        # models), so a walk's stop is the picture `reverie generate` makes of it.
+        request = request.model_copy(update={"runtime": request_runtime(request, components, prepared, device, dtype)})
+        if request.runtime == "torch":
+            components = diffusion_model(models, request.model, device, dtype, request.weights)
+        unet = runtime_unet(models, request, components, device, dtype)
+        if unet is not None:
+            park_torch_unet(models, request, components, device, dtype)
         request = fit_memory(request, components, prepared, device, dtype)
         _, _, loras = extract_pair(prompt, request.negative_prompt)
-        return cls(request, components, prepared, device, dtype, loras)
+        return cls(request, components, prepared, device, dtype, loras, unet=unet)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -84,7 +93,7 @@ class Painter:
         """What the frames were made with, for the video's record."""
         r = self.request
         return {"model": r.model, "model_name": self.components.name, "steps": r.steps, "sampler": r.sampler,
-                "cfg_scale": r.cfg_scale, "working_size": list(self.size), "upscale": self.factor}
+                "cfg_scale": r.cfg_scale, "working_size": list(self.size), "upscale": self.factor, "runtime": r.runtime}
 
     def _pair(self, prompt: str) -> tuple[str, str]:
         """`prompt` and the negative prompt as encoded: LoRA tags out (every prompt of a video names
@@ -133,7 +142,7 @@ class Painter:
         with memory_settings(self.components, bool(self.request.vae_tiling), self.request.attention_slicing), \
                 apply_loras(self.components, self.loras):
             [picture] = denoise_batch(self.request, self.components, self.prepared, [seed], cond, uncond,
-                                      self.device, self.dtype, 0, progress, noise=noise)
+                                      self.device, self.dtype, 0, progress, noise=noise, unet=self.unet)
         return picture
 
     def img2img(self, picture: Image.Image, cond, uncond, seed: int, strength: float, cfg: float | None,
@@ -147,7 +156,7 @@ class Painter:
         with memory_settings(self.components, bool(self.request.vae_tiling), self.request.attention_slicing), \
                 apply_loras(self.components, self.loras):
             [made] = denoise_batch(request, self.components, prepared, [seed], cond, uncond,
-                                   self.device, self.dtype, 0, progress)
+                                   self.device, self.dtype, 0, progress, unet=self.unet)
         return made
 
     def shown(self, pictures: list[Image.Image], models: ModelCache, progress: Progress) -> list[Image.Image]:
@@ -169,7 +178,8 @@ class Painter:
         latents = torch.zeros(2, channels, height, width, device=self.device, dtype=self.dtype)
         states = torch.cat([uncond, cond])
         timestep = torch.tensor(500, device=self.device)
-        self.components.unet(latents, timestep, encoder_hidden_states=states)  # warm-up
+        unet = self.unet or self.components.unet
+        unet(latents, timestep, encoder_hidden_states=states)  # warm-up (OpenVINO compiles the shape)
         started = time.perf_counter()
-        self.components.unet(latents, timestep, encoder_hidden_states=states)
+        unet(latents, timestep, encoder_hidden_states=states)
         return time.perf_counter() - started
