@@ -319,3 +319,27 @@ def test_a_walk_runs_where_its_stops_run_alone(tmp_path, tiny_folder, monkeypatc
     assert [picture.metadata["settings"]["runtime"] for picture in alone] == ["openvino", "openvino"]
     assert np.array_equal(frames[0], np.asarray(alone[0].image)) and np.array_equal(frames[-1], np.asarray(alone[1].image))
     assert json.loads((result.run_dir / "video.json").read_text())["made_with"]["runtime"] == "openvino"
+
+
+def test_an_export_that_would_not_fit_on_disk_keeps_auto_on_torch(tmp_path, tiny_folder, monkeypatch):
+    """The export is the UNet's size on disk (1.7 GB for SD 1.5 in bf16): where the cache's disk
+    lacks it, `auto` runs torch and an explicit `openvino` is refused with the figures; an
+    export already made needs no more room."""
+    _openvino()
+    from reverie.studio import Studio
+
+    monkeypatch.setattr(openvino_runtime, "AUTO_MIN_PARAMETERS", 0)  # auto takes OpenVINO for the tiny model
+    monkeypatch.setattr(openvino_runtime, "EXPORT_DISK_MARGIN", 1e12)  # the export wants more than any disk has
+    monkeypatch.setenv("REVERIE_CACHE", str(tmp_path / "cache"))  # no export of the tiny model made yet
+    studio = Studio(device="cpu")
+    model = str(tiny_folder)
+    made = studio.run(_request("auto", model=model), outdir=tmp_path / "auto").images[0]
+    assert made.metadata["settings"]["runtime"] == "torch"
+    with pytest.raises(BadRequest, match=r"runtime: openvino cannot run this request: its export needs about .* GB free"):
+        studio.run(_request("openvino", model=model), outdir=tmp_path / "refused")
+
+    monkeypatch.setattr(openvino_runtime, "EXPORT_DISK_MARGIN", 1.1)
+    studio.run(_request("openvino", model=model), outdir=tmp_path / "exported")
+    monkeypatch.setattr(openvino_runtime, "EXPORT_DISK_MARGIN", 1e12)
+    again = studio.run(_request("auto", model=model), outdir=tmp_path / "again").images[0]
+    assert again.metadata["settings"]["runtime"] == "openvino"  # made already: no room needed

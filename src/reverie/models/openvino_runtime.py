@@ -59,6 +59,7 @@ AUTO_MIN_PARAMETERS = 100_000_000  # `auto` exports UNets this big (SD 1.x: 860M
 # the torch UNet leaves memory while the export serves (methods/diffusion/run.py).
 AUTO_MEMORY_FACTOR = 3
 COMPILED_SHAPES = 2  # input shapes kept compiled at once (each holds its own copy of the weights)
+EXPORT_DISK_MARGIN = 1.1  # free disk an export wants, in the UNet's weight bytes (the IR's .bin, its graph, room)
 ABANDONED_AFTER_S = 6 * 3600  # a partial export this old was left by a process that died (an export takes minutes)
 IR_NAME = "unet.xml"
 DONE_NAME = "done.json"
@@ -164,6 +165,22 @@ def reloadable(source: str) -> bool:
     """Whether the UNet's weights can be read again from where they came from (a checkpoint file
     or a diffusers folder), so that its torch copy may leave memory while its export serves."""
     return _source_path(source) is not None
+
+
+def export_space_short(unet, source: str = "", cache: Path | None = None) -> str | None:
+    """Why the UNet's export would not fit on the cache folder's disk, or None: it fits, it is
+    made already, or the UNet was not read from a file (its fingerprint would hash every
+    weight; such models are small or being trained)."""
+    if not reloadable(source):
+        return None
+    cache = cache or openvino_cache_dir()
+    if _entry_ok(cache / weights_fingerprint(unet, source)):
+        return None
+    need = sum(p.numel() for p in unet.parameters()) * unet.dtype.itemsize * EXPORT_DISK_MARGIN
+    free = shutil.disk_usage(next(folder for folder in (cache, *cache.parents) if folder.exists())).free
+    if free >= need:
+        return None
+    return f"its export needs about {need / 1e9:.1f} GB free in {cache}, and {free / 1e9:.1f} GB is"
 
 
 def drop_replaced(folder: Path) -> list[Path]:

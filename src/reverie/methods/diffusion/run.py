@@ -25,7 +25,7 @@ from ...errors import BadCheckpoint, BadRequest, ModelNotFound
 from ...models.batch_invariance import steady_rows
 from ...models.cache import ModelCache
 from ...models.components import ModelComponents
-from ...models.openvino_runtime import OpenVINOUNet, reloadable, resolve_runtime
+from ...models.openvino_runtime import OpenVINOUNet, export_space_short, reloadable, resolve_runtime
 from ...models.registry import default_model, load_model
 from ...models.weight_storage import storage_dtype, store_weights
 from ...models.tiny_decoder import check_decoder_fits, find_tiny_decoder, load_tiny_decoder
@@ -110,13 +110,23 @@ def asks_for_loras(request: GenerationRequest) -> bool:
 
 def request_runtime(request: GenerationRequest, components: ModelComponents, prepared: PreparedInput,
                     device: torch.device, dtype: torch.dtype) -> str:
-    """The runtime (torch or openvino) that runs the request's UNet (models/openvino_runtime.py)."""
+    """The runtime (torch or openvino) that runs the request's UNet (models/openvino_runtime.py).
+    An export not made yet that would not fit on the cache's disk keeps `auto` on torch, and is a
+    BadRequest for `openvino` that says how much disk it wants."""
     levels = len(getattr(components.unet.config, "block_out_channels", None) or [0]) - 1
     odd = any((side // components.vae_scale_factor) % 2**levels for side in (prepared.width, prepared.height))
-    return resolve_runtime(request.runtime, device, dtype, sdxl=components.is_sdxl, tile=request.tile,
-                           loras=asks_for_loras(request), odd_latents=odd, step_cache=bool(request.step_cache),
-                           cast_weights=storage_dtype(request.weights, dtype) != dtype,
-                           parameters=unet_parameters(components.unet), free_bytes=available_memory(device))
+    runtime = resolve_runtime(request.runtime, device, dtype, sdxl=components.is_sdxl, tile=request.tile,
+                              loras=asks_for_loras(request), odd_latents=odd, step_cache=bool(request.step_cache),
+                              cast_weights=storage_dtype(request.weights, dtype) != dtype,
+                              parameters=unet_parameters(components.unet), free_bytes=available_memory(device))
+    short = export_space_short(components.unet, components.source) if runtime == "openvino" else None
+    if short and request.runtime == "openvino":
+        raise BadRequest("runtime", f"openvino cannot run this request: {short}; free some disk, set REVERIE_CACHE "
+                                    "to a folder on a larger one, or use --runtime torch")
+    if short:
+        log.warning("runtime auto: torch runs %s, since %s", request.model, short)
+        return "torch"
+    return runtime
 
 
 def unet_parameters(unet) -> int:
