@@ -43,6 +43,7 @@ import warnings
 from collections import OrderedDict
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Callable
 
 import torch
 
@@ -97,20 +98,29 @@ def why_not_openvino(device: torch.device, dtype: torch.dtype, *, sdxl: bool = F
 
 
 def resolve_runtime(name: str, device: torch.device, dtype: torch.dtype, *, parameters: int = AUTO_MIN_PARAMETERS,
-                    free_bytes: int | None = None, **request) -> str:
+                    free_bytes: int | None = None, export_room: Callable[[], str | None] | None = None,
+                    **request) -> str:
     """`torch` or `openvino` for a request asking for `name` (auto, torch, openvino); asking for
     openvino where it cannot run is a BadRequest that says why. `auto` takes OpenVINO only for
     UNets of at least AUTO_MIN_PARAMETERS `parameters` (SD-sized ones), where its speed pays for
-    the export; toy and built-in models stay on torch."""
+    the export, and only with the memory for it (`free_bytes`); toy and built-in models stay on
+    torch. `export_room` (`export_space_short`), asked last since it reads the cache and the
+    disk, says why an export not made yet would not fit on disk."""
     if name == "torch":
         return "torch"
     reason = why_not_openvino(device, dtype, **request)
+    if name == "auto" and not reason:
+        if parameters < AUTO_MIN_PARAMETERS:
+            return "torch"
+        if free_bytes is not None and free_bytes < parameters * dtype.itemsize * AUTO_MEMORY_FACTOR:
+            return "torch"  # the export and the compiled copy beside the torch UNet would not fit
+    if not reason and export_room is not None:
+        reason = export_room()
+        if reason and name == "auto":
+            log.warning("runtime auto runs torch: %s", reason)
     if name == "openvino" and reason:
         raise BadRequest("runtime", f"openvino cannot run this request: {reason}; use --runtime torch or auto")
-    if name == "auto" and not reason and parameters >= AUTO_MIN_PARAMETERS and free_bytes is not None \
-            and free_bytes < parameters * dtype.itemsize * AUTO_MEMORY_FACTOR:
-        return "torch"  # the export and the compiled copy beside the torch UNet would not fit
-    return "torch" if reason or (name == "auto" and parameters < AUTO_MIN_PARAMETERS) else "openvino"
+    return "torch" if reason else "openvino"
 
 
 # ----------------------------------------------------------------------------- the cache
@@ -171,16 +181,15 @@ def export_space_short(unet, source: str = "", cache: Path | None = None) -> str
     """Why the UNet's export would not fit on the cache folder's disk, or None: it fits, it is
     made already, or the UNet was not read from a file (its fingerprint would hash every
     weight; such models are small or being trained)."""
-    if not reloadable(source):
-        return None
     cache = cache or openvino_cache_dir()
-    if _entry_ok(cache / weights_fingerprint(unet, source)):
+    if not reloadable(source) or OpenVINOUNet.exported(unet, source, cache):
         return None
     need = sum(p.numel() for p in unet.parameters()) * unet.dtype.itemsize * EXPORT_DISK_MARGIN
     free = shutil.disk_usage(next(folder for folder in (cache, *cache.parents) if folder.exists())).free
     if free >= need:
         return None
-    return f"its export needs about {need / 1e9:.1f} GB free in {cache}, and {free / 1e9:.1f} GB is"
+    return (f"its export needs about {need / 1e9:.1f} GB free in {cache}, and {free / 1e9:.1f} GB is (free some "
+            "disk, or set REVERIE_CACHE to a folder on a larger one)")
 
 
 def drop_replaced(folder: Path) -> list[Path]:

@@ -115,18 +115,11 @@ def request_runtime(request: GenerationRequest, components: ModelComponents, pre
     BadRequest for `openvino` that says how much disk it wants."""
     levels = len(getattr(components.unet.config, "block_out_channels", None) or [0]) - 1
     odd = any((side // components.vae_scale_factor) % 2**levels for side in (prepared.width, prepared.height))
-    runtime = resolve_runtime(request.runtime, device, dtype, sdxl=components.is_sdxl, tile=request.tile,
-                              loras=asks_for_loras(request), odd_latents=odd, step_cache=bool(request.step_cache),
-                              cast_weights=storage_dtype(request.weights, dtype) != dtype,
-                              parameters=unet_parameters(components.unet), free_bytes=available_memory(device))
-    short = export_space_short(components.unet, components.source) if runtime == "openvino" else None
-    if short and request.runtime == "openvino":
-        raise BadRequest("runtime", f"openvino cannot run this request: {short}; free some disk, set REVERIE_CACHE "
-                                    "to a folder on a larger one, or use --runtime torch")
-    if short:
-        log.warning("runtime auto: torch runs %s, since %s", request.model, short)
-        return "torch"
-    return runtime
+    return resolve_runtime(request.runtime, device, dtype, sdxl=components.is_sdxl, tile=request.tile,
+                           loras=asks_for_loras(request), odd_latents=odd, step_cache=bool(request.step_cache),
+                           cast_weights=storage_dtype(request.weights, dtype) != dtype,
+                           parameters=unet_parameters(components.unet), free_bytes=available_memory(device),
+                           export_room=lambda: export_space_short(components.unet, components.source))
 
 
 def unet_parameters(unet) -> int:
@@ -150,6 +143,20 @@ def runtime_unet(models: ModelCache, request: GenerationRequest, components: Mod
     return models.get(("openvino-unet", request.model, str(device), str(components.unet.dtype)), load)
 
 
+def on_runtime(models: ModelCache, request: GenerationRequest, components: ModelComponents, prepared: PreparedInput,
+               device: torch.device, dtype: torch.dtype) -> tuple[GenerationRequest, ModelComponents, object]:
+    """The request with its runtime resolved (`request_runtime`), its components (the torch UNet
+    read again when torch runs it) and the runtime's UNet stand-in (None: the torch UNet), the
+    torch UNet let go while the stand-in serves. `components` may come with `torch_unet=False`."""
+    request = request.model_copy(update={"runtime": request_runtime(request, components, prepared, device, dtype)})
+    if request.runtime == "torch":  # its weights read again if an OpenVINO request let them go
+        components = diffusion_model(models, request.model, device, dtype, request.weights)
+    unet = runtime_unet(models, request, components, device, dtype)
+    if unet is not None:
+        park_torch_unet(models, request, components, device, dtype)
+    return request, components, unet
+
+
 def run(request: GenerationRequest, models: ModelCache, progress: Progress, outputs: Outputs) -> Result:
     """Make the pictures `request` asks for, writing each to `outputs` as soon as it is finished.
 
@@ -166,12 +173,7 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
     components = diffusion_model(models, request.model, device, dtype, request.weights, torch_unet=False)
     request = request.with_defaults(components.sampling)
     prepared = prepare_input(request, components)
-    request = request.model_copy(update={"runtime": request_runtime(request, components, prepared, device, dtype)})
-    if request.runtime == "torch":  # its weights read again if an OpenVINO request let them go
-        components = diffusion_model(models, request.model, device, dtype, request.weights)
-    unet = runtime_unet(models, request, components, device, dtype)
-    if unet is not None:
-        park_torch_unet(models, request, components, device, dtype)
+    request, components, unet = on_runtime(models, request, components, prepared, device, dtype)
     refiner = refiner_model(models, request, components, device, dtype)
     decoder = tiny_decoder(models, request, components, device, dtype)
     previewer = decoder or (preview_decoder(models, components, device, dtype) if progress.previews else None)

@@ -26,7 +26,7 @@ from ...prompts.extra_networks import LoraUse, extract_pair
 from ..diffusion.batches import PreparedInput, denoise_batch, denoising_steps, finish, initial_noise, latent_shape, prepare_input
 from ..diffusion.pipelines import memory_settings
 from ..diffusion.request import GenerationRequest
-from ..diffusion.run import diffusion_model, fit_memory, park_torch_unet, request_runtime, resolve, runtime_unet
+from ..diffusion.run import diffusion_model, fit_memory, on_runtime, resolve
 from ..gan.latents import slerp
 from .request import VideoRequest
 
@@ -71,12 +71,7 @@ class Painter:
         prepared = prepare_input(request, components)
         # The frames' UNet runs where a picture of theirs would (`runtime auto`: OpenVINO for SD-sized
         # models), so a walk's stop is the picture `reverie generate` makes of it.
-        request = request.model_copy(update={"runtime": request_runtime(request, components, prepared, device, dtype)})
-        if request.runtime == "torch":
-            components = diffusion_model(models, request.model, device, dtype, request.weights)
-        unet = runtime_unet(models, request, components, device, dtype)
-        if unet is not None:
-            park_torch_unet(models, request, components, device, dtype)
+        request, components, unet = on_runtime(models, request, components, prepared, device, dtype)
         request = fit_memory(request, components, prepared, device, dtype)
         _, _, loras = extract_pair(prompt, request.negative_prompt)
         return cls(request, components, prepared, device, dtype, loras, unet=unet)
