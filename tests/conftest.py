@@ -34,6 +34,12 @@ def pixels(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.int16)
 
 
+def psnr(a, b) -> float:
+    """PSNR in dB between two pictures or arrays of 8-bit levels (inf when they are equal)."""
+    mse = float(((np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)) ** 2).mean())
+    return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
+
+
 def run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
     """`reverie ARGS...` in this process: (exit code, stdout, stderr)."""
     from reverie import cli

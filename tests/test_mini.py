@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import pixels
+from conftest import pixels, psnr
 from reverie.errors import BadCheckpoint
 from reverie.models.mini import MINI_DIR, load_mini, weight_files
 from reverie.models.mini_clip import CLIP_DIR, load_clip
@@ -111,10 +111,6 @@ def flat_art(side: int = 256) -> Image.Image:
     draw.line((80, 980, 980, 60), fill=(20, 20, 20), width=28)
     draw.ellipse((300, 260, 420, 380), fill=(255, 255, 255))
     return big.resize((side, side), Image.LANCZOS)
-
-
-def psnr(a: Image.Image, b: Image.Image) -> float:
-    return float(10 * np.log10(255.0**2 / np.mean((pixels(a).astype(np.float64) - pixels(b)) ** 2)))
 
 
 def test_the_x2_upscaler_gives_back_more_of_the_true_picture_than_bicubic_and_the_halved_x4():

@@ -12,7 +12,7 @@ import torch
 from diffusers import AutoencoderKL, AutoencoderTiny, EulerDiscreteScheduler, StableDiffusionPipeline
 from safetensors.torch import save_file
 
-from conftest import pixels, run_cli
+from conftest import pixels, psnr, run_cli
 from reverie.errors import BadRequest, ModelNotFound
 from reverie.models.step_cache import deep_modules, step_cache
 from reverie.models.tiny import build_tiny, tiny_unet
@@ -24,11 +24,6 @@ FAST = dict(model="tiny-random", steps=4, cfg_scale=5.0, width=64, height=64, pr
 
 def generate(studio, outdir=None, **fields):
     return studio.generate(make_request(**(FAST | fields)), outdir=outdir)
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean())
-    return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
 
 
 # ----------------------------------------------------------------------------- step caching

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import psnr
 from reverie.device import cpu_flags, native_bf16, pick_dtype
 from reverie.errors import BadRequest
 from reverie.models import openvino_runtime
@@ -68,11 +69,6 @@ def _openvino():
                                                   "(pip install -r requirements-speed.txt): the OpenVINO runtime is optional")
 
 
-def _psnr(a, b) -> float:
-    mse = float(((np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)) ** 2).mean())
-    return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
-
-
 def _request(runtime: str, n_samples: int = 1, seed: int = 5, **more):
     from reverie.studio import make_request
 
@@ -88,7 +84,7 @@ def test_openvino_pictures_match_torch_and_are_made_again_from_the_png(tmp_path)
     studio = Studio(device="cpu")
     torch_made = studio.run(_request("torch"), outdir=tmp_path / "torch").images[0]
     made = studio.run(_request("openvino"), outdir=tmp_path / "ov").images[0]
-    assert _psnr(torch_made.image, made.image) > 40
+    assert psnr(torch_made.image, made.image) > 40
     assert made.metadata["settings"]["runtime"] == "openvino"
     assert made.metadata["settings"]["ran_dtype"] == "fp32"
     assert "Runtime: openvino" in made.parameters
@@ -117,7 +113,7 @@ def test_a_bf16_request_runs_a_bf16_export_close_to_torchs_bf16_picture(tmp_path
              for dtype in ("torch.float32", "torch.bfloat16")}
     assert unets["torch.bfloat16"].precision == "bf16" and unets["torch.float32"].precision == "f32"
     assert unets["torch.bfloat16"].folder != unets["torch.float32"].folder  # two exports, one per dtype
-    assert _psnr(torch_bf16.image, made.image) > 30
+    assert psnr(torch_bf16.image, made.image) > 30
     assert not np.array_equal(np.asarray(made.image), np.asarray(fp32.image))  # bf16 did run
 
 
@@ -241,8 +237,8 @@ def test_a_model_added_in_memory_keeps_its_torch_unet(tmp_path, tiny_folder):
     on_openvino = studio.run(_request("openvino", model="being-trained"), outdir=tmp_path / "ov").images[0]
     assert not unet_parked(components.unet)
     on_torch = studio.run(_request("torch", model="being-trained"), outdir=tmp_path / "torch").images[0]
-    assert _psnr(on_torch.image, on_openvino.image) > 40  # both from the weights in memory,
-    assert _psnr(from_file.image, on_openvino.image) < 30  # not from the file's export
+    assert psnr(on_torch.image, on_openvino.image) > 40  # both from the weights in memory,
+    assert psnr(from_file.image, on_openvino.image) < 30  # not from the file's export
 
 
 def test_a_shared_pass_with_a_lora_request_has_its_torch_unet_back(tmp_path, tiny_folder, models, monkeypatch):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import pixels, run_cli
+from conftest import pixels, psnr, run_cli
 from reverie.errors import BadRequest
 from reverie.methods.diffusion.run import diffusion_model
 from reverie.models.cache import ModelCache, module_bytes
@@ -17,11 +17,6 @@ from reverie.studio import make_request, request_from_picture
 
 FAST = dict(model="tiny-random", steps=4, cfg_scale=5.0, width=64, height=64, prompt="a red apple", seed=7, n_samples=2,
             dtype="fp32")  # weights kept in 16 bits for an fp32 computation, on any CPU
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean())
-    return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
 
 
 def test_a_layer_computes_in_fp32_from_weights_resting_in_fp16():
