@@ -488,4 +488,6 @@ async function init() {
     await fillChoices();
   } catch (error) { if (error.message !== "please log in") toast(error.message); }
 }
-init();
+// Once every deferred script has run: the choices fill the other views' lists too (train.js,
+// loras.js), which a busy machine may still be loading when the server answers.
+document.addEventListener("DOMContentLoaded", init);
