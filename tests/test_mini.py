@@ -34,6 +34,18 @@ def test_default_model_makes_four_256px_pictures_from_128px_ones(studio):
     assert all(img.image.size == (256, 256) for img in result.images)
 
 
+def test_mini_runs_on_openvino_by_default_and_draws_what_torch_draws(studio):
+    """`runtime auto` takes OpenVINO for mini's UNet (its steps are faster there), in the same
+    precision: the pictures are torch's up to rounding, and say what ran."""
+    pytest.importorskip("openvino")
+    settings = dict(prompt="red apple", seed=3, n_samples=2, steps=8, upscale=1)
+    made = studio.generate(make_request(**settings))
+    on_torch = studio.generate(make_request(**settings, runtime="torch"))
+    assert [image.metadata["settings"]["runtime"] for image in made.images] == ["openvino", "openvino"]
+    for picture, reference in zip(made.images, on_torch.images):
+        assert psnr(picture.image, reference.image) > 30
+
+
 def test_red_apple_pictures_score_red_apple_above_blue_car(studio, clip):
     result = studio.generate(make_request(prompt="red apple, Noto emoji", seed=0, steps=15, upscale=1, cfg_scale=4))
     scores = clip.similarity(as_tensor([img.image for img in result.images]), ["red apple", "blue car"])

@@ -27,8 +27,9 @@ def mean_pairwise_distance(pictures: list[np.ndarray]) -> float:
     return float(np.mean([np.abs(a - b).mean() for a, b in itertools.combinations(pictures, 2)]))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def mini(studio):
+    """reverie-mini's torch modules, read again if a request on OpenVINO let its UNet go."""
     from reverie.methods.diffusion.run import diffusion_model
 
     return diffusion_model(studio.models, "mini", torch.device("cpu"), torch.float32)

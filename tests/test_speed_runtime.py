@@ -190,14 +190,16 @@ def test_a_new_export_of_a_changed_file_replaces_the_old_one(tmp_path):
     assert OpenVINOUNet.load(unet, str(checkpoint), cache=cache).exports == 0  # and it is reused
 
 
-def test_the_torch_unet_leaves_memory_while_its_export_serves_and_comes_back_for_torch(tmp_path, tiny_folder):
+def test_the_torch_unet_leaves_memory_while_its_export_serves_and_comes_back_for_torch(tmp_path, tiny_folder, monkeypatch):
     """Memory (issue 22): OpenVINO holds its own copy of the UNet, so the torch one of a model
     read from disk is let go while the export serves, and read again, the same, for a request
     only torch can run; a model built in code (nothing to read again) keeps its UNet."""
     _openvino()
+    from reverie.methods.diffusion import run
     from reverie.methods.diffusion.run import unet_parked
     from reverie.studio import Studio
 
+    monkeypatch.setattr(run, "PARK_MIN_BYTES", 0)  # the tiny UNet is let go as SD's is
     studio = Studio(device="cpu")
     model = str(tiny_folder)
     first = studio.run(_request("openvino", model=model), outdir=tmp_path / "ov").images[0]
@@ -219,15 +221,17 @@ def test_the_torch_unet_leaves_memory_while_its_export_serves_and_comes_back_for
     assert not unet_parked(built.unet)
 
 
-def test_a_model_added_in_memory_keeps_its_torch_unet(tmp_path, tiny_folder):
+def test_a_model_added_in_memory_keeps_its_torch_unet(tmp_path, tiny_folder, monkeypatch):
     """Components handed to `Studio.add_model` (a model being trained) may differ from the file
     they came from: an OpenVINO request on them never lets their UNet go, since reading the file
     again would lose what is only in memory."""
     _openvino()
+    from reverie.methods.diffusion import run
     from reverie.methods.diffusion.run import unet_parked
     from reverie.models.registry import load_model
     from reverie.studio import Studio
 
+    monkeypatch.setattr(run, "PARK_MIN_BYTES", 0)  # kept for what is only in memory, not for its size
     studio = Studio(device="cpu")
     from_file = studio.run(_request("openvino", model=str(tiny_folder)), outdir=tmp_path / "file").images[0]
     components = load_model(str(tiny_folder))
@@ -246,9 +250,11 @@ def test_a_shared_pass_with_a_lora_request_has_its_torch_unet_back(tmp_path, tin
     auto): the torch UNet let go by an OpenVINO request is read again for the shared run, and
     every picture is the one its request makes alone."""
     _openvino()
+    from reverie.methods.diffusion import run
     from reverie.methods.diffusion.run import unet_parked
     from reverie.studio import Studio
 
+    monkeypatch.setattr(run, "PARK_MIN_BYTES", 0)  # the tiny UNet is let go as SD's is
     monkeypatch.setattr(openvino_runtime, "AUTO_MIN_PARAMETERS", 0)  # auto takes OpenVINO for the tiny model
     studio = Studio(device="cpu")
     plain = dict(prompt="a red circle", model=str(tiny_folder), width=64, height=64, steps=3, seed=5, n_samples=1,
@@ -339,3 +345,55 @@ def test_an_export_that_would_not_fit_on_disk_keeps_auto_on_torch(tmp_path, tiny
     monkeypatch.setattr(openvino_runtime, "EXPORT_DISK_MARGIN", 1e12)
     again = studio.run(_request("auto", model=model), outdir=tmp_path / "again").images[0]
     assert again.metadata["settings"]["runtime"] == "openvino"  # made already: no room needed
+
+
+def test_an_export_that_fails_leaves_auto_on_torch_and_is_not_tried_again(tmp_path, tiny_folder, monkeypatch):
+    """The default path survives an exporter that cannot trace a model: `auto` runs torch,
+    warns once, and does not pay for the failing export again; an explicit `openvino` is refused
+    with the exporter's reason."""
+    _openvino()
+    from reverie.studio import Studio
+
+    tries = []
+
+    def failing_export(unet, folder, source=""):
+        tries.append(folder)
+        raise RuntimeError("the tracer met a layer it cannot convert")
+
+    monkeypatch.setattr(openvino_runtime, "AUTO_MIN_PARAMETERS", 0)  # auto takes OpenVINO for the tiny model
+    monkeypatch.setattr(openvino_runtime, "export_unet", failing_export)
+    monkeypatch.setattr(openvino_runtime, "_failed_exports", {})
+    monkeypatch.setenv("REVERIE_CACHE", str(tmp_path / "cache"))  # no export of the tiny model made yet
+    studio = Studio(device="cpu")
+    model = str(tiny_folder)
+    first = studio.run(_request("auto", model=model), outdir=tmp_path / "first").images[0]
+    again = studio.run(_request("auto", model=model), outdir=tmp_path / "again").images[0]
+    on_torch = studio.run(_request("torch", model=model), outdir=tmp_path / "torch").images[0]
+    assert len(tries) == 1
+    assert first.metadata["settings"]["runtime"] == again.metadata["settings"]["runtime"] == "torch"
+    assert np.array_equal(np.asarray(first.image), np.asarray(on_torch.image))
+    with pytest.raises(BadRequest, match=r"runtime: openvino cannot run this request: its export failed earlier "
+                                         r"in this process \(RuntimeError: the tracer met a layer"):
+        studio.run(_request("openvino", model=model), outdir=tmp_path / "refused")
+    assert len(tries) == 1
+
+
+def test_small_exports_keep_more_shapes_compiled(tmp_path, monkeypatch):
+    """Each input shape is compiled on its own, and each compiled shape holds the weights: an
+    export as small as reverie-mini's keeps many (the studio's shared passes change their batch
+    size as jobs come and go), an SD-sized one two."""
+    _openvino()
+    from reverie.models.tiny import build_tiny
+
+    unet = build_tiny().unet
+    states = torch.randn(1, 77, 32)
+
+    def compiles_for(batches) -> int:
+        runner = OpenVINOUNet.load(unet, cache=tmp_path)
+        for batch in batches:
+            runner(torch.randn(batch, 4, 8, 8), torch.tensor(500), states.expand(batch, -1, -1))
+        return runner.compiles
+
+    assert compiles_for([1, 2, 3, 1, 2, 3]) == 3
+    monkeypatch.setattr(openvino_runtime, "COMPILED_BYTES", 0)  # as if the weights were SD's
+    assert compiles_for([1, 2, 3, 1]) == 4  # two kept: the first was let go for the third

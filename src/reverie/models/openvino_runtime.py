@@ -14,8 +14,10 @@ pictures those of the fp32 torch UNet up to OpenVINO's kernels' rounding; a bf16
 bf16`, `auto` on a CPU with native bf16) computes in bf16 (`INFERENCE_PRECISION_HINT`), as the
 torch UNet would, with OpenVINO's own bf16 kernels (its attention about twice torch's speed on
 avx512_bf16). Each input shape is then compiled on its own (static shapes run faster than
-dynamic ones); the two most recently used shapes stay compiled. An entry that cannot be read
-(a crash midway through an export, a damaged file) is exported again, never used. A new export
+dynamic ones); the most recently used shapes stay compiled (COMPILED_BYTES' worth, two at
+least). An entry that cannot be read (a crash midway through an export, a damaged file) is
+exported again, never used; an export that fails (`ExportFailed`) is not tried again in the
+process, and `auto` runs that model on torch. A new export
 of a model file or folder replaces the entries made earlier for the same path and dtype (the
 file changed since, or reverie, torch or OpenVINO did): each is the size of the UNet's weights,
 and nothing would read it again; so do partial exports abandoned hours ago by a process that
@@ -53,13 +55,20 @@ log = logging.getLogger(__name__)
 
 RUNTIMES = ("auto", "torch", "openvino")
 EXPORT_FORMAT = 2  # bump when the exported graph changes (inputs, wrapper)
-AUTO_MIN_PARAMETERS = 100_000_000  # `auto` exports UNets this big (SD 1.x: 860M; reverie-mini: far less)
+# `auto` exports UNets this big: SD 1.x (860M) and reverie-mini (17.2M), whose steps OpenVINO
+# runs in 35 ms against torch's 55 (batch 8 at 16x16 latents, bf16). Toy UNets (the tests')
+# stay on torch: an export and a compile per shape would cost more than their steps.
+AUTO_MIN_PARAMETERS = 10_000_000
 # `auto` takes OpenVINO only with this many times the UNet's bytes free (`free_bytes`): on the
 # first request the torch UNet and its export are in memory at once (measured peak 11.8-12.6
 # GiB for SD 1.5 in fp32, against 5.3-6.0 for torch alone; 7.3 GiB for the bf16 export). Later
 # the torch UNet leaves memory while the export serves (methods/diffusion/run.py).
 AUTO_MEMORY_FACTOR = 3
-COMPILED_SHAPES = 2  # input shapes kept compiled at once (each holds its own copy of the weights)
+# Input shapes kept compiled at once, each holding its own copy of the weights: as many as fit
+# in COMPILED_BYTES, and at least COMPILED_SHAPES (SD 1.5's two take 3.4 GiB in bf16; mini's 34
+# MB ones fit fifteen, for the studio's shared passes, whose batch size changes as jobs come and go).
+COMPILED_SHAPES = 2
+COMPILED_BYTES = 512 * 2**20
 EXPORT_DISK_MARGIN = 1.1  # free disk an export wants, in the UNet's weight bytes (the IR's .bin, its graph, room)
 ABANDONED_AFTER_S = 6 * 3600  # a partial export this old was left by a process that died (an export takes minutes)
 IR_NAME = "unet.xml"
@@ -98,14 +107,14 @@ def why_not_openvino(device: torch.device, dtype: torch.dtype, *, sdxl: bool = F
 
 
 def resolve_runtime(name: str, device: torch.device, dtype: torch.dtype, *, parameters: int = AUTO_MIN_PARAMETERS,
-                    free_bytes: int | None = None, export_room: Callable[[], str | None] | None = None,
+                    free_bytes: int | None = None, export_blocked: Callable[[], str | None] | None = None,
                     **request) -> str:
     """`torch` or `openvino` for a request asking for `name` (auto, torch, openvino); asking for
     openvino where it cannot run is a BadRequest that says why. `auto` takes OpenVINO only for
-    UNets of at least AUTO_MIN_PARAMETERS `parameters` (SD-sized ones), where its speed pays for
-    the export, and only with the memory for it (`free_bytes`); toy and built-in models stay on
-    torch. `export_room` (`export_space_short`), asked last since it reads the cache and the
-    disk, says why an export not made yet would not fit on disk."""
+    UNets of at least AUTO_MIN_PARAMETERS `parameters` (SD's and reverie-mini's), where its speed
+    pays for the export, and only with the memory for it (`free_bytes`); toy models stay on
+    torch. `export_blocked` (the function of that name), asked last since it reads the cache and
+    the disk, says why the export cannot be had: it failed before, or would not fit on disk."""
     if name == "torch":
         return "torch"
     reason = why_not_openvino(device, dtype, **request)
@@ -114,8 +123,8 @@ def resolve_runtime(name: str, device: torch.device, dtype: torch.dtype, *, para
             return "torch"
         if free_bytes is not None and free_bytes < parameters * dtype.itemsize * AUTO_MEMORY_FACTOR:
             return "torch"  # the export and the compiled copy beside the torch UNet would not fit
-    if not reason and export_room is not None:
-        reason = export_room()
+    if not reason and export_blocked is not None:
+        reason = export_blocked()
         if reason and name == "auto":
             log.warning("runtime auto runs torch: %s", reason)
     if name == "openvino" and reason:
@@ -177,11 +186,24 @@ def reloadable(source: str) -> bool:
     return _source_path(source) is not None
 
 
-def export_space_short(unet, source: str = "", cache: Path | None = None) -> str | None:
-    """Why the UNet's export would not fit on the cache folder's disk, or None: it fits, it is
-    made already, or the UNet was not read from a file (its fingerprint would hash every
-    weight; such models are small or being trained)."""
+class ExportFailed(RuntimeError):
+    """The UNet could not be exported to OpenVINO (or its export read back); `export_blocked`
+    gives the reason to every later request of the process, which `auto` then runs on torch."""
+
+
+_failed_exports: dict[Path, str] = {}  # cache entries whose export failed in this process, and why
+
+
+def export_blocked(unet, source: str = "", cache: Path | None = None) -> str | None:
+    """Why the UNet's export cannot be had, or None: it failed earlier in this process (it
+    would fail again, and take as long), or, not made yet, it would not fit on the cache
+    folder's disk. The disk is not asked for UNets not read from a file (their fingerprint
+    would hash every weight; such models are small or being trained)."""
     cache = cache or openvino_cache_dir()
+    if _failed_exports:
+        failed = _failed_exports.get(cache / weights_fingerprint(unet, source))
+        if failed:
+            return f"its export failed earlier in this process ({failed})"
     if not reloadable(source) or OpenVINOUNet.exported(unet, source, cache):
         return None
     need = sum(p.numel() for p in unet.parameters()) * unet.dtype.itemsize * EXPORT_DISK_MARGIN
@@ -317,16 +339,21 @@ class OpenVINOUNet:
         """The UNet's export from the cache, made first when missing or unreadable."""
         folder = (cache or openvino_cache_dir()) / weights_fingerprint(unet, source)
         wrapper = cls(unet, folder)
-        if not _entry_ok(folder):
-            export_unet(unet, folder, source)
-            wrapper.exports += 1
         try:
-            wrapper._read()
-        except Exception as exc:  # a damaged entry with a good marker: export again, once
-            log.warning("the OpenVINO export in %s could not be read (%s); exporting it again", folder, exc)
-            export_unet(unet, folder, source)
-            wrapper.exports += 1
-            wrapper._read()
+            if not _entry_ok(folder):
+                export_unet(unet, folder, source)
+                wrapper.exports += 1
+            try:
+                wrapper._read()
+            except Exception as exc:  # a damaged entry with a good marker: export again, once
+                log.warning("the OpenVINO export in %s could not be read (%s); exporting it again", folder, exc)
+                export_unet(unet, folder, source)
+                wrapper.exports += 1
+                wrapper._read()
+        except Exception as exc:  # the exporter meets a layer it cannot trace, a full disk, ...
+            _failed_exports[folder] = f"{type(exc).__name__}: {exc}"[:300]
+            log.warning("the UNet could not be exported to OpenVINO: %s", _failed_exports[folder])
+            raise ExportFailed(_failed_exports[folder]) from exc
         if wrapper.exports:
             drop_replaced(folder)
         return wrapper
@@ -346,7 +373,7 @@ class OpenVINOUNet:
             if shapes in self._compiled:
                 self._compiled.move_to_end(shapes)
                 return self._compiled[shapes]
-            while len(self._compiled) >= COMPILED_SHAPES:
+            while self._compiled and len(self._compiled) >= self.shapes_kept:
                 self._compiled.popitem(last=False)
             model = self._core.read_model(str(self.folder / IR_NAME))
             model.reshape({port.get_any_name(): ov.PartialShape(list(shape)) for port, shape in zip(model.inputs, shapes)})
@@ -384,10 +411,19 @@ class OpenVINOUNet:
         return "bf16" if self.dtype == torch.bfloat16 else "f32"
 
     @property
+    def export_bytes(self) -> int:
+        """The size of the exported weights: what each compiled shape holds, about."""
+        try:
+            return (self.folder / IR_NAME).with_suffix(".bin").stat().st_size
+        except OSError:
+            return 0
+
+    @property
+    def shapes_kept(self) -> int:
+        """How many compiled shapes are kept at once (COMPILED_BYTES' worth, at least COMPILED_SHAPES)."""
+        return max(COMPILED_SHAPES, COMPILED_BYTES // max(1, self.export_bytes))
+
+    @property
     def weight_bytes(self) -> int:
         """Bytes the compiled shapes hold (about the exported weights each), for the model cache."""
-        try:
-            size = (self.folder / IR_NAME).with_suffix(".bin").stat().st_size
-        except OSError:
-            size = 0
-        return size * max(1, len(self._compiled))
+        return self.export_bytes * max(1, len(self._compiled))

@@ -25,7 +25,7 @@ from ...errors import BadCheckpoint, BadRequest, ModelNotFound
 from ...models.batch_invariance import steady_rows
 from ...models.cache import ModelCache
 from ...models.components import ModelComponents
-from ...models.openvino_runtime import OpenVINOUNet, export_space_short, reloadable, resolve_runtime
+from ...models.openvino_runtime import ExportFailed, OpenVINOUNet, export_blocked, reloadable, resolve_runtime
 from ...models.registry import default_model, load_model
 from ...models.weight_storage import storage_dtype, store_weights
 from ...models.tiny_decoder import check_decoder_fits, find_tiny_decoder, load_tiny_decoder
@@ -85,15 +85,22 @@ def unet_parked(unet) -> bool:
     return first is not None and first.is_meta
 
 
+# The torch UNet leaves memory while its export serves only when that is worth reading it again
+# later: SD 1.5's is 1.6 GiB in bf16; reverie-mini's, 34 MB, stays for its tile and LoRA requests.
+PARK_MIN_BYTES = 256 * 2**20
+
+
 def park_torch_unet(models: ModelCache, request: GenerationRequest, components: ModelComponents,
                     device: torch.device, dtype: torch.dtype) -> None:
     """Let the torch UNet's weights leave memory while its OpenVINO export serves: OpenVINO holds
     its own copy, and the torch one (1.6 GiB for SD 1.5 in bf16) waits unused. Only for a model
     read from a file or folder, whose UNet `diffusion_model` can read again when a request needs
-    it (LoRAs, tiles, step caching, `--runtime torch`). Called once no part of the job runs on
-    torch; jobs run one at a time in a process (the job queue's one thread), so no other is
-    using it."""
+    it (LoRAs, tiles, step caching, `--runtime torch`), and only a UNet of PARK_MIN_BYTES or
+    more. Called once no part of the job runs on torch; jobs run one at a time in a process
+    (the job queue's one thread), so no other is using it."""
     if unet_parked(components.unet) or not reloadable(components.source):
+        return
+    if sum(p.numel() * p.element_size() for p in components.unet.parameters()) < PARK_MIN_BYTES:
         return
     with models.locked():
         components.unet.to("meta")
@@ -111,15 +118,15 @@ def asks_for_loras(request: GenerationRequest) -> bool:
 def request_runtime(request: GenerationRequest, components: ModelComponents, prepared: PreparedInput,
                     device: torch.device, dtype: torch.dtype) -> str:
     """The runtime (torch or openvino) that runs the request's UNet (models/openvino_runtime.py).
-    An export not made yet that would not fit on the cache's disk keeps `auto` on torch, and is a
-    BadRequest for `openvino` that says how much disk it wants."""
+    An export that failed earlier, or one not made yet that would not fit on the cache's disk,
+    keeps `auto` on torch, and is a BadRequest for `openvino` that says why."""
     levels = len(getattr(components.unet.config, "block_out_channels", None) or [0]) - 1
     odd = any((side // components.vae_scale_factor) % 2**levels for side in (prepared.width, prepared.height))
     return resolve_runtime(request.runtime, device, dtype, sdxl=components.is_sdxl, tile=request.tile,
                            loras=asks_for_loras(request), odd_latents=odd, step_cache=bool(request.step_cache),
                            cast_weights=storage_dtype(request.weights, dtype) != dtype,
                            parameters=unet_parameters(components.unet), free_bytes=available_memory(device),
-                           export_room=lambda: export_space_short(components.unet, components.source))
+                           export_blocked=lambda: export_blocked(components.unet, components.source))
 
 
 def unet_parameters(unet) -> int:
@@ -143,18 +150,39 @@ def runtime_unet(models: ModelCache, request: GenerationRequest, components: Mod
     return models.get(("openvino-unet", request.model, str(device), str(components.unet.dtype)), load)
 
 
+def on_runtimes(models: ModelCache, requests: list[GenerationRequest], components: ModelComponents,
+                prepared: PreparedInput, device: torch.device, dtype: torch.dtype
+                ) -> tuple[list[GenerationRequest], ModelComponents, dict]:
+    """Requests for one model with their runtimes resolved, each as alone (`request_runtime`: a
+    LoRA's prompt runs on torch, the others on OpenVINO where auto picks it); their components
+    (the torch UNet read again when any runs on torch); and each runtime's UNet stand-in
+    ({"openvino": ...}; torch's is None: the components' own), the torch UNet let go while no
+    request needs it. An export that fails (`ExportFailed`) is recorded, and the runtimes are
+    resolved again: auto then runs torch, and openvino is refused with the reason.
+    `components` may come with `torch_unet=False`."""
+    for attempt in range(2):
+        resolved = [request.model_copy(update={"runtime": request_runtime(request, components, prepared, device, dtype)})
+                    for request in requests]
+        try:
+            unets = {request.runtime: runtime_unet(models, request, components, device, dtype) for request in resolved}
+            break
+        except ExportFailed:
+            if attempt:
+                raise
+    first = resolved[0]
+    if "torch" in unets:  # its weights read again if an OpenVINO request let them go
+        components = diffusion_model(models, first.model, device, dtype, first.weights)
+    else:
+        park_torch_unet(models, first, components, device, dtype)
+    return resolved, components, unets
+
+
 def on_runtime(models: ModelCache, request: GenerationRequest, components: ModelComponents, prepared: PreparedInput,
                device: torch.device, dtype: torch.dtype) -> tuple[GenerationRequest, ModelComponents, object]:
-    """The request with its runtime resolved (`request_runtime`), its components (the torch UNet
-    read again when torch runs it) and the runtime's UNet stand-in (None: the torch UNet), the
-    torch UNet let go while the stand-in serves. `components` may come with `torch_unet=False`."""
-    request = request.model_copy(update={"runtime": request_runtime(request, components, prepared, device, dtype)})
-    if request.runtime == "torch":  # its weights read again if an OpenVINO request let them go
-        components = diffusion_model(models, request.model, device, dtype, request.weights)
-    unet = runtime_unet(models, request, components, device, dtype)
-    if unet is not None:
-        park_torch_unet(models, request, components, device, dtype)
-    return request, components, unet
+    """`on_runtimes` for one request: the request, its components and its runtime's UNet
+    stand-in (None: the torch UNet)."""
+    (request,), components, unets = on_runtimes(models, [request], components, prepared, device, dtype)
+    return request, components, unets[request.runtime]
 
 
 def run(request: GenerationRequest, models: ModelCache, progress: Progress, outputs: Outputs) -> Result:

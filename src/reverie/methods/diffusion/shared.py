@@ -44,8 +44,8 @@ from .batches import denoise_batch, finish, prepare_input
 from .pipelines import circular_padding, memory_settings, vae_dtype_kept
 from .networks import batch_prompts
 from .request import GenerationRequest
-from .run import (diffusion_model, fit_memory, park_torch_unet, picture_settings, request_runtime, resolve, run,
-                  runtime_unet, tiny_decoder, with_scores, write_picture)
+from .run import (diffusion_model, fit_memory, on_runtimes, picture_settings, resolve, run, tiny_decoder, with_scores,
+                  write_picture)
 
 # Fields that may differ between requests sharing a pass: what each picture is of, and how many.
 PER_REQUEST = {"prompt", "negative_prompt", "seed", "n_samples", "n_iter", "combinatorial", "max_combinations",
@@ -108,15 +108,8 @@ def run_shared(shares: list[Share], models, limit: int) -> None:
     if not requests:
         return
     decoder = tiny_decoder(models, requests[0], components, device, dtype)
-    # Each request's runtime as alone (a LoRA's prompt runs on torch; the others on OpenVINO
-    # where auto picks it): passes never mix them, since LoRAs have passes of their own.
-    requests = [request.model_copy(update={"runtime": request_runtime(request, components, prepared, device, dtype)})
-                for request in requests]
-    if any(request.runtime == "torch" for request in requests):  # its weights read again if they had gone
-        components = diffusion_model(models, first.model, device, dtype, first.weights)
-    runtime_unets = {request.runtime: runtime_unet(models, request, components, device, dtype) for request in requests}
-    if "torch" not in runtime_unets:
-        park_torch_unet(models, first, components, device, dtype)
+    # Each request's runtime as alone: passes never mix them, since LoRAs have passes of their own.
+    requests, components, runtime_unets = on_runtimes(models, requests, components, prepared, device, dtype)
     limit = min(limit, STEADY_PICTURES)  # larger passes would round a picture otherwise (batch_invariance.py)
     widest = max(min(limit, request.made_count()) for request in requests)
     try:
