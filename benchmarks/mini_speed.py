@@ -84,7 +84,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="warm: processes per code, alternating")
     parser.add_argument("--before", type=Path, help="the src/ folder of the code to compare with")
     parser.add_argument("--sizes", default="256,128", help="warm: 256 (the default, x2 upscaled) and/or 128 (upscale 1)")
-    parser.add_argument("--runtime", default="auto", help="the UNet's runtime (auto: torch for reverie-mini; openvino)")
+    parser.add_argument("--runtime", default="auto", help="the UNet's runtime: auto (OpenVINO for reverie-mini when installed), torch or openvino")
     parser.add_argument("--skip-warm", action="store_true")
     parser.add_argument("--skip-cold", action="store_true")
     parser.add_argument("--warm-worker", action="store_true", help=argparse.SUPPRESS)

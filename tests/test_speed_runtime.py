@@ -397,3 +397,36 @@ def test_small_exports_keep_more_shapes_compiled(tmp_path, monkeypatch):
     assert compiles_for([1, 2, 3, 1, 2, 3]) == 3
     monkeypatch.setattr(openvino_runtime, "COMPILED_BYTES", 0)  # as if the weights were SD's
     assert compiles_for([1, 2, 3, 1]) == 4  # two kept: the first was let go for the third
+
+
+def test_a_small_exports_compiled_shapes_wait_on_disk_for_the_next_process(tmp_path, monkeypatch):
+    """reverie-mini's compiled shapes are kept beside its export (a cold `reverie generate` loads
+    its shape instead of compiling it), the newest few only; a damaged one is compiled again.
+    The pictures are the same either way."""
+    _openvino()
+    from reverie.models.tiny import build_tiny
+
+    unet = build_tiny().unet
+    states = torch.randn(1, 77, 32)
+
+    def run(batches) -> tuple[OpenVINOUNet, list[torch.Tensor]]:
+        runner = OpenVINOUNet.load(unet, cache=tmp_path)  # a fresh OpenVINO core, as in a new process
+        torch.manual_seed(0)
+        outputs = [runner(torch.randn(b, 4, 8, 8), torch.tensor(500), states.expand(b, -1, -1)).sample for b in batches]
+        return runner, outputs
+
+    first, expected = run([1])
+    stored = first.folder / openvino_runtime.COMPILED_DIR
+    assert first.stores_compiled and len(list(stored.iterdir())) == 1
+    _, again = run([1])
+    assert torch.equal(again[0], expected[0]) and len(list(stored.iterdir())) == 1  # loaded, not stored again
+
+    next(stored.iterdir()).write_bytes(b"not a compiled model")
+    _, damaged = run([1])
+    assert torch.equal(damaged[0], expected[0])
+
+    monkeypatch.setattr(openvino_runtime, "STORED_SHAPES", 2)
+    run([1, 2, 3])
+    assert len(list(stored.iterdir())) == 2
+    monkeypatch.setattr(openvino_runtime, "COMPILED_BYTES", 0)  # as if the weights were SD's: none stored
+    assert not OpenVINOUNet.load(unet, cache=tmp_path).stores_compiled
