@@ -69,8 +69,8 @@ class Painter:
                                       "and reverie-mini for now: pick one of those")
         request = request.with_defaults(components.sampling)
         prepared = prepare_input(request, components)
-        # The frames' UNet runs where a picture of theirs would (`runtime auto`: OpenVINO for SD-sized
-        # models), so a walk's stop is the picture `reverie generate` makes of it.
+        # The frames' UNet runs where a picture of theirs would (`runtime auto`: OpenVINO for SD
+        # and reverie-mini), so a walk's stop is the picture `reverie generate` makes of it.
         request, components, unet = on_runtime(models, request, components, prepared, device, dtype)
         request = fit_memory(request, components, prepared, device, dtype)
         _, _, loras = extract_pair(prompt, request.negative_prompt)
