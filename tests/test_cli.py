@@ -237,6 +237,19 @@ def test_python_m_reverie_runs_txt2img(tmp_path):
     assert (tmp_path / "samples" / "00000.png").is_file() and "Enjoy." in done.stdout
 
 
+def test_the_built_in_model_makes_pictures_without_library_chatter(tmp_path):
+    """The first command a person runs (`make demo`'s) shows reverie's own progress and files,
+    not diffusers' notes on loading mini (its shard bar, its dtype-cast warning)."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-m", "reverie", "generate", "red apple", "-n", "1", "--steps", "2",
+                           "--upscale", "1", "-o", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    said = done.stdout + done.stderr
+    assert "red-apple.png" in said
+    assert "Loading checkpoint shards" not in said and "There are modules" not in said, said
+
+
 # -- a cold start pays only for what the command needs (issue 22) ---------------------------------
 HEAVY = ("torch", "diffusers", "transformers")
 

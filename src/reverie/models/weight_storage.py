@@ -47,7 +47,9 @@ def store_weights(module: torch.nn.Module, storage: torch.dtype, compute: torch.
     (in place; the module should already be in `storage`, loaded so). Nothing to do when the
     two are the same."""
     if storage == compute:
-        return module.to(dtype=compute)
+        if any(parameter.dtype != compute for parameter in module.parameters()):  # diffusers warns on each cast
+            module.to(dtype=compute)
+        return module
     from diffusers.hooks import HookRegistry
 
     hook = _keep_storage_hook()
