@@ -221,10 +221,11 @@ def test_the_torch_unet_leaves_memory_while_its_export_serves_and_comes_back_for
     assert not unet_parked(built.unet)
 
 
-def test_a_model_added_in_memory_keeps_its_torch_unet(tmp_path, tiny_folder, monkeypatch):
+def test_a_model_added_in_memory_keeps_its_torch_unet_and_auto_runs_it_there(tmp_path, tiny_folder, monkeypatch):
     """Components handed to `Studio.add_model` (a model being trained) may differ from the file
     they came from: an OpenVINO request on them never lets their UNet go, since reading the file
-    again would lose what is only in memory."""
+    again would lose what is only in memory; `auto` runs them on torch (a training run's sample
+    grids would otherwise export each new state of the weights)."""
     _openvino()
     from reverie.methods.diffusion import run
     from reverie.methods.diffusion.run import unet_parked
@@ -243,6 +244,12 @@ def test_a_model_added_in_memory_keeps_its_torch_unet(tmp_path, tiny_folder, mon
     on_torch = studio.run(_request("torch", model="being-trained"), outdir=tmp_path / "torch").images[0]
     assert psnr(on_torch.image, on_openvino.image) > 40  # both from the weights in memory,
     assert psnr(from_file.image, on_openvino.image) < 30  # not from the file's export
+
+    monkeypatch.setattr(openvino_runtime, "AUTO_MIN_PARAMETERS", 0)  # auto takes OpenVINO for the tiny model...
+    from_file = studio.run(_request("auto", model=str(tiny_folder)), outdir=tmp_path / "file-auto").images[0]
+    assert from_file.metadata["settings"]["runtime"] == "openvino"
+    in_memory = studio.run(_request("auto", model="being-trained"), outdir=tmp_path / "auto").images[0]
+    assert in_memory.metadata["settings"]["runtime"] == "torch"  # ...read from its file, not from memory
 
 
 def test_a_shared_pass_with_a_lora_request_has_its_torch_unet_back(tmp_path, tiny_folder, models, monkeypatch):

@@ -112,19 +112,21 @@ def why_not_openvino(device: torch.device, dtype: torch.dtype, *, sdxl: bool = F
 
 
 def resolve_runtime(name: str, device: torch.device, dtype: torch.dtype, *, parameters: int = AUTO_MIN_PARAMETERS,
-                    free_bytes: int | None = None, export_blocked: Callable[[], str | None] | None = None,
-                    **request) -> str:
+                    from_file: bool = True, free_bytes: int | None = None,
+                    export_blocked: Callable[[], str | None] | None = None, **request) -> str:
     """`torch` or `openvino` for a request asking for `name` (auto, torch, openvino); asking for
     openvino where it cannot run is a BadRequest that says why. `auto` takes OpenVINO only for
     UNets of at least AUTO_MIN_PARAMETERS `parameters` (SD's and reverie-mini's), where its speed
-    pays for the export, and only with the memory for it (`free_bytes`); toy models stay on
-    torch. `export_blocked` (the function of that name), asked last since it reads the cache and
-    the disk, says why the export cannot be had: it failed before, or would not fit on disk."""
+    pays for the export, and only with the memory for it (`free_bytes`), for models read from a
+    file or folder (`from_file`): a model in memory is being trained, and each change of its
+    weights would be another export, named by their hash. Toy models stay on torch.
+    `export_blocked` (the function of that name), asked last since it reads the cache and the
+    disk, says why the export cannot be had: it failed before, or would not fit on disk."""
     if name == "torch":
         return "torch"
     reason = why_not_openvino(device, dtype, **request)
     if name == "auto" and not reason:
-        if parameters < AUTO_MIN_PARAMETERS:
+        if parameters < AUTO_MIN_PARAMETERS or not from_file:
             return "torch"
         if free_bytes is not None and free_bytes < parameters * dtype.itemsize * AUTO_MEMORY_FACTOR:
             return "torch"  # the export and the compiled copy beside the torch UNet would not fit

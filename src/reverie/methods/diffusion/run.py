@@ -125,7 +125,8 @@ def request_runtime(request: GenerationRequest, components: ModelComponents, pre
     return resolve_runtime(request.runtime, device, dtype, sdxl=components.is_sdxl, tile=request.tile,
                            loras=asks_for_loras(request), odd_latents=odd, step_cache=bool(request.step_cache),
                            cast_weights=storage_dtype(request.weights, dtype) != dtype,
-                           parameters=unet_parameters(components.unet), free_bytes=available_memory(device),
+                           parameters=unet_parameters(components.unet), from_file=reloadable(components.source),
+                           free_bytes=available_memory(device),
                            export_blocked=lambda: export_blocked(components.unet, components.source))
 
 
