@@ -437,3 +437,23 @@ def test_a_small_exports_compiled_shapes_wait_on_disk_for_the_next_process(tmp_p
     assert len(list(stored.iterdir())) == 2
     monkeypatch.setattr(openvino_runtime, "COMPILED_BYTES", 0)  # as if the weights were SD's: none stored
     assert not OpenVINOUNet.load(unet, cache=tmp_path).stores_compiled
+
+
+def test_openvino_runs_on_as_many_threads_as_torch(tmp_path):
+    """A deployment's workers share the cores (OMP_NUM_THREADS each): OpenVINO, which does not
+    read that variable, takes torch's thread count, and a change of it compiles anew."""
+    _openvino()
+    from reverie.models.tiny import build_tiny
+
+    unet = build_tiny().unet
+    runner = OpenVINOUNet.load(unet, cache=tmp_path)
+    kept = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 1):
+            torch.set_num_threads(threads)
+            runner(torch.randn(1, 4, 8, 8), torch.tensor(500), torch.randn(1, 77, 32))
+            compiled, _ = next(reversed(runner._compiled.values()))
+            assert int(compiled.get_property("INFERENCE_NUM_THREADS")) == threads
+    finally:
+        torch.set_num_threads(kept)
+    assert runner.compiles == 2

@@ -1,8 +1,9 @@
 """Running a Stable Diffusion UNet on OpenVINO's CPU runtime instead of torch (issue 22).
 
 `runtime` is a request field: `torch`, `openvino`, or `auto` (OpenVINO when the `openvino`
-package is importable, the device is the CPU, the dtype fp32 or bf16, and the request asks for
-nothing that changes the UNet's weights or layers as it runs: LoRAs, seamless tiles; else torch).
+package is importable, the device is the CPU, the dtype fp32 or bf16, the UNet SD's or
+reverie-mini's, read from a file or folder, and the request asks for nothing that changes the
+UNet's weights or layers as it runs: LoRAs, seamless tiles; else torch: `resolve_runtime`).
 
 The UNet is exported once per model to OpenVINO's IR (`ov.convert_model` on the torch UNet,
 with dynamic batch, latent size and prompt length), saved under the cache folder
@@ -15,15 +16,16 @@ bf16`, `auto` on a CPU with native bf16) computes in bf16 (`INFERENCE_PRECISION_
 torch UNet would, with OpenVINO's own bf16 kernels (its attention about twice torch's speed on
 avx512_bf16). Each input shape is then compiled on its own (static shapes run faster than
 dynamic ones); the most recently used shapes stay compiled (COMPILED_BYTES' worth, two at
-least), and a small export (reverie-mini's) keeps its compiled shapes on disk beside it too, for
-the next process (OpenVINO's model cache: loading one takes half the time of compiling it). An entry that cannot be read (a crash midway through an export, a damaged file) is
+least), and a small export (reverie-mini's) keeps its compiled shapes on disk beside it too,
+for the next process (OpenVINO's model cache: loading one takes half the time of compiling
+it). An entry that cannot be read (a crash midway through an export, a damaged file) is
 exported again, never used; an export that fails (`ExportFailed`) is not tried again in the
-process, and `auto` runs that model on torch. A new export
-of a model file or folder replaces the entries made earlier for the same path and dtype (the
-file changed since, or reverie, torch or OpenVINO did): each is the size of the UNet's weights,
-and nothing would read it again; so do partial exports abandoned hours ago by a process that
-died. (Two installs of reverie with other versions, sharing one cache folder, would therefore
-export in turn; give each its own `$REVERIE_CACHE`.)
+process, and `auto` runs that model on torch. A new export of a model file or folder
+replaces the entries made earlier for the same path and dtype (the file changed since, or
+reverie, torch or OpenVINO did): each is the size of the UNet's weights, and nothing would
+read it again; so do partial exports abandoned hours ago by a process that died. (Two
+installs of reverie with other versions, sharing one cache folder, would therefore export in
+turn; give each its own `$REVERIE_CACHE`.)
 
 `OpenVINOUNet` is called as diffusers calls a UNet2DConditionModel (`sample, timestep,
 encoder_hidden_states, ..., return_dict`) and answers with an object with `.sample` (or a
@@ -388,20 +390,24 @@ class OpenVINOUNet:
     def _compiled_for(self, shapes: tuple):
         import openvino as ov
 
+        threads = torch.get_num_threads()
+        key = (shapes, threads)
         with self._lock:
-            if shapes in self._compiled:
-                self._compiled.move_to_end(shapes)
-                return self._compiled[shapes]
+            if key in self._compiled:
+                self._compiled.move_to_end(key)
+                return self._compiled[key]
             while self._compiled and len(self._compiled) >= self.shapes_kept:
                 self._compiled.popitem(last=False)
             model = self._core.read_model(str(self.folder / IR_NAME))
             model.reshape({port.get_any_name(): ov.PartialShape(list(shape)) for port, shape in zip(model.inputs, shapes)})
-            # The UNet's own precision (`precision`), one stream: one request at a time, all cores on it.
+            # The UNet's own precision (`precision`), one stream: one request at a time, on as many
+            # threads as torch has (OMP_NUM_THREADS: a deployment's workers share the cores).
             compiled = self._core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": self.precision,
-                                                               "PERFORMANCE_HINT": "LATENCY"})
+                                                               "PERFORMANCE_HINT": "LATENCY",
+                                                               "INFERENCE_NUM_THREADS": threads})
             del model
             request = compiled.create_infer_request()
-            self._compiled[shapes] = (compiled, request)
+            self._compiled[key] = (compiled, request)
             self.compiles += 1
             if self.stores_compiled:
                 _keep_newest(self.folder / COMPILED_DIR, STORED_SHAPES)
