@@ -29,7 +29,8 @@ def mean_pairwise_distance(pictures: list[np.ndarray]) -> float:
 
 @pytest.fixture
 def mini(studio):
-    """reverie-mini's torch modules, read again if a request on OpenVINO let its UNet go."""
+    """reverie-mini's torch modules from the studio's cache, asked for by each test (a request
+    between tests may change the cache's entry)."""
     from reverie.methods.diffusion.run import diffusion_model
 
     return diffusion_model(studio.models, "mini", torch.device("cpu"), torch.float32)
