@@ -13,7 +13,8 @@ with this one, so a busy machine slows both alike; the ratio is what to read.
 
     .venv/bin/python benchmarks/mini_speed.py --repeats 3
     .venv/bin/python benchmarks/mini_speed.py --repeats 3 --before /tmp/before/src
-    .venv/bin/python benchmarks/mini_speed.py --repeats 3 --runtime openvino   # the UNet on OpenVINO
+    .venv/bin/python benchmarks/mini_speed.py --repeats 3 --runtime torch   # the UNet on torch
+    .venv/bin/python benchmarks/mini_speed.py --repeats 10 --runtimes torch,auto   # both in one process
 """
 
 from __future__ import annotations
@@ -56,6 +57,26 @@ def warm_worker(repeats: int, sizes: str, runtime: str) -> None:
     print(json.dumps({"rows": rows, "torch": torch.__version__, "threads": torch.get_num_threads()}))
 
 
+def runtimes_worker(repeats: int, runtimes: str) -> None:
+    """In a fresh process: the default request (256 px) on each of `runtimes` in turn, request
+    by request (the order reversed every other round), after one each that loads and compiles;
+    the timings as JSON on the last line."""
+    from reverie.studio import Studio, make_request
+
+    studio = Studio(device="cpu")
+    outdir = tempfile.mkdtemp(prefix="mini-speed-")
+    names = runtimes.split(",")
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(repeats + 1):
+        for name in names if i % 2 else names[::-1]:
+            request = make_request(prompt=PROMPT, seed=i, n_samples=4, runtime=name)
+            started = time.perf_counter()
+            studio.run(request, outdir=outdir)
+            if i:  # the first loads the models and compiles the shape
+                times[name].append(time.perf_counter() - started)
+    print(json.dumps({"runtimes": times}))
+
+
 def in_python(src: Path, args: list[str], cwd: str | None = None) -> tuple[float, str]:
     """Run `python ARGS` with `src` first on the path; (wall seconds, stdout)."""
     env = os.environ | {"PYTHONPATH": str(src), "HF_HUB_OFFLINE": "1"}
@@ -87,10 +108,25 @@ def main() -> None:
     parser.add_argument("--runtime", default="auto", help="the UNet's runtime: auto (OpenVINO for reverie-mini when installed), torch or openvino")
     parser.add_argument("--skip-warm", action="store_true")
     parser.add_argument("--skip-cold", action="store_true")
+    parser.add_argument("--runtimes", help="instead: these runtimes (e.g. torch,auto) side by side in one process, "
+                                           "request by request")
     parser.add_argument("--warm-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--runtimes-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.warm_worker:
         warm_worker(args.repeats, args.sizes, args.runtime)
+        return
+    if args.runtimes_worker:
+        runtimes_worker(args.repeats, args.runtimes)
+        return
+    if args.runtimes:
+        print(f"machine: {machine()}")
+        _, out = in_python(HERE, [__file__, "--runtimes-worker", "--repeats", str(args.repeats), "--runtimes", args.runtimes])
+        rows = json.loads(out.strip().splitlines()[-1])["runtimes"]
+        print(f"\nwarm, one process: Studio.run, 4 pictures at 256 px (reverie-mini's defaults), the runtimes in turn, "
+              f"{args.repeats} runs each after one that loads\n| runtime | median s | best s |\n|---|---:|---:|")
+        for name, times in rows.items():
+            print(f"| {name} | {statistics.median(times):.3f} | {min(times):.3f} |")
         return
 
     sources = {"after": HERE} | ({"before": args.before.resolve()} if args.before else {})
