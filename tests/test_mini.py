@@ -36,10 +36,14 @@ def test_default_model_makes_four_256px_pictures_from_128px_ones(studio):
 
 def test_mini_runs_on_openvino_by_default_and_draws_what_torch_draws(studio):
     """`runtime auto` takes OpenVINO for mini's UNet (its steps are faster there), in the same
-    precision: the pictures are torch's up to rounding, and say what ran."""
+    precision: the pictures are torch's up to rounding, and say what ran. Its torch UNet, small,
+    stays in memory for the requests only torch runs (tiles, LoRAs)."""
     pytest.importorskip("openvino")
+    from reverie.methods.diffusion.run import unet_parked
+
     settings = dict(prompt="red apple", seed=3, n_samples=2, steps=8, upscale=1)
     made = studio.generate(make_request(**settings))
+    assert not unet_parked(studio.models.find(lambda key: key[:2] == ("diffusion", "mini")).unet)
     on_torch = studio.generate(make_request(**settings, runtime="torch"))
     assert [image.metadata["settings"]["runtime"] for image in made.images] == ["openvino", "openvino"]
     for picture, reference in zip(made.images, on_torch.images):
