@@ -354,7 +354,7 @@ def test_an_export_that_would_not_fit_on_disk_keeps_auto_on_torch(tmp_path, tiny
     assert again.metadata["settings"]["runtime"] == "openvino"  # made already: no room needed
 
 
-def test_an_export_that_fails_leaves_auto_on_torch_and_is_not_tried_again(tmp_path, tiny_folder, monkeypatch):
+def test_an_export_that_fails_leaves_auto_on_torch_and_is_not_tried_again(tmp_path, tiny_folder, monkeypatch, caplog):
     """The default path survives an exporter that cannot trace a model: `auto` runs torch,
     warns once, and does not pay for the failing export again; an explicit `openvino` is refused
     with the exporter's reason."""
@@ -377,6 +377,8 @@ def test_an_export_that_fails_leaves_auto_on_torch_and_is_not_tried_again(tmp_pa
     again = studio.run(_request("auto", model=model), outdir=tmp_path / "again").images[0]
     on_torch = studio.run(_request("torch", model=model), outdir=tmp_path / "torch").images[0]
     assert len(tries) == 1
+    assert [r.message for r in caplog.records if "could not be exported" in r.message] == [
+        "the UNet could not be exported to OpenVINO: RuntimeError: the tracer met a layer it cannot convert"]
     assert first.metadata["settings"]["runtime"] == again.metadata["settings"]["runtime"] == "torch"
     assert np.array_equal(np.asarray(first.image), np.asarray(on_torch.image))
     with pytest.raises(BadRequest, match=r"runtime: openvino cannot run this request: its export failed earlier "
