@@ -60,6 +60,12 @@ def test_runtime_resolution_says_why_not(monkeypatch):
     assert resolve_runtime("auto", cpu, torch.bfloat16, parameters=10**9, free_bytes=8 * 10**9) == "openvino"
     with pytest.raises(BadRequest, match="cuda"):
         resolve_runtime("openvino", torch.device("cuda"), fp32)
+    # bf16 on an Arm CPU that has it (Graviton: dtype auto picks bf16 there): OpenVINO's is x86's only
+    monkeypatch.setattr(openvino_runtime.platform, "machine", lambda: "aarch64")
+    assert resolve_runtime("auto", cpu, torch.bfloat16, parameters=10**9) == "torch"
+    with pytest.raises(BadRequest, match="bf16 on x86-64 CPUs only, and this one is aarch64"):
+        resolve_runtime("openvino", cpu, torch.bfloat16)
+    assert resolve_runtime("auto", cpu, fp32, parameters=10**9) == "openvino"
 
 
 # ----------------------------------------------------------------------------- with openvino

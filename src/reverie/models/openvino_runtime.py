@@ -40,6 +40,7 @@ import importlib.util
 import json
 import logging
 import os
+import platform
 import shutil
 import tempfile
 import threading
@@ -97,6 +98,9 @@ def why_not_openvino(device: torch.device, dtype: torch.dtype, *, sdxl: bool = F
         return f"OpenVINO runs on the CPU here, and this request runs on {device.type}"
     if dtype not in (torch.float32, torch.bfloat16):
         return "OpenVINO runs the UNet in fp32 or bf16 only (use dtype fp32, bf16 or auto)"
+    if dtype == torch.bfloat16 and platform.machine().lower() not in ("x86_64", "amd64"):
+        # OpenVINO's CPU plugin computes bf16 on x86-64 only (f32 and f16 on Arm)
+        return f"OpenVINO computes bf16 on x86-64 CPUs only, and this one is {platform.machine()} (use dtype fp32)"
     if sdxl:
         return "SDXL's UNet (pooled text and size conditioning) is not exported to OpenVINO yet"
     if tile:
