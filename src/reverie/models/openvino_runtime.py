@@ -1,9 +1,10 @@
 """Running a Stable Diffusion UNet on OpenVINO's CPU runtime instead of torch (issue 22).
 
 `runtime` is a request field: `torch`, `openvino`, or `auto` (OpenVINO when the `openvino`
-package is importable, the device is the CPU, the dtype fp32 or bf16, the UNet SD's or
-reverie-mini's, read from a file or folder, and the request asks for nothing that changes the
-UNet's weights or layers as it runs: LoRAs, seamless tiles; else torch: `resolve_runtime`).
+package is importable, the device is the CPU, the dtype fp32 or bf16 (bf16 on x86-64 only:
+OpenVINO computes it nowhere else), the UNet SD's or reverie-mini's, read from a file or
+folder, and the request asks for nothing that changes the UNet's weights or layers as it runs:
+LoRAs, seamless tiles; else torch: `resolve_runtime`).
 
 The UNet is exported once per model to OpenVINO's IR (`ov.convert_model` on the torch UNet,
 with dynamic batch, latent size and prompt length), saved under the cache folder
