@@ -100,7 +100,7 @@ def park_torch_unet(models: ModelCache, request: GenerationRequest, components: 
     (the job queue's one thread), so no other is using it."""
     if unet_parked(components.unet) or not reloadable(components.source):
         return
-    if sum(p.numel() * p.element_size() for p in components.unet.parameters()) < PARK_MIN_BYTES:
+    if unet_parameters(components.unet) * components.unet.dtype.itemsize < PARK_MIN_BYTES:
         return
     with models.locked():
         components.unet.to("meta")
