@@ -1,5 +1,7 @@
 """Models in the diffusers folder layout, and the models folder that `--model NAME` searches."""
 
+import logging
+
 import numpy as np
 import pytest
 from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
@@ -57,8 +59,9 @@ def test_a_folder_with_damaged_weights_is_refused(tiny_folder, tmp_path):
 
 def test_a_16_bit_load_reads_each_part_straight_into_its_dtype_with_diffusers_own_weights(tiny_folder, tmp_path):
     """bf16 from an fp32 folder: every part built and filled tensor by tensor (no memory map of
-    its file), the same tensors to the last bit as diffusers' own loader gives, and a part it
-    cannot fill plainly (weights only as .bin) left to diffusers' loader."""
+    its file), the same tensors to the last bit as diffusers' own loader gives, quietly (no
+    cast left for diffusers to warn about), and a part it cannot fill plainly (weights only as
+    .bin) left to diffusers' loader."""
     import shutil
 
     import torch
@@ -71,7 +74,15 @@ def test_a_16_bit_load_reads_each_part_straight_into_its_dtype_with_diffusers_ow
              "text_encoder": ["transformers", "CLIPTextModel"]}
     for part, kind in index.items():
         assert _streamed_part(tiny_folder, part, kind, torch.bfloat16) is not None, part
-    ours = load_diffusers_folder(tiny_folder, dtype=torch.bfloat16)
+    warned = []
+    listener = logging.Handler()
+    listener.emit = lambda record: warned.append(record.getMessage())
+    logging.getLogger("diffusers").addHandler(listener)  # diffusers' loggers do not propagate to the root
+    try:
+        ours = load_diffusers_folder(tiny_folder, dtype=torch.bfloat16)
+    finally:
+        logging.getLogger("diffusers").removeHandler(listener)
+    assert not [message for message in warned if "kept in float32" in message]
     theirs = DiffusionPipeline.from_pretrained(tiny_folder, dtype=torch.bfloat16, local_files_only=True,
                                                safety_checker=None, requires_safety_checker=False)
     for part in index:

@@ -116,7 +116,9 @@ def _streamed_part(path: Path, part: str, library_and_class, dtype: torch.dtype)
         model.load_state_dict(state, strict=True, assign=True)  # strict: every weight filled, none left on meta
     except RuntimeError:
         return None  # names or shapes diffusers' loader converts as it loads
-    return model.to(dtype).eval()
+    if any(t.dtype != dtype for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()):
+        model.to(dtype)  # only then: diffusers warns on every cast, even one with nothing to do
+    return model.eval()
 
 
 def _read_index(path: Path) -> dict:
