@@ -5,12 +5,17 @@ damaged cache entry exported again, pictures independent of their batch-mates.""
 
 from __future__ import annotations
 
+import mmap
+import sys
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from conftest import psnr
-from reverie.device import cpu_flags, native_bf16, pick_dtype
+from reverie.device import cpu_flags, drop_file_pages, file_pages_dropped, native_bf16, pick_dtype
 from reverie.errors import BadRequest
 from reverie.models import openvino_runtime
 from reverie.models.openvino_runtime import OpenVINOUNet, resolve_runtime
@@ -66,6 +71,46 @@ def test_runtime_resolution_says_why_not(monkeypatch):
     with pytest.raises(BadRequest, match="bf16 on x86-64 CPUs only, and this one is aarch64"):
         resolve_runtime("openvino", cpu, torch.bfloat16)
     assert resolve_runtime("auto", cpu, fp32, parameters=10**9) == "openvino"
+
+
+def _resident_bytes(path: Path) -> int:
+    """This process's resident bytes of its mappings of `path` (/proc/self/smaps' Rss lines)."""
+    target, total, inside = str(path.resolve()), 0, False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            fields = line.split(maxsplit=5)
+            if not fields[0].endswith(":"):  # a mapping's first line: address perms offset device inode [path]
+                inside = len(fields) == 6 and fields[5].strip() == target
+            elif inside and fields[0] == "Rss:":
+                total += int(fields[1]) * 1024
+    return total
+
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps (Linux)")
+
+
+@linux_only
+def test_a_mapped_files_pages_are_let_go_and_read_again_the_same(tmp_path):
+    """`drop_file_pages` takes a read-only mapping's pages out of the process's resident memory,
+    and what is read afterwards is the file's bytes; `file_pages_dropped` keeps doing it while
+    its block runs (a reader going through the file holds little of it)."""
+    data = np.random.default_rng(0).integers(0, 256, 8 * 2**20, dtype=np.uint8).tobytes()
+    path = tmp_path / "weights.bin"
+    path.write_bytes(data)
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as mapped:
+        assert mapped[:] == data  # every page read: resident
+        assert _resident_bytes(path) >= len(data)
+        assert drop_file_pages(path) >= len(data)
+        assert _resident_bytes(path) == 0
+        assert mapped[:] == data  # read again from the file: the same bytes
+        with file_pages_dropped(path, every_s=0.01):
+            for start in range(0, len(data), 2**20):
+                assert mapped[start:start + 2**20] == data[start:start + 2**20]
+            deadline = time.monotonic() + 5
+            while _resident_bytes(path) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert _resident_bytes(path) == 0  # let go while the block still runs
+    assert drop_file_pages(tmp_path / "not-mapped.bin") == 0
 
 
 # ----------------------------------------------------------------------------- with openvino
@@ -391,6 +436,25 @@ def test_an_export_that_fails_leaves_auto_on_torch_and_is_not_tried_again(tmp_pa
                                          r"in this process \(RuntimeError: the tracer met a layer"):
         studio.run(_request("openvino", model=model), outdir=tmp_path / "refused")
     assert len(tries) == 1
+
+
+@linux_only
+def test_a_compiled_shape_leaves_the_exports_weights_file_unresident(tmp_path):
+    """OpenVINO keeps the IR's weights file mapped after compiling and computes with its own
+    copy: the mapped pages it went through (1.7 GiB for SD 1.5 in bf16) are let go, and the
+    UNet still answers what torch's does."""
+    _openvino()
+    from reverie.models.tiny import build_tiny
+
+    unet = build_tiny().unet
+    runner = OpenVINOUNet.load(unet, cache=tmp_path)
+    sample, states = torch.randn(2, 4, 8, 8), torch.randn(2, 77, 32)
+    runner._compiled_for(((2, 4, 8, 8), (), (2, 77, 32)))
+    assert _resident_bytes(runner.folder / "unet.bin") == 0
+    with torch.no_grad():
+        reference = unet(sample, torch.tensor(500), states).sample
+    assert torch.allclose(runner(sample, torch.tensor(500), states).sample, reference, atol=1e-4)
+    assert runner.compiles == 1
 
 
 def test_small_exports_keep_more_shapes_compiled(tmp_path, monkeypatch):

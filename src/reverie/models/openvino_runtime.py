@@ -54,6 +54,7 @@ from typing import Callable
 
 import torch
 
+from ..device import file_pages_dropped
 from ..errors import BadRequest
 
 log = logging.getLogger(__name__)
@@ -406,11 +407,14 @@ class OpenVINOUNet:
             model = self._core.read_model(str(self.folder / IR_NAME))
             model.reshape({port.get_any_name(): ov.PartialShape(list(shape)) for port, shape in zip(model.inputs, shapes)})
             # The UNet's own precision (`precision`), one stream: one request at a time, on as many
-            # threads as torch has (OMP_NUM_THREADS: a deployment's workers share the cores).
-            compiled = self._core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": self.precision,
-                                                               "PERFORMANCE_HINT": "LATENCY",
-                                                               "INFERENCE_NUM_THREADS": threads})
-            del model
+            # threads as torch has (OMP_NUM_THREADS: a deployment's workers share the cores). The
+            # compiled model keeps the IR's weights file mapped, and computes with its own
+            # repacked copy: the mapped pages are let go as it goes through them.
+            with file_pages_dropped((self.folder / IR_NAME).with_suffix(".bin")):
+                compiled = self._core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": self.precision,
+                                                                   "PERFORMANCE_HINT": "LATENCY",
+                                                                   "INFERENCE_NUM_THREADS": threads})
+                del model
             request = compiled.create_infer_request()
             self._compiled[key] = (compiled, request)
             self.compiles += 1
