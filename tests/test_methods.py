@@ -124,6 +124,8 @@ def test_the_cache_is_bounded_by_memory_least_recently_used_first():
     cache.get("c", layer)  # over the bound: "b" (least recently used) goes
     assert "a" in cache and "c" in cache and "b" not in cache
     assert cache.loads == 3 and cache.bytes <= cache.max_bytes
+    cache.get("d", lambda: layer().to("meta"))  # weights not in memory (a UNet its export serves for)
+    assert "a" in cache and "c" in cache and cache.bytes == 2 * size
 
 
 def test_one_cache_holds_every_network_a_mini_dream_and_generation_use(tmp_path):

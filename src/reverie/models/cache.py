@@ -21,12 +21,13 @@ DEFAULT_SHARE = 0.5  # of the memory available when the cache is made, unless RE
 
 def module_bytes(value) -> int:
     """Bytes held by the parameters and buffers of the torch modules in `value` (a module, or an
-    object or dataclass holding modules), each tensor counted once."""
+    object or dataclass holding modules), each tensor counted once; none for tensors on the meta
+    device (a UNet whose OpenVINO export serves in its place holds no memory)."""
     seen: set[int] = set()
     total = 0
     for module in _modules(value, depth=2):
         for tensor in [*module.parameters(), *module.buffers()]:
-            if id(tensor) not in seen:
+            if id(tensor) not in seen and not tensor.is_meta:
                 seen.add(id(tensor))
                 total += tensor.numel() * tensor.element_size()
     return total
