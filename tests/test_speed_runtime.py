@@ -272,6 +272,39 @@ def test_the_torch_unet_leaves_memory_while_its_export_serves_and_comes_back_for
     assert not unet_parked(built.unet)
 
 
+def test_a_folders_unet_is_not_read_when_its_export_is_made(tmp_path, tiny_folder, monkeypatch):
+    """Loading (issue 22): in a fresh process, a diffusers folder whose UNet's export is in the
+    cache is loaded without reading the UNet's weights file (SD 1.5's in bf16: 1.1 s to load
+    instead of 2.5), and makes the picture the first process made; a request only torch can
+    run reads them then."""
+    _openvino()
+    from reverie.methods.diffusion import run
+    from reverie.methods.diffusion.run import unet_parked
+    from reverie.models import safetensors_stream
+    from reverie.studio import Studio
+
+    monkeypatch.setattr(run, "PARK_MIN_BYTES", 0)  # the tiny UNet stands for SD's
+    model = str(tiny_folder)
+    request = _request("openvino", model=model, dtype="bf16")  # bf16: each part is read by read_narrowed
+    first = Studio(device="cpu").run(request, outdir=tmp_path / "first").images[0]  # exports the UNet
+
+    read, real = [], safetensors_stream.read_narrowed
+    monkeypatch.setattr(safetensors_stream, "read_narrowed",
+                        lambda path, dtype: read.append(Path(path).parent.name) or real(path, dtype))
+    studio = Studio(device="cpu")  # a fresh model cache, as in a new process
+    again = studio.run(request, outdir=tmp_path / "again").images[0]
+    assert sorted(read) == ["text_encoder", "vae"]
+    components = studio.models.find(lambda key: key[:2] == ("diffusion", model))
+    assert unet_parked(components.unet)
+    assert again.metadata["settings"]["runtime"] == "openvino"
+    assert np.array_equal(np.asarray(again.image), np.asarray(first.image))
+
+    on_torch = studio.run(request.model_copy(update={"runtime": "torch"}), outdir=tmp_path / "torch").images[0]
+    assert "unet" in read and not unet_parked(components.unet)
+    assert on_torch.metadata["settings"]["runtime"] == "torch"
+    assert psnr(on_torch.image, first.image) > 30  # bf16 on torch and on OpenVINO: close, not equal
+
+
 def test_a_model_added_in_memory_keeps_its_torch_unet_and_auto_runs_it_there(tmp_path, tiny_folder, monkeypatch):
     """Components handed to `Studio.add_model` (a model being trained) may differ from the file
     they came from: an OpenVINO request on them never lets their UNet go, since reading the file

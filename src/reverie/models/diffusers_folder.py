@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 from ..errors import BadCheckpoint, ModelNotFound
 from .components import ModelComponents
@@ -15,8 +16,12 @@ def is_diffusers_folder(path: Path) -> bool:
     return (path / "model_index.json").is_file()
 
 
-def load_diffusers_folder(path: str | Path, dtype: torch.dtype | None = None) -> ModelComponents:
-    """Load every part of a local diffusers pipeline folder (fp32 unless `dtype`), never reaching for the network."""
+def load_diffusers_folder(path: str | Path, dtype: torch.dtype | None = None,
+                          leave_unet: Callable[[object, str], bool] | None = None) -> ModelComponents:
+    """Load every part of a local diffusers pipeline folder (fp32 unless `dtype`), never reaching
+    for the network. `leave_unet`, asked with the UNet built from its config on the meta device
+    in `dtype` and the folder, may answer True to leave it there, its weights unread (its
+    OpenVINO export will serve: methods/diffusion/run.py)."""
     import torch
     from diffusers import DiffusionPipeline
     from diffusers.utils import logging as diffusers_logging
@@ -34,8 +39,14 @@ def load_diffusers_folder(path: str | Path, dtype: torch.dtype | None = None) ->
     # A 16-bit request reads each model's weights tensor by tensor (models/safetensors_stream.py)
     # where it can; diffusers loads the rest, and every part when that cannot be done.
     streamed = {}
+    if leave_unet is not None and "unet" in index:
+        empty = _empty_part(path, "unet", index["unet"])
+        if empty is not None:
+            torch.nn.Module.to(empty, dtype=dtype)  # torch's own cast: diffusers' warns on every dtype cast
+            if leave_unet(empty, str(path)):
+                streamed["unet"] = empty.eval().requires_grad_(False)
     for part in MODEL_PARTS if dtype.itemsize < 4 else ():
-        model = _streamed_part(path, part, index[part], dtype) if part in index else None
+        model = _streamed_part(path, part, index[part], dtype) if part in index and part not in streamed else None
         if model is not None:
             streamed[part] = model
     try:
@@ -77,21 +88,16 @@ MODEL_PARTS = ("unet", "vae", "text_encoder", "text_encoder_2")
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "model.safetensors")
 
 
-def _streamed_part(path: Path, part: str, library_and_class, dtype: torch.dtype):
-    """The pipeline part `part` built from its config on the meta device and filled with its
-    weights read straight into `dtype` (read_narrowed): no full-precision copy of its file is
-    ever resident. None where that plain path does not fit, and diffusers' own loader is to load
-    it: no single .safetensors file (sharded, .bin, variants), a class that keeps modules in
-    fp32, or weights whose names or shapes are not the model's (older layouts that diffusers
-    converts as it loads)."""
+def _empty_part(path: Path, part: str, library_and_class):
+    """The pipeline part `part` built from its config on the meta device, its weights unread;
+    None where the plain path does not fit and diffusers' own loader is to load it: no single
+    .safetensors file (sharded, .bin, variants), a class that keeps modules in fp32, a config
+    diffusers reads its own way."""
     import importlib
 
     from accelerate import init_empty_weights
 
-    from .safetensors_stream import read_narrowed
-
-    files = [path / part / name for name in WEIGHT_FILES if (path / part / name).is_file()]
-    if len(files) != 1 or not isinstance(library_and_class, list) or len(library_and_class) != 2 \
+    if not _weights_file(path, part) or not isinstance(library_and_class, list) or len(library_and_class) != 2 \
             or library_and_class[0] not in ("diffusers", "transformers"):
         return None
     library, class_name = library_and_class
@@ -102,16 +108,37 @@ def _streamed_part(path: Path, part: str, library_and_class, dtype: torch.dtype)
         if library == "diffusers":
             config = cls.load_config(path / part)
             with init_empty_weights():
-                model = cls.from_config(config)
-        else:
-            config = cls.config_class.from_pretrained(path / part)
-            with init_empty_weights():
-                model = cls(config)
-        state = read_narrowed(files[0], dtype)
+                return cls.from_config(config)
+        config = cls.config_class.from_pretrained(path / part)
+        with init_empty_weights():
+            return cls(config)
+    except (ValueError, OSError, TypeError):
+        return None
+
+
+def _weights_file(path: Path, part: str) -> Path | None:
+    """The part's one .safetensors weights file, if it has exactly one."""
+    files = [path / part / name for name in WEIGHT_FILES if (path / part / name).is_file()]
+    return files[0] if len(files) == 1 else None
+
+
+def _streamed_part(path: Path, part: str, library_and_class, dtype: torch.dtype):
+    """The pipeline part `part` built on the meta device (`_empty_part`) and filled with its
+    weights read straight into `dtype` (read_narrowed): no full-precision copy of its file is
+    ever resident. None where that plain path does not fit, and diffusers' own loader is to load
+    it: where `_empty_part` gives none, or weights whose names or shapes are not the model's
+    (older layouts that diffusers converts as it loads)."""
+    from .safetensors_stream import read_narrowed
+
+    model = _empty_part(path, part, library_and_class)
+    if model is None:
+        return None
+    try:
+        state = read_narrowed(_weights_file(path, part), dtype)
     except BadCheckpoint as exc:
         raise BadCheckpoint(f"could not load the model folder {path}: {part}/{exc}") from None
     except (ValueError, OSError, TypeError):
-        return None  # a config diffusers reads its own way: its loader says what is wrong
+        return None
     try:
         model.load_state_dict(state, strict=True, assign=True)  # strict: every weight filled, none left on meta
     except RuntimeError:

@@ -13,6 +13,7 @@ import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from ..errors import ModelNotFound
 from .components import ModelComponents
@@ -78,8 +79,11 @@ def native_side(reference: str) -> int | None:
     return gan_side(reference) if is_gan_reference(reference) else None
 
 
-def load_model(reference: str, dtype: torch.dtype | None = None) -> ModelComponents:
-    """Load the model `reference` names (see the module docstring for the forms), fp32 unless `dtype`."""
+def load_model(reference: str, dtype: torch.dtype | None = None,
+               leave_unet: Callable[[object, str], bool] | None = None) -> ModelComponents:
+    """Load the model `reference` names (see the module docstring for the forms), fp32 unless
+    `dtype`. A diffusers folder's UNet may stay on the meta device, its weights unread, where
+    `leave_unet` says so (diffusers_folder.py); every other form loads whole."""
     import torch
 
     dtype = dtype or torch.float32
@@ -96,7 +100,7 @@ def load_model(reference: str, dtype: torch.dtype | None = None) -> ModelCompone
         if path.is_dir():
             if not is_diffusers_folder(path):
                 raise ModelNotFound(f"{path} is a folder but has no model_index.json; it is not a diffusers model folder")
-            return load_diffusers_folder(path, dtype)
+            return load_diffusers_folder(path, dtype, leave_unet)
         if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
             raise ModelNotFound(f"{path} is not a model file; expected one of {', '.join(CHECKPOINT_SUFFIXES)}")
         from .single_file import load_single_file

@@ -25,7 +25,8 @@ from ...errors import BadCheckpoint, BadRequest, ModelNotFound
 from ...models.batch_invariance import steady_rows
 from ...models.cache import ModelCache
 from ...models.components import ModelComponents
-from ...models.openvino_runtime import ExportFailed, OpenVINOUNet, export_blocked, reloadable, resolve_runtime
+from ...models.openvino_runtime import (ExportFailed, OpenVINOUNet, export_blocked, reloadable, resolve_runtime,
+                                         why_not_openvino)
 from ...models.registry import default_model, load_model
 from ...models.weight_storage import storage_dtype, store_weights
 from ...models.tiny_decoder import check_decoder_fits, find_tiny_decoder, load_tiny_decoder
@@ -51,20 +52,28 @@ def diffusion_model(models: ModelCache, reference: str, device: torch.device, dt
     resting in `weights` (models/weight_storage.py), from the shared cache; its UNet's pictures do
     not depend on their batch-mates (`steady_rows`). Its torch UNet may have left memory while
     its OpenVINO export serves (`park_torch_unet`): it is read again first, unless `torch_unet`
-    is False (a caller that only reads its config)."""
+    is False (a caller that resolves the runtimes next: `on_runtimes` reads it again if one runs
+    on torch); such a caller's diffusers folder is loaded without reading its UNet at all when
+    the UNet's export is made already (`export_serves`): it starts as one let go."""
     storage = storage_dtype(weights, dtype)
 
-    def load() -> ModelComponents:
-        components = load_model(reference, dtype=storage)  # straight into the resting dtype: no fp32 copy
+    def load(leave_unet=None) -> ModelComponents:
+        # straight into the resting dtype: no fp32 copy
+        components = load_model(reference, dtype=storage, leave_unet=leave_unet)
         for module in components.modules:
-            module.to(device)
+            if not unet_parked(module):
+                module.to(device)
         steady_rows(components.unet)
         for module in components.modules:
             store_weights(module, storage, dtype)
         return components
 
+    def export_serves(unet, source: str) -> bool:
+        return storage == dtype and parks(unet) and why_not_openvino(device, dtype) is None \
+            and OpenVINOUNet.exported(unet, source)
+
     key = model_key(reference, device, dtype, storage)
-    components = models.get(key, load)
+    components = models.get(key, load if torch_unet else lambda: load(leave_unet=export_serves))
     if torch_unet and unet_parked(components.unet):
         with models.locked():  # one reader, whichever thread asks first
             if unet_parked(components.unet):
@@ -80,7 +89,8 @@ def model_key(reference: str, device: torch.device, dtype: torch.dtype, storage:
 
 
 def unet_parked(unet) -> bool:
-    """Whether the torch UNet's weights have left memory (`park_torch_unet`)."""
+    """Whether the torch UNet's (or another module's) weights are not in memory: let go while its
+    export serves (`park_torch_unet`), or never read (`diffusion_model`'s `export_serves`)."""
     first = next(unet.parameters(), None) if isinstance(unet, torch.nn.Module) else None
     return first is not None and first.is_meta
 
@@ -98,9 +108,7 @@ def park_torch_unet(models: ModelCache, request: GenerationRequest, components: 
     it (LoRAs, tiles, step caching, `--runtime torch`), and only a UNet of PARK_MIN_BYTES or
     more. Called once no part of the job runs on torch; jobs run one at a time in a process
     (the job queue's one thread), so no other is using it."""
-    if unet_parked(components.unet) or not reloadable(components.source):
-        return
-    if unet_parameters(components.unet) * components.unet.dtype.itemsize < PARK_MIN_BYTES:
+    if unet_parked(components.unet) or not reloadable(components.source) or not parks(components.unet):
         return
     with models.locked():
         components.unet.to("meta")
@@ -108,6 +116,11 @@ def park_torch_unet(models: ModelCache, request: GenerationRequest, components: 
         if key in models:
             models.put(key, components)  # counted again, without the UNet
     release_freed_memory()
+
+
+def parks(unet) -> bool:
+    """Whether the UNet is large enough to leave memory while its export serves (PARK_MIN_BYTES)."""
+    return unet_parameters(unet) * unet.dtype.itemsize >= PARK_MIN_BYTES
 
 
 def asks_for_loras(request: GenerationRequest) -> bool:
@@ -199,7 +212,9 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
     dtype = pick_dtype(request.dtype, device)
     started = time.perf_counter()
     progress(ProgressEvent("load", message=f"loading {request.model}"))
-    components = diffusion_model(models, request.model, device, dtype, request.weights, torch_unet=False)
+    # A request whose UNet runs on torch in any case (`why_not_openvino`) has it read at once.
+    on_torch = request.runtime == "torch" or asks_for_loras(request) or request.tile or bool(request.step_cache)
+    components = diffusion_model(models, request.model, device, dtype, request.weights, torch_unet=on_torch)
     request = request.with_defaults(components.sampling)
     prepared = prepare_input(request, components)
     request, components, unet = on_runtime(models, request, components, prepared, device, dtype)
