@@ -346,6 +346,42 @@ def test_reading_into_16_bits_gives_safetensors_own_tensors_cast_and_the_same_mo
             assert torch.equal(mine[name], want), name
 
 
+def test_a_unet_its_export_serves_for_is_left_unread_and_read_when_declined(tmp_path, monkeypatch):
+    """`leave_unet` (issue 22: a UNet whose OpenVINO export is made serves without its weights):
+    asked with the UNet built from its config, the one whose export fingerprint the loaded
+    UNet has; answering True leaves the UNet's tensors unread (the text encoder and VAE the
+    same as ever), answering False gives the same model as a plain load, each tensor read once."""
+    from reverie.models import safetensors_stream
+    from reverie.models.ldm_layout import UNET_PREFIX
+    from reverie.models.openvino_runtime import weights_fingerprint
+
+    path, config_dir, _ = export_tiny(tmp_path, "sd1")
+    plain = load_single_file(path, config_dir=config_dir, dtype=torch.bfloat16)
+    read, real = [], safetensors_stream.read_narrowed
+
+    def counting(file, dtype, wanted=None):
+        state = real(file, dtype, wanted)
+        read.extend(key for key, tensor in state.items() if not tensor.is_meta)
+        return state
+
+    monkeypatch.setattr(safetensors_stream, "read_narrowed", counting)
+    monkeypatch.setattr("reverie.models.single_file.read_narrowed", counting)
+    asked = []
+    left = load_single_file(path, config_dir=config_dir, dtype=torch.bfloat16,
+                            leave_unet=lambda unet, source: asked.append(weights_fingerprint(unet, source)) or True)
+    assert asked == [weights_fingerprint(plain.unet, str(path))]
+    assert all(parameter.is_meta for parameter in left.unet.parameters()) and left.unet.dtype == torch.bfloat16
+    assert read and not any(key.startswith(UNET_PREFIX) for key in read)
+    assert_same_weights(plain.vae, left.vae)
+    assert_same_weights(plain.text_encoder, left.text_encoder)
+
+    read.clear()
+    declined = load_single_file(path, config_dir=config_dir, dtype=torch.bfloat16, leave_unet=lambda unet, source: False)
+    assert sorted(read) == sorted(load_file(str(path)).keys())  # every tensor, each once
+    for module in ("unet", "vae", "text_encoder"):
+        assert_same_weights(getattr(plain, module), getattr(declined, module))
+
+
 def test_a_safetensors_header_that_lies_is_a_bad_checkpoint_in_16_bits(tmp_path):
     path, _, _ = export_tiny(tmp_path, "sd1")
     data = bytearray(path.read_bytes())

@@ -82,8 +82,9 @@ def native_side(reference: str) -> int | None:
 def load_model(reference: str, dtype: torch.dtype | None = None,
                leave_unet: Callable[[object, str], bool] | None = None) -> ModelComponents:
     """Load the model `reference` names (see the module docstring for the forms), fp32 unless
-    `dtype`. A diffusers folder's UNet may stay on the meta device, its weights unread, where
-    `leave_unet` says so (diffusers_folder.py); every other form loads whole."""
+    `dtype`. A diffusers folder's or a single file's UNet may stay on the meta device, its
+    weights unread, where `leave_unet` says so (diffusers_folder.py, single_file.py); every
+    other form loads whole."""
     import torch
 
     dtype = dtype or torch.float32
@@ -105,7 +106,7 @@ def load_model(reference: str, dtype: torch.dtype | None = None,
             raise ModelNotFound(f"{path} is not a model file; expected one of {', '.join(CHECKPOINT_SUFFIXES)}")
         from .single_file import load_single_file
 
-        return load_single_file(path, dtype=dtype)
+        return load_single_file(path, dtype=dtype, leave_unet=leave_unet)
     if _HUB_ID.match(reference) and not reference.startswith((".", "/")):
         return _load_from_hub(reference, dtype)
     known = ", ".join(entry.name for entry in list_models())

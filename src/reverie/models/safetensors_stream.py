@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -33,9 +34,10 @@ def narrowed(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return tensor
 
 
-def read_narrowed(path: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def read_narrowed(path: Path, dtype: torch.dtype, wanted: Callable[[str], bool] | None = None) -> dict[str, torch.Tensor]:
     """The tensors of the .safetensors file `path`, each `narrowed` to `dtype` as it is read; a
-    damaged file is a BadCheckpoint naming it."""
+    damaged file is a BadCheckpoint naming it. With `wanted`, only the tensors whose names it
+    accepts are read; the others come on the meta device, their shapes without their data."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -58,6 +60,9 @@ def read_narrowed(path: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
                 count = math.prod(shape)
                 if not 0 <= begin <= end or end - begin != count * kind.itemsize or data_start + end > size:
                     raise ValueError(f"the data of {name} does not fit the file")
+                if wanted is not None and not wanted(name):
+                    state[name] = narrowed(torch.empty(shape, dtype=kind, device="meta"), dtype)
+                    continue
                 if count == 0:
                     state[name] = narrowed(torch.empty(shape, dtype=kind), dtype)
                     continue

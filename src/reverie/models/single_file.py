@@ -39,6 +39,7 @@ import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -181,7 +182,8 @@ def _tensors_only(loaded, path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def read_state_dict(path: str | Path, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | Path, dtype: torch.dtype | None = None,
+                    wanted: Callable[[str], bool] | None = None) -> dict[str, torch.Tensor]:
     """Read a checkpoint's tensors without ever executing code from it.
 
     `.safetensors` (recognized by content, whatever the name) is read with safetensors;
@@ -190,7 +192,8 @@ def read_state_dict(path: str | Path, dtype: torch.dtype | None = None) -> dict[
     `dtype`, wider floating-point tensors come narrowed to it; for a 16-bit `dtype` a
     .safetensors file is read tensor by tensor, narrowing each as it comes
     (models/safetensors_stream.py): a 16-bit model from an fp32 file without the fp32 file in
-    memory (SD 1.5 in bf16: peak 3.3 GiB instead of 6.8, benchmarks/load_memory.py).
+    memory (SD 1.5 in bf16: peak 3.3 GiB instead of 6.8, benchmarks/load_memory.py); there,
+    `wanted` may pick the tensors read, the others coming on the meta device (read_narrowed).
     """
     path = Path(path)
     if not path.exists():
@@ -200,7 +203,7 @@ def read_state_dict(path: str | Path, dtype: torch.dtype | None = None) -> dict[
     suffix = path.suffix.lower()
     is_safetensors = suffix == SAFETENSORS_SUFFIX or _looks_like_safetensors(path)
     if is_safetensors and dtype is not None and dtype.itemsize < 4:
-        return _tensors_only(read_narrowed(path, dtype), path)  # narrowed as read
+        return _tensors_only(read_narrowed(path, dtype, wanted), path)  # narrowed as read
     if is_safetensors:  # fp32 stays mapped: its tensors are the file's pages, read as first used
         loaded = _read_safetensors(path)
     elif suffix in TORCH_SUFFIXES:
@@ -460,6 +463,18 @@ def _load_unet(state: dict, folder: Path, in_channels: int, dtype: torch.dtype, 
         )
 
 
+def _empty_unet(folder: Path, in_channels: int, dtype: torch.dtype):
+    """The UNet `_load_unet` would make, built from its config on the meta device: no weights."""
+    from accelerate import init_empty_weights
+    from diffusers import UNet2DConditionModel
+
+    config = UNet2DConditionModel.load_config(str(folder), subfolder="unet")
+    with init_empty_weights():
+        unet = UNet2DConditionModel.from_config(config, in_channels=in_channels)
+    torch.nn.Module.to(unet, dtype=dtype)  # torch's own cast: diffusers' warns on every dtype cast
+    return unet.eval().requires_grad_(False)
+
+
 def _load_vae(state: dict, folder: Path, dtype: torch.dtype, name: str):
     from diffusers import AutoencoderKL
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
@@ -491,22 +506,36 @@ def load_single_file(
     dtype: torch.dtype = torch.float32,
     prediction_type: str | None = None,
     config_dir: str | Path | None = None,
+    leave_unet: Callable[[torch.nn.Module, str], bool] | None = None,
 ) -> ModelComponents:
     """Load an SD 1.x/2.x or SDXL single-file checkpoint (.safetensors or .ckpt) into ModelComponents.
 
     `prediction_type` ("epsilon", "v_prediction") overrides the detected noise
     parameterization. `config_dir` replaces the shipped diffusers config folder (it
     needs scheduler/, unet/, vae/ and text_encoder/ configs of the same layout; SDXL also
-    text_encoder_2/).
+    text_encoder_2/). `leave_unet`, asked with an SD 1.x/2.x UNet built from its config on the
+    meta device in `dtype` and the file's path, may answer True to leave it there, its weights
+    unread (its OpenVINO export will serve: methods/diffusion/run.py).
     Raises ModelNotFound for a missing path and BadCheckpoint for a damaged, unsafe or
     unrecognized file; never fetches anything and never runs code from the file.
     """
     path = Path(path)
-    state = read_state_dict(path, dtype)  # straight into the model's dtype, no full-precision copy
+    # Straight into the model's dtype, no full-precision copy; the UNet's tensors come unread
+    # (their shapes only) when it may be left so.
+    not_unet = (lambda key: not key.startswith(UNET_PREFIX)) if leave_unet is not None else None
+    state = read_state_dict(path, dtype, not_unet)
     from reverie.models.sdxl import load_sdxl_single_file, sdxl_family
+
+    def with_unet(state: dict) -> dict:  # the tensors left unread, read after all
+        unread = {key for key, tensor in state.items() if tensor.is_meta}
+        if unread:
+            state.update((key, tensor) for key, tensor in read_state_dict(path, dtype, unread.__contains__).items()
+                         if key in unread)
+        return state
 
     family = sdxl_family(state)
     if family is not None:
+        state = with_unet(state)
         return load_sdxl_single_file(path, state, family, dtype=dtype, prediction_type=prediction_type,
                                      config_dir=config_dir)
     layout = detect_layout(state, path.name)
@@ -516,7 +545,9 @@ def load_single_file(
 
     scheduler_config = _scheduler_config(folder, prediction)
     with _as_bad_checkpoint(path.name, layout.family, folder):
-        unet = _load_unet(state, folder, layout.in_channels, dtype, path.name)
+        unet = _empty_unet(folder, layout.in_channels, dtype) if leave_unet is not None else None
+        if unet is None or not leave_unet(unet, str(path)):
+            unet = _load_unet(with_unet(state), folder, layout.in_channels, dtype, path.name)
         vae = _load_vae(state, folder, dtype, path.name)
         text_encoder = _load_text_encoder(state, folder, dtype, path.name)
     return ModelComponents(

@@ -53,8 +53,9 @@ def diffusion_model(models: ModelCache, reference: str, device: torch.device, dt
     not depend on their batch-mates (`steady_rows`). Its torch UNet may have left memory while
     its OpenVINO export serves (`park_torch_unet`): it is read again first, unless `torch_unet`
     is False (a caller that resolves the runtimes next: `on_runtimes` reads it again if one runs
-    on torch); such a caller's diffusers folder is loaded without reading its UNet at all when
-    the UNet's export is made already (`export_serves`): it starts as one let go."""
+    on torch); such a caller's model (a diffusers folder, a .safetensors file) is loaded without
+    reading its UNet at all when the UNet's export is made already (`export_serves`): it starts
+    as one let go."""
     storage = storage_dtype(weights, dtype)
 
     def load(leave_unet=None) -> ModelComponents:
