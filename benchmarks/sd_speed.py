@@ -7,7 +7,8 @@ its peak resident memory (the child's ru_maxrss) is its own, loading included; t
 run in turn, `--repeats` rounds, and the median is kept.
 
 Each child makes a one-step picture first (its time is `first call s`: for reverie, which loads
-a model on its first request, loading included; for openvino also compiling the input shape),
+a model on its first request, loading included, `load s` alone; for openvino also compiling the
+input shape),
 then the timed picture, warm, as a server or a person's second picture runs it, on both sides.
 Columns: s/step is the median time between two denoising steps (the UNet on the CFG pair and
 the sampler); total s the whole warm call (prompt encoding, all steps, the VAE decode); ratio is
@@ -187,9 +188,11 @@ def child(args) -> dict:
                                n_samples=args.batch, dtype=dtype, device=args.device, runtime=runtime, weights=weights,
                                upscale=1)
         def call(steps: int):
-            made = studio.run(request.model_copy(update={"steps": steps}), outdir=tempfile.mkdtemp(prefix="sd-speed-"),
-                              grid=False, progress=on_progress).images[0]
+            result = studio.run(request.model_copy(update={"steps": steps}), outdir=tempfile.mkdtemp(prefix="sd-speed-"),
+                                grid=False, progress=on_progress)
+            made = result.images[0]
             info["runtime"], info["dtype"] = made.metadata["settings"]["runtime"], made.metadata["settings"]["ran_dtype"]
+            info.setdefault("load_s", result.timings["load_s"])  # the first call's: reading the model
             return made.image
 
     # A one-step call first (timed as `first_call_s`: loading the model included for reverie,
@@ -291,8 +294,8 @@ def main() -> None:
     print(f"\nSD 1.5 architecture (random weights, {args.file_dtype} files), {args.size}x{args.size}, {args.steps} steps, {args.sampler}, "
           f"CFG {args.cfg}, {machine}, torch {torch.__version__}, {args.repeats} round(s), medians")
     print(f"| variant | batch | size | steps | s/step | total s | ratio vs stock | peak {'GPU' if gpu else 'RSS'} GiB "
-          f"| RSS after GiB | PSNR vs stock {'fp16' if gpu else 'fp32'} | first call s |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          f"| RSS after GiB | PSNR vs stock {'fp16' if gpu else 'fp32'} | first call s | load s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for batch, runs in tables:
         reference = np.load(folder / f"diffusers-{batch}-0.npy")
         stock = float(np.median([r["total_s"] for r in runs["diffusers"]]))
@@ -305,10 +308,11 @@ def main() -> None:
             steps = rows[0].get("steps", args.steps)
             after = max(r["rss_after_gib"] for r in rows)
             first = float(np.median([r["first_call_s"] for r in rows]))
+            load = f"{np.median([r['load_s'] for r in rows]):.1f}" if "load_s" in rows[0] else "-"
             label = f"{variant} ({rows[0]['runtime']}, {rows[0]['dtype']})" if "runtime" in rows[0] else variant
             shown = "-" if steps != args.steps else f"{quality:.1f}"  # fewer steps: another picture
             print(f"| {label} | {batch} | {args.size} | {steps} | {per_step:.2f} | {total:.1f} | "
-                  f"{stock / total:.2f}x | {peak:.2f} | {after:.2f} | {shown} | {first:.1f} |")
+                  f"{stock / total:.2f}x | {peak:.2f} | {after:.2f} | {shown} | {first:.1f} | {load} |")
 
 
 if __name__ == "__main__":
