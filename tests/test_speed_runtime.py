@@ -5,6 +5,7 @@ damaged cache entry exported again, pictures independent of their batch-mates.""
 
 from __future__ import annotations
 
+import json
 import mmap
 import sys
 import time
@@ -54,7 +55,8 @@ def test_runtime_resolution_says_why_not(monkeypatch):
     monkeypatch.setattr(openvino_runtime, "openvino_available", lambda: True)
     assert resolve_runtime("auto", cpu, fp32, parameters=10**9) == "openvino"
     assert resolve_runtime("auto", cpu, fp32, parameters=10**6) == "torch"  # a toy model: not worth an export
-    assert resolve_runtime("auto", cpu, fp32, parameters=10**9, loras=True) == "torch"
+    assert resolve_runtime("auto", cpu, fp32, parameters=10**9, loras=True) == "torch"  # an export per LoRA set
+    assert resolve_runtime("openvino", cpu, fp32, loras=True) == "openvino"  # asked for: made
     with pytest.raises(BadRequest, match="tiles"):
         resolve_runtime("openvino", cpu, fp32, tile=True)
     assert resolve_runtime("auto", cpu, torch.bfloat16, parameters=10**9) == "openvino"
@@ -368,6 +370,44 @@ def test_a_shared_pass_with_a_lora_request_has_its_torch_unet_back(tmp_path, tin
         assert np.array_equal(np.asarray(made.image), np.asarray(alone[name].image)), name
 
 
+def test_a_lora_on_openvino_runs_an_export_of_its_own_beside_the_models(tmp_path, tiny_folder, models, monkeypatch):
+    """`--runtime openvino` with a LoRA: the UNet with the LoRA on, at its weight, exported once
+    into an entry of its own (the model's stays), its picture torch's with the LoRA, not the
+    base's; another weight is another export; a fresh process reads them from the cache."""
+    _openvino()
+    from reverie.studio import Studio
+
+    monkeypatch.setenv("REVERIE_CACHE", str(tmp_path / "cache"))
+    entries = tmp_path / "cache" / "openvino"
+    base = dict(prompt="a red circle", model=str(tiny_folder), width=64, height=64, steps=3, seed=5, n_samples=1,
+                dtype="fp32", upscale=1, device="cpu")
+    lora = base | {"prompt": "a red circle <lora:paper-cut:0.8>"}
+    studio = Studio(device="cpu")
+
+    def made(request, runtime, name, on=studio):
+        return on.run(request | {"runtime": runtime}, outdir=tmp_path / name, grid=False).images[0]
+
+    plain = made(base, "openvino", "plain")
+    on_torch, on_openvino = made(lora, "torch", "lora-torch"), made(lora, "openvino", "lora-ov")
+    assert on_openvino.metadata["settings"]["runtime"] == "openvino"
+    assert "<lora:paper-cut:0.8>" in on_openvino.parameters
+    assert psnr(on_torch.image, on_openvino.image) > 40  # the LoRA ran, as torch runs it
+    assert psnr(plain.image, on_openvino.image) < psnr(on_torch.image, on_openvino.image) - 10
+    labels = sorted(str(json.loads((entry / "done.json").read_text())["label"]) for entry in entries.iterdir())
+    assert labels == ["<lora:paper-cut:0.8>", "None"]  # the model's export and the LoRA's, side by side
+
+    assert np.array_equal(np.asarray(made(base, "openvino", "plain-again").image), np.asarray(plain.image))
+    made(lora | {"prompt": "a red circle <lora:paper-cut:0.4>"}, "openvino", "weaker")
+    assert len(list(entries.iterdir())) == 3
+
+    fresh = Studio(device="cpu")
+    again = made(lora, "openvino", "fresh", on=fresh)
+    assert np.array_equal(np.asarray(again.image), np.asarray(on_openvino.image))
+    unet = fresh.models.find(lambda key: key[0] == "openvino-unet")
+    assert unet.exports == 0 and unet._sibling.exports == 0  # both read from the cache
+    assert len(list(entries.iterdir())) == 3
+
+
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_openvino_pictures_do_not_depend_on_their_batch_mates(tmp_path, dtype):
     """The dynamic-batching promise (models/batch_invariance.py) under the OpenVINO runtime, in
@@ -447,7 +487,7 @@ def test_an_export_that_fails_leaves_auto_on_torch_and_is_not_tried_again(tmp_pa
 
     tries = []
 
-    def failing_export(unet, folder, source=""):
+    def failing_export(unet, folder, source="", label=None):
         tries.append(folder)
         raise RuntimeError("the tracer met a layer it cannot convert")
 

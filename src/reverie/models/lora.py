@@ -328,6 +328,19 @@ def apply_loras(components: ModelComponents, uses) -> Iterator[list[LoraInfo]]:
         _disable(components)
 
 
+def lora_variant(components: ModelComponents, uses, infos: list[LoraInfo]) -> dict | None:
+    """What the UNet runs with the LoRAs `uses` on (inside `apply_loras`, `infos` its yield): the
+    adapters on it, by name with their file's hash and weight, and A1111's tags as a `label`;
+    None when none is (weights 0, or LoRAs for the text encoder only). It names the OpenVINO
+    export of the UNet as it runs then (models/openvino_runtime.py, `OpenVINOUNet.for_variant`)."""
+    on = _adapters(components.unet)
+    running = [(use, info) for use, info in zip(uses, infos) if use.unet and adapter_name(info) in on]
+    if not running:
+        return None
+    return {"label": " ".join(f"<lora:{use.name}:{use.unet:g}>" for use, _ in running),
+            "loras": [[adapter_name(info), float(use.unet)] for use, info in running]}
+
+
 def list_lora_entries() -> list:
     """`reverie models`'s rows for the LoRAs (kind "lora"); the base is read from each file."""
     from .registry import ModelEntry

@@ -4,7 +4,9 @@
 package is importable, the device is the CPU, the dtype fp32 or bf16 (bf16 on x86-64 only:
 OpenVINO computes it nowhere else), the UNet SD's or reverie-mini's, read from a file or
 folder, and the request asks for nothing that changes the UNet's weights or layers as it runs:
-LoRAs, seamless tiles; else torch: `resolve_runtime`).
+LoRAs, seamless tiles; else torch: `resolve_runtime`). A request that asks for `openvino` and
+LoRAs runs an export of its own: the UNet traced with those LoRAs on at those weights (a
+variant of the model's entry, `OpenVINOUNet.for_variant`).
 
 The UNet is exported once per model to OpenVINO's IR (`ov.convert_model` on the torch UNet,
 with dynamic batch, latent size and prompt length), saved under the cache folder
@@ -91,7 +93,7 @@ def openvino_available() -> bool:
 
 
 def why_not_openvino(device: torch.device, dtype: torch.dtype, *, sdxl: bool = False, tile: bool = False,
-                     loras: bool = False, odd_latents: bool = False, step_cache: bool = False,
+                     odd_latents: bool = False, step_cache: bool = False,
                      cast_weights: bool = False) -> str | None:
     """Why OpenVINO cannot run this request's UNet, or None when it can."""
     if not openvino_available():
@@ -107,8 +109,6 @@ def why_not_openvino(device: torch.device, dtype: torch.dtype, *, sdxl: bool = F
         return "SDXL's UNet (pooled text and size conditioning) is not exported to OpenVINO yet"
     if tile:
         return "seamless tiles change the UNet's padding as it runs; only torch can"
-    if loras:
-        return "LoRAs change the UNet's weights as it runs; only torch can"
     if cast_weights:
         return "the export holds fp32 weights, and this request keeps them in 16 bits (--weights); only torch can"
     if step_cache:
@@ -120,7 +120,7 @@ def why_not_openvino(device: torch.device, dtype: torch.dtype, *, sdxl: bool = F
 
 
 def resolve_runtime(name: str, device: torch.device, dtype: torch.dtype, *, parameters: int = AUTO_MIN_PARAMETERS,
-                    from_file: bool = True, free_bytes: int | None = None,
+                    from_file: bool = True, free_bytes: int | None = None, loras: bool = False,
                     export_blocked: Callable[[], str | None] | None = None, **request) -> str:
     """`torch` or `openvino` for a request asking for `name` (auto, torch, openvino); asking for
     openvino where it cannot run is a BadRequest that says why. `auto` takes OpenVINO only for
@@ -129,12 +129,15 @@ def resolve_runtime(name: str, device: torch.device, dtype: torch.dtype, *, para
     file or folder (`from_file`): a model in memory is being trained, and each change of its
     weights would be another export, named by their hash. Toy models stay on torch.
     `export_blocked` (the function of that name), asked last since it reads the cache and the
-    disk, says why the export cannot be had: it failed before, or would not fit on disk."""
+    disk, says why the export cannot be had: it failed before, or would not fit on disk.
+    A request with `loras` runs on OpenVINO only when it asks for it: its UNet, the LoRAs on at
+    their weights, is an export of its own (minutes and the UNet's size on disk for SD, once
+    per LoRA set), which auto does not make unasked."""
     if name == "torch":
         return "torch"
     reason = why_not_openvino(device, dtype, **request)
     if name == "auto" and not reason:
-        if parameters < AUTO_MIN_PARAMETERS or not from_file:
+        if parameters < AUTO_MIN_PARAMETERS or not from_file or loras:
             return "torch"
         if free_bytes is not None and free_bytes < parameters * dtype.itemsize * AUTO_MEMORY_FACTOR:
             return "torch"  # the export and the compiled copy beside the torch UNet would not fit
@@ -161,10 +164,11 @@ def _file_stamp(path: Path) -> list:
     return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
 
 
-def weights_fingerprint(unet, source: str = "") -> str:
+def weights_fingerprint(unet, source: str = "", variant: dict | None = None) -> str:
     """What identifies the UNet's weights: the source file's (or folder's weight files') path,
-    size and modification time when it came from disk, else a hash of its tensors; with the
-    UNet's config and dtype and the versions that make the export."""
+    size and modification time when it came from disk, else a hash of its tensors (LoRA
+    adapters loaded on it left out: `variant` names those that run); with the UNet's config and
+    dtype, the versions that make the export, and the `variant` (`for_variant`) it runs."""
     import diffusers
     import openvino
 
@@ -173,6 +177,8 @@ def weights_fingerprint(unet, source: str = "") -> str:
                    "config": {key: value for key, value in json.loads(json.dumps(dict(unet.config), default=str)).items()
                               if not key.startswith("_")}}  # diffusers' `_use_default_values` comes in any order
     path = _source_path(source)
+    if variant:
+        parts["variant"] = variant
     if path is not None and path.is_file():
         parts["file"] = _file_stamp(path)
     elif path is not None:
@@ -180,7 +186,9 @@ def weights_fingerprint(unet, source: str = "") -> str:
     else:
         digest = hashlib.blake2b(digest_size=16)
         for name, tensor in unet.state_dict().items():
-            digest.update(name.encode())
+            if ".lora_" in name:
+                continue  # PEFT's adapters: the variant says which run, and at what weight
+            digest.update(name.replace(".base_layer.", ".").encode())
             digest.update(tensor.detach().to(torch.float32).contiguous().numpy().tobytes())
         parts["weights"] = digest.hexdigest()
     text = json.dumps(parts, sort_keys=True)
@@ -209,19 +217,20 @@ class ExportFailed(RuntimeError):
 _failed_exports: dict[Path, str] = {}  # cache entries whose export failed in this process, and why
 
 
-def export_blocked(unet, source: str = "", cache: Path | None = None) -> str | None:
+def export_blocked(unet, source: str = "", cache: Path | None = None, variant: dict | None = None) -> str | None:
     """Why the UNet's export cannot be had, or None: it failed earlier in this process (it
     would fail again, and take as long), or, not made yet, it would not fit on the cache
     folder's disk. The disk is not asked for UNets not read from a file (their fingerprint
     would hash every weight; such models are small or being trained)."""
     cache = cache or openvino_cache_dir()
     if _failed_exports:
-        failed = _failed_exports.get(cache / weights_fingerprint(unet, source))
+        failed = _failed_exports.get(cache / weights_fingerprint(unet, source, variant))
         if failed:
             return f"its export failed earlier in this process ({failed})"
-    if not reloadable(source) or OpenVINOUNet.exported(unet, source, cache):
+    if not reloadable(source) or OpenVINOUNet.exported(unet, source, cache, variant):
         return None
-    need = sum(p.numel() for p in unet.parameters()) * unet.dtype.itemsize * EXPORT_DISK_MARGIN
+    need = sum(p.numel() for name, p in unet.named_parameters() if ".lora_" not in name) * unet.dtype.itemsize \
+        * EXPORT_DISK_MARGIN
     free = shutil.disk_usage(next(folder for folder in (cache, *cache.parents) if folder.exists())).free
     if free >= need:
         return None
@@ -230,8 +239,9 @@ def export_blocked(unet, source: str = "", cache: Path | None = None) -> str | N
 
 
 def drop_replaced(folder: Path) -> list[Path]:
-    """Remove the cache entries beside `folder` made for the same source path and dtype as it
-    (older exports of that model: see the module docstring), and partial exports abandoned by a
+    """Remove the cache entries beside `folder` made for the same source path, dtype and variant
+    label as it (older exports of that model: see the module docstring; the model's own export
+    and its LoRA variants stay side by side), and partial exports abandoned by a
     process that died midway (killed for memory: an export's peak is several times the UNet's
     size); the folders removed."""
     removed = []
@@ -255,12 +265,18 @@ def drop_replaced(folder: Path) -> list[Path]:
             other = json.loads((entry / DONE_NAME).read_text())
         except (OSError, ValueError):
             continue
-        if isinstance(other, dict) and (other.get("source"), other.get("dtype")) == (made["source"], made.get("dtype")):
+        if isinstance(other, dict) and _same_model(other, made):
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry)
     if removed:
         log.info("removed %d older OpenVINO export(s) of %s", len(removed), made["source"])
     return removed
+
+
+def _same_model(entry: dict, made: dict) -> bool:
+    """Whether two entries' markers name one model file, dtype and variant (the LoRAs by name and
+    weight: a LoRA file changed since is the same variant, exported again)."""
+    return all(entry.get(key) == made.get(key) for key in ("source", "dtype", "label"))
 
 
 class _Traceable(torch.nn.Module):
@@ -278,9 +294,10 @@ class _Traceable(torch.nn.Module):
                          return_dict=False)[0].float()
 
 
-def export_unet(unet, folder: Path, source: str = "") -> None:
-    """Write the UNet as OpenVINO IR (its weights in its own dtype) into `folder`, atomically: a
-    folder appears complete, with its `done.json` (what it was made from), or not at all."""
+def export_unet(unet, folder: Path, source: str = "", label: str | None = None) -> None:
+    """Write the UNet as OpenVINO IR (its weights in its own dtype; LoRA adapters as they are on)
+    into `folder`, atomically: a folder appears complete, with its `done.json` (what it was made
+    from: the source, dtype and the variant's `label`), or not at all."""
     import openvino as ov
 
     config = unet.config
@@ -305,7 +322,8 @@ def export_unet(unet, folder: Path, source: str = "") -> None:
         path = _source_path(source)
         (partial / DONE_NAME).write_text(json.dumps({"bin_bytes": bin_path.stat().st_size,
                                                      "export_s": round(time.perf_counter() - started, 1),
-                                                     "source": str(path) if path else None, "dtype": str(unet.dtype)}))
+                                                     "source": str(path) if path else None, "dtype": str(unet.dtype),
+                                                     "label": label}))
         if folder.exists():
             shutil.rmtree(folder, ignore_errors=True)
         os.replace(partial, folder)
@@ -341,38 +359,44 @@ class OpenVINOUNet:
     """A UNet2DConditionModel's stand-in that runs its OpenVINO export (see the module docstring).
 
     `exports` counts the exports this object made (0 when the cache had it), `compiles` the
-    shapes it compiled."""
+    shapes it compiled. A model's export may have a variant (`for_variant`: its UNet with LoRAs
+    on); the two never hold compiled shapes at once."""
 
-    def __init__(self, unet, folder: Path):
+    def __init__(self, unet, folder: Path, source: str = "", variant: dict | None = None):
         self._torch_config = unet.config
         self.config = unet.config
         self.dtype = unet.dtype
         self.device = torch.device("cpu")
         self.folder = folder
+        self.source = source
+        self.variant = variant
         self.exports = 0
         self.compiles = 0
         self._compiled: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
+        self._sibling: OpenVINOUNet | None = None  # the variant last run, or for a variant its base
 
     @staticmethod
-    def exported(unet, source: str = "", cache: Path | None = None) -> bool:
+    def exported(unet, source: str = "", cache: Path | None = None, variant: dict | None = None) -> bool:
         """Whether the UNet's export is in the cache already (`load` would not need its weights)."""
-        return _entry_ok((cache or openvino_cache_dir()) / weights_fingerprint(unet, source))
+        return _entry_ok((cache or openvino_cache_dir()) / weights_fingerprint(unet, source, variant))
 
     @classmethod
-    def load(cls, unet, source: str = "", cache: Path | None = None) -> "OpenVINOUNet":
-        """The UNet's export from the cache, made first when missing or unreadable."""
-        folder = (cache or openvino_cache_dir()) / weights_fingerprint(unet, source)
-        wrapper = cls(unet, folder)
+    def load(cls, unet, source: str = "", cache: Path | None = None, variant: dict | None = None) -> "OpenVINOUNet":
+        """The UNet's export from the cache, made first when missing or unreadable. `variant`
+        (with a `label`) names what else runs in `unet` as it is now: LoRAs on, at their weights."""
+        folder = (cache or openvino_cache_dir()) / weights_fingerprint(unet, source, variant)
+        wrapper = cls(unet, folder, source, variant)
+        label = (variant or {}).get("label")
         try:
             if not _entry_ok(folder):
-                export_unet(unet, folder, source)
+                export_unet(unet, folder, source, label)
                 wrapper.exports += 1
             try:
                 wrapper._read()
             except Exception as exc:  # a damaged entry with a good marker: export again, once
                 log.warning("the OpenVINO export in %s could not be read (%s); exporting it again", folder, exc)
-                export_unet(unet, folder, source)
+                export_unet(unet, folder, source, label)
                 wrapper.exports += 1
                 wrapper._read()
         except Exception as exc:  # the exporter meets a layer it cannot trace, a full disk, ...
@@ -382,6 +406,28 @@ class OpenVINOUNet:
         if wrapper.exports:
             drop_replaced(folder)
         return wrapper
+
+    def for_variant(self, unet, variant: dict | None) -> "OpenVINOUNet":
+        """The export that runs the torch `unet` as it is now, LoRAs on (`variant`, from
+        `lora.lora_variant`; None: this export itself): this model's variant, exported once
+        into a cache entry of its own beside the model's and read from there by later
+        processes. The last variant run is kept; it and the model's export take turns holding
+        compiled shapes (each SD 1.5 shape holds the UNet's weights again). An export that
+        fails or would not fit on disk is an `ExportFailed` with the reason."""
+        if not variant:
+            return self
+        cache = self.folder.parent
+        with self._lock:
+            kept = self._sibling
+            if kept is not None and kept.folder == cache / weights_fingerprint(unet, self.source, variant):
+                return kept
+            blocked = export_blocked(unet, self.source, cache, variant)
+            if blocked:
+                raise ExportFailed(blocked)
+            made = OpenVINOUNet.load(unet, self.source, cache, variant)
+            made._sibling = self
+            self._sibling = made
+            return made
 
     def _read(self):
         import openvino as ov
@@ -402,6 +448,8 @@ class OpenVINOUNet:
             if key in self._compiled:
                 self._compiled.move_to_end(key)
                 return self._compiled[key]
+            if self._sibling is not None:
+                self._sibling._compiled.clear()  # the model's export or its variant: one at a time
             while self._compiled and len(self._compiled) >= self.shapes_kept:
                 self._compiled.popitem(last=False)
             model = self._core.read_model(str(self.folder / IR_NAME))
@@ -467,5 +515,9 @@ class OpenVINOUNet:
 
     @property
     def weight_bytes(self) -> int:
-        """Bytes the compiled shapes hold (about the exported weights each), for the model cache."""
-        return self.export_bytes * max(1, len(self._compiled))
+        """Bytes the compiled shapes hold (about the exported weights each; a variant's too),
+        for the model cache."""
+        held = self.export_bytes * max(1, len(self._compiled))
+        if self._sibling is not None and self.variant is None:
+            held += self._sibling.export_bytes * len(self._sibling._compiled)
+        return held

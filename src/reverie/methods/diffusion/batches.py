@@ -18,7 +18,8 @@ from PIL import Image
 from ...models.cache import ModelCache
 from ...errors import BadRequest
 from ...models.components import ModelComponents
-from ...models.lora import apply_loras
+from ...models.lora import apply_loras, lora_variant
+from ...models.openvino_runtime import ExportFailed, OpenVINOUNet
 from ...models.step_cache import step_cache
 from ...models.tiny_decoder import tiny_decode
 from ...models.weight_storage import storage_dtype
@@ -208,14 +209,12 @@ def run_batches(
             else:
                 # LoRA tags out, embedding names in as their tokens; the LoRAs on only for this batch.
                 pairs, uses = batch_prompts(components, [plan(seed) for seed in batch_seeds])
-                if uses and unet is not None:
-                    raise BadRequest("runtime", "LoRAs change the UNet's weights as it runs, and the openvino "
-                                                "runtime cannot; use --runtime torch")
                 if uses and storage_dtype(request.weights, dtype) != dtype:
                     raise BadRequest("weights", "LoRAs are not applied to weights kept in 16 bits yet; "
                                                 "leave --weights out (auto) to use them")
                 cache = encoded.setdefault(tuple(uses), {})
-                with apply_loras(components, uses):
+                with apply_loras(components, uses) as infos:
+                    runs = unet_with_loras(unet, components, uses, infos, progress)
                     if components.is_sdxl:
                         images = denoise_sdxl_batch(request, components, prepared, batch_seeds, pairs, cache, device,
                                                     dtype, batch, progress, refiner, decoder, previewer)
@@ -224,8 +223,26 @@ def run_batches(
                                                            device=device, cache=cache)
                         cond, uncond = cond.to(device, dtype), uncond.to(device, dtype)
                         images = denoise_batch(request, components, prepared, batch_seeds, cond, uncond, device, dtype,
-                                               batch, progress, decoder=decoder, previewer=previewer, unet=unet)
+                                               batch, progress, decoder=decoder, previewer=previewer, unet=runs)
             yield list(zip(images, batch_seeds))
+
+
+def unet_with_loras(unet, components: ModelComponents, uses, infos, progress: Progress | None = None):
+    """The UNet stand-in that runs a batch with the LoRAs `uses` on (inside `apply_loras`, `infos`
+    its yield): for the OpenVINO runtime, the export of the UNet with them on at their weights
+    (`OpenVINOUNet.for_variant`: made once per LoRA set and weights, minutes for SD, then read
+    from the cache); torch's (None) is the components' own UNet, the LoRAs on it."""
+    if unet is None or not uses:
+        return unet
+    variant = lora_variant(components, uses, infos)
+    if variant and progress is not None and not OpenVINOUNet.exported(components.unet, components.source,
+                                                                       unet.folder.parent, variant):
+        progress(ProgressEvent("load", message=f"exporting the UNet with {variant['label']} to OpenVINO (once)"))
+    try:
+        return unet.for_variant(components.unet, variant)
+    except ExportFailed as exc:
+        raise BadRequest("runtime", f"openvino cannot run the UNet with these LoRAs: {exc}; "
+                                    "use --runtime torch or auto") from None
 
 
 def latent_shape(components: ModelComponents, width: int, height: int) -> tuple[int, int, int]:

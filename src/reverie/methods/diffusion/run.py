@@ -169,7 +169,7 @@ def on_runtimes(models: ModelCache, requests: list[GenerationRequest], component
                 prepared: PreparedInput, device: torch.device, dtype: torch.dtype
                 ) -> tuple[list[GenerationRequest], ModelComponents, dict]:
     """Requests for one model with their runtimes resolved, each as alone (`request_runtime`: a
-    LoRA's prompt runs on torch, the others on OpenVINO where auto picks it); their components
+    LoRA's prompt runs on torch under auto, the others on OpenVINO where auto picks it); their components
     (the torch UNet read again when any runs on torch); and each runtime's UNet stand-in
     ({"openvino": ...}; torch's is None: the components' own), the torch UNet let go while no
     request needs it. An export that fails (`ExportFailed`) is recorded, and the runtimes are
@@ -185,7 +185,9 @@ def on_runtimes(models: ModelCache, requests: list[GenerationRequest], component
             if attempt:
                 raise
     first = resolved[0]
-    if "torch" in unets:  # its weights read again if an OpenVINO request let them go
+    # Its weights are read again if an OpenVINO request let them go; LoRAs on OpenVINO need them
+    # too: their export is made from the torch UNet with the LoRAs on (`unet_with_loras`).
+    if "torch" in unets or any(asks_for_loras(request) for request in resolved):
         components = diffusion_model(models, first.model, device, dtype, first.weights)
     else:
         park_torch_unet(models, first, components, device, dtype)

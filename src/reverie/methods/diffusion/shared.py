@@ -40,7 +40,7 @@ from ...prompts.picture import prompt_plan
 from ...result import Result
 from ..registry import Share
 from ..rerank import scorer_from
-from .batches import denoise_batch, finish, prepare_input
+from .batches import denoise_batch, finish, prepare_input, unet_with_loras
 from .pipelines import circular_padding, memory_settings, vae_dtype_kept
 from .networks import batch_prompts
 from .request import GenerationRequest
@@ -249,9 +249,10 @@ def _run_pass(group: list[Piece], jobs: list[_Job], components, prepared, device
     request = jobs[group[0].share].request
     try:
         with memory_settings(components, bool(request.vae_tiling), request.attention_slicing), \
-                apply_loras(components, list(group[0].uses)):
+                apply_loras(components, list(group[0].uses)) as infos:
+            unet = unet_with_loras(unets.get(request.runtime), components, list(group[0].uses), infos, progress)
             pictures = denoise_batch(request, components, prepared, seeds, cond, uncond, device, dtype,
-                                     group[0].batch, progress, unet=unets.get(request.runtime), decoder=decoder)
+                                     group[0].batch, progress, unet=unet, decoder=decoder)
     except Interrupted:
         for share in progress.shares:
             share.stopped = True
