@@ -373,7 +373,8 @@ def test_a_shared_pass_with_a_lora_request_has_its_torch_unet_back(tmp_path, tin
 def test_a_lora_on_openvino_runs_an_export_of_its_own_beside_the_models(tmp_path, tiny_folder, models, monkeypatch):
     """`--runtime openvino` with a LoRA: the UNet with the LoRA on, at its weight, exported once
     into an entry of its own (the model's stays), its picture torch's with the LoRA, not the
-    base's; another weight is another export; a fresh process reads them from the cache."""
+    base's; another weight is another export; a fresh process reads them from the cache; the
+    least recently run go past VARIANTS_KEPT; no export starts without the memory for it."""
     _openvino()
     from reverie.studio import Studio
 
@@ -405,6 +406,17 @@ def test_a_lora_on_openvino_runs_an_export_of_its_own_beside_the_models(tmp_path
     assert np.array_equal(np.asarray(again.image), np.asarray(on_openvino.image))
     unet = fresh.models.find(lambda key: key[0] == "openvino-unet")
     assert unet.exports == 0 and unet._sibling.exports == 0  # both read from the cache
+    assert len(list(entries.iterdir())) == 3
+
+    # Each weight is an export the UNet's size: a model keeps its VARIANTS_KEPT most recently run.
+    made(lora | {"prompt": "a red circle <lora:paper-cut:0.6>"}, "openvino", "third", on=fresh)
+    labels = sorted(str(json.loads((entry / "done.json").read_text())["label"]) for entry in entries.iterdir())
+    assert labels == ["<lora:paper-cut:0.6>", "<lora:paper-cut:0.8>", "None"]  # 0.4 ran least recently
+
+    monkeypatch.setattr(openvino_runtime, "available_memory", lambda device: 2**20)
+    with pytest.raises(BadRequest, match="openvino cannot run the UNet with these LoRAs: its export needs about "
+                                         r"[0-9.]+ GiB of free memory, and 0.0 GiB is"):
+        made(lora | {"prompt": "a red circle <lora:paper-cut:0.2>"}, "openvino", "no-memory", on=fresh)
     assert len(list(entries.iterdir())) == 3
 
 

@@ -56,7 +56,7 @@ from typing import Callable
 
 import torch
 
-from ..device import file_pages_dropped
+from ..device import available_memory, file_pages_dropped
 from ..errors import BadRequest
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,9 @@ COMPILED_BYTES = 512 * 2**20
 COMPILED_DIR = "compiled"
 STORED_SHAPES = 16
 EXPORT_DISK_MARGIN = 1.1  # free disk an export wants, in the UNet's weight bytes (the IR's .bin, its graph, room)
+# A model's LoRA sets exported (`for_variant`) kept on disk beside its own export, the newest
+# made: each is the UNet's size (1.7 GB for SD 1.5 in bf16), and every new weight is another.
+VARIANTS_KEPT = 2
 ABANDONED_AFTER_S = 6 * 3600  # a partial export this old was left by a process that died (an export takes minutes)
 IR_NAME = "unet.xml"
 DONE_NAME = "done.json"
@@ -219,9 +222,10 @@ _failed_exports: dict[Path, str] = {}  # cache entries whose export failed in th
 
 def export_blocked(unet, source: str = "", cache: Path | None = None, variant: dict | None = None) -> str | None:
     """Why the UNet's export cannot be had, or None: it failed earlier in this process (it
-    would fail again, and take as long), or, not made yet, it would not fit on the cache
-    folder's disk. The disk is not asked for UNets not read from a file (their fingerprint
-    would hash every weight; such models are small or being trained)."""
+    would fail again, and take as long), or, not made yet, it would not fit in free memory
+    (AUTO_MEMORY_FACTOR times the UNet's bytes: the exporter's peak) or on the cache folder's
+    disk. Neither is asked for UNets not read from a file (their fingerprint would hash every
+    weight; such models are small or being trained)."""
     cache = cache or openvino_cache_dir()
     if _failed_exports:
         failed = _failed_exports.get(cache / weights_fingerprint(unet, source, variant))
@@ -229,8 +233,12 @@ def export_blocked(unet, source: str = "", cache: Path | None = None, variant: d
             return f"its export failed earlier in this process ({failed})"
     if not reloadable(source) or OpenVINOUNet.exported(unet, source, cache, variant):
         return None
-    need = sum(p.numel() for name, p in unet.named_parameters() if ".lora_" not in name) * unet.dtype.itemsize \
-        * EXPORT_DISK_MARGIN
+    weights = sum(p.numel() for name, p in unet.named_parameters() if ".lora_" not in name) * unet.dtype.itemsize
+    memory = available_memory(torch.device("cpu"))
+    if memory < weights * AUTO_MEMORY_FACTOR:
+        return (f"its export needs about {weights * AUTO_MEMORY_FACTOR / 2**30:.1f} GiB of free memory, and "
+                f"{memory / 2**30:.1f} GiB is")
+    need = weights * EXPORT_DISK_MARGIN
     free = shutil.disk_usage(next(folder for folder in (cache, *cache.parents) if folder.exists())).free
     if free >= need:
         return None
@@ -241,7 +249,8 @@ def export_blocked(unet, source: str = "", cache: Path | None = None, variant: d
 def drop_replaced(folder: Path) -> list[Path]:
     """Remove the cache entries beside `folder` made for the same source path, dtype and variant
     label as it (older exports of that model: see the module docstring; the model's own export
-    and its LoRA variants stay side by side), and partial exports abandoned by a
+    and its LoRA variants stay side by side, the newest VARIANTS_KEPT of these), and partial
+    exports abandoned by a
     process that died midway (killed for memory: an export's peak is several times the UNet's
     size); the folders removed."""
     removed = []
@@ -258,16 +267,25 @@ def drop_replaced(folder: Path) -> list[Path]:
         return removed
     if not made.get("source"):
         return removed  # weights that came from no file: their entry is named by their hash alone
+    variants = []
     for entry in folder.parent.iterdir():
         if entry == folder or not entry.is_dir() or entry in removed:
             continue
         try:
             other = json.loads((entry / DONE_NAME).read_text())
+            run_at = (entry / DONE_NAME).stat().st_mtime_ns  # made, or last run (`load`)
         except (OSError, ValueError):
             continue
-        if isinstance(other, dict) and _same_model(other, made):
+        if not isinstance(other, dict):
+            continue
+        if _same_model(other, made):
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry)
+        elif made.get("label") and other.get("label") and _same_model(other | {"label": made["label"]}, made):
+            variants.append((run_at, entry))  # another LoRA set of the model
+    for _, entry in sorted(variants, reverse=True)[max(0, VARIANTS_KEPT - 1):]:  # the least recently run
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
     if removed:
         log.info("removed %d older OpenVINO export(s) of %s", len(removed), made["source"])
     return removed
@@ -405,6 +423,8 @@ class OpenVINOUNet:
             raise ExportFailed(_failed_exports[folder]) from exc
         if wrapper.exports:
             drop_replaced(folder)
+        elif variant:
+            (folder / DONE_NAME).touch()  # run now: the variants kept are the most recently run
         return wrapper
 
     def for_variant(self, unet, variant: dict | None) -> "OpenVINOUNet":
