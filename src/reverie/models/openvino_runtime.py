@@ -281,7 +281,7 @@ def drop_replaced(folder: Path) -> list[Path]:
         if _same_model(other, made):
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry)
-        elif made.get("label") and other.get("label") and _same_model(other | {"label": made["label"]}, made):
+        elif made.get("label") and other.get("label") and _same_model(other, made, keys=("source", "dtype")):
             variants.append((run_at, entry))  # another LoRA set of the model
     for _, entry in sorted(variants, reverse=True)[max(0, VARIANTS_KEPT - 1):]:  # the least recently run
         shutil.rmtree(entry, ignore_errors=True)
@@ -291,10 +291,11 @@ def drop_replaced(folder: Path) -> list[Path]:
     return removed
 
 
-def _same_model(entry: dict, made: dict) -> bool:
+def _same_model(entry: dict, made: dict, keys: tuple[str, ...] = ("source", "dtype", "label")) -> bool:
     """Whether two entries' markers name one model file, dtype and variant (the LoRAs by name and
-    weight: a LoRA file changed since is the same variant, exported again)."""
-    return all(entry.get(key) == made.get(key) for key in ("source", "dtype", "label"))
+    weight: a LoRA file changed since is the same variant, exported again); with `keys`
+    ("source", "dtype"), one model file and dtype, whatever their variants."""
+    return all(entry.get(key) == made.get(key) for key in keys)
 
 
 class _Traceable(torch.nn.Module):
@@ -427,23 +428,28 @@ class OpenVINOUNet:
             (folder / DONE_NAME).touch()  # run now: the variants kept are the most recently run
         return wrapper
 
-    def for_variant(self, unet, variant: dict | None) -> "OpenVINOUNet":
+    def for_variant(self, unet, variant: dict | None,
+                    exporting: Callable[[str], None] | None = None) -> "OpenVINOUNet":
         """The export that runs the torch `unet` as it is now, LoRAs on (`variant`, from
         `lora.lora_variant`; None: this export itself): this model's variant, exported once
         into a cache entry of its own beside the model's and read from there by later
-        processes. The last variant run is kept; it and the model's export take turns holding
-        compiled shapes (each SD 1.5 shape holds the UNet's weights again). An export that
-        fails or would not fit on disk is an `ExportFailed` with the reason."""
+        processes; `exporting` is told its label first when it is to be made. The last variant
+        run is kept (a batch with the same LoRAs finds it without reading the cache); it and
+        the model's export take turns holding compiled shapes (each SD 1.5 shape holds the
+        UNet's weights again). An export that fails or would not fit in memory or on disk is
+        an `ExportFailed` with the reason."""
         if not variant:
             return self
         cache = self.folder.parent
         with self._lock:
             kept = self._sibling
-            if kept is not None and kept.folder == cache / weights_fingerprint(unet, self.source, variant):
+            if kept is not None and kept.variant == variant:  # the same LoRA files at the same weights
                 return kept
             blocked = export_blocked(unet, self.source, cache, variant)
             if blocked:
                 raise ExportFailed(blocked)
+            if exporting is not None and not OpenVINOUNet.exported(unet, self.source, cache, variant):
+                exporting(variant["label"])
             made = OpenVINOUNet.load(unet, self.source, cache, variant)
             made._sibling = self
             self._sibling = made

@@ -19,7 +19,7 @@ from ...models.cache import ModelCache
 from ...errors import BadRequest
 from ...models.components import ModelComponents
 from ...models.lora import apply_loras, lora_variant
-from ...models.openvino_runtime import ExportFailed, OpenVINOUNet
+from ...models.openvino_runtime import ExportFailed
 from ...models.step_cache import step_cache
 from ...models.tiny_decoder import tiny_decode
 from ...models.weight_storage import storage_dtype
@@ -234,12 +234,13 @@ def unet_with_loras(unet, components: ModelComponents, uses, infos, progress: Pr
     from the cache); torch's (None) is the components' own UNet, the LoRAs on it."""
     if unet is None or not uses:
         return unet
-    variant = lora_variant(components, uses, infos)
-    if variant and progress is not None and not OpenVINOUNet.exported(components.unet, components.source,
-                                                                       unet.folder.parent, variant):
-        progress(ProgressEvent("load", message=f"exporting the UNet with {variant['label']} to OpenVINO (once)"))
+
+    def exporting(label: str) -> None:
+        if progress is not None:
+            progress(ProgressEvent("load", message=f"exporting the UNet with {label} to OpenVINO (once)"))
+
     try:
-        return unet.for_variant(components.unet, variant)
+        return unet.for_variant(components.unet, lora_variant(components, uses, infos), exporting)
     except ExportFailed as exc:
         raise BadRequest("runtime", f"openvino cannot run the UNet with these LoRAs: {exc}; "
                                     "use --runtime torch or auto") from None
