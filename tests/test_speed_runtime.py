@@ -372,9 +372,10 @@ def test_a_shared_pass_with_a_lora_request_has_its_torch_unet_back(tmp_path, tin
 
 def test_a_lora_on_openvino_runs_an_export_of_its_own_beside_the_models(tmp_path, tiny_folder, models, monkeypatch):
     """`--runtime openvino` with a LoRA: the UNet with the LoRA on, at its weight, exported once
-    into an entry of its own (the model's stays), its picture torch's with the LoRA, not the
-    base's; another weight is another export; a fresh process reads them from the cache; the
-    least recently run go past VARIANTS_KEPT; no export starts without the memory for it."""
+    into an entry of its own, its picture torch's with the LoRA, not the base's; the model's own
+    export is made only when a request runs without LoRAs, and stays beside it; another weight
+    is another export; a fresh process reads them from the cache; the least recently run go
+    past VARIANTS_KEPT; no export starts without the memory for it."""
     _openvino()
     from reverie.studio import Studio
 
@@ -388,14 +389,17 @@ def test_a_lora_on_openvino_runs_an_export_of_its_own_beside_the_models(tmp_path
     def made(request, runtime, name, on=studio):
         return on.run(request | {"runtime": runtime}, outdir=tmp_path / name, grid=False).images[0]
 
-    plain = made(base, "openvino", "plain")
+    def labels():
+        return sorted(str(json.loads((entry / "done.json").read_text())["label"]) for entry in entries.iterdir())
+
     on_torch, on_openvino = made(lora, "torch", "lora-torch"), made(lora, "openvino", "lora-ov")
     assert on_openvino.metadata["settings"]["runtime"] == "openvino"
     assert "<lora:paper-cut:0.8>" in on_openvino.parameters
     assert psnr(on_torch.image, on_openvino.image) > 40  # the LoRA ran, as torch runs it
+    assert labels() == ["<lora:paper-cut:0.8>"]  # the model's own export: not made, nothing ran it
+    plain = made(base, "openvino", "plain")
     assert psnr(plain.image, on_openvino.image) < psnr(on_torch.image, on_openvino.image) - 10
-    labels = sorted(str(json.loads((entry / "done.json").read_text())["label"]) for entry in entries.iterdir())
-    assert labels == ["<lora:paper-cut:0.8>", "None"]  # the model's export and the LoRA's, side by side
+    assert labels() == ["<lora:paper-cut:0.8>", "None"]  # the model's export and the LoRA's, side by side
 
     assert np.array_equal(np.asarray(made(base, "openvino", "plain-again").image), np.asarray(plain.image))
     made(lora | {"prompt": "a red circle <lora:paper-cut:0.4>"}, "openvino", "weaker")
@@ -405,13 +409,13 @@ def test_a_lora_on_openvino_runs_an_export_of_its_own_beside_the_models(tmp_path
     again = made(lora, "openvino", "fresh", on=fresh)
     assert np.array_equal(np.asarray(again.image), np.asarray(on_openvino.image))
     unet = fresh.models.find(lambda key: key[0] == "openvino-unet")
-    assert unet.exports == 0 and unet._sibling.exports == 0  # both read from the cache
+    assert unet._sibling.exports == 0  # read from the cache
+    assert not unet.is_ready  # the model's own export: not even read, no batch ran without the LoRA
     assert len(list(entries.iterdir())) == 3
 
     # Each weight is an export the UNet's size: a model keeps its VARIANTS_KEPT most recently run.
     made(lora | {"prompt": "a red circle <lora:paper-cut:0.6>"}, "openvino", "third", on=fresh)
-    labels = sorted(str(json.loads((entry / "done.json").read_text())["label"]) for entry in entries.iterdir())
-    assert labels == ["<lora:paper-cut:0.6>", "<lora:paper-cut:0.8>", "None"]  # 0.4 ran least recently
+    assert labels() == ["<lora:paper-cut:0.6>", "<lora:paper-cut:0.8>", "None"]  # 0.4 ran least recently
 
     monkeypatch.setattr(openvino_runtime, "available_memory", lambda device: 2**20)
     with pytest.raises(BadRequest, match="openvino cannot run the UNet with these LoRAs: its export needs about "

@@ -6,7 +6,8 @@ OpenVINO computes it nowhere else), the UNet SD's or reverie-mini's, read from a
 folder, and the request asks for nothing that changes the UNet's weights or layers as it runs:
 LoRAs, seamless tiles; else torch: `resolve_runtime`). A request that asks for `openvino` and
 LoRAs runs an export of its own: the UNet traced with those LoRAs on at those weights (a
-variant of the model's entry, `OpenVINOUNet.for_variant`).
+variant of the model's entry, `OpenVINOUNet.for_variant`); the model's own export is then
+made only if one of its batches runs without LoRAs (`OpenVINOUNet.named`, then `ready`).
 
 The UNet is exported once per model to OpenVINO's IR (`ov.convert_model` on the torch UNet,
 with dynamic batch, latent size and prompt length), saved under the cache folder
@@ -393,7 +394,12 @@ class OpenVINOUNet:
         self.compiles = 0
         self._compiled: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
+        self._ready_lock = threading.Lock()
+        self._core = None  # OpenVINO's, once the export is made and read (`ready`)
         self._sibling: OpenVINOUNet | None = None  # the variant last run, or for a variant its base
+        # What the export will weigh, for the model cache before it is made (LoRA adapters are not exported)
+        self._unet_bytes = sum(p.numel() for name, p in unet.named_parameters() if ".lora_" not in name) \
+            * unet.dtype.itemsize if isinstance(unet, torch.nn.Module) else 0
 
     @staticmethod
     def exported(unet, source: str = "", cache: Path | None = None, variant: dict | None = None) -> bool:
@@ -404,56 +410,82 @@ class OpenVINOUNet:
     def load(cls, unet, source: str = "", cache: Path | None = None, variant: dict | None = None) -> "OpenVINOUNet":
         """The UNet's export from the cache, made first when missing or unreadable. `variant`
         (with a `label`) names what else runs in `unet` as it is now: LoRAs on, at their weights."""
-        folder = (cache or openvino_cache_dir()) / weights_fingerprint(unet, source, variant)
-        wrapper = cls(unet, folder, source, variant)
-        label = (variant or {}).get("label")
-        try:
-            if not _entry_ok(folder):
-                export_unet(unet, folder, source, label)
-                wrapper.exports += 1
+        return cls.named(unet, source, cache, variant).ready(unet)
+
+    @classmethod
+    def named(cls, unet, source: str = "", cache: Path | None = None, variant: dict | None = None) -> "OpenVINOUNet":
+        """The stand-in for the UNet's export, neither made nor read yet: `ready` does that when
+        it is first needed (a request whose batches all run LoRAs never needs the model's own)."""
+        return cls(unet, (cache or openvino_cache_dir()) / weights_fingerprint(unet, source, variant), source, variant)
+
+    @property
+    def is_ready(self) -> bool:
+        """Whether the export is made and read (`ready`)."""
+        return self._core is not None
+
+    def ready(self, unet) -> "OpenVINOUNet":
+        """This export, made from the torch `unet` first when missing or unreadable, then read;
+        an export that fails is an `ExportFailed` (and `export_blocked` says so from then on)."""
+        with self._ready_lock:
+            if self._core is not None:
+                return self
+            folder, label = self.folder, (self.variant or {}).get("label")
             try:
-                wrapper._read()
-            except Exception as exc:  # a damaged entry with a good marker: export again, once
-                log.warning("the OpenVINO export in %s could not be read (%s); exporting it again", folder, exc)
-                export_unet(unet, folder, source, label)
-                wrapper.exports += 1
-                wrapper._read()
-        except Exception as exc:  # the exporter meets a layer it cannot trace, a full disk, ...
-            _failed_exports[folder] = f"{type(exc).__name__}: {exc}"[:300]
-            log.warning("the UNet could not be exported to OpenVINO: %s", _failed_exports[folder])
-            raise ExportFailed(_failed_exports[folder]) from exc
-        if wrapper.exports:
-            drop_replaced(folder)
-        elif variant:
-            (folder / DONE_NAME).touch()  # run now: the variants kept are the most recently run
-        return wrapper
+                if not _entry_ok(folder):
+                    export_unet(unet, folder, self.source, label)
+                    self.exports += 1
+                try:
+                    self._read()
+                except Exception as exc:  # a damaged entry with a good marker: export again, once
+                    log.warning("the OpenVINO export in %s could not be read (%s); exporting it again", folder, exc)
+                    export_unet(unet, folder, self.source, label)
+                    self.exports += 1
+                    self._read()
+            except Exception as exc:  # the exporter meets a layer it cannot trace, a full disk, ...
+                _failed_exports[folder] = f"{type(exc).__name__}: {exc}"[:300]
+                log.warning("the UNet could not be exported to OpenVINO: %s", _failed_exports[folder])
+                raise ExportFailed(_failed_exports[folder]) from exc
+            if self.exports:
+                drop_replaced(folder)
+            elif self.variant:
+                (folder / DONE_NAME).touch()  # run now: the variants kept are the most recently run
+        return self
 
     def for_variant(self, unet, variant: dict | None,
-                    exporting: Callable[[str], None] | None = None) -> "OpenVINOUNet":
+                    exporting: Callable[[str | None], None] | None = None) -> "OpenVINOUNet":
         """The export that runs the torch `unet` as it is now, LoRAs on (`variant`, from
-        `lora.lora_variant`; None: this export itself): this model's variant, exported once
-        into a cache entry of its own beside the model's and read from there by later
-        processes; `exporting` is told its label first when it is to be made. The last variant
+        `lora.lora_variant`; None: this export itself, made and read first if it was only
+        `named`): this model's variant, exported once into a cache entry of its own beside the
+        model's and read from there by later processes; `exporting` is told its label (None
+        for the model's own) first when it is to be made. The last variant
         run is kept (a batch with the same LoRAs finds it without reading the cache); it and
         the model's export take turns holding compiled shapes (each SD 1.5 shape holds the
         UNet's weights again). An export that fails or would not fit in memory or on disk is
         an `ExportFailed` with the reason."""
-        if not variant:
-            return self
         cache = self.folder.parent
+        if not variant:
+            if not self.is_ready:
+                self._check_and_announce(unet, cache, None, exporting)
+            return self.ready(unet)
         with self._lock:
             kept = self._sibling
             if kept is not None and kept.variant == variant:  # the same LoRA files at the same weights
                 return kept
-            blocked = export_blocked(unet, self.source, cache, variant)
-            if blocked:
-                raise ExportFailed(blocked)
-            if exporting is not None and not OpenVINOUNet.exported(unet, self.source, cache, variant):
-                exporting(variant["label"])
+            self._check_and_announce(unet, cache, variant, exporting)
             made = OpenVINOUNet.load(unet, self.source, cache, variant)
             made._sibling = self
             self._sibling = made
             return made
+
+    def _check_and_announce(self, unet, cache: Path, variant: dict | None,
+                            exporting: Callable[[str | None], None] | None) -> None:
+        """Before `unet`'s export (`variant`'s) is had: an `ExportFailed` when it cannot be
+        (`export_blocked`), and `exporting` told its label when it is to be made."""
+        blocked = export_blocked(unet, self.source, cache, variant)
+        if blocked:
+            raise ExportFailed(blocked)
+        if exporting is not None and not OpenVINOUNet.exported(unet, self.source, cache, variant):
+            exporting((variant or {}).get("label"))
 
     def _read(self):
         import openvino as ov
@@ -468,6 +500,8 @@ class OpenVINOUNet:
     def _compiled_for(self, shapes: tuple):
         import openvino as ov
 
+        if self._core is None:
+            raise RuntimeError(f"the OpenVINO export {self.folder.name} is not made yet (`ready` it first)")
         threads = torch.get_num_threads()
         key = (shapes, threads)
         with self._lock:
@@ -526,7 +560,7 @@ class OpenVINOUNet:
         try:
             return (self.folder / IR_NAME).with_suffix(".bin").stat().st_size
         except OSError:
-            return 0
+            return self._unet_bytes  # not made yet: about the UNet's own
 
     @property
     def stores_compiled(self) -> bool:

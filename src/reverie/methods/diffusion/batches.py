@@ -231,19 +231,22 @@ def unet_with_loras(unet, components: ModelComponents, uses, infos, progress: Pr
     """The UNet stand-in that runs a batch with the LoRAs `uses` on (inside `apply_loras`, `infos`
     its yield): for the OpenVINO runtime, the export of the UNet with them on at their weights
     (`OpenVINOUNet.for_variant`: made once per LoRA set and weights, minutes for SD, then read
-    from the cache); torch's (None) is the components' own UNet, the LoRAs on it."""
-    if unet is None or not uses:
+    from the cache), or without LoRAs the model's own export (made now if a request naming
+    LoRAs left it for later: `runtime_unet`); torch's (None) is the components' own UNet, the
+    LoRAs on it."""
+    if unet is None:
         return unet
 
-    def exporting(label: str) -> None:
+    def exporting(label: str | None) -> None:
         if progress is not None:
-            progress(ProgressEvent("load", message=f"exporting the UNet with {label} to OpenVINO (once)"))
+            with_loras = f" with {label}" if label else ""
+            progress(ProgressEvent("load", message=f"exporting the UNet{with_loras} to OpenVINO (once)"))
 
     try:
-        return unet.for_variant(components.unet, lora_variant(components, uses, infos), exporting)
+        return unet.for_variant(components.unet, lora_variant(components, uses, infos) if uses else None, exporting)
     except ExportFailed as exc:
-        raise BadRequest("runtime", f"openvino cannot run the UNet with these LoRAs: {exc}; "
-                                    "use --runtime torch or auto") from None
+        what = "the UNet with these LoRAs" if uses else "this request"
+        raise BadRequest("runtime", f"openvino cannot run {what}: {exc}; use --runtime torch or auto") from None
 
 
 def latent_shape(components: ModelComponents, width: int, height: int) -> tuple[int, int, int]:

@@ -152,17 +152,19 @@ def unet_parameters(unet) -> int:
 def runtime_unet(models: ModelCache, request: GenerationRequest, components: ModelComponents, device: torch.device,
                  dtype: torch.dtype):
     """The UNet stand-in the request's runtime runs (None: the components' own torch UNet). The
-    OpenVINO export is kept in the shared cache beside the model, and on disk."""
+    OpenVINO export is kept in the shared cache beside the model, and on disk. A request naming
+    LoRAs gets it only named: its batches run exports of the UNet with their LoRAs on
+    (`unet_with_loras`), and the model's own is made only when one of them runs none."""
     if request.runtime != "openvino":
         return None
-
-    def load() -> OpenVINOUNet:
+    key = ("openvino-unet", request.model, str(device), str(components.unet.dtype))
+    runner = models.get(key, lambda: OpenVINOUNet.named(components.unet, components.source))
+    if not runner.is_ready and not asks_for_loras(request):
         unet = components.unet
         if unet_parked(unet) and not OpenVINOUNet.exported(unet, components.source):  # the export was removed
             unet = diffusion_model(models, request.model, device, dtype, request.weights).unet
-        return OpenVINOUNet.load(unet, components.source)
-
-    return models.get(("openvino-unet", request.model, str(device), str(components.unet.dtype)), load)
+        runner.ready(unet)
+    return runner
 
 
 def on_runtimes(models: ModelCache, requests: list[GenerationRequest], components: ModelComponents,
