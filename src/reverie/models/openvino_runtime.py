@@ -69,10 +69,13 @@ EXPORT_FORMAT = 2  # bump when the exported graph changes (inputs, wrapper)
 # stay on torch: an export and a compile per shape would cost more than their steps.
 AUTO_MIN_PARAMETERS = 10_000_000
 # `auto` takes OpenVINO only with this many times the UNet's bytes free (`free_bytes`): on the
-# first request the torch UNet and its export are in memory at once (measured peak 11.8-12.6
-# GiB for SD 1.5 in fp32, against 5.3-6.0 for torch alone; 7.3 GiB for the bf16 export). Later
-# the torch UNet leaves memory while the export serves (methods/diffusion/run.py).
-AUTO_MEMORY_FACTOR = 3
+# first request the torch UNet and its export are in memory at once, then the torch UNet leaves
+# while the export serves (methods/diffusion/run.py). Measured in a fresh process, SD 1.5 in
+# fp32, a 2-step 512 px picture (benchmarks/first_request_memory.py, two runs): 6.78-7.13 GiB
+# peak with the export made and compiled, 5.71-5.81 on torch: OpenVINO's first request takes
+# 0.3-0.44 times the UNet's 3.2 GiB above torch's own.
+# (It was 3 while the export traced the UNet twice: 11.8-12.6 GiB then.)
+AUTO_MEMORY_FACTOR = 2
 # Input shapes kept compiled at once, each holding its own copy of the weights: as many as fit
 # in COMPILED_BYTES, and at least COMPILED_SHAPES (SD 1.5's two take 3.4 GiB in bf16; mini's 34
 # MB ones fit fifteen, for the studio's shared passes, whose batch size changes as jobs come and go).
@@ -224,7 +227,7 @@ _failed_exports: dict[Path, str] = {}  # cache entries whose export failed in th
 def export_blocked(unet, source: str = "", cache: Path | None = None, variant: dict | None = None) -> str | None:
     """Why the UNet's export cannot be had, or None: it failed earlier in this process (it
     would fail again, and take as long), or, not made yet, it would not fit in free memory
-    (AUTO_MEMORY_FACTOR times the UNet's bytes: the exporter's peak) or on the cache folder's
+    (AUTO_MEMORY_FACTOR times the UNet's bytes) or on the cache folder's
     disk. Neither is asked for UNets not read from a file (their fingerprint would hash every
     weight; such models are small or being trained)."""
     cache = cache or openvino_cache_dir()
