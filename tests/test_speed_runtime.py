@@ -56,6 +56,8 @@ def test_runtime_resolution_says_why_not(monkeypatch):
     assert resolve_runtime("auto", cpu, fp32, parameters=10**9) == "openvino"
     assert resolve_runtime("auto", cpu, fp32, parameters=10**6) == "torch"  # a toy model: not worth an export
     assert resolve_runtime("auto", cpu, fp32, parameters=10**9, loras=True) == "torch"  # an export per LoRA set
+    assert resolve_runtime("auto", cpu, fp32, parameters=10**9, loras=True, loras_exported=lambda: False) == "torch"
+    assert resolve_runtime("auto", cpu, fp32, parameters=10**9, loras=True, loras_exported=lambda: True) == "openvino"
     assert resolve_runtime("openvino", cpu, fp32, loras=True) == "openvino"  # asked for: made
     with pytest.raises(BadRequest, match="tiles"):
         resolve_runtime("openvino", cpu, fp32, tile=True)
@@ -422,6 +424,46 @@ def test_a_lora_on_openvino_runs_an_export_of_its_own_beside_the_models(tmp_path
                                          r"[0-9.]+ GiB of free memory, and 0.0 GiB is"):
         made(lora | {"prompt": "a red circle <lora:paper-cut:0.2>"}, "openvino", "no-memory", on=fresh)
     assert len(list(entries.iterdir())) == 3
+
+
+def test_auto_runs_a_lora_set_on_openvino_once_its_export_is_made(tmp_path, tiny_folder, models, monkeypatch):
+    """`auto` makes no export for a LoRA set unasked, but runs one already made: after a request
+    with `--runtime openvino` exported the UNet with <lora:paper-cut:0.8> on, the same request
+    under auto runs that export (the same picture, nothing exported again); the same LoRA at
+    another weight, or a template whose other variant names one, has no export and stays on torch."""
+    _openvino()
+    from reverie.studio import Studio
+
+    monkeypatch.setattr(openvino_runtime, "AUTO_MIN_PARAMETERS", 0)  # auto takes OpenVINO for the tiny model
+    monkeypatch.setenv("REVERIE_CACHE", str(tmp_path / "cache"))
+    entries = tmp_path / "cache" / "openvino"
+    lora = dict(prompt="a red circle <lora:paper-cut:0.8>", model=str(tiny_folder), width=64, height=64, steps=3,
+                seed=5, n_samples=1, dtype="fp32", upscale=1, device="cpu")
+    studio = Studio(device="cpu")
+
+    def made(request, runtime, name, on=studio):
+        return on.run(request | {"runtime": runtime}, outdir=tmp_path / name, grid=False).images
+
+    before, = made(lora, "auto", "before")
+    assert before.metadata["settings"]["runtime"] == "torch"  # no export of the set yet: none made unasked
+    assert not entries.exists() or not any(entries.iterdir())
+    asked, = made(lora, "openvino", "asked")
+    exported = sorted(entries.iterdir())
+
+    fresh = Studio(device="cpu")
+    after, = made(lora, "auto", "after", on=fresh)
+    assert after.metadata["settings"]["runtime"] == "openvino"
+    assert np.array_equal(np.asarray(after.image), np.asarray(asked.image))  # the export made for the request that asked
+    assert fresh.models.find(lambda key: key[0] == "openvino-unet")._sibling.exports == 0
+    assert sorted(entries.iterdir()) == exported
+
+    weaker, = made(lora | {"prompt": "a red circle <lora:paper-cut:0.4>"}, "auto", "weaker", on=fresh)
+    assert weaker.metadata["settings"]["runtime"] == "torch"
+    # A picture per variant: the second's set (0.3) has no export, so the whole request stays on torch.
+    template = "{a red circle <lora:paper-cut:0.8>|a red circle <lora:paper-cut:0.3>}"
+    mixed = made(lora | {"prompt": template, "combinatorial": True}, "auto", "mixed", on=fresh)
+    assert len(mixed) == 2 and {image.metadata["settings"]["runtime"] for image in mixed} == {"torch"}
+    assert sorted(entries.iterdir()) == exported
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])

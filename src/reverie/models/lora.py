@@ -334,7 +334,17 @@ def lora_variant(components: ModelComponents, uses, infos: list[LoraInfo]) -> di
     None when none is (weights 0, or LoRAs for the text encoder only). It names the OpenVINO
     export of the UNet as it runs then (models/openvino_runtime.py, `OpenVINOUNet.for_variant`)."""
     on = _adapters(components.unet)
-    running = [(use, info) for use, info in zip(uses, infos) if use.unet and adapter_name(info) in on]
+    return _variant([(use, info) for use, info in zip(uses, infos) if use.unet and adapter_name(info) in on])
+
+
+def planned_variant(uses) -> dict | None:
+    """`lora_variant` before the LoRAs `uses` are loaded: every one at a UNet weight other than 0.
+    A LoRA without UNet layers is in it, where `lora_variant` leaves it out, so a set holding one
+    never names an export that was made: the mistake falls on the side of not finding one."""
+    return _variant([(use, lora_info(find_lora(use.name))) for use in uses if use.unet])
+
+
+def _variant(running: list[tuple]) -> dict | None:
     if not running:
         return None
     return {"label": " ".join(f"<lora:{use.name}:{use.unet:g}>" for use, _ in running),

@@ -128,6 +128,7 @@ def why_not_openvino(device: torch.device, dtype: torch.dtype, *, sdxl: bool = F
 
 def resolve_runtime(name: str, device: torch.device, dtype: torch.dtype, *, parameters: int = AUTO_MIN_PARAMETERS,
                     from_file: bool = True, free_bytes: int | None = None, loras: bool = False,
+                    loras_exported: Callable[[], bool] | None = None,
                     export_blocked: Callable[[], str | None] | None = None, **request) -> str:
     """`torch` or `openvino` for a request asking for `name` (auto, torch, openvino); asking for
     openvino where it cannot run is a BadRequest that says why. `auto` takes OpenVINO only for
@@ -139,12 +140,14 @@ def resolve_runtime(name: str, device: torch.device, dtype: torch.dtype, *, para
     disk, says why the export cannot be had: it failed before, or would not fit on disk.
     A request with `loras` runs on OpenVINO only when it asks for it: its UNet, the LoRAs on at
     their weights, is an export of its own (minutes and the UNet's size on disk for SD, once
-    per LoRA set), which auto does not make unasked."""
+    per LoRA set), which auto does not make unasked; but where `loras_exported` (asked only
+    then) says that every LoRA set the request runs has its export made already, by an earlier
+    request that asked for openvino, auto takes it as it would without LoRAs."""
     if name == "torch":
         return "torch"
     reason = why_not_openvino(device, dtype, **request)
     if name == "auto" and not reason:
-        if parameters < AUTO_MIN_PARAMETERS or not from_file or loras:
+        if parameters < AUTO_MIN_PARAMETERS or not from_file or (loras and not (loras_exported and loras_exported())):
             return "torch"
         if free_bytes is not None and free_bytes < parameters * dtype.itemsize * AUTO_MEMORY_FACTOR:
             return "torch"  # the export and the compiled copy beside the torch UNet would not fit

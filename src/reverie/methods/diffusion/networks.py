@@ -12,7 +12,7 @@ from ...models.components import ModelComponents
 from ...models.embeddings import embedding_names_in, list_embeddings, read_embedding, use_embeddings
 from ...models.lora import find_lora, lora_info
 from ...prompts.extra_networks import LoraUse, extract_pair
-from ...prompts.picture import PicturePrompt
+from ...prompts.picture import PicturePrompt, prompt_plan
 
 
 def batch_prompts(components: ModelComponents, prompts: list[PicturePrompt]) -> tuple[list[tuple[str, str]], list[LoraUse]]:
@@ -27,6 +27,14 @@ def batch_prompts(components: ModelComponents, prompts: list[PicturePrompt]) -> 
         texts += [prompt, negative]
     texts, _ = use_embeddings(components, texts)  # the embeddings folder read once for the batch
     return list(zip(texts[0::2], texts[1::2])), uses or []
+
+
+def lora_sets(request) -> set[tuple[LoraUse, ...]]:
+    """The LoRA sets `request`'s pictures ask for (each as its prompt names them; () for a
+    picture without): the template's variant and styles of each seed, as its batch will read it."""
+    plan = prompt_plan(request)
+    return {tuple(extract_pair(prompt.prompt, prompt.negative_prompt)[2])
+            for prompt in map(plan, request.image_seeds())}
 
 
 def _tags(uses: list[LoraUse]) -> str:

@@ -27,6 +27,7 @@ from ...models.cache import ModelCache
 from ...models.components import ModelComponents
 from ...models.openvino_runtime import (ExportFailed, OpenVINOUNet, export_blocked, reloadable, resolve_runtime,
                                          why_not_openvino)
+from ...models.lora import planned_variant
 from ...models.registry import default_model, load_model
 from ...models.weight_storage import storage_dtype, store_weights
 from ...models.tiny_decoder import check_decoder_fits, find_tiny_decoder, load_tiny_decoder
@@ -39,7 +40,7 @@ from ...result import GeneratedImage, Result
 from ...samplers import get_sampler
 from ..rerank import best_candidates, scorer_from
 from ..upscale.pictures import upscaler_name
-from .networks import network_fields
+from .networks import lora_sets, network_fields
 from .batches import PreparedInput, finish, prepare_input, run_batches
 from .request import IMAGE_MODES, GenerationRequest
 
@@ -141,7 +142,17 @@ def request_runtime(request: GenerationRequest, components: ModelComponents, pre
                            cast_weights=storage_dtype(request.weights, dtype) != dtype,
                            parameters=unet_parameters(components.unet), from_file=reloadable(components.source),
                            free_bytes=available_memory(device),
+                           loras_exported=lambda: lora_exports_made(request, components),
                            export_blocked=lambda: export_blocked(components.unet, components.source))
+
+
+def lora_exports_made(request: GenerationRequest, components: ModelComponents) -> bool:
+    """Whether every LoRA set the request's pictures (and best-of candidates) run, at their UNet
+    weights, has its OpenVINO export of this model made already (`unet_with_loras` reads it)."""
+    candidates = request.model_copy(update={"n_iter": request.n_iter * request.rerank})
+    variants = [planned_variant(uses) for uses in lora_sets(candidates)]
+    return all(OpenVINOUNet.exported(components.unet, components.source, variant=variant)
+               for variant in variants if variant)
 
 
 def unet_parameters(unet) -> int:
@@ -171,7 +182,8 @@ def on_runtimes(models: ModelCache, requests: list[GenerationRequest], component
                 prepared: PreparedInput, device: torch.device, dtype: torch.dtype
                 ) -> tuple[list[GenerationRequest], ModelComponents, dict]:
     """Requests for one model with their runtimes resolved, each as alone (`request_runtime`: a
-    LoRA's prompt runs on torch under auto, the others on OpenVINO where auto picks it); their components
+    LoRA's prompt runs on torch under auto until its LoRA sets' exports are made, the others on
+    OpenVINO where auto picks it); their components
     (the torch UNet read again when any runs on torch); and each runtime's UNet stand-in
     ({"openvino": ...}; torch's is None: the components' own), the torch UNet let go while no
     request needs it. An export that fails (`ExportFailed`) is recorded, and the runtimes are
