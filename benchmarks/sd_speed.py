@@ -35,7 +35,8 @@ openvino_bf16 (the same in bf16: bf16 weights and compute), lcm_lora (reverie's 
 random-weight LoRA shaped as LCM-LoRA for SD 1.5 is, rank 64 on the attention, feed-forward and
 ResNet layers (kohya keys, written once beside the folder), run as LCM-LoRA is: the lcm sampler,
 4 steps, CFG 1, so one UNet evaluation a step: another picture, its PSNR not comparable; the
-LoRA keeps `auto` on torch), lcm_lora_openvino (the same with `--runtime openvino`: the UNet
+LoRA keeps `auto` on torch until the set's export is made: after a lcm_lora_openvino run into the
+same $REVERIE_CACHE, auto runs that export), lcm_lora_openvino (the same with `--runtime openvino`: the UNet
 with the LoRA on, exported once as a variant of the model's export).
 """
 
