@@ -292,3 +292,26 @@ def test_a_txt2img_request_imports_only_the_diffusion_method():
     assert "reverie.methods.diffusion" in loaded
     for other in ("style", "video", "grid", "training_lora"):
         assert f"reverie.methods.{other}" not in loaded
+
+
+def test_the_command_freezes_its_imports_and_a_program_importing_reverie_keeps_its_collector(monkeypatch, capsys,
+                                                                                              tmp_path):
+    """collector.py: in a process the `reverie` command owns, a method's imports (torch,
+    diffusers...) run with the collector paused and are frozen after, the collector running
+    again; in a program that imports reverie (here, before it claims the process) nothing is
+    frozen, and an in-process `reverie generate` (this test process's, run_cli) freezes nothing."""
+    printed = _fresh_python(
+        "import gc\nfrom reverie import collector\nfrom reverie.methods.registry import import_run\n"
+        "with collector.long_lived():\n    import json\n"
+        "print(gc.get_freeze_count())\n"
+        "collector.own_process()\nimport_run('txt2img')\n"
+        "import sys\nprint(gc.get_freeze_count(), gc.isenabled(), 'diffusers' in sys.modules)", timeout=300)
+    before, (frozen, enabled, imported) = printed.split()[0], printed.split()[1:]
+    assert before == "0"
+    assert int(frozen) > 100_000 and enabled == "True" and imported == "True"
+
+    import gc
+
+    code, _, err = run_cli(monkeypatch, capsys, "generate", "a red apple", *TINY, "--outdir", str(tmp_path))
+    assert code == 0, err
+    assert gc.get_freeze_count() == 0 and gc.isenabled()

@@ -1,5 +1,5 @@
 """`python -m reverie ...`: the same as the `reverie` command."""
 
-from .cli import main
+from .cli import entry
 
-main()
+entry()

@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
+from .collector import at_exit, own_process
 from .errors import ReverieError
 from .terminal import progress_bar
 
@@ -505,5 +506,15 @@ def main() -> None:
         exc.show()
         sys.exit(getattr(exc, "exit_code", 2))
 
+def entry() -> None:
+    """The `reverie` command: `main` in a process of its own (collector.py: its big imports are
+    frozen, and its shutdown does not walk them again)."""
+    own_process()
+    try:
+        main()
+    finally:
+        at_exit()
+
+
 if __name__ == "__main__":
-    main()
+    entry()

@@ -161,12 +161,13 @@ class Studio:
         `should_stop()` ends the run early with what was finished (`result.interrupted`).
         `previews` asks for live preview pictures in the progress events.
         """
-        from .methods.registry import method_for
+        from .methods.registry import import_run, method_for
 
         request = self._on_device(make_request(request))
         if request.made >= request.picture_count():
             return Result(request=request)  # an earlier run made every picture (`made`)
         outputs = Outputs(outdir, grid, run_folder)
+        import_run(request.mode)
         return method_for(request.mode).run(request, self.models, Progress(progress, should_stop, previews), outputs)
 
     def batch_key(self, request: BaseRequest | dict):
@@ -185,7 +186,7 @@ class Studio:
         pictures are the ones it makes alone, bit for bit. `runs`: one dict per request, with
         `request` and `run`'s keyword arguments (outdir, grid, run_folder, progress, should_stop,
         previews). Returns each request's Result, or the error that ended it alone."""
-        from .methods.registry import Share, method_for
+        from .methods.registry import Share, import_run, method_for
 
         shares = []
         for each in runs:
@@ -193,6 +194,7 @@ class Studio:
             shares.append(Share(request, Progress(each.get("progress", no_progress), each.get("should_stop", should_never_stop),
                                                   each.get("previews", False)),
                                 Outputs(each.get("outdir"), each.get("grid", True), each.get("run_folder"))))
+        import_run(shares[0].request.mode)
         method = method_for(shares[0].request.mode)
         method.run_shared(shares, self.models, limit)
         return [share.error if share.error is not None else share.result for share in shares]

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
 from dataclasses import dataclass
 from functools import cache
 from typing import Callable
 
+from ..collector import long_lived
 from ..errors import BadRequest
 from ..request import BaseRequest
 
@@ -87,10 +89,24 @@ def import_runs() -> None:
     thread. Registering a method imports only its request (no torch: a front end that queues
     jobs for other machines never needs it); a process about to run jobs from several threads
     calls this first, since diffusers' lazy imports fail when two threads race through them.
-    A package small enough to keep its run in `__init__.py` has nothing more to import."""
-    for package in PACKAGES:
-        if importlib.util.find_spec(package + ".run") is not None:
-            importlib.import_module(package + ".run")
+    A package small enough to keep its run in `__init__.py` has nothing more to import. The
+    imports' objects are kept as long-lived ones (collector.py)."""
+    with long_lived():
+        for package in PACKAGES:
+            _import_run(package)
+
+
+def import_run(mode: str) -> None:
+    """Import the `run` module of the method serving `mode` now, if it is not yet, its objects
+    kept as long-lived ones (collector.py); the method would import it on its first run."""
+    with long_lived():
+        _import_run(_package_for(mode))
+
+
+def _import_run(package: str) -> None:
+    name = package + ".run"
+    if name not in sys.modules and importlib.util.find_spec(name) is not None:
+        importlib.import_module(name)
 
 
 @cache
@@ -98,15 +114,19 @@ def _method_of(package: str) -> Method:
     return importlib.import_module(package).METHOD
 
 
-def method_for(mode: str) -> Method:
-    """The method serving `mode`. Packages are imported in order only until one serves it, so a
-    txt2img request never imports dreaming, style transfer or video (seconds of imports on a
-    cold start); `methods()` imports them all and checks that no mode is served twice."""
+def _package_for(mode: str) -> str:
+    """The package of the method serving `mode`. Packages are imported in order only until one
+    serves it, so a txt2img request never imports dreaming, style transfer or video (seconds of
+    imports on a cold start); `methods()` imports them all and checks that no mode is served twice."""
     for package in PACKAGES:
-        method = _method_of(package)
-        if mode in method.modes:
-            return method
+        if mode in _method_of(package).modes:
+            return package
     raise BadRequest("mode", f"unknown mode {mode!r}; use one of {', '.join(modes())}")
+
+
+def method_for(mode: str) -> Method:
+    """The method serving `mode` (BadRequest naming the modes there are, for one none serves)."""
+    return _method_of(_package_for(mode))
 
 
 def make_request(fields: dict | BaseRequest | None = None, **more) -> BaseRequest:
