@@ -37,7 +37,8 @@ ResNet layers (kohya keys, written once beside the folder), run as LCM-LoRA is: 
 4 steps, CFG 1, so one UNet evaluation a step: another picture, its PSNR not comparable; the
 LoRA keeps `auto` on torch until the set's export is made: after a lcm_lora_openvino run into the
 same $REVERIE_CACHE, auto runs that export), lcm_lora_openvino (the same with `--runtime openvino`: the UNet
-with the LoRA on, exported once as a variant of the model's export).
+with the LoRA on, exported once as a variant of the model's export), lcm_lora_torch (the same with `--runtime
+torch`, for the side by side once the export is made).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ from pathlib import Path
 import numpy as np
 
 VARIANTS = ("diffusers", "auto", "torch", "fp16_weights", "bf16_weights", "channels_last", "bf16", "compile",
-            "compile_bf16", "openvino", "openvino_bf16", "lcm_lora", "lcm_lora_openvino")
+            "compile_bf16", "openvino", "openvino_bf16", "lcm_lora", "lcm_lora_openvino", "lcm_lora_torch")
 LCM = {"steps": 4, "cfg": 1.0, "sampler": "lcm"}  # how LCM-LoRA is run: few steps, no classifier-free guidance
 LCM_RANK = 64  # latent-consistency/lcm-lora-sdv1-5's rank
 PROMPT = "an astronaut lounging in a desert, expressive oil painting"
@@ -167,9 +168,9 @@ def child(args) -> dict:
 
         from reverie.methods.diffusion.run import diffusion_model
 
-        defaults = variant in ("auto", "lcm_lora", "lcm_lora_openvino")  # what a user gets without options
+        defaults = variant in ("auto", "lcm_lora", "lcm_lora_openvino", "lcm_lora_torch")  # dtype: what a user gets
         dtype = "bf16" if variant in ("bf16", "compile_bf16", "openvino_bf16") else ("auto" if cuda or defaults else "fp32")
-        runtime = "openvino" if "openvino" in variant else ("auto" if defaults else "torch")
+        runtime = "openvino" if "openvino" in variant else ("auto" if defaults and variant != "lcm_lora_torch" else "torch")
         weights = {"fp16_weights": "fp16", "bf16_weights": "bf16"}.get(variant, "auto")
         studio = Studio(device=args.device)
         if variant in ("channels_last", "compile", "compile_bf16"):  # the cached model, changed in place first

@@ -17,9 +17,11 @@ from test_server_api import FAST, make_client, wait_done
 TXT2IMG = {"model": "tiny-random", "n_samples": 1, **FAST}
 
 
-def write_kohya_lora(path, trigger: str | None = "sks", seed: int = 0):
+def write_kohya_lora(path, trigger: str | None = "sks", seed: int = 0, text: bool = False):
     """A kohya-format LoRA for tiny-random (lora_unet_..._to_q.lora_down.weight, .alpha), made as
-    kohya's trainer makes one: PEFT adapters on the UNet's attention, in diffusers' kohya names."""
+    kohya's trainer makes one: PEFT adapters on the UNet's attention, in diffusers' kohya names;
+    with `text`, also on the text encoder's attention (lora_te_text_model_encoder_layers_...),
+    as most LoRAs people share have."""
     from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
@@ -33,6 +35,12 @@ def write_kohya_lora(path, trigger: str | None = "sks", seed: int = 0):
         unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
         state = get_peft_model_state_dict(unet)
         tensors = convert_state_dict_to_kohya({f"unet.{k}": torch.randn_like(v) * 0.1 for k, v in state.items()})
+        for layer in range(2) if text else ():  # tiny-random's text encoder: 2 layers, 32 wide
+            for projection in ("q_proj", "k_proj", "v_proj", "out_proj"):
+                key = f"lora_te_text_model_encoder_layers_{layer}_self_attn_{projection}"
+                tensors[f"{key}.lora_down.weight"] = torch.randn(4, 32) * 0.3
+                tensors[f"{key}.lora_up.weight"] = torch.randn(32, 4) * 0.3
+                tensors[f"{key}.alpha"] = torch.tensor(4.0)
     path.parent.mkdir(parents=True, exist_ok=True)
     metadata = {"ss_network_module": "networks.lora"} | ({"modelspec.description": f"trigger: {trigger}"} if trigger else {})
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)

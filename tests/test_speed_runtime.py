@@ -372,6 +372,72 @@ def test_a_shared_pass_with_a_lora_request_has_its_torch_unet_back(tmp_path, tin
         assert np.array_equal(np.asarray(made.image), np.asarray(alone[name].image)), name
 
 
+def test_a_lora_with_text_layers_keeps_its_unet_layers_when_the_torch_unet_is_read_again(tmp_path, tiny_folder,
+                                                                                          monkeypatch):
+    """A LoRA with text-encoder and UNet layers (as most shared ones are) loaded, then the torch
+    UNet let go by an OpenVINO request and read again from the file: the LoRA's next picture
+    has its UNet layers on again, not only its text-encoder ones."""
+    _openvino()
+    from reverie.methods.diffusion import run
+    from reverie.studio import Studio
+    from test_lora_studio import write_kohya_lora
+
+    write_kohya_lora(tmp_path / "models" / "Lora" / "both.safetensors", text=True)
+    monkeypatch.setenv("REVERIE_MODELS", str(tmp_path / "models"))
+    monkeypatch.setattr(run, "PARK_MIN_BYTES", 0)  # the tiny UNet is let go as SD's is
+    base = dict(prompt="a red circle", model=str(tiny_folder), width=64, height=64, steps=3, seed=5, n_samples=1,
+                dtype="fp32", upscale=1, device="cpu")
+    lora = base | {"prompt": "a red circle <lora:both:1>", "runtime": "torch"}
+    studio = Studio(device="cpu")
+
+    def made(request, name, on=studio):
+        return np.asarray(on.run(request, outdir=tmp_path / name, grid=False).images[0].image)
+
+    first = made(lora, "first")
+    made(base | {"runtime": "openvino"}, "plain")  # lets the torch UNet go
+    again = made(lora, "again")  # reads it again, LoRA-less, and puts the LoRA back on it
+    assert np.array_equal(again, first)
+    text_only = made(lora | {"prompt": "a red circle <lora:both:0:1>"}, "text-only", on=Studio(device="cpu"))
+    assert psnr(first, text_only) < 40  # the UNet layers change the picture: their absence would show
+
+
+def test_a_lora_set_whose_export_is_made_runs_without_the_torch_unet(tmp_path, tiny_folder, monkeypatch):
+    """Memory (issue 22): once a LoRA set's export is made, a process running it on OpenVINO
+    never reads the torch UNet (LCM-LoRA on SD 1.5 held both, 5.6 GiB): only the LoRA's
+    text-encoder layers are loaded, and the picture is the one the exporting process made."""
+    _openvino()
+    from reverie.methods.diffusion import run
+    from reverie.methods.diffusion.run import unet_parked
+    from reverie.models import safetensors_stream
+    from reverie.studio import Studio
+    from test_lora_studio import write_kohya_lora
+
+    write_kohya_lora(tmp_path / "models" / "Lora" / "both.safetensors", text=True)
+    monkeypatch.setenv("REVERIE_MODELS", str(tmp_path / "models"))
+    monkeypatch.setenv("REVERIE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(run, "PARK_MIN_BYTES", 0)  # the tiny UNet stands for SD's
+    lora = dict(prompt="a red circle <lora:both:1>", model=str(tiny_folder), width=64, height=64, steps=3, seed=5,
+                n_samples=1, dtype="bf16", upscale=1, device="cpu", runtime="openvino")
+    first = Studio(device="cpu").run(lora, outdir=tmp_path / "first", grid=False).images[0]  # exports the set
+
+    read, real = [], safetensors_stream.read_narrowed
+    monkeypatch.setattr(safetensors_stream, "read_narrowed",
+                        lambda path, dtype: read.append(Path(path).parent.name) or real(path, dtype))
+    studio = Studio(device="cpu")  # a fresh process's model cache
+    again = studio.run(lora, outdir=tmp_path / "again", grid=False).images[0]
+    assert "unet" not in read
+    components = studio.models.find(lambda key: key[:2] == ("diffusion", str(tiny_folder)))
+    assert unet_parked(components.unet)
+    assert np.array_equal(np.asarray(again.image), np.asarray(first.image))  # the text layers on, as before
+    text_off = studio.run(lora | {"prompt": "a red circle <lora:both:1:0>"}, outdir=tmp_path / "text-off",
+                          grid=False).images[0]  # the same UNet export, the text layers off
+    assert "unet" not in read and psnr(text_off.image, first.image) < 40
+    studio.run(lora | {"prompt": "a red circle <lora:both:0.5>"}, outdir=tmp_path / "weaker", grid=False)
+    assert "unet" in read  # another UNet weight: its export is made from the torch UNet
+    on_torch = studio.run(lora | {"runtime": "torch"}, outdir=tmp_path / "torch", grid=False).images[0]
+    assert psnr(on_torch.image, first.image) > 30  # bf16 on torch and on OpenVINO: close, not equal
+
+
 def test_a_lora_on_openvino_runs_an_export_of_its_own_beside_the_models(tmp_path, tiny_folder, models, monkeypatch):
     """`--runtime openvino` with a LoRA: the UNet with the LoRA on, at its weight, exported once
     into an entry of its own, its picture torch's with the LoRA, not the base's; the model's own

@@ -74,3 +74,12 @@ class ModelComponents:
     @property
     def modules(self) -> tuple:
         return tuple(m for m in (self.unet, self.vae, self.text_encoder, self.text_encoder_2) if m is not None)
+
+
+def unet_parked(unet) -> bool:
+    """Whether the torch UNet's (or another module's) weights are not in memory: let go while its
+    OpenVINO export serves, or never read (methods/diffusion/run.py, `park_torch_unet`)."""
+    import torch
+
+    first = next(unet.parameters(), None) if isinstance(unet, torch.nn.Module) else None
+    return first is not None and first.is_meta

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import BadCheckpoint, BadRequest, ModelNotFound
-from .components import ModelComponents
+from .components import ModelComponents, unet_parked
 
 LORA_FOLDERS = ("Lora", "lora", "LyCORIS")
 LORA_SUFFIXES = (".safetensors", ".pt", ".ckpt", ".bin")
@@ -51,6 +51,7 @@ class LoraInfo:
     cross_width: int | None  # the text-state width its UNet layers expect (None: no cross-attention keys)
     text_width: int | None  # the text encoder width its TE layers expect (None: UNet only)
     has_text: bool
+    has_unet: bool = True  # layers for the UNet (False: a text-encoder-only LoRA)
 
 
 # ----------------------------------------------------------------------------- finding
@@ -177,6 +178,7 @@ def _describe(path: Path, state: dict[str, torch.Tensor]) -> LoraInfo:
         if text is None and re.search(r"(lora_te1?_|text_encoder\.).*q[._]proj", k):
             text = int(value.shape[1])
     has_text = any(k.startswith(("lora_te", "text_encoder")) for k in keys)
+    has_unet = any(not k.startswith(("lora_te", "text_encoder")) for k in keys)
     width = cross or text
     if any(k.startswith(("lora_te2_", "text_encoder_2.")) for k in keys) or cross == 2048:
         base = "sdxl"
@@ -184,7 +186,7 @@ def _describe(path: Path, state: dict[str, torch.Tensor]) -> LoraInfo:
         base = BASE_BY_WIDTH[width]
     else:
         base = f"a model attending to {width}-wide text states" if width else "an unknown base"
-    return LoraInfo(path.stem, path, a1111_hash(path), base, format, cross, text, has_text)
+    return LoraInfo(path.stem, path, a1111_hash(path), base, format, cross, text, has_text, has_unet)
 
 
 # ----------------------------------------------------------------------------- applying
@@ -240,9 +242,14 @@ def _adapters(module) -> set[str]:
 
 
 def _load(components: ModelComponents, info: LoraInfo) -> None:
-    """Load `info` as a named adapter on the cached modules, unless it already is."""
+    """Load `info` as a named adapter on the cached modules that lack it: the UNet (unless its
+    weights are not in memory: `unet_parked`, the OpenVINO runtime running an export of it with
+    the LoRA on) and the text encoders. A UNet read again from its file comes without the
+    adapters its text encoder kept, and gets its part of the LoRA then."""
     name = adapter_name(info)
-    if name in _adapters(components.unet) or any(name in _adapters(te) for _, te in _text_encoders(components)):
+    unet = info.has_unet and not unet_parked(components.unet) and name not in _adapters(components.unet)
+    text = info.has_text and any(name not in _adapters(te) for _, te in _text_encoders(components))
+    if not unet and not text:
         return
     from diffusers.utils import logging as diffusers_logging
 
@@ -254,7 +261,10 @@ def _load(components: ModelComponents, info: LoraInfo) -> None:
             # warns that a UNet-only LoRA has nothing for the text encoder: that is what it is.
             warnings.filterwarnings("ignore", message="Already found a `peft_config`")
             diffusers_logging.set_verbosity_error()
-            pipe.load_lora_weights(read_lora(info.path), adapter_name=name)
+            if unet == info.has_unet and text == info.has_text:
+                pipe.load_lora_weights(read_lora(info.path), adapter_name=name)
+            else:
+                _load_part(pipe, components, info, name, unet)
     except (ValueError, RuntimeError, KeyError) as exc:
         _delete(components, name)  # a half-injected adapter must not stay on the cached model
         raise BadCheckpoint(f"{info.path.name} ({info.format} LoRA for {info.base}) could not be applied to "
@@ -265,6 +275,20 @@ def _load(components: ModelComponents, info: LoraInfo) -> None:
     from .batch_invariance import steady_rows
 
     steady_rows(components.unet)  # the adapter's own layers, as the base's (batch_invariance.py)
+
+
+def _load_part(pipe, components: ModelComponents, info: LoraInfo, name: str, unet: bool) -> None:
+    """Load one side of `info` through diffusers' loader: its UNet layers when `unet`, else its
+    text-encoder layers (Stable Diffusion 1.x/2.x: the OpenVINO runtime's models)."""
+    if components.is_sdxl:
+        raise BadRequest("prompt", f"<lora:{info.name}>: SDXL's UNet runs on torch only; load the whole LoRA")
+    state, alphas, metadata = pipe.lora_state_dict(read_lora(info.path), return_lora_metadata=True)
+    if unet:
+        pipe.load_lora_into_unet(state, network_alphas=alphas, unet=components.unet, adapter_name=name,
+                                 metadata=metadata, _pipeline=pipe)
+    else:
+        pipe.load_lora_into_text_encoder(state, network_alphas=alphas, text_encoder=components.text_encoder,
+                                         adapter_name=name, metadata=metadata, _pipeline=pipe)
 
 
 def _delete(components: ModelComponents, name: str) -> None:
@@ -328,23 +352,14 @@ def apply_loras(components: ModelComponents, uses) -> Iterator[list[LoraInfo]]:
         _disable(components)
 
 
-def lora_variant(components: ModelComponents, uses, infos: list[LoraInfo]) -> dict | None:
-    """What the UNet runs with the LoRAs `uses` on (inside `apply_loras`, `infos` its yield): the
-    adapters on it, by name with their file's hash and weight, and A1111's tags as a `label`;
-    None when none is (weights 0, or LoRAs for the text encoder only). It names the OpenVINO
-    export of the UNet as it runs then (models/openvino_runtime.py, `OpenVINOUNet.for_variant`)."""
-    on = _adapters(components.unet)
-    return _variant([(use, info) for use, info in zip(uses, infos) if use.unet and adapter_name(info) in on])
-
-
-def planned_variant(uses) -> dict | None:
-    """`lora_variant` before the LoRAs `uses` are loaded: every one at a UNet weight other than 0.
-    A LoRA without UNet layers is in it, where `lora_variant` leaves it out, so a set holding one
-    never names an export that was made: the mistake falls on the side of not finding one."""
-    return _variant([(use, lora_info(find_lora(use.name))) for use in uses if use.unet])
-
-
-def _variant(running: list[tuple]) -> dict | None:
+def lora_variant(uses, infos: list[LoraInfo] | None = None) -> dict | None:
+    """What the UNet runs with the LoRAs `uses` on (`infos`: theirs, read when not given): the
+    ones with UNet layers at a UNet weight other than 0, by adapter name (the file's hash) with
+    that weight, and A1111's tags as a `label`; None when there is none (weights 0, LoRAs for the
+    text encoder only). It names the OpenVINO export of the UNet as it runs then
+    (models/openvino_runtime.py, `OpenVINOUNet.for_variant`), before the LoRAs are loaded as after."""
+    infos = infos if infos is not None else [lora_info(find_lora(use.name)) for use in uses]
+    running = [(use, info) for use, info in zip(uses, infos) if use.unet and info.has_unet]
     if not running:
         return None
     return {"label": " ".join(f"<lora:{use.name}:{use.unet:g}>" for use, _ in running),

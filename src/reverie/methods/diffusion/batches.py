@@ -243,7 +243,7 @@ def unet_with_loras(unet, components: ModelComponents, uses, infos, progress: Pr
             progress(ProgressEvent("load", message=f"exporting the UNet{with_loras} to OpenVINO (once)"))
 
     try:
-        return unet.for_variant(components.unet, lora_variant(components, uses, infos) if uses else None, exporting)
+        return unet.for_variant(components.unet, lora_variant(uses, infos) if uses else None, exporting)
     except ExportFailed as exc:
         what = "the UNet with these LoRAs" if uses else "this request"
         raise BadRequest("runtime", f"openvino cannot run {what}: {exc}; use --runtime torch or auto") from None

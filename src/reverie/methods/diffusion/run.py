@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Callable
 
 import torch
 
@@ -24,10 +25,10 @@ from ...device import available_memory, check_fits, estimate_peak_bytes, pick_de
 from ...errors import BadCheckpoint, BadRequest, ModelNotFound
 from ...models.batch_invariance import steady_rows
 from ...models.cache import ModelCache
-from ...models.components import ModelComponents
+from ...models.components import ModelComponents, unet_parked
 from ...models.openvino_runtime import (ExportFailed, OpenVINOUNet, export_blocked, reloadable, resolve_runtime,
                                          why_not_openvino)
-from ...models.lora import planned_variant
+from ...models.lora import lora_variant
 from ...models.registry import default_model, load_model
 from ...models.weight_storage import storage_dtype, store_weights
 from ...models.tiny_decoder import check_decoder_fits, find_tiny_decoder, load_tiny_decoder
@@ -48,15 +49,16 @@ log = logging.getLogger(__name__)
 
 
 def diffusion_model(models: ModelCache, reference: str, device: torch.device, dtype: torch.dtype,
-                    weights: str = "auto", torch_unet: bool = True) -> ModelComponents:
+                    weights: str = "auto", torch_unet: bool = True,
+                    exports_made: Callable[[object, str], bool] | None = None) -> ModelComponents:
     """The loaded model `reference` names, on `device`, computing in `dtype` with its weights
     resting in `weights` (models/weight_storage.py), from the shared cache; its UNet's pictures do
     not depend on their batch-mates (`steady_rows`). Its torch UNet may have left memory while
     its OpenVINO export serves (`park_torch_unet`): it is read again first, unless `torch_unet`
     is False (a caller that resolves the runtimes next: `on_runtimes` reads it again if one runs
     on torch); such a caller's model (a diffusers folder, a .safetensors file) is loaded without
-    reading its UNet at all when the UNet's export is made already (`export_serves`): it starts
-    as one let go."""
+    reading its UNet at all when the UNet's export is made already (`export_serves`; or every
+    export the request runs, `exports_made(unet, source)`: a LoRA set's), and starts as one let go."""
     storage = storage_dtype(weights, dtype)
 
     def load(leave_unet=None) -> ModelComponents:
@@ -72,7 +74,7 @@ def diffusion_model(models: ModelCache, reference: str, device: torch.device, dt
 
     def export_serves(unet, source: str) -> bool:
         return storage == dtype and parks(unet) and why_not_openvino(device, dtype) is None \
-            and OpenVINOUNet.exported(unet, source)
+            and (exports_made or OpenVINOUNet.exported)(unet, source)
 
     key = model_key(reference, device, dtype, storage)
     components = models.get(key, load if torch_unet else lambda: load(leave_unet=export_serves))
@@ -88,13 +90,6 @@ def diffusion_model(models: ModelCache, reference: str, device: torch.device, dt
 def model_key(reference: str, device: torch.device, dtype: torch.dtype, storage: torch.dtype) -> tuple:
     """The shared cache's key for a loaded diffusion model."""
     return ("diffusion", reference, str(device), str(dtype)) + ((str(storage),) if storage != dtype else ())
-
-
-def unet_parked(unet) -> bool:
-    """Whether the torch UNet's (or another module's) weights are not in memory: let go while its
-    export serves (`park_torch_unet`), or never read (`diffusion_model`'s `export_serves`)."""
-    first = next(unet.parameters(), None) if isinstance(unet, torch.nn.Module) else None
-    return first is not None and first.is_meta
 
 
 # The torch UNet leaves memory while its export serves only when that is worth reading it again
@@ -142,17 +137,26 @@ def request_runtime(request: GenerationRequest, components: ModelComponents, pre
                            cast_weights=storage_dtype(request.weights, dtype) != dtype,
                            parameters=unet_parameters(components.unet), from_file=reloadable(components.source),
                            free_bytes=available_memory(device),
-                           loras_exported=lambda: lora_exports_made(request, components),
+                           loras_exported=lambda: lora_exports_made(request, components.unet, components.source),
                            export_blocked=lambda: export_blocked(components.unet, components.source))
 
 
-def lora_exports_made(request: GenerationRequest, components: ModelComponents) -> bool:
+def lora_exports_made(request: GenerationRequest, unet, source: str, plain: bool = False) -> bool:
     """Whether every LoRA set the request's pictures (and best-of candidates) run, at their UNet
-    weights, has its OpenVINO export of this model made already (`unet_with_loras` reads it)."""
+    weights, has its OpenVINO export of the model (`unet`, read from `source`) made already
+    (`unet_with_loras` reads it); with `plain`, also the model's own where a picture runs none."""
     candidates = request.model_copy(update={"n_iter": request.n_iter * request.rerank})
-    variants = [planned_variant(uses) for uses in lora_sets(candidates)]
-    return all(OpenVINOUNet.exported(components.unet, components.source, variant=variant)
-               for variant in variants if variant)
+    variants = [lora_variant(uses) for uses in lora_sets(candidates)]
+    return all(OpenVINOUNet.exported(unet, source, variant=variant) for variant in variants if variant or plain)
+
+
+def needs_torch_unet(request: GenerationRequest, components: ModelComponents) -> bool:
+    """Whether the resolved `request` needs the torch UNet's weights in memory: it runs on torch,
+    or on OpenVINO with LoRAs whose export (or the model's own, for pictures without) is still
+    to be made from it. Exports made already run without it: LCM-LoRA after its first request."""
+    if request.runtime != "openvino":
+        return True
+    return asks_for_loras(request) and not lora_exports_made(request, components.unet, components.source, plain=True)
 
 
 def unet_parameters(unet) -> int:
@@ -200,8 +204,8 @@ def on_runtimes(models: ModelCache, requests: list[GenerationRequest], component
                 raise
     first = resolved[0]
     # Its weights are read again if an OpenVINO request let them go; LoRAs on OpenVINO need them
-    # too: their export is made from the torch UNet with the LoRAs on (`unet_with_loras`).
-    if "torch" in unets or any(asks_for_loras(request) for request in resolved):
+    # too while their export is to be made from the torch UNet with the LoRAs on (`unet_with_loras`).
+    if any(needs_torch_unet(request, components) for request in resolved):
         components = diffusion_model(models, first.model, device, dtype, first.weights)
     else:
         park_torch_unet(models, first, components, device, dtype)
@@ -230,8 +234,11 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
     started = time.perf_counter()
     progress(ProgressEvent("load", message=f"loading {request.model}"))
     # A request whose UNet runs on torch in any case (`why_not_openvino`) has it read at once.
-    on_torch = request.runtime == "torch" or asks_for_loras(request) or request.tile or bool(request.step_cache)
-    components = diffusion_model(models, request.model, device, dtype, request.weights, torch_unet=on_torch)
+    on_torch = request.runtime == "torch" or request.tile or bool(request.step_cache)
+    # LoRAs whose exports are made run without it too (`needs_torch_unet`).
+    exports = (lambda unet, source: lora_exports_made(request, unet, source, plain=True)) if asks_for_loras(request) else None
+    components = diffusion_model(models, request.model, device, dtype, request.weights, torch_unet=on_torch,
+                                 exports_made=exports)
     request = request.with_defaults(components.sampling)
     prepared = prepare_input(request, components)
     request, components, unet = on_runtime(models, request, components, prepared, device, dtype)
