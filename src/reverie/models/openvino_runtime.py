@@ -563,6 +563,15 @@ class OpenVINOUNet:
     def forward(self, *args, **kwargs):
         return self(*args, **kwargs)
 
+    def release_memory(self) -> None:
+        """Let go of the compiled shapes' working memory (their activations), kept between calls
+        otherwise; the weights stay compiled, and the next call allocates it again (milliseconds).
+        Called after a batch's last step, so the VAE decode that follows does not stand on it:
+        SD 1.5 at 512 px, four pictures, peaks 0.4 GiB lower (0.1 for one)."""
+        with self._lock:
+            for compiled, _ in self._compiled.values():
+                compiled.release_memory()
+
     @property
     def precision(self) -> str:
         """OpenVINO's inference precision: bf16 weights compute in bf16, as the torch UNet would;

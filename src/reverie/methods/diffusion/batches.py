@@ -284,6 +284,8 @@ def denoise_batch(request: GenerationRequest, components: ModelComponents, prepa
         if progress.previews and (done % PREVIEW_EVERY == 0 or done == total):
             preview = preview_image(tensors["latents"], components.vae, PREVIEW_SIDE, decoder=previewer)
         progress(ProgressEvent("denoise", done, total, batch, request.batch_count(), preview=preview))
+        if done == total and unet is not None:
+            unet.release_memory()  # the decode comes next: OpenVINO's working memory goes first
         if progress.stop_requested():
             stopped["flag"] = True
             pipe._interrupt = True  # diffusers then skips the remaining steps
