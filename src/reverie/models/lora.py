@@ -242,14 +242,15 @@ def _adapters(module) -> set[str]:
 
 
 def _load(components: ModelComponents, info: LoraInfo) -> None:
-    """Load `info` as a named adapter on the cached modules that lack it: the UNet (unless its
-    weights are not in memory: `unet_parked`, the OpenVINO runtime running an export of it with
-    the LoRA on) and the text encoders. A UNet read again from its file comes without the
-    adapters its text encoder kept, and gets its part of the LoRA then."""
+    """Load `info` as a named adapter on the cached modules, unless it already is. While the
+    UNet's weights are not in memory (`unet_parked`: the OpenVINO runtime runs an export of it
+    with the LoRA on) only its text-encoder layers are loaded; a UNet read again gets the whole
+    LoRA (`forget_loras`)."""
     name = adapter_name(info)
-    unet = info.has_unet and not unet_parked(components.unet) and name not in _adapters(components.unet)
-    text = info.has_text and any(name not in _adapters(te) for _, te in _text_encoders(components))
-    if not unet and not text:
+    if name in _adapters(components.unet) or any(name in _adapters(te) for _, te in _text_encoders(components)):
+        return
+    parked = unet_parked(components.unet)
+    if parked and not info.has_text:
         return
     from diffusers.utils import logging as diffusers_logging
 
@@ -261,10 +262,10 @@ def _load(components: ModelComponents, info: LoraInfo) -> None:
             # warns that a UNet-only LoRA has nothing for the text encoder: that is what it is.
             warnings.filterwarnings("ignore", message="Already found a `peft_config`")
             diffusers_logging.set_verbosity_error()
-            if unet == info.has_unet and text == info.has_text:
-                pipe.load_lora_weights(read_lora(info.path), adapter_name=name)
+            if parked:
+                _load_text_part(pipe, components, info, name)
             else:
-                _load_part(pipe, components, info, name, unet)
+                pipe.load_lora_weights(read_lora(info.path), adapter_name=name)
     except (ValueError, RuntimeError, KeyError) as exc:
         _delete(components, name)  # a half-injected adapter must not stay on the cached model
         raise BadCheckpoint(f"{info.path.name} ({info.format} LoRA for {info.base}) could not be applied to "
@@ -277,18 +278,19 @@ def _load(components: ModelComponents, info: LoraInfo) -> None:
     steady_rows(components.unet)  # the adapter's own layers, as the base's (batch_invariance.py)
 
 
-def _load_part(pipe, components: ModelComponents, info: LoraInfo, name: str, unet: bool) -> None:
-    """Load one side of `info` through diffusers' loader: its UNet layers when `unet`, else its
-    text-encoder layers (Stable Diffusion 1.x/2.x: the OpenVINO runtime's models)."""
-    if components.is_sdxl:
-        raise BadRequest("prompt", f"<lora:{info.name}>: SDXL's UNet runs on torch only; load the whole LoRA")
+def _load_text_part(pipe, components: ModelComponents, info: LoraInfo, name: str) -> None:
+    """Load the text-encoder layers of `info` alone, through diffusers' loader (Stable Diffusion
+    1.x/2.x, the models whose UNet runs on OpenVINO)."""
     state, alphas, metadata = pipe.lora_state_dict(read_lora(info.path), return_lora_metadata=True)
-    if unet:
-        pipe.load_lora_into_unet(state, network_alphas=alphas, unet=components.unet, adapter_name=name,
-                                 metadata=metadata, _pipeline=pipe)
-    else:
-        pipe.load_lora_into_text_encoder(state, network_alphas=alphas, text_encoder=components.text_encoder,
-                                         adapter_name=name, metadata=metadata, _pipeline=pipe)
+    pipe.load_lora_into_text_encoder(state, network_alphas=alphas, text_encoder=components.text_encoder,
+                                     adapter_name=name, metadata=metadata, _pipeline=pipe)
+
+
+def forget_loras(components: ModelComponents) -> None:
+    """Take every LoRA off the text encoders, for a UNet read again from its file (without the
+    adapters the one it replaces had): the next use of each LoRA loads it whole, on both."""
+    for name in {name for _, encoder in _text_encoders(components) for name in _adapters(encoder)}:
+        _delete(components, name)
 
 
 def _delete(components: ModelComponents, name: str) -> None:

@@ -28,7 +28,7 @@ from ...models.cache import ModelCache
 from ...models.components import ModelComponents, unet_parked
 from ...models.openvino_runtime import (ExportFailed, OpenVINOUNet, export_blocked, reloadable, resolve_runtime,
                                          why_not_openvino)
-from ...models.lora import lora_variant
+from ...models.lora import forget_loras, lora_variant
 from ...models.registry import default_model, load_model
 from ...models.weight_storage import storage_dtype, store_weights
 from ...models.tiny_decoder import check_decoder_fits, find_tiny_decoder, load_tiny_decoder
@@ -83,6 +83,7 @@ def diffusion_model(models: ModelCache, reference: str, device: torch.device, dt
             if unet_parked(components.unet):
                 log.info("reading %s's torch UNet again (its OpenVINO export served without it)", reference)
                 components.unet = load().unet  # the fresh text encoder and VAE are dropped at once
+                forget_loras(components)  # the fresh UNet has none: each is loaded whole again
                 models.put(key, components)  # counted again at its full size
     return components
 
