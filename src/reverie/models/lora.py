@@ -273,6 +273,8 @@ def _load(components: ModelComponents, info: LoraInfo) -> None:
     finally:
         diffusers_logging.set_verbosity(verbosity)
         _disable(components)
+    if parked:
+        return  # the UNet got no layers: nothing to make steady
     from .batch_invariance import steady_rows
 
     steady_rows(components.unet)  # the adapter's own layers, as the base's (batch_invariance.py)
