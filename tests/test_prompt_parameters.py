@@ -128,7 +128,7 @@ def test_shape_and_chaos_are_refused_where_they_mean_nothing(photo):
 
 # -- sizes ---------------------------------------------------------------------------------------
 def test_ar_sizes_for_the_builtin_model(mini):
-    from reverie.methods.diffusion.batches import txt2img_size
+    from reverie.methods.diffusion.images import txt2img_size
 
     assert mini.size_multiple == 32 and mini.native_size == 128
     sizes = {ratio: txt2img_size(make_request({"prompt": f"x --ar {ratio}"}), mini) for ratio in ("16:9", "2:3", "1:1")}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import os
 import threading
 from contextlib import contextmanager
 from functools import cache
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from .host import cpu_flags, free_memory, native_bf16, this_cpu_native_bf16  # noqa: F401  (cpu_flags, native_bf16: for callers)
 from .errors import BadRequest, OutOfMemory
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -33,39 +33,15 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
-NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs that compute bf16 natively
-
-
-def cpu_flags(cpuinfo: str | None = None) -> set[str]:
-    """The CPU's feature flags, from /proc/cpuinfo's first `flags` line (or from `cpuinfo`, the
-    text of one); empty where there is none (macOS, Windows)."""
-    if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo") as f:
-                cpuinfo = f.read()
-        except OSError:
-            return set()
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return set(value.split())
-    return set()
-
-
-def native_bf16(flags: set[str]) -> bool:
-    """Whether a CPU with these flags computes bf16 natively (AVX512-BF16 or AMX-BF16)."""
-    return any(flag in flags for flag in NATIVE_BF16_FLAGS)
-
-
 @cache
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 natively (avx512_bf16 or AMX); without it bf16 is emulated,
     many times slower than fp32 (a decoder training step: 30x on a 2-core AMD EPYC; an SD 1.5
     UNet step at 256 px: see benchmarks/README.md). Read from /proc/cpuinfo's flags; where
     there is no /proc/cpuinfo, from what oneDNN says."""
-    flags = cpu_flags()
-    if flags:
-        return native_bf16(flags)
+    native = this_cpu_native_bf16()
+    if native is not None:
+        return native
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
@@ -149,17 +125,7 @@ def available_memory(device: torch.device) -> int:
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return int(free)
-    limit = os.environ.get("REVERIE_MEMORY_LIMIT")  # lets tests and shared hosts set a ceiling
-    if limit:
-        return int(float(limit))
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 8 * 2**30
+    return free_memory()
 
 
 def estimate_peak_bytes(

@@ -82,6 +82,13 @@ _SCHEDULE_KEYS = (
 )
 
 
+def scheduler_options(sampler: Sampler, model_scheduler_config: dict) -> dict:
+    """The config `sampler`'s scheduler is built from: the model's noise schedule (its
+    _SCHEDULE_KEYS), then what makes the sampler itself (its row's options)."""
+    config = {k: model_scheduler_config[k] for k in _SCHEDULE_KEYS if k in model_scheduler_config}
+    return config | sampler.options
+
+
 def build_scheduler(name: str, model_scheduler_config: dict, seeds: list[int] | None = None):
     """Make the diffusers scheduler for sampler `name`, configured for a model's noise schedule.
 
@@ -92,9 +99,7 @@ def build_scheduler(name: str, model_scheduler_config: dict, seeds: list[int] | 
 
     sampler = get_sampler(name)
     cls = getattr(diffusers, sampler.scheduler)
-    config = {k: model_scheduler_config[k] for k in _SCHEDULE_KEYS if k in model_scheduler_config}
-    config.update(sampler.options)
-    scheduler = cls.from_config(config)
+    scheduler = cls.from_config(scheduler_options(sampler, model_scheduler_config))
     if sampler.scheduler == "DPMSolverSDEScheduler" and seeds:
         scheduler.noise_sampler_seed = list(seeds) if len(seeds) > 1 else seeds[0]
     return scheduler

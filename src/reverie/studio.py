@@ -167,7 +167,7 @@ class Studio:
         if request.made >= request.picture_count():
             return Result(request=request)  # an earlier run made every picture (`made`)
         outputs = Outputs(outdir, grid, run_folder)
-        import_run(request.mode)
+        import_run(request.mode, request, previews)
         return method_for(request.mode).run(request, self.models, Progress(progress, should_stop, previews), outputs)
 
     def batch_key(self, request: BaseRequest | dict):

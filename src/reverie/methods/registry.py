@@ -52,6 +52,9 @@ class Method:
     # pictures, each request's pictures exactly as it makes them alone.
     batch_key: Callable | None = None
     run_shared: Callable | None = None
+    # `run_module(request, previews)`: the module of the package that `run` runs this request
+    # with, when that is not always `run` (`import_run` imports it ahead of the run).
+    run_module: Callable | None = None
 
 
 @dataclass
@@ -96,15 +99,19 @@ def import_runs() -> None:
             _import_run(package)
 
 
-def import_run(mode: str) -> None:
-    """Import the `run` module of the method serving `mode` now, if it is not yet, its objects
-    kept as long-lived ones (collector.py); the method would import it on its first run."""
+def import_run(mode: str, request: BaseRequest | None = None, previews: bool = False) -> None:
+    """Import the module the method serving `mode` runs `request` with (its `run` module, or the
+    one its `run_module` names for it) now, if it is not yet, its objects kept as long-lived ones
+    (collector.py); the method would import it on its first run."""
+    package = _package_for(mode)
+    method = _method_of(package)
+    module = method.run_module(request, previews) if request is not None and method.run_module else "run"
     with long_lived():
-        _import_run(_package_for(mode))
+        _import_run(package, module)
 
 
-def _import_run(package: str) -> None:
-    name = package + ".run"
+def _import_run(package: str, module: str = "run") -> None:
+    name = f"{package}.{module}"
     if name not in sys.modules and importlib.util.find_spec(name) is not None:
         importlib.import_module(name)
 

@@ -10,6 +10,7 @@ imported when the first entry comes, so a front end that only queues jobs never 
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections import OrderedDict
 from dataclasses import fields, is_dataclass
@@ -34,8 +35,9 @@ def module_bytes(value) -> int:
 
 
 def _modules(value, depth: int):
-    import torch
-
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return  # torch never imported: nothing here is a torch module (OpenVINO-only runs)
     if isinstance(value, torch.nn.Module):
         yield value
         return
@@ -55,11 +57,9 @@ def default_budget() -> int:
     gigabytes = os.environ.get("REVERIE_MODEL_CACHE_GB")
     if gigabytes:
         return int(float(gigabytes) * 2**30)
-    import torch
+    from ..host import free_memory
 
-    from ..device import available_memory
-
-    return int(available_memory(torch.device("cpu")) * DEFAULT_SHARE)
+    return int(free_memory() * DEFAULT_SHARE)
 
 
 class ModelCache:

@@ -19,11 +19,13 @@ import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import BadCheckpoint, BadRequest
 from .components import ModelComponents
+
+if TYPE_CHECKING:
+    import torch
 
 EMBEDDING_FOLDER = "embeddings"
 EMBEDDING_SUFFIXES = (".pt", ".safetensors", ".bin")
@@ -101,6 +103,8 @@ def _file_hash(path: Path) -> str:
 
 
 def _vectors(path: Path) -> dict[str, torch.Tensor]:
+    import torch  # here: listing and naming embeddings (a request's check) needs no torch
+
     what = f"{path.name} is not a textual-inversion embedding"
     if path.suffix.lower() == ".safetensors":
         from safetensors.torch import load_file

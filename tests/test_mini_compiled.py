@@ -1,0 +1,145 @@
+"""reverie-mini's txt2img on OpenVINO alone (methods/diffusion/compiled.py, models/mini_bundle.py):
+the pictures of the torch pipeline, without importing torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import pixels, psnr
+from reverie.methods.diffusion import compiled
+from reverie.methods.diffusion.request import GenerationRequest, resolve
+from reverie.models.cache import ModelCache
+from reverie.outputs.files import Outputs
+from reverie.progress import Progress
+
+pytest.importorskip("openvino")
+
+SRC = Path(__file__).resolve().parent.parent / "src"
+
+
+def request_for(**fields) -> GenerationRequest:
+    return resolve(GenerationRequest(prompt=fields.pop("prompt", "red apple"), seed=fields.pop("seed", 11), **fields))
+
+
+def make(tmp_path, name: str, request: GenerationRequest, path=compiled.run, progress: Progress | None = None):
+    return path(request, MODELS, progress or Progress(), Outputs(tmp_path / name))
+
+
+MODELS = ModelCache()
+
+
+def full_run(request, models, progress, outputs):
+    from reverie.methods.diffusion.run import run
+
+    return run(request, models, progress, outputs)
+
+
+def test_it_serves_plain_mini_requests_and_leaves_the_rest_to_the_torch_pipeline():
+    assert compiled.serves(request_for())
+    assert compiled.serves(request_for(prompt="a (red:1.3) apple [blue]", negative_prompt="dark", n_samples=2, n_iter=2,
+                                       cfg_scale=1.0, steps=5, width=96, height=160, upscale=1))
+    assert compiled.serves(request_for(dtype="fp32", runtime="openvino"))
+    for refused in (dict(runtime="torch"), dict(sampler="euler"), dict(prompt="apple <lora:style:0.8>"),
+                    dict(upscale=4), dict(width=256), dict(width=104), dict(dtype="fp16"), dict(chaos=20),
+                    dict(tile=True), dict(step_cache=2), dict(rerank=2), dict(score=True), dict(keep_only=0),
+                    dict(made=2), dict(mode="img2img", init_image="x.png"), dict(model="tiny"), dict(device="cuda")):
+        assert not compiled.serves(request_for(**refused)), refused
+    assert not compiled.serves(request_for(), previews=True)  # a watcher's previews: the torch pipeline's
+
+
+def test_its_tokenizer_gives_transformers_token_ids():
+    from reverie.models.minilm import load_minilm
+
+    tokenizer, _ = load_minilm()
+    ours = compiled.MiniTokenizer()
+    for text in ("red apple", "A Cat, on  a mat!!", "émoji café naïve", ",", "", "日本語", "Hello\tworld\n2nd"):
+        assert ours(text, add_special_tokens=False).input_ids == tokenizer(text, add_special_tokens=False).input_ids
+    assert (ours.cls_token_id, ours.sep_token_id, ours.pad_token_id) == (tokenizer.cls_token_id, tokenizer.sep_token_id,
+                                                                        tokenizer.pad_token_id)
+
+
+@pytest.mark.parametrize("dtype, floor", [("fp32", 45.0), ("bf16", 30.0)])
+def test_its_pictures_are_the_torch_pipelines(tmp_path, dtype, floor):
+    """The same request on the torch pipeline (run.py, its UNet on OpenVINO as before) and here:
+    weighted prompt, negative prompt, two seeds, both pictures close (measured: see docs/speed.md)."""
+    request = request_for(prompt="a (red:1.2) apple on a table", negative_prompt="blue", n_samples=2, steps=8,
+                          dtype=dtype)
+    ours = make(tmp_path, "ours", request)
+    theirs = make(tmp_path, "theirs", request, full_run)
+    assert [image.seed for image in ours.images] == [image.seed for image in theirs.images] == [11, 12]
+    for a, b in zip(ours.images, theirs.images):
+        assert a.image.size == b.image.size == (256, 256)
+        assert psnr(pixels(a.image), pixels(b.image)) > floor, (dtype, psnr(pixels(a.image), pixels(b.image)))
+    # ... and different seeds make different pictures (the comparison above can fail)
+    assert psnr(pixels(ours.images[0].image), pixels(ours.images[1].image)) < 25
+    recorded = ours.images[0].metadata["settings"]
+    assert recorded["runtime"] == "openvino" and recorded["sampler"] == "dpmpp_2m" and recorded["ran_dtype"] == dtype
+    assert recorded["model_name"] == theirs.images[0].metadata["settings"]["model_name"] == "mini"
+
+
+def test_a_seed_gives_its_picture_alone_or_in_a_batch_and_again(tmp_path):
+    batch = make(tmp_path, "batch", request_for(seed=40, n_samples=3, steps=4))
+    alone = make(tmp_path, "alone", request_for(seed=41, n_samples=1, steps=4))
+    again = make(tmp_path, "again", request_for(seed=41, n_samples=1, steps=4))
+    assert np.array_equal(pixels(batch.images[1].image), pixels(alone.images[0].image))
+    assert np.array_equal(pixels(alone.images[0].image), pixels(again.images[0].image))
+    written = Image.open(alone.images[0].path)
+    assert np.array_equal(pixels(written), pixels(alone.images[0].image))
+    assert json.loads(written.info["reverie"])["seed"] == 41
+
+
+def test_a_stop_keeps_the_batches_finished(tmp_path):
+    events = []
+
+    def report(event):
+        events.append(event)
+
+    def stop() -> bool:  # during the second batch's denoising
+        return sum(1 for e in events if e.stage == "denoise" and e.batch == 1) >= 2
+
+    result = make(tmp_path, "stopped", request_for(n_samples=2, n_iter=3, steps=4),
+                  progress=Progress(report=report, should_stop=stop))
+    assert result.interrupted and [image.seed for image in result.images] == [11, 12]
+    assert sorted(p.name for p in (tmp_path / "stopped").glob("*.png")) == [image.path.name for image in result.images]
+
+
+def test_a_damaged_bundle_is_made_again(tmp_path, monkeypatch):
+    from reverie.models.mini_bundle import bundle_folder, bundle_made
+
+    monkeypatch.setenv("REVERIE_CACHE", str(tmp_path / "cache"))  # a bundle of its own: the others stay whole
+    request = request_for(steps=1, n_samples=1)
+    first = compiled.run(request, ModelCache(), Progress(), Outputs(tmp_path / "first"))
+    folder = bundle_folder(compiled.precision_of(compiled.ran_dtype(request)))
+    assert bundle_made(folder)
+    with open(folder / "unet.bin", "r+b") as weights:
+        weights.truncate(1000)
+    assert not bundle_made(folder)
+    again = compiled.run(request, ModelCache(), Progress(), Outputs(tmp_path / "again"))
+    assert bundle_made(folder)
+    assert np.array_equal(pixels(first.images[0].image), pixels(again.images[0].image))
+
+
+def test_the_command_makes_mini_pictures_without_importing_torch(tmp_path):
+    """`reverie generate` cold, with the bundle made (by the first command): torch and diffusers
+    are never imported (python -X importtime lists every module imported)."""
+    env = {**os.environ, "PYTHONPATH": str(SRC), "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-X", "importtime", "-m", "reverie", "generate", "red apple", "-n", "2", "--steps", "3",
+               "--seed", "5"]
+    first = subprocess.run([*command, "-o", str(tmp_path / "first")], env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    second = subprocess.run([*command, "-o", str(tmp_path / "second")], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert second.returncode == 0, second.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in second.stderr.splitlines() if line.startswith("import time:")}
+    assert "openvino" in imported and "reverie.methods.diffusion.compiled" in imported
+    assert not {"torch", "diffusers", "transformers"} & imported
+    for name in ("00000-5-red-apple.png", "00001-6-red-apple.png"):
+        assert np.array_equal(pixels(Image.open(tmp_path / "first" / name)), pixels(Image.open(tmp_path / "second" / name)))

@@ -1,0 +1,208 @@
+"""The torch-free sampling path against the real thing: torch.randn and diffusers' DPM++ 2M."""
+
+import dataclasses
+import inspect
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from reverie import samplers
+from reverie.methods.diffusion import numpy_sampler
+from reverie.methods.diffusion.numpy_sampler import DPMSolver2M, sampler_supported
+from reverie.samplers import build_scheduler
+from reverie.torch_noise import TorchCPUGenerator, torch_randn
+
+MINI_CONFIG = json.loads(
+    (Path(__file__).parents[1] / "src/reverie/builtin/mini/scheduler/scheduler_config.json").read_text())
+SD15_CONFIG = {"_class_name": "PNDMScheduler", "num_train_timesteps": 1000, "beta_start": 0.00085,
+               "beta_end": 0.012, "beta_schedule": "scaled_linear", "prediction_type": "epsilon",
+               "timestep_spacing": "leading", "steps_offset": 1, "clip_sample": False,
+               "set_alpha_to_one": False, "skip_prk_steps": True}
+LINEAR_CONFIG = {"beta_schedule": "linear", "prediction_type": "v_prediction", "timestep_spacing": "linspace"}
+CONFIGS = {"mini": MINI_CONFIG, "sd15": SD15_CONFIG, "linear": LINEAR_CONFIG}
+
+# torch's AVX2 path (also taken under its AVX512 capability) is matched bit for bit; its DEFAULT
+# path (libm's logf/sinf/cosf) within a few float32 ulps.
+EXACT_NOISE = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+NOISE_TOLERANCE = 1e-5
+
+
+def reference_randn(seed: int, shape: tuple) -> np.ndarray:
+    return torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed), dtype=torch.float32).numpy()
+
+
+def assert_same_noise(mine: np.ndarray, reference: np.ndarray) -> None:
+    assert mine.dtype == np.float32 and mine.shape == reference.shape
+    if EXACT_NOISE:
+        np.testing.assert_array_equal(mine, reference)
+    else:
+        np.testing.assert_allclose(mine, reference, rtol=0, atol=NOISE_TOLERANCE)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 12345, 2**32 - 1, 2**40 + 987654321])
+@pytest.mark.parametrize("shape", [(4, 16, 16), (1, 4, 8, 8), (7,), (17,), (33,), (16,), (4, 4, 16, 16)])
+def test_randn_matches_torch(seed, shape):
+    assert_same_noise(torch_randn(seed, shape), reference_randn(seed, shape))
+
+
+def test_randn_matches_torch_over_many_values():
+    assert_same_noise(torch_randn(20240611, (4, 4, 64, 64)), reference_randn(20240611, (4, 4, 64, 64)))
+
+
+def test_a_wrong_seed_gives_other_noise():
+    reference = reference_randn(12345, (4, 16, 16))
+    assert np.abs(torch_randn(12346, (4, 16, 16)) - reference).max() > 1.0
+
+
+def test_seeds_wrap_as_in_torch():
+    # torch seeds its mt19937 with the seed's low 32 bits; negative seeds wrap modulo 2**64.
+    for seed, same_as in [(2**32 + 5, 5), (2**63 + 11, 11), (-1, 2**32 - 1)]:
+        np.testing.assert_array_equal(torch_randn(seed, (33,)), torch_randn(same_as, (33,)))
+        assert_same_noise(torch_randn(seed, (33,)), reference_randn(seed, (33,)))
+    for seed in (2**64, -(2**63) - 1):
+        with pytest.raises(ValueError):
+            torch_randn(seed, (16,))
+        with pytest.raises(ValueError):  # torch refuses them too
+            torch.Generator("cpu").manual_seed(seed)
+
+
+def test_consecutive_draws_continue_torchs_stream():
+    # Small draws keep a spare normal in the generator, which a later small draw uses.
+    shapes = [(7,), (3,), (16,), (5,), (33,), (1,), (1,), (4, 16, 16), (9,), (2,), (), (0,), (2, 3)]
+    for seed in (0, 42):
+        generator, mine = torch.Generator("cpu").manual_seed(seed), TorchCPUGenerator(seed)
+        for shape in shapes:
+            reference = torch.randn(shape, generator=generator, dtype=torch.float32).numpy()
+            assert_same_noise(mine.randn(shape), reference)
+
+
+def run_diffusers(config: dict, steps: int, start: np.ndarray) -> np.ndarray:
+    scheduler = build_scheduler("dpmpp_2m", config)
+    scheduler.set_timesteps(steps)
+    sample = torch.from_numpy(start)
+    for t in scheduler.timesteps:
+        sample = scheduler.step(torch.from_numpy(fake_model(sample.numpy(), int(t))), t, sample).prev_sample
+    return sample.numpy()
+
+
+def run_numpy(config: dict, steps: int, start: np.ndarray) -> np.ndarray:
+    sampler = DPMSolver2M(config, steps)
+    sample = start * np.float32(sampler.init_noise_sigma)
+    for t in sampler.timesteps:
+        sample = sampler.step(fake_model(sample, int(t)), sample)
+    return sample
+
+
+def fake_model(sample: np.ndarray, timestep: int) -> np.ndarray:
+    return (np.float32(0.5) * np.tanh(sample) + np.float32(0.01 * timestep / 1000)).astype(np.float32)
+
+
+def relative_difference(mine: np.ndarray, reference: np.ndarray) -> float:
+    return float(np.abs(mine - reference).max() / np.abs(reference).max())
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("steps", [1, 2, 5, 20, 25])
+def test_timesteps_and_sigmas_match_diffusers(name, steps):
+    scheduler = build_scheduler("dpmpp_2m", CONFIGS[name])
+    scheduler.set_timesteps(steps)
+    sampler = DPMSolver2M(CONFIGS[name], steps)
+    assert sampler.timesteps.dtype == np.int64
+    np.testing.assert_array_equal(sampler.timesteps, scheduler.timesteps.numpy())
+    # torch's float32 sqrt is not always correctly rounded (NumPy's is): a few sigmas are 1 ulp off.
+    np.testing.assert_allclose(sampler.sigmas, scheduler.sigmas.numpy(), rtol=1e-6, atol=0)
+    assert sampler.init_noise_sigma == scheduler.init_noise_sigma
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("steps", [1, 2, 5, 20, 25])
+def test_denoising_matches_diffusers(name, steps):
+    start = torch_randn(steps, (2, 4, 16, 16))
+    mine = run_numpy(CONFIGS[name], steps, start)
+    assert mine.dtype == np.float32
+    assert relative_difference(mine, run_diffusers(CONFIGS[name], steps, start)) <= 1e-4
+
+
+def test_a_wrong_sampler_is_told_apart():
+    start = torch_randn(7, (1, 4, 16, 16))
+    reference = run_diffusers(MINI_CONFIG, 20, start)
+    assert relative_difference(run_numpy(MINI_CONFIG | {"prediction_type": "epsilon"}, 20, start), reference) > 0.1
+    assert relative_difference(run_numpy(MINI_CONFIG, 19, start), reference) > 1e-3
+
+
+def test_stepping_past_the_end_is_an_error():
+    sampler = DPMSolver2M(MINI_CONFIG, 2)
+    sample = torch_randn(0, (1, 4, 8, 8))
+    for _ in sampler.timesteps:
+        sample = sampler.step(sample, sample)
+    with pytest.raises(RuntimeError):
+        sampler.step(sample, sample)
+
+
+@pytest.mark.parametrize("name", ["dpmpp_2m", "DPM++ 2M"])
+def test_the_default_sampler_of_these_configs_is_supported(name):
+    for config in CONFIGS.values():
+        assert sampler_supported(name, config)
+
+
+@pytest.mark.parametrize("name", ["dpmpp_2m_karras", "dpmpp_2m_sde_karras", "euler", "ddim", "unipc", "nonsense"])
+def test_other_samplers_are_refused(name):
+    assert not sampler_supported(name, MINI_CONFIG)
+
+
+@pytest.mark.parametrize("change", [
+    {"beta_schedule": "squaredcos_cap_v2", "trained_betas": None},
+    {"rescale_betas_zero_snr": True},
+    {"prediction_type": "sample"},
+    {"timestep_spacing": "sideways"},
+])
+def test_unported_schedules_are_refused(change):
+    config = MINI_CONFIG | change
+    assert not sampler_supported("dpmpp_2m", config)
+    with pytest.raises(ValueError):
+        DPMSolver2M(config, 20)
+
+
+def test_unported_sampler_options_are_refused(monkeypatch):
+    dpmpp_2m = samplers.get_sampler("dpmpp_2m")
+    for options in ({"use_karras_sigmas": True}, {"algorithm_type": "sde-dpmsolver++"}, {"thresholding": True},
+                    {"solver_order": 3}, {"final_sigmas_type": "sigma_min"}):
+        monkeypatch.setitem(samplers._BY_NAME, "dpmpp_2m", dataclasses.replace(dpmpp_2m, options=options))
+        assert not sampler_supported("dpmpp_2m", MINI_CONFIG)
+        with pytest.raises(ValueError):
+            DPMSolver2M(MINI_CONFIG, 20)
+
+
+def test_options_build_scheduler_drops_are_ignored_as_it_does():
+    config = MINI_CONFIG | {"use_karras_sigmas": True, "solver_order": 3}
+    assert not build_scheduler("dpmpp_2m", config).config.use_karras_sigmas
+    assert sampler_supported("dpmpp_2m", config)
+
+
+def test_every_option_of_the_diffusers_scheduler_is_accounted_for():
+    from diffusers import DPMSolverMultistepScheduler
+
+    defaults = {name: p.default for name, p in inspect.signature(DPMSolverMultistepScheduler).parameters.items()}
+    known = numpy_sampler._FIXED_OPTIONS | numpy_sampler._PORTED_OPTIONS
+    only_with_a_fixed_option = {"dynamic_thresholding_ratio", "sample_max_value", "flow_shift", "time_shift_type"}
+    assert set(defaults) == set(known) | only_with_a_fixed_option
+    for name, default in known.items():
+        assert default == defaults[name], name
+
+
+@pytest.mark.parametrize("steps", [0, 1000])
+def test_steps_out_of_range_are_refused(steps):
+    with pytest.raises(ValueError):
+        DPMSolver2M(MINI_CONFIG, steps)
+
+
+def test_importing_the_torch_free_path_imports_no_torch():
+    code = ("import sys, reverie.torch_noise, reverie.methods.diffusion.numpy_sampler; "
+            "print(sorted(m for m in ('torch', 'diffusers') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
