@@ -35,19 +35,24 @@ def test_default_model_makes_four_256px_pictures_from_128px_ones(studio):
 
 
 def test_mini_runs_on_openvino_by_default_and_draws_what_torch_draws(studio):
-    """`runtime auto` takes OpenVINO for mini's UNet (its steps are faster there), in the same
-    precision: the pictures are torch's up to rounding, and say what ran. Its torch UNet, small,
-    stays in memory for the requests only torch runs (tiles, LoRAs)."""
+    """`runtime auto` runs mini on OpenVINO: a plain request on its bundle (every part exported,
+    methods/diffusion/compiled.py), one the bundle does not run (another sampler) with its UNet's
+    export in the torch pipeline; in the same precision: the pictures are torch's up to rounding,
+    and say what ran. Its torch UNet, small, stays in memory for the requests only torch runs
+    (tiles, LoRAs)."""
     pytest.importorskip("openvino")
     from reverie.methods.diffusion.run import unet_parked
 
     settings = dict(prompt="red apple", seed=3, n_samples=2, steps=8, upscale=1)
     made = studio.generate(make_request(**settings))
-    assert not unet_parked(studio.models.find(lambda key: key[:2] == ("diffusion", "mini")).unet)
+    assert studio.models.find(lambda key: key[0] == "mini-bundle") is not None
     on_torch = studio.generate(make_request(**settings, runtime="torch"))
     assert [image.metadata["settings"]["runtime"] for image in made.images] == ["openvino", "openvino"]
     for picture, reference in zip(made.images, on_torch.images):
         assert psnr(picture.image, reference.image) > 30
+    euler = studio.generate(make_request(**settings | {"n_samples": 1}, sampler="euler"))
+    assert euler.images[0].metadata["settings"]["runtime"] == "openvino"
+    assert not unet_parked(studio.models.find(lambda key: key[:2] == ("diffusion", "mini")).unet)
 
 
 def test_red_apple_pictures_score_red_apple_above_blue_car(studio, clip):

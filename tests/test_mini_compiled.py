@@ -47,10 +47,11 @@ def test_it_serves_plain_mini_requests_and_leaves_the_rest_to_the_torch_pipeline
     assert compiled.serves(request_for(prompt="a (red:1.3) apple [blue]", negative_prompt="dark", n_samples=2, n_iter=2,
                                        cfg_scale=1.0, steps=5, width=96, height=160, upscale=1))
     assert compiled.serves(request_for(dtype="fp32", runtime="openvino"))
+    assert compiled.serves(request_for(keep_only=1, chaos=100, made=0)) and compiled.serves(request_for(made=2))
     for refused in (dict(runtime="torch"), dict(sampler="euler"), dict(prompt="apple <lora:style:0.8>"),
-                    dict(upscale=4), dict(width=256), dict(width=104), dict(dtype="fp16"), dict(chaos=20),
-                    dict(tile=True), dict(step_cache=2), dict(rerank=2), dict(score=True), dict(keep_only=0),
-                    dict(made=2), dict(mode="img2img", init_image="x.png"), dict(model="tiny"), dict(device="cuda")):
+                    dict(upscale=4), dict(width=256), dict(width=104), dict(dtype="fp16"), dict(chaos=0),
+                    dict(chaos=99), dict(tile=True), dict(step_cache=2), dict(rerank=2), dict(score=True),
+                    dict(mode="img2img", init_image="x.png"), dict(model="tiny"), dict(device="cuda")):
         assert not compiled.serves(request_for(**refused)), refused
     assert not compiled.serves(request_for(), previews=True)  # a watcher's previews: the torch pipeline's
 
@@ -94,6 +95,14 @@ def test_a_seed_gives_its_picture_alone_or_in_a_batch_and_again(tmp_path):
     written = Image.open(alone.images[0].path)
     assert np.array_equal(pixels(written), pixels(alone.images[0].image))
     assert json.loads(written.info["reverie"])["seed"] == 41
+    # `--from` of the batch's second picture (keep_only), and the batch resumed after its first (made)
+    picked = make(tmp_path, "picked", request_for(seed=40, n_samples=3, steps=4, keep_only=1))
+    resumed = make(tmp_path, "resumed", request_for(seed=40, n_samples=3, steps=4, made=1))
+    assert [image.seed for image in picked.images] == [41] and [image.seed for image in resumed.images] == [41, 42]
+    assert np.array_equal(pixels(picked.images[0].image), pixels(batch.images[1].image))
+    assert np.array_equal(pixels(resumed.images[1].image), pixels(batch.images[2].image))
+    recorded = batch.images[0].metadata["settings"]  # what ran, as the torch pipeline records it
+    assert (recorded["width"], recorded["height"], recorded["upscale"], recorded["vae_tiling"]) == (128, 128, 2, False)
 
 
 def test_a_stop_keeps_the_batches_finished(tmp_path):

@@ -26,14 +26,20 @@ def frame_difference(a: Image.Image, b: Image.Image) -> float:
 
 @pytest.fixture(scope="module")
 def mini_walk(tmp_path_factory):
-    """A seed-travel and prompt walk on reverie-mini, with its stops made alone."""
-    from reverie.studio import Studio
+    """A seed-travel and prompt walk on reverie-mini, with its stops made alone on the torch
+    pipeline the frames run on (run.py, called directly: `reverie generate` runs reverie-mini on
+    its OpenVINO bundle, methods/diffusion/compiled.py)."""
+    from reverie.methods.diffusion.run import run
+    from reverie.outputs.files import Outputs
+    from reverie.progress import Progress
+    from reverie.studio import Studio, make_request
 
     studio = Studio(device="cpu")
     folder = tmp_path_factory.mktemp("walk")
     result = studio.video("walk", ["a red apple", "a green frog"], seeds=[1, 7], frames=9, keep_frames=True,
                           outdir=folder, **MINI)
-    alone = [studio.generate({"prompt": prompt, "seed": seed, "n_samples": 1, **MINI}).images[0].image
+    alone = [run(make_request({"prompt": prompt, "seed": seed, "n_samples": 1, "device": "cpu", **MINI}), studio.models,
+                 Progress(), Outputs(folder / "alone")).images[0].image
              for prompt, seed in (("a red apple", 1), ("a green frog", 7))]
     return result, frames_of(result.run_dir), alone
 
@@ -43,6 +49,17 @@ def test_a_walks_first_and_last_frames_are_the_pictures_its_stops_make_alone(min
     assert len(frames) == 9 and not result.interrupted
     assert np.array_equal(pixels(frames[0]), pixels(first))
     assert np.array_equal(pixels(frames[-1]), pixels(last))
+
+
+def test_a_walks_stops_are_what_reverie_generate_draws(mini_walk, studio):
+    """`reverie generate`'s pictures (reverie-mini on its OpenVINO bundle) are the walk's stops to
+    the eye: the two paths' kernels round apart by a level here and there."""
+    from conftest import psnr
+
+    _, frames, _ = mini_walk
+    for frame, (prompt, seed) in zip((frames[0], frames[-1]), (("a red apple", 1), ("a green frog", 7))):
+        still = studio.generate({"prompt": prompt, "seed": seed, "n_samples": 1, **MINI}).images[0].image
+        assert psnr(pixels(frame), pixels(still)) > 35
 
 
 def test_a_walk_moves_in_small_steps_where_independent_pictures_jump(mini_walk):

@@ -6,7 +6,7 @@ importing either, whether a request is one this path runs: reverie-mini, txt2img
 under runtime `auto` or `openvino`, with the DPM++ 2M sampler (mini's default; numpy_sampler.py),
 at most 512 px a side (192 with the x2 upscale), a plain prompt (weights, negative, templates and
 styles; no LoRAs or embeddings), without the options only the torch pipeline has (seamless
-tiles, step caching, chaos, a tiny decoder, reranking, live previews, a resumed run). `run`
+tiles, step caching, chaos below 100, a tiny decoder, reranking, live previews). `run`
 then makes its pictures from the bundle (models/mini_bundle.py: the text encoder, UNet, VAE
 decoder and x2 upscaler exported once, made on the first such request) the way run.py's
 pipeline does, step for step: MiniLM's token states (prompts/tokens.py frames them), each
@@ -99,9 +99,9 @@ def serves(request: GenerationRequest, previews: bool = False) -> bool:
     dtype = ran_dtype(request)
     if dtype is None or (dtype == "bf16" and not _x86()) or request.weights not in ("auto", dtype):
         return False
-    if (previews or request.tile or request.step_cache or request.chaos is not None or request.refiner
-            or request.decoder != "vae" or request.vae_tiling or request.attention_slicing or request.expand
-            or request.rerank > 1 or request.score or request.keep_only is not None or request.made):
+    chaos = request.chaos is not None and request.chaos < 100  # 100: each picture its own seed's noise, as without
+    if (previews or request.tile or request.step_cache or chaos or request.refiner or request.decoder != "vae"
+            or request.vae_tiling or request.attention_slicing or request.expand or request.rerank > 1 or request.score):
         return False
     facts = mini_facts()
     width, height = txt2img_size(request, facts)
@@ -143,15 +143,17 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
     soon as it is finished; stopping keeps every picture finished, as run.py does."""
     started = time.perf_counter()
     dtype = ran_dtype(request)
-    request = request.with_defaults(SAMPLING_DEFAULTS).model_copy(update={"runtime": "openvino"})  # what ran
+    facts = mini_facts()
+    width, height = txt2img_size(request, facts)
+    factor = request.upscale or 2
+    # What ran, as run.py records it: the runtime, the size drawn at, the upscale, no tiled decode.
+    request = request.with_defaults(SAMPLING_DEFAULTS).model_copy(update={
+        "runtime": "openvino", "width": width, "height": height, "upscale": factor, "vae_tiling": False})
     progress(ProgressEvent("load", message=f"loading {request.model}"))
     bundle = load_bundle(models, precision_of(dtype), progress)
     tokenizer = models.get(("minilm-tokenizer",), MiniTokenizer)
     loaded = time.perf_counter()
 
-    facts = mini_facts()
-    width, height = txt2img_size(request, facts)
-    factor = request.upscale or 2
     plan = prompt_plan(request)
     settings = picture_settings(request, MINI_NAME, facts.latent_channels, facts.vae_scale, dtype)
     if plan.capped:
@@ -160,12 +162,11 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
             f"{request.max_combinations} (raise max_combinations to make more)")))
     progress(ProgressEvent("encode", message="encoding prompt"))
     result = Result(request=request)
-    seeds, encoded = request.image_seeds(), {}
+    encoded: dict = {}
     try:
-        for batch in range(request.batch_count()):
+        for batch, batch_seeds, index in batches_to_make(request):
             if progress.stop_requested():
                 raise Interrupted()
-            batch_seeds = seeds[batch * request.n_samples : (batch + 1) * request.n_samples]
             pairs = [(plan(seed).prompt, plan(seed).negative_prompt) for seed in batch_seeds]
             cond, uncond = encode_pairs(pairs, tokenizer, bundle, encoded)
             latents = denoise(request, bundle, batch_seeds, cond, uncond, (height, width), facts, batch, progress)
@@ -175,10 +176,11 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
                 progress(ProgressEvent("upscale", message=f"upscaling x{factor}"))
                 pictures = [upscale(bundle, picture) for picture in pictures]
             for picture, seed in zip(pictures, batch_seeds):
-                index = len(result.images)
-                result.images.append(write_picture(picture, seed, None, index, request, settings, None, outputs,
-                                                   plan(seed)))
-                progress(ProgressEvent("image", index + 1, request.picture_count(), payload=result.images[-1]))
+                if index >= request.made:
+                    result.images.append(write_picture(picture, seed, None, index, request, settings, None, outputs,
+                                                       plan(seed)))
+                    progress(ProgressEvent("image", index + 1, request.picture_count(), payload=result.images[-1]))
+                index += 1
     except (Interrupted, KeyboardInterrupt):
         result.interrupted = True
     if result.images:
@@ -187,6 +189,18 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
                                            first.metadata)
     result.timings = {"load_s": loaded - started, "generate_s": time.perf_counter() - loaded}
     return result
+
+
+def batches_to_make(request: GenerationRequest):
+    """(batch number, its seeds, the index of its first picture) for each batch still to make:
+    from the first an earlier run did not finish (`made`), or only the picture `keep_only` picks
+    (a picture here does not depend on its batch-mates, so it is made alone)."""
+    seeds, size = request.image_seeds(), request.n_samples
+    if request.keep_only is not None:
+        yield 0, [seeds[request.keep_only]], 0
+        return
+    for batch in range(request.made // size, request.batch_count()):
+        yield batch, seeds[batch * size : (batch + 1) * size], batch * size
 
 
 def load_bundle(models: ModelCache, precision: str, progress: Progress | None = None) -> MiniBundle:
