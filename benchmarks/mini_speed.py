@@ -5,7 +5,9 @@ warm  `Studio.run` of 4 pictures (the defaults: 20 steps dpmpp_2m, CFG 4, drawn 
       the models already loaded by a first request; median and best of --repeats.
 cold  the whole command from the shell, `python -m reverie generate "red apple" -n 4`, in a
       fresh interpreter (imports, model loading, the pictures, the files), and the import of the
-      command alone and `reverie --help` for reference.
+      command alone and `reverie --help` for reference; each with its peak resident memory.
+      reverie-mini's plain requests run on its OpenVINO bundle without torch
+      (methods/diffusion/compiled.py); `--runtime torch` runs them on the torch pipeline.
 
 With `--before SRC` (a `src/` folder of an earlier reverie, e.g. from `git worktree add
 /tmp/before <commit>`) every figure is also measured for that code, alternating run by run
@@ -77,15 +79,20 @@ def runtimes_worker(repeats: int, runtimes: str) -> None:
     print(json.dumps({"runtimes": times}))
 
 
-def in_python(src: Path, args: list[str], cwd: str | None = None) -> tuple[float, str]:
-    """Run `python ARGS` with `src` first on the path; (wall seconds, stdout)."""
+def in_python(src: Path, args: list[str], cwd: str | None = None) -> tuple[float, str, float]:
+    """Run `python ARGS` with `src` first on the path; (wall seconds, stdout, peak resident GiB)."""
     env = os.environ | {"PYTHONPATH": str(src), "HF_HUB_OFFLINE": "1"}
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, *args], env=env, cwd=cwd, capture_output=True, text=True)
-    elapsed = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(args)} failed:\n{done.stderr[-2000:]}")
-    return elapsed, done.stdout
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        child = subprocess.Popen([sys.executable, *args], env=env, cwd=cwd, stdout=out, stderr=err, text=True)
+        _, status, usage = os.wait4(child.pid, 0)  # its own rusage: ru_maxrss is this child's peak, in KiB
+        elapsed = time.perf_counter() - started
+        child.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0), err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if child.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} failed:\n{stderr[-2000:]}")
+    return elapsed, stdout, usage.ru_maxrss / 2**20
 
 
 def machine() -> str:
@@ -121,7 +128,7 @@ def main() -> None:
         return
     if args.runtimes:
         print(f"machine: {machine()}")
-        _, out = in_python(HERE, [__file__, "--runtimes-worker", "--repeats", str(args.repeats), "--runtimes", args.runtimes])
+        _, out, _ = in_python(HERE, [__file__, "--runtimes-worker", "--repeats", str(args.repeats), "--runtimes", args.runtimes])
         rows = json.loads(out.strip().splitlines()[-1])["runtimes"]
         print(f"\nwarm, one process: Studio.run, 4 pictures at 256 px (reverie-mini's defaults), the runtimes in turn, "
               f"{args.repeats} runs each after one that loads\n| runtime | median s | best s |\n|---|---:|---:|")
@@ -136,36 +143,40 @@ def main() -> None:
     if not args.skip_warm:
         for _ in range(args.rounds):  # a process per code and round, alternating: a busy moment slows both
             for name, src in sources.items():
-                _, out = in_python(src, [__file__, "--warm-worker", "--repeats", str(args.repeats), "--sizes", args.sizes,
-                                               "--runtime", args.runtime])
+                _, out, _ = in_python(src, [__file__, "--warm-worker", "--repeats", str(args.repeats), "--sizes",
+                                            args.sizes, "--runtime", args.runtime])
                 info = json.loads(out.strip().splitlines()[-1])
                 for size, times in info["rows"].items():
                     warm[name].setdefault(size, []).extend(times)
         print(f"\nwarm: Studio.run, 4 pictures, reverie-mini defaults (20 steps dpmpp_2m, CFG 4), "
               f"runtime {args.runtime}, torch {info['torch']}, {info['threads']} threads, {args.rounds} processes x {args.repeats} runs after a first that loads")
-        print(f"| code | size | median s | best s |\n|---|---|---:|---:|")
+        print("| code | size | median s | best s |\n|---|---|---:|---:|")
         for size in warm["after"]:
             for name in sources:
                 times = warm[name][size]
                 print(f"| {name} | {size} | {statistics.median(times):.2f} | {min(times):.2f} |")
     if not args.skip_cold:
         cold = {name: {"import reverie.cli": [], "reverie --help": [], "generate": []} for name in sources}
+        peaks: dict[str, dict[str, list[float]]] = {name: {what: [] for what in cold[name]} for name in sources}
         with tempfile.TemporaryDirectory(prefix="mini-cold-") as folder:
             for _ in range(args.repeats):
                 for name, src in sources.items():  # alternating: a busy moment slows both
-                    cold[name]["import reverie.cli"].append(in_python(src, ["-c", "import reverie.cli"])[0])
-                    cold[name]["reverie --help"].append(in_python(src, ["-m", "reverie", "--help"])[0])
                     outdir = tempfile.mkdtemp(dir=folder)
-                    command = [*COLD_COMMAND, "-o", outdir, "--runtime", args.runtime]
-                    cold[name]["generate"].append(in_python(src, command, cwd=folder)[0])
+                    for what, command in (("import reverie.cli", ["-c", "import reverie.cli"]),
+                                          ("reverie --help", ["-m", "reverie", "--help"]),
+                                          ("generate", [*COLD_COMMAND, "-o", outdir, "--runtime", args.runtime])):
+                        seconds, _, peak = in_python(src, command, cwd=folder)
+                        cold[name][what].append(seconds)
+                        peaks[name][what].append(peak)
         print(f"\ncold: `python {' '.join(COLD_COMMAND[:3])} \"red apple\" -n 4 --seed 1 --runtime {args.runtime}` "
               "in a fresh interpreter, "
-              f"{args.repeats} runs each, alternating")
-        print("| code | what | median s | best s |\n|---|---|---:|---:|")
+              f"{args.repeats} runs each, alternating; peak: the process's own peak resident memory")
+        print("| code | what | median s | best s | peak GiB |\n|---|---|---:|---:|---:|")
         for what in cold["after"]:
             for name in sources:
                 times = cold[name][what]
-                print(f"| {name} | {what} | {statistics.median(times):.2f} | {min(times):.2f} |")
+                print(f"| {name} | {what} | {statistics.median(times):.2f} | {min(times):.2f} | "
+                      f"{max(peaks[name][what]):.2f} |")
     print("\ntargets (issue 22): warm 256x256 at most 1.0 s; cold generate at most 4 s")
 
 
