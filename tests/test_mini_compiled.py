@@ -53,7 +53,31 @@ def test_it_serves_plain_mini_requests_and_leaves_the_rest_to_the_torch_pipeline
                     dict(chaos=99), dict(tile=True), dict(step_cache=2), dict(rerank=2), dict(score=True),
                     dict(mode="img2img", init_image="x.png"), dict(model="tiny"), dict(device="cuda")):
         assert not compiled.serves(request_for(**refused)), refused
-    assert not compiled.serves(request_for(), previews=True)  # a watcher's previews: the torch pipeline's
+    assert compiled.serves(request_for(), previews=True)  # drawn here with the latent->RGB map
+
+
+def test_a_tiny_decoder_in_the_models_folder_draws_the_previews_on_the_torch_pipeline(tmp_path, monkeypatch):
+    monkeypatch.setenv("REVERIE_MODELS", str(tmp_path))
+    assert compiled.serves(request_for(), previews=True)
+    (tmp_path / "taesd").mkdir()
+    (tmp_path / "taesd" / "taesd_decoder.safetensors").write_bytes(b"")
+    assert not compiled.serves(request_for(), previews=True) and compiled.serves(request_for())
+
+
+def test_live_previews_show_the_batch_as_it_comes(tmp_path):
+    events = []
+    result = make(tmp_path, "watched", request_for(n_samples=2, steps=4),
+                  progress=Progress(report=events.append, previews=True))
+    previews = [(event.step, event.preview) for event in events if event.preview is not None]
+    assert [step for step, _ in previews] == [2, 4]
+    final = np.asarray(previews[-1][1].convert("RGB"), dtype=float)
+    assert final.shape == (256, 512, 3)  # the two pictures side by side, 256 px each
+    assert not np.array_equal(np.asarray(previews[0][1]), np.asarray(previews[-1][1]))  # it moves on
+    for column, image in zip((final[:, :256], final[:, 256:]), result.images):
+        # the last preview is the finished latents through the linear map: a red apple's is red
+        # above green above blue, as the picture is (the map is a crude fit: not its levels)
+        shown, made = column.mean((0, 1)), pixels(image.image).mean((0, 1))
+        assert list(np.argsort(shown)) == list(np.argsort(made)) == [2, 1, 0]
 
 
 def test_its_tokenizer_gives_transformers_token_ids():

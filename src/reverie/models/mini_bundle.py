@@ -35,7 +35,7 @@ from .mini import MINI_DIR, weight_files
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1  # bump when a part's graph or inputs change
+FORMAT = 2  # bump when a part's graph or inputs change, or what done.json holds
 PARTS = ("text_encoder", "unet", "decoder", "upscaler")
 DONE_NAME = "done.json"
 COMPILED_DIR = "compiled"
@@ -95,6 +95,7 @@ def make_bundle(folder: Path, precision: str) -> None:
     import openvino as ov
     import torch
 
+    from .latent_rgb import fit_latent_to_rgb
     from .mini import load_mini
     from .openvino_runtime import TraceableUNet
     from .upscaler import load_upscaler
@@ -128,8 +129,9 @@ def make_bundle(folder: Path, precision: str) -> None:
             model = _convert(module, example, inputs)
             ov.save_model(model, str(partial / f"{name}.xml"), compress_to_fp16=False)
             sizes[name] = (partial / f"{name}.bin").stat().st_size
-        (partial / DONE_NAME).write_text(json.dumps({"bin_bytes": sizes, "precision": precision,
-                                                     "export_s": round(time.perf_counter() - started, 1)}))
+        (partial / DONE_NAME).write_text(json.dumps({
+            "bin_bytes": sizes, "precision": precision, "export_s": round(time.perf_counter() - started, 1),
+            "latent_rgb": fit_latent_to_rgb(vae).tolist()}))  # live previews' latent->RGB map
         if folder.exists():
             shutil.rmtree(folder, ignore_errors=True)
         os.replace(partial, folder)
@@ -186,7 +188,7 @@ def _convert(module, example: tuple, inputs: list):
 
 class MiniBundle:
     """The bundle's parts, run by OpenVINO's CPU plugin: `bundle(part, *arrays)` -> the part's
-    output as a NumPy array. `compiles` counts the shapes compiled (or loaded from the
+    output as a NumPy array; `latent_rgb`, the VAE's latent->RGB map for live previews. `compiles` counts the shapes compiled (or loaded from the
     bundle's compiled/ folder) in this process."""
 
     def __init__(self, folder: Path, precision: str, upscaler_precision: str):
@@ -200,6 +202,8 @@ class MiniBundle:
         self._compiled: dict[str, OrderedDict] = {part: OrderedDict() for part in PARTS}
         self._lock = threading.Lock()
         self.weight_bytes = sum((folder / f"{part}.bin").stat().st_size for part in PARTS)  # for the model cache
+        # [C+1, 3]: the VAE's latent->RGB map for live previews (models/latent_rgb.py)
+        self.latent_rgb = np.asarray(json.loads((folder / DONE_NAME).read_text())["latent_rgb"], dtype=np.float32)
 
     def __call__(self, part: str, *inputs: np.ndarray) -> np.ndarray:
         request = self._request(part, tuple(x.shape for x in inputs))

@@ -21,39 +21,10 @@ import torch
 from diffusers import AutoencoderTiny
 from safetensors.torch import load_file
 
-from ..errors import BadCheckpoint, BadRequest, ModelNotFound
-from .registry import models_dir
+from ..errors import BadCheckpoint, BadRequest
+from .tiny_decoder_files import DIFFUSERS_FILES, find_tiny_decoder, tiny_folder_name  # noqa: F401  (for callers)
 
 DECODER_CHOICES = ("vae", "tiny")
-DIFFUSERS_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
-
-
-def tiny_folder_name(family: str) -> str:
-    """The models folder's subfolder a model family's tiny decoder is looked for in."""
-    return "taesdxl" if family.startswith("sdxl") else "taesd"
-
-
-def find_tiny_decoder(reference: str, family: str) -> Path:
-    """The tiny decoder `reference` names for a model of `family`: "tiny" (the models folder's
-    `taesd/` or `taesdxl/`), or a path to such a folder or to a single decoder file.
-    Raises ModelNotFound naming where to put the files."""
-    name = tiny_folder_name(family)
-    folder = models_dir() / name if reference == "tiny" else Path(reference)
-    if folder.is_file() and folder.suffix in (".safetensors", ".pth"):
-        return folder
-    if folder.is_dir():
-        if all((folder / file).is_file() for file in DIFFUSERS_FILES):
-            return folder
-        for stem in (f"{name}_decoder", "taesd_decoder", "taesdxl_decoder"):
-            for suffix in (".safetensors", ".pth"):
-                if (folder / (stem + suffix)).is_file():
-                    return folder / (stem + suffix)
-    raise ModelNotFound(
-        f"decoder: no tiny decoder at {folder}; for {family} models put madebyollin/{name}'s config.json and "
-        f"diffusion_pytorch_model.safetensors (or A1111's {name}_decoder.safetensors) in {models_dir() / name}/, "
-        "or use --decoder vae")
-
-
 def load_tiny_decoder(path: Path, dtype: torch.dtype = torch.float32) -> AutoencoderTiny:
     """An AutoencoderTiny from a diffusers folder, or one holding a single decoder file's weights
     (its encoder then stays unused)."""

@@ -35,11 +35,9 @@ from .networks import batch_prompts
 from .images import (composite, feathered_alpha, load_image, load_mask, outpaint_canvas, pad_to_multiple, round_to_8,
                      to_rgb, txt2img_size, working_factor)
 from .pipelines import circular_padding, memory_settings, pipeline_for, vae_dtype_kept
-from .preview import preview_image
+from .preview import PREVIEW_EVERY, PREVIEW_SIDE, preview_image
 from .request import GenerationRequest
 
-PREVIEW_EVERY = 2  # denoising steps between live previews, when the listener wants them
-PREVIEW_SIDE = 256
 
 
 @dataclass

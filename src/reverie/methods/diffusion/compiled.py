@@ -6,7 +6,8 @@ importing either, whether a request is one this path runs: reverie-mini, txt2img
 under runtime `auto` or `openvino`, with the DPM++ 2M sampler (mini's default; numpy_sampler.py),
 at most 512 px a side (192 with the x2 upscale), a plain prompt (weights, negative, templates and
 styles; no LoRAs or embeddings), without the options only the torch pipeline has (seamless
-tiles, step caching, chaos below 100, a tiny decoder, reranking, live previews). `run`
+tiles, step caching, chaos below 100, a tiny decoder, reranking; live previews are drawn here
+with the VAE's linear latent->RGB map unless a tiny decoder in the models folder would draw them). `run`
 then makes its pictures from the bundle (models/mini_bundle.py: the text encoder, UNet, VAE
 decoder and x2 upscaler exported once, made on the first such request) the way run.py's
 pipeline does, step for step: MiniLM's token states (prompts/tokens.py frames them), each
@@ -32,6 +33,7 @@ from types import SimpleNamespace
 import numpy as np
 from PIL import Image
 
+from ...errors import ModelNotFound
 from ...host import this_cpu_native_bf16
 from ...models.cache import ModelCache
 from ...models.mini import MINI_DIR, MINI_NAME, SAMPLING_DEFAULTS, mini_installed
@@ -45,6 +47,7 @@ from ...result import Result
 from ...torch_noise import torch_randn
 from .images import txt2img_size
 from .numpy_sampler import DPMSolver2M, sampler_supported
+from .preview import PREVIEW_EVERY, PREVIEW_SIDE, linear_preview
 from .records import picture_settings, write_picture
 from .request import GenerationRequest
 
@@ -89,7 +92,9 @@ def _accelerator_visible() -> bool:
 
 def serves(request: GenerationRequest, previews: bool = False) -> bool:
     """Whether this path runs `request` (resolved: its model and seed fixed) — see the module
-    docstring; decided without importing torch."""
+    docstring; decided without importing torch. `previews` (the listener wants live previews):
+    drawn with the VAE's linear latent->RGB map, or on the torch pipeline where a tiny decoder
+    in the models folder would draw them."""
     if request.mode != "txt2img" or request.model != MINI_NAME or not mini_installed():
         return False
     if request.runtime == "torch" or importlib.util.find_spec("openvino") is None:
@@ -100,7 +105,9 @@ def serves(request: GenerationRequest, previews: bool = False) -> bool:
     if dtype is None or (dtype == "bf16" and not _x86()) or request.weights not in ("auto", dtype):
         return False
     chaos = request.chaos is not None and request.chaos < 100  # 100: each picture its own seed's noise, as without
-    if (previews or request.tile or request.step_cache or chaos or request.refiner or request.decoder != "vae"
+    if previews and _tiny_decoder_present():
+        return False
+    if (request.tile or request.step_cache or chaos or request.refiner or request.decoder != "vae"
             or request.vae_tiling or request.attention_slicing or request.expand or request.rerank > 1 or request.score):
         return False
     facts = mini_facts()
@@ -113,6 +120,18 @@ def serves(request: GenerationRequest, previews: bool = False) -> bool:
     if not sampler_supported(request.sampler or SAMPLING_DEFAULTS.sampler, facts.scheduler_config):
         return False
     return not _names_networks(request)
+
+
+def _tiny_decoder_present() -> bool:
+    """Whether the models folder has a tiny decoder for reverie-mini's latents (run.py previews
+    with it: a real decode)."""
+    from ...models.tiny_decoder_files import find_tiny_decoder
+
+    try:
+        find_tiny_decoder("tiny", "mini")
+    except ModelNotFound:
+        return False
+    return True
 
 
 def _x86() -> bool:
@@ -295,7 +314,11 @@ def denoise(request: GenerationRequest, bundle: MiniBundle, seeds: list[int], co
             out_uncond, out_cond = np.split(out, 2)
             out = out_uncond + np.float32(scale) * (out_cond - out_uncond)
         latents = sampler.step(out, latents)
-        progress(ProgressEvent("denoise", step + 1, total, batch, request.batch_count()))
+        done = step + 1
+        preview = None
+        if progress.previews and (done % PREVIEW_EVERY == 0 or done == total):
+            preview = linear_preview(latents, bundle.latent_rgb, PREVIEW_SIDE)
+        progress(ProgressEvent("denoise", done, total, batch, request.batch_count(), preview=preview))
         if progress.stop_requested():
             raise Interrupted()  # the batch was cut short: its half-made pictures are not results
     return latents
