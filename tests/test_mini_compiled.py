@@ -48,9 +48,10 @@ def test_it_serves_plain_mini_requests_and_leaves_the_rest_to_the_torch_pipeline
                                        cfg_scale=1.0, steps=5, width=96, height=160, upscale=1))
     assert compiled.serves(request_for(dtype="fp32", runtime="openvino"))
     assert compiled.serves(request_for(keep_only=1, chaos=100, made=0)) and compiled.serves(request_for(made=2))
+    assert compiled.serves(request_for(rerank=2)) and compiled.serves(request_for(score=True))  # a torch CLIP scores
     for refused in (dict(runtime="torch"), dict(sampler="euler"), dict(prompt="apple <lora:style:0.8>"),
                     dict(upscale=4), dict(width=256), dict(width=104), dict(dtype="fp16"), dict(chaos=0),
-                    dict(chaos=99), dict(tile=True), dict(step_cache=2), dict(rerank=2), dict(score=True),
+                    dict(chaos=99), dict(tile=True), dict(step_cache=2), dict(expand=True),
                     dict(mode="img2img", init_image="x.png"), dict(model="tiny"), dict(device="cuda")):
         assert not compiled.serves(request_for(**refused)), refused
     assert compiled.serves(request_for(), previews=True)  # drawn here with the latent->RGB map

@@ -107,3 +107,12 @@ def best_candidates(batches: Iterable[list[tuple[Image.Image, int]]], scorer: Sc
         interrupted = True
     ranked = sorted(finished, key=lambda candidate: candidate.score, reverse=True)
     return ranked[:keep], interrupted
+
+
+def with_scores(batch, scorer, plan) -> list[tuple]:
+    """[(picture, seed)] -> [(picture, seed, score)], each scored against its own prompt
+    (`plan(seed).prompt`, a PromptPlan); the score is None when nothing scores."""
+    if scorer is None:
+        return [(picture, seed, None) for picture, seed in batch]
+    scores = scorer.scores([picture for picture, _ in batch], [plan(seed).prompt for _, seed in batch])
+    return [(picture, seed, score) for (picture, seed), score in zip(batch, scores)]

@@ -6,9 +6,10 @@ importing either, whether a request is one this path runs: reverie-mini, txt2img
 under runtime `auto` or `openvino`, with the DPM++ 2M sampler (mini's default; numpy_sampler.py),
 at most 512 px a side (192 with the x2 upscale), a plain prompt (weights, negative, templates and
 styles; no LoRAs or embeddings), without the options only the torch pipeline has (seamless
-tiles, step caching, chaos below 100, a tiny decoder, reranking; live previews are drawn here
-with the VAE's linear latent->RGB map unless a tiny decoder in the models folder would draw them). `run`
-then makes its pictures from the bundle (models/mini_bundle.py: the text encoder, UNet, VAE
+tiles, step caching, chaos below 100, a tiny decoder, prompt expansion). Live previews are drawn
+here with the VAE's linear latent->RGB map (unless a tiny decoder in the models folder would
+draw them); best-of-N and scores import torch for their CLIP, the pictures still come from here.
+`run` then makes its pictures from the bundle (models/mini_bundle.py: the text encoder, UNet, VAE
 decoder and x2 upscaler exported once, made on the first such request) the way run.py's
 pipeline does, step for step: MiniLM's token states (prompts/tokens.py frames them), each
 seed's starting noise as torch's CPU generator draws it (torch_noise.py), classifier-free
@@ -108,7 +109,7 @@ def serves(request: GenerationRequest, previews: bool = False) -> bool:
     if previews and _tiny_decoder_present():
         return False
     if (request.tile or request.step_cache or chaos or request.refiner or request.decoder != "vae"
-            or request.vae_tiling or request.attention_slicing or request.expand or request.rerank > 1 or request.score):
+            or request.vae_tiling or request.attention_slicing or request.expand):
         return False
     facts = mini_facts()
     width, height = txt2img_size(request, facts)
@@ -171,6 +172,11 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
     progress(ProgressEvent("load", message=f"loading {request.model}"))
     bundle = load_bundle(models, precision_of(dtype), progress)
     tokenizer = models.get(("minilm-tokenizer",), MiniTokenizer)
+    scorer = None
+    if request.score or request.rerank > 1:
+        from ..rerank import scorer_from  # the scorer is a torch CLIP: only such requests import torch
+
+        scorer = scorer_from(models, request.scorer)
     loaded = time.perf_counter()
 
     plan = prompt_plan(request)
@@ -181,22 +187,28 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
             f"{request.max_combinations} (raise max_combinations to make more)")))
     progress(ProgressEvent("encode", message="encoding prompt"))
     result = Result(request=request)
-    encoded: dict = {}
+    # Best-of-N makes N times the pictures and keeps the best-scored, scored at the size drawn.
+    candidates = request.model_copy(update={"n_iter": request.n_iter * request.rerank})
+    made = make_batches(candidates, bundle, tokenizer, plan, (height, width), facts, progress)
     try:
-        for batch, batch_seeds, index in batches_to_make(request):
-            if progress.stop_requested():
-                raise Interrupted()
-            pairs = [(plan(seed).prompt, plan(seed).negative_prompt) for seed in batch_seeds]
-            cond, uncond = encode_pairs(pairs, tokenizer, bundle, encoded)
-            latents = denoise(request, bundle, batch_seeds, cond, uncond, (height, width), facts, batch, progress)
-            progress(ProgressEvent("decode", batch=batch, batches=request.batch_count()))
-            pictures = decode(bundle, latents)
+        if request.rerank > 1:
+            from ..rerank import best_candidates
+
+            progress(ProgressEvent("rerank", 0, request.candidate_count(), message=(
+                f"making {request.candidate_count()} candidates, keeping the best {request.picture_count()}")))
+            kept, result.interrupted = best_candidates((batch for _, batch in made), scorer, lambda seed: plan(seed).prompt,
+                                                       request.picture_count(), request.candidate_count(), progress)
+            finished = [(0, [(candidate.picture, candidate.seed, candidate.score) for candidate in kept])]
+        else:
+            finished = ((index, scored(batch, scorer, plan)) for index, batch in made)
+        for index, batch in finished:
+            pictures = [picture for picture, _, _ in batch]
             if factor > 1:
                 progress(ProgressEvent("upscale", message=f"upscaling x{factor}"))
                 pictures = [upscale(bundle, picture) for picture in pictures]
-            for picture, seed in zip(pictures, batch_seeds):
+            for picture, (_, seed, score) in zip(pictures, batch):
                 if index >= request.made:
-                    result.images.append(write_picture(picture, seed, None, index, request, settings, None, outputs,
+                    result.images.append(write_picture(picture, seed, score, index, request, settings, scorer, outputs,
                                                        plan(seed)))
                     progress(ProgressEvent("image", index + 1, request.picture_count(), payload=result.images[-1]))
                 index += 1
@@ -210,15 +222,42 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
     return result
 
 
+def make_batches(request: GenerationRequest, bundle: MiniBundle, tokenizer: MiniTokenizer, plan, size: tuple[int, int],
+                 facts: MiniFacts, progress: Progress):
+    """(index of its first picture, [(picture at the size drawn, seed)]) for each batch still to
+    make (`batches_to_make`), as soon as it is finished."""
+    encoded: dict = {}
+    for batch, seeds, index in batches_to_make(request):
+        if progress.stop_requested():
+            raise Interrupted()
+        pairs = [(plan(seed).prompt, plan(seed).negative_prompt) for seed in seeds]
+        cond, uncond = encode_pairs(pairs, tokenizer, bundle, encoded)
+        latents = denoise(request, bundle, seeds, cond, uncond, size, facts, batch, progress)
+        progress(ProgressEvent("decode", batch=batch, batches=request.batch_count()))
+        yield index, list(zip(decode(bundle, latents), seeds))
+
+
+def scored(batch: list[tuple], scorer, plan) -> list[tuple]:
+    """[(picture, seed)] -> [(picture, seed, score)] (rerank.with_scores; None scores, and no
+    torch imported, when nothing scores)."""
+    if scorer is None:
+        return [(picture, seed, None) for picture, seed in batch]
+    from ..rerank import with_scores
+
+    return with_scores(batch, scorer, plan)
+
+
 def batches_to_make(request: GenerationRequest):
     """(batch number, its seeds, the index of its first picture) for each batch still to make:
-    from the first an earlier run did not finish (`made`), or only the picture `keep_only` picks
-    (a picture here does not depend on its batch-mates, so it is made alone)."""
+    from the first an earlier run did not finish (`made`; best-of-N makes every candidate
+    again), or only the picture `keep_only` picks (a picture here does not depend on its
+    batch-mates, so it is made alone)."""
     seeds, size = request.image_seeds(), request.n_samples
     if request.keep_only is not None:
         yield 0, [seeds[request.keep_only]], 0
         return
-    for batch in range(request.made // size, request.batch_count()):
+    first = request.made // size if request.rerank == 1 else 0
+    for batch in range(first, request.batch_count()):
         yield batch, seeds[batch * size : (batch + 1) * size], batch * size
 
 

@@ -262,7 +262,8 @@ class GenerationRequest(BaseRequest):
 
 
 def resolve(request: GenerationRequest) -> GenerationRequest:
-    """Fix the seed and the model, and for variations borrow the source picture's prompt."""
+    """Fix the seed and the model, and for variations borrow the source picture's prompt; a
+    request that scores its pictures needs a prompt to score them against."""
     from ...models.registry import default_model
     from ...outputs.metadata import read_png_info
 
@@ -280,4 +281,7 @@ def resolve(request: GenerationRequest) -> GenerationRequest:
             own = source.get("prompt") or source["settings"]
             updates["prompt"] = own.get("prompt", "")
             updates["negative_prompt"] = own.get("negative_prompt", "")
-    return request.model_copy(update=updates) if updates else request
+    request = request.model_copy(update=updates) if updates else request
+    if (request.rerank > 1 or request.score) and not request.prompt.strip():
+        raise BadRequest("rerank" if request.rerank > 1 else "score", "needs a prompt to score the pictures against")
+    return request

@@ -34,9 +34,9 @@ from ...models.tiny_decoder import check_decoder_fits, find_tiny_decoder, load_t
 from ...outputs.files import Outputs
 from ...progress import Interrupted, Progress, ProgressEvent
 from ...prompts.extra_networks import names_a_lora
-from ...prompts.picture import PromptPlan, prompt_plan
+from ...prompts.picture import prompt_plan
 from ...result import Result
-from ..rerank import best_candidates, scorer_from
+from ..rerank import best_candidates, scorer_from, with_scores  # noqa: F401  (with_scores: for callers)
 from . import records
 from .records import write_picture
 from .networks import lora_sets
@@ -226,8 +226,6 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
     every picture finished so far and `interrupted` is True.
     """
     request = resolve(request)
-    if (request.rerank > 1 or request.score) and not request.prompt.strip():
-        raise BadRequest("rerank" if request.rerank > 1 else "score", "needs a prompt to score the pictures against")
     device = pick_device(request.device)
     dtype = pick_dtype(request.dtype, device)
     started = time.perf_counter()
@@ -374,12 +372,3 @@ def sdxl_memory(components: ModelComponents, dtype: torch.dtype) -> dict:
 # SDXL's UNet holds about twice SD's activations per latent pixel (wider middle levels, up to
 # ten transformer layers a block); a deliberately generous factor, as the rest of the estimate.
 SDXL_UNET_SCALE = 2.0
-
-
-def with_scores(batch, scorer, plan: PromptPlan) -> list[tuple]:
-    """[(picture, seed)] -> [(picture, seed, score)], each scored against its own prompt; the
-    score is None when nothing scores."""
-    if scorer is None:
-        return [(picture, seed, None) for picture, seed in batch]
-    scores = scorer.scores([picture for picture, _ in batch], [plan(seed).prompt for _, seed in batch])
-    return [(picture, seed, score) for (picture, seed), score in zip(batch, scores)]

@@ -39,13 +39,13 @@ from ...prompts.conditioning import encode_prompt_batch
 from ...prompts.picture import prompt_plan
 from ...result import Result
 from ..registry import Share
-from ..rerank import scorer_from
+from ..rerank import scorer_from, with_scores
 from .batches import denoise_batch, finish, prepare_input, unet_with_loras
 from .pipelines import circular_padding, memory_settings, vae_dtype_kept
 from .networks import batch_prompts
 from .request import GenerationRequest
 from .records import write_picture
-from .run import diffusion_model, fit_memory, on_runtimes, picture_settings, resolve, run, tiny_decoder, with_scores
+from .run import diffusion_model, fit_memory, on_runtimes, picture_settings, resolve, run, tiny_decoder
 
 # Fields that may differ between requests sharing a pass: what each picture is of, and how many.
 PER_REQUEST = {"prompt", "negative_prompt", "seed", "n_samples", "n_iter", "combinatorial", "max_combinations",
