@@ -49,7 +49,7 @@ from ...torch_noise import torch_randn
 from .images import txt2img_size
 from .numpy_sampler import DPMSolver2M, sampler_supported
 from .preview import PREVIEW_EVERY, PREVIEW_SIDE, linear_preview
-from .records import picture_settings, write_picture
+from .records import picture_settings, scored_batches, write_batches
 from .request import GenerationRequest
 
 MAX_SIDE = 512  # working pixels a side: larger pictures go to run.py (its decode and memory checks)
@@ -189,76 +189,46 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
     result = Result(request=request)
     # Best-of-N makes N times the pictures and keeps the best-scored, scored at the size drawn.
     candidates = request.model_copy(update={"n_iter": request.n_iter * request.rerank})
-    made = make_batches(candidates, bundle, tokenizer, plan, (height, width), facts, progress)
-    try:
-        if request.rerank > 1:
-            from ..rerank import best_candidates
+    batches = make_batches(candidates, bundle, tokenizer, plan, (height, width), facts, progress)
+    batches = scored_batches(batches, result, scorer, plan, progress)
 
-            progress(ProgressEvent("rerank", 0, request.candidate_count(), message=(
-                f"making {request.candidate_count()} candidates, keeping the best {request.picture_count()}")))
-            kept, result.interrupted = best_candidates((batch for _, batch in made), scorer, lambda seed: plan(seed).prompt,
-                                                       request.picture_count(), request.candidate_count(), progress)
-            finished = [(0, [(candidate.picture, candidate.seed, candidate.score) for candidate in kept])]
-        else:
-            finished = ((index, scored(batch, scorer, plan)) for index, batch in made)
-        for index, batch in finished:
-            pictures = [picture for picture, _, _ in batch]
-            if factor > 1:
-                progress(ProgressEvent("upscale", message=f"upscaling x{factor}"))
-                pictures = [upscale(bundle, picture) for picture in pictures]
-            for picture, (_, seed, score) in zip(pictures, batch):
-                if index >= request.made:
-                    result.images.append(write_picture(picture, seed, score, index, request, settings, scorer, outputs,
-                                                       plan(seed)))
-                    progress(ProgressEvent("image", index + 1, request.picture_count(), payload=result.images[-1]))
-                index += 1
-    except (Interrupted, KeyboardInterrupt):
-        result.interrupted = True
-    if result.images:
-        first = result.images[0]
-        result.grid_path = outputs.grid_of([image.image for image in result.images], request.prompt, first.parameters,
-                                           first.metadata)
+    def final_size(pictures: list[Image.Image]) -> list[Image.Image]:
+        if factor == 1:
+            return pictures
+        progress(ProgressEvent("upscale", message=f"upscaling x{factor}"))
+        return [upscale(bundle, picture) for picture in pictures]
+
+    write_batches(result, batches, request.batches_done() * request.n_samples, settings, scorer, outputs, plan, progress,
+                  final_size)
     result.timings = {"load_s": loaded - started, "generate_s": time.perf_counter() - loaded}
     return result
 
 
 def make_batches(request: GenerationRequest, bundle: MiniBundle, tokenizer: MiniTokenizer, plan, size: tuple[int, int],
                  facts: MiniFacts, progress: Progress):
-    """(index of its first picture, [(picture at the size drawn, seed)]) for each batch still to
-    make (`batches_to_make`), as soon as it is finished."""
+    """[(picture at the size drawn, seed)] for each batch still to make (`batches_to_make`), as
+    soon as it is finished."""
     encoded: dict = {}
-    for batch, seeds, index in batches_to_make(request):
+    for batch, seeds in batches_to_make(request):
         if progress.stop_requested():
             raise Interrupted()
         pairs = [(plan(seed).prompt, plan(seed).negative_prompt) for seed in seeds]
         cond, uncond = encode_pairs(pairs, tokenizer, bundle, encoded)
         latents = denoise(request, bundle, seeds, cond, uncond, size, facts, batch, progress)
         progress(ProgressEvent("decode", batch=batch, batches=request.batch_count()))
-        yield index, list(zip(decode(bundle, latents), seeds))
-
-
-def scored(batch: list[tuple], scorer, plan) -> list[tuple]:
-    """[(picture, seed)] -> [(picture, seed, score)] (rerank.with_scores; None scores, and no
-    torch imported, when nothing scores)."""
-    if scorer is None:
-        return [(picture, seed, None) for picture, seed in batch]
-    from ..rerank import with_scores
-
-    return with_scores(batch, scorer, plan)
+        yield list(zip(decode(bundle, latents), seeds))
 
 
 def batches_to_make(request: GenerationRequest):
-    """(batch number, its seeds, the index of its first picture) for each batch still to make:
-    from the first an earlier run did not finish (`made`; best-of-N makes every candidate
-    again), or only the picture `keep_only` picks (a picture here does not depend on its
-    batch-mates, so it is made alone)."""
+    """(batch number, its seeds) for each batch still to make: from the first an earlier run did
+    not finish (`batches_done`), or only the picture `keep_only` picks (a picture here does not
+    depend on its batch-mates, so it is made alone)."""
     seeds, size = request.image_seeds(), request.n_samples
     if request.keep_only is not None:
-        yield 0, [seeds[request.keep_only]], 0
+        yield 0, [seeds[request.keep_only]]
         return
-    first = request.made // size if request.rerank == 1 else 0
-    for batch in range(first, request.batch_count()):
-        yield batch, seeds[batch * size : (batch + 1) * size], batch * size
+    for batch in range(request.batches_done(), request.batch_count()):
+        yield batch, seeds[batch * size : (batch + 1) * size]
 
 
 def load_bundle(models: ModelCache, precision: str, progress: Progress | None = None) -> MiniBundle:

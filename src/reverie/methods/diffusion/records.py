@@ -1,15 +1,16 @@
 """What each picture records of the request that made it: reverie's JSON and A1111's text in
-its PNG, written beside it as it is finished. Nothing here needs torch: a request that runs on
-OpenVINO alone (compiled.py) writes its pictures with it too."""
+its PNG, written as it is finished (`write_batches`). Nothing here needs torch: a request that
+runs on OpenVINO alone (compiled.py) writes its pictures with it too."""
 
 from __future__ import annotations
 
 from ... import __version__
 from ...outputs.files import Outputs
 from ...outputs.metadata import a1111_parameters, reverie_metadata
+from ...progress import Interrupted, Progress, ProgressEvent
 from ...prompts.extra_networks import extract_pair
 from ...prompts.picture import PicturePrompt
-from ...result import GeneratedImage
+from ...result import GeneratedImage, Result
 from ...samplers import get_sampler
 from ..upscale.request import upscaler_name
 from .request import IMAGE_MODES, GenerationRequest
@@ -106,3 +107,49 @@ def _parameter_fields(settings: dict, seed: int, size: tuple[int, int], request:
         fields["Hires upscale"] = settings["upscale"]
         fields["Hires upscaler"] = upscaler_name(settings["upscale"])
     return fields
+
+
+def write_batches(result: Result, batches, index: int, settings: dict, scorer, outputs: Outputs, plan,
+                  progress: Progress, finish=lambda pictures: pictures) -> Result:
+    """Write each batch [(picture, seed, score)] as soon as it comes, its pictures brought to
+    their final size by `finish`, numbered from `index` (those before `result.request.made` an
+    earlier run wrote), then the grid of all; a stop (Interrupted, Ctrl-C) keeps every picture
+    written. `plan` gives each seed's own prompt (a PromptPlan)."""
+    request = result.request
+    try:
+        for batch in batches:
+            pictures = finish([picture for picture, _, _ in batch])
+            for picture, (_, seed, score) in zip(pictures, batch):
+                if index >= request.made:
+                    result.images.append(write_picture(picture, seed, score, index, request, settings, scorer, outputs,
+                                                       plan(seed)))
+                    progress(ProgressEvent("image", index + 1, request.picture_count(), payload=result.images[-1]))
+                index += 1
+    except (Interrupted, KeyboardInterrupt):
+        result.interrupted = True
+    if result.images:
+        first = result.images[0]
+        result.grid_path = outputs.grid_of([image.image for image in result.images], request.prompt, first.parameters,
+                                           first.metadata)
+    return result
+
+
+def scored_batches(batches, result: Result, scorer, plan, progress: Progress):
+    """The batches to write, from the batches made [(picture, seed)]: with best-of-N (`rerank`
+    above 1) one batch, the best-scored candidates (`result.interrupted` when a stop came
+    first), else each batch as it comes; as [(picture, seed, score)], each scored against its own
+    prompt (`plan(seed).prompt`) by `scorer`, the score None without one (no torch imported)."""
+    request = result.request
+    if request.rerank > 1:
+        from ..rerank import best_candidates  # the scorer is a torch CLIP
+
+        progress(ProgressEvent("rerank", 0, request.candidate_count(), message=(
+            f"making {request.candidate_count()} candidates, keeping the best {request.picture_count()}")))
+        kept, result.interrupted = best_candidates(batches, scorer, lambda seed: plan(seed).prompt,
+                                                   request.picture_count(), request.candidate_count(), progress)
+        return [[(candidate.picture, candidate.seed, candidate.score) for candidate in kept]]
+    if scorer is None:
+        return ([(picture, seed, None) for picture, seed in batch] for batch in batches)
+    from ..rerank import with_scores
+
+    return (with_scores(batch, scorer, plan) for batch in batches)

@@ -224,6 +224,12 @@ class GenerationRequest(BaseRequest):
             return combination_count(self) * self.n_iter
         return self.n_samples * self.n_iter
 
+    def batches_done(self) -> int:
+        """Batches an earlier run finished (`made`), which resuming skips; a partly written one is
+        made again whole (a picture is bit for bit the same only with its whole batch). None for
+        best-of-N (the choice needs every candidate again) or a picture picked from a batch."""
+        return self.made // self.n_samples if self.rerank == 1 and self.keep_only is None else 0
+
     def batch_count(self) -> int:
         return 1 if self.keep_only is not None else -(-self.made_count() // self.n_samples)
 

@@ -32,13 +32,13 @@ from ...models.registry import load_model
 from ...models.weight_storage import storage_dtype, store_weights
 from ...models.tiny_decoder import check_decoder_fits, find_tiny_decoder, load_tiny_decoder
 from ...outputs.files import Outputs
-from ...progress import Interrupted, Progress, ProgressEvent
+from ...progress import Progress, ProgressEvent
 from ...prompts.extra_networks import names_a_lora
 from ...prompts.picture import prompt_plan
 from ...result import Result
-from ..rerank import best_candidates, scorer_from, with_scores  # noqa: F401  (with_scores: for callers)
+from ..rerank import scorer_from
 from . import records
-from .records import write_picture
+from .records import scored_batches, write_batches
 from .networks import lora_sets
 from .batches import PreparedInput, finish, prepare_input, run_batches
 from .request import GenerationRequest, resolve  # noqa: F401  (resolve: for callers)
@@ -248,38 +248,16 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
 
     plan = prompt_plan(request)  # each picture's own prompt (template variant, styles)
     candidates = request.model_copy(update={"n_iter": request.n_iter * request.rerank})
-    # Resuming: batches an earlier run finished are skipped; a partly written one is made again
-    # whole (a picture is bit-for-bit the same only with its whole batch). Best-of makes every
-    # candidate again: the choice needs them all.
-    skipped = request.made // request.n_samples if request.rerank == 1 and request.keep_only is None else 0
+    skipped = request.batches_done()  # resuming: what an earlier run finished
     batches = run_batches(candidates, components, prepared, device, dtype, progress, first=skipped, refiner=refiner,
                           decoder=decoder, previewer=previewer, unet=unet)
     if request.keep_only is not None:
         batches = ([batch[request.keep_only]] for batch in batches)
     result = Result(request=request)
-    if request.rerank > 1:
-        progress(ProgressEvent("rerank", 0, request.candidate_count(), message=(
-            f"making {request.candidate_count()} candidates, keeping the best {request.picture_count()}")))
-        kept, result.interrupted = best_candidates(batches, scorer, lambda seed: plan(seed).prompt,
-                                                   request.picture_count(), request.candidate_count(), progress)
-        batches = [[(candidate.picture, candidate.seed, candidate.score) for candidate in kept]]
-    else:
-        batches = (with_scores(batch, scorer, plan) for batch in batches)
+    batches = scored_batches(batches, result, scorer, plan, progress)
     settings = picture_settings(request, components, dtype)
-    index = skipped * request.n_samples  # of the next picture in the whole request
-    try:
-        for batch in batches:
-            pictures = finish([picture for picture, _, _ in batch], prepared, request, models, progress)
-            for picture, (_, seed, score) in zip(pictures, batch):
-                if index >= request.made:
-                    result.images.append(write_picture(picture, seed, score, index, request, settings, scorer, outputs, plan(seed)))
-                    progress(ProgressEvent("image", index + 1, request.picture_count(), payload=result.images[-1]))
-                index += 1
-    except (Interrupted, KeyboardInterrupt):
-        result.interrupted = True
-    if result.images:
-        first = result.images[0]
-        result.grid_path = outputs.grid_of([image.image for image in result.images], request.prompt, first.parameters, first.metadata)
+    write_batches(result, batches, skipped * request.n_samples, settings, scorer, outputs, plan, progress,
+                  lambda pictures: finish(pictures, prepared, request, models, progress))
     result.timings = {"load_s": loaded - started, "generate_s": time.perf_counter() - loaded}
     return result
 
