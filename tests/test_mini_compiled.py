@@ -177,3 +177,21 @@ def test_the_command_makes_mini_pictures_without_importing_torch(tmp_path):
     assert not {"torch", "diffusers", "transformers"} & imported
     for name in ("00000-5-red-apple.png", "00001-6-red-apple.png"):
         assert np.array_equal(pixels(Image.open(tmp_path / "first" / name)), pixels(Image.open(tmp_path / "second" / name)))
+
+
+def test_a_bundle_that_cannot_be_made_leaves_mini_to_the_torch_pipeline(tmp_path, monkeypatch):
+    from reverie.methods.diffusion import METHOD
+
+    monkeypatch.setenv("REVERIE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(compiled, "_failed", {})
+
+    def cannot(folder, precision):
+        raise RuntimeError("the exporter cannot trace this layer")
+
+    monkeypatch.setattr(compiled, "make_bundle", cannot)
+    request = request_for(steps=2, n_samples=1)
+    assert compiled.serves(request)
+    models = ModelCache()
+    result = METHOD.run(request, models, Progress(), Outputs(tmp_path / "out"))
+    assert len(result.images) == 1 and models.find(lambda key: key[0] == "diffusion") is not None
+    assert not compiled.serves(request)  # this process does not try again

@@ -132,9 +132,14 @@ def make_bundle(folder: Path, precision: str) -> None:
         (partial / DONE_NAME).write_text(json.dumps({
             "bin_bytes": sizes, "precision": precision, "export_s": round(time.perf_counter() - started, 1),
             "latent_rgb": fit_latent_to_rgb(vae).tolist()}))  # live previews' latent->RGB map
-        if folder.exists():
-            shutil.rmtree(folder, ignore_errors=True)
-        os.replace(partial, folder)
+        if not bundle_made(folder):  # another process may have made it meanwhile: then it stays
+            if folder.exists():
+                shutil.rmtree(folder, ignore_errors=True)
+            try:
+                os.replace(partial, folder)
+            except OSError:
+                if not bundle_made(folder):
+                    raise
         for old in folder.parent.glob("mini-*"):
             if old != folder and _made_in(old) == precision:
                 shutil.rmtree(old, ignore_errors=True)  # made from other files or versions: never read again

@@ -10,7 +10,10 @@ def _run(request, models, progress, outputs):
 
     request = resolve(request)
     if compiled.serves(request, progress.previews):  # reverie-mini on OpenVINO alone: no torch imported
-        return compiled.run(request, models, progress, outputs)
+        try:
+            return compiled.run(request, models, progress, outputs)
+        except compiled.BundleUnavailable:  # before any picture: the torch pipeline makes them
+            pass
     from .run import run
 
     return run(request, models, progress, outputs)

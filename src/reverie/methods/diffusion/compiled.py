@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import sys
 import time
 from dataclasses import dataclass
@@ -51,6 +52,8 @@ from .numpy_sampler import DPMSolver2M, sampler_supported
 from .preview import PREVIEW_EVERY, PREVIEW_SIDE, linear_preview
 from .records import picture_settings, scored_batches, write_batches
 from .request import GenerationRequest
+
+log = logging.getLogger(__name__)
 
 MAX_SIDE = 512  # working pixels a side: larger pictures go to run.py (its decode and memory checks)
 UPSCALE_MAX_SIDE = 192  # the upscaler's whole-picture pass (models/upscaler.py tiles larger ones)
@@ -104,6 +107,8 @@ def serves(request: GenerationRequest, previews: bool = False) -> bool:
         return False
     dtype = ran_dtype(request)
     if dtype is None or (dtype == "bf16" and not _x86()) or request.weights not in ("auto", dtype):
+        return False
+    if precision_of(dtype) in _failed:  # its bundle failed earlier in this process
         return False
     chaos = request.chaos is not None and request.chaos < 100  # 100: each picture its own seed's noise, as without
     if previews and _tiny_decoder_present():
@@ -231,16 +236,29 @@ def batches_to_make(request: GenerationRequest):
         yield batch, seeds[batch * size : (batch + 1) * size]
 
 
+class BundleUnavailable(RuntimeError):
+    """The bundle could not be made or read; this process runs reverie-mini on the torch pipeline
+    from then on (`serves` says no), as `auto` does when a UNet's export fails."""
+
+
+_failed: dict[str, str] = {}  # precision -> why its bundle could not be had, in this process
+
+
 def load_bundle(models: ModelCache, precision: str, progress: Progress | None = None) -> MiniBundle:
     """The bundle for `precision` from the model cache, read from disk, or made first (once:
-    about 11 s, the only time this path imports torch)."""
+    about 11 s, the only time this path imports torch); BundleUnavailable when that fails."""
     def load() -> MiniBundle:
         folder = bundle_folder(precision)
-        if not bundle_made(folder):
-            if progress is not None:
-                progress(ProgressEvent("load", message="exporting reverie-mini to OpenVINO (once)"))
-            make_bundle(folder, precision)
-        return MiniBundle(folder, precision, "bf16" if this_cpu_native_bf16() and _x86() else "f32")
+        try:
+            if not bundle_made(folder):
+                if progress is not None:
+                    progress(ProgressEvent("load", message="exporting reverie-mini to OpenVINO (once)"))
+                make_bundle(folder, precision)
+            return MiniBundle(folder, precision, "bf16" if this_cpu_native_bf16() and _x86() else "f32")
+        except Exception as exc:  # the exporter meets a layer it cannot trace, a full disk, a damaged file...
+            _failed[precision] = f"{type(exc).__name__}: {exc}"[:300]
+            log.warning("reverie-mini's OpenVINO bundle could not be had (%s); it runs on torch", _failed[precision])
+            raise BundleUnavailable(_failed[precision]) from exc
 
     return models.get(("mini-bundle", precision), load)
 
