@@ -5,6 +5,7 @@ answers the same for every device)."""
 from __future__ import annotations
 
 import os
+import platform
 from functools import cache
 
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs that compute bf16 natively
@@ -37,6 +38,11 @@ def this_cpu_native_bf16() -> bool | None:
     (macOS, Windows: device.py then asks oneDNN)."""
     flags = cpu_flags()
     return native_bf16(flags) if flags else None
+
+
+def is_x86() -> bool:
+    """Whether this CPU is x86-64 (where OpenVINO's CPU plugin computes bf16; elsewhere f32 and f16 only)."""
+    return platform.machine().lower() in ("x86_64", "amd64")
 
 
 def free_memory() -> int:

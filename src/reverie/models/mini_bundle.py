@@ -97,7 +97,7 @@ def make_bundle(folder: Path, precision: str) -> None:
 
     from .latent_rgb import fit_latent_to_rgb
     from .mini import load_mini
-    from .openvino_runtime import TraceableUNet
+    from .openvino_runtime import TraceableUNet, convert_to_openvino
     from .upscaler import load_upscaler
 
     started = time.perf_counter()
@@ -126,7 +126,7 @@ def make_bundle(folder: Path, precision: str) -> None:
     try:
         sizes = {}
         for name, (module, example, inputs) in parts.items():
-            model = _convert(module, example, inputs)
+            model = convert_to_openvino(module, example, inputs)
             ov.save_model(model, str(partial / f"{name}.xml"), compress_to_fp16=False)
             sizes[name] = (partial / f"{name}.bin").stat().st_size
         (partial / DONE_NAME).write_text(json.dumps({
@@ -170,22 +170,6 @@ def _in_fp32(module, call=None):
             return (call(self.inner, *inputs) if call else self.inner(*inputs)).float()
 
     return InFp32().eval()
-
-
-def _convert(module, example: tuple, inputs: list):
-    """`module` traced on `example` and converted to an OpenVINO model whose `inputs` ([shape,
-    type] each; -1 a dynamic size) keep every size the example had free."""
-    import warnings
-
-    import openvino as ov
-    import torch
-    from openvino.frontend.pytorch.ts_decoder import TorchScriptPythonDecoder
-
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the tracer's notes on shape checks: the sizes stay dynamic
-        traced = TorchScriptPythonDecoder(module, example_input=example, trace_kwargs={"check_trace": False})
-        return ov.convert_model(traced, example_input=example,
-                                input=[(ov.PartialShape(shape), kind) for shape, kind in inputs])
 
 
 # ----------------------------------------------------------------------------- running it (no torch)

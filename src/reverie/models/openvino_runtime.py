@@ -58,6 +58,7 @@ from typing import Callable
 import torch
 
 from ..device import available_memory, file_pages_dropped
+from ..host import is_x86
 from ..errors import BadRequest
 
 log = logging.getLogger(__name__)
@@ -109,8 +110,7 @@ def why_not_openvino(device: torch.device, dtype: torch.dtype, *, sdxl: bool = F
         return f"OpenVINO runs on the CPU here, and this request runs on {device.type}"
     if dtype not in (torch.float32, torch.bfloat16):
         return "OpenVINO runs the UNet in fp32 or bf16 only (use dtype fp32, bf16 or auto)"
-    if dtype == torch.bfloat16 and platform.machine().lower() not in ("x86_64", "amd64"):
-        # OpenVINO's CPU plugin computes bf16 on x86-64 only (f32 and f16 on Arm)
+    if dtype == torch.bfloat16 and not is_x86():
         return f"OpenVINO computes bf16 on x86-64 CPUs only, and this one is {platform.machine()} (use dtype fp32)"
     if sdxl:
         return "SDXL's UNet (pooled text and size conditioning) is not exported to OpenVINO yet"
@@ -320,12 +320,28 @@ class TraceableUNet(torch.nn.Module):
                          return_dict=False)[0].float()
 
 
+def convert_to_openvino(module: torch.nn.Module, example: tuple, inputs: list):
+    """`module` traced on `example` and converted to an OpenVINO model with `inputs` ([shape,
+    type] each, -1 a size left dynamic: the graph traced on a small example serves any)."""
+    import openvino as ov
+    from openvino.frontend.pytorch.ts_decoder import TorchScriptPythonDecoder
+
+    with torch.no_grad(), warnings.catch_warnings():
+        # The tracer's notes on diffusers' shape checks: the graph keeps the shapes dynamic.
+        warnings.simplefilter("ignore")
+        # torch.jit.trace's own check (tracing again and comparing the two graphs' outputs)
+        # took 90 of SD 1.5's 140 s export in fp32; the pictures are checked against torch's
+        # in tests/test_speed_runtime.py instead.
+        traced = TorchScriptPythonDecoder(module.eval(), example_input=example, trace_kwargs={"check_trace": False})
+        return ov.convert_model(traced, example_input=example,
+                                input=[(ov.PartialShape(shape), kind) for shape, kind in inputs])
+
+
 def export_unet(unet, folder: Path, source: str = "", label: str | None = None) -> None:
     """Write the UNet as OpenVINO IR (its weights in its own dtype; LoRA adapters as they are on)
     into `folder`, atomically: a folder appears complete, with its `done.json` (what it was made
     from: the source, dtype and the variant's `label`), or not at all."""
     import openvino as ov
-    from openvino.frontend.pytorch.ts_decoder import TorchScriptPythonDecoder
 
     config = unet.config
     channels, states = int(config.in_channels), int(config.cross_attention_dim)
@@ -338,20 +354,8 @@ def export_unet(unet, folder: Path, source: str = "", label: str | None = None) 
     folder.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=folder.name + ".partial-", dir=folder.parent))
     try:
-        with torch.no_grad(), warnings.catch_warnings():
-            # The tracer's notes on diffusers' shape checks: the graph keeps the shapes dynamic.
-            warnings.simplefilter("ignore")
-            # torch.jit.trace's own check (tracing again and comparing the two graphs' outputs)
-            # took 90 of SD 1.5's 140 s export in fp32; the pictures are checked against torch's
-            # in tests/test_speed_runtime.py instead.
-            traced = TorchScriptPythonDecoder(TraceableUNet(unet).eval(), example_input=example,
-                                              trace_kwargs={"check_trace": False})
-            model = ov.convert_model(traced, example_input=example, input=[
-                (ov.PartialShape([-1, channels, -1, -1]), ov.Type.f32),
-                (ov.PartialShape([]), ov.Type.f32),
-                (ov.PartialShape([-1, -1, states]), ov.Type.f32),
-            ])
-            del traced
+        model = convert_to_openvino(TraceableUNet(unet), example, [([-1, channels, -1, -1], ov.Type.f32),
+                                                                  ([], ov.Type.f32), ([-1, -1, states], ov.Type.f32)])
         ov.save_model(model, str(partial / IR_NAME), compress_to_fp16=False)
         del model
         bin_path = (partial / IR_NAME).with_suffix(".bin")

@@ -36,9 +36,9 @@ import numpy as np
 from PIL import Image
 
 from ...errors import ModelNotFound
-from ...host import this_cpu_native_bf16
+from ...host import is_x86, this_cpu_native_bf16
 from ...models.cache import ModelCache
-from ...models.mini import MINI_DIR, MINI_NAME, SAMPLING_DEFAULTS, mini_installed
+from ...models.mini import DEFAULT_UPSCALE, MINI_DIR, MINI_NAME, SAMPLING_DEFAULTS, mini_installed
 from ...models.mini_bundle import MiniBundle, bundle_folder, bundle_made, make_bundle, precision_of
 from ...outputs.files import Outputs
 from ...progress import Interrupted, Progress, ProgressEvent
@@ -106,7 +106,7 @@ def serves(request: GenerationRequest, previews: bool = False) -> bool:
     if request.device not in ("auto", "cpu") or (request.device == "auto" and _accelerator_visible()):
         return False
     dtype = ran_dtype(request)
-    if dtype is None or (dtype == "bf16" and not _x86()) or request.weights not in ("auto", dtype):
+    if dtype is None or (dtype == "bf16" and not is_x86()) or request.weights not in ("auto", dtype):
         return False
     if precision_of(dtype) in _failed:  # its bundle failed earlier in this process
         return False
@@ -118,7 +118,7 @@ def serves(request: GenerationRequest, previews: bool = False) -> bool:
         return False
     facts = mini_facts()
     width, height = txt2img_size(request, facts)
-    factor = request.upscale or 2
+    factor = request.upscale or DEFAULT_UPSCALE
     if width % facts.size_multiple or height % facts.size_multiple or max(width, height) > MAX_SIDE:
         return False
     if factor not in (1, 2) or (factor == 2 and max(width, height) > UPSCALE_MAX_SIDE):
@@ -138,12 +138,6 @@ def _tiny_decoder_present() -> bool:
     except ModelNotFound:
         return False
     return True
-
-
-def _x86() -> bool:
-    import platform
-
-    return platform.machine().lower() in ("x86_64", "amd64")  # OpenVINO computes bf16 there only
 
 
 def _names_networks(request: GenerationRequest) -> bool:
@@ -170,7 +164,7 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
     dtype = ran_dtype(request)
     facts = mini_facts()
     width, height = txt2img_size(request, facts)
-    factor = request.upscale or 2
+    factor = request.upscale or DEFAULT_UPSCALE
     # What ran, as run.py records it: the runtime, the size drawn at, the upscale, no tiled decode.
     request = request.with_defaults(SAMPLING_DEFAULTS).model_copy(update={
         "runtime": "openvino", "width": width, "height": height, "upscale": factor, "vae_tiling": False})
@@ -254,7 +248,7 @@ def load_bundle(models: ModelCache, precision: str, progress: Progress | None = 
                 if progress is not None:
                     progress(ProgressEvent("load", message="exporting reverie-mini to OpenVINO (once)"))
                 make_bundle(folder, precision)
-            return MiniBundle(folder, precision, "bf16" if this_cpu_native_bf16() and _x86() else "f32")
+            return MiniBundle(folder, precision, "bf16" if this_cpu_native_bf16() and is_x86() else "f32")
         except Exception as exc:  # the exporter meets a layer it cannot trace, a full disk, a damaged file...
             _failed[precision] = f"{type(exc).__name__}: {exc}"[:300]
             log.warning("reverie-mini's OpenVINO bundle could not be had (%s); it runs on torch", _failed[precision])
