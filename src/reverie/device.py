@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .host import cpu_flags, free_memory, native_bf16, this_cpu_native_bf16  # noqa: F401  (cpu_flags, native_bf16: for callers)
+from .host import free_memory, this_cpu_native_bf16
 from .errors import BadRequest, OutOfMemory
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

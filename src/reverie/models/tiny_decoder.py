@@ -22,7 +22,6 @@ from diffusers import AutoencoderTiny
 from safetensors.torch import load_file
 
 from ..errors import BadCheckpoint, BadRequest
-from .tiny_decoder_files import DIFFUSERS_FILES, find_tiny_decoder, tiny_folder_name  # noqa: F401  (for callers)
 
 DECODER_CHOICES = ("vae", "tiny")
 def load_tiny_decoder(path: Path, dtype: torch.dtype = torch.float32) -> AutoencoderTiny:

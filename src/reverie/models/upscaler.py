@@ -25,7 +25,7 @@ from PIL import Image
 
 from ..device import cpu_has_native_bf16
 from ..pixels import to_levels, to_picture, to_tensor
-from .upscaler_files import UPSCALER_DIR, WEIGHTS, WEIGHTS_X2, weights_name  # noqa: F401  (for callers)
+from .upscaler_files import UPSCALER_DIR, weights_name
 from .weights import load_weights, save_weights
 
 SCALES = (2, 4)

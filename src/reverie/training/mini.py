@@ -234,7 +234,8 @@ def package_extras(clip_dir: str | Path, upscaler_dir: str | Path, guide_dir: st
     """Copy the trained CLIP image encoders (judge, dreaming guide) and upscalers (x4, x2) into
     the shipped folders as fp16; a source folder that does not exist is skipped."""
     from ..models.mini_clip import CLIP_DIR, GUIDE_WEIGHTS, WEIGHTS as CLIP_WEIGHTS, ImageEncoder
-    from ..models.upscaler import UPSCALER_DIR, WEIGHTS as UPSCALER_WEIGHTS, WEIGHTS_X2, Upscaler
+    from ..models.upscaler import Upscaler
+    from ..models.upscaler_files import UPSCALER_DIR, WEIGHTS as UPSCALER_WEIGHTS, WEIGHTS_X2
     from ..models.weights import load_weights, save_weights
 
     written = []

@@ -30,7 +30,8 @@ from ...models.openvino_runtime import (ExportFailed, OpenVINOUNet, export_block
 from ...models.lora import forget_loras, lora_variant
 from ...models.registry import load_model
 from ...models.weight_storage import storage_dtype, store_weights
-from ...models.tiny_decoder import check_decoder_fits, find_tiny_decoder, load_tiny_decoder
+from ...models.tiny_decoder import check_decoder_fits, load_tiny_decoder
+from ...models.tiny_decoder_files import find_tiny_decoder
 from ...outputs.files import Outputs
 from ...progress import Progress, ProgressEvent
 from ...prompts.extra_networks import names_a_lora
@@ -41,7 +42,7 @@ from . import records
 from .records import scored_batches, write_batches
 from .networks import lora_sets
 from .batches import PreparedInput, finish, prepare_input, run_batches
-from .request import GenerationRequest, resolve  # noqa: F401  (resolve: for callers)
+from .request import GenerationRequest, resolve
 
 log = logging.getLogger(__name__)
 

@@ -45,7 +45,8 @@ from .pipelines import circular_padding, memory_settings, vae_dtype_kept
 from .networks import batch_prompts
 from .request import GenerationRequest
 from .records import write_picture
-from .run import diffusion_model, fit_memory, on_runtimes, picture_settings, resolve, run, tiny_decoder
+from .request import resolve
+from .run import diffusion_model, fit_memory, on_runtimes, picture_settings, run, tiny_decoder
 
 # Fields that may differ between requests sharing a pass: what each picture is of, and how many.
 PER_REQUEST = {"prompt", "negative_prompt", "seed", "n_samples", "n_iter", "combinatorial", "max_combinations",

@@ -11,7 +11,6 @@ from ...errors import OutOfMemory
 from ...models.cache import ModelCache
 from ...models.upscaler import load_upscaler, reach, upscale_image, upscale_peak_bytes
 from ...progress import Progress, ProgressEvent
-from .request import upscaler_name  # noqa: F401  (named here too, for callers)
 
 FACTORS = (1, 2, 4)
 UPSCALER_DEVICE = torch.device("cpu")  # the built-in upscaler is small: it runs on the CPU

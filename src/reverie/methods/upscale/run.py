@@ -16,7 +16,8 @@ from ...outputs.metadata import read_png_info
 from ...progress import Progress, ProgressEvent
 from ...result import GeneratedImage, Result
 from ..diffusion.images import load_image, to_rgb
-from .pictures import check_upscale_fits, upscaled, upscaler_name
+from .pictures import check_upscale_fits, upscaled
+from .request import upscaler_name
 from .request import UpscaleRequest
 
 
