@@ -85,7 +85,7 @@ def test_its_tokenizer_gives_transformers_token_ids():
     from reverie.models.minilm import load_minilm
 
     tokenizer, _ = load_minilm()
-    ours = compiled.MiniTokenizer()
+    ours = compiled.BundleTokenizer.minilm()
     for text in ("red apple", "A Cat, on  a mat!!", "émoji café naïve", ",", "", "日本語", "Hello\tworld\n2nd"):
         assert ours(text, add_special_tokens=False).input_ids == tokenizer(text, add_special_tokens=False).input_ids
     assert (ours.cls_token_id, ours.sep_token_id, ours.pad_token_id) == (tokenizer.cls_token_id, tokenizer.sep_token_id,
@@ -146,7 +146,8 @@ def test_a_stop_keeps_the_batches_finished(tmp_path):
 
 
 def test_a_damaged_bundle_is_made_again(tmp_path, monkeypatch):
-    from reverie.models.mini_bundle import bundle_folder, bundle_made
+    from reverie.models.mini_bundle import bundle_folder
+    from reverie.models.openvino_bundle import bundle_made
 
     monkeypatch.setenv("REVERIE_CACHE", str(tmp_path / "cache"))  # a bundle of its own: the others stay whole
     request = request_for(steps=1, n_samples=1)

@@ -1,4 +1,4 @@
-"""The torch-free sampling path against the real thing: torch.randn and diffusers' DPM++ 2M."""
+"""The torch-free sampling path against the real thing: torch.randn and diffusers' DPM++ 2M and Euler."""
 
 import dataclasses
 import inspect
@@ -13,7 +13,8 @@ import torch
 
 from reverie import samplers
 from reverie.methods.diffusion import numpy_sampler
-from reverie.methods.diffusion.numpy_sampler import DPMSolver2M, sampler_supported
+from reverie.methods.diffusion.numpy_sampler import DPMSolver2M, EulerDiscrete, make_sampler, sampler_supported
+from reverie.errors import BadRequest
 from reverie.samplers import build_scheduler
 from reverie.torch_noise import TorchCPUGenerator, torch_randn
 
@@ -23,8 +24,10 @@ SD15_CONFIG = {"_class_name": "PNDMScheduler", "num_train_timesteps": 1000, "bet
                "beta_end": 0.012, "beta_schedule": "scaled_linear", "prediction_type": "epsilon",
                "timestep_spacing": "leading", "steps_offset": 1, "clip_sample": False,
                "set_alpha_to_one": False, "skip_prk_steps": True}
+SD2_CONFIG = json.loads(  # v-prediction with SD 1.5's schedule and spacing
+    (Path(__file__).parents[1] / "src/reverie/models/configs/sd2/scheduler/scheduler_config.json").read_text())
 LINEAR_CONFIG = {"beta_schedule": "linear", "prediction_type": "v_prediction", "timestep_spacing": "linspace"}
-CONFIGS = {"mini": MINI_CONFIG, "sd15": SD15_CONFIG, "linear": LINEAR_CONFIG}
+CONFIGS = {"mini": MINI_CONFIG, "sd15": SD15_CONFIG, "sd2": SD2_CONFIG, "linear": LINEAR_CONFIG}
 
 # torch's AVX2 path (also taken under its AVX512 capability) is matched bit for bit; its DEFAULT
 # path (libm's logf/sinf/cosf) within a few float32 ulps.
@@ -150,9 +153,19 @@ def test_the_default_sampler_of_these_configs_is_supported(name):
         assert sampler_supported(name, config)
 
 
-@pytest.mark.parametrize("name", ["dpmpp_2m_karras", "dpmpp_2m_sde_karras", "euler", "ddim", "unipc", "nonsense"])
+@pytest.mark.parametrize("name", ["dpmpp_2m_sde_karras", "dpmpp_2s_karras", "dpmpp_sde_karras", "euler_a", "k_euler_a",
+                                  "heun", "lms", "lms_karras", "ddim", "plms", "unipc", "lcm"])
 def test_other_samplers_are_refused(name):
-    assert not sampler_supported(name, MINI_CONFIG)
+    for config in CONFIGS.values():
+        assert not sampler_supported(name, config)
+    with pytest.raises(ValueError):
+        make_sampler(name, MINI_CONFIG, 20)
+
+
+def test_an_unknown_sampler_is_refused():
+    assert not sampler_supported("nonsense", MINI_CONFIG)
+    with pytest.raises(BadRequest):
+        make_sampler("nonsense", MINI_CONFIG, 20)
 
 
 @pytest.mark.parametrize("change", [
@@ -170,8 +183,8 @@ def test_unported_schedules_are_refused(change):
 
 def test_unported_sampler_options_are_refused(monkeypatch):
     dpmpp_2m = samplers.get_sampler("dpmpp_2m")
-    for options in ({"use_karras_sigmas": True}, {"algorithm_type": "sde-dpmsolver++"}, {"thresholding": True},
-                    {"solver_order": 3}, {"final_sigmas_type": "sigma_min"}):
+    for options in ({"use_exponential_sigmas": True}, {"algorithm_type": "sde-dpmsolver++"}, {"thresholding": True},
+                    {"solver_order": 3}, {"final_sigmas_type": "sigma_min"}, {"euler_at_final": True}):
         monkeypatch.setitem(samplers._BY_NAME, "dpmpp_2m", dataclasses.replace(dpmpp_2m, options=options))
         assert not sampler_supported("dpmpp_2m", MINI_CONFIG)
         with pytest.raises(ValueError):
@@ -206,3 +219,190 @@ def test_importing_the_torch_free_path_imports_no_torch():
             "print(sorted(m for m in ('torch', 'diffusers') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+# make_sampler: DPM++ 2M and Euler, each with and without Karras sigmas, against build_scheduler's.
+
+SAMPLER_NAMES = ["dpmpp_2m", "dpmpp_2m_karras", "euler", "euler_karras"]
+STEP_COUNTS = [1, 4, 14, 15, 20, 25]  # 14 and 15: either side of diffusers' "fewer than 15 steps" rule
+SAMPLE_SHAPE = (2, 4, 8, 8)
+TOLERANCE = 1e-5  # relative to the largest value; the port is within about 1e-6
+
+
+def reference_scheduler(name: str, config: dict, steps: int):
+    scheduler = build_scheduler(name, config)
+    scheduler.set_timesteps(steps)
+    return scheduler
+
+
+def assert_close(mine: np.ndarray, reference) -> None:
+    reference = reference.numpy() if isinstance(reference, torch.Tensor) else reference
+    assert mine.dtype == np.float32 and mine.shape == reference.shape
+    assert relative_difference(mine, reference) <= TOLERANCE
+
+
+@pytest.mark.parametrize("name", SAMPLER_NAMES)
+@pytest.mark.parametrize("config_name", CONFIGS)
+@pytest.mark.parametrize("steps", STEP_COUNTS)
+def test_schedule_matches_diffusers(name, config_name, steps):
+    reference = reference_scheduler(name, CONFIGS[config_name], steps)
+    sampler = make_sampler(name, CONFIGS[config_name], steps)
+    expected = reference.timesteps.numpy()
+    assert sampler.timesteps.dtype == expected.dtype == (np.float32 if name.startswith("euler") else np.int64)
+    if name == "euler_karras":
+        # Fractional timesteps from the log training sigmas, of which torch's sqrt rounds a few
+        # otherwise: a float32 ulp or two apart.
+        np.testing.assert_allclose(sampler.timesteps, expected, rtol=1e-6, atol=0)
+    else:
+        np.testing.assert_array_equal(sampler.timesteps, expected)
+    np.testing.assert_allclose(sampler.sigmas, reference.sigmas.numpy(), rtol=1e-6, atol=0)
+    assert isinstance(sampler.init_noise_sigma, float)
+    assert sampler.init_noise_sigma == pytest.approx(float(reference.init_noise_sigma), rel=1e-6)
+
+
+@pytest.mark.parametrize("name", SAMPLER_NAMES)
+@pytest.mark.parametrize("config_name", CONFIGS)
+@pytest.mark.parametrize("steps", STEP_COUNTS)
+def test_sampling_matches_diffusers(name, config_name, steps):
+    """A whole run, fed the same random 'model outputs', as a pipeline runs it: the starting noise
+    scaled by init_noise_sigma, then per timestep the UNet's input and the step."""
+    reference = reference_scheduler(name, CONFIGS[config_name], steps)
+    sampler = make_sampler(name, CONFIGS[config_name], steps)
+    rng = np.random.default_rng(1000 * steps + len(config_name))
+    start = rng.standard_normal(SAMPLE_SHAPE, dtype=np.float32)
+    mine = start * np.float32(sampler.init_noise_sigma)
+    theirs = torch.from_numpy(start) * reference.init_noise_sigma
+    assert_close(mine, theirs)
+    for index, t in enumerate(reference.timesteps):
+        assert sampler.step_index == index
+        assert_close(sampler.scale_model_input(mine), reference.scale_model_input(theirs, t))
+        output = rng.standard_normal(SAMPLE_SHAPE, dtype=np.float32)
+        mine = sampler.step(output, mine)
+        theirs = reference.step(torch.from_numpy(output), t, theirs).prev_sample
+        assert_close(mine, theirs)
+    assert sampler.step_index == steps
+
+
+def test_the_samplers_are_told_apart():
+    """The tolerance above tells each sampler from the others and from a step count off by one."""
+    def final(name, steps):
+        sampler = make_sampler(name, SD15_CONFIG, steps)
+        rng = np.random.default_rng(0)
+        sample = rng.standard_normal(SAMPLE_SHAPE, dtype=np.float32) * np.float32(sampler.init_noise_sigma)
+        for _ in sampler.timesteps:
+            sample = sampler.step(np.tanh(sampler.scale_model_input(sample)) + rng.standard_normal(
+                SAMPLE_SHAPE, dtype=np.float32) * np.float32(0.1), sample)
+        return sample
+
+    results = {name: final(name, 20) for name in SAMPLER_NAMES}
+    for name in SAMPLER_NAMES:
+        assert relative_difference(final(name, 19), results[name]) > 100 * TOLERANCE
+        for other in SAMPLER_NAMES:
+            if other != name:
+                assert relative_difference(results[other], results[name]) > 100 * TOLERANCE
+
+
+def test_the_karras_schedules_differ_as_in_diffusers():
+    # DPM++ 2M Karras spans the whole training schedule and rounds its timesteps, so the model's
+    # timestep spacing does not change it; Euler Karras spans its spaced timesteps' sigmas.
+    trailing = SD15_CONFIG | {"timestep_spacing": "trailing"}
+    np.testing.assert_array_equal(make_sampler("dpmpp_2m_karras", trailing, 20).timesteps,
+                                  make_sampler("dpmpp_2m_karras", SD15_CONFIG, 20).timesteps)
+    assert make_sampler("dpmpp_2m_karras", SD15_CONFIG, 20).timesteps[0] == 999
+    leading = make_sampler("euler_karras", SD15_CONFIG, 20)
+    assert leading.timesteps[0] == 951 and leading.init_noise_sigma > leading.sigmas[0]  # leading: sqrt(max^2 + 1)
+    assert make_sampler("euler_karras", trailing, 20).timesteps[0] == 999
+    for config in (trailing, SD15_CONFIG):
+        reference = reference_scheduler("euler_karras", config, 20)
+        np.testing.assert_allclose(make_sampler("euler_karras", config, 20).timesteps, reference.timesteps.numpy(),
+                                   rtol=1e-6, atol=0)
+
+
+def test_a_repeated_first_timestep_is_refused():
+    # reverie-mini's last training betas grow fast, so from 340 steps its Karras schedule rounds
+    # its first two timesteps both to 999: diffusers then starts at the second and steps past its end.
+    reference = reference_scheduler("dpmpp_2m_karras", MINI_CONFIG, 340)
+    assert reference.timesteps[0] == reference.timesteps[1]
+    with pytest.raises(IndexError):
+        sample = torch.zeros(1, 1, 2, 2)
+        for t in reference.timesteps:
+            sample = reference.step(sample, t, sample).prev_sample
+    make_sampler("dpmpp_2m_karras", MINI_CONFIG, 339)
+    with pytest.raises(ValueError):
+        make_sampler("dpmpp_2m_karras", MINI_CONFIG, 340)
+
+
+@pytest.mark.parametrize("name", ["dpmpp_2m_karras", "DPM++ 2M Karras", "euler", "Euler", "euler_karras", "Euler Karras"])
+def test_the_ported_samplers_are_supported(name):
+    for config in CONFIGS.values():
+        assert sampler_supported(name, config)
+        make_sampler(name, config, 20)
+
+
+def test_make_sampler_gives_each_scheduler_its_port():
+    assert type(make_sampler("DPM++ 2M", MINI_CONFIG, 20)) is DPMSolver2M
+    assert type(make_sampler("dpmpp_2m_karras", MINI_CONFIG, 20)) is DPMSolver2M
+    assert type(make_sampler("Euler Karras", MINI_CONFIG, 20)) is EulerDiscrete
+    np.testing.assert_array_equal(DPMSolver2M(MINI_CONFIG, 20).timesteps, make_sampler("dpmpp_2m", MINI_CONFIG, 20).timesteps)
+    with pytest.raises(ValueError):
+        DPMSolver2M(MINI_CONFIG, 20, sampler="euler")
+    with pytest.raises(ValueError):
+        EulerDiscrete(MINI_CONFIG, 20, sampler="dpmpp_2m_karras")
+
+
+def test_dpm_leaves_the_model_input_as_it_is():
+    sample = torch_randn(3, (1, 4, 8, 8))
+    np.testing.assert_array_equal(DPMSolver2M(MINI_CONFIG, 20).scale_model_input(sample), sample)
+
+
+@pytest.mark.parametrize("name", ["euler", "euler_karras", "dpmpp_2m_karras"])
+def test_stepping_past_the_end_is_an_error_for_every_sampler(name):
+    sampler = make_sampler(name, SD15_CONFIG, 2)
+    sample = torch_randn(0, (1, 4, 8, 8))
+    for _ in sampler.timesteps:
+        sample = sampler.step(sampler.scale_model_input(sample), sample)
+    with pytest.raises(RuntimeError):
+        sampler.scale_model_input(sample)
+    with pytest.raises(RuntimeError):
+        sampler.step(sample, sample)
+
+
+@pytest.mark.parametrize("name", ["euler", "euler_karras", "dpmpp_2m_karras"])
+@pytest.mark.parametrize("change", [
+    {"beta_schedule": "squaredcos_cap_v2", "trained_betas": None},
+    {"rescale_betas_zero_snr": True},
+    {"prediction_type": "sample"},
+    {"timestep_spacing": "sideways"},
+])
+def test_unported_schedules_are_refused_by_every_sampler(name, change):
+    config = MINI_CONFIG | change
+    assert not sampler_supported(name, config)
+    with pytest.raises(ValueError):
+        make_sampler(name, config, 20)
+
+
+def test_unported_euler_options_are_refused(monkeypatch):
+    euler = samplers.get_sampler("euler")
+    for options in ({"use_exponential_sigmas": True}, {"use_beta_sigmas": True}, {"interpolation_type": "log_linear"},
+                    {"timestep_type": "continuous"}, {"final_sigmas_type": "sigma_min"}, {"sigma_max": 10.0}):
+        monkeypatch.setitem(samplers._BY_NAME, "euler", dataclasses.replace(euler, options=options))
+        assert not sampler_supported("euler", MINI_CONFIG)
+        with pytest.raises(ValueError):
+            make_sampler("euler", MINI_CONFIG, 20)
+
+
+def test_every_option_of_the_diffusers_euler_scheduler_is_accounted_for():
+    from diffusers import EulerDiscreteScheduler
+
+    defaults = {name: p.default for name, p in inspect.signature(EulerDiscreteScheduler).parameters.items()}
+    known = numpy_sampler._EULER_FIXED_OPTIONS | numpy_sampler._EULER_PORTED_OPTIONS
+    assert set(defaults) == set(known)
+    for name, default in known.items():
+        assert default == defaults[name], name
+
+
+@pytest.mark.parametrize("name", ["euler", "euler_karras", "dpmpp_2m_karras"])
+@pytest.mark.parametrize("steps", [0, 1000])
+def test_steps_out_of_range_are_refused_by_every_sampler(name, steps):
+    with pytest.raises(ValueError):
+        make_sampler(name, MINI_CONFIG, steps)

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from conftest import psnr
-from reverie.device import drop_file_pages, file_pages_dropped, pick_dtype
+from reverie.device import pick_dtype
+from reverie.host import drop_file_pages, file_pages_dropped
 from reverie.host import cpu_flags, native_bf16
 from reverie.errors import BadRequest
 from reverie.models import openvino_runtime

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import threading
-from contextlib import contextmanager
 from functools import cache
-from pathlib import Path
 
 import torch
 
@@ -69,55 +66,6 @@ def release_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
-
-
-MADV_DONTNEED = 4  # Linux's madvise advice: let the pages go; a shared file mapping's come back from the file
-
-
-def drop_file_pages(path: str | Path) -> int:
-    """Let go of this process's resident pages of `path` in its read-only shared mappings of it
-    (OpenVINO maps its IR's weights file and keeps the mapping while it computes with repacked
-    copies of its own): they count in the process's resident memory until then. The file stays
-    in the system's page cache, and a page read again comes back from there, the same bytes.
-    Answers the bytes of mapping let go; 0 where there is no /proc/self/maps (not Linux)."""
-    target = str(Path(path).resolve())
-    try:
-        with open("/proc/self/maps") as maps:
-            lines = maps.read().splitlines()
-        madvise = ctypes.CDLL(None, use_errno=True).madvise
-    except (OSError, AttributeError):
-        return 0
-    madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-    dropped = 0
-    for line in lines:
-        fields = line.split(maxsplit=5)  # address perms offset device inode path (which may hold spaces)
-        if len(fields) == 6 and fields[1] == "r--s" and fields[5] == target:
-            start, end = (int(address, 16) for address in fields[0].split("-"))
-            if madvise(start, end - start, MADV_DONTNEED) == 0:
-                dropped += end - start
-    return dropped
-
-
-@contextmanager
-def file_pages_dropped(path: str | Path, every_s: float = 0.05):
-    """Run the block with `path`'s mapped pages let go every `every_s` seconds, and once after
-    (`drop_file_pages`): a reader that goes through a mapped file once, OpenVINO compiling a
-    model from its IR, then holds little more of the file than the part it is reading (SD 1.5's
-    bf16 UNet: 1.9 GiB resident after a compile instead of 3.5)."""
-    stop = threading.Event()
-
-    def drop() -> None:
-        while not stop.wait(every_s):
-            drop_file_pages(path)
-
-    dropper = threading.Thread(target=drop, name="drop-file-pages", daemon=True)
-    dropper.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        dropper.join()
-        drop_file_pages(path)
 
 
 def available_memory(device: torch.device) -> int:

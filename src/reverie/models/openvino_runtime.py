@@ -57,7 +57,8 @@ from typing import Callable
 
 import torch
 
-from ..device import available_memory, file_pages_dropped
+from ..device import available_memory
+from ..host import file_pages_dropped
 from ..host import is_x86
 from ..errors import BadRequest
 

@@ -96,7 +96,7 @@ def load_model(reference: str, dtype: torch.dtype | None = None,
     if reference in BUILTINS:
         components = build_tiny(inpainting=reference.endswith("-inpainting"))
         return _cast(components, dtype)
-    path = _find_path(reference)
+    path = find_path(reference)
     if path is not None:
         if path.is_dir():
             if not is_diffusers_folder(path):
@@ -113,7 +113,8 @@ def load_model(reference: str, dtype: torch.dtype | None = None,
     raise ModelNotFound(f"no model named {reference!r}: not a file, not a folder, not in {models_dir()}/ (known: {known})")
 
 
-def _find_path(reference: str) -> Path | None:
+def find_path(reference: str) -> Path | None:
+    """The file or folder `reference` names: a path, or a name in the models folder (None: neither)."""
     direct = Path(reference).expanduser()
     if direct.exists():
         return direct

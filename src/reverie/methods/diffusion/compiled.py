@@ -1,23 +1,28 @@
-"""reverie-mini's txt2img requests run on OpenVINO alone, without torch or diffusers (issue 22).
+"""txt2img on OpenVINO alone, without torch or diffusers: reverie-mini and Stable Diffusion (issue 22).
 
 A cold `reverie generate "red apple" -n 4` spent 5.8 of its 8 s importing torch and diffusers'
-model classes, for four 128 px pictures that take a second to make. `serves` says, without
-importing either, whether a request is one this path runs: reverie-mini, txt2img, on the CPU
-under runtime `auto` or `openvino`, with the DPM++ 2M sampler (mini's default; numpy_sampler.py),
-at most 512 px a side (192 with the x2 upscale), a plain prompt (weights, negative, templates and
-styles; no LoRAs or embeddings), without the options only the torch pipeline has (seamless
-tiles, step caching, chaos below 100, a tiny decoder, prompt expansion). Live previews are drawn
-here with the VAE's linear latent->RGB map (unless a tiny decoder in the models folder would
-draw them); best-of-N and scores import torch for their CLIP, the pictures still come from here.
-`run` then makes its pictures from the bundle (models/mini_bundle.py: the text encoder, UNet, VAE
-decoder and x2 upscaler exported once, made on the first such request) the way run.py's
-pipeline does, step for step: MiniLM's token states (prompts/tokens.py frames them), each
-seed's starting noise as torch's CPU generator draws it (torch_noise.py), classifier-free
-guidance over the CFG batch, the sampler, the decode, the upscale. Between the parts the values
-stay in fp32 (the torch pipeline holds its latents in the request's dtype: rounding them to
-bf16 here too brought the pictures no closer), so the pictures are the torch path's up to the
-runtimes' kernels and that rounding: 57 dB in fp32, 33-44 dB in bf16, the same pictures to the
-eye (tests/test_mini_compiled.py). Anything else runs on run.py, as before.
+model classes, for four 128 px pictures that take a second to make; an SD 1.5 picture at 512 px
+peaked at 3.71 GiB, 0.8 of it torch's and diffusers' imports. `serves` says, without importing
+either, whether a request is one this path runs: txt2img on reverie-mini or on a Stable
+Diffusion model a bundle serves (models/sd_bundle.py: an SD pipeline folder, an SD 1.x
+.safetensors file), on the CPU under runtime `auto` or `openvino`, with a sampler
+numpy_sampler.py ports (DPM++ 2M with or without Karras sigmas, Euler), at most 512 px a side
+for mini (192 with its x2 upscale) and 768 for SD (multiples of 64, at most four 512 px
+pictures' worth a batch), a plain prompt (weights, negative, templates and styles; no LoRAs or
+embeddings), without the options only the torch pipeline has (seamless tiles, step caching,
+chaos below 100, a tiny decoder, a refiner, prompt expansion, SD's upscale). Live previews are
+drawn here with the VAE's linear latent->RGB map (unless a tiny decoder in the models folder
+would draw them); best-of-N and scores import torch for their CLIP, the pictures still come
+from here. `run` then makes its pictures from the model's bundle (models/openvino_bundle.py:
+its text encoder, UNet and VAE decoder, and mini's x2 upscaler, exported once, on the first
+such request: the one time torch is imported) the way run.py's pipeline does, step for step:
+the text encoder's token states (prompts/tokens.py frames them), each seed's starting noise as
+torch's CPU generator draws it (torch_noise.py), classifier-free guidance over the CFG batch,
+the sampler, the decode, mini's upscale. Between the parts the values stay in fp32 (the torch
+pipeline holds its latents in the request's dtype: rounding them to bf16 here too brought the
+pictures no closer), so the pictures are the torch path's up to the runtimes' kernels and that
+rounding: the same pictures to the eye (tests/test_mini_compiled.py, tests/test_sd_compiled.py).
+Anything else runs on run.py, as before.
 """
 
 from __future__ import annotations
@@ -39,7 +44,10 @@ from ...errors import ModelNotFound
 from ...host import is_x86, this_cpu_native_bf16
 from ...models.cache import ModelCache
 from ...models.mini import DEFAULT_UPSCALE, MINI_DIR, MINI_NAME, SAMPLING_DEFAULTS, mini_installed
-from ...models.mini_bundle import MiniBundle, bundle_folder, bundle_made, make_bundle, precision_of
+from ...models.mini_bundle import bundle_folder, make_bundle
+from ...models.openvino_bundle import OpenVINOBundle, bundle_facts, bundle_made, precision_of
+from ...models.registry import find_path
+from ...models.sd_bundle import SDSource, make_sd_bundle, sd_bundle_folder, sd_source
 from ...outputs.files import Outputs
 from ...progress import Interrupted, Progress, ProgressEvent
 from ...prompts.extra_networks import extract_pair
@@ -48,36 +56,70 @@ from ...prompts.tokens import TokenChunk, chunk_tokens, frame_rows, framing
 from ...result import Result
 from ...torch_noise import torch_randn
 from .images import txt2img_size
-from .numpy_sampler import DPMSolver2M, sampler_supported
+from .numpy_sampler import make_sampler, sampler_supported
 from .preview import PREVIEW_EVERY, PREVIEW_SIDE, linear_preview
 from .records import picture_settings, scored_batches, write_batches
-from .request import GenerationRequest
+from .request import GENERATION_DEFAULTS, GenerationRequest
 
 log = logging.getLogger(__name__)
 
-MAX_SIDE = 512  # working pixels a side: larger pictures go to run.py (its decode and memory checks)
+MAX_SIDE = 512  # mini's working pixels a side: larger pictures go to run.py (its decode and memory checks)
 UPSCALE_MAX_SIDE = 192  # the upscaler's whole-picture pass (models/upscaler.py tiles larger ones)
+SD_MAX_SIDE = 768
+SD_SIZE_MULTIPLE = 64  # the UNet's export traces diffusers' "upsample to the skip's size" branch as not taken
+SD_MIN_PARAMETERS = 10_000_000  # smaller (toy) UNets stay on torch, as runtime auto keeps them (openvino_runtime)
+SD_MAX_BATCH_PIXELS = 4 * 512 * 512  # a batch's pixels on this path (its UNet's activations); more: run.py, which checks the room
 
 
 @dataclass(frozen=True)
-class MiniFacts:
-    """What reverie-mini's configs say that a request's size and records need."""
+class ModelFacts:
+    """What a model's configs say that a request's size, sampler and records need."""
 
+    name: str  # as pictures record it
     native_size: int  # pixels a side it draws at by default
-    size_multiple: int  # its sides are multiples of this (the VAE's and the UNet's downsampling)
+    size_multiple: int  # its sides are multiples of this here
     latent_channels: int
     vae_scale: int
     scheduler_config: dict
+    sampling: object  # its SamplingDefaults
+    max_side: int
+    upscale: int  # the default upscale factor
 
 
 @cache
-def mini_facts(folder: Path = MINI_DIR) -> MiniFacts:
+def mini_facts(folder: Path = MINI_DIR) -> ModelFacts:
     unet = json.loads((folder / "unet" / "config.json").read_text())
     vae = json.loads((folder / "vae" / "config.json").read_text())
     scale = 2 ** (len(vae["block_out_channels"]) - 1)
-    return MiniFacts(int(unet["sample_size"]) * scale, scale * 2 ** (len(unet["block_out_channels"]) - 1),
-                     int(vae["latent_channels"]), scale,
-                     json.loads((folder / "scheduler" / "scheduler_config.json").read_text()))
+    return ModelFacts(MINI_NAME, int(unet["sample_size"]) * scale, scale * 2 ** (len(unet["block_out_channels"]) - 1),
+                      int(vae["latent_channels"]), scale,
+                      json.loads((folder / "scheduler" / "scheduler_config.json").read_text()), SAMPLING_DEFAULTS,
+                      MAX_SIDE, DEFAULT_UPSCALE)
+
+
+def sd_facts(source: SDSource, folder: Path | None = None) -> ModelFacts:
+    """An SD model's facts: from its bundle's marker once made (`folder`), else from its files
+    (a folder's scheduler config, SD 1.x's shipped one for a single file)."""
+    done = bundle_facts(folder) if folder is not None else {}
+    if done:
+        config, name, latent_channels, vae_scale = (done["scheduler_config"], done["name"], done["latent_channels"],
+                                                    done["vae_scale"])
+    else:
+        config = source.scheduler_config()
+        name, latent_channels, vae_scale = (source.path.name if source.path.is_dir() else source.path.stem), 4, 8
+    return ModelFacts(name, done.get("native_size", source.native_size), SD_SIZE_MULTIPLE, latent_channels, vae_scale,
+                      config, GENERATION_DEFAULTS, SD_MAX_SIDE, 1)
+
+
+def served_model(request: GenerationRequest) -> tuple[SDSource | None, ModelFacts] | None:
+    """(its SD source, None for reverie-mini; its facts) for a model this path runs, else None."""
+    if request.model == MINI_NAME:
+        return (None, mini_facts()) if mini_installed() else None
+    source = sd_source(find_path(request.model)) if request.model else None
+    if source is None or source.unet_parameters < SD_MIN_PARAMETERS:
+        return None
+    dtype = ran_dtype(request)
+    return source, sd_facts(source, sd_bundle_folder(source, precision_of(dtype)) if dtype else None)
 
 
 def ran_dtype(request: GenerationRequest) -> str | None:
@@ -99,7 +141,7 @@ def serves(request: GenerationRequest, previews: bool = False) -> bool:
     docstring; decided without importing torch. `previews` (the listener wants live previews):
     drawn with the VAE's linear latent->RGB map, or on the torch pipeline where a tiny decoder
     in the models folder would draw them."""
-    if request.mode != "txt2img" or request.model != MINI_NAME or not mini_installed():
+    if request.mode != "txt2img":
         return False
     if request.runtime == "torch" or importlib.util.find_spec("openvino") is None:
         return False
@@ -108,7 +150,11 @@ def serves(request: GenerationRequest, previews: bool = False) -> bool:
     dtype = ran_dtype(request)
     if dtype is None or (dtype == "bf16" and not is_x86()) or request.weights not in ("auto", dtype):
         return False
-    if precision_of(dtype) in _failed:  # its bundle failed earlier in this process
+    served = served_model(request)
+    if served is None:
+        return False
+    source, facts = served
+    if _bundle_key(source, precision_of(dtype)) in _failed:  # its bundle failed earlier in this process
         return False
     chaos = request.chaos is not None and request.chaos < 100  # 100: each picture its own seed's noise, as without
     if previews and _tiny_decoder_present():
@@ -116,21 +162,36 @@ def serves(request: GenerationRequest, previews: bool = False) -> bool:
     if (request.tile or request.step_cache or chaos or request.refiner or request.decoder != "vae"
             or request.vae_tiling or request.attention_slicing or request.expand):
         return False
-    facts = mini_facts()
     width, height = txt2img_size(request, facts)
-    factor = request.upscale or DEFAULT_UPSCALE
-    if width % facts.size_multiple or height % facts.size_multiple or max(width, height) > MAX_SIDE:
+    factor = request.upscale or facts.upscale
+    if width % facts.size_multiple or height % facts.size_multiple or max(width, height) > facts.max_side:
         return False
-    if factor not in (1, 2) or (factor == 2 and max(width, height) > UPSCALE_MAX_SIDE):
+    if source is None and (factor not in (1, 2) or (factor == 2 and max(width, height) > UPSCALE_MAX_SIDE)):
         return False
-    if not sampler_supported(request.sampler or SAMPLING_DEFAULTS.sampler, facts.scheduler_config):
+    if source is not None and (factor != 1 or width * height * request.n_samples > SD_MAX_BATCH_PIXELS):
+        return False
+    if not _sampler_runs(request.sampler or facts.sampling.sampler, facts.scheduler_config,
+                         request.steps or facts.sampling.steps):
         return False
     return not _names_networks(request)
 
 
+def _sampler_runs(name: str, scheduler_config: dict, steps: int) -> bool:
+    """Whether numpy_sampler.py runs sampler `name` for this schedule and step count (a few
+    schedules repeat a timestep at hundreds of steps, which diffusers cannot run either: run.py
+    then answers as before)."""
+    if not sampler_supported(name, scheduler_config):
+        return False
+    try:
+        make_sampler(name, scheduler_config, steps)
+    except ValueError:
+        return False
+    return True
+
+
 def _tiny_decoder_present() -> bool:
-    """Whether the models folder has a tiny decoder for reverie-mini's latents (run.py previews
-    with it: a real decode)."""
+    """Whether the models folder has a tiny decoder for SD-family latents (reverie-mini's and SD
+    1.x/2.x's: its taesd/ folder; run.py previews with it: a real decode)."""
     from ...models.tiny_decoder_files import find_tiny_decoder
 
     try:
@@ -162,15 +223,17 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
     soon as it is finished; stopping keeps every picture finished, as run.py does."""
     started = time.perf_counter()
     dtype = ran_dtype(request)
-    facts = mini_facts()
+    source, facts = served_model(request)
     width, height = txt2img_size(request, facts)
-    factor = request.upscale or DEFAULT_UPSCALE
+    factor = request.upscale or facts.upscale
     # What ran, as run.py records it: the runtime, the size drawn at, the upscale, no tiled decode.
-    request = request.with_defaults(SAMPLING_DEFAULTS).model_copy(update={
+    request = request.with_defaults(facts.sampling).model_copy(update={
         "runtime": "openvino", "width": width, "height": height, "upscale": factor, "vae_tiling": False})
     progress(ProgressEvent("load", message=f"loading {request.model}"))
-    bundle = load_bundle(models, precision_of(dtype), progress)
-    tokenizer = models.get(("minilm-tokenizer",), MiniTokenizer)
+    bundle = load_bundle(models, source, precision_of(dtype), progress)
+    if source is not None:
+        facts = sd_facts(source, bundle.folder)  # what the made bundle says (its name, schedule, channels)
+    tokenizer = models.get(("bundle-tokenizer", str(bundle.folder)), lambda: BundleTokenizer.of(bundle))
     scorer = None
     if request.score or request.rerank > 1:
         from ..rerank import scorer_from  # the scorer is a torch CLIP: only such requests import torch
@@ -179,7 +242,7 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
     loaded = time.perf_counter()
 
     plan = prompt_plan(request)
-    settings = picture_settings(request, MINI_NAME, facts.latent_channels, facts.vae_scale, dtype)
+    settings = picture_settings(request, facts.name, facts.latent_channels, facts.vae_scale, dtype)
     if plan.capped:
         progress(ProgressEvent("encode", message=(
             f"the prompt has more than {request.max_combinations} combinations: making the first "
@@ -203,8 +266,8 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
     return result
 
 
-def make_batches(request: GenerationRequest, bundle: MiniBundle, tokenizer: MiniTokenizer, plan, size: tuple[int, int],
-                 facts: MiniFacts, progress: Progress):
+def make_batches(request: GenerationRequest, bundle: OpenVINOBundle, tokenizer: BundleTokenizer, plan,
+                 size: tuple[int, int], facts: ModelFacts, progress: Progress):
     """[(picture at the size drawn, seed)] for each batch still to make (`batches_to_make`), as
     soon as it is finished."""
     encoded: dict = {}
@@ -231,61 +294,91 @@ def batches_to_make(request: GenerationRequest):
 
 
 class BundleUnavailable(RuntimeError):
-    """The bundle could not be made or read; this process runs reverie-mini on the torch pipeline
+    """The bundle could not be made or read; this process runs the model on the torch pipeline
     from then on (`serves` says no), as `auto` does when a UNet's export fails."""
 
 
-_failed: dict[str, str] = {}  # precision -> why its bundle could not be had, in this process
+_failed: dict[tuple, str] = {}  # (model, precision) -> why its bundle could not be had, in this process
 
 
-def load_bundle(models: ModelCache, precision: str, progress: Progress | None = None) -> MiniBundle:
-    """The bundle for `precision` from the model cache, read from disk, or made first (once:
-    about 11 s, the only time this path imports torch); BundleUnavailable when that fails."""
-    def load() -> MiniBundle:
-        folder = bundle_folder(precision)
+def _bundle_key(source: SDSource | None, precision: str) -> tuple:
+    return (str(source.path) if source is not None else MINI_NAME, precision)
+
+
+def load_bundle(models: ModelCache, source: SDSource | None, precision: str,
+                progress: Progress | None = None) -> OpenVINOBundle:
+    """The bundle of reverie-mini (`source` None) or of an SD model for `precision`, from the
+    model cache, read from disk, or made first (once: about 11 s for mini, a minute or more for
+    SD, whose UNet export takes most of it unless the torch path made it already; the only time
+    this path imports torch); BundleUnavailable when that fails."""
+    key = _bundle_key(source, precision)
+    mini = source is None
+
+    def load() -> OpenVINOBundle:
+        folder = bundle_folder(precision) if mini else sd_bundle_folder(source, precision)
         try:
             if not bundle_made(folder):
                 if progress is not None:
-                    progress(ProgressEvent("load", message="exporting reverie-mini to OpenVINO (once)"))
-                make_bundle(folder, precision)
-            return MiniBundle(folder, precision, "bf16" if this_cpu_native_bf16() and is_x86() else "f32")
+                    progress(ProgressEvent("load", message=f"exporting {key[0]} to OpenVINO (once)"))
+                make_bundle(folder, precision) if mini else make_sd_bundle(source, folder, precision)
+            precisions = dict.fromkeys(("text_encoder", "unet", "decoder"), precision)
+            if mini:  # the upscaler in bf16 where the CPU has it, whatever the dtype, as torch's autocast runs it
+                precisions["upscaler"] = "bf16" if this_cpu_native_bf16() and is_x86() else "f32"
+            return OpenVINOBundle(folder, precisions, store_compiled=mini)
         except Exception as exc:  # the exporter meets a layer it cannot trace, a full disk, a damaged file...
-            _failed[precision] = f"{type(exc).__name__}: {exc}"[:300]
-            log.warning("reverie-mini's OpenVINO bundle could not be had (%s); it runs on torch", _failed[precision])
-            raise BundleUnavailable(_failed[precision]) from exc
+            _failed[key] = f"{type(exc).__name__}: {exc}"[:300]
+            log.warning("%s's OpenVINO bundle could not be had (%s); it runs on torch", key[0], _failed[key])
+            raise BundleUnavailable(_failed[key]) from exc
 
-    return models.get(("mini-bundle", precision), load)
+    return models.get(("openvino-bundle",) + key, load)
 
 
-class MiniTokenizer:
-    """MiniLM's tokenizer read from its tokenizer.json by the `tokenizers` library (transformers
-    is not imported), answering as transformers' does where prompts/tokens.py asks it; the same
-    token ids (tests/test_mini_compiled.py)."""
+class BundleTokenizer:
+    """A text encoder's tokenizer read from its tokenizer.json by the `tokenizers` library
+    (transformers is not imported), answering as transformers' does where prompts/tokens.py asks
+    it (its special tokens, its window); the same token ids (tests/test_mini_compiled.py,
+    tests/test_sd_compiled.py). `masks`: whether its encoder takes an attention mask (MiniLM
+    does; SD's CLIP runs unmasked)."""
 
-    bos_token_id = eos_token_id = None
+    bos_token_id = eos_token_id = cls_token_id = sep_token_id = pad_token_id = None
 
-    def __init__(self):
+    def __init__(self, path: Path, special: dict, masks: bool):
         from tokenizers import Tokenizer
 
-        from ...models.minilm import WINDOW, model_path
-
-        self._tokenizer = Tokenizer.from_file(str(Path(model_path()) / "tokenizer.json"))
+        self._tokenizer = Tokenizer.from_file(str(path))
         self._tokenizer.no_truncation()
         self._tokenizer.no_padding()
-        self.cls_token_id, self.sep_token_id, self.pad_token_id = (
-            self._tokenizer.token_to_id(token) for token in ("[CLS]", "[SEP]", "[PAD]"))
-        self.model_max_length = WINDOW
+        for name, value in special.items():
+            setattr(self, name, value)
+        self.masks = masks
+
+    @classmethod
+    def of(cls, bundle: OpenVINOBundle) -> "BundleTokenizer":
+        """The tokenizer of a bundle's text encoder: SD's in the bundle, MiniLM's beside its weights."""
+        if "tokenizer" in bundle.facts:
+            return cls(bundle.folder / "tokenizer.json", bundle.facts["tokenizer"], bundle.facts["text_mask"])
+        return cls.minilm()
+
+    @classmethod
+    def minilm(cls) -> "BundleTokenizer":
+        """reverie-mini's: MiniLM's, from its tokenizer.json."""
+        from ...models.minilm import WINDOW, model_path
+
+        tokenizer = cls(Path(model_path()) / "tokenizer.json", {"model_max_length": WINDOW}, True)
+        tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id = (
+            tokenizer._tokenizer.token_to_id(token) for token in ("[CLS]", "[SEP]", "[PAD]"))
+        return tokenizer
 
     def __call__(self, text: str, add_special_tokens: bool = True, verbose: bool = True) -> SimpleNamespace:
         return SimpleNamespace(input_ids=self._tokenizer.encode(text, add_special_tokens=add_special_tokens).ids)
 
 
-def encode_pairs(pairs: list[tuple[str, str]], tokenizer: MiniTokenizer, bundle: MiniBundle,
+def encode_pairs(pairs: list[tuple[str, str]], tokenizer: BundleTokenizer, bundle: OpenVINOBundle,
                  encoded: dict) -> tuple[np.ndarray, np.ndarray]:
     """(cond, uncond) [N, n_chunks * L, D] for one (prompt, negative) pair per picture, as
-    conditioning.encode_prompt_batch makes them: each window encoded with its padding masked,
-    token weights applied, every row padded with empty windows to the longest. `encoded` keeps
-    them by pair and window count across batches."""
+    conditioning.encode_prompt_batch makes them: each window encoded (its padding masked where
+    the encoder takes a mask), token weights applied, every row padded with empty windows to the
+    longest. `encoded` keeps them by pair and window count across batches."""
     window = framing(tokenizer, None, None)
     chunked = {pair: (chunk_tokens(pair[0], tokenizer, window), chunk_tokens(pair[1], tokenizer, window))
                for pair in dict.fromkeys(pairs)}
@@ -293,16 +386,17 @@ def encode_pairs(pairs: list[tuple[str, str]], tokenizer: MiniTokenizer, bundle:
     for pair, sides in chunked.items():
         if (pair, n_chunks) not in encoded:
             encoded[(pair, n_chunks)] = tuple(
-                _encode_chunks(chunks + [TokenChunk() for _ in range(n_chunks - len(chunks))], window, bundle)
+                _encode_chunks(chunks + [TokenChunk() for _ in range(n_chunks - len(chunks))], window, tokenizer.masks,
+                               bundle)
                 for chunks in sides)
     rows = [encoded[(pair, n_chunks)] for pair in pairs]
     return np.concatenate([cond for cond, _ in rows]), np.concatenate([uncond for _, uncond in rows])
 
 
-def _encode_chunks(chunks: list[TokenChunk], window, bundle: MiniBundle) -> np.ndarray:
+def _encode_chunks(chunks: list[TokenChunk], window, masks: bool, bundle: OpenVINOBundle) -> np.ndarray:
     ids, mask, weights = frame_rows(chunks, window)
-    hidden = bundle("text_encoder", np.asarray(ids, np.int64), np.asarray(mask, np.int64))
-    hidden = apply_weights(hidden, np.asarray(weights, np.float32))
+    inputs = (np.asarray(ids, np.int64), np.asarray(mask, np.int64)) if masks else (np.asarray(ids, np.int64),)
+    hidden = apply_weights(bundle("text_encoder", *inputs), np.asarray(weights, np.float32))
     return hidden.reshape(1, -1, hidden.shape[-1])
 
 
@@ -318,18 +412,19 @@ def apply_weights(hidden: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return weighted * np.where(usable, original / np.where(usable, weighted_mean, 1.0), 1.0)
 
 
-def denoise(request: GenerationRequest, bundle: MiniBundle, seeds: list[int], cond: np.ndarray, uncond: np.ndarray,
-            size: tuple[int, int], facts: MiniFacts, batch: int, progress: Progress) -> np.ndarray:
+def denoise(request: GenerationRequest, bundle: OpenVINOBundle, seeds: list[int], cond: np.ndarray,
+            uncond: np.ndarray, size: tuple[int, int], facts: ModelFacts, batch: int, progress: Progress) -> np.ndarray:
     """One batch's latents after the request's steps, from each seed's own starting noise."""
     shape = (facts.latent_channels, size[0] // facts.vae_scale, size[1] // facts.vae_scale)
-    sampler = DPMSolver2M(facts.scheduler_config, request.steps)
+    sampler = make_sampler(request.sampler, facts.scheduler_config, request.steps)
     latents = np.stack([torch_randn(seed, shape) for seed in seeds]) * np.float32(sampler.init_noise_sigma)
     scale = request.guidance_scale()
     guided = scale > 1  # as diffusers: no unconditioned pass at CFG 1 or below
     states = np.concatenate([uncond, cond]) if guided else cond
     total = len(sampler.timesteps)
     for step, timestep in enumerate(sampler.timesteps):
-        model_input = np.concatenate([latents, latents]) if guided else latents
+        scaled = sampler.scale_model_input(latents)
+        model_input = np.concatenate([scaled, scaled]) if guided else scaled
         out = bundle("unet", model_input, np.float32(timestep), states)
         if guided:
             out_uncond, out_cond = np.split(out, 2)
@@ -342,16 +437,17 @@ def denoise(request: GenerationRequest, bundle: MiniBundle, seeds: list[int], co
         progress(ProgressEvent("denoise", done, total, batch, request.batch_count(), preview=preview))
         if progress.stop_requested():
             raise Interrupted()  # the batch was cut short: its half-made pictures are not results
+    bundle.release_memory("unet")  # its activations: the decode does not stand on them
     return latents
 
 
-def decode(bundle: MiniBundle, latents: np.ndarray) -> list[Image.Image]:
+def decode(bundle: OpenVINOBundle, latents: np.ndarray) -> list[Image.Image]:
     """The VAE's pictures of `latents`, one decode per picture (a batch's decode is the same per
     row, and one shape serves every batch size)."""
     return [Image.fromarray(_levels(bundle("decoder", row[None])[0], -1.0, 1.0)) for row in latents]
 
 
-def upscale(bundle: MiniBundle, picture: Image.Image) -> Image.Image:
+def upscale(bundle: OpenVINOBundle, picture: Image.Image) -> Image.Image:
     """`picture` twice as large by the built-in x2 upscaler (as models/upscaler.upscale_image)."""
     pixels = np.asarray(picture.convert("RGB"), dtype=np.float32).transpose(2, 0, 1)[None] * np.float32(2 / 255) - 1
     return Image.fromarray(_levels(bundle("upscaler", pixels)[0], -1.0, 1.0))

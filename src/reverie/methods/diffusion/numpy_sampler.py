@@ -1,22 +1,47 @@
-"""The DPM++ 2M sampler in NumPy: reverie's "dpmpp_2m" without torch or diffusers.
+"""Reverie's DPM++ 2M and Euler samplers in NumPy: "dpmpp_2m", "dpmpp_2m_karras", "euler" and
+"euler_karras" without torch or diffusers.
 
 A request that runs its UNet outside torch (OpenVINO) would otherwise import torch and diffusers
-(seconds) only to step the scheduler. `DPMSolver2M` does what diffusers 0.42's
-`DPMSolverMultistepScheduler` does when `reverie.samplers.build_scheduler("dpmpp_2m", config)`
-builds it: the model's noise schedule (`samplers.scheduler_options`) with the
-scheduler's defaults otherwise, i.e. the data-prediction solver ("dpmsolver++", midpoint, order 2)
-with a last step to sigma 0. A config or sampler this port does not do raises ValueError, and
-`sampler_supported` says beforehand whether it will.
+(seconds) only to step the scheduler. `make_sampler(name, config, steps)` gives the sampler that
+does what diffusers 0.42's scheduler does when `reverie.samplers.build_scheduler(name, config)`
+builds it: the model's noise schedule (`samplers.scheduler_options`) plus the sampler row's options
+(Karras sigmas), the scheduler's defaults otherwise. Two schedulers are ported:
 
-How diffusers steps, mirrored here:
-- The first step is first order (no previous output yet) and so is the last: with
-  final_sigmas_type "zero" the last step lands on sigma 0 and returns the data prediction itself,
-  whatever `lower_order_final`; every other step is the second-order multistep update.
-- The schedule (betas, cumulative alphas, sigmas) is float32, the cumulative product taken in
-  float64 as torch's CPU cumprod does; the step's coefficients are float32 scalars and the
-  updates float32 arrays. diffusers converts the model output in its own dtype and upcasts only
-  `sample` to float32 for the update, casting the result back to the model output's dtype; for a
-  float32 model that is float32 throughout, which is what this port takes and returns.
+- `DPMSolver2M`, diffusers' `DPMSolverMultistepScheduler` at its defaults: the data-prediction
+  solver ("dpmsolver++", midpoint, order 2) with a last step to sigma 0; with or without Karras
+  sigmas ("dpmpp_2m_karras", reverie's default sampler for Stable Diffusion).
+- `EulerDiscrete`, diffusers' `EulerDiscreteScheduler` at its defaults: the deterministic Euler
+  step (s_churn 0) with a last step to sigma 0; with or without Karras sigmas.
+
+A config or sampler this port does not do raises ValueError, and `sampler_supported` says
+beforehand whether it will. Every sampler has `timesteps` (what diffusers passes the UNet at each
+step, in diffusers' dtype: int64 for DPM++ 2M, float32 for Euler), `init_noise_sigma` (the starting
+noise's scale), `scale_model_input(sample)` (the UNet's input at the current step) and
+`step(model_output, sample)` (the sample at the next step; it moves the sampler on by one).
+
+How diffusers does it, mirrored here:
+- The training schedule (betas, cumulative alphas, sigmas) is float32, the cumulative product
+  taken in float64 as torch's CPU cumprod does. Timesteps and inference sigmas are worked out in
+  NumPy (float64 mostly, from the float32 training sigmas) and stored as float32 sigmas.
+- Karras sigmas (rho 7) run from sigma_max to sigma_min; the timesteps are then the sigmas' places
+  on the training schedule (`_sigma_to_t`, interpolating log sigma). The two schedulers differ:
+  DPM++ 2M takes sigma_min/max from the whole training schedule and rounds its timesteps to
+  integers (so `timestep_spacing` and `steps_offset` do not matter to it), Euler takes them from
+  the sigmas of its spaced timesteps and keeps fractional timesteps.
+- DPM++ 2M: the first step is first order (no previous output yet) and so is the last: with
+  final_sigmas_type "zero" diffusers 0.42 steps the last one first order whatever
+  `lower_order_final` and the step count (its "fewer than 15 steps" rule only changes third-order
+  solvers), and that step lands on sigma 0 and returns the data prediction itself. Every other
+  step is the second-order multistep update. It leaves the UNet's input as it is.
+- Euler divides the UNet's input by sqrt(sigma^2 + 1) and starts from noise scaled by the largest
+  sigma (timestep_spacing "linspace" or "trailing") or sqrt(sigma_max^2 + 1) ("leading").
+- The step's coefficients are float32 scalars and the updates float32 arrays. diffusers upcasts
+  `sample` to float32 for the update and casts the result back to the model output's dtype; for
+  a float32 model that is float32 throughout, which is what this port takes and returns.
+- diffusers' pipelines call neither `set_begin_index` nor anything else before the first step, so
+  the scheduler finds its first step index by looking the first timestep up: were it repeated
+  later, diffusers would start at the repeat. No schedule this port makes repeats its first
+  timestep (it checks, and raises ValueError otherwise); from there the index counts steps.
 - The results agree with diffusers' to about 1e-6 (relative), not bit for bit: torch's float32
   sqrt is not always correctly rounded (NumPy's is), so a few sigmas and step coefficients differ
   in their last bit.
@@ -41,7 +66,6 @@ _FIXED_OPTIONS = {
     "thresholding": False,
     "lower_order_final": True,
     "euler_at_final": False,
-    "use_karras_sigmas": False,
     "use_exponential_sigmas": False,
     "use_beta_sigmas": False,
     "use_lu_lambdas": False,
@@ -62,35 +86,65 @@ _PORTED_OPTIONS = {
     "prediction_type": "epsilon",
     "timestep_spacing": "linspace",
     "steps_offset": 0,
+    "use_karras_sigmas": False,
 }
+
+# EulerDiscreteScheduler's options that this port runs only at their defaults (these).
+_EULER_FIXED_OPTIONS = {
+    "interpolation_type": "linear",
+    "use_exponential_sigmas": False,
+    "use_beta_sigmas": False,
+    "sigma_min": None,
+    "sigma_max": None,
+    "timestep_type": "discrete",
+    "rescale_betas_zero_snr": False,
+    "final_sigmas_type": "zero",
+}
+# Its options this port implements, with their defaults (the same as DPMSolverMultistepScheduler's).
+_EULER_PORTED_OPTIONS = dict(_PORTED_OPTIONS)
 
 
 class DPMSolver2M:
     """DPM++ 2M over `steps` steps for a model's scheduler config (its scheduler_config.json).
 
-    Call `step` once per entry of `timesteps`, in order, with the model's output at that timestep.
+    `sampler` names the row of reverie.samplers whose options it runs: "dpmpp_2m" (the default)
+    or "dpmpp_2m_karras". Call `step` once per entry of `timesteps`, in order, with the model's
+    output at that timestep.
     """
 
-    def __init__(self, scheduler_config: dict, steps: int):
-        config = _options(get_sampler("dpmpp_2m"), scheduler_config)
-        train_steps = int(config["num_train_timesteps"])
-        if not 1 <= steps < train_steps:
-            raise ValueError(f"steps must be from 1 to {train_steps - 1}, not {steps}")
+    def __init__(self, scheduler_config: dict, steps: int, sampler: str = "dpmpp_2m"):
+        config = _options(_sampler_of(sampler, DPMSolver2M), scheduler_config, _FIXED_OPTIONS, _PORTED_OPTIONS)
+        _check_steps(steps, config)
         self.prediction_type: str = config["prediction_type"]
-        self.timesteps: np.ndarray = _timesteps(config, steps)
-        self.init_noise_sigma: float = 1.0
-        alphas = _F32(1.0) - _betas(config)
-        alphas_cumprod = np.cumprod(alphas.astype(np.float64)).astype(_F32)  # torch accumulates in float64
-        train_sigmas = ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
-        sigmas = np.interp(self.timesteps, np.arange(len(train_sigmas)), train_sigmas)
+        train_sigmas = _train_sigmas(config)
+        if config["use_karras_sigmas"]:
+            # set_timesteps: _convert_to_karras of the flipped training sigmas (sigma_min is the
+            # first training sigma, sigma_max the last), then timesteps = _sigma_to_t(...).round()
+            # (NumPy's round, half to even), made int64 by torch.
+            sigmas = _karras(float(train_sigmas[0]), float(train_sigmas[-1]), steps)
+            self.timesteps: np.ndarray = _sigma_to_t(sigmas, np.log(train_sigmas)).round().astype(np.int64)
+        else:
+            self.timesteps = _timesteps(config, steps)
+            sigmas = np.interp(self.timesteps, np.arange(len(train_sigmas)), train_sigmas)
         self.sigmas: np.ndarray = np.append(sigmas, 0.0).astype(_F32)  # one per timestep, then the end
+        self.init_noise_sigma: float = 1.0
+        _check_first_timestep(self.timesteps)
         self._index = 0
         self._previous: np.ndarray | None = None  # the last step's data prediction
 
+    @property
+    def step_index(self) -> int:
+        """How many steps are done: the index of the current timestep."""
+        return self._index
+
+    def scale_model_input(self, sample: np.ndarray) -> np.ndarray:
+        """The UNet's input at the current step: `sample` itself (diffusers returns it as it is)."""
+        _check_not_done(self._index, self.timesteps)
+        return np.asarray(sample, dtype=_F32)
+
     def step(self, model_output: np.ndarray, sample: np.ndarray) -> np.ndarray:
         """The sample at the next timestep, from the model's output at the current one (float32)."""
-        if self._index >= len(self.timesteps):
-            raise RuntimeError("all the steps are done")
+        _check_not_done(self._index, self.timesteps)
         model_output = np.asarray(model_output, dtype=_F32)
         sample = np.asarray(sample, dtype=_F32)
         alpha_s0, sigma_s0 = _alpha_sigma(self.sigmas[self._index])
@@ -116,19 +170,110 @@ class DPMSolver2M:
         return prev_sample
 
 
+class EulerDiscrete:
+    """Euler over `steps` steps for a model's scheduler config (its scheduler_config.json).
+
+    `sampler` names the row of reverie.samplers whose options it runs: "euler" (the default) or
+    "euler_karras". Per entry of `timesteps`, in order: give the UNet `scale_model_input(sample)`,
+    then call `step` with its output.
+    """
+
+    def __init__(self, scheduler_config: dict, steps: int, sampler: str = "euler"):
+        config = _options(_sampler_of(sampler, EulerDiscrete), scheduler_config,
+                          _EULER_FIXED_OPTIONS, _EULER_PORTED_OPTIONS)
+        _check_steps(steps, config)
+        self.prediction_type: str = config["prediction_type"]
+        train_sigmas = _train_sigmas(config)
+        timesteps = _euler_timesteps(config, steps)
+        sigmas = np.interp(timesteps, np.arange(len(train_sigmas)), train_sigmas)  # float64
+        if config["use_karras_sigmas"]:
+            # Unlike DPM++ 2M's, Euler's Karras sigmas span the sigmas of its spaced timesteps
+            # (in_sigmas[-1].item() and in_sigmas[0].item()), and its timesteps stay fractional.
+            sigmas = _karras(float(sigmas[-1]), float(sigmas[0]), steps)
+            timesteps = _sigma_to_t(sigmas, np.log(train_sigmas))
+        self.timesteps: np.ndarray = timesteps.astype(_F32)
+        self.sigmas: np.ndarray = np.append(sigmas, 0.0).astype(_F32)  # one per timestep, then the end
+        # init_noise_sigma: a float32 tensor in diffusers, sigmas.max() or (max**2 + 1) ** 0.5.
+        max_sigma = self.sigmas.max()
+        if config["timestep_spacing"] not in ("linspace", "trailing"):
+            max_sigma = np.sqrt(max_sigma * max_sigma + _F32(1.0))
+        self.init_noise_sigma: float = float(max_sigma)
+        _check_first_timestep(self.timesteps)
+        self._index = 0
+
+    @property
+    def step_index(self) -> int:
+        """How many steps are done: the index of the current timestep."""
+        return self._index
+
+    def scale_model_input(self, sample: np.ndarray) -> np.ndarray:
+        """The UNet's input at the current step: sample / (sigma**2 + 1) ** 0.5, in float32."""
+        _check_not_done(self._index, self.timesteps)
+        sigma = self.sigmas[self._index]
+        return np.asarray(sample, dtype=_F32) / np.sqrt(sigma * sigma + _F32(1.0))
+
+    def step(self, model_output: np.ndarray, sample: np.ndarray) -> np.ndarray:
+        """The sample at the next timestep, from the model's output at the current one (float32).
+
+        diffusers' step with s_churn 0: gamma 0, so sigma_hat is sigma and no noise is drawn.
+        """
+        _check_not_done(self._index, self.timesteps)
+        model_output = np.asarray(model_output, dtype=_F32)
+        sample = np.asarray(sample, dtype=_F32)
+        sigma = self.sigmas[self._index]
+        if self.prediction_type == "v_prediction":
+            # denoised = model_output * c_out + input * c_skip, both scalings float32 scalars
+            scale = sigma * sigma + _F32(1.0)
+            x0 = model_output * (-sigma / np.sqrt(scale)) + sample / scale
+        else:
+            x0 = sample - sigma * model_output
+        derivative = (sample - x0) / sigma
+        dt = self.sigmas[self._index + 1] - sigma
+        self._index += 1
+        return sample + derivative * dt
+
+
+_SCHEDULERS = {"DPMSolverMultistepScheduler": DPMSolver2M, "EulerDiscreteScheduler": EulerDiscrete}
+_OPTION_TABLES = {DPMSolver2M: (_FIXED_OPTIONS, _PORTED_OPTIONS),
+                  EulerDiscrete: (_EULER_FIXED_OPTIONS, _EULER_PORTED_OPTIONS)}
+
+
+def make_sampler(name: str, scheduler_config: dict, steps: int) -> DPMSolver2M | EulerDiscrete:
+    """The NumPy sampler for sampler `name` (or alias, or label) over `steps` steps, configured
+    for a model's scheduler config as build_scheduler configures diffusers' scheduler.
+
+    ValueError if this port does not do that sampler, config or step count (BadRequest, as
+    get_sampler, for a sampler reverie does not know).
+    """
+    sampler = get_sampler(name)
+    cls = _SCHEDULERS.get(sampler.scheduler)
+    if cls is None:
+        raise ValueError(f"the NumPy samplers do not do {sampler.name} ({sampler.scheduler})")
+    return cls(scheduler_config, steps, sampler=sampler.name)
+
+
 def sampler_supported(name: str, scheduler_config: dict) -> bool:
-    """Whether `DPMSolver2M` runs sampler `name` (or alias, or label) for this model's scheduler config."""
+    """Whether `make_sampler` runs sampler `name` (or alias, or label) for this model's scheduler config."""
     try:
         sampler = get_sampler(name)
-        if sampler.name != "dpmpp_2m":
+        cls = _SCHEDULERS.get(sampler.scheduler)
+        if cls is None:
             return False
-        _options(sampler, scheduler_config)
+        _options(sampler, scheduler_config, *_OPTION_TABLES[cls])
     except (BadRequest, ValueError):
         return False
     return True
 
 
-def _options(sampler: Sampler, scheduler_config: dict) -> dict:
+def _sampler_of(name: str, cls: type) -> Sampler:
+    """Sampler `name`'s row, which must be run by `cls`'s diffusers scheduler."""
+    sampler = get_sampler(name)
+    if _SCHEDULERS.get(sampler.scheduler) is not cls:
+        raise ValueError(f"{cls.__name__} does not run {sampler.name} ({sampler.scheduler})")
+    return sampler
+
+
+def _options(sampler: Sampler, scheduler_config: dict, fixed: dict, ported: dict) -> dict:
     """The ported options of the scheduler build_scheduler makes; ValueError if others are off-default.
 
     build_scheduler gives diffusers the model's noise-schedule keys and the sampler's options.
@@ -137,17 +282,35 @@ def _options(sampler: Sampler, scheduler_config: dict) -> dict:
     (dynamic_thresholding_ratio, sample_max_value, flow_shift, time_shift_type).
     """
     given = scheduler_options(sampler, scheduler_config)
-    for key, default in _FIXED_OPTIONS.items():
+    for key, default in fixed.items():
         if key in given and given[key] != default:
-            raise ValueError(f"the NumPy DPM++ 2M does not do {key}={given[key]!r}")
-    options = _PORTED_OPTIONS | {k: v for k, v in given.items() if k in _PORTED_OPTIONS}
+            raise ValueError(f"the NumPy {sampler.label} does not do {key}={given[key]!r}")
+    options = ported | {k: v for k, v in given.items() if k in ported}
     if options["trained_betas"] is None and options["beta_schedule"] not in ("linear", "scaled_linear"):
-        raise ValueError(f"the NumPy DPM++ 2M does not do beta_schedule={options['beta_schedule']!r}")
+        raise ValueError(f"the NumPy {sampler.label} does not do beta_schedule={options['beta_schedule']!r}")
     if options["prediction_type"] not in ("epsilon", "v_prediction"):
-        raise ValueError(f"the NumPy DPM++ 2M does not do prediction_type={options['prediction_type']!r}")
+        raise ValueError(f"the NumPy {sampler.label} does not do prediction_type={options['prediction_type']!r}")
     if options["timestep_spacing"] not in ("leading", "trailing", "linspace"):
         raise ValueError(f"unknown timestep_spacing {options['timestep_spacing']!r}")
     return options
+
+
+def _check_steps(steps: int, options: dict) -> None:
+    train_steps = int(options["num_train_timesteps"])
+    if not 1 <= steps < train_steps:
+        raise ValueError(f"steps must be from 1 to {train_steps - 1}, not {steps}")
+
+
+def _check_first_timestep(timesteps: np.ndarray) -> None:
+    """diffusers starts at the second place of a repeated first timestep (index_for_timestep):
+    a schedule where that would happen is not ported."""
+    if np.count_nonzero(timesteps == timesteps[0]) > 1:
+        raise ValueError(f"the first timestep ({timesteps[0]}) repeats: diffusers would skip a step")
+
+
+def _check_not_done(index: int, timesteps: np.ndarray) -> None:
+    if index >= len(timesteps):
+        raise RuntimeError("all the steps are done")
 
 
 def _betas(options: dict) -> np.ndarray:
@@ -158,6 +321,13 @@ def _betas(options: dict) -> np.ndarray:
     if options["beta_schedule"] == "scaled_linear":
         return _torch_linspace(start**0.5, end**0.5, options["num_train_timesteps"]) ** 2
     return _torch_linspace(start, end, options["num_train_timesteps"])
+
+
+def _train_sigmas(options: dict) -> np.ndarray:
+    """The training sigmas ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5, float32, one per timestep."""
+    alphas = _F32(1.0) - _betas(options)
+    alphas_cumprod = np.cumprod(alphas.astype(np.float64)).astype(_F32)  # torch accumulates in float64
+    return ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
 
 
 def _torch_linspace(start: float, end: float, count: int) -> np.ndarray:
@@ -171,7 +341,8 @@ def _torch_linspace(start: float, end: float, count: int) -> np.ndarray:
 
 
 def _timesteps(options: dict, steps: int) -> np.ndarray:
-    """diffusers' set_timesteps, for lambda_min_clipped at its default (no clipping)."""
+    """DPMSolverMultistepScheduler's set_timesteps, for lambda_min_clipped at its default (no
+    clipping): `steps + 1` spaced points, the last (0) dropped."""
     train_steps = options["num_train_timesteps"]
     spacing = options["timestep_spacing"]
     if spacing == "linspace":
@@ -180,6 +351,50 @@ def _timesteps(options: dict, steps: int) -> np.ndarray:
         ratio = train_steps // (steps + 1)
         return (np.arange(0, steps + 1) * ratio).round()[::-1][:-1].astype(np.int64) + options["steps_offset"]
     return np.arange(train_steps, 0, -train_steps / steps).round().astype(np.int64) - 1
+
+
+def _euler_timesteps(options: dict, steps: int) -> np.ndarray:
+    """EulerDiscreteScheduler's set_timesteps (float32): unlike DPM's, `steps` spaced points, none
+    dropped, so "linspace" ends at 0 and "leading" takes train_steps // steps apart."""
+    train_steps = options["num_train_timesteps"]
+    spacing = options["timestep_spacing"]
+    if spacing == "linspace":
+        return np.linspace(0, train_steps - 1, steps, dtype=_F32)[::-1].copy()
+    if spacing == "leading":
+        ratio = train_steps // steps
+        timesteps = (np.arange(0, steps) * ratio).round()[::-1].astype(_F32)
+        timesteps += options["steps_offset"]
+        return timesteps
+    timesteps = np.arange(train_steps, 0, -train_steps / steps).round().astype(_F32)
+    timesteps -= 1
+    return timesteps
+
+
+def _karras(sigma_min: float, sigma_max: float, steps: int) -> np.ndarray:
+    """_convert_to_karras (from k-diffusion): `steps` sigmas from sigma_max down to sigma_min,
+    evenly spaced in sigma ** (1 / rho), rho 7; float64, the ends' roots taken on Python floats."""
+    rho = 7.0
+    ramp = np.linspace(0, 1, steps)
+    min_inv_rho = sigma_min ** (1 / rho)
+    max_inv_rho = sigma_max ** (1 / rho)
+    return (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho
+
+
+def _sigma_to_t(sigmas: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
+    """_sigma_to_t for each of `sigmas` (float64): its timestep on the training schedule, by
+    linear interpolation of log sigma between the neighbouring training timesteps; float64.
+
+    As diffusers' (which takes one sigma at a time): the training log sigmas are float32, the
+    differences with log sigma float64, their spread (low - high) float32.
+    """
+    log_sigma = np.log(np.maximum(sigmas, 1e-10))
+    dists = log_sigma - log_sigmas[:, np.newaxis]
+    low_idx = np.cumsum(dists >= 0, axis=0).argmax(axis=0).clip(max=log_sigmas.shape[0] - 2)
+    high_idx = low_idx + 1
+    low = log_sigmas[low_idx]
+    high = log_sigmas[high_idx]
+    w = np.clip((low - log_sigma) / (low - high), 0, 1)
+    return (1 - w) * low_idx + w * high_idx
 
 
 def _alpha_sigma(sigma: np.float32) -> tuple[np.float32, np.float32]:

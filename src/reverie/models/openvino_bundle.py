@@ -1,0 +1,225 @@
+"""A model's parts exported together to OpenVINO IR, in one folder, and run without torch (issue 22).
+
+A bundle is a folder under the cache holding one IR (`<part>.xml` and `.bin`) per part of a
+model (its text encoder, UNet, VAE decoder...) and a marker, `done.json`: each part's weights
+size (a part whose .bin has another size is a damaged bundle: it is made again) and what the
+runner needs to know about the model (its noise schedule, its tokenizer's special tokens, the
+VAE's latent->RGB map for live previews...). `save_bundle` (which imports torch) writes one
+atomically: a temporary folder renamed into place, or nothing. `OpenVINOBundle` runs the parts
+with OpenVINO's CPU plugin alone: each input shape compiled on its own (static shapes run faster
+than dynamic ones), in each part's precision, the part's mapped weights file let go as the
+compile reads it (host.file_pages_dropped: OpenVINO computes with its own repacked copy).
+
+models/mini_bundle.py makes reverie-mini's (text encoder, UNet, decoder, x2 upscaler);
+models/sd_bundle.py makes a Stable Diffusion file's or folder's (text encoder, UNet, decoder).
+methods/diffusion/compiled.py runs either.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import threading
+from collections import OrderedDict
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from ..host import file_pages_dropped
+
+DONE_NAME = "done.json"
+COMPILED_DIR = "compiled"
+SHAPES_KEPT = 16  # compiled shapes of a small part held in a process (a batch size, a latent size each)
+HELD_BYTES = 512 * 2**20  # a large part keeps as many compiled shapes as fit in this many weight bytes...
+HELD_AT_LEAST = 2  # ...and two at least (SD 1.5's UNet: 1.7 GB a shape in bf16)
+
+
+VERSIONED = ("openvino", "torch", "diffusers", "transformers")  # what exports a bundle: a new version makes it again
+
+
+def precision_of(dtype: str) -> str:
+    """OpenVINO's inference precision for a request's resolved dtype name (fp32 or bf16)."""
+    return {"bf16": "bf16", "fp32": "f32"}[dtype]
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def bundle_path(prefix: str, format_version: int, precision: str, files: list[Path], cache: Path | None = None) -> Path:
+    """Where a bundle lives (`$REVERIE_CACHE/openvino/<prefix>-<key>`): the key covers the
+    bundle's format, its precision, the versions of what exports it (read from the installed
+    packages' metadata: nothing is imported) and the path, size and modification time of each
+    file it is made from."""
+    from .clip_tokenizer import cache_dir
+
+    parts = {"format": format_version, "precision": precision, "versions": {name: _version(name) for name in VERSIONED},
+             "files": [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files]}
+    key = hashlib.blake2b(json.dumps(parts, sort_keys=True).encode(), digest_size=12).hexdigest()
+    return (cache or cache_dir() / "openvino") / f"{prefix}-{key}"
+
+
+def bundle_made(folder: Path) -> bool:
+    """Whether `folder` holds a whole bundle: its marker, and each part's weights of the size recorded."""
+    try:
+        sizes = json.loads((folder / DONE_NAME).read_text())["bin_bytes"]
+        return bool(sizes) and all((folder / f"{part}.bin").stat().st_size == size
+                                   and (folder / f"{part}.xml").is_file() for part, size in sizes.items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def bundle_facts(folder: Path) -> dict:
+    """What the bundle's marker says (done.json); {} when it cannot be read."""
+    try:
+        return json.loads((folder / DONE_NAME).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+# ----------------------------------------------------------------------------- making one (torch)
+
+
+def save_bundle(folder: Path, parts: dict, facts: dict, replaces: str, extra_files: dict[str, str] | None = None) -> None:
+    """Write a bundle into `folder`, atomically. `parts` maps each part's name to what it is made
+    from: (module, example inputs, [(shape, OpenVINO type)] per input; -1 a dynamic size) to
+    trace and convert, or the path of an IR (.xml, its .bin beside it) exported already, linked
+    in (copied where it cannot be); `extra_files`, names and texts written beside them (a
+    tokenizer). `facts` go into done.json with the parts' weight sizes. A
+    bundle another process made meanwhile is kept. Then the other bundles beside it whose
+    marker's `replaces` fact equals this one's (made from older files or by other versions of
+    the same model, at the same precision) are removed: each is as large as its weights, and
+    nothing would read it again."""
+    import openvino as ov
+
+    from .openvino_runtime import convert_to_openvino
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=folder.name + ".partial-", dir=folder.parent))
+    try:
+        sizes = {}
+        for name, made_from in parts.items():
+            target = partial / f"{name}.xml"
+            if isinstance(made_from, Path):
+                for suffix in (".xml", ".bin"):
+                    _link_or_copy(made_from.with_suffix(suffix), target.with_suffix(suffix))
+            else:
+                module, example, inputs = made_from
+                ov.save_model(convert_to_openvino(module, example, inputs), str(target), compress_to_fp16=False)
+            sizes[name] = target.with_suffix(".bin").stat().st_size
+        for name, text in (extra_files or {}).items():
+            (partial / name).write_text(text)
+        (partial / DONE_NAME).write_text(json.dumps({"bin_bytes": sizes, **facts}))
+        if not bundle_made(folder):  # another process may have made it meanwhile: then it stays
+            if folder.exists():
+                shutil.rmtree(folder, ignore_errors=True)
+            try:
+                os.replace(partial, folder)
+            except OSError:
+                if not bundle_made(folder):
+                    raise
+        kind = facts[replaces]
+        for old in folder.parent.iterdir():
+            if old != folder and old.is_dir() and bundle_facts(old).get(replaces) == kind:
+                shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if partial.exists():
+            shutil.rmtree(partial, ignore_errors=True)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """`source` at `target` too: a hard link (no second copy on disk: SD's UNet is 1.7 GB), or a
+    copy where the two are on different file systems."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def in_fp32(module, call=None):
+    """`module` (run by `call(module, *inputs)`, or called) answering in fp32, for the exporter."""
+    import torch
+
+    class InFp32(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = module
+
+        def forward(self, *inputs):
+            return (call(self.inner, *inputs) if call else self.inner(*inputs)).float()
+
+    return InFp32().eval()
+
+
+# ----------------------------------------------------------------------------- running one (no torch)
+
+
+class OpenVINOBundle:
+    """A bundle's parts, run by OpenVINO's CPU plugin: `bundle(part, *arrays)` -> the part's
+    output as a NumPy array. `precisions` gives each part's inference precision (bf16 or f32);
+    `store_compiled` keeps compiled shapes on disk too, in the bundle's compiled/ folder, for a
+    fresh process to load (small models only: each of SD's UNet shapes would hold its 1.7 GB
+    again). `facts` is the marker's content; `compiles` counts the shapes compiled (or loaded)
+    in this process."""
+
+    def __init__(self, folder: Path, precisions: dict[str, str], store_compiled: bool = False):
+        import openvino as ov
+
+        self.folder = folder
+        self.facts = bundle_facts(folder)
+        sizes = self.facts["bin_bytes"]
+        self.precisions = precisions
+        self.core = ov.Core()
+        if store_compiled:
+            self.core.set_property({"CACHE_DIR": str(folder / COMPILED_DIR)})
+        self.compiles = 0
+        self._kept = {part: SHAPES_KEPT if size <= HELD_BYTES // SHAPES_KEPT else max(HELD_AT_LEAST, HELD_BYTES // size)
+                      for part, size in sizes.items()}
+        self._compiled: dict[str, OrderedDict] = {part: OrderedDict() for part in sizes}
+        self._lock = threading.Lock()
+        self.weight_bytes = sum(sizes.values())  # for the model cache
+        # [C+1, 3]: the VAE's latent->RGB map for live previews (models/latent_rgb.py)
+        self.latent_rgb = np.asarray(self.facts["latent_rgb"], dtype=np.float32)
+
+    def __call__(self, part: str, *inputs: np.ndarray) -> np.ndarray:
+        request = self._request(part, tuple(x.shape for x in inputs))
+        request.infer(dict(enumerate(inputs)))
+        return request.get_output_tensor(0).data.copy()
+
+    def release_memory(self, part: str) -> None:
+        """Let go of `part`'s working memory (its activations, kept between calls otherwise);
+        the next call allocates it again (milliseconds). SD's UNet after a batch's last step,
+        so that the decode does not stand on it."""
+        with self._lock:
+            for request in self._compiled[part].values():
+                request.get_compiled_model().release_memory()
+
+    def _request(self, part: str, shapes: tuple):
+        import openvino as ov
+
+        with self._lock:
+            held = self._compiled[part]
+            if shapes in held:
+                held.move_to_end(shapes)
+                return held[shapes]
+            while len(held) >= self._kept[part]:
+                held.popitem(last=False)
+            model = self.core.read_model(str(self.folder / f"{part}.xml"))
+            model.reshape({port.get_any_name(): ov.PartialShape(list(shape)) for port, shape in zip(model.inputs, shapes)})
+            config = {"INFERENCE_PRECISION_HINT": self.precisions[part], "PERFORMANCE_HINT": "LATENCY"}
+            threads = os.environ.get("OMP_NUM_THREADS")  # a deployment's workers share the cores
+            if threads and threads.isdigit():
+                config["INFERENCE_NUM_THREADS"] = int(threads)
+            with file_pages_dropped(self.folder / f"{part}.bin"):
+                request = self.core.compile_model(model, "CPU", config).create_infer_request()
+                del model
+            self.compiles += 1
+            held[shapes] = request
+            return request
