@@ -26,7 +26,8 @@ attention is SDPA on both sides), the peak is torch's largest GPU allocation, an
 against stock diffusers' fp16 picture of the same batch.
 
 Variants: diffusers (stock StableDiffusionPipeline, fp32), auto (reverie's defaults: dtype and
-runtime auto, what a user gets), torch (reverie, fp32, torch),
+runtime auto, what a user gets: with a sampler numpy_sampler.py ports, such as the default euler
+here, the pipeline on OpenVINO alone, torch never imported: "no torch" in the table), torch (reverie, fp32, torch),
 fp16_weights and bf16_weights (reverie, fp32 compute from weights resting in 16 bits: `--weights`),
 channels_last (reverie, UNet and VAE in channels-last memory format), bf16 (reverie, bf16
 weights and compute), compile (reverie, torch.compile'd UNet; compile_bf16 the same in bf16), openvino (reverie, the UNet on
@@ -122,13 +123,17 @@ def lcm_lora_models(folder: Path) -> Path:
 
 
 def child(args) -> dict:
-    """Run one variant once; the numbers as a dict (the picture saved to args.picture)."""
-    import torch
-
+    """Run one variant once; the numbers as a dict (the picture saved to args.picture). torch is
+    imported only where the variant needs it here (stock diffusers, a GPU, a UNet changed in
+    place): reverie's defaults may run SD without it (methods/diffusion/compiled.py), and the
+    peak is then what a user's process holds."""
     variant = args.child
     folder = Path(args.folder)
     cuda = args.device.startswith("cuda")
-    compute = torch.float16 if cuda else torch.float32  # stock diffusers as people run it on each device
+    if variant in ("diffusers", "channels_last", "compile", "compile_bf16") or cuda:
+        import torch
+
+        compute = torch.float16 if cuda else torch.float32  # stock diffusers as people run it on each device
 
     def now() -> float:  # step times mean something on a GPU only once its queue is done
         if cuda:
@@ -166,14 +171,14 @@ def child(args) -> dict:
             info["steps"] = args.steps
         from reverie.studio import Studio, make_request
 
-        from reverie.methods.diffusion.run import diffusion_model
-
         defaults = variant in ("auto", "lcm_lora", "lcm_lora_openvino", "lcm_lora_torch")  # dtype: what a user gets
         dtype = "bf16" if variant in ("bf16", "compile_bf16", "openvino_bf16") else ("auto" if cuda or defaults else "fp32")
         runtime = "openvino" if "openvino" in variant else ("auto" if defaults and variant != "lcm_lora_torch" else "torch")
         weights = {"fp16_weights": "fp16", "bf16_weights": "bf16"}.get(variant, "auto")
         studio = Studio(device=args.device)
         if variant in ("channels_last", "compile", "compile_bf16"):  # the cached model, changed in place first
+            from reverie.methods.diffusion.run import diffusion_model
+
             dtype_now = torch.bfloat16 if dtype == "bf16" else compute
             components = diffusion_model(studio.models, str(folder), torch.device(args.device), dtype_now)
             if variant == "channels_last":
@@ -217,6 +222,7 @@ def child(args) -> dict:
     if cuda:
         info["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
     info["rss_after_gib"] = _rss_now() / 2**30  # what stays resident once loaded and run (no load peak)
+    info["torch"] = "torch" in sys.modules
     return info | {"variant": variant, "batch": args.batch, "total_s": total, "s_per_step": float(np.median(gaps)),
                    "first_step_s": steps_at[0] - start if steps_at else None,
                    "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
@@ -313,6 +319,7 @@ def main() -> None:
             first = float(np.median([r["first_call_s"] for r in rows]))
             load = f"{np.median([r['load_s'] for r in rows]):.1f}" if "load_s" in rows[0] else "-"
             label = f"{variant} ({rows[0]['runtime']}, {rows[0]['dtype']})" if "runtime" in rows[0] else variant
+            label += "" if rows[0].get("torch", True) else ", no torch"
             shown = "-" if steps != args.steps else f"{quality:.1f}"  # fewer steps: another picture
             print(f"| {label} | {batch} | {args.size} | {steps} | {per_step:.2f} | {total:.1f} | "
                   f"{stock / total:.2f}x | {peak:.2f} | {after:.2f} | {shown} | {first:.1f} | {load} |")

@@ -134,10 +134,10 @@ def test_one_cache_holds_every_network_a_mini_dream_and_generation_use(tmp_path)
     studio.run({"mode": "dream", "prompt": "red apple", "iterations": 1, "cutouts": 4, "save_every": 1000, "seed": 1},
                outdir=tmp_path)
     kinds = sorted(key[0] for key in studio.models._entries)
-    # reverie-mini's OpenVINO bundle and MiniLM's tokenizer (generation, torch-free), reverie-mini
+    # reverie-mini's OpenVINO bundle and its tokenizer, MiniLM's (generation, torch-free), reverie-mini
     # once (the dream's generator and its prior), the dream's guide, and the x2 upscaler (the
     # dream's 128 px picture shown at 256 px)
-    assert kinds == ["diffusion", "guide", "mini-bundle", "minilm-tokenizer", "upscaler"]
+    assert kinds == ["bundle-tokenizer", "diffusion", "guide", "openvino-bundle", "upscaler"]
     assert studio.models.loads == 5
 
 

@@ -1,0 +1,207 @@
+"""Stable Diffusion's txt2img on OpenVINO alone (methods/diffusion/compiled.py, models/sd_bundle.py):
+the torch pipeline's pictures from a diffusers folder or an SD 1.x .safetensors file, without
+importing torch once the model's bundle is made.
+
+The model is the tiny test model with a UNet of SD's shape large enough (12.4M parameters) for
+runtime auto to run it on OpenVINO, as it runs SD's 860M."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import pixels, psnr
+from reverie.methods.diffusion import compiled
+from reverie.methods.diffusion.request import GenerationRequest, resolve
+from reverie.models.cache import ModelCache
+from reverie.models.openvino_bundle import bundle_made
+from reverie.models.sd_bundle import sd_bundle_folder, sd_source
+from reverie.outputs.files import Outputs
+from reverie.progress import Progress
+
+pytest.importorskip("openvino")
+
+SRC = Path(__file__).resolve().parent.parent / "src"
+MODELS = ModelCache()
+
+
+def small_sd():
+    """The tiny model's parts with a 12.4M-parameter UNet of SD's design (two levels, attention
+    at the lower one), past runtime auto's 10M: a model this path serves."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from reverie.models.tiny import build_tiny
+
+    components = build_tiny()
+    torch.manual_seed(0)
+    components.unet = UNet2DConditionModel(
+        sample_size=32, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(128, 256),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=int(components.unet.config.cross_attention_dim), attention_head_dim=8).eval()
+    return components
+
+
+@pytest.fixture(scope="module")
+def sd_folder(tmp_path_factory):
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+
+    c = small_sd()
+    folder = tmp_path_factory.mktemp("models") / "small-sd"
+    StableDiffusionPipeline(vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=c.unet,
+                            scheduler=EulerDiscreteScheduler.from_config(c.scheduler_config), safety_checker=None,
+                            feature_extractor=None, requires_safety_checker=False).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path_factory, monkeypatch):
+    """The module's bundles in a cache of its own (made once for the module's tests)."""
+    monkeypatch.setenv("REVERIE_CACHE", str(tmp_path_factory.getbasetemp() / "sd-compiled-cache"))
+
+
+def request_for(model, **fields) -> GenerationRequest:
+    fields = {"prompt": "a red apple", "seed": 11, "width": 64, "height": 64} | fields
+    return resolve(GenerationRequest(model=str(model), **fields))
+
+
+def make(tmp_path, name: str, request: GenerationRequest, path=compiled.run):
+    return path(request, MODELS, Progress(), Outputs(tmp_path / name))
+
+
+def torch_run(request, models, progress, outputs):
+    from reverie.methods.diffusion.run import run
+
+    return run(request.model_copy(update={"runtime": "torch"}), models, progress, outputs)
+
+
+def test_it_serves_sd_folders_and_leaves_the_rest_to_the_torch_pipeline(sd_folder, tmp_path):
+    assert compiled.serves(request_for(sd_folder))  # the defaults: DPM++ 2M Karras, 25 steps
+    for sampler in ("euler", "euler_karras", "dpmpp_2m", "dpmpp_2m_karras"):
+        assert compiled.serves(request_for(sd_folder, sampler=sampler, dtype="fp32"))
+    refused = [dict(sampler="euler_a"), dict(sampler="ddim"), dict(runtime="torch"), dict(width=96),
+               dict(upscale=2), dict(tile=True), dict(step_cache=2), dict(weights="fp16"),
+               dict(width=768, height=768, n_samples=2), dict(prompt="a red apple <lora:any:1>")]
+    for fields in refused:
+        assert not compiled.serves(request_for(sd_folder, **fields)), fields
+    assert not compiled.serves(request_for(sd_folder, mode="img2img", init_image=str(sd_folder)))
+    assert not compiled.serves(request_for("tiny-random"))  # a built-in toy: torch, as runtime auto runs it
+
+
+def test_its_pictures_are_the_torch_pipelines(sd_folder, tmp_path):
+    """fp32: the same pictures to a few levels (the runtimes' kernels); bf16: as close as bf16
+    on torch and OpenVINO get (measured 47 dB); both seeds, a negative prompt, each sampler."""
+    for sampler, dtype, floor in (("dpmpp_2m_karras", "fp32", 60), ("euler", "fp32", 60), ("dpmpp_2m", "bf16", 38)):
+        request = request_for(sd_folder, negative_prompt="blue", n_samples=2, steps=5, sampler=sampler, dtype=dtype)
+        ours = make(tmp_path, f"ours-{sampler}", request)
+        theirs = make(tmp_path, f"theirs-{sampler}", request, torch_run)
+        assert [image.seed for image in ours.images] == [image.seed for image in theirs.images] == [11, 12]
+        for a, b in zip(ours.images, theirs.images):
+            assert psnr(pixels(a.image), pixels(b.image)) > floor, (sampler, dtype, psnr(pixels(a.image), pixels(b.image)))
+        assert psnr(pixels(ours.images[0].image), pixels(ours.images[1].image)) < 30  # the seeds' pictures differ
+        recorded = ours.images[0].metadata["settings"]
+        assert recorded["runtime"] == "openvino" and recorded["sampler"] == sampler and recorded["ran_dtype"] == dtype
+        assert recorded["model_name"] == theirs.images[0].metadata["settings"]["model_name"] == "small-sd"
+
+
+def test_the_prompt_steers_the_picture(sd_folder, tmp_path):
+    """The text encoder's states reach the UNet: another prompt, another picture, the same seed."""
+    apple = make(tmp_path, "apple", request_for(sd_folder, steps=4, dtype="fp32"))
+    storm = make(tmp_path, "storm", request_for(sd_folder, prompt="a storm over the sea, at night", steps=4, dtype="fp32"))
+    again = make(tmp_path, "again", request_for(sd_folder, steps=4, dtype="fp32"))
+    assert np.array_equal(pixels(apple.images[0].image), pixels(again.images[0].image))
+    assert not np.array_equal(pixels(apple.images[0].image), pixels(storm.images[0].image))
+
+
+def test_its_tokenizer_gives_the_models_token_ids(sd_folder):
+    from reverie.models.registry import load_model
+
+    request = request_for(sd_folder, steps=1, n_samples=1)
+    make(Path(os.environ["REVERIE_CACHE"]), "tokenizer", request)
+    bundle = compiled.load_bundle(MODELS, sd_source(sd_folder), "bf16" if request.dtype == "bf16" else
+                                  compiled.precision_of(compiled.ran_dtype(request)))
+    ours, theirs = compiled.BundleTokenizer.of(bundle), load_model(str(sd_folder)).tokenizer
+    for text in ("a red apple", "A Cat, on  a mat!!", "émoji café naïve", ",", "", "日本語", "Hello\tworld\n2nd",
+                 "masterpiece, (best quality:1.2), 8k"):
+        assert ours(text, add_special_tokens=False).input_ids == theirs(text, add_special_tokens=False).input_ids
+    assert (ours.bos_token_id, ours.eos_token_id, ours.pad_token_id, ours.model_max_length) == (
+        theirs.bos_token_id, theirs.eos_token_id, theirs.pad_token_id, theirs.model_max_length)
+
+
+def test_the_bundle_links_the_unets_export_and_is_made_again_when_damaged(sd_folder, tmp_path):
+    request = request_for(sd_folder, steps=2, n_samples=1, dtype="fp32")
+    first = make(tmp_path, "first", request)
+    folder = sd_bundle_folder(sd_source(sd_folder), "f32")
+    assert bundle_made(folder)
+    assert (folder / "unet.bin").stat().st_nlink == 2  # the torch path's export, one copy on disk
+    with open(folder / "text_encoder.bin", "r+b") as weights:
+        weights.truncate(1000)
+    assert not bundle_made(folder)
+    again = make(tmp_path, "again", request, lambda *args: compiled.run(*args[:1], ModelCache(), *args[2:]))
+    assert bundle_made(folder)
+    assert np.array_equal(pixels(first.images[0].image), pixels(again.images[0].image))
+
+
+def test_sd1_safetensors_files_are_told_from_their_header(tmp_path):
+    """An SD 1.x .safetensors file in the original layout is a model this path serves (its UNet's
+    parameters counted from the header, which is all that is read); an SD 2 file, an inpainting
+    one and a .ckpt are not (the whole picture of a real-size SD 1.5 file against the torch
+    pipeline: docs/speed.md)."""
+    from test_single_file import export_tiny
+
+    sd1, _, (unet, _, _) = export_tiny(tmp_path, "sd1")
+    source = sd_source(sd1)
+    assert source is not None and source.files == (sd1.resolve(),) and source.native_size == 512
+    assert source.unet_parameters == sum(p.numel() for p in unet.parameters())
+    assert sd_source(export_tiny(tmp_path, "sd2")[0]) is None  # its size needs the weights to tell (512 or 768-v)
+    assert sd_source(export_tiny(tmp_path, "sd1", in_channels=9, name="inpainting.safetensors")[0]) is None
+    ckpt = tmp_path / "model.ckpt"
+    ckpt.write_bytes(sd1.read_bytes())
+    assert sd_source(ckpt) is None  # a pickle's contents are not told without unpickling it
+    assert not compiled.serves(request_for(sd1))  # a toy UNet (under 10M parameters) stays on torch
+
+
+def test_a_bundle_that_cannot_be_made_leaves_the_model_to_the_torch_pipeline(sd_folder, tmp_path, monkeypatch):
+    from reverie.methods.diffusion import METHOD
+
+    monkeypatch.setenv("REVERIE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(compiled, "_failed", {})
+
+    def cannot(source, folder, precision):
+        raise RuntimeError("the exporter cannot trace this layer")
+
+    monkeypatch.setattr(compiled, "make_sd_bundle", cannot)
+    request = request_for(sd_folder, steps=2, n_samples=1)
+    assert compiled.serves(request)
+    models = ModelCache()
+    result = METHOD.run(request, models, Progress(), Outputs(tmp_path / "out"))
+    assert len(result.images) == 1 and models.find(lambda key: key[0] == "diffusion") is not None
+    assert not compiled.serves(request)  # this process does not try again
+
+
+def test_the_command_makes_sd_pictures_without_importing_torch(sd_folder, tmp_path):
+    """`reverie generate --model FOLDER` with the bundle made (by the first command): torch,
+    diffusers and transformers are never imported (python -X importtime lists every module)."""
+    env = {**os.environ, "PYTHONPATH": str(SRC), "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-X", "importtime", "-m", "reverie", "generate", "a red apple", "--model", str(sd_folder),
+               "-n", "2", "--steps", "3", "--seed", "5", "-W", "64", "-H", "64"]
+    first = subprocess.run([*command, "-o", str(tmp_path / "first")], env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    second = subprocess.run([*command, "-o", str(tmp_path / "second")], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert second.returncode == 0, second.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in second.stderr.splitlines() if line.startswith("import time:")}
+    assert "openvino" in imported and "reverie.methods.diffusion.compiled" in imported
+    assert not {"torch", "diffusers", "transformers"} & imported
+    written = sorted((tmp_path / "second").glob("*.png"))
+    assert len(written) == 2
+    for path in written:
+        assert np.array_equal(pixels(Image.open(path)), pixels(Image.open(tmp_path / "first" / path.name)))
+        assert json.loads(Image.open(path).info["reverie"])["settings"]["runtime"] == "openvino"
