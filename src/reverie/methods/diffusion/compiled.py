@@ -43,6 +43,7 @@ from PIL import Image
 from ...errors import ModelNotFound
 from ...host import is_x86, this_cpu_native_bf16
 from ...models.cache import ModelCache
+from ...models.components import SamplingDefaults
 from ...models.mini import DEFAULT_UPSCALE, MINI_DIR, MINI_NAME, SAMPLING_DEFAULTS, mini_installed
 from ...models.mini_bundle import bundle_folder, make_bundle
 from ...models.openvino_bundle import OpenVINOBundle, bundle_facts, bundle_made, precision_of
@@ -81,8 +82,8 @@ class ModelFacts:
     latent_channels: int
     vae_scale: int
     scheduler_config: dict
-    sampling: object  # its SamplingDefaults
-    max_side: int
+    sampling: SamplingDefaults  # what a request leaves out
+    max_side: int  # pixels a side this path draws at most (larger: run.py)
     upscale: int  # the default upscale factor
 
 
