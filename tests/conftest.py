@@ -1,5 +1,7 @@
 import os
+import subprocess
 import sys
+from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -63,3 +65,16 @@ def photo(tmp_path) -> str:
     path = tmp_path / "photo.png"
     Image.fromarray(np.clip(array, 0, 255).astype(np.uint8)).save(path)
     return str(path)
+
+
+def generate_cold_twice(tmp_path, *args: str) -> set[str]:
+    """`reverie generate ARGS` twice, each in a fresh process writing into `tmp_path`'s first/
+    and second/ (the first makes what the second finds made); the modules the second imported
+    (python -X importtime lists every one)."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent / "src"), "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-X", "importtime", "-m", "reverie", "generate", *args]
+    for run in ("first", "second"):
+        done = subprocess.run([*command, "-o", str(tmp_path / run)], env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+    return {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}

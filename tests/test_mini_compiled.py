@@ -4,16 +4,12 @@ the pictures of the torch pipeline, without importing torch."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import pixels, psnr
+from conftest import generate_cold_twice, pixels, psnr
 from reverie.methods.diffusion import compiled
 from reverie.methods.diffusion.request import GenerationRequest, resolve
 from reverie.models.cache import ModelCache
@@ -22,7 +18,6 @@ from reverie.progress import Progress
 
 pytest.importorskip("openvino")
 
-SRC = Path(__file__).resolve().parent.parent / "src"
 
 
 def request_for(**fields) -> GenerationRequest:
@@ -166,15 +161,7 @@ def test_a_damaged_bundle_is_made_again(tmp_path, monkeypatch):
 def test_the_command_makes_mini_pictures_without_importing_torch(tmp_path):
     """`reverie generate` cold, with the bundle made (by the first command): torch and diffusers
     are never imported (python -X importtime lists every module imported)."""
-    env = {**os.environ, "PYTHONPATH": str(SRC), "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-X", "importtime", "-m", "reverie", "generate", "red apple", "-n", "2", "--steps", "3",
-               "--seed", "5"]
-    first = subprocess.run([*command, "-o", str(tmp_path / "first")], env=env, capture_output=True, text=True, timeout=300)
-    assert first.returncode == 0, first.stderr[-2000:]
-    second = subprocess.run([*command, "-o", str(tmp_path / "second")], env=env, capture_output=True, text=True,
-                            timeout=300)
-    assert second.returncode == 0, second.stderr[-2000:]
-    imported = {line.rsplit("|", 1)[-1].strip() for line in second.stderr.splitlines() if line.startswith("import time:")}
+    imported = generate_cold_twice(tmp_path, "red apple", "-n", "2", "--steps", "3", "--seed", "5")
     assert "openvino" in imported and "reverie.methods.diffusion.compiled" in imported
     assert not {"torch", "diffusers", "transformers"} & imported
     for name in ("00000-5-red-apple.png", "00001-6-red-apple.png"):

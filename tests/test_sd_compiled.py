@@ -8,16 +8,12 @@ runtime auto to run it on OpenVINO, as it runs SD's 860M."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import pixels, psnr
+from conftest import generate_cold_twice, pixels, psnr
 from reverie.methods.diffusion import compiled
 from reverie.methods.diffusion.request import GenerationRequest, resolve
 from reverie.models.cache import ModelCache
@@ -28,7 +24,6 @@ from reverie.progress import Progress
 
 pytest.importorskip("openvino")
 
-SRC = Path(__file__).resolve().parent.parent / "src"
 MODELS = ModelCache()
 
 
@@ -120,13 +115,12 @@ def test_the_prompt_steers_the_picture(sd_folder, tmp_path):
     assert not np.array_equal(pixels(apple.images[0].image), pixels(storm.images[0].image))
 
 
-def test_its_tokenizer_gives_the_models_token_ids(sd_folder):
+def test_its_tokenizer_gives_the_models_token_ids(sd_folder, tmp_path):
     from reverie.models.registry import load_model
 
     request = request_for(sd_folder, steps=1, n_samples=1)
-    make(Path(os.environ["REVERIE_CACHE"]), "tokenizer", request)
-    bundle = compiled.load_bundle(MODELS, sd_source(sd_folder), "bf16" if request.dtype == "bf16" else
-                                  compiled.precision_of(compiled.ran_dtype(request)))
+    make(tmp_path, "made", request)  # the bundle, made or found
+    bundle = compiled.load_bundle(MODELS, sd_source(sd_folder), compiled.precision_of(compiled.ran_dtype(request)))
     ours, theirs = compiled.BundleTokenizer.of(bundle), load_model(str(sd_folder)).tokenizer
     for text in ("a red apple", "A Cat, on  a mat!!", "émoji café naïve", ",", "", "日本語", "Hello\tworld\n2nd",
                  "masterpiece, (best quality:1.2), 8k"):
@@ -189,15 +183,8 @@ def test_a_bundle_that_cannot_be_made_leaves_the_model_to_the_torch_pipeline(sd_
 def test_the_command_makes_sd_pictures_without_importing_torch(sd_folder, tmp_path):
     """`reverie generate --model FOLDER` with the bundle made (by the first command): torch,
     diffusers and transformers are never imported (python -X importtime lists every module)."""
-    env = {**os.environ, "PYTHONPATH": str(SRC), "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-X", "importtime", "-m", "reverie", "generate", "a red apple", "--model", str(sd_folder),
-               "-n", "2", "--steps", "3", "--seed", "5", "-W", "64", "-H", "64"]
-    first = subprocess.run([*command, "-o", str(tmp_path / "first")], env=env, capture_output=True, text=True, timeout=300)
-    assert first.returncode == 0, first.stderr[-2000:]
-    second = subprocess.run([*command, "-o", str(tmp_path / "second")], env=env, capture_output=True, text=True,
-                            timeout=300)
-    assert second.returncode == 0, second.stderr[-2000:]
-    imported = {line.rsplit("|", 1)[-1].strip() for line in second.stderr.splitlines() if line.startswith("import time:")}
+    imported = generate_cold_twice(tmp_path, "a red apple", "--model", str(sd_folder), "-n", "2", "--steps", "3",
+                                   "--seed", "5", "-W", "64", "-H", "64")
     assert "openvino" in imported and "reverie.methods.diffusion.compiled" in imported
     assert not {"torch", "diffusers", "transformers"} & imported
     written = sorted((tmp_path / "second").glob("*.png"))
