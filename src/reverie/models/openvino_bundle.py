@@ -184,14 +184,16 @@ class OpenVINOBundle:
                       for part, size in sizes.items()}
         self._compiled: dict[str, OrderedDict] = {part: OrderedDict() for part in sizes}
         self._lock = threading.Lock()
+        self._running = threading.Lock()
         self.weight_bytes = sum(sizes.values())  # for the model cache
         # [C+1, 3]: the VAE's latent->RGB map for live previews (models/latent_rgb.py)
         self.latent_rgb = np.asarray(self.facts["latent_rgb"], dtype=np.float32)
 
     def __call__(self, part: str, *inputs: np.ndarray) -> np.ndarray:
-        request = self._request(part, tuple(x.shape for x in inputs))
-        request.infer(dict(enumerate(inputs)))
-        return request.get_output_tensor(0).data.copy()
+        with self._running:  # one call at a time: a shape's request is shared by whoever calls
+            request = self._request(part, tuple(x.shape for x in inputs))
+            request.infer(dict(enumerate(inputs)))
+            return request.get_output_tensor(0).data.copy()
 
     def release_memory(self, part: str) -> None:
         """Let go of `part`'s working memory (its activations, kept between calls otherwise);
