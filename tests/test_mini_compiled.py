@@ -158,6 +158,25 @@ def test_a_damaged_bundle_is_made_again(tmp_path, monkeypatch):
     assert np.array_equal(pixels(first.images[0].image), pixels(again.images[0].image))
 
 
+def test_a_new_bundle_replaces_the_older_ones_of_its_precision(tmp_path, monkeypatch):
+    """Bundles made from other files or versions of mini, in the same precision, are removed
+    when a new one is made (each is about 236 MB that nothing reads again), markers from before
+    they named their model too; another precision's stays."""
+    from reverie.models.mini_bundle import bundle_folder, make_bundle
+
+    monkeypatch.setenv("REVERIE_CACHE", str(tmp_path / "cache"))
+    precision = compiled.precision_of(compiled.ran_dtype(request_for()))
+    other = "f32" if precision == "bf16" else "bf16"
+    folder = bundle_folder(precision)
+    olds = {"mini-older": {"precision": precision, "model": f"mini {precision}"}, "mini-legacy": {"precision": precision},
+            "mini-other": {"precision": other, "model": f"mini {other}"}}
+    for name, marker in olds.items():
+        (folder.parent / name).mkdir(parents=True)
+        (folder.parent / name / "done.json").write_text(json.dumps(marker))
+    make_bundle(folder, precision)
+    assert sorted(p.name for p in folder.parent.iterdir()) == sorted(["mini-other", folder.name])
+
+
 def test_the_command_makes_mini_pictures_without_importing_torch(tmp_path):
     """`reverie generate` cold, with the bundle made (by the first command): torch and diffusers
     are never imported (python -X importtime lists every module imported)."""

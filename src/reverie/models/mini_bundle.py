@@ -17,11 +17,12 @@ the bundle's `compiled/` folder (34 MB each): a fresh process loads a shape it c
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 
 from .mini import MINI_DIR, MINI_NAME, weight_files
-from .openvino_bundle import bundle_path, in_fp32, save_bundle
+from .openvino_bundle import bundle_facts, bundle_path, in_fp32, save_bundle
 
 log = logging.getLogger(__name__)
 
@@ -84,4 +85,8 @@ def make_bundle(folder: Path, precision: str) -> None:
     save_bundle(folder, parts, {"precision": precision, "model": f"{MINI_NAME} {precision}",
                                 "export_s": round(time.perf_counter() - started, 1),
                                 "latent_rgb": fit_latent_to_rgb(vae).tolist()}, replaces="model")
+    for old in folder.parent.glob("mini-*"):  # made before markers named their model: replaced too
+        made = bundle_facts(old)
+        if old != folder and "model" not in made and made.get("precision") == precision:
+            shutil.rmtree(old, ignore_errors=True)
     log.info("exported reverie-mini to OpenVINO in %.1f s: %s", time.perf_counter() - started, folder)
