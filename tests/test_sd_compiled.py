@@ -143,18 +143,23 @@ def test_the_bundle_links_the_unets_export_and_is_made_again_when_damaged(sd_fol
     assert np.array_equal(pixels(first.images[0].image), pixels(again.images[0].image))
 
 
-def test_sd1_safetensors_files_are_told_from_their_header(tmp_path):
-    """An SD 1.x .safetensors file in the original layout is a model this path serves (its UNet's
-    parameters counted from the header, which is all that is read); an SD 2 file, an inpainting
-    one and a .ckpt are not (the whole picture of a real-size SD 1.5 file against the torch
-    pipeline: docs/speed.md)."""
+def test_sd_safetensors_files_are_told_from_their_header(tmp_path):
+    """An SD 1.x or 2.x .safetensors file in the original layout is a model this path serves
+    (its UNet's parameters counted from the header, an SD 2 file's parameterization and size told
+    as single_file.py tells them: only the header, a YAML beside it and the name are read); an
+    inpainting file and a .ckpt are not (the whole picture of a real-size SD 1.5 file against
+    the torch pipeline: docs/speed.md)."""
     from test_single_file import export_tiny
 
     sd1, _, (unet, _, _) = export_tiny(tmp_path, "sd1")
     source = sd_source(sd1)
     assert source is not None and source.files == (sd1.resolve(),) and source.native_size == 512
     assert source.unet_parameters == sum(p.numel() for p in unet.parameters())
-    assert sd_source(export_tiny(tmp_path, "sd2")[0]) is None  # its size needs the weights to tell (512 or 768-v)
+    assert source.scheduler_config()["prediction_type"] == "epsilon"
+    v = sd_source(export_tiny(tmp_path, "sd2", prediction_type="v_prediction", name="v.safetensors")[0])  # its metadata
+    base = sd_source(export_tiny(tmp_path, "sd2")[0])
+    assert (v.native_size, v.scheduler_config()["prediction_type"]) == (768, "v_prediction")
+    assert (base.native_size, base.scheduler_config()["prediction_type"]) == (512, "epsilon")
     assert sd_source(export_tiny(tmp_path, "sd1", in_channels=9, name="inpainting.safetensors")[0]) is None
     ckpt = tmp_path / "model.ckpt"
     ckpt.write_bytes(sd1.read_bytes())

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from reverie.errors import BadRequest
+from reverie.models.checkpoint_header import MODELSPEC_PREDICTION, V_PRED_MARKER
 from reverie.outputs.files import atomic_write
 
 UNET_PREFIX = "model.diffusion_model."
@@ -34,9 +35,7 @@ VAE_PREFIX = "first_stage_model."
 CLIP_PREFIX = "cond_stage_model.transformer.text_model."
 OPEN_CLIP_PREFIX = "cond_stage_model.model."
 # ComfyUI's convention for marking a v-prediction checkpoint; reverie reads it back.
-V_PRED_MARKER = "v_pred"
 # Stability AI's "ModelSpec" metadata keys (also written by kohya's sd-scripts).
-MODELSPEC_PREDICTION = "modelspec.prediction_type"
 _MODELSPEC_PREDICTIONS = {"epsilon": "epsilon", "v_prediction": "v"}
 
 # Inside one UNet resnet: diffusers name -> LDM ResBlock name.

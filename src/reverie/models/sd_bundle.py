@@ -5,8 +5,9 @@ On the torch pipeline an SD 1.5 picture at 512 px peaked at 3.71 GiB, of which 0
 interpreter with torch, diffusers, transformers and peft imported: more than the room between
 the weights and the 3 GiB the issue asks for. `sd_source` tells, from the files alone (no torch),
 whether a model is one this bundle serves: a diffusers folder of a StableDiffusionPipeline, or a
-.safetensors file in the original (LDM) layout of SD 1.x, with a plain UNet (4 latent channels,
-no extra conditioning). `make_sd_bundle` (torch) loads the model as the torch path does
+.safetensors file in the original (LDM) layout of SD 1.x or 2.x (an SD 2 file's parameterization,
+768 px v-prediction or 512 px epsilon, told from the same evidence single_file.py weighs:
+checkpoint_header.py), with a plain UNet (4 latent channels, no extra conditioning). `make_sd_bundle` (torch) loads the model as the torch path does
 (registry.load_model), takes the UNet's export from OpenVINOUNet's cache (made first if missing;
 linked into the bundle, not copied), and exports the text encoder (token ids -> last hidden
 states, unmasked, as SD was trained) and the decoder (latents / scaling factor -> pixels in
@@ -26,16 +27,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .checkpoint_header import CONFIGS_DIR, prediction_type_of, read_header, shipped_config_name
 from .openvino_bundle import bundle_path, in_fp32, save_bundle
 
 log = logging.getLogger(__name__)
 
 FORMAT = 1  # bump when a part's graph or inputs change, or what done.json holds
 FOLDER_PARTS = ("unet", "text_encoder", "vae", "tokenizer", "scheduler")
-UNET_INPUT_KEY = "model.diffusion_model.input_blocks.0.0.weight"
-SD1_TEXT_KEY = "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"
-SD1_SIDE = 512
-SD1_SCHEDULER = Path(__file__).parent / "configs" / "sd1" / "scheduler"  # what single_file.py loads SD 1.x files with
+UNET_PREFIX = "model.diffusion_model."  # the original (LDM) layout's names (ldm_layout.py)
+UNET_INPUT_KEY = UNET_PREFIX + "input_blocks.0.0.weight"
+SD1_TEXT_KEY = "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"  # CLIP ViT-L
+SD2_TEXT_KEY = "cond_stage_model.model.token_embedding.weight"  # OpenCLIP ViT-H
 
 
 @dataclass(frozen=True)
@@ -47,17 +49,18 @@ class SDSource:
     files: tuple[Path, ...]
     native_size: int
     unet_parameters: int  # counted from the weight files' headers
+    scheduler_folder: Path  # its noise schedule's config (a file's: the one single_file.py loads it with)
+    prediction_type: str | None = None  # a file's, as single_file.py resolves it (None: the folder's config says)
 
     def scheduler_config(self) -> dict:
-        """Its noise schedule before its bundle is made: a folder's own, SD 1.x's for a file."""
-        where = self.path / "scheduler" if self.path.is_dir() else SD1_SCHEDULER
-        return json.loads((where / "scheduler_config.json").read_text())
+        """Its noise schedule before its bundle is made (the bundle's marker holds the one it ran)."""
+        config = json.loads((self.scheduler_folder / "scheduler_config.json").read_text())
+        return config | ({"prediction_type": self.prediction_type} if self.prediction_type else {})
 
 
 def sd_source(path: Path | None) -> SDSource | None:
     """The model at `path` as an SDSource, or None where a bundle does not serve it (SDXL,
-    inpainting or other UNets, .ckpt files, SD 2 single files whose size needs their weights to
-    tell; those stay on the torch pipeline)."""
+    inpainting or other UNets, .ckpt files: those stay on the torch pipeline)."""
     if path is None:
         return None
     try:
@@ -84,9 +87,10 @@ def _folder_source(folder: Path) -> SDSource | None:
     weights = list((folder / "unet").glob("*.safetensors"))
     if not weights:  # .bin weights: their size is not told without unpickling them
         return None
-    parameters = sum(_parameters(_safetensors_header(f) or {}) for f in weights)
+    parameters = sum(math.prod(entry["shape"]) for f in weights for key, entry in (read_header(f) or {}).items()
+                     if key != "__metadata__")
     side = int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
-    return SDSource(folder, tuple(files), side, parameters)
+    return SDSource(folder, tuple(files), side, parameters, folder / "scheduler")
 
 
 def _plain_unet(config: dict) -> bool:
@@ -98,29 +102,21 @@ def _plain_unet(config: dict) -> bool:
 
 
 def _file_source(file: Path) -> SDSource | None:
-    header = _safetensors_header(file)
-    if header is None or SD1_TEXT_KEY not in header:  # SD 2's OpenCLIP, SDXL's two encoders: not here
+    header = read_header(file)
+    if header is None:
         return None
+    metadata = header.pop("__metadata__", None)
+    family = "sd1" if SD1_TEXT_KEY in header else "sd2" if SD2_TEXT_KEY in header else None
     shape = header.get(UNET_INPUT_KEY, {}).get("shape")
-    if not shape or len(shape) != 4 or shape[1] != 4:  # SD 1.x's UNet takes 4 latent channels (9 for inpainting)
+    if family is None or not shape or len(shape) != 4 or shape[1] != 4:  # SDXL; inpainting (9 channels)
         return None
-    unet = {key: entry for key, entry in header.items() if key.startswith("model.diffusion_model.")}
-    return SDSource(file, (file,), SD1_SIDE, _parameters(unet))
-
-
-def _parameters(header: dict) -> int:
-    return sum(math.prod(entry["shape"]) for entry in header.values())
-
-
-def _safetensors_header(file: Path) -> dict | None:
-    """The tensors' entries of a .safetensors file's JSON header (names -> dtype, shape, offsets)."""
-    with open(file, "rb") as f:
-        length = int.from_bytes(f.read(8), "little")
-        if not 2 <= length <= min(100 * 2**20, file.stat().st_size):
-            return None
-        header = json.loads(f.read(length))
-    header.pop("__metadata__", None)
-    return header
+    prediction = prediction_type_of(family, False, header.keys(), metadata, file, None)
+    config = CONFIGS_DIR / shipped_config_name(family, False, prediction)  # what single_file.py loads it with
+    unet = json.loads((config / "unet" / "config.json").read_text())
+    vae = json.loads((config / "vae" / "config.json").read_text())
+    side = int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+    parameters = sum(math.prod(entry["shape"]) for key, entry in header.items() if key.startswith(UNET_PREFIX))
+    return SDSource(file, (file,), side, parameters, config / "scheduler", prediction)
 
 
 def sd_bundle_folder(source: SDSource, precision: str, cache: Path | None = None) -> Path:

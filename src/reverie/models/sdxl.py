@@ -22,12 +22,12 @@ from pathlib import Path
 import torch
 
 from reverie.errors import BadCheckpoint
+from reverie.models.checkpoint_header import CONFIGS_DIR
 from reverie.models.clip_tokenizer import EOS_TOKEN, clip_tokenizer
 from reverie.models.components import ModelComponents
 from reverie.models.ldm_layout import UNET_PREFIX, VAE_PREFIX
 from reverie.models.sdxl_layout import REFINER_OPEN_CLIP_PREFIX, SDXL_CLIP_PREFIX, SDXL_OPEN_CLIP_PREFIX
 
-CONFIGS_DIR = Path(__file__).parent / "configs"
 SDXL_FAMILIES = ("sdxl", "sdxl-refiner")
 OPEN_CLIP_PAD_TOKEN = "!"  # id 0: what SDXL's tokenizer_2 (OpenCLIP bigG) pads with
 

@@ -44,24 +44,21 @@ from typing import Callable
 import torch
 
 from reverie.errors import BadCheckpoint, BadRequest, ModelNotFound
+from reverie.models.checkpoint_header import (
+    CONFIGS_DIR,
+    prediction_type_of,
+    read_header,
+    shipped_config_name,
+)
 from reverie.models.clip_tokenizer import EOS_TOKEN, clip_tokenizer
 from reverie.models.components import ModelComponents
-from reverie.models.ldm_layout import (
-    CLIP_PREFIX,
-    MODELSPEC_PREDICTION,
-    OPEN_CLIP_PREFIX,
-    UNET_PREFIX,
-    V_PRED_MARKER,
-    VAE_PREFIX,
-)
+from reverie.models.ldm_layout import CLIP_PREFIX, OPEN_CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX
 from reverie.models.safetensors_stream import narrowed, read_narrowed
 
 log = logging.getLogger(__name__)
 
-CONFIGS_DIR = Path(__file__).parent / "configs"
 SAFETENSORS_SUFFIX = ".safetensors"
 TORCH_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin"}
-PREDICTION_TYPES = {"epsilon", "v_prediction", "sample"}
 
 _UNET_CONV_IN = UNET_PREFIX + "input_blocks.0.0.weight"
 _CLIP_TOKENS = CLIP_PREFIX + "embeddings.token_embedding.weight"
@@ -284,73 +281,22 @@ def detect_layout(state: dict[str, torch.Tensor], name: str = "checkpoint") -> C
 # ----------------------------------------------------------------------------- configuration
 
 
-def _metadata_prediction_hint(path: Path) -> str | None:
-    """The parameterization a safetensors file's ModelSpec header declares, if any."""
-    if not (path.is_file() and _looks_like_safetensors(path)):
-        return None
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        declared = (f.metadata() or {}).get(MODELSPEC_PREDICTION)
-    return {"v": "v_prediction", "epsilon": "epsilon"}.get(declared)
-
-
-def _yaml_prediction_hint(path: Path) -> str | None:
-    """The parameterization an A1111-style `<name>.yaml` beside the checkpoint declares."""
-    for candidate in (path.with_suffix(".yaml"), path.with_suffix(".yml")):
-        if not candidate.is_file():
-            continue
-        import yaml
-
-        try:
-            parameterization = yaml.safe_load(candidate.read_text())["model"]["params"].get("parameterization")
-        except (yaml.YAMLError, KeyError, TypeError, AttributeError, OSError) as e:
-            log.warning("ignoring %s: not an LDM model config (%s)", candidate.name, e)
-            return None
-        return "v_prediction" if parameterization == "v" else "epsilon"
-    return None
-
-
-def _sd2_name_hint(stem: str) -> str | None:
-    lowered = stem.lower()
-    if "512" in lowered or "base" in lowered:
-        return "epsilon"
-    if "768" in lowered:
-        return "v_prediction"
-    return None
-
-
 def resolve_prediction_type(
     layout: CheckpointLayout, state: dict, path: Path, requested: str | None, *, has_config_dir: bool = False
 ) -> str | None:
-    """The noise parameterization to use (see the module docstring for the order of evidence).
+    """The noise parameterization to use (see the module docstring for the order of evidence;
+    checkpoint_header.prediction_type_of weighs it, without torch).
 
     None means "whatever the config folder's scheduler says" (only with a custom config).
     """
-    if requested is not None:
-        if requested not in PREDICTION_TYPES:
-            raise BadRequest("prediction_type", f"expected one of {sorted(PREDICTION_TYPES)}, got {requested!r}")
-        return requested
-    if V_PRED_MARKER in state:
-        return "v_prediction"
-    declared = _metadata_prediction_hint(path) or _yaml_prediction_hint(path)
-    if declared or has_config_dir:
-        return declared
-    if layout.family == "sd2":
-        if layout.inpainting:
-            return "epsilon"
-        return _sd2_name_hint(path.stem) or "v_prediction"
-    return "epsilon"
+    header = read_header(path) if path.is_file() else None
+    return prediction_type_of(layout.family, layout.inpainting, state.keys(), (header or {}).get("__metadata__"), path,
+                              requested, has_config_dir=has_config_dir)
 
 
 def shipped_config_dir(layout: CheckpointLayout, prediction_type: str | None) -> Path:
     """The config folder reverie ships for this layout."""
-    if layout.family == "sd1":
-        name = "sd1-inpainting" if layout.inpainting else "sd1"
-    else:
-        # 9-channel SD 2.x is the 512 epsilon inpainting model: sd2-base plus 9 inputs.
-        name = "sd2" if prediction_type == "v_prediction" and not layout.inpainting else "sd2-base"
-    return CONFIGS_DIR / name
+    return CONFIGS_DIR / shipped_config_name(layout.family, layout.inpainting, prediction_type)
 
 
 def _check_config_dir(folder: Path) -> None:

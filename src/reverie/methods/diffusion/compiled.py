@@ -4,7 +4,7 @@ A cold `reverie generate "red apple" -n 4` spent 5.8 of its 8 s importing torch 
 model classes, for four 128 px pictures that take a second to make; an SD 1.5 picture at 512 px
 peaked at 3.71 GiB, 0.8 of it torch's and diffusers' imports. `serves` says, without importing
 either, whether a request is one this path runs: txt2img on reverie-mini or on a Stable
-Diffusion model a bundle serves (models/sd_bundle.py: an SD pipeline folder, an SD 1.x
+Diffusion model a bundle serves (models/sd_bundle.py: an SD pipeline folder, an SD 1.x or 2.x
 .safetensors file), on the CPU under runtime `auto` or `openvino`, with a sampler
 numpy_sampler.py ports (DPM++ 2M with or without Karras sigmas, Euler), at most 512 px a side
 for mini (192 with its x2 upscale) and 768 for SD (multiples of 64, at most four 512 px
