@@ -100,7 +100,7 @@ def mini_facts(folder: Path = MINI_DIR) -> ModelFacts:
 
 def sd_facts(source: SDSource, folder: Path | None = None) -> ModelFacts:
     """An SD model's facts: from its bundle's marker once made (`folder`), else from its files
-    (a folder's scheduler config, SD 1.x's shipped one for a single file)."""
+    (a folder's scheduler config, the shipped one single_file.py loads a file with)."""
     done = bundle_facts(folder) if folder is not None else {}
     if done:
         config, name, latent_channels, vae_scale = (done["scheduler_config"], done["name"], done["latent_channels"],
