@@ -19,7 +19,8 @@ from conftest import pixels, run_cli
 from reverie.errors import BadCheckpoint, BadRequest
 from reverie.models.clip_tokenizer import VOCAB_SIZE, clip_tokenizer
 from reverie.models.components import ModelComponents
-from reverie.models.sdxl import CONFIGS_DIR, OPEN_CLIP_PAD_TOKEN
+from reverie.models.checkpoint_header import CONFIGS_DIR
+from reverie.models.sdxl import OPEN_CLIP_PAD_TOKEN
 from reverie.models.sdxl_layout import save_sdxl_single_file, to_sgm_state_dict
 from reverie.models.single_file import load_single_file
 from reverie.outputs.metadata import parse_a1111_parameters, read_png_info

@@ -20,14 +20,13 @@ from safetensors.torch import load_file, save_file
 from reverie.errors import BadCheckpoint, BadRequest, ModelNotFound
 from reverie.models.clip_tokenizer import NUM_MERGES, VOCAB_SIZE, clip_tokenizer, ensure_tokenizer_files
 from reverie.models.components import ModelComponents
+from reverie.models.checkpoint_header import CONFIGS_DIR, OPEN_CLIP_PREFIX, UNET_PREFIX
 from reverie.models.ldm_layout import (
-    OPEN_CLIP_PREFIX,
     open_clip_to_ldm,
     save_single_file,
     to_ldm_state_dict,
 )
 from reverie.models.single_file import (
-    CONFIGS_DIR,
     CheckpointLayout,
     load_single_file,
     resolve_prediction_type,
@@ -352,7 +351,6 @@ def test_a_unet_its_export_serves_for_is_left_unread_and_read_when_declined(tmp_
     UNet has; answering True leaves the UNet's tensors unread (the text encoder and VAE the
     same as ever), answering False gives the same model as a plain load, each tensor read once."""
     from reverie.models import safetensors_stream
-    from reverie.models.ldm_layout import UNET_PREFIX
     from reverie.models.openvino_runtime import weights_fingerprint
 
     path, config_dir, _ = export_tiny(tmp_path, "sd1")

@@ -21,6 +21,11 @@ log = logging.getLogger(__name__)
 
 CONFIGS_DIR = Path(__file__).parent / "configs"
 PREDICTION_TYPES = {"epsilon", "v_prediction", "sample"}
+# The original (CompVis/LDM, A1111) layout's prefixes: ldm_layout.py maps them to diffusers'
+UNET_PREFIX = "model.diffusion_model."
+VAE_PREFIX = "first_stage_model."
+CLIP_PREFIX = "cond_stage_model.transformer.text_model."  # SD 1.x: CLIP ViT-L
+OPEN_CLIP_PREFIX = "cond_stage_model.model."  # SD 2.x: OpenCLIP ViT-H
 V_PRED_MARKER = "v_pred"  # a key ComfyUI's and reverie's exporters add to v-prediction files
 MODELSPEC_PREDICTION = "modelspec.prediction_type"  # kohya's and reverie's metadata: "v" or "epsilon"
 MAX_HEADER_BYTES = 100 * 2**20

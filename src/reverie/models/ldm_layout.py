@@ -27,15 +27,17 @@ from pathlib import Path
 import torch
 
 from reverie.errors import BadRequest
-from reverie.models.checkpoint_header import MODELSPEC_PREDICTION, V_PRED_MARKER
+from reverie.models.checkpoint_header import (
+    CLIP_PREFIX,
+    MODELSPEC_PREDICTION,
+    OPEN_CLIP_PREFIX,
+    UNET_PREFIX,
+    V_PRED_MARKER,
+    VAE_PREFIX,
+)
 from reverie.outputs.files import atomic_write
 
-UNET_PREFIX = "model.diffusion_model."
-VAE_PREFIX = "first_stage_model."
-CLIP_PREFIX = "cond_stage_model.transformer.text_model."
-OPEN_CLIP_PREFIX = "cond_stage_model.model."
-# ComfyUI's convention for marking a v-prediction checkpoint; reverie reads it back.
-# Stability AI's "ModelSpec" metadata keys (also written by kohya's sd-scripts).
+# How Stability AI's "ModelSpec" metadata (also written by kohya's sd-scripts) names each parameterization.
 _MODELSPEC_PREDICTIONS = {"epsilon": "epsilon", "v_prediction": "v"}
 
 # Inside one UNet resnet: diffusers name -> LDM ResBlock name.

@@ -36,8 +36,6 @@ COMPILED_DIR = "compiled"
 SHAPES_KEPT = 16  # compiled shapes of a small part held in a process (a batch size, a latent size each)
 HELD_BYTES = 512 * 2**20  # a large part keeps as many compiled shapes as fit in this many weight bytes...
 HELD_AT_LEAST = 2  # ...and two at least (SD 1.5's UNet: 1.7 GB a shape in bf16)
-
-
 VERSIONED = ("openvino", "torch", "diffusers", "transformers")  # what exports a bundle: a new version makes it again
 
 

@@ -5,10 +5,10 @@ On the torch pipeline an SD 1.5 picture at 512 px peaked at 3.71 GiB, of which 0
 interpreter with torch, diffusers, transformers and peft imported: more than the room between
 the weights and the 3 GiB the issue asks for. `sd_source` tells, from the files alone (no torch),
 whether a model is one this bundle serves: a diffusers folder of a StableDiffusionPipeline, or a
-.safetensors file in the original (LDM) layout of SD 1.x or 2.x (an SD 2 file's parameterization,
-768 px v-prediction or 512 px epsilon, told from the same evidence single_file.py weighs:
-checkpoint_header.py), with a plain UNet (4 latent channels, no extra conditioning). `make_sd_bundle` (torch) loads the model as the torch path does
-(registry.load_model), takes the UNet's export from OpenVINOUNet's cache (made first if missing;
+.safetensors file in the original (LDM) layout of SD 1.x or 2.x (an SD 2 file's
+parameterization, 768 px v-prediction or 512 px epsilon, told from the same evidence
+single_file.py weighs: checkpoint_header.py), with a plain UNet (4 latent channels, no extra
+conditioning). `make_sd_bundle` (torch) loads the model as the torch path does (registry.load_model), takes the UNet's export from OpenVINOUNet's cache (made first if missing;
 linked into the bundle, not copied), and exports the text encoder (token ids -> last hidden
 states, unmasked, as SD was trained) and the decoder (latents / scaling factor -> pixels in
 [-1, 1]); it writes the tokenizer as one tokenizer.json (read by the `tokenizers` library), the
@@ -27,17 +27,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoint_header import CONFIGS_DIR, prediction_type_of, read_header, shipped_config_name
+from .checkpoint_header import (CLIP_PREFIX, CONFIGS_DIR, OPEN_CLIP_PREFIX, UNET_PREFIX, prediction_type_of,
+                                read_header, shipped_config_name)
 from .openvino_bundle import bundle_path, in_fp32, save_bundle
 
 log = logging.getLogger(__name__)
 
 FORMAT = 1  # bump when a part's graph or inputs change, or what done.json holds
 FOLDER_PARTS = ("unet", "text_encoder", "vae", "tokenizer", "scheduler")
-UNET_PREFIX = "model.diffusion_model."  # the original (LDM) layout's names (ldm_layout.py)
 UNET_INPUT_KEY = UNET_PREFIX + "input_blocks.0.0.weight"
-SD1_TEXT_KEY = "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"  # CLIP ViT-L
-SD2_TEXT_KEY = "cond_stage_model.model.token_embedding.weight"  # OpenCLIP ViT-H
+SD1_TEXT_KEY = CLIP_PREFIX + "embeddings.token_embedding.weight"
+SD2_TEXT_KEY = OPEN_CLIP_PREFIX + "token_embedding.weight"
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,9 @@ from pathlib import Path
 import torch
 
 from reverie.errors import BadCheckpoint
-from reverie.models.checkpoint_header import CONFIGS_DIR
+from reverie.models.checkpoint_header import CONFIGS_DIR, UNET_PREFIX, VAE_PREFIX
 from reverie.models.clip_tokenizer import EOS_TOKEN, clip_tokenizer
 from reverie.models.components import ModelComponents
-from reverie.models.ldm_layout import UNET_PREFIX, VAE_PREFIX
 from reverie.models.sdxl_layout import REFINER_OPEN_CLIP_PREFIX, SDXL_CLIP_PREFIX, SDXL_OPEN_CLIP_PREFIX
 
 SDXL_FAMILIES = ("sdxl", "sdxl-refiner")

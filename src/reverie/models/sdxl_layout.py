@@ -27,9 +27,9 @@ from pathlib import Path
 
 import torch
 
+from reverie.models.checkpoint_header import UNET_PREFIX
 from reverie.models.ldm_layout import (
     _CLIP_LOGIT_SCALE,
-    UNET_PREFIX,
     _apply,
     _open_clip_layer,
     _text_model_state,

@@ -45,14 +45,17 @@ import torch
 
 from reverie.errors import BadCheckpoint, BadRequest, ModelNotFound
 from reverie.models.checkpoint_header import (
+    CLIP_PREFIX,
     CONFIGS_DIR,
+    OPEN_CLIP_PREFIX,
+    UNET_PREFIX,
+    VAE_PREFIX,
     prediction_type_of,
     read_header,
     shipped_config_name,
 )
 from reverie.models.clip_tokenizer import EOS_TOKEN, clip_tokenizer
 from reverie.models.components import ModelComponents
-from reverie.models.ldm_layout import CLIP_PREFIX, OPEN_CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX
 from reverie.models.safetensors_stream import narrowed, read_narrowed
 
 log = logging.getLogger(__name__)
