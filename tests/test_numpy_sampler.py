@@ -395,7 +395,7 @@ def test_every_option_of_the_diffusers_euler_scheduler_is_accounted_for():
     from diffusers import EulerDiscreteScheduler
 
     defaults = {name: p.default for name, p in inspect.signature(EulerDiscreteScheduler).parameters.items()}
-    known = numpy_sampler._EULER_FIXED_OPTIONS | numpy_sampler._EULER_PORTED_OPTIONS
+    known = numpy_sampler._EULER_FIXED_OPTIONS | numpy_sampler._PORTED_OPTIONS  # its ported options are DPM's
     assert set(defaults) == set(known)
     for name, default in known.items():
         assert default == defaults[name], name

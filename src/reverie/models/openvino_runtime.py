@@ -58,8 +58,7 @@ from typing import Callable
 import torch
 
 from ..device import available_memory
-from ..host import file_pages_dropped
-from ..host import is_x86
+from ..host import file_pages_dropped, is_x86
 from ..errors import BadRequest
 
 log = logging.getLogger(__name__)

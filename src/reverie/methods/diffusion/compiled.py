@@ -40,7 +40,7 @@ from types import SimpleNamespace
 import numpy as np
 from PIL import Image
 
-from ...errors import ModelNotFound
+from ...errors import BadRequest, ModelNotFound
 from ...host import is_x86, this_cpu_native_bf16
 from ...models.cache import ModelCache
 from ...models.components import SamplingDefaults
@@ -57,7 +57,7 @@ from ...prompts.tokens import TokenChunk, chunk_tokens, frame_rows, framing
 from ...result import Result
 from ...torch_noise import torch_randn
 from .images import txt2img_size
-from .numpy_sampler import make_sampler, sampler_supported
+from .numpy_sampler import make_sampler
 from .preview import PREVIEW_EVERY, PREVIEW_SIDE, linear_preview
 from .records import picture_settings, scored_batches, write_batches
 from .request import GENERATION_DEFAULTS, GenerationRequest
@@ -180,12 +180,10 @@ def serves(request: GenerationRequest, previews: bool = False) -> bool:
 def _sampler_runs(name: str, scheduler_config: dict, steps: int) -> bool:
     """Whether numpy_sampler.py runs sampler `name` for this schedule and step count (a few
     schedules repeat a timestep at hundreds of steps, which diffusers cannot run either: run.py
-    then answers as before)."""
-    if not sampler_supported(name, scheduler_config):
-        return False
+    then answers as before, an unknown sampler's name too)."""
     try:
         make_sampler(name, scheduler_config, steps)
-    except ValueError:
+    except (BadRequest, ValueError):
         return False
     return True
 

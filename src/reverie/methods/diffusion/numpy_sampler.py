@@ -100,8 +100,6 @@ _EULER_FIXED_OPTIONS = {
     "rescale_betas_zero_snr": False,
     "final_sigmas_type": "zero",
 }
-# Its options this port implements, with their defaults (the same as DPMSolverMultistepScheduler's).
-_EULER_PORTED_OPTIONS = dict(_PORTED_OPTIONS)
 
 
 class DPMSolver2M:
@@ -180,7 +178,7 @@ class EulerDiscrete:
 
     def __init__(self, scheduler_config: dict, steps: int, sampler: str = "euler"):
         config = _options(_sampler_of(sampler, EulerDiscrete), scheduler_config,
-                          _EULER_FIXED_OPTIONS, _EULER_PORTED_OPTIONS)
+                          _EULER_FIXED_OPTIONS, _PORTED_OPTIONS)  # its ported options: DPM's, the same defaults
         _check_steps(steps, config)
         self.prediction_type: str = config["prediction_type"]
         train_sigmas = _train_sigmas(config)
@@ -235,7 +233,7 @@ class EulerDiscrete:
 
 _SCHEDULERS = {"DPMSolverMultistepScheduler": DPMSolver2M, "EulerDiscreteScheduler": EulerDiscrete}
 _OPTION_TABLES = {DPMSolver2M: (_FIXED_OPTIONS, _PORTED_OPTIONS),
-                  EulerDiscrete: (_EULER_FIXED_OPTIONS, _EULER_PORTED_OPTIONS)}
+                  EulerDiscrete: (_EULER_FIXED_OPTIONS, _PORTED_OPTIONS)}
 
 
 def make_sampler(name: str, scheduler_config: dict, steps: int) -> DPMSolver2M | EulerDiscrete:

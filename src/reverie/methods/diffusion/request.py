@@ -226,7 +226,7 @@ class GenerationRequest(BaseRequest):
 
     def batches_done(self) -> int:
         """Batches an earlier run finished (`made`), which resuming skips; a partly written one is
-        made again whole (a picture is bit for bit the same only with its whole batch). None for
+        made again whole (a picture is bit for bit the same only with its whole batch). 0 for
         best-of-N (the choice needs every candidate again) or a picture picked from a batch."""
         return self.made // self.n_samples if self.rerank == 1 and self.keep_only is None else 0
 

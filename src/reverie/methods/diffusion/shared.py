@@ -43,9 +43,8 @@ from ..rerank import scorer_from, with_scores
 from .batches import denoise_batch, finish, prepare_input, unet_with_loras
 from .pipelines import circular_padding, memory_settings, vae_dtype_kept
 from .networks import batch_prompts
-from .request import GenerationRequest
+from .request import GenerationRequest, resolve
 from .records import write_picture
-from .request import resolve
 from .run import diffusion_model, fit_memory, on_runtimes, picture_settings, run, tiny_decoder
 
 # Fields that may differ between requests sharing a pass: what each picture is of, and how many.

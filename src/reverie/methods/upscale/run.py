@@ -17,8 +17,7 @@ from ...progress import Progress, ProgressEvent
 from ...result import GeneratedImage, Result
 from ..diffusion.images import load_image, to_rgb
 from .pictures import check_upscale_fits, upscaled
-from .request import upscaler_name
-from .request import UpscaleRequest
+from .request import UpscaleRequest, upscaler_name
 
 
 def run(request: UpscaleRequest, models: ModelCache, progress: Progress, outputs: Outputs) -> Result:

@@ -25,8 +25,7 @@ from ...prompts.conditioning import encode_prompt_batch
 from ...prompts.extra_networks import LoraUse, extract_pair
 from ..diffusion.batches import PreparedInput, denoise_batch, denoising_steps, finish, initial_noise, latent_shape, prepare_input
 from ..diffusion.pipelines import memory_settings
-from ..diffusion.request import GenerationRequest
-from ..diffusion.request import resolve
+from ..diffusion.request import GenerationRequest, resolve
 from ..diffusion.run import diffusion_model, fit_memory, on_runtime
 from ..gan.latents import slerp
 from .request import VideoRequest
