@@ -12,6 +12,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import threading
@@ -216,11 +217,26 @@ def test_midjourney_actions_on_a_picture(page, server):
 
 
 def test_find_in_the_gallery_and_delete(page, server):
-    generate(page, "a purple zeppelin")
+    barn = generate(page, "a red barn")
+    page.fill("#prompt", "a purple zeppelin")
+    page.press("#prompt", "Enter")
+    wait_for_new_cards(page, set(barn))
+    # The tab's own listing of everything is held back until the search has answered: a late
+    # answer to the older request must not replace the newer one's cards.
+    everything = re.compile(r"/api/v1/gallery\?q=&")
+    held = []
+    page.route(everything, lambda route: held.append(route))
     page.click("button.tab[data-view=gallery]")
     page.fill("#search", "zeppelin")
     page.press("#search", "Enter")
     page.wait_for_function("document.querySelectorAll('#gallery .card').length === 4")
+    assert len(held) == 1
+    with page.expect_response(everything):
+        held[0].continue_()
+    page.unroute(everything)
+    page.wait_for_timeout(300)
+    prompts = page.eval_on_selector_all("#gallery .card img", "imgs => imgs.map(i => i.alt)")
+    assert len(prompts) == 4 and all("zeppelin" in p for p in prompts), prompts
     target = page.locator("#gallery .card").first
     image_id = target.get_attribute("data-image-id")
     _, app, data = server

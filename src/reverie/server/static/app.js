@@ -308,9 +308,12 @@ document.querySelectorAll("[data-close]").forEach((b) => b.addEventListener("cli
 $("#details").addEventListener("close", () => $("#details-video").replaceChildren());  // a closed video stops
 
 // ---------------------------------------------------------------- gallery
+let galleryAsked = 0;  // the latest search wins: an older answer arriving late is dropped
 async function loadGallery() {
+  const asked = ++galleryAsked;
   const q = encodeURIComponent($("#search").value.trim());
   const images = await api(`/api/v1/gallery?q=${q}&limit=120`);
+  if (asked !== galleryAsked) return;
   const box = $("#gallery");
   if (!images.length) { box.textContent = q ? "Nothing matches that search." : "Nothing made yet."; return; }
   showResults(images, "#gallery");
