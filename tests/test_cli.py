@@ -40,6 +40,9 @@ def test_metadata_round_trips_through_the_a1111_text(tmp_path):
     from reverie.studio import make_request
 
     assert make_request(fields).sampler == "dpmpp_2m_karras"  # the request reads A1111's labels
+    # an image mode's strength; blank in pictures made before the default was written out
+    assert parse_a1111_parameters("a cat\nSteps: 3, Seed: 1, Denoising strength: 0.6")["strength"] == 0.6
+    assert "strength" not in parse_a1111_parameters("a cat\nSteps: 3, Seed: 1, Denoising strength: ")
 
 
 def test_from_remakes_the_same_picture(monkeypatch, capsys, tmp_path):

@@ -48,7 +48,8 @@ def test_it_serves_plain_mini_requests_and_leaves_the_rest_to_the_torch_pipeline
     for refused in (dict(runtime="torch"), dict(sampler="euler_a"), dict(sampler="ddim"), dict(prompt="apple <lora:style:0.8>"),
                     dict(upscale=4), dict(width=256), dict(width=104), dict(dtype="fp16"), dict(chaos=0),
                     dict(chaos=99), dict(tile=True), dict(step_cache=2), dict(expand=True),
-                    dict(mode="img2img", init_image="x.png"), dict(model="tiny"), dict(device="cuda")):
+                    dict(mode="img2img", init_image="x.png"), dict(mode="inpaint", init_image="x.png", mask_image="m.png"),
+                    dict(model="tiny"), dict(device="cuda")):
         assert not compiled.serves(request_for(**refused)), refused
     assert compiled.serves(request_for(), previews=True)  # drawn here with the latent->RGB map
 
@@ -105,6 +106,45 @@ def test_its_pictures_are_the_torch_pipelines(tmp_path, dtype, floor):
     recorded = ours.images[0].metadata["settings"]
     assert recorded["runtime"] == "openvino" and recorded["sampler"] == "dpmpp_2m" and recorded["ran_dtype"] == dtype
     assert recorded["model_name"] == theirs.images[0].metadata["settings"]["model_name"] == "mini"
+
+
+@pytest.mark.parametrize("dtype, floor", [("fp32", 50.0), ("bf16", 40.0)])
+def test_img2img_and_variations_are_the_torch_pipelines(tmp_path, dtype, floor):
+    """A picture made again from a picture: at the model's size (128 px), and a 256 px picture
+    worked on at 128 px and enlarged back by the x2 upscaler; the torch pipeline and this path
+    draw the same latents and noise from each seed."""
+    source = make(tmp_path, "source", request_for(prompt="a red apple", steps=4, n_samples=1, upscale=1, dtype=dtype))
+    small = source.images[0].path
+    large = tmp_path / "large.png"
+    Image.open(small).resize((256, 256), Image.LANCZOS).save(large)
+    asked = [dict(mode="img2img", init_image=str(small), prompt="a green pear", strength=0.6, n_samples=2),
+             dict(mode="variations", init_image=str(small), prompt=""),
+             dict(mode="img2img", init_image=str(large), prompt="a green pear", strength=0.5)]
+    for number, fields in enumerate(asked):
+        request = request_for(steps=6, dtype=dtype, **fields)
+        assert compiled.serves(request), fields
+        ours = make(tmp_path, f"ours{number}", request)
+        theirs = make(tmp_path, f"theirs{number}", request, full_run)
+        for a, b in zip(ours.images, theirs.images, strict=True):
+            assert a.image.size == b.image.size == Image.open(fields["init_image"]).size
+            assert psnr(pixels(a.image), pixels(b.image)) > floor, (fields, psnr(pixels(a.image), pixels(b.image)))
+            # ... and the picture moved from its input (the comparison above can fail)
+            assert psnr(pixels(a.image), pixels(Image.open(fields["init_image"]).convert("RGB"))) < 30
+        recorded, theirs_recorded = (r.images[0].metadata["settings"] for r in (ours, theirs))
+        assert recorded["runtime"] == "openvino" and recorded["mode"] == fields["mode"]
+        assert (recorded["upscale"], recorded["strength"]) == (theirs_recorded["upscale"], theirs_recorded["strength"])
+        assert recorded["prompt"] == theirs_recorded["prompt"] == (fields["prompt"] or "a red apple")
+        parameters = Image.open(ours.images[0].path).info["parameters"]  # A1111's text: the strength that ran
+        assert f"Denoising strength: {request.effective_strength:g}," in parameters
+    # a seed's picture again, alone; and strength 0 gives the input itself
+    again = make(tmp_path, "again", request_for(steps=6, dtype=dtype, **asked[0], keep_only=1))
+    assert np.array_equal(pixels(again.images[0].image), pixels(Image.open(tmp_path / "ours0" / ours_name(tmp_path, 1))))
+    untouched = make(tmp_path, "untouched", request_for(mode="img2img", init_image=str(small), strength=0.0, n_samples=1))
+    assert np.array_equal(pixels(untouched.images[0].image), pixels(Image.open(small).convert("RGB")))
+
+
+def ours_name(tmp_path, index: int) -> str:
+    return sorted(path.name for path in (tmp_path / "ours0").glob("*.png"))[index]
 
 
 def test_a_seed_gives_its_picture_alone_or_in_a_batch_and_again(tmp_path):

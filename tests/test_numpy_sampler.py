@@ -13,6 +13,7 @@ import torch
 
 from reverie import samplers
 from reverie.methods.diffusion import numpy_sampler
+from reverie.methods.diffusion.inputs import denoising_steps
 from reverie.methods.diffusion.numpy_sampler import DPMSolver2M, EulerDiscrete, make_sampler, sampler_supported
 from reverie.errors import BadRequest
 from reverie.samplers import build_scheduler
@@ -281,6 +282,45 @@ def test_sampling_matches_diffusers(name, config_name, steps):
         theirs = reference.step(torch.from_numpy(output), t, theirs).prev_sample
         assert_close(mine, theirs)
     assert sampler.step_index == steps
+
+
+@pytest.mark.parametrize("name", SAMPLER_NAMES)
+@pytest.mark.parametrize("config_name", CONFIGS)
+@pytest.mark.parametrize("strength", [0.05, 0.3, 0.75, 1.0])
+def test_img2img_matches_diffusers(name, config_name, strength):
+    """From a picture's latents, as diffusers' img2img pipeline runs its scheduler: the steps
+    `strength` leaves (get_timesteps, set_begin_index), the latents noised to the first of them
+    (add_noise), then the steps."""
+    steps = denoising_steps(20, strength)
+    reference = reference_scheduler(name, CONFIGS[config_name], steps)
+    begin = steps - min(int(steps * strength), steps)
+    reference.set_begin_index(begin)
+    sampler = make_sampler(name, CONFIGS[config_name], steps)
+    sampler.begin_at(begin)
+    rng = np.random.default_rng(int(strength * 100) + len(config_name))
+    original, noise = (rng.standard_normal(SAMPLE_SHAPE, dtype=np.float32) for _ in range(2))
+    timesteps = reference.timesteps[begin:]
+    theirs = reference.add_noise(torch.from_numpy(original), torch.from_numpy(noise), timesteps[:1].repeat(2))
+    mine = sampler.add_noise(original, noise)
+    assert_close(mine, theirs)
+    assert not np.allclose(mine, original)  # noised
+    for index, t in enumerate(timesteps):
+        assert sampler.step_index == begin + index
+        assert_close(sampler.scale_model_input(mine), reference.scale_model_input(theirs, t))
+        output = rng.standard_normal(SAMPLE_SHAPE, dtype=np.float32)
+        mine = sampler.step(output, mine)
+        theirs = reference.step(torch.from_numpy(output), t, theirs).prev_sample
+        assert_close(mine, theirs)
+    assert sampler.step_index == steps
+
+
+def test_begin_at_comes_first_and_inside_the_schedule():
+    sampler = make_sampler("dpmpp_2m", SD15_CONFIG, 4)
+    with pytest.raises(ValueError, match="not one of the 4"):
+        sampler.begin_at(4)
+    sampler.step(np.zeros(SAMPLE_SHAPE, np.float32), np.ones(SAMPLE_SHAPE, np.float32))
+    with pytest.raises(RuntimeError, match="before the first step"):
+        sampler.begin_at(1)
 
 
 def test_the_samplers_are_told_apart():

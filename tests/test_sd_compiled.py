@@ -113,6 +113,23 @@ def test_its_pictures_are_the_torch_pipelines_and_follow_the_prompt(sd_folder, t
     assert psnr(pixels(storm.images[0].image), pixels(ours.images[0].image)) < 40
 
 
+def test_img2img_and_variations_are_the_torch_pipelines(sd_folder, tmp_path):
+    """A picture made again from a picture, on both paths, from each seed's same latents and noise."""
+    source = make(tmp_path, "source", request_for(sd_folder, n_samples=1, steps=4, dtype="fp32")).images[0].path
+    for number, (fields, dtype, floor) in enumerate((
+            (dict(mode="img2img", prompt="a storm at sea", strength=0.7, n_samples=2, sampler="euler"), "fp32", 60),
+            (dict(mode="variations", prompt="", n_samples=2), "fp32", 60),
+            (dict(mode="img2img", prompt="a storm at sea", strength=0.5, n_samples=1), "bf16", 38))):
+        request = request_for(sd_folder, init_image=str(source), steps=5, dtype=dtype, width=None, height=None, **fields)
+        assert compiled.serves(request), fields
+        ours = make(tmp_path, f"ours{number}", request)
+        theirs = make(tmp_path, f"theirs{number}", request, torch_run)
+        for a, b in zip(ours.images, theirs.images, strict=True):
+            assert psnr(pixels(a.image), pixels(b.image)) > floor, (fields, dtype, psnr(pixels(a.image), pixels(b.image)))
+            assert psnr(pixels(a.image), pixels(Image.open(source).convert("RGB"))) < 40  # it moved from its input
+        assert ours.images[0].metadata["settings"]["mode"] == fields["mode"]
+
+
 def test_its_tokenizer_gives_the_models_token_ids(sd_folder, tmp_path):
     from reverie.models.registry import load_model
 

@@ -1,9 +1,9 @@
 """reverie-mini as one OpenVINO bundle (models/openvino_bundle.py): its text encoder, UNet, VAE
-decoder and x2 upscaler, exported once and then run without torch (issue 22: a cold `reverie
+decoder and encoder and x2 upscaler, exported once and then run without torch (issue 22: a cold `reverie
 generate` spent 5.8 of its 8 s importing torch and diffusers, and a warm request ran four
 networks on two runtimes).
 
-`make_bundle` (which imports torch) exports the four parts of reverie-mini as the torch path
+`make_bundle` (which imports torch) exports the five parts of reverie-mini as the torch path
 loads them (models/mini.py, minilm.py, upscaler.py), into one folder under the cache
 (`$REVERIE_CACHE/openvino/mini-<key>/`). The key covers the weight files' paths, sizes and
 modification times, the precision and the versions of what exports them (openvino, torch,
@@ -22,11 +22,11 @@ import time
 from pathlib import Path
 
 from .mini import MINI_DIR, MINI_NAME, weight_files
-from .openvino_bundle import bundle_facts, bundle_path, in_fp32, save_bundle
+from .openvino_bundle import bundle_facts, bundle_path, encoded_latents, in_fp32, save_bundle
 
 log = logging.getLogger(__name__)
 
-FORMAT = 2  # bump when a part's graph or inputs change, or what done.json holds
+FORMAT = 3  # bump when a part's graph or inputs change, or what done.json holds
 
 
 def _source_files() -> list[Path]:
@@ -51,7 +51,7 @@ def bundle_folder(precision: str, cache: Path | None = None) -> Path:
 
 
 def make_bundle(folder: Path, precision: str) -> None:
-    """Export reverie-mini's four parts into `folder` (atomically: a temporary folder renamed
+    """Export reverie-mini's five parts into `folder` (atomically: a temporary folder renamed
     into place), replacing older bundles beside it (made from other files or versions)."""
     import openvino as ov
     import torch
@@ -79,6 +79,9 @@ def make_bundle(folder: Path, precision: str) -> None:
         # latents -> pixels in [-1, 1] (unclamped), as the pipeline decodes: latents / scaling_factor
         "decoder": (in_fp32(vae, lambda m, z: m.decode((z / scaling).to(dtype), return_dict=False)[0]),
                     (torch.randn(1, channels, 16, 16),), [([-1, channels, -1, -1], ov.Type.f32)]),
+        # pixels in [-1, 1] -> the latents' mean and spread [1, 2C, h, w], scaled as the UNet sees them
+        "encoder": (in_fp32(vae, lambda m, x: encoded_latents(m, x.to(dtype), scaling)),
+                    (torch.rand(1, 3, 64, 64) * 2 - 1,), [([-1, 3, -1, -1], ov.Type.f32)]),
         # pixels in [-1, 1] -> twice as large, in [-1, 1] (unclamped)
         "upscaler": (in_fp32(upscaler), (torch.rand(1, 3, 32, 32) * 2 - 1,), [([-1, 3, -1, -1], ov.Type.f32)]),
     }

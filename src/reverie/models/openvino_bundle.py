@@ -10,8 +10,8 @@ with OpenVINO's CPU plugin alone: each input shape compiled on its own (static s
 than dynamic ones), in each part's precision, the part's mapped weights file let go as the
 compile reads it (host.file_pages_dropped: OpenVINO computes with its own repacked copy).
 
-models/mini_bundle.py makes reverie-mini's (text encoder, UNet, decoder, x2 upscaler);
-models/sd_bundle.py makes a Stable Diffusion file's or folder's (text encoder, UNet, decoder).
+models/mini_bundle.py makes reverie-mini's (text encoder, UNet, decoder, encoder, x2 upscaler);
+models/sd_bundle.py makes a Stable Diffusion file's or folder's (text encoder, UNet, decoder, encoder).
 methods/diffusion/compiled.py runs either.
 """
 
@@ -154,6 +154,16 @@ def in_fp32(module, call=None):
             return (call(self.inner, *inputs) if call else self.inner(*inputs)).float()
 
     return InFp32().eval()
+
+
+def encoded_latents(vae, pixels, scaling: float):
+    """A VAE's encoding of `pixels` for img2img: its latent distribution's mean and standard
+    deviation side by side on the channels, times the scaling factor (a sample of it is
+    mean + std * noise, as diffusers' latent_dist.sample draws it, already scaled)."""
+    import torch
+
+    latents = vae.encode(pixels, return_dict=False)[0]
+    return torch.cat([latents.mean, latents.std], dim=1) * scaling
 
 
 # ----------------------------------------------------------------------------- running one (no torch)

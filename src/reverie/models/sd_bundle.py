@@ -1,5 +1,5 @@
 """A Stable Diffusion model as one OpenVINO bundle (models/openvino_bundle.py): its CLIP text
-encoder, UNet and VAE decoder, made once and then run without torch (issue 22).
+encoder, UNet and VAE decoder and encoder, made once and then run without torch (issue 22).
 
 On the torch pipeline an SD 1.5 picture at 512 px peaked at 3.71 GiB, of which 0.8 GiB was the
 interpreter with torch, diffusers, transformers and peft imported: more than the room between
@@ -10,8 +10,8 @@ parameterization, 768 px v-prediction or 512 px epsilon, told from the same evid
 single_file.py weighs: checkpoint_header.py), with a plain UNet (4 latent channels, no extra
 conditioning). `make_sd_bundle` (torch) loads the model as the torch path does (registry.load_model), takes the UNet's export from OpenVINOUNet's cache (made first if missing;
 linked into the bundle, not copied), and exports the text encoder (token ids -> last hidden
-states, unmasked, as SD was trained) and the decoder (latents / scaling factor -> pixels in
-[-1, 1]); it writes the tokenizer as one tokenizer.json (read by the `tokenizers` library), the
+states, unmasked, as SD was trained), the decoder (latents / scaling factor -> pixels in
+[-1, 1]) and the encoder (pixels -> the latents' scaled mean and spread, for img2img); it writes the tokenizer as one tokenizer.json (read by the `tokenizers` library), the
 model's noise schedule, its picture size and the VAE's latent->RGB map into the marker. The
 bundle lives in `$REVERIE_CACHE/openvino/sd-<key>/`, the key naming the model's files (paths,
 sizes, modification times), the precision and the exporters' versions; a model changed on disk
@@ -29,11 +29,11 @@ from pathlib import Path
 
 from .checkpoint_header import (CLIP_PREFIX, CONFIGS_DIR, OPEN_CLIP_PREFIX, UNET_PREFIX, prediction_type_of,
                                 read_header, shipped_config_name)
-from .openvino_bundle import bundle_path, in_fp32, save_bundle
+from .openvino_bundle import bundle_path, encoded_latents, in_fp32, save_bundle
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1  # bump when a part's graph or inputs change, or what done.json holds
+FORMAT = 2  # bump when a part's graph or inputs change, or what done.json holds
 FOLDER_PARTS = ("unet", "text_encoder", "vae", "tokenizer", "scheduler")
 UNET_INPUT_KEY = UNET_PREFIX + "input_blocks.0.0.weight"
 SD1_TEXT_KEY = CLIP_PREFIX + "embeddings.token_embedding.weight"
@@ -156,6 +156,9 @@ def make_sd_bundle(source: SDSource, folder: Path, precision: str) -> None:
         # latents -> pixels in [-1, 1] (unclamped), as the pipeline decodes: latents / scaling_factor
         "decoder": (in_fp32(vae, lambda m, z: m.decode((z / scaling).to(dtype), return_dict=False)[0]),
                     (torch.randn(1, channels, 16, 16),), [([-1, channels, -1, -1], ov.Type.f32)]),
+        # pixels in [-1, 1] -> the latents' mean and spread [1, 2C, h, w], scaled as the UNet sees them
+        "encoder": (in_fp32(vae, lambda m, x: encoded_latents(m, x.to(dtype), scaling)),
+                    (torch.rand(1, 3, 64, 64) * 2 - 1,), [([-1, 3, -1, -1], ov.Type.f32)]),
     }
     latent_rgb = fit_latent_to_rgb(vae).tolist()
     facts = {

@@ -116,7 +116,7 @@ def parse_a1111_parameters(text: str) -> dict:
     if "Size" in pairs and "x" in pairs["Size"]:
         width, height = pairs["Size"].split("x")
         fields["width"], fields["height"] = int(width), int(height)
-    if "Denoising strength" in pairs:
+    if pairs.get("Denoising strength"):  # blank in older pictures made with the default strength
         fields["strength"] = float(pairs["Denoising strength"])
     if pairs.get("Tiling") == "True":
         fields["tile"] = True

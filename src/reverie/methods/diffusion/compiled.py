@@ -1,24 +1,28 @@
-"""txt2img on OpenVINO alone, without torch or diffusers: reverie-mini and Stable Diffusion (issue 22).
+"""txt2img, img2img and variations on OpenVINO alone, without torch or diffusers: reverie-mini and
+Stable Diffusion (issue 22).
 
 A cold `reverie generate "red apple" -n 4` spent 5.8 of its 8 s importing torch and diffusers'
 model classes, for four 128 px pictures that take a second to make; an SD 1.5 picture at 512 px
 peaked at 3.71 GiB, 0.8 of it torch's and diffusers' imports. `serves` says, without importing
-either, whether a request is one this path runs: txt2img on reverie-mini or on a Stable
-Diffusion model a bundle serves (models/sd_bundle.py: an SD pipeline folder, an SD 1.x or 2.x
-.safetensors file), on the CPU under runtime `auto` or `openvino`, with a sampler
+either, whether a request is one this path runs: txt2img, img2img or variations on reverie-mini
+or on a Stable Diffusion model a bundle serves (models/sd_bundle.py: an SD pipeline folder, an
+SD 1.x or 2.x .safetensors file), on the CPU under runtime `auto` or `openvino`, with a sampler
 numpy_sampler.py ports (DPM++ 2M with or without Karras sigmas, Euler), at most 512 px a side
 for mini (192 with its x2 upscale) and 768 for SD (multiples of 64, at most four 512 px
-pictures' worth a batch), a plain prompt (weights, negative, templates and styles; no LoRAs or
-embeddings), without the options only the torch pipeline has (seamless tiles, step caching,
-chaos below 100, a tiny decoder, a refiner, prompt expansion, SD's upscale). Live previews are
-drawn here with the VAE's linear latent->RGB map (unless a tiny decoder in the models folder
-would draw them); best-of-N and scores import torch for their CLIP, the pictures still come
-from here. `run` then makes its pictures from the model's bundle (models/openvino_bundle.py:
-its text encoder, UNet and VAE decoder, and mini's x2 upscaler, exported once, on the first
-such request: the one time torch is imported) the way run.py's pipeline does, step for step:
-the text encoder's token states (prompts/tokens.py frames them), each seed's starting noise as
-torch's CPU generator draws it (torch_noise.py), classifier-free guidance over the CFG batch,
-the sampler, the decode, mini's upscale. Between the parts the values stay in fp32 (the torch
+pictures' worth a batch); for an image mode that is the size the input picture is worked at
+(mini works on a larger one at half its size and enlarges the result back). A plain prompt
+(weights, negative, templates and styles; no LoRAs or embeddings), without the options only the
+torch pipeline has (seamless tiles, step caching, chaos below 100, a tiny decoder, a refiner,
+prompt expansion, SD's upscale). Live previews are drawn here with the VAE's linear
+latent->RGB map (unless a tiny decoder in the models folder would draw them); best-of-N and
+scores import torch for their CLIP, the pictures still come from here. `run` then makes its
+pictures from the model's bundle (models/openvino_bundle.py: its text encoder, UNet, VAE decoder
+and encoder, and mini's x2 upscaler, exported once, on the first such request: the one time
+torch is imported) the way run.py's pipeline does, step for step: the text encoder's token
+states (prompts/tokens.py frames them), each seed's starting noise as torch's CPU generator
+draws it (torch_noise.py) or, for an image mode, the input picture's latents noised to where
+its strength enters the schedule (`Start`), classifier-free guidance over the CFG batch, the
+sampler, the decode, mini's upscale. Between the parts the values stay in fp32 (the torch
 pipeline holds its latents in the request's dtype: rounding them to bf16 here too brought the
 pictures no closer), so the pictures are the torch path's up to the runtimes' kernels and that
 rounding: the same pictures to the eye (tests/test_mini_compiled.py, tests/test_sd_compiled.py).
@@ -40,7 +44,7 @@ from types import SimpleNamespace
 import numpy as np
 from PIL import Image
 
-from ...errors import BadRequest, ModelNotFound
+from ...errors import BadRequest, ImageInputError, ModelNotFound
 from ...host import is_x86, this_cpu_native_bf16
 from ...models.cache import ModelCache
 from ...models.components import SamplingDefaults
@@ -55,8 +59,8 @@ from ...prompts.extra_networks import extract_pair
 from ...prompts.picture import prompt_plan
 from ...prompts.tokens import TokenChunk, chunk_tokens, frame_rows, framing
 from ...result import Result
-from ...torch_noise import torch_randn
-from .images import txt2img_size
+from ...torch_noise import TorchCPUGenerator
+from .inputs import PreparedInput, denoising_steps, prepare_input
 from .numpy_sampler import make_sampler
 from .preview import PREVIEW_EVERY, PREVIEW_SIDE, linear_preview
 from .records import picture_settings, scored_batches, write_batches
@@ -70,6 +74,7 @@ SD_MAX_SIDE = 768
 SD_SIZE_MULTIPLE = 64  # the UNet's export traces diffusers' "upsample to the skip's size" branch as not taken
 SD_MIN_PARAMETERS = 10_000_000  # smaller (toy) UNets stay on torch, as runtime auto keeps them (openvino_runtime)
 SD_MAX_BATCH_PIXELS = 4 * 512 * 512  # a batch's pixels on this path (its UNet's activations); more: run.py, which checks the room
+SERVED_MODES = ("txt2img", "img2img", "variations")
 
 
 @dataclass(frozen=True)
@@ -84,7 +89,7 @@ class ModelFacts:
     scheduler_config: dict
     sampling: SamplingDefaults  # what a request leaves out
     max_side: int  # pixels a side this path draws at most (larger: run.py)
-    upscale: int  # the default upscale factor
+    default_upscale: int  # the upscale factor a request leaves out asks for
 
 
 @cache
@@ -142,7 +147,7 @@ def serves(request: GenerationRequest, previews: bool = False) -> bool:
     docstring; decided without importing torch. `previews` (the listener wants live previews):
     drawn with the VAE's linear latent->RGB map, or on the torch pipeline where a tiny decoder
     in the models folder would draw them."""
-    if request.mode != "txt2img":
+    if request.mode not in SERVED_MODES:
         return False
     if request.runtime == "torch" or importlib.util.find_spec("openvino") is None:
         return False
@@ -163,8 +168,13 @@ def serves(request: GenerationRequest, previews: bool = False) -> bool:
     if (request.tile or request.step_cache or chaos or request.refiner or request.decoder != "vae"
             or request.vae_tiling or request.attention_slicing or request.expand):
         return False
-    width, height = txt2img_size(request, facts)
-    factor = request.upscale or facts.upscale
+    try:
+        prepared = prepare_input(request, facts)
+    except ImageInputError:  # run.py says what is wrong with the picture
+        return False
+    width, height, factor = prepared.width, prepared.height, prepared.factor
+    if prepared.crop:  # an input padded to a multiple of 8: run.py cuts the padding off again
+        return False
     if width % facts.size_multiple or height % facts.size_multiple or max(width, height) > facts.max_side:
         return False
     if source is None and (factor not in (1, 2) or (factor == 2 and max(width, height) > UPSCALE_MAX_SIDE)):
@@ -172,7 +182,7 @@ def serves(request: GenerationRequest, previews: bool = False) -> bool:
     if source is not None and (factor != 1 or width * height * request.n_samples > SD_MAX_BATCH_PIXELS):
         return False
     if not _sampler_runs(request.sampler or facts.sampling.sampler, facts.scheduler_config,
-                         request.steps or facts.sampling.steps):
+                         sampler_steps(request.mode, request.steps or facts.sampling.steps, request.effective_strength)):
         return False
     return not _names_networks(request)
 
@@ -186,6 +196,12 @@ def _sampler_runs(name: str, scheduler_config: dict, steps: int) -> bool:
     except (BadRequest, ValueError):
         return False
     return True
+
+
+def sampler_steps(mode: str, steps: int, strength: float) -> int:
+    """The step count the sampler is made for: an image mode's schedule is longer where its
+    strength would leave no step (as the torch pipeline asks of diffusers: denoising_steps)."""
+    return steps if mode == "txt2img" else denoising_steps(steps, strength)
 
 
 def _tiny_decoder_present() -> bool:
@@ -223,11 +239,13 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
     started = time.perf_counter()
     dtype = ran_dtype(request)
     source, facts = served_model(request)
-    width, height = txt2img_size(request, facts)
-    factor = request.upscale or facts.upscale
-    # What ran, as run.py records it: the runtime, the size drawn at, the upscale, no tiled decode.
-    request = request.with_defaults(facts.sampling).model_copy(update={
-        "runtime": "openvino", "width": width, "height": height, "upscale": factor, "vae_tiling": False})
+    prepared = prepare_input(request, facts)
+    factor = prepared.factor
+    # What ran, as run.py records it: the runtime, the upscale, no tiled decode; txt2img's size drawn at.
+    ran = {"runtime": "openvino", "upscale": factor, "vae_tiling": False}
+    if request.mode == "txt2img":
+        ran |= {"width": prepared.width, "height": prepared.height}
+    request = request.with_defaults(facts.sampling).model_copy(update=ran)
     progress(ProgressEvent("load", message=f"loading {request.model}"))
     bundle = load_bundle(models, source, precision_of(dtype), progress)
     if source is not None:
@@ -250,14 +268,19 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
     result = Result(request=request)
     # Best-of-N makes N times the pictures and keeps the best-scored, scored at the size drawn.
     candidates = request.model_copy(update={"n_iter": request.n_iter * request.rerank})
-    batches = make_batches(candidates, bundle, tokenizer, plan, (height, width), facts, progress)
+    batches = make_batches(candidates, bundle, tokenizer, plan, prepared, facts, progress)
     batches = scored_batches(batches, result, scorer, plan, progress)
 
     def final_size(pictures: list[Image.Image]) -> list[Image.Image]:
+        """As batches.finish: enlarged by the upscaler, then to the input picture's own size."""
         if factor == 1:
             return pictures
         progress(ProgressEvent("upscale", message=f"upscaling x{factor}"))
-        return [upscale(bundle, picture) for picture in pictures]
+        pictures = [upscale(bundle, picture) for picture in pictures]
+        if prepared.target is not None:
+            pictures = [p if p.size == prepared.target.size else p.resize(prepared.target.size, Image.LANCZOS)
+                        for p in pictures]
+        return pictures
 
     write_batches(result, batches, request.batches_done() * request.n_samples, settings, scorer, outputs, plan, progress,
                   final_size)
@@ -266,16 +289,20 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
 
 
 def make_batches(request: GenerationRequest, bundle: OpenVINOBundle, tokenizer: BundleTokenizer, plan,
-                 size: tuple[int, int], facts: ModelFacts, progress: Progress):
+                 prepared: PreparedInput, facts: ModelFacts, progress: Progress):
     """[(picture at the size drawn, seed)] for each batch still to make (`batches_to_make`), as
     soon as it is finished."""
     encoded: dict = {}
+    start = Start(request, prepared, facts)
     for batch, seeds in batches_to_make(request):
         if progress.stop_requested():
             raise Interrupted()
+        if start.untouched:  # an image mode at strength 0: nothing to denoise, the picture itself
+            yield [(prepared.image.copy(), seed) for seed in seeds]
+            continue
         pairs = [(plan(seed).prompt, plan(seed).negative_prompt) for seed in seeds]
         cond, uncond = encode_pairs(pairs, tokenizer, bundle, encoded)
-        latents = denoise(request, bundle, seeds, cond, uncond, size, facts, batch, progress)
+        latents = denoise(request, bundle, start, seeds, cond, uncond, batch, progress)
         progress(ProgressEvent("decode", batch=batch, batches=request.batch_count()))
         yield list(zip(decode(bundle, latents), seeds))
 
@@ -320,7 +347,7 @@ def load_bundle(models: ModelCache, source: SDSource | None, precision: str,
                 if progress is not None:
                     progress(ProgressEvent("load", message=f"exporting {key[0]} to OpenVINO (once)"))
                 make_bundle(folder, precision) if mini else make_sd_bundle(source, folder, precision)
-            precisions = dict.fromkeys(("text_encoder", "unet", "decoder"), precision)
+            precisions = dict.fromkeys(("text_encoder", "unet", "decoder", "encoder"), precision)
             if mini:  # the upscaler in bf16 where the CPU has it, whatever the dtype, as torch's autocast runs it
                 precisions["upscaler"] = "bf16" if this_cpu_native_bf16() and is_x86() else "f32"
             return OpenVINOBundle(folder, precisions, store_compiled=mini)
@@ -411,17 +438,61 @@ def apply_weights(hidden: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return weighted * np.where(usable, original / np.where(usable, weighted_mean, 1.0), 1.0)
 
 
-def denoise(request: GenerationRequest, bundle: OpenVINOBundle, seeds: list[int], cond: np.ndarray,
-            uncond: np.ndarray, size: tuple[int, int], facts: ModelFacts, batch: int, progress: Progress) -> np.ndarray:
-    """One batch's latents after the request's steps, from each seed's own starting noise."""
-    shape = (facts.latent_channels, size[0] // facts.vae_scale, size[1] // facts.vae_scale)
-    sampler = make_sampler(request.sampler, facts.scheduler_config, request.steps)
-    latents = np.stack([torch_randn(seed, shape) for seed in seeds]) * np.float32(sampler.init_noise_sigma)
+class Start:
+    """Where a request's pictures start, as the torch pipeline starts them: txt2img from each
+    seed's noise over the whole schedule; img2img and variations from the input picture's
+    latents, noised to where `strength` enters the schedule (diffusers' img2img pipeline:
+    get_timesteps, then add_noise). Each seed's CPU generator draws, in the torch path's order,
+    the starting noise (which img2img leaves unused), then the latents' sample of the
+    encoder's distribution, then the noise added."""
+
+    def __init__(self, request: GenerationRequest, prepared: PreparedInput, facts: ModelFacts):
+        self.request, self.prepared, self.facts = request, prepared, facts
+        self.image_mode = request.mode != "txt2img"
+        self.strength = request.effective_strength if self.image_mode else 1.0
+        self.untouched = self.image_mode and self.strength == 0
+        self.steps = sampler_steps(request.mode, request.steps, self.strength)
+        self.shape = (facts.latent_channels, prepared.height // facts.vae_scale, prepared.width // facts.vae_scale)
+        self._encoded: np.ndarray | None = None
+
+    def sampler(self):
+        """A fresh sampler, at the timestep the pictures start from."""
+        sampler = make_sampler(self.request.sampler, self.facts.scheduler_config, self.steps)
+        if self.image_mode:
+            sampler.begin_at(self.steps - min(int(self.steps * self.strength), self.steps))
+        return sampler
+
+    def latents(self, bundle: OpenVINOBundle, seeds: list[int], sampler) -> np.ndarray:
+        """[N, C, h, w]: each seed's starting latents for `sampler` (made by `sampler()`)."""
+        generators = [TorchCPUGenerator(seed) for seed in seeds]
+        noise = np.stack([generator.randn(self.shape) for generator in generators])
+        if not self.image_mode:
+            return noise * np.float32(sampler.init_noise_sigma)
+        mean, spread = np.split(self.encoded(bundle)[0], 2)
+        sampled = np.stack([mean + spread * generator.randn(self.shape) for generator in generators])
+        return sampler.add_noise(sampled, np.stack([generator.randn(self.shape) for generator in generators]))
+
+    def encoded(self, bundle: OpenVINOBundle) -> np.ndarray:
+        """The input picture's latent distribution [1, 2C, h, w] (mean, spread; scaled), encoded once."""
+        if self._encoded is None:
+            pixels = np.asarray(self.prepared.image.convert("RGB"), dtype=np.float32) / np.float32(255.0)
+            pixels = (np.float32(2.0) * pixels - np.float32(1.0)).transpose(2, 0, 1)[None]  # diffusers' preprocess
+            self._encoded = bundle("encoder", np.ascontiguousarray(pixels))
+            bundle.release_memory("encoder")
+        return self._encoded
+
+
+def denoise(request: GenerationRequest, bundle: OpenVINOBundle, start: Start, seeds: list[int], cond: np.ndarray,
+            uncond: np.ndarray, batch: int, progress: Progress) -> np.ndarray:
+    """One batch's latents after the request's steps, from where `start` says."""
+    sampler = start.sampler()
+    latents = start.latents(bundle, seeds, sampler)
     scale = request.guidance_scale()
     guided = scale > 1  # as diffusers: no unconditioned pass at CFG 1 or below
     states = np.concatenate([uncond, cond]) if guided else cond
-    total = len(sampler.timesteps)
-    for step, timestep in enumerate(sampler.timesteps):
+    timesteps = sampler.timesteps[sampler.step_index:]
+    total = len(timesteps)
+    for step, timestep in enumerate(timesteps):
         scaled = sampler.scale_model_input(latents)
         model_input = np.concatenate([scaled, scaled]) if guided else scaled
         out = bundle("unet", model_input, np.float32(timestep), states)

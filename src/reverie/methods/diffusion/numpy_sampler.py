@@ -102,7 +102,28 @@ _EULER_FIXED_OPTIONS = {
 }
 
 
-class DPMSolver2M:
+class _Steps:
+    """What both samplers keep: the index of the current timestep, and where they begin."""
+
+    timesteps: np.ndarray
+    _index: int = 0
+
+    @property
+    def step_index(self) -> int:
+        """The index of the current timestep (how many steps are done, past `begin_at`'s)."""
+        return self._index
+
+    def begin_at(self, index: int) -> None:
+        """Start at timestep `index` (img2img: the later `strength` leaves off the schedule's
+        start), as diffusers' set_begin_index; before the first step only."""
+        if self._index:
+            raise RuntimeError("begin_at comes before the first step")
+        if not 0 <= index < len(self.timesteps):
+            raise ValueError(f"index {index} is not one of the {len(self.timesteps)} timesteps")
+        self._index = index
+
+
+class DPMSolver2M(_Steps):
     """DPM++ 2M over `steps` steps for a model's scheduler config (its scheduler_config.json).
 
     `sampler` names the row of reverie.samplers whose options it runs: "dpmpp_2m" (the default)
@@ -130,15 +151,16 @@ class DPMSolver2M:
         self._index = 0
         self._previous: np.ndarray | None = None  # the last step's data prediction
 
-    @property
-    def step_index(self) -> int:
-        """How many steps are done: the index of the current timestep."""
-        return self._index
-
     def scale_model_input(self, sample: np.ndarray) -> np.ndarray:
         """The UNet's input at the current step: `sample` itself (diffusers returns it as it is)."""
         _check_not_done(self._index, self.timesteps)
         return np.asarray(sample, dtype=_F32)
+
+    def add_noise(self, original: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        """`original` latents noised to the current timestep, as diffusers' add_noise for img2img:
+        alpha_t * original + sigma_t * noise, in float32."""
+        alpha, sigma = _alpha_sigma(self.sigmas[self._index])
+        return alpha * np.asarray(original, dtype=_F32) + sigma * np.asarray(noise, dtype=_F32)
 
     def step(self, model_output: np.ndarray, sample: np.ndarray) -> np.ndarray:
         """The sample at the next timestep, from the model's output at the current one (float32)."""
@@ -168,7 +190,7 @@ class DPMSolver2M:
         return prev_sample
 
 
-class EulerDiscrete:
+class EulerDiscrete(_Steps):
     """Euler over `steps` steps for a model's scheduler config (its scheduler_config.json).
 
     `sampler` names the row of reverie.samplers whose options it runs: "euler" (the default) or
@@ -199,16 +221,16 @@ class EulerDiscrete:
         _check_first_timestep(self.timesteps)
         self._index = 0
 
-    @property
-    def step_index(self) -> int:
-        """How many steps are done: the index of the current timestep."""
-        return self._index
-
     def scale_model_input(self, sample: np.ndarray) -> np.ndarray:
         """The UNet's input at the current step: sample / (sigma**2 + 1) ** 0.5, in float32."""
         _check_not_done(self._index, self.timesteps)
         sigma = self.sigmas[self._index]
         return np.asarray(sample, dtype=_F32) / np.sqrt(sigma * sigma + _F32(1.0))
+
+    def add_noise(self, original: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        """`original` latents noised to the current timestep, as diffusers' add_noise for img2img:
+        original + noise * sigma, in float32."""
+        return np.asarray(original, dtype=_F32) + np.asarray(noise, dtype=_F32) * self.sigmas[self._index]
 
     def step(self, model_output: np.ndarray, sample: np.ndarray) -> np.ndarray:
         """The sample at the next timestep, from the model's output at the current one (float32).

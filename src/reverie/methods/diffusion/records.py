@@ -86,8 +86,7 @@ def _parameter_fields(settings: dict, seed: int, size: tuple[int, int], request:
         "Model": settings.get("model_name") or settings.get("model") or "",
     }
     if settings["mode"] in IMAGE_MODES:
-        strength = settings.get("strength")
-        fields["Denoising strength"] = f"{float(strength):g}" if strength is not None else ""
+        fields["Denoising strength"] = f"{request.effective_strength:g}"  # the mode's default where none was asked
     if settings["mode"] in ("inpaint", "outpaint"):
         fields["Mask blur"] = settings.get("mask_blur", 0)
     if settings.get("tile"):

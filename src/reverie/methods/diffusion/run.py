@@ -41,7 +41,8 @@ from ..rerank import scorer_from
 from . import records
 from .records import scored_batches, write_batches
 from .networks import lora_sets
-from .batches import PreparedInput, finish, prepare_input, run_batches
+from .batches import finish, run_batches
+from .inputs import PreparedInput, prepare_input
 from .request import GenerationRequest, resolve
 
 log = logging.getLogger(__name__)

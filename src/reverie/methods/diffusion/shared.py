@@ -40,7 +40,8 @@ from ...prompts.picture import prompt_plan
 from ...result import Result
 from ..registry import Share
 from ..rerank import scorer_from, with_scores
-from .batches import denoise_batch, finish, prepare_input, unet_with_loras
+from .batches import denoise_batch, finish, unet_with_loras
+from .inputs import prepare_input
 from .pipelines import circular_padding, memory_settings, vae_dtype_kept
 from .networks import batch_prompts
 from .request import GenerationRequest, resolve

@@ -23,7 +23,8 @@ from ...models.lora import apply_loras
 from ...progress import Progress, ProgressEvent
 from ...prompts.conditioning import encode_prompt_batch
 from ...prompts.extra_networks import LoraUse, extract_pair
-from ..diffusion.batches import PreparedInput, denoise_batch, denoising_steps, finish, initial_noise, latent_shape, prepare_input
+from ..diffusion.batches import denoise_batch, finish, initial_noise, latent_shape
+from ..diffusion.inputs import PreparedInput, denoising_steps, prepare_input
 from ..diffusion.pipelines import memory_settings
 from ..diffusion.request import GenerationRequest, resolve
 from ..diffusion.run import diffusion_model, fit_memory, on_runtime
