@@ -18,6 +18,7 @@ identical). The one-time OpenVINO export is reported apart.
     PYTHONPATH=src .venv/bin/python benchmarks/sd_speed.py --size 256 --steps 4
     PYTHONPATH=src .venv/bin/python benchmarks/sd_speed.py --size 512 --steps 4 --variants diffusers,openvino
     PYTHONPATH=src .venv/bin/python benchmarks/sd_speed.py --size 512 --steps 20 --variants diffusers,lcm_lora,auto
+    PYTHONPATH=src .venv/bin/python benchmarks/sd_speed.py --size 512 --steps 20 --variants diffusers,auto --mode img2img
     PYTHONPATH=src .venv/bin/python benchmarks/sd_speed.py --device cuda --size 512 --steps 20 \
         --variants diffusers,torch,compile --batches 1,4,8      # a GPU: fp16 on both sides
 
@@ -142,13 +143,19 @@ def child(args) -> dict:
 
     steps_at: list[float] = []
     info: dict = {}
+    image_mode = args.mode != "txt2img"
     if variant == "diffusers":
-        from diffusers import StableDiffusionPipeline
+        from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+        from PIL import Image
 
         from reverie.samplers import build_scheduler
 
-        pipe = StableDiffusionPipeline.from_pretrained(folder, torch_dtype=compute, safety_checker=None,
-                                                       requires_safety_checker=False).to(args.device)
+        kind = StableDiffusionImg2ImgPipeline if image_mode else StableDiffusionPipeline
+        pipe = kind.from_pretrained(folder, torch_dtype=compute, safety_checker=None,
+                                    requires_safety_checker=False).to(args.device)
+        # img2img: the picture, the strength, and as many steps asked as reverie asks (it runs steps * strength)
+        picture = {"image": Image.open(args.init), "strength": args.strength} if image_mode else {
+            "height": args.size, "width": args.size}
         pipe.scheduler = build_scheduler(args.sampler, dict(pipe.scheduler.config))
         pipe.set_progress_bar_config(disable=True)
 
@@ -156,11 +163,23 @@ def child(args) -> dict:
             steps_at.append(now())
             return tensors
 
+        def seeded():
+            """The seed's generator; for img2img past the starting noise reverie draws first (and
+            leaves unused there), so both sides sample the same latents and noise."""
+            generator = torch.Generator("cpu").manual_seed(args.seed)
+            if image_mode:
+                torch.randn((1, 4, args.size // 8, args.size // 8), generator=generator)
+            return generator
+
         def call(steps: int):
+            if image_mode:
+                from reverie.methods.diffusion.inputs import denoising_steps
+
+                steps = denoising_steps(steps, args.strength)
             with torch.no_grad():
-                return pipe(PROMPT, height=args.size, width=args.size, num_inference_steps=steps,
+                return pipe(PROMPT, **picture, num_inference_steps=steps,
                             guidance_scale=args.cfg, num_images_per_prompt=args.batch,
-                            generator=torch.Generator("cpu").manual_seed(args.seed),
+                            generator=seeded(),
                             callback_on_step_end=on_step, output_type="pil").images[0]
     else:
         prompt = PROMPT
@@ -191,7 +210,9 @@ def child(args) -> dict:
             if event.stage == "denoise":
                 steps_at.append(now())
 
-        request = make_request(prompt=prompt, model=str(folder), width=args.size, height=args.size,
+        picture = {"mode": args.mode, "init_image": args.init, "strength": args.strength} if image_mode else {
+            "width": args.size, "height": args.size}
+        request = make_request(prompt=prompt, model=str(folder), **picture,
                                steps=args.steps, cfg_scale=args.cfg, sampler=args.sampler, seed=args.seed,
                                n_samples=args.batch, dtype=dtype, device=args.device, runtime=runtime, weights=weights,
                                upscale=1)
@@ -228,6 +249,17 @@ def child(args) -> dict:
                    "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
+def pattern_picture(size: int, path: Path) -> Path:
+    """A picture for img2img to start from: smooth colour bands and a disc, the same every run."""
+    from PIL import Image
+
+    y, x = np.mgrid[0:size, 0:size] / size
+    disc = ((x - 0.6) ** 2 + (y - 0.4) ** 2 < 0.06).astype(float)
+    rgb = np.stack([0.5 + 0.4 * np.sin(6 * x) * (1 - disc) + 0.5 * disc, 0.5 + 0.4 * np.cos(5 * y), 0.6 - 0.3 * x * y], -1)
+    Image.fromarray((np.clip(rgb, 0, 1) * 255).astype(np.uint8)).save(path)
+    return path
+
+
 def _rss_now() -> int:
     with open("/proc/self/status") as status:
         return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
@@ -241,7 +273,8 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 def run_child(variant: str, args, picture: Path) -> dict:
     command = [sys.executable, __file__, "--child", variant, "--picture", str(picture), "--folder", args.folder,
                "--size", str(args.size), "--steps", str(args.steps), "--cfg", str(args.cfg),
-               "--sampler", args.sampler, "--seed", str(args.seed), "--device", args.device, "--batch", str(args.batch)]
+               "--sampler", args.sampler, "--seed", str(args.seed), "--device", args.device, "--batch", str(args.batch),
+               "--mode", args.mode, "--strength", str(args.strength), "--init", args.init or ""]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
@@ -267,6 +300,11 @@ def main() -> None:
                         "variant (default: reverie-sd15-random-seed0-<file dtype> in the temp folder)")
     parser.add_argument("--file-dtype", choices=("fp32", "fp16"), default="fp32", help="the folder's weights' dtype")
     parser.add_argument("--child", choices=VARIANTS)
+    parser.add_argument("--mode", choices=("txt2img", "img2img"), default="txt2img",
+                        help="img2img: from a picture (a pattern drawn once at --size), --steps asked, "
+                             "steps x strength run, as both pipelines do")
+    parser.add_argument("--strength", type=float, default=0.75)
+    parser.add_argument("--init", help=argparse.SUPPRESS)  # a child's: the picture img2img starts from
     parser.add_argument("--picture")
     args = parser.parse_args()
     if args.child:
@@ -280,6 +318,8 @@ def main() -> None:
         lcm_lora_models(Path(args.folder))
     assert "diffusers" in variants, "the stock pipeline is the reference: keep `diffusers` in --variants"
     folder = Path(tempfile.mkdtemp(prefix="sd-speed-"))
+    if args.mode != "txt2img":
+        args.init = str(pattern_picture(args.size, folder / "init.png"))
     for variant in (v for v in variants if "openvino" in v or v == "auto"):
         one_step = argparse.Namespace(**(vars(args) | {"steps": 1}))
         first = run_child(variant, one_step, folder / "export.npy")  # the one-time export, when not cached yet
@@ -300,7 +340,8 @@ def main() -> None:
 
     gpu = args.device.startswith("cuda")
     machine = torch.cuda.get_device_name(0) if gpu else f"CPU, {torch.get_num_threads()} threads"
-    print(f"\nSD 1.5 architecture (random weights, {args.file_dtype} files), {args.size}x{args.size}, {args.steps} steps, {args.sampler}, "
+    mode = f"img2img at strength {args.strength:g} ({args.steps} steps asked), " if args.mode != "txt2img" else ""
+    print(f"\nSD 1.5 architecture (random weights, {args.file_dtype} files), {mode}{args.size}x{args.size}, {args.steps} steps, {args.sampler}, "
           f"CFG {args.cfg}, {machine}, torch {torch.__version__}, {args.repeats} round(s), medians")
     print(f"| variant | batch | size | steps | s/step | total s | ratio vs stock | peak {'GPU' if gpu else 'RSS'} GiB "
           f"| RSS after GiB | PSNR vs stock {'fp16' if gpu else 'fp32'} | first call s | load s |")

@@ -49,6 +49,7 @@ def test_it_serves_plain_mini_requests_and_leaves_the_rest_to_the_torch_pipeline
                     dict(upscale=4), dict(width=256), dict(width=104), dict(dtype="fp16"), dict(chaos=0),
                     dict(chaos=99), dict(tile=True), dict(step_cache=2), dict(expand=True),
                     dict(mode="img2img", init_image="x.png"), dict(mode="inpaint", init_image="x.png", mask_image="m.png"),
+                    dict(mode="inpaint", init_image="x.png", mask_image="m.png", strength=0.0),
                     dict(model="tiny"), dict(device="cuda")):
         assert not compiled.serves(request_for(**refused)), refused
     assert compiled.serves(request_for(), previews=True)  # drawn here with the latent->RGB map
@@ -141,6 +142,35 @@ def test_img2img_and_variations_are_the_torch_pipelines(tmp_path, dtype, floor):
     assert np.array_equal(pixels(again.images[0].image), pixels(Image.open(tmp_path / "ours0" / ours_name(tmp_path, 1))))
     untouched = make(tmp_path, "untouched", request_for(mode="img2img", init_image=str(small), strength=0.0, n_samples=1))
     assert np.array_equal(pixels(untouched.images[0].image), pixels(Image.open(small).convert("RGB")))
+
+
+@pytest.mark.parametrize("dtype, floor", [("fp32", 50.0), ("bf16", 40.0)])
+def test_inpaint_and_outpaint_are_the_torch_pipelines(tmp_path, dtype, floor):
+    """The masked area repainted (from noise at strength 1, from the picture below 1) and the
+    canvas extended, on both paths from each seed's same draws; the kept pixels exactly the input's."""
+    source = make(tmp_path, "source", request_for(prompt="a red apple", steps=4, n_samples=1, upscale=1, dtype=dtype))
+    picture = source.images[0].path
+    mask = np.zeros((128, 128), np.uint8)
+    mask[32:96, 64:] = 255  # repaint the right middle
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    asked = [dict(mode="inpaint", mask_image=str(tmp_path / "mask.png")),
+             dict(mode="inpaint", mask_image=str(tmp_path / "mask.png"), strength=0.7, sampler="euler"),
+             dict(mode="outpaint", outpaint_right=64)]
+    for number, fields in enumerate(asked):
+        request = request_for(prompt="a green pear", init_image=str(picture), steps=6, n_samples=2, dtype=dtype,
+                              **fields)
+        assert compiled.serves(request), fields
+        ours = make(tmp_path, f"ours{number}", request)
+        theirs = make(tmp_path, f"theirs{number}", request, full_run)
+        for a, b in zip(ours.images, theirs.images, strict=True):
+            assert psnr(pixels(a.image), pixels(b.image)) > floor, (fields, psnr(pixels(a.image), pixels(b.image)))
+            made, kept = pixels(a.image), pixels(Image.open(picture))
+            if fields["mode"] == "inpaint":
+                assert np.array_equal(made[:24], kept[:24])  # rows the mask (and its feathered seam) leave alone
+                assert psnr(made[40:88, 72:], kept[40:88, 72:]) < 30  # the masked area repainted
+            else:
+                assert made.shape == (128, 192, 3) and np.array_equal(made[:, :120], kept[:, :120])
+        assert ours.images[0].metadata["settings"]["mode"] == fields["mode"]
 
 
 def ours_name(tmp_path, index: int) -> str:

@@ -130,6 +130,29 @@ def test_img2img_and_variations_are_the_torch_pipelines(sd_folder, tmp_path):
         assert ours.images[0].metadata["settings"]["mode"] == fields["mode"]
 
 
+def test_inpaint_and_outpaint_are_the_torch_pipelines(sd_folder, tmp_path):
+    source = make(tmp_path, "source", request_for(sd_folder, n_samples=1, steps=4, dtype="fp32")).images[0].path
+    mask = np.zeros((64, 64), np.uint8)
+    mask[:, 32:] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    for number, (fields, dtype, floor) in enumerate((
+            (dict(mode="inpaint", mask_image=str(tmp_path / "mask.png"), n_samples=2), "fp32", 60),
+            (dict(mode="inpaint", mask_image=str(tmp_path / "mask.png"), strength=0.6, sampler="euler"), "fp32", 60),
+            (dict(mode="outpaint", outpaint_left=64), "bf16", 38))):
+        request = request_for(sd_folder, init_image=str(source), steps=5, dtype=dtype, width=None, height=None,
+                              prompt="a storm at sea", **fields)
+        assert compiled.serves(request), fields
+        ours = make(tmp_path, f"ours{number}", request)
+        theirs = make(tmp_path, f"theirs{number}", request, torch_run)
+        for a, b in zip(ours.images, theirs.images, strict=True):
+            assert psnr(pixels(a.image), pixels(b.image)) > floor, (fields, dtype, psnr(pixels(a.image), pixels(b.image)))
+            made, kept = pixels(a.image), pixels(Image.open(source))
+            if fields["mode"] == "inpaint":
+                assert np.array_equal(made[:, :24], kept[:, :24]) and psnr(made[:, 40:], kept[:, 40:]) < 40
+            else:
+                assert made.shape == (64, 128, 3) and np.array_equal(made[:, 72:], kept[:, 8:])
+
+
 def test_its_tokenizer_gives_the_models_token_ids(sd_folder, tmp_path):
     from reverie.models.registry import load_model
 

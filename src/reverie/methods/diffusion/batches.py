@@ -30,8 +30,7 @@ from ...samplers import build_scheduler
 from ..gan.latents import slerp
 from ..upscale.pictures import upscaled
 from .networks import batch_prompts
-from .images import composite, feathered_alpha
-from .inputs import PreparedInput, denoising_steps
+from .inputs import PreparedInput, bring_back, denoising_steps
 from .pipelines import circular_padding, memory_settings, pipeline_for, vae_dtype_kept
 from .preview import PREVIEW_EVERY, PREVIEW_SIDE, preview_image
 from .request import GenerationRequest
@@ -40,19 +39,9 @@ from .request import GenerationRequest
 
 def finish(pictures: list[Image.Image], prepared: PreparedInput, request: GenerationRequest, models: ModelCache,
            progress: Progress) -> list[Image.Image]:
-    """A batch at the input's size: enlarged back when the model worked smaller, the kept pixels
-    of the input put back exactly (the seam feathered inward only), padding cut off."""
-    if prepared.factor > 1:
-        pictures = upscaled(pictures, prepared.factor, models, progress, wrap=request.tile)
-        if prepared.target is not None:
-            size = prepared.target.size
-            pictures = [p if p.size == size else p.resize(size, Image.LANCZOS) for p in pictures]
-    if prepared.target_mask is not None:
-        alpha = feathered_alpha(prepared.target_mask, request.mask_blur)
-        pictures = [composite(prepared.target, picture, alpha) for picture in pictures]
-    if prepared.crop:
-        pictures = [picture.crop((0, 0) + prepared.crop) for picture in pictures]
-    return pictures
+    """A batch at the input's size (inputs.bring_back), enlarged by the built-in upscaler from `models`."""
+    return bring_back(pictures, prepared, request.mask_blur,
+                      lambda small, factor: upscaled(small, factor, models, progress, wrap=request.tile))
 
 
 def initial_noise(seeds: list[int], shape: tuple[int, int, int]) -> tuple[torch.Tensor, list[torch.Generator]]:

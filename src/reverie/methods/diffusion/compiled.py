@@ -1,31 +1,33 @@
-"""txt2img, img2img and variations on OpenVINO alone, without torch or diffusers: reverie-mini and
-Stable Diffusion (issue 22).
+"""Every diffusion mode on OpenVINO alone, without torch or diffusers: reverie-mini and Stable
+Diffusion (issue 22).
 
 A cold `reverie generate "red apple" -n 4` spent 5.8 of its 8 s importing torch and diffusers'
 model classes, for four 128 px pictures that take a second to make; an SD 1.5 picture at 512 px
 peaked at 3.71 GiB, 0.8 of it torch's and diffusers' imports. `serves` says, without importing
-either, whether a request is one this path runs: txt2img, img2img or variations on reverie-mini
-or on a Stable Diffusion model a bundle serves (models/sd_bundle.py: an SD pipeline folder, an
-SD 1.x or 2.x .safetensors file), on the CPU under runtime `auto` or `openvino`, with a sampler
-numpy_sampler.py ports (DPM++ 2M with or without Karras sigmas, Euler), at most 512 px a side
-for mini (192 with its x2 upscale) and 768 for SD (multiples of 64, at most four 512 px
-pictures' worth a batch); for an image mode that is the size the input picture is worked at
-(mini works on a larger one at half its size and enlarges the result back). A plain prompt
-(weights, negative, templates and styles; no LoRAs or embeddings), without the options only the
-torch pipeline has (seamless tiles, step caching, chaos below 100, a tiny decoder, a refiner,
-prompt expansion, SD's upscale). Live previews are drawn here with the VAE's linear
-latent->RGB map (unless a tiny decoder in the models folder would draw them); best-of-N and
-scores import torch for their CLIP, the pictures still come from here. `run` then makes its
+either, whether a request is one this path runs: txt2img, img2img, variations, inpaint or
+outpaint on reverie-mini or on a Stable Diffusion model a bundle serves (models/sd_bundle.py: an
+SD pipeline folder, an SD 1.x or 2.x .safetensors file), on the CPU under runtime `auto` or
+`openvino`, with a sampler numpy_sampler.py ports (DPM++ 2M with or without Karras sigmas,
+Euler), at most 512 px a side for mini (192 with its x2 upscale) and 768 for SD (multiples of
+64, at most four 512 px pictures' worth a batch); for an image mode that is the size the input
+picture is worked at (mini works on a larger one at half its size and enlarges the result back).
+A plain prompt (weights, negative, templates and styles; no LoRAs or embeddings), without the
+options only the torch pipeline has (seamless tiles, step caching, chaos below 100, a tiny
+decoder, a refiner, prompt expansion, SD's upscale). Live previews are drawn here with the VAE's
+linear latent->RGB map (unless a tiny decoder in the models folder would draw them); best-of-N
+and scores import torch for their CLIP, the pictures still come from here. `run` then makes its
 pictures from the model's bundle (models/openvino_bundle.py: its text encoder, UNet, VAE decoder
 and encoder, and mini's x2 upscaler, exported once, on the first such request: the one time
 torch is imported) the way run.py's pipeline does, step for step: the text encoder's token
 states (prompts/tokens.py frames them), each seed's starting noise as torch's CPU generator
-draws it (torch_noise.py) or, for an image mode, the input picture's latents noised to where
-its strength enters the schedule (`Start`), classifier-free guidance over the CFG batch, the
-sampler, the decode, mini's upscale. Between the parts the values stay in fp32 (the torch
-pipeline holds its latents in the request's dtype: rounding them to bf16 here too brought the
-pictures no closer), so the pictures are the torch path's up to the runtimes' kernels and that
-rounding: the same pictures to the eye (tests/test_mini_compiled.py, tests/test_sd_compiled.py).
+draws it (torch_noise.py) or, for an image mode, the input picture's latents noised to where its
+strength enters the schedule (`Start`), classifier-free guidance over the CFG batch, the sampler
+(inpaint and outpaint: the kept area put back after each step, `Kept`), the decode, mini's
+upscale, the input's kept pixels put back (inputs.bring_back, as run.py). Between the parts the
+values stay in fp32 (the torch pipeline holds its latents in the request's dtype: rounding them
+to bf16 here too brought the pictures no closer), so the pictures are the torch path's up to the
+runtimes' kernels and that rounding: the same pictures to the eye (tests/test_mini_compiled.py,
+tests/test_sd_compiled.py).
 Anything else runs on run.py, as before.
 """
 
@@ -60,7 +62,7 @@ from ...prompts.picture import prompt_plan
 from ...prompts.tokens import TokenChunk, chunk_tokens, frame_rows, framing
 from ...result import Result
 from ...torch_noise import TorchCPUGenerator
-from .inputs import PreparedInput, denoising_steps, prepare_input
+from .inputs import PreparedInput, bring_back, denoising_steps, prepare_input
 from .numpy_sampler import make_sampler
 from .preview import PREVIEW_EVERY, PREVIEW_SIDE, linear_preview
 from .records import picture_settings, scored_batches, write_batches
@@ -74,7 +76,8 @@ SD_MAX_SIDE = 768
 SD_SIZE_MULTIPLE = 64  # the UNet's export traces diffusers' "upsample to the skip's size" branch as not taken
 SD_MIN_PARAMETERS = 10_000_000  # smaller (toy) UNets stay on torch, as runtime auto keeps them (openvino_runtime)
 SD_MAX_BATCH_PIXELS = 4 * 512 * 512  # a batch's pixels on this path (its UNet's activations); more: run.py, which checks the room
-SERVED_MODES = ("txt2img", "img2img", "variations")
+SERVED_MODES = ("txt2img", "img2img", "variations", "inpaint", "outpaint")
+MASKED_MODES = ("inpaint", "outpaint")
 
 
 @dataclass(frozen=True)
@@ -168,9 +171,11 @@ def serves(request: GenerationRequest, previews: bool = False) -> bool:
     if (request.tile or request.step_cache or chaos or request.refiner or request.decoder != "vae"
             or request.vae_tiling or request.attention_slicing or request.expand):
         return False
+    if request.mode in MASKED_MODES and request.effective_strength == 0:  # diffusers refuses: run.py says so
+        return False
     try:
         prepared = prepare_input(request, facts)
-    except ImageInputError:  # run.py says what is wrong with the picture
+    except (ImageInputError, BadRequest):  # run.py says what is wrong with the picture, the mask or the canvas
         return False
     width, height, factor = prepared.width, prepared.height, prepared.factor
     if prepared.crop:  # an input padded to a multiple of 8: run.py cuts the padding off again
@@ -200,8 +205,10 @@ def _sampler_runs(name: str, scheduler_config: dict, steps: int) -> bool:
 
 def sampler_steps(mode: str, steps: int, strength: float) -> int:
     """The step count the sampler is made for: an image mode's schedule is longer where its
-    strength would leave no step (as the torch pipeline asks of diffusers: denoising_steps)."""
-    return steps if mode == "txt2img" else denoising_steps(steps, strength)
+    strength would leave no step (as the torch pipeline asks of diffusers: denoising_steps);
+    txt2img's, and inpaint's at strength 1, are the steps asked."""
+    whole = mode == "txt2img" or (mode in MASKED_MODES and strength >= 1.0)
+    return steps if whole else denoising_steps(steps, strength)
 
 
 def _tiny_decoder_present() -> bool:
@@ -271,16 +278,12 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
     batches = make_batches(candidates, bundle, tokenizer, plan, prepared, facts, progress)
     batches = scored_batches(batches, result, scorer, plan, progress)
 
-    def final_size(pictures: list[Image.Image]) -> list[Image.Image]:
-        """As batches.finish: enlarged by the upscaler, then to the input picture's own size."""
-        if factor == 1:
-            return pictures
+    def enlarged(pictures: list[Image.Image], factor: int) -> list[Image.Image]:
         progress(ProgressEvent("upscale", message=f"upscaling x{factor}"))
-        pictures = [upscale(bundle, picture) for picture in pictures]
-        if prepared.target is not None:
-            pictures = [p if p.size == prepared.target.size else p.resize(prepared.target.size, Image.LANCZOS)
-                        for p in pictures]
-        return pictures
+        return [upscale(bundle, picture) for picture in pictures]
+
+    def final_size(pictures: list[Image.Image]) -> list[Image.Image]:
+        return bring_back(pictures, prepared, request.mask_blur, enlarged)  # as run.py: batches.finish
 
     write_batches(result, batches, request.batches_done() * request.n_samples, settings, scorer, outputs, plan, progress,
                   final_size)
@@ -439,18 +442,22 @@ def apply_weights(hidden: np.ndarray, weights: np.ndarray) -> np.ndarray:
 
 
 class Start:
-    """Where a request's pictures start, as the torch pipeline starts them: txt2img from each
-    seed's noise over the whole schedule; img2img and variations from the input picture's
-    latents, noised to where `strength` enters the schedule (diffusers' img2img pipeline:
-    get_timesteps, then add_noise). Each seed's CPU generator draws, in the torch path's order,
-    the starting noise (which img2img leaves unused), then the latents' sample of the
-    encoder's distribution, then the noise added."""
+    """Where a request's pictures start and what holds them, as the torch pipeline does it:
+    txt2img from each seed's noise over the whole schedule; img2img and variations from the input
+    picture's latents, noised to where `strength` enters the schedule (diffusers' img2img
+    pipeline: get_timesteps, then add_noise); inpaint and outpaint as diffusers' inpaint pipeline
+    runs a plain (4-channel) UNet: from noise at strength 1, else from the picture's latents
+    noised as img2img's, and after every step the kept area put back (`Kept`). Each seed's CPU
+    generator draws, in the torch path's order, the starting noise (which img2img leaves unused;
+    inpaint at strength 1 starts from it, and noises the kept area with it), then the latents'
+    sample of the encoder's distribution, then (below strength 1) the noise added."""
 
     def __init__(self, request: GenerationRequest, prepared: PreparedInput, facts: ModelFacts):
         self.request, self.prepared, self.facts = request, prepared, facts
         self.image_mode = request.mode != "txt2img"
+        self.masked = request.mode in MASKED_MODES
         self.strength = request.effective_strength if self.image_mode else 1.0
-        self.untouched = self.image_mode and self.strength == 0
+        self.untouched = self.image_mode and not self.masked and self.strength == 0
         self.steps = sampler_steps(request.mode, request.steps, self.strength)
         self.shape = (facts.latent_channels, prepared.height // facts.vae_scale, prepared.width // facts.vae_scale)
         self._encoded: np.ndarray | None = None
@@ -462,15 +469,24 @@ class Start:
             sampler.begin_at(self.steps - min(int(self.steps * self.strength), self.steps))
         return sampler
 
-    def latents(self, bundle: OpenVINOBundle, seeds: list[int], sampler) -> np.ndarray:
-        """[N, C, h, w]: each seed's starting latents for `sampler` (made by `sampler()`)."""
+    def latents(self, bundle: OpenVINOBundle, seeds: list[int], sampler) -> tuple[np.ndarray, "Kept | None"]:
+        """[N, C, h, w]: each seed's starting latents for `sampler` (made by `sampler()`), and
+        for inpaint and outpaint what keeps the unmasked area."""
         generators = [TorchCPUGenerator(seed) for seed in seeds]
-        noise = np.stack([generator.randn(self.shape) for generator in generators])
+
+        def draw() -> np.ndarray:
+            return np.stack([generator.randn(self.shape) for generator in generators])
+
+        noise = draw()
         if not self.image_mode:
-            return noise * np.float32(sampler.init_noise_sigma)
+            return noise * np.float32(sampler.init_noise_sigma), None
         mean, spread = np.split(self.encoded(bundle)[0], 2)
-        sampled = np.stack([mean + spread * generator.randn(self.shape) for generator in generators])
-        return sampler.add_noise(sampled, np.stack([generator.randn(self.shape) for generator in generators]))
+        sampled = mean + spread * draw()
+        if self.masked and self.strength >= 1.0:
+            return noise * np.float32(sampler.init_noise_sigma), Kept(sampled, noise, self.latent_mask())
+        noise = draw()
+        latents = sampler.add_noise(sampled, noise)
+        return latents, (Kept(sampled, noise, self.latent_mask()) if self.masked else None)
 
     def encoded(self, bundle: OpenVINOBundle) -> np.ndarray:
         """The input picture's latent distribution [1, 2C, h, w] (mean, spread; scaled), encoded once."""
@@ -481,12 +497,37 @@ class Start:
             bundle.release_memory("encoder")
         return self._encoded
 
+    def latent_mask(self) -> np.ndarray:
+        """[1, 1, h, w], 1 where the picture is repainted: the mask binarized at half and taken at
+        every vae_scale-th pixel (diffusers' mask processor, then nearest interpolation)."""
+        mask = np.asarray(self.prepared.mask.convert("L"), dtype=np.float32) / np.float32(255.0)
+        scale = self.facts.vae_scale
+        return (mask >= 0.5).astype(np.float32)[::scale, ::scale][None, None]
+
+
+@dataclass(frozen=True)
+class Kept:
+    """What inpaint and outpaint put back after every step outside the mask: the input's latents
+    noised to the next step's level (the last step: as they are), as diffusers' inpaint pipeline
+    does with a 4-channel UNet."""
+
+    image: np.ndarray  # [N, C, h, w] the input picture's sampled latents
+    noise: np.ndarray  # [N, C, h, w] the noise they are noised with
+    mask: np.ndarray  # [1, 1, h, w] 1 where repainted
+
+    def put_back(self, latents: np.ndarray, sampler) -> np.ndarray:
+        """`latents` after a step of `sampler`, the kept area replaced."""
+        proper = self.image
+        if sampler.step_index < len(sampler.timesteps):
+            proper = sampler.add_noise(self.image, self.noise)
+        return (np.float32(1.0) - self.mask) * proper + self.mask * latents
+
 
 def denoise(request: GenerationRequest, bundle: OpenVINOBundle, start: Start, seeds: list[int], cond: np.ndarray,
             uncond: np.ndarray, batch: int, progress: Progress) -> np.ndarray:
     """One batch's latents after the request's steps, from where `start` says."""
     sampler = start.sampler()
-    latents = start.latents(bundle, seeds, sampler)
+    latents, kept = start.latents(bundle, seeds, sampler)
     scale = request.guidance_scale()
     guided = scale > 1  # as diffusers: no unconditioned pass at CFG 1 or below
     states = np.concatenate([uncond, cond]) if guided else cond
@@ -500,6 +541,8 @@ def denoise(request: GenerationRequest, bundle: OpenVINOBundle, start: Start, se
             out_uncond, out_cond = np.split(out, 2)
             out = out_uncond + np.float32(scale) * (out_cond - out_uncond)
         latents = sampler.step(out, latents)
+        if kept is not None:
+            latents = kept.put_back(latents, sampler)
         done = step + 1
         preview = None
         if progress.previews and (done % PREVIEW_EVERY == 0 or done == total):

@@ -1,5 +1,5 @@
-"""What a run starts from: the input picture and mask at the size the model works at (and what
-its results are brought back to), and the steps an image mode asks of its sampler. Torch-free:
+"""What a run starts from: the input picture and mask at the size the model works at, how its
+results are brought back to the input's size, and the steps an image mode asks of its sampler. Torch-free:
 the torch pipeline (batches.py) and the OpenVINO path (compiled.py) prepare their inputs alike.
 """
 
@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 from PIL import Image
 
-from .images import load_image, load_mask, outpaint_canvas, pad_to_multiple, round_to_8, to_rgb, txt2img_size, working_factor
+from .images import composite, feathered_alpha, load_image, load_mask, outpaint_canvas, pad_to_multiple, round_to_8, to_rgb, txt2img_size, working_factor
 from .request import GenerationRequest
 
 
@@ -69,3 +70,21 @@ def denoising_steps(steps: int, strength: float) -> int:
     return max(steps, math.ceil(1 / strength)) if strength > 0 else steps
 
 
+
+
+def bring_back(pictures: list[Image.Image], prepared: PreparedInput, mask_blur: int,
+               enlarge: Callable[[list[Image.Image], int], list[Image.Image]]) -> list[Image.Image]:
+    """A batch at the input's size: enlarged back when the model worked smaller (`enlarge`:
+    pictures and a factor to those pictures that many times larger), the kept pixels of the input
+    put back exactly (the seam feathered inward only, `mask_blur` pixels), padding cut off."""
+    if prepared.factor > 1:
+        pictures = enlarge(pictures, prepared.factor)
+        if prepared.target is not None:
+            size = prepared.target.size
+            pictures = [p if p.size == size else p.resize(size, Image.LANCZOS) for p in pictures]
+    if prepared.target_mask is not None:
+        alpha = feathered_alpha(prepared.target_mask, mask_blur)
+        pictures = [composite(prepared.target, picture, alpha) for picture in pictures]
+    if prepared.crop:
+        pictures = [picture.crop((0, 0) + prepared.crop) for picture in pictures]
+    return pictures
