@@ -242,6 +242,18 @@ def assert_close(mine: np.ndarray, reference) -> None:
     assert relative_difference(mine, reference) <= TOLERANCE
 
 
+def step_both(sampler, reference, mine: np.ndarray, theirs: torch.Tensor, begin: int, rng) -> None:
+    """Both samplers from timestep `begin` to the end, fed the same random 'model outputs': the
+    UNet's input and each step's sample alike."""
+    for index, t in enumerate(reference.timesteps[begin:]):
+        assert sampler.step_index == begin + index
+        assert_close(sampler.scale_model_input(mine), reference.scale_model_input(theirs, t))
+        output = rng.standard_normal(SAMPLE_SHAPE, dtype=np.float32)
+        mine = sampler.step(output, mine)
+        theirs = reference.step(torch.from_numpy(output), t, theirs).prev_sample
+        assert_close(mine, theirs)
+
+
 @pytest.mark.parametrize("name", SAMPLER_NAMES)
 @pytest.mark.parametrize("config_name", CONFIGS)
 @pytest.mark.parametrize("steps", STEP_COUNTS)
@@ -274,13 +286,7 @@ def test_sampling_matches_diffusers(name, config_name, steps):
     mine = start * np.float32(sampler.init_noise_sigma)
     theirs = torch.from_numpy(start) * reference.init_noise_sigma
     assert_close(mine, theirs)
-    for index, t in enumerate(reference.timesteps):
-        assert sampler.step_index == index
-        assert_close(sampler.scale_model_input(mine), reference.scale_model_input(theirs, t))
-        output = rng.standard_normal(SAMPLE_SHAPE, dtype=np.float32)
-        mine = sampler.step(output, mine)
-        theirs = reference.step(torch.from_numpy(output), t, theirs).prev_sample
-        assert_close(mine, theirs)
+    step_both(sampler, reference, mine, theirs, 0, rng)
     assert sampler.step_index == steps
 
 
@@ -299,18 +305,12 @@ def test_img2img_matches_diffusers(name, config_name, strength):
     sampler.begin_at(begin)
     rng = np.random.default_rng(int(strength * 100) + len(config_name))
     original, noise = (rng.standard_normal(SAMPLE_SHAPE, dtype=np.float32) for _ in range(2))
-    timesteps = reference.timesteps[begin:]
-    theirs = reference.add_noise(torch.from_numpy(original), torch.from_numpy(noise), timesteps[:1].repeat(2))
+    first = reference.timesteps[begin:begin + 1]
+    theirs = reference.add_noise(torch.from_numpy(original), torch.from_numpy(noise), first.repeat(2))
     mine = sampler.add_noise(original, noise)
     assert_close(mine, theirs)
     assert not np.allclose(mine, original)  # noised
-    for index, t in enumerate(timesteps):
-        assert sampler.step_index == begin + index
-        assert_close(sampler.scale_model_input(mine), reference.scale_model_input(theirs, t))
-        output = rng.standard_normal(SAMPLE_SHAPE, dtype=np.float32)
-        mine = sampler.step(output, mine)
-        theirs = reference.step(torch.from_numpy(output), t, theirs).prev_sample
-        assert_close(mine, theirs)
+    step_both(sampler, reference, mine, theirs, begin, rng)
     assert sampler.step_index == steps
 
 
