@@ -1,6 +1,6 @@
 """What a run starts from: the input picture and mask at the size the model works at, how its
-results are brought back to the input's size, and the steps an image mode asks of its sampler. Torch-free:
-the torch pipeline (batches.py) and the OpenVINO path (compiled.py) prepare their inputs alike.
+results are brought back to the input's size, and the steps an image mode asks of its sampler.
+Torch-free: the torch pipeline (batches.py) and the OpenVINO path (compiled.py) share them.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from typing import Callable
 
 from PIL import Image
 
-from .images import composite, feathered_alpha, load_image, load_mask, outpaint_canvas, pad_to_multiple, round_to_8, to_rgb, txt2img_size, working_factor
+from .images import (composite, feathered_alpha, load_image, load_mask, outpaint_canvas, pad_to_multiple, round_to_8,
+                     to_rgb, txt2img_size, working_factor)
 from .request import GenerationRequest
 
 
@@ -68,8 +69,6 @@ def prepare_input(request: GenerationRequest, components) -> PreparedInput:
 def denoising_steps(steps: int, strength: float) -> int:
     """Steps to ask of an img2img pipeline so it runs at least one step (it runs steps*strength)."""
     return max(steps, math.ceil(1 / strength)) if strength > 0 else steps
-
-
 
 
 def bring_back(pictures: list[Image.Image], prepared: PreparedInput, mask_blur: int,

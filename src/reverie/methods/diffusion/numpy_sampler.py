@@ -157,7 +157,7 @@ class DPMSolver2M(_Steps):
         return np.asarray(sample, dtype=_F32)
 
     def add_noise(self, original: np.ndarray, noise: np.ndarray) -> np.ndarray:
-        """`original` latents noised to the current timestep, as diffusers' add_noise for img2img:
+        """`original` latents noised to the current timestep, as diffusers' add_noise for the image modes:
         alpha_t * original + sigma_t * noise, in float32."""
         alpha, sigma = _alpha_sigma(self.sigmas[self._index])
         return alpha * np.asarray(original, dtype=_F32) + sigma * np.asarray(noise, dtype=_F32)
@@ -228,7 +228,7 @@ class EulerDiscrete(_Steps):
         return np.asarray(sample, dtype=_F32) / np.sqrt(sigma * sigma + _F32(1.0))
 
     def add_noise(self, original: np.ndarray, noise: np.ndarray) -> np.ndarray:
-        """`original` latents noised to the current timestep, as diffusers' add_noise for img2img:
+        """`original` latents noised to the current timestep, as diffusers' add_noise for the image modes:
         original + noise * sigma, in float32."""
         return np.asarray(original, dtype=_F32) + np.asarray(noise, dtype=_F32) * self.sigmas[self._index]
 
