@@ -9,7 +9,7 @@ def _run(request, models, progress, outputs):
     from .request import resolve
 
     request = resolve(request)
-    if compiled.serves(request, progress.previews):  # reverie-mini on OpenVINO alone: no torch imported
+    if compiled.serves(request, progress.previews):  # on OpenVINO alone (mini, SD): no torch imported
         try:
             return compiled.run(request, models, progress, outputs)
         except compiled.BundleUnavailable:  # before any picture: the torch pipeline makes them
