@@ -78,7 +78,7 @@ def test_sd1_and_sd2_shapes_are_used_by_name(folder, name, width):
     assert [e.name for e in used] == [name] and embedding.token() in text
     ids = components.tokenizer(text, add_special_tokens=False).input_ids
     rows = components.text_encoder.get_input_embeddings().weight[[i for i in ids if i >= 49408]]
-    assert torch.equal(rows, embedding.first)  # each vector is its own token
+    assert torch.equal(rows, torch.from_numpy(embedding.first))  # each vector is its own token
     again, _ = use_embeddings(components, [f"{name}"])  # idempotent: no second copy of the tokens
     assert len(components.tokenizer) == 49408 + embedding.first.shape[0]
 

@@ -177,6 +177,32 @@ def ours_name(tmp_path, index: int) -> str:
     return sorted(path.name for path in (tmp_path / "ours0").glob("*.png"))[index]
 
 
+def test_embeddings_are_the_torch_pipelines(tmp_path, monkeypatch):
+    """A textual-inversion embedding named in a prompt (two vectors, weighted, and in the
+    negative prompt): its tokens' rows reach the text encoder here as on torch."""
+    from safetensors.numpy import save_file
+
+    monkeypatch.setenv("REVERIE_MODELS", str(tmp_path / "models"))
+    (tmp_path / "models" / "embeddings").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name, count in (("inkcat", 2), ("blurry-mess", 1)):  # vectors as large as MiniLM's own rows
+        save_file({"emb_params": (rng.standard_normal((count, 384)) * 0.05).astype(np.float32)},
+                  tmp_path / "models" / "embeddings" / f"{name}.safetensors")
+    request = request_for(prompt="a (inkcat:1.2) on a table", negative_prompt="blurry-mess", n_samples=2, steps=6,
+                          dtype="fp32")
+    assert compiled.serves(request)
+    ours, theirs = make(tmp_path, "ours", request), make(tmp_path, "theirs", request, full_run)
+    without = make(tmp_path, "without", request.model_copy(update={"prompt": "a (cat:1.2) on a table"}))
+    for a, b, c in zip(ours.images, theirs.images, without.images, strict=True):
+        assert psnr(pixels(a.image), pixels(b.image)) > 45, psnr(pixels(a.image), pixels(b.image))
+        assert psnr(pixels(a.image), pixels(c.image)) < 25  # the embedding's rows, not some word's
+    assert "TI hashes" in Image.open(ours.images[0].path).info["parameters"]
+    # ... another embedding's width, or a LoRA, leaves the request to the torch pipeline
+    save_file({"emb_params": np.zeros((1, 768), np.float32)}, tmp_path / "models" / "embeddings" / "sd1thing.safetensors")
+    assert not compiled.serves(request_for(prompt="a sd1thing"))
+    assert compiled.serves(request_for(prompt="a plain cat"))
+
+
 def test_a_seed_gives_its_picture_alone_or_in_a_batch_and_again(tmp_path):
     batch = make(tmp_path, "batch", request_for(seed=40, n_samples=3, steps=4))
     alone = make(tmp_path, "alone", request_for(seed=41, n_samples=1, steps=4))

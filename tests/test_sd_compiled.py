@@ -154,6 +154,28 @@ def test_inpaint_and_outpaint_are_the_torch_pipelines(sd_folder, tmp_path):
                 assert made.shape == (64, 128, 3) and np.array_equal(made[:, 72:], kept[:, 8:])
 
 
+def test_embeddings_are_the_torch_pipelines(sd_folder, tmp_path, monkeypatch):
+    """An embedding of two vectors in the prompt: CLIP's tokenizer and the torch path's loaded
+    table give its tokens the same rows as here; the picture is the torch pipeline's."""
+    from safetensors.numpy import save_file
+
+    width = json.loads((sd_folder / "text_encoder" / "config.json").read_text())["hidden_size"]
+    monkeypatch.setenv("REVERIE_MODELS", str(tmp_path / "models"))
+    (tmp_path / "models" / "embeddings").mkdir(parents=True)
+    vectors = (np.random.default_rng(1).standard_normal((2, width)) * 0.02).astype(np.float32)
+    save_file({"emb_params": vectors}, tmp_path / "models" / "embeddings" / "Storm-Style.safetensors")
+    # (no token weights: this toy CLIP's states average near zero, where the weights' rescale to
+    # the window's unweighted mean turns the runtimes' last-bit differences into visible ones)
+    request = request_for(sd_folder, prompt="a storm-style sea at night", n_samples=2, steps=5, dtype="fp32")
+    assert compiled.serves(request)
+    ours, theirs = make(tmp_path, "ours", request), make(tmp_path, "theirs", request, torch_run)
+    plain = make(tmp_path, "plain", request.model_copy(update={"prompt": "a sea at night"}))
+    for a, b, c in zip(ours.images, theirs.images, plain.images, strict=True):
+        assert psnr(pixels(a.image), pixels(b.image)) > 60, psnr(pixels(a.image), pixels(b.image))
+        assert not np.array_equal(pixels(a.image), pixels(c.image))
+    assert "TI hashes: \"Storm-Style: " in Image.open(ours.images[0].path).info["parameters"]
+
+
 def test_its_tokenizer_gives_the_models_token_ids(sd_folder, tmp_path):
     from reverie.models.registry import load_model
 

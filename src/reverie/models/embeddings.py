@@ -19,13 +19,11 @@ import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+import numpy as np
 
 from ..errors import BadCheckpoint, BadRequest
 from .components import ModelComponents
-
-if TYPE_CHECKING:
-    import torch
 
 EMBEDDING_FOLDER = "embeddings"
 EMBEDDING_SUFFIXES = (".pt", ".safetensors", ".bin")
@@ -40,14 +38,14 @@ class Embedding:
     name: str
     path: Path
     hash: str  # A1111's "TI hashes" value: the first 12 hex of the whole file's sha256
-    vectors: dict[str, torch.Tensor]
+    vectors: dict[str, np.ndarray]  # float32
 
     @property
     def width(self) -> int:
         return int(self.first.shape[-1])
 
     @property
-    def first(self) -> torch.Tensor:
+    def first(self) -> np.ndarray:
         return self.vectors.get("clip_l", self.vectors.get("emb_params"))
 
     @property
@@ -102,37 +100,66 @@ def _file_hash(path: Path) -> str:
     return digest.hexdigest()[:12]
 
 
-def _vectors(path: Path) -> dict[str, torch.Tensor]:
-    import torch  # here: listing and naming embeddings (a request's check) needs no torch
-
+def _vectors(path: Path) -> dict[str, np.ndarray]:
+    """The vectors of an embedding file, float32 [n_vectors, width] per text encoder. A
+    .safetensors file is read without torch; a .pt or .bin file is torch's format, read with
+    torch.load(weights_only=True)."""
     what = f"{path.name} is not a textual-inversion embedding"
     if path.suffix.lower() == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            state = load_file(path)
-        except Exception as exc:  # safetensors raises its own error types
-            raise BadCheckpoint(f"{what}: {exc}") from None
+        state = _safetensors_state(path, what)
     else:
+        import torch  # here: a .pt's pickle is torch's format
+
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # weights_only refuses any pickled code: say so, never retry unsafely
             raise BadCheckpoint(f"{what} reverie can read safely ({str(exc).splitlines()[0][:200]})") from None
-    vectors: dict[str, torch.Tensor] = {}
+        if isinstance(state, dict) and isinstance(state.get("string_to_param"), dict):
+            state = {**state, "string_to_param": _arrays(state["string_to_param"])}
+        state = _arrays(state) if isinstance(state, dict) else _array(state)
+    vectors: dict[str, np.ndarray] = {}
     if isinstance(state, dict) and isinstance(state.get("string_to_param"), dict) and "*" in state["string_to_param"]:
         vectors["emb_params"] = state["string_to_param"]["*"]
     elif isinstance(state, dict) and ("emb_params" in state or "clip_l" in state):
         vectors = {key: state[key] for key in ("emb_params", "clip_l", "clip_g") if key in state}
-    elif isinstance(state, dict) and len(state) == 1 and isinstance(next(iter(state.values())), torch.Tensor):
+    elif isinstance(state, dict) and len(state) == 1 and isinstance(next(iter(state.values())), np.ndarray):
         vectors["emb_params"] = next(iter(state.values()))  # diffusers' learned_embeds: {token: vector}
-    elif isinstance(state, torch.Tensor):
+    elif isinstance(state, np.ndarray):
         vectors["emb_params"] = state
-    if not vectors or not all(isinstance(v, torch.Tensor) for v in vectors.values()):
+    if not vectors or not all(isinstance(v, np.ndarray) for v in vectors.values()):
         raise BadCheckpoint(f"{what}: expected string_to_param (A1111 .pt), emb_params or clip_l/clip_g (.safetensors)")
-    vectors = {key: (v if v.ndim == 2 else v.reshape(1, -1)).detach().float() for key, v in vectors.items()}
+    vectors = {key: (v if v.ndim == 2 else v.reshape(1, -1)).astype(np.float32) for key, v in vectors.items()}
     if any(v.ndim != 2 or v.shape[0] < 1 for v in vectors.values()):
         raise BadCheckpoint(f"{what}: its vectors have shape {[tuple(v.shape) for v in vectors.values()]}")
     return vectors
+
+
+def _safetensors_state(path: Path, what: str) -> dict[str, np.ndarray]:
+    """A .safetensors file's tensors as NumPy arrays, without torch (bf16 ones, which NumPy
+    cannot hold, through torch)."""
+    from safetensors import safe_open
+
+    try:
+        try:
+            with safe_open(path, framework="numpy") as file:
+                return {key: file.get_tensor(key) for key in file.keys()}
+        except TypeError:  # a bf16 tensor
+            from safetensors.torch import load_file
+
+            return _arrays(load_file(path))
+    except Exception as exc:  # safetensors raises its own error types
+        raise BadCheckpoint(f"{what}: {exc}") from None
+
+
+def _array(value):
+    """A torch tensor as a float32 NumPy array (other values as they are)."""
+    import torch
+
+    return value.detach().float().numpy() if isinstance(value, torch.Tensor) else value
+
+
+def _arrays(state: dict) -> dict:
+    return {key: _array(value) for key, value in state.items()}
 
 
 def embedding_names_in(text: str, names) -> list[str]:
@@ -173,7 +200,9 @@ def load_embedding(components: ModelComponents, embedding: Embedding) -> None:
     for key, tokenizer, encoder in _encoders(components):
         if embedding.token() in tokenizer.get_vocab():
             continue
-        vectors = embedding.vectors.get(key, embedding.first)
+        import torch
+
+        vectors = torch.from_numpy(embedding.vectors.get(key, embedding.first))
         weight = encoder.get_input_embeddings().weight
         _loader(components).load_textual_inversion(vectors.to(weight.dtype), token=embedding.token(),
                                                    tokenizer=tokenizer, text_encoder=encoder)
@@ -182,13 +211,20 @@ def load_embedding(components: ModelComponents, embedding: Embedding) -> None:
 def use_embeddings(components: ModelComponents, texts: list[str]) -> tuple[list[str], list[Embedding]]:
     """`texts` with every embedding name written as its tokens, and the embeddings used (loaded
     onto the cached model on first use). Texts naming no embedding come back unchanged."""
+    texts, used = written_as_tokens(texts)
+    for embedding in used:
+        load_embedding(components, embedding)
+    return texts, used
+
+
+def written_as_tokens(texts: list[str]) -> tuple[list[str], list[Embedding]]:
+    """`texts` with every embedding name written as its tokens, and the embeddings they name, in
+    the order `list_embeddings` lists them (read, not loaded onto any model; no torch)."""
     known = list_embeddings()
     if not known:
         return texts, []
     names = [name for name in known if any(_word(name).search(text) for text in texts)]
     used = [read_embedding(known[name]) for name in names]
-    for embedding in used:
-        load_embedding(components, embedding)
     out = []
     for text in texts:
         for embedding in used:

@@ -22,11 +22,11 @@ import time
 from pathlib import Path
 
 from .mini import MINI_DIR, MINI_NAME, weight_files
-from .openvino_bundle import bundle_facts, bundle_path, encoded_latents, in_fp32, save_bundle
+from .openvino_bundle import bundle_facts, bundle_path, encoded_latents, in_fp32, save_bundle, with_extra_rows
 
 log = logging.getLogger(__name__)
 
-FORMAT = 3  # bump when a part's graph or inputs change, or what done.json holds
+FORMAT = 4  # bump when a part's graph or inputs change, or what done.json holds
 
 
 def _source_files() -> list[Path]:
@@ -67,12 +67,14 @@ def make_bundle(folder: Path, precision: str) -> None:
     unet, vae, text_encoder = mini.unet, mini.vae, mini.text_encoder
     upscaler = load_upscaler(scale=2).to(memory_format=torch.contiguous_format)
     channels, states = int(unet.config.in_channels), int(unet.config.cross_attention_dim)
+    vocab, width = text_encoder.get_input_embeddings().weight.shape
     scaling = float(vae.config.scaling_factor)
     ids = torch.ones(2, 8, dtype=torch.int64)
     parts = {
-        # token ids and mask [n, L] -> token states [n, L, D], fp32
-        "text_encoder": (in_fp32(text_encoder, lambda m, i, mask: m(i, attention_mask=mask)[0]), (ids, ids),
-                         [([-1, -1], ov.Type.i64), ([-1, -1], ov.Type.i64)]),
+        # token ids and mask [n, L], rows for added tokens [E, D] -> token states [n, L, D], fp32
+        "text_encoder": (with_extra_rows(text_encoder, lambda m, i, mask: m(i, attention_mask=mask)[0]),
+                         (ids, ids, torch.zeros(1, width)),
+                         [([-1, -1], ov.Type.i64), ([-1, -1], ov.Type.i64), ([-1, width], ov.Type.f32)]),
         # latents, timestep, text states -> the model's output, fp32 (as the torch path's export)
         "unet": (TraceableUNet(unet), (torch.randn(2, channels, 16, 16), torch.tensor(999.0), torch.randn(2, 8, states)),
                  [([-1, channels, -1, -1], ov.Type.f32), ([], ov.Type.f32), ([-1, -1, states], ov.Type.f32)]),
@@ -87,7 +89,8 @@ def make_bundle(folder: Path, precision: str) -> None:
     }
     save_bundle(folder, parts, {"precision": precision, "model": f"{MINI_NAME} {precision}",
                                 "export_s": round(time.perf_counter() - started, 1),
-                                "latent_rgb": fit_latent_to_rgb(vae).tolist()}, replaces="model")
+                                "latent_rgb": fit_latent_to_rgb(vae).tolist(), "vocab": int(vocab),
+                                "text_width": int(width)}, replaces="model")
     for old in folder.parent.glob("mini-*"):  # made before markers named their model: replaced too
         made = bundle_facts(old)
         if old != folder and "model" not in made and made.get("precision") == precision:

@@ -156,6 +156,45 @@ def in_fp32(module, call=None):
     return InFp32().eval()
 
 
+def with_extra_rows(encoder, call):
+    """A text encoder (run by `call(encoder, *inputs)`) answering in fp32 that takes one more
+    input, last: rows [E, width] for the token ids past its own table (from `vocab` on, in
+    order), as a textual-inversion embedding's vectors are its added tokens' rows. Its input
+    table is wrapped in place: the encoder is the export's own copy."""
+    import torch
+
+    table = encoder.get_input_embeddings()
+    vocab = int(table.num_embeddings)
+
+    class Rows(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.table, self.rows = table, None
+
+        @property
+        def weight(self):  # encoders read their table's weight for its dtype and device
+            return self.table.weight
+
+        def forward(self, ids):
+            own = self.table(ids.clamp(max=vocab - 1))
+            added = self.rows.to(own.dtype)[(ids - vocab).clamp(min=0)]
+            return torch.where((ids >= vocab).unsqueeze(-1), added, own)
+
+    rows = Rows()
+    encoder.set_input_embeddings(rows)
+
+    class WithRows(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner, self.added = encoder, rows
+
+        def forward(self, *inputs):
+            self.added.rows = inputs[-1]
+            return call(self.inner, *inputs[:-1]).float()
+
+    return WithRows().eval()
+
+
 def encoded_latents(vae, pixels, scaling: float):
     """A VAE's encoding of `pixels` for img2img: its latent distribution's mean and standard
     deviation side by side on the channels, times the scaling factor (a sample of it is

@@ -29,11 +29,11 @@ from pathlib import Path
 
 from .checkpoint_header import (CLIP_PREFIX, CONFIGS_DIR, OPEN_CLIP_PREFIX, UNET_PREFIX, prediction_type_of,
                                 read_header, shipped_config_name)
-from .openvino_bundle import bundle_path, encoded_latents, in_fp32, save_bundle
+from .openvino_bundle import bundle_path, encoded_latents, in_fp32, save_bundle, with_extra_rows
 
 log = logging.getLogger(__name__)
 
-FORMAT = 2  # bump when a part's graph or inputs change, or what done.json holds
+FORMAT = 3  # bump when a part's graph or inputs change, or what done.json holds
 FOLDER_PARTS = ("unet", "text_encoder", "vae", "tokenizer", "scheduler")
 UNET_INPUT_KEY = UNET_PREFIX + "input_blocks.0.0.weight"
 SD1_TEXT_KEY = CLIP_PREFIX + "embeddings.token_embedding.weight"
@@ -50,6 +50,7 @@ class SDSource:
     native_size: int
     unet_parameters: int  # counted from the weight files' headers
     scheduler_folder: Path  # its noise schedule's config (a file's: the one single_file.py loads it with)
+    text_width: int  # its text encoder's token width (an embedding's vectors must be as wide)
     prediction_type: str | None = None  # a file's, as single_file.py resolves it (None: the folder's config says)
 
     def scheduler_config(self) -> dict:
@@ -90,7 +91,11 @@ def _folder_source(folder: Path) -> SDSource | None:
     parameters = sum(math.prod(entry["shape"]) for f in weights for key, entry in (read_header(f) or {}).items()
                      if key != "__metadata__")
     side = int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
-    return SDSource(folder, tuple(files), side, parameters, folder / "scheduler")
+    return SDSource(folder, tuple(files), side, parameters, folder / "scheduler", _text_width(folder))
+
+
+def _text_width(folder: Path) -> int:
+    return int(json.loads((folder / "text_encoder" / "config.json").read_text())["hidden_size"])
 
 
 def _plain_unet(config: dict) -> bool:
@@ -116,7 +121,7 @@ def _file_source(file: Path) -> SDSource | None:
     vae = json.loads((config / "vae" / "config.json").read_text())
     side = int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
     parameters = sum(math.prod(entry["shape"]) for key, entry in header.items() if key.startswith(UNET_PREFIX))
-    return SDSource(file, (file,), side, parameters, config / "scheduler", prediction)
+    return SDSource(file, (file,), side, parameters, config / "scheduler", _text_width(config), prediction)
 
 
 def sd_bundle_folder(source: SDSource, precision: str, cache: Path | None = None) -> Path:
@@ -148,11 +153,14 @@ def make_sd_bundle(source: SDSource, folder: Path, precision: str) -> None:
         raise ExportFailed(blocked)
     unet_ir = OpenVINOUNet.load(unet, components.source).folder / IR_NAME
     channels, scaling = int(unet.config.in_channels), float(vae.config.scaling_factor)
+    vocab, width = text_encoder.get_input_embeddings().weight.shape
     parts = {
         "unet": unet_ir,  # latents, timestep, text states -> the model's output, fp32
-        # token ids [n, 77] -> last hidden states [n, 77, D], fp32; unmasked, as SD was trained
-        "text_encoder": (in_fp32(text_encoder, lambda m, ids: m(ids)[0]), (torch.ones(1, 77, dtype=torch.int64),),
-                         [([-1, -1], ov.Type.i64)]),
+        # token ids [n, 77], rows for added tokens [E, D] -> last hidden states [n, 77, D], fp32;
+        # unmasked, as SD was trained
+        "text_encoder": (with_extra_rows(text_encoder, lambda m, ids: m(ids)[0]),
+                         (torch.ones(1, 77, dtype=torch.int64), torch.zeros(1, width)),
+                         [([-1, -1], ov.Type.i64), ([-1, width], ov.Type.f32)]),
         # latents -> pixels in [-1, 1] (unclamped), as the pipeline decodes: latents / scaling_factor
         "decoder": (in_fp32(vae, lambda m, z: m.decode((z / scaling).to(dtype), return_dict=False)[0]),
                     (torch.randn(1, channels, 16, 16),), [([-1, channels, -1, -1], ov.Type.f32)]),
@@ -169,6 +177,7 @@ def make_sd_bundle(source: SDSource, folder: Path, precision: str) -> None:
         "tokenizer": {name: getattr(tokenizer, name) for name in ("bos_token_id", "eos_token_id", "pad_token_id",
                                                                    "model_max_length")},
         "text_mask": False, "latent_rgb": latent_rgb, "name": components.name,
+        "vocab": int(vocab), "text_width": int(width),
     }
     del components
     save_bundle(folder, parts, facts, replaces="model", extra_files={"tokenizer.json": _tokenizer_json(tokenizer)})

@@ -11,23 +11,23 @@ SD pipeline folder, an SD 1.x or 2.x .safetensors file), on the CPU under runtim
 Euler), at most 512 px a side for mini (192 with its x2 upscale) and 768 for SD (multiples of
 64, at most four 512 px pictures' worth a batch); for an image mode that is the size the input
 picture is worked at (mini works on a larger one at half its size and enlarges the result back).
-A plain prompt (weights, negative, templates and styles; no LoRAs or embeddings), without the
-options only the torch pipeline has (seamless tiles, step caching, chaos below 100, a tiny
-decoder, a refiner, prompt expansion, SD's upscale). Live previews are drawn here with the VAE's
-linear latent->RGB map (unless a tiny decoder in the models folder would draw them); best-of-N
-and scores import torch for their CLIP, the pictures still come from here. `run` then makes its
-pictures from the model's bundle (models/openvino_bundle.py: its text encoder, UNet, VAE decoder
-and encoder, and mini's x2 upscaler, exported once, on the first such request: the one time
-torch is imported) the way run.py's pipeline does, step for step: the text encoder's token
-states (prompts/tokens.py frames them), each seed's starting noise as torch's CPU generator
-draws it (torch_noise.py) or, for an image mode, the input picture's latents noised to where its
-strength enters the schedule (`Start`), classifier-free guidance over the CFG batch, the sampler
-(inpaint and outpaint: the kept area put back after each step, `Kept`), the decode, mini's
-upscale, the input's kept pixels put back (inputs.bring_back, as run.py). Between the parts the
-values stay in fp32 (the torch pipeline holds its latents in the request's dtype: rounding them
-to bf16 here too brought the pictures no closer), so the pictures are the torch path's up to the
-runtimes' kernels and that rounding: the same pictures to the eye (tests/test_mini_compiled.py,
-tests/test_sd_compiled.py).
+A prompt with weights, a negative, templates, styles and textual-inversion embeddings (no
+LoRAs), without the options only the torch pipeline has (seamless tiles, step caching, chaos
+below 100, a tiny decoder, a refiner, prompt expansion, SD's upscale). Live previews are drawn
+here with the VAE's linear latent->RGB map (unless a tiny decoder in the models folder would
+draw them); best-of-N and scores import torch for their CLIP, the pictures still come from here.
+`run` then makes its pictures from the model's bundle (models/openvino_bundle.py: its text
+encoder, UNet, VAE decoder and encoder, and mini's x2 upscaler, exported once, on the first such
+request: the one time torch is imported) the way run.py's pipeline does, step for step: the text
+encoder's token states (prompts/tokens.py frames them), each seed's starting noise as torch's
+CPU generator draws it (torch_noise.py) or, for an image mode, the input picture's latents
+noised to where its strength enters the schedule (`Start`), classifier-free guidance over the
+CFG batch, the sampler (inpaint and outpaint: the kept area put back after each step, `Kept`),
+the decode, mini's upscale, the input's kept pixels put back (inputs.bring_back, as run.py).
+Between the parts the values stay in fp32 (the torch pipeline holds its latents in the request's
+dtype: rounding them to bf16 here too brought the pictures no closer), so the pictures are the
+torch path's up to the runtimes' kernels and that rounding: the same pictures to the eye
+(tests/test_mini_compiled.py, tests/test_sd_compiled.py).
 Anything else runs on run.py, as before.
 """
 
@@ -46,11 +46,12 @@ from types import SimpleNamespace
 import numpy as np
 from PIL import Image
 
-from ...errors import BadRequest, ImageInputError, ModelNotFound
+from ...errors import BadCheckpoint, BadRequest, ImageInputError, ModelNotFound
 from ...host import is_x86, this_cpu_native_bf16
 from ...models.cache import ModelCache
 from ...models.components import SamplingDefaults
 from ...models.mini import DEFAULT_UPSCALE, MINI_DIR, MINI_NAME, SAMPLING_DEFAULTS, mini_installed
+from ...models.embeddings import written_as_tokens
 from ...models.mini_bundle import bundle_folder, make_bundle
 from ...models.openvino_bundle import OpenVINOBundle, bundle_facts, bundle_made, precision_of
 from ...models.registry import find_path
@@ -93,6 +94,7 @@ class ModelFacts:
     sampling: SamplingDefaults  # what a request leaves out
     max_side: int  # pixels a side this path draws at most (larger: run.py)
     default_upscale: int  # the upscale factor a request leaves out asks for
+    text_width: int  # its text encoder's token width (an embedding's vectors must be as wide)
 
 
 @cache
@@ -103,7 +105,13 @@ def mini_facts(folder: Path = MINI_DIR) -> ModelFacts:
     return ModelFacts(MINI_NAME, int(unet["sample_size"]) * scale, scale * 2 ** (len(unet["block_out_channels"]) - 1),
                       int(vae["latent_channels"]), scale,
                       json.loads((folder / "scheduler" / "scheduler_config.json").read_text()), SAMPLING_DEFAULTS,
-                      MAX_SIDE, DEFAULT_UPSCALE)
+                      MAX_SIDE, DEFAULT_UPSCALE, _minilm_width())
+
+
+def _minilm_width() -> int:
+    from ...models.minilm import model_path
+
+    return int(json.loads((Path(model_path()) / "config.json").read_text())["hidden_size"])
 
 
 def sd_facts(source: SDSource, folder: Path | None = None) -> ModelFacts:
@@ -117,7 +125,7 @@ def sd_facts(source: SDSource, folder: Path | None = None) -> ModelFacts:
         config = source.scheduler_config()
         name, latent_channels, vae_scale = (source.path.name if source.path.is_dir() else source.path.stem), 4, 8
     return ModelFacts(name, done.get("native_size", source.native_size), SD_SIZE_MULTIPLE, latent_channels, vae_scale,
-                      config, GENERATION_DEFAULTS, SD_MAX_SIDE, 1)
+                      config, GENERATION_DEFAULTS, SD_MAX_SIDE, 1, done.get("text_width", source.text_width))
 
 
 def served_model(request: GenerationRequest) -> tuple[SDSource | None, ModelFacts] | None:
@@ -189,7 +197,7 @@ def serves(request: GenerationRequest, previews: bool = False) -> bool:
     if not _sampler_runs(request.sampler or facts.sampling.sampler, facts.scheduler_config,
                          sampler_steps(request.mode, request.steps or facts.sampling.steps, request.effective_strength)):
         return False
-    return not _names_networks(request)
+    return not _networks_unserved(request, facts)
 
 
 def _sampler_runs(name: str, scheduler_config: dict, steps: int) -> bool:
@@ -223,16 +231,25 @@ def _tiny_decoder_present() -> bool:
     return True
 
 
-def _names_networks(request: GenerationRequest) -> bool:
-    """Whether any picture's prompt names a LoRA or a textual-inversion embedding."""
-    from ...models.embeddings import embedding_names_in, list_embeddings
+def _networks_unserved(request: GenerationRequest, facts: ModelFacts) -> bool:
+    """Whether any picture's prompt names a LoRA, or an embedding this model's text encoder
+    cannot take here (unreadable, of another width, SDXL's pair): run.py says why."""
+    from ...models.embeddings import embedding_names_in, list_embeddings, read_embedding
 
     plan, known = prompt_plan(request), list_embeddings()
+    named: set[str] = set()
     for seed in request.image_seeds():
         prompt = plan(seed)
         if extract_pair(prompt.prompt, prompt.negative_prompt)[2]:
             return True
-        if known and embedding_names_in(prompt.prompt + "\n" + prompt.negative_prompt, known):
+        if known:
+            named.update(embedding_names_in(prompt.prompt + "\n" + prompt.negative_prompt, known))
+    for name in named:
+        try:
+            embedding = read_embedding(known[name])
+        except (BadCheckpoint, OSError):
+            return True
+        if "clip_g" in embedding.vectors or embedding.width != facts.text_width:
             return True
     return False
 
@@ -303,8 +320,10 @@ def make_batches(request: GenerationRequest, bundle: OpenVINOBundle, tokenizer: 
         if start.untouched:  # an image mode at strength 0: nothing to denoise, the picture itself
             yield [(prepared.image.copy(), seed) for seed in seeds]
             continue
-        pairs = [(plan(seed).prompt, plan(seed).negative_prompt) for seed in seeds]
-        cond, uncond = encode_pairs(pairs, tokenizer, bundle, encoded)
+        # embedding names written as their tokens, as the torch path's networks.batch_prompts writes them
+        texts, used = written_as_tokens([text for seed in seeds for text in (plan(seed).prompt, plan(seed).negative_prompt)])
+        tokenizer.add_embeddings(used)
+        cond, uncond = encode_pairs(list(zip(texts[0::2], texts[1::2])), tokenizer, bundle, encoded)
         latents = denoise(request, bundle, start, seeds, cond, uncond, batch, progress)
         progress(ProgressEvent("decode", batch=batch, batches=request.batch_count()))
         yield list(zip(decode(bundle, latents), seeds))
@@ -377,6 +396,8 @@ class BundleTokenizer:
         self._tokenizer = Tokenizer.from_file(str(path))
         self._tokenizer.no_truncation()
         self._tokenizer.no_padding()
+        self._added: dict[str, np.ndarray] = {}  # textual-inversion tokens and their rows, in id order
+        self.vocab, self.width = self._tokenizer.get_vocab_size(), 0  # the bundle's say (`of`)
         for name, value in special.items():
             setattr(self, name, value)
         self.masks = masks
@@ -385,8 +406,33 @@ class BundleTokenizer:
     def of(cls, bundle: OpenVINOBundle) -> "BundleTokenizer":
         """The tokenizer of a bundle's text encoder: SD's in the bundle, MiniLM's beside its weights."""
         if "tokenizer" in bundle.facts:
-            return cls(bundle.folder / "tokenizer.json", bundle.facts["tokenizer"], bundle.facts["text_mask"])
-        return cls.minilm()
+            tokenizer = cls(bundle.folder / "tokenizer.json", bundle.facts["tokenizer"], bundle.facts["text_mask"])
+        else:
+            tokenizer = cls.minilm()
+        tokenizer.vocab, tokenizer.width = bundle.facts["vocab"], bundle.facts["text_width"]
+        return tokenizer
+
+    def add_embeddings(self, embeddings) -> None:
+        """Take the tokens of textual-inversion `embeddings` (models/embeddings.py: their names
+        written as these tokens), once each: token ids from the encoder's table size on, their
+        rows the embeddings' vectors, given to the text encoder with every call (`rows`)."""
+        from tokenizers import AddedToken
+
+        for embedding in embeddings:
+            for token, vector in zip(embedding.tokens(), embedding.first):
+                if token in self._added:
+                    continue
+                self._tokenizer.add_tokens([AddedToken(token)])
+                if self._tokenizer.token_to_id(token) != self.vocab + len(self._added):
+                    raise BadRequest("prompt", f"embedding {embedding.name}'s token {token} did not get the next id "
+                                               "after the text encoder's table; run it with --runtime torch")
+                self._added[token] = vector
+
+    def rows(self) -> np.ndarray:
+        """[E, width]: the added tokens' rows, in id order (one row of zeros when none: no id reads it)."""
+        if not self._added:
+            return np.zeros((1, self.width), np.float32)
+        return np.stack(list(self._added.values())).astype(np.float32)
 
     @classmethod
     def minilm(cls) -> "BundleTokenizer":
@@ -415,17 +461,17 @@ def encode_pairs(pairs: list[tuple[str, str]], tokenizer: BundleTokenizer, bundl
     for pair, sides in chunked.items():
         if (pair, n_chunks) not in encoded:
             encoded[(pair, n_chunks)] = tuple(
-                _encode_chunks(chunks + [TokenChunk() for _ in range(n_chunks - len(chunks))], window, tokenizer.masks,
+                _encode_chunks(chunks + [TokenChunk() for _ in range(n_chunks - len(chunks))], window, tokenizer,
                                bundle)
                 for chunks in sides)
     rows = [encoded[(pair, n_chunks)] for pair in pairs]
     return np.concatenate([cond for cond, _ in rows]), np.concatenate([uncond for _, uncond in rows])
 
 
-def _encode_chunks(chunks: list[TokenChunk], window, masks: bool, bundle: OpenVINOBundle) -> np.ndarray:
+def _encode_chunks(chunks: list[TokenChunk], window, tokenizer: BundleTokenizer, bundle: OpenVINOBundle) -> np.ndarray:
     ids, mask, weights = frame_rows(chunks, window)
-    inputs = (np.asarray(ids, np.int64), np.asarray(mask, np.int64)) if masks else (np.asarray(ids, np.int64),)
-    hidden = apply_weights(bundle("text_encoder", *inputs), np.asarray(weights, np.float32))
+    inputs = (np.asarray(ids, np.int64),) + ((np.asarray(mask, np.int64),) if tokenizer.masks else ())
+    hidden = apply_weights(bundle("text_encoder", *inputs, tokenizer.rows()), np.asarray(weights, np.float32))
     return hidden.reshape(1, -1, hidden.shape[-1])
 
 
