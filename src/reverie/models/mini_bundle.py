@@ -1,7 +1,7 @@
 """reverie-mini as one OpenVINO bundle (models/openvino_bundle.py): its text encoder, UNet, VAE
-decoder and encoder and x2 upscaler, exported once and then run without torch (issue 22: a cold `reverie
-generate` spent 5.8 of its 8 s importing torch and diffusers, and a warm request ran four
-networks on two runtimes).
+decoder and encoder and x2 upscaler, exported once and then run without torch (issue 22: a cold
+`reverie generate` spent 5.8 of its 8 s importing torch and diffusers, and a warm request ran
+four networks on two runtimes).
 
 `make_bundle` (which imports torch) exports the five parts of reverie-mini as the torch path
 loads them (models/mini.py, minilm.py, upscaler.py), into one folder under the cache

@@ -3,19 +3,21 @@ encoder, UNet and VAE decoder and encoder, made once and then run without torch 
 
 On the torch pipeline an SD 1.5 picture at 512 px peaked at 3.71 GiB, of which 0.8 GiB was the
 interpreter with torch, diffusers, transformers and peft imported: more than the room between
-the weights and the 3 GiB the issue asks for. `sd_source` tells, from the files alone (no torch),
-whether a model is one this bundle serves: a diffusers folder of a StableDiffusionPipeline, or a
-.safetensors file in the original (LDM) layout of SD 1.x or 2.x (an SD 2 file's
-parameterization, 768 px v-prediction or 512 px epsilon, told from the same evidence
-single_file.py weighs: checkpoint_header.py), with a plain UNet (4 latent channels, no extra
-conditioning). `make_sd_bundle` (torch) loads the model as the torch path does (registry.load_model), takes the UNet's export from OpenVINOUNet's cache (made first if missing;
+the weights and the 3 GiB the issue asks for. `sd_source` tells, from the files alone (no
+torch), whether a model is one this bundle serves: a diffusers folder of a
+StableDiffusionPipeline, or a .safetensors file in the original (LDM) layout of SD 1.x or 2.x
+(an SD 2 file's parameterization, 768 px v-prediction or 512 px epsilon, told from the same
+evidence single_file.py weighs: checkpoint_header.py), with a plain UNet (4 latent channels, no
+extra conditioning). `make_sd_bundle` (torch) loads the model as the torch path does
+(registry.load_model), takes the UNet's export from OpenVINOUNet's cache (made first if missing;
 linked into the bundle, not copied), and exports the text encoder (token ids -> last hidden
-states, unmasked, as SD was trained), the decoder (latents / scaling factor -> pixels in
-[-1, 1]) and the encoder (pixels -> the latents' scaled mean and spread, for img2img); it writes the tokenizer as one tokenizer.json (read by the `tokenizers` library), the
-model's noise schedule, its picture size and the VAE's latent->RGB map into the marker. The
-bundle lives in `$REVERIE_CACHE/openvino/sd-<key>/`, the key naming the model's files (paths,
-sizes, modification times), the precision and the exporters' versions; a model changed on disk
-gets a new bundle, which replaces the old.
+states, unmasked, as SD was trained; textual-inversion tokens' rows as a second input), the
+decoder (latents / scaling factor -> pixels in [-1, 1]) and the encoder (pixels -> the latents'
+scaled mean and spread, for img2img); it writes the tokenizer as one tokenizer.json (read by the
+`tokenizers` library), the model's noise schedule, its picture size and the VAE's latent->RGB
+map into the marker. The bundle lives in `$REVERIE_CACHE/openvino/sd-<key>/`, the key naming the
+model's files (paths, sizes, modification times), the precision and the exporters' versions; a
+model changed on disk gets a new bundle, which replaces the old.
 """
 
 from __future__ import annotations

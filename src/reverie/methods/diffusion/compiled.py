@@ -194,8 +194,8 @@ def serves(request: GenerationRequest, previews: bool = False) -> bool:
         return False
     if source is not None and (factor != 1 or width * height * request.n_samples > SD_MAX_BATCH_PIXELS):
         return False
-    if not _sampler_runs(request.sampler or facts.sampling.sampler, facts.scheduler_config,
-                         sampler_steps(request.mode, request.steps or facts.sampling.steps, request.effective_strength)):
+    steps = sampler_steps(request.mode, request.steps or facts.sampling.steps, request.effective_strength)
+    if not _sampler_runs(request.sampler or facts.sampling.sampler, facts.scheduler_config, steps):
         return False
     return not _networks_unserved(request, facts)
 
@@ -321,7 +321,8 @@ def make_batches(request: GenerationRequest, bundle: OpenVINOBundle, tokenizer: 
             yield [(prepared.image.copy(), seed) for seed in seeds]
             continue
         # embedding names written as their tokens, as the torch path's networks.batch_prompts writes them
-        texts, used = written_as_tokens([text for seed in seeds for text in (plan(seed).prompt, plan(seed).negative_prompt)])
+        texts, used = written_as_tokens([text for seed in seeds
+                                         for text in (plan(seed).prompt, plan(seed).negative_prompt)])
         tokenizer.add_embeddings(used)
         cond, uncond = encode_pairs(list(zip(texts[0::2], texts[1::2])), tokenizer, bundle, encoded)
         latents = denoise(request, bundle, start, seeds, cond, uncond, batch, progress)
