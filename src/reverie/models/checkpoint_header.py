@@ -31,15 +31,15 @@ MODELSPEC_PREDICTION = "modelspec.prediction_type"  # kohya's and reverie's meta
 MAX_HEADER_BYTES = 100 * 2**20
 
 
-def read_header(path: Path) -> dict | None:
+def read_header(path: Path, max_bytes: int = MAX_HEADER_BYTES) -> dict | None:
     """A .safetensors file's JSON header (tensor names -> dtype, shape and offsets, and its
-    `__metadata__`), None where the file does not start with one."""
+    `__metadata__`), None where the file does not start with one of at most `max_bytes`."""
     with open(path, "rb") as f:
         head = f.read(9)
         if len(head) < 9 or head[8:9] != b"{":
             return None
         length = int.from_bytes(head[:8], "little")
-        if not 2 <= length <= min(MAX_HEADER_BYTES, path.stat().st_size - 8):
+        if not 2 <= length <= min(max_bytes, path.stat().st_size - 8):
             return None
         f.seek(8)
         try:

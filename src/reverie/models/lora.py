@@ -20,7 +20,6 @@ the base model again.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import struct
 import warnings
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import BadCheckpoint, BadRequest, ModelNotFound
+from .checkpoint_header import read_header
 from .components import ModelComponents, unet_parked
 
 LORA_FOLDERS = ("Lora", "lora", "LyCORIS")
@@ -105,14 +105,10 @@ def _looks_like_lora(keys) -> bool:
 
 def _safetensors_keys(path: Path) -> list[str] | None:
     try:
-        with open(path, "rb") as file:
-            size = struct.unpack("<Q", file.read(8))[0]
-            if size > 100_000_000:
-                return None
-            header = json.loads(file.read(size))
-    except (OSError, struct.error, ValueError, UnicodeDecodeError):
+        header = read_header(path, max_bytes=100_000_000)
+    except OSError:
         return None
-    return [key for key in header if key != "__metadata__"] if isinstance(header, dict) else None
+    return [key for key in header if key != "__metadata__"] if header is not None else None
 
 
 # ----------------------------------------------------------------------------- describing

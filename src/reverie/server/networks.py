@@ -12,12 +12,11 @@ shared; a prompt uses one by writing its name, which needs no check.
 
 from __future__ import annotations
 
-import json
-import struct
 from pathlib import Path
 
 from ..errors import BadCheckpoint, BadRequest, ModelNotFound
 from ..gallery.models import User
+from ..models.checkpoint_header import read_header
 from ..models.own_loras import own_loras
 from .state import StudioState
 
@@ -55,12 +54,10 @@ def trigger_of(path: Path) -> str | None:
     """The trigger word a LoRA was trained with, from its metadata (reverie writes
     `modelspec.description: "trigger: WORD"`); read from the header only."""
     try:
-        with open(path, "rb") as file:
-            size = struct.unpack("<Q", file.read(8))[0]
-            header = json.loads(file.read(size)) if size < 10_000_000 else {}
-    except (OSError, struct.error, ValueError, UnicodeDecodeError):
+        header = read_header(path, max_bytes=10_000_000 - 1) or {}  # a header under 10 MB
+    except OSError:
         return None
-    metadata = (header.get("__metadata__") or {}) if isinstance(header, dict) else {}
+    metadata = header.get("__metadata__") or {}
     description = str(metadata.get("modelspec.description", ""))
     if not description.startswith("trigger: "):
         return None
