@@ -179,6 +179,17 @@ def _encoders(components: ModelComponents) -> list[tuple[str, object, object]]:
     return pairs
 
 
+def with_added_rows(table, first: int, rows, ids):
+    """Token vectors of `ids` (torch) from an input-embedding `table` for the ids below `first`,
+    and from `rows` [E, width] for the ids from `first` on (id first + k: row k), the tokens an
+    embedding adds; one graph whichever ids come (an export traces it)."""
+    import torch
+
+    own = table(ids.clamp(max=first - 1))
+    added = rows.to(own.dtype)[(ids - first).clamp(min=0)]
+    return torch.where((ids >= first).unsqueeze(-1), added, own)
+
+
 def check_width(embedding: Embedding, components: ModelComponents) -> None:
     """Refuse an embedding made for another text encoder, saying what it is for."""
     for key, _, encoder in _encoders(components):

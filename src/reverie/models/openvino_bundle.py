@@ -163,6 +163,8 @@ def with_extra_rows(encoder, call):
     table is wrapped in place: the encoder is the export's own copy."""
     import torch
 
+    from .embeddings import with_added_rows
+
     table = encoder.get_input_embeddings()
     vocab = int(table.num_embeddings)
 
@@ -176,9 +178,7 @@ def with_extra_rows(encoder, call):
             return self.table.weight
 
         def forward(self, ids):
-            own = self.table(ids.clamp(max=vocab - 1))
-            added = self.rows.to(own.dtype)[(ids - vocab).clamp(min=0)]
-            return torch.where((ids >= vocab).unsqueeze(-1), added, own)
+            return with_added_rows(self.table, vocab, self.rows, ids)
 
     rows = Rows()
     encoder.set_input_embeddings(rows)

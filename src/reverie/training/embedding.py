@@ -28,6 +28,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..errors import BadRequest
+from ..models.embeddings import with_added_rows
 from ..outputs.files import atomic_write
 from .data.concept import read_concept
 from .loop import Part, TrainConfig, Trainer
@@ -70,12 +71,9 @@ class NewTokens(torch.nn.Module):
         return self.table.weight
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        new = ids >= self.first
-        out = self.table(ids.clamp(max=self.first - 1))
-        if not new.any():
-            return out
-        rows = self.vectors.to(out.dtype)[(ids - self.first).clamp(min=0)]
-        return torch.where(new.unsqueeze(-1), rows, out)
+        if not (ids >= self.first).any():
+            return self.table(ids)  # no new token: no graph to the vectors
+        return with_added_rows(self.table, self.first, self.vectors, ids)
 
 
 class Vectors(torch.nn.Module):
