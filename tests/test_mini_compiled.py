@@ -82,8 +82,8 @@ def test_live_previews_show_the_batch_as_it_comes(tmp_path):
 def test_its_tokenizer_gives_transformers_token_ids():
     from reverie.models.minilm import load_minilm
 
-    tokenizer, _ = load_minilm()
-    ours = compiled.BundleTokenizer.minilm()
+    tokenizer, encoder = load_minilm()
+    ours = compiled.BundleTokenizer.minilm(*encoder.get_input_embeddings().weight.shape)
     for text in ("red apple", "A Cat, on  a mat!!", "émoji café naïve", ",", "", "日本語", "Hello\tworld\n2nd"):
         assert ours(text, add_special_tokens=False).input_ids == tokenizer(text, add_special_tokens=False).input_ids
     assert (ours.cls_token_id, ours.sep_token_id, ours.pad_token_id) == (tokenizer.cls_token_id, tokenizer.sep_token_id,

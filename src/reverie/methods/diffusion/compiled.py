@@ -391,14 +391,14 @@ class BundleTokenizer:
 
     bos_token_id = eos_token_id = cls_token_id = sep_token_id = pad_token_id = None
 
-    def __init__(self, path: Path, special: dict, masks: bool):
+    def __init__(self, path: Path, special: dict, masks: bool, vocab: int, width: int):
         from tokenizers import Tokenizer
 
         self._tokenizer = Tokenizer.from_file(str(path))
         self._tokenizer.no_truncation()
         self._tokenizer.no_padding()
+        self.vocab, self.width = vocab, width  # the text encoder's table: its rows and their width
         self._added: dict[str, np.ndarray] = {}  # textual-inversion tokens and their rows, in id order
-        self.vocab, self.width = self._tokenizer.get_vocab_size(), 0  # the bundle's say (`of`)
         for name, value in special.items():
             setattr(self, name, value)
         self.masks = masks
@@ -406,12 +406,10 @@ class BundleTokenizer:
     @classmethod
     def of(cls, bundle: OpenVINOBundle) -> "BundleTokenizer":
         """The tokenizer of a bundle's text encoder: SD's in the bundle, MiniLM's beside its weights."""
+        table = bundle.facts["vocab"], bundle.facts["text_width"]
         if "tokenizer" in bundle.facts:
-            tokenizer = cls(bundle.folder / "tokenizer.json", bundle.facts["tokenizer"], bundle.facts["text_mask"])
-        else:
-            tokenizer = cls.minilm()
-        tokenizer.vocab, tokenizer.width = bundle.facts["vocab"], bundle.facts["text_width"]
-        return tokenizer
+            return cls(bundle.folder / "tokenizer.json", bundle.facts["tokenizer"], bundle.facts["text_mask"], *table)
+        return cls.minilm(*table)
 
     def add_embeddings(self, embeddings) -> None:
         """Take the tokens of textual-inversion `embeddings` (models/embeddings.py: their names
@@ -436,11 +434,11 @@ class BundleTokenizer:
         return np.stack(list(self._added.values())).astype(np.float32)
 
     @classmethod
-    def minilm(cls) -> "BundleTokenizer":
-        """reverie-mini's: MiniLM's, from its tokenizer.json."""
+    def minilm(cls, vocab: int, width: int) -> "BundleTokenizer":
+        """reverie-mini's: MiniLM's, from its tokenizer.json (its table: `vocab` rows `width` wide)."""
         from ...models.minilm import WINDOW, model_path
 
-        tokenizer = cls(Path(model_path()) / "tokenizer.json", {"model_max_length": WINDOW}, True)
+        tokenizer = cls(Path(model_path()) / "tokenizer.json", {"model_max_length": WINDOW}, True, vocab, width)
         tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id = (
             tokenizer._tokenizer.token_to_id(token) for token in ("[CLS]", "[SEP]", "[PAD]"))
         return tokenizer
