@@ -9,9 +9,10 @@ def _run(request, models, progress, outputs):
     from .request import resolve
 
     request = resolve(request)
-    if compiled.serves(request, progress.previews):  # on OpenVINO alone (mini, SD): no torch imported
+    plan = compiled.served(request, progress.previews)
+    if plan is not None:  # on OpenVINO alone (mini, SD): no torch imported
         try:
-            return compiled.run(request, models, progress, outputs)
+            return compiled.run(request, models, progress, outputs, plan)
         except compiled.BundleUnavailable:  # before any picture: the torch pipeline makes them
             pass
     from .run import run

@@ -153,51 +153,65 @@ def _accelerator_visible() -> bool:
     return sys.platform == "darwin" or any(Path(node).exists() for node in ("/dev/nvidiactl", "/dev/kfd"))
 
 
+@dataclass(frozen=True)
+class Served:
+    """What `served` found out about a request this path runs, which `run` starts from."""
+
+    source: SDSource | None  # the SD model's files; None for reverie-mini
+    facts: ModelFacts
+    prepared: PreparedInput  # the working size; an image mode's input picture (and mask) loaded
+
+
 def serves(request: GenerationRequest, previews: bool = False) -> bool:
     """Whether this path runs `request` (resolved: its model and seed fixed) — see the module
     docstring; decided without importing torch. `previews` (the listener wants live previews):
     drawn with the VAE's linear latent->RGB map, or on the torch pipeline where a tiny decoder
     in the models folder would draw them."""
+    return served(request, previews) is not None
+
+
+def served(request: GenerationRequest, previews: bool = False) -> Served | None:
+    """`serves`, answering with what it found (for `run`), None where run.py runs the request."""
     if request.mode not in SERVED_MODES:
-        return False
+        return None
     if request.runtime == "torch" or importlib.util.find_spec("openvino") is None:
-        return False
+        return None
     if request.device not in ("auto", "cpu") or (request.device == "auto" and _accelerator_visible()):
-        return False
+        return None
     dtype = ran_dtype(request)
     if dtype is None or (dtype == "bf16" and not is_x86()) or request.weights not in ("auto", dtype):
-        return False
-    served = served_model(request)
-    if served is None:
-        return False
-    source, facts = served
+        return None
+    model = served_model(request)
+    if model is None:
+        return None
+    source, facts = model
     if _bundle_key(source, precision_of(dtype)) in _failed:  # its bundle failed earlier in this process
-        return False
+        return None
     chaos = request.chaos is not None and request.chaos < 100  # 100: each picture its own seed's noise, as without
     if previews and _tiny_decoder_present():
-        return False
+        return None
     if (request.tile or request.step_cache or chaos or request.refiner or request.decoder != "vae"
             or request.vae_tiling or request.attention_slicing or request.expand):
-        return False
+        return None
     if request.mode in MASKED_MODES and request.effective_strength == 0:  # diffusers refuses: run.py says so
-        return False
+        return None
     try:
         prepared = prepare_input(request, facts)
     except (ImageInputError, BadRequest):  # run.py says what is wrong with the picture, the mask or the canvas
-        return False
+        return None
     width, height, factor = prepared.width, prepared.height, prepared.factor
     if prepared.crop:  # an input padded to a multiple of 8: run.py cuts the padding off again
-        return False
+        return None
     if width % facts.size_multiple or height % facts.size_multiple or max(width, height) > facts.max_side:
-        return False
+        return None
     if source is None and (factor not in (1, 2) or (factor == 2 and max(width, height) > UPSCALE_MAX_SIDE)):
-        return False
+        return None
     if source is not None and (factor != 1 or width * height * request.n_samples > SD_MAX_BATCH_PIXELS):
-        return False
+        return None
     steps = sampler_steps(request.mode, request.steps or facts.sampling.steps, request.effective_strength)
     if not _sampler_runs(request.sampler or facts.sampling.sampler, facts.scheduler_config, steps):
-        return False
-    return not _networks_unserved(request, facts)
+        return None
+    return None if _networks_unserved(request, facts) else Served(source, facts, prepared)
 
 
 def _sampler_runs(name: str, scheduler_config: dict, steps: int) -> bool:
@@ -257,13 +271,17 @@ def _networks_unserved(request: GenerationRequest, facts: ModelFacts) -> bool:
 # ----------------------------------------------------------------------------- the run
 
 
-def run(request: GenerationRequest, models: ModelCache, progress: Progress, outputs: Outputs) -> Result:
+def run(request: GenerationRequest, models: ModelCache, progress: Progress, outputs: Outputs,
+        plan: Served | None = None) -> Result:
     """Make the pictures `request` asks for (one `serves` accepts), writing each to `outputs` as
-    soon as it is finished; stopping keeps every picture finished, as run.py does."""
+    soon as it is finished; stopping keeps every picture finished, as run.py does. `plan`: what
+    `served` answered for it (else found again)."""
     started = time.perf_counter()
     dtype = ran_dtype(request)
-    source, facts = served_model(request)
-    prepared = prepare_input(request, facts)
+    if plan is None:
+        source, facts = served_model(request)
+        plan = Served(source, facts, prepare_input(request, facts))
+    source, facts, prepared = plan.source, plan.facts, plan.prepared
     factor = prepared.factor
     # What ran, as run.py records it: the runtime, the upscale, no tiled decode; txt2img's size drawn at.
     ran = {"runtime": "openvino", "upscale": factor, "vae_tiling": False}
