@@ -101,6 +101,43 @@ def test_a_16_bit_load_reads_each_part_straight_into_its_dtype_with_diffusers_ow
     assert all(torch.equal(unet.state_dict()[k], v) for k, v in ours.unet.state_dict().items())
 
 
+def test_a_sharded_part_is_read_shard_by_shard_into_its_dtype(tiny_folder, tmp_path, monkeypatch):
+    """A part saved in shards (diffusers and transformers shard past 10 GB: SDXL's fp32 UNet) is
+    read shard by shard straight into a 16-bit dtype, as a one-file part is: the same tensors as
+    from the one-file folder; an index naming a shard that is not there leaves the part to
+    diffusers' loader, which says what is missing."""
+    import shutil
+    from pathlib import Path
+
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from reverie.models import safetensors_stream
+    from reverie.models.diffusers_folder import load_diffusers_folder
+
+    sharded = tmp_path / "sharded"
+    shutil.copytree(tiny_folder, sharded)
+    shutil.rmtree(sharded / "unet")
+    UNet2DConditionModel.from_pretrained(tiny_folder / "unet").save_pretrained(sharded / "unet", max_shard_size="200KB")
+    shards = sorted(path.name for path in (sharded / "unet").glob("*.safetensors"))
+    assert len(shards) > 2 and (sharded / "unet" / "diffusion_pytorch_model.safetensors.index.json").is_file()
+
+    read, real = [], safetensors_stream.read_narrowed
+    monkeypatch.setattr(safetensors_stream, "read_narrowed", lambda path, dtype: read.append(Path(path).name)
+                        or real(path, dtype))
+    unet = load_diffusers_folder(sharded, dtype=torch.bfloat16).unet
+    assert sorted(name for name in read if name.startswith("diffusion_pytorch_model-")) == shards
+    reference = load_diffusers_folder(tiny_folder, dtype=torch.bfloat16).unet.state_dict()
+    assert unet.state_dict().keys() == reference.keys()
+    assert all(torch.equal(unet.state_dict()[name], tensor) for name, tensor in reference.items())
+
+    (sharded / "unet" / shards[-1]).unlink()
+    read.clear()
+    with pytest.raises(BadCheckpoint, match="sharded"):
+        load_diffusers_folder(sharded, dtype=torch.bfloat16)
+    assert not [name for name in read if name.startswith("diffusion_pytorch_model-")]
+
+
 def test_a_damaged_part_read_in_16_bits_names_the_folder_and_the_file(tiny_folder, tmp_path):
     import shutil
 

@@ -90,14 +90,14 @@ WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "model.safetensors")
 
 def _empty_part(path: Path, part: str, library_and_class):
     """The pipeline part `part` built from its config on the meta device, its weights unread;
-    None where the plain path does not fit and diffusers' own loader is to load it: no single
-    .safetensors file (sharded, .bin, variants), a class that keeps modules in fp32, a config
-    diffusers reads its own way."""
+    None where the plain path does not fit and diffusers' own loader is to load it: no
+    .safetensors weights (`_weights_files`: .bin, variants), a class that keeps modules in fp32,
+    a config diffusers reads its own way."""
     import importlib
 
     from accelerate import init_empty_weights
 
-    if not _weights_file(path, part) or not isinstance(library_and_class, list) or len(library_and_class) != 2 \
+    if not _weights_files(path, part) or not isinstance(library_and_class, list) or len(library_and_class) != 2 \
             or library_and_class[0] not in ("diffusers", "transformers"):
         return None
     library, class_name = library_and_class
@@ -116,16 +116,30 @@ def _empty_part(path: Path, part: str, library_and_class):
         return None
 
 
-def _weights_file(path: Path, part: str) -> Path | None:
-    """The part's one .safetensors weights file, if it has exactly one."""
-    files = [path / part / name for name in WEIGHT_FILES if (path / part / name).is_file()]
-    return files[0] if len(files) == 1 else None
+def _weights_files(path: Path, part: str) -> list[Path]:
+    """The part's .safetensors weights: its one file, or the shards its index names (diffusers
+    and transformers shard a part past 10 GB when they save it: SDXL's fp32 UNet); none where
+    the part has both, neither, or an index that does not fit (diffusers' loader then says why)."""
+    folder, found = path / part, []
+    for name in WEIGHT_FILES:
+        if (folder / name).is_file():
+            found.append([folder / name])
+        index = folder / (name + ".index.json")
+        if index.is_file():
+            try:
+                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                return []
+            if not shards or any(Path(shard).name != shard or not (folder / shard).is_file() for shard in shards):
+                return []
+            found.append([folder / shard for shard in shards])
+    return found[0] if len(found) == 1 else []
 
 
 def _streamed_part(path: Path, part: str, library_and_class, dtype: torch.dtype):
     """The pipeline part `part` built on the meta device (`_empty_part`) and filled with its
-    weights read straight into `dtype` (read_narrowed): no full-precision copy of its file is
-    ever resident. None where that plain path does not fit, and diffusers' own loader is to load
+    weights read straight into `dtype` (read_narrowed, shard by shard): no full-precision copy of
+    its files is ever resident. None where that plain path does not fit, and diffusers' own loader is to load
     it: where `_empty_part` gives none, or weights whose names or shapes are not the model's
     (older layouts that diffusers converts as it loads)."""
     from .safetensors_stream import read_narrowed
@@ -134,7 +148,9 @@ def _streamed_part(path: Path, part: str, library_and_class, dtype: torch.dtype)
     if model is None:
         return None
     try:
-        state = read_narrowed(_weights_file(path, part), dtype)
+        state = {}
+        for file in _weights_files(path, part):
+            state.update(read_narrowed(file, dtype))
     except BadCheckpoint as exc:
         raise BadCheckpoint(f"could not load the model folder {path}: {part}/{exc}") from None
     except (ValueError, OSError, TypeError):

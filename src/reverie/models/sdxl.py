@@ -18,6 +18,7 @@ is fetched and nothing from the file is executed (single_file.read_state_dict).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -100,11 +101,16 @@ def _load_text_encoders(state: dict, folder: Path, family: str, dtype: torch.dty
 
 
 def load_sdxl_single_file(path: Path, state: dict, family: str, *, dtype: torch.dtype = torch.float32,
-                          prediction_type: str | None = None, config_dir: str | Path | None = None) -> ModelComponents:
-    """SDXL base or refiner from a single file's tensors (`state`, read safely by single_file)."""
+                          prediction_type: str | None = None, config_dir: str | Path | None = None,
+                          leave_unet: Callable[[torch.nn.Module, str], bool] | None = None,
+                          with_unet: Callable[[dict], dict] = lambda state: state) -> ModelComponents:
+    """SDXL base or refiner from a single file's tensors (`state`, read safely by single_file;
+    the UNet's may be left unread, on the meta device: `with_unet` reads them). `leave_unet` as
+    load_single_file's: asked with the UNet built from its config, True leaves it unread."""
     from reverie.models.single_file import (
         CheckpointLayout,
         _as_bad_checkpoint,
+        _empty_unet,
         _load_unet,
         _load_vae,
         _scheduler_config,
@@ -124,7 +130,9 @@ def load_sdxl_single_file(path: Path, state: dict, family: str, *, dtype: torch.
     prediction = resolve_prediction_type(layout, state, path, prediction_type, has_config_dir=config_dir is not None)
     scheduler_config = _scheduler_config(folder, prediction)
     with _as_bad_checkpoint(path.name, family, folder):
-        unet = _load_unet(state, folder, in_channels, dtype, path.name)
+        unet = _empty_unet(folder, in_channels, dtype) if leave_unet is not None else None
+        if unet is None or not leave_unet(unet, str(path)):
+            unet = _load_unet(with_unet(state), folder, in_channels, dtype, path.name)
         vae = _load_vae(state, folder, dtype, path.name)
         text_encoder, text_encoder_2 = _load_text_encoders(state, folder, family, dtype, path.name)
     for module in (unet, vae):

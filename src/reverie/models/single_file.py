@@ -462,8 +462,8 @@ def load_single_file(
     `prediction_type` ("epsilon", "v_prediction") overrides the detected noise
     parameterization. `config_dir` replaces the shipped diffusers config folder (it
     needs scheduler/, unet/, vae/ and text_encoder/ configs of the same layout; SDXL also
-    text_encoder_2/). `leave_unet`, asked with an SD 1.x/2.x UNet built from its config on the
-    meta device in `dtype` and the file's path, may answer True to leave it there, its weights
+    text_encoder_2/). `leave_unet`, asked with the UNet (SD 1.x/2.x or SDXL) built from its config
+    on the meta device in `dtype` and the file's path, may answer True to leave it there, its weights
     unread (its OpenVINO export will serve: methods/diffusion/run.py).
     Raises ModelNotFound for a missing path and BadCheckpoint for a damaged, unsafe or
     unrecognized file; never fetches anything and never runs code from the file.
@@ -484,9 +484,8 @@ def load_single_file(
 
     family = sdxl_family(state)
     if family is not None:
-        state = with_unet(state)
         return load_sdxl_single_file(path, state, family, dtype=dtype, prediction_type=prediction_type,
-                                     config_dir=config_dir)
+                                     config_dir=config_dir, leave_unet=leave_unet, with_unet=with_unet)
     layout = detect_layout(state, path.name)
     prediction = resolve_prediction_type(layout, state, path, prediction_type, has_config_dir=config_dir is not None)
     folder = Path(config_dir) if config_dir is not None else shipped_config_dir(layout, prediction)
