@@ -2,7 +2,8 @@
 
 The model is SD 1.5's architecture with random weights, built from the configs reverie ships
 (torch seed 0; speed does not depend on what the weights are) and written once as a diffusers
-folder with fp32 weights (`--folder`). Every variant loads it from there in its own process, so
+folder with fp32 weights (`--folder`); `--arch sdxl` does the same with SDXL base's
+architecture (sdxl_random.py) against stock StableDiffusionXLPipeline. Every variant loads it from there in its own process, so
 its peak resident memory (the child's ru_maxrss) is its own, loading included; the variants are
 run in turn, `--repeats` rounds, and the median is kept.
 
@@ -19,6 +20,7 @@ identical). The one-time OpenVINO export is reported apart.
     PYTHONPATH=src .venv/bin/python benchmarks/sd_speed.py --size 512 --steps 4 --variants diffusers,openvino
     PYTHONPATH=src .venv/bin/python benchmarks/sd_speed.py --size 512 --steps 20 --variants diffusers,lcm_lora,auto
     PYTHONPATH=src .venv/bin/python benchmarks/sd_speed.py --size 512 --steps 20 --variants diffusers,auto --mode img2img
+    PYTHONPATH=src .venv/bin/python benchmarks/sd_speed.py --arch sdxl --size 1024 --steps 4 --variants diffusers,bf16,auto
     PYTHONPATH=src .venv/bin/python benchmarks/sd_speed.py --device cuda --size 512 --steps 20 \
         --variants diffusers,torch,compile --batches 1,4,8      # a GPU: fp16 on both sides
 
@@ -88,6 +90,11 @@ def sd15_folder(folder: Path, file_dtype: str = "fp32") -> Path:
     return folder
 
 
+def is_sdxl(folder: Path) -> bool:
+    """Whether the folder holds an SDXL pipeline (sdxl_random.py's) rather than SD 1.5's."""
+    return "XL" in json.loads((folder / "model_index.json").read_text())["_class_name"]
+
+
 def lcm_lora_models(folder: Path) -> Path:
     """A models folder beside `folder` holding `Lora/lcm-lora-random.safetensors`: random weights
     (small: the picture stays the base model's, near enough) on the layers LCM-LoRA for SD 1.5
@@ -145,14 +152,15 @@ def child(args) -> dict:
     info: dict = {}
     image_mode = args.mode != "txt2img"
     if variant == "diffusers":
-        from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+        import diffusers
         from PIL import Image
 
         from reverie.samplers import build_scheduler
 
-        kind = StableDiffusionImg2ImgPipeline if image_mode else StableDiffusionPipeline
-        pipe = kind.from_pretrained(folder, torch_dtype=compute, safety_checker=None,
-                                    requires_safety_checker=False).to(args.device)
+        xl = is_sdxl(folder)
+        kind = getattr(diffusers, "StableDiffusion" + ("XL" if xl else "") + ("Img2Img" if image_mode else "") + "Pipeline")
+        safety = {} if xl else {"safety_checker": None, "requires_safety_checker": False}
+        pipe = kind.from_pretrained(folder, torch_dtype=compute, **safety).to(args.device)
         # img2img: the picture, the strength, and as many steps asked as reverie asks (it runs steps * strength)
         picture = {"image": Image.open(args.init), "strength": args.strength} if image_mode else {
             "height": args.size, "width": args.size}
@@ -299,6 +307,9 @@ def main() -> None:
     parser.add_argument("--folder", help="where the random-weight SD 1.5 folder is written once and read by every "
                         "variant (default: reverie-sd15-random-seed0-<file dtype> in the temp folder)")
     parser.add_argument("--file-dtype", choices=("fp32", "fp16"), default="fp32", help="the folder's weights' dtype")
+    parser.add_argument("--arch", choices=("sd15", "sdxl"), default="sd15",
+                        help="sdxl: SDXL base's architecture (sdxl_random.py; fp32 files), against stock "
+                             "StableDiffusionXLPipeline")
     parser.add_argument("--child", choices=VARIANTS)
     parser.add_argument("--mode", choices=("txt2img", "img2img"), default="txt2img",
                         help="img2img: from a picture (a pattern drawn once at --size), --steps asked, "
@@ -311,8 +322,14 @@ def main() -> None:
         print(json.dumps(child(args)))
         return
 
-    args.folder = args.folder or str(Path(tempfile.gettempdir()) / f"reverie-sd15-random-seed0-{args.file_dtype}")
-    sd15_folder(Path(args.folder), args.file_dtype)
+    args.folder = args.folder or str(Path(tempfile.gettempdir()) / f"reverie-{args.arch}-random-seed0-{args.file_dtype}")
+    if args.arch == "sdxl":
+        from sdxl_random import sdxl_folder
+
+        assert args.file_dtype == "fp32", "the SDXL folder is written with fp32 files"
+        sdxl_folder(Path(args.folder))
+    else:
+        sd15_folder(Path(args.folder), args.file_dtype)
     variants = args.variants.split(",")
     if any(v.startswith("lcm_lora") for v in variants):
         lcm_lora_models(Path(args.folder))
@@ -341,7 +358,7 @@ def main() -> None:
     gpu = args.device.startswith("cuda")
     machine = torch.cuda.get_device_name(0) if gpu else f"CPU, {torch.get_num_threads()} threads"
     mode = f"img2img at strength {args.strength:g} ({args.steps} steps asked), " if args.mode != "txt2img" else ""
-    print(f"\nSD 1.5 architecture (random weights, {args.file_dtype} files), {mode}{args.size}x{args.size}, {args.steps} steps, {args.sampler}, "
+    print(f"\n{'SDXL base' if args.arch == 'sdxl' else 'SD 1.5'} architecture (random weights, {args.file_dtype} files), {mode}{args.size}x{args.size}, {args.steps} steps, {args.sampler}, "
           f"CFG {args.cfg}, {machine}, torch {torch.__version__}, {args.repeats} round(s), medians")
     print(f"| variant | batch | size | steps | s/step | total s | ratio vs stock | peak {'GPU' if gpu else 'RSS'} GiB "
           f"| RSS after GiB | PSNR vs stock {'fp16' if gpu else 'fp32'} | first call s | load s |")

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from conftest import pixels, run_cli
+from conftest import pixels, psnr, run_cli
 from reverie.errors import BadCheckpoint, BadRequest
 from reverie.models.clip_tokenizer import VOCAB_SIZE, clip_tokenizer
 from reverie.models.components import ModelComponents
@@ -391,3 +391,105 @@ def test_an_sdxl_lora_applies_to_the_unet_and_both_text_encoders(sdxl_models, st
     assert "Lora hashes" in full.images[0].parameters
     again = studio.generate(make_request(model="tiny-sdxl", prompt="a lighthouse", seed=7, **FAST)).images[0].image
     assert np.array_equal(pixels(again), pixels(base))  # the cached model is the base again
+
+
+# ----------------------------------------------------------------------------- on OpenVINO (issue 22)
+
+
+def _openvino():
+    return pytest.importorskip("openvino", reason="the openvino package is not installed "
+                                                  "(pip install -r requirements-speed.txt): the OpenVINO runtime is optional")
+
+
+@pytest.mark.parametrize("refiner", [False, True], ids=["base", "refiner"])
+def test_an_sdxl_unets_export_takes_its_pooled_text_and_time_ids(refiner, tmp_path):
+    """The export's two added inputs are the torch UNet's `added_cond_kwargs`: its output is
+    torch's for the base's six size/crop ids and the refiner's five (size, crop, aesthetic
+    score), and moves as torch's does when only the ids or only the pooled text change (the toy
+    UNet's response to them is small: 1e-3 of its output; the export's error is 1e-3 of that)."""
+    _openvino()
+    from reverie.models.openvino_runtime import OpenVINOUNet
+
+    unet = tiny_sdxl(refiner=refiner).unet
+    exported = OpenVINOUNet.load(unet, cache=tmp_path)
+    g = torch.Generator().manual_seed(0)
+    width = unet.config.projection_class_embeddings_input_dim - (5 if refiner else 6) * TIME_DIM
+    sample, states = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 77, unet.config.cross_attention_dim, generator=g)
+    pooled = torch.randn(2, width, generator=g)
+    sizes = torch.tensor([[1024.0, 1024, 0, 0, 6.0] if refiner else [1024.0, 1024, 0, 0, 1024, 1024]] * 2)
+    other_sizes = sizes.clone()
+    other_sizes[:, 0] = 512.0
+    outputs = {}
+    for name, (text_embeds, time_ids) in {"plain": (pooled, sizes), "ids": (pooled, other_sizes),
+                                          "pooled": (pooled.flip(0), sizes)}.items():
+        added = {"text_embeds": text_embeds, "time_ids": time_ids}
+        with torch.no_grad():
+            expected = unet(sample, torch.tensor(500), encoder_hidden_states=states, added_cond_kwargs=added).sample
+        made = exported(sample, torch.tensor(500), states, added_cond_kwargs=added).sample
+        assert torch.allclose(made, expected, atol=1e-5), name
+        outputs[name] = (made, expected)
+    for name in ("ids", "pooled"):
+        moved = outputs[name][1] - outputs["plain"][1]
+        assert moved.norm() > 1e-4, name  # torch's output does depend on it
+        assert (outputs[name][0] - outputs["plain"][0] - moved).norm() < 0.01 * moved.norm(), name
+    with pytest.raises(NotImplementedError, match="takes 5 inputs, and was given 3"):
+        exported(sample, torch.tensor(500), states)
+
+
+def test_sdxl_pictures_on_openvino_are_torchs_and_recorded(sdxl_models, studio, photo, monkeypatch):
+    """`--runtime openvino` runs an SDXL model's UNet (txt2img and an image mode): every step is
+    the export's, the pictures are torch's (but for its rounding), and the metadata says which
+    runtime ran."""
+    _openvino()
+    from reverie.models.openvino_runtime import OpenVINOUNet
+
+    calls = []
+    original = OpenVINOUNet.__call__
+    monkeypatch.setattr(OpenVINOUNet, "__call__", lambda self, *args, **kw: calls.append(kw) or original(self, *args, **kw))
+    fields = dict(FAST, model="tiny-sdxl-file", prompt="a lighthouse", seed=7, dtype="fp32")
+    image = dict(fields, mode="img2img", init_image=photo, strength=1.0)  # resized to 64 px: whole latent levels
+    for asked in (fields, image):
+        on_torch = studio.generate(make_request(runtime="torch", **asked)).images[0]
+        assert not calls
+        made = studio.generate(make_request(runtime="openvino", **asked)).images[0]
+        assert len(calls) == FAST["steps"] and all(call["added_cond_kwargs"] for call in calls)
+        calls.clear()
+        assert psnr(made.image, on_torch.image) > 40, asked.get("mode", "txt2img")
+        assert made.metadata["settings"]["runtime"] == "openvino"
+        assert on_torch.metadata["settings"]["runtime"] == "torch"
+
+
+def test_an_sdxl_files_unet_is_not_read_when_its_export_is_made(sdxl_models, monkeypatch):
+    """Loading (issue 22): in a fresh process, an SDXL single file whose UNet's export is in the
+    cache is loaded without reading the UNet's tensors (SDXL's are 5 GB in bf16), and makes the
+    picture the first process made."""
+    _openvino()
+    from reverie.methods.diffusion import run
+    from reverie.methods.diffusion.run import unet_parked
+    from reverie.models import single_file
+    from reverie.models.checkpoint_header import UNET_PREFIX
+    from reverie.studio import Studio
+
+    monkeypatch.setattr(run, "PARK_MIN_BYTES", 0)  # the tiny UNet stands for SDXL's
+    request = make_request(runtime="openvino", model="tiny-sdxl-file", prompt="a lighthouse", seed=7, dtype="bf16",
+                           **FAST)  # bf16: the file is read tensor by tensor, the UNet's left unread where asked
+    first = Studio(device="cpu").generate(request).images[0]  # exports the UNet
+
+    read, real = [], single_file.read_state_dict
+
+    def reading(*args):
+        state = real(*args)
+        read.extend(key for key, tensor in state.items() if not tensor.is_meta)
+        return state
+
+    monkeypatch.setattr(single_file, "read_state_dict", reading)
+    studio = Studio(device="cpu")  # a fresh model cache, as in a new process
+    again = studio.generate(request).images[0]
+    assert read and not [key for key in read if key.startswith(UNET_PREFIX)]
+    components = studio.models.find(lambda key: key[:2] == ("diffusion", "tiny-sdxl-file"))
+    assert unet_parked(components.unet)
+    assert np.array_equal(pixels(again.image), pixels(first.image))
+
+    on_torch = studio.generate(request.model_copy(update={"runtime": "torch"})).images[0]  # reads it then
+    assert [key for key in read if key.startswith(UNET_PREFIX)] and not unet_parked(components.unet)
+    assert psnr(on_torch.image, first.image) > 30

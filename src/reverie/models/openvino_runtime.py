@@ -2,8 +2,8 @@
 
 `runtime` is a request field: `torch`, `openvino`, or `auto` (OpenVINO when the `openvino`
 package is importable, the device is the CPU, the dtype fp32 or bf16 (bf16 on x86-64 only:
-OpenVINO computes it nowhere else), the UNet SD's or reverie-mini's, read from a file or
-folder, and the request asks for nothing that changes the UNet's weights or layers as it runs:
+OpenVINO computes it nowhere else), the UNet SD's, SDXL's or reverie-mini's, read from a file
+or folder, and the request asks for nothing that changes the UNet's weights or layers as it runs:
 LoRAs, seamless tiles; else torch: `resolve_runtime`). A request that asks for `openvino` and
 LoRAs runs an export of its own: the UNet traced with those LoRAs on at those weights (a
 variant of the model's entry, `OpenVINOUNet.for_variant`); the model's own export is then
@@ -32,9 +32,9 @@ installs of reverie with other versions, sharing one cache folder, would therefo
 turn; give each its own `$REVERIE_CACHE`.)
 
 `OpenVINOUNet` is called as diffusers calls a UNet2DConditionModel (`sample, timestep,
-encoder_hidden_states, ..., return_dict`) and answers with an object with `.sample` (or a
-tuple), so diffusers' pipelines run it unchanged; attributes it does not have (its `config`,
-...) are the torch UNet's.
+encoder_hidden_states, ..., added_cond_kwargs` (SDXL's pooled text and time ids), `return_dict`)
+and answers with an object with `.sample` (or a tuple), so diffusers' pipelines run it unchanged;
+attributes it does not have (its `config`, ...) are the torch UNet's.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def openvino_available() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
-def why_not_openvino(device: torch.device, dtype: torch.dtype, *, sdxl: bool = False, tile: bool = False,
+def why_not_openvino(device: torch.device, dtype: torch.dtype, *, tile: bool = False,
                      odd_latents: bool = False, step_cache: bool = False,
                      cast_weights: bool = False) -> str | None:
     """Why OpenVINO cannot run this request's UNet, or None when it can."""
@@ -112,8 +112,6 @@ def why_not_openvino(device: torch.device, dtype: torch.dtype, *, sdxl: bool = F
         return "OpenVINO runs the UNet in fp32 or bf16 only (use dtype fp32, bf16 or auto)"
     if dtype == torch.bfloat16 and not is_x86():
         return f"OpenVINO computes bf16 on x86-64 CPUs only, and this one is {platform.machine()} (use dtype fp32)"
-    if sdxl:
-        return "SDXL's UNet (pooled text and size conditioning) is not exported to OpenVINO yet"
     if tile:
         return "seamless tiles change the UNet's padding as it runs; only torch can"
     if cast_weights:
@@ -306,18 +304,37 @@ def _same_model(entry: dict, made: dict, keys: tuple[str, ...] = ("source", "dty
 
 
 class TraceableUNet(torch.nn.Module):
-    """The UNet as a plain function of three fp32 tensors, for the exporter: it computes in the
-    UNet's own dtype and answers in fp32 (the export's inputs and output are f32 whatever the
-    weights' dtype)."""
+    """The UNet as a plain function of fp32 tensors, for the exporter: it computes in the UNet's
+    own dtype and answers in fp32 (the export's inputs and output are f32 whatever the weights'
+    dtype). SDXL's UNets (`addition_embed_type` "text_time") take two more: the pooled text
+    embedding and the size/crop (or aesthetic score) time ids, diffusers' `added_cond_kwargs`."""
 
     def __init__(self, unet):
         super().__init__()
         self.unet = unet
 
-    def forward(self, sample, timestep, encoder_hidden_states):
+    def forward(self, sample, timestep, encoder_hidden_states, *added):
         dtype = self.unet.dtype
+        extra = {}
+        if added:
+            text_embeds, time_ids = added
+            extra["added_cond_kwargs"] = {"text_embeds": text_embeds.to(dtype), "time_ids": time_ids.to(dtype)}
         return self.unet(sample.to(dtype), timestep, encoder_hidden_states=encoder_hidden_states.to(dtype),
-                         return_dict=False)[0].float()
+                         return_dict=False, **extra)[0].float()
+
+
+def added_inputs(config) -> tuple[int, int] | None:
+    """(pooled text width, time ids) of an example for an SDXL UNet's added inputs (its
+    `added_cond_kwargs`), None for a UNet without them. The config gives their sum only
+    (`projection_class_embeddings_input_dim`: the width plus the ids times
+    `addition_time_embed_dim`); the export keeps both sizes dynamic, so any split of it traces
+    the same graph: six ids (the base's size and crop), or five (the refiner's) where six leave
+    no width."""
+    if getattr(config, "addition_embed_type", None) != "text_time":
+        return None
+    total, per_id = int(config.projection_class_embeddings_input_dim), int(config.addition_time_embed_dim)
+    ids = 6 if total > 6 * per_id else 5
+    return total - ids * per_id, ids
 
 
 def convert_to_openvino(module: torch.nn.Module, example: tuple, inputs: list):
@@ -350,12 +367,16 @@ def export_unet(unet, folder: Path, source: str = "", label: str | None = None) 
     # as 64x64 would, in a fraction of the time.
     side = min(int(config.sample_size), 2 ** len(config.block_out_channels))
     example = (torch.randn(2, channels, side, side), torch.tensor(999.0), torch.randn(2, 77, states))
+    inputs = [([-1, channels, -1, -1], ov.Type.f32), ([], ov.Type.f32), ([-1, -1, states], ov.Type.f32)]
+    added = added_inputs(config)
+    if added is not None:  # SDXL: the pooled text and the time ids, [batch, width] and [batch, ids]
+        example += (torch.randn(2, added[0]), torch.full((2, added[1]), 1024.0))
+        inputs += [([-1, -1], ov.Type.f32), ([-1, -1], ov.Type.f32)]
     started = time.perf_counter()
     folder.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=folder.name + ".partial-", dir=folder.parent))
     try:
-        model = convert_to_openvino(TraceableUNet(unet), example, [([-1, channels, -1, -1], ov.Type.f32),
-                                                                  ([], ov.Type.f32), ([-1, -1, states], ov.Type.f32)])
+        model = convert_to_openvino(TraceableUNet(unet), example, inputs)
         ov.save_model(model, str(partial / IR_NAME), compress_to_fp16=False)
         del model
         bin_path = (partial / IR_NAME).with_suffix(".bin")
@@ -405,6 +426,9 @@ class OpenVINOUNet:
     def __init__(self, unet, folder: Path, source: str = "", variant: dict | None = None):
         self._torch_config = unet.config
         self.config = unet.config
+        if added_inputs(unet.config) is not None:  # diffusers' SDXL pipelines check their time ids' width by it
+            width = int(unet.config.projection_class_embeddings_input_dim)
+            self.add_embedding = SimpleNamespace(linear_1=SimpleNamespace(in_features=width))
         self.dtype = unet.dtype
         self.device = torch.device("cpu")
         self.folder = folder
@@ -522,6 +546,9 @@ class OpenVINOUNet:
 
         if self._core is None:
             raise RuntimeError(f"the OpenVINO export {self.folder.name} is not made yet (`ready` it first)")
+        if len(shapes) != len(self._inputs):  # SDXL's added conditions given to another UNet's export, or missing
+            raise NotImplementedError(f"the OpenVINO export {self.folder.name} takes {len(self._inputs)} inputs, "
+                                      f"and was given {len(shapes)}")
         threads = torch.get_num_threads()
         key = (shapes, threads)
         with self._lock:
@@ -552,15 +579,17 @@ class OpenVINOUNet:
 
     def __call__(self, sample, timestep, encoder_hidden_states, timestep_cond=None, cross_attention_kwargs=None,
                  added_cond_kwargs=None, return_dict: bool = True, **extra):
-        if timestep_cond is not None or added_cond_kwargs or any(v is not None for v in extra.values()):
-            raise NotImplementedError("the OpenVINO UNet takes a sample, a timestep and text states only")
+        if timestep_cond is not None or any(v is not None for v in extra.values()):
+            raise NotImplementedError("the OpenVINO UNet takes a sample, a timestep, text states and SDXL's added "
+                                      "conditions only")
+        added = tuple(added_cond_kwargs[name] for name in ("text_embeds", "time_ids")) if added_cond_kwargs else ()
         t = torch.as_tensor(timestep, dtype=torch.float32).reshape(-1)
         if t.numel() > 1 and not torch.equal(t, t[:1].expand_as(t)):
             raise NotImplementedError("the OpenVINO UNet takes one timestep for the whole batch")
         inputs = (sample.detach().to(torch.float32).contiguous().numpy(), t[0].reshape(()).numpy(),
-                  encoder_hidden_states.detach().to(torch.float32).contiguous().numpy())
+                  *(x.detach().to(torch.float32).contiguous().numpy() for x in (encoder_hidden_states, *added)))
         _, request = self._compiled_for(tuple(tuple(x.shape) for x in inputs))
-        request.infer(dict(zip(range(3), inputs)))
+        request.infer(dict(zip(range(len(inputs)), inputs)))
         out = torch.from_numpy(request.get_output_tensor(0).data.copy()).to(sample.dtype)
         return SimpleNamespace(sample=out) if return_dict else (out,)
 

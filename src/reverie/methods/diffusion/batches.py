@@ -127,7 +127,7 @@ def run_batches(
                     runs = unet_with_loras(unet, components, uses, infos, progress)
                     if components.is_sdxl:
                         images = denoise_sdxl_batch(request, components, prepared, batch_seeds, pairs, cache, device,
-                                                    dtype, batch, progress, refiner, decoder, previewer)
+                                                    dtype, batch, progress, refiner, decoder, previewer, unet=runs)
                     else:
                         cond, uncond = encode_prompt_batch(pairs, components.tokenizer, components.text_encoder,
                                                            device=device, cache=cache)
@@ -282,8 +282,9 @@ def switch_point(request: GenerationRequest) -> float:
 def denoise_sdxl_batch(request: GenerationRequest, components: ModelComponents, prepared: PreparedInput,
                        seeds: list[int], pairs: list[tuple[str, str]], cache: dict, device, dtype, batch: int,
                        progress: Progress, refiner: ModelComponents | None, decoder=None,
-                       previewer=None) -> list[Image.Image]:
-    """One batch of an SDXL model, optionally finished by a refiner (each with its own encoders)."""
+                       previewer=None, unet=None) -> list[Image.Image]:
+    """One batch of an SDXL model, optionally finished by a refiner (each with its own encoders);
+    `unet` runs in place of the base's own (as denoise_batch's)."""
     conditioning = sdxl_conditioning(components, pairs, device, dtype, cache)
     refine_with = None
     if refiner is not None:
@@ -291,7 +292,7 @@ def denoise_sdxl_batch(request: GenerationRequest, components: ModelComponents, 
         refine_with = (refiner, refined, prepared)
     return denoise_batch(request, components, prepared, seeds, conditioning.cond, conditioning.uncond, device, dtype,
                          batch, progress, sdxl=sdxl_arguments(conditioning, prepared), refine_with=refine_with,
-                         decoder=decoder, previewer=previewer)
+                         decoder=decoder, previewer=previewer, unet=unet)
 
 
 def refine(request: GenerationRequest, refiner: ModelComponents, conditioning: SDXLConditioning,

@@ -36,7 +36,7 @@ def pipeline_for(components: ModelComponents, kind: str, scheduler, unet=None):
     ready embeddings; the safety checker is not part of reverie's pipelines.
     """
     if components.is_sdxl:
-        return sdxl_pipeline_for(components, kind, scheduler)
+        return sdxl_pipeline_for(components, kind, scheduler, unet)
     pipe = _KINDS[kind](
         vae=components.vae,
         text_encoder=components.text_encoder,
@@ -97,8 +97,9 @@ _SDXL_KINDS = {"txt2img": "StableDiffusionXLPipeline", "img2img": "StableDiffusi
                "inpaint": "StableDiffusionXLInpaintPipeline"}
 
 
-def sdxl_pipeline_for(components: ModelComponents, kind: str, scheduler):
-    """A `kind` SDXL pipeline (base or refiner) over these components, with `scheduler`.
+def sdxl_pipeline_for(components: ModelComponents, kind: str, scheduler, unet=None):
+    """A `kind` SDXL pipeline (base or refiner) over these components, with `scheduler`; `unet`
+    as pipeline_for's.
 
     The refiner's time ids carry an aesthetic score in place of the target size
     (`requires_aesthetics_score`); no invisible watermark is added (reverie writes its own
@@ -116,7 +117,7 @@ def sdxl_pipeline_for(components: ModelComponents, kind: str, scheduler):
         text_encoder_2=components.text_encoder_2,
         tokenizer=components.tokenizer,
         tokenizer_2=components.tokenizer_2,
-        unet=components.unet,
+        unet=unet if unet is not None else components.unet,
         scheduler=scheduler,
         force_zeros_for_empty_prompt=False,
         add_watermarker=False,

@@ -133,7 +133,7 @@ def request_runtime(request: GenerationRequest, components: ModelComponents, pre
     keeps `auto` on torch, and is a BadRequest for `openvino` that says why."""
     levels = len(getattr(components.unet.config, "block_out_channels", None) or [0]) - 1
     odd = any((side // components.vae_scale_factor) % 2**levels for side in (prepared.width, prepared.height))
-    return resolve_runtime(request.runtime, device, dtype, sdxl=components.is_sdxl, tile=request.tile,
+    return resolve_runtime(request.runtime, device, dtype, tile=request.tile,
                            loras=asks_for_loras(request), odd_latents=odd, step_cache=bool(request.step_cache),
                            cast_weights=storage_dtype(request.weights, dtype) != dtype,
                            parameters=unet_parameters(components.unet), from_file=reloadable(components.source),
