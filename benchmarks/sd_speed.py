@@ -3,9 +3,9 @@
 The model is SD 1.5's architecture with random weights, built from the configs reverie ships
 (torch seed 0; speed does not depend on what the weights are) and written once as a diffusers
 folder with fp32 weights (`--folder`); `--arch sdxl` does the same with SDXL base's
-architecture (sdxl_random.py) against stock StableDiffusionXLPipeline. Every variant loads it from there in its own process, so
-its peak resident memory (the child's ru_maxrss) is its own, loading included; the variants are
-run in turn, `--repeats` rounds, and the median is kept.
+architecture (sdxl_random.py) against stock StableDiffusionXLPipeline. Every variant loads it
+from there in its own process, so its peak resident memory (the child's ru_maxrss) is its own,
+loading included; the variants are run in turn, `--repeats` rounds, and the median is kept.
 
 Each child makes a one-step picture first (its time is `first call s`: for reverie, which loads
 a model on its first request, loading included, `load s` alone; for openvino also compiling the

@@ -139,9 +139,9 @@ def _weights_files(path: Path, part: str) -> list[Path]:
 def _streamed_part(path: Path, part: str, library_and_class, dtype: torch.dtype):
     """The pipeline part `part` built on the meta device (`_empty_part`) and filled with its
     weights read straight into `dtype` (read_narrowed, shard by shard): no full-precision copy of
-    its files is ever resident. None where that plain path does not fit, and diffusers' own loader is to load
-    it: where `_empty_part` gives none, or weights whose names or shapes are not the model's
-    (older layouts that diffusers converts as it loads)."""
+    its files is ever resident. None where that plain path does not fit, and diffusers' own
+    loader is to load it: where `_empty_part` gives none, or weights whose names or shapes are
+    not the model's (older layouts that diffusers converts as it loads)."""
     from .safetensors_stream import read_narrowed
 
     model = _empty_part(path, part, library_and_class)
