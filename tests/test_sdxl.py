@@ -493,3 +493,23 @@ def test_an_sdxl_files_unet_is_not_read_when_its_export_is_made(sdxl_models, mon
     on_torch = studio.generate(request.model_copy(update={"runtime": "torch"})).images[0]  # reads it then
     assert [key for key in read if key.startswith(UNET_PREFIX)] and not unet_parked(components.unet)
     assert psnr(on_torch.image, first.image) > 30
+
+
+def test_the_refiners_unet_runs_on_openvino_too(sdxl_models, studio, monkeypatch):
+    """With a refiner, both stages' UNets run on OpenVINO: the base's steps up to the switch
+    (six size/crop time ids), then the refiner's export (five: size, crop, aesthetic score); the
+    picture is torch's but for the runtimes' rounding."""
+    _openvino()
+    from reverie.models.openvino_runtime import OpenVINOUNet
+
+    calls = []
+    original = OpenVINOUNet.__call__
+    monkeypatch.setattr(OpenVINOUNet, "__call__", lambda self, *args, **kw: calls.append(kw) or original(self, *args, **kw))
+    fields = dict(FAST, steps=4, model="tiny-sdxl", refiner="tiny-sdxl-refiner", refiner_switch=0.5, prompt="a boat",
+                  seed=11, dtype="fp32")
+    on_torch = studio.generate(make_request(runtime="torch", **fields)).images[0]
+    assert not calls
+    made = studio.generate(make_request(runtime="openvino", **fields)).images[0]
+    assert [call["added_cond_kwargs"]["time_ids"].shape[1] for call in calls] == [6, 6, 5, 5]
+    assert psnr(made.image, on_torch.image) > 40
+    assert "Refiner: tiny-sdxl-refiner" in made.parameters

@@ -87,12 +87,14 @@ def run_batches(
     decoder=None,
     previewer=None,
     unet=None,
+    refiner_unet=None,
 ) -> Iterator[list[tuple[Image.Image, int]]]:
     """Yield [(picture, seed), ...] at the working size for each of the request's batches, from
     batch number `first` on (the earlier ones were made by an earlier run). `refiner` (SDXL)
     does the last part of each picture's steps (`refine`); `decoder` (a tiny decoder, or None
     for the model's VAE) makes the pixels; `previewer` (a tiny decoder) the live previews; `unet`
-    runs in place of the model's own UNet (the OpenVINO runtime's).
+    runs in place of the model's own UNet (the OpenVINO runtime's), `refiner_unet` in place of
+    the refiner's.
 
     `request` has its sampling settings filled in (`with_defaults`). Each picture's prompt is its
     own (`picture_prompt`: the template's variant for its seed, styled); equal prompts are
@@ -127,7 +129,8 @@ def run_batches(
                     runs = unet_with_loras(unet, components, uses, infos, progress)
                     if components.is_sdxl:
                         images = denoise_sdxl_batch(request, components, prepared, batch_seeds, pairs, cache, device,
-                                                    dtype, batch, progress, refiner, decoder, previewer, unet=runs)
+                                                    dtype, batch, progress, refiner, decoder, previewer, unet=runs,
+                                                    refiner_unet=refiner_unet)
                     else:
                         cond, uncond = encode_prompt_batch(pairs, components.tokenizer, components.text_encoder,
                                                            device=device, cache=cache)
@@ -174,8 +177,8 @@ def denoise_batch(request: GenerationRequest, components: ModelComponents, prepa
     noise. `noise` [N, C, h, w], when given, replaces the starting latents the seeds would draw
     (a video's walk slerps it between seeds); the generators still feed the sampler.
     `sdxl` holds an SDXL model's further pipeline arguments (pooled text, size/crop time ids);
-    `refine_with` = (refiner, its conditioning, prepared): the base stops at the switch and the
-    refiner finishes. `decoder`: a tiny decoder to make the pixels (and previews) with, in place
+    `refine_with` = (refiner, its conditioning, prepared, its UNet stand-in or None): the base
+    stops at the switch and the refiner finishes. `decoder`: a tiny decoder to make the pixels (and previews) with, in place
     of the model's VAE; `previewer`: a tiny decoder for the previews (default: `decoder`; without
     either, the linear latent->RGB map). With `request.step_cache` the UNet reuses its deep features between
     evaluations (models/step_cache.py). `unet`, when given, runs in place of the
@@ -282,21 +285,21 @@ def switch_point(request: GenerationRequest) -> float:
 def denoise_sdxl_batch(request: GenerationRequest, components: ModelComponents, prepared: PreparedInput,
                        seeds: list[int], pairs: list[tuple[str, str]], cache: dict, device, dtype, batch: int,
                        progress: Progress, refiner: ModelComponents | None, decoder=None,
-                       previewer=None, unet=None) -> list[Image.Image]:
+                       previewer=None, unet=None, refiner_unet=None) -> list[Image.Image]:
     """One batch of an SDXL model, optionally finished by a refiner (each with its own encoders);
-    `unet` runs in place of the base's own (as denoise_batch's)."""
+    `unet` and `refiner_unet` run in place of the base's and the refiner's own (as denoise_batch's)."""
     conditioning = sdxl_conditioning(components, pairs, device, dtype, cache)
     refine_with = None
     if refiner is not None:
         refined = sdxl_conditioning(refiner, pairs, device, dtype, cache.setdefault("refiner", {}))
-        refine_with = (refiner, refined, prepared)
+        refine_with = (refiner, refined, prepared, refiner_unet)
     return denoise_batch(request, components, prepared, seeds, conditioning.cond, conditioning.uncond, device, dtype,
                          batch, progress, sdxl=sdxl_arguments(conditioning, prepared), refine_with=refine_with,
                          decoder=decoder, previewer=previewer, unet=unet)
 
 
 def refine(request: GenerationRequest, refiner: ModelComponents, conditioning: SDXLConditioning,
-           prepared: PreparedInput, latents: torch.Tensor, seeds: list[int], generators, on_step, decoder=None):
+           prepared: PreparedInput, unet, latents: torch.Tensor, seeds: list[int], generators, on_step, decoder=None):
     """The refiner's stage: the base's half-denoised latents, denoised from the switch to the end.
 
     Every mode refines through the img2img pipeline (the latents are the picture): inpaint and
@@ -304,7 +307,7 @@ def refine(request: GenerationRequest, refiner: ModelComponents, conditioning: S
     per-picture generators go on feeding the sampler's fresh noise.
     """
     scheduler = build_scheduler(request.sampler, refiner.scheduler_config, seeds)
-    pipe = pipeline_for(refiner, "img2img", scheduler)
+    pipe = pipeline_for(refiner, "img2img", scheduler, unet)  # `unet`: the refiner's OpenVINO stand-in, or None
     strength = request.effective_strength
     steps = request.steps if request.mode == "txt2img" or strength >= 1 else denoising_steps(request.steps, strength)
     with vae_dtype_kept(refiner), step_cache(refiner.unet, request.step_cache):

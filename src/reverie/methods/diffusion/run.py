@@ -241,7 +241,7 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
     request = request.with_defaults(components.sampling)
     prepared = prepare_input(request, components)
     request, components, unet = on_runtime(models, request, components, prepared, device, dtype)
-    refiner = refiner_model(models, request, components, device, dtype)
+    refiner, refiner_unet = refiner_model(models, request, components, prepared, device, dtype)
     decoder = tiny_decoder(models, request, components, device, dtype)
     previewer = decoder or (preview_decoder(models, components, device, dtype) if progress.previews else None)
     request = fit_memory(request, components, prepared, device, dtype)
@@ -252,7 +252,7 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
     candidates = request.model_copy(update={"n_iter": request.n_iter * request.rerank})
     skipped = request.batches_done()  # resuming: what an earlier run finished
     batches = run_batches(candidates, components, prepared, device, dtype, progress, first=skipped, refiner=refiner,
-                          decoder=decoder, previewer=previewer, unet=unet)
+                          decoder=decoder, previewer=previewer, unet=unet, refiner_unet=refiner_unet)
     if request.keep_only is not None:
         batches = ([batch[request.keep_only]] for batch in batches)
     result = Result(request=request)
@@ -295,19 +295,23 @@ def fit_memory(request: GenerationRequest, components: ModelComponents, prepared
 
 
 def refiner_model(models: ModelCache, request: GenerationRequest, components: ModelComponents,
-                  device: torch.device, dtype: torch.dtype) -> ModelComponents | None:
-    """The refiner the request names, loaded through the cache; None when it names none. Only an
-    SDXL model continues an SDXL base's picture."""
+                  prepared: PreparedInput, device: torch.device, dtype: torch.dtype) -> tuple[ModelComponents | None, object]:
+    """(the refiner the request names, loaded through the cache, its UNet's runtime stand-in or
+    None); (None, None) when it names none. Only an SDXL model continues an SDXL base's picture.
+    Its UNet runs where the base's would on its own (`on_runtime`: runtime auto takes OpenVINO
+    for it as for the base), and is left unread when its export is made."""
     if not request.refiner:
-        return None
+        return None, None
     if not components.is_sdxl:
         raise BadRequest("refiner", f"a refiner finishes an SDXL model's pictures; {request.model} is "
                                     f"{components.family}: leave the refiner out or use an SDXL model")
-    refiner = diffusion_model(models, request.refiner, device, dtype, request.weights)
+    refiner = diffusion_model(models, request.refiner, device, dtype, request.weights, torch_unet=False)
     if not refiner.is_sdxl:
         raise BadRequest("refiner", f"{request.refiner} is a {refiner.family} model, not an SDXL refiner "
                                     "(or SDXL base); name an SDXL model")
-    return refiner
+    _, refiner, unet = on_runtime(models, request.model_copy(update={"model": request.refiner}), refiner, prepared,
+                                  device, dtype)
+    return refiner, unet
 
 
 def tiny_decoder(models: ModelCache, request: GenerationRequest, components: ModelComponents,
