@@ -240,8 +240,9 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
                                  exports_made=exports)
     request = request.with_defaults(components.sampling)
     prepared = prepare_input(request, components)
+    asked = request  # its runtime as asked (auto): the refiner's is resolved on its own
     request, components, unet = on_runtime(models, request, components, prepared, device, dtype)
-    refiner, refiner_unet = refiner_model(models, request, components, prepared, device, dtype)
+    refiner, refiner_unet = refiner_model(models, asked, components, prepared, device, dtype)
     decoder = tiny_decoder(models, request, components, device, dtype)
     previewer = decoder or (preview_decoder(models, components, device, dtype) if progress.previews else None)
     request = fit_memory(request, components, prepared, device, dtype)
@@ -295,11 +296,12 @@ def fit_memory(request: GenerationRequest, components: ModelComponents, prepared
 
 
 def refiner_model(models: ModelCache, request: GenerationRequest, components: ModelComponents,
-                  prepared: PreparedInput, device: torch.device, dtype: torch.dtype) -> tuple[ModelComponents | None, object]:
+                  prepared: PreparedInput, device: torch.device,
+                  dtype: torch.dtype) -> tuple[ModelComponents | None, object]:
     """(the refiner the request names, loaded through the cache, its UNet's runtime stand-in or
     None); (None, None) when it names none. Only an SDXL model continues an SDXL base's picture.
-    Its UNet runs where the base's would on its own (`on_runtime`: runtime auto takes OpenVINO
-    for it as for the base), and is left unread when its export is made."""
+    Its UNet's runtime is resolved from the request's as asked (`on_runtime`: auto takes
+    OpenVINO for it by the same rules as for the base), and is left unread when its export is made."""
     if not request.refiner:
         return None, None
     if not components.is_sdxl:
