@@ -9,10 +9,10 @@ def _run(request, models, progress, outputs):
     from .request import resolve
 
     request = resolve(request)
-    plan = compiled.served(request, progress.previews)
-    if plan is not None:  # on OpenVINO alone (mini, SD): no torch imported
+    found = compiled.served(request, progress.previews)
+    if found is not None:  # on OpenVINO alone (mini, SD): no torch imported
         try:
-            return compiled.run(request, models, progress, outputs, plan)
+            return compiled.run(request, models, progress, outputs, found)
         except compiled.BundleUnavailable:  # before any picture: the torch pipeline makes them
             pass
     from .run import run

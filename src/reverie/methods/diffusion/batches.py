@@ -179,8 +179,8 @@ def denoise_batch(request: GenerationRequest, components: ModelComponents, prepa
     `sdxl` holds an SDXL model's further pipeline arguments (pooled text, size/crop time ids);
     `refine_with` = (refiner, its conditioning, prepared, its UNet stand-in or None): the base
     stops at the switch and the refiner finishes. `decoder`: a tiny decoder to make the pixels
-    (and previews) with, in place of the model's VAE; `previewer`: a tiny decoder for the previews (default: `decoder`; without
-    either, the linear latent->RGB map). With `request.step_cache` the UNet reuses its deep features between
+    (and previews) with, in place of the model's VAE; `previewer`: a tiny decoder for the
+    previews (default: `decoder`; without either, the linear latent->RGB map). With `request.step_cache` the UNet reuses its deep features between
     evaluations (models/step_cache.py). `unet`, when given, runs in place of the
     model's own UNet (the OpenVINO runtime's)."""
     count = len(seeds)

@@ -272,16 +272,16 @@ def _networks_unserved(request: GenerationRequest, facts: ModelFacts) -> bool:
 
 
 def run(request: GenerationRequest, models: ModelCache, progress: Progress, outputs: Outputs,
-        plan: Served | None = None) -> Result:
+        found: Served | None = None) -> Result:
     """Make the pictures `request` asks for (one `serves` accepts), writing each to `outputs` as
-    soon as it is finished; stopping keeps every picture finished, as run.py does. `plan`: what
+    soon as it is finished; stopping keeps every picture finished, as run.py does. `found`: what
     `served` answered for it (else found again)."""
     started = time.perf_counter()
     dtype = ran_dtype(request)
-    if plan is None:
+    if found is None:
         source, facts = served_model(request)
-        plan = Served(source, facts, prepare_input(request, facts))
-    source, facts, prepared = plan.source, plan.facts, plan.prepared
+        found = Served(source, facts, prepare_input(request, facts))
+    source, facts, prepared = found.source, found.facts, found.prepared
     factor = prepared.factor
     # What ran, as run.py records it: the runtime, the upscale, no tiled decode; txt2img's size drawn at.
     ran = {"runtime": "openvino", "upscale": factor, "vae_tiling": False}
@@ -545,10 +545,11 @@ class Start:
             return noise * np.float32(sampler.init_noise_sigma), None
         mean, spread = np.split(self.encoded(bundle)[0], 2)
         sampled = mean + spread * draw()
-        if self.masked and self.strength >= 1.0:
-            return noise * np.float32(sampler.init_noise_sigma), Kept(sampled, noise, self.latent_mask())
-        noise = draw()
-        latents = sampler.add_noise(sampled, noise)
+        if self.masked and self.strength >= 1.0:  # inpaint from noise: the first draw noises the kept area too
+            latents = noise * np.float32(sampler.init_noise_sigma)
+        else:
+            noise = draw()
+            latents = sampler.add_noise(sampled, noise)
         return latents, (Kept(sampled, noise, self.latent_mask()) if self.masked else None)
 
     def encoded(self, bundle: OpenVINOBundle) -> np.ndarray:
