@@ -17,6 +17,7 @@ with this one, so a busy machine slows both alike; the ratio is what to read.
     .venv/bin/python benchmarks/mini_speed.py --repeats 3 --before /tmp/before/src
     .venv/bin/python benchmarks/mini_speed.py --repeats 3 --runtime torch   # the UNet on torch
     .venv/bin/python benchmarks/mini_speed.py --repeats 10 --runtimes torch,auto   # both in one process
+    .venv/bin/python benchmarks/mini_speed.py --repeats 10 --runtimes auto,auto+int8   # and --quantize int8
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ def runtimes_worker(repeats: int, runtimes: str) -> None:
     times: dict[str, list[float]] = {name: [] for name in names}
     for i in range(repeats + 1):
         for name in names if i % 2 else names[::-1]:
-            request = make_request(prompt=PROMPT, seed=i, n_samples=4, runtime=name)
+            runtime, _, quantize = name.partition("+")  # auto+int8: the UNet quantized (--quantize int8)
+            request = make_request(prompt=PROMPT, seed=i, n_samples=4, runtime=runtime, quantize=quantize or "none")
             started = time.perf_counter()
             studio.run(request, outdir=outdir)
             if i:  # the first loads the models and compiles the shape

@@ -20,6 +20,7 @@ identical). The one-time OpenVINO export is reported apart.
     PYTHONPATH=src .venv/bin/python benchmarks/sd_speed.py --size 512 --steps 4 --variants diffusers,openvino
     PYTHONPATH=src .venv/bin/python benchmarks/sd_speed.py --size 512 --steps 20 --variants diffusers,lcm_lora,auto
     PYTHONPATH=src .venv/bin/python benchmarks/sd_speed.py --size 512 --steps 20 --variants diffusers,auto --mode img2img
+    PYTHONPATH=src .venv/bin/python benchmarks/sd_speed.py --size 512 --steps 20 --variants diffusers,auto,int8
     PYTHONPATH=src .venv/bin/python benchmarks/sd_speed.py --arch sdxl --size 1024 --steps 4 --variants diffusers,bf16,auto
     PYTHONPATH=src .venv/bin/python benchmarks/sd_speed.py --device cuda --size 512 --steps 20 \
         --variants diffusers,torch,compile --batches 1,4,8      # a GPU: fp16 on both sides
@@ -30,7 +31,9 @@ against stock diffusers' fp16 picture of the same batch.
 
 Variants: diffusers (stock StableDiffusionPipeline, fp32), auto (reverie's defaults: dtype and
 runtime auto, what a user gets: with a sampler numpy_sampler.py ports, such as the default euler
-here, the pipeline on OpenVINO alone, torch never imported: "no torch" in the table), torch (reverie, fp32, torch),
+here, the pipeline on OpenVINO alone, torch never imported: "no torch" in the table), int8 (the
+defaults with `--quantize int8`: the bundle's UNet quantized to int8 once, reported apart, then
+cached: models/int8_unet.py), torch (reverie, fp32, torch),
 fp16_weights and bf16_weights (reverie, fp32 compute from weights resting in 16 bits: `--weights`),
 channels_last (reverie, UNet and VAE in channels-last memory format), bf16 (reverie, bf16
 weights and compute), compile (reverie, torch.compile'd UNet; compile_bf16 the same in bf16), openvino (reverie, the UNet on
@@ -59,7 +62,7 @@ from pathlib import Path
 
 import numpy as np
 
-VARIANTS = ("diffusers", "auto", "torch", "fp16_weights", "bf16_weights", "channels_last", "bf16", "compile",
+VARIANTS = ("diffusers", "auto", "int8", "torch", "fp16_weights", "bf16_weights", "channels_last", "bf16", "compile",
             "compile_bf16", "openvino", "openvino_bf16", "lcm_lora", "lcm_lora_openvino", "lcm_lora_torch")
 LCM = {"steps": 4, "cfg": 1.0, "sampler": "lcm"}  # how LCM-LoRA is run: few steps, no classifier-free guidance
 LCM_RANK = 64  # latent-consistency/lcm-lora-sdv1-5's rank
@@ -198,7 +201,7 @@ def child(args) -> dict:
             info["steps"] = args.steps
         from reverie.studio import Studio, make_request
 
-        defaults = variant in ("auto", "lcm_lora", "lcm_lora_openvino", "lcm_lora_torch")  # dtype: what a user gets
+        defaults = variant in ("auto", "int8", "lcm_lora", "lcm_lora_openvino", "lcm_lora_torch")  # dtype: what a user gets
         dtype = "bf16" if variant in ("bf16", "compile_bf16", "openvino_bf16") else ("auto" if cuda or defaults else "fp32")
         runtime = "openvino" if "openvino" in variant else ("auto" if defaults and variant != "lcm_lora_torch" else "torch")
         weights = {"fp16_weights": "fp16", "bf16_weights": "bf16"}.get(variant, "auto")
@@ -217,13 +220,15 @@ def child(args) -> dict:
         def on_progress(event):
             if event.stage == "denoise":
                 steps_at.append(now())
+            elif event.message.startswith("quantizing"):
+                info["quantized"] = True
 
         picture = {"mode": args.mode, "init_image": args.init, "strength": args.strength} if image_mode else {
             "width": args.size, "height": args.size}
         request = make_request(prompt=prompt, model=str(folder), **picture,
                                steps=args.steps, cfg_scale=args.cfg, sampler=args.sampler, seed=args.seed,
                                n_samples=args.batch, dtype=dtype, device=args.device, runtime=runtime, weights=weights,
-                               upscale=1)
+                               upscale=1, quantize="int8" if variant == "int8" else "none")
         def call(steps: int):
             result = studio.run(request.model_copy(update={"steps": steps}), outdir=tempfile.mkdtemp(prefix="sd-speed-"),
                                 grid=False, progress=on_progress)
@@ -337,12 +342,13 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="sd-speed-"))
     if args.mode != "txt2img":
         args.init = str(pattern_picture(args.size, folder / "init.png"))
-    for variant in (v for v in variants if "openvino" in v or v == "auto"):
+    for variant in (v for v in variants if "openvino" in v or v in ("auto", "int8")):
         one_step = argparse.Namespace(**(vars(args) | {"steps": 1}))
         first = run_child(variant, one_step, folder / "export.npy")  # the one-time export, when not cached yet
-        if first.get("exports"):
-            print(f"{variant}: exported the UNet ({first['process_s']:.0f} s for that process, "
-                  f"peak {first['peak_rss_gib']:.2f} GiB); cached for the runs below", flush=True)
+        if first.get("exports") or first.get("quantized"):
+            print(f"{variant}: {'quantized' if first.get('quantized') else 'exported'} the UNet "
+                  f"({first['process_s']:.0f} s for that process, peak {first['peak_rss_gib']:.2f} GiB); "
+                  "cached for the runs below", flush=True)
     tables = []
     for batch in (int(b) for b in args.batches.split(",")):
         args.batch = batch

@@ -258,3 +258,64 @@ def test_the_command_makes_sd_pictures_without_importing_torch(sd_folder, tmp_pa
     for path in written:
         assert np.array_equal(pixels(Image.open(path)), pixels(Image.open(tmp_path / "first" / path.name)))
         assert json.loads(Image.open(path).info["reverie"])["settings"]["runtime"] == "openvino"
+
+
+def test_int8_quantizes_the_unet_once_and_keeps_the_picture(sd_folder, tmp_path, monkeypatch):
+    """`quantize int8`: the bundle's UNet quantized by NNCF from the model's own denoising, once;
+    its pictures are the bf16 ones to the eye (the seeds' pictures stay apart), not the same
+    bits; recorded, and made again from the record."""
+    pytest.importorskip("nncf")
+    from reverie.models import int8_unet
+    from reverie.outputs.metadata import parse_a1111_parameters
+
+    request = request_for(sd_folder, n_samples=2, steps=5, dtype="bf16")
+    plain = make(tmp_path, "plain", request)
+    quantized = make(tmp_path, "int8", request.model_copy(update={"quantize": "int8"}))
+    folder = int8_unet.int8_folder(sd_bundle_folder(sd_source(sd_folder), "bf16"))
+    facts = json.loads((folder / "done.json").read_text())
+    assert facts["examples"] == len(int8_unet.CALIBRATION_PROMPTS) * int8_unet.CALIBRATION_STEPS
+    assert (folder / "unet.xml").read_text().count('type="FakeQuantize"') > 10  # its layers' inputs quantized
+    for a, b in zip(quantized.images, plain.images, strict=True):
+        assert 28 < psnr(pixels(a.image), pixels(b.image)) < float("inf"), psnr(pixels(a.image), pixels(b.image))
+    assert psnr(pixels(quantized.images[0].image), pixels(quantized.images[1].image)) < 28
+    recorded = quantized.images[0].metadata["settings"]
+    assert recorded["quantize"] == "int8" and plain.images[0].metadata["settings"]["quantize"] == "none"
+    text = Image.open(quantized.images[0].path).info["parameters"]
+    assert "Quantize: int8" in text and parse_a1111_parameters(text)["quantize"] == "int8"
+
+    def never(*args):
+        raise AssertionError("quantized again")
+
+    monkeypatch.setattr(int8_unet, "quantize_unet", never)  # a fresh process finds it made
+    again = make(tmp_path, "again", request.model_copy(update={"quantize": "int8", "n_samples": 1}),
+                 lambda *args: compiled.run(*args[:1], ModelCache(), *args[2:]))
+    assert np.array_equal(pixels(again.images[0].image), pixels(quantized.images[0].image))
+
+
+def test_int8_is_refused_where_the_bundle_does_not_run_the_request(sd_folder, tmp_path, monkeypatch):
+    """Where the torch pipeline would make the picture (tiles here), without the memory to
+    quantize, or without NNCF, an int8 request is refused naming what to change; it never shares
+    passes."""
+    from reverie.errors import BadRequest
+    from reverie.methods.diffusion import METHOD
+    from reverie.methods.diffusion.shared import batch_key
+    from reverie.models import int8_unet
+
+    tiled = request_for(sd_folder, tile=True, quantize="int8", n_samples=1, steps=2)
+    with pytest.raises(BadRequest) as refused:
+        METHOD.run(tiled, ModelCache(), Progress(), Outputs(tmp_path / "tiled"))
+    assert refused.value.field == "quantize" and "seamless tiles" in str(refused.value)
+    # Not quantized yet, and too little memory to: refused saying so (not tried again in the process).
+    monkeypatch.setenv("REVERIE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(compiled, "_failed", {})
+    monkeypatch.setattr(int8_unet, "free_memory", lambda: 2**20)
+    request = request_for(sd_folder, quantize="int8", n_samples=1, steps=2)
+    for _ in range(2):
+        with pytest.raises(BadRequest, match="quantizing the UNet to int8 needs about .* GiB of free memory"):
+            METHOD.run(request, ModelCache(), Progress(), Outputs(tmp_path / "low"))
+    assert not compiled.serves(request) and compiled.serves(request.model_copy(update={"quantize": "none"}))
+    monkeypatch.setattr(int8_unet, "available", lambda: False)
+    assert not compiled.serves(request)
+    with pytest.raises(BadRequest, match="NNCF"):
+        METHOD.run(request, ModelCache(), Progress(), Outputs(tmp_path / "plain"))
+    assert batch_key(request) is None and batch_key(request.model_copy(update={"quantize": "none"})) is not None

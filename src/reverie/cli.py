@@ -34,6 +34,7 @@ Outdir = Annotated[Optional[Path], typer.Option("--outdir", "-o", help="Folder f
 Dtype = Annotated[str, typer.Option("--dtype", help="auto, fp32, bf16 or fp16.")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 RuntimeOpt = Annotated[str, typer.Option("--runtime", help="What runs the UNet: auto (OpenVINO on the CPU when installed, for SD and reverie-mini; else torch), torch or openvino.")]
+QuantizeOpt = Annotated[str, typer.Option("--quantize", help="int8: the UNet's weights and activations in int8 on OpenVINO (quantized once per model, minutes for SD; faster, pixels change more than bf16's; docs/speed.md). none: as --dtype says.")]
 WeightsOpt = Annotated[str, typer.Option("--weights", help="The precision the model's weights rest in: auto (as computed) or fp16/bf16 (half an fp32 model's memory, each layer computed in --dtype; pixels change a little; docs/speed.md).")]
 Slicing = Annotated[bool, typer.Option("--attention-slicing", help="Compute attention in slices (less memory, slower).")]
 Tiling = Annotated[Optional[bool], typer.Option("--vae-tiling/--no-vae-tiling", help="Decode in tiles (large sizes); automatic when left out.")]
@@ -69,6 +70,8 @@ def _common(**kw) -> dict:
     )
     if kw.get("step_cache"):
         fields["step_cache"] = kw["step_cache"]
+    if kw.get("quantize", "none") != "none":
+        fields["quantize"] = kw["quantize"]
     if kw.get("decoder", "vae") != "vae":
         fields["decoder"] = kw["decoder"]
     if kw.get("refiner"):
@@ -115,7 +118,7 @@ def generate(
     from_image: Annotated[Optional[Path], typer.Option("--from", help="Re-make the picture whose PNG carries these settings.")] = None,
     model: Model = None, negative: Negative = "", n_samples: Samples = 4, n_iter: Iters = 1, width: Width = None,
     height: Height = None, steps: Steps = None, cfg_scale: Cfg = None, sampler: SamplerOpt = None,
-    plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto", runtime: RuntimeOpt = "auto", weights: WeightsOpt = "auto",
+    plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto", runtime: RuntimeOpt = "auto", weights: WeightsOpt = "auto", quantize: QuantizeOpt = "none",
     attention_slicing: Slicing = False, vae_tiling: Tiling = None, upscale: Upscale = None,
     step_cache: StepCacheOpt = None, decoder: DecoderOpt = "vae",
     rerank: Rerank = 1, score: ScoreOpt = False, scorer: ScorerOpt = "mini",
@@ -159,7 +162,7 @@ GAN_IGNORES = (("--negative", "negative", ""), ("--steps", "steps", None), ("--c
                ("--attention-slicing", "attention_slicing", False), ("--vae-tiling", "vae_tiling", None),
                ("--tile", "tile", False), ("--chaos", "chaos", None), ("--ar", "aspect", None),
                ("--refiner", "refiner", None), ("--step-cache", "step_cache", None), ("--decoder", "decoder", "vae"),
-               ("--runtime", "runtime", "auto"), ("--weights", "weights", "auto"))
+               ("--runtime", "runtime", "auto"), ("--weights", "weights", "auto"), ("--quantize", "quantize", "none"))
 
 
 def _gan_fields(given: dict, text: str | None) -> dict:
@@ -182,7 +185,7 @@ def img2img(
     strength: Strength = None,
     model: Model = None, negative: Negative = "", n_samples: Samples = 4, n_iter: Iters = 1, width: Width = None,
     height: Height = None, steps: Steps = None, cfg_scale: Cfg = None, sampler: SamplerOpt = None,
-    plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto", runtime: RuntimeOpt = "auto", weights: WeightsOpt = "auto",
+    plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto", runtime: RuntimeOpt = "auto", weights: WeightsOpt = "auto", quantize: QuantizeOpt = "none",
     attention_slicing: Slicing = False, vae_tiling: Tiling = None, upscale: Upscale = None,
     step_cache: StepCacheOpt = None, decoder: DecoderOpt = "vae",
     rerank: Rerank = 1, score: ScoreOpt = False, scorer: ScorerOpt = "mini",
@@ -202,7 +205,7 @@ def variations(
     strength: Strength = None,
     model: Model = None, negative: Negative = "", n_samples: Samples = 4, n_iter: Iters = 1, width: Width = None,
     height: Height = None, steps: Steps = None, cfg_scale: Cfg = None, sampler: SamplerOpt = None,
-    plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto", runtime: RuntimeOpt = "auto", weights: WeightsOpt = "auto",
+    plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto", runtime: RuntimeOpt = "auto", weights: WeightsOpt = "auto", quantize: QuantizeOpt = "none",
     attention_slicing: Slicing = False, vae_tiling: Tiling = None, upscale: Upscale = None,
     step_cache: StepCacheOpt = None, decoder: DecoderOpt = "vae",
     rerank: Rerank = 1, score: ScoreOpt = False, scorer: ScorerOpt = "mini",
@@ -223,7 +226,7 @@ def inpaint(
     strength: Strength = None, mask_blur: MaskBlur = 4,
     model: Model = None, negative: Negative = "", n_samples: Samples = 4, n_iter: Iters = 1, width: Width = None,
     height: Height = None, steps: Steps = None, cfg_scale: Cfg = None, sampler: SamplerOpt = None,
-    plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto", runtime: RuntimeOpt = "auto", weights: WeightsOpt = "auto",
+    plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto", runtime: RuntimeOpt = "auto", weights: WeightsOpt = "auto", quantize: QuantizeOpt = "none",
     attention_slicing: Slicing = False, vae_tiling: Tiling = None, upscale: Upscale = None,
     step_cache: StepCacheOpt = None, decoder: DecoderOpt = "vae",
     rerank: Rerank = 1, score: ScoreOpt = False, scorer: ScorerOpt = "mini",
@@ -248,7 +251,7 @@ def outpaint(
     mask_blur: MaskBlur = 8,
     model: Model = None, negative: Negative = "", n_samples: Samples = 4, n_iter: Iters = 1,
     steps: Steps = None, cfg_scale: Cfg = None, sampler: SamplerOpt = None,
-    plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto", runtime: RuntimeOpt = "auto", weights: WeightsOpt = "auto",
+    plms: Plms = False, seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto", runtime: RuntimeOpt = "auto", weights: WeightsOpt = "auto", quantize: QuantizeOpt = "none",
     attention_slicing: Slicing = False, vae_tiling: Tiling = None, upscale: Upscale = None,
     step_cache: StepCacheOpt = None, decoder: DecoderOpt = "vae",
     rerank: Rerank = 1, score: ScoreOpt = False, scorer: ScorerOpt = "mini",

@@ -214,12 +214,15 @@ class OpenVINOBundle:
     `store_compiled` keeps compiled shapes on disk too, in the bundle's compiled/ folder, for a
     fresh process to load (small models only: each of SD's UNet shapes would hold its 1.7 GB
     again). `facts` is the marker's content; `compiles` counts the shapes compiled (or loaded)
-    in this process."""
+    in this process. `replaced` names parts read from another IR than the bundle's own (the
+    UNet quantized to int8: models/int8_unet.py)."""
 
-    def __init__(self, folder: Path, precisions: dict[str, str], store_compiled: bool = False):
+    def __init__(self, folder: Path, precisions: dict[str, str], store_compiled: bool = False,
+                 replaced: dict[str, Path] | None = None):
         import openvino as ov
 
         self.folder = folder
+        self._irs = {part: folder / f"{part}.xml" for part in precisions} | (replaced or {})
         self.facts = bundle_facts(folder)
         sizes = self.facts["bin_bytes"]
         self.precisions = precisions
@@ -260,13 +263,13 @@ class OpenVINOBundle:
                 return held[shapes]
             while len(held) >= self._kept[part]:
                 held.popitem(last=False)
-            model = self.core.read_model(str(self.folder / f"{part}.xml"))
+            model = self.core.read_model(str(self._irs[part]))
             model.reshape({port.get_any_name(): ov.PartialShape(list(shape)) for port, shape in zip(model.inputs, shapes)})
             config = {"INFERENCE_PRECISION_HINT": self.precisions[part], "PERFORMANCE_HINT": "LATENCY"}
             threads = os.environ.get("OMP_NUM_THREADS")  # a deployment's workers share the cores
             if threads and threads.isdigit():
                 config["INFERENCE_NUM_THREADS"] = int(threads)
-            with file_pages_dropped(self.folder / f"{part}.bin"):
+            with file_pages_dropped(self._irs[part].with_suffix(".bin")):
                 request = self.core.compile_model(model, "CPU", config).create_infer_request()
                 del model
             self.compiles += 1

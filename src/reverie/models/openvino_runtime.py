@@ -43,10 +43,8 @@ import hashlib
 import importlib.util
 import json
 import logging
-import os
 import platform
 import shutil
-import tempfile
 import threading
 import time
 import warnings
@@ -60,6 +58,7 @@ import torch
 from ..device import available_memory
 from ..host import file_pages_dropped, is_x86
 from ..errors import BadRequest
+from ..outputs.files import partial_folder
 
 log = logging.getLogger(__name__)
 
@@ -373,9 +372,7 @@ def export_unet(unet, folder: Path, source: str = "", label: str | None = None) 
         example += (torch.randn(2, added[0]), torch.full((2, added[1]), 1024.0))
         inputs += [([-1, -1], ov.Type.f32), ([-1, -1], ov.Type.f32)]
     started = time.perf_counter()
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=folder.name + ".partial-", dir=folder.parent))
-    try:
+    with partial_folder(folder) as partial:
         model = convert_to_openvino(TraceableUNet(unet), example, inputs)
         ov.save_model(model, str(partial / IR_NAME), compress_to_fp16=False)
         del model
@@ -385,12 +382,6 @@ def export_unet(unet, folder: Path, source: str = "", label: str | None = None) 
                                                      "export_s": round(time.perf_counter() - started, 1),
                                                      "source": str(path) if path else None, "dtype": str(unet.dtype),
                                                      "label": label}))
-        if folder.exists():
-            shutil.rmtree(folder, ignore_errors=True)
-        os.replace(partial, folder)
-    finally:
-        if partial.exists():
-            shutil.rmtree(partial, ignore_errors=True)
     log.info("exported the UNet to OpenVINO in %.1f s: %s", time.perf_counter() - started, folder)
 
 

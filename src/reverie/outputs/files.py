@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,6 +35,25 @@ def partial_file(path: str | Path, suffix: str = ".part") -> Iterator[Path]:
     except BaseException:
         Path(partial).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def partial_folder(folder: str | Path) -> Iterator[Path]:
+    """A temporary folder beside `folder` to fill; when the block ends cleanly it replaces
+    `folder` (an older one there is removed first), so a reader finds the old folder, none or
+    the whole new one, never half; when the block fails it is removed. For what is written as
+    several files at once (an exported model and its marker)."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=folder.name + ".partial-", dir=folder.parent))
+    try:
+        yield partial
+        if folder.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+        os.replace(partial, folder)
+    finally:
+        if partial.exists():
+            shutil.rmtree(partial, ignore_errors=True)
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], object], suffix: str = ".part") -> Path:

@@ -126,6 +126,8 @@ def parse_a1111_parameters(text: str) -> dict:
         fields["decoder"] = pairs["Decoder"]
     if pairs.get("Runtime") in ("torch", "openvino"):
         fields["runtime"] = pairs["Runtime"]
+    if pairs.get("Quantize") == "int8":
+        fields["quantize"] = "int8"
     if pairs.get("Weights") in ("fp32", "fp16", "bf16"):
         fields["weights"] = pairs["Weights"]
     if "Model" in pairs and pairs["Model"]:

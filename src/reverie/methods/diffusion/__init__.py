@@ -13,7 +13,7 @@ def _run(request, models, progress, outputs):
     if found is not None:  # on OpenVINO alone (mini, SD): no torch imported
         try:
             return compiled.run(request, models, progress, outputs, found)
-        except compiled.BundleUnavailable:  # before any picture: the torch pipeline makes them
+        except compiled.BundleUnavailable:  # before any picture: the torch pipeline makes them (int8: refuses)
             pass
     from .run import run
 

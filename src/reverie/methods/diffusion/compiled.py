@@ -52,6 +52,7 @@ from ...models.cache import ModelCache
 from ...models.components import SamplingDefaults
 from ...models.mini import DEFAULT_UPSCALE, MINI_DIR, MINI_NAME, SAMPLING_DEFAULTS, mini_installed
 from ...models.embeddings import written_as_tokens
+from ...models import int8_unet
 from ...models.mini_bundle import bundle_folder, make_bundle
 from ...models.openvino_bundle import OpenVINOBundle, bundle_facts, bundle_made, precision_of
 from ...models.registry import find_path
@@ -185,7 +186,10 @@ def served(request: GenerationRequest, previews: bool = False) -> Served | None:
     if model is None:
         return None
     source, facts = model
-    if _bundle_key(source, precision_of(dtype)) in _failed:  # its bundle failed earlier in this process
+    int8 = request.quantize == "int8"
+    if int8 and not int8_unet.available():  # run.py refuses it, naming NNCF
+        return None
+    if _bundle_key(source, precision_of(dtype), int8) in _failed:  # its bundle failed earlier in this process
         return None
     chaos = request.chaos is not None and request.chaos < 100  # 100: each picture its own seed's noise, as without
     if previews and _tiny_decoder_present():
@@ -212,6 +216,22 @@ def served(request: GenerationRequest, previews: bool = False) -> Served | None:
     if not _sampler_runs(request.sampler or facts.sampling.sampler, facts.scheduler_config, steps):
         return None
     return None if _networks_unserved(request, facts) else Served(source, facts, prepared)
+
+
+def int8_refused(request: GenerationRequest) -> str:
+    """Why `quantize int8` cannot run `request` (one `served` turned down), naming what to change."""
+    if not int8_unet.available():
+        return "int8 needs NNCF: pip install -r requirements-speed.txt, or leave quantize out"
+    model = served_model(request)
+    failed = [why for key, why in _failed.items()
+              if model is not None and key[0] == _bundle_key(model[0], "")[0] and key[2:] == ("int8",)]
+    if failed:
+        return f"the model's UNet could not be quantized to int8 in this process ({failed[0]}); leave quantize out"
+    return ("int8 runs where reverie runs the model on OpenVINO without torch: reverie-mini or an SD 1.x/2.x "
+            ".safetensors file or folder, on the CPU in fp32 or bf16, runtime auto or openvino, txt2img or an image "
+            "mode at sides that are multiples of 64 up to 768 px (SD), a sampler of DPM++ 2M, DPM++ 2M Karras or "
+            "Euler, without LoRAs, seamless tiles, step caching, chaos, a refiner, a tiny decoder or prompt "
+            "expansion; change those or leave quantize out")
 
 
 def _sampler_runs(name: str, scheduler_config: dict, steps: int) -> bool:
@@ -289,7 +309,7 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
         ran |= {"width": prepared.width, "height": prepared.height}
     request = request.with_defaults(facts.sampling).model_copy(update=ran)
     progress(ProgressEvent("load", message=f"loading {request.model}"))
-    bundle = load_bundle(models, source, precision_of(dtype), progress)
+    bundle = load_bundle(models, source, precision_of(dtype), progress, int8=request.quantize == "int8")
     if source is not None:
         facts = sd_facts(source, bundle.folder)  # what the made bundle says (its name, schedule, channels)
     tokenizer = models.get(("bundle-tokenizer", str(bundle.folder)), lambda: BundleTokenizer.of(bundle))
@@ -368,36 +388,79 @@ class BundleUnavailable(RuntimeError):
 _failed: dict[tuple, str] = {}  # (model, precision) -> why its bundle could not be had, in this process
 
 
-def _bundle_key(source: SDSource | None, precision: str) -> tuple:
-    return (str(source.path) if source is not None else MINI_NAME, precision)
+def _bundle_key(source: SDSource | None, precision: str, int8: bool = False) -> tuple:
+    return (str(source.path) if source is not None else MINI_NAME, precision) + (("int8",) if int8 else ())
 
 
 def load_bundle(models: ModelCache, source: SDSource | None, precision: str,
-                progress: Progress | None = None) -> OpenVINOBundle:
+                progress: Progress | None = None, int8: bool = False) -> OpenVINOBundle:
     """The bundle of reverie-mini (`source` None) or of an SD model for `precision`, from the
     model cache, read from disk, or made first (once: about 11 s for mini, a minute or more for
     SD, whose UNet export takes most of it unless the torch path made it already; the only time
-    this path imports torch); BundleUnavailable when that fails."""
-    key = _bundle_key(source, precision)
+    this path imports torch); `int8`: with its UNet quantized to int8 (models/int8_unet.py),
+    quantized first where it is not yet. BundleUnavailable when that fails."""
+    key = _bundle_key(source, precision, int8)
     mini = source is None
+
+    def say(message: str) -> None:
+        if progress is not None:
+            progress(ProgressEvent("load", message=message))
 
     def load() -> OpenVINOBundle:
         folder = bundle_folder(precision) if mini else sd_bundle_folder(source, precision)
         try:
             if not bundle_made(folder):
-                if progress is not None:
-                    progress(ProgressEvent("load", message=f"exporting {key[0]} to OpenVINO (once)"))
+                say(f"exporting {key[0]} to OpenVINO (once)")
                 make_bundle(folder, precision) if mini else make_sd_bundle(source, folder, precision)
             precisions = dict.fromkeys(("text_encoder", "unet", "decoder", "encoder"), precision)
             if mini:  # the upscaler in bf16 where the CPU has it, whatever the dtype, as torch's autocast runs it
                 precisions["upscaler"] = "bf16" if this_cpu_native_bf16() and is_x86() else "f32"
-            return OpenVINOBundle(folder, precisions, store_compiled=mini)
+            replaced = None
+            if int8:
+                if not int8_unet.int8_made(folder):
+                    say(f"quantizing {key[0]}'s UNet to int8 (once: minutes for SD)")
+                    facts = mini_facts() if mini else sd_facts(source, folder)
+                    int8_unet.quantize_unet(folder, lambda: calibration_inputs(OpenVINOBundle(folder, precisions), facts))
+                replaced = {"unet": int8_unet.int8_folder(folder) / int8_unet.IR_NAME}
+            return OpenVINOBundle(folder, precisions, store_compiled=mini, replaced=replaced)
         except Exception as exc:  # the exporter meets a layer it cannot trace, a full disk, a damaged file...
             _failed[key] = f"{type(exc).__name__}: {exc}"[:300]
-            log.warning("%s's OpenVINO bundle could not be had (%s); it runs on torch", key[0], _failed[key])
+            log.warning("%s's OpenVINO bundle%s could not be had (%s); %s", key[0], " with an int8 UNet" if int8 else "",
+                        _failed[key], "int8 requests are refused" if int8 else "it runs on torch")
             raise BundleUnavailable(_failed[key]) from exc
 
     return models.get(("openvino-bundle",) + key, load)
+
+
+class _Recording:
+    """A bundle that keeps a copy of the inputs of each call of its UNet."""
+
+    def __init__(self, bundle: OpenVINOBundle):
+        self.bundle, self.latent_rgb, self.unet_inputs = bundle, bundle.latent_rgb, []
+
+    def __call__(self, part: str, *inputs: np.ndarray) -> np.ndarray:
+        if part == "unet":
+            self.unet_inputs.append(tuple(np.array(x, copy=True) for x in inputs))
+        return self.bundle(part, *inputs)
+
+    def release_memory(self, part: str) -> None:
+        self.bundle.release_memory(part)
+
+
+def calibration_inputs(bundle: OpenVINOBundle, facts: ModelFacts) -> list[tuple[np.ndarray, ...]]:
+    """The UNet's inputs (latents, timestep, text states on the CFG pair) while the model
+    denoises int8_unet's CALIBRATION_PROMPTS from noise, with its default sampler and guidance,
+    in CALIBRATION_STEPS steps, at CALIBRATION_SIDE px (its own side where smaller): the
+    examples NNCF reads the int8 ranges from."""
+    recording, tokenizer = _Recording(bundle), BundleTokenizer.of(bundle)
+    side = min(int8_unet.CALIBRATION_SIDE, facts.native_size) // facts.size_multiple * facts.size_multiple
+    for seed, prompt in enumerate(int8_unet.CALIBRATION_PROMPTS):
+        request = GenerationRequest(prompt=prompt, width=side, height=side, steps=int8_unet.CALIBRATION_STEPS,
+                                    seed=seed).with_defaults(facts.sampling)
+        cond, uncond = encode_pairs([(prompt, "")], tokenizer, recording, {})
+        start = Start(request, prepare_input(request, facts), facts)
+        denoise(request, recording, start, [seed], cond, uncond, 0, Progress())
+    return recording.unet_inputs
 
 
 class BundleTokenizer:

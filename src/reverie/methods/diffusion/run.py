@@ -228,6 +228,10 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
     every picture finished so far and `interrupted` is True.
     """
     request = resolve(request)
+    if request.quantize != "none":  # the bundle's UNet only (compiled.py), which turned this request down
+        from .compiled import int8_refused
+
+        raise BadRequest("quantize", int8_refused(request))
     device = pick_device(request.device)
     dtype = pick_dtype(request.dtype, device)
     started = time.perf_counter()

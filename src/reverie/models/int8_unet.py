@@ -1,0 +1,137 @@
+"""A bundle's UNet with its convolutions in int8, on OpenVINO (issue 22, `--quantize int8`).
+
+At 512 px SD 1.5's UNet spends about two thirds of a bf16 step in its convolutions and linear
+layers, at over 90% of the best bf16 product rate this CPU reaches (docs/speed.md): no setting
+that computes the same operations in bf16 goes much faster. An int8 dot product does twice the
+multiply-adds of a bf16 one per instruction on a CPU with VNNI (AVX512-VNNI, AVX-VNNI, AMX), and
+OpenVINO's CPU plugin runs a layer in int8 where the graph quantizes its inputs.
+
+NNCF's post-training quantization (`nncf.quantize`) writes those quantize steps into the
+bundle's UNet IR: before each convolution (weights and input) and attention's inputs, with the
+ranges of each input read from examples and a bias correction after. The examples are the
+model's own: its UNet's inputs while it denoises CALIBRATION_PROMPTS (methods/diffusion/
+compiled.calibration_inputs). The linear layers stay in the bundle's precision: quantized too
+(NNCF's transformer settings, SmoothQuant first), SD 1.5's UNet ran 1.19x faster again, but
+reverie-mini's pictures moved visibly (19 dB over docs/mini-grid.png's sheet against 30 with
+the convolutions alone). The rest (normalisations, softmax, element-wise steps), the text
+encoder and the VAE are untouched. The pictures change more than bf16 changes them, which is
+why it is asked for, never the default (docs/speed.md has the figures).
+
+Made once per bundle, on the first request that asks for it (about 5 minutes and an 11 GiB
+peak for SD 1.5, most of it NNCF reading the ranges; 13 s for reverie-mini), into the bundle's
+`int8/` folder, so it goes with the bundle when a new file or version replaces it. Its marker
+records the NNCF version and CALIBRATION's version: another of either makes it again. NNCF is
+optional (requirements-speed.txt); without it such a request is refused, saying so.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..host import free_memory
+from ..outputs.files import partial_folder
+from .openvino_bundle import bundle_facts
+
+log = logging.getLogger(__name__)
+
+FOLDER = "int8"  # inside the bundle's folder
+IR_NAME = "unet.xml"
+DONE_NAME = "done.json"
+CALIBRATION = 1  # bump when the calibration (prompts, steps, size, NNCF settings) changes
+CALIBRATION_PROMPTS = (
+    "a red apple on a wooden table, still life",
+    "portrait of an old fisherman, oil painting",
+    "a city street at night in the rain, neon signs",
+    "mountains above a lake at sunrise, landscape photograph",
+)
+CALIBRATION_STEPS = 8  # a whole schedule at each prompt, every 8th of it: 32 examples of the CFG pair
+CALIBRATION_SIDE = 256  # px, or the model's own side where smaller: the ranges hold across sizes
+MEMORY_FACTOR = 3.5  # free memory a quantization needs, in the UNet's f32 weight bytes (SD 1.5: 11.1 GiB peak, 3.4 GB)
+
+
+def available() -> bool:
+    """Whether NNCF is installed (it is imported only to quantize)."""
+    return importlib.util.find_spec("nncf") is not None
+
+
+def int8_folder(bundle_folder: Path) -> Path:
+    return bundle_folder / FOLDER
+
+
+def _marker() -> dict:
+    return {"nncf": metadata.version("nncf") if available() else None, "calibration": CALIBRATION}
+
+
+def int8_made(bundle_folder: Path) -> bool:
+    """Whether the bundle's int8 UNet is made, whole, by this NNCF version and calibration."""
+    folder = int8_folder(bundle_folder)
+    try:
+        facts = json.loads((folder / DONE_NAME).read_text())
+        return ((folder / IR_NAME).with_suffix(".bin").stat().st_size == facts["bin_bytes"]
+                and all(facts.get(key) == value for key, value in _marker().items()))
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def quantize_unet(bundle_folder: Path, examples: Callable[[], list[tuple[np.ndarray, ...]]]) -> Path:
+    """Quantize the bundle's UNet (`unet.xml`) to int8 with the inputs `examples()` gives (as
+    the bundle's runner calls it: latents, timestep, text states) and write it into the bundle's
+    int8 folder, atomically; its IR's path. A MemoryError, before anything is run, where free
+    memory is short of what it takes."""
+    import nncf
+    import openvino as ov
+
+    widening = 2 if bundle_facts(bundle_folder)["precision"] == "bf16" else 1  # to f32 (`widened`)
+    need, free = MEMORY_FACTOR * widening * (bundle_folder / "unet.bin").stat().st_size, free_memory()
+    if free < need:
+        raise MemoryError(f"quantizing the UNet to int8 needs about {need / 2**30:.1f} GiB of free memory, "
+                          f"and {free / 2**30:.1f} GiB is")
+    started = time.perf_counter()
+    nncf.set_log_level(logging.ERROR)
+    model = widened(ov.Core().read_model(str(bundle_folder / "unet.xml")))
+    calibration = examples()
+    quantized = nncf.quantize(model, nncf.Dataset(calibration), model_type=nncf.ModelType.TRANSFORMER,
+                              preset=nncf.QuantizationPreset.MIXED, subset_size=len(calibration),
+                              ignored_scope=nncf.IgnoredScope(types=["MatMul"]))  # the linear layers stay (above)
+    del model
+    folder = int8_folder(bundle_folder)
+    with partial_folder(folder) as partial:
+        ov.save_model(quantized, str(partial / IR_NAME), compress_to_fp16=False)
+        facts = {"bin_bytes": (partial / IR_NAME).with_suffix(".bin").stat().st_size, "examples": len(calibration),
+                 "quantize_s": round(time.perf_counter() - started, 1)} | _marker()
+        (partial / DONE_NAME).write_text(json.dumps(facts))
+    log.info("quantized %s's UNet to int8 in %.1f s", bundle_folder.name, time.perf_counter() - started)
+    return folder / IR_NAME
+
+
+def widened(model):
+    """An OpenVINO `model` with its bf16 weights and conversions made f32 (a bf16 bundle's UNet
+    is typed bf16 throughout, as torch traced it; NNCF's quantized graph of it then mixes bf16
+    and f32 inputs in its attention, which OpenVINO refuses). The int8 model's other layers
+    still compute in bf16 where the bundle's precision asks for it."""
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    for op in model.get_ordered_ops():
+        if op.get_type_name() == "Convert" and op.get_output_element_type(0) == ov.Type.bf16:
+            _reroute(op, ops.convert(op.input_value(0), ov.Type.f32))
+        elif op.get_type_name() == "Constant" and op.get_element_type() == ov.Type.bf16:
+            # the raw bits (OpenVINO hands bf16 data over as 16-bit words): bf16 is f32's upper half
+            bits = op.get_data().view(np.uint16).astype(np.uint32) << 16
+            _reroute(op, ops.constant(bits.view(np.float32), ov.Type.f32))
+    model.validate_nodes_and_infer_types()
+    return model
+
+
+def _reroute(old, new) -> None:
+    """Whatever read `old`'s output reads `new`'s."""
+    for target in list(old.output(0).get_target_inputs()):
+        target.replace_source_output(new.output(0))
