@@ -306,8 +306,8 @@ def test_int8_is_refused_where_the_bundle_does_not_run_the_request(sd_folder, tm
         METHOD.run(tiled, ModelCache(), Progress(), Outputs(tmp_path / "tiled"))
     assert refused.value.field == "quantize" and "seamless tiles" in str(refused.value)
     # Not quantized yet, and too little memory to: refused saying so (not tried again in the process).
-    monkeypatch.setenv("REVERIE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(compiled, "_failed", {})
+    monkeypatch.setattr(int8_unet, "int8_made", lambda folder: False)
     monkeypatch.setattr(int8_unet, "free_memory", lambda: 2**20)
     request = request_for(sd_folder, quantize="int8", n_samples=1, steps=2)
     for _ in range(2):
