@@ -85,7 +85,7 @@ class GenerationRequest(BaseRequest):
     # compute dtype's; fp16 or bf16 halve an fp32 model's memory, each layer computed in `dtype`
     # (the pictures change a little: PSNR in benchmarks/README.md).
     weights: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
-    # int8: the UNet's weights and activations quantized to int8 (models/int8_unet.py; once per
+    # int8: the UNet's convolutions quantized to int8, weights and inputs (models/int8_unet.py; once per
     # model, calibrated on its own denoising), on OpenVINO where the model runs without torch.
     # Faster where the CPU has int8 dot products (VNNI); the pictures change more than bf16's.
     quantize: Literal["none", "int8"] = "none"
