@@ -18,7 +18,7 @@ encoder and the VAE are untouched. The pictures change more than bf16 changes th
 why it is asked for, never the default (docs/speed.md has the figures).
 
 Made once per bundle, on the first request that asks for it (about 5 minutes and a 9.6 GiB
-peak for SD 1.5, most of it NNCF reading the ranges; 10 s for reverie-mini), into the bundle's
+peak for SD 1.5, most of it NNCF reading the ranges; 10-13 s for reverie-mini), into the bundle's
 `int8/` folder, so it goes with the bundle when a new file or version replaces it. Its marker
 records the NNCF version and CALIBRATION's version: another of either makes it again. NNCF is
 optional (requirements-speed.txt); without it such a request is refused, saying so.
@@ -96,8 +96,8 @@ def quantize_unet(bundle_folder: Path, examples: Callable[[], list[tuple[np.ndar
                           f"and {free / 2**30:.1f} GiB is")
     started = time.perf_counter()
     nncf.set_log_level(logging.ERROR)
-    calibration = examples()  # first: the bundle it runs is let go before the f32 graph is read
     model = widened(ov.Core().read_model(str(bundle_folder / "unet.xml")))
+    calibration = examples()  # after the read: the other order peaked at 11.2 GiB against 9.6 (one run each)
     quantized = nncf.quantize(model, nncf.Dataset(calibration), model_type=nncf.ModelType.TRANSFORMER,
                               preset=nncf.QuantizationPreset.MIXED, subset_size=len(calibration),
                               ignored_scope=nncf.IgnoredScope(types=["MatMul"]))  # the linear layers stay (above)
