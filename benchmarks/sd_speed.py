@@ -4,7 +4,7 @@ The model is SD 1.5's architecture with random weights, built from the configs r
 (torch seed 0; speed does not depend on what the weights are) and written once as a diffusers
 folder with fp32 weights (`--folder`); `--arch sdxl` does the same with SDXL base's
 architecture (sdxl_random.py) against stock StableDiffusionXLPipeline. Every variant loads it
-from there in its own process, so its peak resident memory (the child's ru_maxrss) is its own,
+from there in its own process, so its peak resident memory (the child's VmHWM) is its own,
 loading included; the variants are run in turn, `--repeats` rounds, and the median is kept.
 
 Each child makes a one-step picture first (its time is `first call s`: for reverie, which loads
@@ -53,7 +53,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -255,11 +254,11 @@ def child(args) -> dict:
     gaps = np.diff(steps_at) if len(steps_at) > 1 else np.array([total / args.steps])
     if cuda:
         info["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
-    info["rss_after_gib"] = _rss_now() / 2**30  # what stays resident once loaded and run (no load peak)
+    info["rss_after_gib"] = _memory("VmRSS") / 2**30  # what stays resident once loaded and run (no load peak)
     info["torch"] = "torch" in sys.modules
     return info | {"variant": variant, "batch": args.batch, "total_s": total, "s_per_step": float(np.median(gaps)),
                    "first_step_s": steps_at[0] - start if steps_at else None,
-                   "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+                   "peak_rss_gib": _memory("VmHWM") / 2**30}
 
 
 def pattern_picture(size: int, path: Path) -> Path:
@@ -273,9 +272,12 @@ def pattern_picture(size: int, path: Path) -> Path:
     return path
 
 
-def _rss_now() -> int:
+def _memory(field: str) -> int:
+    """This process's resident bytes now (VmRSS) or at its peak (VmHWM). The peak is the
+    process's own since it started: ru_maxrss also counts the parent's resident size when it
+    forked (this script's parent, after building the random-weight folder, holds 4.8 GiB)."""
     with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith(field + ":"))
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

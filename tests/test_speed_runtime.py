@@ -247,6 +247,39 @@ def test_a_new_export_of_a_changed_file_replaces_the_old_one(tmp_path):
     assert OpenVINOUNet.load(unet, str(checkpoint), cache=cache).exports == 0  # and it is reused
 
 
+def test_a_folder_written_at_once_is_whole_or_absent_and_a_finished_one_stays(tmp_path):
+    """outputs.files.partial_folder, which every export, bundle and int8 UNet is written through:
+    the new folder replaces the old one whole; a write that fails leaves the old one and no
+    partial; with `made`, a whole folder another process wrote meanwhile stays."""
+    from reverie.outputs.files import partial_folder
+
+    folder = tmp_path / "export"
+    with partial_folder(folder) as partial:
+        (partial / "unet.bin").write_text("first")
+        assert not folder.exists()  # nothing is there until the block ends
+    with partial_folder(folder) as partial:
+        (partial / "unet.bin").write_text("second")
+    assert [p.read_text() for p in folder.iterdir()] == ["second"]  # the old one replaced whole
+
+    with pytest.raises(OSError), partial_folder(folder) as partial:
+        (partial / "unet.bin").write_text("half")
+        raise OSError("disk full")
+    assert [p.read_text() for p in folder.iterdir()] == ["second"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # no partial left behind
+
+    def made(where: Path) -> bool:
+        return (where / "unet.bin").is_file()
+
+    with partial_folder(folder, made=made) as partial:
+        (partial / "unet.bin").write_text("third")
+    assert (folder / "unet.bin").read_text() == "second"  # the finished one stays
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+    (folder / "unet.bin").unlink()  # not whole: replaced
+    with partial_folder(folder, made=made) as partial:
+        (partial / "unet.bin").write_text("fourth")
+    assert (folder / "unet.bin").read_text() == "fourth"
+
+
 def test_the_torch_unet_leaves_memory_while_its_export_serves_and_comes_back_for_torch(tmp_path, tiny_folder, monkeypatch):
     """Memory (issue 22): OpenVINO holds its own copy of the UNet, so the torch one of a model
     read from disk is let go while the export serves, and read again, the same, for a request

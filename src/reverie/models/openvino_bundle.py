@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import threading
 from collections import OrderedDict
 from importlib import metadata
@@ -30,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..host import file_pages_dropped
+from ..outputs.files import partial_folder
 
 DONE_NAME = "done.json"
 COMPILED_DIR = "compiled"
@@ -99,10 +99,8 @@ def save_bundle(folder: Path, parts: dict, facts: dict, replaces: str, extra_fil
 
     from .openvino_runtime import convert_to_openvino
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=folder.name + ".partial-", dir=folder.parent))
-    try:
-        sizes = {}
+    sizes = {}
+    with partial_folder(folder, made=bundle_made) as partial:
         for name, made_from in parts.items():
             target = partial / f"{name}.xml"
             if isinstance(made_from, Path):
@@ -115,21 +113,10 @@ def save_bundle(folder: Path, parts: dict, facts: dict, replaces: str, extra_fil
         for name, text in (extra_files or {}).items():
             (partial / name).write_text(text)
         (partial / DONE_NAME).write_text(json.dumps({"bin_bytes": sizes, **facts}))
-        if not bundle_made(folder):  # another process may have made it meanwhile: then it stays
-            if folder.exists():
-                shutil.rmtree(folder, ignore_errors=True)
-            try:
-                os.replace(partial, folder)
-            except OSError:
-                if not bundle_made(folder):
-                    raise
-        kind = facts[replaces]
-        for old in folder.parent.iterdir():
-            if old != folder and old.is_dir() and bundle_facts(old).get(replaces) == kind:
-                shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if partial.exists():
-            shutil.rmtree(partial, ignore_errors=True)
+    kind = facts[replaces]
+    for old in folder.parent.iterdir():
+        if old != folder and old.is_dir() and bundle_facts(old).get(replaces) == kind:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

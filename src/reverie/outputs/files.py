@@ -38,19 +38,27 @@ def partial_file(path: str | Path, suffix: str = ".part") -> Iterator[Path]:
 
 
 @contextmanager
-def partial_folder(folder: str | Path) -> Iterator[Path]:
+def partial_folder(folder: str | Path, made: Callable[[Path], bool] | None = None) -> Iterator[Path]:
     """A temporary folder beside `folder` to fill; when the block ends cleanly it replaces
     `folder` (an older one there is removed first), so a reader finds the old folder, none or
     the whole new one, never half; when the block fails it is removed. For what is written as
-    several files at once (an exported model and its marker)."""
+    several files at once (an exported model and its marker). `made(folder)`: whether a whole
+    one is there already, which another process may have written meanwhile: then it stays and
+    the new one is dropped."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=folder.name + ".partial-", dir=folder.parent))
     try:
         yield partial
+        if made is not None and made(folder):
+            return
         if folder.exists():
             shutil.rmtree(folder, ignore_errors=True)
-        os.replace(partial, folder)
+        try:
+            os.replace(partial, folder)
+        except OSError:  # another process's folder took the place between the two steps
+            if made is None or not made(folder):
+                raise
     finally:
         if partial.exists():
             shutil.rmtree(partial, ignore_errors=True)
