@@ -275,6 +275,13 @@ def test_int8_quantizes_the_unet_once_and_keeps_the_picture(sd_folder, tmp_path,
     facts = json.loads((folder / "done.json").read_text())
     assert facts["examples"] == len(int8_unet.CALIBRATION_PROMPTS) * int8_unet.CALIBRATION_STEPS
     assert (folder / "unet.xml").read_text().count('type="FakeQuantize"') > 10  # its layers' inputs quantized
+    import openvino as ov
+
+    convolutions = [op for op in ov.Core().read_model(str(folder / "unet.xml")).get_ordered_ops()
+                    if op.get_type_name() == "Convolution"]
+    # a quantized convolution's weights are int8, scaled back where it reads them; the ends' stay as they were
+    int8_weights = [op.input_value(1).get_node().get_type_name() != "Constant" for op in convolutions]
+    assert int8_weights[0] is int8_weights[-1] is False and all(int8_weights[1:-1])
     for a, b in zip(quantized.images, plain.images, strict=True):
         assert 28 < psnr(pixels(a.image), pixels(b.image)) < float("inf"), psnr(pixels(a.image), pixels(b.image))
     assert psnr(pixels(quantized.images[0].image), pixels(quantized.images[1].image)) < 28
