@@ -15,16 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-
-def rss_gib() -> float:
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) / 2**20 for line in status if line.startswith("VmRSS:"))
+from process_memory import peak_gib, resident_gib
 
 
 def child(args) -> dict:
@@ -36,8 +32,8 @@ def child(args) -> dict:
     request = make_request(prompt="a red apple", model=args.folder, width=args.size, height=args.size,
                            steps=args.steps, seed=1, dtype="fp32", runtime=args.child, upscale=1)
     studio.run(request, outdir=tempfile.mkdtemp(prefix="first-request-"), grid=False)
-    return {"runtime": args.child, "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-            "after_gib": rss_gib(), "threads": torch.get_num_threads()}
+    return {"runtime": args.child, "peak_gib": peak_gib(),
+            "after_gib": resident_gib(), "threads": torch.get_num_threads()}
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ their final dtype without an fp32 copy").
 The random-weight SD 1.5 model (benchmarks/sd15_random.py) is written once as an A1111-style
 .safetensors file with fp32 weights (4.0 GB, as the public v1-5-pruned-emaonly file). Each
 variant then loads it in a fresh process and reports the process's peak resident memory
-(ru_maxrss: the file's pages count while they are mapped), what stays resident, and the seconds:
+(its VmHWM: the file's pages count while they are mapped), what stays resident, and the seconds:
 
 - `stream`: reverie's loader (`load_single_file`), which reads a 16-bit request's tensors one by
   one without a memory map, narrowing each as it comes (models/single_file.py);
@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from process_memory import peak_gib, resident_gib
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
@@ -51,11 +52,9 @@ def child(variant: str, path: Path, dtype_name: str) -> dict:
     start = time.perf_counter()
     components = loader.load_single_file(path, dtype=getattr(torch, DTYPES[dtype_name]))
     seconds = time.perf_counter() - start
-    with open("/proc/self/status") as status:
-        after = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 2**20
     assert components.unet.dtype == getattr(torch, DTYPES[dtype_name])
-    return {"variant": variant, "dtype": dtype_name, "seconds": seconds, "after_gib": after,
-            "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    return {"variant": variant, "dtype": dtype_name, "seconds": seconds, "after_gib": resident_gib(),
+            "peak_gib": peak_gib()}
 
 
 def main() -> None:

@@ -4,8 +4,8 @@ The model is SD 1.5's architecture with random weights, built from the configs r
 (torch seed 0; speed does not depend on what the weights are) and written once as a diffusers
 folder with fp32 weights (`--folder`); `--arch sdxl` does the same with SDXL base's
 architecture (sdxl_random.py) against stock StableDiffusionXLPipeline. Every variant loads it
-from there in its own process, so its peak resident memory (the child's VmHWM) is its own,
-loading included; the variants are run in turn, `--repeats` rounds, and the median is kept.
+from there in its own process, so its peak resident memory (the child's VmHWM:
+process_memory.py) is its own, loading included; the variants are run in turn, `--repeats` rounds, and the median is kept.
 
 Each child makes a one-step picture first (its time is `first call s`: for reverie, which loads
 a model on its first request, loading included, `load s` alone; for openvino also compiling the
@@ -60,6 +60,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from process_memory import peak_gib, resident_gib
 
 VARIANTS = ("diffusers", "auto", "int8", "torch", "fp16_weights", "bf16_weights", "channels_last", "bf16", "compile",
             "compile_bf16", "openvino", "openvino_bf16", "lcm_lora", "lcm_lora_openvino", "lcm_lora_torch")
@@ -254,11 +255,11 @@ def child(args) -> dict:
     gaps = np.diff(steps_at) if len(steps_at) > 1 else np.array([total / args.steps])
     if cuda:
         info["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
-    info["rss_after_gib"] = _memory("VmRSS") / 2**30  # what stays resident once loaded and run (no load peak)
+    info["rss_after_gib"] = resident_gib()  # what stays resident once loaded and run (no load peak)
     info["torch"] = "torch" in sys.modules
     return info | {"variant": variant, "batch": args.batch, "total_s": total, "s_per_step": float(np.median(gaps)),
                    "first_step_s": steps_at[0] - start if steps_at else None,
-                   "peak_rss_gib": _memory("VmHWM") / 2**30}
+                   "peak_rss_gib": peak_gib()}
 
 
 def pattern_picture(size: int, path: Path) -> Path:
@@ -270,14 +271,6 @@ def pattern_picture(size: int, path: Path) -> Path:
     rgb = np.stack([0.5 + 0.4 * np.sin(6 * x) * (1 - disc) + 0.5 * disc, 0.5 + 0.4 * np.cos(5 * y), 0.6 - 0.3 * x * y], -1)
     Image.fromarray((np.clip(rgb, 0, 1) * 255).astype(np.uint8)).save(path)
     return path
-
-
-def _memory(field: str) -> int:
-    """This process's resident bytes now (VmRSS) or at its peak (VmHWM). The peak is the
-    process's own since it started: ru_maxrss also counts the parent's resident size when it
-    forked (this script's parent, after building the random-weight folder, holds 4.8 GiB)."""
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) * 1024 for line in status if line.startswith(field + ":"))
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

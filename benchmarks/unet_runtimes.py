@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from process_memory import peak_gib
 
 RUNTIMES = ("torch", "torch_bf16", "openvino", "openvino_bf16", "onnxruntime")
 
@@ -130,7 +130,7 @@ def child(args) -> dict:
         out = call()
         times.append(time.perf_counter() - began)
     np.save(args.output, out.astype(np.float32))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_gib() * 2**30
     return {"runtime": runtime, "s_per_call": float(np.median(times)), "setup_s": setup, "peak_bytes": peak}
 
 
