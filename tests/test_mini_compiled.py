@@ -4,6 +4,7 @@ the pictures of the torch pipeline, without importing torch."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -305,12 +306,22 @@ def test_int8_from_the_command_keeps_minis_pictures(tmp_path, monkeypatch, capsy
     docs/mini-grid.png's 64), the red apple still red, recorded, and `--from` makes it again."""
     pytest.importorskip("nncf")
     from conftest import run_cli
+    from reverie.models import int8_unet
+    from reverie.models.mini_bundle import bundle_folder
+    from reverie.models.openvino_bundle import COMPILED_DIR
 
     args = ["generate", "red apple, Noto emoji", "-n", "2", "--seed", "3", "--steps", "12"]
     code, _, err = run_cli(monkeypatch, capsys, *args, "--outdir", str(tmp_path / "plain"))
     assert code == 0, err
+    ran = json.loads(Image.open(next((tmp_path / "plain").glob("*.png"))).info["reverie"])["settings"]["ran_dtype"]
+    bundle = bundle_folder("bf16" if ran == "bf16" else "f32")
+    shutil.rmtree(int8_unet.int8_folder(bundle), ignore_errors=True)  # quantized here, whatever ran before
+    stale = bundle / COMPILED_DIR / "compiled-from-an-earlier-int8-unet.blob"
+    stale.parent.mkdir(exist_ok=True)
+    stale.write_bytes(b"blob")
     code, _, err = run_cli(monkeypatch, capsys, *args, "--quantize", "int8", "--outdir", str(tmp_path / "int8"))
     assert code == 0, err
+    assert int8_unet.int8_made(bundle) and not stale.exists()  # its compiled shapes went with the old UNet
     plain, quantized = sorted((tmp_path / "plain").glob("*.png")), sorted((tmp_path / "int8").glob("*.png"))
     assert len(plain) == len(quantized) == 2
     for a, b in zip(plain, quantized):

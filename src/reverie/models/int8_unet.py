@@ -42,7 +42,7 @@ import numpy as np
 
 from ..host import free_memory
 from ..outputs.files import partial_folder
-from .openvino_bundle import bundle_facts
+from .openvino_bundle import COMPILED_DIR, bundle_facts
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,11 @@ def quantize_unet(bundle_folder: Path, examples: Callable[[], list[tuple[np.ndar
         facts = {"bin_bytes": (partial / IR_NAME).with_suffix(".bin").stat().st_size, "examples": len(calibration),
                  "quantize_s": round(time.perf_counter() - started, 1)} | _marker()
         (partial / DONE_NAME).write_text(json.dumps(facts))
+    # Shapes an earlier int8 UNet compiled (a small bundle keeps them on disk, 40 MB each) would
+    # never be read again; OpenVINO names them by a hash, so the bundle's other parts go too and
+    # are compiled again once, in seconds.
+    for blob in (bundle_folder / COMPILED_DIR).glob("*.blob"):
+        blob.unlink(missing_ok=True)
     log.info("quantized %s's UNet to int8 in %.1f s", bundle_folder.name, time.perf_counter() - started)
     return folder / IR_NAME
 
