@@ -42,13 +42,13 @@ import numpy as np
 
 from ..host import free_memory
 from ..outputs.files import partial_folder
-from .openvino_bundle import COMPILED_DIR, bundle_facts
+from .openvino_bundle import COMPILED_DIR, DONE_NAME, bundle_facts, bundle_made
 
 log = logging.getLogger(__name__)
 
 FOLDER = "int8"  # inside the bundle's folder
-IR_NAME = "unet.xml"
-DONE_NAME = "done.json"
+PART = "unet"  # the folder is a bundle of this one part: openvino_bundle's marker, and its checks
+IR_NAME = f"{PART}.xml"
 CALIBRATION = 2  # bump when the calibration (prompts, steps, size, NNCF settings) changes
 CALIBRATION_PROMPTS = (
     "a red apple on a wooden table, still life",
@@ -75,14 +75,9 @@ def _marker() -> dict:
 
 
 def int8_made(bundle_folder: Path) -> bool:
-    """Whether the bundle's int8 UNet is made, whole, by this NNCF version and calibration."""
+    """Whether the bundle's int8 UNet is made, whole (`bundle_made`), by this NNCF version and calibration."""
     folder = int8_folder(bundle_folder)
-    try:
-        facts = json.loads((folder / DONE_NAME).read_text())
-        return ((folder / IR_NAME).with_suffix(".bin").stat().st_size == facts["bin_bytes"]
-                and all(facts.get(key) == value for key, value in _marker().items()))
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
+    return bundle_made(folder) and all(bundle_facts(folder).get(key) == value for key, value in _marker().items())
 
 
 def quantize_unet(bundle_folder: Path, examples: Callable[[], list[tuple[np.ndarray, ...]]]) -> Path:
@@ -115,8 +110,8 @@ def quantize_unet(bundle_folder: Path, examples: Callable[[], list[tuple[np.ndar
     folder = int8_folder(bundle_folder)
     with partial_folder(folder) as partial:
         ov.save_model(quantized, str(partial / IR_NAME), compress_to_fp16=False)
-        facts = {"bin_bytes": (partial / IR_NAME).with_suffix(".bin").stat().st_size, "examples": len(calibration),
-                 "quantize_s": round(time.perf_counter() - started, 1)} | _marker()
+        facts = {"bin_bytes": {PART: (partial / IR_NAME).with_suffix(".bin").stat().st_size},
+                 "examples": len(calibration), "quantize_s": round(time.perf_counter() - started, 1)} | _marker()
         (partial / DONE_NAME).write_text(json.dumps(facts))
     # Shapes an earlier int8 UNet compiled (a small bundle keeps them on disk, 40 MB each) would
     # never be read again; OpenVINO names them by a hash, so the bundle's other parts go too and

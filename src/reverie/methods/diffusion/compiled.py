@@ -222,11 +222,10 @@ def int8_refused(request: GenerationRequest) -> str:
     """Why `quantize int8` cannot run `request` (one `served` turned down), naming what to change."""
     if not int8_unet.available():
         return "int8 needs NNCF: pip install -r requirements-speed.txt, or leave quantize out"
-    model = served_model(request)
-    failed = [why for key, why in _failed.items()
-              if model is not None and key[0] == _bundle_key(model[0], "")[0] and key[2:] == ("int8",)]
+    model, dtype = served_model(request), ran_dtype(request)
+    failed = _failed.get(_bundle_key(model[0], precision_of(dtype), int8=True)) if model and dtype else None
     if failed:
-        return f"the model's UNet could not be quantized to int8 in this process ({failed[0]}); leave quantize out"
+        return f"the model's UNet could not be quantized to int8 in this process ({failed}); leave quantize out"
     return ("int8 runs where reverie runs the model on OpenVINO without torch: reverie-mini or an SD 1.x/2.x "
             ".safetensors file or folder, on the CPU in fp32 or bf16, runtime auto or openvino, txt2img or an image "
             "mode at sides that are multiples of 64 up to 768 px (SD), a sampler of DPM++ 2M, DPM++ 2M Karras or "
