@@ -74,7 +74,11 @@ def drop_file_pages(path: str | Path) -> int:
     (OpenVINO maps its IR's weights file and keeps the mapping while it computes with repacked
     copies of its own): they count in the process's resident memory until then. The file stays
     in the system's page cache, and a page read again comes back from there, the same bytes.
-    Answers the bytes of mapping let go; 0 where there is no /proc/self/maps (not Linux)."""
+    Answers the bytes of mapping let go; 0 where there is no /proc/self/maps (not Linux).
+    The mappings are read first and let go after: a mapping unmapped in between, its addresses
+    taken by new memory, would lose that memory's pages. So the caller keeps its mapping of
+    `path` alive while it runs (a test worker crashed in here once, 2026-12-05, after the model
+    holding the mapping was freed inside `file_pages_dropped`: the likely cause, not proven)."""
     target = str(Path(path).resolve())
     try:
         with open("/proc/self/maps") as maps:

@@ -258,7 +258,7 @@ class OpenVINOBundle:
                 config["INFERENCE_NUM_THREADS"] = int(threads)
             with file_pages_dropped(self._irs[part].with_suffix(".bin")):
                 request = self.core.compile_model(model, "CPU", config).create_infer_request()
-                del model
+            del model  # after the dropper stopped: what it frees may unmap the file under it (host.drop_file_pages)
             self.compiles += 1
             held[shapes] = request
             return request

@@ -560,7 +560,7 @@ class OpenVINOUNet:
                 compiled = self._core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": self.precision,
                                                                    "PERFORMANCE_HINT": "LATENCY",
                                                                    "INFERENCE_NUM_THREADS": threads})
-                del model
+            del model  # after the dropper stopped: what it frees may unmap the file under it (host.drop_file_pages)
             request = compiled.create_infer_request()
             self._compiled[key] = (compiled, request)
             self.compiles += 1
