@@ -161,6 +161,10 @@ def test_styles_are_applied(client):
     ({"prompt": "x", "rerank": 17}, 422, "rerank"),
     ({"prompt": "x", "n_samples": 8, "rerank": 8}, 422, "rerank"),
     ({"prompt": "x", "scorer": "/etc/passwd"}, 422, "scorer"),  # the studio scores with the built-in CLIP only
+    ({"prompt": "x", "decoder": "/tmp/taesd"}, 422, "decoder"),  # tiny: the models folder's, never a path
+    ({"prompt": "x", "quantize": "int4"}, 422, "quantize"),
+    ({"prompt": "x", "step_cache": 11}, 422, "step_cache"),
+    ({"prompt": "x", "runtime": "tensorrt"}, 422, "runtime"),
     ({"prompt": "a (b"}, None, None),  # prompt syntax errors surface when the job runs
 ])
 def test_bad_input_is_a_4xx_naming_the_field(client, body, status, field):

@@ -130,6 +130,26 @@ def test_prompt_gives_four_pictures_then_variations(page, server):
     assert last_job(server)["mode"] == "variations"
 
 
+def test_speed_choices_reach_the_job_carry_into_variations_and_a_refusal_is_shown(page, server):
+    page.click("#speed summary")
+    page.select_option("#step_cache", "2")
+    page.select_option("#runtime", "torch")
+    first = generate(page, "a lighthouse at dusk")
+    made = last_job(server)
+    assert (made["step_cache"], made["runtime"], made["quantize"], made["decoder"]) == (2, "torch", "none", "vae")
+    page.locator("#results .card").first.get_by_role("button", name="Variations").click()
+    wait_for_new_cards(page, set(first))
+    varied = last_job(server)
+    assert varied["mode"] == "variations" and varied["step_cache"] == 2  # made the way the picture was
+    page.select_option("#quantize", "int8")  # int8 runs on OpenVINO's bundle, never on torch
+    page.fill("#prompt", "a lighthouse at noon")
+    page.press("#prompt", "Enter")
+    page.wait_for_function("document.querySelector('#job-status').textContent.includes('leave quantize out')",
+                           timeout=60_000)
+    assert last_job(server)["quantize"] == "int8"
+    assert "quantize" in page.text_content("#toast")
+
+
 def test_a_gan_in_the_models_folder_draws_from_the_create_view(page, server, tmp_path, monkeypatch):
     from test_gan import strong_gan
 

@@ -61,6 +61,11 @@ class GenerateBody(BaseModel):
     outpaint_up: int | None = None
     outpaint_down: int | None = None
     upscale: Literal[1, 2, 4] | None = None
+    # speed (diffusion): what runs the UNet, int8 convolutions, step caching, the tiny decoder
+    runtime: str | None = None
+    quantize: str | None = None
+    step_cache: int | None = None
+    decoder: str | None = None
     rerank: int | None = None
     score: bool | None = None
     # mode "style": pictures as `image:ID` or base64, like init_image; a style network by the name

@@ -32,7 +32,8 @@ FIXED = ("mode", "device", "dtype", "made", "keep_only", "init_image", "mask_ima
 # How a value is written on the grid (A1111's words); other fields show as `name: value`.
 LABELS = {"cfg_scale": "CFG scale", "steps": "Steps", "seed": "Seed", "strength": "Denoising strength",
           "model": "Model", "negative_prompt": "Negative", "sampler": "Sampler", "prompt": "Prompt S/R",
-          "styles": "Styles"}
+          "styles": "Styles", "step_cache": "Step cache", "quantize": "Quantize", "decoder": "Decoder",
+          "runtime": "Runtime"}
 NO_STYLE = "None"
 
 _NUMBER = r"[+-]?\d+(?:\.\d*)?"

@@ -123,6 +123,16 @@ function requestFromForm() {
   if ($("#model").value) fields.model = $("#model").value;
   fields.n_samples = 4;
   const rerank = parseInt($("#rerank").value, 10); if (rerank > 1) fields.rerank = rerank;
+  return { ...fields, ...speedFields() };
+}
+
+// The Speed panel's choices that differ from the defaults (an unset field keeps the server's own).
+function speedFields() {
+  const fields = {};
+  for (const [name, fallback] of [["runtime", "auto"], ["quantize", "none"], ["decoder", "vae"]]) {
+    if ($(`#${name}`).value !== fallback) fields[name] = $(`#${name}`).value;
+  }
+  if ($("#step_cache").value) fields.step_cache = parseInt($("#step_cache").value, 10);
   return fields;
 }
 
@@ -139,7 +149,9 @@ async function submitJob(body, label, path = "/api/v1/jobs") {
 function madeWith(settings) {
   if (settings.mode === "gan") return {};
   return { model: settings.model || undefined, steps: settings.steps || undefined,
-    cfg_scale: settings.cfg_scale ?? undefined, sampler: settings.sampler || undefined };
+    cfg_scale: settings.cfg_scale ?? undefined, sampler: settings.sampler || undefined,
+    step_cache: settings.step_cache || undefined, decoder: settings.decoder || undefined,
+    quantize: settings.quantize || undefined };
 }
 
 function follow(job, label, target = { box: "#job", bar: "#bar", status: "#job-status", preview: "#preview", results: "#results" }) {

@@ -8,6 +8,7 @@ const GRID_AXES = [
   ["sampler", "Sampler", "euler,dpmpp_2m"], ["seed", "Seed", "1,2,3"],
   ["prompt", "Prompt S/R", "apple,pear,plum (the first is the words replaced)"],
   ["style", "Style", "None,Pixel art,Watercolour"], ["model", "Model", "mini"],
+  ["step_cache", "Step cache", "1,2,3"], ["quantize", "Quantize", "none,int8"], ["decoder", "Decoder", "vae,tiny"],
 ];
 
 function gridAxis(which) {
