@@ -301,7 +301,7 @@ def test_a_bundle_that_cannot_be_made_leaves_mini_to_the_torch_pipeline(tmp_path
 
 
 def test_int8_from_the_command_keeps_minis_pictures(tmp_path, monkeypatch, capsys):
-    """`reverie generate --quantize int8` on the built-in (trained) model: its UNet's convolutions
+    """`reverie generate --quantize int8` on the built-in (trained) model: its UNet (convolutions, most linears)
     quantized once from its own denoising; the same pictures to the eye (measured: 34 dB over
     docs/mini-grid.png's 64), the red apple still red, recorded, and `--from` makes it again."""
     pytest.importorskip("nncf")

@@ -277,11 +277,21 @@ def test_int8_quantizes_the_unet_once_and_keeps_the_picture(sd_folder, tmp_path,
     assert (folder / "unet.xml").read_text().count('type="FakeQuantize"') > 10  # its layers' inputs quantized
     import openvino as ov
 
-    convolutions = [op for op in ov.Core().read_model(str(folder / "unet.xml")).get_ordered_ops()
-                    if op.get_type_name() == "Convolution"]
-    # a quantized convolution's weights are int8, scaled back where it reads them; the ends' stay as they were
-    int8_weights = [op.input_value(1).get_node().get_type_name() != "Constant" for op in convolutions]
-    assert int8_weights[0] is int8_weights[-1] is False and all(int8_weights[1:-1])
+    ops = ov.Core().read_model(str(folder / "unet.xml")).get_ordered_ops()
+
+    def int8_weights(kind: str) -> dict[str, bool]:
+        """A quantized layer's weights are int8, scaled back where it reads them: no longer a Constant."""
+        return {op.get_friendly_name(): op.input_value(1).get_node().get_type_name() != "Constant"
+                for op in ops if op.get_type_name() == kind}
+
+    convolutions = list(int8_weights("Convolution").values())
+    assert convolutions[0] is convolutions[-1] is False and all(convolutions[1:-1])  # the ends stay as they were
+    linears = int8_weights("MatMul")
+    kept = {name: quantized for name, quantized in linears.items() if any(part in name for part in int8_unet.KEPT_LINEARS)}
+    assert any(".attn2." in name for name in kept) and any("time_emb" in name for name in kept)
+    assert not any(kept.values())  # the time embedding and the cross-attention stay as they were
+    assert any(".attn1." in name for name in linears) and any(".ff." in name for name in linears)
+    assert all(quantized for name, quantized in linears.items() if name not in kept)  # the rest in int8
     for a, b in zip(quantized.images, plain.images, strict=True):
         assert 28 < psnr(pixels(a.image), pixels(b.image)) < float("inf"), psnr(pixels(a.image), pixels(b.image))
     assert psnr(pixels(quantized.images[0].image), pixels(quantized.images[1].image)) < 28

@@ -34,7 +34,7 @@ Outdir = Annotated[Optional[Path], typer.Option("--outdir", "-o", help="Folder f
 Dtype = Annotated[str, typer.Option("--dtype", help="auto, fp32, bf16 or fp16.")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 RuntimeOpt = Annotated[str, typer.Option("--runtime", help="What runs the UNet: auto (OpenVINO on the CPU when installed, for SD and reverie-mini; else torch), torch or openvino.")]
-QuantizeOpt = Annotated[str, typer.Option("--quantize", help="int8: the UNet's convolutions in int8 on OpenVINO (quantized once per model, minutes for SD; faster, pixels change more than bf16's; docs/speed.md). none: as --dtype says.")]
+QuantizeOpt = Annotated[str, typer.Option("--quantize", help="int8: the UNet's convolutions and most linear layers in int8 on OpenVINO (quantized once per model, minutes for SD; faster, pixels change more than bf16's; docs/speed.md). none: as --dtype says.")]
 WeightsOpt = Annotated[str, typer.Option("--weights", help="The precision the model's weights rest in: auto (as computed) or fp16/bf16 (half an fp32 model's memory, each layer computed in --dtype; pixels change a little; docs/speed.md).")]
 Slicing = Annotated[bool, typer.Option("--attention-slicing", help="Compute attention in slices (less memory, slower).")]
 Tiling = Annotated[Optional[bool], typer.Option("--vae-tiling/--no-vae-tiling", help="Decode in tiles (large sizes); automatic when left out.")]

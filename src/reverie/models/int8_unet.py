@@ -1,4 +1,4 @@
-"""A bundle's UNet with its convolutions in int8, on OpenVINO (issue 22, `--quantize int8`).
+"""A bundle's UNet with its convolutions and most linear layers in int8, on OpenVINO (issue 22, `--quantize int8`).
 
 At 512 px SD 1.5's UNet spends about two thirds of a bf16 step in its convolutions and linear
 layers, at over 90% of the best bf16 product rate this CPU reaches (docs/speed.md): no setting
@@ -7,21 +7,23 @@ multiply-adds of a bf16 one per instruction on a CPU with VNNI (AVX512-VNNI, AVX
 OpenVINO's CPU plugin runs a layer in int8 where the graph quantizes its inputs.
 
 NNCF's post-training quantization (`nncf.quantize`) writes those quantize steps into the
-bundle's UNet IR: before each convolution (weights and input) and attention's inputs, with the
-ranges of each input read from examples (their whole range: NNCF's default, the mean of each
-example's range, clipped more and moved reverie-mini's sheet further, 29.9 dB from bf16's
-against 32.7) and a bias correction after. The examples are the model's own: its UNet's inputs
-while it denoises CALIBRATION_PROMPTS (methods/diffusion/compiled.calibration_inputs). The
-first and last convolutions (the latents in, the prediction out: a sliver of the work) stay
-in the bundle's precision (the sheet 34.0 dB with both changes; random-weight SD 1.5's
-picture went the other way, 30.7 dB from stock's against 35.3). The linear layers stay too:
-quantized as well (NNCF's transformer settings, SmoothQuant first), SD 1.5's UNet ran 1.19x
-faster again, but reverie-mini's pictures moved visibly (19 dB over the sheet). The rest
-(normalisations, softmax, element-wise steps), the text encoder and the VAE are untouched.
-The pictures change more than bf16 changes them, which is why it is asked for, never the
-default (docs/speed.md has the figures).
+bundle's UNet IR: before each convolution and linear layer (weights and input) and attention's
+inputs, with the ranges of each input read from examples (their whole range: NNCF's default,
+the mean of each example's range, clipped more and moved reverie-mini's sheet further, 29.9 dB
+from bf16's against 32.7) and a bias correction after. The examples are the model's own: its
+UNet's inputs while it denoises CALIBRATION_PROMPTS (methods/diffusion/compiled.calibration_inputs).
+Left in the bundle's precision: the first and last convolutions (the latents in, the prediction
+out: a sliver of the work) and KEPT_LINEARS, the time embedding and the cross-attention.
+SmoothQuant, which NNCF's transformer settings run first on the linear layers, is off: with it
+mini's pictures moved visibly (19-20 dB over the sheet), without it 33.8 dB (the lowest picture
+25.8), and SD 1.5 at 512 px ran 1.44x the bf16 default against 1.33x with the convolutions
+alone (whose sheet was 34.0 dB, its lowest picture 19.8: the bell line icon gained a stroke).
+Quantizing the cross-attention too took the sheet to 32.4 dB (keys and values only) and 30.8
+(all of it). The rest (normalisations, softmax, element-wise steps), the text encoder and the
+VAE are untouched. The pictures change more than bf16 changes them, which is why it is asked
+for, never the default (docs/speed.md has the figures).
 
-Made once per bundle, on the first request that asks for it (about 5 minutes and a 9.6 GiB
+Made once per bundle, on the first request that asks for it (about 4 minutes and an 8.5 GiB
 peak for SD 1.5, most of it NNCF reading the ranges; 10-13 s for reverie-mini), into the bundle's
 `int8/` folder, so it goes with the bundle when a new file or version replaces it. Its marker
 records the NNCF version and CALIBRATION's version: another of either makes it again. NNCF is
@@ -49,7 +51,11 @@ log = logging.getLogger(__name__)
 FOLDER = "int8"  # inside the bundle's folder
 PART = "unet"  # the folder is a bundle of this one part: openvino_bundle's marker, and its checks
 IR_NAME = f"{PART}.xml"
-CALIBRATION = 2  # bump when the calibration (prompts, steps, size, NNCF settings) changes
+CALIBRATION = 3  # bump when the calibration (prompts, steps, size, NNCF settings) changes
+# Linear layers left in the bundle's precision, by their names in the IR (diffusers' module
+# paths): the time embedding's, and the whole cross-attention (`attn2`: its keys and values
+# read the text encoder's states). The rest, self-attention's and the feed-forward's, run in int8.
+KEPT_LINEARS = ("time_emb", ".attn2.")
 CALIBRATION_PROMPTS = (
     "a red apple on a wooden table, still life",
     "portrait of an old fisherman, oil painting",
@@ -87,7 +93,7 @@ def quantize_unet(bundle_folder: Path, examples: Callable[[], list[tuple[np.ndar
     memory is short of what it takes."""
     import nncf
     import openvino as ov
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
     widening = 2 if bundle_facts(bundle_folder)["precision"] == "bf16" else 1  # to f32 (`widened`)
@@ -101,11 +107,14 @@ def quantize_unet(bundle_folder: Path, examples: Callable[[], list[tuple[np.ndar
     calibration = examples()  # after the read: the other order peaked at 11.2 GiB against 9.6 (one run each)
     # in the graph's order: the first convolution reads the latents, the last writes the prediction
     convolutions = [op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() == "Convolution"]
-    kept = nncf.IgnoredScope(types=["MatMul"], names=[convolutions[0], convolutions[-1]])  # the ends and linears (above)
-    whole_range = AdvancedQuantizationParameters(activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX)
+    linears = [op.get_friendly_name() for op in model.get_ordered_ops()
+               if op.get_type_name() == "MatMul" and any(part in op.get_friendly_name() for part in KEPT_LINEARS)]
+    kept = nncf.IgnoredScope(names=[convolutions[0], convolutions[-1], *linears])  # the ends and KEPT_LINEARS
+    settings = AdvancedQuantizationParameters(activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX,
+                                              smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1))  # off
     quantized = nncf.quantize(model, nncf.Dataset(calibration), model_type=nncf.ModelType.TRANSFORMER,
                               preset=nncf.QuantizationPreset.MIXED, subset_size=len(calibration),
-                              ignored_scope=kept, advanced_parameters=whole_range)
+                              ignored_scope=kept, advanced_parameters=settings)
     del model
     folder = int8_folder(bundle_folder)
     with partial_folder(folder) as partial:

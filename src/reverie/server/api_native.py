@@ -61,7 +61,7 @@ class GenerateBody(BaseModel):
     outpaint_up: int | None = None
     outpaint_down: int | None = None
     upscale: Literal[1, 2, 4] | None = None
-    # speed (diffusion): what runs the UNet, int8 convolutions, step caching, the tiny decoder
+    # speed (diffusion): what runs the UNet, int8, step caching, the tiny decoder
     runtime: str | None = None
     quantize: str | None = None
     step_cache: int | None = None

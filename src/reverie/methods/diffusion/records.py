@@ -101,7 +101,7 @@ def _parameter_fields(settings: dict, seed: int, size: tuple[int, int], request:
     if settings.get("runtime") == "openvino":
         fields["Runtime"] = "openvino"  # what ran the UNet, when not torch
     if settings.get("quantize", "none") != "none":
-        fields["Quantize"] = settings["quantize"]  # the UNet's convolutions in int8
+        fields["Quantize"] = settings["quantize"]  # the UNet's convolutions and most linear layers in int8
     if settings.get("weights", "auto") != "auto":
         fields["Weights"] = settings["weights"]  # the precision the weights rested in
     if (settings.get("upscale") or 1) > 1:

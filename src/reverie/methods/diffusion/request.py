@@ -85,9 +85,10 @@ class GenerationRequest(BaseRequest):
     # compute dtype's; fp16 or bf16 halve an fp32 model's memory, each layer computed in `dtype`
     # (the pictures change a little: PSNR in benchmarks/README.md).
     weights: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
-    # int8: the UNet's convolutions quantized to int8, weights and inputs (models/int8_unet.py; once per
-    # model, calibrated on its own denoising), on OpenVINO where the model runs without torch.
-    # Faster where the CPU has int8 dot products (VNNI); the pictures change more than bf16's.
+    # int8: the UNet's convolutions and most linear layers quantized to int8, weights and inputs
+    # (models/int8_unet.py; once per model, calibrated on its own denoising), on OpenVINO where
+    # the model runs without torch. Faster where the CPU has int8 dot products (VNNI); the
+    # pictures change more than bf16's.
     quantize: Literal["none", "int8"] = "none"
     vae_tiling: bool | None = None  # None: tiled only when a whole decode would not fit in free memory
     # txt2img: "W:H", a size of about the model's native area with that shape (width and height,
