@@ -79,6 +79,12 @@ def test_runtime_resolution_says_why_not(monkeypatch):
     assert resolve_runtime("auto", cpu, fp32, parameters=10**9) == "openvino"
 
 
+# What MADV_PAGEOUT may leave resident: pages just read that the kernel has not yet put on its
+# LRU lists (a CPU's batch of them, up to 15 pages) cannot be paged out until it has. A full-suite
+# run left 4 pages of an export's file.
+FEW_PAGES = 32 * 4096
+
+
 def _resident_bytes(path: Path) -> int:
     """This process's resident bytes of its mappings of `path` (/proc/self/smaps' Rss lines)."""
     target, total, inside = str(path.resolve()), 0, False
@@ -107,15 +113,15 @@ def test_a_mapped_files_pages_are_let_go_and_read_again_the_same(tmp_path):
         assert mapped[:] == data  # every page read: resident
         assert _resident_bytes(path) >= len(data)
         assert drop_file_pages(path) >= len(data)
-        assert _resident_bytes(path) == 0
+        assert _resident_bytes(path) <= FEW_PAGES
         assert mapped[:] == data  # read again from the file: the same bytes
         with file_pages_dropped(path, every_s=0.01, min_bytes=0):
             for start in range(0, len(data), 2**20):
                 assert mapped[start:start + 2**20] == data[start:start + 2**20]
             deadline = time.monotonic() + 5
-            while _resident_bytes(path) and time.monotonic() < deadline:
+            while _resident_bytes(path) > FEW_PAGES and time.monotonic() < deadline:
                 time.sleep(0.01)
-            assert _resident_bytes(path) == 0  # let go while the block still runs
+            assert _resident_bytes(path) <= FEW_PAGES  # let go while the block still runs
         with file_pages_dropped(path, every_s=0.01):  # under DROP_MIN_BYTES: left alone
             assert mapped[:] == data
             time.sleep(0.05)
@@ -728,7 +734,7 @@ def test_a_compiled_shape_leaves_the_exports_weights_file_unresident(tmp_path, m
     runner = OpenVINOUNet.load(unet, cache=tmp_path)
     sample, states = torch.randn(2, 4, 8, 8), torch.randn(2, 77, 32)
     runner._compiled_for(((2, 4, 8, 8), (), (2, 77, 32)))
-    assert _resident_bytes(runner.folder / "unet.bin") == 0
+    assert _resident_bytes(runner.folder / "unet.bin") <= FEW_PAGES
     with torch.no_grad():
         reference = unet(sample, torch.tensor(500), states).sample
     assert torch.allclose(runner(sample, torch.tensor(500), states).sample, reference, atol=1e-4)
