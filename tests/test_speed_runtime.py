@@ -309,6 +309,55 @@ def test_a_folder_written_at_once_is_whole_or_absent_and_a_finished_one_stays(tm
     assert (folder / "unet.bin").read_text() == "fourth"
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="flock (POSIX)")
+def test_one_process_at_a_time_makes_the_others_wait(tmp_path):
+    """outputs.files.one_process_at_a_time, which every bundle, export and int8 UNet is made
+    under: a second process that wants to make the same folder waits, says so, and starts only
+    when the first has finished, or died (the lock goes with its process); the lock file is gone
+    after, so the cache holds its entries alone."""
+    import subprocess
+
+    log, folder = tmp_path / "log.txt", tmp_path / "bundle"
+    script = (  # NAME holds the folder until the file NAME.go exists
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from reverie.outputs.files import one_process_at_a_time\n"
+        "name, log, folder = sys.argv[1], open(sys.argv[2], 'a', buffering=1), sys.argv[3]\n"
+        "with one_process_at_a_time(folder, lambda: log.write(name + ' waits\\n')):\n"
+        "    log.write(name + ' starts\\n')\n"
+        "    while not Path(folder + '.' + name + '.go').exists(): time.sleep(0.01)\n"
+        "    log.write(name + ' ends\\n')\n")
+
+    def start(name: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", script, name, str(log), str(folder)])
+
+    def until(line: str) -> None:
+        deadline = time.monotonic() + 60
+        while not (log.exists() and line in log.read_text().splitlines()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert line in log.read_text().splitlines(), log.read_text()
+
+    def go(name: str) -> None:
+        Path(f"{folder}.{name}.go").touch()
+
+    first = start("first")
+    until("first starts")
+    second = start("second")
+    until("second waits")
+    go("first")
+    go("second")
+    assert first.wait(60) == 0 and second.wait(60) == 0
+    assert log.read_text().splitlines() == ["first starts", "second waits", "first ends", "second starts", "second ends"]
+    killed = start("killed")
+    until("killed starts")
+    killed.kill()
+    killed.wait(10)
+    go("third")
+    assert subprocess.run([sys.executable, "-c", script, "third", str(log), str(folder)], timeout=60).returncode == 0
+    assert log.read_text().splitlines()[-2:] == ["third starts", "third ends"]  # no wait for the dead one
+    assert not any(p.name.endswith(".lock") for p in tmp_path.iterdir())
+
+
 def test_the_torch_unet_leaves_memory_while_its_export_serves_and_comes_back_for_torch(tmp_path, tiny_folder, monkeypatch):
     """Memory (issue 22): OpenVINO holds its own copy of the UNet, so the torch one of a model
     read from disk is let go while the export serves, and read again, the same, for a request

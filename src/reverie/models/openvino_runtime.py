@@ -58,7 +58,7 @@ import torch
 from ..device import available_memory
 from ..host import file_pages_dropped, is_x86
 from ..errors import BadRequest
-from ..outputs.files import partial_folder
+from ..outputs.files import one_process_at_a_time, partial_folder
 
 log = logging.getLogger(__name__)
 
@@ -466,9 +466,10 @@ class OpenVINOUNet:
                 return self
             folder, label = self.folder, (self.variant or {}).get("label")
             try:
-                if not _entry_ok(folder):
-                    export_unet(unet, folder, self.source, label)
-                    self.exports += 1
+                with one_process_at_a_time(folder):  # another worker exporting it: wait, then find it made
+                    if not _entry_ok(folder):
+                        export_unet(unet, folder, self.source, label)
+                        self.exports += 1
                 try:
                     self._read()
                 except Exception as exc:  # a damaged entry with a good marker: export again, once

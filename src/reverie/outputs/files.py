@@ -64,6 +64,44 @@ def partial_folder(folder: str | Path, made: Callable[[Path], bool] | None = Non
             shutil.rmtree(partial, ignore_errors=True)
 
 
+@contextmanager
+def one_process_at_a_time(folder: str | Path, waiting: Callable[[], None] | None = None) -> Iterator[None]:
+    """Run the block while no other process runs one for `folder`: an advisory lock (flock) on
+    the file `folder.lock` beside it, which is there only while a block runs, and let go when
+    the block ends or its process dies. For what is made once and costs minutes and gigabytes
+    (a model's export, its int8 UNet): a deployment's other workers wait, then find it made,
+    instead of making it at the same time, each with the memory it takes. `waiting()` is called
+    first when another process holds it. No lock where there is no fcntl (Windows)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    path, waited = folder.with_name(folder.name + ".lock"), False
+    while True:
+        lock = open(path, "a")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting is not None and not waited:
+                waiting()
+            waited = True
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:  # the holder before removed the file it locked: lock the one at `path` now
+            if os.stat(path).st_ino == os.fstat(lock.fileno()).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        lock.close()
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # before letting go: a waiter then finds its file gone, and tries again
+        lock.close()
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], object], suffix: str = ".part") -> Path:
     """Write `path` through `write(partial)` on a temporary file beside it, then rename it over
     `path`: a reader sees the old file or the whole new one, never half, and a failed write

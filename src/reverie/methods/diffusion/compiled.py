@@ -57,7 +57,7 @@ from ...models.mini_bundle import bundle_folder, make_bundle
 from ...models.openvino_bundle import OpenVINOBundle, bundle_facts, bundle_made, precision_of
 from ...models.registry import find_path
 from ...models.sd_bundle import SDSource, make_sd_bundle, sd_bundle_folder, sd_source
-from ...outputs.files import Outputs
+from ...outputs.files import Outputs, one_process_at_a_time
 from ...progress import Interrupted, Progress, ProgressEvent
 from ...prompts.extra_networks import extract_pair
 from ...prompts.picture import prompt_plan
@@ -408,19 +408,19 @@ def load_bundle(models: ModelCache, source: SDSource | None, precision: str,
     def load() -> OpenVINOBundle:
         folder = bundle_folder(precision) if mini else sd_bundle_folder(source, precision)
         try:
-            if not bundle_made(folder):
-                say(f"exporting {key[0]} to OpenVINO (once)")
-                make_bundle(folder, precision) if mini else make_sd_bundle(source, folder, precision)
             precisions = dict.fromkeys(("text_encoder", "unet", "decoder", "encoder"), precision)
             if mini:  # the upscaler in bf16 where the CPU has it, whatever the dtype, as torch's autocast runs it
                 precisions["upscaler"] = "bf16" if this_cpu_native_bf16() and is_x86() else "f32"
-            replaced = None
-            if int8:
-                if not int8_unet.int8_made(folder):
+            # another worker making this bundle or its int8 UNet: wait for it, then find it made
+            with one_process_at_a_time(folder, lambda: say(f"waiting for another process making {key[0]}'s bundle")):
+                if not bundle_made(folder):
+                    say(f"exporting {key[0]} to OpenVINO (once)")
+                    make_bundle(folder, precision) if mini else make_sd_bundle(source, folder, precision)
+                if int8 and not int8_unet.int8_made(folder):
                     say(f"quantizing {key[0]}'s UNet to int8 (once: minutes for SD)")
                     facts = mini_facts() if mini else sd_facts(source, folder)
                     int8_unet.quantize_unet(folder, lambda: calibration_inputs(OpenVINOBundle(folder, precisions), facts))
-                replaced = {"unet": int8_unet.int8_folder(folder) / int8_unet.IR_NAME}
+            replaced = {"unet": int8_unet.int8_folder(folder) / int8_unet.IR_NAME} if int8 else None
             return OpenVINOBundle(folder, precisions, store_compiled=mini, replaced=replaced)
         except Exception as exc:  # the exporter meets a layer it cannot trace, a full disk, a damaged file...
             _failed[key] = f"{type(exc).__name__}: {exc}"[:300]
