@@ -152,6 +152,16 @@ def test_one_labelled_grid_per_z_value(studio, tmp_path):
     assert one.size == two.size and one.width == 2 * 64 + 2 and one.height > 64 + 20  # no row labels; a title and column labels above
 
 
+def test_a_cell_its_method_would_refuse_stops_the_grid_before_any_cell_runs(studio, tmp_path):
+    """int8 runs where the model runs on OpenVINO without torch, which the tiny test model never
+    does: the grid says which cell and why before making the first one."""
+    with pytest.raises(BadRequest) as caught:
+        studio.run({"mode": "grid", "base": TINY, "seed": 2, "x": "quantize=none,int8"}, outdir=tmp_path)
+    assert caught.value.field == "quantize"
+    assert "cell 2 (Quantize: int8) would be refused" in str(caught.value) and "leave quantize out" in str(caught.value)
+    assert not any(tmp_path.rglob("*.png"))  # not even the first cell's picture
+
+
 def test_a_stop_between_cells_keeps_the_finished_cells_and_a_partial_grid(studio, tmp_path):
     seen = []
     result = studio.run({"mode": "grid", "base": TINY, "seed": 2, "x": "cfg=1,5,9", "y": "seed=2,3"}, outdir=tmp_path,

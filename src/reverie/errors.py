@@ -12,7 +12,7 @@ class BadRequest(ReverieError):
     """A request field is out of range or inconsistent; the message names the field."""
 
     def __init__(self, field: str, message: str):
-        self.field = field
+        self.field, self.message = field, message
         super().__init__(f"{field}: {message}")
 
 

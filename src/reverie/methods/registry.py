@@ -55,6 +55,10 @@ class Method:
     # `run_module(request, previews)`: the module of the package that `run` runs this request
     # with, when that is not always `run` (`import_run` imports it ahead of the run).
     run_module: Callable | None = None
+    # `refusal(request, previews)`: the BadRequest `run` would stop this request with before any
+    # work, where that can be found without loading a model, else None (a grid asks it of every
+    # cell before the first starts).
+    refusal: Callable | None = None
 
 
 @dataclass

@@ -27,6 +27,19 @@ def _run_module(request, previews):
     return "compiled" if compiled.serves(resolve(request), previews) else "run"
 
 
+def _refusal(request, previews):
+    """int8 runs only where the bundle path serves the request (compiled.serves, no torch):
+    elsewhere run.py refuses it, and this says so first."""
+    if request.quantize == "none":
+        return None
+    from . import compiled
+    from ...errors import BadRequest
+    from .request import resolve
+
+    request = resolve(request)
+    return None if compiled.serves(request, previews) else BadRequest("quantize", compiled.int8_refused(request))
+
+
 def _batch_key(request):
     from .shared import batch_key
 
@@ -40,4 +53,4 @@ def _run_shared(shares, models, limit):
 
 
 METHOD = Method(name="diffusion", modes=MODES, request=GenerationRequest, run=_run, batch_key=_batch_key,
-                run_shared=_run_shared, run_module=_run_module)
+                run_shared=_run_shared, run_module=_run_module, refusal=_refusal)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from PIL import Image
 
 from ... import __version__
+from ...errors import BadRequest
 from ...models.cache import ModelCache
 from ...outputs.files import Outputs
 from ...outputs.grid import make_grid
@@ -45,6 +46,7 @@ def run(request: GridRequest, models: ModelCache, progress: Progress, outputs: O
     cells = request.cells()
     per_cell = request.cell_pictures()
     total = request.picture_count()
+    _refuse_early(cells, progress.previews)
     result = GridResult(request=request)
     shown: dict[int, Image.Image] = {}  # cell number -> what the sheet shows for it
     try:
@@ -67,6 +69,17 @@ def run(request: GridRequest, models: ModelCache, progress: Progress, outputs: O
         result.grid_path = result.grids[0].path
     result.timings["generate_s"] = time.perf_counter() - started
     return result
+
+
+def _refuse_early(cells: list[Cell], previews: bool) -> None:
+    """A cell its method would refuse stops the grid now, naming the cell, before any cell runs
+    (each method's `refusal`)."""
+    for number, cell in enumerate(cells):
+        refusal = method_for(cell.request.mode).refusal
+        error = refusal(cell.request, previews) if refusal is not None else None
+        if error is not None:
+            names = ", ".join(value["label"] for value in cell.values.values())
+            raise BadRequest(error.field, f"cell {number + 1} ({names}) would be refused: {error.message}")
 
 
 def _run_cell(cell: Cell, first: int, request: GridRequest, models: ModelCache, progress: Progress, outputs: Outputs,
