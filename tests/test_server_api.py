@@ -165,6 +165,8 @@ def test_styles_are_applied(client):
     ({"prompt": "x", "quantize": "int4"}, 422, "quantize"),
     ({"prompt": "x", "step_cache": 11}, 422, "step_cache"),
     ({"prompt": "x", "runtime": "tensorrt"}, 422, "runtime"),
+    ({"prompt": "x", "quantize": "int8"}, 422, "quantize"),  # int8 runs without torch: the tiny model never does
+    ({"mode": "grid", "base": {"prompt": "x", "quantize": "int8"}, "x": "cfg=1,2"}, 422, "quantize"),
     ({"prompt": "a (b"}, None, None),  # prompt syntax errors surface when the job runs
 ])
 def test_bad_input_is_a_4xx_naming_the_field(client, body, status, field):

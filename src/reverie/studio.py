@@ -70,6 +70,16 @@ def request_fields(mode: str | None = None) -> set[str]:
     return set(method_for(mode or DEFAULT_MODE).request.model_fields)
 
 
+def refusal(request: BaseRequest, previews: bool = True):
+    """The BadRequest its method's `run` would stop `request` with before any work, where that
+    can be found without loading a model (`Method.refusal`), else None. It asks this machine:
+    where the request will run elsewhere, that machine may answer otherwise."""
+    from .methods.registry import method_for
+
+    check = method_for(request.mode).refusal
+    return check(request, previews) if check is not None else None
+
+
 def mode_for_model(reference: str | None, default: str = "txt2img") -> str:
     """The mode that makes pictures with the model a reference names: `gan` for a GAN
     (`gan:NAME`, a GAN folder or run folder; its config is read, no weights), else `default`."""

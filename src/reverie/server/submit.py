@@ -13,7 +13,7 @@ from ..errors import BadRequest
 from ..gallery.items import VIDEO_TYPES, is_video
 from ..gallery.models import Job, User
 from ..gallery.uploads import IMAGE_FIELDS
-from ..studio import fields_again, fields_for_action, make_request, request_fields
+from ..studio import fields_again, fields_for_action, make_request, refusal, request_fields
 from .inputs import MAX_PROMPT_CHARS, check_prompts
 from .networks import check_lora_tags, shared_lora_names
 from .state import StudioState, check_mask_size, check_model, image_size, refused_uploads_deleted
@@ -183,6 +183,11 @@ def _submit(state: StudioState, user: User, fields: dict) -> Job:
     check_lora_tags(state, user, request)
     if request.mode == "inpaint":
         check_mask_size(image_size(request.init_image), image_size(request.mask_image), "init_image", "mask_image")
+    if state.config.broker is None:  # its jobs run on this machine: what they would be refused, they are now
+        for part in parts:
+            error = refusal(part)  # the job runner asks for live previews
+            if error is not None:
+                raise error
     job = state.gallery.add_job(user.id, request.mode, request.settings(), state.config.queue_capacity, _cost(state, request),
                                 state.credits.schedule, state.now())
     state.runner.submitted(job)
