@@ -466,10 +466,11 @@ class OpenVINOUNet:
                 return self
             folder, label = self.folder, (self.variant or {}).get("label")
             try:
-                with one_process_at_a_time(folder):  # another worker exporting it: wait, then find it made
-                    if not _entry_ok(folder):
-                        export_unet(unet, folder, self.source, label)
-                        self.exports += 1
+                if not _entry_ok(folder):
+                    with one_process_at_a_time(folder):  # another worker exporting it: wait, then find it made
+                        if not _entry_ok(folder):
+                            export_unet(unet, folder, self.source, label)
+                            self.exports += 1
                 try:
                     self._read()
                 except Exception as exc:  # a damaged entry with a good marker: export again, once

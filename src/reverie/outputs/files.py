@@ -70,8 +70,10 @@ def one_process_at_a_time(folder: str | Path, waiting: Callable[[], None] | None
     the file `folder.lock` beside it, which is there only while a block runs, and let go when
     the block ends or its process dies. For what is made once and costs minutes and gigabytes
     (a model's export, its int8 UNet): a deployment's other workers wait, then find it made,
-    instead of making it at the same time, each with the memory it takes. `waiting()` is called
-    first when another process holds it. No lock where there is no fcntl (Windows)."""
+    instead of making it at the same time, each with the memory it takes. Callers take it only
+    when the folder is missing, and look again inside: a folder made already costs no write (a
+    read-only cache stays readable). `waiting()` is called first when another process holds it.
+    No lock where there is no fcntl (Windows)."""
     try:
         import fcntl
     except ImportError:

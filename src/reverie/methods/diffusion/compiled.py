@@ -411,15 +411,18 @@ def load_bundle(models: ModelCache, source: SDSource | None, precision: str,
             precisions = dict.fromkeys(("text_encoder", "unet", "decoder", "encoder"), precision)
             if mini:  # the upscaler in bf16 where the CPU has it, whatever the dtype, as torch's autocast runs it
                 precisions["upscaler"] = "bf16" if this_cpu_native_bf16() and is_x86() else "f32"
-            # another worker making this bundle or its int8 UNet: wait for it, then find it made
-            with one_process_at_a_time(folder, lambda: say(f"waiting for another process making {key[0]}'s bundle")):
-                if not bundle_made(folder):
-                    say(f"exporting {key[0]} to OpenVINO (once)")
-                    make_bundle(folder, precision) if mini else make_sd_bundle(source, folder, precision)
-                if int8 and not int8_unet.int8_made(folder):
-                    say(f"quantizing {key[0]}'s UNet to int8 (once: minutes for SD)")
-                    facts = mini_facts() if mini else sd_facts(source, folder)
-                    int8_unet.quantize_unet(folder, lambda: calibration_inputs(OpenVINOBundle(folder, precisions), facts))
+            def missing() -> bool:
+                return not bundle_made(folder) or (int8 and not int8_unet.int8_made(folder))
+
+            if missing():  # made once, by one process: another making it is waited for, then found made
+                with one_process_at_a_time(folder, lambda: say(f"waiting for another process making {key[0]}'s bundle")):
+                    if not bundle_made(folder):
+                        say(f"exporting {key[0]} to OpenVINO (once)")
+                        make_bundle(folder, precision) if mini else make_sd_bundle(source, folder, precision)
+                    if int8 and not int8_unet.int8_made(folder):
+                        say(f"quantizing {key[0]}'s UNet to int8 (once: minutes for SD)")
+                        facts = mini_facts() if mini else sd_facts(source, folder)
+                        int8_unet.quantize_unet(folder, lambda: calibration_inputs(OpenVINOBundle(folder, precisions), facts))
             replaced = {"unet": int8_unet.int8_folder(folder) / int8_unet.IR_NAME} if int8 else None
             return OpenVINOBundle(folder, precisions, store_compiled=mini, replaced=replaced)
         except Exception as exc:  # the exporter meets a layer it cannot trace, a full disk, a damaged file...
