@@ -74,10 +74,9 @@ def refusal(request: BaseRequest, previews: bool = True):
     """The BadRequest its method's `run` would stop `request` with before any work, where that
     can be found without loading a model (`Method.refusal`), else None. It asks this machine:
     where the request will run elsewhere, that machine may answer otherwise."""
-    from .methods.registry import method_for
+    from .methods.registry import refusal as asked
 
-    check = method_for(request.mode).refusal
-    return check(request, previews) if check is not None else None
+    return asked(request, previews)
 
 
 def mode_for_model(reference: str | None, default: str = "txt2img") -> str:

@@ -140,6 +140,13 @@ def method_for(mode: str) -> Method:
     return _method_of(_package_for(mode))
 
 
+def refusal(request: BaseRequest, previews: bool = True):
+    """What its method's `refusal` answers for `request` (a BadRequest `run` would stop it with
+    before any work), None for a method without one."""
+    check = method_for(request.mode).refusal
+    return check(request, previews) if check is not None else None
+
+
 def make_request(fields: dict | BaseRequest | None = None, **more) -> BaseRequest:
     """A validated request for the method its `mode` names (txt2img when none)."""
     if isinstance(fields, BaseRequest):

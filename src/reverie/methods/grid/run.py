@@ -27,7 +27,7 @@ from ...outputs.grid import make_grid
 from ...outputs.metadata import reverie_metadata
 from ...progress import Interrupted, Progress, ProgressEvent
 from ...result import GeneratedImage, Result
-from ..registry import method_for
+from ..registry import method_for, refusal
 from .axes import LABELS
 from .request import Cell, GridRequest
 
@@ -75,8 +75,7 @@ def _refuse_early(cells: list[Cell], previews: bool) -> None:
     """A cell its method would refuse stops the grid now, naming the cell, before any cell runs
     (each method's `refusal`)."""
     for number, cell in enumerate(cells):
-        refusal = method_for(cell.request.mode).refusal
-        error = refusal(cell.request, previews) if refusal is not None else None
+        error = refusal(cell.request, previews)
         if error is not None:
             names = ", ".join(value["label"] for value in cell.values.values())
             raise BadRequest(error.field, f"cell {number + 1} ({names}) would be refused: {error.message}")
