@@ -106,8 +106,9 @@ def quantize_unet(bundle_folder: Path, examples: Callable[[], list[tuple[np.ndar
     model = widened(ov.Core().read_model(str(bundle_folder / "unet.xml")))
     calibration = examples()  # after the read: the other order peaked at 11.2 GiB against 9.6 (one run each)
     # in the graph's order: the first convolution reads the latents, the last writes the prediction
-    convolutions = [op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() == "Convolution"]
-    linears = [op.get_friendly_name() for op in model.get_ordered_ops()
+    ops = model.get_ordered_ops()
+    convolutions = [op.get_friendly_name() for op in ops if op.get_type_name() == "Convolution"]
+    linears = [op.get_friendly_name() for op in ops
                if op.get_type_name() == "MatMul" and any(part in op.get_friendly_name() for part in KEPT_LINEARS)]
     kept = nncf.IgnoredScope(names=[convolutions[0], convolutions[-1], *linears])  # the ends and KEPT_LINEARS
     settings = AdvancedQuantizationParameters(activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX,
