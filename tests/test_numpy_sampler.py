@@ -1,4 +1,5 @@
-"""The torch-free sampling path against the real thing: torch.randn and diffusers' DPM++ 2M and Euler."""
+"""The torch-free sampling path against the real thing: torch.randn and diffusers' DPM++ 2M (and its SDE),
+Euler and Euler a."""
 
 import dataclasses
 import inspect
@@ -14,7 +15,8 @@ import torch
 from reverie import samplers
 from reverie.methods.diffusion import numpy_sampler
 from reverie.methods.diffusion.inputs import denoising_steps
-from reverie.methods.diffusion.numpy_sampler import DPMSolver2M, EulerDiscrete, make_sampler, sampler_supported
+from reverie.methods.diffusion.numpy_sampler import (DPMSolver2M, EulerAncestral, EulerDiscrete, make_sampler,
+                                                     sampler_supported)
 from reverie.errors import BadRequest
 from reverie.samplers import build_scheduler
 from reverie.torch_noise import TorchCPUGenerator, torch_randn
@@ -154,8 +156,7 @@ def test_the_default_sampler_of_these_configs_is_supported(name):
         assert sampler_supported(name, config)
 
 
-@pytest.mark.parametrize("name", ["dpmpp_2m_sde_karras", "dpmpp_2s_karras", "dpmpp_sde_karras", "euler_a", "k_euler_a",
-                                  "heun", "lms", "lms_karras", "ddim", "plms", "unipc", "lcm"])
+@pytest.mark.parametrize("name", ["dpmpp_2s_karras", "dpmpp_sde_karras", "dpm2_a", "ddpm", "heun", "lms", "lms_karras", "ddim", "plms", "unipc", "lcm"])
 def test_other_samplers_are_refused(name):
     for config in CONFIGS.values():
         assert not sampler_supported(name, config)
@@ -184,7 +185,7 @@ def test_unported_schedules_are_refused(change):
 
 def test_unported_sampler_options_are_refused(monkeypatch):
     dpmpp_2m = samplers.get_sampler("dpmpp_2m")
-    for options in ({"use_exponential_sigmas": True}, {"algorithm_type": "sde-dpmsolver++"}, {"thresholding": True},
+    for options in ({"use_exponential_sigmas": True}, {"algorithm_type": "sde-dpmsolver"}, {"thresholding": True},
                     {"solver_order": 3}, {"final_sigmas_type": "sigma_min"}, {"euler_at_final": True}):
         monkeypatch.setitem(samplers._BY_NAME, "dpmpp_2m", dataclasses.replace(dpmpp_2m, options=options))
         assert not sampler_supported("dpmpp_2m", MINI_CONFIG)
@@ -202,7 +203,7 @@ def test_every_option_of_the_diffusers_scheduler_is_accounted_for():
     from diffusers import DPMSolverMultistepScheduler
 
     defaults = {name: p.default for name, p in inspect.signature(DPMSolverMultistepScheduler).parameters.items()}
-    known = numpy_sampler._FIXED_OPTIONS | numpy_sampler._PORTED_OPTIONS
+    known = numpy_sampler._FIXED_OPTIONS | numpy_sampler._DPM_OPTIONS
     only_with_a_fixed_option = {"dynamic_thresholding_ratio", "sample_max_value", "flow_shift", "time_shift_type"}
     assert set(defaults) == set(known) | only_with_a_fixed_option
     for name, default in known.items():
@@ -222,9 +223,20 @@ def test_importing_the_torch_free_path_imports_no_torch():
     assert result.stdout.strip() == "[]"
 
 
-# make_sampler: DPM++ 2M and Euler, each with and without Karras sigmas, against build_scheduler's.
+def test_every_option_of_diffusers_euler_a_is_accounted_for():
+    from diffusers import EulerAncestralDiscreteScheduler
 
-SAMPLER_NAMES = ["dpmpp_2m", "dpmpp_2m_karras", "euler", "euler_karras"]
+    defaults = {name: p.default for name, p in inspect.signature(EulerAncestralDiscreteScheduler).parameters.items()}
+    known = numpy_sampler._EULER_A_FIXED_OPTIONS | numpy_sampler._EULER_A_OPTIONS
+    assert set(defaults) == set(known)
+    for name, default in known.items():
+        assert default == defaults[name], name
+
+
+# make_sampler: DPM++ 2M and Euler, each with and without Karras sigmas, DPM++ 2M SDE Karras and
+# Euler a, against build_scheduler's.
+
+SAMPLER_NAMES = ["dpmpp_2m", "dpmpp_2m_karras", "dpmpp_2m_sde_karras", "euler", "euler_karras", "euler_a"]
 STEP_COUNTS = [1, 4, 14, 15, 20, 25]  # 14 and 15: either side of diffusers' "fewer than 15 steps" rule
 SAMPLE_SHAPE = (2, 4, 8, 8)
 TOLERANCE = 1e-5  # relative to the largest value; the port is within about 1e-6
@@ -242,15 +254,20 @@ def assert_close(mine: np.ndarray, reference) -> None:
     assert relative_difference(mine, reference) <= TOLERANCE
 
 
-def step_both(sampler, reference, mine: np.ndarray, theirs: torch.Tensor, begin: int, rng) -> None:
+def step_both(sampler, reference, mine: np.ndarray, theirs: torch.Tensor, begin: int, rng, seeds=(5, 6)) -> None:
     """Both samplers from timestep `begin` to the end, fed the same random 'model outputs': the
-    UNet's input and each step's sample alike."""
+    UNet's input and each step's sample alike. The stochastic ones draw each step's fresh noise
+    from one generator per picture (`seeds`), as the pipelines give diffusers: torch's, and ours
+    drawn as torch draws it."""
+    generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+    ours = [TorchCPUGenerator(seed) for seed in seeds]
     for index, t in enumerate(reference.timesteps[begin:]):
         assert sampler.step_index == begin + index
         assert_close(sampler.scale_model_input(mine), reference.scale_model_input(theirs, t))
         output = rng.standard_normal(SAMPLE_SHAPE, dtype=np.float32)
-        mine = sampler.step(output, mine)
-        theirs = reference.step(torch.from_numpy(output), t, theirs).prev_sample
+        noise = np.stack([g.randn(SAMPLE_SHAPE[1:]) for g in ours]) if sampler.stochastic else None
+        mine = sampler.step(output, mine, noise)
+        theirs = reference.step(torch.from_numpy(output), t, theirs, generator=generators).prev_sample
         assert_close(mine, theirs)
 
 
@@ -327,11 +344,12 @@ def test_the_samplers_are_told_apart():
     """The tolerance above tells each sampler from the others and from a step count off by one."""
     def final(name, steps):
         sampler = make_sampler(name, SD15_CONFIG, steps)
-        rng = np.random.default_rng(0)
+        rng, fresh = np.random.default_rng(0), TorchCPUGenerator(3)
         sample = rng.standard_normal(SAMPLE_SHAPE, dtype=np.float32) * np.float32(sampler.init_noise_sigma)
         for _ in sampler.timesteps:
+            noise = fresh.randn(SAMPLE_SHAPE) if sampler.stochastic else None
             sample = sampler.step(np.tanh(sampler.scale_model_input(sample)) + rng.standard_normal(
-                SAMPLE_SHAPE, dtype=np.float32) * np.float32(0.1), sample)
+                SAMPLE_SHAPE, dtype=np.float32) * np.float32(0.1), sample, noise)
         return sample
 
     results = {name: final(name, 20) for name in SAMPLER_NAMES}
@@ -372,7 +390,8 @@ def test_a_repeated_first_timestep_is_refused():
         make_sampler("dpmpp_2m_karras", MINI_CONFIG, 340)
 
 
-@pytest.mark.parametrize("name", ["dpmpp_2m_karras", "DPM++ 2M Karras", "euler", "Euler", "euler_karras", "Euler Karras"])
+@pytest.mark.parametrize("name", ["dpmpp_2m_karras", "DPM++ 2M Karras", "euler", "Euler", "euler_karras", "Euler Karras",
+                                  "euler_a", "Euler a", "k_euler_a", "dpmpp_2m_sde_karras", "DPM++ 2M SDE Karras"])
 def test_the_ported_samplers_are_supported(name):
     for config in CONFIGS.values():
         assert sampler_supported(name, config)
@@ -383,6 +402,8 @@ def test_make_sampler_gives_each_scheduler_its_port():
     assert type(make_sampler("DPM++ 2M", MINI_CONFIG, 20)) is DPMSolver2M
     assert type(make_sampler("dpmpp_2m_karras", MINI_CONFIG, 20)) is DPMSolver2M
     assert type(make_sampler("Euler Karras", MINI_CONFIG, 20)) is EulerDiscrete
+    assert type(make_sampler("Euler a", MINI_CONFIG, 20)) is EulerAncestral
+    assert type(make_sampler("DPM++ 2M SDE Karras", MINI_CONFIG, 20)) is DPMSolver2M
     np.testing.assert_array_equal(DPMSolver2M(MINI_CONFIG, 20).timesteps, make_sampler("dpmpp_2m", MINI_CONFIG, 20).timesteps)
     with pytest.raises(ValueError):
         DPMSolver2M(MINI_CONFIG, 20, sampler="euler")
@@ -395,16 +416,38 @@ def test_dpm_leaves_the_model_input_as_it_is():
     np.testing.assert_array_equal(DPMSolver2M(MINI_CONFIG, 20).scale_model_input(sample), sample)
 
 
-@pytest.mark.parametrize("name", ["euler", "euler_karras", "dpmpp_2m_karras"])
+@pytest.mark.parametrize("name", ["euler", "euler_karras", "dpmpp_2m_karras", "euler_a", "dpmpp_2m_sde_karras"])
 def test_stepping_past_the_end_is_an_error_for_every_sampler(name):
     sampler = make_sampler(name, SD15_CONFIG, 2)
     sample = torch_randn(0, (1, 4, 8, 8))
     for _ in sampler.timesteps:
-        sample = sampler.step(sampler.scale_model_input(sample), sample)
+        sample = sampler.step(sampler.scale_model_input(sample), sample, torch_randn(1, (1, 4, 8, 8)))
     with pytest.raises(RuntimeError):
         sampler.scale_model_input(sample)
     with pytest.raises(RuntimeError):
+        sampler.step(sample, sample, sample)
+
+
+@pytest.mark.parametrize("name", ["euler_a", "dpmpp_2m_sde_karras"])
+def test_the_stochastic_samplers_take_each_steps_noise(name):
+    """Without its fresh noise, or with noise of another shape, a step is refused; with another
+    picture's noise it lands elsewhere, and the last step lands on the data prediction whatever the noise."""
+    sampler = make_sampler(name, SD15_CONFIG, 3)
+    assert sampler.stochastic
+    assert not make_sampler(name.replace("_sde", "").replace("_a", ""), SD15_CONFIG, 3).stochastic
+    sample = torch_randn(0, (1, 4, 8, 8)) * np.float32(sampler.init_noise_sigma)
+    with pytest.raises(ValueError, match="noise"):
         sampler.step(sample, sample)
+    with pytest.raises(ValueError, match="noise"):
+        sampler.step(sample, sample, torch_randn(1, (1, 4, 8, 4)))
+    output = np.tanh(sample)
+    ends = []
+    for seed in (1, 2):
+        sampler = make_sampler(name, SD15_CONFIG, 3)
+        ends.append(sampler.step(output, sample, torch_randn(seed, (1, 4, 8, 8))))
+    assert relative_difference(ends[0], ends[1]) > 0.05
+    landed = [make_sampler(name, SD15_CONFIG, 1).step(output, sample, torch_randn(seed, (1, 4, 8, 8))) for seed in (1, 2)]
+    np.testing.assert_array_equal(landed[0], landed[1])
 
 
 @pytest.mark.parametrize("name", ["euler", "euler_karras", "dpmpp_2m_karras"])

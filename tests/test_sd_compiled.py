@@ -79,9 +79,9 @@ def torch_run(request, models, progress, outputs):
 
 def test_it_serves_sd_folders_and_leaves_the_rest_to_the_torch_pipeline(sd_folder, tmp_path):
     assert compiled.serves(request_for(sd_folder))  # the defaults: DPM++ 2M Karras, 25 steps
-    for sampler in ("euler", "euler_karras", "dpmpp_2m", "dpmpp_2m_karras"):
+    for sampler in ("euler", "euler_karras", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "dpmpp_2m_sde_karras"):
         assert compiled.serves(request_for(sd_folder, sampler=sampler, dtype="fp32"))
-    refused = [dict(sampler="euler_a"), dict(sampler="ddim"), dict(runtime="torch"), dict(width=96),
+    refused = [dict(sampler="dpmpp_sde_karras"), dict(sampler="ddim"), dict(runtime="torch"), dict(width=96),
                dict(upscale=2), dict(tile=True), dict(step_cache=2), dict(weights="fp16"),
                dict(width=768, height=768, n_samples=2), dict(prompt="a red apple <lora:any:1>")]
     for fields in refused:
@@ -92,11 +92,15 @@ def test_it_serves_sd_folders_and_leaves_the_rest_to_the_torch_pipeline(sd_folde
 
 def test_its_pictures_are_the_torch_pipelines_and_follow_the_prompt(sd_folder, tmp_path):
     """fp32: the same pictures to a few levels (the runtimes' kernels); bf16: as close as bf16
-    on torch and OpenVINO get (measured 47 dB); both seeds, a negative prompt, each sampler."""
-    for sampler, dtype, floor in (("dpmpp_2m_karras", "fp32", 60), ("euler", "fp32", 60), ("dpmpp_2m", "bf16", 38)):
+    on torch and OpenVINO get (measured 47 dB); both seeds, a negative prompt, each sampler. The
+    stochastic ones (Euler a, DPM++ 2M SDE Karras) draw each step's noise from the seed's generator
+    after its starting noise, as the torch pipeline's diffusers does; in bf16 diffusers draws Euler
+    a's in bf16, which this path does not round."""
+    for sampler, dtype, floor in (("dpmpp_2m_karras", "fp32", 60), ("euler", "fp32", 60), ("dpmpp_2m", "bf16", 38),
+                                  ("euler_a", "fp32", 60), ("dpmpp_2m_sde_karras", "fp32", 60), ("euler_a", "bf16", 38)):
         request = request_for(sd_folder, negative_prompt="blue", n_samples=2, steps=5, sampler=sampler, dtype=dtype)
-        ours = make(tmp_path, f"ours-{sampler}", request)
-        theirs = make(tmp_path, f"theirs-{sampler}", request, torch_run)
+        ours = make(tmp_path, f"ours-{sampler}-{dtype}", request)
+        theirs = make(tmp_path, f"theirs-{sampler}-{dtype}", request, torch_run)
         assert [image.seed for image in ours.images] == [image.seed for image in theirs.images] == [11, 12]
         for a, b in zip(ours.images, theirs.images):
             assert psnr(pixels(a.image), pixels(b.image)) > floor, (sampler, dtype, psnr(pixels(a.image), pixels(b.image)))
@@ -119,7 +123,8 @@ def test_img2img_and_variations_are_the_torch_pipelines(sd_folder, tmp_path):
     for number, (fields, dtype, floor) in enumerate((
             (dict(mode="img2img", prompt="a storm at sea", strength=0.7, n_samples=2, sampler="euler"), "fp32", 60),
             (dict(mode="variations", prompt="", n_samples=2), "fp32", 60),
-            (dict(mode="img2img", prompt="a storm at sea", strength=0.5, n_samples=1), "bf16", 38))):
+            (dict(mode="img2img", prompt="a storm at sea", strength=0.5, n_samples=1), "bf16", 38),
+            (dict(mode="img2img", prompt="a storm at sea", strength=0.6, n_samples=2, sampler="euler_a"), "fp32", 60))):
         request = request_for(sd_folder, init_image=str(source), steps=5, dtype=dtype, width=None, height=None, **fields)
         assert compiled.serves(request), fields
         ours = make(tmp_path, f"ours{number}", request)
@@ -139,7 +144,9 @@ def test_inpaint_and_outpaint_are_the_torch_pipelines(sd_folder, tmp_path):
             (dict(mode="inpaint", mask_image=str(tmp_path / "mask.png"), n_samples=2), "fp32", 60),
             (dict(mode="inpaint", mask_image=str(tmp_path / "mask.png"), strength=0.6, sampler="euler", n_samples=1),
              "fp32", 60),
-            (dict(mode="outpaint", outpaint_left=64, n_samples=1), "bf16", 38))):
+            (dict(mode="outpaint", outpaint_left=64, n_samples=1), "bf16", 38),
+            (dict(mode="inpaint", mask_image=str(tmp_path / "mask.png"), strength=0.7, sampler="dpmpp_2m_sde_karras",
+                  n_samples=2), "fp32", 60))):
         request = request_for(sd_folder, init_image=str(source), steps=5, dtype=dtype, width=None, height=None,
                               prompt="a storm at sea", **fields)
         assert compiled.serves(request), fields

@@ -8,7 +8,7 @@ either, whether a request is one this path runs: txt2img, img2img, variations, i
 outpaint on reverie-mini or on a Stable Diffusion model a bundle serves (models/sd_bundle.py: an
 SD pipeline folder, an SD 1.x or 2.x .safetensors file), on the CPU under runtime `auto` or
 `openvino`, with a sampler numpy_sampler.py ports (DPM++ 2M with or without Karras sigmas,
-Euler), at most 512 px a side for mini (192 with its x2 upscale) and 768 for SD (multiples of
+DPM++ 2M SDE Karras, Euler with or without, Euler a), at most 512 px a side for mini (192 with its x2 upscale) and 768 for SD (multiples of
 64, at most four 512 px pictures' worth a batch); for an image mode that is the size the input
 picture is worked at (mini works on a larger one at half its size and enlarges the result back).
 A prompt with weights, a negative, templates, styles and textual-inversion embeddings (no
@@ -22,7 +22,8 @@ request: the one time torch is imported) the way run.py's pipeline does, step fo
 encoder's token states (prompts/tokens.py frames them), each seed's starting noise as torch's
 CPU generator draws it (torch_noise.py) or, for an image mode, the input picture's latents
 noised to where its strength enters the schedule (`Start`), classifier-free guidance over the
-CFG batch, the sampler (inpaint and outpaint: the kept area put back after each step, `Kept`),
+CFG batch, the sampler (the stochastic ones' fresh noise drawn from the same generators, after
+the starting draws, as diffusers' pipelines hand them to the scheduler; inpaint and outpaint: the kept area put back after each step, `Kept`),
 the decode, mini's upscale, the input's kept pixels put back (inputs.bring_back, as run.py).
 Between the parts the values stay in fp32 (the torch pipeline holds its latents in the request's
 dtype: rounding them to bf16 here too brought the pictures no closer), so the pictures are the
@@ -42,6 +43,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -228,8 +230,8 @@ def int8_refused(request: GenerationRequest) -> str:
         return f"the model's UNet could not be quantized to int8 in this process ({failed}); leave quantize out"
     return ("int8 runs where reverie runs the model on OpenVINO without torch: reverie-mini or an SD 1.x/2.x "
             ".safetensors file or folder, on the CPU in fp32 or bf16, runtime auto or openvino, txt2img or an image "
-            "mode at sides that are multiples of 64 up to 768 px (SD), a sampler of DPM++ 2M, DPM++ 2M Karras or "
-            "Euler, without LoRAs, seamless tiles, step caching, chaos, a refiner, a tiny decoder or prompt "
+            "mode at sides that are multiples of 64 up to 768 px (SD), a sampler of DPM++ 2M, DPM++ 2M Karras, "
+            "DPM++ 2M SDE Karras, Euler, Euler Karras or Euler a, without LoRAs, seamless tiles, step caching, chaos, a refiner, a tiny decoder or prompt "
             "expansion; change those or leave quantize out")
 
 
@@ -578,7 +580,9 @@ class Start:
     noised as img2img's, and after every step the kept area put back (`Kept`). Each seed's CPU
     generator draws, in the torch path's order, the starting noise (which img2img leaves unused;
     inpaint at strength 1 starts from it, and noises the kept area with it), then the latents'
-    sample of the encoder's distribution, then (below strength 1) the noise added."""
+    sample of the encoder's distribution, then (below strength 1) the noise added, then (inpaint and
+    outpaint) a sample of the masked picture's latents, which a plain UNet leaves unused; the
+    stochastic samplers' fresh noise comes after, from the same generators (`Begun.draw`)."""
 
     def __init__(self, request: GenerationRequest, prepared: PreparedInput, facts: ModelFacts):
         self.request, self.prepared, self.facts = request, prepared, facts
@@ -597,9 +601,9 @@ class Start:
             sampler.begin_at(self.steps - min(int(self.steps * self.strength), self.steps))
         return sampler
 
-    def latents(self, bundle: OpenVINOBundle, seeds: list[int], sampler) -> tuple[np.ndarray, "Kept | None"]:
-        """[N, C, h, w]: each seed's starting latents for `sampler` (made by `sampler()`), and
-        for inpaint and outpaint what keeps the unmasked area."""
+    def latents(self, bundle: OpenVINOBundle, seeds: list[int], sampler) -> "Begun":
+        """Each seed's starting latents for `sampler` (made by `sampler()`), for inpaint and
+        outpaint what keeps the unmasked area, and the seeds' generators' next draws."""
         generators = [TorchCPUGenerator(seed) for seed in seeds]
 
         def draw() -> np.ndarray:
@@ -607,7 +611,7 @@ class Start:
 
         noise = draw()
         if not self.image_mode:
-            return noise * np.float32(sampler.init_noise_sigma), None
+            return Begun(noise * np.float32(sampler.init_noise_sigma), None, draw)
         mean, spread = np.split(self.encoded(bundle)[0], 2)
         sampled = mean + spread * draw()
         if self.masked and self.strength >= 1.0:  # inpaint from noise: the first draw noises the kept area too
@@ -615,7 +619,10 @@ class Start:
         else:
             noise = draw()
             latents = sampler.add_noise(sampled, noise)
-        return latents, (Kept(sampled, noise, self.latent_mask()) if self.masked else None)
+        if not self.masked:
+            return Begun(latents, None, draw)
+        draw()  # diffusers' inpaint pipeline samples the masked picture's latents too, unused by a 4-channel UNet
+        return Begun(latents, Kept(sampled, noise, self.latent_mask()), draw)
 
     def encoded(self, bundle: OpenVINOBundle) -> np.ndarray:
         """The input picture's latent distribution [1, 2C, h, w] (mean, spread; scaled), encoded once."""
@@ -632,6 +639,15 @@ class Start:
         mask = np.asarray(self.prepared.mask.convert("L"), dtype=np.float32) / np.float32(255.0)
         scale = self.facts.vae_scale
         return (mask >= 0.5).astype(np.float32)[::scale, ::scale][None, None]
+
+
+@dataclass(frozen=True)
+class Begun:
+    """A batch's start (`Start.latents`)."""
+
+    latents: np.ndarray  # [N, C, h, w] where the first step starts
+    kept: "Kept | None"  # inpaint and outpaint: what keeps the unmasked area
+    draw: Callable[[], np.ndarray]  # [N, C, h, w]: each seed's generator's next noise, in turn
 
 
 @dataclass(frozen=True)
@@ -656,7 +672,8 @@ def denoise(request: GenerationRequest, bundle: OpenVINOBundle, start: Start, se
             uncond: np.ndarray, batch: int, progress: Progress) -> np.ndarray:
     """One batch's latents after the request's steps, from where `start` says."""
     sampler = start.sampler()
-    latents, kept = start.latents(bundle, seeds, sampler)
+    begun = start.latents(bundle, seeds, sampler)
+    latents, kept = begun.latents, begun.kept
     scale = request.guidance_scale()
     guided = scale > 1  # as diffusers: no unconditioned pass at CFG 1 or below
     states = np.concatenate([uncond, cond]) if guided else cond
@@ -669,7 +686,7 @@ def denoise(request: GenerationRequest, bundle: OpenVINOBundle, start: Start, se
         if guided:
             out_uncond, out_cond = np.split(out, 2)
             out = out_uncond + np.float32(scale) * (out_cond - out_uncond)
-        latents = sampler.step(out, latents)
+        latents = sampler.step(out, latents, begun.draw() if sampler.stochastic else None)
         if kept is not None:
             latents = kept.put_back(latents, sampler)
         done = step + 1

@@ -1,23 +1,34 @@
-"""Reverie's DPM++ 2M and Euler samplers in NumPy: "dpmpp_2m", "dpmpp_2m_karras", "euler" and
-"euler_karras" without torch or diffusers.
+"""Reverie's DPM++ 2M and Euler samplers in NumPy: "dpmpp_2m", "dpmpp_2m_karras",
+"dpmpp_2m_sde_karras", "euler", "euler_karras" and "euler_a" without torch or diffusers.
 
 A request that runs its UNet outside torch (OpenVINO) would otherwise import torch and diffusers
 (seconds) only to step the scheduler. `make_sampler(name, config, steps)` gives the sampler that
 does what diffusers 0.42's scheduler does when `reverie.samplers.build_scheduler(name, config)`
 builds it: the model's noise schedule (`samplers.scheduler_options`) plus the sampler row's options
-(Karras sigmas), the scheduler's defaults otherwise. Two schedulers are ported:
+(Karras sigmas, the SDE solver), the scheduler's defaults otherwise. Three schedulers are ported:
 
 - `DPMSolver2M`, diffusers' `DPMSolverMultistepScheduler` at its defaults: the data-prediction
   solver ("dpmsolver++", midpoint, order 2) with a last step to sigma 0; with or without Karras
-  sigmas ("dpmpp_2m_karras", reverie's default sampler for Stable Diffusion).
+  sigmas ("dpmpp_2m_karras", reverie's default sampler for Stable Diffusion); and its SDE form
+  ("sde-dpmsolver++": "dpmpp_2m_sde_karras"), which adds fresh noise at every step.
 - `EulerDiscrete`, diffusers' `EulerDiscreteScheduler` at its defaults: the deterministic Euler
   step (s_churn 0) with a last step to sigma 0; with or without Karras sigmas.
+- `EulerAncestral`, diffusers' `EulerAncestralDiscreteScheduler` ("euler_a", A1111's "Euler a"):
+  Euler's schedule, each step down to a lower sigma and fresh noise added back up to the next one.
+
+The stochastic ones (`stochastic` is true) take that step's fresh noise in `step(..., noise)`: diffusers
+draws it at each step, after the starting noise, from the picture's own generator (a float32
+`torch.randn` of the sample's shape, one per picture), so the caller draws it from the same
+stream (torch_noise.TorchCPUGenerator) and the picture is the torch pipeline's. In a bf16 run
+diffusers draws Euler a's noise in bf16: the same values rounded (torch 2.14 draws bf16 noise as
+float32's, rounded), one rounding this port leaves out as it leaves the latents' out.
 
 A config or sampler this port does not do raises ValueError, and `sampler_supported` says
 beforehand whether it will. Every sampler has `timesteps` (what diffusers passes the UNet at each
 step, in diffusers' dtype: int64 for DPM++ 2M, float32 for Euler), `init_noise_sigma` (the starting
 noise's scale), `scale_model_input(sample)` (the UNet's input at the current step) and
-`step(model_output, sample)` (the sample at the next step; it moves the sampler on by one).
+`step(model_output, sample, noise=None)` (the sample at the next step; it moves the sampler on by
+one; `noise`, the step's fresh noise, for the stochastic samplers only).
 
 How diffusers does it, mirrored here:
 - The training schedule (betas, cumulative alphas, sigmas) is float32, the cumulative product
@@ -61,7 +72,6 @@ _F32 = np.float32
 # DPMSolverMultistepScheduler's options that this port runs only at their defaults (these).
 _FIXED_OPTIONS = {
     "solver_order": 2,
-    "algorithm_type": "dpmsolver++",
     "solver_type": "midpoint",
     "thresholding": False,
     "lower_order_final": True,
@@ -88,6 +98,10 @@ _PORTED_OPTIONS = {
     "steps_offset": 0,
     "use_karras_sigmas": False,
 }
+# DPMSolverMultistepScheduler's options this port implements beyond those, with their defaults.
+_DPM_OPTIONS = _PORTED_OPTIONS | {"algorithm_type": "dpmsolver++"}
+# Ported options that take only some values here.
+_CHOICES = {"algorithm_type": ("dpmsolver++", "sde-dpmsolver++")}
 
 # EulerDiscreteScheduler's options that this port runs only at their defaults (these).
 _EULER_FIXED_OPTIONS = {
@@ -100,13 +114,26 @@ _EULER_FIXED_OPTIONS = {
     "rescale_betas_zero_snr": False,
     "final_sigmas_type": "zero",
 }
+# EulerAncestralDiscreteScheduler's: it has no Karras sigmas, and one option this port keeps at its default.
+_EULER_A_FIXED_OPTIONS = {"rescale_betas_zero_snr": False}
+_EULER_A_OPTIONS = {k: v for k, v in _PORTED_OPTIONS.items() if k != "use_karras_sigmas"}
 
 
 class _Steps:
-    """What both samplers keep: the index of the current timestep, and where they begin."""
+    """What every sampler keeps: the index of the current timestep, and where they begin."""
 
     timesteps: np.ndarray
     _index: int = 0
+    stochastic: bool = False  # whether `step` takes fresh noise
+
+    def _fresh(self, noise: np.ndarray | None, sample: np.ndarray) -> np.ndarray:
+        """A stochastic step's noise, checked: the sample's shape, float32."""
+        if noise is None:
+            raise ValueError(f"{type(self).__name__} adds fresh noise at each step: pass it as `noise`")
+        noise = np.asarray(noise, dtype=_F32)
+        if noise.shape != sample.shape:
+            raise ValueError(f"the noise is {noise.shape}, the sample {sample.shape}")
+        return noise
 
     @property
     def step_index(self) -> int:
@@ -126,15 +153,16 @@ class _Steps:
 class DPMSolver2M(_Steps):
     """DPM++ 2M over `steps` steps for a model's scheduler config (its scheduler_config.json).
 
-    `sampler` names the row of reverie.samplers whose options it runs: "dpmpp_2m" (the default)
-    or "dpmpp_2m_karras". Call `step` once per entry of `timesteps`, in order, with the model's
-    output at that timestep.
+    `sampler` names the row of reverie.samplers whose options it runs: "dpmpp_2m" (the default),
+    "dpmpp_2m_karras" or "dpmpp_2m_sde_karras" (stochastic). Call `step` once per entry of
+    `timesteps`, in order, with the model's output at that timestep (and the SDE's fresh noise).
     """
 
     def __init__(self, scheduler_config: dict, steps: int, sampler: str = "dpmpp_2m"):
-        config = _options(_sampler_of(sampler, DPMSolver2M), scheduler_config, _FIXED_OPTIONS, _PORTED_OPTIONS)
+        config = _options(_sampler_of(sampler, DPMSolver2M), scheduler_config, _FIXED_OPTIONS, _DPM_OPTIONS)
         _check_steps(steps, config)
         self.prediction_type: str = config["prediction_type"]
+        self.stochastic = config["algorithm_type"] == "sde-dpmsolver++"
         train_sigmas = _train_sigmas(config)
         if config["use_karras_sigmas"]:
             # set_timesteps: _convert_to_karras of the flipped training sigmas (sigma_min is the
@@ -162,11 +190,15 @@ class DPMSolver2M(_Steps):
         alpha, sigma = _alpha_sigma(self.sigmas[self._index])
         return alpha * np.asarray(original, dtype=_F32) + sigma * np.asarray(noise, dtype=_F32)
 
-    def step(self, model_output: np.ndarray, sample: np.ndarray) -> np.ndarray:
-        """The sample at the next timestep, from the model's output at the current one (float32)."""
+    def step(self, model_output: np.ndarray, sample: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
+        """The sample at the next timestep, from the model's output at the current one (float32);
+        the SDE solver's `noise` is this step's fresh noise (drawn at the last step too, which lands
+        on the data prediction and leaves it unused, as diffusers draws it)."""
         _check_not_done(self._index, self.timesteps)
         model_output = np.asarray(model_output, dtype=_F32)
         sample = np.asarray(sample, dtype=_F32)
+        if self.stochastic:
+            noise = self._fresh(noise, sample)
         alpha_s0, sigma_s0 = _alpha_sigma(self.sigmas[self._index])
         if self.prediction_type == "v_prediction":
             x0 = alpha_s0 * sample - sigma_s0 * model_output
@@ -179,12 +211,22 @@ class DPMSolver2M(_Steps):
             alpha_t, sigma_t = _alpha_sigma(next_sigma)
             lambda_s0 = _lambda(alpha_s0, sigma_s0)
             h = _lambda(alpha_t, sigma_t) - lambda_s0
-            decay = alpha_t * (_F32(math.exp(-h)) - _F32(1.0))
-            prev_sample = (sigma_t / sigma_s0) * sample - decay * x0  # first order (DDIM)
-            if self._previous is not None:  # second order: the midpoint correction
+            d1 = None
+            if self._previous is not None:  # second order: the midpoint correction's difference
                 r0 = (lambda_s0 - _lambda(*_alpha_sigma(self.sigmas[self._index - 1]))) / h
                 d1 = (_F32(1.0) / r0) * (x0 - self._previous)
-                prev_sample = prev_sample - (_F32(0.5) * decay) * d1
+            if self.stochastic:  # sde-dpmsolver++: the data term's weight 1 - e^-2h, and noise to sigma_t
+                gain = alpha_t * (_F32(1.0) - _F32(math.exp(_F32(-2.0) * h)))
+                prev_sample = (sigma_t / sigma_s0 * _F32(math.exp(-h))) * sample + gain * x0
+                if d1 is not None:
+                    prev_sample = prev_sample + (_F32(0.5) * gain) * d1
+                spread = sigma_t * _F32(math.sqrt(_F32(1.0) - _F32(math.exp(_F32(-2.0) * h))))
+                prev_sample = prev_sample + spread * noise
+            else:
+                decay = alpha_t * (_F32(math.exp(-h)) - _F32(1.0))
+                prev_sample = (sigma_t / sigma_s0) * sample - decay * x0  # first order (DDIM)
+                if d1 is not None:
+                    prev_sample = prev_sample - (_F32(0.5) * decay) * d1
         self._previous = x0
         self._index += 1
         return prev_sample
@@ -199,8 +241,8 @@ class EulerDiscrete(_Steps):
     """
 
     def __init__(self, scheduler_config: dict, steps: int, sampler: str = "euler"):
-        config = _options(_sampler_of(sampler, EulerDiscrete), scheduler_config,
-                          _EULER_FIXED_OPTIONS, _PORTED_OPTIONS)  # its ported options: DPM's, the same defaults
+        config = _options(_sampler_of(sampler, type(self)), scheduler_config, *_OPTION_TABLES[type(self)])
+        config.setdefault("use_karras_sigmas", False)  # Euler a has none
         _check_steps(steps, config)
         self.prediction_type: str = config["prediction_type"]
         train_sigmas = _train_sigmas(config)
@@ -232,30 +274,60 @@ class EulerDiscrete(_Steps):
         original + noise * sigma, in float32."""
         return np.asarray(original, dtype=_F32) + np.asarray(noise, dtype=_F32) * self.sigmas[self._index]
 
-    def step(self, model_output: np.ndarray, sample: np.ndarray) -> np.ndarray:
+    def _data(self, model_output: np.ndarray, sample: np.ndarray, sigma: np.float32) -> np.ndarray:
+        """The data prediction (x0) at noise level `sigma`."""
+        if self.prediction_type == "v_prediction":
+            # denoised = model_output * c_out + input * c_skip, both scalings float32 scalars
+            scale = sigma * sigma + _F32(1.0)
+            return model_output * (-sigma / np.sqrt(scale)) + sample / scale
+        return sample - sigma * model_output
+
+    def step(self, model_output: np.ndarray, sample: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
         """The sample at the next timestep, from the model's output at the current one (float32).
 
         diffusers' step with s_churn 0: gamma 0, so sigma_hat is sigma and no noise is drawn.
         """
         _check_not_done(self._index, self.timesteps)
-        model_output = np.asarray(model_output, dtype=_F32)
         sample = np.asarray(sample, dtype=_F32)
         sigma = self.sigmas[self._index]
-        if self.prediction_type == "v_prediction":
-            # denoised = model_output * c_out + input * c_skip, both scalings float32 scalars
-            scale = sigma * sigma + _F32(1.0)
-            x0 = model_output * (-sigma / np.sqrt(scale)) + sample / scale
-        else:
-            x0 = sample - sigma * model_output
+        x0 = self._data(np.asarray(model_output, dtype=_F32), sample, sigma)
         derivative = (sample - x0) / sigma
         dt = self.sigmas[self._index + 1] - sigma
         self._index += 1
         return sample + derivative * dt
 
 
-_SCHEDULERS = {"DPMSolverMultistepScheduler": DPMSolver2M, "EulerDiscreteScheduler": EulerDiscrete}
-_OPTION_TABLES = {DPMSolver2M: (_FIXED_OPTIONS, _PORTED_OPTIONS),
-                  EulerDiscrete: (_EULER_FIXED_OPTIONS, _PORTED_OPTIONS)}
+class EulerAncestral(EulerDiscrete):
+    """Euler a over `steps` steps for a model's scheduler config: Euler's timesteps, sigmas, starting
+    noise and UNet input (without Karras sigmas), and a step that goes down to sigma_down and adds
+    `noise` (this step's fresh noise) times sigma_up, sigma_down**2 + sigma_up**2 being the next
+    sigma squared; the last step lands on the data prediction (sigma_up 0; diffusers still draws)."""
+
+    stochastic = True
+
+    def __init__(self, scheduler_config: dict, steps: int, sampler: str = "euler_a"):
+        super().__init__(scheduler_config, steps, sampler)
+
+    def step(self, model_output: np.ndarray, sample: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
+        """The sample at the next timestep (float32), from the model's output at the current one
+        and this step's fresh noise."""
+        _check_not_done(self._index, self.timesteps)
+        sample = np.asarray(sample, dtype=_F32)
+        noise = self._fresh(noise, sample)
+        sigma_from, sigma_to = self.sigmas[self._index], self.sigmas[self._index + 1]
+        sigma_up = (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** _F32(0.5)
+        sigma_down = (sigma_to**2 - sigma_up**2) ** _F32(0.5)
+        x0 = self._data(np.asarray(model_output, dtype=_F32), sample, sigma_from)
+        derivative = (sample - x0) / sigma_from
+        self._index += 1
+        return sample + derivative * (sigma_down - sigma_from) + noise * sigma_up
+
+
+_SCHEDULERS = {"DPMSolverMultistepScheduler": DPMSolver2M, "EulerDiscreteScheduler": EulerDiscrete,
+               "EulerAncestralDiscreteScheduler": EulerAncestral}
+_OPTION_TABLES = {DPMSolver2M: (_FIXED_OPTIONS, _DPM_OPTIONS),
+                  EulerDiscrete: (_EULER_FIXED_OPTIONS, _PORTED_OPTIONS),  # its ported options: DPM's, the same defaults
+                  EulerAncestral: (_EULER_A_FIXED_OPTIONS, _EULER_A_OPTIONS)}
 
 
 def make_sampler(name: str, scheduler_config: dict, steps: int) -> DPMSolver2M | EulerDiscrete:
@@ -306,6 +378,9 @@ def _options(sampler: Sampler, scheduler_config: dict, fixed: dict, ported: dict
         if key in given and given[key] != default:
             raise ValueError(f"the NumPy {sampler.label} does not do {key}={given[key]!r}")
     options = ported | {k: v for k, v in given.items() if k in ported}
+    for key, values in _CHOICES.items():
+        if key in options and options[key] not in values:
+            raise ValueError(f"the NumPy {sampler.label} does not do {key}={options[key]!r}")
     if options["trained_betas"] is None and options["beta_schedule"] not in ("linear", "scaled_linear"):
         raise ValueError(f"the NumPy {sampler.label} does not do beta_schedule={options['beta_schedule']!r}")
     if options["prediction_type"] not in ("epsilon", "v_prediction"):
