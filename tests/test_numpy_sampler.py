@@ -1,5 +1,5 @@
 """The torch-free sampling path against the real thing: torch.randn and diffusers' DPM++ 2M (and its SDE),
-Euler and Euler a."""
+Euler, Euler a and DDIM."""
 
 import dataclasses
 import inspect
@@ -15,7 +15,7 @@ import torch
 from reverie import samplers
 from reverie.methods.diffusion import numpy_sampler
 from reverie.methods.diffusion.inputs import denoising_steps
-from reverie.methods.diffusion.numpy_sampler import (DPMSolver2M, EulerAncestral, EulerDiscrete, make_sampler,
+from reverie.methods.diffusion.numpy_sampler import (DDIM, DPMSolver2M, EulerAncestral, EulerDiscrete, make_sampler,
                                                      sampler_supported)
 from reverie.errors import BadRequest
 from reverie.samplers import build_scheduler
@@ -156,7 +156,7 @@ def test_the_default_sampler_of_these_configs_is_supported(name):
         assert sampler_supported(name, config)
 
 
-@pytest.mark.parametrize("name", ["dpmpp_2s_karras", "dpmpp_sde_karras", "dpm2_a", "ddpm", "heun", "lms", "lms_karras", "ddim", "plms", "unipc", "lcm"])
+@pytest.mark.parametrize("name", ["dpmpp_2s_karras", "dpmpp_sde_karras", "dpm2_a", "ddpm", "heun", "lms", "lms_karras", "plms", "unipc", "lcm"])
 def test_other_samplers_are_refused(name):
     for config in CONFIGS.values():
         assert not sampler_supported(name, config)
@@ -233,10 +233,20 @@ def test_every_option_of_diffusers_euler_a_is_accounted_for():
         assert default == defaults[name], name
 
 
-# make_sampler: DPM++ 2M and Euler, each with and without Karras sigmas, DPM++ 2M SDE Karras and
-# Euler a, against build_scheduler's.
+def test_every_option_of_diffusers_ddim_is_accounted_for():
+    from diffusers import DDIMScheduler
 
-SAMPLER_NAMES = ["dpmpp_2m", "dpmpp_2m_karras", "dpmpp_2m_sde_karras", "euler", "euler_karras", "euler_a"]
+    defaults = {name: p.default for name, p in inspect.signature(DDIMScheduler).parameters.items()}
+    known = numpy_sampler._DDIM_FIXED_OPTIONS | numpy_sampler._DDIM_OPTIONS
+    assert set(defaults) == set(known) | {"dynamic_thresholding_ratio", "sample_max_value"}  # thresholding's
+    for name, default in known.items():
+        assert default == defaults[name], name
+
+
+# make_sampler: DPM++ 2M and Euler, each with and without Karras sigmas, DPM++ 2M SDE Karras,
+# Euler a and DDIM (at eta 0 here; above it further down), against build_scheduler's.
+
+SAMPLER_NAMES = ["dpmpp_2m", "dpmpp_2m_karras", "dpmpp_2m_sde_karras", "euler", "euler_karras", "euler_a", "ddim"]
 STEP_COUNTS = [1, 4, 14, 15, 20, 25]  # 14 and 15: either side of diffusers' "fewer than 15 steps" rule
 SAMPLE_SHAPE = (2, 4, 8, 8)
 TOLERANCE = 1e-5  # relative to the largest value; the port is within about 1e-6
@@ -285,7 +295,11 @@ def test_schedule_matches_diffusers(name, config_name, steps):
         np.testing.assert_allclose(sampler.timesteps, expected, rtol=1e-6, atol=0)
     else:
         np.testing.assert_array_equal(sampler.timesteps, expected)
-    np.testing.assert_allclose(sampler.sigmas, reference.sigmas.numpy(), rtol=1e-6, atol=0)
+    if name == "ddim":  # no sigmas: the cumulative alphas, and the one past the end
+        np.testing.assert_array_equal(sampler.alphas_cumprod, reference.alphas_cumprod.numpy())
+        assert sampler.final_alpha == reference.final_alpha_cumprod.numpy()
+    else:
+        np.testing.assert_allclose(sampler.sigmas, reference.sigmas.numpy(), rtol=1e-6, atol=0)
     assert isinstance(sampler.init_noise_sigma, float)
     assert sampler.init_noise_sigma == pytest.approx(float(reference.init_noise_sigma), rel=1e-6)
 
@@ -317,7 +331,8 @@ def test_img2img_matches_diffusers(name, config_name, strength):
     steps = denoising_steps(20, strength)
     reference = reference_scheduler(name, CONFIGS[config_name], steps)
     begin = steps - min(int(steps * strength), steps)
-    reference.set_begin_index(begin)
+    if hasattr(reference, "set_begin_index"):  # as the pipeline: DDIM has none, and goes by the timesteps it is given
+        reference.set_begin_index(begin)
     sampler = make_sampler(name, CONFIGS[config_name], steps)
     sampler.begin_at(begin)
     rng = np.random.default_rng(int(strength * 100) + len(config_name))
@@ -329,6 +344,35 @@ def test_img2img_matches_diffusers(name, config_name, strength):
     assert not np.allclose(mine, original)  # noised
     step_both(sampler, reference, mine, theirs, begin, rng)
     assert sampler.step_index == steps
+
+
+@pytest.mark.parametrize("eta", [0.3, 1.0])
+@pytest.mark.parametrize("config_name", CONFIGS)
+@pytest.mark.parametrize("steps", [1, 4, 20])
+def test_ddim_with_eta_matches_diffusers(eta, config_name, steps):
+    """DDIM with eta above 0 adds fresh noise at each step, from each picture's generator."""
+    reference = reference_scheduler("ddim", CONFIGS[config_name], steps)
+    sampler = make_sampler("ddim", CONFIGS[config_name], steps, eta=eta)
+    assert sampler.stochastic and not make_sampler("ddim", CONFIGS[config_name], steps).stochastic
+    rng = np.random.default_rng(steps)
+    mine = rng.standard_normal(SAMPLE_SHAPE, dtype=np.float32)
+    theirs = torch.from_numpy(mine.copy())
+    generators = [torch.Generator("cpu").manual_seed(seed) for seed in (5, 6)]
+    ours = [TorchCPUGenerator(seed) for seed in (5, 6)]
+    for t in reference.timesteps:
+        output = rng.standard_normal(SAMPLE_SHAPE, dtype=np.float32)
+        mine = sampler.step(output, mine, np.stack([g.randn(SAMPLE_SHAPE[1:]) for g in ours]))
+        theirs = reference.step(torch.from_numpy(output), t, theirs, eta=eta, generator=generators).prev_sample
+        assert_close(mine, theirs)
+    quiet = make_sampler("ddim", CONFIGS[config_name], steps)
+    start = rng.standard_normal(SAMPLE_SHAPE, dtype=np.float32)
+    noisy = make_sampler("ddim", CONFIGS[config_name], steps, eta=eta)
+    assert relative_difference(noisy.step(start, start, start), quiet.step(start, start)) > 1e-3 or steps == 1
+
+
+def test_ddim_refuses_an_eta_outside_0_to_1():
+    with pytest.raises(ValueError, match="eta"):
+        make_sampler("ddim", SD15_CONFIG, 20, eta=1.5)
 
 
 def test_begin_at_comes_first_and_inside_the_schedule():
@@ -391,7 +435,8 @@ def test_a_repeated_first_timestep_is_refused():
 
 
 @pytest.mark.parametrize("name", ["dpmpp_2m_karras", "DPM++ 2M Karras", "euler", "Euler", "euler_karras", "Euler Karras",
-                                  "euler_a", "Euler a", "k_euler_a", "dpmpp_2m_sde_karras", "DPM++ 2M SDE Karras"])
+                                  "euler_a", "Euler a", "k_euler_a", "dpmpp_2m_sde_karras", "DPM++ 2M SDE Karras",
+                                  "ddim", "DDIM"])
 def test_the_ported_samplers_are_supported(name):
     for config in CONFIGS.values():
         assert sampler_supported(name, config)
@@ -404,6 +449,7 @@ def test_make_sampler_gives_each_scheduler_its_port():
     assert type(make_sampler("Euler Karras", MINI_CONFIG, 20)) is EulerDiscrete
     assert type(make_sampler("Euler a", MINI_CONFIG, 20)) is EulerAncestral
     assert type(make_sampler("DPM++ 2M SDE Karras", MINI_CONFIG, 20)) is DPMSolver2M
+    assert type(make_sampler("DDIM", MINI_CONFIG, 20)) is DDIM
     np.testing.assert_array_equal(DPMSolver2M(MINI_CONFIG, 20).timesteps, make_sampler("dpmpp_2m", MINI_CONFIG, 20).timesteps)
     with pytest.raises(ValueError):
         DPMSolver2M(MINI_CONFIG, 20, sampler="euler")

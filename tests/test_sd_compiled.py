@@ -79,9 +79,9 @@ def torch_run(request, models, progress, outputs):
 
 def test_it_serves_sd_folders_and_leaves_the_rest_to_the_torch_pipeline(sd_folder, tmp_path):
     assert compiled.serves(request_for(sd_folder))  # the defaults: DPM++ 2M Karras, 25 steps
-    for sampler in ("euler", "euler_karras", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "dpmpp_2m_sde_karras"):
+    for sampler in ("euler", "euler_karras", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "dpmpp_2m_sde_karras", "ddim"):
         assert compiled.serves(request_for(sd_folder, sampler=sampler, dtype="fp32"))
-    refused = [dict(sampler="dpmpp_sde_karras"), dict(sampler="ddim"), dict(runtime="torch"), dict(width=96),
+    refused = [dict(sampler="dpmpp_sde_karras"), dict(sampler="lms"), dict(runtime="torch"), dict(width=96),
                dict(upscale=2), dict(tile=True), dict(step_cache=2), dict(weights="fp16"),
                dict(width=768, height=768, n_samples=2), dict(prompt="a red apple <lora:any:1>")]
     for fields in refused:
@@ -97,8 +97,10 @@ def test_its_pictures_are_the_torch_pipelines_and_follow_the_prompt(sd_folder, t
     after its starting noise, as the torch pipeline's diffusers does; in bf16 diffusers draws Euler
     a's in bf16, which this path does not round."""
     for sampler, dtype, floor in (("dpmpp_2m_karras", "fp32", 60), ("euler", "fp32", 60), ("dpmpp_2m", "bf16", 38),
-                                  ("euler_a", "fp32", 60), ("dpmpp_2m_sde_karras", "fp32", 60), ("euler_a", "bf16", 38)):
-        request = request_for(sd_folder, negative_prompt="blue", n_samples=2, steps=5, sampler=sampler, dtype=dtype)
+                                  ("euler_a", "fp32", 60), ("dpmpp_2m_sde_karras", "fp32", 60), ("euler_a", "bf16", 38),
+                                  ("ddim", "fp32", 60)):
+        request = request_for(sd_folder, negative_prompt="blue", n_samples=2, steps=5, sampler=sampler, dtype=dtype,
+                              eta=0.5 if sampler == "ddim" else 0.0)
         ours = make(tmp_path, f"ours-{sampler}-{dtype}", request)
         theirs = make(tmp_path, f"theirs-{sampler}-{dtype}", request, torch_run)
         assert [image.seed for image in ours.images] == [image.seed for image in theirs.images] == [11, 12]

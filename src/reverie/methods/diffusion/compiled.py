@@ -8,9 +8,10 @@ either, whether a request is one this path runs: txt2img, img2img, variations, i
 outpaint on reverie-mini or on a Stable Diffusion model a bundle serves (models/sd_bundle.py: an
 SD pipeline folder, an SD 1.x or 2.x .safetensors file), on the CPU under runtime `auto` or
 `openvino`, with a sampler numpy_sampler.py ports (DPM++ 2M with or without Karras sigmas,
-DPM++ 2M SDE Karras, Euler with or without, Euler a), at most 512 px a side for mini (192 with its x2 upscale) and 768 for SD (multiples of
-64, at most four 512 px pictures' worth a batch); for an image mode that is the size the input
-picture is worked at (mini works on a larger one at half its size and enlarges the result back).
+DPM++ 2M SDE Karras, Euler with or without, Euler a, DDIM), at most 512 px a side for mini (192
+with its x2 upscale) and 768 for SD (multiples of 64, at most four 512 px pictures' worth a
+batch); for an image mode that is the size the input picture is worked at (mini works on a
+larger one at half its size and enlarges the result back).
 A prompt with weights, a negative, templates, styles and textual-inversion embeddings (no
 LoRAs), without the options only the torch pipeline has (seamless tiles, step caching, chaos
 below 100, a tiny decoder, a refiner, prompt expansion, SD's upscale). Live previews are drawn
@@ -23,8 +24,9 @@ encoder's token states (prompts/tokens.py frames them), each seed's starting noi
 CPU generator draws it (torch_noise.py) or, for an image mode, the input picture's latents
 noised to where its strength enters the schedule (`Start`), classifier-free guidance over the
 CFG batch, the sampler (the stochastic ones' fresh noise drawn from the same generators, after
-the starting draws, as diffusers' pipelines hand them to the scheduler; inpaint and outpaint: the kept area put back after each step, `Kept`),
-the decode, mini's upscale, the input's kept pixels put back (inputs.bring_back, as run.py).
+the starting draws, as diffusers' pipelines hand them to the scheduler; inpaint and outpaint:
+the kept area put back after each step, `Kept`), the decode, mini's upscale, the input's kept
+pixels put back (inputs.bring_back, as run.py).
 Between the parts the values stay in fp32 (the torch pipeline holds its latents in the request's
 dtype: rounding them to bf16 here too brought the pictures no closer), so the pictures are the
 torch path's up to the runtimes' kernels and that rounding: the same pictures to the eye
@@ -231,8 +233,8 @@ def int8_refused(request: GenerationRequest) -> str:
     return ("int8 runs where reverie runs the model on OpenVINO without torch: reverie-mini or an SD 1.x/2.x "
             ".safetensors file or folder, on the CPU in fp32 or bf16, runtime auto or openvino, txt2img or an image "
             "mode at sides that are multiples of 64 up to 768 px (SD), a sampler of DPM++ 2M, DPM++ 2M Karras, "
-            "DPM++ 2M SDE Karras, Euler, Euler Karras or Euler a, without LoRAs, seamless tiles, step caching, chaos, a refiner, a tiny decoder or prompt "
-            "expansion; change those or leave quantize out")
+            "DPM++ 2M SDE Karras, Euler, Euler Karras, Euler a or DDIM, without LoRAs, seamless tiles, step "
+            "caching, chaos, a refiner, a tiny decoder or prompt expansion; change those or leave quantize out")
 
 
 def _sampler_runs(name: str, scheduler_config: dict, steps: int) -> bool:
@@ -596,7 +598,7 @@ class Start:
 
     def sampler(self):
         """A fresh sampler, at the timestep the pictures start from."""
-        sampler = make_sampler(self.request.sampler, self.facts.scheduler_config, self.steps)
+        sampler = make_sampler(self.request.sampler, self.facts.scheduler_config, self.steps, eta=self.request.eta)
         if self.image_mode:
             sampler.begin_at(self.steps - min(int(self.steps * self.strength), self.steps))
         return sampler

@@ -1,11 +1,11 @@
-"""Reverie's DPM++ 2M and Euler samplers in NumPy: "dpmpp_2m", "dpmpp_2m_karras",
-"dpmpp_2m_sde_karras", "euler", "euler_karras" and "euler_a" without torch or diffusers.
+"""Reverie's DPM++ 2M, Euler and DDIM samplers in NumPy: "dpmpp_2m", "dpmpp_2m_karras",
+"dpmpp_2m_sde_karras", "euler", "euler_karras", "euler_a" and "ddim" without torch or diffusers.
 
 A request that runs its UNet outside torch (OpenVINO) would otherwise import torch and diffusers
 (seconds) only to step the scheduler. `make_sampler(name, config, steps)` gives the sampler that
 does what diffusers 0.42's scheduler does when `reverie.samplers.build_scheduler(name, config)`
 builds it: the model's noise schedule (`samplers.scheduler_options`) plus the sampler row's options
-(Karras sigmas, the SDE solver), the scheduler's defaults otherwise. Three schedulers are ported:
+(Karras sigmas, the SDE solver), the scheduler's defaults otherwise. Four schedulers are ported:
 
 - `DPMSolver2M`, diffusers' `DPMSolverMultistepScheduler` at its defaults: the data-prediction
   solver ("dpmsolver++", midpoint, order 2) with a last step to sigma 0; with or without Karras
@@ -15,6 +15,8 @@ builds it: the model's noise schedule (`samplers.scheduler_options`) plus the sa
   step (s_churn 0) with a last step to sigma 0; with or without Karras sigmas.
 - `EulerAncestral`, diffusers' `EulerAncestralDiscreteScheduler` ("euler_a", A1111's "Euler a"):
   Euler's schedule, each step down to a lower sigma and fresh noise added back up to the next one.
+- `DDIM`, diffusers' `DDIMScheduler` ("ddim"): deterministic at eta 0 (the request's `eta`, 0 by
+  default), adding that share of DDPM's noise above it.
 
 The stochastic ones (`stochastic` is true) take that step's fresh noise in `step(..., noise)`: diffusers
 draws it at each step, after the starting noise, from the picture's own generator (a float32
@@ -117,6 +119,11 @@ _EULER_FIXED_OPTIONS = {
 # EulerAncestralDiscreteScheduler's: it has no Karras sigmas, and one option this port keeps at its default.
 _EULER_A_FIXED_OPTIONS = {"rescale_betas_zero_snr": False}
 _EULER_A_OPTIONS = {k: v for k, v in _PORTED_OPTIONS.items() if k != "use_karras_sigmas"}
+# DDIMScheduler's: those it keeps at their defaults here, and those ported (their defaults, which
+# differ from the others': clipping on, leading spacing, alpha 1 at the end).
+_DDIM_FIXED_OPTIONS = {"thresholding": False, "rescale_betas_zero_snr": False}
+_DDIM_OPTIONS = _EULER_A_OPTIONS | {"clip_sample": True, "clip_sample_range": 1.0, "set_alpha_to_one": True,
+                                    "timestep_spacing": "leading"}
 
 
 class _Steps:
@@ -323,16 +330,82 @@ class EulerAncestral(EulerDiscrete):
         return sample + derivative * (sigma_down - sigma_from) + noise * sigma_up
 
 
+class DDIM(_Steps):
+    """DDIM over `steps` steps for a model's scheduler config; `eta` (0 to 1) the share of DDPM's
+    noise each step adds (stochastic above 0). It leaves the UNet's input as it is and starts
+    from the noise as drawn (init_noise_sigma 1)."""
+
+    def __init__(self, scheduler_config: dict, steps: int, sampler: str = "ddim", eta: float = 0.0):
+        config = _options(_sampler_of(sampler, DDIM), scheduler_config, *_OPTION_TABLES[DDIM])
+        _check_steps(steps, config)
+        if not 0.0 <= eta <= 1.0:
+            raise ValueError(f"eta must be from 0 to 1, not {eta}")
+        self.prediction_type: str = config["prediction_type"]
+        self.clip: float | None = float(config["clip_sample_range"]) if config["clip_sample"] else None
+        alphas = _F32(1.0) - _betas(config)
+        self.alphas_cumprod: np.ndarray = np.cumprod(alphas.astype(np.float64)).astype(_F32)
+        self.final_alpha: np.float32 = _F32(1.0) if config["set_alpha_to_one"] else self.alphas_cumprod[0]
+        self.timesteps: np.ndarray = _ddim_timesteps(config, steps)
+        self.stride: int = int(config["num_train_timesteps"]) // steps  # diffusers' prev_timestep, any spacing
+        self.eta: float = eta
+        self.stochastic = eta > 0
+        self.init_noise_sigma: float = 1.0
+        self._index = 0
+
+    def scale_model_input(self, sample: np.ndarray) -> np.ndarray:
+        """The UNet's input at the current step: `sample` itself."""
+        _check_not_done(self._index, self.timesteps)
+        return np.asarray(sample, dtype=_F32)
+
+    def add_noise(self, original: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        """`original` latents noised to the current timestep (diffusers' add_noise):
+        sqrt(alpha_bar_t) * original + sqrt(1 - alpha_bar_t) * noise, in float32."""
+        alpha = self.alphas_cumprod[self.timesteps[self._index]]
+        return (alpha ** _F32(0.5) * np.asarray(original, dtype=_F32)
+                + (_F32(1.0) - alpha) ** _F32(0.5) * np.asarray(noise, dtype=_F32))
+
+    def step(self, model_output: np.ndarray, sample: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
+        """The sample at the next timestep (float32), from the model's output at the current one
+        (and, at eta above 0, this step's fresh noise)."""
+        _check_not_done(self._index, self.timesteps)
+        model_output = np.asarray(model_output, dtype=_F32)
+        sample = np.asarray(sample, dtype=_F32)
+        if self.stochastic:
+            noise = self._fresh(noise, sample)
+        timestep = int(self.timesteps[self._index])
+        previous = timestep - self.stride
+        alpha_t = self.alphas_cumprod[timestep]
+        alpha_prev = self.alphas_cumprod[previous] if previous >= 0 else self.final_alpha
+        beta_t = _F32(1.0) - alpha_t
+        if self.prediction_type == "v_prediction":
+            x0 = alpha_t ** _F32(0.5) * sample - beta_t ** _F32(0.5) * model_output
+            epsilon = alpha_t ** _F32(0.5) * model_output + beta_t ** _F32(0.5) * sample
+        else:
+            x0 = (sample - beta_t ** _F32(0.5) * model_output) / alpha_t ** _F32(0.5)
+            epsilon = model_output
+        if self.clip is not None:
+            x0 = np.clip(x0, -_F32(self.clip), _F32(self.clip))
+        variance = ((_F32(1.0) - alpha_prev) / beta_t) * (_F32(1.0) - alpha_t / alpha_prev)
+        spread = _F32(self.eta) * variance ** _F32(0.5)
+        prev_sample = alpha_prev ** _F32(0.5) * x0 + (_F32(1.0) - alpha_prev - spread**2) ** _F32(0.5) * epsilon
+        if self.stochastic:
+            prev_sample = prev_sample + spread * noise
+        self._index += 1
+        return prev_sample
+
+
 _SCHEDULERS = {"DPMSolverMultistepScheduler": DPMSolver2M, "EulerDiscreteScheduler": EulerDiscrete,
-               "EulerAncestralDiscreteScheduler": EulerAncestral}
+               "EulerAncestralDiscreteScheduler": EulerAncestral, "DDIMScheduler": DDIM}
 _OPTION_TABLES = {DPMSolver2M: (_FIXED_OPTIONS, _DPM_OPTIONS),
                   EulerDiscrete: (_EULER_FIXED_OPTIONS, _PORTED_OPTIONS),  # its ported options: DPM's, the same defaults
-                  EulerAncestral: (_EULER_A_FIXED_OPTIONS, _EULER_A_OPTIONS)}
+                  EulerAncestral: (_EULER_A_FIXED_OPTIONS, _EULER_A_OPTIONS),
+                  DDIM: (_DDIM_FIXED_OPTIONS, _DDIM_OPTIONS)}
 
 
-def make_sampler(name: str, scheduler_config: dict, steps: int) -> DPMSolver2M | EulerDiscrete:
+def make_sampler(name: str, scheduler_config: dict, steps: int, eta: float = 0.0):
     """The NumPy sampler for sampler `name` (or alias, or label) over `steps` steps, configured
-    for a model's scheduler config as build_scheduler configures diffusers' scheduler.
+    for a model's scheduler config as build_scheduler configures diffusers' scheduler; `eta`:
+    DDIM's (the pipelines hand it to DDIM alone).
 
     ValueError if this port does not do that sampler, config or step count (BadRequest, as
     get_sampler, for a sampler reverie does not know).
@@ -341,6 +414,8 @@ def make_sampler(name: str, scheduler_config: dict, steps: int) -> DPMSolver2M |
     cls = _SCHEDULERS.get(sampler.scheduler)
     if cls is None:
         raise ValueError(f"the NumPy samplers do not do {sampler.name} ({sampler.scheduler})")
+    if cls is DDIM:
+        return DDIM(scheduler_config, steps, sampler=sampler.name, eta=eta)
     return cls(scheduler_config, steps, sampler=sampler.name)
 
 
@@ -463,6 +538,18 @@ def _euler_timesteps(options: dict, steps: int) -> np.ndarray:
     timesteps = np.arange(train_steps, 0, -train_steps / steps).round().astype(_F32)
     timesteps -= 1
     return timesteps
+
+
+def _ddim_timesteps(options: dict, steps: int) -> np.ndarray:
+    """DDIMScheduler's set_timesteps (int64): `steps` points, "leading" train_steps // steps apart
+    from 0 plus the offset, "trailing" from the end, "linspace" rounded."""
+    train_steps = options["num_train_timesteps"]
+    spacing = options["timestep_spacing"]
+    if spacing == "linspace":
+        return np.linspace(0, train_steps - 1, steps).round()[::-1].astype(np.int64)
+    if spacing == "leading":
+        return (np.arange(0, steps) * (train_steps // steps)).round()[::-1].astype(np.int64) + options["steps_offset"]
+    return np.round(np.arange(train_steps, 0, -train_steps / steps)).astype(np.int64) - 1
 
 
 def _karras(sigma_min: float, sigma_max: float, steps: int) -> np.ndarray:
