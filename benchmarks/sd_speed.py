@@ -3,7 +3,9 @@
 The model is SD 1.5's architecture with random weights, built from the configs reverie ships
 (torch seed 0; speed does not depend on what the weights are) and written once as a diffusers
 folder with fp32 weights (`--folder`); `--arch sdxl` does the same with SDXL base's
-architecture (sdxl_random.py) against stock StableDiffusionXLPipeline. Every variant loads it
+architecture (sdxl_random.py) against stock StableDiffusionXLPipeline, `--arch sd15-inpainting`
+with SD 1.5 inpainting's (a 9-channel UNet) against stock StableDiffusionInpaintPipeline
+(`--mode inpaint`). Every variant loads it
 from there in its own process, so its peak resident memory (the child's VmHWM:
 process_memory.py) is its own, loading included; the variants are run in turn, `--repeats` rounds, and the median is kept.
 
@@ -20,6 +22,8 @@ identical). The one-time OpenVINO export is reported apart.
     PYTHONPATH=src .venv/bin/python benchmarks/sd_speed.py --size 512 --steps 4 --variants diffusers,openvino
     PYTHONPATH=src .venv/bin/python benchmarks/sd_speed.py --size 512 --steps 20 --variants diffusers,lcm_lora,auto
     PYTHONPATH=src .venv/bin/python benchmarks/sd_speed.py --size 512 --steps 20 --variants diffusers,auto --mode img2img
+    PYTHONPATH=src .venv/bin/python benchmarks/sd_speed.py --arch sd15-inpainting --mode inpaint --strength 1 \
+        --size 512 --steps 20 --variants diffusers,auto
     PYTHONPATH=src .venv/bin/python benchmarks/sd_speed.py --size 512 --steps 20 --variants diffusers,auto,int8
     PYTHONPATH=src .venv/bin/python benchmarks/sd_speed.py --arch sdxl --size 1024 --steps 4 --variants diffusers,bf16,auto
     PYTHONPATH=src .venv/bin/python benchmarks/sd_speed.py --device cuda --size 512 --steps 20 \
@@ -69,20 +73,22 @@ LCM_RANK = 64  # latent-consistency/lcm-lora-sdv1-5's rank
 PROMPT = "an astronaut lounging in a desert, expressive oil painting"
 
 
-def sd15_folder(folder: Path, file_dtype: str = "fp32") -> Path:
+def sd15_folder(folder: Path, file_dtype: str = "fp32", inpainting: bool = False) -> Path:
     """SD 1.5's architecture with random weights from torch seed 0, written once as a diffusers
     folder with `file_dtype` weights (the public SD 1.5 files come in fp32 and fp16): every
-    variant loads it from disk, as it would load a user's model."""
+    variant loads it from disk, as it would load a user's model. `inpainting`: SD 1.5
+    inpainting's, a UNet with 9 channels in."""
     if (folder / "model_index.json").is_file():
         return folder
     import torch
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline
     from diffusers.schedulers import PNDMScheduler
 
     from sd15_random import sd15_components
 
-    c = sd15_components()
-    pipe = StableDiffusionPipeline(vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=c.unet,
+    c = sd15_components(in_channels=9 if inpainting else 4)
+    kind = StableDiffusionInpaintPipeline if inpainting else StableDiffusionPipeline
+    pipe = kind(vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=c.unet,
                                    scheduler=PNDMScheduler.from_config(c.scheduler_config), safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
     if file_dtype == "fp16":
@@ -161,12 +167,15 @@ def child(args) -> dict:
         from reverie.samplers import build_scheduler
 
         xl = is_sdxl(folder)
-        kind = getattr(diffusers, "StableDiffusion" + ("XL" if xl else "") + ("Img2Img" if image_mode else "") + "Pipeline")
+        mode = {"txt2img": "", "img2img": "Img2Img", "inpaint": "Inpaint"}[args.mode]
+        kind = getattr(diffusers, "StableDiffusion" + ("XL" if xl else "") + mode + "Pipeline")
         safety = {} if xl else {"safety_checker": None, "requires_safety_checker": False}
         pipe = kind.from_pretrained(folder, torch_dtype=compute, **safety).to(args.device)
         # img2img: the picture, the strength, and as many steps asked as reverie asks (it runs steps * strength)
         picture = {"image": Image.open(args.init), "strength": args.strength} if image_mode else {
             "height": args.size, "width": args.size}
+        if args.mode == "inpaint":
+            picture |= {"mask_image": Image.open(args.mask), "height": args.size, "width": args.size}
         pipe.scheduler = build_scheduler(args.sampler, dict(pipe.scheduler.config))
         pipe.set_progress_bar_config(disable=True)
 
@@ -176,9 +185,10 @@ def child(args) -> dict:
 
         def seeded():
             """The seed's generator; for img2img past the starting noise reverie draws first (and
-            leaves unused there), so both sides sample the same latents and noise."""
+            leaves unused there), so both sides sample the same latents and noise. Inpainting
+            from noise: reverie hands the pipeline its starting noise, the draw stock makes first."""
             generator = torch.Generator("cpu").manual_seed(args.seed)
-            if image_mode:
+            if image_mode and not (args.mode == "inpaint" and args.strength >= 1):
                 torch.randn((1, 4, args.size // 8, args.size // 8), generator=generator)
             return generator
 
@@ -225,6 +235,8 @@ def child(args) -> dict:
 
         picture = {"mode": args.mode, "init_image": args.init, "strength": args.strength} if image_mode else {
             "width": args.size, "height": args.size}
+        if args.mode == "inpaint":
+            picture["mask_image"] = args.mask
         request = make_request(prompt=prompt, model=str(folder), **picture,
                                steps=args.steps, cfg_scale=args.cfg, sampler=args.sampler, seed=args.seed,
                                n_samples=args.batch, dtype=dtype, device=args.device, runtime=runtime, weights=weights,
@@ -282,7 +294,8 @@ def run_child(variant: str, args, picture: Path) -> dict:
     command = [sys.executable, __file__, "--child", variant, "--picture", str(picture), "--folder", args.folder,
                "--size", str(args.size), "--steps", str(args.steps), "--cfg", str(args.cfg),
                "--sampler", args.sampler, "--seed", str(args.seed), "--device", args.device, "--batch", str(args.batch),
-               "--mode", args.mode, "--strength", str(args.strength), "--init", args.init or ""]
+               "--mode", args.mode, "--strength", str(args.strength), "--init", args.init or "",
+               "--mask", args.mask or ""]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
@@ -307,15 +320,19 @@ def main() -> None:
     parser.add_argument("--folder", help="where the random-weight SD 1.5 folder is written once and read by every "
                         "variant (default: reverie-sd15-random-seed0-<file dtype> in the temp folder)")
     parser.add_argument("--file-dtype", choices=("fp32", "fp16"), default="fp32", help="the folder's weights' dtype")
-    parser.add_argument("--arch", choices=("sd15", "sdxl"), default="sd15",
+    parser.add_argument("--arch", choices=("sd15", "sdxl", "sd15-inpainting"), default="sd15",
                         help="sdxl: SDXL base's architecture (sdxl_random.py; fp32 files), against stock "
-                             "StableDiffusionXLPipeline")
+                             "StableDiffusionXLPipeline; sd15-inpainting: SD 1.5 inpainting's (9 channels in), "
+                             "for --mode inpaint")
     parser.add_argument("--child", choices=VARIANTS)
-    parser.add_argument("--mode", choices=("txt2img", "img2img"), default="txt2img",
+    parser.add_argument("--mode", choices=("txt2img", "img2img", "inpaint"), default="txt2img",
                         help="img2img: from a picture (a pattern drawn once at --size), --steps asked, "
-                             "steps x strength run, as both pipelines do")
+                             "steps x strength run, as both pipelines do; inpaint: its right half repainted "
+                             "(the PSNR then over the repainted half, 8 px in from the seam: reverie puts the "
+                             "kept pixels back, stock does not)")
     parser.add_argument("--strength", type=float, default=0.75)
     parser.add_argument("--init", help=argparse.SUPPRESS)  # a child's: the picture img2img starts from
+    parser.add_argument("--mask", help=argparse.SUPPRESS)  # a child's: inpaint's mask
     parser.add_argument("--picture")
     args = parser.parse_args()
     if args.child:
@@ -329,7 +346,7 @@ def main() -> None:
         assert args.file_dtype == "fp32", "the SDXL folder is written with fp32 files"
         sdxl_folder(Path(args.folder))
     else:
-        sd15_folder(Path(args.folder), args.file_dtype)
+        sd15_folder(Path(args.folder), args.file_dtype, inpainting=args.arch == "sd15-inpainting")
     variants = args.variants.split(",")
     if any(v.startswith("lcm_lora") for v in variants):
         lcm_lora_models(Path(args.folder))
@@ -337,6 +354,13 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="sd-speed-"))
     if args.mode != "txt2img":
         args.init = str(pattern_picture(args.size, folder / "init.png"))
+    if args.mode == "inpaint":
+        from PIL import Image
+
+        mask = np.zeros((args.size, args.size), np.uint8)
+        mask[:, args.size // 2:] = 255
+        args.mask = str(folder / "mask.png")
+        Image.fromarray(mask).save(args.mask)
     for variant in (v for v in variants if "openvino" in v or v in ("auto", "int8")):
         one_step = argparse.Namespace(**(vars(args) | {"steps": 1}))
         first = run_child(variant, one_step, folder / "export.npy")  # the one-time export, when not cached yet
@@ -358,8 +382,9 @@ def main() -> None:
 
     gpu = args.device.startswith("cuda")
     machine = torch.cuda.get_device_name(0) if gpu else f"CPU, {torch.get_num_threads()} threads"
-    mode = f"img2img at strength {args.strength:g} ({args.steps} steps asked), " if args.mode != "txt2img" else ""
-    print(f"\n{'SDXL base' if args.arch == 'sdxl' else 'SD 1.5'} architecture (random weights, {args.file_dtype} files), {mode}{args.size}x{args.size}, {args.steps} steps, {args.sampler}, "
+    mode = f"{args.mode} at strength {args.strength:g} ({args.steps} steps asked), " if args.mode != "txt2img" else ""
+    arch = {"sdxl": "SDXL base", "sd15": "SD 1.5", "sd15-inpainting": "SD 1.5 inpainting"}[args.arch]
+    print(f"\n{arch} architecture (random weights, {args.file_dtype} files), {mode}{args.size}x{args.size}, {args.steps} steps, {args.sampler}, "
           f"CFG {args.cfg}, {machine}, torch {torch.__version__}, {args.repeats} round(s), medians")
     print(f"| variant | batch | size | steps | s/step | total s | ratio vs stock | peak {'GPU' if gpu else 'RSS'} GiB "
           f"| RSS after GiB | PSNR vs stock {'fp16' if gpu else 'fp32'} | first call s | load s |")
@@ -372,7 +397,9 @@ def main() -> None:
             total = float(np.median([r["total_s"] for r in rows]))
             per_step = float(np.median([r["s_per_step"] for r in rows]))
             peak = max(r["peak_gpu_gib" if gpu else "peak_rss_gib"] for r in rows)
-            quality = psnr(reference, np.load(folder / f"{variant}-{batch}-0.npy"))
+            made = np.load(folder / f"{variant}-{batch}-0.npy")
+            region = np.s_[:, args.size // 2 + 8:] if args.mode == "inpaint" else np.s_[:]
+            quality = psnr(reference[region], made[region])
             steps = rows[0].get("steps", args.steps)
             after = max(r["rss_after_gib"] for r in rows)
             first = float(np.median([r["first_call_s"] for r in rows]))

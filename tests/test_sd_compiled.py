@@ -27,9 +27,10 @@ pytest.importorskip("openvino")
 MODELS = ModelCache()
 
 
-def small_sd():
+def small_sd(in_channels: int = 4):
     """The tiny model's parts with a 12.4M-parameter UNet of SD's design (two levels, attention
-    at the lower one), past runtime auto's 10M: a model this path serves."""
+    at the lower one), past runtime auto's 10M: a model this path serves (9 channels in: an
+    inpainting model's)."""
     import torch
     from diffusers import UNet2DConditionModel
 
@@ -38,7 +39,7 @@ def small_sd():
     components = build_tiny()
     torch.manual_seed(0)
     components.unet = UNet2DConditionModel(
-        sample_size=32, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(128, 256),
+        sample_size=32, in_channels=in_channels, out_channels=4, layers_per_block=1, block_out_channels=(128, 256),
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=int(components.unet.config.cross_attention_dim), attention_head_dim=8).eval()
     return components
@@ -53,6 +54,18 @@ def sd_folder(tmp_path_factory):
     StableDiffusionPipeline(vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=c.unet,
                             scheduler=EulerDiscreteScheduler.from_config(c.scheduler_config), safety_checker=None,
                             feature_extractor=None, requires_safety_checker=False).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def inpainting_folder(tmp_path_factory):
+    from diffusers import EulerDiscreteScheduler, StableDiffusionInpaintPipeline
+
+    c = small_sd(in_channels=9)
+    folder = tmp_path_factory.mktemp("models") / "small-sd-inpainting"
+    StableDiffusionInpaintPipeline(vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=c.unet,
+                                   scheduler=EulerDiscreteScheduler.from_config(c.scheduler_config), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False).save_pretrained(folder)
     return folder
 
 
@@ -163,6 +176,40 @@ def test_inpaint_and_outpaint_are_the_torch_pipelines(sd_folder, tmp_path):
                 assert made.shape == (64, 128, 3) and np.array_equal(made[:, 72:], kept[:, 8:])
 
 
+def test_an_inpainting_model_is_the_torch_pipelines(sd_folder, inpainting_folder, tmp_path):
+    """A 9-channel UNet (SD's inpainting models) inpaints and outpaints here as on the torch
+    pipeline: the mask and a sample of the masked picture's latents beside the latents at each
+    step, no picture encoded from noise, nothing put back between steps; the kept pixels are
+    the input's. Other modes with it stay on the torch pipeline."""
+    source = make(tmp_path, "source", request_for(sd_folder, n_samples=1, steps=4, dtype="fp32")).images[0].path
+    mask = np.zeros((64, 64), np.uint8)
+    mask[:, 32:] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    assert sd_source(inpainting_folder).inpainting and not sd_source(sd_folder).inpainting
+    assert not compiled.serves(request_for(inpainting_folder))
+    assert not compiled.serves(request_for(inpainting_folder, mode="img2img", init_image=str(source), width=None,
+                                           height=None))
+    for number, (fields, dtype, floor) in enumerate((
+            (dict(mode="inpaint", n_samples=2), "fp32", 60),
+            (dict(mode="inpaint", strength=0.6, sampler="euler_a", n_samples=2), "fp32", 60),
+            (dict(mode="outpaint", outpaint_left=64, n_samples=1), "bf16", 38))):
+        request = request_for(inpainting_folder, init_image=str(source), mask_image=str(tmp_path / "mask.png"),
+                              steps=5, dtype=dtype, width=None, height=None, prompt="a storm at sea", **fields)
+        assert compiled.serves(request), fields
+        ours = make(tmp_path, f"ours{number}", request)
+        theirs = make(tmp_path, f"theirs{number}", request, torch_run)
+        for a, b in zip(ours.images, theirs.images, strict=True):
+            assert psnr(pixels(a.image), pixels(b.image)) > floor, (fields, dtype, psnr(pixels(a.image), pixels(b.image)))
+            made, kept = pixels(a.image), pixels(Image.open(source))
+            if fields["mode"] == "inpaint":
+                assert np.array_equal(made[:, :24], kept[:, :24]) and psnr(made[:, 40:], kept[:, 40:]) < 40
+            else:
+                assert made.shape == (64, 128, 3) and np.array_equal(made[:, 72:], kept[:, 8:])
+        assert ours.images[0].metadata["settings"]["runtime"] == "openvino"
+        if fields.get("n_samples") == 2:  # each seed's own draws
+            assert psnr(pixels(ours.images[0].image), pixels(ours.images[1].image)) < 40
+
+
 def test_embeddings_are_the_torch_pipelines(sd_folder, tmp_path, monkeypatch):
     """An embedding of two vectors in the prompt: CLIP's tokenizer and the torch path's loaded
     table give its tokens the same rows as here; the picture is the torch pipeline's."""
@@ -205,8 +252,12 @@ def test_the_bundle_links_the_unets_export_and_is_made_again_when_damaged(sd_fol
     folder = sd_bundle_folder(sd_source(sd_folder), "f32")
     assert bundle_made(folder)
     assert (folder / "unet.bin").stat().st_nlink == 2  # the torch path's export, one copy on disk
-    with open(folder / "text_encoder.bin", "r+b") as weights:
-        weights.truncate(1000)
+    # Its first 1000 bytes put in its place, not the file cut short: OpenVINO maps the weight
+    # files, and the module's cache still holds this bundle (reading past a cut file's end is a
+    # bus error in a later test).
+    damaged = folder / "text_encoder.partial"
+    damaged.write_bytes((folder / "text_encoder.bin").read_bytes()[:1000])
+    damaged.replace(folder / "text_encoder.bin")
     assert not bundle_made(folder)
     again = make(tmp_path, "again", request, lambda *args: compiled.run(*args[:1], ModelCache(), *args[2:]))
     assert bundle_made(folder)
@@ -216,8 +267,8 @@ def test_the_bundle_links_the_unets_export_and_is_made_again_when_damaged(sd_fol
 def test_sd_safetensors_files_are_told_from_their_header(tmp_path):
     """An SD 1.x or 2.x .safetensors file in the original layout is a model this path serves
     (its UNet's parameters counted from the header, an SD 2 file's parameterization and size told
-    as single_file.py tells them: only the header, a YAML beside it and the name are read); an
-    inpainting file and a .ckpt are not (the whole picture of a real-size SD 1.5 file against
+    as single_file.py tells them: only the header, a YAML beside it and the name are read), an
+    inpainting file too (9 channels in); a .ckpt is not (the whole picture of a real-size SD 1.5 file against
     the torch pipeline: docs/speed.md)."""
     from test_single_file import export_tiny
 
@@ -230,7 +281,8 @@ def test_sd_safetensors_files_are_told_from_their_header(tmp_path):
     base = sd_source(export_tiny(tmp_path, "sd2")[0])
     assert (v.native_size, v.scheduler_config()["prediction_type"]) == (768, "v_prediction")
     assert (base.native_size, base.scheduler_config()["prediction_type"]) == (512, "epsilon")
-    assert sd_source(export_tiny(tmp_path, "sd1", in_channels=9, name="inpainting.safetensors")[0]) is None
+    inpainting = sd_source(export_tiny(tmp_path, "sd1", in_channels=9, name="inpainting.safetensors")[0])
+    assert inpainting.inpainting and inpainting.native_size == 512 and not source.inpainting
     ckpt = tmp_path / "model.ckpt"
     ckpt.write_bytes(sd1.read_bytes())
     assert sd_source(ckpt) is None  # a pickle's contents are not told without unpickling it
@@ -316,6 +368,29 @@ def test_int8_quantizes_the_unet_once_and_keeps_the_picture(sd_folder, tmp_path,
     again = make(tmp_path, "again", request.model_copy(update={"quantize": "int8", "n_samples": 1}),
                  lambda *args: compiled.run(*args[:1], ModelCache(), *args[2:]))
     assert np.array_equal(pixels(again.images[0].image), pixels(quantized.images[0].image))
+
+
+def test_int8_quantizes_an_inpainting_model_from_its_own_inpainting(sd_folder, inpainting_folder, tmp_path):
+    """An inpainting model's UNet is calibrated on inpainting (its mask and masked latents are
+    inputs); its int8 pictures are the bf16 ones to the eye, the kept pixels the input's."""
+    pytest.importorskip("nncf")
+    from reverie.models import int8_unet
+
+    source = make(tmp_path, "source", request_for(sd_folder, n_samples=1, steps=4, dtype="fp32")).images[0].path
+    mask = np.zeros((64, 64), np.uint8)
+    mask[:, 32:] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    request = request_for(inpainting_folder, mode="inpaint", init_image=str(source), mask_image=str(tmp_path / "mask.png"),
+                          steps=5, dtype="bf16", width=None, height=None, n_samples=2, prompt="a storm at sea")
+    plain = make(tmp_path, "plain", request)
+    quantized = make(tmp_path, "int8", request.model_copy(update={"quantize": "int8"}))
+    folder = int8_unet.int8_folder(sd_bundle_folder(sd_source(inpainting_folder), "bf16"))
+    assert json.loads((folder / "done.json").read_text())["examples"] == (
+        len(int8_unet.CALIBRATION_PROMPTS) * int8_unet.CALIBRATION_STEPS)
+    for a, b in zip(quantized.images, plain.images, strict=True):
+        assert 28 < psnr(pixels(a.image), pixels(b.image)) < float("inf"), psnr(pixels(a.image), pixels(b.image))
+        assert np.array_equal(pixels(a.image)[:, :24], pixels(Image.open(source))[:, :24])
+    assert quantized.images[0].metadata["settings"]["quantize"] == "int8"
 
 
 def test_int8_is_refused_where_the_bundle_does_not_run_the_request(sd_folder, tmp_path, monkeypatch):

@@ -5,10 +5,11 @@ On the torch pipeline an SD 1.5 picture at 512 px peaked at 3.71 GiB, of which 0
 interpreter with torch, diffusers, transformers and peft imported: more than the room between
 the weights and the 3 GiB the issue asks for. `sd_source` tells, from the files alone (no
 torch), whether a model is one this bundle serves: a diffusers folder of a
-StableDiffusionPipeline, or a .safetensors file in the original (LDM) layout of SD 1.x or 2.x
-(an SD 2 file's parameterization, 768 px v-prediction or 512 px epsilon, told from the same
-evidence single_file.py weighs: checkpoint_header.py), with a plain UNet (4 latent channels, no
-extra conditioning). `make_sd_bundle` (torch) loads the model as the torch path does
+StableDiffusionPipeline (or StableDiffusionInpaintPipeline), or a .safetensors file in the
+original (LDM) layout of SD 1.x or 2.x (an SD 2 file's parameterization, 768 px v-prediction or
+512 px epsilon, told from the same evidence single_file.py weighs: checkpoint_header.py), with a
+plain UNet (4 latent channels, no extra conditioning) or an inpainting one (9 channels in: the
+latents, the mask and the masked picture's latents; `SDSource.inpainting`). `make_sd_bundle` (torch) loads the model as the torch path does
 (registry.load_model), takes the UNet's export from OpenVINOUNet's cache (made first if missing;
 linked into the bundle, not copied), and exports the text encoder (token ids -> last hidden
 states, unmasked, as SD was trained; textual-inversion tokens' rows as a second input), the
@@ -54,6 +55,7 @@ class SDSource:
     scheduler_folder: Path  # its noise schedule's config (a file's: the one single_file.py loads it with)
     text_width: int  # its text encoder's token width (an embedding's vectors must be as wide)
     prediction_type: str | None = None  # a file's, as single_file.py resolves it (None: the folder's config says)
+    inpainting: bool = False  # a 9-channel UNet: the mask and the masked picture's latents beside the latents
 
     def scheduler_config(self) -> dict:
         """Its noise schedule before its bundle is made (the bundle's marker holds the one it ran)."""
@@ -62,8 +64,8 @@ class SDSource:
 
 
 def sd_source(path: Path | None) -> SDSource | None:
-    """The model at `path` as an SDSource, or None where a bundle does not serve it (SDXL,
-    inpainting or other UNets, .ckpt files: those stay on the torch pipeline)."""
+    """The model at `path` as an SDSource, or None where a bundle does not serve it (SDXL, UNets
+    with other inputs, .ckpt files: those stay on the torch pipeline)."""
     if path is None:
         return None
     try:
@@ -78,7 +80,7 @@ def sd_source(path: Path | None) -> SDSource | None:
 
 def _folder_source(folder: Path) -> SDSource | None:
     index = json.loads((folder / "model_index.json").read_text())
-    if index.get("_class_name") != "StableDiffusionPipeline":
+    if index.get("_class_name") not in ("StableDiffusionPipeline", "StableDiffusionInpaintPipeline"):
         return None
     unet = json.loads((folder / "unet" / "config.json").read_text())
     vae = json.loads((folder / "vae" / "config.json").read_text())
@@ -93,7 +95,8 @@ def _folder_source(folder: Path) -> SDSource | None:
     parameters = sum(math.prod(entry["shape"]) for f in weights for key, entry in (read_header(f) or {}).items()
                      if key != "__metadata__")
     side = int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
-    return SDSource(folder, tuple(files), side, parameters, folder / "scheduler", _text_width(folder))
+    return SDSource(folder, tuple(files), side, parameters, folder / "scheduler", _text_width(folder),
+                    inpainting=unet["in_channels"] == 9)
 
 
 def _text_width(folder: Path) -> int:
@@ -101,9 +104,10 @@ def _text_width(folder: Path) -> int:
 
 
 def _plain_unet(config: dict) -> bool:
-    """A UNet that takes latents, a timestep and text states only: 4 channels in and out, no
-    class, added or timestep conditioning (SDXL's, LCM-distilled ones')."""
-    return (config.get("in_channels") == 4 and config.get("out_channels") == 4
+    """A UNet that takes latents (with an inpainting model's mask and masked picture: 9 channels),
+    a timestep and text states only: 4 channels out, no class, added or timestep conditioning
+    (SDXL's, LCM-distilled ones')."""
+    return (config.get("in_channels") in (4, 9) and config.get("out_channels") == 4
             and all(config.get(key) is None for key in ("addition_embed_type", "class_embed_type",
                                                         "time_cond_proj_dim", "encoder_hid_dim")))
 
@@ -115,15 +119,17 @@ def _file_source(file: Path) -> SDSource | None:
     metadata = header.pop("__metadata__", None)
     family = "sd1" if SD1_TEXT_KEY in header else "sd2" if SD2_TEXT_KEY in header else None
     shape = header.get(UNET_INPUT_KEY, {}).get("shape")
-    if family is None or not shape or len(shape) != 4 or shape[1] != 4:  # SDXL; inpainting (9 channels)
+    if family is None or not shape or len(shape) != 4 or shape[1] not in (4, 9):  # SDXL; other UNets
         return None
-    prediction = prediction_type_of(family, False, header.keys(), metadata, file, None)
-    config = CONFIGS_DIR / shipped_config_name(family, False, prediction)  # what single_file.py loads it with
+    inpainting = shape[1] == 9
+    prediction = prediction_type_of(family, inpainting, header.keys(), metadata, file, None)
+    config = CONFIGS_DIR / shipped_config_name(family, inpainting, prediction)  # what single_file.py loads it with
     unet = json.loads((config / "unet" / "config.json").read_text())
     vae = json.loads((config / "vae" / "config.json").read_text())
     side = int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
     parameters = sum(math.prod(entry["shape"]) for key, entry in header.items() if key.startswith(UNET_PREFIX))
-    return SDSource(file, (file,), side, parameters, config / "scheduler", _text_width(config), prediction)
+    return SDSource(file, (file,), side, parameters, config / "scheduler", _text_width(config), prediction,
+                    inpainting)
 
 
 def sd_bundle_folder(source: SDSource, precision: str, cache: Path | None = None) -> Path:
@@ -154,7 +160,7 @@ def make_sd_bundle(source: SDSource, folder: Path, precision: str) -> None:
     if blocked:
         raise ExportFailed(blocked)
     unet_ir = OpenVINOUNet.load(unet, components.source).folder / IR_NAME
-    channels, scaling = int(unet.config.in_channels), float(vae.config.scaling_factor)
+    channels, scaling = int(vae.config.latent_channels), float(vae.config.scaling_factor)
     vocab, width = text_encoder.get_input_embeddings().weight.shape
     parts = {
         "unet": unet_ir,  # latents, timestep, text states -> the model's output, fp32

@@ -100,6 +100,7 @@ class ModelFacts:
     max_side: int  # pixels a side this path draws at most (larger: run.py)
     default_upscale: int  # the upscale factor a request leaves out asks for
     text_width: int  # its text encoder's token width (an embedding's vectors must be as wide)
+    inpainting: bool = False  # a 9-channel UNet: it serves inpaint and outpaint only
 
 
 @cache
@@ -130,7 +131,8 @@ def sd_facts(source: SDSource, folder: Path | None = None) -> ModelFacts:
         config = source.scheduler_config()
         name, latent_channels, vae_scale = (source.path.name if source.path.is_dir() else source.path.stem), 4, 8
     return ModelFacts(name, done.get("native_size", source.native_size), SD_SIZE_MULTIPLE, latent_channels, vae_scale,
-                      config, GENERATION_DEFAULTS, SD_MAX_SIDE, 1, done.get("text_width", source.text_width))
+                      config, GENERATION_DEFAULTS, SD_MAX_SIDE, 1, done.get("text_width", source.text_width),
+                      source.inpainting)
 
 
 def served_model(request: GenerationRequest) -> tuple[SDSource | None, ModelFacts] | None:
@@ -190,6 +192,8 @@ def served(request: GenerationRequest, previews: bool = False) -> Served | None:
     if model is None:
         return None
     source, facts = model
+    if facts.inpainting and request.mode not in MASKED_MODES:  # run.py's pipelines say what such a model does
+        return None
     int8 = request.quantize == "int8"
     if int8 and not int8_unet.available():  # run.py refuses it, naming NNCF
         return None
@@ -457,16 +461,31 @@ def calibration_inputs(bundle: OpenVINOBundle, facts: ModelFacts) -> list[tuple[
     """The UNet's inputs (latents, timestep, text states on the CFG pair) while the model
     denoises int8_unet's CALIBRATION_PROMPTS from noise, with its default sampler and guidance,
     in CALIBRATION_STEPS steps, at CALIBRATION_SIDE px (its own side where smaller): the
-    examples NNCF reads the int8 ranges from."""
+    examples NNCF reads the int8 ranges from. An inpainting model repaints the right half of a
+    grey-to-white ramp instead (its mask and masked latents are inputs too)."""
     recording, tokenizer = _Recording(bundle), BundleTokenizer.of(bundle)
     side = min(int8_unet.CALIBRATION_SIDE, facts.native_size) // facts.size_multiple * facts.size_multiple
     for seed, prompt in enumerate(int8_unet.CALIBRATION_PROMPTS):
-        request = GenerationRequest(prompt=prompt, width=side, height=side, steps=int8_unet.CALIBRATION_STEPS,
-                                    seed=seed).with_defaults(facts.sampling)
+        fields = dict(prompt=prompt, width=side, height=side, steps=int8_unet.CALIBRATION_STEPS, seed=seed)
+        if facts.inpainting:
+            request = GenerationRequest(mode="inpaint", init_image="ramp", mask_image="right half", **fields)
+            prepared = _calibration_picture(side)
+        else:
+            request = GenerationRequest(**fields)
+            prepared = prepare_input(request, facts)
+        request = request.with_defaults(facts.sampling)
         cond, uncond = encode_pairs([(prompt, "")], tokenizer, recording, {})
-        start = Start(request, prepare_input(request, facts), facts)
-        denoise(request, recording, start, [seed], cond, uncond, 0, Progress())
+        denoise(request, recording, Start(request, prepared, facts), [seed], cond, uncond, 0, Progress())
     return recording.unet_inputs
+
+
+def _calibration_picture(side: int) -> PreparedInput:
+    """A `side` px picture (a horizontal ramp from grey to white) with its right half to repaint."""
+    ramp = np.tile(np.linspace(128, 255, side, dtype=np.uint8), (side, 1))
+    mask = np.zeros((side, side), np.uint8)
+    mask[:, side // 2:] = 255
+    picture = Image.fromarray(ramp).convert("RGB")
+    return PreparedInput(side, side, picture, Image.fromarray(mask), target=picture, target_mask=Image.fromarray(mask))
 
 
 class BundleTokenizer:
@@ -584,17 +603,22 @@ class Start:
     inpaint at strength 1 starts from it, and noises the kept area with it), then the latents'
     sample of the encoder's distribution, then (below strength 1) the noise added, then (inpaint and
     outpaint) a sample of the masked picture's latents, which a plain UNet leaves unused; the
-    stochastic samplers' fresh noise comes after, from the same generators (`Begun.draw`)."""
+    stochastic samplers' fresh noise comes after, from the same generators (`Begun.draw`). An
+    inpainting model (a 9-channel UNet) is run as diffusers' inpaint pipeline runs one: no picture
+    encoded at strength 1, no kept area put back, and beside the latents at every step the mask
+    and the sample of the masked picture's latents (`Begun.extra`)."""
 
     def __init__(self, request: GenerationRequest, prepared: PreparedInput, facts: ModelFacts):
         self.request, self.prepared, self.facts = request, prepared, facts
         self.image_mode = request.mode != "txt2img"
         self.masked = request.mode in MASKED_MODES
+        self.inpainting = facts.inpainting
         self.strength = request.effective_strength if self.image_mode else 1.0
         self.untouched = self.image_mode and not self.masked and self.strength == 0
         self.steps = sampler_steps(request.mode, request.steps, self.strength)
         self.shape = (facts.latent_channels, prepared.height // facts.vae_scale, prepared.width // facts.vae_scale)
         self._encoded: np.ndarray | None = None
+        self._masked_encoded: np.ndarray | None = None
 
     def sampler(self):
         """A fresh sampler, at the timestep the pictures start from."""
@@ -614,26 +638,45 @@ class Start:
         noise = draw()
         if not self.image_mode:
             return Begun(noise * np.float32(sampler.init_noise_sigma), None, draw)
-        mean, spread = np.split(self.encoded(bundle)[0], 2)
-        sampled = mean + spread * draw()
-        if self.masked and self.strength >= 1.0:  # inpaint from noise: the first draw noises the kept area too
+        from_noise = self.masked and self.strength >= 1.0
+        sampled = None
+        if from_noise and self.inpainting:  # diffusers encodes no picture for a 9-channel UNet from noise
             latents = noise * np.float32(sampler.init_noise_sigma)
         else:
-            noise = draw()
-            latents = sampler.add_noise(sampled, noise)
+            mean, spread = np.split(self.encoded(bundle)[0], 2)
+            sampled = mean + spread * draw()
+            if from_noise:  # inpaint from noise: the first draw noises the kept area too
+                latents = noise * np.float32(sampler.init_noise_sigma)
+            else:
+                noise = draw()
+                latents = sampler.add_noise(sampled, noise)
         if not self.masked:
             return Begun(latents, None, draw)
-        draw()  # diffusers' inpaint pipeline samples the masked picture's latents too, unused by a 4-channel UNet
-        return Begun(latents, Kept(sampled, noise, self.latent_mask()), draw)
+        if not self.inpainting:
+            draw()  # diffusers' inpaint pipeline samples the masked picture's latents too, unused by a 4-channel UNet
+            return Begun(latents, Kept(sampled, noise, self.latent_mask()), draw)
+        mean, spread = np.split(self.masked_encoded(bundle)[0], 2)
+        mask = np.broadcast_to(self.latent_mask(), (len(seeds), 1) + self.shape[1:])
+        return Begun(latents, None, draw, np.concatenate([mask, mean + spread * draw()], axis=1))
 
     def encoded(self, bundle: OpenVINOBundle) -> np.ndarray:
         """The input picture's latent distribution [1, 2C, h, w] (mean, spread; scaled), encoded once."""
         if self._encoded is None:
-            pixels = np.asarray(self.prepared.image.convert("RGB"), dtype=np.float32) / np.float32(255.0)
-            pixels = (np.float32(2.0) * pixels - np.float32(1.0)).transpose(2, 0, 1)[None]  # diffusers' preprocess
-            self._encoded = bundle("encoder", np.ascontiguousarray(pixels))
-            bundle.release_memory("encoder")
+            self._encoded = _encode(bundle, self._pixels())
         return self._encoded
+
+    def masked_encoded(self, bundle: OpenVINOBundle) -> np.ndarray:
+        """The same of the masked picture an inpainting UNet is given: the input with the pixels
+        to repaint set to 0 (mid grey), as diffusers' inpaint pipeline makes it."""
+        if self._masked_encoded is None:
+            mask = np.asarray(self.prepared.mask.convert("L"), dtype=np.float32) / np.float32(255.0)
+            self._masked_encoded = _encode(bundle, self._pixels() * (mask < 0.5).astype(np.float32)[None, None])
+        return self._masked_encoded
+
+    def _pixels(self) -> np.ndarray:
+        """[1, 3, H, W]: the input picture in [-1, 1], as diffusers' image processor makes it."""
+        pixels = np.asarray(self.prepared.image.convert("RGB"), dtype=np.float32) / np.float32(255.0)
+        return (np.float32(2.0) * pixels - np.float32(1.0)).transpose(2, 0, 1)[None]
 
     def latent_mask(self) -> np.ndarray:
         """[1, 1, h, w], 1 where the picture is repainted: the mask binarized at half and taken at
@@ -648,8 +691,9 @@ class Begun:
     """A batch's start (`Start.latents`)."""
 
     latents: np.ndarray  # [N, C, h, w] where the first step starts
-    kept: "Kept | None"  # inpaint and outpaint: what keeps the unmasked area
+    kept: "Kept | None"  # inpaint and outpaint with a plain UNet: what keeps the unmasked area
     draw: Callable[[], np.ndarray]  # [N, C, h, w]: each seed's generator's next noise, in turn
+    extra: np.ndarray | None = None  # [N, 1 + C, h, w] an inpainting UNet's mask and masked latents
 
 
 @dataclass(frozen=True)
@@ -683,6 +727,8 @@ def denoise(request: GenerationRequest, bundle: OpenVINOBundle, start: Start, se
     total = len(timesteps)
     for step, timestep in enumerate(timesteps):
         scaled = sampler.scale_model_input(latents)
+        if begun.extra is not None:  # an inpainting UNet's further channels, as they are
+            scaled = np.concatenate([scaled, begun.extra], axis=1)
         model_input = np.concatenate([scaled, scaled]) if guided else scaled
         out = bundle("unet", model_input, np.float32(timestep), states)
         if guided:
@@ -700,6 +746,13 @@ def denoise(request: GenerationRequest, bundle: OpenVINOBundle, start: Start, se
             raise Interrupted()  # the batch was cut short: its half-made pictures are not results
     bundle.release_memory("unet")  # its activations: the decode does not stand on them
     return latents
+
+
+def _encode(bundle: OpenVINOBundle, pixels: np.ndarray) -> np.ndarray:
+    """The VAE encoder's latent distribution [1, 2C, h, w] of pixels [1, 3, H, W] in [-1, 1]."""
+    encoded = bundle("encoder", np.ascontiguousarray(pixels))
+    bundle.release_memory("encoder")
+    return encoded
 
 
 def decode(bundle: OpenVINOBundle, latents: np.ndarray) -> list[Image.Image]:
