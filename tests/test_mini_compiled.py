@@ -54,15 +54,17 @@ def test_it_serves_plain_mini_requests_and_leaves_the_rest_to_the_torch_pipeline
                     dict(mode="inpaint", init_image="x.png", mask_image="m.png", strength=0.0),
                     dict(model="tiny"), dict(device="cuda")):
         assert not compiled.serves(request_for(**refused)), refused
-    assert compiled.serves(request_for(), previews=True)  # drawn here with the latent->RGB map
+    assert compiled.serves(request_for(decoder="vae"))
 
 
-def test_a_tiny_decoder_in_the_models_folder_draws_the_previews_on_the_torch_pipeline(tmp_path, monkeypatch):
+def test_a_tiny_decoder_keeps_its_requests_here_where_its_files_are(tmp_path, monkeypatch):
+    """`decoder tiny` runs here where the models folder has one (it draws the previews too, from
+    its own bundle: tests/test_sd_compiled.py); without one, run.py names where to put it."""
     monkeypatch.setenv("REVERIE_MODELS", str(tmp_path))
-    assert compiled.serves(request_for(), previews=True)
+    assert not compiled.serves(request_for(decoder="tiny"))
     (tmp_path / "taesd").mkdir()
     (tmp_path / "taesd" / "taesd_decoder.safetensors").write_bytes(b"")
-    assert not compiled.serves(request_for(), previews=True) and compiled.serves(request_for())
+    assert compiled.serves(request_for(decoder="tiny")) and compiled.serves(request_for())
 
 
 def test_live_previews_show_the_batch_as_it_comes(tmp_path):

@@ -69,6 +69,27 @@ def inpainting_folder(tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="module")
+def taesd_models(tmp_path_factory):
+    """A models folder holding TAESD's architecture (random weights, in taesd/) and an SD model it
+    fits: the 12.4M-parameter UNet with a VAE that makes latents 8 times smaller, as SD's does."""
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline
+
+    from test_speed_options import random_taesd
+
+    folder = tmp_path_factory.mktemp("taesd-models")
+    random_taesd().save_pretrained(folder / "taesd")
+    c = small_sd()
+    torch.manual_seed(0)
+    vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                        block_out_channels=(32, 32, 32, 32), latent_channels=4, norm_num_groups=32, sample_size=64)
+    StableDiffusionPipeline(vae=vae.eval(), text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=c.unet,
+                            scheduler=EulerDiscreteScheduler.from_config(c.scheduler_config), safety_checker=None,
+                            feature_extractor=None, requires_safety_checker=False).save_pretrained(folder / "sd-eight")
+    return folder
+
+
 @pytest.fixture(autouse=True)
 def own_cache(tmp_path_factory, monkeypatch):
     """The module's bundles in a cache of its own (made once for the module's tests)."""
@@ -208,6 +229,64 @@ def test_an_inpainting_model_is_the_torch_pipelines(sd_folder, inpainting_folder
         assert ours.images[0].metadata["settings"]["runtime"] == "openvino"
         if fields.get("n_samples") == 2:  # each seed's own draws
             assert psnr(pixels(ours.images[0].image), pixels(ours.images[1].image)) < 40
+
+
+def watched(tmp_path, name: str, request: GenerationRequest):
+    """The request run here with live previews: (its result, its previews in order)."""
+    events = []
+    result = compiled.run(request, MODELS, Progress(report=events.append, previews=True), Outputs(tmp_path / name))
+    return result, [event.preview for event in events if event.preview is not None]
+
+
+def test_a_tiny_decoder_makes_the_pictures_and_the_previews_here(taesd_models, tmp_path, monkeypatch):
+    """`decoder tiny` runs here: TAESD exported once into a bundle of its own makes the pictures
+    (the torch pipeline's TAESD pictures) and draws the previews (the last is the pictures
+    themselves, side by side); recorded."""
+    monkeypatch.setenv("REVERIE_MODELS", str(taesd_models))
+    request = request_for(taesd_models / "sd-eight", decoder="tiny", n_samples=2, steps=4, dtype="fp32")
+    assert compiled.serves(request)
+    ours, previews = watched(tmp_path, "ours", request)
+    theirs = make(tmp_path, "theirs", request, torch_run)
+    by_vae = make(tmp_path, "vae", request.model_copy(update={"decoder": "vae"}))
+    for a, b, c in zip(ours.images, theirs.images, by_vae.images, strict=True):
+        assert psnr(pixels(a.image), pixels(b.image)) > 45, psnr(pixels(a.image), pixels(b.image))
+        assert psnr(pixels(a.image), pixels(c.image)) < 30  # another decoder's picture of the same latents
+    assert np.array_equal(np.asarray(previews[-1].convert("RGB")),
+                          np.hstack([pixels(image.image) for image in ours.images]).astype(np.uint8))
+    settings = ours.images[0].metadata["settings"]
+    assert settings["decoder"] == "tiny" and settings["runtime"] == "openvino"
+    assert "Decoder: tiny" in Image.open(ours.images[0].path).info["parameters"]
+
+
+def test_the_models_folders_tiny_decoder_draws_the_previews_of_vae_pictures(taesd_models, tmp_path, monkeypatch):
+    """With TAESD in the models folder, a watched request decoded by the VAE stays here, its
+    previews drawn by TAESD (the picture's size, not the linear map's enlarged latents), its
+    pictures the VAE's; TAESD's files damaged, the linear map draws them and nothing fails."""
+    monkeypatch.setenv("REVERIE_MODELS", str(taesd_models))
+    request = request_for(taesd_models / "sd-eight", n_samples=1, steps=2, dtype="fp32")
+    made, previews = watched(tmp_path, "made", request)
+    assert previews[-1].size == (64, 64)
+    broken = tmp_path / "broken"
+    (broken / "taesd").mkdir(parents=True)
+    (broken / "taesd" / "taesd_decoder.safetensors").write_bytes(b"not a decoder")
+    monkeypatch.setenv("REVERIE_MODELS", str(broken))
+    alone, previews = watched(tmp_path, "alone", request)
+    assert previews[-1].size == (256, 256)  # 8x8 latents through the linear map, enlarged to about 256 px
+    assert np.array_equal(pixels(made.images[0].image), pixels(alone.images[0].image))
+
+
+def test_a_tiny_decoder_that_does_not_fit_is_refused_here_as_on_torch(sd_folder, taesd_models, tmp_path, monkeypatch):
+    """The test model's VAE makes latents 2 times smaller, TAESD enlarges 8 times: `decoder tiny`
+    is refused naming what to change, previews fall back to the linear map."""
+    from reverie.errors import BadRequest
+
+    monkeypatch.setenv("REVERIE_MODELS", str(taesd_models))
+    request = request_for(sd_folder, decoder="tiny", n_samples=1, steps=2, dtype="fp32")
+    assert compiled.serves(request)
+    with pytest.raises(BadRequest, match="decoder: .* 8 times larger; .* 2 times smaller .* --decoder vae"):
+        make(tmp_path, "refused", request)
+    _, previews = watched(tmp_path, "watched", request.model_copy(update={"decoder": "vae"}))
+    assert previews and previews[-1].size != (64, 64)
 
 
 def test_embeddings_are_the_torch_pipelines(sd_folder, tmp_path, monkeypatch):

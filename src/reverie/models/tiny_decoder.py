@@ -22,6 +22,7 @@ from diffusers import AutoencoderTiny
 from safetensors.torch import load_file
 
 from ..errors import BadCheckpoint, BadRequest
+from .tiny_decoder_files import misfit_message
 
 DECODER_CHOICES = ("vae", "tiny")
 def load_tiny_decoder(path: Path, dtype: torch.dtype = torch.float32) -> AutoencoderTiny:
@@ -66,9 +67,7 @@ def check_decoder_fits(decoder: AutoencoderTiny, latent_channels: int, scale: in
     channels = config.latent_channels
     enlarges = config.upsampling_scaling_factor ** (len(config.decoder_block_out_channels) - 1)
     if (channels, enlarges) != (latent_channels, scale):
-        raise BadRequest("decoder", f"the tiny decoder turns {channels}-channel latents into pictures {enlarges} times "
-                                    f"larger; {model} makes {latent_channels}-channel latents {scale} times smaller "
-                                    "than its pictures: use --decoder vae for it")
+        raise BadRequest("decoder", misfit_message(channels, enlarges, model, latent_channels, scale))
 
 
 @torch.no_grad()

@@ -16,6 +16,13 @@ def tiny_folder_name(family: str) -> str:
     return "taesdxl" if family.startswith("sdxl") else "taesd"
 
 
+def misfit_message(channels: int, enlarges: int, model: str, latent_channels: int, scale: int) -> str:
+    """Why a tiny decoder reading `channels`-channel latents, enlarging them `enlarges` times,
+    does not fit `model` (its latents: `latent_channels`, `scale` times smaller than its pictures)."""
+    return (f"the tiny decoder turns {channels}-channel latents into pictures {enlarges} times larger; {model} makes "
+            f"{latent_channels}-channel latents {scale} times smaller than its pictures: use --decoder vae for it")
+
+
 def find_tiny_decoder(reference: str, family: str) -> Path:
     """The tiny decoder `reference` names for a model of `family`: "tiny" (the models folder's
     `taesd/` or `taesdxl/`), or a path to such a folder or to a single decoder file.

@@ -9,7 +9,7 @@ def _run(request, models, progress, outputs):
     from .request import resolve
 
     request = resolve(request)
-    found = compiled.served(request, progress.previews)
+    found = compiled.served(request)
     if found is not None:  # on OpenVINO alone (mini, SD): no torch imported
         try:
             return compiled.run(request, models, progress, outputs, found)
@@ -24,7 +24,7 @@ def _run_module(request, previews):
     from . import compiled
     from .request import resolve
 
-    return "compiled" if compiled.serves(resolve(request), previews) else "run"
+    return "compiled" if compiled.serves(resolve(request)) else "run"
 
 
 def _refusal(request, previews):
@@ -37,7 +37,7 @@ def _refusal(request, previews):
     from .request import resolve
 
     request = resolve(request)
-    return None if compiled.serves(request, previews) else BadRequest("quantize", compiled.int8_refused(request))
+    return None if compiled.serves(request) else BadRequest("quantize", compiled.int8_refused(request))
 
 
 def _batch_key(request):

@@ -14,9 +14,11 @@ batch); for an image mode that is the size the input picture is worked at (mini 
 larger one at half its size and enlarges the result back).
 A prompt with weights, a negative, templates, styles and textual-inversion embeddings (no
 LoRAs), without the options only the torch pipeline has (seamless tiles, step caching, chaos
-below 100, a tiny decoder, a refiner, prompt expansion, SD's upscale). Live previews are drawn
-here with the VAE's linear latent->RGB map (unless a tiny decoder in the models folder would
-draw them); best-of-N and scores import torch for their CLIP, the pictures still come from here.
+below 100, a refiner, prompt expansion, SD's upscale). A tiny decoder (`decoder tiny`: TAESD in
+the models folder, or a path to one) makes the pictures from its own bundle
+(models/tiny_decoder_bundle.py) and draws the live previews, as does the models folder's for a
+request decoded by the VAE, where it fits the model (else the VAE's linear latent->RGB map
+draws them, as on the torch pipeline); best-of-N and scores import torch for their CLIP, the pictures still come from here.
 `run` then makes its pictures from the model's bundle (models/openvino_bundle.py: its text
 encoder, UNet, VAE decoder and encoder, and mini's x2 upscaler, exported once, on the first such
 request: the one time torch is imported) the way run.py's pipeline does, step for step: the text
@@ -70,7 +72,7 @@ from ...result import Result
 from ...torch_noise import TorchCPUGenerator
 from .inputs import PreparedInput, bring_back, denoising_steps, prepare_input
 from .numpy_sampler import make_sampler
-from .preview import PREVIEW_EVERY, PREVIEW_SIDE, linear_preview
+from .preview import PREVIEW_EVERY, PREVIEW_SIDE, linear_preview, side_by_side
 from .records import picture_settings, scored_batches, write_batches
 from .request import GENERATION_DEFAULTS, GenerationRequest
 
@@ -169,15 +171,13 @@ class Served:
     prepared: PreparedInput  # the working size; an image mode's input picture (and mask) loaded
 
 
-def serves(request: GenerationRequest, previews: bool = False) -> bool:
+def serves(request: GenerationRequest) -> bool:
     """Whether this path runs `request` (resolved: its model and seed fixed) — see the module
-    docstring; decided without importing torch. `previews` (the listener wants live previews):
-    drawn with the VAE's linear latent->RGB map, or on the torch pipeline where a tiny decoder
-    in the models folder would draw them."""
-    return served(request, previews) is not None
+    docstring; decided without importing torch."""
+    return served(request) is not None
 
 
-def served(request: GenerationRequest, previews: bool = False) -> Served | None:
+def served(request: GenerationRequest) -> Served | None:
     """`serves`, answering with what it found (for `run`), None where run.py runs the request."""
     if request.mode not in SERVED_MODES:
         return None
@@ -200,9 +200,9 @@ def served(request: GenerationRequest, previews: bool = False) -> Served | None:
     if _bundle_key(source, precision_of(dtype), int8) in _failed:  # its bundle failed earlier in this process
         return None
     chaos = request.chaos is not None and request.chaos < 100  # 100: each picture its own seed's noise, as without
-    if previews and _tiny_decoder_present():
+    if request.decoder != "vae" and _tiny_decoder_path(request.decoder) is None:  # run.py names where it goes
         return None
-    if (request.tile or request.step_cache or chaos or request.refiner or request.decoder != "vae"
+    if (request.tile or request.step_cache or chaos or request.refiner
             or request.vae_tiling or request.attention_slicing or request.expand):
         return None
     if request.mode in MASKED_MODES and request.effective_strength == 0:  # diffusers refuses: run.py says so
@@ -260,16 +260,45 @@ def sampler_steps(mode: str, steps: int, strength: float) -> int:
     return steps if whole else denoising_steps(steps, strength)
 
 
-def _tiny_decoder_present() -> bool:
-    """Whether the models folder has a tiny decoder for SD-family latents (reverie-mini's and SD
-    1.x/2.x's: its taesd/ folder; run.py previews with it: a real decode)."""
+def _tiny_decoder_path(reference: str) -> Path | None:
+    """The tiny decoder `reference` names for SD-family latents (reverie-mini's and SD 1.x/2.x's:
+    "tiny" is the models folder's taesd/), None where there is none."""
     from ...models.tiny_decoder_files import find_tiny_decoder
 
     try:
-        find_tiny_decoder("tiny", "mini")
+        return find_tiny_decoder(reference, "sd1")
     except ModelNotFound:
-        return False
-    return True
+        return None
+
+
+def tiny_decoders(models: ModelCache, request: GenerationRequest, facts: ModelFacts, precision: str,
+                  previews: bool) -> tuple[OpenVINOBundle | None, OpenVINOBundle | None]:
+    """(the tiny decoder's bundle making the pictures, that drawing the previews), None for the
+    VAE's decode and its linear map. The request's own (`decoder` other than vae) does both, and
+    is refused where it does not fit the model (as run.py refuses it); the models folder's draws
+    the previews of a request wanting them where it fits, its files are readable and its export
+    can be made, the linear map otherwise (a preview is not worth failing a request)."""
+    from ...models.tiny_decoder_bundle import fits, tiny_bundle
+    from ...models.tiny_decoder_files import misfit_message
+
+    def bundle_of(path: Path) -> OpenVINOBundle:
+        return models.get(("tiny-decoder-bundle", str(path.resolve()), precision), lambda: tiny_bundle(path, precision))
+
+    if request.decoder != "vae":
+        decoder = bundle_of(_tiny_decoder_path(request.decoder))
+        if not fits(decoder, facts.latent_channels, facts.vae_scale):
+            raise BadRequest("decoder", misfit_message(decoder.facts["latent_channels"], decoder.facts["scale"],
+                                                       request.model, facts.latent_channels, facts.vae_scale))
+        return decoder, decoder
+    path = _tiny_decoder_path("tiny") if previews else None
+    if path is None:
+        return None, None
+    try:
+        decoder = bundle_of(path)
+    except Exception as error:  # damaged files, an export that fails: the previews fall back to the linear map
+        log.warning("the tiny decoder at %s cannot draw previews (%s); the linear map draws them", path, error)
+        return None, None
+    return None, (decoder if fits(decoder, facts.latent_channels, facts.vae_scale) else None)
 
 
 def _networks_unserved(request: GenerationRequest, facts: ModelFacts) -> bool:
@@ -320,6 +349,7 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
     if source is not None:
         facts = sd_facts(source, bundle.folder)  # what the made bundle says (its name, schedule, channels)
     tokenizer = models.get(("bundle-tokenizer", str(bundle.folder)), lambda: BundleTokenizer.of(bundle))
+    decoders = tiny_decoders(models, request, facts, precision_of(dtype), progress.previews)
     scorer = None
     if request.score or request.rerank > 1:
         from ..rerank import scorer_from  # the scorer is a torch CLIP: only such requests import torch
@@ -337,7 +367,7 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
     result = Result(request=request)
     # Best-of-N makes N times the pictures and keeps the best-scored, scored at the size drawn.
     candidates = request.model_copy(update={"n_iter": request.n_iter * request.rerank})
-    batches = make_batches(candidates, bundle, tokenizer, plan, prepared, facts, progress)
+    batches = make_batches(candidates, bundle, tokenizer, plan, prepared, facts, progress, decoders)
     batches = scored_batches(batches, result, scorer, plan, progress)
 
     def enlarged(pictures: list[Image.Image], factor: int) -> list[Image.Image]:
@@ -354,9 +384,18 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
 
 
 def make_batches(request: GenerationRequest, bundle: OpenVINOBundle, tokenizer: BundleTokenizer, plan,
-                 prepared: PreparedInput, facts: ModelFacts, progress: Progress):
+                 prepared: PreparedInput, facts: ModelFacts, progress: Progress,
+                 decoders: tuple[OpenVINOBundle | None, OpenVINOBundle | None] = (None, None)):
     """[(picture at the size drawn, seed)] for each batch still to make (`batches_to_make`), as
-    soon as it is finished."""
+    soon as it is finished. `decoders`: tiny decoders' bundles for the pictures and the
+    previews (`tiny_decoders`), None for the VAE and its linear map."""
+    pictures, previews = decoders
+
+    def preview(latents: np.ndarray) -> Image.Image:
+        if previews is None:
+            return linear_preview(latents, bundle.latent_rgb, PREVIEW_SIDE)
+        return side_by_side(decode(previews, latents), PREVIEW_SIDE)
+
     encoded: dict = {}
     start = Start(request, prepared, facts)
     for batch, seeds in batches_to_make(request):
@@ -370,9 +409,9 @@ def make_batches(request: GenerationRequest, bundle: OpenVINOBundle, tokenizer: 
                                          for text in (plan(seed).prompt, plan(seed).negative_prompt)])
         tokenizer.add_embeddings(used)
         cond, uncond = encode_pairs(list(zip(texts[0::2], texts[1::2])), tokenizer, bundle, encoded)
-        latents = denoise(request, bundle, start, seeds, cond, uncond, batch, progress)
+        latents = denoise(request, bundle, start, seeds, cond, uncond, batch, progress, preview)
         progress(ProgressEvent("decode", batch=batch, batches=request.batch_count()))
-        yield list(zip(decode(bundle, latents), seeds))
+        yield list(zip(decode(pictures or bundle, latents), seeds))
 
 
 def batches_to_make(request: GenerationRequest):
@@ -715,8 +754,10 @@ class Kept:
 
 
 def denoise(request: GenerationRequest, bundle: OpenVINOBundle, start: Start, seeds: list[int], cond: np.ndarray,
-            uncond: np.ndarray, batch: int, progress: Progress) -> np.ndarray:
-    """One batch's latents after the request's steps, from where `start` says."""
+            uncond: np.ndarray, batch: int, progress: Progress,
+            preview: Callable[[np.ndarray], Image.Image] | None = None) -> np.ndarray:
+    """One batch's latents after the request's steps, from where `start` says; `preview` draws
+    the live previews (default: the VAE's linear latent->RGB map)."""
     sampler = start.sampler()
     begun = start.latents(bundle, seeds, sampler)
     latents, kept = begun.latents, begun.kept
@@ -738,10 +779,10 @@ def denoise(request: GenerationRequest, bundle: OpenVINOBundle, start: Start, se
         if kept is not None:
             latents = kept.put_back(latents, sampler)
         done = step + 1
-        preview = None
+        shown = None
         if progress.previews and (done % PREVIEW_EVERY == 0 or done == total):
-            preview = linear_preview(latents, bundle.latent_rgb, PREVIEW_SIDE)
-        progress(ProgressEvent("denoise", done, total, batch, request.batch_count(), preview=preview))
+            shown = preview(latents) if preview else linear_preview(latents, bundle.latent_rgb, PREVIEW_SIDE)
+        progress(ProgressEvent("denoise", done, total, batch, request.batch_count(), preview=shown))
         if progress.stop_requested():
             raise Interrupted()  # the batch was cut short: its half-made pictures are not results
     bundle.release_memory("unet")  # its activations: the decode does not stand on them
@@ -756,8 +797,9 @@ def _encode(bundle: OpenVINOBundle, pixels: np.ndarray) -> np.ndarray:
 
 
 def decode(bundle: OpenVINOBundle, latents: np.ndarray) -> list[Image.Image]:
-    """The VAE's pictures of `latents`, one decode per picture (a batch's decode is the same per
-    row, and one shape serves every batch size)."""
+    """The pictures of `latents` by the bundle's decoder (the VAE's, or a tiny decoder's), one
+    decode per picture (a batch's decode is the same per row, and one shape serves every batch
+    size)."""
     return [Image.fromarray(_levels(bundle("decoder", row[None])[0], -1.0, 1.0)) for row in latents]
 
 

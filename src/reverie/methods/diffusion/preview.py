@@ -10,6 +10,8 @@ torch-free path previews with it too).
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 from PIL import Image
 
@@ -46,8 +48,15 @@ def _decoded_preview(latents, decoder, size: int | None) -> Image.Image:
     from ...pixels import to_picture
 
     rgb = tiny_decode(decoder, latents.detach()).cpu()  # [N, 3, H, W]
-    batch, channels, height, width = rgb.shape
-    picture = to_picture(rgb.permute(1, 2, 0, 3).reshape(channels, height, batch * width))
+    return side_by_side([to_picture(picture) for picture in rgb], size)
+
+
+def side_by_side(pictures: list[Image.Image], size: int | None = None) -> Image.Image:
+    """Decoded previews of a batch side by side, brought down to `size` pixels high where taller."""
+    height = pictures[0].height
+    picture = Image.new("RGB", (sum(p.width for p in pictures), height))
+    for left, one in zip(itertools.accumulate([0] + [p.width for p in pictures]), pictures):
+        picture.paste(one, (left, 0))
     if size and height > size:
         factor = size / height
         picture = picture.resize((max(1, round(picture.width * factor)), size), Image.BILINEAR)
