@@ -9,16 +9,17 @@ StableDiffusionPipeline (or StableDiffusionInpaintPipeline), or a .safetensors f
 original (LDM) layout of SD 1.x or 2.x (an SD 2 file's parameterization, 768 px v-prediction or
 512 px epsilon, told from the same evidence single_file.py weighs: checkpoint_header.py), with a
 plain UNet (4 latent channels, no extra conditioning) or an inpainting one (9 channels in: the
-latents, the mask and the masked picture's latents; `SDSource.inpainting`). `make_sd_bundle` (torch) loads the model as the torch path does
-(registry.load_model), takes the UNet's export from OpenVINOUNet's cache (made first if missing;
-linked into the bundle, not copied), and exports the text encoder (token ids -> last hidden
-states, unmasked, as SD was trained; textual-inversion tokens' rows as a second input), the
-decoder (latents / scaling factor -> pixels in [-1, 1]) and the encoder (pixels -> the latents'
-scaled mean and spread, for img2img); it writes the tokenizer as one tokenizer.json (read by the
-`tokenizers` library), the model's noise schedule, its picture size and the VAE's latent->RGB
-map into the marker. The bundle lives in `$REVERIE_CACHE/openvino/sd-<key>/`, the key naming the
-model's files (paths, sizes, modification times), the precision and the exporters' versions; a
-model changed on disk gets a new bundle, which replaces the old.
+latents, the mask and the masked picture's latents; `SDSource.inpainting`). `make_sd_bundle`
+(torch) loads the model as the torch path does (registry.load_model), takes the UNet's export
+from OpenVINOUNet's cache (made first if missing; linked into the bundle, not copied), and
+exports the text encoder (token ids -> last hidden states, unmasked, as SD was trained;
+textual-inversion tokens' rows as a second input), the decoder (latents / scaling factor ->
+pixels in [-1, 1]) and the encoder (pixels -> the latents' scaled mean and spread, for img2img);
+it writes the tokenizer as one tokenizer.json (read by the `tokenizers` library), the model's
+noise schedule, its picture size and the VAE's latent->RGB map into the marker. The bundle lives
+in `$REVERIE_CACHE/openvino/sd-<key>/`, the key naming the model's files (paths, sizes,
+modification times), the precision and the exporters' versions; a model changed on disk gets a
+new bundle, which replaces the old.
 """
 
 from __future__ import annotations

@@ -18,7 +18,8 @@ below 100, a refiner, prompt expansion, SD's upscale). A tiny decoder (`decoder 
 the models folder, or a path to one) makes the pictures from its own bundle
 (models/tiny_decoder_bundle.py) and draws the live previews, as does the models folder's for a
 request decoded by the VAE, where it fits the model (else the VAE's linear latent->RGB map
-draws them, as on the torch pipeline); best-of-N and scores import torch for their CLIP, the pictures still come from here.
+draws them, as on the torch pipeline); best-of-N and scores import torch for their CLIP, the
+pictures still come from here.
 `run` then makes its pictures from the model's bundle (models/openvino_bundle.py: its text
 encoder, UNet, VAE decoder and encoder, and mini's x2 upscaler, exported once, on the first such
 request: the one time torch is imported) the way run.py's pipeline does, step for step: the text
@@ -238,7 +239,7 @@ def int8_refused(request: GenerationRequest) -> str:
             ".safetensors file or folder, on the CPU in fp32 or bf16, runtime auto or openvino, txt2img or an image "
             "mode at sides that are multiples of 64 up to 768 px (SD), a sampler of DPM++ 2M, DPM++ 2M Karras, "
             "DPM++ 2M SDE Karras, Euler, Euler Karras, Euler a or DDIM, without LoRAs, seamless tiles, step "
-            "caching, chaos, a refiner, a tiny decoder or prompt expansion; change those or leave quantize out")
+            "caching, chaos, a refiner or prompt expansion; change those or leave quantize out")
 
 
 def _sampler_runs(name: str, scheduler_config: dict, steps: int) -> bool:
