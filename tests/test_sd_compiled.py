@@ -73,20 +73,11 @@ def inpainting_folder(tmp_path_factory):
 def taesd_models(tmp_path_factory):
     """A models folder holding TAESD's architecture (random weights, in taesd/) and an SD model it
     fits: the 12.4M-parameter UNet with a VAE that makes latents 8 times smaller, as SD's does."""
-    import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline
-
-    from test_speed_options import random_taesd
+    from test_speed_options import random_taesd, write_sd_scale_model
 
     folder = tmp_path_factory.mktemp("taesd-models")
     random_taesd().save_pretrained(folder / "taesd")
-    c = small_sd()
-    torch.manual_seed(0)
-    vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                        block_out_channels=(32, 32, 32, 32), latent_channels=4, norm_num_groups=32, sample_size=64)
-    StableDiffusionPipeline(vae=vae.eval(), text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=c.unet,
-                            scheduler=EulerDiscreteScheduler.from_config(c.scheduler_config), safety_checker=None,
-                            feature_extractor=None, requires_safety_checker=False).save_pretrained(folder / "sd-eight")
+    write_sd_scale_model(folder / "sd-eight", small_sd())
     return folder
 
 
@@ -171,11 +162,33 @@ def test_img2img_and_variations_are_the_torch_pipelines(sd_folder, tmp_path):
         assert ours.images[0].metadata["settings"]["mode"] == fields["mode"]
 
 
-def test_inpaint_and_outpaint_are_the_torch_pipelines(sd_folder, tmp_path):
+def masked_source(sd_folder, tmp_path):
+    """(a 64 px picture the test model made, a mask repainting its right half): their paths."""
     source = make(tmp_path, "source", request_for(sd_folder, n_samples=1, steps=4, dtype="fp32")).images[0].path
     mask = np.zeros((64, 64), np.uint8)
     mask[:, 32:] = 255
     Image.fromarray(mask).save(tmp_path / "mask.png")
+    return source, tmp_path / "mask.png"
+
+
+def assert_masked_like_torch(tmp_path, name: str, request: GenerationRequest, floor: float, source):
+    """The masked request made here and on the torch pipeline: each picture over `floor` dB from
+    the torch one's, the kept pixels the input's and the repainted ones not (`masked_source`'s
+    mask; outpaint 64 px to the left); what was made here."""
+    ours = make(tmp_path, f"ours{name}", request)
+    theirs = make(tmp_path, f"theirs{name}", request, torch_run)
+    for a, b in zip(ours.images, theirs.images, strict=True):
+        assert psnr(pixels(a.image), pixels(b.image)) > floor, (name, psnr(pixels(a.image), pixels(b.image)))
+        made, kept = pixels(a.image), pixels(Image.open(source))
+        if request.mode == "inpaint":
+            assert np.array_equal(made[:, :24], kept[:, :24]) and psnr(made[:, 40:], kept[:, 40:]) < 40
+        else:
+            assert made.shape == (64, 128, 3) and np.array_equal(made[:, 72:], kept[:, 8:])
+    return ours
+
+
+def test_inpaint_and_outpaint_are_the_torch_pipelines(sd_folder, tmp_path):
+    source, _ = masked_source(sd_folder, tmp_path)
     for number, (fields, dtype, floor) in enumerate((
             (dict(mode="inpaint", mask_image=str(tmp_path / "mask.png"), n_samples=2), "fp32", 60),
             (dict(mode="inpaint", mask_image=str(tmp_path / "mask.png"), strength=0.6, sampler="euler", n_samples=1),
@@ -186,15 +199,7 @@ def test_inpaint_and_outpaint_are_the_torch_pipelines(sd_folder, tmp_path):
         request = request_for(sd_folder, init_image=str(source), steps=5, dtype=dtype, width=None, height=None,
                               prompt="a storm at sea", **fields)
         assert compiled.serves(request), fields
-        ours = make(tmp_path, f"ours{number}", request)
-        theirs = make(tmp_path, f"theirs{number}", request, torch_run)
-        for a, b in zip(ours.images, theirs.images, strict=True):
-            assert psnr(pixels(a.image), pixels(b.image)) > floor, (fields, dtype, psnr(pixels(a.image), pixels(b.image)))
-            made, kept = pixels(a.image), pixels(Image.open(source))
-            if fields["mode"] == "inpaint":
-                assert np.array_equal(made[:, :24], kept[:, :24]) and psnr(made[:, 40:], kept[:, 40:]) < 40
-            else:
-                assert made.shape == (64, 128, 3) and np.array_equal(made[:, 72:], kept[:, 8:])
+        assert_masked_like_torch(tmp_path, str(number), request, floor, source)
 
 
 def test_an_inpainting_model_is_the_torch_pipelines(sd_folder, inpainting_folder, tmp_path):
@@ -202,10 +207,7 @@ def test_an_inpainting_model_is_the_torch_pipelines(sd_folder, inpainting_folder
     pipeline: the mask and a sample of the masked picture's latents beside the latents at each
     step, no picture encoded from noise, nothing put back between steps; the kept pixels are
     the input's. Other modes with it stay on the torch pipeline."""
-    source = make(tmp_path, "source", request_for(sd_folder, n_samples=1, steps=4, dtype="fp32")).images[0].path
-    mask = np.zeros((64, 64), np.uint8)
-    mask[:, 32:] = 255
-    Image.fromarray(mask).save(tmp_path / "mask.png")
+    source, mask = masked_source(sd_folder, tmp_path)
     assert sd_source(inpainting_folder).inpainting and not sd_source(sd_folder).inpainting
     assert not compiled.serves(request_for(inpainting_folder))
     assert not compiled.serves(request_for(inpainting_folder, mode="img2img", init_image=str(source), width=None,
@@ -214,18 +216,10 @@ def test_an_inpainting_model_is_the_torch_pipelines(sd_folder, inpainting_folder
             (dict(mode="inpaint", n_samples=2), "fp32", 60),
             (dict(mode="inpaint", strength=0.6, sampler="euler_a", n_samples=2), "fp32", 60),
             (dict(mode="outpaint", outpaint_left=64, n_samples=1), "bf16", 38))):
-        request = request_for(inpainting_folder, init_image=str(source), mask_image=str(tmp_path / "mask.png"),
-                              steps=5, dtype=dtype, width=None, height=None, prompt="a storm at sea", **fields)
+        request = request_for(inpainting_folder, init_image=str(source), mask_image=str(mask), steps=5, dtype=dtype,
+                              width=None, height=None, prompt="a storm at sea", **fields)
         assert compiled.serves(request), fields
-        ours = make(tmp_path, f"ours{number}", request)
-        theirs = make(tmp_path, f"theirs{number}", request, torch_run)
-        for a, b in zip(ours.images, theirs.images, strict=True):
-            assert psnr(pixels(a.image), pixels(b.image)) > floor, (fields, dtype, psnr(pixels(a.image), pixels(b.image)))
-            made, kept = pixels(a.image), pixels(Image.open(source))
-            if fields["mode"] == "inpaint":
-                assert np.array_equal(made[:, :24], kept[:, :24]) and psnr(made[:, 40:], kept[:, 40:]) < 40
-            else:
-                assert made.shape == (64, 128, 3) and np.array_equal(made[:, 72:], kept[:, 8:])
+        ours = assert_masked_like_torch(tmp_path, str(number), request, floor, source)
         assert ours.images[0].metadata["settings"]["runtime"] == "openvino"
         if fields.get("n_samples") == 2:  # each seed's own draws
             assert psnr(pixels(ours.images[0].image), pixels(ours.images[1].image)) < 40
@@ -455,11 +449,8 @@ def test_int8_quantizes_an_inpainting_model_from_its_own_inpainting(sd_folder, i
     pytest.importorskip("nncf")
     from reverie.models import int8_unet
 
-    source = make(tmp_path, "source", request_for(sd_folder, n_samples=1, steps=4, dtype="fp32")).images[0].path
-    mask = np.zeros((64, 64), np.uint8)
-    mask[:, 32:] = 255
-    Image.fromarray(mask).save(tmp_path / "mask.png")
-    request = request_for(inpainting_folder, mode="inpaint", init_image=str(source), mask_image=str(tmp_path / "mask.png"),
+    source, mask = masked_source(sd_folder, tmp_path)
+    request = request_for(inpainting_folder, mode="inpaint", init_image=str(source), mask_image=str(mask),
                           steps=5, dtype="bf16", width=None, height=None, n_samples=2, prompt="a storm at sea")
     plain = make(tmp_path, "plain", request)
     quantized = make(tmp_path, "int8", request.model_copy(update={"quantize": "int8"}))

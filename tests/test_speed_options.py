@@ -149,10 +149,11 @@ def original_decoder_keys(model: AutoencoderTiny) -> dict:
     return weights
 
 
-def write_sd_scale_model(folder):
-    """The tiny random model with a VAE that, as every SD model's, makes latents 8 times smaller
-    than the picture (tiny-random's makes them 2 times smaller), as a diffusers folder."""
-    c = build_tiny()
+def write_sd_scale_model(folder, components=None):
+    """The tiny random model (or `components`' text encoder and UNet) with a VAE that, as every SD
+    model's, makes latents 8 times smaller than the picture (tiny-random's makes them 2 times
+    smaller), as a diffusers folder."""
+    c = components or build_tiny()
     torch.manual_seed(0)
     vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
                         block_out_channels=(32, 32, 32, 32), latent_channels=4, norm_num_groups=32, sample_size=64)
