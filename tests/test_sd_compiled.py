@@ -45,28 +45,26 @@ def small_sd(in_channels: int = 4):
     return components
 
 
+def saved_small_sd(folder, in_channels: int = 4):
+    """`small_sd` written as a diffusers folder: an SD pipeline's, or an inpainting one's (9 channels)."""
+    import diffusers
+
+    c = small_sd(in_channels)
+    kind = diffusers.StableDiffusionInpaintPipeline if in_channels == 9 else diffusers.StableDiffusionPipeline
+    kind(vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=c.unet,
+         scheduler=diffusers.EulerDiscreteScheduler.from_config(c.scheduler_config), safety_checker=None,
+         feature_extractor=None, requires_safety_checker=False).save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def sd_folder(tmp_path_factory):
-    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
-
-    c = small_sd()
-    folder = tmp_path_factory.mktemp("models") / "small-sd"
-    StableDiffusionPipeline(vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=c.unet,
-                            scheduler=EulerDiscreteScheduler.from_config(c.scheduler_config), safety_checker=None,
-                            feature_extractor=None, requires_safety_checker=False).save_pretrained(folder)
-    return folder
+    return saved_small_sd(tmp_path_factory.mktemp("models") / "small-sd")
 
 
 @pytest.fixture(scope="module")
 def inpainting_folder(tmp_path_factory):
-    from diffusers import EulerDiscreteScheduler, StableDiffusionInpaintPipeline
-
-    c = small_sd(in_channels=9)
-    folder = tmp_path_factory.mktemp("models") / "small-sd-inpainting"
-    StableDiffusionInpaintPipeline(vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=c.unet,
-                                   scheduler=EulerDiscreteScheduler.from_config(c.scheduler_config), safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False).save_pretrained(folder)
-    return folder
+    return saved_small_sd(tmp_path_factory.mktemp("models") / "small-sd-inpainting", in_channels=9)
 
 
 @pytest.fixture(scope="module")
