@@ -102,7 +102,9 @@ def quantize_unet(bundle_folder: Path, examples: Callable[[], list[tuple[np.ndar
         raise MemoryError(f"quantizing the UNet to int8 needs about {need / 2**30:.1f} GiB of free memory, "
                           f"and {free / 2**30:.1f} GiB is")
     started = time.perf_counter()
-    nncf.set_log_level(logging.ERROR)
+    # NNCF's progress lines off: its logger's level, not nncf.set_log_level, which also sets the
+    # level of every handler on that logger (such as a test runner's capture, which it then keeps).
+    logging.getLogger("nncf").setLevel(logging.ERROR)
     model = widened(ov.Core().read_model(str(bundle_folder / "unet.xml")))
     calibration = examples()  # after the read: the other order peaked at 11.2 GiB against 9.6 (one run each)
     # in the graph's order: the first convolution reads the latents, the last writes the prediction
