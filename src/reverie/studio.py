@@ -70,13 +70,13 @@ def request_fields(mode: str | None = None) -> set[str]:
     return set(method_for(mode or DEFAULT_MODE).request.model_fields)
 
 
-def refusal(request: BaseRequest, previews: bool = True):
+def refusal(request: BaseRequest):
     """The BadRequest its method's `run` would stop `request` with before any work, where that
     can be found without loading a model (`Method.refusal`), else None. It asks this machine:
     where the request will run elsewhere, that machine may answer otherwise."""
     from .methods.registry import refusal as asked
 
-    return asked(request, previews)
+    return asked(request)
 
 
 def mode_for_model(reference: str | None, default: str = "txt2img") -> str:
@@ -176,7 +176,7 @@ class Studio:
         if request.made >= request.picture_count():
             return Result(request=request)  # an earlier run made every picture (`made`)
         outputs = Outputs(outdir, grid, run_folder)
-        import_run(request.mode, request, previews)
+        import_run(request.mode, request)
         return method_for(request.mode).run(request, self.models, Progress(progress, should_stop, previews), outputs)
 
     def batch_key(self, request: BaseRequest | dict):

@@ -52,10 +52,10 @@ class Method:
     # pictures, each request's pictures exactly as it makes them alone.
     batch_key: Callable | None = None
     run_shared: Callable | None = None
-    # `run_module(request, previews)`: the module of the package that `run` runs this request
+    # `run_module(request)`: the module of the package that `run` runs this request
     # with, when that is not always `run` (`import_run` imports it ahead of the run).
     run_module: Callable | None = None
-    # `refusal(request, previews)`: the BadRequest `run` would stop this request with before any
+    # `refusal(request)`: the BadRequest `run` would stop this request with before any
     # work, where that can be found without loading a model, else None (a grid asks it of every
     # cell before the first starts).
     refusal: Callable | None = None
@@ -103,13 +103,13 @@ def import_runs() -> None:
             _import_run(package)
 
 
-def import_run(mode: str, request: BaseRequest | None = None, previews: bool = False) -> None:
+def import_run(mode: str, request: BaseRequest | None = None) -> None:
     """Import the module the method serving `mode` runs `request` with (its `run` module, or the
     one its `run_module` names for it) now, if it is not yet, its objects kept as long-lived ones
     (collector.py); the method would import it on its first run."""
     package = _package_for(mode)
     method = _method_of(package)
-    module = method.run_module(request, previews) if request is not None and method.run_module else "run"
+    module = method.run_module(request) if request is not None and method.run_module else "run"
     with long_lived():
         _import_run(package, module)
 
@@ -140,11 +140,11 @@ def method_for(mode: str) -> Method:
     return _method_of(_package_for(mode))
 
 
-def refusal(request: BaseRequest, previews: bool = True):
+def refusal(request: BaseRequest):
     """What its method's `refusal` answers for `request` (a BadRequest `run` would stop it with
     before any work), None for a method without one."""
     check = method_for(request.mode).refusal
-    return check(request, previews) if check is not None else None
+    return check(request) if check is not None else None
 
 
 def make_request(fields: dict | BaseRequest | None = None, **more) -> BaseRequest:

@@ -185,7 +185,7 @@ def _submit(state: StudioState, user: User, fields: dict) -> Job:
         check_mask_size(image_size(request.init_image), image_size(request.mask_image), "init_image", "mask_image")
     if state.config.broker is None:  # its jobs run on this machine: what they would be refused, they are now
         for part in parts:
-            error = refusal(part)  # the job runner asks for live previews
+            error = refusal(part)
             if error is not None:
                 raise error
     job = state.gallery.add_job(user.id, request.mode, request.settings(), state.config.queue_capacity, _cost(state, request),

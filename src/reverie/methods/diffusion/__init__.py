@@ -20,14 +20,14 @@ def _run(request, models, progress, outputs):
     return run(request, models, progress, outputs)
 
 
-def _run_module(request, previews):
+def _run_module(request):
     from . import compiled
     from .request import resolve
 
     return "compiled" if compiled.serves(resolve(request)) else "run"
 
 
-def _refusal(request, previews):
+def _refusal(request):
     """int8 runs only where the bundle path serves the request (compiled.serves, no torch):
     elsewhere run.py refuses it, and this says so first."""
     if request.quantize == "none":

@@ -46,7 +46,7 @@ def run(request: GridRequest, models: ModelCache, progress: Progress, outputs: O
     cells = request.cells()
     per_cell = request.cell_pictures()
     total = request.picture_count()
-    _refuse_early(cells, progress.previews)
+    _refuse_early(cells)
     result = GridResult(request=request)
     shown: dict[int, Image.Image] = {}  # cell number -> what the sheet shows for it
     try:
@@ -71,11 +71,11 @@ def run(request: GridRequest, models: ModelCache, progress: Progress, outputs: O
     return result
 
 
-def _refuse_early(cells: list[Cell], previews: bool) -> None:
+def _refuse_early(cells: list[Cell]) -> None:
     """A cell its method would refuse stops the grid now, naming the cell, before any cell runs
     (each method's `refusal`)."""
     for number, cell in enumerate(cells):
-        error = refusal(cell.request, previews)
+        error = refusal(cell.request)
         if error is not None:
             names = ", ".join(value["label"] for value in cell.values.values())
             raise BadRequest(error.field, f"cell {number + 1} ({names}) would be refused: {error.message}")
