@@ -8,9 +8,10 @@ import json
 from importlib import resources
 
 
-def sd15_components(in_channels: int = 4):
+def sd15_components(in_channels: int = 4, guidance_embedding: int | None = None):
     """The random-weight SD 1.5 model as reverie's ModelComponents (fp32, eval mode); with 9
-    `in_channels`, SD 1.5 inpainting's UNet."""
+    `in_channels`, SD 1.5 inpainting's UNet; with a `guidance_embedding` width, an LCM-distilled
+    UNet's (LCM Dreamshaper v7's is 256: the guidance scale's embedding as an input)."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -21,7 +22,8 @@ def sd15_components(in_channels: int = 4):
     root = resources.files("reverie.models") / "configs" / "sd1"
     read = lambda part: json.loads((root / part / "config.json").read_text())  # noqa: E731
     torch.manual_seed(0)
-    unet = UNet2DConditionModel.from_config(read("unet") | {"in_channels": in_channels}).eval()
+    unet = UNet2DConditionModel.from_config(read("unet") | {"in_channels": in_channels,
+                                                      "time_cond_proj_dim": guidance_embedding}).eval()
     vae = AutoencoderKL.from_config(read("vae")).eval()
     text_config = {k: v for k, v in read("text_encoder").items() if not k.startswith("_")}
     text_encoder = CLIPTextModel(CLIPTextConfig(**text_config)).eval()

@@ -5,7 +5,9 @@ The model is SD 1.5's architecture with random weights, built from the configs r
 folder with fp32 weights (`--folder`); `--arch sdxl` does the same with SDXL base's
 architecture (sdxl_random.py) against stock StableDiffusionXLPipeline, `--arch sd15-inpainting`
 with SD 1.5 inpainting's (a 9-channel UNet) against stock StableDiffusionInpaintPipeline
-(`--mode inpaint`). Every variant loads it
+(`--mode inpaint`), `--arch sd15-lcm` with an LCM-distilled SD 1.5's (LCM Dreamshaper v7's UNet:
+the guidance scale's embedding an input, no CFG pass; saved with LCM's scheduler; run it with
+`--sampler lcm --steps 4 --cfg 8`, as its authors do). Every variant loads it
 from there in its own process, so its peak resident memory (the child's VmHWM:
 process_memory.py) is its own, loading included; the variants are run in turn, `--repeats` rounds, and the median is kept.
 
@@ -25,6 +27,8 @@ identical). The one-time OpenVINO export is reported apart.
     PYTHONPATH=src .venv/bin/python benchmarks/sd_speed.py --arch sd15-inpainting --mode inpaint --strength 1 \
         --size 512 --steps 20 --variants diffusers,auto
     PYTHONPATH=src .venv/bin/python benchmarks/sd_speed.py --size 512 --steps 20 --variants diffusers,auto,int8
+    PYTHONPATH=src .venv/bin/python benchmarks/sd_speed.py --arch sd15-lcm --sampler lcm --steps 4 --cfg 8 \
+        --size 512 --variants diffusers,auto
     PYTHONPATH=src .venv/bin/python benchmarks/sd_speed.py --arch sdxl --size 1024 --steps 4 --variants diffusers,bf16,auto
     PYTHONPATH=src .venv/bin/python benchmarks/sd_speed.py --device cuda --size 512 --steps 20 \
         --variants diffusers,torch,compile --batches 1,4,8      # a GPU: fp16 on both sides
@@ -73,23 +77,24 @@ LCM_RANK = 64  # latent-consistency/lcm-lora-sdv1-5's rank
 PROMPT = "an astronaut lounging in a desert, expressive oil painting"
 
 
-def sd15_folder(folder: Path, file_dtype: str = "fp32", inpainting: bool = False) -> Path:
+def sd15_folder(folder: Path, file_dtype: str = "fp32", inpainting: bool = False, lcm: bool = False) -> Path:
     """SD 1.5's architecture with random weights from torch seed 0, written once as a diffusers
     folder with `file_dtype` weights (the public SD 1.5 files come in fp32 and fp16): every
     variant loads it from disk, as it would load a user's model. `inpainting`: SD 1.5
-    inpainting's, a UNet with 9 channels in."""
+    inpainting's, a UNet with 9 channels in; `lcm`: an LCM-distilled one's, with LCM's scheduler."""
     if (folder / "model_index.json").is_file():
         return folder
     import torch
     from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline
-    from diffusers.schedulers import PNDMScheduler
+    from diffusers.schedulers import LCMScheduler, PNDMScheduler
 
     from sd15_random import sd15_components
 
-    c = sd15_components(in_channels=9 if inpainting else 4)
+    c = sd15_components(in_channels=9 if inpainting else 4, guidance_embedding=256 if lcm else None)
     kind = StableDiffusionInpaintPipeline if inpainting else StableDiffusionPipeline
+    scheduler = (LCMScheduler if lcm else PNDMScheduler).from_config(c.scheduler_config)
     pipe = kind(vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=c.unet,
-                                   scheduler=PNDMScheduler.from_config(c.scheduler_config), safety_checker=None,
+                                   scheduler=scheduler, safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
     if file_dtype == "fp16":
         pipe.to(torch.float16)
@@ -320,10 +325,10 @@ def main() -> None:
     parser.add_argument("--folder", help="where the random-weight SD 1.5 folder is written once and read by every "
                         "variant (default: reverie-sd15-random-seed0-<file dtype> in the temp folder)")
     parser.add_argument("--file-dtype", choices=("fp32", "fp16"), default="fp32", help="the folder's weights' dtype")
-    parser.add_argument("--arch", choices=("sd15", "sdxl", "sd15-inpainting"), default="sd15",
+    parser.add_argument("--arch", choices=("sd15", "sdxl", "sd15-inpainting", "sd15-lcm"), default="sd15",
                         help="sdxl: SDXL base's architecture (sdxl_random.py; fp32 files), against stock "
                              "StableDiffusionXLPipeline; sd15-inpainting: SD 1.5 inpainting's (9 channels in), "
-                             "for --mode inpaint")
+                             "for --mode inpaint; sd15-lcm: an LCM-distilled SD 1.5's, for --sampler lcm")
     parser.add_argument("--child", choices=VARIANTS)
     parser.add_argument("--mode", choices=("txt2img", "img2img", "inpaint"), default="txt2img",
                         help="img2img: from a picture (a pattern drawn once at --size), --steps asked, "
@@ -346,7 +351,8 @@ def main() -> None:
         assert args.file_dtype == "fp32", "the SDXL folder is written with fp32 files"
         sdxl_folder(Path(args.folder))
     else:
-        sd15_folder(Path(args.folder), args.file_dtype, inpainting=args.arch == "sd15-inpainting")
+        sd15_folder(Path(args.folder), args.file_dtype, inpainting=args.arch == "sd15-inpainting",
+                    lcm=args.arch == "sd15-lcm")
     variants = args.variants.split(",")
     if any(v.startswith("lcm_lora") for v in variants):
         lcm_lora_models(Path(args.folder))
@@ -383,7 +389,8 @@ def main() -> None:
     gpu = args.device.startswith("cuda")
     machine = torch.cuda.get_device_name(0) if gpu else f"CPU, {torch.get_num_threads()} threads"
     mode = f"{args.mode} at strength {args.strength:g} ({args.steps} steps asked), " if args.mode != "txt2img" else ""
-    arch = {"sdxl": "SDXL base", "sd15": "SD 1.5", "sd15-inpainting": "SD 1.5 inpainting"}[args.arch]
+    arch = {"sdxl": "SDXL base", "sd15": "SD 1.5", "sd15-inpainting": "SD 1.5 inpainting",
+            "sd15-lcm": "LCM-distilled SD 1.5"}[args.arch]
     print(f"\n{arch} architecture (random weights, {args.file_dtype} files), {mode}{args.size}x{args.size}, {args.steps} steps, {args.sampler}, "
           f"CFG {args.cfg}, {machine}, torch {torch.__version__}, {args.repeats} round(s), medians")
     print(f"| variant | batch | size | steps | s/step | total s | ratio vs stock | peak {'GPU' if gpu else 'RSS'} GiB "

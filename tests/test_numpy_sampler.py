@@ -1,5 +1,5 @@
 """The torch-free sampling path against the real thing: torch.randn and diffusers' DPM++ 2M (and its SDE),
-Euler, Euler a and DDIM."""
+Euler, Euler a, DDIM and LCM."""
 
 import dataclasses
 import inspect
@@ -15,8 +15,8 @@ import torch
 from reverie import samplers
 from reverie.methods.diffusion import numpy_sampler
 from reverie.methods.diffusion.inputs import denoising_steps
-from reverie.methods.diffusion.numpy_sampler import (DDIM, DPMSolver2M, EulerAncestral, EulerDiscrete, make_sampler,
-                                                     sampler_supported)
+from reverie.methods.diffusion.numpy_sampler import (DDIM, DPMSolver2M, LCM, EulerAncestral, EulerDiscrete,
+                                                     make_sampler, sampler_supported)
 from reverie.errors import BadRequest
 from reverie.samplers import build_scheduler
 from reverie.torch_noise import TorchCPUGenerator, torch_randn
@@ -156,7 +156,7 @@ def test_the_default_sampler_of_these_configs_is_supported(name):
         assert sampler_supported(name, config)
 
 
-@pytest.mark.parametrize("name", ["dpmpp_2s_karras", "dpmpp_sde_karras", "dpm2_a", "ddpm", "heun", "lms", "lms_karras", "plms", "unipc", "lcm"])
+@pytest.mark.parametrize("name", ["dpmpp_2s_karras", "dpmpp_sde_karras", "dpm2_a", "ddpm", "heun", "lms", "lms_karras", "plms", "unipc"])
 def test_other_samplers_are_refused(name):
     for config in CONFIGS.values():
         assert not sampler_supported(name, config)
@@ -244,9 +244,9 @@ def test_every_option_of_diffusers_ddim_is_accounted_for():
 
 
 # make_sampler: DPM++ 2M and Euler, each with and without Karras sigmas, DPM++ 2M SDE Karras,
-# Euler a and DDIM (at eta 0 here; above it further down), against build_scheduler's.
+# Euler a, DDIM (at eta 0 here; above it further down) and LCM, against build_scheduler's.
 
-SAMPLER_NAMES = ["dpmpp_2m", "dpmpp_2m_karras", "dpmpp_2m_sde_karras", "euler", "euler_karras", "euler_a", "ddim"]
+SAMPLER_NAMES = ["dpmpp_2m", "dpmpp_2m_karras", "dpmpp_2m_sde_karras", "euler", "euler_karras", "euler_a", "ddim", "lcm"]
 STEP_COUNTS = [1, 4, 14, 15, 20, 25]  # 14 and 15: either side of diffusers' "fewer than 15 steps" rule
 SAMPLE_SHAPE = (2, 4, 8, 8)
 TOLERANCE = 1e-5  # relative to the largest value; the port is within about 1e-6
@@ -275,7 +275,7 @@ def step_both(sampler, reference, mine: np.ndarray, theirs: torch.Tensor, begin:
         assert sampler.step_index == begin + index
         assert_close(sampler.scale_model_input(mine), reference.scale_model_input(theirs, t))
         output = rng.standard_normal(SAMPLE_SHAPE, dtype=np.float32)
-        noise = np.stack([g.randn(SAMPLE_SHAPE[1:]) for g in ours]) if sampler.stochastic else None
+        noise = np.stack([g.randn(SAMPLE_SHAPE[1:]) for g in ours]) if sampler.wants_noise else None
         mine = sampler.step(output, mine, noise)
         theirs = reference.step(torch.from_numpy(output), t, theirs, generator=generators).prev_sample
         assert_close(mine, theirs)
@@ -295,7 +295,7 @@ def test_schedule_matches_diffusers(name, config_name, steps):
         np.testing.assert_allclose(sampler.timesteps, expected, rtol=1e-6, atol=0)
     else:
         np.testing.assert_array_equal(sampler.timesteps, expected)
-    if name == "ddim":  # no sigmas: the cumulative alphas, and the one past the end
+    if name in ("ddim", "lcm"):  # no sigmas: the cumulative alphas, and the one past the end
         np.testing.assert_array_equal(sampler.alphas_cumprod, reference.alphas_cumprod.numpy())
         assert sampler.final_alpha == reference.final_alpha_cumprod.numpy()
     else:
@@ -370,6 +370,43 @@ def test_ddim_with_eta_matches_diffusers(eta, config_name, steps):
     assert relative_difference(noisy.step(start, start, start), quiet.step(start, start)) > 1e-3 or steps == 1
 
 
+def test_lcm_draws_noise_for_every_step_but_the_last():
+    """LCM noises its data prediction again for the next step with fresh noise, which diffusers
+    draws for every step but the last (one-step sampling draws none): the last lands on the data
+    prediction whatever the noise; the others refuse to go on without it."""
+    sampler = make_sampler("lcm", SD15_CONFIG, 3)
+    assert sampler.stochastic
+    sample = torch_randn(0, (1, 4, 8, 8))
+    output = np.tanh(sample)
+    assert [sampler.wants_noise] == [True]
+    with pytest.raises(ValueError, match="noise"):
+        sampler.step(output, sample)
+    ends = [make_sampler("lcm", SD15_CONFIG, 3).step(output, sample, torch_randn(seed, (1, 4, 8, 8))) for seed in (1, 2)]
+    assert relative_difference(ends[0], ends[1]) > 0.05
+    for _ in range(2):
+        sampler.step(output, sample, torch_randn(1, (1, 4, 8, 8)))
+    assert not sampler.wants_noise
+    one = make_sampler("lcm", SD15_CONFIG, 1)
+    assert not one.wants_noise
+    np.testing.assert_array_equal(one.step(output, sample), make_sampler("lcm", SD15_CONFIG, 1).step(output, sample))
+
+
+def test_lcm_takes_at_most_the_steps_it_was_distilled_on():
+    make_sampler("lcm", SD15_CONFIG, 50)
+    with pytest.raises(ValueError, match="distilled on 50 steps"):
+        make_sampler("lcm", SD15_CONFIG, 51)
+
+
+def test_every_option_of_diffusers_lcm_is_accounted_for():
+    from diffusers import LCMScheduler
+
+    defaults = {name: p.default for name, p in inspect.signature(LCMScheduler).parameters.items()}
+    known = numpy_sampler._LCM_FIXED_OPTIONS | numpy_sampler._LCM_OPTIONS
+    assert set(defaults) == set(known) | {"dynamic_thresholding_ratio", "sample_max_value"}  # thresholding's
+    for name, default in known.items():
+        assert default == defaults[name], name
+
+
 def test_ddim_refuses_an_eta_outside_0_to_1():
     with pytest.raises(ValueError, match="eta"):
         make_sampler("ddim", SD15_CONFIG, 20, eta=1.5)
@@ -391,7 +428,7 @@ def test_the_samplers_are_told_apart():
         rng, fresh = np.random.default_rng(0), TorchCPUGenerator(3)
         sample = rng.standard_normal(SAMPLE_SHAPE, dtype=np.float32) * np.float32(sampler.init_noise_sigma)
         for _ in sampler.timesteps:
-            noise = fresh.randn(SAMPLE_SHAPE) if sampler.stochastic else None
+            noise = fresh.randn(SAMPLE_SHAPE) if sampler.wants_noise else None
             sample = sampler.step(np.tanh(sampler.scale_model_input(sample)) + rng.standard_normal(
                 SAMPLE_SHAPE, dtype=np.float32) * np.float32(0.1), sample, noise)
         return sample
@@ -436,7 +473,7 @@ def test_a_repeated_first_timestep_is_refused():
 
 @pytest.mark.parametrize("name", ["dpmpp_2m_karras", "DPM++ 2M Karras", "euler", "Euler", "euler_karras", "Euler Karras",
                                   "euler_a", "Euler a", "k_euler_a", "dpmpp_2m_sde_karras", "DPM++ 2M SDE Karras",
-                                  "ddim", "DDIM"])
+                                  "ddim", "DDIM", "lcm", "LCM"])
 def test_the_ported_samplers_are_supported(name):
     for config in CONFIGS.values():
         assert sampler_supported(name, config)
@@ -450,6 +487,7 @@ def test_make_sampler_gives_each_scheduler_its_port():
     assert type(make_sampler("Euler a", MINI_CONFIG, 20)) is EulerAncestral
     assert type(make_sampler("DPM++ 2M SDE Karras", MINI_CONFIG, 20)) is DPMSolver2M
     assert type(make_sampler("DDIM", MINI_CONFIG, 20)) is DDIM
+    assert type(make_sampler("LCM", MINI_CONFIG, 20)) is LCM
     np.testing.assert_array_equal(DPMSolver2M(MINI_CONFIG, 20).timesteps, make_sampler("dpmpp_2m", MINI_CONFIG, 20).timesteps)
     with pytest.raises(ValueError):
         DPMSolver2M(MINI_CONFIG, 20, sampler="euler")
@@ -462,7 +500,7 @@ def test_dpm_leaves_the_model_input_as_it_is():
     np.testing.assert_array_equal(DPMSolver2M(MINI_CONFIG, 20).scale_model_input(sample), sample)
 
 
-@pytest.mark.parametrize("name", ["euler", "euler_karras", "dpmpp_2m_karras", "euler_a", "dpmpp_2m_sde_karras"])
+@pytest.mark.parametrize("name", ["euler", "euler_karras", "dpmpp_2m_karras", "euler_a", "dpmpp_2m_sde_karras", "lcm"])
 def test_stepping_past_the_end_is_an_error_for_every_sampler(name):
     sampler = make_sampler(name, SD15_CONFIG, 2)
     sample = torch_randn(0, (1, 4, 8, 8))

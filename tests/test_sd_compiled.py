@@ -27,10 +27,10 @@ pytest.importorskip("openvino")
 MODELS = ModelCache()
 
 
-def small_sd(in_channels: int = 4):
+def small_sd(in_channels: int = 4, guidance_embedding: int | None = None):
     """The tiny model's parts with a 12.4M-parameter UNet of SD's design (two levels, attention
     at the lower one), past runtime auto's 10M: a model this path serves (9 channels in: an
-    inpainting model's)."""
+    inpainting model's; with a `guidance_embedding` width: distilled with guidance, as LCM's)."""
     import torch
     from diffusers import UNet2DConditionModel
 
@@ -41,18 +41,21 @@ def small_sd(in_channels: int = 4):
     components.unet = UNet2DConditionModel(
         sample_size=32, in_channels=in_channels, out_channels=4, layers_per_block=1, block_out_channels=(128, 256),
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=int(components.unet.config.cross_attention_dim), attention_head_dim=8).eval()
+        cross_attention_dim=int(components.unet.config.cross_attention_dim), attention_head_dim=8,
+        time_cond_proj_dim=guidance_embedding).eval()
     return components
 
 
-def saved_small_sd(folder, in_channels: int = 4):
-    """`small_sd` written as a diffusers folder: an SD pipeline's, or an inpainting one's (9 channels)."""
+def saved_small_sd(folder, in_channels: int = 4, guidance_embedding: int | None = None):
+    """`small_sd` written as a diffusers folder: an SD pipeline's, or an inpainting one's (9
+    channels); an LCM-distilled one's (`guidance_embedding`) with LCM's scheduler, as LCM's are saved."""
     import diffusers
 
-    c = small_sd(in_channels)
+    c = small_sd(in_channels, guidance_embedding)
     kind = diffusers.StableDiffusionInpaintPipeline if in_channels == 9 else diffusers.StableDiffusionPipeline
+    scheduler = diffusers.LCMScheduler if guidance_embedding else diffusers.EulerDiscreteScheduler
     kind(vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=c.unet,
-         scheduler=diffusers.EulerDiscreteScheduler.from_config(c.scheduler_config), safety_checker=None,
+         scheduler=scheduler.from_config(c.scheduler_config), safety_checker=None,
          feature_extractor=None, requires_safety_checker=False).save_pretrained(folder)
     return folder
 
@@ -65,6 +68,11 @@ def sd_folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def inpainting_folder(tmp_path_factory):
     return saved_small_sd(tmp_path_factory.mktemp("models") / "small-sd-inpainting", in_channels=9)
+
+
+@pytest.fixture(scope="module")
+def lcm_folder(tmp_path_factory):
+    return saved_small_sd(tmp_path_factory.mktemp("models") / "small-lcm", guidance_embedding=256)
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +110,8 @@ def torch_run(request, models, progress, outputs):
 
 def test_it_serves_sd_folders_and_leaves_the_rest_to_the_torch_pipeline(sd_folder, tmp_path):
     assert compiled.serves(request_for(sd_folder))  # the defaults: DPM++ 2M Karras, 25 steps
-    for sampler in ("euler", "euler_karras", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "dpmpp_2m_sde_karras", "ddim"):
+    for sampler in ("euler", "euler_karras", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "dpmpp_2m_sde_karras", "ddim",
+                    "lcm"):
         assert compiled.serves(request_for(sd_folder, sampler=sampler, dtype="fp32"))
     refused = [dict(sampler="dpmpp_sde_karras"), dict(sampler="lms"), dict(runtime="torch"), dict(width=96),
                dict(upscale=2), dict(tile=True), dict(step_cache=2), dict(weights="fp16"),
@@ -121,7 +130,7 @@ def test_its_pictures_are_the_torch_pipelines_and_follow_the_prompt(sd_folder, t
     a's in bf16, which this path does not round."""
     for sampler, dtype, floor in (("dpmpp_2m_karras", "fp32", 60), ("euler", "fp32", 60), ("dpmpp_2m", "bf16", 38),
                                   ("euler_a", "fp32", 60), ("dpmpp_2m_sde_karras", "fp32", 60), ("euler_a", "bf16", 38),
-                                  ("ddim", "fp32", 60)):
+                                  ("ddim", "fp32", 60), ("lcm", "fp32", 60)):
         request = request_for(sd_folder, negative_prompt="blue", n_samples=2, steps=5, sampler=sampler, dtype=dtype,
                               eta=0.5 if sampler == "ddim" else 0.0)
         ours = make(tmp_path, f"ours-{sampler}-{dtype}", request)
@@ -221,6 +230,45 @@ def test_an_inpainting_model_is_the_torch_pipelines(sd_folder, inpainting_folder
         assert ours.images[0].metadata["settings"]["runtime"] == "openvino"
         if fields.get("n_samples") == 2:  # each seed's own draws
             assert psnr(pixels(ours.images[0].image), pixels(ours.images[1].image)) < 40
+
+
+def test_an_lcm_distilled_model_is_the_torch_pipelines(lcm_folder, sd_folder, tmp_path):
+    """A UNet distilled with guidance (LCM's: the guidance scale's embedding as an input) runs
+    here as diffusers runs it: one pass a step, the scale given to the UNet and no unconditioned
+    pass, so the negative prompt does nothing; in every mode, against the torch pipeline with its
+    UNet on torch and on OpenVINO (the export takes the embedding too)."""
+    from reverie.methods.diffusion.run import run
+
+    assert sd_source(lcm_folder).guidance_embedding == 256 and sd_source(sd_folder).guidance_embedding is None
+    source, mask = masked_source(sd_folder, tmp_path)
+    for number, (fields, dtype, floor) in enumerate((
+            (dict(cfg_scale=8, n_samples=2), "fp32", 60),
+            (dict(cfg_scale=1.5, n_samples=1), "bf16", 38),
+            (dict(mode="img2img", init_image=str(source), strength=0.6, n_samples=2), "fp32", 60),
+            (dict(mode="inpaint", init_image=str(source), mask_image=str(mask), n_samples=1), "fp32", 60))):
+        request = request_for(lcm_folder, sampler="lcm", steps=4, dtype=dtype, **fields)
+        if "init_image" in fields:
+            request = request.model_copy(update={"width": None, "height": None})
+        assert compiled.serves(request), fields
+        ours = make(tmp_path, f"ours{number}", request)
+        assert ours.images[0].metadata["settings"]["runtime"] == "openvino"
+        for runtime in ("torch", "openvino"):
+            theirs = run(request.model_copy(update={"runtime": runtime}), MODELS, Progress(),
+                         Outputs(tmp_path / f"theirs{number}{runtime}"))
+            for a, b in zip(ours.images, theirs.images, strict=True):
+                assert psnr(pixels(a.image), pixels(b.image)) > floor, (fields, runtime, psnr(pixels(a.image), pixels(b.image)))
+    plain = request_for(lcm_folder, sampler="lcm", steps=4, dtype="fp32", n_samples=1, cfg_scale=8)
+    picture = pixels(make(tmp_path, "plain", plain).images[0].image)
+    scaled = pixels(make(tmp_path, "scaled", plain.model_copy(update={"cfg_scale": 2.0})).images[0].image)
+    negative = pixels(make(tmp_path, "negative", plain.model_copy(update={"negative_prompt": "a storm"})).images[0].image)
+    assert psnr(picture, scaled) < 50  # the scale reaches the UNet
+    assert np.array_equal(picture, negative)  # no unconditioned pass for a negative prompt to steer
+    # Left out, the sampler, steps and scale are LCM's on both paths; the pictures are the same.
+    default = request_for(lcm_folder, n_samples=1, dtype="fp32")
+    for result in (make(tmp_path, "default", default), make(tmp_path, "default-torch", default, torch_run)):
+        settings = result.images[0].metadata["settings"]
+        assert (settings["sampler"], settings["steps"], settings["cfg_scale"]) == ("lcm", 4, 8.0)
+        assert psnr(pixels(result.images[0].image), picture) > 60
 
 
 def watched(tmp_path, name: str, request: GenerationRequest):

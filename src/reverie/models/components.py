@@ -15,6 +15,17 @@ class SamplingDefaults:
     sampler: str
 
 
+# A UNet distilled with guidance (LCM's: the scale is its input) draws in a few LCM steps: LCM's
+# authors' settings for LCM Dreamshaper v7 (4 steps, guidance 8).
+LCM_DEFAULTS = SamplingDefaults(steps=4, cfg_scale=8.0, sampler="lcm")
+
+
+def distilled_defaults(unet_config) -> SamplingDefaults | None:
+    """LCM_DEFAULTS for a UNet (its config, a dict or diffusers' FrozenDict) distilled with
+    guidance (`time_cond_proj_dim` set), else None (the general defaults)."""
+    return LCM_DEFAULTS if unet_config.get("time_cond_proj_dim") else None
+
+
 @dataclass
 class ModelComponents:
     """Everything a diffusion method needs from a model.

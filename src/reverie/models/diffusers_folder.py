@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import BadCheckpoint, ModelNotFound
-from .components import ModelComponents
+from .components import ModelComponents, distilled_defaults
 
 REQUIRED_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
@@ -81,6 +81,7 @@ def load_diffusers_folder(path: str | Path, dtype: torch.dtype | None = None,
         family=family,
         text_encoder_2=text_encoder_2,
         tokenizer_2=tokenizer_2,
+        sampling=distilled_defaults(pipe.unet.config),
     )
 
 

@@ -32,7 +32,8 @@ installs of reverie with other versions, sharing one cache folder, would therefo
 turn; give each its own `$REVERIE_CACHE`.)
 
 `OpenVINOUNet` is called as diffusers calls a UNet2DConditionModel (`sample, timestep,
-encoder_hidden_states, ..., added_cond_kwargs` (SDXL's pooled text and time ids), `return_dict`)
+encoder_hidden_states, timestep_cond` (LCM's guidance embedding), `added_cond_kwargs` (SDXL's
+pooled text and time ids), `return_dict`)
 and answers with an object with `.sample` (or a tuple), so diffusers' pipelines run it unchanged;
 attributes it does not have (its `config`, ...) are the torch UNet's.
 """
@@ -183,6 +184,9 @@ def weights_fingerprint(unet, source: str = "", variant: dict | None = None) -> 
                    "diffusers": diffusers.__version__, "dtype": str(unet.dtype),
                    "config": {key: value for key, value in json.loads(json.dumps(dict(unet.config), default=str)).items()
                               if not key.startswith("_")}}  # diffusers' `_use_default_values` comes in any order
+    if guidance_width(unet.config) is not None:
+        # Made before the export took LCM's guidance embedding, its graph had no such input.
+        parts["inputs"] = "timestep_cond"
     path = _source_path(source)
     if variant:
         parts["variant"] = variant
@@ -305,21 +309,33 @@ def _same_model(entry: dict, made: dict, keys: tuple[str, ...] = ("source", "dty
 class TraceableUNet(torch.nn.Module):
     """The UNet as a plain function of fp32 tensors, for the exporter: it computes in the UNet's
     own dtype and answers in fp32 (the export's inputs and output are f32 whatever the weights'
-    dtype). SDXL's UNets (`addition_embed_type` "text_time") take two more: the pooled text
-    embedding and the size/crop (or aesthetic score) time ids, diffusers' `added_cond_kwargs`."""
+    dtype). Guidance-distilled UNets (LCM's: `time_cond_proj_dim`) take the guidance scale's
+    embedding next, diffusers' `timestep_cond`; SDXL's UNets (`addition_embed_type` "text_time")
+    take two more: the pooled text embedding and the size/crop (or aesthetic score) time ids,
+    diffusers' `added_cond_kwargs`."""
 
     def __init__(self, unet):
         super().__init__()
         self.unet = unet
 
-    def forward(self, sample, timestep, encoder_hidden_states, *added):
+    def forward(self, sample, timestep, encoder_hidden_states, *more):
         dtype = self.unet.dtype
         extra = {}
-        if added:
-            text_embeds, time_ids = added
+        if guidance_width(self.unet.config) is not None:
+            extra["timestep_cond"], *more = more
+            extra["timestep_cond"] = extra["timestep_cond"].to(dtype)
+        if more:
+            text_embeds, time_ids = more
             extra["added_cond_kwargs"] = {"text_embeds": text_embeds.to(dtype), "time_ids": time_ids.to(dtype)}
         return self.unet(sample.to(dtype), timestep, encoder_hidden_states=encoder_hidden_states.to(dtype),
                          return_dict=False, **extra)[0].float()
+
+
+def guidance_width(config) -> int | None:
+    """The width of a guidance-distilled UNet's guidance-scale embedding (LCM's
+    `time_cond_proj_dim`, diffusers' `timestep_cond`), None for a UNet without one."""
+    width = getattr(config, "time_cond_proj_dim", None)
+    return int(width) if width else None
 
 
 def added_inputs(config) -> tuple[int, int] | None:
@@ -367,6 +383,10 @@ def export_unet(unet, folder: Path, source: str = "", label: str | None = None) 
     side = min(int(config.sample_size), 2 ** len(config.block_out_channels))
     example = (torch.randn(2, channels, side, side), torch.tensor(999.0), torch.randn(2, 77, states))
     inputs = [([-1, channels, -1, -1], ov.Type.f32), ([], ov.Type.f32), ([-1, -1, states], ov.Type.f32)]
+    guidance = guidance_width(config)
+    if guidance is not None:  # LCM's guidance-scale embedding, [batch, width]
+        example += (torch.randn(2, guidance),)
+        inputs += [([-1, guidance], ov.Type.f32)]
     added = added_inputs(config)
     if added is not None:  # SDXL: the pooled text and the time ids, [batch, width] and [batch, ids]
         example += (torch.randn(2, added[0]), torch.full((2, added[1]), 1024.0))
@@ -572,10 +592,12 @@ class OpenVINOUNet:
 
     def __call__(self, sample, timestep, encoder_hidden_states, timestep_cond=None, cross_attention_kwargs=None,
                  added_cond_kwargs=None, return_dict: bool = True, **extra):
-        if timestep_cond is not None or any(v is not None for v in extra.values()):
-            raise NotImplementedError("the OpenVINO UNet takes a sample, a timestep, text states and SDXL's added "
-                                      "conditions only")
+        if any(v is not None for v in extra.values()):
+            raise NotImplementedError("the OpenVINO UNet takes a sample, a timestep, text states, LCM's guidance "
+                                      "embedding and SDXL's added conditions only")
         added = tuple(added_cond_kwargs[name] for name in ("text_embeds", "time_ids")) if added_cond_kwargs else ()
+        if timestep_cond is not None:
+            added = (timestep_cond, *added)
         t = torch.as_tensor(timestep, dtype=torch.float32).reshape(-1)
         if t.numel() > 1 and not torch.equal(t, t[:1].expand_as(t)):
             raise NotImplementedError("the OpenVINO UNet takes one timestep for the whole batch")

@@ -9,7 +9,9 @@ StableDiffusionPipeline (or StableDiffusionInpaintPipeline), or a .safetensors f
 original (LDM) layout of SD 1.x or 2.x (an SD 2 file's parameterization, 768 px v-prediction or
 512 px epsilon, told from the same evidence single_file.py weighs: checkpoint_header.py), with a
 plain UNet (4 latent channels, no extra conditioning) or an inpainting one (9 channels in: the
-latents, the mask and the masked picture's latents; `SDSource.inpainting`). `make_sd_bundle`
+latents, the mask and the masked picture's latents; `SDSource.inpainting`); a folder's UNet may
+also be distilled with guidance, as LCM's are (the guidance scale's embedding as a further input,
+`SDSource.guidance_embedding`). `make_sd_bundle`
 (torch) loads the model as the torch path does (registry.load_model), takes the UNet's export
 from OpenVINOUNet's cache (made first if missing; linked into the bundle, not copied), and
 exports the text encoder (token ids -> last hidden states, unmasked, as SD was trained;
@@ -57,6 +59,7 @@ class SDSource:
     text_width: int  # its text encoder's token width (an embedding's vectors must be as wide)
     prediction_type: str | None = None  # a file's, as single_file.py resolves it (None: the folder's config says)
     inpainting: bool = False  # a 9-channel UNet: the mask and the masked picture's latents beside the latents
+    guidance_embedding: int | None = None  # a guidance-distilled UNet's (LCM's) guidance-scale embedding width
 
     def scheduler_config(self) -> dict:
         """Its noise schedule before its bundle is made (the bundle's marker holds the one it ran)."""
@@ -85,7 +88,7 @@ def _folder_source(folder: Path) -> SDSource | None:
         return None
     unet = json.loads((folder / "unet" / "config.json").read_text())
     vae = json.loads((folder / "vae" / "config.json").read_text())
-    if not _plain_unet(unet):
+    if not _served_unet(unet):
         return None
     files = [folder / "model_index.json"]
     for part in FOLDER_PARTS:
@@ -97,20 +100,19 @@ def _folder_source(folder: Path) -> SDSource | None:
                      if key != "__metadata__")
     side = int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
     return SDSource(folder, tuple(files), side, parameters, folder / "scheduler", _text_width(folder),
-                    inpainting=unet["in_channels"] == 9)
+                    inpainting=unet["in_channels"] == 9, guidance_embedding=unet.get("time_cond_proj_dim"))
 
 
 def _text_width(folder: Path) -> int:
     return int(json.loads((folder / "text_encoder" / "config.json").read_text())["hidden_size"])
 
 
-def _plain_unet(config: dict) -> bool:
+def _served_unet(config: dict) -> bool:
     """A UNet that takes latents (with an inpainting model's mask and masked picture: 9 channels),
-    a timestep and text states only: 4 channels out, no class, added or timestep conditioning
-    (SDXL's, LCM-distilled ones')."""
+    a timestep, text states and, distilled with guidance as LCM's are, the guidance scale's
+    embedding: 4 channels out, no class or added conditioning (SDXL's) or projected text."""
     return (config.get("in_channels") in (4, 9) and config.get("out_channels") == 4
-            and all(config.get(key) is None for key in ("addition_embed_type", "class_embed_type",
-                                                        "time_cond_proj_dim", "encoder_hid_dim")))
+            and all(config.get(key) is None for key in ("addition_embed_type", "class_embed_type", "encoder_hid_dim")))
 
 
 def _file_source(file: Path) -> SDSource | None:

@@ -6,9 +6,9 @@ model classes, for four 128 px pictures that take a second to make; an SD 1.5 pi
 peaked at 3.71 GiB, 0.8 of it torch's and diffusers' imports. `serves` says, without importing
 either, whether a request is one this path runs: txt2img, img2img, variations, inpaint or
 outpaint on reverie-mini or on a Stable Diffusion model a bundle serves (models/sd_bundle.py: an
-SD pipeline folder, an SD 1.x or 2.x .safetensors file), on the CPU under runtime `auto` or
-`openvino`, with a sampler numpy_sampler.py ports (DPM++ 2M with or without Karras sigmas,
-DPM++ 2M SDE Karras, Euler with or without, Euler a, DDIM), at most 512 px a side for mini (192
+SD pipeline folder, LCM-distilled ones included, an SD 1.x or 2.x .safetensors file), on the CPU
+under runtime `auto` or `openvino`, with a sampler numpy_sampler.py ports (DPM++ 2M with or
+without Karras sigmas, DPM++ 2M SDE Karras, Euler with or without, Euler a, DDIM, LCM), at most 512 px a side for mini (192
 with its x2 upscale) and 768 for SD (multiples of 64, at most four 512 px pictures' worth a
 batch); for an image mode that is the size the input picture is worked at (mini works on a
 larger one at half its size and enlarges the result back).
@@ -26,7 +26,8 @@ request: the one time torch is imported) the way run.py's pipeline does, step fo
 encoder's token states (prompts/tokens.py frames them), each seed's starting noise as torch's
 CPU generator draws it (torch_noise.py) or, for an image mode, the input picture's latents
 noised to where its strength enters the schedule (`Start`), classifier-free guidance over the
-CFG batch, the sampler (the stochastic ones' fresh noise drawn from the same generators, after
+CFG batch (a UNet distilled with guidance, LCM's, is given the scale's embedding instead, one
+pass a step, as diffusers does), the sampler (the stochastic ones' fresh noise drawn from the same generators, after
 the starting draws, as diffusers' pipelines hand them to the scheduler; inpaint and outpaint:
 the kept area put back after each step, `Kept`), the decode, mini's upscale, the input's kept
 pixels put back (inputs.bring_back, as run.py).
@@ -42,6 +43,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -56,7 +58,7 @@ from PIL import Image
 from ...errors import BadCheckpoint, BadRequest, ImageInputError, ModelNotFound
 from ...host import is_x86, this_cpu_native_bf16
 from ...models.cache import ModelCache
-from ...models.components import SamplingDefaults
+from ...models.components import LCM_DEFAULTS, SamplingDefaults
 from ...models.mini import DEFAULT_UPSCALE, MINI_DIR, MINI_NAME, SAMPLING_DEFAULTS, mini_installed
 from ...models.embeddings import written_as_tokens
 from ...models import int8_unet
@@ -104,6 +106,7 @@ class ModelFacts:
     default_upscale: int  # the upscale factor a request leaves out asks for
     text_width: int  # its text encoder's token width (an embedding's vectors must be as wide)
     inpainting: bool = False  # a 9-channel UNet: it serves inpaint and outpaint only
+    guidance_embedding: int | None = None  # a guidance-distilled UNet's (LCM's): the scale goes in, no CFG pass
 
 
 @cache
@@ -134,8 +137,8 @@ def sd_facts(source: SDSource, folder: Path | None = None) -> ModelFacts:
         config = source.scheduler_config()
         name, latent_channels, vae_scale = (source.path.name if source.path.is_dir() else source.path.stem), 4, 8
     return ModelFacts(name, done.get("native_size", source.native_size), SD_SIZE_MULTIPLE, latent_channels, vae_scale,
-                      config, GENERATION_DEFAULTS, SD_MAX_SIDE, 1, done.get("text_width", source.text_width),
-                      source.inpainting)
+                      config, LCM_DEFAULTS if source.guidance_embedding else GENERATION_DEFAULTS, SD_MAX_SIDE, 1, done.get("text_width", source.text_width),
+                      source.inpainting, source.guidance_embedding)
 
 
 def served_model(request: GenerationRequest) -> tuple[SDSource | None, ModelFacts] | None:
@@ -238,7 +241,7 @@ def int8_refused(request: GenerationRequest) -> str:
     return ("int8 runs where reverie runs the model on OpenVINO without torch: reverie-mini or an SD 1.x/2.x "
             ".safetensors file or folder, on the CPU in fp32 or bf16, runtime auto or openvino, txt2img or an image "
             "mode at sides that are multiples of 64 up to 768 px (SD), a sampler of DPM++ 2M, DPM++ 2M Karras, "
-            "DPM++ 2M SDE Karras, Euler, Euler Karras, Euler a or DDIM, without LoRAs, seamless tiles, step "
+            "DPM++ 2M SDE Karras, Euler, Euler Karras, Euler a, DDIM or LCM, without LoRAs, seamless tiles, step "
             "caching, chaos, a refiner or prompt expansion; change those or leave quantize out")
 
 
@@ -763,8 +766,11 @@ def denoise(request: GenerationRequest, bundle: OpenVINOBundle, start: Start, se
     begun = start.latents(bundle, seeds, sampler)
     latents, kept = begun.latents, begun.kept
     scale = request.guidance_scale()
-    guided = scale > 1  # as diffusers: no unconditioned pass at CFG 1 or below
+    width = start.facts.guidance_embedding
+    # As diffusers: no unconditioned pass at CFG 1 or below, nor for a UNet given the scale itself.
+    guided = scale > 1 and width is None
     states = np.concatenate([uncond, cond]) if guided else cond
+    embedded = () if width is None else (guidance_embedding(scale - 1.0, width, len(cond)),)
     timesteps = sampler.timesteps[sampler.step_index:]
     total = len(timesteps)
     for step, timestep in enumerate(timesteps):
@@ -772,11 +778,11 @@ def denoise(request: GenerationRequest, bundle: OpenVINOBundle, start: Start, se
         if begun.extra is not None:  # an inpainting UNet's further channels, as they are
             scaled = np.concatenate([scaled, begun.extra], axis=1)
         model_input = np.concatenate([scaled, scaled]) if guided else scaled
-        out = bundle("unet", model_input, np.float32(timestep), states)
+        out = bundle("unet", model_input, np.float32(timestep), states, *embedded)
         if guided:
             out_uncond, out_cond = np.split(out, 2)
             out = out_uncond + np.float32(scale) * (out_cond - out_uncond)
-        latents = sampler.step(out, latents, begun.draw() if sampler.stochastic else None)
+        latents = sampler.step(out, latents, begun.draw() if sampler.wants_noise else None)
         if kept is not None:
             latents = kept.put_back(latents, sampler)
         done = step + 1
@@ -788,6 +794,17 @@ def denoise(request: GenerationRequest, bundle: OpenVINOBundle, start: Start, se
             raise Interrupted()  # the batch was cut short: its half-made pictures are not results
     bundle.release_memory("unet")  # its activations: the decode does not stand on them
     return latents
+
+
+def guidance_embedding(w: float, width: int, count: int) -> np.ndarray:
+    """[count, width] float32: a guidance-distilled UNet's embedding of guidance `w` (the CFG
+    scale less 1), as diffusers' pipelines make it: sines then cosines of w * 1000 at
+    frequencies 10000 ** (-i / (width / 2 - 1)), padded with a 0 where `width` is odd."""
+    half = width // 2
+    rate = np.float32(math.log(10000.0)) / np.float32(half - 1)
+    angles = np.float32(np.float32(w) * np.float32(1000.0)) * np.exp(np.arange(half, dtype=np.float32) * -rate)
+    row = np.concatenate([np.sin(angles), np.cos(angles), np.zeros(width % 2, np.float32)]).astype(np.float32)
+    return np.repeat(row[None], count, axis=0)
 
 
 def _encode(bundle: OpenVINOBundle, pixels: np.ndarray) -> np.ndarray:

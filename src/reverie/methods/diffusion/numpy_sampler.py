@@ -1,11 +1,11 @@
-"""Reverie's DPM++ 2M, Euler and DDIM samplers in NumPy: "dpmpp_2m", "dpmpp_2m_karras",
-"dpmpp_2m_sde_karras", "euler", "euler_karras", "euler_a" and "ddim" without torch or diffusers.
+"""Reverie's DPM++ 2M, Euler, DDIM and LCM samplers in NumPy: "dpmpp_2m", "dpmpp_2m_karras",
+"dpmpp_2m_sde_karras", "euler", "euler_karras", "euler_a", "ddim" and "lcm" without torch or diffusers.
 
 A request that runs its UNet outside torch (OpenVINO) would otherwise import torch and diffusers
 (seconds) only to step the scheduler. `make_sampler(name, config, steps)` gives the sampler that
 does what diffusers 0.42's scheduler does when `reverie.samplers.build_scheduler(name, config)`
 builds it: the model's noise schedule (`samplers.scheduler_options`) plus the sampler row's options
-(Karras sigmas, the SDE solver), the scheduler's defaults otherwise. Four schedulers are ported:
+(Karras sigmas, the SDE solver), the scheduler's defaults otherwise. Five schedulers are ported:
 
 - `DPMSolver2M`, diffusers' `DPMSolverMultistepScheduler` at its defaults: the data-prediction
   solver ("dpmsolver++", midpoint, order 2) with a last step to sigma 0; with or without Karras
@@ -17,12 +17,16 @@ builds it: the model's noise schedule (`samplers.scheduler_options`) plus the sa
   Euler's schedule, each step down to a lower sigma and fresh noise added back up to the next one.
 - `DDIM`, diffusers' `DDIMScheduler` ("ddim"): deterministic at eta 0 (the request's `eta`, 0 by
   default), adding that share of DDPM's noise above it.
+- `LCM`, diffusers' `LCMScheduler` ("lcm"): a latent consistency model's multistep sampling, the
+  consistency function's data prediction noised again to each next timestep with fresh noise
+  (none drawn for the last step), over timesteps taken from the 50 the model was distilled on.
 
-The stochastic ones (`stochastic` is true) take that step's fresh noise in `step(..., noise)`: diffusers
-draws it at each step, after the starting noise, from the picture's own generator (a float32
-`torch.randn` of the sample's shape, one per picture), so the caller draws it from the same
-stream (torch_noise.TorchCPUGenerator) and the picture is the torch pipeline's. In a bf16 run
-diffusers draws Euler a's noise in bf16: the same values rounded (torch 2.14 draws bf16 noise as
+The stochastic ones (`stochastic` is true) take that step's fresh noise in `step(..., noise)` where
+`wants_noise` says the step takes some: diffusers draws it at each step (LCM at each but the
+last), after the starting noise, from the picture's own generator (a float32 `torch.randn` of the
+sample's shape, one per picture), so the caller draws it from the same stream
+(torch_noise.TorchCPUGenerator) and the picture is the torch pipeline's. In a bf16 run diffusers
+draws Euler a's (and LCM's) noise in bf16: the same values rounded (torch 2.14 draws bf16 noise as
 float32's, rounded), one rounding this port leaves out as it leaves the latents' out.
 
 A config or sampler this port does not do raises ValueError, and `sampler_supported` says
@@ -125,6 +129,13 @@ _DDIM_FIXED_OPTIONS = {"thresholding": False, "rescale_betas_zero_snr": False}
 _DDIM_OPTIONS = _EULER_A_OPTIONS | {"clip_sample": True, "clip_sample_range": 1.0, "set_alpha_to_one": True,
                                     "timestep_spacing": "leading"}
 
+# LCMScheduler's: those it keeps at their defaults here, and those ported with its defaults (SD's
+# schedule; it reads neither timestep_spacing nor steps_offset, kept for the shared checks).
+_LCM_FIXED_OPTIONS = {"thresholding": False, "rescale_betas_zero_snr": False}
+_LCM_OPTIONS = _EULER_A_OPTIONS | {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+                                   "original_inference_steps": 50, "clip_sample": False, "clip_sample_range": 1.0,
+                                   "set_alpha_to_one": True, "timestep_spacing": "leading", "timestep_scaling": 10.0}
+
 
 class _Steps:
     """What every sampler keeps: the index of the current timestep, and where they begin."""
@@ -141,6 +152,11 @@ class _Steps:
         if noise.shape != sample.shape:
             raise ValueError(f"the noise is {noise.shape}, the sample {sample.shape}")
         return noise
+
+    @property
+    def wants_noise(self) -> bool:
+        """Whether the next `step` takes fresh noise (diffusers draws it for that step)."""
+        return self.stochastic
 
     @property
     def step_index(self) -> int:
@@ -394,12 +410,93 @@ class DDIM(_Steps):
         return prev_sample
 
 
+class LCM(_Steps):
+    """LCM's multistep sampling over `steps` steps for a model's scheduler config: at each step the
+    consistency function's data prediction (the data prediction mixed with the sample by the
+    boundary scalings c_skip and c_out), noised again to the next timestep with fresh noise, but
+    for the last step, which returns it. Its timesteps are `steps` of the `original_inference_steps`
+    the model was distilled on, evenly spaced from the noisiest; it leaves the UNet's input as it
+    is and starts from the noise as drawn."""
+
+    stochastic = True
+
+    def __init__(self, scheduler_config: dict, steps: int, sampler: str = "lcm"):
+        config = _options(_sampler_of(sampler, LCM), scheduler_config, *_OPTION_TABLES[LCM])
+        _check_steps(steps, config)
+        original = int(config["original_inference_steps"])
+        train_steps = int(config["num_train_timesteps"])
+        if not 1 <= original <= train_steps:
+            raise ValueError(f"original_inference_steps must be from 1 to {train_steps}, not {original}")
+        if steps > original:
+            raise ValueError(f"the model was distilled on {original} steps: take at most {original}, not {steps}")
+        self.prediction_type: str = config["prediction_type"]
+        self.clip: float | None = float(config["clip_sample_range"]) if config["clip_sample"] else None
+        alphas = _F32(1.0) - _betas(config)
+        self.alphas_cumprod: np.ndarray = np.cumprod(alphas.astype(np.float64)).astype(_F32)
+        self.final_alpha: np.float32 = _F32(1.0) if config["set_alpha_to_one"] else self.alphas_cumprod[0]
+        # The distillation's schedule, noisiest first, and `steps` evenly spaced places on it.
+        origin = (np.arange(1, original + 1) * (train_steps // original) - 1)[::-1]
+        places = np.floor(np.linspace(0, original, num=steps, endpoint=False)).astype(np.int64)
+        self.timesteps: np.ndarray = origin[places].astype(np.int64)
+        self.timestep_scaling: float = float(config["timestep_scaling"])
+        self.init_noise_sigma: float = 1.0
+        self._index = 0
+
+    @property
+    def wants_noise(self) -> bool:
+        """Every step but the last takes fresh noise (diffusers draws none for the last)."""
+        return self._index != len(self.timesteps) - 1
+
+    def scale_model_input(self, sample: np.ndarray) -> np.ndarray:
+        """The UNet's input at the current step: `sample` itself."""
+        _check_not_done(self._index, self.timesteps)
+        return np.asarray(sample, dtype=_F32)
+
+    def add_noise(self, original: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        """`original` latents noised to the current timestep (diffusers' add_noise):
+        sqrt(alpha_bar_t) * original + sqrt(1 - alpha_bar_t) * noise, in float32."""
+        alpha = self.alphas_cumprod[self.timesteps[self._index]]
+        return (alpha ** _F32(0.5) * np.asarray(original, dtype=_F32)
+                + (_F32(1.0) - alpha) ** _F32(0.5) * np.asarray(noise, dtype=_F32))
+
+    def step(self, model_output: np.ndarray, sample: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
+        """The sample at the next timestep (float32), from the model's output at the current one
+        and this step's fresh noise (none at the last step, which returns the data prediction)."""
+        _check_not_done(self._index, self.timesteps)
+        model_output = np.asarray(model_output, dtype=_F32)
+        sample = np.asarray(sample, dtype=_F32)
+        last = not self.wants_noise
+        if not last:
+            noise = self._fresh(noise, sample)
+        timestep = int(self.timesteps[self._index])
+        alpha_t = self.alphas_cumprod[timestep]
+        beta_t = _F32(1.0) - alpha_t
+        if self.prediction_type == "v_prediction":
+            x0 = alpha_t ** _F32(0.5) * sample - beta_t ** _F32(0.5) * model_output
+        else:
+            x0 = (sample - beta_t ** _F32(0.5) * model_output) / alpha_t ** _F32(0.5)
+        if self.clip is not None:
+            x0 = np.clip(x0, -_F32(self.clip), _F32(self.clip))
+        # The boundary scalings (sigma_data 0.5) at the timestep times timestep_scaling, in float32.
+        scaled = _F32(timestep) * _F32(self.timestep_scaling)
+        spread = scaled * scaled + _F32(0.25)
+        c_skip, c_out = _F32(0.25) / spread, scaled / spread ** _F32(0.5)
+        denoised = c_out * x0 + c_skip * sample
+        self._index += 1
+        if last:
+            return denoised
+        following = int(self.timesteps[self._index])
+        alpha_prev = self.alphas_cumprod[following] if following >= 0 else self.final_alpha
+        return alpha_prev ** _F32(0.5) * denoised + (_F32(1.0) - alpha_prev) ** _F32(0.5) * noise
+
+
 _SCHEDULERS = {"DPMSolverMultistepScheduler": DPMSolver2M, "EulerDiscreteScheduler": EulerDiscrete,
-               "EulerAncestralDiscreteScheduler": EulerAncestral, "DDIMScheduler": DDIM}
+               "EulerAncestralDiscreteScheduler": EulerAncestral, "DDIMScheduler": DDIM, "LCMScheduler": LCM}
 _OPTION_TABLES = {DPMSolver2M: (_FIXED_OPTIONS, _DPM_OPTIONS),
                   EulerDiscrete: (_EULER_FIXED_OPTIONS, _PORTED_OPTIONS),  # its ported options: DPM's, the same defaults
                   EulerAncestral: (_EULER_A_FIXED_OPTIONS, _EULER_A_OPTIONS),
-                  DDIM: (_DDIM_FIXED_OPTIONS, _DDIM_OPTIONS)}
+                  DDIM: (_DDIM_FIXED_OPTIONS, _DDIM_OPTIONS),
+                  LCM: (_LCM_FIXED_OPTIONS, _LCM_OPTIONS)}
 
 
 def make_sampler(name: str, scheduler_config: dict, steps: int, eta: float = 0.0):
