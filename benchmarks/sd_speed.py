@@ -53,7 +53,14 @@ ResNet layers (kohya keys, written once beside the folder), run as LCM-LoRA is: 
 LoRA keeps `auto` on torch until the set's export is made: after a lcm_lora_openvino run into the
 same $REVERIE_CACHE, auto runs that export), lcm_lora_openvino (the same with `--runtime openvino`: the UNet
 with the LoRA on, exported once as a variant of the model's export), lcm_lora_torch (the same with `--runtime
-torch`, for the side by side once the export is made).
+torch`, for the side by side once the export is made), tiny (reverie's defaults with `--decoder
+tiny`: a random-weight TAESD written once beside the folder, its own bundle on the torch-free
+path) and diffusers_tiny (stock with that TAESD as its VAE, as FastSD CPU decodes); a TAESD's
+picture is another picture, its PSNR not shown. The peer: optimum (optimum-intel's
+OVDiffusionPipeline, FastSD CPU's engine: the model exported once by optimum's own exporter
+beside the folder, reshaped to static shapes and compiled with OpenVINO's defaults, bf16 on a
+CPU with native bf16), txt2img, run by the Python given as `--peer-python` (a virtual
+environment of its own: benchmarks/requirements-optimum.txt).
 """
 
 from __future__ import annotations
@@ -71,7 +78,9 @@ import numpy as np
 from process_memory import peak_gib, resident_gib
 
 VARIANTS = ("diffusers", "auto", "int8", "torch", "fp16_weights", "bf16_weights", "channels_last", "bf16", "compile",
-            "compile_bf16", "openvino", "openvino_bf16", "lcm_lora", "lcm_lora_openvino", "lcm_lora_torch")
+            "compile_bf16", "openvino", "openvino_bf16", "lcm_lora", "lcm_lora_openvino", "lcm_lora_torch",
+            "tiny", "diffusers_tiny", "optimum")
+TINY = ("tiny", "diffusers_tiny")  # decoded by a random-weight TAESD: another picture than the VAE's
 LCM = {"steps": 4, "cfg": 1.0, "sampler": "lcm"}  # how LCM-LoRA is run: few steps, no classifier-free guidance
 LCM_RANK = 64  # latent-consistency/lcm-lora-sdv1-5's rank
 PROMPT = "an astronaut lounging in a desert, expressive oil painting"
@@ -107,6 +116,38 @@ def sd15_folder(folder: Path, file_dtype: str = "fp32", inpainting: bool = False
 def is_sdxl(folder: Path) -> bool:
     """Whether the folder holds an SDXL pipeline (sdxl_random.py's) rather than SD 1.5's."""
     return "XL" in json.loads((folder / "model_index.json").read_text())["_class_name"]
+
+
+def optimum_pipeline(folder: Path, args, info: dict):
+    """optimum-intel's OpenVINO pipeline of `folder` (the engine FastSD CPU runs): exported once
+    beside it with optimum's exporter, then read, reshaped to the call's static shapes and
+    compiled with OpenVINO's own defaults (bf16 on a CPU with native bf16), as FastSD CPU does."""
+    from optimum.intel import OVDiffusionPipeline
+
+    exported = folder.with_name(folder.name + "-optimum")
+    if not (exported / "model_index.json").is_file():
+        partial = exported.with_name(exported.name + ".partial")
+        OVDiffusionPipeline.from_pretrained(folder, export=True, compile=False).save_pretrained(partial)
+        partial.rename(exported)
+        info["exports"] = 1
+    pipe = OVDiffusionPipeline.from_pretrained(exported, compile=False)
+    pipe.reshape(batch_size=1, height=args.size, width=args.size, num_images_per_prompt=args.batch)
+    pipe.compile()
+    return pipe
+
+
+def taesd_folder(folder: Path) -> Path:
+    """TAESD's architecture (diffusers' AutoencoderTiny, madebyollin/taesd's config) with random
+    weights from torch seed 0, written once beside `folder` as a diffusers folder."""
+    path = folder.with_name(folder.name + "-taesd")
+    if (path / "config.json").is_file():
+        return path
+    import torch
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(0)
+    AutoencoderTiny().eval().save_pretrained(path)
+    return path
 
 
 def lcm_lora_models(folder: Path) -> Path:
@@ -152,7 +193,7 @@ def child(args) -> dict:
     variant = args.child
     folder = Path(args.folder)
     cuda = args.device.startswith("cuda")
-    if variant in ("diffusers", "channels_last", "compile", "compile_bf16") or cuda:
+    if variant in ("diffusers", "diffusers_tiny", "optimum", "channels_last", "compile", "compile_bf16") or cuda:
         import torch
 
         compute = torch.float16 if cuda else torch.float32  # stock diffusers as people run it on each device
@@ -165,7 +206,7 @@ def child(args) -> dict:
     steps_at: list[float] = []
     info: dict = {}
     image_mode = args.mode != "txt2img"
-    if variant == "diffusers":
+    if variant in ("diffusers", "diffusers_tiny", "optimum"):
         import diffusers
         from PIL import Image
 
@@ -175,7 +216,13 @@ def child(args) -> dict:
         mode = {"txt2img": "", "img2img": "Img2Img", "inpaint": "Inpaint"}[args.mode]
         kind = getattr(diffusers, "StableDiffusion" + ("XL" if xl else "") + mode + "Pipeline")
         safety = {} if xl else {"safety_checker": None, "requires_safety_checker": False}
-        pipe = kind.from_pretrained(folder, torch_dtype=compute, **safety).to(args.device)
+        if variant == "optimum":
+            assert args.mode == "txt2img" and not cuda, "the optimum peer runs txt2img on the CPU here"
+            pipe = optimum_pipeline(folder, args, info)
+        else:
+            pipe = kind.from_pretrained(folder, torch_dtype=compute, **safety).to(args.device)
+        if variant == "diffusers_tiny":  # FastSD CPU's decode: TAESD in place of the VAE
+            pipe.vae = diffusers.AutoencoderTiny.from_pretrained(taesd_folder(folder), torch_dtype=compute).to(args.device)
         # img2img: the picture, the strength, and as many steps asked as reverie asks (it runs steps * strength)
         picture = {"image": Image.open(args.init), "strength": args.strength} if image_mode else {
             "height": args.size, "width": args.size}
@@ -216,7 +263,7 @@ def child(args) -> dict:
             info["steps"] = args.steps
         from reverie.studio import Studio, make_request
 
-        defaults = variant in ("auto", "int8", "lcm_lora", "lcm_lora_openvino", "lcm_lora_torch")  # dtype: what a user gets
+        defaults = variant in ("auto", "int8", "tiny", "lcm_lora", "lcm_lora_openvino", "lcm_lora_torch")  # dtype: what a user gets
         dtype = "bf16" if variant in ("bf16", "compile_bf16", "openvino_bf16") else ("auto" if cuda or defaults else "fp32")
         runtime = "openvino" if "openvino" in variant else ("auto" if defaults and variant != "lcm_lora_torch" else "torch")
         weights = {"fp16_weights": "fp16", "bf16_weights": "bf16"}.get(variant, "auto")
@@ -237,6 +284,8 @@ def child(args) -> dict:
                 steps_at.append(now())
             elif event.message.startswith("quantizing"):
                 info["quantized"] = True
+            elif event.message.startswith("exporting"):  # the torch-free path's bundle, made once
+                info["exports"] = info.get("exports", 0) + 1
 
         picture = {"mode": args.mode, "init_image": args.init, "strength": args.strength} if image_mode else {
             "width": args.size, "height": args.size}
@@ -245,7 +294,8 @@ def child(args) -> dict:
         request = make_request(prompt=prompt, model=str(folder), **picture,
                                steps=args.steps, cfg_scale=args.cfg, sampler=args.sampler, seed=args.seed,
                                n_samples=args.batch, dtype=dtype, device=args.device, runtime=runtime, weights=weights,
-                               upscale=1, quantize="int8" if variant == "int8" else "none")
+                               upscale=1, quantize="int8" if variant == "int8" else "none",
+                               decoder=str(taesd_folder(folder)) if variant == "tiny" else "vae")
         def call(steps: int):
             result = studio.run(request.model_copy(update={"steps": steps}), outdir=tempfile.mkdtemp(prefix="sd-speed-"),
                                 grid=False, progress=on_progress)
@@ -264,10 +314,10 @@ def child(args) -> dict:
     start = time.perf_counter()
     image = call(args.steps)
     total = time.perf_counter() - start
-    if variant != "diffusers":
+    if variant not in ("diffusers", "diffusers_tiny", "optimum"):
         unet = studio.models.find(lambda key: key[0] == "openvino-unet")
         if unet is not None:
-            info["exports"] = unet.exports + (unet._sibling.exports if unet._sibling is not None else 0)
+            info["exports"] = info.get("exports", 0) + unet.exports + (unet._sibling.exports if unet._sibling is not None else 0)
     np.save(args.picture, np.asarray(image))
     gaps = np.diff(steps_at) if len(steps_at) > 1 else np.array([total / args.steps])
     if cuda:
@@ -296,7 +346,9 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def run_child(variant: str, args, picture: Path) -> dict:
-    command = [sys.executable, __file__, "--child", variant, "--picture", str(picture), "--folder", args.folder,
+    python = args.peer_python if variant == "optimum" else sys.executable
+    assert python, "the optimum variant runs in a Python with optimum-intel: give --peer-python"
+    command = [python, __file__, "--child", variant, "--picture", str(picture), "--folder", args.folder,
                "--size", str(args.size), "--steps", str(args.steps), "--cfg", str(args.cfg),
                "--sampler", args.sampler, "--seed", str(args.seed), "--device", args.device, "--batch", str(args.batch),
                "--mode", args.mode, "--strength", str(args.strength), "--init", args.init or "",
@@ -329,6 +381,8 @@ def main() -> None:
                         help="sdxl: SDXL base's architecture (sdxl_random.py; fp32 files), against stock "
                              "StableDiffusionXLPipeline; sd15-inpainting: SD 1.5 inpainting's (9 channels in), "
                              "for --mode inpaint; sd15-lcm: an LCM-distilled SD 1.5's, for --sampler lcm")
+    parser.add_argument("--peer-python", help="a Python with optimum-intel (benchmarks/requirements-optimum.txt) "
+                        "for the optimum variant")
     parser.add_argument("--child", choices=VARIANTS)
     parser.add_argument("--mode", choices=("txt2img", "img2img", "inpaint"), default="txt2img",
                         help="img2img: from a picture (a pattern drawn once at --size), --steps asked, "
@@ -367,11 +421,13 @@ def main() -> None:
         mask[:, args.size // 2:] = 255
         args.mask = str(folder / "mask.png")
         Image.fromarray(mask).save(args.mask)
-    for variant in (v for v in variants if "openvino" in v or v in ("auto", "int8")):
+    if any(v in TINY for v in variants):
+        taesd_folder(Path(args.folder))
+    for variant in (v for v in variants if "openvino" in v or v in ("auto", "int8", "tiny", "optimum")):
         one_step = argparse.Namespace(**(vars(args) | {"steps": 1}))
         first = run_child(variant, one_step, folder / "export.npy")  # the one-time export, when not cached yet
         if first.get("exports") or first.get("quantized"):
-            print(f"{variant}: {'quantized' if first.get('quantized') else 'exported'} the UNet "
+            print(f"{variant}: {'quantized the UNet' if first.get('quantized') else 'exported the model'} "
                   f"({first['process_s']:.0f} s for that process, peak {first['peak_rss_gib']:.2f} GiB); "
                   "cached for the runs below", flush=True)
     tables = []
@@ -413,7 +469,7 @@ def main() -> None:
             load = f"{np.median([r['load_s'] for r in rows]):.1f}" if "load_s" in rows[0] else "-"
             label = f"{variant} ({rows[0]['runtime']}, {rows[0]['dtype']})" if "runtime" in rows[0] else variant
             label += "" if rows[0].get("torch", True) else ", no torch"
-            shown = "-" if steps != args.steps else f"{quality:.1f}"  # fewer steps: another picture
+            shown = "-" if steps != args.steps or variant in TINY else f"{quality:.1f}"  # another picture
             print(f"| {label} | {batch} | {args.size} | {steps} | {per_step:.2f} | {total:.1f} | "
                   f"{stock / total:.2f}x | {peak:.2f} | {after:.2f} | {shown} | {first:.1f} | {load} |")
 
