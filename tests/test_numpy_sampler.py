@@ -1,5 +1,5 @@
 """The torch-free sampling path against the real thing: torch.randn and diffusers' DPM++ 2M (and its SDE),
-Euler, Euler a, DDIM and LCM."""
+Euler, Euler a, Heun, DDIM, LCM and UniPC."""
 
 import dataclasses
 import inspect
@@ -15,8 +15,8 @@ import torch
 from reverie import samplers
 from reverie.methods.diffusion import numpy_sampler
 from reverie.methods.diffusion.inputs import denoising_steps
-from reverie.methods.diffusion.numpy_sampler import (DDIM, DPMSolver2M, LCM, EulerAncestral, EulerDiscrete,
-                                                     make_sampler, sampler_supported)
+from reverie.methods.diffusion.numpy_sampler import (DDIM, DPMSolver2M, LCM, EulerAncestral, EulerDiscrete, Heun,
+                                                     UniPC, make_sampler, sampler_supported)
 from reverie.errors import BadRequest
 from reverie.samplers import build_scheduler
 from reverie.torch_noise import TorchCPUGenerator, torch_randn
@@ -156,7 +156,7 @@ def test_the_default_sampler_of_these_configs_is_supported(name):
         assert sampler_supported(name, config)
 
 
-@pytest.mark.parametrize("name", ["dpmpp_2s_karras", "dpmpp_sde_karras", "dpm2_a", "ddpm", "heun", "lms", "lms_karras", "plms", "unipc"])
+@pytest.mark.parametrize("name", ["dpmpp_2s_karras", "dpmpp_sde_karras", "dpm2_a", "ddpm", "lms", "lms_karras", "plms"])
 def test_other_samplers_are_refused(name):
     for config in CONFIGS.values():
         assert not sampler_supported(name, config)
@@ -244,9 +244,10 @@ def test_every_option_of_diffusers_ddim_is_accounted_for():
 
 
 # make_sampler: DPM++ 2M and Euler, each with and without Karras sigmas, DPM++ 2M SDE Karras,
-# Euler a, DDIM (at eta 0 here; above it further down) and LCM, against build_scheduler's.
+# Euler a, Heun, DDIM (at eta 0 here; above it further down), LCM and UniPC, against build_scheduler's.
 
-SAMPLER_NAMES = ["dpmpp_2m", "dpmpp_2m_karras", "dpmpp_2m_sde_karras", "euler", "euler_karras", "euler_a", "ddim", "lcm"]
+SAMPLER_NAMES = ["dpmpp_2m", "dpmpp_2m_karras", "dpmpp_2m_sde_karras", "euler", "euler_karras", "euler_a", "ddim", "lcm",
+                 "unipc", "heun"]
 STEP_COUNTS = [1, 4, 14, 15, 20, 25]  # 14 and 15: either side of diffusers' "fewer than 15 steps" rule
 SAMPLE_SHAPE = (2, 4, 8, 8)
 TOLERANCE = 1e-5  # relative to the largest value; the port is within about 1e-6
@@ -277,7 +278,8 @@ def step_both(sampler, reference, mine: np.ndarray, theirs: torch.Tensor, begin:
         output = rng.standard_normal(SAMPLE_SHAPE, dtype=np.float32)
         noise = np.stack([g.randn(SAMPLE_SHAPE[1:]) for g in ours]) if sampler.wants_noise else None
         mine = sampler.step(output, mine, noise)
-        theirs = reference.step(torch.from_numpy(output), t, theirs, generator=generators).prev_sample
+        drawing = {"generator": generators} if "generator" in inspect.signature(reference.step).parameters else {}
+        theirs = reference.step(torch.from_numpy(output), t, theirs, **drawing).prev_sample  # UniPC's takes none
         assert_close(mine, theirs)
 
 
@@ -288,7 +290,7 @@ def test_schedule_matches_diffusers(name, config_name, steps):
     reference = reference_scheduler(name, CONFIGS[config_name], steps)
     sampler = make_sampler(name, CONFIGS[config_name], steps)
     expected = reference.timesteps.numpy()
-    assert sampler.timesteps.dtype == expected.dtype == (np.float32 if name.startswith("euler") else np.int64)
+    assert sampler.timesteps.dtype == expected.dtype == (np.float32 if name.startswith(("euler", "heun")) else np.int64)
     if name == "euler_karras":
         # Fractional timesteps from the log training sigmas, of which torch's sqrt rounds a few
         # otherwise: a float32 ulp or two apart.
@@ -318,7 +320,7 @@ def test_sampling_matches_diffusers(name, config_name, steps):
     theirs = torch.from_numpy(start) * reference.init_noise_sigma
     assert_close(mine, theirs)
     step_both(sampler, reference, mine, theirs, 0, rng)
-    assert sampler.step_index == steps
+    assert sampler.step_index == len(reference.timesteps)
 
 
 @pytest.mark.parametrize("name", SAMPLER_NAMES)
@@ -331,9 +333,11 @@ def test_img2img_matches_diffusers(name, config_name, strength):
     steps = denoising_steps(20, strength)
     reference = reference_scheduler(name, CONFIGS[config_name], steps)
     begin = steps - min(int(steps * strength), steps)
+    begin *= reference.order  # as get_timesteps: a two-pass sampler (Heun) enters twice as far in
     if hasattr(reference, "set_begin_index"):  # as the pipeline: DDIM has none, and goes by the timesteps it is given
         reference.set_begin_index(begin)
     sampler = make_sampler(name, CONFIGS[config_name], steps)
+    assert sampler.order == reference.order
     sampler.begin_at(begin)
     rng = np.random.default_rng(int(strength * 100) + len(config_name))
     original, noise = (rng.standard_normal(SAMPLE_SHAPE, dtype=np.float32) for _ in range(2))
@@ -343,7 +347,7 @@ def test_img2img_matches_diffusers(name, config_name, strength):
     assert_close(mine, theirs)
     assert not np.allclose(mine, original)  # noised
     step_both(sampler, reference, mine, theirs, begin, rng)
-    assert sampler.step_index == steps
+    assert sampler.step_index == len(reference.timesteps)
 
 
 @pytest.mark.parametrize("eta", [0.3, 1.0])
@@ -405,6 +409,53 @@ def test_every_option_of_diffusers_lcm_is_accounted_for():
     assert set(defaults) == set(known) | {"dynamic_thresholding_ratio", "sample_max_value"}  # thresholding's
     for name, default in known.items():
         assert default == defaults[name], name
+
+
+def test_every_option_of_diffusers_unipc_is_accounted_for():
+    from diffusers import UniPCMultistepScheduler
+
+    defaults = {name: p.default for name, p in inspect.signature(UniPCMultistepScheduler).parameters.items()}
+    known = numpy_sampler._UNIPC_FIXED_OPTIONS | numpy_sampler._EULER_A_OPTIONS
+    assert set(defaults) == set(known) | {"dynamic_thresholding_ratio", "sample_max_value"}  # thresholding's
+    for name, default in known.items():
+        assert default == defaults[name], name
+
+
+def test_unipcs_corrector_changes_the_sample():
+    """UniPC's corrector mends each step's sample with the model's output at it: the same
+    outputs fed to UniPC and to its predictor alone (the corrector disabled in diffusers) part."""
+    plain = reference_scheduler("unipc", SD15_CONFIG, 5)
+    bare = build_scheduler("unipc", SD15_CONFIG)
+    bare.register_to_config(disable_corrector=list(range(5)))
+    bare.disable_corrector = list(range(5))
+    bare.set_timesteps(5)
+    mine = make_sampler("unipc", SD15_CONFIG, 5)
+    rng = np.random.default_rng(2)
+    sample = rng.standard_normal(SAMPLE_SHAPE, dtype=np.float32)
+    ours, theirs, uncorrected = sample, torch.from_numpy(sample), torch.from_numpy(sample)
+    for t in plain.timesteps:
+        output = rng.standard_normal(SAMPLE_SHAPE, dtype=np.float32)
+        ours = mine.step(output, ours)
+        theirs = plain.step(torch.from_numpy(output), t, theirs).prev_sample
+        uncorrected = bare.step(torch.from_numpy(output), t, uncorrected).prev_sample
+    assert_close(ours, theirs)
+    assert relative_difference(ours, uncorrected.numpy()) > 100 * TOLERANCE
+
+
+def test_every_option_of_diffusers_heun_is_accounted_for():
+    from diffusers import HeunDiscreteScheduler
+
+    defaults = {name: p.default for name, p in inspect.signature(HeunDiscreteScheduler).parameters.items()}
+    known = numpy_sampler._HEUN_FIXED_OPTIONS | numpy_sampler._HEUN_OPTIONS
+    assert set(defaults) == set(known)
+    for name, default in known.items():
+        assert default == defaults[name], name
+
+
+def test_heun_evaluates_the_model_twice_a_step_but_the_last():
+    sampler = make_sampler("heun", SD15_CONFIG, 5)
+    assert sampler.order == 2 and len(sampler.timesteps) == 9 and len(sampler.sigmas) == 10
+    assert sampler.sigmas[-1] == 0 and sampler.sigmas[1] == sampler.sigmas[2] and sampler.timesteps[1] == sampler.timesteps[2]
 
 
 def test_ddim_refuses_an_eta_outside_0_to_1():
@@ -473,7 +524,7 @@ def test_a_repeated_first_timestep_is_refused():
 
 @pytest.mark.parametrize("name", ["dpmpp_2m_karras", "DPM++ 2M Karras", "euler", "Euler", "euler_karras", "Euler Karras",
                                   "euler_a", "Euler a", "k_euler_a", "dpmpp_2m_sde_karras", "DPM++ 2M SDE Karras",
-                                  "ddim", "DDIM", "lcm", "LCM"])
+                                  "ddim", "DDIM", "lcm", "LCM", "unipc", "UniPC", "heun", "Heun", "k_heun"])
 def test_the_ported_samplers_are_supported(name):
     for config in CONFIGS.values():
         assert sampler_supported(name, config)
@@ -488,6 +539,8 @@ def test_make_sampler_gives_each_scheduler_its_port():
     assert type(make_sampler("DPM++ 2M SDE Karras", MINI_CONFIG, 20)) is DPMSolver2M
     assert type(make_sampler("DDIM", MINI_CONFIG, 20)) is DDIM
     assert type(make_sampler("LCM", MINI_CONFIG, 20)) is LCM
+    assert type(make_sampler("UniPC", MINI_CONFIG, 20)) is UniPC
+    assert type(make_sampler("Heun", MINI_CONFIG, 20)) is Heun
     np.testing.assert_array_equal(DPMSolver2M(MINI_CONFIG, 20).timesteps, make_sampler("dpmpp_2m", MINI_CONFIG, 20).timesteps)
     with pytest.raises(ValueError):
         DPMSolver2M(MINI_CONFIG, 20, sampler="euler")
@@ -500,7 +553,8 @@ def test_dpm_leaves_the_model_input_as_it_is():
     np.testing.assert_array_equal(DPMSolver2M(MINI_CONFIG, 20).scale_model_input(sample), sample)
 
 
-@pytest.mark.parametrize("name", ["euler", "euler_karras", "dpmpp_2m_karras", "euler_a", "dpmpp_2m_sde_karras", "lcm"])
+@pytest.mark.parametrize("name", ["euler", "euler_karras", "dpmpp_2m_karras", "euler_a", "dpmpp_2m_sde_karras", "lcm",
+                                  "unipc", "heun"])
 def test_stepping_past_the_end_is_an_error_for_every_sampler(name):
     sampler = make_sampler(name, SD15_CONFIG, 2)
     sample = torch_randn(0, (1, 4, 8, 8))

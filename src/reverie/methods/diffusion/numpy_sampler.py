@@ -1,11 +1,12 @@
-"""Reverie's DPM++ 2M, Euler, DDIM and LCM samplers in NumPy: "dpmpp_2m", "dpmpp_2m_karras",
-"dpmpp_2m_sde_karras", "euler", "euler_karras", "euler_a", "ddim" and "lcm" without torch or diffusers.
+"""Reverie's DPM++ 2M, Euler, DDIM, LCM and UniPC samplers in NumPy: "dpmpp_2m", "dpmpp_2m_karras",
+"dpmpp_2m_sde_karras", "euler", "euler_karras", "euler_a", "ddim", "lcm" and "unipc" without torch
+or diffusers.
 
 A request that runs its UNet outside torch (OpenVINO) would otherwise import torch and diffusers
 (seconds) only to step the scheduler. `make_sampler(name, config, steps)` gives the sampler that
 does what diffusers 0.42's scheduler does when `reverie.samplers.build_scheduler(name, config)`
 builds it: the model's noise schedule (`samplers.scheduler_options`) plus the sampler row's options
-(Karras sigmas, the SDE solver), the scheduler's defaults otherwise. Five schedulers are ported:
+(Karras sigmas, the SDE solver), the scheduler's defaults otherwise. Six schedulers are ported:
 
 - `DPMSolver2M`, diffusers' `DPMSolverMultistepScheduler` at its defaults: the data-prediction
   solver ("dpmsolver++", midpoint, order 2) with a last step to sigma 0; with or without Karras
@@ -20,6 +21,10 @@ builds it: the model's noise schedule (`samplers.scheduler_options`) plus the sa
 - `LCM`, diffusers' `LCMScheduler` ("lcm"): a latent consistency model's multistep sampling, the
   consistency function's data prediction noised again to each next timestep with fresh noise
   (none drawn for the last step), over timesteps taken from the 50 the model was distilled on.
+- `UniPC`, diffusers' `UniPCMultistepScheduler` at its defaults ("unipc"): the second-order
+  data-prediction predictor with B(h) = e^h - 1 ("bh2") over DPM++ 2M's timesteps, first order
+  at the start and the end, and the UniC corrector before every step but the first, which
+  mends the sample with the model's output at it (no evaluation more).
 
 The stochastic ones (`stochastic` is true) take that step's fresh noise in `step(..., noise)` where
 `wants_noise` says the step takes some: diffusers draws it at each step (LCM at each but the
@@ -136,6 +141,22 @@ _LCM_OPTIONS = _EULER_A_OPTIONS | {"beta_start": 0.00085, "beta_end": 0.012, "be
                                    "original_inference_steps": 50, "clip_sample": False, "clip_sample_range": 1.0,
                                    "set_alpha_to_one": True, "timestep_spacing": "leading", "timestep_scaling": 10.0}
 
+# HeunDiscreteScheduler's: those it keeps at their defaults here (no Karras sigmas: reverie's
+# "heun" row has none), and those ported with its own defaults (SD's betas, spaced linearly).
+_HEUN_FIXED_OPTIONS = {"use_karras_sigmas": False, "use_exponential_sigmas": False, "use_beta_sigmas": False}
+_HEUN_OPTIONS = _EULER_A_OPTIONS | {"beta_start": 0.00085, "beta_end": 0.012, "clip_sample": False,
+                                    "clip_sample_range": 1.0}
+
+# UniPCMultistepScheduler's that this port runs only at their defaults (these): UniPC-2 with
+# the bh2 B(h), data prediction, lower order at the end, the corrector at every step.
+_UNIPC_FIXED_OPTIONS = {
+    "solver_order": 2, "predict_x0": True, "solver_type": "bh2", "lower_order_final": True, "disable_corrector": [],
+    "solver_p": None, "use_karras_sigmas": False, "use_exponential_sigmas": False, "use_beta_sigmas": False,
+    "use_flow_sigmas": False, "flow_shift": 1.0, "final_sigmas_type": "zero", "rescale_betas_zero_snr": False,
+    "use_dynamic_shifting": False, "time_shift_type": "exponential", "sigma_min": None, "sigma_max": None,
+    "shift_terminal": None, "thresholding": False,
+}
+
 
 class _Steps:
     """What every sampler keeps: the index of the current timestep, and where they begin."""
@@ -143,6 +164,7 @@ class _Steps:
     timesteps: np.ndarray
     _index: int = 0
     stochastic: bool = False  # whether `step` takes fresh noise
+    order: int = 1  # model evaluations a step (an image mode begins at order x the step it enters at)
 
     def _fresh(self, noise: np.ndarray | None, sample: np.ndarray) -> np.ndarray:
         """A stochastic step's noise, checked: the sample's shape, float32."""
@@ -320,6 +342,50 @@ class EulerDiscrete(_Steps):
         return sample + derivative * dt
 
 
+class Heun(EulerDiscrete):
+    """Heun over `steps` steps for a model's scheduler config: Euler's timesteps and sigmas, each
+    step after the first taken twice (`timesteps` holds 2 x steps - 1 entries, one model
+    evaluation each): an Euler step to the next sigma, then at that sigma the model again and
+    the step taken over from the same start with the mean of the two slopes; the last step, to
+    sigma 0, is Euler's alone. An image mode begins at `order` times the step it enters at."""
+
+    order = 2
+
+    def __init__(self, scheduler_config: dict, steps: int, sampler: str = "heun"):
+        super().__init__(scheduler_config, steps, sampler)
+        config = _options(_sampler_of(sampler, Heun), scheduler_config, *_OPTION_TABLES[Heun])
+        self.clip: float | None = float(config["clip_sample_range"]) if config["clip_sample"] else None
+        # Every sigma but the first and the end twice (the second pass of each step, then the
+        # first pass of the next), and every timestep but the first.
+        self.sigmas = np.concatenate([self.sigmas[:1], np.repeat(self.sigmas[1:-1], 2), self.sigmas[-1:]])
+        self.timesteps = np.concatenate([self.timesteps[:1], np.repeat(self.timesteps[1:], 2)])
+        self._first: tuple | None = None  # a step's first pass: (its start, its slope, its dt)
+
+    def step(self, model_output: np.ndarray, sample: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
+        """The sample after this pass (float32): the Euler step of a step's first pass, or the
+        step taken over with the slopes' mean in its second."""
+        _check_not_done(self._index, self.timesteps)
+        sample = np.asarray(sample, dtype=_F32)
+        model_output = np.asarray(model_output, dtype=_F32)
+        if self._first is None:
+            sigma, sigma_next = self.sigmas[self._index], self.sigmas[self._index + 1]
+            slope = (sample - self._clipped(self._data(model_output, sample, sigma))) / sigma
+            dt = sigma_next - sigma
+            self._first = (sample, slope, dt)
+            prev_sample = sample + slope * dt
+        else:
+            sigma_next = self.sigmas[self._index]
+            start, first_slope, dt = self._first
+            slope = (sample - self._clipped(self._data(model_output, sample, sigma_next))) / sigma_next
+            prev_sample = start + ((first_slope + slope) / _F32(2.0)) * dt
+            self._first = None
+        self._index += 1
+        return prev_sample
+
+    def _clipped(self, x0: np.ndarray) -> np.ndarray:
+        return x0 if self.clip is None else np.clip(x0, -_F32(self.clip), _F32(self.clip))
+
+
 class EulerAncestral(EulerDiscrete):
     """Euler a over `steps` steps for a model's scheduler config: Euler's timesteps, sigmas, starting
     noise and UNet input (without Karras sigmas), and a step that goes down to sigma_down and adds
@@ -490,13 +556,109 @@ class LCM(_Steps):
         return alpha_prev ** _F32(0.5) * denoised + (_F32(1.0) - alpha_prev) ** _F32(0.5) * noise
 
 
+class UniPC(_Steps):
+    """UniPC over `steps` steps for a model's scheduler config: the data-prediction UniP-2
+    predictor (B(h) = e^h - 1, "bh2") over the same timesteps and sigmas as DPM++ 2M, warmed up
+    at first order and ending at first order, and before every step but the first the UniC
+    corrector, which mends the sample with the model's output at it (so it costs no evaluation
+    more). It leaves the UNet's input as it is and starts from the noise as drawn."""
+
+    def __init__(self, scheduler_config: dict, steps: int, sampler: str = "unipc"):
+        config = _options(_sampler_of(sampler, UniPC), scheduler_config, *_OPTION_TABLES[UniPC])
+        _check_steps(steps, config)
+        self.prediction_type: str = config["prediction_type"]
+        train_sigmas = _train_sigmas(config)
+        self.timesteps: np.ndarray = _timesteps(config, steps)
+        sigmas = np.interp(self.timesteps, np.arange(len(train_sigmas)), train_sigmas)
+        self.sigmas: np.ndarray = np.append(sigmas, 0.0).astype(_F32)  # one per timestep, then the end
+        self.init_noise_sigma: float = 1.0
+        _check_first_timestep(self.timesteps)
+        self._index = 0
+        self._outputs: list[np.ndarray] = []  # the last two data predictions, oldest first
+        self._last_sample: np.ndarray | None = None  # the sample the last predictor started from
+        self._order = 0  # the last predictor's order
+
+    def scale_model_input(self, sample: np.ndarray) -> np.ndarray:
+        """The UNet's input at the current step: `sample` itself."""
+        _check_not_done(self._index, self.timesteps)
+        return np.asarray(sample, dtype=_F32)
+
+    def add_noise(self, original: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        """`original` latents noised to the current timestep, as diffusers' add_noise for the image modes:
+        alpha_t * original + sigma_t * noise, in float32."""
+        alpha, sigma = _alpha_sigma(self.sigmas[self._index])
+        return alpha * np.asarray(original, dtype=_F32) + sigma * np.asarray(noise, dtype=_F32)
+
+    def _lambda_at(self, index: int) -> np.float32:
+        return _lambda(*_alpha_sigma(self.sigmas[index]))
+
+    def step(self, model_output: np.ndarray, sample: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
+        """The sample at the next timestep (float32), from the model's output at the current one:
+        the sample corrected first (after the first step), then the predictor."""
+        _check_not_done(self._index, self.timesteps)
+        sample = np.asarray(sample, dtype=_F32)
+        alpha_s0, sigma_s0 = _alpha_sigma(self.sigmas[self._index])
+        model_output = np.asarray(model_output, dtype=_F32)
+        if self.prediction_type == "v_prediction":
+            x0 = alpha_s0 * sample - sigma_s0 * model_output
+        else:
+            x0 = (sample - sigma_s0 * model_output) / alpha_s0
+        if self._last_sample is not None:
+            sample = self._corrected(x0, sample)
+        self._outputs = (self._outputs + [x0])[-2:]
+        self._order = min(2, len(self.timesteps) - self._index, len(self._outputs))
+        self._last_sample = sample
+        prev_sample = self._predicted(sample)
+        self._index += 1
+        return prev_sample
+
+    def _coefficients(self, to: int, since: int) -> tuple:
+        """(alpha_t, sigma_t, sigma_s0, h, B(h)) from sigma number `since` to number `to`."""
+        alpha_t, sigma_t = _alpha_sigma(self.sigmas[to])
+        alpha_s0, sigma_s0 = _alpha_sigma(self.sigmas[since])
+        h = _lambda(alpha_t, sigma_t) - _lambda(alpha_s0, sigma_s0) if self.sigmas[to] > 0 else _F32(np.inf)
+        return alpha_t, sigma_t, sigma_s0, h, np.expm1(-h)
+
+    def _predicted(self, sample: np.ndarray) -> np.ndarray:
+        """UniP: the sample at the next sigma from the data predictions so far (this step's last)."""
+        alpha_t, sigma_t, sigma_s0, h, b_h = self._coefficients(self._index + 1, self._index)
+        m0 = self._outputs[-1]
+        x_t = (sigma_t / sigma_s0) * sample - (alpha_t * b_h) * m0
+        if self._order == 2:  # rho 0.5 on the difference with the previous step's prediction
+            r = (self._lambda_at(self._index - 1) - self._lambda_at(self._index)) / h
+            x_t = x_t - (alpha_t * b_h) * (_F32(0.5) * ((self._outputs[-2] - m0) / r))
+        return x_t
+
+    def _corrected(self, x0: np.ndarray, sample: np.ndarray) -> np.ndarray:
+        """UniC: the current sample made again from the last predictor's start with this step's
+        data prediction `x0` as one more point (the last predictor's order, plus one)."""
+        alpha_t, sigma_t, sigma_s0, h, b_h = self._coefficients(self._index, self._index - 1)
+        m0 = self._outputs[-1]
+        x_t = (sigma_t / sigma_s0) * self._last_sample - (alpha_t * b_h) * m0
+        change = x0 - m0
+        if self._order == 1:
+            return x_t - (alpha_t * b_h) * (_F32(0.5) * change)
+        r = (self._lambda_at(self._index - 2) - self._lambda_at(self._index - 1)) / h
+        hh = -h
+        phi = b_h / hh - _F32(1.0)  # h phi_2 / h, then phi_3's
+        b1 = phi / b_h
+        phi = phi / hh - _F32(0.5)
+        b2 = phi * _F32(2.0) / b_h
+        rho = np.linalg.solve(np.array([[1.0, 1.0], [r, 1.0]], dtype=_F32), np.array([b1, b2], dtype=_F32))
+        earlier = (self._outputs[-2] - m0) / r
+        return x_t - (alpha_t * b_h) * (_F32(rho[0]) * earlier + _F32(rho[1]) * change)
+
+
 _SCHEDULERS = {"DPMSolverMultistepScheduler": DPMSolver2M, "EulerDiscreteScheduler": EulerDiscrete,
-               "EulerAncestralDiscreteScheduler": EulerAncestral, "DDIMScheduler": DDIM, "LCMScheduler": LCM}
+               "EulerAncestralDiscreteScheduler": EulerAncestral, "DDIMScheduler": DDIM, "LCMScheduler": LCM,
+               "UniPCMultistepScheduler": UniPC, "HeunDiscreteScheduler": Heun}
 _OPTION_TABLES = {DPMSolver2M: (_FIXED_OPTIONS, _DPM_OPTIONS),
                   EulerDiscrete: (_EULER_FIXED_OPTIONS, _PORTED_OPTIONS),  # its ported options: DPM's, the same defaults
                   EulerAncestral: (_EULER_A_FIXED_OPTIONS, _EULER_A_OPTIONS),
                   DDIM: (_DDIM_FIXED_OPTIONS, _DDIM_OPTIONS),
-                  LCM: (_LCM_FIXED_OPTIONS, _LCM_OPTIONS)}
+                  LCM: (_LCM_FIXED_OPTIONS, _LCM_OPTIONS),
+                  UniPC: (_UNIPC_FIXED_OPTIONS, _EULER_A_OPTIONS),
+                  Heun: (_HEUN_FIXED_OPTIONS, _HEUN_OPTIONS)}  # its ported options: Euler a's, the same defaults
 
 
 def make_sampler(name: str, scheduler_config: dict, steps: int, eta: float = 0.0):
