@@ -1,12 +1,12 @@
-"""Reverie's DPM++ 2M, Euler, DDIM, LCM and UniPC samplers in NumPy: "dpmpp_2m", "dpmpp_2m_karras",
-"dpmpp_2m_sde_karras", "euler", "euler_karras", "euler_a", "ddim", "lcm" and "unipc" without torch
-or diffusers.
+"""Reverie's DPM++ 2M, Euler, Heun, DDIM, PLMS, LCM and UniPC samplers in NumPy: "dpmpp_2m",
+"dpmpp_2m_karras", "dpmpp_2m_sde_karras", "euler", "euler_karras", "euler_a", "heun", "ddim",
+"plms", "lcm" and "unipc" without torch or diffusers.
 
 A request that runs its UNet outside torch (OpenVINO) would otherwise import torch and diffusers
 (seconds) only to step the scheduler. `make_sampler(name, config, steps)` gives the sampler that
 does what diffusers 0.42's scheduler does when `reverie.samplers.build_scheduler(name, config)`
 builds it: the model's noise schedule (`samplers.scheduler_options`) plus the sampler row's options
-(Karras sigmas, the SDE solver), the scheduler's defaults otherwise. Six schedulers are ported:
+(Karras sigmas, the SDE solver), the scheduler's defaults otherwise. Eight schedulers are ported:
 
 - `DPMSolver2M`, diffusers' `DPMSolverMultistepScheduler` at its defaults: the data-prediction
   solver ("dpmsolver++", midpoint, order 2) with a last step to sigma 0; with or without Karras
@@ -21,6 +21,11 @@ builds it: the model's noise schedule (`samplers.scheduler_options`) plus the sa
 - `LCM`, diffusers' `LCMScheduler` ("lcm"): a latent consistency model's multistep sampling, the
   consistency function's data prediction noised again to each next timestep with fresh noise
   (none drawn for the last step), over timesteps taken from the 50 the model was distilled on.
+- `Heun`, diffusers' `HeunDiscreteScheduler` ("heun"): Euler's schedule, each step but the
+  last taken twice (a second model evaluation at the next sigma, the slopes averaged);
+  `timesteps` lists every evaluation, and an image mode begins at `order` (2) times its step.
+- `PLMS`, diffusers' `PNDMScheduler` with its PRK steps skipped ("plms"): linear multistep
+  over the noise predictions up to fourth order, its first step taken twice.
 - `UniPC`, diffusers' `UniPCMultistepScheduler` at its defaults ("unipc"): the second-order
   data-prediction predictor with B(h) = e^h - 1 ("bh2") over DPM++ 2M's timesteps, first order
   at the start and the end, and the UniC corrector before every step but the first, which
@@ -146,6 +151,11 @@ _LCM_OPTIONS = _EULER_A_OPTIONS | {"beta_start": 0.00085, "beta_end": 0.012, "be
 _HEUN_FIXED_OPTIONS = {"use_karras_sigmas": False, "use_exponential_sigmas": False, "use_beta_sigmas": False}
 _HEUN_OPTIONS = _EULER_A_OPTIONS | {"beta_start": 0.00085, "beta_end": 0.012, "clip_sample": False,
                                     "clip_sample_range": 1.0}
+
+# PNDMScheduler's: its PRK steps skipped, as reverie's "plms" row asks; those ported with its
+# defaults (DDPM's betas, leading spacing, the first cumulative alpha past the end).
+_PLMS_FIXED_OPTIONS = {"skip_prk_steps": True}
+_PLMS_OPTIONS = _EULER_A_OPTIONS | {"timestep_spacing": "leading", "set_alpha_to_one": False}
 
 # UniPCMultistepScheduler's that this port runs only at their defaults (these): UniPC-2 with
 # the bh2 B(h), data prediction, lower order at the end, the corrector at every step.
@@ -476,6 +486,83 @@ class DDIM(_Steps):
         return prev_sample
 
 
+class PLMS(_Steps):
+    """PLMS (diffusers' PNDMScheduler with its PRK steps skipped, as reverie's "plms" row asks)
+    over `steps` steps for a model's scheduler config: linear multistep over the model's noise
+    predictions, up to fourth order. Its first step is taken twice (`timesteps` holds steps + 1
+    entries, one model evaluation each): an Euler-like step, then the same step again from the
+    same start with the two predictions' mean. It leaves the UNet's input as it is and starts
+    from the noise as drawn."""
+
+    def __init__(self, scheduler_config: dict, steps: int, sampler: str = "plms"):
+        config = _options(_sampler_of(sampler, PLMS), scheduler_config, *_OPTION_TABLES[PLMS])
+        _check_steps(steps, config)
+        self.prediction_type: str = config["prediction_type"]
+        alphas = _F32(1.0) - _betas(config)
+        self.alphas_cumprod: np.ndarray = np.cumprod(alphas.astype(np.float64)).astype(_F32)
+        self.final_alpha: np.float32 = _F32(1.0) if config["set_alpha_to_one"] else self.alphas_cumprod[0]
+        spaced = _ddim_timesteps(config, steps)[::-1]  # PNDM spaces them as DDIM does, oldest first
+        # The second timestep twice: the first step's two passes (PNDM's plms_timesteps).
+        self.timesteps: np.ndarray = np.concatenate([spaced[:-1], spaced[-2:-1], spaced[-1:]])[::-1].astype(np.int64)
+        self.stride: int = int(config["num_train_timesteps"]) // steps
+        self.init_noise_sigma: float = 1.0
+        self._index = 0
+        self._outputs: list[np.ndarray] = []  # the last four noise predictions, oldest first (PNDM's ets)
+        self._passes = 0  # passes done (PNDM's counter): the second is the first step's second pass
+        self._start: np.ndarray | None = None  # the first step's start, for its second pass
+
+    def scale_model_input(self, sample: np.ndarray) -> np.ndarray:
+        """The UNet's input at the current step: `sample` itself."""
+        _check_not_done(self._index, self.timesteps)
+        return np.asarray(sample, dtype=_F32)
+
+    def add_noise(self, original: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        """`original` latents noised to the current timestep (diffusers' add_noise):
+        sqrt(alpha_bar_t) * original + sqrt(1 - alpha_bar_t) * noise, in float32."""
+        alpha = self.alphas_cumprod[self.timesteps[self._index]]
+        return (alpha ** _F32(0.5) * np.asarray(original, dtype=_F32)
+                + (_F32(1.0) - alpha) ** _F32(0.5) * np.asarray(noise, dtype=_F32))
+
+    def step(self, model_output: np.ndarray, sample: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
+        """The sample at the next timestep (float32), from the model's output at the current one."""
+        _check_not_done(self._index, self.timesteps)
+        model_output = np.asarray(model_output, dtype=_F32)
+        sample = np.asarray(sample, dtype=_F32)
+        timestep = int(self.timesteps[self._index])
+        previous = timestep - self.stride
+        if self._passes != 1:
+            self._outputs = self._outputs[-3:] + [model_output]
+        else:  # the first step again, from its start
+            previous, timestep = timestep, timestep + self.stride
+        e = self._outputs
+        if len(e) == 1 and self._passes == 0:
+            self._start = sample
+        elif len(e) == 1 and self._passes == 1:
+            model_output = (model_output + e[-1]) / _F32(2.0)
+            sample, self._start = self._start, None
+        elif len(e) == 2:
+            model_output = (_F32(3.0) * e[-1] - e[-2]) / _F32(2.0)
+        elif len(e) == 3:
+            model_output = (_F32(23.0) * e[-1] - _F32(16.0) * e[-2] + _F32(5.0) * e[-3]) / _F32(12.0)
+        else:
+            model_output = _F32(1 / 24) * (_F32(55.0) * e[-1] - _F32(59.0) * e[-2] + _F32(37.0) * e[-3]
+                                           - _F32(9.0) * e[-4])
+        self._passes += 1
+        self._index += 1
+        return self._previous_sample(sample, timestep, previous, model_output)
+
+    def _previous_sample(self, sample: np.ndarray, timestep: int, previous: int, output: np.ndarray) -> np.ndarray:
+        """PNDM's step from `timestep` to `previous` with the combined noise prediction `output`."""
+        alpha_t = self.alphas_cumprod[timestep]
+        alpha_prev = self.alphas_cumprod[previous] if previous >= 0 else self.final_alpha
+        beta_t, beta_prev = _F32(1.0) - alpha_t, _F32(1.0) - alpha_prev
+        if self.prediction_type == "v_prediction":
+            output = alpha_t ** _F32(0.5) * output + beta_t ** _F32(0.5) * sample
+        sample_coeff = (alpha_prev / alpha_t) ** _F32(0.5)
+        denominator = alpha_t * beta_prev ** _F32(0.5) + (alpha_t * beta_t * alpha_prev) ** _F32(0.5)
+        return sample_coeff * sample - (alpha_prev - alpha_t) * output / denominator
+
+
 class LCM(_Steps):
     """LCM's multistep sampling over `steps` steps for a model's scheduler config: at each step the
     consistency function's data prediction (the data prediction mixed with the sample by the
@@ -651,14 +738,15 @@ class UniPC(_Steps):
 
 _SCHEDULERS = {"DPMSolverMultistepScheduler": DPMSolver2M, "EulerDiscreteScheduler": EulerDiscrete,
                "EulerAncestralDiscreteScheduler": EulerAncestral, "DDIMScheduler": DDIM, "LCMScheduler": LCM,
-               "UniPCMultistepScheduler": UniPC, "HeunDiscreteScheduler": Heun}
+               "UniPCMultistepScheduler": UniPC, "HeunDiscreteScheduler": Heun, "PNDMScheduler": PLMS}
 _OPTION_TABLES = {DPMSolver2M: (_FIXED_OPTIONS, _DPM_OPTIONS),
                   EulerDiscrete: (_EULER_FIXED_OPTIONS, _PORTED_OPTIONS),  # its ported options: DPM's, the same defaults
                   EulerAncestral: (_EULER_A_FIXED_OPTIONS, _EULER_A_OPTIONS),
                   DDIM: (_DDIM_FIXED_OPTIONS, _DDIM_OPTIONS),
                   LCM: (_LCM_FIXED_OPTIONS, _LCM_OPTIONS),
                   UniPC: (_UNIPC_FIXED_OPTIONS, _EULER_A_OPTIONS),
-                  Heun: (_HEUN_FIXED_OPTIONS, _HEUN_OPTIONS)}  # its ported options: Euler a's, the same defaults
+                  Heun: (_HEUN_FIXED_OPTIONS, _HEUN_OPTIONS),
+                  PLMS: (_PLMS_FIXED_OPTIONS, _PLMS_OPTIONS)}  # its ported options: Euler a's, the same defaults
 
 
 def make_sampler(name: str, scheduler_config: dict, steps: int, eta: float = 0.0):
