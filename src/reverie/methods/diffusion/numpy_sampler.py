@@ -1,12 +1,12 @@
-"""Reverie's DPM++ 2M, Euler, Heun, DDIM, PLMS, LCM and UniPC samplers in NumPy: "dpmpp_2m",
-"dpmpp_2m_karras", "dpmpp_2m_sde_karras", "euler", "euler_karras", "euler_a", "heun", "ddim",
-"plms", "lcm" and "unipc" without torch or diffusers.
+"""Reverie's DPM++ 2M, Euler, Heun, LMS, DDIM, PLMS, LCM and UniPC samplers in NumPy: "dpmpp_2m",
+"dpmpp_2m_karras", "dpmpp_2m_sde_karras", "euler", "euler_karras", "euler_a", "heun", "lms",
+"lms_karras", "ddim", "plms", "lcm" and "unipc" without torch or diffusers.
 
 A request that runs its UNet outside torch (OpenVINO) would otherwise import torch and diffusers
 (seconds) only to step the scheduler. `make_sampler(name, config, steps)` gives the sampler that
 does what diffusers 0.42's scheduler does when `reverie.samplers.build_scheduler(name, config)`
 builds it: the model's noise schedule (`samplers.scheduler_options`) plus the sampler row's options
-(Karras sigmas, the SDE solver), the scheduler's defaults otherwise. Eight schedulers are ported:
+(Karras sigmas, the SDE solver), the scheduler's defaults otherwise. Nine schedulers are ported:
 
 - `DPMSolver2M`, diffusers' `DPMSolverMultistepScheduler` at its defaults: the data-prediction
   solver ("dpmsolver++", midpoint, order 2) with a last step to sigma 0; with or without Karras
@@ -24,6 +24,9 @@ builds it: the model's noise schedule (`samplers.scheduler_options`) plus the sa
 - `Heun`, diffusers' `HeunDiscreteScheduler` ("heun"): Euler's schedule, each step but the
   last taken twice (a second model evaluation at the next sigma, the slopes averaged);
   `timesteps` lists every evaluation, and an image mode begins at `order` (2) times its step.
+- `LMS`, diffusers' `LMSDiscreteScheduler` ("lms", "lms_karras"): Euler's schedule (with or
+  without Karras sigmas) and a fourth-order linear multistep step over the slopes, its
+  coefficients integrated exactly (diffusers integrates them numerically).
 - `PLMS`, diffusers' `PNDMScheduler` with its PRK steps skipped ("plms"): linear multistep
   over the noise predictions up to fourth order, its first step taken twice.
 - `UniPC`, diffusers' `UniPCMultistepScheduler` at its defaults ("unipc"): the second-order
@@ -151,6 +154,9 @@ _LCM_OPTIONS = _EULER_A_OPTIONS | {"beta_start": 0.00085, "beta_end": 0.012, "be
 _HEUN_FIXED_OPTIONS = {"use_karras_sigmas": False, "use_exponential_sigmas": False, "use_beta_sigmas": False}
 _HEUN_OPTIONS = _EULER_A_OPTIONS | {"beta_start": 0.00085, "beta_end": 0.012, "clip_sample": False,
                                     "clip_sample_range": 1.0}
+
+# LMSDiscreteScheduler's that this port runs only at their defaults.
+_LMS_FIXED_OPTIONS = {"use_exponential_sigmas": False, "use_beta_sigmas": False}
 
 # PNDMScheduler's: its PRK steps skipped, as reverie's "plms" row asks; those ported with its
 # defaults (DDPM's betas, leading spacing, the first cumulative alpha past the end).
@@ -394,6 +400,46 @@ class Heun(EulerDiscrete):
 
     def _clipped(self, x0: np.ndarray) -> np.ndarray:
         return x0 if self.clip is None else np.clip(x0, -_F32(self.clip), _F32(self.clip))
+
+
+class LMS(EulerDiscrete):
+    """LMS over `steps` steps for a model's scheduler config: Euler's timesteps, sigmas, starting
+    noise and UNet input (with Karras sigmas for "lms_karras"), and a step that combines the
+    last four slopes (fewer at the start) with the linear multistep coefficients, each the
+    integral over the step of a Lagrange basis polynomial in sigma (diffusers integrates them
+    numerically; this port exactly)."""
+
+    ORDER = 4  # diffusers' default, which its pipelines leave as it is
+
+    def __init__(self, scheduler_config: dict, steps: int, sampler: str = "lms"):
+        super().__init__(scheduler_config, steps, sampler)
+        self._slopes: list[np.ndarray] = []  # the last ORDER slopes, oldest first
+
+    def step(self, model_output: np.ndarray, sample: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
+        """The sample at the next timestep (float32), from the model's output at the current one."""
+        _check_not_done(self._index, self.timesteps)
+        sample = np.asarray(sample, dtype=_F32)
+        sigma = self.sigmas[self._index]
+        slope = (sample - self._data(np.asarray(model_output, dtype=_F32), sample, sigma)) / sigma
+        self._slopes = (self._slopes + [slope])[-self.ORDER:]
+        # As diffusers: the order counts the steps since the schedule's start, not the slopes
+        # kept (an image mode's first steps weigh the slopes they have by a longer polynomial's).
+        order = min(self._index + 1, self.ORDER)
+        change = _F32(0.0)
+        for current, earlier in zip(range(order), reversed(self._slopes)):
+            change = change + _F32(self._coefficient(order, current)) * earlier
+        self._index += 1
+        return sample + change
+
+    def _coefficient(self, order: int, current: int) -> float:
+        """The integral from this step's sigma to the next of the Lagrange basis polynomial that is
+        1 at the sigma `current` steps back and 0 at the others of the last `order`."""
+        t, sigmas = self._index, self.sigmas.astype(np.float64)
+        others = [sigmas[t - k] for k in range(order) if k != current]
+        basis = np.polynomial.Polynomial.fromroots(others) if others else np.polynomial.Polynomial([1.0])
+        basis = basis / np.prod([sigmas[t - current] - s for s in others])
+        integral = basis.integ()
+        return float(integral(sigmas[t + 1]) - integral(sigmas[t]))
 
 
 class EulerAncestral(EulerDiscrete):
@@ -738,7 +784,8 @@ class UniPC(_Steps):
 
 _SCHEDULERS = {"DPMSolverMultistepScheduler": DPMSolver2M, "EulerDiscreteScheduler": EulerDiscrete,
                "EulerAncestralDiscreteScheduler": EulerAncestral, "DDIMScheduler": DDIM, "LCMScheduler": LCM,
-               "UniPCMultistepScheduler": UniPC, "HeunDiscreteScheduler": Heun, "PNDMScheduler": PLMS}
+               "UniPCMultistepScheduler": UniPC, "HeunDiscreteScheduler": Heun, "PNDMScheduler": PLMS,
+               "LMSDiscreteScheduler": LMS}
 _OPTION_TABLES = {DPMSolver2M: (_FIXED_OPTIONS, _DPM_OPTIONS),
                   EulerDiscrete: (_EULER_FIXED_OPTIONS, _PORTED_OPTIONS),  # its ported options: DPM's, the same defaults
                   EulerAncestral: (_EULER_A_FIXED_OPTIONS, _EULER_A_OPTIONS),
@@ -746,7 +793,8 @@ _OPTION_TABLES = {DPMSolver2M: (_FIXED_OPTIONS, _DPM_OPTIONS),
                   LCM: (_LCM_FIXED_OPTIONS, _LCM_OPTIONS),
                   UniPC: (_UNIPC_FIXED_OPTIONS, _EULER_A_OPTIONS),
                   Heun: (_HEUN_FIXED_OPTIONS, _HEUN_OPTIONS),
-                  PLMS: (_PLMS_FIXED_OPTIONS, _PLMS_OPTIONS)}  # its ported options: Euler a's, the same defaults
+                  PLMS: (_PLMS_FIXED_OPTIONS, _PLMS_OPTIONS),
+                  LMS: (_LMS_FIXED_OPTIONS, _PORTED_OPTIONS)}  # its ported options: Euler's, the same defaults  # its ported options: Euler a's, the same defaults
 
 
 def make_sampler(name: str, scheduler_config: dict, steps: int, eta: float = 0.0):
