@@ -227,7 +227,7 @@ def test_every_option_of_diffusers_euler_a_is_accounted_for():
     from diffusers import EulerAncestralDiscreteScheduler
 
     defaults = {name: p.default for name, p in inspect.signature(EulerAncestralDiscreteScheduler).parameters.items()}
-    known = numpy_sampler._EULER_A_FIXED_OPTIONS | numpy_sampler._EULER_A_OPTIONS
+    known = numpy_sampler._EULER_A_FIXED_OPTIONS | numpy_sampler._SCHEDULE_OPTIONS
     assert set(defaults) == set(known)
     for name, default in known.items():
         assert default == defaults[name], name
@@ -416,7 +416,7 @@ def test_every_option_of_diffusers_unipc_is_accounted_for():
     from diffusers import UniPCMultistepScheduler
 
     defaults = {name: p.default for name, p in inspect.signature(UniPCMultistepScheduler).parameters.items()}
-    known = numpy_sampler._UNIPC_FIXED_OPTIONS | numpy_sampler._EULER_A_OPTIONS
+    known = numpy_sampler._UNIPC_FIXED_OPTIONS | numpy_sampler._SCHEDULE_OPTIONS
     assert set(defaults) == set(known) | {"dynamic_thresholding_ratio", "sample_max_value"}  # thresholding's
     for name, default in known.items():
         assert default == defaults[name], name

@@ -10,8 +10,9 @@ SD pipeline folder, LCM-distilled ones included, an SD 1.x or 2.x .safetensors f
 under runtime `auto` or `openvino`, with a sampler numpy_sampler.py ports (DPM++ 2M with or
 without Karras sigmas, DPM++ 2M SDE Karras, Euler with or without, Euler a, Heun, LMS with or
 without, DDIM, PLMS, LCM, UniPC), at most 512 px a side for mini (192 with its x2 upscale) and
-768 for SD (multiples of 64, at most four 512 px pictures' worth a batch); for an image mode that is the size the input picture is worked at (mini works on a
-larger one at half its size and enlarges the result back).
+768 for SD (multiples of 64, at most four 512 px pictures' worth a batch); for an image mode
+that is the size the input picture is worked at (mini works on a larger one at half its size
+and enlarges the result back).
 A prompt with weights, a negative, templates, styles and textual-inversion embeddings (no
 LoRAs), without the options only the torch pipeline has (seamless tiles, step caching, chaos
 below 100, a refiner, prompt expansion, SD's upscale). A tiny decoder (`decoder tiny`: TAESD in
@@ -27,10 +28,10 @@ encoder's token states (prompts/tokens.py frames them), each seed's starting noi
 CPU generator draws it (torch_noise.py) or, for an image mode, the input picture's latents
 noised to where its strength enters the schedule (`Start`), classifier-free guidance over the
 CFG batch (a UNet distilled with guidance, LCM's, is given the scale's embedding instead, one
-pass a step, as diffusers does), the sampler (the stochastic ones' fresh noise drawn from the same generators, after
-the starting draws, as diffusers' pipelines hand them to the scheduler; inpaint and outpaint:
-the kept area put back after each step, `Kept`), the decode, mini's upscale, the input's kept
-pixels put back (inputs.bring_back, as run.py).
+pass a step, as diffusers does), the sampler (the stochastic ones' fresh noise drawn from the
+same generators, after the starting draws, as diffusers' pipelines hand them to the
+scheduler; inpaint and outpaint: the kept area put back after each step, `Kept`), the decode,
+mini's upscale, the input's kept pixels put back (inputs.bring_back, as run.py).
 Between the parts the values stay in fp32 (the torch pipeline holds its latents in the request's
 dtype: rounding them to bf16 here too brought the pictures no closer), so the pictures are the
 torch path's up to the runtimes' kernels and that rounding: the same pictures to the eye
@@ -136,9 +137,10 @@ def sd_facts(source: SDSource, folder: Path | None = None) -> ModelFacts:
     else:
         config = source.scheduler_config()
         name, latent_channels, vae_scale = (source.path.name if source.path.is_dir() else source.path.stem), 4, 8
+    sampling = LCM_DEFAULTS if source.guidance_embedding else GENERATION_DEFAULTS  # as run.py: the folder's loader
     return ModelFacts(name, done.get("native_size", source.native_size), SD_SIZE_MULTIPLE, latent_channels, vae_scale,
-                      config, LCM_DEFAULTS if source.guidance_embedding else GENERATION_DEFAULTS, SD_MAX_SIDE, 1, done.get("text_width", source.text_width),
-                      source.inpainting, source.guidance_embedding)
+                      config, sampling, SD_MAX_SIDE, 1, done.get("text_width", source.text_width), source.inpainting,
+                      source.guidance_embedding)
 
 
 def served_model(request: GenerationRequest) -> tuple[SDSource | None, ModelFacts] | None:
@@ -241,8 +243,9 @@ def int8_refused(request: GenerationRequest) -> str:
     return ("int8 runs where reverie runs the model on OpenVINO without torch: reverie-mini or an SD 1.x/2.x "
             ".safetensors file or folder, on the CPU in fp32 or bf16, runtime auto or openvino, txt2img or an image "
             "mode at sides that are multiples of 64 up to 768 px (SD), a sampler of DPM++ 2M, DPM++ 2M Karras, "
-            "DPM++ 2M SDE Karras, Euler, Euler Karras, Euler a, Heun, LMS, LMS Karras, DDIM, PLMS, LCM or UniPC, without LoRAs, seamless tiles, step "
-            "caching, chaos, a refiner or prompt expansion; change those or leave quantize out")
+            "DPM++ 2M SDE Karras, Euler, Euler Karras, Euler a, Heun, LMS, LMS Karras, DDIM, PLMS, LCM or UniPC, "
+            "without LoRAs, seamless tiles, step caching, chaos, a refiner or prompt expansion; change those or leave "
+            "quantize out")
 
 
 def _sampler_runs(name: str, scheduler_config: dict, steps: int) -> bool:

@@ -135,24 +135,26 @@ _EULER_FIXED_OPTIONS = {
 }
 # EulerAncestralDiscreteScheduler's: it has no Karras sigmas, and one option this port keeps at its default.
 _EULER_A_FIXED_OPTIONS = {"rescale_betas_zero_snr": False}
-_EULER_A_OPTIONS = {k: v for k, v in _PORTED_OPTIONS.items() if k != "use_karras_sigmas"}
+# The noise schedule's options alone (those ported without Karras sigmas), which the other
+# schedulers' tables start from; Euler a's, as they are.
+_SCHEDULE_OPTIONS = {k: v for k, v in _PORTED_OPTIONS.items() if k != "use_karras_sigmas"}
 # DDIMScheduler's: those it keeps at their defaults here, and those ported (their defaults, which
 # differ from the others': clipping on, leading spacing, alpha 1 at the end).
 _DDIM_FIXED_OPTIONS = {"thresholding": False, "rescale_betas_zero_snr": False}
-_DDIM_OPTIONS = _EULER_A_OPTIONS | {"clip_sample": True, "clip_sample_range": 1.0, "set_alpha_to_one": True,
+_DDIM_OPTIONS = _SCHEDULE_OPTIONS | {"clip_sample": True, "clip_sample_range": 1.0, "set_alpha_to_one": True,
                                     "timestep_spacing": "leading"}
 
 # LCMScheduler's: those it keeps at their defaults here, and those ported with its defaults (SD's
 # schedule; it reads neither timestep_spacing nor steps_offset, kept for the shared checks).
 _LCM_FIXED_OPTIONS = {"thresholding": False, "rescale_betas_zero_snr": False}
-_LCM_OPTIONS = _EULER_A_OPTIONS | {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+_LCM_OPTIONS = _SCHEDULE_OPTIONS | {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
                                    "original_inference_steps": 50, "clip_sample": False, "clip_sample_range": 1.0,
                                    "set_alpha_to_one": True, "timestep_spacing": "leading", "timestep_scaling": 10.0}
 
 # HeunDiscreteScheduler's: those it keeps at their defaults here (no Karras sigmas: reverie's
 # "heun" row has none), and those ported with its own defaults (SD's betas, spaced linearly).
 _HEUN_FIXED_OPTIONS = {"use_karras_sigmas": False, "use_exponential_sigmas": False, "use_beta_sigmas": False}
-_HEUN_OPTIONS = _EULER_A_OPTIONS | {"beta_start": 0.00085, "beta_end": 0.012, "clip_sample": False,
+_HEUN_OPTIONS = _SCHEDULE_OPTIONS | {"beta_start": 0.00085, "beta_end": 0.012, "clip_sample": False,
                                     "clip_sample_range": 1.0}
 
 # LMSDiscreteScheduler's that this port runs only at their defaults.
@@ -161,7 +163,7 @@ _LMS_FIXED_OPTIONS = {"use_exponential_sigmas": False, "use_beta_sigmas": False}
 # PNDMScheduler's: its PRK steps skipped, as reverie's "plms" row asks; those ported with its
 # defaults (DDPM's betas, leading spacing, the first cumulative alpha past the end).
 _PLMS_FIXED_OPTIONS = {"skip_prk_steps": True}
-_PLMS_OPTIONS = _EULER_A_OPTIONS | {"timestep_spacing": "leading", "set_alpha_to_one": False}
+_PLMS_OPTIONS = _SCHEDULE_OPTIONS | {"timestep_spacing": "leading", "set_alpha_to_one": False}
 
 # UniPCMultistepScheduler's that this port runs only at their defaults (these): UniPC-2 with
 # the bh2 B(h), data prediction, lower order at the end, the corrector at every step.
@@ -788,13 +790,13 @@ _SCHEDULERS = {"DPMSolverMultistepScheduler": DPMSolver2M, "EulerDiscreteSchedul
                "LMSDiscreteScheduler": LMS}
 _OPTION_TABLES = {DPMSolver2M: (_FIXED_OPTIONS, _DPM_OPTIONS),
                   EulerDiscrete: (_EULER_FIXED_OPTIONS, _PORTED_OPTIONS),  # its ported options: DPM's, the same defaults
-                  EulerAncestral: (_EULER_A_FIXED_OPTIONS, _EULER_A_OPTIONS),
+                  EulerAncestral: (_EULER_A_FIXED_OPTIONS, _SCHEDULE_OPTIONS),
                   DDIM: (_DDIM_FIXED_OPTIONS, _DDIM_OPTIONS),
                   LCM: (_LCM_FIXED_OPTIONS, _LCM_OPTIONS),
-                  UniPC: (_UNIPC_FIXED_OPTIONS, _EULER_A_OPTIONS),
+                  UniPC: (_UNIPC_FIXED_OPTIONS, _SCHEDULE_OPTIONS),  # its ported options: the schedule's alone
                   Heun: (_HEUN_FIXED_OPTIONS, _HEUN_OPTIONS),
                   PLMS: (_PLMS_FIXED_OPTIONS, _PLMS_OPTIONS),
-                  LMS: (_LMS_FIXED_OPTIONS, _PORTED_OPTIONS)}  # its ported options: Euler's, the same defaults  # its ported options: Euler a's, the same defaults
+                  LMS: (_LMS_FIXED_OPTIONS, _PORTED_OPTIONS)}  # its ported options: Euler's, the same defaults
 
 
 def make_sampler(name: str, scheduler_config: dict, steps: int, eta: float = 0.0):
