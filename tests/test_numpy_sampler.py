@@ -1,5 +1,5 @@
 """The torch-free sampling path against the real thing: torch.randn and diffusers' DPM++ 2M (and its SDE),
-Euler, Euler a, Heun, LMS, DDIM, PLMS, LCM and UniPC."""
+Euler, Euler a, Heun, DPM2, LMS, DDIM, PLMS, LCM and UniPC."""
 
 import dataclasses
 import inspect
@@ -15,7 +15,7 @@ import torch
 from reverie import samplers
 from reverie.methods.diffusion import numpy_sampler
 from reverie.methods.diffusion.inputs import denoising_steps
-from reverie.methods.diffusion.numpy_sampler import (DDIM, DPMSolver2M, LCM, LMS, PLMS, EulerAncestral,
+from reverie.methods.diffusion.numpy_sampler import (DDIM, DPM2, DPMSolver2M, LCM, LMS, PLMS, EulerAncestral,
                                                      EulerDiscrete, Heun, UniPC, make_sampler, sampler_supported)
 from reverie.errors import BadRequest
 from reverie.samplers import build_scheduler
@@ -156,7 +156,7 @@ def test_the_default_sampler_of_these_configs_is_supported(name):
         assert sampler_supported(name, config)
 
 
-@pytest.mark.parametrize("name", ["dpmpp_2s_karras", "dpmpp_sde_karras", "dpm2_a", "ddpm", "dpm2"])
+@pytest.mark.parametrize("name", ["dpmpp_2s_karras", "dpmpp_sde_karras", "dpm2_a", "ddpm", "deis"])
 def test_other_samplers_are_refused(name):
     for config in CONFIGS.values():
         assert not sampler_supported(name, config)
@@ -244,11 +244,11 @@ def test_every_option_of_diffusers_ddim_is_accounted_for():
 
 
 # make_sampler: DPM++ 2M and Euler, each with and without Karras sigmas, DPM++ 2M SDE Karras,
-# Euler a, Heun, LMS with and without, DDIM (at eta 0 here; above it further down), PLMS, LCM and
-# UniPC, against build_scheduler's.
+# Euler a, Heun, DPM2, LMS with and without, DDIM (at eta 0 here; above it further down), PLMS,
+# LCM and UniPC, against build_scheduler's.
 
 SAMPLER_NAMES = ["dpmpp_2m", "dpmpp_2m_karras", "dpmpp_2m_sde_karras", "euler", "euler_karras", "euler_a", "ddim", "lcm",
-                 "unipc", "heun", "plms", "lms", "lms_karras"]
+                 "unipc", "heun", "plms", "lms", "lms_karras", "dpm2"]
 STEP_COUNTS = [1, 4, 14, 15, 20, 25]  # 14 and 15: either side of diffusers' "fewer than 15 steps" rule
 SAMPLE_SHAPE = (2, 4, 8, 8)
 TOLERANCE = 1e-5  # relative to the largest value; the port is within about 1e-6
@@ -291,9 +291,9 @@ def test_schedule_matches_diffusers(name, config_name, steps):
     reference = reference_scheduler(name, CONFIGS[config_name], steps)
     sampler = make_sampler(name, CONFIGS[config_name], steps)
     expected = reference.timesteps.numpy()
-    assert sampler.timesteps.dtype == expected.dtype == (np.float32 if name.startswith(("euler", "heun", "lms")) else np.int64)
-    if name in ("euler_karras", "lms_karras"):
-        # Fractional timesteps from the log training sigmas, of which torch's sqrt rounds a few
+    assert sampler.timesteps.dtype == expected.dtype == (np.float32 if name.startswith(("euler", "heun", "lms", "dpm2")) else np.int64)
+    if name in ("euler_karras", "lms_karras", "dpm2"):
+        # Fractional timesteps (DPM2's midpoints') from the log training sigmas, of which torch's sqrt rounds a few
         # otherwise: a float32 ulp or two apart.
         np.testing.assert_allclose(sampler.timesteps, expected, rtol=1e-6, atol=0)
     else:
@@ -475,6 +475,23 @@ def test_every_option_of_diffusers_lms_is_accounted_for():
         assert default == defaults[name], name
 
 
+def test_every_option_of_diffusers_kdpm2_is_accounted_for():
+    from diffusers import KDPM2DiscreteScheduler
+
+    defaults = {name: p.default for name, p in inspect.signature(KDPM2DiscreteScheduler).parameters.items()}
+    known = numpy_sampler._HEUN_FIXED_OPTIONS | numpy_sampler._DPM2_OPTIONS
+    assert set(defaults) == set(known)
+    for name, default in known.items():
+        assert default == defaults[name], name
+
+
+def test_dpm2_evaluates_the_model_at_each_steps_midpoint():
+    sampler = make_sampler("dpm2", SD15_CONFIG, 5)
+    assert sampler.order == 2 and len(sampler.timesteps) == 9
+    # each second pass at the geometric mean of its step's sigmas
+    np.testing.assert_allclose(sampler.middles[2], np.sqrt(sampler.sigmas[0] * sampler.sigmas[2]), rtol=1e-6)
+
+
 def test_plms_evaluates_the_model_twice_for_its_first_step():
     sampler = make_sampler("plms", SD15_CONFIG, 5)
     assert len(sampler.timesteps) == 6 and sampler.timesteps[1] == sampler.timesteps[2] != sampler.timesteps[0]
@@ -553,7 +570,8 @@ def test_a_repeated_first_timestep_is_refused():
 @pytest.mark.parametrize("name", ["dpmpp_2m_karras", "DPM++ 2M Karras", "euler", "Euler", "euler_karras", "Euler Karras",
                                   "euler_a", "Euler a", "k_euler_a", "dpmpp_2m_sde_karras", "DPM++ 2M SDE Karras",
                                   "ddim", "DDIM", "lcm", "LCM", "unipc", "UniPC", "heun", "Heun", "k_heun",
-                                  "plms", "PLMS", "lms", "LMS", "k_lms", "lms_karras", "LMS Karras"])
+                                  "plms", "PLMS", "lms", "LMS", "k_lms", "lms_karras", "LMS Karras",
+                                  "dpm2", "DPM2", "k_dpm_2"])
 def test_the_ported_samplers_are_supported(name):
     for config in CONFIGS.values():
         assert sampler_supported(name, config)
@@ -572,6 +590,7 @@ def test_make_sampler_gives_each_scheduler_its_port():
     assert type(make_sampler("Heun", MINI_CONFIG, 20)) is Heun
     assert type(make_sampler("PLMS", MINI_CONFIG, 20)) is PLMS
     assert type(make_sampler("LMS Karras", MINI_CONFIG, 20)) is LMS
+    assert type(make_sampler("DPM2", MINI_CONFIG, 20)) is DPM2
     np.testing.assert_array_equal(DPMSolver2M(MINI_CONFIG, 20).timesteps, make_sampler("dpmpp_2m", MINI_CONFIG, 20).timesteps)
     with pytest.raises(ValueError):
         DPMSolver2M(MINI_CONFIG, 20, sampler="euler")
@@ -585,7 +604,7 @@ def test_dpm_leaves_the_model_input_as_it_is():
 
 
 @pytest.mark.parametrize("name", ["euler", "euler_karras", "dpmpp_2m_karras", "euler_a", "dpmpp_2m_sde_karras", "lcm",
-                                  "unipc", "heun", "plms", "lms", "lms_karras"])
+                                  "unipc", "heun", "plms", "lms", "lms_karras", "dpm2"])
 def test_stepping_past_the_end_is_an_error_for_every_sampler(name):
     sampler = make_sampler(name, SD15_CONFIG, 2)
     sample = torch_randn(0, (1, 4, 8, 8))

@@ -111,9 +111,9 @@ def torch_run(request, models, progress, outputs):
 def test_it_serves_sd_folders_and_leaves_the_rest_to_the_torch_pipeline(sd_folder, tmp_path):
     assert compiled.serves(request_for(sd_folder))  # the defaults: DPM++ 2M Karras, 25 steps
     for sampler in ("euler", "euler_karras", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "dpmpp_2m_sde_karras", "ddim",
-                    "lcm", "unipc", "heun", "plms", "lms", "lms_karras"):
+                    "lcm", "unipc", "heun", "plms", "lms", "lms_karras", "dpm2"):
         assert compiled.serves(request_for(sd_folder, sampler=sampler, dtype="fp32"))
-    refused = [dict(sampler="dpmpp_sde_karras"), dict(sampler="dpm2"), dict(runtime="torch"), dict(width=96),
+    refused = [dict(sampler="dpmpp_sde_karras"), dict(sampler="dpm2_a"), dict(runtime="torch"), dict(width=96),
                dict(upscale=2), dict(tile=True), dict(step_cache=2), dict(weights="fp16"),
                dict(width=768, height=768, n_samples=2), dict(prompt="a red apple <lora:any:1>")]
     for fields in refused:
@@ -132,7 +132,7 @@ def test_its_pictures_are_the_torch_pipelines_and_follow_the_prompt(sd_folder, t
                                   ("euler_a", "fp32", 60), ("dpmpp_2m_sde_karras", "fp32", 60), ("euler_a", "bf16", 38),
                                   ("ddim", "fp32", 60), ("lcm", "fp32", 60), ("unipc", "fp32", 60),
                                   ("heun", "fp32", 60), ("plms", "fp32", 60),
-                                  ("lms_karras", "fp32", 60)):
+                                  ("lms_karras", "fp32", 60), ("dpm2", "fp32", 60)):
         request = request_for(sd_folder, negative_prompt="blue", n_samples=2, steps=5, sampler=sampler, dtype=dtype,
                               eta=0.5 if sampler == "ddim" else 0.0)
         ours = make(tmp_path, f"ours-{sampler}-{dtype}", request)
@@ -163,7 +163,8 @@ def test_img2img_and_variations_are_the_torch_pipelines(sd_folder, tmp_path):
             (dict(mode="img2img", prompt="a storm at sea", strength=0.6, n_samples=2, sampler="euler_a"), "fp32", 60),
             (dict(mode="img2img", prompt="a storm at sea", strength=0.6, n_samples=1, sampler="heun"), "fp32", 60),
             (dict(mode="img2img", prompt="a storm at sea", strength=0.6, n_samples=1, sampler="plms"), "fp32", 60),
-            (dict(mode="img2img", prompt="a storm at sea", strength=0.6, n_samples=1, sampler="lms"), "fp32", 60))):
+            (dict(mode="img2img", prompt="a storm at sea", strength=0.6, n_samples=1, sampler="lms"), "fp32", 60),
+            (dict(mode="img2img", prompt="a storm at sea", strength=0.6, n_samples=1, sampler="dpm2"), "fp32", 60))):
         request = request_for(sd_folder, init_image=str(source), steps=5, dtype=dtype, width=None, height=None, **fields)
         assert compiled.serves(request), fields
         ours = make(tmp_path, f"ours{number}", request)
@@ -276,6 +277,60 @@ def test_an_lcm_distilled_model_is_the_torch_pipelines(lcm_folder, sd_folder, tm
         settings = result.images[0].metadata["settings"]
         assert (settings["sampler"], settings["steps"], settings["cfg_scale"]) == ("lcm", 4, 8.0)
         assert psnr(pixels(result.images[0].image), picture) > 60
+
+
+def unet_lora(unet, seed: int, text_width: int | None = None) -> dict:
+    """A kohya LoRA (rank 4, random) on `unet`'s attention and feed-forward layers; with a
+    `text_width`, CLIP text-encoder layers of that width too."""
+    import torch
+
+    generator, state = torch.Generator().manual_seed(seed), {}
+
+    def add(key, down, up):
+        state[key + ".lora_down.weight"] = torch.randn(down, generator=generator) * 0.3
+        state[key + ".lora_up.weight"] = torch.randn(up, generator=generator) * 0.3
+        state[key + ".alpha"] = torch.tensor(2.0)
+
+    for name, module in unet.named_modules():
+        if isinstance(module, torch.nn.Linear) and name.endswith(("to_q", "to_k", "to_v", "to_out.0", "ff.net.2")):
+            add("lora_unet_" + name.replace(".", "_"), (4, module.in_features), (module.out_features, 4))
+    if text_width:
+        add("lora_te_text_model_encoder_layers_0_self_attn_q_proj", (4, text_width), (text_width, 4))
+    return state
+
+
+def test_a_unet_lora_runs_here_once_the_torch_path_made_its_export(sd_folder, tmp_path, monkeypatch):
+    """A LoRA set for the UNet alone (LCM-LoRA's kind) runs from the bundle, its UNet's place
+    taken by the export the torch path made of the UNet with those LoRAs on (the set's first
+    request), found by the key the bundle keeps; the picture is the torch pipeline's, the tags
+    are out of the encoded prompt and in the picture's records. A set not exported yet, or with
+    text-encoder layers, stays on the torch pipeline."""
+    from safetensors.torch import save_file
+
+    from reverie.methods.diffusion.run import run
+
+    models = tmp_path / "models"
+    (models / "Lora").mkdir(parents=True)
+    components = small_sd()
+    save_file(unet_lora(components.unet, 1), str(models / "Lora" / "style.safetensors"))
+    width = int(components.text_encoder.config.hidden_size)
+    save_file(unet_lora(components.unet, 2, text_width=width), str(models / "Lora" / "both.safetensors"))
+    monkeypatch.setenv("REVERIE_MODELS", str(models))
+    plain = make(tmp_path, "plain", request_for(sd_folder, n_samples=1, steps=4, dtype="fp32"))  # the bundle, made
+    request = request_for(sd_folder, prompt="a red apple <lora:style:0.8>", n_samples=1, steps=4, dtype="fp32")
+    assert not compiled.serves(request)  # its export is not made yet
+    first = run(request.model_copy(update={"runtime": "openvino"}), MODELS, Progress(), Outputs(tmp_path / "first"))
+    assert first.images[0].metadata["settings"]["runtime"] == "openvino"
+    assert compiled.serves(request)
+    ours = make(tmp_path, "ours", request)
+    theirs = make(tmp_path, "theirs", request, torch_run)
+    assert psnr(pixels(ours.images[0].image), pixels(theirs.images[0].image)) > 60
+    assert psnr(pixels(ours.images[0].image), pixels(plain.images[0].image)) < 40  # the LoRA ran
+    assert ours.images[0].metadata["loras"] == theirs.images[0].metadata["loras"]
+    assert ours.images[0].metadata["loras"][0]["name"] == "style"
+    for other in ("<lora:style:0.5>", "<lora:both:0.8>", "<lora:style:0.8> <lora:both:0.8>"):
+        assert not compiled.serves(request.model_copy(update={"prompt": f"a red apple {other}"})), other
+    assert not compiled.serves(request.model_copy(update={"quantize": "int8"}))
 
 
 def watched(tmp_path, name: str, request: GenerationRequest):

@@ -141,38 +141,51 @@ def read_lora(path: Path) -> dict[str, torch.Tensor]:
 
 
 def lora_info(path: Path) -> LoraInfo:
-    """What the LoRA at `path` is (cached while the file is unchanged)."""
+    """What the LoRA at `path` is (cached while the file is unchanged): from a .safetensors
+    file's header alone (no torch), from a torch file's tensors otherwise."""
     stat = path.stat()
     key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
     if key not in _INFO_CACHE:
-        _INFO_CACHE[key] = _describe(path, read_lora(path))
+        _INFO_CACHE[key] = _describe(path, _lora_shapes(path))
     return _INFO_CACHE[key]
 
 
-def _describe(path: Path, state: dict[str, torch.Tensor]) -> LoraInfo:
-    keys = list(state)
+def _lora_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Each tensor's shape in the LoRA file at `path`; BadCheckpoint where it is no LoRA."""
+    header = read_header(path, max_bytes=100_000_000) if path.suffix.lower() == ".safetensors" else None
+    if header is None:
+        return {key: tuple(tensor.shape) for key, tensor in read_lora(path).items()}
+    shapes = {key: tuple(entry["shape"]) for key, entry in header.items() if key != "__metadata__"}
+    if not _looks_like_lora(shapes):
+        raise BadCheckpoint(f"{path.name} is not a LoRA (no lora_* keys); a LoRA file is what kohya, "
+                            "diffusers or PEFT training writes")
+    return shapes
+
+
+def _describe(path: Path, shapes: dict[str, tuple[int, ...]]) -> LoraInfo:
+    keys = list(shapes)
     if any(".hada_w1_a" in k for k in keys):
         format = "lycoris-loha"
     elif any(".lokr_w1" in k for k in keys):
         format = "lycoris-lokr"
     elif any(k.startswith("lora_unet_") or k.startswith("lora_te") for k in keys):
-        convs = any(k.endswith("lora_down.weight") and state[k].ndim == 4 for k in keys)
+        convs = any(k.endswith("lora_down.weight") and len(shapes[k]) == 4 for k in keys)
         format = "lycoris-locon" if convs else "kohya"
     elif any(".lora_A." in k for k in keys):
         format = "peft"
     else:
         format = "diffusers"
     cross = text = None
-    for k, value in state.items():
-        if value.ndim < 2:
+    for k, shape in shapes.items():
+        if len(shape) < 2:
             continue
         down = k.endswith(("lora_down.weight", "lora_A.weight", "lora.down.weight", "hada_w1_b", "hada_w2_b"))
         if not down:
             continue
         if cross is None and re.search(r"attn2[._]to[._]k[._]", k):
-            cross = int(value.shape[1])
+            cross = int(shape[1])
         if text is None and re.search(r"(lora_te1?_|text_encoder\.).*q[._]proj", k):
-            text = int(value.shape[1])
+            text = int(shape[1])
     has_text = any(k.startswith(("lora_te", "text_encoder")) for k in keys)
     has_unet = any(not k.startswith(("lora_te", "text_encoder")) for k in keys)
     width = cross or text

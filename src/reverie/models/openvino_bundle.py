@@ -39,6 +39,36 @@ HELD_AT_LEAST = 2  # ...and two at least (SD 1.5's UNet: 1.7 GB a shape in bf16)
 VERSIONED = ("openvino", "torch", "diffusers", "transformers")  # what exports a bundle: a new version makes it again
 
 
+def openvino_cache_dir() -> Path:
+    """Where OpenVINO exports and bundles live: `$REVERIE_CACHE/openvino`."""
+    from .clip_tokenizer import cache_dir
+
+    return cache_dir() / "openvino"
+
+
+# The torch path's UNet exports (models/openvino_runtime.py), each a folder of the cache named
+# by `fingerprint_of`; a bundle links its UNet's, and runs a LoRA set's in its place.
+UNET_IR_NAME = "unet.xml"
+
+
+def fingerprint_of(parts: dict, variant: dict | None = None) -> str:
+    """The cache entry's name of a UNet's export: its `fingerprint_parts` (openvino_runtime.py)
+    running `variant` (its LoRAs and their weights; None: the UNet's own)."""
+    text = json.dumps(parts | ({"variant": variant} if variant else {}), sort_keys=True)
+    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+
+
+def unet_export_made(folder: Path) -> bool:
+    """Whether a UNet export's cache entry is whole: its marker, and a weights file of the size
+    it recorded."""
+    try:
+        done = json.loads((folder / DONE_NAME).read_text())
+        ir = folder / UNET_IR_NAME
+        return ir.is_file() and ir.with_suffix(".bin").stat().st_size == done["bin_bytes"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def precision_of(dtype: str) -> str:
     """OpenVINO's inference precision for a request's resolved dtype name (fp32 or bf16)."""
     return {"bf16": "bf16", "fp32": "f32"}[dtype]
@@ -56,12 +86,10 @@ def bundle_path(prefix: str, format_version: int, precision: str, files: list[Pa
     bundle's format, its precision, the versions of what exports it (read from the installed
     packages' metadata: nothing is imported) and the path, size and modification time of each
     file it is made from."""
-    from .clip_tokenizer import cache_dir
-
     parts = {"format": format_version, "precision": precision, "versions": {name: _version(name) for name in VERSIONED},
              "files": [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files]}
     key = hashlib.blake2b(json.dumps(parts, sort_keys=True).encode(), digest_size=12).hexdigest()
-    return (cache or cache_dir() / "openvino") / f"{prefix}-{key}"
+    return (cache or openvino_cache_dir()) / f"{prefix}-{key}"
 
 
 def bundle_made(folder: Path) -> bool:

@@ -60,6 +60,7 @@ from ..device import available_memory
 from ..host import file_pages_dropped, is_x86
 from ..errors import BadRequest
 from ..outputs.files import one_process_at_a_time, partial_folder
+from .openvino_bundle import DONE_NAME, UNET_IR_NAME, fingerprint_of, openvino_cache_dir, unet_export_made
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +92,7 @@ EXPORT_DISK_MARGIN = 1.1  # free disk an export wants, in the UNet's weight byte
 # made: each is the UNet's size (1.7 GB for SD 1.5 in bf16), and every new weight is another.
 VARIANTS_KEPT = 2
 ABANDONED_AFTER_S = 6 * 3600  # a partial export this old was left by a process that died (an export takes minutes)
-IR_NAME = "unet.xml"
-DONE_NAME = "done.json"
+IR_NAME = UNET_IR_NAME
 
 
 def openvino_available() -> bool:
@@ -161,12 +161,6 @@ def resolve_runtime(name: str, device: torch.device, dtype: torch.dtype, *, para
 # ----------------------------------------------------------------------------- the cache
 
 
-def openvino_cache_dir() -> Path:
-    from .clip_tokenizer import cache_dir
-
-    return cache_dir() / "openvino"
-
-
 def _file_stamp(path: Path) -> list:
     stat = path.stat()
     return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
@@ -177,6 +171,12 @@ def weights_fingerprint(unet, source: str = "", variant: dict | None = None) -> 
     size and modification time when it came from disk, else a hash of its tensors (LoRA
     adapters loaded on it left out: `variant` names those that run); with the UNet's config and
     dtype, the versions that make the export, and the `variant` (`for_variant`) it runs."""
+    return fingerprint_of(fingerprint_parts(unet, source), variant)
+
+
+def fingerprint_parts(unet, source: str = "") -> dict:
+    """What `weights_fingerprint` hashes but the variant: plain JSON, so a model's bundle keeps
+    it (models/sd_bundle.py) and names its LoRA sets' exports without torch (`fingerprint_of`)."""
     import diffusers
     import openvino
 
@@ -188,8 +188,6 @@ def weights_fingerprint(unet, source: str = "", variant: dict | None = None) -> 
         # Made before the export took LCM's guidance embedding, its graph had no such input.
         parts["inputs"] = "timestep_cond"
     path = _source_path(source)
-    if variant:
-        parts["variant"] = variant
     if path is not None and path.is_file():
         parts["file"] = _file_stamp(path)
     elif path is not None:
@@ -202,8 +200,7 @@ def weights_fingerprint(unet, source: str = "", variant: dict | None = None) -> 
             digest.update(name.replace(".base_layer.", ".").encode())
             digest.update(tensor.detach().to(torch.float32).contiguous().numpy().tobytes())
         parts["weights"] = digest.hexdigest()
-    text = json.dumps(parts, sort_keys=True)
-    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+    return parts
 
 
 def _source_path(source: str) -> Path | None:
@@ -415,15 +412,6 @@ def _keep_newest(folder: Path, count: int) -> None:
         old.unlink(missing_ok=True)
 
 
-def _entry_ok(folder: Path) -> bool:
-    """Whether a cache entry is complete: its marker, and a weights file of the size it recorded."""
-    try:
-        done = json.loads((folder / DONE_NAME).read_text())
-        return (folder / IR_NAME).is_file() and (folder / IR_NAME).with_suffix(".bin").stat().st_size == done["bin_bytes"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-
-
 # ----------------------------------------------------------------------------- the UNet
 
 
@@ -459,7 +447,7 @@ class OpenVINOUNet:
     @staticmethod
     def exported(unet, source: str = "", cache: Path | None = None, variant: dict | None = None) -> bool:
         """Whether the UNet's export is in the cache already (`load` would not need its weights)."""
-        return _entry_ok((cache or openvino_cache_dir()) / weights_fingerprint(unet, source, variant))
+        return unet_export_made((cache or openvino_cache_dir()) / weights_fingerprint(unet, source, variant))
 
     @classmethod
     def load(cls, unet, source: str = "", cache: Path | None = None, variant: dict | None = None) -> "OpenVINOUNet":
@@ -486,9 +474,9 @@ class OpenVINOUNet:
                 return self
             folder, label = self.folder, (self.variant or {}).get("label")
             try:
-                if not _entry_ok(folder):
+                if not unet_export_made(folder):
                     with one_process_at_a_time(folder):  # another worker exporting it: wait, then find it made
-                        if not _entry_ok(folder):
+                        if not unet_export_made(folder):
                             export_unet(unet, folder, self.source, label)
                             self.exports += 1
                 try:

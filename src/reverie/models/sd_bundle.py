@@ -39,7 +39,7 @@ from .openvino_bundle import bundle_path, encoded_latents, in_fp32, save_bundle,
 
 log = logging.getLogger(__name__)
 
-FORMAT = 3  # bump when a part's graph or inputs change, or what done.json holds
+FORMAT = 4  # bump when a part's graph or inputs change, or what done.json holds (4: unet_key)
 FOLDER_PARTS = ("unet", "text_encoder", "vae", "tokenizer", "scheduler")
 UNET_INPUT_KEY = UNET_PREFIX + "input_blocks.0.0.weight"
 SD1_TEXT_KEY = CLIP_PREFIX + "embeddings.token_embedding.weight"
@@ -150,7 +150,7 @@ def make_sd_bundle(source: SDSource, folder: Path, precision: str) -> None:
     import torch
 
     from .latent_rgb import fit_latent_to_rgb
-    from .openvino_runtime import ExportFailed, IR_NAME, OpenVINOUNet, export_blocked
+    from .openvino_runtime import ExportFailed, IR_NAME, OpenVINOUNet, export_blocked, fingerprint_parts
     from .registry import load_model
 
     started = time.perf_counter()
@@ -189,6 +189,9 @@ def make_sd_bundle(source: SDSource, folder: Path, precision: str) -> None:
                                                                    "model_max_length")},
         "text_mask": False, "latent_rgb": latent_rgb, "name": components.name,
         "vocab": int(vocab), "text_width": int(width),
+        # What names the UNet's OpenVINO exports in their cache: with a LoRA set's variant, the
+        # export the torch path made of the UNet with those LoRAs on (compiled.py runs it).
+        "unet_key": fingerprint_parts(unet, components.source),
     }
     del components
     save_bundle(folder, parts, facts, replaces="model", extra_files={"tokenizer.json": _tokenizer_json(tokenizer)})

@@ -8,14 +8,15 @@ either, whether a request is one this path runs: txt2img, img2img, variations, i
 outpaint on reverie-mini or on a Stable Diffusion model a bundle serves (models/sd_bundle.py: an
 SD pipeline folder, LCM-distilled ones included, an SD 1.x or 2.x .safetensors file), on the CPU
 under runtime `auto` or `openvino`, with a sampler numpy_sampler.py ports (DPM++ 2M with or
-without Karras sigmas, DPM++ 2M SDE Karras, Euler with or without, Euler a, Heun, LMS with or
-without, DDIM, PLMS, LCM, UniPC), at most 512 px a side for mini (192 with its x2 upscale) and
+without Karras sigmas, DPM++ 2M SDE Karras, Euler with or without, Euler a, Heun, DPM2, LMS
+with or without, DDIM, PLMS, LCM, UniPC), at most 512 px a side for mini (192 with its x2 upscale) and
 768 for SD (multiples of 64, at most four 512 px pictures' worth a batch); for an image mode
 that is the size the input picture is worked at (mini works on a larger one at half its size
 and enlarges the result back).
-A prompt with weights, a negative, templates, styles and textual-inversion embeddings (no
-LoRAs), without the options only the torch pipeline has (seamless tiles, step caching, chaos
-below 100, a refiner, prompt expansion, SD's upscale). A tiny decoder (`decoder tiny`: TAESD in
+A prompt with weights, a negative, templates, styles and textual-inversion embeddings, and for
+SD one set of LoRAs for the UNet alone once run.py has made its export (`_lora_export`),
+without the options only the torch pipeline has (seamless tiles, step caching, chaos below 100,
+a refiner, prompt expansion, SD's upscale). A tiny decoder (`decoder tiny`: TAESD in
 the models folder, or a path to one) makes the pictures from its own bundle
 (models/tiny_decoder_bundle.py) and draws the live previews, as does the models folder's for a
 request decoded by the VAE, where it fits the model (else the VAE's linear latent->RGB map
@@ -64,7 +65,8 @@ from ...models.mini import DEFAULT_UPSCALE, MINI_DIR, MINI_NAME, SAMPLING_DEFAUL
 from ...models.embeddings import written_as_tokens
 from ...models import int8_unet
 from ...models.mini_bundle import bundle_folder, make_bundle
-from ...models.openvino_bundle import OpenVINOBundle, bundle_facts, bundle_made, precision_of
+from ...models.openvino_bundle import (UNET_IR_NAME, OpenVINOBundle, bundle_facts, bundle_made, fingerprint_of,
+                                       openvino_cache_dir, precision_of, unet_export_made)
 from ...models.registry import find_path
 from ...models.sd_bundle import SDSource, make_sd_bundle, sd_bundle_folder, sd_source
 from ...outputs.files import Outputs, one_process_at_a_time
@@ -175,6 +177,7 @@ class Served:
     source: SDSource | None  # the SD model's files; None for reverie-mini
     facts: ModelFacts
     prepared: PreparedInput  # the working size; an image mode's input picture (and mask) loaded
+    unet: Path | None = None  # the export of the UNet with the request's LoRAs on, run in the bundle's UNet's place
 
 
 def serves(request: GenerationRequest) -> bool:
@@ -229,7 +232,12 @@ def served(request: GenerationRequest) -> Served | None:
     steps = sampler_steps(request.mode, request.steps or facts.sampling.steps, request.effective_strength)
     if not _sampler_runs(request.sampler or facts.sampling.sampler, facts.scheduler_config, steps):
         return None
-    return None if _networks_unserved(request, facts) else Served(source, facts, prepared)
+    if _embeddings_unserved(request, facts):
+        return None
+    named, unet = _lora_export(request, source, precision_of(dtype))
+    if named and (unet is None or int8 or _bundle_key(source, precision_of(dtype), unet=unet) in _failed):
+        return None  # run.py makes the LoRA set's export, or says why the LoRAs cannot run
+    return Served(source, facts, prepared, unet)
 
 
 def int8_refused(request: GenerationRequest) -> str:
@@ -243,7 +251,7 @@ def int8_refused(request: GenerationRequest) -> str:
     return ("int8 runs where reverie runs the model on OpenVINO without torch: reverie-mini or an SD 1.x/2.x "
             ".safetensors file or folder, on the CPU in fp32 or bf16, runtime auto or openvino, txt2img or an image "
             "mode at sides that are multiples of 64 up to 768 px (SD), a sampler of DPM++ 2M, DPM++ 2M Karras, "
-            "DPM++ 2M SDE Karras, Euler, Euler Karras, Euler a, Heun, LMS, LMS Karras, DDIM, PLMS, LCM or UniPC, "
+            "DPM++ 2M SDE Karras, Euler, Euler Karras, Euler a, Heun, DPM2, LMS, LMS Karras, DDIM, PLMS, LCM or UniPC, "
             "without LoRAs, seamless tiles, step caching, chaos, a refiner or prompt expansion; change those or leave "
             "quantize out")
 
@@ -308,17 +316,44 @@ def tiny_decoders(models: ModelCache, request: GenerationRequest, facts: ModelFa
     return None, (decoder if fits(decoder, facts.latent_channels, facts.vae_scale) else None)
 
 
-def _networks_unserved(request: GenerationRequest, facts: ModelFacts) -> bool:
-    """Whether any picture's prompt names a LoRA, or an embedding this model's text encoder
-    cannot take here (unreadable, of another width, SDXL's pair): run.py says why."""
+def _lora_export(request: GenerationRequest, source: SDSource | None, precision: str) -> tuple[bool, Path | None]:
+    """(whether the request's prompts name LoRAs, the OpenVINO export of the model's UNet with
+    them on where this path runs them). It runs one set of LoRAs for the whole request, from
+    .safetensors files, for the UNet alone (a LoRA's text-encoder layers at a weight above 0 stay
+    run.py's), once run.py has made that export (its first such request: OpenVINOUNet.for_variant)
+    and the model's bundle names its UNet's exports (`unet_key`)."""
+    from ...models.lora import find_lora, lora_info, lora_variant
+    from .networks import lora_sets
+
+    sets = lora_sets(request)
+    if sets == {()}:
+        return False, None
+    if source is None or len(sets) != 1:
+        return True, None
+    (uses,) = sets
+    try:
+        infos = [lora_info(find_lora(use.name)) for use in uses]
+    except (ModelNotFound, BadCheckpoint, OSError):
+        return True, None
+    if any(info.path.suffix.lower() != ".safetensors" or (use.text and info.has_text) for use, info in zip(uses, infos)):
+        return True, None
+    variant = lora_variant(uses, infos)
+    unet_key = bundle_facts(sd_bundle_folder(source, precision)).get("unet_key")
+    if variant is None or unet_key is None:
+        return True, None
+    folder = openvino_cache_dir() / fingerprint_of(unet_key, variant)
+    return True, folder if unet_export_made(folder) else None
+
+
+def _embeddings_unserved(request: GenerationRequest, facts: ModelFacts) -> bool:
+    """Whether any picture's prompt names an embedding this model's text encoder cannot take
+    here (unreadable, of another width, SDXL's pair): run.py says why."""
     from ...models.embeddings import embedding_names_in, list_embeddings, read_embedding
 
     plan, known = prompt_plan(request), list_embeddings()
     named: set[str] = set()
     for seed in request.image_seeds():
         prompt = plan(seed)
-        if extract_pair(prompt.prompt, prompt.negative_prompt)[2]:
-            return True
         if known:
             named.update(embedding_names_in(prompt.prompt + "\n" + prompt.negative_prompt, known))
     for name in named:
@@ -343,7 +378,7 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
     dtype = ran_dtype(request)
     if found is None:
         source, facts = served_model(request)
-        found = Served(source, facts, prepare_input(request, facts))
+        found = Served(source, facts, prepare_input(request, facts), _lora_export(request, source, precision_of(dtype))[1])
     source, facts, prepared = found.source, found.facts, found.prepared
     factor = prepared.factor
     # What ran, as run.py records it: the runtime, the upscale, no tiled decode; txt2img's size drawn at.
@@ -352,7 +387,8 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
         ran |= {"width": prepared.width, "height": prepared.height}
     request = request.with_defaults(facts.sampling).model_copy(update=ran)
     progress(ProgressEvent("load", message=f"loading {request.model}"))
-    bundle = load_bundle(models, source, precision_of(dtype), progress, int8=request.quantize == "int8")
+    bundle = load_bundle(models, source, precision_of(dtype), progress, int8=request.quantize == "int8",
+                         unet=found.unet)
     if source is not None:
         facts = sd_facts(source, bundle.folder)  # what the made bundle says (its name, schedule, channels)
     tokenizer = models.get(("bundle-tokenizer", str(bundle.folder)), lambda: BundleTokenizer.of(bundle))
@@ -411,9 +447,10 @@ def make_batches(request: GenerationRequest, bundle: OpenVINOBundle, tokenizer: 
         if start.untouched:  # an image mode at strength 0: nothing to denoise, the picture itself
             yield [(prepared.image.copy(), seed) for seed in seeds]
             continue
-        # embedding names written as their tokens, as the torch path's networks.batch_prompts writes them
-        texts, used = written_as_tokens([text for seed in seeds
-                                         for text in (plan(seed).prompt, plan(seed).negative_prompt)])
+        # LoRA tags taken out and embedding names written as their tokens, as the torch path's
+        # networks.batch_prompts does
+        pairs = [extract_pair(plan(seed).prompt, plan(seed).negative_prompt)[:2] for seed in seeds]
+        texts, used = written_as_tokens([text for pair in pairs for text in pair])
         tokenizer.add_embeddings(used)
         cond, uncond = encode_pairs(list(zip(texts[0::2], texts[1::2])), tokenizer, bundle, encoded)
         latents = denoise(request, bundle, start, seeds, cond, uncond, batch, progress, preview)
@@ -441,18 +478,20 @@ class BundleUnavailable(RuntimeError):
 _failed: dict[tuple, str] = {}  # (model, precision) -> why its bundle could not be had, in this process
 
 
-def _bundle_key(source: SDSource | None, precision: str, int8: bool = False) -> tuple:
-    return (str(source.path) if source is not None else MINI_NAME, precision) + (("int8",) if int8 else ())
+def _bundle_key(source: SDSource | None, precision: str, int8: bool = False, unet: Path | None = None) -> tuple:
+    return ((str(source.path) if source is not None else MINI_NAME, precision) + (("int8",) if int8 else ())
+            + ((unet.name,) if unet is not None else ()))
 
 
 def load_bundle(models: ModelCache, source: SDSource | None, precision: str,
-                progress: Progress | None = None, int8: bool = False) -> OpenVINOBundle:
+                progress: Progress | None = None, int8: bool = False, unet: Path | None = None) -> OpenVINOBundle:
     """The bundle of reverie-mini (`source` None) or of an SD model for `precision`, from the
     model cache, read from disk, or made first (once: about 11 s for mini, a minute or more for
     SD, whose UNet export takes most of it unless the torch path made it already; the only time
     this path imports torch); `int8`: with its UNet quantized to int8 (models/int8_unet.py),
-    quantized first where it is not yet. BundleUnavailable when that fails."""
-    key = _bundle_key(source, precision, int8)
+    quantized first where it is not yet; `unet`: with the UNet export in that folder (a LoRA
+    set's, `_lora_export`) in its UNet's place. BundleUnavailable when that fails."""
+    key = _bundle_key(source, precision, int8, unet)
     mini = source is None
 
     def say(message: str) -> None:
@@ -478,6 +517,8 @@ def load_bundle(models: ModelCache, source: SDSource | None, precision: str,
                         facts = mini_facts() if mini else sd_facts(source, folder)
                         int8_unet.quantize_unet(folder, lambda: calibration_inputs(OpenVINOBundle(folder, precisions), facts))
             replaced = {"unet": int8_unet.int8_folder(folder) / int8_unet.IR_NAME} if int8 else None
+            if unet is not None:
+                replaced = {"unet": unet / UNET_IR_NAME}
             return OpenVINOBundle(folder, precisions, store_compiled=mini, replaced=replaced)
         except Exception as exc:  # the exporter meets a layer it cannot trace, a full disk, a damaged file...
             _failed[key] = f"{type(exc).__name__}: {exc}"[:300]

@@ -1,12 +1,12 @@
-"""Reverie's DPM++ 2M, Euler, Heun, LMS, DDIM, PLMS, LCM and UniPC samplers in NumPy: "dpmpp_2m",
-"dpmpp_2m_karras", "dpmpp_2m_sde_karras", "euler", "euler_karras", "euler_a", "heun", "lms",
-"lms_karras", "ddim", "plms", "lcm" and "unipc" without torch or diffusers.
+"""Reverie's DPM++ 2M, Euler, Heun, DPM2, LMS, DDIM, PLMS, LCM and UniPC samplers in NumPy:
+"dpmpp_2m", "dpmpp_2m_karras", "dpmpp_2m_sde_karras", "euler", "euler_karras", "euler_a", "heun",
+"dpm2", "lms", "lms_karras", "ddim", "plms", "lcm" and "unipc" without torch or diffusers.
 
 A request that runs its UNet outside torch (OpenVINO) would otherwise import torch and diffusers
 (seconds) only to step the scheduler. `make_sampler(name, config, steps)` gives the sampler that
 does what diffusers 0.42's scheduler does when `reverie.samplers.build_scheduler(name, config)`
 builds it: the model's noise schedule (`samplers.scheduler_options`) plus the sampler row's options
-(Karras sigmas, the SDE solver), the scheduler's defaults otherwise. Nine schedulers are ported:
+(Karras sigmas, the SDE solver), the scheduler's defaults otherwise. Ten schedulers are ported:
 
 - `DPMSolver2M`, diffusers' `DPMSolverMultistepScheduler` at its defaults: the data-prediction
   solver ("dpmsolver++", midpoint, order 2) with a last step to sigma 0; with or without Karras
@@ -24,6 +24,9 @@ builds it: the model's noise schedule (`samplers.scheduler_options`) plus the sa
 - `Heun`, diffusers' `HeunDiscreteScheduler` ("heun"): Euler's schedule, each step but the
   last taken twice (a second model evaluation at the next sigma, the slopes averaged);
   `timesteps` lists every evaluation, and an image mode begins at `order` (2) times its step.
+- `DPM2`, diffusers' `KDPM2DiscreteScheduler` ("dpm2"): Euler's schedule, each step but the
+  last taken in two passes, the second at the step's geometric midpoint (its timestep worked
+  out from that sigma); `order` 2, as Heun's.
 - `LMS`, diffusers' `LMSDiscreteScheduler` ("lms", "lms_karras"): Euler's schedule (with or
   without Karras sigmas) and a fourth-order linear multistep step over the slopes, its
   coefficients integrated exactly (diffusers integrates them numerically).
@@ -159,6 +162,9 @@ _HEUN_OPTIONS = _SCHEDULE_OPTIONS | {"beta_start": 0.00085, "beta_end": 0.012, "
 
 # LMSDiscreteScheduler's that this port runs only at their defaults.
 _LMS_FIXED_OPTIONS = {"use_exponential_sigmas": False, "use_beta_sigmas": False}
+
+# KDPM2DiscreteScheduler's: Heun's fixed ones, and the schedule with its own defaults.
+_DPM2_OPTIONS = _SCHEDULE_OPTIONS | {"beta_start": 0.00085, "beta_end": 0.012}
 
 # PNDMScheduler's: its PRK steps skipped, as reverie's "plms" row asks; those ported with its
 # defaults (DDPM's betas, leading spacing, the first cumulative alpha past the end).
@@ -442,6 +448,60 @@ class LMS(EulerDiscrete):
         basis = basis / np.prod([sigmas[t - current] - s for s in others])
         integral = basis.integ()
         return float(integral(sigmas[t + 1]) - integral(sigmas[t]))
+
+
+class DPM2(EulerDiscrete):
+    """DPM2 (k-diffusion's sample_dpm_2, diffusers' KDPM2DiscreteScheduler) over `steps` steps for
+    a model's scheduler config: Euler's timesteps and sigmas, each step but the last taken in two
+    passes (`timesteps` holds 2 x steps - 1 entries, one model evaluation each): a half step in
+    log sigma to the geometric midpoint, then at the midpoint the model again and the whole step
+    taken from the same start with the midpoint's slope; the last step, to sigma 0, is Euler's
+    alone. An image mode begins at `order` times the step it enters at."""
+
+    order = 2
+
+    def __init__(self, scheduler_config: dict, steps: int, sampler: str = "dpm2"):
+        super().__init__(scheduler_config, steps, sampler)
+        sigmas = self.sigmas  # one per step, then 0 (float32)
+        # Log-space midpoints with the sigma before, as torch's lerp of the logs at 0.5 works
+        # them out, then exp: the first has none before it (NaN, never used), the last is 0.
+        with np.errstate(divide="ignore", invalid="ignore"):
+            logs = np.log(sigmas)
+            before = np.roll(logs, 1)
+            middle = np.exp(before - (before - logs) * _F32(0.5)).astype(_F32)
+        log_train = np.log(_train_sigmas(_options(_sampler_of(sampler, DPM2), scheduler_config,
+                                                  *_OPTION_TABLES[DPM2])))
+        middle_t = _sigma_to_t(middle[1:-1], log_train).astype(_F32)
+        self.sigmas = np.concatenate([sigmas[:1], np.repeat(sigmas[1:], 2), sigmas[-1:]])
+        self.middles: np.ndarray = np.concatenate([middle[:1], np.repeat(middle[1:], 2), middle[-1:]])
+        self.timesteps = np.concatenate([self.timesteps[:1], np.stack([middle_t, self.timesteps[1:]], axis=1).ravel()])
+        self._start: np.ndarray | None = None  # a step's start, while its second pass is to come
+
+    def scale_model_input(self, sample: np.ndarray) -> np.ndarray:
+        """The UNet's input at the current pass: sample / (sigma**2 + 1) ** 0.5, sigma the step's
+        own in its first pass and the midpoint in its second."""
+        _check_not_done(self._index, self.timesteps)
+        sigma = self.sigmas[self._index] if self._start is None else self.middles[self._index]
+        return np.asarray(sample, dtype=_F32) / np.sqrt(sigma * sigma + _F32(1.0))
+
+    def step(self, model_output: np.ndarray, sample: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
+        """The sample after this pass (float32): at the midpoint after a step's first pass, at the
+        next sigma after its second."""
+        _check_not_done(self._index, self.timesteps)
+        sample = np.asarray(sample, dtype=_F32)
+        model_output = np.asarray(model_output, dtype=_F32)
+        if self._start is None:
+            sigma, middle = self.sigmas[self._index], self.middles[self._index + 1]
+            slope = (sample - self._data(model_output, sample, sigma)) / sigma
+            self._start = sample
+            prev_sample = sample + slope * (middle - sigma)
+        else:
+            sigma, middle, sigma_next = self.sigmas[self._index - 1], self.middles[self._index], self.sigmas[self._index]
+            slope = (sample - self._data(model_output, sample, middle)) / middle
+            prev_sample = self._start + slope * (sigma_next - sigma)
+            self._start = None
+        self._index += 1
+        return prev_sample
 
 
 class EulerAncestral(EulerDiscrete):
@@ -787,7 +847,7 @@ class UniPC(_Steps):
 _SCHEDULERS = {"DPMSolverMultistepScheduler": DPMSolver2M, "EulerDiscreteScheduler": EulerDiscrete,
                "EulerAncestralDiscreteScheduler": EulerAncestral, "DDIMScheduler": DDIM, "LCMScheduler": LCM,
                "UniPCMultistepScheduler": UniPC, "HeunDiscreteScheduler": Heun, "PNDMScheduler": PLMS,
-               "LMSDiscreteScheduler": LMS}
+               "LMSDiscreteScheduler": LMS, "KDPM2DiscreteScheduler": DPM2}
 _OPTION_TABLES = {DPMSolver2M: (_FIXED_OPTIONS, _DPM_OPTIONS),
                   EulerDiscrete: (_EULER_FIXED_OPTIONS, _PORTED_OPTIONS),  # its ported options: DPM's, the same defaults
                   EulerAncestral: (_EULER_A_FIXED_OPTIONS, _SCHEDULE_OPTIONS),
@@ -796,7 +856,8 @@ _OPTION_TABLES = {DPMSolver2M: (_FIXED_OPTIONS, _DPM_OPTIONS),
                   UniPC: (_UNIPC_FIXED_OPTIONS, _SCHEDULE_OPTIONS),  # its ported options: the schedule's alone
                   Heun: (_HEUN_FIXED_OPTIONS, _HEUN_OPTIONS),
                   PLMS: (_PLMS_FIXED_OPTIONS, _PLMS_OPTIONS),
-                  LMS: (_LMS_FIXED_OPTIONS, _PORTED_OPTIONS)}  # its ported options: Euler's, the same defaults
+                  LMS: (_LMS_FIXED_OPTIONS, _PORTED_OPTIONS),  # its ported options: Euler's, the same defaults
+                  DPM2: (_HEUN_FIXED_OPTIONS, _DPM2_OPTIONS)}
 
 
 def make_sampler(name: str, scheduler_config: dict, steps: int, eta: float = 0.0):

@@ -36,7 +36,7 @@ def network_fields(prompt: PicturePrompt) -> tuple[dict, dict]:
     _, _, uses = extract_pair(prompt.prompt, prompt.negative_prompt)
     fields, metadata = {}, {}
     if uses:
-        from ...models.lora import find_lora, lora_info  # torch: only a picture that used LoRAs
+        from ...models.lora import find_lora, lora_info  # a .safetensors LoRA: its header alone, no torch
 
         infos = [lora_info(find_lora(use.name)) for use in uses]
         fields["Lora hashes"] = ", ".join(f"{use.name}: {info.hash}" for use, info in zip(uses, infos))
