@@ -302,11 +302,14 @@ def unet_lora(unet, seed: int, text_width: int | None = None) -> dict:
 def test_a_unet_lora_runs_here_once_the_torch_path_made_its_export(sd_folder, tmp_path, monkeypatch):
     """A LoRA set for the UNet alone (LCM-LoRA's kind) runs from the bundle, its UNet's place
     taken by the export the torch path made of the UNet with those LoRAs on (the set's first
-    request), found by the key the bundle keeps; the picture is the torch pipeline's, the tags
-    are out of the encoded prompt and in the picture's records. A set not exported yet, or with
-    text-encoder layers, stays on the torch pipeline."""
+    request with runtime openvino), found by the key the bundle keeps; the picture is the torch
+    pipeline's, the tags are out of the encoded prompt and in the picture's records. Before the
+    bundle is made the request is tried here: the bundle is made, then without the set's export
+    the torch pipeline makes the picture. A set not exported yet, or with text-encoder layers,
+    stays on the torch pipeline."""
     from safetensors.torch import save_file
 
+    from reverie.methods.diffusion import _run
     from reverie.methods.diffusion.run import run
 
     models = tmp_path / "models"
@@ -316,14 +319,20 @@ def test_a_unet_lora_runs_here_once_the_torch_path_made_its_export(sd_folder, tm
     width = int(components.text_encoder.config.hidden_size)
     save_file(unet_lora(components.unet, 2, text_width=width), str(models / "Lora" / "both.safetensors"))
     monkeypatch.setenv("REVERIE_MODELS", str(models))
-    plain = make(tmp_path, "plain", request_for(sd_folder, n_samples=1, steps=4, dtype="fp32"))  # the bundle, made
+    monkeypatch.setenv("REVERIE_CACHE", str(tmp_path / "cache"))  # no bundle yet
+    cache = ModelCache()
     request = request_for(sd_folder, prompt="a red apple <lora:style:0.8>", n_samples=1, steps=4, dtype="fp32")
-    assert not compiled.serves(request)  # its export is not made yet
-    first = run(request.model_copy(update={"runtime": "openvino"}), MODELS, Progress(), Outputs(tmp_path / "first"))
+    assert compiled.serves(request)  # tried here: its bundle is not made yet
+    tried = _run(request, cache, Progress(), Outputs(tmp_path / "tried"))
+    assert bundle_made(sd_bundle_folder(sd_source(sd_folder), "f32"))
+    assert tried.images[0].metadata["settings"]["runtime"] == "torch"  # the set's export was not made
+    assert not compiled.serves(request)  # now known: not made yet
+    first = run(request.model_copy(update={"runtime": "openvino"}), cache, Progress(), Outputs(tmp_path / "first"))
     assert first.images[0].metadata["settings"]["runtime"] == "openvino"
     assert compiled.serves(request)
-    ours = make(tmp_path, "ours", request)
-    theirs = make(tmp_path, "theirs", request, torch_run)
+    ours = compiled.run(request, cache, Progress(), Outputs(tmp_path / "ours"))
+    theirs = torch_run(request, cache, Progress(), Outputs(tmp_path / "theirs"))
+    plain = compiled.run(request.model_copy(update={"prompt": "a red apple"}), cache, Progress(), Outputs(tmp_path / "plain"))
     assert psnr(pixels(ours.images[0].image), pixels(theirs.images[0].image)) > 60
     assert psnr(pixels(ours.images[0].image), pixels(plain.images[0].image)) < 40  # the LoRA ran
     assert ours.images[0].metadata["loras"] == theirs.images[0].metadata["loras"]

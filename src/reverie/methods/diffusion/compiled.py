@@ -9,12 +9,12 @@ outpaint on reverie-mini or on a Stable Diffusion model a bundle serves (models/
 SD pipeline folder, LCM-distilled ones included, an SD 1.x or 2.x .safetensors file), on the CPU
 under runtime `auto` or `openvino`, with a sampler numpy_sampler.py ports (DPM++ 2M with or
 without Karras sigmas, DPM++ 2M SDE Karras, Euler with or without, Euler a, Heun, DPM2, LMS
-with or without, DDIM, PLMS, LCM, UniPC), at most 512 px a side for mini (192 with its x2 upscale) and
-768 for SD (multiples of 64, at most four 512 px pictures' worth a batch); for an image mode
-that is the size the input picture is worked at (mini works on a larger one at half its size
-and enlarges the result back).
+with or without, DDIM, PLMS, LCM, UniPC), at most 512 px a side for mini (192 with its x2
+upscale) and 768 for SD (multiples of 64, at most four 512 px pictures' worth a batch); for an
+image mode that is the size the input picture is worked at (mini works on a larger one at half
+its size and enlarges the result back).
 A prompt with weights, a negative, templates, styles and textual-inversion embeddings, and for
-SD one set of LoRAs for the UNet alone once run.py has made its export (`_lora_export`),
+SD one set of LoRAs for the UNet alone once run.py has made its export (`_lora_variant`),
 without the options only the torch pipeline has (seamless tiles, step caching, chaos below 100,
 a refiner, prompt expansion, SD's upscale). A tiny decoder (`decoder tiny`: TAESD in
 the models folder, or a path to one) makes the pictures from its own bundle
@@ -177,7 +177,7 @@ class Served:
     source: SDSource | None  # the SD model's files; None for reverie-mini
     facts: ModelFacts
     prepared: PreparedInput  # the working size; an image mode's input picture (and mask) loaded
-    unet: Path | None = None  # the export of the UNet with the request's LoRAs on, run in the bundle's UNet's place
+    loras: dict | None = None  # the request's LoRA set (`_lora_variant`): its export runs in the UNet's place
 
 
 def serves(request: GenerationRequest) -> bool:
@@ -234,10 +234,13 @@ def served(request: GenerationRequest) -> Served | None:
         return None
     if _embeddings_unserved(request, facts):
         return None
-    named, unet = _lora_export(request, source, precision_of(dtype))
-    if named and (unet is None or int8 or _bundle_key(source, precision_of(dtype), unet=unet) in _failed):
-        return None  # run.py makes the LoRA set's export, or says why the LoRAs cannot run
-    return Served(source, facts, prepared, unet)
+    named, loras = _lora_variant(request, source)
+    if named and (loras is None or int8):
+        return None  # run.py says why the LoRAs cannot run here
+    folder = sd_bundle_folder(source, precision_of(dtype)) if loras else None
+    if folder is not None and bundle_made(folder) and _lora_unet(folder, loras) is None:
+        return None  # run.py makes the set's export (--runtime openvino), or runs it on torch
+    return Served(source, facts, prepared, loras)
 
 
 def int8_refused(request: GenerationRequest) -> str:
@@ -316,16 +319,16 @@ def tiny_decoders(models: ModelCache, request: GenerationRequest, facts: ModelFa
     return None, (decoder if fits(decoder, facts.latent_channels, facts.vae_scale) else None)
 
 
-def _lora_export(request: GenerationRequest, source: SDSource | None, precision: str) -> tuple[bool, Path | None]:
-    """(whether the request's prompts name LoRAs, the OpenVINO export of the model's UNet with
-    them on where this path runs them). It runs one set of LoRAs for the whole request, from
-    .safetensors files, for the UNet alone (a LoRA's text-encoder layers at a weight above 0 stay
-    run.py's), once run.py has made that export (its first such request: OpenVINOUNet.for_variant)
-    and the model's bundle names its UNet's exports (`unet_key`)."""
+def _lora_variant(request: GenerationRequest, source: SDSource | None) -> tuple[bool, dict | None]:
+    """(whether the request's prompts name LoRAs, the variant of the model's UNet they make
+    where this path runs them: `lora.lora_variant`, which names the export run.py makes of the
+    UNet with them on). It runs one set of LoRAs for the whole request (best-of's candidates
+    too), from .safetensors files, for the UNet alone: a LoRA's text-encoder layers at a weight
+    above 0, or LoRAs that change nothing, stay run.py's."""
     from ...models.lora import find_lora, lora_info, lora_variant
     from .networks import lora_sets
 
-    sets = lora_sets(request)
+    sets = lora_sets(request.model_copy(update={"n_iter": request.n_iter * request.rerank}))
     if sets == {()}:
         return False, None
     if source is None or len(sets) != 1:
@@ -335,14 +338,21 @@ def _lora_export(request: GenerationRequest, source: SDSource | None, precision:
         infos = [lora_info(find_lora(use.name)) for use in uses]
     except (ModelNotFound, BadCheckpoint, OSError):
         return True, None
-    if any(info.path.suffix.lower() != ".safetensors" or (use.text and info.has_text) for use, info in zip(uses, infos)):
+    if any(info.path.suffix.lower() != ".safetensors" or (use.text and info.has_text)
+           for use, info in zip(uses, infos)):
         return True, None
-    variant = lora_variant(uses, infos)
-    unet_key = bundle_facts(sd_bundle_folder(source, precision)).get("unet_key")
-    if variant is None or unet_key is None:
-        return True, None
+    return True, lora_variant(uses, infos)
+
+
+def _lora_unet(bundle_folder: Path, variant: dict) -> Path | None:
+    """The export run.py made of the UNet with `variant`'s LoRAs on (its first request for them:
+    OpenVINOUNet.for_variant), named by what the model's bundle keeps (`unet_key`); None where
+    it is not made, or the bundle is not made yet."""
+    unet_key = bundle_facts(bundle_folder).get("unet_key")
+    if unet_key is None:
+        return None
     folder = openvino_cache_dir() / fingerprint_of(unet_key, variant)
-    return True, folder if unet_export_made(folder) else None
+    return folder if unet_export_made(folder) else None
 
 
 def _embeddings_unserved(request: GenerationRequest, facts: ModelFacts) -> bool:
@@ -378,7 +388,7 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
     dtype = ran_dtype(request)
     if found is None:
         source, facts = served_model(request)
-        found = Served(source, facts, prepare_input(request, facts), _lora_export(request, source, precision_of(dtype))[1])
+        found = Served(source, facts, prepare_input(request, facts), _lora_variant(request, source)[1])
     source, facts, prepared = found.source, found.facts, found.prepared
     factor = prepared.factor
     # What ran, as run.py records it: the runtime, the upscale, no tiled decode; txt2img's size drawn at.
@@ -387,8 +397,12 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
         ran |= {"width": prepared.width, "height": prepared.height}
     request = request.with_defaults(facts.sampling).model_copy(update=ran)
     progress(ProgressEvent("load", message=f"loading {request.model}"))
-    bundle = load_bundle(models, source, precision_of(dtype), progress, int8=request.quantize == "int8",
-                         unet=found.unet)
+    bundle = load_bundle(models, source, precision_of(dtype), progress, int8=request.quantize == "int8")
+    if found.loras is not None:  # the bundle made first where it was not: it names the LoRA set's export
+        unet = _lora_unet(bundle.folder, found.loras)
+        if unet is None:
+            raise BundleUnavailable("the LoRA set's UNet export is not made yet")  # run.py's, before any picture
+        bundle = load_bundle(models, source, precision_of(dtype), progress, unet=unet)
     if source is not None:
         facts = sd_facts(source, bundle.folder)  # what the made bundle says (its name, schedule, channels)
     tokenizer = models.get(("bundle-tokenizer", str(bundle.folder)), lambda: BundleTokenizer.of(bundle))
@@ -490,7 +504,7 @@ def load_bundle(models: ModelCache, source: SDSource | None, precision: str,
     SD, whose UNet export takes most of it unless the torch path made it already; the only time
     this path imports torch); `int8`: with its UNet quantized to int8 (models/int8_unet.py),
     quantized first where it is not yet; `unet`: with the UNet export in that folder (a LoRA
-    set's, `_lora_export`) in its UNet's place. BundleUnavailable when that fails."""
+    set's, `_lora_unet`) in its UNet's place. BundleUnavailable when that fails."""
     key = _bundle_key(source, precision, int8, unet)
     mini = source is None
 
