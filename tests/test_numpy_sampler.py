@@ -199,15 +199,26 @@ def test_options_build_scheduler_drops_are_ignored_as_it_does():
     assert sampler_supported("dpmpp_2m", config)
 
 
-def test_every_option_of_the_diffusers_scheduler_is_accounted_for():
-    from diffusers import DPMSolverMultistepScheduler
 
-    defaults = {name: p.default for name, p in inspect.signature(DPMSolverMultistepScheduler).parameters.items()}
-    known = numpy_sampler._FIXED_OPTIONS | numpy_sampler._DPM_OPTIONS
-    only_with_a_fixed_option = {"dynamic_thresholding_ratio", "sample_max_value", "flow_shift", "time_shift_type"}
-    assert set(defaults) == set(known) | only_with_a_fixed_option
-    for name, default in known.items():
+ONLY_WITH_A_FIXED_OPTION = {"dynamic_thresholding_ratio", "sample_max_value", "flow_shift", "time_shift_type"}
+
+
+@pytest.mark.parametrize("scheduler", sorted(numpy_sampler._SCHEDULERS))
+def test_every_option_of_each_ported_diffusers_scheduler_is_accounted_for(scheduler):
+    """Each option of a diffusers scheduler that a port mirrors is ported, with diffusers' default,
+    or held at the one value the port runs: diffusers' default, or what reverie's sampler rows
+    set (PLMS: its PRK steps skipped). Those left out matter only once a held option changes."""
+    import diffusers
+
+    fixed, ported = numpy_sampler._OPTION_TABLES[numpy_sampler._SCHEDULERS[scheduler]]
+    defaults = {name: p.default for name, p in inspect.signature(getattr(diffusers, scheduler)).parameters.items()}
+    assert set(fixed) | set(ported) <= set(defaults)
+    assert set(defaults) - set(fixed) - set(ported) <= ONLY_WITH_A_FIXED_OPTION
+    rows = {key: value for row in samplers.SAMPLERS if row.scheduler == scheduler for key, value in row.options.items()}
+    for name, default in ported.items():
         assert default == defaults[name], name
+    for name, value in fixed.items():
+        assert value == rows.get(name, defaults[name]), name
 
 
 @pytest.mark.parametrize("steps", [0, 1000])
@@ -223,24 +234,6 @@ def test_importing_the_torch_free_path_imports_no_torch():
     assert result.stdout.strip() == "[]"
 
 
-def test_every_option_of_diffusers_euler_a_is_accounted_for():
-    from diffusers import EulerAncestralDiscreteScheduler
-
-    defaults = {name: p.default for name, p in inspect.signature(EulerAncestralDiscreteScheduler).parameters.items()}
-    known = numpy_sampler._EULER_A_FIXED_OPTIONS | numpy_sampler._SCHEDULE_OPTIONS
-    assert set(defaults) == set(known)
-    for name, default in known.items():
-        assert default == defaults[name], name
-
-
-def test_every_option_of_diffusers_ddim_is_accounted_for():
-    from diffusers import DDIMScheduler
-
-    defaults = {name: p.default for name, p in inspect.signature(DDIMScheduler).parameters.items()}
-    known = numpy_sampler._DDIM_FIXED_OPTIONS | numpy_sampler._DDIM_OPTIONS
-    assert set(defaults) == set(known) | {"dynamic_thresholding_ratio", "sample_max_value"}  # thresholding's
-    for name, default in known.items():
-        assert default == defaults[name], name
 
 
 # make_sampler: DPM++ 2M and Euler, each with and without Karras sigmas, DPM++ 2M SDE Karras,
@@ -402,24 +395,6 @@ def test_lcm_takes_at_most_the_steps_it_was_distilled_on():
         make_sampler("lcm", SD15_CONFIG, 51)
 
 
-def test_every_option_of_diffusers_lcm_is_accounted_for():
-    from diffusers import LCMScheduler
-
-    defaults = {name: p.default for name, p in inspect.signature(LCMScheduler).parameters.items()}
-    known = numpy_sampler._LCM_FIXED_OPTIONS | numpy_sampler._LCM_OPTIONS
-    assert set(defaults) == set(known) | {"dynamic_thresholding_ratio", "sample_max_value"}  # thresholding's
-    for name, default in known.items():
-        assert default == defaults[name], name
-
-
-def test_every_option_of_diffusers_unipc_is_accounted_for():
-    from diffusers import UniPCMultistepScheduler
-
-    defaults = {name: p.default for name, p in inspect.signature(UniPCMultistepScheduler).parameters.items()}
-    known = numpy_sampler._UNIPC_FIXED_OPTIONS | numpy_sampler._SCHEDULE_OPTIONS
-    assert set(defaults) == set(known) | {"dynamic_thresholding_ratio", "sample_max_value"}  # thresholding's
-    for name, default in known.items():
-        assert default == defaults[name], name
 
 
 def test_unipcs_corrector_changes_the_sample():
@@ -443,46 +418,8 @@ def test_unipcs_corrector_changes_the_sample():
     assert relative_difference(ours, uncorrected.numpy()) > 100 * TOLERANCE
 
 
-def test_every_option_of_diffusers_heun_is_accounted_for():
-    from diffusers import HeunDiscreteScheduler
-
-    defaults = {name: p.default for name, p in inspect.signature(HeunDiscreteScheduler).parameters.items()}
-    known = numpy_sampler._HEUN_FIXED_OPTIONS | numpy_sampler._HEUN_OPTIONS
-    assert set(defaults) == set(known)
-    for name, default in known.items():
-        assert default == defaults[name], name
 
 
-def test_every_option_of_diffusers_pndm_is_accounted_for():
-    """PNDM's options, at its defaults but the one reverie's "plms" row sets (its PRK steps skipped)."""
-    from diffusers import PNDMScheduler
-
-    defaults = {name: p.default for name, p in inspect.signature(PNDMScheduler).parameters.items()}
-    known = numpy_sampler._PLMS_FIXED_OPTIONS | numpy_sampler._PLMS_OPTIONS
-    assert set(defaults) == set(known)
-    assert known["skip_prk_steps"] == samplers.get_sampler("plms").options["skip_prk_steps"] is True
-    for name, default in numpy_sampler._PLMS_OPTIONS.items():
-        assert default == defaults[name], name
-
-
-def test_every_option_of_diffusers_lms_is_accounted_for():
-    from diffusers import LMSDiscreteScheduler
-
-    defaults = {name: p.default for name, p in inspect.signature(LMSDiscreteScheduler).parameters.items()}
-    known = numpy_sampler._LMS_FIXED_OPTIONS | numpy_sampler._PORTED_OPTIONS
-    assert set(defaults) == set(known)
-    for name, default in known.items():
-        assert default == defaults[name], name
-
-
-def test_every_option_of_diffusers_kdpm2_is_accounted_for():
-    from diffusers import KDPM2DiscreteScheduler
-
-    defaults = {name: p.default for name, p in inspect.signature(KDPM2DiscreteScheduler).parameters.items()}
-    known = numpy_sampler._HEUN_FIXED_OPTIONS | numpy_sampler._DPM2_OPTIONS
-    assert set(defaults) == set(known)
-    for name, default in known.items():
-        assert default == defaults[name], name
 
 
 def test_dpm2_evaluates_the_model_at_each_steps_midpoint():
@@ -579,18 +516,11 @@ def test_the_ported_samplers_are_supported(name):
 
 
 def test_make_sampler_gives_each_scheduler_its_port():
-    assert type(make_sampler("DPM++ 2M", MINI_CONFIG, 20)) is DPMSolver2M
-    assert type(make_sampler("dpmpp_2m_karras", MINI_CONFIG, 20)) is DPMSolver2M
-    assert type(make_sampler("Euler Karras", MINI_CONFIG, 20)) is EulerDiscrete
-    assert type(make_sampler("Euler a", MINI_CONFIG, 20)) is EulerAncestral
-    assert type(make_sampler("DPM++ 2M SDE Karras", MINI_CONFIG, 20)) is DPMSolver2M
-    assert type(make_sampler("DDIM", MINI_CONFIG, 20)) is DDIM
-    assert type(make_sampler("LCM", MINI_CONFIG, 20)) is LCM
-    assert type(make_sampler("UniPC", MINI_CONFIG, 20)) is UniPC
-    assert type(make_sampler("Heun", MINI_CONFIG, 20)) is Heun
-    assert type(make_sampler("PLMS", MINI_CONFIG, 20)) is PLMS
-    assert type(make_sampler("LMS Karras", MINI_CONFIG, 20)) is LMS
-    assert type(make_sampler("DPM2", MINI_CONFIG, 20)) is DPM2
+    ports = {"DPM++ 2M": DPMSolver2M, "dpmpp_2m_karras": DPMSolver2M, "Euler Karras": EulerDiscrete,
+             "Euler a": EulerAncestral, "DPM++ 2M SDE Karras": DPMSolver2M, "DDIM": DDIM, "LCM": LCM, "UniPC": UniPC,
+             "Heun": Heun, "PLMS": PLMS, "LMS Karras": LMS, "DPM2": DPM2}
+    for name, port in ports.items():
+        assert type(make_sampler(name, MINI_CONFIG, 20)) is port, name
     np.testing.assert_array_equal(DPMSolver2M(MINI_CONFIG, 20).timesteps, make_sampler("dpmpp_2m", MINI_CONFIG, 20).timesteps)
     with pytest.raises(ValueError):
         DPMSolver2M(MINI_CONFIG, 20, sampler="euler")
@@ -661,15 +591,6 @@ def test_unported_euler_options_are_refused(monkeypatch):
         with pytest.raises(ValueError):
             make_sampler("euler", MINI_CONFIG, 20)
 
-
-def test_every_option_of_the_diffusers_euler_scheduler_is_accounted_for():
-    from diffusers import EulerDiscreteScheduler
-
-    defaults = {name: p.default for name, p in inspect.signature(EulerDiscreteScheduler).parameters.items()}
-    known = numpy_sampler._EULER_FIXED_OPTIONS | numpy_sampler._PORTED_OPTIONS  # its ported options are DPM's
-    assert set(defaults) == set(known)
-    for name, default in known.items():
-        assert default == defaults[name], name
 
 
 @pytest.mark.parametrize("name", ["euler", "euler_karras", "dpmpp_2m_karras"])

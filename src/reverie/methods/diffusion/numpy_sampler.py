@@ -209,6 +209,12 @@ class _Steps:
         """The index of the current timestep (how many steps are done, past `begin_at`'s)."""
         return self._index
 
+    def scale_model_input(self, sample: np.ndarray) -> np.ndarray:
+        """The UNet's input at the current step: `sample` itself (diffusers returns it as it is;
+        the samplers over sigmas, Euler's family, scale it)."""
+        _check_not_done(self._index, self.timesteps)
+        return np.asarray(sample, dtype=_F32)
+
     def begin_at(self, index: int) -> None:
         """Start at timestep `index` (img2img: the later `strength` leaves off the schedule's
         start), as diffusers' set_begin_index; before the first step only."""
@@ -219,7 +225,41 @@ class _Steps:
         self._index = index
 
 
-class DPMSolver2M(_Steps):
+class _OverSigmas(_Steps):
+    """A sampler that noises an image mode's latents by its sigmas (DPM++ 2M's and UniPC's)."""
+
+    sigmas: np.ndarray
+
+    def add_noise(self, original: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        """`original` latents noised to the current timestep, as diffusers' add_noise for the image modes:
+        alpha_t * original + sigma_t * noise, in float32."""
+        alpha, sigma = _alpha_sigma(self.sigmas[self._index])
+        return alpha * np.asarray(original, dtype=_F32) + sigma * np.asarray(noise, dtype=_F32)
+
+
+class _OverAlphas(_Steps):
+    """A sampler that noises an image mode's latents by the cumulative alphas at its timesteps
+    (DDIM's, PLMS's and LCM's: DDPM's add_noise)."""
+
+    alphas_cumprod: np.ndarray
+    final_alpha: np.float32  # the cumulative alpha past the last timestep
+
+    def _alphas_from(self, config: dict) -> None:
+        """The cumulative alphas (float32, their product taken in float64 as torch's CPU cumprod
+        takes it) and the one past the end: 1, or the first's (`set_alpha_to_one`)."""
+        alphas = _F32(1.0) - _betas(config)
+        self.alphas_cumprod = np.cumprod(alphas.astype(np.float64)).astype(_F32)
+        self.final_alpha = _F32(1.0) if config["set_alpha_to_one"] else self.alphas_cumprod[0]
+
+    def add_noise(self, original: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        """`original` latents noised to the current timestep (diffusers' add_noise):
+        sqrt(alpha_bar_t) * original + sqrt(1 - alpha_bar_t) * noise, in float32."""
+        alpha = self.alphas_cumprod[self.timesteps[self._index]]
+        return (alpha ** _F32(0.5) * np.asarray(original, dtype=_F32)
+                + (_F32(1.0) - alpha) ** _F32(0.5) * np.asarray(noise, dtype=_F32))
+
+
+class DPMSolver2M(_OverSigmas):
     """DPM++ 2M over `steps` steps for a model's scheduler config (its scheduler_config.json).
 
     `sampler` names the row of reverie.samplers whose options it runs: "dpmpp_2m" (the default),
@@ -247,17 +287,6 @@ class DPMSolver2M(_Steps):
         _check_first_timestep(self.timesteps)
         self._index = 0
         self._previous: np.ndarray | None = None  # the last step's data prediction
-
-    def scale_model_input(self, sample: np.ndarray) -> np.ndarray:
-        """The UNet's input at the current step: `sample` itself (diffusers returns it as it is)."""
-        _check_not_done(self._index, self.timesteps)
-        return np.asarray(sample, dtype=_F32)
-
-    def add_noise(self, original: np.ndarray, noise: np.ndarray) -> np.ndarray:
-        """`original` latents noised to the current timestep, as diffusers' add_noise for the image modes:
-        alpha_t * original + sigma_t * noise, in float32."""
-        alpha, sigma = _alpha_sigma(self.sigmas[self._index])
-        return alpha * np.asarray(original, dtype=_F32) + sigma * np.asarray(noise, dtype=_F32)
 
     def step(self, model_output: np.ndarray, sample: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
         """The sample at the next timestep, from the model's output at the current one (float32);
@@ -530,7 +559,7 @@ class EulerAncestral(EulerDiscrete):
         return sample + derivative * (sigma_down - sigma_from) + noise * sigma_up
 
 
-class DDIM(_Steps):
+class DDIM(_OverAlphas):
     """DDIM over `steps` steps for a model's scheduler config; `eta` (0 to 1) the share of DDPM's
     noise each step adds (stochastic above 0). It leaves the UNet's input as it is and starts
     from the noise as drawn (init_noise_sigma 1)."""
@@ -542,27 +571,13 @@ class DDIM(_Steps):
             raise ValueError(f"eta must be from 0 to 1, not {eta}")
         self.prediction_type: str = config["prediction_type"]
         self.clip: float | None = float(config["clip_sample_range"]) if config["clip_sample"] else None
-        alphas = _F32(1.0) - _betas(config)
-        self.alphas_cumprod: np.ndarray = np.cumprod(alphas.astype(np.float64)).astype(_F32)
-        self.final_alpha: np.float32 = _F32(1.0) if config["set_alpha_to_one"] else self.alphas_cumprod[0]
+        self._alphas_from(config)
         self.timesteps: np.ndarray = _ddim_timesteps(config, steps)
         self.stride: int = int(config["num_train_timesteps"]) // steps  # diffusers' prev_timestep, any spacing
         self.eta: float = eta
         self.stochastic = eta > 0
         self.init_noise_sigma: float = 1.0
         self._index = 0
-
-    def scale_model_input(self, sample: np.ndarray) -> np.ndarray:
-        """The UNet's input at the current step: `sample` itself."""
-        _check_not_done(self._index, self.timesteps)
-        return np.asarray(sample, dtype=_F32)
-
-    def add_noise(self, original: np.ndarray, noise: np.ndarray) -> np.ndarray:
-        """`original` latents noised to the current timestep (diffusers' add_noise):
-        sqrt(alpha_bar_t) * original + sqrt(1 - alpha_bar_t) * noise, in float32."""
-        alpha = self.alphas_cumprod[self.timesteps[self._index]]
-        return (alpha ** _F32(0.5) * np.asarray(original, dtype=_F32)
-                + (_F32(1.0) - alpha) ** _F32(0.5) * np.asarray(noise, dtype=_F32))
 
     def step(self, model_output: np.ndarray, sample: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
         """The sample at the next timestep (float32), from the model's output at the current one
@@ -594,7 +609,7 @@ class DDIM(_Steps):
         return prev_sample
 
 
-class PLMS(_Steps):
+class PLMS(_OverAlphas):
     """PLMS (diffusers' PNDMScheduler with its PRK steps skipped, as reverie's "plms" row asks)
     over `steps` steps for a model's scheduler config: linear multistep over the model's noise
     predictions, up to fourth order. Its first step is taken twice (`timesteps` holds steps + 1
@@ -606,9 +621,7 @@ class PLMS(_Steps):
         config = _options(_sampler_of(sampler, PLMS), scheduler_config, *_OPTION_TABLES[PLMS])
         _check_steps(steps, config)
         self.prediction_type: str = config["prediction_type"]
-        alphas = _F32(1.0) - _betas(config)
-        self.alphas_cumprod: np.ndarray = np.cumprod(alphas.astype(np.float64)).astype(_F32)
-        self.final_alpha: np.float32 = _F32(1.0) if config["set_alpha_to_one"] else self.alphas_cumprod[0]
+        self._alphas_from(config)
         spaced = _ddim_timesteps(config, steps)[::-1]  # PNDM spaces them as DDIM does, oldest first
         # The second timestep twice: the first step's two passes (PNDM's plms_timesteps).
         self.timesteps: np.ndarray = np.concatenate([spaced[:-1], spaced[-2:-1], spaced[-1:]])[::-1].astype(np.int64)
@@ -618,18 +631,6 @@ class PLMS(_Steps):
         self._outputs: list[np.ndarray] = []  # the last four noise predictions, oldest first (PNDM's ets)
         self._passes = 0  # passes done (PNDM's counter): the second is the first step's second pass
         self._start: np.ndarray | None = None  # the first step's start, for its second pass
-
-    def scale_model_input(self, sample: np.ndarray) -> np.ndarray:
-        """The UNet's input at the current step: `sample` itself."""
-        _check_not_done(self._index, self.timesteps)
-        return np.asarray(sample, dtype=_F32)
-
-    def add_noise(self, original: np.ndarray, noise: np.ndarray) -> np.ndarray:
-        """`original` latents noised to the current timestep (diffusers' add_noise):
-        sqrt(alpha_bar_t) * original + sqrt(1 - alpha_bar_t) * noise, in float32."""
-        alpha = self.alphas_cumprod[self.timesteps[self._index]]
-        return (alpha ** _F32(0.5) * np.asarray(original, dtype=_F32)
-                + (_F32(1.0) - alpha) ** _F32(0.5) * np.asarray(noise, dtype=_F32))
 
     def step(self, model_output: np.ndarray, sample: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
         """The sample at the next timestep (float32), from the model's output at the current one."""
@@ -671,7 +672,7 @@ class PLMS(_Steps):
         return sample_coeff * sample - (alpha_prev - alpha_t) * output / denominator
 
 
-class LCM(_Steps):
+class LCM(_OverAlphas):
     """LCM's multistep sampling over `steps` steps for a model's scheduler config: at each step the
     consistency function's data prediction (the data prediction mixed with the sample by the
     boundary scalings c_skip and c_out), noised again to the next timestep with fresh noise, but
@@ -692,9 +693,7 @@ class LCM(_Steps):
             raise ValueError(f"the model was distilled on {original} steps: take at most {original}, not {steps}")
         self.prediction_type: str = config["prediction_type"]
         self.clip: float | None = float(config["clip_sample_range"]) if config["clip_sample"] else None
-        alphas = _F32(1.0) - _betas(config)
-        self.alphas_cumprod: np.ndarray = np.cumprod(alphas.astype(np.float64)).astype(_F32)
-        self.final_alpha: np.float32 = _F32(1.0) if config["set_alpha_to_one"] else self.alphas_cumprod[0]
+        self._alphas_from(config)
         # The distillation's schedule, noisiest first, and `steps` evenly spaced places on it.
         origin = (np.arange(1, original + 1) * (train_steps // original) - 1)[::-1]
         places = np.floor(np.linspace(0, original, num=steps, endpoint=False)).astype(np.int64)
@@ -707,18 +706,6 @@ class LCM(_Steps):
     def wants_noise(self) -> bool:
         """Every step but the last takes fresh noise (diffusers draws none for the last)."""
         return self._index != len(self.timesteps) - 1
-
-    def scale_model_input(self, sample: np.ndarray) -> np.ndarray:
-        """The UNet's input at the current step: `sample` itself."""
-        _check_not_done(self._index, self.timesteps)
-        return np.asarray(sample, dtype=_F32)
-
-    def add_noise(self, original: np.ndarray, noise: np.ndarray) -> np.ndarray:
-        """`original` latents noised to the current timestep (diffusers' add_noise):
-        sqrt(alpha_bar_t) * original + sqrt(1 - alpha_bar_t) * noise, in float32."""
-        alpha = self.alphas_cumprod[self.timesteps[self._index]]
-        return (alpha ** _F32(0.5) * np.asarray(original, dtype=_F32)
-                + (_F32(1.0) - alpha) ** _F32(0.5) * np.asarray(noise, dtype=_F32))
 
     def step(self, model_output: np.ndarray, sample: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
         """The sample at the next timestep (float32), from the model's output at the current one
@@ -751,7 +738,7 @@ class LCM(_Steps):
         return alpha_prev ** _F32(0.5) * denoised + (_F32(1.0) - alpha_prev) ** _F32(0.5) * noise
 
 
-class UniPC(_Steps):
+class UniPC(_OverSigmas):
     """UniPC over `steps` steps for a model's scheduler config: the data-prediction UniP-2
     predictor (B(h) = e^h - 1, "bh2") over the same timesteps and sigmas as DPM++ 2M, warmed up
     at first order and ending at first order, and before every step but the first the UniC
@@ -772,17 +759,6 @@ class UniPC(_Steps):
         self._outputs: list[np.ndarray] = []  # the last two data predictions, oldest first
         self._last_sample: np.ndarray | None = None  # the sample the last predictor started from
         self._order = 0  # the last predictor's order
-
-    def scale_model_input(self, sample: np.ndarray) -> np.ndarray:
-        """The UNet's input at the current step: `sample` itself."""
-        _check_not_done(self._index, self.timesteps)
-        return np.asarray(sample, dtype=_F32)
-
-    def add_noise(self, original: np.ndarray, noise: np.ndarray) -> np.ndarray:
-        """`original` latents noised to the current timestep, as diffusers' add_noise for the image modes:
-        alpha_t * original + sigma_t * noise, in float32."""
-        alpha, sigma = _alpha_sigma(self.sigmas[self._index])
-        return alpha * np.asarray(original, dtype=_F32) + sigma * np.asarray(noise, dtype=_F32)
 
     def _lambda_at(self, index: int) -> np.float32:
         return _lambda(*_alpha_sigma(self.sigmas[index]))
