@@ -18,7 +18,8 @@ exports the text encoder (token ids -> last hidden states, unmasked, as SD was t
 textual-inversion tokens' rows as a second input), the decoder (latents / scaling factor ->
 pixels in [-1, 1]) and the encoder (pixels -> the latents' scaled mean and spread, for img2img);
 it writes the tokenizer as one tokenizer.json (read by the `tokenizers` library), the model's
-noise schedule, its picture size and the VAE's latent->RGB map into the marker. The bundle lives
+noise schedule, its picture size, the VAE's latent->RGB map and what names its UNet's exports
+(`unet_key`, for its LoRA sets') into the marker. The bundle lives
 in `$REVERIE_CACHE/openvino/sd-<key>/`, the key naming the model's files (paths, sizes,
 modification times), the precision and the exporters' versions; a model changed on disk gets a
 new bundle, which replaces the old.
