@@ -230,6 +230,27 @@ class _OverSigmas(_Steps):
 
     sigmas: np.ndarray
 
+    def _schedule(self, config: dict, steps: int, karras: bool = False) -> None:
+        """DPMSolverMultistepScheduler's set_timesteps (UniPC's is the same): `timesteps`, one
+        sigma per timestep then 0 (`sigmas`), starting from the noise as drawn."""
+        train_sigmas = _train_sigmas(config)
+        if karras:
+            # _convert_to_karras of the flipped training sigmas (sigma_min is the first training
+            # sigma, sigma_max the last), then timesteps = _sigma_to_t(...).round() (NumPy's
+            # round, half to even), made int64 by torch.
+            sigmas = _karras(float(train_sigmas[0]), float(train_sigmas[-1]), steps)
+            self.timesteps = _sigma_to_t(sigmas, np.log(train_sigmas)).round().astype(np.int64)
+        else:
+            self.timesteps = _timesteps(config, steps)
+            sigmas = np.interp(self.timesteps, np.arange(len(train_sigmas)), train_sigmas)
+        self.sigmas = np.append(sigmas, 0.0).astype(_F32)
+        self.init_noise_sigma: float = 1.0
+        _check_first_timestep(self.timesteps)
+
+    def _lambda_at(self, index: int) -> np.float32:
+        """The log signal-to-noise ratio at sigma number `index`."""
+        return _lambda(*_alpha_sigma(self.sigmas[index]))
+
     def add_noise(self, original: np.ndarray, noise: np.ndarray) -> np.ndarray:
         """`original` latents noised to the current timestep, as diffusers' add_noise for the image modes:
         alpha_t * original + sigma_t * noise, in float32."""
@@ -272,19 +293,7 @@ class DPMSolver2M(_OverSigmas):
         _check_steps(steps, config)
         self.prediction_type: str = config["prediction_type"]
         self.stochastic = config["algorithm_type"] == "sde-dpmsolver++"
-        train_sigmas = _train_sigmas(config)
-        if config["use_karras_sigmas"]:
-            # set_timesteps: _convert_to_karras of the flipped training sigmas (sigma_min is the
-            # first training sigma, sigma_max the last), then timesteps = _sigma_to_t(...).round()
-            # (NumPy's round, half to even), made int64 by torch.
-            sigmas = _karras(float(train_sigmas[0]), float(train_sigmas[-1]), steps)
-            self.timesteps: np.ndarray = _sigma_to_t(sigmas, np.log(train_sigmas)).round().astype(np.int64)
-        else:
-            self.timesteps = _timesteps(config, steps)
-            sigmas = np.interp(self.timesteps, np.arange(len(train_sigmas)), train_sigmas)
-        self.sigmas: np.ndarray = np.append(sigmas, 0.0).astype(_F32)  # one per timestep, then the end
-        self.init_noise_sigma: float = 1.0
-        _check_first_timestep(self.timesteps)
+        self._schedule(config, steps, karras=config["use_karras_sigmas"])
         self._index = 0
         self._previous: np.ndarray | None = None  # the last step's data prediction
 
@@ -311,7 +320,7 @@ class DPMSolver2M(_OverSigmas):
             h = _lambda(alpha_t, sigma_t) - lambda_s0
             d1 = None
             if self._previous is not None:  # second order: the midpoint correction's difference
-                r0 = (lambda_s0 - _lambda(*_alpha_sigma(self.sigmas[self._index - 1]))) / h
+                r0 = (lambda_s0 - self._lambda_at(self._index - 1)) / h
                 d1 = (_F32(1.0) / r0) * (x0 - self._previous)
             if self.stochastic:  # sde-dpmsolver++: the data term's weight 1 - e^-2h, and noise to sigma_t
                 gain = alpha_t * (_F32(1.0) - _F32(math.exp(_F32(-2.0) * h)))
@@ -342,15 +351,16 @@ class EulerDiscrete(_Steps):
         config = _options(_sampler_of(sampler, type(self)), scheduler_config, *_OPTION_TABLES[type(self)])
         config.setdefault("use_karras_sigmas", False)  # Euler a has none
         _check_steps(steps, config)
+        self.config: dict = config  # the scheduler's options as run (its subclasses read theirs)
         self.prediction_type: str = config["prediction_type"]
-        train_sigmas = _train_sigmas(config)
+        self.train_sigmas: np.ndarray = _train_sigmas(config)
         timesteps = _euler_timesteps(config, steps)
-        sigmas = np.interp(timesteps, np.arange(len(train_sigmas)), train_sigmas)  # float64
+        sigmas = np.interp(timesteps, np.arange(len(self.train_sigmas)), self.train_sigmas)  # float64
         if config["use_karras_sigmas"]:
             # Unlike DPM++ 2M's, Euler's Karras sigmas span the sigmas of its spaced timesteps
             # (in_sigmas[-1].item() and in_sigmas[0].item()), and its timesteps stay fractional.
             sigmas = _karras(float(sigmas[-1]), float(sigmas[0]), steps)
-            timesteps = _sigma_to_t(sigmas, np.log(train_sigmas))
+            timesteps = _sigma_to_t(sigmas, np.log(self.train_sigmas))
         self.timesteps: np.ndarray = timesteps.astype(_F32)
         self.sigmas: np.ndarray = np.append(sigmas, 0.0).astype(_F32)  # one per timestep, then the end
         # init_noise_sigma: a float32 tensor in diffusers, sigmas.max() or (max**2 + 1) ** 0.5.
@@ -380,6 +390,10 @@ class EulerDiscrete(_Steps):
             return model_output * (-sigma / np.sqrt(scale)) + sample / scale
         return sample - sigma * model_output
 
+    def _slope(self, model_output: np.ndarray, sample: np.ndarray, sigma: np.float32) -> np.ndarray:
+        """d sample / d sigma at noise level `sigma`: (sample - x0) / sigma."""
+        return (sample - self._data(np.asarray(model_output, dtype=_F32), sample, sigma)) / sigma
+
     def step(self, model_output: np.ndarray, sample: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
         """The sample at the next timestep, from the model's output at the current one (float32).
 
@@ -388,8 +402,7 @@ class EulerDiscrete(_Steps):
         _check_not_done(self._index, self.timesteps)
         sample = np.asarray(sample, dtype=_F32)
         sigma = self.sigmas[self._index]
-        x0 = self._data(np.asarray(model_output, dtype=_F32), sample, sigma)
-        derivative = (sample - x0) / sigma
+        derivative = self._slope(model_output, sample, sigma)
         dt = self.sigmas[self._index + 1] - sigma
         self._index += 1
         return sample + derivative * dt
@@ -406,7 +419,7 @@ class Heun(EulerDiscrete):
 
     def __init__(self, scheduler_config: dict, steps: int, sampler: str = "heun"):
         super().__init__(scheduler_config, steps, sampler)
-        config = _options(_sampler_of(sampler, Heun), scheduler_config, *_OPTION_TABLES[Heun])
+        config = self.config
         self.clip: float | None = float(config["clip_sample_range"]) if config["clip_sample"] else None
         # Every sigma but the first and the end twice (the second pass of each step, then the
         # first pass of the next), and every timestep but the first.
@@ -419,23 +432,24 @@ class Heun(EulerDiscrete):
         step taken over with the slopes' mean in its second."""
         _check_not_done(self._index, self.timesteps)
         sample = np.asarray(sample, dtype=_F32)
-        model_output = np.asarray(model_output, dtype=_F32)
         if self._first is None:
             sigma, sigma_next = self.sigmas[self._index], self.sigmas[self._index + 1]
-            slope = (sample - self._clipped(self._data(model_output, sample, sigma))) / sigma
+            slope = self._slope(model_output, sample, sigma)
             dt = sigma_next - sigma
             self._first = (sample, slope, dt)
             prev_sample = sample + slope * dt
         else:
             sigma_next = self.sigmas[self._index]
             start, first_slope, dt = self._first
-            slope = (sample - self._clipped(self._data(model_output, sample, sigma_next))) / sigma_next
+            slope = self._slope(model_output, sample, sigma_next)
             prev_sample = start + ((first_slope + slope) / _F32(2.0)) * dt
             self._first = None
         self._index += 1
         return prev_sample
 
-    def _clipped(self, x0: np.ndarray) -> np.ndarray:
+    def _data(self, model_output: np.ndarray, sample: np.ndarray, sigma: np.float32) -> np.ndarray:
+        """Euler's data prediction, clipped where the schedule asks (`clip_sample`)."""
+        x0 = super()._data(model_output, sample, sigma)
         return x0 if self.clip is None else np.clip(x0, -_F32(self.clip), _F32(self.clip))
 
 
@@ -456,8 +470,7 @@ class LMS(EulerDiscrete):
         """The sample at the next timestep (float32), from the model's output at the current one."""
         _check_not_done(self._index, self.timesteps)
         sample = np.asarray(sample, dtype=_F32)
-        sigma = self.sigmas[self._index]
-        slope = (sample - self._data(np.asarray(model_output, dtype=_F32), sample, sigma)) / sigma
+        slope = self._slope(model_output, sample, self.sigmas[self._index])
         self._slopes = (self._slopes + [slope])[-self.ORDER:]
         # As diffusers: the order counts the steps since the schedule's start, not the slopes
         # kept (an image mode's first steps weigh the slopes they have by a longer polynomial's).
@@ -498,9 +511,7 @@ class DPM2(EulerDiscrete):
             logs = np.log(sigmas)
             before = np.roll(logs, 1)
             middle = np.exp(before - (before - logs) * _F32(0.5)).astype(_F32)
-        log_train = np.log(_train_sigmas(_options(_sampler_of(sampler, DPM2), scheduler_config,
-                                                  *_OPTION_TABLES[DPM2])))
-        middle_t = _sigma_to_t(middle[1:-1], log_train).astype(_F32)
+        middle_t = _sigma_to_t(middle[1:-1], np.log(self.train_sigmas)).astype(_F32)
         self.sigmas = np.concatenate([sigmas[:1], np.repeat(sigmas[1:], 2), sigmas[-1:]])
         self.middles: np.ndarray = np.concatenate([middle[:1], np.repeat(middle[1:], 2), middle[-1:]])
         self.timesteps = np.concatenate([self.timesteps[:1], np.stack([middle_t, self.timesteps[1:]], axis=1).ravel()])
@@ -518,15 +529,14 @@ class DPM2(EulerDiscrete):
         next sigma after its second."""
         _check_not_done(self._index, self.timesteps)
         sample = np.asarray(sample, dtype=_F32)
-        model_output = np.asarray(model_output, dtype=_F32)
         if self._start is None:
             sigma, middle = self.sigmas[self._index], self.middles[self._index + 1]
-            slope = (sample - self._data(model_output, sample, sigma)) / sigma
+            slope = self._slope(model_output, sample, sigma)
             self._start = sample
             prev_sample = sample + slope * (middle - sigma)
         else:
             sigma, middle, sigma_next = self.sigmas[self._index - 1], self.middles[self._index], self.sigmas[self._index]
-            slope = (sample - self._data(model_output, sample, middle)) / middle
+            slope = self._slope(model_output, sample, middle)
             prev_sample = self._start + slope * (sigma_next - sigma)
             self._start = None
         self._index += 1
@@ -553,8 +563,7 @@ class EulerAncestral(EulerDiscrete):
         sigma_from, sigma_to = self.sigmas[self._index], self.sigmas[self._index + 1]
         sigma_up = (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** _F32(0.5)
         sigma_down = (sigma_to**2 - sigma_up**2) ** _F32(0.5)
-        x0 = self._data(np.asarray(model_output, dtype=_F32), sample, sigma_from)
-        derivative = (sample - x0) / sigma_from
+        derivative = self._slope(model_output, sample, sigma_from)
         self._index += 1
         return sample + derivative * (sigma_down - sigma_from) + noise * sigma_up
 
@@ -749,19 +758,11 @@ class UniPC(_OverSigmas):
         config = _options(_sampler_of(sampler, UniPC), scheduler_config, *_OPTION_TABLES[UniPC])
         _check_steps(steps, config)
         self.prediction_type: str = config["prediction_type"]
-        train_sigmas = _train_sigmas(config)
-        self.timesteps: np.ndarray = _timesteps(config, steps)
-        sigmas = np.interp(self.timesteps, np.arange(len(train_sigmas)), train_sigmas)
-        self.sigmas: np.ndarray = np.append(sigmas, 0.0).astype(_F32)  # one per timestep, then the end
-        self.init_noise_sigma: float = 1.0
-        _check_first_timestep(self.timesteps)
+        self._schedule(config, steps)
         self._index = 0
         self._outputs: list[np.ndarray] = []  # the last two data predictions, oldest first
         self._last_sample: np.ndarray | None = None  # the sample the last predictor started from
         self._order = 0  # the last predictor's order
-
-    def _lambda_at(self, index: int) -> np.float32:
-        return _lambda(*_alpha_sigma(self.sigmas[index]))
 
     def step(self, model_output: np.ndarray, sample: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
         """The sample at the next timestep (float32), from the model's output at the current one:
