@@ -110,6 +110,7 @@ class ModelFacts:
     text_width: int  # its text encoder's token width (an embedding's vectors must be as wide)
     inpainting: bool = False  # a 9-channel UNet: it serves inpaint and outpaint only
     guidance_embedding: int | None = None  # a guidance-distilled UNet's (LCM's): the scale goes in, no CFG pass
+    unet_key: dict | None = None  # what names its UNet's exports (an SD bundle's, once made): LoRA sets' too
 
 
 @cache
@@ -142,7 +143,7 @@ def sd_facts(source: SDSource, folder: Path | None = None) -> ModelFacts:
     sampling = LCM_DEFAULTS if source.guidance_embedding else GENERATION_DEFAULTS  # as run.py: the folder's loader
     return ModelFacts(name, done.get("native_size", source.native_size), SD_SIZE_MULTIPLE, latent_channels, vae_scale,
                       config, sampling, SD_MAX_SIDE, 1, done.get("text_width", source.text_width), source.inpainting,
-                      source.guidance_embedding)
+                      source.guidance_embedding, done.get("unet_key"))
 
 
 def served_model(request: GenerationRequest) -> tuple[SDSource | None, ModelFacts] | None:
@@ -237,8 +238,7 @@ def served(request: GenerationRequest) -> Served | None:
     named, loras = _lora_variant(request, source)
     if named and (loras is None or int8):
         return None  # run.py says why the LoRAs cannot run here
-    folder = sd_bundle_folder(source, precision_of(dtype)) if loras else None
-    if folder is not None and bundle_made(folder) and _lora_unet(folder, loras) is None:
+    if loras and facts.unet_key is not None and _lora_unet(facts, loras) is None:  # a bundle not made yet is tried
         return None  # run.py makes the set's export (--runtime openvino), or runs it on torch
     return Served(source, facts, prepared, loras)
 
@@ -344,14 +344,13 @@ def _lora_variant(request: GenerationRequest, source: SDSource | None) -> tuple[
     return True, lora_variant(uses, infos)
 
 
-def _lora_unet(bundle_folder: Path, variant: dict) -> Path | None:
+def _lora_unet(facts: ModelFacts, variant: dict) -> Path | None:
     """The export run.py made of the UNet with `variant`'s LoRAs on (its first request for them:
     OpenVINOUNet.for_variant), named by what the model's bundle keeps (`unet_key`); None where
     it is not made, or the bundle is not made yet."""
-    unet_key = bundle_facts(bundle_folder).get("unet_key")
-    if unet_key is None:
+    if facts.unet_key is None:
         return None
-    folder = openvino_cache_dir() / fingerprint_of(unet_key, variant)
+    folder = openvino_cache_dir() / fingerprint_of(facts.unet_key, variant)
     return folder if unet_export_made(folder) else None
 
 
@@ -398,13 +397,13 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
     request = request.with_defaults(facts.sampling).model_copy(update=ran)
     progress(ProgressEvent("load", message=f"loading {request.model}"))
     bundle = load_bundle(models, source, precision_of(dtype), progress, int8=request.quantize == "int8")
+    if source is not None:
+        facts = sd_facts(source, bundle.folder)  # what the made bundle says (its name, schedule, channels)
     if found.loras is not None:  # the bundle made first where it was not: it names the LoRA set's export
-        unet = _lora_unet(bundle.folder, found.loras)
+        unet = _lora_unet(facts, found.loras)
         if unet is None:
             raise BundleUnavailable("the LoRA set's UNet export is not made yet")  # run.py's, before any picture
         bundle = load_bundle(models, source, precision_of(dtype), progress, unet=unet)
-    if source is not None:
-        facts = sd_facts(source, bundle.folder)  # what the made bundle says (its name, schedule, channels)
     tokenizer = models.get(("bundle-tokenizer", str(bundle.folder)), lambda: BundleTokenizer.of(bundle))
     decoders = tiny_decoders(models, request, facts, precision_of(dtype), progress.previews)
     scorer = None
