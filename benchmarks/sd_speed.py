@@ -81,6 +81,7 @@ VARIANTS = ("diffusers", "auto", "int8", "torch", "fp16_weights", "bf16_weights"
             "compile_bf16", "openvino", "openvino_bf16", "lcm_lora", "lcm_lora_openvino", "lcm_lora_torch",
             "tiny", "diffusers_tiny", "optimum")
 TINY = ("tiny", "diffusers_tiny")  # decoded by a random-weight TAESD: another picture than the VAE's
+NOT_REVERIE = ("diffusers", "diffusers_tiny", "optimum")  # the peers' pipelines: no Studio, no reverie request
 LCM = {"steps": 4, "cfg": 1.0, "sampler": "lcm"}  # how LCM-LoRA is run: few steps, no classifier-free guidance
 LCM_RANK = 64  # latent-consistency/lcm-lora-sdv1-5's rank
 PROMPT = "an astronaut lounging in a desert, expressive oil painting"
@@ -102,9 +103,8 @@ def sd15_folder(folder: Path, file_dtype: str = "fp32", inpainting: bool = False
     c = sd15_components(in_channels=9 if inpainting else 4, guidance_embedding=256 if lcm else None)
     kind = StableDiffusionInpaintPipeline if inpainting else StableDiffusionPipeline
     scheduler = (LCMScheduler if lcm else PNDMScheduler).from_config(c.scheduler_config)
-    pipe = kind(vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=c.unet,
-                                   scheduler=scheduler, safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
+    pipe = kind(vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=c.unet, scheduler=scheduler,
+                safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     if file_dtype == "fp16":
         pipe.to(torch.float16)
     partial = folder.with_name(folder.name + ".partial")
@@ -193,7 +193,7 @@ def child(args) -> dict:
     variant = args.child
     folder = Path(args.folder)
     cuda = args.device.startswith("cuda")
-    if variant in ("diffusers", "diffusers_tiny", "optimum", "channels_last", "compile", "compile_bf16") or cuda:
+    if variant in NOT_REVERIE + ("channels_last", "compile", "compile_bf16") or cuda:
         import torch
 
         compute = torch.float16 if cuda else torch.float32  # stock diffusers as people run it on each device
@@ -206,7 +206,7 @@ def child(args) -> dict:
     steps_at: list[float] = []
     info: dict = {}
     image_mode = args.mode != "txt2img"
-    if variant in ("diffusers", "diffusers_tiny", "optimum"):
+    if variant in NOT_REVERIE:
         import diffusers
         from PIL import Image
 
@@ -314,7 +314,7 @@ def child(args) -> dict:
     start = time.perf_counter()
     image = call(args.steps)
     total = time.perf_counter() - start
-    if variant not in ("diffusers", "diffusers_tiny", "optimum"):
+    if variant not in NOT_REVERIE:
         unet = studio.models.find(lambda key: key[0] == "openvino-unet")
         if unet is not None:
             info["exports"] = info.get("exports", 0) + unet.exports + (unet._sibling.exports if unet._sibling is not None else 0)
