@@ -56,7 +56,11 @@ with the LoRA on, exported once as a variant of the model's export), lcm_lora_to
 torch`, for the side by side once the export is made), tiny (reverie's defaults with `--decoder
 tiny`: a random-weight TAESD written once beside the folder, its own bundle on the torch-free
 path) and diffusers_tiny (stock with that TAESD as its VAE, as FastSD CPU decodes); a TAESD's
-picture is another picture, its PSNR not shown. The peer: optimum (optimum-intel's
+picture is another picture, its PSNR not shown; step_cache2 and step_cache3 (reverie's defaults
+with `--step-cache 2` or 3: the UNet's deep features kept from every second or third evaluation;
+their s/step is the mean, whole and shallow steps alternating; on random weights their PSNR says
+how far the latents moved, not what a person sees: benchmarks/step_cache.py measures that on
+reverie-mini). The peer: optimum (optimum-intel's
 OVDiffusionPipeline, FastSD CPU's engine: the model exported once by optimum's own exporter
 beside the folder, reshaped to static shapes and compiled with OpenVINO's defaults, bf16 on a
 CPU with native bf16), txt2img, run by the Python given as `--peer-python` (a virtual
@@ -79,7 +83,7 @@ from process_memory import peak_gib, resident_gib
 
 VARIANTS = ("diffusers", "auto", "int8", "torch", "fp16_weights", "bf16_weights", "channels_last", "bf16", "compile",
             "compile_bf16", "openvino", "openvino_bf16", "lcm_lora", "lcm_lora_openvino", "lcm_lora_torch",
-            "tiny", "diffusers_tiny", "optimum")
+            "tiny", "diffusers_tiny", "optimum", "step_cache2", "step_cache3")
 TINY = ("tiny", "diffusers_tiny")  # decoded by a random-weight TAESD: another picture than the VAE's
 NOT_REVERIE = ("diffusers", "diffusers_tiny", "optimum")  # the peers' pipelines: no Studio, no reverie request
 LCM = {"steps": 4, "cfg": 1.0, "sampler": "lcm"}  # how LCM-LoRA is run: few steps, no classifier-free guidance
@@ -263,7 +267,8 @@ def child(args) -> dict:
             info["steps"] = args.steps
         from reverie.studio import Studio, make_request
 
-        defaults = variant in ("auto", "int8", "tiny", "lcm_lora", "lcm_lora_openvino", "lcm_lora_torch")  # dtype: what a user gets
+        defaults = variant in ("auto", "int8", "tiny", "lcm_lora", "lcm_lora_openvino", "lcm_lora_torch",
+                               "step_cache2", "step_cache3")  # dtype: what a user gets
         dtype = "bf16" if variant in ("bf16", "compile_bf16", "openvino_bf16") else ("auto" if cuda or defaults else "fp32")
         runtime = "openvino" if "openvino" in variant else ("auto" if defaults and variant != "lcm_lora_torch" else "torch")
         weights = {"fp16_weights": "fp16", "bf16_weights": "bf16"}.get(variant, "auto")
@@ -295,7 +300,8 @@ def child(args) -> dict:
                                steps=args.steps, cfg_scale=args.cfg, sampler=args.sampler, seed=args.seed,
                                n_samples=args.batch, dtype=dtype, device=args.device, runtime=runtime, weights=weights,
                                upscale=1, quantize="int8" if variant == "int8" else "none",
-                               decoder=str(taesd_folder(folder)) if variant == "tiny" else "vae")
+                               decoder=str(taesd_folder(folder)) if variant == "tiny" else "vae",
+                               step_cache=int(variant[-1]) if variant.startswith("step_cache") else None)
         def call(steps: int):
             result = studio.run(request.model_copy(update={"steps": steps}), outdir=tempfile.mkdtemp(prefix="sd-speed-"),
                                 grid=False, progress=on_progress)
@@ -324,7 +330,8 @@ def child(args) -> dict:
         info["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
     info["rss_after_gib"] = resident_gib()  # what stays resident once loaded and run (no load peak)
     info["torch"] = "torch" in sys.modules
-    return info | {"variant": variant, "batch": args.batch, "total_s": total, "s_per_step": float(np.median(gaps)),
+    per_step = np.mean(gaps) if variant.startswith("step_cache") else np.median(gaps)  # its steps alternate
+    return info | {"variant": variant, "batch": args.batch, "total_s": total, "s_per_step": float(per_step),
                    "first_step_s": steps_at[0] - start if steps_at else None,
                    "peak_rss_gib": peak_gib()}
 
@@ -423,7 +430,7 @@ def main() -> None:
         Image.fromarray(mask).save(args.mask)
     if any(v in TINY for v in variants):
         taesd_folder(Path(args.folder))
-    for variant in (v for v in variants if "openvino" in v or v in ("auto", "int8", "tiny", "optimum")):
+    for variant in (v for v in variants if "openvino" in v or v in ("auto", "int8", "tiny", "optimum", "step_cache2")):
         one_step = argparse.Namespace(**(vars(args) | {"steps": 1}))
         first = run_child(variant, one_step, folder / "export.npy")  # the one-time export, when not cached yet
         if first.get("exports") or first.get("quantized"):

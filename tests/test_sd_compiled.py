@@ -17,7 +17,7 @@ from conftest import generate_cold_twice, pixels, psnr
 from reverie.methods.diffusion import compiled
 from reverie.methods.diffusion.request import GenerationRequest, resolve
 from reverie.models.cache import ModelCache
-from reverie.models.openvino_bundle import bundle_made
+from reverie.models.openvino_bundle import OpenVINOBundle, bundle_made
 from reverie.models.sd_bundle import sd_bundle_folder, sd_source
 from reverie.outputs.files import Outputs
 from reverie.progress import Progress
@@ -113,8 +113,9 @@ def test_it_serves_sd_folders_and_leaves_the_rest_to_the_torch_pipeline(sd_folde
     for sampler in ("euler", "euler_karras", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "dpmpp_2m_sde_karras", "ddim",
                     "lcm", "unipc", "heun", "plms", "lms", "lms_karras", "dpm2"):
         assert compiled.serves(request_for(sd_folder, sampler=sampler, dtype="fp32"))
+    assert compiled.serves(request_for(sd_folder, step_cache=2))
     refused = [dict(sampler="dpmpp_sde_karras"), dict(sampler="dpm2_a"), dict(runtime="torch"), dict(width=96),
-               dict(upscale=2), dict(tile=True), dict(step_cache=2), dict(weights="fp16"),
+               dict(upscale=2), dict(tile=True), dict(weights="fp16"),
                dict(width=768, height=768, n_samples=2), dict(prompt="a red apple <lora:any:1>")]
     for fields in refused:
         assert not compiled.serves(request_for(sd_folder, **fields)), fields
@@ -215,6 +216,59 @@ def test_inpaint_and_outpaint_are_the_torch_pipelines(sd_folder, tmp_path):
                               prompt="a storm at sea", **fields)
         assert compiled.serves(request), fields
         assert_masked_like_torch(tmp_path, str(number), request, floor, source)
+
+
+def bundle_calls(monkeypatch) -> list[str]:
+    """The parts the bundles run from now on (a UNet's views included), in order."""
+    calls = []
+    call = OpenVINOBundle.__call__
+
+    def recorded(self, part, *inputs, **options):
+        calls.append(part)
+        return call(self, part, *inputs, **options)
+
+    monkeypatch.setattr(OpenVINOBundle, "__call__", recorded)
+    return calls
+
+
+def test_step_caching_is_the_torch_pipelines(sd_folder, tmp_path, monkeypatch):
+    """`step_cache`: the UNet's IR split where it keeps its deep features (whole every N-th
+    evaluation, the shallow part on the kept features between), so that each picture is the
+    torch pipeline's step-cached one (fp32: over 75 dB, measured 84 to inf; the kept features
+    scaled by 0.98 give 64), in txt2img, img2img and inpaint, with a sampler that evaluates
+    twice a step (Heun); at 1 the plain picture, bit for bit."""
+    source, mask = masked_source(sd_folder, tmp_path)
+    calls = bundle_calls(monkeypatch)
+    plain = make(tmp_path, "plain", request_for(sd_folder, n_samples=2, steps=6, sampler="euler", dtype="fp32"))
+    for number, fields in enumerate((dict(step_cache=3, n_samples=2, sampler="euler"),
+                                     dict(step_cache=2, n_samples=1, sampler="heun"),
+                                     dict(step_cache=2, n_samples=1, sampler="dpmpp_2m_karras", mode="img2img",
+                                          init_image=str(source), strength=0.7, width=None, height=None),
+                                     dict(step_cache=2, n_samples=1, sampler="euler", mode="inpaint",
+                                          init_image=str(source), mask_image=str(mask), width=None, height=None))):
+        request = request_for(sd_folder, steps=6, dtype="fp32", **fields)
+        assert compiled.serves(request), fields
+        calls.clear()
+        ours = make(tmp_path, f"ours{number}", request)
+        unet = [part for part in calls if part.startswith("unet")]
+        theirs = make(tmp_path, f"theirs{number}", request, torch_run)
+        for a, b in zip(ours.images, theirs.images, strict=True):
+            assert psnr(pixels(a.image), pixels(b.image)) > 75, (fields, psnr(pixels(a.image), pixels(b.image)))
+        assert ours.images[0].metadata["settings"]["step_cache"] == fields["step_cache"]
+        interval = fields["step_cache"]
+        assert unet == [("unet-whole" if index % interval == 0 else "unet-shallow") for index in range(len(unet))]
+        if number == 0:
+            assert len(unet) == 6
+            for a, b in zip(ours.images, plain.images, strict=True):  # the deep features skipped moved it a little
+                assert 25 < psnr(pixels(a.image), pixels(b.image)) < float("inf")
+        if number == 1:
+            assert len(unet) == 11  # Heun's evaluations, each counted: whole at 0, 2, 4, 6, 8, 10
+    calls.clear()
+    again = make(tmp_path, "one", request_for(sd_folder, n_samples=2, steps=6, sampler="euler", dtype="fp32",
+                                              step_cache=1))
+    assert set(part for part in calls if part.startswith("unet")) == {"unet"}
+    for a, b in zip(again.images, plain.images, strict=True):
+        assert np.array_equal(pixels(a.image), pixels(b.image))
 
 
 def test_an_inpainting_model_is_the_torch_pipelines(sd_folder, inpainting_folder, tmp_path):
@@ -497,11 +551,13 @@ def test_a_bundle_that_cannot_be_made_leaves_the_model_to_the_torch_pipeline(sd_
     assert not compiled.serves(request)  # this process does not try again
 
 
-def test_the_command_makes_sd_pictures_without_importing_torch(sd_folder, tmp_path):
+@pytest.mark.parametrize("options", [(), ("--step-cache", "2")])
+def test_the_command_makes_sd_pictures_without_importing_torch(sd_folder, tmp_path, options):
     """`reverie generate --model FOLDER` with the bundle made (by the first command): torch,
-    diffusers and transformers are never imported (python -X importtime lists every module)."""
+    diffusers and transformers are never imported (python -X importtime lists every module),
+    also with step caching."""
     imported = generate_cold_twice(tmp_path, "a red apple", "--model", str(sd_folder), "-n", "2", "--steps", "3",
-                                   "--seed", "5", "-W", "64", "-H", "64")
+                                   "--seed", "5", "-W", "64", "-H", "64", *options)
     assert "openvino" in imported and "reverie.methods.diffusion.compiled" in imported
     assert not {"torch", "diffusers", "transformers"} & imported
     written = sorted((tmp_path / "second").glob("*.png"))

@@ -23,6 +23,7 @@ import os
 import shutil
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
@@ -230,17 +231,22 @@ class OpenVINOBundle:
     fresh process to load (small models only: each of SD's UNet shapes would hold its 1.7 GB
     again). `facts` is the marker's content; `compiles` counts the shapes compiled (or loaded)
     in this process. `replaced` names parts read from another IR than the bundle's own (the
-    UNet quantized to int8: models/int8_unet.py)."""
+    UNet quantized to int8: models/int8_unet.py). `views` names further parts, each made from a
+    part's IR as it is read by a function of the ov.Model (the UNet split for step caching:
+    models/openvino_step_cache.py), compiled only when called."""
 
     def __init__(self, folder: Path, precisions: dict[str, str], store_compiled: bool = False,
-                 replaced: dict[str, Path] | None = None):
+                 replaced: dict[str, Path] | None = None, views: dict[str, tuple[str, Callable]] | None = None):
         import openvino as ov
 
         self.folder = folder
         self._irs = {part: folder / f"{part}.xml" for part in precisions} | (replaced or {})
         self.facts = bundle_facts(folder)
-        sizes = self.facts["bin_bytes"]
-        self.precisions = precisions
+        sizes = dict(self.facts["bin_bytes"])
+        self.precisions = dict(precisions)
+        self._views = {view: (part, made) for view, (part, made) in (views or {}).items() if part in self._irs}
+        for view, (part, _) in self._views.items():
+            self._irs[view], sizes[view], self.precisions[view] = self._irs[part], sizes[part], precisions[part]
         self.core = ov.Core()
         if store_compiled:
             self.core.set_property({"CACHE_DIR": str(folder / COMPILED_DIR)})
@@ -250,23 +256,27 @@ class OpenVINOBundle:
         self._compiled: dict[str, OrderedDict] = {part: OrderedDict() for part in sizes}
         self._lock = threading.Lock()
         self._running = threading.Lock()
-        self.weight_bytes = sum(sizes.values())  # for the model cache
+        self.weight_bytes = sum(self.facts["bin_bytes"].values())  # for the model cache
         # [C+1, 3]: the VAE's latent->RGB map for live previews (models/latent_rgb.py)
         self.latent_rgb = np.asarray(self.facts["latent_rgb"], dtype=np.float32)
 
-    def __call__(self, part: str, *inputs: np.ndarray) -> np.ndarray:
+    def __call__(self, part: str, *inputs: np.ndarray, every_output: bool = False) -> np.ndarray | list[np.ndarray]:
+        """`part`'s first output (`every_output`: all of them, in order) for `inputs`."""
         with self._running:  # one call at a time: a shape's request is shared by whoever calls
             request = self._request(part, tuple(x.shape for x in inputs))
             request.infer(dict(enumerate(inputs)))
+            if every_output:
+                return [request.get_output_tensor(index).data.copy() for index in range(len(request.model_outputs))]
             return request.get_output_tensor(0).data.copy()
 
     def release_memory(self, part: str) -> None:
-        """Let go of `part`'s working memory (its activations, kept between calls otherwise);
-        the next call allocates it again (milliseconds). SD's UNet after a batch's last step,
-        so that the decode does not stand on it."""
+        """Let go of `part`'s working memory (its activations, kept between calls otherwise), and
+        of its views'; the next call allocates it again (milliseconds). SD's UNet after a batch's
+        last step, so that the decode does not stand on it."""
         with self._lock:
-            for request in self._compiled[part].values():
-                request.get_compiled_model().release_memory()
+            for member in [part] + [view for view, (of, _) in self._views.items() if of == part]:
+                for request in self._compiled[member].values():
+                    request.get_compiled_model().release_memory()
 
     def _request(self, part: str, shapes: tuple):
         import openvino as ov
@@ -279,6 +289,8 @@ class OpenVINOBundle:
             while len(held) >= self._kept[part]:
                 held.popitem(last=False)
             model = self.core.read_model(str(self._irs[part]))
+            if part in self._views:
+                model = self._views[part][1](model)
             model.reshape({port.get_any_name(): ov.PartialShape(list(shape)) for port, shape in zip(model.inputs, shapes)})
             config = {"INFERENCE_PRECISION_HINT": self.precisions[part], "PERFORMANCE_HINT": "LATENCY"}
             threads = os.environ.get("OMP_NUM_THREADS")  # a deployment's workers share the cores

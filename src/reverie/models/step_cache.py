@@ -13,15 +13,18 @@ position in that list finds the first of the two every time and, at interval 2, 
 (The DeepCache package, 0.1.1, does exactly that, which is why reverie has its own.)
 
 It changes pixels (the skipped evaluations are approximations), so it is an option, recorded in
-each picture's settings. With interval 1 every evaluation is whole and the pictures are the
+each picture's settings. The torch-free path splits an OpenVINO UNet at the same place
+(openvino_step_cache.py). With interval 1 every evaluation is whole and the pictures are the
 same bit for bit as without it.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # StepCache's schedule serves the OpenVINO path too (openvino_step_cache.py), without torch
+    import torch
 
 
 def deep_modules(unet: torch.nn.Module) -> list[torch.nn.Module]:

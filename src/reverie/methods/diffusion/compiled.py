@@ -14,9 +14,10 @@ upscale) and 768 for SD (multiples of 64, at most four 512 px pictures' worth a 
 image mode that is the size the input picture is worked at (mini works on a larger one at half
 its size and enlarges the result back).
 A prompt with weights, a negative, templates, styles and textual-inversion embeddings, and for
-SD one set of LoRAs for the UNet alone once run.py has made its export (`_lora_variant`),
-without the options only the torch pipeline has (seamless tiles, step caching, chaos below 100,
-a refiner, prompt expansion, SD's upscale). A tiny decoder (`decoder tiny`: TAESD in
+SD one set of LoRAs for the UNet alone once run.py has made its export (`_lora_variant`); step
+caching (the UNet split where it keeps its deep features: models/openvino_step_cache.py);
+not the options only the torch pipeline has (seamless tiles, chaos below 100, a refiner,
+prompt expansion, SD's upscale). A tiny decoder (`decoder tiny`: TAESD in
 the models folder, or a path to one) makes the pictures from its own bundle
 (models/tiny_decoder_bundle.py) and draws the live previews, as does the models folder's for a
 request decoded by the VAE, where it fits the model (else the VAE's linear latent->RGB map
@@ -64,6 +65,7 @@ from ...models.components import LCM_DEFAULTS, SamplingDefaults
 from ...models.mini import DEFAULT_UPSCALE, MINI_DIR, MINI_NAME, SAMPLING_DEFAULTS, mini_installed
 from ...models.embeddings import written_as_tokens
 from ...models import int8_unet
+from ...models import openvino_step_cache
 from ...models.mini_bundle import bundle_folder, make_bundle
 from ...models.openvino_bundle import (UNET_IR_NAME, OpenVINOBundle, bundle_facts, bundle_made, fingerprint_of,
                                        openvino_cache_dir, precision_of, unet_export_made)
@@ -212,7 +214,7 @@ def served(request: GenerationRequest) -> Served | None:
     chaos = request.chaos is not None and request.chaos < 100  # 100: each picture its own seed's noise, as without
     if request.decoder != "vae" and _tiny_decoder_path(request.decoder) is None:  # run.py names where it goes
         return None
-    if (request.tile or request.step_cache or chaos or request.refiner
+    if (request.tile or chaos or request.refiner
             or request.vae_tiling or request.attention_slicing or request.expand):
         return None
     if request.mode in MASKED_MODES and request.effective_strength == 0:  # diffusers refuses: run.py says so
@@ -255,7 +257,7 @@ def int8_refused(request: GenerationRequest) -> str:
             ".safetensors file or folder, on the CPU in fp32 or bf16, runtime auto or openvino, txt2img or an image "
             "mode at sides that are multiples of 64 up to 768 px (SD), a sampler of DPM++ 2M, DPM++ 2M Karras, "
             "DPM++ 2M SDE Karras, Euler, Euler Karras, Euler a, Heun, DPM2, LMS, LMS Karras, DDIM, PLMS, LCM or UniPC, "
-            "without LoRAs, seamless tiles, step caching, chaos, a refiner or prompt expansion; change those or leave "
+            "without LoRAs, seamless tiles, chaos, a refiner or prompt expansion; change those or leave "
             "quantize out")
 
 
@@ -532,7 +534,8 @@ def load_bundle(models: ModelCache, source: SDSource | None, precision: str,
             replaced = {"unet": int8_unet.int8_folder(folder) / int8_unet.IR_NAME} if int8 else None
             if unet is not None:
                 replaced = {"unet": unet / UNET_IR_NAME}
-            return OpenVINOBundle(folder, precisions, store_compiled=mini, replaced=replaced)
+            return OpenVINOBundle(folder, precisions, store_compiled=mini, replaced=replaced,
+                                  views=openvino_step_cache.VIEWS)
         except Exception as exc:  # the exporter meets a layer it cannot trace, a full disk, a damaged file...
             _failed[key] = f"{type(exc).__name__}: {exc}"[:300]
             log.warning("%s's OpenVINO bundle%s could not be had (%s); %s", key[0], " with an int8 UNet" if int8 else "",
@@ -819,7 +822,9 @@ def denoise(request: GenerationRequest, bundle: OpenVINOBundle, start: Start, se
             uncond: np.ndarray, batch: int, progress: Progress,
             preview: Callable[[np.ndarray], Image.Image] | None = None) -> np.ndarray:
     """One batch's latents after the request's steps, from where `start` says; `preview` draws
-    the live previews (default: the VAE's linear latent->RGB map)."""
+    the live previews (default: the VAE's linear latent->RGB map). With `step_cache` the UNet
+    reuses its deep features between evaluations, as on the torch pipeline."""
+    unet = openvino_step_cache.CachedUNet(bundle, request.step_cache)
     sampler = start.sampler()
     begun = start.latents(bundle, seeds, sampler)
     latents, kept = begun.latents, begun.kept
@@ -836,7 +841,7 @@ def denoise(request: GenerationRequest, bundle: OpenVINOBundle, start: Start, se
         if begun.extra is not None:  # an inpainting UNet's further channels, as they are
             scaled = np.concatenate([scaled, begun.extra], axis=1)
         model_input = np.concatenate([scaled, scaled]) if guided else scaled
-        out = bundle("unet", model_input, np.float32(timestep), states, *embedded)
+        out = unet(model_input, np.float32(timestep), states, *embedded)
         if guided:
             out_uncond, out_cond = np.split(out, 2)
             out = out_uncond + np.float32(scale) * (out_cond - out_uncond)
