@@ -513,3 +513,26 @@ def test_the_refiners_unet_runs_on_openvino_too(sdxl_models, studio, monkeypatch
     assert [call["added_cond_kwargs"]["time_ids"].shape[1] for call in calls] == [6, 6, 5, 5]
     assert psnr(made.image, on_torch.image) > 40
     assert "Refiner: tiny-sdxl-refiner" in made.parameters
+
+
+def test_step_caching_splits_the_base_and_refiner_exports_as_torch_caches_them(sdxl_models, studio, monkeypatch):
+    """`step_cache` with `--runtime openvino`: each stage's export split where its deep features
+    are kept (models/openvino_step_cache.py; SDXL's last up block has no attention), its own
+    cache per stage as on torch, and the picture torch's step-cached one but for the runtimes'
+    rounding."""
+    _openvino()
+    from reverie.models.openvino_runtime import OpenVINOUNet
+
+    parts = []
+    original = OpenVINOUNet.run_part
+    monkeypatch.setattr(OpenVINOUNet, "run_part",
+                        lambda self, part, *args, **kw: parts.append(part) or original(self, part, *args, **kw))
+    fields = dict(FAST, steps=4, model="tiny-sdxl", refiner="tiny-sdxl-refiner", refiner_switch=0.5, prompt="a boat",
+                  seed=11, dtype="fp32", step_cache=2)
+    on_torch = studio.generate(make_request(runtime="torch", **fields)).images[0]
+    made = studio.generate(make_request(runtime="openvino", **fields)).images[0]
+    assert parts == ["unet-whole", "unet-shallow"] * 2  # the base's two steps, then the refiner's
+    plain = studio.generate(make_request(runtime="openvino", **(fields | {"step_cache": None}))).images[0]
+    assert psnr(made.image, on_torch.image) > 40
+    assert psnr(made.image, plain.image) < float("inf")  # the skipped evaluations changed it
+    assert made.metadata["settings"]["step_cache"] == 2 and made.metadata["settings"]["runtime"] == "openvino"

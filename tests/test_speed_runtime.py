@@ -183,6 +183,36 @@ def test_openvino_pictures_match_torch_and_are_made_again_from_the_png(tmp_path)
     assert np.array_equal(np.asarray(remade.image), np.asarray(made.image))
 
 
+def test_step_caching_on_openvino_splits_the_export_and_makes_torchs_pictures(tmp_path, monkeypatch):
+    """`step_cache` on the torch pipeline with `--runtime openvino`: the export split where its
+    deep features are kept (models/openvino_step_cache.py), whole every N-th evaluation, the
+    pictures torch's step-cached ones; at 1 the plain export's, bit for bit."""
+    _openvino()
+    from reverie.models.openvino_runtime import OpenVINOUNet
+    from reverie.studio import Studio
+
+    parts = []
+    original = OpenVINOUNet.run_part
+    monkeypatch.setattr(OpenVINOUNet, "run_part",
+                        lambda self, part, *args, **kw: parts.append(part) or original(self, part, *args, **kw))
+    studio = Studio(device="cpu")
+    request = _request("openvino", n_samples=2, steps=6, sampler="euler", step_cache=3)
+    made = studio.run(request, outdir=tmp_path / "ov")
+    assert parts == ["unet-whole", "unet-shallow", "unet-shallow"] * 2
+    on_torch = studio.run(request.model_copy(update={"runtime": "torch"}), outdir=tmp_path / "torch")
+    plain = studio.run(request.model_copy(update={"step_cache": None}), outdir=tmp_path / "plain")
+    for a, b, c in zip(made.images, on_torch.images, plain.images, strict=True):
+        assert psnr(a.image, b.image) > 40, psnr(a.image, b.image)
+        assert psnr(a.image, c.image) < float("inf")  # the skipped evaluations changed it
+    settings = made.images[0].metadata["settings"]
+    assert settings["runtime"] == "openvino" and settings["step_cache"] == 3
+    parts.clear()
+    every = studio.run(request.model_copy(update={"step_cache": 1}), outdir=tmp_path / "one")
+    assert set(parts) == {"unet"}
+    for a, c in zip(every.images, plain.images, strict=True):
+        assert np.array_equal(np.asarray(a.image), np.asarray(c.image))
+
+
 def test_a_bf16_request_runs_a_bf16_export_close_to_torchs_bf16_picture(tmp_path):
     """bf16 on OpenVINO: its own export (the bf16 weights, not the fp32 one's), computed in bf16,
     the picture close to torch's bf16 picture and recorded as bf16."""

@@ -224,6 +224,14 @@ def encoded_latents(vae, pixels, scaling: float):
 # ----------------------------------------------------------------------------- running one (no torch)
 
 
+def infer(request, inputs: tuple[np.ndarray, ...], every_output: bool = False) -> np.ndarray | list[np.ndarray]:
+    """An OpenVINO infer request's first output for `inputs` (`every_output`: all, in order), copied out."""
+    request.infer(dict(enumerate(inputs)))
+    if every_output:
+        return [request.get_output_tensor(index).data.copy() for index in range(len(request.model_outputs))]
+    return request.get_output_tensor(0).data.copy()
+
+
 class OpenVINOBundle:
     """A bundle's parts, run by OpenVINO's CPU plugin: `bundle(part, *arrays)` -> the part's
     output as a NumPy array. `precisions` gives each part's inference precision (bf16 or f32);
@@ -263,11 +271,7 @@ class OpenVINOBundle:
     def __call__(self, part: str, *inputs: np.ndarray, every_output: bool = False) -> np.ndarray | list[np.ndarray]:
         """`part`'s first output (`every_output`: all of them, in order) for `inputs`."""
         with self._running:  # one call at a time: a shape's request is shared by whoever calls
-            request = self._request(part, tuple(x.shape for x in inputs))
-            request.infer(dict(enumerate(inputs)))
-            if every_output:
-                return [request.get_output_tensor(index).data.copy() for index in range(len(request.model_outputs))]
-            return request.get_output_tensor(0).data.copy()
+            return infer(self._request(part, tuple(x.shape for x in inputs)), inputs, every_output)
 
     def release_memory(self, part: str) -> None:
         """Let go of `part`'s working memory (its activations, kept between calls otherwise), and

@@ -50,6 +50,7 @@ import threading
 import time
 import warnings
 from collections import OrderedDict
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable
@@ -60,7 +61,8 @@ from ..device import available_memory
 from ..host import file_pages_dropped, is_x86
 from ..errors import BadRequest
 from ..outputs.files import one_process_at_a_time, partial_folder
-from .openvino_bundle import DONE_NAME, UNET_IR_NAME, fingerprint_of, openvino_cache_dir, unet_export_made
+from .openvino_bundle import DONE_NAME, UNET_IR_NAME, fingerprint_of, infer, openvino_cache_dir, unet_export_made
+from .openvino_step_cache import SHALLOW, VIEWS, CachedUNet
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +103,7 @@ def openvino_available() -> bool:
 
 
 def why_not_openvino(device: torch.device, dtype: torch.dtype, *, tile: bool = False,
-                     odd_latents: bool = False, step_cache: bool = False,
+                     odd_latents: bool = False,
                      cast_weights: bool = False) -> str | None:
     """Why OpenVINO cannot run this request's UNet, or None when it can."""
     if not openvino_available():
@@ -116,8 +118,6 @@ def why_not_openvino(device: torch.device, dtype: torch.dtype, *, tile: bool = F
         return "seamless tiles change the UNet's padding as it runs; only torch can"
     if cast_weights:
         return "the export holds fp32 weights, and this request keeps them in 16 bits (--weights); only torch can"
-    if step_cache:
-        return "step caching runs parts of the torch UNet between steps (models/step_cache.py); only torch can"
     if odd_latents:
         # The export traces diffusers' "upsample to the skip connection's size" branch as not taken.
         return "the picture's sides are not multiples of the UNet's own downsampling (64 px for SD)"
@@ -439,6 +439,7 @@ class OpenVINOUNet:
         self._lock = threading.Lock()
         self._ready_lock = threading.Lock()
         self._core = None  # OpenVINO's, once the export is made and read (`ready`)
+        self._cached: CachedUNet | None = None  # the sampling run's step cache (`step_cached`)
         self._sibling: OpenVINOUNet | None = None  # the variant last run, or for a variant its base
         # What the export will weigh, for the model cache before it is made (LoRA adapters are not exported)
         self._unet_bytes = sum(p.numel() for name, p in unet.named_parameters() if ".lora_" not in name) \
@@ -542,16 +543,19 @@ class OpenVINOUNet:
         self._inputs = [port.get_any_name() for port in model.inputs]
         del model
 
-    def _compiled_for(self, shapes: tuple):
+    def _compiled_for(self, shapes: tuple, part: str = "unet"):
+        """The compiled model and its request for input `shapes`: of the export, or of a view of
+        it (`part`: the step cache's split, models/openvino_step_cache.py)."""
         import openvino as ov
 
         if self._core is None:
             raise RuntimeError(f"the OpenVINO export {self.folder.name} is not made yet (`ready` it first)")
-        if len(shapes) != len(self._inputs):  # SDXL's added conditions given to another UNet's export, or missing
+        # SDXL's added conditions given to another UNet's export, or missing (the shallow part takes the deep features too)
+        if len(shapes) - (part == SHALLOW) != len(self._inputs):
             raise NotImplementedError(f"the OpenVINO export {self.folder.name} takes {len(self._inputs)} inputs, "
                                       f"and was given {len(shapes)}")
         threads = torch.get_num_threads()
-        key = (shapes, threads)
+        key = (part, shapes, threads)
         with self._lock:
             if key in self._compiled:
                 self._compiled.move_to_end(key)
@@ -561,6 +565,8 @@ class OpenVINOUNet:
             while self._compiled and len(self._compiled) >= self.shapes_kept:
                 self._compiled.popitem(last=False)
             model = self._core.read_model(str(self.folder / IR_NAME))
+            if part != "unet":
+                model = VIEWS[part][1](model)
             model.reshape({port.get_any_name(): ov.PartialShape(list(shape)) for port, shape in zip(model.inputs, shapes)})
             # The UNet's own precision (`precision`), one stream: one request at a time, on as many
             # threads as torch has (OMP_NUM_THREADS: a deployment's workers share the cores). The
@@ -591,10 +597,27 @@ class OpenVINOUNet:
             raise NotImplementedError("the OpenVINO UNet takes one timestep for the whole batch")
         inputs = (sample.detach().to(torch.float32).contiguous().numpy(), t[0].reshape(()).numpy(),
                   *(x.detach().to(torch.float32).contiguous().numpy() for x in (encoder_hidden_states, *added)))
-        _, request = self._compiled_for(tuple(tuple(x.shape) for x in inputs))
-        request.infer(dict(zip(range(len(inputs)), inputs)))
-        out = torch.from_numpy(request.get_output_tensor(0).data.copy()).to(sample.dtype)
+        out = self._cached(*inputs) if self._cached is not None else self.run_part("unet", *inputs)
+        out = torch.from_numpy(out).to(sample.dtype)
         return SimpleNamespace(sample=out) if return_dict else (out,)
+
+    def run_part(self, part: str, *inputs, every_output: bool = False):
+        """The export's output for NumPy `inputs` (`every_output`: all its outputs), or a view's
+        (`part`: models/openvino_step_cache.py's)."""
+        return infer(self._compiled_for(tuple(tuple(x.shape) for x in inputs), part)[1], inputs, every_output)
+
+    @contextmanager
+    def step_cached(self, interval: int):
+        """Step caching every `interval` evaluations inside the block (models/step_cache.py's
+        `step_cache` for this stand-in: the export split, models/openvino_step_cache.py); yields
+        the schedule (None at 1)."""
+        if self._cached is not None:
+            raise RuntimeError("step_cache: the UNet is already patched (a step cache inside another?)")
+        self._cached = CachedUNet(self.run_part, interval)
+        try:
+            yield self._cached.schedule
+        finally:
+            self._cached = None
 
     def forward(self, *args, **kwargs):
         return self(*args, **kwargs)
@@ -638,7 +661,7 @@ class OpenVINOUNet:
     def weight_bytes(self) -> int:
         """Bytes the compiled shapes hold (about the exported weights each; a variant's too),
         for the model cache."""
-        held = self.export_bytes * max(1, len(self._compiled))
+        held = self.export_bytes * max(1, sum(part != SHALLOW for part, _, _ in self._compiled))  # the split's is small
         if self._sibling is not None and self.variant is None:
             held += self._sibling.export_bytes * len(self._sibling._compiled)
         return held

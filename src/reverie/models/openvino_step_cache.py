@@ -1,17 +1,18 @@
-"""Step caching without torch (models/step_cache.py's, on the OpenVINO path): a UNet's IR split
-where its deep features enter the shallowest up block's last layer.
+"""Step caching on OpenVINO (models/step_cache.py's, without torch): a UNet's IR split where
+its deep features enter the shallowest up block's last layer.
 
 That layer's input is one Concat of two tensors: the deep features (all that the UNet computed
 between `conv_in` and there) and `conv_in`'s own output, its skip connection. `with_deep_output`
 keeps the first as a second output; `with_deep_input` takes it as a further input in its place,
 so that what still runs is what does not depend on it: the time embedding, `conv_in`, that
 layer and `conv_out` (OpenVINO leaves out the rest when it compiles). Both are made from the
-UNet's IR as it is read, so nothing is exported again, for the bundle's own UNet, its int8
-one and a LoRA set's alike. SD 1.5's UNet at 512 px, CFG batch, bf16 on 2 cores: whole 4.25 s,
+UNet's IR as it is read, so nothing is exported again: a bundle's own UNet, its int8 one, a
+LoRA set's, SDXL's alike. SD 1.5's UNet at 512 px, CFG batch, bf16 on 2 cores: whole 4.25 s,
 the shallow part 0.39 s.
 
-`CachedUNet` runs them on StepCache's schedule (whole every `interval`-th evaluation), so a
-picture is the torch pipeline's step-cached one up to the runtimes' kernels.
+`CachedUNet` runs them on StepCache's schedule (whole every `interval`-th evaluation), for the
+torch-free path's bundles and the torch pipeline's OpenVINO UNet alike, so a picture is the
+torch UNet's step-cached one up to the runtimes' kernels.
 """
 
 from __future__ import annotations
@@ -67,21 +68,23 @@ VIEWS = {WHOLE: ("unet", with_deep_output), SHALLOW: ("unet", with_deep_input)}
 
 
 class CachedUNet:
-    """A bundle's UNet for one sampling run (one batch): `unet(*inputs)` -> its output. With an
-    `interval` above 1 every `interval`-th evaluation runs the whole UNet and keeps its deep
-    features, the others run the shallow part on them; else the plain UNet every time (interval
-    1: the same pixels as without)."""
+    """An OpenVINO UNet for one sampling run (one batch): `unet(*inputs)` -> its output. `parts`
+    runs a part by name, `parts(part, *inputs, every_output=False)`: an OpenVINOBundle, or the
+    torch pipeline's OpenVINOUNet's `run_part` (models/openvino_runtime.py). With an `interval`
+    above 1 every `interval`-th evaluation runs the whole UNet and keeps its deep features, the
+    others run the shallow part on them; else the plain UNet every time (interval 1: the same
+    pixels as without)."""
 
-    def __init__(self, bundle, interval: int | None):
-        self.bundle = bundle
+    def __init__(self, parts, interval: int | None):
+        self.parts = parts
         self.schedule = StepCache(interval) if interval and interval > 1 else None
         self.deep: np.ndarray | None = None
 
     def __call__(self, *inputs: np.ndarray) -> np.ndarray:
         if self.schedule is None:
-            return self.bundle("unet", *inputs)
+            return self.parts("unet", *inputs)
         self.schedule.begin()
         if self.schedule.whole:
-            out, self.deep = self.bundle(WHOLE, *inputs, every_output=True)
+            out, self.deep = self.parts(WHOLE, *inputs, every_output=True)
             return out
-        return self.bundle(SHALLOW, *inputs, self.deep)
+        return self.parts(SHALLOW, *inputs, self.deep)

@@ -72,6 +72,10 @@ def step_cache(unet: torch.nn.Module, interval: int | None):
     if interval is None:
         yield None
         return
+    if hasattr(unet, "step_cached"):  # the OpenVINO runtime's stand-in: its export split (openvino_step_cache.py)
+        with unet.step_cached(interval) as cache:
+            yield cache
+        return
     cache = StepCache(interval)
     patched = [unet, *deep_modules(unet)]
     if any("forward" in module.__dict__ for module in patched):

@@ -180,9 +180,10 @@ def denoise_batch(request: GenerationRequest, components: ModelComponents, prepa
     `refine_with` = (refiner, its conditioning, prepared, its UNet stand-in or None): the base
     stops at the switch and the refiner finishes. `decoder`: a tiny decoder to make the pixels
     (and previews) with, in place of the model's VAE; `previewer`: a tiny decoder for the
-    previews (default: `decoder`; without either, the linear latent->RGB map). With `request.step_cache` the UNet reuses its deep features between
-    evaluations (models/step_cache.py). `unet`, when given, runs in place of the
-    model's own UNet (the OpenVINO runtime's)."""
+    previews (default: `decoder`; without either, the linear latent->RGB map). With
+    `request.step_cache` the UNet reuses its deep features between evaluations
+    (models/step_cache.py; an OpenVINO UNet its export split: openvino_step_cache.py). `unet`,
+    when given, runs in place of the model's own UNet (the OpenVINO runtime's)."""
     count = len(seeds)
     drawn, generators = initial_noise(seeds, latent_shape(components, prepared.width, prepared.height))
     if noise is None:
@@ -217,7 +218,7 @@ def denoise_batch(request: GenerationRequest, components: ModelComponents, prepa
         common |= sdxl
         if refine_with is not None:
             common |= {"denoising_end": switch_point(request), "output_type": "latent"}
-    with step_cache(components.unet, request.step_cache):
+    with step_cache(unet or components.unet, request.step_cache):
         out = _denoise(request, components, prepared, count, noise, scheduler, device, dtype, common, unet)
     if stopped["flag"]:
         raise Interrupted()  # the batch was cut short: its half-made pictures are not results
@@ -310,7 +311,7 @@ def refine(request: GenerationRequest, refiner: ModelComponents, conditioning: S
     pipe = pipeline_for(refiner, "img2img", scheduler, unet)  # `unet`: the refiner's OpenVINO stand-in, or None
     strength = request.effective_strength
     steps = request.steps if request.mode == "txt2img" or strength >= 1 else denoising_steps(request.steps, strength)
-    with vae_dtype_kept(refiner), step_cache(refiner.unet, request.step_cache):
+    with vae_dtype_kept(refiner), step_cache(unet or refiner.unet, request.step_cache):
         return pipe(image=latents.to(refiner.unet.dtype), num_inference_steps=steps, strength=max(strength, 1e-3),
                     denoising_start=switch_point(request), prompt_embeds=conditioning.cond,
                     negative_prompt_embeds=conditioning.uncond, guidance_scale=request.guidance_scale(),

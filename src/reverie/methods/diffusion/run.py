@@ -103,7 +103,7 @@ def park_torch_unet(models: ModelCache, request: GenerationRequest, components: 
     """Let the torch UNet's weights leave memory while its OpenVINO export serves: OpenVINO holds
     its own copy, and the torch one (1.6 GiB for SD 1.5 in bf16) waits unused. Only for a model
     read from a file or folder, whose UNet `diffusion_model` can read again when a request needs
-    it (LoRAs, tiles, step caching, `--runtime torch`), and only a UNet of PARK_MIN_BYTES or
+    it (LoRAs, tiles, `--runtime torch`), and only a UNet of PARK_MIN_BYTES or
     more. Called once no part of the job runs on torch; jobs run one at a time in a process
     (the job queue's one thread), so no other is using it."""
     if unet_parked(components.unet) or not reloadable(components.source) or not parks(components.unet):
@@ -134,7 +134,7 @@ def request_runtime(request: GenerationRequest, components: ModelComponents, pre
     levels = len(getattr(components.unet.config, "block_out_channels", None) or [0]) - 1
     odd = any((side // components.vae_scale_factor) % 2**levels for side in (prepared.width, prepared.height))
     return resolve_runtime(request.runtime, device, dtype, tile=request.tile,
-                           loras=asks_for_loras(request), odd_latents=odd, step_cache=bool(request.step_cache),
+                           loras=asks_for_loras(request), odd_latents=odd,
                            cast_weights=storage_dtype(request.weights, dtype) != dtype,
                            parameters=unet_parameters(components.unet), from_file=reloadable(components.source),
                            free_bytes=available_memory(device),
@@ -237,7 +237,7 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
     started = time.perf_counter()
     progress(ProgressEvent("load", message=f"loading {request.model}"))
     # A request whose UNet runs on torch in any case (`why_not_openvino`) has it read at once.
-    on_torch = request.runtime == "torch" or request.tile or bool(request.step_cache)
+    on_torch = request.runtime == "torch" or request.tile
     # LoRAs whose exports are made run without it too (`needs_torch_unet`).
     exports = (lambda unet, source: lora_exports_made(request, unet, source, plain=True)) if asks_for_loras(request) else None
     components = diffusion_model(models, request.model, device, dtype, request.weights, torch_unet=on_torch,
