@@ -3,7 +3,9 @@
 1. Step caching (`--step-cache N`, models/step_cache.py) on reverie-mini and on a random-weight
    SD1.5-architecture model (reverie's shipped configs/sd1) at 256 px: seconds per request
    (text encoding, sampling and decoding; the best of `--repeats`, after a warm-up), the speed-up
-   over no caching and the PSNR of each picture against the one made without it (min / mean).
+   over no caching and the PSNR of each picture against the one made without it (min / mean),
+   on the runtime `--runtime` picks (auto: mini on OpenVINO without torch; the in-memory SD
+   model on torch).
    On random weights the PSNR says how far the latents move, not how a picture looks; on mini it
    is the quality cost the tests hold a floor on.
 2. Decoding a 512 px picture (64x64 latents) with a random-weight SD VAE and with TAESD's
@@ -32,14 +34,14 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def timed(studio, request, repeats: int):
-    """(best seconds, pictures as arrays) of `repeats` runs."""
+    """(best seconds, pictures as arrays, the runtime that ran) of `repeats` runs."""
     best, pictures = float("inf"), None
     for _ in range(repeats):
         start = time.perf_counter()
         result = studio.generate(request)
         best = min(best, time.perf_counter() - start)
         pictures = [np.asarray(image.image) for image in result.images]
-    return best, pictures
+    return best, pictures, result.images[0].metadata["settings"]["runtime"]
 
 
 def step_cache_rows(studio, model: str, args) -> list[str]:
@@ -47,16 +49,17 @@ def step_cache_rows(studio, model: str, args) -> list[str]:
 
     base = dict(model=model, prompt=args.prompt, width=args.size, height=args.size, steps=args.steps,
                 sampler=args.sampler, cfg_scale=args.cfg, seed=args.seed, n_samples=args.n, upscale=1, device="cpu",
-                dtype="fp32")
+                dtype=args.dtype, runtime=args.runtime)
     rows, reference, off_seconds = [], None, None
     studio.generate(make_request(**base | {"steps": 2}))  # warm-up: load, first-call costs
     for interval in (None, *args.intervals):
-        seconds, pictures = timed(studio, make_request(**base, step_cache=interval), args.repeats)
+        seconds, pictures, runtime = timed(studio, make_request(**base, step_cache=interval), args.repeats)
         if interval is None:
             reference, off_seconds = pictures, seconds
         scores = [psnr(a, b) for a, b in zip(reference, pictures)]
         quality = "-" if interval is None else f"{min(scores):.1f} / {np.mean(scores):.1f}"
-        rows.append(f"| {model} | {interval or 'off'} | {seconds:.2f} | {off_seconds / seconds:.2f}x | {quality} |")
+        rows.append(f"| {model} | {runtime} | {interval or 'off'} | {seconds:.2f} | {off_seconds / seconds:.2f}x "
+                    f"| {quality} |")
         print(rows[-1], flush=True)
     return rows
 
@@ -98,6 +101,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1, help="pictures per request")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--prompt", default="red apple, Noto emoji")
+    parser.add_argument("--runtime", default="auto", help="auto (mini: OpenVINO without torch), openvino or torch")
+    parser.add_argument("--dtype", default="fp32")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--decode-size", type=int, default=512)
     parser.add_argument("--skip-decode", action="store_true", help="leave out the decoder table")
@@ -108,7 +113,8 @@ def main() -> None:
     studio = Studio(device="cpu")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.size} px, {args.steps} steps, "
           f"{args.sampler}, CFG {args.cfg:g}, {args.n} pictures a request, best of {args.repeats}")
-    print("\n| model | step cache | s | speed-up | PSNR dB min / mean |\n|---|---|---:|---:|---|")
+    print(f"\n{args.dtype}, runtime {args.runtime}\n\n| model | ran on | step cache | s | speed-up | PSNR dB min / mean |"
+          "\n|---|---|---|---:|---:|---|")
     for model in args.models:
         if model == "sd15-random":
             components = sd15_components()
