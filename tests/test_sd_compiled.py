@@ -359,8 +359,8 @@ def test_a_unet_lora_runs_here_once_the_torch_path_made_its_export(sd_folder, tm
     request with runtime openvino), found by the key the bundle keeps; the picture is the torch
     pipeline's, the tags are out of the encoded prompt and in the picture's records. Before the
     bundle is made the request is tried here: the bundle is made, then without the set's export
-    the torch pipeline makes the picture. A set not exported yet, or with text-encoder layers,
-    stays on the torch pipeline."""
+    the torch pipeline makes the picture. A set not exported yet (one with text-encoder layers
+    whose text encoder's export is not made, too) stays on the torch pipeline."""
     from safetensors.torch import save_file
 
     from reverie.methods.diffusion import _run
@@ -394,6 +394,50 @@ def test_a_unet_lora_runs_here_once_the_torch_path_made_its_export(sd_folder, tm
     for other in ("<lora:style:0.5>", "<lora:both:0.8>", "<lora:style:0.8> <lora:both:0.8>"):
         assert not compiled.serves(request.model_copy(update={"prompt": f"a red apple {other}"})), other
     assert not compiled.serves(request.model_copy(update={"quantize": "int8"}))
+
+
+def test_a_lora_with_text_layers_runs_here_once_the_torch_path_made_its_exports(sd_folder, tmp_path, monkeypatch):
+    """A LoRA set with text-encoder layers (most community LoRAs): its first request with
+    runtime openvino exports the text encoder with the set on beside the UNet's export of it, and
+    from then on the bundle runs both in its parts' places, without torch: the picture is the
+    torch pipeline's (fp32), and the text layers count (at a text weight of 0 the picture moves).
+    A set of text layers alone takes the bundle's own UNet; another text weight, not exported
+    yet, stays on the torch pipeline."""
+    from safetensors.torch import save_file
+
+    from test_lora import kohya_lora
+
+    from reverie.methods.diffusion.run import run
+    from reverie.models.sd_bundle import lora_text_encoder_folder
+
+    models = tmp_path / "models"
+    (models / "Lora").mkdir(parents=True)
+    words = {key: value for key, value in kohya_lora(3).items() if key.startswith("lora_te_")}  # the same CLIP's
+    save_file(unet_lora(small_sd().unet, 2) | words, str(models / "Lora" / "both.safetensors"))
+    save_file(words, str(models / "Lora" / "words.safetensors"))
+    monkeypatch.setenv("REVERIE_MODELS", str(models))
+    cache = ModelCache()
+    make(tmp_path, "bundle", request_for(sd_folder, n_samples=1, steps=1, dtype="fp32"))  # the bundle made
+    for tag in ("<lora:both:0.8>", "<lora:words:1>"):
+        request = request_for(sd_folder, prompt=f"a red apple {tag}", n_samples=1, steps=4, dtype="fp32")
+        assert not compiled.serves(request), tag
+        first = run(request.model_copy(update={"runtime": "openvino"}), cache, Progress(), Outputs(tmp_path / "first"))
+        assert first.images[0].metadata["settings"]["runtime"] == "openvino"
+        assert compiled.serves(request), tag
+        ours = compiled.run(request, cache, Progress(), Outputs(tmp_path / f"ours{tag}"))
+        theirs = torch_run(request, cache, Progress(), Outputs(tmp_path / f"theirs{tag}"))
+        assert psnr(pixels(ours.images[0].image), pixels(theirs.images[0].image)) > 60, tag
+        assert ours.images[0].metadata["loras"] == theirs.images[0].metadata["loras"]
+    found = compiled.served(request)
+    assert found.loras["unet"] is None and found.loras["text"] is not None  # the bundle's own UNet
+    assert lora_text_encoder_folder(sd_source(sd_folder), "f32", found.loras["text"]).is_dir()
+    both = request_for(sd_folder, prompt="a red apple <lora:both:0.8>", n_samples=1, steps=4, dtype="fp32")
+    with_text = compiled.run(both, cache, Progress(), Outputs(tmp_path / "with-text"))
+    unet_only = both.model_copy(update={"prompt": "a red apple <lora:both:0.8:0>"})
+    assert compiled.serves(unet_only)  # the same UNet export, the bundle's own text encoder
+    without = compiled.run(unet_only, cache, Progress(), Outputs(tmp_path / "without-text"))
+    assert psnr(pixels(with_text.images[0].image), pixels(without.images[0].image)) < 50  # the text layers ran
+    assert not compiled.serves(both.model_copy(update={"prompt": "a red apple <lora:both:0.8:0.5>"}))
 
 
 def watched(tmp_path, name: str, request: GenerationRequest):

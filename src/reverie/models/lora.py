@@ -365,18 +365,22 @@ def apply_loras(components: ModelComponents, uses) -> Iterator[list[LoraInfo]]:
         _disable(components)
 
 
-def lora_variant(uses, infos: list[LoraInfo] | None = None) -> dict | None:
-    """What the UNet runs with the LoRAs `uses` on (`infos`: theirs, read when not given): the
-    ones with UNet layers at a UNet weight other than 0, by adapter name (the file's hash) with
-    that weight, and A1111's tags as a `label`; None when there is none (weights 0, LoRAs for the
-    text encoder only). It names the OpenVINO export of the UNet as it runs then
-    (models/openvino_runtime.py, `OpenVINOUNet.for_variant`), before the LoRAs are loaded as after."""
+def lora_variant(uses, infos: list[LoraInfo] | None = None, part: str = "unet") -> dict | None:
+    """What the UNet (`part` "text": the text encoder) runs with the LoRAs `uses` on (`infos`:
+    theirs, read when not given): the ones with layers for it at a weight for it other than 0, by
+    adapter name (the file's hash) with that weight, and A1111's tags as a `label`; None when
+    there is none (weights 0, LoRAs for the other part only). It names the OpenVINO export of the
+    part as it runs then (the UNet's: models/openvino_runtime.py, `OpenVINOUNet.for_variant`;
+    the text encoder's: models/sd_bundle.py), before the LoRAs are loaded as after."""
     infos = infos if infos is not None else [lora_info(find_lora(use.name)) for use in uses]
-    running = [(use, info) for use, info in zip(uses, infos) if use.unet and info.has_unet]
+    text = part == "text"
+    running = [(use, info, use.text if text else use.unet) for use, info in zip(uses, infos)
+               if (info.has_text if text else info.has_unet)]
+    running = [(use, info, weight) for use, info, weight in running if weight]
     if not running:
         return None
-    return {"label": " ".join(f"<lora:{use.name}:{use.unet:g}>" for use, _ in running),
-            "loras": [[adapter_name(info), float(use.unet)] for use, info in running]}
+    return {"label": " ".join(f"<lora:{use.name}:{weight:g}>" for use, _, weight in running),
+            "loras": [[adapter_name(info), float(weight)] for _, info, weight in running]}
 
 
 def list_lora_entries() -> list:

@@ -176,7 +176,8 @@ def with_extra_rows(encoder, call):
     """A text encoder (run by `call(encoder, *inputs)`) answering in fp32 that takes one more
     input, last: rows [E, width] for the token ids past its own table (from `vocab` on, in
     order), as a textual-inversion embedding's vectors are its added tokens' rows. Its input
-    table is wrapped in place: the encoder is the export's own copy."""
+    table is wrapped in place: an encoder that is not the export's own copy gets it back from
+    the caller (sd_bundle.export_lora_text_encoder)."""
     import torch
 
     from .embeddings import with_added_rows

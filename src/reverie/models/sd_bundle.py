@@ -36,7 +36,8 @@ from pathlib import Path
 
 from .checkpoint_header import (CLIP_PREFIX, CONFIGS_DIR, OPEN_CLIP_PREFIX, UNET_PREFIX, prediction_type_of,
                                 read_header, shipped_config_name)
-from .openvino_bundle import bundle_path, encoded_latents, in_fp32, save_bundle, with_extra_rows
+from .openvino_bundle import (bundle_made, bundle_path, encoded_latents, fingerprint_of, in_fp32, openvino_cache_dir,
+                              save_bundle, with_extra_rows)
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,18 @@ def sd_bundle_folder(source: SDSource, precision: str, cache: Path | None = None
     return bundle_path("sd", FORMAT, precision, list(source.files), cache)
 
 
+def lora_text_encoder_folder(source: SDSource, precision: str, variant: dict) -> Path:
+    """Where the export of `source`'s text encoder with a LoRA set on lives (`variant`:
+    lora.lora_variant's for the text encoder), beside the UNet's exports: named by the model's
+    bundle (its files, precision and exporters) and the set. The bundle runs it in its text
+    encoder's place (methods/diffusion/compiled.py); `export_lora_text_encoder` makes it."""
+    return openvino_cache_dir() / fingerprint_of({"text_encoder_of": sd_bundle_folder(source, precision).name}, variant)
+
+
+def lora_text_encoder_made(source: SDSource, precision: str, variant: dict) -> bool:
+    return bundle_made(lora_text_encoder_folder(source, precision, variant))
+
+
 # ----------------------------------------------------------------------------- making it (torch)
 
 
@@ -168,11 +181,7 @@ def make_sd_bundle(source: SDSource, folder: Path, precision: str) -> None:
     vocab, width = text_encoder.get_input_embeddings().weight.shape
     parts = {
         "unet": unet_ir,  # latents, timestep, text states -> the model's output, fp32
-        # token ids [n, 77], rows for added tokens [E, D] -> last hidden states [n, 77, D], fp32;
-        # unmasked, as SD was trained
-        "text_encoder": (with_extra_rows(text_encoder, lambda m, ids: m(ids)[0]),
-                         (torch.ones(1, 77, dtype=torch.int64), torch.zeros(1, width)),
-                         [([-1, -1], ov.Type.i64), ([-1, width], ov.Type.f32)]),
+        "text_encoder": _text_encoder_part(text_encoder),
         # latents -> pixels in [-1, 1] (unclamped), as the pipeline decodes: latents / scaling_factor
         "decoder": (in_fp32(vae, lambda m, z: m.decode((z / scaling).to(dtype), return_dict=False)[0]),
                     (torch.randn(1, channels, 16, 16),), [([-1, channels, -1, -1], ov.Type.f32)]),
@@ -197,6 +206,36 @@ def make_sd_bundle(source: SDSource, folder: Path, precision: str) -> None:
     del components
     save_bundle(folder, parts, facts, replaces="model", extra_files={"tokenizer.json": _tokenizer_json(tokenizer)})
     log.info("made %s's OpenVINO bundle in %.1f s: %s", source.path, time.perf_counter() - started, folder)
+
+
+def _text_encoder_part(text_encoder) -> tuple:
+    """What save_bundle exports the text encoder from: token ids [n, 77] and rows for added
+    tokens [E, D] -> last hidden states [n, 77, D], fp32; unmasked, as SD was trained."""
+    import openvino as ov
+    import torch
+
+    width = int(text_encoder.get_input_embeddings().weight.shape[1])
+    return (with_extra_rows(text_encoder, lambda m, ids: m(ids)[0]),
+            (torch.ones(1, 77, dtype=torch.int64), torch.zeros(1, width)),
+            [([-1, -1], ov.Type.i64), ([-1, width], ov.Type.f32)])
+
+
+def export_lora_text_encoder(source: SDSource, precision: str, text_encoder, variant: dict) -> Path:
+    """Export `text_encoder` as it runs now, with the LoRA set `variant` names on at its weights
+    (inside lora.apply_loras), as the bundle's text encoder part is exported, into
+    `lora_text_encoder_folder` (once: seconds for SD's CLIP); an older one for the same model
+    file, precision and set (the file changed since) is replaced."""
+    folder = lora_text_encoder_folder(source, precision, variant)
+    if bundle_made(folder):
+        return folder
+    table = text_encoder.get_input_embeddings()
+    try:
+        save_bundle(folder, {"text_encoder": _text_encoder_part(text_encoder)},
+                    {"lora_text_encoder": f"{source.path} {precision} {variant['label']}"},
+                    replaces="lora_text_encoder")
+    finally:
+        text_encoder.set_input_embeddings(table)  # with_extra_rows wraps it in place: the cached encoder's own
+    return folder
 
 
 def _tokenizer_json(tokenizer) -> str:

@@ -8,6 +8,8 @@ a batch back to the input's size with the kept pixels exactly as they were.
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -35,6 +37,7 @@ from .pipelines import circular_padding, memory_settings, pipeline_for, vae_dtyp
 from .preview import PREVIEW_EVERY, PREVIEW_SIDE, preview_image
 from .request import GenerationRequest
 
+log = logging.getLogger(__name__)
 
 
 def finish(pictures: list[Image.Image], prepared: PreparedInput, request: GenerationRequest, models: ModelCache,
@@ -146,7 +149,7 @@ def unet_with_loras(unet, components: ModelComponents, uses, infos, progress: Pr
     (`OpenVINOUNet.for_variant`: made once per LoRA set and weights, minutes for SD, then read
     from the cache), or without LoRAs the model's own export (made now if a request naming
     LoRAs left it for later: `runtime_unet`); torch's (None) is the components' own UNet, the
-    LoRAs on it."""
+    LoRAs on it. On OpenVINO the set's text encoder is exported too (`text_encoder_with_loras`)."""
     if unet is None:
         return unet
 
@@ -156,10 +159,35 @@ def unet_with_loras(unet, components: ModelComponents, uses, infos, progress: Pr
             progress(ProgressEvent("load", message=f"exporting the UNet{with_loras} to OpenVINO (once)"))
 
     try:
-        return unet.for_variant(components.unet, lora_variant(uses, infos) if uses else None, exporting)
+        runs = unet.for_variant(components.unet, lora_variant(uses, infos) if uses else None, exporting)
     except ExportFailed as exc:
         what = "the UNet with these LoRAs" if uses else "this request"
         raise BadRequest("runtime", f"openvino cannot run {what}: {exc}; use --runtime torch or auto") from None
+    text_encoder_with_loras(components, uses, infos, progress)
+    return runs
+
+
+def text_encoder_with_loras(components: ModelComponents, uses, infos, progress: Progress | None = None) -> None:
+    """Export the text encoder with the LoRAs `uses` on (inside `apply_loras`), where their set
+    has text-encoder layers at a weight above 0 and the model is one an SD bundle serves, once:
+    with the UNet's export of the set, the bundle then runs the set without torch
+    (models/sd_bundle.py, `export_lora_text_encoder`; methods/diffusion/compiled.py). A failure
+    leaves the set to this pipeline, as before."""
+    from ...models.sd_bundle import export_lora_text_encoder, lora_text_encoder_made, sd_source
+
+    variant = lora_variant(uses, infos, part="text") if uses else None
+    source = sd_source(Path(components.source)) if variant and components.source else None
+    if source is None or components.is_sdxl:
+        return
+    precision = "bf16" if components.text_encoder.dtype == torch.bfloat16 else "f32"
+    if lora_text_encoder_made(source, precision, variant):
+        return
+    if progress is not None:
+        progress(ProgressEvent("load", message=f"exporting the text encoder with {variant['label']} to OpenVINO (once)"))
+    try:
+        export_lora_text_encoder(source, precision, components.text_encoder, variant)
+    except Exception as exc:  # the exporter, a full disk: the set keeps running here
+        log.warning("the text encoder with %s could not be exported (%s); the set runs on torch", variant["label"], exc)
 
 
 def latent_shape(components: ModelComponents, width: int, height: int) -> tuple[int, int, int]:

@@ -14,9 +14,9 @@ upscale) and 768 for SD (multiples of 64, at most four 512 px pictures' worth a 
 image mode that is the size the input picture is worked at (mini works on a larger one at half
 its size and enlarges the result back).
 A prompt with weights, a negative, templates, styles and textual-inversion embeddings, and for
-SD one set of LoRAs for the UNet alone once run.py has made its export (`_lora_variant`); step
-caching (the UNet split where it keeps its deep features: models/openvino_step_cache.py);
-not the options only the torch pipeline has (seamless tiles, chaos below 100, a refiner,
+SD one set of LoRAs once run.py has made its exports of the UNet and the text encoder with
+them on (`_lora_variant`); step caching (the UNet split where it keeps its deep features:
+models/openvino_step_cache.py); not the options only the torch pipeline has (seamless tiles, chaos below 100, a refiner,
 prompt expansion, SD's upscale). A tiny decoder (`decoder tiny`: TAESD in
 the models folder, or a path to one) makes the pictures from its own bundle
 (models/tiny_decoder_bundle.py) and draws the live previews, as does the models folder's for a
@@ -70,7 +70,7 @@ from ...models.mini_bundle import bundle_folder, make_bundle
 from ...models.openvino_bundle import (UNET_IR_NAME, OpenVINOBundle, bundle_facts, bundle_made, fingerprint_of,
                                        openvino_cache_dir, precision_of, unet_export_made)
 from ...models.registry import find_path
-from ...models.sd_bundle import SDSource, make_sd_bundle, sd_bundle_folder, sd_source
+from ...models.sd_bundle import SDSource, lora_text_encoder_folder, make_sd_bundle, sd_bundle_folder, sd_source
 from ...outputs.files import Outputs, one_process_at_a_time
 from ...progress import Interrupted, Progress, ProgressEvent
 from ...prompts.extra_networks import extract_pair
@@ -180,7 +180,7 @@ class Served:
     source: SDSource | None  # the SD model's files; None for reverie-mini
     facts: ModelFacts
     prepared: PreparedInput  # the working size; an image mode's input picture (and mask) loaded
-    loras: dict | None = None  # the request's LoRA set (`_lora_variant`): its export runs in the UNet's place
+    loras: dict | None = None  # the request's LoRA set (`_lora_variant`): its exports run in the parts' places
 
 
 def serves(request: GenerationRequest) -> bool:
@@ -240,8 +240,8 @@ def served(request: GenerationRequest) -> Served | None:
     named, loras = _lora_variant(request, source)
     if named and (loras is None or int8):
         return None  # run.py says why the LoRAs cannot run here
-    if loras and facts.unet_key is not None and _lora_unet(facts, loras) is None:  # a bundle not made yet is tried
-        return None  # run.py makes the set's export (--runtime openvino), or runs it on torch
+    if loras and facts.unet_key is not None and _lora_parts(source, facts, precision_of(dtype), loras) is None:
+        return None  # run.py makes the set's exports (--runtime openvino), or runs it on torch; a bundle not made yet is tried
     return Served(source, facts, prepared, loras)
 
 
@@ -322,11 +322,11 @@ def tiny_decoders(models: ModelCache, request: GenerationRequest, facts: ModelFa
 
 
 def _lora_variant(request: GenerationRequest, source: SDSource | None) -> tuple[bool, dict | None]:
-    """(whether the request's prompts name LoRAs, the variant of the model's UNet they make
-    where this path runs them: `lora.lora_variant`, which names the export run.py makes of the
-    UNet with them on). It runs one set of LoRAs for the whole request (best-of's candidates
-    too), from .safetensors files, for the UNet alone: a LoRA's text-encoder layers at a weight
-    above 0, or LoRAs that change nothing, stay run.py's."""
+    """(whether the request's prompts name LoRAs, the variants of the model's UNet and text
+    encoder they make where this path runs them: {"unet": ..., "text": ...}, each
+    `lora.lora_variant`'s, which names the export run.py makes of that part with them on, or
+    None where the set leaves the part as it is). It runs one set of LoRAs for the whole request
+    (best-of's candidates too), from .safetensors files; LoRAs that change nothing stay run.py's."""
     from ...models.lora import find_lora, lora_info, lora_variant
     from .networks import lora_sets
 
@@ -340,20 +340,30 @@ def _lora_variant(request: GenerationRequest, source: SDSource | None) -> tuple[
         infos = [lora_info(find_lora(use.name)) for use in uses]
     except (ModelNotFound, BadCheckpoint, OSError):
         return True, None
-    if any(info.path.suffix.lower() != ".safetensors" or (use.text and info.has_text)
-           for use, info in zip(uses, infos)):
+    if any(info.path.suffix.lower() != ".safetensors" for info in infos):
         return True, None
-    return True, lora_variant(uses, infos)
+    variants = {"unet": lora_variant(uses, infos), "text": lora_variant(uses, infos, part="text")}
+    return True, variants if any(variants.values()) else None
 
 
-def _lora_unet(facts: ModelFacts, variant: dict) -> Path | None:
-    """The export run.py made of the UNet with `variant`'s LoRAs on (its first request for them:
-    OpenVINOUNet.for_variant), named by what the model's bundle keeps (`unet_key`); None where
-    it is not made, or the bundle is not made yet."""
-    if facts.unet_key is None:
-        return None
-    folder = openvino_cache_dir() / fingerprint_of(facts.unet_key, variant)
-    return folder if unet_export_made(folder) else None
+def _lora_parts(source: SDSource, facts: ModelFacts, precision: str, loras: dict) -> dict[str, Path] | None:
+    """The IRs that run in the bundle's parts' places for the LoRA set `loras` (`_lora_variant`):
+    the export run.py made of the UNet with them on (its first request for them with runtime
+    openvino: OpenVINOUNet.for_variant), named by what the model's bundle keeps (`unet_key`), and
+    of the text encoder (batches.text_encoder_with_loras), named by the bundle; None where one is
+    not made, or the bundle is not made yet."""
+    parts = {}
+    if loras["unet"] is not None:
+        folder = openvino_cache_dir() / fingerprint_of(facts.unet_key or {}, loras["unet"])
+        if facts.unet_key is None or not unet_export_made(folder):
+            return None
+        parts["unet"] = folder / UNET_IR_NAME
+    if loras["text"] is not None:
+        folder = lora_text_encoder_folder(source, precision, loras["text"])
+        if not bundle_made(folder):
+            return None
+        parts["text_encoder"] = folder / "text_encoder.xml"
+    return parts
 
 
 def _embeddings_unserved(request: GenerationRequest, facts: ModelFacts) -> bool:
@@ -401,11 +411,11 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
     bundle = load_bundle(models, source, precision_of(dtype), progress, int8=request.quantize == "int8")
     if source is not None:
         facts = sd_facts(source, bundle.folder)  # what the made bundle says (its name, schedule, channels)
-    if found.loras is not None:  # the bundle made first where it was not: it names the LoRA set's export
-        unet = _lora_unet(facts, found.loras)
-        if unet is None:
-            raise BundleUnavailable("the LoRA set's UNet export is not made yet")  # run.py's, before any picture
-        bundle = load_bundle(models, source, precision_of(dtype), progress, unet=unet)
+    if found.loras is not None:  # the bundle made first where it was not: it names the LoRA set's exports
+        parts = _lora_parts(source, facts, precision_of(dtype), found.loras)
+        if parts is None:
+            raise BundleUnavailable("the LoRA set's exports are not made yet")  # run.py's, before any picture
+        bundle = load_bundle(models, source, precision_of(dtype), progress, replaced=parts)
     tokenizer = models.get(("bundle-tokenizer", str(bundle.folder)), lambda: BundleTokenizer.of(bundle))
     decoders = tiny_decoders(models, request, facts, precision_of(dtype), progress.previews)
     scorer = None
@@ -493,20 +503,22 @@ class BundleUnavailable(RuntimeError):
 _failed: dict[tuple, str] = {}  # (model, precision) -> why its bundle could not be had, in this process
 
 
-def _bundle_key(source: SDSource | None, precision: str, int8: bool = False, unet: Path | None = None) -> tuple:
+def _bundle_key(source: SDSource | None, precision: str, int8: bool = False,
+                replaced: dict[str, Path] | None = None) -> tuple:
     return ((str(source.path) if source is not None else MINI_NAME, precision) + (("int8",) if int8 else ())
-            + ((unet.name,) if unet is not None else ()))
+            + tuple(f"{part}:{path.parent.name}" for part, path in sorted((replaced or {}).items())))
 
 
 def load_bundle(models: ModelCache, source: SDSource | None, precision: str,
-                progress: Progress | None = None, int8: bool = False, unet: Path | None = None) -> OpenVINOBundle:
+                progress: Progress | None = None, int8: bool = False,
+                replaced: dict[str, Path] | None = None) -> OpenVINOBundle:
     """The bundle of reverie-mini (`source` None) or of an SD model for `precision`, from the
     model cache, read from disk, or made first (once: about 11 s for mini, a minute or more for
     SD, whose UNet export takes most of it unless the torch path made it already; the only time
     this path imports torch); `int8`: with its UNet quantized to int8 (models/int8_unet.py),
-    quantized first where it is not yet; `unet`: with the UNet export in that folder (a LoRA
-    set's, `_lora_unet`) in its UNet's place. BundleUnavailable when that fails."""
-    key = _bundle_key(source, precision, int8, unet)
+    quantized first where it is not yet; `replaced`: with those IRs in those parts' places (a
+    LoRA set's exports, `_lora_parts`). BundleUnavailable when that fails."""
+    key = _bundle_key(source, precision, int8, replaced)
     mini = source is None
 
     def say(message: str) -> None:
@@ -531,10 +543,8 @@ def load_bundle(models: ModelCache, source: SDSource | None, precision: str,
                         say(f"quantizing {key[0]}'s UNet to int8 (once: minutes for SD)")
                         facts = mini_facts() if mini else sd_facts(source, folder)
                         int8_unet.quantize_unet(folder, lambda: calibration_inputs(OpenVINOBundle(folder, precisions), facts))
-            replaced = {"unet": int8_unet.int8_folder(folder) / int8_unet.IR_NAME} if int8 else None
-            if unet is not None:
-                replaced = {"unet": unet / UNET_IR_NAME}
-            return OpenVINOBundle(folder, precisions, store_compiled=mini, replaced=replaced,
+            parts = {"unet": int8_unet.int8_folder(folder) / int8_unet.IR_NAME} if int8 else replaced
+            return OpenVINOBundle(folder, precisions, store_compiled=mini, replaced=parts,
                                   views=openvino_step_cache.VIEWS)
         except Exception as exc:  # the exporter meets a layer it cannot trace, a full disk, a damaged file...
             _failed[key] = f"{type(exc).__name__}: {exc}"[:300]
