@@ -1,5 +1,5 @@
 """The torch-free sampling path against the real thing: torch.randn and diffusers' DPM++ 2M (and its SDE),
-Euler, Euler a, Heun, DPM2, LMS, DDIM, PLMS, LCM and UniPC."""
+Euler, Euler a, Heun, DPM2, DPM2 a, LMS, DDIM, DDPM, PLMS, LCM, UniPC, DEIS and DPM++ 2S Karras."""
 
 import dataclasses
 import inspect
@@ -15,8 +15,9 @@ import torch
 from reverie import samplers
 from reverie.methods.diffusion import numpy_sampler
 from reverie.methods.diffusion.inputs import denoising_steps
-from reverie.methods.diffusion.numpy_sampler import (DDIM, DPM2, DPMSolver2M, LCM, LMS, PLMS, EulerAncestral,
-                                                     EulerDiscrete, Heun, UniPC, make_sampler, sampler_supported)
+from reverie.methods.diffusion.numpy_sampler import (DDIM, DDPM, DEIS, DPM2, LCM, LMS, PLMS, DPM2Ancestral,
+                                                     DPMSolver2M, DPMSolver2S, EulerAncestral, EulerDiscrete, Heun,
+                                                     UniPC, make_sampler, sampler_supported)
 from reverie.errors import BadRequest
 from reverie.samplers import build_scheduler
 from reverie.torch_noise import TorchCPUGenerator, torch_randn
@@ -156,7 +157,7 @@ def test_the_default_sampler_of_these_configs_is_supported(name):
         assert sampler_supported(name, config)
 
 
-@pytest.mark.parametrize("name", ["dpmpp_2s_karras", "dpmpp_sde_karras", "dpm2_a", "ddpm", "deis"])
+@pytest.mark.parametrize("name", ["dpmpp_sde_karras"])
 def test_other_samplers_are_refused(name):
     for config in CONFIGS.values():
         assert not sampler_supported(name, config)
@@ -237,14 +238,14 @@ def test_importing_the_torch_free_path_imports_no_torch():
 
 
 # make_sampler: DPM++ 2M and Euler, each with and without Karras sigmas, DPM++ 2M SDE Karras,
-# Euler a, Heun, DPM2, LMS with and without, DDIM (at eta 0 here; above it further down), PLMS,
-# LCM and UniPC, against build_scheduler's.
+# Euler a, Heun, DPM2, DPM2 a, LMS with and without, DDIM (at eta 0 here; above it further down), DDPM,
+# PLMS, LCM, UniPC, DEIS and DPM++ 2S Karras, against build_scheduler's.
 
 SAMPLER_NAMES = ["dpmpp_2m", "dpmpp_2m_karras", "dpmpp_2m_sde_karras", "euler", "euler_karras", "euler_a", "ddim", "lcm",
-                 "unipc", "heun", "plms", "lms", "lms_karras", "dpm2"]
+                 "unipc", "heun", "plms", "lms", "lms_karras", "dpm2", "dpm2_a", "ddpm", "deis", "dpmpp_2s_karras"]
 STEP_COUNTS = [1, 4, 14, 15, 20, 25]  # 14 and 15: either side of diffusers' "fewer than 15 steps" rule
 SAMPLE_SHAPE = (2, 4, 8, 8)
-TOLERANCE = 1e-5  # relative to the largest value; the port is within about 1e-6
+TOLERANCE = 1e-5  # relative to the largest value; the port is within about 1e-6 (DEIS and DPM2 a: 6e-6)
 
 
 def reference_scheduler(name: str, config: dict, steps: int):
@@ -285,15 +286,18 @@ def test_schedule_matches_diffusers(name, config_name, steps):
     sampler = make_sampler(name, CONFIGS[config_name], steps)
     expected = reference.timesteps.numpy()
     assert sampler.timesteps.dtype == expected.dtype == (np.float32 if name.startswith(("euler", "heun", "lms", "dpm2")) else np.int64)
-    if name in ("euler_karras", "lms_karras", "dpm2"):
+    if name in ("euler_karras", "lms_karras", "dpm2", "dpm2_a"):
         # Fractional timesteps (DPM2's midpoints') from the log training sigmas, of which torch's sqrt rounds a few
-        # otherwise: a float32 ulp or two apart.
-        np.testing.assert_allclose(sampler.timesteps, expected, rtol=1e-6, atol=0)
+        # otherwise: a float32 ulp or two apart. DPM2 a's midpoints lie toward each step's sigma_down, which its
+        # difference of squares (sigma_to**2 - sigma_up**2) takes from those last bits magnified up to a thousand
+        # times where it is small: timesteps up to 1e-3 apart (measured 6e-4), each sigma still within 1e-6.
+        np.testing.assert_allclose(sampler.timesteps, expected, rtol=1e-6, atol=1e-3 if name == "dpm2_a" else 0)
     else:
         np.testing.assert_array_equal(sampler.timesteps, expected)
-    if name in ("ddim", "lcm", "plms"):  # no sigmas: the cumulative alphas, and the one past the end
+    if name in ("ddim", "lcm", "plms", "ddpm"):  # no sigmas: the cumulative alphas, and the one past the end
         np.testing.assert_array_equal(sampler.alphas_cumprod, reference.alphas_cumprod.numpy())
-        assert sampler.final_alpha == reference.final_alpha_cumprod.numpy()
+        final = reference.one if name == "ddpm" else reference.final_alpha_cumprod  # DDPM's: 1
+        assert sampler.final_alpha == final.numpy()
     else:
         np.testing.assert_allclose(sampler.sigmas, reference.sigmas.numpy(), rtol=1e-6, atol=0)
     assert isinstance(sampler.init_noise_sigma, float)
@@ -426,7 +430,78 @@ def test_dpm2_evaluates_the_model_at_each_steps_midpoint():
     sampler = make_sampler("dpm2", SD15_CONFIG, 5)
     assert sampler.order == 2 and len(sampler.timesteps) == 9
     # each second pass at the geometric mean of its step's sigmas
-    np.testing.assert_allclose(sampler.middles[2], np.sqrt(sampler.sigmas[0] * sampler.sigmas[2]), rtol=1e-6)
+    np.testing.assert_allclose(sampler.middles[0], np.sqrt(sampler.sigmas[0] * sampler.sigmas[2]), rtol=1e-6)
+
+
+def test_dpm2_a_draws_noise_in_each_steps_second_pass():
+    """DPM2 a adds fresh noise where a step's second pass lands (its sigma_down, below the next
+    sigma), which diffusers draws in that pass alone: none in first passes, none for the last
+    step (one pass, landing on sigma 0), so 5 steps draw 4 times over their 9 evaluations."""
+    sampler = make_sampler("dpm2_a", SD15_CONFIG, 5)
+    assert sampler.stochastic and sampler.order == 2 and len(sampler.timesteps) == 9
+    sample = torch_randn(0, (1, 4, 8, 8)) * np.float32(sampler.init_noise_sigma)
+    asked = []
+    for _ in sampler.timesteps:
+        asked.append(sampler.wants_noise)
+        if sampler.wants_noise:
+            with pytest.raises(ValueError, match="noise"):
+                sampler.step(np.tanh(sample), sample)
+        sample = sampler.step(np.tanh(sample), sample, torch_randn(len(asked), (1, 4, 8, 8)) if asked[-1] else None)
+    assert asked == [False, True] * 4 + [False]
+    ups, downs, sigmas = sampler.ups, sampler.ends, sampler.sigmas[::2]  # per step, then 0
+    np.testing.assert_allclose(downs**2 + ups**2, sigmas[1:] ** 2, rtol=1e-5)
+    assert (downs[:-1] < sigmas[1:-1]).all() and downs[-1] == ups[-1] == sampler.middles[-1] == 0
+    np.testing.assert_allclose(sampler.middles[:-1], np.sqrt(sigmas[:-2] * downs[:-1]), rtol=1e-6)
+    second = [make_sampler("dpm2_a", SD15_CONFIG, 5) for _ in range(2)]
+    ends = []
+    for seed, dpm2_a in zip((1, 2), second):
+        start = dpm2_a.step(np.tanh(sample), sample)
+        ends.append(dpm2_a.step(np.tanh(start), start, torch_randn(seed, (1, 4, 8, 8))))
+    assert relative_difference(ends[0], ends[1]) > 0.05
+
+
+def test_ddpm_draws_noise_where_the_timestep_is_above_0():
+    """DDPM adds its posterior's spread times fresh noise at each step, which diffusers draws
+    where the timestep is above 0: a schedule ending on timestep 0 ("linspace") draws none for its
+    last step, which lands on the data prediction; one ending above it (SD's leading spacing
+    with its offset of 1) draws for every step."""
+    for config, last_draws in ((SD15_CONFIG, True), (LINEAR_CONFIG, False)):
+        sampler = make_sampler("ddpm", config, 4)
+        assert sampler.stochastic
+        sample = torch_randn(0, (1, 4, 8, 8))
+        with pytest.raises(ValueError, match="noise"):
+            make_sampler("ddpm", config, 4).step(np.tanh(sample), sample)
+        asked = []
+        for _ in sampler.timesteps:
+            asked.append(sampler.wants_noise)
+            sample = sampler.step(np.tanh(sample), sample, torch_randn(len(asked), (1, 4, 8, 8)) if asked[-1] else None)
+        assert asked == [True, True, True, last_draws] and not sampler.wants_noise
+    ends = [make_sampler("ddpm", SD15_CONFIG, 4).step(np.tanh(sample), sample, torch_randn(seed, (1, 4, 8, 8)))
+            for seed in (1, 2)]
+    assert relative_difference(ends[0], ends[1]) > 0.05
+
+
+def test_deis_ends_on_the_first_training_sigma():
+    """DEIS runs DPM++ 2M's timesteps and sigmas but for the last, the first training sigma's, not 0."""
+    deis, dpm = make_sampler("deis", SD15_CONFIG, 20), make_sampler("dpmpp_2m", SD15_CONFIG, 20)
+    np.testing.assert_array_equal(deis.timesteps, dpm.timesteps)
+    np.testing.assert_array_equal(deis.sigmas[:-1], dpm.sigmas[:-1])
+    assert dpm.sigmas[-1] == 0 and deis.sigmas[-1] == pytest.approx((0.00085 / (1 - 0.00085)) ** 0.5, rel=1e-4)
+
+
+def test_dpmpp_2s_steps_in_pairs_over_dpmpp_2m_karras_schedule():
+    """DPM++ 2S Karras runs DPM++ 2M Karras's schedule, its steps in (first order, second order)
+    pairs and first order at the end: one step alone with an odd count, two with an even one."""
+    for config in CONFIGS.values():
+        two_s, two_m = make_sampler("dpmpp_2s_karras", config, 20), make_sampler("dpmpp_2m_karras", config, 20)
+        np.testing.assert_array_equal(two_s.timesteps, two_m.timesteps)
+        np.testing.assert_array_equal(two_s.sigmas, two_m.sigmas)
+    assert make_sampler("dpmpp_2s_karras", SD15_CONFIG, 5).orders == [1, 2, 1, 2, 1]
+    assert make_sampler("dpmpp_2s_karras", SD15_CONFIG, 6).orders == [1, 2, 1, 2, 1, 1]
+    assert make_sampler("dpmpp_2s_karras", SD15_CONFIG, 1).orders == [1]
+    for steps in STEP_COUNTS:
+        assert reference_scheduler("dpmpp_2s_karras", SD15_CONFIG, steps).order_list == \
+            make_sampler("dpmpp_2s_karras", SD15_CONFIG, steps).orders
 
 
 def test_plms_evaluates_the_model_twice_for_its_first_step():
@@ -467,10 +542,13 @@ def test_the_samplers_are_told_apart():
         return sample
 
     results = {name: final(name, 20) for name in SAMPLER_NAMES}
+    # DDPM's ancestral step is Euler a's in DDPM's variables (its posterior's spread is alpha x sigma_up): over
+    # the same timesteps (SD 1.5's leading spacing gives both DDIM's) they are one sampler, in diffusers too.
+    assert relative_difference(results["ddpm"], results["euler_a"]) < TOLERANCE
     for name in SAMPLER_NAMES:
         assert relative_difference(final(name, 19), results[name]) > 100 * TOLERANCE
         for other in SAMPLER_NAMES:
-            if other != name:
+            if other != name and {name, other} != {"ddpm", "euler_a"}:
                 assert relative_difference(results[other], results[name]) > 100 * TOLERANCE
 
 
@@ -508,7 +586,8 @@ def test_a_repeated_first_timestep_is_refused():
                                   "euler_a", "Euler a", "k_euler_a", "dpmpp_2m_sde_karras", "DPM++ 2M SDE Karras",
                                   "ddim", "DDIM", "lcm", "LCM", "unipc", "UniPC", "heun", "Heun", "k_heun",
                                   "plms", "PLMS", "lms", "LMS", "k_lms", "lms_karras", "LMS Karras",
-                                  "dpm2", "DPM2", "k_dpm_2"])
+                                  "dpm2", "DPM2", "k_dpm_2", "dpm2_a", "DPM2 a", "k_dpm_2_a", "ddpm", "DDPM",
+                                  "deis", "DEIS", "dpmpp_2s_karras", "DPM++ 2S Karras"])
 def test_the_ported_samplers_are_supported(name):
     for config in CONFIGS.values():
         assert sampler_supported(name, config)
@@ -518,7 +597,8 @@ def test_the_ported_samplers_are_supported(name):
 def test_make_sampler_gives_each_scheduler_its_port():
     ports = {"DPM++ 2M": DPMSolver2M, "dpmpp_2m_karras": DPMSolver2M, "Euler Karras": EulerDiscrete,
              "Euler a": EulerAncestral, "DPM++ 2M SDE Karras": DPMSolver2M, "DDIM": DDIM, "LCM": LCM, "UniPC": UniPC,
-             "Heun": Heun, "PLMS": PLMS, "LMS Karras": LMS, "DPM2": DPM2}
+             "Heun": Heun, "PLMS": PLMS, "LMS Karras": LMS, "DPM2": DPM2, "DPM2 a": DPM2Ancestral,
+             "DDPM": DDPM, "DEIS": DEIS, "DPM++ 2S Karras": DPMSolver2S}
     for name, port in ports.items():
         assert type(make_sampler(name, MINI_CONFIG, 20)) is port, name
     np.testing.assert_array_equal(DPMSolver2M(MINI_CONFIG, 20).timesteps, make_sampler("dpmpp_2m", MINI_CONFIG, 20).timesteps)
@@ -534,7 +614,8 @@ def test_dpm_leaves_the_model_input_as_it_is():
 
 
 @pytest.mark.parametrize("name", ["euler", "euler_karras", "dpmpp_2m_karras", "euler_a", "dpmpp_2m_sde_karras", "lcm",
-                                  "unipc", "heun", "plms", "lms", "lms_karras", "dpm2"])
+                                  "unipc", "heun", "plms", "lms", "lms_karras", "dpm2", "dpm2_a", "ddpm", "deis",
+                                  "dpmpp_2s_karras"])
 def test_stepping_past_the_end_is_an_error_for_every_sampler(name):
     sampler = make_sampler(name, SD15_CONFIG, 2)
     sample = torch_randn(0, (1, 4, 8, 8))

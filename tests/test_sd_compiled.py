@@ -111,10 +111,11 @@ def torch_run(request, models, progress, outputs):
 def test_it_serves_sd_folders_and_leaves_the_rest_to_the_torch_pipeline(sd_folder, tmp_path):
     assert compiled.serves(request_for(sd_folder))  # the defaults: DPM++ 2M Karras, 25 steps
     for sampler in ("euler", "euler_karras", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "dpmpp_2m_sde_karras", "ddim",
-                    "lcm", "unipc", "heun", "plms", "lms", "lms_karras", "dpm2"):
+                    "lcm", "unipc", "heun", "plms", "lms", "lms_karras", "dpm2", "dpm2_a", "ddpm", "deis",
+                    "dpmpp_2s_karras"):
         assert compiled.serves(request_for(sd_folder, sampler=sampler, dtype="fp32"))
     assert compiled.serves(request_for(sd_folder, step_cache=2))
-    refused = [dict(sampler="dpmpp_sde_karras"), dict(sampler="dpm2_a"), dict(runtime="torch"), dict(width=96),
+    refused = [dict(sampler="dpmpp_sde_karras"), dict(runtime="torch"), dict(width=96),
                dict(upscale=2), dict(tile=True), dict(weights="fp16"),
                dict(width=768, height=768, n_samples=2), dict(prompt="a red apple <lora:any:1>")]
     for fields in refused:
@@ -126,14 +127,15 @@ def test_it_serves_sd_folders_and_leaves_the_rest_to_the_torch_pipeline(sd_folde
 def test_its_pictures_are_the_torch_pipelines_and_follow_the_prompt(sd_folder, tmp_path):
     """fp32: the same pictures to a few levels (the runtimes' kernels); bf16: as close as bf16
     on torch and OpenVINO get (measured 47 dB); both seeds, a negative prompt, each sampler. The
-    stochastic ones (Euler a, DPM++ 2M SDE Karras) draw each step's noise from the seed's generator
+    stochastic ones (Euler a, DPM++ 2M SDE Karras, DPM2 a, DDPM) draw each step's noise from the seed's generator
     after its starting noise, as the torch pipeline's diffusers does; in bf16 diffusers draws Euler
     a's in bf16, which this path does not round."""
     for sampler, dtype, floor in (("dpmpp_2m_karras", "fp32", 60), ("euler", "fp32", 60), ("dpmpp_2m", "bf16", 38),
                                   ("euler_a", "fp32", 60), ("dpmpp_2m_sde_karras", "fp32", 60), ("euler_a", "bf16", 38),
                                   ("ddim", "fp32", 60), ("lcm", "fp32", 60), ("unipc", "fp32", 60),
                                   ("heun", "fp32", 60), ("plms", "fp32", 60),
-                                  ("lms_karras", "fp32", 60), ("dpm2", "fp32", 60)):
+                                  ("lms_karras", "fp32", 60), ("dpm2", "fp32", 60), ("dpm2_a", "fp32", 60),
+                                  ("ddpm", "fp32", 60), ("deis", "fp32", 60), ("dpmpp_2s_karras", "fp32", 60)):
         request = request_for(sd_folder, negative_prompt="blue", n_samples=2, steps=5, sampler=sampler, dtype=dtype,
                               eta=0.5 if sampler == "ddim" else 0.0)
         ours = make(tmp_path, f"ours-{sampler}-{dtype}", request)
@@ -165,7 +167,8 @@ def test_img2img_and_variations_are_the_torch_pipelines(sd_folder, tmp_path):
             (dict(mode="img2img", prompt="a storm at sea", strength=0.6, n_samples=1, sampler="heun"), "fp32", 60),
             (dict(mode="img2img", prompt="a storm at sea", strength=0.6, n_samples=1, sampler="plms"), "fp32", 60),
             (dict(mode="img2img", prompt="a storm at sea", strength=0.6, n_samples=1, sampler="lms"), "fp32", 60),
-            (dict(mode="img2img", prompt="a storm at sea", strength=0.6, n_samples=1, sampler="dpm2"), "fp32", 60))):
+            (dict(mode="img2img", prompt="a storm at sea", strength=0.6, n_samples=1, sampler="dpm2"), "fp32", 60),
+            (dict(mode="img2img", prompt="a storm at sea", strength=0.6, n_samples=2, sampler="dpm2_a"), "fp32", 60))):
         request = request_for(sd_folder, init_image=str(source), steps=5, dtype=dtype, width=None, height=None, **fields)
         assert compiled.serves(request), fields
         ours = make(tmp_path, f"ours{number}", request)

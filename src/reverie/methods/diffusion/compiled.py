@@ -8,8 +8,9 @@ either, whether a request is one this path runs: txt2img, img2img, variations, i
 outpaint on reverie-mini or on a Stable Diffusion model a bundle serves (models/sd_bundle.py: an
 SD pipeline folder, LCM-distilled ones included, an SD 1.x or 2.x .safetensors file), on the CPU
 under runtime `auto` or `openvino`, with a sampler numpy_sampler.py ports (DPM++ 2M with or
-without Karras sigmas, DPM++ 2M SDE Karras, Euler with or without, Euler a, Heun, DPM2, LMS
-with or without, DDIM, PLMS, LCM, UniPC), at most 512 px a side for mini (192 with its x2
+without Karras sigmas, DPM++ 2M SDE Karras, DPM++ 2S Karras, Euler with or without, Euler a,
+Heun, DPM2, DPM2 a, LMS with or without, DDIM, DDPM, PLMS, LCM, UniPC, DEIS: all of reverie's
+but DPM++ SDE Karras), at most 512 px a side for mini (192 with its x2
 upscale) and 768 for SD (multiples of 64, at most four 512 px pictures' worth a batch); for an
 image mode that is the size the input picture is worked at (mini works on a larger one at half
 its size and enlarges the result back).
@@ -255,8 +256,7 @@ def int8_refused(request: GenerationRequest) -> str:
         return f"the model's UNet could not be quantized to int8 in this process ({failed}); leave quantize out"
     return ("int8 runs where reverie runs the model on OpenVINO without torch: reverie-mini or an SD 1.x/2.x "
             ".safetensors file or folder, on the CPU in fp32 or bf16, runtime auto or openvino, txt2img or an image "
-            "mode at sides that are multiples of 64 up to 768 px (SD), a sampler of DPM++ 2M, DPM++ 2M Karras, "
-            "DPM++ 2M SDE Karras, Euler, Euler Karras, Euler a, Heun, DPM2, LMS, LMS Karras, DDIM, PLMS, LCM or UniPC, "
+            "mode at sides that are multiples of 64 up to 768 px (SD), a sampler other than DPM++ SDE Karras, "
             "without LoRAs, seamless tiles, chaos, a refiner or prompt expansion; change those or leave "
             "quantize out")
 

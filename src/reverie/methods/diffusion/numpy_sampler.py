@@ -1,12 +1,14 @@
-"""Reverie's DPM++ 2M, Euler, Heun, DPM2, LMS, DDIM, PLMS, LCM and UniPC samplers in NumPy:
-"dpmpp_2m", "dpmpp_2m_karras", "dpmpp_2m_sde_karras", "euler", "euler_karras", "euler_a", "heun",
-"dpm2", "lms", "lms_karras", "ddim", "plms", "lcm" and "unipc" without torch or diffusers.
+"""Reverie's DPM++ 2M, DPM++ 2S, Euler, Heun, DPM2, LMS, DDIM, DDPM, PLMS, LCM, UniPC and DEIS
+samplers in NumPy: "dpmpp_2m", "dpmpp_2m_karras", "dpmpp_2m_sde_karras", "dpmpp_2s_karras",
+"euler", "euler_karras", "euler_a", "heun", "dpm2", "dpm2_a", "lms", "lms_karras", "ddim", "ddpm",
+"plms", "lcm", "unipc" and "deis" without torch or diffusers (all of reverie's samplers but DPM++
+SDE Karras, whose noise comes from torchsde's Brownian tree).
 
 A request that runs its UNet outside torch (OpenVINO) would otherwise import torch and diffusers
 (seconds) only to step the scheduler. `make_sampler(name, config, steps)` gives the sampler that
 does what diffusers 0.42's scheduler does when `reverie.samplers.build_scheduler(name, config)`
 builds it: the model's noise schedule (`samplers.scheduler_options`) plus the sampler row's options
-(Karras sigmas, the SDE solver), the scheduler's defaults otherwise. Ten schedulers are ported:
+(Karras sigmas, the SDE solver), the scheduler's defaults otherwise. Fourteen schedulers are ported:
 
 - `DPMSolver2M`, diffusers' `DPMSolverMultistepScheduler` at its defaults: the data-prediction
   solver ("dpmsolver++", midpoint, order 2) with a last step to sigma 0; with or without Karras
@@ -18,6 +20,9 @@ builds it: the model's noise schedule (`samplers.scheduler_options`) plus the sa
   Euler's schedule, each step down to a lower sigma and fresh noise added back up to the next one.
 - `DDIM`, diffusers' `DDIMScheduler` ("ddim"): deterministic at eta 0 (the request's `eta`, 0 by
   default), adding that share of DDPM's noise above it.
+- `DDPM`, diffusers' `DDPMScheduler` ("ddpm"): ancestral sampling over DDIM's timesteps, the
+  posterior's mean plus its spread ("fixed_small") times fresh noise, drawn wherever the
+  timestep is above 0.
 - `LCM`, diffusers' `LCMScheduler` ("lcm"): a latent consistency model's multistep sampling, the
   consistency function's data prediction noised again to each next timestep with fresh noise
   (none drawn for the last step), over timesteps taken from the 50 the model was distilled on.
@@ -27,6 +32,9 @@ builds it: the model's noise schedule (`samplers.scheduler_options`) plus the sa
 - `DPM2`, diffusers' `KDPM2DiscreteScheduler` ("dpm2"): Euler's schedule, each step but the
   last taken in two passes, the second at the step's geometric midpoint (its timestep worked
   out from that sigma); `order` 2, as Heun's.
+- `DPM2Ancestral`, diffusers' `KDPM2AncestralDiscreteScheduler` ("dpm2_a", A1111's "DPM2 a"):
+  DPM2's two passes, the second landing on Euler a's sigma_down (the midpoint taken toward it)
+  and adding fresh noise times sigma_up; drawn in second passes alone, none for the last step.
 - `LMS`, diffusers' `LMSDiscreteScheduler` ("lms", "lms_karras"): Euler's schedule (with or
   without Karras sigmas) and a fourth-order linear multistep step over the slopes, its
   coefficients integrated exactly (diffusers integrates them numerically).
@@ -36,14 +44,21 @@ builds it: the model's noise schedule (`samplers.scheduler_options`) plus the sa
   data-prediction predictor with B(h) = e^h - 1 ("bh2") over DPM++ 2M's timesteps, first order
   at the start and the end, and the UniC corrector before every step but the first, which
   mends the sample with the model's output at it (no evaluation more).
+- `DEIS`, diffusers' `DEISMultistepScheduler` at its defaults ("deis"): the second-order log-rho
+  multistep solver over the noise predictions, on DPM++ 2M's timesteps with a last sigma of the
+  first training sigma's instead of 0, first order at the start (and the end under 15 steps).
+- `DPMSolver2S`, diffusers' `DPMSolverSinglestepScheduler` with Karras sigmas ("dpmpp_2s_karras"):
+  DPM++ 2M Karras's schedule stepped in pairs, a first-order step to the pair's middle timestep
+  then a second-order one from the pair's start with both data predictions, first order at the end.
 
 The stochastic ones (`stochastic` is true) take that step's fresh noise in `step(..., noise)` where
 `wants_noise` says the step takes some: diffusers draws it at each step (LCM at each but the
-last), after the starting noise, from the picture's own generator (a float32 `torch.randn` of the
-sample's shape, one per picture), so the caller draws it from the same stream
-(torch_noise.TorchCPUGenerator) and the picture is the torch pipeline's. In a bf16 run diffusers
-draws Euler a's (and LCM's) noise in bf16: the same values rounded (torch 2.14 draws bf16 noise as
-float32's, rounded), one rounding this port leaves out as it leaves the latents' out.
+last, DPM2 a in second passes alone, DDPM where the timestep is above 0), after the starting
+noise, from the picture's own generator (a float32 `torch.randn` of the sample's shape, one per
+picture), so the caller draws it from the same stream (torch_noise.TorchCPUGenerator) and the
+picture is the torch pipeline's. In a bf16 run diffusers draws Euler a's (and DPM2 a's, DDPM's
+and LCM's) noise in bf16: the same values rounded (torch 2.14 draws bf16 noise as float32's,
+rounded), one rounding this port leaves out as it leaves the latents' out.
 
 A config or sampler this port does not do raises ValueError, and `sampler_supported` says
 beforehand whether it will. Every sampler has `timesteps` (what diffusers passes the UNet at each
@@ -77,7 +92,9 @@ How diffusers does it, mirrored here:
   timestep (it checks, and raises ValueError otherwise); from there the index counts steps.
 - The results agree with diffusers' to about 1e-6 (relative), not bit for bit: torch's float32
   sqrt is not always correctly rounded (NumPy's is), so a few sigmas and step coefficients differ
-  in their last bit.
+  in their last bit. DEIS's coefficients (differences of nearly equal terms) and DPM2 a's
+  sigma_down (a difference of squares) magnify those bits: a few 1e-6 there, as a whole run with
+  diffusers' own sigmas is back within 1.5e-6.
 """
 
 from __future__ import annotations
@@ -146,6 +163,9 @@ _SCHEDULE_OPTIONS = {k: v for k, v in _PORTED_OPTIONS.items() if k != "use_karra
 _DDIM_FIXED_OPTIONS = {"thresholding": False, "rescale_betas_zero_snr": False}
 _DDIM_OPTIONS = _SCHEDULE_OPTIONS | {"clip_sample": True, "clip_sample_range": 1.0, "set_alpha_to_one": True,
                                     "timestep_spacing": "leading"}
+# DDPMScheduler's: DDIM's less set_alpha_to_one (it ends at alpha 1), and its variance at the default.
+_DDPM_FIXED_OPTIONS = _DDIM_FIXED_OPTIONS | {"variance_type": "fixed_small"}
+_DDPM_OPTIONS = {k: v for k, v in _DDIM_OPTIONS.items() if k != "set_alpha_to_one"}
 
 # LCMScheduler's: those it keeps at their defaults here, and those ported with its defaults (SD's
 # schedule; it reads neither timestep_spacing nor steps_offset, kept for the shared checks).
@@ -180,6 +200,23 @@ _UNIPC_FIXED_OPTIONS = {
     "use_dynamic_shifting": False, "time_shift_type": "exponential", "sigma_min": None, "sigma_max": None,
     "shift_terminal": None, "thresholding": False,
 }
+
+# DEISMultistepScheduler's that this port runs only at their defaults (these): second-order
+# log-rho DEIS, first order at the end under 15 steps, the training schedule's sigmas.
+_DEIS_FIXED_OPTIONS = {
+    "solver_order": 2, "algorithm_type": "deis", "solver_type": "logrho", "lower_order_final": True,
+    "thresholding": False, "use_karras_sigmas": False, "use_exponential_sigmas": False, "use_beta_sigmas": False,
+    "use_flow_sigmas": False, "use_dynamic_shifting": False,
+}
+
+# DPMSolverSinglestepScheduler's: DPM++ 2M's fixed ones that it has, with its own default
+# lower_order_final (off, which final_sigmas_type "zero" turns on) and the Karras sigmas of
+# reverie's only row for it; its ported ones: the schedule's less the spacing (it has none:
+# its timesteps are Karras's), with its defaults.
+_DPM_2S_FIXED_OPTIONS = {k: v for k, v in _FIXED_OPTIONS.items()
+                         if k not in ("euler_at_final", "use_lu_lambdas", "rescale_betas_zero_snr")}
+_DPM_2S_FIXED_OPTIONS |= {"lower_order_final": False, "algorithm_type": "dpmsolver++", "use_karras_sigmas": True}
+_DPM_2S_OPTIONS = {k: v for k, v in _SCHEDULE_OPTIONS.items() if k not in ("timestep_spacing", "steps_offset")}
 
 
 class _Steps:
@@ -226,13 +263,16 @@ class _Steps:
 
 
 class _OverSigmas(_Steps):
-    """A sampler that noises an image mode's latents by its sigmas (DPM++ 2M's and UniPC's)."""
+    """A sampler that noises an image mode's latents by its sigmas (DPM++ 2M's, DPM++ 2S's, DEIS's
+    and UniPC's), and leaves the UNet's input as it is."""
 
     sigmas: np.ndarray
+    prediction_type: str
 
-    def _schedule(self, config: dict, steps: int, karras: bool = False) -> None:
-        """DPMSolverMultistepScheduler's set_timesteps (UniPC's is the same): `timesteps`, one
-        sigma per timestep then 0 (`sigmas`), starting from the noise as drawn."""
+    def _schedule(self, config: dict, steps: int, karras: bool = False, sigma_min_last: bool = False) -> None:
+        """DPMSolverMultistepScheduler's set_timesteps (UniPC's, DEIS's and, with Karras sigmas,
+        DPMSolverSinglestepScheduler's are the same): `timesteps`, one sigma per timestep then 0
+        (`sigmas`; DEIS's: the first training sigma, `sigma_min_last`), starting from the noise as drawn."""
         train_sigmas = _train_sigmas(config)
         if karras:
             # _convert_to_karras of the flipped training sigmas (sigma_min is the first training
@@ -243,13 +283,44 @@ class _OverSigmas(_Steps):
         else:
             self.timesteps = _timesteps(config, steps)
             sigmas = np.interp(self.timesteps, np.arange(len(train_sigmas)), train_sigmas)
-        self.sigmas = np.append(sigmas, 0.0).astype(_F32)
+        self.sigmas = np.append(sigmas, train_sigmas[0] if sigma_min_last else 0.0).astype(_F32)
         self.init_noise_sigma: float = 1.0
         _check_first_timestep(self.timesteps)
 
     def _lambda_at(self, index: int) -> np.float32:
         """The log signal-to-noise ratio at sigma number `index`."""
         return _lambda(*_alpha_sigma(self.sigmas[index]))
+
+    def _data(self, model_output: np.ndarray, sample: np.ndarray) -> np.ndarray:
+        """The data prediction (x0) from the model's output at the current sigma, in float32."""
+        alpha, sigma = _alpha_sigma(self.sigmas[self._index])
+        model_output = np.asarray(model_output, dtype=_F32)
+        if self.prediction_type == "v_prediction":
+            return alpha * sample - sigma * model_output
+        return (sample - sigma * model_output) / alpha
+
+    def _step_size(self, since: int) -> np.float32:
+        """h: the log-SNR step from sigma number `since` to the next sigma (not 0)."""
+        return self._lambda_at(self._index + 1) - self._lambda_at(since)
+
+    def _difference(self, x0: np.ndarray, earlier: np.ndarray, h: np.float32) -> np.ndarray:
+        """DPM-Solver++'s second-order term D1 for a step of log-SNR size `h`: the data prediction's
+        change from the sigma before the current one (`earlier`) to the current one's (`x0`),
+        over r0, that change's log-SNR step relative to h."""
+        r0 = (self._lambda_at(self._index) - self._lambda_at(self._index - 1)) / h
+        return (_F32(1.0) / r0) * (x0 - earlier)
+
+    def _dpmpp(self, sample: np.ndarray, since: int, h: np.float32, data: np.ndarray,
+               change: np.ndarray | None = None) -> np.ndarray:
+        """DPM-Solver++'s (midpoint) update: the sample at the next sigma from `sample` at sigma
+        number `since`, `h` the log-SNR step between them; first order over the data prediction
+        `data`, second order with `change` too (D1, `_difference`)."""
+        alpha_t, sigma_t = _alpha_sigma(self.sigmas[self._index + 1])
+        decay = alpha_t * (_F32(math.exp(-h)) - _F32(1.0))
+        prev_sample = (sigma_t / _alpha_sigma(self.sigmas[since])[1]) * sample - decay * data  # first order (DDIM)
+        if change is not None:
+            prev_sample = prev_sample - (_F32(0.5) * decay) * change
+        return prev_sample
 
     def add_noise(self, original: np.ndarray, noise: np.ndarray) -> np.ndarray:
         """`original` latents noised to the current timestep, as diffusers' add_noise for the image modes:
@@ -264,13 +335,26 @@ class _OverAlphas(_Steps):
 
     alphas_cumprod: np.ndarray
     final_alpha: np.float32  # the cumulative alpha past the last timestep
+    prediction_type: str
+    clip: float | None = None  # the range the data prediction is clipped to (`clip_sample`), if any
 
     def _alphas_from(self, config: dict) -> None:
         """The cumulative alphas (float32, their product taken in float64 as torch's CPU cumprod
-        takes it) and the one past the end: 1, or the first's (`set_alpha_to_one`)."""
+        takes it) and the one past the end: 1, or the first's (`set_alpha_to_one`; DDPM, which has
+        no such option, takes 1)."""
         alphas = _F32(1.0) - _betas(config)
         self.alphas_cumprod = np.cumprod(alphas.astype(np.float64)).astype(_F32)
-        self.final_alpha = _F32(1.0) if config["set_alpha_to_one"] else self.alphas_cumprod[0]
+        self.final_alpha = _F32(1.0) if config.get("set_alpha_to_one", True) else self.alphas_cumprod[0]
+
+    def _data(self, model_output: np.ndarray, sample: np.ndarray, alpha_t: np.float32) -> np.ndarray:
+        """The data prediction (x0) from the model's output at cumulative alpha `alpha_t`, clipped
+        where the schedule asks (`clip`), in float32."""
+        beta_t = _F32(1.0) - alpha_t
+        if self.prediction_type == "v_prediction":
+            x0 = alpha_t ** _F32(0.5) * sample - beta_t ** _F32(0.5) * model_output
+        else:
+            x0 = (sample - beta_t ** _F32(0.5) * model_output) / alpha_t ** _F32(0.5)
+        return _clipped(x0, self.clip)
 
     def add_noise(self, original: np.ndarray, noise: np.ndarray) -> np.ndarray:
         """`original` latents noised to the current timestep (diffusers' add_noise):
@@ -302,38 +386,27 @@ class DPMSolver2M(_OverSigmas):
         the SDE solver's `noise` is this step's fresh noise (drawn at the last step too, which lands
         on the data prediction and leaves it unused, as diffusers draws it)."""
         _check_not_done(self._index, self.timesteps)
-        model_output = np.asarray(model_output, dtype=_F32)
         sample = np.asarray(sample, dtype=_F32)
         if self.stochastic:
             noise = self._fresh(noise, sample)
-        alpha_s0, sigma_s0 = _alpha_sigma(self.sigmas[self._index])
-        if self.prediction_type == "v_prediction":
-            x0 = alpha_s0 * sample - sigma_s0 * model_output
-        else:
-            x0 = (sample - sigma_s0 * model_output) / alpha_s0
-        next_sigma = self.sigmas[self._index + 1]
-        if next_sigma == 0:  # the last step: what diffusers' first-order formula gives there, exactly
+        x0 = self._data(model_output, sample)
+        if self.sigmas[self._index + 1] == 0:  # the last step: what diffusers' first-order formula gives there, exactly
             prev_sample = x0
         else:
-            alpha_t, sigma_t = _alpha_sigma(next_sigma)
-            lambda_s0 = _lambda(alpha_s0, sigma_s0)
-            h = _lambda(alpha_t, sigma_t) - lambda_s0
-            d1 = None
-            if self._previous is not None:  # second order: the midpoint correction's difference
-                r0 = (lambda_s0 - self._lambda_at(self._index - 1)) / h
-                d1 = (_F32(1.0) / r0) * (x0 - self._previous)
+            h = self._step_size(self._index)
+            # second order from the second step on: the midpoint correction's difference
+            d1 = None if self._previous is None else self._difference(x0, self._previous, h)
             if self.stochastic:  # sde-dpmsolver++: the data term's weight 1 - e^-2h, and noise to sigma_t
+                alpha_t, sigma_t = _alpha_sigma(self.sigmas[self._index + 1])
                 gain = alpha_t * (_F32(1.0) - _F32(math.exp(_F32(-2.0) * h)))
+                sigma_s0 = _alpha_sigma(self.sigmas[self._index])[1]
                 prev_sample = (sigma_t / sigma_s0 * _F32(math.exp(-h))) * sample + gain * x0
                 if d1 is not None:
                     prev_sample = prev_sample + (_F32(0.5) * gain) * d1
                 spread = sigma_t * _F32(math.sqrt(_F32(1.0) - _F32(math.exp(_F32(-2.0) * h))))
                 prev_sample = prev_sample + spread * noise
             else:
-                decay = alpha_t * (_F32(math.exp(-h)) - _F32(1.0))
-                prev_sample = (sigma_t / sigma_s0) * sample - decay * x0  # first order (DDIM)
-                if d1 is not None:
-                    prev_sample = prev_sample - (_F32(0.5) * decay) * d1
+                prev_sample = self._dpmpp(sample, self._index, h, x0, d1)
         self._previous = x0
         self._index += 1
         return prev_sample
@@ -420,7 +493,7 @@ class Heun(EulerDiscrete):
     def __init__(self, scheduler_config: dict, steps: int, sampler: str = "heun"):
         super().__init__(scheduler_config, steps, sampler)
         config = self.config
-        self.clip: float | None = float(config["clip_sample_range"]) if config["clip_sample"] else None
+        self.clip: float | None = _clip_range(config)
         # Every sigma but the first and the end twice (the second pass of each step, then the
         # first pass of the next), and every timestep but the first.
         self.sigmas = np.concatenate([self.sigmas[:1], np.repeat(self.sigmas[1:-1], 2), self.sigmas[-1:]])
@@ -449,8 +522,7 @@ class Heun(EulerDiscrete):
 
     def _data(self, model_output: np.ndarray, sample: np.ndarray, sigma: np.float32) -> np.ndarray:
         """Euler's data prediction, clipped where the schedule asks (`clip_sample`)."""
-        x0 = super()._data(model_output, sample, sigma)
-        return x0 if self.clip is None else np.clip(x0, -_F32(self.clip), _F32(self.clip))
+        return _clipped(super()._data(model_output, sample, sigma), self.clip)
 
 
 class LMS(EulerDiscrete):
@@ -505,42 +577,78 @@ class DPM2(EulerDiscrete):
     def __init__(self, scheduler_config: dict, steps: int, sampler: str = "dpm2"):
         super().__init__(scheduler_config, steps, sampler)
         sigmas = self.sigmas  # one per step, then 0 (float32)
-        # Log-space midpoints with the sigma before, as torch's lerp of the logs at 0.5 works
-        # them out, then exp: the first has none before it (NaN, never used), the last is 0.
+        # Per step: its midpoint, where its second pass lands and the noise it adds there.
         with np.errstate(divide="ignore", invalid="ignore"):
-            logs = np.log(sigmas)
-            before = np.roll(logs, 1)
-            middle = np.exp(before - (before - logs) * _F32(0.5)).astype(_F32)
-        middle_t = _sigma_to_t(middle[1:-1], np.log(self.train_sigmas)).astype(_F32)
+            self.middles, self.ends, self.ups = self._passes(sigmas[:-1], sigmas[1:])
+        self.middles[-1] = 0.0  # the last step's one pass lands on sigma 0 (diffusers zeroes DPM2 a's NaN there)
+        middle_t = _sigma_to_t(self.middles[:-1], np.log(self.train_sigmas)).astype(_F32)
+        # As diffusers: every sigma but the first and the end twice (the second pass of each step,
+        # then the first pass of the next), and each step's midpoint timestep before the next's.
         self.sigmas = np.concatenate([sigmas[:1], np.repeat(sigmas[1:], 2), sigmas[-1:]])
-        self.middles: np.ndarray = np.concatenate([middle[:1], np.repeat(middle[1:], 2), middle[-1:]])
         self.timesteps = np.concatenate([self.timesteps[:1], np.stack([middle_t, self.timesteps[1:]], axis=1).ravel()])
         self._start: np.ndarray | None = None  # a step's start, while its second pass is to come
+
+    @staticmethod
+    def _passes(sigmas: np.ndarray, following: np.ndarray) -> tuple:
+        """(the sigma of each step's second pass, where that pass lands, the scale of the fresh
+        noise it adds there: None), one per step from `sigmas` to `following` (float32): the
+        geometric midpoint, as diffusers works it out (torch's lerp of the logs at 0.5, from the
+        following sigma's, then exp), and the following sigma."""
+        return np.exp(_half_way(np.log(following), np.log(sigmas))).astype(_F32), following, None
+
+    @property
+    def wants_noise(self) -> bool:
+        """Whether the next pass takes fresh noise: a second pass of a stochastic step (DPM2 a's)."""
+        return self.stochastic and self._start is not None
 
     def scale_model_input(self, sample: np.ndarray) -> np.ndarray:
         """The UNet's input at the current pass: sample / (sigma**2 + 1) ** 0.5, sigma the step's
         own in its first pass and the midpoint in its second."""
         _check_not_done(self._index, self.timesteps)
-        sigma = self.sigmas[self._index] if self._start is None else self.middles[self._index]
+        sigma = self.sigmas[self._index] if self._start is None else self.middles[self._index // 2]
         return np.asarray(sample, dtype=_F32) / np.sqrt(sigma * sigma + _F32(1.0))
 
     def step(self, model_output: np.ndarray, sample: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
         """The sample after this pass (float32): at the midpoint after a step's first pass, at the
-        next sigma after its second."""
+        step's end after its second (DPM2 a's: plus `noise`, this pass's fresh noise, times the
+        step's sigma_up)."""
         _check_not_done(self._index, self.timesteps)
         sample = np.asarray(sample, dtype=_F32)
+        step = self._index // 2  # passes 2i and 2i + 1 are step i's
+        sigma, middle = self.sigmas[2 * step], self.middles[step]
         if self._start is None:
-            sigma, middle = self.sigmas[self._index], self.middles[self._index + 1]
             slope = self._slope(model_output, sample, sigma)
             self._start = sample
             prev_sample = sample + slope * (middle - sigma)
         else:
-            sigma, middle, sigma_next = self.sigmas[self._index - 1], self.middles[self._index], self.sigmas[self._index]
             slope = self._slope(model_output, sample, middle)
-            prev_sample = self._start + slope * (sigma_next - sigma)
+            prev_sample = self._start + slope * (self.ends[step] - sigma)
+            if self.stochastic:
+                prev_sample = prev_sample + self._fresh(noise, sample) * self.ups[step]
             self._start = None
         self._index += 1
         return prev_sample
+
+
+class DPM2Ancestral(DPM2):
+    """DPM2 a (k-diffusion's sample_dpm_2_ancestral, diffusers' KDPM2AncestralDiscreteScheduler:
+    "dpm2_a") over `steps` steps for a model's scheduler config: DPM2's passes, but each step's
+    second pass lands on the step's sigma_down (Euler a's) and adds `noise`, its fresh noise,
+    times its sigma_up, and its midpoint is the one between the step's sigma and sigma_down.
+    Fresh noise is taken in second passes alone (`wants_noise`): diffusers draws it there, none
+    for a step's first pass nor for the last step, which has no second pass."""
+
+    stochastic = True
+
+    def __init__(self, scheduler_config: dict, steps: int, sampler: str = "dpm2_a"):
+        super().__init__(scheduler_config, steps, sampler)
+
+    @staticmethod
+    def _passes(sigmas: np.ndarray, following: np.ndarray) -> tuple:
+        """(each step's midpoint, its sigma_down, its sigma_up), one per step: the midpoint from
+        the step's sigma toward its sigma_down (torch's lerp of the logs at 0.5, then exp)."""
+        ups, downs = _ancestral(sigmas, following)
+        return np.exp(_half_way(np.log(sigmas), np.log(downs))).astype(_F32), downs, ups
 
 
 class EulerAncestral(EulerDiscrete):
@@ -560,9 +668,8 @@ class EulerAncestral(EulerDiscrete):
         _check_not_done(self._index, self.timesteps)
         sample = np.asarray(sample, dtype=_F32)
         noise = self._fresh(noise, sample)
-        sigma_from, sigma_to = self.sigmas[self._index], self.sigmas[self._index + 1]
-        sigma_up = (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** _F32(0.5)
-        sigma_down = (sigma_to**2 - sigma_up**2) ** _F32(0.5)
+        sigma_from = self.sigmas[self._index]
+        sigma_up, sigma_down = _ancestral(sigma_from, self.sigmas[self._index + 1])
         derivative = self._slope(model_output, sample, sigma_from)
         self._index += 1
         return sample + derivative * (sigma_down - sigma_from) + noise * sigma_up
@@ -579,7 +686,7 @@ class DDIM(_OverAlphas):
         if not 0.0 <= eta <= 1.0:
             raise ValueError(f"eta must be from 0 to 1, not {eta}")
         self.prediction_type: str = config["prediction_type"]
-        self.clip: float | None = float(config["clip_sample_range"]) if config["clip_sample"] else None
+        self.clip: float | None = _clip_range(config)
         self._alphas_from(config)
         self.timesteps: np.ndarray = _ddim_timesteps(config, steps)
         self.stride: int = int(config["num_train_timesteps"]) // steps  # diffusers' prev_timestep, any spacing
@@ -601,19 +708,67 @@ class DDIM(_OverAlphas):
         alpha_t = self.alphas_cumprod[timestep]
         alpha_prev = self.alphas_cumprod[previous] if previous >= 0 else self.final_alpha
         beta_t = _F32(1.0) - alpha_t
+        x0 = self._data(model_output, sample, alpha_t)
+        epsilon = model_output  # the noise prediction, taken before x0 is clipped
         if self.prediction_type == "v_prediction":
-            x0 = alpha_t ** _F32(0.5) * sample - beta_t ** _F32(0.5) * model_output
             epsilon = alpha_t ** _F32(0.5) * model_output + beta_t ** _F32(0.5) * sample
-        else:
-            x0 = (sample - beta_t ** _F32(0.5) * model_output) / alpha_t ** _F32(0.5)
-            epsilon = model_output
-        if self.clip is not None:
-            x0 = np.clip(x0, -_F32(self.clip), _F32(self.clip))
         variance = ((_F32(1.0) - alpha_prev) / beta_t) * (_F32(1.0) - alpha_t / alpha_prev)
         spread = _F32(self.eta) * variance ** _F32(0.5)
         prev_sample = alpha_prev ** _F32(0.5) * x0 + (_F32(1.0) - alpha_prev - spread**2) ** _F32(0.5) * epsilon
         if self.stochastic:
             prev_sample = prev_sample + spread * noise
+        self._index += 1
+        return prev_sample
+
+
+class DDPM(_OverAlphas):
+    """DDPM's ancestral sampling (diffusers' DDPMScheduler at its defaults, "ddpm") over `steps`
+    steps for a model's scheduler config: DDIM's timesteps, and at each step the mean of the
+    posterior q(x_prev | x_t, x0) from the data prediction (clipped where the schedule asks) and
+    the sample, plus its standard deviation ("fixed_small" variance) times `noise`, this step's
+    fresh noise, drawn at every step whose timestep is above 0 (`wants_noise`: a schedule that
+    ends on timestep 0, "linspace" or "leading" without an offset, draws none for its last).
+    Each step goes to the next timestep of the schedule, the last to alpha 1. It leaves the
+    UNet's input as it is and starts from the noise as drawn."""
+
+    stochastic = True
+
+    def __init__(self, scheduler_config: dict, steps: int, sampler: str = "ddpm"):
+        config = _options(_sampler_of(sampler, DDPM), scheduler_config, *_OPTION_TABLES[DDPM])
+        _check_steps(steps, config)
+        self.prediction_type: str = config["prediction_type"]
+        self.clip: float | None = _clip_range(config)
+        self._alphas_from(config)
+        self.timesteps: np.ndarray = _ddim_timesteps(config, steps)
+        self.init_noise_sigma: float = 1.0
+        self._index = 0
+
+    @property
+    def wants_noise(self) -> bool:
+        """Whether the next step takes fresh noise: diffusers draws it where the timestep is above 0."""
+        return self._index < len(self.timesteps) and self.timesteps[self._index] > 0
+
+    def step(self, model_output: np.ndarray, sample: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
+        """The sample at the next timestep (float32), from the model's output at the current one
+        and this step's fresh noise (none where the timestep is 0)."""
+        _check_not_done(self._index, self.timesteps)
+        model_output = np.asarray(model_output, dtype=_F32)
+        sample = np.asarray(sample, dtype=_F32)
+        if self.wants_noise:
+            noise = self._fresh(noise, sample)
+        alpha_t = self.alphas_cumprod[self.timesteps[self._index]]
+        following = self._index + 1  # diffusers' previous_timestep: the schedule's next entry
+        alpha_prev = self.alphas_cumprod[self.timesteps[following]] if following < len(self.timesteps) else self.final_alpha
+        beta_t, beta_prev = _F32(1.0) - alpha_t, _F32(1.0) - alpha_prev
+        current_alpha = alpha_t / alpha_prev
+        current_beta = _F32(1.0) - current_alpha
+        x0 = self._data(model_output, sample, alpha_t)
+        x0_coeff = (alpha_prev ** _F32(0.5) * current_beta) / beta_t
+        sample_coeff = current_alpha ** _F32(0.5) * beta_prev / beta_t
+        prev_sample = x0_coeff * x0 + sample_coeff * sample
+        if self.wants_noise:
+            variance = np.maximum((_F32(1.0) - alpha_prev) / (_F32(1.0) - alpha_t) * current_beta, _F32(1e-20))
+            prev_sample = prev_sample + variance ** _F32(0.5) * noise
         self._index += 1
         return prev_sample
 
@@ -701,7 +856,7 @@ class LCM(_OverAlphas):
         if steps > original:
             raise ValueError(f"the model was distilled on {original} steps: take at most {original}, not {steps}")
         self.prediction_type: str = config["prediction_type"]
-        self.clip: float | None = float(config["clip_sample_range"]) if config["clip_sample"] else None
+        self.clip: float | None = _clip_range(config)
         self._alphas_from(config)
         # The distillation's schedule, noisiest first, and `steps` evenly spaced places on it.
         origin = (np.arange(1, original + 1) * (train_steps // original) - 1)[::-1]
@@ -726,14 +881,7 @@ class LCM(_OverAlphas):
         if not last:
             noise = self._fresh(noise, sample)
         timestep = int(self.timesteps[self._index])
-        alpha_t = self.alphas_cumprod[timestep]
-        beta_t = _F32(1.0) - alpha_t
-        if self.prediction_type == "v_prediction":
-            x0 = alpha_t ** _F32(0.5) * sample - beta_t ** _F32(0.5) * model_output
-        else:
-            x0 = (sample - beta_t ** _F32(0.5) * model_output) / alpha_t ** _F32(0.5)
-        if self.clip is not None:
-            x0 = np.clip(x0, -_F32(self.clip), _F32(self.clip))
+        x0 = self._data(model_output, sample, self.alphas_cumprod[timestep])
         # The boundary scalings (sigma_data 0.5) at the timestep times timestep_scaling, in float32.
         scaled = _F32(timestep) * _F32(self.timestep_scaling)
         spread = scaled * scaled + _F32(0.25)
@@ -769,12 +917,7 @@ class UniPC(_OverSigmas):
         the sample corrected first (after the first step), then the predictor."""
         _check_not_done(self._index, self.timesteps)
         sample = np.asarray(sample, dtype=_F32)
-        alpha_s0, sigma_s0 = _alpha_sigma(self.sigmas[self._index])
-        model_output = np.asarray(model_output, dtype=_F32)
-        if self.prediction_type == "v_prediction":
-            x0 = alpha_s0 * sample - sigma_s0 * model_output
-        else:
-            x0 = (sample - sigma_s0 * model_output) / alpha_s0
+        x0 = self._data(model_output, sample)
         if self._last_sample is not None:
             sample = self._corrected(x0, sample)
         self._outputs = (self._outputs + [x0])[-2:]
@@ -821,10 +964,94 @@ class UniPC(_OverSigmas):
         return x_t - (alpha_t * b_h) * (_F32(rho[0]) * earlier + _F32(rho[1]) * change)
 
 
+class DEIS(_OverSigmas):
+    """DEIS over `steps` steps for a model's scheduler config (diffusers' DEISMultistepScheduler at
+    its defaults, "deis"): the second-order log-rho multistep solver over the noise predictions
+    (the model's output made a noise prediction through its data prediction), its coefficients
+    the integrals over rho = sigma of the Lagrange polynomial through the last two steps, taken
+    in log rho; over DPM++ 2M's timesteps and sigmas but for the last sigma, the first training
+    sigma's instead of 0 (so the picture keeps that little noise). Its first step is first order,
+    and with fewer than 15 steps its last too. It leaves the UNet's input as it is and starts
+    from the noise as drawn."""
+
+    def __init__(self, scheduler_config: dict, steps: int, sampler: str = "deis"):
+        config = _options(_sampler_of(sampler, DEIS), scheduler_config, *_OPTION_TABLES[DEIS])
+        _check_steps(steps, config)
+        self.prediction_type: str = config["prediction_type"]
+        self._schedule(config, steps, sigma_min_last=True)
+        self._index = 0
+        self._previous: np.ndarray | None = None  # the last step's noise prediction
+
+    def step(self, model_output: np.ndarray, sample: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
+        """The sample at the next timestep (float32), from the model's output at the current one."""
+        _check_not_done(self._index, self.timesteps)
+        sample = np.asarray(sample, dtype=_F32)
+        alpha_s0, sigma_s0 = _alpha_sigma(self.sigmas[self._index])
+        epsilon = (sample - alpha_s0 * self._data(model_output, sample)) / sigma_s0
+        alpha_t, sigma_t = _alpha_sigma(self.sigmas[self._index + 1])
+        # As diffusers: first order at the first step and, with fewer than 15 steps, at the last.
+        last = self._index == len(self.timesteps) - 1 and len(self.timesteps) < 15
+        if self._previous is None or last:
+            h = _lambda(alpha_t, sigma_t) - _lambda(alpha_s0, sigma_s0)
+            prev_sample = (alpha_t / alpha_s0) * sample - (sigma_t * (_F32(math.exp(h)) - _F32(1.0))) * epsilon
+        else:
+            alpha_s1, sigma_s1 = _alpha_sigma(self.sigmas[self._index - 1])
+            rho_t, rho_s0, rho_s1 = sigma_t / alpha_t, sigma_s0 / alpha_s0, sigma_s1 / alpha_s1
+            coef1 = _deis_integral(rho_t, rho_s0, rho_s1) - _deis_integral(rho_s0, rho_s0, rho_s1)
+            coef2 = _deis_integral(rho_t, rho_s1, rho_s0) - _deis_integral(rho_s0, rho_s1, rho_s0)
+            prev_sample = alpha_t * (sample / alpha_s0 + coef1 * epsilon + coef2 * self._previous)
+        self._previous = epsilon
+        self._index += 1
+        return prev_sample
+
+
+class DPMSolver2S(_OverSigmas):
+    """DPM++ 2S Karras (diffusers' DPMSolverSinglestepScheduler with Karras sigmas, reverie's
+    "dpmpp_2s_karras" row) over `steps` steps for a model's scheduler config: the singlestep
+    second-order DPM-Solver++ (midpoint) over DPM++ 2M Karras's timesteps and sigmas. The steps go
+    in pairs: the first of a pair a first-order step, whose sample serves only as the model's
+    input at the pair's middle timestep; the second a second-order step from the pair's start
+    with both data predictions. As diffusers' order list: an odd step count ends on a lone
+    first-order step, an even one on two, so the last step lands on the data prediction; an image
+    mode's first step is first order wherever it enters. It leaves the UNet's input as it is
+    and starts from the noise as drawn."""
+
+    def __init__(self, scheduler_config: dict, steps: int, sampler: str = "dpmpp_2s_karras"):
+        config = _options(_sampler_of(sampler, DPMSolver2S), scheduler_config, *_OPTION_TABLES[DPMSolver2S])
+        _check_steps(steps, config)
+        self.prediction_type: str = config["prediction_type"]
+        self._schedule(config, steps, karras=True)
+        # get_order_list with lower_order_final (which final_sigmas_type "zero" turns on): 1, 2, ...
+        # then 1 (odd counts) or 1, 1 (even ones).
+        self.orders: list[int] = [1, 2] * ((steps - 1) // 2) + [1] * (2 - steps % 2)
+        self._index = 0
+        self._pair: tuple | None = None  # (the sample the last first-order step started from, its data prediction)
+
+    def step(self, model_output: np.ndarray, sample: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
+        """The sample at the next timestep (float32), from the model's output at the current one."""
+        _check_not_done(self._index, self.timesteps)
+        sample = np.asarray(sample, dtype=_F32)
+        x0 = self._data(model_output, sample)
+        if self._pair is None or self.orders[self._index] == 1:  # diffusers' first step is first order
+            self._pair = (sample, x0)
+            if self.sigmas[self._index + 1] == 0:  # the last step: what the first-order formula gives there, exactly
+                prev_sample = x0
+            else:
+                prev_sample = self._dpmpp(sample, self._index, self._step_size(self._index), x0)
+        else:  # from the pair's start, a sigma back, with the data predictions there and here
+            start, earlier = self._pair
+            h = self._step_size(self._index - 1)
+            prev_sample = self._dpmpp(start, self._index - 1, h, earlier, self._difference(x0, earlier, h))
+        self._index += 1
+        return prev_sample
+
+
 _SCHEDULERS = {"DPMSolverMultistepScheduler": DPMSolver2M, "EulerDiscreteScheduler": EulerDiscrete,
                "EulerAncestralDiscreteScheduler": EulerAncestral, "DDIMScheduler": DDIM, "LCMScheduler": LCM,
                "UniPCMultistepScheduler": UniPC, "HeunDiscreteScheduler": Heun, "PNDMScheduler": PLMS,
-               "LMSDiscreteScheduler": LMS, "KDPM2DiscreteScheduler": DPM2}
+               "LMSDiscreteScheduler": LMS, "KDPM2DiscreteScheduler": DPM2,
+               "KDPM2AncestralDiscreteScheduler": DPM2Ancestral, "DDPMScheduler": DDPM,
+               "DEISMultistepScheduler": DEIS, "DPMSolverSinglestepScheduler": DPMSolver2S}
 _OPTION_TABLES = {DPMSolver2M: (_FIXED_OPTIONS, _DPM_OPTIONS),
                   EulerDiscrete: (_EULER_FIXED_OPTIONS, _PORTED_OPTIONS),  # its ported options: DPM's, the same defaults
                   EulerAncestral: (_EULER_A_FIXED_OPTIONS, _SCHEDULE_OPTIONS),
@@ -834,7 +1061,11 @@ _OPTION_TABLES = {DPMSolver2M: (_FIXED_OPTIONS, _DPM_OPTIONS),
                   Heun: (_HEUN_FIXED_OPTIONS, _HEUN_OPTIONS),
                   PLMS: (_PLMS_FIXED_OPTIONS, _PLMS_OPTIONS),
                   LMS: (_LMS_FIXED_OPTIONS, _PORTED_OPTIONS),  # its ported options: Euler's, the same defaults
-                  DPM2: (_HEUN_FIXED_OPTIONS, _DPM2_OPTIONS)}
+                  DPM2: (_HEUN_FIXED_OPTIONS, _DPM2_OPTIONS),
+                  DPM2Ancestral: (_HEUN_FIXED_OPTIONS, _DPM2_OPTIONS),  # its options: DPM2's, the same defaults
+                  DDPM: (_DDPM_FIXED_OPTIONS, _DDPM_OPTIONS),
+                  DEIS: (_DEIS_FIXED_OPTIONS, _SCHEDULE_OPTIONS),  # its ported options: the schedule's alone
+                  DPMSolver2S: (_DPM_2S_FIXED_OPTIONS, _DPM_2S_OPTIONS)}
 
 
 def make_sampler(name: str, scheduler_config: dict, steps: int, eta: float = 0.0):
@@ -895,7 +1126,7 @@ def _options(sampler: Sampler, scheduler_config: dict, fixed: dict, ported: dict
         raise ValueError(f"the NumPy {sampler.label} does not do beta_schedule={options['beta_schedule']!r}")
     if options["prediction_type"] not in ("epsilon", "v_prediction"):
         raise ValueError(f"the NumPy {sampler.label} does not do prediction_type={options['prediction_type']!r}")
-    if options["timestep_spacing"] not in ("leading", "trailing", "linspace"):
+    if options.get("timestep_spacing", "linspace") not in ("leading", "trailing", "linspace"):
         raise ValueError(f"unknown timestep_spacing {options['timestep_spacing']!r}")
     return options
 
@@ -1012,6 +1243,37 @@ def _sigma_to_t(sigmas: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
     high = log_sigmas[high_idx]
     w = np.clip((low - log_sigma) / (low - high), 0, 1)
     return (1 - w) * low_idx + w * high_idx
+
+
+def _clip_range(config: dict) -> float | None:
+    """The range a scheduler clips its data prediction to (`clip_sample_range`), None where it
+    does not (`clip_sample` off, or not one of its options)."""
+    return float(config["clip_sample_range"]) if config.get("clip_sample") else None
+
+
+def _clipped(x0: np.ndarray, clip: float | None) -> np.ndarray:
+    """`x0` clipped to [-clip, clip] (as it is where `clip` is None)."""
+    return x0 if clip is None else np.clip(x0, -_F32(clip), _F32(clip))
+
+
+def _ancestral(sigma_from, sigma_to) -> tuple:
+    """(sigma_up, sigma_down) of an ancestral step from `sigma_from` to `sigma_to` (float32
+    scalars or arrays): the noise added back and the sigma stepped down to, sigma_down**2 +
+    sigma_up**2 being sigma_to**2 (k-diffusion's get_ancestral_step at eta 1, as diffusers has it)."""
+    sigma_up = (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** _F32(0.5)
+    return sigma_up, (sigma_to**2 - sigma_up**2) ** _F32(0.5)
+
+
+def _half_way(start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """torch.lerp(start, end, 0.5) in float32: end - (end - start) * 0.5 (its formula for weights from a half up)."""
+    return end - (end - start) * _F32(0.5)
+
+
+def _deis_integral(t: np.float32, b: np.float32, c: np.float32) -> np.float32:
+    """DEIS's second-order coefficient's antiderivative at rho `t`, for the Lagrange polynomial in
+    log rho that is 1 at `b` and 0 at `c`: t (log t - log c - 1) / (log b - log c), in float32
+    (diffusers' ind_fn, its logs NumPy's float32 ones)."""
+    return t * (-np.log(c) + np.log(t) - _F32(1.0)) / (np.log(b) - np.log(c))
 
 
 def _alpha_sigma(sigma: np.float32) -> tuple[np.float32, np.float32]:
