@@ -10,15 +10,15 @@ SD pipeline folder, LCM-distilled ones included, an SD 1.x or 2.x .safetensors f
 under runtime `auto` or `openvino`, with a sampler numpy_sampler.py ports (DPM++ 2M with or
 without Karras sigmas, DPM++ 2M SDE Karras, DPM++ 2S Karras, Euler with or without, Euler a,
 Heun, DPM2, DPM2 a, LMS with or without, DDIM, DDPM, PLMS, LCM, UniPC, DEIS: all of reverie's
-but DPM++ SDE Karras), at most 512 px a side for mini (192 with its x2
-upscale) and 768 for SD (multiples of 64, at most four 512 px pictures' worth a batch); for an
-image mode that is the size the input picture is worked at (mini works on a larger one at half
-its size and enlarges the result back).
+but DPM++ SDE Karras), at most 512 px a side for mini (192 with its x2 upscale) and 768 for SD
+(multiples of 64, at most four 512 px pictures' worth a batch); for an image mode that is the
+size the input picture is worked at (mini works on a larger one at half its size and enlarges
+the result back).
 A prompt with weights, a negative, templates, styles and textual-inversion embeddings, and for
 SD one set of LoRAs once run.py has made its exports of the UNet and the text encoder with
 them on (`_lora_variant`); step caching (the UNet split where it keeps its deep features:
-models/openvino_step_cache.py); not the options only the torch pipeline has (seamless tiles, chaos below 100, a refiner,
-prompt expansion, SD's upscale). A tiny decoder (`decoder tiny`: TAESD in
+models/openvino_step_cache.py); not the options only the torch pipeline has (seamless tiles,
+chaos below 100, a refiner, prompt expansion, SD's upscale). A tiny decoder (`decoder tiny`: TAESD in
 the models folder, or a path to one) makes the pictures from its own bundle
 (models/tiny_decoder_bundle.py) and draws the live previews, as does the models folder's for a
 request decoded by the VAE, where it fits the model (else the VAE's linear latent->RGB map
