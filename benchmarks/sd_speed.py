@@ -53,7 +53,10 @@ ResNet layers (kohya keys, written once beside the folder), run as LCM-LoRA is: 
 LoRA keeps `auto` on torch until the set's export is made: after a lcm_lora_openvino run into the
 same $REVERIE_CACHE, auto runs that export), lcm_lora_openvino (the same with `--runtime openvino`: the UNet
 with the LoRA on, exported once as a variant of the model's export), lcm_lora_torch (the same with `--runtime
-torch`, for the side by side once the export is made), tiny (reverie's defaults with `--decoder
+torch`, for the side by side once the export is made), text_lora, text_lora_openvino and
+text_lora_torch (the same three with a style LoRA as kohya's trainer writes one, rank 32 on the
+UNet's attention and on every CLIP text layer, at 0.8, run with the request's own sampler and
+steps: its text encoder's export is made with the UNet's by the openvino run), tiny (reverie's defaults with `--decoder
 tiny`: a random-weight TAESD written once beside the folder, its own bundle on the torch-free
 path) and diffusers_tiny (stock with that TAESD as its VAE, as FastSD CPU decodes); a TAESD's
 picture is another picture, its PSNR not shown; step_cache2 and step_cache3 (reverie's defaults
@@ -83,7 +86,8 @@ from process_memory import peak_gib, resident_gib
 
 VARIANTS = ("diffusers", "auto", "int8", "torch", "fp16_weights", "bf16_weights", "channels_last", "bf16", "compile",
             "compile_bf16", "openvino", "openvino_bf16", "lcm_lora", "lcm_lora_openvino", "lcm_lora_torch",
-            "tiny", "diffusers_tiny", "optimum", "step_cache2", "step_cache3")
+            "tiny", "diffusers_tiny", "optimum", "step_cache2", "step_cache3", "text_lora", "text_lora_openvino",
+            "text_lora_torch")
 TINY = ("tiny", "diffusers_tiny")  # decoded by a random-weight TAESD: another picture than the VAE's
 NOT_REVERIE = ("diffusers", "diffusers_tiny", "optimum")  # the peers' pipelines: no Studio, no reverie request
 LCM = {"steps": 4, "cfg": 1.0, "sampler": "lcm"}  # how LCM-LoRA is run: few steps, no classifier-free guidance
@@ -162,31 +166,51 @@ def lcm_lora_models(folder: Path) -> Path:
     path = models / "Lora" / "lcm-lora-random.safetensors"
     if path.is_file():
         return models
+    _random_kohya(folder, path, ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj",
+                                 "ff.net.2", "conv1", "conv2", "conv_shortcut", "time_emb_proj"), LCM_RANK)
+    return models
+
+
+def text_lora_models(folder: Path) -> Path:
+    """A models folder beside `folder` holding `Lora/text-lora-random.safetensors`: a style LoRA
+    as kohya's trainer writes one by default (rank 32 on the UNet's attention projections and on
+    every CLIP text layer's attention and MLP), random weights; written once."""
+    models = folder.with_name(folder.name + "-text-lora")
+    path = models / "Lora" / "text-lora-random.safetensors"
+    if not path.is_file():
+        _random_kohya(folder, path, ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out"), 32,
+                      text=("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"))
+    return models
+
+
+def _random_kohya(folder: Path, path: Path, adapted: tuple, rank: int, text: tuple = ()) -> None:
+    """Write a random-weight LoRA (small weights: the picture stays the base model's, near enough)
+    in kohya's key layout on the UNet's layers named `adapted` and the text encoder's named `text`."""
     import torch
     from diffusers import UNet2DConditionModel
     from safetensors.torch import save_file
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
-    adapted = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1",
-               "conv2", "conv_shortcut", "time_emb_proj")
+        encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder"))
     generator, tensors = torch.Generator().manual_seed(0), {}
-    for name, module in unet.named_modules():
-        if not name.startswith(("down_blocks", "mid_block", "up_blocks")) or not name.endswith(adapted):
-            continue
-        key = "lora_unet_" + name.replace(".", "_")
+    layers = [("lora_unet_", name, module) for name, module in unet.named_modules()
+              if name.startswith(("down_blocks", "mid_block", "up_blocks")) and name.endswith(adapted)]
+    layers += [("lora_te_", name, module) for name, module in encoder.named_modules() if text and name.endswith(text)]
+    for prefix, name, module in layers:
+        key = prefix + name.replace(".", "_")
         if isinstance(module, torch.nn.Linear):
-            down, up = (LCM_RANK, module.in_features), (module.out_features, LCM_RANK)
+            down, up = (rank, module.in_features), (module.out_features, rank)
         elif isinstance(module, torch.nn.Conv2d):
-            down, up = (LCM_RANK, module.in_channels, *module.kernel_size), (module.out_channels, LCM_RANK, 1, 1)
+            down, up = (rank, module.in_channels, *module.kernel_size), (module.out_channels, rank, 1, 1)
         else:
             continue
         tensors[f"{key}.lora_down.weight"] = (torch.randn(down, generator=generator) * 0.01).half()
         tensors[f"{key}.lora_up.weight"] = (torch.randn(up, generator=generator) * 0.01).half()
-        tensors[f"{key}.alpha"] = torch.tensor(float(LCM_RANK)).half()
+        tensors[f"{key}.alpha"] = torch.tensor(float(rank)).half()
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path))
-    return models
 
 
 def child(args) -> dict:
@@ -265,12 +289,15 @@ def child(args) -> dict:
             prompt = f"{PROMPT} <lora:lcm-lora-random:1>"
             args.steps, args.cfg, args.sampler = LCM["steps"], LCM["cfg"], LCM["sampler"]
             info["steps"] = args.steps
+        elif variant.startswith("text_lora"):
+            os.environ["REVERIE_MODELS"] = str(text_lora_models(folder))
+            prompt = f"{PROMPT} <lora:text-lora-random:0.8>"
         from reverie.studio import Studio, make_request
 
-        defaults = variant in ("auto", "int8", "tiny", "lcm_lora", "lcm_lora_openvino", "lcm_lora_torch",
-                               "step_cache2", "step_cache3")  # dtype: what a user gets
+        defaults = variant in ("auto", "int8", "tiny", "lcm_lora", "lcm_lora_openvino", "lcm_lora_torch", "text_lora",
+                               "text_lora_openvino", "text_lora_torch", "step_cache2", "step_cache3")  # what a user gets
         dtype = "bf16" if variant in ("bf16", "compile_bf16", "openvino_bf16") else ("auto" if cuda or defaults else "fp32")
-        runtime = "openvino" if "openvino" in variant else ("auto" if defaults and variant != "lcm_lora_torch" else "torch")
+        runtime = "openvino" if "openvino" in variant else ("auto" if defaults and not variant.endswith("_torch") else "torch")
         weights = {"fp16_weights": "fp16", "bf16_weights": "bf16"}.get(variant, "auto")
         studio = Studio(device=args.device)
         if variant in ("channels_last", "compile", "compile_bf16"):  # the cached model, changed in place first
@@ -417,6 +444,8 @@ def main() -> None:
     variants = args.variants.split(",")
     if any(v.startswith("lcm_lora") for v in variants):
         lcm_lora_models(Path(args.folder))
+    if any(v.startswith("text_lora") for v in variants):
+        text_lora_models(Path(args.folder))
     assert "diffusers" in variants, "the stock pipeline is the reference: keep `diffusers` in --variants"
     folder = Path(tempfile.mkdtemp(prefix="sd-speed-"))
     if args.mode != "txt2img":
