@@ -550,7 +550,8 @@ class OpenVINOUNet:
 
         if self._core is None:
             raise RuntimeError(f"the OpenVINO export {self.folder.name} is not made yet (`ready` it first)")
-        # SDXL's added conditions given to another UNet's export, or missing (the shallow part takes the deep features too)
+        # SDXL's added conditions given to another UNet's export, or missing (the shallow part
+        # takes the deep features too)
         if len(shapes) - (part == SHALLOW) != len(self._inputs):
             raise NotImplementedError(f"the OpenVINO export {self.folder.name} takes {len(self._inputs)} inputs, "
                                       f"and was given {len(shapes)}")

@@ -183,7 +183,8 @@ def text_encoder_with_loras(components: ModelComponents, uses, infos, progress: 
     if lora_text_encoder_made(source, precision, variant):
         return
     if progress is not None:
-        progress(ProgressEvent("load", message=f"exporting the text encoder with {variant['label']} to OpenVINO (once)"))
+        message = f"exporting the text encoder with {variant['label']} to OpenVINO (once)"
+        progress(ProgressEvent("load", message=message))
     try:
         export_lora_text_encoder(source, precision, components.text_encoder, variant)
     except Exception as exc:  # the exporter, a full disk: the set keeps running here

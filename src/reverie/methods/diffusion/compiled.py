@@ -18,8 +18,8 @@ A prompt with weights, a negative, templates, styles and textual-inversion embed
 SD one set of LoRAs once run.py has made its exports of the UNet and the text encoder with
 them on (`_lora_variant`); step caching (the UNet split where it keeps its deep features:
 models/openvino_step_cache.py); not the options only the torch pipeline has (seamless tiles,
-chaos below 100, a refiner, prompt expansion, SD's upscale). A tiny decoder (`decoder tiny`: TAESD in
-the models folder, or a path to one) makes the pictures from its own bundle
+chaos below 100, a refiner, prompt expansion, SD's upscale). A tiny decoder (`decoder tiny`:
+TAESD in the models folder, or a path to one) makes the pictures from its own bundle
 (models/tiny_decoder_bundle.py) and draws the live previews, as does the models folder's for a
 request decoded by the VAE, where it fits the model (else the VAE's linear latent->RGB map
 draws them, as on the torch pipeline); best-of-N and scores import torch for their CLIP, the
@@ -241,8 +241,9 @@ def served(request: GenerationRequest) -> Served | None:
     named, loras = _lora_variant(request, source)
     if named and (loras is None or int8):
         return None  # run.py says why the LoRAs cannot run here
+    # A bundle not made yet is tried; else run.py makes the set's exports (--runtime openvino) or runs it on torch.
     if loras and facts.unet_key is not None and _lora_parts(source, facts, precision_of(dtype), loras) is None:
-        return None  # run.py makes the set's exports (--runtime openvino), or runs it on torch; a bundle not made yet is tried
+        return None
     return Served(source, facts, prepared, loras)
 
 
@@ -354,8 +355,10 @@ def _lora_parts(source: SDSource, facts: ModelFacts, precision: str, loras: dict
     not made, or the bundle is not made yet."""
     parts = {}
     if loras["unet"] is not None:
-        folder = openvino_cache_dir() / fingerprint_of(facts.unet_key or {}, loras["unet"])
-        if facts.unet_key is None or not unet_export_made(folder):
+        if facts.unet_key is None:
+            return None
+        folder = openvino_cache_dir() / fingerprint_of(facts.unet_key, loras["unet"])
+        if not unet_export_made(folder):
             return None
         parts["unet"] = folder / UNET_IR_NAME
     if loras["text"] is not None:
