@@ -221,6 +221,36 @@ def test_inpaint_and_outpaint_are_the_torch_pipelines(sd_folder, tmp_path):
         assert_masked_like_torch(tmp_path, str(number), request, floor, source)
 
 
+def test_a_large_unet_runs_the_cfg_batch_as_two_streams_and_keeps_the_picture(sd_folder, tmp_path, monkeypatch):
+    """A UNet of SPLIT_BYTES or more (SD's; the test model's stands for it here) runs an even
+    batch as two halves at once, one OpenVINO stream each: the pictures stay the torch
+    pipeline's (fp32 over 60 dB, bf16 over 38), with step caching's two outputs too; an odd
+    batch (LCM's one pass of one picture) runs whole."""
+    from reverie.models import openvino_bundle
+
+    timestep, odd, even = np.float32(1), np.zeros((3, 4)), np.arange(8.0).reshape(4, 2)
+    assert openvino_bundle._halves((odd, timestep)) is None
+    (first, t1), (second, t2) = openvino_bundle._halves((even, timestep))
+    assert np.array_equal(np.concatenate([first, second]), even) and t1 is t2 is timestep
+
+    monkeypatch.setattr(openvino_bundle, "SPLIT_BYTES", 0)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # a stream a core (a test worker may run on one: no split)
+    models = ModelCache()  # bundles read afresh, under the lowered size
+    for number, (fields, floor) in enumerate(((dict(dtype="fp32"), 60), (dict(dtype="bf16"), 38),
+                                              (dict(dtype="fp32", step_cache=2), 75))):
+        request = request_for(sd_folder, n_samples=2, steps=4, sampler="euler", **fields)
+        ours = compiled.run(request, models, Progress(), Outputs(tmp_path / f"ours{number}"))
+        theirs = make(tmp_path, f"theirs{number}", request, torch_run)
+        for a, b in zip(ours.images, theirs.images, strict=True):
+            assert psnr(pixels(a.image), pixels(b.image)) > floor, (fields, psnr(pixels(a.image), pixels(b.image)))
+        bundle = models.find(lambda key: key[0] == "openvino-bundle")
+        held = [key for part in ("unet", "unet-whole", "unet-shallow") for key in bundle._compiled[part]]
+        assert held and all(streams == 2 and shapes[0][0] == 2 for shapes, streams in held)  # halves of the CFG batch of 4
+        requests = bundle._compiled["unet-whole" if "step_cache" in fields else "unet"]
+        assert next(iter(requests.values()))[0].get_compiled_model().get_property("NUM_STREAMS") == 2
+        models.clear()
+
+
 def bundle_calls(monkeypatch) -> list[str]:
     """The parts the bundles run from now on (a UNet's views included), in order."""
     calls = []
