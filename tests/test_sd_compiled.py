@@ -229,8 +229,8 @@ def test_a_large_unet_runs_the_cfg_batch_as_two_streams_and_keeps_the_picture(sd
     from reverie.models import openvino_bundle
 
     timestep, odd, even = np.float32(1), np.zeros((3, 4)), np.arange(8.0).reshape(4, 2)
-    assert openvino_bundle._halves((odd, timestep)) is None
-    (first, t1), (second, t2) = openvino_bundle._halves((even, timestep))
+    assert openvino_bundle.cut_in_two((odd, timestep)) is None
+    (first, t1), (second, t2) = openvino_bundle.cut_in_two((even, timestep))
     assert np.array_equal(np.concatenate([first, second]), even) and t1 is t2 is timestep
 
     monkeypatch.setattr(openvino_bundle, "SPLIT_BYTES", 0)

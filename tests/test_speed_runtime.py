@@ -213,6 +213,36 @@ def test_step_caching_on_openvino_splits_the_export_and_makes_torchs_pictures(tm
         assert np.array_equal(np.asarray(a.image), np.asarray(c.image))
 
 
+def test_a_large_export_runs_the_cfg_batch_as_two_streams_and_keeps_the_picture(tmp_path, monkeypatch):
+    """An export of SPLIT_BYTES or more (SD's; tiny-random's stands for it here) runs an even
+    batch as two halves at once, one OpenVINO stream each, as the bundle's UNet does: the
+    pictures are the unsplit export's (fp32, over 50 dB), with step caching too."""
+    _openvino()
+    from reverie.models import openvino_bundle
+    from reverie.models.openvino_runtime import OpenVINOUNet
+    from reverie.studio import Studio
+
+    request = _request("openvino", n_samples=2, steps=4, sampler="euler")
+    plain = Studio(device="cpu").run(request, outdir=tmp_path / "plain")
+    cached = Studio(device="cpu").run(request.model_copy(update={"step_cache": 2}), outdir=tmp_path / "plain-cached")
+    monkeypatch.setattr(openvino_bundle, "SPLIT_BYTES", 0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # a stream a core (a test worker runs on one: no split)
+    try:
+        studio = Studio(device="cpu")
+        split = studio.run(request, outdir=tmp_path / "split")
+        split_cached = studio.run(request.model_copy(update={"step_cache": 2}), outdir=tmp_path / "split-cached")
+    finally:
+        torch.set_num_threads(threads)
+    unet = studio.models.find(lambda key: key[0] == "openvino-unet")
+    assert isinstance(unet, OpenVINOUNet) and unet._compiled
+    assert all(streams == 2 and shapes[0][0] == 2 for (_, shapes, _, streams) in unet._compiled)  # halves of 4
+    for made, alone in ((split, plain), (split_cached, cached)):
+        for a, b in zip(made.images, alone.images, strict=True):
+            assert psnr(a.image, b.image) > 50, psnr(a.image, b.image)
+    assert psnr(split.images[0].image, split.images[1].image) < 30  # the halves' pictures went back to their seeds
+
+
 def test_a_bf16_request_runs_a_bf16_export_close_to_torchs_bf16_picture(tmp_path):
     """bf16 on OpenVINO: its own export (the bf16 weights, not the fp32 one's), computed in bf16,
     the picture close to torch's bf16 picture and recorded as bf16."""

@@ -40,6 +40,7 @@ HELD_AT_LEAST = 2  # ...and two at least (SD 1.5's UNet: 1.7 GB a shape in bf16)
 # A part this large runs an even batch as two halves at once, one OpenVINO stream each (half the
 # cores each): SD 1.5's UNet on the CFG pair on 2 cores, 0.87 s a call against 0.99 at 256 px,
 # 4.09 against 4.26 at 512, 15.9 against 16.3 at 768 (bf16; the weights shared, 80 MB more).
+# The torch pipeline's OpenVINOUNet does the same with an export this large (SDXL's too).
 SPLIT_BYTES = HELD_BYTES
 VERSIONED = ("openvino", "torch", "diffusers", "transformers")  # what exports a bundle: a new version makes it again
 
@@ -241,7 +242,21 @@ def _outputs(request, every_output: bool) -> np.ndarray | list[np.ndarray]:
     return request.get_output_tensor(0).data.copy()
 
 
-def _halves(inputs: tuple[np.ndarray, ...]) -> list[tuple[np.ndarray, ...]] | None:
+def infer_halves(requests: list, halves: list[tuple[np.ndarray, ...]],
+                 every_output: bool = False) -> np.ndarray | list[np.ndarray]:
+    """`infer` of a batch cut in two (`cut_in_two`): each half on its own request (a stream of one
+    compiled model) at once, their outputs joined again along the batch."""
+    for request, half in zip(requests, halves):
+        request.start_async(dict(enumerate(half)))
+    for request in requests:
+        request.wait()
+    first, second = (_outputs(request, every_output) for request in requests)
+    if every_output:
+        return [np.concatenate(pair) for pair in zip(first, second)]
+    return np.concatenate([first, second])
+
+
+def cut_in_two(inputs: tuple[np.ndarray, ...]) -> list[tuple[np.ndarray, ...]] | None:
     """`inputs` cut in two along their batch (the first input's first axis; inputs without it,
     a timestep, go to both), or None for a batch that is odd."""
     batch = inputs[0].shape[0] if inputs[0].ndim else 1
@@ -298,19 +313,11 @@ class OpenVINOBundle:
     def __call__(self, part: str, *inputs: np.ndarray, every_output: bool = False) -> np.ndarray | list[np.ndarray]:
         """`part`'s first output (`every_output`: all of them, in order) for `inputs`; a large
         part's even batch in two halves at once (SPLIT_BYTES)."""
-        halves = _halves(inputs) if self._splits[part] and (_threads() or os.cpu_count() or 1) >= 2 else None
+        halves = cut_in_two(inputs) if self._splits[part] and (_threads() or os.cpu_count() or 1) >= 2 else None
         with self._running:  # one call at a time: a shape's requests are shared by whoever calls
             if halves is None:
                 return infer(self._request(part, tuple(x.shape for x in inputs))[0], inputs, every_output)
-            requests = self._request(part, tuple(x.shape for x in halves[0]), streams=2)
-            for request, half in zip(requests, halves):
-                request.start_async(dict(enumerate(half)))
-            for request in requests:
-                request.wait()
-            first, second = (_outputs(request, every_output) for request in requests)
-        if every_output:
-            return [np.concatenate(pair) for pair in zip(first, second)]
-        return np.concatenate([first, second])
+            return infer_halves(self._request(part, tuple(x.shape for x in halves[0]), streams=2), halves, every_output)
 
     def release_memory(self, part: str) -> None:
         """Let go of `part`'s working memory (its activations, kept between calls otherwise), and

@@ -61,7 +61,9 @@ from ..device import available_memory
 from ..host import file_pages_dropped, is_x86
 from ..errors import BadRequest
 from ..outputs.files import one_process_at_a_time, partial_folder
-from .openvino_bundle import DONE_NAME, UNET_IR_NAME, fingerprint_of, infer, openvino_cache_dir, unet_export_made
+from . import openvino_bundle
+from .openvino_bundle import (DONE_NAME, UNET_IR_NAME, cut_in_two, fingerprint_of, infer, infer_halves,
+                              openvino_cache_dir, unet_export_made)
 from .openvino_step_cache import SHALLOW, VIEWS, CachedUNet
 
 log = logging.getLogger(__name__)
@@ -543,9 +545,9 @@ class OpenVINOUNet:
         self._inputs = [port.get_any_name() for port in model.inputs]
         del model
 
-    def _compiled_for(self, shapes: tuple, part: str = "unet"):
-        """The compiled model and its request for input `shapes`: of the export, or of a view of
-        it (`part`: the step cache's split, models/openvino_step_cache.py)."""
+    def _compiled_for(self, shapes: tuple, part: str = "unet", streams: int = 1):
+        """The compiled model and its requests, one per stream, for input `shapes`: of the
+        export, or of a view of it (`part`: the step cache's split, models/openvino_step_cache.py)."""
         import openvino as ov
 
         if self._core is None:
@@ -556,7 +558,7 @@ class OpenVINOUNet:
             raise NotImplementedError(f"the OpenVINO export {self.folder.name} takes {len(self._inputs)} inputs, "
                                       f"and was given {len(shapes)}")
         threads = torch.get_num_threads()
-        key = (part, shapes, threads)
+        key = (part, shapes, threads, streams)
         with self._lock:
             if key in self._compiled:
                 self._compiled.move_to_end(key)
@@ -574,16 +576,16 @@ class OpenVINOUNet:
             # compiled model keeps the IR's weights file mapped, and computes with its own
             # repacked copy: the mapped pages are let go as it goes through them.
             with file_pages_dropped((self.folder / IR_NAME).with_suffix(".bin")):
-                compiled = self._core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": self.precision,
-                                                                   "PERFORMANCE_HINT": "LATENCY",
-                                                                   "INFERENCE_NUM_THREADS": threads})
+                config = {"INFERENCE_PRECISION_HINT": self.precision, "INFERENCE_NUM_THREADS": threads}
+                config |= {"NUM_STREAMS": streams} if streams > 1 else {"PERFORMANCE_HINT": "LATENCY"}
+                compiled = self._core.compile_model(model, "CPU", config)
             del model  # after the dropper stopped: what it frees may unmap the file under it (host.drop_file_pages)
-            request = compiled.create_infer_request()
-            self._compiled[key] = (compiled, request)
+            requests = [compiled.create_infer_request() for _ in range(streams)]
+            self._compiled[key] = (compiled, requests)
             self.compiles += 1
             if self.stores_compiled:
                 _keep_newest(self.folder / COMPILED_DIR, STORED_SHAPES)
-            return compiled, request
+            return compiled, requests
 
     def __call__(self, sample, timestep, encoder_hidden_states, timestep_cond=None, cross_attention_kwargs=None,
                  added_cond_kwargs=None, return_dict: bool = True, **extra):
@@ -604,8 +606,14 @@ class OpenVINOUNet:
 
     def run_part(self, part: str, *inputs, every_output: bool = False):
         """The export's output for NumPy `inputs` (`every_output`: all its outputs), or a view's
-        (`part`: models/openvino_step_cache.py's)."""
-        return infer(self._compiled_for(tuple(tuple(x.shape) for x in inputs), part)[1], inputs, every_output)
+        (`part`: models/openvino_step_cache.py's); an export of SPLIT_BYTES or more runs an even
+        batch as two halves at once, one stream each, as the bundle's UNet does."""
+        split = self.export_bytes >= openvino_bundle.SPLIT_BYTES and torch.get_num_threads() >= 2
+        halves = cut_in_two(inputs) if split else None
+        if halves is None:
+            return infer(self._compiled_for(tuple(tuple(x.shape) for x in inputs), part)[1][0], inputs, every_output)
+        _, requests = self._compiled_for(tuple(tuple(x.shape) for x in halves[0]), part, streams=2)
+        return infer_halves(requests, halves, every_output)
 
     @contextmanager
     def step_cached(self, interval: int):
@@ -662,7 +670,7 @@ class OpenVINOUNet:
     def weight_bytes(self) -> int:
         """Bytes the compiled shapes hold (about the exported weights each; a variant's too),
         for the model cache."""
-        held = self.export_bytes * max(1, sum(part != SHALLOW for part, _, _ in self._compiled))  # the split's is small
+        held = self.export_bytes * max(1, sum(key[0] != SHALLOW for key in self._compiled))  # the split's is small
         if self._sibling is not None and self.variant is None:
             held += self._sibling.export_bytes * len(self._sibling._compiled)
         return held
