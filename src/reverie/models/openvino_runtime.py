@@ -571,8 +571,9 @@ class OpenVINOUNet:
             if part != "unet":
                 model = VIEWS[part][1](model)
             model.reshape({port.get_any_name(): ov.PartialShape(list(shape)) for port, shape in zip(model.inputs, shapes)})
-            # The UNet's own precision (`precision`), one stream: one request at a time, on as many
-            # threads as torch has (OMP_NUM_THREADS: a deployment's workers share the cores). The
+            # The UNet's own precision (`precision`), one stream (two for a large export's halves,
+            # `run_part`), on as many threads as torch has (OMP_NUM_THREADS: a deployment's
+            # workers share the cores), all streams together. The
             # compiled model keeps the IR's weights file mapped, and computes with its own
             # repacked copy: the mapped pages are let go as it goes through them.
             with file_pages_dropped((self.folder / IR_NAME).with_suffix(".bin")):
