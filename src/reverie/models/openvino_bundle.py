@@ -58,8 +58,9 @@ UNET_IR_NAME = "unet.xml"
 
 
 def fingerprint_of(parts: dict, variant: dict | None = None) -> str:
-    """The cache entry's name of a UNet's export: its `fingerprint_parts` (openvino_runtime.py)
-    running `variant` (its LoRAs and their weights; None: the UNet's own)."""
+    """The cache entry's name of an export: a UNet's `fingerprint_parts` (openvino_runtime.py),
+    or what names a bundle's text encoder (sd_bundle.lora_text_encoder_folder), running
+    `variant` (its LoRAs and their weights; None: the part's own)."""
     text = json.dumps(parts | ({"variant": variant} if variant else {}), sort_keys=True)
     return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 
@@ -345,8 +346,8 @@ class OpenVINOBundle:
             model.reshape({port.get_any_name(): ov.PartialShape(list(shape)) for port, shape in zip(model.inputs, shapes)})
             config = {"INFERENCE_PRECISION_HINT": self.precisions[part]}
             config |= {"NUM_STREAMS": streams} if streams > 1 else {"PERFORMANCE_HINT": "LATENCY"}
-            if _threads():  # all streams together
-                config["INFERENCE_NUM_THREADS"] = _threads()
+            if threads := _threads():  # all streams together
+                config["INFERENCE_NUM_THREADS"] = threads
             with file_pages_dropped(self._irs[part].with_suffix(".bin")):
                 compiled = self.core.compile_model(model, "CPU", config)
             del model  # after the dropper stopped: what it frees may unmap the file under it (host.drop_file_pages)

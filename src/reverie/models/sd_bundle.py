@@ -36,8 +36,8 @@ from pathlib import Path
 
 from .checkpoint_header import (CLIP_PREFIX, CONFIGS_DIR, OPEN_CLIP_PREFIX, UNET_PREFIX, prediction_type_of,
                                 read_header, shipped_config_name)
-from .openvino_bundle import (bundle_made, bundle_path, encoded_latents, fingerprint_of, in_fp32, openvino_cache_dir,
-                              save_bundle, with_extra_rows)
+from .openvino_bundle import (bundle_path, encoded_latents, fingerprint_of, in_fp32, openvino_cache_dir, save_bundle,
+                              with_extra_rows)
 
 log = logging.getLogger(__name__)
 
@@ -150,10 +150,6 @@ def lora_text_encoder_folder(source: SDSource, precision: str, variant: dict) ->
     return openvino_cache_dir() / fingerprint_of({"text_encoder_of": sd_bundle_folder(source, precision).name}, variant)
 
 
-def lora_text_encoder_made(source: SDSource, precision: str, variant: dict) -> bool:
-    return bundle_made(lora_text_encoder_folder(source, precision, variant))
-
-
 # ----------------------------------------------------------------------------- making it (torch)
 
 
@@ -220,14 +216,11 @@ def _text_encoder_part(text_encoder) -> tuple:
             [([-1, -1], ov.Type.i64), ([-1, width], ov.Type.f32)])
 
 
-def export_lora_text_encoder(source: SDSource, precision: str, text_encoder, variant: dict) -> Path:
+def export_lora_text_encoder(folder: Path, source: SDSource, precision: str, text_encoder, variant: dict) -> None:
     """Export `text_encoder` as it runs now, with the LoRA set `variant` names on at its weights
-    (inside lora.apply_loras), as the bundle's text encoder part is exported, into
-    `lora_text_encoder_folder` (once: seconds for SD's CLIP); an older one for the same model
-    file, precision and set (the file changed since) is replaced."""
-    folder = lora_text_encoder_folder(source, precision, variant)
-    if bundle_made(folder):
-        return folder
+    (inside lora.apply_loras), as the bundle's text encoder part is exported, into `folder`
+    (`lora_text_encoder_folder`'s, not made yet: seconds for SD's CLIP); an older one for the
+    same model file, precision and set (the file changed since) is replaced."""
     table = text_encoder.get_input_embeddings()
     try:
         save_bundle(folder, {"text_encoder": _text_encoder_part(text_encoder)},
@@ -235,7 +228,6 @@ def export_lora_text_encoder(source: SDSource, precision: str, text_encoder, var
                     replaces="lora_text_encoder")
     finally:
         text_encoder.set_input_embeddings(table)  # with_extra_rows wraps it in place: the cached encoder's own
-    return folder
 
 
 def _tokenizer_json(tokenizer) -> str:

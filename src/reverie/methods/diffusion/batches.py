@@ -173,20 +173,22 @@ def text_encoder_with_loras(components: ModelComponents, uses, infos, progress: 
     with the UNet's export of the set, the bundle then runs the set without torch
     (models/sd_bundle.py, `export_lora_text_encoder`; methods/diffusion/compiled.py). A failure
     leaves the set to this pipeline, as before."""
-    from ...models.sd_bundle import export_lora_text_encoder, lora_text_encoder_made, sd_source
+    from ...models.openvino_bundle import bundle_made
+    from ...models.sd_bundle import export_lora_text_encoder, lora_text_encoder_folder, sd_source
 
     variant = lora_variant(uses, infos, part="text") if uses else None
     source = sd_source(Path(components.source)) if variant and components.source else None
     if source is None or components.is_sdxl:
         return
     precision = "bf16" if components.text_encoder.dtype == torch.bfloat16 else "f32"
-    if lora_text_encoder_made(source, precision, variant):
+    folder = lora_text_encoder_folder(source, precision, variant)
+    if bundle_made(folder):
         return
     if progress is not None:
         message = f"exporting the text encoder with {variant['label']} to OpenVINO (once)"
         progress(ProgressEvent("load", message=message))
     try:
-        export_lora_text_encoder(source, precision, components.text_encoder, variant)
+        export_lora_text_encoder(folder, source, precision, components.text_encoder, variant)
     except Exception as exc:  # the exporter, a full disk: the set keeps running here
         log.warning("the text encoder with %s could not be exported (%s); the set runs on torch", variant["label"], exc)
 
