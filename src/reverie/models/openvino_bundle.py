@@ -179,7 +179,7 @@ def in_fp32(module, call=None):
 
 
 def with_extra_rows(encoder, call):
-    """A text encoder (run by `call(encoder, *inputs)`) answering in fp32 that takes one more
+    """A text encoder (run by `call(encoder, *inputs)`: a tensor or a tuple) answering in fp32 that takes one more
     input, last: rows [E, width] for the token ids past its own table (from `vocab` on, in
     order), as a textual-inversion embedding's vectors are its added tokens' rows. Its input
     table is wrapped in place: an encoder that is not the export's own copy gets it back from
@@ -213,7 +213,8 @@ def with_extra_rows(encoder, call):
 
         def forward(self, *inputs):
             self.added.rows = inputs[-1]
-            return call(self.inner, *inputs[:-1]).float()
+            out = call(self.inner, *inputs[:-1])
+            return tuple(x.float() for x in out) if isinstance(out, tuple) else out.float()
 
     return WithRows().eval()
 
@@ -238,9 +239,31 @@ def infer(request, inputs: tuple[np.ndarray, ...], every_output: bool = False) -
 
 
 def _outputs(request, every_output: bool) -> np.ndarray | list[np.ndarray]:
-    if every_output:
-        return [request.get_output_tensor(index).data.copy() for index in range(len(request.model_outputs))]
+    if every_output:  # the model's own, not those `sinusoids_in_f32` added
+        return [request.get_output_tensor(index).data.copy() for index, port in enumerate(request.model_outputs)
+                if not any(name.startswith(F32_TAIL) for name in port.get_names())]
     return request.get_output_tensor(0).data.copy()
+
+
+F32_TAIL = "reverie_f32_tail"  # the names of the outputs `sinusoids_in_f32` adds
+
+
+def sinusoids_in_f32(model):
+    """`model` (an ov.Model) with each Sin and Cos node's output added to its outputs, after its
+    own (named F32_TAIL..., never read), for a bf16 compile. OpenVINO's CPU plugin computes in
+    bf16 every node but a graph's tail: those between an output and the last convolutions or
+    matrix products before it. A UNet's timestep embedding (sines and cosines of the timestep
+    times frequencies up to 1) and SDXL's of its size ids (1024) then took a bf16 timestep: 999
+    is 1000 in bf16, so the phases were off by up to radians and the embedding wrong where
+    diffusers computes it in float32 (an SDXL-shaped UNet's output 9x further from fp32's than
+    torch's bf16). As outputs, they and what leads to them from the inputs are a tail, kept in
+    f32; the matrix product after them still runs in bf16."""
+    sinusoids = [op.output(0) for op in model.get_ordered_ops() if op.get_type_name() in ("Sin", "Cos")]
+    for index, output in enumerate(sinusoids):
+        output.get_tensor().add_names({f"{F32_TAIL}_{index}"})
+    if sinusoids:
+        model.add_outputs(sinusoids)
+    return model
 
 
 def infer_halves(requests: list, halves: list[tuple[np.ndarray, ...]],
@@ -343,6 +366,8 @@ class OpenVINOBundle:
             model = self.core.read_model(str(self._irs[part]))
             if part in self._views:
                 model = self._views[part][1](model)
+            if self.precisions[part] == "bf16":
+                model = sinusoids_in_f32(model)
             model.reshape({port.get_any_name(): ov.PartialShape(list(shape)) for port, shape in zip(model.inputs, shapes)})
             config = {"INFERENCE_PRECISION_HINT": self.precisions[part]}
             config |= {"NUM_STREAMS": streams} if streams > 1 else {"PERFORMANCE_HINT": "LATENCY"}

@@ -63,7 +63,7 @@ from ..errors import BadRequest
 from ..outputs.files import one_process_at_a_time, partial_folder
 from . import openvino_bundle
 from .openvino_bundle import (DONE_NAME, UNET_IR_NAME, cut_in_two, fingerprint_of, infer, infer_halves,
-                              openvino_cache_dir, unet_export_made)
+                              openvino_cache_dir, sinusoids_in_f32, unet_export_made)
 from .openvino_step_cache import SHALLOW, VIEWS, CachedUNet
 
 log = logging.getLogger(__name__)
@@ -570,6 +570,8 @@ class OpenVINOUNet:
             model = self._core.read_model(str(self.folder / IR_NAME))
             if part != "unet":
                 model = VIEWS[part][1](model)
+            if self.precision == "bf16":
+                model = sinusoids_in_f32(model)
             model.reshape({port.get_any_name(): ov.PartialShape(list(shape)) for port, shape in zip(model.inputs, shapes)})
             # The UNet's own precision (`precision`), one stream (two for a large export's halves,
             # `run_part`), on as many threads as torch has (OMP_NUM_THREADS: a deployment's
