@@ -117,7 +117,7 @@ def test_it_serves_sd_folders_and_leaves_the_rest_to_the_torch_pipeline(sd_folde
     assert compiled.serves(request_for(sd_folder, step_cache=2))
     refused = [dict(sampler="dpmpp_sde_karras"), dict(runtime="torch"), dict(width=96),
                dict(upscale=2), dict(tile=True), dict(weights="fp16"),
-               dict(width=768, height=768, n_samples=2), dict(prompt="a red apple <lora:any:1>")]
+               dict(width=832, height=768), dict(prompt="a red apple <lora:any:1>")]
     for fields in refused:
         assert not compiled.serves(request_for(sd_folder, **fields)), fields
     assert not compiled.serves(request_for(sd_folder, mode="img2img", init_image=str(sd_folder)))
@@ -177,6 +177,30 @@ def test_img2img_and_variations_are_the_torch_pipelines(sd_folder, tmp_path):
             assert psnr(pixels(a.image), pixels(b.image)) > floor, (fields, dtype, psnr(pixels(a.image), pixels(b.image)))
             assert psnr(pixels(a.image), pixels(Image.open(source).convert("RGB"))) < 40  # it moved from its input
         assert ours.images[0].metadata["settings"]["mode"] == fields["mode"]
+
+
+def test_a_batch_past_the_pixels_one_evaluation_takes_runs_in_groups_of_the_same_pictures(sd_folder, tmp_path,
+                                                                                           monkeypatch):
+    """A batch with more pixels than SD_MAX_BATCH_PIXELS (four 512 px pictures; SDXL's: one 1024
+    px one) is served, its UNet evaluations taking as many pictures as fit: each picture the one
+    the whole batch makes, to the bit; the progress counts the whole batch's steps once."""
+    request = request_for(sd_folder, n_samples=3, steps=3, dtype="fp32")
+    whole = make(tmp_path, "whole", request)
+    monkeypatch.setattr(compiled, "SD_MAX_BATCH_PIXELS", 2 * 64 * 64)
+    assert compiled.serves(request)
+    batches, steps = [], []
+    original = compiled.denoise
+
+    def counted(request, bundle, start, seeds, *args, **kw):
+        batches.append(len(seeds))
+        return original(request, bundle, start, seeds, *args, **kw)
+
+    monkeypatch.setattr(compiled, "denoise", counted)
+    events = Progress(lambda event: steps.append((event.step, event.total)) if event.stage == "denoise" else None)
+    grouped = compiled.run(request, MODELS, events, Outputs(tmp_path / "grouped"))
+    assert batches == [2, 1] and steps == [(step, 6) for step in range(1, 7)]
+    for a, b in zip(grouped.images, whole.images, strict=True):
+        assert a.seed == b.seed and np.array_equal(pixels(a.image), pixels(b.image))
 
 
 def masked_source(sd_folder, tmp_path):

@@ -26,6 +26,10 @@ UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 CLIP_PREFIX = "cond_stage_model.transformer.text_model."  # SD 1.x: CLIP ViT-L
 OPEN_CLIP_PREFIX = "cond_stage_model.model."  # SD 2.x: OpenCLIP ViT-H
+# SGM's (SDXL's): CLIP ViT-L and OpenCLIP bigG for the base, bigG alone for the refiner
+SDXL_CLIP_PREFIX = "conditioner.embedders.0.transformer.text_model."
+SDXL_OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."
+REFINER_OPEN_CLIP_PREFIX = "conditioner.embedders.0.model."
 V_PRED_MARKER = "v_pred"  # a key ComfyUI's and reverie's exporters add to v-prediction files
 MODELSPEC_PREDICTION = "modelspec.prediction_type"  # kohya's and reverie's metadata: "v" or "epsilon"
 MAX_HEADER_BYTES = 100 * 2**20

@@ -11,12 +11,16 @@ original (LDM) layout of SD 1.x or 2.x (an SD 2 file's parameterization, 768 px 
 plain UNet (4 latent channels, no extra conditioning) or an inpainting one (9 channels in: the
 latents, the mask and the masked picture's latents; `SDSource.inpainting`); a folder's UNet may
 also be distilled with guidance, as LCM's are (the guidance scale's embedding as a further input,
-`SDSource.guidance_embedding`). `make_sd_bundle`
+`SDSource.guidance_embedding`); or SDXL base (`SDSource.sdxl`: a StableDiffusionXLPipeline
+folder, or a .safetensors file in SGM's layout with both text encoders; not its refiner or
+inpainting models). `make_sd_bundle`
 (torch) loads the model as the torch path does (registry.load_model), takes the UNet's export
 from OpenVINOUNet's cache (made first if missing; linked into the bundle, not copied), and
 exports the text encoder (token ids -> last hidden states, unmasked, as SD was trained;
 textual-inversion tokens' rows as a second input), the decoder (latents / scaling factor ->
 pixels in [-1, 1]) and the encoder (pixels -> the latents' scaled mean and spread, for img2img);
+SDXL's two text encoders give their penultimate layer's states, as SDXL was trained on them,
+and bigG also its pooled text (`text_encoder_2`, with tokenizer_2.json: it pads with "!");
 it writes the tokenizer as one tokenizer.json (read by the `tokenizers` library), the model's
 noise schedule, its picture size, the VAE's latent->RGB map and what names its UNet's exports
 (`unet_key`, for its LoRA sets') into the marker. The bundle lives
@@ -34,8 +38,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoint_header import (CLIP_PREFIX, CONFIGS_DIR, OPEN_CLIP_PREFIX, UNET_PREFIX, prediction_type_of,
-                                read_header, shipped_config_name)
+from .checkpoint_header import (CLIP_PREFIX, CONFIGS_DIR, OPEN_CLIP_PREFIX, SDXL_CLIP_PREFIX, SDXL_OPEN_CLIP_PREFIX,
+                                UNET_PREFIX, prediction_type_of, read_header, shipped_config_name)
 from .openvino_bundle import (bundle_path, encoded_latents, fingerprint_of, in_fp32, openvino_cache_dir, save_bundle,
                               with_extra_rows)
 
@@ -43,9 +47,13 @@ log = logging.getLogger(__name__)
 
 FORMAT = 4  # bump when a part's graph or inputs change, or what done.json holds (4: unet_key)
 FOLDER_PARTS = ("unet", "text_encoder", "vae", "tokenizer", "scheduler")
+SDXL_FOLDER_PARTS = ("text_encoder_2", "tokenizer_2")
+SD_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionInpaintPipeline")
+SDXL_PIPELINE = "StableDiffusionXLPipeline"
 UNET_INPUT_KEY = UNET_PREFIX + "input_blocks.0.0.weight"
 SD1_TEXT_KEY = CLIP_PREFIX + "embeddings.token_embedding.weight"
 SD2_TEXT_KEY = OPEN_CLIP_PREFIX + "token_embedding.weight"
+SDXL_TEXT_KEYS = (SDXL_CLIP_PREFIX + "embeddings.token_embedding.weight", SDXL_OPEN_CLIP_PREFIX + "token_embedding.weight")
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,7 @@ class SDSource:
     prediction_type: str | None = None  # a file's, as single_file.py resolves it (None: the folder's config says)
     inpainting: bool = False  # a 9-channel UNet: the mask and the masked picture's latents beside the latents
     guidance_embedding: int | None = None  # a guidance-distilled UNet's (LCM's) guidance-scale embedding width
+    sdxl: bool = False  # SDXL base: two text encoders (CLIP ViT-L, OpenCLIP bigG), pooled text and size/crop ids
 
     def scheduler_config(self) -> dict:
         """Its noise schedule before its bundle is made (the bundle's marker holds the one it ran)."""
@@ -70,8 +79,9 @@ class SDSource:
 
 
 def sd_source(path: Path | None) -> SDSource | None:
-    """The model at `path` as an SDSource, or None where a bundle does not serve it (SDXL, UNets
-    with other inputs, .ckpt files: those stay on the torch pipeline)."""
+    """The model at `path` as an SDSource, or None where a bundle does not serve it (SDXL's
+    refiner and inpainting models, UNets with other inputs, .ckpt files: those stay on the torch
+    pipeline)."""
     if path is None:
         return None
     try:
@@ -86,14 +96,15 @@ def sd_source(path: Path | None) -> SDSource | None:
 
 def _folder_source(folder: Path) -> SDSource | None:
     index = json.loads((folder / "model_index.json").read_text())
-    if index.get("_class_name") not in ("StableDiffusionPipeline", "StableDiffusionInpaintPipeline"):
+    sdxl = index.get("_class_name") == SDXL_PIPELINE
+    if index.get("_class_name") not in SD_PIPELINES and not sdxl:
         return None
     unet = json.loads((folder / "unet" / "config.json").read_text())
     vae = json.loads((folder / "vae" / "config.json").read_text())
-    if not _served_unet(unet):
+    if not (_served_sdxl_unet(unet) if sdxl else _served_unet(unet)):
         return None
     files = [folder / "model_index.json"]
-    for part in FOLDER_PARTS:
+    for part in FOLDER_PARTS + (SDXL_FOLDER_PARTS if sdxl else ()):
         files += sorted(f for f in (folder / part).iterdir() if f.is_file())
     weights = list((folder / "unet").glob("*.safetensors"))
     if not weights:  # .bin weights: their size is not told without unpickling them
@@ -101,12 +112,14 @@ def _folder_source(folder: Path) -> SDSource | None:
     parameters = sum(math.prod(entry["shape"]) for f in weights for key, entry in (read_header(f) or {}).items()
                      if key != "__metadata__")
     side = int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
-    return SDSource(folder, tuple(files), side, parameters, folder / "scheduler", _text_width(folder),
-                    inpainting=unet["in_channels"] == 9, guidance_embedding=unet.get("time_cond_proj_dim"))
+    return SDSource(folder, tuple(files), side, parameters, folder / "scheduler", _text_width(folder, sdxl),
+                    inpainting=unet["in_channels"] == 9, guidance_embedding=unet.get("time_cond_proj_dim"), sdxl=sdxl)
 
 
-def _text_width(folder: Path) -> int:
-    return int(json.loads((folder / "text_encoder" / "config.json").read_text())["hidden_size"])
+def _text_width(folder: Path, sdxl: bool = False) -> int:
+    """The width of the text states the UNet attends to: SDXL's are both encoders' side by side."""
+    encoders = ("text_encoder",) + (("text_encoder_2",) if sdxl else ())
+    return sum(int(json.loads((folder / encoder / "config.json").read_text())["hidden_size"]) for encoder in encoders)
 
 
 def _served_unet(config: dict) -> bool:
@@ -117,24 +130,34 @@ def _served_unet(config: dict) -> bool:
             and all(config.get(key) is None for key in ("addition_embed_type", "class_embed_type", "encoder_hid_dim")))
 
 
+def _served_sdxl_unet(config: dict) -> bool:
+    """SDXL base's UNet: 4 channels in and out, the pooled text and size/crop ids added to its
+    time embedding ("text_time"), nothing else (not its inpainting models, not guidance-distilled)."""
+    return (config.get("in_channels") == 4 and config.get("out_channels") == 4
+            and config.get("addition_embed_type") == "text_time"
+            and all(config.get(key) is None for key in ("class_embed_type", "encoder_hid_dim", "time_cond_proj_dim")))
+
+
 def _file_source(file: Path) -> SDSource | None:
     header = read_header(file)
     if header is None:
         return None
     metadata = header.pop("__metadata__", None)
-    family = "sd1" if SD1_TEXT_KEY in header else "sd2" if SD2_TEXT_KEY in header else None
+    sdxl = all(key in header for key in SDXL_TEXT_KEYS)  # base; the refiner has bigG alone
+    family = "sd1" if SD1_TEXT_KEY in header else "sd2" if SD2_TEXT_KEY in header else "sdxl" if sdxl else None
     shape = header.get(UNET_INPUT_KEY, {}).get("shape")
-    if family is None or not shape or len(shape) != 4 or shape[1] not in (4, 9):  # SDXL; other UNets
+    if family is None or not shape or len(shape) != 4 or shape[1] not in ((4,) if sdxl else (4, 9)):  # other UNets
         return None
     inpainting = shape[1] == 9
     prediction = prediction_type_of(family, inpainting, header.keys(), metadata, file, None)
-    config = CONFIGS_DIR / shipped_config_name(family, inpainting, prediction)  # what single_file.py loads it with
+    # what single_file.py (sdxl.py for SDXL) loads it with
+    config = CONFIGS_DIR / ("sdxl" if sdxl else shipped_config_name(family, inpainting, prediction))
     unet = json.loads((config / "unet" / "config.json").read_text())
     vae = json.loads((config / "vae" / "config.json").read_text())
     side = int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
     parameters = sum(math.prod(entry["shape"]) for key, entry in header.items() if key.startswith(UNET_PREFIX))
-    return SDSource(file, (file,), side, parameters, config / "scheduler", _text_width(config), prediction,
-                    inpainting)
+    return SDSource(file, (file,), side, parameters, config / "scheduler", _text_width(config, sdxl), prediction,
+                    inpainting, sdxl=sdxl)
 
 
 def sd_bundle_folder(source: SDSource, precision: str, cache: Path | None = None) -> Path:
@@ -176,8 +199,9 @@ def make_sd_bundle(source: SDSource, folder: Path, precision: str) -> None:
     channels, scaling = int(vae.config.latent_channels), float(vae.config.scaling_factor)
     vocab, width = text_encoder.get_input_embeddings().weight.shape
     parts = {
-        "unet": unet_ir,  # latents, timestep, text states -> the model's output, fp32
-        "text_encoder": _text_encoder_part(text_encoder),
+        # latents, timestep, text states (SDXL: then its pooled text and size/crop ids) -> the model's output, fp32
+        "unet": unet_ir,
+        "text_encoder": _text_encoder_part(text_encoder, penultimate=source.sdxl),
         # latents -> pixels in [-1, 1] (unclamped), as the pipeline decodes: latents / scaling_factor
         "decoder": (in_fp32(vae, lambda m, z: m.decode((z / scaling).to(dtype), return_dict=False)[0]),
                     (torch.randn(1, channels, 16, 16),), [([-1, channels, -1, -1], ov.Type.f32)]),
@@ -191,27 +215,47 @@ def make_sd_bundle(source: SDSource, folder: Path, precision: str) -> None:
         "native_size": components.native_size, "size_multiple": components.size_multiple,
         "latent_channels": int(vae.config.latent_channels), "vae_scale": components.vae_scale_factor,
         "scheduler_config": json.loads(json.dumps(dict(components.scheduler_config), default=str)),
-        "tokenizer": {name: getattr(tokenizer, name) for name in ("bos_token_id", "eos_token_id", "pad_token_id",
-                                                                   "model_max_length")},
+        "tokenizer": _special_tokens(tokenizer),
         "text_mask": False, "latent_rgb": latent_rgb, "name": components.name,
         "vocab": int(vocab), "text_width": int(width),
         # What names the UNet's OpenVINO exports in their cache: with a LoRA set's variant, the
         # export the torch path made of the UNet with those LoRAs on (compiled.py runs it).
         "unet_key": fingerprint_parts(unet, components.source),
     }
+    extra_files = {"tokenizer.json": _tokenizer_json(tokenizer)}
+    if source.sdxl:  # bigG beside CLIP ViT-L: its penultimate states and its pooled, projected text
+        text_encoder_2, tokenizer_2 = components.text_encoder_2, components.tokenizer_2
+        parts["text_encoder_2"] = _text_encoder_part(text_encoder_2, penultimate=True, pooled=True)
+        extra_files["tokenizer_2.json"] = _tokenizer_json(tokenizer_2)
+        vocab_2, width_2 = text_encoder_2.get_input_embeddings().weight.shape
+        facts |= {"sdxl": True, "tokenizer_2": _special_tokens(tokenizer_2), "vocab_2": int(vocab_2),
+                  "text_width_2": int(width_2)}
     del components
-    save_bundle(folder, parts, facts, replaces="model", extra_files={"tokenizer.json": _tokenizer_json(tokenizer)})
+    save_bundle(folder, parts, facts, replaces="model", extra_files=extra_files)
     log.info("made %s's OpenVINO bundle in %.1f s: %s", source.path, time.perf_counter() - started, folder)
 
 
-def _text_encoder_part(text_encoder) -> tuple:
-    """What save_bundle exports the text encoder from: token ids [n, 77] and rows for added
-    tokens [E, D] -> last hidden states [n, 77, D], fp32; unmasked, as SD was trained."""
+def _special_tokens(tokenizer) -> dict:
+    return {name: getattr(tokenizer, name) for name in ("bos_token_id", "eos_token_id", "pad_token_id",
+                                                        "model_max_length")}
+
+
+def _text_encoder_part(text_encoder, penultimate: bool = False, pooled: bool = False) -> tuple:
+    """What save_bundle exports a text encoder from: token ids [n, 77] and rows for added
+    tokens [E, D] -> last hidden states [n, 77, D], fp32; unmasked, as SD was trained. SDXL's
+    (`penultimate`): the states of the layer before the last, as it was trained on them
+    (conditioning._encode_chunks); bigG's (`pooled`) also its projected end-of-text state [n, P]."""
     import openvino as ov
     import torch
 
+    def call(model, ids):
+        if not penultimate:
+            return model(ids)[0]
+        output = model(ids, output_hidden_states=True)
+        return (output.hidden_states[-2], output.text_embeds) if pooled else output.hidden_states[-2]
+
     width = int(text_encoder.get_input_embeddings().weight.shape[1])
-    return (with_extra_rows(text_encoder, lambda m, ids: m(ids)[0]),
+    return (with_extra_rows(text_encoder, call),
             (torch.ones(1, 77, dtype=torch.int64), torch.zeros(1, width)),
             [([-1, -1], ov.Type.i64), ([-1, width], ov.Type.f32)])
 

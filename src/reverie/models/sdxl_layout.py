@@ -27,7 +27,12 @@ from pathlib import Path
 
 import torch
 
-from reverie.models.checkpoint_header import UNET_PREFIX
+from reverie.models.checkpoint_header import (  # noqa: F401 (the SGM prefixes, re-exported)
+    REFINER_OPEN_CLIP_PREFIX,
+    SDXL_CLIP_PREFIX,
+    SDXL_OPEN_CLIP_PREFIX,
+    UNET_PREFIX,
+)
 from reverie.models.ldm_layout import (
     _CLIP_LOGIT_SCALE,
     _apply,
@@ -37,10 +42,6 @@ from reverie.models.ldm_layout import (
     vae_to_ldm,
     write_single_file,
 )
-
-SDXL_CLIP_PREFIX = "conditioner.embedders.0.transformer.text_model."
-SDXL_OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."
-REFINER_OPEN_CLIP_PREFIX = "conditioner.embedders.0.model."
 
 
 def sdxl_unet_to_ldm(unet) -> dict[str, torch.Tensor]:

@@ -6,17 +6,19 @@ model classes, for four 128 px pictures that take a second to make; an SD 1.5 pi
 peaked at 3.71 GiB, 0.8 of it torch's and diffusers' imports. `serves` says, without importing
 either, whether a request is one this path runs: txt2img, img2img, variations, inpaint or
 outpaint on reverie-mini or on a Stable Diffusion model a bundle serves (models/sd_bundle.py: an
-SD pipeline folder, LCM-distilled ones included, an SD 1.x or 2.x .safetensors file), on the CPU
+SD pipeline folder, LCM-distilled ones included, an SD 1.x or 2.x .safetensors file, SDXL base's
+folder or .safetensors file), on the CPU
 under runtime `auto` or `openvino`, with a sampler numpy_sampler.py ports (DPM++ 2M with or
 without Karras sigmas, DPM++ 2M SDE Karras, DPM++ 2S Karras, Euler with or without, Euler a,
 Heun, DPM2, DPM2 a, LMS with or without, DDIM, DDPM, PLMS, LCM, UniPC, DEIS: all of reverie's
-but DPM++ SDE Karras), at most 512 px a side for mini (192 with its x2 upscale) and 768 for SD
-(multiples of 64, at most four 512 px pictures' worth a batch); for an image mode that is the
-size the input picture is worked at (mini works on a larger one at half its size and enlarges
-the result back).
-A prompt with weights, a negative, templates, styles and textual-inversion embeddings, and for
-SD one set of LoRAs once run.py has made its exports of the UNet and the text encoder with
-them on (`_lora_variant`); step caching (the UNet split where it keeps its deep features:
+but DPM++ SDE Karras), at most 512 px a side for mini (192 with its x2 upscale), 768 for SD and
+1536 for SDXL (multiples of 64; a batch with more pixels than one UNet evaluation takes here,
+four 512 px pictures or one 1024 px SDXL picture, runs in groups that fit); for an image mode
+that is the size the input picture is worked at (mini works on a larger one at half its size and
+enlarges the result back).
+A prompt with weights, a negative, templates, styles and textual-inversion embeddings (not
+SDXL's), and for SD 1.x/2.x one set of LoRAs once run.py has made its exports of the UNet and
+the text encoder with them on (`_lora_variant`); step caching (the UNet split where it keeps its deep features:
 models/openvino_step_cache.py); not the options only the torch pipeline has (seamless tiles,
 chaos below 100, a refiner, prompt expansion, SD's upscale). A tiny decoder (`decoder tiny`:
 TAESD in the models folder, or a path to one) makes the pictures from its own bundle
@@ -27,7 +29,8 @@ pictures still come from here.
 `run` then makes its pictures from the model's bundle (models/openvino_bundle.py: its text
 encoder, UNet, VAE decoder and encoder, and mini's x2 upscaler, exported once, on the first such
 request: the one time torch is imported) the way run.py's pipeline does, step for step: the text
-encoder's token states (prompts/tokens.py frames them), each seed's starting noise as torch's
+encoder's token states (prompts/tokens.py frames them; SDXL's two encoders' side by side, with
+bigG's pooled text and the size/crop ids beside them), each seed's starting noise as torch's
 CPU generator draws it (torch_noise.py) or, for an image mode, the input picture's latents
 noised to where its strength enters the schedule (`Start`), classifier-free guidance over the
 CFG batch (a UNet distilled with guidance, LCM's, is given the scale's embedding instead, one
@@ -90,9 +93,12 @@ log = logging.getLogger(__name__)
 MAX_SIDE = 512  # mini's working pixels a side: larger pictures go to run.py (its decode and memory checks)
 UPSCALE_MAX_SIDE = 192  # the upscaler's whole-picture pass (models/upscaler.py tiles larger ones)
 SD_MAX_SIDE = 768
+SDXL_MAX_SIDE = 1536  # SDXL draws 1024 px, and its other trained sizes up to 1536 x 640
+SDXL_MAX_BATCH_PIXELS = 1024 * 1024  # its activations are about twice SD's a pixel
 SD_SIZE_MULTIPLE = 64  # the UNet's export traces diffusers' "upsample to the skip's size" branch as not taken
 SD_MIN_PARAMETERS = 10_000_000  # smaller (toy) UNets stay on torch, as runtime auto keeps them (openvino_runtime)
-SD_MAX_BATCH_PIXELS = 4 * 512 * 512  # a batch's pixels on this path (its UNet's activations); more: run.py, which checks the room
+# The most pixels an SD UNet evaluation takes here (its activations): a batch with more runs in groups that fit
+SD_MAX_BATCH_PIXELS = 4 * 512 * 512
 SERVED_MODES = ("txt2img", "img2img", "variations", "inpaint", "outpaint")
 MASKED_MODES = ("inpaint", "outpaint")
 
@@ -114,6 +120,14 @@ class ModelFacts:
     inpainting: bool = False  # a 9-channel UNet: it serves inpaint and outpaint only
     guidance_embedding: int | None = None  # a guidance-distilled UNet's (LCM's): the scale goes in, no CFG pass
     unet_key: dict | None = None  # what names its UNet's exports (an SD bundle's, once made): LoRA sets' too
+    sdxl: bool = False  # SDXL base: two text encoders, pooled text and size/crop ids (sd_bundle.SDSource.sdxl)
+    max_batch_pixels: int | None = None  # the most pixels one UNet evaluation takes (None: as many as asked)
+
+    @property
+    def tiny_family(self) -> str:
+        """The family whose tiny decoder fits its latents (TAESD's or TAESDXL's)."""
+        return "sdxl" if self.sdxl else "sd1"
+
 
 
 @cache
@@ -144,9 +158,12 @@ def sd_facts(source: SDSource, folder: Path | None = None) -> ModelFacts:
         config = source.scheduler_config()
         name, latent_channels, vae_scale = (source.path.name if source.path.is_dir() else source.path.stem), 4, 8
     sampling = LCM_DEFAULTS if source.guidance_embedding else GENERATION_DEFAULTS  # as run.py: the folder's loader
+    # SDXL's UNet attends to both encoders' states side by side: no one embedding's vectors are that wide
+    text_width = source.text_width if source.sdxl else done.get("text_width", source.text_width)
     return ModelFacts(name, done.get("native_size", source.native_size), SD_SIZE_MULTIPLE, latent_channels, vae_scale,
-                      config, sampling, SD_MAX_SIDE, 1, done.get("text_width", source.text_width), source.inpainting,
-                      source.guidance_embedding, done.get("unet_key"))
+                      config, sampling, SDXL_MAX_SIDE if source.sdxl else SD_MAX_SIDE, 1, text_width,
+                      source.inpainting, source.guidance_embedding, done.get("unet_key"), source.sdxl,
+                      SDXL_MAX_BATCH_PIXELS if source.sdxl else SD_MAX_BATCH_PIXELS)
 
 
 def served_model(request: GenerationRequest) -> tuple[SDSource | None, ModelFacts] | None:
@@ -208,12 +225,12 @@ def served(request: GenerationRequest) -> Served | None:
     if facts.inpainting and request.mode not in MASKED_MODES:  # run.py's pipelines say what such a model does
         return None
     int8 = request.quantize == "int8"
-    if int8 and not int8_unet.available():  # run.py refuses it, naming NNCF
+    if int8 and (not int8_unet.available() or facts.sdxl):  # run.py refuses it, naming what to change
         return None
     if _bundle_key(source, precision_of(dtype), int8) in _failed:  # its bundle failed earlier in this process
         return None
     chaos = request.chaos is not None and request.chaos < 100  # 100: each picture its own seed's noise, as without
-    if request.decoder != "vae" and _tiny_decoder_path(request.decoder) is None:  # run.py names where it goes
+    if request.decoder != "vae" and _tiny_decoder_path(request.decoder, facts.tiny_family) is None:  # run.py says where
         return None
     if (request.tile or chaos or request.refiner
             or request.vae_tiling or request.attention_slicing or request.expand):
@@ -231,7 +248,7 @@ def served(request: GenerationRequest) -> Served | None:
         return None
     if source is None and (factor not in (1, 2) or (factor == 2 and max(width, height) > UPSCALE_MAX_SIDE)):
         return None
-    if source is not None and (factor != 1 or width * height * request.n_samples > SD_MAX_BATCH_PIXELS):
+    if source is not None and (factor != 1 or width * height > facts.max_batch_pixels):
         return None
     steps = sampler_steps(request.mode, request.steps or facts.sampling.steps, request.effective_strength)
     if not _sampler_runs(request.sampler or facts.sampling.sampler, facts.scheduler_config, steps):
@@ -256,6 +273,7 @@ def int8_refused(request: GenerationRequest) -> str:
     if failed:
         return f"the model's UNet could not be quantized to int8 in this process ({failed}); leave quantize out"
     return ("int8 runs where reverie runs the model on OpenVINO without torch: reverie-mini or an SD 1.x/2.x "
+            "(not SDXL) "
             ".safetensors file or folder, on the CPU in fp32 or bf16, runtime auto or openvino, txt2img or an image "
             "mode at sides that are multiples of 64 up to 768 px (SD), a sampler other than DPM++ SDE Karras, "
             "without LoRAs, seamless tiles, chaos, a refiner or prompt expansion; change those or leave "
@@ -281,13 +299,13 @@ def sampler_steps(mode: str, steps: int, strength: float) -> int:
     return steps if whole else denoising_steps(steps, strength)
 
 
-def _tiny_decoder_path(reference: str) -> Path | None:
-    """The tiny decoder `reference` names for SD-family latents (reverie-mini's and SD 1.x/2.x's:
-    "tiny" is the models folder's taesd/), None where there is none."""
+def _tiny_decoder_path(reference: str, family: str) -> Path | None:
+    """The tiny decoder `reference` names for `family`'s latents ("sd1": reverie-mini's and SD
+    1.x/2.x's, "tiny" the models folder's taesd/; "sdxl": its taesdxl/), None where there is none."""
     from ...models.tiny_decoder_files import find_tiny_decoder
 
     try:
-        return find_tiny_decoder(reference, "sd1")
+        return find_tiny_decoder(reference, family)
     except ModelNotFound:
         return None
 
@@ -306,12 +324,12 @@ def tiny_decoders(models: ModelCache, request: GenerationRequest, facts: ModelFa
         return models.get(("tiny-decoder-bundle", str(path.resolve()), precision), lambda: tiny_bundle(path, precision))
 
     if request.decoder != "vae":
-        decoder = bundle_of(_tiny_decoder_path(request.decoder))
+        decoder = bundle_of(_tiny_decoder_path(request.decoder, facts.tiny_family))
         if not fits(decoder, facts.latent_channels, facts.vae_scale):
             raise BadRequest("decoder", misfit_message(decoder.facts["latent_channels"], decoder.facts["scale"],
                                                        request.model, facts.latent_channels, facts.vae_scale))
         return decoder, decoder
-    path = _tiny_decoder_path("tiny") if previews else None
+    path = _tiny_decoder_path("tiny", facts.tiny_family) if previews else None
     if path is None:
         return None, None
     try:
@@ -327,14 +345,15 @@ def _lora_variant(request: GenerationRequest, source: SDSource | None) -> tuple[
     encoder they make where this path runs them: {"unet": ..., "text": ...}, each
     `lora.lora_variant`'s, which names the export run.py makes of that part with them on, or
     None where the set leaves the part as it is). It runs one set of LoRAs for the whole request
-    (best-of's candidates too), from .safetensors files; LoRAs that change nothing stay run.py's."""
+    (best-of's candidates too), from .safetensors files, on SD 1.x/2.x (SDXL's stay run.py's); LoRAs
+    that change nothing stay run.py's."""
     from ...models.lora import find_lora, lora_info, lora_variant
     from .networks import lora_sets
 
     sets = lora_sets(request.model_copy(update={"n_iter": request.n_iter * request.rerank}))
     if sets == {()}:
         return False, None
-    if source is None or len(sets) != 1:
+    if source is None or source.sdxl or len(sets) != 1:
         return True, None
     (uses,) = sets
     try:
@@ -419,7 +438,7 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
         if parts is None:
             raise BundleUnavailable("the LoRA set's exports are not made yet")  # run.py's, before any picture
         bundle = load_bundle(models, source, precision_of(dtype), progress, replaced=parts)
-    tokenizer = models.get(("bundle-tokenizer", str(bundle.folder)), lambda: BundleTokenizer.of(bundle))
+    tokenizers = models.get(("bundle-tokenizers", str(bundle.folder)), lambda: BundleTokenizer.all_of(bundle))
     decoders = tiny_decoders(models, request, facts, precision_of(dtype), progress.previews)
     scorer = None
     if request.score or request.rerank > 1:
@@ -438,7 +457,7 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
     result = Result(request=request)
     # Best-of-N makes N times the pictures and keeps the best-scored, scored at the size drawn.
     candidates = request.model_copy(update={"n_iter": request.n_iter * request.rerank})
-    batches = make_batches(candidates, bundle, tokenizer, plan, prepared, facts, progress, decoders)
+    batches = make_batches(candidates, bundle, tokenizers, plan, prepared, facts, progress, decoders)
     batches = scored_batches(batches, result, scorer, plan, progress)
 
     def enlarged(pictures: list[Image.Image], factor: int) -> list[Image.Image]:
@@ -454,11 +473,11 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
     return result
 
 
-def make_batches(request: GenerationRequest, bundle: OpenVINOBundle, tokenizer: BundleTokenizer, plan,
+def make_batches(request: GenerationRequest, bundle: OpenVINOBundle, tokenizers: tuple["BundleTokenizer", ...], plan,
                  prepared: PreparedInput, facts: ModelFacts, progress: Progress,
                  decoders: tuple[OpenVINOBundle | None, OpenVINOBundle | None] = (None, None)):
     """[(picture at the size drawn, seed)] for each batch still to make (`batches_to_make`), as
-    soon as it is finished. `decoders`: tiny decoders' bundles for the pictures and the
+    soon as it is finished. `tokenizers`: its text encoders' (`BundleTokenizer.all_of`). `decoders`: tiny decoders' bundles for the pictures and the
     previews (`tiny_decoders`), None for the VAE and its linear map."""
     pictures, previews = decoders
 
@@ -479,11 +498,25 @@ def make_batches(request: GenerationRequest, bundle: OpenVINOBundle, tokenizer: 
         # networks.batch_prompts does
         pairs = [extract_pair(plan(seed).prompt, plan(seed).negative_prompt)[:2] for seed in seeds]
         texts, used = written_as_tokens([text for pair in pairs for text in pair])
-        tokenizer.add_embeddings(used)
-        cond, uncond = encode_pairs(list(zip(texts[0::2], texts[1::2])), tokenizer, bundle, encoded)
-        latents = denoise(request, bundle, start, seeds, cond, uncond, batch, progress, preview)
+        tokenizers[0].add_embeddings(used)  # (SDXL's: none, `_embeddings_unserved`)
+        conditioning = encode_pairs(list(zip(texts[0::2], texts[1::2])), tokenizers, bundle, encoded,
+                                    zero_empty_negative=facts.sdxl)
+        groups = _groups(len(seeds), prepared, facts)
+        latents = np.concatenate([
+            denoise(request, bundle, start, seeds[rows], conditioning.rows(rows), batch, progress, preview,
+                    (number, len(groups)))
+            for number, rows in enumerate(groups)])
         progress(ProgressEvent("decode", batch=batch, batches=request.batch_count()))
         yield list(zip(decode(pictures or bundle, latents), seeds))
+
+
+def _groups(count: int, prepared: PreparedInput, facts: ModelFacts) -> list[slice]:
+    """A batch of `count` pictures as the groups its UNet evaluations take, each within the
+    model's `max_batch_pixels` (a picture does not depend on its batch-mates: the same to the
+    bit in any group); one group for reverie-mini."""
+    most = facts.max_batch_pixels
+    size = count if most is None else max(1, most // (prepared.width * prepared.height))
+    return [slice(start, start + size) for start in range(0, count, size)]
 
 
 def batches_to_make(request: GenerationRequest):
@@ -546,6 +579,8 @@ def load_bundle(models: ModelCache, source: SDSource | None, precision: str,
                         say(f"quantizing {key[0]}'s UNet to int8 (once: minutes for SD)")
                         facts = mini_facts() if mini else sd_facts(source, folder)
                         int8_unet.quantize_unet(folder, lambda: calibration_inputs(OpenVINOBundle(folder, precisions), facts))
+            if bundle_facts(folder).get("sdxl"):
+                precisions["text_encoder_2"] = precision
             parts = {"unet": int8_unet.int8_folder(folder) / int8_unet.IR_NAME} if int8 else replaced
             return OpenVINOBundle(folder, precisions, store_compiled=mini, replaced=parts,
                                   views=openvino_step_cache.VIEWS)
@@ -564,10 +599,10 @@ class _Recording:
     def __init__(self, bundle: OpenVINOBundle):
         self.bundle, self.latent_rgb, self.unet_inputs = bundle, bundle.latent_rgb, []
 
-    def __call__(self, part: str, *inputs: np.ndarray) -> np.ndarray:
+    def __call__(self, part: str, *inputs: np.ndarray, **options) -> np.ndarray:
         if part == "unet":
             self.unet_inputs.append(tuple(np.array(x, copy=True) for x in inputs))
-        return self.bundle(part, *inputs)
+        return self.bundle(part, *inputs, **options)
 
     def release_memory(self, part: str) -> None:
         self.bundle.release_memory(part)
@@ -579,7 +614,7 @@ def calibration_inputs(bundle: OpenVINOBundle, facts: ModelFacts) -> list[tuple[
     in CALIBRATION_STEPS steps, at CALIBRATION_SIDE px (its own side where smaller): the
     examples NNCF reads the int8 ranges from. An inpainting model repaints the right half of a
     grey-to-white ramp instead (its mask and masked latents are inputs too)."""
-    recording, tokenizer = _Recording(bundle), BundleTokenizer.of(bundle)
+    recording, tokenizers = _Recording(bundle), BundleTokenizer.all_of(bundle)
     side = min(int8_unet.CALIBRATION_SIDE, facts.native_size) // facts.size_multiple * facts.size_multiple
     for seed, prompt in enumerate(int8_unet.CALIBRATION_PROMPTS):
         fields = dict(prompt=prompt, width=side, height=side, steps=int8_unet.CALIBRATION_STEPS, seed=seed)
@@ -590,8 +625,8 @@ def calibration_inputs(bundle: OpenVINOBundle, facts: ModelFacts) -> list[tuple[
             request = GenerationRequest(**fields)
             prepared = prepare_input(request, facts)
         request = request.with_defaults(facts.sampling)
-        cond, uncond = encode_pairs([(prompt, "")], tokenizer, recording, {})
-        denoise(request, recording, Start(request, prepared, facts), [seed], cond, uncond, 0, Progress())
+        conditioning = encode_pairs([(prompt, "")], tokenizers, recording, {})
+        denoise(request, recording, Start(request, prepared, facts), [seed], conditioning, 0, Progress())
     return recording.unet_inputs
 
 
@@ -626,12 +661,20 @@ class BundleTokenizer:
         self.masks = masks
 
     @classmethod
-    def of(cls, bundle: OpenVINOBundle) -> "BundleTokenizer":
-        """The tokenizer of a bundle's text encoder: SD's in the bundle, MiniLM's beside its weights."""
-        table = bundle.facts["vocab"], bundle.facts["text_width"]
-        if "tokenizer" in bundle.facts:
-            return cls(bundle.folder / "tokenizer.json", bundle.facts["tokenizer"], bundle.facts["text_mask"], *table)
+    def of(cls, bundle: OpenVINOBundle, suffix: str = "") -> "BundleTokenizer":
+        """The tokenizer of a bundle's text encoder: SD's in the bundle, MiniLM's beside its
+        weights; `suffix` "_2": SDXL's second (bigG's, which pads with "!")."""
+        facts = bundle.facts
+        table = facts["vocab" + suffix], facts["text_width" + suffix]
+        if "tokenizer" in facts:
+            return cls(bundle.folder / f"tokenizer{suffix}.json", facts["tokenizer" + suffix], facts["text_mask"],
+                       *table)
         return cls.minilm(*table)
+
+    @classmethod
+    def all_of(cls, bundle: OpenVINOBundle) -> tuple["BundleTokenizer", ...]:
+        """Each of the bundle's text encoders' tokenizers, in TEXT_PARTS's order."""
+        return (cls.of(bundle),) + ((cls.of(bundle, "_2"),) if bundle.facts.get("sdxl") else ())
 
     def add_embeddings(self, embeddings) -> None:
         """Take the tokens of textual-inversion `embeddings` (models/embeddings.py: their names
@@ -669,31 +712,70 @@ class BundleTokenizer:
         return SimpleNamespace(input_ids=self._tokenizer.encode(text, add_special_tokens=add_special_tokens).ids)
 
 
-def encode_pairs(pairs: list[tuple[str, str]], tokenizer: BundleTokenizer, bundle: OpenVINOBundle,
-                 encoded: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(cond, uncond) [N, n_chunks * L, D] for one (prompt, negative) pair per picture, as
-    conditioning.encode_prompt_batch makes them: each window encoded (its padding masked where
-    the encoder takes a mask), token weights applied, every row padded with empty windows to the
-    longest. `encoded` keeps them by pair and window count across batches."""
-    window = framing(tokenizer, None, None)
-    chunked = {pair: (chunk_tokens(pair[0], tokenizer, window), chunk_tokens(pair[1], tokenizer, window))
+TEXT_PARTS = ("text_encoder", "text_encoder_2")  # SD's (or mini's) one; SDXL's CLIP ViT-L, then bigG
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """A batch's text conditioning, one row per picture."""
+
+    cond: np.ndarray  # [N, n_chunks * L, D] the prompts' states
+    uncond: np.ndarray  # the negative prompts'
+    pooled: np.ndarray | None = None  # SDXL: [N, P] the prompts' pooled text
+    negative_pooled: np.ndarray | None = None
+
+    def rows(self, rows: slice) -> "Conditioning":
+        """Those pictures' conditioning."""
+        return Conditioning(*(None if part is None else part[rows]
+                              for part in (self.cond, self.uncond, self.pooled, self.negative_pooled)))
+
+
+def encode_pairs(pairs: list[tuple[str, str]], tokenizers: tuple[BundleTokenizer, ...], bundle: OpenVINOBundle,
+                 encoded: dict, zero_empty_negative: bool = False) -> Conditioning:
+    """The conditioning for one (prompt, negative) pair per picture, as conditioning.py makes it
+    (encode_prompt_batch for one text encoder, encode_sdxl_prompt_batch for SDXL's two): each
+    encoder's windows encoded (their padding masked where the encoder takes a mask), token weights
+    applied, every row padded with empty windows to the longest; SDXL's encoders' states side by
+    side, its pooled text bigG's of the first window, unweighted, and with `zero_empty_negative`
+    (SDXL base's `force_zeros_for_empty_prompt`) an empty negative all zeros. `encoded` keeps
+    them by pair and window count across batches."""
+    windows = [framing(tokenizer, None, None) for tokenizer in tokenizers]
+    chunked = {pair: [[chunk_tokens(text, tokenizer, window) for text in pair]
+                      for tokenizer, window in zip(tokenizers, windows)]
                for pair in dict.fromkeys(pairs)}
-    n_chunks = max(max(len(cond), len(uncond)) for cond, uncond in chunked.values())
-    for pair, sides in chunked.items():
-        if (pair, n_chunks) not in encoded:
-            encoded[(pair, n_chunks)] = tuple(
-                _encode_chunks(chunks + [TokenChunk() for _ in range(n_chunks - len(chunks))], window, tokenizer,
-                               bundle)
-                for chunks in sides)
+    n_chunks = max(len(chunks) for per_encoder in chunked.values() for sides in per_encoder for chunks in sides)
+    for pair, per_encoder in chunked.items():
+        if (pair, n_chunks) in encoded:
+            continue
+        sides = []
+        for side, text in enumerate(pair):
+            outputs = [_encode_chunks(sides_[side] + [TokenChunk() for _ in range(n_chunks - len(sides_[side]))],
+                                      window, tokenizer, bundle, part)
+                       for sides_, window, tokenizer, part in zip(per_encoder, windows, tokenizers, TEXT_PARTS)]
+            states = np.concatenate([states for states, _ in outputs], axis=-1)
+            pooled = outputs[-1][1]
+            if side == 1 and zero_empty_negative and not text.strip():
+                states, pooled = np.zeros_like(states), (None if pooled is None else np.zeros_like(pooled))
+            sides.append((states, pooled))
+        encoded[(pair, n_chunks)] = sides
     rows = [encoded[(pair, n_chunks)] for pair in pairs]
-    return np.concatenate([cond for cond, _ in rows]), np.concatenate([uncond for _, uncond in rows])
+
+    def joined(side: int, index: int) -> np.ndarray | None:
+        parts = [row[side][index] for row in rows]
+        return None if parts[0] is None else np.concatenate(parts)
+
+    return Conditioning(joined(0, 0), joined(1, 0), joined(0, 1), joined(1, 1))
 
 
-def _encode_chunks(chunks: list[TokenChunk], window, tokenizer: BundleTokenizer, bundle: OpenVINOBundle) -> np.ndarray:
+def _encode_chunks(chunks: list[TokenChunk], window, tokenizer: BundleTokenizer, bundle: OpenVINOBundle,
+                   part: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """(states [1, n_chunks * L, D], weighted; the first window's pooled text [1, P] where the
+    encoder gives one, SDXL's bigG, else None) of one text's windows by text encoder `part`."""
     ids, mask, weights = frame_rows(chunks, window)
     inputs = (np.asarray(ids, np.int64),) + ((np.asarray(mask, np.int64),) if tokenizer.masks else ())
-    hidden = apply_weights(bundle("text_encoder", *inputs, tokenizer.rows()), np.asarray(weights, np.float32))
-    return hidden.reshape(1, -1, hidden.shape[-1])
+    hidden, *pooled = bundle(part, *inputs, tokenizer.rows(), every_output=True)
+    hidden = apply_weights(hidden, np.asarray(weights, np.float32))
+    return hidden.reshape(1, -1, hidden.shape[-1]), (pooled[0][:1] if pooled else None)
 
 
 def apply_weights(hidden: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -831,12 +913,16 @@ class Kept:
         return (np.float32(1.0) - self.mask) * proper + self.mask * latents
 
 
-def denoise(request: GenerationRequest, bundle: OpenVINOBundle, start: Start, seeds: list[int], cond: np.ndarray,
-            uncond: np.ndarray, batch: int, progress: Progress,
-            preview: Callable[[np.ndarray], Image.Image] | None = None) -> np.ndarray:
+def denoise(request: GenerationRequest, bundle: OpenVINOBundle, start: Start, seeds: list[int],
+            conditioning: Conditioning, batch: int, progress: Progress,
+            preview: Callable[[np.ndarray], Image.Image] | None = None, group: tuple[int, int] = (0, 1)) -> np.ndarray:
     """One batch's latents after the request's steps, from where `start` says; `preview` draws
     the live previews (default: the VAE's linear latent->RGB map). With `step_cache` the UNet
-    reuses its deep features between evaluations, as on the torch pipeline."""
+    reuses its deep features between evaluations, as on the torch pipeline. SDXL's UNet is also
+    given the pooled text and the size/crop time ids: a picture of this very size, not cropped
+    (as batches.sdxl_arguments asks of diffusers' SDXL pipelines, the negative's the same).
+    `group`: (which, of how many) groups of the batch these pictures are (`_groups`), for the
+    progress, which counts the whole batch's steps."""
     unet = openvino_step_cache.CachedUNet(bundle, request.step_cache)
     sampler = start.sampler()
     begun = start.latents(bundle, seeds, sampler)
@@ -845,8 +931,15 @@ def denoise(request: GenerationRequest, bundle: OpenVINOBundle, start: Start, se
     width = start.facts.guidance_embedding
     # As diffusers: no unconditioned pass at CFG 1 or below, nor for a UNet given the scale itself.
     guided = scale > 1 and width is None
+    cond, uncond = conditioning.cond, conditioning.uncond
     states = np.concatenate([uncond, cond]) if guided else cond
     embedded = () if width is None else (guidance_embedding(scale - 1.0, width, len(cond)),)
+    if conditioning.pooled is not None:  # SDXL
+        pooled = (np.concatenate([conditioning.negative_pooled, conditioning.pooled]) if guided
+                  else conditioning.pooled)
+        height, width_px = start.prepared.height, start.prepared.width
+        time_ids = np.array([[height, width_px, 0, 0, height, width_px]], np.float32).repeat(len(pooled), axis=0)
+        embedded += (pooled, time_ids)
     timesteps = sampler.timesteps[sampler.step_index:]
     total = len(timesteps)
     for step, timestep in enumerate(timesteps):
@@ -865,7 +958,8 @@ def denoise(request: GenerationRequest, bundle: OpenVINOBundle, start: Start, se
         shown = None
         if progress.previews and (done % PREVIEW_EVERY == 0 or done == total):
             shown = preview(latents) if preview else linear_preview(latents, bundle.latent_rgb, PREVIEW_SIDE)
-        progress(ProgressEvent("denoise", done, total, batch, request.batch_count(), preview=shown))
+        progress(ProgressEvent("denoise", group[0] * total + done, group[1] * total, batch, request.batch_count(),
+                               preview=shown))
         if progress.stop_requested():
             raise Interrupted()  # the batch was cut short: its half-made pictures are not results
     bundle.release_memory("unet")  # its activations: the decode does not stand on them
