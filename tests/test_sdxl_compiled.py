@@ -169,7 +169,7 @@ def test_its_pictures_are_the_torch_pipelines_and_follow_the_prompt(sdxl_model, 
             ("wide", dict(width=128, height=64), 60),
             ("step-cache", dict(step_cache=2, steps=5), 60)):
         assert_torchs(tmp_path, name, request_for(folder, **fields), floor)
-    # bf16: as close to the fp32 picture as the torch pipeline's bf16 (measured 4x dB): the
+    # bf16: as close to the fp32 picture as the torch pipeline's bf16 (42.5 dB): the
     # timestep's and size ids' sinusoids in f32 (openvino_bundle.sinusoids_in_f32; in bf16: 26 dB)
     bf16 = request_for(folder, prompt="a (red:1.3) apple", dtype="bf16")
     ours, theirs = make(tmp_path, "bf16", bf16).images[0], make(tmp_path, "bf16-torch", bf16, torch_pipeline=True).images[0]
@@ -239,3 +239,44 @@ def test_the_command_makes_sdxl_pictures_without_importing_torch(sdxl_model, tmp
     for path in written:
         assert np.array_equal(pixels(Image.open(path)), pixels(Image.open(tmp_path / "first" / path.name)))
         assert json.loads(Image.open(path).info["reverie"])["settings"]["runtime"] == "openvino"
+
+
+def test_a_tiny_decoder_is_taesdxl_here_as_on_the_torch_pipeline(sdxl_model, tmp_path, monkeypatch):
+    """`decoder tiny` for SDXL: the models folder's taesdxl/ (not its taesd/, SD's) makes the
+    pictures, the torch pipeline's TAESDXL pictures, and draws the live previews."""
+    from diffusers import AutoencoderTiny
+    from test_speed_options import random_taesd
+
+    models = tmp_path / "models"
+    random_taesd().save_pretrained(models / "taesd")
+    torch.manual_seed(1)
+    AutoencoderTiny().eval().save_pretrained(models / "taesdxl")  # another TAESD: other weights
+    monkeypatch.setenv("REVERIE_MODELS", str(models))
+    request = request_for(sdxl_model["folder"], decoder="tiny", n_samples=2)
+    made = assert_torchs(tmp_path, "tiny", request, floor=45)
+    by_vae = make(tmp_path, "vae", request.model_copy(update={"decoder": "vae"})).images
+    for picture, other in zip(made, by_vae, strict=True):
+        assert psnr(pixels(picture), pixels(other.image)) < 30  # another decoder's picture of the same latents
+    events = []
+    compiled.run(request, MODELS, Progress(report=events.append, previews=True), Outputs(tmp_path / "watched"))
+    last = [event.preview for event in events if event.preview is not None][-1]
+    assert np.array_equal(np.asarray(last.convert("RGB")), np.hstack([pixels(p) for p in made]).astype(np.uint8))
+
+
+def test_a_large_text_encoder_is_let_go_once_the_prompts_are_encoded(sdxl_model, tmp_path, monkeypatch):
+    """A text encoder of FORGET_TEXT_BYTES or more (SDXL's bigG: 1.8 GiB compiled) is not held
+    through the steps and the decode: compiled again for the next request's prompts, which make
+    the same pictures."""
+    from reverie.models import openvino_bundle
+
+    request = request_for(sdxl_model["folder"], prompt="a (red:1.3) apple", n_samples=2)
+    held = make(tmp_path, "held", request)
+    bundle = MODELS.find(lambda key: key[0] == "openvino-bundle" and key[1] == str(sdxl_model["folder"]))
+    assert bundle._compiled["text_encoder_2"] and bundle._compiled["unet"]
+    monkeypatch.setattr(openvino_bundle, "FORGET_TEXT_BYTES", 0)  # the toy encoders stand for bigG
+    for name in ("first", "again"):
+        made = make(tmp_path, name, request)
+        assert not bundle._compiled["text_encoder"] and not bundle._compiled["text_encoder_2"]
+        assert bundle._compiled["unet"] and bundle._compiled["decoder"]
+        for a, b in zip(made.images, held.images, strict=True):
+            assert np.array_equal(pixels(a.image), pixels(b.image))

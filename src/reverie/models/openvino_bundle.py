@@ -42,6 +42,10 @@ HELD_AT_LEAST = 2  # ...and two at least (SD 1.5's UNet: 1.7 GB a shape in bf16)
 # 4.09 against 4.26 at 512, 15.9 against 16.3 at 768 (bf16; the weights shared, 80 MB more).
 # The torch pipeline's OpenVINOUNet does the same with an export this large (SDXL's too).
 SPLIT_BYTES = HELD_BYTES
+# A text encoder this large (SDXL's bigG: 1.4 GB in bf16, 1.8 GiB compiled; SD 2's OpenCLIP-H)
+# is let go once a batch's prompts are encoded (`forget`), not held through the steps and the
+# decode: compiled again for the next prompts (bigG: 9 s, against minutes of SDXL's steps).
+FORGET_TEXT_BYTES = HELD_BYTES
 VERSIONED = ("openvino", "torch", "diffusers", "transformers")  # what exports a bundle: a new version makes it again
 
 
@@ -351,6 +355,17 @@ class OpenVINOBundle:
             for member in [part] + [view for view, (of, _) in self._views.items() if of == part]:
                 for requests in self._compiled[member].values():
                     requests[0].get_compiled_model().release_memory()
+
+    def forget(self, part: str) -> None:
+        """Let go of `part`'s compiled shapes, weights and all (its views' too); the next call
+        compiles it again."""
+        with self._lock:
+            for member in [part] + [view for view, (of, _) in self._views.items() if of == part]:
+                self._compiled[member].clear()
+
+    def large(self, part: str) -> bool:
+        """Whether `part`'s weights are FORGET_TEXT_BYTES or more."""
+        return self.facts["bin_bytes"].get(part, 0) >= FORGET_TEXT_BYTES
 
     def _request(self, part: str, shapes: tuple, streams: int = 1) -> list:
         """`part`'s infer requests for input `shapes`, one per stream, compiled once and kept."""

@@ -501,6 +501,9 @@ def make_batches(request: GenerationRequest, bundle: OpenVINOBundle, tokenizers:
         tokenizers[0].add_embeddings(used)  # (SDXL's: none, `_embeddings_unserved`)
         conditioning = encode_pairs(list(zip(texts[0::2], texts[1::2])), tokenizers, bundle, encoded,
                                     zero_empty_negative=facts.sdxl)
+        for part in TEXT_PARTS[:len(tokenizers)]:  # a large one (SDXL's bigG) not held through the steps
+            if bundle.large(part):
+                bundle.forget(part)
         groups = _groups(len(seeds), prepared, facts)
         latents = np.concatenate([
             denoise(request, bundle, start, seeds[rows], conditioning.rows(rows), batch, progress, preview,
