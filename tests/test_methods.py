@@ -137,7 +137,7 @@ def test_one_cache_holds_every_network_a_mini_dream_and_generation_use(tmp_path)
     # reverie-mini's OpenVINO bundle and its tokenizer, MiniLM's (generation, torch-free), reverie-mini
     # once (the dream's generator and its prior), the dream's guide, and the x2 upscaler (the
     # dream's 128 px picture shown at 256 px)
-    assert kinds == ["bundle-tokenizer", "diffusion", "guide", "openvino-bundle", "upscaler"]
+    assert kinds == ["bundle-tokenizers", "diffusion", "guide", "openvino-bundle", "upscaler"]
     assert studio.models.loads == 5
 
 

@@ -53,13 +53,15 @@ def test_a_walks_first_and_last_frames_are_the_pictures_its_stops_make_alone(min
 
 def test_a_walks_stops_are_what_reverie_generate_draws(mini_walk, studio):
     """`reverie generate`'s pictures (reverie-mini on its OpenVINO bundle) are the walk's stops to
-    the eye: the two paths' kernels round apart by a level here and there."""
+    the eye: the two paths' kernels round apart by a level here and there, and each path's bf16
+    its own way (measured 29.4-37.7 dB; before the timestep's sinusoids were kept in f32 both
+    computed the same wrong ones, and agreed over 35 dB while further from the fp32 picture)."""
     from conftest import psnr
 
     _, frames, _ = mini_walk
     for frame, (prompt, seed) in zip((frames[0], frames[-1]), (("a red apple", 1), ("a green frog", 7))):
         still = studio.generate({"prompt": prompt, "seed": seed, "n_samples": 1, **MINI}).images[0].image
-        assert psnr(pixels(frame), pixels(still)) > 35
+        assert psnr(pixels(frame), pixels(still)) > 28
 
 
 def test_a_walk_moves_in_small_steps_where_independent_pictures_jump(mini_walk):

@@ -183,9 +183,10 @@ def in_fp32(module, call=None):
 
 
 def with_extra_rows(encoder, call):
-    """A text encoder (run by `call(encoder, *inputs)`: a tensor or a tuple) answering in fp32 that takes one more
-    input, last: rows [E, width] for the token ids past its own table (from `vocab` on, in
-    order), as a textual-inversion embedding's vectors are its added tokens' rows. Its input
+    """A text encoder (run by `call(encoder, *inputs)`, giving a tensor or a tuple of them)
+    answering in fp32 that takes one more input, last: rows [E, width] for the token ids past
+    its own table (from `vocab` on, in order), as a textual-inversion embedding's vectors are
+    its added tokens' rows. Its input
     table is wrapped in place: an encoder that is not the export's own copy gets it back from
     the caller (sd_bundle.export_lora_text_encoder)."""
     import torch

@@ -53,7 +53,8 @@ SDXL_PIPELINE = "StableDiffusionXLPipeline"
 UNET_INPUT_KEY = UNET_PREFIX + "input_blocks.0.0.weight"
 SD1_TEXT_KEY = CLIP_PREFIX + "embeddings.token_embedding.weight"
 SD2_TEXT_KEY = OPEN_CLIP_PREFIX + "token_embedding.weight"
-SDXL_TEXT_KEYS = (SDXL_CLIP_PREFIX + "embeddings.token_embedding.weight", SDXL_OPEN_CLIP_PREFIX + "token_embedding.weight")
+SDXL_TEXT_KEYS = (SDXL_CLIP_PREFIX + "embeddings.token_embedding.weight",
+                  SDXL_OPEN_CLIP_PREFIX + "token_embedding.weight")
 
 
 @dataclass(frozen=True)

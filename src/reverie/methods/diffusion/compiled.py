@@ -129,7 +129,6 @@ class ModelFacts:
         return "sdxl" if self.sdxl else "sd1"
 
 
-
 @cache
 def mini_facts(folder: Path = MINI_DIR) -> ModelFacts:
     unet = json.loads((folder / "unet" / "config.json").read_text())
@@ -473,12 +472,14 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
     return result
 
 
-def make_batches(request: GenerationRequest, bundle: OpenVINOBundle, tokenizers: tuple["BundleTokenizer", ...], plan,
+def make_batches(request: GenerationRequest, bundle: OpenVINOBundle, tokenizers: tuple["BundleTokenizer", ...],
+                 plan,
                  prepared: PreparedInput, facts: ModelFacts, progress: Progress,
                  decoders: tuple[OpenVINOBundle | None, OpenVINOBundle | None] = (None, None)):
     """[(picture at the size drawn, seed)] for each batch still to make (`batches_to_make`), as
-    soon as it is finished. `tokenizers`: its text encoders' (`BundleTokenizer.all_of`). `decoders`: tiny decoders' bundles for the pictures and the
-    previews (`tiny_decoders`), None for the VAE and its linear map."""
+    soon as it is finished. `tokenizers`: its text encoders' (`BundleTokenizer.all_of`).
+    `decoders`: tiny decoders' bundles for the pictures and the previews (`tiny_decoders`), None
+    for the VAE and its linear map."""
     pictures, previews = decoders
 
     def preview(latents: np.ndarray) -> Image.Image:
