@@ -78,3 +78,20 @@ def generate_cold_twice(tmp_path, *args: str) -> set[str]:
                               timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
     return {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+
+
+def generate_twice_without_torch(tmp_path, pictures: int, *args: str) -> None:
+    """`generate_cold_twice`, and what it must show where the torch-free path serves the request
+    (methods/diffusion/compiled.py, its bundle made by the first command): the second command
+    never imported torch, diffusers or transformers, and wrote the first one's `pictures`
+    pictures to the bit, recorded as made on OpenVINO."""
+    import json
+
+    imported = generate_cold_twice(tmp_path, *args)
+    assert "openvino" in imported and "reverie.methods.diffusion.compiled" in imported
+    assert not {"torch", "diffusers", "transformers"} & imported
+    written = sorted((tmp_path / "second").glob("*.png"))
+    assert len(written) == pictures
+    for path in written:
+        assert np.array_equal(pixels(Image.open(path)), pixels(Image.open(tmp_path / "first" / path.name)))
+        assert json.loads(Image.open(path).info["reverie"])["settings"]["runtime"] == "openvino"
