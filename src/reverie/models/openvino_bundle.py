@@ -186,9 +186,8 @@ def with_extra_rows(encoder, call):
     """A text encoder (run by `call(encoder, *inputs)`, giving a tensor or a tuple of them)
     answering in fp32 that takes one more input, last: rows [E, width] for the token ids past
     its own table (from `vocab` on, in order), as a textual-inversion embedding's vectors are
-    its added tokens' rows. Its input
-    table is wrapped in place: an encoder that is not the export's own copy gets it back from
-    the caller (sd_bundle.export_lora_text_encoder)."""
+    its added tokens' rows. Its input table is wrapped in place: an encoder that is not the
+    export's own copy gets it back from the caller (sd_bundle.export_lora_text_encoder)."""
     import torch
 
     from .embeddings import with_added_rows
@@ -269,6 +268,32 @@ def sinusoids_in_f32(model):
     if sinusoids:
         model.add_outputs(sinusoids)
     return model
+
+
+def compile_ir(core, ir: Path, shapes: tuple, precision: str, streams: int = 1, threads: int | None = None,
+               view: Callable | None = None):
+    """The IR at `ir` (seen through `view`, a function of the ov.Model: the step cache's split)
+    compiled for the CPU at input `shapes` in `precision` (bf16 with its sinusoids kept in f32,
+    `sinusoids_in_f32`): one stream at LATENCY, or `streams` (a batch's halves), on `threads`
+    all together (None: OpenVINO's choice). The IR's weight pages are let go as the compile
+    reads them: the compiled model computes with its own repacked copy. For OpenVINOBundle and
+    the torch pipeline's OpenVINOUNet alike."""
+    import openvino as ov
+
+    model = core.read_model(str(ir))
+    if view is not None:
+        model = view(model)
+    if precision == "bf16":
+        model = sinusoids_in_f32(model)
+    model.reshape({port.get_any_name(): ov.PartialShape(list(shape)) for port, shape in zip(model.inputs, shapes)})
+    config = {"INFERENCE_PRECISION_HINT": precision}
+    config |= {"NUM_STREAMS": streams} if streams > 1 else {"PERFORMANCE_HINT": "LATENCY"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    with file_pages_dropped(ir.with_suffix(".bin")):
+        compiled = core.compile_model(model, "CPU", config)
+    del model  # after the dropper stopped: what it frees may unmap the file under it (host.drop_file_pages)
+    return compiled
 
 
 def infer_halves(requests: list, halves: list[tuple[np.ndarray, ...]],
@@ -353,7 +378,7 @@ class OpenVINOBundle:
         of its views'; the next call allocates it again (milliseconds). SD's UNet after a batch's
         last step, so that the decode does not stand on it."""
         with self._lock:
-            for member in [part] + [view for view, (of, _) in self._views.items() if of == part]:
+            for member in self._with_views(part):
                 for requests in self._compiled[member].values():
                     requests[0].get_compiled_model().release_memory()
 
@@ -361,8 +386,11 @@ class OpenVINOBundle:
         """Let go of `part`'s compiled shapes, weights and all (its views' too); the next call
         compiles it again."""
         with self._lock:
-            for member in [part] + [view for view, (of, _) in self._views.items() if of == part]:
+            for member in self._with_views(part):
                 self._compiled[member].clear()
+
+    def _with_views(self, part: str) -> list[str]:
+        return [part] + [view for view, (of, _) in self._views.items() if of == part]
 
     def large(self, part: str) -> bool:
         """Whether `part`'s weights are FORGET_TEXT_BYTES or more."""
@@ -370,8 +398,6 @@ class OpenVINOBundle:
 
     def _request(self, part: str, shapes: tuple, streams: int = 1) -> list:
         """`part`'s infer requests for input `shapes`, one per stream, compiled once and kept."""
-        import openvino as ov
-
         with self._lock:
             held = self._compiled[part]
             if (shapes, streams) in held:
@@ -379,19 +405,8 @@ class OpenVINOBundle:
                 return held[shapes, streams]
             while len(held) >= self._kept[part]:
                 held.popitem(last=False)
-            model = self.core.read_model(str(self._irs[part]))
-            if part in self._views:
-                model = self._views[part][1](model)
-            if self.precisions[part] == "bf16":
-                model = sinusoids_in_f32(model)
-            model.reshape({port.get_any_name(): ov.PartialShape(list(shape)) for port, shape in zip(model.inputs, shapes)})
-            config = {"INFERENCE_PRECISION_HINT": self.precisions[part]}
-            config |= {"NUM_STREAMS": streams} if streams > 1 else {"PERFORMANCE_HINT": "LATENCY"}
-            if threads := _threads():  # all streams together
-                config["INFERENCE_NUM_THREADS"] = threads
-            with file_pages_dropped(self._irs[part].with_suffix(".bin")):
-                compiled = self.core.compile_model(model, "CPU", config)
-            del model  # after the dropper stopped: what it frees may unmap the file under it (host.drop_file_pages)
+            view = self._views[part][1] if part in self._views else None
+            compiled = compile_ir(self.core, self._irs[part], shapes, self.precisions[part], streams, _threads(), view)
             self.compiles += 1
             held[shapes, streams] = [compiled.create_infer_request() for _ in range(streams)]
             return held[shapes, streams]

@@ -58,12 +58,12 @@ from typing import Callable
 import torch
 
 from ..device import available_memory
-from ..host import file_pages_dropped, is_x86
+from ..host import is_x86
 from ..errors import BadRequest
 from ..outputs.files import one_process_at_a_time, partial_folder
 from . import openvino_bundle
-from .openvino_bundle import (DONE_NAME, UNET_IR_NAME, cut_in_two, fingerprint_of, infer, infer_halves,
-                              openvino_cache_dir, sinusoids_in_f32, unet_export_made)
+from .openvino_bundle import (DONE_NAME, UNET_IR_NAME, compile_ir, cut_in_two, fingerprint_of, infer, infer_halves,
+                              openvino_cache_dir, unet_export_made)
 from .openvino_step_cache import SHALLOW, VIEWS, CachedUNet
 
 log = logging.getLogger(__name__)
@@ -548,8 +548,6 @@ class OpenVINOUNet:
     def _compiled_for(self, shapes: tuple, part: str = "unet", streams: int = 1):
         """The compiled model and its requests, one per stream, for input `shapes`: of the
         export, or of a view of it (`part`: the step cache's split, models/openvino_step_cache.py)."""
-        import openvino as ov
-
         if self._core is None:
             raise RuntimeError(f"the OpenVINO export {self.folder.name} is not made yet (`ready` it first)")
         # SDXL's added conditions given to another UNet's export, or missing (the shallow part
@@ -567,22 +565,11 @@ class OpenVINOUNet:
                 self._sibling._compiled.clear()  # the model's export or its variant: one at a time
             while self._compiled and len(self._compiled) >= self.shapes_kept:
                 self._compiled.popitem(last=False)
-            model = self._core.read_model(str(self.folder / IR_NAME))
-            if part != "unet":
-                model = VIEWS[part][1](model)
-            if self.precision == "bf16":
-                model = sinusoids_in_f32(model)
-            model.reshape({port.get_any_name(): ov.PartialShape(list(shape)) for port, shape in zip(model.inputs, shapes)})
             # The UNet's own precision (`precision`), one stream (two for a large export's halves,
             # `run_part`), on as many threads as torch has (OMP_NUM_THREADS: a deployment's
-            # workers share the cores), all streams together. The
-            # compiled model keeps the IR's weights file mapped, and computes with its own
-            # repacked copy: the mapped pages are let go as it goes through them.
-            with file_pages_dropped((self.folder / IR_NAME).with_suffix(".bin")):
-                config = {"INFERENCE_PRECISION_HINT": self.precision, "INFERENCE_NUM_THREADS": threads}
-                config |= {"NUM_STREAMS": streams} if streams > 1 else {"PERFORMANCE_HINT": "LATENCY"}
-                compiled = self._core.compile_model(model, "CPU", config)
-            del model  # after the dropper stopped: what it frees may unmap the file under it (host.drop_file_pages)
+            # workers share the cores), all streams together.
+            compiled = compile_ir(self._core, self.folder / IR_NAME, shapes, self.precision, streams, threads,
+                                  VIEWS[part][1] if part != "unet" else None)
             requests = [compiled.create_infer_request() for _ in range(streams)]
             self._compiled[key] = (compiled, requests)
             self.compiles += 1
