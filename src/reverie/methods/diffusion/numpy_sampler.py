@@ -373,8 +373,7 @@ class DPMSolver2M(_OverSigmas):
     """
 
     def __init__(self, scheduler_config: dict, steps: int, sampler: str = "dpmpp_2m"):
-        config = _options(_sampler_of(sampler, DPMSolver2M), scheduler_config, _FIXED_OPTIONS, _DPM_OPTIONS)
-        _check_steps(steps, config)
+        config = _configured(DPMSolver2M, sampler, scheduler_config, steps)
         self.prediction_type: str = config["prediction_type"]
         self.stochastic = config["algorithm_type"] == "sde-dpmsolver++"
         self._schedule(config, steps, karras=config["use_karras_sigmas"])
@@ -421,9 +420,8 @@ class EulerDiscrete(_Steps):
     """
 
     def __init__(self, scheduler_config: dict, steps: int, sampler: str = "euler"):
-        config = _options(_sampler_of(sampler, type(self)), scheduler_config, *_OPTION_TABLES[type(self)])
+        config = _configured(type(self), sampler, scheduler_config, steps)
         config.setdefault("use_karras_sigmas", False)  # Euler a has none
-        _check_steps(steps, config)
         self.config: dict = config  # the scheduler's options as run (its subclasses read theirs)
         self.prediction_type: str = config["prediction_type"]
         self.train_sigmas: np.ndarray = _train_sigmas(config)
@@ -681,8 +679,7 @@ class DDIM(_OverAlphas):
     from the noise as drawn (init_noise_sigma 1)."""
 
     def __init__(self, scheduler_config: dict, steps: int, sampler: str = "ddim", eta: float = 0.0):
-        config = _options(_sampler_of(sampler, DDIM), scheduler_config, *_OPTION_TABLES[DDIM])
-        _check_steps(steps, config)
+        config = _configured(DDIM, sampler, scheduler_config, steps)
         if not 0.0 <= eta <= 1.0:
             raise ValueError(f"eta must be from 0 to 1, not {eta}")
         self.prediction_type: str = config["prediction_type"]
@@ -734,8 +731,7 @@ class DDPM(_OverAlphas):
     stochastic = True
 
     def __init__(self, scheduler_config: dict, steps: int, sampler: str = "ddpm"):
-        config = _options(_sampler_of(sampler, DDPM), scheduler_config, *_OPTION_TABLES[DDPM])
-        _check_steps(steps, config)
+        config = _configured(DDPM, sampler, scheduler_config, steps)
         self.prediction_type: str = config["prediction_type"]
         self.clip: float | None = _clip_range(config)
         self._alphas_from(config)
@@ -782,8 +778,7 @@ class PLMS(_OverAlphas):
     from the noise as drawn."""
 
     def __init__(self, scheduler_config: dict, steps: int, sampler: str = "plms"):
-        config = _options(_sampler_of(sampler, PLMS), scheduler_config, *_OPTION_TABLES[PLMS])
-        _check_steps(steps, config)
+        config = _configured(PLMS, sampler, scheduler_config, steps)
         self.prediction_type: str = config["prediction_type"]
         self._alphas_from(config)
         spaced = _ddim_timesteps(config, steps)[::-1]  # PNDM spaces them as DDIM does, oldest first
@@ -847,8 +842,7 @@ class LCM(_OverAlphas):
     stochastic = True
 
     def __init__(self, scheduler_config: dict, steps: int, sampler: str = "lcm"):
-        config = _options(_sampler_of(sampler, LCM), scheduler_config, *_OPTION_TABLES[LCM])
-        _check_steps(steps, config)
+        config = _configured(LCM, sampler, scheduler_config, steps)
         original = int(config["original_inference_steps"])
         train_steps = int(config["num_train_timesteps"])
         if not 1 <= original <= train_steps:
@@ -903,8 +897,7 @@ class UniPC(_OverSigmas):
     more). It leaves the UNet's input as it is and starts from the noise as drawn."""
 
     def __init__(self, scheduler_config: dict, steps: int, sampler: str = "unipc"):
-        config = _options(_sampler_of(sampler, UniPC), scheduler_config, *_OPTION_TABLES[UniPC])
-        _check_steps(steps, config)
+        config = _configured(UniPC, sampler, scheduler_config, steps)
         self.prediction_type: str = config["prediction_type"]
         self._schedule(config, steps)
         self._index = 0
@@ -975,8 +968,7 @@ class DEIS(_OverSigmas):
     from the noise as drawn."""
 
     def __init__(self, scheduler_config: dict, steps: int, sampler: str = "deis"):
-        config = _options(_sampler_of(sampler, DEIS), scheduler_config, *_OPTION_TABLES[DEIS])
-        _check_steps(steps, config)
+        config = _configured(DEIS, sampler, scheduler_config, steps)
         self.prediction_type: str = config["prediction_type"]
         self._schedule(config, steps, sigma_min_last=True)
         self._index = 0
@@ -1017,8 +1009,7 @@ class DPMSolver2S(_OverSigmas):
     and starts from the noise as drawn."""
 
     def __init__(self, scheduler_config: dict, steps: int, sampler: str = "dpmpp_2s_karras"):
-        config = _options(_sampler_of(sampler, DPMSolver2S), scheduler_config, *_OPTION_TABLES[DPMSolver2S])
-        _check_steps(steps, config)
+        config = _configured(DPMSolver2S, sampler, scheduler_config, steps)
         self.prediction_type: str = config["prediction_type"]
         self._schedule(config, steps, karras=True)
         # get_order_list with lower_order_final (which final_sigmas_type "zero" turns on): 1, 2, ...
@@ -1129,6 +1120,14 @@ def _options(sampler: Sampler, scheduler_config: dict, fixed: dict, ported: dict
     if options.get("timestep_spacing", "linspace") not in ("leading", "trailing", "linspace"):
         raise ValueError(f"unknown timestep_spacing {options['timestep_spacing']!r}")
     return options
+
+
+def _configured(cls: type, sampler: str, scheduler_config: dict, steps: int) -> dict:
+    """The options `cls` runs sampler `sampler` with for this model's scheduler config
+    (`_options`, from `cls`'s `_OPTION_TABLES`), `steps` checked against them."""
+    config = _options(_sampler_of(sampler, cls), scheduler_config, *_OPTION_TABLES[cls])
+    _check_steps(steps, config)
+    return config
 
 
 def _check_steps(steps: int, options: dict) -> None:
