@@ -256,7 +256,8 @@ def child(args) -> dict:
             "height": args.size, "width": args.size}
         if args.mode == "inpaint":
             picture |= {"mask_image": Image.open(args.mask), "height": args.size, "width": args.size}
-        pipe.scheduler = build_scheduler(args.sampler, dict(pipe.scheduler.config))
+        # the seed also seeds DPM++ SDE Karras's Brownian tree, as reverie seeds it (another sampler ignores it)
+        pipe.scheduler = build_scheduler(args.sampler, dict(pipe.scheduler.config), [args.seed])
         pipe.set_progress_bar_config(disable=True)
 
         def on_step(pipe, step, timestep, tensors):

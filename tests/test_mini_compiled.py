@@ -49,8 +49,8 @@ def test_it_serves_plain_mini_requests_and_leaves_the_rest_to_the_torch_pipeline
     assert all(compiled.serves(request_for(sampler=name))
                for name in ("euler", "euler_karras", "euler_a", "dpmpp_2m_karras", "dpmpp_2m_sde_karras", "ddim", "lcm",
                             "unipc", "heun", "plms", "lms", "lms_karras", "dpm2", "dpm2_a", "ddpm", "deis",
-                            "dpmpp_2s_karras"))
-    for refused in (dict(runtime="torch"), dict(sampler="dpmpp_sde_karras"), dict(prompt="apple <lora:style:0.8>"),
+                            "dpmpp_2s_karras", "dpmpp_sde_karras"))
+    for refused in (dict(runtime="torch"), dict(prompt="apple <lora:style:0.8>"),
                     dict(upscale=4), dict(width=256), dict(width=104), dict(dtype="fp16"), dict(chaos=0),
                     dict(chaos=99), dict(tile=True), dict(expand=True),
                     dict(mode="img2img", init_image="x.png"), dict(mode="inpaint", init_image="x.png", mask_image="m.png"),

@@ -122,7 +122,8 @@ def test_it_serves_sdxl_base_and_leaves_the_rest_to_the_torch_pipeline(sdxl_mode
     assert compiled.serves(request_for(folder, width=1024, height=1024, n_samples=4, step_cache=2))
     refused = [dict(width=1536, height=1024),  # its activations: more than one evaluation here takes
                dict(quantize="int8"), dict(prompt="a red apple <lora:any:1>"), dict(refiner=str(folder)),
-               dict(sampler="dpmpp_sde_karras"), dict(runtime="torch")]
+               dict(runtime="torch")]
+    assert compiled.serves(request_for(folder, sampler="dpmpp_sde_karras"))
     for fields in refused:
         assert not compiled.serves(request_for(folder, **fields)), fields
     from test_sdxl import tiny_sdxl

@@ -44,7 +44,7 @@ import numpy as np
 
 from ..host import free_memory
 from ..outputs.files import partial_folder
-from .openvino_bundle import COMPILED_DIR, DONE_NAME, bundle_facts, bundle_made
+from .openvino_bundle import COMPILED_DIR, DONE_NAME, bundle_facts, bundle_made, part_ir
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def quantize_unet(bundle_folder: Path, examples: Callable[[], list[tuple[np.ndar
     # NNCF's progress lines off: its logger's level, not nncf.set_log_level, which also sets the
     # level of every handler on that logger (such as a test runner's capture, which it then keeps).
     logging.getLogger("nncf").setLevel(logging.ERROR)
-    model = widened(ov.Core().read_model(str(bundle_folder / "unet.xml")))
+    model = widened(ov.Core().read_model(str(part_ir(bundle_folder, "unet"))))
     calibration = examples()  # after the read: the other order peaked at 11.2 GiB against 9.6 (one run each)
     # in the graph's order: the first convolution reads the latents, the last writes the prediction
     ops = model.get_ordered_ops()

@@ -103,12 +103,17 @@ def bundle_path(prefix: str, format_version: int, precision: str, files: list[Pa
     return (cache or openvino_cache_dir()) / f"{prefix}-{key}"
 
 
+def part_ir(folder: Path, part: str) -> Path:
+    """Where the bundle in `folder` keeps `part`'s IR (its weights beside it, .bin)."""
+    return folder / f"{part}.xml"
+
+
 def bundle_made(folder: Path) -> bool:
     """Whether `folder` holds a whole bundle: its marker, and each part's weights of the size recorded."""
     try:
         sizes = json.loads((folder / DONE_NAME).read_text())["bin_bytes"]
-        return bool(sizes) and all((folder / f"{part}.bin").stat().st_size == size
-                                   and (folder / f"{part}.xml").is_file() for part, size in sizes.items())
+        return bool(sizes) and all(part_ir(folder, part).with_suffix(".bin").stat().st_size == size
+                                   and part_ir(folder, part).is_file() for part, size in sizes.items())
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
 
@@ -141,7 +146,7 @@ def save_bundle(folder: Path, parts: dict, facts: dict, replaces: str, extra_fil
     sizes = {}
     with partial_folder(folder, made=bundle_made) as partial:
         for name, made_from in parts.items():
-            target = partial / f"{name}.xml"
+            target = part_ir(partial, name)
             if isinstance(made_from, Path):
                 for suffix in (".xml", ".bin"):
                     _link_or_copy(made_from.with_suffix(suffix), target.with_suffix(suffix))
@@ -343,7 +348,7 @@ class OpenVINOBundle:
         import openvino as ov
 
         self.folder = folder
-        self._irs = {part: folder / f"{part}.xml" for part in precisions} | (replaced or {})
+        self._irs = {part: part_ir(folder, part) for part in precisions} | (replaced or {})
         self.facts = bundle_facts(folder)
         sizes = dict(self.facts["bin_bytes"])
         self.precisions = dict(precisions)

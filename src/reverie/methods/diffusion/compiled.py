@@ -10,8 +10,8 @@ SD pipeline folder, LCM-distilled ones included, an SD 1.x or 2.x .safetensors f
 folder or .safetensors file), on the CPU
 under runtime `auto` or `openvino`, with a sampler numpy_sampler.py ports (DPM++ 2M with or
 without Karras sigmas, DPM++ 2M SDE Karras, DPM++ 2S Karras, Euler with or without, Euler a,
-Heun, DPM2, DPM2 a, LMS with or without, DDIM, DDPM, PLMS, LCM, UniPC, DEIS: all of reverie's
-but DPM++ SDE Karras), at most 512 px a side for mini (192 with its x2 upscale), 768 for SD and
+Heun, DPM2, DPM2 a, LMS with or without, DDIM, DDPM, PLMS, LCM, UniPC, DEIS, DPM++ SDE Karras:
+all of reverie's), at most 512 px a side for mini (192 with its x2 upscale), 768 for SD and
 1536 for SDXL (multiples of 64; a batch with more pixels than one UNet evaluation takes here,
 four 512 px pictures or one 1024 px SDXL picture, runs in groups that fit); for an image mode
 that is the size the input picture is worked at (mini works on a larger one at half its size and
@@ -36,7 +36,8 @@ noised to where its strength enters the schedule (`Start`), classifier-free guid
 CFG batch (a UNet distilled with guidance, LCM's, is given the scale's embedding instead, one
 pass a step, as diffusers does), the sampler (the stochastic ones' fresh noise drawn from the
 same generators, after the starting draws, as diffusers' pipelines hand them to the
-scheduler; inpaint and outpaint: the kept area put back after each step, `Kept`), the decode,
+scheduler; DPM++ SDE Karras's from each seed's Brownian tree, as diffusers' from torchsde's;
+inpaint and outpaint: the kept area put back after each step, `Kept`), the decode,
 mini's upscale, the input's kept pixels put back (inputs.bring_back, as run.py).
 Between the parts the values stay in fp32 (the torch pipeline holds its latents in the request's
 dtype: rounding them to bf16 here too brought the pictures no closer), so the pictures are the
@@ -72,7 +73,7 @@ from ...models import int8_unet
 from ...models import openvino_step_cache
 from ...models.mini_bundle import bundle_folder, make_bundle
 from ...models.openvino_bundle import (UNET_IR_NAME, OpenVINOBundle, bundle_facts, bundle_made, fingerprint_of,
-                                       openvino_cache_dir, precision_of, unet_export_made)
+                                       openvino_cache_dir, part_ir, precision_of, unet_export_made)
 from ...models.registry import find_path
 from ...models.sd_bundle import SDSource, lora_text_encoder_folder, make_sd_bundle, sd_bundle_folder, sd_source
 from ...outputs.files import Outputs, one_process_at_a_time
@@ -274,7 +275,7 @@ def int8_refused(request: GenerationRequest) -> str:
     return ("int8 runs where reverie runs the model on OpenVINO without torch: reverie-mini or an SD 1.x/2.x "
             "(not SDXL) "
             ".safetensors file or folder, on the CPU in fp32 or bf16, runtime auto or openvino, txt2img or an image "
-            "mode at sides that are multiples of 64 up to 768 px (SD), a sampler other than DPM++ SDE Karras, "
+            "mode at sides that are multiples of 64 up to 768 px (SD), "
             "without LoRAs, seamless tiles, chaos, a refiner or prompt expansion; change those or leave "
             "quantize out")
 
@@ -383,7 +384,7 @@ def _lora_parts(source: SDSource, facts: ModelFacts, precision: str, loras: dict
         folder = lora_text_encoder_folder(source, precision, loras["text"])
         if not bundle_made(folder):
             return None
-        parts["text_encoder"] = folder / "text_encoder.xml"
+        parts["text_encoder"] = part_ir(folder, "text_encoder")
     return parts
 
 
@@ -822,9 +823,11 @@ class Start:
         self._encoded: np.ndarray | None = None
         self._masked_encoded: np.ndarray | None = None
 
-    def sampler(self):
-        """A fresh sampler, at the timestep the pictures start from."""
-        sampler = make_sampler(self.request.sampler, self.facts.scheduler_config, self.steps, eta=self.request.eta)
+    def sampler(self, seeds: list[int]):
+        """A fresh sampler for the pictures of `seeds` (DPM++ SDE Karras's trees are theirs), at the
+        timestep they start from."""
+        sampler = make_sampler(self.request.sampler, self.facts.scheduler_config, self.steps, eta=self.request.eta,
+                               seeds=seeds)
         if self.image_mode:
             # As diffusers' get_timesteps: a two-pass sampler's (Heun's) entry is twice as far in.
             sampler.begin_at(sampler.order * (self.steps - min(int(self.steps * self.strength), self.steps)))
@@ -928,7 +931,7 @@ def denoise(request: GenerationRequest, bundle: OpenVINOBundle, start: Start, se
     `group`: (which, of how many) groups of the batch these pictures are (`_groups`), for the
     progress, which counts the whole batch's steps."""
     unet = openvino_step_cache.CachedUNet(bundle, request.step_cache)
-    sampler = start.sampler()
+    sampler = start.sampler(seeds)
     begun = start.latents(bundle, seeds, sampler)
     latents, kept = begun.latents, begun.kept
     scale = request.guidance_scale()

@@ -1,14 +1,14 @@
-"""Reverie's DPM++ 2M, DPM++ 2S, Euler, Heun, DPM2, LMS, DDIM, DDPM, PLMS, LCM, UniPC and DEIS
-samplers in NumPy: "dpmpp_2m", "dpmpp_2m_karras", "dpmpp_2m_sde_karras", "dpmpp_2s_karras",
-"euler", "euler_karras", "euler_a", "heun", "dpm2", "dpm2_a", "lms", "lms_karras", "ddim", "ddpm",
-"plms", "lcm", "unipc" and "deis" without torch or diffusers (all of reverie's samplers but DPM++
-SDE Karras, whose noise comes from torchsde's Brownian tree).
+"""Reverie's DPM++ 2M, DPM++ 2S, DPM++ SDE, Euler, Heun, DPM2, LMS, DDIM, DDPM, PLMS, LCM, UniPC
+and DEIS samplers in NumPy: "dpmpp_2m", "dpmpp_2m_karras", "dpmpp_2m_sde_karras", "dpmpp_2s_karras",
+"dpmpp_sde_karras", "euler", "euler_karras", "euler_a", "heun", "dpm2", "dpm2_a", "lms",
+"lms_karras", "ddim", "ddpm", "plms", "lcm", "unipc" and "deis" without torch or diffusers (all of
+reverie's samplers).
 
 A request that runs its UNet outside torch (OpenVINO) would otherwise import torch and diffusers
 (seconds) only to step the scheduler. `make_sampler(name, config, steps)` gives the sampler that
 does what diffusers 0.42's scheduler does when `reverie.samplers.build_scheduler(name, config)`
 builds it: the model's noise schedule (`samplers.scheduler_options`) plus the sampler row's options
-(Karras sigmas, the SDE solver), the scheduler's defaults otherwise. Fourteen schedulers are ported:
+(Karras sigmas, the SDE solver), the scheduler's defaults otherwise. Fifteen schedulers are ported:
 
 - `DPMSolver2M`, diffusers' `DPMSolverMultistepScheduler` at its defaults: the data-prediction
   solver ("dpmsolver++", midpoint, order 2) with a last step to sigma 0; with or without Karras
@@ -50,6 +50,11 @@ builds it: the model's noise schedule (`samplers.scheduler_options`) plus the sa
 - `DPMSolver2S`, diffusers' `DPMSolverSinglestepScheduler` with Karras sigmas ("dpmpp_2s_karras"):
   DPM++ 2M Karras's schedule stepped in pairs, a first-order step to the pair's middle timestep
   then a second-order one from the pair's start with both data predictions, first order at the end.
+- `DPMSolverSDE`, diffusers' `DPMSolverSDEScheduler` with Karras sigmas ("dpmpp_sde_karras",
+  A1111's "DPM++ SDE Karras"): Euler's Karras schedule, each step but the last in two stochastic
+  passes (to the midpoint in log sigma, then the whole step with the midpoint's prediction), its
+  noise the increments of each picture's Brownian motion (brownian_tree.py, seeded with the
+  pictures' `seeds`, as torchsde's tree is by build_scheduler's), not the generator's.
 
 The stochastic ones (`stochastic` is true) take that step's fresh noise in `step(..., noise)` where
 `wants_noise` says the step takes some: diffusers draws it at each step (LCM at each but the
@@ -62,7 +67,7 @@ rounded), one rounding this port leaves out as it leaves the latents' out.
 
 A config or sampler this port does not do raises ValueError, and `sampler_supported` says
 beforehand whether it will. Every sampler has `timesteps` (what diffusers passes the UNet at each
-step, in diffusers' dtype: int64 for DPM++ 2M, float32 for Euler), `init_noise_sigma` (the starting
+step, in diffusers' dtype: int64 for DPM++ 2M, float32 for Euler, float64 for DPM++ SDE), `init_noise_sigma` (the starting
 noise's scale), `scale_model_input(sample)` (the UNet's input at the current step) and
 `step(model_output, sample, noise=None)` (the sample at the next step; it moves the sampler on by
 one; `noise`, the step's fresh noise, for the stochastic samplers only).
@@ -94,7 +99,10 @@ How diffusers does it, mirrored here:
   sqrt is not always correctly rounded (NumPy's is), so a few sigmas and step coefficients differ
   in their last bit. DEIS's coefficients (differences of nearly equal terms) and DPM2 a's
   sigma_down (a difference of squares) magnify those bits: a few 1e-6 there, as a whole run with
-  diffusers' own sigmas is back within 1.5e-6.
+  diffusers' own sigmas is back within 1.5e-6. DPM++ SDE's noise can differ more: its tree
+  rounds the times it is asked about to 6 decimals, and where diffusers' (torch's float32 log
+  and exp, not correctly rounded) rounds otherwise than this port's, that pass's noise is the
+  Brownian motion over a span 1e-6 longer or shorter: runs up to about 1e-3 apart.
 """
 
 from __future__ import annotations
@@ -105,6 +113,7 @@ import numpy as np
 
 from ...errors import BadRequest
 from ...samplers import Sampler, get_sampler, scheduler_options
+from .brownian_tree import BrownianTree
 
 _F32 = np.float32
 
@@ -153,6 +162,11 @@ _EULER_FIXED_OPTIONS = {
     "rescale_betas_zero_snr": False,
     "final_sigmas_type": "zero",
 }
+# DPMSolverSDEScheduler's options that this port runs only at their defaults (its sampler row turns
+# Karras sigmas on), and its ported ones: Euler's, with its own default betas.
+_SDE_FIXED_OPTIONS = {"use_exponential_sigmas": False, "use_beta_sigmas": False,
+                      "noise_sampler_seed": None}  # the seeds come as `seeds` (build_scheduler sets them after)
+_SDE_OPTIONS = _PORTED_OPTIONS | {"beta_start": 0.00085, "beta_end": 0.012}
 # EulerAncestralDiscreteScheduler's: it has no Karras sigmas, and one option this port keeps at its default.
 _EULER_A_FIXED_OPTIONS = {"rescale_betas_zero_snr": False}
 # The noise schedule's options alone (those ported without Karras sigmas), which the other
@@ -433,6 +447,7 @@ class EulerDiscrete(_Steps):
             sigmas = _karras(float(sigmas[-1]), float(sigmas[0]), steps)
             timesteps = _sigma_to_t(sigmas, np.log(self.train_sigmas))
         self.timesteps: np.ndarray = timesteps.astype(_F32)
+        self.exact_sigmas: np.ndarray = sigmas  # float64, as set_timesteps has them before the float32 cast
         self.sigmas: np.ndarray = np.append(sigmas, 0.0).astype(_F32)  # one per timestep, then the end
         # init_noise_sigma: a float32 tensor in diffusers, sigmas.max() or (max**2 + 1) ** 0.5.
         max_sigma = self.sigmas.max()
@@ -647,6 +662,100 @@ class DPM2Ancestral(DPM2):
         the step's sigma toward its sigma_down (torch's lerp of the logs at 0.5, then exp)."""
         ups, downs = _ancestral(sigmas, following)
         return np.exp(_half_way(np.log(sigmas), np.log(downs))).astype(_F32), downs, ups
+
+
+class DPMSolverSDE(EulerDiscrete):
+    """DPM++ SDE (k-diffusion's sample_dpmpp_sde; diffusers' DPMSolverSDEScheduler) with Karras
+    sigmas ("dpmpp_sde_karras") over `steps` steps for a model's scheduler config: Euler's Karras
+    sigmas and timesteps, each step but the last taken in two passes (`timesteps` holds
+    2 x steps - 1 entries, one model evaluation each). The first pass goes to the step's midpoint
+    in log sigma, the second takes the step again from its start with the midpoint's data
+    prediction; each lands on its sigma_down and adds noise times its sigma_up. The last step, to
+    sigma 0, is Euler's alone. An image mode begins at `order` times the step it enters at.
+
+    The noise is not the generator's: a pass's is the increment of each picture's Brownian motion
+    over the pass, over the square root of its length (brownian_tree.BrownianTree, one per seed
+    of `seeds`, as build_scheduler seeds diffusers'; one tree of the batch's shape for a single
+    seed, as diffusers does). `wants_noise` is never true. diffusers takes the logs and
+    exponentials of a pass's sigmas in torch's float32 (not correctly rounded); this port takes
+    them correctly rounded, so a time the tree is asked about can round to another 6th decimal
+    than diffusers' and that pass's noise differ a little (tests/test_numpy_sampler.py measures
+    how much)."""
+
+    order = 2
+
+    def __init__(self, scheduler_config: dict, steps: int, sampler: str = "dpmpp_sde_karras",
+                 seeds: list[int] | None = None):
+        super().__init__(scheduler_config, steps, sampler)
+        if not self.config["use_karras_sigmas"]:
+            raise ValueError("the NumPy DPM++ SDE runs with Karras sigmas only")
+        # The steps' timesteps and, between them, each step's midpoint in log sigma (diffusers'
+        # _second_order_timesteps), from the float64 sigmas; float64, as diffusers keeps them.
+        log_train, t = np.log(self.train_sigmas), -np.log(self.exact_sigmas)
+        middle_t = _sigma_to_t(np.exp(-(t[:-1] + np.diff(t) * 0.5)), log_train)
+        step_t = _sigma_to_t(self.exact_sigmas, log_train)
+        self.timesteps = np.concatenate([step_t[:1], np.stack([middle_t, step_t[1:]], axis=1).ravel()])
+        self.sigmas = np.concatenate([self.sigmas[:1], np.repeat(self.sigmas[1:-1], 2), self.sigmas[-1:]])
+        self.seeds = None if seeds is None else [int(seed) for seed in seeds]
+        self._trees: list[BrownianTree] | None = None
+        self._start: np.ndarray | None = None  # a step's start, while its second pass is to come
+        self._middle: np.float32 | None = None  # and the sigma its first pass landed on
+
+    def scale_model_input(self, sample: np.ndarray) -> np.ndarray:
+        """The UNet's input at the current pass: sample / (sigma**2 + 1) ** 0.5, sigma the step's
+        own in its first pass and the midpoint in its second."""
+        _check_not_done(self._index, self.timesteps)
+        sigma = self.sigmas[self._index] if self._start is None else self._middle
+        return np.asarray(sample, dtype=_F32) / np.sqrt(sigma * sigma + _F32(1.0))
+
+    def step(self, model_output: np.ndarray, sample: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
+        """The sample after this pass (float32): at the midpoint after a step's first pass, at the
+        step's end after its second, each with its Brownian noise; Euler's step to sigma 0 last."""
+        _check_not_done(self._index, self.timesteps)
+        sample, model_output = np.asarray(sample, dtype=_F32), np.asarray(model_output, dtype=_F32)
+        if self._trees is None:
+            self._trees = self._plant(sample.shape)
+        first = self._start is None
+        index = self._index
+        sigma, sigma_next = self.sigmas[index:index + 2] if first else self.sigmas[index - 1:index + 1]
+        self._index += 1
+        if sigma_next == 0:  # the last step: Euler's
+            return sample + ((sample - self._data(model_output, sample, sigma)) / sigma) * (sigma_next - sigma)
+        t, t_next = _neg_log(sigma), _neg_log(sigma_next)
+        t_middle = t + (t_next - t) * _F32(0.5)
+        x0 = self._data(model_output, sample, sigma if first else _exp_neg(t_middle))
+        if first:
+            t_next = t_middle
+        else:
+            sample = self._start
+        sigma_from, sigma_to = _exp_neg(t), _exp_neg(t_next)
+        up = min(sigma_to, np.sqrt(sigma_to * sigma_to * (sigma_from * sigma_from - sigma_to * sigma_to)
+                                   / (sigma_from * sigma_from)))
+        t_down = _neg_log(np.sqrt(sigma_to * sigma_to - up * up))
+        prev_sample = (_exp_neg(t_down) / _exp_neg(t)) * sample - _F32(math.expm1(t - t_down)) * x0
+        prev_sample = prev_sample + self._noise(sigma_from, sigma_to) * up
+        self._start, self._middle = (sample, sigma_to) if first else (None, None)
+        return prev_sample
+
+    def _plant(self, shape: tuple[int, ...]) -> list[BrownianTree]:
+        """The Brownian trees over the schedule's sigmas, as diffusers makes them at the first step:
+        one a picture (of a picture's shape) for several seeds, or one of the whole `shape`."""
+        if self.seeds is None:
+            raise ValueError("DPM++ SDE Karras draws its noise from each picture's seed: pass `seeds`")
+        if len(self.seeds) > 1 and len(self.seeds) != shape[0]:
+            raise ValueError(f"{len(self.seeds)} seeds for {shape[0]} pictures")
+        low, high = float(self.sigmas[self.sigmas > 0].min()), float(self.sigmas.max())
+        if len(self.seeds) == 1:
+            return [BrownianTree(self.seeds[0], low, high, shape)]
+        return [BrownianTree(seed, low, high, shape[1:]) for seed in self.seeds]
+
+    def _noise(self, sigma_from: np.float32, sigma_to: np.float32) -> np.ndarray:
+        """A pass's noise: minus the Brownian increment from sigma_to up to sigma_from, over
+        sqrt(|sigma_to - sigma_from|) (diffusers' BrownianTreeNoiseSampler)."""
+        increments = [tree(sigma_to, sigma_from) for tree in self._trees]
+        w = increments[0] if len(increments) == 1 else np.stack(increments)
+        return (w * _F32(-1.0)) / np.sqrt(np.abs(sigma_to - sigma_from))
+
 
 
 class EulerAncestral(EulerDiscrete):
@@ -1042,7 +1151,8 @@ _SCHEDULERS = {"DPMSolverMultistepScheduler": DPMSolver2M, "EulerDiscreteSchedul
                "UniPCMultistepScheduler": UniPC, "HeunDiscreteScheduler": Heun, "PNDMScheduler": PLMS,
                "LMSDiscreteScheduler": LMS, "KDPM2DiscreteScheduler": DPM2,
                "KDPM2AncestralDiscreteScheduler": DPM2Ancestral, "DDPMScheduler": DDPM,
-               "DEISMultistepScheduler": DEIS, "DPMSolverSinglestepScheduler": DPMSolver2S}
+               "DEISMultistepScheduler": DEIS, "DPMSolverSinglestepScheduler": DPMSolver2S,
+               "DPMSolverSDEScheduler": DPMSolverSDE}
 _OPTION_TABLES = {DPMSolver2M: (_FIXED_OPTIONS, _DPM_OPTIONS),
                   EulerDiscrete: (_EULER_FIXED_OPTIONS, _PORTED_OPTIONS),  # its ported options: DPM's, the same defaults
                   EulerAncestral: (_EULER_A_FIXED_OPTIONS, _SCHEDULE_OPTIONS),
@@ -1056,13 +1166,15 @@ _OPTION_TABLES = {DPMSolver2M: (_FIXED_OPTIONS, _DPM_OPTIONS),
                   DPM2Ancestral: (_HEUN_FIXED_OPTIONS, _DPM2_OPTIONS),  # its options: DPM2's, the same defaults
                   DDPM: (_DDPM_FIXED_OPTIONS, _DDPM_OPTIONS),
                   DEIS: (_DEIS_FIXED_OPTIONS, _SCHEDULE_OPTIONS),  # its ported options: the schedule's alone
-                  DPMSolver2S: (_DPM_2S_FIXED_OPTIONS, _DPM_2S_OPTIONS)}
+                  DPMSolver2S: (_DPM_2S_FIXED_OPTIONS, _DPM_2S_OPTIONS),
+                  DPMSolverSDE: (_SDE_FIXED_OPTIONS, _SDE_OPTIONS)}
 
 
-def make_sampler(name: str, scheduler_config: dict, steps: int, eta: float = 0.0):
+def make_sampler(name: str, scheduler_config: dict, steps: int, eta: float = 0.0, seeds: list[int] | None = None):
     """The NumPy sampler for sampler `name` (or alias, or label) over `steps` steps, configured
     for a model's scheduler config as build_scheduler configures diffusers' scheduler; `eta`:
-    DDIM's (the pipelines hand it to DDIM alone).
+    DDIM's (the pipelines hand it to DDIM alone); `seeds`: the pictures', which seed DPM++ SDE
+    Karras's Brownian trees as build_scheduler's `seeds` do (needed before its first step).
 
     ValueError if this port does not do that sampler, config or step count (BadRequest, as
     get_sampler, for a sampler reverie does not know).
@@ -1073,6 +1185,8 @@ def make_sampler(name: str, scheduler_config: dict, steps: int, eta: float = 0.0
         raise ValueError(f"the NumPy samplers do not do {sampler.name} ({sampler.scheduler})")
     if cls is DDIM:
         return DDIM(scheduler_config, steps, sampler=sampler.name, eta=eta)
+    if cls is DPMSolverSDE:
+        return DPMSolverSDE(scheduler_config, steps, sampler=sampler.name, seeds=seeds)
     return cls(scheduler_config, steps, sampler=sampler.name)
 
 
@@ -1284,3 +1398,13 @@ def _alpha_sigma(sigma: np.float32) -> tuple[np.float32, np.float32]:
 def _lambda(alpha: np.float32, sigma: np.float32) -> np.float32:
     """The log signal-to-noise ratio log(alpha) - log(sigma), in float32."""
     return _F32(math.log(alpha)) - _F32(math.log(sigma))
+
+
+def _neg_log(sigma: np.float32) -> np.float32:
+    """-log(sigma) in float32, correctly rounded (diffusers' t_fn, in torch's float32)."""
+    return _F32(-math.log(float(sigma)))
+
+
+def _exp_neg(t: np.float32) -> np.float32:
+    """exp(-t) in float32, correctly rounded (diffusers' sigma_fn)."""
+    return _F32(math.exp(-float(t)))
