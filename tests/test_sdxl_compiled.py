@@ -275,3 +275,35 @@ def test_a_large_text_encoder_is_let_go_once_the_prompts_are_encoded(sdxl_model,
         assert bundle._compiled["unet"] and bundle._compiled["decoder"]
         for a, b in zip(made.images, held.images, strict=True):
             assert np.array_equal(pixels(a.image), pixels(b.image))
+
+
+def test_an_sdxl_lora_runs_here_once_the_torch_path_made_its_exports(sdxl_model, tmp_path, monkeypatch):
+    """An SDXL LoRA in kohya's layout, with layers for the UNet and both text encoders: its first
+    request with runtime openvino, on the torch pipeline, exports the UNet and the two text
+    encoders with it on; from then on this path runs them in the bundle's parts' places, without
+    torch, and makes the torch pipeline's picture. A LoRA of bigG's layers alone runs with the
+    bundle's own UNet and CLIP ViT-L, and its layers count."""
+    from safetensors.torch import save_file
+
+    from test_sdxl import sdxl_kohya_lora
+    from reverie.methods.diffusion.run import run
+    from reverie.models.sd_bundle import lora_text_encoder_folder
+
+    models = tmp_path / "models"
+    (models / "Lora").mkdir(parents=True)
+    layers = sdxl_kohya_lora(lively_sdxl(), 5)
+    save_file(layers, str(models / "Lora" / "xlink.safetensors"))
+    save_file({k: v for k, v in layers.items() if k.startswith("lora_te2_")}, str(models / "Lora" / "bigg.safetensors"))
+    monkeypatch.setenv("REVERIE_MODELS", str(models))
+    folder = sdxl_model["folder"]
+    plain = make(tmp_path, "plain", request_for(folder, prompt="a lighthouse", steps=3)).images[0].image
+    for tag in ("<lora:xlink:1>", "<lora:bigg:1>"):
+        request = request_for(folder, prompt=f"a lighthouse {tag}", steps=3)
+        assert not compiled.serves(request), tag
+        run(request.model_copy(update={"runtime": "openvino"}), MODELS, Progress(), Outputs(tmp_path / f"first{tag}"))
+        ours = assert_torchs(tmp_path, f"ours{tag}", request)[0]
+        assert psnr(pixels(ours), pixels(plain)) < 40, tag  # the LoRA ran
+    found = compiled.served(request)
+    assert found.loras["unet"] is None  # bigG's layers alone: the bundle's own UNet
+    made = lora_text_encoder_folder(sd_source(folder), "f32", found.loras["text"])
+    assert {p.name for p in made.glob("*.xml")} == {"text_encoder.xml", "text_encoder_2.xml"}

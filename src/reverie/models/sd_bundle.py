@@ -167,10 +167,10 @@ def sd_bundle_folder(source: SDSource, precision: str, cache: Path | None = None
 
 
 def lora_text_encoder_folder(source: SDSource, precision: str, variant: dict) -> Path:
-    """Where the export of `source`'s text encoder with a LoRA set on lives (`variant`:
-    lora.lora_variant's for the text encoder), beside the UNet's exports: named by the model's
-    bundle (its files, precision and exporters) and the set. The bundle runs it in its text
-    encoder's place (methods/diffusion/compiled.py); `export_lora_text_encoder` makes it."""
+    """Where the export of `source`'s text encoder (SDXL's: both) with a LoRA set on lives
+    (`variant`: lora.lora_variant's for the text encoder), beside the UNet's exports: named by the
+    model's bundle (its files, precision and exporters) and the set. The bundle runs it in its text
+    encoders' places (methods/diffusion/compiled.py); `export_lora_text_encoder` makes it."""
     return openvino_cache_dir() / fingerprint_of({"text_encoder_of": sd_bundle_folder(source, precision).name}, variant)
 
 
@@ -261,18 +261,22 @@ def _text_encoder_part(text_encoder, penultimate: bool = False, pooled: bool = F
             [([-1, -1], ov.Type.i64), ([-1, width], ov.Type.f32)])
 
 
-def export_lora_text_encoder(folder: Path, source: SDSource, precision: str, text_encoder, variant: dict) -> None:
-    """Export `text_encoder` as it runs now, with the LoRA set `variant` names on at its weights
-    (inside lora.apply_loras), as the bundle's text encoder part is exported, into `folder`
-    (`lora_text_encoder_folder`'s, not made yet: seconds for SD's CLIP); an older one for the
-    same model file, precision and set (the file changed since) is replaced."""
-    table = text_encoder.get_input_embeddings()
+def export_lora_text_encoder(folder: Path, source: SDSource, precision: str, encoders: dict, variant: dict) -> None:
+    """Export the text encoders `encoders` ({part: module}: "text_encoder", and SDXL's
+    "text_encoder_2") as they run now, with the LoRA set `variant` names on at its weights
+    (inside lora.apply_loras), as the bundle's parts of those names are exported, into `folder`
+    (`lora_text_encoder_folder`'s, not made yet: seconds for SD's CLIP, a minute for SDXL's
+    bigG); an older one for the same model file, precision and set (the file changed since) is
+    replaced."""
+    tables = {part: encoder.get_input_embeddings() for part, encoder in encoders.items()}
     try:
-        save_bundle(folder, {"text_encoder": _text_encoder_part(text_encoder)},
-                    {"lora_text_encoder": f"{source.path} {precision} {variant['label']}"},
+        parts = {part: _text_encoder_part(encoder, penultimate=source.sdxl, pooled=part == "text_encoder_2")
+                 for part, encoder in encoders.items()}
+        save_bundle(folder, parts, {"lora_text_encoder": f"{source.path} {precision} {variant['label']}"},
                     replaces="lora_text_encoder")
     finally:
-        text_encoder.set_input_embeddings(table)  # with_extra_rows wraps it in place: the cached encoder's own
+        for part, encoder in encoders.items():  # with_extra_rows wraps them in place: the cached encoders' own
+            encoder.set_input_embeddings(tables[part])
 
 
 def _tokenizer_json(tokenizer) -> str:

@@ -168,9 +168,9 @@ def unet_with_loras(unet, components: ModelComponents, uses, infos, progress: Pr
 
 
 def text_encoder_with_loras(components: ModelComponents, uses, infos, progress: Progress | None = None) -> None:
-    """Export the text encoder with the LoRAs `uses` on (inside `apply_loras`), where their set
-    has text-encoder layers at a weight above 0 and the model is one an SD bundle serves, once:
-    with the UNet's export of the set, the bundle then runs the set without torch
+    """Export the text encoder (SDXL's two) with the LoRAs `uses` on (inside `apply_loras`), where
+    their set has text-encoder layers at a weight above 0 and the model is one an SD bundle
+    serves, once: with the UNet's export of the set, the bundle then runs the set without torch
     (models/sd_bundle.py, `export_lora_text_encoder`; methods/diffusion/compiled.py). A failure
     leaves the set to this pipeline, as before."""
     from ...models.openvino_bundle import bundle_made
@@ -178,8 +178,11 @@ def text_encoder_with_loras(components: ModelComponents, uses, infos, progress: 
 
     variant = lora_variant(uses, infos, part="text") if uses else None
     source = sd_source(Path(components.source)) if variant and components.source else None
-    if source is None or components.is_sdxl:
+    if source is None:
         return
+    encoders = {"text_encoder": components.text_encoder}
+    if components.is_sdxl:
+        encoders["text_encoder_2"] = components.text_encoder_2
     precision = "bf16" if components.text_encoder.dtype == torch.bfloat16 else "f32"
     folder = lora_text_encoder_folder(source, precision, variant)
     if bundle_made(folder):
@@ -188,7 +191,7 @@ def text_encoder_with_loras(components: ModelComponents, uses, infos, progress: 
         message = f"exporting the text encoder with {variant['label']} to OpenVINO (once)"
         progress(ProgressEvent("load", message=message))
     try:
-        export_lora_text_encoder(folder, source, precision, components.text_encoder, variant)
+        export_lora_text_encoder(folder, source, precision, encoders, variant)
     except Exception as exc:  # the exporter, a full disk: the set keeps running here
         log.warning("the text encoder with %s could not be exported (%s); the set runs on torch", variant["label"], exc)
 

@@ -17,8 +17,8 @@ four 512 px pictures or one 1024 px SDXL picture, runs in groups that fit); for 
 that is the size the input picture is worked at (mini works on a larger one at half its size and
 enlarges the result back).
 A prompt with weights, a negative, templates, styles and textual-inversion embeddings (not
-SDXL's), and for SD 1.x/2.x one set of LoRAs once run.py has made its exports of the UNet and
-the text encoder with them on (`_lora_variant`); step caching (the UNet split where it keeps its deep features:
+SDXL's), and one set of LoRAs once run.py has made its exports of the UNet and the text
+encoder (SDXL's two) with them on (`_lora_variant`); step caching (the UNet split where it keeps its deep features:
 models/openvino_step_cache.py); not the options only the torch pipeline has (seamless tiles,
 chaos below 100, a refiner, prompt expansion, SD's upscale). A tiny decoder (`decoder tiny`:
 TAESD in the models folder, or a path to one) makes the pictures from its own bundle
@@ -345,15 +345,14 @@ def _lora_variant(request: GenerationRequest, source: SDSource | None) -> tuple[
     encoder they make where this path runs them: {"unet": ..., "text": ...}, each
     `lora.lora_variant`'s, which names the export run.py makes of that part with them on, or
     None where the set leaves the part as it is). It runs one set of LoRAs for the whole request
-    (best-of's candidates too), from .safetensors files, on SD 1.x/2.x (SDXL's stay run.py's); LoRAs
-    that change nothing stay run.py's."""
+    (best-of's candidates too), from .safetensors files; LoRAs that change nothing stay run.py's."""
     from ...models.lora import find_lora, lora_info, lora_variant
     from .networks import lora_sets
 
     sets = lora_sets(request.model_copy(update={"n_iter": request.n_iter * request.rerank}))
     if sets == {()}:
         return False, None
-    if source is None or source.sdxl or len(sets) != 1:
+    if source is None or len(sets) != 1:
         return True, None
     (uses,) = sets
     try:
@@ -370,8 +369,8 @@ def _lora_parts(source: SDSource, facts: ModelFacts, precision: str, loras: dict
     """The IRs that run in the bundle's parts' places for the LoRA set `loras` (`_lora_variant`):
     the export run.py made of the UNet with them on (its first request for them with runtime
     openvino: OpenVINOUNet.for_variant), named by what the model's bundle keeps (`unet_key`), and
-    of the text encoder (batches.text_encoder_with_loras), named by the bundle; None where one is
-    not made, or the bundle is not made yet."""
+    of the text encoder (SDXL's two: batches.text_encoder_with_loras), named by the bundle; None
+    where one is not made, or the bundle is not made yet."""
     parts = {}
     if loras["unet"] is not None:
         if facts.unet_key is None:
@@ -384,7 +383,7 @@ def _lora_parts(source: SDSource, facts: ModelFacts, precision: str, loras: dict
         folder = lora_text_encoder_folder(source, precision, loras["text"])
         if not bundle_made(folder):
             return None
-        parts["text_encoder"] = part_ir(folder, "text_encoder")
+        parts |= {part: part_ir(folder, part) for part in TEXT_PARTS[:2 if source.sdxl else 1]}
     return parts
 
 
