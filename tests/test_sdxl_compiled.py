@@ -307,3 +307,23 @@ def test_an_sdxl_lora_runs_here_once_the_torch_path_made_its_exports(sdxl_model,
     assert found.loras["unet"] is None  # bigG's layers alone: the bundle's own UNet
     made = lora_text_encoder_folder(sd_source(folder), "f32", found.loras["text"])
     assert {p.name for p in made.glob("*.xml")} == {"text_encoder.xml", "text_encoder_2.xml"}
+
+
+def test_an_sdxl_embedding_is_the_torch_pipelines(sdxl_model, tmp_path, monkeypatch):
+    """An SDXL textual-inversion embedding (CLIP ViT-L's and bigG's vectors): each encoder takes
+    its own rows for the tokens, as the torch pipeline loads them; the picture is the torch
+    pipeline's and moves with the vectors. An SD 1.x embedding (one encoder's) stays run.py's."""
+    from safetensors.numpy import save_file
+
+    embeddings = tmp_path / "models" / "embeddings"
+    embeddings.mkdir(parents=True)
+    monkeypatch.setenv("REVERIE_MODELS", str(tmp_path / "models"))
+    rng = np.random.default_rng(3)
+    vectors = {"clip_l": rng.standard_normal((2, L_WIDTH)), "clip_g": rng.standard_normal((2, G_WIDTH))}
+    save_file({k: (v * 0.5).astype(np.float32) for k, v in vectors.items()}, embeddings / "harbour-mood.safetensors")
+    save_file({"emb_params": np.ones((1, L_WIDTH), np.float32)}, embeddings / "sd-only.safetensors")
+    folder = sdxl_model["folder"]
+    ours = assert_torchs(tmp_path, "ours", request_for(folder, prompt="a harbour-mood lighthouse", steps=3))[0]
+    plain = make(tmp_path, "plain", request_for(folder, prompt="a lighthouse", steps=3)).images[0].image
+    assert psnr(pixels(ours), pixels(plain)) < 40  # the vectors reached the UNet
+    assert not compiled.serves(request_for(folder, prompt="a sd-only lighthouse"))

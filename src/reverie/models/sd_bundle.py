@@ -67,7 +67,7 @@ class SDSource:
     native_size: int
     unet_parameters: int  # counted from the weight files' headers
     scheduler_folder: Path  # its noise schedule's config (a file's: the one single_file.py loads it with)
-    text_width: int  # its text encoder's token width (an embedding's vectors must be as wide)
+    text_widths: tuple[int, ...]  # each text encoder's token width (an embedding's vectors must be as wide)
     prediction_type: str | None = None  # a file's, as single_file.py resolves it (None: the folder's config says)
     inpainting: bool = False  # a 9-channel UNet: the mask and the masked picture's latents beside the latents
     guidance_embedding: int | None = None  # a guidance-distilled UNet's (LCM's) guidance-scale embedding width
@@ -113,14 +113,14 @@ def _folder_source(folder: Path) -> SDSource | None:
     parameters = sum(math.prod(entry["shape"]) for f in weights for key, entry in (read_header(f) or {}).items()
                      if key != "__metadata__")
     side = int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
-    return SDSource(folder, tuple(files), side, parameters, folder / "scheduler", _text_width(folder, sdxl),
+    return SDSource(folder, tuple(files), side, parameters, folder / "scheduler", _text_widths(folder, sdxl),
                     inpainting=unet["in_channels"] == 9, guidance_embedding=unet.get("time_cond_proj_dim"), sdxl=sdxl)
 
 
-def _text_width(folder: Path, sdxl: bool = False) -> int:
-    """The width of the text states the UNet attends to: SDXL's are both encoders' side by side."""
+def _text_widths(folder: Path, sdxl: bool = False) -> tuple[int, ...]:
+    """Each text encoder's token width (SDXL's two: its UNet attends to their states side by side)."""
     encoders = ("text_encoder",) + (("text_encoder_2",) if sdxl else ())
-    return sum(int(json.loads((folder / encoder / "config.json").read_text())["hidden_size"]) for encoder in encoders)
+    return tuple(int(json.loads((folder / encoder / "config.json").read_text())["hidden_size"]) for encoder in encoders)
 
 
 def _served_unet(config: dict) -> bool:
@@ -157,7 +157,7 @@ def _file_source(file: Path) -> SDSource | None:
     vae = json.loads((config / "vae" / "config.json").read_text())
     side = int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
     parameters = sum(math.prod(entry["shape"]) for key, entry in header.items() if key.startswith(UNET_PREFIX))
-    return SDSource(file, (file,), side, parameters, config / "scheduler", _text_width(config, sdxl), prediction,
+    return SDSource(file, (file,), side, parameters, config / "scheduler", _text_widths(config, sdxl), prediction,
                     inpainting, sdxl=sdxl)
 
 

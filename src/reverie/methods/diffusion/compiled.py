@@ -16,8 +16,8 @@ all of reverie's), at most 512 px a side for mini (192 with its x2 upscale), 768
 four 512 px pictures or one 1024 px SDXL picture, runs in groups that fit); for an image mode
 that is the size the input picture is worked at (mini works on a larger one at half its size and
 enlarges the result back).
-A prompt with weights, a negative, templates, styles and textual-inversion embeddings (not
-SDXL's), and one set of LoRAs once run.py has made its exports of the UNet and the text
+A prompt with weights, a negative, templates, styles and textual-inversion embeddings (SDXL's
+pairs too), and one set of LoRAs once run.py has made its exports of the UNet and the text
 encoder (SDXL's two) with them on (`_lora_variant`); step caching (the UNet split where it keeps its deep features:
 models/openvino_step_cache.py); not the options only the torch pipeline has (seamless tiles,
 chaos below 100, a refiner, prompt expansion, SD's upscale). A tiny decoder (`decoder tiny`:
@@ -117,7 +117,7 @@ class ModelFacts:
     sampling: SamplingDefaults  # what a request leaves out
     max_side: int  # pixels a side this path draws at most (larger: run.py)
     default_upscale: int  # the upscale factor a request leaves out asks for
-    text_width: int  # its text encoder's token width (an embedding's vectors must be as wide)
+    text_widths: tuple[int, ...]  # each text encoder's token width (an embedding's vectors must be as wide)
     inpainting: bool = False  # a 9-channel UNet: it serves inpaint and outpaint only
     guidance_embedding: int | None = None  # a guidance-distilled UNet's (LCM's): the scale goes in, no CFG pass
     unet_key: dict | None = None  # what names its UNet's exports (an SD bundle's, once made): LoRA sets' too
@@ -138,7 +138,7 @@ def mini_facts(folder: Path = MINI_DIR) -> ModelFacts:
     return ModelFacts(MINI_NAME, int(unet["sample_size"]) * scale, scale * 2 ** (len(unet["block_out_channels"]) - 1),
                       int(vae["latent_channels"]), scale,
                       json.loads((folder / "scheduler" / "scheduler_config.json").read_text()), SAMPLING_DEFAULTS,
-                      MAX_SIDE, DEFAULT_UPSCALE, _minilm_width())
+                      MAX_SIDE, DEFAULT_UPSCALE, (_minilm_width(),))
 
 
 def _minilm_width() -> int:
@@ -158,10 +158,10 @@ def sd_facts(source: SDSource, folder: Path | None = None) -> ModelFacts:
         config = source.scheduler_config()
         name, latent_channels, vae_scale = (source.path.name if source.path.is_dir() else source.path.stem), 4, 8
     sampling = LCM_DEFAULTS if source.guidance_embedding else GENERATION_DEFAULTS  # as run.py: the folder's loader
-    # SDXL's UNet attends to both encoders' states side by side: no one embedding's vectors are that wide
-    text_width = source.text_width if source.sdxl else done.get("text_width", source.text_width)
+    made = (done.get("text_width"), done.get("text_width_2"))  # the bundle's encoders, once made
+    text_widths = tuple(made[n] or width for n, width in enumerate(source.text_widths))
     return ModelFacts(name, done.get("native_size", source.native_size), SD_SIZE_MULTIPLE, latent_channels, vae_scale,
-                      config, sampling, SDXL_MAX_SIDE if source.sdxl else SD_MAX_SIDE, 1, text_width,
+                      config, sampling, SDXL_MAX_SIDE if source.sdxl else SD_MAX_SIDE, 1, text_widths,
                       source.inpainting, source.guidance_embedding, done.get("unet_key"), source.sdxl,
                       SDXL_MAX_BATCH_PIXELS if source.sdxl else SD_MAX_BATCH_PIXELS)
 
@@ -388,8 +388,9 @@ def _lora_parts(source: SDSource, facts: ModelFacts, precision: str, loras: dict
 
 
 def _embeddings_unserved(request: GenerationRequest, facts: ModelFacts) -> bool:
-    """Whether any picture's prompt names an embedding this model's text encoder cannot take
-    here (unreadable, of another width, SDXL's pair): run.py says why."""
+    """Whether any picture's prompt names an embedding this model's text encoders cannot take
+    here (unreadable, of another width; an SDXL pair for SD, one without bigG's vectors for
+    SDXL): run.py says why."""
     from ...models.embeddings import embedding_names_in, list_embeddings, read_embedding
 
     plan, known = prompt_plan(request), list_embeddings()
@@ -403,7 +404,10 @@ def _embeddings_unserved(request: GenerationRequest, facts: ModelFacts) -> bool:
             embedding = read_embedding(known[name])
         except (BadCheckpoint, OSError):
             return True
-        if "clip_g" in embedding.vectors or embedding.width != facts.text_width:
+        if ("clip_g" in embedding.vectors) != facts.sdxl:
+            return True
+        rows = [embedding.first] + [embedding.vectors.get("clip_g")] * facts.sdxl
+        if any(vectors.shape[-1] != width for vectors, width in zip(rows, facts.text_widths, strict=True)):
             return True
     return False
 
@@ -499,7 +503,8 @@ def make_batches(request: GenerationRequest, bundle: OpenVINOBundle, tokenizers:
         # networks.batch_prompts does
         pairs = [extract_pair(plan(seed).prompt, plan(seed).negative_prompt)[:2] for seed in seeds]
         texts, used = written_as_tokens([text for pair in pairs for text in pair])
-        tokenizers[0].add_embeddings(used)  # (SDXL's: none, `_embeddings_unserved`)
+        for tokenizer, vectors in zip(tokenizers, ("first", "clip_g")):  # SDXL's bigG: the embeddings' own rows
+            tokenizer.add_embeddings(used, vectors)
         conditioning = encode_pairs(list(zip(texts[0::2], texts[1::2])), tokenizers, bundle, encoded,
                                     zero_empty_negative=facts.sdxl)
         for part in TEXT_PARTS[:len(tokenizers)]:  # a large one (SDXL's bigG) not held through the steps
@@ -680,14 +685,16 @@ class BundleTokenizer:
         """Each of the bundle's text encoders' tokenizers, in TEXT_PARTS's order."""
         return (cls.of(bundle),) + ((cls.of(bundle, "_2"),) if bundle.facts.get("sdxl") else ())
 
-    def add_embeddings(self, embeddings) -> None:
+    def add_embeddings(self, embeddings, vectors: str = "first") -> None:
         """Take the tokens of textual-inversion `embeddings` (models/embeddings.py: their names
         written as these tokens), once each: token ids from the encoder's table size on, their
-        rows the embeddings' vectors, given to the text encoder with every call (`rows`)."""
+        rows the embeddings' vectors (`vectors`: "first", CLIP ViT-L's or SD's; "clip_g", SDXL's
+        bigG's), given to the text encoder with every call (`rows`)."""
         from tokenizers import AddedToken
 
         for embedding in embeddings:
-            for token, vector in zip(embedding.tokens(), embedding.first):
+            rows = embedding.first if vectors == "first" else embedding.vectors[vectors]
+            for token, vector in zip(embedding.tokens(), rows):
                 if token in self._added:
                     continue
                 self._tokenizer.add_tokens([AddedToken(token)])
