@@ -37,14 +37,14 @@ MODELS = ModelCache()
 LONG = ", ".join(["a (lighthouse:1.4) on a cliff over a [stormy] sea at night"] * 8)  # two windows
 
 
-def lively_sdxl(seed: int = 0) -> ModelComponents:
-    """SDXL base at toy width: each weight matrix drawn with unit gain (1 / sqrt(fan-in)), norms
-    at 1, biases at 0."""
+def lively_sdxl(seed: int = 0, in_channels: int = 4) -> ModelComponents:
+    """SDXL base at toy width (`in_channels` 9: an inpainting model's): each weight matrix drawn
+    with unit gain (1 / sqrt(fan-in)), norms at 1, biases at 0."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(64, 128, 128),
+        sample_size=8, in_channels=in_channels, out_channels=4, layers_per_block=2, block_out_channels=(64, 128, 128),
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         transformer_layers_per_block=(1, 1, 2), attention_head_dim=(2, 4, 8), use_linear_projection=True,
@@ -227,6 +227,27 @@ def test_image_modes_are_the_torch_pipelines(sdxl_model, tmp_path):
                 assert psnr(pixels(made.crop(moved)), pixels(given.crop(moved))) < 30
             else:
                 assert made.size == (128, 64) and pixels(made.crop((64, 0, 128, 64))).std() > 10
+
+
+def test_an_sdxl_inpainting_model_is_the_torch_pipelines(sdxl_model, tmp_path):
+    """An SDXL inpainting model (a 9-channel UNet: the mask and the masked picture's latents
+    beside the latents): inpaint, from noise and at a strength below 1, and outpaint as
+    diffusers' SDXL inpaint pipeline runs it; txt2img stays run.py's."""
+    folder = save_folder(lively_sdxl(seed=1, in_channels=9), tmp_path / "lively-sdxl-inpainting")
+    assert sd_source(folder).inpainting and sd_source(folder).sdxl
+    source = make(tmp_path, "source", request_for(sdxl_model["folder"])).images[0].path
+    mask = Image.new("L", (64, 64))
+    mask.paste(255, (0, 0, 32, 64))
+    mask.save(tmp_path / "mask.png")
+    for fields in (dict(mode="inpaint", mask_image=str(tmp_path / "mask.png"), strength=1.0),
+                   dict(mode="inpaint", mask_image=str(tmp_path / "mask.png"), strength=0.7),
+                   dict(mode="outpaint", outpaint_right=64)):
+        request = request_for(folder, prompt="a storm at sea", init_image=str(source), width=None, height=None,
+                              **fields)
+        made = assert_torchs(tmp_path, f"{fields['mode']}-{fields.get('strength')}", request)[0]
+        given = Image.open(source).convert("RGB")
+        assert psnr(pixels(made.crop((32, 0, 64, 64))), pixels(given.crop((32, 0, 64, 64)))) > 35  # kept
+    assert not compiled.serves(request_for(folder))
 
 
 def test_the_command_makes_sdxl_pictures_without_importing_torch(sdxl_model, tmp_path):

@@ -12,8 +12,8 @@ plain UNet (4 latent channels, no extra conditioning) or an inpainting one (9 ch
 latents, the mask and the masked picture's latents; `SDSource.inpainting`); a folder's UNet may
 also be distilled with guidance, as LCM's are (the guidance scale's embedding as a further input,
 `SDSource.guidance_embedding`); or SDXL base (`SDSource.sdxl`: a StableDiffusionXLPipeline
-folder, or a .safetensors file in SGM's layout with both text encoders; not its refiner or
-inpainting models). `make_sd_bundle`
+folder, or a .safetensors file in SGM's layout with both text encoders, and its inpainting
+models; not its refiner). `make_sd_bundle`
 (torch) loads the model as the torch path does (registry.load_model), takes the UNet's export
 from OpenVINOUNet's cache (made first if missing; linked into the bundle, not copied), and
 exports the text encoder (token ids -> last hidden states, unmasked, as SD was trained;
@@ -132,9 +132,10 @@ def _served_unet(config: dict) -> bool:
 
 
 def _served_sdxl_unet(config: dict) -> bool:
-    """SDXL base's UNet: 4 channels in and out, the pooled text and size/crop ids added to its
-    time embedding ("text_time"), nothing else (not its inpainting models, not guidance-distilled)."""
-    return (config.get("in_channels") == 4 and config.get("out_channels") == 4
+    """SDXL base's UNet (or its inpainting models', 9 channels in): 4 channels out, the pooled
+    text and size/crop ids added to its time embedding ("text_time"), nothing else (not
+    guidance-distilled)."""
+    return (config.get("in_channels") in (4, 9) and config.get("out_channels") == 4
             and config.get("addition_embed_type") == "text_time"
             and all(config.get(key) is None for key in ("class_embed_type", "encoder_hid_dim", "time_cond_proj_dim")))
 
@@ -147,7 +148,7 @@ def _file_source(file: Path) -> SDSource | None:
     sdxl = all(key in header for key in SDXL_TEXT_KEYS)  # base; the refiner has bigG alone
     family = "sd1" if SD1_TEXT_KEY in header else "sd2" if SD2_TEXT_KEY in header else "sdxl" if sdxl else None
     shape = header.get(UNET_INPUT_KEY, {}).get("shape")
-    if family is None or not shape or len(shape) != 4 or shape[1] not in ((4,) if sdxl else (4, 9)):  # other UNets
+    if family is None or not shape or len(shape) != 4 or shape[1] not in (4, 9):  # other UNets
         return None
     inpainting = shape[1] == 9
     prediction = prediction_type_of(family, inpainting, header.keys(), metadata, file, None)

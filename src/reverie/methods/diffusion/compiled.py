@@ -7,7 +7,7 @@ peaked at 3.71 GiB, 0.8 of it torch's and diffusers' imports. `serves` says, wit
 either, whether a request is one this path runs: txt2img, img2img, variations, inpaint or
 outpaint on reverie-mini or on a Stable Diffusion model a bundle serves (models/sd_bundle.py: an
 SD pipeline folder, LCM-distilled ones included, an SD 1.x or 2.x .safetensors file, SDXL base's
-folder or .safetensors file), on the CPU
+folder or .safetensors file, inpainting models of each), on the CPU
 under runtime `auto` or `openvino`, with a sampler numpy_sampler.py ports (DPM++ 2M with or
 without Karras sigmas, DPM++ 2M SDE Karras, DPM++ 2S Karras, Euler with or without, Euler a,
 Heun, DPM2, DPM2 a, LMS with or without, DDIM, DDPM, PLMS, LCM, UniPC, DEIS, DPM++ SDE Karras:
