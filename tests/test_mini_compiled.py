@@ -44,6 +44,7 @@ def test_it_serves_plain_mini_requests_and_leaves_the_rest_to_the_torch_pipeline
                                        cfg_scale=1.0, steps=5, width=96, height=160, upscale=1))
     assert compiled.serves(request_for(dtype="fp32", runtime="openvino"))
     assert compiled.serves(request_for(keep_only=1, chaos=100, made=0)) and compiled.serves(request_for(made=2))
+    assert compiled.serves(request_for(chaos=0)) and compiled.serves(request_for(chaos=99))
     assert compiled.serves(request_for(rerank=2)) and compiled.serves(request_for(score=True))  # a torch CLIP scores
     assert compiled.serves(request_for(step_cache=2))
     assert all(compiled.serves(request_for(sampler=name))
@@ -51,8 +52,8 @@ def test_it_serves_plain_mini_requests_and_leaves_the_rest_to_the_torch_pipeline
                             "unipc", "heun", "plms", "lms", "lms_karras", "dpm2", "dpm2_a", "ddpm", "deis",
                             "dpmpp_2s_karras", "dpmpp_sde_karras"))
     for refused in (dict(runtime="torch"), dict(prompt="apple <lora:style:0.8>"),
-                    dict(upscale=4), dict(width=256), dict(width=104), dict(dtype="fp16"), dict(chaos=0),
-                    dict(chaos=99), dict(tile=True), dict(expand=True),
+                    dict(upscale=4), dict(width=256), dict(width=104), dict(dtype="fp16"),
+                    dict(tile=True), dict(expand=True),
                     dict(mode="img2img", init_image="x.png"), dict(mode="inpaint", init_image="x.png", mask_image="m.png"),
                     dict(mode="inpaint", init_image="x.png", mask_image="m.png", strength=0.0),
                     dict(model="tiny"), dict(device="cuda")):
@@ -114,6 +115,21 @@ def test_its_pictures_are_the_torch_pipelines(tmp_path, dtype, floor):
     recorded = ours.images[0].metadata["settings"]
     assert recorded["runtime"] == "openvino" and recorded["sampler"] == "dpmpp_2m" and recorded["ran_dtype"] == dtype
     assert recorded["model_name"] == theirs.images[0].metadata["settings"]["model_name"] == "mini"
+
+
+def test_chaos_is_the_torch_pipelines(tmp_path):
+    """`--chaos` below 100: each picture's noise slerped toward its batch's shared noise, as the
+    torch pipeline draws it (the same NumPy draw: the same pictures to the kernels' last bits);
+    at 0 the batch's pictures are variations of one; without chaos they are further apart."""
+    apart = {}
+    for chaos in (0, None):
+        request = request_for(prompt="a red apple on a table", n_samples=2, steps=5, dtype="fp32", chaos=chaos)
+        ours = make(tmp_path, f"ours{chaos}", request)
+        theirs = make(tmp_path, f"theirs{chaos}", request, full_run)
+        for a, b in zip(ours.images, theirs.images, strict=True):
+            assert psnr(pixels(a.image), pixels(b.image)) > 45, (chaos, psnr(pixels(a.image), pixels(b.image)))
+        apart[chaos] = psnr(pixels(ours.images[0].image), pixels(ours.images[1].image))
+    assert apart[0] > apart[None] + 5
 
 
 def test_step_caching_is_the_torch_pipelines_and_keeps_the_prompt(tmp_path):

@@ -192,8 +192,9 @@ def test_a_batch_past_the_pixels_one_evaluation_takes_runs_in_groups_of_the_same
                                                                                            monkeypatch):
     """A batch with more pixels than SD_MAX_BATCH_PIXELS (four 512 px pictures; SDXL's: one 1024
     px one) is served, its UNet evaluations taking as many pictures as fit: each picture the one
-    the whole batch makes, to the bit; the progress counts the whole batch's steps once."""
-    request = request_for(sd_folder, n_samples=3, steps=3, dtype="fp32")
+    the whole batch makes, to the bit (with chaos, whose shared noise is the whole batch's first
+    seed's); the progress counts the whole batch's steps once."""
+    request = request_for(sd_folder, n_samples=3, steps=3, dtype="fp32", chaos=30)
     whole = make(tmp_path, "whole", request)
     monkeypatch.setattr(compiled, "SD_MAX_BATCH_PIXELS", 2 * 64 * 64)
     assert compiled.serves(request)

@@ -27,10 +27,9 @@ from ...pixels import to_pictures
 from ...progress import Interrupted, Progress, ProgressEvent
 from ...prompts.conditioning import SDXLConditioning, encode_prompt_batch, encode_sdxl_prompt_batch
 from ...prompts.picture import prompt_plan
-from ...request import MAX_SEED
 from ...samplers import build_scheduler
-from ..gan.latents import slerp
 from ..upscale.pictures import upscaled
+from .chaos import chaos_noise
 from .networks import batch_prompts
 from .inputs import PreparedInput, bring_back, denoising_steps
 from .pipelines import circular_padding, memory_settings, pipeline_for, vae_dtype_kept
@@ -53,29 +52,6 @@ def initial_noise(seeds: list[int], shape: tuple[int, int, int]) -> tuple[torch.
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
     noise = torch.stack([torch.randn(shape, generator=g, dtype=torch.float32) for g in generators])
     return noise, generators
-
-
-# A batch's shared noise comes from its first seed plus this: a stream no picture's own seed draws from.
-CHAOS_STREAM = MAX_SEED + 1
-
-
-def chaos_mix(chaos: int) -> float:
-    """How far each picture's noise goes from the batch's shared noise toward its own (slerp's t):
-    0.2 at chaos 0 (two pictures' noises correlate by about cos(0.1 pi)^2 = 0.9: variations of one
-    picture), 0.4 at 50 (0.66), 1 at 100 (each picture's own noise, as without chaos). Squared,
-    because the pictures part quickly once their noises do."""
-    return 0.2 + 0.8 * (chaos / 100) ** 2
-
-
-def chaos_noise(noise: torch.Tensor, first_seed: int, chaos: int) -> torch.Tensor:
-    """A batch's starting noise [N, C, h, w] with `chaos` (0..100): each picture's own noise
-    slerped toward the noise the batch's first seed draws from its own stream. A function of the
-    batch's seeds alone, so the batch made again (`keep_only`, `--from`) makes it again exactly."""
-    if chaos >= 100:
-        return noise
-    shared = torch.randn(noise.shape[1:], generator=torch.Generator("cpu").manual_seed(first_seed + CHAOS_STREAM))
-    own = noise.flatten(1)
-    return slerp(shared.flatten().expand_as(own), own, chaos_mix(chaos)).view_as(noise)
 
 
 def run_batches(
@@ -221,7 +197,8 @@ def denoise_batch(request: GenerationRequest, components: ModelComponents, prepa
     count = len(seeds)
     drawn, generators = initial_noise(seeds, latent_shape(components, prepared.width, prepared.height))
     if noise is None:
-        noise = chaos_noise(drawn, seeds[0], request.chaos) if request.chaos is not None else drawn
+        noise = (torch.from_numpy(chaos_noise(drawn.numpy(), seeds[0], request.chaos)) if request.chaos is not None
+                 else drawn)
     scheduler = build_scheduler(request.sampler, components.scheduler_config, seeds)
     stopped = {"flag": False}
     previewer = decoder if previewer is None else previewer

@@ -18,9 +18,10 @@ that is the size the input picture is worked at (mini works on a larger one at h
 enlarges the result back).
 A prompt with weights, a negative, templates, styles and textual-inversion embeddings (SDXL's
 pairs too), and one set of LoRAs once run.py has made its exports of the UNet and the text
-encoder (SDXL's two) with them on (`_lora_variant`); step caching (the UNet split where it keeps its deep features:
+encoder (SDXL's two) with them on (`_lora_variant`); Midjourney's chaos (chaos.py, as the torch
+path draws it); step caching (the UNet split where it keeps its deep features:
 models/openvino_step_cache.py); not the options only the torch pipeline has (seamless tiles,
-chaos below 100, a refiner, prompt expansion, SD's upscale). A tiny decoder (`decoder tiny`:
+a refiner, prompt expansion, SD's upscale). A tiny decoder (`decoder tiny`:
 TAESD in the models folder, or a path to one) makes the pictures from its own bundle
 (models/tiny_decoder_bundle.py) and draws the live previews, as does the models folder's for a
 request decoded by the VAE, where it fits the model (else the VAE's linear latent->RGB map
@@ -84,6 +85,7 @@ from ...prompts.tokens import TokenChunk, chunk_tokens, frame_rows, framing
 from ...result import Result
 from ...torch_noise import TorchCPUGenerator
 from .inputs import PreparedInput, bring_back, denoising_steps, prepare_input
+from .chaos import chaos_noise
 from .numpy_sampler import make_sampler
 from .preview import PREVIEW_EVERY, PREVIEW_SIDE, linear_preview, side_by_side
 from .records import picture_settings, scored_batches, write_batches
@@ -229,10 +231,9 @@ def served(request: GenerationRequest) -> Served | None:
         return None
     if _bundle_key(source, precision_of(dtype), int8) in _failed:  # its bundle failed earlier in this process
         return None
-    chaos = request.chaos is not None and request.chaos < 100  # 100: each picture its own seed's noise, as without
     if request.decoder != "vae" and _tiny_decoder_path(request.decoder, facts.tiny_family) is None:  # run.py says where
         return None
-    if (request.tile or chaos or request.refiner
+    if (request.tile or request.refiner
             or request.vae_tiling or request.attention_slicing or request.expand):
         return None
     if request.mode in MASKED_MODES and request.effective_strength == 0:  # diffusers refuses: run.py says so
@@ -276,7 +277,7 @@ def int8_refused(request: GenerationRequest) -> str:
             "(not SDXL) "
             ".safetensors file or folder, on the CPU in fp32 or bf16, runtime auto or openvino, txt2img or an image "
             "mode at sides that are multiples of 64 up to 768 px (SD), "
-            "without LoRAs, seamless tiles, chaos, a refiner or prompt expansion; change those or leave "
+            "without LoRAs, seamless tiles, a refiner or prompt expansion; change those or leave "
             "quantize out")
 
 
@@ -513,7 +514,7 @@ def make_batches(request: GenerationRequest, bundle: OpenVINOBundle, tokenizers:
         groups = _groups(len(seeds), prepared, facts)
         latents = np.concatenate([
             denoise(request, bundle, start, seeds[rows], conditioning.rows(rows), batch, progress, preview,
-                    (number, len(groups)))
+                    (number, len(groups)), first_seed=request.image_seeds()[batch * request.n_samples])
             for number, rows in enumerate(groups)])
         progress(ProgressEvent("decode", batch=batch, batches=request.batch_count()))
         yield list(zip(decode(pictures or bundle, latents), seeds))
@@ -839,9 +840,11 @@ class Start:
             sampler.begin_at(sampler.order * (self.steps - min(int(self.steps * self.strength), self.steps)))
         return sampler
 
-    def latents(self, bundle: OpenVINOBundle, seeds: list[int], sampler) -> "Begun":
+    def latents(self, bundle: OpenVINOBundle, seeds: list[int], sampler, first_seed: int | None = None) -> "Begun":
         """Each seed's starting latents for `sampler` (made by `sampler()`), for inpaint and
-        outpaint what keeps the unmasked area, and the seeds' generators' next draws."""
+        outpaint what keeps the unmasked area, and the seeds' generators' next draws. txt2img's
+        with the request's `chaos`, toward the noise of its batch's first seed (`first_seed`:
+        the whole batch's, where `seeds` are a group of it), as batches.py draws them."""
         generators = [TorchCPUGenerator(seed) for seed in seeds]
 
         def draw() -> np.ndarray:
@@ -849,6 +852,8 @@ class Start:
 
         noise = draw()
         if not self.image_mode:
+            if self.request.chaos is not None:
+                noise = chaos_noise(noise, seeds[0] if first_seed is None else first_seed, self.request.chaos)
             return Begun(noise * np.float32(sampler.init_noise_sigma), None, draw)
         from_noise = self.masked and self.strength >= 1.0
         sampled = None
@@ -928,17 +933,20 @@ class Kept:
 
 def denoise(request: GenerationRequest, bundle: OpenVINOBundle, start: Start, seeds: list[int],
             conditioning: Conditioning, batch: int, progress: Progress,
-            preview: Callable[[np.ndarray], Image.Image] | None = None, group: tuple[int, int] = (0, 1)) -> np.ndarray:
+            preview: Callable[[np.ndarray], Image.Image] | None = None, group: tuple[int, int] = (0, 1),
+            first_seed: int | None = None) -> np.ndarray:
     """One batch's latents after the request's steps, from where `start` says; `preview` draws
     the live previews (default: the VAE's linear latent->RGB map). With `step_cache` the UNet
     reuses its deep features between evaluations, as on the torch pipeline. SDXL's UNet is also
     given the pooled text and the size/crop time ids: a picture of this very size, not cropped
     (as batches.sdxl_arguments asks of diffusers' SDXL pipelines, the negative's the same).
+    `first_seed`: the whole batch's first seed (chaos's shared noise, where `seeds` are a group of
+    it or the one picture `keep_only` makes; default `seeds[0]`).
     `group`: (which, of how many) groups of the batch these pictures are (`_groups`), for the
     progress, which counts the whole batch's steps."""
     unet = openvino_step_cache.CachedUNet(bundle, request.step_cache)
     sampler = start.sampler(seeds)
-    begun = start.latents(bundle, seeds, sampler)
+    begun = start.latents(bundle, seeds, sampler, first_seed)
     latents, kept = begun.latents, begun.kept
     scale = request.guidance_scale()
     width = start.facts.guidance_embedding

@@ -96,7 +96,7 @@ class GenerationRequest(BaseRequest):
     # give the other). See images.txt2img_size.
     aspect_ratio: str | None = None
     # How different the pictures of a batch are, 0..100 (None: each from its own seed's noise,
-    # as 100). See batches.chaos_noise.
+    # as 100). See chaos.py.
     chaos: int | None = Field(None, ge=0, le=100)
     tile: bool = False  # seamless tiles: circular padding in the UNet, the VAE and the upscaler
     # SDXL: a refiner model (a name or path, as `model`) that takes over the denoising for the last
