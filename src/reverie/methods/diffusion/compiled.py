@@ -84,8 +84,8 @@ from ...prompts.picture import prompt_plan
 from ...prompts.tokens import TokenChunk, chunk_tokens, frame_rows, framing
 from ...result import Result
 from ...torch_noise import TorchCPUGenerator
-from .inputs import PreparedInput, bring_back, denoising_steps, prepare_input
 from .chaos import chaos_noise
+from .inputs import PreparedInput, bring_back, denoising_steps, prepare_input
 from .numpy_sampler import make_sampler
 from .preview import PREVIEW_EVERY, PREVIEW_SIDE, linear_preview, side_by_side
 from .records import picture_settings, scored_batches, write_batches
@@ -842,18 +842,18 @@ class Start:
 
     def latents(self, bundle: OpenVINOBundle, seeds: list[int], sampler, first_seed: int | None = None) -> "Begun":
         """Each seed's starting latents for `sampler` (made by `sampler()`), for inpaint and
-        outpaint what keeps the unmasked area, and the seeds' generators' next draws. txt2img's
-        with the request's `chaos`, toward the noise of its batch's first seed (`first_seed`:
-        the whole batch's, where `seeds` are a group of it), as batches.py draws them."""
+        outpaint what keeps the unmasked area, and the seeds' generators' next draws. The
+        starting noise mixed by the request's `chaos` toward the noise of its batch's first seed
+        (`first_seed`: the whole batch's, where `seeds` are a group of it), as batches.py mixes it."""
         generators = [TorchCPUGenerator(seed) for seed in seeds]
 
         def draw() -> np.ndarray:
             return np.stack([generator.randn(self.shape) for generator in generators])
 
         noise = draw()
+        if self.request.chaos is not None:  # txt2img, or inpaint and outpaint from noise (request.py checks)
+            noise = chaos_noise(noise, seeds[0] if first_seed is None else first_seed, self.request.chaos)
         if not self.image_mode:
-            if self.request.chaos is not None:
-                noise = chaos_noise(noise, seeds[0] if first_seed is None else first_seed, self.request.chaos)
             return Begun(noise * np.float32(sampler.init_noise_sigma), None, draw)
         from_noise = self.masked and self.strength >= 1.0
         sampled = None
