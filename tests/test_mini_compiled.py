@@ -45,6 +45,7 @@ def test_it_serves_plain_mini_requests_and_leaves_the_rest_to_the_torch_pipeline
     assert compiled.serves(request_for(dtype="fp32", runtime="openvino"))
     assert compiled.serves(request_for(keep_only=1, chaos=100, made=0)) and compiled.serves(request_for(made=2))
     assert compiled.serves(request_for(chaos=0)) and compiled.serves(request_for(chaos=99))
+    assert compiled.serves(request_for(expand=True))
     assert compiled.serves(request_for(rerank=2)) and compiled.serves(request_for(score=True))  # a torch CLIP scores
     assert compiled.serves(request_for(step_cache=2))
     assert all(compiled.serves(request_for(sampler=name))
@@ -53,7 +54,7 @@ def test_it_serves_plain_mini_requests_and_leaves_the_rest_to_the_torch_pipeline
                             "dpmpp_2s_karras", "dpmpp_sde_karras"))
     for refused in (dict(runtime="torch"), dict(prompt="apple <lora:style:0.8>"),
                     dict(upscale=4), dict(width=256), dict(width=104), dict(dtype="fp16"),
-                    dict(tile=True), dict(expand=True),
+                    dict(tile=True),
                     dict(mode="img2img", init_image="x.png"), dict(mode="inpaint", init_image="x.png", mask_image="m.png"),
                     dict(mode="inpaint", init_image="x.png", mask_image="m.png", strength=0.0),
                     dict(model="tiny"), dict(device="cuda")):
@@ -130,6 +131,19 @@ def test_chaos_is_the_torch_pipelines(tmp_path):
             assert psnr(pixels(a.image), pixels(b.image)) > 45, (chaos, psnr(pixels(a.image), pixels(b.image)))
         apart[chaos] = psnr(pixels(ours.images[0].image), pixels(ours.images[1].image))
     assert apart[0] > apart[None] + 5
+
+
+def test_prompt_expansion_is_the_torch_pipelines(tmp_path):
+    """`expand`: each picture's prompt with its seed's words added (prompts/expansion.py, no
+    model: the same words on both paths), the picture the torch pipeline's, the expanded prompt
+    recorded."""
+    request = request_for(prompt="a lighthouse", n_samples=2, steps=5, dtype="fp32", expand=True)
+    ours, theirs = make(tmp_path, "ours", request), make(tmp_path, "theirs", request, full_run)
+    plain = make(tmp_path, "plain", request.model_copy(update={"expand": False}))
+    for a, b, c in zip(ours.images, theirs.images, plain.images, strict=True):
+        assert psnr(pixels(a.image), pixels(b.image)) > 45, psnr(pixels(a.image), pixels(b.image))
+        assert a.metadata["prompt"]["expanded"] == b.metadata["prompt"]["expanded"] != "a lighthouse"
+        assert psnr(pixels(a.image), pixels(c.image)) < 40  # the added words reached the picture
 
 
 def test_step_caching_is_the_torch_pipelines_and_keeps_the_prompt(tmp_path):

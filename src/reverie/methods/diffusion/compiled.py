@@ -19,9 +19,9 @@ enlarges the result back).
 A prompt with weights, a negative, templates, styles and textual-inversion embeddings (SDXL's
 pairs too), and one set of LoRAs once run.py has made its exports of the UNet and the text
 encoder (SDXL's two) with them on (`_lora_variant`); Midjourney's chaos (chaos.py, as the torch
-path draws it); step caching (the UNet split where it keeps its deep features:
+path draws it); prompt expansion (the prompt plan's, torch-free); step caching (the UNet split where it keeps its deep features:
 models/openvino_step_cache.py); not the options only the torch pipeline has (seamless tiles,
-a refiner, prompt expansion, SD's upscale). A tiny decoder (`decoder tiny`:
+a refiner, SD's upscale). A tiny decoder (`decoder tiny`:
 TAESD in the models folder, or a path to one) makes the pictures from its own bundle
 (models/tiny_decoder_bundle.py) and draws the live previews, as does the models folder's for a
 request decoded by the VAE, where it fits the model (else the VAE's linear latent->RGB map
@@ -233,8 +233,7 @@ def served(request: GenerationRequest) -> Served | None:
         return None
     if request.decoder != "vae" and _tiny_decoder_path(request.decoder, facts.tiny_family) is None:  # run.py says where
         return None
-    if (request.tile or request.refiner
-            or request.vae_tiling or request.attention_slicing or request.expand):
+    if request.tile or request.refiner or request.vae_tiling or request.attention_slicing:
         return None
     if request.mode in MASKED_MODES and request.effective_strength == 0:  # diffusers refuses: run.py says so
         return None
@@ -277,7 +276,7 @@ def int8_refused(request: GenerationRequest) -> str:
             "(not SDXL) "
             ".safetensors file or folder, on the CPU in fp32 or bf16, runtime auto or openvino, txt2img or an image "
             "mode at sides that are multiples of 64 up to 768 px (SD), "
-            "without LoRAs, seamless tiles, a refiner or prompt expansion; change those or leave "
+            "without LoRAs, seamless tiles or a refiner; change those or leave "
             "quantize out")
 
 
