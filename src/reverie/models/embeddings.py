@@ -48,6 +48,11 @@ class Embedding:
     def first(self) -> np.ndarray:
         return self.vectors.get("clip_l", self.vectors.get("emb_params"))
 
+    def rows(self, key: str) -> np.ndarray | None:
+        """Its vectors for the text encoder `key` names ("clip_l": the first, SD's or SDXL's CLIP
+        ViT-L; "clip_g": SDXL's bigG), None where it has none."""
+        return self.vectors.get(key, self.first if key == "clip_l" else None)
+
     @property
     def base(self) -> str:
         if "clip_g" in self.vectors:
@@ -193,7 +198,7 @@ def with_added_rows(table, first: int, rows, ids):
 def check_width(embedding: Embedding, components: ModelComponents) -> None:
     """Refuse an embedding made for another text encoder, saying what it is for."""
     for key, _, encoder in _encoders(components):
-        vectors = embedding.vectors.get(key, embedding.first if key == "clip_l" else None)
+        vectors = embedding.rows(key)
         width = int(encoder.get_input_embeddings().weight.shape[-1])
         if vectors is None:
             raise BadRequest("prompt", f"embedding {embedding.name} is for {embedding.base} and has no vectors for "
@@ -213,7 +218,7 @@ def load_embedding(components: ModelComponents, embedding: Embedding) -> None:
             continue
         import torch
 
-        vectors = torch.from_numpy(embedding.vectors.get(key, embedding.first))
+        vectors = torch.from_numpy(embedding.rows(key))  # check_width: there are some
         weight = encoder.get_input_embeddings().weight
         _loader(components).load_textual_inversion(vectors.to(weight.dtype), token=embedding.token(),
                                                    tokenizer=tokenizer, text_encoder=encoder)

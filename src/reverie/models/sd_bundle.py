@@ -81,8 +81,7 @@ class SDSource:
 
 def sd_source(path: Path | None) -> SDSource | None:
     """The model at `path` as an SDSource, or None where a bundle does not serve it (SDXL's
-    refiner and inpainting models, UNets with other inputs, .ckpt files: those stay on the torch
-    pipeline)."""
+    refiner, UNets with other inputs, .ckpt files: those stay on the torch pipeline)."""
     if path is None:
         return None
     try:

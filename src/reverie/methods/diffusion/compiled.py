@@ -19,10 +19,10 @@ enlarges the result back).
 A prompt with weights, a negative, templates, styles and textual-inversion embeddings (SDXL's
 pairs too), and one set of LoRAs once run.py has made its exports of the UNet and the text
 encoder (SDXL's two) with them on (`_lora_variant`); Midjourney's chaos (chaos.py, as the torch
-path draws it); prompt expansion (the prompt plan's, torch-free); step caching (the UNet split where it keeps its deep features:
-models/openvino_step_cache.py); not the options only the torch pipeline has (seamless tiles,
-a refiner, SD's upscale). A tiny decoder (`decoder tiny`:
-TAESD in the models folder, or a path to one) makes the pictures from its own bundle
+path draws it); prompt expansion (the prompt plan's, torch-free); step caching (the UNet split
+where it keeps its deep features: models/openvino_step_cache.py); not the options only the torch
+pipeline has (seamless tiles, a refiner, SD's upscale). A tiny decoder (`decoder tiny`: TAESD in
+the models folder, or a path to one) makes the pictures from its own bundle
 (models/tiny_decoder_bundle.py) and draws the live previews, as does the models folder's for a
 request decoded by the VAE, where it fits the model (else the VAE's linear latent->RGB map
 draws them, as on the torch pipeline); best-of-N and scores import torch for their CLIP, the
@@ -404,10 +404,10 @@ def _embeddings_unserved(request: GenerationRequest, facts: ModelFacts) -> bool:
             embedding = read_embedding(known[name])
         except (BadCheckpoint, OSError):
             return True
-        if ("clip_g" in embedding.vectors) != facts.sdxl:
+        if "clip_g" in embedding.vectors and not facts.sdxl:
             return True
-        rows = [embedding.first] + [embedding.vectors.get("clip_g")] * facts.sdxl
-        if any(vectors.shape[-1] != width for vectors, width in zip(rows, facts.text_widths, strict=True)):
+        rows = [embedding.rows(key) for key in EMBEDDING_KEYS[:len(facts.text_widths)]]
+        if any(vectors is None or vectors.shape[-1] != width for vectors, width in zip(rows, facts.text_widths)):
             return True
     return False
 
@@ -476,8 +476,7 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
     return result
 
 
-def make_batches(request: GenerationRequest, bundle: OpenVINOBundle, tokenizers: tuple["BundleTokenizer", ...],
-                 plan,
+def make_batches(request: GenerationRequest, bundle: OpenVINOBundle, tokenizers: tuple["BundleTokenizer", ...], plan,
                  prepared: PreparedInput, facts: ModelFacts, progress: Progress,
                  decoders: tuple[OpenVINOBundle | None, OpenVINOBundle | None] = (None, None)):
     """[(picture at the size drawn, seed)] for each batch still to make (`batches_to_make`), as
@@ -493,7 +492,7 @@ def make_batches(request: GenerationRequest, bundle: OpenVINOBundle, tokenizers:
 
     encoded: dict = {}
     start = Start(request, prepared, facts)
-    for batch, seeds in batches_to_make(request):
+    for batch, seeds, first_seed in batches_to_make(request):
         if progress.stop_requested():
             raise Interrupted()
         if start.untouched:  # an image mode at strength 0: nothing to denoise, the picture itself
@@ -503,8 +502,8 @@ def make_batches(request: GenerationRequest, bundle: OpenVINOBundle, tokenizers:
         # networks.batch_prompts does
         pairs = [extract_pair(plan(seed).prompt, plan(seed).negative_prompt)[:2] for seed in seeds]
         texts, used = written_as_tokens([text for pair in pairs for text in pair])
-        for tokenizer, vectors in zip(tokenizers, ("first", "clip_g")):  # SDXL's bigG: the embeddings' own rows
-            tokenizer.add_embeddings(used, vectors)
+        for tokenizer, key in zip(tokenizers, EMBEDDING_KEYS):  # SDXL's bigG: the embeddings' own rows
+            tokenizer.add_embeddings(used, key)
         conditioning = encode_pairs(list(zip(texts[0::2], texts[1::2])), tokenizers, bundle, encoded,
                                     zero_empty_negative=facts.sdxl)
         for part in TEXT_PARTS[:len(tokenizers)]:  # a large one (SDXL's bigG) not held through the steps
@@ -513,7 +512,7 @@ def make_batches(request: GenerationRequest, bundle: OpenVINOBundle, tokenizers:
         groups = _groups(len(seeds), prepared, facts)
         latents = np.concatenate([
             denoise(request, bundle, start, seeds[rows], conditioning.rows(rows), batch, progress, preview,
-                    (number, len(groups)), first_seed=request.image_seeds()[batch * request.n_samples])
+                    (number, len(groups)), first_seed)
             for number, rows in enumerate(groups)])
         progress(ProgressEvent("decode", batch=batch, batches=request.batch_count()))
         yield list(zip(decode(pictures or bundle, latents), seeds))
@@ -529,15 +528,16 @@ def _groups(count: int, prepared: PreparedInput, facts: ModelFacts) -> list[slic
 
 
 def batches_to_make(request: GenerationRequest):
-    """(batch number, its seeds) for each batch still to make: from the first an earlier run did
-    not finish (`batches_done`), or only the picture `keep_only` picks (a picture here does not
-    depend on its batch-mates, so it is made alone)."""
+    """(batch number, its seeds, the whole batch's first seed) for each batch still to make: from
+    the first an earlier run did not finish (`batches_done`), or only the picture `keep_only`
+    picks (a picture here does not depend on its batch-mates, so it is made alone; chaos still
+    mixes its noise toward its batch's first seed's)."""
     seeds, size = request.image_seeds(), request.n_samples
     if request.keep_only is not None:
-        yield 0, [seeds[request.keep_only]]
+        yield 0, [seeds[request.keep_only]], seeds[0]
         return
     for batch in range(request.batches_done(), request.batch_count()):
-        yield batch, seeds[batch * size : (batch + 1) * size]
+        yield batch, seeds[batch * size : (batch + 1) * size], seeds[batch * size]
 
 
 class BundleUnavailable(RuntimeError):
@@ -685,16 +685,15 @@ class BundleTokenizer:
         """Each of the bundle's text encoders' tokenizers, in TEXT_PARTS's order."""
         return (cls.of(bundle),) + ((cls.of(bundle, "_2"),) if bundle.facts.get("sdxl") else ())
 
-    def add_embeddings(self, embeddings, vectors: str = "first") -> None:
+    def add_embeddings(self, embeddings, key: str = "clip_l") -> None:
         """Take the tokens of textual-inversion `embeddings` (models/embeddings.py: their names
         written as these tokens), once each: token ids from the encoder's table size on, their
-        rows the embeddings' vectors (`vectors`: "first", CLIP ViT-L's or SD's; "clip_g", SDXL's
-        bigG's), given to the text encoder with every call (`rows`)."""
+        rows the embeddings' vectors for this encoder (`key`: "clip_l", SD's or CLIP ViT-L's;
+        "clip_g", SDXL's bigG's: `Embedding.rows`), given to the text encoder with every call (`rows`)."""
         from tokenizers import AddedToken
 
         for embedding in embeddings:
-            rows = embedding.first if vectors == "first" else embedding.vectors[vectors]
-            for token, vector in zip(embedding.tokens(), rows):
+            for token, vector in zip(embedding.tokens(), embedding.rows(key)):
                 if token in self._added:
                     continue
                 self._tokenizer.add_tokens([AddedToken(token)])
@@ -724,6 +723,7 @@ class BundleTokenizer:
 
 
 TEXT_PARTS = ("text_encoder", "text_encoder_2")  # SD's (or mini's) one; SDXL's CLIP ViT-L, then bigG
+EMBEDDING_KEYS = ("clip_l", "clip_g")  # an embedding's vectors for each of them (`Embedding.rows`)
 
 
 @dataclass(frozen=True)

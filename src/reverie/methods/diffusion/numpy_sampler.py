@@ -757,7 +757,6 @@ class DPMSolverSDE(EulerDiscrete):
         return (w * _F32(-1.0)) / np.sqrt(np.abs(sigma_to - sigma_from))
 
 
-
 class EulerAncestral(EulerDiscrete):
     """Euler a over `steps` steps for a model's scheduler config: Euler's timesteps, sigmas, starting
     noise and UNet input (without Karras sigmas), and a step that goes down to sigma_down and adds
