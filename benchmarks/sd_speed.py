@@ -63,7 +63,9 @@ picture is another picture, its PSNR not shown; step_cache2 and step_cache3 (rev
 with `--step-cache 2` or 3: the UNet's deep features kept from every second or third evaluation;
 their s/step is the mean, whole and shallow steps alternating; on random weights their PSNR says
 how far the latents moved, not what a person sees: benchmarks/step_cache.py measures that on
-reverie-mini). The peer: optimum (optimum-intel's
+reverie-mini); tile and tile_torch (reverie's defaults with `--tile`: seamless tiles, on the
+bundle's circular exports, made once, and on the torch pipeline, where every tile request ran
+before; their PSNR is against each other's picture). The peer: optimum (optimum-intel's
 OVDiffusionPipeline, FastSD CPU's engine: the model exported once by optimum's own exporter
 beside the folder, reshaped to static shapes and compiled with OpenVINO's defaults, bf16 on a
 CPU with native bf16), txt2img, run by the Python given as `--peer-python` (a virtual
@@ -87,8 +89,9 @@ from process_memory import peak_gib, resident_gib
 VARIANTS = ("diffusers", "auto", "int8", "torch", "fp16_weights", "bf16_weights", "channels_last", "bf16", "compile",
             "compile_bf16", "openvino", "openvino_bf16", "lcm_lora", "lcm_lora_openvino", "lcm_lora_torch",
             "tiny", "diffusers_tiny", "optimum", "step_cache2", "step_cache3", "text_lora", "text_lora_openvino",
-            "text_lora_torch")
+            "text_lora_torch", "tile", "tile_torch")
 TINY = ("tiny", "diffusers_tiny")  # decoded by a random-weight TAESD: another picture than the VAE's
+TILED = ("tile", "tile_torch")  # seamless tiles: another picture than stock's, compared with each other
 NOT_REVERIE = ("diffusers", "diffusers_tiny", "optimum")  # the peers' pipelines: no Studio, no reverie request
 LCM = {"steps": 4, "cfg": 1.0, "sampler": "lcm"}  # how LCM-LoRA is run: few steps, no classifier-free guidance
 LCM_RANK = 64  # latent-consistency/lcm-lora-sdv1-5's rank
@@ -296,7 +299,8 @@ def child(args) -> dict:
         from reverie.studio import Studio, make_request
 
         defaults = variant in ("auto", "int8", "tiny", "lcm_lora", "lcm_lora_openvino", "lcm_lora_torch", "text_lora",
-                               "text_lora_openvino", "text_lora_torch", "step_cache2", "step_cache3")  # what a user gets
+                               "text_lora_openvino", "text_lora_torch", "step_cache2", "step_cache3",
+                               *TILED)  # what a user gets
         dtype = "bf16" if variant in ("bf16", "compile_bf16", "openvino_bf16") else ("auto" if cuda or defaults else "fp32")
         runtime = "openvino" if "openvino" in variant else ("auto" if defaults and not variant.endswith("_torch") else "torch")
         weights = {"fp16_weights": "fp16", "bf16_weights": "bf16"}.get(variant, "auto")
@@ -329,7 +333,8 @@ def child(args) -> dict:
                                n_samples=args.batch, dtype=dtype, device=args.device, runtime=runtime, weights=weights,
                                upscale=1, quantize="int8" if variant == "int8" else "none",
                                decoder=str(taesd_folder(folder)) if variant == "tiny" else "vae",
-                               step_cache=int(variant[-1]) if variant.startswith("step_cache") else None)
+                               step_cache=int(variant[-1]) if variant.startswith("step_cache") else None,
+                               tile=variant in TILED)
         def call(steps: int):
             result = studio.run(request.model_copy(update={"steps": steps}), outdir=tempfile.mkdtemp(prefix="sd-speed-"),
                                 grid=False, progress=on_progress)
@@ -460,7 +465,8 @@ def main() -> None:
         Image.fromarray(mask).save(args.mask)
     if any(v in TINY for v in variants):
         taesd_folder(Path(args.folder))
-    for variant in (v for v in variants if "openvino" in v or v in ("auto", "int8", "tiny", "optimum", "step_cache2")):
+    for variant in (v for v in variants if "openvino" in v or v in ("auto", "int8", "tiny", "optimum", "step_cache2",
+                                                                    "tile")):
         one_step = argparse.Namespace(**(vars(args) | {"steps": 1}))
         first = run_child(variant, one_step, folder / "export.npy")  # the one-time export, when not cached yet
         if first.get("exports") or first.get("quantized"):
@@ -506,6 +512,9 @@ def main() -> None:
             load = f"{np.median([r['load_s'] for r in rows]):.1f}" if "load_s" in rows[0] else "-"
             label = f"{variant} ({rows[0]['runtime']}, {rows[0]['dtype']})" if "runtime" in rows[0] else variant
             label += "" if rows[0].get("torch", True) else ", no torch"
+            if variant in TILED:  # a tile against the other path's tile
+                other = folder / f"{TILED[variant == 'tile']}-{batch}-0.npy"
+                quality = psnr(np.load(other)[region], made[region]) if other.exists() else float("nan")
             shown = "-" if steps != args.steps or variant in TINY else f"{quality:.1f}"  # another picture
             print(f"| {label} | {batch} | {args.size} | {steps} | {per_step:.2f} | {total:.1f} | "
                   f"{stock / total:.2f}x | {peak:.2f} | {after:.2f} | {shown} | {first:.1f} | {load} |")

@@ -265,9 +265,10 @@ def test_the_upscaler_keeps_a_tile_seamless(studio):
 
 @pytest.mark.parametrize("upscale", [1, 2])
 def test_a_tile_picture_is_the_same_picture_moved_when_its_noise_moves(studio, monkeypatch, upscale):
-    """The whole path (UNet, sampler, VAE, upscaler) is circular under --tile: starting from the
-    noise moved by a quarter turn gives the picture moved by a quarter turn, so the edges that
-    now meet in its middle join as the rest of the picture does. Without --tile they do not."""
+    """The whole torch path (UNet, sampler, VAE, upscaler) is circular under --tile: starting
+    from the noise moved by a quarter turn gives the picture moved by a quarter turn, so the
+    edges that now meet in its middle join as the rest of the picture does. Without --tile they
+    do not. (The OpenVINO bundle's tiles are these pictures: tests/test_mini_compiled.py.)"""
     from reverie.methods.diffusion import batches
 
     made = batches.initial_noise
@@ -282,7 +283,7 @@ def test_a_tile_picture_is_the_same_picture_moved_when_its_noise_moves(studio, m
                 patch.setattr(batches, "initial_noise", moved_noise)
             # fp32: in bf16 the sums over the moved positions round differently, by up to ~12 levels
             return arrays(studio.generate("a blue fish", seed=3, n_samples=1, steps=4, upscale=upscale, tile=tile,
-                                          dtype="fp32"))[0]
+                                          dtype="fp32", runtime="torch"))[0]
 
     quarter = 32 * upscale
     for tile, low, high in ((True, 0, 3), (False, 30, 255)):
@@ -313,8 +314,8 @@ def test_tile_makes_the_unet_and_the_vae_circular_for_that_request_only(mini, st
         raise RuntimeError("a request that fails")
     assert conv_modes(mini) == {"zeros"}
 
-    # Through the studio: put back after a tile request, and after one that fails halfway.
-    studio.generate("a red apple --tile", seed=1, n_samples=1, steps=3, upscale=1)
+    # Through the studio's torch pipeline: put back after a tile request, and after one that fails halfway.
+    studio.generate("a red apple --tile", seed=1, n_samples=1, steps=3, upscale=1, runtime="torch")
     assert conv_modes(mini) == {"zeros"}
 
     def fail(event):
@@ -322,7 +323,7 @@ def test_tile_makes_the_unet_and_the_vae_circular_for_that_request_only(mini, st
             raise RuntimeError("stop here")
 
     with pytest.raises(RuntimeError):
-        studio.generate("a red apple --tile", seed=1, n_samples=1, steps=3, upscale=1, progress=fail)
+        studio.generate("a red apple --tile", seed=1, n_samples=1, steps=3, upscale=1, runtime="torch", progress=fail)
     assert conv_modes(mini) == {"zeros"}
 
 

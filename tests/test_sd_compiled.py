@@ -114,9 +114,9 @@ def test_it_serves_sd_folders_and_leaves_the_rest_to_the_torch_pipeline(sd_folde
                     "lcm", "unipc", "heun", "plms", "lms", "lms_karras", "dpm2", "dpm2_a", "ddpm", "deis",
                     "dpmpp_2s_karras", "dpmpp_sde_karras"):
         assert compiled.serves(request_for(sd_folder, sampler=sampler, dtype="fp32"))
-    assert compiled.serves(request_for(sd_folder, step_cache=2))
+    assert compiled.serves(request_for(sd_folder, step_cache=2)) and compiled.serves(request_for(sd_folder, tile=True))
     refused = [dict(runtime="torch"), dict(width=96),
-               dict(upscale=2), dict(tile=True), dict(weights="fp16"),
+               dict(upscale=2), dict(tile=True, prompt="a red apple <lora:any:1>"), dict(weights="fp16"),
                dict(width=832, height=768), dict(prompt="a red apple <lora:any:1>")]
     for fields in refused:
         assert not compiled.serves(request_for(sd_folder, **fields)), fields
@@ -296,6 +296,26 @@ def bundle_calls(monkeypatch) -> list[str]:
 
     monkeypatch.setattr(OpenVINOBundle, "__call__", recorded)
     return calls
+
+
+def test_seamless_tiles_are_the_torch_pipelines(sd_folder, tmp_path):
+    """`tile`: the UNet, decoder and encoder exported again padding circularly, once, into the
+    bundle's tile/ folder: the torch pipeline's seamless pictures (fp32), in txt2img, with step
+    caching (its split finds its way through the circular UNet), and in img2img; not the plain
+    pictures (the comparison can fail)."""
+    source = make(tmp_path, "source", request_for(sd_folder, n_samples=1, steps=4, dtype="fp32")).images[0].path
+    for number, fields in enumerate((dict(n_samples=2), dict(n_samples=1, step_cache=2),
+                                     dict(mode="img2img", init_image=str(source), strength=0.7, width=None,
+                                          height=None, prompt="a storm at sea"))):
+        request = request_for(sd_folder, steps=5, dtype="fp32", sampler="euler", tile=True, **fields)
+        assert compiled.serves(request), fields
+        ours = make(tmp_path, f"ours{number}", request)
+        theirs = make(tmp_path, f"theirs{number}", request, torch_run)
+        plain = make(tmp_path, f"plain{number}", request.model_copy(update={"tile": False}))
+        for a, b, c in zip(ours.images, theirs.images, plain.images, strict=True):
+            assert psnr(pixels(a.image), pixels(b.image)) > 60, (fields, psnr(pixels(a.image), pixels(b.image)))
+            assert psnr(pixels(a.image), pixels(c.image)) < 30, (fields, psnr(pixels(a.image), pixels(c.image)))
+    assert bundle_made(sd_bundle_folder(sd_source(sd_folder), "f32") / "tile")
 
 
 def test_step_caching_is_the_torch_pipelines(sd_folder, tmp_path, monkeypatch):
@@ -662,11 +682,11 @@ def test_a_bundle_that_cannot_be_made_leaves_the_model_to_the_torch_pipeline(sd_
     assert not compiled.serves(request)  # this process does not try again
 
 
-@pytest.mark.parametrize("options", [(), ("--step-cache", "2")])
+@pytest.mark.parametrize("options", [(), ("--step-cache", "2", "--tile")])
 def test_the_command_makes_sd_pictures_without_importing_torch(sd_folder, tmp_path, options):
     """`reverie generate --model FOLDER` with the bundle made (by the first command): torch,
     diffusers and transformers are never imported (python -X importtime lists every module),
-    also with step caching."""
+    also with step caching and seamless tiles."""
     generate_twice_without_torch(tmp_path, 2, "a red apple", "--model", str(sd_folder), "-n", "2", "--steps", "3",
                                  "--seed", "5", "-W", "64", "-H", "64", *options)
 

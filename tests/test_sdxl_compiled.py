@@ -160,7 +160,8 @@ def test_its_conditioning_is_the_torch_pipelines(sdxl_model):
 def test_its_pictures_are_the_torch_pipelines_and_follow_the_prompt(sdxl_model, tmp_path):
     """fp32: the torch pipeline's pictures (measured identical); bf16 as close as the two
     runtimes' bf16 get; a folder and a single file; a weighted, a long and a negative prompt, a
-    wide picture (its size in the UNet's time ids), a stochastic sampler and step caching."""
+    wide picture (its size in the UNet's time ids), a stochastic sampler, step caching and
+    seamless tiles."""
     folder = sdxl_model["folder"]
     first = assert_torchs(tmp_path, "plain", request_for(folder, prompt="a (red:1.3) apple", n_samples=2))
     assert psnr(pixels(first[0]), pixels(first[1])) < 30  # the seeds' pictures differ
@@ -168,7 +169,8 @@ def test_its_pictures_are_the_torch_pipelines_and_follow_the_prompt(sdxl_model, 
             ("negative", dict(negative_prompt="blue, [green]", sampler="dpmpp_2m_karras"), 60),
             ("long", dict(prompt=LONG, sampler="euler_a", n_samples=2), 60),
             ("wide", dict(width=128, height=64), 60),
-            ("step-cache", dict(step_cache=2, steps=5), 60)):
+            ("step-cache", dict(step_cache=2, steps=5), 60),
+            ("tile", dict(tile=True), 60)):
         assert_torchs(tmp_path, name, request_for(folder, **fields), floor)
     # bf16: as close to the fp32 picture as the torch pipeline's bf16 (42.5 dB): the
     # timestep's and size ids' sinusoids in f32 (openvino_bundle.sinusoids_in_f32; in bf16: 26 dB)

@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 from .mini import MINI_DIR, MINI_NAME, weight_files
-from .openvino_bundle import bundle_facts, bundle_path, encoded_latents, in_fp32, save_bundle, with_extra_rows
+from .openvino_bundle import (bundle_facts, bundle_path, in_fp32, make_tile_parts, save_bundle, vae_parts,
+                              with_extra_rows)
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def make_bundle(folder: Path, precision: str) -> None:
 
     from .latent_rgb import fit_latent_to_rgb
     from .mini import load_mini
-    from .openvino_runtime import TraceableUNet
+    from .openvino_runtime import unet_part
     from .upscaler import load_upscaler
 
     started = time.perf_counter()
@@ -66,9 +67,7 @@ def make_bundle(folder: Path, precision: str) -> None:
     mini = load_mini(dtype)
     unet, vae, text_encoder = mini.unet, mini.vae, mini.text_encoder
     upscaler = load_upscaler(scale=2).to(memory_format=torch.contiguous_format)
-    channels, states = int(unet.config.in_channels), int(unet.config.cross_attention_dim)
     vocab, width = text_encoder.get_input_embeddings().weight.shape
-    scaling = float(vae.config.scaling_factor)
     ids = torch.ones(2, 8, dtype=torch.int64)
     parts = {
         # token ids and mask [n, L], rows for added tokens [E, D] -> token states [n, L, D], fp32
@@ -76,14 +75,8 @@ def make_bundle(folder: Path, precision: str) -> None:
                          (ids, ids, torch.zeros(1, width)),
                          [([-1, -1], ov.Type.i64), ([-1, -1], ov.Type.i64), ([-1, width], ov.Type.f32)]),
         # latents, timestep, text states -> the model's output, fp32 (as the torch path's export)
-        "unet": (TraceableUNet(unet), (torch.randn(2, channels, 16, 16), torch.tensor(999.0), torch.randn(2, 8, states)),
-                 [([-1, channels, -1, -1], ov.Type.f32), ([], ov.Type.f32), ([-1, -1, states], ov.Type.f32)]),
-        # latents -> pixels in [-1, 1] (unclamped), as the pipeline decodes: latents / scaling_factor
-        "decoder": (in_fp32(vae, lambda m, z: m.decode((z / scaling).to(dtype), return_dict=False)[0]),
-                    (torch.randn(1, channels, 16, 16),), [([-1, channels, -1, -1], ov.Type.f32)]),
-        # pixels in [-1, 1] -> the latents' mean and spread [1, 2C, h, w], scaled as the UNet sees them
-        "encoder": (in_fp32(vae, lambda m, x: encoded_latents(m, x.to(dtype), scaling)),
-                    (torch.rand(1, 3, 64, 64) * 2 - 1,), [([-1, 3, -1, -1], ov.Type.f32)]),
+        "unet": unet_part(unet),
+        **vae_parts(vae, dtype),
         # pixels in [-1, 1] -> twice as large, in [-1, 1] (unclamped)
         "upscaler": (in_fp32(upscaler), (torch.rand(1, 3, 32, 32) * 2 - 1,), [([-1, 3, -1, -1], ov.Type.f32)]),
     }
@@ -96,3 +89,16 @@ def make_bundle(folder: Path, precision: str) -> None:
         if old != folder and "model" not in made and made.get("precision") == precision:
             shutil.rmtree(old, ignore_errors=True)
     log.info("exported reverie-mini to OpenVINO in %.1f s: %s", time.perf_counter() - started, folder)
+
+
+def make_tile_bundle(folder: Path, precision: str) -> None:
+    """Export reverie-mini's UNet and VAE for seamless tiles beside its bundle in `folder`
+    (openvino_bundle.make_tile_parts), with the margin its x2 upscaler enlarges a tile with."""
+    import torch
+
+    from .mini import load_mini
+    from .upscaler import load_upscaler, wrap_margin
+
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    mini = load_mini(dtype)
+    make_tile_parts(folder, mini.unet, mini.vae, dtype, {"upscale_margin": wrap_margin(load_upscaler(scale=2))})

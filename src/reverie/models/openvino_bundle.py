@@ -34,6 +34,8 @@ from ..outputs.files import partial_folder
 
 DONE_NAME = "done.json"
 COMPILED_DIR = "compiled"
+TILE_DIR = "tile"
+TILE_PARTS = ("unet", "decoder", "encoder")  # what `make_tile_parts` exports again, padding circularly
 SHAPES_KEPT = 16  # compiled shapes of a small part held in a process (a batch size, a latent size each)
 HELD_BYTES = 512 * 2**20  # a large part keeps as many compiled shapes as fit in this many weight bytes...
 HELD_AT_LEAST = 2  # ...and two at least (SD 1.5's UNet: 1.7 GB a shape in bf16)
@@ -106,6 +108,12 @@ def bundle_path(prefix: str, format_version: int, precision: str, files: list[Pa
 def part_ir(folder: Path, part: str) -> Path:
     """Where the bundle in `folder` keeps `part`'s IR (its weights beside it, .bin)."""
     return folder / f"{part}.xml"
+
+
+def tile_folder(folder: Path) -> Path:
+    """Where the bundle in `folder` keeps its UNet, decoder and encoder for seamless tiles
+    (`make_tile_parts`): inside it, so that they go with it."""
+    return folder / TILE_DIR
 
 
 def bundle_made(folder: Path) -> bool:
@@ -226,6 +234,36 @@ def with_extra_rows(encoder, call):
             return tuple(x.float() for x in out) if isinstance(out, tuple) else out.float()
 
     return WithRows().eval()
+
+
+def vae_parts(vae, dtype) -> dict:
+    """What save_bundle exports a VAE's two parts from, the VAE computing in `dtype`: "decoder",
+    latents -> pixels in [-1, 1] (unclamped), as the pipelines decode (latents / scaling_factor);
+    "encoder", pixels in [-1, 1] -> the latents' mean and spread [1, 2C, h, w], scaled as the
+    UNet sees them (`encoded_latents`)."""
+    import openvino as ov
+    import torch
+
+    channels, scaling = int(vae.config.latent_channels), float(vae.config.scaling_factor)
+    return {
+        "decoder": (in_fp32(vae, lambda m, z: m.decode((z / scaling).to(dtype), return_dict=False)[0]),
+                    (torch.randn(1, channels, 16, 16),), [([-1, channels, -1, -1], ov.Type.f32)]),
+        "encoder": (in_fp32(vae, lambda m, x: encoded_latents(m, x.to(dtype), scaling)),
+                    (torch.rand(1, 3, 64, 64) * 2 - 1,), [([-1, 3, -1, -1], ov.Type.f32)]),
+    }
+
+
+def make_tile_parts(folder: Path, unet, vae, dtype, facts: dict | None = None) -> None:
+    """Export the torch `unet` and `vae` (its decoder and encoder) of the bundle in `folder` as
+    the bundle's own parts are exported, but with every convolution padding circularly
+    (models/seamless.py), into its `tile_folder`: run in those parts' places, they make seamless
+    tiles (methods/diffusion/compiled.py). `facts` go into its marker (mini's upscaler's margin)."""
+    from .openvino_runtime import unet_part
+    from .seamless import circular_convolutions
+
+    with circular_convolutions(unet, vae):
+        save_bundle(tile_folder(folder), {"unet": unet_part(unet), **vae_parts(vae, dtype)},
+                    {"tile_of": folder.name, **(facts or {})}, replaces="tile_of")
 
 
 def encoded_latents(vae, pixels, scaling: float):

@@ -368,10 +368,9 @@ def convert_to_openvino(module: torch.nn.Module, example: tuple, inputs: list):
                                 input=[(ov.PartialShape(shape), kind) for shape, kind in inputs])
 
 
-def export_unet(unet, folder: Path, source: str = "", label: str | None = None) -> None:
-    """Write the UNet as OpenVINO IR (its weights in its own dtype; LoRA adapters as they are on)
-    into `folder`, atomically: a folder appears complete, with its `done.json` (what it was made
-    from: the source, dtype and the variant's `label`), or not at all."""
+def unet_part(unet) -> tuple:
+    """What convert_to_openvino exports the UNet from: (its TraceableUNet, an example, the
+    inputs' shapes and types: every size dynamic but the channels)."""
     import openvino as ov
 
     config = unet.config
@@ -390,9 +389,18 @@ def export_unet(unet, folder: Path, source: str = "", label: str | None = None) 
     if added is not None:  # SDXL: the pooled text and the time ids, [batch, width] and [batch, ids]
         example += (torch.randn(2, added[0]), torch.full((2, added[1]), 1024.0))
         inputs += [([-1, -1], ov.Type.f32), ([-1, -1], ov.Type.f32)]
+    return TraceableUNet(unet), example, inputs
+
+
+def export_unet(unet, folder: Path, source: str = "", label: str | None = None) -> None:
+    """Write the UNet as OpenVINO IR (its weights in its own dtype; LoRA adapters as they are on)
+    into `folder`, atomically: a folder appears complete, with its `done.json` (what it was made
+    from: the source, dtype and the variant's `label`), or not at all."""
+    import openvino as ov
+
     started = time.perf_counter()
     with partial_folder(folder) as partial:
-        model = convert_to_openvino(TraceableUNet(unet), example, inputs)
+        model = convert_to_openvino(*unet_part(unet))
         ov.save_model(model, str(partial / IR_NAME), compress_to_fp16=False)
         del model
         bin_path = (partial / IR_NAME).with_suffix(".bin")

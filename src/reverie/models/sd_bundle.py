@@ -40,7 +40,7 @@ from pathlib import Path
 
 from .checkpoint_header import (CLIP_PREFIX, CONFIGS_DIR, OPEN_CLIP_PREFIX, SDXL_CLIP_PREFIX, SDXL_OPEN_CLIP_PREFIX,
                                 UNET_PREFIX, prediction_type_of, read_header, shipped_config_name)
-from .openvino_bundle import (bundle_path, encoded_latents, fingerprint_of, in_fp32, openvino_cache_dir, save_bundle,
+from .openvino_bundle import (bundle_path, fingerprint_of, make_tile_parts, openvino_cache_dir, save_bundle, vae_parts,
                               with_extra_rows)
 
 log = logging.getLogger(__name__)
@@ -180,7 +180,6 @@ def lora_text_encoder_folder(source: SDSource, precision: str, variant: dict) ->
 def make_sd_bundle(source: SDSource, folder: Path, precision: str) -> None:
     """Make the bundle of `source` into `folder` (see the module docstring); an ExportFailed
     where the UNet's export cannot be had (memory, disk, the exporter)."""
-    import openvino as ov
     import torch
 
     from .latent_rgb import fit_latent_to_rgb
@@ -197,18 +196,12 @@ def make_sd_bundle(source: SDSource, folder: Path, precision: str) -> None:
     if blocked:
         raise ExportFailed(blocked)
     unet_ir = OpenVINOUNet.load(unet, components.source).folder / IR_NAME
-    channels, scaling = int(vae.config.latent_channels), float(vae.config.scaling_factor)
     vocab, width = text_encoder.get_input_embeddings().weight.shape
     parts = {
         # latents, timestep, text states (SDXL: then its pooled text and size/crop ids) -> the model's output, fp32
         "unet": unet_ir,
         "text_encoder": _text_encoder_part(text_encoder, penultimate=source.sdxl),
-        # latents -> pixels in [-1, 1] (unclamped), as the pipeline decodes: latents / scaling_factor
-        "decoder": (in_fp32(vae, lambda m, z: m.decode((z / scaling).to(dtype), return_dict=False)[0]),
-                    (torch.randn(1, channels, 16, 16),), [([-1, channels, -1, -1], ov.Type.f32)]),
-        # pixels in [-1, 1] -> the latents' mean and spread [1, 2C, h, w], scaled as the UNet sees them
-        "encoder": (in_fp32(vae, lambda m, x: encoded_latents(m, x.to(dtype), scaling)),
-                    (torch.rand(1, 3, 64, 64) * 2 - 1,), [([-1, 3, -1, -1], ov.Type.f32)]),
+        **vae_parts(vae, dtype),
     }
     latent_rgb = fit_latent_to_rgb(vae).tolist()
     facts = {
@@ -234,6 +227,18 @@ def make_sd_bundle(source: SDSource, folder: Path, precision: str) -> None:
     del components
     save_bundle(folder, parts, facts, replaces="model", extra_files=extra_files)
     log.info("made %s's OpenVINO bundle in %.1f s: %s", source.path, time.perf_counter() - started, folder)
+
+
+def make_sd_tile_bundle(source: SDSource, folder: Path, precision: str) -> None:
+    """Export `source`'s UNet and VAE for seamless tiles beside its bundle in `folder`
+    (openvino_bundle.make_tile_parts): a minute or more for SD, as its own UNet's export."""
+    import torch
+
+    from .registry import load_model
+
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    components = load_model(str(source.path), dtype)
+    make_tile_parts(folder, components.unet, components.vae, dtype)
 
 
 def _special_tokens(tokenizer) -> dict:

@@ -86,6 +86,13 @@ def reach(model: Upscaler) -> int:
     return max(2, math.ceil(radius))
 
 
+def wrap_margin(model: Upscaler) -> int:
+    """Pixels of a seamless tile wrapped around it before `model` enlarges it
+    (seamless.enlarged_seamlessly): wider than the network and the bicubic base look (`reach`),
+    so that its middle, cut out, is what a circular pass would give."""
+    return reach(model) + 4
+
+
 @cache
 def _default_reach() -> int:
     return reach(Upscaler())

@@ -20,8 +20,11 @@ A prompt with weights, a negative, templates, styles and textual-inversion embed
 pairs too), and one set of LoRAs once run.py has made its exports of the UNet and the text
 encoder (SDXL's two) with them on (`_lora_variant`); Midjourney's chaos (chaos.py, as the torch
 path draws it); prompt expansion (the prompt plan's, torch-free); step caching (the UNet split
-where it keeps its deep features: models/openvino_step_cache.py); not the options only the torch
-pipeline has (seamless tiles, a refiner, SD's upscale). A tiny decoder (`decoder tiny`: TAESD in
+where it keeps its deep features: models/openvino_step_cache.py); seamless tiles (the UNet,
+decoder and encoder exported again with circular padding, once, and run in their parts' places:
+openvino_bundle.make_tile_parts; mini's upscale given a margin of the tile wrapped around it, as
+run.py's), not with LoRAs or int8; not the options only the torch pipeline has (a refiner, SD's
+upscale). A tiny decoder (`decoder tiny`: TAESD in
 the models folder, or a path to one) makes the pictures from its own bundle
 (models/tiny_decoder_bundle.py) and draws the live previews, as does the models folder's for a
 request decoded by the VAE, where it fits the model (else the VAE's linear latent->RGB map
@@ -72,11 +75,14 @@ from ...models.mini import DEFAULT_UPSCALE, MINI_DIR, MINI_NAME, SAMPLING_DEFAUL
 from ...models.embeddings import written_as_tokens
 from ...models import int8_unet
 from ...models import openvino_step_cache
-from ...models.mini_bundle import bundle_folder, make_bundle
-from ...models.openvino_bundle import (UNET_IR_NAME, OpenVINOBundle, bundle_facts, bundle_made, fingerprint_of,
-                                       openvino_cache_dir, part_ir, precision_of, unet_export_made)
+from ...models.mini_bundle import bundle_folder, make_bundle, make_tile_bundle
+from ...models.openvino_bundle import (TILE_PARTS, UNET_IR_NAME, OpenVINOBundle, bundle_facts, bundle_made,
+                                       fingerprint_of, openvino_cache_dir, part_ir, precision_of, tile_folder,
+                                       unet_export_made)
 from ...models.registry import find_path
-from ...models.sd_bundle import SDSource, lora_text_encoder_folder, make_sd_bundle, sd_bundle_folder, sd_source
+from ...models.sd_bundle import (SDSource, lora_text_encoder_folder, make_sd_bundle, make_sd_tile_bundle,
+                                 sd_bundle_folder, sd_source)
+from ...models.seamless import enlarged_seamlessly
 from ...outputs.files import Outputs, one_process_at_a_time
 from ...progress import Interrupted, Progress, ProgressEvent
 from ...prompts.extra_networks import extract_pair
@@ -227,13 +233,13 @@ def served(request: GenerationRequest) -> Served | None:
     if facts.inpainting and request.mode not in MASKED_MODES:  # run.py's pipelines say what such a model does
         return None
     int8 = request.quantize == "int8"
-    if int8 and (not int8_unet.available() or facts.sdxl):  # run.py refuses it, naming what to change
+    if int8 and (not int8_unet.available() or facts.sdxl or request.tile):  # run.py refuses it, naming what to change
         return None
-    if _bundle_key(source, precision_of(dtype), int8) in _failed:  # its bundle failed earlier in this process
+    if _bundle_key(source, precision_of(dtype), int8, tile=request.tile) in _failed:  # failed earlier in this process
         return None
     if request.decoder != "vae" and _tiny_decoder_path(request.decoder, facts.tiny_family) is None:  # run.py says where
         return None
-    if request.tile or request.refiner or request.vae_tiling or request.attention_slicing:
+    if request.refiner or request.vae_tiling or request.attention_slicing:
         return None
     if request.mode in MASKED_MODES and request.effective_strength == 0:  # diffusers refuses: run.py says so
         return None
@@ -256,8 +262,8 @@ def served(request: GenerationRequest) -> Served | None:
     if _embeddings_unserved(request, facts):
         return None
     named, loras = _lora_variant(request, source)
-    if named and (loras is None or int8):
-        return None  # run.py says why the LoRAs cannot run here
+    if named and (loras is None or int8 or request.tile):
+        return None  # run.py says why the LoRAs cannot run here (their exports do not pad circularly)
     # A bundle not made yet is tried; else run.py makes the set's exports (--runtime openvino) or runs it on torch.
     if loras and facts.unet_key is not None and _lora_parts(source, facts, precision_of(dtype), loras) is None:
         return None
@@ -433,7 +439,8 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
         ran |= {"width": prepared.width, "height": prepared.height}
     request = request.with_defaults(facts.sampling).model_copy(update=ran)
     progress(ProgressEvent("load", message=f"loading {request.model}"))
-    bundle = load_bundle(models, source, precision_of(dtype), progress, int8=request.quantize == "int8")
+    bundle = load_bundle(models, source, precision_of(dtype), progress, int8=request.quantize == "int8",
+                         tile=request.tile)
     if source is not None:
         facts = sd_facts(source, bundle.folder)  # what the made bundle says (its name, schedule, channels)
     if found.loras is not None:  # the bundle made first where it was not: it names the LoRA set's exports
@@ -463,9 +470,12 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
     batches = make_batches(candidates, bundle, tokenizers, plan, prepared, facts, progress, decoders)
     batches = scored_batches(batches, result, scorer, plan, progress)
 
+    # A seamless tile is enlarged with a margin of itself around it (as run.py's upscaler does)
+    margin = bundle_facts(tile_folder(bundle.folder)).get("upscale_margin", 0) if request.tile else 0
+
     def enlarged(pictures: list[Image.Image], factor: int) -> list[Image.Image]:
         progress(ProgressEvent("upscale", message=f"upscaling x{factor}"))
-        return [upscale(bundle, picture) for picture in pictures]
+        return [enlarged_seamlessly(picture, factor, margin, lambda p: upscale(bundle, p)) for picture in pictures]
 
     def final_size(pictures: list[Image.Image]) -> list[Image.Image]:
         return bring_back(pictures, prepared, request.mask_blur, enlarged)  # as run.py: batches.finish
@@ -549,21 +559,24 @@ _failed: dict[tuple, str] = {}  # (model, precision) -> why its bundle could not
 
 
 def _bundle_key(source: SDSource | None, precision: str, int8: bool = False,
-                replaced: dict[str, Path] | None = None) -> tuple:
+                replaced: dict[str, Path] | None = None, tile: bool = False) -> tuple:
     return ((str(source.path) if source is not None else MINI_NAME, precision) + (("int8",) if int8 else ())
+            + (("tile",) if tile else ())
             + tuple(f"{part}:{path.parent.name}" for part, path in sorted((replaced or {}).items())))
 
 
 def load_bundle(models: ModelCache, source: SDSource | None, precision: str,
                 progress: Progress | None = None, int8: bool = False,
-                replaced: dict[str, Path] | None = None) -> OpenVINOBundle:
+                replaced: dict[str, Path] | None = None, tile: bool = False) -> OpenVINOBundle:
     """The bundle of reverie-mini (`source` None) or of an SD model for `precision`, from the
     model cache, read from disk, or made first (once: about 11 s for mini, a minute or more for
     SD, whose UNet export takes most of it unless the torch path made it already; the only time
     this path imports torch); `int8`: with its UNet quantized to int8 (models/int8_unet.py),
     quantized first where it is not yet; `replaced`: with those IRs in those parts' places (a
-    LoRA set's exports, `_lora_parts`). BundleUnavailable when that fails."""
-    key = _bundle_key(source, precision, int8, replaced)
+    LoRA set's exports, `_lora_parts`); `tile`: with its UNet, decoder and encoder padding
+    circularly, for seamless tiles (openvino_bundle.make_tile_parts: exported once, as long again
+    as the model's own UNet). BundleUnavailable when that fails."""
+    key = _bundle_key(source, precision, int8, replaced, tile)
     mini = source is None
 
     def say(message: str) -> None:
@@ -577,7 +590,8 @@ def load_bundle(models: ModelCache, source: SDSource | None, precision: str,
             if mini:  # the upscaler in bf16 where the CPU has it, whatever the dtype, as torch's autocast runs it
                 precisions["upscaler"] = "bf16" if this_cpu_native_bf16() and is_x86() else "f32"
             def missing() -> bool:
-                return not bundle_made(folder) or (int8 and not int8_unet.int8_made(folder))
+                return (not bundle_made(folder) or (int8 and not int8_unet.int8_made(folder))
+                        or (tile and not bundle_made(tile_folder(folder))))
 
             if missing():  # made once, by one process: another making it is waited for, then found made
                 with one_process_at_a_time(folder, lambda: say(f"waiting for another process making {key[0]}'s bundle")):
@@ -588,14 +602,20 @@ def load_bundle(models: ModelCache, source: SDSource | None, precision: str,
                         say(f"quantizing {key[0]}'s UNet to int8 (once: minutes for SD)")
                         facts = mini_facts() if mini else sd_facts(source, folder)
                         int8_unet.quantize_unet(folder, lambda: calibration_inputs(OpenVINOBundle(folder, precisions), facts))
+                    if tile and not bundle_made(tile_folder(folder)):
+                        say(f"exporting {key[0]} for seamless tiles (once)")
+                        make_tile_bundle(folder, precision) if mini else make_sd_tile_bundle(source, folder, precision)
             if bundle_facts(folder).get("sdxl"):
                 precisions["text_encoder_2"] = precision
             parts = {"unet": int8_unet.int8_folder(folder) / int8_unet.IR_NAME} if int8 else replaced
+            if tile:
+                parts = {part: part_ir(tile_folder(folder), part) for part in TILE_PARTS}
             return OpenVINOBundle(folder, precisions, store_compiled=mini, replaced=parts,
                                   views=openvino_step_cache.VIEWS)
         except Exception as exc:  # the exporter meets a layer it cannot trace, a full disk, a damaged file...
             _failed[key] = f"{type(exc).__name__}: {exc}"[:300]
-            log.warning("%s's OpenVINO bundle%s could not be had (%s); %s", key[0], " with an int8 UNet" if int8 else "",
+            what = " with an int8 UNet" if int8 else " for seamless tiles" if tile else ""
+            log.warning("%s's OpenVINO bundle%s could not be had (%s); %s", key[0], what,
                         _failed[key], "int8 requests are refused" if int8 else "it runs on torch")
             raise BundleUnavailable(_failed[key]) from exc
 

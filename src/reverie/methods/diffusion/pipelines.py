@@ -11,8 +11,6 @@ from __future__ import annotations
 import warnings
 from contextlib import contextmanager
 
-import torch
-
 from diffusers import (
     StableDiffusionImg2ImgPipeline,
     StableDiffusionInpaintPipeline,
@@ -20,6 +18,7 @@ from diffusers import (
 )
 
 from ...models.components import ModelComponents
+from ...models.seamless import circular_convolutions
 
 _KINDS = {
     "txt2img": StableDiffusionPipeline,
@@ -74,21 +73,15 @@ def memory_settings(components: ModelComponents, vae_tiling: bool, attention_sli
 @contextmanager
 def circular_padding(components: ModelComponents, tile: bool):
     """With `tile`, run with every Conv2d of the UNet and the VAE (decoder and encoder) padding
-    circularly, so the picture wraps around into a seamless tile; put back as it was afterwards,
-    also when the request fails. (diffusers' VAE encoder downsamplers pad one side with zeros
-    themselves: an encoded input is not quite circular, the picture made from it is.)"""
+    circularly (models/seamless.py), so the picture wraps around into a seamless tile; put back
+    as it was afterwards, also when the request fails. (diffusers' VAE encoder downsamplers pad
+    one side with zeros themselves: an encoded input is not quite circular, the picture made
+    from it is.)"""
     if not tile:
         yield
         return
-    convs = [m for module in (components.unet, components.vae) for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
-    saved = [conv.padding_mode for conv in convs]
-    for conv in convs:
-        conv.padding_mode = "circular"
-    try:
+    with circular_convolutions(components.unet, components.vae):
         yield
-    finally:
-        for conv, mode in zip(convs, saved):
-            conv.padding_mode = mode
 
 
 # ----------------------------------------------------------------------------- SDXL

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from PIL import Image
 
 from ...device import available_memory
 from ...errors import OutOfMemory
 from ...models.cache import ModelCache
-from ...models.upscaler import load_upscaler, reach, upscale_image, upscale_peak_bytes
+from ...models.seamless import enlarged_seamlessly
+from ...models.upscaler import load_upscaler, upscale_image, upscale_peak_bytes, wrap_margin
 from ...progress import Progress, ProgressEvent
 
 FACTORS = (1, 2, 4)
@@ -48,7 +48,8 @@ def upscaled(pictures: list[Image.Image], factor: int, models: ModelCache, progr
              wrap: bool = False) -> list[Image.Image]:
     """Each picture `factor` times larger (1, 2 or 4), by the built-in upscaler from `models`.
     Each is checked against free memory first and upscaled in tiles (models/upscaler.py).
-    `wrap`: the pictures are seamless tiles, and the larger ones stay seamless (`_wrapped`)."""
+    `wrap`: the pictures are seamless tiles, and the larger ones stay seamless
+    (seamless.enlarged_seamlessly)."""
     if factor == 1:
         return pictures
     for picture in pictures:
@@ -56,19 +57,5 @@ def upscaled(pictures: list[Image.Image], factor: int, models: ModelCache, progr
     if progress is not None:
         progress(ProgressEvent("upscale", message=f"upscaling x{factor}"))
     model = models.get(("upscaler", factor), lambda: load_upscaler(scale=factor))
-    # A tile is enlarged with a margin of itself wrapped around it, wider than the network and
-    # the bicubic base look: its middle, cut out, is what a circular pass would give.
-    margin = reach(model) + 4 if wrap else 0
-    larger = [upscale_image(model, _wrapped(picture, margin)) for picture in pictures]
-    if margin:
-        cut = margin * factor
-        larger = [img.crop((cut, cut, img.width - cut, img.height - cut)) for img in larger]
-    return larger
-
-
-def _wrapped(picture: Image.Image, margin: int) -> Image.Image:
-    """`picture` with `margin` pixels of its opposite edges around it, as a tile repeats."""
-    if not margin:
-        return picture
-    array = np.asarray(picture.convert("RGB"))
-    return Image.fromarray(np.pad(array, [(margin, margin), (margin, margin), (0, 0)], mode="wrap"))
+    margin = wrap_margin(model) if wrap else 0
+    return [enlarged_seamlessly(picture, factor, margin, lambda p: upscale_image(model, p)) for picture in pictures]
