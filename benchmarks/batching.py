@@ -2,9 +2,11 @@
 each) against the same N sharing passes (`Studio.run_shared`, up to `--limit` pictures a pass),
 in one process, alternating, `--repeats` times; the median ratio is what batching buys on this
 machine, without the servers around it (benchmarks/throughput.py measures those). Also checks
-that the shared pictures are the alone ones, bit for bit.
+that the shared pictures are the alone ones, bit for bit. A third row makes the same requests one
+at a time under runtime auto: where the torch-free path serves them (compiled.py: mini and SD
+on the CPU) they never share passes, so `--runtime torch` is what measures sharing for them.
 
-    .venv/bin/python benchmarks/batching.py --model mini --requests 8 --steps 8
+    .venv/bin/python benchmarks/batching.py --model mini --requests 8 --steps 8 --runtime torch
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ def main() -> None:
     parser.add_argument("--sampler", default="dpmpp_2m")
     parser.add_argument("--size", type=int, default=None, help="picture side (default: the model's own)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--runtime", default="auto", help="the requests' runtime (torch: shared passes for mini)")
     args = parser.parse_args()
 
     from reverie.studio import Studio
@@ -46,14 +49,23 @@ def main() -> None:
     studio = Studio(device="cpu")
     size = {"width": args.size, "height": args.size} if args.size else {}
     requests = [{"prompt": prompt, "seed": 1000 + number, "n_samples": 1, "model": args.model, "steps": args.steps,
-                 "sampler": args.sampler, "upscale": 1, **size}
+                 "sampler": args.sampler, "upscale": 1, "runtime": args.runtime, **size}
                 for number, prompt in enumerate(["red apple", "a blue car", "a cat face", "a house with a tree"]
                                                 * (args.requests // 4 + 1))][:args.requests]
-    assert len({studio.batch_key(request) for request in requests}) == 1
+    keys = {studio.batch_key(request) for request in requests}
+    if None in keys:
+        parser.error("these requests run alone (the torch-free path serves them): pass --runtime torch")
+    assert len(keys) == 1
+    auto = [request | {"runtime": "auto"} for request in requests]
     studio.run(requests[0], grid=False)  # the model loaded and warm before anything is timed
+    studio.run(auto[0], grid=False)
 
-    alone_s, shared_s, same = [], [], True
+    alone_s, shared_s, auto_s, same = [], [], [], True
     for _ in range(args.repeats):
+        started = time.perf_counter()
+        for request in auto:
+            studio.run(request, grid=False)
+        auto_s.append(time.perf_counter() - started)
         started = time.perf_counter()
         alone = [studio.run(request, grid=False) for request in requests]
         alone_s.append(time.perf_counter() - started)
@@ -66,7 +78,8 @@ def main() -> None:
           f"{args.limit}, torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu_name()}, "
           f"{os.cpu_count()} CPUs, {args.repeats} alternating repeats (median)")
     print(f"{'how':<22} {'seconds':>8} {'pictures/min':>12}")
-    for name, times in (("one at a time", alone_s), (f"shared passes of {args.limit}", shared_s)):
+    for name, times in (("one at a time", alone_s), (f"shared passes of {args.limit}", shared_s),
+                        ("one at a time, auto", auto_s)):
         median = statistics.median(times)
         print(f"{name:<22} {median:>8.2f} {args.requests / median * 60:>12.1f}")
     ratios = [a / s for a, s in zip(alone_s, shared_s)]

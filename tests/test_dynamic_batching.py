@@ -110,9 +110,11 @@ def test_requests_that_cannot_share_have_other_keys_or_none(studio):
     key = studio.batch_key(base)
     assert key is not None
     assert studio.batch_key(base | {"prompt": "a house", "seed": 3, "n_samples": 2, "n_iter": 3}) == key
-    for other in ({"steps": 4}, {"width": 128}, {"sampler": "ddim"}, {"cfg_scale": 3.0}, {"model": "mini"}):
+    for other in ({"steps": 4}, {"width": 128}, {"sampler": "ddim"}, {"cfg_scale": 3.0},
+                  {"model": "mini", "runtime": "torch"}):
         assert studio.batch_key(base | other) not in (None, key), other
-    for alone in ({"rerank": 2, "score": True}, {"chaos": 50}, {"made": 1}, {"keep_only": 0}):
+    # ... and what the torch-free path serves (mini under runtime auto) runs there, alone
+    for alone in ({"rerank": 2, "score": True}, {"chaos": 50}, {"made": 1}, {"keep_only": 0}, {"model": "mini"}):
         assert studio.batch_key(base | alone) is None, alone
     assert studio.batch_key({"mode": "dream", "prompt": "x"}) is None
 

@@ -3,7 +3,8 @@ exactly its own seeds' pictures.
 
 `batch_key(request)` says which requests can share: the same model, size, sampler, steps, CFG
 and every other setting but the prompts, the seeds and the counts (None: this one runs alone:
-resuming, best-of, chaos, a refiner, the image modes). `run_shared(shares, models, limit)` then
+resuming, best-of, chaos, a refiner, the image modes, and any request the torch-free path
+serves: compiled.py runs it alone). `run_shared(shares, models, limit)` then
 runs them together:
 
 1. Each request is resolved and split into its own batches (`n_samples` pictures each), as it
@@ -40,6 +41,7 @@ from ...prompts.picture import prompt_plan
 from ...result import Result
 from ..registry import Share
 from ..rerank import scorer_from, with_scores
+from . import compiled
 from .batches import denoise_batch, finish, unet_with_loras
 from .inputs import prepare_input
 from .pipelines import circular_padding, memory_settings, vae_dtype_kept
@@ -59,6 +61,11 @@ def batch_key(request: GenerationRequest) -> str | None:
             or request.chaos is not None or request.refiner or request.quantize != "none"):
         return None
     request = resolve(request)
+    if compiled.serves(request):
+        # The bundle runs it alone: faster than a shared pass on the torch pipeline (mini: two
+        # jobs of four pictures in 1.69 s one after the other against 1.97 s shared), and a
+        # worker then never holds the model on both paths (docs/speed.md).
+        return None
     return json.dumps(request.model_dump(mode="json", exclude=PER_REQUEST | {"made"}), sort_keys=True, default=str)
 
 
