@@ -49,12 +49,14 @@ def test_it_serves_plain_mini_requests_and_leaves_the_rest_to_the_torch_pipeline
     assert compiled.serves(request_for(rerank=2)) and compiled.serves(request_for(score=True))  # a torch CLIP scores
     assert compiled.serves(request_for(step_cache=2))
     assert compiled.serves(request_for(tile=True)) and compiled.serves(request_for(tile=True, step_cache=2))
+    # an upscale its bundle's x2 pass does not make: the built-in upscaler on torch (`_bundle_upscales`)
+    assert compiled.serves(request_for(upscale=4)) and compiled.serves(request_for(width=256))
     assert all(compiled.serves(request_for(sampler=name))
                for name in ("euler", "euler_karras", "euler_a", "dpmpp_2m_karras", "dpmpp_2m_sde_karras", "ddim", "lcm",
                             "unipc", "heun", "plms", "lms", "lms_karras", "dpm2", "dpm2_a", "ddpm", "deis",
                             "dpmpp_2s_karras", "dpmpp_sde_karras"))
     for refused in (dict(runtime="torch"), dict(prompt="apple <lora:style:0.8>"),
-                    dict(upscale=4), dict(width=256), dict(width=104), dict(dtype="fp16"),
+                    dict(width=104), dict(dtype="fp16"),
                     dict(tile=True, prompt="apple <lora:style:0.8>"),
                     dict(mode="img2img", init_image="x.png"), dict(mode="inpaint", init_image="x.png", mask_image="m.png"),
                     dict(mode="inpaint", init_image="x.png", mask_image="m.png", strength=0.0),
@@ -180,6 +182,16 @@ def test_seamless_tiles_are_the_torch_pipelines(tmp_path):
                         tile=True, prompt="a green apple")
     a, b = make(tmp_path, "ours2", again).images[0], make(tmp_path, "theirs2", again, full_run).images[0]
     assert psnr(pixels(a.image), pixels(b.image)) > 45, psnr(pixels(a.image), pixels(b.image))
+
+
+def test_an_upscale_past_its_bundles_x2_is_the_torch_pipelines(tmp_path):
+    """x4 (the bundle holds the x2 network only): the steps here, the built-in x4 upscaler on
+    torch after them, as run.py runs it."""
+    request = request_for(prompt="a red apple", n_samples=1, steps=5, dtype="fp32", upscale=4)
+    ours, theirs = make(tmp_path, "ours", request), make(tmp_path, "theirs", request, full_run)
+    assert ours.images[0].image.size == theirs.images[0].image.size == (512, 512)
+    assert psnr(pixels(ours.images[0].image), pixels(theirs.images[0].image)) > 45
+    assert ours.images[0].metadata["settings"]["runtime"] == "openvino"
 
 
 @pytest.mark.parametrize("dtype, floor", [("fp32", 45.0), ("bf16", 30.0)])

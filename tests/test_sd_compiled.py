@@ -115,8 +115,9 @@ def test_it_serves_sd_folders_and_leaves_the_rest_to_the_torch_pipeline(sd_folde
                     "dpmpp_2s_karras", "dpmpp_sde_karras"):
         assert compiled.serves(request_for(sd_folder, sampler=sampler, dtype="fp32"))
     assert compiled.serves(request_for(sd_folder, step_cache=2)) and compiled.serves(request_for(sd_folder, tile=True))
+    assert compiled.serves(request_for(sd_folder, upscale=2))
     refused = [dict(runtime="torch"), dict(width=96),
-               dict(upscale=2), dict(tile=True, prompt="a red apple <lora:any:1>"), dict(weights="fp16"),
+               dict(tile=True, prompt="a red apple <lora:any:1>"), dict(weights="fp16"),
                dict(width=832, height=768), dict(prompt="a red apple <lora:any:1>")]
     for fields in refused:
         assert not compiled.serves(request_for(sd_folder, **fields)), fields
@@ -318,6 +319,20 @@ def test_seamless_tiles_are_the_torch_pipelines(sd_folder, tmp_path):
             for a, c in zip(ours.images, plain.images, strict=True):
                 assert psnr(pixels(a.image), pixels(c.image)) < 30, psnr(pixels(a.image), pixels(c.image))
     assert bundle_made(sd_bundle_folder(sd_source(sd_folder), "f32") / "tile")
+
+
+def test_an_upscale_is_the_torch_pipelines(sd_folder, tmp_path):
+    """`upscale` 2: the steps and the decode here, the built-in upscaler on torch as run.py runs
+    it (the bundle has no network for it): the torch pipeline's enlarged pictures; a tile's
+    enlarged seamlessly as there."""
+    for number, fields in enumerate((dict(n_samples=2), dict(n_samples=1, tile=True))):
+        request = request_for(sd_folder, steps=3, dtype="fp32", upscale=2, **fields)
+        assert compiled.serves(request), fields
+        ours, theirs = make(tmp_path, f"ours{number}", request), make(tmp_path, f"theirs{number}", request, torch_run)
+        for a, b in zip(ours.images, theirs.images, strict=True):
+            assert a.image.size == b.image.size == (128, 128)
+            assert psnr(pixels(a.image), pixels(b.image)) > 55, (fields, psnr(pixels(a.image), pixels(b.image)))
+        assert ours.images[0].metadata["settings"]["upscale"] == 2
 
 
 def test_step_caching_is_the_torch_pipelines(sd_folder, tmp_path, monkeypatch):

@@ -11,9 +11,9 @@ folder or .safetensors file, inpainting models of each), on the CPU
 under runtime `auto` or `openvino`, with a sampler numpy_sampler.py ports (DPM++ 2M with or
 without Karras sigmas, DPM++ 2M SDE Karras, DPM++ 2S Karras, Euler with or without, Euler a,
 Heun, DPM2, DPM2 a, LMS with or without, DDIM, DDPM, PLMS, LCM, UniPC, DEIS, DPM++ SDE Karras:
-all of reverie's), at most 512 px a side for mini (192 with its x2 upscale), 768 for SD and
-1536 for SDXL (multiples of 64; a batch with more pixels than one UNet evaluation takes here,
-four 512 px pictures or one 1024 px SDXL picture, runs in groups that fit); for an image mode
+all of reverie's), at most 512 px a side for mini, 768 for SD and 1536 for SDXL (multiples of
+64; a batch with more pixels than one UNet evaluation takes here, four 512 px pictures or one
+1024 px SDXL picture, runs in groups that fit); for an image mode
 that is the size the input picture is worked at (mini works on a larger one at half its size and
 enlarges the result back).
 A prompt with weights, a negative, templates, styles and textual-inversion embeddings (SDXL's
@@ -23,13 +23,15 @@ path draws it); prompt expansion (the prompt plan's, torch-free); step caching (
 where it keeps its deep features: models/openvino_step_cache.py); seamless tiles (the UNet,
 decoder and encoder exported again with circular padding, once, and run in their parts' places:
 openvino_bundle.make_tile_parts; mini's upscale given a margin of the tile wrapped around it, as
-run.py's), not with LoRAs or int8; not the options only the torch pipeline has (a refiner, SD's
-upscale). A tiny decoder (`decoder tiny`: TAESD in
+run.py's), not with LoRAs or int8; `--upscale` (mini's x2 by its bundle's upscaler up to 192
+px, any other by the built-in upscaler on torch: `_bundle_upscales`); not a refiner, which only
+the torch pipeline has. A tiny decoder (`decoder tiny`: TAESD in
 the models folder, or a path to one) makes the pictures from its own bundle
 (models/tiny_decoder_bundle.py) and draws the live previews, as does the models folder's for a
 request decoded by the VAE, where it fits the model (else the VAE's linear latent->RGB map
-draws them, as on the torch pipeline); best-of-N and scores import torch for their CLIP, the
-pictures still come from here.
+draws them, as on the torch pipeline); best-of-N and scores import torch for their CLIP, and
+an upscale the bundle has no network for imports it for the upscaler; the pictures still come
+from here.
 `run` then makes its pictures from the model's bundle (models/openvino_bundle.py: its text
 encoder, UNet, VAE decoder and encoder, and mini's x2 upscaler, exported once, on the first such
 request: the one time torch is imported) the way run.py's pipeline does, step for step: the text
@@ -247,14 +249,12 @@ def served(request: GenerationRequest) -> Served | None:
         prepared = prepare_input(request, facts)
     except (ImageInputError, BadRequest):  # run.py says what is wrong with the picture, the mask or the canvas
         return None
-    width, height, factor = prepared.width, prepared.height, prepared.factor
+    width, height = prepared.width, prepared.height
     if prepared.crop:  # an input padded to a multiple of 8: run.py cuts the padding off again
         return None
     if width % facts.size_multiple or height % facts.size_multiple or max(width, height) > facts.max_side:
         return None
-    if source is None and (factor not in (1, 2) or (factor == 2 and max(width, height) > UPSCALE_MAX_SIDE)):
-        return None
-    if source is not None and (factor != 1 or width * height > facts.max_batch_pixels):
+    if source is not None and width * height > facts.max_batch_pixels:
         return None
     steps = sampler_steps(request.mode, request.steps or facts.sampling.steps, request.effective_strength)
     if not _sampler_runs(request.sampler or facts.sampling.sampler, facts.scheduler_config, steps):
@@ -456,6 +456,12 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
 
         scorer = scorer_from(models, request.scorer)
     loaded = time.perf_counter()
+    # A seamless tile is enlarged with a margin of itself around it (as run.py's upscaler does)
+    margin = bundle_facts(tile_folder(bundle.folder)).get("upscale_margin", 0) if request.tile else 0
+    if factor > 1 and not _bundle_upscales(source, prepared):
+        from ..upscale.pictures import check_upscale_fits  # torch: for this upscale alone
+
+        check_upscale_fits((prepared.width, prepared.height), factor, "upscale")  # before any step
 
     plan = prompt_plan(request)
     settings = picture_settings(request, facts.name, facts.latent_channels, facts.vae_scale, dtype)
@@ -470,10 +476,11 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
     batches = make_batches(candidates, bundle, tokenizers, plan, prepared, facts, progress, decoders)
     batches = scored_batches(batches, result, scorer, plan, progress)
 
-    # A seamless tile is enlarged with a margin of itself around it (as run.py's upscaler does)
-    margin = bundle_facts(tile_folder(bundle.folder)).get("upscale_margin", 0) if request.tile else 0
-
     def enlarged(pictures: list[Image.Image], factor: int) -> list[Image.Image]:
+        if not _bundle_upscales(source, prepared):
+            from ..upscale.pictures import upscaled
+
+            return upscaled(pictures, factor, models, progress, wrap=request.tile)
         progress(ProgressEvent("upscale", message=f"upscaling x{factor}"))
         return [enlarged_seamlessly(picture, factor, margin, lambda p: upscale(bundle, p)) for picture in pictures]
 
@@ -484,6 +491,14 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
                   final_size)
     result.timings = {"load_s": loaded - started, "generate_s": time.perf_counter() - loaded}
     return result
+
+
+def _bundle_upscales(source: SDSource | None, prepared: PreparedInput) -> bool:
+    """Whether the bundle's own x2 upscaler enlarges the pictures: mini's, in one pass, up to
+    UPSCALE_MAX_SIDE. Any other upscale (x4, larger pictures, SD's) is the built-in upscaler's
+    on torch, tiled as run.py runs it (methods/upscale/pictures.py): torch is imported for that
+    alone, as best-of's CLIP is, the pictures still made here."""
+    return source is None and prepared.factor == 2 and max(prepared.width, prepared.height) <= UPSCALE_MAX_SIDE
 
 
 def make_batches(request: GenerationRequest, bundle: OpenVINOBundle, tokenizers: tuple["BundleTokenizer", ...], plan,
