@@ -57,7 +57,6 @@ def test_it_serves_plain_mini_requests_and_leaves_the_rest_to_the_torch_pipeline
                             "dpmpp_2s_karras", "dpmpp_sde_karras"))
     for refused in (dict(runtime="torch"), dict(prompt="apple <lora:style:0.8>"),
                     dict(width=104), dict(dtype="fp16"),
-                    dict(tile=True, prompt="apple <lora:style:0.8>"),
                     dict(mode="img2img", init_image="x.png"), dict(mode="inpaint", init_image="x.png", mask_image="m.png"),
                     dict(mode="inpaint", init_image="x.png", mask_image="m.png", strength=0.0),
                     dict(model="tiny"), dict(device="cuda")):

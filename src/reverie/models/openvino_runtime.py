@@ -240,6 +240,15 @@ def export_blocked(unet, source: str = "", cache: Path | None = None, variant: d
             return f"its export failed earlier in this process ({failed})"
     if not reloadable(source) or OpenVINOUNet.exported(unet, source, cache, variant):
         return None
+    return no_room_to_export(unet, cache)
+
+
+def no_room_to_export(unet, cache: Path | None = None) -> str | None:
+    """Why an export of `unet` would not fit now, or None: it needs AUTO_MEMORY_FACTOR times its
+    weights' bytes of free memory, and EXPORT_DISK_MARGIN times them free on the disk of `cache`
+    (default the OpenVINO cache folder). For `export_blocked`, and for the bundles' exports of
+    the UNet with circular padding (openvino_bundle.make_tile_parts)."""
+    cache = cache or openvino_cache_dir()
     weights = sum(p.numel() for name, p in unet.named_parameters() if ".lora_" not in name) * unet.dtype.itemsize
     memory = available_memory(torch.device("cpu"))
     if memory < weights * AUTO_MEMORY_FACTOR:

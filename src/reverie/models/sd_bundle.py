@@ -231,13 +231,18 @@ def make_sd_bundle(source: SDSource, folder: Path, precision: str) -> None:
 
 def make_sd_tile_bundle(source: SDSource, folder: Path, precision: str) -> None:
     """Export `source`'s UNet and VAE for seamless tiles beside its bundle in `folder`
-    (openvino_bundle.make_tile_parts): a minute or more for SD, as its own UNet's export."""
+    (openvino_bundle.make_tile_parts): a minute or more for SD, as its own UNet's export; an
+    ExportFailed, before any export, where it would not fit in memory or on disk."""
     import torch
 
+    from .openvino_runtime import ExportFailed, no_room_to_export
     from .registry import load_model
 
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     components = load_model(str(source.path), dtype)
+    blocked = no_room_to_export(components.unet, folder.parent)
+    if blocked:
+        raise ExportFailed(blocked)
     make_tile_parts(folder, components.unet, components.vae, dtype)
 
 
