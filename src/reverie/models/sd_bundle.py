@@ -240,10 +240,12 @@ def make_sd_tile_bundle(source: SDSource, folder: Path, precision: str) -> None:
 
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     components = load_model(str(source.path), dtype)
-    blocked = no_room_to_export(components.unet, folder.parent)
+    unet, vae = components.unet, components.vae
+    del components  # the text encoders (SDXL's bigG: 1.4 GB in bf16) are not exported again
+    blocked = no_room_to_export(unet, folder.parent)
     if blocked:
         raise ExportFailed(blocked)
-    make_tile_parts(folder, components.unet, components.vae, dtype)
+    make_tile_parts(folder, unet, vae, dtype)
 
 
 def _special_tokens(tokenizer) -> dict:
