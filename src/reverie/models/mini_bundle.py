@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 from .mini import MINI_DIR, MINI_NAME, weight_files
-from .openvino_bundle import (bundle_facts, bundle_path, in_fp32, make_tile_parts, save_bundle, vae_parts,
-                              with_extra_rows)
+from .openvino_bundle import (bundle_facts, bundle_path, in_fp32, make_tile_parts, save_bundle, torch_dtype_of,
+                              vae_parts, with_extra_rows)
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def make_bundle(folder: Path, precision: str) -> None:
     from .upscaler import load_upscaler
 
     started = time.perf_counter()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    dtype = torch_dtype_of(precision)
     mini = load_mini(dtype)
     unet, vae, text_encoder = mini.unet, mini.vae, mini.text_encoder
     upscaler = load_upscaler(scale=2).to(memory_format=torch.contiguous_format)
@@ -94,11 +94,9 @@ def make_bundle(folder: Path, precision: str) -> None:
 def make_tile_bundle(folder: Path, precision: str) -> None:
     """Export reverie-mini's UNet and VAE for seamless tiles beside its bundle in `folder`
     (openvino_bundle.make_tile_parts), with the margin its x2 upscaler enlarges a tile with."""
-    import torch
-
     from .mini import load_mini
     from .upscaler import load_upscaler, wrap_margin
 
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    dtype = torch_dtype_of(precision)
     mini = load_mini(dtype)
     make_tile_parts(folder, mini.unet, mini.vae, dtype, {"upscale_margin": wrap_margin(load_upscaler(scale=2))})

@@ -87,6 +87,13 @@ def precision_of(dtype: str) -> str:
     return {"bf16": "bf16", "fp32": "f32"}[dtype]
 
 
+def torch_dtype_of(precision: str):
+    """The torch dtype a bundle of `precision` (bf16 or f32) is exported from (imports torch)."""
+    import torch
+
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
 def _version(package: str) -> str | None:
     try:
         return metadata.version(package)

@@ -40,8 +40,8 @@ from pathlib import Path
 
 from .checkpoint_header import (CLIP_PREFIX, CONFIGS_DIR, OPEN_CLIP_PREFIX, SDXL_CLIP_PREFIX, SDXL_OPEN_CLIP_PREFIX,
                                 UNET_PREFIX, prediction_type_of, read_header, shipped_config_name)
-from .openvino_bundle import (bundle_path, fingerprint_of, make_tile_parts, openvino_cache_dir, save_bundle, vae_parts,
-                              with_extra_rows)
+from .openvino_bundle import (bundle_path, fingerprint_of, make_tile_parts, openvino_cache_dir, save_bundle,
+                              torch_dtype_of, vae_parts, with_extra_rows)
 
 log = logging.getLogger(__name__)
 
@@ -180,14 +180,12 @@ def lora_text_encoder_folder(source: SDSource, precision: str, variant: dict) ->
 def make_sd_bundle(source: SDSource, folder: Path, precision: str) -> None:
     """Make the bundle of `source` into `folder` (see the module docstring); an ExportFailed
     where the UNet's export cannot be had (memory, disk, the exporter)."""
-    import torch
-
     from .latent_rgb import fit_latent_to_rgb
     from .openvino_runtime import ExportFailed, IR_NAME, OpenVINOUNet, export_blocked, fingerprint_parts
     from .registry import load_model
 
     started = time.perf_counter()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    dtype = torch_dtype_of(precision)
     # The UNet is left unread where its export is made already (the torch path may have made it).
     components = load_model(str(source.path), dtype,
                             leave_unet=lambda unet, where: OpenVINOUNet.exported(unet, where))
@@ -233,12 +231,10 @@ def make_sd_tile_bundle(source: SDSource, folder: Path, precision: str) -> None:
     """Export `source`'s UNet and VAE for seamless tiles beside its bundle in `folder`
     (openvino_bundle.make_tile_parts): a minute or more for SD, as its own UNet's export; an
     ExportFailed, before any export, where it would not fit in memory or on disk."""
-    import torch
-
     from .openvino_runtime import ExportFailed, no_room_to_export
     from .registry import load_model
 
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    dtype = torch_dtype_of(precision)
     components = load_model(str(source.path), dtype)
     unet, vae = components.unet, components.vae
     del components  # the text encoders (SDXL's bigG: 1.4 GB in bf16) are not exported again

@@ -456,9 +456,10 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
 
         scorer = scorer_from(models, request.scorer)
     loaded = time.perf_counter()
+    own_upscaler = _bundle_upscales(source, prepared)
     # A seamless tile is enlarged with a margin of itself around it (as run.py's upscaler does)
-    margin = bundle_facts(tile_folder(bundle.folder)).get("upscale_margin", 0) if request.tile else 0
-    if factor > 1 and not _bundle_upscales(source, prepared):
+    margin = bundle_facts(tile_folder(bundle.folder))["upscale_margin"] if request.tile and own_upscaler else 0
+    if factor > 1 and not own_upscaler:
         from ..upscale.pictures import check_upscale_fits  # torch: for this upscale alone
 
         check_upscale_fits((prepared.width, prepared.height), factor, "upscale")  # before any step
@@ -477,7 +478,7 @@ def run(request: GenerationRequest, models: ModelCache, progress: Progress, outp
     batches = scored_batches(batches, result, scorer, plan, progress)
 
     def enlarged(pictures: list[Image.Image], factor: int) -> list[Image.Image]:
-        if not _bundle_upscales(source, prepared):
+        if not own_upscaler:
             from ..upscale.pictures import upscaled
 
             return upscaled(pictures, factor, models, progress, wrap=request.tile)
@@ -622,9 +623,12 @@ def load_bundle(models: ModelCache, source: SDSource | None, precision: str,
                         make_tile_bundle(folder, precision) if mini else make_sd_tile_bundle(source, folder, precision)
             if bundle_facts(folder).get("sdxl"):
                 precisions["text_encoder_2"] = precision
-            parts = {"unet": int8_unet.int8_folder(folder) / int8_unet.IR_NAME} if int8 else replaced
-            if tile:
+            if int8:
+                parts = {"unet": int8_unet.int8_folder(folder) / int8_unet.IR_NAME}
+            elif tile:  # (never with int8 or a LoRA set: `served`)
                 parts = {part: part_ir(tile_folder(folder), part) for part in TILE_PARTS}
+            else:
+                parts = replaced
             return OpenVINOBundle(folder, precisions, store_compiled=mini, replaced=parts,
                                   views=openvino_step_cache.VIEWS)
         except Exception as exc:  # the exporter meets a layer it cannot trace, a full disk, a damaged file...
