@@ -189,7 +189,11 @@ def test_paint_a_mask_and_inpaint(page, server):
     wait_for_new_cards(page, before)
     request = last_job(server)
     assert request["mode"] == "inpaint" and request["prompt"] == "a red door"
-    assert not Path(request["mask_image"]).exists()  # the upload went with its finished job
+    # The upload goes when its job is marked finished, a moment after its pictures show.
+    deadline = time.monotonic() + 30
+    while Path(request["mask_image"]).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(request["mask_image"]).exists()
     painted = json.loads(posted.value.post_data)["mask_image"].partition(",")[2]  # the page's data URL
     mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(painted))).convert("L"))
     # The stroke went across the middle, left to right; the top rows stay unpainted.
