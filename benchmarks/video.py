@@ -3,8 +3,8 @@
 Smoothness is a number: the mean absolute difference between consecutive frames (levels of 255,
 at the size the frames were made) and its largest jump, for the video and for the same frames
 made independently (each frame's own prompt and seed as a txt2img picture: what a video without
-interpolation or feedback would show). A contact sheet of each video (every other frame, as
-shown) goes to --sheets.
+interpolation or feedback would show; for a restyle, the frames of its input, the walk). A contact
+sheet of each video (every other frame, as shown) goes to --sheets.
 
     PYTHONPATH=src OMP_NUM_THREADS=2 .venv/bin/python benchmarks/video.py --sheets docs
 """
@@ -31,6 +31,12 @@ VIDEOS = {
                     angle="0:(1.5)"),
     "animate cadence 3": dict(motion="animate", prompts=["0: a house with a tree | 10: a castle on a hill"],
                                zoom="0:(1.04)", angle="0:(1.5)", strength="0:(0.55)", cadence=3),
+    # The walk's own video painted again (run the walk first): one seed, Deforum's seed per frame, coherence.
+    "restyle": dict(motion="restyle", prompts=["0: a blue ice cube"], strength="0:(0.5)", input="walk"),
+    "restyle seed iter": dict(motion="restyle", prompts=["0: a blue ice cube"], strength="0:(0.5)",
+                              seed_behavior="iter", input="walk"),
+    "restyle coherence 0.3": dict(motion="restyle", prompts=["0: a blue ice cube"], strength="0:(0.5)",
+                                  coherence="0:(0.3)", input="walk"),
     "dream": dict(motion="dream", prompts=["0: a red apple | 10: a green frog"], zoom="0:(1.03)", angle="0:(1)",
                   iterations_per_frame=8, first_iterations=60, dream={"cutouts": 16}),
 }
@@ -39,6 +45,10 @@ VIDEOS = {
 def differences(frames: list[Image.Image]) -> list[float]:
     arrays = [np.asarray(frame.convert("RGB"), dtype=np.float64) for frame in frames]
     return [float(np.abs(a - b).mean()) for a, b in zip(arrays, arrays[1:])]
+
+
+def made_frames(result) -> list[Image.Image]:
+    return [Image.open(p).convert("RGB") for p in sorted((result.run_dir / "frames").glob("*.png"))]
 
 
 def independent_frames(studio: Studio, records: list[dict], steps: int) -> list[Image.Image]:
@@ -56,19 +66,30 @@ def main() -> None:
     args = parser.parse_args()
     studio = Studio(device="cpu")
     studio.generate({"prompt": "warm-up", "n_samples": 1, "steps": 2, "upscale": 1})
-    rows = []
+    rows, made = [], {}
     with tempfile.TemporaryDirectory() as scratch:
         for name in args.only.split(","):
             settings = dict(VIDEOS[name])
+            source = settings.pop("input", None)
+            if source is not None:
+                if source not in made:
+                    parser.error(f"{name} paints the {source} video again: put {source} before it in --only")
+                settings["video_input"] = str(made[source].videos[0])
             extra = {} if settings["motion"] == "dream" else {"steps": args.steps, "upscale": 2}
             started = time.perf_counter()
             result = studio.video(**settings, frames=args.frames, seed=SEED, keep_frames=True,
                                   outdir=Path(scratch) / name.replace(" ", ""), **extra)
             seconds = time.perf_counter() - started
-            frames = [Image.open(p).convert("RGB") for p in sorted((result.run_dir / "frames").glob("*.png"))]
+            frames = made_frames(result)
             video = differences(frames)
+            made[name] = result
             records = json.loads((result.run_dir / "video.json").read_text())["frames"]
-            alone = differences(independent_frames(studio, records, args.steps)) if settings["motion"] != "dream" else []
+            if source is not None:
+                alone = differences(made_frames(made[source]))  # the input's own, at the size it was made
+            elif settings["motion"] != "dream":
+                alone = differences(independent_frames(studio, records, args.steps))
+            else:
+                alone = []
             rows.append((name, len(frames), seconds, video, alone))
             if args.sheets:
                 shown = read_frames(result.videos[0])[::2]  # as the video shows them

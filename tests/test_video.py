@@ -117,21 +117,23 @@ def test_an_animation_zooms_in(studio, tmp_path):
     {"motion": "walk", "prompts": ["a forest", "a city"], "frames": 5},
 ])
 def test_a_stopped_video_continues_to_the_frames_it_would_have_made(studio, tmp_path, settings):
-    whole = studio.video(**settings, seed=11, keep_frames=True, outdir=tmp_path / "whole", **TINY)
-    made = []
-
-    def stop_after_three(event):
-        if event.stage == "frame" and event.step:
-            made.append(event.step)
-
-    stopped = studio.video(**settings, seed=11, keep_frames=True, outdir=tmp_path / "stopped", progress=stop_after_three,
-                           should_stop=lambda: len(made) >= 3, **TINY)
-    assert stopped.interrupted and stopped.frames == 3
-    assert json.loads((stopped.run_dir / "video.json").read_text())["status"] == "stopped"
-    assert video_info(stopped.videos[0]).frames == 3  # the frames made so far, as a video
-    continued = studio.video(continue_from=stopped.run_dir)
+    whole, continued = made_whole_and_continued(studio, tmp_path, 3, **settings, seed=11, **TINY)
     assert not continued.interrupted and continued.frames == settings["frames"]
     assert [pixels(f).tolist() for f in frames_of(continued.run_dir)] == [pixels(f).tolist() for f in frames_of(whole.run_dir)]
+
+
+def made_whole_and_continued(studio, tmp_path, stop_after: int, **settings):
+    """The video made whole, and made again: stopped after `stop_after` frames (written as a video
+    of those), then continued."""
+    whole = studio.video(**settings, keep_frames=True, outdir=tmp_path / "whole")
+    made = []
+    stopped = studio.video(**settings, keep_frames=True, outdir=tmp_path / "stopped",
+                           progress=lambda event: made.append(event.step) if event.stage == "frame" and event.step else None,
+                           should_stop=lambda: len(made) >= stop_after)
+    assert stopped.interrupted and stopped.frames == stop_after
+    assert json.loads((stopped.run_dir / "video.json").read_text())["status"] == "stopped"
+    assert video_info(stopped.videos[0]).frames == stop_after  # the frames made so far, as a video
+    return whole, studio.video(continue_from=stopped.run_dir)
 
 
 def test_an_animation_goes_on_longer_when_continued_with_more_frames(studio, tmp_path):
@@ -203,17 +205,11 @@ DREAM = {"motion": "dream", "prompts": ["0: red apple | 2: blue car"], "zoom": "
 
 
 def test_a_dream_video_moves_and_follows_its_timeline_and_continues_exactly(studio, tmp_path):
-    whole = studio.video(**DREAM, seed=8, keep_frames=True, outdir=tmp_path / "whole")
+    whole, continued = made_whole_and_continued(studio, tmp_path, 2, **DREAM, seed=8)
     record = json.loads((whole.run_dir / "video.json").read_text())
     assert [frame["prompt"] for frame in record["frames"]][0].startswith("red apple")
     assert "blue car" in record["frames"][-1]["prompt"]
     assert video_info(whole.videos[0]).frames == 4
-    made = []
-    stopped = studio.video(**DREAM, seed=8, keep_frames=True, outdir=tmp_path / "stopped",
-                           progress=lambda e: made.append(e.step) if e.stage == "frame" and e.step else None,
-                           should_stop=lambda: len(made) >= 2)
-    assert stopped.interrupted and stopped.frames == 2
-    continued = studio.video(continue_from=stopped.run_dir)
     assert continued.frames == 4
     assert [pixels(f).tolist() for f in frames_of(continued.run_dir)] == [pixels(f).tolist() for f in frames_of(whole.run_dir)]
 

@@ -34,6 +34,23 @@ def test_the_video_view_makes_a_walk_that_plays(page, server):  # noqa: F811
     page.click("#gallery .card.video img")
     page.wait_for_function(f"({PLAYING})(document.querySelector('#details-video video'))", timeout=30_000)
     assert page.eval_on_selector("#details-actions", "bar => bar.querySelectorAll('[data-action]').length") == 0
+    # Its Restyle button sets the Video view to paint it again.
+    walk = last_job(server)
+    page.keyboard.press("Escape")
+    page.locator("#gallery .card.video").first.get_by_role("button", name="Restyle").click()
+    page.wait_for_selector("#view-video:not([hidden])")
+    assert page.input_value("#video-motion") == "restyle"
+    page.fill("#video-prompts", "0: an oil painting")
+    page.fill("#video-restyle-strength", "0:(0.5)")
+    page.fill("#video-coherence", "0:(0.2)")
+    walk_src = page.eval_on_selector("#video-result video", "v => v.src")
+    page.click("#video-go")
+    page.wait_for_function("old => { const v = document.querySelector('#video-result video'); return v && v.src !== old; }",
+                           arg=walk_src, timeout=120_000)
+    request = last_job(server)
+    assert walk["motion"] == "walk" and request["motion"] == "restyle" and request["prompts"] == ["0: an oil painting"]
+    assert (request["strength"], request["coherence"], request["frames"]) == ("0:(0.5)", "0:(0.2)", 3)
+    assert request["video_input"].endswith(".mp4") and request["fps"] == walk["fps"]  # the input's own rate
 
 
 def test_a_gif_video_is_shown_as_a_picture(page, server):  # noqa: F811

@@ -1,4 +1,4 @@
-"""`reverie video walk|animate|dream|continue`: videos made frame by frame, with a bar of frames.
+"""`reverie video walk|animate|restyle|dream|continue`: videos made frame by frame, with a bar of frames.
 
 The first Ctrl-C stops after the current frame (the frames made are kept and written as a
 video; `reverie video continue RUN` goes on); a second one stops at once.
@@ -16,7 +16,7 @@ from .cli import Cfg, Device, Dtype, Height, Model, Negative, SamplerOpt, Seed, 
 from .cli_dream import CLIP_HELP, GENERATOR_HELP, PRIOR_HELP, _StopOnCtrlC
 from .terminal import progress_bar
 
-video_app = typer.Typer(no_args_is_help=True, help="Videos: walks through a model's space, keyframed animation, dream videos.")
+video_app = typer.Typer(no_args_is_help=True, help="Videos: walks through a model's space, keyframed animation, videos painted again, dream videos.")
 
 Prompts = Annotated[list[str], typer.Argument(help="Timeline: `0: a forest | 60: a city`, or one keyed prompt per argument ('0: a forest' '60: a city').")]
 Frames = Annotated[int, typer.Option("--frames", "-f", help="Frames to make (before in-between frames).")]
@@ -103,6 +103,37 @@ def animate(
     run_video(fields, outdir)
 
 
+@video_app.command("restyle")
+def restyle(
+    video_input: Annotated[Path, typer.Argument(help="The video to paint again: .mp4, .webm, .mov, .mkv, .avi, .gif or .webp.")],
+    prompts: Prompts,
+    strength: Annotated[str, typer.Option("--strength", help='Denoising strength of each frame, "0:(0.5)": 0 keeps the input, 1 paints it anew.')] = "0:(0.35)",
+    coherence: Annotated[str, typer.Option("--coherence", help='How much of the previous painted frame is mixed into each input frame, 0..1: "0:(0.2)". More is steadier; fast motion leaves ghosts.')] = "0:(0)",
+    extract_every: Annotated[int, typer.Option("--every", help="Take every Nth frame of the input (its frame rate is divided by N).")] = 1,
+    cfg_schedule: Annotated[Optional[str], typer.Option("--cfg-schedule", help='A CFG scale schedule, "0:(4), 60:(7)" (default: --cfg-scale throughout).')] = None,
+    noise: Annotated[str, typer.Option("--noise", help='Noise added to each input frame (pixel units, 0..1): "0:(0.02)".')] = "0:(0.02)",
+    seed_behavior: Annotated[str, typer.Option("--seed-behavior", help="Frame i's seed: fixed (one for every frame: the least flicker), iter (seed+i) or random.")] = "fixed",
+    colour_coherence: Annotated[str, typer.Option("--colour-coherence", "--color-coherence", help="Match each input frame's colours to the first painted frame's before painting: none, lab, hsv or rgb.")] = "none",
+    prompt_blend: Annotated[bool, typer.Option("--prompt-blend/--prompt-cut", help="Between timeline keys, blend the prompts (or cut at the key).")] = True,
+    frames: Annotated[Optional[int], typer.Option("--frames", "-f", help="At most this many frames (default: all the input gives, up to 2000).")] = None,
+    fps: Annotated[Optional[float], typer.Option("--fps", help="Frames per second of the video (default: the input's, over --every).")] = None,
+    formats: Formats = "mp4", interpolate: Interpolate = 0, interpolation: Interpolation = "blend",
+    keep_frames: KeepFrames = False,
+    model: Model = None, negative: Negative = "", width: Width = None, height: Height = None, steps: Steps = None,
+    cfg_scale: Cfg = None, sampler: SamplerOpt = None, upscale: Upscale = None,
+    seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto",
+):
+    """Deforum's video input: every frame of a video painted again by image-to-image, with a prompt timeline."""
+    from .methods.video.request import MAX_FRAMES
+
+    fields = {"motion": "restyle", "video_input": str(video_input), "prompts": prompts, "strength": strength,
+              "coherence": coherence, "extract_every": extract_every, "cfg": cfg_schedule, "noise": noise,
+              "seed_behavior": seed_behavior, "colour_coherence": colour_coherence, "prompt_blend": prompt_blend,
+              **_outputs(frames or MAX_FRAMES, fps, formats, interpolate, interpolation, keep_frames, seed, device, dtype),
+              **_diffusion(model, negative, width, height, steps, cfg_scale, sampler, upscale)}
+    run_video(fields, outdir)
+
+
 @video_app.command("dream")
 def dream(
     prompts: Annotated[list[str], typer.Argument(help="Timeline of dream prompts (`text:weight | ...` each): '0: a forest | 40: a city'.")],
@@ -152,7 +183,7 @@ def run_video(fields: dict, outdir: Path | None) -> None:
 
     request = make_request({key: value for key, value in fields.items() if value is not None} | {"mode": "video"})
     with _StopOnCtrlC() as stop, progress_bar(err) as bar:
-        frames = bar.add_task("frames", total=None if request.continue_from else request.frames)
+        frames = bar.add_task("frames", total=None if request.continue_from or request.motion == "restyle" else request.frames)
         steps = bar.add_task("loading", total=None)
 
         def on_progress(event):

@@ -4,10 +4,13 @@ MP4 (H.264 in yuv420p, through the ffmpeg that imageio-ffmpeg ships; frames are 
 GIF and animated WebP (through Pillow, which keeps the frames until the end). Each can carry a
 JSON object of settings: an MP4 as its `comment` tag, a GIF as its comment, a WebP in its XMP
 packet (as `reverie:settings`). The file appears whole or not at all (`files.partial_file`).
+A video is read back a frame at a time (`iter_frames`); a video input may also be any file
+ffmpeg reads (READ_SUFFIXES).
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -16,6 +19,7 @@ import subprocess
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 from xml.sax.saxutils import quoteattr
 
 import numpy as np
@@ -26,6 +30,8 @@ from .files import partial_file
 
 VIDEO_FORMATS = ("mp4", "gif", "webp")
 VIDEO_SUFFIXES = tuple(f".{name}" for name in VIDEO_FORMATS)
+# What a video input (video_input) may be: the formats reverie writes, and ffmpeg's common others.
+READ_SUFFIXES = VIDEO_SUFFIXES + (".mov", ".m4v", ".webm", ".mkv", ".avi")
 
 # GIF delays are whole centiseconds, and browsers show a delay under 2 cs as 10 cs.
 GIF_TICK_MS, GIF_SHORTEST_MS = 10, 20
@@ -200,52 +206,84 @@ class VideoInfo:
     metadata: dict | None
 
 
-def video_info(path: str | Path) -> VideoInfo:
-    """The facts of a video reverie can write. An MP4's frames are counted by decoding it
-    (exact); a GIF's or WebP's frame rate is its frame count over its running time."""
-    path = _existing_video(path)
-    if path.suffix.lower() == ".mp4":
-        import imageio_ffmpeg
+def video_info(path: str | Path, field: str = "video") -> VideoInfo:
+    """The facts of a video: one reverie writes, or (`field` "video_input") any ffmpeg reads. An
+    MP4's frames are counted by decoding it (exact); a GIF's or WebP's frame rate is its frame
+    count over its running time. A file that is not a video is BadRequest(field)."""
+    path = _existing_video(path, field)
+    with _unreadable_refused(path, field):
+        if _by_ffmpeg(path):
+            import imageio_ffmpeg
 
-        frames, _ = imageio_ffmpeg.count_frames_and_secs(str(path))
-        reader = imageio_ffmpeg.read_frames(str(path))
-        meta = next(reader)
-        reader.close()
-        width, height = meta["size"]
-        return VideoInfo(frames, float(meta["fps"]), width, height, _settings(_mp4_comment(path)))
-    with Image.open(path) as video:
-        width, height = video.size
-        frames = video.n_frames
-        running_ms = 0
-        for frame in ImageSequence.Iterator(video):
-            frame.load()  # a WebP frame's duration is known once it is decoded
-            running_ms += frame.info.get("duration", 0)
-        video.seek(0)
-        comment = video.info.get("comment") if path.suffix.lower() == ".gif" else _xmp_comment(video.info.get("xmp", b""))
+            frames, _ = imageio_ffmpeg.count_frames_and_secs(str(path))
+            reader = imageio_ffmpeg.read_frames(str(path))
+            meta = next(reader)
+            reader.close()
+            width, height = meta["size"]
+            return VideoInfo(frames, float(meta["fps"]), width, height, _settings(_mp4_comment(path)))
+        with Image.open(path) as video:
+            width, height = video.size
+            frames = getattr(video, "n_frames", 1)
+            running_ms = 0
+            for frame in ImageSequence.Iterator(video):
+                frame.load()  # a WebP frame's duration is known once it is decoded
+                running_ms += frame.info.get("duration", 0)
+            video.seek(0)
+            comment = video.info.get("comment") if path.suffix.lower() == ".gif" else _xmp_comment(video.info.get("xmp", b""))
     fps = frames * 1000 / running_ms if running_ms else 0.0
     return VideoInfo(frames, fps, width, height, _settings(comment))
 
 
-def read_frames(path: str | Path, limit: int | None = None) -> list[Image.Image]:
-    """The frames of a video (the first `limit`, or all), as RGB pictures, in memory."""
-    path = _existing_video(path)
-    if path.suffix.lower() == ".mp4":
+def iter_frames(path: str | Path, field: str = "video") -> Iterator[Image.Image]:
+    """The frames of a video as RGB pictures, decoded one at a time as they are asked for."""
+    path = _existing_video(path, field)
+    with _unreadable_refused(path, field):
+        if not _by_ffmpeg(path):
+            with Image.open(path) as video:
+                for frame in ImageSequence.Iterator(video):
+                    yield frame.convert("RGB")
+            return
         import imageio_ffmpeg
 
         reader = imageio_ffmpeg.read_frames(str(path))
-        width, height = next(reader)["size"]
-        frames = [Image.frombytes("RGB", (width, height), frame) for frame in itertools.islice(reader, limit)]
-        reader.close()
-        return frames
-    with Image.open(path) as video:
-        return [frame.convert("RGB") for frame in itertools.islice(ImageSequence.Iterator(video), limit)]
+        try:
+            width, height = next(reader)["size"]
+            for frame in reader:
+                yield Image.frombytes("RGB", (width, height), frame)
+        finally:
+            reader.close()
 
 
-def _existing_video(path: str | Path) -> Path:
-    path = check_video_path(path)
+def read_frames(path: str | Path, limit: int | None = None) -> list[Image.Image]:
+    """The frames of a video (the first `limit`, or all), as RGB pictures, in memory."""
+    return list(itertools.islice(iter_frames(path), limit))
+
+
+def _existing_video(path: str | Path, field: str = "video") -> Path:
+    if field == "video":
+        path = check_video_path(path)
+    else:
+        path = Path(path)
+        if path.suffix.lower() not in READ_SUFFIXES:
+            raise BadRequest(field, f"{path.name}: give a video file ({', '.join(READ_SUFFIXES)})")
     if not path.is_file():
-        raise BadRequest("video", f"there is no video at {path}")
+        raise BadRequest(field, f"there is no video at {path}")
     return path
+
+
+def _by_ffmpeg(path: Path) -> bool:
+    """GIF and WebP are read by Pillow; every other video by ffmpeg."""
+    return path.suffix.lower() not in (".gif", ".webp")
+
+
+@contextlib.contextmanager
+def _unreadable_refused(path: Path, field: str) -> Iterator[None]:
+    """A file that ffmpeg or Pillow cannot decode is the caller's mistake: BadRequest(field)."""
+    try:
+        yield
+    except (OSError, RuntimeError, ValueError, StopIteration, subprocess.CalledProcessError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise BadRequest(field, f"{path.name} could not be read as a video ({reason})") from None
 
 
 def _mp4_comment(path: Path) -> str | None:

@@ -19,7 +19,7 @@ from ..gallery.models import User
 from .inputs import MAX_PROMPT_CHARS, StrictJSONRoute
 from ..jobs.live import ServerStopping
 from .state import (SESSION_COOKIE, StudioState, Unauthorized, current_user, get_state, password_user,
-                    refused_uploads_deleted, resolve_image)
+                    refused_uploads_deleted, resolve_image, resolve_video)
 from .submit import image_view, job_view, submit_action, submit_again, submit_job
 
 router = APIRouter(prefix="/api/v1", tags=["native"], route_class=StrictJSONRoute)
@@ -90,9 +90,10 @@ class GenerateBody(BaseModel):
     x: str | dict | None = None
     y: str | dict | None = None
     z: str | dict | None = None
-    # mode "video" (see VideoRequest): motion walk | animate | dream; `prompts` the walk's stops or
-    # a timeline ("0: a forest | 48: a city"); camera moves and strength as keyframe schedules;
-    # `dream` a dream video's own dream settings (built-in generator, guides and prior only).
+    # mode "video" (see VideoRequest): motion walk | animate | restyle | dream; `prompts` the walk's
+    # stops or a timeline ("0: a forest | 48: a city"); camera moves and strength as keyframe
+    # schedules; `dream` a dream video's own dream settings (built-in generator, guides and prior
+    # only); `video_input` the video a restyle paints again, `image:ID` of a video in your gallery.
     motion: str | None = None
     prompts: list[str] | None = Field(None, max_length=64)
     frames: int | None = None
@@ -117,6 +118,9 @@ class GenerateBody(BaseModel):
     iterations_per_frame: int | None = None
     first_iterations: int | None = None
     dream: dict | None = None
+    video_input: str | None = None
+    extract_every: int | None = None
+    coherence: str | float | None = None
     # mode "train_lora": 10 to 50 pictures of the concept (`image:ID` or base64), the base model
     # (`model`, from /api/v1/models), the trigger word, the LoRA's name (default: from the
     # trigger), `steps`, the rank and how often a grid of samples is made (server/submit.py caps).
@@ -165,6 +169,7 @@ def create_job(body: GenerateBody, state: StudioState = Depends(get_state), user
                 stored[name] = []  # filled as they are stored: a refusal halfway deletes those stored
                 for value in fields[name]:
                     stored[name].append(resolve_image(state, user, value, name))
+    stored["video_input"] = resolve_video(state, user, fields["video_input"], "video_input")
     return job_view(state, submit_job(state, user, fields | stored))
 
 

@@ -241,6 +241,24 @@ def resolve_image(state: StudioState, user: User, value: str | None, field: str)
     return str(store_image_bytes(state, decode_base64_image(value, field, state.config.max_upload_bytes), field))
 
 
+def resolve_video(state: StudioState, user: User, value: str | None, field: str) -> str | None:
+    """`image:ID` naming a video in the caller's gallery -> its file's server-side path. The
+    studio takes no video uploads: a video to paint again is one it made."""
+    from ..gallery.items import is_video
+
+    if not value:
+        return None
+    if not value.startswith("image:"):
+        raise BadRequest(field, "give image:ID, a video in your gallery (the studio takes no video uploads)")
+    try:
+        image = state.gallery.image(value[len("image:"):], user.id)
+    except NotFound:
+        raise BadRequest(field, f"no video {value[len('image:'):]} in your gallery") from None
+    if not is_video(image.file):
+        raise BadRequest(field, f"{value} is a picture; give a video of your gallery")
+    return str(state.gallery.image_path(image))
+
+
 def check_model(state: StudioState, model: str | None) -> str | None:
     """Only models the server lists may be named: a model name is never taken as a path."""
     from ..models.registry import list_models

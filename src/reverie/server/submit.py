@@ -160,6 +160,8 @@ def _submit(state: StudioState, user: User, fields: dict) -> Job:
         fields["base"] = dict(fields["base"]) | {"model": check_model(state, fields["base"].get("model"))}
     fields.setdefault("device", state.config.device)
     request = make_request(fields).with_seed()  # fixed now: a job that runs again makes the same pictures
+    if request.mode == "video":
+        request = request.fitted_to_input()  # a restyle: the frames its input gives, charged as such
     parts = request.parts()
     for part in parts:
         if part is not request:  # a grid's cell

@@ -56,6 +56,16 @@ def add_noise(picture: Image.Image, amount: float, seed: int) -> Image.Image:
     return Image.fromarray(np.round(np.clip(pixels, 0.0, 1.0) * 255.0).astype(np.uint8))
 
 
+def frame_record(request: VideoRequest, timeline: list, values: dict, index: int, **facts) -> dict:
+    """What frame `index`'s file records: its prompt (and the next one blended in), its seed, its
+    schedules' values, and `facts` of the motion's own."""
+    before, after, weight = prompt_at(timeline, index, request.prompt_blend)
+    record = {"index": index, **facts, "prompt": before, "seed": frame_seed(request.seed, index, request.seed_behavior)}
+    if weight > 0:
+        record |= {"next_prompt": after, "prompt_weight": round(weight, 4)}
+    return record | {name: each[index] for name, each in values.items() if each[index] is not None}
+
+
 def camera_moves(request: VideoRequest, size: tuple[int, int], factor: int) -> list:
     """Each frame's camera move (the move from the frame before), for frames made at `size` and
     shown `factor` times larger (translations are in the video's pixels)."""
@@ -80,12 +90,7 @@ class Animation:
         self.moves = camera_moves(request, painter.size, painter.factor)
 
     def record(self, index: int) -> dict:
-        before, after, weight = prompt_at(self.timeline, index, self.request.prompt_blend)
-        record = {"index": index, "key": index in self.keys, "prompt": before,
-                  "seed": frame_seed(self.request.seed, index, self.request.seed_behavior)}
-        if weight > 0:
-            record |= {"next_prompt": after, "prompt_weight": round(weight, 4)}
-        return record | {name: values[index] for name, values in self.values.items() if values[index] is not None}
+        return frame_record(self.request, self.timeline, self.values, index, key=index in self.keys)
 
     def unet_steps(self) -> int:
         strength = self.values["strength"]

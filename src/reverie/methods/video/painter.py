@@ -55,10 +55,13 @@ class Painter:
     unet: object = None  # the runtime's stand-in for the UNet (OpenVINO's), or None: the torch UNet
 
     @classmethod
-    def load(cls, video: VideoRequest, prompt: str, models: ModelCache, progress: Progress) -> "Painter":
+    def load(cls, video: VideoRequest, prompt: str, models: ModelCache, progress: Progress,
+             aspect_ratio: str | None = None) -> "Painter":
         """The model of `video`, loaded through the shared cache, with its frames' settings as a
-        txt2img request of `prompt` would have them."""
-        request = resolve(GenerationRequest.build(**video.frame_fields(prompt, video.seed)))
+        txt2img request of `prompt` would have them; with `aspect_ratio` ("W:H"), the sides the
+        video leaves out take that shape, as a picture's do."""
+        fields = video.frame_fields(prompt, video.seed) | ({"aspect_ratio": aspect_ratio} if aspect_ratio else {})
+        request = resolve(GenerationRequest.build(**fields))
         device = pick_device(request.device)
         dtype = pick_dtype(request.dtype, device)
         progress(ProgressEvent("load", message=f"loading {request.model}"))

@@ -1,8 +1,10 @@
-"""A video request: a walk through a model's space, a keyframed animation, or a dream that moves."""
+"""A video request: a walk through a model's space, a keyframed animation, a dream that moves, or a
+video painted again frame by frame."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -12,8 +14,9 @@ from ...request import MAX_SEED, MAX_SIDE, BaseRequest
 from .schedules import parse_schedule, parse_timeline
 
 MAX_FRAMES = 2000
-MOTIONS = ("walk", "animate", "dream")
-SCHEDULES = ("zoom", "angle", "translation_x", "translation_y", "strength", "cfg", "noise")
+MOTIONS = ("walk", "animate", "dream", "restyle")
+CAMERA = ("zoom", "angle", "translation_x", "translation_y")
+SCHEDULES = CAMERA + ("strength", "cfg", "noise", "coherence")
 # Settings a continued video may change: how long it goes on (animations and dreams) and how
 # its frames are written; everything else is what made the frames already there.
 OUTPUT_SETTINGS = ("fps", "formats", "interpolate", "interpolation", "keep_frames")
@@ -39,12 +42,17 @@ class VideoRequest(BaseRequest):
     - `dream`: a CLIP-steered dream that moves with the same camera schedules as it iterates,
       its prompt following the timeline; `dream` holds the dream's own settings (generator,
       guides, prior, cutouts, lr, ...; see DreamRequest).
+    - `restyle`: Deforum's video input. Every `extract_every`th frame of `video_input` (at most
+      `frames` of them) is painted again by image-to-image at `strength`, with the timeline's
+      prompt, after `coherence` of the previous painted frame is mixed into it and `noise`
+      added. The camera is the input's own; the seed is the same for every frame and colours
+      are not matched unless `seed_behavior` and `colour_coherence` say otherwise.
     """
 
     IMAGE_FIELDS = ("init_image",)
 
     mode: Literal["video"] = "video"
-    motion: Literal["walk", "animate", "dream"] = "walk"
+    motion: Literal["walk", "animate", "dream", "restyle"] = "walk"
     prompts: list[str] = Field(default_factory=list)
     negative_prompt: str = ""
     frames: int = Field(24, ge=2, le=MAX_FRAMES)  # frames made, before in-between frames
@@ -84,6 +92,11 @@ class VideoRequest(BaseRequest):
     cadence: int = Field(1, ge=1, le=16)
     prompt_blend: bool = True  # between timeline keys, blend the two prompts' conditioning (else cut)
     init_image: Any = None  # animate: frame 0 painted from this picture at strength(0)
+
+    # restyle
+    video_input: str | None = None  # the video painted again (a path; the studio's: a video in the user's gallery)
+    extract_every: int = Field(1, ge=1, le=100)  # take every Nth frame of the input
+    coherence: str = "0:(0)"  # how much of the previous painted frame is mixed into each input frame (0..1)
 
     # dream
     iterations_per_frame: int = Field(20, ge=1, le=1000)
@@ -125,13 +138,35 @@ class VideoRequest(BaseRequest):
                 parse_schedule(text, name)
         if self.motion == "walk":
             self._check_walk()
-        else:
+        elif self.motion == "restyle":
+            self._check_restyle()
+        elif self.video_input is not None:
+            raise BadRequest("video_input", "only motion restyle paints a video input")
+        if self.motion != "walk":
             parse_timeline(self.prompts, "prompts")
             if self.motion == "dream":
                 self.dream_request(0)  # the dream's own settings, checked now
         if self.width is not None and self.width % 8 or self.height is not None and self.height % 8:
             raise BadRequest("width" if self.width and self.width % 8 else "height", "must be a multiple of 8")
         return self
+
+    def _check_restyle(self) -> None:
+        if not self.video_input:
+            raise BadRequest("video_input", "give the video to paint again (an .mp4, .webm, .mov, .gif, ...)")
+        still = {"zoom": 1.0, "angle": 0.0, "translation_x": 0.0, "translation_y": 0.0}
+        moved = [name for name in CAMERA if any(value != still[name] for value in
+                                                 parse_schedule(getattr(self, name), name).values(self.frames))]
+        if moved:
+            raise BadRequest(moved[0], "a restyled video moves as its input does; leave the camera schedules out")
+        for name, why in (("cadence", "every frame of the input is painted"), ("init_image", "the input's first frame starts it")):
+            if getattr(self, name) != type(self).model_fields[name].default:
+                raise BadRequest(name, f"not taken by motion restyle: {why}")
+        # Its own defaults: one seed for every frame (the least flicker), and no colour matching
+        # (an input frame's colours matched to a painted frame's come out false; it is the input's
+        # colours that change from frame to frame).
+        for name, default in (("seed_behavior", "fixed"), ("colour_coherence", "none")):
+            if name not in self.model_fields_set:
+                setattr(self, name, default)
 
     def _check_walk(self) -> None:
         seeds = self.seeds or []
@@ -167,6 +202,24 @@ class VideoRequest(BaseRequest):
         if self.motion != "animate" or self.cadence == 1:
             return self.frames
         return len(key_frames(self.frames, self.cadence))
+
+    def fitted_to_input(self) -> "VideoRequest":
+        """A restyle with the frames its input gives (at most `frames`; two at least) and, when
+        `fps` was not given, the input's own frame rate over `extract_every`; any other video as it is."""
+        if self.motion != "restyle":
+            return self
+        from ...outputs.video import video_info
+
+        info = video_info(self.video_input, "video_input")
+        available = -(-info.frames // self.extract_every)  # frames 0, N, 2N, ... of the input
+        if available < 2:
+            raise BadRequest("video_input", f"{Path(self.video_input).name} gives {available} frame(s) taking every "
+                                            f"{self.extract_every}th; a video needs two: give a longer video or a "
+                                            "smaller extract_every")
+        updates = {"frames": min(self.frames, available)}
+        if "fps" not in self.model_fields_set and info.fps > 0:
+            updates["fps"] = round(min(60.0, max(1.0, info.fps / self.extract_every)), 3)
+        return self.model_copy(update=updates)
 
     def output_frames(self) -> int:
         """Frames in the written video, in-between frames included."""

@@ -49,9 +49,9 @@ class VideoResult(Result):
 def run(request: VideoRequest, models: ModelCache, progress: Progress, outputs: Outputs) -> VideoResult:
     if request.continue_from is not None:
         folder = VideoFolder.open(request.continue_from)
-        request = folder.continued(request)
+        request = folder.continued(request).fitted_to_input()
     else:
-        request = request.with_seed()
+        request = request.with_seed().fitted_to_input()
         # A folder given exactly (the studio's job folder) that holds this very video goes on from
         # its frames: a job stopped with the server resumes where it was.
         folder = VideoFolder.holding(outputs.run_folder, request) or \
@@ -130,8 +130,15 @@ def _frame_maker(request: VideoRequest, models: ModelCache, progress: Progress, 
         raise BadRequest("motion", "a GAN draws from its latents and cannot paint a frame from the one before; walk "
                                    "through its seeds (motion walk) or dream with it (motion dream, dream.generator)")
     first_prompt = request.walk_stops()[0][0] if request.motion == "walk" else parse_timeline(request.prompts)[0][1]
-    painter = Painter.load(request, first_prompt, models, progress)
-    if request.motion == "walk":
+    restyle = request.motion == "restyle"
+    if restyle:
+        from .restyle import Restyle, input_aspect_ratio
+    painter = Painter.load(request, first_prompt, models, progress,
+                           aspect_ratio=input_aspect_ratio(request) if restyle else None)
+    if restyle:
+        maker = Restyle(request, painter, folder.read_frame)
+        resume_point = lambda done: done  # noqa: E731  each frame needs only the one before it
+    elif request.motion == "walk":
         from .walk import Walk
 
         maker = Walk(request, painter)

@@ -265,6 +265,8 @@ function actions(image) {
     add("Inpaint", () => openInpaint(image));
     add("Style", () => useAsStyleContent(image), "Restyle this picture (Style view)");
     add("Outpaint", () => openOutpaint(image));
+  } else {
+    add("Restyle", () => restyleVideo(image), "Paint this video again with a prompt (Video view)");  // video.js
   }
   const download = document.createElement("a");
   const suffix = image.video ? new URL(image.url, location.href).pathname.split(".").pop() : "png";

@@ -1,5 +1,5 @@
-// The Video view: walks between prompts, Deforum-style animations and dream videos (mode
-// "video"). The form is one request; its progress (frames done, the latest frame) is followed like
+// The Video view: walks between prompts, Deforum-style animations, restyled videos (a gallery
+// video's Restyle button picks it) and dream videos (mode "video"). The form is one request; its progress (frames done, the latest frame) is followed like
 // any job (app.js `follow`), and the finished video plays here. Gallery cards of videos show the
 // poster with a play badge (app.js `card`) and open the video (`videoPlayer`).
 // Loaded after app.js: uses its $, api, toast, follow and currentJob.
@@ -8,6 +8,7 @@
 const VIDEO_PROMPT_HINTS = {
   walk: ["one stop per line", "a forest at dawn\na city at night"],
   animate: ["a timeline: frame: prompt, separated by |", "0: a forest | 48: a city"],
+  restyle: ["a timeline: frame: prompt, separated by |", "0: an oil painting | 48: a watercolour"],
   dream: ["a timeline: frame: prompt, separated by |", "0: a cozy cabin | 48: a lighthouse"],
 };
 
@@ -41,7 +42,7 @@ function videoRequest() {
   const text = $("#video-prompts").value.trim();
   const number = (selector, parse = parseInt) => { const v = $(selector).value; return v === "" ? undefined : parse(v, 10); };
   const fields = { mode: "video", motion, formats: [$("#video-format").value], frames: number("#video-frames"),
-    fps: number("#video-fps", parseFloat), width: number("#video-width"), height: number("#video-height"),
+    fps: motion === "restyle" ? undefined : number("#video-fps", parseFloat), width: number("#video-width"), height: number("#video-height"),
     steps: number("#video-steps"), interpolate: number("#video-interpolate") || undefined };
   // A walk's stops are lines; a timeline stays one text (its own `|` splits it at frame keys).
   fields.prompts = motion === "walk" ? text.split("\n").map((line) => line.trim()).filter(Boolean) : [text];
@@ -50,6 +51,12 @@ function videoRequest() {
     if (seeds.some(Number.isNaN)) throw new Error("seeds are whole numbers, separated by commas");
     if (seeds.length) fields.seeds = seeds;
     if ($("#video-loop").checked) fields.loop = true;
+  } else if (motion === "restyle") {  // the input's own camera and frame rate
+    if (!$("#video-input").value) throw new Error("press Restyle on a video in the gallery to pick the video to paint again");
+    fields.video_input = $("#video-input").value;
+    fields.strength = $("#video-restyle-strength").value.trim() || undefined;
+    fields.coherence = $("#video-coherence").value.trim() || undefined;
+    fields.extract_every = number("#video-every");
   } else {
     for (const name of ["zoom", "angle", "translation_x", "translation_y"]) fields[name] = $(`#video-${name}`).value.trim() || undefined;
   }
@@ -65,6 +72,17 @@ function videoRequest() {
   }
   if (motion === "dream") fields.iterations_per_frame = number("#video-iterations");
   return fields;
+}
+
+// A gallery video's Restyle button: the Video view, set to paint it again.
+function restyleVideo(image) {
+  document.querySelectorAll("dialog[open]").forEach((d) => d.close());
+  $("#video-motion").value = "restyle";
+  $("#video-input").value = `image:${image.id}`;
+  $("#video-input-name").textContent = `Video: ${image.prompt} (${image.settings.frames} frames)`;
+  showMotionFields();
+  showView("video");
+  $("#video-prompts").focus();
 }
 
 // The finished video, once its job is done.

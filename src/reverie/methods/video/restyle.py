@@ -1,0 +1,90 @@
+"""Deforum's video input: a video painted again, frame by frame.
+
+Frame i of the result starts from frame `i * extract_every` of the input, fitted to the working
+size (scaled to cover it, then centred). Before it is painted, `coherence(i)` of the previous
+painted frame is mixed into it (0: the input frame alone; more: steadier, with ghosts where the
+input moves fast), its colours are matched to the first painted frame's when `colour_coherence`
+asks (not by default: matching an input frame's two flat colours to a painted frame's spread
+of them comes out false), and `noise(i)` is added; then it is painted by image-to-image at
+`strength(i)` and `cfg(i)`, with the timeline's prompt at i and its own seed (`seed_behavior`,
+`fixed` unless given: the same noise every frame, so what stays still in the input stays still
+in the video).
+
+A frame needs only the input, the settings and the painted frame before it (read back from the
+run folder as 8-bit pictures), so a stopped restyle goes on with the frames it would have made.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Callable, Iterator
+
+from PIL import Image, ImageOps
+
+from ...errors import BadRequest
+from ...outputs.video import iter_frames
+from ...progress import Progress
+from ...prompts.parameters import MAX_ASPECT
+from .animate import add_noise, frame_record, frame_seed
+from .motion import blend, match_colours
+from .painter import Painter
+from .request import VideoRequest
+from .schedules import parse_schedule, parse_timeline, prompt_at
+
+FIELD = "video_input"
+
+
+def input_aspect_ratio(request: VideoRequest) -> str:
+    """The input's shape as "W:H" (within the widest ratio a picture takes): a restyle's frames
+    keep it where no size is given."""
+    width, height = next(iter_frames(request.video_input, FIELD)).size
+    width, height = min(width, MAX_ASPECT * height), min(height, MAX_ASPECT * width)
+    common = math.gcd(width, height)
+    return f"{width // common}:{height // common}"
+
+
+class Restyle:
+    """A restyle's frames, made in order from `start`; `read_frame(i)` gives an earlier painted frame."""
+
+    def __init__(self, request: VideoRequest, painter: Painter, read_frame: Callable[[int], Image.Image]):
+        self.request, self.painter, self.read_frame = request, painter, read_frame
+        self.timeline = parse_timeline(request.prompts, "prompts")
+        frames = request.frames
+        values = {name: parse_schedule(getattr(request, name), name).values(frames)
+                  for name in ("strength", "noise", "coherence")}
+        values["cfg"] = parse_schedule(request.cfg, "cfg").values(frames) if request.cfg else [None] * frames
+        for name, low, high in (("coherence", 0.0, 1.0), ("strength", 0.0, 1.0)):
+            bad = next((i for i, value in enumerate(values[name]) if not low <= value <= high), None)
+            if bad is not None:
+                raise BadRequest(name, f"is {values[name][bad]:g} at frame {bad}; keep it from {low:g} to {high:g}")
+        self.values = values
+
+    def record(self, index: int) -> dict:
+        return frame_record(self.request, self.timeline, self.values, index,
+                            source_frame=index * self.request.extract_every)
+
+    def unet_steps(self) -> int:
+        return sum(self.painter.steps_for(strength) for strength in self.values["strength"])
+
+    def frames(self, start: int, progress: Progress) -> Iterator[tuple[int, Image.Image, dict]]:
+        every = self.request.extract_every
+        taken = itertools.islice(iter_frames(self.request.video_input, FIELD), start * every,
+                                 self.request.frames * every, every)
+        for index, source in enumerate(taken, start):
+            yield index, self._frame(index, ImageOps.fit(source, self.painter.size, Image.LANCZOS), progress), \
+                self.record(index)
+
+    def _frame(self, index: int, picture: Image.Image, progress: Progress) -> Image.Image:
+        if index > 0:
+            coherence = self.values["coherence"][index]
+            if coherence > 0:
+                picture = blend(picture, self.read_frame(index - 1), coherence)
+            if self.request.colour_coherence != "none":
+                picture = match_colours(picture, self.read_frame(0), self.request.colour_coherence)
+        seed = frame_seed(self.request.seed, index, self.request.seed_behavior)
+        picture = add_noise(picture, self.values["noise"][index], seed)
+        before, after, weight = prompt_at(self.timeline, index, self.request.prompt_blend)
+        cond, uncond = self.painter.conditioning(before, after, weight)
+        return self.painter.img2img(picture, cond, uncond, seed, self.values["strength"][index],
+                                    self.values["cfg"][index], progress)
