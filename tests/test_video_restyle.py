@@ -50,7 +50,7 @@ def test_coherence_1_holds_the_first_painted_frame(studio, tmp_path):
     """Coherence mixes the previous painted frame into the input: all of it, and nothing moves
     (the input a GIF, which Pillow decodes)."""
     ball = ball_video(tmp_path / "ball.gif")
-    result = studio.video("restyle", "0: a lighthouse", video_input=str(ball), frames=3, coherence="0:(0), 1:(1)",
+    result = studio.video("restyle", "0: a lighthouse", video_input=ball, frames=3, coherence="0:(0), 1:(1)",
                           keep_frames=True, outdir=tmp_path, **STILL, **TINY)
     first, *rest = frames_of(result.run_dir)
     assert len(rest) == 2 and all(np.array_equal(pixels(first), pixels(frame)) for frame in rest)

@@ -4,6 +4,7 @@ video painted again frame by frame."""
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -107,6 +108,11 @@ class VideoRequest(BaseRequest):
     @classmethod
     def _schedule_text(cls, value):
         return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+    @field_validator("video_input", mode="before")
+    @classmethod
+    def _path_text(cls, value):
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
 
     @field_validator("seeds")
     @classmethod
