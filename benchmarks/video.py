@@ -3,8 +3,10 @@
 Smoothness is a number: the mean absolute difference between consecutive frames (levels of 255,
 at the size the frames were made) and its largest jump, for the video and for the same frames
 made independently (each frame's own prompt and seed as a txt2img picture: what a video without
-interpolation or feedback would show; for a restyle, the frames of its input, the walk). A contact
-sheet of each video (every other frame, as shown) goes to --sheets.
+interpolation or feedback would show; for a restyle, the frames of its input, the walk). A
+restyle's temporal consistency is its warping error: the mean absolute difference between a frame
+and the frame before carried along the input's optical flow (DIS), which flicker raises and motion
+does not. A contact sheet of each video (every other frame, as shown) goes to --sheets.
 
     PYTHONPATH=src OMP_NUM_THREADS=2 .venv/bin/python benchmarks/video.py --sheets docs
 """
@@ -20,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from reverie.methods.video.flow import backward_flow, carried
 from reverie.outputs.grid import make_grid
 from reverie.outputs.video import read_frames
 from reverie.studio import Studio
@@ -31,20 +34,36 @@ VIDEOS = {
                     angle="0:(1.5)"),
     "animate cadence 3": dict(motion="animate", prompts=["0: a house with a tree | 10: a castle on a hill"],
                                zoom="0:(1.04)", angle="0:(1.5)", strength="0:(0.55)", cadence=3),
-    # The walk's own video painted again (run the walk first): one seed, Deforum's seed per frame, coherence.
-    "restyle": dict(motion="restyle", prompts=["0: a blue ice cube"], strength="0:(0.5)", input="walk"),
+    # A camera moving over one picture (nothing repainted), then that video painted again: one seed,
+    # Deforum's seed per frame, coherence with and without the optical flow (run "camera move" first).
+    "camera move": dict(motion="animate", prompts=["0: a house with a tree"], zoom="0:(1.02)", angle="0:(1.5)",
+                        translation_x="0:(10)", strength="0:(0)"),
+    "restyle": dict(motion="restyle", prompts=["0: a blue ice cube"], strength="0:(0.5)", input="camera move"),
     "restyle seed iter": dict(motion="restyle", prompts=["0: a blue ice cube"], strength="0:(0.5)",
-                              seed_behavior="iter", input="walk"),
-    "restyle coherence 0.3": dict(motion="restyle", prompts=["0: a blue ice cube"], strength="0:(0.5)",
-                                  coherence="0:(0.3)", input="walk"),
+                              seed_behavior="iter", input="camera move"),
+    "restyle coherence 0.5": dict(motion="restyle", prompts=["0: a blue ice cube"], strength="0:(0.5)",
+                                  coherence="0:(0.5)", input="camera move"),
+    "restyle coherence 0.5 no flow": dict(motion="restyle", prompts=["0: a blue ice cube"], strength="0:(0.5)",
+                                          coherence="0:(0.5)", flow="none", input="camera move"),
     "dream": dict(motion="dream", prompts=["0: a red apple | 10: a green frog"], zoom="0:(1.03)", angle="0:(1)",
                   iterations_per_frame=8, first_iterations=60, dream={"cutouts": 16}),
 }
 
 
 def differences(frames: list[Image.Image]) -> list[float]:
-    arrays = [np.asarray(frame.convert("RGB"), dtype=np.float64) for frame in frames]
-    return [float(np.abs(a - b).mean()) for a, b in zip(arrays, arrays[1:])]
+    return differences_between(frames, frames[1:])
+
+
+def warping_errors(frames: list[Image.Image], inputs: list[Image.Image]) -> list[float]:
+    """Each frame against the one before carried along the input's flow (levels of 255)."""
+    inputs = [picture.resize(frames[0].size, Image.LANCZOS) for picture in inputs]
+    carried_before = [carried(a, backward_flow(x, y, "dis")) for a, x, y in zip(frames, inputs, inputs[1:])]
+    return differences_between(frames[1:], carried_before)
+
+
+def differences_between(first: list[Image.Image], second: list[Image.Image]) -> list[float]:
+    return [float(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)).mean())
+            for a, b in zip(first, second)]
 
 
 def made_frames(result) -> list[Image.Image]:
@@ -66,7 +85,7 @@ def main() -> None:
     args = parser.parse_args()
     studio = Studio(device="cpu")
     studio.generate({"prompt": "warm-up", "n_samples": 1, "steps": 2, "upscale": 1})
-    rows, made = [], {}
+    rows, made, warped = [], {}, []
     with tempfile.TemporaryDirectory() as scratch:
         for name in args.only.split(","):
             settings = dict(VIDEOS[name])
@@ -86,6 +105,8 @@ def main() -> None:
             records = json.loads((result.run_dir / "video.json").read_text())["frames"]
             if source is not None:
                 alone = differences(made_frames(made[source]))  # the input's own, at the size it was made
+                inputs = made_frames(made[source])
+                warped.append((name, np.mean(warping_errors(frames, inputs)), np.mean(warping_errors(inputs, inputs))))
             elif settings["motion"] != "dream":
                 alone = differences(independent_frames(studio, records, args.steps))
             else:
@@ -101,6 +122,10 @@ def main() -> None:
     for name, count, seconds, video, alone in rows:
         independent = f"{np.mean(alone):.1f} | {max(alone):.1f}" if alone else "– | –"
         print(f"| {name} | {count / seconds:.2f} | {np.mean(video):.1f} | {max(video):.1f} | {independent} |")
+    if warped:
+        print("\n| restyle | warping error (mean) | the input's own |\n|---|---|---|")
+        for name, error, own in warped:
+            print(f"| {name} | {error:.1f} | {own:.1f} |")
 
 
 if __name__ == "__main__":

@@ -46,16 +46,20 @@ def test_strength_0_gives_back_every_nth_input_frame_at_the_inputs_rate(studio, 
     assert records["settings"]["seed_behavior"] == "fixed" and records["settings"]["colour_coherence"] == "none"
 
 
-def test_coherence_1_holds_the_first_painted_frame(studio, tmp_path):
-    """Coherence mixes the previous painted frame into the input: all of it, and nothing moves
-    (the input a GIF, which Pillow decodes)."""
+@pytest.mark.parametrize("flow", ["none", "dis"])
+def test_coherence_1_holds_the_first_painted_frame_or_carries_it_along_the_flow(studio, tmp_path, flow):
+    """Coherence mixes the previous painted frame into the input: all of it. Unmoved, nothing
+    moves; carried along the input's optical flow, it moves as the input does (the input a GIF,
+    which Pillow decodes)."""
     ball = ball_video(tmp_path / "ball.gif")
-    result = studio.video("restyle", "0: a lighthouse", video_input=ball, frames=3, coherence="0:(0), 1:(1)",
+    result = studio.video("restyle", "0: a lighthouse", video_input=ball, coherence="0:(0), 1:(1)", flow=flow,
                           keep_frames=True, outdir=tmp_path, **STILL, **TINY)
-    first, *rest = frames_of(result.run_dir)
-    assert len(rest) == 2 and all(np.array_equal(pixels(first), pixels(frame)) for frame in rest)
-    assert np.array_equal(pixels(first), pixels(read_frames(ball)[0]))
-    assert not np.array_equal(pixels(first), pixels(read_frames(ball)[1]))  # the input did move
+    source, (first, *rest) = read_frames(ball), frames_of(result.run_dir)
+    assert len(rest) == 6 and np.array_equal(pixels(first), pixels(source[0]))
+    if flow == "none":
+        assert all(np.array_equal(pixels(first), pixels(frame)) for frame in rest)
+    else:  # the ball crossed half the field, and its painted frame with it
+        assert frame_difference(rest[-1], source[-1]) < 0.25 * frame_difference(rest[-1], source[0])
 
 
 def test_a_painted_frame_follows_its_own_input_frame(studio, tmp_path):
@@ -83,6 +87,7 @@ def test_a_stopped_restyle_continues_to_the_frames_it_would_have_made(studio, tm
     ({"prompts": ["0: a"], "video_input": "x.mp4", "zoom": "0:(1.02)"}, "zoom", "moves as its input does"),
     ({"prompts": ["0: a"], "video_input": "x.mp4", "cadence": 2}, "cadence", "every frame"),
     ({"prompts": ["0: a"], "video_input": "x.mp4", "motion": "animate"}, "video_input", "only motion restyle"),
+    ({"prompts": ["0: a"], "video_input": "x.mp4", "flow": "raft"}, "flow", "'dis' or 'farneback'"),
 ])
 def test_a_wrong_restyle_request_is_refused_naming_the_field(fields, field, words):
     from reverie.studio import make_request

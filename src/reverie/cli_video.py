@@ -109,6 +109,7 @@ def restyle(
     prompts: Prompts,
     strength: Annotated[str, typer.Option("--strength", help='Denoising strength of each frame, "0:(0.5)": 0 keeps the input, 1 paints it anew.')] = "0:(0.35)",
     coherence: Annotated[str, typer.Option("--coherence", help='How much of the previous painted frame is mixed into each input frame, 0..1: "0:(0.2)". More is steadier; fast motion leaves ghosts.')] = "0:(0)",
+    flow: Annotated[str, typer.Option("--flow", help="Carry the previous painted frame along the input's optical flow before mixing it in: dis, farneback or none (ghosts where the input moves).")] = "dis",
     extract_every: Annotated[int, typer.Option("--every", help="Take every Nth frame of the input (its frame rate is divided by N).")] = 1,
     cfg_schedule: Annotated[Optional[str], typer.Option("--cfg-schedule", help='A CFG scale schedule, "0:(4), 60:(7)" (default: --cfg-scale throughout).')] = None,
     noise: Annotated[str, typer.Option("--noise", help='Noise added to each input frame (pixel units, 0..1): "0:(0.02)".')] = "0:(0.02)",
@@ -127,7 +128,7 @@ def restyle(
     from .methods.video.request import MAX_FRAMES
 
     fields = {"motion": "restyle", "video_input": str(video_input), "prompts": prompts, "strength": strength,
-              "coherence": coherence, "extract_every": extract_every, "cfg": cfg_schedule, "noise": noise,
+              "coherence": coherence, "flow": flow, "extract_every": extract_every, "cfg": cfg_schedule, "noise": noise,
               "seed_behavior": seed_behavior, "colour_coherence": colour_coherence, "prompt_blend": prompt_blend,
               **_outputs(frames or MAX_FRAMES, fps, formats, interpolate, interpolation, keep_frames, seed, device, dtype),
               **_diffusion(model, negative, width, height, steps, cfg_scale, sampler, upscale)}

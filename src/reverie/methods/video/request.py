@@ -45,8 +45,8 @@ class VideoRequest(BaseRequest):
       guides, prior, cutouts, lr, ...; see DreamRequest).
     - `restyle`: Deforum's video input. Every `extract_every`th frame of `video_input` (at most
       `frames` of them) is painted again by image-to-image at `strength`, with the timeline's
-      prompt, after `coherence` of the previous painted frame is mixed into it and `noise`
-      added. The camera is the input's own; the seed is the same for every frame and colours
+      prompt, after `coherence` of the previous painted frame (carried along the input's optical
+      `flow` first) is mixed into it and `noise` added. The camera is the input's own; the seed is the same for every frame and colours
       are not matched unless `seed_behavior` and `colour_coherence` say otherwise.
     """
 
@@ -98,6 +98,7 @@ class VideoRequest(BaseRequest):
     video_input: str | None = None  # the video painted again (a path; the studio's: a video in the user's gallery)
     extract_every: int = Field(1, ge=1, le=100)  # take every Nth frame of the input
     coherence: str = "0:(0)"  # how much of the previous painted frame is mixed into each input frame (0..1)
+    flow: Literal["none", "dis", "farneback"] = "dis"  # the previous painted frame carried along the input's motion first
 
     # dream
     iterations_per_frame: int = Field(20, ge=1, le=1000)

@@ -2,8 +2,9 @@
 
 Frame i of the result starts from frame `i * extract_every` of the input, fitted to the working
 size (scaled to cover it, then centred). Before it is painted, `coherence(i)` of the previous
-painted frame is mixed into it (0: the input frame alone; more: steadier, with ghosts where the
-input moves fast), its colours are matched to the first painted frame's when `colour_coherence`
+painted frame is mixed into it (0: the input frame alone; more: steadier), carried first along
+the input's optical flow from frame i-1 to i (`flow`, DIS by default; `none` leaves ghosts where
+the input moves), its colours are matched to the first painted frame's when `colour_coherence`
 asks (not by default: matching an input frame's two flat colours to a painted frame's spread
 of them comes out false), and `noise(i)` is added; then it is painted by image-to-image at
 `strength(i)` and `cfg(i)`, with the timeline's prompt at i and its own seed (`seed_behavior`,
@@ -27,6 +28,7 @@ from ...outputs.video import iter_frames
 from ...progress import Progress
 from ...prompts.parameters import MAX_ASPECT
 from .animate import add_noise, frame_record, frame_seed
+from .flow import backward_flow, carried
 from .motion import blend, match_colours
 from .painter import Painter
 from .request import VideoRequest
@@ -68,18 +70,26 @@ class Restyle:
         return sum(self.painter.steps_for(strength) for strength in self.values["strength"])
 
     def frames(self, start: int, progress: Progress) -> Iterator[tuple[int, Image.Image, dict]]:
-        every = self.request.extract_every
-        taken = itertools.islice(iter_frames(self.request.video_input, FIELD), start * every,
+        """Frames from `start` on; the input frame before `start` is read too (the flow starts there)."""
+        every, first = self.request.extract_every, max(0, start - 1)
+        taken = itertools.islice(iter_frames(self.request.video_input, FIELD), first * every,
                                  self.request.frames * every, every)
-        for index, source in enumerate(taken, start):
-            yield index, self._frame(index, ImageOps.fit(source, self.painter.size, Image.LANCZOS), progress), \
-                self.record(index)
+        before = None
+        for index, source in enumerate(taken, first):
+            source = ImageOps.fit(source, self.painter.size, Image.LANCZOS)
+            if index >= start:
+                yield index, self._frame(index, source, before, progress), self.record(index)
+            before = source
 
-    def _frame(self, index: int, picture: Image.Image, progress: Progress) -> Image.Image:
+    def _frame(self, index: int, picture: Image.Image, before: Image.Image | None, progress: Progress) -> Image.Image:
+        """Frame `index` painted from its input frame `picture` (`before`: the input frame before it)."""
         if index > 0:
             coherence = self.values["coherence"][index]
             if coherence > 0:
-                picture = blend(picture, self.read_frame(index - 1), coherence)
+                previous = self.read_frame(index - 1)
+                if self.request.flow != "none":
+                    previous = carried(previous, backward_flow(before, picture, self.request.flow))
+                picture = blend(picture, previous, coherence)
             if self.request.colour_coherence != "none":
                 picture = match_colours(picture, self.read_frame(0), self.request.colour_coherence)
         seed = frame_seed(self.request.seed, index, self.request.seed_behavior)

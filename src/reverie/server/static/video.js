@@ -56,6 +56,7 @@ function videoRequest() {
     fields.video_input = $("#video-input").value;
     fields.strength = $("#video-restyle-strength").value.trim() || undefined;
     fields.coherence = $("#video-coherence").value.trim() || undefined;
+    fields.flow = $("#video-flow").value;
     fields.extract_every = number("#video-every");
   } else {
     for (const name of ["zoom", "angle", "translation_x", "translation_y"]) fields[name] = $(`#video-${name}`).value.trim() || undefined;
