@@ -145,6 +145,18 @@ def test_an_animation_goes_on_longer_when_continued_with_more_frames(studio, tmp
     assert [pixels(f).tolist() for f in frames_of(extended.run_dir)] == [pixels(f).tolist() for f in frames_of(longer.run_dir)]
 
 
+def test_a_weight_that_changes_inside_a_prompt_paints_each_frame_with_its_value(studio, tmp_path):
+    """A backquoted value is, on each frame, the prompt written with its value there."""
+    settings = {"seed": 6, "frames": 3, "strength": "0:(0.6)", "keep_frames": True, **TINY}
+    moving = studio.video("animate", "0: a lighthouse (fog:`0.5+t/2`)", outdir=tmp_path / "a", **settings)
+    written = studio.video("animate", "0: a lighthouse (fog:0.5) | 1: a lighthouse (fog:1) | 2: a lighthouse (fog:1.5)",
+                           prompt_blend=False, outdir=tmp_path / "b", **settings)
+    records = json.loads((moving.run_dir / "video.json").read_text())["frames"]
+    assert [record["prompt"] for record in records] == [f"a lighthouse (fog:{v})" for v in ("0.5", "1", "1.5")]
+    assert [pixels(f).tolist() for f in frames_of(moving.run_dir)] == [pixels(f).tolist() for f in frames_of(written.run_dir)]
+    assert not np.array_equal(pixels(frames_of(moving.run_dir)[1]), pixels(frames_of(moving.run_dir)[2]))
+
+
 def test_latent_inbetweens_are_decoded_between_the_frames(studio, tmp_path):
     result = studio.video("walk", ["a castle", "a boat"], seed=3, frames=2, interpolate=1, interpolation="latent",
                           outdir=tmp_path, **TINY)

@@ -205,3 +205,26 @@ def test_prompt_at_with_and_without_blend():
     assert [prompt_at(timeline, f, blend=False) for f in (0, 9, 10, 30)] == \
         [("a", "b", 0.0), ("a", "b", 0.0), ("b", "c", 0.0), ("c", "c", 0.0)]
     assert prompt_at([(0, "only")], 7, blend=True) == ("only", "only", 0.0)
+
+
+def test_a_backquoted_value_in_a_prompt_is_its_schedule_on_each_frame():
+    timeline = parse_timeline("0: a forest:`1-t/10` | a city:`t/10` | 5: (snow:`0:(0.5), 10:(1.5)`)")
+    assert prompt_at(timeline, 3, True) == ("a forest:0.7 | a city:0.3", "(snow:0.8)", 0.6)
+    assert prompt_at(timeline, 10, False)[0] == "(snow:1.5)"
+    assert prompt_at(parse_timeline("0: (a:`-0.00001`) b"), 0, False)[0] == "(a:0) b"
+
+
+@pytest.mark.parametrize("prompt, frames, words", [
+    ("0: a (b:`1/(t-3)`)", 5, "division by zero on frame 3"),
+    ("0: a (b:`1+`)", 5, "cannot read the value"),
+    ("0: a (b:`1+t)", 5, "never closed at character 6"),
+    ("0: a (b:`__import__(1)`)", 5, "unknown function"),
+])
+def test_a_wrong_backquoted_value_refuses_the_video_before_its_first_frame(prompt, frames, words):
+    from reverie.studio import make_request
+
+    with pytest.raises(BadRequest) as caught:
+        make_request({"mode": "video", "motion": "animate", "prompts": [prompt], "frames": frames})
+    assert caught.value.field == "prompts" and words in str(caught.value)
+    if "frame 3" in words:  # a video that ends before the value fails is made
+        make_request({"mode": "video", "motion": "animate", "prompts": [prompt], "frames": 3})

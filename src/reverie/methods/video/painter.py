@@ -32,6 +32,9 @@ from ..gan.latents import slerp
 from .request import VideoRequest
 
 
+ENCODED_KEPT = 64  # encoded prompts a video keeps (an SD prompt's pair: 0.5 MB in fp32)
+
+
 def mix(a: torch.Tensor, b: torch.Tensor, t: float, spherical: bool = False) -> torch.Tensor:
     """a at t=0 and b at t=1, exactly; linear (conditioning) or spherical (noise) between."""
     if t <= 0.0:
@@ -106,7 +109,10 @@ class Painter:
         return prompt, negative
 
     def encode(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(cond, uncond) [1, L, D] of `prompt` with the video's negative prompt, each encoded once."""
+        """(cond, uncond) [1, L, D] of `prompt` with the video's negative prompt, each encoded once
+        (of the last ENCODED_KEPT prompts: a weight that changes every frame makes a prompt a frame)."""
+        if len(self.encoded) >= ENCODED_KEPT:
+            self.encoded.clear()
         with apply_loras(self.components, self.loras):
             cond, uncond = encode_prompt_batch([self._pair(prompt)], self.components.tokenizer,
                                                self.components.text_encoder, device=self.device, cache=self.encoded)

@@ -12,7 +12,7 @@ from pydantic import Field, field_validator, model_validator
 
 from ...errors import BadRequest
 from ...request import MAX_SEED, MAX_SIDE, BaseRequest
-from .schedules import parse_schedule, parse_timeline
+from .schedules import check_prompt_values, parse_schedule, parse_timeline
 
 MAX_FRAMES = 2000
 MOTIONS = ("walk", "animate", "dream", "restyle")
@@ -150,7 +150,7 @@ class VideoRequest(BaseRequest):
         elif self.video_input is not None:
             raise BadRequest("video_input", "only motion restyle paints a video input")
         if self.motion != "walk":
-            parse_timeline(self.prompts, "prompts")
+            check_prompt_values(parse_timeline(self.prompts, "prompts"), self.frames)
             if self.motion == "dream":
                 self.dream_request(0)  # the dream's own settings, checked now
         if self.width is not None and self.width % 8 or self.height is not None and self.height % 8:

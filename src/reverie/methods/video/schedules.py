@@ -17,11 +17,15 @@ eval: ``9**9**9`` is a quick overflow, not a hang, and every value asked for mus
 Errors name the 1-based character position in the schedule, and say what to write instead.
 
 A prompt timeline is keyed prompts, ``"0: a forest | 60: a city"``, a list or a dict of them.
+A prompt may hold Deforum's backquoted values, ``"a forest:`1-t/60` | a city:`t/60`"`` or
+``"(snow:`0:(0.5), 30:(1.5)`)"``: each is a schedule as above, replaced on every frame by its
+value there (`prompt_at`), so a weight can change inside one prompt.
 """
 
 from __future__ import annotations
 
 import ast
+import functools
 import math
 import operator
 import re
@@ -32,7 +36,7 @@ from typing import Callable
 
 from reverie.errors import BadRequest
 
-__all__ = ["FUNCTIONS", "Schedule", "parse_schedule", "parse_timeline", "prompt_at"]
+__all__ = ["FUNCTIONS", "Schedule", "check_prompt_values", "parse_schedule", "parse_timeline", "prompt_at"]
 
 # name: (implementation, fewest arguments, most arguments)
 FUNCTIONS: dict[str, tuple[Callable[..., float], int, int]] = {
@@ -52,6 +56,7 @@ _ALLOWED_CHARACTERS = frozenset(string.ascii_letters + string.digits + "_.+-*/%(
 _MAX_DEPTH = 100  # deeper expressions are refused, so that evaluating one never exhausts the stack
 _USE = "use numbers, t, pi, e, + - * / // % **, parentheses and " + ", ".join(FUNCTIONS)
 _FRAME_KEY = re.compile(r"\s*(\d+)\s*:")
+_IN_PROMPT = re.compile(r"`([^`]*)`")  # Deforum's value in a prompt, `1-t/60`
 _KEYFRAMES = "write keyframes as FRAME:(VALUE) separated by commas, e.g. 0:(1.0), 30:(1.02)"
 
 _Evaluate = Callable[[float], float]
@@ -302,6 +307,7 @@ def parse_timeline(value: str | list[str] | dict, name: str = "prompts") -> list
     for frame, prompt, place in entries:
         if not prompt:
             raise BadRequest(name, f"the prompt for frame {frame} {place}{quoted} is empty; write one or drop the key")
+        _with_values(prompt, frame, name)  # its backquoted values read (and valid on their own frame)
     entries.sort(key=lambda entry: entry[0])
     for (frame, _, first), (later, _, second) in zip(entries, entries[1:]):
         if frame == later:
@@ -324,6 +330,37 @@ def prompt_at(timeline: list[tuple[int, str]], frame: int, blend: bool) -> tuple
     """
     i = max(bisect_right([key for key, _ in timeline], frame) - 1, 0)
     (key, before), (next_key, after) = timeline[i], timeline[min(i + 1, len(timeline) - 1)]
+    before, after = _with_values(before, frame), _with_values(after, frame)
     if not blend or next_key == key:
         return before, after, 0.0
     return before, after, min(max((frame - key) / (next_key - key), 0.0), 1.0)
+
+
+def check_prompt_values(timeline: list[tuple[int, str]], frames: int, name: str = "prompts") -> None:
+    """Every backquoted value of the timeline's prompts is a finite number on every frame (a
+    request is refused before its first frame, not on the frame where one fails)."""
+    for _, prompt in timeline:
+        if "`" in prompt:
+            for frame in range(frames):
+                _with_values(prompt, frame, name)
+
+
+def _with_values(prompt: str, frame: int, name: str = "prompts") -> str:
+    """`prompt` with each backquoted schedule replaced by its value on `frame` (at most 4 decimals)."""
+    if "`" not in prompt:
+        return prompt
+    if prompt.count("`") % 2:
+        at = prompt.rindex("`")
+        raise BadRequest(name, f"a ` is never closed at character {at + 1} ({_quote(prompt, at)}); put a value "
+                               "between two, as in (snow:`1+t/60`)")
+    return _IN_PROMPT.sub(lambda value: _number(_prompt_value(value.group(1), name).at(frame)), prompt)
+
+
+@functools.lru_cache(maxsize=256)
+def _prompt_value(text: str, name: str) -> Schedule:
+    return parse_schedule(text, name)
+
+
+def _number(value: float) -> str:
+    text = f"{value:.4f}".rstrip("0").rstrip(".")
+    return "0" if text in ("", "-0") else text
