@@ -148,7 +148,7 @@ def _job_queue(config: ServerConfig, gallery: Gallery, studio):
 def create_app(config: ServerConfig | None = None, studio=None) -> FastAPI:
     """The studio as an ASGI app; the job runner starts and stops with it."""
     from ..studio import Studio, list_models, load_methods, modes
-    from . import api_a1111, api_credits, api_native, api_openai, metrics
+    from . import api_a1111, api_credits, api_native, api_openai, metrics, readiness
 
     config = config or ServerConfig()
     modes(), list_models()  # every method's request, and the models folder, checked once at the start
@@ -180,6 +180,7 @@ def create_app(config: ServerConfig | None = None, studio=None) -> FastAPI:
     app.include_router(api_a1111.router)
     app.include_router(api_openai.router)
     app.include_router(metrics.router)
+    app.include_router(readiness.router)
 
     @app.get("/files/{image_id}.{suffix}", include_in_schema=False)
     def image_file(image_id: str, suffix: str, exp: str = "", sig: str = ""):
