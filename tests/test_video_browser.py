@@ -3,6 +3,8 @@ a small walk is made from the form and plays; its gallery card shows the poster 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from test_studio_browser import browser, last_job, page, server  # noqa: F401  (fixtures)
 
 PLAYING = "v => v.readyState >= 2 && v.duration > 0"
@@ -21,7 +23,7 @@ def make_walk(page, format_: str) -> None:
     page.click("#video-go")
 
 
-def test_the_video_view_makes_a_walk_that_plays(page, server):  # noqa: F811
+def test_the_video_view_makes_a_walk_that_plays(page, server, tmp_path):  # noqa: F811
     make_walk(page, "mp4")
     page.wait_for_selector("#video-result video", timeout=120_000)
     page.wait_for_function(f"({PLAYING})(document.querySelector('#video-result video'))", timeout=30_000)
@@ -51,6 +53,17 @@ def test_the_video_view_makes_a_walk_that_plays(page, server):  # noqa: F811
     assert walk["motion"] == "walk" and request["motion"] == "restyle" and request["prompts"] == ["0: an oil painting"]
     assert (request["strength"], request["coherence"], request["frames"]) == ("0:(0.5)", "0:(0.2)", 3)
     assert request["video_input"].endswith(".mp4") and request["fps"] == walk["fps"]  # the input's own rate
+    # Or an uploaded video.
+    from test_video_restyle import ball_video
+
+    page.set_input_files("#video-upload", str(ball_video(tmp_path / "ball.mp4", frames=2)))
+    page.wait_for_function("document.querySelector('#video-input-name').textContent.includes('ball.mp4')")
+    restyled_src = page.eval_on_selector("#video-result video", "v => v.src")
+    page.click("#video-go")
+    page.wait_for_function("old => { const v = document.querySelector('#video-result video'); return v && v.src !== old; }",
+                           arg=restyled_src, timeout=120_000)
+    uploaded = last_job(server)
+    assert Path(uploaded["video_input"]).parent.name == "uploads" and uploaded["frames"] == 2
 
 
 def test_a_gif_video_is_shown_as_a_picture(page, server):  # noqa: F811

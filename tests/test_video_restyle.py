@@ -138,6 +138,8 @@ def test_the_studio_restyles_a_video_of_the_users_gallery_and_no_path(tmp_path):
         done = wait_done(client, job.json()["id"])
         assert done["status"] == "done", done["error"]
         assert done["images"][0]["video"] and done["images"][0]["settings"]["motion"] == "restyle"
+        again = wait_done(client, client.post(f"/api/v1/images/{done['images'][0]['id']}/again").json()["id"])
+        assert again["status"] == "done"  # its input is still in the gallery: it can be made again
 
         picture = wait_done(client, client.post("/api/v1/jobs", json={"prompt": "a cat", "model": "tiny-random", "steps": 2,
                                                                       "width": 64, "height": 64, "n_samples": 1}).json()["id"])
@@ -146,3 +148,30 @@ def test_the_studio_restyles_a_video_of_the_users_gallery_and_no_path(tmp_path):
             refused = client.post("/api/v1/jobs", json=restyle | {"video_input": value})
             assert refused.status_code == 422 and refused.json()["error"]["param"] == "video_input", refused.json()
             assert words in refused.json()["error"]["message"]
+
+
+def test_the_studio_restyles_an_uploaded_video_and_deletes_it_with_its_job(tmp_path):
+    import base64
+
+    from test_server_api import make_client, wait_done
+    from test_video_studio import WALK
+
+    encoded = lambda data: "data:video/mp4;base64," + base64.b64encode(data).decode()  # noqa: E731
+    uploads = tmp_path / "studio" / "uploads"
+    restyle = {key: value for key, value in WALK.items() if key not in ("frames", "fps")} | {
+        "motion": "restyle", "prompts": ["0: an oil painting"], "strength": "0:(0.5)"}
+    with make_client(tmp_path) as client:
+        video = ball_video(tmp_path / "ball.mp4", frames=3).read_bytes()
+        done = wait_done(client, client.post("/api/v1/jobs", json=restyle | {"video_input": encoded(video)}).json()["id"])
+        assert done["status"] == "done", done["error"]
+        assert done["request"]["frames"] == 3 and done["request"]["fps"] == 10.0
+        assert not list(uploads.iterdir())  # the upload went with its job
+
+        playlist = b"#EXTM3U\n#EXTINF:10.0,\nfile:///etc/passwd\n#EXT-X-ENDLIST\n"
+        gif = ball_video(tmp_path / "ball.gif", frames=3).read_bytes()
+        for data, words in ((playlist, "not an MP4"), (gif, "convert a GIF"),
+                            (b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 50, "could not be read as a video")):
+            refused = client.post("/api/v1/jobs", json=restyle | {"video_input": encoded(data)})
+            assert refused.status_code == 422 and refused.json()["error"]["param"] == "video_input", refused.json()
+            assert words in refused.json()["error"]["message"]
+        assert not list(uploads.iterdir())  # nor does a refused one stay

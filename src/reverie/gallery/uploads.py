@@ -1,4 +1,4 @@
-"""Uploaded pictures (init images, masks) live only as long as the job that reads them.
+"""Uploaded pictures (init images, masks) and videos live only as long as the job that reads them.
 
 An upload is a file under `<gallery>/uploads/` named by the server; a job's request names it by
 its path. When the job ends (done, failed, cancelled) its uploads are deleted; a refused request
@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 STALE_AFTER_S = 24 * 3600
-# the request fields the server fills with uploads (a LoRA's training `pictures` too)
-IMAGE_FIELDS = ("init_image", "mask_image", "content_image", "style_images", "pictures")
+# the request fields the server fills with uploads (a LoRA's training `pictures`, a restyle's video too)
+IMAGE_FIELDS = ("init_image", "mask_image", "content_image", "style_images", "pictures", "video_input")
 
 
 def upload_paths(uploads_dir: Path, request: dict) -> set[Path]:

@@ -32,6 +32,10 @@ VIDEO_FORMATS = ("mp4", "gif", "webp")
 VIDEO_SUFFIXES = tuple(f".{name}" for name in VIDEO_FORMATS)
 # What a video input (video_input) may be: the formats reverie writes, and ffmpeg's common others.
 READ_SUFFIXES = VIDEO_SUFFIXES + (".mov", ".m4v", ".webm", ".mkv", ".avi")
+# The demuxer ffmpeg reads each suffix with: it never guesses a format from a file's contents (a
+# playlist named .mp4 would have it open other files), and it opens local files only.
+DEMUXERS = {".mp4": "mov", ".m4v": "mov", ".mov": "mov", ".webm": "matroska", ".mkv": "matroska", ".avi": "avi"}
+FFMPEG_TIMEOUT_S = 300
 
 # GIF delays are whole centiseconds, and browsers show a delay under 2 cs as 10 cs.
 GIF_TICK_MS, GIF_SHORTEST_MS = 10, 20
@@ -208,15 +212,15 @@ class VideoInfo:
 
 def video_info(path: str | Path, field: str = "video") -> VideoInfo:
     """The facts of a video: one reverie writes, or (`field` "video_input") any ffmpeg reads. An
-    MP4's frames are counted by decoding it (exact); a GIF's or WebP's frame rate is its frame
-    count over its running time. A file that is not a video is BadRequest(field)."""
+    MP4's frames are counted from its packets (exact, without decoding); a GIF's or WebP's frame
+    rate is its frame count over its running time. A file that is not a video is BadRequest(field)."""
     path = _existing_video(path, field)
     with _unreadable_refused(path, field):
         if _by_ffmpeg(path):
             import imageio_ffmpeg
 
-            frames, _ = imageio_ffmpeg.count_frames_and_secs(str(path))
-            reader = imageio_ffmpeg.read_frames(str(path))
+            frames = _ffmpeg_frames(path)
+            reader = imageio_ffmpeg.read_frames(str(path), input_params=_input_params(path))
             meta = next(reader)
             reader.close()
             width, height = meta["size"]
@@ -245,7 +249,7 @@ def iter_frames(path: str | Path, field: str = "video") -> Iterator[Image.Image]
             return
         import imageio_ffmpeg
 
-        reader = imageio_ffmpeg.read_frames(str(path))
+        reader = imageio_ffmpeg.read_frames(str(path), input_params=_input_params(path))
         try:
             width, height = next(reader)["size"]
             for frame in reader:
@@ -271,6 +275,23 @@ def _existing_video(path: str | Path, field: str = "video") -> Path:
     return path
 
 
+def _input_params(path: Path) -> list[str]:
+    return ["-f", DEMUXERS[path.suffix.lower()], "-protocol_whitelist", "file"]
+
+
+def _ffmpeg_frames(path: Path) -> int:
+    """The frames of a video's first video stream, counted from its packets (copied, not decoded)."""
+    import imageio_ffmpeg
+
+    log = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", *_input_params(path), "-i", str(path),
+                          "-map", "0:v:0", "-c", "copy", "-f", "null", "-"],
+                         capture_output=True, check=True, timeout=FFMPEG_TIMEOUT_S).stderr
+    counts = re.findall(rb"frame=\s*(\d+)", log)
+    if not counts:
+        raise RuntimeError("it has no video stream")
+    return int(counts[-1])
+
+
 def _by_ffmpeg(path: Path) -> bool:
     """GIF and WebP are read by Pillow; every other video by ffmpeg."""
     return path.suffix.lower() not in (".gif", ".webp")
@@ -281,8 +302,15 @@ def _unreadable_refused(path: Path, field: str) -> Iterator[None]:
     """A file that ffmpeg or Pillow cannot decode is the caller's mistake: BadRequest(field)."""
     try:
         yield
-    except (OSError, RuntimeError, ValueError, StopIteration, subprocess.CalledProcessError) as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    except (OSError, RuntimeError, ValueError, StopIteration, subprocess.SubprocessError) as exc:
+        if isinstance(exc, subprocess.CalledProcessError):  # ffmpeg's last word, not its command line
+            said = (exc.stderr or b"").decode("utf-8", errors="replace").strip().splitlines()
+            reason = said[-1] if said else f"ffmpeg ended with {exc.returncode}"
+        elif isinstance(exc, subprocess.TimeoutExpired):
+            reason = f"ffmpeg took longer than {FFMPEG_TIMEOUT_S} s"
+        else:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        reason = reason[:200]
         raise BadRequest(field, f"{path.name} could not be read as a video ({reason})") from None
 
 
@@ -291,8 +319,9 @@ def _mp4_comment(path: Path) -> str | None:
     value are escaped with a backslash)."""
     import imageio_ffmpeg
 
-    listing = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-f", "ffmetadata", "-"],
-                             capture_output=True, check=True).stdout.decode("utf-8", errors="replace")
+    listing = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", *_input_params(path), "-i", str(path),
+                              "-f", "ffmetadata", "-"],
+                             capture_output=True, check=True, timeout=FFMPEG_TIMEOUT_S).stdout.decode("utf-8", errors="replace")
     for line in re.findall(r"(?:[^\\\n]|\\.)+", listing, flags=re.DOTALL):  # lines, escaped breaks kept
         key, _, value = line.partition("=")
         if key == "comment":

@@ -241,22 +241,55 @@ def resolve_image(state: StudioState, user: User, value: str | None, field: str)
     return str(store_image_bytes(state, decode_base64_image(value, field, state.config.max_upload_bytes), field))
 
 
+# An uploaded video's first bytes say its container; it is stored with that suffix, which names
+# the one demuxer ffmpeg reads it with (outputs.video.DEMUXERS). Matroska and WebM share theirs.
+# ffmpeg counts such a video's frames without decoding them; a GIF's or WebP's would be decoded
+# one by one (a small file can hold thousands), so those are taken from the gallery only.
+VIDEO_SIGNATURES = ((".mp4", lambda head: head[4:8] == b"ftyp"),  # MP4 and QuickTime
+                    (".webm", lambda head: head[:4] == b"\x1a\x45\xdf\xa3"))
+
+
 def resolve_video(state: StudioState, user: User, value: str | None, field: str) -> str | None:
-    """`image:ID` naming a video in the caller's gallery -> its file's server-side path. The
-    studio takes no video uploads: a video to paint again is one it made."""
+    """`image:ID` naming a video in the caller's gallery -> its file's path; or base64 data of an
+    MP4, MOV or WebM upload (at most max_upload_bytes) -> the upload's path, once ffmpeg has read
+    it as a video of two frames or more, no larger a frame than max_upload_pixels."""
     from ..gallery.items import is_video
+    from ..outputs.video import video_info
 
     if not value:
         return None
-    if not value.startswith("image:"):
-        raise BadRequest(field, "give image:ID, a video in your gallery (the studio takes no video uploads)")
+    if value.startswith("image:"):
+        try:
+            image = state.gallery.image(value[len("image:"):], user.id)
+        except NotFound:
+            raise BadRequest(field, f"no video {value[len('image:'):]} in your gallery") from None
+        if not is_video(image.file):
+            raise BadRequest(field, f"{value} is a picture; give a video of your gallery")
+        return str(state.gallery.image_path(image))
     try:
-        image = state.gallery.image(value[len("image:"):], user.id)
-    except NotFound:
-        raise BadRequest(field, f"no video {value[len('image:'):]} in your gallery") from None
-    if not is_video(image.file):
-        raise BadRequest(field, f"{value} is a picture; give a video of your gallery")
-    return str(state.gallery.image_path(image))
+        data = decode_base64_image(value, field, state.config.max_upload_bytes)
+    except BadRequest:
+        raise BadRequest(field, "is neither image:ID of a video in your gallery nor base64 video data (MP4, MOV, "
+                                "WebM)") from None
+    if len(data) > state.config.max_upload_bytes:
+        raise HTTPException(413, detail={"field": field, "message": f"is larger than {state.config.max_upload_bytes // 2**20} MiB"})
+    suffix = next((suffix for suffix, matches in VIDEO_SIGNATURES if matches(data[:12])), None)
+    if suffix is None:
+        raise BadRequest(field, "is not an MP4, MOV or WebM video (convert a GIF to MP4 first), nor image:ID of a "
+                                "video in your gallery")
+    path = state.gallery.save_upload(data, suffix)
+    try:
+        info = video_info(path, field)
+        limit = state.config.max_upload_pixels
+        if info.width * info.height > limit:
+            raise BadRequest(field, f"is {info.width}x{info.height}; the largest frame accepted is {limit} pixels")
+        if info.frames < 2:
+            raise BadRequest(field, "has fewer than two frames; a video to restyle needs two or more")
+    except BadRequest:
+        path.unlink(missing_ok=True)
+        raise
+    return str(path)
+
 
 
 def check_model(state: StudioState, model: str | None) -> str | None:

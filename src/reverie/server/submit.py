@@ -115,9 +115,24 @@ def submit_again(state: StudioState, user: User, image) -> Job:
     (a picture of a batch by its whole batch, keeping only it), charged like any job."""
     data = json.loads(image.settings_json)
     settings = dict(data.get("settings", {})) | {"picture_seed": image.seed}
-    if any(settings.get(name) for name in IMAGE_FIELDS):
-        raise BadRequest("image_id", "only a picture made from a prompt can be made again: its input picture is gone")
+    gone = _gone_input(state, user, settings)
+    if gone:
+        raise BadRequest("image_id", f"this was made from an upload ({gone}), which went with its job; only what "
+                                     "was made from a prompt or from your gallery can be made again")
     return submit_job(state, user, fields_again(settings))
+
+
+def _gone_input(state: StudioState, user: User, fields: dict) -> str | None:
+    """The first input field of `fields` whose file is no longer an item of the user's gallery
+    (an upload goes with its job), or None."""
+    own = (state.gallery.images_dir / str(user.id)).resolve()
+    for name in IMAGE_FIELDS:
+        values = fields.get(name) if isinstance(fields.get(name), list) else [fields.get(name)]
+        for value in filter(None, values):
+            path = Path(value).resolve()
+            if path.parent != own or not path.is_file():
+                return name
+    return None
 
 
 def submit_action(state: StudioState, user: User, image, action: str) -> Job:
@@ -133,14 +148,10 @@ def submit_action(state: StudioState, user: User, image, action: str) -> Job:
                                      "the LoRA in a prompt instead")
     settings = dict(data.get("settings", {})) | {"picture_prompt": data.get("prompt")}
     fields = fields_for_action(settings, action, state.gallery.image_path(image), (image.width, image.height))
-    own = (state.gallery.images_dir / str(user.id)).resolve()
-    for name in IMAGE_FIELDS:
-        values = fields.get(name) if isinstance(fields.get(name), list) else [fields.get(name)]
-        for value in filter(None, values):
-            path = Path(value).resolve()
-            if path.parent != own or not path.is_file():
-                raise BadRequest("image_id", f"{action} needs this picture's input picture ({name}), which is gone; "
-                                 "vary, zoom or pan the picture itself")
+    gone = _gone_input(state, user, fields)
+    if gone:
+        raise BadRequest("image_id", f"{action} needs this picture's input picture ({gone}), which is gone; "
+                         "vary, zoom or pan the picture itself")
     return submit_job(state, user, fields)
 
 

@@ -52,7 +52,7 @@ function videoRequest() {
     if (seeds.length) fields.seeds = seeds;
     if ($("#video-loop").checked) fields.loop = true;
   } else if (motion === "restyle") {  // the input's own camera and frame rate
-    if (!$("#video-input").value) throw new Error("press Restyle on a video in the gallery to pick the video to paint again");
+    if (!$("#video-input").value) throw new Error("press Restyle on a video in the gallery, or upload one, to paint it again");
     fields.video_input = $("#video-input").value;
     fields.strength = $("#video-restyle-strength").value.trim() || undefined;
     fields.coherence = $("#video-coherence").value.trim() || undefined;
@@ -80,6 +80,7 @@ function restyleVideo(image) {
   document.querySelectorAll("dialog[open]").forEach((d) => d.close());
   $("#video-motion").value = "restyle";
   $("#video-input").value = `image:${image.id}`;
+  $("#video-upload").value = "";
   $("#video-input-name").textContent = `Video: ${image.prompt} (${image.settings.frames} frames)`;
   showMotionFields();
   showView("video");
@@ -94,6 +95,12 @@ function watchVideo(jobId) {
 
 function initVideo() {
   $("#video-motion").addEventListener("change", showMotionFields);
+  $("#video-upload").addEventListener("change", async () => {  // an upload to restyle, sent as a data URL
+    const file = $("#video-upload").files[0];
+    if (!file) return;
+    $("#video-input").value = await readAsDataURL(file);
+    $("#video-input-name").textContent = `Video: ${file.name} (uploaded)`;
+  });
   showMotionFields();
   $("#video-stop").addEventListener("click", async () => { if (currentJob) await api(`/api/v1/jobs/${currentJob}`, { method: "DELETE" }); });
   $("#video-prompts").addEventListener("keydown", (event) => {  // Enter adds a stop; Ctrl+Enter makes the video
