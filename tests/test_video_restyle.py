@@ -17,15 +17,17 @@ from test_video import TINY, frame_difference, frames_of, made_whole_and_continu
 STILL = {"strength": "0:(0)", "noise": "0:(0)"}  # nothing painted: each frame is its input
 
 
+def ball_at(x: int, size=(64, 64)) -> Image.Image:
+    """A red ball 20 px wide, its left edge at `x`, on a blue field."""
+    picture = Image.new("RGB", size, (40, 90, 200))
+    ImageDraw.Draw(picture).ellipse((x, size[1] // 2 - 10, x + 20, size[1] // 2 + 10), fill=(230, 40, 40))
+    return picture
+
+
 def ball_video(path, frames: int = 7, size=(64, 64), fps: float = 10.0):
-    """A red ball crossing a blue field, left to right: a frame's place says which frame it is."""
-    pictures = []
-    for index in range(frames):
-        picture = Image.new("RGB", size, (40, 90, 200))
-        x = 4 + index * (size[0] - 28) // max(1, frames - 1)
-        ImageDraw.Draw(picture).ellipse((x, size[1] // 2 - 10, x + 20, size[1] // 2 + 10), fill=(230, 40, 40))
-        pictures.append(picture)
-    return write_video(pictures, path, fps=fps)
+    """The ball crossing the field, left to right: a frame's place says which frame it is."""
+    return write_video([ball_at(4 + index * (size[0] - 28) // max(1, frames - 1), size) for index in range(frames)],
+                       path, fps=fps)
 
 
 @pytest.fixture

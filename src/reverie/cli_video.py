@@ -23,7 +23,7 @@ Frames = Annotated[int, typer.Option("--frames", "-f", help="Frames to make (bef
 Fps = Annotated[float, typer.Option("--fps", help="Frames per second of the video.")]
 Formats = Annotated[str, typer.Option("--format", help="mp4, gif, webp, or several: mp4,gif.")]
 Interpolate = Annotated[int, typer.Option("--interpolate", help="In-between frames written between two made frames (0..8).")]
-Interpolation = Annotated[str, typer.Option("--interpolation", help="In-between frames by blend (pixels cross-faded) or latent (slerped latents, decoded).")]
+Interpolation = Annotated[str, typer.Option("--interpolation", help="In-between frames by blend (pixels cross-faded), latent (slerped latents, decoded) or flow (pixels moved along the optical flow).")]
 KeepFrames = Annotated[bool, typer.Option("--keep-frames", help="Keep the made frames (frames/ in the run folder) after the video is written.")]
 Outdir = Annotated[Optional[Path], typer.Option("--outdir", "-o", help="Where videos get their run folders (default outputs/videos).")]
 # The camera, as Deforum writes it: keyframe strings, expressions of t (the frame number).

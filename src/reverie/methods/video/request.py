@@ -60,7 +60,7 @@ class VideoRequest(BaseRequest):
     fps: float = Field(12.0, ge=1.0, le=60.0)
     formats: list[Literal["mp4", "gif", "webp"]] = Field(default_factory=lambda: ["mp4"])
     interpolate: int = Field(0, ge=0, le=8)  # in-between frames written between two made frames
-    interpolation: Literal["blend", "latent"] = "blend"  # pixels cross-faded, or latents slerped and decoded
+    interpolation: Literal["blend", "latent", "flow"] = "blend"  # pixels cross-faded, latents slerped and decoded, or moved along the optical flow
     keep_frames: bool = False  # keep the made frames (frames/) after the video is written
     continue_from: str | None = None  # a video's run folder: make its missing frames
 

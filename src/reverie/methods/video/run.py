@@ -262,20 +262,25 @@ def _write_videos(request: VideoRequest, folder: VideoFolder, maker: FrameMaker,
 
 
 def _inbetweens(a: Image.Image, b: Image.Image, request: VideoRequest, maker: FrameMaker) -> list[Image.Image]:
-    """`request.interpolate` frames between a and b: cross-faded pixels, or slerped latents decoded."""
+    """`request.interpolate` frames between a and b: cross-faded pixels, slerped latents decoded, or
+    pixels moved along the optical flow."""
     from .motion import blend
 
     count = request.interpolate
     weights = [(k + 1) / (count + 1) for k in range(count)]
     if not count:
         return []
+    if request.interpolation == "flow":
+        from .flow import inbetweens
+
+        return inbetweens(a, b, weights)
     if request.interpolation == "blend" or maker.vae is None:
         return [blend(a, b, w) for w in weights]
-    return _latent_inbetweens(a, b, weights, maker.vae)
+    return latent_inbetweens(a, b, weights, maker.vae)
 
 
 @torch.no_grad()
-def _latent_inbetweens(a: Image.Image, b: Image.Image, weights: list[float], vae) -> list[Image.Image]:
+def latent_inbetweens(a: Image.Image, b: Image.Image, weights: list[float], vae) -> list[Image.Image]:
     from ...pixels import to_pictures, to_tensor
     from ..gan.latents import slerp
 

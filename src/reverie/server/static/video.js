@@ -44,6 +44,7 @@ function videoRequest() {
   const fields = { mode: "video", motion, formats: [$("#video-format").value], frames: number("#video-frames"),
     fps: motion === "restyle" ? undefined : number("#video-fps", parseFloat), width: number("#video-width"), height: number("#video-height"),
     steps: number("#video-steps"), interpolate: number("#video-interpolate") || undefined };
+  if (fields.interpolate) fields.interpolation = $("#video-interpolation").value;
   // A walk's stops are lines; a timeline stays one text (its own `|` splits it at frame keys).
   fields.prompts = motion === "walk" ? text.split("\n").map((line) => line.trim()).filter(Boolean) : [text];
   if (motion === "walk") {
