@@ -46,8 +46,9 @@ class VideoRequest(BaseRequest):
     - `restyle`: Deforum's video input. Every `extract_every`th frame of `video_input` (at most
       `frames` of them) is painted again by image-to-image at `strength`, with the timeline's
       prompt, after `coherence` of the previous painted frame (carried along the input's optical
-      `flow` first) is mixed into it and `noise` added. The camera is the input's own; the seed is the same for every frame and colours
-      are not matched unless `seed_behavior` and `colour_coherence` say otherwise.
+      `flow` first) is mixed into it and `noise` added. The camera is the input's own; the seed
+      is the same for every frame and colours are not matched unless `seed_behavior` and
+      `colour_coherence` say otherwise.
     """
 
     IMAGE_FIELDS = ("init_image",)
@@ -60,7 +61,8 @@ class VideoRequest(BaseRequest):
     fps: float = Field(12.0, ge=1.0, le=60.0)
     formats: list[Literal["mp4", "gif", "webp"]] = Field(default_factory=lambda: ["mp4"])
     interpolate: int = Field(0, ge=0, le=8)  # in-between frames written between two made frames
-    interpolation: Literal["blend", "latent", "flow"] = "blend"  # pixels cross-faded, latents slerped and decoded, or moved along the optical flow
+    # in-between frames: pixels cross-faded, latents slerped and decoded, or moved along the optical flow
+    interpolation: Literal["blend", "latent", "flow"] = "blend"
     keep_frames: bool = False  # keep the made frames (frames/) after the video is written
     continue_from: str | None = None  # a video's run folder: make its missing frames
 

@@ -81,14 +81,15 @@ class Restyle:
                 yield index, self._frame(index, source, before, progress), self.record(index)
             before = source
 
-    def _frame(self, index: int, picture: Image.Image, before: Image.Image | None, progress: Progress) -> Image.Image:
-        """Frame `index` painted from its input frame `picture` (`before`: the input frame before it)."""
+    def _frame(self, index: int, picture: Image.Image, input_before: Image.Image | None,
+               progress: Progress) -> Image.Image:
+        """Frame `index` painted from its input frame `picture` (`input_before`: the input frame before it)."""
         if index > 0:
             coherence = self.values["coherence"][index]
             if coherence > 0:
                 previous = self.read_frame(index - 1)
                 if self.request.flow != "none":
-                    previous = carried(previous, backward_flow(before, picture, self.request.flow))
+                    previous = carried(previous, backward_flow(input_before, picture, self.request.flow))
                 picture = blend(picture, previous, coherence)
             if self.request.colour_coherence != "none":
                 picture = match_colours(picture, self.read_frame(0), self.request.colour_coherence)
