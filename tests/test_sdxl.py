@@ -289,6 +289,29 @@ def test_every_image_mode_runs(sdxl_models, studio, photo, tmp_path):
                 assert not np.array_equal(out, source)
 
 
+def test_an_sdxl_model_makes_videos_and_a_walks_stop_is_its_picture(sdxl_models, studio, tmp_path):
+    """A walk's stop is the picture its prompt and seed make alone (the torch pipeline both run
+    on); an animation and a restyle of the walk run on it too, with their pooled text blended."""
+    from reverie.methods.diffusion.run import run
+    from reverie.outputs.files import Outputs
+    from reverie.progress import Progress
+    from test_video import frames_of
+
+    settings = dict(model="tiny-sdxl", steps=2, cfg_scale=5.0, width=64, height=64, sampler="euler", upscale=1)
+    walk = studio.video("walk", ["a lighthouse", "a harbour at night"], seeds=[7, 8], frames=3, keep_frames=True,
+                        outdir=tmp_path / "walk", **settings)
+    alone = [run(make_request(prompt=prompt, seed=seed, n_samples=1, **settings), studio.models, Progress(),
+                 Outputs(tmp_path / "alone")).images[0].image for prompt, seed in (("a lighthouse", 7), ("a harbour at night", 8))]
+    frames = frames_of(walk.run_dir)
+    assert np.array_equal(pixels(frames[0]), pixels(alone[0])) and np.array_equal(pixels(frames[-1]), pixels(alone[1]))
+    assert not np.array_equal(pixels(frames[1]), pixels(frames[0]))
+    animation = studio.video("animate", "0: a lighthouse | 2: a harbour at night", frames=3, zoom="0:(1.1)",
+                             strength="0:(0.5)", outdir=tmp_path / "animate", **settings)
+    restyled = studio.video("restyle", "0: an oil painting", video_input=walk.videos[0], strength="0:(0.5)",
+                            coherence="0:(0.3)", outdir=tmp_path / "restyle", **settings)
+    assert animation.frames == 3 and restyled.frames == 3
+
+
 def test_cli_generates_with_an_sdxl_single_file(sdxl_models, monkeypatch, capsys, tmp_path):
     code, out, err = run_cli(monkeypatch, capsys, "generate", "a fox", "--model", "tiny-sdxl-file", "--steps", "2",
                              "--width", "64", "--height", "64", "--n-samples", "1", "--seed", "5", "--device", "cpu",

@@ -120,11 +120,11 @@ class Animation:
     # -- the frames ------------------------------------------------------------------------
     def _first_frame(self, progress: Progress) -> Image.Image:
         seed = frame_seed(self.request.seed, 0, self.request.seed_behavior)
-        cond, uncond = self._conditioning(0)
+        conditioning = self._conditioning(0)
         if self.request.init_image is None:
-            return self.painter.txt2img(cond, uncond, seed, progress)
+            return self.painter.txt2img(conditioning, seed, progress)
         picture = load_image(self.request.init_image, "init_image").convert("RGB").resize(self.painter.size, Image.LANCZOS)
-        return self.painter.img2img(picture, cond, uncond, seed, self.values["strength"][0], self.values["cfg"][0], progress)
+        return self.painter.img2img(picture, conditioning, seed, self.values["strength"][0], self.values["cfg"][0], progress)
 
     def _key_frame(self, source: Image.Image, previous: int, key: int, progress: Progress) -> Image.Image:
         picture = self._moved(source, previous, key)
@@ -135,8 +135,7 @@ class Animation:
             picture = match_colours(picture, self.read_frame(0), self.request.colour_coherence)
         seed = frame_seed(self.request.seed, key, self.request.seed_behavior)
         picture = add_noise(picture, self.values["noise"][key], seed)
-        cond, uncond = self._conditioning(key)
-        return self.painter.img2img(picture, cond, uncond, seed, strength, self.values["cfg"][key], progress)
+        return self.painter.img2img(picture, self._conditioning(key), seed, strength, self.values["cfg"][key], progress)
 
     def _between(self, source: Image.Image, made: Image.Image, previous: int, index: int, key: int) -> Image.Image:
         forward = self._moved(source, previous, index)

@@ -1,6 +1,10 @@
 """A diffusion model set up for a video's frames: settings resolved once, prompts encoded once,
 each frame painted from given conditioning and noise (walk) or from a given picture (animate).
 
+A frame's conditioning is a tuple of tensors: (cond, uncond) for SD 1.x/2.x and reverie-mini,
+(cond, uncond, pooled, negative pooled) for SDXL, whose pipelines also take the pooled text and
+the size conditioning of a picture of the working size. Two prompts blend tensor by tensor.
+
 A frame is made exactly as the diffusion method makes a picture alone (`denoise_batch` with one
 seed, the same size, sampler and memory settings), so a walk's stops are the pictures their
 prompt and seed make on their own.
@@ -21,9 +25,9 @@ from ...models.components import ModelComponents
 from ...models.embeddings import use_embeddings
 from ...models.lora import apply_loras
 from ...progress import Progress, ProgressEvent
-from ...prompts.conditioning import encode_prompt_batch
+from ...prompts.conditioning import SDXLConditioning, encode_prompt_batch
 from ...prompts.extra_networks import LoraUse, extract_pair
-from ..diffusion.batches import denoise_batch, finish, initial_noise, latent_shape
+from ..diffusion.batches import denoise_batch, finish, initial_noise, latent_shape, sdxl_arguments, sdxl_conditioning
 from ..diffusion.inputs import PreparedInput, denoising_steps, prepare_input
 from ..diffusion.pipelines import memory_settings
 from ..diffusion.request import GenerationRequest, resolve
@@ -69,11 +73,6 @@ class Painter:
         dtype = pick_dtype(request.dtype, device)
         progress(ProgressEvent("load", message=f"loading {request.model}"))
         components = diffusion_model(models, request.model, device, dtype, request.weights, torch_unet=False)
-        if components.is_sdxl:
-            from ...errors import BadRequest
-
-            raise BadRequest("model", f"{request.model} is an SDXL model; videos are made with SD 1.x/2.x models "
-                                      "and reverie-mini for now: pick one of those")
         request = request.with_defaults(components.sampling)
         prepared = prepare_input(request, components)
         # The frames' UNet runs where a picture of theirs would (`runtime auto`: OpenVINO for SD
@@ -108,17 +107,15 @@ class Painter:
         (prompt, negative), _ = use_embeddings(self.components, [prompt, negative])
         return prompt, negative
 
-    def encode(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(cond, uncond) [1, L, D] of `prompt` with the video's negative prompt, each encoded once
-        (of the last ENCODED_KEPT prompts: a weight that changes every frame makes a prompt a frame)."""
+    def encode(self, prompt: str) -> tuple[torch.Tensor, ...]:
+        """The conditioning of `prompt` with the video's negative prompt (rows [1, ...]), each
+        encoded once (of the last ENCODED_KEPT prompts: a weight that changes every frame makes a
+        prompt a frame)."""
         if len(self.encoded) >= ENCODED_KEPT:
             self.encoded.clear()
-        with apply_loras(self.components, self.loras):
-            cond, uncond = encode_prompt_batch([self._pair(prompt)], self.components.tokenizer,
-                                               self.components.text_encoder, device=self.device, cache=self.encoded)
-        return cond.to(self.device, self.dtype), uncond.to(self.device, self.dtype)
+        return self._encoded([self._pair(prompt)], self.encoded)
 
-    def conditioning(self, before: str, after: str, weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def conditioning(self, before: str, after: str, weight: float) -> tuple[torch.Tensor, ...]:
         """Two prompts' conditioning blended, `weight` of the second (prompts as long as each other:
         each is padded to whole chunks)."""
         a = self.encode(before)
@@ -126,31 +123,39 @@ class Painter:
             return a
         b = self.encode(after)
         if a[0].shape != b[0].shape:  # one prompt has more 75-token chunks: pad the other with empty ones
-            a, b = self._same_length(before, after)
-        return mix(a[0], b[0], weight), mix(a[1], b[1], weight)
+            both = self._encoded([self._pair(before), self._pair(after)], {})
+            a, b = tuple(rows[:1] for rows in both), tuple(rows[1:] for rows in both)
+        return tuple(mix(x, y, weight) for x, y in zip(a, b))
 
-    def _same_length(self, before: str, after: str):
+    def _encoded(self, pairs: list[tuple[str, str]], cache: dict) -> tuple[torch.Tensor, ...]:
         with apply_loras(self.components, self.loras):
-            cond, uncond = encode_prompt_batch([self._pair(before), self._pair(after)], self.components.tokenizer,
-                                               self.components.text_encoder, device=self.device)
-        cond, uncond = cond.to(self.device, self.dtype), uncond.to(self.device, self.dtype)
-        return (cond[:1], uncond[:1]), (cond[1:], uncond[1:])
+            if self.components.is_sdxl:
+                encoded = sdxl_conditioning(self.components, pairs, self.device, self.dtype, cache)
+                return encoded.cond, encoded.uncond, encoded.pooled, encoded.negative_pooled
+            cond, uncond = encode_prompt_batch(pairs, self.components.tokenizer, self.components.text_encoder,
+                                               device=self.device, cache=cache)
+        return cond.to(self.device, self.dtype), uncond.to(self.device, self.dtype)
+
+    def _sdxl(self, conditioning: tuple, prepared: PreparedInput) -> dict | None:
+        """An SDXL pipeline's further arguments for `conditioning` (None for other models)."""
+        return sdxl_arguments(SDXLConditioning(*conditioning), prepared) if len(conditioning) == 4 else None
 
     def noise(self, seed: int) -> torch.Tensor:
         """The starting latents [1, C, h, w] a txt2img picture of `seed` draws."""
         noise, _ = initial_noise([seed], latent_shape(self.components, *self.size))
         return noise
 
-    def txt2img(self, cond, uncond, seed: int, progress: Progress, noise: torch.Tensor | None = None) -> Image.Image:
+    def txt2img(self, conditioning: tuple, seed: int, progress: Progress, noise: torch.Tensor | None = None) -> Image.Image:
         """A frame from noise (`seed`'s own, or `noise`), at the working size; `seed`'s generator
         feeds the sampler's fresh noise."""
         with memory_settings(self.components, bool(self.request.vae_tiling), self.request.attention_slicing), \
                 apply_loras(self.components, self.loras):
-            [picture] = denoise_batch(self.request, self.components, self.prepared, [seed], cond, uncond,
-                                      self.device, self.dtype, 0, progress, noise=noise, unet=self.unet)
+            [picture] = denoise_batch(self.request, self.components, self.prepared, [seed], *conditioning[:2],
+                                      self.device, self.dtype, 0, progress, noise=noise,
+                                      sdxl=self._sdxl(conditioning, self.prepared), unet=self.unet)
         return picture
 
-    def img2img(self, picture: Image.Image, cond, uncond, seed: int, strength: float, cfg: float | None,
+    def img2img(self, picture: Image.Image, conditioning: tuple, seed: int, strength: float, cfg: float | None,
                 progress: Progress) -> Image.Image:
         """`picture` painted again at `strength` (0 returns it untouched), at the working size."""
         if strength <= 0:
@@ -160,8 +165,9 @@ class Painter:
         prepared = PreparedInput(*self.size, image=picture.convert("RGB"))
         with memory_settings(self.components, bool(self.request.vae_tiling), self.request.attention_slicing), \
                 apply_loras(self.components, self.loras):
-            [made] = denoise_batch(request, self.components, prepared, [seed], cond, uncond,
-                                   self.device, self.dtype, 0, progress, unet=self.unet)
+            [made] = denoise_batch(request, self.components, prepared, [seed], *conditioning[:2],
+                                   self.device, self.dtype, 0, progress, sdxl=self._sdxl(conditioning, prepared),
+                                   unet=self.unet)
         return made
 
     def shown(self, pictures: list[Image.Image], models: ModelCache, progress: Progress) -> list[Image.Image]:
@@ -177,14 +183,17 @@ class Painter:
         """One guided UNet step at the working size, timed: what a frame's time is estimated from."""
         _, height, width = latent_shape(self.components, *self.size)
         channels = self.components.unet.config.in_channels  # 9 for an inpainting model
-        cond, uncond = encode_prompt_batch([("", "")], self.components.tokenizer, self.components.text_encoder,
-                                           device=self.device)
-        cond, uncond = cond.to(self.device, self.dtype), uncond.to(self.device, self.dtype)
+        conditioning = self._encoded([("", "")], {})
         latents = torch.zeros(2, channels, height, width, device=self.device, dtype=self.dtype)
-        states = torch.cat([uncond, cond])
+        states = torch.cat([conditioning[1], conditioning[0]])
+        more = {}
+        if len(conditioning) == 4:  # SDXL: the pooled text, and a picture of the working size, uncropped
+            size = [float(side) for side in (*self.size[::-1], 0, 0, *self.size[::-1])]
+            more["added_cond_kwargs"] = {"text_embeds": torch.cat([conditioning[3], conditioning[2]]),
+                                         "time_ids": torch.tensor([size, size], device=self.device, dtype=self.dtype)}
         timestep = torch.tensor(500, device=self.device)
         unet = self.unet or self.components.unet
-        unet(latents, timestep, encoder_hidden_states=states)  # warm-up (OpenVINO compiles the shape)
+        unet(latents, timestep, encoder_hidden_states=states, **more)  # warm-up (OpenVINO compiles the shape)
         started = time.perf_counter()
-        unet(latents, timestep, encoder_hidden_states=states)
+        unet(latents, timestep, encoder_hidden_states=states, **more)
         return time.perf_counter() - started

@@ -95,7 +95,6 @@ class Restyle:
                 picture = match_colours(picture, self.read_frame(0), self.request.colour_coherence)
         seed = frame_seed(self.request.seed, index, self.request.seed_behavior)
         picture = add_noise(picture, self.values["noise"][index], seed)
-        before, after, weight = prompt_at(self.timeline, index, self.request.prompt_blend)
-        cond, uncond = self.painter.conditioning(before, after, weight)
-        return self.painter.img2img(picture, cond, uncond, seed, self.values["strength"][index],
+        conditioning = self.painter.conditioning(*prompt_at(self.timeline, index, self.request.prompt_blend))
+        return self.painter.img2img(picture, conditioning, seed, self.values["strength"][index],
                                     self.values["cfg"][index], progress)

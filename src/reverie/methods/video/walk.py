@@ -69,9 +69,9 @@ class Walk:
         stop, t = self.positions[index]
         following = (stop + 1) % len(self.stops)
         (prompt_a, seed_a), (prompt_b, seed_b) = self.stops[stop], self.stops[following]
-        cond, uncond = self.painter.conditioning(prompt_a, prompt_b, t)
+        conditioning = self.painter.conditioning(prompt_a, prompt_b, t)
         noise = mix(self._stop_noise(seed_a), self._stop_noise(seed_b), t, spherical=True)
-        return self.painter.txt2img(cond, uncond, seed_a if t < 0.5 else seed_b, progress, noise=noise)
+        return self.painter.txt2img(conditioning, seed_a if t < 0.5 else seed_b, progress, noise=noise)
 
     def _stop_noise(self, seed: int):
         if seed not in self._noise:
