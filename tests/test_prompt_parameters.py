@@ -48,6 +48,7 @@ def mini(studio):
     ("--stylize 1000", "stylize", 1000),
     ("--s 50", "stylize", 50),
     ("--tile", "tile", True),
+    ("--video", "video", True),
     ("--repeat 40", "repeat", 40),
     ("--r 2", "repeat", 2),
     ("--style Dark Fantasy --style Pixel art", "style", ["Dark Fantasy", "Pixel art"]),
@@ -175,6 +176,30 @@ def test_cli_generate_flags_and_info(monkeypatch, capsys, tmp_path):
     assert '"chaos": 20' in out and '"aspect_ratio": "2:3"' in out
     code, out, err = run_cli(monkeypatch, capsys, "generate", "a red apple --chaos 300", "--steps", "3")
     assert code == 2 and "--chaos" in err
+
+
+def test_video_writes_the_pictures_being_made_and_leaves_them_as_they_are(studio, tmp_path):
+    """--video: the previews of every other step, ending on the finished pictures side by side;
+    the pictures are the ones made without it."""
+    from reverie.outputs.video import read_frames
+
+    fields = {"prompt": "a red apple", "seed": 3, "n_samples": 2, "steps": 6, "upscale": 1}
+    recorded = studio.run({**fields, "prompt": "a red apple --video"}, outdir=tmp_path / "video")
+    plain = studio.run(fields)
+    assert all(np.array_equal(a, b) for a, b in zip(arrays(recorded), arrays(plain)))
+    assert recorded.video.name.endswith("-3-progress.mp4") and recorded.request.progress_video
+    frames = [np.asarray(frame, dtype=np.float64) for frame in read_frames(recorded.video)]
+    assert len(frames) == 6 // 2 + 8  # a preview every other step, then the finished pictures held a second
+    finished = np.concatenate([np.asarray(image.image.resize((frames[0].shape[1] // 2, frames[0].shape[0])), dtype=np.float64)
+                               for image in recorded.images], axis=1)
+    assert np.abs(frames[-1] - finished).mean() < 6  # the last frame is the pictures (H.264 rounds them)
+    assert np.abs(frames[0] - finished).mean() > 4 * np.abs(frames[-1] - finished).mean()  # the first is noise
+    from test_server_api import FAST, make_client
+
+    with make_client(tmp_path / "studio") as client:  # the studio keeps no progress video
+        refused = client.post("/api/v1/jobs", json={"prompt": "a kite --video", **FAST})
+        assert refused.status_code == 422 and refused.json()["error"]["param"] == "prompt"
+        assert "--video" in refused.json()["error"]["message"]
 
 
 # -- the HTTP APIs ----------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ class Result:
     timings: dict = field(default_factory=dict)
     interrupted: bool = False  # stopped early; `images` holds what was finished
     grid_path: Path | None = None
+    video: Path | None = None  # a video the run wrote beside its pictures (a GAN's walk, a progress video)
 
     @property
     def seeds(self) -> list[int]:

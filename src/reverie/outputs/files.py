@@ -183,6 +183,16 @@ class Outputs:
         path = grids / f"{next_number(grids):05d}-grid-{slug(prompt)}.png"
         return save_png(image, path, parameters, metadata)
 
+    def video(self, frames: list[Image.Image], seed: int, what: str, fps: float, suffix: str = "mp4") -> Path | None:
+        """Write a video a run makes beside its pictures (a GAN's walk, a progress video) as
+        `folder/NNNNN-SEED-WHAT.SUFFIX`; None without a folder."""
+        from .video import write_video
+
+        if self.folder is None:
+            return None
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return write_video(frames, self.folder / f"{next_number(self.folder, '*'):05d}-{seed}-{what}.{suffix}", fps)
+
     def run_folder_for(self, title: str) -> Path:
         """The folder a run of its own writes into (made when new)."""
         if self.run_folder is not None:

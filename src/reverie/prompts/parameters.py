@@ -91,6 +91,7 @@ PARAMETERS = (
     Parameter("chaos", ("c",), _integer(0, 100, "how different the pictures are")),
     Parameter("stylize", ("s",), _integer(0, 1000, "how strongly the style pulls")),
     Parameter("tile", (), _flag),
+    Parameter("video", (), _flag),
     Parameter("repeat", ("r",), _integer(1, 40, "how many times to run the prompt")),
     Parameter("style", (), _words("a style name, such as --style Watercolour"), repeatable=True),
 )
@@ -137,7 +138,8 @@ def split_parameters(prompt: str) -> PromptParameters:
 def apply_parameters(fields: dict) -> dict:
     """Request fields with the parameters typed in `fields["prompt"]` taken out and applied:
     `--no` appended to negative_prompt, `--seed` -> seed, `--repeat` -> n_iter, `--style` appended
-    to styles, `--stylize` -> stylize, `--chaos` -> chaos, `--tile` -> tile, `--ar` ->
+    to styles, `--stylize` -> stylize, `--chaos` -> chaos, `--tile` -> tile, `--video` ->
+    progress_video, `--ar` ->
     aspect_ratio (clearing width and height: the typed ratio decides the shape). The parameters
     are recorded in `prompt_parameters`, which is never applied again: the clean prompt a request
     keeps carries none, so a request made again from a picture's settings is the same request.
@@ -155,7 +157,7 @@ def apply_parameters(fields: dict) -> dict:
     if "style" in values:
         fields["styles"] = [*(fields.get("styles") or []), *values["style"]]
     for name, field in (("seed", "seed"), ("repeat", "n_iter"), ("stylize", "stylize"), ("chaos", "chaos"),
-                        ("tile", "tile"), ("ar", "aspect_ratio")):
+                        ("tile", "tile"), ("video", "progress_video"), ("ar", "aspect_ratio")):
         if name in values:
             fields[field] = values[name]
     if "ar" in values:

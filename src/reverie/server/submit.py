@@ -171,6 +171,9 @@ def _submit(state: StudioState, user: User, fields: dict) -> Job:
         fields["base"] = dict(fields["base"]) | {"model": check_model(state, fields["base"].get("model"))}
     fields.setdefault("device", state.config.device)
     request = make_request(fields).with_seed()  # fixed now: a job that runs again makes the same pictures
+    if getattr(request, "progress_video", False):
+        raise BadRequest("prompt", "--video: the studio shows a job's progress live and keeps no progress video; "
+                                   "leave it out (`reverie generate \"... --video\"` writes one)")
     if request.mode == "video":
         request = request.fitted_to_input()  # a restyle: the frames its input gives, charged as such
     parts = request.parts()

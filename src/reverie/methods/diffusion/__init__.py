@@ -5,10 +5,19 @@ from .request import MODES, GenerationRequest
 
 
 def _run(request, models, progress, outputs):
-    from . import compiled
     from .request import resolve
 
     request = resolve(request)
+    if request.progress_video:  # Midjourney's --video: the previews kept as a video
+        from .progress_video import recorded
+
+        return recorded(request, progress, outputs, lambda recording: _made(request, models, recording, outputs))
+    return _made(request, models, progress, outputs)
+
+
+def _made(request, models, progress, outputs):
+    from . import compiled
+
     found = compiled.served(request)
     if found is not None:  # on OpenVINO alone (mini, SD): no torch imported
         try:

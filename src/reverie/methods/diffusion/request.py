@@ -99,6 +99,7 @@ class GenerationRequest(BaseRequest):
     # as 100). See chaos.py.
     chaos: int | None = Field(None, ge=0, le=100)
     tile: bool = False  # seamless tiles: circular padding in the UNet, the VAE and the upscaler
+    progress_video: bool = False  # Midjourney's --video: a video of the pictures being made (progress_video.py)
     # SDXL: a refiner model (a name or path, as `model`) that takes over the denoising for the last
     # part of the steps; `refiner_switch` is the fraction of the steps the base model does (A1111's
     # "switch at"). See batches.refine.

@@ -58,7 +58,7 @@ PER_REQUEST = {"prompt", "negative_prompt", "seed", "n_samples", "n_iter", "comb
 def batch_key(request: GenerationRequest) -> str | None:
     """Requests with equal keys can share forward passes; None: this one runs alone."""
     if (request.mode != "txt2img" or request.made or request.rerank > 1 or request.keep_only is not None
-            or request.chaos is not None or request.refiner or request.quantize != "none"):
+            or request.chaos is not None or request.refiner or request.quantize != "none" or request.progress_video):
         return None
     request = resolve(request)
     if compiled.serves(request):

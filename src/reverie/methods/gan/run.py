@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,9 +14,8 @@ from ...errors import BadCheckpoint, BadRequest, ModelNotFound
 from ...models.cache import ModelCache
 from ...models.gan import GANGenerator, load_gan
 from ...models.gan_folders import resolve_gan
-from ...outputs.files import Outputs, next_number
+from ...outputs.files import Outputs
 from ...outputs.metadata import a1111_parameters, reverie_metadata
-from ...outputs.video import write_video
 from ...pixels import to_picture
 from ...progress import Progress, ProgressEvent
 from ...result import GeneratedImage, Result
@@ -25,12 +23,7 @@ from ..upscale.pictures import upscaled
 from .latents import seed_latent, slerp, walk
 from .request import GANRequest
 
-
-@dataclass
-class GANResult(Result):
-    """The pictures, and the latent walk's video when one was asked for and written."""
-
-    video: Path | None = None
+WALK_FPS = 12.0  # a latent walk's video
 
 
 def gan_network(models: ModelCache, reference: str, device: torch.device) -> GANGenerator:
@@ -61,7 +54,7 @@ def draw(network: GANGenerator, z: torch.Tensor, labels: torch.Tensor | None, tr
     return network(z.to(device), None if labels is None else labels.to(device), truncation)
 
 
-def run(request: GANRequest, models: ModelCache, progress: Progress, outputs: Outputs) -> GANResult:
+def run(request: GANRequest, models: ModelCache, progress: Progress, outputs: Outputs) -> Result:
     """Make `request.n_samples` pictures (picture i from seed+i, each drawn alone), write each as it
     is finished, then the grid, then the walk's video when asked for."""
     started = time.perf_counter()
@@ -71,7 +64,7 @@ def run(request: GANRequest, models: ModelCache, progress: Progress, outputs: Ou
     network = gan_network(models, request.model, device)
     seeds = request.image_seeds()
     classes = [class_index(network, request, seed) for seed in seeds]  # refuses a wrong class before any work
-    result = GANResult(request=request)
+    result = Result(request=request)
     for index, (seed, label) in enumerate(zip(seeds, classes)):
         if index < request.made:
             continue
@@ -90,8 +83,7 @@ def run(request: GANRequest, models: ModelCache, progress: Progress, outputs: Ou
     if request.walk and not result.interrupted and request.made == 0 and outputs.folder is not None:
         progress(ProgressEvent("walk", message=f"walking through {len(seeds)} pictures"))
         frames = walk_frames(network, seeds, classes, request, models)
-        name = f"{next_number(outputs.folder, '*'):05d}-{request.seed}-walk.{request.video_format}"
-        result.video = write_video(frames, outputs.folder / name)
+        result.video = outputs.video(frames, request.seed, "walk", WALK_FPS, request.video_format)
     result.timings["generate_s"] = time.perf_counter() - started
     return result
 
