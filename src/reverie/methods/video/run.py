@@ -31,6 +31,7 @@ from ...outputs.metadata import a1111_parameters
 from ...outputs.video import VideoWriter, read_frames
 from ...progress import Interrupted, Progress, ProgressEvent
 from ...result import GeneratedImage, Result
+from ..diffusion.run import sdxl_memory
 from ..upscale.pictures import check_upscale_fits, upscaled
 from .folder import VideoFolder
 from .painter import Painter
@@ -152,7 +153,7 @@ def _frame_maker(request: VideoRequest, models: ModelCache, progress: Progress, 
     components = painter.components
     peak = estimate_peak_bytes(width=width, height=height, batch=1, latent_channels=components.vae.config.latent_channels,
                                vae_scale=components.vae_scale_factor, dtype=painter.dtype,
-                               vae_tiling=bool(painter.request.vae_tiling))
+                               vae_tiling=bool(painter.request.vae_tiling), **sdxl_memory(components, painter.dtype))
     check_upscale_fits((width, height), painter.factor, painter.device)
     return FrameMaker(maker.frames, lambda pictures: painter.shown(pictures, models, progress), painter.settings(),
                       (width * painter.factor, height * painter.factor), resume_point, unet_steps=maker.unet_steps(),
