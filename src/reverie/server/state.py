@@ -291,7 +291,6 @@ def resolve_video(state: StudioState, user: User, value: str | None, field: str)
     return str(path)
 
 
-
 def check_model(state: StudioState, model: str | None) -> str | None:
     """Only models the server lists may be named: a model name is never taken as a path."""
     from ..models.registry import list_models

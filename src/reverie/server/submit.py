@@ -117,8 +117,9 @@ def submit_again(state: StudioState, user: User, image) -> Job:
     settings = dict(data.get("settings", {})) | {"picture_seed": image.seed}
     gone = _gone_input(state, user, settings)
     if gone:
-        raise BadRequest("image_id", f"this was made from an upload ({gone}), which went with its job; only what "
-                                     "was made from a prompt or from your gallery can be made again")
+        raise BadRequest("image_id", f"this was made from an input ({gone}) that is gone: an upload goes with its "
+                                     "job, a deleted picture with its item; only what was made from a prompt or from "
+                                     "your gallery can be made again")
     return submit_job(state, user, fields_again(settings))
 
 

@@ -1,6 +1,7 @@
 // The Video view: walks between prompts, Deforum-style animations, restyled videos (a gallery
-// video's Restyle button picks it) and dream videos (mode "video"). The form is one request; its progress (frames done, the latest frame) is followed like
-// any job (app.js `follow`), and the finished video plays here. Gallery cards of videos show the
+// video's Restyle button picks one, or an upload) and dream videos (mode "video"). The form is
+// one request; its progress (frames done, the latest frame) is followed like any job (app.js
+// `follow`), and the finished video plays here. Gallery cards of videos show the
 // poster with a play badge (app.js `card`) and open the video (`videoPlayer`).
 // Loaded after app.js: uses its $, api, toast, follow and currentJob.
 "use strict";
