@@ -84,6 +84,26 @@ def test_a_stopped_restyle_continues_to_the_frames_it_would_have_made(studio, tm
     assert [pixels(f).tolist() for f in frames_of(continued.run_dir)] == [pixels(f).tolist() for f in frames_of(whole.run_dir)]
 
 
+def test_a_restyle_keeps_its_inputs_sound_under_the_same_frames(studio, tmp_path):
+    import subprocess
+
+    import imageio_ffmpeg
+
+    from reverie.outputs.video import has_sound
+
+    clip = tmp_path / "clip.mp4"  # 10 frames at 10 fps over a second of a 440 Hz tone
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i", "testsrc=size=64x64:rate=10",
+                    "-f", "lavfi", "-i", "sine=frequency=440", "-t", "1", "-c:v", "libx264", "-pix_fmt", "yuv420p",
+                    "-c:a", "aac", str(clip)], check=True)
+    settings = {"video_input": clip, "frames": 4, "extract_every": 2, **STILL, **TINY}
+    sounding = studio.video("restyle", "0: a harbour", outdir=tmp_path / "a", **settings)
+    silent = studio.video("restyle", "0: a harbour", sound=False, outdir=tmp_path / "b", **settings)
+    assert has_sound(clip) and has_sound(sounding.videos[0]) and not has_sound(silent.videos[0])
+    assert [pixels(f).tolist() for f in read_frames(sounding.videos[0])] == [pixels(f).tolist() for f in read_frames(silent.videos[0])]
+    info = video_info(sounding.videos[0])
+    assert info.metadata["settings"]["motion"] == "restyle" and info.fps == 5.0  # its settings kept; as long as the input
+
+
 @pytest.mark.parametrize("fields, field, words", [
     ({"prompts": ["0: a"]}, "video_input", "give the video"),
     ({"prompts": ["0: a"], "video_input": "x.mp4", "zoom": "0:(1.02)"}, "zoom", "moves as its input does"),

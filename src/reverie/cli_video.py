@@ -110,6 +110,7 @@ def restyle(
     strength: Annotated[str, typer.Option("--strength", help='Denoising strength of each frame, "0:(0.5)": 0 keeps the input, 1 paints it anew.')] = "0:(0.35)",
     coherence: Annotated[str, typer.Option("--coherence", help='How much of the previous painted frame is mixed into each input frame, 0..1: "0:(0.2)". More is steadier; fast motion leaves ghosts.')] = "0:(0)",
     flow: Annotated[str, typer.Option("--flow", help="Carry the previous painted frame along the input's optical flow before mixing it in: dis, farneback or none (ghosts where the input moves).")] = "dis",
+    sound: Annotated[bool, typer.Option("--sound/--no-sound", help="Put the input's sound under the MP4 (cut to its length).")] = True,
     extract_every: Annotated[int, typer.Option("--every", help="Take every Nth frame of the input (its frame rate is divided by N).")] = 1,
     cfg_schedule: Annotated[Optional[str], typer.Option("--cfg-schedule", help='A CFG scale schedule, "0:(4), 60:(7)" (default: --cfg-scale throughout).')] = None,
     noise: Annotated[str, typer.Option("--noise", help='Noise added to each input frame (pixel units, 0..1): "0:(0.02)".')] = "0:(0.02)",
@@ -117,7 +118,7 @@ def restyle(
     colour_coherence: Annotated[str, typer.Option("--colour-coherence", "--color-coherence", help="Match each input frame's colours to the first painted frame's before painting: none, lab, hsv or rgb.")] = "none",
     prompt_blend: Annotated[bool, typer.Option("--prompt-blend/--prompt-cut", help="Between timeline keys, blend the prompts (or cut at the key).")] = True,
     frames: Annotated[Optional[int], typer.Option("--frames", "-f", help="At most this many frames (default: all the input gives, up to 2000).")] = None,
-    fps: Annotated[Optional[float], typer.Option("--fps", help="Frames per second of the video (default: the input's, over --every).")] = None,
+    fps: Annotated[Optional[float], typer.Option("--fps", help="Frames per second of the video (default: as long as the input: its rate over --every, times in-between frames + 1).")] = None,
     formats: Formats = "mp4", interpolate: Interpolate = 0, interpolation: Interpolation = "blend",
     keep_frames: KeepFrames = False,
     model: Model = None, negative: Negative = "", width: Width = None, height: Height = None, steps: Steps = None,
@@ -128,7 +129,7 @@ def restyle(
     from .methods.video.request import MAX_FRAMES
 
     fields = {"motion": "restyle", "video_input": str(video_input), "prompts": prompts, "strength": strength,
-              "coherence": coherence, "flow": flow, "extract_every": extract_every, "cfg": cfg_schedule, "noise": noise,
+              "coherence": coherence, "flow": flow, "sound": sound, "extract_every": extract_every, "cfg": cfg_schedule, "noise": noise,
               "seed_behavior": seed_behavior, "colour_coherence": colour_coherence, "prompt_blend": prompt_blend,
               **_outputs(frames or MAX_FRAMES, fps, formats, interpolate, interpolation, keep_frames, seed, device, dtype),
               **_diffusion(model, negative, width, height, steps, cfg_scale, sampler, upscale)}

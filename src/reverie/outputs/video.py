@@ -314,6 +314,31 @@ def _unreadable_refused(path: Path, field: str) -> Iterator[None]:
         raise BadRequest(field, f"{path.name} could not be read as a video ({reason})") from None
 
 
+def has_sound(path: str | Path) -> bool:
+    """Whether a video ffmpeg reads has an audio stream (GIF and WebP never do)."""
+    import imageio_ffmpeg
+
+    path = Path(path)
+    if not _by_ffmpeg(path) or not path.is_file():
+        return False
+    probe = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", *_input_params(path), "-i", str(path)],
+                           capture_output=True, timeout=FFMPEG_TIMEOUT_S)  # exits 1: no output named
+    return re.search(rb"Stream #\S+.*: Audio:", probe.stderr) is not None
+
+
+def add_sound(video: str | Path, source: str | Path) -> None:
+    """Put the first audio stream of `source` under `video` (an MP4 reverie wrote), re-encoded as
+    AAC and cut to the video's length; the video's frames and settings are kept as they are."""
+    import imageio_ffmpeg
+
+    video, source = Path(video), Path(source)
+    with partial_file(video, suffix=".mp4") as partial:
+        subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", *_input_params(video), "-i", str(video),
+                        *_input_params(source), "-i", str(source), "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy",
+                        "-c:a", "aac", "-b:a", "160k", "-shortest", "-map_metadata", "0", "-movflags", "+faststart",
+                        str(partial)], capture_output=True, check=True, timeout=FFMPEG_TIMEOUT_S)
+
+
 def _mp4_comment(path: Path) -> str | None:
     """The `comment` tag, from ffmpeg's ffmetadata listing (where = ; # \\ and line breaks in a
     value are escaped with a backslash)."""

@@ -122,6 +122,7 @@ class GenerateBody(BaseModel):
     extract_every: int | None = None
     coherence: str | float | None = None
     flow: str | None = None
+    sound: bool | None = None
     # mode "train_lora": 10 to 50 pictures of the concept (`image:ID` or base64), the base model
     # (`model`, from /api/v1/models), the trigger word, the LoRA's name (default: from the
     # trigger), `steps`, the rank and how often a grid of samples is made (server/submit.py caps).

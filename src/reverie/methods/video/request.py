@@ -20,7 +20,7 @@ CAMERA = ("zoom", "angle", "translation_x", "translation_y")
 SCHEDULES = CAMERA + ("strength", "cfg", "noise", "coherence")
 # Settings a continued video may change: how long it goes on (animations and dreams) and how
 # its frames are written; everything else is what made the frames already there.
-OUTPUT_SETTINGS = ("fps", "formats", "interpolate", "interpolation", "keep_frames")
+OUTPUT_SETTINGS = ("fps", "formats", "interpolate", "interpolation", "keep_frames", "sound")
 # The fields of a diffusion frame's request that a video passes through.
 DIFFUSION_FIELDS = ("model", "negative_prompt", "steps", "sampler", "cfg_scale", "width", "height", "upscale",
                     "device", "dtype")
@@ -101,6 +101,7 @@ class VideoRequest(BaseRequest):
     extract_every: int = Field(1, ge=1, le=100)  # take every Nth frame of the input
     coherence: str = "0:(0)"  # how much of the previous painted frame is mixed into each input frame (0..1)
     flow: Literal["none", "dis", "farneback"] = "dis"  # the previous painted frame carried along the input's motion first
+    sound: bool = True  # the input's sound under the MP4 (cut to its length)
 
     # dream
     iterations_per_frame: int = Field(20, ge=1, le=1000)
@@ -214,7 +215,8 @@ class VideoRequest(BaseRequest):
 
     def fitted_to_input(self) -> "VideoRequest":
         """A restyle with the frames its input gives (at most `frames`; two at least) and, when
-        `fps` was not given, the input's own frame rate over `extract_every`; any other video as it is."""
+        `fps` was not given, the rate that makes it last as long as its input: the input's over
+        `extract_every`, times the in-between frames' share (at most 60); any other video as it is."""
         if self.motion != "restyle":
             return self
         from ...outputs.video import video_info
@@ -227,7 +229,7 @@ class VideoRequest(BaseRequest):
                                             "smaller extract_every")
         updates = {"frames": min(self.frames, available)}
         if "fps" not in self.model_fields_set and info.fps > 0:
-            updates["fps"] = round(min(60.0, max(1.0, info.fps / self.extract_every)), 3)
+            updates["fps"] = round(min(60.0, max(1.0, info.fps / self.extract_every * (self.interpolate + 1))), 3)
         return self.model_copy(update=updates)
 
     def output_frames(self) -> int:

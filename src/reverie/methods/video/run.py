@@ -28,7 +28,7 @@ from ...errors import BadRequest
 from ...models.cache import ModelCache
 from ...outputs.files import Outputs
 from ...outputs.metadata import a1111_parameters
-from ...outputs.video import VideoWriter, read_frames
+from ...outputs.video import VideoWriter, add_sound, has_sound, read_frames
 from ...progress import Interrupted, Progress, ProgressEvent
 from ...result import GeneratedImage, Result
 from ..diffusion.run import sdxl_memory
@@ -259,6 +259,9 @@ def _write_videos(request: VideoRequest, folder: VideoFolder, maker: FrameMaker,
                 written += 1
             progress(ProgressEvent("video", written, total, message="writing the video"))
             previous = frame
+    if request.motion == "restyle" and request.sound and "mp4" in request.formats and has_sound(request.video_input):
+        progress(ProgressEvent("video", written, total, message="adding the input's sound"))
+        add_sound(folder.path / "video.mp4", request.video_input)
     return paths
 
 

@@ -60,6 +60,7 @@ function videoRequest() {
     fields.coherence = $("#video-coherence").value.trim() || undefined;
     fields.flow = $("#video-flow").value;
     fields.extract_every = number("#video-every");
+    if (!$("#video-sound").checked) fields.sound = false;
   } else {
     for (const name of ["zoom", "angle", "translation_x", "translation_y"]) fields[name] = $(`#video-${name}`).value.trim() || undefined;
   }
