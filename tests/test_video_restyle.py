@@ -3,6 +3,7 @@ API and the studio; stopped and continued; its refusals."""
 
 from __future__ import annotations
 
+import base64
 import json
 
 import numpy as np
@@ -104,12 +105,38 @@ def test_a_restyle_keeps_its_inputs_sound_under_the_same_frames(studio, tmp_path
     assert info.metadata["settings"]["motion"] == "restyle" and info.fps == 5.0  # its settings kept; as long as the input
 
 
+def test_a_style_network_paints_each_frame_and_coherence_carries_it_along_the_flow(studio, tmp_path):
+    import torch
+
+    from reverie.methods.style.fast import apply_style_network, style_network
+    from reverie.models.style_network import StyleNetwork, StyleNetworkConfig, save_style_network
+
+    torch.manual_seed(0)
+    folder = save_style_network(StyleNetwork(StyleNetworkConfig(widths=(8, 8, 16), residual_blocks=1, size=32)),
+                                tmp_path / "net")
+    ball = ball_video(tmp_path / "ball.mp4")
+    painted = studio.video("restyle", video_input=ball, network=str(folder), keep_frames=True, device="cpu",
+                           outdir=tmp_path / "a")
+    network = style_network(studio.models, str(folder), torch.device("cpu"))
+    source, made = read_frames(ball), frames_of(painted.run_dir)
+    assert len(made) == 7 and made[0].size == (64, 64)  # the input's size (under 512 px a side)
+    assert all(np.array_equal(pixels(frame), pixels(apply_style_network(network, picture)))
+               for frame, picture in zip(made, source))  # each the network's picture of its input frame
+    held = frames_of(studio.video("restyle", video_input=ball, network=str(folder), coherence="0:(0), 1:(1)",
+                                  keep_frames=True, device="cpu", outdir=tmp_path / "b").run_dir)
+    assert np.array_equal(pixels(held[0]), pixels(made[0]))
+    # It moved with the ball: away from the first frame, nearer the last (unmoved, it would be the first).
+    assert 10 < frame_difference(held[-1], made[0]) and frame_difference(held[-1], made[-1]) < frame_difference(held[-1], made[0])
+
+
 @pytest.mark.parametrize("fields, field, words", [
     ({"prompts": ["0: a"]}, "video_input", "give the video"),
     ({"prompts": ["0: a"], "video_input": "x.mp4", "zoom": "0:(1.02)"}, "zoom", "moves as its input does"),
     ({"prompts": ["0: a"], "video_input": "x.mp4", "cadence": 2}, "cadence", "every frame"),
     ({"prompts": ["0: a"], "video_input": "x.mp4", "motion": "animate"}, "video_input", "only motion restyle"),
     ({"prompts": ["0: a"], "video_input": "x.mp4", "flow": "raft"}, "flow", "'dis' or 'farneback'"),
+    ({"prompts": ["0: a"], "video_input": "x.mp4", "network": "oils"}, "prompts", "without a prompt"),
+    ({"prompts": ["0: a"], "network": "oils", "motion": "animate"}, "network", "motion restyle"),
 ])
 def test_a_wrong_restyle_request_is_refused_naming_the_field(fields, field, words):
     from reverie.studio import make_request
@@ -172,9 +199,28 @@ def test_the_studio_restyles_a_video_of_the_users_gallery_and_no_path(tmp_path):
             assert words in refused.json()["error"]["message"]
 
 
-def test_the_studio_restyles_an_uploaded_video_and_deletes_it_with_its_job(tmp_path):
-    import base64
+def test_the_studio_restyles_with_a_listed_style_network_and_no_path(tmp_path, monkeypatch):
+    import torch
 
+    from reverie.models.style_network import StyleNetwork, StyleNetworkConfig, save_style_network
+    from test_server_api import make_client, wait_done
+
+    torch.manual_seed(0)
+    save_style_network(StyleNetwork(StyleNetworkConfig(widths=(8, 8, 16), residual_blocks=1, size=32)),
+                       tmp_path / "models" / "oils")
+    monkeypatch.setenv("REVERIE_MODELS", str(tmp_path / "models"))
+    with make_client(tmp_path) as client:
+        assert any(model["name"] == "oils" and model["kind"] == "style" for model in client.get("/api/v1/models").json())
+        restyle = {"mode": "video", "motion": "restyle", "network": "oils", "frames": 3,
+                   "video_input": "data:video/mp4;base64," + base64.b64encode(ball_video(tmp_path / "b.mp4").read_bytes()).decode()}
+        done = wait_done(client, client.post("/api/v1/jobs", json=restyle).json()["id"])
+        assert done["status"] == "done", done["error"]
+        assert done["images"][0]["video"] and done["images"][0]["settings"]["network"] == "oils"
+        refused = client.post("/api/v1/jobs", json=restyle | {"network": str(tmp_path / "models" / "oils")})
+        assert refused.status_code == 422 and refused.json()["error"]["param"] == "network"
+
+
+def test_the_studio_restyles_an_uploaded_video_and_deletes_it_with_its_job(tmp_path):
     from test_server_api import make_client, wait_done
     from test_video_studio import WALK
 

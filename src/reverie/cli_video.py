@@ -106,7 +106,8 @@ def animate(
 @video_app.command("restyle")
 def restyle(
     video_input: Annotated[Path, typer.Argument(help="The video to paint again: .mp4, .webm, .mov, .mkv, .avi, .gif or .webp.")],
-    prompts: Prompts,
+    prompts: Annotated[Optional[list[str]], typer.Argument(help="Timeline: `0: an oil painting | 60: a watercolour` (none with --network).")] = None,
+    network: Annotated[Optional[str], typer.Option("--network", help="A trained style network paints each frame instead (`reverie models` lists them; no prompt, no --model).")] = None,
     strength: Annotated[str, typer.Option("--strength", help='Denoising strength of each frame, "0:(0.5)": 0 keeps the input, 1 paints it anew.')] = "0:(0.35)",
     coherence: Annotated[str, typer.Option("--coherence", help='How much of the previous painted frame is mixed into each input frame, 0..1: "0:(0.2)". More is steadier; fast motion leaves ghosts.')] = "0:(0)",
     flow: Annotated[str, typer.Option("--flow", help="Carry the previous painted frame along the input's optical flow before mixing it in: dis, farneback or none (ghosts where the input moves).")] = "dis",
@@ -128,7 +129,8 @@ def restyle(
     """Deforum's video input: every frame of a video painted again by image-to-image, with a prompt timeline."""
     from .methods.video.request import MAX_FRAMES
 
-    fields = {"motion": "restyle", "video_input": str(video_input), "prompts": prompts, "strength": strength,
+    fields = {"motion": "restyle", "video_input": str(video_input), "prompts": prompts or [], "network": network,
+              "strength": strength,
               "coherence": coherence, "flow": flow, "sound": sound, "extract_every": extract_every, "cfg": cfg_schedule, "noise": noise,
               "seed_behavior": seed_behavior, "colour_coherence": colour_coherence, "prompt_blend": prompt_blend,
               **_outputs(frames or MAX_FRAMES, fps, formats, interpolate, interpolation, keep_frames, seed, device, dtype),

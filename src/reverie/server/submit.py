@@ -166,8 +166,8 @@ def _submit(state: StudioState, user: User, fields: dict) -> Job:
         check_style_network(fields["network"])
     if fields.get("continue_from") is not None:
         raise BadRequest("continue_from", "the studio does not continue run folders; use the `reverie` command")
-    if "model" in request_fields(fields.get("mode")):
-        fields["model"] = check_model(state, fields.get("model"))
+    if "model" in request_fields(fields.get("mode")) and not (fields.get("mode") == "video" and fields.get("network")):
+        fields["model"] = check_model(state, fields.get("model"))  # (a style network's restyle takes none)
     if isinstance(fields.get("base"), dict):  # a grid: the request its cells start from
         fields["base"] = dict(fields["base"]) | {"model": check_model(state, fields["base"].get("model"))}
     fields.setdefault("device", state.config.device)

@@ -43,7 +43,8 @@ class VideoRequest(BaseRequest):
     - `dream`: a CLIP-steered dream that moves with the same camera schedules as it iterates,
       its prompt following the timeline; `dream` holds the dream's own settings (generator,
       guides, prior, cutouts, lr, ...; see DreamRequest).
-    - `restyle`: Deforum's video input. Every `extract_every`th frame of `video_input` (at most
+    - `restyle`: Deforum's video input (or, with `network`, a trained style network painting each
+      frame, no prompt). Every `extract_every`th frame of `video_input` (at most
       `frames` of them) is painted again by image-to-image at `strength`, with the timeline's
       prompt, after `coherence` of the previous painted frame (carried along the input's optical
       `flow` first) is mixed into it and `noise` added. The camera is the input's own; the seed
@@ -102,6 +103,7 @@ class VideoRequest(BaseRequest):
     coherence: str = "0:(0)"  # how much of the previous painted frame is mixed into each input frame (0..1)
     flow: Literal["none", "dis", "farneback"] = "dis"  # the previous painted frame carried along the input's motion first
     sound: bool = True  # the input's sound under the MP4 (cut to its length)
+    network: str | None = None  # a trained style network paints the frames (no prompt, no diffusion model)
 
     # dream
     iterations_per_frame: int = Field(20, ge=1, le=1000)
@@ -140,7 +142,7 @@ class VideoRequest(BaseRequest):
     def _consistent(self):
         if self.continue_from is not None:
             return self  # checked against the run folder's own settings when it is continued
-        if not any(prompt.strip() for prompt in self.prompts) and not self.walks_a_gan():
+        if not any(prompt.strip() for prompt in self.prompts) and not self.walks_a_gan() and not self.network:
             raise BadRequest("prompts", "give a prompt (a walk: two or more stops, or one with several seeds)")
         for name in SCHEDULES:
             text = getattr(self, name)
@@ -152,7 +154,9 @@ class VideoRequest(BaseRequest):
             self._check_restyle()
         elif self.video_input is not None:
             raise BadRequest("video_input", "only motion restyle paints a video input")
-        if self.motion != "walk":
+        if self.network is not None:
+            self._check_network()
+        elif self.motion != "walk":
             check_prompt_values(parse_timeline(self.prompts, "prompts"), self.frames)
             if self.motion == "dream":
                 self.dream_request(0)  # the dream's own settings, checked now
@@ -177,6 +181,15 @@ class VideoRequest(BaseRequest):
         for name, default in (("seed_behavior", "fixed"), ("colour_coherence", "none")):
             if name not in self.model_fields_set:
                 setattr(self, name, default)
+
+    def _check_network(self) -> None:
+        """A style network paints a restyle's frames alone: no prompt, no diffusion model."""
+        if self.motion != "restyle":
+            raise BadRequest("network", "a style network paints a restyle's frames (motion restyle)")
+        taken = [name for name in ("prompts", "model") if getattr(self, name)]
+        if taken:
+            raise BadRequest(taken[0], "a style network paints the frames without a prompt or a diffusion model; "
+                                       "leave it out, or leave out network")
 
     def _check_walk(self) -> None:
         seeds = self.seeds or []

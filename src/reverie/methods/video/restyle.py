@@ -35,6 +35,7 @@ from .request import VideoRequest
 from .schedules import parse_schedule, parse_timeline, prompt_at
 
 FIELD = "video_input"
+NETWORK_SIDE = 512  # a style network's frames: the input's long side at most this, unless a size is given
 
 
 def input_aspect_ratio(request: VideoRequest) -> str:
@@ -44,6 +45,26 @@ def input_aspect_ratio(request: VideoRequest) -> str:
     width, height = min(width, MAX_ASPECT * height), min(height, MAX_ASPECT * width)
     common = math.gcd(width, height)
     return f"{width // common}:{height // common}"
+
+
+def input_frames(request: VideoRequest, size: tuple[int, int], start: int) -> Iterator[tuple[int, Image.Image, Image.Image | None]]:
+    """(index, input frame, the input frame before it) from frame `start` on, each fitted to
+    `size`; the input frame before `start` is read too (the flow starts there)."""
+    every, first = request.extract_every, max(0, start - 1)
+    taken = itertools.islice(iter_frames(request.video_input, FIELD), first * every, request.frames * every, every)
+    before = None
+    for index, source in enumerate(taken, first):
+        source = ImageOps.fit(source, size, Image.LANCZOS)
+        if index >= start:
+            yield index, source, before
+        before = source
+
+
+def previous_carried(request: VideoRequest, read_frame: Callable[[int], Image.Image], index: int,
+                     source: Image.Image, before: Image.Image) -> Image.Image:
+    """Made frame index-1, carried along the input's flow from `before` to `source` (unless `flow` is none)."""
+    previous = read_frame(index - 1)
+    return previous if request.flow == "none" else carried(previous, backward_flow(before, source, request.flow))
 
 
 class Restyle:
@@ -70,16 +91,8 @@ class Restyle:
         return sum(self.painter.steps_for(strength) for strength in self.values["strength"])
 
     def frames(self, start: int, progress: Progress) -> Iterator[tuple[int, Image.Image, dict]]:
-        """Frames from `start` on; the input frame before `start` is read too (the flow starts there)."""
-        every, first = self.request.extract_every, max(0, start - 1)
-        taken = itertools.islice(iter_frames(self.request.video_input, FIELD), first * every,
-                                 self.request.frames * every, every)
-        before = None
-        for index, source in enumerate(taken, first):
-            source = ImageOps.fit(source, self.painter.size, Image.LANCZOS)
-            if index >= start:
-                yield index, self._frame(index, source, before, progress), self.record(index)
-            before = source
+        for index, source, before in input_frames(self.request, self.painter.size, start):
+            yield index, self._frame(index, source, before, progress), self.record(index)
 
     def _frame(self, index: int, picture: Image.Image, input_before: Image.Image | None,
                progress: Progress) -> Image.Image:
@@ -87,10 +100,8 @@ class Restyle:
         if index > 0:
             coherence = self.values["coherence"][index]
             if coherence > 0:
-                previous = self.read_frame(index - 1)
-                if self.request.flow != "none":
-                    previous = carried(previous, backward_flow(input_before, picture, self.request.flow))
-                picture = blend(picture, previous, coherence)
+                picture = blend(picture, previous_carried(self.request, self.read_frame, index, picture, input_before),
+                                coherence)
             if self.request.colour_coherence != "none":
                 picture = match_colours(picture, self.read_frame(0), self.request.colour_coherence)
         seed = frame_seed(self.request.seed, index, self.request.seed_behavior)
@@ -98,3 +109,43 @@ class Restyle:
         conditioning = self.painter.conditioning(*prompt_at(self.timeline, index, self.request.prompt_blend))
         return self.painter.img2img(picture, conditioning, seed, self.values["strength"][index],
                                     self.values["cfg"][index], progress)
+
+
+class NetworkRestyle:
+    """A restyle whose frames a trained style network paints (Johnson et al.: one pass a frame,
+    no prompt), at the input's shape with its long side at most NETWORK_SIDE (or `width` and
+    `height`). With `coherence`, that much of the previous painted frame, carried along the
+    input's flow, is mixed into each new one: the network paints each frame anew, so it is its
+    output that is steadied."""
+
+    def __init__(self, request: VideoRequest, models, device, read_frame: Callable[[int], Image.Image]):
+        from ..style.fast import style_network
+
+        self.request, self.read_frame = request, read_frame
+        self.network = style_network(models, request.network, device)
+        self.size = network_size(request)
+        self.coherence = parse_schedule(request.coherence, "coherence").values(request.frames)
+        bad = next((i for i, value in enumerate(self.coherence) if not 0.0 <= value <= 1.0), None)
+        if bad is not None:
+            raise BadRequest("coherence", f"is {self.coherence[bad]:g} at frame {bad}; keep it from 0 to 1")
+
+    def frames(self, start: int, progress: Progress) -> Iterator[tuple[int, Image.Image, dict]]:
+        from ..style.fast import apply_style_network
+
+        for index, source, before in input_frames(self.request, self.size, start):
+            made = apply_style_network(self.network, source)
+            if index > 0 and self.coherence[index] > 0:
+                made = blend(made, previous_carried(self.request, self.read_frame, index, source, before),
+                             self.coherence[index])
+            yield index, made, {"index": index, "source_frame": index * self.request.extract_every,
+                                "coherence": self.coherence[index]}
+
+
+def network_size(request: VideoRequest) -> tuple[int, int]:
+    """A style network's frame size: `width` x `height` when given, else the input's, its long
+    side at most NETWORK_SIDE, each side a multiple of 8."""
+    if request.width and request.height:
+        return request.width, request.height
+    width, height = next(iter_frames(request.video_input, FIELD)).size
+    scale = min(1.0, NETWORK_SIDE / max(width, height))
+    return max(8, round(width * scale / 8) * 8), max(8, round(height * scale / 8) * 8)

@@ -125,6 +125,8 @@ def _frame_maker(request: VideoRequest, models: ModelCache, progress: Progress, 
         return _dream_maker(request, models, progress, folder)
     if request.walks_a_gan():
         return _gan_maker(request, models, progress)
+    if request.network is not None:
+        return _network_maker(request, models, progress, folder)
     from ...models.gan_folders import is_gan_reference
 
     if is_gan_reference(request.model):
@@ -158,6 +160,22 @@ def _frame_maker(request: VideoRequest, models: ModelCache, progress: Progress, 
     return FrameMaker(maker.frames, lambda pictures: painter.shown(pictures, models, progress), painter.settings(),
                       (width * painter.factor, height * painter.factor), resume_point, unet_steps=maker.unet_steps(),
                       seconds_per_step=painter.seconds_per_step(), vae=components.vae, peak_bytes=peak)
+
+
+def _network_maker(request: VideoRequest, models: ModelCache, progress: Progress, folder: VideoFolder) -> FrameMaker:
+    """A restyle painted by a trained style network: frames shown as they are made."""
+    from .restyle import NetworkRestyle
+
+    progress(ProgressEvent("load", message=f"loading {request.network}"))
+    maker = NetworkRestyle(request, models, pick_device(request.device), folder.read_frame)
+    width, height = maker.size
+    return FrameMaker(maker.frames, lambda pictures: pictures, {"network": request.network, "working_size": [width, height]},
+                      maker.size, peak_bytes=NETWORK_BYTES_PER_PIXEL * width * height)
+
+
+# A style network's peak per frame pixel: its widest activations (64 channels at a quarter of the
+# pixels, 32 at half, 16 at full, float32) with room for the input, output and the flow's arrays.
+NETWORK_BYTES_PER_PIXEL = 1024
 
 
 def _gan_maker(request: VideoRequest, models: ModelCache, progress: Progress) -> FrameMaker:
@@ -302,6 +320,8 @@ def _title(request: VideoRequest) -> str:
     """The run folder's name: the motion and the first prompt's words (a timeline's first key left out)."""
     if request.motion == "walk":
         first = request.walk_stops()[0][0] or Path(str(request.model)).name
+    elif request.network is not None:
+        first = Path(request.network).name
     else:
         first = parse_timeline(request.prompts)[0][1].split("|")[0]
     return f"{request.motion} {first}"

@@ -96,6 +96,8 @@ async function fillChoices() {
     ...drawing.map((m) => new Option(m.kind === "gan" ? `${m.name} (GAN: the prompt picks its class)` : m.name, m.name)));
   $("#style-choice").replaceChildren(new Option("a style picture…", ""),
     ...models.filter((m) => m.kind === "style").map((m) => new Option(`${m.name} (trained network)`, m.name)));
+  $("#video-network").replaceChildren(new Option("the model, with the prompts", ""),  // a restyle's painter (video.js)
+    ...models.filter((m) => m.kind === "style").map((m) => new Option(`${m.name} (trained style network)`, m.name)));
   window.trainChoices?.(models);  // the Train view's base models (train.js)
   window.loadLoras?.();  // the LoRA and embedding picker (loras.js)
 }

@@ -56,6 +56,10 @@ function videoRequest() {
   } else if (motion === "restyle") {  // the input's own camera and frame rate
     if (!$("#video-input").value) throw new Error("press Restyle on a video in the gallery, or upload one, to paint it again");
     fields.video_input = $("#video-input").value;
+    if ($("#video-network").value) {  // a trained style network paints the frames: no prompt
+      fields.network = $("#video-network").value;
+      fields.prompts = [];
+    }
     fields.strength = $("#video-restyle-strength").value.trim() || undefined;
     fields.coherence = $("#video-coherence").value.trim() || undefined;
     fields.flow = $("#video-flow").value;
@@ -113,7 +117,7 @@ function initVideo() {
     event.preventDefault();
     let fields;
     try { fields = videoRequest(); } catch (error) { toast(error.message); return; }
-    if (!fields.prompts.length || !fields.prompts[0]) { toast("type what the video should show"); return; }
+    if (!fields.network && (!fields.prompts.length || !fields.prompts[0])) { toast("type what the video should show"); return; }
     try {
       const job = await api("/api/v1/jobs", { method: "POST", body: JSON.stringify(fields) });
       follow(job, "Video", { view: "video", box: "#video-job", bar: "#video-bar", status: "#video-status",
