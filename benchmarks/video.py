@@ -28,6 +28,7 @@ from reverie.outputs.video import read_frames
 from reverie.studio import Studio
 
 SEED = 4
+RANDOM_NETWORK = "random style network"  # made in the scratch folder (benchmark's own)
 VIDEOS = {
     "walk": dict(motion="walk", prompts=["a red apple", "a green frog", "a yellow star"], seeds=[4, 11, 23]),
     "animate": dict(motion="animate", prompts=["0: a house with a tree | 10: a castle on a hill"], zoom="0:(1.04)",
@@ -45,6 +46,11 @@ VIDEOS = {
                                   coherence="0:(0.5)", input="camera move"),
     "restyle coherence 0.5 no flow": dict(motion="restyle", prompts=["0: a blue ice cube"], strength="0:(0.5)",
                                           coherence="0:(0.5)", flow="none", input="camera move"),
+    # A style network of `reverie train style`'s default shape, its weights random: its speed, and
+    # what coherence along the flow does to an output that changes every frame.
+    "restyle style network": dict(motion="restyle", network=RANDOM_NETWORK, input="camera move"),
+    "restyle style network coherence 0.5": dict(motion="restyle", network=RANDOM_NETWORK, coherence="0:(0.5)",
+                                                input="camera move"),
     "dream": dict(motion="dream", prompts=["0: a red apple | 10: a green frog"], zoom="0:(1.03)", angle="0:(1)",
                   iterations_per_frame=8, first_iterations=60, dream={"cutouts": 16}),
 }
@@ -52,6 +58,15 @@ VIDEOS = {
 
 def differences(frames: list[Image.Image]) -> list[float]:
     return differences_between(frames, frames[1:])
+
+
+def random_network(folder: Path) -> Path:
+    import torch
+
+    from reverie.models.style_network import StyleNetwork, StyleNetworkConfig, save_style_network
+
+    torch.manual_seed(SEED)
+    return save_style_network(StyleNetwork(StyleNetworkConfig()), folder)
 
 
 def warping_errors(frames: list[Image.Image], inputs: list[Image.Image]) -> list[float]:
@@ -94,7 +109,9 @@ def main() -> None:
                 if source not in made:
                     parser.error(f"{name} paints the {source} video again: put {source} before it in --only")
                 settings["video_input"] = str(made[source].videos[0])
-            extra = {} if settings["motion"] == "dream" else {"steps": args.steps, "upscale": 2}
+            if settings.get("network") == RANDOM_NETWORK:
+                settings["network"] = str(random_network(Path(scratch) / "network"))
+            extra = {} if settings["motion"] == "dream" or settings.get("network") else {"steps": args.steps, "upscale": 2}
             started = time.perf_counter()
             result = studio.video(**settings, frames=args.frames, seed=SEED, keep_frames=True,
                                   outdir=Path(scratch) / name.replace(" ", ""), **extra)
@@ -115,6 +132,7 @@ def main() -> None:
             if args.sheets:
                 shown = read_frames(result.videos[0])[::2]  # as the video shows them
                 sheet = make_grid(shown, columns=min(len(shown), 8))
+                args.sheets.mkdir(parents=True, exist_ok=True)
                 sheet.save(args.sheets / f"video-{name.replace(' ', '-')}.png")
     print(f"{args.frames} frames each, reverie-mini, {args.steps} steps (diffusion), 128 px frames")
     print("| video | frames/s | frame-to-frame mean | largest jump | independent frames: mean | largest jump |")
