@@ -220,7 +220,7 @@ def test_the_studio_restyles_with_a_listed_style_network_and_no_path(tmp_path, m
         assert refused.status_code == 422 and refused.json()["error"]["param"] == "network"
 
 
-def test_the_studio_restyles_an_uploaded_video_and_deletes_it_with_its_job(tmp_path):
+def test_the_studio_restyles_an_uploaded_video_and_deletes_it_with_its_job(tmp_path, monkeypatch):
     from test_server_api import make_client, wait_done
     from test_video_studio import WALK
 
@@ -235,9 +235,14 @@ def test_the_studio_restyles_an_uploaded_video_and_deletes_it_with_its_job(tmp_p
         assert done["request"]["frames"] == 3 and done["request"]["fps"] == 10.0
         assert not list(uploads.iterdir())  # the upload went with its job
 
+        gif = ball_video(tmp_path / "ball.gif", frames=3).read_bytes()  # a GIF, read by Pillow
+        done = wait_done(client, client.post("/api/v1/jobs", json=restyle | {"video_input": encoded(gif)}).json()["id"])
+        assert done["status"] == "done" and done["request"]["frames"] == 3, done["error"]
+
         playlist = b"#EXTM3U\n#EXTINF:10.0,\nfile:///etc/passwd\n#EXT-X-ENDLIST\n"
-        gif = ball_video(tmp_path / "ball.gif", frames=3).read_bytes()
-        for data, words in ((playlist, "not an MP4"), (gif, "convert a GIF"),
+        many = ball_video(tmp_path / "many.gif", frames=30, size=(128, 128)).read_bytes()  # 491,520 pixels
+        monkeypatch.setattr("reverie.server.state.PICTURE_VIDEO_PIXELS", 400_000)  # refused before a frame is decoded
+        for data, words in ((playlist, "not an MP4"), (many, "30 frames of 128x128"),
                             (b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 50, "could not be read as a video")):
             refused = client.post("/api/v1/jobs", json=restyle | {"video_input": encoded(data)})
             assert refused.status_code == 422 and refused.json()["error"]["param"] == "video_input", refused.json()

@@ -242,17 +242,23 @@ def resolve_image(state: StudioState, user: User, value: str | None, field: str)
 
 
 # An uploaded video's first bytes say its container; it is stored with that suffix, which names
-# the one demuxer ffmpeg reads it with (outputs.video.DEMUXERS). Matroska and WebM share theirs.
-# ffmpeg counts such a video's frames without decoding them; a GIF's or WebP's would be decoded
-# one by one (a small file can hold thousands), so those are taken from the gallery only.
+# the one reader of it: the demuxer ffmpeg reads it with (outputs.video.DEMUXERS; Matroska and
+# WebM share theirs), or Pillow for GIF and WebP.
 VIDEO_SIGNATURES = ((".mp4", lambda head: head[4:8] == b"ftyp"),  # MP4 and QuickTime
-                    (".webm", lambda head: head[:4] == b"\x1a\x45\xdf\xa3"))
+                    (".webm", lambda head: head[:4] == b"\x1a\x45\xdf\xa3"),
+                    (".gif", lambda head: head[:6] in (b"GIF87a", b"GIF89a")),
+                    (".webp", lambda head: head[:4] == b"RIFF" and head[8:12] == b"WEBP"))
+# ffmpeg counts an MP4's frames without decoding them; a GIF's or WebP's are decoded one by one to
+# read it (and a small file can hold thousands), so such an upload is taken when its frames times
+# its pixels, read from its header, stay within this (about a second of decoding here).
+PICTURE_VIDEO_PIXELS = 200_000_000
 
 
 def resolve_video(state: StudioState, user: User, value: str | None, field: str) -> str | None:
     """`image:ID` naming a video in the caller's gallery -> its file's path; or base64 data of an
-    MP4, MOV or WebM upload (at most max_upload_bytes) -> the upload's path, once ffmpeg has read
-    it as a video of two frames or more, no larger a frame than max_upload_pixels."""
+    MP4, MOV, WebM, GIF or WebP upload (at most max_upload_bytes) -> the upload's path, once read
+    as a video of two frames or more, no larger a frame than max_upload_pixels (a GIF's or WebP's
+    frames x pixels within PICTURE_VIDEO_PIXELS first, from its header)."""
     from ..gallery.items import is_video
     from ..outputs.video import video_info
 
@@ -270,13 +276,14 @@ def resolve_video(state: StudioState, user: User, value: str | None, field: str)
         data = decode_base64_image(value, field, state.config.max_upload_bytes)
     except BadRequest:
         raise BadRequest(field, "is neither image:ID of a video in your gallery nor base64 video data (MP4, MOV, "
-                                "WebM)") from None
+                                "WebM, GIF, WebP)") from None
     if len(data) > state.config.max_upload_bytes:
         raise HTTPException(413, detail={"field": field, "message": f"is larger than {state.config.max_upload_bytes // 2**20} MiB"})
     suffix = next((suffix for suffix, matches in VIDEO_SIGNATURES if matches(data[:12])), None)
     if suffix is None:
-        raise BadRequest(field, "is not an MP4, MOV or WebM video (convert a GIF to MP4 first), nor image:ID of a "
-                                "video in your gallery")
+        raise BadRequest(field, "is not an MP4, MOV, WebM, GIF or WebP video, nor image:ID of a video in your gallery")
+    if suffix in (".gif", ".webp"):
+        _check_picture_video(data, field)
     path = state.gallery.save_upload(data, suffix)
     try:
         info = video_info(path, field)
@@ -289,6 +296,19 @@ def resolve_video(state: StudioState, user: User, value: str | None, field: str)
         path.unlink(missing_ok=True)
         raise
     return str(path)
+
+
+def _check_picture_video(data: bytes, field: str) -> None:
+    """A GIF or WebP upload's frames x pixels, from its header (nothing decoded), within PICTURE_VIDEO_PIXELS."""
+    try:
+        with Image.open(io.BytesIO(data)) as header:
+            frames, (width, height) = getattr(header, "n_frames", 1), header.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        raise BadRequest(field, "is not a readable GIF or WebP") from None
+    if frames * width * height > PICTURE_VIDEO_PIXELS:
+        raise BadRequest(field, f"is {frames} frames of {width}x{height}; a GIF or WebP upload holds at most "
+                                f"{PICTURE_VIDEO_PIXELS // 10**6} million pixels in all: send fewer or smaller frames, "
+                                "or an MP4")
 
 
 def check_model(state: StudioState, model: str | None) -> str | None:
