@@ -109,7 +109,7 @@ def restyle(
     prompts: Annotated[Optional[list[str]], typer.Argument(help="Timeline: `0: an oil painting | 60: a watercolour` (none with --network).")] = None,
     network: Annotated[Optional[str], typer.Option("--network", help="A trained style network paints each frame instead (`reverie models` lists them; no prompt, no --model).")] = None,
     strength: Annotated[str, typer.Option("--strength", help='Denoising strength of each frame, "0:(0.5)": 0 keeps the input, 1 paints it anew.')] = "0:(0.35)",
-    coherence: Annotated[str, typer.Option("--coherence", help='How much of the previous painted frame is mixed into each input frame, 0..1: "0:(0.2)". More is steadier; fast motion leaves ghosts.')] = "0:(0)",
+    coherence: Annotated[str, typer.Option("--coherence", help='How much of the previous painted frame (carried along the input\'s motion: --flow) is mixed into each input frame, 0..1: "0:(0.3)". More is steadier.')] = "0:(0)",
     flow: Annotated[str, typer.Option("--flow", help="Carry the previous painted frame along the input's optical flow before mixing it in: dis, farneback or none (ghosts where the input moves).")] = "dis",
     sound: Annotated[bool, typer.Option("--sound/--no-sound", help="Put the input's sound under the MP4 (cut to its length).")] = True,
     extract_every: Annotated[int, typer.Option("--every", help="Take every Nth frame of the input (its frame rate is divided by N).")] = 1,
