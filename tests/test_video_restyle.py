@@ -49,6 +49,11 @@ def test_strength_0_gives_back_every_nth_input_frame_at_the_inputs_rate(studio, 
     assert records["settings"]["seed_behavior"] == "fixed" and records["settings"]["colour_coherence"] == "none"
 
 
+def test_a_restyle_left_without_a_frame_count_takes_every_frame_its_input_gives(studio, tmp_path):
+    ball = ball_video(tmp_path / "ball.mp4", frames=30)  # more than another video's 24 by default
+    assert studio.video("restyle", "0: a lighthouse", video_input=ball, outdir=tmp_path, **STILL, **TINY).frames == 30
+
+
 @pytest.mark.parametrize("flow", ["none", "dis"])
 def test_coherence_1_holds_the_first_painted_frame_or_carries_it_along_the_flow(studio, tmp_path, flow):
     """Coherence mixes the previous painted frame into the input: all of it. Unmoved, nothing

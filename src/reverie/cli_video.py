@@ -127,13 +127,11 @@ def restyle(
     seed: Seed = None, outdir: Outdir = None, dtype: Dtype = "auto", device: Device = "auto",
 ):
     """Deforum's video input: every frame of a video painted again by image-to-image, with a prompt timeline."""
-    from .methods.video.request import MAX_FRAMES
-
     fields = {"motion": "restyle", "video_input": str(video_input), "prompts": prompts or [], "network": network,
               "strength": strength,
               "coherence": coherence, "flow": flow, "sound": sound, "extract_every": extract_every, "cfg": cfg_schedule, "noise": noise,
               "seed_behavior": seed_behavior, "colour_coherence": colour_coherence, "prompt_blend": prompt_blend,
-              **_outputs(frames or MAX_FRAMES, fps, formats, interpolate, interpolation, keep_frames, seed, device, dtype),
+              **_outputs(frames, fps, formats, interpolate, interpolation, keep_frames, seed, device, dtype),
               **_diffusion(model, negative, width, height, steps, cfg_scale, sampler, upscale)}
     run_video(fields, outdir)
 

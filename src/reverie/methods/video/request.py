@@ -44,12 +44,12 @@ class VideoRequest(BaseRequest):
       its prompt following the timeline; `dream` holds the dream's own settings (generator,
       guides, prior, cutouts, lr, ...; see DreamRequest).
     - `restyle`: Deforum's video input (or, with `network`, a trained style network painting each
-      frame, no prompt). Every `extract_every`th frame of `video_input` (at most
-      `frames` of them) is painted again by image-to-image at `strength`, with the timeline's
-      prompt, after `coherence` of the previous painted frame (carried along the input's optical
-      `flow` first) is mixed into it and `noise` added. The camera is the input's own; the seed
-      is the same for every frame and colours are not matched unless `seed_behavior` and
-      `colour_coherence` say otherwise.
+      frame, no prompt). Every `extract_every`th frame of `video_input` (at most `frames` of
+      them; all it gives when `frames` is left out) is painted again by image-to-image at
+      `strength`, with the timeline's prompt, after `coherence` of the previous painted frame
+      (carried along the input's optical `flow` first) is mixed into it and `noise` added. The
+      camera is the input's own; the seed is the same for every frame and colours are not
+      matched unless `seed_behavior` and `colour_coherence` say otherwise.
     """
 
     IMAGE_FIELDS = ("init_image",)
@@ -167,6 +167,8 @@ class VideoRequest(BaseRequest):
     def _check_restyle(self) -> None:
         if not self.video_input:
             raise BadRequest("video_input", "give the video to paint again (an .mp4, .webm, .mov, .gif, ...)")
+        if "frames" not in self.model_fields_set:
+            self.frames = MAX_FRAMES  # every frame the input gives (fitted_to_input counts them)
         still = {"zoom": 1.0, "angle": 0.0, "translation_x": 0.0, "translation_y": 0.0}
         moved = [name for name in CAMERA if any(value != still[name] for value in
                                                  parse_schedule(getattr(self, name), name).values(self.frames))]
@@ -175,7 +177,7 @@ class VideoRequest(BaseRequest):
         for name, why in (("cadence", "every frame of the input is painted"), ("init_image", "the input's first frame starts it")):
             if getattr(self, name) != type(self).model_fields[name].default:
                 raise BadRequest(name, f"not taken by motion restyle: {why}")
-        # Its own defaults: one seed for every frame (the least flicker), and no colour matching
+        # Its other defaults: one seed for every frame (the least flicker), and no colour matching
         # (an input frame's colours matched to a painted frame's come out false; it is the input's
         # colours that change from frame to frame).
         for name, default in (("seed_behavior", "fixed"), ("colour_coherence", "none")):
