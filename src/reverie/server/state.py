@@ -153,12 +153,18 @@ def decode_base64_image(value: str, field: str, max_bytes: int | None = None) ->
         raise BadRequest(field, "is not valid base64 image data") from None
 
 
+def check_upload_size(state: StudioState, data: bytes, field: str) -> None:
+    """An upload of more than max_upload_bytes is refused (413)."""
+    limit = state.config.max_upload_bytes
+    if len(data) > limit:
+        raise HTTPException(413, detail={"field": field, "message": f"is larger than {limit // 2**20} MiB"})
+
+
 def checked_picture(state: StudioState, data: bytes, field: str) -> Image.Image:
     """The picture in `data`, decoded only once its header says it is within the limits: a small
     file claiming a huge size (a decompression bomb) is refused before any pixel is decoded."""
     config = state.config
-    if len(data) > config.max_upload_bytes:
-        raise HTTPException(413, detail={"field": field, "message": f"is larger than {config.max_upload_bytes // 2**20} MiB"})
+    check_upload_size(state, data, field)
     unreadable = BadRequest(field, "is not a readable image (PNG, JPEG or WebP)")
     try:
         picture = Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS)  # reads the header only
@@ -228,16 +234,20 @@ def refused_uploads_deleted(state: StudioState, fields: dict) -> Iterator[None]:
         raise
 
 
+def gallery_item(state: StudioState, user: User, value: str, field: str, what: str):
+    """The item of the caller's gallery that `image:ID` names; BadRequest(field) naming `what` was asked for."""
+    try:
+        return state.gallery.image(value[len("image:"):], user.id)
+    except NotFound:
+        raise BadRequest(field, f"no {what} {value[len('image:'):]} in your gallery") from None
+
+
 def resolve_image(state: StudioState, user: User, value: str | None, field: str) -> str | None:
     """`image:ID` (a picture in the caller's gallery) or base64 data -> a server-side path."""
     if not value:
         return None
     if value.startswith("image:"):
-        try:
-            image = state.gallery.image(value[len("image:"):], user.id)
-        except NotFound:
-            raise BadRequest(field, f"no picture {value[len('image:'):]} in your gallery") from None
-        return str(state.gallery.picture_path(image))  # a video: its poster
+        return str(state.gallery.picture_path(gallery_item(state, user, value, field, "picture")))  # a video: its poster
     return str(store_image_bytes(state, decode_base64_image(value, field, state.config.max_upload_bytes), field))
 
 
@@ -265,10 +275,7 @@ def resolve_video(state: StudioState, user: User, value: str | None, field: str)
     if not value:
         return None
     if value.startswith("image:"):
-        try:
-            image = state.gallery.image(value[len("image:"):], user.id)
-        except NotFound:
-            raise BadRequest(field, f"no video {value[len('image:'):]} in your gallery") from None
+        image = gallery_item(state, user, value, field, "video")
         if not is_video(image.file):
             raise BadRequest(field, f"{value} is a picture; give a video of your gallery")
         return str(state.gallery.image_path(image))
@@ -277,8 +284,7 @@ def resolve_video(state: StudioState, user: User, value: str | None, field: str)
     except BadRequest:
         raise BadRequest(field, "is neither image:ID of a video in your gallery nor base64 video data (MP4, MOV, "
                                 "WebM, GIF, WebP)") from None
-    if len(data) > state.config.max_upload_bytes:
-        raise HTTPException(413, detail={"field": field, "message": f"is larger than {state.config.max_upload_bytes // 2**20} MiB"})
+    check_upload_size(state, data, field)
     suffix = next((suffix for suffix, matches in VIDEO_SIGNATURES if matches(data[:12])), None)
     if suffix is None:
         raise BadRequest(field, "is not an MP4, MOV, WebM, GIF or WebP video, nor image:ID of a video in your gallery")
