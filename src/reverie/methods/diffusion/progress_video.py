@@ -9,6 +9,7 @@ The previews are asked for whether or not the listener wants them.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable
 
 from PIL import Image
@@ -28,18 +29,12 @@ def recorded(request, progress: Progress, outputs: Outputs, run: Callable[[Progr
     def report(event: ProgressEvent) -> None:
         if event.stage == "denoise" and event.preview is not None:
             strips.append((event.batch, event.preview))
-        progress.report(event if progress.previews else _without_preview(event))
+        progress.report(event if progress.previews else replace(event, preview=None))
 
     result = run(Progress(report, progress.should_stop, previews=True))
     if strips and result.images:
         result.video = outputs.video(_frames(strips, result, request.n_samples), request.seed, "progress", FPS)
     return result
-
-
-def _without_preview(event: ProgressEvent) -> ProgressEvent:
-    if event.preview is None:
-        return event
-    return ProgressEvent(event.stage, event.step, event.total, event.batch, event.batches, event.message, event.payload)
 
 
 def _frames(strips: list[tuple[int, Image.Image]], result: Result, per_batch: int) -> list[Image.Image]:

@@ -47,6 +47,14 @@ def input_aspect_ratio(request: VideoRequest) -> str:
     return f"{width // common}:{height // common}"
 
 
+def check_fraction(name: str, values: list[float]) -> list[float]:
+    """A schedule's values on every frame, each from 0 to 1; BadRequest(name) naming the first frame past that."""
+    bad = next((i for i, value in enumerate(values) if not 0.0 <= value <= 1.0), None)
+    if bad is not None:
+        raise BadRequest(name, f"is {values[bad]:g} at frame {bad}; keep it from 0 to 1")
+    return values
+
+
 def input_frames(request: VideoRequest, size: tuple[int, int], start: int) -> Iterator[tuple[int, Image.Image, Image.Image | None]]:
     """(index, input frame, the input frame before it) from frame `start` on, each fitted to
     `size`; the input frame before `start` is read too (the flow starts there)."""
@@ -77,10 +85,8 @@ class Restyle:
         values = {name: parse_schedule(getattr(request, name), name).values(frames)
                   for name in ("strength", "noise", "coherence")}
         values["cfg"] = parse_schedule(request.cfg, "cfg").values(frames) if request.cfg else [None] * frames
-        for name, low, high in (("coherence", 0.0, 1.0), ("strength", 0.0, 1.0)):
-            bad = next((i for i, value in enumerate(values[name]) if not low <= value <= high), None)
-            if bad is not None:
-                raise BadRequest(name, f"is {values[name][bad]:g} at frame {bad}; keep it from {low:g} to {high:g}")
+        for name in ("coherence", "strength"):
+            check_fraction(name, values[name])
         self.values = values
 
     def record(self, index: int) -> dict:
@@ -124,10 +130,7 @@ class NetworkRestyle:
         self.request, self.read_frame = request, read_frame
         self.network = style_network(models, request.network, device)
         self.size = network_size(request)
-        self.coherence = parse_schedule(request.coherence, "coherence").values(request.frames)
-        bad = next((i for i, value in enumerate(self.coherence) if not 0.0 <= value <= 1.0), None)
-        if bad is not None:
-            raise BadRequest("coherence", f"is {self.coherence[bad]:g} at frame {bad}; keep it from 0 to 1")
+        self.coherence = check_fraction("coherence", parse_schedule(request.coherence, "coherence").values(request.frames))
 
     def frames(self, start: int, progress: Progress) -> Iterator[tuple[int, Image.Image, dict]]:
         from ..style.fast import apply_style_network
